@@ -1,0 +1,3 @@
+//! Axoneme node agent.
+
+pub mod datapath;

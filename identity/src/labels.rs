@@ -1,0 +1,524 @@
+//! Labels as Cilium models them: `source:key=value`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a label came from. Selectors use `any` to match every source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    K8s,
+    Container,
+    Cni,
+    Reserved,
+    Cidr,
+    Node,
+    Fqdn,
+    Unspec,
+    Any,
+}
+
+impl Source {
+    pub const ALL: [Source; 9] = [
+        Source::K8s,
+        Source::Container,
+        Source::Cni,
+        Source::Reserved,
+        Source::Cidr,
+        Source::Node,
+        Source::Fqdn,
+        Source::Unspec,
+        Source::Any,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::K8s => "k8s",
+            Source::Container => "container",
+            Source::Cni => "cni",
+            Source::Reserved => "reserved",
+            Source::Cidr => "cidr",
+            Source::Node => "node",
+            Source::Fqdn => "fqdn",
+            Source::Unspec => "unspec",
+            Source::Any => "any",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Source {
+    type Err = LabelError;
+    fn from_str(s: &str) -> Result<Self, LabelError> {
+        Source::ALL
+            .into_iter()
+            .find(|src| src.as_str() == s)
+            .ok_or_else(|| LabelError::UnknownSource(s.to_string()))
+    }
+}
+
+/// Why a label or label set was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    #[error("unknown label source {0:?} (want one of k8s, container, cni, reserved, cidr, node, fqdn, unspec, any)")]
+    UnknownSource(String),
+    #[error("label {label:?}: key {key:?} is invalid: {reason}")]
+    InvalidKey {
+        label: String,
+        key: String,
+        reason: String,
+    },
+    #[error("label {label:?}: value {value:?} is invalid: {reason}")]
+    InvalidValue {
+        label: String,
+        value: String,
+        reason: String,
+    },
+    #[error("label set has {count} labels; at most {max} are allowed")]
+    TooMany { count: usize, max: usize },
+    #[error("label set is {len} bytes long in canonical form; at most {max} are allowed")]
+    TooLong { len: usize, max: usize },
+    #[error("label key {key:?} appears twice (as {first:?} and {second:?})")]
+    Duplicate {
+        key: String,
+        first: String,
+        second: String,
+    },
+}
+
+/// Largest label set accepted for an identity (count and canonical bytes).
+/// Kubernetes allows many labels per object, but an identity key is stored in
+/// etcd and compared on every lookup; 64 labels / 4 KiB is far above real use.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_CANONICAL_LEN: usize = 4096;
+
+/// One label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Label {
+    pub source: Source,
+    pub key: String,
+    pub value: String,
+}
+
+/// Checks one segment of a Kubernetes qualified name or a label value:
+/// up to 63 characters `[A-Za-z0-9._-]`, beginning and ending alphanumeric.
+fn check_name_segment(s: &str, allow_empty: bool) -> Result<(), String> {
+    if s.is_empty() {
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err("must not be empty".into())
+        };
+    }
+    if s.len() > 63 {
+        return Err(format!("{} characters; at most 63 are allowed", s.len()));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "character {c:?} is not allowed (A-Z a-z 0-9 - _ .)"
+        ));
+    }
+    let first = s.chars().next().expect("non-empty");
+    let last = s.chars().last().expect("non-empty");
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return Err("must begin and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+/// A DNS subdomain (RFC 1123) of at most 253 characters: the optional prefix
+/// of a Kubernetes label key.
+fn check_dns_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 253 {
+        return Err(format!("prefix must be 1-253 characters, got {}", s.len()));
+    }
+    for part in s.split('.') {
+        if part.is_empty()
+            || !part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || part.starts_with('-')
+            || part.ends_with('-')
+        {
+            return Err(format!(
+                "prefix {s:?} is not a DNS subdomain (lower-case letters, digits, '-' and '.')"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Label {
+    /// Builds and validates a label.
+    pub fn new(source: Source, key: &str, value: &str) -> Result<Self, LabelError> {
+        let label = Label {
+            source,
+            key: key.to_string(),
+            value: value.to_string(),
+        };
+        label.validate()?;
+        Ok(label)
+    }
+
+    /// Validates key and value. Reserved, CIDR and FQDN labels have their own
+    /// key syntax (`reserved:host`, `cidr:10.0.0.0/8`); all others follow the
+    /// Kubernetes label syntax.
+    pub fn validate(&self) -> Result<(), LabelError> {
+        let key_err = |reason: String| LabelError::InvalidKey {
+            label: self.to_string(),
+            key: self.key.clone(),
+            reason,
+        };
+        match self.source {
+            Source::Reserved => {
+                if crate::numeric::ReservedIdentity::from_name(&self.key).is_none() {
+                    return Err(key_err("not a reserved identity name".into()));
+                }
+                if !self.value.is_empty() {
+                    return Err(LabelError::InvalidValue {
+                        label: self.to_string(),
+                        value: self.value.clone(),
+                        reason: "reserved labels have no value".into(),
+                    });
+                }
+                return Ok(());
+            }
+            Source::Cidr => {
+                return crate::cidr::parse_cidr_label_key(&self.key)
+                    .map(|_| ())
+                    .map_err(key_err);
+            }
+            Source::Fqdn => {
+                if self.key.is_empty() || self.key.len() > 255 || self.key.contains(['=', ';', ' '])
+                {
+                    return Err(key_err("not a valid FQDN selector".into()));
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let (prefix, name) = match self.key.rsplit_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, self.key.as_str()),
+        };
+        if let Some(p) = prefix {
+            check_dns_subdomain(p).map_err(key_err)?;
+        }
+        check_name_segment(name, false).map_err(|r| key_err(format!("name part: {r}")))?;
+        check_name_segment(&self.value, true).map_err(|reason| LabelError::InvalidValue {
+            label: self.to_string(),
+            value: self.value.clone(),
+            reason,
+        })
+    }
+
+    /// Parses `source:key=value`, `source:key`, or `key=value` (source
+    /// `default_source`). The first `:` separates the source only if what
+    /// precedes it is a known source name, as in Cilium.
+    pub fn parse_with_source(s: &str, default_source: Source) -> Result<Self, LabelError> {
+        let (source, rest) = match s.split_once(':') {
+            Some((src, rest)) => match src.parse::<Source>() {
+                Ok(source) => (source, rest),
+                Err(_) => (default_source, s),
+            },
+            None => (default_source, s),
+        };
+        let (key, value) = match source {
+            // A CIDR key contains ':' (IPv6) and never '='.
+            Source::Cidr => (rest, ""),
+            _ => rest.split_once('=').unwrap_or((rest, "")),
+        };
+        Label::new(source, key, value)
+    }
+
+    /// The form used in canonical keys and selectors' `source:key`.
+    pub fn source_key(&self) -> String {
+        format!("{}:{}", self.source, self.key)
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}:{}", self.source, self.key)
+        } else {
+            write!(f, "{}:{}={}", self.source, self.key, self.value)
+        }
+    }
+}
+
+impl FromStr for Label {
+    type Err = LabelError;
+    fn from_str(s: &str) -> Result<Self, LabelError> {
+        Label::parse_with_source(s, Source::Unspec)
+    }
+}
+
+impl Serialize for Label {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Label {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A set of labels, one per key (as Cilium's `Labels` map), ordered by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelSet {
+    labels: BTreeMap<String, Label>,
+}
+
+impl LabelSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a set from labels, rejecting duplicate keys and oversized sets.
+    pub fn from_labels(labels: impl IntoIterator<Item = Label>) -> Result<Self, LabelError> {
+        let mut set = LabelSet::new();
+        for l in labels {
+            l.validate()?;
+            if let Some(prev) = set.labels.get(&l.key) {
+                if prev != &l {
+                    return Err(LabelError::Duplicate {
+                        key: l.key.clone(),
+                        first: prev.to_string(),
+                        second: l.to_string(),
+                    });
+                }
+            }
+            set.labels.insert(l.key.clone(), l);
+        }
+        set.check_size()?;
+        Ok(set)
+    }
+
+    /// Parses each `source:key=value` string (default source `default_source`).
+    pub fn parse<S: AsRef<str>>(
+        items: impl IntoIterator<Item = S>,
+        default_source: Source,
+    ) -> Result<Self, LabelError> {
+        let labels = items
+            .into_iter()
+            .map(|s| Label::parse_with_source(s.as_ref(), default_source))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_labels(labels)
+    }
+
+    pub fn check_size(&self) -> Result<(), LabelError> {
+        if self.labels.len() > MAX_LABELS {
+            return Err(LabelError::TooMany {
+                count: self.labels.len(),
+                max: MAX_LABELS,
+            });
+        }
+        let len = self.canonical_len();
+        if len > MAX_CANONICAL_LEN {
+            return Err(LabelError::TooLong {
+                len,
+                max: MAX_CANONICAL_LEN,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn insert(&mut self, label: Label) {
+        self.labels.insert(label.key.clone(), label);
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Label> {
+        self.labels.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Label> {
+        self.labels.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    fn canonical_len(&self) -> usize {
+        self.labels
+            .values()
+            .map(|l| l.source.as_str().len() + l.key.len() + l.value.len() + 3)
+            .sum()
+    }
+
+    /// The canonical key: every label as `source:key=value;`, sorted by key.
+    /// Two equal sets always give the same key; it names the identity in etcd.
+    pub fn canonical(&self) -> String {
+        let mut out = String::with_capacity(self.canonical_len());
+        for l in self.labels.values() {
+            out.push_str(l.source.as_str());
+            out.push(':');
+            out.push_str(&l.key);
+            out.push('=');
+            out.push_str(&l.value);
+            out.push(';');
+        }
+        out
+    }
+
+    /// Parses a canonical key back into a set.
+    pub fn from_canonical(key: &str) -> Result<Self, LabelError> {
+        let items = key.split(';').filter(|s| !s.is_empty()).map(|item| {
+            // Reserved and CIDR labels are written with `=` and no value.
+            item.strip_suffix('=').unwrap_or(item)
+        });
+        Self::parse(items, Source::Unspec)
+    }
+
+    /// Labels as strings, sorted by key (for JSON records).
+    pub fn to_strings(&self) -> Vec<String> {
+        self.labels.values().map(|l| l.to_string()).collect()
+    }
+}
+
+impl Serialize for LabelSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.labels.values())
+    }
+}
+
+impl<'de> Deserialize<'de> for LabelSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let labels = Vec::<Label>::deserialize(d)?;
+        LabelSet::from_labels(labels).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for LabelSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_strings().join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources_and_defaults() {
+        let l: Label = "k8s:app=payments".parse().unwrap();
+        assert_eq!(
+            (l.source, l.key.as_str(), l.value.as_str()),
+            (Source::K8s, "app", "payments")
+        );
+        let l: Label = "app=web".parse().unwrap();
+        assert_eq!(l.source, Source::Unspec);
+        let l = Label::parse_with_source("app.kubernetes.io/name=x", Source::K8s).unwrap();
+        assert_eq!(
+            (l.source, l.key.as_str()),
+            (Source::K8s, "app.kubernetes.io/name")
+        );
+        let l: Label = "reserved:host".parse().unwrap();
+        assert_eq!(
+            (l.source, l.key.as_str(), l.value.as_str()),
+            (Source::Reserved, "host", "")
+        );
+        let l: Label = "cidr:fd00::/64".parse().unwrap();
+        assert_eq!((l.source, l.key.as_str()), (Source::Cidr, "fd00::/64"));
+    }
+
+    #[test]
+    fn rejects_invalid_kubernetes_labels() {
+        for bad in [
+            "k8s:-app=x",
+            "k8s:app-=x",
+            "k8s:ap p=x",
+            "k8s:app=bad value",
+            "k8s:app=-x",
+            "k8s:Example.COM/app=x",
+            "k8s:/app=x",
+            "k8s:=x",
+            "reserved:nonsense",
+            "reserved:host=1",
+            "cidr:10.0.0.0/33",
+        ] {
+            assert!(bad.parse::<Label>().is_err(), "{bad} should be rejected");
+        }
+        let long = format!("k8s:app={}", "a".repeat(64));
+        let err = long.parse::<Label>().unwrap_err().to_string();
+        assert!(err.contains("at most 63"), "{err}");
+        assert!(
+            "k8s:a.b-c_d/e=f".parse::<Label>().is_err(),
+            "underscore in prefix"
+        );
+        assert!("k8s:example.com/app_1.x=v-1.2_3".parse::<Label>().is_ok());
+        assert!(
+            "k8s:app=".parse::<Label>().is_ok(),
+            "empty value is allowed"
+        );
+    }
+
+    #[test]
+    fn canonical_key_is_sorted_and_round_trips() {
+        let a = LabelSet::parse(
+            ["k8s:zone=b", "k8s:app=web", "container:x=1"],
+            Source::Unspec,
+        )
+        .unwrap();
+        let b = LabelSet::parse(
+            ["container:x=1", "k8s:app=web", "k8s:zone=b"],
+            Source::Unspec,
+        )
+        .unwrap();
+        assert_eq!(a.canonical(), "k8s:app=web;container:x=1;k8s:zone=b;");
+        assert_eq!(a.canonical(), b.canonical());
+        assert_eq!(LabelSet::from_canonical(&a.canonical()).unwrap(), a);
+        let r = LabelSet::parse(["reserved:host"], Source::Unspec).unwrap();
+        assert_eq!(LabelSet::from_canonical(&r.canonical()).unwrap(), r);
+    }
+
+    #[test]
+    fn rejects_duplicates_and_oversized_sets() {
+        let err = LabelSet::parse(["k8s:app=a", "container:app=b"], Source::Unspec).unwrap_err();
+        assert!(matches!(err, LabelError::Duplicate { .. }), "{err}");
+        let many: Vec<String> = (0..=MAX_LABELS).map(|i| format!("k8s:l{i}=v")).collect();
+        assert!(matches!(
+            LabelSet::parse(&many, Source::Unspec),
+            Err(LabelError::TooMany { .. })
+        ));
+        let long: Vec<String> = (0..40)
+            .map(|i| format!("k8s:{}{i}={}", "k".repeat(60), "v".repeat(60)))
+            .collect();
+        assert!(matches!(
+            LabelSet::parse(&long, Source::Unspec),
+            Err(LabelError::TooLong { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn canonical_is_order_independent(mut items in proptest::collection::vec("[a-z][a-z0-9]{0,8}=[a-z0-9]{0,6}", 0..12)) {
+            items.sort();
+            items.dedup_by(|a, b| a.split('=').next() == b.split('=').next());
+            let set = LabelSet::parse(items.iter().map(|s| format!("k8s:{s}")), Source::Unspec).unwrap();
+            let mut rev = items.clone();
+            rev.reverse();
+            let set2 = LabelSet::parse(rev.iter().map(|s| format!("k8s:{s}")), Source::Unspec).unwrap();
+            proptest::prop_assert_eq!(set.canonical(), set2.canonical());
+            proptest::prop_assert_eq!(LabelSet::from_canonical(&set.canonical()).unwrap(), set);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The etcd key layout (documented in docs/etcd-layout.md).
+//!
+//! One root prefix, versioned sub-prefixes, JSON values, one writer per key:
+//!
+//! | key | value | writer | lease |
+//! |---|---|---|---|
+//! | `<root>/identities/v1/id/<ID>` | `IdentityRecord` | operator leader (fenced) | none; removed by GC |
+//! | `<root>/identities/v1/labels/<canonical labels>` | the ID, decimal | operator leader (fenced) | none; removed by GC with the id key |
+//! | `<root>/endpoints/v1/<node>/<endpoint>` | `EndpointRecord` | the node's agent (or a CLI/test writer) | the agent's |
+//! | `<root>/endpoint-identities/v1/<node>/<endpoint>` | `EndpointIdentity` | operator leader (fenced) | none; deleted with the endpoint |
+//! | `<root>/operator/v1/leader` | `LeaderRecord` | the elected operator | the leader's |
+
+use crate::numeric::NumericIdentity;
+
+pub const DEFAULT_ROOT: &str = "axoneme/state";
+
+/// Key builder for one root prefix (tests and the demo may use their own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: String,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout::new(DEFAULT_ROOT)
+    }
+}
+
+impl Layout {
+    pub fn new(root: &str) -> Self {
+        Layout {
+            root: root.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    pub fn identity_ids_prefix(&self) -> String {
+        format!("{}/identities/v1/id/", self.root)
+    }
+
+    pub fn identity_id(&self, id: NumericIdentity) -> String {
+        format!("{}{}", self.identity_ids_prefix(), id.0)
+    }
+
+    pub fn identity_labels_prefix(&self) -> String {
+        format!("{}/identities/v1/labels/", self.root)
+    }
+
+    pub fn identity_labels(&self, canonical: &str) -> String {
+        format!("{}{}", self.identity_labels_prefix(), canonical)
+    }
+
+    pub fn endpoints_prefix(&self) -> String {
+        format!("{}/endpoints/v1/", self.root)
+    }
+
+    pub fn node_endpoints_prefix(&self, node: &str) -> String {
+        format!("{}{}/", self.endpoints_prefix(), node)
+    }
+
+    pub fn endpoint(&self, node: &str, endpoint: &str) -> String {
+        format!("{}{}/{}", self.endpoints_prefix(), node, endpoint)
+    }
+
+    pub fn endpoint_identities_prefix(&self) -> String {
+        format!("{}/endpoint-identities/v1/", self.root)
+    }
+
+    pub fn endpoint_identity(&self, node: &str, endpoint: &str) -> String {
+        format!("{}{}/{}", self.endpoint_identities_prefix(), node, endpoint)
+    }
+
+    /// Maps an endpoint record key to the key of its identity assignment.
+    pub fn assignment_for_endpoint_key(&self, endpoint_key: &str) -> Option<String> {
+        let rest = endpoint_key.strip_prefix(&self.endpoints_prefix())?;
+        Some(format!("{}{}", self.endpoint_identities_prefix(), rest))
+    }
+
+    /// `(node, endpoint)` from an endpoint or assignment key.
+    pub fn split_endpoint_key<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = key
+            .strip_prefix(&self.endpoints_prefix())
+            .or_else(|| key.strip_prefix(&self.endpoint_identities_prefix()))?;
+        rest.split_once('/')
+    }
+
+    pub fn operator_leader(&self) -> String {
+        format!("{}/operator/v1/leader", self.root)
+    }
+
+    /// Parses the numeric id at the end of an identity key.
+    pub fn parse_identity_key(&self, key: &str) -> Option<NumericIdentity> {
+        key.strip_prefix(&self.identity_ids_prefix())?
+            .parse()
+            .ok()
+            .map(NumericIdentity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        let l = Layout::default();
+        assert_eq!(
+            l.identity_id(NumericIdentity(300)),
+            "axoneme/state/identities/v1/id/300"
+        );
+        assert_eq!(
+            l.parse_identity_key("axoneme/state/identities/v1/id/300"),
+            Some(NumericIdentity(300))
+        );
+        let ep = l.endpoint("node-a", "ep1");
+        assert_eq!(ep, "axoneme/state/endpoints/v1/node-a/ep1");
+        assert_eq!(
+            l.assignment_for_endpoint_key(&ep).unwrap(),
+            "axoneme/state/endpoint-identities/v1/node-a/ep1"
+        );
+        assert_eq!(l.split_endpoint_key(&ep), Some(("node-a", "ep1")));
+        assert_eq!(Layout::new("t/").operator_leader(), "t/operator/v1/leader");
+    }
+}

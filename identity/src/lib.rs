@@ -1,0 +1,48 @@
+//! Security identities: the label model, Cilium's reserved numbers, the
+//! cluster range, the etcd key layout and the watch-fed cache agents use.
+//! No Kubernetes types live here.
+
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod cidr;
+pub mod filter;
+pub mod labels;
+pub mod layout;
+pub mod model;
+pub mod numeric;
+
+pub use cache::{CacheEvent, Decode, Raw, Subscription, WatchCache};
+pub use filter::LabelFilter;
+pub use labels::{Label, LabelError, LabelSet, Source};
+pub use layout::Layout;
+pub use model::{EndpointIdentity, EndpointRecord, IdentityRecord, LeaderRecord};
+pub use numeric::{IdentityRange, NumericIdentity, ReservedIdentity};
+
+use axoneme_kvstore::KeyValue;
+
+impl Decode for IdentityRecord {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        serde_json::from_slice(&kv.value).map_err(|e| format!("identity record: {e}"))
+    }
+}
+
+impl Decode for EndpointIdentity {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        serde_json::from_slice(&kv.value).map_err(|e| format!("endpoint identity: {e}"))
+    }
+}
+
+impl Decode for EndpointRecord {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        serde_json::from_slice(&kv.value).map_err(|e| format!("endpoint record: {e}"))
+    }
+}
+
+/// The agents' view of every identity in the cluster, keyed by etcd key.
+pub type IdentityCache = WatchCache<IdentityRecord>;
+
+/// Starts an identity cache on `layout`'s identity prefix.
+pub fn identity_cache(kv: axoneme_kvstore::KvStore, layout: &Layout) -> IdentityCache {
+    WatchCache::start(kv, layout.identity_ids_prefix())
+}

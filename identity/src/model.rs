@@ -1,0 +1,63 @@
+//! The JSON records stored under the layout's keys.
+
+use serde::{Deserialize, Serialize};
+
+use crate::labels::{LabelError, LabelSet, Source};
+use crate::numeric::NumericIdentity;
+
+/// A security identity: the number and the label set it stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub id: NumericIdentity,
+    pub labels: LabelSet,
+    /// The operator replica that created it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub allocator: String,
+}
+
+/// An endpoint as its node's agent reports it (standalone mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub node: String,
+    /// All labels as `source:key=value` (unprefixed ones are `k8s:`);
+    /// the operator keeps the identity-relevant ones.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl EndpointRecord {
+    /// The endpoint's full label set; labels without a source are `k8s:`,
+    /// as a pod's labels are.
+    pub fn label_set(&self) -> Result<LabelSet, LabelError> {
+        LabelSet::parse(&self.labels, Source::K8s)
+    }
+}
+
+/// The operator's answer for one endpoint: its identity, or why it has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<NumericIdentity>,
+    /// Canonical identity-relevant labels the identity was derived from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub labels: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// ModRevision of the endpoint record this answers.
+    pub endpoint_revision: i64,
+    pub allocator: String,
+}
+
+/// Who holds operator leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    pub holder: String,
+    /// Unix milliseconds when leadership was taken.
+    pub since_ms: u64,
+}

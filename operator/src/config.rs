@@ -1,0 +1,81 @@
+//! Command-line configuration of the operator.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axoneme_kvstore::KvArgs;
+
+/// Parses `500ms`, `5s`, `15m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 5s, 15m, 1h)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+/// axoneme-operator: allocates security identities, leader-elected on etcd.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "axoneme-operator", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub kv: KvArgs,
+    /// This replica's name in leader election (default: hostname-pid).
+    #[arg(long, env = "AXONEME_OPERATOR_ID")]
+    pub id: Option<String>,
+    /// Root of Axoneme's keys in etcd.
+    #[arg(long, default_value = axoneme_identity::layout::DEFAULT_ROOT)]
+    pub kvstore_prefix: String,
+    /// Leader lease TTL in seconds: a dead leader is replaced within it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(i64).range(1..=3600))]
+    pub lease_ttl: i64,
+    /// How long an identity must be unused before it is deleted.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub identity_gc_grace: Duration,
+    /// How often identity GC runs.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub identity_gc_interval: Duration,
+    /// Cluster id (0-255): bits 16-23 of every identity.
+    #[arg(long, default_value_t = 0)]
+    pub cluster_id: u8,
+    /// Lowest identity number allocated (at least 256).
+    #[arg(long, default_value_t = 256)]
+    pub identity_min: u16,
+    /// Highest identity number allocated.
+    #[arg(long, default_value_t = 65535)]
+    pub identity_max: u16,
+    /// Extra identity-relevant label patterns (`[source:][!]regex`), repeatable.
+    #[arg(long = "label-filter")]
+    pub label_filter: Vec<String>,
+    /// Address of /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9963")]
+    pub metrics_addr: SocketAddr,
+    /// Concurrent etcd writes of the leader.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_in_flight: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("fast").is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! The operator's Prometheus metrics and its health endpoint.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+type Labels = Vec<(String, String)>;
+
+/// Every metric the operator exports (prefix `axoneme_`).
+pub struct Metrics {
+    registry: Registry,
+    pub operator_id: String,
+    leading: AtomicBool,
+    pub is_leader: Gauge,
+    pub leader_transitions: Counter,
+    pub identities: Gauge,
+    pub identity_range_free: Gauge,
+    pub identity_allocations: Counter,
+    pub identity_allocation_failures: Family<Labels, Counter>,
+    pub identity_gc_entries: Family<Labels, Counter>,
+    pub identity_gc_runs: Counter,
+    pub fenced_writes_rejected: Counter,
+    pub endpoint_errors: Family<Labels, Counter>,
+    pub assignments_written: Counter,
+}
+
+pub fn label(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+impl Metrics {
+    pub fn new(operator_id: &str) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("axoneme");
+        let m = Metrics {
+            operator_id: operator_id.to_string(),
+            leading: AtomicBool::new(false),
+            is_leader: Gauge::default(),
+            leader_transitions: Counter::default(),
+            identities: Gauge::default(),
+            identity_range_free: Gauge::default(),
+            identity_allocations: Counter::default(),
+            identity_allocation_failures: Family::default(),
+            identity_gc_entries: Family::default(),
+            identity_gc_runs: Counter::default(),
+            fenced_writes_rejected: Counter::default(),
+            endpoint_errors: Family::default(),
+            assignments_written: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "operator_is_leader",
+            "1 if this replica leads",
+            m.is_leader.clone(),
+        );
+        registry.register(
+            "operator_leader_transitions",
+            "Times this replica became leader",
+            m.leader_transitions.clone(),
+        );
+        registry.register(
+            "identities",
+            "Identities known to the leader",
+            m.identities.clone(),
+        );
+        registry.register(
+            "identity_range_free",
+            "Free numbers left in the identity range",
+            m.identity_range_free.clone(),
+        );
+        registry.register(
+            "identity_allocations",
+            "New identities created",
+            m.identity_allocations.clone(),
+        );
+        registry.register(
+            "identity_allocation_failures",
+            "Endpoints that could not get an identity, by reason",
+            m.identity_allocation_failures.clone(),
+        );
+        registry.register(
+            "identity_gc_entries",
+            "Identity GC outcomes per entry, by status",
+            m.identity_gc_entries.clone(),
+        );
+        registry.register(
+            "identity_gc_runs",
+            "Identity GC passes",
+            m.identity_gc_runs.clone(),
+        );
+        registry.register(
+            "operator_fenced_writes_rejected",
+            "Writes refused by etcd because this replica no longer led",
+            m.fenced_writes_rejected.clone(),
+        );
+        registry.register(
+            "operator_endpoint_errors",
+            "Endpoint records rejected, by reason",
+            m.endpoint_errors.clone(),
+        );
+        registry.register(
+            "operator_assignments_written",
+            "Endpoint identity assignments written",
+            m.assignments_written.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Relaxed);
+        self.is_leader.set(i64::from(leading));
+        if leading {
+            self.leader_transitions.inc();
+        }
+    }
+
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
+        out
+    }
+}
+
+async fn handle(
+    metrics: Arc<Metrics>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({"id": metrics.operator_id, "leader": metrics.leading()}).to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
+    };
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response"))
+}
+
+/// Serves `/metrics` and `/healthz` until cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(addr = %listener.local_addr()?, "metrics and health endpoint listening");
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = listener.accept() => r?,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(metrics.clone(), req));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await
+            {
+                warn!(error = %e, "metrics connection error");
+            }
+        });
+    }
+}
