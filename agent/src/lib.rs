@@ -1,3 +1,4 @@
 //! Axoneme node agent.
 
 pub mod datapath;
+pub mod node;

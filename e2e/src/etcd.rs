@@ -241,6 +241,18 @@ impl EtcdCluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Leaves the members running after `self` is gone; returns their PIDs
+    /// and the kept data directory (for `cargo xtask demo --down`).
+    pub fn detach(mut self) -> (Vec<u32>, PathBuf) {
+        let pids = self
+            .members
+            .iter_mut()
+            .filter_map(|m| m.proc.take().map(|p| p.detach()))
+            .collect();
+        let dir = std::mem::replace(&mut self.dir, tempfile::TempDir::new().expect("tmp"));
+        (pids, dir.keep())
+    }
 }
 
 impl Drop for EtcdCluster {

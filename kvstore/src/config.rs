@@ -80,9 +80,9 @@ pub struct TlsFiles {
 }
 
 fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
-    let data = std::fs::read(path).map_err(|source| KvError::TlsFile {
+    let data = std::fs::read(path).map_err(|error| KvError::TlsFile {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     if !data.windows(11).any(|w| w == b"-----BEGIN ") {
         return Err(KvError::Config(format!(

@@ -36,25 +36,22 @@ pub enum KvError {
     NoEndpoints,
     #[error("invalid etcd configuration: {0}")]
     Config(String),
-    #[error("reading TLS file {path}: {source}")]
-    TlsFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // Causes are part of these messages and deliberately not `#[source]`s,
+    // so that printing the error chain does not repeat them.
+    #[error("reading TLS file {path}: {error}")]
+    TlsFile { path: String, error: std::io::Error },
     #[error(
-        "etcd {op} failed on every member for {elapsed:?}; last error from {endpoint}: {source}"
+        "etcd {op} failed on every member for {elapsed:?}; last error from {endpoint}: {last}"
     )]
     Exhausted {
         op: &'static str,
         endpoint: String,
         elapsed: Duration,
-        #[source]
-        source: Box<KvError>,
+        last: Box<KvError>,
     },
     #[error("etcd {op} timed out after {timeout:?}")]
     Timeout { op: &'static str, timeout: Duration },
-    #[error("etcd: {0}")]
+    #[error(transparent)]
     Etcd(#[from] etcd_client::Error),
     #[error("watch from revision {requested} is compacted (oldest available {compact_revision})")]
     Compacted {
@@ -85,7 +82,8 @@ impl KvError {
                         | tonic_code::CANCELLED
                 ) || s.message().contains("no leader")
             }
-            KvError::Etcd(E::WatchError(_) | E::LeaseKeepAliveError(_)) => true,
+            KvError::Etcd(E::LeaseKeepAliveError(m)) => !m.contains("not found"),
+            KvError::Etcd(E::WatchError(_)) => true,
             _ => false,
         }
     }
@@ -277,7 +275,7 @@ impl KvStore {
                     op,
                     endpoint,
                     elapsed: started.elapsed(),
-                    source: Box::new(e),
+                    last: Box::new(e),
                 })
             }
             Err(e) => Err(e),
@@ -403,7 +401,7 @@ impl KvStore {
 
     /// Renews a lease once; fails with `LeaseExpired` if it is gone.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
-        let ttl = self
+        let ttl = match self
             .call("lease_keep_alive", |mut c| async move {
                 let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
                 keeper.keep_alive().await?;
@@ -414,7 +412,16 @@ impl KvStore {
                     )),
                 }
             })
-            .await?;
+            .await
+        {
+            Ok(ttl) => ttl,
+            Err(KvError::Etcd(etcd_client::Error::LeaseKeepAliveError(m)))
+                if m.contains("not found") =>
+            {
+                0
+            }
+            Err(e) => return Err(e),
+        };
         if ttl <= 0 {
             return Err(KvError::LeaseExpired(id));
         }

@@ -1,1 +1,119 @@
-fn main() {}
+//! `cargo xtask`: the project's one entry point for setup, tests, the demo
+//! and benchmarks. Run as root on a fresh machine; every step installs or
+//! starts what it needs.
+
+mod bench;
+mod bpf;
+mod demo;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install apt packages and bpf-linker, mount bpffs/cgroup2 (idempotent; root).
+    Setup,
+    /// Build the eBPF programs with Debian's rustc-web (needs setup).
+    BuildBpf,
+    /// Setup, build, then run every test suite (what CI runs).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Bring up a local cluster and show Axoneme at work.
+    Demo(demo::DemoArgs),
+    /// Run a benchmark; writes target/bench/NAME.json.
+    Bench {
+        /// Which benchmark: identity.
+        name: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::Setup => setup::run(&root),
+        Cmd::BuildBpf => bpf::build(&root, &setup::tools_bin(&root)).map(|p| {
+            println!("eBPF object: {}", p.display());
+        }),
+        Cmd::Test { args } => test(&root, &args),
+        Cmd::Demo(args) => demo::run(&root, args),
+        Cmd::Bench { name } => bench::run(&root, &name),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace, failing with its rendering.
+fn run_cmd(root: &Path, cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root);
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The cargo that runs xtask (rustup's stable).
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Everything a test run or the demo needs built: the eBPF object and every binary.
+fn build_all(root: &Path, release: bool) -> Result<()> {
+    setup::run(root)?;
+    bpf::build(root, &setup::tools_bin(root))?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--workspace", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_cmd(root, &mut cmd)
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    build_all(root, false)?;
+    run_cmd(root, cargo().args(["fmt", "--all", "--check"]))?;
+    run_cmd(
+        root,
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // Two at a time: every integration test starts its own etcd cluster and
+    // processes, and the machine has two cores.
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=2",
+    ])
+    .args(extra);
+    run_cmd(root, &mut cmd)
+}

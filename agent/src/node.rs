@@ -1,0 +1,403 @@
+//! The node's view of the cluster, fed by etcd watches: every identity, and
+//! the operator's identity assignments for this node's endpoints.
+//!
+//! Both views are `WatchCache`s (one writer task each, resynced after a
+//! broken watch or compaction); `NodeState` adds the lookups the datapath
+//! needs and a change logger. `Mirror` turns a cache's events into
+//! added/updated/removed changes for one consumer, surviving resyncs.
+
+use std::collections::BTreeMap;
+
+use axoneme_identity::{
+    identity_cache, CacheEvent, Decode, EndpointIdentity, IdentityCache, IdentityRecord, Label,
+    LabelSet, Layout, NumericIdentity, ReservedIdentity, Source, WatchCache,
+};
+use axoneme_kvstore::KvStore;
+use tracing::{debug, info, warn, Instrument};
+
+/// Why a node name is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node name {name:?}: {reason}")]
+pub struct NodeNameError {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+/// Checks a node name: it is one segment of the endpoint keys.
+pub fn validate_node_name(name: &str) -> Result<(), NodeNameError> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > 253 {
+        "longer than 253 bytes"
+    } else if name.contains('/') {
+        "must not contain '/'"
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "must not contain spaces or control characters"
+    } else {
+        return Ok(());
+    };
+    Err(NodeNameError {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+/// The prefix of one node's assignments: `<root>/endpoint-identities/v1/<node>/`.
+pub fn node_assignments_prefix(layout: &Layout, node: &str) -> String {
+    format!("{}{node}/", layout.endpoint_identities_prefix())
+}
+
+/// What one node knows: identities and its own endpoints' assignments.
+#[derive(Clone)]
+pub struct NodeState {
+    node: String,
+    layout: Layout,
+    identities: IdentityCache,
+    assignments: WatchCache<EndpointIdentity>,
+}
+
+impl NodeState {
+    /// Starts the identity cache and the cache of `node`'s assignments, and
+    /// waits until both have their first list (this waits as long as etcd is
+    /// unreachable; the caches retry on their own).
+    pub async fn start(kv: KvStore, layout: Layout, node: &str) -> Self {
+        let identities = identity_cache(kv.clone(), &layout);
+        let assignments = WatchCache::start(kv, node_assignments_prefix(&layout, node));
+        tokio::join!(identities.ready(), assignments.ready());
+        NodeState {
+            node: node.to_string(),
+            layout,
+            identities,
+            assignments,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Every identity in the cluster, keyed by etcd key.
+    pub fn identities(&self) -> &IdentityCache {
+        &self.identities
+    }
+
+    /// This node's assignments, keyed by etcd key.
+    pub fn assignments(&self) -> &WatchCache<EndpointIdentity> {
+        &self.assignments
+    }
+
+    /// The operator's latest answer for one of this node's endpoints.
+    pub fn assignment(&self, endpoint: &str) -> Option<EndpointIdentity> {
+        self.assignments
+            .get(&self.layout.endpoint_identity(&self.node, endpoint))
+    }
+
+    /// The identity of one of this node's endpoints (none while the operator
+    /// has not assigned one, or reported an error).
+    pub fn identity_of(&self, endpoint: &str) -> Option<NumericIdentity> {
+        self.assignment(endpoint).and_then(|a| a.identity)
+    }
+
+    /// The labels an identity stands for: `reserved:<name>` for reserved
+    /// numbers (but `unknown`), else the identity record's labels.
+    pub fn labels_of(&self, id: NumericIdentity) -> Option<LabelSet> {
+        if let Some(r) = id.reserved() {
+            if r == ReservedIdentity::Unknown {
+                return None;
+            }
+            let label = Label::new(Source::Reserved, r.name(), "").ok()?;
+            return LabelSet::from_labels([label]).ok();
+        }
+        self.identities
+            .get(&self.layout.identity_id(id))
+            .filter(|rec| rec.id == id)
+            .map(|rec| rec.labels)
+    }
+
+    /// This node's assignments by endpoint name.
+    pub fn endpoints(&self) -> BTreeMap<String, EndpointIdentity> {
+        self.assignments
+            .snapshot()
+            .into_iter()
+            .filter_map(|(key, a)| {
+                let (_, endpoint) = self.layout.split_endpoint_key(&key)?;
+                Some((endpoint.to_string(), a))
+            })
+            .collect()
+    }
+
+    /// Logs every identity added or removed and every assignment of this
+    /// node's endpoints, until dropped. The identities present at start are
+    /// summed up (each at debug level); the endpoints are each logged.
+    pub async fn log_changes(&self) {
+        let layout = &self.layout;
+        let identities = follow(&self.identities, |change, initial| {
+            log_identity(change, initial)
+        })
+        .instrument(tracing::info_span!("identities"));
+        let assignments = follow(&self.assignments, |change, _| {
+            log_assignment(layout, change)
+        })
+        .instrument(tracing::info_span!("assignments"));
+        tokio::join!(identities, assignments);
+    }
+}
+
+/// A change to one key of a cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change<V> {
+    Added { key: String, value: V },
+    Updated { key: String, old: V, new: V },
+    Removed { key: String, old: V },
+}
+
+/// A consumer's copy of a cache: applies the cache's events and says what
+/// changed. After `Resynced` it diffs against the snapshot, so changes missed
+/// while the cache re-listed (or this consumer lagged) are still reported,
+/// and events repeating what it already has report nothing.
+#[derive(Debug, Clone)]
+pub struct Mirror<V> {
+    items: BTreeMap<String, V>,
+}
+
+impl<V> Default for Mirror<V> {
+    fn default() -> Self {
+        Mirror {
+            items: BTreeMap::new(),
+        }
+    }
+}
+
+impl<V: Clone + PartialEq> Mirror<V> {
+    pub fn items(&self) -> &BTreeMap<String, V> {
+        &self.items
+    }
+
+    pub fn upsert(&mut self, key: String, value: V) -> Option<Change<V>> {
+        match self.items.insert(key.clone(), value.clone()) {
+            None => Some(Change::Added { key, value }),
+            Some(old) if old != value => Some(Change::Updated {
+                key,
+                old,
+                new: value,
+            }),
+            Some(_) => None,
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Change<V>> {
+        self.items.remove(key).map(|old| Change::Removed {
+            key: key.to_string(),
+            old,
+        })
+    }
+
+    /// Replaces the copy with `snapshot`, returning the differences.
+    pub fn resync(&mut self, snapshot: BTreeMap<String, V>) -> Vec<Change<V>> {
+        let mut changes: Vec<Change<V>> = Vec::new();
+        let gone: Vec<String> = self
+            .items
+            .keys()
+            .filter(|k| !snapshot.contains_key(*k))
+            .cloned()
+            .collect();
+        changes.extend(gone.iter().filter_map(|k| self.remove(k)));
+        for (key, value) in snapshot {
+            changes.extend(self.upsert(key, value));
+        }
+        changes
+    }
+
+    /// Applies one cache event; `snapshot` is read only on `Resynced`.
+    pub fn apply(
+        &mut self,
+        event: CacheEvent<V>,
+        snapshot: impl FnOnce() -> BTreeMap<String, V>,
+    ) -> Vec<Change<V>> {
+        match event {
+            CacheEvent::Upsert { key, value } => self.upsert(key, value).into_iter().collect(),
+            CacheEvent::Delete { key, .. } => self.remove(&key).into_iter().collect(),
+            CacheEvent::Resynced => self.resync(snapshot()),
+        }
+    }
+}
+
+/// Feeds `on_change` with a cache's changes: first its content once ready
+/// (`initial` true), then every change. Never returns.
+async fn follow<V: Decode + PartialEq>(
+    cache: &WatchCache<V>,
+    mut on_change: impl FnMut(Change<V>, bool),
+) {
+    // Subscribe before reading the snapshot: nothing falls in between.
+    let mut sub = cache.subscribe();
+    cache.ready().await;
+    let mut mirror = Mirror::default();
+    for change in mirror.resync(cache.snapshot()) {
+        on_change(change, true);
+    }
+    let stats = cache.stats();
+    info!(
+        items = stats.items,
+        revision = stats.revision,
+        "cache synced"
+    );
+    loop {
+        let event = sub.recv().await;
+        let resync = matches!(event, CacheEvent::Resynced);
+        let changes = mirror.apply(event, || cache.snapshot());
+        if resync {
+            let stats = cache.stats();
+            debug!(
+                items = stats.items,
+                resyncs = stats.resyncs,
+                changes = changes.len(),
+                "cache resynced"
+            );
+        }
+        for change in changes {
+            on_change(change, false);
+        }
+    }
+}
+
+fn log_identity(change: Change<IdentityRecord>, initial: bool) {
+    match change {
+        Change::Added { value, .. } if initial => {
+            debug!(id = %value.id, labels = %value.labels, "identity present");
+        }
+        Change::Added { value, .. } => {
+            info!(id = %value.id, labels = %value.labels, "identity added");
+        }
+        Change::Updated { old, new, .. } => {
+            info!(id = %new.id, labels = %new.labels, old_labels = %old.labels, "identity changed");
+        }
+        Change::Removed { old, .. } => {
+            info!(id = %old.id, labels = %old.labels, "identity removed");
+        }
+    }
+}
+
+fn log_assignment(layout: &Layout, change: Change<EndpointIdentity>) {
+    let endpoint = |key: &str| {
+        layout
+            .split_endpoint_key(key)
+            .map(|(_, e)| e.to_string())
+            .unwrap_or_else(|| key.to_string())
+    };
+    match change {
+        Change::Added { key, value: a } | Change::Updated { key, new: a, .. } => {
+            let endpoint = endpoint(&key);
+            match (&a.identity, &a.error) {
+                (Some(id), _) => info!(
+                    %endpoint, identity = %id, labels = %a.labels,
+                    endpoint_revision = a.endpoint_revision, "endpoint assigned identity"
+                ),
+                (None, error) => warn!(
+                    %endpoint, error = error.as_deref().unwrap_or("none given"),
+                    endpoint_revision = a.endpoint_revision, "operator assigned no identity"
+                ),
+            }
+        }
+        Change::Removed { key, old } => {
+            let identity = old
+                .identity
+                .map_or_else(|| "-".to_string(), |i| i.to_string());
+            info!(endpoint = %endpoint(&key), %identity, "endpoint assignment removed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(items: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        items.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn mirror_reports_changes_once() {
+        let mut m = Mirror::<u32>::default();
+        assert_eq!(
+            m.apply(
+                CacheEvent::Upsert {
+                    key: "a".into(),
+                    value: 1
+                },
+                || unreachable!()
+            ),
+            [Change::Added {
+                key: "a".into(),
+                value: 1
+            }]
+        );
+        // A repeat (e.g. the initial list's event after the snapshot) is no change.
+        assert!(m.upsert("a".into(), 1).is_none());
+        assert_eq!(
+            m.upsert("a".into(), 2),
+            Some(Change::Updated {
+                key: "a".into(),
+                old: 1,
+                new: 2
+            })
+        );
+        assert_eq!(
+            m.apply(
+                CacheEvent::Delete {
+                    key: "a".into(),
+                    prev: None
+                },
+                || unreachable!()
+            ),
+            [Change::Removed {
+                key: "a".into(),
+                old: 2
+            }]
+        );
+        assert!(m.remove("a").is_none(), "deleting twice reports once");
+    }
+
+    #[test]
+    fn mirror_diffs_on_resync() {
+        let mut m = Mirror::default();
+        m.resync(snap(&[("a", 1), ("b", 2), ("c", 3)]));
+        let changes = m.apply(CacheEvent::Resynced, || {
+            snap(&[("b", 2), ("c", 4), ("d", 5)])
+        });
+        assert_eq!(
+            changes,
+            [
+                Change::Removed {
+                    key: "a".into(),
+                    old: 1
+                },
+                Change::Updated {
+                    key: "c".into(),
+                    old: 3,
+                    new: 4
+                },
+                Change::Added {
+                    key: "d".into(),
+                    value: 5
+                },
+            ]
+        );
+        assert_eq!(m.items(), &snap(&[("b", 2), ("c", 4), ("d", 5)]));
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(validate_node_name("node-a.example").is_ok());
+        for bad in ["", "a/b", "a b", "a\n"] {
+            assert!(validate_node_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            node_assignments_prefix(&Layout::default(), "n1"),
+            "axoneme/state/endpoint-identities/v1/n1/"
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Command-line syntax of `axoneme`.
+
+use axoneme_identity::layout::DEFAULT_ROOT;
+use axoneme_kvstore::KvArgs;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::output::OutputFormat;
+
+/// axoneme: inspect and change Axoneme's state.
+///
+/// Standalone mode: the commands talk to etcd directly.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "axoneme", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub kv: KvArgs,
+    /// Root of Axoneme's keys in etcd.
+    #[arg(long, env = "AXONEME_KVSTORE_PREFIX", default_value = DEFAULT_ROOT)]
+    pub kvstore_prefix: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Endpoints and the identities the operator assigned to them.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Security identities.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Health of etcd, the operator and identity allocation (exit 1 if anything fails).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EndpointCommand {
+    /// Writes an endpoint record, as a node's agent does.
+    Put(PutArgs),
+    /// Deletes an endpoint record (the operator then removes its assignment).
+    Delete(EndpointKeyArgs),
+    /// Lists endpoints with their identity and assignment status.
+    List(ListEndpointsArgs),
+    /// Shows one endpoint.
+    Get(GetEndpointArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EndpointKeyArgs {
+    /// Node the endpoint runs on.
+    #[arg(long)]
+    pub node: String,
+    /// Endpoint name, unique on its node.
+    #[arg(long = "id")]
+    pub id: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PutArgs {
+    #[command(flatten)]
+    pub key: EndpointKeyArgs,
+    /// A label `[source:]key[=value]` (source defaults to k8s); repeatable.
+    #[arg(long = "label", short = 'l')]
+    pub labels: Vec<String>,
+    /// An address of the endpoint; repeatable.
+    #[arg(long = "address")]
+    pub addresses: Vec<String>,
+    /// Kubernetes namespace of the endpoint.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Wait up to this many seconds for the operator's answer and print the
+    /// identity (exit 1 if the operator reports an error or does not answer).
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<u64>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListEndpointsArgs {
+    /// Only endpoints of this node.
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GetEndpointArgs {
+    /// The endpoint as NODE/ENDPOINT.
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum IdentityCommand {
+    /// Lists identities: the reserved ones and those the operator allocated.
+    List(ListIdentitiesArgs),
+    /// Shows one identity.
+    Get(GetIdentityArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListIdentitiesArgs {
+    /// Leave out the reserved identities (1-10).
+    #[arg(long)]
+    pub allocated_only: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GetIdentityArgs {
+    /// The numeric identity.
+    pub id: u32,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Also show every etcd member.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+/// The clap command, with every top-level option global so it may also be
+/// given after the subcommand (`axoneme endpoint list -o json`); subcommands'
+/// help lists them apart from their own.
+pub fn command() -> clap::Command {
+    Args::command().mut_args(|a| a.global(true).help_heading("Global options"))
+}
+
+impl Args {
+    /// Parses `std::env::args`, exiting with clap's message (code 2) on bad
+    /// input and 0 for `--help`/`--version`.
+    pub fn parse_env() -> Self {
+        let mut matches = command().get_matches();
+        Args::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+    }
+
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut matches = command().try_get_matches_from(args)?;
+        Args::from_arg_matches_mut(&mut matches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_is_well_formed() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let a = Args::try_parse_args([
+            "axoneme",
+            "endpoint",
+            "list",
+            "--node",
+            "n1",
+            "-o",
+            "json",
+            "--etcd-endpoints",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--kvstore-prefix",
+            "t",
+        ])
+        .unwrap();
+        assert_eq!(a.output, OutputFormat::Json);
+        assert_eq!(a.kv.endpoints.len(), 2);
+        assert_eq!(a.kvstore_prefix, "t");
+        assert!(
+            matches!(a.command, Command::Endpoint(EndpointCommand::List(l)) if l.node.as_deref() == Some("n1"))
+        );
+        let a = Args::try_parse_args(["axoneme", "-o", "yaml", "status", "--verbose"]).unwrap();
+        assert_eq!(a.output, OutputFormat::Yaml);
+        assert!(matches!(a.command, Command::Status(s) if s.verbose));
+    }
+
+    #[test]
+    fn put_flags() {
+        let a = Args::try_parse_args([
+            "axoneme",
+            "endpoint",
+            "put",
+            "--node",
+            "n",
+            "--id",
+            "e",
+            "--label",
+            "k8s:app=x",
+            "-l",
+            "zone=a",
+            "--wait",
+            "5",
+        ])
+        .unwrap();
+        let Command::Endpoint(EndpointCommand::Put(p)) = a.command else {
+            panic!("not put")
+        };
+        assert_eq!(p.labels, ["k8s:app=x", "zone=a"]);
+        assert_eq!(p.wait, Some(5));
+        assert_eq!((p.key.node.as_str(), p.key.id.as_str()), ("n", "e"));
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error() {
+        let e = Args::try_parse_args(["axoneme", "endpoint", "put", "--node", "n"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = Args::try_parse_args(["axoneme", "identity", "get", "abc"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = Args::try_parse_args(["axoneme", "-o", "xml", "status"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

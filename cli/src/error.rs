@@ -1,0 +1,127 @@
+//! Errors of the CLI's commands.
+
+use axoneme_identity::LabelError;
+use axoneme_kvstore::KvError;
+
+/// Why a command failed. The binary prints it as `axoneme: error: ...` and
+/// exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("etcd settings")]
+    Config(#[source] KvError),
+    #[error("connecting to etcd")]
+    Connect(#[source] KvError),
+    /// An etcd call failed; `what` says what the command was doing.
+    #[error("{what}")]
+    Kv {
+        what: String,
+        #[source]
+        source: KvError,
+    },
+    #[error("invalid label {label:?}")]
+    InvalidLabel {
+        label: String,
+        #[source]
+        source: LabelError,
+    },
+    #[error("invalid label set")]
+    InvalidLabelSet(#[source] LabelError),
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid endpoint {0:?}: want NODE/ENDPOINT")]
+    EndpointRef(String),
+    #[error("identity {0} not found")]
+    IdentityNotFound(u32),
+    #[error("endpoint {node}/{endpoint} not found")]
+    EndpointNotFound { node: String, endpoint: String },
+    #[error("the operator assigned no identity to {node}/{endpoint}: {error}")]
+    Rejected {
+        node: String,
+        endpoint: String,
+        error: String,
+    },
+    #[error(
+        "timed out after {secs}s waiting for the operator to answer {node}/{endpoint} \
+         at revision {revision} (is an operator running and leading? see `axoneme status`)"
+    )]
+    WaitTimeout {
+        node: String,
+        endpoint: String,
+        revision: i64,
+        secs: u64,
+    },
+    #[error(
+        "endpoint {node}/{endpoint} changed again (revision {seen}) before the operator \
+         answered revision {revision}"
+    )]
+    Superseded {
+        node: String,
+        endpoint: String,
+        revision: i64,
+        seen: i64,
+    },
+    #[error("endpoint {node}/{endpoint} was deleted before the operator answered")]
+    DeletedWhileWaiting { node: String, endpoint: String },
+    #[error("encoding output: {0}")]
+    Encode(String),
+}
+
+impl CliError {
+    pub(crate) fn kv(what: impl Into<String>) -> impl FnOnce(KvError) -> CliError {
+        let what = what.into();
+        move |source| CliError::Kv { what, source }
+    }
+}
+
+/// An error and its sources as one line, `a: b: c`, leaving out a source
+/// whose text the line already contains (some errors print their source in
+/// their own message too).
+pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = e.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_line_skips_repeated_sources() {
+        let e = CliError::Kv {
+            what: "listing endpoints".into(),
+            source: KvError::Exhausted {
+                op: "get_prefix",
+                endpoint: "http://127.0.0.1:1".into(),
+                elapsed: std::time::Duration::from_secs(2),
+                last: Box::new(KvError::Timeout {
+                    op: "get_prefix",
+                    timeout: std::time::Duration::from_secs(1),
+                }),
+            },
+        };
+        let line = error_line(&e);
+        assert_eq!(
+            line,
+            "listing endpoints: etcd get_prefix failed on every member for 2s; \
+             last error from http://127.0.0.1:1: etcd get_prefix timed out after 1s"
+        );
+        let e = CliError::InvalidLabel {
+            label: "k8s:-x".into(),
+            source: LabelError::UnknownSource("x".into()),
+        };
+        assert!(error_line(&e).starts_with("invalid label \"k8s:-x\": unknown label source"));
+    }
+}

@@ -1,0 +1,104 @@
+//! The `axoneme` command-line tool, as a library so that its commands can be
+//! tested; `main.rs` only parses, runs and prints.
+//!
+//! Standalone mode: every command talks to etcd directly through
+//! `axoneme_kvstore::KvStore`, using the key layout of
+//! `axoneme_identity::Layout`.
+
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod endpoint;
+pub mod error;
+pub mod identity;
+pub mod output;
+pub mod status;
+
+use axoneme_identity::Layout;
+use axoneme_kvstore::{KvArgs, KvStore};
+
+pub use crate::args::Args;
+use crate::args::{Command, EndpointCommand, IdentityCommand};
+pub use crate::error::{error_line, CliError};
+use crate::output::{render, OutputFormat, Render};
+
+/// What a command prints on stdout, and whether it succeeded (exit 0) or
+/// found something wrong it has already described (exit 1, e.g. `status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub text: String,
+    pub ok: bool,
+}
+
+impl Report {
+    fn new<T: Render>(value: &T, format: OutputFormat, ok: bool) -> Result<Self, CliError> {
+        Ok(Report {
+            text: render(value, format)?,
+            ok,
+        })
+    }
+}
+
+/// What every command needs: the etcd client and the key layout.
+#[derive(Clone)]
+pub struct Ctx {
+    pub kv: KvStore,
+    pub layout: Layout,
+}
+
+impl Ctx {
+    /// Connects lazily: a member that is down fails the first call, not this.
+    pub async fn connect(kv: &KvArgs, prefix: &str) -> Result<Self, CliError> {
+        let config = kv.to_config().map_err(CliError::Config)?;
+        let kv = KvStore::connect(config).await.map_err(CliError::Connect)?;
+        Ok(Ctx {
+            kv,
+            layout: Layout::new(prefix),
+        })
+    }
+}
+
+/// Runs the command `args` asks for. Input that can be checked without etcd
+/// is checked before connecting.
+pub async fn run(args: Args) -> Result<Report, CliError> {
+    let format = args.output;
+    let ctx = || Ctx::connect(&args.kv, &args.kvstore_prefix);
+    match &args.command {
+        Command::Endpoint(EndpointCommand::Put(put)) => {
+            let record = endpoint::record_from_args(put)?;
+            let view = endpoint::put(&ctx().await?, record, put.wait).await?;
+            Report::new(&view, format, true)
+        }
+        Command::Endpoint(EndpointCommand::Delete(key)) => {
+            endpoint::check_name("node", &key.node)?;
+            endpoint::check_name("endpoint", &key.id)?;
+            let deleted = endpoint::delete(&ctx().await?, &key.node, &key.id).await?;
+            Report::new(&deleted, format, true)
+        }
+        Command::Endpoint(EndpointCommand::List(list)) => {
+            if let Some(node) = &list.node {
+                endpoint::check_name("node", node)?;
+            }
+            let views = endpoint::list(&ctx().await?, list.node.as_deref()).await?;
+            Report::new(&views, format, true)
+        }
+        Command::Endpoint(EndpointCommand::Get(get)) => {
+            let (node, id) = endpoint::parse_ref(&get.endpoint)?;
+            let view = endpoint::get(&ctx().await?, node, id).await?;
+            Report::new(&view, format, true)
+        }
+        Command::Identity(IdentityCommand::List(list)) => {
+            let views = identity::list(&ctx().await?, list.allocated_only).await?;
+            Report::new(&views, format, true)
+        }
+        Command::Identity(IdentityCommand::Get(get)) => {
+            let view = identity::get(&ctx().await?, get.id).await?;
+            Report::new(&view, format, true)
+        }
+        Command::Status(status_args) => {
+            let report = status::check(&ctx().await?, status_args.verbose).await;
+            let ok = report.ok;
+            Report::new(&report, format, ok)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! `cargo xtask setup`: everything the project needs on a fresh machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages: etcd, protoc (+ well-known protos) for etcd-client, the
+/// eBPF toolchain (rustc-web with the prebuilt BPF core, LLVM 22 for
+/// bpf-linker), and the network tools tests use.
+const APT_PACKAGES: &[&str] = &[
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "iproute2",
+    "iputils-ping",
+    "curl",
+    "openssl",
+    "ca-certificates",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn tools_dir(root: &Path) -> PathBuf {
+    root.join(".tools")
+}
+
+pub fn tools_bin(root: &Path) -> PathBuf {
+    tools_dir(root).join("bin")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn mounted(fstype: &str, target: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[1] == target && f[2] == fstype
+        })
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Where the project mounts cgroup2 if the machine has none.
+pub const CGROUP2_DIR: &str = "/run/axoneme/cgroup2";
+
+pub fn run(root: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("cargo xtask setup must run as root (it installs apt packages and mounts bpffs)");
+    }
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        println!("setup: apt packages present ({})", APT_PACKAGES.len());
+    } else {
+        println!("setup: installing {}", missing.join(" "));
+        sh(Command::new("apt-get").args(["update", "-qq"]))?;
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    let linker = tools_bin(root).join("bpf-linker");
+    let have = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false);
+    if have {
+        println!(
+            "setup: bpf-linker {BPF_LINKER_VERSION} present in {}",
+            tools_bin(root).display()
+        );
+    } else {
+        println!(
+            "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2-4 minutes)"
+        );
+        sh(super::cargo()
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22", "--root"])
+            .arg(tools_dir(root))
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+
+    if mounted("bpf", "/sys/fs/bpf") {
+        println!("setup: bpffs mounted at /sys/fs/bpf");
+    } else {
+        println!("setup: mounting bpffs at /sys/fs/bpf");
+        sh(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    let has_cgroup2 = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"));
+    if has_cgroup2 {
+        println!("setup: cgroup2 mounted");
+    } else {
+        println!("setup: mounting cgroup2 at {CGROUP2_DIR}");
+        std::fs::create_dir_all(CGROUP2_DIR)?;
+        sh(Command::new("mount").args(["-t", "cgroup2", "none", CGROUP2_DIR]))?;
+    }
+    std::fs::create_dir_all("/sys/fs/bpf/axoneme").context("creating /sys/fs/bpf/axoneme")?;
+    Ok(())
+}
