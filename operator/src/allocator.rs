@@ -22,7 +22,7 @@ use axoneme_identity::{
     LabelSet, Layout, NumericIdentity, Raw, WatchCache,
 };
 use axoneme_kvstore::{Compare, CompareOp, KeyValue, KvError, KvStore, Txn, TxnOp};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -121,8 +121,112 @@ enum Done {
         id: u32,
         current: Option<KeyValue>,
     },
+    /// Several results of one group commit.
+    Batch(Vec<Done>),
     Fenced,
     Failed(KvError),
+}
+
+/// Most creations sent in one transaction: each takes 2 compares and 3
+/// puts, and etcd's default `--max-txn-ops` is 128.
+const CREATE_BATCH: usize = 32;
+
+/// One identity creation: the identity, its labels index, and the answer
+/// for the endpoint that asked for it.
+#[derive(Clone)]
+struct Create {
+    canonical: String,
+    id: u32,
+    ep: String,
+    assignment: EndpointIdentity,
+    id_key: String,
+    labels_key: String,
+    assignment_key: String,
+    record: Vec<u8>,
+}
+
+impl Create {
+    fn compares(&self) -> [Compare; 2] {
+        [
+            Compare::create_revision(self.labels_key.clone(), CompareOp::Equal, 0),
+            Compare::create_revision(self.id_key.clone(), CompareOp::Equal, 0),
+        ]
+    }
+
+    fn puts(&self) -> [TxnOp; 3] {
+        [
+            TxnOp::put(self.id_key.clone(), self.record.clone(), None),
+            TxnOp::put(self.labels_key.clone(), self.id.to_string(), None),
+            TxnOp::put(
+                self.assignment_key.clone(),
+                serde_json::to_vec(&self.assignment).expect("serializes"),
+                None,
+            ),
+        ]
+    }
+
+    fn created(self, revision: i64) -> Done {
+        Done::Created {
+            canonical: self.canonical,
+            id: self.id,
+            ep: self.ep,
+            assignment: self.assignment,
+            revision,
+        }
+    }
+}
+
+/// Creates one identity; on a failed compare finds out why.
+async fn create_one(kv: KvStore, lead: Leadership, ids_prefix: String, c: Create) -> Done {
+    let txn = Txn::new()
+        .when(
+            std::iter::once(lead.fence())
+                .chain(c.compares())
+                .collect::<Vec<_>>(),
+        )
+        .and_then(c.puts())
+        .or_else([
+            TxnOp::get(lead.key.clone(), None),
+            TxnOp::get(c.labels_key.clone(), None),
+            TxnOp::get(c.id_key.clone(), None),
+        ]);
+    let r = match kv.txn(txn).await {
+        Ok(r) => r,
+        Err(e) => return Done::Failed(e),
+    };
+    if r.succeeded {
+        return c.created(r.revision);
+    }
+    let first = |i: usize| r.gets.get(i).and_then(|g| g.first()).cloned();
+    if first(0).is_none_or(|l| l.create_revision != lead.fence_revision) {
+        return Done::Fenced;
+    }
+    if let Some(existing) = first(1) {
+        let existing_id = String::from_utf8_lossy(&existing.value).parse::<u32>().ok();
+        // The id key's revision is needed for GC; read it.
+        let with_rev = match existing_id {
+            Some(eid) => match kv.get(&format!("{ids_prefix}{eid}")).await {
+                Ok(Some(kv)) => Some((eid, kv.mod_revision)),
+                Ok(None) => None,
+                Err(e) => return Done::Failed(e),
+            },
+            None => None,
+        };
+        return Done::LabelsExist {
+            canonical: c.canonical,
+            reserved: c.id,
+            existing: with_rev,
+            ep: c.ep,
+        };
+    }
+    let taken = first(2);
+    Done::IdTaken {
+        canonical: c.canonical,
+        id: c.id,
+        mod_revision: taken.as_ref().map(|t| t.mod_revision).unwrap_or_default(),
+        taken_by: taken.and_then(|t| serde_json::from_slice(&t.value).ok()),
+        ep: c.ep,
+    }
 }
 
 struct Allocator {
@@ -147,6 +251,7 @@ struct Allocator {
     busy: HashSet<String>,
     exhausted: HashSet<String>,
     inflight: FuturesUnordered<BoxFuture<'static, Done>>,
+    create_queue: Vec<Create>,
     synced: bool,
     /// Identities inside the configured range (for the free-numbers gauge).
     in_range: u32,
@@ -188,6 +293,7 @@ pub async fn run(
         busy: HashSet::new(),
         exhausted: HashSet::new(),
         inflight: FuturesUnordered::new(),
+        create_queue: Vec::new(),
         synced: false,
         in_range: 0,
     };
@@ -198,6 +304,7 @@ pub async fn run(
     endpoints.ready().await;
     a.synced = true;
     a.resync(&endpoints);
+    a.flush_creates();
     a.update_gauges();
     info!(
         identities = a.by_id.len(),
@@ -216,17 +323,34 @@ pub async fn run(
                     return exit;
                 }
             }
-            ev = sub.recv(), if room => match ev {
-                CacheEvent::Upsert { key, value } => a.on_upsert(key, value),
-                CacheEvent::Delete { key, .. } => a.on_delete(&key),
-                CacheEvent::Resynced => a.resync(&endpoints),
-            },
+            ev = sub.recv(), if room => {
+                a.on_event(ev, &endpoints);
+                // Take what else is already queued, so creations group up.
+                for _ in 0..EVENT_BURST {
+                    match sub.recv().now_or_never() {
+                        Some(ev) => a.on_event(ev, &endpoints),
+                        None => break,
+                    }
+                }
+            }
             _ = gc_tick.tick(), if room => a.gc(),
         }
+        a.flush_creates();
     }
 }
 
+/// Events handled before queued creations are sent.
+const EVENT_BURST: usize = 256;
+
 impl Allocator {
+    fn on_event(&mut self, ev: CacheEvent<Raw>, endpoints: &WatchCache<Raw>) {
+        match ev {
+            CacheEvent::Upsert { key, value } => self.on_upsert(key, value),
+            CacheEvent::Delete { key, .. } => self.on_delete(&key),
+            CacheEvent::Resynced => self.resync(endpoints),
+        }
+    }
+
     /// Loads identities and existing assignments.
     async fn load(&mut self) -> Result<(), KvError> {
         let (ids, _) = self
@@ -543,6 +667,8 @@ impl Allocator {
         }));
     }
 
+    /// Queues an identity creation; `flush_creates` sends queued ones
+    /// together.
     fn spawn_create(
         &mut self,
         canonical: String,
@@ -558,80 +684,54 @@ impl Allocator {
             labels,
             allocator: self.lead.holder.clone(),
         };
-        let id_key = self.layout.identity_id(NumericIdentity(id));
-        let labels_key = self.layout.identity_labels(&canonical);
-        let txn = Txn::new()
-            .when([
-                self.lead.fence(),
-                Compare::create_revision(labels_key.clone(), CompareOp::Equal, 0),
-                Compare::create_revision(id_key.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(
-                    id_key.clone(),
-                    serde_json::to_vec(&record).expect("serializes"),
-                    None,
-                ),
-                TxnOp::put(labels_key.clone(), id.to_string(), None),
-                TxnOp::put(
-                    self.assignment_key(&ep),
-                    serde_json::to_vec(&assignment).expect("serializes"),
-                    None,
-                ),
-            ])
-            .or_else([
-                TxnOp::get(self.lead.key.clone(), None),
-                TxnOp::get(labels_key, None),
-                TxnOp::get(id_key.clone(), None),
-            ]);
-        let kv = self.kv.clone();
-        let fence = self.lead.fence_revision;
-        let ids_prefix = self.layout.identity_ids_prefix();
-        self.inflight.push(Box::pin(async move {
-            let r = match kv.txn(txn).await {
-                Ok(r) => r,
-                Err(e) => return Done::Failed(e),
-            };
-            if r.succeeded {
-                return Done::Created {
-                    canonical,
-                    id,
-                    ep,
-                    assignment,
-                    revision: r.revision,
-                };
-            }
-            let first = |i: usize| r.gets.get(i).and_then(|g| g.first()).cloned();
-            if first(0).is_none_or(|l| l.create_revision != fence) {
-                return Done::Fenced;
-            }
-            if let Some(existing) = first(1) {
-                let existing_id = String::from_utf8_lossy(&existing.value).parse::<u32>().ok();
-                // The id key's revision is needed for GC; read it.
-                let with_rev = match existing_id {
-                    Some(eid) => match kv.get(&format!("{ids_prefix}{eid}")).await {
-                        Ok(Some(kv)) => Some((eid, kv.mod_revision)),
-                        Ok(None) => None,
+        self.create_queue.push(Create {
+            id_key: self.layout.identity_id(NumericIdentity(id)),
+            labels_key: self.layout.identity_labels(&canonical),
+            assignment_key: self.assignment_key(&ep),
+            record: serde_json::to_vec(&record).expect("serializes"),
+            canonical,
+            id,
+            ep,
+            assignment,
+        });
+    }
+
+    /// Sends queued creations as one transaction (group commit): etcd's cost
+    /// is mostly per transaction, so under load this multiplies the rate of
+    /// new identities. If the group's compare fails, each creation is retried
+    /// alone to learn which one conflicted and why.
+    fn flush_creates(&mut self) {
+        for batch in std::mem::take(&mut self.create_queue).chunks(CREATE_BATCH) {
+            let batch = batch.to_vec();
+            let kv = self.kv.clone();
+            let lead = self.lead.clone();
+            let ids_prefix = self.layout.identity_ids_prefix();
+            self.inflight.push(Box::pin(async move {
+                if batch.len() > 1 {
+                    let txn = Txn::new()
+                        .when(
+                            std::iter::once(lead.fence())
+                                .chain(batch.iter().flat_map(Create::compares))
+                                .collect::<Vec<_>>(),
+                        )
+                        .and_then(batch.iter().flat_map(Create::puts).collect::<Vec<_>>());
+                    match kv.txn(txn).await {
+                        Ok(r) if r.succeeded => {
+                            let revision = r.revision;
+                            return Done::Batch(
+                                batch.into_iter().map(|c| c.created(revision)).collect(),
+                            );
+                        }
+                        Ok(_) => {}
                         Err(e) => return Done::Failed(e),
-                    },
-                    None => None,
-                };
-                return Done::LabelsExist {
-                    canonical,
-                    reserved: id,
-                    existing: with_rev,
-                    ep,
-                };
-            }
-            let taken = first(2);
-            Done::IdTaken {
-                canonical,
-                id,
-                mod_revision: taken.as_ref().map(|t| t.mod_revision).unwrap_or_default(),
-                taken_by: taken.and_then(|t| serde_json::from_slice(&t.value).ok()),
-                ep,
-            }
-        }));
+                    }
+                }
+                let singles = batch
+                    .into_iter()
+                    .map(|c| create_one(kv.clone(), lead.clone(), ids_prefix.clone(), c));
+                Done::Batch(futures::future::join_all(singles).await)
+            }));
+        }
     }
 
     /// Starts deleting identities unreferenced for longer than the grace period.
@@ -709,6 +809,16 @@ impl Allocator {
 
     fn on_done(&mut self, done: Done) -> Option<LeaderExit> {
         match done {
+            Done::Batch(all) => {
+                // A fenced or failed member ends the term; handle the rest first.
+                let mut exit = None;
+                for d in all {
+                    if let Some(e) = self.on_done(d) {
+                        exit.get_or_insert(e);
+                    }
+                }
+                return exit;
+            }
             Done::Put { ep, written } => {
                 self.busy.remove(&ep);
                 match written {

@@ -349,3 +349,45 @@ async fn allocation_over_mutual_tls() -> Result<()> {
     assert!(a.identity.is_some());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identities_written_behind_the_leaders_back_are_respected() -> Result<()> {
+    use axoneme_identity::{IdentityRecord, LabelSet, NumericIdentity, Source};
+    let f = Fixture::new(1, &[]).await?;
+    f.wait_leader(Duration::from_secs(10)).await?;
+    // After the leader loaded its state, someone (say, a deposed leader's
+    // last transaction) created identity 256 for app=ghost.
+    let ghost = LabelSet::parse(["app=ghost"], Source::K8s)?;
+    let rec = IdentityRecord {
+        id: NumericIdentity(256),
+        labels: ghost.clone(),
+        allocator: "ghost".into(),
+    };
+    f.kv.put(
+        &f.layout.identity_id(NumericIdentity(256)),
+        serde_json::to_vec(&rec)?,
+        0,
+    )
+    .await?;
+    f.kv.put(
+        &f.layout.identity_labels(&ghost.canonical()),
+        b"256".to_vec(),
+        0,
+    )
+    .await?;
+    // The leader's next number (256) is taken: it must pick another.
+    f.put_endpoint("n1", "new", &["app=new".into()]).await?;
+    let new = f
+        .wait_assignment("n1", "new", Duration::from_secs(10))
+        .await?;
+    assert_ne!(new.identity, Some(NumericIdentity(256)));
+    // The label set already has an identity: it must be adopted, not duplicated.
+    f.put_endpoint("n1", "ghostly", &["app=ghost".into()])
+        .await?;
+    let g = f
+        .wait_assignment("n1", "ghostly", Duration::from_secs(10))
+        .await?;
+    assert_eq!(g.identity, Some(NumericIdentity(256)));
+    f.check_invariants(2).await?;
+    Ok(())
+}
