@@ -34,6 +34,23 @@ pub enum Command {
     Identity(IdentityCommand),
     /// Health of etcd, the operator and identity allocation (exit 1 if anything fails).
     Status(StatusArgs),
+    /// CiliumNetworkPolicy documents.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyCommand {
+    /// Checks policy files offline (no cluster, no etcd): multi-document YAML
+    /// or JSON, `-` for standard input. Exit 0 if every policy is valid.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidateArgs {
+    /// Files to check.
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -36,6 +36,8 @@ pub enum CliError {
     EndpointRef(String),
     #[error("identity {0} not found")]
     IdentityNotFound(u32),
+    #[error("reading {path}: {error}")]
+    ReadFile { path: String, error: std::io::Error },
     #[error("endpoint {node}/{endpoint} not found")]
     EndpointNotFound { node: String, endpoint: String },
     #[error("the operator assigned no identity to {node}/{endpoint}: {error}")]

@@ -12,13 +12,14 @@ pub mod endpoint;
 pub mod error;
 pub mod identity;
 pub mod output;
+pub mod policy;
 pub mod status;
 
 use axoneme_identity::Layout;
 use axoneme_kvstore::{KvArgs, KvStore};
 
 pub use crate::args::Args;
-use crate::args::{Command, EndpointCommand, IdentityCommand};
+use crate::args::{Command, EndpointCommand, IdentityCommand, PolicyCommand};
 pub use crate::error::{error_line, CliError};
 use crate::output::{render, OutputFormat, Render};
 
@@ -94,6 +95,11 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
         Command::Identity(IdentityCommand::Get(get)) => {
             let view = identity::get(&ctx().await?, get.id).await?;
             Report::new(&view, format, true)
+        }
+        Command::Policy(PolicyCommand::Validate(v)) => {
+            let report = policy::validate_files(&v.files)?;
+            let ok = report.ok();
+            Report::new(&report, format, ok)
         }
         Command::Status(status_args) => {
             let report = status::check(&ctx().await?, status_args.verbose).await;

@@ -137,23 +137,35 @@ fn check_name_segment(s: &str, allow_empty: bool) -> Result<(), String> {
 }
 
 /// A DNS subdomain (RFC 1123) of at most 253 characters: the optional prefix
-/// of a Kubernetes label key.
-fn check_dns_subdomain(s: &str) -> Result<(), String> {
+/// of a Kubernetes label key, and the form of object names. The message
+/// completes a sentence that begins with the checked string.
+pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 253 {
-        return Err(format!("prefix must be 1-253 characters, got {}", s.len()));
+        return Err(format!("must be 1-253 characters, not {}", s.len()));
     }
     for part in s.split('.') {
-        if part.is_empty()
-            || !part
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            || part.starts_with('-')
-            || part.ends_with('-')
-        {
-            return Err(format!(
-                "prefix {s:?} is not a DNS subdomain (lower-case letters, digits, '-' and '.')"
-            ));
-        }
+        check_dns_label(part).map_err(|_| {
+            "is not a DNS subdomain (lower-case letters, digits, '-' and '.')".to_string()
+        })?;
+    }
+    Ok(())
+}
+
+/// A DNS label (RFC 1123): 1-63 lower-case letters, digits and '-', starting
+/// and ending alphanumeric (namespace names).
+pub fn check_dns_label(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > 63
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || s.starts_with('-')
+        || s.ends_with('-')
+    {
+        return Err(
+            "is not a DNS label (1-63 lower-case letters, digits and '-', alphanumeric at both ends)"
+                .to_string(),
+        );
     }
     Ok(())
 }
@@ -212,7 +224,7 @@ impl Label {
             None => (None, self.key.as_str()),
         };
         if let Some(p) = prefix {
-            check_dns_subdomain(p).map_err(key_err)?;
+            check_dns_subdomain(p).map_err(|r| key_err(format!("prefix {p:?} {r}")))?;
         }
         check_name_segment(name, false).map_err(|r| key_err(format!("name part: {r}")))?;
         check_name_segment(&self.value, true).map_err(|reason| LabelError::InvalidValue {

@@ -1,0 +1,436 @@
+//! The cilium.io/v2 policy API, field for field (Cilium's pkg/policy/api).
+//!
+//! Field names follow Cilium exactly, including `fromCIDR`, `fromCIDRSet`,
+//! `toCIDR`, `toCIDRSet` and `toFQDNs`, which `rename_all = "camelCase"`
+//! would misspell (CRD-NOTES.md §2). Unknown fields are rejected, so a typo
+//! is an error rather than a silently ignored rule. Fields of features not
+//! built yet are accepted by the parser and rejected by validation with a
+//! "not supported" message, never dropped.
+//!
+//! Every `Option` skips serialization when empty and every `Vec` defaults to
+//! empty and is skipped when empty (CRD-NOTES.md §4-§5), so objects round-trip
+//! unchanged and the generated CRD schema has no `nullable`/`default` noise.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Free-form JSON for fields whose feature is not supported yet.
+pub type Unsupported = serde_json::Value;
+
+fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+fn preserve_unknown_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+    })
+}
+
+/// One policy rule: the `spec` of a CiliumNetworkPolicy, or one of `specs`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// Endpoints this rule applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_selector: Option<EndpointSelector>,
+    /// Nodes this rule applies to (host policy; clusterwide policies only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<IngressRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_deny: Vec<IngressDenyRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_deny: Vec<EgressDenyRule>,
+    /// Labels identifying the rule (informational).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<RuleLabel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Whether selecting an endpoint makes the direction default-deny
+    /// (default true for each direction the rule has rules in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_default_deny: Option<DefaultDeny>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultDeny {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<bool>,
+}
+
+/// A label attached to a rule (`labels: [{key, value, source}]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleLabel {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A Kubernetes label selector over endpoint labels. Keys may carry a
+/// source prefix (`k8s:app`, `any:app`); without one they match `any`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SelectorRequirement {
+    pub key: String,
+    pub operator: SelectorOperator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_endpoints: Vec<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_requires: Vec<EndpointSelector>,
+    #[serde(rename = "fromCIDR", default, skip_serializing_if = "Vec::is_empty")]
+    pub from_cidr: Vec<String>,
+    #[serde(rename = "fromCIDRSet", default, skip_serializing_if = "Vec::is_empty")]
+    pub from_cidr_set: Vec<CidrRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_entities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_ports: Vec<PortRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub icmps: Vec<IcmpRule>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub from_groups: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub from_nodes: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub authentication: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressDenyRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_endpoints: Vec<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_requires: Vec<EndpointSelector>,
+    #[serde(rename = "fromCIDR", default, skip_serializing_if = "Vec::is_empty")]
+    pub from_cidr: Vec<String>,
+    #[serde(rename = "fromCIDRSet", default, skip_serializing_if = "Vec::is_empty")]
+    pub from_cidr_set: Vec<CidrRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_entities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_ports: Vec<PortDenyRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub icmps: Vec<IcmpRule>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub from_groups: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub from_nodes: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_endpoints: Vec<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_requires: Vec<EndpointSelector>,
+    #[serde(rename = "toCIDR", default, skip_serializing_if = "Vec::is_empty")]
+    pub to_cidr: Vec<String>,
+    #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Vec::is_empty")]
+    pub to_cidr_set: Vec<CidrRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_entities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_ports: Vec<PortRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub icmps: Vec<IcmpRule>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub to_services: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(rename = "toFQDNs", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub to_fqdns: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub to_groups: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub to_nodes: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub authentication: Option<Unsupported>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressDenyRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_endpoints: Vec<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_requires: Vec<EndpointSelector>,
+    #[serde(rename = "toCIDR", default, skip_serializing_if = "Vec::is_empty")]
+    pub to_cidr: Vec<String>,
+    #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Vec::is_empty")]
+    pub to_cidr_set: Vec<CidrRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_entities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_ports: Vec<PortDenyRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub icmps: Vec<IcmpRule>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub to_services: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub to_groups: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub to_nodes: Option<Unsupported>,
+}
+
+/// `{cidr, except}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CidrRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr_group_ref: Option<String>,
+}
+
+/// Ports with optional L7 rules.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortProtocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<L7Rules>,
+    /// Not supported yet.
+    #[serde(
+        rename = "terminatingTLS",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub terminating_tls: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(
+        rename = "originatingTLS",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub originating_tls: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_names: Option<Vec<String>>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub listener: Option<Unsupported>,
+}
+
+/// Ports of a deny rule (no L7).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortDenyRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortProtocol>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortProtocol {
+    /// A number 0-65535 (0 = any port) or, for named ports, a name;
+    /// Cilium writes it as a string, numbers are accepted too.
+    pub port: PortValue,
+    /// Last port of a range starting at `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub end_port: Option<i32>,
+    /// TCP, UDP, SCTP or ANY (default ANY).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// A port as given: `"8080"`, `8080` or a name. Validation decides what is
+/// acceptable; the raw text is kept so errors can quote it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct PortValue(pub String);
+
+impl fmt::Display for PortValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for PortValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PortValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortValue, E> {
+                Ok(PortValue(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortValue, E> {
+                Ok(PortValue(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortValue, E> {
+                Ok(PortValue(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for PortValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PortValue".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+    }
+}
+
+/// L7 rules; one kind per port rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L7Rules {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRule>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub kafka: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub dns: Option<Unsupported>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7proto: Option<String>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub l7: Option<Unsupported>,
+}
+
+/// An HTTP rule: every given field must match. `method`, `path` and `host`
+/// are extended regular expressions matched against the whole value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Headers that must be present: `Name` or `Name: value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_matches: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// What to do when the header does not match: LOG, ADD, DELETE,
+    /// REPLACE (only the default, deny, is supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<String>,
+    /// Not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub secret: Option<Unsupported>,
+}
+
+/// `icmps: [{fields: [{family, type}]}]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IcmpRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<IcmpField>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IcmpField {
+    /// IPv4 (default) or IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// A type number or name (e.g. 8 or EchoRequest).
+    #[serde(rename = "type")]
+    pub icmp_type: PortValue,
+}

@@ -1,0 +1,13 @@
+//! The policy model: Cilium's `cilium.io/v2` policy API as plain Rust types
+//! (no Kubernetes client types here; `crds/` wraps them into CRDs), policy
+//! documents, and validation with field paths.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod document;
+pub mod validate;
+
+pub use api::Rule;
+pub use document::{parse_documents, parse_object, Policy, PolicyErrors, PolicyKind};
+pub use validate::FieldError;
