@@ -126,6 +126,8 @@ impl<V: Decode> WatchCache<V> {
         let _ = ready.wait_for(|r| *r).await;
     }
 
+    /// Changes from now on. What happened before is in `snapshot()`: to see
+    /// everything exactly once, subscribe first, then read the snapshot.
     pub fn subscribe(&self) -> Subscription<V> {
         Subscription {
             rx: self.events.subscribe(),
