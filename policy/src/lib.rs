@@ -5,7 +5,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod compile;
 pub mod document;
+#[cfg(any(test, feature = "oracle"))]
+pub mod oracle;
+#[cfg(test)]
+mod proptests;
+pub mod selector;
 pub mod validate;
 
 pub use api::Rule;

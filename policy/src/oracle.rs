@@ -1,0 +1,452 @@
+//! The reference oracle: a plainly written evaluator of what policies say
+//! about one flow, used only by tests (feature `oracle`). It shares nothing
+//! with `compile` but the parsed API types: it walks every rule for every
+//! flow, the slow and obvious way, so that the compiled map entries can be
+//! checked against it.
+
+use axoneme_identity::{LabelSet, NumericIdentity, Source};
+
+use crate::api::{CidrRule, EndpointSelector, HttpRule, IcmpRule, PortProtocol, SelectorOperator};
+use crate::compile::{Direction, EnforcementMode};
+use crate::document::Policy;
+use crate::selector::Identities;
+
+/// The oracle's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OracleVerdict {
+    Allow,
+    /// With Cilium's drop reason: 133 policy denied, 181 deny rule.
+    Deny(u8),
+    /// Allowed at L4; requests must match one of these rules.
+    Redirect(Vec<HttpRule>),
+}
+
+/// An HTTP request, for `verdict` with L7.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub host: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+fn label_value<'a>(labels: &'a LabelSet, key: &str) -> Option<&'a str> {
+    // A selector key is `[source:]key`; no source or `any` matches any source.
+    let (source, key) = match key.split_once(':') {
+        Some((s, k)) if s.parse::<Source>().is_ok() => (s.parse::<Source>().ok(), k),
+        _ => (None, key),
+    };
+    let l = labels.get(key)?;
+    match source {
+        None | Some(Source::Any) => Some(&l.value),
+        Some(s) if s == l.source => Some(&l.value),
+        Some(_) => None,
+    }
+}
+
+fn names_reserved(sel: &EndpointSelector) -> bool {
+    sel.match_labels.keys().any(|k| k.starts_with("reserved:"))
+        || sel
+            .match_expressions
+            .iter()
+            .any(|e| e.key.starts_with("reserved:"))
+}
+
+fn selector_matches(sel: &EndpointSelector, ns: Option<&str>, labels: &LabelSet) -> bool {
+    for (k, v) in &sel.match_labels {
+        if label_value(labels, k) != Some(v.as_str()) {
+            return false;
+        }
+    }
+    for e in &sel.match_expressions {
+        let v = label_value(labels, &e.key);
+        let ok = match e.operator {
+            SelectorOperator::In => v.is_some_and(|v| e.values.iter().any(|x| x == v)),
+            SelectorOperator::NotIn => !v.is_some_and(|v| e.values.iter().any(|x| x == v)),
+            SelectorOperator::Exists => v.is_some(),
+            SelectorOperator::DoesNotExist => v.is_none(),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    let names_ns = sel
+        .match_labels
+        .keys()
+        .chain(sel.match_expressions.iter().map(|e| &e.key))
+        .any(|k| k.rsplit(':').next() == Some("io.kubernetes.pod.namespace"));
+    if let (Some(ns), false) = (ns, names_ns) {
+        let l = labels.get("io.kubernetes.pod.namespace");
+        if !l.is_some_and(|l| l.source == Source::K8s && l.value == ns) {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_cidr_identity(id: NumericIdentity) -> bool {
+    id.0 & (1 << 24) != 0
+}
+
+fn peer_prefix(labels: &LabelSet) -> Option<ipnet::IpNet> {
+    labels
+        .iter()
+        .find(|l| l.source == Source::Cidr)
+        .and_then(|l| crate::validate::parse_cidr(&l.key).ok())
+}
+
+fn entity_has(entity: &str, peer: NumericIdentity, known: bool) -> bool {
+    let n = peer.0;
+    match entity {
+        "all" => true,
+        "world" => matches!(n, 2 | 9 | 10) || is_cidr_identity(peer),
+        "world-ipv4" => n == 9,
+        "world-ipv6" => n == 10,
+        "cluster" => matches!(n, 1 | 3..=8) || (known && n >= 256 && !is_cidr_identity(peer)),
+        "host" => n == 1,
+        "remote-node" => n == 6,
+        "kube-apiserver" => n == 7,
+        "ingress" => n == 8,
+        "init" => n == 5,
+        "health" => n == 4,
+        "unmanaged" => n == 3,
+        _ => false,
+    }
+}
+
+struct PeerFields<'a> {
+    endpoints: &'a [EndpointSelector],
+    cidrs: &'a [String],
+    cidr_sets: &'a [CidrRule],
+    entities: &'a [String],
+}
+
+fn peer_matches(
+    f: &PeerFields<'_>,
+    ns: Option<&str>,
+    peer: NumericIdentity,
+    ids: &Identities,
+) -> bool {
+    let labels = ids.get(peer);
+    if f.endpoints.is_empty()
+        && f.cidrs.is_empty()
+        && f.cidr_sets.is_empty()
+        && f.entities.is_empty()
+    {
+        return true;
+    }
+    if let Some(labels) = labels {
+        let reserved = peer.0 < 256;
+        for sel in f.endpoints {
+            let kind_ok = if names_reserved(sel) {
+                reserved
+            } else {
+                !reserved && !is_cidr_identity(peer)
+            };
+            if kind_ok && selector_matches(sel, ns, labels) {
+                return true;
+            }
+        }
+    }
+    if f.entities
+        .iter()
+        .any(|e| entity_has(e, peer, labels.is_some()))
+    {
+        return true;
+    }
+    if let Some(p) = labels
+        .filter(|_| is_cidr_identity(peer))
+        .and_then(peer_prefix)
+    {
+        for c in f.cidrs {
+            if crate::validate::parse_cidr(c).is_ok_and(|n| n.contains(&p)) {
+                return true;
+            }
+        }
+        for s in f.cidr_sets {
+            let Some(n) = s
+                .cidr
+                .as_deref()
+                .and_then(|c| crate::validate::parse_cidr(c).ok())
+            else {
+                continue;
+            };
+            let excepted = s
+                .except
+                .iter()
+                .filter_map(|e| crate::validate::parse_cidr(e).ok())
+                .any(|e| e.contains(&p));
+            if n.contains(&p) && !excepted {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn port_matches(pp: &PortProtocol, protocol: u8, port: u16) -> bool {
+    let proto_ok = match pp.protocol.as_deref() {
+        None | Some("ANY") => matches!(protocol, 6 | 17 | 132),
+        Some("TCP") => protocol == 6,
+        Some("UDP") => protocol == 17,
+        Some("SCTP") => protocol == 132,
+        _ => false,
+    };
+    let Ok(first) = pp.port.0.parse::<u16>() else {
+        return false;
+    };
+    let last = pp
+        .end_port
+        .and_then(|e| u16::try_from(e).ok())
+        .unwrap_or(first);
+    proto_ok && port >= first && port <= last.max(first)
+}
+
+fn icmp_matches(icmps: &[IcmpRule], protocol: u8, port: u16) -> bool {
+    icmps.iter().flat_map(|r| &r.fields).any(|f| {
+        match crate::validate::icmp_type(f.family.as_deref(), &f.icmp_type.0) {
+            Ok((v6, t)) => protocol == if v6 { 58 } else { 1 } && port == u16::from(t),
+            Err(_) => false,
+        }
+    })
+}
+
+/// What `subject`'s policy in `dir` says about a flow with `peer`.
+#[allow(clippy::too_many_arguments)]
+pub fn direction_verdict(
+    policies: &[Policy],
+    ids: &Identities,
+    subject: &LabelSet,
+    dir: Direction,
+    peer: NumericIdentity,
+    protocol: u8,
+    port: u16,
+    mode: EnforcementMode,
+) -> OracleVerdict {
+    if mode == EnforcementMode::Never {
+        return OracleVerdict::Allow;
+    }
+    let mut enforced = mode == EnforcementMode::Always;
+    let mut requires: Vec<(&EndpointSelector, Option<&str>)> = Vec::new();
+    let mut denied = false;
+    let mut allow_all = false;
+    let mut l7: Vec<HttpRule> = Vec::new();
+    let mut allow_checks = Vec::new();
+    for p in policies {
+        let ns = p.namespace.as_deref();
+        for (_, rule) in &p.rules {
+            let Some(sel) = &rule.endpoint_selector else {
+                continue;
+            };
+            if !selector_matches(sel, ns, subject) {
+                continue;
+            }
+            let dd = rule.enable_default_deny.as_ref().and_then(|d| match dir {
+                Direction::Ingress => d.ingress,
+                Direction::Egress => d.egress,
+            });
+            match dir {
+                Direction::Ingress => {
+                    if (!rule.ingress.is_empty() || !rule.ingress_deny.is_empty())
+                        && dd != Some(false)
+                    {
+                        enforced = true;
+                    }
+                    for d in &rule.ingress_deny {
+                        let f = PeerFields {
+                            endpoints: &d.from_endpoints,
+                            cidrs: &d.from_cidr,
+                            cidr_sets: &d.from_cidr_set,
+                            entities: &d.from_entities,
+                        };
+                        let ports: Vec<&PortProtocol> =
+                            d.to_ports.iter().flat_map(|t| &t.ports).collect();
+                        let l4 = (ports.is_empty() && d.icmps.is_empty())
+                            || ports.iter().any(|pp| port_matches(pp, protocol, port))
+                            || icmp_matches(&d.icmps, protocol, port);
+                        if l4 && peer_matches(&f, ns, peer, ids) {
+                            denied = true;
+                        }
+                    }
+                    for a in &rule.ingress {
+                        requires.extend(a.from_requires.iter().map(|r| (r, ns)));
+                        allow_checks.push((
+                            PeerFields {
+                                endpoints: &a.from_endpoints,
+                                cidrs: &a.from_cidr,
+                                cidr_sets: &a.from_cidr_set,
+                                entities: &a.from_entities,
+                            },
+                            &a.to_ports,
+                            &a.icmps,
+                            ns,
+                        ));
+                    }
+                }
+                Direction::Egress => {
+                    if (!rule.egress.is_empty() || !rule.egress_deny.is_empty())
+                        && dd != Some(false)
+                    {
+                        enforced = true;
+                    }
+                    for d in &rule.egress_deny {
+                        let f = PeerFields {
+                            endpoints: &d.to_endpoints,
+                            cidrs: &d.to_cidr,
+                            cidr_sets: &d.to_cidr_set,
+                            entities: &d.to_entities,
+                        };
+                        let ports: Vec<&PortProtocol> =
+                            d.to_ports.iter().flat_map(|t| &t.ports).collect();
+                        let l4 = (ports.is_empty() && d.icmps.is_empty())
+                            || ports.iter().any(|pp| port_matches(pp, protocol, port))
+                            || icmp_matches(&d.icmps, protocol, port);
+                        if l4 && peer_matches(&f, ns, peer, ids) {
+                            denied = true;
+                        }
+                    }
+                    for a in &rule.egress {
+                        requires.extend(a.to_requires.iter().map(|r| (r, ns)));
+                        allow_checks.push((
+                            PeerFields {
+                                endpoints: &a.to_endpoints,
+                                cidrs: &a.to_cidr,
+                                cidr_sets: &a.to_cidr_set,
+                                entities: &a.to_entities,
+                            },
+                            &a.to_ports,
+                            &a.icmps,
+                            ns,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if denied {
+        return OracleVerdict::Deny(181);
+    }
+    let meets_requires = requires.is_empty()
+        || ids
+            .get(peer)
+            .is_some_and(|l| requires.iter().all(|(r, ns)| selector_matches(r, *ns, l)));
+    if meets_requires {
+        for (fields, to_ports, icmps, ns) in allow_checks {
+            if !peer_matches(&fields, ns, peer, ids) {
+                continue;
+            }
+            if to_ports.is_empty() && icmps.is_empty() {
+                allow_all = true;
+            }
+            for pr in to_ports {
+                if pr.ports.iter().any(|pp| port_matches(pp, protocol, port)) {
+                    match pr.rules.as_ref().map(|r| &r.http).filter(|h| !h.is_empty()) {
+                        Some(http) => {
+                            for h in http {
+                                if !l7.contains(h) {
+                                    l7.push(h.clone());
+                                }
+                            }
+                        }
+                        None => allow_all = true,
+                    }
+                }
+            }
+            if icmp_matches(icmps, protocol, port) {
+                allow_all = true;
+            }
+        }
+    }
+    if allow_all {
+        OracleVerdict::Allow
+    } else if !l7.is_empty() {
+        OracleVerdict::Redirect(l7)
+    } else if enforced {
+        OracleVerdict::Deny(133)
+    } else {
+        OracleVerdict::Allow
+    }
+}
+
+/// Whether an HTTP request passes one of `rules` (full-match regexes;
+/// required headers present; header matches equal).
+pub fn http_allows(rules: &[HttpRule], req: &Request<'_>) -> bool {
+    let full = |re: &Option<String>, v: &str| match re {
+        None => true,
+        Some(re) => regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(v)),
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    };
+    rules.iter().any(|r| {
+        full(&r.method, req.method)
+            && full(&r.path, req.path)
+            && full(&r.host, req.host)
+            && r.headers.iter().all(|h| match h.split_once(':') {
+                Some((n, v)) => header(n.trim()) == Some(v.trim()),
+                None => header(h.trim()).is_some(),
+            })
+            && r.header_matches
+                .iter()
+                .all(|m| header(&m.name) == Some(m.value.as_deref().unwrap_or("")))
+    })
+}
+
+/// The whole flow: egress at the source and ingress at the destination must
+/// both pass; with a request, L7 rules on either side are applied.
+#[allow(clippy::too_many_arguments)]
+pub fn verdict(
+    policies: &[Policy],
+    ids: &Identities,
+    source: (NumericIdentity, &LabelSet),
+    destination: (NumericIdentity, &LabelSet),
+    protocol: u8,
+    port: u16,
+    request: Option<&Request<'_>>,
+    mode: EnforcementMode,
+) -> OracleVerdict {
+    let egress = direction_verdict(
+        policies,
+        ids,
+        source.1,
+        Direction::Egress,
+        destination.0,
+        protocol,
+        port,
+        mode,
+    );
+    let ingress = direction_verdict(
+        policies,
+        ids,
+        destination.1,
+        Direction::Ingress,
+        source.0,
+        protocol,
+        port,
+        mode,
+    );
+    for v in [&egress, &ingress] {
+        if let OracleVerdict::Deny(r) = v {
+            return OracleVerdict::Deny(*r);
+        }
+    }
+    let mut rules = Vec::new();
+    for v in [egress, ingress] {
+        if let OracleVerdict::Redirect(r) = v {
+            if let Some(req) = request {
+                if !http_allows(&r, req) {
+                    return OracleVerdict::Deny(133);
+                }
+            }
+            rules.extend(r);
+        }
+    }
+    if rules.is_empty() || request.is_some() {
+        OracleVerdict::Allow
+    } else {
+        OracleVerdict::Redirect(rules)
+    }
+}
