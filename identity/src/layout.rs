@@ -9,6 +9,8 @@
 //! | `<root>/endpoints/v1/<node>/<endpoint>` | `EndpointRecord` | the node's agent (or a CLI/test writer) | the agent's |
 //! | `<root>/endpoint-identities/v1/<node>/<endpoint>` | `EndpointIdentity` | operator leader (fenced) | none; deleted with the endpoint |
 //! | `<root>/operator/v1/leader` | `LeaderRecord` | the elected operator | the leader's |
+//! | `<root>/policies/v1/<cnp|ccnp>/<namespace or _>/<name>` | the policy object (JSON) | `axoneme policy import` (standalone mode) | none |
+//! | `<root>/policy-status/v1/<cnp|ccnp>/<namespace or _>/<name>` | `PolicyStatus` | operator leader (fenced) | none; deleted with the policy |
 
 use crate::numeric::NumericIdentity;
 
@@ -85,6 +87,29 @@ impl Layout {
             .strip_prefix(&self.endpoints_prefix())
             .or_else(|| key.strip_prefix(&self.endpoint_identities_prefix()))?;
         rest.split_once('/')
+    }
+
+    pub fn policies_prefix(&self) -> String {
+        format!("{}/policies/v1/", self.root)
+    }
+
+    /// `kind` is `cnp` or `ccnp`; cluster-wide policies use namespace `_`.
+    pub fn policy(&self, kind: &str, namespace: Option<&str>, name: &str) -> String {
+        format!(
+            "{}{kind}/{}/{name}",
+            self.policies_prefix(),
+            namespace.unwrap_or("_")
+        )
+    }
+
+    pub fn policy_status_prefix(&self) -> String {
+        format!("{}/policy-status/v1/", self.root)
+    }
+
+    /// Maps a policy key to the key of its status.
+    pub fn status_for_policy_key(&self, policy_key: &str) -> Option<String> {
+        let rest = policy_key.strip_prefix(&self.policies_prefix())?;
+        Some(format!("{}{rest}", self.policy_status_prefix()))
     }
 
     pub fn operator_leader(&self) -> String {

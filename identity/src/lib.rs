@@ -16,7 +16,7 @@ pub use cache::{CacheEvent, Decode, Raw, Subscription, WatchCache};
 pub use filter::LabelFilter;
 pub use labels::{Label, LabelError, LabelSet, Source};
 pub use layout::Layout;
-pub use model::{EndpointIdentity, EndpointRecord, IdentityRecord, LeaderRecord};
+pub use model::{EndpointIdentity, EndpointRecord, IdentityRecord, LeaderRecord, PolicyStatus};
 pub use numeric::{IdentityRange, NumericIdentity, ReservedIdentity};
 
 use axoneme_kvstore::KeyValue;
@@ -30,6 +30,12 @@ impl Decode for IdentityRecord {
 impl Decode for EndpointIdentity {
     fn decode(kv: &KeyValue) -> Result<Self, String> {
         serde_json::from_slice(&kv.value).map_err(|e| format!("endpoint identity: {e}"))
+    }
+}
+
+impl Decode for PolicyStatus {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        serde_json::from_slice(&kv.value).map_err(|e| format!("policy status: {e}"))
     }
 }
 

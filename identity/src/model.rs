@@ -61,3 +61,17 @@ pub struct LeaderRecord {
     /// Unix milliseconds when leadership was taken.
     pub since_ms: u64,
 }
+
+/// The operator's verdict on a stored policy (standalone mode's equivalent
+/// of the CRD's `Valid` condition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    pub valid: bool,
+    /// `path: message` lines when invalid; empty when valid.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// ModRevision of the policy this judges.
+    pub observed_revision: i64,
+    pub operator: String,
+}

@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod config;
 pub mod election;
 pub mod metrics;
+pub mod policy_status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +48,10 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         metrics.clone(),
         cancel.clone(),
     ));
-    // Kept warm on standbys too, so a takeover starts from a full view.
-    let endpoints: WatchCache<Raw> = WatchCache::start(kv.clone(), layout.endpoints_prefix());
+    let caches = Caches {
+        endpoints: WatchCache::start(kv.clone(), layout.endpoints_prefix()),
+        policies: WatchCache::start(kv.clone(), layout.policies_prefix()),
+    };
     info!(%id, %range, "operator started");
 
     let result = lead_loop(
@@ -58,7 +61,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         args.lease_ttl,
         &cfg,
         &metrics,
-        &endpoints,
+        &caches,
         &cancel,
     )
     .instrument(tracing::info_span!("operator", %id))
@@ -72,6 +75,12 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
     result
 }
 
+/// Watch caches every replica keeps warm, so a takeover starts from a full view.
+struct Caches {
+    endpoints: WatchCache<Raw>,
+    policies: WatchCache<Raw>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn lead_loop(
     kv: &KvStore,
@@ -80,7 +89,7 @@ async fn lead_loop(
     ttl: i64,
     cfg: &AllocatorConfig,
     metrics: &Arc<Metrics>,
-    endpoints: &WatchCache<Raw>,
+    caches: &Caches,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
@@ -99,7 +108,11 @@ async fn lead_loop(
             _ = election::hold(kv, &lead, ttl, &term) => None,
             exit = allocator::run(
                 kv.clone(), layout.clone(), lead.clone(), cfg.clone(),
-                metrics.clone(), endpoints.clone(), term.clone(),
+                metrics.clone(), caches.endpoints.clone(), term.clone(),
+            ) => Some(exit),
+            exit = policy_status::run(
+                kv.clone(), layout.clone(), lead.clone(), metrics.clone(),
+                caches.policies.clone(), term.clone(),
             ) => Some(exit),
         };
         term.cancel();

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub fenced_writes_rejected: Counter,
     pub endpoint_errors: Family<Labels, Counter>,
     pub assignments_written: Counter,
+    pub policy_validations: Family<Labels, Counter>,
 }
 
 pub fn label(k: &str, v: &str) -> Labels {
@@ -58,6 +59,7 @@ impl Metrics {
             fenced_writes_rejected: Counter::default(),
             endpoint_errors: Family::default(),
             assignments_written: Counter::default(),
+            policy_validations: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,6 +116,11 @@ impl Metrics {
             "operator_assignments_written",
             "Endpoint identity assignments written",
             m.assignments_written.clone(),
+        );
+        registry.register(
+            "policy_validations",
+            "Policy statuses written, by result",
+            m.policy_validations.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

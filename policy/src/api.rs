@@ -303,8 +303,10 @@ pub struct PortProtocol {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 65535))]
     pub end_port: Option<i32>,
-    /// TCP, UDP, SCTP or ANY (default ANY).
+    /// TCP, UDP, SCTP or ANY (default ANY). The schema admits all of
+    /// Cilium's protocols; validation rejects the unsupported ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["TCP", "UDP", "SCTP", "ICMP", "ICMPV6", "VRRP", "IGMP", "ANY"]))]
     pub protocol: Option<String>,
 }
 
@@ -409,6 +411,7 @@ pub struct HeaderMatch {
     /// What to do when the header does not match: LOG, ADD, DELETE,
     /// REPLACE (only the default, deny, is supported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["LOG", "ADD", "DELETE", "REPLACE"]))]
     pub mismatch: Option<String>,
     /// Not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -429,6 +432,7 @@ pub struct IcmpRule {
 pub struct IcmpField {
     /// IPv4 (default) or IPv6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["IPv4", "IPv6"]))]
     pub family: Option<String>,
     /// A type number or name (e.g. 8 or EchoRequest).
     #[serde(rename = "type")]

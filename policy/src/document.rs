@@ -16,6 +16,14 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
+    /// Cilium's short name, used in etcd keys.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            PolicyKind::CiliumNetworkPolicy => "cnp",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "ccnp",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
@@ -37,6 +45,9 @@ pub struct Policy {
     pub namespace: Option<String>,
     /// `spec` (as one rule) or `specs`, with the path each came from.
     pub rules: Vec<(String, Rule)>,
+    /// The object as given (what standalone mode stores).
+    #[serde(skip)]
+    pub object: serde_json::Value,
 }
 
 /// Everything wrong with one document.
@@ -233,6 +244,7 @@ pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, Po
             None
         },
         rules: parsed,
+        object: value.clone(),
     })
 }
 
