@@ -44,6 +44,42 @@ pub enum PolicyCommand {
     /// Checks policy files offline (no cluster, no etcd): multi-document YAML
     /// or JSON, `-` for standard input. Exit 0 if every policy is valid.
     Validate(ValidateArgs),
+    /// Stores policies in etcd (standalone mode). Nothing is stored unless
+    /// every document is valid.
+    Import(ImportArgs),
+    /// Lists stored policies with the operator's verdict.
+    List,
+    /// Shows one stored policy and its status.
+    Get(PolicyRefArgs),
+    /// Deletes a stored policy.
+    Delete(PolicyRefArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportArgs {
+    /// Files to import (`-` for standard input).
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
+    /// Wait up to this many seconds for the operator's verdict on each policy.
+    #[arg(long)]
+    pub wait: Option<u64>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyRefArgs {
+    /// The policy's name.
+    pub name: String,
+    /// Namespace of a CiliumNetworkPolicy.
+    #[arg(
+        short = 'n',
+        long,
+        default_value = "default",
+        conflicts_with = "clusterwide"
+    )]
+    pub namespace: String,
+    /// The policy is a CiliumClusterwideNetworkPolicy.
+    #[arg(long)]
+    pub clusterwide: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]

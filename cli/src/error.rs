@@ -36,6 +36,10 @@ pub enum CliError {
     EndpointRef(String),
     #[error("identity {0} not found")]
     IdentityNotFound(u32),
+    #[error("policy {0} not found")]
+    PolicyNotFound(String),
+    #[error("timed out after {0}s waiting for the operator's verdict on {1}")]
+    PolicyWait(u64, String),
     #[error("reading {path}: {error}")]
     ReadFile { path: String, error: std::io::Error },
     #[error("endpoint {node}/{endpoint} not found")]

@@ -101,6 +101,27 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
             let ok = report.ok();
             Report::new(&report, format, ok)
         }
+        Command::Policy(PolicyCommand::Import(i)) => {
+            let report = policy::validate_files(&i.files)?;
+            if !report.ok() {
+                return Report::new(&report, format, false);
+            }
+            let stored = policy::import(&ctx().await?, &i.files, i.wait).await?;
+            let ok = stored.ok();
+            Report::new(&stored, format, ok)
+        }
+        Command::Policy(PolicyCommand::List) => {
+            let list = policy::list(&ctx().await?).await?;
+            Report::new(&list, format, true)
+        }
+        Command::Policy(PolicyCommand::Get(r)) => {
+            let view = policy::get(&ctx().await?, r).await?;
+            Report::new(&view, format, true)
+        }
+        Command::Policy(PolicyCommand::Delete(r)) => {
+            let deleted = policy::delete(&ctx().await?, r).await?;
+            Report::new(&deleted, format, true)
+        }
         Command::Status(status_args) => {
             let report = status::check(&ctx().await?, status_args.verbose).await;
             let ok = report.ok;

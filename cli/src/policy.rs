@@ -3,11 +3,14 @@
 use std::io::Read as _;
 use std::path::PathBuf;
 
+use axoneme_identity::PolicyStatus;
 use axoneme_policy::{parse_documents, PolicyKind};
 use serde::Serialize;
 
+use crate::args::PolicyRefArgs;
 use crate::error::CliError;
 use crate::output::Render;
+use crate::Ctx;
 
 /// The verdict on one policy document.
 #[derive(Debug, Clone, Serialize)]
@@ -63,21 +66,7 @@ pub fn validate_files(files: &[PathBuf]) -> Result<ValidateReport, CliError> {
     let mut checked = Vec::new();
     for path in files {
         let name = path.display().to_string();
-        let text = if name == "-" {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|error| CliError::ReadFile {
-                    path: name.clone(),
-                    error,
-                })?;
-            s
-        } else {
-            std::fs::read_to_string(path).map_err(|error| CliError::ReadFile {
-                path: name.clone(),
-                error,
-            })?
-        };
+        let text = read(path)?;
         for result in parse_documents(&text) {
             checked.push(match result {
                 Ok(p) => Checked {
@@ -100,4 +89,231 @@ pub fn validate_files(files: &[PathBuf]) -> Result<ValidateReport, CliError> {
         }
     }
     Ok(ValidateReport(checked))
+}
+
+/// A stored policy and the operator's verdict on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredPolicy {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    /// `true`/`false` once the operator has judged this revision; absent before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid: Option<bool>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub revision: i64,
+    /// The stored object (for `policy get`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<serde_json::Value>,
+}
+
+impl StoredPolicy {
+    fn status_text(&self) -> &'static str {
+        match self.valid {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Pending",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct PolicyList(pub Vec<StoredPolicy>);
+
+impl PolicyList {
+    /// Every policy judged valid.
+    pub fn ok(&self) -> bool {
+        self.0.iter().all(|p| p.valid != Some(false))
+    }
+}
+
+fn table(list: &[StoredPolicy]) -> String {
+    let mut t = crate::output::Table::new(&["KIND", "NAMESPACE", "NAME", "VALID", "MESSAGE"]);
+    for p in list {
+        t.row([
+            p.kind.clone(),
+            p.namespace.clone().unwrap_or_else(|| "-".into()),
+            p.name.clone(),
+            p.status_text().to_string(),
+            p.message.lines().next().unwrap_or("").to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
+impl Render for PolicyList {
+    fn human(&self) -> String {
+        if self.0.is_empty() {
+            return "No policies found.\n".into();
+        }
+        table(&self.0)
+    }
+}
+
+impl Render for StoredPolicy {
+    fn human(&self) -> String {
+        let mut out = table(std::slice::from_ref(self));
+        if !self.message.is_empty() {
+            out.push_str(&format!("\n{}\n", self.message));
+        }
+        if let Some(obj) = &self.object {
+            out.push('\n');
+            out.push_str(&serde_yaml::to_string(obj).unwrap_or_default());
+        }
+        out
+    }
+}
+
+fn read(path: &PathBuf) -> Result<String, CliError> {
+    let name = path.display().to_string();
+    let mut s = String::new();
+    if name == "-" {
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|error| CliError::ReadFile { path: name, error })?;
+    } else {
+        s = std::fs::read_to_string(path)
+            .map_err(|error| CliError::ReadFile { path: name, error })?;
+    }
+    Ok(s)
+}
+
+/// Reads a policy key into a `StoredPolicy` (without its status).
+fn stored(ctx: &Ctx, kv: &axoneme_kvstore::KeyValue) -> Option<StoredPolicy> {
+    let rest = kv.key.strip_prefix(&ctx.layout.policies_prefix())?;
+    let mut it = rest.splitn(3, '/');
+    let (kind, ns, name) = (it.next()?, it.next()?, it.next()?);
+    Some(StoredPolicy {
+        kind: kind.to_string(),
+        namespace: (ns != "_").then(|| ns.to_string()),
+        name: name.to_string(),
+        valid: None,
+        message: String::new(),
+        revision: kv.mod_revision,
+        object: serde_json::from_slice(&kv.value).ok(),
+    })
+}
+
+async fn with_status(ctx: &Ctx, key: &str, mut p: StoredPolicy) -> Result<StoredPolicy, CliError> {
+    let Some(status_key) = ctx.layout.status_for_policy_key(key) else {
+        return Ok(p);
+    };
+    if let Some(kv) = ctx
+        .kv
+        .get(&status_key)
+        .await
+        .map_err(CliError::kv(format!("reading the status of {key}")))?
+    {
+        if let Ok(s) = serde_json::from_slice::<PolicyStatus>(&kv.value) {
+            if s.observed_revision == p.revision {
+                p.valid = Some(s.valid);
+                p.message = s.message;
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// Stores every policy in `files` (already validated), optionally waiting
+/// for the operator's verdicts.
+pub async fn import(
+    ctx: &Ctx,
+    files: &[PathBuf],
+    wait: Option<u64>,
+) -> Result<PolicyList, CliError> {
+    let mut keys = Vec::new();
+    for path in files {
+        for p in parse_documents(&read(path)?).into_iter().flatten() {
+            let key = ctx
+                .layout
+                .policy(p.kind.short_name(), p.namespace.as_deref(), &p.name);
+            let value =
+                serde_json::to_vec(&p.object).map_err(|e| CliError::Encode(e.to_string()))?;
+            ctx.kv
+                .put(&key, value, 0)
+                .await
+                .map_err(CliError::kv(format!("storing policy {}", p.name)))?;
+            keys.push(key);
+        }
+    }
+    let deadline = wait.map(|s| {
+        (
+            s,
+            std::time::Instant::now() + std::time::Duration::from_secs(s),
+        )
+    });
+    let mut out = Vec::new();
+    for key in keys {
+        loop {
+            let kv = ctx
+                .kv
+                .get(&key)
+                .await
+                .map_err(CliError::kv(format!("reading {key}")))?
+                .ok_or_else(|| CliError::PolicyNotFound(key.clone()))?;
+            let p = with_status(ctx, &key, stored(ctx, &kv).expect("our own key")).await?;
+            match deadline {
+                Some((secs, until)) if p.valid.is_none() => {
+                    if std::time::Instant::now() > until {
+                        return Err(CliError::PolicyWait(secs, p.name));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                _ => {
+                    out.push(StoredPolicy { object: None, ..p });
+                    break;
+                }
+            }
+        }
+    }
+    Ok(PolicyList(out))
+}
+
+pub async fn list(ctx: &Ctx) -> Result<PolicyList, CliError> {
+    let (kvs, _) = ctx
+        .kv
+        .get_prefix(&ctx.layout.policies_prefix())
+        .await
+        .map_err(CliError::kv("listing policies"))?;
+    let mut out = Vec::new();
+    for kv in &kvs {
+        if let Some(p) = stored(ctx, kv) {
+            out.push(StoredPolicy {
+                object: None,
+                ..with_status(ctx, &kv.key, p).await?
+            });
+        }
+    }
+    Ok(PolicyList(out))
+}
+
+fn key_of(ctx: &Ctx, r: &PolicyRefArgs) -> String {
+    if r.clusterwide {
+        ctx.layout.policy("ccnp", None, &r.name)
+    } else {
+        ctx.layout.policy("cnp", Some(&r.namespace), &r.name)
+    }
+}
+
+pub async fn get(ctx: &Ctx, r: &PolicyRefArgs) -> Result<StoredPolicy, CliError> {
+    let key = key_of(ctx, r);
+    let kv = ctx
+        .kv
+        .get(&key)
+        .await
+        .map_err(CliError::kv(format!("reading policy {}", r.name)))?
+        .ok_or_else(|| CliError::PolicyNotFound(r.name.clone()))?;
+    with_status(ctx, &key, stored(ctx, &kv).expect("our own key")).await
+}
+
+pub async fn delete(ctx: &Ctx, r: &PolicyRefArgs) -> Result<PolicyList, CliError> {
+    let p = get(ctx, r).await?;
+    ctx.kv
+        .delete(&key_of(ctx, r))
+        .await
+        .map_err(CliError::kv(format!("deleting policy {}", r.name)))?;
+    Ok(PolicyList(vec![StoredPolicy { object: None, ..p }]))
 }

@@ -449,3 +449,49 @@ fn bad_input_is_refused_before_etcd_is_contacted() -> Result<()> {
     assert_eq!(run.code, 2, "{run:#?}");
     Ok(())
 }
+
+#[test]
+fn policies_are_imported_judged_listed_and_deleted() {
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/seed-payments-policy.yaml"
+    );
+    Cluster::start().expect("cluster").check(|c| {
+        let run = c.run(&["policy", "import", seed, "--wait", "10", "-o", "json"])?.ok()?;
+        let v = run.json()?;
+        ensure!(v[0]["name"] == "payments-api" && v[0]["valid"] == true, "{v}");
+        let list = c.run(&["policy", "list"])?.ok()?;
+        ensure!(
+            list.stdout.lines().nth(1).is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["cnp", "default", "payments-api", "True"]),
+            "{list:#?}"
+        );
+        let get = c.run(&["policy", "get", "payments-api", "-o", "json"])?.ok()?;
+        let v = get.json()?;
+        ensure!(v["object"]["spec"]["endpointSelector"]["matchLabels"]["app"] == "payments", "{v}");
+        // An invalid document is refused as a whole; nothing is stored.
+        let dir = tempfile_dir()?;
+        let bad = dir.join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: other}\n\
+             spec: {endpointSelector: {}}\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+             metadata: {name: bad}\nspec: {endpointSelector: {}, ingress: [{fromEntities: [moon]}]}\n",
+        )?;
+        let run = c.run(&["policy", "import", bad.to_str().unwrap()])?;
+        std::fs::remove_dir_all(&dir)?;
+        ensure!(run.code == 1 && run.stdout.contains("bad: spec.ingress[0].fromEntities[0]"), "{run:#?}");
+        let list = c.run(&["policy", "list", "-o", "json"])?.ok()?.json()?;
+        ensure!(list.as_array().map(Vec::len) == Some(1), "nothing else stored: {list}");
+        c.run(&["policy", "delete", "payments-api"])?.ok()?;
+        let run = c.run(&["policy", "get", "payments-api"])?;
+        ensure!(run.code == 1 && run.stderr.contains("policy payments-api not found"), "{run:#?}");
+        Ok(())
+    });
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("axoneme-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
