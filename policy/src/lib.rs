@@ -7,6 +7,7 @@
 pub mod api;
 pub mod compile;
 pub mod document;
+pub mod netpol;
 #[cfg(any(test, feature = "oracle"))]
 pub mod oracle;
 #[cfg(test)]
