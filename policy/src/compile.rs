@@ -19,6 +19,7 @@
 //! a more specific one that contains the same flow, the first hit is the
 //! intersection of every entry containing the flow.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -407,15 +408,19 @@ fn for_each_peer_cidr(r: &Rule, mut f: impl FnMut(&str)) {
     }
 }
 
+/// The labels of the CIDR identity for `net`.
+pub fn cidr_labels(net: &IpNet) -> LabelSet {
+    LabelSet::parse(
+        [format!("cidr:{net}"), "reserved:world".to_string()],
+        Source::Unspec,
+    )
+    .expect("CIDR labels are valid")
+}
+
 /// Adds the CIDR identities to `ids` with their labels.
 pub fn add_cidr_identities(ids: &mut Identities, cidrs: &BTreeMap<IpNet, NumericIdentity>) {
     for (net, id) in cidrs {
-        let labels = LabelSet::parse(
-            [format!("cidr:{net}"), "reserved:world".to_string()],
-            Source::Unspec,
-        )
-        .expect("CIDR labels are valid");
-        ids.insert(*id, labels);
+        ids.insert(*id, cidr_labels(net));
     }
 }
 
@@ -460,7 +465,7 @@ fn entity_ids(name: &str, ids: &Identities) -> Peers {
                 R::KubeApiserver,
                 R::Ingress,
             ]);
-            s.extend(ids.endpoints().map(|(id, _)| id));
+            s.extend(ids.select(&Selector::all()).iter().copied());
             s
         }
         "host" => r(&[R::Host]),
@@ -490,7 +495,25 @@ impl Section<'_> {
             && self.entities.is_empty())
     }
 
-    fn peers(&self, ids: &Identities, ns: Option<&str>, has_requires: bool) -> Peers {
+    /// The peers this section names; with `only`, just whether it names that
+    /// one identity (cheap: no set of all peers is built).
+    fn peers(
+        &self,
+        ids: &Identities,
+        ns: Option<&str>,
+        has_requires: bool,
+        only: Option<NumericIdentity>,
+    ) -> Peers {
+        if let Some(x) = only {
+            return match self.peers_one(ids, ns, x) {
+                Some(true) => Peers::Set([x].into()),
+                Some(false) => Peers::Set(BTreeSet::new()),
+                None if has_requires => {
+                    Peers::Set(ids.get(x).map(|_| [x].into()).unwrap_or_default())
+                }
+                None => Peers::Any,
+            };
+        }
         if !self.has_peers() {
             return if has_requires {
                 // Requirements narrow the wildcard to the identities that meet them.
@@ -502,7 +525,7 @@ impl Section<'_> {
         let mut set = BTreeSet::new();
         for s in self.endpoints {
             let sel = Selector::new(s, ns);
-            set.extend(ids.select(&sel));
+            set.extend(ids.select(&sel).iter().copied());
         }
         for e in self.entities {
             match entity_ids(e, ids) {
@@ -546,6 +569,51 @@ impl Section<'_> {
     }
 }
 
+impl Section<'_> {
+    /// Whether this section names peer `x`; `None` when it names every peer.
+    fn peers_one(&self, ids: &Identities, ns: Option<&str>, x: NumericIdentity) -> Option<bool> {
+        // As in `peers`: naming every peer wins over naming some.
+        if !self.has_peers() || self.entities.iter().any(|e| e == "all") {
+            return None;
+        }
+        if self
+            .endpoints
+            .iter()
+            .any(|s| ids.select(&Selector::new(s, ns)).contains(&x))
+        {
+            return Some(true);
+        }
+        for e in self.entities {
+            let hit = match e.as_str() {
+                "world" => {
+                    matches!(x.0, 2 | 9 | 10) || (x.is_local_scope() && ids.get(x).is_some())
+                }
+                "cluster" => matches!(x.0, 1 | 3..=8) || ids.select(&Selector::all()).contains(&x),
+                other => match entity_ids(other, ids) {
+                    Peers::Set(s) => s.contains(&x),
+                    Peers::Any => return None,
+                },
+            };
+            if hit {
+                return Some(true);
+            }
+        }
+        if x.is_local_scope() {
+            if let Some(p) = ids.get(x).and_then(cidr_of) {
+                let inside = |c: &str| parse_cidr(c).is_ok_and(|n| n.contains(&p));
+                if self.cidrs.iter().any(|c| inside(c))
+                    || self.cidr_sets.iter().any(|s| {
+                        s.cidr.as_deref().is_some_and(inside) && !s.except.iter().any(|e| inside(e))
+                    })
+                {
+                    return Some(true);
+                }
+            }
+        }
+        Some(false)
+    }
+}
+
 /// `(protocol, port, prefix)` triples of a `toPorts` entry or ICMP rule.
 fn l4_keys(ports: &[PortProtocol]) -> Vec<L4Key> {
     let mut out = Vec::new();
@@ -586,15 +654,31 @@ fn icmp_keys(icmps: &[IcmpRule]) -> Vec<L4Key> {
 }
 
 /// Computes one endpoint's policy.
-pub fn compute(
-    policies: &[Policy],
+pub fn compute<P: Borrow<Policy>>(
+    policies: &[P],
     ids: &Identities,
     subject: &LabelSet,
     mode: EnforcementMode,
 ) -> EndpointPolicy {
     EndpointPolicy {
-        ingress: compute_direction(policies, ids, subject, mode, Direction::Ingress),
-        egress: compute_direction(policies, ids, subject, mode, Direction::Egress),
+        ingress: compute_direction(policies, ids, subject, mode, Direction::Ingress, None),
+        egress: compute_direction(policies, ids, subject, mode, Direction::Egress, None),
+    }
+}
+
+/// Like `compute`, but only the entries for `peer` (and ANY): what an
+/// identity change can alter. The entries for `peer` equal those a full
+/// computation gives, because entries of different peers never interact.
+pub fn compute_for_peer<P: Borrow<Policy>>(
+    policies: &[P],
+    ids: &Identities,
+    subject: &LabelSet,
+    mode: EnforcementMode,
+    peer: NumericIdentity,
+) -> EndpointPolicy {
+    EndpointPolicy {
+        ingress: compute_direction(policies, ids, subject, mode, Direction::Ingress, Some(peer)),
+        egress: compute_direction(policies, ids, subject, mode, Direction::Egress, Some(peer)),
     }
 }
 
@@ -608,12 +692,13 @@ struct Item<'a> {
     l4_groups: Vec<(Vec<L4Key>, Option<Vec<HttpRule>>)>,
 }
 
-fn compute_direction(
-    policies: &[Policy],
+fn compute_direction<P: Borrow<Policy>>(
+    policies: &[P],
     ids: &Identities,
     subject: &LabelSet,
     mode: EnforcementMode,
     dir: Direction,
+    only: Option<NumericIdentity>,
 ) -> DirectionPolicy {
     let mut out = DirectionPolicy::default();
     if mode == EnforcementMode::Never {
@@ -624,6 +709,7 @@ fn compute_direction(
     let mut denies: Vec<(Item<'_>, Option<&str>)> = Vec::new();
     let mut requires: Vec<Selector> = Vec::new();
     for policy in policies {
+        let policy: &Policy = policy.borrow();
         let ns = policy.namespace.as_deref();
         for (_, rule) in &policy.rules {
             let Some(sel) = &rule.endpoint_selector else {
@@ -731,7 +817,7 @@ fn compute_direction(
                 .is_some_and(|l| requires.iter().all(|r| r.matches(l)))
     };
     for (item, ns) in &allows {
-        let peers = match item.section.peers(ids, *ns, !requires.is_empty()) {
+        let peers = match item.section.peers(ids, *ns, !requires.is_empty(), only) {
             Peers::Any => vec![ANY_IDENTITY],
             Peers::Set(s) => s.into_iter().filter(|id| meets_requires(*id)).collect(),
         };
@@ -756,7 +842,7 @@ fn compute_direction(
         }
     }
     for (item, ns) in &denies {
-        let peers = match item.section.peers(ids, *ns, false) {
+        let peers = match item.section.peers(ids, *ns, false, only) {
             Peers::Any => vec![ANY_IDENTITY],
             Peers::Set(s) => s.into_iter().collect(),
         };

@@ -216,6 +216,16 @@ proptest! {
         for &subject in &endpoints {
             let subject_labels = ids.get(subject).unwrap().clone();
             let compiled = compute(&policies, &ids, &subject_labels, mode);
+            // Per-peer computation (the engine's fast path) gives the same entries.
+            for &peer in &peers {
+                let partial = crate::compile::compute_for_peer(&policies, &ids, &subject_labels, mode, peer);
+                for dir in [Direction::Ingress, Direction::Egress] {
+                    let only = |p: &crate::compile::EndpointPolicy| -> Vec<(Key, Verdict)> {
+                        p.direction(dir).entries.iter().filter(|(k, _)| k.identity == peer).map(|(k, v)| (*k, v.clone())).collect()
+                    };
+                    prop_assert_eq!(only(&partial), only(&compiled), "per-peer entries for {} {:?}", peer, dir);
+                }
+            }
             for dir in [Direction::Ingress, Direction::Egress] {
                 for &peer in &peers {
                     for &proto in PROTOS {

@@ -5,7 +5,8 @@
 //! only match endpoints in the policy's namespace unless they name
 //! `io.kubernetes.pod.namespace` themselves (Cilium's semantics).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use axoneme_identity::{LabelSet, NumericIdentity, ReservedIdentity, Source};
 
@@ -80,6 +81,13 @@ impl Selector {
         Selector { requirements }
     }
 
+    /// Selects every endpoint identity.
+    pub fn all() -> Self {
+        Selector {
+            requirements: Vec::new(),
+        }
+    }
+
     /// Whether this selector selects everything (no requirements).
     pub fn is_wildcard(&self) -> bool {
         self.requirements.is_empty()
@@ -103,10 +111,43 @@ impl Selector {
     }
 }
 
-/// Every identity the policy engine knows, with its labels.
-#[derive(Debug, Clone, Default)]
+/// Every identity the policy engine knows, with its labels, and the
+/// selector cache: each distinct selector's selection is computed once and
+/// then kept current as identities come and go, so computing an endpoint's
+/// policy never scans all identities per rule.
+#[derive(Debug, Default)]
 pub struct Identities {
     by_id: BTreeMap<NumericIdentity, LabelSet>,
+    selections: Mutex<HashMap<Selector, Arc<BTreeSet<NumericIdentity>>>>,
+}
+
+impl Clone for Identities {
+    fn clone(&self) -> Self {
+        Identities {
+            by_id: self.by_id.clone(),
+            selections: Mutex::new(self.selections.lock().expect("poisoned").clone()),
+        }
+    }
+}
+
+impl Selector {
+    fn names_reserved(&self) -> bool {
+        self.requirements
+            .iter()
+            .any(|r| r.source == Source::Reserved)
+    }
+
+    /// Whether `sel` selects identity `id` with `labels`. A selector never
+    /// selects reserved or CIDR identities unless it names a `reserved:`
+    /// label (then only reserved ones).
+    fn selects(&self, id: NumericIdentity, labels: &LabelSet) -> bool {
+        let kind_ok = if self.names_reserved() {
+            id.is_reserved()
+        } else {
+            !id.is_reserved() && !id.is_local_scope()
+        };
+        kind_ok && self.matches(labels)
+    }
 }
 
 impl Identities {
@@ -125,11 +166,32 @@ impl Identities {
     }
 
     pub fn insert(&mut self, id: NumericIdentity, labels: LabelSet) {
+        for (sel, set) in self.selections.get_mut().expect("poisoned").iter_mut() {
+            let has = set.contains(&id);
+            if sel.selects(id, &labels) != has {
+                let set = Arc::make_mut(set);
+                if has {
+                    set.remove(&id);
+                } else {
+                    set.insert(id);
+                }
+            }
+        }
         self.by_id.insert(id, labels);
     }
 
     pub fn remove(&mut self, id: NumericIdentity) -> Option<LabelSet> {
+        for set in self.selections.get_mut().expect("poisoned").values_mut() {
+            if set.contains(&id) {
+                Arc::make_mut(set).remove(&id);
+            }
+        }
         self.by_id.remove(&id)
+    }
+
+    /// Selectors the cache holds (for tests and statistics).
+    pub fn cached_selectors(&self) -> usize {
+        self.selections.lock().expect("poisoned").len()
     }
 
     pub fn get(&self, id: NumericIdentity) -> Option<&LabelSet> {
@@ -154,24 +216,20 @@ impl Identities {
             .filter(|(id, _)| !id.is_reserved() && !id.is_local_scope())
     }
 
-    /// Endpoint identities `sel` selects. A selector never selects reserved
-    /// identities unless it names a `reserved:` label (then only those).
-    pub fn select(&self, sel: &Selector) -> BTreeSet<NumericIdentity> {
-        let reserved = sel
-            .requirements
-            .iter()
-            .any(|r| r.source == Source::Reserved);
-        self.iter()
-            .filter(|(id, _)| {
-                if reserved {
-                    id.is_reserved()
-                } else {
-                    !id.is_reserved() && !id.is_local_scope()
-                }
-            })
-            .filter(|(_, l)| sel.matches(l))
-            .map(|(id, _)| id)
-            .collect()
+    /// Identities `sel` selects (see `Selector::selects`), from the cache.
+    pub fn select(&self, sel: &Selector) -> Arc<BTreeSet<NumericIdentity>> {
+        let mut cache = self.selections.lock().expect("poisoned");
+        if let Some(set) = cache.get(sel) {
+            return set.clone();
+        }
+        let set: Arc<BTreeSet<NumericIdentity>> = Arc::new(
+            self.iter()
+                .filter(|(id, l)| sel.selects(*id, l))
+                .map(|(id, _)| id)
+                .collect(),
+        );
+        cache.insert(sel.clone(), set.clone());
+        set
     }
 }
 
@@ -225,10 +283,19 @@ mod tests {
     fn select_keeps_reserved_apart() {
         let mut ids = Identities::with_reserved();
         ids.insert(NumericIdentity(300), labels(&["app=web"]));
-        assert_eq!(ids.select(&sel("{}", None)), [NumericIdentity(300)].into());
+        assert_eq!(*ids.select(&sel("{}", None)), [NumericIdentity(300)].into());
         assert_eq!(
-            ids.select(&sel("matchLabels: {reserved:host: ''}", None)),
+            *ids.select(&sel("matchLabels: {reserved:host: ''}", None)),
             [NumericIdentity(1)].into()
         );
+        // The cache follows identities as they come and go.
+        let web = sel("matchLabels: {app: web}", None);
+        assert_eq!(*ids.select(&web), [NumericIdentity(300)].into());
+        ids.insert(NumericIdentity(301), labels(&["app=web", "env=x"]));
+        ids.insert(NumericIdentity(300), labels(&["app=db"]));
+        assert_eq!(*ids.select(&web), [NumericIdentity(301)].into());
+        ids.remove(NumericIdentity(301));
+        assert!(ids.select(&web).is_empty());
+        assert_eq!(ids.cached_selectors(), 3);
     }
 }

@@ -6,7 +6,10 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 /// Benchmark name → (package, bench target).
-const BENCHES: &[(&str, &str, &str)] = &[("identity", "axoneme-operator", "identity")];
+const BENCHES: &[(&str, &str, &str)] = &[
+    ("identity", "axoneme-operator", "identity"),
+    ("policy", "axoneme-policy", "policy"),
+];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {
     let Some((_, package, target)) = BENCHES.iter().find(|(n, _, _)| *n == name) else {

@@ -1,0 +1,671 @@
+//! The policy engine an agent runs: policies, identities and the node's
+//! local endpoints in, policy-map deltas out.
+//!
+//! Every change recomputes only the endpoints it can affect and returns the
+//! difference to what those endpoints had:
+//! - a policy change affects the local endpoints its (old or new) rules select;
+//! - an identity change affects the local endpoints whose selecting rules
+//!   could name it as a peer: a peer selector matching its (old or new)
+//!   labels, an entity, a CIDR or a requirement.
+//!
+//! Peer selections come from the selector cache in `Identities`, kept
+//! current per identity, so a recomputation never rescans all identities.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axoneme_identity::{LabelSet, NumericIdentity};
+use ipnet::IpNet;
+
+use crate::compile::{
+    cidr_labels, compute, compute_for_peer, Direction, EndpointPolicy, EnforcementMode, Key,
+    Verdict,
+};
+use crate::document::Policy;
+use crate::selector::{Identities, Selector};
+
+/// One change to one endpoint's policy map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    /// Set (add or replace) an entry.
+    Upsert {
+        endpoint: NumericIdentity,
+        direction: Direction,
+        key: Key,
+        verdict: Verdict,
+    },
+    /// Remove an entry.
+    Remove {
+        endpoint: NumericIdentity,
+        direction: Direction,
+        key: Key,
+    },
+    /// The direction became (un)enforced: unmatched traffic is now denied (allowed).
+    Enforced {
+        endpoint: NumericIdentity,
+        direction: Direction,
+        enforced: bool,
+    },
+}
+
+/// What a policy's peers depend on, to find the endpoints a change affects.
+#[derive(Debug, Clone, Default)]
+struct Dependencies {
+    peer_selectors: Vec<Selector>,
+    /// The `cluster` entity, or requirements: any endpoint identity may matter.
+    endpoints: bool,
+    /// CIDR peers or the `world` entity: CIDR identities matter.
+    cidrs: bool,
+}
+
+impl Dependencies {
+    fn merge(&mut self, other: &Dependencies) {
+        self.peer_selectors
+            .extend(other.peer_selectors.iter().cloned());
+        self.endpoints |= other.endpoints;
+        self.cidrs |= other.cidrs;
+    }
+}
+
+/// A stored policy with what the engine needs to find whom it concerns.
+#[derive(Debug)]
+struct Entry {
+    policy: Policy,
+    subjects: Vec<Selector>,
+    deps: Dependencies,
+    cidrs: Vec<IpNet>,
+}
+
+impl Entry {
+    fn new(policy: Policy) -> Self {
+        let ns = policy.namespace.as_deref();
+        let subjects = policy
+            .rules
+            .iter()
+            .filter_map(|(_, r)| r.endpoint_selector.as_ref().map(|s| Selector::new(s, ns)))
+            .collect();
+        let mut deps = Dependencies::default();
+        let mut cidrs = Vec::new();
+        for (_, r) in &policy.rules {
+            let sections = r
+                .ingress
+                .iter()
+                .map(|i| {
+                    (
+                        &i.from_endpoints,
+                        &i.from_requires,
+                        &i.from_entities,
+                        &i.from_cidr,
+                        &i.from_cidr_set,
+                    )
+                })
+                .chain(r.egress.iter().map(|e| {
+                    (
+                        &e.to_endpoints,
+                        &e.to_requires,
+                        &e.to_entities,
+                        &e.to_cidr,
+                        &e.to_cidr_set,
+                    )
+                }));
+            let deny_sections = r
+                .ingress_deny
+                .iter()
+                .map(|i| {
+                    (
+                        &i.from_endpoints,
+                        &i.from_entities,
+                        &i.from_cidr,
+                        &i.from_cidr_set,
+                    )
+                })
+                .chain(
+                    r.egress_deny
+                        .iter()
+                        .map(|e| (&e.to_endpoints, &e.to_entities, &e.to_cidr, &e.to_cidr_set)),
+                );
+            let all = sections
+                .map(|(eps, req, ents, c, cs)| (eps, !req.is_empty(), ents, c, cs))
+                .chain(deny_sections.map(|(eps, ents, c, cs)| (eps, false, ents, c, cs)));
+            for (eps, requires, ents, c, cs) in all {
+                deps.peer_selectors
+                    .extend(eps.iter().map(|s| Selector::new(s, ns)));
+                deps.endpoints |= requires || ents.iter().any(|e| e == "cluster");
+                deps.cidrs |=
+                    !c.is_empty() || !cs.is_empty() || ents.iter().any(|e| e.starts_with("world"));
+                let mut add = |s: &str| {
+                    if let Ok(n) = crate::validate::parse_cidr(s) {
+                        cidrs.push(n);
+                    }
+                };
+                c.iter().for_each(|s| add(s));
+                for set in cs {
+                    set.cidr.iter().for_each(|s| add(s));
+                    set.except.iter().for_each(|s| add(s));
+                }
+            }
+        }
+        cidrs.sort();
+        cidrs.dedup();
+        Entry {
+            policy,
+            subjects,
+            deps,
+            cidrs,
+        }
+    }
+
+    fn selects(&self, subject: &LabelSet) -> bool {
+        self.subjects.iter().any(|s| s.matches(subject))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Engine {
+    mode: EnforcementMode,
+    policies: BTreeMap<String, Entry>,
+    ids: Identities,
+    /// CIDR identities, numbered stably: a prefix keeps its number while any
+    /// policy names it, so other CIDR peers' entries do not churn.
+    cidrs: BTreeMap<IpNet, (NumericIdentity, usize)>,
+    next_cidr: u32,
+    endpoints: BTreeMap<NumericIdentity, (EndpointPolicy, Dependencies)>,
+}
+
+fn diff(
+    endpoint: NumericIdentity,
+    old: &EndpointPolicy,
+    new: &EndpointPolicy,
+    out: &mut Vec<Delta>,
+) {
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let (o, n) = (old.direction(direction), new.direction(direction));
+        if o.enforced != n.enforced {
+            out.push(Delta::Enforced {
+                endpoint,
+                direction,
+                enforced: n.enforced,
+            });
+        }
+        for (key, verdict) in &n.entries {
+            if o.entries.get(key) != Some(verdict) {
+                out.push(Delta::Upsert {
+                    endpoint,
+                    direction,
+                    key: *key,
+                    verdict: verdict.clone(),
+                });
+            }
+        }
+        for key in o.entries.keys() {
+            if !n.entries.contains_key(key) {
+                out.push(Delta::Remove {
+                    endpoint,
+                    direction,
+                    key: *key,
+                });
+            }
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(mode: EnforcementMode) -> Self {
+        Engine {
+            mode,
+            ids: Identities::with_reserved(),
+            ..Engine::default()
+        }
+    }
+
+    pub fn identities(&self) -> &Identities {
+        &self.ids
+    }
+
+    /// The CIDR prefixes policies name and their node-local identities (for the ipcache).
+    pub fn cidr_identities(&self) -> BTreeMap<IpNet, NumericIdentity> {
+        self.cidrs.iter().map(|(n, (id, _))| (*n, *id)).collect()
+    }
+
+    pub fn endpoint_policy(&self, endpoint: NumericIdentity) -> Option<&EndpointPolicy> {
+        self.endpoints.get(&endpoint).map(|(p, _)| p)
+    }
+
+    /// Every stored policy (for tests comparing with a full computation).
+    pub fn policies(&self) -> Vec<&Policy> {
+        self.policies.values().map(|e| &e.policy).collect()
+    }
+
+    /// Recomputes `which` endpoints and returns what changed.
+    fn recompute(&mut self, which: BTreeSet<NumericIdentity>) -> Vec<Delta> {
+        let mut out = Vec::new();
+        for ep in which {
+            let Some(labels) = self.ids.get(ep).cloned() else {
+                continue;
+            };
+            let selecting: Vec<&Entry> = self
+                .policies
+                .values()
+                .filter(|e| e.selects(&labels))
+                .collect();
+            let policies: Vec<&Policy> = selecting.iter().map(|e| &e.policy).collect();
+            let new = compute(&policies, &self.ids, &labels, self.mode);
+            let mut deps = Dependencies::default();
+            for e in &selecting {
+                deps.merge(&e.deps);
+            }
+            let old = self
+                .endpoints
+                .remove(&ep)
+                .map(|(p, _)| p)
+                .unwrap_or_default();
+            diff(ep, &old, &new, &mut out);
+            self.endpoints.insert(ep, (new, deps));
+        }
+        out
+    }
+
+    /// Starts computing policy for a local endpoint with identity `id`
+    /// (which must be known through `set_identity`). Returns its entries.
+    pub fn add_endpoint(&mut self, id: NumericIdentity) -> Vec<Delta> {
+        self.endpoints.entry(id).or_default();
+        self.recompute([id].into())
+    }
+
+    /// Stops computing policy for a local endpoint.
+    pub fn remove_endpoint(&mut self, id: NumericIdentity) -> Vec<Delta> {
+        let mut out = Vec::new();
+        if let Some((old, _)) = self.endpoints.remove(&id) {
+            diff(id, &old, &EndpointPolicy::default(), &mut out);
+        }
+        out
+    }
+
+    fn affected_by_identity(
+        &self,
+        id: NumericIdentity,
+        old: Option<&LabelSet>,
+        new: Option<&LabelSet>,
+    ) -> BTreeSet<NumericIdentity> {
+        let is_cidr = id.is_local_scope();
+        let is_endpoint = !id.is_reserved() && !is_cidr;
+        self.endpoints
+            .iter()
+            .filter(|(ep, (_, deps))| {
+                **ep == id
+                    || (is_endpoint && deps.endpoints)
+                    || (is_cidr && deps.cidrs)
+                    || (id.is_reserved() && (deps.endpoints || deps.cidrs))
+                    || deps.peer_selectors.iter().any(|s| {
+                        old.is_some_and(|l| s.matches(l)) || new.is_some_and(|l| s.matches(l))
+                    })
+            })
+            .map(|(ep, _)| *ep)
+            .collect()
+    }
+
+    /// Adds, changes (`Some`) or removes (`None`) an identity.
+    pub fn set_identity(&mut self, id: NumericIdentity, labels: Option<LabelSet>) -> Vec<Delta> {
+        let old = self.ids.get(id).cloned();
+        if old == labels {
+            return Vec::new();
+        }
+        match &labels {
+            Some(l) => self.ids.insert(id, l.clone()),
+            None => {
+                self.ids.remove(id);
+            }
+        }
+        let affected = self.affected_by_identity(id, old.as_ref(), labels.as_ref());
+        let mut out = Vec::new();
+        for ep in affected {
+            if ep == id {
+                // The endpoint's own labels changed: everything may change.
+                out.extend(self.recompute([ep].into()));
+                continue;
+            }
+            self.update_peer(ep, id, &mut out);
+        }
+        out
+    }
+
+    /// Recomputes only `id`'s entries in endpoint `ep`'s maps.
+    fn update_peer(&mut self, ep: NumericIdentity, id: NumericIdentity, out: &mut Vec<Delta>) {
+        let Some(subject) = self.ids.get(ep).cloned() else {
+            return;
+        };
+        let policies: Vec<&Policy> = self
+            .policies
+            .values()
+            .filter(|e| e.selects(&subject))
+            .map(|e| &e.policy)
+            .collect();
+        let fresh = compute_for_peer(&policies, &self.ids, &subject, self.mode, id);
+        let Some((current, _)) = self.endpoints.get_mut(&ep) else {
+            return;
+        };
+        // Keys sort by identity first: the peer's entries are one range.
+        let range = Key {
+            identity: id,
+            protocol: 0,
+            port: 0,
+            prefix: 0,
+        }..=Key {
+            identity: id,
+            protocol: u8::MAX,
+            port: u16::MAX,
+            prefix: u8::MAX,
+        };
+        for (direction, cur, fresh) in [
+            (Direction::Ingress, &mut current.ingress, &fresh.ingress),
+            (Direction::Egress, &mut current.egress, &fresh.egress),
+        ] {
+            let old: Vec<Key> = cur.entries.range(range.clone()).map(|(k, _)| *k).collect();
+            for key in old {
+                if !fresh.entries.contains_key(&key) {
+                    cur.entries.remove(&key);
+                    out.push(Delta::Remove {
+                        endpoint: ep,
+                        direction,
+                        key,
+                    });
+                }
+            }
+            for (key, verdict) in fresh.entries.range(range.clone()) {
+                if cur.entries.get(key) != Some(verdict) {
+                    cur.entries.insert(*key, verdict.clone());
+                    out.push(Delta::Upsert {
+                        endpoint: ep,
+                        direction,
+                        key: *key,
+                        verdict: verdict.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Counts references to CIDR prefixes; returns the CIDR identities that
+    /// appeared or disappeared.
+    fn track_cidrs(&mut self, removed: &[IpNet], added: &[IpNet]) -> Vec<NumericIdentity> {
+        let mut changed = Vec::new();
+        for net in added {
+            let entry = self.cidrs.entry(*net).or_insert_with(|| {
+                self.next_cidr += 1;
+                (
+                    NumericIdentity(axoneme_identity::numeric::LOCAL_SCOPE | self.next_cidr),
+                    0,
+                )
+            });
+            entry.1 += 1;
+            if entry.1 == 1 {
+                let id = entry.0;
+                self.ids.insert(id, cidr_labels(net));
+                changed.push(id);
+            }
+        }
+        for net in removed {
+            if let Some(entry) = self.cidrs.get_mut(net) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    let id = entry.0;
+                    self.cidrs.remove(net);
+                    self.ids.remove(id);
+                    changed.push(id);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Adds, replaces (`Some`) or deletes (`None`) the policy stored under `key`.
+    pub fn set_policy(&mut self, key: &str, policy: Option<Policy>) -> Vec<Delta> {
+        let new = policy.map(Entry::new);
+        let added = new.as_ref().map(|e| e.cidrs.clone()).unwrap_or_default();
+        let old = match new {
+            Some(e) => self.policies.insert(key.to_string(), e),
+            None => self.policies.remove(key),
+        };
+        if old.is_none() && !self.policies.contains_key(key) {
+            return Vec::new();
+        }
+        let removed = old.as_ref().map(|e| e.cidrs.clone()).unwrap_or_default();
+        let changed_cidrs = self.track_cidrs(&removed, &added);
+        let current = self.policies.get(key);
+        let selected: BTreeSet<NumericIdentity> = self
+            .endpoints
+            .keys()
+            .filter(|ep| {
+                self.ids.get(**ep).is_some_and(|labels| {
+                    old.as_ref().is_some_and(|e| e.selects(labels))
+                        || current.is_some_and(|e| e.selects(labels))
+                })
+            })
+            .copied()
+            .collect();
+        // CIDR identities that came or went only touch their own entries
+        // in endpoints that have CIDR peers.
+        let cidr_peers: Vec<NumericIdentity> = self
+            .endpoints
+            .iter()
+            .filter(|(ep, (_, deps))| deps.cidrs && !selected.contains(ep))
+            .map(|(ep, _)| *ep)
+            .collect();
+        let mut out = self.recompute(selected);
+        for ep in cidr_peers {
+            for id in &changed_cidrs {
+                self.update_peer(ep, *id, &mut out);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::parse_documents;
+    use axoneme_identity::Source;
+    use proptest::prelude::*;
+
+    fn labels(app: &str, ns: &str) -> LabelSet {
+        LabelSet::parse(
+            [
+                format!("app={app}"),
+                format!("io.kubernetes.pod.namespace={ns}"),
+            ],
+            Source::K8s,
+        )
+        .unwrap()
+    }
+
+    fn policy(yaml: &str) -> Policy {
+        parse_documents(yaml).remove(0).unwrap()
+    }
+
+    fn allow_from(name: &str, to: &str, from: &str, port: u16) -> Policy {
+        policy(&format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{app: {to}}}}}\n  ingress:\n  \
+             - fromEndpoints: [{{matchLabels: {{app: {from}}}}}]\n    toPorts: [{{ports: [{{port: \"{port}\", protocol: TCP}}]}}]\n"
+        ))
+    }
+
+    /// Applies deltas to a copy of an endpoint's maps.
+    fn apply(maps: &mut BTreeMap<NumericIdentity, EndpointPolicy>, deltas: &[Delta]) {
+        for d in deltas {
+            match d {
+                Delta::Upsert {
+                    endpoint,
+                    direction,
+                    key,
+                    verdict,
+                } => {
+                    let p = maps.entry(*endpoint).or_default();
+                    let dp = if *direction == Direction::Ingress {
+                        &mut p.ingress
+                    } else {
+                        &mut p.egress
+                    };
+                    dp.entries.insert(*key, verdict.clone());
+                }
+                Delta::Remove {
+                    endpoint,
+                    direction,
+                    key,
+                } => {
+                    let p = maps.entry(*endpoint).or_default();
+                    let dp = if *direction == Direction::Ingress {
+                        &mut p.ingress
+                    } else {
+                        &mut p.egress
+                    };
+                    dp.entries.remove(key);
+                }
+                Delta::Enforced {
+                    endpoint,
+                    direction,
+                    enforced,
+                } => {
+                    let p = maps.entry(*endpoint).or_default();
+                    let dp = if *direction == Direction::Ingress {
+                        &mut p.ingress
+                    } else {
+                        &mut p.egress
+                    };
+                    dp.enforced = *enforced;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deltas_are_only_what_changed() {
+        let mut e = Engine::new(EnforcementMode::Default);
+        let (web, api, db) = (
+            NumericIdentity(300),
+            NumericIdentity(301),
+            NumericIdentity(302),
+        );
+        e.set_identity(web, Some(labels("web", "default")));
+        e.set_identity(db, Some(labels("db", "default")));
+        assert!(
+            e.add_endpoint(db).is_empty(),
+            "no policy: nothing to program"
+        );
+        let d = e.set_policy("p1", Some(allow_from("p1", "db", "api", 5432)));
+        assert_eq!(
+            d,
+            vec![Delta::Enforced {
+                endpoint: db,
+                direction: Direction::Ingress,
+                enforced: true
+            }]
+        );
+        // A new identity that the policy names: exactly one entry appears.
+        let d = e.set_identity(api, Some(labels("api", "default")));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            matches!(&d[0], Delta::Upsert { endpoint, key, verdict: Verdict::Allow, .. }
+            if *endpoint == db && key.identity == api && key.port == 5432)
+        );
+        // An identity nobody names changes nothing.
+        assert!(e
+            .set_identity(NumericIdentity(303), Some(labels("other", "default")))
+            .is_empty());
+        // Removing the identity removes its entry.
+        let d = e.set_identity(api, None);
+        assert!(matches!(&d[..], [Delta::Remove { key, .. }] if key.identity == api));
+        // Deleting the policy lifts enforcement.
+        let d = e.set_policy("p1", None);
+        assert_eq!(
+            d,
+            vec![Delta::Enforced {
+                endpoint: db,
+                direction: Direction::Ingress,
+                enforced: false
+            }]
+        );
+    }
+
+    /// A policy of one of several shapes, to exercise every dependency kind.
+    fn shaped(i: usize, to: usize, from: usize, port: u16, shape: usize) -> Policy {
+        let name = format!("p{i}");
+        if shape == 0 {
+            return allow_from(&name, APPS[to], APPS[from], port);
+        }
+        let peer = match shape {
+            1 => format!("toCIDRSet: [{{cidr: 10.{from}.0.0/16, except: [10.{from}.1.0/24]}}]"),
+            2 => "toEntities: [cluster]".to_string(),
+            3 => "toEntities: [world]".to_string(),
+            _ => format!("toRequires: [{{matchLabels: {{app: {}}}}}]", APPS[from]),
+        };
+        policy(&format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{app: {}}}}}\n  egress:\n  - {peer}\n    \
+             toPorts: [{{ports: [{{port: \"{port}\"}}]}}]\n",
+            APPS[to]
+        ))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Identity(u32, Option<(usize, usize)>),
+        Policy(usize, Option<(usize, usize, u16, usize)>),
+        Endpoint(u32, bool),
+    }
+
+    const APPS: &[&str] = &["web", "api", "db"];
+    const NSS: &[&str] = &["default", "other"];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (300u32..306, prop::option::of((0..3usize, 0..2usize)))
+                .prop_map(|(i, l)| Op::Identity(i, l)),
+            (
+                0..3usize,
+                prop::option::of((
+                    0..3usize,
+                    0..3usize,
+                    prop::sample::select(vec![80u16, 443]),
+                    0..5usize
+                ))
+            )
+                .prop_map(|(i, p)| Op::Policy(i, p)),
+            (300u32..306, any::<bool>()).prop_map(|(i, add)| Op::Endpoint(i, add)),
+        ]
+    }
+
+    proptest! {
+        /// After any sequence of changes, applying the deltas gives exactly
+        /// what a full recomputation gives.
+        #[test]
+        fn deltas_track_full_recomputation(ops in prop::collection::vec(op(), 1..40)) {
+            let mut e = Engine::new(EnforcementMode::Default);
+            let mut maps: BTreeMap<NumericIdentity, EndpointPolicy> = BTreeMap::new();
+            let mut local: BTreeSet<NumericIdentity> = BTreeSet::new();
+            for op in ops {
+                let d = match op {
+                    Op::Identity(i, l) => e.set_identity(NumericIdentity(i), l.map(|(a, n)| labels(APPS[a], NSS[n]))),
+                    Op::Policy(i, p) => e.set_policy(&format!("p{i}"), p.map(|(to, from, port, shape)| shaped(i, to, from, port, shape))),
+                    Op::Endpoint(i, true) if e.identities().get(NumericIdentity(i)).is_some() => {
+                        local.insert(NumericIdentity(i));
+                        e.add_endpoint(NumericIdentity(i))
+                    }
+                    Op::Endpoint(i, _) => {
+                        local.remove(&NumericIdentity(i));
+                        maps.remove(&NumericIdentity(i));
+                        e.remove_endpoint(NumericIdentity(i))
+                    }
+                };
+                apply(&mut maps, &d);
+                let policies = e.policies();
+                for ep in &local {
+                    let Some(l) = e.identities().get(*ep).cloned() else { continue };
+                    let want = compute(&policies, e.identities(), &l, EnforcementMode::Default);
+                    let got = maps.get(ep).cloned().unwrap_or_default();
+                    prop_assert_eq!(&got, &want, "endpoint {}", ep);
+                }
+            }
+        }
+    }
+}
