@@ -78,8 +78,11 @@ pub struct PolicyRefArgs {
     )]
     pub namespace: String,
     /// The policy is a CiliumClusterwideNetworkPolicy.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "network_policy")]
     pub clusterwide: bool,
+    /// The policy is a Kubernetes NetworkPolicy (networking.k8s.io/v1).
+    #[arg(long = "network-policy")]
+    pub network_policy: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]

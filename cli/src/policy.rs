@@ -291,11 +291,15 @@ pub async fn list(ctx: &Ctx) -> Result<PolicyList, CliError> {
 }
 
 fn key_of(ctx: &Ctx, r: &PolicyRefArgs) -> String {
-    if r.clusterwide {
-        ctx.layout.policy("ccnp", None, &r.name)
+    let kind = if r.clusterwide {
+        PolicyKind::CiliumClusterwideNetworkPolicy
+    } else if r.network_policy {
+        PolicyKind::NetworkPolicy
     } else {
-        ctx.layout.policy("cnp", Some(&r.namespace), &r.name)
-    }
+        PolicyKind::CiliumNetworkPolicy
+    };
+    let namespace = kind.is_namespaced().then_some(r.namespace.as_str());
+    ctx.layout.policy(kind.short_name(), namespace, &r.name)
 }
 
 pub async fn get(ctx: &Ctx, r: &PolicyRefArgs) -> Result<StoredPolicy, CliError> {

@@ -9,8 +9,8 @@
 //! | `<root>/endpoints/v1/<node>/<endpoint>` | `EndpointRecord` | the node's agent (or a CLI/test writer) | the agent's |
 //! | `<root>/endpoint-identities/v1/<node>/<endpoint>` | `EndpointIdentity` | operator leader (fenced) | none; deleted with the endpoint |
 //! | `<root>/operator/v1/leader` | `LeaderRecord` | the elected operator | the leader's |
-//! | `<root>/policies/v1/<cnp|ccnp>/<namespace or _>/<name>` | the policy object (JSON) | `axoneme policy import` (standalone mode) | none |
-//! | `<root>/policy-status/v1/<cnp|ccnp>/<namespace or _>/<name>` | `PolicyStatus` | operator leader (fenced) | none; deleted with the policy |
+//! | `<root>/policies/v1/<cnp|ccnp|knp>/<namespace or _>/<name>` | the policy object (JSON) | `axoneme policy import` (standalone mode) | none |
+//! | `<root>/policy-status/v1/<cnp|ccnp|knp>/<namespace or _>/<name>` | `PolicyStatus` | operator leader (fenced) | none; deleted with the policy |
 
 use crate::numeric::NumericIdentity;
 
@@ -93,7 +93,8 @@ impl Layout {
         format!("{}/policies/v1/", self.root)
     }
 
-    /// `kind` is `cnp` or `ccnp`; cluster-wide policies use namespace `_`.
+    /// `kind` is `cnp`, `ccnp` or `knp` (Kubernetes NetworkPolicy);
+    /// cluster-wide policies use namespace `_`.
     pub fn policy(&self, kind: &str, namespace: Option<&str>, name: &str) -> String {
         format!(
             "{}{kind}/{}/{name}",

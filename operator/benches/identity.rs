@@ -242,7 +242,12 @@ fn main() -> Result<()> {
     let result = rt.block_on(bench())?;
     let out = std::env::var_os("AXONEME_BENCH_OUT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench/identity.json")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/bench/identity.json"
+            ))
+        });
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod config;
 pub mod election;
+pub mod k8s;
 pub mod metrics;
 pub mod policy_status;
 

@@ -479,6 +479,16 @@ fn entity_ids(name: &str, ids: &Identities) -> Peers {
     })
 }
 
+/// The reserved identities a /0 of the family covers.
+fn world_ids(v4: bool) -> [NumericIdentity; 2] {
+    let family = if v4 {
+        ReservedIdentity::WorldIpv4
+    } else {
+        ReservedIdentity::WorldIpv6
+    };
+    [ReservedIdentity::World.id(), family.id()]
+}
+
 /// The peer fields of one rule section, in a direction-neutral form.
 struct Section<'a> {
     endpoints: &'a [crate::api::EndpointSelector],
@@ -554,6 +564,12 @@ impl Section<'_> {
                 ));
             }
         }
+        // A /0 is "the whole internet": it selects the world identities too.
+        for (n, _) in &ranges {
+            if n.prefix_len() == 0 {
+                set.extend(world_ids(n.addr().is_ipv4()));
+            }
+        }
         if !ranges.is_empty() {
             for (id, labels) in ids.iter().filter(|(id, _)| id.is_local_scope()) {
                 let Some(p) = cidr_of(labels) else { continue };
@@ -597,6 +613,18 @@ impl Section<'_> {
             if hit {
                 return Some(true);
             }
+        }
+        let zero = |c: &str| {
+            parse_cidr(c)
+                .is_ok_and(|n| n.prefix_len() == 0 && world_ids(n.addr().is_ipv4()).contains(&x))
+        };
+        if self.cidrs.iter().any(|c| zero(c))
+            || self
+                .cidr_sets
+                .iter()
+                .any(|s| s.cidr.as_deref().is_some_and(zero))
+        {
+            return Some(true);
         }
         if x.is_local_scope() {
             if let Some(p) = ids.get(x).and_then(cidr_of) {
@@ -872,7 +900,9 @@ fn allow_item<'a>(
     icmps: &[IcmpRule],
 ) -> Item<'a> {
     let mut l4_groups = Vec::new();
-    if to_ports.is_empty() && icmps.is_empty() {
+    // A rule with neither peers nor ports (`ingress: [{}]`) allows nothing,
+    // as in Cilium: it only makes the direction default-deny.
+    if to_ports.is_empty() && icmps.is_empty() && section.has_peers() {
         l4_groups.push((vec![(PROTO_ANY, 0, 0)], None));
     }
     for pr in to_ports {
@@ -892,7 +922,8 @@ fn allow_item<'a>(
 fn deny_item<'a>(section: Section<'a>, ports: Vec<PortProtocol>, icmps: &[IcmpRule]) -> Item<'a> {
     let mut l4 = l4_keys(&ports);
     l4.extend(icmp_keys(icmps));
-    if ports.is_empty() && icmps.is_empty() {
+    // Likewise a deny rule with neither peers nor ports denies nothing.
+    if ports.is_empty() && icmps.is_empty() && section.has_peers() {
         l4.push((PROTO_ANY, 0, 0));
     }
     Item {

@@ -1,4 +1,5 @@
-//! Policy documents: CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy
+//! Policy documents: CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
+//! Kubernetes NetworkPolicy (translated by `netpol`)
 //! (and `List`s of them) as YAML or JSON, parsed with field paths in errors.
 
 use std::fmt;
@@ -13,6 +14,8 @@ use crate::validate::{self, FieldError};
 pub enum PolicyKind {
     CiliumNetworkPolicy,
     CiliumClusterwideNetworkPolicy,
+    /// A Kubernetes networking.k8s.io/v1 NetworkPolicy, translated (`netpol`).
+    NetworkPolicy,
 }
 
 impl PolicyKind {
@@ -21,6 +24,7 @@ impl PolicyKind {
         match self {
             PolicyKind::CiliumNetworkPolicy => "cnp",
             PolicyKind::CiliumClusterwideNetworkPolicy => "ccnp",
+            PolicyKind::NetworkPolicy => "knp",
         }
     }
 
@@ -28,11 +32,15 @@ impl PolicyKind {
         match self {
             PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
             PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
     pub fn is_namespaced(self) -> bool {
-        self == PolicyKind::CiliumNetworkPolicy
+        match self {
+            PolicyKind::CiliumNetworkPolicy | PolicyKind::NetworkPolicy => true,
+            PolicyKind::CiliumClusterwideNetworkPolicy => false,
+        }
     }
 }
 
@@ -124,6 +132,9 @@ pub fn parse_documents(text: &str) -> Vec<Result<Policy, PolicyErrors>> {
 
 /// Parses and validates one API object.
 pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, PolicyErrors> {
+    if crate::netpol::is_network_policy(value) {
+        return crate::netpol::parse_object(value, label);
+    }
     let name = value
         .pointer("/metadata/name")
         .and_then(|n| n.as_str())
@@ -152,8 +163,8 @@ pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, Po
             errors.push(err(
                 "kind",
                 format!(
-                    "{other:?} is not a policy kind (want CiliumNetworkPolicy or \
-                     CiliumClusterwideNetworkPolicy)"
+                    "{other:?} is not a policy kind (want CiliumNetworkPolicy, \
+                     CiliumClusterwideNetworkPolicy or NetworkPolicy)"
                 ),
             ));
             None

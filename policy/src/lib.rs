@@ -7,6 +7,7 @@
 pub mod api;
 pub mod compile;
 pub mod document;
+pub mod engine;
 pub mod netpol;
 #[cfg(any(test, feature = "oracle"))]
 pub mod oracle;
@@ -16,5 +17,6 @@ pub mod selector;
 pub mod validate;
 
 pub use api::Rule;
+pub use compile::EnforcementMode;
 pub use document::{parse_documents, parse_object, Policy, PolicyErrors, PolicyKind};
 pub use validate::FieldError;

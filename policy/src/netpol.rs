@@ -1,2 +1,934 @@
 //! Kubernetes NetworkPolicy (networking.k8s.io/v1) translated into the
-//! cilium.io/v2 model. (Being written.)
+//! cilium.io/v2 model, the way Cilium does it (pkg/k8s/network_policy.go):
+//!
+//! - `podSelector` becomes the rule's `endpointSelector`, scoped to the
+//!   policy's namespace (keys get the `k8s:` source, as in Cilium).
+//! - Each `from`/`to` peer becomes one ingress/egress rule carrying the rule's
+//!   `ports`: `podSelector` alone selects pods of the policy's namespace;
+//!   `namespaceSelector` selects pods whose namespace labels match (Cilium
+//!   copies namespace labels onto pods as `io.cilium.k8s.namespace.labels.<key>`;
+//!   an empty `namespaceSelector` selects every namespace), narrowed by a
+//!   `podSelector` given with it; `ipBlock` becomes a `fromCIDRSet`/`toCIDRSet`.
+//!   An empty or missing `from`/`to` means every peer (`fromEntities: [all]`,
+//!   Cilium's unscoped wildcard selector).
+//! - `ports[]` become one `toPorts` entry each: `protocol` defaults to TCP, a
+//!   missing `port` means every port of the protocol (1-65535 here, since the
+//!   model has no port 0 wildcard), `endPort` ends a range. Named ports are
+//!   rejected as not supported yet.
+//! - `policyTypes` (default: Ingress, plus Egress when egress rules exist):
+//!   a listed direction without rules is default-deny, translated to a rule
+//!   whose only peer is the `none` entity (enforced, allows nothing). Rules of
+//!   a direction left out of an explicit `policyTypes` are an error: Kubernetes
+//!   ignores them and Cilium enforces them, and a policy is never enforced
+//!   with part of it silently ignored (or differently than written).
+//!
+//! Errors carry the NetworkPolicy's own field paths
+//! (`spec.ingress[0].ports[0].port: 70000 is not a valid port (1-65535)`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{
+    CidrRule, EgressRule, EndpointSelector, IngressRule, PortProtocol, PortRule, PortValue, Rule,
+    RuleLabel, SelectorOperator, SelectorRequirement,
+};
+use crate::document::{Policy, PolicyErrors, PolicyKind};
+use crate::selector::NAMESPACE_LABEL;
+use crate::validate::{self, parse_cidr, selector_label, FieldError};
+
+pub const API_VERSION: &str = "networking.k8s.io/v1";
+pub const KIND: &str = "NetworkPolicy";
+/// Cilium's prefix for namespace labels copied onto pods.
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels";
+
+/// `spec` of a NetworkPolicy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<NetworkPolicyIngressRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<NetworkPolicyEgressRule>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyIngressRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<NetworkPolicyPeer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<NetworkPolicyPort>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyEgressRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<NetworkPolicyPeer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<NetworkPolicyPort>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyPeer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_block: Option<IpBlock>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpBlock {
+    pub cidr: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyPort {
+    /// TCP (default), UDP or SCTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// A number or a named port; missing means every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_port: Option<i32>,
+}
+
+fn err(path: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Whether `value` is an object for this module (by kind or API group).
+pub fn is_network_policy(value: &serde_json::Value) -> bool {
+    value.get("kind").and_then(|k| k.as_str()) == Some(KIND)
+        || value.get("apiVersion").and_then(|v| v.as_str()) == Some(API_VERSION)
+}
+
+/// Parses, validates and translates one NetworkPolicy object.
+pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, PolicyErrors> {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .map(str::to_string);
+    let fail = |errors: Vec<FieldError>| PolicyErrors {
+        policy: name.clone().unwrap_or_else(|| label.to_string()),
+        errors,
+    };
+    let Some(obj) = value.as_object() else {
+        return Err(fail(vec![err("", "a policy must be a YAML/JSON object")]));
+    };
+    let mut errors = Vec::new();
+    match obj.get("apiVersion").and_then(|v| v.as_str()) {
+        Some(API_VERSION) => {}
+        Some(other) => errors.push(err(
+            "apiVersion",
+            format!("{other:?} is not supported for a NetworkPolicy (want {API_VERSION})"),
+        )),
+        None => errors.push(err("apiVersion", "is required")),
+    }
+    match obj.get("kind").and_then(|v| v.as_str()) {
+        Some(KIND) => {}
+        Some(other) => errors.push(err(
+            "kind",
+            format!("{other:?} is not a policy kind (want {KIND} in {API_VERSION})"),
+        )),
+        None => errors.push(err("kind", "is required")),
+    }
+    match &name {
+        Some(n) => {
+            if let Err(reason) = validate::check_dns_subdomain(n) {
+                errors.push(err("metadata.name", format!("{n:?} {reason}")));
+            }
+        }
+        None => errors.push(err("metadata.name", "is required")),
+    }
+    let namespace = value
+        .pointer("/metadata/namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or("default")
+        .to_string();
+    if let Err(reason) = validate::check_dns_label(&namespace) {
+        errors.push(err("metadata.namespace", format!("{namespace:?} {reason}")));
+    }
+    for key in obj.keys() {
+        if !matches!(
+            key.as_str(),
+            "apiVersion" | "kind" | "metadata" | "spec" | "status"
+        ) {
+            errors.push(err(key, "unknown field"));
+        }
+    }
+    let mut rule = None;
+    match obj.get("spec") {
+        None => errors.push(err("spec", "is required")),
+        Some(raw) => match serde_path_to_error::deserialize::<_, NetworkPolicySpec>(raw) {
+            Ok(spec) => {
+                rule = Some(translate(
+                    name.as_deref().unwrap_or(label),
+                    &namespace,
+                    &spec,
+                    &mut errors,
+                ));
+            }
+            Err(e) => {
+                let inner = e.path().to_string();
+                let path = if inner == "." {
+                    "spec".to_string()
+                } else {
+                    format!("spec.{inner}")
+                };
+                let msg = e.inner().to_string();
+                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                errors.push(err(&path, msg));
+            }
+        },
+    }
+    if !errors.is_empty() {
+        return Err(fail(errors));
+    }
+    Ok(Policy {
+        kind: PolicyKind::NetworkPolicy,
+        name: name.expect("no errors means a name"),
+        namespace: Some(namespace),
+        rules: vec![(
+            "spec".to_string(),
+            rule.expect("no errors means a translated spec"),
+        )],
+        object: value.clone(),
+    })
+}
+
+/// Translates a NetworkPolicy spec into one cilium.io/v2 rule, appending
+/// every problem (with the NetworkPolicy's field paths) to `errors`.
+pub fn translate(
+    name: &str,
+    namespace: &str,
+    spec: &NetworkPolicySpec,
+    errors: &mut Vec<FieldError>,
+) -> Rule {
+    let first_error = errors.len();
+    let mut has_ingress_type = false;
+    let mut has_egress_type = false;
+    for (i, t) in spec.policy_types.iter().enumerate() {
+        match t.as_str() {
+            "Ingress" => has_ingress_type = true,
+            "Egress" => has_egress_type = true,
+            other => errors.push(err(
+                &format!("spec.policyTypes[{i}]"),
+                format!("{other:?} is not a policy type (want Ingress or Egress)"),
+            )),
+        }
+    }
+    let explicit_types = !spec.policy_types.is_empty();
+    if explicit_types && !has_ingress_type && !spec.ingress.is_empty() {
+        errors.push(err(
+            "spec.ingress",
+            "policyTypes does not list Ingress, so these rules would be ignored by Kubernetes \
+             (and enforced by Cilium); add Ingress to policyTypes or remove them",
+        ));
+    }
+    if explicit_types && !has_egress_type && !spec.egress.is_empty() {
+        errors.push(err(
+            "spec.egress",
+            "policyTypes does not list Egress, so these rules would be ignored by Kubernetes \
+             (and enforced by Cilium); add Egress to policyTypes or remove them",
+        ));
+    }
+
+    let endpoint_selector = match &spec.pod_selector {
+        Some(sel) => pod_selector(sel, namespace, "spec.podSelector", errors),
+        None => {
+            errors.push(err(
+                "spec.podSelector",
+                "is required ({} selects every pod in the namespace)",
+            ));
+            EndpointSelector::default()
+        }
+    };
+
+    let mut ingress = Vec::new();
+    for (i, r) in spec.ingress.iter().enumerate() {
+        let p = format!("spec.ingress[{i}]");
+        let to_ports = ports(&r.ports, &p, errors);
+        if r.from.is_empty() {
+            ingress.push(IngressRule {
+                from_entities: vec!["all".to_string()],
+                to_ports: to_ports.clone(),
+                ..Default::default()
+            });
+        }
+        for (j, peer) in r.from.iter().enumerate() {
+            let (endpoints, cidr_set) =
+                peer_fields(peer, namespace, &format!("{p}.from[{j}]"), errors);
+            ingress.push(IngressRule {
+                from_endpoints: endpoints,
+                from_cidr_set: cidr_set,
+                to_ports: to_ports.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    let mut egress = Vec::new();
+    for (i, r) in spec.egress.iter().enumerate() {
+        let p = format!("spec.egress[{i}]");
+        let to_ports = ports(&r.ports, &p, errors);
+        if r.to.is_empty() {
+            egress.push(EgressRule {
+                to_entities: vec!["all".to_string()],
+                to_ports: to_ports.clone(),
+                ..Default::default()
+            });
+        }
+        for (j, peer) in r.to.iter().enumerate() {
+            let (endpoints, cidr_set) =
+                peer_fields(peer, namespace, &format!("{p}.to[{j}]"), errors);
+            egress.push(EgressRule {
+                to_endpoints: endpoints,
+                to_cidr_set: cidr_set,
+                to_ports: to_ports.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    // Cilium: ingress is default-deny unless the policy is egress-only;
+    // egress only when listed. The `none` entity selects no peer, so the
+    // direction is enforced and nothing is allowed.
+    if ingress.is_empty() && (has_ingress_type || !has_egress_type) {
+        ingress.push(IngressRule {
+            from_entities: vec!["none".to_string()],
+            ..Default::default()
+        });
+    }
+    if egress.is_empty() && has_egress_type {
+        egress.push(EgressRule {
+            to_entities: vec!["none".to_string()],
+            ..Default::default()
+        });
+    }
+
+    let k8s_label = |key: &str, value: &str| RuleLabel {
+        key: key.to_string(),
+        value: Some(value.to_string()),
+        source: Some("k8s".to_string()),
+    };
+    let rule = Rule {
+        endpoint_selector: Some(endpoint_selector),
+        ingress,
+        egress,
+        labels: vec![
+            k8s_label("io.cilium.k8s.policy.derived-from", KIND),
+            k8s_label("io.cilium.k8s.policy.name", name),
+            k8s_label("io.cilium.k8s.policy.namespace", namespace),
+        ],
+        ..Default::default()
+    };
+    // The translation of a valid NetworkPolicy is a valid rule; anything the
+    // checks above missed is reported rather than enforced.
+    if errors.len() == first_error {
+        let mut internal = Vec::new();
+        validate::rule(&rule, PolicyKind::NetworkPolicy, "spec", &mut internal);
+        errors.extend(internal.into_iter().map(|e| FieldError {
+            path: "spec".to_string(),
+            message: format!("translated rule is invalid: {e}"),
+        }));
+    }
+    rule
+}
+
+/// `sel` with every key written `k8s:<prefix><key>` (Cilium's k8s source;
+/// `prefix` is empty for pod labels), after checking each key and value.
+fn prefixed_selector(
+    sel: &EndpointSelector,
+    prefix: &str,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> (BTreeMap<String, String>, Vec<SelectorRequirement>) {
+    let key_of = |k: &str| format!("k8s:{prefix}{k}");
+    let mut labels = BTreeMap::new();
+    for (k, v) in &sel.match_labels {
+        let key = key_of(k);
+        match selector_label(&key, v) {
+            Ok(_) => {
+                labels.insert(key, v.clone());
+            }
+            Err(e) => errors.push(err(&format!("{path}.matchLabels.{k}"), e)),
+        }
+    }
+    let mut exprs = Vec::new();
+    for (i, req) in sel.match_expressions.iter().enumerate() {
+        let p = format!("{path}.matchExpressions[{i}]");
+        let key = key_of(&req.key);
+        if let Err(e) = selector_label(&key, "") {
+            errors.push(err(&format!("{p}.key"), e));
+        }
+        match req.operator {
+            SelectorOperator::In | SelectorOperator::NotIn => {
+                if req.values.is_empty() {
+                    errors.push(err(
+                        &format!("{p}.values"),
+                        format!("operator {:?} needs at least one value", req.operator),
+                    ));
+                }
+                for (j, v) in req.values.iter().enumerate() {
+                    if let Err(e) = selector_label(&key, v) {
+                        errors.push(err(&format!("{p}.values[{j}]"), e));
+                    }
+                }
+            }
+            SelectorOperator::Exists | SelectorOperator::DoesNotExist => {
+                if !req.values.is_empty() {
+                    errors.push(err(
+                        &format!("{p}.values"),
+                        format!("operator {:?} takes no values", req.operator),
+                    ));
+                }
+            }
+        }
+        exprs.push(SelectorRequirement {
+            key,
+            operator: req.operator,
+            values: req.values.clone(),
+        });
+    }
+    (labels, exprs)
+}
+
+/// A pod selector of the policy's namespace.
+fn pod_selector(
+    sel: &EndpointSelector,
+    namespace: &str,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> EndpointSelector {
+    let (mut match_labels, match_expressions) = prefixed_selector(sel, "", path, errors);
+    match_labels.insert(format!("k8s:{NAMESPACE_LABEL}"), namespace.to_string());
+    EndpointSelector {
+        match_labels,
+        match_expressions,
+    }
+}
+
+/// One peer's endpoint selectors and CIDR set.
+fn peer_fields(
+    peer: &NetworkPolicyPeer,
+    namespace: &str,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> (Vec<EndpointSelector>, Vec<CidrRule>) {
+    let selectors = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
+    let mut endpoints = Vec::new();
+    let mut cidr_set = Vec::new();
+    match (&peer.ip_block, selectors) {
+        (None, false) => errors.push(err(
+            path,
+            "a peer needs podSelector, namespaceSelector or ipBlock",
+        )),
+        (Some(_), true) => errors.push(err(
+            &format!("{path}.ipBlock"),
+            "ipBlock cannot be combined with podSelector or namespaceSelector in one peer",
+        )),
+        _ => {}
+    }
+    if let Some(ns_sel) = &peer.namespace_selector {
+        let ns_prefix = format!("{NAMESPACE_LABELS_PREFIX}.");
+        let (mut match_labels, mut match_expressions) = prefixed_selector(
+            ns_sel,
+            &ns_prefix,
+            &format!("{path}.namespaceSelector"),
+            errors,
+        );
+        if let Some(pod_sel) = &peer.pod_selector {
+            let (l, e) = prefixed_selector(pod_sel, "", &format!("{path}.podSelector"), errors);
+            match_labels.extend(l);
+            match_expressions.extend(e);
+        }
+        // Any namespace (Cilium's selector for an empty namespaceSelector).
+        // Always added: naming the namespace label is also what keeps a
+        // namespaced policy's selector from being scoped to its own namespace.
+        match_expressions.push(SelectorRequirement {
+            key: format!("k8s:{NAMESPACE_LABEL}"),
+            operator: SelectorOperator::Exists,
+            values: vec![],
+        });
+        endpoints.push(EndpointSelector {
+            match_labels,
+            match_expressions,
+        });
+    } else if let Some(pod_sel) = &peer.pod_selector {
+        endpoints.push(pod_selector(
+            pod_sel,
+            namespace,
+            &format!("{path}.podSelector"),
+            errors,
+        ));
+    }
+    if let Some(block) = &peer.ip_block {
+        let p = format!("{path}.ipBlock");
+        match parse_cidr(&block.cidr) {
+            Ok(net) => {
+                for (k, ex) in block.except.iter().enumerate() {
+                    match parse_cidr(ex) {
+                        Ok(e) if !net.contains(&e) || e == net => errors.push(err(
+                            &format!("{p}.except[{k}]"),
+                            format!("{ex} is not strictly inside {}", block.cidr),
+                        )),
+                        Ok(_) => {}
+                        Err(e) => errors.push(err(&format!("{p}.except[{k}]"), e)),
+                    }
+                }
+            }
+            Err(e) => errors.push(err(&format!("{p}.cidr"), e)),
+        }
+        cidr_set.push(CidrRule {
+            cidr: Some(block.cidr.clone()),
+            except: block.except.clone(),
+            cidr_group_ref: None,
+        });
+    }
+    (endpoints, cidr_set)
+}
+
+/// `ports[]` as `toPorts` (one entry per port, as Cilium does).
+fn ports(list: &[NetworkPolicyPort], path: &str, errors: &mut Vec<FieldError>) -> Vec<PortRule> {
+    let mut out = Vec::new();
+    for (i, pp) in list.iter().enumerate() {
+        let p = format!("{path}.ports[{i}]");
+        let protocol = match pp.protocol.as_deref() {
+            None | Some("TCP") => "TCP",
+            Some("UDP") => "UDP",
+            Some("SCTP") => "SCTP",
+            Some(other) => {
+                errors.push(err(
+                    &format!("{p}.protocol"),
+                    format!("{other:?} is not one of TCP, UDP, SCTP"),
+                ));
+                "TCP"
+            }
+        };
+        let (port, end_port) = match &pp.port {
+            None => {
+                if let Some(e) = pp.end_port {
+                    errors.push(err(
+                        &format!("{p}.endPort"),
+                        format!("{e}: endPort needs a port"),
+                    ));
+                }
+                // Every port of the protocol.
+                (1, Some(65535))
+            }
+            Some(v) => match v.0.parse::<i64>() {
+                Ok(n) if (1..=65535).contains(&n) => {
+                    let n = i32::try_from(n).expect("a port fits");
+                    match pp.end_port {
+                        Some(e) if e < n || e > 65535 => {
+                            errors.push(err(
+                                &format!("{p}.endPort"),
+                                format!("{e} must be between port ({n}) and 65535"),
+                            ));
+                            (n, None)
+                        }
+                        e => (n, e),
+                    }
+                }
+                Ok(n) => {
+                    errors.push(err(
+                        &format!("{p}.port"),
+                        format!("{n} is not a valid port (1-65535)"),
+                    ));
+                    (1, None)
+                }
+                Err(_) => {
+                    errors.push(err(
+                        &format!("{p}.port"),
+                        format!("named port {:?} is not supported yet (give a number)", v.0),
+                    ));
+                    (1, None)
+                }
+            },
+        };
+        out.push(PortRule {
+            ports: vec![PortProtocol {
+                port: PortValue(port.to_string()),
+                end_port: end_port.filter(|e| *e != port),
+                protocol: Some(protocol.to_string()),
+            }],
+            ..Default::default()
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use axoneme_identity::{LabelSet, NumericIdentity, Source};
+
+    use super::*;
+    use crate::compile::{
+        add_cidr_identities, cidr_identities, compute, Decision, DenyReason, Direction,
+        EnforcementMode, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    };
+    use crate::document::parse_documents;
+    use crate::oracle::{direction_verdict, OracleVerdict};
+    use crate::selector::Identities;
+
+    fn parse(yaml: &str) -> Result<Policy, PolicyErrors> {
+        let mut docs = parse_documents(yaml);
+        assert_eq!(docs.len(), 1);
+        docs.remove(0)
+    }
+
+    fn labels(items: &[&str]) -> LabelSet {
+        LabelSet::parse(items, Source::K8s).unwrap()
+    }
+
+    #[test]
+    fn translates_like_cilium() {
+        let p = parse(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: api}}
+    - namespaceSelector: {matchLabels: {team: ops}}
+      podSelector: {matchExpressions: [{key: role, operator: In, values: [backup]}]}
+    - namespaceSelector: {}
+    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}
+    ports:
+    - port: 5432
+    - {protocol: UDP, port: 9000, endPort: 9010}
+  egress:
+  - ports: [{protocol: SCTP}]
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.kind, PolicyKind::NetworkPolicy);
+        assert_eq!(p.kind.short_name(), "knp");
+        assert_eq!(p.namespace.as_deref(), Some("shop"));
+        let (path, rule) = &p.rules[0];
+        assert_eq!(path, "spec");
+        let got = serde_json::to_value(rule).unwrap();
+        let ports = serde_json::json!([
+            {"ports": [{"port": "5432", "protocol": "TCP"}]},
+            {"ports": [{"port": "9000", "endPort": 9010, "protocol": "UDP"}]},
+        ]);
+        let want = serde_json::json!({
+            "endpointSelector": {"matchLabels": {"k8s:app": "db", "k8s:io.kubernetes.pod.namespace": "shop"}},
+            "ingress": [
+                {"fromEndpoints": [{"matchLabels": {"k8s:app": "api", "k8s:io.kubernetes.pod.namespace": "shop"}}],
+                 "toPorts": ports},
+                {"fromEndpoints": [{
+                    "matchLabels": {"k8s:io.cilium.k8s.namespace.labels.team": "ops"},
+                    "matchExpressions": [
+                        {"key": "k8s:role", "operator": "In", "values": ["backup"]},
+                        {"key": "k8s:io.kubernetes.pod.namespace", "operator": "Exists"},
+                    ]}],
+                 "toPorts": ports},
+                {"fromEndpoints": [{"matchExpressions": [
+                    {"key": "k8s:io.kubernetes.pod.namespace", "operator": "Exists"}]}],
+                 "toPorts": ports},
+                {"fromCIDRSet": [{"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}], "toPorts": ports},
+            ],
+            "egress": [
+                {"toEntities": ["all"], "toPorts": [{"ports": [{"port": "1", "endPort": 65535, "protocol": "SCTP"}]}]},
+            ],
+            "labels": [
+                {"key": "io.cilium.k8s.policy.derived-from", "value": "NetworkPolicy", "source": "k8s"},
+                {"key": "io.cilium.k8s.policy.name", "value": "db", "source": "k8s"},
+                {"key": "io.cilium.k8s.policy.namespace", "value": "shop", "source": "k8s"},
+            ],
+        });
+        assert_eq!(got, want, "{}", serde_json::to_string_pretty(&got).unwrap());
+    }
+
+    #[test]
+    fn policy_types_default_and_default_deny() {
+        let rule = |spec: &str| {
+            let text = format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np}}\nspec: {spec}\n"
+            );
+            parse(&text).unwrap().rules.remove(0).1
+        };
+        // No types, no rules: ingress default-deny only.
+        let r = rule("{podSelector: {}}");
+        assert_eq!(r.ingress.len(), 1);
+        assert_eq!(r.ingress[0].from_entities, ["none"]);
+        assert!(r.egress.is_empty());
+        // Egress rules without types: egress too, ingress still default-deny.
+        let r = rule("{podSelector: {}, egress: [{}]}");
+        assert_eq!(r.ingress[0].from_entities, ["none"]);
+        assert_eq!(r.egress[0].to_entities, ["all"]);
+        // Egress only.
+        let r = rule("{podSelector: {}, policyTypes: [Egress]}");
+        assert!(r.ingress.is_empty());
+        assert_eq!(r.egress[0].to_entities, ["none"]);
+        // Both.
+        let r = rule("{podSelector: {}, policyTypes: [Ingress, Egress]}");
+        assert_eq!(r.ingress[0].from_entities, ["none"]);
+        assert_eq!(r.egress[0].to_entities, ["none"]);
+        // Empty `from` allows every peer.
+        let r = rule("{podSelector: {}, ingress: [{}]}");
+        assert_eq!(r.ingress[0].from_entities, ["all"]);
+    }
+
+    /// A listed direction without rules denies everything for the selected
+    /// pods (compiled entries and oracle alike), and nothing for others.
+    #[test]
+    fn default_deny_denies_everything() {
+        let p = parse(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: lockdown, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: vault}}
+  policyTypes: [Ingress, Egress]
+"#,
+        )
+        .unwrap();
+        // A CIDR peer too, from another policy.
+        let cidr = parse(
+            r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: other, namespace: elsewhere}
+spec:
+  endpointSelector: {}
+  egress: [{toCIDR: [192.0.2.0/24]}]
+"#,
+        )
+        .unwrap();
+        let policies = vec![p, cidr];
+        let mut ids = Identities::with_reserved();
+        let vault = labels(&["app=vault", "io.kubernetes.pod.namespace=shop"]);
+        let web = labels(&["app=web", "io.kubernetes.pod.namespace=shop"]);
+        let far = labels(&["app=vault", "io.kubernetes.pod.namespace=other"]);
+        ids.insert(NumericIdentity(300), vault.clone());
+        ids.insert(NumericIdentity(301), web.clone());
+        ids.insert(NumericIdentity(302), far.clone());
+        add_cidr_identities(&mut ids, &cidr_identities(&policies));
+        let peers: Vec<NumericIdentity> = ids.iter().map(|(id, _)| id).collect();
+        assert!(peers.iter().any(|id| id.is_local_scope()));
+        let flows = [
+            (PROTO_TCP, 80),
+            (PROTO_TCP, 65535),
+            (PROTO_UDP, 53),
+            (PROTO_SCTP, 9),
+            (PROTO_ICMP, 8),
+        ];
+
+        let compiled = compute(&policies, &ids, &vault, EnforcementMode::Default);
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let d = compiled.direction(dir);
+            assert!(d.enforced, "{dir:?}");
+            assert!(d.entries.is_empty(), "{dir:?}: {:?}", d.entries);
+            for &peer in &peers {
+                for (proto, port) in flows {
+                    assert_eq!(
+                        d.lookup(peer, proto, port),
+                        Decision::Deny(DenyReason::PolicyDenied),
+                        "{dir:?} {peer} {proto}/{port}"
+                    );
+                    assert_eq!(
+                        direction_verdict(
+                            &policies,
+                            &ids,
+                            &vault,
+                            dir,
+                            peer,
+                            proto,
+                            port,
+                            EnforcementMode::Default
+                        ),
+                        OracleVerdict::Deny(133)
+                    );
+                }
+            }
+        }
+        // Pods the policy does not select are unaffected.
+        for subject in [&web, &far] {
+            let c = compute(&policies, &ids, subject, EnforcementMode::Default);
+            assert!(!c.ingress.enforced && !c.egress.enforced);
+            assert_eq!(
+                c.ingress.lookup(NumericIdentity(2), PROTO_TCP, 80),
+                Decision::Allow
+            );
+        }
+    }
+
+    #[test]
+    fn errors_carry_network_policy_paths() {
+        let e = parse(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: my-np}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Sideways]
+  ingress:
+  - from:
+    - {}
+    - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}
+      podSelector: {}
+    ports:
+    - port: 70000
+    - port: http
+    - {port: 80, endPort: 79}
+    - {protocol: ICMP, port: 1}
+    - endPort: 90
+  - from:
+    - namespaceSelector: {matchExpressions: [{key: team, operator: In}]}
+  egress:
+  - to: [{podSelector: {matchLabels: {"bad key": x}}}]
+"#,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for want in [
+            "my-np: spec.policyTypes[1]: \"Sideways\" is not a policy type",
+            "my-np: spec.egress: policyTypes does not list Egress",
+            "my-np: spec.ingress[0].from[0]: a peer needs podSelector, namespaceSelector or ipBlock",
+            "my-np: spec.ingress[0].from[1].ipBlock: ipBlock cannot be combined",
+            "my-np: spec.ingress[0].from[1].ipBlock.except[0]: 11.0.0.0/8 is not strictly inside 10.0.0.0/8",
+            "my-np: spec.ingress[0].ports[0].port: 70000 is not a valid port (1-65535)",
+            "my-np: spec.ingress[0].ports[1].port: named port \"http\" is not supported yet",
+            "my-np: spec.ingress[0].ports[2].endPort: 79 must be between port (80) and 65535",
+            "my-np: spec.ingress[0].ports[3].protocol: \"ICMP\" is not one of TCP, UDP, SCTP",
+            "my-np: spec.ingress[0].ports[4].endPort: 90: endPort needs a port",
+            "my-np: spec.ingress[1].from[0].namespaceSelector.matchExpressions[0].values: operator In needs at least one value",
+            "my-np: spec.egress[0].to[0].podSelector.matchLabels.bad key:",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(!text.contains("translated rule is invalid"), "{text}");
+    }
+
+    #[test]
+    fn object_level_errors() {
+        let e = parse("apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {podSelector: {}}\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a: apiVersion: \"networking.k8s.io/v1beta1\" is not supported"),
+            "{e}"
+        );
+        let e = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {podSelector: {}, ingress: [{form: []}]}\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a: spec.ingress[0].form: unknown field `form`"),
+            "{e}"
+        );
+        let e = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {}\n").unwrap_err();
+        assert!(
+            e.to_string().contains("a: spec.podSelector: is required"),
+            "{e}"
+        );
+        let e = parse(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: a}\nspec: {}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a: kind: \"Ingress\" is not a policy kind"),
+            "{e}"
+        );
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            prop::sample::select(vec![
+                "TCP",
+                "UDP",
+                "ICMP",
+                "80",
+                "http",
+                "70000",
+                "Ingress",
+                "Egress",
+                "In",
+                "Exists",
+                "10.0.0.0/8",
+                "10.1.0.0/16",
+                "::/0",
+                "app",
+                "",
+            ])
+            .prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            let keys = prop::sample::select(vec![
+                "podSelector",
+                "namespaceSelector",
+                "matchLabels",
+                "matchExpressions",
+                "key",
+                "operator",
+                "values",
+                "policyTypes",
+                "ingress",
+                "egress",
+                "from",
+                "to",
+                "ipBlock",
+                "cidr",
+                "except",
+                "ports",
+                "port",
+                "endPort",
+                "protocol",
+                "app",
+            ]);
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(keys, inner, 0..5).prop_map(|m| {
+                    serde_json::Value::Object(
+                        m.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                    )
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1000, ..Default::default() })]
+
+        /// Arbitrary specs never panic the translator; what it accepts is a
+        /// valid cilium.io/v2 rule.
+        #[test]
+        fn arbitrary_specs_never_panic(spec in json_value()) {
+            let doc = serde_json::json!({
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "metadata": {"name": "fuzz", "namespace": "ns"},
+                "spec": spec,
+            });
+            if let Ok(p) = crate::document::parse_object(&doc, "fuzz") {
+                let mut errors = Vec::new();
+                validate::rule(&p.rules[0].1, PolicyKind::NetworkPolicy, "spec", &mut errors);
+                proptest::prop_assert!(errors.is_empty(), "{errors:?}");
+            }
+        }
+    }
+}

@@ -154,6 +154,20 @@ fn peer_matches(
     {
         return true;
     }
+    // A /0 covers the world identities of its family.
+    let zero = f
+        .cidrs
+        .iter()
+        .map(String::as_str)
+        .chain(f.cidr_sets.iter().filter_map(|s| s.cidr.as_deref()))
+        .filter_map(|c| crate::validate::parse_cidr(c).ok())
+        .filter(|n| n.prefix_len() == 0);
+    for n in zero {
+        let family = if n.addr().is_ipv4() { 9 } else { 10 };
+        if peer.0 == 2 || peer.0 == family {
+            return true;
+        }
+    }
     if let Some(p) = labels
         .filter(|_| is_cidr_identity(peer))
         .and_then(peer_prefix)
@@ -261,7 +275,11 @@ pub fn direction_verdict(
                         };
                         let ports: Vec<&PortProtocol> =
                             d.to_ports.iter().flat_map(|t| &t.ports).collect();
-                        let l4 = (ports.is_empty() && d.icmps.is_empty())
+                        let no_peers = f.endpoints.is_empty()
+                            && f.cidrs.is_empty()
+                            && f.cidr_sets.is_empty()
+                            && f.entities.is_empty();
+                        let l4 = (ports.is_empty() && d.icmps.is_empty() && !no_peers)
                             || ports.iter().any(|pp| port_matches(pp, protocol, port))
                             || icmp_matches(&d.icmps, protocol, port);
                         if l4 && peer_matches(&f, ns, peer, ids) {
@@ -298,7 +316,11 @@ pub fn direction_verdict(
                         };
                         let ports: Vec<&PortProtocol> =
                             d.to_ports.iter().flat_map(|t| &t.ports).collect();
-                        let l4 = (ports.is_empty() && d.icmps.is_empty())
+                        let no_peers = f.endpoints.is_empty()
+                            && f.cidrs.is_empty()
+                            && f.cidr_sets.is_empty()
+                            && f.entities.is_empty();
+                        let l4 = (ports.is_empty() && d.icmps.is_empty() && !no_peers)
                             || ports.iter().any(|pp| port_matches(pp, protocol, port))
                             || icmp_matches(&d.icmps, protocol, port);
                         if l4 && peer_matches(&f, ns, peer, ids) {
@@ -335,7 +357,12 @@ pub fn direction_verdict(
             if !peer_matches(&fields, ns, peer, ids) {
                 continue;
             }
-            if to_ports.is_empty() && icmps.is_empty() {
+            let no_peers = fields.endpoints.is_empty()
+                && fields.cidrs.is_empty()
+                && fields.cidr_sets.is_empty()
+                && fields.entities.is_empty();
+            // `ingress: [{}]`: no peers and no ports allows nothing.
+            if to_ports.is_empty() && icmps.is_empty() && !no_peers {
                 allow_all = true;
             }
             for pr in to_ports {
