@@ -512,17 +512,34 @@ impl Section<'_> {
         ids: &Identities,
         ns: Option<&str>,
         has_requires: bool,
-        only: Option<NumericIdentity>,
+        only: Option<&BTreeSet<NumericIdentity>>,
     ) -> Peers {
-        if let Some(x) = only {
-            return match self.peers_one(ids, ns, x) {
-                Some(true) => Peers::Set([x].into()),
-                Some(false) => Peers::Set(BTreeSet::new()),
-                None if has_requires => {
-                    Peers::Set(ids.get(x).map(|_| [x].into()).unwrap_or_default())
-                }
-                None => Peers::Any,
-            };
+        if let Some(only) = only {
+            if !self.has_peers() || self.entities.iter().any(|e| e == "all") {
+                return if has_requires {
+                    Peers::Set(
+                        only.iter()
+                            .filter(|x| ids.get(**x).is_some())
+                            .copied()
+                            .collect(),
+                    )
+                } else {
+                    Peers::Any
+                };
+            }
+            let selections: Vec<_> = self
+                .endpoints
+                .iter()
+                .map(|s| ids.select(&Selector::new(s, ns)))
+                .collect();
+            return Peers::Set(
+                only.iter()
+                    .filter(|x| {
+                        selections.iter().any(|s| s.contains(x)) || self.names_other(ids, **x)
+                    })
+                    .copied()
+                    .collect(),
+            );
         }
         if !self.has_peers() {
             return if has_requires {
@@ -586,19 +603,8 @@ impl Section<'_> {
 }
 
 impl Section<'_> {
-    /// Whether this section names peer `x`; `None` when it names every peer.
-    fn peers_one(&self, ids: &Identities, ns: Option<&str>, x: NumericIdentity) -> Option<bool> {
-        // As in `peers`: naming every peer wins over naming some.
-        if !self.has_peers() || self.entities.iter().any(|e| e == "all") {
-            return None;
-        }
-        if self
-            .endpoints
-            .iter()
-            .any(|s| ids.select(&Selector::new(s, ns)).contains(&x))
-        {
-            return Some(true);
-        }
+    /// Whether this section's entities or CIDRs name peer `x`.
+    fn names_other(&self, ids: &Identities, x: NumericIdentity) -> bool {
         for e in self.entities {
             let hit = match e.as_str() {
                 "world" => {
@@ -607,11 +613,11 @@ impl Section<'_> {
                 "cluster" => matches!(x.0, 1 | 3..=8) || ids.select(&Selector::all()).contains(&x),
                 other => match entity_ids(other, ids) {
                     Peers::Set(s) => s.contains(&x),
-                    Peers::Any => return None,
+                    Peers::Any => true,
                 },
             };
             if hit {
-                return Some(true);
+                return true;
             }
         }
         let zero = |c: &str| {
@@ -624,7 +630,7 @@ impl Section<'_> {
                 .iter()
                 .any(|s| s.cidr.as_deref().is_some_and(zero))
         {
-            return Some(true);
+            return true;
         }
         if x.is_local_scope() {
             if let Some(p) = ids.get(x).and_then(cidr_of) {
@@ -634,11 +640,11 @@ impl Section<'_> {
                         s.cidr.as_deref().is_some_and(inside) && !s.except.iter().any(|e| inside(e))
                     })
                 {
-                    return Some(true);
+                    return true;
                 }
             }
         }
-        Some(false)
+        false
     }
 }
 
@@ -704,10 +710,95 @@ pub fn compute_for_peer<P: Borrow<Policy>>(
     mode: EnforcementMode,
     peer: NumericIdentity,
 ) -> EndpointPolicy {
+    compute_for_peers(policies, ids, subject, mode, &[peer].into())
+}
+
+/// Like `compute_for_peer`, for several peers in one pass.
+pub fn compute_for_peers<P: Borrow<Policy>>(
+    policies: &[P],
+    ids: &Identities,
+    subject: &LabelSet,
+    mode: EnforcementMode,
+    peers: &BTreeSet<NumericIdentity>,
+) -> EndpointPolicy {
     EndpointPolicy {
-        ingress: compute_direction(policies, ids, subject, mode, Direction::Ingress, Some(peer)),
-        egress: compute_direction(policies, ids, subject, mode, Direction::Egress, Some(peer)),
+        ingress: compute_direction(
+            policies,
+            ids,
+            subject,
+            mode,
+            Direction::Ingress,
+            Some(peers),
+        ),
+        egress: compute_direction(policies, ids, subject, mode, Direction::Egress, Some(peers)),
     }
+}
+
+/// The peers a policy names, or `None` when it names every peer (a section
+/// with no peers but ports, the `all` entity) or has requirements (which
+/// filter every peer of the endpoints it selects).
+pub fn policy_peers(policy: &Policy, ids: &Identities) -> Option<BTreeSet<NumericIdentity>> {
+    let ns = policy.namespace.as_deref();
+    let mut out = BTreeSet::new();
+    for (_, r) in &policy.rules {
+        let sections = r
+            .ingress
+            .iter()
+            .map(|i| {
+                (
+                    Section {
+                        endpoints: &i.from_endpoints,
+                        cidrs: &i.from_cidr,
+                        cidr_sets: &i.from_cidr_set,
+                        entities: &i.from_entities,
+                    },
+                    !i.from_requires.is_empty(),
+                )
+            })
+            .chain(r.ingress_deny.iter().map(|i| {
+                (
+                    Section {
+                        endpoints: &i.from_endpoints,
+                        cidrs: &i.from_cidr,
+                        cidr_sets: &i.from_cidr_set,
+                        entities: &i.from_entities,
+                    },
+                    false,
+                )
+            }))
+            .chain(r.egress.iter().map(|e| {
+                (
+                    Section {
+                        endpoints: &e.to_endpoints,
+                        cidrs: &e.to_cidr,
+                        cidr_sets: &e.to_cidr_set,
+                        entities: &e.to_entities,
+                    },
+                    !e.to_requires.is_empty(),
+                )
+            }))
+            .chain(r.egress_deny.iter().map(|e| {
+                (
+                    Section {
+                        endpoints: &e.to_endpoints,
+                        cidrs: &e.to_cidr,
+                        cidr_sets: &e.to_cidr_set,
+                        entities: &e.to_entities,
+                    },
+                    false,
+                )
+            }));
+        for (section, requires) in sections {
+            if requires {
+                return None;
+            }
+            match section.peers(ids, ns, false, None) {
+                Peers::Any => return None,
+                Peers::Set(s) => out.extend(s),
+            }
+        }
+    }
+    Some(out)
 }
 
 /// `(protocol, port, prefix)` of one map key.
@@ -726,7 +817,7 @@ fn compute_direction<P: Borrow<Policy>>(
     subject: &LabelSet,
     mode: EnforcementMode,
     dir: Direction,
-    only: Option<NumericIdentity>,
+    only: Option<&BTreeSet<NumericIdentity>>,
 ) -> DirectionPolicy {
     let mut out = DirectionPolicy::default();
     if mode == EnforcementMode::Never {

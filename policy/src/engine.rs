@@ -17,8 +17,8 @@ use axoneme_identity::{LabelSet, NumericIdentity};
 use ipnet::IpNet;
 
 use crate::compile::{
-    cidr_labels, compute, compute_for_peer, Direction, EndpointPolicy, EnforcementMode, Key,
-    Verdict,
+    cidr_labels, compute, compute_for_peers, policy_peers, Direction, EndpointPolicy,
+    EnforcementMode, Key, Verdict,
 };
 use crate::document::Policy;
 use crate::selector::{Identities, Selector};
@@ -46,6 +46,10 @@ pub enum Delta {
         enforced: bool,
     },
 }
+
+/// Above this many peers, recomputing an endpoint whole is cheaper than
+/// updating peer by peer.
+const PER_PEER_LIMIT: usize = 512;
 
 /// What a policy's peers depend on, to find the endpoints a change affects.
 #[derive(Debug, Clone, Default)]
@@ -235,6 +239,15 @@ impl Engine {
         self.policies.values().map(|e| &e.policy).collect()
     }
 
+    /// What the policies selecting `subject` depend on.
+    fn dependencies(&self, subject: &LabelSet) -> Dependencies {
+        let mut deps = Dependencies::default();
+        for e in self.policies.values().filter(|e| e.selects(subject)) {
+            deps.merge(&e.deps);
+        }
+        deps
+    }
+
     /// Recomputes `which` endpoints and returns what changed.
     fn recompute(&mut self, which: BTreeSet<NumericIdentity>) -> Vec<Delta> {
         let mut out = Vec::new();
@@ -249,10 +262,7 @@ impl Engine {
                 .collect();
             let policies: Vec<&Policy> = selecting.iter().map(|e| &e.policy).collect();
             let new = compute(&policies, &self.ids, &labels, self.mode);
-            let mut deps = Dependencies::default();
-            for e in &selecting {
-                deps.merge(&e.deps);
-            }
+            let deps = self.dependencies(&labels);
             let old = self
                 .endpoints
                 .remove(&ep)
@@ -323,13 +333,19 @@ impl Engine {
                 out.extend(self.recompute([ep].into()));
                 continue;
             }
-            self.update_peer(ep, id, &mut out);
+            self.update_peers(ep, &[id].into(), &mut out);
         }
         out
     }
 
-    /// Recomputes only `id`'s entries in endpoint `ep`'s maps.
-    fn update_peer(&mut self, ep: NumericIdentity, id: NumericIdentity, out: &mut Vec<Delta>) {
+    /// Recomputes only the entries of `peers` (and the enforcement flags) in
+    /// endpoint `ep`'s maps.
+    fn update_peers(
+        &mut self,
+        ep: NumericIdentity,
+        peers: &BTreeSet<NumericIdentity>,
+        out: &mut Vec<Delta>,
+    ) {
         let Some(subject) = self.ids.get(ep).cloned() else {
             return;
         };
@@ -339,46 +355,56 @@ impl Engine {
             .filter(|e| e.selects(&subject))
             .map(|e| &e.policy)
             .collect();
-        let fresh = compute_for_peer(&policies, &self.ids, &subject, self.mode, id);
+        let fresh = compute_for_peers(&policies, &self.ids, &subject, self.mode, peers);
         let Some((current, _)) = self.endpoints.get_mut(&ep) else {
             return;
-        };
-        // Keys sort by identity first: the peer's entries are one range.
-        let range = Key {
-            identity: id,
-            protocol: 0,
-            port: 0,
-            prefix: 0,
-        }..=Key {
-            identity: id,
-            protocol: u8::MAX,
-            port: u16::MAX,
-            prefix: u8::MAX,
         };
         for (direction, cur, fresh) in [
             (Direction::Ingress, &mut current.ingress, &fresh.ingress),
             (Direction::Egress, &mut current.egress, &fresh.egress),
         ] {
-            let old: Vec<Key> = cur.entries.range(range.clone()).map(|(k, _)| *k).collect();
-            for key in old {
-                if !fresh.entries.contains_key(&key) {
-                    cur.entries.remove(&key);
-                    out.push(Delta::Remove {
-                        endpoint: ep,
-                        direction,
-                        key,
-                    });
-                }
+            if cur.enforced != fresh.enforced {
+                cur.enforced = fresh.enforced;
+                out.push(Delta::Enforced {
+                    endpoint: ep,
+                    direction,
+                    enforced: fresh.enforced,
+                });
             }
-            for (key, verdict) in fresh.entries.range(range.clone()) {
-                if cur.entries.get(key) != Some(verdict) {
-                    cur.entries.insert(*key, verdict.clone());
-                    out.push(Delta::Upsert {
-                        endpoint: ep,
-                        direction,
-                        key: *key,
-                        verdict: verdict.clone(),
-                    });
+            for &id in peers {
+                // Keys sort by identity first: a peer's entries are one range.
+                let range = Key {
+                    identity: id,
+                    protocol: 0,
+                    port: 0,
+                    prefix: 0,
+                }..=Key {
+                    identity: id,
+                    protocol: u8::MAX,
+                    port: u16::MAX,
+                    prefix: u8::MAX,
+                };
+                let old: Vec<Key> = cur.entries.range(range.clone()).map(|(k, _)| *k).collect();
+                for key in old {
+                    if !fresh.entries.contains_key(&key) {
+                        cur.entries.remove(&key);
+                        out.push(Delta::Remove {
+                            endpoint: ep,
+                            direction,
+                            key,
+                        });
+                    }
+                }
+                for (key, verdict) in fresh.entries.range(range) {
+                    if cur.entries.get(key) != Some(verdict) {
+                        cur.entries.insert(*key, verdict.clone());
+                        out.push(Delta::Upsert {
+                            endpoint: ep,
+                            direction,
+                            key: *key,
+                            verdict: verdict.clone(),
+                        });
+                    }
                 }
             }
         }
@@ -429,19 +455,37 @@ impl Engine {
             return Vec::new();
         }
         let removed = old.as_ref().map(|e| e.cidrs.clone()).unwrap_or_default();
+        let selects = |e: &Entry, ids: &Identities, ep: &NumericIdentity| {
+            ids.get(*ep).is_some_and(|labels| e.selects(labels))
+        };
+        let mut selected: BTreeSet<NumericIdentity> = match &old {
+            Some(e) => self
+                .endpoints
+                .keys()
+                .filter(|ep| selects(e, &self.ids, ep))
+                .copied()
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        // The peers the old policy named, before its CIDR identities go
+        // (only worth knowing when it concerns a local endpoint).
+        let old_peers = old
+            .as_ref()
+            .filter(|_| !selected.is_empty())
+            .map(|e| policy_peers(&e.policy, &self.ids));
         let changed_cidrs = self.track_cidrs(&removed, &added);
         let current = self.policies.get(key);
-        let selected: BTreeSet<NumericIdentity> = self
-            .endpoints
-            .keys()
-            .filter(|ep| {
-                self.ids.get(**ep).is_some_and(|labels| {
-                    old.as_ref().is_some_and(|e| e.selects(labels))
-                        || current.is_some_and(|e| e.selects(labels))
-                })
-            })
-            .copied()
-            .collect();
+        if let Some(e) = current {
+            selected.extend(
+                self.endpoints
+                    .keys()
+                    .filter(|ep| selects(e, &self.ids, ep))
+                    .copied(),
+            );
+        }
+        let new_peers = current
+            .filter(|_| !selected.is_empty())
+            .map(|e| policy_peers(&e.policy, &self.ids));
         // CIDR identities that came or went only touch their own entries
         // in endpoints that have CIDR peers.
         let cidr_peers: Vec<NumericIdentity> = self
@@ -450,11 +494,38 @@ impl Engine {
             .filter(|(ep, (_, deps))| deps.cidrs && !selected.contains(ep))
             .map(|(ep, _)| *ep)
             .collect();
-        let mut out = self.recompute(selected);
-        for ep in cidr_peers {
-            for id in &changed_cidrs {
-                self.update_peer(ep, *id, &mut out);
+        let changed_cidrs: BTreeSet<NumericIdentity> = changed_cidrs.into_iter().collect();
+        let mut out = Vec::new();
+        // A policy that names every peer (or very many) can change every
+        // entry: recompute. Otherwise only the entries of the peers it names,
+        // before or after, change.
+        let peers = match (old_peers, new_peers) {
+            (Some(None), _) | (_, Some(None)) => None,
+            (old_peers, new_peers) => {
+                let mut peers = old_peers.flatten().unwrap_or_default();
+                peers.extend(new_peers.flatten().unwrap_or_default());
+                peers.extend(changed_cidrs.iter().copied());
+                Some(peers).filter(|p| p.len() <= PER_PEER_LIMIT)
             }
+        };
+        match peers {
+            None => out = self.recompute(selected),
+            Some(peers) => {
+                for ep in selected {
+                    self.update_peers(ep, &peers, &mut out);
+                    let deps = self
+                        .ids
+                        .get(ep)
+                        .map(|l| self.dependencies(l))
+                        .unwrap_or_default();
+                    if let Some(slot) = self.endpoints.get_mut(&ep) {
+                        slot.1 = deps;
+                    }
+                }
+            }
+        }
+        for ep in cidr_peers {
+            self.update_peers(ep, &changed_cidrs, &mut out);
         }
         out
     }
@@ -593,6 +664,34 @@ mod tests {
         if shape == 0 {
             return allow_from(&name, APPS[to], APPS[from], port);
         }
+        let head = format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{app: {}}}}}\n",
+            APPS[to]
+        );
+        match shape {
+            5 => {
+                return policy(&format!(
+                    "{head}  ingressDeny:\n  - fromEndpoints: [{{matchLabels: {{app: {}}}}}]\n",
+                    APPS[from]
+                ))
+            }
+            6 => {
+                return policy(&format!(
+                    "{head}  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: {}}}}}]\n    \
+                     toPorts: [{{ports: [{{port: \"{port}\", protocol: TCP}}], rules: {{http: [{{method: GET}}]}}}}]\n",
+                    APPS[from]
+                ))
+            }
+            7 => {
+                return policy(&format!(
+                    "{head}  enableDefaultDeny: {{egress: false}}\n  egressDeny:\n  \
+                     - toEndpoints: [{{matchLabels: {{app: {}}}}}]\n",
+                    APPS[from]
+                ))
+            }
+            _ => {}
+        }
         let peer = match shape {
             1 => format!("toCIDRSet: [{{cidr: 10.{from}.0.0/16, except: [10.{from}.1.0/24]}}]"),
             2 => "toEntities: [cluster]".to_string(),
@@ -627,7 +726,7 @@ mod tests {
                     0..3usize,
                     0..3usize,
                     prop::sample::select(vec![80u16, 443]),
-                    0..5usize
+                    0..8usize
                 ))
             )
                 .prop_map(|(i, p)| Op::Policy(i, p)),

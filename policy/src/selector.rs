@@ -119,6 +119,9 @@ impl Selector {
 pub struct Identities {
     by_id: BTreeMap<NumericIdentity, LabelSet>,
     selections: Mutex<HashMap<Selector, Arc<BTreeSet<NumericIdentity>>>>,
+    /// Label key → value → identities, so a new selector with an `In`
+    /// requirement looks at its candidates only, not at every identity.
+    index: HashMap<String, HashMap<String, BTreeSet<NumericIdentity>>>,
 }
 
 impl Clone for Identities {
@@ -126,6 +129,7 @@ impl Clone for Identities {
         Identities {
             by_id: self.by_id.clone(),
             selections: Mutex::new(self.selections.lock().expect("poisoned").clone()),
+            index: self.index.clone(),
         }
     }
 }
@@ -160,7 +164,7 @@ impl Identities {
             }
             let labels = LabelSet::parse([format!("reserved:{}", r.name())], Source::Reserved)
                 .expect("reserved names are valid");
-            ids.by_id.insert(r.id(), labels);
+            ids.insert(r.id(), labels);
         }
         ids
     }
@@ -177,7 +181,27 @@ impl Identities {
                 }
             }
         }
-        self.by_id.insert(id, labels);
+        if let Some(old) = self.by_id.insert(id, labels.clone()) {
+            self.unindex(id, &old);
+        }
+        for l in labels.iter() {
+            self.index
+                .entry(l.key.clone())
+                .or_default()
+                .entry(l.value.clone())
+                .or_default()
+                .insert(id);
+        }
+    }
+
+    fn unindex(&mut self, id: NumericIdentity, labels: &LabelSet) {
+        for l in labels.iter() {
+            if let Some(values) = self.index.get_mut(&l.key) {
+                if let Some(ids) = values.get_mut(&l.value) {
+                    ids.remove(&id);
+                }
+            }
+        }
     }
 
     pub fn remove(&mut self, id: NumericIdentity) -> Option<LabelSet> {
@@ -186,7 +210,9 @@ impl Identities {
                 Arc::make_mut(set).remove(&id);
             }
         }
-        self.by_id.remove(&id)
+        let labels = self.by_id.remove(&id)?;
+        self.unindex(id, &labels);
+        Some(labels)
     }
 
     /// Selectors the cache holds (for tests and statistics).
@@ -222,12 +248,33 @@ impl Identities {
         if let Some(set) = cache.get(sel) {
             return set.clone();
         }
-        let set: Arc<BTreeSet<NumericIdentity>> = Arc::new(
-            self.iter()
-                .filter(|(id, l)| sel.selects(*id, l))
-                .map(|(id, _)| id)
+        // Candidates: the smallest `In` requirement's identities, else all.
+        let candidates: Option<BTreeSet<NumericIdentity>> = sel
+            .requirements
+            .iter()
+            .filter_map(|r| match &r.op {
+                Op::In(values) => Some(
+                    values
+                        .iter()
+                        .filter_map(|v| self.index.get(&r.key).and_then(|m| m.get(v)))
+                        .flatten()
+                        .copied()
+                        .collect::<BTreeSet<_>>(),
+                ),
+                _ => None,
+            })
+            .min_by_key(BTreeSet::len);
+        let matches =
+            |id: &NumericIdentity| self.by_id.get(id).is_some_and(|l| sel.selects(*id, l));
+        let set: Arc<BTreeSet<NumericIdentity>> = Arc::new(match candidates {
+            Some(c) => c.into_iter().filter(matches).collect(),
+            None => self
+                .by_id
+                .keys()
+                .filter(|id| matches(id))
+                .copied()
                 .collect(),
-        );
+        });
         cache.insert(sel.clone(), set.clone());
         set
     }
