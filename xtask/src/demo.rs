@@ -173,7 +173,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     super::build_all(root, false)?;
     let bin = root.join("target").join("debug");
 
-    println!("\n[1/5] etcd: starting a 3-member cluster on loopback");
+    println!("\n[1/6] etcd: starting a 3-member cluster on loopback");
     let etcd = EtcdCluster::start(3)?;
     let endpoints = etcd.endpoints();
     println!("      members: {}", endpoints.join(" "));
@@ -182,7 +182,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         etcd_endpoints: endpoints.join(","),
     };
 
-    println!("[2/5] operators: starting two replicas (lease TTL {LEASE_TTL} s)");
+    println!("[2/6] operators: starting two replicas (lease TTL {LEASE_TTL} s)");
     let mut ops = Vec::new();
     for id in ["operator-a", "operator-b"] {
         let mut op = OperatorProc::start(
@@ -205,7 +205,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
 
     let n = args.endpoints;
     println!(
-        "[3/5] endpoints: writing {n} records ({} apps x {} envs, 2 nodes, a per-pod hash label the filter drops)",
+        "[3/6] endpoints: writing {n} records ({} apps x {} envs, 2 nodes, a per-pod hash label the filter drops)",
         APPS.len(),
         ENVS.len()
     );
@@ -224,7 +224,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     demo.show(&["identity", "list"])?;
 
     println!(
-        "\n[4/5] failover: kill -9 the leading operator ({})",
+        "\n[4/6] failover: kill -9 the leading operator ({})",
         ops[first].id
     );
     let killed_at = Instant::now();
@@ -246,7 +246,13 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     );
     demo.show(&["identity", "list", "--allocated-only"])?;
 
-    println!("\n[5/5] status");
+    println!("\n[5/6] policy: the seed CiliumNetworkPolicy, checked offline, then stored and judged by the operator");
+    let seed = root.join("../shared/testdata/seed-payments-policy.yaml");
+    let seed = seed.to_str().context("seed path")?;
+    demo.show(&["policy", "validate", seed])?;
+    demo.show(&["policy", "import", seed, "--wait", "10"])?;
+
+    println!("\n[6/6] status");
     demo.show(&["status", "--verbose"])?;
 
     if args.once {
@@ -279,6 +285,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
          \n  target/debug/axoneme identity list\
          \n  target/debug/axoneme endpoint list --node node-1\
          \n  target/debug/axoneme endpoint put --node node-1 --id mine --label k8s:app=mine --wait 5\
+         \n  target/debug/axoneme policy list\
          \n\nLogs: {}\nTear down: cargo xtask demo --down",
         demo.etcd_endpoints,
         dir.display()
