@@ -438,3 +438,115 @@ pub struct IcmpField {
     #[serde(rename = "type")]
     pub icmp_type: PortValue,
 }
+
+/// A direction-neutral view of one allow or deny section of a rule:
+/// `from*` fields for ingress, `to*` fields for egress.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSection<'a> {
+    pub endpoints: &'a [EndpointSelector],
+    /// Requirements (allow sections only).
+    pub requires: &'a [EndpointSelector],
+    pub cidrs: &'a [String],
+    pub cidr_sets: &'a [CidrRule],
+    pub entities: &'a [String],
+    /// Ports with L7 rules (allow sections only).
+    pub to_ports: &'a [PortRule],
+    /// Ports (deny sections only).
+    pub deny_ports: &'a [PortDenyRule],
+    pub icmps: &'a [IcmpRule],
+}
+
+impl PeerSection<'_> {
+    /// Whether the section names no peer at all (then it means every peer).
+    pub fn has_no_peers(&self) -> bool {
+        self.endpoints.is_empty()
+            && self.cidrs.is_empty()
+            && self.cidr_sets.is_empty()
+            && self.entities.is_empty()
+    }
+}
+
+impl Rule {
+    /// The allow sections of one direction.
+    pub fn allow_sections(&self, egress: bool) -> Vec<PeerSection<'_>> {
+        if egress {
+            self.egress
+                .iter()
+                .map(|e| PeerSection {
+                    endpoints: &e.to_endpoints,
+                    requires: &e.to_requires,
+                    cidrs: &e.to_cidr,
+                    cidr_sets: &e.to_cidr_set,
+                    entities: &e.to_entities,
+                    to_ports: &e.to_ports,
+                    deny_ports: &[],
+                    icmps: &e.icmps,
+                })
+                .collect()
+        } else {
+            self.ingress
+                .iter()
+                .map(|i| PeerSection {
+                    endpoints: &i.from_endpoints,
+                    requires: &i.from_requires,
+                    cidrs: &i.from_cidr,
+                    cidr_sets: &i.from_cidr_set,
+                    entities: &i.from_entities,
+                    to_ports: &i.to_ports,
+                    deny_ports: &[],
+                    icmps: &i.icmps,
+                })
+                .collect()
+        }
+    }
+
+    /// The deny sections of one direction.
+    pub fn deny_sections(&self, egress: bool) -> Vec<PeerSection<'_>> {
+        if egress {
+            self.egress_deny
+                .iter()
+                .map(|e| PeerSection {
+                    endpoints: &e.to_endpoints,
+                    requires: &[],
+                    cidrs: &e.to_cidr,
+                    cidr_sets: &e.to_cidr_set,
+                    entities: &e.to_entities,
+                    to_ports: &[],
+                    deny_ports: &e.to_ports,
+                    icmps: &e.icmps,
+                })
+                .collect()
+        } else {
+            self.ingress_deny
+                .iter()
+                .map(|i| PeerSection {
+                    endpoints: &i.from_endpoints,
+                    requires: &[],
+                    cidrs: &i.from_cidr,
+                    cidr_sets: &i.from_cidr_set,
+                    entities: &i.from_entities,
+                    to_ports: &[],
+                    deny_ports: &i.to_ports,
+                    icmps: &i.icmps,
+                })
+                .collect()
+        }
+    }
+
+    /// Whether selecting an endpoint makes this direction default-deny: the
+    /// rule has sections in it, and `enableDefaultDeny` does not say false.
+    pub fn enables_default_deny(&self, egress: bool) -> bool {
+        let (has, flag) = if egress {
+            (
+                !self.egress.is_empty() || !self.egress_deny.is_empty(),
+                self.enable_default_deny.as_ref().and_then(|d| d.egress),
+            )
+        } else {
+            (
+                !self.ingress.is_empty() || !self.ingress_deny.is_empty(),
+                self.enable_default_deny.as_ref().and_then(|d| d.ingress),
+            )
+        };
+        has && flag != Some(false)
+    }
+}

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use axoneme_identity::{LabelSet, NumericIdentity, ReservedIdentity, Source};
 use ipnet::IpNet;
 
-use crate::api::{HttpRule, IcmpRule, PortProtocol, Rule};
+use crate::api::{HttpRule, IcmpRule, PeerSection, PortProtocol, Rule};
 use crate::document::Policy;
 use crate::selector::{Identities, Selector};
 use crate::validate::{icmp_type, parse_cidr, parse_protocol, Protocol};
@@ -497,7 +497,16 @@ struct Section<'a> {
     entities: &'a [String],
 }
 
-impl Section<'_> {
+impl<'a> Section<'a> {
+    fn of(s: &PeerSection<'a>) -> Self {
+        Section {
+            endpoints: s.endpoints,
+            cidrs: s.cidrs,
+            cidr_sets: s.cidr_sets,
+            entities: s.entities,
+        }
+    }
+
     fn has_peers(&self) -> bool {
         !(self.endpoints.is_empty()
             && self.cidrs.is_empty()
@@ -741,60 +750,19 @@ pub fn policy_peers(policy: &Policy, ids: &Identities) -> Option<BTreeSet<Numeri
     let ns = policy.namespace.as_deref();
     let mut out = BTreeSet::new();
     for (_, r) in &policy.rules {
-        let sections = r
-            .ingress
-            .iter()
-            .map(|i| {
-                (
-                    Section {
-                        endpoints: &i.from_endpoints,
-                        cidrs: &i.from_cidr,
-                        cidr_sets: &i.from_cidr_set,
-                        entities: &i.from_entities,
-                    },
-                    !i.from_requires.is_empty(),
-                )
-            })
-            .chain(r.ingress_deny.iter().map(|i| {
-                (
-                    Section {
-                        endpoints: &i.from_endpoints,
-                        cidrs: &i.from_cidr,
-                        cidr_sets: &i.from_cidr_set,
-                        entities: &i.from_entities,
-                    },
-                    false,
-                )
-            }))
-            .chain(r.egress.iter().map(|e| {
-                (
-                    Section {
-                        endpoints: &e.to_endpoints,
-                        cidrs: &e.to_cidr,
-                        cidr_sets: &e.to_cidr_set,
-                        entities: &e.to_entities,
-                    },
-                    !e.to_requires.is_empty(),
-                )
-            }))
-            .chain(r.egress_deny.iter().map(|e| {
-                (
-                    Section {
-                        endpoints: &e.to_endpoints,
-                        cidrs: &e.to_cidr,
-                        cidr_sets: &e.to_cidr_set,
-                        entities: &e.to_entities,
-                    },
-                    false,
-                )
-            }));
-        for (section, requires) in sections {
-            if requires {
-                return None;
-            }
-            match section.peers(ids, ns, false, None) {
-                Peers::Any => return None,
-                Peers::Set(s) => out.extend(s),
+        for egress in [false, true] {
+            let sections = r
+                .allow_sections(egress)
+                .into_iter()
+                .chain(r.deny_sections(egress));
+            for s in sections {
+                if !s.requires.is_empty() {
+                    return None;
+                }
+                match Section::of(&s).peers(ids, ns, false, None) {
+                    Peers::Any => return None,
+                    Peers::Set(set) => out.extend(set),
+                }
             }
         }
     }
@@ -837,95 +805,22 @@ fn compute_direction<P: Borrow<Policy>>(
             if !Selector::new(sel, ns).matches(subject) {
                 continue;
             }
-            let default_deny = rule.enable_default_deny.as_ref().and_then(|d| match dir {
-                Direction::Ingress => d.ingress,
-                Direction::Egress => d.egress,
-            });
-            match dir {
-                Direction::Ingress => {
-                    if (!rule.ingress.is_empty() || !rule.ingress_deny.is_empty())
-                        && default_deny != Some(false)
-                    {
-                        out.enforced = true;
-                    }
-                    for r in &rule.ingress {
-                        requires.extend(r.from_requires.iter().map(|s| Selector::new(s, ns)));
-                        allows.push((
-                            allow_item(
-                                Section {
-                                    endpoints: &r.from_endpoints,
-                                    cidrs: &r.from_cidr,
-                                    cidr_sets: &r.from_cidr_set,
-                                    entities: &r.from_entities,
-                                },
-                                &r.to_ports,
-                                &r.icmps,
-                            ),
-                            ns,
-                        ));
-                    }
-                    for r in &rule.ingress_deny {
-                        denies.push((
-                            deny_item(
-                                Section {
-                                    endpoints: &r.from_endpoints,
-                                    cidrs: &r.from_cidr,
-                                    cidr_sets: &r.from_cidr_set,
-                                    entities: &r.from_entities,
-                                },
-                                r.to_ports
-                                    .iter()
-                                    .flat_map(|p| p.ports.iter())
-                                    .cloned()
-                                    .collect(),
-                                &r.icmps,
-                            ),
-                            ns,
-                        ));
-                    }
-                }
-                Direction::Egress => {
-                    if (!rule.egress.is_empty() || !rule.egress_deny.is_empty())
-                        && default_deny != Some(false)
-                    {
-                        out.enforced = true;
-                    }
-                    for r in &rule.egress {
-                        requires.extend(r.to_requires.iter().map(|s| Selector::new(s, ns)));
-                        allows.push((
-                            allow_item(
-                                Section {
-                                    endpoints: &r.to_endpoints,
-                                    cidrs: &r.to_cidr,
-                                    cidr_sets: &r.to_cidr_set,
-                                    entities: &r.to_entities,
-                                },
-                                &r.to_ports,
-                                &r.icmps,
-                            ),
-                            ns,
-                        ));
-                    }
-                    for r in &rule.egress_deny {
-                        denies.push((
-                            deny_item(
-                                Section {
-                                    endpoints: &r.to_endpoints,
-                                    cidrs: &r.to_cidr,
-                                    cidr_sets: &r.to_cidr_set,
-                                    entities: &r.to_entities,
-                                },
-                                r.to_ports
-                                    .iter()
-                                    .flat_map(|p| p.ports.iter())
-                                    .cloned()
-                                    .collect(),
-                                &r.icmps,
-                            ),
-                            ns,
-                        ));
-                    }
-                }
+            let egress = dir == Direction::Egress;
+            if rule.enables_default_deny(egress) {
+                out.enforced = true;
+            }
+            for s in rule.allow_sections(egress) {
+                requires.extend(s.requires.iter().map(|r| Selector::new(r, ns)));
+                allows.push((allow_item(Section::of(&s), s.to_ports, s.icmps), ns));
+            }
+            for s in rule.deny_sections(egress) {
+                let ports = s
+                    .deny_ports
+                    .iter()
+                    .flat_map(|p| p.ports.iter())
+                    .cloned()
+                    .collect();
+                denies.push((deny_item(Section::of(&s), ports, s.icmps), ns));
             }
         }
     }

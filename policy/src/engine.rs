@@ -90,61 +90,29 @@ impl Entry {
         let mut deps = Dependencies::default();
         let mut cidrs = Vec::new();
         for (_, r) in &policy.rules {
-            let sections = r
-                .ingress
-                .iter()
-                .map(|i| {
-                    (
-                        &i.from_endpoints,
-                        &i.from_requires,
-                        &i.from_entities,
-                        &i.from_cidr,
-                        &i.from_cidr_set,
-                    )
-                })
-                .chain(r.egress.iter().map(|e| {
-                    (
-                        &e.to_endpoints,
-                        &e.to_requires,
-                        &e.to_entities,
-                        &e.to_cidr,
-                        &e.to_cidr_set,
-                    )
-                }));
-            let deny_sections = r
-                .ingress_deny
-                .iter()
-                .map(|i| {
-                    (
-                        &i.from_endpoints,
-                        &i.from_entities,
-                        &i.from_cidr,
-                        &i.from_cidr_set,
-                    )
-                })
-                .chain(
-                    r.egress_deny
-                        .iter()
-                        .map(|e| (&e.to_endpoints, &e.to_entities, &e.to_cidr, &e.to_cidr_set)),
-                );
-            let all = sections
-                .map(|(eps, req, ents, c, cs)| (eps, !req.is_empty(), ents, c, cs))
-                .chain(deny_sections.map(|(eps, ents, c, cs)| (eps, false, ents, c, cs)));
-            for (eps, requires, ents, c, cs) in all {
-                deps.peer_selectors
-                    .extend(eps.iter().map(|s| Selector::new(s, ns)));
-                deps.endpoints |= requires || ents.iter().any(|e| e == "cluster");
-                deps.cidrs |=
-                    !c.is_empty() || !cs.is_empty() || ents.iter().any(|e| e.starts_with("world"));
-                let mut add = |s: &str| {
-                    if let Ok(n) = crate::validate::parse_cidr(s) {
-                        cidrs.push(n);
+            for egress in [false, true] {
+                let sections = r
+                    .allow_sections(egress)
+                    .into_iter()
+                    .chain(r.deny_sections(egress));
+                for s in sections {
+                    deps.peer_selectors
+                        .extend(s.endpoints.iter().map(|e| Selector::new(e, ns)));
+                    deps.endpoints |=
+                        !s.requires.is_empty() || s.entities.iter().any(|e| e == "cluster");
+                    deps.cidrs |= !s.cidrs.is_empty()
+                        || !s.cidr_sets.is_empty()
+                        || s.entities.iter().any(|e| e.starts_with("world"));
+                    let mut add = |c: &str| {
+                        if let Ok(n) = crate::validate::parse_cidr(c) {
+                            cidrs.push(n);
+                        }
+                    };
+                    s.cidrs.iter().for_each(|c| add(c));
+                    for set in s.cidr_sets {
+                        set.cidr.iter().for_each(|c| add(c));
+                        set.except.iter().for_each(|c| add(c));
                     }
-                };
-                c.iter().for_each(|s| add(s));
-                for set in cs {
-                    set.cidr.iter().for_each(|s| add(s));
-                    set.except.iter().for_each(|s| add(s));
                 }
             }
         }

@@ -6,7 +6,9 @@
 
 use axoneme_identity::{LabelSet, NumericIdentity, Source};
 
-use crate::api::{CidrRule, EndpointSelector, HttpRule, IcmpRule, PortProtocol, SelectorOperator};
+use crate::api::{
+    EndpointSelector, HttpRule, IcmpRule, PeerSection, PortProtocol, SelectorOperator,
+};
 use crate::compile::{Direction, EnforcementMode};
 use crate::document::Policy;
 use crate::selector::Identities;
@@ -114,15 +116,8 @@ fn entity_has(entity: &str, peer: NumericIdentity, known: bool) -> bool {
     }
 }
 
-struct PeerFields<'a> {
-    endpoints: &'a [EndpointSelector],
-    cidrs: &'a [String],
-    cidr_sets: &'a [CidrRule],
-    entities: &'a [String],
-}
-
 fn peer_matches(
-    f: &PeerFields<'_>,
+    f: &PeerSection<'_>,
     ns: Option<&str>,
     peer: NumericIdentity,
     ids: &Identities,
@@ -259,89 +254,24 @@ pub fn direction_verdict(
                 Direction::Ingress => d.ingress,
                 Direction::Egress => d.egress,
             });
-            match dir {
-                Direction::Ingress => {
-                    if (!rule.ingress.is_empty() || !rule.ingress_deny.is_empty())
-                        && dd != Some(false)
-                    {
-                        enforced = true;
-                    }
-                    for d in &rule.ingress_deny {
-                        let f = PeerFields {
-                            endpoints: &d.from_endpoints,
-                            cidrs: &d.from_cidr,
-                            cidr_sets: &d.from_cidr_set,
-                            entities: &d.from_entities,
-                        };
-                        let ports: Vec<&PortProtocol> =
-                            d.to_ports.iter().flat_map(|t| &t.ports).collect();
-                        let no_peers = f.endpoints.is_empty()
-                            && f.cidrs.is_empty()
-                            && f.cidr_sets.is_empty()
-                            && f.entities.is_empty();
-                        let l4 = (ports.is_empty() && d.icmps.is_empty() && !no_peers)
-                            || ports.iter().any(|pp| port_matches(pp, protocol, port))
-                            || icmp_matches(&d.icmps, protocol, port);
-                        if l4 && peer_matches(&f, ns, peer, ids) {
-                            denied = true;
-                        }
-                    }
-                    for a in &rule.ingress {
-                        requires.extend(a.from_requires.iter().map(|r| (r, ns)));
-                        allow_checks.push((
-                            PeerFields {
-                                endpoints: &a.from_endpoints,
-                                cidrs: &a.from_cidr,
-                                cidr_sets: &a.from_cidr_set,
-                                entities: &a.from_entities,
-                            },
-                            &a.to_ports,
-                            &a.icmps,
-                            ns,
-                        ));
-                    }
+            let egress = dir == Direction::Egress;
+            let (allows, denies) = (rule.allow_sections(egress), rule.deny_sections(egress));
+            if (!allows.is_empty() || !denies.is_empty()) && dd != Some(false) {
+                enforced = true;
+            }
+            for d in denies {
+                let ports: Vec<&PortProtocol> =
+                    d.deny_ports.iter().flat_map(|t| &t.ports).collect();
+                let l4 = (ports.is_empty() && d.icmps.is_empty() && !d.has_no_peers())
+                    || ports.iter().any(|pp| port_matches(pp, protocol, port))
+                    || icmp_matches(d.icmps, protocol, port);
+                if l4 && peer_matches(&d, ns, peer, ids) {
+                    denied = true;
                 }
-                Direction::Egress => {
-                    if (!rule.egress.is_empty() || !rule.egress_deny.is_empty())
-                        && dd != Some(false)
-                    {
-                        enforced = true;
-                    }
-                    for d in &rule.egress_deny {
-                        let f = PeerFields {
-                            endpoints: &d.to_endpoints,
-                            cidrs: &d.to_cidr,
-                            cidr_sets: &d.to_cidr_set,
-                            entities: &d.to_entities,
-                        };
-                        let ports: Vec<&PortProtocol> =
-                            d.to_ports.iter().flat_map(|t| &t.ports).collect();
-                        let no_peers = f.endpoints.is_empty()
-                            && f.cidrs.is_empty()
-                            && f.cidr_sets.is_empty()
-                            && f.entities.is_empty();
-                        let l4 = (ports.is_empty() && d.icmps.is_empty() && !no_peers)
-                            || ports.iter().any(|pp| port_matches(pp, protocol, port))
-                            || icmp_matches(&d.icmps, protocol, port);
-                        if l4 && peer_matches(&f, ns, peer, ids) {
-                            denied = true;
-                        }
-                    }
-                    for a in &rule.egress {
-                        requires.extend(a.to_requires.iter().map(|r| (r, ns)));
-                        allow_checks.push((
-                            PeerFields {
-                                endpoints: &a.to_endpoints,
-                                cidrs: &a.to_cidr,
-                                cidr_sets: &a.to_cidr_set,
-                                entities: &a.to_entities,
-                            },
-                            &a.to_ports,
-                            &a.icmps,
-                            ns,
-                        ));
-                    }
-                }
+            }
+            for a in allows {
+                requires.extend(a.requires.iter().map(|r| (r, ns)));
+                allow_checks.push((a, ns));
             }
         }
     }
@@ -353,14 +283,12 @@ pub fn direction_verdict(
             .get(peer)
             .is_some_and(|l| requires.iter().all(|(r, ns)| selector_matches(r, *ns, l)));
     if meets_requires {
-        for (fields, to_ports, icmps, ns) in allow_checks {
-            if !peer_matches(&fields, ns, peer, ids) {
+        for (a, ns) in allow_checks {
+            let (to_ports, icmps) = (a.to_ports, a.icmps);
+            if !peer_matches(&a, ns, peer, ids) {
                 continue;
             }
-            let no_peers = fields.endpoints.is_empty()
-                && fields.cidrs.is_empty()
-                && fields.cidr_sets.is_empty()
-                && fields.entities.is_empty();
+            let no_peers = a.has_no_peers();
             // `ingress: [{}]`: no peers and no ports allows nothing.
             if to_ports.is_empty() && icmps.is_empty() && !no_peers {
                 allow_all = true;
