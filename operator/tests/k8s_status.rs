@@ -28,10 +28,16 @@ use tokio_util::sync::CancellationToken;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-const SEED: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/seed-payments-policy.yaml"
-));
+/// The seed policy, read at run time so a missing `shared/` fails this
+/// test with a clear message instead of failing the build.
+fn seed() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/seed-payments-policy.yaml"
+    );
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("the seed policy belongs beside the project ({path}): {e}"))
+}
 const CNP_STATUS_PATH: &str =
     "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies/payments-api/status";
 const INVALID_PORT: &str =
@@ -48,7 +54,7 @@ fn setup(leading: bool) -> (Arc<Context>, Handle, watch::Sender<bool>) {
 
 /// The seed policy as the API server would hand it out.
 fn seed_cnp(generation: i64) -> CiliumNetworkPolicy {
-    cnp_from(SEED, generation)
+    cnp_from(&seed(), generation)
 }
 
 fn cnp_from(yaml: &str, generation: i64) -> CiliumNetworkPolicy {
@@ -204,7 +210,7 @@ async fn a_valid_policy_gets_valid_true() {
 #[tokio::test]
 async fn an_invalid_policy_gets_valid_false_with_the_field_path() {
     let (ctx, mut handle, _leading) = setup(true);
-    let cnp = cnp_from(&SEED.replace("\"8080\"", "\"80800\""), 1);
+    let cnp = cnp_from(&seed().replace("\"8080\"", "\"80800\""), 1);
     let answer = patched(
         &cnp,
         &json!({"status": {"conditions": [valid_condition(false, INVALID_PORT, Some(1), at(5))]}}),
