@@ -533,6 +533,15 @@ impl Rule {
         }
     }
 
+    /// Every allow and deny section, of both directions.
+    pub fn all_sections(&self) -> impl Iterator<Item = PeerSection<'_>> {
+        [false, true].into_iter().flat_map(move |egress| {
+            self.allow_sections(egress)
+                .into_iter()
+                .chain(self.deny_sections(egress))
+        })
+    }
+
     /// Whether selecting an endpoint makes this direction default-deny: the
     /// rule has sections in it, and `enableDefaultDeny` does not say false.
     pub fn enables_default_deny(&self, egress: bool) -> bool {

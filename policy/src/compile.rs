@@ -353,6 +353,13 @@ impl EndpointPolicy {
             Direction::Egress => &self.egress,
         }
     }
+
+    pub fn direction_mut(&mut self, d: Direction) -> &mut DirectionPolicy {
+        match d {
+            Direction::Ingress => &mut self.ingress,
+            Direction::Egress => &mut self.egress,
+        }
+    }
 }
 
 /// Node-local identities for every CIDR policies name (`1<<24 | n`), with
@@ -749,21 +756,13 @@ pub fn compute_for_peers<P: Borrow<Policy>>(
 pub fn policy_peers(policy: &Policy, ids: &Identities) -> Option<BTreeSet<NumericIdentity>> {
     let ns = policy.namespace.as_deref();
     let mut out = BTreeSet::new();
-    for (_, r) in &policy.rules {
-        for egress in [false, true] {
-            let sections = r
-                .allow_sections(egress)
-                .into_iter()
-                .chain(r.deny_sections(egress));
-            for s in sections {
-                if !s.requires.is_empty() {
-                    return None;
-                }
-                match Section::of(&s).peers(ids, ns, false, None) {
-                    Peers::Any => return None,
-                    Peers::Set(set) => out.extend(set),
-                }
-            }
+    for s in policy.rules.iter().flat_map(|(_, r)| r.all_sections()) {
+        if !s.requires.is_empty() {
+            return None;
+        }
+        match Section::of(&s).peers(ids, ns, false, None) {
+            Peers::Any => return None,
+            Peers::Set(set) => out.extend(set),
         }
     }
     Some(out)

@@ -89,31 +89,22 @@ impl Entry {
             .collect();
         let mut deps = Dependencies::default();
         let mut cidrs = Vec::new();
-        for (_, r) in &policy.rules {
-            for egress in [false, true] {
-                let sections = r
-                    .allow_sections(egress)
-                    .into_iter()
-                    .chain(r.deny_sections(egress));
-                for s in sections {
-                    deps.peer_selectors
-                        .extend(s.endpoints.iter().map(|e| Selector::new(e, ns)));
-                    deps.endpoints |=
-                        !s.requires.is_empty() || s.entities.iter().any(|e| e == "cluster");
-                    deps.cidrs |= !s.cidrs.is_empty()
-                        || !s.cidr_sets.is_empty()
-                        || s.entities.iter().any(|e| e.starts_with("world"));
-                    let mut add = |c: &str| {
-                        if let Ok(n) = crate::validate::parse_cidr(c) {
-                            cidrs.push(n);
-                        }
-                    };
-                    s.cidrs.iter().for_each(|c| add(c));
-                    for set in s.cidr_sets {
-                        set.cidr.iter().for_each(|c| add(c));
-                        set.except.iter().for_each(|c| add(c));
-                    }
+        for s in policy.rules.iter().flat_map(|(_, r)| r.all_sections()) {
+            deps.peer_selectors
+                .extend(s.endpoints.iter().map(|e| Selector::new(e, ns)));
+            deps.endpoints |= !s.requires.is_empty() || s.entities.iter().any(|e| e == "cluster");
+            deps.cidrs |= !s.cidrs.is_empty()
+                || !s.cidr_sets.is_empty()
+                || s.entities.iter().any(|e| e.starts_with("world"));
+            let mut add = |c: &str| {
+                if let Ok(n) = crate::validate::parse_cidr(c) {
+                    cidrs.push(n);
                 }
+            };
+            s.cidrs.iter().for_each(|c| add(c));
+            for set in s.cidr_sets {
+                set.cidr.iter().for_each(|c| add(c));
+                set.except.iter().for_each(|c| add(c));
             }
         }
         cidrs.sort();
@@ -539,12 +530,7 @@ mod tests {
                     key,
                     verdict,
                 } => {
-                    let p = maps.entry(*endpoint).or_default();
-                    let dp = if *direction == Direction::Ingress {
-                        &mut p.ingress
-                    } else {
-                        &mut p.egress
-                    };
+                    let dp = maps.entry(*endpoint).or_default().direction_mut(*direction);
                     dp.entries.insert(*key, verdict.clone());
                 }
                 Delta::Remove {
@@ -552,12 +538,7 @@ mod tests {
                     direction,
                     key,
                 } => {
-                    let p = maps.entry(*endpoint).or_default();
-                    let dp = if *direction == Direction::Ingress {
-                        &mut p.ingress
-                    } else {
-                        &mut p.egress
-                    };
+                    let dp = maps.entry(*endpoint).or_default().direction_mut(*direction);
                     dp.entries.remove(key);
                 }
                 Delta::Enforced {
@@ -565,13 +546,10 @@ mod tests {
                     direction,
                     enforced,
                 } => {
-                    let p = maps.entry(*endpoint).or_default();
-                    let dp = if *direction == Direction::Ingress {
-                        &mut p.ingress
-                    } else {
-                        &mut p.egress
-                    };
-                    dp.enforced = *enforced;
+                    maps.entry(*endpoint)
+                        .or_default()
+                        .direction_mut(*direction)
+                        .enforced = *enforced;
                 }
             }
         }
