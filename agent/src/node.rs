@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 
 use axoneme_identity::{
     identity_cache, CacheEvent, Decode, EndpointIdentity, IdentityCache, IdentityRecord, Label,
-    LabelSet, Layout, NumericIdentity, ReservedIdentity, Source, WatchCache,
+    LabelSet, Layout, NumericIdentity, PolicyStatus, Raw, ReservedIdentity, Source, WatchCache,
 };
 use axoneme_kvstore::KvStore;
+use axoneme_policy::Policy;
 use tracing::{debug, info, warn, Instrument};
 
 /// Why a node name is unusable.
@@ -47,13 +48,16 @@ pub fn node_assignments_prefix(layout: &Layout, node: &str) -> String {
     format!("{}{node}/", layout.endpoint_identities_prefix())
 }
 
-/// What one node knows: identities and its own endpoints' assignments.
+/// What one node knows: identities, its own endpoints' assignments, and the
+/// stored policies with the operator's verdicts on them.
 #[derive(Clone)]
 pub struct NodeState {
     node: String,
     layout: Layout,
     identities: IdentityCache,
     assignments: WatchCache<EndpointIdentity>,
+    policies: WatchCache<Raw>,
+    policy_status: WatchCache<PolicyStatus>,
 }
 
 impl NodeState {
@@ -62,14 +66,53 @@ impl NodeState {
     /// unreachable; the caches retry on their own).
     pub async fn start(kv: KvStore, layout: Layout, node: &str) -> Self {
         let identities = identity_cache(kv.clone(), &layout);
-        let assignments = WatchCache::start(kv, node_assignments_prefix(&layout, node));
-        tokio::join!(identities.ready(), assignments.ready());
+        let assignments = WatchCache::start(kv.clone(), node_assignments_prefix(&layout, node));
+        let policies = WatchCache::start(kv.clone(), layout.policies_prefix());
+        let policy_status = WatchCache::start(kv, layout.policy_status_prefix());
+        tokio::join!(
+            identities.ready(),
+            assignments.ready(),
+            policies.ready(),
+            policy_status.ready()
+        );
         NodeState {
             node: node.to_string(),
             layout,
             identities,
             assignments,
+            policies,
+            policy_status,
         }
+    }
+
+    /// The policies to enforce: those the operator judged valid at their
+    /// current revision. A policy not judged yet, judged at an older
+    /// revision, or invalid is left out, and the last good state stays with
+    /// whoever holds it (the datapath keeps its maps until told otherwise).
+    pub fn valid_policies(&self) -> Vec<Policy> {
+        let statuses = self.policy_status.snapshot();
+        self.policies
+            .snapshot()
+            .into_iter()
+            .filter(|(key, raw)| {
+                self.layout
+                    .status_for_policy_key(key)
+                    .and_then(|k| statuses.get(&k))
+                    .is_some_and(|s| s.valid && s.observed_revision == raw.mod_revision)
+            })
+            .filter_map(|(key, raw)| {
+                let text = std::str::from_utf8(&raw.value).ok()?;
+                match axoneme_policy::parse_documents(text).into_iter().next() {
+                    Some(Ok(p)) => Some(p),
+                    // The operator said valid but this agent cannot parse it
+                    // (version skew): leave it out and say so.
+                    _ => {
+                        warn!(policy = %key, "policy judged valid does not parse here; skipped");
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     pub fn node(&self) -> &str {

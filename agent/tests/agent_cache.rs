@@ -269,3 +269,42 @@ async fn node_state_converges_after_its_etcd_member_dies() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_takes_only_policies_judged_valid() {
+    let f = Fixture::start().await.expect("fixture");
+    f.check(async {
+        let node = f.node_state().await?;
+        let good = br#"{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy",
+            "metadata":{"name":"good","namespace":"default"},
+            "spec":{"endpointSelector":{"matchLabels":{"app":"db"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"api"}}]}]}}"#;
+        let bad = br#"{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy",
+            "metadata":{"name":"bad","namespace":"default"},
+            "spec":{"endpointSelector":{},"ingress":[{"fromEntities":["moon"]}]}}"#;
+        f.writer
+            .put(&f.layout.policy("cnp", Some("default"), "good"), good.to_vec(), 0)
+            .await?;
+        f.writer
+            .put(&f.layout.policy("cnp", Some("default"), "bad"), bad.to_vec(), 0)
+            .await?;
+        // The operator judges both; the node takes the valid one only.
+        eventually("the operator judged both policies", Duration::from_secs(10), || {
+            node.valid_policies().len() == 1
+        })
+        .await?;
+        let names: Vec<String> = node.valid_policies().into_iter().map(|p| p.name).collect();
+        ensure!(names == ["good"], "{names:?}");
+        // A new revision is left out until the operator has judged it too;
+        // once judged invalid, it stays out.
+        let broken = String::from_utf8_lossy(good).replace("\"api\"", "\"-api\"");
+        f.writer
+            .put(&f.layout.policy("cnp", Some("default"), "good"), broken.into_bytes(), 0)
+            .await?;
+        eventually("the broken revision is not enforced", Duration::from_secs(10), || {
+            node.valid_policies().is_empty()
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
