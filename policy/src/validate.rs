@@ -118,74 +118,58 @@ pub fn rule(rule: &Rule, kind: PolicyKind, path: &str, errors: &mut Vec<FieldErr
             }
         }
     }
-    for (i, r) in rule.ingress.iter().enumerate() {
+    for (i, (r, s)) in rule
+        .ingress
+        .iter()
+        .zip(rule.allow_sections(false))
+        .enumerate()
+    {
         let p = format!("{path}.ingress[{i}]");
-        peers(
-            &mut c,
-            &p,
-            "from",
-            &r.from_endpoints,
-            &r.from_requires,
-            &r.from_cidr,
-            &r.from_cidr_set,
-            &r.from_entities,
-        );
+        peers(&mut c, &p, "from", &s);
         c.unsupported(&p, "fromGroups", &r.from_groups);
         c.unsupported(&p, "fromNodes", &r.from_nodes);
         c.unsupported(&p, "authentication", &r.authentication);
-        port_rules(&mut c, &p, &r.to_ports, &r.icmps);
+        port_rules(&mut c, &p, s.to_ports, s.icmps);
     }
-    for (i, r) in rule.ingress_deny.iter().enumerate() {
+    for (i, (r, s)) in rule
+        .ingress_deny
+        .iter()
+        .zip(rule.deny_sections(false))
+        .enumerate()
+    {
         let p = format!("{path}.ingressDeny[{i}]");
-        peers(
-            &mut c,
-            &p,
-            "from",
-            &r.from_endpoints,
-            &r.from_requires,
-            &r.from_cidr,
-            &r.from_cidr_set,
-            &r.from_entities,
-        );
+        peers(&mut c, &p, "from", &s);
         c.unsupported(&p, "fromGroups", &r.from_groups);
         c.unsupported(&p, "fromNodes", &r.from_nodes);
-        deny_ports(&mut c, &p, &r.to_ports, &r.icmps);
+        deny_ports(&mut c, &p, s.deny_ports, s.icmps);
     }
-    for (i, r) in rule.egress.iter().enumerate() {
+    for (i, (r, s)) in rule
+        .egress
+        .iter()
+        .zip(rule.allow_sections(true))
+        .enumerate()
+    {
         let p = format!("{path}.egress[{i}]");
-        peers(
-            &mut c,
-            &p,
-            "to",
-            &r.to_endpoints,
-            &r.to_requires,
-            &r.to_cidr,
-            &r.to_cidr_set,
-            &r.to_entities,
-        );
+        peers(&mut c, &p, "to", &s);
         c.unsupported(&p, "toServices", &r.to_services);
         c.unsupported(&p, "toFQDNs", &r.to_fqdns);
         c.unsupported(&p, "toGroups", &r.to_groups);
         c.unsupported(&p, "toNodes", &r.to_nodes);
         c.unsupported(&p, "authentication", &r.authentication);
-        port_rules(&mut c, &p, &r.to_ports, &r.icmps);
+        port_rules(&mut c, &p, s.to_ports, s.icmps);
     }
-    for (i, r) in rule.egress_deny.iter().enumerate() {
+    for (i, (r, s)) in rule
+        .egress_deny
+        .iter()
+        .zip(rule.deny_sections(true))
+        .enumerate()
+    {
         let p = format!("{path}.egressDeny[{i}]");
-        peers(
-            &mut c,
-            &p,
-            "to",
-            &r.to_endpoints,
-            &r.to_requires,
-            &r.to_cidr,
-            &r.to_cidr_set,
-            &r.to_entities,
-        );
+        peers(&mut c, &p, "to", &s);
         c.unsupported(&p, "toServices", &r.to_services);
         c.unsupported(&p, "toGroups", &r.to_groups);
         c.unsupported(&p, "toNodes", &r.to_nodes);
-        deny_ports(&mut c, &p, &r.to_ports, &r.icmps);
+        deny_ports(&mut c, &p, s.deny_ports, s.icmps);
     }
 }
 
@@ -237,17 +221,15 @@ fn selector(c: &mut Ctx<'_>, sel: &EndpointSelector, path: &str) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn peers(
-    c: &mut Ctx<'_>,
-    path: &str,
-    dir: &str,
-    endpoints: &[EndpointSelector],
-    requires: &[EndpointSelector],
-    cidrs: &[String],
-    cidr_sets: &[CidrRule],
-    entities: &[String],
-) {
+fn peers(c: &mut Ctx<'_>, path: &str, dir: &str, s: &PeerSection<'_>) {
+    let PeerSection {
+        endpoints,
+        requires,
+        cidrs,
+        cidr_sets,
+        entities,
+        ..
+    } = *s;
     for (i, s) in endpoints.iter().enumerate() {
         selector(c, s, &format!("{path}.{dir}Endpoints[{i}]"));
     }
