@@ -441,7 +441,7 @@ pub struct IcmpField {
 
 /// A direction-neutral view of one allow or deny section of a rule:
 /// `from*` fields for ingress, `to*` fields for egress.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PeerSection<'a> {
     pub endpoints: &'a [EndpointSelector],
     /// Requirements (allow sections only).

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use axoneme_identity::{LabelSet, NumericIdentity, ReservedIdentity, Source};
 use ipnet::IpNet;
 
-use crate::api::{HttpRule, IcmpRule, PeerSection, PortProtocol, Rule};
+use crate::api::{EndpointSelector, HttpRule, IcmpRule, PeerSection, PortProtocol, Rule};
 use crate::document::Policy;
 use crate::selector::{Identities, Selector};
 use crate::validate::{icmp_type, parse_cidr, parse_protocol, Protocol};
@@ -453,11 +453,7 @@ fn entity_ids(name: &str, ids: &Identities) -> Peers {
         "all" => return Peers::Any,
         "world" => {
             let mut s = r(&[R::World, R::WorldIpv4, R::WorldIpv6]);
-            s.extend(
-                ids.iter()
-                    .filter(|(id, _)| id.is_local_scope())
-                    .map(|(id, _)| id),
-            );
+            s.extend(ids.local_scope().map(|(id, _)| id));
             s
         }
         "world-ipv4" => r(&[R::WorldIpv4]),
@@ -604,7 +600,7 @@ impl<'a> Section<'a> {
             }
         }
         if !ranges.is_empty() {
-            for (id, labels) in ids.iter().filter(|(id, _)| id.is_local_scope()) {
+            for (id, labels) in ids.local_scope() {
                 let Some(p) = cidr_of(labels) else { continue };
                 if ranges
                     .iter()
@@ -750,13 +746,52 @@ pub fn compute_for_peers<P: Borrow<Policy>>(
     }
 }
 
-/// The peers a policy names, or `None` when it names every peer (a section
-/// with no peers but ports, the `all` entity) or has requirements (which
-/// filter every peer of the endpoints it selects).
-pub fn policy_peers(policy: &Policy, ids: &Identities) -> Option<BTreeSet<NumericIdentity>> {
+/// Every section of a policy with what else decides its contribution to a
+/// map: the rule's endpoint selector, the direction and allow/deny.
+type TaggedSection<'a> = (Option<&'a EndpointSelector>, bool, bool, PeerSection<'a>);
+
+fn tagged_sections(policy: &Policy) -> Vec<TaggedSection<'_>> {
+    let mut out = Vec::new();
+    for (_, r) in &policy.rules {
+        for egress in [false, true] {
+            let sel = r.endpoint_selector.as_ref();
+            out.extend(
+                r.allow_sections(egress)
+                    .into_iter()
+                    .map(|s| (sel, egress, false, s)),
+            );
+            out.extend(
+                r.deny_sections(egress)
+                    .into_iter()
+                    .map(|s| (sel, egress, true, s)),
+            );
+        }
+    }
+    out
+}
+
+/// The peers whose entries can change when `policy` replaces `other` (or
+/// `other` replaces it): those named by its sections that `other` does not
+/// have word for word (a section present in both contributes the same
+/// entries before and after). `None` when that is every peer: a changed
+/// section without peers but with ports, the `all` entity, or requirements
+/// (which filter every peer of the endpoints they select).
+pub fn changed_peers(
+    policy: &Policy,
+    other: Option<&Policy>,
+    ids: &Identities,
+) -> Option<BTreeSet<NumericIdentity>> {
     let ns = policy.namespace.as_deref();
+    let kept = other
+        .filter(|o| o.namespace == policy.namespace)
+        .map(tagged_sections)
+        .unwrap_or_default();
     let mut out = BTreeSet::new();
-    for s in policy.rules.iter().flat_map(|(_, r)| r.all_sections()) {
+    for tagged in tagged_sections(policy) {
+        if kept.contains(&tagged) {
+            continue;
+        }
+        let s = tagged.3;
         if !s.requires.is_empty() {
             return None;
         }

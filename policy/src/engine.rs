@@ -17,7 +17,7 @@ use axoneme_identity::{LabelSet, NumericIdentity};
 use ipnet::IpNet;
 
 use crate::compile::{
-    cidr_labels, compute, compute_for_peers, policy_peers, Direction, EndpointPolicy,
+    changed_peers, cidr_labels, compute, compute_for_peers, Direction, EndpointPolicy,
     EnforcementMode, Key, Verdict,
 };
 use crate::document::Policy;
@@ -122,6 +122,17 @@ impl Entry {
     }
 }
 
+/// What the engine keeps for one local endpoint.
+#[derive(Debug, Default)]
+struct Local {
+    policy: EndpointPolicy,
+    /// The keys of the policies selecting it, so that updating it never
+    /// scans every policy.
+    selecting: BTreeSet<String>,
+    /// What those policies' peers depend on.
+    deps: Dependencies,
+}
+
 #[derive(Debug, Default)]
 pub struct Engine {
     mode: EnforcementMode,
@@ -131,7 +142,7 @@ pub struct Engine {
     /// policy names it, so other CIDR peers' entries do not churn.
     cidrs: BTreeMap<IpNet, (NumericIdentity, usize)>,
     next_cidr: u32,
-    endpoints: BTreeMap<NumericIdentity, (EndpointPolicy, Dependencies)>,
+    endpoints: BTreeMap<NumericIdentity, Local>,
 }
 
 fn diff(
@@ -171,6 +182,15 @@ fn diff(
     }
 }
 
+/// What the policies under `keys` depend on.
+fn dependencies(policies: &BTreeMap<String, Entry>, keys: &BTreeSet<String>) -> Dependencies {
+    let mut deps = Dependencies::default();
+    for e in keys.iter().filter_map(|k| policies.get(k)) {
+        deps.merge(&e.deps);
+    }
+    deps
+}
+
 impl Engine {
     pub fn new(mode: EnforcementMode) -> Self {
         Engine {
@@ -190,7 +210,7 @@ impl Engine {
     }
 
     pub fn endpoint_policy(&self, endpoint: NumericIdentity) -> Option<&EndpointPolicy> {
-        self.endpoints.get(&endpoint).map(|(p, _)| p)
+        self.endpoints.get(&endpoint).map(|l| &l.policy)
     }
 
     /// Every stored policy (for tests comparing with a full computation).
@@ -198,13 +218,12 @@ impl Engine {
         self.policies.values().map(|e| &e.policy).collect()
     }
 
-    /// What the policies selecting `subject` depend on.
-    fn dependencies(&self, subject: &LabelSet) -> Dependencies {
-        let mut deps = Dependencies::default();
-        for e in self.policies.values().filter(|e| e.selects(subject)) {
-            deps.merge(&e.deps);
-        }
-        deps
+    /// The stored policies under `keys`.
+    fn selected_policies<'a>(&'a self, keys: &'a BTreeSet<String>) -> Vec<&'a Policy> {
+        keys.iter()
+            .filter_map(|k| self.policies.get(k))
+            .map(|e| &e.policy)
+            .collect()
     }
 
     /// Recomputes `which` endpoints and returns what changed.
@@ -214,21 +233,27 @@ impl Engine {
             let Some(labels) = self.ids.get(ep).cloned() else {
                 continue;
             };
-            let selecting: Vec<&Entry> = self
+            let selecting: BTreeSet<String> = self
                 .policies
-                .values()
-                .filter(|e| e.selects(&labels))
+                .iter()
+                .filter(|(_, e)| e.selects(&labels))
+                .map(|(k, _)| k.clone())
                 .collect();
-            let policies: Vec<&Policy> = selecting.iter().map(|e| &e.policy).collect();
-            let new = compute(&policies, &self.ids, &labels, self.mode);
-            let deps = self.dependencies(&labels);
+            let policies = self.selected_policies(&selecting);
+            let policy = compute(&policies, &self.ids, &labels, self.mode);
+            let deps = dependencies(&self.policies, &selecting);
             let old = self
                 .endpoints
                 .remove(&ep)
-                .map(|(p, _)| p)
+                .map(|l| l.policy)
                 .unwrap_or_default();
-            diff(ep, &old, &new, &mut out);
-            self.endpoints.insert(ep, (new, deps));
+            diff(ep, &old, &policy, &mut out);
+            let local = Local {
+                policy,
+                selecting,
+                deps,
+            };
+            self.endpoints.insert(ep, local);
         }
         out
     }
@@ -243,8 +268,8 @@ impl Engine {
     /// Stops computing policy for a local endpoint.
     pub fn remove_endpoint(&mut self, id: NumericIdentity) -> Vec<Delta> {
         let mut out = Vec::new();
-        if let Some((old, _)) = self.endpoints.remove(&id) {
-            diff(id, &old, &EndpointPolicy::default(), &mut out);
+        if let Some(old) = self.endpoints.remove(&id) {
+            diff(id, &old.policy, &EndpointPolicy::default(), &mut out);
         }
         out
     }
@@ -259,7 +284,7 @@ impl Engine {
         let is_endpoint = !id.is_reserved() && !is_cidr;
         self.endpoints
             .iter()
-            .filter(|(ep, (_, deps))| {
+            .filter(|(ep, Local { deps, .. })| {
                 **ep == id
                     || (is_endpoint && deps.endpoints)
                     || (is_cidr && deps.cidrs)
@@ -305,17 +330,12 @@ impl Engine {
         peers: &BTreeSet<NumericIdentity>,
         out: &mut Vec<Delta>,
     ) {
-        let Some(subject) = self.ids.get(ep).cloned() else {
+        let (Some(subject), Some(local)) = (self.ids.get(ep), self.endpoints.get(&ep)) else {
             return;
         };
-        let policies: Vec<&Policy> = self
-            .policies
-            .values()
-            .filter(|e| e.selects(&subject))
-            .map(|e| &e.policy)
-            .collect();
-        let fresh = compute_for_peers(&policies, &self.ids, &subject, self.mode, peers);
-        let Some((current, _)) = self.endpoints.get_mut(&ep) else {
+        let policies = self.selected_policies(&local.selecting);
+        let fresh = compute_for_peers(&policies, &self.ids, subject, self.mode, peers);
+        let Some(current) = self.endpoints.get_mut(&ep).map(|l| &mut l.policy) else {
             return;
         };
         for (direction, cur, fresh) in [
@@ -428,10 +448,10 @@ impl Engine {
         };
         // The peers the old policy named, before its CIDR identities go
         // (only worth knowing when it concerns a local endpoint).
-        let old_peers = old
-            .as_ref()
-            .filter(|_| !selected.is_empty())
-            .map(|e| policy_peers(&e.policy, &self.ids));
+        let old_peers = old.as_ref().filter(|_| !selected.is_empty()).map(|e| {
+            let now = self.policies.get(key).map(|n| &n.policy);
+            changed_peers(&e.policy, now, &self.ids)
+        });
         let changed_cidrs = self.track_cidrs(&removed, &added);
         let current = self.policies.get(key);
         if let Some(e) = current {
@@ -444,20 +464,20 @@ impl Engine {
         }
         let new_peers = current
             .filter(|_| !selected.is_empty())
-            .map(|e| policy_peers(&e.policy, &self.ids));
+            .map(|e| changed_peers(&e.policy, old.as_ref().map(|o| &o.policy), &self.ids));
         // CIDR identities that came or went only touch their own entries
         // in endpoints that have CIDR peers.
         let cidr_peers: Vec<NumericIdentity> = self
             .endpoints
             .iter()
-            .filter(|(ep, (_, deps))| deps.cidrs && !selected.contains(ep))
+            .filter(|(ep, l)| l.deps.cidrs && !selected.contains(ep))
             .map(|(ep, _)| *ep)
             .collect();
         let changed_cidrs: BTreeSet<NumericIdentity> = changed_cidrs.into_iter().collect();
         let mut out = Vec::new();
-        // A policy that names every peer (or very many) can change every
-        // entry: recompute. Otherwise only the entries of the peers it names,
-        // before or after, change.
+        // A change whose sections name every peer (or very many) can change
+        // every entry: recompute. Otherwise only the entries of the peers
+        // its changed sections name, before or after, change.
         let peers = match (old_peers, new_peers) {
             (Some(None), _) | (_, Some(None)) => None,
             (old_peers, new_peers) => {
@@ -471,20 +491,27 @@ impl Engine {
             None => out = self.recompute(selected),
             Some(peers) => {
                 for ep in selected {
-                    self.update_peers(ep, &peers, &mut out);
-                    let deps = self
-                        .ids
-                        .get(ep)
-                        .map(|l| self.dependencies(l))
-                        .unwrap_or_default();
-                    if let Some(slot) = self.endpoints.get_mut(&ep) {
-                        slot.1 = deps;
+                    let now = self
+                        .policies
+                        .get(key)
+                        .is_some_and(|e| selects(e, &self.ids, &ep));
+                    let Some(local) = self.endpoints.get_mut(&ep) else {
+                        continue;
+                    };
+                    if now {
+                        local.selecting.insert(key.to_string());
+                    } else {
+                        local.selecting.remove(key);
                     }
+                    local.deps = dependencies(&self.policies, &local.selecting);
+                    self.update_peers(ep, &peers, &mut out);
                 }
             }
         }
-        for ep in cidr_peers {
-            self.update_peers(ep, &changed_cidrs, &mut out);
+        if !changed_cidrs.is_empty() {
+            for ep in cidr_peers {
+                self.update_peers(ep, &changed_cidrs, &mut out);
+            }
         }
         out
     }
@@ -629,6 +656,22 @@ mod tests {
                     APPS[from]
                 ))
             }
+            8 => {
+                // One section every variant shares, one that changes.
+                return policy(&format!(
+                    "{head}  egress:\n  - toEntities: [cluster]\n    toPorts: [{{ports: [{{port: \"53\", protocol: UDP}}]}}]\n  \
+                     - toEndpoints: [{{matchLabels: {{app: {}}}}}]\n    toPorts: [{{ports: [{{port: \"{port}\", protocol: TCP}}]}}]\n",
+                    APPS[from]
+                ));
+            }
+            9 => {
+                // Word for word shape 0's section, but a deny.
+                return policy(&format!(
+                    "{head}  ingressDeny:\n  - fromEndpoints: [{{matchLabels: {{app: {}}}}}]\n    \
+                     toPorts: [{{ports: [{{port: \"{port}\", protocol: TCP}}]}}]\n",
+                    APPS[from]
+                ));
+            }
             7 => {
                 return policy(&format!(
                     "{head}  enableDefaultDeny: {{egress: false}}\n  egressDeny:\n  \
@@ -672,7 +715,7 @@ mod tests {
                     0..3usize,
                     0..3usize,
                     prop::sample::select(vec![80u16, 443]),
-                    0..8usize
+                    0..10usize
                 ))
             )
                 .prop_map(|(i, p)| Op::Policy(i, p)),

@@ -236,6 +236,15 @@ impl Identities {
         self.by_id.is_empty()
     }
 
+    /// The node-local (CIDR) identities, without scanning the others: they
+    /// are numbered from `LOCAL_SCOPE` up.
+    pub fn local_scope(&self) -> impl Iterator<Item = (NumericIdentity, &LabelSet)> {
+        self.by_id
+            .range(NumericIdentity(axoneme_identity::numeric::LOCAL_SCOPE)..)
+            .filter(|(id, _)| id.is_local_scope())
+            .map(|(id, l)| (*id, l))
+    }
+
     /// Identities of workloads (not reserved ones).
     pub fn endpoints(&self) -> impl Iterator<Item = (NumericIdentity, &LabelSet)> {
         self.iter()
@@ -248,26 +257,32 @@ impl Identities {
         if let Some(set) = cache.get(sel) {
             return set.clone();
         }
-        // Candidates: the smallest `In` requirement's identities, else all.
-        let candidates: Option<BTreeSet<NumericIdentity>> = sel
+        // Candidates: the identities of the `In` requirement with the fewest,
+        // else all.
+        let candidates = sel
             .requirements
             .iter()
             .filter_map(|r| match &r.op {
-                Op::In(values) => Some(
-                    values
+                Op::In(values) => {
+                    let by_value = self.index.get(&r.key);
+                    let sets: Vec<&BTreeSet<NumericIdentity>> = values
                         .iter()
-                        .filter_map(|v| self.index.get(&r.key).and_then(|m| m.get(v)))
-                        .flatten()
-                        .copied()
-                        .collect::<BTreeSet<_>>(),
-                ),
+                        .filter_map(|v| by_value.and_then(|m| m.get(v)))
+                        .collect();
+                    Some((sets.iter().map(|s| s.len()).sum::<usize>(), sets))
+                }
                 _ => None,
             })
-            .min_by_key(BTreeSet::len);
+            .min_by_key(|(n, _)| *n);
         let matches =
             |id: &NumericIdentity| self.by_id.get(id).is_some_and(|l| sel.selects(*id, l));
         let set: Arc<BTreeSet<NumericIdentity>> = Arc::new(match candidates {
-            Some(c) => c.into_iter().filter(matches).collect(),
+            Some((_, sets)) => sets
+                .into_iter()
+                .flatten()
+                .filter(|id| matches(id))
+                .copied()
+                .collect(),
             None => self
                 .by_id
                 .keys()
