@@ -62,6 +62,12 @@ pub struct Args {
     /// Concurrent etcd writes of the leader.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_in_flight: u32,
+    /// Also run the Kubernetes policy status controllers (CNP and CCNP
+    /// `status.conditions`, written by the leader only), with the
+    /// kubeconfig or in-cluster config. Without it the operator is
+    /// standalone: policies live in etcd.
+    #[arg(long, env = "AXONEME_KUBERNETES")]
+    pub kubernetes: bool,
 }
 
 #[cfg(test)]

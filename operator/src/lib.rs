@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axoneme_identity::{IdentityRange, LabelFilter, Layout, Raw, WatchCache};
 use axoneme_kvstore::KvStore;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
@@ -40,6 +41,16 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(64),
     };
     let layout = Layout::new(&args.kvstore_prefix);
+    // Connect to the API server first, so a missing config fails at once.
+    let kube_client = if args.kubernetes {
+        Some(
+            axoneme_crds::kube::Client::try_default()
+                .await
+                .context("--kubernetes: no usable kubeconfig or in-cluster config")?,
+        )
+    } else {
+        None
+    };
     let kv = KvStore::connect(kv_config)
         .await
         .context("connecting to etcd")?;
@@ -53,7 +64,17 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         endpoints: WatchCache::start(kv.clone(), layout.endpoints_prefix()),
         policies: WatchCache::start(kv.clone(), layout.policies_prefix()),
     };
-    info!(%id, %range, "operator started");
+    info!(%id, %range, kubernetes = args.kubernetes, "operator started");
+    let (leading, leading_rx) = watch::channel(false);
+    let controllers = kube_client.map(|client| {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let result = k8s::run(client, leading_rx, cancel.clone()).await;
+            // The controllers stopping on their own stops the operator.
+            cancel.cancel();
+            result
+        })
+    });
 
     let result = lead_loop(
         &kv,
@@ -62,12 +83,21 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         args.lease_ttl,
         &cfg,
         &metrics,
+        &leading,
         &caches,
         &cancel,
     )
     .instrument(tracing::info_span!("operator", %id))
     .await;
     cancel.cancel();
+    drop(leading);
+    if let Some(task) = controllers {
+        match task.await {
+            Ok(Err(e)) => warn!(error = %e, "policy status controllers failed"),
+            Err(e) => warn!(error = %e, "policy status controller task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     match server.await {
         Ok(Err(e)) => warn!(error = %e, "metrics server failed"),
         Err(e) => warn!(error = %e, "metrics server task failed"),
@@ -90,6 +120,7 @@ async fn lead_loop(
     ttl: i64,
     cfg: &AllocatorConfig,
     metrics: &Arc<Metrics>,
+    leading: &watch::Sender<bool>,
     caches: &Caches,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -104,6 +135,7 @@ async fn lead_loop(
             }
         };
         metrics.set_leader(true);
+        leading.send_replace(true);
         let term = cancel.child_token();
         let exit = tokio::select! {
             _ = election::hold(kv, &lead, ttl, &term) => None,
@@ -118,6 +150,7 @@ async fn lead_loop(
         };
         term.cancel();
         metrics.set_leader(false);
+        leading.send_replace(false);
         match exit {
             None => warn!("lost leadership (lease)"),
             Some(LeaderExit::Cancelled) => {

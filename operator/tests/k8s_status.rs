@@ -430,3 +430,27 @@ async fn run_fails_when_the_leadership_signal_closes() {
         "{err}"
     );
 }
+
+/// `--kubernetes` without any kubeconfig or in-cluster config: the binary
+/// stops at once with an error naming the flag and the cause, before it
+/// touches etcd (none is running here).
+#[test]
+fn kubernetes_mode_without_a_config_fails_clearly() {
+    let dir = std::env::temp_dir().join(axoneme_e2e::run_prefix("kcfg"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out = std::process::Command::new(axoneme_e2e::bin_path("axoneme-operator"))
+        .args(["--kubernetes", "--etcd-endpoints", "http://127.0.0.1:1"])
+        .env("KUBECONFIG", dir.join("missing-kubeconfig"))
+        .env("HOME", &dir)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("running axoneme-operator");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--kubernetes: no usable kubeconfig or in-cluster config"),
+        "{stderr}"
+    );
+}
