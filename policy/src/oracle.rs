@@ -77,7 +77,7 @@ fn selector_matches(sel: &EndpointSelector, ns: Option<&str>, labels: &LabelSet)
         .keys()
         .chain(sel.match_expressions.iter().map(|e| &e.key))
         .any(|k| k.rsplit(':').next() == Some("io.kubernetes.pod.namespace"));
-    if let (Some(ns), false) = (ns, names_ns) {
+    if let (Some(ns), false) = (ns, names_ns || names_reserved(sel)) {
         let l = labels.get("io.kubernetes.pod.namespace");
         if !l.is_some_and(|l| l.source == Source::K8s && l.value == ns) {
             return false;
@@ -134,7 +134,7 @@ fn peer_matches(
         let reserved = peer.0 < 256;
         for sel in f.endpoints {
             let kind_ok = if names_reserved(sel) {
-                reserved
+                reserved || is_cidr_identity(peer)
             } else {
                 !reserved && !is_cidr_identity(peer)
             };

@@ -68,7 +68,10 @@ impl Selector {
             };
             requirements.push(Requirement { source, key, op });
         }
-        if let Some(ns) = namespace {
+        // As in Cilium, a selector of reserved labels is never scoped to
+        // the policy's namespace (reserved identities have none).
+        let reserved = requirements.iter().any(|r| r.source == Source::Reserved);
+        if let (Some(ns), false) = (namespace, reserved) {
             if !requirements.iter().any(|r| r.key == NAMESPACE_LABEL) {
                 requirements.push(Requirement {
                     source: Source::K8s,
@@ -143,10 +146,10 @@ impl Selector {
 
     /// Whether `sel` selects identity `id` with `labels`. A selector never
     /// selects reserved or CIDR identities unless it names a `reserved:`
-    /// label (then only reserved ones).
+    /// label (then only those: CIDR identities carry `reserved:world`).
     fn selects(&self, id: NumericIdentity, labels: &LabelSet) -> bool {
         let kind_ok = if self.names_reserved() {
-            id.is_reserved()
+            id.is_reserved() || id.is_local_scope()
         } else {
             !id.is_reserved() && !id.is_local_scope()
         };
