@@ -5,7 +5,9 @@
 //! skip when run unprivileged: CI runs it as root, and a silent skip would hide
 //! a broken datapath. It fails with an explanation instead.
 
-use axoneme_agent::datapath::{Datapath, DatapathError};
+mod support;
+
+use axoneme_agent::datapath::Datapath;
 use axoneme_bpf_common::tc_action::{TC_ACT_OK, TC_ACT_SHOT};
 
 const IPPROTO_TCP: u8 = 6;
@@ -64,54 +66,15 @@ fn ipv4_packet(protocol: u8, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> 
 }
 
 fn ipv4_checksum(header: &[u8; 20]) -> u16 {
-    let sum: u32 = header
-        .chunks_exact(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let folded = (folded & 0xffff) + (folded >> 16);
-    !u16::try_from(folded).expect("folded checksum fits in 16 bits")
+    support::ipv4_checksum(header)
 }
 
-/// Effective UID from /proc (no libc dependency needed).
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(&format!("\n  caused by: {cause}"));
-        source = cause.source();
-    }
-    out
-}
-
-fn load_datapath() -> Datapath {
-    let euid = effective_uid();
-    assert_eq!(
-        euid,
-        Some(0),
-        "datapath_smoke needs root (CAP_BPF, CAP_NET_ADMIN) to load eBPF programs; \
-         effective uid is {euid:?}. Run it as root (CI does); it does not skip."
-    );
-    match Datapath::load() {
-        Ok(datapath) => datapath,
-        Err(error) => panic!(
-            "loading the eBPF datapath failed (is the bpf() syscall available, \
-             e.g. not blocked by seccomp or kernel.unprivileged_bpf_disabled?):\n{}",
-            error_chain(&error)
-        ),
-    }
+fn load_datapath() -> support::TestDatapath {
+    support::load()
 }
 
 fn run(datapath: &Datapath, packet: &[u8]) -> i32 {
-    datapath
-        .run_smoke(packet)
-        .unwrap_or_else(|error: DatapathError| panic!("{}", error_chain(&error)))
+    support::run(datapath, axoneme_agent::datapath::SMOKE_PROGRAM, packet)
 }
 
 #[test]
@@ -126,7 +89,7 @@ fn smoke_program_filters_udp_by_denied_port() {
 
     datapath
         .deny_smoke_port(DENIED_PORT)
-        .unwrap_or_else(|error| panic!("{}", error_chain(&error)));
+        .unwrap_or_else(|error| panic!("{}", support::error_chain(&error)));
 
     assert_eq!(run(&datapath, &udp), TC_ACT_SHOT, "UDP to a denied port");
     assert_eq!(run(&datapath, &udp_other), TC_ACT_OK, "UDP to another port");

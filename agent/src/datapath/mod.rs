@@ -1,12 +1,20 @@
 //! The eBPF datapath: the object built from `bpf/programs`, embedded at compile
-//! time, loaded into the kernel with aya.
+//! time, loaded into the kernel with aya, its maps pinned under one
+//! directory per node (`/sys/fs/bpf/axoneme/<node>/`).
 //!
-//! For now it only carries the toolchain smoke program (`axoneme_smoke`) and
-//! its deny map, exercised through `BPF_PROG_TEST_RUN`.
+//! Loading with an existing pin directory reuses the pinned maps (ipcache,
+//! endpoints, policy, conntrack, fragments, events, counters): what a
+//! restarted agent does, so established flows keep their CT entries.
+
+mod maps;
+
+use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapError};
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
-use aya::{Ebpf, EbpfError};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+
+pub use maps::{policy_entry, Counters, Maps};
 
 /// The eBPF object built by `cargo xtask build-bpf` (located by `build.rs`).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_OBJECT"));
@@ -15,19 +23,37 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_OBJECT"
 pub const SMOKE_PROGRAM: &str = "axoneme_smoke";
 /// Name of the smoke program's map of denied UDP ports (host order `u16` → `u8`).
 pub const SMOKE_DENY_PORTS_MAP: &str = "SMOKE_DENY_PORTS";
+/// TC ingress of a pod's host-side veth: what the pod sends (its egress).
+pub const FROM_CONTAINER: &str = "axoneme_from_container";
+/// TC egress of a pod's host-side veth: what the pod receives (its ingress).
+pub const TO_CONTAINER: &str = "axoneme_to_container";
+
+const PROGRAMS: [&str; 3] = [SMOKE_PROGRAM, FROM_CONTAINER, TO_CONTAINER];
+
+/// Where every node's pins live.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/axoneme";
 
 /// Errors from loading or driving the datapath.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     /// The embedded object could not be parsed, or its maps could not be
-    /// created (no BPF syscall access, not root, ...).
-    #[error("failed to load the embedded eBPF object ({path})")]
+    /// created (no BPF syscall access, not root, no bpffs at the pin path).
+    #[error("failed to load the embedded eBPF object ({path}) with pins in {pins}")]
     Object {
         /// Path the object was embedded from.
         path: &'static str,
-        /// The aya error.
+        /// The pin directory.
+        pins: String,
+        /// The aya error (boxed: it is large).
         #[source]
-        source: EbpfError,
+        source: Box<EbpfError>,
+    },
+    /// The pin directory could not be created.
+    #[error("cannot create the pin directory {path}")]
+    PinDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The object does not contain the named program.
     #[error("eBPF program `{name}` not found in the object")]
@@ -65,57 +91,86 @@ pub enum DatapathError {
     },
 }
 
-/// The loaded datapath: maps created, programs verified and loaded (not
-/// attached).
+/// The loaded datapath: maps created or adopted from their pins, programs
+/// verified and loaded (not attached).
 #[derive(Debug)]
 pub struct Datapath {
     ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// Typed handles on the datapath's maps.
+    pub maps: Maps,
 }
 
 impl Datapath {
-    /// Parses the embedded object, creates its maps and loads its programs
-    /// into the kernel. Needs `CAP_BPF` (in practice: root).
-    pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(|source| DatapathError::Object {
-            path: env!("AXONEME_BPF_OBJECT"),
+    /// Parses the embedded object, creates its maps (or reuses the ones
+    /// pinned in `pin_dir`, which is created if missing) and loads its
+    /// programs into the kernel. Needs `CAP_BPF` (in practice: root) and a
+    /// bpffs at `pin_dir`.
+    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
+            path: pin_dir.display().to_string(),
             source,
         })?;
-
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(SMOKE_PROGRAM)
-            .ok_or(DatapathError::ProgramNotFound {
-                name: SMOKE_PROGRAM,
-            })?
-            .try_into()
-            .map_err(|source| program_error(SMOKE_PROGRAM, "type check", source))?;
-        program
-            .load()
-            .map_err(|source| program_error(SMOKE_PROGRAM, "load (verifier)", source))?;
-        tracing::debug!(program = SMOKE_PROGRAM, "eBPF program loaded");
-
-        Ok(Self { ebpf })
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(BPF_OBJECT)
+            .map_err(|source| DatapathError::Object {
+                path: env!("AXONEME_BPF_OBJECT"),
+                pins: pin_dir.display().to_string(),
+                source: Box::new(source),
+            })?;
+        for name in PROGRAMS {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::ProgramNotFound { name })?
+                .try_into()
+                .map_err(|source| program_error(name, "type check", source))?;
+            program
+                .load()
+                .map_err(|source| program_error(name, "load (verifier)", source))?;
+            tracing::debug!(program = name, "eBPF program loaded");
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            maps,
+        })
     }
 
-    /// Runs `axoneme_smoke` once on `packet` (starting with its Ethernet
-    /// header, at least 14 bytes) with `BPF_PROG_TEST_RUN` and returns the
-    /// program's TC action (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2).
-    pub fn run_smoke(&self, packet: &[u8]) -> Result<i32, DatapathError> {
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(SMOKE_PROGRAM)
-            .ok_or(DatapathError::ProgramNotFound {
-                name: SMOKE_PROGRAM,
-            })?
+    /// The directory holding this datapath's pins.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// A loaded SCHED_CLS program by name.
+    pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, DatapathError> {
+        self.ebpf
+            .program(name)
+            .ok_or(DatapathError::ProgramNotFound { name })?
             .try_into()
-            .map_err(|source| program_error(SMOKE_PROGRAM, "type check", source))?;
-        let result = program
+            .map_err(|source| program_error(name, "type check", source))
+    }
+
+    /// Runs program `name` once on `packet` (starting with its Ethernet
+    /// header) with `BPF_PROG_TEST_RUN` and returns its TC action
+    /// (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2). The packet appears to come
+    /// through the loopback device (ifindex 1).
+    pub fn test_run(&self, name: &'static str, packet: &[u8]) -> Result<i32, DatapathError> {
+        let result = self
+            .program(name)?
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 ..TestRunOptions::new()
             })
-            .map_err(|source| program_error(SMOKE_PROGRAM, "BPF_PROG_TEST_RUN", source))?;
+            .map_err(|source| program_error(name, "BPF_PROG_TEST_RUN", source))?;
         // The kernel reports the program's `int` return value as a u32.
         Ok(i32::from_ne_bytes(result.return_value.to_ne_bytes()))
+    }
+
+    /// Runs `axoneme_smoke` once on `packet`.
+    pub fn run_smoke(&self, packet: &[u8]) -> Result<i32, DatapathError> {
+        self.test_run(SMOKE_PROGRAM, packet)
     }
 
     /// Makes `axoneme_smoke` drop UDP/IPv4 packets to `port` (host order).
@@ -131,6 +186,12 @@ impl Datapath {
         ports
             .insert(port, 1, 0)
             .map_err(|source| map_error(SMOKE_DENY_PORTS_MAP, "insert", source))
+    }
+
+    /// Removes this datapath's pin directory (maps stay alive while
+    /// loaded; the kernel frees them when the last reference goes).
+    pub fn unpin(&self) -> std::io::Result<()> {
+        std::fs::remove_dir_all(&self.pin_dir)
     }
 }
 

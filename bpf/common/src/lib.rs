@@ -25,21 +25,99 @@ pub mod direction {
     pub const EGRESS: u8 = 1;
 }
 
+/// Address families in [`IpcacheKey`], [`CtKey`] and [`Event`].
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
 /// Bits of [`PolicyValue::flags`].
 pub mod policy_flags {
     /// The entry denies the traffic (deny wins over allow).
     pub const DENY: u8 = 1;
 }
 
+/// Bits of [`EndpointInfo::flags`].
+pub mod endpoint_flags {
+    /// Traffic into the endpoint that matches no entry is dropped (133).
+    pub const INGRESS_ENFORCED: u8 = 1;
+    /// Traffic out of the endpoint that matches no entry is dropped (133).
+    pub const EGRESS_ENFORCED: u8 = 2;
+}
+
+/// Bits of [`CtValue::flags`].
+pub mod ct_flags {
+    /// A packet in the reply direction was seen.
+    pub const SEEN_REPLY: u8 = 1;
+    /// A FIN or RST was seen: the entry lives [`super::CT_CLOSE_TIMEOUT_S`].
+    pub const CLOSING: u8 = 2;
+}
+
 /// Drop reasons, numerically identical to Cilium's `DROP_*` codes
-/// (`bpf/lib/common.h`), so tooling that knows Cilium's codes reads ours.
+/// (`bpf/lib/common.h`, `pkg/monitor/api/drop.go`), so tooling that knows
+/// Cilium's codes reads ours.
 pub mod drop_reason {
     /// Policy denied the packet (no allow entry matched).
     pub const DROP_POLICY: u8 = 133;
+    /// Invalid packet (e.g. an IPv4 header length below 20).
+    pub const DROP_INVALID: u8 = 134;
     /// Packet headers are truncated or invalid for connection tracking.
     pub const DROP_CT_INVALID_HDR: u8 = 135;
+    /// The interface is not a known endpoint's (fail closed).
+    pub const DROP_NO_ENDPOINT: u8 = 152;
+    /// A new connection could not be recorded in the CT map (fail closed).
+    pub const DROP_CT_CREATE_FAILED: u8 = 155;
+    /// Neither IPv4, IPv6 nor ARP.
+    pub const DROP_UNKNOWN_L3: u8 = 139;
+    /// An IPv6 extension header chain too long or malformed.
+    pub const DROP_INVALID_EXTHDR: u8 = 156;
+    /// A non-first IP fragment whose first fragment was not seen.
+    pub const DROP_FRAG_NOT_FOUND: u8 = 175;
     /// An explicit deny policy matched.
     pub const DROP_POLICY_DENY: u8 = 181;
+}
+
+/// [`Event::kind`] values: Cilium's monitor message types.
+pub mod event_kind {
+    /// A dropped packet, with [`super::drop_reason`] in `reason`.
+    pub const DROP: u8 = 1;
+    /// A policy decision on a new flow.
+    pub const POLICY_VERDICT: u8 = 5;
+}
+
+/// [`Event::verdict`] values.
+pub mod verdict {
+    pub const ALLOWED: u8 = 1;
+    pub const DENIED: u8 = 2;
+    /// Allowed at L3/L4 and sent to the L7 proxy.
+    pub const REDIRECTED: u8 = 3;
+}
+
+/// [`Event::match_type`] values: which kind of entry decided (Cilium's
+/// `POLICY_MATCH_*`).
+pub mod match_type {
+    /// No entry matched (the direction's default applied).
+    pub const NONE: u8 = 0;
+    /// Peer identity, any protocol and port.
+    pub const L3_ONLY: u8 = 1;
+    /// Peer identity and protocol (and port or range).
+    pub const L3_L4: u8 = 2;
+    /// Any peer, a protocol (and port or range).
+    pub const L4_ONLY: u8 = 3;
+    /// Any peer, any protocol.
+    pub const ALL: u8 = 4;
+}
+
+/// Indices of the per-CPU [`COUNTERS`](counter) array.
+pub mod counter {
+    /// Events written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 0;
+    /// Events not written because the rate limit was exhausted.
+    pub const EVENTS_RATE_LIMITED: u32 = 1;
+    /// Events not written because the ring buffer was full.
+    pub const EVENTS_RINGBUF_FULL: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
 }
 
 /// TC actions returned by SCHED_CLS programs (`linux/pkt_cls.h`).
@@ -50,33 +128,122 @@ pub mod tc_action {
     pub const TC_ACT_SHOT: i32 = 2;
 }
 
+/// Security identity of peers the ipcache does not know.
+pub const IDENTITY_WORLD: u32 = 2;
+
+/// Conntrack lifetimes (Cilium's defaults).
+pub const CT_SYN_TIMEOUT_S: u64 = 60;
+pub const CT_LIFETIME_TCP_S: u64 = 21_600;
+pub const CT_CLOSE_TIMEOUT_S: u64 = 10;
+pub const CT_LIFETIME_NONTCP_S: u64 = 60;
+
+/// Map capacities.
+pub const IPCACHE_MAX: u32 = 512 * 1024;
+pub const ENDPOINTS_MAX: u32 = 64 * 1024;
+/// All endpoints' policy entries share one LPM trie (allocated on demand).
+pub const POLICY_MAX: u32 = 1024 * 1024;
+pub const CT_MAX: u32 = 256 * 1024;
+pub const FRAGS_MAX: u32 = 8 * 1024;
+pub const EVENTS_BYTES: u32 = 1024 * 1024;
+
 /// Capacity of the smoke-test program's deny map.
 pub const SMOKE_DENY_PORTS_MAX: u32 = 64;
 
-/// Key of the per-endpoint policy map (Cilium's `struct policy_key`, simplified).
-///
-/// `dport == 0` with `protocol == 0` is the L3-only (any port, any protocol) entry.
+/// Data of an ipcache LPM key: the prefix length counts the 32 bits of
+/// `pad` + `family` first, then address bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheKey {
+    pub pad: [u8; 3],
+    /// [`family::IPV4`] or [`family::IPV6`].
+    pub family: u8,
+    /// The address; IPv4 uses the first 4 bytes, the rest is zero.
+    pub addr: [u8; 16],
+}
+
+impl IpcacheKey {
+    /// Bits of the key before the address.
+    pub const HEADER_BITS: u32 = 32;
+
+    /// The LPM prefix length for an address prefix of `bits`.
+    pub const fn prefix_len(bits: u8) -> u32 {
+        Self::HEADER_BITS + bits as u32
+    }
+}
+
+/// What the ipcache knows about an address or prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheValue {
+    pub identity: u32,
+    /// The node (underlay IPv4, network order) hosting the address; zero
+    /// when local or not an endpoint.
+    pub tunnel_endpoint: [u8; 4],
+    /// IPsec key index; 0 = none.
+    pub encrypt_key: u8,
+    pub pad: [u8; 3],
+}
+
+/// A local endpoint, keyed by the ifindex of its host-side veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// The endpoint's number: the first field of its policy entries' keys.
+    pub endpoint_id: u32,
+    /// The endpoint's security identity.
+    pub identity: u32,
+    /// Bit set of [`endpoint_flags`].
+    pub flags: u8,
+    pub pad: [u8; 3],
+}
+
+/// Data of a policy LPM key: Cilium's `{identity, direction, proto, dport}`
+/// preceded by the endpoint's number, since one trie holds every endpoint's
+/// entries. `endpoint_id`, `identity` and `direction` are always matched
+/// exactly; then `protocol` (8 bits, or none for "any protocol"), then the
+/// leading bits of `dport` (a port range as prefix blocks).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyKey {
-    /// Numeric security identity of the peer.
+    pub endpoint_id: u32,
+    /// Peer identity; 0 = any peer.
     pub identity: u32,
     /// [`direction::INGRESS`] or [`direction::EGRESS`].
     pub direction: u8,
-    /// IP protocol number (6 = TCP, 17 = UDP), 0 for any.
+    /// IP protocol number; 0 = any (and then any port).
     pub protocol: u8,
-    /// Destination port, network order; 0 for any.
+    /// Destination port (ICMP: the type), network order.
     pub dport: u16,
 }
 
 impl PolicyKey {
+    /// Bits always matched exactly: endpoint, identity, direction.
+    pub const EXACT_BITS: u32 = 72;
+
     /// Builds a key from a destination port given in host order.
-    pub const fn new(identity: u32, direction: u8, protocol: u8, dport_host: u16) -> Self {
+    pub const fn new(
+        endpoint_id: u32,
+        identity: u32,
+        direction: u8,
+        protocol: u8,
+        dport_host: u16,
+    ) -> Self {
         Self {
+            endpoint_id,
             identity,
             direction,
             protocol,
             dport: dport_host.to_be(),
+        }
+    }
+
+    /// The LPM prefix length of an entry for `protocol` (0 = any) and a port
+    /// block of `port_prefix` leading bits (0 = any port, 16 = one port).
+    pub const fn prefix_len(protocol: u8, port_prefix: u8) -> u32 {
+        if protocol == 0 {
+            Self::EXACT_BITS
+        } else {
+            Self::EXACT_BITS + 8 + port_prefix as u32
         }
     }
 
@@ -86,7 +253,7 @@ impl PolicyKey {
     }
 }
 
-/// Value of the per-endpoint policy map (Cilium's `struct policy_entry`, simplified).
+/// Value of a policy entry (Cilium's `struct policy_entry`, simplified).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyValue {
@@ -94,8 +261,10 @@ pub struct PolicyValue {
     pub proxy_port: u16,
     /// Bit set of [`policy_flags`].
     pub flags: u8,
+    /// The entry's [`match_type`] (from its key's shape), for events.
+    pub match_type: u8,
     /// Explicit padding; always zero.
-    pub pad: [u8; 5],
+    pub pad: [u8; 4],
     /// Packets that matched this entry (updated by the datapath).
     pub packets: u64,
     /// Bytes that matched this entry (updated by the datapath).
@@ -107,7 +276,8 @@ impl PolicyValue {
     pub const ALLOW: Self = Self {
         proxy_port: 0,
         flags: 0,
-        pad: [0; 5],
+        match_type: 0,
+        pad: [0; 4],
         packets: 0,
         bytes: 0,
     };
@@ -118,31 +288,194 @@ impl PolicyValue {
         ..Self::ALLOW
     };
 
+    /// An allow entry redirecting to the L7 proxy on `port` (host order).
+    pub const fn redirect(port: u16) -> Self {
+        Self {
+            proxy_port: port.to_be(),
+            ..Self::ALLOW
+        }
+    }
+
     /// Whether this entry denies the traffic.
     pub const fn is_deny(&self) -> bool {
         self.flags & policy_flags::DENY != 0
     }
 }
 
-const _: () = assert!(core::mem::size_of::<PolicyKey>() == 8);
+/// A conntrack key, always in the flow's original orientation (the first
+/// packet's source and destination) and per endpoint and direction, so the
+/// two endpoints of a node-local flow each keep their own entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Network order. ICMP echo: the identifier in both ports.
+    pub sport: u16,
+    pub dport: u16,
+    pub endpoint_id: u32,
+    pub protocol: u8,
+    /// Direction of the first packet, seen from the endpoint.
+    pub direction: u8,
+    pub family: u8,
+    pub pad: u8,
+}
+
+/// A conntrack entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` after which the entry is dead.
+    pub expires_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// The peer's identity when the flow was created.
+    pub peer_identity: u32,
+    /// L7 proxy port (network order), 0 = none.
+    pub proxy_port: u16,
+    /// Bit set of [`ct_flags`].
+    pub flags: u8,
+    pub pad: u8,
+}
+
+/// Key of the fragment map: one datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id: u32,
+    pub protocol: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// The ports of a datagram's first fragment (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragValue {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Rate limit of the event ring buffer (index 0 of the `CONFIG` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EventConfig {
+    /// Events per second per CPU; 0 = no events at all.
+    pub rate: u32,
+    /// Burst size per CPU.
+    pub burst: u32,
+}
+
+/// Token bucket state per CPU (the `RATE` per-CPU array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateState {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+/// An event in the ring buffer: a drop or a policy verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Event {
+    /// [`event_kind`].
+    pub kind: u8,
+    /// Drops: [`drop_reason`]; verdicts: 0.
+    pub reason: u8,
+    pub direction: u8,
+    pub family: u8,
+    pub protocol: u8,
+    /// [`match_type`].
+    pub match_type: u8,
+    /// [`verdict`].
+    pub verdict: u8,
+    pub pad: u8,
+    pub endpoint_id: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub ifindex: u32,
+    /// Packet length.
+    pub len: u32,
+    /// Network order.
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+impl Event {
+    /// Decodes an event from the bytes the program wrote (native order
+    /// fields, as laid out above); `None` if too short.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        saddr.copy_from_slice(&b[32..48]);
+        daddr.copy_from_slice(&b[48..64]);
+        Some(Self {
+            kind: b[0],
+            reason: b[1],
+            direction: b[2],
+            family: b[3],
+            protocol: b[4],
+            match_type: b[5],
+            verdict: b[6],
+            pad: b[7],
+            endpoint_id: u32_at(8),
+            src_identity: u32_at(12),
+            dst_identity: u32_at(16),
+            ifindex: u32_at(20),
+            len: u32_at(24),
+            sport: u16_at(28),
+            dport: u16_at(30),
+            saddr,
+            daddr,
+        })
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 20);
+const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 12);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 12);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
 const _: () = assert!(core::mem::align_of::<PolicyKey>() == 4);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 24);
 const _: () = assert!(core::mem::align_of::<PolicyValue>() == 8);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
+const _: () = assert!(core::mem::size_of::<EventConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<RateState>() == 16);
+const _: () = assert!(core::mem::size_of::<Event>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
     #![allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
 
-    use super::{PolicyKey, PolicyValue};
+    use super::*;
 
-    // SAFETY: repr(C), Copy, only integer fields, no implicit padding
-    // (4 + 1 + 1 + 2 = 8 bytes, size asserted above): every bit pattern is valid.
+    // SAFETY (all below): repr(C), Copy, only integer and byte-array fields,
+    // every padding byte is an explicit field (sizes asserted above), so
+    // every bit pattern is valid.
+    unsafe impl aya::Pod for IpcacheKey {}
+    unsafe impl aya::Pod for IpcacheValue {}
+    unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for PolicyKey {}
-
-    // SAFETY: repr(C), Copy, only integer fields, padding is the explicit `pad`
-    // field (2 + 1 + 5 + 8 + 8 = 24 bytes, size asserted above): every bit
-    // pattern is valid.
     unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for EventConfig {}
+    unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for Event {}
 }
 
 #[cfg(test)]
@@ -152,26 +485,83 @@ mod tests {
 
     #[test]
     fn policy_key_layout_matches_cilium_order() {
-        assert_eq!(offset_of!(PolicyKey, identity), 0);
-        assert_eq!(offset_of!(PolicyKey, direction), 4);
-        assert_eq!(offset_of!(PolicyKey, protocol), 5);
-        assert_eq!(offset_of!(PolicyKey, dport), 6);
+        assert_eq!(offset_of!(PolicyKey, endpoint_id), 0);
+        assert_eq!(offset_of!(PolicyKey, identity), 4);
+        assert_eq!(offset_of!(PolicyKey, direction), 8);
+        assert_eq!(offset_of!(PolicyKey, protocol), 9);
+        assert_eq!(offset_of!(PolicyKey, dport), 10);
+    }
+
+    #[test]
+    fn policy_prefixes() {
+        assert_eq!(PolicyKey::prefix_len(0, 0), 72);
+        assert_eq!(PolicyKey::prefix_len(6, 0), 80);
+        assert_eq!(PolicyKey::prefix_len(6, 16), 96);
+        assert_eq!(
+            PolicyKey::prefix_len(6, 16) as usize,
+            core::mem::size_of::<PolicyKey>() * 8
+        );
+        assert_eq!(IpcacheKey::prefix_len(32), 64);
+        assert_eq!(IpcacheKey::prefix_len(128), 160);
     }
 
     #[test]
     fn policy_value_layout_has_no_implicit_padding() {
         assert_eq!(offset_of!(PolicyValue, proxy_port), 0);
         assert_eq!(offset_of!(PolicyValue, flags), 2);
-        assert_eq!(offset_of!(PolicyValue, pad), 3);
+        assert_eq!(offset_of!(PolicyValue, match_type), 3);
+        assert_eq!(offset_of!(PolicyValue, pad), 4);
         assert_eq!(offset_of!(PolicyValue, packets), 8);
         assert_eq!(offset_of!(PolicyValue, bytes), 16);
     }
 
     #[test]
-    fn dport_is_stored_in_network_order() {
-        let key = PolicyKey::new(42, direction::EGRESS, 17, 53);
+    fn other_layouts_have_no_implicit_padding() {
+        assert_eq!(offset_of!(CtKey, sport), 32);
+        assert_eq!(offset_of!(CtKey, endpoint_id), 36);
+        assert_eq!(offset_of!(CtKey, pad), 43);
+        assert_eq!(offset_of!(CtValue, peer_identity), 24);
+        assert_eq!(offset_of!(CtValue, pad), 31);
+        assert_eq!(offset_of!(Event, endpoint_id), 8);
+        assert_eq!(offset_of!(Event, saddr), 32);
+        assert_eq!(offset_of!(FragKey, id), 32);
+    }
+
+    #[test]
+    fn ports_are_stored_in_network_order() {
+        let key = PolicyKey::new(1, 42, direction::EGRESS, 17, 53);
         assert_eq!(key.dport.to_ne_bytes(), [0, 53]);
         assert_eq!(key.dport_host(), 53);
+        assert_eq!(
+            PolicyValue::redirect(15001).proxy_port.to_ne_bytes(),
+            [0x3a, 0x99]
+        );
+    }
+
+    #[test]
+    fn events_decode_from_their_bytes() {
+        let e = Event {
+            kind: event_kind::DROP,
+            reason: drop_reason::DROP_POLICY,
+            endpoint_id: 7,
+            src_identity: 300,
+            dst_identity: 301,
+            sport: 1234u16.to_be(),
+            dport: 80u16.to_be(),
+            saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ..Event::default()
+        };
+        let mut bytes = [0u8; 64];
+        bytes[0] = e.kind;
+        bytes[1] = e.reason;
+        bytes[8..12].copy_from_slice(&7u32.to_ne_bytes());
+        bytes[12..16].copy_from_slice(&300u32.to_ne_bytes());
+        bytes[16..20].copy_from_slice(&301u32.to_ne_bytes());
+        bytes[28..30].copy_from_slice(&1234u16.to_be_bytes());
+        bytes[30..32].copy_from_slice(&80u16.to_be_bytes());
+        bytes[32..36].copy_from_slice(&[10, 0, 0, 1]);
+        assert_eq!(Event::from_bytes(&bytes), Some(e));
+        assert_eq!(Event::from_bytes(&bytes[..63]), None);
     }
 
     #[test]
@@ -187,5 +577,7 @@ mod tests {
         fn assert_pod<T: aya::Pod>() {}
         assert_pod::<PolicyKey>();
         assert_pod::<PolicyValue>();
+        assert_pod::<CtKey>();
+        assert_pod::<Event>();
     }
 }

@@ -3,11 +3,16 @@
 //! Built for `bpfel-unknown-none` with Debian's rustc-web and bpf-linker by
 //! `cargo xtask build-bpf`; the agent embeds the resulting object.
 //!
-//! For now this holds only `axoneme_smoke`, a minimal SCHED_CLS program that
-//! proves the toolchain end to end (codegen, BTF, maps, direct packet access
-//! accepted by the verifier, loading with aya, BPF_PROG_TEST_RUN).
+//! `datapath` holds the enforcement programs; `axoneme_smoke` is a minimal
+//! SCHED_CLS program that proves the toolchain end to end (codegen, BTF,
+//! maps, direct packet access accepted by the verifier, BPF_PROG_TEST_RUN).
 #![no_std]
 #![no_main]
+// `lock xadd` on map counters: core's atomics are not built for BPF.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod datapath;
 
 use axoneme_bpf_common::{
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},

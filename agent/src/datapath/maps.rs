@@ -1,0 +1,276 @@
+//! Typed handles on the datapath's maps and the translation from the policy
+//! engine's entries to policy-trie entries.
+
+use std::net::IpAddr;
+
+use axoneme_bpf_common::{
+    counter, direction, family, match_type, policy_flags, CtKey, CtValue, EndpointInfo, Event,
+    EventConfig, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+};
+use axoneme_policy::compile::{Direction, Key as EntryKey, Verdict, ANY_IDENTITY, PROTO_ANY};
+use aya::maps::lpm_trie::Key;
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::Ebpf;
+use ipnet::IpNet;
+
+use super::{map_error, DatapathError};
+
+const IPCACHE: &str = "IPCACHE";
+const ENDPOINTS: &str = "ENDPOINTS";
+const POLICY: &str = "POLICY";
+const CT: &str = "CT";
+const EVENTS: &str = "EVENTS";
+const EVENT_CONFIG: &str = "EVENT_CONFIG";
+const COUNTERS: &str = "COUNTERS";
+
+/// The datapath's maps.
+pub struct Maps {
+    ipcache: LpmTrie<MapData, IpcacheKey, IpcacheValue>,
+    endpoints: HashMap<MapData, u32, EndpointInfo>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    ct: HashMap<MapData, CtKey, CtValue>,
+    events: RingBuf<MapData>,
+    event_config: Array<MapData, EventConfig>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for Maps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maps").finish_non_exhaustive()
+    }
+}
+
+/// The datapath's event counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub events_sent: u64,
+    pub events_rate_limited: u64,
+    pub events_ringbuf_full: u64,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
+    ebpf.take_map(name)
+        .ok_or(DatapathError::MapNotFound { name })
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DatapathError> {
+    T::try_from(take(ebpf, name)?).map_err(|source| map_error(name, "open", source))
+}
+
+/// The ipcache key of a prefix.
+pub fn ipcache_key(net: &IpNet) -> Key<IpcacheKey> {
+    let mut addr = [0u8; 16];
+    let fam = match net.network() {
+        IpAddr::V4(a) => {
+            addr[..4].copy_from_slice(&a.octets());
+            family::IPV4
+        }
+        IpAddr::V6(a) => {
+            addr.copy_from_slice(&a.octets());
+            family::IPV6
+        }
+    };
+    Key::new(
+        IpcacheKey::prefix_len(net.prefix_len()),
+        IpcacheKey {
+            pad: [0; 3],
+            family: fam,
+            addr,
+        },
+    )
+}
+
+/// The trie key and value of one of the engine's entries for the endpoints
+/// numbered `endpoint_id`. Redirects carry `proxy_port` (host order).
+pub fn policy_entry(
+    endpoint_id: u32,
+    dir: Direction,
+    key: &EntryKey,
+    verdict: &Verdict,
+    proxy_port: u16,
+) -> (Key<PolicyKey>, PolicyValue) {
+    let data = PolicyKey::new(
+        endpoint_id,
+        key.identity.0,
+        direction_code(dir),
+        key.protocol,
+        if key.protocol == PROTO_ANY {
+            0
+        } else {
+            key.port
+        },
+    );
+    let prefix = PolicyKey::prefix_len(key.protocol, key.prefix);
+    let mut value = match verdict {
+        Verdict::Allow => PolicyValue::ALLOW,
+        Verdict::Deny => PolicyValue::DENY,
+        Verdict::Redirect(_) => PolicyValue::redirect(proxy_port),
+    };
+    value.match_type = match (key.identity == ANY_IDENTITY, key.protocol == PROTO_ANY) {
+        (false, true) => match_type::L3_ONLY,
+        (false, false) => match_type::L3_L4,
+        (true, false) => match_type::L4_ONLY,
+        (true, true) => match_type::ALL,
+    };
+    debug_assert!(value.flags & !policy_flags::DENY == 0);
+    (Key::new(prefix, data), value)
+}
+
+/// The datapath's code for a direction.
+pub fn direction_code(dir: Direction) -> u8 {
+    match dir {
+        Direction::Ingress => direction::INGRESS,
+        Direction::Egress => direction::EGRESS,
+    }
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Ok(Self {
+            ipcache: typed(ebpf, IPCACHE)?,
+            endpoints: typed(ebpf, ENDPOINTS)?,
+            policy: typed(ebpf, POLICY)?,
+            ct: typed(ebpf, CT)?,
+            events: typed(ebpf, EVENTS)?,
+            event_config: typed(ebpf, EVENT_CONFIG)?,
+            counters: typed(ebpf, COUNTERS)?,
+        })
+    }
+
+    /// Sets what the ipcache says about `net`.
+    pub fn set_ipcache(&mut self, net: &IpNet, value: IpcacheValue) -> Result<(), DatapathError> {
+        self.ipcache
+            .insert(&ipcache_key(net), value, 0)
+            .map_err(|source| map_error(IPCACHE, "insert", source))
+    }
+
+    /// Forgets `net` (absent is fine).
+    pub fn remove_ipcache(&mut self, net: &IpNet) -> Result<(), DatapathError> {
+        ignore_missing(self.ipcache.remove(&ipcache_key(net)), IPCACHE)
+    }
+
+    /// Every ipcache entry: prefix length in address bits, key and value.
+    pub fn ipcache_entries(&self) -> Result<Vec<(u8, IpcacheKey, IpcacheValue)>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.ipcache.iter() {
+            let (k, v) = item.map_err(|source| map_error(IPCACHE, "iterate", source))?;
+            let bits = k.prefix_len().saturating_sub(IpcacheKey::HEADER_BITS);
+            out.push((u8::try_from(bits).unwrap_or(u8::MAX), k.data(), v));
+        }
+        Ok(out)
+    }
+
+    /// Declares the endpoint behind the host-side veth `ifindex`.
+    pub fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), DatapathError> {
+        self.endpoints
+            .insert(ifindex, info, 0)
+            .map_err(|source| map_error(ENDPOINTS, "insert", source))
+    }
+
+    pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        ignore_missing(self.endpoints.remove(&ifindex), ENDPOINTS)
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, DatapathError> {
+        self.endpoints
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| map_error(ENDPOINTS, "iterate", source))
+    }
+
+    /// Sets one policy entry (its counters start at zero).
+    pub fn set_policy(
+        &mut self,
+        key: &Key<PolicyKey>,
+        value: PolicyValue,
+    ) -> Result<(), DatapathError> {
+        self.policy
+            .insert(key, value, 0)
+            .map_err(|source| map_error(POLICY, "insert", source))
+    }
+
+    pub fn remove_policy(&mut self, key: &Key<PolicyKey>) -> Result<(), DatapathError> {
+        ignore_missing(self.policy.remove(key), POLICY)
+    }
+
+    /// One policy entry, with its counters.
+    pub fn policy(&self, key: &Key<PolicyKey>) -> Result<Option<PolicyValue>, DatapathError> {
+        match self.policy.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(map_error(POLICY, "lookup", source)),
+        }
+    }
+
+    /// Every policy entry: prefix length, key, value.
+    pub fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.policy.iter() {
+            let (k, v) = item.map_err(|source| map_error(POLICY, "iterate", source))?;
+            out.push((k.prefix_len(), k.data(), v));
+        }
+        Ok(out)
+    }
+
+    /// Every conntrack entry.
+    pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
+        self.ct
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| map_error(CT, "iterate", source))
+    }
+
+    /// Empties the conntrack table.
+    pub fn clear_ct(&mut self) -> Result<(), DatapathError> {
+        let keys: Vec<CtKey> = self
+            .ct
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| map_error(CT, "iterate", source))?;
+        for k in keys {
+            ignore_missing(self.ct.remove(&k), CT)?;
+        }
+        Ok(())
+    }
+
+    /// Events per second (and burst) per CPU; 0 turns events off.
+    pub fn set_event_rate(&mut self, rate: u32, burst: u32) -> Result<(), DatapathError> {
+        self.event_config
+            .set(0, EventConfig { rate, burst }, 0)
+            .map_err(|source| map_error(EVENT_CONFIG, "set", source))
+    }
+
+    /// The events waiting in the ring buffer.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            out.extend(Event::from_bytes(&item));
+        }
+        out
+    }
+
+    pub fn counters(&self) -> Result<Counters, DatapathError> {
+        let sum = |i: u32| -> Result<u64, DatapathError> {
+            let v = self
+                .counters
+                .get(&i, 0)
+                .map_err(|source| map_error(COUNTERS, "lookup", source))?;
+            Ok(v.iter().sum())
+        };
+        Ok(Counters {
+            events_sent: sum(counter::EVENTS_SENT)?,
+            events_rate_limited: sum(counter::EVENTS_RATE_LIMITED)?,
+            events_ringbuf_full: sum(counter::EVENTS_RINGBUF_FULL)?,
+        })
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), DatapathError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(map_error(name, "remove", source)),
+    }
+}

@@ -1,0 +1,488 @@
+//! The enforcement programs under `BPF_PROG_TEST_RUN`, each test a
+//! setup / packet / check triple: the TC verdict, and the event the program
+//! wrote to the ring buffer (Cilium's drop reasons and verdict events).
+//!
+//! The endpoint under test is "pod A" (10.0.0.1, fd00::1, identity 1000)
+//! behind ifindex 1 (test runs come through loopback). `to_container` sees
+//! what A receives (its ingress), `from_container` what A sends (egress).
+//! Peer B is 10.0.0.2 / fd00::2, identity 2000; 10.0.1.0/24 has identity
+//! 3000; every other address is world (2).
+
+mod support;
+
+use axoneme_agent::datapath::{policy_entry, FROM_CONTAINER, TO_CONTAINER};
+use axoneme_bpf_common::{
+    drop_reason, endpoint_flags, event_kind, match_type, tc_action::TC_ACT_OK,
+    tc_action::TC_ACT_SHOT, verdict as ev, EndpointInfo, Event, IpcacheValue,
+};
+use axoneme_identity::NumericIdentity;
+use axoneme_policy::compile::{Direction, Key, Verdict};
+use support::*;
+
+const A4: [u8; 4] = [10, 0, 0, 1];
+const B4: [u8; 4] = [10, 0, 0, 2];
+const NET3: [u8; 4] = [10, 0, 1, 9];
+const WORLD4: [u8; 4] = [192, 0, 2, 50];
+const A_ID: u32 = 1000;
+const B_ID: u32 = 2000;
+
+fn a6() -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[15] = 1;
+    a
+}
+
+fn b6() -> [u8; 16] {
+    let mut a = a6();
+    a[15] = 2;
+    a
+}
+
+fn setup(flags: u8) -> TestDatapath {
+    let mut dp = load();
+    let m = &mut dp.maps;
+    m.set_event_rate(1_000_000, 1_000_000).unwrap();
+    m.set_endpoint(
+        1,
+        EndpointInfo {
+            endpoint_id: A_ID,
+            identity: A_ID,
+            flags,
+            pad: [0; 3],
+        },
+    )
+    .unwrap();
+    let id = |identity| IpcacheValue {
+        identity,
+        ..IpcacheValue::default()
+    };
+    for (net, identity) in [
+        ("10.0.0.1/32", A_ID),
+        ("10.0.0.2/32", B_ID),
+        ("10.0.1.0/24", 3000),
+        ("fd00::1/128", A_ID),
+        ("fd00::2/128", B_ID),
+    ] {
+        m.set_ipcache(&net.parse().unwrap(), id(identity)).unwrap();
+    }
+    dp
+}
+
+const BOTH: u8 = endpoint_flags::INGRESS_ENFORCED | endpoint_flags::EGRESS_ENFORCED;
+
+fn key(identity: u32, protocol: u8, port: u16, prefix: u8) -> Key {
+    Key {
+        identity: NumericIdentity(identity),
+        protocol,
+        port,
+        prefix,
+    }
+}
+
+fn allow(dp: &mut TestDatapath, dir: Direction, k: Key) {
+    let (k, v) = policy_entry(A_ID, dir, &k, &Verdict::Allow, 0);
+    dp.maps.set_policy(&k, v).unwrap();
+}
+
+fn deny(dp: &mut TestDatapath, dir: Direction, k: Key) {
+    let (k, v) = policy_entry(A_ID, dir, &k, &Verdict::Deny, 0);
+    dp.maps.set_policy(&k, v).unwrap();
+}
+
+/// Runs a packet and returns the verdict and the events it produced.
+fn send(dp: &mut TestDatapath, program: &'static str, packet: &[u8]) -> (i32, Vec<Event>) {
+    let action = run(dp, program, packet);
+    (action, dp.maps.drain_events())
+}
+
+fn drops(events: &[Event]) -> Vec<u8> {
+    events
+        .iter()
+        .filter(|e| e.kind == event_kind::DROP)
+        .map(|e| e.reason)
+        .collect()
+}
+
+fn verdicts(events: &[Event]) -> Vec<(u8, u32, u32, u8)> {
+    events
+        .iter()
+        .filter(|e| e.kind == event_kind::POLICY_VERDICT)
+        .map(|e| (e.verdict, e.src_identity, e.dst_identity, e.match_type))
+        .collect()
+}
+
+fn syn_from(src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    ipv4(src, A4, IPPROTO_TCP, &tcp(sport, dport, TCP_SYN), 0x4000, 1)
+}
+
+#[test]
+fn allowed_flow_passes_with_a_verdict_event_and_counters() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 80, 16));
+    let packet = syn_from(B4, 40000, 80);
+    let (action, events) = send(&mut dp, TO_CONTAINER, &packet);
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::ALLOWED, B_ID, A_ID, match_type::L3_L4)]
+    );
+    assert!(drops(&events).is_empty());
+    let e = &events[0];
+    assert_eq!(
+        (e.saddr[..4].to_vec(), u16::from_be(e.dport)),
+        (B4.to_vec(), 80)
+    );
+    // The entry counted the packet.
+    let (k, _) = policy_entry(
+        A_ID,
+        Direction::Ingress,
+        &key(B_ID, IPPROTO_TCP, 80, 16),
+        &Verdict::Allow,
+        0,
+    );
+    let v = dp.maps.policy(&k).unwrap().expect("entry");
+    assert_eq!((v.packets, v.bytes), (1, packet.len() as u64));
+    // A CT entry now exists.
+    assert_eq!(dp.maps.ct_entries().unwrap().len(), 1);
+}
+
+#[test]
+fn default_deny_drops_with_reason_133() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 80, 16));
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 40000, 81));
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::DENIED, B_ID, A_ID, match_type::NONE)]
+    );
+    assert!(
+        dp.maps.ct_entries().unwrap().is_empty(),
+        "a denied flow is not tracked"
+    );
+}
+
+#[test]
+fn deny_beats_allow_with_reason_181() {
+    let mut dp = setup(BOTH);
+    // Any peer may reach TCP/80, but B is denied everything: the engine's
+    // closure writes the overlap B/TCP/80 as a deny.
+    allow(&mut dp, Direction::Ingress, key(0, IPPROTO_TCP, 80, 16));
+    deny(&mut dp, Direction::Ingress, key(B_ID, 0, 0, 0));
+    deny(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 80, 16));
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 40000, 80));
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY_DENY]);
+    // Others still get in through the wildcard entry.
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(WORLD4, 40000, 80));
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::ALLOWED, 2, A_ID, match_type::L4_ONLY)]
+    );
+    // B on another port: the L3 deny.
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 40000, 22));
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY_DENY]);
+}
+
+#[test]
+fn wildcards_port_ranges_and_any_protocol() {
+    let mut dp = setup(BOTH);
+    // 8000-8003 from B (a /14 port block); anything from the /24's identity.
+    allow(
+        &mut dp,
+        Direction::Ingress,
+        key(B_ID, IPPROTO_TCP, 8000, 14),
+    );
+    allow(&mut dp, Direction::Ingress, key(3000, 0, 0, 0));
+    for (src, port, want) in [
+        (B4, 8000, TC_ACT_OK),
+        (B4, 8003, TC_ACT_OK),
+        (B4, 8004, TC_ACT_SHOT),
+        (B4, 7999, TC_ACT_SHOT),
+        (NET3, 1, TC_ACT_OK),
+        (WORLD4, 8000, TC_ACT_SHOT),
+    ] {
+        let (action, _) = send(&mut dp, TO_CONTAINER, &syn_from(src, 40000, port));
+        assert_eq!(action, want, "{src:?} -> {port}");
+    }
+    // Protocol ANY covers UDP too, and ICMP.
+    let udp_pkt = ipv4(NET3, A4, IPPROTO_UDP, &udp(5000, 53, b"q"), 0, 2);
+    let (action, events) = send(&mut dp, TO_CONTAINER, &udp_pkt);
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::ALLOWED, 3000, A_ID, match_type::L3_ONLY)]
+    );
+    // ALL: any peer, any protocol.
+    allow(&mut dp, Direction::Ingress, key(0, 0, 0, 0));
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(WORLD4, 40001, 9999));
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::ALLOWED, 2, A_ID, match_type::ALL)]
+    );
+}
+
+#[test]
+fn replies_pass_but_a_new_connection_back_is_denied() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 80, 16));
+    assert_eq!(
+        send(&mut dp, TO_CONTAINER, &syn_from(B4, 40000, 80)).0,
+        TC_ACT_OK
+    );
+    // A answers: egress is enforced with no entry, yet the reply passes
+    // without a policy decision (no verdict event).
+    let reply = ipv4(
+        A4,
+        B4,
+        IPPROTO_TCP,
+        &tcp(80, 40000, TCP_SYN | TCP_ACK),
+        0x4000,
+        3,
+    );
+    let (action, events) = send(&mut dp, FROM_CONTAINER, &reply);
+    assert_eq!(action, TC_ACT_OK);
+    assert!(events.is_empty(), "{events:?}");
+    // The rest of the flow both ways.
+    let ack = ipv4(B4, A4, IPPROTO_TCP, &tcp(40000, 80, TCP_ACK), 0x4000, 4);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &ack).0, TC_ACT_OK);
+    // A opening a connection to B is a new flow: denied.
+    let syn = ipv4(A4, B4, IPPROTO_TCP, &tcp(40001, 80, TCP_SYN), 0x4000, 5);
+    let (action, events) = send(&mut dp, FROM_CONTAINER, &syn);
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::DENIED, A_ID, B_ID, match_type::NONE)]
+    );
+    // The CT entry counts both directions and has seen the reply.
+    let ct = dp.maps.ct_entries().unwrap();
+    assert_eq!(ct.len(), 1);
+    assert_eq!(ct[0].1.packets, 3);
+    assert_eq!(ct[0].1.peer_identity, B_ID);
+}
+
+#[test]
+fn icmp_echo_by_type_and_its_reply() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_ICMP, 8, 16));
+    let request = ipv4(B4, A4, IPPROTO_ICMP, &icmp(8, 0, 77, b"ping"), 0, 6);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &request).0, TC_ACT_OK);
+    let reply = ipv4(A4, B4, IPPROTO_ICMP, &icmp(0, 0, 77, b"ping"), 0, 7);
+    assert_eq!(send(&mut dp, FROM_CONTAINER, &reply).0, TC_ACT_OK);
+    // A's own echo request to B (same id) is a new flow, not a reply.
+    let back = ipv4(A4, B4, IPPROTO_ICMP, &icmp(8, 0, 77, b"ping"), 0, 8);
+    let (action, events) = send(&mut dp, FROM_CONTAINER, &back);
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+    // Another ICMP type from B is not allowed.
+    let ts = ipv4(B4, A4, IPPROTO_ICMP, &icmp(13, 0, 1, &[0; 12]), 0, 9);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &ts).0, TC_ACT_SHOT);
+}
+
+#[test]
+fn icmp_errors_about_a_tracked_flow_are_related() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Egress, key(B_ID, IPPROTO_UDP, 53, 16));
+    let query = ipv4(A4, B4, IPPROTO_UDP, &udp(5353, 53, b"query"), 0, 10);
+    assert_eq!(send(&mut dp, FROM_CONTAINER, &query).0, TC_ACT_OK);
+    // B: port unreachable, quoting the query. Ingress allows no ICMP.
+    let unreachable = ipv4(
+        B4,
+        A4,
+        IPPROTO_ICMP,
+        &icmp(3, 3, 0, &quote_v4(&query)),
+        0,
+        11,
+    );
+    let (action, events) = send(&mut dp, TO_CONTAINER, &unreachable);
+    assert_eq!(action, TC_ACT_OK);
+    assert!(events.is_empty(), "{events:?}");
+    // An error quoting a flow nobody started is judged by policy: denied.
+    let other = ipv4(A4, B4, IPPROTO_UDP, &udp(5354, 53, b"query"), 0, 12);
+    let forged = ipv4(
+        B4,
+        A4,
+        IPPROTO_ICMP,
+        &icmp(3, 3, 0, &quote_v4(&other)),
+        0,
+        13,
+    );
+    let (action, events) = send(&mut dp, TO_CONTAINER, &forged);
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+}
+
+#[test]
+fn ipv6_with_extension_headers() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 443, 16));
+    let syn = tcp(40000, 443, TCP_SYN);
+    // Hop-by-hop options (8 bytes: next = TCP, len 0, padding) then TCP.
+    let mut payload = vec![IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0];
+    payload.extend_from_slice(&syn);
+    let (action, events) = send(&mut dp, TO_CONTAINER, &ipv6(b6(), a6(), 0, &payload));
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::ALLOWED, B_ID, A_ID, match_type::L3_L4)]
+    );
+    assert_eq!(events[0].family, 6);
+    // Another port: default deny.
+    let (action, events) = send(
+        &mut dp,
+        TO_CONTAINER,
+        &ipv6(b6(), a6(), IPPROTO_TCP, &tcp(40000, 444, TCP_SYN)),
+    );
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+    // The reply passes through conntrack.
+    let reply = ipv6(a6(), b6(), IPPROTO_TCP, &tcp(443, 40000, TCP_SYN | TCP_ACK));
+    assert_eq!(send(&mut dp, FROM_CONTAINER, &reply).0, TC_ACT_OK);
+    // Neighbour solicitation is not subject to policy.
+    let ns = ipv6(b6(), a6(), IPPROTO_ICMPV6, &icmp(135, 0, 0, &[0; 16]));
+    assert_eq!(send(&mut dp, TO_CONTAINER, &ns).0, TC_ACT_OK);
+}
+
+#[test]
+fn malformed_packets_are_dropped_with_a_reason() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(0, 0, 0, 0));
+    let cases: Vec<(&str, Vec<u8>, u8)> = vec![
+        (
+            "TCP header cut short",
+            {
+                let mut p = syn_from(B4, 1, 80);
+                p.truncate(14 + 20 + 10);
+                p
+            },
+            drop_reason::DROP_CT_INVALID_HDR,
+        ),
+        (
+            "IPv4 header length 4 words",
+            {
+                let mut p = syn_from(B4, 1, 80);
+                p[14] = 0x44;
+                p
+            },
+            drop_reason::DROP_INVALID,
+        ),
+        (
+            "IPv4 version 6 in an IPv4 frame",
+            {
+                let mut p = syn_from(B4, 1, 80);
+                p[14] = 0x65;
+                p
+            },
+            drop_reason::DROP_INVALID,
+        ),
+        (
+            "five chained IPv6 extension headers",
+            {
+                let mut payload = Vec::new();
+                for _ in 0..4 {
+                    payload.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
+                }
+                payload.extend_from_slice(&[IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
+                payload.extend_from_slice(&tcp(1, 80, TCP_SYN));
+                ipv6(b6(), a6(), 60, &payload)
+            },
+            drop_reason::DROP_INVALID_EXTHDR,
+        ),
+        (
+            "an unknown ethertype",
+            {
+                let mut p = syn_from(B4, 1, 80);
+                p[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+                p
+            },
+            drop_reason::DROP_UNKNOWN_L3,
+        ),
+    ];
+    for (what, packet, reason) in cases {
+        let (action, events) = send(&mut dp, TO_CONTAINER, &packet);
+        assert_eq!(action, TC_ACT_SHOT, "{what}");
+        assert_eq!(drops(&events), vec![reason], "{what}");
+    }
+    // ARP passes.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &arp).0, TC_ACT_OK);
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_UDP, 53, 16));
+    // Allowed datagram: first fragment (MF, offset 0) then the rest.
+    let first = ipv4(B4, A4, IPPROTO_UDP, &udp(5000, 53, &[0; 24]), 0x2000, 0x100);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &first).0, TC_ACT_OK);
+    let later = ipv4(B4, A4, IPPROTO_UDP, &[0; 32], 4, 0x100);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &later).0, TC_ACT_OK);
+    // Denied datagram: its later fragments are denied too.
+    let first = ipv4(B4, A4, IPPROTO_UDP, &udp(5000, 54, &[0; 24]), 0x2000, 0x101);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &first).0, TC_ACT_SHOT);
+    let later = ipv4(B4, A4, IPPROTO_UDP, &[0; 32], 4, 0x101);
+    let (action, events) = send(&mut dp, TO_CONTAINER, &later);
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+    // A later fragment without its first: dropped, never let through.
+    let orphan = ipv4(B4, A4, IPPROTO_UDP, &[0; 32], 4, 0x102);
+    let (action, events) = send(&mut dp, TO_CONTAINER, &orphan);
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_FRAG_NOT_FOUND]);
+}
+
+#[test]
+fn unenforced_direction_allows_but_deny_entries_still_deny() {
+    let mut dp = setup(endpoint_flags::EGRESS_ENFORCED);
+    deny(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 22, 16));
+    assert_eq!(
+        send(&mut dp, TO_CONTAINER, &syn_from(WORLD4, 1, 22)).0,
+        TC_ACT_OK
+    );
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 1, 22));
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY_DENY]);
+}
+
+#[test]
+fn an_unknown_interface_fails_closed() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(0, 0, 0, 0));
+    dp.maps.remove_endpoint(1).unwrap();
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 1, 80));
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_NO_ENDPOINT]);
+}
+
+#[test]
+fn events_are_rate_limited() {
+    let mut dp = setup(BOTH);
+    dp.maps.set_event_rate(1, 5).unwrap();
+    for port in 0..40 {
+        assert_eq!(
+            run(&dp, TO_CONTAINER, &syn_from(B4, 1000 + port, 9)),
+            TC_ACT_SHOT
+        );
+    }
+    let events = dp.maps.drain_events();
+    // 80 events wanted (a verdict and a drop per packet); the bucket holds
+    // 5 and refills 1/s, and the test takes well under a second per event.
+    assert!((5..=7).contains(&events.len()), "{} events", events.len());
+    let c = dp.maps.counters().unwrap();
+    assert_eq!(c.events_sent + c.events_rate_limited, 80, "{c:?}");
+    // Rate 0: nothing at all, and enforcement goes on.
+    dp.maps.set_event_rate(0, 0).unwrap();
+    assert_eq!(
+        send(&mut dp, TO_CONTAINER, &syn_from(B4, 1, 9)).0,
+        TC_ACT_SHOT
+    );
+    assert!(dp.maps.drain_events().is_empty());
+}

@@ -1,0 +1,186 @@
+//! Shared by the datapath tests: loading the real eBPF object with its own
+//! pin directory (removed on drop), and packet builders.
+#![allow(dead_code)]
+
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
+
+use axoneme_agent::datapath::{Datapath, DatapathError, PIN_ROOT};
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_FIN: u8 = 0x01;
+
+/// A loaded datapath whose pins live in a per-run directory under
+/// `/sys/fs/bpf/axoneme/`, removed when dropped (kept with `AXONEME_KEEP`).
+pub struct TestDatapath {
+    pub dp: Datapath,
+    dir: PathBuf,
+}
+
+impl Deref for TestDatapath {
+    type Target = Datapath;
+    fn deref(&self) -> &Datapath {
+        &self.dp
+    }
+}
+
+impl DerefMut for TestDatapath {
+    fn deref_mut(&mut self) -> &mut Datapath {
+        &mut self.dp
+    }
+}
+
+impl Drop for TestDatapath {
+    fn drop(&mut self) {
+        if !axoneme_e2e::keep() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Effective UID from /proc (no libc dependency needed).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(&format!("\n  caused by: {cause}"));
+        source = cause.source();
+    }
+    out
+}
+
+/// Loads the datapath with fresh pins. Needs root; it does not skip (CI runs
+/// as root, and a silent skip would hide a broken datapath).
+pub fn load() -> TestDatapath {
+    let euid = effective_uid();
+    assert_eq!(
+        euid,
+        Some(0),
+        "the datapath tests need root (CAP_BPF, CAP_NET_ADMIN) to load eBPF programs; \
+         effective uid is {euid:?}. Run them as root (CI does); they do not skip."
+    );
+    let dir = PathBuf::from(PIN_ROOT).join(axoneme_e2e::run_prefix("test"));
+    match Datapath::load(&dir) {
+        Ok(dp) => TestDatapath { dp, dir },
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!(
+                "loading the eBPF datapath failed (root? bpffs mounted at {PIN_ROOT}? \
+                 `cargo xtask setup` mounts it):\n{}",
+                error_chain(&error)
+            )
+        }
+    }
+}
+
+/// Runs `program` on `packet`, panicking with the error chain on failure.
+pub fn run(dp: &Datapath, program: &'static str, packet: &[u8]) -> i32 {
+    dp.test_run(program, packet)
+        .unwrap_or_else(|error: DatapathError| panic!("{}", error_chain(&error)))
+}
+
+fn ethernet(ethertype: u16) -> Vec<u8> {
+    let mut pkt = Vec::with_capacity(128);
+    pkt.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    pkt.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    pkt.extend_from_slice(&ethertype.to_be_bytes());
+    pkt
+}
+
+pub fn ipv4_checksum(header: &[u8]) -> u16 {
+    let sum: u32 = header
+        .chunks_exact(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    !u16::try_from(folded).expect("folded checksum fits in 16 bits")
+}
+
+/// Ethernet + IPv4 (no options) + `l4`. `frag` is the flags/offset field
+/// (0x2000 = more fragments; low 13 bits = offset in 8-byte units).
+pub fn ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, l4: &[u8], frag: u16, id: u16) -> Vec<u8> {
+    let total = u16::try_from(20 + l4.len()).expect("short packet");
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[6..8].copy_from_slice(&frag.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = protocol;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut pkt = ethernet(0x0800);
+    pkt.extend_from_slice(&ip);
+    pkt.extend_from_slice(l4);
+    pkt
+}
+
+/// Ethernet + IPv6 + `payload` (which may start with extension headers;
+/// `next` names the first).
+pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut ip = [0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&u16::try_from(payload.len()).expect("short").to_be_bytes());
+    ip[6] = next;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src);
+    ip[24..40].copy_from_slice(&dst);
+    let mut pkt = ethernet(0x86dd);
+    pkt.extend_from_slice(&ip);
+    pkt.extend_from_slice(payload);
+    pkt
+}
+
+pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[12] = 5 << 4;
+    h[13] = flags;
+    h[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    h
+}
+
+pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(8 + payload.len());
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(
+        &u16::try_from(8 + payload.len())
+            .expect("short")
+            .to_be_bytes(),
+    );
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// ICMP (v4 or v6) with type, code, identifier, and a body after the
+/// 8-byte header.
+pub fn icmp(ty: u8, code: u8, id: u16, body: &[u8]) -> Vec<u8> {
+    let mut h = vec![ty, code, 0, 0];
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&1u16.to_be_bytes());
+    h.extend_from_slice(body);
+    h
+}
+
+/// The IP header (and first 8 bytes after it) of an IPv4 packet, as an
+/// ICMP error quotes it.
+pub fn quote_v4(packet: &[u8]) -> Vec<u8> {
+    packet[14..14 + 28].to_vec()
+}

@@ -1,0 +1,784 @@
+//! Identity-based L3/L4 enforcement on a pod's host-side veth.
+//!
+//! `axoneme_from_container` runs at TC ingress of the host-side veth (packets
+//! the pod sends: the endpoint's egress), `axoneme_to_container` at TC egress
+//! (packets delivered to the pod: its ingress). Both:
+//!
+//! 1. find the endpoint by the veth's ifindex (unknown: drop 152, fail closed);
+//! 2. parse IPv4/IPv6 (extension headers, fragments), TCP/UDP/SCTP ports and
+//!    ICMP echo ids / types; anything malformed is dropped with a reason;
+//! 3. look the peer address up in the ipcache (unknown: world, identity 2);
+//! 4. conntrack: a packet of a live flow (either orientation) passes without
+//!    a policy lookup; ICMP errors about a tracked flow pass as related;
+//! 5. a new flow is looked up in the policy trie: first with the peer's
+//!    identity, then with ANY (0). The agent closes the entry set under
+//!    intersection, so the longest match of the peer's entries, if any, is
+//!    the answer, else ANY's (see `policy/src/compile.rs`). Deny: drop 181;
+//!    nothing and enforced: drop 133; allowed flows get a CT entry;
+//! 6. emits policy-verdict and drop events to a ring buffer, rate-limited
+//!    per CPU by a token bucket.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use axoneme_bpf_common::{
+    counter, ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type,
+    tc_action::{TC_ACT_OK, TC_ACT_SHOT},
+    verdict, CtKey, CtValue, EndpointInfo, Event, EventConfig, FragKey, FragValue, IpcacheKey,
+    IpcacheValue, PolicyKey, PolicyValue, RateState, CT_CLOSE_TIMEOUT_S, CT_LIFETIME_NONTCP_S,
+    CT_LIFETIME_TCP_S, CT_MAX, CT_SYN_TIMEOUT_S, ENDPOINTS_MAX, EVENTS_BYTES, FRAGS_MAX,
+    IDENTITY_WORLD, IPCACHE_MAX, POLICY_MAX,
+};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+
+#[map]
+static IPCACHE: LpmTrie<IpcacheKey, IpcacheValue> = LpmTrie::pinned(IPCACHE_MAX, 0);
+#[map]
+static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, 0);
+#[map]
+static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
+#[map]
+static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX, 0);
+#[map]
+static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+#[map]
+static EVENT_CONFIG: Array<EventConfig> = Array::pinned(1, 0);
+#[map]
+static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+/// Per-CPU scratch space for the packet being handled: the BPF stack (512
+/// bytes) is too small to hold it beside the map keys.
+#[map]
+static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_ICMPV6: u8 = 58;
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+const NS_PER_S: u64 = 1_000_000_000;
+/// IPv6 extension headers followed before giving up (drop 156).
+const MAX_EXT_HEADERS: usize = 4;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Icmp {
+    /// Not ICMP, or an ICMP type with nothing to track.
+    None,
+    /// An echo request (`sport` = id) or reply (`dport` = id).
+    Echo,
+    /// An error quoting a packet of another flow: the quoted flow.
+    Error,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frag {
+    None,
+    First(u32),
+    Later(u32),
+}
+
+/// What the program knows about a packet.
+struct Flow {
+    family: u8,
+    protocol: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    /// Conntrack ports, network order.
+    sport: u16,
+    dport: u16,
+    /// Port (or ICMP type) for the policy lookup, host order.
+    policy_port: u16,
+    tcp_flags: u8,
+    icmp: Icmp,
+    frag: Frag,
+    /// For `Icmp::Error`: the quoted packet's flow, as sent.
+    inner: InnerFlow,
+}
+
+#[derive(Clone, Copy, Default)]
+struct InnerFlow {
+    protocol: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+}
+
+/// Why a packet is dropped before a policy decision.
+struct Drop(u8);
+
+#[classifier]
+pub fn axoneme_from_container(ctx: TcContext) -> i32 {
+    handle(&ctx, direction::EGRESS)
+}
+
+#[classifier]
+pub fn axoneme_to_container(ctx: TcContext) -> i32 {
+    handle(&ctx, direction::INGRESS)
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, dir: u8) -> i32 {
+    // SAFETY: `skb` points to the program's context, valid for the run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the value is copied out at once; the agent replaces entries
+    // whole, never in place.
+    let Some(ep) = (unsafe { ENDPOINTS.get(ifindex) }).copied() else {
+        drop_event(
+            ctx,
+            ifindex,
+            None,
+            dir,
+            0,
+            0,
+            None,
+            drop_reason::DROP_NO_ENDPOINT,
+        );
+        return TC_ACT_SHOT;
+    };
+    let Some(flow) = SCRATCH.get_ptr_mut(0) else {
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: this CPU's slot, used by this run only (TC programs do not
+    // nest on one CPU).
+    let flow = unsafe { &mut *flow };
+    match parse(ctx, flow) {
+        Ok(true) => {}
+        Ok(false) => return TC_ACT_OK,
+        Err(Drop(reason)) => {
+            drop_event(ctx, ifindex, Some(&ep), dir, 0, 0, None, reason);
+            return TC_ACT_SHOT;
+        }
+    }
+    match decide(ctx, ifindex, &ep, dir, flow) {
+        Ok(()) => TC_ACT_OK,
+        Err(()) => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn decide(
+    ctx: &TcContext,
+    ifindex: u32,
+    ep: &EndpointInfo,
+    dir: u8,
+    flow: &mut Flow,
+) -> Result<(), ()> {
+    let peer_addr = if dir == direction::INGRESS {
+        &flow.saddr
+    } else {
+        &flow.daddr
+    };
+    let peer = ipcache_identity(flow.family, peer_addr);
+    let (src_id, dst_id) = if dir == direction::INGRESS {
+        (peer, ep.identity)
+    } else {
+        (ep.identity, peer)
+    };
+    let fail = |flow: &Flow, reason: u8| {
+        drop_event(
+            ctx,
+            ifindex,
+            Some(ep),
+            dir,
+            src_id,
+            dst_id,
+            Some(flow),
+            reason,
+        );
+    };
+
+    // Fragments: the first one records its ports; later ones borrow them
+    // (no record: drop, never a bypass).
+    match flow.frag {
+        Frag::None => {}
+        Frag::First(id) => {
+            let key = frag_key(flow, id);
+            let ports = FragValue {
+                sport: flow.sport,
+                dport: flow.dport,
+            };
+            let _ = FRAGS.insert(&key, &ports, 0);
+        }
+        Frag::Later(id) => {
+            let key = frag_key(flow, id);
+            // SAFETY: copied out at once.
+            match unsafe { FRAGS.get(&key) } {
+                Some(ports) => {
+                    flow.sport = ports.sport;
+                    flow.dport = ports.dport;
+                    flow.policy_port = u16::from_be(ports.dport);
+                }
+                None => {
+                    fail(flow, drop_reason::DROP_FRAG_NOT_FOUND);
+                    return Err(());
+                }
+            }
+        }
+    }
+
+    let now = unsafe { bpf_ktime_get_ns() };
+    let len = u64::from(ctx.len());
+    if flow.icmp == Icmp::Error && related(flow, ep.endpoint_id, dir, now) {
+        return Ok(());
+    }
+    if flow.icmp != Icmp::Error && ct_update(flow, ep.endpoint_id, dir, now, len) {
+        return Ok(());
+    }
+
+    // A new flow: the policy decides.
+    let enforced = if dir == direction::INGRESS {
+        ep.flags & endpoint_flags::INGRESS_ENFORCED != 0
+    } else {
+        ep.flags & endpoint_flags::EGRESS_ENFORCED != 0
+    };
+    let entry = policy_lookup(ep.endpoint_id, peer, dir, flow.protocol, flow.policy_port);
+    let (allowed, proxy_port, matched, reason) = match entry {
+        Some(v) => {
+            // SAFETY: `v` points into the trie's value, valid during the
+            // run; the counters are only touched atomically.
+            unsafe {
+                add(core::ptr::addr_of!((*v).packets) as *mut u64, 1);
+                add(core::ptr::addr_of!((*v).bytes) as *mut u64, len);
+            }
+            let v = unsafe { *v };
+            if v.is_deny() {
+                (false, 0, v.match_type, drop_reason::DROP_POLICY_DENY)
+            } else {
+                (true, v.proxy_port, v.match_type, 0)
+            }
+        }
+        None if enforced => (false, 0, match_type::NONE, drop_reason::DROP_POLICY),
+        None => (true, 0, match_type::NONE, 0),
+    };
+    let outcome = if !allowed {
+        verdict::DENIED
+    } else if proxy_port != 0 {
+        verdict::REDIRECTED
+    } else {
+        verdict::ALLOWED
+    };
+    verdict_event(
+        ctx, ifindex, ep, dir, src_id, dst_id, flow, matched, outcome,
+    );
+    if !allowed {
+        fail(flow, reason);
+        return Err(());
+    }
+    // ICMP errors are never the start of a flow.
+    if flow.icmp != Icmp::Error {
+        let key = ct_key(flow, ep.endpoint_id, dir);
+        let value = CtValue {
+            expires_ns: now + lifetime(flow, 0) * NS_PER_S,
+            packets: 1,
+            bytes: len,
+            peer_identity: peer,
+            proxy_port,
+            flags: 0,
+            pad: 0,
+        };
+        if CT.insert(&key, &value, 0).is_err() {
+            fail(flow, drop_reason::DROP_CT_CREATE_FAILED);
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// How long an entry lives after this packet, in seconds.
+#[inline(always)]
+fn lifetime(flow: &Flow, flags: u8) -> u64 {
+    if flow.protocol != IPPROTO_TCP {
+        CT_LIFETIME_NONTCP_S
+    } else if flags & ct_flags::CLOSING != 0 {
+        CT_CLOSE_TIMEOUT_S
+    } else if flags & ct_flags::SEEN_REPLY != 0 {
+        CT_LIFETIME_TCP_S
+    } else {
+        CT_SYN_TIMEOUT_S
+    }
+}
+
+#[inline(always)]
+fn ct_key(flow: &Flow, endpoint_id: u32, dir: u8) -> CtKey {
+    CtKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        endpoint_id,
+        protocol: flow.protocol,
+        direction: dir,
+        family: flow.family,
+        pad: 0,
+    }
+}
+
+/// Finds the packet's flow (as original or reply) and refreshes it.
+#[inline(always)]
+fn ct_update(flow: &Flow, endpoint_id: u32, dir: u8, now: u64, len: u64) -> bool {
+    let forward = ct_key(flow, endpoint_id, dir);
+    let reverse = CtKey {
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+        sport: flow.dport,
+        dport: flow.sport,
+        direction: dir ^ 1,
+        ..forward
+    };
+    let (entry, reply) = match CT.get_ptr_mut(&forward) {
+        Some(e) => (e, false),
+        None => match CT.get_ptr_mut(&reverse) {
+            Some(e) => (e, true),
+            None => return false,
+        },
+    };
+    // SAFETY: `entry` points into the LRU map's value for this run; fields
+    // are plain integers, racing writers at worst lose an update.
+    unsafe {
+        if (*entry).expires_ns <= now {
+            return false;
+        }
+        let mut flags = (*entry).flags;
+        if reply {
+            flags |= ct_flags::SEEN_REPLY;
+        }
+        if flow.protocol == IPPROTO_TCP && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            flags |= ct_flags::CLOSING;
+        }
+        // A closing flow's deadline never moves later.
+        if (*entry).flags & ct_flags::CLOSING == 0 {
+            (*entry).expires_ns = now + lifetime(flow, flags) * NS_PER_S;
+        } else if flags & ct_flags::CLOSING != 0 {
+            let close = now + CT_CLOSE_TIMEOUT_S * NS_PER_S;
+            if close < (*entry).expires_ns {
+                (*entry).expires_ns = close;
+            }
+        }
+        (*entry).flags = flags;
+        add(core::ptr::addr_of_mut!((*entry).packets), 1);
+        add(core::ptr::addr_of_mut!((*entry).bytes), len);
+    }
+    true
+}
+
+/// Whether an ICMP error quotes a packet of a live flow of this endpoint.
+#[inline(always)]
+fn related(flow: &Flow, endpoint_id: u32, dir: u8, now: u64) -> bool {
+    let inner = &flow.inner;
+    // The quoted packet went the other way: as sent by us (original
+    // direction, opposite to the error's), or as a reply we sent.
+    let as_sent = CtKey {
+        saddr: inner.saddr,
+        daddr: inner.daddr,
+        sport: inner.sport,
+        dport: inner.dport,
+        endpoint_id,
+        protocol: inner.protocol,
+        direction: dir ^ 1,
+        family: flow.family,
+        pad: 0,
+    };
+    let as_reply = CtKey {
+        saddr: inner.daddr,
+        daddr: inner.saddr,
+        sport: inner.dport,
+        dport: inner.sport,
+        direction: dir,
+        ..as_sent
+    };
+    for key in [as_sent, as_reply] {
+        // SAFETY: copied out at once.
+        if let Some(e) = unsafe { CT.get(&key) } {
+            if e.expires_ns > now {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn frag_key(flow: &Flow, id: u32) -> FragKey {
+    FragKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        id,
+        protocol: flow.protocol,
+        family: flow.family,
+        pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn ipcache_identity(fam: u8, addr: &[u8; 16]) -> u32 {
+    let bits = if fam == family::IPV4 { 32 } else { 128 };
+    let key = Key::new(
+        IpcacheKey::prefix_len(bits),
+        IpcacheKey {
+            pad: [0; 3],
+            family: fam,
+            addr: *addr,
+        },
+    );
+    match IPCACHE.get(&key) {
+        Some(v) => v.identity,
+        None => IDENTITY_WORLD,
+    }
+}
+
+/// The deciding entry: the longest match among the peer's entries, else
+/// among ANY's.
+#[inline(always)]
+fn policy_lookup(
+    endpoint_id: u32,
+    peer: u32,
+    dir: u8,
+    protocol: u8,
+    port: u16,
+) -> Option<*const PolicyValue> {
+    let full = PolicyKey::prefix_len(1, 16);
+    let key = Key::new(full, PolicyKey::new(endpoint_id, peer, dir, protocol, port));
+    if let Some(v) = POLICY.get(&key) {
+        return Some(v as *const PolicyValue);
+    }
+    let key = Key::new(full, PolicyKey::new(endpoint_id, 0, dir, protocol, port));
+    POLICY.get(&key).map(|v| v as *const PolicyValue)
+}
+
+/// Fills `flow` from the packet; `Ok(false)` for packets policy does not
+/// apply to (ARP, IPv6 neighbour discovery).
+#[inline(always)]
+fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
+    let ethertype: [u8; 2] = load(ctx, 12)?;
+    let ethertype = u16::from_be_bytes(ethertype);
+    flow.family = 0;
+    flow.protocol = 0;
+    flow.saddr = [0; 16];
+    flow.daddr = [0; 16];
+    flow.sport = 0;
+    flow.dport = 0;
+    flow.policy_port = 0;
+    flow.tcp_flags = 0;
+    flow.icmp = Icmp::None;
+    flow.frag = Frag::None;
+    let l4 = match ethertype {
+        ETH_P_IP => {
+            let ip: [u8; 20] = load(ctx, ETH_HLEN)?;
+            if ip[0] >> 4 != 4 {
+                return Err(Drop(drop_reason::DROP_INVALID));
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            if ihl < 20 || total < ihl {
+                return Err(Drop(drop_reason::DROP_INVALID));
+            }
+            flow.family = family::IPV4;
+            flow.protocol = ip[9];
+            flow.saddr[..4].copy_from_slice(&ip[12..16]);
+            flow.daddr[..4].copy_from_slice(&ip[16..20]);
+            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            let id = u32::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if frag & 0x1fff != 0 {
+                flow.frag = Frag::Later(id);
+            } else if frag & 0x2000 != 0 {
+                flow.frag = Frag::First(id);
+            }
+            ETH_HLEN + ihl
+        }
+        ETH_P_IPV6 => {
+            let ip: [u8; 40] = load(ctx, ETH_HLEN)?;
+            if ip[0] >> 4 != 6 {
+                return Err(Drop(drop_reason::DROP_INVALID));
+            }
+            flow.family = family::IPV6;
+            flow.saddr.copy_from_slice(&ip[8..24]);
+            flow.daddr.copy_from_slice(&ip[24..40]);
+            let mut next = ip[6];
+            let mut off = ETH_HLEN + 40;
+            for _ in 0..MAX_EXT_HEADERS {
+                if !is_ext_header(next) {
+                    break;
+                }
+                let h: [u8; 8] = load(ctx, off)?;
+                let len = match next {
+                    // Authentication header: length in 4-byte units, minus 2.
+                    51 => (usize::from(h[1]) + 2) * 4,
+                    // Fragment: fixed size.
+                    44 => {
+                        let offset = u16::from_be_bytes([h[2], h[3]]);
+                        let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                        if offset & 0xfff8 != 0 {
+                            flow.frag = Frag::Later(id);
+                        } else if offset & 1 != 0 {
+                            flow.frag = Frag::First(id);
+                        }
+                        8
+                    }
+                    // Hop-by-hop, routing, destination options: 8-byte units.
+                    _ => (usize::from(h[1]) + 1) * 8,
+                };
+                next = h[0];
+                off += len;
+            }
+            if is_ext_header(next) {
+                return Err(Drop(drop_reason::DROP_INVALID_EXTHDR));
+            }
+            flow.protocol = next;
+            off
+        }
+        ETH_P_ARP => return Ok(false),
+        _ => return Err(Drop(drop_reason::DROP_UNKNOWN_L3)),
+    };
+    if let Frag::Later(_) = flow.frag {
+        // No L4 header: the ports come from the first fragment.
+        return Ok(true);
+    }
+    match flow.protocol {
+        IPPROTO_TCP => {
+            let h: [u8; 20] = load(ctx, l4)?;
+            if usize::from(h[12] >> 4) * 4 < 20 {
+                return Err(Drop(drop_reason::DROP_CT_INVALID_HDR));
+            }
+            flow.sport = u16::from_ne_bytes([h[0], h[1]]);
+            flow.dport = u16::from_ne_bytes([h[2], h[3]]);
+            flow.tcp_flags = h[13];
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let h: [u8; 4] = load(ctx, l4)?;
+            flow.sport = u16::from_ne_bytes([h[0], h[1]]);
+            flow.dport = u16::from_ne_bytes([h[2], h[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let h: [u8; 8] = load(ctx, l4)?;
+            let ty = h[0];
+            flow.policy_port = u16::from(ty);
+            let v6 = flow.protocol == IPPROTO_ICMPV6;
+            let id = u16::from_ne_bytes([h[4], h[5]]);
+            match (v6, ty) {
+                // Echo request: the id is the "source port".
+                (false, 8) | (true, 128) => {
+                    flow.icmp = Icmp::Echo;
+                    flow.sport = id;
+                }
+                // Echo reply: the id is the "destination port", so its
+                // reverse is the request's key.
+                (false, 0) | (true, 129) => {
+                    flow.icmp = Icmp::Echo;
+                    flow.dport = id;
+                }
+                // Neighbour discovery (router/neighbour solicitation and
+                // advertisement, redirect): the link needs it, policy does
+                // not apply (as in Cilium).
+                (true, 133..=137) => return Ok(false),
+                (false, 3 | 11 | 12) | (true, 1..=4) => {
+                    flow.icmp = Icmp::Error;
+                    quoted(ctx, l4 + 8, v6, &mut flow.inner)?;
+                }
+                _ => {}
+            }
+            return Ok(true);
+        }
+        _ => return Ok(true),
+    }
+    flow.policy_port = u16::from_be(flow.dport);
+    Ok(true)
+}
+
+/// IPv6 extension headers the parser walks: hop-by-hop, routing,
+/// fragment, authentication, destination options.
+#[inline(always)]
+fn is_ext_header(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 51 | 60)
+}
+
+/// The flow of the packet an ICMP error quotes (its IP header and the first
+/// 8 bytes after it).
+#[inline(always)]
+fn quoted(ctx: &TcContext, off: usize, v6: bool, inner: &mut InnerFlow) -> Result<(), Drop> {
+    *inner = InnerFlow::default();
+    let l4 = if v6 {
+        let ip: [u8; 40] = load(ctx, off)?;
+        inner.protocol = ip[6];
+        inner.saddr.copy_from_slice(&ip[8..24]);
+        inner.daddr.copy_from_slice(&ip[24..40]);
+        off + 40
+    } else {
+        let ip: [u8; 20] = load(ctx, off)?;
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ihl < 20 {
+            return Err(Drop(drop_reason::DROP_INVALID));
+        }
+        inner.protocol = ip[9];
+        inner.saddr[..4].copy_from_slice(&ip[12..16]);
+        inner.daddr[..4].copy_from_slice(&ip[16..20]);
+        off + ihl
+    };
+    let p: [u8; 4] = load(ctx, l4)?;
+    match inner.protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            inner.sport = u16::from_ne_bytes([p[0], p[1]]);
+            inner.dport = u16::from_ne_bytes([p[2], p[3]]);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn load<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], Drop> {
+    ctx.load::<[u8; N]>(off)
+        .map_err(|_| Drop(drop_reason::DROP_CT_INVALID_HDR))
+}
+
+/// Atomically adds `n` to a counter in a map value (BPF's `lock xadd`;
+/// `core`'s atomics are not available for the BPF target).
+///
+/// # Safety
+/// `p` must point to a live, aligned `u64` in a map value.
+#[inline(always)]
+unsafe fn add(p: *mut u64, n: u64) {
+    // SAFETY: per the contract.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n);
+    }
+}
+
+fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot of this CPU; programs do not migrate mid-run.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Takes one token from this CPU's bucket.
+fn rate_allows() -> bool {
+    let Some(cfg) = EVENT_CONFIG.get(0) else {
+        return false;
+    };
+    if cfg.rate == 0 {
+        return false;
+    }
+    let Some(state) = EVENT_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Tokens are counted in billionths so that refills need no division.
+    let cap = u64::from(cfg.burst.max(1)) * NS_PER_S;
+    // SAFETY: this CPU's slot.
+    unsafe {
+        // Refill at most to the cap: elapsed * rate <= cap <= 2^32 * 1e9,
+        // so nothing overflows (a saturating multiply would need 128-bit
+        // helpers BPF lacks).
+        let rate = u64::from(cfg.rate);
+        let elapsed = now.saturating_sub((*state).last_ns).min(cap / rate);
+        let tokens = ((*state).tokens + elapsed * rate).min(cap);
+        (*state).last_ns = now;
+        if tokens < NS_PER_S {
+            (*state).tokens = tokens;
+            return false;
+        }
+        (*state).tokens = tokens - NS_PER_S;
+    }
+    true
+}
+
+fn emit(event: &Event) {
+    if !rate_allows() {
+        count(counter::EVENTS_RATE_LIMITED);
+        return;
+    }
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(0);
+            count(counter::EVENTS_SENT);
+        }
+        None => count(counter::EVENTS_RINGBUF_FULL),
+    }
+}
+
+fn flow_event(
+    ctx: &TcContext,
+    ifindex: u32,
+    ep: Option<&EndpointInfo>,
+    dir: u8,
+    flow: Option<&Flow>,
+) -> Event {
+    let mut e = Event {
+        direction: dir,
+        ifindex,
+        len: ctx.len(),
+        ..Event::default()
+    };
+    if let Some(ep) = ep {
+        e.endpoint_id = ep.endpoint_id;
+    }
+    if let Some(f) = flow {
+        e.family = f.family;
+        e.protocol = f.protocol;
+        e.sport = f.sport;
+        e.dport = if f.icmp == Icmp::None {
+            f.dport
+        } else {
+            f.policy_port.to_be()
+        };
+        e.saddr = f.saddr;
+        e.daddr = f.daddr;
+    }
+    e
+}
+
+#[allow(clippy::too_many_arguments)]
+fn verdict_event(
+    ctx: &TcContext,
+    ifindex: u32,
+    ep: &EndpointInfo,
+    dir: u8,
+    src: u32,
+    dst: u32,
+    flow: &Flow,
+    matched: u8,
+    outcome: u8,
+) {
+    let mut e = flow_event(ctx, ifindex, Some(ep), dir, Some(flow));
+    e.kind = event_kind::POLICY_VERDICT;
+    e.src_identity = src;
+    e.dst_identity = dst;
+    e.match_type = matched;
+    e.verdict = outcome;
+    emit(&e);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drop_event(
+    ctx: &TcContext,
+    ifindex: u32,
+    ep: Option<&EndpointInfo>,
+    dir: u8,
+    src: u32,
+    dst: u32,
+    flow: Option<&Flow>,
+    reason: u8,
+) {
+    let mut e = flow_event(ctx, ifindex, ep, dir, flow);
+    e.kind = event_kind::DROP;
+    e.reason = reason;
+    e.verdict = verdict::DENIED;
+    e.src_identity = src;
+    e.dst_identity = dst;
+    emit(&e);
+}
