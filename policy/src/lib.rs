@@ -14,6 +14,8 @@ pub mod oracle;
 #[cfg(test)]
 mod proptests;
 pub mod selector;
+#[cfg(any(test, feature = "testgen"))]
+pub mod testgen;
 pub mod validate;
 
 pub use api::Rule;

@@ -1,0 +1,192 @@
+//! Random identities and `cilium.io/v2` policies (proptest strategies), for
+//! property tests here and in other crates (the datapath's differential
+//! test): feature `testgen`.
+
+use axoneme_identity::{LabelSet, NumericIdentity, Source};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use crate::compile::{add_cidr_identities, cidr_identities};
+use crate::document::{parse_object, Policy};
+use crate::selector::Identities;
+
+const APPS: &[&str] = &["a", "b", "c"];
+const ENVS: &[&str] = &["prod", "dev"];
+const NAMESPACES: &[&str] = &["default", "other"];
+pub const PORTS: &[u16] = &[8, 53, 79, 80, 81, 443, 8080, 8099, 8100, 9000];
+pub const PROTOS: &[u8] = &[1, 6, 17, 132];
+
+fn selector() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(json!({})),
+        prop::sample::select(APPS).prop_map(|a| json!({"matchLabels": {"app": a}})),
+        (prop::sample::select(APPS), prop::sample::select(ENVS))
+            .prop_map(|(a, e)| json!({"matchLabels": {"k8s:app": a, "env": e}})),
+        prop::sample::select(ENVS).prop_map(
+            |e| json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": [e]}]})
+        ),
+        prop::sample::select(APPS).prop_map(
+            |a| json!({"matchExpressions": [{"key": "app", "operator": "In", "values": [a, "zz"]}]})
+        ),
+        Just(json!({"matchExpressions": [{"key": "env", "operator": "Exists"}]})),
+        Just(json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]})),
+        prop::sample::select(NAMESPACES)
+            .prop_map(|n| json!({"matchLabels": {"io.kubernetes.pod.namespace": n}})),
+        Just(json!({"matchLabels": {"reserved:host": ""}})),
+    ]
+}
+
+fn ports() -> impl Strategy<Value = Value> {
+    let port = (
+        prop::sample::select(PORTS),
+        prop::option::of(0u16..40),
+        prop::sample::select(vec![None, Some("TCP"), Some("UDP"), Some("ANY")]),
+    )
+        .prop_map(|(p, end, proto)| {
+            let mut v = json!({"port": p.to_string()});
+            if let Some(e) = end {
+                v["endPort"] = json!(i32::from(p) + i32::from(e));
+            }
+            if let Some(proto) = proto {
+                v["protocol"] = json!(proto);
+            }
+            v
+        });
+    prop::collection::vec(port, 1..3).prop_map(Value::from)
+}
+
+fn http() -> impl Strategy<Value = Option<Value>> {
+    prop::option::of(prop_oneof![
+        Just(json!([{"method": "GET"}])),
+        Just(json!([{"method": "POST", "path": "/v1/charge"}])),
+        Just(json!([{"path": "/x/.*"}, {"method": "PUT"}])),
+    ])
+}
+
+/// One allow or deny item for direction `dir` ("from" or "to").
+fn item(dir: &'static str, deny: bool) -> impl Strategy<Value = Value> {
+    (
+        prop::option::of(prop::collection::vec(selector(), 1..3)),
+        prop::option::of(prop::sample::subsequence(vec!["world", "cluster", "host", "all", "remote-node"], 1..3)),
+        prop::option::of(prop::sample::select(vec!["10.0.0.0/8", "10.1.0.0/16", "192.168.1.0/24"])),
+        prop::option::of(selector()),
+        prop::option::of((ports(), http())),
+        any::<bool>(),
+    )
+        .prop_map(move |(eps, ents, cidr, req, to_ports, icmp)| {
+            let mut v = json!({});
+            if let Some(eps) = eps {
+                v[format!("{dir}Endpoints")] = json!(eps);
+            }
+            if let Some(ents) = ents {
+                v[format!("{dir}Entities")] = json!(ents);
+            }
+            if let Some(c) = cidr {
+                if c == "10.0.0.0/8" {
+                    v[format!("{dir}CIDRSet")] = json!([{"cidr": c, "except": ["10.1.0.0/16"]}]);
+                } else {
+                    v[format!("{dir}CIDR")] = json!([c]);
+                }
+            }
+            if let (Some(r), false) = (req, deny) {
+                v[format!("{dir}Requires")] = json!([r]);
+            }
+            match to_ports {
+                Some((ports, http)) => {
+                    let mut pr = json!({"ports": ports});
+                    if let (Some(h), false) = (http, deny) {
+                        // HTTP rules need TCP ports without ranges.
+                        pr = json!({"ports": [{"port": "80", "protocol": "TCP"}], "rules": {"http": h}});
+                    }
+                    v["toPorts"] = json!([pr]);
+                }
+                None if icmp => v["icmps"] = json!([{"fields": [{"type": 8}]}]),
+                None => {}
+            }
+            v
+        })
+}
+
+fn rule() -> impl Strategy<Value = Value> {
+    (
+        selector(),
+        prop::collection::vec(item("from", false), 0..3),
+        prop::collection::vec(item("from", true), 0..2),
+        prop::collection::vec(item("to", false), 0..3),
+        prop::collection::vec(item("to", true), 0..2),
+        prop::option::of((any::<bool>(), any::<bool>())),
+    )
+        .prop_map(|(sel, ing, ing_deny, eg, eg_deny, dd)| {
+            let mut r = json!({"endpointSelector": sel});
+            for (k, v) in [
+                ("ingress", ing),
+                ("ingressDeny", ing_deny),
+                ("egress", eg),
+                ("egressDeny", eg_deny),
+            ] {
+                if !v.is_empty() {
+                    r[k] = json!(v);
+                }
+            }
+            if let Some((i, e)) = dd {
+                r["enableDefaultDeny"] = json!({"ingress": i, "egress": e});
+            }
+            r
+        })
+}
+
+/// Policy number `i`: a CNP in a random namespace or a CCNP.
+pub fn policy(i: usize) -> impl Strategy<Value = Value> {
+    (prop::option::of(prop::sample::select(NAMESPACES)), prop::collection::vec(rule(), 1..3)).prop_map(
+        move |(ns, specs)| match ns {
+            Some(ns) => json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                               "metadata": {"name": format!("p{i}"), "namespace": ns}, "specs": specs}),
+            None => json!({"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+                           "metadata": {"name": format!("p{i}")}, "specs": specs}),
+        },
+    )
+}
+
+/// One to six distinct workload label sets.
+pub fn identities() -> impl Strategy<Value = Vec<LabelSet>> {
+    let one = (
+        prop::sample::select(APPS),
+        prop::option::of(prop::sample::select(ENVS)),
+        prop::sample::select(NAMESPACES),
+    )
+        .prop_map(|(a, e, n)| {
+            let mut l = vec![
+                format!("app={a}"),
+                format!("io.kubernetes.pod.namespace={n}"),
+            ];
+            if let Some(e) = e {
+                l.push(format!("env={e}"));
+            }
+            LabelSet::parse(l, Source::K8s).unwrap()
+        });
+    prop::collection::btree_set(one, 1..7).prop_map(|s| s.into_iter().collect())
+}
+
+/// Parses the generated documents and numbers the identities (workloads
+/// from 256, then the policies' CIDR identities).
+pub fn setup(
+    labels: &[LabelSet],
+    docs: &[Value],
+) -> (Vec<Policy>, Identities, Vec<NumericIdentity>) {
+    let policies: Vec<Policy> = docs
+        .iter()
+        .map(|d| {
+            parse_object(d, "generated")
+                .unwrap_or_else(|e| panic!("generator made an invalid policy:\n{e}\n{d:#}"))
+        })
+        .collect();
+    let mut ids = Identities::with_reserved();
+    let mut endpoints = Vec::new();
+    for (i, l) in labels.iter().enumerate() {
+        let id = NumericIdentity(256 + u32::try_from(i).unwrap());
+        ids.insert(id, l.clone());
+        endpoints.push(id);
+    }
+    add_cidr_identities(&mut ids, &cidr_identities(&policies));
+    (policies, ids, endpoints)
+}
