@@ -2,3 +2,15 @@
 
 pub mod datapath;
 pub mod node;
+pub mod reconcile;
+
+/// An error with its causes, on one line each.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    out
+}

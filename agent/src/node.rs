@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 
 use axoneme_identity::{
-    identity_cache, CacheEvent, Decode, EndpointIdentity, IdentityCache, IdentityRecord, Label,
-    LabelSet, Layout, NumericIdentity, PolicyStatus, Raw, ReservedIdentity, Source, WatchCache,
+    identity_cache, CacheEvent, Decode, EndpointIdentity, EndpointRecord, IdentityCache,
+    IdentityRecord, Label, LabelSet, Layout, NumericIdentity, PolicyStatus, Raw, ReservedIdentity,
+    Source, WatchCache,
 };
 use axoneme_kvstore::KvStore;
 use axoneme_policy::Policy;
@@ -48,7 +49,8 @@ pub fn node_assignments_prefix(layout: &Layout, node: &str) -> String {
     format!("{}{node}/", layout.endpoint_identities_prefix())
 }
 
-/// What one node knows: identities, its own endpoints' assignments, and the
+/// What one node knows: identities, every endpoint record and assignment
+/// in the cluster (for the ipcache; its own endpoints among them), and the
 /// stored policies with the operator's verdicts on them.
 #[derive(Clone)]
 pub struct NodeState {
@@ -56,22 +58,24 @@ pub struct NodeState {
     layout: Layout,
     identities: IdentityCache,
     assignments: WatchCache<EndpointIdentity>,
+    records: WatchCache<EndpointRecord>,
     policies: WatchCache<Raw>,
     policy_status: WatchCache<PolicyStatus>,
 }
 
 impl NodeState {
-    /// Starts the identity cache and the cache of `node`'s assignments, and
-    /// waits until both have their first list (this waits as long as etcd is
-    /// unreachable; the caches retry on their own).
+    /// Starts the caches and waits until each has its first list (this
+    /// waits as long as etcd is unreachable; the caches retry on their own).
     pub async fn start(kv: KvStore, layout: Layout, node: &str) -> Self {
         let identities = identity_cache(kv.clone(), &layout);
-        let assignments = WatchCache::start(kv.clone(), node_assignments_prefix(&layout, node));
+        let assignments = WatchCache::start(kv.clone(), layout.endpoint_identities_prefix());
+        let records = WatchCache::start(kv.clone(), layout.endpoints_prefix());
         let policies = WatchCache::start(kv.clone(), layout.policies_prefix());
         let policy_status = WatchCache::start(kv, layout.policy_status_prefix());
         tokio::join!(
             identities.ready(),
             assignments.ready(),
+            records.ready(),
             policies.ready(),
             policy_status.ready()
         );
@@ -80,9 +84,20 @@ impl NodeState {
             layout,
             identities,
             assignments,
+            records,
             policies,
             policy_status,
         }
+    }
+
+    /// Every endpoint record in the cluster, keyed by etcd key.
+    pub fn records(&self) -> &WatchCache<EndpointRecord> {
+        &self.records
+    }
+
+    /// The policy store and the operator's statuses (to wait for changes).
+    pub fn policy_caches(&self) -> (&WatchCache<Raw>, &WatchCache<PolicyStatus>) {
+        (&self.policies, &self.policy_status)
     }
 
     /// The policies to enforce: those the operator judged valid at their
@@ -90,6 +105,11 @@ impl NodeState {
     /// revision, or invalid is left out, and the last good state stays with
     /// whoever holds it (the datapath keeps its maps until told otherwise).
     pub fn valid_policies(&self) -> Vec<Policy> {
+        self.valid_policies_by_key().into_values().collect()
+    }
+
+    /// `valid_policies`, keyed by their etcd key.
+    pub fn valid_policies_by_key(&self) -> BTreeMap<String, Policy> {
         let statuses = self.policy_status.snapshot();
         self.policies
             .snapshot()
@@ -103,7 +123,7 @@ impl NodeState {
             .filter_map(|(key, raw)| {
                 let text = std::str::from_utf8(&raw.value).ok()?;
                 match axoneme_policy::parse_documents(text).into_iter().next() {
-                    Some(Ok(p)) => Some(p),
+                    Some(Ok(p)) => Some((key, p)),
                     // The operator said valid but this agent cannot parse it
                     // (version skew): leave it out and say so.
                     _ => {
@@ -128,7 +148,7 @@ impl NodeState {
         &self.identities
     }
 
-    /// This node's assignments, keyed by etcd key.
+    /// Every endpoint's assignment in the cluster, keyed by etcd key.
     pub fn assignments(&self) -> &WatchCache<EndpointIdentity> {
         &self.assignments
     }
@@ -163,9 +183,11 @@ impl NodeState {
 
     /// This node's assignments by endpoint name.
     pub fn endpoints(&self) -> BTreeMap<String, EndpointIdentity> {
+        let prefix = node_assignments_prefix(&self.layout, &self.node);
         self.assignments
             .snapshot()
             .into_iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
             .filter_map(|(key, a)| {
                 let (_, endpoint) = self.layout.split_endpoint_key(&key)?;
                 Some((endpoint.to_string(), a))

@@ -91,6 +91,7 @@ async fn put_endpoint(
         labels: labels.iter().map(|s| s.to_string()).collect(),
         addresses: vec![],
         namespace: None,
+        interface: None,
     };
     Ok(kv
         .put(&layout.endpoint(node, id), serde_json::to_vec(&record)?, 0)

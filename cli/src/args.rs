@@ -127,6 +127,10 @@ pub struct PutArgs {
     /// Kubernetes namespace of the endpoint.
     #[arg(long)]
     pub namespace: Option<String>,
+    /// The endpoint's host-side interface on its node (where the agent
+    /// attaches the datapath).
+    #[arg(long)]
+    pub interface: Option<String>,
     /// Wait up to this many seconds for the operator's answer and print the
     /// identity (exit 1 if the operator reports an error or does not answer).
     #[arg(long, value_name = "SECS")]

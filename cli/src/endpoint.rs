@@ -178,12 +178,22 @@ pub fn record_from_args(put: &PutArgs) -> Result<EndpointRecord, CliError> {
             });
         }
     }
+    if let Some(name) = &put.interface {
+        if let Err(reason) = axoneme_identity::check_interface_name(name) {
+            return Err(CliError::InvalidName {
+                what: "interface",
+                value: name.clone(),
+                reason: reason.into(),
+            });
+        }
+    }
     let record = EndpointRecord {
         id: put.key.id.clone(),
         node: put.key.node.clone(),
         labels: set.to_strings(),
         addresses: put.addresses.clone(),
         namespace: put.namespace.clone(),
+        interface: put.interface.clone(),
     };
     // The operator's own checks (e.g. no `reserved:` labels), before writing.
     record.label_set().map_err(CliError::InvalidLabelSet)?;
@@ -474,6 +484,7 @@ mod tests {
             labels: labels.iter().map(|s| s.to_string()).collect(),
             addresses: vec![],
             namespace: None,
+            interface: None,
             wait: None,
         }
     }

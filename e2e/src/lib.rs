@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod etcd;
+pub mod netns;
 pub mod operator;
 pub mod process;
 pub mod tls;

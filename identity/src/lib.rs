@@ -16,7 +16,10 @@ pub use cache::{CacheEvent, Decode, Raw, Subscription, WatchCache};
 pub use filter::LabelFilter;
 pub use labels::{Label, LabelError, LabelSet, Source};
 pub use layout::Layout;
-pub use model::{EndpointIdentity, EndpointRecord, IdentityRecord, LeaderRecord, PolicyStatus};
+pub use model::{
+    check_interface_name, EndpointIdentity, EndpointRecord, IdentityRecord, LeaderRecord,
+    PolicyStatus,
+};
 pub use numeric::{IdentityRange, NumericIdentity, ReservedIdentity};
 
 use axoneme_kvstore::KeyValue;

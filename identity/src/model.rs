@@ -28,6 +28,28 @@ pub struct EndpointRecord {
     pub addresses: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The host-side interface (veth) of the endpoint on its node, where
+    /// the node's agent attaches the datapath.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+/// Checks a Linux interface name: 1 to 15 bytes, not `.` or `..`, without
+/// `/`, `:` or whitespace.
+pub fn check_interface_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("an interface name has 1 to 15 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("`.` and `..` are not interface names");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err("an interface name has no `/`, `:` or whitespace");
+    }
+    Ok(())
 }
 
 impl EndpointRecord {

@@ -77,6 +77,7 @@ fn record(i: usize, tag: &str) -> (String, String, Vec<u8>) {
         labels: vec![format!("app={tag}-{i}"), "team=bench".into()],
         addresses: vec![],
         namespace: None,
+        interface: None,
     };
     (node, id, serde_json::to_vec(&rec).expect("serializes"))
 }

@@ -11,7 +11,11 @@ mod maps;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapError};
-use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::tc::{
+    qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink, TcAttachOptions,
+    TcHandle,
+};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 pub use maps::{policy_entry, Counters, Maps};
@@ -77,6 +81,14 @@ pub enum DatapathError {
         /// The aya error (its message carries the verifier log on rejection).
         #[source]
         source: ProgramError,
+    },
+    /// Attaching to an interface failed.
+    #[error("attaching to interface `{interface}`: {op} failed")]
+    Attach {
+        interface: String,
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A map operation failed.
     #[error("eBPF map `{name}`: {op} failed")]
@@ -188,11 +200,128 @@ impl Datapath {
             .map_err(|source| map_error(SMOKE_DENY_PORTS_MAP, "insert", source))
     }
 
+    /// Attaches the programs to `interface` (in the network namespace at
+    /// `netns`, or the agent's own): `from_container` at TC ingress,
+    /// `to_container` at TC egress, as clsact filters at a fixed priority
+    /// and handle. The filters outlive the agent (nothing detaches them on
+    /// exit); a later run replaces its predecessor's programs at the same
+    /// priority and handle in one netlink request, so there is no moment
+    /// without a program. Returns the interface's ifindex.
+    ///
+    /// (TCX links would need pins to outlive the agent, and bpffs refuses
+    /// to pin links made in another network namespace, as the local
+    /// cluster's nodes are.)
+    pub fn attach(&mut self, interface: &str, netns: Option<&Path>) -> Result<u32, DatapathError> {
+        let ebpf = &mut self.ebpf;
+        in_netns(interface, netns, |err| {
+            let ifindex = nix::net::if_::if_nametoindex(interface)
+                .map_err(|e| err("finding the interface", e.into()))?;
+            if let Err(e) = qdisc_add_clsact(interface) {
+                // Present already (an earlier run, or another user of tc).
+                tracing::debug!(%interface, error = %e, "clsact qdisc not added");
+            }
+            for (name, attach_type) in [
+                (FROM_CONTAINER, TcAttachType::Ingress),
+                (TO_CONTAINER, TcAttachType::Egress),
+            ] {
+                let program: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or(DatapathError::ProgramNotFound { name })?
+                    .try_into()
+                    .map_err(|source| program_error(name, "type check", source))?;
+                let replaced = SchedClassifierLink::attached(
+                    interface,
+                    attach_type,
+                    TC_PRIORITY,
+                    TC_HANDLE,
+                    None,
+                )
+                .map_err(ProgramError::from)
+                .and_then(|existing| program.attach_to_link(existing));
+                let id = match replaced {
+                    Ok(id) => id,
+                    Err(_) => program
+                        .attach_with_options(
+                            interface,
+                            attach_type,
+                            TcAttachOptions::Netlink(NlOptions {
+                                priority: TC_PRIORITY,
+                                handle: TC_HANDLE,
+                                classid: None,
+                            }),
+                        )
+                        .map_err(|source| program_error(name, "attach", source))?,
+                };
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| program_error(name, "take link", source))?;
+                // Dropping the link would detach the filter: the datapath
+                // must keep enforcing after the agent exits.
+                std::mem::forget(link);
+            }
+            Ok(ifindex)
+        })
+    }
+
+    /// Removes the programs from `interface` (gone already is fine: a
+    /// deleted veth takes its filters with it).
+    pub fn detach(&mut self, interface: &str, netns: Option<&Path>) {
+        let result = in_netns(interface, netns, |_| {
+            for (name, attach_type) in [
+                (FROM_CONTAINER, TcAttachType::Ingress),
+                (TO_CONTAINER, TcAttachType::Egress),
+            ] {
+                let _ = qdisc_detach_program(interface, attach_type, name);
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::debug!(%interface, error = %e, "detach");
+        }
+    }
+
     /// Removes this datapath's pin directory (maps stay alive while
     /// loaded; the kernel frees them when the last reference goes).
     pub fn unpin(&self) -> std::io::Result<()> {
         std::fs::remove_dir_all(&self.pin_dir)
     }
+}
+
+/// Priority and handle of Axoneme's clsact filters.
+const TC_PRIORITY: u16 = 1;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 0xa0);
+
+type AttachErr<'a> =
+    &'a dyn Fn(&'static str, Box<dyn std::error::Error + Send + Sync>) -> DatapathError;
+
+/// Runs `f` on a thread inside the network namespace at `netns` (netlink
+/// and interface names are per namespace).
+fn in_netns<T: Send>(
+    interface: &str,
+    netns: Option<&Path>,
+    f: impl FnOnce(AttachErr<'_>) -> Result<T, DatapathError> + Send,
+) -> Result<T, DatapathError> {
+    let err =
+        |op: &'static str, e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+            interface: interface.to_string(),
+            op,
+            source: e,
+        };
+    axoneme_identity::check_interface_name(interface).map_err(|e| err("name check", e.into()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some(path) = netns {
+                    let ns = std::fs::File::open(path)
+                        .map_err(|e| err("opening the netns", e.into()))?;
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| err("entering the netns", e.into()))?;
+                }
+                f(&err)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(err("netns thread", "panicked".into())))
+    })
 }
 
 fn program_error(name: &'static str, op: &'static str, source: ProgramError) -> DatapathError {

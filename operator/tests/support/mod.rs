@@ -117,6 +117,7 @@ impl Fixture {
             labels: labels.to_vec(),
             addresses: vec![],
             namespace: None,
+            interface: None,
         };
         Ok(self
             .kv
@@ -376,6 +377,7 @@ pub async fn storm(
                     labels: storm_labels(i, sets),
                     addresses: vec![],
                     namespace: None,
+                    interface: None,
                 };
                 kv.put(&layout.endpoint(&node, &id), serde_json::to_vec(&rec)?, 0)
                     .await?;
