@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 const BENCHES: &[(&str, &str, &str)] = &[
     ("identity", "axoneme-operator", "identity"),
     ("policy", "axoneme-policy", "policy"),
+    ("datapath", "axoneme-agent", "datapath"),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 
 /// Debian packages: etcd, protoc (+ well-known protos) for etcd-client, the
 /// eBPF toolchain (rustc-web with the prebuilt BPF core, LLVM 22 for
-/// bpf-linker), and the network tools tests use.
+/// bpf-linker), and the network tools tests and benchmarks use.
 const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
@@ -19,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
     "iputils-ping",
+    "iperf3",
+    "iptables",
     "curl",
     "openssl",
     "ca-certificates",
