@@ -108,12 +108,22 @@ fn iperf(client: &Pod, server: &Pod) -> Result<f64> {
     let out = client
         .ns
         .command(&[
-            "iperf3", "-c", &server.ip.to_string(), "-p", &IPERF_PORT.to_string(), "-t",
-            IPERF_SECONDS, "-J",
+            "iperf3",
+            "-c",
+            &server.ip.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            IPERF_SECONDS,
+            "-J",
         ])
         .output()?;
     let _ = srv.wait();
-    ensure!(out.status.success(), "iperf3 client: {}", String::from_utf8_lossy(&out.stdout));
+    ensure!(
+        out.status.success(),
+        "iperf3 client: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v: Value = serde_json::from_slice(&out.stdout)?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -131,7 +141,12 @@ fn measure(name: &str, client: &Pod, server: &Pod) -> Result<Value> {
 }
 
 fn filler_ip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 90, u8::try_from(i / 256).unwrap_or(255), u8::try_from(i % 256).unwrap_or(0))
+    Ipv4Addr::new(
+        10,
+        90,
+        u8::try_from(i / 256).unwrap_or(255),
+        u8::try_from(i % 256).unwrap_or(0),
+    )
 }
 
 fn iptables(node: &Node, client: &Pod, server: &Pod, n: u32) -> Result<()> {
@@ -168,15 +183,29 @@ fn iptables_flush(node: &Node) -> Result<()> {
 }
 
 fn program(dp: &mut Datapath, client: &Pod, server: &Pod, n: u32) -> Result<()> {
-    let id = |i| IpcacheValue { identity: i, ..IpcacheValue::default() };
-    dp.maps.set_ipcache(&format!("{}/32", client.ip).parse()?, id(CLIENT_ID))?;
-    dp.maps.set_ipcache(&format!("{}/32", server.ip).parse()?, id(SERVER_ID))?;
+    let id = |i| IpcacheValue {
+        identity: i,
+        ..IpcacheValue::default()
+    };
+    dp.maps
+        .set_ipcache(&format!("{}/32", client.ip).parse()?, id(CLIENT_ID))?;
+    dp.maps
+        .set_ipcache(&format!("{}/32", server.ip).parse()?, id(SERVER_ID))?;
     for i in 0..n.saturating_sub(1) {
-        dp.maps.set_ipcache(&format!("{}/32", filler_ip(i)).parse()?, id(3000 + i))?;
+        dp.maps
+            .set_ipcache(&format!("{}/32", filler_ip(i)).parse()?, id(3000 + i))?;
     }
-    for peer in (0..n.saturating_sub(1)).map(|i| 3000 + i).chain([CLIENT_ID]) {
+    for peer in (0..n.saturating_sub(1))
+        .map(|i| 3000 + i)
+        .chain([CLIENT_ID])
+    {
         for port in [RR_PORT, IPERF_PORT] {
-            let key = Key { identity: NumericIdentity(peer), protocol: PROTO_TCP, port, prefix: 16 };
+            let key = Key {
+                identity: NumericIdentity(peer),
+                protocol: PROTO_TCP,
+                port,
+                prefix: 16,
+            };
             let (k, v) = policy_entry(SERVER_ID, Direction::Ingress, &key, &Verdict::Allow, 0);
             dp.maps.set_policy(&k, v)?;
         }
@@ -187,8 +216,16 @@ fn program(dp: &mut Datapath, client: &Pod, server: &Pod, n: u32) -> Result<()> 
 fn main() -> Result<()> {
     let prefix = axoneme_e2e::run_prefix("b");
     let node = Node::create(&format!("{prefix}n"))?;
-    let client = node.add_pod(&format!("{prefix}c"), &format!("{prefix}ch"), Ipv4Addr::new(10, 88, 0, 1))?;
-    let server = node.add_pod(&format!("{prefix}s"), &format!("{prefix}sh"), Ipv4Addr::new(10, 88, 0, 2))?;
+    let client = node.add_pod(
+        &format!("{prefix}c"),
+        &format!("{prefix}ch"),
+        Ipv4Addr::new(10, 88, 0, 1),
+    )?;
+    let server = node.add_pod(
+        &format!("{prefix}s"),
+        &format!("{prefix}sh"),
+        Ipv4Addr::new(10, 88, 0, 2),
+    )?;
     echo_server(&server)?;
 
     let mut results = vec![measure("bare veth", &client, &server)?];
@@ -207,7 +244,15 @@ fn main() -> Result<()> {
             (&server, SERVER_ID, endpoint_flags::INGRESS_ENFORCED),
         ] {
             let ifindex = dp.attach(&pod.host_if, Some(&netns))?;
-            dp.maps.set_endpoint(ifindex, EndpointInfo { endpoint_id: id, identity: id, flags, pad: [0; 3] })?;
+            dp.maps.set_endpoint(
+                ifindex,
+                EndpointInfo {
+                    endpoint_id: id,
+                    identity: id,
+                    flags,
+                    pad: [0; 3],
+                },
+            )?;
         }
         for &n in SIZES {
             program(&mut dp, &client, &server, n)?;
@@ -233,8 +278,10 @@ fn main() -> Result<()> {
         });
         v["vs_bare"] = r;
     }
-    let doc = json!({ "runs": results, "note": "same machine, same run; ratios against the bare veth" });
-    let out = std::env::var("AXONEME_BENCH_OUT").unwrap_or_else(|_| "target/bench/datapath.json".into());
+    let doc =
+        json!({ "runs": results, "note": "same machine, same run; ratios against the bare veth" });
+    let out =
+        std::env::var("AXONEME_BENCH_OUT").unwrap_or_else(|_| "target/bench/datapath.json".into());
     std::fs::write(&out, serde_json::to_string_pretty(&doc)?)?;
     eprintln!("written to {out}");
     Ok(())
