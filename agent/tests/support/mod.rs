@@ -6,6 +6,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 
 use axoneme_agent::datapath::{Datapath, DatapathError, PIN_ROOT};
+pub use axoneme_agent::error_chain;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -48,16 +49,6 @@ fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     line.split_whitespace().nth(2)?.parse().ok()
-}
-
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(&format!("\n  caused by: {cause}"));
-        source = cause.source();
-    }
-    out
 }
 
 /// Loads the datapath with fresh pins. Needs root; it does not skip (CI runs
