@@ -214,6 +214,12 @@ pub struct PolicyKey {
     pub protocol: u8,
     /// Destination port (ICMP: the type), network order.
     pub dport: u16,
+    /// Never part of the prefix; always zero. It makes the key 16 bytes, so
+    /// that the value, which the kernel's LPM trie stores right after the
+    /// key, is 8-byte aligned: the datapath adds to its counters atomically,
+    /// and an 8-byte atomic that straddles a cache line is a split lock,
+    /// which the kernel punishes with a ~10 ms sleep.
+    pub pad: u32,
 }
 
 impl PolicyKey {
@@ -234,6 +240,7 @@ impl PolicyKey {
             direction,
             protocol,
             dport: dport_host.to_be(),
+            pad: 0,
         }
     }
 
@@ -443,7 +450,10 @@ impl Event {
 const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 20);
 const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 12);
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 12);
-const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
+// LPM tries store the value right after the key data: a key of a multiple of
+// 8 bytes keeps the policy value's atomic counters 8-byte aligned (see `pad`).
+const _: () = assert!(core::mem::size_of::<PolicyKey>() % 8 == 0);
 const _: () = assert!(core::mem::align_of::<PolicyKey>() == 4);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 24);
 const _: () = assert!(core::mem::align_of::<PolicyValue>() == 8);
@@ -490,6 +500,7 @@ mod tests {
         assert_eq!(offset_of!(PolicyKey, direction), 8);
         assert_eq!(offset_of!(PolicyKey, protocol), 9);
         assert_eq!(offset_of!(PolicyKey, dport), 10);
+        assert_eq!(offset_of!(PolicyKey, pad), 12);
     }
 
     #[test]
@@ -499,7 +510,8 @@ mod tests {
         assert_eq!(PolicyKey::prefix_len(6, 16), 96);
         assert_eq!(
             PolicyKey::prefix_len(6, 16) as usize,
-            core::mem::size_of::<PolicyKey>() * 8
+            core::mem::size_of::<PolicyKey>() * 8 - 32,
+            "every field but the padding"
         );
         assert_eq!(IpcacheKey::prefix_len(32), 64);
         assert_eq!(IpcacheKey::prefix_len(128), 160);
