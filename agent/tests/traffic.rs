@@ -7,7 +7,7 @@
 //! Needs root, iproute2 and ping (`cargo xtask setup` installs them).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,6 +114,8 @@ impl Cluster {
                     "io.kubernetes.pod.namespace=default",
                     "--address",
                     &p.ip.to_string(),
+                    "--address",
+                    &p.ip6.to_string(),
                     "--interface",
                     &p.host_if,
                     "--wait",
@@ -193,11 +195,12 @@ impl Cluster {
     }
 }
 
-/// A TCP server in `pod` answering each line with `ok <line>`; a UDP echo.
+/// A TCP server in `pod` answering each line with `ok <line>` (one
+/// dual-stack socket: IPv4 and IPv6); a UDP echo.
 fn serve(pod: &Pod) {
     let tcp = pod
         .ns
-        .enter(|| TcpListener::bind(("0.0.0.0", TCP_PORT)))
+        .enter(|| TcpListener::bind(("::", TCP_PORT)))
         .unwrap()
         .unwrap();
     std::thread::spawn(move || {
@@ -227,7 +230,8 @@ fn serve(pod: &Pod) {
 }
 
 /// Whether `from` gets an answer over TCP from `to:port` within 1 s.
-fn tcp_ok(from: &Pod, to: Ipv4Addr, port: u16) -> bool {
+fn tcp_ok(from: &Pod, to: impl Into<IpAddr>, port: u16) -> bool {
+    let to = to.into();
     from.ns
         .enter(move || -> std::io::Result<bool> {
             let addr = SocketAddr::from((to, port));
@@ -292,8 +296,9 @@ fn pods_on_one_node_policy_and_agent_restarts() -> Result<()> {
     serve(&c.server);
     let s = c.server.ip;
 
-    // No policy yet: everything flows.
+    // No policy yet: everything flows, IPv4 and IPv6.
     assert!(tcp_ok(&c.client, s, TCP_PORT));
+    assert!(tcp_ok(&c.intruder, c.server.ip6, TCP_PORT), "IPv6 path");
     assert!(tcp_ok(&c.intruder, s, TCP_PORT));
     assert!(udp_ok(&c.intruder, s));
 
@@ -309,6 +314,15 @@ fn pods_on_one_node_policy_and_agent_restarts() -> Result<()> {
     assert!(!ping_ok(&c.intruder, s), "intruder ping");
     // The server's egress is not restricted; the client's ingress neither.
     assert!(ping_ok(&c.server, c.client.ip), "server pings client");
+    // The same over IPv6.
+    assert!(
+        tcp_ok(&c.client, c.server.ip6, TCP_PORT),
+        "client TCP/8080 over IPv6"
+    );
+    assert!(
+        !tcp_ok(&c.intruder, c.server.ip6, TCP_PORT),
+        "intruder over IPv6"
+    );
     // The drop is in the agent's event stream, with Cilium's reason.
     let intruder_ip = c.intruder.ip.to_string();
     eventually("drop event for the intruder", || {

@@ -7,7 +7,7 @@
 //! host-side veth carries (so the node answers ARP for it). Traffic never
 //! leaves the namespaces the test created.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -130,6 +130,8 @@ pub struct Node {
 pub struct Pod {
     pub ns: Netns,
     pub ip: Ipv4Addr,
+    /// `fd00::<ip>`: the IPv4 address in the low bits of a ULA.
+    pub ip6: Ipv6Addr,
     /// The host-side veth, in the node's namespace.
     pub host_if: String,
 }
@@ -138,11 +140,13 @@ impl Node {
     pub fn create(name: &str) -> Result<Self> {
         let ns = Netns::create(name)?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         Ok(Node { ns })
     }
 
-    /// A pod named `name` (also its namespace) with `ip`; its host-side
-    /// veth is `host_if` (at most 15 characters).
+    /// A pod named `name` (also its namespace) with `ip` and `fd00::<ip>`;
+    /// its host-side veth is `host_if` (at most 15 characters). IPv6 goes
+    /// via the gateway fe80::1, which every host-side veth carries.
     pub fn add_pod(&self, name: &str, host_if: &str, ip: Ipv4Addr) -> Result<Pod> {
         let pod = Netns::create(name)?;
         self.ns.ip(&[
@@ -173,9 +177,20 @@ impl Node {
             "eth0",
         ])?;
         self.ns.ip(&["route", "add", &addr, "dev", host_if])?;
+        let ip6 = Ipv6Addr::from((0xfd00u128 << 112) | u128::from(u32::from(ip)));
+        let addr6 = format!("{ip6}/128");
+        self.ns
+            .ip(&["-6", "addr", "add", "fe80::1/64", "dev", host_if, "nodad"])?;
+        pod.ip(&["-6", "addr", "add", &addr6, "dev", "eth0", "nodad"])?;
+        pod.ip(&[
+            "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+        ])?;
+        self.ns
+            .ip(&["-6", "route", "add", &addr6, "dev", host_if])?;
         Ok(Pod {
             ns: pod,
             ip,
+            ip6,
             host_if: host_if.to_string(),
         })
     }

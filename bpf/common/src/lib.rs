@@ -453,7 +453,7 @@ const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 12);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 // LPM tries store the value right after the key data: a key of a multiple of
 // 8 bytes keeps the policy value's atomic counters 8-byte aligned (see `pad`).
-const _: () = assert!(core::mem::size_of::<PolicyKey>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<PolicyKey>().is_multiple_of(8));
 const _: () = assert!(core::mem::align_of::<PolicyKey>() == 4);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 24);
 const _: () = assert!(core::mem::align_of::<PolicyValue>() == 8);
