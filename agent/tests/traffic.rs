@@ -280,6 +280,28 @@ spec:
     icmps: [{fields: [{type: 8}]}]
 ";
 
+/// Packets counted by the pinned policy trie's allow entries for TCP/8080
+/// ingress (read from the pins, as a debugging tool would).
+fn allowed_8080_packets(c: &Cluster) -> Result<u64> {
+    use axoneme_bpf_common::{direction, PolicyKey, PolicyValue};
+    use aya::maps::{LpmTrie, Map, MapData};
+    let data = MapData::from_pin(c.pins.join("POLICY")).context("opening the pinned POLICY map")?;
+    let trie: LpmTrie<_, PolicyKey, PolicyValue> = LpmTrie::try_from(Map::LpmTrie(data))?;
+    let mut sum = 0;
+    for item in trie.iter() {
+        let (k, v) = item?;
+        let k = k.data();
+        if k.direction == direction::INGRESS
+            && k.protocol == 6
+            && k.dport_host() == TCP_PORT
+            && !v.is_deny()
+        {
+            sum += v.packets;
+        }
+    }
+    Ok(sum)
+}
+
 /// Waits until `f` holds (policy changes take a moment to reach the node).
 fn eventually(what: &str, f: impl Fn() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -314,6 +336,14 @@ fn pods_on_one_node_policy_and_agent_restarts() -> Result<()> {
     assert!(!ping_ok(&c.intruder, s), "intruder ping");
     // The server's egress is not restricted; the client's ingress neither.
     assert!(ping_ok(&c.server, c.client.ip), "server pings client");
+    // The allow entry counted the client's new flows (the counters count
+    // flows' first packets: policy is looked up on new flows only).
+    let before = allowed_8080_packets(&c)?;
+    for _ in 0..5 {
+        assert!(tcp_ok(&c.client, s, TCP_PORT));
+    }
+    let after = allowed_8080_packets(&c)?;
+    assert_eq!(after - before, 5, "five new connections, five counted");
     // The same over IPv6.
     assert!(
         tcp_ok(&c.client, c.server.ip6, TCP_PORT),
