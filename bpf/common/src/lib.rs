@@ -57,6 +57,8 @@ pub mod ct_flags {
 /// (`bpf/lib/common.h`, `pkg/monitor/api/drop.go`), so tooling that knows
 /// Cilium's codes reads ours.
 pub mod drop_reason {
+    /// A pod sent from an address that is not its own.
+    pub const DROP_INVALID_SIP: u8 = 132;
     /// Policy denied the packet (no allow entry matched).
     pub const DROP_POLICY: u8 = 133;
     /// Invalid packet (e.g. an IPv4 header length below 20).

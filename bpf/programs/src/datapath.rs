@@ -201,6 +201,13 @@ fn decide(
         );
     };
 
+    // A pod may only send from its own addresses (anti-spoofing): the
+    // ipcache must map the source to the endpoint's identity.
+    if dir == direction::EGRESS && ipcache_identity(flow.family, &flow.saddr) != ep.identity {
+        fail(flow, drop_reason::DROP_INVALID_SIP);
+        return Err(());
+    }
+
     // Fragments: the first one records its ports; later ones borrow them
     // (no record: drop, never a bypass).
     match flow.frag {
