@@ -155,8 +155,17 @@ impl Reconciler {
 
     /// One pass towards `want`. On error the maps hold a mix of the old
     /// and new state entry by entry, never an entry that is neither; the
-    /// next pass retries.
+    /// next pass re-reads the maps and diffs them whole (as after a start),
+    /// so no delta lost to the error stays missing.
     pub fn reconcile(&mut self, want: &Desired) -> Result<Summary, DatapathError> {
+        let result = self.pass(want);
+        if result.is_err() {
+            self.adopted = false;
+        }
+        result
+    }
+
+    fn pass(&mut self, want: &Desired) -> Result<Summary, DatapathError> {
         let mut summary = Summary::default();
         let mut deltas = Vec::new();
 
