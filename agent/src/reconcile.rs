@@ -26,7 +26,7 @@ use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
-use crate::datapath::{policy_entry, Datapath, DatapathError};
+use crate::datapath::{policy_entry, policy_key, Datapath, DatapathError};
 use crate::node::NodeState;
 
 /// One of this node's endpoints.
@@ -242,7 +242,7 @@ impl Reconciler {
                 .maps
                 .ipcache_entries()?
                 .into_iter()
-                .filter_map(|(bits, k, v)| Some((ipcache_net(bits, &k)?, v.identity)))
+                .map(|(net, v)| (net, v.identity))
                 .collect();
         }
         for (net, id) in &ipcache {
@@ -350,13 +350,7 @@ impl Reconciler {
                     direction,
                     key,
                 } => {
-                    let (k, _) = policy_entry(
-                        endpoint.0,
-                        *direction,
-                        key,
-                        &axoneme_policy::compile::Verdict::Allow,
-                        0,
-                    );
+                    let k = policy_key(endpoint.0, *direction, key);
                     self.dp.maps.remove_policy(&k)?;
                     summary.policy_removals += 1;
                 }
@@ -417,16 +411,4 @@ fn has_l7(rule: &axoneme_policy::Rule) -> bool {
             .iter()
             .any(|p| p.rules.as_ref().is_some_and(|r| !r.http.is_empty()))
     })
-}
-
-/// The prefix an ipcache key stands for.
-fn ipcache_net(bits: u8, key: &axoneme_bpf_common::IpcacheKey) -> Option<IpNet> {
-    let ip = match key.family {
-        axoneme_bpf_common::family::IPV4 => {
-            IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
-        }
-        axoneme_bpf_common::family::IPV6 => IpAddr::from(key.addr),
-        _ => return None,
-    };
-    IpNet::new(ip, bits).ok()
 }

@@ -39,14 +39,11 @@ fn packet(src: [u8; 4], dst: [u8; 4], protocol: u8, port: u16) -> Vec<u8> {
 }
 
 fn check(
-    labels_docs_mode: (
-        Vec<axoneme_identity::LabelSet>,
-        Vec<serde_json::Value>,
-        EnforcementMode,
-    ),
+    labels: &[axoneme_identity::LabelSet],
+    docs: &[serde_json::Value],
+    mode: EnforcementMode,
 ) -> Result<usize, TestCaseError> {
-    let (labels, docs, mode) = labels_docs_mode;
-    let (policies, ids, endpoints) = setup(&labels, &docs);
+    let (policies, ids, endpoints) = setup(labels, docs);
     let mut dp = load();
     dp.maps.set_event_rate(u32::MAX, u32::MAX).unwrap();
 
@@ -150,7 +147,7 @@ fn check(
                             format!(
                             "subject {subject} {dir:?} peer {peer} ({}) proto {proto} port {port}: oracle {want:?}, datapath action {action} drop {drop:?} verdict {seen:?}\npolicies: {}",
                             Ipv4Addr::from(peer_addr),
-                            serde_json::to_string_pretty(&docs).unwrap()
+                            serde_json::to_string_pretty(docs).unwrap()
                         )
                         };
                         match &want {
@@ -185,7 +182,7 @@ proptest! {
         docs in (0usize..3).prop_flat_map(|n| (0..n + 1).map(policy).collect::<Vec<_>>()),
         mode in prop::sample::select(vec![EnforcementMode::Default, EnforcementMode::Default, EnforcementMode::Always, EnforcementMode::Never]),
     ) {
-        let flows = check((labels, docs, mode))?;
+        let flows = check(&labels, &docs, mode)?;
         prop_assert!(flows > 0);
         // Shown with --nocapture: the figure for docs/benchmarks.md.
         eprintln!("datapath/oracle case: {flows} flows agree");

@@ -83,15 +83,21 @@ pub fn ipcache_key(net: &IpNet) -> Key<IpcacheKey> {
     )
 }
 
-/// The trie key and value of one of the engine's entries for the endpoints
-/// numbered `endpoint_id`. Redirects carry `proxy_port` (host order).
-pub fn policy_entry(
-    endpoint_id: u32,
-    dir: Direction,
-    key: &EntryKey,
-    verdict: &Verdict,
-    proxy_port: u16,
-) -> (Key<PolicyKey>, PolicyValue) {
+/// The prefix an ipcache key stands for (the inverse of `ipcache_key`).
+fn ipcache_net(key: &Key<IpcacheKey>) -> Option<IpNet> {
+    let bits = u8::try_from(key.prefix_len().checked_sub(IpcacheKey::HEADER_BITS)?).ok()?;
+    let data = key.data();
+    let ip = match data.family {
+        family::IPV4 => IpAddr::from([data.addr[0], data.addr[1], data.addr[2], data.addr[3]]),
+        family::IPV6 => IpAddr::from(data.addr),
+        _ => return None,
+    };
+    IpNet::new(ip, bits).ok()
+}
+
+/// The trie key of one of the engine's entries for the endpoints numbered
+/// `endpoint_id`.
+pub fn policy_key(endpoint_id: u32, dir: Direction, key: &EntryKey) -> Key<PolicyKey> {
     let data = PolicyKey::new(
         endpoint_id,
         key.identity.0,
@@ -103,7 +109,18 @@ pub fn policy_entry(
             key.port
         },
     );
-    let prefix = PolicyKey::prefix_len(key.protocol, key.prefix);
+    Key::new(PolicyKey::prefix_len(key.protocol, key.prefix), data)
+}
+
+/// The trie key and value of one of the engine's entries for the endpoints
+/// numbered `endpoint_id`. Redirects carry `proxy_port` (host order).
+pub fn policy_entry(
+    endpoint_id: u32,
+    dir: Direction,
+    key: &EntryKey,
+    verdict: &Verdict,
+    proxy_port: u16,
+) -> (Key<PolicyKey>, PolicyValue) {
     let mut value = match verdict {
         Verdict::Allow => PolicyValue::ALLOW,
         Verdict::Deny => PolicyValue::DENY,
@@ -116,7 +133,7 @@ pub fn policy_entry(
         (true, true) => match_type::ALL,
     };
     debug_assert!(value.flags & !policy_flags::DENY == 0);
-    (Key::new(prefix, data), value)
+    (policy_key(endpoint_id, dir, key), value)
 }
 
 /// The datapath's code for a direction.
@@ -152,13 +169,13 @@ impl Maps {
         ignore_missing(self.ipcache.remove(&ipcache_key(net)), IPCACHE)
     }
 
-    /// Every ipcache entry: prefix length in address bits, key and value.
-    pub fn ipcache_entries(&self) -> Result<Vec<(u8, IpcacheKey, IpcacheValue)>, DatapathError> {
+    /// Every ipcache entry (entries whose key is not a valid prefix are
+    /// left out: nothing this agent wrote).
+    pub fn ipcache_entries(&self) -> Result<Vec<(IpNet, IpcacheValue)>, DatapathError> {
         let mut out = Vec::new();
         for item in self.ipcache.iter() {
             let (k, v) = item.map_err(|source| map_error(IPCACHE, "iterate", source))?;
-            let bits = k.prefix_len().saturating_sub(IpcacheKey::HEADER_BITS);
-            out.push((u8::try_from(bits).unwrap_or(u8::MAX), k.data(), v));
+            out.extend(ipcache_net(&k).map(|net| (net, v)));
         }
         Ok(out)
     }

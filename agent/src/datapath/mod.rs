@@ -18,7 +18,7 @@ use aya::programs::tc::{
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
-pub use maps::{policy_entry, Counters, Maps};
+pub use maps::{policy_entry, policy_key, Counters, Maps};
 
 /// The eBPF object built by `cargo xtask build-bpf` (located by `build.rs`).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_OBJECT"));
