@@ -1,8 +1,14 @@
 //! Axoneme node agent.
 
+pub mod api;
 pub mod datapath;
+pub mod endpoints;
+pub mod ipam;
+pub mod lease;
+pub mod netdev;
 pub mod node;
 pub mod reconcile;
+pub mod views;
 
 /// An error with its causes, on one line each.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

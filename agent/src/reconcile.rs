@@ -98,6 +98,14 @@ impl Desired {
     }
 }
 
+/// A local endpoint in the endpoints map: enforced with its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Programmed {
+    pub interface: String,
+    pub ifindex: u32,
+    pub info: EndpointInfo,
+}
+
 /// What one pass changed (for logs and tests).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -122,6 +130,8 @@ pub struct Reconciler {
     attached: BTreeMap<String, u32>,
     endpoints: BTreeMap<u32, EndpointInfo>,
     ipcache: BTreeMap<IpNet, u32>,
+    /// Local endpoints by name, as of the last successful pass.
+    programmed: BTreeMap<String, Programmed>,
     adopted: bool,
 }
 
@@ -145,12 +155,28 @@ impl Reconciler {
             attached: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             ipcache: BTreeMap::new(),
+            programmed: BTreeMap::new(),
             adopted: false,
         }
     }
 
     pub fn datapath(&mut self) -> &mut Datapath {
         &mut self.dp
+    }
+
+    /// Local endpoints whose identity and policy are in the maps.
+    pub fn programmed(&self) -> &BTreeMap<String, Programmed> {
+        &self.programmed
+    }
+
+    /// The policy engine (for status and listings).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Interfaces with the programs attached.
+    pub fn attached(&self) -> usize {
+        self.attached.len()
     }
 
     /// One pass towards `want`. On error the maps hold a mix of the old
@@ -266,6 +292,7 @@ impl Reconciler {
             self.endpoints = self.dp.maps.endpoints()?.into_iter().collect();
         }
         let mut endpoints = BTreeMap::new();
+        let mut programmed = BTreeMap::new();
         let mut interfaces = BTreeSet::new();
         for ep in &want.local {
             interfaces.insert(ep.interface.clone());
@@ -295,13 +322,19 @@ impl Reconciler {
                     flags |= endpoint_flags::EGRESS_ENFORCED;
                 }
             }
-            endpoints.insert(
-                ifindex,
-                EndpointInfo {
-                    endpoint_id: id.0,
-                    identity: id.0,
-                    flags,
-                    pad: [0; 3],
+            let info = EndpointInfo {
+                endpoint_id: id.0,
+                identity: id.0,
+                flags,
+                pad: [0; 3],
+            };
+            endpoints.insert(ifindex, info);
+            programmed.insert(
+                ep.name.clone(),
+                Programmed {
+                    interface: ep.interface.clone(),
+                    ifindex,
+                    info,
                 },
             );
         }
@@ -315,6 +348,7 @@ impl Reconciler {
         }
         summary.endpoints = endpoints.len();
         self.endpoints = endpoints;
+        self.programmed = programmed;
         let stale: Vec<String> = self
             .attached
             .keys()

@@ -17,6 +17,14 @@ pub struct Args {
     /// Root of Axoneme's keys in etcd.
     #[arg(long, env = "AXONEME_KVSTORE_PREFIX", default_value = DEFAULT_ROOT)]
     pub kvstore_prefix: String,
+    /// The node agent's API socket (for `bpf ...` and the agent part of
+    /// `status`).
+    #[arg(
+        long,
+        env = "AXONEME_AGENT_SOCKET",
+        default_value = "/run/axoneme/agent.sock"
+    )]
+    pub agent_socket: std::path::PathBuf,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -37,6 +45,44 @@ pub enum Command {
     /// CiliumNetworkPolicy documents.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Nodes, their addresses and pod CIDRs.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// The node agent's BPF maps (through its API socket).
+    #[command(subcommand)]
+    Bpf(BpfCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum NodeCommand {
+    /// Lists the nodes announced in etcd (and those gone that still hold
+    /// pod CIDRs).
+    List,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BpfCommand {
+    /// The ipcache: address prefix → security identity.
+    #[command(subcommand)]
+    Ipcache(ListOnly),
+    /// Policy-map entries of one endpoint, with their counters.
+    #[command(subcommand)]
+    Policy(PolicyMapCommand),
+    /// Connection tracking entries.
+    #[command(subcommand)]
+    Ct(ListOnly),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ListOnly {
+    /// Lists every entry.
+    List,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyMapCommand {
+    /// Entries of ENDPOINT (its name, e.g. the container ID, or its number).
+    Get { endpoint: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -24,6 +24,8 @@ pub enum CliError {
         #[source]
         source: LabelError,
     },
+    #[error("{0}")]
+    Agent(String),
     #[error("invalid label set")]
     InvalidLabelSet(#[source] LabelError),
     #[error("invalid {what} {value:?}: {reason}")]

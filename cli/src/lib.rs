@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod args;
 pub mod endpoint;
 pub mod error;
@@ -19,7 +20,10 @@ use axoneme_identity::Layout;
 use axoneme_kvstore::{KvArgs, KvStore};
 
 pub use crate::args::Args;
-use crate::args::{Command, EndpointCommand, IdentityCommand, PolicyCommand};
+use crate::args::{
+    BpfCommand, Command, EndpointCommand, IdentityCommand, NodeCommand, PolicyCommand,
+    PolicyMapCommand,
+};
 pub use crate::error::{error_line, CliError};
 use crate::output::{render, OutputFormat, Render};
 
@@ -122,8 +126,24 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
             let deleted = policy::delete(&ctx().await?, r).await?;
             Report::new(&deleted, format, true)
         }
+        Command::Node(NodeCommand::List) => {
+            let nodes = agent::nodes(&ctx().await?).await?;
+            Report::new(&nodes, format, true)
+        }
+        Command::Bpf(BpfCommand::Ipcache(_)) => {
+            Report::new(&agent::ipcache(&args.agent_socket).await?, format, true)
+        }
+        Command::Bpf(BpfCommand::Policy(PolicyMapCommand::Get { endpoint })) => Report::new(
+            &agent::policy(&args.agent_socket, endpoint).await?,
+            format,
+            true,
+        ),
+        Command::Bpf(BpfCommand::Ct(_)) => {
+            Report::new(&agent::ct(&args.agent_socket).await?, format, true)
+        }
         Command::Status(status_args) => {
-            let report = status::check(&ctx().await?, status_args.verbose).await;
+            let report =
+                status::check(&ctx().await?, &args.agent_socket, status_args.verbose).await;
             let ok = report.ok;
             Report::new(&report, format, ok)
         }

@@ -17,6 +17,8 @@ pub struct StatusReport {
     pub kvstore: KvStoreStatus,
     pub operator: OperatorStatus,
     pub identities: IdentitiesStatus,
+    /// This host's agent, when it has one (its socket exists).
+    pub agent: AgentPart,
     /// Whether the human form lists every member.
     #[serde(skip)]
     pub verbose: bool,
@@ -49,6 +51,61 @@ pub struct IdentitiesStatus {
     pub ok: bool,
     pub message: String,
     pub allocated: Option<i64>,
+}
+
+/// The agent's part of the status.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPart {
+    pub ok: bool,
+    pub message: String,
+    /// The agent's own report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<axoneme_api::Status>,
+}
+
+/// Asks the agent at `socket`. No socket: no agent on this host, which is
+/// no failure (a control-plane host); a socket that does not answer is.
+pub async fn agent_part(socket: &std::path::Path) -> AgentPart {
+    if !socket.exists() {
+        return AgentPart {
+            ok: true,
+            message: format!("no agent on this host (no socket at {})", socket.display()),
+            status: None,
+        };
+    }
+    match crate::agent::status(socket).await {
+        Ok(st) => {
+            let failing: Vec<String> = st
+                .components
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: {}", c.name, c.message))
+                .collect();
+            AgentPart {
+                ok: st.ok,
+                message: if failing.is_empty() {
+                    format!(
+                        "node {}: {} endpoints, {} identities, {} policies (revision {}), programs on {} interfaces",
+                        st.node,
+                        st.endpoints,
+                        st.identities,
+                        st.policies,
+                        st.policy_revision,
+                        st.programs_attached
+                    )
+                } else {
+                    format!("node {}: {}", st.node, failing.join("; "))
+                },
+                status: Some(st),
+            }
+        }
+        Err(e) => AgentPart {
+            ok: false,
+            message: e.to_string(),
+            status: None,
+        },
+    }
 }
 
 const NOT_CHECKED: &str = "not checked: no etcd member is reachable";
@@ -145,7 +202,8 @@ fn now_ms() -> u64 {
 }
 
 /// Checks every component; never fails as a whole.
-pub async fn check(ctx: &Ctx, verbose: bool) -> StatusReport {
+pub async fn check(ctx: &Ctx, socket: &std::path::Path, verbose: bool) -> StatusReport {
+    let agent = agent_part(socket).await;
     let kvstore = kvstore_status(ctx.kv.member_health().await);
     let (operator, identities) = if kvstore.healthy == 0 {
         // Every call would only wait out the retry deadline.
@@ -163,10 +221,11 @@ pub async fn check(ctx: &Ctx, verbose: bool) -> StatusReport {
         (operator_status(leader, now_ms()), identities_status(count))
     };
     StatusReport {
-        ok: kvstore.ok && operator.ok && identities.ok,
+        ok: kvstore.ok && operator.ok && identities.ok && agent.ok,
         kvstore,
         operator,
         identities,
+        agent,
         verbose,
     }
 }
@@ -213,7 +272,30 @@ impl Render for StatusReport {
             ok_cell(self.identities.ok),
             &self.identities.message,
         ]);
+        t.row(["Agent:", ok_cell(self.agent.ok), &self.agent.message]);
         let mut out = t.to_string();
+        if let (true, Some(st)) = (self.verbose, &self.agent.status) {
+            let mut comps = Table::new(&["COMPONENT", "STATUS", "MESSAGE"]).indent(2);
+            for c in &st.components {
+                comps.row([c.name.clone(), ok_cell(c.ok).into(), c.message.clone()]);
+            }
+            out.push_str("\nagent components:\n");
+            out.push_str(&comps.to_string());
+            let mut maps = Table::new(&["MAP", "ENTRIES", "MAX", "PRESSURE"]).indent(2);
+            for m in &st.maps {
+                maps.row([
+                    m.name.clone(),
+                    m.entries.to_string(),
+                    m.max_entries.to_string(),
+                    format!(
+                        "{:.2}%",
+                        m.entries as f64 * 100.0 / f64::from(m.max_entries.max(1))
+                    ),
+                ]);
+            }
+            out.push_str("\nBPF maps:\n");
+            out.push_str(&maps.to_string());
+        }
         if self.verbose {
             let mut members = Table::new(&[
                 "ENDPOINT",
@@ -324,6 +406,11 @@ mod tests {
             kvstore: kvstore_status(vec![member("http://a", true, true)]),
             operator: operator_status(Ok(None), 0),
             identities: identities_status(Ok(3)),
+            agent: AgentPart {
+                ok: true,
+                message: "no agent on this host".into(),
+                status: None,
+            },
             verbose: true,
         };
         let text = report.human();

@@ -47,6 +47,8 @@ fn axoneme(endpoints: &str, args: &[&str]) -> Result<Run> {
         .env_remove("AXONEME_ETCD_CERT")
         .env_remove("AXONEME_ETCD_KEY")
         .env_remove("AXONEME_KVSTORE_PREFIX")
+        // No agent on this "host": status reports that, without failing.
+        .env("AXONEME_AGENT_SOCKET", "/nonexistent/axoneme-test/agent.sock")
         .output()
         .context("running axoneme")?;
     Ok(Run {
@@ -327,7 +329,11 @@ fn status_reports_the_operator_leader() {
             std::thread::sleep(Duration::from_millis(100));
         };
         let lines: Vec<&str> = run.stdout.lines().collect();
-        assert_eq!(lines.len(), 3, "{run:#?}");
+        assert_eq!(lines.len(), 4, "{run:#?}");
+        assert!(
+            lines[3].starts_with("Agent:") && lines[3].contains("OK   no agent on this host"),
+            "{run:#?}"
+        );
         assert!(
             lines[0].starts_with("KVStore:")
                 && lines[0].contains("OK")

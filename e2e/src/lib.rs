@@ -4,12 +4,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod netns;
 pub mod operator;
 pub mod process;
 pub mod tls;
 
+pub use cluster::{Cluster, ClusterConfig, CniPod};
 pub use etcd::EtcdCluster;
 pub use operator::OperatorProc;
 pub use process::{bin_path, free_port, Proc};

@@ -11,6 +11,8 @@
 //! | `<root>/operator/v1/leader` | `LeaderRecord` | the elected operator | the leader's |
 //! | `<root>/policies/v1/<cnp|ccnp|knp>/<namespace or _>/<name>` | the policy object (JSON) | `axoneme policy import` (standalone mode) | none |
 //! | `<root>/policy-status/v1/<cnp|ccnp|knp>/<namespace or _>/<name>` | `PolicyStatus` | operator leader (fenced) | none; deleted with the policy |
+//! | `<root>/nodes/v1/<node>` | `NodeRecord` | the node's agent | the agent's |
+//! | `<root>/node-cidrs/v1/<node>` | `NodeCidrs` | operator leader (fenced) | none; released after the node has been gone for a grace period |
 
 use crate::numeric::NumericIdentity;
 
@@ -113,6 +115,22 @@ impl Layout {
         Some(format!("{}{rest}", self.policy_status_prefix()))
     }
 
+    pub fn nodes_prefix(&self) -> String {
+        format!("{}/nodes/v1/", self.root)
+    }
+
+    pub fn node(&self, node: &str) -> String {
+        format!("{}{node}", self.nodes_prefix())
+    }
+
+    pub fn node_cidrs_prefix(&self) -> String {
+        format!("{}/node-cidrs/v1/", self.root)
+    }
+
+    pub fn node_cidrs(&self, node: &str) -> String {
+        format!("{}{node}", self.node_cidrs_prefix())
+    }
+
     pub fn operator_leader(&self) -> String {
         format!("{}/operator/v1/leader", self.root)
     }
@@ -149,5 +167,7 @@ mod tests {
         );
         assert_eq!(l.split_endpoint_key(&ep), Some(("node-a", "ep1")));
         assert_eq!(Layout::new("t/").operator_leader(), "t/operator/v1/leader");
+        assert_eq!(l.node("n1"), "axoneme/state/nodes/v1/n1");
+        assert_eq!(l.node_cidrs("n1"), "axoneme/state/node-cidrs/v1/n1");
     }
 }

@@ -18,7 +18,7 @@ pub use labels::{Label, LabelError, LabelSet, Source};
 pub use layout::Layout;
 pub use model::{
     check_interface_name, EndpointIdentity, EndpointRecord, IdentityRecord, LeaderRecord,
-    PolicyStatus,
+    NodeCidrs, NodeRecord, PolicyStatus,
 };
 pub use numeric::{IdentityRange, NumericIdentity, ReservedIdentity};
 
@@ -45,6 +45,18 @@ impl Decode for PolicyStatus {
 impl Decode for EndpointRecord {
     fn decode(kv: &KeyValue) -> Result<Self, String> {
         serde_json::from_slice(&kv.value).map_err(|e| format!("endpoint record: {e}"))
+    }
+}
+
+impl Decode for NodeRecord {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        serde_json::from_slice(&kv.value).map_err(|e| format!("node record: {e}"))
+    }
+}
+
+impl Decode for NodeCidrs {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        serde_json::from_slice(&kv.value).map_err(|e| format!("node CIDRs: {e}"))
     }
 }
 

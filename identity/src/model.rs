@@ -97,3 +97,27 @@ pub struct PolicyStatus {
     pub observed_revision: i64,
     pub operator: String,
 }
+
+/// A node as its agent announces it, on the agent's lease: gone when the
+/// agent has been dead for the lease TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    pub name: String,
+    /// The node's underlay addresses: other nodes route its pod CIDRs via
+    /// them.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The pod CIDRs the agent allocates from (copied from its
+    /// `NodeCidrs` once the operator has given them).
+    #[serde(default)]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// The pod CIDRs the operator leader gave a node (Cilium's CiliumNode
+/// `spec.ipam.podCIDRs`), one per configured family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCidrs {
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+    pub allocator: String,
+}

@@ -68,6 +68,42 @@ pub struct Args {
     /// standalone: policies live in etcd.
     #[arg(long, env = "AXONEME_KUBERNETES")]
     pub kubernetes: bool,
+    /// Cluster pool of IPv4 pod addresses; every node gets one CIDR from it.
+    #[arg(long, default_value = "10.200.0.0/16")]
+    pub cluster_pool_ipv4_cidr: ipnet::Ipv4Net,
+    /// Prefix length of each node's IPv4 pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub cluster_pool_ipv4_mask_size: u8,
+    /// Cluster pool of IPv6 pod addresses (none by default: IPv4 only).
+    #[arg(long)]
+    pub cluster_pool_ipv6_cidr: Option<ipnet::Ipv6Net>,
+    /// Prefix length of each node's IPv6 pod CIDR.
+    #[arg(long, default_value_t = 112)]
+    pub cluster_pool_ipv6_mask_size: u8,
+    /// How long a node must be gone before its pod CIDRs are released.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub node_cidr_release_after: Duration,
+}
+
+impl Args {
+    /// The IPAM pools, checked.
+    pub fn ipam(&self) -> Result<crate::ipam::IpamConfig, String> {
+        let mut pools = vec![crate::ipam::Pool::new(
+            self.cluster_pool_ipv4_cidr.into(),
+            self.cluster_pool_ipv4_mask_size,
+        )
+        .map_err(|e| format!("--cluster-pool-ipv4-mask-size: {e}"))?];
+        if let Some(v6) = self.cluster_pool_ipv6_cidr {
+            pools.push(
+                crate::ipam::Pool::new(v6.into(), self.cluster_pool_ipv6_mask_size)
+                    .map_err(|e| format!("--cluster-pool-ipv6-mask-size: {e}"))?,
+            );
+        }
+        Ok(crate::ipam::IpamConfig {
+            pools,
+            release_after: self.node_cidr_release_after,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod config;
 pub mod election;
+pub mod ipam;
 pub mod k8s;
 pub mod metrics;
 pub mod policy_status;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axoneme_identity::{IdentityRange, LabelFilter, Layout, Raw, WatchCache};
+use axoneme_identity::{IdentityRange, LabelFilter, Layout, NodeRecord, Raw, WatchCache};
 use axoneme_kvstore::KvStore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         gc_interval: args.identity_gc_interval,
         max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(64),
     };
+    let ipam = args.ipam().map_err(anyhow::Error::msg)?;
     let layout = Layout::new(&args.kvstore_prefix);
     // Connect to the API server first, so a missing config fails at once.
     let kube_client = if args.kubernetes {
@@ -63,6 +65,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
     let caches = Caches {
         endpoints: WatchCache::start(kv.clone(), layout.endpoints_prefix()),
         policies: WatchCache::start(kv.clone(), layout.policies_prefix()),
+        nodes: WatchCache::start(kv.clone(), layout.nodes_prefix()),
     };
     info!(%id, %range, kubernetes = args.kubernetes, "operator started");
     let (leading, leading_rx) = watch::channel(false);
@@ -82,6 +85,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         &id,
         args.lease_ttl,
         &cfg,
+        &ipam,
         &metrics,
         &leading,
         &caches,
@@ -110,6 +114,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
 struct Caches {
     endpoints: WatchCache<Raw>,
     policies: WatchCache<Raw>,
+    nodes: WatchCache<NodeRecord>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -119,6 +124,7 @@ async fn lead_loop(
     id: &str,
     ttl: i64,
     cfg: &AllocatorConfig,
+    ipam: &ipam::IpamConfig,
     metrics: &Arc<Metrics>,
     leading: &watch::Sender<bool>,
     caches: &Caches,
@@ -146,6 +152,10 @@ async fn lead_loop(
             exit = policy_status::run(
                 kv.clone(), layout.clone(), lead.clone(), metrics.clone(),
                 caches.policies.clone(), term.clone(),
+            ) => Some(exit),
+            exit = ipam::run(
+                kv.clone(), layout.clone(), lead.clone(), ipam.clone(),
+                caches.nodes.clone(), term.clone(),
             ) => Some(exit),
         };
         term.cancel();

@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "iptables",
     "curl",
+    "python3",
     "openssl",
     "ca-certificates",
 ];

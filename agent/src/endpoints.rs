@@ -1,0 +1,532 @@
+//! Pod endpoints made for the CNI plugin: validate the request, take
+//! addresses from the node's IPAM, plumb the veth pair, keep a state file
+//! (so a restarted agent knows its pods), announce the endpoint record on
+//! the agent's lease, and wait until the datapath enforces the pod's
+//! identity and policy. Anything that fails undoes what was done: no veth,
+//! address, record or state file leaks, and a pod never runs unenforced.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axoneme_api::{
+    cni_code, AddRequest, AddResponse, ApiError, CheckRequest, DelRequest, IpConfig, RouteConfig,
+};
+use axoneme_identity::{check_interface_name, EndpointRecord, LabelSet, Layout, Source};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::ipam::{Ipam, IpamError};
+use crate::lease::Leased;
+use crate::netdev::{self, Ns, GATEWAY_V4, GATEWAY_V6};
+use crate::node::NodeState;
+
+const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+
+/// What the agent remembers about an endpoint it created (one JSON file
+/// per container under `<state dir>/endpoints/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointState {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: PathBuf,
+    pub host_interface: String,
+    pub host_mac: String,
+    pub mac: String,
+    pub addresses: Vec<IpAddr>,
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub pod_name: Option<String>,
+}
+
+impl EndpointState {
+    /// The endpoint's name in etcd: the container ID.
+    pub fn name(&self) -> &str {
+        &self.container_id
+    }
+
+    fn record(&self, node: &str) -> EndpointRecord {
+        EndpointRecord {
+            id: self.container_id.clone(),
+            node: node.to_string(),
+            labels: self.labels.clone(),
+            addresses: self.addresses.iter().map(IpAddr::to_string).collect(),
+            namespace: self.namespace.clone(),
+            interface: Some(self.host_interface.clone()),
+        }
+    }
+
+    fn response(&self, identity: u32) -> AddResponse {
+        let mut ips = Vec::new();
+        let mut routes = Vec::new();
+        for a in &self.addresses {
+            let (len, gw, any) = match a {
+                IpAddr::V4(_) => (32, GATEWAY_V4, "0.0.0.0/0"),
+                IpAddr::V6(_) => (128, GATEWAY_V6, "::/0"),
+            };
+            ips.push(IpConfig {
+                address: format!("{a}/{len}"),
+                gateway: gw.to_string(),
+            });
+            routes.push(RouteConfig {
+                dst: any.to_string(),
+                gw: Some(gw.to_string()),
+            });
+        }
+        AddResponse {
+            endpoint: self.container_id.clone(),
+            identity,
+            host_interface: self.host_interface.clone(),
+            host_mac: self.host_mac.clone(),
+            mac: self.mac.clone(),
+            ips,
+            routes,
+        }
+    }
+}
+
+/// Checks a container ID as the CNI spec defines it (alphanumerics, `_`,
+/// `.`, `-`, starting alphanumeric); it becomes an etcd key segment and a
+/// file name.
+pub fn check_container_id(id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    match chars.next() {
+        None => return Err("the container ID is empty".into()),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return Err(format!(
+                "container ID {id:?} must start with a letter or digit"
+            ))
+        }
+        _ => {}
+    }
+    if id.len() > 253 {
+        return Err(format!("container ID {id:?} is longer than 253 characters"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "container ID {id:?} has {c:?} (allowed: letters, digits, _ . -)"
+        ));
+    }
+    Ok(())
+}
+
+/// The node's endpoint manager.
+pub struct Endpoints {
+    node: String,
+    layout: Layout,
+    node_ns: Ns,
+    dir: PathBuf,
+    leased: Leased,
+    ipam: Mutex<Ipam>,
+    state: NodeState,
+    programmed: watch::Receiver<BTreeMap<String, u32>>,
+    default_timeout: Duration,
+    /// One ADD/DEL/CHECK at a time per agent keeps the veth, IPAM and
+    /// state-file steps simple to reason about.
+    serial: tokio::sync::Mutex<()>,
+}
+
+/// Endpoint state files under `dir`, with a warning for each unreadable
+/// one (it is left in place for a human to look at).
+pub fn load_states(dir: &Path) -> Vec<EndpointState> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "unreadable endpoint state; skipped")
+            }
+        }
+    }
+    out
+}
+
+/// Re-announces the endpoints of a previous run (before the node's caches
+/// start, so the first reconcile already sees them); pods whose namespace
+/// is gone are cleaned up. Returns the ones kept.
+pub async fn restore(
+    node: &str,
+    layout: &Layout,
+    node_ns: &Ns,
+    dir: &Path,
+    leased: &Leased,
+) -> Vec<EndpointState> {
+    let mut kept = Vec::new();
+    for s in load_states(dir) {
+        let key = layout.endpoint(node, s.name());
+        if !s.netns.exists() {
+            info!(endpoint = %s.name(), "pod namespace gone while the agent was down; removing the endpoint");
+            let _ = leased.delete(&key).await;
+            let ns = node_ns.clone();
+            let host_if = s.host_interface.clone();
+            let _ = tokio::task::spawn_blocking(move || netdev::unplumb(&ns, &host_if)).await;
+            let _ = std::fs::remove_file(state_path(dir, s.name()));
+            continue;
+        }
+        let value = serde_json::to_vec(&s.record(node)).expect("serializes");
+        if let Err(e) = leased.put(&key, value).await {
+            warn!(endpoint = %s.name(), error = %e, "cannot re-announce the endpoint yet; the lease renewal will");
+        }
+        kept.push(s);
+    }
+    kept
+}
+
+fn state_path(dir: &Path, container_id: &str) -> PathBuf {
+    dir.join(format!("{container_id}.json"))
+}
+
+fn io_error(msg: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(cni_code::IO_FAILURE, msg, e.to_string())
+}
+
+impl Endpoints {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state: NodeState,
+        node_ns: Ns,
+        dir: PathBuf,
+        leased: Leased,
+        restored: &[EndpointState],
+        programmed: watch::Receiver<BTreeMap<String, u32>>,
+        default_timeout: Duration,
+    ) -> Self {
+        let mut ipam = Ipam::default();
+        for s in restored {
+            for a in &s.addresses {
+                ipam.restore(*a, s.name());
+            }
+        }
+        Endpoints {
+            node: state.node().to_string(),
+            layout: state.layout().clone(),
+            node_ns,
+            dir,
+            leased,
+            ipam: Mutex::new(ipam),
+            state,
+            programmed,
+            default_timeout,
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Sets the node's pod CIDRs (once the operator has given them).
+    pub fn set_cidrs(&self, cidrs: Vec<ipnet::IpNet>) {
+        let mut ipam = self.ipam.lock().expect("ipam lock");
+        let mut next = Ipam::new(cidrs);
+        for s in load_states(&self.dir) {
+            for a in &s.addresses {
+                next.restore(*a, s.name());
+            }
+        }
+        *ipam = next;
+    }
+
+    pub fn pod_cidrs(&self) -> Vec<ipnet::IpNet> {
+        self.ipam.lock().expect("ipam lock").cidrs().to_vec()
+    }
+
+    /// Endpoint states by name.
+    pub fn states(&self) -> BTreeMap<String, EndpointState> {
+        load_states(&self.dir)
+            .into_iter()
+            .map(|s| (s.container_id.clone(), s))
+            .collect()
+    }
+
+    pub async fn add(&self, req: AddRequest) -> Result<AddResponse, ApiError> {
+        let invalid = |msg: String| ApiError::new(cni_code::INVALID_ENDPOINT, msg, "");
+        check_container_id(&req.container_id).map_err(invalid)?;
+        check_interface_name(&req.ifname)
+            .map_err(|e| invalid(format!("interface {:?}: {e}", req.ifname)))?;
+        // The pod's namespace is a label, as Cilium derives it; a pod
+        // without one (standalone runtimes) is in `default`.
+        let namespace = req.namespace.clone().unwrap_or_else(|| "default".into());
+        axoneme_identity::labels::check_dns_label(&namespace)
+            .map_err(|e| invalid(format!("namespace {namespace:?}: {e}")))?;
+        if let Some(l) = req.labels.iter().find(|l| l.contains(NAMESPACE_LABEL)) {
+            return Err(invalid(format!(
+                "label {l:?}: the namespace comes from K8S_POD_NAMESPACE, not from a label"
+            )));
+        }
+        let mut raw = req.labels.clone();
+        raw.push(format!("k8s:{NAMESPACE_LABEL}={namespace}"));
+        let labels =
+            LabelSet::parse(&raw, Source::K8s).map_err(|e| invalid(format!("labels: {e}")))?;
+        labels
+            .check_size()
+            .map_err(|e| invalid(format!("labels: {e}")))?;
+        let netns = PathBuf::from(&req.netns);
+        if !netns.is_absolute() || !netns.exists() {
+            return Err(ApiError::new(
+                cni_code::UNKNOWN_CONTAINER,
+                format!("network namespace {} does not exist", req.netns),
+                "",
+            ));
+        }
+        let timeout = req
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.default_timeout);
+
+        let _serial = self.serial.lock().await;
+        if let Some(old) = self.states().get(&req.container_id) {
+            return Err(invalid(format!(
+                "container {} already has an endpoint ({} in the pod); DEL it first",
+                req.container_id, old.ifname
+            )));
+        }
+        let addresses = self
+            .ipam
+            .lock()
+            .expect("ipam lock")
+            .allocate(&req.container_id)
+            .map_err(|e| match e {
+                IpamError::NoCidr => ApiError::new(cni_code::TRY_AGAIN_LATER, e.to_string(), ""),
+                IpamError::Exhausted(_) => {
+                    ApiError::new(cni_code::IPAM_EXHAUSTED, e.to_string(), "")
+                }
+            })?;
+        let host_if = netdev::host_interface(&req.container_id, &req.ifname);
+        let plumbed = {
+            let (ns, pod, h, i, a) = (
+                self.node_ns.clone(),
+                netns.clone(),
+                host_if.clone(),
+                req.ifname.clone(),
+                addresses.clone(),
+            );
+            tokio::task::spawn_blocking(move || netdev::plumb(&ns, &pod, &h, &i, &a))
+                .await
+                .map_err(|e| io_error("interface setup panicked", e))
+                .and_then(|r| r.map_err(|e| io_error("cannot set up the pod's interface", e)))
+        };
+        let plumbed = match plumbed {
+            Ok(p) => p,
+            Err(e) => {
+                self.ipam
+                    .lock()
+                    .expect("ipam lock")
+                    .release(&req.container_id);
+                return Err(e);
+            }
+        };
+        let st = EndpointState {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            netns,
+            host_interface: host_if,
+            host_mac: plumbed.host_mac,
+            mac: plumbed.mac,
+            addresses,
+            labels: labels.to_strings(),
+            namespace: Some(namespace),
+            pod_name: req.pod_name.clone(),
+        };
+        match self.announce_and_wait(&st, timeout).await {
+            Ok(identity) => {
+                info!(endpoint = %st.name(), identity, addresses = ?st.addresses, "endpoint created and enforced");
+                Ok(st.response(identity))
+            }
+            Err(e) => {
+                warn!(endpoint = %st.name(), error = %e, "endpoint creation failed; undoing it");
+                self.remove(&st).await.ok();
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the state file and the record, then waits for enforcement.
+    async fn announce_and_wait(
+        &self,
+        st: &EndpointState,
+        timeout: Duration,
+    ) -> Result<u32, ApiError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| io_error("cannot create the endpoint state directory", e))?;
+        let path = state_path(&self.dir, st.name());
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(st).expect("serializes"))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| io_error("cannot write the endpoint state", e))?;
+        let key = self.layout.endpoint(&self.node, st.name());
+        let value = serde_json::to_vec(&st.record(&self.node)).expect("serializes");
+        self.leased.put(&key, value).await.map_err(|e| {
+            ApiError::new(
+                cni_code::TRY_AGAIN_LATER,
+                "cannot write the endpoint record to etcd",
+                e.to_string(),
+            )
+        })?;
+        let mut rx = self.programmed.clone();
+        let name = st.name().to_string();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(id) = rx.borrow_and_update().get(&name) {
+                    return Ok(*id);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(());
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(())) => Err(ApiError::new(
+                cni_code::TRY_AGAIN_LATER,
+                "the agent is shutting down",
+                "",
+            )),
+            Err(_) => {
+                // Say why when the operator has answered with an error.
+                let assignment = self
+                    .state
+                    .assignments()
+                    .get(&self.layout.endpoint_identity(&self.node, &name));
+                match assignment.and_then(|a| a.error) {
+                    Some(err) => Err(ApiError::new(
+                        cni_code::INVALID_ENDPOINT,
+                        format!("the operator gave the endpoint no identity: {err}"),
+                        "",
+                    )),
+                    None => Err(ApiError::new(
+                        cni_code::TRY_AGAIN_LATER,
+                        format!(
+                            "the endpoint's identity and policy were not in place within {} ms (is the operator running?); the pod was not started unenforced",
+                            timeout.as_millis()
+                        ),
+                        "",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Undoes an endpoint: record, interface, addresses, state file.
+    async fn remove(&self, st: &EndpointState) -> Result<(), ApiError> {
+        let key = self.layout.endpoint(&self.node, st.name());
+        self.leased.delete(&key).await.map_err(|e| {
+            ApiError::new(
+                cni_code::TRY_AGAIN_LATER,
+                "cannot delete the endpoint record from etcd",
+                e.to_string(),
+            )
+        })?;
+        let ns = self.node_ns.clone();
+        let host_if = st.host_interface.clone();
+        let _ = tokio::task::spawn_blocking(move || netdev::unplumb(&ns, &host_if)).await;
+        self.ipam.lock().expect("ipam lock").release(st.name());
+        let path = state_path(&self.dir, st.name());
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("cannot remove the endpoint state", e)),
+        }
+    }
+
+    /// Deletes the container's endpoint; nothing to delete is success.
+    pub async fn del(&self, req: DelRequest) -> Result<(), ApiError> {
+        check_container_id(&req.container_id)
+            .map_err(|e| ApiError::new(cni_code::INVALID_ENDPOINT, e, ""))?;
+        let _serial = self.serial.lock().await;
+        match self.states().remove(&req.container_id) {
+            Some(st) => {
+                self.remove(&st).await?;
+                info!(endpoint = %st.name(), "endpoint deleted");
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that the container's endpoint is as created and enforced.
+    pub async fn check(&self, req: CheckRequest) -> Result<(), ApiError> {
+        let _serial = self.serial.lock().await;
+        let fail = |msg: String| ApiError::new(cni_code::CHECK_FAILED, msg, "");
+        let st = self.states().remove(&req.container_id).ok_or_else(|| {
+            ApiError::new(
+                cni_code::UNKNOWN_CONTAINER,
+                format!("no endpoint for container {}", req.container_id),
+                "",
+            )
+        })?;
+        if st.ifname != req.ifname || st.netns != Path::new(&req.netns) {
+            return Err(fail(format!(
+                "the endpoint was created for {} in {}, not {} in {}",
+                st.ifname,
+                st.netns.display(),
+                req.ifname,
+                req.netns
+            )));
+        }
+        let ns = self.node_ns.clone();
+        let pod = Ns(Some(st.netns.clone()));
+        let (host_if, ifname) = (st.host_interface.clone(), st.ifname.clone());
+        let (host_ok, pod_addrs) =
+            tokio::task::spawn_blocking(move || (ns.link_exists(&host_if), pod.addresses(&ifname)))
+                .await
+                .map_err(|e| io_error("check panicked", e))?;
+        if !host_ok {
+            return Err(fail(format!(
+                "host interface {} is missing",
+                st.host_interface
+            )));
+        }
+        let pod_addrs = pod_addrs.map_err(|e| fail(format!("pod interface: {e}")))?;
+        for a in &st.addresses {
+            if !pod_addrs.iter().any(|n| n.addr() == *a) {
+                return Err(fail(format!("address {a} is missing in the pod")));
+            }
+        }
+        for want in &req.addresses {
+            let ok = want
+                .parse::<ipnet::IpNet>()
+                .is_ok_and(|n| st.addresses.contains(&n.addr()));
+            if !ok {
+                return Err(fail(format!(
+                    "prevResult address {want} is not the endpoint's"
+                )));
+            }
+        }
+        if !self.programmed.borrow().contains_key(st.name()) {
+            return Err(fail(format!("endpoint {} is not enforced", st.name())));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids() {
+        check_container_id("abc-1_2.3").unwrap();
+        assert!(check_container_id("").unwrap_err().contains("empty"));
+        assert!(check_container_id("-x").unwrap_err().contains("start"));
+        assert!(check_container_id("a/b").unwrap_err().contains("'/'"));
+        assert!(check_container_id(&"a".repeat(254))
+            .unwrap_err()
+            .contains("253"));
+    }
+}

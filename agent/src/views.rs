@@ -1,0 +1,303 @@
+//! The API's views of the datapath and the node, built by the main loop
+//! (which owns the maps) from the reconciler and the node's caches.
+
+use std::net::IpAddr;
+
+use axoneme_api::{
+    cni_code, ApiError, ComponentStatus, CtEntry, EndpointView, IpcacheEntry, MapStatus,
+    PolicyEntry, Status,
+};
+use axoneme_bpf_common::{
+    ct_flags, direction, endpoint_flags, family, policy_flags, PolicyKey, CT_MAX, ENDPOINTS_MAX,
+    IPCACHE_MAX, POLICY_MAX,
+};
+
+use crate::datapath::DatapathError;
+use crate::endpoints::Endpoints;
+use crate::node::NodeState;
+use crate::reconcile::Reconciler;
+
+/// An address from the datapath's 16-byte form.
+pub fn address(fam: u8, a: &[u8; 16]) -> IpAddr {
+    if fam == family::IPV4 {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    }
+}
+
+fn map_failure(e: DatapathError) -> ApiError {
+    ApiError::new(
+        cni_code::IO_FAILURE,
+        "cannot read the BPF maps",
+        crate::error_chain(&e),
+    )
+}
+
+/// Protocol numbers by their names.
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        0 => "ANY".into(),
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+/// The node's status (without the kvstore, which the API server asks).
+pub fn status(
+    rec: &mut Reconciler,
+    state: &NodeState,
+    endpoints: &Endpoints,
+    last_error: Option<&str>,
+) -> Status {
+    let mut components = Vec::new();
+    components.push(ComponentStatus {
+        name: "datapath".into(),
+        ok: last_error.is_none(),
+        message: match last_error {
+            None => format!(
+                "{} endpoints enforced, programs on {} interfaces",
+                rec.programmed().len(),
+                rec.attached()
+            ),
+            Some(e) => format!("last reconcile failed: {e}"),
+        },
+    });
+    let cidrs = endpoints.pod_cidrs();
+    components.push(ComponentStatus {
+        name: "ipam".into(),
+        ok: !cidrs.is_empty(),
+        message: if cidrs.is_empty() {
+            "no pod CIDR from the operator yet".into()
+        } else {
+            format!(
+                "pod CIDRs {}",
+                cidrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+    });
+    let maps = &rec.datapath().maps;
+    let count = |n: Result<usize, DatapathError>| n.map(|n| n as u64).unwrap_or(0);
+    let map_status = vec![
+        MapStatus {
+            name: "ipcache".into(),
+            max_entries: IPCACHE_MAX,
+            entries: count(maps.ipcache_entries().map(|v| v.len())),
+        },
+        MapStatus {
+            name: "endpoints".into(),
+            max_entries: ENDPOINTS_MAX,
+            entries: count(maps.endpoints().map(|v| v.len())),
+        },
+        MapStatus {
+            name: "policy".into(),
+            max_entries: POLICY_MAX,
+            entries: count(maps.policy_entries().map(|v| v.len())),
+        },
+        MapStatus {
+            name: "ct".into(),
+            max_entries: CT_MAX,
+            entries: count(maps.ct_entries().map(|v| v.len())),
+        },
+    ];
+    let policies = state.valid_policies_by_key();
+    let policy_revision = state
+        .policy_caches()
+        .0
+        .snapshot()
+        .values()
+        .map(|r| r.mod_revision)
+        .max()
+        .unwrap_or(0);
+    Status {
+        node: state.node().to_string(),
+        ok: components.iter().all(|c| c.ok),
+        components,
+        pod_cidrs: cidrs.iter().map(ToString::to_string).collect(),
+        maps: map_status,
+        programs_attached: rec.attached(),
+        endpoints: state.endpoints().len(),
+        identities: state.identities().len(),
+        policies: policies.len(),
+        policy_revision,
+    }
+}
+
+/// This node's endpoints: every record stored under the node, with what
+/// the datapath holds for it.
+pub fn endpoints(rec: &Reconciler, state: &NodeState, eps: &Endpoints) -> Vec<EndpointView> {
+    let layout = state.layout();
+    let prefix = layout.node_endpoints_prefix(state.node());
+    let states = eps.states();
+    let assignments = state.endpoints();
+    let mut out = Vec::new();
+    for (key, record) in state.records().snapshot() {
+        let Some(name) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let programmed = rec.programmed().get(name);
+        let identity = assignments
+            .get(&layout.endpoint_identity(state.node(), name))
+            .and_then(|a| a.identity)
+            .map(|i| i.0);
+        let flags = programmed.map(|p| p.info.flags).unwrap_or(0);
+        out.push(EndpointView {
+            name: name.to_string(),
+            container_id: states.get(name).map(|s| s.container_id.clone()),
+            interface: record.interface.clone().unwrap_or_default(),
+            ifindex: programmed.map(|p| p.ifindex),
+            identity,
+            addresses: record.addresses.clone(),
+            labels: record.labels.clone(),
+            enforced: programmed.is_some(),
+            ingress_enforced: flags & endpoint_flags::INGRESS_ENFORCED != 0,
+            egress_enforced: flags & endpoint_flags::EGRESS_ENFORCED != 0,
+        });
+    }
+    out
+}
+
+pub fn ipcache(rec: &mut Reconciler) -> Result<Vec<IpcacheEntry>, ApiError> {
+    let mut out: Vec<IpcacheEntry> = rec
+        .datapath()
+        .maps
+        .ipcache_entries()
+        .map_err(map_failure)?
+        .into_iter()
+        .map(|(net, v)| IpcacheEntry {
+            prefix: net.to_string(),
+            identity: v.identity,
+        })
+        .collect();
+    out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    Ok(out)
+}
+
+/// The policy entries of an endpoint, named by its endpoint name or its
+/// number (the first field of its policy keys).
+pub fn policy(rec: &mut Reconciler, endpoint: &str) -> Result<Vec<PolicyEntry>, ApiError> {
+    let id = match rec.programmed().get(endpoint) {
+        Some(p) => p.info.endpoint_id,
+        None => endpoint.parse::<u32>().map_err(|_| {
+            ApiError::new(
+                cni_code::UNKNOWN_CONTAINER,
+                format!("no enforced endpoint {endpoint:?} on this node (give its name or number)"),
+                "",
+            )
+        })?,
+    };
+    let mut out = Vec::new();
+    for (prefix, key, value) in rec.datapath().maps.policy_entries().map_err(map_failure)? {
+        if key.endpoint_id != id {
+            continue;
+        }
+        out.push(policy_entry(prefix, &key, &value));
+    }
+    out.sort_by(|a, b| {
+        (&a.direction, a.identity, &a.protocol, &a.ports).cmp(&(
+            &b.direction,
+            b.identity,
+            &b.protocol,
+            &b.ports,
+        ))
+    });
+    Ok(out)
+}
+
+fn policy_entry(
+    prefix: u32,
+    key: &PolicyKey,
+    value: &axoneme_bpf_common::PolicyValue,
+) -> PolicyEntry {
+    let (protocol, ports) = if prefix <= PolicyKey::EXACT_BITS {
+        ("ANY".to_string(), "ANY".to_string())
+    } else {
+        let port_bits = prefix - PolicyKey::EXACT_BITS - 8;
+        let ports = if port_bits == 0 {
+            "ANY".to_string()
+        } else {
+            let start = u32::from(key.dport_host());
+            let end = start + (1u32 << (16 - port_bits)) - 1;
+            if start == end {
+                start.to_string()
+            } else {
+                format!("{start}-{end}")
+            }
+        };
+        (protocol_name(key.protocol), ports)
+    };
+    let proxy_port = u16::from_be(value.proxy_port);
+    PolicyEntry {
+        direction: if key.direction == direction::INGRESS {
+            "ingress".into()
+        } else {
+            "egress".into()
+        },
+        identity: key.identity,
+        protocol,
+        ports,
+        verdict: if value.flags & policy_flags::DENY != 0 {
+            "deny".into()
+        } else if proxy_port != 0 {
+            "redirect".into()
+        } else {
+            "allow".into()
+        },
+        proxy_port,
+        packets: value.packets,
+        bytes: value.bytes,
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+pub fn ct(rec: &mut Reconciler) -> Result<Vec<CtEntry>, ApiError> {
+    let now = monotonic_ns();
+    let mut out = Vec::new();
+    for (k, v) in rec.datapath().maps.ct_entries().map_err(map_failure)? {
+        if v.expires_ns <= now {
+            continue;
+        }
+        let ep = |a: &[u8; 16], port: u16| {
+            let ip = address(k.family, a);
+            let port = u16::from_be(port);
+            match ip {
+                IpAddr::V4(_) => format!("{ip}:{port}"),
+                IpAddr::V6(_) => format!("[{ip}]:{port}"),
+            }
+        };
+        let state = if v.flags & ct_flags::CLOSING != 0 {
+            "closing"
+        } else if v.flags & ct_flags::SEEN_REPLY != 0 {
+            "established"
+        } else {
+            "new"
+        };
+        out.push(CtEntry {
+            protocol: protocol_name(k.protocol),
+            src: ep(&k.saddr, k.sport),
+            dst: ep(&k.daddr, k.dport),
+            state: state.into(),
+            expires_in_s: (v.expires_ns - now) / 1_000_000_000,
+            packets: v.packets,
+            bytes: v.bytes,
+        });
+    }
+    out.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
+    Ok(out)
+}

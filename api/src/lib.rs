@@ -1,0 +1,23 @@
+//! The agent's API: JSON over HTTP/1.1 on a UNIX socket (mode 0600, by
+//! default `/run/axoneme/<node>/agent.sock`). The CNI plugin and the CLI
+//! use it; the types here are the contract.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `POST /v1/cni/add` | [`AddRequest`] | [`AddResponse`] |
+//! | `POST /v1/cni/del` | [`DelRequest`] | `{}` (idempotent) |
+//! | `POST /v1/cni/check` | [`CheckRequest`] | `{}` |
+//! | `GET /v1/status` | | [`Status`] |
+//! | `GET /v1/endpoints` | | [`EndpointView`] list |
+//! | `GET /v1/bpf/ipcache` | | [`IpcacheEntry`] list |
+//! | `GET /v1/bpf/policy/{endpoint}` | | [`PolicyEntry`] list |
+//! | `GET /v1/bpf/ct` | | [`CtEntry`] list |
+//!
+//! Every error is an [`ApiError`] with a non-2xx status; its `code` is a
+//! CNI error code, so the plugin passes it through unchanged.
+
+mod client;
+mod types;
+
+pub use client::{Client, ClientError};
+pub use types::*;

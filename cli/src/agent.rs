@@ -1,0 +1,226 @@
+//! Commands answered by the node's agent over its API socket (`bpf ...`,
+//! the agent part of `status`) and `node list` (from etcd).
+
+use std::path::Path;
+use std::time::Duration;
+
+use axoneme_api::{Client, CtEntry, IpcacheEntry, PolicyEntry, Status};
+use axoneme_identity::{NodeCidrs, NodeRecord};
+use serde::Serialize;
+
+use crate::error::CliError;
+use crate::output::{Render, Table};
+use crate::Ctx;
+
+pub fn client(socket: &Path) -> Client {
+    Client::new(socket, Duration::from_secs(10))
+}
+
+fn agent_error(e: axoneme_api::ClientError) -> CliError {
+    CliError::Agent(e.to_string())
+}
+
+pub async fn status(socket: &Path) -> Result<Status, CliError> {
+    client(socket).get("/v1/status").await.map_err(agent_error)
+}
+
+/// `bpf ipcache list`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Ipcache(pub Vec<IpcacheEntry>);
+
+impl Render for Ipcache {
+    fn human(&self) -> String {
+        let mut t = Table::new(&["PREFIX", "IDENTITY"]);
+        for e in &self.0 {
+            t.row([e.prefix.clone(), e.identity.to_string()]);
+        }
+        t.to_string()
+    }
+}
+
+pub async fn ipcache(socket: &Path) -> Result<Ipcache, CliError> {
+    Ok(Ipcache(
+        client(socket)
+            .get("/v1/bpf/ipcache")
+            .await
+            .map_err(agent_error)?,
+    ))
+}
+
+/// `bpf policy get ENDPOINT`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct PolicyMap(pub Vec<PolicyEntry>);
+
+impl Render for PolicyMap {
+    fn human(&self) -> String {
+        let mut t = Table::new(&[
+            "DIRECTION",
+            "IDENTITY",
+            "PROTO",
+            "PORTS",
+            "VERDICT",
+            "PROXY",
+            "PACKETS",
+            "BYTES",
+        ]);
+        for e in &self.0 {
+            t.row([
+                e.direction.clone(),
+                if e.identity == 0 {
+                    "ANY".to_string()
+                } else {
+                    e.identity.to_string()
+                },
+                e.protocol.clone(),
+                e.ports.clone(),
+                e.verdict.clone(),
+                if e.proxy_port == 0 {
+                    "-".into()
+                } else {
+                    e.proxy_port.to_string()
+                },
+                e.packets.to_string(),
+                e.bytes.to_string(),
+            ]);
+        }
+        t.to_string()
+    }
+}
+
+pub async fn policy(socket: &Path, endpoint: &str) -> Result<PolicyMap, CliError> {
+    if endpoint.is_empty() || endpoint.contains('/') || endpoint.contains(char::is_whitespace) {
+        return Err(CliError::InvalidName {
+            what: "endpoint",
+            value: endpoint.to_string(),
+            reason: "give an endpoint name or number (no '/' or spaces)".into(),
+        });
+    }
+    Ok(PolicyMap(
+        client(socket)
+            .get(&format!("/v1/bpf/policy/{endpoint}"))
+            .await
+            .map_err(agent_error)?,
+    ))
+}
+
+/// `bpf ct list`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Conntrack(pub Vec<CtEntry>);
+
+impl Render for Conntrack {
+    fn human(&self) -> String {
+        let mut t = Table::new(&[
+            "PROTO",
+            "SOURCE",
+            "DESTINATION",
+            "STATE",
+            "EXPIRES",
+            "PACKETS",
+            "BYTES",
+        ]);
+        for e in &self.0 {
+            t.row([
+                e.protocol.clone(),
+                e.src.clone(),
+                e.dst.clone(),
+                e.state.clone(),
+                format!("{}s", e.expires_in_s),
+                e.packets.to_string(),
+                e.bytes.to_string(),
+            ]);
+        }
+        t.to_string()
+    }
+}
+
+pub async fn ct(socket: &Path) -> Result<Conntrack, CliError> {
+    Ok(Conntrack(
+        client(socket)
+            .get("/v1/bpf/ct")
+            .await
+            .map_err(agent_error)?,
+    ))
+}
+
+/// One node as `node list` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub pod_cidrs: Vec<String>,
+    /// The agent's lease holds its record: false once it has expired.
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Nodes(pub Vec<NodeView>);
+
+impl Render for Nodes {
+    fn human(&self) -> String {
+        let mut t = Table::new(&["NAME", "ADDRESSES", "POD CIDRS", "AGENT"]);
+        for n in &self.0 {
+            t.row([
+                n.name.clone(),
+                n.addresses.join(","),
+                n.pod_cidrs.join(","),
+                if n.alive { "alive" } else { "gone" }.to_string(),
+            ]);
+        }
+        t.to_string()
+    }
+}
+
+/// Every node that is announced or still holds pod CIDRs.
+pub async fn nodes(ctx: &Ctx) -> Result<Nodes, CliError> {
+    let kv_err = |what: &str| {
+        let what = what.to_string();
+        move |source| CliError::Kv { what, source }
+    };
+    let (records, _) = ctx
+        .kv
+        .get_prefix(&ctx.layout.nodes_prefix())
+        .await
+        .map_err(kv_err("listing nodes"))?;
+    let (cidrs, _) = ctx
+        .kv
+        .get_prefix(&ctx.layout.node_cidrs_prefix())
+        .await
+        .map_err(kv_err("listing node CIDRs"))?;
+    let mut out = std::collections::BTreeMap::new();
+    for kv in cidrs {
+        let Some(name) = kv.key.strip_prefix(&ctx.layout.node_cidrs_prefix()) else {
+            continue;
+        };
+        let c: Option<NodeCidrs> = serde_json::from_slice(&kv.value).ok();
+        out.insert(
+            name.to_string(),
+            NodeView {
+                name: name.to_string(),
+                addresses: Vec::new(),
+                pod_cidrs: c
+                    .map(|c| c.pod_cidrs.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+                alive: false,
+            },
+        );
+    }
+    for kv in records {
+        let Ok(r) = serde_json::from_slice::<NodeRecord>(&kv.value) else {
+            continue;
+        };
+        let view = out.entry(r.name.clone()).or_insert_with(|| NodeView {
+            name: r.name.clone(),
+            addresses: Vec::new(),
+            pod_cidrs: Vec::new(),
+            alive: true,
+        });
+        view.alive = true;
+        view.addresses = r.addresses.iter().map(ToString::to_string).collect();
+    }
+    Ok(Nodes(out.into_values().collect()))
+}

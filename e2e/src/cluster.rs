@@ -1,0 +1,443 @@
+//! A local multi-node cluster: a 3-member etcd, two operator replicas, an
+//! underlay (a bridge in its own namespace) and N nodes, each a network
+//! namespace with a real `axoneme-agent` (running in the root namespace,
+//! attaching in the node's). Pods are namespaces plugged in by the real
+//! `axoneme-cni` binary, invoked as a container runtime does: `CNI_*`
+//! environment and the network configuration on stdin.
+//!
+//! Every name carries the run's prefix; everything (processes by PID,
+//! namespaces, pins, state) is removed on drop, or kept with
+//! `AXONEME_KEEP=1`.
+//!
+//! Addressing: node i is 192.168.77.(i+1)/24 and fd77::(i+1)/64 on the
+//! underlay; pods get addresses from the operator's pools (10.200.0.0/16
+//! in /24s and fd00:a0::/104 in /120s) and reach other nodes' pods by
+//! direct routing via the node addresses.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::Netns;
+use crate::{bin_path, EtcdCluster, OperatorProc, Proc};
+
+/// How the cluster is built.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub nodes: usize,
+    /// Agent lease TTL in seconds (how fast a dead node's pods vanish).
+    pub lease_ttl: u32,
+    /// Extra agent flags.
+    pub agent_args: Vec<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nodes: 2,
+            lease_ttl: 3,
+            agent_args: Vec::new(),
+        }
+    }
+}
+
+/// One node.
+pub struct ClusterNode {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub agent: Option<Proc>,
+    args: Vec<String>,
+}
+
+/// A pod made through the CNI plugin.
+pub struct CniPod {
+    pub name: String,
+    pub node: usize,
+    pub container_id: String,
+    pub ns: Netns,
+    /// The CNI result (JSON) of its ADD.
+    pub result: serde_json::Value,
+    pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
+}
+
+/// What one CNI invocation returned.
+#[derive(Debug)]
+pub struct CniOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl CniOutput {
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("CNI output is not JSON: {:?}", self.stdout))
+    }
+}
+
+/// The cluster. Fields drop in order: agents first (in `nodes`), then
+/// operators, then etcd.
+pub struct Cluster {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub nodes: Vec<ClusterNode>,
+    pub operators: Vec<OperatorProc>,
+    pub etcd: EtcdCluster,
+    pub underlay: Netns,
+}
+
+impl Cluster {
+    pub fn start(cfg: &ClusterConfig) -> Result<Self> {
+        let prefix = crate::run_prefix("c");
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        let etcd = EtcdCluster::start(3)?;
+        let underlay = Netns::create(&format!("{prefix}-ul"))?;
+        underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
+        underlay.ip(&["link", "set", "br0", "up"])?;
+        let mut cluster = Cluster {
+            prefix: prefix.clone(),
+            dir: dir.clone(),
+            nodes: Vec::new(),
+            operators: Vec::new(),
+            etcd,
+            underlay,
+        };
+        let op_args: Vec<String> = [
+            "--lease-ttl",
+            "2",
+            "--cluster-pool-ipv6-cidr",
+            "fd00:a0::/104",
+            "--cluster-pool-ipv6-mask-size",
+            "120",
+            "--identity-gc-grace",
+            "10s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for id in ["op-a", "op-b"] {
+            let op = OperatorProc::start(
+                &bin_path("axoneme-operator"),
+                id,
+                &cluster.etcd.endpoints(),
+                &op_args,
+                &dir,
+            )?;
+            cluster.operators.push(op);
+        }
+        for i in 0..cfg.nodes {
+            cluster.add_node(i, cfg)?;
+        }
+        for i in 0..cfg.nodes {
+            cluster.wait_node_ready(i, Duration::from_secs(30))?;
+        }
+        Ok(cluster)
+    }
+
+    fn add_node(&mut self, i: usize, cfg: &ClusterConfig) -> Result<()> {
+        let name = format!("{}-n{i}", self.prefix);
+        let ns = Netns::create(&name)?;
+        ns.sysctl("net.ipv4.ip_forward", "1")?;
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        let octet = u8::try_from(i + 1).context("too many nodes")?;
+        let ip = Ipv4Addr::new(192, 168, 77, octet);
+        let ip6 = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, u16::from(octet));
+        let ul = format!("u{i}");
+        self.underlay.ip(&[
+            "link", "add", &ul, "type", "veth", "peer", "name", "ul0", "netns", &name,
+        ])?;
+        self.underlay.ip(&["link", "set", &ul, "master", "br0"])?;
+        self.underlay.ip(&["link", "set", &ul, "up"])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "ul0"])?;
+        ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "ul0", "nodad"])?;
+        ns.ip(&["link", "set", "ul0", "up"])?;
+        let state_dir = self.dir.join(format!("node{i}"));
+        let node = ClusterNode {
+            socket: state_dir.join("agent.sock"),
+            pin_dir: PathBuf::from("/sys/fs/bpf/axoneme").join(&name),
+            state_dir,
+            args: {
+                let mut a: Vec<String> = [
+                    "--lease-ttl".to_string(),
+                    cfg.lease_ttl.to_string(),
+                    "--node-ip".into(),
+                    ip.to_string(),
+                    "--node-ip".into(),
+                    ip6.to_string(),
+                ]
+                .to_vec();
+                a.extend(cfg.agent_args.iter().cloned());
+                a
+            },
+            name,
+            ns,
+            ip,
+            ip6,
+            agent: None,
+        };
+        self.nodes.push(node);
+        self.start_agent(i)
+    }
+
+    /// Starts (or restarts) node `i`'s agent.
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let etcd = self.etcd.endpoints().join(",");
+        let n = &mut self.nodes[i];
+        let mut cmd = Command::new(bin_path("axoneme-agent"));
+        cmd.args(["--node", &n.name])
+            .args(["--etcd-endpoints", &etcd])
+            .arg("--netns")
+            .arg(n.ns.path())
+            .arg("--bpf-pin-dir")
+            .arg(&n.pin_dir)
+            .arg("--state-dir")
+            .arg(&n.state_dir)
+            .arg("--api-socket")
+            .arg(&n.socket)
+            .args(&n.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        let log = self.dir.join(format!("agent-{i}.log"));
+        n.agent = Some(Proc::spawn(&format!("agent-{i}"), cmd, &log)?);
+        Ok(())
+    }
+
+    /// Waits until node `i`'s agent answers on its socket and has a pod
+    /// CIDR.
+    pub fn wait_node_ready(&mut self, i: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(out) = self.cli(i, &["-o", "json", "status"]) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                    let cidrs = v
+                        .pointer("/agent/status/pod_cidrs")
+                        .and_then(|c| c.as_array())
+                        .map_or(0, Vec::len);
+                    if cidrs == 2 {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(a) = self.nodes[i].agent.as_mut() {
+                if !a.is_running() {
+                    bail!("agent {i} exited:\n{}", a.log_text());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {i} not ready within {timeout:?}:\n{}",
+                    self.agent_log(i)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn agent_log(&self, i: usize) -> String {
+        self.nodes[i]
+            .agent
+            .as_ref()
+            .map(Proc::log_text)
+            .unwrap_or_default()
+    }
+
+    /// The `axoneme` CLI against this cluster and node `i`'s agent.
+    pub fn cli_command(&self, node: usize, args: &[&str]) -> Command {
+        let mut c = Command::new(bin_path("axoneme"));
+        c.env("AXONEME_ETCD_ENDPOINTS", self.etcd.endpoints().join(","))
+            .env("AXONEME_AGENT_SOCKET", &self.nodes[node].socket)
+            .args(args);
+        c
+    }
+
+    /// Runs the CLI; fails with its stderr if it fails.
+    pub fn cli(&self, node: usize, args: &[&str]) -> Result<Output> {
+        let out = self
+            .cli_command(node, args)
+            .output()
+            .context("running axoneme")?;
+        if !out.status.success() {
+            bail!(
+                "axoneme {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+
+    /// The network configuration for node `i` with these labels.
+    pub fn cni_config(&self, node: usize, labels: &[(&str, &str)]) -> serde_json::Value {
+        let labels: Vec<serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
+            .collect();
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "axoneme",
+            "type": "axoneme-cni",
+            "agentSocket": self.nodes[node].socket,
+            "timeoutMs": 15000,
+            "args": {"cni": {"labels": labels}},
+        })
+    }
+
+    /// Runs the CNI plugin as a runtime does.
+    pub fn cni(
+        &self,
+        command: &str,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        cni_args: &str,
+        stdin: &[u8],
+    ) -> Result<CniOutput> {
+        let plugin = bin_path("axoneme-cni");
+        let start = Instant::now();
+        let mut child = Command::new(&plugin)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_ARGS", cni_args)
+            .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running axoneme-cni")?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin)
+            .context("writing the CNI config")?;
+        let out = child.wait_with_output()?;
+        Ok(CniOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// Creates pod `name` on `node` with `labels` through CNI ADD.
+    pub fn add_pod(&self, node: usize, name: &str, labels: &[(&str, &str)]) -> Result<CniPod> {
+        let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
+        let container_id = format!("{}-{name}", self.prefix);
+        let config = serde_json::to_vec(&self.cni_config(node, labels))?;
+        let out = self.cni(
+            "ADD",
+            &container_id,
+            &ns.path().to_string_lossy(),
+            "eth0",
+            &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+            &config,
+        )?;
+        if !out.success {
+            bail!(
+                "CNI ADD of {name} failed: {} {}\n{}",
+                out.stdout,
+                out.stderr,
+                self.agent_log(node)
+            );
+        }
+        let result = out.json()?;
+        let mut ip = None;
+        let mut ip6 = None;
+        for a in result["ips"].as_array().into_iter().flatten() {
+            let addr = a["address"].as_str().unwrap_or_default();
+            match addr.split('/').next().unwrap_or_default().parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => ip = Some(v4),
+                Ok(IpAddr::V6(v6)) => ip6 = Some(v6),
+                Err(_) => bail!("bad address {addr:?} in {result}"),
+            }
+        }
+        Ok(CniPod {
+            name: name.to_string(),
+            node,
+            container_id,
+            ns,
+            ip: ip.context("no IPv4 address in the CNI result")?,
+            ip6,
+            result,
+        })
+    }
+
+    /// CNI DEL of a pod (its namespace goes when the pod is dropped).
+    pub fn delete_pod(&self, pod: &CniPod) -> Result<()> {
+        let config = serde_json::to_vec(&self.cni_config(pod.node, &[]))?;
+        let out = self.cni(
+            "DEL",
+            &pod.container_id,
+            &pod.ns.path().to_string_lossy(),
+            "eth0",
+            "",
+            &config,
+        )?;
+        if !out.success {
+            bail!(
+                "CNI DEL of {} failed: {} {}",
+                pod.name,
+                out.stdout,
+                out.stderr
+            );
+        }
+        Ok(())
+    }
+
+    /// Interfaces in node `i`'s namespace (for leak checks).
+    pub fn node_links(&self, i: usize) -> Result<Vec<String>> {
+        let out = self.nodes[i].ns.ip(&["-o", "link", "show"])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if crate::keep() {
+            for n in &mut self.nodes {
+                if let Some(a) = n.agent.take() {
+                    eprintln!(
+                        "AXONEME_KEEP: agent {} left running, pid {}",
+                        n.name,
+                        a.detach()
+                    );
+                }
+            }
+            for o in self.operators.drain(..) {
+                eprintln!("AXONEME_KEEP: operator {} pid {}", o.id, o.proc.detach());
+            }
+            eprintln!("AXONEME_KEEP: cluster state in {}", self.dir.display());
+            return;
+        }
+        for n in &mut self.nodes {
+            if let Some(mut a) = n.agent.take() {
+                a.terminate(Duration::from_secs(5));
+            }
+            let _ = std::fs::remove_dir_all(&n.pin_dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,224 @@
+//! The local cluster end to end: two nodes, pods plugged in by the real
+//! CNI plugin, the seed policy's L3/L4 part enforced across nodes, policy
+//! propagation, pod deletion and node death.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod, Proc};
+
+fn seed_policy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/seed-payments-policy.yaml")
+}
+
+/// A real HTTP server (Python's http.server) in the pod on `port`, both
+/// families.
+fn http_server(c: &Cluster, pod: &CniPod, port: u16) -> Result<Proc> {
+    let mut cmd = pod.ns.command(&[
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "::",
+        &port.to_string(),
+    ]);
+    cmd.current_dir(&c.dir);
+    let p = Proc::spawn(
+        &format!("http-{}", pod.name),
+        cmd,
+        &c.dir.join(format!("http-{}.log", pod.name)),
+    )?;
+    // Wait until it listens (from inside its own namespace).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !curl(pod, "127.0.0.1", port) {
+        if Instant::now() > deadline {
+            bail!("http server in {} did not start", pod.name);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(p)
+}
+
+/// Whether `curl` from `from` gets an HTTP answer from `addr:port`.
+fn curl(from: &CniPod, addr: &str, port: u16) -> bool {
+    let host = if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    };
+    from.ns
+        .command(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "1",
+            "-w",
+            "%{http_code}",
+            &format!("http://{host}:{port}/"),
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| o.status.success() && o.stdout == b"200")
+        .unwrap_or(false)
+}
+
+/// Polls until `curl` gives `want`, within `timeout`.
+fn eventually(from: &CniPod, addr: &str, port: u16, want: bool, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if curl(from, addr, port) == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} -> {addr}:{port}: still {} after {timeout:?}",
+                from.name,
+                if want { "blocked" } else { "connecting" }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn json(c: &Cluster, node: usize, args: &[&str]) -> Result<serde_json::Value> {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    let out = c.cli(node, &all)?;
+    serde_json::from_slice(&out.stdout).context("CLI JSON")
+}
+
+fn ipcache_has(c: &Cluster, node: usize, ip: &str) -> Result<bool> {
+    let v = json(c, node, &["bpf", "ipcache", "list"])?;
+    Ok(v.as_array().into_iter().flatten().any(|e| {
+        e["prefix"]
+            .as_str()
+            .is_some_and(|p| p.split('/').next() == Some(ip))
+    }))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn seed_policy_across_two_nodes() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig::default())?;
+    let payments = c.add_pod(0, "payments", &[("app", "payments")])?;
+    let checkout = c.add_pod(1, "checkout", &[("app", "checkout")])?;
+    let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
+    // Different nodes get different pod CIDRs.
+    assert_ne!(payments.ip.octets()[2], checkout.ip.octets()[2]);
+    let _srv = http_server(&c, &payments, 8080)?;
+    let _srv2 = http_server(&c, &intruder, 9090)?;
+    let pay4 = payments.ip.to_string();
+    let pay6 = payments.ip6.context("no IPv6")?.to_string();
+
+    // No policy: everything connects, across nodes, both families.
+    for from in [&checkout, &intruder] {
+        eventually(from, &pay4, 8080, true, Duration::from_secs(5))?;
+        eventually(from, &pay6, 8080, true, Duration::from_secs(5))?;
+    }
+
+    // The seed policy: only checkout reaches payments:8080.
+    let seed = seed_policy();
+    c.cli(
+        0,
+        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
+    )?;
+    eventually(&intruder, &pay4, 8080, false, Duration::from_secs(5))?;
+    eventually(&intruder, &pay6, 8080, false, Duration::from_secs(5))?;
+    assert!(curl(&checkout, &pay4, 8080), "checkout -> payments v4");
+    assert!(curl(&checkout, &pay6, 8080), "checkout -> payments v6");
+    // Payments' egress is not restricted (and the replies come back).
+    assert!(
+        curl(&payments, &intruder.ip.to_string(), 9090),
+        "payments egress"
+    );
+
+    // The drop is visible: an event with reason 133 from the intruder on
+    // payments' node, and the allow entry counted the checkout flows.
+    let src = format!("src={}", intruder.ip);
+    wait_for("drop event 133", Duration::from_secs(3), || {
+        Ok(c.agent_log(0)
+            .lines()
+            .any(|l| l.contains("kind=\"drop\"") && l.contains("reason=133") && l.contains(&src)))
+    })?;
+    let entries = json(&c, 0, &["bpf", "policy", "get", &payments.container_id])?;
+    let allow = entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["direction"] == "ingress" && e["ports"] == "8080" && e["protocol"] == "TCP")
+        .with_context(|| format!("no TCP/8080 entry in {entries}"))?;
+    assert!(allow["packets"].as_u64().unwrap_or(0) > 0, "{allow}");
+
+    // Propagation: delete and re-import while traffic runs.
+    c.cli(0, &["policy", "delete", "payments-api"])?;
+    eventually(&intruder, &pay4, 8080, true, Duration::from_secs(5))?;
+    c.cli(
+        0,
+        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
+    )?;
+    eventually(&intruder, &pay4, 8080, false, Duration::from_secs(5))?;
+
+    // Deleting a pod removes its ipcache entries everywhere, its etcd
+    // record, its veth and its state.
+    let host_if = intruder.result["interfaces"][0]["name"]
+        .as_str()
+        .context("host interface")?
+        .to_string();
+    assert!(c.node_links(1)?.contains(&host_if));
+    let intruder_ip = intruder.ip.to_string();
+    c.delete_pod(&intruder)?;
+    for node in [0, 1] {
+        wait_for(
+            "intruder gone from the ipcache",
+            Duration::from_secs(5),
+            || Ok(!ipcache_has(&c, node, &intruder_ip)?),
+        )?;
+    }
+    assert!(!c.node_links(1)?.contains(&host_if), "veth leaked");
+    let eps = json(&c, 0, &["endpoint", "list"])?;
+    assert!(
+        !eps.to_string().contains(&intruder.container_id),
+        "record left: {eps}"
+    );
+    // DEL again is fine (idempotent).
+    c.delete_pod(&intruder)?;
+
+    // A dead node's pods stop being trusted after its lease TTL: kill -9
+    // node 1's agent; node 0 forgets checkout's address, so checkout (now
+    // "world" to payments) is denied.
+    let checkout_ip = checkout.ip.to_string();
+    assert!(ipcache_has(&c, 0, &checkout_ip)?);
+    c.nodes[1].agent.as_mut().context("agent 1")?.kill9();
+    let killed = Instant::now();
+    wait_for(
+        "checkout gone from node 0's ipcache",
+        Duration::from_secs(15),
+        || Ok(!ipcache_has(&c, 0, &checkout_ip)?),
+    )?;
+    eprintln!("dead node's pods untrusted after {:?}", killed.elapsed());
+    eventually(&checkout, &pay4, 8080, false, Duration::from_secs(5))?;
+
+    // The agent comes back: it re-announces its endpoints, and checkout is
+    // trusted again.
+    c.start_agent(1)?;
+    c.wait_node_ready(1, Duration::from_secs(20))?;
+    eventually(&checkout, &pay4, 8080, true, Duration::from_secs(10))?;
+    Ok(())
+}
