@@ -48,7 +48,10 @@ fn axoneme(endpoints: &str, args: &[&str]) -> Result<Run> {
         .env_remove("AXONEME_ETCD_KEY")
         .env_remove("AXONEME_KVSTORE_PREFIX")
         // No agent on this "host": status reports that, without failing.
-        .env("AXONEME_AGENT_SOCKET", "/nonexistent/axoneme-test/agent.sock")
+        .env(
+            "AXONEME_AGENT_SOCKET",
+            "/nonexistent/axoneme-test/agent.sock",
+        )
         .output()
         .context("running axoneme")?;
     Ok(Run {

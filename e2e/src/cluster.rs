@@ -93,8 +93,44 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<ClusterNode>,
     pub operators: Vec<OperatorProc>,
-    pub etcd: EtcdCluster,
-    pub underlay: Netns,
+    /// Extra processes (servers in pods) stopped with the cluster.
+    pub extra: Vec<Proc>,
+    etcd: Option<EtcdCluster>,
+    underlay: Option<Netns>,
+}
+
+/// What a detached cluster left running, for [`teardown`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Leftovers {
+    pub pids: Vec<u32>,
+    pub netns: Vec<String>,
+    pub paths: Vec<PathBuf>,
+    pub etcd_endpoints: Vec<String>,
+    pub sockets: Vec<PathBuf>,
+}
+
+/// Stops what a detached cluster left: only the recorded PIDs, and only
+/// while they still are etcd, Axoneme or the demo's servers; then the
+/// namespaces, pins and directories.
+pub fn teardown(l: &Leftovers) {
+    for pid in &l.pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("etcd")
+            || cmdline.contains("axoneme")
+            || cmdline.contains("http.server")
+        {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", &pid.to_string()])
+                .status();
+        }
+    }
+    for ns in &l.netns {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+    }
+    for p in &l.paths {
+        let _ = std::fs::remove_dir_all(p);
+    }
 }
 
 impl Cluster {
@@ -106,13 +142,17 @@ impl Cluster {
         let underlay = Netns::create(&format!("{prefix}-ul"))?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
+        if std::env::var_os("AXONEME_CLUSTER_DEBUG").is_some() {
+            eprintln!("cluster {prefix}: state in {}", dir.display());
+        }
         let mut cluster = Cluster {
             prefix: prefix.clone(),
             dir: dir.clone(),
             nodes: Vec::new(),
             operators: Vec::new(),
-            etcd,
-            underlay,
+            extra: Vec::new(),
+            etcd: Some(etcd),
+            underlay: Some(underlay),
         };
         let op_args: Vec<String> = [
             "--lease-ttl",
@@ -131,7 +171,7 @@ impl Cluster {
             let op = OperatorProc::start(
                 &bin_path("axoneme-operator"),
                 id,
-                &cluster.etcd.endpoints(),
+                &cluster.etcd().endpoints(),
                 &op_args,
                 &dir,
             )?;
@@ -155,11 +195,12 @@ impl Cluster {
         let ip = Ipv4Addr::new(192, 168, 77, octet);
         let ip6 = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, u16::from(octet));
         let ul = format!("u{i}");
-        self.underlay.ip(&[
+        let underlay = self.underlay.as_ref().context("cluster detached")?;
+        underlay.ip(&[
             "link", "add", &ul, "type", "veth", "peer", "name", "ul0", "netns", &name,
         ])?;
-        self.underlay.ip(&["link", "set", &ul, "master", "br0"])?;
-        self.underlay.ip(&["link", "set", &ul, "up"])?;
+        underlay.ip(&["link", "set", &ul, "master", "br0"])?;
+        underlay.ip(&["link", "set", &ul, "up"])?;
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "ul0"])?;
         ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "ul0", "nodad"])?;
         ns.ip(&["link", "set", "ul0", "up"])?;
@@ -193,7 +234,7 @@ impl Cluster {
 
     /// Starts (or restarts) node `i`'s agent.
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
-        let etcd = self.etcd.endpoints().join(",");
+        let etcd = self.etcd().endpoints().join(",");
         let n = &mut self.nodes[i];
         let mut cmd = Command::new(bin_path("axoneme-agent"));
         cmd.args(["--node", &n.name])
@@ -247,6 +288,71 @@ impl Cluster {
         }
     }
 
+    pub fn etcd(&self) -> &EtcdCluster {
+        self.etcd.as_ref().expect("the cluster's etcd")
+    }
+
+    /// A real HTTP server (Python's `http.server`, both families) in `pod`
+    /// on `port`, stopped with the cluster; returns once it answers.
+    pub fn http_server(&mut self, pod: &CniPod, port: u16) -> Result<()> {
+        let mut cmd = pod.ns.command(&[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "::",
+            &port.to_string(),
+        ]);
+        cmd.current_dir(&self.dir);
+        let name = format!("http-{}-{port}", pod.name);
+        let log = self.dir.join(format!("{name}.log"));
+        self.extra.push(Proc::spawn(&name, cmd, &log)?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pod.http_ok("127.0.0.1", port) {
+            if Instant::now() > deadline {
+                bail!("the HTTP server in {} did not start", pod.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Leaves everything running and returns what to tear down later;
+    /// `pods` are kept too.
+    pub fn detach(mut self, pods: Vec<CniPod>) -> Leftovers {
+        let mut l = Leftovers {
+            etcd_endpoints: self.etcd().endpoints(),
+            ..Leftovers::default()
+        };
+        for p in pods {
+            l.netns.push(p.ns.leak());
+        }
+        for p in self.extra.drain(..) {
+            l.pids.push(p.detach());
+        }
+        for n in std::mem::take(&mut self.nodes) {
+            if let Some(a) = n.agent {
+                l.pids.push(a.detach());
+            }
+            l.paths.push(n.pin_dir);
+            l.sockets.push(n.socket);
+            l.netns.push(n.ns.leak());
+        }
+        for o in self.operators.drain(..) {
+            l.pids.push(o.proc.detach());
+        }
+        if let Some(etcd) = self.etcd.take() {
+            let (pids, dir) = etcd.detach();
+            l.pids.extend(pids);
+            l.paths.push(dir);
+        }
+        if let Some(u) = self.underlay.take() {
+            l.netns.push(u.leak());
+        }
+        l.paths.push(std::mem::take(&mut self.dir));
+        l
+    }
+
     pub fn agent_log(&self, i: usize) -> String {
         self.nodes[i]
             .agent
@@ -258,7 +364,7 @@ impl Cluster {
     /// The `axoneme` CLI against this cluster and node `i`'s agent.
     pub fn cli_command(&self, node: usize, args: &[&str]) -> Command {
         let mut c = Command::new(bin_path("axoneme"));
-        c.env("AXONEME_ETCD_ENDPOINTS", self.etcd.endpoints().join(","))
+        c.env("AXONEME_ETCD_ENDPOINTS", self.etcd().endpoints().join(","))
             .env("AXONEME_AGENT_SOCKET", &self.nodes[node].socket)
             .args(args);
         c
@@ -414,8 +520,40 @@ impl Cluster {
     }
 }
 
+impl CniPod {
+    /// Whether `curl` from this pod gets `200` from `http://addr:port/`
+    /// within a second.
+    pub fn http_ok(&self, addr: &str, port: u16) -> bool {
+        let host = if addr.contains(':') {
+            format!("[{addr}]")
+        } else {
+            addr.to_string()
+        };
+        self.ns
+            .command(&[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "1",
+                "-w",
+                "%{http_code}",
+                &format!("http://{host}:{port}/"),
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| o.status.success() && o.stdout == b"200")
+            .unwrap_or(false)
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.dir.as_os_str().is_empty() {
+            // Detached.
+            return;
+        }
         if crate::keep() {
             for n in &mut self.nodes {
                 if let Some(a) = n.agent.take() {

@@ -44,6 +44,13 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Keeps the namespace after `self` is gone; returns its name.
+    pub fn leak(self) -> String {
+        let name = self.name.clone();
+        std::mem::forget(self);
+        name
+    }
+
     /// `/run/netns/<name>`.
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)

@@ -3,75 +3,21 @@
 //! propagation, pod deletion and node death.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use axoneme_e2e::{Cluster, ClusterConfig, CniPod, Proc};
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
 fn seed_policy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/testdata/seed-payments-policy.yaml")
 }
 
-/// A real HTTP server (Python's http.server) in the pod on `port`, both
-/// families.
-fn http_server(c: &Cluster, pod: &CniPod, port: u16) -> Result<Proc> {
-    let mut cmd = pod.ns.command(&[
-        "python3",
-        "-m",
-        "http.server",
-        "--bind",
-        "::",
-        &port.to_string(),
-    ]);
-    cmd.current_dir(&c.dir);
-    let p = Proc::spawn(
-        &format!("http-{}", pod.name),
-        cmd,
-        &c.dir.join(format!("http-{}.log", pod.name)),
-    )?;
-    // Wait until it listens (from inside its own namespace).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !curl(pod, "127.0.0.1", port) {
-        if Instant::now() > deadline {
-            bail!("http server in {} did not start", pod.name);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(p)
-}
-
-/// Whether `curl` from `from` gets an HTTP answer from `addr:port`.
-fn curl(from: &CniPod, addr: &str, port: u16) -> bool {
-    let host = if addr.contains(':') {
-        format!("[{addr}]")
-    } else {
-        addr.to_string()
-    };
-    from.ns
-        .command(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "1",
-            "-w",
-            "%{http_code}",
-            &format!("http://{host}:{port}/"),
-        ])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| o.status.success() && o.stdout == b"200")
-        .unwrap_or(false)
-}
-
 /// Polls until `curl` gives `want`, within `timeout`.
 fn eventually(from: &CniPod, addr: &str, port: u16, want: bool, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if curl(from, addr, port) == want {
+        if from.http_ok(addr, port) == want {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -122,8 +68,8 @@ fn seed_policy_across_two_nodes() -> Result<()> {
     let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
     // Different nodes get different pod CIDRs.
     assert_ne!(payments.ip.octets()[2], checkout.ip.octets()[2]);
-    let _srv = http_server(&c, &payments, 8080)?;
-    let _srv2 = http_server(&c, &intruder, 9090)?;
+    c.http_server(&payments, 8080)?;
+    c.http_server(&intruder, 9090)?;
     let pay4 = payments.ip.to_string();
     let pay6 = payments.ip6.context("no IPv6")?.to_string();
 
@@ -141,11 +87,11 @@ fn seed_policy_across_two_nodes() -> Result<()> {
     )?;
     eventually(&intruder, &pay4, 8080, false, Duration::from_secs(5))?;
     eventually(&intruder, &pay6, 8080, false, Duration::from_secs(5))?;
-    assert!(curl(&checkout, &pay4, 8080), "checkout -> payments v4");
-    assert!(curl(&checkout, &pay6, 8080), "checkout -> payments v6");
+    assert!(checkout.http_ok(&pay4, 8080), "checkout -> payments v4");
+    assert!(checkout.http_ok(&pay6, 8080), "checkout -> payments v6");
     // Payments' egress is not restricted (and the replies come back).
     assert!(
-        curl(&payments, &intruder.ip.to_string(), 9090),
+        payments.http_ok(&intruder.ip.to_string(), 9090),
         "payments egress"
     );
 
