@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axoneme_api::{
     cni_code, AddRequest, ApiError, CheckRequest, ComponentStatus, CtEntry, DelRequest,
-    EndpointView, IpcacheEntry, PolicyEntry, Status,
+    EndpointView, EventView, IpcacheEntry, PolicyEntry, Status,
 };
 use axoneme_kvstore::KvStore;
 use axum::extract::rejection::JsonRejection;
@@ -33,6 +33,7 @@ pub enum Query {
     Ipcache(oneshot::Sender<Result<Vec<IpcacheEntry>, ApiError>>),
     Policy(String, oneshot::Sender<Result<Vec<PolicyEntry>, ApiError>>),
     Ct(oneshot::Sender<Result<Vec<CtEntry>, ApiError>>),
+    Events(oneshot::Sender<Vec<EventView>>),
 }
 
 struct Ctx {
@@ -153,6 +154,10 @@ async fn ct(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<CtEntry>>, Failure> 
     Ok(Json(ask(&ctx, Query::Ct).await??))
 }
 
+async fn events(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EventView>>, Failure> {
+    Ok(Json(ask(&ctx, Query::Events).await?))
+}
+
 async fn not_found() -> Failure {
     Failure(ApiError::new(
         cni_code::UNSUPPORTED_FIELD,
@@ -197,6 +202,7 @@ pub async fn serve(
         .route("/v1/bpf/ipcache", get(ipcache))
         .route("/v1/bpf/policy/{endpoint}", get(policy))
         .route("/v1/bpf/ct", get(ct))
+        .route("/v1/events", get(events))
         .fallback(not_found)
         .with_state(ctx);
     let result = axum::serve(listener, app)

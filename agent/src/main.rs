@@ -3,7 +3,7 @@
 //! and logs the datapath's events, until SIGTERM or SIGINT. On exit the
 //! pinned programs and maps keep enforcing; the next run adopts them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +19,7 @@ use axoneme_agent::netdev::{self, Ns};
 use axoneme_agent::node::{validate_node_name, NodeState};
 use axoneme_agent::reconcile::{Desired, Reconciler};
 use axoneme_agent::views;
-use axoneme_bpf_common::{event_kind, Event};
+use axoneme_api::EventView;
 use axoneme_identity::layout::DEFAULT_ROOT;
 use axoneme_identity::{Layout, NodeCidrs, NodeRecord, WatchCache};
 use axoneme_kvstore::{KvArgs, KvStore};
@@ -32,6 +32,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 const DEFAULT_SOCKET: &str = "/run/axoneme/agent.sock";
+/// Datapath events the API keeps for `axoneme events`.
+const RECENT_EVENTS: usize = 4096;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 
 /// axoneme-agent: the node agent of Axoneme.
 #[derive(Debug, Clone, Parser)]
@@ -235,6 +244,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         nodes.subscribe(),
     );
     let mut routes: Vec<(IpNet, IpAddr)> = Vec::new();
+    let mut recent: VecDeque<EventView> = VecDeque::with_capacity(RECENT_EVENTS);
     let mut events = tokio::time::interval(Duration::from_millis(100));
     let mut resync = tokio::time::interval(Duration::from_secs(30));
     let mut cidr_poll = tokio::time::interval(Duration::from_millis(500));
@@ -282,8 +292,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = subs.5.recv() => routes_dirty = true,
             _ = resync.tick() => { dirty = true; routes_dirty = true; }
             _ = events.tick() => {
+                let now = unix_ms();
                 for e in rec.datapath().maps.drain_events() {
-                    log_event(&e);
+                    let view = views::event(&e, now);
+                    log_event(&view);
+                    if recent.len() == RECENT_EVENTS {
+                        recent.pop_front();
+                    }
+                    recent.push_back(view);
                 }
             }
             _ = cidr_poll.tick() => {
@@ -305,7 +321,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
             }
-            Some(q) = queries.recv() => answer(q, &mut rec, &state, &eps, last_error.as_deref()),
+            Some(q) = queries.recv() => match q {
+                Query::Events(tx) => {
+                    let _ = tx.send(recent.iter().cloned().collect());
+                }
+                q => answer(q, &mut rec, &state, &eps, last_error.as_deref()),
+            },
             signal = &mut shutdown => {
                 info!(parent: &span, signal, "shutting down; the pinned datapath keeps enforcing");
                 break;
@@ -346,6 +367,10 @@ fn answer(
         Query::Ct(tx) => {
             let _ = tx.send(views::ct(rec));
         }
+        // Answered by the loop, which keeps them.
+        Query::Events(tx) => {
+            let _ = tx.send(Vec::new());
+        }
     }
 }
 
@@ -385,27 +410,23 @@ fn sync_routes(
 }
 
 /// One line per datapath event (target `axoneme::event`).
-fn log_event(e: &Event) {
-    let kind = match e.kind {
-        event_kind::DROP => "drop",
-        event_kind::POLICY_VERDICT => "policy-verdict",
-        _ => "other",
-    };
+fn log_event(e: &EventView) {
     info!(
         target: "axoneme::event",
-        kind,
+        kind = %e.kind,
         reason = e.reason,
-        verdict = e.verdict,
-        direction = if e.direction == 0 { "ingress" } else { "egress" },
+        reason_text = %e.reason_text,
+        verdict = %e.verdict,
+        direction = %e.direction,
         src_identity = e.src_identity,
         dst_identity = e.dst_identity,
-        src = %views::address(e.family, &e.saddr),
-        dst = %views::address(e.family, &e.daddr),
-        protocol = e.protocol,
-        sport = u16::from_be(e.sport),
-        dport = u16::from_be(e.dport),
-        match_type = e.match_type,
+        src = %e.src,
+        dst = %e.dst,
+        protocol = %e.protocol,
+        sport = e.sport,
+        dport = e.dport,
         ifindex = e.ifindex,
+        match_type = %e.match_type,
         "datapath event"
     );
 }

@@ -4,12 +4,12 @@
 use std::net::IpAddr;
 
 use axoneme_api::{
-    cni_code, ApiError, ComponentStatus, CtEntry, EndpointView, IpcacheEntry, MapStatus,
+    cni_code, ApiError, ComponentStatus, CtEntry, EndpointView, EventView, IpcacheEntry, MapStatus,
     PolicyEntry, Status,
 };
 use axoneme_bpf_common::{
-    ct_flags, direction, endpoint_flags, family, policy_flags, PolicyKey, CT_MAX, ENDPOINTS_MAX,
-    IPCACHE_MAX, POLICY_MAX,
+    ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type, policy_flags,
+    verdict, Event, PolicyKey, CT_MAX, ENDPOINTS_MAX, IPCACHE_MAX, POLICY_MAX,
 };
 
 use crate::datapath::DatapathError;
@@ -300,4 +300,68 @@ pub fn ct(rec: &mut Reconciler) -> Result<Vec<CtEntry>, ApiError> {
     }
     out.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
     Ok(out)
+}
+
+/// Cilium's words for its drop reasons.
+pub fn drop_reason_text(reason: u8) -> &'static str {
+    match reason {
+        drop_reason::DROP_INVALID_SIP => "Invalid source ip",
+        drop_reason::DROP_POLICY => "Policy denied",
+        drop_reason::DROP_INVALID => "Invalid packet",
+        drop_reason::DROP_CT_INVALID_HDR => "CT: Invalid header",
+        drop_reason::DROP_UNKNOWN_L3 => "Unknown L3 target address",
+        drop_reason::DROP_NO_ENDPOINT => "No endpoint (not enforced yet)",
+        drop_reason::DROP_CT_CREATE_FAILED => "CT: Map insertion failed",
+        drop_reason::DROP_INVALID_EXTHDR => "Invalid IPv6 extension header",
+        drop_reason::DROP_FRAG_NOT_FOUND => "Fragmentation needed / first fragment not seen",
+        drop_reason::DROP_POLICY_DENY => "Policy denied by denylist",
+        _ => "",
+    }
+}
+
+/// An event as the API and the log show it.
+pub fn event(e: &Event, time_ms: u64) -> EventView {
+    EventView {
+        time_ms,
+        kind: match e.kind {
+            event_kind::DROP => "drop",
+            event_kind::POLICY_VERDICT => "policy-verdict",
+            _ => "other",
+        }
+        .into(),
+        reason: e.reason,
+        reason_text: if e.kind == event_kind::DROP {
+            drop_reason_text(e.reason).into()
+        } else {
+            String::new()
+        },
+        verdict: match e.verdict {
+            verdict::ALLOWED => "allowed",
+            verdict::DENIED => "denied",
+            verdict::REDIRECTED => "redirected",
+            _ => "",
+        }
+        .into(),
+        direction: if e.direction == direction::INGRESS {
+            "ingress".into()
+        } else {
+            "egress".into()
+        },
+        src_identity: e.src_identity,
+        dst_identity: e.dst_identity,
+        src: address(e.family, &e.saddr).to_string(),
+        dst: address(e.family, &e.daddr).to_string(),
+        protocol: protocol_name(e.protocol),
+        sport: u16::from_be(e.sport),
+        dport: u16::from_be(e.dport),
+        ifindex: e.ifindex,
+        match_type: match e.match_type {
+            match_type::L3_ONLY => "L3-only",
+            match_type::L3_L4 => "L3-L4",
+            match_type::L4_ONLY => "L4-only",
+            match_type::ALL => "all",
+            _ => "none",
+        }
+        .into(),
+    }
 }

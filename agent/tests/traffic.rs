@@ -357,7 +357,7 @@ fn pods_on_one_node_policy_and_agent_restarts() -> Result<()> {
     let intruder_ip = c.intruder.ip.to_string();
     eventually("drop event for the intruder", || {
         c.agent_log().lines().any(|l| {
-            l.contains("kind=\"drop\"") && l.contains("reason=133") && l.contains(&intruder_ip)
+            l.contains("kind=drop") && l.contains("reason=133") && l.contains(&intruder_ip)
         })
     })?;
 

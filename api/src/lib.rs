@@ -12,6 +12,7 @@
 //! | `GET /v1/bpf/ipcache` | | [`IpcacheEntry`] list |
 //! | `GET /v1/bpf/policy/{endpoint}` | | [`PolicyEntry`] list |
 //! | `GET /v1/bpf/ct` | | [`CtEntry`] list |
+//! | `GET /v1/events` | | the most recent [`EventView`]s, oldest first |
 //!
 //! Every error is an [`ApiError`] with a non-2xx status; its `code` is a
 //! CNI error code, so the plugin passes it through unchanged.

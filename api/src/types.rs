@@ -210,3 +210,31 @@ pub struct Status {
     /// The etcd revision of the newest policy change applied.
     pub policy_revision: i64,
 }
+
+/// A datapath event (drop or policy verdict), as `GET /v1/events` lists
+/// the agent's most recent ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    /// Unix milliseconds when the agent read it.
+    pub time_ms: u64,
+    /// `drop` or `policy-verdict`.
+    pub kind: String,
+    /// Cilium's drop reason number (0 for verdicts).
+    pub reason: u8,
+    /// The reason in words.
+    pub reason_text: String,
+    /// `allowed`, `denied`, `redirected` or empty.
+    pub verdict: String,
+    pub direction: String,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub src: String,
+    pub dst: String,
+    pub protocol: String,
+    pub sport: u16,
+    pub dport: u16,
+    pub ifindex: u32,
+    /// Which kind of policy entry decided a verdict: `L3-only`, `L3-L4`,
+    /// `L4-only`, `all` or `none`.
+    pub match_type: String,
+}

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use axoneme_api::{Client, CtEntry, IpcacheEntry, PolicyEntry, Status};
+use axoneme_api::{Client, CtEntry, EventView, IpcacheEntry, PolicyEntry, Status};
 use axoneme_identity::{NodeCidrs, NodeRecord};
 use serde::Serialize;
 
@@ -223,4 +223,71 @@ pub async fn nodes(ctx: &Ctx) -> Result<Nodes, CliError> {
         view.addresses = r.addresses.iter().map(ToString::to_string).collect();
     }
     Ok(Nodes(out.into_values().collect()))
+}
+
+/// `events`: the agent's most recent datapath events.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Events(pub Vec<EventView>);
+
+impl Render for Events {
+    fn human(&self) -> String {
+        let mut t = Table::new(&[
+            "TIME",
+            "KIND",
+            "REASON",
+            "VERDICT",
+            "DIR",
+            "SOURCE",
+            "DESTINATION",
+            "PROTO",
+            "MATCH",
+        ]);
+        for e in &self.0 {
+            let secs = e.time_ms / 1000;
+            let time = format!(
+                "{:02}:{:02}:{:02}.{:03}",
+                (secs / 3600) % 24,
+                (secs / 60) % 60,
+                secs % 60,
+                e.time_ms % 1000
+            );
+            let reason = if e.kind == "drop" {
+                format!("{} ({})", e.reason, e.reason_text)
+            } else {
+                "-".into()
+            };
+            t.row([
+                time,
+                e.kind.clone(),
+                reason,
+                if e.verdict.is_empty() {
+                    "-".into()
+                } else {
+                    e.verdict.clone()
+                },
+                e.direction.clone(),
+                format!("{}:{} (id {})", e.src, e.sport, e.src_identity),
+                format!("{}:{} (id {})", e.dst, e.dport, e.dst_identity),
+                e.protocol.clone(),
+                e.match_type.clone(),
+            ]);
+        }
+        t.to_string()
+    }
+}
+
+/// The agent's recent events, optionally only of `kind`, at most `last`.
+pub async fn events(socket: &Path, kind: Option<&str>, last: usize) -> Result<Events, CliError> {
+    let all: Vec<EventView> = client(socket)
+        .get("/v1/events")
+        .await
+        .map_err(agent_error)?;
+    let mut picked: Vec<EventView> = all
+        .into_iter()
+        .filter(|e| kind.is_none_or(|k| e.kind == k))
+        .collect();
+    let skip = picked.len().saturating_sub(last);
+    picked.drain(..skip);
+    Ok(Events(picked))
 }

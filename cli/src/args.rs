@@ -51,6 +51,19 @@ pub enum Command {
     /// The node agent's BPF maps (through its API socket).
     #[command(subcommand)]
     Bpf(BpfCommand),
+    /// The node agent's most recent datapath events: drops with Cilium's
+    /// reason numbers and policy verdicts.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventsArgs {
+    /// Only events of this kind.
+    #[arg(long = "type", value_parser = ["drop", "policy-verdict"])]
+    pub kind: Option<String>,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 50)]
+    pub last: usize,
 }
 
 #[derive(Debug, Clone, Subcommand)]

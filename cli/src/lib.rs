@@ -138,6 +138,11 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
             format,
             true,
         ),
+        Command::Events(e) => Report::new(
+            &agent::events(&args.agent_socket, e.kind.as_deref(), e.last).await?,
+            format,
+            true,
+        ),
         Command::Bpf(BpfCommand::Ct(_)) => {
             Report::new(&agent::ct(&args.agent_socket).await?, format, true)
         }

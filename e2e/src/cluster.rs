@@ -68,6 +68,8 @@ pub struct CniPod {
     pub result: serde_json::Value,
     pub ip: Ipv4Addr,
     pub ip6: Option<Ipv6Addr>,
+    /// How long its CNI ADD took (plugin start to return).
+    pub ready: Duration,
 }
 
 /// What one CNI invocation returned.
@@ -483,6 +485,7 @@ impl Cluster {
             ns,
             ip: ip.context("no IPv4 address in the CNI result")?,
             ip6,
+            ready: out.elapsed,
             result,
         })
     }

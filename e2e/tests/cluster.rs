@@ -95,14 +95,23 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         "payments egress"
     );
 
-    // The drop is visible: an event with reason 133 from the intruder on
-    // payments' node, and the allow entry counted the checkout flows.
-    let src = format!("src={}", intruder.ip);
-    wait_for("drop event 133", Duration::from_secs(3), || {
-        Ok(c.agent_log(0)
-            .lines()
-            .any(|l| l.contains("kind=\"drop\"") && l.contains("reason=133") && l.contains(&src)))
-    })?;
+    // The drop is visible through the CLI: an event with reason 133 from
+    // the intruder on payments' node; and the allow entry counted the
+    // checkout flows.
+    let intruder4 = intruder.ip.to_string();
+    wait_for(
+        "drop event 133 in `axoneme events`",
+        Duration::from_secs(3),
+        || {
+            let ev = json(&c, 0, &["events", "--type", "drop"])?;
+            Ok(ev.as_array().into_iter().flatten().any(|e| {
+                e["reason"] == 133
+                    && e["src"] == intruder4.as_str()
+                    && e["dport"] == 8080
+                    && e["reason_text"] == "Policy denied"
+            }))
+        },
+    )?;
     let entries = json(&c, 0, &["bpf", "policy", "get", &payments.container_id])?;
     let allow = entries
         .as_array()
@@ -120,6 +129,31 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
     )?;
     eventually(&intruder, &pay4, 8080, false, Duration::from_secs(5))?;
+
+    // Propagation to the other node: an egress policy for checkout (node
+    // 1) lets it reach payments:8080 only; checkout -> intruder (same
+    // node) stops, and comes back when the policy goes.
+    let egress = c.dir.join("checkout-egress.yaml");
+    std::fs::write(
+        &egress,
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: checkout-egress\nspec:\n  endpointSelector:\n    matchLabels:\n      app: checkout\n  egress:\n  - toEndpoints:\n    - matchLabels:\n        app: payments\n    toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n",
+    )?;
+    let intr4 = intruder.ip.to_string();
+    assert!(
+        checkout.http_ok(&intr4, 9090),
+        "checkout -> intruder before"
+    );
+    c.cli(
+        1,
+        &["policy", "import", "--wait", "10", egress.to_str().unwrap()],
+    )?;
+    eventually(&checkout, &intr4, 9090, false, Duration::from_secs(5))?;
+    assert!(
+        checkout.http_ok(&pay4, 8080),
+        "checkout -> payments under egress policy"
+    );
+    c.cli(1, &["policy", "delete", "checkout-egress"])?;
+    eventually(&checkout, &intr4, 9090, true, Duration::from_secs(5))?;
 
     // Deleting a pod removes its ipcache entries everywhere, its etcd
     // record, its veth and its state.
@@ -159,6 +193,16 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         || Ok(!ipcache_has(&c, 0, &checkout_ip)?),
     )?;
     eprintln!("dead node's pods untrusted after {:?}", killed.elapsed());
+    // Its node record went with the lease; its pod CIDRs stay reserved.
+    let nodes = json(&c, 0, &["node", "list"])?;
+    let n1 = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == c.nodes[1].name.as_str())
+        .with_context(|| format!("node 1 missing from {nodes}"))?;
+    assert_eq!(n1["alive"], false, "{nodes}");
+    assert_eq!(n1["podCidrs"].as_array().map_or(0, Vec::len), 2, "{nodes}");
     eventually(&checkout, &pay4, 8080, false, Duration::from_secs(5))?;
 
     // The agent comes back: it re-announces its endpoints, and checkout is

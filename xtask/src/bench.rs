@@ -10,6 +10,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("identity", "axoneme-operator", "identity"),
     ("policy", "axoneme-policy", "policy"),
     ("datapath", "axoneme-agent", "datapath"),
+    ("cluster", "axoneme-e2e", "cluster"),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {

@@ -222,17 +222,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     println!("      (the seed's L7 rule POST /v1/charge needs the L7 proxy, issue 6: until then checkout may use all of TCP/8080)");
 
     println!("\n      drops seen by payments' agent (reason 133 = policy denied):");
-    for l in c
-        .agent_log(0)
-        .lines()
-        .filter(|l| l.contains("kind=\"drop\"") && l.contains("reason=133"))
-        .take(3)
-    {
-        println!(
-            "      {}",
-            l.split("datapath event").next().unwrap_or(l).trim()
-        );
-    }
+    show(&c, 0, &["events", "--type", "drop", "--last", "4"])?;
     show(&c, 0, &["bpf", "policy", "get", &payments.container_id])?;
     show(&c, 0, &["endpoint", "list"])?;
     show(&c, 0, &["node", "list"])?;
