@@ -508,4 +508,32 @@ fn a_pod_cannot_send_from_another_address() {
     b[15] = 9;
     let spoofed6 = ipv6(b, b6(), IPPROTO_TCP, &tcp(1, 80, TCP_SYN));
     assert_eq!(send(&mut dp, FROM_CONTAINER, &spoofed6).0, TC_ACT_SHOT);
+    // Link control from the pod's link-local address (not in the ipcache)
+    // passes without an event: MLDv2 reports (143) and neighbour
+    // solicitations (135). Anything else from it is spoofing.
+    let mut link_local = [0u8; 16];
+    link_local[..2].copy_from_slice(&[0xfe, 0x80]);
+    link_local[15] = 7;
+    let mut mld_group = [0u8; 16];
+    mld_group[..2].copy_from_slice(&[0xff, 0x02]);
+    mld_group[15] = 0x16;
+    for ty in [143, 135] {
+        let pkt = ipv6(
+            link_local,
+            mld_group,
+            IPPROTO_ICMPV6,
+            &icmp(ty, 0, 0, &[0; 16]),
+        );
+        let (action, events) = send(&mut dp, FROM_CONTAINER, &pkt);
+        assert_eq!((action, events.len()), (TC_ACT_OK, 0), "ICMPv6 type {ty}");
+    }
+    let echo = ipv6(
+        link_local,
+        mld_group,
+        IPPROTO_ICMPV6,
+        &icmp(128, 0, 1, &[0; 16]),
+    );
+    let (action, events) = send(&mut dp, FROM_CONTAINER, &echo);
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_INVALID_SIP]);
 }

@@ -588,9 +588,12 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
                     flow.dport = id;
                 }
                 // Neighbour discovery (router/neighbour solicitation and
-                // advertisement, redirect): the link needs it, policy does
-                // not apply (as in Cilium).
-                (true, 133..=137) => return Ok(false),
+                // advertisement, redirect) and multicast listener
+                // discovery (MLD query/report/done, MLDv2 report): link
+                // control traffic from link-local sources that never
+                // leaves the link; policy does not apply (as in Cilium
+                // for ND).
+                (true, 130..=137 | 143) => return Ok(false),
                 (false, 3 | 11 | 12) | (true, 1..=4) => {
                     flow.icmp = Icmp::Error;
                     quoted(ctx, l4 + 8, v6, &mut flow.inner)?;
