@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use axoneme_api::names::{check_container_id, check_interface_name};
 use axoneme_api::{
     cni_code, AddRequest, AddResponse, ApiError, CheckRequest, DelRequest, IpConfig, RouteConfig,
 };
-use axoneme_identity::{check_interface_name, EndpointRecord, LabelSet, Layout, Source};
+use axoneme_identity::{EndpointRecord, LabelSet, Layout, Source};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -88,34 +89,6 @@ impl EndpointState {
             routes,
         }
     }
-}
-
-/// Checks a container ID as the CNI spec defines it (alphanumerics, `_`,
-/// `.`, `-`, starting alphanumeric); it becomes an etcd key segment and a
-/// file name.
-pub fn check_container_id(id: &str) -> Result<(), String> {
-    let mut chars = id.chars();
-    match chars.next() {
-        None => return Err("the container ID is empty".into()),
-        Some(c) if !c.is_ascii_alphanumeric() => {
-            return Err(format!(
-                "container ID {id:?} must start with a letter or digit"
-            ))
-        }
-        _ => {}
-    }
-    if id.len() > 253 {
-        return Err(format!("container ID {id:?} is longer than 253 characters"));
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(format!(
-            "container ID {id:?} has {c:?} (allowed: letters, digits, _ . -)"
-        ));
-    }
-    Ok(())
 }
 
 /// The node's endpoint manager.
@@ -255,7 +228,8 @@ impl Endpoints {
 
     pub async fn add(&self, req: AddRequest) -> Result<AddResponse, ApiError> {
         let invalid = |msg: String| ApiError::new(cni_code::INVALID_ENDPOINT, msg, "");
-        check_container_id(&req.container_id).map_err(invalid)?;
+        check_container_id(&req.container_id)
+            .map_err(|e| invalid(format!("container ID {:?}: {e}", req.container_id)))?;
         check_interface_name(&req.ifname)
             .map_err(|e| invalid(format!("interface {:?}: {e}", req.ifname)))?;
         // The pod's namespace is a label, as Cilium derives it; a pod
@@ -446,8 +420,13 @@ impl Endpoints {
 
     /// Deletes the container's endpoint; nothing to delete is success.
     pub async fn del(&self, req: DelRequest) -> Result<(), ApiError> {
-        check_container_id(&req.container_id)
-            .map_err(|e| ApiError::new(cni_code::INVALID_ENDPOINT, e, ""))?;
+        check_container_id(&req.container_id).map_err(|e| {
+            ApiError::new(
+                cni_code::INVALID_ENDPOINT,
+                format!("container ID {:?}: {e}", req.container_id),
+                "",
+            )
+        })?;
         let _serial = self.serial.lock().await;
         match self.states().remove(&req.container_id) {
             Some(st) => {
@@ -512,21 +491,5 @@ impl Endpoints {
             return Err(fail(format!("endpoint {} is not enforced", st.name())));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn container_ids() {
-        check_container_id("abc-1_2.3").unwrap();
-        assert!(check_container_id("").unwrap_err().contains("empty"));
-        assert!(check_container_id("-x").unwrap_err().contains("start"));
-        assert!(check_container_id("a/b").unwrap_err().contains("'/'"));
-        assert!(check_container_id(&"a".repeat(254))
-            .unwrap_err()
-            .contains("253"));
     }
 }

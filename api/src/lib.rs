@@ -18,6 +18,7 @@
 //! CNI error code, so the plugin passes it through unchanged.
 
 mod client;
+pub mod names;
 mod types;
 
 pub use client::{Client, ClientError};

@@ -16,9 +16,6 @@ pub const CNI_NETNS: &str = "CNI_NETNS";
 pub const CNI_IFNAME: &str = "CNI_IFNAME";
 pub const CNI_ARGS: &str = "CNI_ARGS";
 
-/// Linux's IFNAMSIZ minus the terminating NUL.
-const MAX_IFNAME_LEN: usize = 15;
-
 /// Keeps the CNI_* variables of `vars` (as `std::env::vars_os()` gives
 /// them). Values stay `OsString`: a non-UTF-8 value is an error only if
 /// the plugin uses that variable.
@@ -87,50 +84,18 @@ pub fn command(env: &EnvMap) -> Result<CommandKind, CniError> {
     }
 }
 
-/// True for the spec's identifier syntax (container IDs, network names):
-/// an ASCII letter or digit, then letters, digits, `_`, `.` or `-`.
-pub fn is_spec_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphanumeric() => {}
-        _ => return false,
-    }
-    chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
+pub use axoneme_api::names::is_spec_identifier;
 
 /// CNI_CONTAINERID as the spec defines it.
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
-    if is_spec_identifier(id) {
-        Ok(())
-    } else {
-        Err(CniError::env(format!(
-            "invalid {CNI_CONTAINERID} {id:?}: it must start with a letter or digit \
-             and contain only letters, digits, '_', '.' and '-'"
-        )))
-    }
+    axoneme_api::names::check_container_id(id)
+        .map_err(|why| CniError::env(format!("invalid {CNI_CONTAINERID} {id:?}: {why}")))
 }
 
-/// CNI_IFNAME as the spec (and Linux) allow it: at most 15 bytes, not `.`
-/// or `..`, no `/`, `:` or whitespace.
+/// CNI_IFNAME as the spec (and Linux) allow it.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let why = if name.len() > MAX_IFNAME_LEN {
-        Some("longer than 15 bytes")
-    } else if name == "." || name == ".." {
-        Some("not a usable name")
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        Some("it contains '/', ':' or whitespace")
-    } else {
-        None
-    };
-    match why {
-        None => Ok(()),
-        Some(why) => Err(CniError::env(format!(
-            "invalid {CNI_IFNAME} {name:?}: {why}"
-        ))),
-    }
+    axoneme_api::names::check_interface_name(name)
+        .map_err(|why| CniError::env(format!("invalid {CNI_IFNAME} {name:?}: {why}")))
 }
 
 /// What the plugin takes from CNI_ARGS.

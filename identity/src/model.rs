@@ -34,23 +34,7 @@ pub struct EndpointRecord {
     pub interface: Option<String>,
 }
 
-/// Checks a Linux interface name: 1 to 15 bytes, not `.` or `..`, without
-/// `/`, `:` or whitespace.
-pub fn check_interface_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 15 {
-        return Err("an interface name has 1 to 15 characters");
-    }
-    if name == "." || name == ".." {
-        return Err("`.` and `..` are not interface names");
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err("an interface name has no `/`, `:` or whitespace");
-    }
-    Ok(())
-}
+pub use axoneme_api::names::check_interface_name;
 
 impl EndpointRecord {
     /// The endpoint's full label set; labels without a source are `k8s:`,
