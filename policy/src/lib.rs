@@ -8,6 +8,7 @@ pub mod api;
 pub mod compile;
 pub mod document;
 pub mod engine;
+pub mod l7;
 pub mod netpol;
 #[cfg(any(test, feature = "oracle"))]
 pub mod oracle;

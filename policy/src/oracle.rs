@@ -24,13 +24,7 @@ pub enum OracleVerdict {
 }
 
 /// An HTTP request, for `verdict` with L7.
-#[derive(Debug, Clone)]
-pub struct Request<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub host: &'a str,
-    pub headers: &'a [(&'a str, &'a str)],
-}
+pub use crate::l7::HttpRequest as Request;
 
 fn label_value<'a>(labels: &'a LabelSet, key: &str) -> Option<&'a str> {
     // A selector key is `[source:]key`; no source or `any` matches any source.

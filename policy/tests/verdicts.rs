@@ -41,7 +41,8 @@ use axoneme_identity::{LabelSet, NumericIdentity, ReservedIdentity, Source};
 use axoneme_policy::compile::{
     add_cidr_identities, cidr_identities, compute, Decision, Direction, EnforcementMode,
 };
-use axoneme_policy::oracle::{direction_verdict, http_allows, verdict, OracleVerdict, Request};
+use axoneme_policy::l7::HttpMatcher;
+use axoneme_policy::oracle::{direction_verdict, verdict, OracleVerdict, Request};
 use axoneme_policy::selector::Identities;
 use axoneme_policy::{parse_documents, Policy, PolicyKind};
 use ipnet::IpNet;
@@ -237,8 +238,10 @@ fn compiled_outcome(egress: &Decision, ingress: &Decision, req: Option<&Request<
     let mut rules = BTreeSet::new();
     for d in [egress, ingress] {
         if let Decision::Redirect(r) = d {
+            // The proxy's compiled matcher; the oracle uses `http_allows`.
             if let Some(req) = req {
-                if !http_allows(r, req) {
+                let matcher = HttpMatcher::new(r).expect("validated regexes compile");
+                if !matcher.allows(req) {
                     return Outcome::DenyL7;
                 }
             }
