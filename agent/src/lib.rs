@@ -7,6 +7,7 @@ pub mod ipam;
 pub mod lease;
 pub mod netdev;
 pub mod node;
+pub mod proxy;
 pub mod reconcile;
 pub mod views;
 

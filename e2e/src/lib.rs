@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod http;
 pub mod netns;
 pub mod operator;
 pub mod process;

@@ -133,6 +133,10 @@ pub mod tc_action {
 /// Security identity of peers the ipcache does not know.
 pub const IDENTITY_WORLD: u32 = 2;
 
+/// `skb->mark` of the L7 proxy's upstream packets: their request was
+/// judged at L7 already (Cilium uses a magic mark the same way).
+pub const MARK_PROXY: u32 = 0x0a00;
+
 /// Conntrack lifetimes (Cilium's defaults).
 pub const CT_SYN_TIMEOUT_S: u64 = 60;
 pub const CT_LIFETIME_TCP_S: u64 = 21_600;

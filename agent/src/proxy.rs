@@ -1,0 +1,501 @@
+//! The L7 HTTP proxy: the datapath redirects flows whose policy entry
+//! carries the proxy port, transparently — the accepted socket's local
+//! address is the original destination (TPROXY semantics), its peer the
+//! real client. Per request it looks up the L7 rules for (source identity,
+//! destination endpoint, port) in the latest policy snapshot, answers
+//! `403 Access denied` (as Cilium) or forwards the request to the original
+//! destination over a pooled connection whose packets carry
+//! [`MARK_PROXY`] (so the datapath does not judge them again), and logs an
+//! L7 event. HTTP parsing is hyper's; the proxy adds the checks that keep
+//! requests from being smuggled past it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axoneme_identity::NumericIdentity;
+use axoneme_policy::compile::{Decision, Direction, EndpointPolicy, Verdict, PROTO_TCP};
+use axoneme_policy::l7::{HttpMatcher, HttpRequest};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use ipnet::IpNet;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Packets of the proxy's upstream connections carry this mark: the
+/// request on them was already judged at L7.
+pub const MARK_PROXY: u32 = axoneme_bpf_common::MARK_PROXY;
+
+/// What the proxy needs from the node's state, rebuilt after every
+/// reconcile pass and swapped in whole (a policy change applies to the
+/// next request, also on an open keep-alive connection).
+#[derive(Default)]
+pub struct ProxyView {
+    /// Every endpoint address and policy CIDR in the cluster.
+    pub ipcache: BTreeMap<IpNet, NumericIdentity>,
+    /// This node's endpoints' addresses.
+    pub local: HashMap<IpAddr, NumericIdentity>,
+    /// The policies of local endpoint identities that have L7 rules.
+    pub policies: HashMap<NumericIdentity, Arc<EndpointPolicy>>,
+    /// Each distinct rule list, compiled once (keyed by its address).
+    matchers: HashMap<usize, Arc<HttpMatcher>>,
+}
+
+impl ProxyView {
+    /// Builds a view; rule lists whose regexes do not compile (validation
+    /// rejects them first) deny every request.
+    pub fn new(
+        ipcache: BTreeMap<IpNet, NumericIdentity>,
+        local: HashMap<IpAddr, NumericIdentity>,
+        policies: HashMap<NumericIdentity, Arc<EndpointPolicy>>,
+    ) -> Self {
+        let mut matchers = HashMap::new();
+        for p in policies.values() {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                for v in p.direction(dir).entries.values() {
+                    if let Verdict::Redirect(rules) = v {
+                        let key = Arc::as_ptr(rules) as usize;
+                        if let std::collections::hash_map::Entry::Vacant(e) = matchers.entry(key) {
+                            match HttpMatcher::new(rules) {
+                                Ok(m) => {
+                                    e.insert(Arc::new(m));
+                                }
+                                Err(err) => {
+                                    warn!(error = %err, "L7 rules do not compile; their requests are denied")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ProxyView {
+            ipcache,
+            local,
+            policies,
+            matchers,
+        }
+    }
+
+    /// The identity of an address: the longest ipcache prefix, else world.
+    pub fn identity(&self, ip: IpAddr) -> NumericIdentity {
+        if let Some(id) = self.local.get(&ip) {
+            return *id;
+        }
+        self.ipcache
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, id)| *id)
+            .unwrap_or(NumericIdentity(axoneme_bpf_common::IDENTITY_WORLD))
+    }
+
+    /// Whether the request passes the L7 rules of both sides that are on
+    /// this node (the destination's ingress, the source's egress).
+    pub fn allows(
+        &self,
+        src: (NumericIdentity, bool),
+        dst: (NumericIdentity, bool),
+        port: u16,
+        req: &HttpRequest<'_>,
+    ) -> bool {
+        let side = |local: (NumericIdentity, bool), dir: Direction, peer: NumericIdentity| {
+            if !local.1 {
+                return true;
+            }
+            let Some(policy) = self.policies.get(&local.0) else {
+                return true;
+            };
+            match policy.direction(dir).lookup(peer, PROTO_TCP, port) {
+                Decision::Allow => true,
+                Decision::Deny(_) => false,
+                Decision::Redirect(rules) => self
+                    .matchers
+                    .get(&(Arc::as_ptr(&rules) as usize))
+                    .is_some_and(|m| m.allows(req)),
+            }
+        };
+        side(dst, Direction::Ingress, src.0) && side(src, Direction::Egress, dst.0)
+    }
+}
+
+/// Limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Largest request head (request line and headers) in bytes: 431.
+    pub max_header_bytes: usize,
+    /// Longest request target in bytes: 414.
+    pub max_uri_bytes: usize,
+    /// Time to receive a request head (slowloris): the connection closes.
+    pub header_timeout: Duration,
+    /// Time to connect to the original destination: 503.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
+            header_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Makes sockets in the node's network namespace (a socket belongs to the
+/// namespace it was created in, whichever thread uses it later).
+#[derive(Clone)]
+pub struct SocketFactory {
+    netns: Option<std::path::PathBuf>,
+}
+
+impl SocketFactory {
+    pub fn new(netns: Option<std::path::PathBuf>) -> Self {
+        SocketFactory { netns }
+    }
+
+    fn in_netns<T: Send>(
+        &self,
+        f: impl FnOnce() -> std::io::Result<T> + Send,
+    ) -> std::io::Result<T> {
+        match &self.netns {
+            None => f(),
+            Some(path) => std::thread::scope(|s| {
+                s.spawn(|| {
+                    let file = std::fs::File::open(path)?;
+                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)?;
+                    f()
+                })
+                .join()
+                .map_err(|_| std::io::Error::other("socket thread panicked"))?
+            }),
+        }
+    }
+
+    /// A transparent dual-stack listener on `[::]:port`.
+    pub fn listener(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
+        self.in_netns(|| {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+            s.set_only_v6(false)?;
+            s.set_reuse_address(true)?;
+            // Accept connections addressed to other hosts (the pods).
+            s.set_ip_transparent_v4(true)?;
+            s.set_ip_transparent_v6(true)?;
+            s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+            s.listen(1024)?;
+            s.set_nonblocking(true)?;
+            Ok(s.into())
+        })
+    }
+
+    /// A marked, non-blocking TCP socket for `family`, to connect upstream.
+    fn upstream(&self, v6: bool) -> std::io::Result<tokio::net::TcpSocket> {
+        let s = self.in_netns(|| {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+            let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            s.set_mark(MARK_PROXY)?;
+            s.set_nonblocking(true)?;
+            s.set_tcp_nodelay(true)?;
+            Ok(s)
+        })?;
+        Ok(tokio::net::TcpSocket::from_std_stream(s.into()))
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn text(status: StatusCode, body: &'static str, close: bool) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    if close {
+        r.headers_mut()
+            .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// Connects upstream from the node's namespace with the proxy's mark.
+#[derive(Clone)]
+struct Connector {
+    sockets: SocketFactory,
+    timeout: Duration,
+}
+
+impl tower_service::Service<hyper::Uri> for Connector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| {
+                    let h = a.host().trim_start_matches('[').trim_end_matches(']');
+                    Some(SocketAddr::new(h.parse().ok()?, a.port_u16()?))
+                })
+                .ok_or_else(|| std::io::Error::other(format!("no address in {uri}")))?;
+            let socket = this.sockets.upstream(addr.is_ipv6())?;
+            let stream = tokio::time::timeout(this.timeout, socket.connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// Hop-by-hop headers, not forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+struct Shared {
+    view: watch::Receiver<Arc<ProxyView>>,
+    cfg: ProxyConfig,
+    client: Client<Connector, Incoming>,
+}
+
+/// Serves `listener` until `cancel`.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    sockets: SocketFactory,
+    view: watch::Receiver<Arc<ProxyView>>,
+    cfg: ProxyConfig,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(Connector {
+            sockets,
+            timeout: cfg.connect_timeout,
+        });
+    let shared = Arc::new(Shared { view, cfg, client });
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "proxy accept failed");
+                    continue;
+                }
+            },
+        };
+        // The original destination: the socket's local address.
+        let Ok(orig) = stream.local_addr() else {
+            continue;
+        };
+        let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
+        let orig = SocketAddr::new(canonical(orig.ip()), orig.port());
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.cfg.header_timeout)
+                // hyper answers 431 when the head does not fit.
+                .max_buf_size(shared.cfg.max_header_bytes.max(8192));
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, peer, orig, req).await) }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// One L7 event per request (target `axoneme::l7`).
+#[allow(clippy::too_many_arguments)]
+fn event(
+    req: (&str, &str, &str),
+    status: StatusCode,
+    verdict: &str,
+    src: (SocketAddr, NumericIdentity),
+    dst: (SocketAddr, NumericIdentity),
+    started: Instant,
+) {
+    info!(
+        target: "axoneme::l7",
+        method = req.0,
+        path = req.1,
+        host = req.2,
+        status = status.as_u16(),
+        verdict,
+        src = %src.0,
+        src_identity = src.1 .0,
+        dst = %dst.0,
+        dst_identity = dst.1 .0,
+        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "http request"
+    );
+}
+
+async fn handle(
+    shared: &Shared,
+    peer: SocketAddr,
+    orig: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let view = shared.view.borrow().clone();
+    let src = (peer, view.identity(peer.ip()));
+    let dst = (orig, view.identity(orig.ip()));
+    let method = req.method().as_str().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_string();
+    let reject = |status, body, verdict| {
+        event((&method, &path, &host), status, verdict, src, dst, started);
+        text(status, body, true)
+    };
+    // Smuggling: a length the proxy and the server could read differently
+    // (hyper refuses conflicting lengths itself).
+    let lengths = req.headers().get_all(CONTENT_LENGTH).iter().count();
+    if lengths > 1 || (lengths == 1 && req.headers().contains_key(TRANSFER_ENCODING)) {
+        return reject(StatusCode::BAD_REQUEST, "Bad Request\r\n", "malformed");
+    }
+    if path.len() > shared.cfg.max_uri_bytes {
+        return reject(StatusCode::URI_TOO_LONG, "URI Too Long\r\n", "malformed");
+    }
+    let headers: Vec<(&str, &str)> = req
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+        .collect();
+    let allowed = view.allows(
+        (src.1, view.local.contains_key(&peer.ip())),
+        (dst.1, view.local.contains_key(&orig.ip())),
+        orig.port(),
+        &HttpRequest {
+            method: &method,
+            path: &path,
+            host: &host,
+            headers: &headers,
+        },
+    );
+    if !allowed {
+        event(
+            (&method, &path, &host),
+            StatusCode::FORBIDDEN,
+            "denied",
+            src,
+            dst,
+            started,
+        );
+        return text(StatusCode::FORBIDDEN, "Access denied\r\n", false);
+    }
+    let (mut parts, body) = req.into_parts();
+    let Ok(uri) = format!("http://{orig}{path}").parse::<hyper::Uri>() else {
+        return reject(StatusCode::BAD_REQUEST, "Bad Request\r\n", "malformed");
+    };
+    parts.uri = uri;
+    let listed: Vec<HeaderName> = parts
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        parts.headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        parts.headers.remove(*name);
+    }
+    // hyper frames a request with Transfer-Encoding by it alone and has
+    // already dropped any Content-Length (RFC 9112 6.3), so the backend gets
+    // one unambiguous framing; as the RFC requires for a message that may
+    // have carried both, the client connection closes after the answer.
+    let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
+    match shared
+        .client
+        .request(Request::from_parts(parts, body))
+        .await
+    {
+        Ok(resp) => {
+            event(
+                (&method, &path, &host),
+                resp.status(),
+                "forwarded",
+                src,
+                dst,
+                started,
+            );
+            let mut resp = resp.map(|b| b.boxed());
+            if chunked {
+                resp.headers_mut()
+                    .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            }
+            resp
+        }
+        Err(e) => {
+            warn!(%orig, error = %crate::error_chain(&e), "upstream unreachable");
+            event(
+                (&method, &path, &host),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-error",
+                src,
+                dst,
+                started,
+            );
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream unavailable\r\n",
+                false,
+            )
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The L7 proxy on real connections: a node namespace with a client pod
+//! and a server pod running a real HTTP backend that logs every request.
+//! The node redirects client → server:8080 to the proxy with iptables
+//! TPROXY (the same socket semantics as the datapath's redirect), so the
+//! proxy learns the original destination from its accepted socket.
+//! Clients are curl and raw sockets (for the malformed corpus).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axoneme_agent::proxy::{self, ProxyConfig, ProxyView, SocketFactory};
+use axoneme_e2e::netns::{Node, Pod};
+use axoneme_e2e::{http::logging_backend, run_prefix};
+use axoneme_identity::{LabelSet, NumericIdentity, Source};
+use axoneme_policy::compile::EnforcementMode;
+use axoneme_policy::engine::Engine;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const CLIENT: NumericIdentity = NumericIdentity(1000);
+const SERVER: NumericIdentity = NumericIdentity(2000);
+const SEED: &str = include_str!("../../../shared/testdata/seed-payments-policy.yaml");
+const GET_ALLOWED: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: payments-api\nspec:\n  endpointSelector:\n    matchLabels:\n      app: payments\n  ingress:\n  - fromEndpoints:\n    - matchLabels:\n        app: checkout\n    toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n      rules:\n        http:\n        - method: GET\n          path: /v1/.*\n          headers: ['X-Team: blue']\n";
+
+fn labels(app: &str) -> LabelSet {
+    LabelSet::parse(
+        &[
+            format!("app={app}"),
+            "io.kubernetes.pod.namespace=default".into(),
+        ],
+        Source::K8s,
+    )
+    .unwrap()
+}
+
+/// The proxy's view for one policy document (YAML).
+fn view(policy: &str, client: Ipv4Addr, server: Ipv4Addr) -> Arc<ProxyView> {
+    let mut engine = Engine::new(EnforcementMode::Default);
+    engine.set_identity(CLIENT, Some(labels("checkout")));
+    engine.set_identity(SERVER, Some(labels("payments")));
+    let p = axoneme_policy::parse_documents(policy).remove(0).unwrap();
+    engine.set_policy("p", Some(p));
+    engine.add_endpoint(SERVER);
+    let ep = engine.endpoint_policy(SERVER).unwrap().clone();
+    let ipcache = BTreeMap::from([
+        (IpAddr::from(client).into(), CLIENT),
+        (IpAddr::from(server).into(), SERVER),
+    ]);
+    let local = HashMap::from([
+        (IpAddr::from(client), CLIENT),
+        (IpAddr::from(server), SERVER),
+    ]);
+    Arc::new(ProxyView::new(
+        ipcache,
+        local,
+        HashMap::from([(SERVER, Arc::new(ep))]),
+    ))
+}
+
+struct Setup {
+    _node: Node,
+    client: Pod,
+    server: Pod,
+    log: std::path::PathBuf,
+    backend: axoneme_e2e::Proc,
+    views: watch::Sender<Arc<ProxyView>>,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn setup(port: u16) -> Result<Setup> {
+    let prefix = run_prefix("px");
+    let node = Node::create(&format!("{prefix}-node"))?;
+    let client = node.add_pod(&format!("{prefix}-c"), "pxc", Ipv4Addr::new(10, 211, 0, 1))?;
+    let server = node.add_pod(&format!("{prefix}-s"), "pxs", Ipv4Addr::new(10, 211, 0, 2))?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("backend-requests.log");
+    let backend = logging_backend(&server.ns, 8080, &log, &dir.path().join("backend.out"))?;
+    // The redirect: marked packets to server:8080 go to the proxy socket.
+    node.ns
+        .ip(&["rule", "add", "fwmark", "0x1/0x1", "lookup", "100"])?;
+    node.ns.ip(&[
+        "route",
+        "add",
+        "local",
+        "0.0.0.0/0",
+        "dev",
+        "lo",
+        "table",
+        "100",
+    ])?;
+    let out = node
+        .ns
+        .command(&[
+            "iptables",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-d",
+            "10.211.0.2",
+            "--dport",
+            "8080",
+            "-j",
+            "TPROXY",
+            "--on-port",
+            &port.to_string(),
+            "--tproxy-mark",
+            "0x1/0x1",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let sockets = SocketFactory::new(Some(node.ns.path()));
+    let listener = sockets.listener(port)?;
+    let (views, rx) = watch::channel(view(SEED, client.ip, server.ip));
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let cfg = ProxyConfig {
+        header_timeout: Duration::from_secs(1),
+        ..ProxyConfig::default()
+    };
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(proxy::serve(listener, sockets, rx, cfg, c))
+    });
+    Ok(Setup {
+        _node: node,
+        client,
+        server,
+        log,
+        backend,
+        views,
+        cancel,
+        _dir: dir,
+    })
+}
+
+impl Setup {
+    /// curl from the client pod; returns "CODE BODY" per URL.
+    fn curl(&self, args: &[&str]) -> String {
+        let mut all = vec![
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "-w",
+            " %{http_code} %{num_connects}\n",
+        ];
+        all.extend_from_slice(args);
+        let out = self.client.ns.command(&all).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}:8080{path}", self.server.ip)
+    }
+
+    /// A raw connection from the client pod to the server's port 8080.
+    fn raw(&self) -> TcpStream {
+        let addr = (self.server.ip, 8080);
+        let s = self
+            .client
+            .ns
+            .enter(|| TcpStream::connect(addr))
+            .unwrap()
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+
+    fn backend_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Sends `req` and reads one response head plus its body
+/// (Content-Length), or until the server closes.
+fn exchange(s: &mut TcpStream, req: &[u8]) -> String {
+    s.write_all(req).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let len = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= head_end + 4 + len {
+                return text;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&buf).to_string(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0))
+}
+
+#[test]
+fn seed_rules_on_real_connections() -> Result<()> {
+    let t = setup(15101)?;
+    // Allowed: the backend's answer. Denied: Cilium's 403, and the same
+    // keep-alive connection serves the next request.
+    let out = t.curl(&["-X", "POST", &t.url("/v1/charge")]);
+    assert_eq!(out, "ok POST /v1/charge\n 200 1\n", "{out}");
+    let out = t.curl(&[&t.url("/v1/charge")]);
+    assert_eq!(out, "Access denied\r\n 403 1\n", "{out}");
+    let out = t.curl(&["-X", "POST", &t.url("/v1/refund"), &t.url("/v1/charge")]);
+    assert_eq!(
+        out, "Access denied\r\n 403 1\nok POST /v1/charge\n 200 0\n",
+        "{out}"
+    );
+    assert_eq!(t.backend_log(), "POST /v1/charge\nPOST /v1/charge\n");
+    Ok(())
+}
+
+#[test]
+fn a_policy_change_applies_to_the_next_request_on_an_open_connection() -> Result<()> {
+    let t = setup(15102)?;
+    let mut s = t.raw();
+    let post = b"POST /v1/charge HTTP/1.1\r\nHost: payments\r\nContent-Length: 0\r\n\r\n";
+    let get = b"GET /v1/items HTTP/1.1\r\nHost: payments\r\nX-Team: blue\r\n\r\n";
+    assert!(exchange(&mut s, post).starts_with("HTTP/1.1 200"));
+    assert!(exchange(&mut s, get).starts_with("HTTP/1.1 403"));
+    t.views
+        .send_replace(view(GET_ALLOWED, t.client.ip, t.server.ip));
+    // Same connection: now GET with the header passes and POST does not.
+    assert!(exchange(&mut s, get).starts_with("HTTP/1.1 200"));
+    assert!(exchange(&mut s, post).starts_with("HTTP/1.1 403"));
+    let no_header = b"GET /v1/items HTTP/1.1\r\nHost: payments\r\n\r\n";
+    assert!(exchange(&mut s, no_header).starts_with("HTTP/1.1 403"));
+    // Pipelining: two requests in one write, two answers in order.
+    let both = [&get[..], &post[..]].concat();
+    let answer = exchange(&mut s, &both);
+    let answer = if answer.matches("HTTP/1.1").count() < 2 {
+        answer + &exchange(&mut s, b"")
+    } else {
+        answer
+    };
+    let first = answer.find("HTTP/1.1 200").context("pipelined 200")?;
+    let second = answer.find("HTTP/1.1 403").context("pipelined 403")?;
+    assert!(first < second, "{answer}");
+    assert_eq!(
+        t.backend_log(),
+        "POST /v1/charge\nGET /v1/items\nGET /v1/items\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn malformed_requests_are_refused_and_never_reach_the_backend() -> Result<()> {
+    let mut t = setup(15103)?;
+    let cases: &[(&str, Vec<u8>, &str)] = &[
+        (
+            "conflicting CL",
+            b"POST /v1/charge HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        ("invalid method", b"PO(ST /v1/charge HTTP/1.1\r\nHost: p\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+        (
+            "oversized header",
+            format!("POST /v1/charge HTTP/1.1\r\nHost: p\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000)).into_bytes(),
+            "HTTP/1.1 431",
+        ),
+        (
+            "oversized URI",
+            format!("POST /v1/charge?{} HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n", "a".repeat(9_000)).into_bytes(),
+            "HTTP/1.1 414",
+        ),
+    ];
+    for (what, req, want) in cases {
+        let mut s = t.raw();
+        let answer = exchange(&mut s, req);
+        assert!(answer.starts_with(want), "{what}: {answer:?}");
+        assert!(closed(&mut s), "{what}: the connection stays open");
+    }
+    // Content-Length with Transfer-Encoding: hyper frames by TE alone and
+    // strips the length (RFC 9112 6.3), the backend gets one re-framed
+    // request, and the connection closes after the answer, so the request
+    // hidden after the chunked body is never read, let alone forwarded.
+    let mut s = t.raw();
+    let answer = exchange(
+        &mut s,
+        b"POST /v1/charge HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: p\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(closed(&mut s), "CL+TE: the connection stays open");
+    assert_eq!(t.backend_log(), "POST /v1/charge\n", "CL+TE");
+    // Equal duplicate lengths are one length (RFC 9110 8.6 allows either
+    // this or a 400; conflicting ones got 400 above).
+    let mut s = t.raw();
+    let answer = exchange(
+        &mut s,
+        b"POST /v1/charge HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(t.backend_log(), "POST /v1/charge\nPOST /v1/charge\n");
+    std::fs::write(&t.log, "")?;
+
+    // Slowloris: a head that never ends is cut off after the timeout.
+    let mut s = t.raw();
+    s.write_all(b"POST /v1/charge HTTP/1.1\r\nHost: p\r\n")?;
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(4), "not cut off");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest}"
+    );
+    assert_eq!(t.backend_log(), "", "a refused request reached the backend");
+
+    // The proxy still works, and an unreachable backend is a 503.
+    let out = t.curl(&["-X", "POST", &t.url("/v1/charge")]);
+    assert!(out.ends_with(" 200 1\n"), "{out}");
+    t.backend.kill9();
+    let out = t.curl(&["-X", "POST", &t.url("/v1/charge")]);
+    assert!(out.ends_with(" 503 1\n"), "{out}");
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! A real HTTP backend for L7 tests: Python's `http.server`, answering
+//! every method with `200 ok METHOD PATH` (HTTP/1.1, keep-alive) and
+//! appending `METHOD PATH` to a log file for every request it receives,
+//! so a test can prove that a denied request never reached it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::netns::Netns;
+use crate::Proc;
+
+const SCRIPT: &str = r#"
+import http.server, socket, sys
+LOG, PORT = sys.argv[1], int(sys.argv[2])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def handle_any(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        with open(LOG, "a") as f:
+            f.write("%s %s\n" % (self.command, self.path))
+        body = ("ok %s %s\n" % (self.command, self.path)).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
+    def log_message(self, *args):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+S(("::", PORT), H).serve_forever()
+"#;
+
+/// Starts the backend in `ns` on `port`, logging requests to `log`;
+/// returns once it accepts connections.
+pub fn logging_backend(ns: &Netns, port: u16, log: &Path, out: &Path) -> Result<Proc> {
+    std::fs::write(log, "")?;
+    let mut cmd = ns.command(&[
+        "python3",
+        "-c",
+        SCRIPT,
+        &log.to_string_lossy(),
+        &port.to_string(),
+    ]);
+    cmd.current_dir(log.parent().unwrap_or(Path::new("/")));
+    let proc = Proc::spawn("http-backend", cmd, out)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let up = ns.enter(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+        if up {
+            // The probe itself is no request: the log stays empty.
+            return Ok(proc);
+        }
+        if Instant::now() > deadline {
+            bail!("the HTTP backend did not start: {}", proc.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
