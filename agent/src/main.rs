@@ -17,6 +17,7 @@ use axoneme_agent::endpoints::{self, Endpoints};
 use axoneme_agent::lease::Leased;
 use axoneme_agent::netdev::{self, Ns};
 use axoneme_agent::node::{validate_node_name, NodeState};
+use axoneme_agent::proxy::{self, ProxyConfig, ProxyView, SocketFactory};
 use axoneme_agent::reconcile::{Desired, Reconciler};
 use axoneme_agent::views;
 use axoneme_api::EventView;
@@ -232,6 +233,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cidr_key = layout.node_cidrs(&args.node);
     let node_key = layout.node(&args.node);
 
+    // The L7 proxy: a transparent listener in the node's namespace, the
+    // redirect plumbing, and a policy snapshot after every pass.
+    let (proxy_view, proxy_rx) = watch::channel(Arc::new(ProxyView::default()));
+    let proxy_task = if args.proxy_port != 0 {
+        let sockets = SocketFactory::new(args.netns.clone());
+        let listener = sockets
+            .listener(args.proxy_port)
+            .with_context(|| format!("--proxy-port {}: cannot listen", args.proxy_port))?;
+        proxy::install_redirect(&node_ns, args.proxy_port)
+            .context("installing the proxy redirect (iptables TPROXY, ip rule)")?;
+        info!(parent: &span, port = args.proxy_port, "L7 proxy listening");
+        Some(tokio::spawn(proxy::serve(
+            listener,
+            sockets,
+            proxy_rx,
+            ProxyConfig::default(),
+            cancel.clone(),
+        )))
+    } else {
+        None
+    };
+
     let mut rec = Reconciler::new(dp, args.netns.clone(), args.enforcement, args.proxy_port);
     let mut first = true;
     let mut last_error: Option<String> = None;
@@ -270,6 +293,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     warn!(parent: &span, error = %e, "reconcile failed; keeping the last state and retrying");
                     last_error = Some(e);
                 }
+            }
+            if args.proxy_port != 0 {
+                proxy_view.send_replace(Arc::new(proxy::view_of(&want, rec.engine())));
             }
             programmed_tx.send_replace(
                 rec.programmed()
@@ -335,6 +361,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     cancel.cancel();
     let _ = keepalive.await;
+    if let Some(task) = proxy_task {
+        match task.await {
+            Ok(Err(e)) => warn!(error = %e, "L7 proxy failed"),
+            Err(e) => warn!(error = %e, "L7 proxy task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     match server.await {
         Ok(Err(e)) => warn!(error = %e, "API server failed"),
         Err(e) => warn!(error = %e, "API server task failed"),

@@ -99,6 +99,25 @@ impl Ns {
         Ok(())
     }
 
+    /// Runs a command in the namespace; fails with its stderr.
+    pub fn run(&self, args: &[&str]) -> Result<(), NetdevError> {
+        let command = args.join(" ");
+        let out = self
+            .command(args)
+            .output()
+            .map_err(|source| NetdevError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(NetdevError::Failed {
+                command,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// `ip -j ARGS`, parsed.
     fn ip_json(&self, args: &[&str]) -> Result<serde_json::Value, NetdevError> {
         let mut all = vec!["ip", "-j"];

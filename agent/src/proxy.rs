@@ -126,6 +126,136 @@ impl ProxyView {
     }
 }
 
+/// The proxy's view of what `want` asks and the engine computed: every
+/// address's identity, this node's endpoints, and the policies of local
+/// identities that have L7 rules.
+pub fn view_of(
+    want: &crate::reconcile::Desired,
+    engine: &axoneme_policy::engine::Engine,
+) -> ProxyView {
+    let mut ipcache = want.ipcache.clone();
+    for (net, id) in engine.cidr_identities() {
+        ipcache.entry(net).or_insert(id);
+    }
+    let mut local = HashMap::new();
+    let mut policies = HashMap::new();
+    for ep in &want.local {
+        let Some(id) = ep.identity else { continue };
+        for a in &ep.addresses {
+            local.insert(*a, id);
+        }
+        if let Some(p) = engine.endpoint_policy(id) {
+            let has_l7 = [Direction::Ingress, Direction::Egress].iter().any(|d| {
+                p.direction(*d)
+                    .entries
+                    .values()
+                    .any(|v| matches!(v, Verdict::Redirect(_)))
+            });
+            if has_l7 {
+                policies.entry(id).or_insert_with(|| Arc::new(p.clone()));
+            }
+        }
+    }
+    ProxyView::new(ipcache, local, policies)
+}
+
+/// The node's redirect plumbing for the proxy on `port` (idempotent):
+/// packets the datapath marked [`MARK_TO_PROXY`](axoneme_bpf_common::MARK_TO_PROXY)
+/// go to the proxy's transparent socket (iptables/ip6tables TPROXY in
+/// `mangle PREROUTING`, chain `AXONEME_PROXY`), and what TPROXY marks is
+/// routed locally (`fwmark 0x1/0x1 → table 100: local default via lo`);
+/// early demux is off in the node's namespace.
+pub fn install_redirect(
+    ns: &crate::netdev::Ns,
+    port: u16,
+) -> Result<(), crate::netdev::NetdevError> {
+    use axoneme_bpf_common::{MARK_MASK, MARK_TO_PROXY};
+    let mark = format!("{MARK_TO_PROXY:#x}/{MARK_MASK:#x}");
+    // Early demux would attach the proxy's half-open socket to the flow's
+    // later packets before routing, and a packet with a socket is never
+    // forwarded (ip_forward drops it): they must reach the pod's veth,
+    // where the datapath hands them to the proxy.
+    ns.run(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_early_demux=0",
+        "net.ipv4.tcp_early_demux=0",
+    ])?;
+    // Replace rules from an earlier run rather than stacking them.
+    let _ = ns.run(&["ip", "rule", "del", "fwmark", "0x1/0x1", "lookup", "100"]);
+    let _ = ns.run(&[
+        "ip", "-6", "rule", "del", "fwmark", "0x1/0x1", "lookup", "100",
+    ]);
+    ns.run(&["ip", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"])?;
+    ns.run(&[
+        "ip", "-6", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100",
+    ])?;
+    ns.run(&[
+        "ip",
+        "route",
+        "replace",
+        "local",
+        "0.0.0.0/0",
+        "dev",
+        "lo",
+        "table",
+        "100",
+    ])?;
+    ns.run(&[
+        "ip", "-6", "route", "replace", "local", "::/0", "dev", "lo", "table", "100",
+    ])?;
+    for tool in ["iptables", "ip6tables"] {
+        // Create the chain and hook it once; then make its one rule current.
+        let _ = ns.run(&[tool, "-w", "-t", "mangle", "-N", "AXONEME_PROXY"]);
+        if ns
+            .run(&[
+                tool,
+                "-w",
+                "-t",
+                "mangle",
+                "-C",
+                "PREROUTING",
+                "-j",
+                "AXONEME_PROXY",
+            ])
+            .is_err()
+        {
+            ns.run(&[
+                tool,
+                "-w",
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-j",
+                "AXONEME_PROXY",
+            ])?;
+        }
+        ns.run(&[tool, "-w", "-t", "mangle", "-F", "AXONEME_PROXY"])?;
+        ns.run(&[
+            tool,
+            "-w",
+            "-t",
+            "mangle",
+            "-A",
+            "AXONEME_PROXY",
+            "-p",
+            "tcp",
+            "-m",
+            "mark",
+            "--mark",
+            &mark,
+            "-j",
+            "TPROXY",
+            "--on-port",
+            &port.to_string(),
+            "--tproxy-mark",
+            "0x1/0x1",
+        ])?;
+    }
+    Ok(())
+}
+
 /// Limits and timeouts.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {

@@ -37,6 +37,7 @@ pub struct LocalEndpoint {
     /// `None` until the operator has assigned one: the interface then drops
     /// everything.
     pub identity: Option<NumericIdentity>,
+    pub addresses: Vec<IpAddr>,
 }
 
 /// What the datapath should enforce.
@@ -85,6 +86,11 @@ impl Desired {
                         name: name.to_string(),
                         interface,
                         identity,
+                        addresses: record
+                            .addresses
+                            .iter()
+                            .filter_map(|a| a.parse().ok())
+                            .collect(),
                     });
                 }
             }

@@ -537,3 +537,32 @@ fn a_pod_cannot_send_from_another_address() {
     assert_eq!(action, TC_ACT_SHOT);
     assert_eq!(drops(&events), vec![drop_reason::DROP_INVALID_SIP]);
 }
+
+#[test]
+fn redirected_flows_go_to_the_proxy_packet_after_packet() {
+    const TC_ACT_REDIRECT: i32 = 7;
+    let mut dp = setup(BOTH);
+    let rules = std::sync::Arc::new(vec![axoneme_policy::api::HttpRule::default()]);
+    let (k, v) = policy_entry(
+        A_ID,
+        Direction::Ingress,
+        &key(B_ID, IPPROTO_TCP, 8080, 16),
+        &Verdict::Redirect(rules),
+        15001,
+    );
+    dp.maps.set_policy(&k, v).unwrap();
+    // The first packet: a redirected verdict, handed to the proxy.
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 40000, 8080));
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::REDIRECTED, B_ID, A_ID, match_type::L3_L4)]
+    );
+    // Later packets of the flow follow conntrack to the proxy too.
+    let ack = ipv4(B4, A4, IPPROTO_TCP, &tcp(40000, 8080, TCP_ACK), 0x4000, 2);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &ack).0, TC_ACT_REDIRECT);
+    // Another peer is not redirected but denied at L3/L4 (no 403 for it).
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(WORLD4, 40001, 8080));
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+}

@@ -25,6 +25,9 @@ use anyhow::{bail, Context, Result};
 use crate::netns::Netns;
 use crate::{bin_path, EtcdCluster, OperatorProc, Proc};
 
+/// Every node's L7 proxy port (each node is its own namespace).
+pub const PROXY_PORT: u16 = 15001;
+
 /// How the cluster is built.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -213,6 +216,8 @@ impl Cluster {
             state_dir,
             args: {
                 let mut a: Vec<String> = [
+                    "--proxy-port".to_string(),
+                    PROXY_PORT.to_string(),
                     "--lease-ttl".to_string(),
                     cfg.lease_ttl.to_string(),
                     "--node-ip".into(),
@@ -292,6 +297,16 @@ impl Cluster {
 
     pub fn etcd(&self) -> &EtcdCluster {
         self.etcd.as_ref().expect("the cluster's etcd")
+    }
+
+    /// The request-logging HTTP backend ([`crate::http`]) in `pod` on
+    /// `port`, stopped with the cluster; returns the path of its log.
+    pub fn logging_backend(&mut self, pod: &CniPod, port: u16) -> Result<PathBuf> {
+        let log = self.dir.join(format!("requests-{}-{port}.log", pod.name));
+        let out = self.dir.join(format!("backend-{}-{port}.out", pod.name));
+        self.extra
+            .push(crate::http::logging_backend(&pod.ns, port, &log, &out)?);
+        Ok(log)
     }
 
     /// A real HTTP server (Python's `http.server`, both families) in `pod`
@@ -524,15 +539,17 @@ impl Cluster {
 }
 
 impl CniPod {
-    /// Whether `curl` from this pod gets `200` from `http://addr:port/`
-    /// within a second.
-    pub fn http_ok(&self, addr: &str, port: u16) -> bool {
+    /// The HTTP status `curl` from this pod gets for `METHOD
+    /// http://addr:port/path` within a second; `None` when no answer
+    /// came (the connection was blocked).
+    pub fn http(&self, method: &str, addr: &str, port: u16, path: &str) -> Option<u16> {
         let host = if addr.contains(':') {
             format!("[{addr}]")
         } else {
             addr.to_string()
         };
-        self.ns
+        let out = self
+            .ns
             .command(&[
                 "curl",
                 "-s",
@@ -540,14 +557,22 @@ impl CniPod {
                 "/dev/null",
                 "--max-time",
                 "1",
+                "-X",
+                method,
                 "-w",
                 "%{http_code}",
-                &format!("http://{host}:{port}/"),
+                &format!("http://{host}:{port}{path}"),
             ])
             .stderr(Stdio::null())
             .output()
-            .map(|o| o.status.success() && o.stdout == b"200")
-            .unwrap_or(false)
+            .ok()?;
+        let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+        (out.status.success() && code != 0).then_some(code)
+    }
+
+    /// Whether `GET http://addr:port/` from this pod answers 200.
+    pub fn http_ok(&self, addr: &str, port: u16) -> bool {
+        self.http("GET", addr, port, "/") == Some(200)
     }
 }
 

@@ -31,6 +31,25 @@ fn eventually(from: &CniPod, addr: &str, port: u16, want: bool, timeout: Duratio
     }
 }
 
+/// Polls until `POST /v1/charge` from `from` to `addr:8080` answers
+/// `want` (`None`: no answer, blocked).
+fn eventually_post(from: &CniPod, addr: &str, want: Option<u16>, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = from.http("POST", addr, 8080, "/v1/charge");
+        if got == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} -> {addr}:8080: {got:?}, not {want:?}, after {timeout:?}",
+                from.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn json(c: &Cluster, node: usize, args: &[&str]) -> Result<serde_json::Value> {
     let mut all = vec!["-o", "json"];
     all.extend_from_slice(args);
@@ -68,7 +87,7 @@ fn seed_policy_across_two_nodes() -> Result<()> {
     let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
     // Different nodes get different pod CIDRs.
     assert_ne!(payments.ip.octets()[2], checkout.ip.octets()[2]);
-    c.http_server(&payments, 8080)?;
+    let requests = c.logging_backend(&payments, 8080)?;
     c.http_server(&intruder, 9090)?;
     let pay4 = payments.ip.to_string();
     let pay6 = payments.ip6.context("no IPv6")?.to_string();
@@ -87,8 +106,43 @@ fn seed_policy_across_two_nodes() -> Result<()> {
     )?;
     eventually(&intruder, &pay4, 8080, false, Duration::from_secs(5))?;
     eventually(&intruder, &pay6, 8080, false, Duration::from_secs(5))?;
-    assert!(checkout.http_ok(&pay4, 8080), "checkout -> payments v4");
-    assert!(checkout.http_ok(&pay6, 8080), "checkout -> payments v6");
+    // L7 across nodes, through node 0's proxy: only POST /v1/charge; the
+    // others get Cilium's 403 on a working connection. The intruder gets
+    // no answer at all (blocked at L3/L4, not a 403).
+    std::fs::write(&requests, "")?;
+    for addr in [&pay4, &pay6] {
+        assert_eq!(
+            checkout.http("POST", addr, 8080, "/v1/charge"),
+            Some(200),
+            "{addr}"
+        );
+        assert_eq!(
+            checkout.http("GET", addr, 8080, "/v1/charge"),
+            Some(403),
+            "{addr}"
+        );
+        assert_eq!(
+            checkout.http("POST", addr, 8080, "/v1/refund"),
+            Some(403),
+            "{addr}"
+        );
+        assert_eq!(
+            intruder.http("POST", addr, 8080, "/v1/charge"),
+            None,
+            "{addr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&requests)?,
+        "POST /v1/charge\nPOST /v1/charge\n",
+        "the backend saw a denied request"
+    );
+    assert!(
+        c.agent_log(0).lines().any(|l| l.contains("axoneme::l7")
+            && l.contains("status=403")
+            && l.contains("path=\"/v1/refund\"")),
+        "no L7 event for the denied request"
+    );
     // Payments' egress is not restricted (and the replies come back).
     assert!(
         payments.http_ok(&intruder.ip.to_string(), 9090),
@@ -120,6 +174,12 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         .find(|e| e["direction"] == "ingress" && e["ports"] == "8080" && e["protocol"] == "TCP")
         .with_context(|| format!("no TCP/8080 entry in {entries}"))?;
     assert!(allow["packets"].as_u64().unwrap_or(0) > 0, "{allow}");
+    assert_eq!(allow["verdict"], "redirect", "{allow}");
+    assert_eq!(
+        allow["proxy_port"],
+        axoneme_e2e::cluster::PROXY_PORT,
+        "{allow}"
+    );
 
     // Propagation: delete and re-import while traffic runs.
     c.cli(0, &["policy", "delete", "payments-api"])?;
@@ -148,8 +208,9 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         &["policy", "import", "--wait", "10", egress.to_str().unwrap()],
     )?;
     eventually(&checkout, &intr4, 9090, false, Duration::from_secs(5))?;
-    assert!(
-        checkout.http_ok(&pay4, 8080),
+    assert_eq!(
+        checkout.http("POST", &pay4, 8080, "/v1/charge"),
+        Some(200),
         "checkout -> payments under egress policy"
     );
     c.cli(1, &["policy", "delete", "checkout-egress"])?;
@@ -203,12 +264,12 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         .with_context(|| format!("node 1 missing from {nodes}"))?;
     assert_eq!(n1["alive"], false, "{nodes}");
     assert_eq!(n1["podCidrs"].as_array().map_or(0, Vec::len), 2, "{nodes}");
-    eventually(&checkout, &pay4, 8080, false, Duration::from_secs(5))?;
+    eventually_post(&checkout, &pay4, None, Duration::from_secs(5))?;
 
     // The agent comes back: it re-announces its endpoints, and checkout is
     // trusted again.
     c.start_agent(1)?;
     c.wait_node_ready(1, Duration::from_secs(20))?;
-    eventually(&checkout, &pay4, 8080, true, Duration::from_secs(10))?;
+    eventually_post(&checkout, &pay4, Some(200), Duration::from_secs(10))?;
     Ok(())
 }

@@ -46,24 +46,27 @@ fn down(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One probe of the verdict table.
+/// One probe of the verdict table: a real HTTP request with curl.
 struct Probe<'a> {
     from: &'a CniPod,
     to: &'a CniPod,
+    method: &'static str,
     addr: String,
     port: u16,
-    expect: bool,
+    path: &'static str,
+    /// The status expected; `None`: blocked (no answer).
+    expect: Option<u16>,
 }
 
 fn verdicts(probes: &[Probe<'_>]) -> bool {
     println!(
-        "      {:<10} {:<10} {:<24} {:<8} {:<8} ",
-        "FROM", "TO", "ADDRESS:PORT", "EXPECTED", "OBSERVED"
+        "      {:<9} {:<9} {:<42} {:<9} {:<9}",
+        "FROM", "TO", "REQUEST", "EXPECTED", "OBSERVED"
     );
+    let word = |s: Option<u16>| s.map_or("blocked".to_string(), |c| c.to_string());
     let mut all = true;
     for p in probes {
-        let got = p.from.http_ok(&p.addr, p.port);
-        let word = |b: bool| if b { "allowed" } else { "denied" };
+        let got = p.from.http(p.method, &p.addr, p.port, p.path);
         let ok = got == p.expect;
         all &= ok;
         let target = if p.addr.contains(':') {
@@ -72,10 +75,10 @@ fn verdicts(probes: &[Probe<'_>]) -> bool {
             format!("{}:{}", p.addr, p.port)
         };
         println!(
-            "      {:<10} {:<10} {:<24} {:<8} {:<8} {}",
+            "      {:<9} {:<9} {:<42} {:<9} {:<9} {}",
             p.from.name,
             p.to.name,
-            target,
+            format!("{} {target}{}", p.method, p.path),
             word(p.expect),
             word(got),
             if ok { "ok" } else { "MISMATCH" }
@@ -145,49 +148,87 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         pods.push(pod);
     }
     let (payments, checkout, intruder) = (&pods[0], &pods[1], &pods[2]);
-    c.http_server(payments, 8080)?;
+    let requests = c.logging_backend(payments, 8080)?;
     c.http_server(intruder, 9090)?;
-    println!("      HTTP servers: payments :8080, intruder :9090 (python3 http.server)");
+    println!("      HTTP servers: payments :8080 (logs every request it receives), intruder :9090");
 
     let pay4 = payments.ip.to_string();
     let pay6 = payments.ip6.map(|a| a.to_string()).unwrap_or_default();
     let table = |policy: bool| {
+        let l7 = |code| if policy { Some(code) } else { Some(200) };
+        let probe = |from, to, method, addr: &String, port, path, expect| Probe {
+            from,
+            to,
+            method,
+            addr: addr.clone(),
+            port,
+            path,
+            expect,
+        };
         vec![
-            Probe {
-                from: checkout,
-                to: payments,
-                addr: pay4.clone(),
-                port: 8080,
-                expect: true,
-            },
-            Probe {
-                from: checkout,
-                to: payments,
-                addr: pay6.clone(),
-                port: 8080,
-                expect: true,
-            },
-            Probe {
-                from: intruder,
-                to: payments,
-                addr: pay4.clone(),
-                port: 8080,
-                expect: !policy,
-            },
-            Probe {
-                from: intruder,
-                to: payments,
-                addr: pay6.clone(),
-                port: 8080,
-                expect: !policy,
-            },
-            Probe {
-                from: payments,
-                to: intruder,
-                addr: intruder.ip.to_string(),
-                port: 9090,
-                expect: true,
-            },
+            probe(
+                checkout,
+                payments,
+                "POST",
+                &pay4,
+                8080,
+                "/v1/charge",
+                Some(200),
+            ),
+            probe(
+                checkout,
+                payments,
+                "POST",
+                &pay6,
+                8080,
+                "/v1/charge",
+                Some(200),
+            ),
+            probe(
+                checkout,
+                payments,
+                "GET",
+                &pay4,
+                8080,
+                "/v1/charge",
+                l7(403),
+            ),
+            probe(
+                checkout,
+                payments,
+                "POST",
+                &pay6,
+                8080,
+                "/v1/refund",
+                l7(403),
+            ),
+            probe(
+                intruder,
+                payments,
+                "POST",
+                &pay4,
+                8080,
+                "/v1/charge",
+                if policy { None } else { Some(200) },
+            ),
+            probe(
+                intruder,
+                payments,
+                "POST",
+                &pay6,
+                8080,
+                "/v1/charge",
+                if policy { None } else { Some(200) },
+            ),
+            probe(
+                payments,
+                intruder,
+                "GET",
+                &intruder.ip.to_string(),
+                9090,
+                "/",
+                Some(200),
+            ),
         ]
     };
     // The first packets of a path wait for neighbour discovery (IPv6 can
@@ -196,6 +237,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     for addr in [&pay4, &pay6] {
         while !checkout.http_ok(addr, 8080) && warm.elapsed() < Duration::from_secs(10) {}
     }
+    std::fs::write(&requests, "")?;
     println!(
         "      paths between the nodes answer after {} ms",
         warm.elapsed().as_millis()
@@ -209,7 +251,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     show(&c, 0, &["policy", "validate", seed])?;
     show(&c, 0, &["policy", "import", seed, "--wait", "10"])?;
     let imported = Instant::now();
-    while intruder.http_ok(&pay4, 8080) {
+    while intruder.http("POST", &pay4, 8080, "/v1/charge").is_some() {
         if imported.elapsed() > Duration::from_secs(10) {
             bail!("the policy was not enforced within 10 s");
         }
@@ -218,8 +260,16 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         "      enforced on payments' node {} ms after import (first intruder probe that failed)",
         imported.elapsed().as_millis()
     );
+    // From here on the backend's log shows only what the policy let through.
+    std::fs::write(&requests, "")?;
     ok &= verdicts(&table(true));
-    println!("      (the seed's L7 rule POST /v1/charge needs the L7 proxy, issue 6: until then checkout may use all of TCP/8080)");
+    println!(
+        "      checkout's requests went through node 0's L7 proxy (403 = Cilium's \"Access denied\"); the intruder never got a connection"
+    );
+    println!("\n      requests the payments backend received under the policy (a denied one never arrives):");
+    for l in std::fs::read_to_string(&requests)?.lines() {
+        println!("        {l}");
+    }
 
     println!("\n      drops seen by payments' agent (reason 133 = policy denied):");
     show(&c, 0, &["events", "--type", "drop", "--last", "4"])?;

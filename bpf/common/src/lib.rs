@@ -137,6 +137,18 @@ pub const IDENTITY_WORLD: u32 = 2;
 /// judged at L7 already (Cilium uses a magic mark the same way).
 pub const MARK_PROXY: u32 = 0x0a00;
 
+/// `skb->mark` of packets the datapath hands to the L7 proxy: the node's
+/// TPROXY rule matches it (under [`MARK_MASK`]) and delivers them to the
+/// proxy's transparent socket (Cilium's `MARK_MAGIC_TO_PROXY` scheme).
+pub const MARK_TO_PROXY: u32 = 0x0200;
+
+/// The bits of `skb->mark` Axoneme uses.
+pub const MARK_MASK: u32 = 0x0f00;
+
+/// The loopback device's ifindex (the same in every network namespace):
+/// redirected packets re-enter the node's stack there.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
 /// Conntrack lifetimes (Cilium's defaults).
 pub const CT_SYN_TIMEOUT_S: u64 = 60;
 pub const CT_LIFETIME_TCP_S: u64 = 21_600;

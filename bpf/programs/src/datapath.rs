@@ -26,10 +26,12 @@ use axoneme_bpf_common::{
     verdict, CtKey, CtValue, EndpointInfo, Event, EventConfig, FragKey, FragValue, IpcacheKey,
     IpcacheValue, PolicyKey, PolicyValue, RateState, CT_CLOSE_TIMEOUT_S, CT_LIFETIME_NONTCP_S,
     CT_LIFETIME_TCP_S, CT_MAX, CT_SYN_TIMEOUT_S, ENDPOINTS_MAX, EVENTS_BYTES, FRAGS_MAX,
-    IDENTITY_WORLD, IPCACHE_MAX, POLICY_MAX,
+    IDENTITY_WORLD, IPCACHE_MAX, LOOPBACK_IFINDEX, MARK_MASK, MARK_PROXY, MARK_TO_PROXY,
+    POLICY_MAX,
 };
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    bindings::BPF_F_INGRESS,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
@@ -164,9 +166,28 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         }
     }
     match decide(ctx, ifindex, &ep, dir, flow) {
-        Ok(()) => TC_ACT_OK,
+        Ok(0) => TC_ACT_OK,
+        Ok(_) if dir == direction::INGRESS => to_proxy(ctx),
+        Ok(_) => TC_ACT_OK,
         Err(()) => TC_ACT_SHOT,
     }
+}
+
+/// Hands a packet of a redirected flow to the node's L7 proxy: marked for
+/// the node's TPROXY rule, re-entering the stack on the loopback device
+/// (whose address, all zeros, becomes the destination MAC so the stack
+/// takes it as addressed to the host). The proxy learns the original
+/// destination from its accepted socket.
+#[inline(always)]
+fn to_proxy(ctx: &TcContext) -> i32 {
+    // SAFETY: `skb` points to the program's context, valid for the run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark((mark & !MARK_MASK) | MARK_TO_PROXY);
+    if ctx.store(0, &[0u8; 6], 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: a helper call with plain arguments.
+    unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) as i32 }
 }
 
 #[inline(always)]
@@ -176,7 +197,7 @@ fn decide(
     ep: &EndpointInfo,
     dir: u8,
     flow: &mut Flow,
-) -> Result<(), ()> {
+) -> Result<u16, ()> {
     let peer_addr = if dir == direction::INGRESS {
         &flow.saddr
     } else {
@@ -240,10 +261,12 @@ fn decide(
     let now = unsafe { bpf_ktime_get_ns() };
     let len = u64::from(ctx.len());
     if flow.icmp == Icmp::Error && related(flow, ep.endpoint_id, dir, now) {
-        return Ok(());
+        return Ok(0);
     }
-    if flow.icmp != Icmp::Error && ct_update(flow, ep.endpoint_id, dir, now, len) {
-        return Ok(());
+    if flow.icmp != Icmp::Error {
+        if let Some(proxy_port) = ct_update(flow, ep.endpoint_id, dir, now, len) {
+            return Ok(proxy_port);
+        }
     }
 
     // A new flow: the policy decides.
@@ -252,7 +275,16 @@ fn decide(
     } else {
         ep.flags & endpoint_flags::EGRESS_ENFORCED != 0
     };
-    let entry = policy_lookup(ep.endpoint_id, peer, dir, flow.protocol, flow.policy_port);
+    // The proxy's own upstream connections carry its mark: their request
+    // was judged at L7 already.
+    // SAFETY: `skb` points to the program's context, valid for the run.
+    let from_proxy =
+        dir == direction::INGRESS && unsafe { (*ctx.skb.skb).mark } & MARK_MASK == MARK_PROXY;
+    let entry = if from_proxy {
+        None
+    } else {
+        policy_lookup(ep.endpoint_id, peer, dir, flow.protocol, flow.policy_port)
+    };
     let (allowed, proxy_port, matched, reason) = match entry {
         Some(v) => {
             // SAFETY: `v` points into the trie's value, valid during the
@@ -268,7 +300,7 @@ fn decide(
                 (true, v.proxy_port, v.match_type, 0)
             }
         }
-        None if enforced => (false, 0, match_type::NONE, drop_reason::DROP_POLICY),
+        None if enforced && !from_proxy => (false, 0, match_type::NONE, drop_reason::DROP_POLICY),
         None => (true, 0, match_type::NONE, 0),
     };
     let outcome = if !allowed {
@@ -302,7 +334,7 @@ fn decide(
             return Err(());
         }
     }
-    Ok(())
+    Ok(proxy_port)
 }
 
 /// How long an entry lives after this packet, in seconds.
@@ -334,9 +366,11 @@ fn ct_key(flow: &Flow, endpoint_id: u32, dir: u8) -> CtKey {
     }
 }
 
-/// Finds the packet's flow (as original or reply) and refreshes it.
+/// Finds the packet's flow (as original or reply) and refreshes it;
+/// `Some(proxy port)` for packets of a redirected flow in its original
+/// direction, `Some(0)` for other tracked packets.
 #[inline(always)]
-fn ct_update(flow: &Flow, endpoint_id: u32, dir: u8, now: u64, len: u64) -> bool {
+fn ct_update(flow: &Flow, endpoint_id: u32, dir: u8, now: u64, len: u64) -> Option<u16> {
     let forward = ct_key(flow, endpoint_id, dir);
     let reverse = CtKey {
         saddr: flow.daddr,
@@ -350,14 +384,14 @@ fn ct_update(flow: &Flow, endpoint_id: u32, dir: u8, now: u64, len: u64) -> bool
         Some(e) => (e, false),
         None => match CT.get_ptr_mut(&reverse) {
             Some(e) => (e, true),
-            None => return false,
+            None => return None,
         },
     };
     // SAFETY: `entry` points into the LRU map's value for this run; fields
     // are plain integers, racing writers at worst lose an update.
     unsafe {
         if (*entry).expires_ns <= now {
-            return false;
+            return None;
         }
         let mut flags = (*entry).flags;
         if reply {
@@ -378,8 +412,8 @@ fn ct_update(flow: &Flow, endpoint_id: u32, dir: u8, now: u64, len: u64) -> bool
         (*entry).flags = flags;
         add(core::ptr::addr_of_mut!((*entry).packets), 1);
         add(core::ptr::addr_of_mut!((*entry).bytes), len);
+        Some(if reply { 0 } else { (*entry).proxy_port })
     }
-    true
 }
 
 /// Whether an ICMP error quotes a packet of a live flow of this endpoint.
