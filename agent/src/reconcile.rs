@@ -220,8 +220,10 @@ impl Reconciler {
         }
         for (key, policy) in &want.policies {
             if self.policies.get(key) != Some(&policy.object) {
-                if policy.rules.iter().any(|(_, r)| has_l7(r)) && self.proxy_port == 0 {
-                    warn!(policy = %key, "L7 rules are enforced at L3/L4 only: no L7 proxy on this node yet");
+                if self.proxy_port == 0 && policy.rules.iter().any(|(_, r)| has_l7(r, None)) {
+                    warn!(policy = %key, "L7 rules are enforced at L3/L4 only: this agent runs no L7 proxy (--proxy-port)");
+                } else if policy.rules.iter().any(|(_, r)| has_l7(r, Some(true))) {
+                    warn!(policy = %key, "egress L7 rules are enforced at L3/L4 only: the proxy takes ingress redirects so far");
                 }
                 deltas.extend(self.engine.set_policy(key, Some(policy.clone())));
                 self.policies.insert(key.clone(), policy.object.clone());
@@ -445,10 +447,16 @@ impl Reconciler {
     }
 }
 
-fn has_l7(rule: &axoneme_policy::Rule) -> bool {
-    rule.all_sections().any(|s| {
-        s.to_ports
-            .iter()
-            .any(|p| p.rules.as_ref().is_some_and(|r| !r.http.is_empty()))
-    })
+/// Whether `rule` has HTTP rules (in `egress` sections only, ingress only,
+/// or either when `None`).
+fn has_l7(rule: &axoneme_policy::Rule, egress: Option<bool>) -> bool {
+    [false, true]
+        .into_iter()
+        .filter(|e| egress.is_none_or(|want| want == *e))
+        .flat_map(|e| rule.allow_sections(e))
+        .any(|s| {
+            s.to_ports
+                .iter()
+                .any(|p| p.rules.as_ref().is_some_and(|r| !r.http.is_empty()))
+        })
 }

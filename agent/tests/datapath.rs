@@ -13,7 +13,8 @@ mod support;
 use axoneme_agent::datapath::{policy_entry, FROM_CONTAINER, TO_CONTAINER};
 use axoneme_bpf_common::{
     drop_reason, endpoint_flags, event_kind, match_type, tc_action::TC_ACT_OK,
-    tc_action::TC_ACT_SHOT, verdict as ev, EndpointInfo, Event, IpcacheValue,
+    tc_action::TC_ACT_REDIRECT, tc_action::TC_ACT_SHOT, verdict as ev, EndpointInfo, Event,
+    IpcacheValue,
 };
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Direction, Key, Verdict};
@@ -540,7 +541,6 @@ fn a_pod_cannot_send_from_another_address() {
 
 #[test]
 fn redirected_flows_go_to_the_proxy_packet_after_packet() {
-    const TC_ACT_REDIRECT: i32 = 7;
     let mut dp = setup(BOTH);
     let rules = std::sync::Arc::new(vec![axoneme_policy::api::HttpRule::default()]);
     let (k, v) = policy_entry(

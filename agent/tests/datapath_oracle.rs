@@ -12,8 +12,8 @@ use std::net::Ipv4Addr;
 
 use axoneme_agent::datapath::{policy_entry, FROM_CONTAINER, TO_CONTAINER};
 use axoneme_bpf_common::{
-    endpoint_flags, event_kind, tc_action::TC_ACT_OK, tc_action::TC_ACT_SHOT, verdict as ev,
-    EndpointInfo, IpcacheValue,
+    endpoint_flags, event_kind, tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT,
+    tc_action::TC_ACT_SHOT, verdict as ev, EndpointInfo, IpcacheValue,
 };
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{cidr_identities, compute, Direction, EnforcementMode};
@@ -120,7 +120,7 @@ fn check(
                             }
                         };
                         let action = run(&dp, program, &pkt);
-                        if action == TC_ACT_OK {
+                        if action != TC_ACT_SHOT {
                             // Each flow must be judged as new.
                             dp.maps.clear_ct().unwrap();
                         }
@@ -156,7 +156,15 @@ fn check(
                                 prop_assert_eq!(seen, Some(ev::ALLOWED), "{}", ctx());
                             }
                             OracleVerdict::Redirect(_) => {
-                                prop_assert_eq!(action, TC_ACT_OK, "{}", ctx());
+                                // Ingress redirects go to the node's proxy;
+                                // egress L7 rules are not redirected yet (the
+                                // agent warns: enforced at L3/L4 only).
+                                let to_proxy = if dir == Direction::Ingress {
+                                    TC_ACT_REDIRECT
+                                } else {
+                                    TC_ACT_OK
+                                };
+                                prop_assert_eq!(action, to_proxy, "{}", ctx());
                                 prop_assert_eq!(seen, Some(ev::REDIRECTED), "{}", ctx());
                             }
                             OracleVerdict::Deny(code) => {

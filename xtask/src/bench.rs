@@ -11,6 +11,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("policy", "axoneme-policy", "policy"),
     ("datapath", "axoneme-agent", "datapath"),
     ("cluster", "axoneme-e2e", "cluster"),
+    ("l7", "axoneme-e2e", "l7"),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {

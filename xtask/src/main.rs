@@ -36,7 +36,7 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run a benchmark; writes target/bench/NAME.json.
     Bench {
-        /// Which benchmark: identity, policy, datapath or cluster.
+        /// Which benchmark: identity, policy, datapath, cluster or l7.
         name: String,
     },
 }

@@ -23,6 +23,11 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "curl",
     "python3",
+    // The L7 benchmark: wrk against nginx in a pod. nginx-light's install
+    // would start a system nginx on port 80; setup keeps it from starting
+    // (policy-rc.d) and only ever runs nginx itself inside a pod.
+    "wrk",
+    "nginx-light",
     "openssl",
     "ca-certificates",
 ];
@@ -91,10 +96,25 @@ pub fn run(root: &Path) -> Result<()> {
     } else {
         println!("setup: installing {}", missing.join(" "));
         sh(Command::new("apt-get").args(["update", "-qq"]))?;
-        sh(Command::new("apt-get")
+        // No package may start a service (nginx would listen on port 80):
+        // Debian's invoke-rc.d asks policy-rc.d; 101 = "action forbidden".
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let ours = !policy.exists();
+        if ours {
+            std::fs::write(
+                policy,
+                "#!/bin/sh\n# cargo xtask setup: no service starts during install\nexit 101\n",
+            )?;
+            std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        let result = sh(Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        if ours {
+            let _ = std::fs::remove_file(policy);
+        }
+        result?;
     }
 
     let linker = tools_bin(root).join("bpf-linker");

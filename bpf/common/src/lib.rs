@@ -128,6 +128,8 @@ pub mod tc_action {
     pub const TC_ACT_OK: i32 = 0;
     /// Drop the packet.
     pub const TC_ACT_SHOT: i32 = 2;
+    /// Redirected (what `bpf_redirect` returns): the L7 proxy gets it.
+    pub const TC_ACT_REDIRECT: i32 = 7;
 }
 
 /// Security identity of peers the ipcache does not know.

@@ -1,0 +1,197 @@
+//! `cargo xtask bench l7`: wrk against nginx (from Debian) in a pod of a
+//! real one-node cluster, side by side in one run:
+//!
+//! - direct: port 8081, allowed at L3/L4 with no L7 rule (the datapath
+//!   only);
+//! - proxy: port 8080, allowed by an L7 rule (`GET /.*`), so every request
+//!   goes through the node's L7 proxy.
+//!
+//! At 1 and 64 connections: requests/s and p99 latency, and their ratios
+//! (proxy / direct). Targets: at least 60% of direct RPS, p99 under 2x.
+//! Writes JSON to `AXONEME_BENCH_OUT` (default target/bench/l7.json).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod, Proc};
+use serde_json::json;
+
+const SECONDS: &str = "5";
+
+const POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: bench-web
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: \"8080\"
+        protocol: TCP
+      rules:
+        http:
+        - method: GET
+          path: /.*
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: \"8081\"
+        protocol: TCP
+";
+
+/// nginx in `pod`, answering `200 ok` on 8080 and 8081.
+fn nginx(c: &mut Cluster, pod: &CniPod) -> Result<()> {
+    let dir = c.dir.join("nginx");
+    std::fs::create_dir_all(&dir)?;
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n    listen 8080;\n    listen 8081;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+        ),
+    )?;
+    let cmd = pod.ns.command(&[
+        "nginx",
+        "-c",
+        &conf.to_string_lossy(),
+        "-e",
+        &format!("{d}/error.log"),
+    ]);
+    c.extra
+        .push(Proc::spawn("nginx", cmd, &dir.join("nginx.out"))?);
+    for _ in 0..50 {
+        if pod.http_ok("127.0.0.1", 8081) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+    )
+}
+
+/// Parses wrk's output: (requests/s, p99 in ms).
+fn parse_wrk(text: &str) -> Result<(f64, f64)> {
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .context("no Requests/sec")?
+        .trim()
+        .parse::<f64>()?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .context("no 99% latency (--latency)")?
+        .trim();
+    let ms = if let Some(v) = p99.strip_suffix("us") {
+        v.parse::<f64>()? / 1000.0
+    } else if let Some(v) = p99.strip_suffix("ms") {
+        v.parse::<f64>()?
+    } else if let Some(v) = p99.strip_suffix('s') {
+        v.parse::<f64>()? * 1000.0
+    } else {
+        bail!("latency {p99:?}")
+    };
+    Ok((rps, ms))
+}
+
+fn wrk(client: &CniPod, url: &str, connections: u32) -> Result<(f64, f64)> {
+    let threads = connections.min(2).to_string();
+    let out = client
+        .ns
+        .command(&[
+            "wrk",
+            "-t",
+            &threads,
+            "-c",
+            &connections.to_string(),
+            "-d",
+            SECONDS,
+            "--latency",
+            url,
+        ])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") {
+        bail!("wrk {url}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text)
+}
+
+fn main() -> Result<()> {
+    let out = std::env::var_os("AXONEME_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench/l7.json"));
+    let mut c = Cluster::start(&ClusterConfig {
+        nodes: 1,
+        ..ClusterConfig::default()
+    })?;
+    let web = c.add_pod(0, "web", &[("app", "web")])?;
+    let client = c.add_pod(0, "client", &[("app", "client")])?;
+    nginx(&mut c, &web)?;
+    let policy = c.dir.join("bench-web.yaml");
+    std::fs::write(&policy, POLICY)?;
+    c.cli(
+        0,
+        &[
+            "policy",
+            "import",
+            "--wait",
+            "10",
+            policy.to_str().context("path")?,
+        ],
+    )?;
+    let ip = web.ip.to_string();
+    // Enforced: the L7 port answers through the proxy (a 403 for POST).
+    for _ in 0..50 {
+        if client.http("POST", &ip, 8080, "/") == Some(403) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if client.http("POST", &ip, 8080, "/") != Some(403) {
+        bail!("the L7 rule is not enforced on port 8080");
+    }
+    let mut rows = Vec::new();
+    for connections in [1, 64] {
+        let direct = wrk(&client, &format!("http://{ip}:8081/"), connections)?;
+        let proxy = wrk(&client, &format!("http://{ip}:8080/"), connections)?;
+        let row = json!({
+            "connections": connections,
+            "direct": {"rps": direct.0, "p99_ms": direct.1},
+            "proxy": {"rps": proxy.0, "p99_ms": proxy.1},
+            "rps_ratio": proxy.0 / direct.0,
+            "p99_ratio": proxy.1 / direct.1,
+            "targets": {"rps_ratio_min": 0.6, "p99_ratio_max": 2.0},
+        });
+        println!("{row}");
+        rows.push(row);
+    }
+    let report = json!({
+        "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy",
+        "seconds_per_run": SECONDS,
+        "runs": rows,
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
