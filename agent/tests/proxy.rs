@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 const CLIENT: NumericIdentity = NumericIdentity(1000);
 const SERVER: NumericIdentity = NumericIdentity(2000);
 const SEED: &str = include_str!("../../../shared/testdata/seed-payments-policy.yaml");
-const GET_ALLOWED: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: payments-api\nspec:\n  endpointSelector:\n    matchLabels:\n      app: payments\n  ingress:\n  - fromEndpoints:\n    - matchLabels:\n        app: checkout\n    toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n      rules:\n        http:\n        - method: GET\n          path: /v1/.*\n          headers: ['X-Team: blue']\n";
+const GET_ALLOWED: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: payments-api\nspec:\n  endpointSelector:\n    matchLabels:\n      app: payments\n  ingress:\n  - fromEndpoints:\n    - matchLabels:\n        app: checkout\n    toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n      rules:\n        http:\n        - method: GET\n          path: /v1/.*\n          host: payments(:8080)?\n          headers: ['X-Team: blue']\n";
 
 fn labels(app: &str) -> LabelSet {
     LabelSet::parse(
@@ -256,6 +256,8 @@ fn a_policy_change_applies_to_the_next_request_on_an_open_connection() -> Result
     assert!(exchange(&mut s, post).starts_with("HTTP/1.1 403"));
     let no_header = b"GET /v1/items HTTP/1.1\r\nHost: payments\r\n\r\n";
     assert!(exchange(&mut s, no_header).starts_with("HTTP/1.1 403"));
+    let other_host = b"GET /v1/items HTTP/1.1\r\nHost: billing\r\nX-Team: blue\r\n\r\n";
+    assert!(exchange(&mut s, other_host).starts_with("HTTP/1.1 403"));
     // Pipelining: two requests in one write, two answers in order.
     let both = [&get[..], &post[..]].concat();
     let answer = exchange(&mut s, &both);
