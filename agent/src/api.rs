@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::endpoints::Endpoints;
+use crate::views::EventRing;
 
 /// A read the main loop answers.
 pub enum Query {
@@ -33,13 +34,13 @@ pub enum Query {
     Ipcache(oneshot::Sender<Result<Vec<IpcacheEntry>, ApiError>>),
     Policy(String, oneshot::Sender<Result<Vec<PolicyEntry>, ApiError>>),
     Ct(oneshot::Sender<Result<Vec<CtEntry>, ApiError>>),
-    Events(oneshot::Sender<Vec<EventView>>),
 }
 
 struct Ctx {
     endpoints: Arc<Endpoints>,
     queries: mpsc::Sender<Query>,
     kv: KvStore,
+    events: EventRing,
 }
 
 /// An error answer: the status follows the CNI code.
@@ -154,8 +155,8 @@ async fn ct(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<CtEntry>>, Failure> 
     Ok(Json(ask(&ctx, Query::Ct).await??))
 }
 
-async fn events(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EventView>>, Failure> {
-    Ok(Json(ask(&ctx, Query::Events).await?))
+async fn list_events(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EventView>>, Failure> {
+    Ok(Json(ctx.events.snapshot()))
 }
 
 async fn not_found() -> Failure {
@@ -173,6 +174,7 @@ pub async fn serve(
     endpoints: Arc<Endpoints>,
     queries: mpsc::Sender<Query>,
     kv: KvStore,
+    events: EventRing,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -192,6 +194,7 @@ pub async fn serve(
         endpoints,
         queries,
         kv,
+        events,
     });
     let app = Router::new()
         .route("/v1/cni/add", post(add))
@@ -202,7 +205,7 @@ pub async fn serve(
         .route("/v1/bpf/ipcache", get(ipcache))
         .route("/v1/bpf/policy/{endpoint}", get(policy))
         .route("/v1/bpf/ct", get(ct))
-        .route("/v1/events", get(events))
+        .route("/v1/events", get(list_events))
         .fallback(not_found)
         .with_state(ctx);
     let result = axum::serve(listener, app)

@@ -3,7 +3,7 @@
 //! and logs the datapath's events, until SIGTERM or SIGINT. On exit the
 //! pinned programs and maps keep enforcing; the next run adopts them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,8 +33,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 const DEFAULT_SOCKET: &str = "/run/axoneme/agent.sock";
-/// Datapath events the API keeps for `axoneme events`.
-const RECENT_EVENTS: usize = 4096;
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -222,11 +220,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_millis(args.endpoint_timeout_ms),
     ));
     let (query_tx, mut queries) = mpsc::channel::<Query>(16);
+    let recent = views::EventRing::default();
     let server = tokio::spawn(api::serve(
         socket.clone(),
         eps.clone(),
         query_tx,
         kv.clone(),
+        recent.clone(),
         cancel.clone(),
     ));
     info!(parent: &span, socket = %socket.display(), "API listening");
@@ -249,6 +249,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             sockets,
             proxy_rx,
             ProxyConfig::default(),
+            recent.clone(),
             cancel.clone(),
         )))
     } else {
@@ -267,7 +268,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         nodes.subscribe(),
     );
     let mut routes: Vec<(IpNet, IpAddr)> = Vec::new();
-    let mut recent: VecDeque<EventView> = VecDeque::with_capacity(RECENT_EVENTS);
     let mut events = tokio::time::interval(Duration::from_millis(100));
     let mut resync = tokio::time::interval(Duration::from_secs(30));
     let mut cidr_poll = tokio::time::interval(Duration::from_millis(500));
@@ -322,10 +322,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 for e in rec.datapath().maps.drain_events() {
                     let view = views::event(&e, now);
                     log_event(&view);
-                    if recent.len() == RECENT_EVENTS {
-                        recent.pop_front();
-                    }
-                    recent.push_back(view);
+                    recent.push(view);
                 }
             }
             _ = cidr_poll.tick() => {
@@ -347,12 +344,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
             }
-            Some(q) = queries.recv() => match q {
-                Query::Events(tx) => {
-                    let _ = tx.send(recent.iter().cloned().collect());
-                }
-                q => answer(q, &mut rec, &state, &eps, last_error.as_deref()),
-            },
+            Some(q) = queries.recv() => answer(q, &mut rec, &state, &eps, last_error.as_deref()),
             signal = &mut shutdown => {
                 info!(parent: &span, signal, "shutting down; the pinned datapath keeps enforcing");
                 break;
@@ -399,10 +391,6 @@ fn answer(
         }
         Query::Ct(tx) => {
             let _ = tx.send(views::ct(rec));
-        }
-        // Answered by the loop, which keeps them.
-        Query::Events(tx) => {
-            let _ = tx.send(Vec::new());
         }
     }
 }

@@ -99,8 +99,9 @@ impl Ns {
         Ok(())
     }
 
-    /// Runs a command in the namespace; fails with its stderr.
-    pub fn run(&self, args: &[&str]) -> Result<(), NetdevError> {
+    /// Runs a command in the namespace; its stdout, or an error with its
+    /// stderr.
+    fn output(&self, args: &[&str]) -> Result<Vec<u8>, NetdevError> {
         let command = args.join(" ");
         let out = self
             .command(args)
@@ -115,29 +116,21 @@ impl Ns {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        Ok(())
+        Ok(out.stdout)
+    }
+
+    /// Runs a command in the namespace; fails with its stderr.
+    pub fn run(&self, args: &[&str]) -> Result<(), NetdevError> {
+        self.output(args).map(drop)
     }
 
     /// `ip -j ARGS`, parsed.
     fn ip_json(&self, args: &[&str]) -> Result<serde_json::Value, NetdevError> {
         let mut all = vec!["ip", "-j"];
         all.extend_from_slice(args);
-        let command = all.join(" ");
-        let out = self
-            .command(&all)
-            .output()
-            .map_err(|source| NetdevError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(NetdevError::Failed {
-                command,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| NetdevError::Unexpected(format!("{command}: {e}")))
+        let out = self.output(&all)?;
+        serde_json::from_slice(&out)
+            .map_err(|e| NetdevError::Unexpected(format!("{}: {e}", all.join(" "))))
     }
 
     /// The MAC address of `dev`.

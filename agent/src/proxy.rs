@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axoneme_api::{EventView, HttpInfo};
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Decision, Direction, EndpointPolicy, Verdict, PROTO_TCP};
 use axoneme_policy::l7::{HttpMatcher, HttpRequest};
@@ -28,6 +29,8 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::views::EventRing;
 
 /// Packets of the proxy's upstream connections carry this mark: the
 /// request on them was already judged at L7.
@@ -87,6 +90,9 @@ impl ProxyView {
     /// The identity of an address: the longest ipcache prefix, else world.
     pub fn identity(&self, ip: IpAddr) -> NumericIdentity {
         if let Some(id) = self.local.get(&ip) {
+            return *id;
+        }
+        if let Some(id) = self.ipcache.get(&IpNet::from(ip)) {
             return *id;
         }
         self.ipcache
@@ -181,62 +187,30 @@ pub fn install_redirect(
         "net.ipv4.ip_early_demux=0",
         "net.ipv4.tcp_early_demux=0",
     ])?;
-    // Replace rules from an earlier run rather than stacking them.
-    let _ = ns.run(&["ip", "rule", "del", "fwmark", "0x1/0x1", "lookup", "100"]);
-    let _ = ns.run(&[
-        "ip", "-6", "rule", "del", "fwmark", "0x1/0x1", "lookup", "100",
-    ]);
-    ns.run(&["ip", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"])?;
-    ns.run(&[
-        "ip", "-6", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100",
-    ])?;
-    ns.run(&[
-        "ip",
-        "route",
-        "replace",
-        "local",
-        "0.0.0.0/0",
-        "dev",
-        "lo",
-        "table",
-        "100",
-    ])?;
-    ns.run(&[
-        "ip", "-6", "route", "replace", "local", "::/0", "dev", "lo", "table", "100",
-    ])?;
-    for tool in ["iptables", "ip6tables"] {
-        // Create the chain and hook it once; then make its one rule current.
-        let _ = ns.run(&[tool, "-w", "-t", "mangle", "-N", "AXONEME_PROXY"]);
-        if ns
-            .run(&[
-                tool,
-                "-w",
-                "-t",
-                "mangle",
-                "-C",
-                "PREROUTING",
-                "-j",
-                "AXONEME_PROXY",
-            ])
-            .is_err()
-        {
-            ns.run(&[
-                tool,
-                "-w",
-                "-t",
-                "mangle",
-                "-A",
-                "PREROUTING",
-                "-j",
-                "AXONEME_PROXY",
-            ])?;
-        }
-        ns.run(&[tool, "-w", "-t", "mangle", "-F", "AXONEME_PROXY"])?;
+    for (ip_family, tool, any) in [("-4", "iptables", "0.0.0.0/0"), ("-6", "ip6tables", "::/0")] {
+        // Replace the rule of an earlier run rather than stacking them.
+        let rule = [
+            "ip", ip_family, "rule", "add", "fwmark", "0x1/0x1", "lookup", "100",
+        ];
+        let mut del = rule;
+        del[3] = "del";
+        let _ = ns.run(&del);
+        ns.run(&rule)?;
         ns.run(&[
-            tool,
-            "-w",
-            "-t",
-            "mangle",
+            "ip", ip_family, "route", "replace", "local", any, "dev", "lo", "table", "100",
+        ])?;
+        // Create the chain and hook it once; then make its one rule current.
+        let mangle = |args: &[&str]| {
+            let mut all = vec![tool, "-w", "-t", "mangle"];
+            all.extend_from_slice(args);
+            ns.run(&all)
+        };
+        let _ = mangle(&["-N", "AXONEME_PROXY"]);
+        if mangle(&["-C", "PREROUTING", "-j", "AXONEME_PROXY"]).is_err() {
+            mangle(&["-A", "PREROUTING", "-j", "AXONEME_PROXY"])?;
+        }
+        mangle(&["-F", "AXONEME_PROXY"])?;
+        mangle(&[
             "-A",
             "AXONEME_PROXY",
             "-p",
@@ -419,6 +393,7 @@ struct Shared {
     view: watch::Receiver<Arc<ProxyView>>,
     cfg: ProxyConfig,
     client: Client<Connector, Incoming>,
+    events: EventRing,
 }
 
 /// Serves `listener` until `cancel`.
@@ -427,6 +402,7 @@ pub async fn serve(
     sockets: SocketFactory,
     view: watch::Receiver<Arc<ProxyView>>,
     cfg: ProxyConfig,
+    events: EventRing,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -436,7 +412,12 @@ pub async fn serve(
             sockets,
             timeout: cfg.connect_timeout,
         });
-    let shared = Arc::new(Shared { view, cfg, client });
+    let shared = Arc::new(Shared {
+        view,
+        cfg,
+        client,
+        events,
+    });
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -477,9 +458,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// One L7 event per request (target `axoneme::l7`).
+/// One L7 event per request: a log line (target `axoneme::l7`) and an
+/// `http` event for the API.
 #[allow(clippy::too_many_arguments)]
 fn event(
+    ring: &EventRing,
     req: (&str, &str, &str),
     status: StatusCode,
     verdict: &str,
@@ -487,6 +470,34 @@ fn event(
     dst: (SocketAddr, NumericIdentity),
     started: Instant,
 ) {
+    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    ring.push(EventView {
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+        kind: "http".into(),
+        reason: 0,
+        reason_text: String::new(),
+        verdict: verdict.into(),
+        direction: "ingress".into(),
+        src_identity: src.1 .0,
+        dst_identity: dst.1 .0,
+        src: src.0.ip().to_string(),
+        dst: dst.0.ip().to_string(),
+        protocol: "TCP".into(),
+        sport: src.0.port(),
+        dport: dst.0.port(),
+        ifindex: 0,
+        match_type: "L7".into(),
+        http: Some(HttpInfo {
+            method: req.0.into(),
+            path: req.1.into(),
+            host: req.2.into(),
+            status: status.as_u16(),
+            latency_us,
+        }),
+    });
     info!(
         target: "axoneme::l7",
         method = req.0,
@@ -498,7 +509,7 @@ fn event(
         src_identity = src.1 .0,
         dst = %dst.0,
         dst_identity = dst.1 .0,
-        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        latency_us,
         "http request"
     );
 }
@@ -527,7 +538,15 @@ async fn handle(
         .unwrap_or("")
         .to_string();
     let reject = |status, body, verdict| {
-        event((&method, &path, &host), status, verdict, src, dst, started);
+        event(
+            &shared.events,
+            (&method, &path, &host),
+            status,
+            verdict,
+            src,
+            dst,
+            started,
+        );
         text(status, body, true)
     };
     // Smuggling: a length the proxy and the server could read differently
@@ -557,6 +576,7 @@ async fn handle(
     );
     if !allowed {
         event(
+            &shared.events,
             (&method, &path, &host),
             StatusCode::FORBIDDEN,
             "denied",
@@ -597,6 +617,7 @@ async fn handle(
     {
         Ok(resp) => {
             event(
+                &shared.events,
                 (&method, &path, &host),
                 resp.status(),
                 "forwarded",
@@ -614,6 +635,7 @@ async fn handle(
         Err(e) => {
             warn!(%orig, error = %crate::error_chain(&e), "upstream unreachable");
             event(
+                &shared.events,
                 (&method, &path, &host),
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream-error",

@@ -363,5 +363,29 @@ pub fn event(e: &Event, time_ms: u64) -> EventView {
             _ => "none",
         }
         .into(),
+        http: None,
+    }
+}
+
+/// The agent's most recent events (datapath and L7), shared by the main
+/// loop, the proxy and the API.
+#[derive(Clone, Default)]
+pub struct EventRing(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<EventView>>>);
+
+impl EventRing {
+    /// Events kept for `axoneme events`.
+    pub const CAPACITY: usize = 4096;
+
+    pub fn push(&self, e: EventView) {
+        let mut q = self.0.lock().expect("event ring");
+        if q.len() == Self::CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    /// Oldest first.
+    pub fn snapshot(&self) -> Vec<EventView> {
+        self.0.lock().expect("event ring").iter().cloned().collect()
     }
 }

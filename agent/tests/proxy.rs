@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axoneme_agent::proxy::{self, ProxyConfig, ProxyView, SocketFactory};
+use axoneme_agent::views::EventRing;
 use axoneme_e2e::netns::{Node, Pod};
 use axoneme_e2e::{http::logging_backend, run_prefix};
 use axoneme_identity::{LabelSet, NumericIdentity, Source};
@@ -69,6 +70,7 @@ struct Setup {
     backend: axoneme_e2e::Proc,
     views: watch::Sender<Arc<ProxyView>>,
     cancel: CancellationToken,
+    events: EventRing,
     _dir: tempfile::TempDir,
 }
 
@@ -132,13 +134,15 @@ fn setup(port: u16) -> Result<Setup> {
     let (views, rx) = watch::channel(view(SEED, client.ip, server.ip));
     let cancel = CancellationToken::new();
     let c = cancel.clone();
+    let events = EventRing::default();
+    let ring = events.clone();
     let cfg = ProxyConfig {
         header_timeout: Duration::from_secs(1),
         ..ProxyConfig::default()
     };
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        rt.block_on(proxy::serve(listener, sockets, rx, cfg, c))
+        rt.block_on(proxy::serve(listener, sockets, rx, cfg, events, c))
     });
     Ok(Setup {
         _node: node,
@@ -148,6 +152,7 @@ fn setup(port: u16) -> Result<Setup> {
         backend,
         views,
         cancel,
+        events: ring,
         _dir: dir,
     })
 }
@@ -238,6 +243,26 @@ fn seed_rules_on_real_connections() -> Result<()> {
         "{out}"
     );
     assert_eq!(t.backend_log(), "POST /v1/charge\nPOST /v1/charge\n");
+    // One L7 event per request, with both identities.
+    let http: Vec<(String, String, u16, u32, u32)> = t
+        .events
+        .snapshot()
+        .into_iter()
+        .filter_map(|e| {
+            let h = e.http?;
+            Some((h.method, h.path, h.status, e.src_identity, e.dst_identity))
+        })
+        .collect();
+    let expect = |m: &str, p: &str, s| (m.to_string(), p.to_string(), s, 1000, 2000);
+    assert_eq!(
+        http,
+        vec![
+            expect("POST", "/v1/charge", 200),
+            expect("GET", "/v1/charge", 403),
+            expect("POST", "/v1/refund", 403),
+            expect("POST", "/v1/charge", 200),
+        ]
+    );
     Ok(())
 }
 

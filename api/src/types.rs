@@ -217,7 +217,7 @@ pub struct Status {
 pub struct EventView {
     /// Unix milliseconds when the agent read it.
     pub time_ms: u64,
-    /// `drop` or `policy-verdict`.
+    /// `drop`, `policy-verdict` or `http`.
     pub kind: String,
     /// Cilium's drop reason number (0 for verdicts).
     pub reason: u8,
@@ -237,4 +237,17 @@ pub struct EventView {
     /// Which kind of policy entry decided a verdict: `L3-only`, `L3-L4`,
     /// `L4-only`, `all` or `none`.
     pub match_type: String,
+    /// For `http` events (the L7 proxy): the request and its answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpInfo>,
+}
+
+/// One request the L7 proxy judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpInfo {
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub status: u16,
+    pub latency_us: u64,
 }

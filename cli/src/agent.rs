@@ -235,7 +235,7 @@ impl Render for Events {
         let mut t = Table::new(&[
             "TIME",
             "KIND",
-            "REASON",
+            "REASON / REQUEST",
             "VERDICT",
             "DIR",
             "SOURCE",
@@ -252,10 +252,10 @@ impl Render for Events {
                 secs % 60,
                 e.time_ms % 1000
             );
-            let reason = if e.kind == "drop" {
-                format!("{} ({})", e.reason, e.reason_text)
-            } else {
-                "-".into()
+            let reason = match (&e.http, e.kind.as_str()) {
+                (Some(h), _) => format!("{} {} {} -> {}", h.method, h.host, h.path, h.status),
+                (None, "drop") => format!("{} ({})", e.reason, e.reason_text),
+                _ => "-".into(),
             };
             t.row([
                 time,

@@ -51,15 +51,15 @@ pub enum Command {
     /// The node agent's BPF maps (through its API socket).
     #[command(subcommand)]
     Bpf(BpfCommand),
-    /// The node agent's most recent datapath events: drops with Cilium's
-    /// reason numbers and policy verdicts.
+    /// The node agent's most recent events: datapath drops with Cilium's
+    /// reason numbers, policy verdicts, and the L7 proxy's HTTP requests.
     Events(EventsArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EventsArgs {
     /// Only events of this kind.
-    #[arg(long = "type", value_parser = ["drop", "policy-verdict"])]
+    #[arg(long = "type", value_parser = ["drop", "policy-verdict", "http"])]
     pub kind: Option<String>,
     /// At most this many (the newest).
     #[arg(long, default_value_t = 50)]

@@ -137,11 +137,16 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         "POST /v1/charge\nPOST /v1/charge\n",
         "the backend saw a denied request"
     );
+    let http = json(&c, 0, &["events", "--type", "http"])?;
     assert!(
-        c.agent_log(0).lines().any(|l| l.contains("axoneme::l7")
-            && l.contains("status=403")
-            && l.contains("path=\"/v1/refund\"")),
-        "no L7 event for the denied request"
+        http.as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["http"]["status"] == 403
+                && e["http"]["path"] == "/v1/refund"
+                && e["verdict"] == "denied"
+                && e["src"] == checkout.ip.to_string().as_str()),
+        "no L7 event for the denied request: {http}"
     );
     // Payments' egress is not restricted (and the replies come back).
     assert!(

@@ -273,6 +273,8 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
 
     println!("\n      drops seen by payments' agent (reason 133 = policy denied):");
     show(&c, 0, &["events", "--type", "drop", "--last", "4"])?;
+    println!("\n      the L7 proxy's decisions on payments' node:");
+    show(&c, 0, &["events", "--type", "http", "--last", "4"])?;
     show(&c, 0, &["bpf", "policy", "get", &payments.container_id])?;
     show(&c, 0, &["endpoint", "list"])?;
     show(&c, 0, &["node", "list"])?;
