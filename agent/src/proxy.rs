@@ -392,7 +392,9 @@ const HOP_BY_HOP: &[&str] = &[
 struct Shared {
     view: watch::Receiver<Arc<ProxyView>>,
     cfg: ProxyConfig,
+    /// HTTP/1.1 upstream, and HTTP/2 (prior knowledge) for h2c clients.
     client: Client<Connector, Incoming>,
+    client_h2: Client<Connector, Incoming>,
     events: EventRing,
 }
 
@@ -406,16 +408,22 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    let connector = Connector {
+        sockets,
+        timeout: cfg.connect_timeout,
+    };
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(Connector {
-            sockets,
-            timeout: cfg.connect_timeout,
-        });
+        .build(connector.clone());
+    let client_h2 = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .http2_only(true)
+        .build(connector);
     let shared = Arc::new(Shared {
         view,
         cfg,
         client,
+        client_h2,
         events,
     });
     loop {
@@ -437,12 +445,21 @@ pub async fn serve(
         let orig = SocketAddr::new(canonical(orig.ip()), orig.port());
         let shared = shared.clone();
         tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
+            // HTTP/1.1, or cleartext HTTP/2 with prior knowledge (h2c, as
+            // gRPC speaks it): every stream is a request checked on its own.
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
+                .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(shared.cfg.header_timeout)
                 // hyper answers 431 when the head does not fit.
                 .max_buf_size(shared.cfg.max_header_bytes.max(8192));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(
+                    u32::try_from(shared.cfg.max_header_bytes).unwrap_or(u32::MAX),
+                );
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(&shared, peer, orig, req).await) }
@@ -610,11 +627,12 @@ async fn handle(
     // one unambiguous framing; as the RFC requires for a message that may
     // have carried both, the client connection closes after the answer.
     let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
-    match shared
-        .client
-        .request(Request::from_parts(parts, body))
-        .await
-    {
+    let client = if parts.version == hyper::Version::HTTP_2 {
+        &shared.client_h2
+    } else {
+        &shared.client
+    };
+    match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
             event(
                 &shared.events,

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use axoneme_e2e::{Cluster, ClusterConfig, CniPod, Proc};
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
 
 const SECONDS: &str = "5";
@@ -51,38 +51,13 @@ spec:
 /// nginx in `pod`, answering `200 ok` on 8080 and 8081.
 fn nginx(c: &mut Cluster, pod: &CniPod) -> Result<()> {
     let dir = c.dir.join("nginx");
-    std::fs::create_dir_all(&dir)?;
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n    listen 8080;\n    listen 8081;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
-        ),
-    )?;
-    let cmd = pod.ns.command(&[
-        "nginx",
-        "-c",
-        &conf.to_string_lossy(),
-        "-e",
-        &format!("{d}/error.log"),
-    ]);
-    c.extra
-        .push(Proc::spawn("nginx", cmd, &dir.join("nginx.out"))?);
-    for _ in 0..50 {
-        if pod.http_ok("127.0.0.1", 8081) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!(
-        "nginx did not start: {}",
-        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-    )
+    c.extra.push(axoneme_e2e::http::nginx(
+        &pod.ns,
+        &[8080, 8081],
+        false,
+        &dir,
+    )?);
+    Ok(())
 }
 
 /// Parses wrk's output: (requests/s, p99 in ms).

@@ -64,3 +64,49 @@ pub fn logging_backend(ns: &Netns, port: u16, log: &Path, out: &Path) -> Result<
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// nginx (Debian's) in `ns`, answering `200 ok` to every request on
+/// `ports`, with cleartext HTTP/2 (prior knowledge) instead of HTTP/1.1
+/// when `h2c`; its config, pid and logs live in `dir`. Returns once it
+/// accepts connections.
+pub fn nginx(ns: &Netns, ports: &[u16], h2c: bool, dir: &Path) -> Result<Proc> {
+    std::fs::create_dir_all(dir)?;
+    let d = dir.display();
+    let listen: String = ports
+        .iter()
+        .map(|p| format!("    listen {p}{};\n", if h2c { " http2" } else { "" }))
+        .collect();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n{listen}    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+        ),
+    )?;
+    let cmd = ns.command(&[
+        "nginx",
+        "-c",
+        &conf.to_string_lossy(),
+        "-e",
+        &format!("{d}/error.log"),
+    ]);
+    let proc = Proc::spawn("nginx", cmd, &dir.join("nginx.out"))?;
+    let port = ports.first().copied().unwrap_or(80);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if ns.enter(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())? {
+            return Ok(proc);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
