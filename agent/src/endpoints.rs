@@ -163,6 +163,17 @@ pub async fn restore(
     kept
 }
 
+/// An allocator for `cidrs` that knows the addresses `states` hold.
+fn ipam_with(cidrs: Vec<ipnet::IpNet>, states: &[EndpointState]) -> Ipam {
+    let mut ipam = Ipam::new(cidrs);
+    for s in states {
+        for a in &s.addresses {
+            ipam.restore(*a, s.name());
+        }
+    }
+    ipam
+}
+
 fn state_path(dir: &Path, container_id: &str) -> PathBuf {
     dir.join(format!("{container_id}.json"))
 }
@@ -182,12 +193,7 @@ impl Endpoints {
         programmed: watch::Receiver<BTreeMap<String, u32>>,
         default_timeout: Duration,
     ) -> Self {
-        let mut ipam = Ipam::default();
-        for s in restored {
-            for a in &s.addresses {
-                ipam.restore(*a, s.name());
-            }
-        }
+        let ipam = ipam_with(Vec::new(), restored);
         Endpoints {
             node: state.node().to_string(),
             layout: state.layout().clone(),
@@ -204,14 +210,8 @@ impl Endpoints {
 
     /// Sets the node's pod CIDRs (once the operator has given them).
     pub fn set_cidrs(&self, cidrs: Vec<ipnet::IpNet>) {
-        let mut ipam = self.ipam.lock().expect("ipam lock");
-        let mut next = Ipam::new(cidrs);
-        for s in load_states(&self.dir) {
-            for a in &s.addresses {
-                next.restore(*a, s.name());
-            }
-        }
-        *ipam = next;
+        let next = ipam_with(cidrs, &load_states(&self.dir));
+        *self.ipam.lock().expect("ipam lock") = next;
     }
 
     pub fn pod_cidrs(&self) -> Vec<ipnet::IpNet> {

@@ -139,10 +139,7 @@ mod tests {
     use serde_json::json;
 
     fn env(pairs: &[(&str, &str)]) -> EnvMap {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), OsString::from(v)))
-            .collect()
+        crate::env::env_of(pairs)
     }
 
     fn full_env(cmd: &str) -> EnvMap {

@@ -136,15 +136,21 @@ pub fn parse_cni_args(s: &str) -> Result<CniArgs, CniError> {
     Ok(args)
 }
 
+/// An environment from string pairs (tests).
+#[cfg(test)]
+pub fn env_of(pairs: &[(&str, &str)]) -> EnvMap {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), OsString::from(v)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> EnvMap {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), OsString::from(v)))
-            .collect()
+        env_of(pairs)
     }
 
     #[test]
