@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
     "iproute2",
+    // sysctl (node namespaces, the proxy's redirect plumbing).
+    "procps",
     "iputils-ping",
     "iperf3",
     "iptables",
