@@ -3,6 +3,7 @@
 pub mod api;
 pub mod datapath;
 pub mod endpoints;
+pub mod framing;
 pub mod ipam;
 pub mod lease;
 pub mod netdev;

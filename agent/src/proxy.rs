@@ -6,8 +6,8 @@
 //! `403 Access denied` (as Cilium) or forwards the request to the original
 //! destination over a pooled connection whose packets carry
 //! [`MARK_PROXY`] (so the datapath does not judge them again), and logs an
-//! L7 event. HTTP parsing is hyper's; the proxy adds the checks that keep
-//! requests from being smuggled past it.
+//! L7 event. HTTP parsing is hyper's; [`crate::framing`] refuses, before
+//! hyper, the heads whose length could be read two ways.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -21,7 +21,7 @@ use axoneme_policy::compile::{Decision, Direction, EndpointPolicy, Verdict, PROT
 use axoneme_policy::l7::{HttpMatcher, HttpRequest};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{HeaderName, CONNECTION};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::framing::{FramingGuard, Refused};
 use crate::views::EventRing;
 
 /// Packets of the proxy's upstream connections carry this mark: the
@@ -460,6 +461,24 @@ pub async fn serve(
                 .max_header_list_size(
                     u32::try_from(shared.cfg.max_header_bytes).unwrap_or(u32::MAX),
                 );
+            // Heads with ambiguous lengths never reach hyper (see framing).
+            let refused = {
+                let shared = shared.clone();
+                Box::new(move |r: Refused| {
+                    let view = shared.view.borrow().clone();
+                    warn!(%peer, %orig, reason = r.reason, "request refused: ambiguous length");
+                    event(
+                        &shared.events,
+                        (&r.method, &r.path, &r.host),
+                        StatusCode::BAD_REQUEST,
+                        "malformed",
+                        (peer, view.identity(peer.ip())),
+                        (orig, view.identity(orig.ip())),
+                        Instant::now(),
+                    );
+                })
+            };
+            let stream = FramingGuard::new(stream, shared.cfg.max_header_bytes, refused);
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(&shared, peer, orig, req).await) }
@@ -566,12 +585,6 @@ async fn handle(
         );
         text(status, body, true)
     };
-    // Smuggling: a length the proxy and the server could read differently
-    // (hyper refuses conflicting lengths itself).
-    let lengths = req.headers().get_all(CONTENT_LENGTH).iter().count();
-    if lengths > 1 || (lengths == 1 && req.headers().contains_key(TRANSFER_ENCODING)) {
-        return reject(StatusCode::BAD_REQUEST, "Bad Request\r\n", "malformed");
-    }
     if path.len() > shared.cfg.max_uri_bytes {
         return reject(StatusCode::URI_TOO_LONG, "URI Too Long\r\n", "malformed");
     }
@@ -622,11 +635,6 @@ async fn handle(
     for name in HOP_BY_HOP {
         parts.headers.remove(*name);
     }
-    // hyper frames a request with Transfer-Encoding by it alone and has
-    // already dropped any Content-Length (RFC 9112 6.3), so the backend gets
-    // one unambiguous framing; as the RFC requires for a message that may
-    // have carried both, the client connection closes after the answer.
-    let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
     let client = if parts.version == hyper::Version::HTTP_2 {
         &shared.client_h2
     } else {
@@ -643,12 +651,7 @@ async fn handle(
                 dst,
                 started,
             );
-            let mut resp = resp.map(|b| b.boxed());
-            if chunked {
-                resp.headers_mut()
-                    .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
-            }
-            resp
+            resp.map(|b| b.boxed())
         }
         Err(e) => {
             warn!(%orig, error = %crate::error_chain(&e), "upstream unreachable");

@@ -1,0 +1,472 @@
+//! A guard in front of hyper that refuses HTTP/1 request heads whose body
+//! length two parsers could read differently: `Content-Length` together
+//! with `Transfer-Encoding`, or more than one `Content-Length` field.
+//!
+//! hyper is RFC-compliant but lenient here: it frames such a request by
+//! `Transfer-Encoding` and drops the length, and folds equal duplicate
+//! lengths into one. Both are allowed (RFC 9112 6.3, RFC 9110 8.6), but
+//! both are the signature of a smuggling attempt, so the proxy answers 400
+//! and closes, as the RFC recommends. hyper's parsed request no longer shows
+//! what was dropped, so the check has to read the raw bytes.
+//!
+//! The guard follows the message framing of the byte stream (heads with
+//! `httparse`, the parser hyper itself uses; bodies by length or chunk
+//! sizes) so that it sees every pipelined head. It hands hyper the bytes
+//! unchanged as they come (hyper's header timeout keeps running), except
+//! the bytes that complete a head: those wait for the verdict. A refused
+//! head is completed with a byte hyper cannot parse instead (`\0` is
+//! invalid anywhere in a head): hyper answers `400 Bad Request` after any
+//! earlier pipelined answers and closes. Where
+//! the guard cannot follow the stream (a head too large or unparsable, an
+//! HTTP/2 preface, an upgrade, a malformed chunk) it steps aside: hyper
+//! refuses those itself, and the proxy re-frames every forwarded request,
+//! so the guard is a second line, never the only one.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Fed to hyper in place of a refused head: not a token character, so
+/// hyper's parser fails on the first byte and answers 400.
+const POISON: &[u8] = b"\0\r\n\r\n";
+/// More header fields than this: hyper's own limit (100) refuses the head.
+const MAX_FIELDS: usize = 128;
+/// Longest chunk-size or trailer line followed.
+const MAX_LINE: usize = 4096;
+
+/// A head the guard refused, for the proxy's event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub reason: &'static str,
+}
+
+enum State {
+    /// Collecting a request head.
+    Head,
+    /// So many body bytes left.
+    Body(u64),
+    /// Inside a chunked body.
+    Chunked(Chunk),
+    /// Not followed any more: bytes pass as they come.
+    Aside,
+}
+
+enum Chunk {
+    /// Reading a chunk-size line.
+    Size(Vec<u8>),
+    /// So many chunk-data bytes left.
+    Data(u64),
+    /// Reading the CRLF after chunk data.
+    DataEnd(Vec<u8>),
+    /// Reading trailer lines until an empty one.
+    Trailer(Vec<u8>),
+}
+
+/// Wraps a client connection; reads are filtered, writes pass through.
+pub struct FramingGuard<IO> {
+    io: IO,
+    state: State,
+    /// The current request head so far (already handed to hyper, all but
+    /// the bytes that complete it).
+    head: Vec<u8>,
+    /// Bytes ready for hyper.
+    out: Vec<u8>,
+    /// How far into `out` hyper has read.
+    out_pos: usize,
+    /// End of input, or a head refused: nothing more is read.
+    done: bool,
+    max_head: usize,
+    on_refuse: Box<dyn FnMut(Refused) + Send>,
+}
+
+impl<IO> FramingGuard<IO> {
+    /// `max_head`: the proxy's head limit; a longer head is left to hyper
+    /// (which answers 431).
+    pub fn new(io: IO, max_head: usize, on_refuse: Box<dyn FnMut(Refused) + Send>) -> Self {
+        FramingGuard {
+            io,
+            state: State::Head,
+            head: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            done: false,
+            max_head,
+            on_refuse,
+        }
+    }
+
+    /// Runs `data` through the framing state machine.
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.done {
+            match &mut self.state {
+                State::Aside => {
+                    self.out.extend_from_slice(data);
+                    return;
+                }
+                State::Body(left) => {
+                    let k = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                    self.out.extend_from_slice(&data[..k]);
+                    *left -= k as u64;
+                    if *left == 0 {
+                        self.state = State::Head;
+                    }
+                    data = &data[k..];
+                }
+                State::Chunked(chunk) => {
+                    let (used, next) = chunk.step(data);
+                    self.out.extend_from_slice(&data[..used]);
+                    data = &data[used..];
+                    if let Some(next) = next {
+                        self.state = next;
+                    }
+                }
+                State::Head => {
+                    let before = self.head.len();
+                    self.head.extend_from_slice(data);
+                    match self.judge_head() {
+                        // Incomplete: hyper may have it (its header timeout
+                        // runs), as the ending is what the verdict needs.
+                        None => {
+                            self.out.extend_from_slice(data);
+                            return;
+                        }
+                        Some(false) => return,
+                        // What follows a complete head goes round again.
+                        Some(true) => {
+                            let end = self.head.len() - before;
+                            self.head.clear();
+                            let (head, rest) = data.split_at(end);
+                            self.out.extend_from_slice(head);
+                            data = rest;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Judges `head` once it is complete: `None` while it is not (or when
+    /// the guard steps aside), `Some(passed)` after; a passed head is
+    /// truncated to its length and the body's framing is set.
+    fn judge_head(&mut self) -> Option<bool> {
+        let head = &self.head;
+        if H2_PREFACE.starts_with(&head[..head.len().min(H2_PREFACE.len())]) {
+            if head.len() >= H2_PREFACE.len() {
+                self.step_aside();
+            }
+            return None;
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut fields);
+        let end = match req.parse(head) {
+            Ok(httparse::Status::Complete(end)) => end,
+            Ok(httparse::Status::Partial) if head.len() <= self.max_head => return None,
+            // Too large, too many fields or unparsable: hyper refuses it.
+            _ => {
+                self.step_aside();
+                return None;
+            }
+        };
+        let (mut lengths, mut codings) = (Vec::new(), Vec::new());
+        let mut host = String::new();
+        for f in req.headers.iter() {
+            let value = String::from_utf8_lossy(f.value).trim().to_string();
+            if f.name.eq_ignore_ascii_case("content-length") {
+                lengths.push(value);
+            } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+                codings.push(value);
+            } else if f.name.eq_ignore_ascii_case("host") {
+                host = value;
+            }
+        }
+        let upgrade = req.method == Some("CONNECT")
+            || req
+                .headers
+                .iter()
+                .any(|f| f.name.eq_ignore_ascii_case("upgrade"));
+        let refused = if !codings.is_empty() && !lengths.is_empty() {
+            Some("Content-Length with Transfer-Encoding")
+        } else if lengths.len() > 1 || lengths.iter().any(|l| l.contains(',')) {
+            Some("more than one Content-Length")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            (self.on_refuse)(Refused {
+                method: req.method.unwrap_or_default().to_string(),
+                path: req.path.unwrap_or_default().to_string(),
+                host,
+                reason,
+            });
+            self.head.clear();
+            self.out.extend_from_slice(POISON);
+            self.done = true;
+            return Some(false);
+        }
+        // hyper's framing: chunked if the last coding is chunked (anything
+        // else it refuses), else the length, else no body.
+        self.state = if upgrade {
+            State::Aside
+        } else if let Some(last) = codings.last() {
+            let chunked = last
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+            if chunked {
+                State::Chunked(Chunk::Size(Vec::new()))
+            } else {
+                State::Aside
+            }
+        } else if let Some(length) = lengths.first() {
+            match length.parse::<u64>() {
+                Ok(0) => State::Head,
+                Ok(n) => State::Body(n),
+                Err(_) => State::Aside,
+            }
+        } else {
+            State::Head
+        };
+        self.head.truncate(end);
+        Some(true)
+    }
+
+    fn step_aside(&mut self) {
+        self.state = State::Aside;
+        self.head = Vec::new();
+    }
+}
+
+impl Chunk {
+    /// Consumes a prefix of `data`; returns its length and the next state
+    /// once the body ends (or cannot be followed).
+    fn step(&mut self, data: &[u8]) -> (usize, Option<State>) {
+        if let Chunk::Data(left) = self {
+            let k = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+            *left -= k as u64;
+            if *left == 0 {
+                *self = Chunk::DataEnd(Vec::new());
+            }
+            return (k, None);
+        }
+        let (Chunk::Size(buf) | Chunk::DataEnd(buf) | Chunk::Trailer(buf)) = self else {
+            unreachable!("chunk data handled above")
+        };
+        let (used, line) = line(buf, data);
+        let Some(line) = line else {
+            let long = buf.len() > MAX_LINE;
+            return (used, long.then_some(State::Aside));
+        };
+        let empty = line == b"\r\n";
+        let next = match self {
+            Chunk::Size(_) => match httparse::parse_chunk_size(&line) {
+                Ok(httparse::Status::Complete((_, 0))) => Chunk::Trailer(Vec::new()),
+                Ok(httparse::Status::Complete((_, n))) => Chunk::Data(n),
+                _ => return (used, Some(State::Aside)),
+            },
+            Chunk::DataEnd(_) if empty => Chunk::Size(Vec::new()),
+            Chunk::DataEnd(_) => return (used, Some(State::Aside)),
+            Chunk::Trailer(_) if empty => return (used, Some(State::Head)),
+            _ => Chunk::Trailer(Vec::new()),
+        };
+        *self = next;
+        (used, None)
+    }
+}
+
+/// Appends `data` up to the first LF to `buf`; returns how much was used
+/// and, when the line ended, the whole line (`buf` is emptied).
+fn line(buf: &mut Vec<u8>, data: &[u8]) -> (usize, Option<Vec<u8>>) {
+    match data.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            buf.extend_from_slice(&data[..=i]);
+            (i + 1, Some(std::mem::take(buf)))
+        }
+        None => {
+            buf.extend_from_slice(data);
+            (data.len(), None)
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = buf.remaining().min(this.out.len() - this.out_pos);
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.out.len() {
+                    this.out.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.done {
+                return Poll::Ready(Ok(()));
+            }
+            let mut tmp = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.done = true;
+                continue;
+            }
+            this.feed(read.filled());
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Feeds `input` in pieces of `step` bytes; returns what hyper would
+    /// read and the refusals.
+    fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<Refused>) {
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let sink = refused.clone();
+        let mut g = FramingGuard::new((), 1024, Box::new(move |r| sink.lock().unwrap().push(r)));
+        for piece in input.chunks(step) {
+            g.feed(piece);
+        }
+        let out = g.out.clone();
+        let refused = refused.lock().unwrap().clone();
+        (out, refused)
+    }
+
+    const CHUNKED: &[u8] = b"POST /a HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n";
+    const SIZED: &[u8] = b"POST /b HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\n\r\nbody";
+
+    #[test]
+    fn valid_pipelined_requests_pass_unchanged_however_they_are_split() {
+        let input = [CHUNKED, SIZED, b"GET /c HTTP/1.1\r\nHost: p\r\n\r\n"].concat();
+        for step in 1..=input.len() {
+            let (out, refused) = run(&input, step);
+            assert_eq!(out, input, "split every {step} bytes");
+            assert!(refused.is_empty());
+        }
+    }
+
+    #[test]
+    fn ambiguous_lengths_are_refused_wherever_they_sit_in_the_pipeline() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "Content-Length with Transfer-Encoding",
+            ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\ncontent-length: 4\r\n\r\n",
+                "Content-Length with Transfer-Encoding",
+            ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+                "more than one Content-Length",
+            ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2, 2\r\n\r\nok",
+                "more than one Content-Length",
+            ),
+        ];
+        for (bad, reason) in cases {
+            // After two good requests whose bodies hold head-like text.
+            let input = [CHUNKED, SIZED, bad, b"GET /hidden HTTP/1.1\r\n\r\n"].concat();
+            for step in [1, 7, input.len()] {
+                let (out, refused) = run(&input, step);
+                let good = [CHUNKED, SIZED].concat();
+                // hyper got the good requests, then part of the bad head
+                // and the poison, never the bad head's end.
+                let (got_good, rest) = out.split_at(good.len());
+                assert_eq!(got_good, good, "{reason} / {step}");
+                let part = rest.strip_suffix(POISON).expect("poisoned");
+                assert!(bad.starts_with(part) && part.len() < bad.len());
+                assert_eq!(
+                    refused,
+                    vec![Refused {
+                        method: "POST".into(),
+                        path: "/x".into(),
+                        host: "h".into(),
+                        reason,
+                    }]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_poisoned_head_never_parses_wherever_it_was_cut() {
+        let head = b"\r\nPOST /x?a=b HTTP/1.1\r\nHost: h\r\nX-A:\tv v\r\nContent-Length: 2\r\n\r\n";
+        for cut in 0..head.len() {
+            let input = [&head[..cut], POISON].concat();
+            let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+            let parsed = httparse::Request::new(&mut fields).parse(&input);
+            assert!(parsed.is_err(), "cut at {cut}: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn what_it_cannot_follow_is_left_to_hyper() {
+        // An HTTP/2 preface, an oversized head, a bad chunk size: the bytes
+        // pass as they are (hyper speaks h2 or refuses the rest itself).
+        let h2 = [
+            H2_PREFACE,
+            b"\0\0\0\x04\0\0\0\0\0Content-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ]
+        .concat();
+        let big = [
+            b"GET / HTTP/1.1\r\nX: ".as_slice(),
+            &[b'a'; 2000],
+            b"\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ]
+        .concat();
+        let bad_chunk = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        for input in [&h2[..], &big[..], &bad_chunk[..]] {
+            let (out, refused) = run(input, 3);
+            assert_eq!(out, input);
+            assert!(refused.is_empty());
+        }
+    }
+}
