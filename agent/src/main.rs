@@ -244,14 +244,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         proxy::install_redirect(&node_ns, args.proxy_port)
             .context("installing the proxy redirect (iptables TPROXY, ip rule)")?;
         info!(parent: &span, port = args.proxy_port, "L7 proxy listening");
-        Some(tokio::spawn(proxy::serve(
-            listener,
-            sockets,
-            proxy_rx,
-            ProxyConfig::default(),
-            recent.clone(),
-            cancel.clone(),
-        )))
+        let (events, cancel) = (recent.clone(), cancel.clone());
+        // One thread of its own: a connection, its upstream and its
+        // requests run without cross-thread wake-ups (see docs/benchmarks.md).
+        Some(tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(proxy::serve(
+                    listener,
+                    sockets,
+                    proxy_rx,
+                    ProxyConfig::default(),
+                    events,
+                    cancel,
+                ))
+        }))
     } else {
         None
     };

@@ -15,7 +15,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axoneme_api::{EventView, HttpInfo};
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Decision, Direction, EndpointPolicy, Verdict, PROTO_TCP};
 use axoneme_policy::l7::{HttpMatcher, HttpRequest};
@@ -28,10 +27,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::framing::{FramingGuard, Refused};
-use crate::views::EventRing;
+use crate::views::{EventRing, HttpEvent};
 
 /// Packets of the proxy's upstream connections carry this mark: the
 /// request on them was already judged at L7.
@@ -369,14 +368,107 @@ impl tower_service::Service<hyper::Uri> for Connector {
                     Some(SocketAddr::new(h.parse().ok()?, a.port_u16()?))
                 })
                 .ok_or_else(|| std::io::Error::other(format!("no address in {uri}")))?;
-            let socket = this.sockets.upstream(addr.is_ipv6())?;
-            let stream = tokio::time::timeout(this.timeout, socket.connect(addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                })??;
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(this.connect(addr).await?))
         })
+    }
+}
+
+impl Connector {
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let socket = self.sockets.upstream(addr.is_ipv6())?;
+        tokio::time::timeout(self.timeout, socket.connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Kept-alive HTTP/1.1 upstream connections by original destination. A
+/// client connection keeps the upstream connection it last used in its own
+/// slot (no shared lookup per request: the hot path of keep-alive
+/// clients), and hands it to the shared idle list when it closes, for the
+/// next client connection to the same destination. This costs less than a
+/// general pool (hyper-util's: a URI per request, a keyed checkout).
+struct H1Pool {
+    connector: Connector,
+    idle: std::sync::Mutex<HashMap<SocketAddr, Vec<Sender>>>,
+}
+
+/// Idle upstream connections kept per destination.
+const MAX_IDLE_PER_DESTINATION: usize = 64;
+
+/// A client connection's upstream connection.
+type Slot = std::sync::Mutex<Option<Sender>>;
+
+impl H1Pool {
+    fn take(&self, dst: SocketAddr) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&dst)?;
+        while let Some(sender) = list.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        idle.remove(&dst);
+        None
+    }
+
+    fn give_back(&self, dst: SocketAddr, slot: &Slot) {
+        let Some(sender) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(dst).or_default();
+        list.retain(|s| !s.is_closed());
+        if !sender.is_closed() && list.len() < MAX_IDLE_PER_DESTINATION {
+            list.push(sender);
+        }
+    }
+
+    async fn connect(&self, dst: SocketAddr) -> Result<Sender, BoxError> {
+        let stream = self.connector.connect(dst).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%dst, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` to `dst` on the slot's connection, an idle one, or a new
+    /// one. A request the connection closed before taking is sent once
+    /// more on a new connection (it was not written, so this is safe).
+    async fn send(
+        &self,
+        slot: &Slot,
+        dst: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let kept = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut reused = kept.or_else(|| self.take(dst));
+        loop {
+            let retry = reused.is_some();
+            let mut sender = match reused.take() {
+                Some(s) => s,
+                None => self.connect(dst).await?,
+            };
+            if sender.ready().await.is_err() && retry {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(again) if retry => req = again,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
     }
 }
 
@@ -394,7 +486,7 @@ struct Shared {
     view: watch::Receiver<Arc<ProxyView>>,
     cfg: ProxyConfig,
     /// HTTP/1.1 upstream, and HTTP/2 (prior knowledge) for h2c clients.
-    client: Client<Connector, Incoming>,
+    h1: H1Pool,
     client_h2: Client<Connector, Incoming>,
     events: EventRing,
 }
@@ -413,17 +505,17 @@ pub async fn serve(
         sockets,
         timeout: cfg.connect_timeout,
     };
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector.clone());
     let client_h2 = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .http2_only(true)
-        .build(connector);
+        .build(connector.clone());
     let shared = Arc::new(Shared {
         view,
         cfg,
-        client,
+        h1: H1Pool {
+            connector,
+            idle: Default::default(),
+        },
         client_h2,
         events,
     });
@@ -479,13 +571,18 @@ pub async fn serve(
                 })
             };
             let stream = FramingGuard::new(stream, shared.cfg.max_header_bytes, refused);
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, peer, orig, req).await) }
-            });
+            let slot = Arc::new(Slot::default());
+            let service = {
+                let (shared, slot) = (shared.clone(), slot.clone());
+                hyper::service::service_fn(move |req| {
+                    let (shared, slot) = (shared.clone(), slot.clone());
+                    async move { Ok::<_, Infallible>(handle(&shared, &slot, peer, orig, req).await) }
+                })
+            };
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            shared.h1.give_back(orig, &slot);
         });
     }
 }
@@ -494,47 +591,21 @@ fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// One L7 event per request: a log line (target `axoneme::l7`) and an
-/// `http` event for the API.
+/// One L7 event per request: an `http` event for the API (`axoneme
+/// events`), and a debug log line (target `axoneme::l7`; a line per
+/// request at info cost a tenth of the proxy's time, docs/benchmarks.md).
 #[allow(clippy::too_many_arguments)]
 fn event(
     ring: &EventRing,
     req: (&str, &str, &str),
     status: StatusCode,
-    verdict: &str,
+    verdict: &'static str,
     src: (SocketAddr, NumericIdentity),
     dst: (SocketAddr, NumericIdentity),
     started: Instant,
 ) {
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    ring.push(EventView {
-        time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
-        kind: "http".into(),
-        reason: 0,
-        reason_text: String::new(),
-        verdict: verdict.into(),
-        direction: "ingress".into(),
-        src_identity: src.1 .0,
-        dst_identity: dst.1 .0,
-        src: src.0.ip().to_string(),
-        dst: dst.0.ip().to_string(),
-        protocol: "TCP".into(),
-        sport: src.0.port(),
-        dport: dst.0.port(),
-        ifindex: 0,
-        match_type: "L7".into(),
-        http: Some(HttpInfo {
-            method: req.0.into(),
-            path: req.1.into(),
-            host: req.2.into(),
-            status: status.as_u16(),
-            latency_us,
-        }),
-    });
-    info!(
+    debug!(
         target: "axoneme::l7",
         method = req.0,
         path = req.1,
@@ -548,10 +619,25 @@ fn event(
         latency_us,
         "http request"
     );
+    ring.push_http(HttpEvent {
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+        verdict,
+        src: (src.0, src.1 .0),
+        dst: (dst.0, dst.1 .0),
+        method: req.0.into(),
+        path: req.1.into(),
+        host: req.2.into(),
+        status: status.as_u16(),
+        latency_us,
+    });
 }
 
 async fn handle(
     shared: &Shared,
+    slot: &Slot,
     peer: SocketAddr,
     orig: SocketAddr,
     req: Request<Incoming>,
@@ -617,10 +703,25 @@ async fn handle(
         return text(StatusCode::FORBIDDEN, "Access denied\r\n", false);
     }
     let (mut parts, body) = req.into_parts();
-    let Ok(uri) = format!("http://{orig}{path}").parse::<hyper::Uri>() else {
-        return reject(StatusCode::BAD_REQUEST, "Bad Request\r\n", "malformed");
-    };
-    parts.uri = uri;
+    let h2 = parts.version == hyper::Version::HTTP_2;
+    if h2 {
+        // The HTTP/2 client needs the authority and scheme.
+        let Ok(uri) = format!("http://{orig}{path}").parse::<hyper::Uri>() else {
+            return reject(StatusCode::BAD_REQUEST, "Bad Request\r\n", "malformed");
+        };
+        parts.uri = uri;
+    } else {
+        // HTTP/1.1 upstream, origin-form target, a Host for HTTP/1.0 clients.
+        if let Some(target) = parts.uri.path_and_query().cloned() {
+            parts.uri = target.into();
+        }
+        parts.version = hyper::Version::HTTP_11;
+        if !parts.headers.contains_key(hyper::header::HOST) {
+            if let Ok(h) = hyper::header::HeaderValue::from_str(&orig.to_string()) {
+                parts.headers.insert(hyper::header::HOST, h);
+            }
+        }
+    }
     let listed: Vec<HeaderName> = parts
         .headers
         .get_all(CONNECTION)
@@ -635,12 +736,13 @@ async fn handle(
     for name in HOP_BY_HOP {
         parts.headers.remove(*name);
     }
-    let client = if parts.version == hyper::Version::HTTP_2 {
-        &shared.client_h2
+    let req = Request::from_parts(parts, body);
+    let sent = if h2 {
+        shared.client_h2.request(req).await.map_err(BoxError::from)
     } else {
-        &shared.client
+        shared.h1.send(slot, orig, req).await
     };
-    match client.request(Request::from_parts(parts, body)).await {
+    match sent {
         Ok(resp) => {
             event(
                 &shared.events,
@@ -654,7 +756,7 @@ async fn handle(
             resp.map(|b| b.boxed())
         }
         Err(e) => {
-            warn!(%orig, error = %crate::error_chain(&e), "upstream unreachable");
+            warn!(%orig, error = %crate::error_chain(e.as_ref()), "upstream unreachable");
             event(
                 &shared.events,
                 (&method, &path, &host),

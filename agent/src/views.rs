@@ -367,25 +367,90 @@ pub fn event(e: &Event, time_ms: u64) -> EventView {
     }
 }
 
+/// One request the L7 proxy judged, kept compact (the ring takes one per
+/// request: building an [`EventView`] here would cost a dozen
+/// allocations; it is built when the API asks).
+#[derive(Debug, Clone)]
+pub struct HttpEvent {
+    pub time_ms: u64,
+    /// `forwarded`, `denied`, `malformed` or `upstream-error`.
+    pub verdict: &'static str,
+    pub src: (std::net::SocketAddr, u32),
+    pub dst: (std::net::SocketAddr, u32),
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub status: u16,
+    pub latency_us: u64,
+}
+
+impl From<&HttpEvent> for EventView {
+    fn from(e: &HttpEvent) -> Self {
+        EventView {
+            time_ms: e.time_ms,
+            kind: "http".into(),
+            reason: 0,
+            reason_text: String::new(),
+            verdict: e.verdict.into(),
+            direction: "ingress".into(),
+            src_identity: e.src.1,
+            dst_identity: e.dst.1,
+            src: e.src.0.ip().to_string(),
+            dst: e.dst.0.ip().to_string(),
+            protocol: "TCP".into(),
+            sport: e.src.0.port(),
+            dport: e.dst.0.port(),
+            ifindex: 0,
+            match_type: "L7".into(),
+            http: Some(axoneme_api::HttpInfo {
+                method: e.method.clone(),
+                path: e.path.clone(),
+                host: e.host.clone(),
+                status: e.status,
+                latency_us: e.latency_us,
+            }),
+        }
+    }
+}
+
+enum Recorded {
+    Datapath(EventView),
+    Http(HttpEvent),
+}
+
 /// The agent's most recent events (datapath and L7), shared by the main
 /// loop, the proxy and the API.
 #[derive(Clone, Default)]
-pub struct EventRing(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<EventView>>>);
+pub struct EventRing(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Recorded>>>);
 
 impl EventRing {
     /// Events kept for `axoneme events`.
     pub const CAPACITY: usize = 4096;
 
-    pub fn push(&self, e: EventView) {
-        let mut q = self.0.lock().expect("event ring");
+    fn record(&self, e: Recorded) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() == Self::CAPACITY {
             q.pop_front();
         }
         q.push_back(e);
     }
 
+    pub fn push(&self, e: EventView) {
+        self.record(Recorded::Datapath(e));
+    }
+
+    pub fn push_http(&self, e: HttpEvent) {
+        self.record(Recorded::Http(e));
+    }
+
     /// Oldest first.
     pub fn snapshot(&self) -> Vec<EventView> {
-        self.0.lock().expect("event ring").iter().cloned().collect()
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter()
+            .map(|e| match e {
+                Recorded::Datapath(v) => v.clone(),
+                Recorded::Http(h) => h.into(),
+            })
+            .collect()
     }
 }

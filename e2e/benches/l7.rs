@@ -6,9 +6,15 @@
 //! - proxy: port 8080, allowed by an L7 rule (`GET /.*`), so every request
 //!   goes through the node's L7 proxy.
 //!
+//! - nginx hop: the same requests to port 8081 through nginx as a reverse
+//!   proxy (kept-alive upstream connections) on the client pod's loopback:
+//!   what one well-tuned userspace HTTP hop costs on this machine, without
+//!   policy. A reference, measured in the same run.
+//!
 //! At 1 and 64 connections: requests/s and p99 latency, and their ratios
-//! (proxy / direct). Targets: at least 60% of direct RPS, p99 under 2x.
-//! Writes JSON to `AXONEME_BENCH_OUT` (default target/bench/l7.json).
+//! (proxy / direct, nginx hop / direct, proxy / nginx hop). Targets: at
+//! least 60% of direct RPS, p99 under 2x. Writes JSON to
+//! `AXONEME_BENCH_OUT` (default target/bench/l7.json).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -143,23 +149,41 @@ fn main() -> Result<()> {
     if client.http("POST", &ip, 8080, "/") != Some(403) {
         bail!("the L7 rule is not enforced on port 8080");
     }
+    let hop_dir = c.dir.join("nginx-hop");
+    c.extra.push(axoneme_e2e::http::nginx_reverse_proxy(
+        &client.ns,
+        8082,
+        &format!("{ip}:8081"),
+        &hop_dir,
+    )?);
     let mut rows = Vec::new();
     for connections in [1, 64] {
         let direct = wrk(&client, &format!("http://{ip}:8081/"), connections)?;
+        let hop = wrk(&client, "http://127.0.0.1:8082/", connections)?;
         let proxy = wrk(&client, &format!("http://{ip}:8080/"), connections)?;
+        let (rps_ratio, p99_ratio) = (proxy.0 / direct.0, proxy.1 / direct.1);
         let row = json!({
             "connections": connections,
             "direct": {"rps": direct.0, "p99_ms": direct.1},
+            "nginx_hop": {"rps": hop.0, "p99_ms": hop.1},
             "proxy": {"rps": proxy.0, "p99_ms": proxy.1},
-            "rps_ratio": proxy.0 / direct.0,
-            "p99_ratio": proxy.1 / direct.1,
-            "targets": {"rps_ratio_min": 0.6, "p99_ratio_max": 2.0},
+            "rps_ratio": rps_ratio,
+            "p99_ratio": p99_ratio,
+            "nginx_hop_rps_ratio": hop.0 / direct.0,
+            "nginx_hop_p99_ratio": hop.1 / direct.1,
+            "proxy_vs_nginx_hop_rps": proxy.0 / hop.0,
+            "targets": {
+                "rps_ratio_min": 0.6,
+                "p99_ratio_max": 2.0,
+                "rps_met": rps_ratio >= 0.6,
+                "p99_met": p99_ratio <= 2.0,
+            },
         });
         println!("{row}");
         rows.push(row);
     }
     let report = json!({
-        "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy",
+        "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy; nginx hop: nginx reverse proxy on the client pod's loopback",
         "seconds_per_run": SECONDS,
         "runs": rows,
     });

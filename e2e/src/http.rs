@@ -70,12 +70,32 @@ pub fn logging_backend(ns: &Netns, port: u16, log: &Path, out: &Path) -> Result<
 /// when `h2c`; its config, pid and logs live in `dir`. Returns once it
 /// accepts connections.
 pub fn nginx(ns: &Netns, ports: &[u16], h2c: bool, dir: &Path) -> Result<Proc> {
-    std::fs::create_dir_all(dir)?;
-    let d = dir.display();
     let listen: String = ports
         .iter()
         .map(|p| format!("    listen {p}{};\n", if h2c { " http2" } else { "" }))
         .collect();
+    let server = format!("  server {{\n{listen}    location / {{ return 200 \"ok\\n\"; }}\n  }}\n");
+    start_nginx(ns, dir, &server, ports.first().copied().unwrap_or(80))
+}
+
+/// nginx as a reverse proxy in `ns`: `127.0.0.1:port` forwards every
+/// request to `upstream` (`ip:port`) over kept-alive connections. The
+/// benchmarks' reference for what one well-tuned userspace HTTP hop costs.
+pub fn nginx_reverse_proxy(ns: &Netns, port: u16, upstream: &str, dir: &Path) -> Result<Proc> {
+    let server = format!(
+        "  upstream backend {{ server {upstream}; keepalive 128; }}\n\
+         \x20 server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+         \x20     proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
+         \x20     proxy_set_header Connection \"\";\n    }}\n  }}\n"
+    );
+    start_nginx(ns, dir, &server, port)
+}
+
+/// Starts nginx in `ns` with one worker, no access log, state in `dir`,
+/// `servers` inside its `http` block; waits until `port` accepts.
+fn start_nginx(ns: &Netns, dir: &Path, servers: &str, port: u16) -> Result<Proc> {
+    std::fs::create_dir_all(dir)?;
+    let d = dir.display();
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -84,7 +104,7 @@ pub fn nginx(ns: &Netns, ports: &[u16], h2c: bool, dir: &Path) -> Result<Proc> {
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n{listen}    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+             {servers}}}\n"
         ),
     )?;
     let cmd = ns.command(&[
@@ -95,7 +115,6 @@ pub fn nginx(ns: &Netns, ports: &[u16], h2c: bool, dir: &Path) -> Result<Proc> {
         &format!("{d}/error.log"),
     ]);
     let proc = Proc::spawn("nginx", cmd, &dir.join("nginx.out"))?;
-    let port = ports.first().copied().unwrap_or(80);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if ns.enter(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())? {
