@@ -30,8 +30,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The HTTP/2 connection preface (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Fed to hyper in place of a refused head: not a token character, so
-/// hyper's parser fails on the first byte and answers 400.
+/// Fed to hyper in place of the end of a refused head: `\0` is invalid
+/// anywhere in a head, and the blank line that follows makes hyper's
+/// parser reach it and answer 400 at once.
 const POISON: &[u8] = b"\0\r\n\r\n";
 /// More header fields than this: hyper's own limit (100) refuses the head.
 const MAX_FIELDS: usize = 128;
@@ -69,19 +70,18 @@ enum Chunk {
     Trailer(Vec<u8>),
 }
 
-/// Wraps a client connection; reads are filtered, writes pass through.
+/// Wraps a client connection; reads are checked in place (hyper's buffer,
+/// no copy), writes pass through.
 pub struct FramingGuard<IO> {
     io: IO,
     state: State,
     /// The current request head so far (already handed to hyper, all but
     /// the bytes that complete it).
     head: Vec<u8>,
-    /// Bytes ready for hyper.
-    out: Vec<u8>,
-    /// How far into `out` hyper has read.
-    out_pos: usize,
-    /// End of input, or a head refused: nothing more is read.
+    /// A head was refused: nothing more is read.
     done: bool,
+    /// The part of the poison hyper has yet to read.
+    poison: &'static [u8],
     max_head: usize,
     on_refuse: Box<dyn FnMut(Refused) + Send>,
 }
@@ -94,62 +94,55 @@ impl<IO> FramingGuard<IO> {
             io,
             state: State::Head,
             head: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
             done: false,
+            poison: &[],
             max_head,
             on_refuse,
         }
     }
 
-    /// Runs `data` through the framing state machine.
-    fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() && !self.done {
+    /// Runs newly read bytes through the framing state machine: `None`
+    /// when they may all pass, `Some(k)` when a refused head completes in
+    /// them and only the first `k` may (the rest of that head is withheld).
+    fn feed(&mut self, data: &[u8]) -> Option<usize> {
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
             match &mut self.state {
-                State::Aside => {
-                    self.out.extend_from_slice(data);
-                    return;
-                }
+                State::Aside => return None,
                 State::Body(left) => {
-                    let k = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
-                    self.out.extend_from_slice(&data[..k]);
+                    let k = usize::try_from(*left).unwrap_or(usize::MAX).min(rest.len());
                     *left -= k as u64;
                     if *left == 0 {
                         self.state = State::Head;
                     }
-                    data = &data[k..];
+                    pos += k;
                 }
                 State::Chunked(chunk) => {
-                    let (used, next) = chunk.step(data);
-                    self.out.extend_from_slice(&data[..used]);
-                    data = &data[used..];
+                    let (used, next) = chunk.step(rest);
+                    pos += used;
                     if let Some(next) = next {
                         self.state = next;
                     }
                 }
                 State::Head => {
                     let before = self.head.len();
-                    self.head.extend_from_slice(data);
+                    self.head.extend_from_slice(rest);
                     match self.judge_head() {
                         // Incomplete: hyper may have it (its header timeout
                         // runs), as the ending is what the verdict needs.
-                        None => {
-                            self.out.extend_from_slice(data);
-                            return;
-                        }
-                        Some(false) => return,
+                        None => return None,
+                        Some(false) => return Some(pos),
                         // What follows a complete head goes round again.
                         Some(true) => {
-                            let end = self.head.len() - before;
+                            pos += self.head.len() - before;
                             self.head.clear();
-                            let (head, rest) = data.split_at(end);
-                            self.out.extend_from_slice(head);
-                            data = rest;
                         }
                     }
                 }
             }
         }
+        None
     }
 
     /// Judges `head` once it is complete: `None` while it is not (or when
@@ -205,9 +198,7 @@ impl<IO> FramingGuard<IO> {
                 host,
                 reason,
             });
-            self.head.clear();
-            self.out.extend_from_slice(POISON);
-            self.done = true;
+            self.head = Vec::new();
             return Some(false);
         }
         // hyper's framing: chunked if the last coding is chunked (anything
@@ -302,29 +293,24 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if this.out_pos < this.out.len() {
-                let n = buf.remaining().min(this.out.len() - this.out_pos);
-                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
-                this.out_pos += n;
-                if this.out_pos == this.out.len() {
-                    this.out.clear();
-                    this.out_pos = 0;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if this.done {
-                return Poll::Ready(Ok(()));
-            }
-            let mut tmp = [0u8; 8192];
-            let mut read = ReadBuf::new(&mut tmp);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
-                this.done = true;
-                continue;
-            }
-            this.feed(read.filled());
+        if this.done {
+            let n = this.poison.len().min(buf.remaining());
+            buf.put_slice(&this.poison[..n]);
+            this.poison = &this.poison[n..];
+            return Poll::Ready(Ok(()));
         }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if let Some(pass) = this.feed(&buf.filled()[before..]) {
+            // The rest of this read is withheld; the poison takes its place
+            // (what does not fit comes with the next read).
+            buf.set_filled(before + pass);
+            let n = POISON.len().min(buf.remaining());
+            buf.put_slice(&POISON[..n]);
+            this.poison = &POISON[n..];
+            this.done = true;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -363,16 +349,44 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    /// Feeds `input` in pieces of `step` bytes; returns what hyper would
-    /// read and the refusals.
+    /// A connection whose reads return `input` in pieces of `step` bytes.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Reads `input`, split every `step` bytes, through the guard: what
+    /// hyper would read, and the refusals.
     fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<Refused>) {
+        use tokio::io::AsyncReadExt;
         let refused = Arc::new(Mutex::new(Vec::new()));
         let sink = refused.clone();
-        let mut g = FramingGuard::new((), 1024, Box::new(move |r| sink.lock().unwrap().push(r)));
-        for piece in input.chunks(step) {
-            g.feed(piece);
-        }
-        let out = g.out.clone();
+        let pieces = Pieces(input.chunks(step).map(Vec::from).collect());
+        let mut g = FramingGuard::new(
+            pieces,
+            1024,
+            Box::new(move |r| sink.lock().unwrap().push(r)),
+        );
+        let mut out = Vec::new();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(g.read_to_end(&mut out))
+            .unwrap();
         let refused = refused.lock().unwrap().clone();
         (out, refused)
     }

@@ -407,7 +407,8 @@ fn h2c_streams_are_checked_one_by_one() -> Result<()> {
     // backend over HTTP/2, the other gets the proxy's 403.
     // curl 7.88 (Debian 12) cannot reuse an h2 prior-knowledge connection
     // for a second transfer (a framing error, also straight to nginx), so
-    // each request is its own connection; hyper serves each as a stream.
+    // each curl request is its own connection; streams sharing one
+    // connection are tested below with hyper's client.
     let h2 = |method: &str, path: &str| -> Result<String> {
         let out = t
             .client
@@ -443,6 +444,54 @@ fn h2c_streams_are_checked_one_by_one() -> Result<()> {
             ("/v1/charge".to_string(), 200),
             ("/v1/refund".to_string(), 403),
             ("/v1/charge".to_string(), 403),
+        ]
+    );
+
+    // Concurrent streams on one connection (hyper's HTTP/2 client, as
+    // curl cannot): each is judged on its own, the denied one does not
+    // disturb the others, and all share the client's source port.
+    let stream = t.raw();
+    stream.set_nonblocking(true)?;
+    let port = stream.local_addr()?.port();
+    let statuses = tokio::runtime::Runtime::new()?.block_on(async move {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let io = TokioIo::new(tokio::net::TcpStream::from_std(stream)?);
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        let send = |method: &str, path: &str| {
+            let mut sender = sender.clone();
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(format!("http://payments{path}"))
+                .body(http_body_util::Empty::<hyper::body::Bytes>::new());
+            async move { anyhow::Ok(sender.send_request(req?).await?.status().as_u16()) }
+        };
+        let (a, b, c) = futures::join!(
+            send("POST", "/v1/charge"),
+            send("POST", "/v1/refund"),
+            send("POST", "/v1/charge"),
+        );
+        anyhow::Ok(vec![a?, b?, c?])
+    })?;
+    assert_eq!(statuses, [200, 403, 200]);
+    let mut streams: Vec<(String, u16, u16)> = t
+        .events
+        .snapshot()
+        .into_iter()
+        .filter_map(|e| {
+            let h = e.http?;
+            Some((h.path, h.status, e.sport))
+        })
+        .filter(|(_, _, sport)| *sport == port)
+        .collect();
+    streams.sort();
+    assert_eq!(
+        streams,
+        [
+            ("/v1/charge".to_string(), 200, port),
+            ("/v1/charge".to_string(), 200, port),
+            ("/v1/refund".to_string(), 403, port),
         ]
     );
     Ok(())
