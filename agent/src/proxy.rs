@@ -22,7 +22,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderName, CONNECTION};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use tokio::sync::watch;
@@ -103,15 +102,15 @@ impl ProxyView {
             .unwrap_or(NumericIdentity(axoneme_bpf_common::IDENTITY_WORLD))
     }
 
-    /// Whether the request passes the L7 rules of both sides that are on
-    /// this node (the destination's ingress, the source's egress).
-    pub fn allows(
+    /// Which side's L7 rules refuse the request, of the sides on this node
+    /// (the destination's ingress, the source's egress); `None`: it passes.
+    pub fn denied_by(
         &self,
         src: (NumericIdentity, bool),
         dst: (NumericIdentity, bool),
         port: u16,
         req: &HttpRequest<'_>,
-    ) -> bool {
+    ) -> Option<Direction> {
         let side = |local: (NumericIdentity, bool), dir: Direction, peer: NumericIdentity| {
             if !local.1 {
                 return true;
@@ -128,7 +127,13 @@ impl ProxyView {
                     .is_some_and(|m| m.allows(req)),
             }
         };
-        side(dst, Direction::Ingress, src.0) && side(src, Direction::Egress, dst.0)
+        if !side(dst, Direction::Ingress, src.0) {
+            Some(Direction::Ingress)
+        } else if !side(src, Direction::Egress, dst.0) {
+            Some(Direction::Egress)
+        } else {
+            None
+        }
     }
 }
 
@@ -168,7 +173,8 @@ pub fn view_of(
 /// The node's redirect plumbing for the proxy on `port` (idempotent):
 /// packets the datapath marked [`MARK_TO_PROXY`](axoneme_bpf_common::MARK_TO_PROXY)
 /// go to the proxy's transparent socket (iptables/ip6tables TPROXY in
-/// `mangle PREROUTING`, chain `AXONEME_PROXY`), and what TPROXY marks is
+/// `mangle PREROUTING`, chain `AXONEME_PROXY`), answers to its upstream
+/// connections to it too ([`SOCKET_RULE`]), and what either marks is
 /// routed locally (`fwmark 0x1/0x1 → table 100: local default via lo`);
 /// early demux is off in the node's namespace.
 pub fn install_redirect(
@@ -226,9 +232,28 @@ pub fn install_redirect(
             "--tproxy-mark",
             "0x1/0x1",
         ])?;
+        mangle(&SOCKET_RULE)?;
     }
     Ok(())
 }
+
+/// The rule (in `mangle PREROUTING`) that delivers the answers of the
+/// proxy's upstream connections, sent from the client's address, to the
+/// proxy's socket rather than forwarding them to the client.
+pub const SOCKET_RULE: [&str; 12] = [
+    "-A",
+    "AXONEME_PROXY",
+    "-p",
+    "tcp",
+    "-m",
+    "socket",
+    "--transparent",
+    "-j",
+    "MARK",
+    "--set-mark",
+    "0x1/0x1",
+    "-w",
+];
 
 /// Limits and timeouts.
 #[derive(Debug, Clone)]
@@ -302,13 +327,27 @@ impl SocketFactory {
         })
     }
 
-    /// A marked, non-blocking TCP socket for `family`, to connect upstream.
-    fn upstream(&self, v6: bool) -> std::io::Result<tokio::net::TcpSocket> {
+    /// A marked, non-blocking TCP socket to connect upstream, bound to the
+    /// client's address `src` (transparent): the destination's node judges
+    /// the request by the client's identity, and the backend sees the
+    /// client's address. The replies reach this socket through the node's
+    /// `-m socket --transparent` rule.
+    fn upstream(&self, src: IpAddr) -> std::io::Result<tokio::net::TcpSocket> {
         let s = self.in_netns(|| {
             use socket2::{Domain, Protocol, Socket, Type};
-            let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+            let domain = if src.is_ipv6() {
+                Domain::IPV6
+            } else {
+                Domain::IPV4
+            };
             let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
             s.set_mark(MARK_PROXY)?;
+            if src.is_ipv6() {
+                s.set_ip_transparent_v6(true)?;
+            } else {
+                s.set_ip_transparent_v4(true)?;
+            }
+            s.bind(&SocketAddr::new(src, 0).into())?;
             s.set_nonblocking(true)?;
             s.set_tcp_nodelay(true)?;
             Ok(s)
@@ -344,123 +383,150 @@ struct Connector {
     timeout: Duration,
 }
 
-impl tower_service::Service<hyper::Uri> for Connector {
-    type Response = TokioIo<tokio::net::TcpStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let addr: SocketAddr = uri
-                .authority()
-                .and_then(|a| {
-                    let h = a.host().trim_start_matches('[').trim_end_matches(']');
-                    Some(SocketAddr::new(h.parse().ok()?, a.port_u16()?))
-                })
-                .ok_or_else(|| std::io::Error::other(format!("no address in {uri}")))?;
-            Ok(TokioIo::new(this.connect(addr).await?))
-        })
-    }
-}
-
 impl Connector {
-    async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-        let socket = self.sockets.upstream(addr.is_ipv6())?;
-        tokio::time::timeout(self.timeout, socket.connect(addr))
+    async fn connect(
+        &self,
+        (src, dst): (IpAddr, SocketAddr),
+    ) -> std::io::Result<TokioIo<tokio::net::TcpStream>> {
+        let socket = self.sockets.upstream(src)?;
+        let stream = tokio::time::timeout(self.timeout, socket.connect(dst))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        Ok(TokioIo::new(stream))
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Kept-alive HTTP/1.1 upstream connections by original destination. A
-/// client connection keeps the upstream connection it last used in its own
-/// slot (no shared lookup per request: the hot path of keep-alive
-/// clients), and hands it to the shared idle list when it closes, for the
-/// next client connection to the same destination. This costs less than a
-/// general pool (hyper-util's: a URI per request, a keyed checkout).
-struct H1Pool {
-    connector: Connector,
-    idle: std::sync::Mutex<HashMap<SocketAddr, Vec<Sender>>>,
+/// An upstream connection: HTTP/1.1 (one request at a time) or HTTP/2
+/// (streams side by side, for h2c clients).
+enum Upstream {
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
 }
 
-/// Idle upstream connections kept per destination.
-const MAX_IDLE_PER_DESTINATION: usize = 64;
+impl Upstream {
+    fn is_closed(&self) -> bool {
+        match self {
+            Upstream::H1(s) => s.is_closed(),
+            Upstream::H2(s) => s.is_closed(),
+        }
+    }
+}
+
+/// (client address, original destination): an upstream connection is
+/// bound to the client's address, so only that client may reuse it.
+type UpstreamKey = (IpAddr, SocketAddr);
+
+/// Kept-alive upstream connections. A client connection keeps the
+/// upstream connection it last used in its own slot (no shared lookup per
+/// request: the hot path of keep-alive clients), and hands an HTTP/1 one
+/// to the shared idle list when it closes, for the next connection of the
+/// same client to the same destination. This costs less than a general
+/// pool (hyper-util's: a URI per request, a keyed checkout).
+struct Upstreams {
+    connector: Connector,
+    idle: std::sync::Mutex<HashMap<UpstreamKey, Vec<Upstream>>>,
+}
+
+/// Idle upstream connections kept per (client, destination).
+const MAX_IDLE_PER_KEY: usize = 64;
 
 /// A client connection's upstream connection.
-type Slot = std::sync::Mutex<Option<Sender>>;
+type Slot = std::sync::Mutex<Option<Upstream>>;
 
-impl H1Pool {
-    fn take(&self, dst: SocketAddr) -> Option<Sender> {
+impl Upstreams {
+    fn take_idle(&self, key: UpstreamKey) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(&dst)?;
-        while let Some(sender) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        let list = idle.get_mut(&key)?;
+        while let Some(up) = list.pop() {
+            if !up.is_closed() {
+                return Some(up);
             }
         }
-        idle.remove(&dst);
+        idle.remove(&key);
         None
     }
 
-    fn give_back(&self, dst: SocketAddr, slot: &Slot) {
-        let Some(sender) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+    /// When a client connection ends: its HTTP/1 upstream connection goes
+    /// to the idle list (an HTTP/2 one closes with its last sender).
+    fn give_back(&self, key: UpstreamKey, slot: &Slot) {
+        let Some(up @ Upstream::H1(_)) = slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+        else {
             return;
         };
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(dst).or_default();
-        list.retain(|s| !s.is_closed());
-        if !sender.is_closed() && list.len() < MAX_IDLE_PER_DESTINATION {
-            list.push(sender);
+        idle.retain(|_, list| {
+            list.retain(|u| !u.is_closed());
+            !list.is_empty()
+        });
+        let list = idle.entry(key).or_default();
+        if !up.is_closed() && list.len() < MAX_IDLE_PER_KEY {
+            list.push(up);
         }
     }
 
-    async fn connect(&self, dst: SocketAddr) -> Result<Sender, BoxError> {
-        let stream = self.connector.connect(dst).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%dst, error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+    async fn connect(&self, key: UpstreamKey, h2: bool) -> Result<Upstream, BoxError> {
+        let io = self.connector.connect(key).await?;
+        let dst = key.1;
+        let ended = move |e: hyper::Error| debug!(%dst, error = %e, "upstream connection ended");
+        Ok(if h2 {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move { conn.await.map_err(ended) });
+            Upstream::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(async move { conn.await.map_err(ended) });
+            Upstream::H1(sender)
+        })
     }
 
-    /// Sends `req` to `dst` on the slot's connection, an idle one, or a new
-    /// one. A request the connection closed before taking is sent once
-    /// more on a new connection (it was not written, so this is safe).
+    /// Sends `req` on the slot's connection, an idle one, or a new one. A
+    /// request a kept connection closed before taking is sent once more on
+    /// a new connection (it was not written, so this is safe).
     async fn send(
         &self,
         slot: &Slot,
-        dst: SocketAddr,
+        key: UpstreamKey,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, BoxError> {
-        let kept = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let mut reused = kept.or_else(|| self.take(dst));
+        let h2 = req.version() == hyper::Version::HTTP_2;
+        let kept = {
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                // HTTP/2 streams share the connection: a clone per stream.
+                Some(Upstream::H2(s)) if h2 && !s.is_closed() => Some(Upstream::H2(s.clone())),
+                Some(Upstream::H2(_)) if h2 => None,
+                _ => slot.take(),
+            }
+        };
+        let mut reused = kept.or_else(|| if h2 { None } else { self.take_idle(key) });
         loop {
             let retry = reused.is_some();
-            let mut sender = match reused.take() {
-                Some(s) => s,
-                None => self.connect(dst).await?,
+            let up = match reused.take() {
+                Some(up) => up,
+                None => self.connect(key, h2).await?,
             };
-            if sender.ready().await.is_err() && retry {
-                continue;
-            }
-            match sender.try_send_request(req).await {
+            let (sent, up) = match up {
+                Upstream::H1(mut s) => {
+                    if s.ready().await.is_err() && retry {
+                        continue;
+                    }
+                    (s.try_send_request(req).await, Upstream::H1(s))
+                }
+                Upstream::H2(mut s) => {
+                    if s.ready().await.is_err() && retry {
+                        continue;
+                    }
+                    (s.try_send_request(req).await, Upstream::H2(s))
+                }
+            };
+            match sent {
                 Ok(resp) => {
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(up);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -485,9 +551,7 @@ const HOP_BY_HOP: &[&str] = &[
 struct Shared {
     view: watch::Receiver<Arc<ProxyView>>,
     cfg: ProxyConfig,
-    /// HTTP/1.1 upstream, and HTTP/2 (prior knowledge) for h2c clients.
-    h1: H1Pool,
-    client_h2: Client<Connector, Incoming>,
+    upstreams: Upstreams,
     events: EventRing,
 }
 
@@ -505,18 +569,13 @@ pub async fn serve(
         sockets,
         timeout: cfg.connect_timeout,
     };
-    let client_h2 = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .http2_only(true)
-        .build(connector.clone());
     let shared = Arc::new(Shared {
         view,
         cfg,
-        h1: H1Pool {
+        upstreams: Upstreams {
             connector,
             idle: Default::default(),
         },
-        client_h2,
         events,
     });
     loop {
@@ -559,15 +618,17 @@ pub async fn serve(
                 Box::new(move |r: Refused| {
                     let view = shared.view.borrow().clone();
                     warn!(%peer, %orig, reason = r.reason, "request refused: ambiguous length");
-                    event(
-                        &shared.events,
-                        (&r.method, &r.path, &r.host),
-                        StatusCode::BAD_REQUEST,
-                        "malformed",
-                        (peer, view.identity(peer.ip())),
-                        (orig, view.identity(orig.ip())),
-                        Instant::now(),
-                    );
+                    let dst_local = view.local.contains_key(&orig.ip());
+                    let seen = Seen {
+                        method: &r.method,
+                        path: &r.path,
+                        host: &r.host,
+                        src: (peer, view.identity(peer.ip())),
+                        dst: (orig, view.identity(orig.ip())),
+                        direction: rules_side(dst_local),
+                        started: Instant::now(),
+                    };
+                    event(&shared.events, &seen, StatusCode::BAD_REQUEST, "malformed");
                 })
             };
             let stream = FramingGuard::new(stream, shared.cfg.max_header_bytes, refused);
@@ -582,7 +643,7 @@ pub async fn serve(
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-            shared.h1.give_back(orig, &slot);
+            shared.upstreams.give_back((peer.ip(), orig), &slot);
         });
     }
 }
@@ -591,31 +652,35 @@ fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// What an L7 event says about a request, besides its answer.
+struct Seen<'a> {
+    method: &'a str,
+    path: &'a str,
+    host: &'a str,
+    src: (SocketAddr, NumericIdentity),
+    dst: (SocketAddr, NumericIdentity),
+    /// Whose rules: `ingress` (the destination's) or `egress` (the source's).
+    direction: &'static str,
+    started: Instant,
+}
+
 /// One L7 event per request: an `http` event for the API (`axoneme
 /// events`), and a debug log line (target `axoneme::l7`; a line per
 /// request at info cost a tenth of the proxy's time, docs/benchmarks.md).
-#[allow(clippy::too_many_arguments)]
-fn event(
-    ring: &EventRing,
-    req: (&str, &str, &str),
-    status: StatusCode,
-    verdict: &'static str,
-    src: (SocketAddr, NumericIdentity),
-    dst: (SocketAddr, NumericIdentity),
-    started: Instant,
-) {
-    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+fn event(ring: &EventRing, seen: &Seen<'_>, status: StatusCode, verdict: &'static str) {
+    let latency_us = u64::try_from(seen.started.elapsed().as_micros()).unwrap_or(u64::MAX);
     debug!(
         target: "axoneme::l7",
-        method = req.0,
-        path = req.1,
-        host = req.2,
+        method = seen.method,
+        path = seen.path,
+        host = seen.host,
         status = status.as_u16(),
         verdict,
-        src = %src.0,
-        src_identity = src.1 .0,
-        dst = %dst.0,
-        dst_identity = dst.1 .0,
+        direction = seen.direction,
+        src = %seen.src.0,
+        src_identity = seen.src.1 .0,
+        dst = %seen.dst.0,
+        dst_identity = seen.dst.1 .0,
         latency_us,
         "http request"
     );
@@ -625,14 +690,32 @@ fn event(
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0),
         verdict,
-        src: (src.0, src.1 .0),
-        dst: (dst.0, dst.1 .0),
-        method: req.0.into(),
-        path: req.1.into(),
-        host: req.2.into(),
+        direction: seen.direction,
+        src: (seen.src.0, seen.src.1 .0),
+        dst: (seen.dst.0, seen.dst.1 .0),
+        method: seen.method.into(),
+        path: seen.path.into(),
+        host: seen.host.into(),
         status: status.as_u16(),
         latency_us,
     });
+}
+
+/// Whose rules sent a request to this proxy: the destination's if it is
+/// on this node, else the source's.
+fn rules_side(dst_local: bool) -> &'static str {
+    direction_name(if dst_local {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    })
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
 }
 
 async fn handle(
@@ -659,29 +742,36 @@ async fn handle(
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or("")
         .to_string();
-    let reject = |status, body, verdict| {
-        event(
-            &shared.events,
-            (&method, &path, &host),
-            status,
-            verdict,
-            src,
-            dst,
-            started,
-        );
+    let dst_local = view.local.contains_key(&orig.ip());
+    let mut seen = Seen {
+        method: &method,
+        path: &path,
+        host: &host,
+        src,
+        dst,
+        direction: rules_side(dst_local),
+        started,
+    };
+    let reject = |seen: &Seen<'_>, status, body, verdict| {
+        event(&shared.events, seen, status, verdict);
         text(status, body, true)
     };
     if path.len() > shared.cfg.max_uri_bytes {
-        return reject(StatusCode::URI_TOO_LONG, "URI Too Long\r\n", "malformed");
+        return reject(
+            &seen,
+            StatusCode::URI_TOO_LONG,
+            "URI Too Long\r\n",
+            "malformed",
+        );
     }
     let headers: Vec<(&str, &str)> = req
         .headers()
         .iter()
         .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
         .collect();
-    let allowed = view.allows(
+    let denied = view.denied_by(
         (src.1, view.local.contains_key(&peer.ip())),
-        (dst.1, view.local.contains_key(&orig.ip())),
+        (dst.1, dst_local),
         orig.port(),
         &HttpRequest {
             method: &method,
@@ -690,26 +780,27 @@ async fn handle(
             headers: &headers,
         },
     );
-    if !allowed {
-        event(
-            &shared.events,
-            (&method, &path, &host),
-            StatusCode::FORBIDDEN,
-            "denied",
-            src,
-            dst,
-            started,
-        );
+    if let Some(by) = denied {
+        seen.direction = direction_name(by);
+        event(&shared.events, &seen, StatusCode::FORBIDDEN, "denied");
         return text(StatusCode::FORBIDDEN, "Access denied\r\n", false);
     }
     let (mut parts, body) = req.into_parts();
     let h2 = parts.version == hyper::Version::HTTP_2;
     if h2 {
-        // The HTTP/2 client needs the authority and scheme.
-        let Ok(uri) = format!("http://{orig}{path}").parse::<hyper::Uri>() else {
-            return reject(StatusCode::BAD_REQUEST, "Bad Request\r\n", "malformed");
-        };
-        parts.uri = uri;
+        // HTTP/2 upstream needs a scheme and an authority: the client's, or
+        // the original destination.
+        if parts.uri.authority().is_none() {
+            let Ok(uri) = format!("http://{orig}{path}").parse::<hyper::Uri>() else {
+                return reject(
+                    &seen,
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request\r\n",
+                    "malformed",
+                );
+            };
+            parts.uri = uri;
+        }
     } else {
         // HTTP/1.1 upstream, origin-form target, a Host for HTTP/1.0 clients.
         if let Some(target) = parts.uri.path_and_query().cloned() {
@@ -737,34 +828,18 @@ async fn handle(
         parts.headers.remove(*name);
     }
     let req = Request::from_parts(parts, body);
-    let sent = if h2 {
-        shared.client_h2.request(req).await.map_err(BoxError::from)
-    } else {
-        shared.h1.send(slot, orig, req).await
-    };
-    match sent {
+    match shared.upstreams.send(slot, (peer.ip(), orig), req).await {
         Ok(resp) => {
-            event(
-                &shared.events,
-                (&method, &path, &host),
-                resp.status(),
-                "forwarded",
-                src,
-                dst,
-                started,
-            );
+            event(&shared.events, &seen, resp.status(), "forwarded");
             resp.map(|b| b.boxed())
         }
         Err(e) => {
             warn!(%orig, error = %crate::error_chain(e.as_ref()), "upstream unreachable");
             event(
                 &shared.events,
-                (&method, &path, &host),
+                &seen,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream-error",
-                src,
-                dst,
-                started,
             );
             text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -220,10 +220,8 @@ impl Reconciler {
         }
         for (key, policy) in &want.policies {
             if self.policies.get(key) != Some(&policy.object) {
-                if self.proxy_port == 0 && policy.rules.iter().any(|(_, r)| has_l7(r, None)) {
+                if self.proxy_port == 0 && policy.rules.iter().any(|(_, r)| has_l7(r)) {
                     warn!(policy = %key, "L7 rules are enforced at L3/L4 only: this agent runs no L7 proxy (--proxy-port)");
-                } else if policy.rules.iter().any(|(_, r)| has_l7(r, Some(true))) {
-                    warn!(policy = %key, "egress L7 rules are enforced at L3/L4 only: the proxy takes ingress redirects so far");
                 }
                 deltas.extend(self.engine.set_policy(key, Some(policy.clone())));
                 self.policies.insert(key.clone(), policy.object.clone());
@@ -447,13 +445,11 @@ impl Reconciler {
     }
 }
 
-/// Whether `rule` has HTTP rules (in `egress` sections only, ingress only,
-/// or either when `None`).
-fn has_l7(rule: &axoneme_policy::Rule, egress: Option<bool>) -> bool {
+/// Whether `rule` has HTTP rules (ingress or egress).
+fn has_l7(rule: &axoneme_policy::Rule) -> bool {
     [false, true]
         .into_iter()
-        .filter(|e| egress.is_none_or(|want| want == *e))
-        .flat_map(|e| rule.allow_sections(e))
+        .flat_map(|egress| rule.allow_sections(egress))
         .any(|s| {
             s.to_ports
                 .iter()

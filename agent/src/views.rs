@@ -375,6 +375,8 @@ pub struct HttpEvent {
     pub time_ms: u64,
     /// `forwarded`, `denied`, `malformed` or `upstream-error`.
     pub verdict: &'static str,
+    /// Whose rules: `ingress` (the destination's) or `egress` (the source's).
+    pub direction: &'static str,
     pub src: (std::net::SocketAddr, u32),
     pub dst: (std::net::SocketAddr, u32),
     pub method: String,
@@ -392,7 +394,7 @@ impl From<&HttpEvent> for EventView {
             reason: 0,
             reason_text: String::new(),
             verdict: e.verdict.into(),
-            direction: "ingress".into(),
+            direction: e.direction.into(),
             src_identity: e.src.1,
             dst_identity: e.dst.1,
             src: e.src.0.ip().to_string(),

@@ -561,8 +561,50 @@ fn redirected_flows_go_to_the_proxy_packet_after_packet() {
     // Later packets of the flow follow conntrack to the proxy too.
     let ack = ipv4(B4, A4, IPPROTO_TCP, &tcp(40000, 8080, TCP_ACK), 0x4000, 2);
     assert_eq!(send(&mut dp, TO_CONTAINER, &ack).0, TC_ACT_REDIRECT);
+    // The proxy's own upstream packets (its mark) are never sent back to
+    // it, even on a tuple a redirected client used.
+    let marked = dp
+        .test_run_marked(TO_CONTAINER, &ack, axoneme_bpf_common::MARK_PROXY)
+        .unwrap();
+    assert_eq!(marked, TC_ACT_OK);
     // Another peer is not redirected but denied at L3/L4 (no 403 for it).
     let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(WORLD4, 40001, 8080));
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+}
+
+#[test]
+fn egress_l7_flows_go_to_the_proxy_from_the_source_pod() {
+    let mut dp = setup(BOTH);
+    let rules = std::sync::Arc::new(vec![axoneme_policy::api::HttpRule::default()]);
+    let (k, v) = policy_entry(
+        A_ID,
+        Direction::Egress,
+        &key(B_ID, IPPROTO_TCP, 80, 16),
+        &Verdict::Redirect(rules),
+        15001,
+    );
+    dp.maps.set_policy(&k, v).unwrap();
+    let syn = ipv4(A4, B4, IPPROTO_TCP, &tcp(40002, 80, TCP_SYN), 0x4000, 9);
+    let (action, events) = send(&mut dp, FROM_CONTAINER, &syn);
+    assert_eq!(action, TC_ACT_REDIRECT);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::REDIRECTED, A_ID, B_ID, match_type::L3_L4)]
+    );
+    // The proxy's answers (from B's address) reach A as replies.
+    let reply = ipv4(
+        B4,
+        A4,
+        IPPROTO_TCP,
+        &tcp(80, 40002, TCP_SYN | TCP_ACK),
+        0x4000,
+        10,
+    );
+    assert_eq!(send(&mut dp, TO_CONTAINER, &reply).0, TC_ACT_OK);
+    // Another port to B has no entry: denied.
+    let other = ipv4(A4, B4, IPPROTO_TCP, &tcp(40003, 81, TCP_SYN), 0x4000, 11);
+    let (action, events) = send(&mut dp, FROM_CONTAINER, &other);
     assert_eq!(action, TC_ACT_SHOT);
     assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
 }

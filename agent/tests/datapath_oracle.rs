@@ -156,15 +156,8 @@ fn check(
                                 prop_assert_eq!(seen, Some(ev::ALLOWED), "{}", ctx());
                             }
                             OracleVerdict::Redirect(_) => {
-                                // Ingress redirects go to the node's proxy;
-                                // egress L7 rules are not redirected yet (the
-                                // agent warns: enforced at L3/L4 only).
-                                let to_proxy = if dir == Direction::Ingress {
-                                    TC_ACT_REDIRECT
-                                } else {
-                                    TC_ACT_OK
-                                };
-                                prop_assert_eq!(action, to_proxy, "{}", ctx());
+                                // Both directions go to the node's proxy.
+                                prop_assert_eq!(action, TC_ACT_REDIRECT, "{}", ctx());
                                 prop_assert_eq!(seen, Some(ev::REDIRECTED), "{}", ctx());
                             }
                             OracleVerdict::Deny(code) => {

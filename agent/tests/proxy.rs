@@ -128,6 +128,21 @@ fn setup(port: u16) -> Result<Setup> {
         "iptables: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Answers to the proxy's upstream connections (sent from the client's
+    // address) go to the proxy, as the agent's rule makes them.
+    let mut socket_rule = vec!["iptables", "-t", "mangle", "-N", "AXONEME_PROXY"];
+    node.ns.command(&socket_rule).output()?;
+    socket_rule.truncate(3);
+    socket_rule.extend_from_slice(&["-A", "PREROUTING", "-j", "AXONEME_PROXY"]);
+    node.ns.command(&socket_rule).output()?;
+    socket_rule.truncate(3);
+    socket_rule.extend_from_slice(&proxy::SOCKET_RULE);
+    let out = node.ns.command(&socket_rule).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let sockets = SocketFactory::new(Some(node.ns.path()));
     let listener = sockets.listener(port)?;
@@ -273,6 +288,17 @@ fn a_policy_change_applies_to_the_next_request_on_an_open_connection() -> Result
     let post = b"POST /v1/charge HTTP/1.1\r\nHost: payments\r\nContent-Length: 0\r\n\r\n";
     let get = b"GET /v1/items HTTP/1.1\r\nHost: payments\r\nX-Team: blue\r\n\r\n";
     assert!(exchange(&mut s, post).starts_with("HTTP/1.1 200"));
+    // Transparent upstream: the backend's peer is the client's address.
+    let out = t
+        .server
+        .ns
+        .command(&["ss", "-Htn", "state", "established"])
+        .output()?;
+    let peers = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        peers.contains(&t.client.ip.to_string()),
+        "the backend's peers: {peers}"
+    );
     assert!(exchange(&mut s, get).starts_with("HTTP/1.1 403"));
     t.views
         .send_replace(view(GET_ALLOWED, t.client.ip, t.server.ip));

@@ -66,6 +66,28 @@ fn ipcache_has(c: &Cluster, node: usize, ip: &str) -> Result<bool> {
     }))
 }
 
+/// How many L7 events in `events` (`axoneme events -o json`) from `src`
+/// have (direction, verdict, "METHOD path", status).
+fn http_events(events: &serde_json::Value, want: (&str, &str, &str, u64), src: &str) -> usize {
+    events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            let request = format!(
+                "{} {}",
+                e["http"]["method"].as_str().unwrap_or(""),
+                e["http"]["path"].as_str().unwrap_or("")
+            );
+            e["direction"] == want.0
+                && e["verdict"] == want.1
+                && request == want.2
+                && e["http"]["status"] == want.3
+                && e["src"] == src
+        })
+        .count()
+}
+
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -195,13 +217,17 @@ fn seed_policy_across_two_nodes() -> Result<()> {
     )?;
     eventually(&intruder, &pay4, 8080, false, Duration::from_secs(5))?;
 
-    // Propagation to the other node: an egress policy for checkout (node
-    // 1) lets it reach payments:8080 only; checkout -> intruder (same
-    // node) stops, and comes back when the policy goes.
+    // Propagation to the other node, and egress L7: a policy for checkout
+    // (node 1) lets it reach payments:8080 only, with `POST /v1/.*`.
+    // checkout -> intruder (same node) stops; node 1's proxy answers GET
+    // itself (403, its egress rules); POST /v1/refund passes node 1 and is
+    // refused by node 0's ingress rules; POST /v1/charge passes both. The
+    // proxy's upstream connection keeps checkout's address, so node 0
+    // still sees checkout (the seed admits no one else).
     let egress = c.dir.join("checkout-egress.yaml");
     std::fs::write(
         &egress,
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: checkout-egress\nspec:\n  endpointSelector:\n    matchLabels:\n      app: checkout\n  egress:\n  - toEndpoints:\n    - matchLabels:\n        app: payments\n    toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: checkout-egress\nspec:\n  endpointSelector:\n    matchLabels:\n      app: checkout\n  egress:\n  - toEndpoints:\n    - matchLabels:\n        app: payments\n    toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n      rules:\n        http:\n        - method: POST\n          path: /v1/.*\n",
     )?;
     let intr4 = intruder.ip.to_string();
     assert!(
@@ -213,10 +239,50 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         &["policy", "import", "--wait", "10", egress.to_str().unwrap()],
     )?;
     eventually(&checkout, &intr4, 9090, false, Duration::from_secs(5))?;
+    std::fs::write(&requests, "")?;
+    let chk4 = checkout.ip.to_string();
+    let node0 = json(&c, 0, &["events", "--type", "http"])?;
+    let refunds_before = http_events(&node0, ("ingress", "denied", "POST /v1/refund", 403), &chk4);
+    let gets_before = http_events(&node0, ("ingress", "denied", "GET /v1/charge", 403), &chk4);
+    for addr in [&pay4, &pay6] {
+        for (method, path, want) in [
+            ("POST", "/v1/charge", 200),
+            ("GET", "/v1/charge", 403),
+            ("POST", "/v1/refund", 403),
+        ] {
+            assert_eq!(
+                checkout.http(method, addr, 8080, path),
+                Some(want),
+                "checkout {method} {path} to {addr} under its egress L7 policy"
+            );
+        }
+    }
     assert_eq!(
-        checkout.http("POST", &pay4, 8080, "/v1/charge"),
-        Some(200),
-        "checkout -> payments under egress policy"
+        std::fs::read_to_string(&requests)?,
+        "POST /v1/charge\nPOST /v1/charge\n",
+        "the backend saw a denied request"
+    );
+    let node1 = json(&c, 1, &["events", "--type", "http"])?;
+    for want in [
+        ("egress", "denied", "GET /v1/charge", 403),
+        ("egress", "forwarded", "POST /v1/refund", 403),
+        ("egress", "forwarded", "POST /v1/charge", 200),
+    ] {
+        assert!(
+            http_events(&node1, want, &chk4) > 0,
+            "node 1 has no event {want:?}: {node1}"
+        );
+    }
+    let node0 = json(&c, 0, &["events", "--type", "http"])?;
+    assert_eq!(
+        http_events(&node0, ("ingress", "denied", "POST /v1/refund", 403), &chk4),
+        refunds_before + 1,
+        "node 0 did not refuse checkout's POST /v1/refund itself: {node0}"
+    );
+    assert_eq!(
+        http_events(&node0, ("ingress", "denied", "GET /v1/charge", 403), &chk4),
+        gets_before,
+        "a GET that node 1 refused reached node 0: {node0}"
     );
     c.cli(1, &["policy", "delete", "checkout-egress"])?;
     eventually(&checkout, &intr4, 9090, true, Duration::from_secs(5))?;

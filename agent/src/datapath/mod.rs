@@ -169,10 +169,24 @@ impl Datapath {
     /// (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2). The packet appears to come
     /// through the loopback device (ifindex 1).
     pub fn test_run(&self, name: &'static str, packet: &[u8]) -> Result<i32, DatapathError> {
+        self.test_run_marked(name, packet, 0)
+    }
+
+    /// [`Self::test_run`] with `skb->mark` set to `mark` (the kernel takes
+    /// a `__sk_buff` whose fields before `mark`, at offset 8, are zero).
+    pub fn test_run_marked(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+        mark: u32,
+    ) -> Result<i32, DatapathError> {
+        let mut ctx = [0u8; 12];
+        ctx[8..].copy_from_slice(&mark.to_ne_bytes());
         let result = self
             .program(name)?
             .test_run(TestRunOptions {
                 data_in: Some(packet),
+                ctx_in: (mark != 0).then_some(&ctx[..]),
                 ..TestRunOptions::new()
             })
             .map_err(|source| program_error(name, "BPF_PROG_TEST_RUN", source))?;

@@ -167,8 +167,9 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     }
     match decide(ctx, ifindex, &ep, dir, flow) {
         Ok(0) => TC_ACT_OK,
-        Ok(_) if dir == direction::INGRESS => to_proxy(ctx),
-        Ok(_) => TC_ACT_OK,
+        // Ingress rules at the destination's veth, egress rules at the
+        // source's: either way the node's proxy.
+        Ok(_) => to_proxy(ctx),
         Err(()) => TC_ACT_SHOT,
     }
 }
@@ -263,9 +264,15 @@ fn decide(
     if flow.icmp == Icmp::Error && related(flow, ep.endpoint_id, dir, now) {
         return Ok(0);
     }
+    // The proxy's own upstream connections carry its mark: their request
+    // was judged at L7 already, and they never go back to the proxy (not
+    // even on a flow whose tuple a redirected client used before).
+    // SAFETY: `skb` points to the program's context, valid for the run.
+    let from_proxy =
+        dir == direction::INGRESS && unsafe { (*ctx.skb.skb).mark } & MARK_MASK == MARK_PROXY;
     if flow.icmp != Icmp::Error {
         if let Some(proxy_port) = ct_update(flow, ep.endpoint_id, dir, now, len) {
-            return Ok(proxy_port);
+            return Ok(if from_proxy { 0 } else { proxy_port });
         }
     }
 
@@ -275,11 +282,6 @@ fn decide(
     } else {
         ep.flags & endpoint_flags::EGRESS_ENFORCED != 0
     };
-    // The proxy's own upstream connections carry its mark: their request
-    // was judged at L7 already.
-    // SAFETY: `skb` points to the program's context, valid for the run.
-    let from_proxy =
-        dir == direction::INGRESS && unsafe { (*ctx.skb.skb).mark } & MARK_MASK == MARK_PROXY;
     let entry = if from_proxy {
         None
     } else {
