@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
 
-const SECONDS: &str = "5";
+const SECONDS: u32 = 5;
 
 const POLICY: &str = "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -66,53 +66,14 @@ fn nginx(c: &mut Cluster, pod: &CniPod) -> Result<()> {
     Ok(())
 }
 
-/// Parses wrk's output: (requests/s, p99 in ms).
-fn parse_wrk(text: &str) -> Result<(f64, f64)> {
-    let rps = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .context("no Requests/sec")?
-        .trim()
-        .parse::<f64>()?;
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .context("no 99% latency (--latency)")?
-        .trim();
-    let ms = if let Some(v) = p99.strip_suffix("us") {
-        v.parse::<f64>()? / 1000.0
-    } else if let Some(v) = p99.strip_suffix("ms") {
-        v.parse::<f64>()?
-    } else if let Some(v) = p99.strip_suffix('s') {
-        v.parse::<f64>()? * 1000.0
-    } else {
-        bail!("latency {p99:?}")
-    };
-    Ok((rps, ms))
-}
-
+/// (requests/s, p99 in ms) of `GET url` from `client`; every answer must
+/// be a 2xx.
 fn wrk(client: &CniPod, url: &str, connections: u32) -> Result<(f64, f64)> {
-    let threads = connections.min(2).to_string();
-    let out = client
-        .ns
-        .command(&[
-            "wrk",
-            "-t",
-            &threads,
-            "-c",
-            &connections.to_string(),
-            "-d",
-            SECONDS,
-            "--latency",
-            url,
-        ])
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || text.contains("Non-2xx") {
-        bail!("wrk {url}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let run = axoneme_e2e::http::wrk(&client.ns, "GET", url, connections, SECONDS)?;
+    if run.non_2xx > 0 || run.socket_errors > 0 {
+        bail!("wrk {url}: {run:?}");
     }
-    parse_wrk(&text)
+    Ok((run.rps, run.p99_ms))
 }
 
 fn main() -> Result<()> {

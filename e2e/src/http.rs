@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::netns::Netns;
 use crate::Proc;
@@ -127,5 +127,132 @@ fn start_nginx(ns: &Netns, dir: &Path, servers: &str, port: u16) -> Result<Proc>
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrkRun {
+    pub requests: u64,
+    pub rps: f64,
+    pub p99_ms: f64,
+    /// Answers other than 2xx/3xx.
+    pub non_2xx: u64,
+    /// connect, read, write and timeout errors together.
+    pub socket_errors: u64,
+}
+
+/// Runs wrk (Debian's) in `ns` against `url`: `method` (a Lua line sets it
+/// for anything but GET), `connections` connections on up to two threads,
+/// for `seconds`, with latency percentiles.
+pub fn wrk(ns: &Netns, method: &str, url: &str, connections: u32, seconds: u32) -> Result<WrkRun> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("method.lua");
+    std::fs::write(&script, format!("wrk.method = \"{method}\"\n"))?;
+    let threads = connections.clamp(1, 2).to_string();
+    let out = ns
+        .command(&[
+            "wrk",
+            "-t",
+            &threads,
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--latency",
+            "-s",
+            &script.to_string_lossy(),
+            url,
+        ])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk {url}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text).with_context(|| format!("wrk {url}: {text}"))
+}
+
+/// Parses wrk's report (with `--latency`).
+pub fn parse_wrk(text: &str) -> Result<WrkRun> {
+    let line = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+    };
+    let rps = line("Requests/sec:")
+        .context("no Requests/sec")?
+        .parse::<f64>()?;
+    let requests = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.parse::<u64>())
+        })
+        .context("no request count")??;
+    let p99 = line("99%").context("no 99% latency (--latency)")?;
+    let p99_ms = if let Some(v) = p99.strip_suffix("us") {
+        v.parse::<f64>()? / 1000.0
+    } else if let Some(v) = p99.strip_suffix("ms") {
+        v.parse::<f64>()?
+    } else if let Some(v) = p99.strip_suffix('s') {
+        v.parse::<f64>()? * 1000.0
+    } else {
+        bail!("latency {p99:?}")
+    };
+    let non_2xx = line("Non-2xx or 3xx responses:").map_or(Ok(0), str::parse)?;
+    // "Socket errors: connect 0, read 0, write 0, timeout 0"
+    let socket_errors = line("Socket errors:").map_or(0, |l| {
+        l.split(',')
+            .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
+    });
+    Ok(WrkRun {
+        requests,
+        rps,
+        p99_ms,
+        non_2xx,
+        socket_errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_reports_parse() {
+        let text = "Running 1s test @ http://10.200.0.1:8080/v1/charge
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   124.00us   30.00us   1.00ms   90.00%
+  Latency Distribution
+     50%  118.00us
+     75%  130.00us
+     90%  150.00us
+     99%  301.00us
+  15012 requests in 1.00s, 2.12MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 15012
+Requests/sec:  15000.50
+Transfer/sec:      2.12MB
+";
+        assert_eq!(
+            parse_wrk(text).unwrap(),
+            WrkRun {
+                requests: 15012,
+                rps: 15000.5,
+                p99_ms: 0.301,
+                non_2xx: 15012,
+                socket_errors: 3,
+            }
+        );
+        let clean = text
+            .lines()
+            .filter(|l| !l.contains("errors") && !l.contains("Non-2xx"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let run = parse_wrk(&clean).unwrap();
+        assert_eq!((run.non_2xx, run.socket_errors), (0, 0));
     }
 }

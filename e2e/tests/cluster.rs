@@ -66,9 +66,14 @@ fn ipcache_has(c: &Cluster, node: usize, ip: &str) -> Result<bool> {
     }))
 }
 
-/// How many L7 events in `events` (`axoneme events -o json`) from `src`
-/// have (direction, verdict, "METHOD path", status).
-fn http_events(events: &serde_json::Value, want: (&str, &str, &str, u64), src: &str) -> usize {
+/// How many L7 events in `events` (`axoneme events -o json`) from `src`,
+/// at or after `since_ms`, have (direction, verdict, "METHOD path", status).
+fn http_events(
+    events: &serde_json::Value,
+    want: (&str, &str, &str, u64),
+    src: &str,
+    since_ms: u64,
+) -> usize {
     events
         .as_array()
         .into_iter()
@@ -84,6 +89,7 @@ fn http_events(events: &serde_json::Value, want: (&str, &str, &str, u64), src: &
                 && request == want.2
                 && e["http"]["status"] == want.3
                 && e["src"] == src
+                && e["time_ms"].as_u64().is_some_and(|t| t >= since_ms)
         })
         .count()
 }
@@ -208,6 +214,32 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         "{allow}"
     );
 
+    // Under load (wrk, 2 keep-alive connections, 1 s; after the event
+    // checks: its thousands of L7 events fill the ring): every allowed
+    // request is answered by the backend, every denied one by the proxy
+    // with 403 on a connection that stays usable (no socket errors), and
+    // the backend never sees a GET.
+    std::fs::write(&requests, "")?;
+    let url = format!("http://{pay4}:8080/v1/charge");
+    let posts = axoneme_e2e::http::wrk(&checkout.ns, "POST", &url, 2, 1)?;
+    assert!(posts.requests > 0, "{posts:?}");
+    assert_eq!((posts.non_2xx, posts.socket_errors), (0, 0), "{posts:?}");
+    let gets = axoneme_e2e::http::wrk(&checkout.ns, "GET", &url, 2, 1)?;
+    assert!(gets.requests > 0, "{gets:?}");
+    assert_eq!(
+        (gets.non_2xx, gets.socket_errors),
+        (gets.requests, 0),
+        "{gets:?}"
+    );
+    let seen = std::fs::read_to_string(&requests)?;
+    let lines = seen.lines().count() as u64;
+    assert!(
+        seen.lines().all(|l| l == "POST /v1/charge")
+            && (posts.requests..=posts.requests + 2).contains(&lines),
+        "wrk sent {} POSTs; the backend saw {lines} requests, {:?}...",
+        posts.requests,
+        seen.lines().find(|l| *l != "POST /v1/charge")
+    );
     // Propagation: delete and re-import while traffic runs.
     c.cli(0, &["policy", "delete", "payments-api"])?;
     eventually(&intruder, &pay4, 8080, true, Duration::from_secs(5))?;
@@ -241,9 +273,11 @@ fn seed_policy_across_two_nodes() -> Result<()> {
     eventually(&checkout, &intr4, 9090, false, Duration::from_secs(5))?;
     std::fs::write(&requests, "")?;
     let chk4 = checkout.ip.to_string();
-    let node0 = json(&c, 0, &["events", "--type", "http"])?;
-    let refunds_before = http_events(&node0, ("ingress", "denied", "POST /v1/refund", 403), &chk4);
-    let gets_before = http_events(&node0, ("ingress", "denied", "GET /v1/charge", 403), &chk4);
+    let since = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
     for addr in [&pay4, &pay6] {
         for (method, path, want) in [
             ("POST", "/v1/charge", 200),
@@ -269,19 +303,29 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         ("egress", "forwarded", "POST /v1/charge", 200),
     ] {
         assert!(
-            http_events(&node1, want, &chk4) > 0,
+            http_events(&node1, want, &chk4, since) > 0,
             "node 1 has no event {want:?}: {node1}"
         );
     }
     let node0 = json(&c, 0, &["events", "--type", "http"])?;
     assert_eq!(
-        http_events(&node0, ("ingress", "denied", "POST /v1/refund", 403), &chk4),
-        refunds_before + 1,
+        http_events(
+            &node0,
+            ("ingress", "denied", "POST /v1/refund", 403),
+            &chk4,
+            since
+        ),
+        1,
         "node 0 did not refuse checkout's POST /v1/refund itself: {node0}"
     );
     assert_eq!(
-        http_events(&node0, ("ingress", "denied", "GET /v1/charge", 403), &chk4),
-        gets_before,
+        http_events(
+            &node0,
+            ("ingress", "denied", "GET /v1/charge", 403),
+            &chk4,
+            since
+        ),
+        0,
         "a GET that node 1 refused reached node 0: {node0}"
     );
     c.cli(1, &["policy", "delete", "checkout-egress"])?;
