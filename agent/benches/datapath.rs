@@ -7,7 +7,9 @@
 //!
 //! Per configuration: iperf3 throughput (one stream), TCP request/response
 //! latency over one connection (64 bytes, p50/p99), and connect + request +
-//! close latency (new connections: where per-rule costs show).
+//! close latency (new connections: where per-rule costs show). The client
+//! side runs on CPU 0 and the server side on CPU 1 (threads and iperf3
+//! pinned), so runs swing less.
 //! Writes JSON (with ratios against the bare veth) to `AXONEME_BENCH_OUT`.
 
 use std::io::{Read, Write};
@@ -33,6 +35,36 @@ const RR_ROUNDS: usize = 5_000;
 const CRR_ROUNDS: usize = 1_000;
 const IPERF_SECONDS: &str = "3";
 
+/// The CPUs the client and the server side are pinned to (with fewer than
+/// two CPUs, nothing is pinned): fewer scheduler swings between runs.
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+
+fn pinning() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+}
+
+/// Pins the calling thread to `cpu` (when [`pinning`]).
+fn pin(cpu: usize) {
+    if pinning() {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(cpu).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+        }
+    }
+}
+
+/// `args` prefixed with `taskset -c cpu` (when [`pinning`]).
+fn pinned(cpu: usize, args: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = if pinning() {
+        vec!["taskset".into(), "-c".into(), cpu.to_string()]
+    } else {
+        Vec::new()
+    };
+    all.extend(args.iter().map(|a| a.to_string()));
+    all
+}
+
 fn percentile(mut v: Vec<Duration>, per_mille: usize) -> f64 {
     v.sort();
     v[(v.len() - 1) * per_mille / 1000].as_secs_f64() * 1e6
@@ -46,6 +78,7 @@ fn echo_server(server: &Pod) -> Result<()> {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             std::thread::spawn(move || {
+                pin(SERVER_CPU);
                 let _ = conn.set_nodelay(true);
                 let mut conn = conn;
                 let mut buf = [0u8; 64];
@@ -63,6 +96,7 @@ fn echo_server(server: &Pod) -> Result<()> {
 /// Round trips over one connection, then connect+request+close rounds.
 fn latency(client: &Pod, server: Ipv4Addr) -> Result<Value> {
     client.ns.enter(move || -> Result<Value> {
+        pin(CLIENT_CPU);
         let addr = SocketAddr::from((server, RR_PORT));
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         conn.set_nodelay(true)?;
@@ -97,26 +131,33 @@ fn latency(client: &Pod, server: Ipv4Addr) -> Result<Value> {
 }
 
 fn iperf(client: &Pod, server: &Pod) -> Result<f64> {
+    let port = IPERF_PORT.to_string();
+    let srv_args = pinned(SERVER_CPU, &["iperf3", "-s", "-1", "-p", &port]);
     let mut srv = server
         .ns
-        .command(&["iperf3", "-s", "-1", "-p", &IPERF_PORT.to_string()])
+        .command(&srv_args.iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting iperf3 (cargo xtask setup installs it)")?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = client
-        .ns
-        .command(&[
+    let server_ip = server.ip.to_string();
+    let cli_args = pinned(
+        CLIENT_CPU,
+        &[
             "iperf3",
             "-c",
-            &server.ip.to_string(),
+            &server_ip,
             "-p",
-            &IPERF_PORT.to_string(),
+            &port,
             "-t",
             IPERF_SECONDS,
             "-J",
-        ])
+        ],
+    );
+    let out = client
+        .ns
+        .command(&cli_args.iter().map(String::as_str).collect::<Vec<_>>())
         .output()?;
     let _ = srv.wait();
     ensure!(
@@ -278,8 +319,11 @@ fn main() -> Result<()> {
         });
         v["vs_bare"] = r;
     }
-    let doc =
-        json!({ "runs": results, "note": "same machine, same run; ratios against the bare veth" });
+    let doc = json!({
+        "runs": results,
+        "note": "same machine, same run; ratios against the bare veth",
+        "pinned": pinning().then_some(json!({"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU})),
+    });
     let out =
         std::env::var("AXONEME_BENCH_OUT").unwrap_or_else(|_| "target/bench/datapath.json".into());
     std::fs::write(&out, serde_json::to_string_pretty(&doc)?)?;
