@@ -386,7 +386,8 @@ struct Connector {
 impl Connector {
     async fn connect(
         &self,
-        (src, dst): (IpAddr, SocketAddr),
+        src: IpAddr,
+        dst: SocketAddr,
     ) -> std::io::Result<TokioIo<tokio::net::TcpStream>> {
         let socket = self.sockets.upstream(src)?;
         let stream = tokio::time::timeout(self.timeout, socket.connect(dst))
@@ -416,9 +417,11 @@ impl Upstream {
     }
 }
 
-/// (client address, original destination): an upstream connection is
-/// bound to the client's address, so only that client may reuse it.
-type UpstreamKey = (IpAddr, SocketAddr);
+/// (client address, client identity, original destination): an upstream
+/// connection carries the client's address, and the destination's node
+/// judged it by the identity that address had, so only the same client
+/// with the same identity may reuse it (not a new pod that got the address).
+type UpstreamKey = (IpAddr, NumericIdentity, SocketAddr);
 
 /// Kept-alive upstream connections. A client connection keeps the
 /// upstream connection it last used in its own slot (no shared lookup per
@@ -434,8 +437,8 @@ struct Upstreams {
 /// Idle upstream connections kept per (client, destination).
 const MAX_IDLE_PER_KEY: usize = 64;
 
-/// A client connection's upstream connection.
-type Slot = std::sync::Mutex<Option<Upstream>>;
+/// A client connection's upstream connection, with its key.
+type Slot = std::sync::Mutex<Option<(UpstreamKey, Upstream)>>;
 
 impl Upstreams {
     fn take_idle(&self, key: UpstreamKey) -> Option<Upstream> {
@@ -452,8 +455,9 @@ impl Upstreams {
 
     /// When a client connection ends: its HTTP/1 upstream connection goes
     /// to the idle list (an HTTP/2 one closes with its last sender).
-    fn give_back(&self, key: UpstreamKey, slot: &Slot) {
-        let Some(up @ Upstream::H1(_)) = slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn give_back(&self, slot: &Slot) {
+        let Some((key, up @ Upstream::H1(_))) =
+            slot.lock().unwrap_or_else(|e| e.into_inner()).take()
         else {
             return;
         };
@@ -469,8 +473,8 @@ impl Upstreams {
     }
 
     async fn connect(&self, key: UpstreamKey, h2: bool) -> Result<Upstream, BoxError> {
-        let io = self.connector.connect(key).await?;
-        let dst = key.1;
+        let (src, _, dst) = key;
+        let io = self.connector.connect(src, dst).await?;
         let ended = move |e: hyper::Error| debug!(%dst, error = %e, "upstream connection ended");
         Ok(if h2 {
             let (sender, conn) =
@@ -497,10 +501,11 @@ impl Upstreams {
         let kept = {
             let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
             match slot.as_ref() {
+                Some((k, _)) if *k != key => None,
                 // HTTP/2 streams share the connection: a clone per stream.
-                Some(Upstream::H2(s)) if h2 && !s.is_closed() => Some(Upstream::H2(s.clone())),
-                Some(Upstream::H2(_)) if h2 => None,
-                _ => slot.take(),
+                Some((_, Upstream::H2(s))) if h2 && !s.is_closed() => Some(Upstream::H2(s.clone())),
+                Some((_, Upstream::H2(_))) if h2 => None,
+                _ => slot.take().map(|(_, up)| up),
             }
         };
         let mut reused = kept.or_else(|| if h2 { None } else { self.take_idle(key) });
@@ -526,7 +531,7 @@ impl Upstreams {
             };
             match sent {
                 Ok(resp) => {
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(up);
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, up));
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -643,7 +648,7 @@ pub async fn serve(
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-            shared.upstreams.give_back((peer.ip(), orig), &slot);
+            shared.upstreams.give_back(&slot);
         });
     }
 }
@@ -828,7 +833,11 @@ async fn handle(
         parts.headers.remove(*name);
     }
     let req = Request::from_parts(parts, body);
-    match shared.upstreams.send(slot, (peer.ip(), orig), req).await {
+    match shared
+        .upstreams
+        .send(slot, (peer.ip(), src.1, orig), req)
+        .await
+    {
         Ok(resp) => {
             event(&shared.events, &seen, resp.status(), "forwarded");
             resp.map(|b| b.boxed())
