@@ -4,14 +4,14 @@
 //! - direct: port 8081, allowed at L3/L4 with no L7 rule (the datapath
 //!   only);
 //! - proxy: port 8080, allowed by an L7 rule (`GET /.*`), so every request
-//!   goes through the node's L7 proxy.
-//!
+//!   goes through the node's L7 proxy;
 //! - nginx hop: the same requests to port 8081 through nginx as a reverse
 //!   proxy (kept-alive upstream connections) on the client pod's loopback:
 //!   what one well-tuned userspace HTTP hop costs on this machine, without
 //!   policy. A reference, measured in the same run.
 //!
-//! At 1 and 64 connections: requests/s and p99 latency, and their ratios
+//! At 1 and 64 connections, three interleaved rounds of 4 s each, medians:
+//! requests/s and p99 latency, and their ratios
 //! (proxy / direct, nginx hop / direct, proxy / nginx hop). Targets: at
 //! least 60% of direct RPS, p99 under 2x. Writes JSON to
 //! `AXONEME_BENCH_OUT` (default target/bench/l7.json).
@@ -23,7 +23,21 @@ use anyhow::{bail, Context, Result};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
 
-const SECONDS: u32 = 5;
+const SECONDS: u32 = 4;
+/// Interleaved rounds per connection count.
+const ROUNDS: usize = 3;
+
+/// The median (rps, p99) of `runs`, each taken on its own.
+fn median(runs: &[(f64, f64)]) -> (f64, f64) {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (
+        mid(runs.iter().map(|r| r.0).collect()),
+        mid(runs.iter().map(|r| r.1).collect()),
+    )
+}
 
 const POLICY: &str = "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -119,12 +133,24 @@ fn main() -> Result<()> {
     )?);
     let mut rows = Vec::new();
     for connections in [1, 64] {
-        let direct = wrk(&client, &format!("http://{ip}:8081/"), connections)?;
-        let hop = wrk(&client, "http://127.0.0.1:8082/", connections)?;
-        let proxy = wrk(&client, &format!("http://{ip}:8080/"), connections)?;
+        // Rounds interleave the three paths, so a slow spell of the host
+        // hits all of them; the medians are compared.
+        let urls = [
+            format!("http://{ip}:8081/"),
+            "http://127.0.0.1:8082/".to_string(),
+            format!("http://{ip}:8080/"),
+        ];
+        let mut rounds: [Vec<(f64, f64)>; 3] = Default::default();
+        for _ in 0..ROUNDS {
+            for (url, runs) in urls.iter().zip(rounds.iter_mut()) {
+                runs.push(wrk(&client, url, connections)?);
+            }
+        }
+        let [direct, hop, proxy] = rounds.each_ref().map(|runs| median(runs));
         let (rps_ratio, p99_ratio) = (proxy.0 / direct.0, proxy.1 / direct.1);
         let row = json!({
             "connections": connections,
+            "rounds": {"direct": rounds[0], "nginx_hop": rounds[1], "proxy": rounds[2]},
             "direct": {"rps": direct.0, "p99_ms": direct.1},
             "nginx_hop": {"rps": hop.0, "p99_ms": hop.1},
             "proxy": {"rps": proxy.0, "p99_ms": proxy.1},
@@ -146,6 +172,8 @@ fn main() -> Result<()> {
     let report = json!({
         "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy; nginx hop: nginx reverse proxy on the client pod's loopback",
         "seconds_per_run": SECONDS,
+        "rounds": ROUNDS,
+        "figures": "medians over the rounds; rounds lists each run's (rps, p99_ms)",
         "runs": rows,
     });
     if let Some(dir) = out.parent() {
