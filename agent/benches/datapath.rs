@@ -7,7 +7,8 @@
 //!
 //! Per configuration: iperf3 throughput (one stream), TCP request/response
 //! latency over one connection (64 bytes, p50/p99), and connect + request +
-//! close latency (new connections: where per-rule costs show). The client
+//! close latency (new connections: where per-rule costs show); three
+//! rounds over all configurations, interleaved, medians reported. The client
 //! side runs on CPU 0 and the server side on CPU 1 (threads and iperf3
 //! pinned), so runs swing less.
 //! Writes JSON (with ratios against the bare veth) to `AXONEME_BENCH_OUT`.
@@ -34,6 +35,17 @@ const SERVER_ID: u32 = 2000;
 const RR_ROUNDS: usize = 5_000;
 const CRR_ROUNDS: usize = 1_000;
 const IPERF_SECONDS: &str = "3";
+/// Interleaved rounds over every configuration.
+const ROUNDS: usize = 3;
+/// The figures taken per run (their medians are reported).
+const METRICS: [&str; 6] = [
+    "gbit_per_s",
+    "rr_p50_us",
+    "rr_p99_us",
+    "crr_p50_us",
+    "crr_p99_us",
+    "crr_per_s",
+];
 
 /// The CPUs the client and the server side are pinned to (with fewer than
 /// two CPUs, nothing is pinned): fewer scheduler swings between runs.
@@ -269,44 +281,62 @@ fn main() -> Result<()> {
     )?;
     echo_server(&server)?;
 
-    let mut results = vec![measure("bare veth", &client, &server)?];
-    let skip_iptables = std::env::var_os("AXONEME_BENCH_SKIP_IPTABLES").is_some();
-    for &n in SIZES.iter().filter(|_| !skip_iptables) {
-        iptables(&node, &client, &server, n)?;
-        results.push(measure(&format!("iptables {n}"), &client, &server)?);
-        iptables_flush(&node)?;
-    }
-    let pins = PathBuf::from(PIN_ROOT).join(&prefix);
-    let mut dp = Datapath::load(&pins)?;
-    let outcome = (|| -> Result<()> {
-        let netns = node.ns.path();
-        for (pod, id, flags) in [
-            (&client, CLIENT_ID, 0),
-            (&server, SERVER_ID, endpoint_flags::INGRESS_ENFORCED),
-        ] {
-            let ifindex = dp.attach(&pod.host_if, Some(&netns))?;
-            dp.maps.set_endpoint(
-                ifindex,
-                EndpointInfo {
-                    endpoint_id: id,
-                    identity: id,
-                    flags,
-                    pad: [0; 3],
-                },
-            )?;
+    // Rounds interleave every configuration, so a slow spell of the host
+    // hits all of them; each figure is the median over the rounds.
+    let mut rounds: Vec<Vec<Value>> = Vec::new();
+    for round in 0..ROUNDS {
+        let mut runs = vec![measure("bare veth", &client, &server)?];
+        let skip_iptables = std::env::var_os("AXONEME_BENCH_SKIP_IPTABLES").is_some();
+        for &n in SIZES.iter().filter(|_| !skip_iptables) {
+            iptables(&node, &client, &server, n)?;
+            runs.push(measure(&format!("iptables {n}"), &client, &server)?);
+            iptables_flush(&node)?;
         }
-        for &n in SIZES {
-            program(&mut dp, &client, &server, n)?;
-            results.push(measure(&format!("axoneme {n}"), &client, &server)?);
+        let pins = PathBuf::from(PIN_ROOT).join(format!("{prefix}{round}"));
+        let mut dp = Datapath::load(&pins)?;
+        let outcome = (|| -> Result<()> {
+            let netns = node.ns.path();
+            for (pod, id, flags) in [
+                (&client, CLIENT_ID, 0),
+                (&server, SERVER_ID, endpoint_flags::INGRESS_ENFORCED),
+            ] {
+                let ifindex = dp.attach(&pod.host_if, Some(&netns))?;
+                dp.maps.set_endpoint(
+                    ifindex,
+                    EndpointInfo {
+                        endpoint_id: id,
+                        identity: id,
+                        flags,
+                        pad: [0; 3],
+                    },
+                )?;
+            }
+            for &n in SIZES {
+                program(&mut dp, &client, &server, n)?;
+                runs.push(measure(&format!("axoneme {n}"), &client, &server)?);
+            }
+            Ok(())
+        })();
+        for pod in [&client, &server] {
+            dp.detach(&pod.host_if, Some(&node.ns.path()));
         }
-        Ok(())
-    })();
-    for pod in [&client, &server] {
-        dp.detach(&pod.host_if, Some(&node.ns.path()));
+        drop(dp);
+        let _ = std::fs::remove_dir_all(&pins);
+        outcome?;
+        rounds.push(runs);
     }
-    let _ = std::fs::remove_dir_all(&pins);
-    outcome?;
-
+    let mut results: Vec<Value> = (0..rounds[0].len())
+        .map(|i| {
+            let runs: Vec<&Value> = rounds.iter().map(|r| &r[i]).collect();
+            let mut v = json!({ "config": runs[0]["config"], "rounds": runs });
+            for metric in METRICS {
+                let mut xs: Vec<f64> = runs.iter().filter_map(|r| r[metric].as_f64()).collect();
+                xs.sort_by(f64::total_cmp);
+                v[metric] = json!(xs.get(xs.len() / 2));
+            }
+            v
+        })
+        .collect();
     let bare = results[0].clone();
     let ratio = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0) / bare[k].as_f64().unwrap_or(1.0);
     for v in &mut results {
@@ -321,7 +351,8 @@ fn main() -> Result<()> {
     }
     let doc = json!({
         "runs": results,
-        "note": "same machine, same run; ratios against the bare veth",
+        "note": "same machine, same run; medians over interleaved rounds; ratios against the bare veth",
+        "rounds": ROUNDS,
         "pinned": pinning().then_some(json!({"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU})),
     });
     let out =
