@@ -35,7 +35,8 @@ const SERVER_ID: u32 = 2000;
 const RR_ROUNDS: usize = 5_000;
 const CRR_ROUNDS: usize = 1_000;
 const IPERF_SECONDS: &str = "3";
-/// Interleaved rounds over every configuration.
+/// Interleaved rounds over every configuration (`AXONEME_BENCH_ROUNDS`
+/// overrides).
 const ROUNDS: usize = 3;
 /// The figures taken per run (their medians are reported).
 const METRICS: [&str; 6] = [
@@ -284,7 +285,11 @@ fn main() -> Result<()> {
     // Rounds interleave every configuration, so a slow spell of the host
     // hits all of them; each figure is the median over the rounds.
     let mut rounds: Vec<Vec<Value>> = Vec::new();
-    for round in 0..ROUNDS {
+    let rounds_wanted = std::env::var("AXONEME_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
+    for round in 0..rounds_wanted {
         let mut runs = vec![measure("bare veth", &client, &server)?];
         let skip_iptables = std::env::var_os("AXONEME_BENCH_SKIP_IPTABLES").is_some();
         for &n in SIZES.iter().filter(|_| !skip_iptables) {
@@ -352,7 +357,7 @@ fn main() -> Result<()> {
     let doc = json!({
         "runs": results,
         "note": "same machine, same run; medians over interleaved rounds; ratios against the bare veth",
-        "rounds": ROUNDS,
+        "rounds": rounds_wanted,
         "pinned": pinning().then_some(json!({"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU})),
     });
     let out =

@@ -199,18 +199,23 @@ fn decide(
     dir: u8,
     flow: &mut Flow,
 ) -> Result<u16, ()> {
-    let peer_addr = if dir == direction::INGRESS {
-        &flow.saddr
-    } else {
-        &flow.daddr
+    // The peer's identity (an LPM lookup) is looked up only for packets
+    // that are not part of a tracked flow, or are dropped: a packet of an
+    // established flow costs one conntrack lookup.
+    let ids = |flow: &Flow| -> (u32, u32, u32) {
+        let peer_addr = if dir == direction::INGRESS {
+            &flow.saddr
+        } else {
+            &flow.daddr
+        };
+        let peer = ipcache_identity(flow.family, peer_addr);
+        if dir == direction::INGRESS {
+            (peer, peer, ep.identity)
+        } else {
+            (peer, ep.identity, peer)
+        }
     };
-    let peer = ipcache_identity(flow.family, peer_addr);
-    let (src_id, dst_id) = if dir == direction::INGRESS {
-        (peer, ep.identity)
-    } else {
-        (ep.identity, peer)
-    };
-    let fail = |flow: &Flow, reason: u8| {
+    let fail = |flow: &Flow, reason: u8, (_, src_id, dst_id): (u32, u32, u32)| {
         drop_event(
             ctx,
             ifindex,
@@ -226,7 +231,7 @@ fn decide(
     // A pod may only send from its own addresses (anti-spoofing): the
     // ipcache must map the source to the endpoint's identity.
     if dir == direction::EGRESS && ipcache_identity(flow.family, &flow.saddr) != ep.identity {
-        fail(flow, drop_reason::DROP_INVALID_SIP);
+        fail(flow, drop_reason::DROP_INVALID_SIP, ids(flow));
         return Err(());
     }
 
@@ -252,7 +257,7 @@ fn decide(
                     flow.policy_port = u16::from_be(ports.dport);
                 }
                 None => {
-                    fail(flow, drop_reason::DROP_FRAG_NOT_FOUND);
+                    fail(flow, drop_reason::DROP_FRAG_NOT_FOUND, ids(flow));
                     return Err(());
                 }
             }
@@ -277,6 +282,8 @@ fn decide(
     }
 
     // A new flow: the policy decides.
+    let known = ids(flow);
+    let (peer, src_id, dst_id) = known;
     let enforced = if dir == direction::INGRESS {
         ep.flags & endpoint_flags::INGRESS_ENFORCED != 0
     } else {
@@ -316,7 +323,7 @@ fn decide(
         ctx, ifindex, ep, dir, src_id, dst_id, flow, matched, outcome,
     );
     if !allowed {
-        fail(flow, reason);
+        fail(flow, reason, known);
         return Err(());
     }
     // ICMP errors are never the start of a flow.
@@ -332,7 +339,7 @@ fn decide(
             pad: 0,
         };
         if CT.insert(&key, &value, 0).is_err() {
-            fail(flow, drop_reason::DROP_CT_CREATE_FAILED);
+            fail(flow, drop_reason::DROP_CT_CREATE_FAILED, known);
             return Err(());
         }
     }
