@@ -289,9 +289,9 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS);
+    let skip_iptables = std::env::var_os("AXONEME_BENCH_SKIP_IPTABLES").is_some();
     for round in 0..rounds_wanted {
         let mut runs = vec![measure("bare veth", &client, &server)?];
-        let skip_iptables = std::env::var_os("AXONEME_BENCH_SKIP_IPTABLES").is_some();
         for &n in SIZES.iter().filter(|_| !skip_iptables) {
             iptables(&node, &client, &server, n)?;
             runs.push(measure(&format!("iptables {n}"), &client, &server)?);

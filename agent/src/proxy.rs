@@ -240,7 +240,7 @@ pub fn install_redirect(
 /// The rule (in `mangle PREROUTING`) that delivers the answers of the
 /// proxy's upstream connections, sent from the client's address, to the
 /// proxy's socket rather than forwarding them to the client.
-pub const SOCKET_RULE: [&str; 12] = [
+pub const SOCKET_RULE: [&str; 11] = [
     "-A",
     "AXONEME_PROXY",
     "-p",
@@ -252,7 +252,6 @@ pub const SOCKET_RULE: [&str; 12] = [
     "MARK",
     "--set-mark",
     "0x1/0x1",
-    "-w",
 ];
 
 /// Limits and timeouts.

@@ -130,19 +130,21 @@ fn setup(port: u16) -> Result<Setup> {
     );
     // Answers to the proxy's upstream connections (sent from the client's
     // address) go to the proxy, as the agent's rule makes them.
-    let mut socket_rule = vec!["iptables", "-t", "mangle", "-N", "AXONEME_PROXY"];
-    node.ns.command(&socket_rule).output()?;
-    socket_rule.truncate(3);
-    socket_rule.extend_from_slice(&["-A", "PREROUTING", "-j", "AXONEME_PROXY"]);
-    node.ns.command(&socket_rule).output()?;
-    socket_rule.truncate(3);
-    socket_rule.extend_from_slice(&proxy::SOCKET_RULE);
-    let out = node.ns.command(&socket_rule).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "iptables: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for rule in [
+        &["-N", "AXONEME_PROXY"][..],
+        &["-A", "PREROUTING", "-j", "AXONEME_PROXY"],
+        &proxy::SOCKET_RULE,
+    ] {
+        let out = node
+            .ns
+            .command(&[&["iptables", "-w", "-t", "mangle"][..], rule].concat())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "iptables {rule:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     let sockets = SocketFactory::new(Some(node.ns.path()));
     let listener = sockets.listener(port)?;
