@@ -6,15 +6,20 @@
 //! allowed peer, the real client's rule last, then DROP).
 //!
 //! Per configuration: iperf3 throughput (one stream), TCP request/response
-//! latency over one connection (64 bytes, p50/p99), and connect + request +
-//! close latency (new connections: where per-rule costs show); three
+//! latency over one connection (64 bytes, p50/p99), connect + request +
+//! close latency (new connections), and two CPU-bound packet rates that the
+//! sender's CPU alone pays for (the whole path runs in its softirq): small
+//! UDP datagrams on one established flow, and UDP datagrams that are each a
+//! new flow (where per-rule costs show, as in a DNS-like load). For
+//! Axoneme, the programs' own run time per packet from the kernel's BPF
+//! statistics (`BPF_ENABLE_STATS`, on only while it is measured). Three
 //! rounds over all configurations, interleaved, medians reported. The client
 //! side runs on CPU 0 and the server side on CPU 1 (threads and iperf3
 //! pinned), so runs swing less.
 //! Writes JSON (with ratios against the bare veth) to `AXONEME_BENCH_OUT`.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,12 +29,23 @@ use axoneme_agent::datapath::{policy_entry, Datapath, PIN_ROOT};
 use axoneme_bpf_common::{endpoint_flags, EndpointInfo, IpcacheValue};
 use axoneme_e2e::netns::{run, Node, Pod};
 use axoneme_identity::NumericIdentity;
-use axoneme_policy::compile::{Direction, Key, Verdict, PROTO_TCP};
+use axoneme_policy::compile::{Direction, Key, Verdict, PROTO_TCP, PROTO_UDP};
 use serde_json::{json, Value};
 
 const SIZES: &[u32] = &[1, 100, 1_000, 10_000];
 const RR_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
+const UDP_PORT: u16 = 7001;
+/// Datagrams of the established-flow rate test.
+const STREAM_PACKETS: usize = 200_000;
+/// New flows per new-flow rate test; each configuration size uses its own
+/// source-port block (starting at [`NEW_FLOW_PORT_BASE`]), so every
+/// datagram really is a new flow for Axoneme's conntrack too.
+const NEW_FLOWS: u16 = 15_000;
+const NEW_FLOW_PORT_BASE: u16 = 2_000;
+/// UDP payloads: `h` asks the sink for a reply (making the flow
+/// established for conntrack), anything else is only counted.
+const HELLO: u8 = b'h';
 const CLIENT_ID: u32 = 1000;
 const SERVER_ID: u32 = 2000;
 const RR_ROUNDS: usize = 5_000;
@@ -39,14 +55,20 @@ const IPERF_SECONDS: &str = "3";
 /// overrides).
 const ROUNDS: usize = 3;
 /// The figures taken per run (their medians are reported).
-const METRICS: [&str; 6] = [
+const METRICS: [&str; 10] = [
     "gbit_per_s",
     "rr_p50_us",
     "rr_p99_us",
     "crr_p50_us",
     "crr_p99_us",
     "crr_per_s",
+    "udp_pps",
+    "new_flows_per_s",
+    "bpf_from_container_ns",
+    "bpf_to_container_ns",
 ];
+/// Metrics where more is better (the others are times).
+const HIGHER_IS_BETTER: [&str; 4] = ["gbit_per_s", "crr_per_s", "udp_pps", "new_flows_per_s"];
 
 /// The CPUs the client and the server side are pinned to (with fewer than
 /// two CPUs, nothing is pinned): fewer scheduler swings between runs.
@@ -104,6 +126,148 @@ fn echo_server(server: &Pod) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// A UDP sink in the server pod: answers [`HELLO`] datagrams, drops the
+/// rest (they are counted at the pod's interface, see [`rx_packets`]).
+fn udp_sink(server: &Pod) -> Result<()> {
+    let sock = server
+        .ns
+        .enter(|| UdpSocket::bind(("0.0.0.0", UDP_PORT)))??;
+    std::thread::spawn(move || {
+        pin(SERVER_CPU);
+        let mut buf = [0u8; 64];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            if n > 0 && buf[0] == HELLO {
+                let _ = sock.send_to(&buf[..n], peer);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Packets received by the interfaces (not `lo`) of the namespace the
+/// calling thread is in.
+fn rx_packets() -> Result<u64> {
+    let dev = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+    let mut total = 0;
+    for line in dev.lines().skip(2) {
+        let Some((name, counters)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() != "lo" {
+            let rx: u64 = counters
+                .split_whitespace()
+                .nth(1)
+                .context("/proc/net/dev: no rx_packets column")?
+                .parse()?;
+            total += rx;
+        }
+    }
+    Ok(total)
+}
+
+/// Runs `send` (which returns how many datagrams it sent) in the client pod
+/// on the client CPU, and returns the rate at which datagrams reached the
+/// server pod (not merely left the client: a drop must not look fast).
+fn delivered_rate(
+    client: &Pod,
+    server: &Pod,
+    send: impl FnOnce() -> Result<usize> + Send,
+) -> Result<f64> {
+    let before = server.ns.enter(rx_packets)??;
+    let (sent, elapsed) = client.ns.enter(move || -> Result<(usize, Duration)> {
+        pin(CLIENT_CPU);
+        let t = Instant::now();
+        let sent = send()?;
+        Ok((sent, t.elapsed()))
+    })??;
+    std::thread::sleep(Duration::from_millis(50));
+    let delivered = server.ns.enter(rx_packets)?? - before;
+    ensure!(
+        delivered as f64 >= sent as f64 * 0.99,
+        "only {delivered} of {sent} datagrams reached the server"
+    );
+    Ok(delivered.min(sent as u64) as f64 / elapsed.as_secs_f64())
+}
+
+/// Small datagrams on one UDP flow that the server has answered once
+/// (established for every conntrack).
+fn udp_stream(client: &Pod, server: &Pod) -> Result<f64> {
+    let addr = SocketAddr::from((server.ip, UDP_PORT));
+    let sock = client.ns.enter(move || -> Result<UdpSocket> {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(addr)?;
+        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+        sock.send(&[HELLO; 18])?;
+        sock.recv(&mut [0u8; 64])
+            .context("no answer from the UDP sink")?;
+        Ok(sock)
+    })??;
+    delivered_rate(client, server, move || {
+        for _ in 0..STREAM_PACKETS {
+            sock.send(&[b'd'; 18])?;
+        }
+        Ok(STREAM_PACKETS)
+    })
+}
+
+/// [`NEW_FLOWS`] datagrams, each from its own source port in block
+/// `block`: every one a new flow (a raw socket writes the headers, so no
+/// socket per flow is needed).
+fn new_flows(client: &Pod, server: &Pod, block: u16) -> Result<f64> {
+    let (src, dst) = (client.ip, server.ip);
+    delivered_rate(client, server, move || {
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(255)), // IPPROTO_RAW: we write the IP header
+        )?;
+        let to = socket2::SockAddr::from(SocketAddrV4::new(dst, 0));
+        // IPv4 (the kernel fills in the length, id and checksum), UDP
+        // without a checksum, 10 bytes of payload.
+        let mut pkt = [0u8; 38];
+        pkt[0] = 0x45;
+        pkt[8] = 64;
+        pkt[9] = 17;
+        pkt[12..16].copy_from_slice(&src.octets());
+        pkt[16..20].copy_from_slice(&dst.octets());
+        pkt[22..24].copy_from_slice(&UDP_PORT.to_be_bytes());
+        pkt[24..26].copy_from_slice(&18u16.to_be_bytes());
+        pkt[28..].fill(b'n');
+        let first = NEW_FLOW_PORT_BASE + block * NEW_FLOWS;
+        for sport in first..first + NEW_FLOWS {
+            pkt[20..22].copy_from_slice(&sport.to_be_bytes());
+            sock.send_to(&pkt, &to)?;
+        }
+        Ok(usize::from(NEW_FLOWS))
+    })
+}
+
+/// The programs' own run time per packet on the established UDP flow, from
+/// the kernel's BPF statistics (enabled only for this measurement, so they
+/// cost nothing elsewhere).
+fn bpf_cost(dp: &Datapath, client: &Pod, server: &Pod) -> Result<Value> {
+    const PROGRAMS: [&str; 2] = ["axoneme_from_container", "axoneme_to_container"];
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    let sample = || -> Result<Vec<(Duration, u64)>> {
+        PROGRAMS
+            .iter()
+            .map(|name| {
+                let info = dp.program(name)?.info()?;
+                Ok((info.run_time(), info.run_count()))
+            })
+            .collect()
+    };
+    let before = sample()?;
+    udp_stream(client, server)?;
+    let after = sample()?;
+    drop(stats);
+    let ns = |i: usize| {
+        let runs = after[i].1.saturating_sub(before[i].1).max(1);
+        after[i].0.saturating_sub(before[i].0).as_nanos() as f64 / runs as f64
+    };
+    Ok(json!({ "bpf_from_container_ns": ns(0), "bpf_to_container_ns": ns(1) }))
 }
 
 /// Round trips over one connection, then connect+request+close rounds.
@@ -185,10 +349,13 @@ fn iperf(client: &Pod, server: &Pod) -> Result<f64> {
         .context("iperf3 JSON without end.sum_received")
 }
 
-fn measure(name: &str, client: &Pod, server: &Pod) -> Result<Value> {
+/// Every figure of one configuration; `block` is its new-flow port block.
+fn measure(name: &str, client: &Pod, server: &Pod, block: u16) -> Result<Value> {
     let gbps = iperf(client, server)?;
     let mut v = latency(client, server.ip)?;
     v["gbit_per_s"] = json!(gbps);
+    v["udp_pps"] = json!(udp_stream(client, server)?);
+    v["new_flows_per_s"] = json!(new_flows(client, server, block)?);
     v["config"] = json!(name);
     eprintln!("{name}: {v}");
     Ok(v)
@@ -203,22 +370,27 @@ fn filler_ip(i: u32) -> Ipv4Addr {
     )
 }
 
+/// The same policy as iptables rules: established flows first, then one
+/// chain per protocol with one rule per allowed peer (the real client's
+/// last, the worst position), then DROP.
 fn iptables(node: &Node, client: &Pod, server: &Pod, n: u32) -> Result<()> {
-    let mut rules = String::from("*filter\n:FORWARD ACCEPT [0:0]\n-F FORWARD\n");
+    let mut rules =
+        String::from("*filter\n:FORWARD ACCEPT [0:0]\n:AXB-TCP - [0:0]\n:AXB-UDP - [0:0]\n");
     rules.push_str("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
-    let ports = format!("{RR_PORT},{IPERF_PORT}");
-    for i in 0..n.saturating_sub(1) {
+    rules.push_str("-A FORWARD -p tcp -j AXB-TCP\n-A FORWARD -p udp -j AXB-UDP\n");
+    rules.push_str(&format!("-A FORWARD -d {}/32 -j DROP\n", server.ip));
+    let peers = (0..n.saturating_sub(1)).map(filler_ip).chain([client.ip]);
+    for peer in peers {
         rules.push_str(&format!(
-            "-A FORWARD -s {}/32 -d {}/32 -p tcp -m multiport --dports {ports} -j ACCEPT\n",
-            filler_ip(i),
+            "-A AXB-TCP -s {peer}/32 -d {}/32 -p tcp -m multiport --dports {RR_PORT},{IPERF_PORT} -j ACCEPT\n",
+            server.ip
+        ));
+        rules.push_str(&format!(
+            "-A AXB-UDP -s {peer}/32 -d {}/32 -p udp --dport {UDP_PORT} -j ACCEPT\n",
             server.ip
         ));
     }
-    rules.push_str(&format!(
-        "-A FORWARD -s {}/32 -d {}/32 -p tcp -m multiport --dports {ports} -j ACCEPT\n",
-        client.ip, server.ip
-    ));
-    rules.push_str(&format!("-A FORWARD -d {}/32 -j DROP\nCOMMIT\n", server.ip));
+    rules.push_str("COMMIT\n");
     let mut child = node
         .ns
         .command(&["iptables-restore"])
@@ -227,12 +399,18 @@ fn iptables(node: &Node, client: &Pod, server: &Pod, n: u32) -> Result<()> {
         .context("iptables-restore (cargo xtask setup installs iptables)")?;
     child.stdin.take().unwrap().write_all(rules.as_bytes())?;
     ensure!(child.wait()?.success(), "iptables-restore failed");
+    // Unanswered UDP entries (the new-flow test's) expire before the next
+    // round reuses their ports, so each datagram is a new flow there too.
+    node.ns
+        .sysctl("net.netfilter.nf_conntrack_udp_timeout", "5")?;
     Ok(())
 }
 
 fn iptables_flush(node: &Node) -> Result<()> {
     let ns = node.ns.name.clone();
-    run(&["ip", "netns", "exec", &ns, "iptables", "-F", "FORWARD"])?;
+    for op in ["-F", "-X"] {
+        run(&["ip", "netns", "exec", &ns, "iptables", op])?;
+    }
     Ok(())
 }
 
@@ -253,10 +431,14 @@ fn program(dp: &mut Datapath, client: &Pod, server: &Pod, n: u32) -> Result<()> 
         .map(|i| 3000 + i)
         .chain([CLIENT_ID])
     {
-        for port in [RR_PORT, IPERF_PORT] {
+        for (protocol, port) in [
+            (PROTO_TCP, RR_PORT),
+            (PROTO_TCP, IPERF_PORT),
+            (PROTO_UDP, UDP_PORT),
+        ] {
             let key = Key {
                 identity: NumericIdentity(peer),
-                protocol: PROTO_TCP,
+                protocol,
                 port,
                 prefix: 16,
             };
@@ -281,6 +463,7 @@ fn main() -> Result<()> {
         Ipv4Addr::new(10, 88, 0, 2),
     )?;
     echo_server(&server)?;
+    udp_sink(&server)?;
 
     // Rounds interleave every configuration, so a slow spell of the host
     // hits all of them; each figure is the median over the rounds.
@@ -291,10 +474,10 @@ fn main() -> Result<()> {
         .unwrap_or(ROUNDS);
     let skip_iptables = std::env::var_os("AXONEME_BENCH_SKIP_IPTABLES").is_some();
     for round in 0..rounds_wanted {
-        let mut runs = vec![measure("bare veth", &client, &server)?];
-        for &n in SIZES.iter().filter(|_| !skip_iptables) {
+        let mut runs = vec![measure("bare veth", &client, &server, 0)?];
+        for (block, &n) in (0..).zip(SIZES).filter(|_| !skip_iptables) {
             iptables(&node, &client, &server, n)?;
-            runs.push(measure(&format!("iptables {n}"), &client, &server)?);
+            runs.push(measure(&format!("iptables {n}"), &client, &server, block)?);
             iptables_flush(&node)?;
         }
         let pins = PathBuf::from(PIN_ROOT).join(format!("{prefix}{round}"));
@@ -308,17 +491,18 @@ fn main() -> Result<()> {
                 let ifindex = dp.attach(&pod.host_if, Some(&netns))?;
                 dp.maps.set_endpoint(
                     ifindex,
-                    EndpointInfo {
-                        endpoint_id: id,
-                        identity: id,
-                        flags,
-                        pad: [0; 3],
-                    },
+                    EndpointInfo::new(id, id, flags, &[pod.ip.into(), pod.ip6.into()]),
                 )?;
             }
-            for &n in SIZES {
+            for (block, &n) in (0..).zip(SIZES) {
                 program(&mut dp, &client, &server, n)?;
-                runs.push(measure(&format!("axoneme {n}"), &client, &server)?);
+                let mut v = measure(&format!("axoneme {n}"), &client, &server, block)?;
+                let cost = bpf_cost(&dp, &client, &server)?;
+                eprintln!("axoneme {n}: programs per packet {cost}");
+                for (k, x) in cost.as_object().into_iter().flatten() {
+                    v[k] = x.clone();
+                }
+                runs.push(v);
             }
             Ok(())
         })();
@@ -343,20 +527,45 @@ fn main() -> Result<()> {
         })
         .collect();
     let bare = results[0].clone();
-    let ratio = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0) / bare[k].as_f64().unwrap_or(1.0);
+    let by_name: std::collections::HashMap<String, Value> = results
+        .iter()
+        .map(|v| {
+            (
+                v["config"].as_str().unwrap_or_default().to_string(),
+                v.clone(),
+            )
+        })
+        .collect();
+    let get = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    // How many times better `v` is than `base` on metric `k`.
+    let better = |v: &Value, base: &Value, k: &str| {
+        if HIGHER_IS_BETTER.contains(&k) {
+            get(v, k) / get(base, k)
+        } else {
+            get(base, k) / get(v, k)
+        }
+    };
     for v in &mut results {
-        let r = json!({
-            "throughput": ratio(v, "gbit_per_s"),
-            "rr_p50": ratio(v, "rr_p50_us"),
-            "rr_p99": ratio(v, "rr_p99_us"),
-            "crr_p50": ratio(v, "crr_p50_us"),
-            "crr_p99": ratio(v, "crr_p99_us"),
-        });
-        v["vs_bare"] = r;
+        let config = v["config"].as_str().unwrap_or_default().to_string();
+        let measured = METRICS.iter().filter(|k| !k.starts_with("bpf_"));
+        v["vs_bare"] = measured
+            .clone()
+            .map(|k| (k.to_string(), json!(get(v, k) / get(&bare, k))))
+            .collect();
+        if let Some(n) = config.strip_prefix("axoneme ") {
+            if let Some(ipt) = by_name.get(&format!("iptables {n}")) {
+                v["times_better_than_iptables"] = measured
+                    .map(|k| (k.to_string(), json!(better(v, ipt, k))))
+                    .collect();
+            }
+            // The programs' share of a bare packet's path (both veths).
+            let programs_ns = get(v, "bpf_from_container_ns") + get(v, "bpf_to_container_ns");
+            v["programs_share_of_bare_packet"] = json!(programs_ns * get(&bare, "udp_pps") / 1e9);
+        }
     }
     let doc = json!({
         "runs": results,
-        "note": "same machine, same run; medians over interleaved rounds; ratios against the bare veth",
+        "note": "same machine, same run; medians over interleaved rounds; vs_bare: value / bare value; times_better_than_iptables: >1 favours Axoneme",
         "rounds": rounds_wanted,
         "pinned": pinning().then_some(json!({"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU})),
     });

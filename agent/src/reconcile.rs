@@ -328,12 +328,7 @@ impl Reconciler {
                     flags |= endpoint_flags::EGRESS_ENFORCED;
                 }
             }
-            let info = EndpointInfo {
-                endpoint_id: id.0,
-                identity: id.0,
-                flags,
-                pad: [0; 3],
-            };
+            let info = EndpointInfo::new(id.0, id.0, flags, &ep.addresses);
             endpoints.insert(ifindex, info);
             programmed.insert(
                 ep.name.clone(),

@@ -46,12 +46,7 @@ fn setup(flags: u8) -> TestDatapath {
     m.set_event_rate(1_000_000, 1_000_000).unwrap();
     m.set_endpoint(
         1,
-        EndpointInfo {
-            endpoint_id: A_ID,
-            identity: A_ID,
-            flags,
-            pad: [0; 3],
-        },
+        EndpointInfo::new(A_ID, A_ID, flags, &[A4.into(), a6().into()]),
     )
     .unwrap();
     let id = |identity| IpcacheValue {
@@ -61,6 +56,8 @@ fn setup(flags: u8) -> TestDatapath {
     for (net, identity) in [
         ("10.0.0.1/32", A_ID),
         ("10.0.0.2/32", B_ID),
+        // Another pod of A's identity.
+        ("10.0.0.3/32", A_ID),
         ("10.0.1.0/24", 3000),
         ("fd00::1/128", A_ID),
         ("fd00::2/128", B_ID),
@@ -491,9 +488,14 @@ fn events_are_rate_limited() {
 #[test]
 fn a_pod_cannot_send_from_another_address() {
     let mut dp = setup(0);
-    // Pod A claiming B's address, or an address nobody has: dropped (132)
-    // even with nothing enforced; its own address passes.
-    for (src, what) in [(B4, "B's address"), (WORLD4, "an unknown address")] {
+    // Pod A claiming B's address, an address nobody has, or the address of
+    // another pod of its own identity: dropped (132) even with nothing
+    // enforced; its own address passes.
+    for (src, what) in [
+        (B4, "B's address"),
+        (WORLD4, "an unknown address"),
+        ([10, 0, 0, 3], "a same-identity pod's address"),
+    ] {
         let spoofed = ipv4(src, NET3, IPPROTO_TCP, &tcp(1, 80, TCP_SYN), 0x4000, 20);
         let (action, events) = send(&mut dp, FROM_CONTAINER, &spoofed);
         assert_eq!(action, TC_ACT_SHOT, "{what}");
@@ -509,6 +511,22 @@ fn a_pod_cannot_send_from_another_address() {
     b[15] = 9;
     let spoofed6 = ipv6(b, b6(), IPPROTO_TCP, &tcp(1, 80, TCP_SYN));
     assert_eq!(send(&mut dp, FROM_CONTAINER, &spoofed6).0, TC_ACT_SHOT);
+    let own6 = ipv6(a6(), b6(), IPPROTO_TCP, &tcp(1, 80, TCP_SYN));
+    assert_eq!(send(&mut dp, FROM_CONTAINER, &own6).0, TC_ACT_OK);
+    // An endpoint without an address of a family owns none of it (not ::).
+    dp.maps
+        .set_endpoint(1, EndpointInfo::new(A_ID, A_ID, 0, &[A4.into()]))
+        .unwrap();
+    assert_eq!(send(&mut dp, FROM_CONTAINER, &own6).0, TC_ACT_SHOT);
+    let unspecified = ipv6([0; 16], b6(), IPPROTO_TCP, &tcp(1, 80, TCP_SYN));
+    assert_eq!(send(&mut dp, FROM_CONTAINER, &unspecified).0, TC_ACT_SHOT);
+    dp.maps
+        .set_endpoint(
+            1,
+            EndpointInfo::new(A_ID, A_ID, 0, &[A4.into(), a6().into()]),
+        )
+        .unwrap();
+    dp.maps.drain_events();
     // Link control from the pod's link-local address (not in the ipcache)
     // passes without an event: MLDv2 reports (143) and neighbour
     // solicitations (135). Anything else from it is spoofing.

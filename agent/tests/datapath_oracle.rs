@@ -95,14 +95,9 @@ fn check(
                 dp.maps.set_policy(&k, v).unwrap();
             }
         }
-        let info = EndpointInfo {
-            endpoint_id: subject.0,
-            identity: subject.0,
-            flags,
-            pad: [0; 3],
-        };
-        dp.maps.set_endpoint(1, info).unwrap();
         let me = addr[&subject];
+        let info = EndpointInfo::new(subject.0, subject.0, flags, &[me.into()]);
+        dp.maps.set_endpoint(1, info).unwrap();
         for (&peer, &peer_addr) in &addr {
             for dir in [Direction::Ingress, Direction::Egress] {
                 for &proto in PROTOS {

@@ -17,6 +17,8 @@
 #![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
 #![cfg_attr(feature = "user", deny(unsafe_code))]
 
+use core::net::IpAddr;
+
 /// Traffic direction, as seen from the endpoint (Cilium's `TRAFFIC_DIRECTION`).
 pub mod direction {
     /// Traffic entering the endpoint.
@@ -215,6 +217,32 @@ pub struct EndpointInfo {
     /// Bit set of [`endpoint_flags`].
     pub flags: u8,
     pub pad: [u8; 3],
+    /// The endpoint's IPv4 address (all zeros: none): the only IPv4 source
+    /// its packets may carry (anti-spoofing).
+    pub ipv4: [u8; 4],
+    /// The endpoint's IPv6 address (all zeros: none), likewise.
+    pub ipv6: [u8; 16],
+}
+
+impl EndpointInfo {
+    /// An endpoint with its addresses: the first of each family counts; a
+    /// packet from any other address is dropped as spoofed (fail closed;
+    /// an endpoint gets one address per pool).
+    pub fn new(endpoint_id: u32, identity: u32, flags: u8, addresses: &[IpAddr]) -> Self {
+        let mut info = EndpointInfo {
+            endpoint_id,
+            identity,
+            flags,
+            ..EndpointInfo::default()
+        };
+        for addr in addresses.iter().rev() {
+            match addr {
+                IpAddr::V4(a) => info.ipv4 = a.octets(),
+                IpAddr::V6(a) => info.ipv6 = a.octets(),
+            }
+        }
+        info
+    }
 }
 
 /// Data of a policy LPM key: Cilium's `{identity, direction, proto, dport}`
@@ -469,7 +497,7 @@ impl Event {
 
 const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 20);
 const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 12);
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 12);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 // LPM tries store the value right after the key data: a key of a multiple of
 // 8 bytes keeps the policy value's atomic counters 8-byte aligned (see `pad`).

@@ -31,7 +31,7 @@ use axoneme_bpf_common::{
 };
 use aya_ebpf::{
     bindings::BPF_F_INGRESS,
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
@@ -228,9 +228,9 @@ fn decide(
         );
     };
 
-    // A pod may only send from its own addresses (anti-spoofing): the
-    // ipcache must map the source to the endpoint's identity.
-    if dir == direction::EGRESS && ipcache_identity(flow.family, &flow.saddr) != ep.identity {
+    // A pod may only send from its own addresses (anti-spoofing; not even
+    // from another address of its identity).
+    if dir == direction::EGRESS && !own_source(ep, flow) {
         fail(flow, drop_reason::DROP_INVALID_SIP, ids(flow));
         return Err(());
     }
@@ -264,7 +264,10 @@ fn decide(
         }
     }
 
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Conntrack lifetimes are in seconds: the coarse clock (the same
+    // CLOCK_MONOTONIC, at tick resolution) is precise enough and skips a
+    // clock-source read per packet.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let len = u64::from(ctx.len());
     if flow.icmp == Icmp::Error && related(flow, ep.endpoint_id, dir, now) {
         return Ok(0);
@@ -459,6 +462,19 @@ fn related(flow: &Flow, endpoint_id: u32, dir: u8, now: u64) -> bool {
         }
     }
     false
+}
+
+/// Whether the packet's source is the endpoint's own address of its family
+/// (an endpoint without one owns none).
+#[inline(always)]
+fn own_source(ep: &EndpointInfo, flow: &Flow) -> bool {
+    if flow.family == family::IPV4 {
+        let mut src = [0u8; 4];
+        src.copy_from_slice(&flow.saddr[..4]);
+        ep.ipv4 != [0; 4] && src == ep.ipv4
+    } else {
+        ep.ipv6 != [0; 16] && flow.saddr == ep.ipv6
+    }
 }
 
 #[inline(always)]
