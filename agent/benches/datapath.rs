@@ -46,6 +46,10 @@ const NEW_FLOW_PORT_BASE: u16 = 2_000;
 /// UDP payloads: `h` asks the sink for a reply (making the flow
 /// established for conntrack), anything else is only counted.
 const HELLO: u8 = b'h';
+/// Block pairs of the paired comparison, and each block's size.
+const PAIRS: usize = 21;
+const PAIR_UDP_BLOCK: usize = 20_000;
+const PAIR_RR_BLOCK: usize = 500;
 const CLIENT_ID: u32 = 1000;
 const SERVER_ID: u32 = 2000;
 const RR_ROUNDS: usize = 5_000;
@@ -55,7 +59,7 @@ const IPERF_SECONDS: &str = "3";
 /// overrides).
 const ROUNDS: usize = 3;
 /// The figures taken per run (their medians are reported).
-const METRICS: [&str; 10] = [
+const METRICS: [&str; 12] = [
     "gbit_per_s",
     "rr_p50_us",
     "rr_p99_us",
@@ -66,6 +70,8 @@ const METRICS: [&str; 10] = [
     "new_flows_per_s",
     "bpf_from_container_ns",
     "bpf_to_container_ns",
+    "paired_udp_pps_ratio",
+    "paired_rr_p50_ratio",
 ];
 /// Metrics where more is better (the others are times).
 const HIGHER_IS_BETTER: [&str; 4] = ["gbit_per_s", "crr_per_s", "udp_pps", "new_flows_per_s"];
@@ -194,8 +200,15 @@ fn delivered_rate(
 /// Small datagrams on one UDP flow that the server has answered once
 /// (established for every conntrack).
 fn udp_stream(client: &Pod, server: &Pod) -> Result<f64> {
+    let sock = udp_flow(client, server)?;
+    delivered_rate(client, server, move || blast(&sock, STREAM_PACKETS))
+}
+
+/// A UDP socket in the client pod, connected to the server's sink, whose
+/// flow the sink has answered once.
+fn udp_flow(client: &Pod, server: &Pod) -> Result<UdpSocket> {
     let addr = SocketAddr::from((server.ip, UDP_PORT));
-    let sock = client.ns.enter(move || -> Result<UdpSocket> {
+    client.ns.enter(move || -> Result<UdpSocket> {
         let sock = UdpSocket::bind("0.0.0.0:0")?;
         sock.connect(addr)?;
         sock.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -203,13 +216,78 @@ fn udp_stream(client: &Pod, server: &Pod) -> Result<f64> {
         sock.recv(&mut [0u8; 64])
             .context("no answer from the UDP sink")?;
         Ok(sock)
-    })??;
-    delivered_rate(client, server, move || {
-        for _ in 0..STREAM_PACKETS {
-            sock.send(&[b'd'; 18])?;
-        }
-        Ok(STREAM_PACKETS)
-    })
+    })?
+}
+
+/// Sends `n` small datagrams on `sock`.
+fn blast(sock: &UdpSocket, n: usize) -> Result<usize> {
+    for _ in 0..n {
+        sock.send(&[b'd'; 18])?;
+    }
+    Ok(n)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Axoneme against the bare veth with the host's swings taken out: a
+/// second, never-attached client/server pair on the same node, and short
+/// blocks alternating between the two pairs (order swapped every pair), so
+/// both sides of each ratio ran within milliseconds of each other. Returns
+/// the medians of the per-block ratios (Axoneme / bare) of the small-UDP
+/// packet rate and of the round-trip p50.
+fn paired(ax: (&Pod, &Pod), bare: (&Pod, &Pod)) -> Result<Value> {
+    let udp = [udp_flow(ax.0, ax.1)?, udp_flow(bare.0, bare.1)?];
+    let mut tcp = Vec::new();
+    for (client, server) in [ax, bare] {
+        let addr = SocketAddr::from((server.ip, RR_PORT));
+        tcp.push(client.ns.enter(move || -> Result<TcpStream> {
+            let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            conn.set_nodelay(true)?;
+            Ok(conn)
+        })??);
+    }
+    let rx =
+        || -> Result<[u64; 2]> { Ok([ax.1.ns.enter(rx_packets)??, bare.1.ns.enter(rx_packets)??]) };
+    let before = rx()?;
+    let (udp_ratios, rr_ratios) = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(Vec<f64>, Vec<f64>)> {
+            pin(CLIENT_CPU);
+            let (mut udp_ratios, mut rr_ratios) = (Vec::new(), Vec::new());
+            for pair in 0..PAIRS {
+                let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+                let (mut pps, mut rr) = ([0f64; 2], [0f64; 2]);
+                for i in order {
+                    let t = Instant::now();
+                    blast(&udp[i], PAIR_UDP_BLOCK)?;
+                    pps[i] = PAIR_UDP_BLOCK as f64 / t.elapsed().as_secs_f64();
+                    rr[i] = percentile(round_trips(&mut tcp[i], PAIR_RR_BLOCK)?, 500);
+                }
+                udp_ratios.push(pps[0] / pps[1]);
+                rr_ratios.push(rr[0] / rr[1]);
+            }
+            Ok((udp_ratios, rr_ratios))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("paired measurement panicked"))?
+    })?;
+    std::thread::sleep(Duration::from_millis(50));
+    let after = rx()?;
+    // Every datagram arrived, on both sides (the round trips add more).
+    let sent = (PAIRS * PAIR_UDP_BLOCK) as u64;
+    for (side, (b, a)) in ["axoneme", "bare"].iter().zip(before.iter().zip(after)) {
+        ensure!(
+            a - b >= sent * 99 / 100,
+            "{side} pair: {} of {sent} datagrams arrived",
+            a - b
+        );
+    }
+    Ok(json!({
+        "paired_udp_pps_ratio": median(udp_ratios),
+        "paired_rr_p50_ratio": median(rr_ratios),
+    }))
 }
 
 /// [`NEW_FLOWS`] datagrams, each from its own source port in block
@@ -270,6 +348,19 @@ fn bpf_cost(dp: &Datapath, client: &Pod, server: &Pod) -> Result<Value> {
     Ok(json!({ "bpf_from_container_ns": ns(0), "bpf_to_container_ns": ns(1) }))
 }
 
+/// `n` 64-byte round trips over `conn`, each timed.
+fn round_trips(conn: &mut TcpStream, n: usize) -> Result<Vec<Duration>> {
+    let mut buf = [7u8; 64];
+    let mut rr = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        conn.write_all(&buf)?;
+        conn.read_exact(&mut buf)?;
+        rr.push(t.elapsed());
+    }
+    Ok(rr)
+}
+
 /// Round trips over one connection, then connect+request+close rounds.
 fn latency(client: &Pod, server: Ipv4Addr) -> Result<Value> {
     client.ns.enter(move || -> Result<Value> {
@@ -277,14 +368,8 @@ fn latency(client: &Pod, server: Ipv4Addr) -> Result<Value> {
         let addr = SocketAddr::from((server, RR_PORT));
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         conn.set_nodelay(true)?;
+        let rr = round_trips(&mut conn, RR_ROUNDS)?;
         let mut buf = [7u8; 64];
-        let mut rr = Vec::with_capacity(RR_ROUNDS);
-        for _ in 0..RR_ROUNDS {
-            let t = Instant::now();
-            conn.write_all(&buf)?;
-            conn.read_exact(&mut buf)?;
-            rr.push(t.elapsed());
-        }
         let mut crr = Vec::with_capacity(CRR_ROUNDS);
         let started = Instant::now();
         for _ in 0..CRR_ROUNDS {
@@ -462,8 +547,21 @@ fn main() -> Result<()> {
         &format!("{prefix}sh"),
         Ipv4Addr::new(10, 88, 0, 2),
     )?;
-    echo_server(&server)?;
-    udp_sink(&server)?;
+    // The never-attached pair of the paired comparison.
+    let bare_client = node.add_pod(
+        &format!("{prefix}c2"),
+        &format!("{prefix}c2h"),
+        Ipv4Addr::new(10, 88, 0, 3),
+    )?;
+    let bare_server = node.add_pod(
+        &format!("{prefix}s2"),
+        &format!("{prefix}s2h"),
+        Ipv4Addr::new(10, 88, 0, 4),
+    )?;
+    for s in [&server, &bare_server] {
+        echo_server(s)?;
+        udp_sink(s)?;
+    }
 
     // Rounds interleave every configuration, so a slow spell of the host
     // hits all of them; each figure is the median over the rounds.
@@ -498,8 +596,9 @@ fn main() -> Result<()> {
                 program(&mut dp, &client, &server, n)?;
                 let mut v = measure(&format!("axoneme {n}"), &client, &server, block)?;
                 let cost = bpf_cost(&dp, &client, &server)?;
-                eprintln!("axoneme {n}: programs per packet {cost}");
-                for (k, x) in cost.as_object().into_iter().flatten() {
+                let pair = paired((&client, &server), (&bare_client, &bare_server))?;
+                eprintln!("axoneme {n}: programs per packet {cost}, paired with bare {pair}");
+                for (k, x) in [cost, pair].iter().filter_map(Value::as_object).flatten() {
                     v[k] = x.clone();
                 }
                 runs.push(v);
@@ -547,7 +646,9 @@ fn main() -> Result<()> {
     };
     for v in &mut results {
         let config = v["config"].as_str().unwrap_or_default().to_string();
-        let measured = METRICS.iter().filter(|k| !k.starts_with("bpf_"));
+        let measured = METRICS
+            .iter()
+            .filter(|k| !k.starts_with("bpf_") && !k.starts_with("paired_"));
         v["vs_bare"] = measured
             .clone()
             .map(|k| (k.to_string(), json!(get(v, k) / get(&bare, k))))

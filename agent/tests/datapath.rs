@@ -626,3 +626,31 @@ fn egress_l7_flows_go_to_the_proxy_from_the_source_pod() {
     assert_eq!(action, TC_ACT_SHOT);
     assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
 }
+
+/// The programs copy and clear keys with plain loads and stores: no call to
+/// the byte-by-byte `memset`/`memmove`/`memcpy`/`memcmp`/`bcmp` that
+/// bpf-linker exports (with LLVM's in-order memcpy expansion they were
+/// called on every packet; see docs/architecture.md, "eBPF toolchain").
+#[test]
+fn programs_call_no_memory_builtins() {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+    let file = object::File::parse(axoneme_agent::datapath::Datapath::object()).unwrap();
+    let mut calls = Vec::new();
+    let mut programs = 0;
+    for section in file.sections() {
+        if section.name() != Ok("classifier") {
+            continue;
+        }
+        programs += 1;
+        for (_, reloc) in section.relocations() {
+            if let RelocationTarget::Symbol(i) = reloc.target() {
+                let name = file.symbol_by_index(i).unwrap().name().unwrap();
+                if ["memset", "memmove", "memcpy", "memcmp", "bcmp"].contains(&name) {
+                    calls.push(name.to_string());
+                }
+            }
+        }
+    }
+    assert_eq!(programs, 1, "one `classifier` section holds the programs");
+    assert!(calls.is_empty(), "calls to memory builtins: {calls:?}");
+}

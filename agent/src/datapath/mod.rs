@@ -155,6 +155,11 @@ impl Datapath {
         &self.pin_dir
     }
 
+    /// The embedded eBPF object (ELF), as built by `cargo xtask build-bpf`.
+    pub fn object() -> &'static [u8] {
+        BPF_OBJECT
+    }
+
     /// A loaded SCHED_CLS program by name.
     pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, DatapathError> {
         self.ebpf
