@@ -12,9 +12,9 @@ mod support;
 
 use axoneme_agent::datapath::{policy_entry, FROM_CONTAINER, TO_CONTAINER};
 use axoneme_bpf_common::{
-    drop_reason, endpoint_flags, event_kind, match_type, tc_action::TC_ACT_OK,
-    tc_action::TC_ACT_REDIRECT, tc_action::TC_ACT_SHOT, verdict as ev, EndpointInfo, Event,
-    IpcacheValue,
+    ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type,
+    tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT, tc_action::TC_ACT_SHOT, verdict as ev, CtKey,
+    CtValue, EndpointInfo, Event, IpcacheValue,
 };
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Direction, Key, Verdict};
@@ -314,6 +314,57 @@ fn icmp_errors_about_a_tracked_flow_are_related() {
     let (action, events) = send(&mut dp, TO_CONTAINER, &forged);
     assert_eq!(action, TC_ACT_SHOT);
     assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+}
+
+#[test]
+fn an_expired_entry_does_not_hide_a_live_reply_flow() {
+    let mut dp = setup(BOTH);
+    // What an old flow A:6000 → B:5000 leaves behind: an expired entry.
+    let addr = |a: [u8; 4]| {
+        let mut x = [0u8; 16];
+        x[..4].copy_from_slice(&a);
+        x
+    };
+    let old = CtKey {
+        saddr: addr(A4),
+        daddr: addr(B4),
+        sport: 6000u16.to_be(),
+        dport: 5000u16.to_be(),
+        endpoint_id: A_ID,
+        protocol: IPPROTO_UDP,
+        direction: direction::EGRESS,
+        family: family::IPV4,
+        pad: 0,
+    };
+    let expired = CtValue {
+        expires_ns: 1,
+        ..CtValue::default()
+    };
+    dp.maps.set_ct(&old, expired).unwrap();
+    // B now starts the reverse flow, which ingress allows; egress allows
+    // nothing, so A's answers pass only as replies of B's flow, even though
+    // the expired entry matches them as original-direction packets.
+    allow(
+        &mut dp,
+        Direction::Ingress,
+        key(B_ID, IPPROTO_UDP, 6000, 16),
+    );
+    let from_b = ipv4(B4, A4, IPPROTO_UDP, &udp(5000, 6000, b"hi"), 0, 30);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &from_b).0, TC_ACT_OK);
+    let answer = ipv4(A4, B4, IPPROTO_UDP, &udp(6000, 5000, b"hello"), 0, 31);
+    let (action, events) = send(&mut dp, FROM_CONTAINER, &answer);
+    assert_eq!(action, TC_ACT_OK, "{events:?}");
+    assert!(events.is_empty(), "a reply is no new flow: {events:?}");
+    // The live entry saw the reply; the expired one stayed expired.
+    let ct = dp.maps.ct_entries().unwrap();
+    let live = ct
+        .iter()
+        .find(|(k, _)| k.direction == direction::INGRESS)
+        .unwrap();
+    assert_eq!(live.1.packets, 2);
+    assert_ne!(live.1.flags & ct_flags::SEEN_REPLY, 0);
+    let stale = ct.iter().find(|(k, _)| *k == old).unwrap();
+    assert_eq!(stale.1.expires_ns, 1);
 }
 
 #[test]

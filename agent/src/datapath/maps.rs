@@ -240,6 +240,13 @@ impl Maps {
             .map_err(|source| map_error(CT, "iterate", source))
     }
 
+    /// Writes one conntrack entry (tests and tools: to age an entry).
+    pub fn set_ct(&mut self, key: &CtKey, value: CtValue) -> Result<(), DatapathError> {
+        self.ct
+            .insert(key, value, 0)
+            .map_err(|source| map_error(CT, "insert", source))
+    }
+
     /// Empties the conntrack table.
     pub fn clear_ct(&mut self) -> Result<(), DatapathError> {
         let keys: Vec<CtKey> = self

@@ -380,7 +380,7 @@ pub struct CtKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns` after which the entry is dead.
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`) after which the entry is dead.
     pub expires_ns: u64,
     pub packets: u64,
     pub bytes: u64,

@@ -392,19 +392,33 @@ fn ct_update(flow: &Flow, endpoint_id: u32, dir: u8, now: u64, len: u64) -> Opti
         direction: dir ^ 1,
         ..forward
     };
-    let (entry, reply) = match CT.get_ptr_mut(&forward) {
-        Some(e) => (e, false),
-        None => match CT.get_ptr_mut(&reverse) {
-            Some(e) => (e, true),
+    // An expired entry counts as none, so it cannot hide a live one of the
+    // other orientation (at most one of the two is live: an entry is only
+    // created when neither is). A packet from the lower port to the higher
+    // is most likely a reply (server port to ephemeral port), so that
+    // orientation is tried first: one lookup instead of two for most
+    // packets, replies included.
+    let live = |key: &CtKey| {
+        CT.get_ptr_mut(key)
+            // SAFETY: a pointer into the map's value, valid for this run.
+            .filter(|e| unsafe { (**e).expires_ns } > now)
+    };
+    let likely_reply = u16::from_be(flow.sport) < u16::from_be(flow.dport);
+    let (first, second) = if likely_reply {
+        (&reverse, &forward)
+    } else {
+        (&forward, &reverse)
+    };
+    let (entry, reply) = match live(first) {
+        Some(e) => (e, likely_reply),
+        None => match live(second) {
+            Some(e) => (e, !likely_reply),
             None => return None,
         },
     };
     // SAFETY: `entry` points into the LRU map's value for this run; fields
     // are plain integers, racing writers at worst lose an update.
     unsafe {
-        if (*entry).expires_ns <= now {
-            return None;
-        }
         let mut flags = (*entry).flags;
         if reply {
             flags |= ct_flags::SEEN_REPLY;
