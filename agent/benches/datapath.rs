@@ -59,7 +59,7 @@ const IPERF_SECONDS: &str = "3";
 /// overrides).
 const ROUNDS: usize = 3;
 /// The figures taken per run (their medians are reported).
-const METRICS: [&str; 12] = [
+const METRICS: [&str; 14] = [
     "gbit_per_s",
     "rr_p50_us",
     "rr_p99_us",
@@ -72,6 +72,8 @@ const METRICS: [&str; 12] = [
     "bpf_to_container_ns",
     "paired_udp_pps_ratio",
     "paired_rr_p50_ratio",
+    "floor_paired_udp_pps_ratio",
+    "floor_paired_rr_p50_ratio",
 ];
 /// Metrics where more is better (the others are times).
 const HIGHER_IS_BETTER: [&str; 4] = ["gbit_per_s", "crr_per_s", "udp_pps", "new_flows_per_s"];
@@ -232,16 +234,19 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// Axoneme against the bare veth with the host's swings taken out: a
-/// second, never-attached client/server pair on the same node, and short
-/// blocks alternating between the two pairs (order swapped every pair), so
-/// both sides of each ratio ran within milliseconds of each other. Returns
-/// the medians of the per-block ratios (Axoneme / bare) of the small-UDP
-/// packet rate and of the round-trip p50.
-fn paired(ax: (&Pod, &Pod), bare: (&Pod, &Pod)) -> Result<Value> {
-    let udp = [udp_flow(ax.0, ax.1)?, udp_flow(bare.0, bare.1)?];
+/// Configurations against the bare veth with the host's swings taken out:
+/// client/server pairs side by side on the same node (`sides[0]` the
+/// never-attached one), and short blocks alternating between them (the
+/// order rotating every pair), so both sides of each ratio ran within
+/// milliseconds of each other. Returns, per other side, the medians of the
+/// per-block ratios (side / bare) of the small-UDP packet rate and of the
+/// round-trip p50.
+fn paired(sides: &[(&Pod, &Pod)]) -> Result<Vec<(f64, f64)>> {
+    let n = sides.len();
+    let mut udp = Vec::new();
     let mut tcp = Vec::new();
-    for (client, server) in [ax, bare] {
+    for &(client, server) in sides {
+        udp.push(udp_flow(client, server)?);
         let addr = SocketAddr::from((server.ip, RR_PORT));
         tcp.push(client.ns.enter(move || -> Result<TcpStream> {
             let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -249,45 +254,75 @@ fn paired(ax: (&Pod, &Pod), bare: (&Pod, &Pod)) -> Result<Value> {
             Ok(conn)
         })??);
     }
-    let rx =
-        || -> Result<[u64; 2]> { Ok([ax.1.ns.enter(rx_packets)??, bare.1.ns.enter(rx_packets)??]) };
+    let rx = || -> Result<Vec<u64>> { sides.iter().map(|s| s.1.ns.enter(rx_packets)?).collect() };
     let before = rx()?;
-    let (udp_ratios, rr_ratios) = std::thread::scope(|s| {
-        s.spawn(|| -> Result<(Vec<f64>, Vec<f64>)> {
+    let blocks = std::thread::scope(|s| {
+        s.spawn(|| -> Result<Vec<Vec<(f64, f64)>>> {
             pin(CLIENT_CPU);
-            let (mut udp_ratios, mut rr_ratios) = (Vec::new(), Vec::new());
+            let mut blocks = Vec::new();
             for pair in 0..PAIRS {
-                let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
-                let (mut pps, mut rr) = ([0f64; 2], [0f64; 2]);
-                for i in order {
+                let mut block = vec![(0f64, 0f64); n];
+                for i in (0..n).map(|i| (i + pair) % n) {
                     let t = Instant::now();
                     blast(&udp[i], PAIR_UDP_BLOCK)?;
-                    pps[i] = PAIR_UDP_BLOCK as f64 / t.elapsed().as_secs_f64();
-                    rr[i] = percentile(round_trips(&mut tcp[i], PAIR_RR_BLOCK)?, 500);
+                    let pps = PAIR_UDP_BLOCK as f64 / t.elapsed().as_secs_f64();
+                    let rr = percentile(round_trips(&mut tcp[i], PAIR_RR_BLOCK)?, 500);
+                    block[i] = (pps, rr);
                 }
-                udp_ratios.push(pps[0] / pps[1]);
-                rr_ratios.push(rr[0] / rr[1]);
+                blocks.push(block);
             }
-            Ok((udp_ratios, rr_ratios))
+            Ok(blocks)
         })
         .join()
         .map_err(|_| anyhow::anyhow!("paired measurement panicked"))?
     })?;
     std::thread::sleep(Duration::from_millis(50));
     let after = rx()?;
-    // Every datagram arrived, on both sides (the round trips add more).
+    // Every datagram arrived, on every side (the round trips add more).
     let sent = (PAIRS * PAIR_UDP_BLOCK) as u64;
-    for (side, (b, a)) in ["axoneme", "bare"].iter().zip(before.iter().zip(after)) {
+    for (i, (b, a)) in before.iter().zip(after).enumerate() {
         ensure!(
             a - b >= sent * 99 / 100,
-            "{side} pair: {} of {sent} datagrams arrived",
+            "pair {i}: {} of {sent} datagrams arrived",
             a - b
         );
     }
-    Ok(json!({
-        "paired_udp_pps_ratio": median(udp_ratios),
-        "paired_rr_p50_ratio": median(rr_ratios),
-    }))
+    Ok((1..n)
+        .map(|i| {
+            let ratios = |f: &dyn Fn(&(f64, f64)) -> f64| {
+                median(blocks.iter().map(|b| f(&b[i]) / f(&b[0])).collect())
+            };
+            (ratios(&|x| x.0), ratios(&|x| x.1))
+        })
+        .collect())
+}
+
+/// A minimal program on both host veths of a pair, the floor any TC
+/// program pays: `axoneme_smoke` (parse IPv4/UDP with direct packet
+/// access, one hash lookup for UDP). Its maps are pinned under `pins`.
+fn attach_floor(node: &Node, pair: (&Pod, &Pod), pins: &std::path::Path) -> Result<aya::Ebpf> {
+    use aya::programs::{tc, SchedClassifier, TcAttachType};
+    std::fs::create_dir_all(pins)?;
+    let mut ebpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(pins)
+        .load(Datapath::object())?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut("axoneme_smoke")
+        .context("axoneme_smoke is not in the object")?
+        .try_into()?;
+    program.load()?;
+    node.ns.enter(|| -> Result<()> {
+        for pod in [pair.0, pair.1] {
+            let _ = tc::qdisc_add_clsact(&pod.host_if);
+            for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+                let link = program.attach(&pod.host_if, dir)?;
+                // Kept attached until the namespace goes.
+                std::mem::forget(program.take_link(link)?);
+            }
+        }
+        Ok(())
+    })??;
+    Ok(ebpf)
 }
 
 /// [`NEW_FLOWS`] datagrams, each from its own source port in block
@@ -534,6 +569,15 @@ fn program(dp: &mut Datapath, client: &Pod, server: &Pod, n: u32) -> Result<()> 
     Ok(())
 }
 
+/// A pin directory, removed however the bench ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn main() -> Result<()> {
     let prefix = axoneme_e2e::run_prefix("b");
     let node = Node::create(&format!("{prefix}n"))?;
@@ -558,10 +602,23 @@ fn main() -> Result<()> {
         &format!("{prefix}s2h"),
         Ipv4Addr::new(10, 88, 0, 4),
     )?;
-    for s in [&server, &bare_server] {
+    // And a pair with a minimal program attached: the floor.
+    let floor_client = node.add_pod(
+        &format!("{prefix}c3"),
+        &format!("{prefix}c3h"),
+        Ipv4Addr::new(10, 88, 0, 5),
+    )?;
+    let floor_server = node.add_pod(
+        &format!("{prefix}s3"),
+        &format!("{prefix}s3h"),
+        Ipv4Addr::new(10, 88, 0, 6),
+    )?;
+    for s in [&server, &bare_server, &floor_server] {
         echo_server(s)?;
         udp_sink(s)?;
     }
+    let floor_pins = RemoveOnDrop(PathBuf::from(PIN_ROOT).join(format!("{prefix}floor")));
+    let _floor = attach_floor(&node, (&floor_client, &floor_server), &floor_pins.0)?;
 
     // Rounds interleave every configuration, so a slow spell of the host
     // hits all of them; each figure is the median over the rounds.
@@ -596,7 +653,18 @@ fn main() -> Result<()> {
                 program(&mut dp, &client, &server, n)?;
                 let mut v = measure(&format!("axoneme {n}"), &client, &server, block)?;
                 let cost = bpf_cost(&dp, &client, &server)?;
-                let pair = paired((&client, &server), (&bare_client, &bare_server))?;
+                let sides = [
+                    (&bare_client, &bare_server),
+                    (&client, &server),
+                    (&floor_client, &floor_server),
+                ];
+                let ratios = paired(&sides)?;
+                let pair = json!({
+                    "paired_udp_pps_ratio": ratios[0].0,
+                    "paired_rr_p50_ratio": ratios[0].1,
+                    "floor_paired_udp_pps_ratio": ratios[1].0,
+                    "floor_paired_rr_p50_ratio": ratios[1].1,
+                });
                 eprintln!("axoneme {n}: programs per packet {cost}, paired with bare {pair}");
                 for (k, x) in [cost, pair].iter().filter_map(Value::as_object).flatten() {
                     v[k] = x.clone();
@@ -648,7 +716,7 @@ fn main() -> Result<()> {
         let config = v["config"].as_str().unwrap_or_default().to_string();
         let measured = METRICS
             .iter()
-            .filter(|k| !k.starts_with("bpf_") && !k.starts_with("paired_"));
+            .filter(|k| !k.starts_with("bpf_") && !k.contains("paired_"));
         v["vs_bare"] = measured
             .clone()
             .map(|k| (k.to_string(), json!(get(v, k) / get(&bare, k))))
