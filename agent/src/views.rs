@@ -104,7 +104,8 @@ pub fn status(
         },
         MapStatus {
             name: "ct".into(),
-            max_entries: CT_MAX,
+            // Two maps of CT_MAX: IPv4 and IPv6 flows.
+            max_entries: 2 * CT_MAX,
             entries: count(maps.ct_entries().map(|v| v.len())),
         },
     ];

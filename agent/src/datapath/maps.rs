@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use axoneme_bpf_common::{
-    counter, direction, family, match_type, policy_flags, CtKey, CtValue, EndpointInfo, Event,
-    EventConfig, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+    counter, direction, family, match_type, policy_flags, CtKey, CtKey4, CtValue, EndpointInfo,
+    Event, EventConfig, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
 };
 use axoneme_policy::compile::{Direction, Key as EntryKey, Verdict, ANY_IDENTITY, PROTO_ANY};
 use aya::maps::lpm_trie::Key;
@@ -19,6 +19,7 @@ const IPCACHE: &str = "IPCACHE";
 const ENDPOINTS: &str = "ENDPOINTS";
 const POLICY: &str = "POLICY";
 const CT: &str = "CT";
+const CT4: &str = "CT4";
 const EVENTS: &str = "EVENTS";
 const EVENT_CONFIG: &str = "EVENT_CONFIG";
 const COUNTERS: &str = "COUNTERS";
@@ -28,7 +29,10 @@ pub struct Maps {
     ipcache: LpmTrie<MapData, IpcacheKey, IpcacheValue>,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    /// IPv6 flows.
     ct: HashMap<MapData, CtKey, CtValue>,
+    /// IPv4 flows.
+    ct4: HashMap<MapData, CtKey4, CtValue>,
     events: RingBuf<MapData>,
     event_config: Array<MapData, EventConfig>,
     counters: PerCpuArray<MapData, u64>,
@@ -151,6 +155,7 @@ impl Maps {
             endpoints: typed(ebpf, ENDPOINTS)?,
             policy: typed(ebpf, POLICY)?,
             ct: typed(ebpf, CT)?,
+            ct4: typed(ebpf, CT4)?,
             events: typed(ebpf, EVENTS)?,
             event_config: typed(ebpf, EVENT_CONFIG)?,
             counters: typed(ebpf, COUNTERS)?,
@@ -232,23 +237,44 @@ impl Maps {
         Ok(out)
     }
 
-    /// Every conntrack entry.
+    /// Every conntrack entry, IPv4 and IPv6.
     pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
-        self.ct
+        let mut all: Vec<(CtKey, CtValue)> = self
+            .ct4
             .iter()
+            .map(|e| e.map(|(k, v)| (k.to_key(), v)))
             .collect::<Result<_, _>>()
-            .map_err(|source| map_error(CT, "iterate", source))
+            .map_err(|source| map_error(CT4, "iterate", source))?;
+        for e in self.ct.iter() {
+            all.push(e.map_err(|source| map_error(CT, "iterate", source))?);
+        }
+        Ok(all)
     }
 
     /// Writes one conntrack entry (tests and tools: to age an entry).
     pub fn set_ct(&mut self, key: &CtKey, value: CtValue) -> Result<(), DatapathError> {
-        self.ct
-            .insert(key, value, 0)
-            .map_err(|source| map_error(CT, "insert", source))
+        match CtKey4::from_key(key) {
+            Some(k) => self
+                .ct4
+                .insert(k, value, 0)
+                .map_err(|source| map_error(CT4, "insert", source)),
+            None => self
+                .ct
+                .insert(key, value, 0)
+                .map_err(|source| map_error(CT, "insert", source)),
+        }
     }
 
-    /// Empties the conntrack table.
+    /// Empties both conntrack tables.
     pub fn clear_ct(&mut self) -> Result<(), DatapathError> {
+        let keys: Vec<CtKey4> = self
+            .ct4
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| map_error(CT4, "iterate", source))?;
+        for k in keys {
+            ignore_missing(self.ct4.remove(&k), CT4)?;
+        }
         let keys: Vec<CtKey> = self
             .ct
             .keys()

@@ -164,6 +164,7 @@ pub const IPCACHE_MAX: u32 = 512 * 1024;
 pub const ENDPOINTS_MAX: u32 = 64 * 1024;
 /// All endpoints' policy entries share one LPM trie (allocated on demand).
 pub const POLICY_MAX: u32 = 1024 * 1024;
+/// Entries of each conntrack map (`CT4` for IPv4, `CT` for IPv6).
 pub const CT_MAX: u32 = 256 * 1024;
 pub const FRAGS_MAX: u32 = 8 * 1024;
 pub const EVENTS_BYTES: u32 = 1024 * 1024;
@@ -359,7 +360,9 @@ impl PolicyValue {
 
 /// A conntrack key, always in the flow's original orientation (the first
 /// packet's source and destination) and per endpoint and direction, so the
-/// two endpoints of a node-local flow each keep their own entry.
+/// two endpoints of a node-local flow each keep their own entry. The `CT`
+/// map holds IPv6 flows with this key, `CT4` IPv4 flows with [`CtKey4`];
+/// the agent shows both in this form.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -374,6 +377,60 @@ pub struct CtKey {
     pub direction: u8,
     pub family: u8,
     pub pad: u8,
+}
+
+/// [`CtKey`] of an IPv4 flow, in its own map (`CT4`): a 20-byte key hashes
+/// and compares in less than half the time of the 44-byte one, on every
+/// packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey4 {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// Network order. ICMP echo: the identifier in both ports.
+    pub sport: u16,
+    pub dport: u16,
+    pub endpoint_id: u32,
+    pub protocol: u8,
+    /// Direction of the first packet, seen from the endpoint.
+    pub direction: u8,
+    pub pad: [u8; 2],
+}
+
+impl CtKey4 {
+    /// The IPv4 key of `key`, `None` unless it is an IPv4 key.
+    pub fn from_key(key: &CtKey) -> Option<Self> {
+        if key.family != family::IPV4 {
+            return None;
+        }
+        let mut k = CtKey4 {
+            sport: key.sport,
+            dport: key.dport,
+            endpoint_id: key.endpoint_id,
+            protocol: key.protocol,
+            direction: key.direction,
+            ..CtKey4::default()
+        };
+        k.saddr.copy_from_slice(&key.saddr[..4]);
+        k.daddr.copy_from_slice(&key.daddr[..4]);
+        Some(k)
+    }
+
+    /// The family-neutral form of this key.
+    pub fn to_key(&self) -> CtKey {
+        let mut k = CtKey {
+            sport: self.sport,
+            dport: self.dport,
+            endpoint_id: self.endpoint_id,
+            protocol: self.protocol,
+            direction: self.direction,
+            family: family::IPV4,
+            ..CtKey::default()
+        };
+        k.saddr[..4].copy_from_slice(&self.saddr);
+        k.daddr[..4].copy_from_slice(&self.daddr);
+        k
+    }
 }
 
 /// A conntrack entry.
@@ -506,6 +563,7 @@ const _: () = assert!(core::mem::align_of::<PolicyKey>() == 4);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 24);
 const _: () = assert!(core::mem::align_of::<PolicyValue>() == 8);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+const _: () = assert!(core::mem::size_of::<CtKey4>() == 20);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
@@ -528,6 +586,7 @@ mod pod {
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtKey4 {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}

@@ -23,7 +23,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use axoneme_bpf_common::{
     counter, ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type,
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
-    verdict, CtKey, CtValue, EndpointInfo, Event, EventConfig, FragKey, FragValue, IpcacheKey,
+    verdict, CtKey, CtKey4, CtValue, EndpointInfo, Event, EventConfig, FragKey, FragValue, IpcacheKey,
     IpcacheValue, PolicyKey, PolicyValue, RateState, CT_CLOSE_TIMEOUT_S, CT_LIFETIME_NONTCP_S,
     CT_LIFETIME_TCP_S, CT_MAX, CT_SYN_TIMEOUT_S, ENDPOINTS_MAX, EVENTS_BYTES, FRAGS_MAX,
     IDENTITY_WORLD, IPCACHE_MAX, LOOPBACK_IFINDEX, MARK_MASK, MARK_PROXY, MARK_TO_PROXY,
@@ -45,6 +45,8 @@ static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, 0)
 static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
 #[map]
 static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX, 0);
+#[map]
+static CT4: LruHashMap<CtKey4, CtValue> = LruHashMap::pinned(CT_MAX, 0);
 #[map]
 static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX, 0);
 #[map]
@@ -331,7 +333,6 @@ fn decide(
     }
     // ICMP errors are never the start of a flow.
     if flow.icmp != Icmp::Error {
-        let key = ct_key(flow, ep.endpoint_id, dir);
         let value = CtValue {
             expires_ns: now + lifetime(flow, 0) * NS_PER_S,
             packets: 1,
@@ -341,7 +342,12 @@ fn decide(
             flags: 0,
             pad: 0,
         };
-        if CT.insert(&key, &value, 0).is_err() {
+        let inserted = if flow.family == family::IPV4 {
+            ct_insert::<CtKey4>(flow, ep.endpoint_id, dir, &value)
+        } else {
+            ct_insert::<CtKey>(flow, ep.endpoint_id, dir, &value)
+        };
+        if !inserted {
             fail(flow, drop_reason::DROP_CT_CREATE_FAILED, known);
             return Err(());
         }
@@ -363,19 +369,127 @@ fn lifetime(flow: &Flow, flags: u8) -> u64 {
     }
 }
 
-#[inline(always)]
-fn ct_key(flow: &Flow, endpoint_id: u32, dir: u8) -> CtKey {
-    CtKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        endpoint_id,
-        protocol: flow.protocol,
-        direction: dir,
-        family: flow.family,
-        pad: 0,
+/// A conntrack key type and the map holding it: [`CtKey4`] in `CT4` for
+/// IPv4, [`CtKey`] in `CT` for IPv6.
+trait Tuple: Copy + 'static {
+    fn map() -> &'static LruHashMap<Self, CtValue>;
+    /// The key of a flow (addresses as in [`Flow`]).
+    fn of(
+        saddr: &[u8; 16],
+        daddr: &[u8; 16],
+        sport: u16,
+        dport: u16,
+        endpoint_id: u32,
+        protocol: u8,
+        direction: u8,
+    ) -> Self;
+    /// The same flow the other way: addresses, ports and direction swapped.
+    fn reversed(&self) -> Self;
+}
+
+impl Tuple for CtKey {
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, CtValue> {
+        &CT
     }
+
+    #[inline(always)]
+    fn of(
+        saddr: &[u8; 16],
+        daddr: &[u8; 16],
+        sport: u16,
+        dport: u16,
+        endpoint_id: u32,
+        protocol: u8,
+        direction: u8,
+    ) -> Self {
+        CtKey {
+            saddr: *saddr,
+            daddr: *daddr,
+            sport,
+            dport,
+            endpoint_id,
+            protocol,
+            direction,
+            family: family::IPV6,
+            pad: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        CtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            direction: self.direction ^ 1,
+            ..*self
+        }
+    }
+}
+
+impl Tuple for CtKey4 {
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, CtValue> {
+        &CT4
+    }
+
+    #[inline(always)]
+    fn of(
+        saddr: &[u8; 16],
+        daddr: &[u8; 16],
+        sport: u16,
+        dport: u16,
+        endpoint_id: u32,
+        protocol: u8,
+        direction: u8,
+    ) -> Self {
+        CtKey4 {
+            saddr: [saddr[0], saddr[1], saddr[2], saddr[3]],
+            daddr: [daddr[0], daddr[1], daddr[2], daddr[3]],
+            sport,
+            dport,
+            endpoint_id,
+            protocol,
+            direction,
+            pad: [0; 2],
+        }
+    }
+
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        CtKey4 {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            direction: self.direction ^ 1,
+            ..*self
+        }
+    }
+}
+
+/// The packet's own conntrack key (its orientation, `dir`).
+#[inline(always)]
+fn ct_key<K: Tuple>(flow: &Flow, endpoint_id: u32, dir: u8) -> K {
+    K::of(
+        &flow.saddr,
+        &flow.daddr,
+        flow.sport,
+        flow.dport,
+        endpoint_id,
+        flow.protocol,
+        dir,
+    )
+}
+
+/// Records a new flow; false if the map refused.
+#[inline(always)]
+fn ct_insert<K: Tuple>(flow: &Flow, endpoint_id: u32, dir: u8, value: &CtValue) -> bool {
+    K::map()
+        .insert(&ct_key::<K>(flow, endpoint_id, dir), value, 0)
+        .is_ok()
 }
 
 /// Finds the packet's flow (as original or reply) and refreshes it;
@@ -383,23 +497,32 @@ fn ct_key(flow: &Flow, endpoint_id: u32, dir: u8) -> CtKey {
 /// direction, `Some(0)` for other tracked packets.
 #[inline(always)]
 fn ct_update(flow: &Flow, endpoint_id: u32, dir: u8, now: u64, len: u64) -> Option<u16> {
-    let forward = ct_key(flow, endpoint_id, dir);
-    let reverse = CtKey {
-        saddr: flow.daddr,
-        daddr: flow.saddr,
-        sport: flow.dport,
-        dport: flow.sport,
-        direction: dir ^ 1,
-        ..forward
-    };
+    if flow.family == family::IPV4 {
+        ct_update_in::<CtKey4>(flow, endpoint_id, dir, now, len)
+    } else {
+        ct_update_in::<CtKey>(flow, endpoint_id, dir, now, len)
+    }
+}
+
+#[inline(always)]
+fn ct_update_in<K: Tuple>(
+    flow: &Flow,
+    endpoint_id: u32,
+    dir: u8,
+    now: u64,
+    len: u64,
+) -> Option<u16> {
+    let forward = ct_key::<K>(flow, endpoint_id, dir);
+    let reverse = forward.reversed();
     // An expired entry counts as none, so it cannot hide a live one of the
     // other orientation (at most one of the two is live: an entry is only
     // created when neither is). A packet from the lower port to the higher
     // is most likely a reply (server port to ephemeral port), so that
     // orientation is tried first: one lookup instead of two for most
     // packets, replies included.
-    let live = |key: &CtKey| {
-        CT.get_ptr_mut(key)
+    let live = |key: &K| {
+        K::map()
+            .get_ptr_mut(key)
             // SAFETY: a pointer into the map's value, valid for this run.
             .filter(|e| unsafe { (**e).expires_ns } > now)
     };
@@ -445,31 +568,30 @@ fn ct_update(flow: &Flow, endpoint_id: u32, dir: u8, now: u64, len: u64) -> Opti
 /// Whether an ICMP error quotes a packet of a live flow of this endpoint.
 #[inline(always)]
 fn related(flow: &Flow, endpoint_id: u32, dir: u8, now: u64) -> bool {
+    if flow.family == family::IPV4 {
+        related_in::<CtKey4>(flow, endpoint_id, dir, now)
+    } else {
+        related_in::<CtKey>(flow, endpoint_id, dir, now)
+    }
+}
+
+#[inline(always)]
+fn related_in<K: Tuple>(flow: &Flow, endpoint_id: u32, dir: u8, now: u64) -> bool {
     let inner = &flow.inner;
     // The quoted packet went the other way: as sent by us (original
     // direction, opposite to the error's), or as a reply we sent.
-    let as_sent = CtKey {
-        saddr: inner.saddr,
-        daddr: inner.daddr,
-        sport: inner.sport,
-        dport: inner.dport,
+    let as_sent = K::of(
+        &inner.saddr,
+        &inner.daddr,
+        inner.sport,
+        inner.dport,
         endpoint_id,
-        protocol: inner.protocol,
-        direction: dir ^ 1,
-        family: flow.family,
-        pad: 0,
-    };
-    let as_reply = CtKey {
-        saddr: inner.daddr,
-        daddr: inner.saddr,
-        sport: inner.dport,
-        dport: inner.sport,
-        direction: dir,
-        ..as_sent
-    };
-    for key in [as_sent, as_reply] {
+        inner.protocol,
+        dir ^ 1,
+    );
+    for key in [as_sent, as_sent.reversed()] {
         // SAFETY: copied out at once.
-        if let Some(e) = unsafe { CT.get(&key) } {
+        if let Some(e) = unsafe { K::map().get(&key) } {
             if e.expires_ns > now {
                 return true;
             }
