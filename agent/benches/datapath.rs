@@ -581,38 +581,20 @@ impl Drop for RemoveOnDrop {
 fn main() -> Result<()> {
     let prefix = axoneme_e2e::run_prefix("b");
     let node = Node::create(&format!("{prefix}n"))?;
-    let client = node.add_pod(
-        &format!("{prefix}c"),
-        &format!("{prefix}ch"),
-        Ipv4Addr::new(10, 88, 0, 1),
-    )?;
-    let server = node.add_pod(
-        &format!("{prefix}s"),
-        &format!("{prefix}sh"),
-        Ipv4Addr::new(10, 88, 0, 2),
-    )?;
+    // A client/server pod pair named by `tag`, at 10.88.0.<first> and the
+    // next address.
+    let pair = |tag: &str, first: u8| -> Result<(Pod, Pod)> {
+        let pod = |role: &str, last: u8| {
+            let name = format!("{prefix}{role}{tag}");
+            node.add_pod(&name, &format!("{name}h"), Ipv4Addr::new(10, 88, 0, last))
+        };
+        Ok((pod("c", first)?, pod("s", first + 1)?))
+    };
+    let (client, server) = pair("", 1)?;
     // The never-attached pair of the paired comparison.
-    let bare_client = node.add_pod(
-        &format!("{prefix}c2"),
-        &format!("{prefix}c2h"),
-        Ipv4Addr::new(10, 88, 0, 3),
-    )?;
-    let bare_server = node.add_pod(
-        &format!("{prefix}s2"),
-        &format!("{prefix}s2h"),
-        Ipv4Addr::new(10, 88, 0, 4),
-    )?;
+    let (bare_client, bare_server) = pair("2", 3)?;
     // And a pair with a minimal program attached: the floor.
-    let floor_client = node.add_pod(
-        &format!("{prefix}c3"),
-        &format!("{prefix}c3h"),
-        Ipv4Addr::new(10, 88, 0, 5),
-    )?;
-    let floor_server = node.add_pod(
-        &format!("{prefix}s3"),
-        &format!("{prefix}s3h"),
-        Ipv4Addr::new(10, 88, 0, 6),
-    )?;
+    let (floor_client, floor_server) = pair("3", 5)?;
     for s in [&server, &bare_server, &floor_server] {
         echo_server(s)?;
         udp_sink(s)?;

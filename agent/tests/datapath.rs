@@ -88,6 +88,13 @@ fn deny(dp: &mut TestDatapath, dir: Direction, k: Key) {
     dp.maps.set_policy(&k, v).unwrap();
 }
 
+/// An L7 entry: the flow goes to the proxy on port 15001 (any HTTP rule).
+fn redirect(dp: &mut TestDatapath, dir: Direction, k: Key) {
+    let rules = std::sync::Arc::new(vec![axoneme_policy::api::HttpRule::default()]);
+    let (k, v) = policy_entry(A_ID, dir, &k, &Verdict::Redirect(rules), 15001);
+    dp.maps.set_policy(&k, v).unwrap();
+}
+
 /// Runs a packet and returns the verdict and the events it produced.
 fn send(dp: &mut TestDatapath, program: &'static str, packet: &[u8]) -> (i32, Vec<Event>) {
     let action = run(dp, program, packet);
@@ -611,15 +618,11 @@ fn a_pod_cannot_send_from_another_address() {
 #[test]
 fn redirected_flows_go_to_the_proxy_packet_after_packet() {
     let mut dp = setup(BOTH);
-    let rules = std::sync::Arc::new(vec![axoneme_policy::api::HttpRule::default()]);
-    let (k, v) = policy_entry(
-        A_ID,
+    redirect(
+        &mut dp,
         Direction::Ingress,
-        &key(B_ID, IPPROTO_TCP, 8080, 16),
-        &Verdict::Redirect(rules),
-        15001,
+        key(B_ID, IPPROTO_TCP, 8080, 16),
     );
-    dp.maps.set_policy(&k, v).unwrap();
     // The first packet: a redirected verdict, handed to the proxy.
     let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 40000, 8080));
     assert_eq!(action, TC_ACT_REDIRECT);
@@ -645,15 +648,7 @@ fn redirected_flows_go_to_the_proxy_packet_after_packet() {
 #[test]
 fn egress_l7_flows_go_to_the_proxy_from_the_source_pod() {
     let mut dp = setup(BOTH);
-    let rules = std::sync::Arc::new(vec![axoneme_policy::api::HttpRule::default()]);
-    let (k, v) = policy_entry(
-        A_ID,
-        Direction::Egress,
-        &key(B_ID, IPPROTO_TCP, 80, 16),
-        &Verdict::Redirect(rules),
-        15001,
-    );
-    dp.maps.set_policy(&k, v).unwrap();
+    redirect(&mut dp, Direction::Egress, key(B_ID, IPPROTO_TCP, 80, 16));
     let syn = ipv4(A4, B4, IPPROTO_TCP, &tcp(40002, 80, TCP_SYN), 0x4000, 9);
     let (action, events) = send(&mut dp, FROM_CONTAINER, &syn);
     assert_eq!(action, TC_ACT_REDIRECT);

@@ -267,23 +267,8 @@ impl Maps {
 
     /// Empties both conntrack tables.
     pub fn clear_ct(&mut self) -> Result<(), DatapathError> {
-        let keys: Vec<CtKey4> = self
-            .ct4
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|source| map_error(CT4, "iterate", source))?;
-        for k in keys {
-            ignore_missing(self.ct4.remove(&k), CT4)?;
-        }
-        let keys: Vec<CtKey> = self
-            .ct
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|source| map_error(CT, "iterate", source))?;
-        for k in keys {
-            ignore_missing(self.ct.remove(&k), CT)?;
-        }
-        Ok(())
+        clear(&mut self.ct4, CT4)?;
+        clear(&mut self.ct, CT)
     }
 
     /// Events per second (and burst) per CPU; 0 turns events off.
@@ -323,4 +308,19 @@ fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), Dat
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(source) => Err(map_error(name, "remove", source)),
     }
+}
+
+/// Removes every entry of a hash map (gone meanwhile is fine).
+fn clear<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let keys: Vec<K> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(|source| map_error(name, "iterate", source))?;
+    for k in keys {
+        ignore_missing(map.remove(&k), name)?;
+    }
+    Ok(())
 }
