@@ -32,6 +32,9 @@ use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Direction, Key, Verdict, PROTO_TCP, PROTO_UDP};
 use serde_json::{json, Value};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 const SIZES: &[u32] = &[1, 100, 1_000, 10_000];
 const RR_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
@@ -383,6 +386,127 @@ fn bpf_cost(dp: &Datapath, client: &Pod, server: &Pod) -> Result<Value> {
     Ok(json!({ "bpf_from_container_ns": ns(0), "bpf_to_container_ns": ns(1) }))
 }
 
+/// Runs per case in one `BPF_PROG_TEST_RUN`.
+const TEST_RUN_REPEAT: u32 = 1_000_000;
+
+/// The programs' time per run under `BPF_PROG_TEST_RUN`, in the kernel
+/// with no traffic and no statistics overhead, so it is steady enough to
+/// compare code changes: 64-byte UDP/IPv4 packets of an established flow
+/// each way, a TCP ACK of an established flow, and a packet policy denies
+/// (conntrack miss, ipcache and policy lookups; its event rate-limited
+/// away). `axoneme_smoke` on the same packet is the floor (the harness'
+/// own per-run cost and a minimal parse). Medians over 5 interleaved runs.
+fn program_cost() -> Result<Value> {
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 2];
+    const W: [u8; 4] = [10, 0, 0, 9];
+    let dp = &mut support::load();
+    let id = |identity| IpcacheValue {
+        identity,
+        ..IpcacheValue::default()
+    };
+    dp.maps.set_endpoint(
+        1,
+        EndpointInfo::new(
+            CLIENT_ID,
+            CLIENT_ID,
+            endpoint_flags::EGRESS_ENFORCED,
+            &[A.into()],
+        ),
+    )?;
+    dp.maps
+        .set_ipcache(&"10.0.0.2/32".parse()?, id(SERVER_ID))?;
+    for (protocol, port) in [(PROTO_UDP, UDP_PORT), (PROTO_TCP, RR_PORT)] {
+        let key = Key {
+            identity: NumericIdentity(SERVER_ID),
+            protocol,
+            port,
+            prefix: 16,
+        };
+        let (k, v) = policy_entry(CLIENT_ID, Direction::Egress, &key, &Verdict::Allow, 0);
+        dp.maps.set_policy(&k, v)?;
+    }
+    let payload = [0u8; 64];
+    let out = support::ipv4(
+        A,
+        B,
+        support::IPPROTO_UDP,
+        &support::udp(40000, UDP_PORT, &payload),
+        0,
+        1,
+    );
+    let back = support::ipv4(
+        B,
+        A,
+        support::IPPROTO_UDP,
+        &support::udp(UDP_PORT, 40000, &payload),
+        0,
+        1,
+    );
+    let syn = support::ipv4(
+        A,
+        B,
+        support::IPPROTO_TCP,
+        &support::tcp(40001, RR_PORT, support::TCP_SYN),
+        0,
+        1,
+    );
+    let ack = support::ipv4(
+        A,
+        B,
+        support::IPPROTO_TCP,
+        &support::tcp(40001, RR_PORT, support::TCP_ACK),
+        0,
+        1,
+    );
+    let denied = support::ipv4(
+        A,
+        W,
+        support::IPPROTO_UDP,
+        &support::udp(40002, UDP_PORT, &payload),
+        0,
+        1,
+    );
+    let from = "axoneme_from_container";
+    let to = "axoneme_to_container";
+    // The flows are opened by one ordinary run each.
+    ensure!(
+        dp.test_run(from, &out)? == 0,
+        "the UDP flow was not allowed"
+    );
+    ensure!(
+        dp.test_run(from, &syn)? == 0,
+        "the TCP flow was not allowed"
+    );
+    let cases: [(&str, &'static str, &[u8], i32); 5] = [
+        ("floor_smoke", "axoneme_smoke", &out, 0),
+        ("udp4_established_egress", from, &out, 0),
+        ("udp4_established_reply", to, &back, 0),
+        ("tcp4_established_egress", from, &ack, 0),
+        ("udp4_denied", from, &denied, 2),
+    ];
+    let mut times = vec![Vec::new(); cases.len()];
+    for _ in 0..5 {
+        for ((name, program, packet, want), t) in cases.iter().zip(&mut times) {
+            let (action, per_run) = dp.test_run_repeated(program, packet, TEST_RUN_REPEAT)?;
+            ensure!(
+                action == *want,
+                "{name}: TC action {action}, expected {want}"
+            );
+            t.push(per_run.as_nanos() as f64);
+        }
+    }
+    let ns: Vec<f64> = times.into_iter().map(median).collect();
+    let mut v = json!({});
+    for ((name, ..), x) in cases.iter().zip(&ns) {
+        v[format!("{name}_ns")] = json!(x);
+        if *name != "floor_smoke" {
+            v[format!("{name}_over_floor_ns")] = json!(x - ns[0]);
+        }
+    }
+    Ok(v)
+}
+
 /// `n` 64-byte round trips over `conn`, each timed.
 fn round_trips(conn: &mut TcpStream, n: usize) -> Result<Vec<Duration>> {
     let mut buf = [7u8; 64];
@@ -579,6 +703,11 @@ impl Drop for RemoveOnDrop {
 }
 
 fn main() -> Result<()> {
+    let programs = program_cost()?;
+    eprintln!("programs under BPF_PROG_TEST_RUN: {programs}");
+    if std::env::var_os("AXONEME_BENCH_PROGRAMS_ONLY").is_some() {
+        return Ok(());
+    }
     let prefix = axoneme_e2e::run_prefix("b");
     let node = Node::create(&format!("{prefix}n"))?;
     // A client/server pod pair named by `tag`, at 10.88.0.<first> and the
@@ -716,6 +845,7 @@ fn main() -> Result<()> {
     }
     let doc = json!({
         "runs": results,
+        "programs_under_test_run": programs,
         "note": "same machine, same run; medians over interleaved rounds; vs_bare: value / bare value; times_better_than_iptables: >1 favours Axoneme",
         "rounds": rounds_wanted,
         "pinned": pinning().then_some(json!({"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU})),

@@ -405,6 +405,78 @@ fn ipv6_with_extension_headers() {
     assert_eq!(send(&mut dp, TO_CONTAINER, &ns).0, TC_ACT_OK);
 }
 
+/// `packet` (from [`ipv4`]) with 4 bytes of IPv4 options (NOPs).
+fn with_ip_options(mut packet: Vec<u8>) -> Vec<u8> {
+    packet.splice(34..34, [1u8; 4]);
+    packet[14] = 0x46;
+    let total = u16::from_be_bytes([packet[16], packet[17]]) + 4;
+    packet[16..18].copy_from_slice(&total.to_be_bytes());
+    packet
+}
+
+/// Option-less IPv4 takes the one-copy header path; options and packets
+/// too short for that copy take the field-by-field one. Both find the
+/// ports where they are.
+#[test]
+fn ports_are_found_with_ip_options_and_in_short_packets() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_UDP, 53, 16));
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 80, 16));
+    for (what, packet, action) in [
+        (
+            "UDP with options, allowed port",
+            with_ip_options(ipv4(B4, A4, IPPROTO_UDP, &udp(5000, 53, b"q"), 0, 1)),
+            TC_ACT_OK,
+        ),
+        (
+            "UDP with options, other port",
+            with_ip_options(ipv4(B4, A4, IPPROTO_UDP, &udp(5000, 54, b"q"), 0, 2)),
+            TC_ACT_SHOT,
+        ),
+        (
+            "TCP with options, allowed port",
+            with_ip_options(syn_from(B4, 5001, 80)),
+            TC_ACT_OK,
+        ),
+        (
+            "TCP with options, other port",
+            with_ip_options(syn_from(B4, 5002, 81)),
+            TC_ACT_SHOT,
+        ),
+        // 14 + 20 + 2 bytes: shorter than the one copy; a header cut short.
+        (
+            "a UDP header cut to its source port",
+            {
+                let mut p = ipv4(B4, A4, IPPROTO_UDP, &udp(5003, 53, b""), 0, 3);
+                p.truncate(36);
+                p
+            },
+            TC_ACT_SHOT,
+        ),
+    ] {
+        let (got, events) = send(&mut dp, TO_CONTAINER, &packet);
+        assert_eq!(got, action, "{what}: {events:?}");
+        if action == TC_ACT_SHOT {
+            let want = if packet.len() == 36 {
+                drop_reason::DROP_CT_INVALID_HDR
+            } else {
+                drop_reason::DROP_POLICY
+            };
+            assert_eq!(drops(&events), vec![want], "{what}");
+        }
+    }
+    // The TCP flow with options is tracked: its reply passes.
+    let reply = with_ip_options(ipv4(
+        A4,
+        B4,
+        IPPROTO_TCP,
+        &tcp(80, 5001, TCP_SYN | TCP_ACK),
+        0,
+        4,
+    ));
+    assert_eq!(send(&mut dp, FROM_CONTAINER, &reply).0, TC_ACT_OK);
+}
+
 #[test]
 fn malformed_packets_are_dropped_with_a_reason() {
     let mut dp = setup(BOTH);

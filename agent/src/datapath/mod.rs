@@ -9,6 +9,7 @@
 mod maps;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::maps::{HashMap, MapError};
 use aya::programs::tc::{
@@ -185,6 +186,28 @@ impl Datapath {
         packet: &[u8],
         mark: u32,
     ) -> Result<i32, DatapathError> {
+        Ok(self.test_run_with(name, packet, mark, 1)?.0)
+    }
+
+    /// Runs program `name` `repeat` times on `packet` in one
+    /// `BPF_PROG_TEST_RUN`; returns the last TC action and the kernel's mean
+    /// time per run (program plus the test harness' per-run overhead).
+    pub fn test_run_repeated(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, Duration), DatapathError> {
+        self.test_run_with(name, packet, 0, repeat)
+    }
+
+    fn test_run_with(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+        mark: u32,
+        repeat: u32,
+    ) -> Result<(i32, Duration), DatapathError> {
         let mut ctx = [0u8; 12];
         ctx[8..].copy_from_slice(&mark.to_ne_bytes());
         let result = self
@@ -192,11 +215,13 @@ impl Datapath {
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 ctx_in: (mark != 0).then_some(&ctx[..]),
+                repeat,
                 ..TestRunOptions::new()
             })
             .map_err(|source| program_error(name, "BPF_PROG_TEST_RUN", source))?;
         // The kernel reports the program's `int` return value as a u32.
-        Ok(i32::from_ne_bytes(result.return_value.to_ne_bytes()))
+        let action = i32::from_ne_bytes(result.return_value.to_ne_bytes());
+        Ok((action, result.duration))
     }
 
     /// Runs `axoneme_smoke` once on `packet`.
