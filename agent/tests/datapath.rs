@@ -14,7 +14,7 @@ use axoneme_agent::datapath::{policy_entry, FROM_CONTAINER, TO_CONTAINER};
 use axoneme_bpf_common::{
     ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type,
     tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT, tc_action::TC_ACT_SHOT, verdict as ev, CtKey,
-    CtValue, EndpointInfo, Event, IpcacheValue,
+    CtValue, EndpointInfo, EndpointSlot, Event, IpcacheValue, ENDPOINT_SLOTS,
 };
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Direction, Key, Verdict};
@@ -588,6 +588,87 @@ fn an_unknown_interface_fails_closed() {
     let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 1, 80));
     assert_eq!(action, TC_ACT_SHOT);
     assert_eq!(drops(&events), vec![drop_reason::DROP_NO_ENDPOINT]);
+}
+
+/// Another endpoint's info (another address): if the programs used it for
+/// pod A, A's packets would be dropped as spoofed.
+fn stranger() -> EndpointInfo {
+    EndpointInfo::new(7, 7000, BOTH, &[[10, 9, 9, 9].into()])
+}
+
+/// Sends A -> B UDP to port 53 (allowed) from A's interface; the drop
+/// reasons it produced.
+fn a_sends(dp: &mut TestDatapath, sport: u16) -> (i32, Vec<u8>) {
+    let packet = ipv4(A4, B4, IPPROTO_UDP, &udp(sport, 53, b"q"), 0, sport);
+    let (action, events) = send(dp, FROM_CONTAINER, &packet);
+    (action, drops(&events))
+}
+
+#[test]
+fn an_endpoint_whose_cache_slot_is_taken_is_found_in_the_hash() {
+    let mut dp = load();
+    dp.maps.set_event_rate(1_000_000, 1_000_000).unwrap();
+    let clash = 1 + ENDPOINT_SLOTS;
+    dp.maps.set_endpoint(clash, stranger()).unwrap();
+    let a = EndpointInfo::new(A_ID, A_ID, BOTH, &[A4.into()]);
+    dp.maps.set_endpoint(1, a).unwrap();
+    assert_eq!(dp.maps.endpoint_slot(1).unwrap().ifindex, clash);
+    let ip = IpcacheValue {
+        identity: B_ID,
+        ..IpcacheValue::default()
+    };
+    dp.maps
+        .set_ipcache(&"10.0.0.2/32".parse().unwrap(), ip)
+        .unwrap();
+    allow(&mut dp, Direction::Egress, key(B_ID, IPPROTO_UDP, 53, 16));
+    assert_eq!(a_sends(&mut dp, 5000), (TC_ACT_OK, vec![]));
+    // The slot's holder goes; A is still found (in the hash).
+    dp.maps.remove_endpoint(clash).unwrap();
+    assert_eq!(dp.maps.endpoint_slot(1).unwrap().ifindex, 0);
+    assert_eq!(a_sends(&mut dp, 5001), (TC_ACT_OK, vec![]));
+    // Declared again, A takes the free slot; removed, it is unknown.
+    dp.maps.set_endpoint(1, a).unwrap();
+    let slot = dp.maps.endpoint_slot(1).unwrap();
+    assert_eq!((slot.ifindex, slot.info, slot.seq % 2), (1, a, 0));
+    assert_eq!(a_sends(&mut dp, 5002), (TC_ACT_OK, vec![]));
+    dp.maps.remove_endpoint(1).unwrap();
+    assert_eq!(
+        a_sends(&mut dp, 5003),
+        (TC_ACT_SHOT, vec![drop_reason::DROP_NO_ENDPOINT])
+    );
+}
+
+#[test]
+fn a_cache_slot_is_used_only_when_whole_and_for_its_interface() {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Egress, key(B_ID, IPPROTO_UDP, 53, 16));
+    let mut cache: aya::maps::Array<_, EndpointSlot> = {
+        let pin = dp.pin_dir().join("ENDPOINT_CACHE");
+        let map = aya::maps::MapData::from_pin(&pin).unwrap();
+        aya::maps::Map::Array(map).try_into().unwrap()
+    };
+    let seq = dp.maps.endpoint_slot(1).unwrap().seq;
+    let mut put = |seq, ifindex| {
+        let slot = EndpointSlot {
+            seq,
+            ifindex,
+            info: stranger(),
+        };
+        cache.set(1, slot, 0).unwrap();
+    };
+    // A whole slot for interface 1 is what the programs use: the proof
+    // that the cache is read at all.
+    put(seq + 2, 1);
+    assert_eq!(
+        a_sends(&mut dp, 6000),
+        (TC_ACT_SHOT, vec![drop_reason::DROP_INVALID_SIP])
+    );
+    // Being rewritten (odd sequence): the hash's entry is used.
+    put(seq + 3, 1);
+    assert_eq!(a_sends(&mut dp, 6001), (TC_ACT_OK, vec![]));
+    // Whole but for another interface: likewise.
+    put(seq + 4, 2);
+    assert_eq!(a_sends(&mut dp, 6002), (TC_ACT_OK, vec![]));
 }
 
 #[test]

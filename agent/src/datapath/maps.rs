@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use axoneme_bpf_common::{
     counter, direction, family, match_type, policy_flags, CtKey, CtKey4, CtValue, EndpointInfo,
-    Event, EventConfig, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+    EndpointSlot, Event, EventConfig, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
 };
 use axoneme_policy::compile::{Direction, Key as EntryKey, Verdict, ANY_IDENTITY, PROTO_ANY};
 use aya::maps::lpm_trie::Key;
@@ -17,6 +17,7 @@ use super::{map_error, DatapathError};
 
 const IPCACHE: &str = "IPCACHE";
 const ENDPOINTS: &str = "ENDPOINTS";
+const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
 const POLICY: &str = "POLICY";
 const CT: &str = "CT";
 const CT4: &str = "CT4";
@@ -28,6 +29,8 @@ const COUNTERS: &str = "COUNTERS";
 pub struct Maps {
     ipcache: LpmTrie<MapData, IpcacheKey, IpcacheValue>,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
+    /// A copy of `endpoints` the programs read without hashing.
+    endpoint_cache: Array<MapData, EndpointSlot>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     /// IPv6 flows.
     ct: HashMap<MapData, CtKey, CtValue>,
@@ -153,6 +156,7 @@ impl Maps {
         Ok(Self {
             ipcache: typed(ebpf, IPCACHE)?,
             endpoints: typed(ebpf, ENDPOINTS)?,
+            endpoint_cache: typed(ebpf, ENDPOINT_CACHE)?,
             policy: typed(ebpf, POLICY)?,
             ct: typed(ebpf, CT)?,
             ct4: typed(ebpf, CT4)?,
@@ -185,15 +189,75 @@ impl Maps {
         Ok(out)
     }
 
-    /// Declares the endpoint behind the host-side veth `ifindex`.
+    /// Declares the endpoint behind the host-side veth `ifindex`: in the
+    /// `ENDPOINTS` hash, then in its cache slot unless another endpoint
+    /// holds that slot (it then stays hash-only). In this order, a crash
+    /// between the two leaves a slot that is the previous truth or marked
+    /// as being written (odd sequence: the programs use the hash).
     pub fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), DatapathError> {
         self.endpoints
             .insert(ifindex, info, 0)
-            .map_err(|source| map_error(ENDPOINTS, "insert", source))
+            .map_err(|source| map_error(ENDPOINTS, "insert", source))?;
+        let slot = self.endpoint_slot(ifindex)?;
+        if slot.ifindex == ifindex || slot.ifindex == 0 {
+            self.write_endpoint_slot(ifindex, slot, ifindex, info)?;
+        }
+        Ok(())
     }
 
+    /// Forgets an endpoint (absent is fine): its cache slot first, so the
+    /// programs never find a slot whose hash entry is gone.
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let slot = self.endpoint_slot(ifindex)?;
+        if slot.ifindex == ifindex {
+            self.write_endpoint_slot(ifindex, slot, 0, EndpointInfo::default())?;
+        }
         ignore_missing(self.endpoints.remove(&ifindex), ENDPOINTS)
+    }
+
+    /// The cache slot of `ifindex` as it is now.
+    pub fn endpoint_slot(&self, ifindex: u32) -> Result<EndpointSlot, DatapathError> {
+        self.endpoint_cache
+            .get(&EndpointSlot::index(ifindex), 0)
+            .map_err(|source| map_error(ENDPOINT_CACHE, "read", source))
+    }
+
+    /// Rewrites the slot of `owner` (`slot`, as read) to hold `info` for
+    /// `ifindex` (0: empty) by the seqlock protocol of [`EndpointSlot`]:
+    /// sequence odd, content, sequence even. Each step is one map update,
+    /// and each leaves the bytes the others write unchanged.
+    fn write_endpoint_slot(
+        &mut self,
+        owner: u32,
+        slot: EndpointSlot,
+        ifindex: u32,
+        info: EndpointInfo,
+    ) -> Result<(), DatapathError> {
+        let index = EndpointSlot::index(owner);
+        // An odd sequence left by an interrupted write stays odd.
+        let writing = slot.seq | 1;
+        let steps = [
+            EndpointSlot {
+                seq: writing,
+                ..slot
+            },
+            EndpointSlot {
+                seq: writing,
+                ifindex,
+                info,
+            },
+            EndpointSlot {
+                seq: writing.wrapping_add(1),
+                ifindex,
+                info,
+            },
+        ];
+        for step in steps {
+            self.endpoint_cache
+                .set(index, step, 0)
+                .map_err(|source| map_error(ENDPOINT_CACHE, "write", source))?;
+        }
+        Ok(())
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, DatapathError> {

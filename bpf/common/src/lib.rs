@@ -162,6 +162,9 @@ pub const CT_LIFETIME_NONTCP_S: u64 = 60;
 /// Map capacities.
 pub const IPCACHE_MAX: u32 = 512 * 1024;
 pub const ENDPOINTS_MAX: u32 = 64 * 1024;
+/// Slots of the endpoint cache (a power of two: the slot of an ifindex is
+/// its low bits).
+pub const ENDPOINT_SLOTS: u32 = 64 * 1024;
 /// All endpoints' policy entries share one LPM trie (allocated on demand).
 pub const POLICY_MAX: u32 = 1024 * 1024;
 /// Entries of each conntrack map (`CT4` for IPv4, `CT` for IPv6).
@@ -223,6 +226,32 @@ pub struct EndpointInfo {
     pub ipv4: [u8; 4],
     /// The endpoint's IPv6 address (all zeros: none), likewise.
     pub ipv6: [u8; 16],
+}
+
+/// A slot of the endpoint cache: an array indexed by the low bits of the
+/// host-side veth's ifindex, which the programs read without hashing. The
+/// `ENDPOINTS` hash stays the truth; a slot is only a copy of one of its
+/// entries, and the programs use it only when it is for their ifindex and
+/// was not being rewritten while they read it.
+///
+/// Array values are rewritten in place, so `seq` works as a seqlock: the
+/// agent makes it odd (one map update), writes the new content (a second),
+/// then makes it even again (a third). A program that reads an odd
+/// sequence, or a different one after the content, uses the hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointSlot {
+    pub seq: u32,
+    /// The ifindex this slot is for; 0 (no device has it): empty.
+    pub ifindex: u32,
+    pub info: EndpointInfo,
+}
+
+impl EndpointSlot {
+    /// The slot of `ifindex`.
+    pub const fn index(ifindex: u32) -> u32 {
+        ifindex & (ENDPOINT_SLOTS - 1)
+    }
 }
 
 impl EndpointInfo {
@@ -555,6 +584,8 @@ impl Event {
 const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 20);
 const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 12);
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<EndpointSlot>() == 40);
+const _: () = assert!(ENDPOINT_SLOTS.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 // LPM tries store the value right after the key data: a key of a multiple of
 // 8 bytes keeps the policy value's atomic counters 8-byte aligned (see `pad`).
@@ -583,6 +614,7 @@ mod pod {
     unsafe impl aya::Pod for IpcacheKey {}
     unsafe impl aya::Pod for IpcacheValue {}
     unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for EndpointSlot {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for CtKey {}

@@ -19,9 +19,12 @@
 //!    per CPU by a token bucket.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::ptr::{addr_of, read_volatile};
+use core::sync::atomic::{compiler_fence, Ordering};
 
 use axoneme_bpf_common::{
     counter, ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type,
+    EndpointSlot, ENDPOINT_SLOTS,
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
     verdict, CtKey, CtKey4, CtValue, EndpointInfo, Event, EventConfig, FragKey, FragValue, IpcacheKey,
     IpcacheValue, PolicyKey, PolicyValue, RateState, CT_CLOSE_TIMEOUT_S, CT_LIFETIME_NONTCP_S,
@@ -41,6 +44,9 @@ use aya_ebpf::{
 static IPCACHE: LpmTrie<IpcacheKey, IpcacheValue> = LpmTrie::pinned(IPCACHE_MAX, 0);
 #[map]
 static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, 0);
+/// A copy of `ENDPOINTS` read without hashing (see [`EndpointSlot`]).
+#[map]
+static ENDPOINT_CACHE: Array<EndpointSlot> = Array::pinned(ENDPOINT_SLOTS, 0);
 #[map]
 static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
 #[map]
@@ -156,7 +162,7 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the value is copied out at once; the agent replaces entries
     // whole, never in place.
-    let Some(ep) = (unsafe { ENDPOINTS.get(ifindex) }).copied() else {
+    let Some(ep) = endpoint(ifindex) else {
         drop_event(
             ctx,
             ifindex,
@@ -190,6 +196,34 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         Ok(_) => to_proxy(ctx),
         Err(()) => TC_ACT_SHOT,
     }
+}
+
+/// The endpoint behind `ifindex`: from its cache slot when that holds it
+/// and was not being rewritten meanwhile, else from the `ENDPOINTS` hash
+/// (the truth; the cache only saves hashing the key).
+#[inline(always)]
+fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
+    if let Some(slot) = ENDPOINT_CACHE.get_ptr(EndpointSlot::index(ifindex)) {
+        // SAFETY: `slot` points into the array's value, valid for the run.
+        // The agent may rewrite it meanwhile: the sequence read before and
+        // after tells (volatile reads, with compiler fences keeping the
+        // content's reads between them; x86-64 keeps loads in order).
+        unsafe {
+            let seq = read_volatile(addr_of!((*slot).seq));
+            compiler_fence(Ordering::SeqCst);
+            let copy = *slot;
+            compiler_fence(Ordering::SeqCst);
+            if seq & 1 == 0
+                && copy.ifindex == ifindex
+                && read_volatile(addr_of!((*slot).seq)) == seq
+            {
+                return Some(copy.info);
+            }
+        }
+    }
+    // SAFETY: the value is copied out at once; the agent replaces entries
+    // whole, never in place.
+    unsafe { ENDPOINTS.get(ifindex) }.copied()
 }
 
 /// Hands a packet of a redirected flow to the node's L7 proxy: marked for
