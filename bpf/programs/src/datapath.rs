@@ -24,13 +24,12 @@ use core::sync::atomic::{compiler_fence, Ordering};
 
 use axoneme_bpf_common::{
     counter, ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type,
-    EndpointSlot, ENDPOINT_SLOTS,
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
-    verdict, CtKey, CtKey4, CtValue, EndpointInfo, Event, EventConfig, FragKey, FragValue, IpcacheKey,
-    IpcacheValue, PolicyKey, PolicyValue, RateState, CT_CLOSE_TIMEOUT_S, CT_LIFETIME_NONTCP_S,
-    CT_LIFETIME_TCP_S, CT_MAX, CT_SYN_TIMEOUT_S, ENDPOINTS_MAX, EVENTS_BYTES, FRAGS_MAX,
-    IDENTITY_WORLD, IPCACHE_MAX, LOOPBACK_IFINDEX, MARK_MASK, MARK_PROXY, MARK_TO_PROXY,
-    POLICY_MAX,
+    verdict, CtKey, CtKey4, CtValue, EndpointInfo, EndpointSlot, Event, EventConfig, FragKey,
+    FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, RateState, CT_CLOSE_TIMEOUT_S,
+    CT_LIFETIME_NONTCP_S, CT_LIFETIME_TCP_S, CT_MAX, CT_SYN_TIMEOUT_S, ENDPOINTS_MAX,
+    ENDPOINT_SLOTS, EVENTS_BYTES, FRAGS_MAX, IDENTITY_WORLD, IPCACHE_MAX, LOOPBACK_IFINDEX,
+    MARK_MASK, MARK_PROXY, MARK_TO_PROXY, POLICY_MAX,
 };
 use aya_ebpf::{
     bindings::BPF_F_INGRESS,
@@ -156,25 +155,40 @@ pub fn axoneme_to_container(ctx: TcContext) -> i32 {
     handle(&ctx, direction::INGRESS)
 }
 
+/// What a program run is about: the packet's context, the interface, the
+/// direction and (once known) the endpoint. Passed by reference so the
+/// out-of-line paths below stay within BPF's five call arguments.
+struct At<'a> {
+    ctx: &'a TcContext,
+    ifindex: u32,
+    dir: u8,
+    ep: EndpointInfo,
+}
+
+// The hot path (a packet of a tracked IPv4 TCP/UDP flow) is inlined into
+// each program; everything else (new flows, drops and their events, IPv6,
+// ICMP, fragments) is in `#[inline(never)]` functions the programs call
+// (BPF subprograms), so the instructions a tracked packet runs through are
+// few and together (`axoneme_from_container`: 740 instructions instead of
+// 2,250). In place the programs take about twice their time under
+// `BPF_PROG_TEST_RUN`, where everything is in cache.
+// (Not `#[cold]`: LLVM then puts the functions in `.text.unlikely.`, and
+// aya 0.14 relocates calls into that section to the wrong place.)
 #[inline(always)]
 fn handle(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: `skb` points to the program's context, valid for the run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: the value is copied out at once; the agent replaces entries
-    // whole, never in place.
-    let Some(ep) = endpoint(ifindex) else {
-        drop_event(
-            ctx,
-            ifindex,
-            None,
-            dir,
-            0,
-            0,
-            None,
-            drop_reason::DROP_NO_ENDPOINT,
-        );
-        return TC_ACT_SHOT;
+    let found = endpoint(ifindex);
+    let at = At {
+        ctx,
+        ifindex,
+        dir,
+        ep: found.unwrap_or_default(),
     };
+    if found.is_none() {
+        drop_event(&at, None, drop_reason::DROP_NO_ENDPOINT, 0, 0);
+        return TC_ACT_SHOT;
+    }
     let Some(flow) = SCRATCH.get_ptr_mut(0) else {
         return TC_ACT_SHOT;
     };
@@ -185,11 +199,11 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         Ok(true) => {}
         Ok(false) => return TC_ACT_OK,
         Err(Drop(reason)) => {
-            drop_event(ctx, ifindex, Some(&ep), dir, 0, 0, None, reason);
+            drop_event(&at, None, reason, 0, 0);
             return TC_ACT_SHOT;
         }
     }
-    match decide(ctx, ifindex, &ep, dir, flow) {
+    match decide(&at, flow) {
         Ok(0) => TC_ACT_OK,
         // Ingress rules at the destination's veth, egress rules at the
         // source's: either way the node's proxy.
@@ -244,51 +258,63 @@ fn to_proxy(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn decide(
-    ctx: &TcContext,
-    ifindex: u32,
-    ep: &EndpointInfo,
-    dir: u8,
-    flow: &mut Flow,
-) -> Result<u16, ()> {
-    // The peer's identity (an LPM lookup) is looked up only for packets
-    // that are not part of a tracked flow, or are dropped: a packet of an
-    // established flow costs one conntrack lookup.
-    let ids = |flow: &Flow| -> (u32, u32, u32) {
-        let peer_addr = if dir == direction::INGRESS {
-            &flow.saddr
-        } else {
-            &flow.daddr
-        };
-        let peer = ipcache_identity(flow.family, peer_addr);
-        if dir == direction::INGRESS {
-            (peer, peer, ep.identity)
-        } else {
-            (peer, ep.identity, peer)
-        }
-    };
-    let fail = |flow: &Flow, reason: u8, (_, src_id, dst_id): (u32, u32, u32)| {
-        drop_event(
-            ctx,
-            ifindex,
-            Some(ep),
-            dir,
-            src_id,
-            dst_id,
-            Some(flow),
-            reason,
-        );
-    };
-
+fn decide(at: &At, flow: &mut Flow) -> Result<u16, ()> {
+    let ep = &at.ep;
     // A pod may only send from its own addresses (anti-spoofing; not even
     // from another address of its identity).
-    if dir == direction::EGRESS && !own_source(ep, flow) {
-        fail(flow, drop_reason::DROP_INVALID_SIP, ids(flow));
+    if at.dir == direction::EGRESS && !own_source(ep, flow) {
+        drop_flow(at, flow, drop_reason::DROP_INVALID_SIP);
         return Err(());
     }
+    if flow.frag != Frag::None && !fragment(at, flow) {
+        return Err(());
+    }
+    // Conntrack lifetimes are in seconds: the coarse clock (the same
+    // CLOCK_MONOTONIC, at tick resolution) is precise enough and skips a
+    // clock-source read per packet.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if flow.icmp == Icmp::Error {
+        if related(flow, ep.endpoint_id, at.dir, now) {
+            return Ok(0);
+        }
+    } else if let Some(proxy_port) = ct_update(at, flow, now) {
+        return Ok(if from_proxy(at) { 0 } else { proxy_port });
+    }
+    new_flow(at, flow)
+}
 
-    // Fragments: the first one records its ports; later ones borrow them
-    // (no record: drop, never a bypass).
+/// Whether the packet is one of the L7 proxy's own upstream connections
+/// (it carries the proxy's mark): their request was judged at L7 already,
+/// and they never go back to the proxy (not even on a flow whose tuple a
+/// redirected client used before).
+#[inline(always)]
+fn from_proxy(at: &At) -> bool {
+    // SAFETY: `skb` points to the program's context, valid for the run.
+    at.dir == direction::INGRESS && unsafe { (*at.ctx.skb.skb).mark } & MARK_MASK == MARK_PROXY
+}
+
+/// The peer's identity (an LPM lookup, so only for packets that are not
+/// part of a tracked flow, or are dropped), and the source's and
+/// destination's.
+#[inline(always)]
+fn ids(at: &At, flow: &Flow) -> (u32, u32, u32) {
+    let peer_addr = if at.dir == direction::INGRESS {
+        &flow.saddr
+    } else {
+        &flow.daddr
+    };
+    let peer = ipcache_identity(flow.family, peer_addr);
+    if at.dir == direction::INGRESS {
+        (peer, peer, at.ep.identity)
+    } else {
+        (peer, at.ep.identity, peer)
+    }
+}
+
+/// Fragments: the first one records its ports; later ones borrow them (no
+/// record: drop, never a bypass). False if the packet was dropped.
+#[inline(never)]
+fn fragment(at: &At, flow: &mut Flow) -> bool {
     match flow.frag {
         Frag::None => {}
         Frag::First(id) => {
@@ -309,36 +335,25 @@ fn decide(
                     flow.policy_port = u16::from_be(ports.dport);
                 }
                 None => {
-                    fail(flow, drop_reason::DROP_FRAG_NOT_FOUND, ids(flow));
-                    return Err(());
+                    drop_flow(at, flow, drop_reason::DROP_FRAG_NOT_FOUND);
+                    return false;
                 }
             }
         }
     }
+    true
+}
 
-    // Conntrack lifetimes are in seconds: the coarse clock (the same
-    // CLOCK_MONOTONIC, at tick resolution) is precise enough and skips a
-    // clock-source read per packet.
+/// A new flow: the policy decides.
+#[inline(never)]
+fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
+    let ep = &at.ep;
+    let ctx = at.ctx;
+    let dir = at.dir;
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let len = u64::from(ctx.len());
-    if flow.icmp == Icmp::Error && related(flow, ep.endpoint_id, dir, now) {
-        return Ok(0);
-    }
-    // The proxy's own upstream connections carry its mark: their request
-    // was judged at L7 already, and they never go back to the proxy (not
-    // even on a flow whose tuple a redirected client used before).
-    // SAFETY: `skb` points to the program's context, valid for the run.
-    let from_proxy =
-        dir == direction::INGRESS && unsafe { (*ctx.skb.skb).mark } & MARK_MASK == MARK_PROXY;
-    if flow.icmp != Icmp::Error {
-        if let Some(proxy_port) = ct_update(flow, ep.endpoint_id, dir, now, len) {
-            return Ok(if from_proxy { 0 } else { proxy_port });
-        }
-    }
-
-    // A new flow: the policy decides.
-    let known = ids(flow);
-    let (peer, src_id, dst_id) = known;
+    let from_proxy = from_proxy(at);
+    let (peer, src_id, dst_id) = ids(at, flow);
     let enforced = if dir == direction::INGRESS {
         ep.flags & endpoint_flags::INGRESS_ENFORCED != 0
     } else {
@@ -374,11 +389,9 @@ fn decide(
     } else {
         verdict::ALLOWED
     };
-    verdict_event(
-        ctx, ifindex, ep, dir, src_id, dst_id, flow, matched, outcome,
-    );
+    verdict_event(at, flow, src_id, dst_id, matched, outcome);
     if !allowed {
-        fail(flow, reason, known);
+        drop_event(at, Some(flow), reason, src_id, dst_id);
         return Err(());
     }
     // ICMP errors are never the start of a flow.
@@ -398,7 +411,13 @@ fn decide(
             ct_insert::<CtKey>(flow, ep.endpoint_id, dir, &value)
         };
         if !inserted {
-            fail(flow, drop_reason::DROP_CT_CREATE_FAILED, known);
+            drop_event(
+                at,
+                Some(flow),
+                drop_reason::DROP_CT_CREATE_FAILED,
+                src_id,
+                dst_id,
+            );
             return Err(());
         }
     }
@@ -546,12 +565,27 @@ fn ct_insert<K: Tuple>(flow: &Flow, endpoint_id: u32, dir: u8, value: &CtValue) 
 /// `Some(proxy port)` for packets of a redirected flow in its original
 /// direction, `Some(0)` for other tracked packets.
 #[inline(always)]
-fn ct_update(flow: &Flow, endpoint_id: u32, dir: u8, now: u64, len: u64) -> Option<u16> {
+fn ct_update(at: &At, flow: &Flow, now: u64) -> Option<u16> {
     if flow.family == family::IPV4 {
-        ct_update_in::<CtKey4>(flow, endpoint_id, dir, now, len)
+        ct_update_in::<CtKey4>(flow, at.ep.endpoint_id, at.dir, now, at.ctx.len())
     } else {
-        ct_update_in::<CtKey>(flow, endpoint_id, dir, now, len)
+        match ct_update6(at, flow, now) {
+            NOT_TRACKED => None,
+            port => Some(port as u16),
+        }
     }
+}
+
+/// What [`ct_update6`] returns for a packet of no tracked flow.
+const NOT_TRACKED: u32 = u32::MAX;
+
+/// [`ct_update_in`] for IPv6, out of line. Returns a plain integer (the
+/// proxy port, or [`NOT_TRACKED`]): an `Option` would be returned through
+/// memory, one argument more than BPF calls take.
+#[inline(never)]
+fn ct_update6(at: &At, flow: &Flow, now: u64) -> u32 {
+    ct_update_in::<CtKey>(flow, at.ep.endpoint_id, at.dir, now, at.ctx.len())
+        .map_or(NOT_TRACKED, u32::from)
 }
 
 #[inline(always)]
@@ -560,7 +594,7 @@ fn ct_update_in<K: Tuple>(
     endpoint_id: u32,
     dir: u8,
     now: u64,
-    len: u64,
+    len: u32,
 ) -> Option<u16> {
     let forward = ct_key::<K>(flow, endpoint_id, dir);
     let reverse = forward.reversed();
@@ -614,13 +648,13 @@ fn ct_update_in<K: Tuple>(
         // rare race with the other direction's CPU loses one count of a
         // statistic, never a verdict.
         (*entry).packets += 1;
-        (*entry).bytes += len;
+        (*entry).bytes += u64::from(len);
         Some(if reply { 0 } else { (*entry).proxy_port })
     }
 }
 
 /// Whether an ICMP error quotes a packet of a live flow of this endpoint.
-#[inline(always)]
+#[inline(never)]
 fn related(flow: &Flow, endpoint_id: u32, dir: u8, now: u64) -> bool {
     if flow.family == family::IPV4 {
         related_in::<CtKey4>(flow, endpoint_id, dir, now)
@@ -719,10 +753,14 @@ fn policy_lookup(
 fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
     // Most packets are option-less IPv4: one copy holds every header byte
     // they need. Shorter packets take the field-by-field loads below.
-    let head = ctx.load::<Head>(HEAD_OFFSET).ok();
-    let ethertype = match &head {
-        Some(h) => h.ethertype,
-        None => load(ctx, 12)?,
+    // (Zeroed, not an `Option`: a short packet's undefined header bytes
+    // could end up in a register the verifier sees read before written.)
+    let mut head = Head::default();
+    let whole = ctx.load::<Head>(HEAD_OFFSET).map(|h| head = h).is_ok();
+    let ethertype = if whole {
+        head.ethertype
+    } else {
+        load(ctx, 12)?
     };
     let ethertype = u16::from_be_bytes(ethertype);
     flow.family = 0;
@@ -737,10 +775,7 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
     flow.frag = Frag::None;
     let l4 = match ethertype {
         ETH_P_IP => {
-            let ip: [u8; 20] = match &head {
-                Some(h) => h.ip,
-                None => load(ctx, ETH_HLEN)?,
-            };
+            let ip: [u8; 20] = if whole { head.ip } else { load(ctx, ETH_HLEN)? };
             if ip[0] >> 4 != 4 {
                 return Err(Drop(drop_reason::DROP_INVALID));
             }
@@ -762,47 +797,7 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
             }
             ETH_HLEN + ihl
         }
-        ETH_P_IPV6 => {
-            let ip: [u8; 40] = load(ctx, ETH_HLEN)?;
-            if ip[0] >> 4 != 6 {
-                return Err(Drop(drop_reason::DROP_INVALID));
-            }
-            flow.family = family::IPV6;
-            flow.saddr.0.copy_from_slice(&ip[8..24]);
-            flow.daddr.0.copy_from_slice(&ip[24..40]);
-            let mut next = ip[6];
-            let mut off = ETH_HLEN + 40;
-            for _ in 0..MAX_EXT_HEADERS {
-                if !is_ext_header(next) {
-                    break;
-                }
-                let h: [u8; 8] = load(ctx, off)?;
-                let len = match next {
-                    // Authentication header: length in 4-byte units, minus 2.
-                    51 => (usize::from(h[1]) + 2) * 4,
-                    // Fragment: fixed size.
-                    44 => {
-                        let offset = u16::from_be_bytes([h[2], h[3]]);
-                        let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                        if offset & 0xfff8 != 0 {
-                            flow.frag = Frag::Later(id);
-                        } else if offset & 1 != 0 {
-                            flow.frag = Frag::First(id);
-                        }
-                        8
-                    }
-                    // Hop-by-hop, routing, destination options: 8-byte units.
-                    _ => (usize::from(h[1]) + 1) * 8,
-                };
-                next = h[0];
-                off += len;
-            }
-            if is_ext_header(next) {
-                return Err(Drop(drop_reason::DROP_INVALID_EXTHDR));
-            }
-            flow.protocol = next;
-            off
-        }
+        ETH_P_IPV6 => decode(parse_ipv6(ctx, flow))?,
         ETH_P_ARP => return Ok(false),
         _ => return Err(Drop(drop_reason::DROP_UNKNOWN_L3)),
     };
@@ -811,10 +806,7 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
         return Ok(true);
     }
     // The ports, when the one copy has them.
-    let ports = match &head {
-        Some(h) if flow.family == family::IPV4 && l4 == ETH_HLEN + 20 => Some(h.l4),
-        _ => None,
-    };
+    let ports = (whole && flow.family == family::IPV4 && l4 == ETH_HLEN + 20).then_some(head.l4);
     match flow.protocol {
         IPPROTO_TCP => {
             // Data offset and flags.
@@ -839,42 +831,117 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
             flow.dport = u16::from_ne_bytes([p[2], p[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let h: [u8; 8] = load(ctx, l4)?;
-            let ty = h[0];
-            flow.policy_port = u16::from(ty);
-            let v6 = flow.protocol == IPPROTO_ICMPV6;
-            let id = u16::from_ne_bytes([h[4], h[5]]);
-            match (v6, ty) {
-                // Echo request: the id is the "source port".
-                (false, 8) | (true, 128) => {
-                    flow.icmp = Icmp::Echo;
-                    flow.sport = id;
-                }
-                // Echo reply: the id is the "destination port", so its
-                // reverse is the request's key.
-                (false, 0) | (true, 129) => {
-                    flow.icmp = Icmp::Echo;
-                    flow.dport = id;
-                }
-                // Neighbour discovery (router/neighbour solicitation and
-                // advertisement, redirect) and multicast listener
-                // discovery (MLD query/report/done, MLDv2 report): link
-                // control traffic from link-local sources that never
-                // leaves the link; policy does not apply (as in Cilium
-                // for ND).
-                (true, 130..=137 | 143) => return Ok(false),
-                (false, 3 | 11 | 12) | (true, 1..=4) => {
-                    flow.icmp = Icmp::Error;
-                    quoted(ctx, l4 + 8, v6, &mut flow.inner)?;
-                }
-                _ => {}
-            }
-            return Ok(true);
+            return decode(parse_icmp(ctx, flow, l4)).map(|applies| applies != 0);
         }
         _ => return Ok(true),
     }
     flow.policy_port = u16::from_be(flow.dport);
     Ok(true)
+}
+
+// Out-of-line parse steps return a plain integer, not a `Result` (which
+// would be returned through memory: one argument more than BPF calls
+// take): >= 0 is the value, < 0 the negated drop reason.
+#[inline(always)]
+fn encode(r: Result<usize, Drop>) -> i64 {
+    match r {
+        Ok(v) => v as i64,
+        Err(Drop(reason)) => -i64::from(reason),
+    }
+}
+
+#[inline(always)]
+fn decode(v: i64) -> Result<usize, Drop> {
+    if v < 0 {
+        Err(Drop((-v) as u8))
+    } else {
+        Ok(v as usize)
+    }
+}
+
+/// The IPv6 header and its extension headers; the L4 offset.
+#[inline(never)]
+fn parse_ipv6(ctx: &TcContext, flow: &mut Flow) -> i64 {
+    encode((|| {
+        let ip: [u8; 40] = load(ctx, ETH_HLEN)?;
+        if ip[0] >> 4 != 6 {
+            return Err(Drop(drop_reason::DROP_INVALID));
+        }
+        flow.family = family::IPV6;
+        flow.saddr.0.copy_from_slice(&ip[8..24]);
+        flow.daddr.0.copy_from_slice(&ip[24..40]);
+        let mut next = ip[6];
+        let mut off = ETH_HLEN + 40;
+        for _ in 0..MAX_EXT_HEADERS {
+            if !is_ext_header(next) {
+                break;
+            }
+            let h: [u8; 8] = load(ctx, off)?;
+            let len = match next {
+                // Authentication header: length in 4-byte units, minus 2.
+                51 => (usize::from(h[1]) + 2) * 4,
+                // Fragment: fixed size.
+                44 => {
+                    let offset = u16::from_be_bytes([h[2], h[3]]);
+                    let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                    if offset & 0xfff8 != 0 {
+                        flow.frag = Frag::Later(id);
+                    } else if offset & 1 != 0 {
+                        flow.frag = Frag::First(id);
+                    }
+                    8
+                }
+                // Hop-by-hop, routing, destination options: 8-byte units.
+                _ => (usize::from(h[1]) + 1) * 8,
+            };
+            next = h[0];
+            off += len;
+        }
+        if is_ext_header(next) {
+            return Err(Drop(drop_reason::DROP_INVALID_EXTHDR));
+        }
+        flow.protocol = next;
+        Ok(off)
+    })())
+}
+
+/// An ICMP (v4 or v6) header: 1 if policy applies, 0 if not (link
+/// control traffic).
+#[inline(never)]
+fn parse_icmp(ctx: &TcContext, flow: &mut Flow, l4: usize) -> i64 {
+    encode((|| {
+        let h: [u8; 8] = load(ctx, l4)?;
+        let ty = h[0];
+        flow.policy_port = u16::from(ty);
+        let v6 = flow.protocol == IPPROTO_ICMPV6;
+        let id = u16::from_ne_bytes([h[4], h[5]]);
+        match (v6, ty) {
+            // Echo request: the id is the "source port".
+            (false, 8) | (true, 128) => {
+                flow.icmp = Icmp::Echo;
+                flow.sport = id;
+            }
+            // Echo reply: the id is the "destination port", so its
+            // reverse is the request's key.
+            (false, 0) | (true, 129) => {
+                flow.icmp = Icmp::Echo;
+                flow.dport = id;
+            }
+            // Neighbour discovery (router/neighbour solicitation and
+            // advertisement, redirect) and multicast listener
+            // discovery (MLD query/report/done, MLDv2 report): link
+            // control traffic from link-local sources that never
+            // leaves the link; policy does not apply (as in Cilium
+            // for ND).
+            (true, 130..=137 | 143) => return Ok(0),
+            (false, 3 | 11 | 12) | (true, 1..=4) => {
+                flow.icmp = Icmp::Error;
+                quoted(ctx, l4 + 8, v6, &mut flow.inner)?;
+            }
+            _ => {}
+        }
+        Ok(1)
+    })())
 }
 
 /// Where [`Head`] starts: two bytes before the ethertype, so that the
@@ -884,6 +951,7 @@ const HEAD_OFFSET: usize = 10;
 /// The first bytes a packet's verdict needs, copied in one helper call:
 /// the ethertype, an option-less IPv4 header and the 4 bytes after it (the
 /// ports). Needs a packet of at least 38 bytes.
+#[derive(Clone, Copy, Default)]
 #[repr(C, align(4))]
 struct Head {
     _mac: [u8; 2],
@@ -1004,14 +1072,23 @@ fn rate_allows() -> bool {
     true
 }
 
-fn emit(event: &Event) {
+/// Writes an event straight into the ring buffer (no copy on the stack,
+/// whose 512 bytes the call chain shares): zeroed, then filled by `fill`.
+#[inline(always)]
+fn emit(fill: impl FnOnce(&mut Event)) {
     if !rate_allows() {
         count(counter::EVENTS_RATE_LIMITED);
         return;
     }
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(*event);
+            let e = entry.as_mut_ptr();
+            // SAFETY: `e` is the reserved record, ours until submitted;
+            // every bit pattern is a valid `Event`.
+            unsafe {
+                core::ptr::write_bytes(e, 0, 1);
+                fill(&mut *e);
+            }
             entry.submit(0);
             count(counter::EVENTS_SENT);
         }
@@ -1019,22 +1096,13 @@ fn emit(event: &Event) {
     }
 }
 
-fn flow_event(
-    ctx: &TcContext,
-    ifindex: u32,
-    ep: Option<&EndpointInfo>,
-    dir: u8,
-    flow: Option<&Flow>,
-) -> Event {
-    let mut e = Event {
-        direction: dir,
-        ifindex,
-        len: ctx.len(),
-        ..Event::default()
-    };
-    if let Some(ep) = ep {
-        e.endpoint_id = ep.endpoint_id;
-    }
+/// The fields every event of a packet has.
+#[inline(always)]
+fn fill_flow(e: &mut Event, at: &At, flow: Option<&Flow>) {
+    e.direction = at.dir;
+    e.ifindex = at.ifindex;
+    e.len = at.ctx.len();
+    e.endpoint_id = at.ep.endpoint_id;
     if let Some(f) = flow {
         e.family = f.family;
         e.protocol = f.protocol;
@@ -1047,46 +1115,36 @@ fn flow_event(
         e.saddr = f.saddr.0;
         e.daddr = f.daddr.0;
     }
-    e
 }
 
-#[allow(clippy::too_many_arguments)]
-fn verdict_event(
-    ctx: &TcContext,
-    ifindex: u32,
-    ep: &EndpointInfo,
-    dir: u8,
-    src: u32,
-    dst: u32,
-    flow: &Flow,
-    matched: u8,
-    outcome: u8,
-) {
-    let mut e = flow_event(ctx, ifindex, Some(ep), dir, Some(flow));
-    e.kind = event_kind::POLICY_VERDICT;
-    e.src_identity = src;
-    e.dst_identity = dst;
-    e.match_type = matched;
-    e.verdict = outcome;
-    emit(&e);
+#[inline(always)]
+fn verdict_event(at: &At, flow: &Flow, src: u32, dst: u32, matched: u8, outcome: u8) {
+    emit(|e| {
+        fill_flow(e, at, Some(flow));
+        e.kind = event_kind::POLICY_VERDICT;
+        e.src_identity = src;
+        e.dst_identity = dst;
+        e.match_type = matched;
+        e.verdict = outcome;
+    });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn drop_event(
-    ctx: &TcContext,
-    ifindex: u32,
-    ep: Option<&EndpointInfo>,
-    dir: u8,
-    src: u32,
-    dst: u32,
-    flow: Option<&Flow>,
-    reason: u8,
-) {
-    let mut e = flow_event(ctx, ifindex, ep, dir, flow);
-    e.kind = event_kind::DROP;
-    e.reason = reason;
-    e.verdict = verdict::DENIED;
-    e.src_identity = src;
-    e.dst_identity = dst;
-    emit(&e);
+/// A drop event for a packet of the endpoint (`flow`: if parsed).
+#[inline(never)]
+fn drop_event(at: &At, flow: Option<&Flow>, reason: u8, src: u32, dst: u32) {
+    emit(|e| {
+        fill_flow(e, at, flow);
+        e.kind = event_kind::DROP;
+        e.reason = reason;
+        e.verdict = verdict::DENIED;
+        e.src_identity = src;
+        e.dst_identity = dst;
+    });
+}
+
+/// [`drop_event`] with the identities looked up.
+#[inline(never)]
+fn drop_flow(at: &At, flow: &Flow, reason: u8) {
+    let (_, src, dst) = ids(at, flow);
+    drop_event(at, Some(flow), reason, src, dst);
 }
