@@ -33,7 +33,8 @@ use axoneme_bpf_common::{
 };
 use aya_ebpf::{
     bindings::BPF_F_INGRESS,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect},
+    cty::c_void,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
@@ -169,7 +170,7 @@ struct At<'a> {
 // each program; everything else (new flows, drops and their events, IPv6,
 // ICMP, fragments) is in `#[inline(never)]` functions the programs call
 // (BPF subprograms), so the instructions a tracked packet runs through are
-// few and together (`axoneme_from_container`: 740 instructions instead of
+// few and together (`axoneme_from_container`: 537 instructions instead of
 // 2,250). In place the programs take about twice their time under
 // `BPF_PROG_TEST_RUN`, where everything is in cache.
 // (Not `#[cold]`: LLVM then puts the functions in `.text.unlikely.`, and
@@ -178,14 +179,13 @@ struct At<'a> {
 fn handle(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: `skb` points to the program's context, valid for the run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let found = endpoint(ifindex);
-    let at = At {
+    let mut at = At {
         ctx,
         ifindex,
         dir,
-        ep: found.unwrap_or_default(),
+        ep: EndpointInfo::default(),
     };
-    if found.is_none() {
+    if !endpoint(ifindex, &mut at.ep) {
         drop_event(&at, None, drop_reason::DROP_NO_ENDPOINT, 0, 0);
         return TC_ACT_SHOT;
     }
@@ -212,11 +212,12 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     }
 }
 
-/// The endpoint behind `ifindex`: from its cache slot when that holds it
-/// and was not being rewritten meanwhile, else from the `ENDPOINTS` hash
-/// (the truth; the cache only saves hashing the key).
+/// Copies the endpoint behind `ifindex` into `out`: from its cache slot
+/// when that holds it and was not being rewritten meanwhile, else from the
+/// `ENDPOINTS` hash (the truth; the cache only saves hashing the key).
+/// False if neither has it.
 #[inline(always)]
-fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
+fn endpoint(ifindex: u32, out: &mut EndpointInfo) -> bool {
     if let Some(slot) = ENDPOINT_CACHE.get_ptr(EndpointSlot::index(ifindex)) {
         // SAFETY: `slot` points into the array's value, valid for the run.
         // The agent may rewrite it meanwhile: the sequence read before and
@@ -225,19 +226,41 @@ fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
         unsafe {
             let seq = read_volatile(addr_of!((*slot).seq));
             compiler_fence(Ordering::SeqCst);
-            let copy = *slot;
+            let owner = (*slot).ifindex;
+            copy_endpoint(addr_of!((*slot).info), out);
             compiler_fence(Ordering::SeqCst);
-            if seq & 1 == 0
-                && copy.ifindex == ifindex
-                && read_volatile(addr_of!((*slot).seq)) == seq
-            {
-                return Some(copy.info);
+            if seq & 1 == 0 && owner == ifindex && read_volatile(addr_of!((*slot).seq)) == seq {
+                return true;
             }
         }
     }
-    // SAFETY: the value is copied out at once; the agent replaces entries
-    // whole, never in place.
-    unsafe { ENDPOINTS.get(ifindex) }.copied()
+    match ENDPOINTS.get_ptr(ifindex) {
+        // SAFETY: a pointer into the hash's value, valid for the run; the
+        // agent replaces entries whole, never in place.
+        Some(info) => {
+            unsafe { copy_endpoint(info, out) };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Copies an `EndpointInfo` as eight 4-byte words. A plain copy returned
+/// by value is split into its fields and its address arrays into bytes: a
+/// hundred instructions and as many stack slots.
+///
+/// # Safety
+/// `src` must point to a readable `EndpointInfo`.
+#[inline(always)]
+unsafe fn copy_endpoint(src: *const EndpointInfo, dst: &mut EndpointInfo) {
+    const WORDS: usize = core::mem::size_of::<EndpointInfo>() / 4;
+    let src = src as *const u32;
+    let dst = dst as *mut EndpointInfo as *mut u32;
+    for i in 0..WORDS {
+        // SAFETY: both are `EndpointInfo`s (align 4, size 32) by the
+        // contract and the types.
+        unsafe { dst.add(i).write(src.add(i).read()) };
+    }
 }
 
 /// Hands a packet of a redirected flow to the node's L7 proxy: marked for
@@ -756,13 +779,10 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
     // (Zeroed, not an `Option`: a short packet's undefined header bytes
     // could end up in a register the verifier sees read before written.)
     let mut head = Head::default();
-    let whole = ctx.load::<Head>(HEAD_OFFSET).map(|h| head = h).is_ok();
-    let ethertype = if whole {
-        head.ethertype
-    } else {
-        load(ctx, 12)?
-    };
-    let ethertype = u16::from_be_bytes(ethertype);
+    let whole = load_into(ctx, HEAD_OFFSET, &mut head).is_ok();
+    if !whole {
+        load_into(ctx, 12, &mut head.ethertype)?;
+    }
     flow.family = 0;
     flow.protocol = 0;
     flow.saddr = Addr::default();
@@ -773,23 +793,26 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
     flow.tcp_flags = 0;
     flow.icmp = Icmp::None;
     flow.frag = Frag::None;
-    let l4 = match ethertype {
+    let l4 = match u16::from_be(head.ethertype) {
         ETH_P_IP => {
-            let ip: [u8; 20] = if whole { head.ip } else { load(ctx, ETH_HLEN)? };
-            if ip[0] >> 4 != 4 {
+            if !whole {
+                load_into(ctx, ETH_HLEN, &mut head.ip)?;
+            }
+            let ip = &head.ip;
+            if ip.version_ihl >> 4 != 4 {
                 return Err(Drop(drop_reason::DROP_INVALID));
             }
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+            let total = usize::from(u16::from_be(ip.total_len));
             if ihl < 20 || total < ihl {
                 return Err(Drop(drop_reason::DROP_INVALID));
             }
             flow.family = family::IPV4;
-            flow.protocol = ip[9];
-            flow.saddr.0[..4].copy_from_slice(&ip[12..16]);
-            flow.daddr.0[..4].copy_from_slice(&ip[16..20]);
-            let frag = u16::from_be_bytes([ip[6], ip[7]]);
-            let id = u32::from(u16::from_be_bytes([ip[4], ip[5]]));
+            flow.protocol = ip.protocol;
+            flow.saddr.0[..4].copy_from_slice(&ip.saddr);
+            flow.daddr.0[..4].copy_from_slice(&ip.daddr);
+            let frag = u16::from_be(ip.frag_off);
+            let id = u32::from(u16::from_be(ip.id));
             if frag & 0x1fff != 0 {
                 flow.frag = Frag::Later(id);
             } else if frag & 0x2000 != 0 {
@@ -805,30 +828,26 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
         // No L4 header: the ports come from the first fragment.
         return Ok(true);
     }
-    // The ports, when the one copy has them.
-    let ports = (whole && flow.family == family::IPV4 && l4 == ETH_HLEN + 20).then_some(head.l4);
+    // Whether the one copy has the ports.
+    let ports_copied = whole && flow.family == family::IPV4 && l4 == ETH_HLEN + 20;
     match flow.protocol {
-        IPPROTO_TCP => {
-            // Data offset and flags.
-            let h: [u8; 2] = peek(ctx, l4 + 12)?;
-            if usize::from(h[0] >> 4) * 4 < 20 {
-                return Err(Drop(drop_reason::DROP_CT_INVALID_HDR));
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            if ports_copied {
+                flow.sport = head.sport;
+                flow.dport = head.dport;
+            } else {
+                let p: [u8; 4] = load(ctx, l4)?;
+                flow.sport = u16::from_ne_bytes([p[0], p[1]]);
+                flow.dport = u16::from_ne_bytes([p[2], p[3]]);
             }
-            flow.tcp_flags = h[1];
-            let p = match ports {
-                Some(p) => p,
-                None => load(ctx, l4)?,
-            };
-            flow.sport = u16::from_ne_bytes([p[0], p[1]]);
-            flow.dport = u16::from_ne_bytes([p[2], p[3]]);
-        }
-        IPPROTO_UDP | IPPROTO_SCTP => {
-            let p = match ports {
-                Some(p) => p,
-                None => load(ctx, l4)?,
-            };
-            flow.sport = u16::from_ne_bytes([p[0], p[1]]);
-            flow.dport = u16::from_ne_bytes([p[2], p[3]]);
+            if flow.protocol == IPPROTO_TCP {
+                // Data offset and flags.
+                let h: [u8; 2] = peek(ctx, l4 + 12)?;
+                if usize::from(h[0] >> 4) * 4 < 20 {
+                    return Err(Drop(drop_reason::DROP_CT_INVALID_HDR));
+                }
+                flow.tcp_flags = h[1];
+            }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             return decode(parse_icmp(ctx, flow, l4)).map(|applies| applies != 0);
@@ -950,15 +969,36 @@ const HEAD_OFFSET: usize = 10;
 
 /// The first bytes a packet's verdict needs, copied in one helper call:
 /// the ethertype, an option-less IPv4 header and the 4 bytes after it (the
-/// ports). Needs a packet of at least 38 bytes.
+/// ports). Needs a packet of at least 38 bytes. Typed fields at their
+/// natural alignment, so each is read with one load.
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(4))]
 struct Head {
     _mac: [u8; 2],
-    ethertype: [u8; 2],
-    ip: [u8; 20],
-    l4: [u8; 4],
+    /// Network order, as are the other multi-byte fields.
+    ethertype: u16,
+    ip: Ipv4Header,
+    sport: u16,
+    dport: u16,
 }
+
+/// The fixed part of an IPv4 header.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct Ipv4Header {
+    version_ihl: u8,
+    tos: u8,
+    total_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    protocol: u8,
+    check: u16,
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<Head>() == 28);
 
 /// IPv6 extension headers the parser walks: hop-by-hop, routing,
 /// fragment, authentication, destination options.
@@ -998,6 +1038,26 @@ fn quoted(ctx: &TcContext, off: usize, v6: bool, inner: &mut InnerFlow) -> Resul
         _ => {}
     }
     Ok(())
+}
+
+/// Copies `size_of::<T>()` packet bytes at `off` into `dst` (which must
+/// be plain bytes: every bit pattern valid).
+#[inline(always)]
+fn load_into<T: Copy>(ctx: &TcContext, off: usize, dst: &mut T) -> Result<(), Drop> {
+    // SAFETY: a helper call writing exactly `size_of::<T>()` bytes to `dst`.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            dst as *mut T as *mut c_void,
+            core::mem::size_of::<T>() as u32,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(Drop(drop_reason::DROP_CT_INVALID_HDR))
+    }
 }
 
 #[inline(always)]
