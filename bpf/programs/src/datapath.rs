@@ -63,10 +63,11 @@ static EVENT_CONFIG: Array<EventConfig> = Array::pinned(1, 0);
 static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
-/// Per-CPU scratch space for the packet being handled: the BPF stack (512
-/// bytes) is too small to hold it beside the map keys.
+/// The flow an ICMP error quotes, from the parser to `related`: per CPU,
+/// because the stack (512 bytes for the whole call chain) has no room for
+/// it beside the packet's own flow.
 #[map]
-static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+static QUOTED: PerCpuArray<InnerFlow> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -130,10 +131,25 @@ struct Flow {
     tcp_flags: u8,
     icmp: Icmp,
     frag: Frag,
-    /// For `Icmp::Error`: the quoted packet's flow, as sent.
-    inner: InnerFlow,
 }
 
+impl Flow {
+    /// Nothing known yet.
+    const EMPTY: Flow = Flow {
+        family: 0,
+        protocol: 0,
+        saddr: Addr([0; 16]),
+        daddr: Addr([0; 16]),
+        sport: 0,
+        dport: 0,
+        policy_port: 0,
+        tcp_flags: 0,
+        icmp: Icmp::None,
+        frag: Frag::None,
+    };
+}
+
+/// For `Icmp::Error`: the quoted packet's flow, as sent.
 #[derive(Clone, Copy, Default)]
 struct InnerFlow {
     protocol: u8,
@@ -189,12 +205,10 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         drop_event(&at, None, drop_reason::DROP_NO_ENDPOINT, 0, 0);
         return TC_ACT_SHOT;
     }
-    let Some(flow) = SCRATCH.get_ptr_mut(0) else {
-        return TC_ACT_SHOT;
-    };
-    // SAFETY: this CPU's slot, used by this run only (TC programs do not
-    // nest on one CPU).
-    let flow = unsafe { &mut *flow };
+    // On the stack, whose lines stay in cache between packets (a per-CPU
+    // map value did not).
+    let mut flow = Flow::EMPTY;
+    let flow = &mut flow;
     match parse(ctx, flow) {
         Ok(true) => {}
         Ok(false) => return TC_ACT_OK,
@@ -680,15 +694,20 @@ fn ct_update_in<K: Tuple>(
 #[inline(never)]
 fn related(flow: &Flow, endpoint_id: u32, dir: u8, now: u64) -> bool {
     if flow.family == family::IPV4 {
-        related_in::<CtKey4>(flow, endpoint_id, dir, now)
+        related_in::<CtKey4>(endpoint_id, dir, now)
     } else {
-        related_in::<CtKey>(flow, endpoint_id, dir, now)
+        related_in::<CtKey>(endpoint_id, dir, now)
     }
 }
 
 #[inline(always)]
-fn related_in<K: Tuple>(flow: &Flow, endpoint_id: u32, dir: u8, now: u64) -> bool {
-    let inner = &flow.inner;
+fn related_in<K: Tuple>(endpoint_id: u32, dir: u8, now: u64) -> bool {
+    let Some(inner) = QUOTED.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, written by this run's parser (TC programs
+    // do not nest on one CPU).
+    let inner = unsafe { &*inner };
     // The quoted packet went the other way: as sent by us (original
     // direction, opposite to the error's), or as a reply we sent.
     let as_sent = K::of(
@@ -770,7 +789,7 @@ fn policy_lookup(
     POLICY.get(&key).map(|v| v as *const PolicyValue)
 }
 
-/// Fills `flow` from the packet; `Ok(false)` for packets policy does not
+/// Fills `flow` (empty) from the packet; `Ok(false)` for packets policy does not
 /// apply to (ARP, IPv6 neighbour discovery).
 #[inline(always)]
 fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
@@ -783,16 +802,6 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
     if !whole {
         load_into(ctx, 12, &mut head.ethertype)?;
     }
-    flow.family = 0;
-    flow.protocol = 0;
-    flow.saddr = Addr::default();
-    flow.daddr = Addr::default();
-    flow.sport = 0;
-    flow.dport = 0;
-    flow.policy_port = 0;
-    flow.tcp_flags = 0;
-    flow.icmp = Icmp::None;
-    flow.frag = Frag::None;
     let l4 = match u16::from_be(head.ethertype) {
         ETH_P_IP => {
             if !whole {
@@ -955,7 +964,11 @@ fn parse_icmp(ctx: &TcContext, flow: &mut Flow, l4: usize) -> i64 {
             (true, 130..=137 | 143) => return Ok(0),
             (false, 3 | 11 | 12) | (true, 1..=4) => {
                 flow.icmp = Icmp::Error;
-                quoted(ctx, l4 + 8, v6, &mut flow.inner)?;
+                let Some(inner) = QUOTED.get_ptr_mut(0) else {
+                    return Err(Drop(drop_reason::DROP_INVALID));
+                };
+                // SAFETY: this CPU's slot, used by this run only.
+                quoted(ctx, l4 + 8, v6, unsafe { &mut *inner })?;
             }
             _ => {}
         }
