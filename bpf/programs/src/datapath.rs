@@ -205,8 +205,8 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         drop_event(&at, None, drop_reason::DROP_NO_ENDPOINT, 0, 0);
         return TC_ACT_SHOT;
     }
-    // On the stack, whose lines stay in cache between packets (a per-CPU
-    // map value did not).
+    // On the stack: written on every packet, and the stack's lines are the
+    // likeliest to be in cache still (a per-CPU map value's are not).
     let mut flow = Flow::EMPTY;
     let flow = &mut flow;
     match parse(ctx, flow) {
