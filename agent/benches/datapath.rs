@@ -401,10 +401,6 @@ fn program_cost() -> Result<Value> {
     const B: [u8; 4] = [10, 0, 0, 2];
     const W: [u8; 4] = [10, 0, 0, 9];
     let dp = &mut support::load();
-    let id = |identity| IpcacheValue {
-        identity,
-        ..IpcacheValue::default()
-    };
     dp.maps.set_endpoint(
         1,
         EndpointInfo::new(
@@ -417,14 +413,7 @@ fn program_cost() -> Result<Value> {
     dp.maps
         .set_ipcache(&"10.0.0.2/32".parse()?, id(SERVER_ID))?;
     for (protocol, port) in [(PROTO_UDP, UDP_PORT), (PROTO_TCP, RR_PORT)] {
-        let key = Key {
-            identity: NumericIdentity(SERVER_ID),
-            protocol,
-            port,
-            prefix: 16,
-        };
-        let (k, v) = policy_entry(CLIENT_ID, Direction::Egress, &key, &Verdict::Allow, 0);
-        dp.maps.set_policy(&k, v)?;
+        allow(dp, CLIENT_ID, Direction::Egress, SERVER_ID, protocol, port)?;
     }
     let payload = [0u8; 64];
     let out = support::ipv4(
@@ -659,10 +648,6 @@ fn iptables_flush(node: &Node) -> Result<()> {
 }
 
 fn program(dp: &mut Datapath, client: &Pod, server: &Pod, n: u32) -> Result<()> {
-    let id = |i| IpcacheValue {
-        identity: i,
-        ..IpcacheValue::default()
-    };
     dp.maps
         .set_ipcache(&format!("{}/32", client.ip).parse()?, id(CLIENT_ID))?;
     dp.maps
@@ -680,16 +665,37 @@ fn program(dp: &mut Datapath, client: &Pod, server: &Pod, n: u32) -> Result<()> 
             (PROTO_TCP, IPERF_PORT),
             (PROTO_UDP, UDP_PORT),
         ] {
-            let key = Key {
-                identity: NumericIdentity(peer),
-                protocol,
-                port,
-                prefix: 16,
-            };
-            let (k, v) = policy_entry(SERVER_ID, Direction::Ingress, &key, &Verdict::Allow, 0);
-            dp.maps.set_policy(&k, v)?;
+            allow(dp, SERVER_ID, Direction::Ingress, peer, protocol, port)?;
         }
     }
+    Ok(())
+}
+
+/// An ipcache value for `identity`.
+fn id(identity: u32) -> IpcacheValue {
+    IpcacheValue {
+        identity,
+        ..IpcacheValue::default()
+    }
+}
+
+/// Lets `peer` reach endpoint `endpoint` in `dir` on one protocol and port.
+fn allow(
+    dp: &mut Datapath,
+    endpoint: u32,
+    dir: Direction,
+    peer: u32,
+    protocol: u8,
+    port: u16,
+) -> Result<()> {
+    let key = Key {
+        identity: NumericIdentity(peer),
+        protocol,
+        port,
+        prefix: 16,
+    };
+    let (k, v) = policy_entry(endpoint, dir, &key, &Verdict::Allow, 0);
+    dp.maps.set_policy(&k, v)?;
     Ok(())
 }
 

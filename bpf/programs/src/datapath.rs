@@ -1075,8 +1075,9 @@ fn load_into<T: Copy>(ctx: &TcContext, off: usize, dst: &mut T) -> Result<(), Dr
 
 #[inline(always)]
 fn load<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], Drop> {
-    ctx.load::<[u8; N]>(off)
-        .map_err(|_| Drop(drop_reason::DROP_CT_INVALID_HDR))
+    let mut bytes = [0u8; N];
+    load_into(ctx, off, &mut bytes)?;
+    Ok(bytes)
 }
 
 /// [`load`] for a few bytes: read in place when they are in the packet's
