@@ -62,7 +62,7 @@ const IPERF_SECONDS: &str = "3";
 /// overrides).
 const ROUNDS: usize = 3;
 /// The figures taken per run (their medians are reported).
-const METRICS: [&str; 14] = [
+const METRICS: [&str; 16] = [
     "gbit_per_s",
     "rr_p50_us",
     "rr_p99_us",
@@ -77,6 +77,8 @@ const METRICS: [&str; 14] = [
     "paired_rr_p50_ratio",
     "floor_paired_udp_pps_ratio",
     "floor_paired_rr_p50_ratio",
+    "iptables_paired_udp_pps_ratio",
+    "iptables_paired_rr_p50_ratio",
 ];
 /// Metrics where more is better (the others are times).
 const HIGHER_IS_BETTER: [&str; 4] = ["gbit_per_s", "crr_per_s", "udp_pps", "new_flows_per_s"];
@@ -716,21 +718,27 @@ fn main() -> Result<()> {
     }
     let prefix = axoneme_e2e::run_prefix("b");
     let node = Node::create(&format!("{prefix}n"))?;
-    // A client/server pod pair named by `tag`, at 10.88.0.<first> and the
-    // next address.
-    let pair = |tag: &str, first: u8| -> Result<(Pod, Pod)> {
+    // iptables gets a node namespace of its own: its conntrack and its
+    // (nftables) FORWARD hook, once there, stay for every packet the
+    // namespace routes, so they must not touch the other pairs.
+    let iptables_node = Node::create(&format!("{prefix}i"))?;
+    // A client/server pod pair on `node` named by `tag`, at 10.88.0.<first>
+    // and the next address.
+    let pair = |node: &Node, tag: &str, first: u8| -> Result<(Pod, Pod)> {
         let pod = |role: &str, last: u8| {
             let name = format!("{prefix}{role}{tag}");
             node.add_pod(&name, &format!("{name}h"), Ipv4Addr::new(10, 88, 0, last))
         };
         Ok((pod("c", first)?, pod("s", first + 1)?))
     };
-    let (client, server) = pair("", 1)?;
+    let (client, server) = pair(&node, "", 1)?;
     // The never-attached pair of the paired comparison.
-    let (bare_client, bare_server) = pair("2", 3)?;
+    let (bare_client, bare_server) = pair(&node, "2", 3)?;
     // And a pair with a minimal program attached: the floor.
-    let (floor_client, floor_server) = pair("3", 5)?;
-    for s in [&server, &bare_server, &floor_server] {
+    let (floor_client, floor_server) = pair(&node, "3", 5)?;
+    // And the pair iptables filters.
+    let (ipt_client, ipt_server) = pair(&iptables_node, "4", 7)?;
+    for s in [&server, &bare_server, &floor_server, &ipt_server] {
         echo_server(s)?;
         udp_sink(s)?;
     }
@@ -748,9 +756,10 @@ fn main() -> Result<()> {
     for round in 0..rounds_wanted {
         let mut runs = vec![measure("bare veth", &client, &server, 0)?];
         for (block, &n) in (0..).zip(SIZES).filter(|_| !skip_iptables) {
-            iptables(&node, &client, &server, n)?;
-            runs.push(measure(&format!("iptables {n}"), &client, &server, block)?);
-            iptables_flush(&node)?;
+            iptables(&iptables_node, &ipt_client, &ipt_server, n)?;
+            let name = format!("iptables {n}");
+            runs.push(measure(&name, &ipt_client, &ipt_server, block)?);
+            iptables_flush(&iptables_node)?;
         }
         let pins = PathBuf::from(PIN_ROOT).join(format!("{prefix}{round}"));
         let mut dp = Datapath::load(&pins)?;
@@ -770,17 +779,25 @@ fn main() -> Result<()> {
                 program(&mut dp, &client, &server, n)?;
                 let mut v = measure(&format!("axoneme {n}"), &client, &server, block)?;
                 let cost = bpf_cost(&dp, &client, &server)?;
+                // The same policy in iptables, on its own pair, in the
+                // same blocks.
+                iptables(&iptables_node, &ipt_client, &ipt_server, n)?;
                 let sides = [
                     (&bare_client, &bare_server),
                     (&client, &server),
                     (&floor_client, &floor_server),
+                    (&ipt_client, &ipt_server),
                 ];
-                let ratios = paired(&sides)?;
+                let ratios = paired(&sides);
+                iptables_flush(&iptables_node)?;
+                let ratios = ratios?;
                 let pair = json!({
                     "paired_udp_pps_ratio": ratios[0].0,
                     "paired_rr_p50_ratio": ratios[0].1,
                     "floor_paired_udp_pps_ratio": ratios[1].0,
                     "floor_paired_rr_p50_ratio": ratios[1].1,
+                    "iptables_paired_udp_pps_ratio": ratios[2].0,
+                    "iptables_paired_rr_p50_ratio": ratios[2].1,
                 });
                 eprintln!("axoneme {n}: programs per packet {cost}, paired with bare {pair}");
                 for (k, x) in [cost, pair].iter().filter_map(Value::as_object).flatten() {

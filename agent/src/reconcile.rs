@@ -342,6 +342,9 @@ impl Reconciler {
         for (ifindex, info) in &endpoints {
             if self.endpoints.get(ifindex) != Some(info) {
                 self.dp.maps.set_endpoint(*ifindex, *info)?;
+            } else if !self.adopted {
+                // Pins from before local delivery have no address entries.
+                self.dp.maps.set_endpoint_addresses(*ifindex, info)?;
             }
         }
         for ifindex in self.endpoints.keys().filter(|i| !endpoints.contains_key(i)) {

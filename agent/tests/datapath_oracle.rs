@@ -49,7 +49,12 @@ fn check(
 
     // Addresses: workloads 10.200.0.x, reserved identities 10.255.0.<id>
     // (as if the agent had programmed them), CIDR identities their prefix.
+    // Each workload also has a twin at 10.201.0.x: the peer of its own
+    // identity that the subject sends to (its own address is local: a
+    // packet to it would be delivered into the subject and judged as its
+    // ingress too, and a real pod's packets to itself never leave it).
     let mut addr: BTreeMap<NumericIdentity, [u8; 4]> = BTreeMap::new();
+    let mut twin: BTreeMap<NumericIdentity, [u8; 4]> = BTreeMap::new();
     let set = |net: IpNet, id: NumericIdentity, dp: &mut TestDatapath| {
         let value = IpcacheValue {
             identity: id.0,
@@ -66,7 +71,11 @@ fn check(
         } else if id.is_reserved() {
             [10, 255, 0, u8::try_from(id.0).unwrap()]
         } else {
-            [10, 200, 0, u8::try_from(id.0 - 255).unwrap()]
+            let n = u8::try_from(id.0 - 255).unwrap();
+            let other = [10, 201, 0, n];
+            twin.insert(id, other);
+            set(IpNet::from(std::net::IpAddr::from(other)), id, &mut dp);
+            [10, 200, 0, n]
         };
         addr.insert(id, a);
         set(IpNet::from(std::net::IpAddr::from(a)), id, &mut dp);
@@ -111,7 +120,12 @@ fn check(
                                 (TO_CONTAINER, packet(peer_addr, me, proto, port))
                             }
                             Direction::Egress => {
-                                (FROM_CONTAINER, packet(me, peer_addr, proto, port))
+                                let to = if peer == subject {
+                                    twin[&peer]
+                                } else {
+                                    peer_addr
+                                };
+                                (FROM_CONTAINER, packet(me, to, proto, port))
                             }
                         };
                         let action = run(&dp, program, &pkt);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use axoneme_bpf_common::IpcacheKey;
 use axoneme_e2e::netns::{Node, Pod};
 use axoneme_e2e::{bin_path, run_prefix, EtcdCluster, OperatorProc, Proc};
 
@@ -302,6 +303,46 @@ fn allowed_8080_packets(c: &Cluster) -> Result<u64> {
     Ok(sum)
 }
 
+/// Datagrams the node's own IPv4 and IPv6 routing forwarded (its SNMP
+/// counters): what local delivery skips.
+fn forwarded(c: &Cluster) -> Result<(u64, u64)> {
+    let read = |file: &str, field: &str| -> Result<u64> {
+        let out = c.node.ns.command(&["cat", file]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // /proc/net/snmp: a header line of names, then a line of values;
+        // /proc/net/snmp6: one "name value" per line.
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let names: Vec<&str> = line.split_whitespace().collect();
+            if names.len() == 2 && names[0] == field {
+                return Ok(names[1].parse()?);
+            }
+            if let Some(i) = names.iter().position(|n| *n == field) {
+                let values = lines.next().context("snmp values")?;
+                return Ok(values
+                    .split_whitespace()
+                    .nth(i)
+                    .context(field.to_string())?
+                    .parse()?);
+            }
+        }
+        anyhow::bail!("no {field} in {file}")
+    };
+    Ok((
+        read("/proc/net/snmp", "ForwDatagrams")?,
+        read("/proc/net/snmp6", "Ip6OutForwDatagrams")?,
+    ))
+}
+
+/// The pinned local-delivery map: each local endpoint address → its
+/// ifindex.
+fn delivery_map(c: &Cluster) -> Result<aya::maps::HashMap<aya::maps::MapData, IpcacheKey, u32>> {
+    use aya::maps::{Map, MapData};
+    let data = MapData::from_pin(c.pins.join("ENDPOINT_ADDRS"))
+        .context("opening the pinned ENDPOINT_ADDRS map")?;
+    Ok(Map::HashMap(data).try_into()?)
+}
+
 /// Waits until `f` holds (policy changes take a moment to reach the node).
 fn eventually(what: &str, f: impl Fn() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -339,6 +380,7 @@ fn pods_on_one_node_policy_and_agent_restarts() -> Result<()> {
     // The allow entry counted the client's new flows (the counters count
     // flows' first packets: policy is looked up on new flows only).
     let before = allowed_8080_packets(&c)?;
+    let routed = forwarded(&c)?;
     for _ in 0..5 {
         assert!(tcp_ok(&c.client, s, TCP_PORT));
     }
@@ -349,6 +391,9 @@ fn pods_on_one_node_policy_and_agent_restarts() -> Result<()> {
         tcp_ok(&c.client, c.server.ip6, TCP_PORT),
         "client TCP/8080 over IPv6"
     );
+    // Every packet of those connections, both ways, went from pod to pod
+    // without the node's routing (local delivery).
+    assert_eq!(forwarded(&c)?, routed, "packets the node routed");
     assert!(
         !tcp_ok(&c.intruder, c.server.ip6, TCP_PORT),
         "intruder over IPv6"
@@ -405,6 +450,16 @@ fn pods_on_one_node_policy_and_agent_restarts() -> Result<()> {
     // Each step leaves a second for the stream and the probe to notice.
     let pause = || std::thread::sleep(Duration::from_secs(1));
     pause();
+    // Without local delivery's address entries (as in pins from before
+    // them) the stream goes the long way, through the node's routing; the
+    // restarted agent writes them again.
+    let mut delivery = delivery_map(&c)?;
+    let addresses: Vec<IpcacheKey> = delivery.keys().collect::<Result<_, _>>()?;
+    assert_eq!(addresses.len(), 6, "three pods, two addresses each");
+    for a in &addresses {
+        delivery.remove(a)?;
+    }
+    pause();
     c.agent.as_mut().unwrap().terminate(Duration::from_secs(5));
     pause();
     c.start_agent()?;
@@ -433,9 +488,17 @@ fn pods_on_one_node_policy_and_agent_restarts() -> Result<()> {
         0,
         "a denied connection got through"
     );
-    // The restarted agent adopted the maps: the policy still holds.
+    // The restarted agent adopted the maps: the policy still holds, and
+    // the address entries are back.
+    let routed = forwarded(&c)?;
+    assert!(
+        routed.0 > 0,
+        "the stream was routed while the entries were gone"
+    );
     assert!(tcp_ok(&c.client, s, TCP_PORT));
     assert!(!tcp_ok(&c.intruder, s, TCP_PORT));
+    assert_eq!(delivery.keys().count(), 6);
+    assert_eq!(forwarded(&c)?, routed, "delivered again without routing");
 
     // Deleting the policy opens the way again.
     axoneme(

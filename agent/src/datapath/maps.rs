@@ -18,6 +18,7 @@ use super::{map_error, DatapathError};
 const IPCACHE: &str = "IPCACHE";
 const ENDPOINTS: &str = "ENDPOINTS";
 const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
+const ENDPOINT_ADDRS: &str = "ENDPOINT_ADDRS";
 const POLICY: &str = "POLICY";
 const CT: &str = "CT";
 const CT4: &str = "CT4";
@@ -31,6 +32,9 @@ pub struct Maps {
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     /// A copy of `endpoints` the programs read without hashing.
     endpoint_cache: Array<MapData, EndpointSlot>,
+    /// Each endpoint's addresses → its ifindex (where local delivery puts
+    /// a packet for it).
+    endpoint_addrs: HashMap<MapData, IpcacheKey, u32>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     /// IPv6 flows.
     ct: HashMap<MapData, CtKey, CtValue>,
@@ -69,8 +73,16 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
 
 /// The ipcache key of a prefix.
 pub fn ipcache_key(net: &IpNet) -> Key<IpcacheKey> {
+    Key::new(
+        IpcacheKey::prefix_len(net.prefix_len()),
+        address_key(net.network()),
+    )
+}
+
+/// An address as the maps key it (the ipcache key's data).
+fn address_key(ip: IpAddr) -> IpcacheKey {
     let mut addr = [0u8; 16];
-    let fam = match net.network() {
+    let fam = match ip {
         IpAddr::V4(a) => {
             addr[..4].copy_from_slice(&a.octets());
             family::IPV4
@@ -80,14 +92,18 @@ pub fn ipcache_key(net: &IpNet) -> Key<IpcacheKey> {
             family::IPV6
         }
     };
-    Key::new(
-        IpcacheKey::prefix_len(net.prefix_len()),
-        IpcacheKey {
-            pad: [0; 3],
-            family: fam,
-            addr,
-        },
-    )
+    IpcacheKey {
+        pad: [0; 3],
+        family: fam,
+        addr,
+    }
+}
+
+/// The keys of an endpoint's addresses in `ENDPOINT_ADDRS`.
+fn endpoint_addr_keys(info: &EndpointInfo) -> impl Iterator<Item = IpcacheKey> {
+    let v4 = (info.ipv4 != [0; 4]).then(|| address_key(IpAddr::from(info.ipv4)));
+    let v6 = (info.ipv6 != [0; 16]).then(|| address_key(IpAddr::from(info.ipv6)));
+    v4.into_iter().chain(v6)
 }
 
 /// The prefix an ipcache key stands for (the inverse of `ipcache_key`).
@@ -157,6 +173,7 @@ impl Maps {
             ipcache: typed(ebpf, IPCACHE)?,
             endpoints: typed(ebpf, ENDPOINTS)?,
             endpoint_cache: typed(ebpf, ENDPOINT_CACHE)?,
+            endpoint_addrs: typed(ebpf, ENDPOINT_ADDRS)?,
             policy: typed(ebpf, POLICY)?,
             ct: typed(ebpf, CT)?,
             ct4: typed(ebpf, CT4)?,
@@ -193,8 +210,12 @@ impl Maps {
     /// `ENDPOINTS` hash, then in its cache slot unless another endpoint
     /// holds that slot (it then stays hash-only). In this order, a crash
     /// between the two leaves a slot that is the previous truth or marked
-    /// as being written (odd sequence: the programs use the hash).
+    /// as being written (odd sequence: the programs use the hash). Then its
+    /// addresses, for local delivery (addresses it no longer has are
+    /// forgotten; the programs deliver only to an endpoint that owns the
+    /// address, so a stale entry only sends packets the long way).
     pub fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), DatapathError> {
+        let before = self.endpoints.get(&ifindex, 0).ok();
         self.endpoints
             .insert(ifindex, info, 0)
             .map_err(|source| map_error(ENDPOINTS, "insert", source))?;
@@ -202,17 +223,67 @@ impl Maps {
         if slot.ifindex == ifindex || slot.ifindex == 0 {
             self.write_endpoint_slot(ifindex, slot, ifindex, info)?;
         }
+        self.set_endpoint_addresses(ifindex, &info)?;
+        if let Some(before) = before {
+            let kept: Vec<IpcacheKey> = endpoint_addr_keys(&info).collect();
+            for key in endpoint_addr_keys(&before).filter(|k| !kept.contains(k)) {
+                self.forget_address(&key, ifindex)?;
+            }
+        }
         Ok(())
     }
 
-    /// Forgets an endpoint (absent is fine): its cache slot first, so the
-    /// programs never find a slot whose hash entry is gone.
+    /// Points the endpoint's addresses at `ifindex` for local delivery
+    /// (part of [`Maps::set_endpoint`]; alone, for pins adopted from a
+    /// version that had no such entries).
+    pub fn set_endpoint_addresses(
+        &mut self,
+        ifindex: u32,
+        info: &EndpointInfo,
+    ) -> Result<(), DatapathError> {
+        for key in endpoint_addr_keys(info) {
+            if self.endpoint_addrs.get(&key, 0).ok() != Some(ifindex) {
+                self.endpoint_addrs
+                    .insert(key, ifindex, 0)
+                    .map_err(|source| map_error(ENDPOINT_ADDRS, "insert", source))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets an endpoint (absent is fine): its addresses and its cache
+    /// slot first, so the programs never find either for a hash entry that
+    /// is gone.
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        if let Ok(info) = self.endpoints.get(&ifindex, 0) {
+            for key in endpoint_addr_keys(&info) {
+                self.forget_address(&key, ifindex)?;
+            }
+        }
         let slot = self.endpoint_slot(ifindex)?;
         if slot.ifindex == ifindex {
             self.write_endpoint_slot(ifindex, slot, 0, EndpointInfo::default())?;
         }
         ignore_missing(self.endpoints.remove(&ifindex), ENDPOINTS)
+    }
+
+    /// Removes an address's delivery entry if it still leads to `ifindex`
+    /// (another endpoint may have the address now).
+    fn forget_address(&mut self, key: &IpcacheKey, ifindex: u32) -> Result<(), DatapathError> {
+        if self.endpoint_addrs.get(key, 0).ok() == Some(ifindex) {
+            ignore_missing(self.endpoint_addrs.remove(key), ENDPOINT_ADDRS)?;
+        }
+        Ok(())
+    }
+
+    /// Where local delivery puts a packet for `ip`: the ifindex of the
+    /// endpoint's host-side veth.
+    pub fn endpoint_address(&self, ip: IpAddr) -> Result<Option<u32>, DatapathError> {
+        match self.endpoint_addrs.get(&address_key(ip), 0) {
+            Ok(ifindex) => Ok(Some(ifindex)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(map_error(ENDPOINT_ADDRS, "read", source)),
+        }
     }
 
     /// The cache slot of `ifindex` as it is now.

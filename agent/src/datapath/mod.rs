@@ -189,6 +189,17 @@ impl Datapath {
         Ok(self.test_run_with(name, packet, mark, 1)?.0)
     }
 
+    /// [`Self::test_run`], also returning the packet as the program left
+    /// it.
+    pub fn test_run_packet(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+    ) -> Result<(i32, Vec<u8>), DatapathError> {
+        let (action, _, out) = self.test_run_with(name, packet, 0, 1)?;
+        Ok((action, out))
+    }
+
     /// Runs program `name` `repeat` times on `packet` in one
     /// `BPF_PROG_TEST_RUN`; returns the last TC action and the kernel's mean
     /// time per run (program plus the test harness' per-run overhead).
@@ -198,7 +209,8 @@ impl Datapath {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(i32, Duration), DatapathError> {
-        self.test_run_with(name, packet, 0, repeat)
+        let (action, duration, _) = self.test_run_with(name, packet, 0, repeat)?;
+        Ok((action, duration))
     }
 
     fn test_run_with(
@@ -207,21 +219,25 @@ impl Datapath {
         packet: &[u8],
         mark: u32,
         repeat: u32,
-    ) -> Result<(i32, Duration), DatapathError> {
+    ) -> Result<(i32, Duration, Vec<u8>), DatapathError> {
         let mut ctx = [0u8; 12];
         ctx[8..].copy_from_slice(&mark.to_ne_bytes());
+        // Room for what a program may add (none of ours grows a packet).
+        let mut out = vec![0u8; packet.len() + 256];
         let result = self
             .program(name)?
             .test_run(TestRunOptions {
                 data_in: Some(packet),
+                data_out: Some(&mut out),
                 ctx_in: (mark != 0).then_some(&ctx[..]),
                 repeat,
                 ..TestRunOptions::new()
             })
             .map_err(|source| program_error(name, "BPF_PROG_TEST_RUN", source))?;
+        out.truncate(result.data_size_out as usize);
         // The kernel reports the program's `int` return value as a u32.
         let action = i32::from_ne_bytes(result.return_value.to_ne_bytes());
-        Ok((action, result.duration))
+        Ok((action, result.duration, out))
     }
 
     /// Runs `axoneme_smoke` once on `packet`.

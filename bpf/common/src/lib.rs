@@ -162,6 +162,8 @@ pub const CT_LIFETIME_NONTCP_S: u64 = 60;
 /// Map capacities.
 pub const IPCACHE_MAX: u32 = 512 * 1024;
 pub const ENDPOINTS_MAX: u32 = 64 * 1024;
+/// Addresses of local endpoints (an IPv4 and an IPv6 address each).
+pub const ENDPOINT_ADDRS_MAX: u32 = 2 * ENDPOINTS_MAX;
 /// Slots of the endpoint cache (a power of two: the slot of an ifindex is
 /// its low bits).
 pub const ENDPOINT_SLOTS: u32 = 64 * 1024;

@@ -16,7 +16,10 @@
 //!    the answer, else ANY's (see `policy/src/compile.rs`). Deny: drop 181;
 //!    nothing and enforced: drop 133; allowed flows get a CT entry;
 //! 6. emits policy-verdict and drop events to a ring buffer, rate-limited
-//!    per CPU by a token bucket.
+//!    per CPU by a token bucket;
+//! 7. leaving a pod for another pod of the node (local delivery): judges
+//!    it as the destination's ingress too, and puts it straight into the
+//!    destination pod (see [`deliver`]).
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::{addr_of, read_volatile};
@@ -28,13 +31,16 @@ use axoneme_bpf_common::{
     verdict, CtKey, CtKey4, CtValue, EndpointInfo, EndpointSlot, Event, EventConfig, FragKey,
     FragValue, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue, RateState, CT_CLOSE_TIMEOUT_S,
     CT_LIFETIME_NONTCP_S, CT_LIFETIME_TCP_S, CT_MAX, CT_SYN_TIMEOUT_S, ENDPOINTS_MAX,
-    ENDPOINT_SLOTS, EVENTS_BYTES, FRAGS_MAX, IDENTITY_WORLD, IPCACHE_MAX, LOOPBACK_IFINDEX,
-    MARK_MASK, MARK_PROXY, MARK_TO_PROXY, POLICY_MAX,
+    ENDPOINT_ADDRS_MAX, ENDPOINT_SLOTS, EVENTS_BYTES, FRAGS_MAX, IDENTITY_WORLD, IPCACHE_MAX,
+    LOOPBACK_IFINDEX, MARK_MASK, MARK_PROXY, MARK_TO_PROXY, POLICY_MAX,
 };
 use aya_ebpf::{
     bindings::BPF_F_INGRESS,
     cty::c_void,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect, bpf_skb_load_bytes},
+    helpers::{
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer,
+        bpf_skb_load_bytes,
+    },
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
@@ -47,6 +53,11 @@ static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, 0)
 /// A copy of `ENDPOINTS` read without hashing (see [`EndpointSlot`]).
 #[map]
 static ENDPOINT_CACHE: Array<EndpointSlot> = Array::pinned(ENDPOINT_SLOTS, 0);
+/// A local endpoint's addresses (the ipcache key's data, prefix left out)
+/// → the ifindex of its host-side veth: where a packet for it is delivered.
+/// Only a hint: the endpoint found must own the address.
+#[map]
+static ENDPOINT_ADDRS: HashMap<IpcacheKey, u32> = HashMap::pinned(ENDPOINT_ADDRS_MAX, 0);
 #[map]
 static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
 #[map]
@@ -129,6 +140,8 @@ struct Flow {
     /// Port (or ICMP type) for the policy lookup, host order.
     policy_port: u16,
     tcp_flags: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    ttl: u8,
     icmp: Icmp,
     frag: Frag,
 }
@@ -144,6 +157,7 @@ impl Flow {
         dport: 0,
         policy_port: 0,
         tcp_flags: 0,
+        ttl: 0,
         icmp: Icmp::None,
         frag: Frag::None,
     };
@@ -186,9 +200,11 @@ struct At<'a> {
 // each program; everything else (new flows, drops and their events, IPv6,
 // ICMP, fragments) is in `#[inline(never)]` functions the programs call
 // (BPF subprograms), so the instructions a tracked packet runs through are
-// few and together (`axoneme_from_container`: 537 instructions instead of
-// 2,250). In place the programs take about twice their time under
-// `BPF_PROG_TEST_RUN`, where everything is in cache.
+// few and together (`axoneme_to_container`: about 460 instructions instead
+// of 2,250; `axoneme_from_container` about 830, with local delivery
+// inlined: as a subprogram its frame would take the call chain past the
+// 512-byte stack). In place the programs take about twice their time
+// under `BPF_PROG_TEST_RUN`, where everything is in cache.
 // (Not `#[cold]`: LLVM then puts the functions in `.text.unlikely.`, and
 // aya 0.14 relocates calls into that section to the wrong place.)
 #[inline(always)]
@@ -218,12 +234,93 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         }
     }
     match decide(&at, flow) {
+        Ok(0) if dir == direction::EGRESS => deliver(&mut at, flow),
         Ok(0) => TC_ACT_OK,
         // Ingress rules at the destination's veth, egress rules at the
         // source's: either way the node's proxy.
         Ok(_) => to_proxy(ctx),
         Err(()) => TC_ACT_SHOT,
     }
+}
+
+/// Local delivery (what Cilium calls host routing): a packet a pod sends to
+/// another pod of this node is judged by the destination's ingress rules
+/// right here and put straight into the destination pod
+/// (`bpf_redirect_peer`), skipping the node's routing and the second
+/// veth's queue (and so `axoneme_to_container`, whose work this does).
+/// What it cannot deliver goes up the node's stack as before, to be judged
+/// by `axoneme_to_container`: destinations that are no local endpoint (or
+/// whose endpoint does not own the address), and packets whose TTL ends
+/// here (the stack sends the ICMP error). The destination MAC is left as
+/// the pod sent it: crossing into the pod's namespace makes the packet the
+/// host's (`skb_scrub_packet` sets `PACKET_HOST`).
+///
+/// `at` is the source's, done with: it becomes the destination's (the
+/// stack, shared by the whole call chain, has no room for a second).
+#[inline(always)]
+fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
+    let ctx = at.ctx;
+    let key = IpcacheKey {
+        pad: [0; 3],
+        family: flow.family,
+        addr: flow.daddr.0,
+    };
+    // SAFETY: copied out at once.
+    let Some(ifindex) = (unsafe { ENDPOINT_ADDRS.get(&key) }).copied() else {
+        return TC_ACT_OK;
+    };
+    if flow.ttl <= 1 {
+        return TC_ACT_OK;
+    }
+    at.ifindex = ifindex;
+    at.dir = direction::INGRESS;
+    if !endpoint(ifindex, &mut at.ep) || !owns(&at.ep, flow.family, &flow.daddr) {
+        return TC_ACT_OK;
+    }
+    match decide(at, flow) {
+        Ok(0) => {}
+        Ok(_) => return to_proxy(ctx),
+        Err(()) => return TC_ACT_SHOT,
+    }
+    // The hop the node's routing would have counted. Should the packet not
+    // be writable, the stack takes it (conntrack then counts it twice).
+    if hop(ctx, flow).is_err() {
+        return TC_ACT_OK;
+    }
+    // SAFETY: a helper call with plain arguments.
+    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
+}
+
+/// Decrements the TTL (IPv4, with its header checksum, as the kernel's
+/// `ip_decrease_ttl` does) or the hop limit, in place: direct packet
+/// access (the verifier's prologue makes a cloned packet writable once per
+/// run), not two helper calls that each check for it.
+#[inline(always)]
+fn hop(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if flow.family == family::IPV4 {
+        if start + ETH_HLEN + 12 > end {
+            return Err(());
+        }
+        // SAFETY: bytes [14, 26) are within the packet's linear data
+        // (checked on the packet pointers, as the verifier wants).
+        unsafe {
+            let ttl = (start + ETH_HLEN + 8) as *mut u8;
+            let check = (start + ETH_HLEN + 10) as *mut u16;
+            // The TTL is the high byte of its 16-bit word: one less TTL is
+            // 0x0100 more in the one's-complement checksum.
+            let sum = u32::from(check.read_unaligned()) + u32::from(0x0100u16.to_be());
+            check.write_unaligned((sum + u32::from(sum >= 0xffff)) as u16);
+            *ttl = flow.ttl - 1;
+        }
+    } else {
+        if start + ETH_HLEN + 8 > end {
+            return Err(());
+        }
+        // SAFETY: byte 21 is within the packet's linear data (as above).
+        unsafe { *((start + ETH_HLEN + 7) as *mut u8) = flow.ttl - 1 };
+    }
+    Ok(())
 }
 
 /// Copies the endpoint behind `ifindex` into `out`: from its cache slot
@@ -734,10 +831,16 @@ fn related_in<K: Tuple>(endpoint_id: u32, dir: u8, now: u64) -> bool {
 /// (an endpoint without one owns none).
 #[inline(always)]
 fn own_source(ep: &EndpointInfo, flow: &Flow) -> bool {
-    if flow.family == family::IPV4 {
-        ep.ipv4 != [0; 4] && flow.saddr.v4() == ep.ipv4
+    owns(ep, flow.family, &flow.saddr)
+}
+
+/// Whether `addr` is the endpoint's own address of family `fam`.
+#[inline(always)]
+fn owns(ep: &EndpointInfo, fam: u8, addr: &Addr) -> bool {
+    if fam == family::IPV4 {
+        ep.ipv4 != [0; 4] && addr.v4() == ep.ipv4
     } else {
-        ep.ipv6 != [0; 16] && flow.saddr.0 == ep.ipv6
+        ep.ipv6 != [0; 16] && addr.0 == ep.ipv6
     }
 }
 
@@ -818,6 +921,7 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
             }
             flow.family = family::IPV4;
             flow.protocol = ip.protocol;
+            flow.ttl = ip.ttl;
             flow.saddr.0[..4].copy_from_slice(&ip.saddr);
             flow.daddr.0[..4].copy_from_slice(&ip.daddr);
             let frag = u16::from_be(ip.frag_off);
@@ -896,6 +1000,7 @@ fn parse_ipv6(ctx: &TcContext, flow: &mut Flow) -> i64 {
             return Err(Drop(drop_reason::DROP_INVALID));
         }
         flow.family = family::IPV6;
+        flow.ttl = ip[7];
         flow.saddr.0.copy_from_slice(&ip[8..24]);
         flow.daddr.0.copy_from_slice(&ip[24..40]);
         let mut next = ip[6];
