@@ -861,6 +861,13 @@ fn main() -> Result<()> {
                     .map(|k| (k.to_string(), json!(better(v, ipt, k))))
                     .collect();
             }
+            // The same, from the paired blocks (both sides run
+            // milliseconds apart, so the host's swings cancel).
+            let paired = |axo: &str, ipt: &str| get(v, axo) / get(v, ipt);
+            v["paired_times_better_than_iptables"] = json!({
+                "rr_p50": 1.0 / paired("paired_rr_p50_ratio", "iptables_paired_rr_p50_ratio"),
+                "udp_pps": paired("paired_udp_pps_ratio", "iptables_paired_udp_pps_ratio"),
+            });
             // The programs' share of a bare packet's path (both veths).
             let programs_ns = get(v, "bpf_from_container_ns") + get(v, "bpf_to_container_ns");
             v["programs_share_of_bare_packet"] = json!(programs_ns * get(&bare, "udp_pps") / 1e9);
