@@ -9,7 +9,7 @@ use axoneme_api::{
 };
 use axoneme_bpf_common::{
     ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type, policy_flags,
-    verdict, Event, PolicyKey, CT_MAX, ENDPOINTS_MAX, IPCACHE_MAX, POLICY_MAX,
+    verdict, Event, PolicyKey, CT_MAX, ENDPOINTS_MAX, ENDPOINT_ADDRS_MAX, IPCACHE_MAX, POLICY_MAX,
 };
 
 use crate::datapath::DatapathError;
@@ -96,6 +96,11 @@ pub fn status(
             name: "endpoints".into(),
             max_entries: ENDPOINTS_MAX,
             entries: count(maps.endpoints().map(|v| v.len())),
+        },
+        MapStatus {
+            name: "endpoint-addresses".into(),
+            max_entries: ENDPOINT_ADDRS_MAX,
+            entries: count(maps.endpoint_addresses()),
         },
         MapStatus {
             name: "policy".into(),

@@ -903,6 +903,8 @@ fn local_delivery_judges_the_destination_and_goes_straight_into_it() {
         dp.maps.endpoint_address(B4.into()).unwrap(),
         Some(B_IFINDEX)
     );
+    // A's two addresses and B's.
+    assert_eq!(dp.maps.endpoint_addresses().unwrap(), 4);
     // A may send, but B's ingress lets nothing in: dropped at A's
     // interface, judged as B's ingress (B's ifindex in the events).
     let syn = ipv4(A4, B4, IPPROTO_TCP, &tcp(40000, 80, TCP_SYN), 0x4000, 1);

@@ -276,6 +276,16 @@ impl Maps {
         Ok(())
     }
 
+    /// How many addresses local delivery knows.
+    pub fn endpoint_addresses(&self) -> Result<usize, DatapathError> {
+        let mut n = 0;
+        for key in self.endpoint_addrs.keys() {
+            key.map_err(|source| map_error(ENDPOINT_ADDRS, "iterate", source))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Where local delivery puts a packet for `ip`: the ifindex of the
     /// endpoint's host-side veth.
     pub fn endpoint_address(&self, ip: IpAddr) -> Result<Option<u32>, DatapathError> {
