@@ -418,46 +418,13 @@ fn program_cost() -> Result<Value> {
         allow(dp, CLIENT_ID, Direction::Egress, SERVER_ID, protocol, port)?;
     }
     let payload = [0u8; 64];
-    let out = support::ipv4(
-        A,
-        B,
-        support::IPPROTO_UDP,
-        &support::udp(40000, UDP_PORT, &payload),
-        0,
-        1,
-    );
-    let back = support::ipv4(
-        B,
-        A,
-        support::IPPROTO_UDP,
-        &support::udp(UDP_PORT, 40000, &payload),
-        0,
-        1,
-    );
-    let syn = support::ipv4(
-        A,
-        B,
-        support::IPPROTO_TCP,
-        &support::tcp(40001, RR_PORT, support::TCP_SYN),
-        0,
-        1,
-    );
-    let ack = support::ipv4(
-        A,
-        B,
-        support::IPPROTO_TCP,
-        &support::tcp(40001, RR_PORT, support::TCP_ACK),
-        0,
-        1,
-    );
-    let denied = support::ipv4(
-        A,
-        W,
-        support::IPPROTO_UDP,
-        &support::udp(40002, UDP_PORT, &payload),
-        0,
-        1,
-    );
+    let v4 = |src, dst, protocol, l4: Vec<u8>| support::ipv4(src, dst, protocol, &l4, 0, 1);
+    let (udp, tcp) = (support::IPPROTO_UDP, support::IPPROTO_TCP);
+    let out = v4(A, B, udp, support::udp(40000, UDP_PORT, &payload));
+    let back = v4(B, A, udp, support::udp(UDP_PORT, 40000, &payload));
+    let syn = v4(A, B, tcp, support::tcp(40001, RR_PORT, support::TCP_SYN));
+    let ack = v4(A, B, tcp, support::tcp(40001, RR_PORT, support::TCP_ACK));
+    let denied = v4(A, W, udp, support::udp(40002, UDP_PORT, &payload));
     let from = "axoneme_from_container";
     let to = "axoneme_to_container";
     // The flows are opened by one ordinary run each.

@@ -289,11 +289,7 @@ impl Maps {
     /// Where local delivery puts a packet for `ip`: the ifindex of the
     /// endpoint's host-side veth.
     pub fn endpoint_address(&self, ip: IpAddr) -> Result<Option<u32>, DatapathError> {
-        match self.endpoint_addrs.get(&address_key(ip), 0) {
-            Ok(ifindex) => Ok(Some(ifindex)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(map_error(ENDPOINT_ADDRS, "read", source)),
-        }
+        found(self.endpoint_addrs.get(&address_key(ip), 0), ENDPOINT_ADDRS)
     }
 
     /// The cache slot of `ifindex` as it is now.
@@ -365,11 +361,7 @@ impl Maps {
 
     /// One policy entry, with its counters.
     pub fn policy(&self, key: &Key<PolicyKey>) -> Result<Option<PolicyValue>, DatapathError> {
-        match self.policy.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(map_error(POLICY, "lookup", source)),
-        }
+        found(self.policy.get(key, 0), POLICY)
     }
 
     /// Every policy entry: prefix length, key, value.
@@ -452,6 +444,15 @@ fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), Dat
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(source) => Err(map_error(name, "remove", source)),
+    }
+}
+
+/// A lookup's value, `None` if the key is absent.
+fn found<V>(r: Result<V, MapError>, name: &'static str) -> Result<Option<V>, DatapathError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(source) => Err(map_error(name, "lookup", source)),
     }
 }
 

@@ -260,11 +260,7 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
 #[inline(always)]
 fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     let ctx = at.ctx;
-    let key = IpcacheKey {
-        pad: [0; 3],
-        family: flow.family,
-        addr: flow.daddr.0,
-    };
+    let key = addr_key(flow.family, &flow.daddr);
     // SAFETY: copied out at once.
     let Some(ifindex) = (unsafe { ENDPOINT_ADDRS.get(&key) }).copied() else {
         return TC_ACT_OK;
@@ -396,7 +392,7 @@ fn decide(at: &At, flow: &mut Flow) -> Result<u16, ()> {
     let ep = &at.ep;
     // A pod may only send from its own addresses (anti-spoofing; not even
     // from another address of its identity).
-    if at.dir == direction::EGRESS && !own_source(ep, flow) {
+    if at.dir == direction::EGRESS && !owns(ep, flow.family, &flow.saddr) {
         drop_flow(at, flow, drop_reason::DROP_INVALID_SIP);
         return Err(());
     }
@@ -827,14 +823,8 @@ fn related_in<K: Tuple>(endpoint_id: u32, dir: u8, now: u64) -> bool {
     false
 }
 
-/// Whether the packet's source is the endpoint's own address of its family
-/// (an endpoint without one owns none).
-#[inline(always)]
-fn own_source(ep: &EndpointInfo, flow: &Flow) -> bool {
-    owns(ep, flow.family, &flow.saddr)
-}
-
-/// Whether `addr` is the endpoint's own address of family `fam`.
+/// Whether `addr` is the endpoint's own address of family `fam` (an
+/// endpoint without one owns none).
 #[inline(always)]
 fn owns(ep: &EndpointInfo, fam: u8, addr: &Addr) -> bool {
     if fam == family::IPV4 {
@@ -856,17 +846,21 @@ fn frag_key(flow: &Flow, id: u32) -> FragKey {
     }
 }
 
+/// An address as the maps key it (`IPCACHE`'s key data, `ENDPOINT_ADDRS`'
+/// key).
+#[inline(always)]
+fn addr_key(fam: u8, addr: &Addr) -> IpcacheKey {
+    IpcacheKey {
+        pad: [0; 3],
+        family: fam,
+        addr: addr.0,
+    }
+}
+
 #[inline(always)]
 fn ipcache_identity(fam: u8, addr: &Addr) -> u32 {
     let bits = if fam == family::IPV4 { 32 } else { 128 };
-    let key = Key::new(
-        IpcacheKey::prefix_len(bits),
-        IpcacheKey {
-            pad: [0; 3],
-            family: fam,
-            addr: addr.0,
-        },
-    );
+    let key = Key::new(IpcacheKey::prefix_len(bits), addr_key(fam, addr));
     match IPCACHE.get(&key) {
         Some(v) => v.identity,
         None => IDENTITY_WORLD,
