@@ -299,6 +299,13 @@ pub fn ct(rec: &mut Reconciler) -> Result<Vec<CtEntry>, ApiError> {
             src: ep(&k.saddr, k.sport),
             dst: ep(&k.daddr, k.dport),
             state: state.into(),
+            via: if v.flags & ct_flags::PROXY_UPSTREAM != 0 {
+                "proxy-upstream".into()
+            } else if v.proxy_port != 0 {
+                format!("proxy:{}", u16::from_be(v.proxy_port))
+            } else {
+                String::new()
+            },
             expires_in_s: (v.expires_ns - now) / 1_000_000_000,
             packets: v.packets,
             bytes: v.bytes,

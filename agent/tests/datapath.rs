@@ -1021,3 +1021,109 @@ fn what_local_delivery_cannot_vouch_for_goes_up_the_stack() {
     assert_eq!(dp.maps.endpoint_address(b6().into()).unwrap(), None);
     dp.maps.drain_events();
 }
+
+/// The L7 proxy's upstream connections borrow the client's address. When
+/// the client is a pod of this node, the server's answers are addressed to
+/// that pod, yet belong to the proxy's socket in the node's stack: they
+/// must go up the stack, not be delivered into the client pod (which has
+/// no such socket and resets the flow). Here A is the server and B a local
+/// client that would let A in on any TCP port, so a wrong delivery shows.
+#[test]
+fn answers_to_the_proxys_upstream_connections_go_up_to_the_proxy() {
+    let mut dp = setup(BOTH);
+    redirect(
+        &mut dp,
+        Direction::Ingress,
+        key(B_ID, IPPROTO_TCP, 8080, 16),
+    );
+    allow(
+        &mut dp,
+        Direction::Ingress,
+        key(B_ID, IPPROTO_TCP, 8081, 16),
+    );
+    local_b(&mut dp, None);
+    let (k, v) = policy_entry(
+        B_ID,
+        Direction::Ingress,
+        &key(A_ID, IPPROTO_TCP, 0, 0),
+        &Verdict::Allow,
+        0,
+    );
+    dp.maps.set_policy(&k, v).unwrap();
+    let proxy = axoneme_bpf_common::MARK_PROXY;
+    for (b, a, v6) in [
+        (B4.to_vec(), A4.to_vec(), false),
+        (b6().to_vec(), a6().to_vec(), true),
+    ] {
+        let packet = |src: &[u8], dst: &[u8], sport, dport, flags| {
+            let l4 = tcp(sport, dport, flags);
+            if v6 {
+                ipv6(
+                    src.try_into().unwrap(),
+                    dst.try_into().unwrap(),
+                    IPPROTO_TCP,
+                    &l4,
+                )
+            } else {
+                ipv4(
+                    src.try_into().unwrap(),
+                    dst.try_into().unwrap(),
+                    IPPROTO_TCP,
+                    &l4,
+                    0x4000,
+                    1,
+                )
+            }
+        };
+        // B's own connection to 8080 goes to the proxy.
+        let syn = packet(&b, &a, 50000, 8080, TCP_SYN);
+        assert_eq!(send(&mut dp, TO_CONTAINER, &syn).0, TC_ACT_REDIRECT);
+        // The proxy's upstream SYN (its mark, B's address, another port)
+        // passes into A, tracked as the proxy's.
+        let upstream = packet(&b, &a, 50001, 8080, TCP_SYN);
+        assert_eq!(
+            dp.test_run_marked(TO_CONTAINER, &upstream, proxy).unwrap(),
+            TC_ACT_OK
+        );
+        let flagged: Vec<u16> = dp
+            .maps
+            .ct_entries()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.flags & ct_flags::PROXY_UPSTREAM != 0)
+            .map(|(k, _)| u16::from_be(k.sport))
+            .collect();
+        assert_eq!(flagged, vec![50001], "v6: {v6}");
+        // A's answer goes up the node's stack (to the proxy's socket), and
+        // B's side never sees it: no events, no entry for B.
+        dp.maps.drain_events();
+        let answer = packet(&a, &b, 8080, 50001, TCP_SYN | TCP_ACK);
+        let (action, events) = send(&mut dp, FROM_CONTAINER, &answer);
+        assert_eq!((action, events), (TC_ACT_OK, vec![]), "v6: {v6}");
+        let b_entries = |dp: &TestDatapath| {
+            dp.maps
+                .ct_entries()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| k.endpoint_id == B_ID)
+                .count()
+        };
+        assert_eq!(b_entries(&dp), 0, "v6: {v6}");
+        // Later answers too.
+        let ack = packet(&a, &b, 8080, 50001, TCP_ACK);
+        assert_eq!(send(&mut dp, FROM_CONTAINER, &ack).0, TC_ACT_OK);
+        // The answers of a flow B opened itself (no proxy) are still
+        // delivered straight into B.
+        let plain = packet(&b, &a, 50002, 8081, TCP_SYN);
+        assert_eq!(send(&mut dp, TO_CONTAINER, &plain).0, TC_ACT_OK);
+        let answer = packet(&a, &b, 8081, 50002, TCP_SYN | TCP_ACK);
+        assert_eq!(
+            send(&mut dp, FROM_CONTAINER, &answer).0,
+            TC_ACT_REDIRECT,
+            "v6: {v6}"
+        );
+        assert_eq!(b_entries(&dp), 1, "v6: {v6}");
+        dp.maps.clear_ct().unwrap();
+        dp.maps.drain_events();
+    }
+}

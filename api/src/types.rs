@@ -173,6 +173,11 @@ pub struct CtEntry {
     pub src: String,
     pub dst: String,
     pub state: String,
+    /// Who handles the flow besides the datapath: `proxy:PORT` for a flow
+    /// redirected to the L7 proxy, `proxy-upstream` for one of the proxy's
+    /// own upstream connections, empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub via: String,
     pub expires_in_s: u64,
     pub packets: u64,
     pub bytes: u64,

@@ -574,6 +574,83 @@ impl CniPod {
     pub fn http_ok(&self, addr: &str, port: u16) -> bool {
         self.http("GET", addr, port, "/") == Some(200)
     }
+
+    /// `GET`s of `paths` from this pod to `addr:port` on one kept-alive
+    /// connection, each given a second: the status of each (`None`: no
+    /// answer), and how many connections the client opened in all.
+    /// HTTP/1.1 with curl (one request after the other); cleartext HTTP/2
+    /// with prior knowledge (`h2c`) with nghttp, which multiplexes every
+    /// request as a stream of its one connection (curl 7.88 cannot reuse
+    /// an h2c connection).
+    pub fn http_session(
+        &self,
+        addr: &str,
+        port: u16,
+        paths: &[&str],
+        h2c: bool,
+    ) -> Result<(Vec<Option<u16>>, u32)> {
+        let host = if addr.contains(':') {
+            format!("[{addr}]")
+        } else {
+            addr.to_string()
+        };
+        let urls = paths.iter().map(|p| format!("http://{host}:{port}{p}"));
+        let mut args: Vec<String> = if h2c {
+            ["nghttp", "-n", "--stat", "-t", "1"]
+                .map(String::from)
+                .into()
+        } else {
+            [
+                "curl",
+                "-s",
+                "--max-time",
+                "1",
+                "-w",
+                "%{http_code} %{num_connects}\\n",
+            ]
+            .map(String::from)
+            .into()
+        };
+        for url in urls {
+            if !h2c {
+                args.extend(["-o".into(), "/dev/null".into()]);
+            }
+            args.push(url);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.ns.command(&args).stderr(Stdio::null()).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if h2c {
+            // `--stat`: a row per answered stream, `id responseEnd
+            // requestStart process code size path`.
+            let rows: Vec<(String, u16)> = text
+                .lines()
+                .skip_while(|l| !l.starts_with("id "))
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    Some((f.get(6)?.to_string(), f.get(4)?.parse().ok()?))
+                })
+                .collect();
+            let codes = paths
+                .iter()
+                .map(|p| rows.iter().find(|(path, _)| path == p).map(|r| r.1))
+                .collect();
+            return Ok((codes, u32::from(!rows.is_empty())));
+        }
+        let mut codes = Vec::new();
+        let mut connects = 0;
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let code: u16 = f.next().unwrap_or("").parse().unwrap_or(0);
+            connects += f.next().unwrap_or("").parse::<u32>().unwrap_or(0);
+            codes.push((code != 0).then_some(code));
+        }
+        if codes.len() != paths.len() {
+            bail!("curl from {} wrote {text:?} for {paths:?}", self.name);
+        }
+        Ok((codes, connects))
+    }
 }
 
 impl Drop for Cluster {

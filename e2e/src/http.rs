@@ -3,7 +3,7 @@
 //! appending `METHOD PATH` to a log file for every request it receives,
 //! so a test can prove that a denied request never reached it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -76,6 +76,25 @@ pub fn nginx(ns: &Netns, ports: &[u16], h2c: bool, dir: &Path) -> Result<Proc> {
         .collect();
     let server = format!("  server {{\n{listen}    location / {{ return 200 \"ok\\n\"; }}\n  }}\n");
     start_nginx(ns, dir, &server, ports.first().copied().unwrap_or(80))
+}
+
+/// nginx as the backend of L7 tests, in `ns` on both families: HTTP/1.1
+/// on `h1`, cleartext HTTP/2 (prior knowledge) on `h2c`, answering `200
+/// ok` and appending `METHOD PATH PROTOCOL` of every request it received to
+/// the returned log, so a test can prove which requests got through.
+pub fn nginx_backend(ns: &Netns, h1: u16, h2c: u16, dir: &Path) -> Result<(Proc, PathBuf)> {
+    let log = dir.join("requests.log");
+    let server = format!(
+        "  log_format requests '$request_method $request_uri $server_protocol';\n\
+         \x20 server {{\n    listen {h1};\n    listen [::]:{h1};\n\
+         \x20   listen {h2c} http2;\n    listen [::]:{h2c} http2;\n\
+         \x20   access_log {} requests;\n\
+         \x20   location / {{ return 200 \"ok\\n\"; }}\n  }}\n",
+        log.display()
+    );
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&log, "")?;
+    Ok((start_nginx(ns, dir, &server, h1)?, log))
 }
 
 /// nginx as a reverse proxy in `ns`: `127.0.0.1:port` forwards every

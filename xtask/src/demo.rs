@@ -136,6 +136,9 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         (0, "payments", "payments"),
         (1, "checkout", "checkout"),
         (1, "intruder", "intruder"),
+        // A second checkout pod, on payments' node: L7 between two pods of
+        // one node.
+        (0, "checkout2", "checkout"),
     ] {
         let t = Instant::now();
         let pod = c.add_pod(node, name, &[("app", app)])?;
@@ -147,7 +150,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         );
         pods.push(pod);
     }
-    let (payments, checkout, intruder) = (&pods[0], &pods[1], &pods[2]);
+    let (payments, checkout, intruder, checkout2) = (&pods[0], &pods[1], &pods[2], &pods[3]);
     let requests = c.logging_backend(payments, 8080)?;
     c.http_server(intruder, 9090)?;
     println!("      HTTP servers: payments :8080 (logs every request it receives), intruder :9090");
@@ -200,6 +203,24 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
                 &pay6,
                 8080,
                 "/v1/refund",
+                l7(403),
+            ),
+            probe(
+                checkout2,
+                payments,
+                "POST",
+                &pay4,
+                8080,
+                "/v1/charge",
+                Some(200),
+            ),
+            probe(
+                checkout2,
+                payments,
+                "GET",
+                &pay6,
+                8080,
+                "/v1/charge",
                 l7(403),
             ),
             probe(
@@ -264,7 +285,8 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     std::fs::write(&requests, "")?;
     ok &= verdicts(&table(true));
     println!(
-        "      checkout's requests went through node 0's L7 proxy (403 = Cilium's \"Access denied\"); the intruder never got a connection"
+        "      checkout's and checkout2's requests went through node 0's L7 proxy (403 = Cilium's \"Access denied\"),\n      \
+         checkout from node 1, checkout2 from payments' own node; the intruder never got a connection"
     );
     println!("\n      requests the payments backend received under the policy (a denied one never arrives):");
     for l in std::fs::read_to_string(&requests)?.lines() {

@@ -30,6 +30,10 @@ const APT_PACKAGES: &[&str] = &[
     // (policy-rc.d) and only ever runs nginx itself inside a pod.
     "wrk",
     "nginx-light",
+    // An HTTP/2 client (h2c with prior knowledge, several streams on one
+    // connection) for the L7 tests: curl 7.88 cannot reuse such a
+    // connection.
+    "nghttp2-client",
     "openssl",
     "ca-certificates",
 ];

@@ -53,6 +53,12 @@ pub mod ct_flags {
     pub const SEEN_REPLY: u8 = 1;
     /// A FIN or RST was seen: the entry lives [`super::CT_CLOSE_TIMEOUT_S`].
     pub const CLOSING: u8 = 2;
+    /// The flow is one of the node's L7 proxy's upstream connections (its
+    /// packets in the original direction carry the proxy's mark). Its
+    /// replies are addressed to the proxy's transparent socket, which
+    /// holds the client's address: they go up the node's stack to the
+    /// proxy, never straight into a local pod that has that address.
+    pub const PROXY_UPSTREAM: u8 = 4;
 }
 
 /// Drop reasons, numerically identical to Cilium's `DROP_*` codes

@@ -19,7 +19,9 @@
 //!    per CPU by a token bucket;
 //! 7. leaving a pod for another pod of the node (local delivery): judges
 //!    it as the destination's ingress too, and puts it straight into the
-//!    destination pod (see [`deliver`]).
+//!    destination pod (see [`deliver`]); except answers to the L7 proxy's
+//!    upstream connections, which go up the node's stack to the proxy
+//!    (see [`VIA_STACK`]).
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::{addr_of, read_volatile};
@@ -234,14 +236,25 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         }
     }
     match decide(&at, flow) {
-        Ok(0) if dir == direction::EGRESS => deliver(&mut at, flow),
-        Ok(0) => TC_ACT_OK,
+        Ok(PASS) if dir == direction::EGRESS => deliver(&mut at, flow),
+        Ok(PASS) | Ok(VIA_STACK) => TC_ACT_OK,
         // Ingress rules at the destination's veth, egress rules at the
         // source's: either way the node's proxy.
         Ok(_) => to_proxy(ctx),
         Err(()) => TC_ACT_SHOT,
     }
 }
+
+/// What [`decide`] returns for a packet that passes (and may be delivered
+/// locally); any other value below [`VIA_STACK`] is the proxy port its
+/// flow is redirected to.
+const PASS: u32 = 0;
+/// What [`decide`] returns for an answer to one of the node's L7 proxy's
+/// upstream connections ([`ct_flags::PROXY_UPSTREAM`]): it passes, and
+/// must go up the node's stack, where the proxy's transparent socket takes
+/// it. Local delivery would put it into the pod whose address the proxy
+/// borrowed (the client), which has no such socket and resets the flow.
+const VIA_STACK: u32 = 1 << 16;
 
 /// Local delivery (what Cilium calls host routing): a packet a pod sends to
 /// another pod of this node is judged by the destination's ingress rules
@@ -274,7 +287,8 @@ fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
         return TC_ACT_OK;
     }
     match decide(at, flow) {
-        Ok(0) => {}
+        Ok(PASS) => {}
+        Ok(VIA_STACK) => return TC_ACT_OK,
         Ok(_) => return to_proxy(ctx),
         Err(()) => return TC_ACT_SHOT,
     }
@@ -387,8 +401,10 @@ fn to_proxy(ctx: &TcContext) -> i32 {
     unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) as i32 }
 }
 
+/// The verdict on a packet: [`PASS`], [`VIA_STACK`], a proxy port, or
+/// `Err` when it was dropped (with its events).
 #[inline(always)]
-fn decide(at: &At, flow: &mut Flow) -> Result<u16, ()> {
+fn decide(at: &At, flow: &mut Flow) -> Result<u32, ()> {
     let ep = &at.ep;
     // A pod may only send from its own addresses (anti-spoofing; not even
     // from another address of its identity).
@@ -405,12 +421,12 @@ fn decide(at: &At, flow: &mut Flow) -> Result<u16, ()> {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if flow.icmp == Icmp::Error {
         if related(flow, ep.endpoint_id, at.dir, now) {
-            return Ok(0);
+            return Ok(PASS);
         }
-    } else if let Some(proxy_port) = ct_update(at, flow, now) {
-        return Ok(if from_proxy(at) { 0 } else { proxy_port });
+    } else if let Some(tracked) = ct_update(at, flow, now) {
+        return Ok(tracked);
     }
-    new_flow(at, flow)
+    new_flow(at, flow).map(u32::from)
 }
 
 /// Whether the packet is one of the L7 proxy's own upstream connections
@@ -532,7 +548,11 @@ fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
             bytes: len,
             peer_identity: peer,
             proxy_port,
-            flags: 0,
+            flags: if from_proxy {
+                ct_flags::PROXY_UPSTREAM
+            } else {
+                0
+            },
             pad: 0,
         };
         let inserted = if flow.family == family::IPV4 {
@@ -692,16 +712,18 @@ fn ct_insert<K: Tuple>(flow: &Flow, endpoint_id: u32, dir: u8, value: &CtValue) 
 }
 
 /// Finds the packet's flow (as original or reply) and refreshes it;
-/// `Some(proxy port)` for packets of a redirected flow in its original
-/// direction, `Some(0)` for other tracked packets.
+/// `None` for a packet of no tracked flow, else its verdict as [`decide`]
+/// gives it: the proxy port for packets of a redirected flow in its
+/// original direction (unless they come from the proxy), [`VIA_STACK`] for
+/// answers to the proxy's upstream connections, [`PASS`] for the rest.
 #[inline(always)]
-fn ct_update(at: &At, flow: &Flow, now: u64) -> Option<u16> {
+fn ct_update(at: &At, flow: &Flow, now: u64) -> Option<u32> {
     if flow.family == family::IPV4 {
-        ct_update_in::<CtKey4>(flow, at.ep.endpoint_id, at.dir, now, at.ctx.len())
+        ct_update_in::<CtKey4>(at, flow, now)
     } else {
         match ct_update6(at, flow, now) {
             NOT_TRACKED => None,
-            port => Some(port as u16),
+            tracked => Some(tracked),
         }
     }
 }
@@ -710,22 +732,16 @@ fn ct_update(at: &At, flow: &Flow, now: u64) -> Option<u16> {
 const NOT_TRACKED: u32 = u32::MAX;
 
 /// [`ct_update_in`] for IPv6, out of line. Returns a plain integer (the
-/// proxy port, or [`NOT_TRACKED`]): an `Option` would be returned through
+/// verdict, or [`NOT_TRACKED`]): an `Option` would be returned through
 /// memory, one argument more than BPF calls take.
 #[inline(never)]
 fn ct_update6(at: &At, flow: &Flow, now: u64) -> u32 {
-    ct_update_in::<CtKey>(flow, at.ep.endpoint_id, at.dir, now, at.ctx.len())
-        .map_or(NOT_TRACKED, u32::from)
+    ct_update_in::<CtKey>(at, flow, now).unwrap_or(NOT_TRACKED)
 }
 
 #[inline(always)]
-fn ct_update_in<K: Tuple>(
-    flow: &Flow,
-    endpoint_id: u32,
-    dir: u8,
-    now: u64,
-    len: u32,
-) -> Option<u16> {
+fn ct_update_in<K: Tuple>(at: &At, flow: &Flow, now: u64) -> Option<u32> {
+    let (endpoint_id, dir, len) = (at.ep.endpoint_id, at.dir, at.ctx.len());
     let forward = ct_key::<K>(flow, endpoint_id, dir);
     let reverse = forward.reversed();
     // An expired entry counts as none, so it cannot hide a live one of the
@@ -772,6 +788,16 @@ fn ct_update_in<K: Tuple>(
                 (*entry).expires_ns = close;
             }
         }
+        // Whether the flow is the proxy's own follows its original
+        // direction's packets (a tuple the proxy reuses after a pod's flow,
+        // or the other way round, is judged by its latest user).
+        let from_proxy = from_proxy(at);
+        if !reply {
+            flags &= !ct_flags::PROXY_UPSTREAM;
+            if from_proxy {
+                flags |= ct_flags::PROXY_UPSTREAM;
+            }
+        }
         (*entry).flags = flags;
         // Plain adds, not `lock xadd` (a third of a fast path's cost): a
         // flow's packets in one direction are handled one at a time, and a
@@ -779,7 +805,17 @@ fn ct_update_in<K: Tuple>(
         // statistic, never a verdict.
         (*entry).packets += 1;
         (*entry).bytes += u64::from(len);
-        Some(if reply { 0 } else { (*entry).proxy_port })
+        Some(if reply {
+            if flags & ct_flags::PROXY_UPSTREAM != 0 {
+                VIA_STACK
+            } else {
+                PASS
+            }
+        } else if from_proxy {
+            PASS
+        } else {
+            u32::from((*entry).proxy_port)
+        })
     }
 }
 
