@@ -17,6 +17,10 @@
 //! side runs on CPU 0 and the server side on CPU 1 (threads and iperf3
 //! pinned), so runs swing less.
 //! Writes JSON (with ratios against the bare veth) to `AXONEME_BENCH_OUT`.
+//!
+//! Under `cargo test` (no `--bench` argument) it runs in its smoke form
+//! instead ([`smoke`]: one round, sizes 1 and 100, a few thousand packets,
+//! 1 s of iperf3), every check on, nothing written.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -27,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use axoneme_agent::datapath::{policy_entry, Datapath, PIN_ROOT};
 use axoneme_bpf_common::{endpoint_flags, EndpointInfo, IpcacheValue};
+use axoneme_e2e::bench::{pick, write_figures};
 use axoneme_e2e::netns::{run, Node, Pod};
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Direction, Key, Verdict, PROTO_TCP, PROTO_UDP};
@@ -37,6 +42,8 @@ mod support;
 
 const SIZES: &[u32] = &[1, 100, 1_000, 10_000];
 const RR_PORT: u16 = 7000;
+/// A TCP port no configuration allows (and nothing listens on).
+const DENIED_PORT: u16 = 7002;
 const IPERF_PORT: u16 = 5201;
 const UDP_PORT: u16 = 7001;
 /// Datagrams of the established-flow rate test.
@@ -80,6 +87,21 @@ const METRICS: [&str; 16] = [
     "iptables_paired_udp_pps_ratio",
     "iptables_paired_rr_p50_ratio",
 ];
+/// The smoke form's values of the constants above, by the same names.
+mod smoke {
+    pub const SIZES: &[u32] = &[1, 100];
+    pub const STREAM_PACKETS: usize = 5_000;
+    pub const NEW_FLOWS: u16 = 2_000;
+    pub const PAIRS: usize = 3;
+    pub const PAIR_UDP_BLOCK: usize = 2_000;
+    pub const PAIR_RR_BLOCK: usize = 100;
+    pub const RR_ROUNDS: usize = 500;
+    pub const CRR_ROUNDS: usize = 100;
+    pub const IPERF_SECONDS: &str = "1";
+    pub const ROUNDS: usize = 1;
+    pub const TEST_RUN_REPEAT: u32 = 1_000;
+    pub const TEST_RUNS: usize = 1;
+}
 /// Metrics where more is better (the others are times).
 const HIGHER_IS_BETTER: [&str; 4] = ["gbit_per_s", "crr_per_s", "udp_pps", "new_flows_per_s"];
 
@@ -208,7 +230,8 @@ fn delivered_rate(
 /// (established for every conntrack).
 fn udp_stream(client: &Pod, server: &Pod) -> Result<f64> {
     let sock = udp_flow(client, server)?;
-    delivered_rate(client, server, move || blast(&sock, STREAM_PACKETS))
+    let n = pick(STREAM_PACKETS, smoke::STREAM_PACKETS);
+    delivered_rate(client, server, move || blast(&sock, n))
 }
 
 /// A UDP socket in the client pod, connected to the server's sink, whose
@@ -259,19 +282,23 @@ fn paired(sides: &[(&Pod, &Pod)]) -> Result<Vec<(f64, f64)>> {
             Ok(conn)
         })??);
     }
+    let (pairs, udp_block, rr_block) = pick(
+        (PAIRS, PAIR_UDP_BLOCK, PAIR_RR_BLOCK),
+        (smoke::PAIRS, smoke::PAIR_UDP_BLOCK, smoke::PAIR_RR_BLOCK),
+    );
     let rx = || -> Result<Vec<u64>> { sides.iter().map(|s| s.1.ns.enter(rx_packets)?).collect() };
     let before = rx()?;
     let blocks = std::thread::scope(|s| {
         s.spawn(|| -> Result<Vec<Vec<(f64, f64)>>> {
             pin(CLIENT_CPU);
             let mut blocks = Vec::new();
-            for pair in 0..PAIRS {
+            for pair in 0..pairs {
                 let mut block = vec![(0f64, 0f64); n];
                 for i in (0..n).map(|i| (i + pair) % n) {
                     let t = Instant::now();
-                    blast(&udp[i], PAIR_UDP_BLOCK)?;
-                    let pps = PAIR_UDP_BLOCK as f64 / t.elapsed().as_secs_f64();
-                    let rr = percentile(round_trips(&mut tcp[i], PAIR_RR_BLOCK)?, 500);
+                    blast(&udp[i], udp_block)?;
+                    let pps = udp_block as f64 / t.elapsed().as_secs_f64();
+                    let rr = percentile(round_trips(&mut tcp[i], rr_block)?, 500);
                     block[i] = (pps, rr);
                 }
                 blocks.push(block);
@@ -284,7 +311,7 @@ fn paired(sides: &[(&Pod, &Pod)]) -> Result<Vec<(f64, f64)>> {
     std::thread::sleep(Duration::from_millis(50));
     let after = rx()?;
     // Every datagram arrived, on every side (the round trips add more).
-    let sent = (PAIRS * PAIR_UDP_BLOCK) as u64;
+    let sent = (pairs * udp_block) as u64;
     for (i, (b, a)) in before.iter().zip(after).enumerate() {
         ensure!(
             a - b >= sent * 99 / 100,
@@ -335,6 +362,7 @@ fn attach_floor(node: &Node, pair: (&Pod, &Pod), pins: &std::path::Path) -> Resu
 /// socket per flow is needed).
 fn new_flows(client: &Pod, server: &Pod, block: u16) -> Result<f64> {
     let (src, dst) = (client.ip, server.ip);
+    let flows = pick(NEW_FLOWS, smoke::NEW_FLOWS);
     delivered_rate(client, server, move || {
         let sock = socket2::Socket::new(
             socket2::Domain::IPV4,
@@ -353,12 +381,12 @@ fn new_flows(client: &Pod, server: &Pod, block: u16) -> Result<f64> {
         pkt[22..24].copy_from_slice(&UDP_PORT.to_be_bytes());
         pkt[24..26].copy_from_slice(&18u16.to_be_bytes());
         pkt[28..].fill(b'n');
-        let first = NEW_FLOW_PORT_BASE + block * NEW_FLOWS;
-        for sport in first..first + NEW_FLOWS {
+        let first = NEW_FLOW_PORT_BASE + block * flows;
+        for sport in first..first + flows {
             pkt[20..22].copy_from_slice(&sport.to_be_bytes());
             sock.send_to(&pkt, &to)?;
         }
-        Ok(usize::from(NEW_FLOWS))
+        Ok(usize::from(flows))
     })
 }
 
@@ -444,9 +472,10 @@ fn program_cost() -> Result<Value> {
         ("udp4_denied", from, &denied, 2),
     ];
     let mut times = vec![Vec::new(); cases.len()];
-    for _ in 0..5 {
+    let repeat = pick(TEST_RUN_REPEAT, smoke::TEST_RUN_REPEAT);
+    for _ in 0..pick(5, smoke::TEST_RUNS) {
         for ((name, program, packet, want), t) in cases.iter().zip(&mut times) {
-            let (action, per_run) = dp.test_run_repeated(program, packet, TEST_RUN_REPEAT)?;
+            let (action, per_run) = dp.test_run_repeated(program, packet, repeat)?;
             ensure!(
                 action == *want,
                 "{name}: TC action {action}, expected {want}"
@@ -485,11 +514,15 @@ fn latency(client: &Pod, server: Ipv4Addr) -> Result<Value> {
         let addr = SocketAddr::from((server, RR_PORT));
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         conn.set_nodelay(true)?;
-        let rr = round_trips(&mut conn, RR_ROUNDS)?;
+        let (rr_rounds, crr_rounds) = pick(
+            (RR_ROUNDS, CRR_ROUNDS),
+            (smoke::RR_ROUNDS, smoke::CRR_ROUNDS),
+        );
+        let rr = round_trips(&mut conn, rr_rounds)?;
         let mut buf = [7u8; 64];
-        let mut crr = Vec::with_capacity(CRR_ROUNDS);
+        let mut crr = Vec::with_capacity(crr_rounds);
         let started = Instant::now();
-        for _ in 0..CRR_ROUNDS {
+        for _ in 0..crr_rounds {
             let t = Instant::now();
             let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
             c.set_nodelay(true)?;
@@ -498,7 +531,7 @@ fn latency(client: &Pod, server: Ipv4Addr) -> Result<Value> {
             drop(c);
             crr.push(t.elapsed());
         }
-        let crr_rate = CRR_ROUNDS as f64 / started.elapsed().as_secs_f64();
+        let crr_rate = crr_rounds as f64 / started.elapsed().as_secs_f64();
         Ok(json!({
             "rr_p50_us": percentile(rr.clone(), 500),
             "rr_p99_us": percentile(rr, 990),
@@ -530,7 +563,7 @@ fn iperf(client: &Pod, server: &Pod) -> Result<f64> {
             "-p",
             &port,
             "-t",
-            IPERF_SECONDS,
+            pick(IPERF_SECONDS, smoke::IPERF_SECONDS),
             "-J",
         ],
     );
@@ -549,6 +582,24 @@ fn iperf(client: &Pod, server: &Pod) -> Result<f64> {
         .as_f64()
         .map(|b| b / 1e9)
         .context("iperf3 JSON without end.sum_received")
+}
+
+/// A TCP connection from `client` to [`DENIED_PORT`] of `server`, which
+/// the policy does not allow, must get no answer at all (dropped, not
+/// refused): the configuration really enforces, so its figures are those
+/// of an enforcing path.
+fn ensure_denied(client: &Pod, server: &Pod, config: &str) -> Result<()> {
+    let addr = SocketAddr::from((server.ip, DENIED_PORT));
+    let outcome = client
+        .ns
+        .enter(move || TcpStream::connect_timeout(&addr, Duration::from_millis(300)))?;
+    match outcome {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(()),
+        Ok(_) => anyhow::bail!("{config}: a connection to port {DENIED_PORT}, which no policy allows, was accepted"),
+        Err(e) => anyhow::bail!(
+            "{config}: port {DENIED_PORT}, which no policy allows, answered ({e}) instead of being dropped"
+        ),
+    }
 }
 
 /// Every figure of one configuration; `block` is its new-flow port block.
@@ -718,13 +769,15 @@ fn main() -> Result<()> {
     let rounds_wanted = std::env::var("AXONEME_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(ROUNDS);
+        .unwrap_or(pick(ROUNDS, smoke::ROUNDS));
+    let sizes = pick(SIZES, smoke::SIZES);
     let skip_iptables = std::env::var_os("AXONEME_BENCH_SKIP_IPTABLES").is_some();
     for round in 0..rounds_wanted {
         let mut runs = vec![measure("bare veth", &client, &server, 0)?];
-        for (block, &n) in (0..).zip(SIZES).filter(|_| !skip_iptables) {
+        for (block, &n) in (0..).zip(sizes).filter(|_| !skip_iptables) {
             iptables(&iptables_node, &ipt_client, &ipt_server, n)?;
             let name = format!("iptables {n}");
+            ensure_denied(&ipt_client, &ipt_server, &name)?;
             runs.push(measure(&name, &ipt_client, &ipt_server, block)?);
             iptables_flush(&iptables_node)?;
         }
@@ -742,8 +795,9 @@ fn main() -> Result<()> {
                     EndpointInfo::new(id, id, flags, &[pod.ip.into(), pod.ip6.into()]),
                 )?;
             }
-            for (block, &n) in (0..).zip(SIZES) {
+            for (block, &n) in (0..).zip(sizes) {
                 program(&mut dp, &client, &server, n)?;
+                ensure_denied(&client, &server, &format!("axoneme {n}"))?;
                 let mut v = measure(&format!("axoneme {n}"), &client, &server, block)?;
                 let cost = bpf_cost(&dp, &client, &server)?;
                 // The same policy in iptables, on its own pair, in the
@@ -847,9 +901,5 @@ fn main() -> Result<()> {
         "rounds": rounds_wanted,
         "pinned": pinning().then_some(json!({"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU})),
     });
-    let out =
-        std::env::var("AXONEME_BENCH_OUT").unwrap_or_else(|_| "target/bench/datapath.json".into());
-    std::fs::write(&out, serde_json::to_string_pretty(&doc)?)?;
-    eprintln!("written to {out}");
-    Ok(())
+    write_figures("datapath", &doc)
 }

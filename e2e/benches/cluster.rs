@@ -12,20 +12,27 @@
 //!   detected by a probe loop of fresh connections in each client pod.
 //!
 //! Writes JSON to `AXONEME_BENCH_OUT` (default target/bench/cluster.json).
+//!
+//! Under `cargo test` (no `--bench` argument) it runs in its smoke form
+//! instead: a handful of pods and changes with the debug binaries, every
+//! check on, nothing written.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use axoneme_e2e::bench::{pick, write_figures};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
 
 const PODS: usize = 100;
 const APPS: usize = 10;
 const CHANGES: usize = 50;
+/// The smoke form's pods, label sets and changes (more pods than label
+/// sets, an even number of changes: every summary has samples).
+const SMOKE: (usize, usize, usize) = (6, 3, 4);
 const PORT: u16 = 8080;
 /// A blocked SYN is dropped: the connect times out after this.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(15);
@@ -102,20 +109,18 @@ impl Drop for Prober {
 }
 
 fn main() -> Result<()> {
-    let out = std::env::var_os("AXONEME_BENCH_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/bench/cluster.json"));
+    let (pods_n, apps, changes_n) = pick((PODS, APPS, CHANGES), SMOKE);
     let c = Cluster::start(&ClusterConfig::default())?;
 
     // Pod ready latency.
     let mut new_id = Vec::new();
     let mut existing = Vec::new();
     let mut pods = Vec::new();
-    for i in 0..PODS {
-        let app = format!("bench-{}", i % APPS);
+    for i in 0..pods_n {
+        let app = format!("bench-{}", i % apps);
         let pod = c.add_pod(i % 2, &format!("p{i}"), &[("app", &app)])?;
         let ms = pod.ready.as_secs_f64() * 1e3;
-        if i < APPS {
+        if i < apps {
             new_id.push(ms);
         } else {
             existing.push(ms);
@@ -158,7 +163,7 @@ fn main() -> Result<()> {
     let mut imports = Vec::new();
     let mut removals = Vec::new();
     std::thread::sleep(Duration::from_millis(200));
-    for i in 0..CHANGES {
+    for i in 0..changes_n {
         let import = i % 2 == 0;
         let t0 = Instant::now();
         if import {
@@ -211,10 +216,6 @@ fn main() -> Result<()> {
             "target_p99_ms": 200,
         },
     });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    write_figures("cluster", &report)
 }

@@ -15,17 +15,25 @@
 //! (proxy / direct, nginx hop / direct, proxy / nginx hop). Targets: at
 //! least 60% of direct RPS, p99 under 2x. Writes JSON to
 //! `AXONEME_BENCH_OUT` (default target/bench/l7.json).
+//!
+//! Under `cargo test` (no `--bench` argument) it runs in its smoke form
+//! instead: one round of 1 s at 1 and 8 connections with the debug
+//! binaries, every answer still checked, nothing written.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use axoneme_e2e::bench::{pick, write_figures};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
 
 const SECONDS: u32 = 4;
 /// Interleaved rounds per connection count.
 const ROUNDS: usize = 3;
+/// Connection counts.
+const CONNECTIONS: [u32; 2] = [1, 64];
+/// The smoke form's seconds, rounds and connection counts.
+const SMOKE: (u32, usize, [u32; 2]) = (1, 1, [1, 8]);
 
 /// The median (rps, p99) of `runs`, each taken on its own.
 fn median(runs: &[(f64, f64)]) -> (f64, f64) {
@@ -80,20 +88,18 @@ fn nginx(c: &mut Cluster, pod: &CniPod) -> Result<()> {
     Ok(())
 }
 
-/// (requests/s, p99 in ms) of `GET url` from `client`; every answer must
-/// be a 2xx.
-fn wrk(client: &CniPod, url: &str, connections: u32) -> Result<(f64, f64)> {
-    let run = axoneme_e2e::http::wrk(&client.ns, "GET", url, connections, SECONDS)?;
-    if run.non_2xx > 0 || run.socket_errors > 0 {
+/// (requests/s, p99 in ms) of `GET url` from `client` for `seconds`;
+/// there must be answers, and every answer must be a 2xx.
+fn wrk(client: &CniPod, url: &str, connections: u32, seconds: u32) -> Result<(f64, f64)> {
+    let run = axoneme_e2e::http::wrk(&client.ns, "GET", url, connections, seconds)?;
+    if run.requests == 0 || run.non_2xx > 0 || run.socket_errors > 0 {
         bail!("wrk {url}: {run:?}");
     }
     Ok((run.rps, run.p99_ms))
 }
 
 fn main() -> Result<()> {
-    let out = std::env::var_os("AXONEME_BENCH_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/bench/l7.json"));
+    let (seconds, rounds_n, connection_counts) = pick((SECONDS, ROUNDS, CONNECTIONS), SMOKE);
     let mut c = Cluster::start(&ClusterConfig {
         nodes: 1,
         ..ClusterConfig::default()
@@ -132,7 +138,7 @@ fn main() -> Result<()> {
         &hop_dir,
     )?);
     let mut rows = Vec::new();
-    for connections in [1, 64] {
+    for connections in connection_counts {
         // Rounds interleave the three paths, so a slow spell of the host
         // hits all of them; the medians are compared.
         let urls = [
@@ -141,9 +147,9 @@ fn main() -> Result<()> {
             format!("http://{ip}:8080/"),
         ];
         let mut rounds: [Vec<(f64, f64)>; 3] = Default::default();
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds_n {
             for (url, runs) in urls.iter().zip(rounds.iter_mut()) {
-                runs.push(wrk(&client, url, connections)?);
+                runs.push(wrk(&client, url, connections, seconds)?);
             }
         }
         let [direct, hop, proxy] = rounds.each_ref().map(|runs| median(runs));
@@ -171,15 +177,11 @@ fn main() -> Result<()> {
     }
     let report = json!({
         "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy; nginx hop: nginx reverse proxy on the client pod's loopback",
-        "seconds_per_run": SECONDS,
-        "rounds": ROUNDS,
+        "seconds_per_run": seconds,
+        "rounds": rounds_n,
         "figures": "medians over the rounds; rounds lists each run's (rps, p99_ms)",
         "runs": rows,
     });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    write_figures("l7", &report)
 }

@@ -10,13 +10,17 @@
 //!    watching agent's caches" (assignment and identity record), p50/p99.
 //!
 //! Writes JSON to `$AXONEME_BENCH_OUT` (default target/bench/identity.json).
+//!
+//! Under `cargo test` (no `--bench` argument) it runs in its smoke form
+//! instead: a few hundred transactions, identities and samples with the
+//! debug operator, every check on, nothing written.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use axoneme_e2e::bench::{pick, write_figures};
 use axoneme_e2e::{EtcdCluster, OperatorProc};
 use axoneme_identity::{
     identity_cache, CacheEvent, EndpointIdentity, EndpointRecord, Layout, WatchCache,
@@ -29,9 +33,24 @@ const RAW_TXNS: usize = 10_000;
 const IDENTITIES: usize = 10_000;
 const LATENCY_SAMPLES: usize = 1_000;
 
+/// [`RAW_TXNS`], or the smoke form's count.
+fn raw_txns() -> usize {
+    pick(RAW_TXNS, 300)
+}
+
+/// [`IDENTITIES`], or the smoke form's count.
+fn identities() -> usize {
+    pick(IDENTITIES, 300)
+}
+
+/// [`LATENCY_SAMPLES`], or the smoke form's count.
+fn latency_samples() -> usize {
+    pick(LATENCY_SAMPLES, 100)
+}
+
 async fn raw_rate(kv: &KvStore, tag: &str, puts: usize) -> Result<f64> {
     let start = Instant::now();
-    let results: Vec<Result<bool>> = stream::iter(0..RAW_TXNS)
+    let results: Vec<Result<bool>> = stream::iter(0..raw_txns())
         .map(|i| {
             let kv = kv.clone();
             let tag = tag.to_string();
@@ -62,10 +81,11 @@ async fn raw_rate(kv: &KvStore, tag: &str, puts: usize) -> Result<f64> {
         .filter(|r| matches!(r, Ok(true)))
         .count();
     ensure!(
-        ok == RAW_TXNS,
-        "only {ok}/{RAW_TXNS} raw transactions succeeded"
+        ok == raw_txns(),
+        "only {ok}/{} raw transactions succeeded",
+        raw_txns()
     );
-    Ok(RAW_TXNS as f64 / start.elapsed().as_secs_f64())
+    Ok(raw_txns() as f64 / start.elapsed().as_secs_f64())
 }
 
 fn record(i: usize, tag: &str) -> (String, String, Vec<u8>) {
@@ -84,7 +104,7 @@ fn record(i: usize, tag: &str) -> (String, String, Vec<u8>) {
 
 async fn throughput(kv: &KvStore, layout: &Layout) -> Result<f64> {
     let start = Instant::now();
-    for chunk in (0..IDENTITIES).collect::<Vec<_>>().chunks(128) {
+    for chunk in (0..identities()).collect::<Vec<_>>().chunks(128) {
         let ops: Vec<TxnOp> = chunk
             .iter()
             .map(|i| {
@@ -97,7 +117,7 @@ async fn throughput(kv: &KvStore, layout: &Layout) -> Result<f64> {
     let prefix = layout.endpoint_identities_prefix();
     loop {
         let n = kv.count_prefix(&prefix).await?;
-        if n >= IDENTITIES as i64 {
+        if n >= identities() as i64 {
             break;
         }
         ensure!(
@@ -106,7 +126,7 @@ async fn throughput(kv: &KvStore, layout: &Layout) -> Result<f64> {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(IDENTITIES as f64 / start.elapsed().as_secs_f64())
+    Ok(identities() as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Endpoint → when its record was written, completed when an agent's caches
@@ -156,7 +176,7 @@ async fn latency(kv: &KvStore, layout: &Layout) -> Result<hdrhistogram::Histogra
             }
         })
     };
-    for i in 0..LATENCY_SAMPLES {
+    for i in 0..latency_samples() {
         let (node, id, value) = record(i, "lat");
         pending
             .lock()
@@ -182,13 +202,16 @@ async fn bench() -> Result<serde_json::Value> {
     let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(3)).await??;
     let kv = KvStore::connect(KvConfig::new(etcd.endpoints())).await?;
     let layout = Layout::default();
-    eprintln!("bench identity: raw transaction ceiling ({RAW_TXNS} txns, {CONCURRENCY} in flight)");
+    eprintln!(
+        "bench identity: raw transaction ceiling ({} txns, {CONCURRENCY} in flight)",
+        raw_txns()
+    );
     let raw1 = raw_rate(&kv, "one", 1).await?;
     let raw3 = raw_rate(&kv, "three", 3).await?;
     let bin = axoneme_e2e::bin_path("axoneme-operator");
     ensure!(
         bin.exists(),
-        "{} missing: run through `cargo xtask bench identity`",
+        "{} missing: run through `cargo xtask bench identity` (or build the binaries first)",
         bin.display()
     );
     let mut op = OperatorProc::start(
@@ -199,14 +222,17 @@ async fn bench() -> Result<serde_json::Value> {
         etcd.dir(),
     )?;
     op.wait_up(Duration::from_secs(10))?;
-    eprintln!("bench identity: allocating {IDENTITIES} new identities");
+    eprintln!("bench identity: allocating {} new identities", identities());
     let ids_per_s = throughput(&kv, &layout).await?;
-    eprintln!("bench identity: latency over {LATENCY_SAMPLES} endpoints");
+    eprintln!(
+        "bench identity: latency over {} endpoints",
+        latency_samples()
+    );
     let lat = latency(&kv, &layout).await?;
     let allocated = op
         .metric("axoneme_identity_allocations_total")
         .context("reading operator metrics")?;
-    let expected = (IDENTITIES + LATENCY_SAMPLES) as f64;
+    let expected = (identities() + latency_samples()) as f64;
     ensure!(
         (allocated - expected).abs() < 0.5,
         "operator reports {allocated} allocations, expected {expected}"
@@ -221,7 +247,7 @@ async fn bench() -> Result<serde_json::Value> {
         "concurrency": CONCURRENCY,
         "raw_txn_per_s": raw1,
         "raw_txn_3put_per_s": raw3,
-        "identities": IDENTITIES,
+        "identities": identities(),
         "identities_per_s": ids_per_s,
         "identities_vs_raw_txn": ids_per_s / raw1,
         "identities_vs_raw_3put_txn": ids_per_s / raw3,
@@ -235,32 +261,20 @@ async fn bench() -> Result<serde_json::Value> {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench` passes `--bench`; nothing to parse.
+    // `cargo bench` passes `--bench` (the full form, see
+    // `axoneme_e2e::bench`); nothing else to parse.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let result = rt.block_on(bench())?;
-    let out = std::env::var_os("AXONEME_BENCH_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/bench/identity.json"
-            ))
-        });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&result)? + "\n")?;
     println!(
-        "identity: {:.0} new identities/s ({:.0}% of {:.0} raw txn/s), record→agent cache p50 {:.2} ms p99 {:.2} ms  [{}]",
+        "identity: {:.0} new identities/s ({:.0}% of {:.0} raw txn/s), record→agent cache p50 {:.2} ms p99 {:.2} ms",
         result["identities_per_s"].as_f64().unwrap_or_default(),
         100.0 * result["identities_vs_raw_txn"].as_f64().unwrap_or_default(),
         result["raw_txn_per_s"].as_f64().unwrap_or_default(),
         result["latency_ms"]["p50"].as_f64().unwrap_or_default(),
         result["latency_ms"]["p99"].as_f64().unwrap_or_default(),
-        out.display()
     );
-    Ok(())
+    write_figures("identity", &result)
 }

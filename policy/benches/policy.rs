@@ -6,12 +6,16 @@
 //!   validator (none may panic).
 //!
 //! Writes JSON to `$AXONEME_BENCH_OUT` (default target/bench/policy.json).
+//!
+//! Under `cargo test` (no `--bench` argument) it runs in its smoke form
+//! instead: small counts, every check on, nothing written.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use axoneme_e2e::bench::{pick, write_figures};
+
 use axoneme_identity::{LabelSet, NumericIdentity, Source};
-use axoneme_policy::compile::Direction;
+use axoneme_policy::compile::{compute, Direction};
 use axoneme_policy::document::parse_documents;
 use axoneme_policy::engine::Engine;
 use axoneme_policy::EnforcementMode;
@@ -21,6 +25,8 @@ const RULES: usize = 1_000;
 const LOCAL_ENDPOINTS: u32 = 100;
 const SAMPLES: usize = 200;
 const FUZZ_INPUTS: usize = 100_000;
+/// The smoke form's counts, in the same order.
+const SMOKE: (u32, usize, u32, usize, usize) = (500, 100, 20, 20, 2_000);
 
 fn identity_labels(i: u32) -> LabelSet {
     LabelSet::parse(
@@ -145,11 +151,15 @@ fn mutate(rng: &mut Lcg, seed: &str) -> String {
 }
 
 fn main() {
+    let (identities, rules, local_endpoints, samples, fuzz_inputs) = pick(
+        (IDENTITIES, RULES, LOCAL_ENDPOINTS, SAMPLES, FUZZ_INPUTS),
+        SMOKE,
+    );
     let mut engine = Engine::new(EnforcementMode::Default);
-    for i in 0..IDENTITIES {
+    for i in 0..identities {
         engine.set_identity(NumericIdentity(256 + i), Some(identity_labels(i)));
     }
-    let policies: Vec<_> = (0..RULES)
+    let policies: Vec<_> = (0..rules)
         .map(|r| {
             parse_documents(&rule(r, 0))
                 .remove(0)
@@ -163,11 +173,11 @@ fn main() {
         engine.set_policy(&format!("r{r}"), Some(p.clone()));
     }
     let mut entries = 0usize;
-    for i in 0..LOCAL_ENDPOINTS {
+    for i in 0..local_endpoints {
         engine.add_endpoint(NumericIdentity(256 + i));
     }
     let full = started.elapsed();
-    for i in 0..LOCAL_ENDPOINTS {
+    for i in 0..local_endpoints {
         let p = engine
             .endpoint_policy(NumericIdentity(256 + i))
             .expect("computed");
@@ -176,24 +186,37 @@ fn main() {
     }
 
     // Incremental: one new identity each time (labels that rules name).
-    let mut add_identity = Vec::with_capacity(SAMPLES);
+    let mut add_identity = Vec::with_capacity(samples);
     let mut deltas_identity = 0;
-    for s in 0..SAMPLES {
-        let id = NumericIdentity(256 + IDENTITIES + u32::try_from(s).expect("small"));
+    for s in 0..samples {
+        let id = NumericIdentity(256 + identities + u32::try_from(s).expect("small"));
         let labels = identity_labels(u32::try_from(s).expect("small") * 7);
         let t = Instant::now();
         deltas_identity += engine.set_identity(id, Some(labels)).len();
         add_identity.push(t.elapsed());
     }
     // Incremental: one changed policy each time (another peer team / L7 path / CIDR).
-    let mut change_policy = Vec::with_capacity(SAMPLES);
+    let mut change_policy = Vec::with_capacity(samples);
     let mut deltas_policy = 0;
-    for s in 0..SAMPLES {
-        let r = (s * 37) % RULES;
+    for s in 0..samples {
+        let r = (s * 37) % rules;
         let p = parse_documents(&rule(r, s + 1)).remove(0).expect("valid");
         let t = Instant::now();
         deltas_policy += engine.set_policy(&format!("r{r}"), Some(p)).len();
         change_policy.push(t.elapsed());
+    }
+    // What was measured is right: after all the incremental changes, every
+    // local endpoint's policy equals a full computation from scratch.
+    assert!(entries > 0, "the full computation gave no entries");
+    let all = engine.policies();
+    for i in 0..local_endpoints {
+        let ep = NumericIdentity(256 + i);
+        let labels = engine.identities().get(ep).expect("known identity");
+        let want = compute(&all, engine.identities(), labels, EnforcementMode::Default);
+        assert!(
+            engine.endpoint_policy(ep) == Some(&want),
+            "endpoint {ep}: the incremental policy differs from a full computation"
+        );
     }
 
     // Robustness: mutated documents never panic the parser/validator.
@@ -201,7 +224,7 @@ fn main() {
     let mut rng = Lcg(0x5eed);
     let fuzz_started = Instant::now();
     let mut rejected = 0usize;
-    for _ in 0..FUZZ_INPUTS {
+    for _ in 0..fuzz_inputs {
         let seed = &seeds[rng.below(seeds.len())];
         let text = mutate(&mut rng, seed);
         rejected += parse_documents(&text)
@@ -213,10 +236,10 @@ fn main() {
     let fuzz = fuzz_started.elapsed();
 
     let result = serde_json::json!({
-        "identities": IDENTITIES,
-        "rules": RULES,
+        "identities": identities,
+        "rules": rules,
         "rule_mix": "70% L3/L4, 20% L7, 10% CIDR+entities",
-        "local_endpoints": LOCAL_ENDPOINTS,
+        "local_endpoints": local_endpoints,
         "full_computation_ms": full.as_secs_f64() * 1000.0,
         "entries_total": entries,
         "cached_selectors": engine.identities().cached_selectors(),
@@ -230,30 +253,14 @@ fn main() {
             "p99": percentile(change_policy, 990),
             "deltas": deltas_policy,
         },
-        "fuzz": {"inputs": FUZZ_INPUTS, "rejected": rejected, "panics": 0, "seconds": fuzz.as_secs_f64()},
+        "fuzz": {"inputs": fuzz_inputs, "rejected": rejected, "panics": 0, "seconds": fuzz.as_secs_f64()},
     });
-    let out = std::env::var_os("AXONEME_BENCH_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/bench/policy.json"
-            ))
-        });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).expect("bench dir");
-    }
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(&result).expect("json") + "\n",
-    )
-    .expect("write");
     println!(
-        "policy: full {:.0} ms ({IDENTITIES} identities x {RULES} rules, {LOCAL_ENDPOINTS} endpoints, {entries} entries); \
-         add identity p99 {:.3} ms; change policy p99 {:.3} ms; {FUZZ_INPUTS} mutated documents, 0 panics  [{}]",
+        "policy: full {:.0} ms ({identities} identities x {rules} rules, {local_endpoints} endpoints, {entries} entries); \
+         add identity p99 {:.3} ms; change policy p99 {:.3} ms; {fuzz_inputs} mutated documents, 0 panics",
         result["full_computation_ms"].as_f64().unwrap_or_default(),
         result["incremental_add_identity_ms"]["p99"].as_f64().unwrap_or_default(),
         result["incremental_change_policy_ms"]["p99"].as_f64().unwrap_or_default(),
-        out.display()
     );
+    write_figures("policy", &result).expect("writing the figures");
 }

@@ -115,5 +115,18 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "--test-threads=2",
     ])
     .args(extra);
-    run_cmd(root, &mut cmd)
+    let tests = run_cmd(root, &mut cmd);
+    // Every benchmark program in its smoke form (no `--bench` argument; see
+    // `axoneme_e2e::bench`): one short round, every answer checked, no
+    // figures written. `--bench '*'` selects the bench targets only (with
+    // `--benches`, libraries and binaries would run their unit tests
+    // again); cargo runs them one at a time, each starting its own cluster.
+    let benches = run_cmd(
+        root,
+        cargo().args(["test", "--workspace", "--no-fail-fast", "--bench", "*"]),
+    );
+    if let (Err(t), Err(b)) = (&tests, &benches) {
+        bail!("{t:#}\nand {b:#}");
+    }
+    tests.and(benches)
 }
