@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cluster;
 pub mod etcd;
 pub mod http;
+pub mod kube;
 pub mod netns;
 pub mod operator;
 pub mod process;
@@ -15,6 +16,7 @@ pub mod tls;
 
 pub use cluster::{Cluster, ClusterConfig, CniPod};
 pub use etcd::EtcdCluster;
+pub use kube::KubeControlPlane;
 pub use operator::OperatorProc;
 pub use process::{bin_path, free_port, Proc};
 

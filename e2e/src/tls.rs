@@ -13,7 +13,8 @@ pub struct TestCerts {
     pub client_key: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+/// Runs `openssl ARGS` in `dir`; its stderr in the error.
+pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)

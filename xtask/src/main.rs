@@ -5,6 +5,7 @@
 mod bench;
 mod bpf;
 mod demo;
+mod kube;
 mod setup;
 
 use std::path::{Path, PathBuf};

@@ -169,5 +169,6 @@ pub fn run(root: &Path) -> Result<()> {
         sh(Command::new("mount").args(["-t", "cgroup2", "none", CGROUP2_DIR]))?;
     }
     std::fs::create_dir_all("/sys/fs/bpf/axoneme").context("creating /sys/fs/bpf/axoneme")?;
+    crate::kube::ensure_binaries(root)?;
     Ok(())
 }
