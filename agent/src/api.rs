@@ -2,46 +2,50 @@
 //! with JSON bodies on a UNIX socket of mode 0600, so only root (the
 //! runtime running the CNI plugin, an operator at the CLI) may use it.
 //!
-//! CNI calls go to [`Endpoints`]; reads of the datapath go to the main
-//! loop, which owns the maps, as [`Query`]s.
+//! CNI calls go to [`Endpoints`]. Reads never wait on another task or on
+//! etcd: they come from what the other tasks published (the reconciler's
+//! [`DatapathView`], the kvstore probe's [`KvHealth`], the node's caches)
+//! and from read-only handles on the pinned maps ([`MapReader`]: the
+//! kernel's own counters and conntrack), so they answer at once even when
+//! etcd is gone or a pass is running.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axoneme_api::{
-    cni_code, AddRequest, ApiError, CheckRequest, ComponentStatus, CtEntry, DelRequest,
-    EndpointView, EventView, IpcacheEntry, PolicyEntry, Status,
+    cni_code, AddRequest, ApiError, CheckRequest, CtEntry, DelRequest, EndpointView, EventView,
+    IpcacheEntry, PolicyEntry, Status,
 };
-use axoneme_kvstore::KvStore;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::datapath::MapReader;
 use crate::endpoints::Endpoints;
-use crate::views::EventRing;
+use crate::kvhealth::KvHealth;
+use crate::node::NodeState;
+use crate::reconcile::DatapathView;
+use crate::views::{self, EventRing};
 
-/// A read the main loop answers.
-pub enum Query {
-    Status(oneshot::Sender<Status>),
-    Endpoints(oneshot::Sender<Vec<EndpointView>>),
-    Ipcache(oneshot::Sender<Result<Vec<IpcacheEntry>, ApiError>>),
-    Policy(String, oneshot::Sender<Result<Vec<PolicyEntry>, ApiError>>),
-    Ct(oneshot::Sender<Result<Vec<CtEntry>, ApiError>>),
+/// What the API reads from.
+#[derive(Clone)]
+pub struct ApiState {
+    pub endpoints: Arc<Endpoints>,
+    pub state: NodeState,
+    pub datapath: watch::Receiver<Arc<DatapathView>>,
+    pub kvstore: watch::Receiver<Option<Arc<KvHealth>>>,
+    pub maps: Arc<MapReader>,
+    pub events: EventRing,
 }
 
-struct Ctx {
-    endpoints: Arc<Endpoints>,
-    queries: mpsc::Sender<Query>,
-    kv: KvStore,
-    events: EventRing,
-}
+type Ctx = ApiState;
 
 /// An error answer: the status follows the CNI code.
 struct Failure(ApiError);
@@ -75,17 +79,23 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
     })
 }
 
-async fn ask<T>(ctx: &Ctx, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Failure> {
-    let (tx, rx) = oneshot::channel();
-    let gone = || {
-        Failure(ApiError::new(
-            cni_code::TRY_AGAIN_LATER,
-            "the agent is shutting down",
-            "",
-        ))
-    };
-    ctx.queries.send(make(tx)).await.map_err(|_| gone())?;
-    rx.await.map_err(|_| gone())
+/// Runs a read of the maps (system calls, a whole map at worst) off the
+/// server's threads.
+async fn read_maps<T: Send + 'static>(
+    ctx: &Ctx,
+    f: impl FnOnce(&MapReader) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, Failure> {
+    let maps = ctx.maps.clone();
+    tokio::task::spawn_blocking(move || f(&maps))
+        .await
+        .map_err(|e| {
+            Failure(ApiError::new(
+                cni_code::IO_FAILURE,
+                "map read failed",
+                e.to_string(),
+            ))
+        })?
+        .map_err(Failure)
 }
 
 async fn add(
@@ -112,47 +122,37 @@ async fn check(
 }
 
 async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<Status>, Failure> {
-    let mut st = ask(&ctx, Query::Status).await?;
-    let members = ctx.kv.member_health().await;
-    let healthy = members.iter().filter(|m| m.healthy).count();
-    let leader = members
-        .iter()
-        .find(|m| m.is_leader)
-        .map(|m| m.endpoint.clone());
-    let ok = leader.is_some();
-    st.components.insert(
-        0,
-        ComponentStatus {
-            name: "kvstore".into(),
-            ok,
-            message: format!(
-                "{healthy}/{} etcd members healthy, raft leader {}",
-                members.len(),
-                leader.as_deref().unwrap_or("none")
-            ),
-        },
-    );
-    st.ok = st.components.iter().all(|c| c.ok);
+    let view = ctx.datapath.borrow().clone();
+    let kv = ctx.kvstore.borrow().clone();
+    let (state, eps) = (ctx.state.clone(), ctx.endpoints.clone());
+    let st = read_maps(&ctx, move |maps| {
+        Ok(views::status(&view, &state, &eps, maps, kv.as_deref()))
+    })
+    .await?;
     Ok(Json(st))
 }
 
 async fn list_endpoints(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EndpointView>>, Failure> {
-    Ok(Json(ask(&ctx, Query::Endpoints).await?))
+    let view = ctx.datapath.borrow().clone();
+    Ok(Json(views::endpoints(&view, &ctx.state, &ctx.endpoints)))
 }
 
 async fn ipcache(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<IpcacheEntry>>, Failure> {
-    Ok(Json(ask(&ctx, Query::Ipcache).await??))
+    Ok(Json(read_maps(&ctx, views::ipcache).await?))
 }
 
 async fn policy(
     State(ctx): State<Arc<Ctx>>,
     UrlPath(endpoint): UrlPath<String>,
 ) -> Result<Json<Vec<PolicyEntry>>, Failure> {
-    Ok(Json(ask(&ctx, |tx| Query::Policy(endpoint, tx)).await??))
+    let view = ctx.datapath.borrow().clone();
+    Ok(Json(
+        read_maps(&ctx, move |maps| views::policy(&view, maps, &endpoint)).await?,
+    ))
 }
 
 async fn ct(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<CtEntry>>, Failure> {
-    Ok(Json(ask(&ctx, Query::Ct).await??))
+    Ok(Json(read_maps(&ctx, views::ct).await?))
 }
 
 async fn list_events(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EventView>>, Failure> {
@@ -171,10 +171,7 @@ async fn not_found() -> Failure {
 /// `cancel`.
 pub async fn serve(
     socket: PathBuf,
-    endpoints: Arc<Endpoints>,
-    queries: mpsc::Sender<Query>,
-    kv: KvStore,
-    events: EventRing,
+    ctx: ApiState,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -190,12 +187,7 @@ pub async fn serve(
         .with_context(|| format!("binding the API socket {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", socket.display()))?;
-    let ctx = Arc::new(Ctx {
-        endpoints,
-        queries,
-        kv,
-        events,
-    });
+    let ctx = Arc::new(ctx);
     let app = Router::new()
         .route("/v1/cni/add", post(add))
         .route("/v1/cni/del", post(del))

@@ -1,10 +1,17 @@
-//! The agent's lease and the keys it holds: the node record and the
-//! endpoint records the agent created. If the agent dies they vanish after
-//! the TTL, so other nodes stop trusting its pods' addresses; if the lease
-//! is lost while the agent lives (etcd unreachable for longer than the
-//! TTL), a new one is granted and every key is written again.
+//! The node lease and the keys it holds: the node record and the endpoint
+//! records the agent created. Its TTL is the node's grace (`--node-grace`):
+//! while the agent runs it renews the lease every third of the TTL; when
+//! the agent stops (a crash, a restart, an upgrade) the keys stay for the
+//! TTL, so other nodes keep trusting this node's pods, and a restarted
+//! agent resumes the same lease (its ID is kept in the state directory)
+//! with nothing vanishing in between. A node gone for good is forgotten
+//! when the lease expires, or at once when it is revoked (`axoneme node
+//! delete`). If the lease is lost while the agent lives (etcd unreachable
+//! for longer than the TTL), a new one is granted and every key is
+//! written again.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,27 +25,84 @@ struct Inner {
     keys: BTreeMap<String, Vec<u8>>,
 }
 
-/// Keys written on the agent's lease.
+/// Keys written on the node lease.
 #[derive(Clone)]
 pub struct Leased {
     kv: KvStore,
     ttl: i64,
+    /// Where the lease's ID is kept for the next run.
+    file: Option<PathBuf>,
     inner: Arc<Mutex<Inner>>,
 }
 
+/// The lease as kept in the state directory.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    lease: i64,
+}
+
 impl Leased {
-    /// Grants the lease (`ttl` seconds).
+    /// Grants a lease (`ttl` seconds).
     pub async fn grant(kv: KvStore, ttl: i64) -> Result<Self, KvError> {
         let lease = kv.lease_grant(ttl).await?;
-        info!(lease, ttl, "agent lease granted");
-        Ok(Leased {
+        info!(lease, ttl, "node lease granted");
+        Ok(Self::with(kv, ttl, None, lease))
+    }
+
+    fn with(kv: KvStore, ttl: i64, file: Option<PathBuf>, lease: i64) -> Self {
+        Leased {
             kv,
             ttl,
+            file,
             inner: Arc::new(Mutex::new(Inner {
                 lease,
                 keys: BTreeMap::new(),
             })),
-        })
+        }
+    }
+
+    /// Resumes the lease a previous run kept in `file` if it is still
+    /// alive, else grants a new one (`ttl` seconds); keeps its ID in `file`.
+    pub async fn resume_or_grant(kv: KvStore, ttl: i64, file: PathBuf) -> Result<Self, KvError> {
+        let kept = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Kept>(&b).ok());
+        if let Some(Kept { lease }) = kept {
+            match kv.lease_keep_alive(lease).await {
+                // A renewal answers with the lease's TTL: the same grace
+                // as now, or a new lease (the old keys move to it).
+                Ok(granted) if granted == ttl => {
+                    info!(lease, ttl, "node lease of the previous run resumed");
+                    return Ok(Self::with(kv, ttl, Some(file), lease));
+                }
+                Ok(granted) if granted > 0 => {
+                    info!(
+                        lease,
+                        granted, ttl, "the node grace changed; granting a new lease"
+                    )
+                }
+                Ok(_) => info!(
+                    lease,
+                    "the previous run's node lease expired; granting a new one"
+                ),
+                Err(e) if is_lease_gone(&e) => {
+                    info!(
+                        lease,
+                        "the previous run's node lease expired; granting a new one"
+                    )
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let lease = kv.lease_grant(ttl).await?;
+        info!(lease, ttl, "node lease granted");
+        keep(&file, lease);
+        Ok(Self::with(kv, ttl, Some(file), lease))
+    }
+
+    /// The lease's ID.
+    pub async fn id(&self) -> i64 {
+        self.inner.lock().await.lease
     }
 
     /// Writes `key` on the lease (and again whenever the lease is renewed).
@@ -80,28 +144,50 @@ impl Leased {
                 Err(e) if is_lease_gone(&e) => {
                     warn!(
                         lease = inner.lease,
-                        "agent lease lost; granting a new one and rewriting the node's keys"
+                        "node lease lost; granting a new one and rewriting the node's keys"
                     );
                     if let Err(e) = self.regrant(&mut inner).await {
-                        warn!(error = %e, "cannot renew the agent lease yet; retrying");
+                        warn!(error = %e, "cannot renew the node lease yet; retrying");
                     }
                 }
-                Err(e) => warn!(error = %e, "agent lease keep-alive failed; retrying"),
+                Err(e) => warn!(error = %e, "node lease keep-alive failed; retrying"),
             }
         }
     }
 
     async fn regrant(&self, inner: &mut Inner) -> Result<(), KvError> {
         inner.lease = self.kv.lease_grant(self.ttl).await?;
+        if let Some(file) = &self.file {
+            keep(file, inner.lease);
+        }
         for (k, v) in &inner.keys {
             self.kv.put(k, v.clone(), inner.lease).await?;
         }
         info!(
             lease = inner.lease,
             keys = inner.keys.len(),
-            "agent lease renewed; keys rewritten"
+            "node lease renewed; keys rewritten"
         );
         Ok(())
+    }
+}
+
+/// Writes the lease's ID for the next run (a failure only costs the next
+/// run a new lease: its keys are then written again).
+fn keep(file: &Path, lease: i64) {
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = file.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&Kept { lease }).expect("serializes"),
+        )?;
+        std::fs::rename(&tmp, file)
+    };
+    if let Err(e) = write() {
+        warn!(file = %file.display(), error = %e, "cannot keep the node lease's ID");
     }
 }
 

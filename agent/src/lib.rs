@@ -1,15 +1,22 @@
 //! Axoneme node agent.
 
+pub mod announce;
 pub mod api;
+pub mod config;
 pub mod datapath;
 pub mod endpoints;
+pub mod events;
 pub mod framing;
 pub mod ipam;
+pub mod kvhealth;
 pub mod lease;
 pub mod netdev;
 pub mod node;
 pub mod proxy;
 pub mod reconcile;
+pub mod routes;
+pub mod run;
+pub mod supervisor;
 pub mod views;
 
 /// An error with its causes, on one line each.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use axoneme_identity::{
     identity_cache, CacheEvent, Decode, EndpointIdentity, EndpointRecord, IdentityCache,
     IdentityRecord, Label, LabelSet, Layout, NumericIdentity, PolicyStatus, Raw, ReservedIdentity,
-    Source, WatchCache,
+    Source, Subscription, WatchCache,
 };
 use axoneme_kvstore::KvStore;
 use axoneme_policy::Policy;
@@ -47,6 +47,28 @@ pub fn validate_node_name(name: &str) -> Result<(), NodeNameError> {
 /// The prefix of one node's assignments: `<root>/endpoint-identities/v1/<node>/`.
 pub fn node_assignments_prefix(layout: &Layout, node: &str) -> String {
     format!("{}{node}/", layout.endpoint_identities_prefix())
+}
+
+/// Subscriptions to the caches [`NodeState`] is made of.
+pub struct StateChanges {
+    identities: Subscription<IdentityRecord>,
+    assignments: Subscription<EndpointIdentity>,
+    records: Subscription<EndpointRecord>,
+    policies: Subscription<Raw>,
+    policy_status: Subscription<PolicyStatus>,
+}
+
+impl StateChanges {
+    /// Completes at the next change of any of them.
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            _ = self.identities.recv() => {}
+            _ = self.assignments.recv() => {}
+            _ = self.records.recv() => {}
+            _ = self.policies.recv() => {}
+            _ = self.policy_status.recv() => {}
+        }
+    }
 }
 
 /// What one node knows: identities, every endpoint record and assignment
@@ -87,6 +109,18 @@ impl NodeState {
             records,
             policies,
             policy_status,
+        }
+    }
+
+    /// Notice of every change to what the datapath is computed from
+    /// (identities, assignments, endpoint records, policies, statuses).
+    pub fn subscribe(&self) -> StateChanges {
+        StateChanges {
+            identities: self.identities.subscribe(),
+            assignments: self.assignments.subscribe(),
+            records: self.records.subscribe(),
+            policies: self.policies.subscribe(),
+            policy_status: self.policy_status.subscribe(),
         }
     }
 

@@ -1,21 +1,23 @@
-//! The API's views of the datapath and the node, built by the main loop
-//! (which owns the maps) from the reconciler and the node's caches.
+//! The API's views of the datapath and the node, built from what the
+//! tasks published (the reconciler's [`DatapathView`], the kvstore probe,
+//! the node's caches) and from read-only handles on the pinned maps.
 
 use std::net::IpAddr;
 
 use axoneme_api::{
     cni_code, ApiError, ComponentStatus, CtEntry, EndpointView, EventView, IpcacheEntry, MapStatus,
-    PolicyEntry, Status,
+    PolicyEntry, Status, SyncUnitStatus,
 };
 use axoneme_bpf_common::{
     ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type, policy_flags,
     verdict, Event, PolicyKey, CT_MAX, ENDPOINTS_MAX, ENDPOINT_ADDRS_MAX, IPCACHE_MAX, POLICY_MAX,
 };
 
-use crate::datapath::DatapathError;
+use crate::datapath::{DatapathError, MapReader};
 use crate::endpoints::Endpoints;
+use crate::kvhealth::KvHealth;
 use crate::node::NodeState;
-use crate::reconcile::Reconciler;
+use crate::reconcile::DatapathView;
 
 /// An address from the datapath's 16-byte form.
 pub fn address(fam: u8, a: &[u8; 16]) -> IpAddr {
@@ -47,24 +49,38 @@ pub fn protocol_name(p: u8) -> String {
     }
 }
 
-/// The node's status (without the kvstore, which the API server asks).
+/// The node's status.
 pub fn status(
-    rec: &mut Reconciler,
+    view: &DatapathView,
     state: &NodeState,
     endpoints: &Endpoints,
-    last_error: Option<&str>,
+    maps: &MapReader,
+    kv: Option<&KvHealth>,
 ) -> Status {
-    let mut components = Vec::new();
+    let mut components = vec![KvHealth::component(kv)];
+    let failing: Vec<String> = view
+        .units
+        .iter()
+        .filter_map(|(unit, h)| {
+            h.last_error
+                .as_ref()
+                .filter(|_| h.consecutive_failures > 0)
+                .map(|e| format!("{} failing ({}x): {e}", unit.name(), h.consecutive_failures))
+        })
+        .collect();
     components.push(ComponentStatus {
         name: "datapath".into(),
-        ok: last_error.is_none(),
-        message: match last_error {
-            None => format!(
+        ok: failing.is_empty() && view.passes > 0,
+        message: if view.passes == 0 {
+            "no reconcile pass yet".into()
+        } else if failing.is_empty() {
+            format!(
                 "{} endpoints enforced, programs on {} interfaces",
-                rec.programmed().len(),
-                rec.attached()
-            ),
-            Some(e) => format!("last reconcile failed: {e}"),
+                view.programmed.len(),
+                view.attached
+            )
+        } else {
+            format!("keeping the last state; {}", failing.join("; "))
         },
     });
     let cidrs = endpoints.pod_cidrs();
@@ -84,7 +100,6 @@ pub fn status(
             )
         },
     });
-    let maps = &rec.datapath().maps;
     let count = |n: Result<usize, DatapathError>| n.map(|n| n as u64).unwrap_or(0);
     let map_status = vec![
         MapStatus {
@@ -129,17 +144,29 @@ pub fn status(
         components,
         pod_cidrs: cidrs.iter().map(ToString::to_string).collect(),
         maps: map_status,
-        programs_attached: rec.attached(),
+        programs_attached: view.attached,
         endpoints: state.endpoints().len(),
         identities: state.identities().len(),
         policies: policies.len(),
         policy_revision,
+        sync_units: view
+            .units
+            .iter()
+            .map(|(unit, h)| SyncUnitStatus {
+                name: unit.name().into(),
+                ok: h.consecutive_failures == 0,
+                consecutive_failures: h.consecutive_failures,
+                failures_total: h.failures_total,
+                changes_total: h.changes_total,
+                last_error: h.last_error.clone(),
+            })
+            .collect(),
     }
 }
 
 /// This node's endpoints: every record stored under the node, with what
 /// the datapath holds for it.
-pub fn endpoints(rec: &Reconciler, state: &NodeState, eps: &Endpoints) -> Vec<EndpointView> {
+pub fn endpoints(view: &DatapathView, state: &NodeState, eps: &Endpoints) -> Vec<EndpointView> {
     let layout = state.layout();
     let prefix = layout.node_endpoints_prefix(state.node());
     let states = eps.states();
@@ -149,7 +176,7 @@ pub fn endpoints(rec: &Reconciler, state: &NodeState, eps: &Endpoints) -> Vec<En
         let Some(name) = key.strip_prefix(&prefix) else {
             continue;
         };
-        let programmed = rec.programmed().get(name);
+        let programmed = view.programmed.get(name);
         let identity = assignments
             .get(&layout.endpoint_identity(state.node(), name))
             .and_then(|a| a.identity)
@@ -171,10 +198,8 @@ pub fn endpoints(rec: &Reconciler, state: &NodeState, eps: &Endpoints) -> Vec<En
     out
 }
 
-pub fn ipcache(rec: &mut Reconciler) -> Result<Vec<IpcacheEntry>, ApiError> {
-    let mut out: Vec<IpcacheEntry> = rec
-        .datapath()
-        .maps
+pub fn ipcache(maps: &MapReader) -> Result<Vec<IpcacheEntry>, ApiError> {
+    let mut out: Vec<IpcacheEntry> = maps
         .ipcache_entries()
         .map_err(map_failure)?
         .into_iter()
@@ -189,8 +214,12 @@ pub fn ipcache(rec: &mut Reconciler) -> Result<Vec<IpcacheEntry>, ApiError> {
 
 /// The policy entries of an endpoint, named by its endpoint name or its
 /// number (the first field of its policy keys).
-pub fn policy(rec: &mut Reconciler, endpoint: &str) -> Result<Vec<PolicyEntry>, ApiError> {
-    let id = match rec.programmed().get(endpoint) {
+pub fn policy(
+    view: &DatapathView,
+    maps: &MapReader,
+    endpoint: &str,
+) -> Result<Vec<PolicyEntry>, ApiError> {
+    let id = match view.programmed.get(endpoint) {
         Some(p) => p.info.endpoint_id,
         None => endpoint.parse::<u32>().map_err(|_| {
             ApiError::new(
@@ -201,7 +230,7 @@ pub fn policy(rec: &mut Reconciler, endpoint: &str) -> Result<Vec<PolicyEntry>, 
         })?,
     };
     let mut out = Vec::new();
-    for (prefix, key, value) in rec.datapath().maps.policy_entries().map_err(map_failure)? {
+    for (prefix, key, value) in maps.policy_entries().map_err(map_failure)? {
         if key.endpoint_id != id {
             continue;
         }
@@ -272,10 +301,10 @@ fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn ct(rec: &mut Reconciler) -> Result<Vec<CtEntry>, ApiError> {
+pub fn ct(maps: &MapReader) -> Result<Vec<CtEntry>, ApiError> {
     let now = monotonic_ns();
     let mut out = Vec::new();
-    for (k, v) in rec.datapath().maps.ct_entries().map_err(map_failure)? {
+    for (k, v) in maps.ct_entries().map_err(map_failure)? {
         if v.expires_ns <= now {
             continue;
         }

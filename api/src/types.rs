@@ -214,6 +214,25 @@ pub struct Status {
     pub policies: usize,
     /// The etcd revision of the newest policy change applied.
     pub policy_revision: i64,
+    /// The datapath's sync units (one per map), in the order they run.
+    #[serde(default)]
+    pub sync_units: Vec<SyncUnitStatus>,
+}
+
+/// One of the reconciler's sync units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncUnitStatus {
+    /// `attach`, `policy`, `ipcache` or `endpoints`.
+    pub name: String,
+    /// In sync as of the last pass.
+    pub ok: bool,
+    /// Failures since the last success (the unit backs off meanwhile).
+    pub consecutive_failures: u32,
+    pub failures_total: u64,
+    /// Map writes and removals made, in all.
+    pub changes_total: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A datapath event (drop or policy verdict), as `GET /v1/events` lists

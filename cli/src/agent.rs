@@ -227,6 +227,47 @@ pub async fn nodes(ctx: &Ctx) -> Result<Nodes, CliError> {
     Ok(Nodes(out.into_values().collect()))
 }
 
+/// What `node delete` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeDeleted {
+    pub name: String,
+    /// The node lease revoked (none: the node was not announced).
+    pub lease: Option<i64>,
+}
+
+impl Render for NodeDeleted {
+    fn human(&self) -> String {
+        match self.lease {
+            Some(lease) => format!(
+                "node {} deleted: lease {lease:x} revoked with its node and endpoint records\n",
+                self.name
+            ),
+            None => format!("node {} is not announced; nothing to delete\n", self.name),
+        }
+    }
+}
+
+/// Revokes the node lease that holds a node's record and its endpoints.
+pub async fn delete_node(ctx: &Ctx, name: &str) -> Result<NodeDeleted, CliError> {
+    let kv_err = |what: String| move |source| CliError::Kv { what, source };
+    let record = ctx
+        .kv
+        .get(&ctx.layout.node(name))
+        .await
+        .map_err(kv_err(format!("reading node {name}")))?;
+    let lease = record.map(|r| r.lease).filter(|l| *l != 0);
+    if let Some(lease) = lease {
+        ctx.kv
+            .lease_revoke(lease)
+            .await
+            .map_err(kv_err(format!("revoking node {name}'s lease")))?;
+    }
+    Ok(NodeDeleted {
+        name: name.to_string(),
+        lease,
+    })
+}
+
 /// `events`: the agent's most recent datapath events.
 #[derive(Debug, Clone, Serialize)]
 #[serde(transparent)]

@@ -71,6 +71,15 @@ pub enum NodeCommand {
     /// Lists the nodes announced in etcd (and those gone that still hold
     /// pod CIDRs).
     List,
+    /// Forgets a node that is gone for good: revokes its node lease, so its
+    /// record and its pods' endpoint records vanish and every other node
+    /// stops trusting its pods' addresses and routing to it at once
+    /// (without this, after its `--node-grace`). Stop its agent first: a
+    /// running agent announces the node again.
+    Delete {
+        /// The node's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -130,6 +130,10 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
             let nodes = agent::nodes(&ctx().await?).await?;
             Report::new(&nodes, format, true)
         }
+        Command::Node(NodeCommand::Delete { name }) => {
+            let deleted = agent::delete_node(&ctx().await?, name).await?;
+            Report::new(&deleted, format, true)
+        }
         Command::Bpf(BpfCommand::Ipcache(_)) => {
             Report::new(&agent::ipcache(&args.agent_socket).await?, format, true)
         }

@@ -32,8 +32,10 @@ pub const PROXY_PORT: u16 = 15001;
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub nodes: usize,
-    /// Agent lease TTL in seconds (how fast a dead node's pods vanish).
-    pub lease_ttl: u32,
+    /// The agents' `--node-grace` in seconds: how long a node's pods stay
+    /// trusted after its agent stopped (a restart within it costs nothing;
+    /// `axoneme node delete` forgets a node at once).
+    pub node_grace: u32,
     /// Extra agent flags.
     pub agent_args: Vec<String>,
 }
@@ -42,7 +44,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             nodes: 2,
-            lease_ttl: 3,
+            node_grace: 60,
             agent_args: Vec::new(),
         }
     }
@@ -218,8 +220,8 @@ impl Cluster {
                 let mut a: Vec<String> = [
                     "--proxy-port".to_string(),
                     PROXY_PORT.to_string(),
-                    "--lease-ttl".to_string(),
-                    cfg.lease_ttl.to_string(),
+                    "--node-grace".to_string(),
+                    format!("{}s", cfg.node_grace),
                     "--node-ip".into(),
                     ip.to_string(),
                     "--node-ip".into(),

@@ -218,6 +218,23 @@ impl EtcdCluster {
         }
     }
 
+    /// SIGSTOPs one member: it holds its connections but answers nothing
+    /// (what a hung or partitioned member looks like to clients).
+    pub fn pause(&self, i: usize) -> Result<()> {
+        match &self.members[i].proc {
+            Some(p) => p.pause(),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGCONTs a paused member.
+    pub fn resume(&self, i: usize) -> Result<()> {
+        match &self.members[i].proc {
+            Some(p) => p.resume(),
+            None => Ok(()),
+        }
+    }
+
     /// Starts a killed member again on its old data directory.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         if self.members[i].proc.is_none() {

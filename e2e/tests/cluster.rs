@@ -1,6 +1,7 @@
 //! The local cluster end to end: two nodes, pods plugged in by the real
 //! CNI plugin, the seed policy's L3/L4 part enforced across nodes, policy
-//! propagation, pod deletion and node death.
+//! propagation, pod deletion, an agent restart (which costs nothing) and a
+//! node's deletion (which is felt at once).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -356,33 +357,61 @@ fn seed_policy_across_two_nodes() -> Result<()> {
     // DEL again is fine (idempotent).
     c.delete_pod(&intruder)?;
 
-    // A dead node's pods stop being trusted after its lease TTL: kill -9
-    // node 1's agent; node 0 forgets checkout's address, so checkout (now
-    // "world" to payments) is denied.
+    // An agent restart is not a node death: with node 1's agent killed
+    // (-9) for longer than a restart takes, node 0 still trusts checkout,
+    // and its allowed cross-node request still passes node 0's L7 proxy.
     let checkout_ip = checkout.ip.to_string();
     assert!(ipcache_has(&c, 0, &checkout_ip)?);
     c.nodes[1].agent.as_mut().context("agent 1")?.kill9();
     let killed = Instant::now();
+    while killed.elapsed() < Duration::from_secs(6) {
+        assert_eq!(
+            checkout.http("POST", &pay4, 8080, "/v1/charge"),
+            Some(200),
+            "checkout lost its allowed flow {:?} after its agent died",
+            killed.elapsed()
+        );
+        assert!(ipcache_has(&c, 0, &checkout_ip)?, "node 0 forgot checkout");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.start_agent(1)?;
+    c.wait_node_ready(1, Duration::from_secs(20))?;
+    eventually_post(&checkout, &pay4, Some(200), Duration::from_secs(5))?;
+    assert!(
+        c.agent_log(1)
+            .contains("node lease of the previous run resumed"),
+        "the restarted agent did not resume its lease"
+    );
+
+    // A node gone for good: `axoneme node delete` revokes its lease; node
+    // 0 forgets its pods at once (checkout is then "world" to payments).
+    c.nodes[1].agent.as_mut().context("agent 1")?.kill9();
+    let node1 = c.nodes[1].name.clone();
+    c.cli(0, &["node", "delete", &node1])?;
+    let deleted = Instant::now();
     wait_for(
         "checkout gone from node 0's ipcache",
-        Duration::from_secs(15),
+        Duration::from_secs(5),
         || Ok(!ipcache_has(&c, 0, &checkout_ip)?),
     )?;
-    eprintln!("dead node's pods untrusted after {:?}", killed.elapsed());
+    eprintln!(
+        "deleted node's pods untrusted after {:?}",
+        deleted.elapsed()
+    );
     // Its node record went with the lease; its pod CIDRs stay reserved.
     let nodes = json(&c, 0, &["node", "list"])?;
     let n1 = nodes
         .as_array()
         .into_iter()
         .flatten()
-        .find(|n| n["name"] == c.nodes[1].name.as_str())
+        .find(|n| n["name"] == node1.as_str())
         .with_context(|| format!("node 1 missing from {nodes}"))?;
     assert_eq!(n1["alive"], false, "{nodes}");
     assert_eq!(n1["podCidrs"].as_array().map_or(0, Vec::len), 2, "{nodes}");
     eventually_post(&checkout, &pay4, None, Duration::from_secs(5))?;
 
-    // The agent comes back: it re-announces its endpoints, and checkout is
-    // trusted again.
+    // The agent comes back: it re-announces its endpoints on a new lease,
+    // and checkout is trusted again.
     c.start_agent(1)?;
     c.wait_node_ready(1, Duration::from_secs(20))?;
     eventually_post(&checkout, &pay4, Some(200), Duration::from_secs(10))?;

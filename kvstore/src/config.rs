@@ -143,10 +143,18 @@ pub struct KvArgs {
     #[arg(long = "etcd-server-name", env = "AXONEME_ETCD_SERVER_NAME")]
     pub server_name: Option<String>,
     /// Timeout of one request to one member, in milliseconds.
-    #[arg(long = "etcd-request-timeout-ms", default_value_t = 3000)]
+    #[arg(
+        long = "etcd-request-timeout-ms",
+        env = "AXONEME_ETCD_REQUEST_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
     pub request_timeout_ms: u64,
     /// How long a request keeps retrying across members, in seconds.
-    #[arg(long = "etcd-retry-deadline-s", default_value_t = 30)]
+    #[arg(
+        long = "etcd-retry-deadline-s",
+        env = "AXONEME_ETCD_RETRY_DEADLINE_S",
+        default_value_t = 30
+    )]
     pub retry_deadline_s: u64,
 }
 

@@ -110,7 +110,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let mut c = Cluster::start(&ClusterConfig {
         nodes: 2,
-        lease_ttl: 5,
+        node_grace: 300,
         agent_args: Vec::new(),
     })?;
     println!(

@@ -2,6 +2,7 @@
 //! engine's entries to policy-trie entries.
 
 use std::net::IpAddr;
+use std::path::Path;
 
 use axoneme_bpf_common::{
     counter, direction, family, match_type, policy_flags, CtKey, CtKey4, CtValue, EndpointInfo,
@@ -69,6 +70,17 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
     name: &'static str,
 ) -> Result<T, DatapathError> {
     T::try_from(take(ebpf, name)?).map_err(|source| map_error(name, "open", source))
+}
+
+/// A map opened from its pin under `dir`.
+fn pinned<T: TryFrom<Map, Error = MapError>>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<T, DatapathError> {
+    MapData::from_pin(dir.join(name))
+        .and_then(Map::from_map_data)
+        .and_then(T::try_from)
+        .map_err(|source| map_error(name, "open pin", source))
 }
 
 /// The ipcache key of a prefix.
@@ -180,6 +192,22 @@ impl Maps {
             events: typed(ebpf, EVENTS)?,
             event_config: typed(ebpf, EVENT_CONFIG)?,
             counters: typed(ebpf, COUNTERS)?,
+        })
+    }
+
+    /// The maps pinned under `dir` by a loaded datapath.
+    fn open_pinned(dir: &Path) -> Result<Self, DatapathError> {
+        Ok(Self {
+            ipcache: pinned(dir, IPCACHE)?,
+            endpoints: pinned(dir, ENDPOINTS)?,
+            endpoint_cache: pinned(dir, ENDPOINT_CACHE)?,
+            endpoint_addrs: pinned(dir, ENDPOINT_ADDRS)?,
+            policy: pinned(dir, POLICY)?,
+            ct: pinned(dir, CT)?,
+            ct4: pinned(dir, CT4)?,
+            events: pinned(dir, EVENTS)?,
+            event_config: pinned(dir, EVENT_CONFIG)?,
+            counters: pinned(dir, COUNTERS)?,
         })
     }
 
@@ -417,11 +445,7 @@ impl Maps {
 
     /// The events waiting in the ring buffer.
     pub fn drain_events(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
-            out.extend(Event::from_bytes(&item));
-        }
-        out
+        drain(&mut self.events)
     }
 
     pub fn counters(&self) -> Result<Counters, DatapathError> {
@@ -469,4 +493,63 @@ fn clear<K: aya::Pod, V: aya::Pod>(
         ignore_missing(map.remove(&k), name)?;
     }
     Ok(())
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.extend(Event::from_bytes(&item));
+    }
+    out
+}
+
+/// Read-only handles on a datapath's pinned maps, for the API's views:
+/// what the kernel holds (counters and conntrack included), read without
+/// going through the maps' one writer.
+pub struct MapReader(Maps);
+
+impl MapReader {
+    /// Opens the maps a loaded datapath pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Maps::open_pinned(pin_dir).map(MapReader)
+    }
+
+    pub fn ipcache_entries(&self) -> Result<Vec<(IpNet, IpcacheValue)>, DatapathError> {
+        self.0.ipcache_entries()
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, DatapathError> {
+        self.0.endpoints()
+    }
+
+    pub fn endpoint_addresses(&self) -> Result<usize, DatapathError> {
+        self.0.endpoint_addresses()
+    }
+
+    pub fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, DatapathError> {
+        self.0.policy_entries()
+    }
+
+    pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
+        self.0.ct_entries()
+    }
+
+    pub fn counters(&self) -> Result<Counters, DatapathError> {
+        self.0.counters()
+    }
+}
+
+/// The datapath's event ring, read by the one task that drains it.
+pub struct EventReader(RingBuf<MapData>);
+
+impl EventReader {
+    /// Opens the ring a loaded datapath pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        pinned(pin_dir, EVENTS).map(EventReader)
+    }
+
+    /// The events waiting in the ring.
+    pub fn drain(&mut self) -> Vec<Event> {
+        drain(&mut self.0)
+    }
 }

@@ -19,7 +19,7 @@ use aya::programs::tc::{
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
-pub use maps::{policy_entry, policy_key, Counters, Maps};
+pub use maps::{policy_entry, policy_key, Counters, EventReader, MapReader, Maps};
 
 /// The eBPF object built by `cargo xtask build-bpf` (located by `build.rs`).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_OBJECT"));
@@ -34,6 +34,37 @@ pub const FROM_CONTAINER: &str = "axoneme_from_container";
 pub const TO_CONTAINER: &str = "axoneme_to_container";
 
 const PROGRAMS: [&str; 3] = [SMOKE_PROGRAM, FROM_CONTAINER, TO_CONTAINER];
+
+/// Sizes of the datapath's largest maps (the agent's `--bpf-*-max` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    pub ipcache: u32,
+    pub policy: u32,
+    /// Each of the two conntrack tables (IPv4, IPv6).
+    pub ct: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            ipcache: axoneme_bpf_common::IPCACHE_MAX,
+            policy: axoneme_bpf_common::POLICY_MAX,
+            ct: axoneme_bpf_common::CT_MAX,
+        }
+    }
+}
+
+impl MapSizes {
+    /// (map, entries, the flag that sets it).
+    fn by_map(&self) -> [(&'static str, u32, &'static str); 4] {
+        [
+            ("IPCACHE", self.ipcache, "bpf-ipcache-max"),
+            ("POLICY", self.policy, "bpf-policy-max"),
+            ("CT4", self.ct, "bpf-ct-max"),
+            ("CT", self.ct, "bpf-ct-max"),
+        ]
+    }
+}
 
 /// Where every node's pins live.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/axoneme";
@@ -91,6 +122,18 @@ pub enum DatapathError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A pinned map has another size than the configuration asks for.
+    #[error(
+        "eBPF map `{name}` pinned in {pins} has {have} entries, not the {want} of --{flag}: \
+         keep the old size, or remove the pins to resize (conntrack is then lost)"
+    )]
+    PinnedSize {
+        name: &'static str,
+        have: u32,
+        want: u32,
+        flag: &'static str,
+        pins: String,
+    },
     /// A map operation failed.
     #[error("eBPF map `{name}`: {op} failed")]
     Map {
@@ -120,12 +163,25 @@ impl Datapath {
     /// programs into the kernel. Needs `CAP_BPF` (in practice: root) and a
     /// bpffs at `pin_dir`.
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_sized(pin_dir, &MapSizes::default())
+    }
+
+    /// [`Self::load`] with the largest maps at `sizes`. Pinned maps keep
+    /// the size they were created with: a pinned map of another size is
+    /// an error that says so (resizing means removing the pins, which
+    /// forgets conntrack).
+    pub fn load_sized(pin_dir: &Path, sizes: &MapSizes) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.display().to_string(),
             source,
         })?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
+        let sized = sizes.by_map();
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        for (name, size, _) in sized {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader
             .load(BPF_OBJECT)
             .map_err(|source| DatapathError::Object {
                 path: env!("AXONEME_BPF_OBJECT"),
@@ -142,6 +198,20 @@ impl Datapath {
                 .load()
                 .map_err(|source| program_error(name, "load (verifier)", source))?;
             tracing::debug!(program = name, "eBPF program loaded");
+        }
+        for (name, want, flag) in sized {
+            let have = aya::maps::MapInfo::from_pin(pin_dir.join(name))
+                .map_err(|source| map_error(name, "info", source))?
+                .max_entries();
+            if have != want {
+                return Err(DatapathError::PinnedSize {
+                    name,
+                    have,
+                    want,
+                    flag,
+                    pins: pin_dir.display().to_string(),
+                });
+            }
         }
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self {

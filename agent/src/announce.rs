@@ -1,0 +1,65 @@
+//! The node-record task: this node's pod CIDRs, from the operator's
+//! allocation (a watch, not a poll), into the node's IPAM and the node
+//! record on the node lease, so other nodes route them here.
+
+use std::sync::Arc;
+
+use axoneme_identity::{Layout, NodeCidrs, NodeRecord, WatchCache};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::endpoints::Endpoints;
+use crate::lease::Leased;
+use crate::reconcile::backoff;
+
+pub struct Announcer {
+    pub layout: Layout,
+    pub cidrs: WatchCache<NodeCidrs>,
+    pub leased: Leased,
+    /// The record as announced at start.
+    pub record: NodeRecord,
+    pub endpoints: Arc<Endpoints>,
+}
+
+impl Announcer {
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut changes = self.cidrs.subscribe();
+        let cidr_key = self.layout.node_cidrs(&self.record.name);
+        let node_key = self.layout.node(&self.record.name);
+        loop {
+            let want = self
+                .cidrs
+                .get(&cidr_key)
+                .map(|c| c.pod_cidrs)
+                .unwrap_or_default();
+            if !want.is_empty() && want != self.record.pod_cidrs {
+                info!(cidrs = ?want, "pod CIDRs from the operator");
+                self.endpoints.set_cidrs(want.clone());
+                self.record.pod_cidrs = want;
+                let value = serde_json::to_vec(&self.record)?;
+                let mut failures = 0;
+                loop {
+                    let put = tokio::select! {
+                        r = self.leased.put(&node_key, value.clone()) => r,
+                        _ = cancel.cancelled() => return Ok(()),
+                    };
+                    match put {
+                        Ok(()) => break,
+                        Err(e) => {
+                            failures += 1;
+                            warn!(error = %e, failures, "cannot update the node record; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff(failures)) => {}
+                                _ = cancel.cancelled() => return Ok(()),
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = changes.recv() => {}
+                _ = cancel.cancelled() => return Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The agent's configuration: every flag in one place, grouped as `--help`
+//! shows them, each with an `AXONEME_*` environment fallback and its
+//! default; durations take units (`500ms`, `15s`, `5m`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axoneme_identity::layout::DEFAULT_ROOT;
+use axoneme_kvstore::KvArgs;
+use axoneme_policy::EnforcementMode;
+use clap::{Args, Parser};
+
+/// Where the CNI plugin and the CLI look for the agent by default.
+pub const DEFAULT_SOCKET: &str = "/run/axoneme/agent.sock";
+
+/// axoneme-agent: the node agent of Axoneme.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "axoneme-agent", version)]
+pub struct Config {
+    /// This node's name: the agent serves the endpoints stored under it.
+    #[arg(long, env = "AXONEME_NODE_NAME")]
+    pub node: String,
+    /// This node's underlay addresses (repeatable, one per family): other
+    /// nodes route this node's pod CIDRs via them.
+    #[arg(long = "node-ip", env = "AXONEME_NODE_IPS", value_delimiter = ',')]
+    pub node_ips: Vec<IpAddr>,
+    #[command(flatten)]
+    pub kv: KvArgs,
+    /// Root of Axoneme's keys in etcd.
+    #[arg(long, env = "AXONEME_KVSTORE_PREFIX", default_value = DEFAULT_ROOT)]
+    pub kvstore_prefix: String,
+    #[command(flatten, next_help_heading = "Datapath")]
+    pub datapath: DatapathConfig,
+    #[command(flatten, next_help_heading = "Endpoints")]
+    pub endpoints: EndpointsConfig,
+    #[command(flatten, next_help_heading = "L7 proxy")]
+    pub proxy: ProxyFlags,
+    #[command(flatten, next_help_heading = "Reconcile")]
+    pub reconcile: ReconcileConfig,
+    /// The API's UNIX socket (the CNI plugin's and the CLI's default).
+    #[arg(long, env = "AXONEME_API_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub api_socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatapathConfig {
+    /// Where the datapath's maps are pinned [default: /sys/fs/bpf/axoneme/<node>].
+    #[arg(long, env = "AXONEME_BPF_PIN_DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
+    /// Network namespace (a path such as /run/netns/NAME) holding this
+    /// node's interfaces [default: the agent's own].
+    #[arg(long, env = "AXONEME_NETNS")]
+    pub netns: Option<PathBuf>,
+    /// Policy enforcement mode: default, always or never.
+    #[arg(long, env = "AXONEME_ENFORCEMENT", default_value = "default", value_parser = parse_mode)]
+    pub enforcement: EnforcementMode,
+    /// Datapath events (drops, verdicts) per second per CPU; 0 = none.
+    #[arg(long, env = "AXONEME_EVENT_RATE", default_value_t = 1000)]
+    pub event_rate: u32,
+    /// Burst of datapath events per CPU.
+    #[arg(long, env = "AXONEME_EVENT_BURST", default_value_t = 2000)]
+    pub event_burst: u32,
+    /// How often the agent drains the datapath's event ring.
+    #[arg(long, env = "AXONEME_EVENT_POLL", default_value = "100ms", value_parser = duration)]
+    pub event_poll: Duration,
+    #[command(flatten)]
+    pub sizes: MapSizes,
+}
+
+/// Sizes of the datapath's largest maps, applied when they are created.
+/// Pinned maps keep the size they were created with: a different size
+/// with existing pins is refused with an error that says so.
+#[derive(Debug, Clone, Copy, Args, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Entries of the ipcache (addresses and CIDRs with their identities).
+    #[arg(long, env = "AXONEME_BPF_IPCACHE_MAX", default_value_t = axoneme_bpf_common::IPCACHE_MAX)]
+    pub bpf_ipcache_max: u32,
+    /// Entries of the policy trie (every local identity's entries).
+    #[arg(long, env = "AXONEME_BPF_POLICY_MAX", default_value_t = axoneme_bpf_common::POLICY_MAX)]
+    pub bpf_policy_max: u32,
+    /// Entries of each conntrack table (IPv4 and IPv6).
+    #[arg(long, env = "AXONEME_BPF_CT_MAX", default_value_t = axoneme_bpf_common::CT_MAX)]
+    pub bpf_ct_max: u32,
+}
+
+impl From<MapSizes> for crate::datapath::MapSizes {
+    fn from(f: MapSizes) -> Self {
+        crate::datapath::MapSizes {
+            ipcache: f.bpf_ipcache_max,
+            policy: f.bpf_policy_max,
+            ct: f.bpf_ct_max,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EndpointsConfig {
+    /// Where the agent keeps its endpoints' state [default: /run/axoneme/<node>].
+    #[arg(long, env = "AXONEME_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How long a CNI ADD waits for the pod's identity and policy when the
+    /// plugin's configuration gives no timeout.
+    #[arg(long, env = "AXONEME_ENDPOINT_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub endpoint_timeout: Duration,
+    /// How long this node's pods stay trusted by other nodes after its
+    /// agent stopped renewing (crashed, restarting, being upgraded): the
+    /// TTL of the node lease that holds the node record and its endpoint
+    /// records. A restart within it costs nothing; a node that is gone for
+    /// good is forgotten after it (or at once with `axoneme node delete`).
+    #[arg(long, env = "AXONEME_NODE_GRACE", default_value = "5m", value_parser = ttl)]
+    pub node_grace: Duration,
+}
+
+/// The proxy's own flags (its limits are in [`crate::proxy::ProxyConfig`]).
+#[derive(Debug, Clone, Args)]
+pub struct ProxyFlags {
+    /// The L7 proxy's port on this node; 0 = none (L7 rules are then
+    /// enforced at L3/L4 only, with a warning).
+    #[arg(long, env = "AXONEME_PROXY_PORT", default_value_t = 0)]
+    pub proxy_port: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileConfig {
+    /// How long the reconciler lets a burst of changes land before a pass.
+    #[arg(long, env = "AXONEME_RECONCILE_DEBOUNCE", default_value = "10ms", value_parser = duration)]
+    pub reconcile_debounce: Duration,
+    /// A full pass this often even without changes.
+    #[arg(long, env = "AXONEME_RESYNC_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub resync_interval: Duration,
+    /// How often the kvstore's members are probed for `status`.
+    #[arg(long, env = "AXONEME_KVSTORE_PROBE_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub kvstore_probe_interval: Duration,
+}
+
+impl Config {
+    pub fn pin_dir(&self) -> PathBuf {
+        self.datapath
+            .bpf_pin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::datapath::PIN_ROOT).join(&self.node))
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.endpoints
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/axoneme").join(&self.node))
+    }
+}
+
+fn parse_mode(s: &str) -> Result<EnforcementMode, String> {
+    match s {
+        "default" => Ok(EnforcementMode::Default),
+        "always" => Ok(EnforcementMode::Always),
+        "never" => Ok(EnforcementMode::Never),
+        other => Err(format!(
+            "`{other}` is not an enforcement mode (default, always, never)"
+        )),
+    }
+}
+
+/// A duration with its unit: `250ms`, `15s`, `5m`, `1h30m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| {
+        format!(
+            "`{s}` is not a duration ({e}); give a number with a unit, such as 500ms, 15s or 5m"
+        )
+    })
+}
+
+/// A lease TTL: whole seconds, 1 s to 24 h.
+fn ttl(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.subsec_nanos() != 0 || d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
+        return Err(format!("`{s}`: give whole seconds between 1s and 24h"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_fallback() {
+        let cmd = Config::command();
+        let missing: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| {
+                a.get_long().is_some() && !["help", "version"].contains(&a.get_id().as_str())
+            })
+            .filter(|a| a.get_env().is_none())
+            .map(|a| a.get_long().unwrap_or_default().to_string())
+            .collect();
+        assert!(missing.is_empty(), "flags without AXONEME_*: {missing:?}");
+    }
+
+    #[test]
+    fn durations_take_units_and_say_what_is_wrong() {
+        let c = Config::try_parse_from([
+            "axoneme-agent",
+            "--node",
+            "n1",
+            "--endpoint-timeout",
+            "1500ms",
+            "--node-grace",
+            "2m",
+        ])
+        .unwrap();
+        assert_eq!(c.endpoints.endpoint_timeout, Duration::from_millis(1500));
+        assert_eq!(c.endpoints.node_grace, Duration::from_secs(120));
+        let e = Config::try_parse_from(["axoneme-agent", "--node", "n1", "--node-grace", "10"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`10` is not a duration"), "{e}");
+        let e = Config::try_parse_from(["axoneme-agent", "--node", "n1", "--node-grace", "500ms"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("whole seconds"), "{e}");
+    }
+}

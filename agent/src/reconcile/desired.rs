@@ -1,0 +1,88 @@
+//! What the datapath should hold, read from the node's caches in one
+//! synchronous step (no etcd call: the caches are fed by their own watch
+//! tasks).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use axoneme_identity::{LabelSet, NumericIdentity};
+use axoneme_policy::Policy;
+use ipnet::IpNet;
+use tracing::debug;
+
+use crate::node::NodeState;
+
+/// One of this node's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub name: String,
+    pub interface: String,
+    /// `None` until the operator has assigned one: the interface then drops
+    /// everything.
+    pub identity: Option<NumericIdentity>,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// What the datapath should enforce.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub identities: BTreeMap<NumericIdentity, LabelSet>,
+    pub policies: BTreeMap<String, Policy>,
+    pub local: Vec<LocalEndpoint>,
+    /// Every endpoint address in the cluster with its identity.
+    pub ipcache: BTreeMap<IpNet, NumericIdentity>,
+}
+
+impl Desired {
+    /// Reads the node's caches.
+    pub fn from_state(state: &NodeState) -> Self {
+        let layout = state.layout();
+        let identities = state
+            .identities()
+            .snapshot()
+            .into_values()
+            .map(|r| (r.id, r.labels))
+            .collect();
+        let assignments = state.assignments().snapshot();
+        let mut local = Vec::new();
+        let mut ipcache = BTreeMap::new();
+        for (key, record) in state.records().snapshot() {
+            let Some((node, name)) = layout.split_endpoint_key(&key) else {
+                continue;
+            };
+            let identity = assignments
+                .get(&layout.endpoint_identity(node, name))
+                .and_then(|a| a.identity);
+            if let Some(id) = identity {
+                for a in &record.addresses {
+                    match a.parse::<IpAddr>() {
+                        Ok(ip) => {
+                            ipcache.insert(IpNet::from(ip), id);
+                        }
+                        Err(_) => debug!(endpoint = %key, address = %a, "not an address; skipped"),
+                    }
+                }
+            }
+            if node == state.node() {
+                if let Some(interface) = record.interface {
+                    local.push(LocalEndpoint {
+                        name: name.to_string(),
+                        interface,
+                        identity,
+                        addresses: record
+                            .addresses
+                            .iter()
+                            .filter_map(|a| a.parse().ok())
+                            .collect(),
+                    });
+                }
+            }
+        }
+        Desired {
+            identities,
+            policies: state.valid_policies_by_key(),
+            local,
+            ipcache,
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! [`FakeMaps`]: the maps and attachments in memory, with a log of every
+//! write in order and failures on demand, for the sync units' tests.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axoneme_bpf_common::{EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
+use aya::maps::lpm_trie::Key;
+use aya::maps::MapError;
+use ipnet::IpNet;
+
+use super::writer::MapWriter;
+use crate::datapath::DatapathError;
+
+/// One write, as the fake saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A policy entry of endpoint number `endpoint` (prefix length, key).
+    SetPolicy {
+        endpoint: u32,
+        prefix: u32,
+    },
+    RemovePolicy {
+        endpoint: u32,
+        prefix: u32,
+    },
+    SetIpcache(IpNet),
+    RemoveIpcache(IpNet),
+    /// An endpoint declared at an interface, with its flags.
+    SetEndpoint {
+        ifindex: u32,
+        endpoint: u32,
+        flags: u8,
+    },
+    SetEndpointAddresses(u32),
+    RemoveEndpoint(u32),
+    Attach(String),
+}
+
+impl Op {
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::SetPolicy { .. } => "set_policy",
+            Op::RemovePolicy { .. } => "remove_policy",
+            Op::SetIpcache(_) => "set_ipcache",
+            Op::RemoveIpcache(_) => "remove_ipcache",
+            Op::SetEndpoint { .. } => "set_endpoint",
+            Op::SetEndpointAddresses(_) => "set_endpoint_addresses",
+            Op::RemoveEndpoint(_) => "remove_endpoint",
+            Op::Attach(_) => "attach",
+        }
+    }
+}
+
+/// The datapath's maps as plain collections.
+#[derive(Debug, Default)]
+pub struct FakeMaps {
+    pub policy: HashMap<(u32, PolicyKey), PolicyValue>,
+    pub ipcache: BTreeMap<IpNet, IpcacheValue>,
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// Interfaces that exist, by name → ifindex.
+    pub interfaces: BTreeMap<String, u32>,
+    /// Interfaces with the programs attached.
+    pub attached: BTreeMap<String, u32>,
+    /// Every write, in order.
+    pub log: Vec<Op>,
+    /// Writes of these kinds (`Op` names such as `"set_policy"`) fail
+    /// while they are in the set.
+    pub failing: Vec<&'static str>,
+}
+
+impl FakeMaps {
+    /// An interface the datapath can attach to.
+    pub fn add_interface(&mut self, name: &str, ifindex: u32) {
+        self.interfaces.insert(name.to_string(), ifindex);
+    }
+
+    /// The log since the last call.
+    pub fn take_log(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.log)
+    }
+
+    fn write(&mut self, op: Op) -> Result<(), DatapathError> {
+        if self.failing.contains(&op.kind()) {
+            return Err(DatapathError::Map {
+                name: "FAKE",
+                op: op.kind(),
+                source: MapError::KeyNotFound,
+            });
+        }
+        self.log.push(op);
+        Ok(())
+    }
+}
+
+impl MapWriter for FakeMaps {
+    fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, DatapathError> {
+        Ok(self.policy.iter().map(|((p, k), v)| (*p, *k, *v)).collect())
+    }
+
+    fn set_policy(
+        &mut self,
+        key: &Key<PolicyKey>,
+        value: PolicyValue,
+    ) -> Result<(), DatapathError> {
+        let data = key.data();
+        self.write(Op::SetPolicy {
+            endpoint: data.endpoint_id,
+            prefix: key.prefix_len(),
+        })?;
+        self.policy.insert((key.prefix_len(), data), value);
+        Ok(())
+    }
+
+    fn remove_policy(&mut self, key: &Key<PolicyKey>) -> Result<(), DatapathError> {
+        let data = key.data();
+        self.write(Op::RemovePolicy {
+            endpoint: data.endpoint_id,
+            prefix: key.prefix_len(),
+        })?;
+        self.policy.remove(&(key.prefix_len(), data));
+        Ok(())
+    }
+
+    fn ipcache_entries(&self) -> Result<Vec<(IpNet, IpcacheValue)>, DatapathError> {
+        Ok(self.ipcache.iter().map(|(n, v)| (*n, *v)).collect())
+    }
+
+    fn set_ipcache(&mut self, net: &IpNet, value: IpcacheValue) -> Result<(), DatapathError> {
+        self.write(Op::SetIpcache(*net))?;
+        self.ipcache.insert(*net, value);
+        Ok(())
+    }
+
+    fn remove_ipcache(&mut self, net: &IpNet) -> Result<(), DatapathError> {
+        self.write(Op::RemoveIpcache(*net))?;
+        self.ipcache.remove(net);
+        Ok(())
+    }
+
+    fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, DatapathError> {
+        Ok(self.endpoints.iter().map(|(i, e)| (*i, *e)).collect())
+    }
+
+    fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), DatapathError> {
+        self.write(Op::SetEndpoint {
+            ifindex,
+            endpoint: info.endpoint_id,
+            flags: info.flags,
+        })?;
+        self.endpoints.insert(ifindex, info);
+        Ok(())
+    }
+
+    fn set_endpoint_addresses(
+        &mut self,
+        ifindex: u32,
+        _info: &EndpointInfo,
+    ) -> Result<(), DatapathError> {
+        self.write(Op::SetEndpointAddresses(ifindex))
+    }
+
+    fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.write(Op::RemoveEndpoint(ifindex))?;
+        self.endpoints.remove(&ifindex);
+        Ok(())
+    }
+
+    fn attach(&mut self, interface: &str) -> Result<u32, DatapathError> {
+        let Some(ifindex) = self.interfaces.get(interface).copied() else {
+            return Err(DatapathError::Attach {
+                interface: interface.to_string(),
+                op: "finding the interface",
+                source: "no such interface".into(),
+            });
+        };
+        self.write(Op::Attach(interface.to_string()))?;
+        self.attached.insert(interface.to_string(), ifindex);
+        Ok(ifindex)
+    }
+}

@@ -1,0 +1,403 @@
+//! Drives the datapath towards what the node's caches say, one sync unit
+//! per map, all owned by one [`Driver`] (one writer per map):
+//!
+//! | unit | map | from |
+//! |---|---|---|
+//! | attach | programs on interfaces | local endpoints' interfaces |
+//! | policy | `POLICY` trie | the engine's entries for local identities |
+//! | ipcache | `IPCACHE` trie | every endpoint address + policy CIDRs |
+//! | endpoints | `ENDPOINTS` (+ cache slot, `ENDPOINT_ADDRS`) | local endpoints with identity and policy in place |
+//!
+//! The driver owns ordering (attach and policy before endpoints: an
+//! endpoint is declared only once its entries are written, and its
+//! enforcement flags change after the entries they guard), per-unit error
+//! counts and backoff (a failing unit is retried after 100 ms doubling to
+//! 30 s; a unit that depends on it waits; the others go on), and
+//! adoption: after a start or a failed pass a unit diffs the map whole
+//! instead of trusting what it wrote, writing only what differs, so a
+//! restarted agent opens no window and never touches unchanged entries
+//! or conntrack.
+//!
+//! Everything here is synchronous and reads only the [`Desired`] state it
+//! is given: no etcd call is ever awaited on the reconcile path. Writes go
+//! through [`MapWriter`], with an in-memory [`fake::FakeMaps`] for tests.
+
+mod desired;
+mod endpoints;
+pub mod fake;
+mod ipcache;
+mod policy;
+mod task;
+mod writer;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use axoneme_identity::{LabelSet, NumericIdentity};
+use axoneme_policy::compile::EnforcementMode;
+use axoneme_policy::engine::{Delta, Engine};
+use serde::Serialize;
+use tracing::warn;
+
+pub use desired::{Desired, LocalEndpoint};
+pub use endpoints::{Attachments, Programmed};
+pub use task::{run, DatapathView, Outputs};
+pub use writer::{Kernel, MapWriter};
+
+use crate::datapath::DatapathError;
+
+/// What a pass of one unit changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    pub writes: usize,
+    pub removals: usize,
+}
+
+/// The sync units, in the order a pass runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    Attach,
+    Policy,
+    Ipcache,
+    Endpoints,
+}
+
+impl Unit {
+    pub const ALL: [Unit; 4] = [Unit::Attach, Unit::Policy, Unit::Ipcache, Unit::Endpoints];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Attach => "attach",
+            Unit::Policy => "policy",
+            Unit::Ipcache => "ipcache",
+            Unit::Endpoints => "endpoints",
+        }
+    }
+}
+
+/// What happened to one unit in a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Synced(Changes),
+    Failed(String),
+    /// In its backoff after a failure: not run.
+    Backoff,
+    /// Not run: the unit it depends on is not in sync.
+    Waiting(Unit),
+}
+
+/// A unit's health across passes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UnitHealth {
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    pub failures_total: u64,
+    /// Map writes and removals, in all.
+    pub changes_total: u64,
+    pub last_error: Option<String>,
+    /// Due again at (after a failure).
+    #[serde(skip)]
+    pub retry_at: Option<Instant>,
+}
+
+/// How long a unit (or an interface) waits after `failures` failures in a
+/// row: 100 ms doubling, at most 30 s.
+pub fn backoff(failures: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << failures.saturating_sub(1).min(9));
+    Duration::from_millis(ms.min(30_000))
+}
+
+/// One pass.
+#[derive(Debug, Clone, Default)]
+pub struct PassReport {
+    pub outcomes: Vec<(Unit, Outcome)>,
+    /// When a failed unit or interface is due again.
+    pub retry_at: Option<Instant>,
+}
+
+impl PassReport {
+    pub fn ok(&self) -> bool {
+        self.outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Synced(_)))
+    }
+
+    pub fn outcome(&self, unit: Unit) -> Option<&Outcome> {
+        self.outcomes
+            .iter()
+            .find(|(u, _)| *u == unit)
+            .map(|(_, o)| o)
+    }
+}
+
+/// The engine's inputs as last fed, to feed it only changes.
+#[derive(Default)]
+struct Fed {
+    identities: BTreeMap<NumericIdentity, LabelSet>,
+    policies: BTreeMap<String, serde_json::Value>,
+    /// Endpoint identities in the engine, with how many local endpoints
+    /// have each.
+    local_ids: BTreeMap<NumericIdentity, usize>,
+}
+
+/// The one owner of the datapath's maps.
+pub struct Driver<W> {
+    w: W,
+    engine: Engine,
+    proxy_port: u16,
+    fed: Fed,
+    attach: Attachments,
+    policy: policy::PolicyUnit,
+    ipcache: ipcache::IpcacheUnit,
+    endpoints: endpoints::EndpointsUnit,
+    health: BTreeMap<Unit, UnitHealth>,
+    passes: u64,
+}
+
+impl<W: MapWriter> Driver<W> {
+    pub fn new(w: W, mode: EnforcementMode, proxy_port: u16) -> Self {
+        Driver {
+            w,
+            engine: Engine::new(mode),
+            proxy_port,
+            fed: Fed::default(),
+            attach: Attachments::default(),
+            policy: policy::PolicyUnit::new(proxy_port),
+            ipcache: ipcache::IpcacheUnit::default(),
+            endpoints: endpoints::EndpointsUnit::default(),
+            health: Unit::ALL
+                .into_iter()
+                .map(|u| (u, UnitHealth::default()))
+                .collect(),
+            passes: 0,
+        }
+    }
+
+    pub fn writer(&self) -> &W {
+        &self.w
+    }
+
+    pub fn writer_mut(&mut self) -> &mut W {
+        &mut self.w
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Local endpoints whose identity and policy are in the maps.
+    pub fn programmed(&self) -> &BTreeMap<String, Programmed> {
+        self.endpoints.programmed()
+    }
+
+    /// Interfaces with the programs attached.
+    pub fn attached(&self) -> usize {
+        self.attach.len()
+    }
+
+    pub fn health(&self) -> &BTreeMap<Unit, UnitHealth> {
+        &self.health
+    }
+
+    /// Passes run so far.
+    pub fn passes(&self) -> u64 {
+        self.passes
+    }
+
+    /// One pass towards `want` at time `now`.
+    pub fn pass(&mut self, want: &Desired, now: Instant) -> PassReport {
+        self.passes += 1;
+        let deltas = self.feed(want);
+        let mut report = PassReport::default();
+
+        // Attach: every interface on its own backoff; never skipped.
+        let interfaces: BTreeSet<&str> = want.local.iter().map(|e| e.interface.as_str()).collect();
+        let attached = self.attach.sync(&interfaces, now, &mut self.w);
+        let outcome = match attached.errors.first() {
+            None => Outcome::Synced(attached.changes),
+            Some((interface, error)) => Outcome::Failed(format!(
+                "{} of {} interfaces not attached; {interface}: {error}",
+                attached.errors.len(),
+                interfaces.len()
+            )),
+        };
+        self.record(Unit::Attach, &outcome, None);
+        report.outcomes.push((Unit::Attach, outcome));
+
+        // Policy.
+        let outcome = if self.due(Unit::Policy, now) {
+            let r = self
+                .policy
+                .sync(&self.engine, &self.fed.local_ids, &deltas, &mut self.w);
+            self.finish(Unit::Policy, r, now)
+        } else {
+            Outcome::Backoff
+        };
+        let policy_ok = matches!(outcome, Outcome::Synced(_));
+        report.outcomes.push((Unit::Policy, outcome));
+
+        // Ipcache: endpoint addresses and the policies' CIDRs.
+        let outcome = if self.due(Unit::Ipcache, now) {
+            let mut ipcache: BTreeMap<ipnet::IpNet, u32> =
+                want.ipcache.iter().map(|(n, id)| (*n, id.0)).collect();
+            for (net, id) in self.engine.cidr_identities() {
+                ipcache.entry(net).or_insert(id.0);
+            }
+            let r = self.ipcache.sync(&ipcache, &mut self.w);
+            self.finish(Unit::Ipcache, r, now)
+        } else {
+            Outcome::Backoff
+        };
+        report.outcomes.push((Unit::Ipcache, outcome));
+
+        // Endpoints: after their policy entries.
+        let outcome = if !policy_ok {
+            Outcome::Waiting(Unit::Policy)
+        } else if self.due(Unit::Endpoints, now) {
+            let r = self.endpoints.sync(
+                &want.local,
+                &self.attach,
+                &self.engine,
+                &self.fed.local_ids,
+                &mut self.w,
+            );
+            self.finish(Unit::Endpoints, r, now)
+        } else {
+            Outcome::Backoff
+        };
+        report.outcomes.push((Unit::Endpoints, outcome));
+
+        report.retry_at = self
+            .health
+            .values()
+            .filter_map(|h| h.retry_at)
+            .chain(attached.retry_at)
+            .min();
+        report
+    }
+
+    /// Feeds the engine what changed since the last pass; its deltas.
+    fn feed(&mut self, want: &Desired) -> Vec<Delta> {
+        let fed = &mut self.fed;
+        let mut deltas = Vec::new();
+        for (id, labels) in &want.identities {
+            if fed.identities.get(id) != Some(labels) {
+                deltas.extend(self.engine.set_identity(*id, Some(labels.clone())));
+                fed.identities.insert(*id, labels.clone());
+            }
+        }
+        let gone: Vec<NumericIdentity> = fed
+            .identities
+            .keys()
+            .filter(|id| !want.identities.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            deltas.extend(self.engine.set_identity(id, None));
+            fed.identities.remove(&id);
+        }
+        for (key, policy) in &want.policies {
+            if fed.policies.get(key) != Some(&policy.object) {
+                if self.proxy_port == 0 && policy.rules.iter().any(|(_, r)| has_l7(r)) {
+                    warn!(policy = %key, "L7 rules are enforced at L3/L4 only: this agent runs no L7 proxy (--proxy-port)");
+                }
+                deltas.extend(self.engine.set_policy(key, Some(policy.clone())));
+                fed.policies.insert(key.clone(), policy.object.clone());
+            }
+        }
+        let gone: Vec<String> = fed
+            .policies
+            .keys()
+            .filter(|k| !want.policies.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            deltas.extend(self.engine.set_policy(&key, None));
+            fed.policies.remove(&key);
+        }
+        let mut local_ids: BTreeMap<NumericIdentity, usize> = BTreeMap::new();
+        for ep in &want.local {
+            if let Some(id) = ep.identity.filter(|id| fed.identities.contains_key(id)) {
+                *local_ids.entry(id).or_default() += 1;
+            }
+        }
+        for id in local_ids.keys() {
+            if !fed.local_ids.contains_key(id) {
+                deltas.extend(self.engine.add_endpoint(*id));
+            }
+        }
+        for id in fed.local_ids.keys() {
+            if !local_ids.contains_key(id) {
+                deltas.extend(self.engine.remove_endpoint(*id));
+            }
+        }
+        fed.local_ids = local_ids;
+        deltas
+    }
+
+    fn due(&self, unit: Unit, now: Instant) -> bool {
+        self.health[&unit].retry_at.is_none_or(|t| t <= now)
+    }
+
+    /// Records a unit's result; on failure the unit re-adopts its map next
+    /// time and waits out its backoff.
+    fn finish(
+        &mut self,
+        unit: Unit,
+        result: Result<Changes, DatapathError>,
+        now: Instant,
+    ) -> Outcome {
+        let outcome = match result {
+            Ok(c) => Outcome::Synced(c),
+            Err(e) => {
+                match unit {
+                    Unit::Policy => self.policy.invalidate(),
+                    Unit::Ipcache => self.ipcache.invalidate(),
+                    Unit::Endpoints => self.endpoints.invalidate(),
+                    Unit::Attach => {}
+                }
+                Outcome::Failed(crate::error_chain(&e))
+            }
+        };
+        self.record(unit, &outcome, Some(now));
+        outcome
+    }
+
+    fn record(&mut self, unit: Unit, outcome: &Outcome, now: Option<Instant>) {
+        let h = self.health.get_mut(&unit).expect("every unit has health");
+        match outcome {
+            Outcome::Synced(c) => {
+                h.consecutive_failures = 0;
+                h.changes_total += (c.writes + c.removals) as u64;
+                h.last_error = None;
+                h.retry_at = None;
+            }
+            Outcome::Failed(e) => {
+                h.consecutive_failures += 1;
+                h.failures_total += 1;
+                if h.last_error.as_ref() != Some(e) {
+                    warn!(unit = unit.name(), error = %e, failures = h.consecutive_failures, "sync unit failed; keeping the last state and retrying after a backoff");
+                }
+                h.last_error = Some(e.clone());
+                h.retry_at = now.map(|n| n + backoff(h.consecutive_failures));
+            }
+            Outcome::Backoff | Outcome::Waiting(_) => {}
+        }
+    }
+}
+
+/// Whether `rule` has HTTP rules (ingress or egress).
+fn has_l7(rule: &axoneme_policy::Rule) -> bool {
+    [false, true]
+        .into_iter()
+        .flat_map(|egress| rule.allow_sections(egress))
+        .any(|s| {
+            s.to_ports
+                .iter()
+                .any(|p| p.rules.as_ref().is_some_and(|r| !r.http.is_empty()))
+        })
+}
+
+#[cfg(test)]
+mod tests;

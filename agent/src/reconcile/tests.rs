@@ -1,0 +1,334 @@
+//! The driver against the in-memory maps: ordering, adoption after a
+//! restart, per-unit failures and backoff, without a kernel.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use axoneme_bpf_common::{endpoint_flags, IpcacheValue};
+use axoneme_identity::{LabelSet, NumericIdentity, Source};
+use axoneme_policy::compile::EnforcementMode;
+
+use super::fake::{FakeMaps, Op};
+use super::*;
+
+const WEB: u32 = 1000;
+const CLIENT: u32 = 2000;
+const WEB_IF: u32 = 10;
+const CLIENT_IF: u32 = 11;
+
+fn labels(app: &str) -> LabelSet {
+    LabelSet::parse([format!("app={app}")], Source::K8s).unwrap()
+}
+
+/// Lets app=client reach app=web on TCP 80.
+const POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: web
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: \"80\"
+        protocol: TCP
+";
+
+fn endpoint(name: &str, id: u32, ip: &str) -> LocalEndpoint {
+    LocalEndpoint {
+        name: name.into(),
+        interface: format!("veth-{name}"),
+        identity: Some(NumericIdentity(id)),
+        addresses: vec![ip.parse().unwrap()],
+    }
+}
+
+/// web and client, both local; the policy when `policy`.
+fn desired(policy: bool) -> Desired {
+    let mut want = Desired::default();
+    want.identities.insert(NumericIdentity(WEB), labels("web"));
+    want.identities
+        .insert(NumericIdentity(CLIENT), labels("client"));
+    if policy {
+        let p = axoneme_policy::parse_documents(POLICY)
+            .pop()
+            .unwrap()
+            .unwrap();
+        want.policies.insert("policies/web".into(), p);
+    }
+    want.local = vec![
+        endpoint("web", WEB, "10.0.0.1"),
+        endpoint("client", CLIENT, "10.0.0.2"),
+    ];
+    for (ip, id) in [("10.0.0.1/32", WEB), ("10.0.0.2/32", CLIENT)] {
+        want.ipcache
+            .insert(ip.parse().unwrap(), NumericIdentity(id));
+    }
+    want
+}
+
+fn fake() -> FakeMaps {
+    let mut f = FakeMaps::default();
+    f.add_interface("veth-web", WEB_IF);
+    f.add_interface("veth-client", CLIENT_IF);
+    f
+}
+
+fn driver(w: FakeMaps) -> Driver<FakeMaps> {
+    Driver::new(w, EnforcementMode::Default, 0)
+}
+
+/// The position in `log` of the first op `pred` matches.
+fn pos(log: &[Op], pred: impl Fn(&Op) -> bool) -> Option<usize> {
+    log.iter().position(pred)
+}
+
+fn last_pos(log: &[Op], pred: impl Fn(&Op) -> bool) -> Option<usize> {
+    log.iter().rposition(pred)
+}
+
+fn set_endpoint(ifindex: u32) -> impl Fn(&Op) -> bool {
+    move |op| matches!(op, Op::SetEndpoint { ifindex: i, .. } if *i == ifindex)
+}
+
+fn policy_of(endpoint: u32) -> impl Fn(&Op) -> bool {
+    move |op| matches!(op, Op::SetPolicy { endpoint: e, .. } | Op::RemovePolicy { endpoint: e, .. } if *e == endpoint)
+}
+
+#[test]
+fn an_endpoint_is_declared_after_it_is_attached_and_its_entries_are_written() {
+    let mut d = driver(fake());
+    let report = d.pass(&desired(true), Instant::now());
+    assert!(report.ok(), "{report:?}");
+    let log = d.writer_mut().take_log();
+    let attach = pos(&log, |op| *op == Op::Attach("veth-web".into())).unwrap();
+    let entries = last_pos(&log, policy_of(WEB)).expect("web has entries");
+    let declared = pos(&log, set_endpoint(WEB_IF)).unwrap();
+    assert!(attach < declared && entries < declared, "{log:?}");
+    assert_eq!(
+        d.writer().endpoints[&WEB_IF].flags,
+        endpoint_flags::INGRESS_ENFORCED
+    );
+    assert_eq!(d.writer().ipcache.len(), 2);
+    assert_eq!(
+        d.programmed().keys().collect::<Vec<_>>(),
+        vec!["client", "web"]
+    );
+}
+
+#[test]
+fn enforcement_flags_change_after_the_entries_they_guard() {
+    let mut d = driver(fake());
+    d.pass(&desired(false), Instant::now());
+    assert_eq!(d.writer().endpoints[&WEB_IF].flags, 0);
+    d.writer_mut().take_log();
+    // A policy comes: web's entries, then its flags.
+    d.pass(&desired(true), Instant::now());
+    let log = d.writer_mut().take_log();
+    let entries = last_pos(&log, policy_of(WEB)).expect("entries written");
+    let flags = pos(&log, set_endpoint(WEB_IF)).expect("flags written");
+    assert!(entries < flags, "{log:?}");
+    // It goes: entries removed while the flags still enforce (a moment of
+    // denying, never of allowing), then the flags.
+    d.pass(&desired(false), Instant::now());
+    let log = d.writer_mut().take_log();
+    let removed = last_pos(&log, policy_of(WEB)).expect("entries removed");
+    let flags = pos(&log, set_endpoint(WEB_IF)).expect("flags cleared");
+    assert!(removed < flags, "{log:?}");
+    assert_eq!(d.writer().endpoints[&WEB_IF].flags, 0);
+    assert!(d.writer().policy.keys().all(|(_, k)| k.endpoint_id != WEB));
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_maps_and_rewrites_nothing_unchanged() {
+    let mut first = driver(fake());
+    first.pass(&desired(true), Instant::now());
+    let mut maps = std::mem::take(first.writer_mut());
+    maps.take_log();
+    // Leftovers of a state the new run no longer wants.
+    let stale: ipnet::IpNet = "10.9.9.9/32".parse().unwrap();
+    maps.ipcache.insert(stale, IpcacheValue::default());
+    let stale_key = maps.policy.keys().next().copied().unwrap();
+    let mut bogus = stale_key;
+    bogus.1.endpoint_id = 4242;
+    maps.policy.insert(bogus, maps.policy[&stale_key]);
+    maps.endpoints.insert(99, maps.endpoints[&WEB_IF]);
+    let entries = maps.policy.len();
+
+    let mut second = driver(maps);
+    let report = second.pass(&desired(true), Instant::now());
+    assert!(report.ok(), "{report:?}");
+    let log = second.writer_mut().take_log();
+    // Programs re-attached (replacing the old ones), address entries
+    // checked, leftovers removed: nothing unchanged was written.
+    let unexpected: Vec<&Op> = log
+        .iter()
+        .filter(|op| {
+            !matches!(op, Op::Attach(_) | Op::SetEndpointAddresses(_))
+                && **op != Op::RemoveIpcache(stale)
+                && **op
+                    != (Op::RemovePolicy {
+                        endpoint: 4242,
+                        prefix: bogus.0,
+                    })
+                && **op != Op::RemoveEndpoint(99)
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?} in {log:?}");
+    assert_eq!(log.len(), 2 + 2 + 3, "{log:?}");
+    assert_eq!(second.writer().policy.len(), entries - 1);
+    // The next pass writes nothing at all.
+    second.pass(&desired(true), Instant::now());
+    assert_eq!(second.writer_mut().take_log(), vec![]);
+}
+
+#[test]
+fn a_failing_unit_backs_off_while_the_others_go_on() {
+    let mut maps = fake();
+    maps.failing = vec!["set_ipcache"];
+    let mut d = driver(maps);
+    let t0 = Instant::now();
+    let r = d.pass(&desired(true), t0);
+    assert!(matches!(r.outcome(Unit::Ipcache), Some(Outcome::Failed(_))));
+    assert!(matches!(r.outcome(Unit::Policy), Some(Outcome::Synced(_))));
+    assert!(matches!(
+        r.outcome(Unit::Endpoints),
+        Some(Outcome::Synced(_))
+    ));
+    assert_eq!(r.retry_at, Some(t0 + Duration::from_millis(100)));
+    assert_eq!(d.health()[&Unit::Ipcache].consecutive_failures, 1);
+    // Within its backoff it is not run.
+    let r = d.pass(&desired(true), t0 + Duration::from_millis(50));
+    assert_eq!(r.outcome(Unit::Ipcache), Some(&Outcome::Backoff));
+    // Failing again: the backoff doubles.
+    let t1 = t0 + Duration::from_millis(150);
+    let r = d.pass(&desired(true), t1);
+    assert!(matches!(r.outcome(Unit::Ipcache), Some(Outcome::Failed(_))));
+    assert_eq!(r.retry_at, Some(t1 + Duration::from_millis(200)));
+    let h = &d.health()[&Unit::Ipcache];
+    assert_eq!((h.consecutive_failures, h.failures_total), (2, 2));
+    assert!(h.last_error.as_deref().unwrap().contains("set_ipcache"));
+    // Mended: in sync at its next turn, the error cleared.
+    d.writer_mut().failing.clear();
+    let r = d.pass(&desired(true), t1 + Duration::from_millis(200));
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(d.writer().ipcache.len(), 2);
+    assert_eq!(d.health()[&Unit::Ipcache].consecutive_failures, 0);
+    assert_eq!(r.retry_at, None);
+}
+
+#[test]
+fn endpoints_wait_for_their_policy_entries() {
+    let mut maps = fake();
+    maps.failing = vec!["set_policy"];
+    let mut d = driver(maps);
+    let t0 = Instant::now();
+    let r = d.pass(&desired(true), t0);
+    assert!(matches!(r.outcome(Unit::Policy), Some(Outcome::Failed(_))));
+    assert_eq!(
+        r.outcome(Unit::Endpoints),
+        Some(&Outcome::Waiting(Unit::Policy))
+    );
+    assert!(d.writer().endpoints.is_empty());
+    assert!(d.programmed().is_empty(), "no pod is reported enforced");
+    d.writer_mut().failing.clear();
+    d.writer_mut().take_log();
+    let r = d.pass(&desired(true), t0 + Duration::from_secs(1));
+    assert!(r.ok(), "{r:?}");
+    let log = d.writer_mut().take_log();
+    assert!(last_pos(&log, policy_of(WEB)).unwrap() < pos(&log, set_endpoint(WEB_IF)).unwrap());
+    assert_eq!(d.programmed().len(), 2);
+}
+
+#[test]
+fn deltas_lost_to_a_failure_are_recovered_by_adoption() {
+    let mut d = driver(fake());
+    let t0 = Instant::now();
+    d.pass(&desired(false), t0);
+    // The policy's entries fail to be written: the engine has moved on,
+    // its deltas are spent.
+    d.writer_mut().failing = vec!["set_policy"];
+    d.pass(&desired(true), t0);
+    d.writer_mut().failing.clear();
+    let r = d.pass(&desired(true), t0 + Duration::from_secs(1));
+    assert!(r.ok(), "{r:?}");
+    // The trie holds exactly what a driver starting from scratch writes.
+    let mut fresh = driver(fake());
+    fresh.pass(&desired(true), t0);
+    let keys = |m: &FakeMaps| {
+        let mut k: Vec<_> = m.policy.iter().map(|(k, v)| (*k, v.flags)).collect();
+        k.sort_by_key(|((p, key), _)| (*p, key.endpoint_id, key.identity, key.dport));
+        k
+    };
+    assert_eq!(keys(d.writer()), keys(fresh.writer()));
+    assert_eq!(d.writer().endpoints, fresh.writer().endpoints);
+}
+
+#[test]
+fn an_interface_that_cannot_attach_does_not_hold_back_the_others() {
+    let mut maps = FakeMaps::default();
+    maps.add_interface("veth-web", WEB_IF);
+    let mut d = driver(maps);
+    let t0 = Instant::now();
+    let r = d.pass(&desired(true), t0);
+    match r.outcome(Unit::Attach) {
+        Some(Outcome::Failed(e)) => assert!(e.contains("veth-client"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(d.programmed().keys().collect::<Vec<_>>(), vec!["web"]);
+    assert_eq!(r.retry_at, Some(t0 + Duration::from_millis(100)));
+    // The interface appears; it is tried again after its backoff.
+    d.writer_mut().add_interface("veth-client", CLIENT_IF);
+    d.pass(&desired(true), t0 + Duration::from_millis(50));
+    assert_eq!(d.programmed().len(), 1);
+    let r = d.pass(&desired(true), t0 + Duration::from_millis(100));
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(d.programmed().len(), 2);
+    assert_eq!(d.attached(), 2);
+}
+
+#[test]
+fn a_removed_endpoint_leaves_the_map_but_its_interface_is_not_detached() {
+    let mut d = driver(fake());
+    d.pass(&desired(true), Instant::now());
+    d.writer_mut().take_log();
+    let mut want = desired(true);
+    want.local.retain(|e| e.name != "client");
+    d.pass(&want, Instant::now());
+    let log = d.writer_mut().take_log();
+    assert!(log.contains(&Op::RemoveEndpoint(CLIENT_IF)), "{log:?}");
+    assert!(!d.writer().endpoints.contains_key(&CLIENT_IF));
+    assert_eq!(d.attached(), 1);
+    // Back again: attached anew.
+    d.pass(&desired(true), Instant::now());
+    let log = d.writer_mut().take_log();
+    assert!(log.contains(&Op::Attach("veth-client".into())), "{log:?}");
+}
+
+#[test]
+fn backoff_doubles_from_100_ms_to_30_s() {
+    let ms: Vec<u128> = [1, 2, 3, 9, 10, 11, 40]
+        .map(|n| backoff(n).as_millis())
+        .into();
+    assert_eq!(ms, vec![100, 200, 400, 25_600, 30_000, 30_000, 30_000]);
+}
+
+#[test]
+fn the_maps_hold_the_right_identities() {
+    let mut d = driver(fake());
+    d.pass(&desired(true), Instant::now());
+    let m = d.writer();
+    let ids: BTreeMap<String, u32> = m
+        .ipcache
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.identity))
+        .collect();
+    assert_eq!(ids["10.0.0.1/32"], WEB);
+    assert_eq!(m.endpoints[&CLIENT_IF].identity, CLIENT);
+    assert_eq!(m.endpoints[&WEB_IF].identity, WEB);
+}

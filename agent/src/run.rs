@@ -1,0 +1,250 @@
+//! The agent's wiring: load the datapath, resume the node lease, start
+//! the caches, then one supervised task per concern (see
+//! docs/architecture.md, "The agent's tasks"):
+//!
+//! | task | owns | publishes |
+//! |---|---|---|
+//! | `lease` | the node lease's renewal | — |
+//! | `reconcile` | every BPF map (the one writer) and the policy engine | `DatapathView`, enforced endpoints, the proxy's policy view |
+//! | `events` | the event ring (the one reader) | the recent-events ring, log lines |
+//! | `node-record` | the node record (pod CIDRs) | IPAM's CIDRs |
+//! | `routes` | the routes to other nodes' pod CIDRs | — |
+//! | `kvstore-probe` | — | `KvHealth` |
+//! | `proxy` | the L7 proxy (its own thread and runtime) | L7 events |
+//! | `api` | the UNIX socket | — (reads the others' publications) |
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::announce::Announcer;
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::datapath::{Datapath, EventReader, MapReader};
+use crate::endpoints::{self, Endpoints};
+use crate::lease::Leased;
+use crate::netdev::Ns;
+use crate::node::{validate_node_name, NodeState};
+use crate::proxy::{self, ProxyConfig, ProxyView, SocketFactory};
+use crate::reconcile::{self, Driver, Kernel, Outputs};
+use crate::supervisor::Supervisor;
+use crate::views::EventRing;
+use axoneme_identity::{Layout, NodeRecord, WatchCache};
+use axoneme_kvstore::KvStore;
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    validate_node_name(&cfg.node)?;
+    // Handlers first, so that a signal during start-up is not lost.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    };
+    tokio::pin!(shutdown);
+
+    let kv = KvStore::connect(cfg.kv.to_config().context("etcd settings")?)
+        .await
+        .context("connecting to etcd")?;
+    let layout = Layout::new(&cfg.kvstore_prefix);
+    info!(node = %cfg.node, endpoints = ?kv.endpoints(), prefix = %layout.root(), "agent starting");
+
+    let pin_dir = cfg.pin_dir();
+    if let Some(ns) = &cfg.datapath.netns {
+        std::fs::metadata(ns).with_context(|| format!("--netns {}", ns.display()))?;
+    }
+    let mut dp = Datapath::load_sized(&pin_dir, &cfg.datapath.sizes.into())
+        .context("loading the eBPF datapath")?;
+    dp.maps
+        .set_event_rate(cfg.datapath.event_rate, cfg.datapath.event_burst)
+        .context("setting the event rate")?;
+    let events = EventReader::open(&pin_dir).context("opening the event ring")?;
+    let reader = MapReader::open(&pin_dir).context("opening the maps for reading")?;
+    info!(pins = %pin_dir.display(), "datapath loaded");
+
+    let state_dir = cfg.state_dir();
+    let node_ns = Ns(cfg.datapath.netns.clone());
+    let mut sup = Supervisor::new();
+    let cancel = sup.cancel();
+
+    // The node record and the endpoints of a previous run are on the node
+    // lease (resumed when still alive) before the caches start, so the
+    // first pass already has them.
+    let grace = i64::try_from(cfg.endpoints.node_grace.as_secs()).unwrap_or(i64::MAX);
+    let leased = Leased::resume_or_grant(kv.clone(), grace, state_dir.join("lease.json"))
+        .await
+        .context("granting the node lease")?;
+    let record = NodeRecord {
+        name: cfg.node.clone(),
+        addresses: cfg.node_ips.clone(),
+        pod_cidrs: Vec::new(),
+    };
+    leased
+        .put(&layout.node(&cfg.node), serde_json::to_vec(&record)?)
+        .await
+        .context("announcing the node")?;
+    let ep_dir = state_dir.join("endpoints");
+    let restored = endpoints::restore(&cfg.node, &layout, &node_ns, &ep_dir, &leased).await;
+    if !restored.is_empty() {
+        info!(
+            endpoints = restored.len(),
+            "endpoints of the previous run re-announced"
+        );
+    }
+    sup.spawn("lease", {
+        let (leased, cancel) = (leased.clone(), cancel.clone());
+        async move {
+            leased.keep_alive(cancel).await;
+            Ok(())
+        }
+    });
+    let nodes: WatchCache<NodeRecord> = WatchCache::start(kv.clone(), layout.nodes_prefix());
+    let cidrs = WatchCache::start(kv.clone(), layout.node_cidrs_prefix());
+
+    let state = tokio::select! {
+        state = NodeState::start(kv.clone(), layout.clone(), &cfg.node) => state,
+        signal = &mut shutdown => {
+            info!(signal, "shutting down before the caches were ready");
+            return Ok(());
+        }
+    };
+    info!(
+        identities = state.identities().len(),
+        endpoints = state.endpoints().len(),
+        "node state ready"
+    );
+
+    let (programmed_tx, programmed_rx) = watch::channel(Default::default());
+    let (view_tx, view_rx) = watch::channel(Arc::default());
+    let (kv_tx, kv_rx) = watch::channel(None);
+    let eps = Arc::new(Endpoints::new(
+        state.clone(),
+        node_ns.clone(),
+        ep_dir,
+        leased.clone(),
+        &restored,
+        programmed_rx,
+        cfg.endpoints.endpoint_timeout,
+    ));
+    let recent = EventRing::default();
+
+    // The L7 proxy: a transparent listener in the node's namespace, the
+    // redirect plumbing, and a policy snapshot after every pass.
+    let proxy_port = cfg.proxy.proxy_port;
+    let proxy_view = if proxy_port != 0 {
+        let (tx, rx) = watch::channel(Arc::new(ProxyView::default()));
+        let sockets = SocketFactory::new(cfg.datapath.netns.clone());
+        let listener = sockets
+            .listener(proxy_port)
+            .with_context(|| format!("--proxy-port {proxy_port}: cannot listen"))?;
+        proxy::install_redirect(&node_ns, proxy_port)
+            .context("installing the proxy redirect (iptables TPROXY, ip rule)")?;
+        info!(port = proxy_port, "L7 proxy listening");
+        let (events, cancel) = (recent.clone(), cancel.clone());
+        // One thread of its own: a connection, its upstream and its
+        // requests run without cross-thread wake-ups (see docs/benchmarks.md).
+        sup.spawn_blocking("proxy", move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(proxy::serve(
+                    listener,
+                    sockets,
+                    rx,
+                    ProxyConfig::default(),
+                    events,
+                    cancel,
+                ))?;
+            Ok(())
+        });
+        Some(tx)
+    } else {
+        None
+    };
+
+    let driver = Driver::new(
+        Kernel {
+            dp,
+            netns: cfg.datapath.netns.clone(),
+        },
+        cfg.datapath.enforcement,
+        proxy_port,
+    );
+    sup.spawn(
+        "reconcile",
+        reconcile::run(
+            driver,
+            state.clone(),
+            cfg.reconcile.clone(),
+            Outputs {
+                view: view_tx,
+                programmed: programmed_tx,
+                proxy: proxy_view,
+            },
+            cancel.clone(),
+        ),
+    );
+    sup.spawn(
+        "events",
+        crate::events::run(
+            events,
+            recent.clone(),
+            cfg.datapath.event_poll,
+            cancel.clone(),
+        ),
+    );
+    sup.spawn(
+        "node-record",
+        Announcer {
+            layout: layout.clone(),
+            cidrs,
+            leased: leased.clone(),
+            record,
+            endpoints: eps.clone(),
+        }
+        .run(cancel.clone()),
+    );
+    sup.spawn(
+        "routes",
+        crate::routes::run(
+            node_ns.clone(),
+            cfg.node.clone(),
+            nodes,
+            cfg.reconcile.resync_interval,
+            cancel.clone(),
+        ),
+    );
+    sup.spawn(
+        "kvstore-probe",
+        crate::kvhealth::run(
+            kv.clone(),
+            cfg.reconcile.kvstore_probe_interval,
+            kv_tx,
+            cancel.clone(),
+        ),
+    );
+    let socket: PathBuf = cfg.api_socket.clone();
+    info!(socket = %socket.display(), "API listening");
+    sup.spawn(
+        "api",
+        api::serve(
+            socket,
+            ApiState {
+                endpoints: eps,
+                state,
+                datapath: view_rx,
+                kvstore: kv_rx,
+                maps: Arc::new(reader),
+                events: recent,
+            },
+            cancel.clone(),
+        ),
+    );
+    sup.run(shutdown).await
+}
