@@ -57,7 +57,7 @@ struct Dependencies {
     peer_selectors: Vec<Selector>,
     /// The `cluster` entity, or requirements: any endpoint identity may matter.
     endpoints: bool,
-    /// CIDR peers or the `world` entity: CIDR identities matter.
+    /// CIDR peers, the `world` entity, or requirements: CIDR identities matter.
     cidrs: bool,
 }
 
@@ -92,8 +92,12 @@ impl Entry {
         for s in policy.rules.iter().flat_map(|(_, r)| r.all_sections()) {
             deps.peer_selectors
                 .extend(s.endpoints.iter().map(|e| Selector::new(e, ns)));
-            deps.endpoints |= !s.requires.is_empty() || s.entities.iter().any(|e| e == "cluster");
-            deps.cidrs |= !s.cidrs.is_empty()
+            // Requirements narrow every peer of the endpoints they select,
+            // CIDR identities included (a requirement may name `reserved:world`).
+            let requires = !s.requires.is_empty();
+            deps.endpoints |= requires || s.entities.iter().any(|e| e == "cluster");
+            deps.cidrs |= requires
+                || !s.cidrs.is_empty()
                 || !s.cidr_sets.is_empty()
                 || s.entities.iter().any(|e| e.starts_with("world"));
             let mut add = |c: &str| {
@@ -629,6 +633,50 @@ mod tests {
                 enforced: false
             }]
         );
+    }
+
+    /// Checks the engine's maps against a full recomputation.
+    fn assert_matches_full(e: &Engine, maps: &BTreeMap<NumericIdentity, EndpointPolicy>) {
+        let policies = e.policies();
+        for (ep, got) in maps {
+            let l = e.identities().get(*ep).unwrap();
+            let want = compute(&policies, e.identities(), l, EnforcementMode::Default);
+            assert_eq!(got, &want, "endpoint {ep}");
+        }
+    }
+
+    #[test]
+    fn requirements_over_every_peer_follow_cidr_identities() {
+        // `all` (or a section with no peers) narrowed by a requirement that
+        // CIDR identities meet (they carry `reserved:world`): a CIDR
+        // identity another policy brings must get its entry.
+        for peers in [
+            "fromEntities: [all]",
+            "toPorts: [{ports: [{port: \"80\"}]}]",
+        ] {
+            let mut e = Engine::new(EnforcementMode::Default);
+            let mut maps = BTreeMap::new();
+            let web = NumericIdentity(300);
+            e.set_identity(web, Some(labels("web", "default")));
+            e.set_identity(NumericIdentity(301), Some(labels("db", "default")));
+            apply(&mut maps, &e.add_endpoint(web));
+            let p1 = policy(&format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p1}}\n\
+                 spec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n  \
+                 - fromRequires: [{{matchLabels: {{\"reserved:world\": \"\"}}}}]\n  - {peers}\n"
+            ));
+            apply(&mut maps, &e.set_policy("p1", Some(p1)));
+            assert_matches_full(&e, &maps);
+            let p2 = policy(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p2}\n\
+                 spec:\n  endpointSelector: {matchLabels: {app: db}}\n  egress:\n  \
+                 - toCIDR: [10.0.0.0/8]\n",
+            );
+            apply(&mut maps, &e.set_policy("p2", Some(p2)));
+            assert_matches_full(&e, &maps);
+            apply(&mut maps, &e.set_policy("p2", None));
+            assert_matches_full(&e, &maps);
+        }
     }
 
     /// A policy of one of several shapes, to exercise every dependency kind.
