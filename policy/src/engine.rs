@@ -21,6 +21,7 @@ use crate::compile::{
     EnforcementMode, Key, Verdict,
 };
 use crate::document::Policy;
+use crate::entity::EntitySet;
 use crate::selector::{Identities, Selector};
 
 /// One change to one endpoint's policy map.
@@ -55,9 +56,11 @@ const PER_PEER_LIMIT: usize = 512;
 #[derive(Debug, Clone, Default)]
 struct Dependencies {
     peer_selectors: Vec<Selector>,
-    /// The `cluster` entity, or requirements: any endpoint identity may matter.
+    /// An entity standing for every workload (`cluster`), or requirements:
+    /// any endpoint identity may matter.
     endpoints: bool,
-    /// CIDR peers, the `world` entity, or requirements: CIDR identities matter.
+    /// CIDR peers, an entity standing for the CIDR identities (`world`), or
+    /// requirements: CIDR identities matter.
     cidrs: bool,
 }
 
@@ -95,21 +98,16 @@ impl Entry {
             // Requirements narrow every peer of the endpoints they select,
             // CIDR identities included (a requirement may name `reserved:world`).
             let requires = !s.requires.is_empty();
-            deps.endpoints |= requires || s.entities.iter().any(|e| e == "cluster");
+            let entities = EntitySet::parse(s.entities);
+            deps.endpoints |= requires || entities.has(|m| m.endpoints);
             deps.cidrs |= requires
                 || !s.cidrs.is_empty()
                 || !s.cidr_sets.is_empty()
-                || s.entities.iter().any(|e| e.starts_with("world"));
-            let mut add = |c: &str| {
-                if let Ok(n) = crate::validate::parse_cidr(c) {
-                    cidrs.push(n);
-                }
-            };
-            s.cidrs.iter().for_each(|c| add(c));
-            for set in s.cidr_sets {
-                set.cidr.iter().for_each(|c| add(c));
-                set.except.iter().for_each(|c| add(c));
-            }
+                || entities.has(|m| m.cidrs);
+            cidrs.extend(
+                s.cidr_names()
+                    .filter_map(|c| crate::validate::parse_cidr(c).ok()),
+            );
         }
         cidrs.sort();
         cidrs.dedup();

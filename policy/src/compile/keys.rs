@@ -22,6 +22,7 @@ pub enum Direction {
     Ingress,
     Egress,
 }
+
 /// A policy-map key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Key {

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use axoneme_identity::{LabelSet, NumericIdentity, ReservedIdentity, Source};
 use ipnet::IpNet;
 
-use crate::api::{EndpointSelector, PeerSection, Rule};
+use crate::api::{CidrRule, EndpointSelector, PeerSection};
 use crate::document::Policy;
+use crate::entity::{Entity, EntitySet};
 use crate::selector::{Identities, Selector};
 use crate::validate::parse_cidr;
 
@@ -16,16 +17,12 @@ use crate::validate::parse_cidr;
 /// `cidr:<prefix>` and `reserved:world` labels; the agent puts the prefixes
 /// in the ipcache.
 pub fn cidr_identities(policies: &[Policy]) -> BTreeMap<IpNet, NumericIdentity> {
-    let mut nets = BTreeSet::new();
-    for p in policies {
-        for (_, r) in &p.rules {
-            for_each_peer_cidr(r, |c| {
-                if let Ok(n) = parse_cidr(c) {
-                    nets.insert(n);
-                }
-            });
-        }
-    }
+    let nets: BTreeSet<IpNet> = policies
+        .iter()
+        .flat_map(|p| p.rules.iter().flat_map(|(_, r)| r.all_sections()))
+        .flat_map(|s| s.cidr_names())
+        .filter_map(|c| parse_cidr(c).ok())
+        .collect();
     nets.into_iter()
         .enumerate()
         .map(|(i, n)| {
@@ -36,33 +33,6 @@ pub fn cidr_identities(policies: &[Policy]) -> BTreeMap<IpNet, NumericIdentity> 
             )
         })
         .collect()
-}
-
-fn for_each_peer_cidr(r: &Rule, mut f: impl FnMut(&str)) {
-    let sets = r
-        .ingress
-        .iter()
-        .map(|i| (&i.from_cidr, &i.from_cidr_set))
-        .chain(
-            r.ingress_deny
-                .iter()
-                .map(|i| (&i.from_cidr, &i.from_cidr_set)),
-        )
-        .chain(r.egress.iter().map(|e| (&e.to_cidr, &e.to_cidr_set)))
-        .chain(r.egress_deny.iter().map(|e| (&e.to_cidr, &e.to_cidr_set)));
-    for (cidrs, cidr_sets) in sets {
-        for c in cidrs {
-            f(c);
-        }
-        for s in cidr_sets {
-            if let Some(c) = &s.cidr {
-                f(c);
-            }
-            for e in &s.except {
-                f(e);
-            }
-        }
-    }
 }
 
 /// The labels of the CIDR identity for `net`.
@@ -96,40 +66,28 @@ pub(super) enum Peers {
     Set(BTreeSet<NumericIdentity>),
 }
 
-fn entity_ids(name: &str, ids: &Identities) -> Peers {
-    use ReservedIdentity as R;
-    let r = |list: &[R]| list.iter().map(|r| r.id()).collect::<BTreeSet<_>>();
-    Peers::Set(match name {
-        "all" => return Peers::Any,
-        "world" => {
-            let mut s = r(&[R::World, R::WorldIpv4, R::WorldIpv6]);
-            s.extend(ids.local_scope().map(|(id, _)| id));
-            s
-        }
-        "world-ipv4" => r(&[R::WorldIpv4]),
-        "world-ipv6" => r(&[R::WorldIpv6]),
-        "cluster" => {
-            let mut s = r(&[
-                R::Host,
-                R::RemoteNode,
-                R::Init,
-                R::Health,
-                R::Unmanaged,
-                R::KubeApiserver,
-                R::Ingress,
-            ]);
-            s.extend(ids.select(&Selector::all()).iter().copied());
-            s
-        }
-        "host" => r(&[R::Host]),
-        "remote-node" => r(&[R::RemoteNode]),
-        "kube-apiserver" => r(&[R::KubeApiserver]),
-        "ingress" => r(&[R::Ingress]),
-        "init" => r(&[R::Init]),
-        "health" => r(&[R::Health]),
-        "unmanaged" => r(&[R::Unmanaged]),
-        _ => BTreeSet::new(),
-    })
+/// The identities entity `e` stands for (its row of the entity table),
+/// leaving out `any`: the caller turns that into every peer.
+fn entity_ids(e: Entity, ids: &Identities) -> BTreeSet<NumericIdentity> {
+    let m = e.members();
+    let mut set: BTreeSet<NumericIdentity> = m.reserved.iter().map(|r| r.id()).collect();
+    if m.cidrs {
+        set.extend(ids.local_scope().map(|(id, _)| id));
+    }
+    if m.endpoints {
+        set.extend(ids.select(&Selector::all()).iter().copied());
+    }
+    set
+}
+
+/// Whether entity `e` stands for identity `x`: `entity_ids` for one
+/// identity, without building the set.
+fn entity_names(e: Entity, ids: &Identities, x: NumericIdentity) -> bool {
+    let m = e.members();
+    m.any
+        || m.names_reserved(x)
+        || (m.cidrs && x.is_local_scope() && ids.get(x).is_some())
+        || (m.endpoints && ids.select(&Selector::all()).contains(&x))
 }
 
 /// The reserved identities a /0 of the family covers.
@@ -142,33 +100,76 @@ fn world_ids(v4: bool) -> [NumericIdentity; 2] {
     [ReservedIdentity::World.id(), family.id()]
 }
 
+/// A section's CIDRs, each with its exceptions.
+struct Ranges(Vec<(IpNet, Vec<IpNet>)>);
+
+impl Ranges {
+    fn of(cidrs: &[String], cidr_sets: &[CidrRule]) -> Ranges {
+        let mut ranges: Vec<(IpNet, Vec<IpNet>)> = cidrs
+            .iter()
+            .filter_map(|c| parse_cidr(c).ok())
+            .map(|n| (n, vec![]))
+            .collect();
+        for s in cidr_sets {
+            if let Some(n) = s.cidr.as_deref().and_then(|c| parse_cidr(c).ok()) {
+                ranges.push((
+                    n,
+                    s.except.iter().filter_map(|e| parse_cidr(e).ok()).collect(),
+                ));
+            }
+        }
+        Ranges(ranges)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A /0 is "the whole internet": it names the world identities too.
+    fn world_ids(&self) -> impl Iterator<Item = NumericIdentity> + '_ {
+        self.0
+            .iter()
+            .filter(|(n, _)| n.prefix_len() == 0)
+            .flat_map(|(n, _)| world_ids(n.addr().is_ipv4()))
+    }
+
+    /// Whether the prefix of a CIDR identity's `labels` is inside a range
+    /// and outside its exceptions.
+    fn names_cidr_identity(&self, labels: &LabelSet) -> bool {
+        let Some(p) = cidr_of(labels) else {
+            return false;
+        };
+        self.0
+            .iter()
+            .any(|(n, except)| n.contains(&p) && !except.iter().any(|e| e.contains(&p)))
+    }
+}
+
 /// The peer fields of one rule section, in a direction-neutral form.
 pub(super) struct Section<'a> {
-    endpoints: &'a [crate::api::EndpointSelector],
-    cidrs: &'a [String],
-    cidr_sets: &'a [crate::api::CidrRule],
-    entities: &'a [String],
+    /// Whether the section names peers at all (else it means every peer).
+    named: bool,
+    endpoints: &'a [EndpointSelector],
+    entities: EntitySet,
+    ranges: Ranges,
 }
 
 impl<'a> Section<'a> {
     pub(super) fn of(s: &PeerSection<'a>) -> Self {
         Section {
+            named: !s.has_no_peers(),
             endpoints: s.endpoints,
-            cidrs: s.cidrs,
-            cidr_sets: s.cidr_sets,
-            entities: s.entities,
+            entities: EntitySet::parse(s.entities),
+            ranges: Ranges::of(s.cidrs, s.cidr_sets),
         }
     }
 
     pub(super) fn has_peers(&self) -> bool {
-        !(self.endpoints.is_empty()
-            && self.cidrs.is_empty()
-            && self.cidr_sets.is_empty()
-            && self.entities.is_empty())
+        self.named
     }
 
-    /// The peers this section names; with `only`, just whether it names that
-    /// one identity (cheap: no set of all peers is built).
+    /// The peers this section names; with `only`, just which of those
+    /// identities it names (cheap: no set of all peers is built).
     pub(super) fn peers(
         &self,
         ids: &Identities,
@@ -176,24 +177,27 @@ impl<'a> Section<'a> {
         has_requires: bool,
         only: Option<&BTreeSet<NumericIdentity>>,
     ) -> Peers {
+        // Every peer; requirements narrow that to the identities meeting
+        // them, so to the known ones.
+        let every = || match (has_requires, only) {
+            (false, _) => Peers::Any,
+            (true, None) => Peers::Set(ids.iter().map(|(id, _)| id).collect()),
+            (true, Some(only)) => Peers::Set(
+                only.iter()
+                    .filter(|x| ids.get(**x).is_some())
+                    .copied()
+                    .collect(),
+            ),
+        };
+        if !self.has_peers() || self.entities.has(|m| m.any) {
+            return every();
+        }
+        let selections = self
+            .endpoints
+            .iter()
+            .map(|s| ids.select(&Selector::new(s, ns)));
         if let Some(only) = only {
-            if !self.has_peers() || self.entities.iter().any(|e| e == "all") {
-                return if has_requires {
-                    Peers::Set(
-                        only.iter()
-                            .filter(|x| ids.get(**x).is_some())
-                            .copied()
-                            .collect(),
-                    )
-                } else {
-                    Peers::Any
-                };
-            }
-            let selections: Vec<_> = self
-                .endpoints
-                .iter()
-                .map(|s| ids.select(&Selector::new(s, ns)))
-                .collect();
+            let selections: Vec<_> = selections.collect();
             return Peers::Set(
                 only.iter()
                     .filter(|x| {
@@ -203,110 +207,32 @@ impl<'a> Section<'a> {
                     .collect(),
             );
         }
-        if !self.has_peers() {
-            return if has_requires {
-                // Requirements narrow the wildcard to the identities that meet them.
-                Peers::Set(ids.iter().map(|(id, _)| id).collect())
-            } else {
-                Peers::Any
-            };
-        }
         let mut set = BTreeSet::new();
-        for s in self.endpoints {
-            let sel = Selector::new(s, ns);
-            set.extend(ids.select(&sel).iter().copied());
+        for s in selections {
+            set.extend(s.iter().copied());
         }
-        for e in self.entities {
-            match entity_ids(e, ids) {
-                Peers::Any => {
-                    return if has_requires {
-                        Peers::Set(ids.iter().map(|(id, _)| id).collect())
-                    } else {
-                        Peers::Any
-                    }
-                }
-                Peers::Set(s) => set.extend(s),
-            }
+        for e in self.entities.iter() {
+            set.extend(entity_ids(e, ids));
         }
-        let mut ranges: Vec<(IpNet, Vec<IpNet>)> = Vec::new();
-        ranges.extend(
-            self.cidrs
-                .iter()
-                .filter_map(|c| parse_cidr(c).ok())
-                .map(|n| (n, vec![])),
-        );
-        for s in self.cidr_sets {
-            if let Some(n) = s.cidr.as_deref().and_then(|c| parse_cidr(c).ok()) {
-                ranges.push((
-                    n,
-                    s.except.iter().filter_map(|e| parse_cidr(e).ok()).collect(),
-                ));
-            }
-        }
-        // A /0 is "the whole internet": it selects the world identities too.
-        for (n, _) in &ranges {
-            if n.prefix_len() == 0 {
-                set.extend(world_ids(n.addr().is_ipv4()));
-            }
-        }
-        if !ranges.is_empty() {
-            for (id, labels) in ids.local_scope() {
-                let Some(p) = cidr_of(labels) else { continue };
-                if ranges
-                    .iter()
-                    .any(|(n, except)| n.contains(&p) && !except.iter().any(|e| e.contains(&p)))
-                {
-                    set.insert(id);
-                }
-            }
+        set.extend(self.ranges.world_ids());
+        if !self.ranges.is_empty() {
+            set.extend(
+                ids.local_scope()
+                    .filter(|(_, labels)| self.ranges.names_cidr_identity(labels))
+                    .map(|(id, _)| id),
+            );
         }
         Peers::Set(set)
     }
-}
 
-impl Section<'_> {
     /// Whether this section's entities or CIDRs name peer `x`.
     fn names_other(&self, ids: &Identities, x: NumericIdentity) -> bool {
-        for e in self.entities {
-            let hit = match e.as_str() {
-                "world" => {
-                    matches!(x.0, 2 | 9 | 10) || (x.is_local_scope() && ids.get(x).is_some())
-                }
-                "cluster" => matches!(x.0, 1 | 3..=8) || ids.select(&Selector::all()).contains(&x),
-                other => match entity_ids(other, ids) {
-                    Peers::Set(s) => s.contains(&x),
-                    Peers::Any => true,
-                },
-            };
-            if hit {
-                return true;
-            }
-        }
-        let zero = |c: &str| {
-            parse_cidr(c)
-                .is_ok_and(|n| n.prefix_len() == 0 && world_ids(n.addr().is_ipv4()).contains(&x))
-        };
-        if self.cidrs.iter().any(|c| zero(c))
-            || self
-                .cidr_sets
-                .iter()
-                .any(|s| s.cidr.as_deref().is_some_and(zero))
-        {
-            return true;
-        }
-        if x.is_local_scope() {
-            if let Some(p) = ids.get(x).and_then(cidr_of) {
-                let inside = |c: &str| parse_cidr(c).is_ok_and(|n| n.contains(&p));
-                if self.cidrs.iter().any(|c| inside(c))
-                    || self.cidr_sets.iter().any(|s| {
-                        s.cidr.as_deref().is_some_and(inside) && !s.except.iter().any(|e| inside(e))
-                    })
-                {
-                    return true;
-                }
-            }
-        }
-        false
+        self.entities.iter().any(|e| entity_names(e, ids, x))
+            || self.ranges.world_ids().any(|w| w == x)
+            || (x.is_local_scope()
+                && ids
+                    .get(x)
+                    .is_some_and(|l| self.ranges.names_cidr_identity(l)))
     }
 }
 
