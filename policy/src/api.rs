@@ -448,6 +448,8 @@ pub struct PeerSection<'a> {
     pub requires: &'a [EndpointSelector],
     pub cidrs: &'a [String],
     pub cidr_sets: &'a [CidrRule],
+    /// Entity names ([`crate::Entity`]; strings, so that validation
+    /// reports each unknown one with its field path).
     pub entities: &'a [String],
     /// Ports with L7 rules (allow sections only).
     pub to_ports: &'a [PortRule],
@@ -456,13 +458,22 @@ pub struct PeerSection<'a> {
     pub icmps: &'a [IcmpRule],
 }
 
-impl PeerSection<'_> {
+impl<'a> PeerSection<'a> {
     /// Whether the section names no peer at all (then it means every peer).
     pub fn has_no_peers(&self) -> bool {
         self.endpoints.is_empty()
             && self.cidrs.is_empty()
             && self.cidr_sets.is_empty()
             && self.entities.is_empty()
+    }
+
+    /// Every CIDR the section names, exceptions included.
+    pub fn cidr_names(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let sets = self.cidr_sets;
+        self.cidrs.iter().map(String::as_str).chain(
+            sets.iter()
+                .flat_map(|s| s.cidr.iter().chain(s.except.iter()).map(String::as_str)),
+        )
     }
 }
 

@@ -21,6 +21,7 @@ use crate::compile::{
     EnforcementMode, Key, Verdict,
 };
 use crate::document::Policy;
+use crate::entity::EntitySet;
 use crate::selector::{Identities, Selector};
 
 /// One change to one endpoint's policy map.
@@ -55,9 +56,11 @@ const PER_PEER_LIMIT: usize = 512;
 #[derive(Debug, Clone, Default)]
 struct Dependencies {
     peer_selectors: Vec<Selector>,
-    /// The `cluster` entity, or requirements: any endpoint identity may matter.
+    /// An entity standing for every workload (`cluster`), or requirements:
+    /// any endpoint identity may matter.
     endpoints: bool,
-    /// CIDR peers or the `world` entity: CIDR identities matter.
+    /// CIDR peers, an entity standing for the CIDR identities (`world`), or
+    /// requirements: CIDR identities matter.
     cidrs: bool,
 }
 
@@ -92,20 +95,19 @@ impl Entry {
         for s in policy.rules.iter().flat_map(|(_, r)| r.all_sections()) {
             deps.peer_selectors
                 .extend(s.endpoints.iter().map(|e| Selector::new(e, ns)));
-            deps.endpoints |= !s.requires.is_empty() || s.entities.iter().any(|e| e == "cluster");
-            deps.cidrs |= !s.cidrs.is_empty()
+            // Requirements narrow every peer of the endpoints they select,
+            // CIDR identities included (a requirement may name `reserved:world`).
+            let requires = !s.requires.is_empty();
+            let entities = EntitySet::parse(s.entities);
+            deps.endpoints |= requires || entities.has(|m| m.endpoints);
+            deps.cidrs |= requires
+                || !s.cidrs.is_empty()
                 || !s.cidr_sets.is_empty()
-                || s.entities.iter().any(|e| e.starts_with("world"));
-            let mut add = |c: &str| {
-                if let Ok(n) = crate::validate::parse_cidr(c) {
-                    cidrs.push(n);
-                }
-            };
-            s.cidrs.iter().for_each(|c| add(c));
-            for set in s.cidr_sets {
-                set.cidr.iter().for_each(|c| add(c));
-                set.except.iter().for_each(|c| add(c));
-            }
+                || entities.has(|m| m.cidrs);
+            cidrs.extend(
+                s.cidr_names()
+                    .filter_map(|c| crate::validate::parse_cidr(c).ok()),
+            );
         }
         cidrs.sort();
         cidrs.dedup();
@@ -629,6 +631,50 @@ mod tests {
                 enforced: false
             }]
         );
+    }
+
+    /// Checks the engine's maps against a full recomputation.
+    fn assert_matches_full(e: &Engine, maps: &BTreeMap<NumericIdentity, EndpointPolicy>) {
+        let policies = e.policies();
+        for (ep, got) in maps {
+            let l = e.identities().get(*ep).unwrap();
+            let want = compute(&policies, e.identities(), l, EnforcementMode::Default);
+            assert_eq!(got, &want, "endpoint {ep}");
+        }
+    }
+
+    #[test]
+    fn requirements_over_every_peer_follow_cidr_identities() {
+        // `all` (or a section with no peers) narrowed by a requirement that
+        // CIDR identities meet (they carry `reserved:world`): a CIDR
+        // identity another policy brings must get its entry.
+        for peers in [
+            "fromEntities: [all]",
+            "toPorts: [{ports: [{port: \"80\"}]}]",
+        ] {
+            let mut e = Engine::new(EnforcementMode::Default);
+            let mut maps = BTreeMap::new();
+            let web = NumericIdentity(300);
+            e.set_identity(web, Some(labels("web", "default")));
+            e.set_identity(NumericIdentity(301), Some(labels("db", "default")));
+            apply(&mut maps, &e.add_endpoint(web));
+            let p1 = policy(&format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p1}}\n\
+                 spec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n  \
+                 - fromRequires: [{{matchLabels: {{\"reserved:world\": \"\"}}}}]\n  - {peers}\n"
+            ));
+            apply(&mut maps, &e.set_policy("p1", Some(p1)));
+            assert_matches_full(&e, &maps);
+            let p2 = policy(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p2}\n\
+                 spec:\n  endpointSelector: {matchLabels: {app: db}}\n  egress:\n  \
+                 - toCIDR: [10.0.0.0/8]\n",
+            );
+            apply(&mut maps, &e.set_policy("p2", Some(p2)));
+            assert_matches_full(&e, &maps);
+            apply(&mut maps, &e.set_policy("p2", None));
+            assert_matches_full(&e, &maps);
+        }
     }
 
     /// A policy of one of several shapes, to exercise every dependency kind.

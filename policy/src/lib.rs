@@ -8,6 +8,7 @@ pub mod api;
 pub mod compile;
 pub mod document;
 pub mod engine;
+pub mod entity;
 pub mod l7;
 pub mod netpol;
 #[cfg(any(test, feature = "oracle"))]
@@ -22,4 +23,5 @@ pub mod validate;
 pub use api::Rule;
 pub use compile::EnforcementMode;
 pub use document::{parse_documents, parse_object, Policy, PolicyErrors, PolicyKind};
+pub use entity::Entity;
 pub use validate::FieldError;

@@ -34,6 +34,7 @@ use crate::api::{
     RuleLabel, SelectorOperator, SelectorRequirement,
 };
 use crate::document::{Policy, PolicyErrors, PolicyKind};
+use crate::entity::Entity;
 use crate::selector::NAMESPACE_LABEL;
 use crate::validate::{self, parse_cidr, selector_label, FieldError};
 
@@ -267,7 +268,7 @@ pub fn translate(
         let to_ports = ports(&r.ports, &p, errors);
         if r.from.is_empty() {
             ingress.push(IngressRule {
-                from_entities: vec!["all".to_string()],
+                from_entities: vec![Entity::All.to_string()],
                 to_ports: to_ports.clone(),
                 ..Default::default()
             });
@@ -289,7 +290,7 @@ pub fn translate(
         let to_ports = ports(&r.ports, &p, errors);
         if r.to.is_empty() {
             egress.push(EgressRule {
-                to_entities: vec!["all".to_string()],
+                to_entities: vec![Entity::All.to_string()],
                 to_ports: to_ports.clone(),
                 ..Default::default()
             });
@@ -310,13 +311,13 @@ pub fn translate(
     // direction is enforced and nothing is allowed.
     if ingress.is_empty() && (has_ingress_type || !has_egress_type) {
         ingress.push(IngressRule {
-            from_entities: vec!["none".to_string()],
+            from_entities: vec![Entity::None.to_string()],
             ..Default::default()
         });
     }
     if egress.is_empty() && has_egress_type {
         egress.push(EgressRule {
-            to_entities: vec!["none".to_string()],
+            to_entities: vec![Entity::None.to_string()],
             ..Default::default()
         });
     }

@@ -1,8 +1,8 @@
 //! The reference oracle: a plainly written evaluator of what policies say
 //! about one flow, used only by tests (feature `oracle`). It shares nothing
-//! with `compile` but the parsed API types: it walks every rule for every
-//! flow, the slow and obvious way, so that the compiled map entries can be
-//! checked against it.
+//! with `compile` but the parsed API types and the entity names: it walks
+//! every rule for every flow, the slow and obvious way, so that the compiled
+//! map entries can be checked against it.
 
 use axoneme_identity::{LabelSet, NumericIdentity, Source};
 
@@ -11,6 +11,7 @@ use crate::api::{
 };
 use crate::compile::{Direction, EnforcementMode};
 use crate::document::Policy;
+use crate::entity::Entity;
 use crate::selector::Identities;
 
 /// The oracle's answer.
@@ -91,22 +92,28 @@ fn peer_prefix(labels: &LabelSet) -> Option<ipnet::IpNet> {
         .and_then(|l| crate::validate::parse_cidr(&l.key).ok())
 }
 
+/// The oracle's own reading of each entity, in raw numbers: independent of
+/// the entity table computation uses, so that the differential tests check
+/// the table (the match on `Entity` makes a new entity a compile error here).
 fn entity_has(entity: &str, peer: NumericIdentity, known: bool) -> bool {
+    let Ok(entity) = entity.parse::<Entity>() else {
+        return false;
+    };
     let n = peer.0;
     match entity {
-        "all" => true,
-        "world" => matches!(n, 2 | 9 | 10) || is_cidr_identity(peer),
-        "world-ipv4" => n == 9,
-        "world-ipv6" => n == 10,
-        "cluster" => matches!(n, 1 | 3..=8) || (known && n >= 256 && !is_cidr_identity(peer)),
-        "host" => n == 1,
-        "remote-node" => n == 6,
-        "kube-apiserver" => n == 7,
-        "ingress" => n == 8,
-        "init" => n == 5,
-        "health" => n == 4,
-        "unmanaged" => n == 3,
-        _ => false,
+        Entity::All => true,
+        Entity::World => matches!(n, 2 | 9 | 10) || is_cidr_identity(peer),
+        Entity::WorldIpv4 => n == 9,
+        Entity::WorldIpv6 => n == 10,
+        Entity::Cluster => matches!(n, 1 | 3..=8) || (known && n >= 256 && !is_cidr_identity(peer)),
+        Entity::Host => n == 1,
+        Entity::RemoteNode => n == 6,
+        Entity::KubeApiserver => n == 7,
+        Entity::Ingress => n == 8,
+        Entity::Init => n == 5,
+        Entity::Health => n == 4,
+        Entity::Unmanaged => n == 3,
+        Entity::None => false,
     }
 }
 

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 use crate::api::*;
 use crate::document::PolicyKind;
+use crate::entity::Entity;
 
 pub use axoneme_identity::labels::{check_dns_label, check_dns_subdomain};
 
@@ -31,23 +32,6 @@ impl fmt::Display for FieldError {
         }
     }
 }
-
-/// Entities a rule may name (Cilium's api/entity.go).
-pub const ENTITIES: &[&str] = &[
-    "all",
-    "world",
-    "world-ipv4",
-    "world-ipv6",
-    "cluster",
-    "host",
-    "remote-node",
-    "kube-apiserver",
-    "ingress",
-    "init",
-    "health",
-    "unmanaged",
-    "none",
-];
 
 /// ICMP type names Cilium accepts, with their IPv4 and IPv6 numbers.
 pub const ICMP_TYPES: &[(&str, Option<u8>, Option<u8>)] = &[
@@ -274,14 +258,8 @@ fn peers(c: &mut Ctx<'_>, path: &str, dir: &str, s: &PeerSection<'_>) {
         }
     }
     for (i, e) in entities.iter().enumerate() {
-        if !ENTITIES.contains(&e.as_str()) {
-            c.err(
-                &format!("{path}.{dir}Entities[{i}]"),
-                format!(
-                    "{e:?} is not an entity (want one of {})",
-                    ENTITIES.join(", ")
-                ),
-            );
+        if let Err(e) = e.parse::<Entity>() {
+            c.err(&format!("{path}.{dir}Entities[{i}]"), e.to_string());
         }
     }
 }
