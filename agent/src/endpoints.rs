@@ -59,6 +59,8 @@ impl EndpointState {
             addresses: self.addresses.iter().map(IpAddr::to_string).collect(),
             namespace: self.namespace.clone(),
             interface: Some(self.host_interface.clone()),
+            pod_name: self.pod_name.clone(),
+            pod_uid: None,
         }
     }
 

@@ -92,6 +92,8 @@ async fn put_endpoint(
         addresses: vec![],
         namespace: None,
         interface: None,
+        pod_name: None,
+        pod_uid: None,
     };
     Ok(kv
         .put(&layout.endpoint(node, id), serde_json::to_vec(&record)?, 0)

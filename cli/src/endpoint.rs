@@ -194,6 +194,8 @@ pub fn record_from_args(put: &PutArgs) -> Result<EndpointRecord, CliError> {
         addresses: put.addresses.clone(),
         namespace: put.namespace.clone(),
         interface: put.interface.clone(),
+        pod_name: None,
+        pod_uid: None,
     };
     // The operator's own checks (e.g. no `reserved:` labels), before writing.
     record.label_set().map_err(CliError::InvalidLabelSet)?;

@@ -131,6 +131,33 @@ impl Layout {
         format!("{}{node}", self.node_cidrs_prefix())
     }
 
+    /// What each node's agent has enforced ([`crate::NodeStatusRecord`]).
+    pub fn node_status_prefix(&self) -> String {
+        format!("{}/node-status/v1/", self.root)
+    }
+
+    pub fn node_status(&self, node: &str) -> String {
+        format!("{}{node}", self.node_status_prefix())
+    }
+
+    /// Kubernetes Namespaces' labels ([`crate::NamespaceRecord`]).
+    pub fn namespaces_prefix(&self) -> String {
+        format!("{}/namespaces/v1/", self.root)
+    }
+
+    pub fn namespace(&self, name: &str) -> String {
+        format!("{}{name}", self.namespaces_prefix())
+    }
+
+    /// Nodes' labels ([`crate::NodeLabels`]).
+    pub fn node_labels_prefix(&self) -> String {
+        format!("{}/node-labels/v1/", self.root)
+    }
+
+    pub fn node_labels(&self, node: &str) -> String {
+        format!("{}{node}", self.node_labels_prefix())
+    }
+
     pub fn operator_leader(&self) -> String {
         format!("{}/operator/v1/leader", self.root)
     }

@@ -17,8 +17,9 @@ pub use filter::LabelFilter;
 pub use labels::{Label, LabelError, LabelSet, Source};
 pub use layout::Layout;
 pub use model::{
-    check_interface_name, EndpointIdentity, EndpointRecord, IdentityRecord, LeaderRecord,
-    NodeCidrs, NodeRecord, PolicyStatus,
+    check_interface_name, EndpointEnforcement, EndpointIdentity, EndpointRecord, IdentityRecord,
+    LeaderRecord, NamespaceRecord, NodeCidrs, NodeLabels, NodeRecord, NodeStatusRecord,
+    PolicyStatus,
 };
 pub use numeric::{IdentityRange, NumericIdentity, ReservedIdentity};
 
@@ -57,6 +58,24 @@ impl Decode for NodeRecord {
 impl Decode for NodeCidrs {
     fn decode(kv: &KeyValue) -> Result<Self, String> {
         serde_json::from_slice(&kv.value).map_err(|e| format!("node CIDRs: {e}"))
+    }
+}
+
+impl Decode for NodeStatusRecord {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        serde_json::from_slice(&kv.value).map_err(|e| format!("node status: {e}"))
+    }
+}
+
+impl Decode for NamespaceRecord {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        serde_json::from_slice(&kv.value).map_err(|e| format!("namespace record: {e}"))
+    }
+}
+
+impl Decode for NodeLabels {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        serde_json::from_slice(&kv.value).map_err(|e| format!("node labels: {e}"))
     }
 }
 

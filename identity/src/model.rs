@@ -32,6 +32,12 @@ pub struct EndpointRecord {
     /// the node's agent attaches the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// Kubernetes mode: the Pod this endpoint is (the operator mirrors it
+    /// as a CiliumEndpoint of the same namespace and name, owned by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 pub use axoneme_api::names::check_interface_name;
@@ -104,4 +110,50 @@ pub struct NodeRecord {
 pub struct NodeCidrs {
     pub pod_cidrs: Vec<ipnet::IpNet>,
     pub allocator: String,
+}
+
+/// What a node's agent has enforced, written by the agent (on its node
+/// lease) after a reconcile pass changed it: the operator aggregates the
+/// policies' `Enforced` condition and the CiliumEndpoints' status from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatusRecord {
+    pub node: String,
+    /// Policy key (`policies/v1/...`) → the ModRevision of it enforced.
+    #[serde(default)]
+    pub policies: std::collections::BTreeMap<String, i64>,
+    /// Endpoint name → its enforcement.
+    #[serde(default)]
+    pub endpoints: std::collections::BTreeMap<String, EndpointEnforcement>,
+    /// Unix milliseconds of the pass this describes.
+    #[serde(default)]
+    pub updated_ms: u64,
+}
+
+/// One endpoint as its agent enforces it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointEnforcement {
+    /// Its identity and policy are in the datapath.
+    pub ready: bool,
+    pub ingress_enforced: bool,
+    pub egress_enforced: bool,
+}
+
+/// A Kubernetes Namespace's labels, mirrored by the operator (Kubernetes
+/// mode) for the agents: a pod's `k8s:io.cilium.k8s.namespace.labels.*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub name: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A node's labels (Kubernetes mode: the Node object's, mirrored by the
+/// operator), for node selectors.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLabels {
+    pub name: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }

@@ -98,6 +98,8 @@ fn record(i: usize, tag: &str) -> (String, String, Vec<u8>) {
         addresses: vec![],
         namespace: None,
         interface: None,
+        pod_name: None,
+        pod_uid: None,
     };
     (node, id, serde_json::to_vec(&rec).expect("serializes"))
 }

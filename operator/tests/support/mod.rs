@@ -118,6 +118,8 @@ impl Fixture {
             addresses: vec![],
             namespace: None,
             interface: None,
+            pod_name: None,
+            pod_uid: None,
         };
         Ok(self
             .kv
@@ -378,6 +380,8 @@ pub async fn storm(
                     addresses: vec![],
                     namespace: None,
                     interface: None,
+                    pod_name: None,
+                    pod_uid: None,
                 };
                 kv.put(&layout.endpoint(&node, &id), serde_json::to_vec(&rec)?, 0)
                     .await?;
