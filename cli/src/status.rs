@@ -295,6 +295,27 @@ impl Render for StatusReport {
             }
             out.push_str("\nBPF maps:\n");
             out.push_str(&maps.to_string());
+            if !st.sync_units.is_empty() {
+                let mut units = Table::new(&[
+                    "SYNC UNIT",
+                    "STATUS",
+                    "FAILURES (NOW/ALL)",
+                    "CHANGES",
+                    "LAST ERROR",
+                ])
+                .indent(2);
+                for u in &st.sync_units {
+                    units.row([
+                        u.name.clone(),
+                        ok_cell(u.ok).into(),
+                        format!("{}/{}", u.consecutive_failures, u.failures_total),
+                        u.changes_total.to_string(),
+                        u.last_error.clone().unwrap_or_default(),
+                    ]);
+                }
+                out.push_str("\ndatapath sync units:\n");
+                out.push_str(&units.to_string());
+            }
         }
         if self.verbose {
             let mut members = Table::new(&[
