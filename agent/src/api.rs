@@ -43,6 +43,8 @@ pub struct ApiState {
     pub kvstore: watch::Receiver<Option<Arc<KvHealth>>>,
     pub maps: Arc<MapReader>,
     pub events: EventRing,
+    /// Kubernetes mode: the watch of this node's Pods.
+    pub pods: Option<crate::k8s::Pods>,
 }
 
 type Ctx = ApiState;
@@ -125,10 +127,14 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<Status>, Failure> {
     let view = ctx.datapath.borrow().clone();
     let kv = ctx.kvstore.borrow().clone();
     let (state, eps) = (ctx.state.clone(), ctx.endpoints.clone());
-    let st = read_maps(&ctx, move |maps| {
+    let mut st = read_maps(&ctx, move |maps| {
         Ok(views::status(&view, &state, &eps, maps, kv.as_deref()))
     })
     .await?;
+    if let Some(pods) = &ctx.pods {
+        st.components.insert(1, views::kubernetes(pods));
+        st.ok = st.components.iter().all(|c| c.ok);
+    }
     Ok(Json(st))
 }
 

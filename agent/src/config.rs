@@ -36,6 +36,8 @@ pub struct Config {
     pub endpoints: EndpointsConfig,
     #[command(flatten, next_help_heading = "L7 proxy")]
     pub proxy: ProxyFlags,
+    #[command(flatten, next_help_heading = "Kubernetes mode")]
+    pub kubernetes: KubernetesConfig,
     #[command(flatten, next_help_heading = "Reconcile")]
     pub reconcile: ReconcileConfig,
     /// The API's UNIX socket (the CNI plugin's and the CLI's default).
@@ -119,6 +121,22 @@ pub struct ProxyFlags {
     /// enforced at L3/L4 only, with a warning).
     #[arg(long, env = "AXONEME_PROXY_PORT", default_value_t = 0)]
     pub proxy_port: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KubernetesConfig {
+    /// Kubernetes mode: endpoints take their labels from their Pods (this
+    /// node's, watched on the API server); policies, namespace and node
+    /// labels still come from the kvstore, mirrored by the operator.
+    #[arg(long, env = "AXONEME_KUBERNETES")]
+    pub kubernetes: bool,
+    /// The kubeconfig to use [default: KUBECONFIG, then the in-cluster
+    /// service account].
+    #[arg(long, env = "AXONEME_KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The cluster's name (the `io.cilium.k8s.policy.cluster` label).
+    #[arg(long, env = "AXONEME_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
 }
 
 #[derive(Debug, Clone, Args)]

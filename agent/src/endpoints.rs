@@ -25,7 +25,14 @@ use crate::lease::Leased;
 use crate::netdev::{self, Ns, GATEWAY_V4, GATEWAY_V6};
 use crate::node::NodeState;
 
-const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+use crate::k8s::{LabelSource, NAMESPACE_LABEL};
+
+/// An endpoint's labels, parsed and within the size limits.
+fn check_labels(raw: &[String]) -> Result<LabelSet, String> {
+    let labels = LabelSet::parse(raw, Source::K8s).map_err(|e| format!("labels: {e}"))?;
+    labels.check_size().map_err(|e| format!("labels: {e}"))?;
+    Ok(labels)
+}
 
 /// What the agent remembers about an endpoint it created (one JSON file
 /// per container under `<state dir>/endpoints/`).
@@ -43,6 +50,9 @@ pub struct EndpointState {
     pub namespace: Option<String>,
     #[serde(default)]
     pub pod_name: Option<String>,
+    /// Kubernetes mode: the Pod's UID.
+    #[serde(default)]
+    pub pod_uid: Option<String>,
 }
 
 impl EndpointState {
@@ -60,7 +70,7 @@ impl EndpointState {
             namespace: self.namespace.clone(),
             interface: Some(self.host_interface.clone()),
             pod_name: self.pod_name.clone(),
-            pod_uid: None,
+            pod_uid: self.pod_uid.clone(),
         }
     }
 
@@ -104,6 +114,7 @@ pub struct Endpoints {
     state: NodeState,
     programmed: watch::Receiver<BTreeMap<String, u32>>,
     default_timeout: Duration,
+    source: LabelSource,
     /// One ADD/DEL/CHECK at a time per agent keeps the veth, IPAM and
     /// state-file steps simple to reason about.
     serial: tokio::sync::Mutex<()>,
@@ -194,6 +205,7 @@ impl Endpoints {
         restored: &[EndpointState],
         programmed: watch::Receiver<BTreeMap<String, u32>>,
         default_timeout: Duration,
+        source: LabelSource,
     ) -> Self {
         let ipam = ipam_with(Vec::new(), restored);
         Endpoints {
@@ -206,6 +218,7 @@ impl Endpoints {
             state,
             programmed,
             default_timeout,
+            source,
             serial: tokio::sync::Mutex::new(()),
         }
     }
@@ -239,18 +252,6 @@ impl Endpoints {
         let namespace = req.namespace.clone().unwrap_or_else(|| "default".into());
         axoneme_identity::labels::check_dns_label(&namespace)
             .map_err(|e| invalid(format!("namespace {namespace:?}: {e}")))?;
-        if let Some(l) = req.labels.iter().find(|l| l.contains(NAMESPACE_LABEL)) {
-            return Err(invalid(format!(
-                "label {l:?}: the namespace comes from K8S_POD_NAMESPACE, not from a label"
-            )));
-        }
-        let mut raw = req.labels.clone();
-        raw.push(format!("k8s:{NAMESPACE_LABEL}={namespace}"));
-        let labels =
-            LabelSet::parse(&raw, Source::K8s).map_err(|e| invalid(format!("labels: {e}")))?;
-        labels
-            .check_size()
-            .map_err(|e| invalid(format!("labels: {e}")))?;
         let netns = PathBuf::from(&req.netns);
         if !netns.is_absolute() || !netns.exists() {
             return Err(ApiError::new(
@@ -263,6 +264,32 @@ impl Endpoints {
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(self.default_timeout);
+        let (raw, pod) = match &self.source {
+            LabelSource::Cni => {
+                if let Some(l) = req.labels.iter().find(|l| l.contains(NAMESPACE_LABEL)) {
+                    return Err(invalid(format!(
+                        "label {l:?}: the namespace comes from K8S_POD_NAMESPACE, not from a label"
+                    )));
+                }
+                let mut raw = req.labels.clone();
+                raw.push(format!("k8s:{NAMESPACE_LABEL}={namespace}"));
+                (raw, None)
+            }
+            // The Pod's labels, not the runtime's: a Pod that does not
+            // exist gets no endpoint (nothing is created yet).
+            LabelSource::Kubernetes(pods) => {
+                let (raw, pod) = pods
+                    .for_add(
+                        &namespace,
+                        req.pod_name.as_deref(),
+                        req.pod_uid.as_deref(),
+                        timeout,
+                    )
+                    .await?;
+                (raw, Some(pod))
+            }
+        };
+        let labels = check_labels(&raw).map_err(invalid)?;
 
         let _serial = self.serial.lock().await;
         if let Some(old) = self.states().get(&req.container_id) {
@@ -316,7 +343,11 @@ impl Endpoints {
             addresses,
             labels: labels.to_strings(),
             namespace: Some(namespace),
-            pod_name: req.pod_name.clone(),
+            pod_name: pod
+                .as_ref()
+                .map(|p| p.name.clone())
+                .or(req.pod_name.clone()),
+            pod_uid: pod.map(|p| p.uid),
         };
         match self.announce_and_wait(&st, timeout).await {
             Ok(identity) => {
@@ -337,13 +368,7 @@ impl Endpoints {
         st: &EndpointState,
         timeout: Duration,
     ) -> Result<u32, ApiError> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| io_error("cannot create the endpoint state directory", e))?;
-        let path = state_path(&self.dir, st.name());
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(st).expect("serializes"))
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| io_error("cannot write the endpoint state", e))?;
+        self.write_state(st)?;
         let key = self.layout.endpoint(&self.node, st.name());
         let value = serde_json::to_vec(&st.record(&self.node)).expect("serializes");
         self.leased.put(&key, value).await.map_err(|e| {
@@ -398,6 +423,17 @@ impl Endpoints {
         }
     }
 
+    /// Writes an endpoint's state file (atomically).
+    fn write_state(&self, st: &EndpointState) -> Result<(), ApiError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| io_error("cannot create the endpoint state directory", e))?;
+        let path = state_path(&self.dir, st.name());
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(st).expect("serializes"))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| io_error("cannot write the endpoint state", e))
+    }
+
     /// Undoes an endpoint: record, interface, addresses, state file.
     async fn remove(&self, st: &EndpointState) -> Result<(), ApiError> {
         let key = self.layout.endpoint(&self.node, st.name());
@@ -417,6 +453,47 @@ impl Endpoints {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error("cannot remove the endpoint state", e)),
+        }
+    }
+
+    /// Kubernetes mode: gives every endpoint whose Pod's (or namespace's)
+    /// labels changed its new labels, in its state file and its record, so
+    /// the operator gives it the identity they stand for. Labels that are
+    /// no valid identity labels are refused with a warning; the endpoint
+    /// keeps its last good ones.
+    pub async fn relabel(&self) {
+        let LabelSource::Kubernetes(pods) = &self.source else {
+            return;
+        };
+        let _serial = self.serial.lock().await;
+        for mut st in self.states().into_values() {
+            let (Some(ns), Some(name)) = (st.namespace.clone(), st.pod_name.clone()) else {
+                continue;
+            };
+            let Some((raw, _)) = pods.labels(&ns, &name) else {
+                continue;
+            };
+            let labels = match check_labels(&raw) {
+                Ok(l) => l.to_strings(),
+                Err(e) => {
+                    warn!(endpoint = %st.name(), pod = %format!("{ns}/{name}"), error = %e, "the Pod's new labels are not valid identity labels; keeping the last good ones");
+                    continue;
+                }
+            };
+            if labels == st.labels {
+                continue;
+            }
+            info!(endpoint = %st.name(), pod = %format!("{ns}/{name}"), ?labels, "the Pod's labels changed");
+            st.labels = labels;
+            if let Err(e) = self.write_state(&st) {
+                warn!(endpoint = %st.name(), error = %e, "cannot keep the new labels; retrying at the next change");
+                continue;
+            }
+            let key = self.layout.endpoint(&self.node, st.name());
+            let value = serde_json::to_vec(&st.record(&self.node)).expect("serializes");
+            if let Err(e) = self.leased.put(&key, value).await {
+                warn!(endpoint = %st.name(), error = %e, "cannot write the relabelled endpoint record; retrying at the next change");
+            }
         }
     }
 

@@ -11,6 +11,8 @@
 //! | `routes` | the routes to other nodes' pod CIDRs | — |
 //! | `kvstore-probe` | — | `KvHealth` |
 //! | `proxy` | the L7 proxy (its own thread and runtime) | L7 events |
+//! | `node-status` | this node's `NodeStatusRecord` | — |
+//! | `pods`, `relabel` (Kubernetes mode) | the watch of this node's Pods; endpoints' labels | — |
 //! | `api` | the UNIX socket | — (reads the others' publications) |
 
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::datapath::{Datapath, EventReader, MapReader};
 use crate::endpoints::{self, Endpoints};
+use crate::k8s::{LabelSource, PodLabels, Pods};
 use crate::lease::Leased;
 use crate::netdev::Ns;
 use crate::node::{validate_node_name, NodeState};
@@ -120,6 +123,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "node state ready"
     );
 
+    // Kubernetes mode: endpoints' labels from their Pods.
+    let source = if cfg.kubernetes.kubernetes {
+        let client = crate::k8s::client(cfg.kubernetes.kubeconfig.as_ref()).await?;
+        let (pods, task) = Pods::start(client, &cfg.node, cancel.clone());
+        sup.spawn("pods", task);
+        LabelSource::Kubernetes(Arc::new(PodLabels {
+            pods,
+            namespaces: WatchCache::start(kv.clone(), layout.namespaces_prefix()),
+            layout: layout.clone(),
+            cluster: cfg.kubernetes.cluster_name.clone(),
+        }))
+    } else {
+        LabelSource::Cni
+    };
     let (programmed_tx, programmed_rx) = watch::channel(Default::default());
     let (view_tx, view_rx) = watch::channel(Arc::default());
     let (kv_tx, kv_rx) = watch::channel(None);
@@ -131,7 +148,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         &restored,
         programmed_rx,
         cfg.endpoints.endpoint_timeout,
+        source.clone(),
     ));
+    let pods = match &source {
+        LabelSource::Kubernetes(labels) => {
+            sup.spawn(
+                "relabel",
+                crate::k8s::relabel(eps.clone(), labels.clone(), cancel.clone()),
+            );
+            Some(labels.pods.clone())
+        }
+        LabelSource::Cni => None,
+    };
     let recent = EventRing::default();
 
     // The L7 proxy: a transparent listener in the node's namespace, the
@@ -229,6 +257,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cancel.clone(),
         ),
     );
+    sup.spawn(
+        "node-status",
+        crate::node_status::run(
+            cfg.node.clone(),
+            layout.node_status(&cfg.node),
+            leased.clone(),
+            view_rx.clone(),
+            cancel.clone(),
+        ),
+    );
     let socket: PathBuf = cfg.api_socket.clone();
     info!(socket = %socket.display(), "API listening");
     sup.spawn(
@@ -242,6 +280,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 kvstore: kv_rx,
                 maps: Arc::new(reader),
                 events: recent,
+                pods,
             },
             cancel.clone(),
         ),

@@ -164,6 +164,20 @@ pub fn status(
     }
 }
 
+/// Kubernetes mode's line in `status`: the watch of this node's Pods.
+pub fn kubernetes(pods: &crate::k8s::Pods) -> ComponentStatus {
+    let (ok, message) = match pods.error() {
+        Some(e) => (false, format!("the Pod watch fails: {e}")),
+        None if !pods.synced() => (false, "the Pod watch has not synced yet".into()),
+        None => (true, "watching this node's Pods".into()),
+    };
+    ComponentStatus {
+        name: "kubernetes".into(),
+        ok,
+        message,
+    }
+}
+
 /// This node's endpoints: every record stored under the node, with what
 /// the datapath holds for it.
 pub fn endpoints(view: &DatapathView, state: &NodeState, eps: &Endpoints) -> Vec<EndpointView> {

@@ -65,6 +65,9 @@ pub struct AddRequest {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// The Pod's UID, as the runtime knows it (Kubernetes mode checks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// How long to wait for the identity and the policy to be in place;
     /// the agent's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -78,6 +78,7 @@ pub fn parse(env: &EnvMap, stdin: &[u8]) -> Result<Command, CniError> {
                     labels: conf.labels,
                     namespace: args.namespace,
                     pod_name: args.pod_name,
+                    pod_uid: args.pod_uid,
                     timeout_ms: Some(conf.timeout_ms),
                 },
             })
@@ -189,6 +190,7 @@ mod tests {
                 labels: vec!["k8s:app=web".into()],
                 namespace: Some("ns1".into()),
                 pod_name: Some("web".into()),
+                pod_uid: None,
                 timeout_ms: Some(3000),
             }
         );

@@ -105,6 +105,8 @@ pub struct CniArgs {
     pub namespace: Option<String>,
     /// K8S_POD_NAME.
     pub pod_name: Option<String>,
+    /// K8S_POD_UID (the agent checks it against the Pod it finds).
+    pub pod_uid: Option<String>,
 }
 
 /// Parses CNI_ARGS, `K1=V1;K2=V2`. Unknown keys are ignored (the
@@ -130,6 +132,7 @@ pub fn parse_cni_args(s: &str) -> Result<CniArgs, CniError> {
         match key {
             "K8S_POD_NAMESPACE" => args.namespace = value,
             "K8S_POD_NAME" => args.pod_name = value,
+            "K8S_POD_UID" => args.pod_uid = value,
             _ => {}
         }
     }
@@ -235,6 +238,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.namespace.as_deref(), Some("default"));
         assert_eq!(a.pod_name.as_deref(), Some("web-0"));
+        assert_eq!(a.pod_uid.as_deref(), Some("1234"));
     }
 
     #[test]

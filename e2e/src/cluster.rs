@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::netns::Netns;
-use crate::{bin_path, EtcdCluster, OperatorProc, Proc};
+use crate::{bin_path, EtcdCluster, KubeControlPlane, OperatorProc, Proc};
 
 /// Every node's L7 proxy port (each node is its own namespace).
 pub const PROXY_PORT: u16 = 15001;
@@ -38,6 +38,10 @@ pub struct ClusterConfig {
     pub node_grace: u32,
     /// Extra agent flags.
     pub agent_args: Vec<String>,
+    /// Kubernetes mode: a real control plane ([`KubeControlPlane`]) with a
+    /// Node object per node; agents run with `--kubernetes` and pods are
+    /// Pod objects first (the harness plays the kubelet).
+    pub kubernetes: bool,
 }
 
 impl Default for ClusterConfig {
@@ -46,6 +50,7 @@ impl Default for ClusterConfig {
             nodes: 2,
             node_grace: 60,
             agent_args: Vec::new(),
+            kubernetes: false,
         }
     }
 }
@@ -102,6 +107,8 @@ pub struct Cluster {
     pub operators: Vec<OperatorProc>,
     /// Extra processes (servers in pods) stopped with the cluster.
     pub extra: Vec<Proc>,
+    /// Kubernetes mode's control plane (stopped after the agents).
+    pub kube: Option<KubeControlPlane>,
     etcd: Option<EtcdCluster>,
     underlay: Option<Netns>,
 }
@@ -158,6 +165,11 @@ impl Cluster {
             nodes: Vec::new(),
             operators: Vec::new(),
             extra: Vec::new(),
+            kube: if cfg.kubernetes {
+                Some(KubeControlPlane::start()?)
+            } else {
+                None
+            },
             etcd: Some(etcd),
             underlay: Some(underlay),
         };
@@ -228,6 +240,14 @@ impl Cluster {
                     ip6.to_string(),
                 ]
                 .to_vec();
+                if let Some(kube) = &self.kube {
+                    kube.create_node(&name, ip, Some(ip6))?;
+                    a.extend([
+                        "--kubernetes".to_string(),
+                        "--kubeconfig".to_string(),
+                        self.agent_kubeconfig()?.display().to_string(),
+                    ]);
+                }
                 a.extend(cfg.agent_args.iter().cloned());
                 a
             },
@@ -463,17 +483,62 @@ impl Cluster {
         })
     }
 
-    /// Creates pod `name` on `node` with `labels` through CNI ADD.
+    /// The kubeconfig agents use in Kubernetes mode: a token of the
+    /// agent's ServiceAccount when the project's RBAC for it exists
+    /// (`helm/axoneme/files/rbac/agent.yaml`), so a missing permission
+    /// fails a test; else the harness's own.
+    fn agent_kubeconfig(&self) -> Result<PathBuf> {
+        let kube = self.kube.as_ref().context("not in Kubernetes mode")?;
+        let rbac =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/axoneme/files/rbac/agent.yaml");
+        if !rbac.exists() {
+            return Ok(kube.kubeconfig().to_path_buf());
+        }
+        let path = self.dir.join("agent.kubeconfig");
+        if !path.exists() {
+            kube.apply_yaml(&std::fs::read_to_string(&rbac)?)?;
+            kube.service_account_kubeconfig("kube-system", "axoneme-agent", &path)?;
+        }
+        Ok(path)
+    }
+
+    /// Creates pod `name` on `node` with `labels` through CNI ADD (in
+    /// Kubernetes mode: a Pod object in `default` first, its labels taken
+    /// from there by the agent, and its `status.podIPs` set after, as a
+    /// kubelet does).
     pub fn add_pod(&self, node: usize, name: &str, labels: &[(&str, &str)]) -> Result<CniPod> {
+        self.add_pod_in(node, "default", name, labels)
+    }
+
+    /// [`Self::add_pod`] in Kubernetes namespace `namespace`.
+    pub fn add_pod_in(
+        &self,
+        node: usize,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<CniPod> {
         let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
         let container_id = format!("{}-{name}", self.prefix);
-        let config = serde_json::to_vec(&self.cni_config(node, labels))?;
+        let mut cni_args =
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
+        let config = match &self.kube {
+            Some(kube) => {
+                let uid = kube.create_pod(namespace, name, &self.nodes[node].name, labels)?;
+                cni_args.push_str(&format!(
+                    ";K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid}"
+                ));
+                self.cni_config(node, &[])
+            }
+            None => self.cni_config(node, labels),
+        };
+        let config = serde_json::to_vec(&config)?;
         let out = self.cni(
             "ADD",
             &container_id,
             &ns.path().to_string_lossy(),
             "eth0",
-            &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+            &cni_args,
             &config,
         )?;
         if !out.success {
@@ -495,12 +560,19 @@ impl Cluster {
                 Err(_) => bail!("bad address {addr:?} in {result}"),
             }
         }
+        let ip = ip.context("no IPv4 address in the CNI result")?;
+        if let Some(kube) = &self.kube {
+            let ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(ip))
+                .chain(ip6.map(IpAddr::V6))
+                .collect();
+            kube.set_pod_ips(namespace, name, &ips)?;
+        }
         Ok(CniPod {
             name: name.to_string(),
             node,
             container_id,
             ns,
-            ip: ip.context("no IPv4 address in the CNI result")?,
+            ip,
             ip6,
             ready: out.elapsed,
             result,

@@ -697,6 +697,71 @@ impl KubeControlPlane {
         .map(|_| ())
     }
 
+    /// Creates a Pod scheduled to `node` (nothing runs it: there is no
+    /// kubelet) with `labels`; its UID. Retries while the namespace's
+    /// `default` ServiceAccount is not there yet.
+    pub fn create_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<String> {
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}],
+            },
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.apply_yaml(&pod.to_string()) {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline && e.to_string().contains("serviceaccount") => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let out = self.kubectl([
+            "get",
+            "pod",
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])?;
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    /// Sets a Pod's `status.podIP(s)`, as the kubelet does after CNI ADD.
+    pub fn set_pod_ips(&self, namespace: &str, name: &str, ips: &[std::net::IpAddr]) -> Result<()> {
+        let ips: Vec<serde_json::Value> =
+            ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+        let status =
+            json!({"status": {"podIP": ips.first().map(|i| i["ip"].clone()), "podIPs": ips}});
+        self.kubectl([
+            "patch",
+            "pod",
+            name,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ])
+        .map(|_| ())
+    }
+
     /// Gets a bound token for ServiceAccount `sa` in `namespace`
     /// (TokenRequest, valid 24 h) and writes a kubeconfig using it to `path`.
     pub fn service_account_kubeconfig(

@@ -112,6 +112,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         nodes: 2,
         node_grace: 300,
         agent_args: Vec::new(),
+        kubernetes: false,
     })?;
     println!(
         "      up in {:.1} s; etcd {}",

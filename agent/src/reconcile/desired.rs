@@ -28,6 +28,8 @@ pub struct LocalEndpoint {
 pub struct Desired {
     pub identities: BTreeMap<NumericIdentity, LabelSet>,
     pub policies: BTreeMap<String, Policy>,
+    /// The ModRevision of each of `policies` (what "enforced" refers to).
+    pub policy_revisions: BTreeMap<String, i64>,
     pub local: Vec<LocalEndpoint>,
     /// Every endpoint address in the cluster with its identity.
     pub ipcache: BTreeMap<IpNet, NumericIdentity>,
@@ -78,9 +80,16 @@ impl Desired {
                 }
             }
         }
+        let policies = state.valid_policies_by_key();
+        let raw = state.policy_caches().0.snapshot();
+        let policy_revisions = policies
+            .keys()
+            .filter_map(|k| raw.get(k).map(|r| (k.clone(), r.mod_revision)))
+            .collect();
         Desired {
             identities,
-            policies: state.valid_policies_by_key(),
+            policies,
+            policy_revisions,
             local,
             ipcache,
         }

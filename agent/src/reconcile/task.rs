@@ -25,6 +25,9 @@ pub struct DatapathView {
     /// Interfaces with the programs attached.
     pub attached: usize,
     pub units: BTreeMap<Unit, UnitHealth>,
+    /// Policies enforced (key → ModRevision): as of the last pass whose
+    /// policy and endpoints units were both in sync.
+    pub policies: BTreeMap<String, i64>,
 }
 
 impl DatapathView {
@@ -53,6 +56,7 @@ pub async fn run<W: MapWriter + Send>(
     let mut changes = state.subscribe();
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.reset();
+    let mut enforced = BTreeMap::new();
     loop {
         // Let a burst of changes land before one pass.
         tokio::time::sleep(cfg.reconcile_debounce).await;
@@ -63,7 +67,11 @@ pub async fn run<W: MapWriter + Send>(
         } else {
             tracing::debug!(outcomes = ?report.outcomes, "datapath reconciled");
         }
-        publish(&driver, &want, &out);
+        let synced = |u| matches!(report.outcome(u), Some(super::Outcome::Synced(_)));
+        if synced(Unit::Policy) && synced(Unit::Endpoints) {
+            enforced = want.policy_revisions.clone();
+        }
+        publish(&driver, &want, &enforced, &out);
         let retry = async {
             match report.retry_at {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -79,7 +87,12 @@ pub async fn run<W: MapWriter + Send>(
     }
 }
 
-fn publish<W: MapWriter>(driver: &Driver<W>, want: &Desired, out: &Outputs) {
+fn publish<W: MapWriter>(
+    driver: &Driver<W>,
+    want: &Desired,
+    enforced: &BTreeMap<String, i64>,
+    out: &Outputs,
+) {
     if let Some(proxy) = &out.proxy {
         proxy.send_replace(Arc::new(proxy::view_of(want, driver.engine())));
     }
@@ -95,5 +108,6 @@ fn publish<W: MapWriter>(driver: &Driver<W>, want: &Desired, out: &Outputs) {
         programmed: driver.programmed().clone(),
         attached: driver.attached(),
         units: driver.health().clone(),
+        policies: enforced.clone(),
     }));
 }
