@@ -491,6 +491,15 @@ fn program_cost() -> Result<Value> {
             v[format!("{name}_over_floor_ns")] = json!(x - ns[0]);
         }
     }
+    // The programs' size as the kernel has them (subprograms included):
+    // instructions after the verifier's rewrites (`bpftool prog show`'s
+    // xlated size / 8) and the instructions the verifier processed.
+    for program in [from, to] {
+        let info = dp.program(program)?.info()?;
+        let key = program.trim_start_matches("axoneme_");
+        v[format!("{key}_xlated_insns")] = json!(info.size_translated().unwrap_or(0) / 8);
+        v[format!("{key}_verified_insns")] = json!(info.verified_instruction_count());
+    }
     Ok(v)
 }
 
