@@ -56,6 +56,7 @@ mod deliver;
 mod endpoint;
 mod events;
 mod ipcache;
+mod object;
 mod parse;
 mod policy;
 mod proxy;
@@ -137,17 +138,3 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         Err(()) => TC_ACT_SHOT,
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    // Nothing can panic in the programs (no indexing out of bounds, no
-    // arithmetic overflow checks in release); a reachable panic would show up
-    // as a verifier rejection ("infinite loop detected").
-    loop {}
-}
-
-/// License string checked by the kernel for GPL-only helpers.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod object;
+
 use axoneme_bpf_common::{
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
     SMOKE_DENY_PORTS_MAX,
@@ -96,17 +98,3 @@ fn bytes_at<const N: usize>(
     // has alignment 1 and every bit pattern is valid.
     Ok(unsafe { &*(start as *const [u8; N]) })
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    // Nothing can panic in the programs (no indexing out of bounds, no
-    // arithmetic overflow checks in release); a reachable panic would show up
-    // as a verifier rejection ("infinite loop detected").
-    loop {}
-}
-
-/// License string checked by the kernel for GPL-only helpers.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
