@@ -330,19 +330,13 @@ fn paired(sides: &[(&Pod, &Pod)]) -> Result<Vec<(f64, f64)>> {
 }
 
 /// A minimal program on both host veths of a pair, the floor any TC
-/// program pays: `axoneme_smoke` (parse IPv4/UDP with direct packet
-/// access, one hash lookup for UDP). Its maps are pinned under `pins`.
-fn attach_floor(node: &Node, pair: (&Pod, &Pod), pins: &std::path::Path) -> Result<aya::Ebpf> {
-    use aya::programs::{tc, SchedClassifier, TcAttachType};
-    std::fs::create_dir_all(pins)?;
-    let mut ebpf = aya::EbpfLoader::new()
-        .default_map_pin_directory(pins)
-        .load(Datapath::object())?;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut("axoneme_smoke")
-        .context("axoneme_smoke is not in the object")?
-        .try_into()?;
-    program.load()?;
+/// program pays: `axoneme_smoke`, the toolchain's smoke test (parse
+/// IPv4/UDP with direct packet access, one hash lookup for UDP; its own
+/// object, its map not pinned).
+fn attach_floor(node: &Node, pair: (&Pod, &Pod)) -> Result<support::Smoke> {
+    use aya::programs::{tc, TcAttachType};
+    let mut smoke = support::Smoke::load()?;
+    let program = smoke.program();
     node.ns.enter(|| -> Result<()> {
         for pod in [pair.0, pair.1] {
             let _ = tc::qdisc_add_clsact(&pod.host_if);
@@ -354,7 +348,7 @@ fn attach_floor(node: &Node, pair: (&Pod, &Pod), pins: &std::path::Path) -> Resu
         }
         Ok(())
     })??;
-    Ok(ebpf)
+    Ok(smoke)
 }
 
 /// [`NEW_FLOWS`] datagrams, each from its own source port in block
@@ -431,6 +425,7 @@ fn program_cost() -> Result<Value> {
     const B: [u8; 4] = [10, 0, 0, 2];
     const W: [u8; 4] = [10, 0, 0, 9];
     let dp = &mut support::load();
+    let smoke = &mut support::Smoke::load()?;
     dp.maps.set_endpoint(
         1,
         EndpointInfo::new(
@@ -464,18 +459,22 @@ fn program_cost() -> Result<Value> {
         dp.test_run(from, &syn)? == 0,
         "the TCP flow was not allowed"
     );
-    let cases: [(&str, &'static str, &[u8], i32); 5] = [
-        ("floor_smoke", "axoneme_smoke", &out, 0),
-        ("udp4_established_egress", from, &out, 0),
-        ("udp4_established_reply", to, &back, 0),
-        ("tcp4_established_egress", from, &ack, 0),
-        ("udp4_denied", from, &denied, 2),
+    // (`None`: the smoke object's program.)
+    let cases: [(&str, Option<&'static str>, &[u8], i32); 5] = [
+        ("floor_smoke", None, &out, 0),
+        ("udp4_established_egress", Some(from), &out, 0),
+        ("udp4_established_reply", Some(to), &back, 0),
+        ("tcp4_established_egress", Some(from), &ack, 0),
+        ("udp4_denied", Some(from), &denied, 2),
     ];
     let mut times = vec![Vec::new(); cases.len()];
     let repeat = pick(TEST_RUN_REPEAT, smoke::TEST_RUN_REPEAT);
     for _ in 0..pick(5, smoke::TEST_RUNS) {
         for ((name, program, packet, want), t) in cases.iter().zip(&mut times) {
-            let (action, per_run) = dp.test_run_repeated(program, packet, repeat)?;
+            let (action, per_run) = match program {
+                Some(program) => dp.test_run_repeated(program, packet, repeat)?,
+                None => smoke.run_repeated(packet, repeat)?,
+            };
             ensure!(
                 action == *want,
                 "{name}: TC action {action}, expected {want}"
@@ -490,6 +489,15 @@ fn program_cost() -> Result<Value> {
         if *name != "floor_smoke" {
             v[format!("{name}_over_floor_ns")] = json!(x - ns[0]);
         }
+    }
+    // The programs' size as the kernel has them (subprograms included):
+    // instructions after the verifier's rewrites (`bpftool prog show`'s
+    // xlated size / 8) and the instructions the verifier processed.
+    for program in [from, to] {
+        let info = dp.program(program)?.info()?;
+        let key = program.trim_start_matches("axoneme_");
+        v[format!("{key}_xlated_insns")] = json!(info.size_translated().unwrap_or(0) / 8);
+        v[format!("{key}_verified_insns")] = json!(info.verified_instruction_count());
     }
     Ok(v)
 }
@@ -719,15 +727,6 @@ fn allow(
     Ok(())
 }
 
-/// A pin directory, removed however the bench ends.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn main() -> Result<()> {
     let programs = program_cost()?;
     eprintln!("programs under BPF_PROG_TEST_RUN: {programs}");
@@ -760,8 +759,7 @@ fn main() -> Result<()> {
         echo_server(s)?;
         udp_sink(s)?;
     }
-    let floor_pins = RemoveOnDrop(PathBuf::from(PIN_ROOT).join(format!("{prefix}floor")));
-    let _floor = attach_floor(&node, (&floor_client, &floor_server), &floor_pins.0)?;
+    let _floor = attach_floor(&node, (&floor_client, &floor_server))?;
 
     // Rounds interleave every configuration, so a slow spell of the host
     // hits all of them; each figure is the median over the rounds.

@@ -1,5 +1,5 @@
-//! Loads the embedded eBPF object and runs `axoneme_smoke` with
-//! `BPF_PROG_TEST_RUN` on hand-built packets.
+//! Loads the toolchain's smoke-test object (its own, not the datapath's)
+//! and runs `axoneme_smoke` with `BPF_PROG_TEST_RUN` on hand-built packets.
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN for SCHED_CLS test runs). It does not
 //! skip when run unprivileged: CI runs it as root, and a silent skip would hide
@@ -7,7 +7,6 @@
 
 mod support;
 
-use axoneme_agent::datapath::Datapath;
 use axoneme_bpf_common::tc_action::{TC_ACT_OK, TC_ACT_SHOT};
 
 const IPPROTO_TCP: u8 = 6;
@@ -69,32 +68,38 @@ fn ipv4_checksum(header: &[u8; 20]) -> u16 {
     support::ipv4_checksum(header)
 }
 
-fn load_datapath() -> support::TestDatapath {
-    support::load()
+fn load_smoke() -> support::Smoke {
+    support::Smoke::load().unwrap_or_else(|error| panic!("loading the smoke object: {error:#}"))
 }
 
-fn run(datapath: &Datapath, packet: &[u8]) -> i32 {
-    support::run(datapath, axoneme_agent::datapath::SMOKE_PROGRAM, packet)
+fn run(smoke: &mut support::Smoke, packet: &[u8]) -> i32 {
+    smoke
+        .run(packet)
+        .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN: {error:#}"))
 }
 
 #[test]
 fn smoke_program_filters_udp_by_denied_port() {
-    let mut datapath = load_datapath();
+    let mut smoke = load_smoke();
 
     let udp = ipv4_packet(IPPROTO_UDP, 40000, DENIED_PORT, b"hello");
     let tcp = ipv4_packet(IPPROTO_TCP, 40000, DENIED_PORT, b"hello");
     let udp_other = ipv4_packet(IPPROTO_UDP, 40000, DENIED_PORT + 1, b"hello");
 
-    assert_eq!(run(&datapath, &udp), TC_ACT_OK, "UDP, port not denied yet");
+    assert_eq!(run(&mut smoke, &udp), TC_ACT_OK, "UDP, port not denied yet");
 
-    datapath
-        .deny_smoke_port(DENIED_PORT)
-        .unwrap_or_else(|error| panic!("{}", support::error_chain(&error)));
+    smoke
+        .deny_port(DENIED_PORT)
+        .unwrap_or_else(|error| panic!("{error:#}"));
 
-    assert_eq!(run(&datapath, &udp), TC_ACT_SHOT, "UDP to a denied port");
-    assert_eq!(run(&datapath, &udp_other), TC_ACT_OK, "UDP to another port");
+    assert_eq!(run(&mut smoke, &udp), TC_ACT_SHOT, "UDP to a denied port");
     assert_eq!(
-        run(&datapath, &tcp),
+        run(&mut smoke, &udp_other),
+        TC_ACT_OK,
+        "UDP to another port"
+    );
+    assert_eq!(
+        run(&mut smoke, &tcp),
         TC_ACT_OK,
         "TCP to the denied UDP port"
     );
@@ -105,25 +110,25 @@ fn smoke_program_filters_udp_by_denied_port() {
     // IPv4 header cannot be fed to the program; the cuts below are after it.)
     let truncated_udp = &udp_other[..14 + 20 + 4];
     assert_eq!(
-        run(&datapath, truncated_udp),
+        run(&mut smoke, truncated_udp),
         TC_ACT_SHOT,
         "cut inside the UDP header"
     );
     let mut options_beyond_end = udp_other.clone();
     options_beyond_end[14] = 0x4f; // IHL 15: 60-byte IPv4 header, UDP would start at 74
     assert_eq!(
-        run(&datapath, &options_beyond_end),
+        run(&mut smoke, &options_beyond_end),
         TC_ACT_SHOT,
         "IPv4 header length beyond the packet"
     );
     let mut bad_ihl = udp_other.clone();
     bad_ihl[14] = 0x44; // IHL 4: below the 20-byte minimum
-    assert_eq!(run(&datapath, &bad_ihl), TC_ACT_SHOT, "IPv4 IHL < 5");
+    assert_eq!(run(&mut smoke, &bad_ihl), TC_ACT_SHOT, "IPv4 IHL < 5");
 
     // Not IPv4: passed without parsing further.
     let mut arp = udp.clone();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert_eq!(run(&datapath, &arp), TC_ACT_OK, "non-IPv4 ethertype");
+    assert_eq!(run(&mut smoke, &arp), TC_ACT_OK, "non-IPv4 ethertype");
 }
 
 #[test]

@@ -33,7 +33,10 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
             .env("AXONEME_BIN_DIR", root.join("target").join("release"))
             .env("AXONEME_BENCH_OUT", &out),
     )?;
-    if name == "datapath" {
+    // `AXONEME_BENCH_PROGRAMS_ONLY` measures the programs under
+    // BPF_PROG_TEST_RUN and stops: no figures file to add the
+    // differential's counts to.
+    if name == "datapath" && std::env::var_os("AXONEME_BENCH_PROGRAMS_ONLY").is_none() {
         differential(root, &out)?;
     }
     Ok(())

@@ -38,19 +38,22 @@ fn target_dir(root: &Path) -> PathBuf {
     root.join("target").join("bpf")
 }
 
-/// The eBPF object produced by [`build`]; `agent/build.rs` embeds it.
-pub fn object_path(root: &Path) -> PathBuf {
-    target_dir(root)
-        .join(BPF_TARGET)
-        .join("release")
-        .join("axoneme-bpf")
+/// The objects `bpf/programs` builds (its binaries): the datapath, which
+/// the agent embeds, and the toolchain's smoke test, which only the
+/// agent's tests and benches embed.
+pub const OBJECTS: [&str; 2] = ["axoneme-bpf", "axoneme-bpf-smoke"];
+
+/// Where [`build`] puts object `name` (one of [`OBJECTS`]);
+/// `agent/build.rs` embeds it from there.
+pub fn object_path(root: &Path, name: &str) -> PathBuf {
+    target_dir(root).join(BPF_TARGET).join("release").join(name)
 }
 
-/// Builds `bpf/programs` in release mode and returns the object's path.
+/// Builds `bpf/programs` in release mode and returns the objects' paths.
 ///
 /// `root` is the workspace root, `tools_bin` the directory holding
 /// `bpf-linker` (installed by `cargo xtask setup`).
-pub fn build(root: &Path, tools_bin: &Path) -> anyhow::Result<PathBuf> {
+pub fn build(root: &Path, tools_bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let crate_dir = root.join("bpf").join("programs");
     ensure!(
         crate_dir.join("Cargo.toml").is_file(),
@@ -106,20 +109,25 @@ pub fn build(root: &Path, tools_bin: &Path) -> anyhow::Result<PathBuf> {
         );
     }
 
-    let object = object_path(root);
-    let bytes = std::fs::read(&object).with_context(|| {
-        format!(
-            "eBPF build succeeded but {} is unreadable",
-            object.display()
-        )
-    })?;
-    ensure!(
-        bytes.windows(5).any(|w| w == b".BTF\0"),
-        "{} has no .BTF section: check the `--btf` link-arg in bpf/programs/.cargo/config.toml \
-         and that RUSTFLAGS is not overriding it",
-        object.display()
-    );
-    Ok(object)
+    OBJECTS
+        .iter()
+        .map(|name| {
+            let object = object_path(root, name);
+            let bytes = std::fs::read(&object).with_context(|| {
+                format!(
+                    "eBPF build succeeded but {} is unreadable",
+                    object.display()
+                )
+            })?;
+            ensure!(
+                bytes.windows(5).any(|w| w == b".BTF\0"),
+                "{} has no .BTF section: check the `--btf` link-arg in \
+                 bpf/programs/.cargo/config.toml and that RUSTFLAGS is not overriding it",
+                object.display()
+            );
+            Ok(object)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -127,10 +135,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn object_path_is_where_agent_build_rs_looks() {
+    fn object_paths_are_where_agent_build_rs_looks() {
         assert_eq!(
-            object_path(Path::new("/w")),
+            object_path(Path::new("/w"), OBJECTS[0]),
             PathBuf::from("/w/target/bpf/bpfel-unknown-none/release/axoneme-bpf")
+        );
+        assert_eq!(
+            object_path(Path::new("/w"), OBJECTS[1]),
+            PathBuf::from("/w/target/bpf/bpfel-unknown-none/release/axoneme-bpf-smoke")
         );
     }
 

@@ -47,8 +47,10 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.cmd {
         Cmd::Setup => setup::run(&root),
-        Cmd::BuildBpf => bpf::build(&root, &setup::tools_bin(&root)).map(|p| {
-            println!("eBPF object: {}", p.display());
+        Cmd::BuildBpf => bpf::build(&root, &setup::tools_bin(&root)).map(|objects| {
+            for p in objects {
+                println!("eBPF object: {}", p.display());
+            }
         }),
         Cmd::Test { args } => test(&root, &args),
         Cmd::Demo(args) => demo::run(&root, args),

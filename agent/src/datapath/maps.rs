@@ -4,6 +4,10 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use axoneme_bpf_common::map_names::{
+    COUNTERS, CT, CT4, ENDPOINTS, ENDPOINT_ADDRS, ENDPOINT_CACHE, EVENTS, EVENT_CONFIG, IPCACHE,
+    POLICY,
+};
 use axoneme_bpf_common::{
     counter, direction, family, match_type, policy_flags, CtKey, CtKey4, CtValue, EndpointInfo,
     EndpointSlot, Event, EventConfig, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
@@ -15,17 +19,6 @@ use aya::Ebpf;
 use ipnet::IpNet;
 
 use super::{map_error, DatapathError};
-
-const IPCACHE: &str = "IPCACHE";
-const ENDPOINTS: &str = "ENDPOINTS";
-const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
-const ENDPOINT_ADDRS: &str = "ENDPOINT_ADDRS";
-const POLICY: &str = "POLICY";
-const CT: &str = "CT";
-const CT4: &str = "CT4";
-const EVENTS: &str = "EVENTS";
-const EVENT_CONFIG: &str = "EVENT_CONFIG";
-const COUNTERS: &str = "COUNTERS";
 
 /// The datapath's maps.
 pub struct Maps {

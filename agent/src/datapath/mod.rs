@@ -1,4 +1,5 @@
-//! The eBPF datapath: the object built from `bpf/programs`, embedded at compile
+//! The eBPF datapath: the object built from `bpf/programs` (`axoneme-bpf`:
+//! its two programs and their maps, nothing else), embedded at compile
 //! time, loaded into the kernel with aya, its maps pinned under one
 //! directory per node (`/sys/fs/bpf/axoneme/<node>/`).
 //!
@@ -11,7 +12,7 @@ mod maps;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::maps::{HashMap, MapError};
+use aya::maps::MapError;
 use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink, TcAttachOptions,
     TcHandle,
@@ -24,16 +25,13 @@ pub use maps::{policy_entry, policy_key, Counters, EventReader, MapReader, Maps}
 /// The eBPF object built by `cargo xtask build-bpf` (located by `build.rs`).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_OBJECT"));
 
-/// Name of the toolchain smoke SCHED_CLS program.
-pub const SMOKE_PROGRAM: &str = "axoneme_smoke";
-/// Name of the smoke program's map of denied UDP ports (host order `u16` → `u8`).
-pub const SMOKE_DENY_PORTS_MAP: &str = "SMOKE_DENY_PORTS";
 /// TC ingress of a pod's host-side veth: what the pod sends (its egress).
 pub const FROM_CONTAINER: &str = "axoneme_from_container";
 /// TC egress of a pod's host-side veth: what the pod receives (its ingress).
 pub const TO_CONTAINER: &str = "axoneme_to_container";
 
-const PROGRAMS: [&str; 3] = [SMOKE_PROGRAM, FROM_CONTAINER, TO_CONTAINER];
+/// The object's programs: all of them are loaded.
+const PROGRAMS: [&str; 2] = [FROM_CONTAINER, TO_CONTAINER];
 
 /// Sizes of the datapath's largest maps (the agent's `--bpf-*-max` flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,26 +308,6 @@ impl Datapath {
         Ok((action, result.duration, out))
     }
 
-    /// Runs `axoneme_smoke` once on `packet`.
-    pub fn run_smoke(&self, packet: &[u8]) -> Result<i32, DatapathError> {
-        self.test_run(SMOKE_PROGRAM, packet)
-    }
-
-    /// Makes `axoneme_smoke` drop UDP/IPv4 packets to `port` (host order).
-    pub fn deny_smoke_port(&mut self, port: u16) -> Result<(), DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(SMOKE_DENY_PORTS_MAP)
-            .ok_or(DatapathError::MapNotFound {
-                name: SMOKE_DENY_PORTS_MAP,
-            })?;
-        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map)
-            .map_err(|source| map_error(SMOKE_DENY_PORTS_MAP, "open", source))?;
-        ports
-            .insert(port, 1, 0)
-            .map_err(|source| map_error(SMOKE_DENY_PORTS_MAP, "insert", source))
-    }
-
     /// Attaches the programs to `interface` (in the network namespace at
     /// `netns`, or the agent's own): `from_container` at TC ingress,
     /// `to_container` at TC egress, as clsact filters at a fixed priority
@@ -460,4 +438,61 @@ fn program_error(name: &'static str, op: &'static str, source: ProgramError) -> 
 
 fn map_error(name: &'static str, op: &'static str, source: MapError) -> DatapathError {
     DatapathError::Map { name, op, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use axoneme_bpf_common::map_names;
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    /// The smoke-test object, which only tests and benches embed.
+    static SMOKE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_SMOKE_OBJECT"));
+
+    /// The names of an object's maps: the symbols of its `maps` section,
+    /// where aya-ebpf's `#[map]` puts each map static under its name.
+    /// (Data sections such as `.rodata` become maps too, named after the
+    /// section; nothing opens them by name.)
+    fn maps(object: &[u8]) -> Vec<String> {
+        let file = object::File::parse(object).unwrap();
+        let maps = file.section_by_name("maps").unwrap().index();
+        let mut names: Vec<String> = file
+            .symbols()
+            .filter(|s| s.section_index() == Some(maps))
+            .map(|s| s.name().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn sorted(names: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// The programs' map statics and the agent's names are one list: each
+    /// object has exactly the maps `bpf/common` names for it.
+    #[test]
+    fn objects_have_exactly_the_maps_named_in_bpf_common() {
+        assert_eq!(maps(super::BPF_OBJECT), sorted(&map_names::DATAPATH));
+        assert_eq!(maps(SMOKE_OBJECT), sorted(&map_names::SMOKE));
+    }
+
+    /// The datapath object holds the two production programs and no other.
+    #[test]
+    fn the_datapath_object_has_only_the_production_programs() {
+        let file = object::File::parse(super::BPF_OBJECT).unwrap();
+        let mut programs: Vec<&str> = file
+            .symbols()
+            .filter(|s| s.is_global() && s.kind() == object::SymbolKind::Text)
+            .filter(|s| {
+                s.section_index()
+                    .and_then(|i| file.section_by_index(i).ok())
+                    .is_some_and(|sec| sec.name() == Ok("classifier"))
+            })
+            .map(|s| s.name().unwrap())
+            .collect();
+        programs.sort();
+        assert_eq!(programs, [super::FROM_CONTAINER, super::TO_CONTAINER]);
+    }
 }

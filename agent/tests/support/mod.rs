@@ -51,9 +51,8 @@ fn effective_uid() -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// Loads the datapath with fresh pins. Needs root; it does not skip (CI runs
-/// as root, and a silent skip would hide a broken datapath).
-pub fn load() -> TestDatapath {
+/// Fails the test, with an explanation, unless it runs as root.
+fn assert_root() {
     let euid = effective_uid();
     assert_eq!(
         euid,
@@ -61,6 +60,12 @@ pub fn load() -> TestDatapath {
         "the datapath tests need root (CAP_BPF, CAP_NET_ADMIN) to load eBPF programs; \
          effective uid is {euid:?}. Run them as root (CI does); they do not skip."
     );
+}
+
+/// Loads the datapath with fresh pins. Needs root; it does not skip (CI runs
+/// as root, and a silent skip would hide a broken datapath).
+pub fn load() -> TestDatapath {
+    assert_root();
     let dir = PathBuf::from(PIN_ROOT).join(axoneme_e2e::run_prefix("test"));
     match Datapath::load(&dir) {
         Ok(dp) => TestDatapath { dp, dir },
@@ -72,6 +77,76 @@ pub fn load() -> TestDatapath {
                 error_chain(&error)
             )
         }
+    }
+}
+
+/// The toolchain's smoke-test object (`bpf/programs/src/smoke.rs`, built
+/// by `cargo xtask build-bpf`, located by `agent/build.rs`): only tests
+/// and benches embed it; the agent's [`Datapath`] is the production object
+/// alone.
+pub static SMOKE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_SMOKE_OBJECT"));
+/// The smoke object's SCHED_CLS program: drops UDP/IPv4 packets to the
+/// ports in its map, and packets too short for their headers.
+pub const SMOKE_PROGRAM: &str = "axoneme_smoke";
+
+/// The smoke object, loaded: its program verified, its map (not pinned)
+/// created. Needs root, as [`load`] does.
+pub struct Smoke(pub aya::Ebpf);
+
+impl Smoke {
+    pub fn load() -> anyhow::Result<Self> {
+        assert_root();
+        let mut ebpf = aya::Ebpf::load(SMOKE_OBJECT)?;
+        ebpf.program_mut(SMOKE_PROGRAM)
+            .ok_or_else(|| anyhow::anyhow!("{SMOKE_PROGRAM} is not in the smoke object"))
+            .and_then(|p| Ok(<&mut aya::programs::SchedClassifier>::try_from(p)?.load()?))?;
+        Ok(Self(ebpf))
+    }
+
+    /// The loaded program.
+    pub fn program(&mut self) -> &mut aya::programs::SchedClassifier {
+        self.0
+            .program_mut(SMOKE_PROGRAM)
+            .expect("loaded")
+            .try_into()
+            .expect("a SCHED_CLS program")
+    }
+
+    /// Runs the program once on `packet` (`BPF_PROG_TEST_RUN`); its TC
+    /// action.
+    pub fn run(&mut self, packet: &[u8]) -> anyhow::Result<i32> {
+        Ok(self.run_repeated(packet, 1)?.0)
+    }
+
+    /// Runs the program `repeat` times on `packet` in one
+    /// `BPF_PROG_TEST_RUN`, as `Datapath::test_run_repeated` does: the
+    /// last TC action and the kernel's mean time per run.
+    pub fn run_repeated(
+        &mut self,
+        packet: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(i32, std::time::Duration)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = self.program().test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::new()
+        })?;
+        let action = i32::from_ne_bytes(result.return_value.to_ne_bytes());
+        Ok((action, result.duration))
+    }
+
+    /// Makes the program drop UDP/IPv4 packets to `port` (host order).
+    pub fn deny_port(&mut self, port: u16) -> anyhow::Result<()> {
+        use axoneme_bpf_common::map_names::SMOKE_DENY_PORTS;
+        let map = self
+            .0
+            .map_mut(SMOKE_DENY_PORTS)
+            .ok_or_else(|| anyhow::anyhow!("{SMOKE_DENY_PORTS} is not in the smoke object"))?;
+        aya::maps::HashMap::<_, u16, u8>::try_from(map)?.insert(port, 1, 0)?;
+        Ok(())
     }
 }
 

@@ -130,6 +130,65 @@ pub mod counter {
     pub const COUNT: u32 = 3;
 }
 
+/// The maps' names: the programs' map statics are named so (aya's `#[map]`
+/// names a map after its static), and the agent opens and pins them by
+/// these. `agent/tests/datapath.rs` checks that the objects have exactly
+/// these maps ([`DATAPATH`](map_names::DATAPATH) in the production object,
+/// [`SMOKE`](map_names::SMOKE) in the smoke-test one).
+pub mod map_names {
+    /// LPM trie: address prefix → identity ([`super::IpcacheKey`]).
+    pub const IPCACHE: &str = "IPCACHE";
+    /// Hash: host-veth ifindex → [`super::EndpointInfo`] (the truth).
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// Array: a copy of `ENDPOINTS` read without hashing
+    /// ([`super::EndpointSlot`]).
+    pub const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
+    /// Hash: a local endpoint's address → its host-veth ifindex (local
+    /// delivery).
+    pub const ENDPOINT_ADDRS: &str = "ENDPOINT_ADDRS";
+    /// LPM trie: every endpoint's policy entries ([`super::PolicyKey`]).
+    pub const POLICY: &str = "POLICY";
+    /// LRU hash: IPv6 flows ([`super::CtKey`]).
+    pub const CT: &str = "CT";
+    /// LRU hash: IPv4 flows ([`super::CtKey4`]).
+    pub const CT4: &str = "CT4";
+    /// LRU hash: a first fragment's ports, for the later fragments.
+    pub const FRAGS: &str = "FRAGS";
+    /// Ring buffer of [`super::Event`]s.
+    pub const EVENTS: &str = "EVENTS";
+    /// Array of one [`super::EventConfig`]: the events' rate limit.
+    pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
+    /// Per-CPU array: each CPU's token bucket (not pinned).
+    pub const EVENT_RATE: &str = "EVENT_RATE";
+    /// Per-CPU array of the [`super::counter`]s.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU array: the flow an ICMP error quotes, from the parser to
+    /// conntrack (not pinned; programs only).
+    pub const QUOTED: &str = "QUOTED";
+    /// Every map of the production object (`axoneme-bpf`).
+    pub const DATAPATH: [&str; 13] = [
+        IPCACHE,
+        ENDPOINTS,
+        ENDPOINT_CACHE,
+        ENDPOINT_ADDRS,
+        POLICY,
+        CT,
+        CT4,
+        FRAGS,
+        EVENTS,
+        EVENT_CONFIG,
+        EVENT_RATE,
+        COUNTERS,
+        QUOTED,
+    ];
+
+    /// Hash: UDP destination ports (host order) the smoke-test program
+    /// drops.
+    pub const SMOKE_DENY_PORTS: &str = "SMOKE_DENY_PORTS";
+    /// Every map of the smoke-test object (`axoneme-bpf-smoke`).
+    pub const SMOKE: [&str; 1] = [SMOKE_DENY_PORTS];
+}
+
 /// TC actions returned by SCHED_CLS programs (`linux/pkt_cls.h`).
 pub mod tc_action {
     /// Continue processing the packet.
@@ -639,6 +698,19 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::offset_of;
+
+    #[test]
+    fn map_names_are_distinct() {
+        let all = map_names::DATAPATH.iter().chain(&map_names::SMOKE);
+        for (i, a) in all.clone().enumerate() {
+            assert!(!a.is_empty());
+            assert_eq!(
+                all.clone().filter(|b| b == &a).count(),
+                1,
+                "{a} (#{i}) twice"
+            );
+        }
+    }
 
     #[test]
     fn policy_key_layout_matches_cilium_order() {

@@ -1,0 +1,99 @@
+//! Local delivery: a packet from a pod to another pod of this node,
+//! judged for the destination too and put straight into it.
+
+use axoneme_bpf_common::{
+    direction, family,
+    tc_action::{TC_ACT_OK, TC_ACT_SHOT},
+    IpcacheKey, ENDPOINT_ADDRS_MAX,
+};
+use aya_ebpf::{helpers::bpf_redirect_peer, macros::map, maps::HashMap, programs::TcContext};
+
+use crate::endpoint::{endpoint, owns};
+use crate::ipcache::addr_key;
+use crate::parse::{Flow, ETH_HLEN};
+use crate::policy::{decide, PASS, VIA_STACK};
+use crate::proxy::to_proxy;
+use crate::At;
+
+/// A local endpoint's addresses (the ipcache key's data, prefix left out)
+/// → the ifindex of its host-side veth: where a packet for it is delivered.
+/// Only a hint: the endpoint found must own the address.
+#[map]
+static ENDPOINT_ADDRS: HashMap<IpcacheKey, u32> = HashMap::pinned(ENDPOINT_ADDRS_MAX, 0);
+
+/// Local delivery (what Cilium calls host routing): a packet a pod sends to
+/// another pod of this node is judged by the destination's ingress rules
+/// right here and put straight into the destination pod
+/// (`bpf_redirect_peer`), skipping the node's routing and the second
+/// veth's queue (and so `axoneme_to_container`, whose work this does).
+/// What it cannot deliver goes up the node's stack as before, to be judged
+/// by `axoneme_to_container`: destinations that are no local endpoint (or
+/// whose endpoint does not own the address), and packets whose TTL ends
+/// here (the stack sends the ICMP error). The destination MAC is left as
+/// the pod sent it: crossing into the pod's namespace makes the packet the
+/// host's (`skb_scrub_packet` sets `PACKET_HOST`).
+///
+/// `at` is the source's, done with: it becomes the destination's (the
+/// stack, shared by the whole call chain, has no room for a second).
+#[inline(always)]
+pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
+    let ctx = at.ctx;
+    let key = addr_key(flow.family, &flow.daddr);
+    // SAFETY: copied out at once.
+    let Some(ifindex) = (unsafe { ENDPOINT_ADDRS.get(&key) }).copied() else {
+        return TC_ACT_OK;
+    };
+    if flow.ttl <= 1 {
+        return TC_ACT_OK;
+    }
+    at.ifindex = ifindex;
+    at.dir = direction::INGRESS;
+    if !endpoint(ifindex, &mut at.ep) || !owns(&at.ep, flow.family, &flow.daddr) {
+        return TC_ACT_OK;
+    }
+    match decide(at, flow) {
+        Ok(PASS) => {}
+        Ok(VIA_STACK) => return TC_ACT_OK,
+        Ok(_) => return to_proxy(ctx),
+        Err(()) => return TC_ACT_SHOT,
+    }
+    // The hop the node's routing would have counted. Should the packet not
+    // be writable, the stack takes it (conntrack then counts it twice).
+    if hop(ctx, flow).is_err() {
+        return TC_ACT_OK;
+    }
+    // SAFETY: a helper call with plain arguments.
+    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
+}
+
+/// Decrements the TTL (IPv4, with its header checksum, as the kernel's
+/// `ip_decrease_ttl` does) or the hop limit, in place: direct packet
+/// access (the verifier's prologue makes a cloned packet writable once per
+/// run), not two helper calls that each check for it.
+#[inline(always)]
+fn hop(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if flow.family == family::IPV4 {
+        if start + ETH_HLEN + 12 > end {
+            return Err(());
+        }
+        // SAFETY: bytes [14, 26) are within the packet's linear data
+        // (checked on the packet pointers, as the verifier wants).
+        unsafe {
+            let ttl = (start + ETH_HLEN + 8) as *mut u8;
+            let check = (start + ETH_HLEN + 10) as *mut u16;
+            // The TTL is the high byte of its 16-bit word: one less TTL is
+            // 0x0100 more in the one's-complement checksum.
+            let sum = u32::from(check.read_unaligned()) + u32::from(0x0100u16.to_be());
+            check.write_unaligned((sum + u32::from(sum >= 0xffff)) as u16);
+            *ttl = flow.ttl - 1;
+        }
+    } else {
+        if start + ETH_HLEN + 8 > end {
+            return Err(());
+        }
+        // SAFETY: byte 21 is within the packet's linear data (as above).
+        unsafe { *((start + ETH_HLEN + 7) as *mut u8) = flow.ttl - 1 };
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! The L7 proxy's side of the datapath: handing a redirected flow's
+//! packets to the node's proxy, and telling the proxy's own upstream
+//! packets by their mark (see docs/architecture.md, "L7 proxy: decisions").
+
+use axoneme_bpf_common::{
+    direction, tc_action::TC_ACT_SHOT, LOOPBACK_IFINDEX, MARK_MASK, MARK_PROXY, MARK_TO_PROXY,
+};
+use aya_ebpf::{bindings::BPF_F_INGRESS, helpers::bpf_redirect, programs::TcContext};
+
+use crate::At;
+
+/// Hands a packet of a redirected flow to the node's L7 proxy: marked for
+/// the node's TPROXY rule, re-entering the stack on the loopback device
+/// (whose address, all zeros, becomes the destination MAC so the stack
+/// takes it as addressed to the host). The proxy learns the original
+/// destination from its accepted socket.
+#[inline(always)]
+pub(crate) fn to_proxy(ctx: &TcContext) -> i32 {
+    // SAFETY: `skb` points to the program's context, valid for the run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark((mark & !MARK_MASK) | MARK_TO_PROXY);
+    if ctx.store(0, &[0u8; 6], 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: a helper call with plain arguments.
+    unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) as i32 }
+}
+
+/// Whether the packet is one of the L7 proxy's own upstream connections
+/// (it carries the proxy's mark): their request was judged at L7 already,
+/// and they never go back to the proxy (not even on a flow whose tuple a
+/// redirected client used before).
+#[inline(always)]
+pub(crate) fn from_proxy(at: &At) -> bool {
+    // SAFETY: `skb` points to the program's context, valid for the run.
+    at.dir == direction::INGRESS && unsafe { (*at.ctx.skb.skb).mark } & MARK_MASK == MARK_PROXY
+}
