@@ -55,11 +55,12 @@ impl Default for MapSizes {
 impl MapSizes {
     /// (map, entries, the flag that sets it).
     fn by_map(&self) -> [(&'static str, u32, &'static str); 4] {
+        use axoneme_bpf_common::map_names;
         [
-            ("IPCACHE", self.ipcache, "bpf-ipcache-max"),
-            ("POLICY", self.policy, "bpf-policy-max"),
-            ("CT4", self.ct, "bpf-ct-max"),
-            ("CT", self.ct, "bpf-ct-max"),
+            (map_names::IPCACHE, self.ipcache, "bpf-ipcache-max"),
+            (map_names::POLICY, self.policy, "bpf-policy-max"),
+            (map_names::CT4, self.ct, "bpf-ct-max"),
+            (map_names::CT, self.ct, "bpf-ct-max"),
         ]
     }
 }
