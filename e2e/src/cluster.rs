@@ -670,7 +670,7 @@ impl CniPod {
         };
         let urls = paths.iter().map(|p| format!("http://{host}:{port}{p}"));
         let mut args: Vec<String> = if h2c {
-            ["nghttp", "-n", "--stat", "-t", "1"]
+            ["nghttp", "-n", "--stat", "-t", "2"]
                 .map(String::from)
                 .into()
         } else {
@@ -678,7 +678,7 @@ impl CniPod {
                 "curl",
                 "-s",
                 "--max-time",
-                "1",
+                "2",
                 "-w",
                 "%{http_code} %{num_connects}\\n",
             ]

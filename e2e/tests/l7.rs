@@ -148,8 +148,11 @@ fn l7_rules_for_clients_on_the_same_node_and_across_nodes() -> Result<()> {
     // Ingress rule on web: judged by node 0's proxy, for the local client
     // (same node) and the remote one.
     import(&c, "ingress", &ingress_policy())?;
+    // (Both families: the first packets of a path wait for neighbour
+    // discovery, which must not eat a cell's time.)
     for client in clients {
         until_enforced(client, &web4, H1)?;
+        until_enforced(client, &web6, H1)?;
     }
     std::fs::write(&log, "")?;
     let expected = cells(&clients, &web, "ingress", &mut failures);
@@ -177,6 +180,7 @@ fn l7_rules_for_clients_on_the_same_node_and_across_nodes() -> Result<()> {
     import(&c, "egress", &egress_policy())?;
     for client in clients {
         until_enforced(client, &web4, H1)?;
+        until_enforced(client, &web6, H1)?;
     }
     std::fs::write(&log, "")?;
     let expected = cells(&clients, &web, "egress", &mut failures);
