@@ -3,12 +3,11 @@
 pub mod api;
 pub mod datapath;
 pub mod endpoints;
-pub mod framing;
 pub mod ipam;
+pub mod l7proxy;
 pub mod lease;
 pub mod netdev;
 pub mod node;
-pub mod proxy;
 pub mod reconcile;
 pub mod views;
 

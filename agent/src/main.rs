@@ -14,10 +14,10 @@ use anyhow::Context;
 use axoneme_agent::api::{self, Query};
 use axoneme_agent::datapath::{Datapath, PIN_ROOT};
 use axoneme_agent::endpoints::{self, Endpoints};
+use axoneme_agent::l7proxy::{self, ProxyConfig, ProxyView, SocketFactory};
 use axoneme_agent::lease::Leased;
 use axoneme_agent::netdev::{self, Ns};
 use axoneme_agent::node::{validate_node_name, NodeState};
-use axoneme_agent::proxy::{self, ProxyConfig, ProxyView, SocketFactory};
 use axoneme_agent::reconcile::{Desired, Reconciler};
 use axoneme_agent::views;
 use axoneme_api::EventView;
@@ -241,7 +241,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let listener = sockets
             .listener(args.proxy_port)
             .with_context(|| format!("--proxy-port {}: cannot listen", args.proxy_port))?;
-        proxy::install_redirect(&node_ns, args.proxy_port)
+        l7proxy::install_redirect(&node_ns, args.proxy_port)
             .context("installing the proxy redirect (iptables TPROXY, ip rule)")?;
         info!(parent: &span, port = args.proxy_port, "L7 proxy listening");
         let (events, cancel) = (recent.clone(), cancel.clone());
@@ -251,7 +251,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(proxy::serve(
+                .block_on(l7proxy::serve(
                     listener,
                     sockets,
                     proxy_rx,
@@ -303,7 +303,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             if args.proxy_port != 0 {
-                proxy_view.send_replace(Arc::new(proxy::view_of(&want, rec.engine())));
+                proxy_view.send_replace(Arc::new(l7proxy::view_of(&want, rec.engine())));
             }
             programmed_tx.send_replace(
                 rec.programmed()

@@ -386,10 +386,9 @@ pub fn event(e: &Event, time_ms: u64) -> EventView {
 #[derive(Debug, Clone)]
 pub struct HttpEvent {
     pub time_ms: u64,
-    /// `forwarded`, `denied`, `malformed` or `upstream-error`.
-    pub verdict: &'static str,
-    /// Whose rules: `ingress` (the destination's) or `egress` (the source's).
-    pub direction: &'static str,
+    pub verdict: crate::l7proxy::Verdict,
+    /// Whose rules: the destination's (ingress) or the source's (egress).
+    pub direction: axoneme_policy::compile::Direction,
     pub src: (std::net::SocketAddr, u32),
     pub dst: (std::net::SocketAddr, u32),
     pub method: String,
@@ -406,8 +405,8 @@ impl From<&HttpEvent> for EventView {
             kind: "http".into(),
             reason: 0,
             reason_text: String::new(),
-            verdict: e.verdict.into(),
-            direction: e.direction.into(),
+            verdict: e.verdict.as_str().into(),
+            direction: crate::l7proxy::event::direction_name(e.direction).into(),
             src_identity: e.src.1,
             dst_identity: e.dst.1,
             src: e.src.0.ip().to_string(),
