@@ -391,9 +391,8 @@ pub struct HttpEvent {
     pub direction: axoneme_policy::compile::Direction,
     pub src: (std::net::SocketAddr, u32),
     pub dst: (std::net::SocketAddr, u32),
-    pub method: String,
-    pub path: String,
-    pub host: String,
+    /// Method, path and host, in one allocation.
+    pub request: crate::l7proxy::event::RequestText,
     pub status: u16,
     pub latency_us: u64,
 }
@@ -417,9 +416,9 @@ impl From<&HttpEvent> for EventView {
             ifindex: 0,
             match_type: "L7".into(),
             http: Some(axoneme_api::HttpInfo {
-                method: e.method.clone(),
-                path: e.path.clone(),
-                host: e.host.clone(),
+                method: e.request.method().into(),
+                path: e.request.path().into(),
+                host: e.request.host().into(),
                 status: e.status,
                 latency_us: e.latency_us,
             }),

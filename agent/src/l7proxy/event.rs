@@ -64,11 +64,44 @@ pub(super) fn rules_side(dst_local: bool) -> Direction {
     }
 }
 
+/// A request's method, path (with query) and host, in one allocation:
+/// the event ring keeps one per request.
+#[derive(Debug, Clone)]
+pub struct RequestText {
+    text: Box<str>,
+    method_end: usize,
+    path_end: usize,
+}
+
+impl RequestText {
+    pub fn new(method: &str, path: &str, host: &str) -> Self {
+        let mut text = String::with_capacity(method.len() + path.len() + host.len());
+        text.push_str(method);
+        text.push_str(path);
+        text.push_str(host);
+        RequestText {
+            text: text.into_boxed_str(),
+            method_end: method.len(),
+            path_end: method.len() + path.len(),
+        }
+    }
+
+    pub fn method(&self) -> &str {
+        &self.text[..self.method_end]
+    }
+
+    pub fn path(&self) -> &str {
+        &self.text[self.method_end..self.path_end]
+    }
+
+    pub fn host(&self) -> &str {
+        &self.text[self.path_end..]
+    }
+}
+
 /// What an L7 event says about a request, besides its answer.
-pub(super) struct Seen<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub host: &'a str,
+pub(super) struct Seen {
+    pub request: RequestText,
     pub src: (SocketAddr, NumericIdentity),
     pub dst: (SocketAddr, NumericIdentity),
     /// Whose rules: the destination's (ingress) or the source's (egress).
@@ -79,13 +112,13 @@ pub(super) struct Seen<'a> {
 /// Records one L7 event: an `http` event for the API, and a debug log
 /// line (a line per request at info cost a tenth of the proxy's time,
 /// docs/benchmarks.md).
-pub(super) fn record(ring: &EventRing, seen: &Seen<'_>, status: StatusCode, verdict: Verdict) {
+pub(super) fn record(ring: &EventRing, seen: Seen, status: StatusCode, verdict: Verdict) {
     let latency_us = u64::try_from(seen.started.elapsed().as_micros()).unwrap_or(u64::MAX);
     debug!(
         target: "axoneme::l7",
-        method = seen.method,
-        path = seen.path,
-        host = seen.host,
+        method = seen.request.method(),
+        path = seen.request.path(),
+        host = seen.request.host(),
         status = status.as_u16(),
         verdict = verdict.as_str(),
         direction = direction_name(seen.direction),
@@ -105,9 +138,7 @@ pub(super) fn record(ring: &EventRing, seen: &Seen<'_>, status: StatusCode, verd
         direction: seen.direction,
         src: (seen.src.0, seen.src.1 .0),
         dst: (seen.dst.0, seen.dst.1 .0),
-        method: seen.method.into(),
-        path: seen.path.into(),
-        host: seen.host.into(),
+        request: seen.request,
         status: status.as_u16(),
         latency_us,
     });
@@ -130,5 +161,16 @@ mod tests {
             assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(s));
             assert_eq!(serde_json::from_value::<Verdict>(s.into()).unwrap(), v);
         }
+    }
+
+    #[test]
+    fn request_text_keeps_its_parts() {
+        let r = RequestText::new("GET", "/v1/é?x=1", "payments:8080");
+        assert_eq!(
+            (r.method(), r.path(), r.host()),
+            ("GET", "/v1/é?x=1", "payments:8080")
+        );
+        let r = RequestText::new("", "", "");
+        assert_eq!((r.method(), r.path(), r.host()), ("", "", ""));
     }
 }

@@ -6,19 +6,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axoneme_policy::l7::HttpRequest;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderName, CONNECTION};
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::event::{self, rules_side, Seen, Verdict};
+use super::event::{self, rules_side, RequestText, Seen, Verdict};
 use super::upstream::{Slot, Upstreams};
 use super::{ProxyConfig, ProxyView};
 use crate::views::EventRing;
 
-pub(super) type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+/// What the proxy answers: the upstream's body as it comes, or its own
+/// short text (no box per response).
+pub(super) type Body = Either<Incoming, Full<Bytes>>;
 
 /// What every connection of the proxy shares.
 pub(super) struct Shared {
@@ -29,11 +31,9 @@ pub(super) struct Shared {
 }
 
 fn text(status: StatusCode, body: &'static str, close: bool) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -56,6 +56,27 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Removes the hop-by-hop headers and those `Connection` names. Most
+/// requests have none: one pass over the names finds that out.
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+        return;
+    }
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
 /// Answers one request of the client connection `peer` → `orig` (the
 /// original destination), whose upstream connection is kept in `slot`.
 pub(super) async fn handle(
@@ -69,66 +90,54 @@ pub(super) async fn handle(
     let view = shared.view.borrow().clone();
     let src_peer = view.peer(peer.ip());
     let dst_peer = view.peer(orig.ip());
-    let src = (peer, src_peer.identity);
-    let dst = (orig, dst_peer.identity);
-    let method = req.method().as_str().to_string();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
     let host = req
         .headers()
         .get(hyper::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("")
-        .to_string();
+        .unwrap_or("");
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut seen = Seen {
-        method: &method,
-        path: &path,
-        host: &host,
-        src,
-        dst,
+        request: RequestText::new(req.method().as_str(), path, host),
+        src: (peer, src_peer.identity),
+        dst: (orig, dst_peer.identity),
         direction: rules_side(dst_peer.local),
         started,
     };
-    let reject = |seen: &Seen<'_>, status, body, verdict| {
+    let reject = |seen: Seen, status, body, verdict| {
         event::record(&shared.events, seen, status, verdict);
         text(status, body, true)
     };
-    if path.len() > shared.cfg.max_uri_bytes {
+    if seen.request.path().len() > shared.cfg.max_uri_bytes {
         return reject(
-            &seen,
+            seen,
             StatusCode::URI_TOO_LONG,
             "URI Too Long\r\n",
             Verdict::Malformed,
         );
     }
-    let headers: Vec<(&str, &str)> = req
-        .headers()
-        .iter()
-        .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
-        .collect();
-    let denied = view.denied_by(
-        src_peer,
-        dst_peer,
-        orig.port(),
-        &HttpRequest {
-            method: &method,
-            path: &path,
-            host: &host,
-            headers: &headers,
-        },
-    );
+    let denied = {
+        let mut headers = Vec::with_capacity(req.headers().len());
+        headers.extend(
+            req.headers()
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
+        );
+        view.denied_by(
+            src_peer,
+            dst_peer,
+            orig.port(),
+            &HttpRequest {
+                method: seen.request.method(),
+                path: seen.request.path(),
+                host: seen.request.host(),
+                headers: &headers,
+            },
+        )
+    };
     if let Some(by) = denied {
         seen.direction = by;
-        event::record(
-            &shared.events,
-            &seen,
-            StatusCode::FORBIDDEN,
-            Verdict::Denied,
-        );
+        event::record(&shared.events, seen, StatusCode::FORBIDDEN, Verdict::Denied);
         return text(StatusCode::FORBIDDEN, "Access denied\r\n", false);
     }
     let (mut parts, body) = req.into_parts();
@@ -137,9 +146,10 @@ pub(super) async fn handle(
         // HTTP/2 upstream needs a scheme and an authority: the client's, or
         // the original destination.
         if parts.uri.authority().is_none() {
-            let Ok(uri) = format!("http://{orig}{path}").parse::<hyper::Uri>() else {
+            let Ok(uri) = format!("http://{orig}{}", seen.request.path()).parse::<hyper::Uri>()
+            else {
                 return reject(
-                    &seen,
+                    seen,
                     StatusCode::BAD_REQUEST,
                     "Bad Request\r\n",
                     Verdict::Malformed,
@@ -149,8 +159,10 @@ pub(super) async fn handle(
         }
     } else {
         // HTTP/1.1 upstream, origin-form target, a Host for HTTP/1.0 clients.
-        if let Some(target) = parts.uri.path_and_query().cloned() {
-            parts.uri = target.into();
+        if parts.uri.authority().is_some() {
+            if let Some(target) = parts.uri.path_and_query().cloned() {
+                parts.uri = target.into();
+            }
         }
         parts.version = hyper::Version::HTTP_11;
         if !parts.headers.contains_key(hyper::header::HOST) {
@@ -159,35 +171,22 @@ pub(super) async fn handle(
             }
         }
     }
-    let listed: Vec<HeaderName> = parts
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        parts.headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        parts.headers.remove(*name);
-    }
+    strip_hop_by_hop(&mut parts.headers);
     let req = Request::from_parts(parts, body);
     match shared
         .upstreams
-        .send(slot, (peer.ip(), src.1, orig), req)
+        .send(slot, (peer.ip(), src_peer.identity, orig), req)
         .await
     {
         Ok(resp) => {
-            event::record(&shared.events, &seen, resp.status(), Verdict::Forwarded);
-            resp.map(|b| b.boxed())
+            event::record(&shared.events, seen, resp.status(), Verdict::Forwarded);
+            resp.map(Either::Left)
         }
         Err(e) => {
             warn!(%orig, error = %crate::error_chain(e.as_ref()), "upstream unreachable");
             event::record(
                 &shared.events,
-                &seen,
+                seen,
                 StatusCode::SERVICE_UNAVAILABLE,
                 Verdict::UpstreamError,
             );

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::event::{self, rules_side, Seen, Verdict};
+use super::event::{self, rules_side, RequestText, Seen, Verdict};
 use super::framing::{FramingGuard, Refused};
 use super::handler::{handle, Shared};
 use super::upstream::{Connector, Slot, Upstreams};
@@ -55,6 +55,9 @@ pub async fn serve(
         let Ok(orig) = stream.local_addr() else {
             continue;
         };
+        // Answers leave at once, as the upstream requests do (nginx does
+        // the same on kept-alive connections).
+        let _ = stream.set_nodelay(true);
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());
         tokio::spawn(connection(shared.clone(), stream, peer, orig));
@@ -89,9 +92,7 @@ async fn connection(
             let view = shared.view.borrow().clone();
             warn!(%peer, %orig, reason = r.reason, "request refused: ambiguous length");
             let seen = Seen {
-                method: &r.method,
-                path: &r.path,
-                host: &r.host,
+                request: RequestText::new(&r.method, &r.path, &r.host),
                 src: (peer, view.identity(peer.ip())),
                 dst: (orig, view.identity(orig.ip())),
                 direction: rules_side(view.is_local(orig.ip())),
@@ -99,7 +100,7 @@ async fn connection(
             };
             event::record(
                 &shared.events,
-                &seen,
+                seen,
                 StatusCode::BAD_REQUEST,
                 Verdict::Malformed,
             );
