@@ -204,7 +204,7 @@ mod tests {
             m.insert(IpAddr::from(v4).into(), NumericIdentity(1000 + i % 300));
             m.insert(IpAddr::from(v6).into(), NumericIdentity(1000 + i % 300));
         }
-        for (i, net) in [
+        for (id, net) in (16_777_217..).zip([
             "0.0.0.0/0",
             "10.0.0.0/8",
             "172.16.0.0/12",
@@ -217,12 +217,8 @@ mod tests {
             "fd00::/8",
             "100.64.0.0/10",
             "8.8.8.8/32",
-        ]
-        .iter()
-        .enumerate()
-        .take(20)
-        {
-            m.insert(net.parse().unwrap(), NumericIdentity(16_777_217 + i as u32));
+        ]) {
+            m.insert(net.parse().unwrap(), NumericIdentity(id));
         }
         m
     }
