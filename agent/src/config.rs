@@ -114,13 +114,44 @@ pub struct EndpointsConfig {
     pub node_grace: Duration,
 }
 
-/// The proxy's own flags (its limits are in [`crate::proxy::ProxyConfig`]).
+/// The L7 proxy's flags (see [`crate::l7proxy::ProxyConfig`]).
 #[derive(Debug, Clone, Args)]
 pub struct ProxyFlags {
     /// The L7 proxy's port on this node; 0 = none (L7 rules are then
     /// enforced at L3/L4 only, with a warning).
     #[arg(long, env = "AXONEME_PROXY_PORT", default_value_t = 0)]
     pub proxy_port: u16,
+    /// Largest request head in bytes (larger: 431, connection closed).
+    #[arg(long, env = "AXONEME_PROXY_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub proxy_max_header_bytes: usize,
+    /// Longest request target in bytes (longer: 414, connection closed).
+    #[arg(long, env = "AXONEME_PROXY_MAX_URI_BYTES", default_value_t = 8 * 1024)]
+    pub proxy_max_uri_bytes: usize,
+    /// Time to receive a request head from its first byte (slowloris).
+    #[arg(long, env = "AXONEME_PROXY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub proxy_header_timeout: Duration,
+    /// Time to connect to the original destination (then 503).
+    #[arg(long, env = "AXONEME_PROXY_CONNECT_TIMEOUT", default_value = "3s", value_parser = duration)]
+    pub proxy_connect_timeout: Duration,
+    /// Idle upstream connections kept per client and destination.
+    #[arg(long, env = "AXONEME_PROXY_MAX_IDLE_UPSTREAMS", default_value_t = 64)]
+    pub proxy_max_idle_upstreams: usize,
+    /// The proxy listener's backlog.
+    #[arg(long, env = "AXONEME_PROXY_LISTEN_BACKLOG", default_value_t = 1024)]
+    pub proxy_listen_backlog: u32,
+}
+
+impl ProxyFlags {
+    pub fn config(&self) -> crate::l7proxy::ProxyConfig {
+        crate::l7proxy::ProxyConfig {
+            max_header_bytes: self.proxy_max_header_bytes,
+            max_uri_bytes: self.proxy_max_uri_bytes,
+            header_timeout: self.proxy_header_timeout,
+            connect_timeout: self.proxy_connect_timeout,
+            max_idle_upstreams_per_key: self.proxy_max_idle_upstreams,
+            listen_backlog: self.proxy_listen_backlog,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

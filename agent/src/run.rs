@@ -10,7 +10,7 @@
 //! | `node-record` | the node record (pod CIDRs) | IPAM's CIDRs |
 //! | `routes` | the routes to other nodes' pod CIDRs | — |
 //! | `kvstore-probe` | — | `KvHealth` |
-//! | `proxy` | the L7 proxy (its own thread and runtime) | L7 events |
+//! | `proxy` | the L7 proxy (`l7proxy/`: its own thread and runtime) | L7 events |
 //! | `node-status` | this node's `NodeStatusRecord` | — |
 //! | `pods`, `relabel` (Kubernetes mode) | the watch of this node's Pods; endpoints' labels | — |
 //! | `api` | the UNIX socket | — (reads the others' publications) |
@@ -29,10 +29,10 @@ use crate::config::Config;
 use crate::datapath::{Datapath, EventReader, MapReader};
 use crate::endpoints::{self, Endpoints};
 use crate::k8s::{LabelSource, PodLabels, Pods};
+use crate::l7proxy::{self, ProxyView, SocketFactory};
 use crate::lease::Leased;
 use crate::netdev::Ns;
 use crate::node::{validate_node_name, NodeState};
-use crate::proxy::{self, ProxyConfig, ProxyView, SocketFactory};
 use crate::reconcile::{self, Driver, Kernel, Outputs};
 use crate::supervisor::Supervisor;
 use crate::views::EventRing;
@@ -168,10 +168,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let proxy_view = if proxy_port != 0 {
         let (tx, rx) = watch::channel(Arc::new(ProxyView::default()));
         let sockets = SocketFactory::new(cfg.datapath.netns.clone());
+        let proxy_config = cfg.proxy.config();
         let listener = sockets
-            .listener(proxy_port)
+            .listener_with_backlog(proxy_port, proxy_config.listen_backlog)
             .with_context(|| format!("--proxy-port {proxy_port}: cannot listen"))?;
-        proxy::install_redirect(&node_ns, proxy_port)
+        l7proxy::install_redirect(&node_ns, proxy_port)
             .context("installing the proxy redirect (iptables TPROXY, ip rule)")?;
         info!(port = proxy_port, "L7 proxy listening");
         let (events, cancel) = (recent.clone(), cancel.clone());
@@ -181,11 +182,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(proxy::serve(
+                .block_on(l7proxy::serve(
                     listener,
                     sockets,
                     rx,
-                    ProxyConfig::default(),
+                    proxy_config,
                     events,
                     cancel,
                 ))?;

@@ -429,15 +429,13 @@ pub fn event(e: &Event, time_ms: u64) -> EventView {
 #[derive(Debug, Clone)]
 pub struct HttpEvent {
     pub time_ms: u64,
-    /// `forwarded`, `denied`, `malformed` or `upstream-error`.
-    pub verdict: &'static str,
-    /// Whose rules: `ingress` (the destination's) or `egress` (the source's).
-    pub direction: &'static str,
+    pub verdict: crate::l7proxy::Verdict,
+    /// Whose rules: the destination's (ingress) or the source's (egress).
+    pub direction: axoneme_policy::compile::Direction,
     pub src: (std::net::SocketAddr, u32),
     pub dst: (std::net::SocketAddr, u32),
-    pub method: String,
-    pub path: String,
-    pub host: String,
+    /// Method, path and host, in one allocation.
+    pub request: crate::l7proxy::event::RequestText,
     pub status: u16,
     pub latency_us: u64,
 }
@@ -449,8 +447,8 @@ impl From<&HttpEvent> for EventView {
             kind: "http".into(),
             reason: 0,
             reason_text: String::new(),
-            verdict: e.verdict.into(),
-            direction: e.direction.into(),
+            verdict: e.verdict.as_str().into(),
+            direction: crate::l7proxy::event::direction_name(e.direction).into(),
             src_identity: e.src.1,
             dst_identity: e.dst.1,
             src: e.src.0.ip().to_string(),
@@ -461,9 +459,9 @@ impl From<&HttpEvent> for EventView {
             ifindex: 0,
             match_type: "L7".into(),
             http: Some(axoneme_api::HttpInfo {
-                method: e.method.clone(),
-                path: e.path.clone(),
-                host: e.host.clone(),
+                method: e.request.method().into(),
+                path: e.request.path().into(),
+                host: e.request.host().into(),
                 status: e.status,
                 latency_us: e.latency_us,
             }),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use axoneme_agent::proxy::{self, ProxyConfig, ProxyView, SocketFactory};
+use axoneme_agent::l7proxy::{self as proxy, ProxyConfig, ProxyView, SocketFactory};
 use axoneme_agent::views::EventRing;
 use axoneme_e2e::netns::{Node, Pod};
 use axoneme_e2e::{http::logging_backend, run_prefix};

@@ -13,8 +13,8 @@ use tracing::info;
 
 use super::{Desired, Driver, MapWriter, Programmed, Unit, UnitHealth};
 use crate::config::ReconcileConfig;
+use crate::l7proxy::{self, ProxyView};
 use crate::node::NodeState;
-use crate::proxy::{self, ProxyView};
 
 /// What the datapath holds, as of the last pass.
 #[derive(Debug, Clone, Default)]
@@ -94,7 +94,7 @@ fn publish<W: MapWriter>(
     out: &Outputs,
 ) {
     if let Some(proxy) = &out.proxy {
-        proxy.send_replace(Arc::new(proxy::view_of(want, driver.engine())));
+        proxy.send_replace(Arc::new(l7proxy::view_of(want, driver.engine())));
     }
     out.programmed.send_replace(
         driver

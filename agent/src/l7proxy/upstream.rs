@@ -1,0 +1,189 @@
+//! Kept-alive upstream connections to the original destinations, made
+//! from the client's address with the proxy's mark (see [`super::sockets`]).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axoneme_identity::NumericIdentity;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::debug;
+
+use super::sockets::SocketFactory;
+
+/// Connects upstream from the node's namespace with the proxy's mark.
+#[derive(Clone)]
+pub(super) struct Connector {
+    pub(super) sockets: SocketFactory,
+    pub(super) timeout: Duration,
+}
+
+impl Connector {
+    async fn connect(
+        &self,
+        src: IpAddr,
+        dst: SocketAddr,
+    ) -> std::io::Result<TokioIo<tokio::net::TcpStream>> {
+        let socket = self.sockets.upstream(src)?;
+        let stream = tokio::time::timeout(self.timeout, socket.connect(dst))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        Ok(TokioIo::new(stream))
+    }
+}
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream connection: HTTP/1.1 (one request at a time) or HTTP/2
+/// (streams side by side, for h2c clients).
+pub(super) enum Upstream {
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+impl Upstream {
+    fn is_closed(&self) -> bool {
+        match self {
+            Upstream::H1(s) => s.is_closed(),
+            Upstream::H2(s) => s.is_closed(),
+        }
+    }
+}
+
+/// (client address, client identity, original destination): an upstream
+/// connection carries the client's address, and the destination's node
+/// judged it by the identity that address had, so only the same client
+/// with the same identity may reuse it (not a new pod that got the address).
+pub(super) type UpstreamKey = (IpAddr, NumericIdentity, SocketAddr);
+
+/// Kept-alive upstream connections. A client connection keeps the
+/// upstream connection it last used in its own slot (no shared lookup per
+/// request: the hot path of keep-alive clients), and hands an HTTP/1 one
+/// to the shared idle list when it closes, for the next connection of the
+/// same client to the same destination. This costs less than a general
+/// pool (hyper-util's: a URI per request, a keyed checkout).
+pub(super) struct Upstreams {
+    connector: Connector,
+    max_idle_per_key: usize,
+    idle: std::sync::Mutex<HashMap<UpstreamKey, Vec<Upstream>>>,
+}
+
+/// A client connection's upstream connection, with its key.
+pub(super) type Slot = std::sync::Mutex<Option<(UpstreamKey, Upstream)>>;
+
+impl Upstreams {
+    /// Keeps at most `max_idle_per_key` idle connections per (client,
+    /// destination).
+    pub(super) fn new(connector: Connector, max_idle_per_key: usize) -> Self {
+        Upstreams {
+            connector,
+            max_idle_per_key,
+            idle: Default::default(),
+        }
+    }
+
+    fn take_idle(&self, key: UpstreamKey) -> Option<Upstream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&key)?;
+        while let Some(up) = list.pop() {
+            if !up.is_closed() {
+                return Some(up);
+            }
+        }
+        idle.remove(&key);
+        None
+    }
+
+    /// When a client connection ends: its HTTP/1 upstream connection goes
+    /// to the idle list (an HTTP/2 one closes with its last sender).
+    pub(super) fn give_back(&self, slot: &Slot) {
+        let Some((key, up @ Upstream::H1(_))) =
+            slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+        else {
+            return;
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|u| !u.is_closed());
+            !list.is_empty()
+        });
+        let list = idle.entry(key).or_default();
+        if !up.is_closed() && list.len() < self.max_idle_per_key {
+            list.push(up);
+        }
+    }
+
+    async fn connect(&self, key: UpstreamKey, h2: bool) -> Result<Upstream, BoxError> {
+        let (src, _, dst) = key;
+        let io = self.connector.connect(src, dst).await?;
+        let ended = move |e: hyper::Error| debug!(%dst, error = %e, "upstream connection ended");
+        Ok(if h2 {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move { conn.await.map_err(ended) });
+            Upstream::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(async move { conn.await.map_err(ended) });
+            Upstream::H1(sender)
+        })
+    }
+
+    /// Sends `req` on the slot's connection, an idle one, or a new one. A
+    /// request a kept connection closed before taking is sent once more on
+    /// a new connection (it was not written, so this is safe).
+    pub(super) async fn send(
+        &self,
+        slot: &Slot,
+        key: UpstreamKey,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let h2 = req.version() == hyper::Version::HTTP_2;
+        let kept = {
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                Some((k, _)) if *k != key => None,
+                // HTTP/2 streams share the connection: a clone per stream.
+                Some((_, Upstream::H2(s))) if h2 && !s.is_closed() => Some(Upstream::H2(s.clone())),
+                Some((_, Upstream::H2(_))) if h2 => None,
+                _ => slot.take().map(|(_, up)| up),
+            }
+        };
+        let mut reused = kept.or_else(|| if h2 { None } else { self.take_idle(key) });
+        loop {
+            let retry = reused.is_some();
+            let up = match reused.take() {
+                Some(up) => up,
+                None => self.connect(key, h2).await?,
+            };
+            let (sent, up) = match up {
+                Upstream::H1(mut s) => {
+                    if s.ready().await.is_err() && retry {
+                        continue;
+                    }
+                    (s.try_send_request(req).await, Upstream::H1(s))
+                }
+                Upstream::H2(mut s) => {
+                    if s.ready().await.is_err() && retry {
+                        continue;
+                    }
+                    (s.try_send_request(req).await, Upstream::H2(s))
+                }
+            };
+            match sent {
+                Ok(resp) => {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, up));
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(again) if retry => req = again,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+}
