@@ -10,7 +10,8 @@
 //! Status follows the Kubernetes API conventions: a `conditions` list keyed
 //! by `type` (`x-kubernetes-list-type: map`, so each field manager owns its
 //! own condition under server-side apply, CRD-NOTES.md §6). The operator
-//! writes one condition, [`CONDITION_VALID`].
+//! writes two: [`CONDITION_VALID`] (Cilium's) and [`CONDITION_ENFORCED`]
+//! (Axoneme's: whether every node runs the policy's current revision).
 
 use axoneme_policy::api::Rule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -24,6 +25,9 @@ pub const CONDITION_VALID: &str = "Valid";
 pub const REASON_VALID: &str = "Valid";
 /// Reason of a `Valid=False` condition.
 pub const REASON_INVALID: &str = "Invalid";
+/// Condition type telling whether every live node enforces the policy's
+/// current revision (aggregated by the operator from the agents' reports).
+pub const CONDITION_ENFORCED: &str = "Enforced";
 
 /// The fields of a CiliumNetworkPolicy besides metadata and status; they sit
 /// at the root of the object (`#[kube(no_spec)]`).
@@ -45,6 +49,11 @@ pub const REASON_INVALID: &str = "Invalid";
         name = "Valid",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Valid\")].status"
+    ),
+    printcolumn(
+        name = "Enforced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Enforced\")].status"
     ),
     printcolumn(
         name = "Age",
@@ -80,6 +89,11 @@ pub struct CiliumNetworkPolicySpec {
         name = "Valid",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Valid\")].status"
+    ),
+    printcolumn(
+        name = "Enforced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Enforced\")].status"
     ),
     printcolumn(
         name = "Age",
@@ -162,10 +176,30 @@ pub fn valid_condition(
     generation: Option<i64>,
     now: Time,
 ) -> Condition {
+    condition(
+        CONDITION_VALID,
+        valid,
+        if valid { REASON_VALID } else { REASON_INVALID },
+        message,
+        generation,
+        now,
+    )
+}
+
+/// A condition of `type_` at `generation`, `status` `True` or `False`,
+/// `lastTransitionTime` = `now` (see [`upsert_condition`]).
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
     Condition {
-        type_: CONDITION_VALID.to_string(),
-        status: if valid { "True" } else { "False" }.to_string(),
-        reason: if valid { REASON_VALID } else { REASON_INVALID }.to_string(),
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
         message: message.into(),
         observed_generation: generation,
         last_transition_time: now,
