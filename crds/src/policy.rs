@@ -31,6 +31,10 @@ pub const CONDITION_ENFORCED: &str = "Enforced";
 
 /// The fields of a CiliumNetworkPolicy besides metadata and status; they sit
 /// at the root of the object (`#[kube(no_spec)]`).
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "two print columns of the same type: `type_ = \"string\"` repeats in separate printcolumn(..) lists"
+)]
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "cilium.io",
@@ -73,6 +77,10 @@ pub struct CiliumNetworkPolicySpec {
 /// The fields of a CiliumClusterwideNetworkPolicy besides metadata and
 /// status; as [`CiliumNetworkPolicySpec`], and rules may use `nodeSelector`
 /// (host policy).
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "two print columns of the same type: `type_ = \"string\"` repeats in separate printcolumn(..) lists"
+)]
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "cilium.io",
