@@ -339,7 +339,11 @@ fn scenarios(s: &mut Setup) -> Result<()> {
         let Some(v) = v else {
             return Ok(Err("absent".into()));
         };
+        // IPAM gave the announced node a pod CIDR from the cluster pool.
         let ok = v["spec"]["addresses"][0]["ip"] == "192.168.77.2"
+            && v["spec"]["ipam"]["podCIDRs"][0]
+                .as_str()
+                .is_some_and(|c| c.starts_with("10.200."))
             && v["status"]["conditions"].as_array().is_some_and(|c| {
                 c.iter()
                     .any(|c| c["type"] == "AgentAnnounced" && c["status"] == "True")
@@ -581,6 +585,22 @@ fn scenarios(s: &mut Setup) -> Result<()> {
     ] {
         assert!(table.contains(column), "no {column} column:\n{table}");
     }
+
+    step("a node goes: its CiliumNode and labels go", t);
+    s.kubectl(&["delete", "node", "ax-n2"])?;
+    s.kv.delete(&layout.node("ax-n2"))?;
+    eventually("CiliumNode ax-n2 gone", STEP, || {
+        Ok(match s.get_json(&["ciliumnode", "ax-n2"])? {
+            None => Ok(()),
+            Some(_) => Err("present".into()),
+        })
+    })?;
+    eventually("node labels of ax-n2 gone", STEP, || {
+        Ok(match s.kv.get(&layout.node_labels("ax-n2"))? {
+            None => Ok(()),
+            Some(_) => Err("present".into()),
+        })
+    })?;
 
     step(
         "the leader is killed: the standby takes over status writes",
