@@ -86,6 +86,15 @@ where
         self.store.state()
     }
 
+    /// Every object by name (for cluster-scoped kinds).
+    pub fn by_name(&self) -> std::collections::BTreeMap<String, Arc<K>> {
+        self.store
+            .state()
+            .into_iter()
+            .map(|o| (o.name_any(), o))
+            .collect()
+    }
+
     /// Whether a complete list has arrived.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)

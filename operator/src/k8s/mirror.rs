@@ -124,6 +124,37 @@ pub fn desired_policies(
     (desired, complete)
 }
 
+/// What one kind's objects' labels ask for (`record` gives the key and the
+/// value of an object's name and labels), and the store prefix whose
+/// deletions are safe (empty until the kind has a complete list).
+fn desired_labels<K>(
+    objects: &Reflected<K>,
+    prefix: &str,
+    record: impl Fn(&str, BTreeMap<String, String>) -> (String, Vec<u8>),
+) -> (BTreeMap<String, Want>, Vec<String>)
+where
+    K: axoneme_crds::kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let desired = objects
+        .state()
+        .iter()
+        .filter_map(|o| {
+            let meta = o.meta();
+            let (key, value) = record(
+                meta.name.as_deref()?,
+                meta.labels.clone().unwrap_or_default(),
+            );
+            Some((key, Want::Put(value)))
+        })
+        .collect();
+    let complete = if objects.ready() {
+        vec![prefix.to_string()]
+    } else {
+        vec![]
+    };
+    (desired, complete)
+}
+
 /// A kvstore prefix the mirror owns, with the writes not yet seen by its
 /// cache (so a pass that runs before the watch delivers them does not
 /// write them again).
@@ -227,47 +258,35 @@ impl Mirror<'_> {
         self.write(Which::Policies, writes).await?;
 
         let index = &self.kube.index;
-        let desired: BTreeMap<String, Want> = index
-            .namespaces
-            .state()
-            .iter()
-            .filter_map(|ns| {
-                let name = ns.metadata.name.clone()?;
+        let layout = self.layout;
+        let (desired, complete) = desired_labels(
+            &index.namespaces,
+            &self.namespaces.prefix,
+            |name, labels| {
                 let record = NamespaceRecord {
-                    labels: ns.metadata.labels.clone().unwrap_or_default(),
-                    name: name.clone(),
+                    name: name.to_string(),
+                    labels,
                 };
-                let value = serde_json::to_vec(&record).expect("serializes");
-                Some((self.layout.namespace(&name), Want::Put(value)))
-            })
-            .collect();
-        let complete: Vec<String> = if index.namespaces.ready() {
-            vec![self.namespaces.prefix.clone()]
-        } else {
-            vec![]
-        };
+                (
+                    layout.namespace(name),
+                    serde_json::to_vec(&record).expect("serializes"),
+                )
+            },
+        );
         let writes = diff(&desired, &self.namespaces.current(), &complete);
         self.write(Which::Namespaces, writes).await?;
 
-        let desired: BTreeMap<String, Want> = index
-            .nodes
-            .state()
-            .iter()
-            .filter_map(|node| {
-                let name = node.metadata.name.clone()?;
+        let (desired, complete) =
+            desired_labels(&index.nodes, &self.node_labels.prefix, |name, labels| {
                 let record = NodeLabels {
-                    labels: node.metadata.labels.clone().unwrap_or_default(),
-                    name: name.clone(),
+                    name: name.to_string(),
+                    labels,
                 };
-                let value = serde_json::to_vec(&record).expect("serializes");
-                Some((self.layout.node_labels(&name), Want::Put(value)))
-            })
-            .collect();
-        let complete: Vec<String> = if index.nodes.ready() {
-            vec![self.node_labels.prefix.clone()]
-        } else {
-            vec![]
-        };
+                (
+                    layout.node_labels(name),
+                    serde_json::to_vec(&record).expect("serializes"),
+                )
+            });
         let writes = diff(&desired, &self.node_labels.current(), &complete);
         self.write(Which::NodeLabels, writes).await
     }

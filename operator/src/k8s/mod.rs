@@ -28,6 +28,7 @@ pub mod pace;
 pub mod status;
 pub mod views;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axoneme_crds::kube::Client;
@@ -121,6 +122,24 @@ impl KvView {
         self.nodes.ready().await;
         self.node_cidrs.ready().await;
         self.node_status.ready().await;
+    }
+
+    /// Node records by node name (the nodes with an agent).
+    pub fn node_records(&self) -> BTreeMap<String, NodeRecord> {
+        self.nodes
+            .snapshot()
+            .into_values()
+            .map(|n| (n.name.clone(), n))
+            .collect()
+    }
+
+    /// The nodes' reports of what they enforce, by node name.
+    pub fn node_reports(&self) -> BTreeMap<String, NodeStatusRecord> {
+        self.node_status
+            .snapshot()
+            .into_values()
+            .map(|r| (r.node.clone(), r))
+            .collect()
     }
 
     /// Forwards every change of every cache into `changes`.

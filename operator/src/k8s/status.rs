@@ -72,23 +72,10 @@ pub struct Nodes {
 
 impl Nodes {
     pub fn from_kv(kube: &Kube) -> Self {
-        let mut live: Vec<String> = kube
-            .kv
-            .nodes
-            .snapshot()
-            .into_values()
-            .map(|n| n.name)
-            .collect();
-        live.sort();
-        live.dedup();
-        let reports = kube
-            .kv
-            .node_status
-            .snapshot()
-            .into_values()
-            .map(|r| (r.node.clone(), r))
-            .collect();
-        Nodes { live, reports }
+        Nodes {
+            live: kube.kv.node_records().into_keys().collect(),
+            reports: kube.kv.node_reports(),
+        }
     }
 }
 

@@ -171,13 +171,7 @@ fn labels_hold(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>)
 
 fn identity_ops(kube: &Kube) -> Vec<Op> {
     let api: Api<CiliumIdentity> = Api::all(kube.client.clone());
-    let observed: BTreeMap<String, Arc<CiliumIdentity>> = kube
-        .index
-        .identities
-        .state()
-        .into_iter()
-        .map(|o| (o.name_any(), o))
-        .collect();
+    let observed = kube.index.identities.by_name();
     let mut ops = Vec::new();
     let mut wanted = BTreeSet::new();
     for rec in kube.kv.identities.snapshot().values() {
@@ -321,20 +315,8 @@ fn endpoint_ops(kube: &Kube, layout: &Layout) -> Vec<Op> {
         .collect();
     let assignments = kube.kv.assignments.snapshot();
     let identities = kube.kv.identities.snapshot();
-    let nodes: BTreeMap<String, NodeRecord> = kube
-        .kv
-        .nodes
-        .snapshot()
-        .into_values()
-        .map(|n| (n.name.clone(), n))
-        .collect();
-    let reports: BTreeMap<String, NodeStatusRecord> = kube
-        .kv
-        .node_status
-        .snapshot()
-        .into_values()
-        .map(|r| (r.node.clone(), r))
-        .collect();
+    let nodes = kube.kv.node_records();
+    let reports = kube.kv.node_reports();
     let mut ops = Vec::new();
     let mut wanted = BTreeSet::new();
     for (key, rec) in kube.kv.endpoints.snapshot() {
@@ -534,35 +516,11 @@ pub fn node_conditions(
 
 fn node_ops(kube: &Kube, layout: &Layout) -> Vec<Op> {
     let api: Api<CiliumNode> = Api::all(kube.client.clone());
-    let observed: BTreeMap<String, Arc<CiliumNode>> = kube
-        .index
-        .cilium_nodes
-        .state()
-        .into_iter()
-        .map(|o| (o.name_any(), o))
-        .collect();
-    let k8s_nodes: BTreeMap<String, Arc<Node>> = kube
-        .index
-        .nodes
-        .state()
-        .into_iter()
-        .map(|n| (n.name_any(), n))
-        .collect();
-    let records: BTreeMap<String, NodeRecord> = kube
-        .kv
-        .nodes
-        .snapshot()
-        .into_values()
-        .map(|n| (n.name.clone(), n))
-        .collect();
+    let observed = kube.index.cilium_nodes.by_name();
+    let k8s_nodes = kube.index.nodes.by_name();
+    let records = kube.kv.node_records();
     let cidrs = kube.kv.node_cidrs.snapshot();
-    let reports: BTreeMap<String, NodeStatusRecord> = kube
-        .kv
-        .node_status
-        .snapshot()
-        .into_values()
-        .map(|r| (r.node.clone(), r))
-        .collect();
+    let reports = kube.kv.node_reports();
     let policies = kube.kv.policies.snapshot();
     let now = Time(Timestamp::now());
     let names: BTreeSet<String> = k8s_nodes.keys().chain(records.keys()).cloned().collect();
