@@ -462,7 +462,7 @@ fn scenarios(s: &mut Setup) -> Result<()> {
     );
     // The nodes still run revision 1: Enforced says so, then catches up.
     let lagging = s.wait_condition("cnp", Some("default"), "payments-api", "Enforced", |c| {
-        c["status"] == "False" && c["observedGeneration"] == 2
+        c["reason"] == "Lagging" && c["observedGeneration"] == 2
     })?;
     assert!(
         lagging["message"]
@@ -870,6 +870,21 @@ fn missing_verb(s: &Setup) -> Result<()> {
         Ok(serde_json::to_string(&docs[0])?)
     };
     s.cp.apply_yaml(&role_without(&text)?)?;
+    // The API server's RBAC cache takes the change within moments.
+    eventually("the verb is gone", STEP, || {
+        let out = s.cp.kubectl_output([
+            "auth",
+            "can-i",
+            "patch",
+            "ciliumnetworkpolicies",
+            "--subresource=status",
+            "-n",
+            "shop",
+            "--as=system:serviceaccount:kube-system:axoneme-operator",
+        ])?;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(if answer == "no" { Ok(()) } else { Err(answer) })
+    })?;
     let leader = s.leader()?;
     s.cp.apply_yaml(&seed()?.replace("name: payments-api", "name: rbac-probe\n  namespace: shop"))?;
     // The mirror does not need the verb: the policy is enforceable.
