@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axoneme_crds::endpoint::{
     AddressPair, EndpointIdentity as CepIdentity, EndpointNetworking, EndpointPolicy,
@@ -37,10 +38,14 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::health::Reason;
 use super::pace::Pacer;
 use super::status::reported_revision;
 use super::{labels, Kube, KubeMetrics, FIELD_MANAGER, MANAGED_BY};
 
+/// How long one API write may take (the client's own read timeout is
+/// minutes, made for watches).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// API writes in flight at once.
 const CONCURRENT_WRITES: usize = 16;
 /// Label Cilium puts on a CiliumIdentity: the namespace of its pods (the
@@ -66,7 +71,7 @@ pub async fn execute(metrics: &KubeMetrics, ops: Vec<Op>) -> bool {
         return true;
     }
     let results: Vec<_> = futures::stream::iter(ops.into_iter().map(|op| async move {
-        let r = op.fut.await;
+        let r = tokio::time::timeout(WRITE_TIMEOUT, op.fut).await;
         (op.resource, op.verb, op.what, r)
     }))
     .buffer_unordered(CONCURRENT_WRITES)
@@ -75,6 +80,19 @@ pub async fn execute(metrics: &KubeMetrics, ops: Vec<Op>) -> bool {
     let health = &metrics.health;
     let mut ok = true;
     for (resource, verb, what, r) in results {
+        let r = match r {
+            Ok(r) => r,
+            Err(_) => {
+                ok = false;
+                health.failed_with(
+                    resource,
+                    verb,
+                    Reason::Unreachable,
+                    format!("{what}: no answer within {WRITE_TIMEOUT:?}"),
+                );
+                continue;
+            }
+        };
         match r {
             Ok(()) => {
                 debug!(resource, verb, %what, "written");
