@@ -31,11 +31,13 @@ pub mod schema;
 
 pub use endpoint::{CiliumEndpoint, EndpointStatus};
 pub use identity::{CiliumIdentity, CiliumIdentitySpec};
-pub use node::{CiliumNode, NodeSpec, NodeStatus};
+pub use node::{
+    CiliumNode, NodeSpec, NodeStatus, CONDITION_AGENT_ANNOUNCED, CONDITION_POLICY_CURRENT,
+};
 pub use policy::{
-    upsert_condition, valid_condition, CiliumClusterwideNetworkPolicy,
+    condition, upsert_condition, valid_condition, CiliumClusterwideNetworkPolicy,
     CiliumClusterwideNetworkPolicySpec, CiliumNetworkPolicy, CiliumNetworkPolicySpec, PolicyStatus,
-    CONDITION_VALID, REASON_INVALID, REASON_VALID,
+    CONDITION_ENFORCED, CONDITION_VALID, REASON_INVALID, REASON_VALID,
 };
 
 pub use k8s_openapi;

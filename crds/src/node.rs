@@ -3,13 +3,23 @@
 //!
 //! A subset of Cilium's fields: the cloud-provider IPAM sections (`eni`,
 //! `azure`, `alibaba-cloud`) and `ingress` addressing are left out, so a
-//! server prunes them.
+//! server prunes them. Beyond Cilium: `status.conditions`, where the
+//! operator reports the node's agent ([`CONDITION_AGENT_ANNOUNCED`],
+//! [`CONDITION_POLICY_CURRENT`]).
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// Condition type: the node's agent has announced the node in the kvstore
+/// (its node record, on the agent's lease, is present).
+pub const CONDITION_AGENT_ANNOUNCED: &str = "AgentAnnounced";
+/// Condition type: the node's agent reports enforcing every policy of the
+/// store at its current revision.
+pub const CONDITION_POLICY_CURRENT: &str = "PolicyCurrent";
 
 /// Desired state of a node.
 #[allow(
@@ -36,6 +46,16 @@ use serde::{Deserialize, Serialize};
         name = "InternalIP",
         type_ = "string",
         json_path = ".spec.addresses[?(@.type==\"InternalIP\")].ip"
+    ),
+    printcolumn(
+        name = "Agent",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"AgentAnnounced\")].status"
+    ),
+    printcolumn(
+        name = "PolicyCurrent",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"PolicyCurrent\")].status"
     ),
     printcolumn(
         name = "Age",
@@ -176,11 +196,18 @@ pub struct AllocationIp {
 }
 
 /// Observed state of a node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeStatus {
     /// IPAM status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<IpamStatus>,
+    /// The node's agent as the operator sees it, one condition per `type`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["type"]
+    ))]
+    pub conditions: Vec<Condition>,
 }
 
 /// IPAM status of a node.

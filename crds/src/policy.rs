@@ -10,7 +10,8 @@
 //! Status follows the Kubernetes API conventions: a `conditions` list keyed
 //! by `type` (`x-kubernetes-list-type: map`, so each field manager owns its
 //! own condition under server-side apply, CRD-NOTES.md §6). The operator
-//! writes one condition, [`CONDITION_VALID`].
+//! writes two: [`CONDITION_VALID`] (Cilium's) and [`CONDITION_ENFORCED`]
+//! (Axoneme's: whether every node runs the policy's current revision).
 
 use axoneme_policy::api::Rule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -24,9 +25,16 @@ pub const CONDITION_VALID: &str = "Valid";
 pub const REASON_VALID: &str = "Valid";
 /// Reason of a `Valid=False` condition.
 pub const REASON_INVALID: &str = "Invalid";
+/// Condition type telling whether every live node enforces the policy's
+/// current revision (aggregated by the operator from the agents' reports).
+pub const CONDITION_ENFORCED: &str = "Enforced";
 
 /// The fields of a CiliumNetworkPolicy besides metadata and status; they sit
 /// at the root of the object (`#[kube(no_spec)]`).
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "two print columns of the same type: `type_ = \"string\"` repeats in separate printcolumn(..) lists"
+)]
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "cilium.io",
@@ -47,6 +55,11 @@ pub const REASON_INVALID: &str = "Invalid";
         json_path = ".status.conditions[?(@.type==\"Valid\")].status"
     ),
     printcolumn(
+        name = "Enforced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Enforced\")].status"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -64,6 +77,10 @@ pub struct CiliumNetworkPolicySpec {
 /// The fields of a CiliumClusterwideNetworkPolicy besides metadata and
 /// status; as [`CiliumNetworkPolicySpec`], and rules may use `nodeSelector`
 /// (host policy).
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "two print columns of the same type: `type_ = \"string\"` repeats in separate printcolumn(..) lists"
+)]
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "cilium.io",
@@ -80,6 +97,11 @@ pub struct CiliumNetworkPolicySpec {
         name = "Valid",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Valid\")].status"
+    ),
+    printcolumn(
+        name = "Enforced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Enforced\")].status"
     ),
     printcolumn(
         name = "Age",
@@ -162,10 +184,30 @@ pub fn valid_condition(
     generation: Option<i64>,
     now: Time,
 ) -> Condition {
+    condition(
+        CONDITION_VALID,
+        valid,
+        if valid { REASON_VALID } else { REASON_INVALID },
+        message,
+        generation,
+        now,
+    )
+}
+
+/// A condition of `type_` at `generation`, `status` `True` or `False`,
+/// `lastTransitionTime` = `now` (see [`upsert_condition`]).
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
     Condition {
-        type_: CONDITION_VALID.to_string(),
-        status: if valid { "True" } else { "False" }.to_string(),
-        reason: if valid { REASON_VALID } else { REASON_INVALID }.to_string(),
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
         message: message.into(),
         observed_generation: generation,
         last_transition_time: now,

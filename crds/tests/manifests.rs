@@ -470,6 +470,14 @@ fn node_spec_and_status_are_cilium_shaped() {
             .into(),
             operator_status: None,
         }),
+        conditions: vec![axoneme_crds::condition(
+            axoneme_crds::CONDITION_AGENT_ANNOUNCED,
+            true,
+            "Announced",
+            "the agent's node record is in the kvstore",
+            None,
+            axoneme_crds::Time(axoneme_crds::k8s_openapi::jiff::Timestamp::from_second(7).unwrap()),
+        )],
     });
     assert_written_object_ok(&node);
     let v = serde_json::to_value(&node).unwrap();

@@ -62,12 +62,18 @@ pub struct Args {
     /// Concurrent etcd writes of the leader.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_in_flight: u32,
-    /// Also run the Kubernetes policy status controllers (CNP and CCNP
-    /// `status.conditions`, written by the leader only), with the
-    /// kubeconfig or in-cluster config. Without it the operator is
-    /// standalone: policies live in etcd.
+    /// Kubernetes mode: watch CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespaces and Nodes,
+    /// mirror them into the kvstore for the agents, write the policies'
+    /// conditions and CiliumIdentity/CiliumEndpoint/CiliumNode objects (the
+    /// leader only). Without it the operator is standalone: policies live
+    /// in etcd.
     #[arg(long, env = "AXONEME_KUBERNETES")]
     pub kubernetes: bool,
+    /// Kubeconfig for Kubernetes mode (default: `KUBECONFIG`,
+    /// `~/.kube/config`, or the in-cluster config).
+    #[arg(long, env = "AXONEME_KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// Cluster pool of IPv4 pod addresses; every node gets one CIDR from it.
     #[arg(long, default_value = "10.200.0.0/16")]
     pub cluster_pool_ipv4_cidr: ipnet::Ipv4Net,

@@ -1,4 +1,6 @@
-//! The Axoneme operator: leader election, identity allocation and GC.
+//! The Axoneme operator: leader election, identity allocation and GC,
+//! policy status, IPAM, and in Kubernetes mode the bridge between the API
+//! and the kvstore ([`k8s`]).
 
 #![forbid(unsafe_code)]
 
@@ -16,7 +18,6 @@ use std::time::Duration;
 use anyhow::Context;
 use axoneme_identity::{IdentityRange, LabelFilter, Layout, NodeRecord, Raw, WatchCache};
 use axoneme_kvstore::KvStore;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
@@ -45,11 +46,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
     let layout = Layout::new(&args.kvstore_prefix);
     // Connect to the API server first, so a missing config fails at once.
     let kube_client = if args.kubernetes {
-        Some(
-            axoneme_crds::kube::Client::try_default()
-                .await
-                .context("--kubernetes: no usable kubeconfig or in-cluster config")?,
-        )
+        Some(k8s_client(args.kubeconfig.as_deref()).await?)
     } else {
         None
     };
@@ -68,15 +65,16 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         nodes: WatchCache::start(kv.clone(), layout.nodes_prefix()),
     };
     info!(%id, %range, kubernetes = args.kubernetes, "operator started");
-    let (leading, leading_rx) = watch::channel(false);
-    let controllers = kube_client.map(|client| {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let result = k8s::run(client, leading_rx, cancel.clone()).await;
-            // The controllers stopping on their own stops the operator.
-            cancel.cancel();
-            result
-        })
+    let kube = kube_client.map(|client| {
+        metrics.set_kubernetes();
+        k8s::Kube::start(
+            client,
+            &kv,
+            &layout,
+            caches.policies.clone(),
+            metrics.clone(),
+            &cancel,
+        )
     });
 
     let result = lead_loop(
@@ -87,27 +85,39 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         &cfg,
         &ipam,
         &metrics,
-        &leading,
         &caches,
+        kube.as_ref(),
         &cancel,
     )
     .instrument(tracing::info_span!("operator", %id))
     .await;
     cancel.cancel();
-    drop(leading);
-    if let Some(task) = controllers {
-        match task.await {
-            Ok(Err(e)) => warn!(error = %e, "policy status controllers failed"),
-            Err(e) => warn!(error = %e, "policy status controller task failed"),
-            Ok(Ok(())) => {}
-        }
-    }
     match server.await {
         Ok(Err(e)) => warn!(error = %e, "metrics server failed"),
         Err(e) => warn!(error = %e, "metrics server task failed"),
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// A client for `--kubeconfig`, or the default (`KUBECONFIG`,
+/// `~/.kube/config`, in-cluster).
+async fn k8s_client(path: Option<&std::path::Path>) -> anyhow::Result<axoneme_crds::kube::Client> {
+    use axoneme_crds::kube::config::{KubeConfigOptions, Kubeconfig};
+    use axoneme_crds::kube::{Client, Config};
+    let config = match path {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None => Config::infer()
+            .await
+            .context("--kubernetes: no usable kubeconfig or in-cluster config")?,
+    };
+    Client::try_from(config).context("--kubernetes: building the API client")
 }
 
 /// Watch caches every replica keeps warm, so a takeover starts from a full view.
@@ -126,8 +136,8 @@ async fn lead_loop(
     cfg: &AllocatorConfig,
     ipam: &ipam::IpamConfig,
     metrics: &Arc<Metrics>,
-    leading: &watch::Sender<bool>,
     caches: &Caches,
+    kube: Option<&k8s::Kube>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
@@ -141,7 +151,6 @@ async fn lead_loop(
             }
         };
         metrics.set_leader(true);
-        leading.send_replace(true);
         let term = cancel.child_token();
         let exit = tokio::select! {
             _ = election::hold(kv, &lead, ttl, &term) => None,
@@ -157,10 +166,15 @@ async fn lead_loop(
                 kv.clone(), layout.clone(), lead.clone(), ipam.clone(),
                 caches.nodes.clone(), term.clone(),
             ) => Some(exit),
+            exit = async {
+                match kube {
+                    Some(k) => k.lead(kv, layout, &lead, &term).await,
+                    None => std::future::pending().await,
+                }
+            } => Some(exit),
         };
         term.cancel();
         metrics.set_leader(false);
-        leading.send_replace(false);
         match exit {
             None => warn!("lost leadership (lease)"),
             Some(LeaderExit::Cancelled) => {

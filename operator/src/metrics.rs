@@ -36,6 +36,9 @@ pub struct Metrics {
     pub endpoint_errors: Family<Labels, Counter>,
     pub assignments_written: Counter,
     pub policy_validations: Family<Labels, Counter>,
+    /// Kubernetes mode (registered always; zero in standalone mode).
+    pub kube: crate::k8s::KubeMetrics,
+    kubernetes: AtomicBool,
 }
 
 pub fn label(k: &str, v: &str) -> Labels {
@@ -60,6 +63,8 @@ impl Metrics {
             endpoint_errors: Family::default(),
             assignments_written: Counter::default(),
             policy_validations: Family::default(),
+            kube: crate::k8s::KubeMetrics::default(),
+            kubernetes: AtomicBool::new(false),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,7 +127,49 @@ impl Metrics {
             "Policy statuses written, by result",
             m.policy_validations.clone(),
         );
+        registry.register(
+            "kube_api_errors",
+            "Failed Kubernetes API requests, by resource, verb and reason (forbidden: a missing RBAC permission)",
+            m.kube.health.errors.clone(),
+        );
+        registry.register(
+            "kube_api_problems",
+            "Kubernetes API request kinds failing now (see /healthz)",
+            m.kube.health.problem_count.clone(),
+        );
+        registry.register(
+            "kube_policy_validations",
+            "Policy objects judged (once per generation), by kind and result",
+            m.kube.validations.clone(),
+        );
+        registry.register(
+            "kube_mirror_writes",
+            "kvstore writes mirroring the API, by store and op",
+            m.kube.mirror_writes.clone(),
+        );
+        registry.register(
+            "kube_object_writes",
+            "Kubernetes API writes that succeeded, by resource and op",
+            m.kube.object_writes.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Marks this replica as running in Kubernetes mode (`/healthz` then
+    /// reports the API's health).
+    pub fn set_kubernetes(&self) {
+        self.kubernetes.store(true, Ordering::Relaxed);
+    }
+
+    /// The `/healthz` body: this replica, whether it leads, and in
+    /// Kubernetes mode the API's problems (a missing permission is listed
+    /// under `kubernetes.forbidden`).
+    pub fn health_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"id": self.operator_id, "leader": self.leading()});
+        if self.kubernetes.load(Ordering::Relaxed) {
+            v["kubernetes"] = self.kube.health.json();
+        }
+        v
     }
 
     pub fn set_leader(&self, leading: bool) {
@@ -138,6 +185,8 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        // Expire old API problems so the gauge is current.
+        let _ = self.kube.health.problems();
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
         out
@@ -157,7 +206,7 @@ async fn handle(
         "/healthz" => (
             StatusCode::OK,
             "application/json",
-            serde_json::json!({"id": metrics.operator_id, "leader": metrics.leading()}).to_string(),
+            metrics.health_json().to_string(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
