@@ -61,6 +61,7 @@ impl EndpointState {
             interface: Some(self.host_interface.clone()),
             pod_name: self.pod_name.clone(),
             pod_uid: None,
+            named_ports: Default::default(),
         }
     }
 
