@@ -53,6 +53,9 @@ pub struct EndpointState {
     /// Kubernetes mode: the Pod's UID.
     #[serde(default)]
     pub pod_uid: Option<String>,
+    /// Its containers' named ports (Kubernetes mode: from the Pod spec).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub named_ports: axoneme_identity::NamedPorts,
 }
 
 impl EndpointState {
@@ -71,6 +74,7 @@ impl EndpointState {
             interface: Some(self.host_interface.clone()),
             pod_name: self.pod_name.clone(),
             pod_uid: self.pod_uid.clone(),
+            named_ports: self.named_ports.clone(),
         }
     }
 
@@ -347,7 +351,8 @@ impl Endpoints {
                 .as_ref()
                 .map(|p| p.name.clone())
                 .or(req.pod_name.clone()),
-            pod_uid: pod.map(|p| p.uid),
+            pod_uid: pod.as_ref().map(|p| p.uid.clone()),
+            named_ports: pod.map(|p| p.named_ports).unwrap_or_default(),
         };
         match self.announce_and_wait(&st, timeout).await {
             Ok(identity) => {
@@ -470,7 +475,7 @@ impl Endpoints {
             let (Some(ns), Some(name)) = (st.namespace.clone(), st.pod_name.clone()) else {
                 continue;
             };
-            let Some((raw, _)) = pods.labels(&ns, &name) else {
+            let Some((raw, pod)) = pods.labels(&ns, &name) else {
                 continue;
             };
             let labels = match check_labels(&raw) {
@@ -480,11 +485,12 @@ impl Endpoints {
                     continue;
                 }
             };
-            if labels == st.labels {
+            if labels == st.labels && pod.named_ports == st.named_ports {
                 continue;
             }
-            info!(endpoint = %st.name(), pod = %format!("{ns}/{name}"), ?labels, "the Pod's labels changed");
+            info!(endpoint = %st.name(), pod = %format!("{ns}/{name}"), ?labels, "the Pod's labels or named ports changed");
             st.labels = labels;
+            st.named_ports = pod.named_ports;
             if let Err(e) = self.write_state(&st) {
                 warn!(endpoint = %st.name(), error = %e, "cannot keep the new labels; retrying at the next change");
                 continue;

@@ -21,7 +21,7 @@ use axoneme_crds::k8s_openapi::api::core::v1::Pod;
 use axoneme_crds::kube::runtime::reflector::{self, ObjectRef, Store};
 use axoneme_crds::kube::runtime::{watcher, WatchStreamExt};
 use axoneme_crds::kube::{Api, Client, Config};
-use axoneme_identity::{Layout, NamespaceRecord, WatchCache};
+use axoneme_identity::{Layout, NamedPort, NamedPorts, NamespaceRecord, WatchCache};
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -160,6 +160,8 @@ pub struct PodLabels {
 pub struct PodRef {
     pub name: String,
     pub uid: String,
+    /// Its containers' named ports (policies' `port: http` resolve to them).
+    pub named_ports: NamedPorts,
 }
 
 impl PodLabels {
@@ -177,6 +179,7 @@ impl PodLabels {
             PodRef {
                 name: name.to_string(),
                 uid: pod.metadata.uid.clone().unwrap_or_default(),
+                named_ports: named_ports(&pod),
             },
         ))
     }
@@ -245,6 +248,28 @@ impl PodLabels {
             }
         }
     }
+}
+
+/// The named ports of a Pod's containers (a name Kubernetes would refuse,
+/// or a protocol we do not know, is left out with a warning: it names no
+/// port a policy could mean).
+pub fn named_ports(pod: &Pod) -> NamedPorts {
+    let mut out = NamedPorts::new();
+    let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+    for port in containers.flat_map(|c| c.ports.iter().flatten()) {
+        let Some(name) = &port.name else { continue };
+        let parsed = serde_json::from_value::<NamedPort>(serde_json::json!({
+            "protocol": port.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            "port": port.container_port,
+        }));
+        match parsed {
+            Ok(p) => {
+                out.insert(name.to_lowercase(), p);
+            }
+            Err(e) => warn!(port = %name, error = %e, "container port left out of named ports"),
+        }
+    }
+    out
 }
 
 /// An endpoint's labels from its Pod (see the module's documentation).

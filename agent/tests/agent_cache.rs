@@ -94,6 +94,7 @@ async fn put_endpoint(
         interface: None,
         pod_name: None,
         pod_uid: None,
+        named_ports: Default::default(),
     };
     Ok(kv
         .put(&layout.endpoint(node, id), serde_json::to_vec(&record)?, 0)

@@ -89,7 +89,8 @@ fn check(
     let mut flows = 0;
     for &subject in &endpoints {
         let subject_labels = ids.get(subject).unwrap().clone();
-        let compiled = compute(&policies, &ids, &subject_labels, mode);
+        let ports = ids.ports(subject);
+        let compiled = compute(&policies, &ids, &subject_labels, ports, mode);
         let mut flags = 0;
         for (dir, flag) in [
             (Direction::Ingress, endpoint_flags::INGRESS_ENFORCED),
@@ -138,6 +139,7 @@ fn check(
                             &policies,
                             &ids,
                             &subject_labels,
+                            ports,
                             dir,
                             peer,
                             proto,

@@ -196,6 +196,7 @@ pub fn record_from_args(put: &PutArgs) -> Result<EndpointRecord, CliError> {
         interface: put.interface.clone(),
         pod_name: None,
         pod_uid: None,
+        named_ports: Default::default(),
     };
     // The operator's own checks (e.g. no `reserved:` labels), before writing.
     record.label_set().map_err(CliError::InvalidLabelSet)?;

@@ -4,7 +4,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 
 use axoneme_identity::PolicyStatus;
-use axoneme_policy::{parse_documents, PolicyKind};
+use axoneme_policy::{parse_manifest, Document, PolicyKind, Skipped};
 use serde::Serialize;
 
 use crate::args::PolicyRefArgs;
@@ -25,22 +25,58 @@ pub struct Checked {
     /// `path: message` per problem.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// `path: message` per thing only the cluster can tell (a named port
+    /// must be declared by the pods it refers to); never makes it invalid.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// An object of a file that is not a policy (a Deployment, a Service, ...),
+/// left alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedObject {
+    pub file: String,
+    pub skipped: Skipped,
+}
+
+/// One document of a file: a policy checked, or another object skipped.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Entry {
+    Policy(Checked),
+    Skipped(SkippedObject),
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(transparent)]
-pub struct ValidateReport(pub Vec<Checked>);
+pub struct ValidateReport(pub Vec<Entry>);
 
 impl ValidateReport {
+    /// The policies checked (not the objects skipped).
+    pub fn policies(&self) -> impl Iterator<Item = &Checked> {
+        self.0.iter().filter_map(|e| match e {
+            Entry::Policy(c) => Some(c),
+            Entry::Skipped(_) => None,
+        })
+    }
+
+    /// At least one policy, and every policy valid.
     pub fn ok(&self) -> bool {
-        !self.0.is_empty() && self.0.iter().all(|c| c.valid)
+        self.policies().next().is_some() && self.policies().all(|c| c.valid)
     }
 }
 
 impl Render for ValidateReport {
     fn human(&self) -> String {
         let mut out = String::new();
-        for c in &self.0 {
+        for e in &self.0 {
+            let c = match e {
+                Entry::Policy(c) => c,
+                Entry::Skipped(s) => {
+                    out.push_str(&format!("{}: skipped (not a policy)\n", s.skipped));
+                    continue;
+                }
+            };
             if c.valid {
                 out.push_str(&format!(
                     "{}: valid ({}, {} rule{})\n",
@@ -53,38 +89,48 @@ impl Render for ValidateReport {
             for e in &c.errors {
                 out.push_str(&format!("{}: {e}\n", c.policy));
             }
+            for w in &c.warnings {
+                out.push_str(&format!("{}: warning: {w}\n", c.policy));
+            }
         }
-        if self.0.is_empty() {
+        if self.policies().next().is_none() {
             out.push_str("no policy documents found\n");
         }
         out
     }
 }
 
-/// Parses and validates every document in `files` (`-` is standard input).
+/// Parses and validates every policy in `files` (`-` is standard input);
+/// other objects (Deployments, Services, ...) are listed as skipped.
 pub fn validate_files(files: &[PathBuf]) -> Result<ValidateReport, CliError> {
     let mut checked = Vec::new();
     for path in files {
         let name = path.display().to_string();
         let text = read(path)?;
-        for result in parse_documents(&text) {
-            checked.push(match result {
-                Ok(p) => Checked {
+        for doc in parse_manifest(&text) {
+            checked.push(match doc {
+                Document::Policy(p) => Entry::Policy(Checked {
                     file: name.clone(),
                     policy: p.name,
                     kind: Some(p.kind),
                     rules: Some(p.rules.len()),
                     valid: true,
                     errors: vec![],
-                },
-                Err(e) => Checked {
+                    warnings: p.warnings.iter().map(|f| f.to_string()).collect(),
+                }),
+                Document::Invalid(e) => Entry::Policy(Checked {
                     file: name.clone(),
                     policy: e.policy,
                     kind: None,
                     rules: None,
                     valid: false,
                     errors: e.errors.iter().map(|f| f.to_string()).collect(),
-                },
+                    warnings: vec![],
+                }),
+                Document::Skipped(skipped) => Entry::Skipped(SkippedObject {
+                    file: name.clone(),
+                    skipped,
+                }),
             });
         }
     }
@@ -217,8 +263,8 @@ async fn with_status(ctx: &Ctx, key: &str, mut p: StoredPolicy) -> Result<Stored
     Ok(p)
 }
 
-/// Stores every policy in `files` (already validated), optionally waiting
-/// for the operator's verdicts.
+/// Stores every policy in `files` (already validated; other objects are
+/// skipped), optionally waiting for the operator's verdicts.
 pub async fn import(
     ctx: &Ctx,
     files: &[PathBuf],
@@ -226,7 +272,11 @@ pub async fn import(
 ) -> Result<PolicyList, CliError> {
     let mut keys = Vec::new();
     for path in files {
-        for p in parse_documents(&read(path)?).into_iter().flatten() {
+        let docs = parse_manifest(&read(path)?);
+        for p in docs.into_iter().filter_map(|d| match d {
+            Document::Policy(p) => Some(p),
+            _ => None,
+        }) {
             let key = ctx
                 .layout
                 .policy(p.kind.short_name(), p.namespace.as_deref(), &p.name);

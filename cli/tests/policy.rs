@@ -81,3 +81,54 @@ fn unreadable_files_and_empty_input_fail() {
     let (code, _, err) = validate(&[], None);
     assert_eq!(code, 2, "clap usage error: {err}");
 }
+
+#[test]
+fn other_objects_are_skipped_and_named_ports_warned_about() {
+    let manifest = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec: {replicas: 1}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+description: Cilium's examples carry one of these
+metadata: {name: web-in}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - toPorts: [{ports: [{port: http, protocol: TCP}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 80}]}
+";
+    let (code, out, err) = validate(&["-"], Some(manifest));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "Deployment/web: skipped (not a policy)\n\
+         web-in: valid (CiliumNetworkPolicy, 1 rule)\n\
+         web-in: warning: spec.ingress[0].toPorts[0].ports[0].port: named port \"http\" matches \
+         only where the pods the rule selects declare a container port of that name and \
+         protocol TCP; where none does, it matches nothing\n\
+         Service/web: skipped (not a policy)\n"
+    );
+    let (code, out, _) = validate(&["-o", "json", "-"], Some(manifest));
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v[0]["skipped"],
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"})
+    );
+    assert_eq!(v[1]["valid"], true);
+    assert_eq!(v[1]["warnings"].as_array().unwrap().len(), 1);
+    assert_eq!(v[2]["skipped"]["kind"], "Service");
+    assert_eq!(v[2]["skipped"]["namespace"], "shop");
+    // Only other objects: nothing to validate, which is a failure.
+    let only = manifest.split("---").next().unwrap();
+    let (code, out, _) = validate(&["-"], Some(only));
+    assert_eq!(code, 1);
+    assert!(out.ends_with("no policy documents found\n"), "{out}");
+}

@@ -173,7 +173,11 @@ impl Cluster {
             etcd: Some(etcd),
             underlay: Some(underlay),
         };
-        let op_args: Vec<String> = [
+        if let Some(kube) = &cluster.kube {
+            kube.install_crds()?;
+            kube.install_rbac()?;
+        }
+        let mut op_args: Vec<String> = [
             "--lease-ttl",
             "2",
             "--cluster-pool-ipv6-cidr",
@@ -186,6 +190,16 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if cluster.kube.is_some() {
+            op_args.extend([
+                "--kubernetes".to_string(),
+                "--kubeconfig".to_string(),
+                cluster
+                    .service_account_kubeconfig("axoneme-operator")?
+                    .display()
+                    .to_string(),
+            ]);
+        }
         for id in ["op-a", "op-b"] {
             let op = OperatorProc::start(
                 &bin_path("axoneme-operator"),
@@ -488,16 +502,16 @@ impl Cluster {
     /// (`helm/axoneme/files/rbac/agent.yaml`), so a missing permission
     /// fails a test; else the harness's own.
     fn agent_kubeconfig(&self) -> Result<PathBuf> {
+        self.service_account_kubeconfig("axoneme-agent")
+    }
+
+    /// A kubeconfig with a TokenRequest token of ServiceAccount
+    /// `kube-system/sa` (the chart's RBAC binds it), made once.
+    fn service_account_kubeconfig(&self, sa: &str) -> Result<PathBuf> {
         let kube = self.kube.as_ref().context("not in Kubernetes mode")?;
-        let rbac =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/axoneme/files/rbac/agent.yaml");
-        if !rbac.exists() {
-            return Ok(kube.kubeconfig().to_path_buf());
-        }
-        let path = self.dir.join("agent.kubeconfig");
+        let path = self.dir.join(format!("{sa}.kubeconfig"));
         if !path.exists() {
-            kube.apply_yaml(&std::fs::read_to_string(&rbac)?)?;
-            kube.service_account_kubeconfig("kube-system", "axoneme-agent", &path)?;
+            kube.service_account_kubeconfig("kube-system", sa, &path)?;
         }
         Ok(path)
     }

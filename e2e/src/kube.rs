@@ -27,6 +27,11 @@ use crate::tls::openssl;
 /// line is the one place the Kubernetes version is written down.
 const GO_MOD: &str = include_str!("../kube/go.mod");
 
+/// The workspace's root (the chart's files are read from there).
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// The binaries `cargo xtask setup` builds.
 pub const KUBE_BINARIES: [&str; 4] = [
     "kube-apiserver",
@@ -695,6 +700,33 @@ impl KubeControlPlane {
             &status.to_string(),
         ])
         .map(|_| ())
+    }
+
+    /// Applies Axoneme's CRDs (`helm/axoneme/crds/`) and waits until the
+    /// API server has Established them.
+    pub fn install_crds(&self) -> Result<()> {
+        let crds = project_root().join("helm/axoneme/crds");
+        self.kubectl(["apply", "-f", &crds.display().to_string()])?;
+        self.kubectl([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/ciliumnetworkpolicies.cilium.io",
+            "crd/ciliumclusterwidenetworkpolicies.cilium.io",
+            "crd/ciliumidentities.cilium.io",
+            "crd/ciliumendpoints.cilium.io",
+            "crd/ciliumnodes.cilium.io",
+        ])
+        .map(|_| ())
+    }
+
+    /// Applies Axoneme's RBAC (`helm/axoneme/files/rbac/`: the operator's
+    /// and the agent's ServiceAccounts in `kube-system`, their
+    /// least-privilege ClusterRoles and bindings).
+    pub fn install_rbac(&self) -> Result<()> {
+        let rbac = project_root().join("helm/axoneme/files/rbac");
+        self.kubectl(["apply", "-f", &rbac.display().to_string()])
+            .map(|_| ())
     }
 
     /// Creates a Pod scheduled to `node` (nothing runs it: there is no

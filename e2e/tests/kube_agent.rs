@@ -117,11 +117,28 @@ fn pods_take_their_labels_from_the_api_server() -> Result<()> {
         "the Pod's status.podIPs"
     );
 
+    // The seed policy, as a user applies it: Valid, then Enforced on both
+    // nodes (what each agent reports it runs).
     let seed = seed_policy();
-    c.cli(
-        0,
-        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
-    )?;
+    kube.kubectl(["apply", "-f", seed.to_str().unwrap()])?;
+    for (condition, want) in [("Valid", "True"), ("Enforced", "True")] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let jsonpath = format!(
+            "jsonpath={{.status.conditions[?(@.type==\"{condition}\")].status}} {{.status.conditions[?(@.type==\"{condition}\")].message}}"
+        );
+        loop {
+            let out = kube.kubectl(["get", "cnp", "payments-api", "-o", &jsonpath])?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if text.starts_with(want) {
+                eprintln!("payments-api {condition}: {text}");
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("payments-api {condition} is {text:?}, not {want}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     let pay = payments.ip.to_string();
     until_post(&intruder, &pay, None, Duration::from_secs(10))?;
     until_post(&checkout, &pay, Some(200), Duration::from_secs(10))?;

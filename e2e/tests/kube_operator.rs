@@ -216,22 +216,10 @@ fn start() -> Result<Setup> {
     let started = Instant::now();
     let cp = KubeControlPlane::start()?;
     eprintln!("control plane ready in {:.1?}", started.elapsed());
-    // CRDs from the chart, Established.
-    let crds = root().join("helm/axoneme/crds");
-    cp.kubectl(["apply", "-f", &crds.display().to_string()])?;
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/ciliumnetworkpolicies.cilium.io",
-        "crd/ciliumclusterwidenetworkpolicies.cilium.io",
-        "crd/ciliumidentities.cilium.io",
-        "crd/ciliumendpoints.cilium.io",
-        "crd/ciliumnodes.cilium.io",
-    ])?;
-    // RBAC from the chart; the operators run as their ServiceAccount.
-    let rbac = root().join("helm/axoneme/files/rbac");
-    cp.kubectl(["apply", "-f", &rbac.display().to_string()])?;
+    // CRDs from the chart, Established; RBAC from the chart: the
+    // operators run as their ServiceAccount.
+    cp.install_crds()?;
+    cp.install_rbac()?;
     let dir = tempfile::Builder::new()
         .prefix(&format!("{}-", axoneme_e2e::run_prefix("kop")))
         .tempdir()?;
@@ -746,6 +734,7 @@ fn endpoints_and_identities(s: &Setup, layout: &Layout) -> Result<()> {
             interface: None,
             pod_name: Some(name.to_string()),
             pod_uid: Some(uid),
+            named_ports: Default::default(),
         };
         s.kv.put(&layout.endpoint(node, &format!("ep-{name}")), &record)?;
     }

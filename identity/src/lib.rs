@@ -17,9 +17,9 @@ pub use filter::LabelFilter;
 pub use labels::{Label, LabelError, LabelSet, Source};
 pub use layout::Layout;
 pub use model::{
-    check_interface_name, EndpointEnforcement, EndpointIdentity, EndpointRecord, IdentityRecord,
-    LeaderRecord, NamespaceRecord, NodeCidrs, NodeLabels, NodeRecord, NodeStatusRecord,
-    PolicyStatus,
+    check_interface_name, check_port_name, EndpointEnforcement, EndpointIdentity, EndpointRecord,
+    IdentityRecord, LeaderRecord, NamedPort, NamedPorts, NamespaceRecord, NodeCidrs, NodeLabels,
+    NodeRecord, NodeStatusRecord, PolicyStatus, PortProtocol,
 };
 pub use numeric::{IdentityRange, NumericIdentity, ReservedIdentity};
 

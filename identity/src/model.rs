@@ -1,5 +1,7 @@
 //! The JSON records stored under the layout's keys.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::labels::{LabelError, LabelSet, Source};
@@ -38,6 +40,73 @@ pub struct EndpointRecord {
     pub pod_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// The endpoint's named ports (a Pod's container ports that have a
+    /// name; in standalone mode, what the CNI/endpoint record declares):
+    /// policies' `toPorts` may name them (`port: http`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named_ports: NamedPorts,
+}
+
+/// A container port's protocol, as a Pod spec gives it (TCP when omitted).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum PortProtocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl PortProtocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            PortProtocol::Tcp => 6,
+            PortProtocol::Udp => 17,
+            PortProtocol::Sctp => 132,
+        }
+    }
+}
+
+/// One named port of an endpoint: `containerPort` and `protocol` of a
+/// Pod's `ports[]` entry that has a `name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NamedPort {
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    pub port: u16,
+}
+
+/// An endpoint's named ports, by name (Kubernetes keeps a name unique
+/// within a pod). Names are lower case (see [`check_port_name`]).
+pub type NamedPorts = BTreeMap<String, NamedPort>;
+
+/// Checks a port name as Kubernetes does (an IANA service name): 1-15
+/// lower-case letters, digits and '-', with at least one letter, no '-'
+/// at either end and no "--". Policies may write names in any case
+/// (Cilium compares them case-insensitively): lower-case them first.
+pub fn check_port_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().any(|c| c.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a port name (1-15 lower-case letters, digits and '-', \
+             at least one letter, no '-' at either end or twice in a row)"
+        ))
+    }
 }
 
 pub use axoneme_api::names::check_interface_name;
@@ -156,4 +225,53 @@ pub struct NodeLabels {
     pub name: String,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_ports_are_optional_in_endpoint_records() {
+        // Records written before the field existed still decode.
+        let old = r#"{"id":"e1","node":"n1","labels":["app=web"]}"#;
+        let rec: EndpointRecord = serde_json::from_str(old).unwrap();
+        assert!(rec.named_ports.is_empty());
+        // Without named ports the field is left out.
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(!text.contains("named_ports"), "{text}");
+        // With them, protocol defaults to TCP as in a Pod spec.
+        let new = r#"{"id":"e1","node":"n1","named_ports":{"http":{"port":8080},"dns":{"protocol":"UDP","port":53}}}"#;
+        let rec: EndpointRecord = serde_json::from_str(new).unwrap();
+        assert_eq!(
+            rec.named_ports["http"],
+            NamedPort {
+                protocol: PortProtocol::Tcp,
+                port: 8080
+            }
+        );
+        assert_eq!(rec.named_ports["dns"].protocol.number(), 17);
+        let back: EndpointRecord =
+            serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn port_names_follow_kubernetes() {
+        for ok in ["http", "http-80", "a", "dns-tcp", "x1", "abcdefghijklmno"] {
+            assert!(check_port_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "80",
+            "-http",
+            "http-",
+            "ht--tp",
+            "HTTP",
+            "abcdefghijklmnop",
+            "h_t",
+        ] {
+            assert!(check_port_name(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -100,6 +100,7 @@ fn record(i: usize, tag: &str) -> (String, String, Vec<u8>) {
         interface: None,
         pod_name: None,
         pod_uid: None,
+        named_ports: Default::default(),
     };
     (node, id, serde_json::to_vec(&rec).expect("serializes"))
 }

@@ -212,7 +212,14 @@ fn main() {
     for i in 0..local_endpoints {
         let ep = NumericIdentity(256 + i);
         let labels = engine.identities().get(ep).expect("known identity");
-        let want = compute(&all, engine.identities(), labels, EnforcementMode::Default);
+        let ports = engine.identity_ports(ep);
+        let want = compute(
+            &all,
+            engine.identities(),
+            labels,
+            ports,
+            EnforcementMode::Default,
+        );
         assert!(
             engine.endpoint_policy(ep) == Some(&want),
             "endpoint {ep}: the incremental policy differs from a full computation"

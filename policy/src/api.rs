@@ -296,8 +296,9 @@ pub struct PortDenyRule {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortProtocol {
-    /// A number 0-65535 (0 = any port) or, for named ports, a name;
-    /// Cilium writes it as a string, numbers are accepted too.
+    /// A number 0-65535 (0 or none = every port) or, for named ports, a
+    /// name; Cilium writes it as a string, numbers are accepted too.
+    #[serde(default, skip_serializing_if = "PortValue::is_empty")]
     pub port: PortValue,
     /// Last port of a range starting at `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -314,6 +315,13 @@ pub struct PortProtocol {
 /// acceptable; the raw text is kept so errors can quote it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PortValue(pub String);
+
+impl PortValue {
+    /// No port given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl fmt::Display for PortValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

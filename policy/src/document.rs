@@ -53,9 +53,44 @@ pub struct Policy {
     pub namespace: Option<String>,
     /// `spec` (as one rule) or `specs`, with the path each came from.
     pub rules: Vec<(String, Rule)>,
-    /// The object as given (what standalone mode stores).
+    /// What validation cannot decide offline, with field paths (a named
+    /// port must be declared by the pods it refers to). Never a reason to
+    /// reject.
+    #[serde(skip)]
+    pub warnings: Vec<FieldError>,
+    /// The object as given (what standalone mode stores), less what the
+    /// API server would prune (a top-level `description`).
     #[serde(skip)]
     pub object: serde_json::Value,
+}
+
+/// An object of a manifest that is not a policy (a Deployment, a Service,
+/// ...): what `parse_manifest` skips.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Skipped {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name.as_deref().unwrap_or("-"))
+    }
+}
+
+/// One document of a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    Policy(Policy),
+    Invalid(PolicyErrors),
+    /// Not a policy kind: left alone.
+    Skipped(Skipped),
 }
 
 /// Everything wrong with one document.
@@ -92,14 +127,76 @@ fn err(path: &str, message: impl Into<String>) -> FieldError {
 /// Parses every document in `text` (multi-document YAML, or JSON).
 /// `List` objects are expanded into their items. Each item is a policy or
 /// the errors that make it invalid; one bad document never hides the others.
+/// An object of another kind is an error: use `parse_manifest` for files
+/// that mix policies with other objects.
 pub fn parse_documents(text: &str) -> Vec<Result<Policy, PolicyErrors>> {
+    documents(text, false)
+        .into_iter()
+        .filter_map(|d| match d {
+            Document::Policy(p) => Some(Ok(p)),
+            Document::Invalid(e) => Some(Err(e)),
+            Document::Skipped(_) => None,
+        })
+        .collect()
+}
+
+/// Like `parse_documents`, for manifests as users keep them: objects that
+/// are not policies (Deployments, Services, ...) are returned as skipped
+/// rather than as errors.
+pub fn parse_manifest(text: &str) -> Vec<Document> {
+    documents(text, true)
+}
+
+/// The policy kinds (CNP, CCNP, Kubernetes NetworkPolicy).
+fn is_policy_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" | "NetworkPolicy"
+    )
+}
+
+/// What an object is when it is not a policy, by its kind alone (an
+/// Ingress shares NetworkPolicy's API group): `None` for a policy kind, an
+/// object without a kind, or not an object at all (those are errors).
+fn skipped(value: &serde_json::Value) -> Option<Skipped> {
+    let kind = value.get("kind")?.as_str()?;
+    if is_policy_kind(kind) {
+        return None;
+    }
+    let text = |ptr: &str| {
+        value
+            .pointer(ptr)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    Some(Skipped {
+        api_version: text("/apiVersion"),
+        kind: kind.to_string(),
+        namespace: text("/metadata/namespace"),
+        name: text("/metadata/name"),
+    })
+}
+
+fn documents(text: &str, skip_others: bool) -> Vec<Document> {
     let mut out = Vec::new();
+    let push = |value: &serde_json::Value, label: &str, out: &mut Vec<Document>| {
+        if skip_others {
+            if let Some(s) = skipped(value) {
+                out.push(Document::Skipped(s));
+                return;
+            }
+        }
+        out.push(match parse_object(value, label) {
+            Ok(p) => Document::Policy(p),
+            Err(e) => Document::Invalid(e),
+        });
+    };
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let label = format!("document {}", i + 1);
         let value: serde_json::Value = match serde::Deserialize::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
-                out.push(Err(PolicyErrors {
+                out.push(Document::Invalid(PolicyErrors {
                     policy: label,
                     errors: vec![err("", format!("not valid YAML or JSON: {e}"))],
                 }));
@@ -111,21 +208,25 @@ pub fn parse_documents(text: &str) -> Vec<Result<Policy, PolicyErrors>> {
         if value.is_null() {
             continue; // an empty document (e.g. a trailing `---`)
         }
-        if value.get("kind").and_then(|k| k.as_str()) == Some("List") {
+        if value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| k.ends_with("List"))
+        {
             match value.get("items").and_then(|i| i.as_array()) {
                 Some(items) => {
                     for (j, item) in items.iter().enumerate() {
-                        out.push(parse_object(item, &format!("{label} item {j}")));
+                        push(item, &format!("{label} item {j}"), &mut out);
                     }
                 }
-                None => out.push(Err(PolicyErrors {
+                None => out.push(Document::Invalid(PolicyErrors {
                     policy: label,
                     errors: vec![err("items", "a List needs an items array")],
                 })),
             }
             continue;
         }
-        out.push(parse_object(&value, &label));
+        push(&value, &label, &mut out);
     }
     out
 }
@@ -198,12 +299,17 @@ pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, Po
         }
     }
     for key in obj.keys() {
+        // Cilium's example manifests carry a free-form `description` beside
+        // `metadata`: the API server prunes it, and so do we.
         if !matches!(
             key.as_str(),
-            "apiVersion" | "kind" | "metadata" | "spec" | "specs" | "status"
+            "apiVersion" | "kind" | "metadata" | "spec" | "specs" | "status" | "description"
         ) {
             errors.push(err(key, "unknown field"));
         }
+    }
+    if obj.get("description").is_some_and(|d| !d.is_string()) {
+        errors.push(err("description", "must be a string"));
     }
     let mut rules = Vec::new();
     match (obj.get("spec"), obj.get("specs")) {
@@ -223,11 +329,12 @@ pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, Po
         },
     }
     let mut parsed = Vec::new();
+    let mut warnings = Vec::new();
     for (path, raw) in rules {
         match serde_path_to_error::deserialize::<_, Rule>(raw) {
             Ok(rule) => {
                 if let Some(kind) = kind {
-                    validate::rule(&rule, kind, &path, &mut errors);
+                    validate::rule(&rule, kind, &path, &mut errors, &mut warnings);
                 }
                 parsed.push((path, rule));
             }
@@ -246,6 +353,10 @@ pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, Po
         return Err(fail(errors));
     }
     let kind = kind.expect("no errors means a known kind");
+    let mut object = value.clone();
+    if let Some(o) = object.as_object_mut() {
+        o.remove("description");
+    }
     Ok(Policy {
         kind,
         name: name.expect("no errors means a name"),
@@ -255,7 +366,8 @@ pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, Po
             None
         },
         rules: parsed,
-        object: value.clone(),
+        warnings,
+        object,
     })
 }
 

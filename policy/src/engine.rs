@@ -6,23 +6,30 @@
 //! - a policy change affects the local endpoints its (old or new) rules select;
 //! - an identity change affects the local endpoints whose selecting rules
 //!   could name it as a peer: a peer selector matching its (old or new)
-//!   labels, an entity, a CIDR or a requirement.
+//!   labels, an entity, a CIDR or a requirement;
+//! - a change of an identity's named ports affects the local endpoints of
+//!   that identity whose ingress rules name ports (recomputed), and the
+//!   entries for that identity as a peer in local endpoints whose egress
+//!   rules name ports.
 //!
 //! Peer selections come from the selector cache in `Identities`, kept
 //! current per identity, so a recomputation never rescans all identities.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axoneme_identity::{LabelSet, NumericIdentity};
+use axoneme_identity::{LabelSet, NamedPorts, NumericIdentity};
 use ipnet::IpNet;
 
+use crate::api::PeerSection;
 use crate::compile::{
-    changed_peers, cidr_labels, compute, compute_for_peers, Direction, EndpointPolicy,
-    EnforcementMode, Key, Verdict,
+    changed_peers, cidr_labels, compute, compute_for_peers, undeclared_named_ports, Direction,
+    EndpointPolicy, EnforcementMode, Key, Verdict,
 };
 use crate::document::Policy;
 use crate::entity::EntitySet;
+use crate::ports::PortNames;
 use crate::selector::{Identities, Selector};
+use crate::validate::{parse_port, FieldError, PortSpec};
 
 /// One change to one endpoint's policy map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +69,10 @@ struct Dependencies {
     /// CIDR peers, an entity standing for the CIDR identities (`world`), or
     /// requirements: CIDR identities matter.
     cidrs: bool,
+    /// Ingress rules name ports: the endpoint's own named ports matter.
+    named_ingress: bool,
+    /// Egress rules name ports: the destinations' named ports matter.
+    named_egress: bool,
 }
 
 impl Dependencies {
@@ -70,7 +81,18 @@ impl Dependencies {
             .extend(other.peer_selectors.iter().cloned());
         self.endpoints |= other.endpoints;
         self.cidrs |= other.cidrs;
+        self.named_ingress |= other.named_ingress;
+        self.named_egress |= other.named_egress;
     }
+}
+
+/// Whether a section's ports name a port.
+fn names_ports(s: &PeerSection<'_>) -> bool {
+    s.to_ports
+        .iter()
+        .flat_map(|r| &r.ports)
+        .chain(s.deny_ports.iter().flat_map(|r| &r.ports))
+        .any(|pp| matches!(parse_port(&pp.port.0), Ok(PortSpec::Name(_))))
 }
 
 /// A stored policy with what the engine needs to find whom it concerns.
@@ -109,6 +131,20 @@ impl Entry {
                     .filter_map(|c| crate::validate::parse_cidr(c).ok()),
             );
         }
+        for (_, r) in &policy.rules {
+            for egress in [false, true] {
+                let named = r
+                    .allow_sections(egress)
+                    .iter()
+                    .chain(r.deny_sections(egress).iter())
+                    .any(names_ports);
+                if egress {
+                    deps.named_egress |= named;
+                } else {
+                    deps.named_ingress |= named;
+                }
+            }
+        }
         cidrs.sort();
         cidrs.dedup();
         Entry {
@@ -145,6 +181,12 @@ pub struct Engine {
     cidrs: BTreeMap<IpNet, (NumericIdentity, usize)>,
     next_cidr: u32,
     endpoints: BTreeMap<NumericIdentity, Local>,
+    /// Every endpoint's named ports (local or not), by the caller's name
+    /// for the endpoint, with its identity.
+    endpoint_ports: BTreeMap<String, (NumericIdentity, NamedPorts)>,
+    /// Per identity, how many of its endpoints declare each
+    /// `(name, protocol, port)`: the identity's named ports are the union.
+    port_counts: BTreeMap<NumericIdentity, BTreeMap<(String, u8, u16), usize>>,
 }
 
 fn diff(
@@ -242,7 +284,7 @@ impl Engine {
                 .map(|(k, _)| k.clone())
                 .collect();
             let policies = self.selected_policies(&selecting);
-            let policy = compute(&policies, &self.ids, &labels, self.mode);
+            let policy = compute(&policies, &self.ids, &labels, self.ids.ports(ep), self.mode);
             let deps = dependencies(&self.policies, &selecting);
             let old = self
                 .endpoints
@@ -336,7 +378,8 @@ impl Engine {
             return;
         };
         let policies = self.selected_policies(&local.selecting);
-        let fresh = compute_for_peers(&policies, &self.ids, subject, self.mode, peers);
+        let ports = self.ids.ports(ep);
+        let fresh = compute_for_peers(&policies, &self.ids, subject, ports, self.mode, peers);
         let Some(current) = self.endpoints.get_mut(&ep).map(|l| &mut l.policy) else {
             return;
         };
@@ -389,6 +432,98 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Sets (`Some`) or forgets (`None`) the named ports of one endpoint,
+    /// local or on another node, under the caller's name for it (its
+    /// endpoint record's id), with the identity it has. Call it again when
+    /// the endpoint's identity or ports change, and with `None` when it
+    /// goes. An identity's named ports are the union over its endpoints:
+    /// the datapath keeps one map per identity, so pods of one identity
+    /// that name ports differently (a rollout changing a port) get the
+    /// ports of all of them.
+    pub fn set_endpoint_ports(
+        &mut self,
+        endpoint: &str,
+        ports: Option<(NumericIdentity, NamedPorts)>,
+    ) -> Vec<Delta> {
+        let old = match &ports {
+            Some(p) => self.endpoint_ports.insert(endpoint.to_string(), p.clone()),
+            None => self.endpoint_ports.remove(endpoint),
+        };
+        if old == ports {
+            return Vec::new();
+        }
+        let mut touched = BTreeSet::new();
+        for (add, (id, named)) in [(false, old), (true, ports)]
+            .into_iter()
+            .filter_map(|(add, p)| p.map(|p| (add, p)))
+        {
+            touched.insert(id);
+            let counts = self.port_counts.entry(id).or_default();
+            for (name, protocol, port) in PortNames::of_endpoint(&named).iter() {
+                let key = (name.to_string(), protocol, port);
+                if add {
+                    *counts.entry(key).or_default() += 1;
+                } else if let Some(n) = counts.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&key);
+                    }
+                }
+            }
+            if counts.is_empty() {
+                self.port_counts.remove(&id);
+            }
+        }
+        let mut out = Vec::new();
+        for id in touched {
+            let union: PortNames = self
+                .port_counts
+                .get(&id)
+                .into_iter()
+                .flat_map(|c| c.keys())
+                .map(|(name, protocol, port)| (name.as_str(), *protocol, *port))
+                .collect();
+            if &union == self.ids.ports(id) {
+                continue;
+            }
+            self.ids.set_ports(id, union);
+            // The identity's own endpoints: their ingress rules' names.
+            if self
+                .endpoints
+                .get(&id)
+                .is_some_and(|l| l.deps.named_ingress)
+            {
+                out.extend(self.recompute([id].into()));
+            }
+            // The identity as a destination of egress rules' names.
+            let egress: Vec<NumericIdentity> = self
+                .endpoints
+                .iter()
+                .filter(|(_, l)| l.deps.named_egress)
+                .map(|(ep, _)| *ep)
+                .collect();
+            for ep in egress {
+                self.update_peers(ep, &[id].into(), &mut out);
+            }
+        }
+        out
+    }
+
+    /// Identity `id`'s named ports (the union over its endpoints).
+    pub fn identity_ports(&self, id: NumericIdentity) -> &PortNames {
+        self.ids.ports(id)
+    }
+
+    /// The named ports of the policy stored under `key` that no endpoint
+    /// it concerns declares (so they match nothing now), with field paths:
+    /// what validation can only warn about offline.
+    pub fn undeclared_named_ports(&self, key: &str) -> Vec<FieldError> {
+        self.policies
+            .get(key)
+            .map(|e| undeclared_named_ports(&e.policy, &self.ids))
+            .unwrap_or_default()
     }
 
     /// Counts references to CIDR prefixes; returns the CIDR identities that
@@ -633,12 +768,107 @@ mod tests {
         );
     }
 
+    #[test]
+    fn named_ports_follow_the_endpoints_declaring_them() {
+        use axoneme_identity::{NamedPort, PortProtocol};
+        let tcp = |port| -> NamedPorts {
+            [(
+                "postgres".to_string(),
+                NamedPort {
+                    protocol: PortProtocol::Tcp,
+                    port,
+                },
+            )]
+            .into()
+        };
+        let mut e = Engine::new(EnforcementMode::Default);
+        let mut maps = BTreeMap::new();
+        let (web, db) = (NumericIdentity(300), NumericIdentity(301));
+        e.set_identity(web, Some(labels("web", "default")));
+        e.set_identity(db, Some(labels("db", "default")));
+        apply(&mut maps, &e.add_endpoint(db));
+        apply(&mut maps, &e.add_endpoint(web));
+        let p = policy(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\n\
+             specs:\n- endpointSelector: {matchLabels: {app: db}}\n  ingress:\n  \
+             - fromEndpoints: [{matchLabels: {app: web}}]\n    toPorts: [{ports: [{port: postgres, protocol: TCP}]}]\n\
+             - endpointSelector: {matchLabels: {app: web}}\n  egress:\n  \
+             - toEndpoints: [{matchLabels: {app: db}}]\n    toPorts: [{ports: [{port: postgres}]}]\n",
+        );
+        apply(&mut maps, &e.set_policy("p", Some(p)));
+        // No pod declares the name yet: it matches nothing.
+        assert!(maps[&db].ingress.entries.is_empty());
+        assert_eq!(e.undeclared_named_ports("p").len(), 2);
+        // A db pod declares it: db's ingress and web's egress open 5432.
+        let d = e.set_endpoint_ports("db-1", Some((db, tcp(5432))));
+        apply(&mut maps, &d);
+        assert_matches_full(&e, &maps);
+        let upserts: Vec<(NumericIdentity, Direction, u16)> = d
+            .iter()
+            .filter_map(|d| match d {
+                Delta::Upsert {
+                    endpoint,
+                    direction,
+                    key,
+                    ..
+                } => Some((*endpoint, *direction, key.port)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            upserts,
+            vec![
+                (db, Direction::Ingress, 5432),
+                (web, Direction::Egress, 5432)
+            ]
+        );
+        assert!(e.undeclared_named_ports("p").is_empty());
+        // A second db pod names another port: the identity has both.
+        apply(
+            &mut maps,
+            &e.set_endpoint_ports("db-2", Some((db, tcp(6432)))),
+        );
+        assert_matches_full(&e, &maps);
+        assert_eq!(
+            e.identity_ports(db)
+                .resolve("postgres", 6)
+                .collect::<Vec<_>>(),
+            vec![5432, 6432]
+        );
+        // The same report again changes nothing.
+        assert!(e
+            .set_endpoint_ports("db-2", Some((db, tcp(6432))))
+            .is_empty());
+        // The first pod goes: only 6432 is left.
+        let d = e.set_endpoint_ports("db-1", None);
+        apply(&mut maps, &d);
+        assert_matches_full(&e, &maps);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d
+            .iter()
+            .all(|d| matches!(d, Delta::Remove { key, .. } if key.port == 5432)));
+        // A pod moving to another identity takes its ports along.
+        apply(
+            &mut maps,
+            &e.set_endpoint_ports("db-2", Some((web, tcp(6432)))),
+        );
+        assert_matches_full(&e, &maps);
+        assert!(maps[&db].ingress.entries.is_empty());
+    }
+
     /// Checks the engine's maps against a full recomputation.
     fn assert_matches_full(e: &Engine, maps: &BTreeMap<NumericIdentity, EndpointPolicy>) {
         let policies = e.policies();
         for (ep, got) in maps {
             let l = e.identities().get(*ep).unwrap();
-            let want = compute(&policies, e.identities(), l, EnforcementMode::Default);
+            let ports = e.identity_ports(*ep);
+            let want = compute(
+                &policies,
+                e.identities(),
+                l,
+                ports,
+                EnforcementMode::Default,
+            );
             assert_eq!(got, &want, "endpoint {ep}");
         }
     }
@@ -718,6 +948,29 @@ mod tests {
                     APPS[from]
                 ));
             }
+            10 => {
+                // Ingress named port: the endpoint's own.
+                return policy(&format!(
+                    "{head}  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: {}}}}}]\n    \
+                     toPorts: [{{ports: [{{port: http}}]}}]\n",
+                    APPS[from]
+                ));
+            }
+            11 => {
+                // Egress named ports: to selected peers, and a deny to any.
+                return policy(&format!(
+                    "{head}  egress:\n  - toEndpoints: [{{matchLabels: {{app: {}}}}}]\n    \
+                     toPorts: [{{ports: [{{port: http, protocol: TCP}}]}}]\n  egressDeny:\n  \
+                     - toPorts: [{{ports: [{{port: dns}}]}}]\n",
+                    APPS[from]
+                ));
+            }
+            12 => {
+                // Egress named port to every peer.
+                return policy(&format!(
+                    "{head}  egress:\n  - toPorts: [{{ports: [{{port: dns, protocol: UDP}}, {{port: \"{port}\"}}]}}]\n"
+                ));
+            }
             7 => {
                 return policy(&format!(
                     "{head}  enableDefaultDeny: {{egress: false}}\n  egressDeny:\n  \
@@ -746,6 +999,23 @@ mod tests {
         Identity(u32, Option<(usize, usize)>),
         Policy(usize, Option<(usize, usize, u16, usize)>),
         Endpoint(u32, bool),
+        /// Endpoint record `e<i>` gets (or loses) an identity and ports.
+        Ports(usize, Option<(u32, usize)>),
+    }
+
+    /// Named ports of a few kinds.
+    fn port_variant(v: usize) -> NamedPorts {
+        use axoneme_identity::{NamedPort, PortProtocol};
+        let p = |protocol, port| NamedPort { protocol, port };
+        match v {
+            0 => [("http".to_string(), p(PortProtocol::Tcp, 80))].into(),
+            1 => [
+                ("http".to_string(), p(PortProtocol::Tcp, 443)),
+                ("dns".to_string(), p(PortProtocol::Udp, 53)),
+            ]
+            .into(),
+            _ => [("DNS".to_string(), p(PortProtocol::Tcp, 53))].into(),
+        }
     }
 
     const APPS: &[&str] = &["web", "api", "db"];
@@ -761,11 +1031,13 @@ mod tests {
                     0..3usize,
                     0..3usize,
                     prop::sample::select(vec![80u16, 443]),
-                    0..10usize
+                    0..13usize
                 ))
             )
                 .prop_map(|(i, p)| Op::Policy(i, p)),
             (300u32..306, any::<bool>()).prop_map(|(i, add)| Op::Endpoint(i, add)),
+            (0..4usize, prop::option::of((300u32..306, 0..3usize)))
+                .prop_map(|(i, p)| Op::Ports(i, p)),
         ]
     }
 
@@ -777,6 +1049,7 @@ mod tests {
             let mut e = Engine::new(EnforcementMode::Default);
             let mut maps: BTreeMap<NumericIdentity, EndpointPolicy> = BTreeMap::new();
             let mut local: BTreeSet<NumericIdentity> = BTreeSet::new();
+            let mut records: BTreeMap<usize, (u32, usize)> = BTreeMap::new();
             for op in ops {
                 let d = match op {
                     Op::Identity(i, l) => e.set_identity(NumericIdentity(i), l.map(|(a, n)| labels(APPS[a], NSS[n]))),
@@ -790,12 +1063,29 @@ mod tests {
                         maps.remove(&NumericIdentity(i));
                         e.remove_endpoint(NumericIdentity(i))
                     }
+                    Op::Ports(i, p) => {
+                        match p {
+                            Some(p) => records.insert(i, p),
+                            None => records.remove(&i),
+                        };
+                        e.set_endpoint_ports(&format!("e{i}"), p.map(|(id, v)| (NumericIdentity(id), port_variant(v))))
+                    }
                 };
+                // Each identity's named ports are the union over its records.
+                for id in 300u32..306 {
+                    let want: crate::ports::PortNames = records
+                        .values()
+                        .filter(|(rid, _)| *rid == id)
+                        .map(|(_, v)| crate::ports::PortNames::of_endpoint(&port_variant(*v)))
+                        .flat_map(|p| p.iter().map(|(n, pr, port)| (n.to_string(), pr, port)).collect::<Vec<_>>())
+                        .fold(crate::ports::PortNames::new(), |mut acc, (n, pr, port)| { acc.insert(&n, pr, port); acc });
+                    prop_assert_eq!(e.identity_ports(NumericIdentity(id)), &want, "identity {}", id);
+                }
                 apply(&mut maps, &d);
                 let policies = e.policies();
                 for ep in &local {
                     let Some(l) = e.identities().get(*ep).cloned() else { continue };
-                    let want = compute(&policies, e.identities(), &l, EnforcementMode::Default);
+                    let want = compute(&policies, e.identities(), &l, e.identity_ports(*ep), EnforcementMode::Default);
                     let got = maps.get(ep).cloned().unwrap_or_default();
                     prop_assert_eq!(&got, &want, "endpoint {}", ep);
                 }

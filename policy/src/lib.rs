@@ -13,6 +13,7 @@ pub mod l7;
 pub mod netpol;
 #[cfg(any(test, feature = "oracle"))]
 pub mod oracle;
+pub mod ports;
 #[cfg(test)]
 mod proptests;
 pub mod selector;
@@ -22,6 +23,10 @@ pub mod validate;
 
 pub use api::Rule;
 pub use compile::EnforcementMode;
-pub use document::{parse_documents, parse_object, Policy, PolicyErrors, PolicyKind};
+pub use document::{
+    parse_documents, parse_manifest, parse_object, Document, Policy, PolicyErrors, PolicyKind,
+    Skipped,
+};
 pub use entity::Entity;
+pub use ports::PortNames;
 pub use validate::FieldError;

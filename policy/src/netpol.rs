@@ -12,9 +12,10 @@
 //!   An empty or missing `from`/`to` means every peer (`fromEntities: [all]`,
 //!   Cilium's unscoped wildcard selector).
 //! - `ports[]` become one `toPorts` entry each: `protocol` defaults to TCP, a
-//!   missing `port` means every port of the protocol (1-65535 here, since the
-//!   model has no port 0 wildcard), `endPort` ends a range. Named ports are
-//!   rejected as not supported yet.
+//!   missing `port` means every port of the protocol (written 1-65535),
+//!   `endPort` ends a range. A named port
+//!   stays a name, resolved per endpoint as in a CiliumNetworkPolicy (the
+//!   selected pods' port for ingress, the destination pods' for egress).
 //! - `policyTypes` (default: Ingress, plus Egress when egress rules exist):
 //!   a listed direction without rules is default-deny, translated to a rule
 //!   whose only peer is the `none` entity (enforced, allows nothing). Rules of
@@ -175,10 +176,12 @@ pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, Po
         }
     }
     let mut rule = None;
+    let mut warnings = Vec::new();
     match obj.get("spec") {
         None => errors.push(err("spec", "is required")),
         Some(raw) => match serde_path_to_error::deserialize::<_, NetworkPolicySpec>(raw) {
             Ok(spec) => {
+                warnings = named_port_warnings(&spec);
                 rule = Some(translate(
                     name.as_deref().unwrap_or(label),
                     &namespace,
@@ -204,6 +207,7 @@ pub fn parse_object(value: &serde_json::Value, label: &str) -> Result<Policy, Po
     }
     Ok(Policy {
         kind: PolicyKind::NetworkPolicy,
+        warnings,
         name: name.expect("no errors means a name"),
         namespace: Some(namespace),
         rules: vec![(
@@ -342,7 +346,13 @@ pub fn translate(
     // checks above missed is reported rather than enforced.
     if errors.len() == first_error {
         let mut internal = Vec::new();
-        validate::rule(&rule, PolicyKind::NetworkPolicy, "spec", &mut internal);
+        validate::rule(
+            &rule,
+            PolicyKind::NetworkPolicy,
+            "spec",
+            &mut internal,
+            &mut Vec::new(),
+        );
         errors.extend(internal.into_iter().map(|e| FieldError {
             path: "spec".to_string(),
             message: format!("translated rule is invalid: {e}"),
@@ -504,6 +514,33 @@ fn peer_fields(
     (endpoints, cidr_set)
 }
 
+/// What validation cannot know offline: whether the pods declare the
+/// named ports (with the NetworkPolicy's field paths).
+fn named_port_warnings(spec: &NetworkPolicySpec) -> Vec<FieldError> {
+    let ingress: Vec<&[NetworkPolicyPort]> = spec.ingress.iter().map(|r| &r.ports[..]).collect();
+    let egress: Vec<&[NetworkPolicyPort]> = spec.egress.iter().map(|r| &r.ports[..]).collect();
+    let mut out = Vec::new();
+    for (dir, is_egress, rules) in [("ingress", false, ingress), ("egress", true, egress)] {
+        for (i, list) in rules.into_iter().enumerate() {
+            for (j, pp) in list.iter().enumerate() {
+                let Some(Ok(validate::PortSpec::Name(name))) =
+                    pp.port.as_ref().map(|v| validate::parse_port(&v.0))
+                else {
+                    continue;
+                };
+                let protocol =
+                    validate::parse_protocol(Some(pp.protocol.as_deref().unwrap_or("TCP")))
+                        .unwrap_or(validate::Protocol::Tcp);
+                out.push(err(
+                    &format!("spec.{dir}[{i}].ports[{j}].port"),
+                    validate::named_port_warning(&name, is_egress, protocol),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// `ports[]` as `toPorts` (one entry per port, as Cilium does).
 fn ports(list: &[NetworkPolicyPort], path: &str, errors: &mut Vec<FieldError>) -> Vec<PortRule> {
     let mut out = Vec::new();
@@ -530,42 +567,56 @@ fn ports(list: &[NetworkPolicyPort], path: &str, errors: &mut Vec<FieldError>) -
                     ));
                 }
                 // Every port of the protocol.
-                (1, Some(65535))
+                ("1".to_string(), Some(65535))
             }
-            Some(v) => match v.0.parse::<i64>() {
-                Ok(n) if (1..=65535).contains(&n) => {
-                    let n = i32::try_from(n).expect("a port fits");
-                    match pp.end_port {
-                        Some(e) if e < n || e > 65535 => {
-                            errors.push(err(
-                                &format!("{p}.endPort"),
-                                format!("{e} must be between port ({n}) and 65535"),
-                            ));
-                            (n, None)
+            Some(v) => {
+                match validate::parse_port(&v.0) {
+                    // Kubernetes has no port 0 ("every port" is no port).
+                    Ok(validate::PortSpec::Range(0, _)) => {
+                        errors.push(err(
+                            &format!("{p}.port"),
+                            format!(
+                                "{} is not a valid port (1-65535)",
+                                if v.0.is_empty() { "\"\"" } else { &v.0 }
+                            ),
+                        ));
+                        ("1".to_string(), None)
+                    }
+                    Ok(validate::PortSpec::Range(n, _)) => {
+                        let n = i32::from(n);
+                        match pp.end_port {
+                            Some(e) if e < n || e > 65535 => {
+                                errors.push(err(
+                                    &format!("{p}.endPort"),
+                                    format!("{e} must be between port ({n}) and 65535"),
+                                ));
+                                (n.to_string(), None)
+                            }
+                            e => (n.to_string(), e.filter(|e| *e != n)),
                         }
-                        e => (n, e),
+                    }
+                    // A named port: the selected pods' (ingress) or the
+                    // destination pods' (egress) container port of that name.
+                    Ok(validate::PortSpec::Name(name)) => {
+                        if let Some(e) = pp.end_port {
+                            errors.push(err(
+                            &format!("{p}.endPort"),
+                            format!("{e}: a range needs a numeric port, not the named port {name:?}"),
+                        ));
+                        }
+                        (name, None)
+                    }
+                    Err(e) => {
+                        errors.push(err(&format!("{p}.port"), e));
+                        ("1".to_string(), None)
                     }
                 }
-                Ok(n) => {
-                    errors.push(err(
-                        &format!("{p}.port"),
-                        format!("{n} is not a valid port (1-65535)"),
-                    ));
-                    (1, None)
-                }
-                Err(_) => {
-                    errors.push(err(
-                        &format!("{p}.port"),
-                        format!("named port {:?} is not supported yet (give a number)", v.0),
-                    ));
-                    (1, None)
-                }
-            },
+            }
         };
         out.push(PortRule {
             ports: vec![PortProtocol {
-                port: PortValue(port.to_string()),
-                end_port: end_port.filter(|e| *e != port),
+                port: PortValue(port),
+                end_port,
                 protocol: Some(protocol.to_string()),
             }],
             ..Default::default()
@@ -585,6 +636,7 @@ mod tests {
     };
     use crate::document::parse_documents;
     use crate::oracle::{direction_verdict, OracleVerdict};
+    use crate::ports::NO_PORTS;
     use crate::selector::Identities;
 
     fn parse(yaml: &str) -> Result<Policy, PolicyErrors> {
@@ -736,7 +788,7 @@ spec:
             (PROTO_ICMP, 8),
         ];
 
-        let compiled = compute(&policies, &ids, &vault, EnforcementMode::Default);
+        let compiled = compute(&policies, &ids, &vault, &NO_PORTS, EnforcementMode::Default);
         for dir in [Direction::Ingress, Direction::Egress] {
             let d = compiled.direction(dir);
             assert!(d.enforced, "{dir:?}");
@@ -753,6 +805,7 @@ spec:
                             &policies,
                             &ids,
                             &vault,
+                            &NO_PORTS,
                             dir,
                             peer,
                             proto,
@@ -766,7 +819,13 @@ spec:
         }
         // Pods the policy does not select are unaffected.
         for subject in [&web, &far] {
-            let c = compute(&policies, &ids, subject, EnforcementMode::Default);
+            let c = compute(
+                &policies,
+                &ids,
+                subject,
+                &NO_PORTS,
+                EnforcementMode::Default,
+            );
             assert!(!c.ingress.enforced && !c.egress.enforced);
             assert_eq!(
                 c.ingress.lookup(NumericIdentity(2), PROTO_TCP, 80),
@@ -792,7 +851,7 @@ spec:
       podSelector: {}
     ports:
     - port: 70000
-    - port: http
+    - {port: http, endPort: 81}
     - {port: 80, endPort: 79}
     - {protocol: ICMP, port: 1}
     - endPort: 90
@@ -811,7 +870,7 @@ spec:
             "my-np: spec.ingress[0].from[1].ipBlock: ipBlock cannot be combined",
             "my-np: spec.ingress[0].from[1].ipBlock.except[0]: 11.0.0.0/8 is not strictly inside 10.0.0.0/8",
             "my-np: spec.ingress[0].ports[0].port: 70000 is not a valid port (1-65535)",
-            "my-np: spec.ingress[0].ports[1].port: named port \"http\" is not supported yet",
+            "my-np: spec.ingress[0].ports[1].endPort: 81: a range needs a numeric port, not the named port \"http\"",
             "my-np: spec.ingress[0].ports[2].endPort: 79 must be between port (80) and 65535",
             "my-np: spec.ingress[0].ports[3].protocol: \"ICMP\" is not one of TCP, UDP, SCTP",
             "my-np: spec.ingress[0].ports[4].endPort: 90: endPort needs a port",
@@ -927,7 +986,7 @@ spec:
             });
             if let Ok(p) = crate::document::parse_object(&doc, "fuzz") {
                 let mut errors = Vec::new();
-                validate::rule(&p.rules[0].1, PolicyKind::NetworkPolicy, "spec", &mut errors);
+                validate::rule(&p.rules[0].1, PolicyKind::NetworkPolicy, "spec", &mut errors, &mut Vec::new());
                 proptest::prop_assert!(errors.is_empty(), "{errors:?}");
             }
         }

@@ -12,6 +12,7 @@ use crate::api::{
 use crate::compile::{Direction, EnforcementMode};
 use crate::document::Policy;
 use crate::entity::Entity;
+use crate::ports::PortNames;
 use crate::selector::Identities;
 
 /// The oracle's answer.
@@ -194,7 +195,10 @@ fn peer_matches(
     false
 }
 
-fn port_matches(pp: &PortProtocol, protocol: u8, port: u16) -> bool {
+/// Whether a `ports[]` entry covers the flow; a port name matches the
+/// ports `names` (the endpoint's whose port it is) gives it for the flow's
+/// protocol.
+fn port_matches(pp: &PortProtocol, protocol: u8, port: u16, names: &PortNames) -> bool {
     let proto_ok = match pp.protocol.as_deref() {
         None | Some("ANY") => matches!(protocol, 6 | 17 | 132),
         Some("TCP") => protocol == 6,
@@ -202,8 +206,17 @@ fn port_matches(pp: &PortProtocol, protocol: u8, port: u16) -> bool {
         Some("SCTP") => protocol == 132,
         _ => false,
     };
+    // Port 0, or none: every port.
+    if pp.port.0.is_empty() || pp.port.0.parse::<u16>() == Ok(0) {
+        return proto_ok && pp.end_port.is_none();
+    }
     let Ok(first) = pp.port.0.parse::<u16>() else {
-        return false;
+        let name = pp.port.0.to_ascii_lowercase();
+        return proto_ok
+            && pp.end_port.is_none()
+            && names
+                .get(&name)
+                .is_some_and(|set| set.contains(&(protocol, port)));
     };
     let last = pp
         .end_port
@@ -222,11 +235,14 @@ fn icmp_matches(icmps: &[IcmpRule], protocol: u8, port: u16) -> bool {
 }
 
 /// What `subject`'s policy in `dir` says about a flow with `peer`.
+/// `subject_ports` are the subject's named ports (those of ingress rules);
+/// the peer's (for egress rules) are in `ids`.
 #[allow(clippy::too_many_arguments)]
 pub fn direction_verdict(
     policies: &[Policy],
     ids: &Identities,
     subject: &LabelSet,
+    subject_ports: &PortNames,
     dir: Direction,
     peer: NumericIdentity,
     protocol: u8,
@@ -242,6 +258,11 @@ pub fn direction_verdict(
     let mut allow_all = false;
     let mut l7: Vec<HttpRule> = Vec::new();
     let mut allow_checks = Vec::new();
+    // Whose named ports the rules name: the destination's.
+    let names = match dir {
+        Direction::Ingress => subject_ports,
+        Direction::Egress => ids.ports(peer),
+    };
     for p in policies {
         let ns = p.namespace.as_deref();
         for (_, rule) in &p.rules {
@@ -264,7 +285,9 @@ pub fn direction_verdict(
                 let ports: Vec<&PortProtocol> =
                     d.deny_ports.iter().flat_map(|t| &t.ports).collect();
                 let l4 = (ports.is_empty() && d.icmps.is_empty() && !d.has_no_peers())
-                    || ports.iter().any(|pp| port_matches(pp, protocol, port))
+                    || ports
+                        .iter()
+                        .any(|pp| port_matches(pp, protocol, port, names))
                     || icmp_matches(d.icmps, protocol, port);
                 if l4 && peer_matches(&d, ns, peer, ids) {
                     denied = true;
@@ -295,7 +318,11 @@ pub fn direction_verdict(
                 allow_all = true;
             }
             for pr in to_ports {
-                if pr.ports.iter().any(|pp| port_matches(pp, protocol, port)) {
+                if pr
+                    .ports
+                    .iter()
+                    .any(|pp| port_matches(pp, protocol, port, names))
+                {
                     match pr.rules.as_ref().map(|r| &r.http).filter(|h| !h.is_empty()) {
                         Some(http) => {
                             for h in http {
@@ -352,7 +379,8 @@ pub fn http_allows(rules: &[HttpRule], req: &Request<'_>) -> bool {
 }
 
 /// The whole flow: egress at the source and ingress at the destination must
-/// both pass; with a request, L7 rules on either side are applied.
+/// both pass; with a request, L7 rules on either side are applied. Each
+/// side's named ports are its identity's in `ids`.
 #[allow(clippy::too_many_arguments)]
 pub fn verdict(
     policies: &[Policy],
@@ -368,6 +396,7 @@ pub fn verdict(
         policies,
         ids,
         source.1,
+        ids.ports(source.0),
         Direction::Egress,
         destination.0,
         protocol,
@@ -378,6 +407,7 @@ pub fn verdict(
         policies,
         ids,
         destination.1,
+        ids.ports(destination.0),
         Direction::Ingress,
         source.0,
         protocol,

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use crate::compile::{compute, Decision, Direction, EnforcementMode, Key, Verdict, PROTO_TCP};
 use crate::document::{parse_documents, Policy};
 use crate::oracle::{direction_verdict, OracleVerdict};
+use crate::ports::NO_PORTS;
 use crate::selector::Identities;
 use crate::testgen::{identities, policy, setup, PORTS, PROTOS};
 
@@ -38,10 +39,11 @@ proptest! {
         let peers: Vec<NumericIdentity> = ids.iter().map(|(id, _)| id).collect();
         for &subject in &endpoints {
             let subject_labels = ids.get(subject).unwrap().clone();
-            let compiled = compute(&policies, &ids, &subject_labels, mode);
+            let ports = ids.ports(subject);
+            let compiled = compute(&policies, &ids, &subject_labels, ports, mode);
             // Per-peer computation (the engine's fast path) gives the same entries.
             for &peer in &peers {
-                let partial = crate::compile::compute_for_peer(&policies, &ids, &subject_labels, mode, peer);
+                let partial = crate::compile::compute_for_peer(&policies, &ids, &subject_labels, ports, mode, peer);
                 for dir in [Direction::Ingress, Direction::Egress] {
                     let only = |p: &crate::compile::EndpointPolicy| -> Vec<(Key, Verdict)> {
                         p.direction(dir).entries.iter().filter(|(k, _)| k.identity == peer).map(|(k, v)| (*k, v.clone())).collect()
@@ -54,7 +56,7 @@ proptest! {
                     for &proto in PROTOS {
                         for &port in PORTS {
                             let got = compiled.direction(dir).lookup(peer, proto, port);
-                            let want = direction_verdict(&policies, &ids, &subject_labels, dir, peer, proto, port, mode);
+                            let want = direction_verdict(&policies, &ids, &subject_labels, ports, dir, peer, proto, port, mode);
                             prop_assert!(
                                 same(&got, &want),
                                 "subject {subject} {dir:?} peer {peer} proto {proto} port {port}: compiled {got:?}, oracle {want:?}\nentries: {:#?}\npolicies: {}",
@@ -88,7 +90,13 @@ fn seed_policy_compiles_to_exactly_the_expected_entries() {
     ids.insert(NumericIdentity(300), payments.clone());
     ids.insert(NumericIdentity(301), checkout);
     ids.insert(NumericIdentity(302), intruder);
-    let p = compute(&policies, &ids, &payments, EnforcementMode::Default);
+    let p = compute(
+        &policies,
+        &ids,
+        &payments,
+        &NO_PORTS,
+        EnforcementMode::Default,
+    );
 
     assert!(p.ingress.enforced, "ingress is default-deny");
     let entries: Vec<(Key, Verdict)> = p.ingress.entries.clone().into_iter().collect();

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use axoneme_identity::{LabelSet, NumericIdentity, ReservedIdentity, Source};
 
 use crate::api::{EndpointSelector, SelectorOperator};
+use crate::ports::{PortNames, NO_PORTS};
 use crate::validate::selector_label;
 
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
@@ -125,6 +126,10 @@ pub struct Identities {
     /// Label key → value → identities, so a new selector with an `In`
     /// requirement looks at its candidates only, not at every identity.
     index: HashMap<String, HashMap<String, BTreeSet<NumericIdentity>>>,
+    /// Each identity's named ports (the union over its endpoints), which
+    /// egress rules' named ports resolve against. Kept apart from the
+    /// labels: endpoints report them, not the identity allocator.
+    ports: BTreeMap<NumericIdentity, PortNames>,
 }
 
 impl Clone for Identities {
@@ -133,6 +138,7 @@ impl Clone for Identities {
             by_id: self.by_id.clone(),
             selections: Mutex::new(self.selections.lock().expect("poisoned").clone()),
             index: self.index.clone(),
+            ports: self.ports.clone(),
         }
     }
 }
@@ -216,6 +222,25 @@ impl Identities {
         let labels = self.by_id.remove(&id)?;
         self.unindex(id, &labels);
         Some(labels)
+    }
+
+    /// Sets identity `id`'s named ports (empty: none).
+    pub fn set_ports(&mut self, id: NumericIdentity, ports: PortNames) {
+        if ports.is_empty() {
+            self.ports.remove(&id);
+        } else {
+            self.ports.insert(id, ports);
+        }
+    }
+
+    /// Identity `id`'s named ports.
+    pub fn ports(&self, id: NumericIdentity) -> &PortNames {
+        self.ports.get(&id).unwrap_or(&NO_PORTS)
+    }
+
+    /// Every identity with named ports.
+    pub fn with_ports(&self) -> impl Iterator<Item = (NumericIdentity, &PortNames)> {
+        self.ports.iter().map(|(id, p)| (*id, p))
     }
 
     /// Selectors the cache holds (for tests and statistics).

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::compile::{add_cidr_identities, cidr_identities};
 use crate::document::{parse_object, Policy};
+use crate::ports::PortNames;
 use crate::selector::Identities;
 
 const APPS: &[&str] = &["a", "b", "c"];
@@ -36,15 +37,30 @@ fn selector() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// Port names the generated identities declare (see `named_ports`), and
+/// one none does.
+const PORT_NAMES: &[&str] = &["http", "dns", "metrics", "nope"];
+
 fn ports() -> impl Strategy<Value = Value> {
     let port = (
         prop::sample::select(PORTS),
         prop::option::of(0u16..40),
         prop::sample::select(vec![None, Some("TCP"), Some("UDP"), Some("ANY")]),
+        prop::option::weighted(0.25, prop::sample::select(PORT_NAMES)),
+        prop::sample::select(vec![None, None, None, None, None, Some("0"), Some("")]),
     )
-        .prop_map(|(p, end, proto)| {
+        .prop_map(|(p, end, proto, name, every)| {
             let mut v = json!({"port": p.to_string()});
-            if let Some(e) = end {
+            if let Some(n) = name {
+                v["port"] = json!(n);
+            } else if let Some(every) = every {
+                // Every port: "0", or no port at all.
+                if every.is_empty() {
+                    v = json!({});
+                } else {
+                    v["port"] = json!(every);
+                }
+            } else if let Some(e) = end {
                 v["endPort"] = json!(i32::from(p) + i32::from(e));
             }
             if let Some(proto) = proto {
@@ -95,8 +111,10 @@ fn item(dir: &'static str, deny: bool) -> impl Strategy<Value = Value> {
                 Some((ports, http)) => {
                     let mut pr = json!({"ports": ports});
                     if let (Some(h), false) = (http, deny) {
-                        // HTTP rules need TCP ports without ranges.
-                        pr = json!({"ports": [{"port": "80", "protocol": "TCP"}], "rules": {"http": h}});
+                        // HTTP rules need TCP ports without ranges (a name
+                        // is one port); `icmp` picks which.
+                        let port = if icmp { "http" } else { "80" };
+                        pr = json!({"ports": [{"port": port, "protocol": "TCP"}], "rules": {"http": h}});
                     }
                     v["toPorts"] = json!([pr]);
                 }
@@ -167,8 +185,31 @@ pub fn identities() -> impl Strategy<Value = Vec<LabelSet>> {
     prop::collection::btree_set(one, 1..7).prop_map(|s| s.into_iter().collect())
 }
 
+/// The named ports a generated workload declares, from its labels: app
+/// `a` names 80 "http", `b` names 8080 "http" and UDP 53 "dns", `c` none;
+/// `env=prod` adds 9000 "metrics", namespace `other` TCP 53 "dns".
+pub fn named_ports(labels: &LabelSet) -> PortNames {
+    let value = |k: &str| labels.get(k).map(|l| l.value.as_str());
+    let mut p = PortNames::new();
+    match value("app") {
+        Some("a") => p.insert("http", 6, 80),
+        Some("b") => {
+            p.insert("http", 6, 8080);
+            p.insert("dns", 17, 53);
+        }
+        _ => {}
+    }
+    if value("env") == Some("prod") {
+        p.insert("metrics", 6, 9000);
+    }
+    if value("io.kubernetes.pod.namespace") == Some("other") {
+        p.insert("dns", 6, 53);
+    }
+    p
+}
+
 /// Parses the generated documents and numbers the identities (workloads
-/// from 256, then the policies' CIDR identities).
+/// from 256, with their `named_ports`, then the policies' CIDR identities).
 pub fn setup(
     labels: &[LabelSet],
     docs: &[Value],
@@ -185,6 +226,7 @@ pub fn setup(
     for (i, l) in labels.iter().enumerate() {
         let id = NumericIdentity(256 + u32::try_from(i).unwrap());
         ids.insert(id, l.clone());
+        ids.set_ports(id, named_ports(l));
         endpoints.push(id);
     }
     add_cidr_identities(&mut ids, &cidr_identities(&policies));

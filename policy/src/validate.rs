@@ -58,11 +58,19 @@ pub const ICMP_TYPES: &[(&str, Option<u8>, Option<u8>)] = &[
 
 struct Ctx<'a> {
     errors: &'a mut Vec<FieldError>,
+    warnings: &'a mut Vec<FieldError>,
 }
 
 impl Ctx<'_> {
     fn err(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(FieldError {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, path: &str, message: impl Into<String>) {
+        self.warnings.push(FieldError {
             path: path.to_string(),
             message: message.into(),
         });
@@ -78,9 +86,17 @@ impl Ctx<'_> {
     }
 }
 
-/// Validates one rule found at `path` in a policy of `kind`.
-pub fn rule(rule: &Rule, kind: PolicyKind, path: &str, errors: &mut Vec<FieldError>) {
-    let mut c = Ctx { errors };
+/// Validates one rule found at `path` in a policy of `kind`. Warnings are
+/// what validation cannot decide offline (a named port must be declared
+/// by the pods it refers to).
+pub fn rule(
+    rule: &Rule,
+    kind: PolicyKind,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+    warnings: &mut Vec<FieldError>,
+) {
+    let mut c = Ctx { errors, warnings };
     match (&rule.endpoint_selector, &rule.node_selector) {
         (None, None) => c.err(path, "a rule needs endpointSelector (or nodeSelector)"),
         (Some(_), Some(_)) => c.err(
@@ -113,7 +129,7 @@ pub fn rule(rule: &Rule, kind: PolicyKind, path: &str, errors: &mut Vec<FieldErr
         c.unsupported(&p, "fromGroups", &r.from_groups);
         c.unsupported(&p, "fromNodes", &r.from_nodes);
         c.unsupported(&p, "authentication", &r.authentication);
-        port_rules(&mut c, &p, s.to_ports, s.icmps);
+        port_rules(&mut c, &p, false, s.to_ports, s.icmps);
     }
     for (i, (r, s)) in rule
         .ingress_deny
@@ -125,7 +141,7 @@ pub fn rule(rule: &Rule, kind: PolicyKind, path: &str, errors: &mut Vec<FieldErr
         peers(&mut c, &p, "from", &s);
         c.unsupported(&p, "fromGroups", &r.from_groups);
         c.unsupported(&p, "fromNodes", &r.from_nodes);
-        deny_ports(&mut c, &p, s.deny_ports, s.icmps);
+        deny_ports(&mut c, &p, false, s.deny_ports, s.icmps);
     }
     for (i, (r, s)) in rule
         .egress
@@ -140,7 +156,7 @@ pub fn rule(rule: &Rule, kind: PolicyKind, path: &str, errors: &mut Vec<FieldErr
         c.unsupported(&p, "toGroups", &r.to_groups);
         c.unsupported(&p, "toNodes", &r.to_nodes);
         c.unsupported(&p, "authentication", &r.authentication);
-        port_rules(&mut c, &p, s.to_ports, s.icmps);
+        port_rules(&mut c, &p, true, s.to_ports, s.icmps);
     }
     for (i, (r, s)) in rule
         .egress_deny
@@ -153,7 +169,7 @@ pub fn rule(rule: &Rule, kind: PolicyKind, path: &str, errors: &mut Vec<FieldErr
         c.unsupported(&p, "toServices", &r.to_services);
         c.unsupported(&p, "toGroups", &r.to_groups);
         c.unsupported(&p, "toNodes", &r.to_nodes);
-        deny_ports(&mut c, &p, s.deny_ports, s.icmps);
+        deny_ports(&mut c, &p, true, s.deny_ports, s.icmps);
     }
 }
 
@@ -281,11 +297,20 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
 }
 
 /// A validated port entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ports {
     pub protocol: Protocol,
-    pub port: u16,
-    pub end_port: u16,
+    pub port: PortSpec,
+}
+
+/// What a `port` field stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    /// `port` to `end` (both included; equal for one port; 0-65535 for
+    /// port 0 or none, "every port").
+    Range(u16, u16),
+    /// A named port, lower-cased: resolved per endpoint (`compile`).
+    Name(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -296,18 +321,103 @@ pub enum Protocol {
     Any,
 }
 
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+            Protocol::Any => "ANY",
+        }
+    }
+
+    /// The IP protocol numbers it stands for (ANY: TCP, UDP and SCTP).
+    pub fn numbers(self) -> &'static [u8] {
+        match self {
+            Protocol::Tcp => &[6],
+            Protocol::Udp => &[17],
+            Protocol::Sctp => &[132],
+            Protocol::Any => &[6, 17, 132],
+        }
+    }
+}
+
 pub fn parse_protocol(p: Option<&str>) -> Result<Protocol, String> {
     match p {
         None | Some("ANY") => Ok(Protocol::Any),
         Some("TCP") => Ok(Protocol::Tcp),
         Some("UDP") => Ok(Protocol::Udp),
         Some("SCTP") => Ok(Protocol::Sctp),
+        // Cilium's other protocols (the CRD schema admits them).
+        Some(p @ ("ICMP" | "ICMPV6" | "VRRP" | "IGMP")) => Err(format!(
+            "protocol {p} is not supported yet in toPorts (TCP, UDP, SCTP or ANY; \
+             ICMP types go in icmps)"
+        )),
         Some(other) => Err(format!("{other:?} is not one of TCP, UDP, SCTP, ANY")),
     }
 }
 
-/// Validates one `ports[]` entry; errors go under `path`.
-fn port_protocol(c: &mut Ctx<'_>, pp: &PortProtocol, path: &str) -> Option<Ports> {
+/// Reads a `port` value: a number 1-65535, 0 or nothing (every port), or a
+/// port name. Names are compared case-insensitively, as Cilium does, so
+/// they come back lower-cased.
+pub fn parse_port(v: &str) -> Result<PortSpec, String> {
+    match v.parse::<i64>() {
+        _ if v.is_empty() => Ok(PortSpec::Range(0, 65535)),
+        Ok(0) => Ok(PortSpec::Range(0, 65535)),
+        Ok(n) if (1..=65535).contains(&n) => Ok(PortSpec::Range(
+            u16::try_from(n).expect("in range"),
+            u16::try_from(n).expect("in range"),
+        )),
+        Ok(n) => Err(format!("{n} is not a valid port (1-65535)")),
+        Err(_) => {
+            let name = v.to_ascii_lowercase();
+            match axoneme_identity::check_port_name(&name) {
+                Ok(()) => Ok(PortSpec::Name(name)),
+                Err(_) => Err(format!(
+                    "{v:?} is neither a valid port (1-65535) nor a port name \
+                     (1-15 letters, digits and '-', at least one letter)"
+                )),
+            }
+        }
+    }
+}
+
+/// What validation says of a named port offline: whether any pod declares
+/// it is only known where the pods are (`compile::undeclared_named_ports`).
+pub fn named_port_warning(name: &str, egress: bool, protocol: Protocol) -> String {
+    let whose = if egress {
+        "the destination pods"
+    } else {
+        "the pods the rule selects"
+    };
+    let protocol = match protocol {
+        Protocol::Any => String::new(),
+        p => format!(" and protocol {}", p.as_str()),
+    };
+    format!(
+        "named port {name:?} matches only where {whose} declare a container port of that \
+         name{protocol}; where none does, it matches nothing"
+    )
+}
+
+/// A port entry as computation reads it (`None` when validation rejects it).
+pub fn port_entry(pp: &PortProtocol) -> Option<Ports> {
+    let protocol = parse_protocol(pp.protocol.as_deref()).ok()?;
+    let port = match (parse_port(&pp.port.0).ok()?, pp.end_port) {
+        (PortSpec::Range(0, _), Some(_)) => return None,
+        (PortSpec::Range(p, _), Some(e)) => {
+            PortSpec::Range(p, u16::try_from(e).ok().filter(|e| *e >= p)?)
+        }
+        (PortSpec::Name(_), Some(_)) => return None,
+        (spec, None) => spec,
+    };
+    Some(Ports { protocol, port })
+}
+
+/// Validates one `ports[]` entry; errors go under `path`. `egress` says
+/// whose named ports a name refers to (the destination's, else the
+/// selected endpoint's own).
+fn port_protocol(c: &mut Ctx<'_>, pp: &PortProtocol, path: &str, egress: bool) -> Option<Ports> {
     let protocol = match parse_protocol(pp.protocol.as_deref()) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -315,60 +425,51 @@ fn port_protocol(c: &mut Ctx<'_>, pp: &PortProtocol, path: &str) -> Option<Ports
             None
         }
     };
-    let port = match pp.port.0.parse::<i64>() {
-        Ok(n) if (1..=65535).contains(&n) => u16::try_from(n).ok(),
-        Ok(n) => {
-            c.err(
-                &format!("{path}.port"),
-                format!("{n} is not a valid port (1-65535)"),
-            );
-            None
-        }
-        Err(_)
-            if !pp.port.0.is_empty()
-                && pp
-                    .port
-                    .0
-                    .chars()
-                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-') =>
-        {
-            c.err(
-                &format!("{path}.port"),
-                format!(
-                    "named port {:?} is not supported yet (give a number)",
-                    pp.port.0
-                ),
-            );
-            None
-        }
-        Err(_) => {
-            c.err(
-                &format!("{path}.port"),
-                format!("{:?} is not a valid port (1-65535)", pp.port.0),
-            );
+    let port = match parse_port(&pp.port.0) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            c.err(&format!("{path}.port"), e);
             None
         }
     };
-    let end_port = match (pp.end_port, port) {
-        (None, p) => p,
-        (Some(e), Some(p)) if e >= i32::from(p) && e <= 65535 => u16::try_from(e).ok(),
-        (Some(e), Some(p)) => {
+    let port = match (port, pp.end_port) {
+        (Some(PortSpec::Range(0, _)), Some(e)) => {
+            c.err(
+                &format!("{path}.endPort"),
+                format!("{e}: a range needs a first port (port 0 or none is every port)"),
+            );
+            None
+        }
+        (Some(PortSpec::Range(p, _)), Some(e)) if e >= i32::from(p) && e <= 65535 => {
+            Some(PortSpec::Range(p, u16::try_from(e).expect("checked range")))
+        }
+        (Some(PortSpec::Range(p, _)), Some(e)) => {
             c.err(
                 &format!("{path}.endPort"),
                 format!("{e} must be between port ({p}) and 65535"),
             );
             None
         }
-        (Some(_), None) => None,
+        (Some(PortSpec::Name(n)), Some(_)) => {
+            c.err(
+                &format!("{path}.endPort"),
+                format!("a range needs a numeric port, not the named port {n:?}"),
+            );
+            None
+        }
+        (port, _) => port,
     };
+    if let Some(PortSpec::Name(n)) = &port {
+        let message = named_port_warning(n, egress, protocol.unwrap_or(Protocol::Any));
+        c.warn(&format!("{path}.port"), message);
+    }
     Some(Ports {
         protocol: protocol?,
         port: port?,
-        end_port: end_port?,
     })
 }
 
-fn port_rules(c: &mut Ctx<'_>, path: &str, rules: &[PortRule], icmps: &[IcmpRule]) {
+fn port_rules(c: &mut Ctx<'_>, path: &str, egress: bool, rules: &[PortRule], icmps: &[IcmpRule]) {
     if !rules.is_empty() && !icmps.is_empty() {
         c.err(
             &format!("{path}.icmps"),
@@ -385,7 +486,7 @@ fn port_rules(c: &mut Ctx<'_>, path: &str, rules: &[PortRule], icmps: &[IcmpRule
             .ports
             .iter()
             .enumerate()
-            .map(|(j, pp)| port_protocol(c, pp, &format!("{p}.ports[{j}]")))
+            .map(|(j, pp)| port_protocol(c, pp, &format!("{p}.ports[{j}]"), egress))
             .collect();
         if let Some(l7) = &r.rules {
             let rp = format!("{p}.rules");
@@ -404,7 +505,13 @@ fn port_rules(c: &mut Ctx<'_>, path: &str, rules: &[PortRule], icmps: &[IcmpRule
                         "HTTP rules need TCP (or ANY) ports",
                     );
                 }
-                if !l7.http.is_empty() && pp.end_port != pp.port {
+                if !l7.http.is_empty() && pp.port == PortSpec::Range(0, 65535) {
+                    c.err(
+                        &format!("{p}.ports[{j}].port"),
+                        "L7 rules on every port (port 0 or none) are not supported yet",
+                    );
+                } else if !l7.http.is_empty() && matches!(pp.port, PortSpec::Range(a, b) if a != b)
+                {
                     c.err(
                         &format!("{p}.ports[{j}].endPort"),
                         "L7 rules on a port range are not supported",
@@ -419,7 +526,13 @@ fn port_rules(c: &mut Ctx<'_>, path: &str, rules: &[PortRule], icmps: &[IcmpRule
     icmp_rules(c, path, icmps);
 }
 
-fn deny_ports(c: &mut Ctx<'_>, path: &str, rules: &[PortDenyRule], icmps: &[IcmpRule]) {
+fn deny_ports(
+    c: &mut Ctx<'_>,
+    path: &str,
+    egress: bool,
+    rules: &[PortDenyRule],
+    icmps: &[IcmpRule],
+) {
     if !rules.is_empty() && !icmps.is_empty() {
         c.err(
             &format!("{path}.icmps"),
@@ -428,7 +541,7 @@ fn deny_ports(c: &mut Ctx<'_>, path: &str, rules: &[PortDenyRule], icmps: &[Icmp
     }
     for (i, r) in rules.iter().enumerate() {
         for (j, pp) in r.ports.iter().enumerate() {
-            port_protocol(c, pp, &format!("{path}.toPorts[{i}].ports[{j}]"));
+            port_protocol(c, pp, &format!("{path}.toPorts[{i}].ports[{j}]"), egress);
         }
     }
     icmp_rules(c, path, icmps);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use axoneme_policy::{parse_documents, PolicyKind};
+use axoneme_policy::{parse_documents, parse_manifest, Document, PolicyKind};
 use proptest::prelude::*;
 
 fn corpus(dir: &str) -> Vec<PathBuf> {
@@ -141,6 +141,232 @@ fn syntax_errors_and_non_policies_are_named() {
         .to_string()
         .contains("must be a YAML/JSON object"));
     assert!(parse_documents("---\n---\n").is_empty());
+}
+
+/// Cilium's own example policies (`../shared/testdata/cilium-examples`,
+/// sources in SOURCES.tsv): each file validates, or is rejected naming the
+/// feature not built yet (or what is malformed in it). `ACCEPTED` is a
+/// figure to raise: lifting a rejection means moving its file out of
+/// `REJECTED`, so neither can change silently.
+#[test]
+fn cilium_examples_validate_or_name_what_is_missing() {
+    const ACCEPTED: usize = 39;
+    const FQDN: &str = "toFQDNs is not supported yet";
+    const DNS: &str = "rules.dns: dns is not supported yet";
+    const KAFKA: &str = "rules.kafka: kafka is not supported yet";
+    const HOST: &str = "spec.nodeSelector: host policies (nodeSelector) are not supported yet";
+    const SERVICES: &str = "toServices is not supported yet";
+    const LISTENER: &str = "listener is not supported yet";
+    const NODES: &str = "fromNodes is not supported yet";
+    // Malformed examples, rejected as a user's typo would be: the API
+    // server would prune these fields, silently changing the policy.
+    const NULL_LABELS: &str = "matchLabels: invalid type: null, expected a map";
+    const LOWER_OPERATOR: &str = "operator: unknown variant `in`";
+    const REJECTED: &[(&str, &str)] = &[
+        (
+            "auth__auth.yaml",
+            "spec.egress[0].auth: unknown field `auth`",
+        ),
+        ("getting-started__dns-matchname.yaml", FQDN),
+        ("getting-started__dns-pattern.yaml", FQDN),
+        ("getting-started__dns-port.yaml", FQDN),
+        ("getting-started__kafka.yaml", KAFKA),
+        (
+            "host__allow-extended-protocols.yaml",
+            "protocol VRRP is not supported yet",
+        ),
+        ("host__demo-host-policy.yaml", HOST),
+        ("host__lock-down-dev-vms-cidr-node.yaml", HOST),
+        ("host__lock-down-dev-vms-remote-node.yaml", HOST),
+        ("host__lock-down-dev-vms.yaml", HOST),
+        ("host__lock-down-gke.yaml", HOST),
+        ("host__lock-down-ingress.yaml", HOST),
+        (
+            "l3__egress-default-deny__egress-default-deny.yaml",
+            "spec.egress: invalid type: null, expected a sequence",
+        ),
+        ("l3__entities__customnodes.yaml", NODES),
+        ("l3__entities__from_nodes.yaml", NODES),
+        ("l3__fqdn__fqdn-cascade.yaml", FQDN),
+        ("l3__fqdn__fqdn-short.yaml", FQDN),
+        ("l3__fqdn__fqdn.yaml", FQDN),
+        ("l3__host__host-policy.yaml", HOST),
+        (
+            "l3__ingress-allow-all__ingress-allow-all.yaml",
+            "fromEndpoints: invalid type: null, expected a sequence",
+        ),
+        ("l3__match-expressions__and-statement.yaml", LOWER_OPERATOR),
+        ("l3__match-expressions__or-statement.yaml", LOWER_OPERATOR),
+        ("l3__service__service-labels.yaml", SERVICES),
+        ("l3__service__service.yaml", SERVICES),
+        ("l4__envoy_forward_proxy.yaml", LISTENER),
+        ("l4__envoy_listener_redirect.yaml", LISTENER),
+        ("l4__l3_l4_combined.yaml", NULL_LABELS),
+        ("l4__l4_sni.yaml", "serverNames is not supported yet"),
+        ("l4__wildcard_port_listener.yaml", LISTENER),
+        ("l7__dns__dns-upgrade.yaml", DNS),
+        ("l7__dns__dns-visibility.yaml", DNS),
+        ("l7__dns__dns.yaml", DNS),
+        ("l7__http__http.yaml", "rules.HTTP: unknown field `HTTP`"),
+        ("l7__kafka__kafka-Role.yaml", KAFKA),
+        ("l7__kafka__kafka-role.yaml", KAFKA),
+        ("l7__kafka__kafka.yaml", KAFKA),
+        ("multi_rule.yaml", NULL_LABELS),
+        ("service-empty.yaml", SERVICES),
+        ("service.yaml", SERVICES),
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/cilium-examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "the examples belong beside the project ({}): {e}",
+                dir.display()
+            )
+        })
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut accepted = Vec::new();
+    let mut problems = Vec::new();
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let docs = parse_manifest(&std::fs::read_to_string(file).unwrap());
+        let errors: Vec<String> = docs
+            .iter()
+            .filter_map(|d| match d {
+                Document::Invalid(e) => Some(e.to_string()),
+                _ => None,
+            })
+            .collect();
+        let policies = docs
+            .iter()
+            .filter(|d| matches!(d, Document::Policy(_)))
+            .count();
+        let expected = REJECTED
+            .iter()
+            .find(|(f, _)| *f == name)
+            .map(|(_, why)| *why);
+        match (errors.is_empty() && policies > 0, expected) {
+            (true, None) => accepted.push(name),
+            (true, Some(why)) => problems.push(format!(
+                "{name} is accepted now: move it out of REJECTED ({why:?}) and raise ACCEPTED"
+            )),
+            (false, None) => problems.push(format!("{name} is rejected:\n{}", errors.join("\n"))),
+            (false, Some(why)) => {
+                if !errors.iter().any(|e| e.contains(why)) {
+                    problems.push(format!(
+                        "{name}: rejected without naming {why:?}:\n{}",
+                        errors.join("\n")
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+    assert_eq!(accepted.len(), ACCEPTED, "accepted: {accepted:#?}");
+    assert_eq!(files.len(), ACCEPTED + REJECTED.len(), "a file is missing");
+}
+
+#[test]
+fn manifests_skip_other_objects_and_prune_description() {
+    let text = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec: {replicas: 2}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+description: "L3 rule: allow web"
+metadata: {name: allow-web}
+spec:
+  endpointSelector: {}
+  ingress: [{fromEndpoints: [{matchLabels: {app: web}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web}
+---
+kind: List
+apiVersion: v1
+items:
+- {apiVersion: v1, kind: Service, metadata: {name: web}}
+- {apiVersion: v1, kind: CiliumNetworkPolicy, metadata: {name: old}, spec: {endpointSelector: {}}}
+"#;
+    let docs = parse_manifest(text);
+    let kinds: Vec<String> = docs
+        .iter()
+        .map(|d| match d {
+            Document::Skipped(s) => format!("skipped {s}"),
+            Document::Policy(p) => format!("policy {}", p.name),
+            Document::Invalid(e) => format!("invalid {e}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "skipped Deployment/web",
+            "policy allow-web",
+            "skipped Ingress/web",
+            "skipped Service/web",
+            "invalid old: apiVersion: \"v1\" is not supported (want cilium.io/v2)",
+        ]
+    );
+    // The description is pruned from what is stored, as the API server does.
+    let Document::Policy(p) = &docs[1] else {
+        unreachable!()
+    };
+    assert!(p.object.get("description").is_none());
+    // Strict parsing (stored policies) still calls other kinds errors.
+    let strict = parse_documents(text);
+    assert!(strict[0]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("\"Deployment\" is not a policy kind"));
+    // A description must be text.
+    let bad = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\ndescription: {a: b}\n\
+               metadata: {name: d}\nspec: {endpointSelector: {}}\n";
+    let err = parse_documents(bad).remove(0).unwrap_err();
+    assert!(
+        err.to_string().contains("d: description: must be a string"),
+        "{err}"
+    );
+}
+
+#[test]
+fn named_ports_validate_with_a_warning() {
+    let text = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: np}
+spec:
+  endpointSelector: {}
+  ingress:
+  - toPorts: [{ports: [{port: http-80, protocol: TCP}]}]
+  egress:
+  - toPorts: [{ports: [{port: DNS}]}]
+"#;
+    let p = parse_documents(text).remove(0).unwrap();
+    let w: Vec<String> = p.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(
+        w[0].starts_with(
+            "spec.ingress[0].toPorts[0].ports[0].port: named port \"http-80\" matches only where \
+         the pods the rule selects declare a container port of that name and protocol TCP"
+        ),
+        "{}",
+        w[0]
+    );
+    assert!(
+        w[1].starts_with(
+            "spec.egress[0].toPorts[0].ports[0].port: named port \"dns\" matches only where \
+         the destination pods declare"
+        ),
+        "{}",
+        w[1]
+    );
 }
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {

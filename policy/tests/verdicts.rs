@@ -8,8 +8,12 @@
 //!
 //! ```text
 //! # mode: default|always|never            (optional; default)
+//! # ports: <pod> <name>=<proto>/<port>[,<name>=<proto>/<port>...]   (any number)
 //! # flow: <src> -> <dst> <proto>/<port> [METHOD PATH [host=HOST] [Name=value]...] => <verdict>
 //! ```
+//!
+//! `# ports:` gives a pod's named ports (its identity's: lines for two
+//! pods of one identity add up, as the engine unions them).
 //!
 //! - `<src>`/`<dst>`: a pod as comma-separated labels (`app=web,env=prod`,
 //!   source k8s; `ns=X` is short for `io.kubernetes.pod.namespace=X`, which
@@ -25,8 +29,8 @@
 //!   L4 but the proxy refuses the request); `redirect` (no request given:
 //!   allowed at L4 and sent to the proxy).
 //!
-//! Every pod named in a flow gets an identity (256, 257, ... in order of
-//! appearance), beside the reserved identities and the node-local CIDR
+//! Every pod named in a flow or a `# ports:` line gets an identity (256,
+//! 257, ... in order of appearance, flows first), beside the reserved identities and the node-local CIDR
 //! identities of every prefix the policies name. A flow is checked at the
 //! source's egress (`compute(src).egress.lookup(dst)`) and the destination's
 //! ingress (`compute(dst).ingress.lookup(src)`): deny if either denies (the
@@ -44,7 +48,7 @@ use axoneme_policy::compile::{
 use axoneme_policy::l7::HttpMatcher;
 use axoneme_policy::oracle::{direction_verdict, verdict, OracleVerdict, Request};
 use axoneme_policy::selector::Identities;
-use axoneme_policy::{parse_documents, Policy, PolicyKind};
+use axoneme_policy::{parse_documents, Policy, PolicyKind, PortNames};
 use ipnet::IpNet;
 
 const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
@@ -162,18 +166,7 @@ fn parse_flow(line: usize, text: &str) -> Result<Flow, String> {
     if tokens.len() < 4 || tokens[1] != "->" {
         return Err("want `<src> -> <dst> <proto>/<port> ...`".into());
     }
-    let (proto, port) = tokens[3].split_once('/').ok_or("want <proto>/<port>")?;
-    let proto = match proto {
-        "tcp" => 6,
-        "udp" => 17,
-        "sctp" => 132,
-        "icmp" => 1,
-        "icmpv6" => 58,
-        other => return Err(format!("{other:?} is not tcp, udp, sctp, icmp or icmpv6")),
-    };
-    let port = port
-        .parse::<u16>()
-        .map_err(|e| format!("port {port:?}: {e}"))?;
+    let (proto, port) = proto_port(tokens[3], &["tcp", "udp", "sctp", "icmp", "icmpv6"])?;
     let request = match &tokens[4..] {
         [] => None,
         [_] => return Err("a request needs a method and a path".into()),
@@ -213,6 +206,48 @@ fn parse_flow(line: usize, text: &str) -> Result<Flow, String> {
         request,
         expect,
     })
+}
+
+/// `<proto>/<port>`, the protocol one of `allowed`.
+fn proto_port(text: &str, allowed: &[&str]) -> Result<(u8, u16), String> {
+    let (proto, port) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: want <proto>/<port>"))?;
+    let number = match proto {
+        "tcp" => 6,
+        "udp" => 17,
+        "sctp" => 132,
+        "icmp" => 1,
+        "icmpv6" => 58,
+        _ => 0,
+    };
+    if number == 0 || !allowed.contains(&proto) {
+        return Err(format!("{proto:?} is not one of {}", allowed.join(", ")));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|e| format!("port {port:?}: {e}"))?;
+    Ok((number, port))
+}
+
+/// `# ports: <pod> name=proto/port,...`.
+fn parse_ports(text: &str) -> Result<(LabelSet, PortNames), String> {
+    let (pod, list) = text
+        .trim()
+        .split_once(' ')
+        .ok_or("want `<pod> <name>=<proto>/<port>,...`")?;
+    let Peer::Pod(labels) = parse_peer(pod)? else {
+        return Err(format!("{pod}: named ports are a pod's"));
+    };
+    let mut ports = PortNames::new();
+    for item in list.trim().split(',') {
+        let (name, pp) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: want <name>=<proto>/<port>"))?;
+        let (proto, port) = proto_port(pp, &["tcp", "udp", "sctp"])?;
+        ports.insert(name, proto, port);
+    }
+    Ok((labels, ports))
 }
 
 fn rule_set(rules: &[axoneme_policy::api::HttpRule]) -> BTreeSet<String> {
@@ -294,7 +329,15 @@ fn check(name: &str, text: &str) -> Checked {
     }
     let mut mode = EnforcementMode::Default;
     let mut flows = Vec::new();
+    let mut named: Vec<(LabelSet, PortNames)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
+        if let Some(p) = line.strip_prefix("# ports:") {
+            match parse_ports(p) {
+                Ok(p) => named.push(p),
+                Err(e) => out.failures.push(format!("{name}:{}: {e}", i + 1)),
+            }
+            continue;
+        }
         if let Some(m) = line.strip_prefix("# mode:") {
             mode = match m.trim() {
                 "default" => EnforcementMode::Default,
@@ -315,6 +358,11 @@ fn check(name: &str, text: &str) -> Checked {
     }
     out.mode = mode;
     out.l4 = flows.iter().map(|f| (f.proto, f.port)).collect();
+    out.l4.extend(
+        named
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|(_, pr, port)| (pr, port))),
+    );
     if !out.failures.is_empty() {
         return out;
     }
@@ -332,11 +380,20 @@ fn check(name: &str, text: &str) -> Checked {
             }
         }
     }
+    for (l, _) in &named {
+        if !pods.contains(l) {
+            pods.push(l.clone());
+        }
+    }
     for (i, l) in pods.iter().enumerate() {
-        ids.insert(
-            NumericIdentity(256 + u32::try_from(i).expect("few pods")),
-            l.clone(),
-        );
+        let id = NumericIdentity(256 + u32::try_from(i).expect("few pods"));
+        ids.insert(id, l.clone());
+        let union: PortNames = named
+            .iter()
+            .filter(|(pod, _)| pod == l)
+            .flat_map(|(_, p)| p.iter())
+            .collect();
+        ids.set_ports(id, union);
     }
     let cidrs = cidr_identities(policies);
     add_cidr_identities(&mut ids, &cidrs);
@@ -385,16 +442,17 @@ fn check(name: &str, text: &str) -> Checked {
         });
 
         // Compiled entries, and each direction against the oracle.
-        let egress = compute(policies, &ids, &src_labels, mode)
+        let egress = compute(policies, &ids, &src_labels, ids.ports(src), mode)
             .egress
             .lookup(dst, f.proto, f.port);
-        let ingress = compute(policies, &ids, &dst_labels, mode)
+        let ingress = compute(policies, &ids, &dst_labels, ids.ports(dst), mode)
             .ingress
             .lookup(src, f.proto, f.port);
         let oracle_egress = direction_verdict(
             policies,
             &ids,
             &src_labels,
+            ids.ports(src),
             Direction::Egress,
             dst,
             f.proto,
@@ -405,6 +463,7 @@ fn check(name: &str, text: &str) -> Checked {
             policies,
             &ids,
             &dst_labels,
+            ids.ports(dst),
             Direction::Ingress,
             src,
             f.proto,
@@ -532,7 +591,8 @@ fn corpus_policies_compile_like_the_oracle_everywhere() {
         }
         ports.remove(&0);
         for (subject, labels) in c.ids.iter() {
-            let compiled = compute(&c.policies, &c.ids, labels, c.mode);
+            let own = c.ids.ports(subject);
+            let compiled = compute(&c.policies, &c.ids, labels, own, c.mode);
             for dir in [Direction::Ingress, Direction::Egress] {
                 for (peer, _) in c.ids.iter() {
                     for proto in [1u8, 6, 17, 58, 132] {
@@ -546,6 +606,7 @@ fn corpus_policies_compile_like_the_oracle_everywhere() {
                                 &c.policies,
                                 &c.ids,
                                 labels,
+                                own,
                                 dir,
                                 peer,
                                 proto,

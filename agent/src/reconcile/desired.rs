@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use axoneme_identity::{LabelSet, NumericIdentity};
+use axoneme_identity::{LabelSet, NamedPorts, NumericIdentity};
 use axoneme_policy::Policy;
 use ipnet::IpNet;
 use tracing::debug;
@@ -33,6 +33,9 @@ pub struct Desired {
     pub local: Vec<LocalEndpoint>,
     /// Every endpoint address in the cluster with its identity.
     pub ipcache: BTreeMap<IpNet, NumericIdentity>,
+    /// Every endpoint in the cluster that names ports, by its key, with
+    /// its identity (policies' `port: NAME` resolve to them).
+    pub named_ports: BTreeMap<String, (NumericIdentity, NamedPorts)>,
 }
 
 impl Desired {
@@ -48,6 +51,7 @@ impl Desired {
         let assignments = state.assignments().snapshot();
         let mut local = Vec::new();
         let mut ipcache = BTreeMap::new();
+        let mut named_ports = BTreeMap::new();
         for (key, record) in state.records().snapshot() {
             let Some((node, name)) = layout.split_endpoint_key(&key) else {
                 continue;
@@ -56,6 +60,9 @@ impl Desired {
                 .get(&layout.endpoint_identity(node, name))
                 .and_then(|a| a.identity);
             if let Some(id) = identity {
+                if !record.named_ports.is_empty() {
+                    named_ports.insert(key.clone(), (id, record.named_ports.clone()));
+                }
                 for a in &record.addresses {
                     match a.parse::<IpAddr>() {
                         Ok(ip) => {
@@ -92,6 +99,7 @@ impl Desired {
             policy_revisions,
             local,
             ipcache,
+            named_ports,
         }
     }
 }

@@ -139,6 +139,8 @@ struct Fed {
     /// Endpoint identities in the engine, with how many local endpoints
     /// have each.
     local_ids: BTreeMap<NumericIdentity, usize>,
+    /// Endpoints' named ports, by endpoint key.
+    named_ports: BTreeMap<String, (NumericIdentity, axoneme_identity::NamedPorts)>,
 }
 
 /// The one owner of the datapath's maps.
@@ -315,6 +317,22 @@ impl<W: MapWriter> Driver<W> {
         for key in gone {
             deltas.extend(self.engine.set_policy(&key, None));
             fed.policies.remove(&key);
+        }
+        for (key, ports) in &want.named_ports {
+            if fed.named_ports.get(key) != Some(ports) {
+                deltas.extend(self.engine.set_endpoint_ports(key, Some(ports.clone())));
+                fed.named_ports.insert(key.clone(), ports.clone());
+            }
+        }
+        let gone: Vec<String> = fed
+            .named_ports
+            .keys()
+            .filter(|k| !want.named_ports.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            deltas.extend(self.engine.set_endpoint_ports(&key, None));
+            fed.named_ports.remove(&key);
         }
         let mut local_ids: BTreeMap<NumericIdentity, usize> = BTreeMap::new();
         for ep in &want.local {

@@ -697,6 +697,7 @@ mod tests {
             interface: None,
             pod_name: Some("web".into()),
             pod_uid: Some("uid-1".into()),
+            named_ports: Default::default(),
         };
         let assignment = EndpointIdentity {
             identity: Some(NumericIdentity(300)),

@@ -120,6 +120,7 @@ impl Fixture {
             interface: None,
             pod_name: None,
             pod_uid: None,
+            named_ports: Default::default(),
         };
         Ok(self
             .kv
@@ -382,6 +383,7 @@ pub async fn storm(
                     interface: None,
                     pod_name: None,
                     pod_uid: None,
+                    named_ports: Default::default(),
                 };
                 kv.put(&layout.endpoint(&node, &id), serde_json::to_vec(&rec)?, 0)
                     .await?;

@@ -9,13 +9,14 @@ use axoneme_identity::{LabelSet, NumericIdentity};
 
 use super::keys::{
     port_blocks, Direction, DirectionPolicy, EndpointPolicy, Key, Verdict, ANY_IDENTITY, PROTO_ANY,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    PROTO_ICMP, PROTO_ICMPV6,
 };
 use super::peers::{Peers, Section};
 use crate::api::{HttpRule, IcmpRule, PortProtocol, PortRule};
 use crate::document::Policy;
+use crate::ports::PortNames;
 use crate::selector::{Identities, Selector};
-use crate::validate::{icmp_type, parse_protocol, Protocol};
+use crate::validate::{icmp_type, port_entry, PortSpec};
 
 /// Cilium's policy enforcement modes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,31 +30,37 @@ pub enum EnforcementMode {
     Never,
 }
 
-/// `(protocol, port, prefix)` triples of a `toPorts` entry or ICMP rule.
-fn l4_keys(ports: &[PortProtocol]) -> Vec<L4Key> {
-    let mut out = Vec::new();
+/// The keys of a list of `ports[]` entries: numeric ports as
+/// `(protocol, port, prefix)` triples, named ones as `(name, protocols)`
+/// to resolve against an endpoint's named ports.
+fn l4_keys(ports: &[PortProtocol]) -> (Vec<L4Key>, Vec<NamedKey>) {
+    let mut keys = Vec::new();
+    let mut named = Vec::new();
     for pp in ports {
-        let Ok(proto) = parse_protocol(pp.protocol.as_deref()) else {
+        let Some(entry) = port_entry(pp) else {
             continue;
         };
-        let Ok(port) = pp.port.0.parse::<u16>() else {
-            continue;
-        };
-        let end = pp
-            .end_port
-            .and_then(|e| u16::try_from(e).ok())
-            .unwrap_or(port)
-            .max(port);
-        let protos: &[u8] = match proto {
-            Protocol::Tcp => &[PROTO_TCP],
-            Protocol::Udp => &[PROTO_UDP],
-            Protocol::Sctp => &[PROTO_SCTP],
-            Protocol::Any => &[PROTO_TCP, PROTO_UDP, PROTO_SCTP],
-        };
-        for &p in protos {
-            for (start, prefix) in port_blocks(port, end) {
-                out.push((p, start, prefix));
+        let protos = entry.protocol.numbers();
+        match entry.port {
+            PortSpec::Range(port, end) => {
+                for &p in protos {
+                    for (start, prefix) in port_blocks(port, end) {
+                        keys.push((p, start, prefix));
+                    }
+                }
             }
+            PortSpec::Name(name) => named.push((name, protos)),
+        }
+    }
+    (keys, named)
+}
+
+/// The keys named ports stand for in `ports`.
+fn resolve(named: &[NamedKey], ports: &PortNames) -> Vec<L4Key> {
+    let mut out = Vec::new();
+    for (name, protos) in named {
+        for &p in *protos {
+            out.extend(ports.resolve(name, p).map(|port| (p, port, 16)));
         }
     }
     out
@@ -68,16 +75,23 @@ fn icmp_keys(icmps: &[IcmpRule]) -> Vec<L4Key> {
         .collect()
 }
 
-/// Computes one endpoint's policy.
+/// Computes one endpoint's policy. `ports` are the endpoint's named ports
+/// (ingress rules' port names resolve against them; egress rules' against
+/// each destination identity's, in `ids`).
 pub fn compute<P: Borrow<Policy>>(
     policies: &[P],
     ids: &Identities,
     subject: &LabelSet,
+    ports: &PortNames,
     mode: EnforcementMode,
 ) -> EndpointPolicy {
+    let s = Subject {
+        labels: subject,
+        ports,
+    };
     EndpointPolicy {
-        ingress: compute_direction(policies, ids, subject, mode, Direction::Ingress, None),
-        egress: compute_direction(policies, ids, subject, mode, Direction::Egress, None),
+        ingress: compute_direction(policies, ids, &s, mode, Direction::Ingress, None),
+        egress: compute_direction(policies, ids, &s, mode, Direction::Egress, None),
     }
 }
 
@@ -88,10 +102,11 @@ pub fn compute_for_peer<P: Borrow<Policy>>(
     policies: &[P],
     ids: &Identities,
     subject: &LabelSet,
+    ports: &PortNames,
     mode: EnforcementMode,
     peer: NumericIdentity,
 ) -> EndpointPolicy {
-    compute_for_peers(policies, ids, subject, mode, &[peer].into())
+    compute_for_peers(policies, ids, subject, ports, mode, &[peer].into())
 }
 
 /// Like `compute_for_peer`, for several peers in one pass.
@@ -99,36 +114,105 @@ pub fn compute_for_peers<P: Borrow<Policy>>(
     policies: &[P],
     ids: &Identities,
     subject: &LabelSet,
+    ports: &PortNames,
     mode: EnforcementMode,
     peers: &BTreeSet<NumericIdentity>,
 ) -> EndpointPolicy {
+    let s = Subject {
+        labels: subject,
+        ports,
+    };
     EndpointPolicy {
-        ingress: compute_direction(
-            policies,
-            ids,
-            subject,
-            mode,
-            Direction::Ingress,
-            Some(peers),
-        ),
-        egress: compute_direction(policies, ids, subject, mode, Direction::Egress, Some(peers)),
+        ingress: compute_direction(policies, ids, &s, mode, Direction::Ingress, Some(peers)),
+        egress: compute_direction(policies, ids, &s, mode, Direction::Egress, Some(peers)),
     }
+}
+
+/// The endpoint a computation is for.
+struct Subject<'a> {
+    labels: &'a LabelSet,
+    ports: &'a PortNames,
 }
 
 /// `(protocol, port, prefix)` of one map key.
 type L4Key = (u8, u16, u8);
 
+/// A named port to resolve: the (lower-cased) name and the protocols.
+type NamedKey = (String, &'static [u8]);
+
+/// One `toPorts` entry (or the ICMP rules, or "every port") of an item.
+struct L4Group {
+    keys: Vec<L4Key>,
+    /// Egress: named ports, resolved per destination. (Ingress resolves
+    /// them against the endpoint's own named ports, into `keys`.)
+    named: Vec<NamedKey>,
+    /// What an allow of these keys does: `Allow`, or `Redirect` with L7
+    /// rules. (Deny items ignore it.)
+    verdict: Verdict,
+}
+
+impl L4Group {
+    /// Numeric keys, allowed at L4.
+    fn allow(keys: Vec<L4Key>) -> Self {
+        L4Group {
+            keys,
+            named: Vec::new(),
+            verdict: Verdict::Allow,
+        }
+    }
+}
+
 /// An allow or deny item in direction-neutral form.
 struct Item<'a> {
     section: Section<'a>,
-    /// One per `toPorts` entry, with its L7 rules (`None`: any request).
-    l4_groups: Vec<(Vec<L4Key>, Option<Vec<HttpRule>>)>,
+    l4_groups: Vec<L4Group>,
+}
+
+impl Item<'_> {
+    /// Calls `f` with every key and group of this item for `peers` (ANY
+    /// for every peer): numeric ports, and named ones resolved against each
+    /// destination's named ports. For every peer, a named port gives keys
+    /// for each identity declaring it (in `only`, if given).
+    fn keys(
+        &self,
+        peers: &[NumericIdentity],
+        ids: &Identities,
+        only: Option<&BTreeSet<NumericIdentity>>,
+        mut f: impl FnMut(Key, &L4Group),
+    ) {
+        for g in &self.l4_groups {
+            let mut emit = |peer: NumericIdentity, l4: &[L4Key]| {
+                for &(protocol, port, prefix) in l4 {
+                    let key = Key {
+                        identity: peer,
+                        protocol,
+                        port,
+                        prefix,
+                    };
+                    f(key, g);
+                }
+            };
+            for &peer in peers {
+                emit(peer, &g.keys);
+                if !g.named.is_empty() && peer != ANY_IDENTITY {
+                    emit(peer, &resolve(&g.named, ids.ports(peer)));
+                }
+            }
+            if !g.named.is_empty() && peers.contains(&ANY_IDENTITY) {
+                for (peer, ports) in ids.with_ports() {
+                    if only.is_none_or(|o| o.contains(&peer)) {
+                        emit(peer, &resolve(&g.named, ports));
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn compute_direction<P: Borrow<Policy>>(
     policies: &[P],
     ids: &Identities,
-    subject: &LabelSet,
+    subject: &Subject<'_>,
     mode: EnforcementMode,
     dir: Direction,
     only: Option<&BTreeSet<NumericIdentity>>,
@@ -138,6 +222,9 @@ fn compute_direction<P: Borrow<Policy>>(
         return out;
     }
     out.enforced = mode == EnforcementMode::Always;
+    let egress = dir == Direction::Egress;
+    // Ingress: port names are the endpoint's own.
+    let own_ports = (!egress).then_some(subject.ports);
     let mut allows: Vec<(Item<'_>, Option<&str>)> = Vec::new();
     let mut denies: Vec<(Item<'_>, Option<&str>)> = Vec::new();
     let mut requires: Vec<Selector> = Vec::new();
@@ -148,25 +235,26 @@ fn compute_direction<P: Borrow<Policy>>(
             let Some(sel) = &rule.endpoint_selector else {
                 continue;
             };
-            if !Selector::new(sel, ns).matches(subject) {
+            if !Selector::new(sel, ns).matches(subject.labels) {
                 continue;
             }
-            let egress = dir == Direction::Egress;
             if rule.enables_default_deny(egress) {
                 out.enforced = true;
             }
             for s in rule.allow_sections(egress) {
                 requires.extend(s.requires.iter().map(|r| Selector::new(r, ns)));
-                allows.push((allow_item(Section::of(&s), s.to_ports, s.icmps), ns));
+                let item = allow_item(Section::of(&s), s.to_ports, s.icmps, own_ports);
+                allows.push((item, ns));
             }
             for s in rule.deny_sections(egress) {
-                let ports = s
+                let ports: Vec<PortProtocol> = s
                     .deny_ports
                     .iter()
                     .flat_map(|p| p.ports.iter())
                     .cloned()
                     .collect();
-                denies.push((deny_item(Section::of(&s), ports, s.icmps), ns));
+                let item = deny_item(Section::of(&s), &ports, s.icmps, own_ports);
+                denies.push((item, ns));
             }
         }
     }
@@ -177,61 +265,61 @@ fn compute_direction<P: Borrow<Policy>>(
                 .is_some_and(|l| requires.iter().all(|r| r.matches(l)))
     };
     for (item, ns) in &allows {
-        let peers = match item.section.peers(ids, *ns, !requires.is_empty(), only) {
-            Peers::Any => vec![ANY_IDENTITY],
-            Peers::Set(s) => s.into_iter().filter(|id| meets_requires(*id)).collect(),
-        };
-        for (l4, l7) in &item.l4_groups {
-            let verdict = match l7 {
-                None => Verdict::Allow,
-                Some(rules) => Verdict::Redirect(Arc::new(rules.clone())),
+        let peers: Vec<NumericIdentity> =
+            match item.section.peers(ids, *ns, !requires.is_empty(), only) {
+                Peers::Any => vec![ANY_IDENTITY],
+                Peers::Set(s) => s.into_iter().filter(|id| meets_requires(*id)).collect(),
             };
-            for &peer in &peers {
-                for &(protocol, port, prefix) in l4 {
-                    out.insert(
-                        Key {
-                            identity: peer,
-                            protocol,
-                            port,
-                            prefix,
-                        },
-                        verdict.clone(),
-                    );
-                }
-            }
-        }
+        item.keys(&peers, ids, only, |key, g| {
+            out.insert(key, g.verdict.clone())
+        });
     }
     for (item, ns) in &denies {
-        let peers = match item.section.peers(ids, *ns, false, only) {
+        let peers: Vec<NumericIdentity> = match item.section.peers(ids, *ns, false, only) {
             Peers::Any => vec![ANY_IDENTITY],
             Peers::Set(s) => s.into_iter().collect(),
         };
-        for (l4, _) in &item.l4_groups {
-            for &peer in &peers {
-                for &(protocol, port, prefix) in l4 {
-                    out.entries.insert(
-                        Key {
-                            identity: peer,
-                            protocol,
-                            port,
-                            prefix,
-                        },
-                        Verdict::Deny,
-                    );
-                }
-            }
-        }
+        item.keys(&peers, ids, only, |key, _| {
+            out.entries.insert(key, Verdict::Deny);
+        });
     }
     out.close();
     out
 }
 
-fn allow_item<'a>(section: Section<'a>, to_ports: &[PortRule], icmps: &[IcmpRule]) -> Item<'a> {
+/// One `toPorts` entry's keys; `own_ports` (ingress) resolves names now.
+fn port_group(
+    ports: &[PortProtocol],
+    http: Option<Vec<HttpRule>>,
+    own_ports: Option<&PortNames>,
+) -> L4Group {
+    let (mut keys, mut named) = l4_keys(ports);
+    if let Some(own) = own_ports {
+        keys.extend(resolve(&named, own));
+        named.clear();
+    }
+    let verdict = match http {
+        None => Verdict::Allow,
+        Some(rules) => Verdict::Redirect(Arc::new(rules)),
+    };
+    L4Group {
+        keys,
+        named,
+        verdict,
+    }
+}
+
+fn allow_item<'a>(
+    section: Section<'a>,
+    to_ports: &[PortRule],
+    icmps: &[IcmpRule],
+    own_ports: Option<&PortNames>,
+) -> Item<'a> {
     let mut l4_groups = Vec::new();
     // A rule with neither peers nor ports (`ingress: [{}]`) allows nothing,
     // as in Cilium: it only makes the direction default-deny.
     if to_ports.is_empty() && icmps.is_empty() && section.has_peers() {
-        l4_groups.push((vec![(PROTO_ANY, 0, 0)], None));
+        l4_groups.push(L4Group::allow(vec![(PROTO_ANY, 0, 0)]));
     }
     for pr in to_ports {
         let http = pr
@@ -239,23 +327,29 @@ fn allow_item<'a>(section: Section<'a>, to_ports: &[PortRule], icmps: &[IcmpRule
             .as_ref()
             .map(|r| r.http.clone())
             .filter(|h| !h.is_empty());
-        l4_groups.push((l4_keys(&pr.ports), http));
+        l4_groups.push(port_group(&pr.ports, http, own_ports));
     }
     if !icmps.is_empty() {
-        l4_groups.push((icmp_keys(icmps), None));
+        l4_groups.push(L4Group::allow(icmp_keys(icmps)));
     }
     Item { section, l4_groups }
 }
 
-fn deny_item<'a>(section: Section<'a>, ports: Vec<PortProtocol>, icmps: &[IcmpRule]) -> Item<'a> {
-    let mut l4 = l4_keys(&ports);
-    l4.extend(icmp_keys(icmps));
-    // Likewise a deny rule with neither peers nor ports denies nothing.
+fn deny_item<'a>(
+    section: Section<'a>,
+    ports: &[PortProtocol],
+    icmps: &[IcmpRule],
+    own_ports: Option<&PortNames>,
+) -> Item<'a> {
+    let mut group = port_group(ports, None, own_ports);
+    group.keys.extend(icmp_keys(icmps));
+    // Likewise a deny rule with neither peers nor ports denies nothing. (A
+    // port name that resolves to nothing denies nothing either.)
     if ports.is_empty() && icmps.is_empty() && section.has_peers() {
-        l4.push((PROTO_ANY, 0, 0));
+        group.keys.push((PROTO_ANY, 0, 0));
     }
     Item {
         section,
-        l4_groups: vec![(l4, None)],
+        l4_groups: vec![group],
     }
 }

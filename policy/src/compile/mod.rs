@@ -28,4 +28,6 @@ pub use keys::{
     port_blocks, Decision, DenyReason, Direction, DirectionPolicy, EndpointPolicy, Key, Verdict,
     ANY_IDENTITY, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
-pub use peers::{add_cidr_identities, changed_peers, cidr_identities, cidr_labels};
+pub use peers::{
+    add_cidr_identities, changed_peers, cidr_identities, cidr_labels, undeclared_named_ports,
+};

@@ -10,8 +10,9 @@ use ipnet::IpNet;
 use crate::api::{CidrRule, EndpointSelector, PeerSection};
 use crate::document::Policy;
 use crate::entity::{Entity, EntitySet};
+use crate::ports::PortNames;
 use crate::selector::{Identities, Selector};
-use crate::validate::parse_cidr;
+use crate::validate::{parse_cidr, port_entry, FieldError, PortSpec, Ports};
 
 /// Node-local identities for every CIDR policies name (`1<<24 | n`), with
 /// `cidr:<prefix>` and `reserved:world` labels; the agent puts the prefixes
@@ -291,4 +292,88 @@ pub fn changed_peers(
         }
     }
     Some(out)
+}
+
+/// The named ports of `policy` that no endpoint they refer to declares
+/// (with the protocol the entry gives), as warnings with field paths: an
+/// ingress rule's names refer to the endpoints the rule selects, an egress
+/// rule's to its destinations. Such a port matches nothing until a pod
+/// declaring it appears.
+pub fn undeclared_named_ports(policy: &Policy, ids: &Identities) -> Vec<FieldError> {
+    let ns = policy.namespace.as_deref();
+    let mut out = Vec::new();
+    for (path, rule) in &policy.rules {
+        let Some(sel) = &rule.endpoint_selector else {
+            continue;
+        };
+        let subjects = ids.select(&Selector::new(sel, ns));
+        for (egress, deny) in [(false, false), (false, true), (true, false), (true, true)] {
+            let sections = if deny {
+                rule.deny_sections(egress)
+            } else {
+                rule.allow_sections(egress)
+            };
+            let field = match (egress, deny) {
+                (false, false) => "ingress",
+                (false, true) => "ingressDeny",
+                (true, false) => "egress",
+                (true, true) => "egressDeny",
+            };
+            for (i, s) in sections.iter().enumerate() {
+                let lists: Vec<&[crate::api::PortProtocol]> = if deny {
+                    s.deny_ports.iter().map(|r| &r.ports[..]).collect()
+                } else {
+                    s.to_ports.iter().map(|r| &r.ports[..]).collect()
+                };
+                // Whose ports: the selected endpoints', or the destinations'.
+                let owners: Option<BTreeSet<NumericIdentity>> = if egress {
+                    match Section::of(s).peers(ids, ns, false, None) {
+                        Peers::Any => None,
+                        Peers::Set(set) => Some(set),
+                    }
+                } else {
+                    Some(subjects.iter().copied().collect())
+                };
+                for (j, list) in lists.iter().enumerate() {
+                    for (k, pp) in list.iter().enumerate() {
+                        let Some(Ports {
+                            protocol,
+                            port: PortSpec::Name(name),
+                        }) = port_entry(pp)
+                        else {
+                            continue;
+                        };
+                        let declares = |ports: &PortNames| {
+                            protocol
+                                .numbers()
+                                .iter()
+                                .any(|p| ports.resolve(&name, *p).next().is_some())
+                        };
+                        let declared = match &owners {
+                            None => ids.with_ports().any(|(_, p)| declares(p)),
+                            Some(set) => set.iter().any(|id| declares(ids.ports(*id))),
+                        };
+                        if !declared {
+                            let whose = if egress {
+                                "no destination of this rule"
+                            } else {
+                                "no endpoint this rule selects"
+                            };
+                            out.push(FieldError {
+                                path: format!("{path}.{field}[{i}].toPorts[{j}].ports[{k}].port"),
+                                message: format!(
+                                    "{whose} declares a port named {name:?}{}: it matches nothing",
+                                    match protocol {
+                                        crate::validate::Protocol::Any => String::new(),
+                                        p => format!(" ({})", p.as_str()),
+                                    }
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
