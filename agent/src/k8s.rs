@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axoneme_api::{cni_code, ApiError};
+use axoneme_crds::backoff::WatchBackoff;
 use axoneme_crds::k8s_openapi::api::core::v1::Pod;
 use axoneme_crds::kube::runtime::reflector::{self, ObjectRef, Store};
+use axoneme_crds::kube::runtime::utils::Backoff;
 use axoneme_crds::kube::runtime::{watcher, WatchStreamExt};
 use axoneme_crds::kube::{Api, Client, Config};
 use axoneme_identity::{Layout, NamedPort, NamedPorts, NamespaceRecord, WatchCache};
@@ -31,6 +33,24 @@ pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+
+/// The Pod watch's pause between retries (see [`WatchBackoff`]); kube
+/// resets it after each successful event.
+#[derive(Default)]
+struct PodWatchBackoff(WatchBackoff);
+
+impl Iterator for PodWatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.0.next_pause())
+    }
+}
+
+impl Backoff for PodWatchBackoff {
+    fn reset(&mut self) {
+        self.0.reset()
+    }
+}
 
 /// A client from `kubeconfig`, or the environment's (`KUBECONFIG`, then
 /// the in-cluster service account).
@@ -78,7 +98,8 @@ impl Pods {
         let api: Api<Pod> = Api::all(client);
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let task = async move {
-            let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+            let stream = reflector::reflector(writer, watcher(api, config))
+                .backoff(PodWatchBackoff::default());
             futures::pin_mut!(stream);
             loop {
                 let event = tokio::select! {

@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod endpoint;
 pub mod identity;
 pub mod node;

@@ -532,13 +532,32 @@ impl Cluster {
         name: &str,
         labels: &[(&str, &str)],
     ) -> Result<CniPod> {
+        self.add_pod_as(node, namespace, name, labels, None)
+    }
+
+    /// [`Self::add_pod_in`] running as ServiceAccount `service_account`
+    /// (Kubernetes mode only; created when it is not `default`).
+    pub fn add_pod_as(
+        &self,
+        node: usize,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        service_account: Option<&str>,
+    ) -> Result<CniPod> {
         let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
         let container_id = format!("{}-{name}", self.prefix);
         let mut cni_args =
             format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
         let config = match &self.kube {
             Some(kube) => {
-                let uid = kube.create_pod(namespace, name, &self.nodes[node].name, labels)?;
+                let uid = kube.create_pod_as(
+                    namespace,
+                    name,
+                    &self.nodes[node].name,
+                    labels,
+                    service_account,
+                )?;
                 cni_args.push_str(&format!(
                     ";K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid}"
                 ));

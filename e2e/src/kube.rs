@@ -739,6 +739,30 @@ impl KubeControlPlane {
         node: &str,
         labels: &[(&str, &str)],
     ) -> Result<String> {
+        self.create_pod_as(namespace, name, node, labels, None)
+    }
+
+    /// [`Self::create_pod`] running as ServiceAccount `service_account`
+    /// (created first when it is not `default`).
+    pub fn create_pod_as(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        labels: &[(&str, &str)],
+        service_account: Option<&str>,
+    ) -> Result<String> {
+        let sa = service_account.unwrap_or("default");
+        if sa != "default" {
+            self.apply_yaml(
+                &json!({
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": sa, "namespace": namespace},
+                })
+                .to_string(),
+            )?;
+        }
         let labels: serde_json::Map<String, serde_json::Value> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
@@ -749,6 +773,7 @@ impl KubeControlPlane {
             "metadata": {"name": name, "namespace": namespace, "labels": labels},
             "spec": {
                 "nodeName": node,
+                "serviceAccountName": sa,
                 "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}],
             },
         });

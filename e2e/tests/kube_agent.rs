@@ -4,35 +4,102 @@
 //! namespace, its service account and the cluster. A label change moves a
 //! running pod to another identity within a second; a CNI ADD for a Pod
 //! the API does not have, or with the API server gone, fails closed and
-//! leaves nothing behind.
+//! leaves nothing behind. Policies applied with kubectl (CNPs, an invalid
+//! edit, a delete, a NetworkPolicy, namespace-label and service-account
+//! selectors) are enforced in the datapath of every node, through an API
+//! server restart; labels that would spoof what Axoneme derives are
+//! refused.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod, KubeControlPlane};
 
 fn seed_policy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/testdata/seed-payments-policy.yaml")
 }
 
-/// Polls every 50 ms until checkout's `POST /v1/charge` answers `want`;
-/// how long that took.
-fn until_post(from: &CniPod, addr: &str, want: Option<u16>, within: Duration) -> Result<Duration> {
+/// Polls every 50 ms until `from`'s `METHOD http://addr:8080/path`
+/// answers `want` (`None`: blocked); how long that took.
+fn until_http(
+    from: &CniPod,
+    method: &str,
+    addr: &str,
+    path: &str,
+    want: Option<u16>,
+    within: Duration,
+) -> Result<Duration> {
     let started = Instant::now();
     loop {
-        let got = from.http("POST", addr, 8080, "/v1/charge");
+        let got = from.http(method, addr, 8080, path);
         if got == want {
             return Ok(started.elapsed());
         }
         if started.elapsed() > within {
             bail!(
-                "{}: POST /v1/charge got {got:?}, not {want:?}, after {within:?}",
+                "{}: {method} {addr} {path} got {got:?}, not {want:?}, after {within:?}",
                 from.name
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`until_http`] for checkout's `POST /v1/charge`.
+fn until_post(from: &CniPod, addr: &str, want: Option<u16>, within: Duration) -> Result<Duration> {
+    until_http(from, "POST", addr, "/v1/charge", want, within)
+}
+
+/// Asserts that `from`'s `METHOD addr path` answers `want` now and keeps
+/// answering it for `for_`.
+fn stays(
+    from: &CniPod,
+    method: &str,
+    addr: &str,
+    path: &str,
+    want: Option<u16>,
+    for_: Duration,
+) -> Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < for_ {
+        let got = from.http(method, addr, 8080, path);
+        if got != want {
+            bail!(
+                "{}: {method} {addr} {path} got {got:?}, not {want:?}, {:?} in",
+                from.name,
+                started.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Waits until condition `condition` of CNP `name` in `default` reads
+/// `want` (its status first, then its message).
+fn wait_condition(
+    kube: &KubeControlPlane,
+    name: &str,
+    condition: &str,
+    want: &str,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let jsonpath = format!(
+        "jsonpath={{.status.conditions[?(@.type==\"{condition}\")].status}} {{.status.conditions[?(@.type==\"{condition}\")].message}}"
+    );
+    loop {
+        let out = kube.kubectl(["get", "cnp", name, "-o", &jsonpath])?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.starts_with(want) {
+            eprintln!("{name} {condition}: {text}");
+            return Ok(text);
+        }
+        if Instant::now() > deadline {
+            bail!("{name} {condition} is {text:?}, not {want}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -121,27 +188,18 @@ fn pods_take_their_labels_from_the_api_server() -> Result<()> {
     // nodes (what each agent reports it runs).
     let seed = seed_policy();
     kube.kubectl(["apply", "-f", seed.to_str().unwrap()])?;
-    for (condition, want) in [("Valid", "True"), ("Enforced", "True")] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let jsonpath = format!(
-            "jsonpath={{.status.conditions[?(@.type==\"{condition}\")].status}} {{.status.conditions[?(@.type==\"{condition}\")].message}}"
-        );
-        loop {
-            let out = kube.kubectl(["get", "cnp", "payments-api", "-o", &jsonpath])?;
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            if text.starts_with(want) {
-                eprintln!("payments-api {condition}: {text}");
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("payments-api {condition} is {text:?}, not {want}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    wait_condition(kube, "payments-api", "Valid", "True")?;
+    wait_condition(kube, "payments-api", "Enforced", "True")?;
     let pay = payments.ip.to_string();
     until_post(&intruder, &pay, None, Duration::from_secs(10))?;
     until_post(&checkout, &pay, Some(200), Duration::from_secs(10))?;
+    // The rest of the scenario, as in standalone mode, in both families.
+    let pay6 = payments.ip6.context("payments' IPv6 address")?.to_string();
+    let second = Duration::from_secs(1);
+    until_post(&checkout, &pay6, Some(200), second)?;
+    until_http(&checkout, "GET", &pay, "/v1/charge", Some(403), second)?;
+    until_http(&checkout, "POST", &pay6, "/v1/refund", Some(403), second)?;
+    until_post(&intruder, &pay6, None, second)?;
 
     // A label change moves checkout to another identity: payments' node
     // sees it within a second, and the policy stops admitting checkout;
@@ -159,6 +217,63 @@ fn pods_take_their_labels_from_the_api_server() -> Result<()> {
     assert!(took < Duration::from_secs(1), "relabel back took {took:?}");
     until_post(&checkout, &pay, Some(200), Duration::from_secs(3))?;
     assert!(endpoint_labels(&c, 1, &checkout)?.contains(&"k8s:app=checkout".to_string()));
+
+    // What the agents run, as kubectl shows it: checkout's CiliumEndpoint
+    // with its identity and addresses, the CiliumIdentity, both nodes'
+    // CiliumNodes; a deleted pod's CiliumEndpoint goes.
+    let id = ipcache_identity(&c, 0, &checkout.ip.to_string())?.context("checkout's identity")?;
+    let cep = |name: &str| -> Result<String> {
+        let out = kube.kubectl_output([
+            "get",
+            "cep",
+            name,
+            "-o",
+            "jsonpath={.status.identity.id} {.status.networking.addressing[*].ipv4} {.status.networking.node} {.status.state}",
+        ])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let want = format!("{id} {} ", checkout.ip);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cep("checkout")?.starts_with(&want) {
+        if Instant::now() > deadline {
+            bail!(
+                "checkout's CiliumEndpoint is {:?}, not {want}...",
+                cep("checkout")?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("CiliumEndpoint checkout: {}", cep("checkout")?);
+    let ciliumid = kube.kubectl(["get", "ciliumid", &id.to_string(), "-o", "json"])?;
+    let ciliumid: serde_json::Value = serde_json::from_slice(&ciliumid.stdout)?;
+    assert_eq!(
+        ciliumid["security-labels"]["k8s:app"], "checkout",
+        "CiliumIdentity {id}: {ciliumid}"
+    );
+    let nodes = kube.kubectl(["get", "ciliumnode", "-o", "name"])?;
+    for n in &c.nodes {
+        assert!(
+            String::from_utf8_lossy(&nodes.stdout).contains(&n.name),
+            "no CiliumNode {}",
+            n.name
+        );
+    }
+    let gone = c.add_pod(1, "short-lived", &[("app", "short-lived")])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cep("short-lived")?.is_empty() {
+        if Instant::now() > deadline {
+            bail!("no CiliumEndpoint short-lived");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.delete_pod(&gone)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cep("short-lived")?.is_empty() {
+        if Instant::now() > deadline {
+            bail!("the CiliumEndpoint of deleted pod short-lived stays");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A CNI ADD for a Pod the API does not have: a CNI error naming it,
     // and nothing left behind.
@@ -226,5 +341,196 @@ fn pods_take_their_labels_from_the_api_server() -> Result<()> {
         .as_mut()
         .context("control plane")?
         .start_apiserver()?;
+    Ok(())
+}
+
+const KNP_TEAM_A: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: payments-from-team-a, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: payments}}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {team: a}}
+    ports:
+    - {protocol: TCP, port: 8080}
+"#;
+
+/// A CNP admitting pods by the labels in `from` (YAML flow mapping).
+fn cnp(name: &str, from: &str) -> String {
+    format!(
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{app: payments}}}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {from}
+    toPorts:
+    - ports: [{{port: "8080", protocol: TCP}}]
+"#
+    )
+}
+
+#[test]
+fn policies_applied_with_kubectl_are_enforced() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig {
+        kubernetes: true,
+        ..ClusterConfig::default()
+    })?;
+    c.kube.as_ref().context("control plane")?.apply_yaml(
+        r#"{"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "team-a", "labels": {"team": "a"}}}"#,
+    )?;
+    let payments = c.add_pod(0, "payments", &[("app", "payments")])?;
+    let local = c.add_pod(0, "local", &[("app", "local")])?;
+    let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
+    let client = c.add_pod_in(1, "team-a", "client", &[("app", "client")])?;
+    let billing = c.add_pod_as(
+        1,
+        "default",
+        "billing",
+        &[("app", "billing")],
+        Some("billing"),
+    )?;
+    c.logging_backend(&payments, 8080)?;
+    let pay = payments.ip.to_string();
+    let (post, ok) = ("/v1/charge", Some(200));
+    let soon = Duration::from_secs(10);
+    let a_while = Duration::from_secs(2);
+    until_post(&intruder, &pay, ok, soon)?;
+    let kube = c.kube.as_ref().context("control plane")?;
+
+    // The seed policy, then an edit that makes it invalid: the last valid
+    // version stays enforced; deleted, traffic opens on both nodes.
+    let seed = std::fs::read_to_string(seed_policy())?;
+    kube.apply_yaml(&seed)?;
+    wait_condition(kube, "payments-api", "Enforced", "True")?;
+    until_post(&intruder, &pay, None, soon)?;
+    until_post(&local, &pay, None, soon)?;
+    kube.apply_yaml(&seed.replace("\"8080\"", "\"80800\""))?;
+    let valid = wait_condition(kube, "payments-api", "Valid", "False")?;
+    assert!(
+        valid.contains("spec.ingress[0].toPorts[0].ports[0].port: 80800"),
+        "{valid}"
+    );
+    stays(&intruder, "POST", &pay, post, None, a_while)?;
+    stays(&local, "POST", &pay, post, None, Duration::from_millis(500))?;
+    kube.kubectl(["delete", "cnp", "payments-api"])?;
+    let took = until_post(&intruder, &pay, ok, soon)?;
+    eprintln!("delete: node 1's intruder admitted after {took:?}");
+    until_post(&local, &pay, ok, soon)?;
+
+    // A Kubernetes NetworkPolicy with a namespace selector: only pods of
+    // namespaces labelled team=a.
+    kube.apply_yaml(KNP_TEAM_A)?;
+    until_post(&intruder, &pay, None, soon)?;
+    until_post(&client, &pay, ok, Duration::from_secs(1))?;
+    until_post(&local, &pay, None, Duration::from_secs(1))?;
+    until_post(&billing, &pay, None, Duration::from_secs(1))?;
+    // A service-account selector admits billing's pod beside them.
+    kube.apply_yaml(&cnp(
+        "payments-from-billing",
+        "{io.cilium.k8s.policy.serviceaccount: billing}",
+    ))?;
+    let took = until_post(&billing, &pay, ok, soon)?;
+    eprintln!("service-account selector: enforced {took:?} after kubectl apply");
+    until_post(&client, &pay, ok, Duration::from_secs(1))?;
+    // The namespace's labels are identity labels of its pods.
+    kube.kubectl(["label", "namespace", "team-a", "team=b", "--overwrite"])?;
+    let took = until_post(&client, &pay, None, soon)?;
+    eprintln!("namespace relabelled: its pod no longer admitted after {took:?}");
+    kube.kubectl(["label", "namespace", "team-a", "team=a", "--overwrite"])?;
+    until_post(&client, &pay, ok, soon)?;
+
+    // A Pod label that would spoof what Axoneme derives (the service
+    // account, here billing's): a running pod keeps its last good labels,
+    // a new pod is refused naming the key, and nothing is left behind.
+    kube.kubectl([
+        "label",
+        "pod",
+        "intruder",
+        "io.cilium.k8s.policy.serviceaccount=billing",
+    ])?;
+    stays(&intruder, "POST", &pay, post, None, a_while)?;
+    assert!(
+        endpoint_labels(&c, 1, &intruder)?
+            .contains(&"k8s:io.cilium.k8s.policy.serviceaccount=default".to_string()),
+        "intruder's labels changed"
+    );
+    assert!(
+        c.agent_log(1).contains("not valid identity labels"),
+        "no warning in the agent's log"
+    );
+    kube.kubectl([
+        "label",
+        "pod",
+        "intruder",
+        "io.cilium.k8s.policy.serviceaccount-",
+    ])?;
+    let links = c.node_links(1)?;
+    let uid = kube.create_pod(
+        "default",
+        "spoofer",
+        &c.nodes[1].name,
+        &[
+            ("app", "spoofer"),
+            ("io.kubernetes.pod.namespace", "kube-system"),
+        ],
+    )?;
+    let netns = axoneme_e2e::netns::Netns::create(&format!("{}-spoofer", c.prefix))?;
+    let out = c.cni(
+        "ADD",
+        &format!("{}-spoofer", c.prefix),
+        &netns.path().to_string_lossy(),
+        "eth0",
+        &format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=spoofer;K8S_POD_UID={uid}"
+        ),
+        &serde_json::to_vec(&c.cni_config(1, &[]))?,
+    )?;
+    assert!(!out.success, "{}", out.stdout);
+    let err = out.json()?;
+    let msg = err["msg"].as_str().unwrap_or_default().to_string()
+        + err["details"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("io.kubernetes.pod.namespace") && msg.contains("twice"),
+        "{err}"
+    );
+    assert_eq!(c.node_links(1)?, links, "an interface was left behind");
+
+    // The API server goes away: enforcement does not stop. Back, the
+    // watches resume: a policy applied after the restart and a label
+    // change after it are both enforced.
+    c.kube.as_mut().context("control plane")?.stop_apiserver();
+    for _ in 0..3 {
+        assert_eq!(client.http("POST", &pay, 8080, post), ok, "client");
+        assert_eq!(billing.http("POST", &pay, 8080, post), ok, "billing");
+        assert_eq!(intruder.http("POST", &pay, 8080, post), None, "intruder");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.kube
+        .as_mut()
+        .context("control plane")?
+        .start_apiserver()?;
+    let kube = c.kube.as_ref().context("control plane")?;
+    kube.apply_yaml(&cnp("payments-from-trusted", "{app: trusted}"))?;
+    wait_condition(kube, "payments-from-trusted", "Enforced", "True")?;
+    stays(
+        &intruder,
+        "POST",
+        &pay,
+        post,
+        None,
+        Duration::from_millis(500),
+    )?;
+    kube.kubectl(["label", "pod", "intruder", "app=trusted", "--overwrite"])?;
+    let took = until_post(&intruder, &pay, ok, soon)?;
+    eprintln!("after the API server's restart: relabelled intruder admitted after {took:?}");
+    until_post(&local, &pay, None, Duration::from_secs(1))?;
     Ok(())
 }

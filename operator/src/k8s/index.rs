@@ -5,7 +5,7 @@
 //!
 //! A watch error never empties a store: the reflector keeps what it has,
 //! the watcher retries from the last resourceVersion (with backoff, at most
-//! [`WATCH_BACKOFF_MAX`] apart; at once when the resourceVersion has
+//! [`axoneme_crds::backoff::WATCH_BACKOFF_MAX`] apart; at once when the resourceVersion has
 //! expired, by re-listing), and a re-list replaces the store only once
 //! it is complete (kube-runtime swaps in the new list at `InitDone`). So
 //! what consumers diff against is always a whole, consistent list.
@@ -13,7 +13,6 @@
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axoneme_crds::k8s_openapi::api::core::v1::{Namespace, Node};
 use axoneme_crds::k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -32,36 +31,7 @@ use tracing::{debug, info, Instrument};
 
 use super::health::ApiHealth;
 
-/// First retry of a failed list or watch.
-pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// Longest wait between retries: an API server that comes back is seen
-/// within this (two replicas × eight watches: a few requests a second
-/// against an API server that is down).
-pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// Exponential backoff for a watch, reset by any successful event.
-#[derive(Debug, Clone)]
-struct WatchBackoff {
-    next: Duration,
-}
-
-impl WatchBackoff {
-    fn new() -> Self {
-        WatchBackoff {
-            next: WATCH_BACKOFF_MIN,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(WATCH_BACKOFF_MAX);
-        d
-    }
-
-    fn reset(&mut self) {
-        self.next = WATCH_BACKOFF_MIN;
-    }
-}
+use axoneme_crds::backoff::WatchBackoff;
 
 /// One watched kind: a reader of its store and whether its first complete
 /// list has arrived (before that, its absence of objects means nothing).
@@ -168,7 +138,7 @@ where
                     }
                 }
                 Some(Err(e)) => {
-                    let pause = backoff.next();
+                    let pause = backoff.next_pause();
                     let (verb, err) = match &e {
                         watcher::Error::InitialListFailed(err) => ("list", Some(err)),
                         watcher::Error::WatchStartFailed(err)
