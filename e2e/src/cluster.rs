@@ -124,7 +124,8 @@ pub struct Leftovers {
 }
 
 /// Stops what a detached cluster left: only the recorded PIDs, and only
-/// while they still are etcd, Axoneme or the demo's servers; then the
+/// while they still are etcd, Axoneme, the Kubernetes control plane or the
+/// demo's servers; then the
 /// namespaces, pins and directories.
 pub fn teardown(l: &Leftovers) {
     for pid in &l.pids {
@@ -132,6 +133,8 @@ pub fn teardown(l: &Leftovers) {
         let cmdline = String::from_utf8_lossy(&cmdline);
         if cmdline.contains("etcd")
             || cmdline.contains("axoneme")
+            || cmdline.contains("kube-apiserver")
+            || cmdline.contains("kube-controller-manager")
             || cmdline.contains("http.server")
         {
             let _ = Command::new("kill")
@@ -398,6 +401,11 @@ impl Cluster {
             let (pids, dir) = etcd.detach();
             l.pids.extend(pids);
             l.paths.push(dir);
+        }
+        if let Some(kube) = self.kube.take() {
+            let (pids, dirs) = kube.detach();
+            l.pids.extend(pids);
+            l.paths.extend(dirs);
         }
         if let Some(u) = self.underlay.take() {
             l.netns.push(u.leak());

@@ -856,6 +856,30 @@ impl KubeControlPlane {
     }
 }
 
+impl KubeControlPlane {
+    /// Leaves the control plane running (for the demo): its PIDs, and its
+    /// directories (its own and its etcd's) to remove when torn down.
+    pub fn detach(mut self) -> (Vec<u32>, Vec<PathBuf>) {
+        let mut pids = Vec::new();
+        let mut dirs = Vec::new();
+        for p in [self.kcm.take(), self.apiserver.take()]
+            .into_iter()
+            .flatten()
+        {
+            pids.push(p.detach());
+        }
+        if let Some(etcd) = self.etcd.take() {
+            let (etcd_pids, dir) = etcd.detach();
+            pids.extend(etcd_pids);
+            dirs.push(dir);
+        }
+        if let Some(dir) = self.dir.take() {
+            dirs.push(dir.keep());
+        }
+        (pids, dirs)
+    }
+}
+
 impl Drop for KubeControlPlane {
     fn drop(&mut self) {
         if let Some(mut p) = self.kcm.take() {

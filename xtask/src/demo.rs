@@ -4,6 +4,12 @@
 //! in by the real CNI plugin — enforcing the seed CiliumNetworkPolicy
 //! across nodes, with a verdict table of real connections.
 //!
+//! With `--kubernetes`, the same against a real Kubernetes control plane
+//! (kube-apiserver and kube-controller-manager from `cargo xtask setup`):
+//! pods are Pod objects whose labels the agents take, the policy is applied
+//! with kubectl, and kubectl shows its conditions, the CiliumEndpoints and
+//! the CiliumIdentities.
+//!
 //! The cluster stays up afterwards (tear it down with `--down`) unless
 //! `--once` is given.
 
@@ -22,6 +28,10 @@ pub struct DemoArgs {
     /// Tear down a cluster a previous demo left running, then exit.
     #[arg(long)]
     down: bool,
+    /// Kubernetes mode: a real kube-apiserver, pods as Pod objects, the
+    /// policy applied with kubectl.
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 fn state_file(root: &Path) -> PathBuf {
@@ -95,6 +105,35 @@ fn show(c: &Cluster, node: usize, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+fn show_kubectl(c: &Cluster, args: &[&str]) -> Result<()> {
+    let kube = c.kube.as_ref().context("not in Kubernetes mode")?;
+    println!("\n$ kubectl {}", args.join(" "));
+    let out = kube.kubectl_output(args)?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Waits until the seed policy's `Enforced` condition is True (every
+/// node runs it), as `kubectl wait` would.
+fn wait_enforced(c: &Cluster, name: &str) -> Result<()> {
+    let kube = c.kube.as_ref().context("not in Kubernetes mode")?;
+    let out = kube.kubectl_output([
+        "wait",
+        "--for=condition=Enforced",
+        "--timeout=20s",
+        "cnp",
+        name,
+    ])?;
+    if !out.status.success() {
+        bail!(
+            "{name} was not Enforced within 20 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     if args.down {
         return down(root);
@@ -106,13 +145,18 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     super::build_all(root, false)?;
     std::env::set_var("AXONEME_BIN_DIR", root.join("target").join("debug"));
 
-    println!("\n[1/5] cluster: 3-member etcd, 2 operators, 2 nodes (network namespaces with a real agent each)");
+    let k8s = args.kubernetes;
+    if k8s {
+        println!("\n[1/5] cluster: a Kubernetes control plane (kube-apiserver, kube-controller-manager, their etcd), a 3-member etcd for Axoneme, 2 operators and 2 nodes (network namespaces with a real agent each) in Kubernetes mode");
+    } else {
+        println!("\n[1/5] cluster: 3-member etcd, 2 operators, 2 nodes (network namespaces with a real agent each)");
+    }
     let started = Instant::now();
     let mut c = Cluster::start(&ClusterConfig {
         nodes: 2,
         node_grace: 300,
         agent_args: Vec::new(),
-        kubernetes: false,
+        kubernetes: k8s,
     })?;
     println!(
         "      up in {:.1} s; etcd {}",
@@ -129,9 +173,19 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         );
     }
 
+    if let Some(kube) = &c.kube {
+        println!(
+            "      kube-apiserver {} (kubeconfig {})",
+            kube.server(),
+            kube.kubeconfig().display()
+        );
+    }
     println!(
         "\n[2/5] pods through the CNI plugin (ADD returns once identity and policy are enforced)"
     );
+    if k8s {
+        println!("      each a Pod object first; the agent takes its labels from the Pod, and the harness sets status.podIPs as a kubelet would");
+    }
     let mut pods = Vec::new();
     for (node, name, app) in [
         (0, "payments", "payments"),
@@ -271,8 +325,12 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     let seed = root.join("../shared/testdata/seed-payments-policy.yaml");
     let seed = seed.to_str().context("seed path")?;
     show(&c, 0, &["policy", "validate", seed])?;
-    show(&c, 0, &["policy", "import", seed, "--wait", "10"])?;
     let imported = Instant::now();
+    if k8s {
+        show_kubectl(&c, &["apply", "-f", seed])?;
+    } else {
+        show(&c, 0, &["policy", "import", seed, "--wait", "10"])?;
+    }
     while intruder.http("POST", &pay4, 8080, "/v1/charge").is_some() {
         if imported.elapsed() > Duration::from_secs(10) {
             bail!("the policy was not enforced within 10 s");
@@ -282,6 +340,10 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         "      enforced on payments' node {} ms after import (first intruder probe that failed)",
         imported.elapsed().as_millis()
     );
+    if k8s {
+        wait_enforced(&c, "payments-api")?;
+        show_kubectl(&c, &["get", "cnp", "-A"])?;
+    }
     // From here on the backend's log shows only what the policy let through.
     std::fs::write(&requests, "")?;
     ok &= verdicts(&table(true));
@@ -301,6 +363,10 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     show(&c, 0, &["bpf", "policy", "get", &payments.container_id])?;
     show(&c, 0, &["endpoint", "list"])?;
     show(&c, 0, &["node", "list"])?;
+    if k8s {
+        println!("\n      what the operator mirrors back for kubectl:");
+        show_kubectl(&c, &["get", "cnp,cep,ciliumid", "-A"])?;
+    }
 
     println!("\n[5/5] status of node 0");
     show(&c, 0, &["status", "--verbose"])?;
@@ -314,6 +380,16 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         return Ok(());
     }
     let sockets: Vec<PathBuf> = c.nodes.iter().map(|n| n.socket.clone()).collect();
+    let kubectl = c.kube.as_ref().map(|k| {
+        format!(
+            "\n  export KUBECONFIG={}\
+             \n  {} get cnp,cep,ciliumid,ciliumnode -A\
+             \n  {1} label pod checkout app=other --overwrite   # checkout gets a new identity; its POST is blocked\
+             \n  {1} delete cnp payments-api                    # and watch the intruder get through",
+            k.kubeconfig().display(),
+            k.kubectl_bin().display()
+        )
+    });
     let payments_id = payments.container_id.clone();
     let left = c.detach(pods);
     let state = state_file(root);
@@ -328,13 +404,23 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
          \n  target/debug/axoneme bpf policy get {payments_id}\
          \n  target/debug/axoneme bpf ipcache list\
          \n  target/debug/axoneme bpf ct list\
-         \n  target/debug/axoneme policy delete payments-api      # and watch the intruder get through\
-         \n  ip netns exec {} curl -s http://{pay4}:8080/ >/dev/null && echo allowed\
+         \n  {}\
+         \n  ip netns exec {} curl -s http://{pay4}:8080/ >/dev/null && echo allowed{}\
          \n\nTear down: cargo xtask demo --down",
         left.etcd_endpoints.join(","),
         sockets[0].display(),
         sockets[1].display(),
-        left.netns.iter().find(|n| n.ends_with("-intruder")).cloned().unwrap_or_default(),
+        if k8s {
+            "target/debug/axoneme policy list"
+        } else {
+            "target/debug/axoneme policy delete payments-api      # and watch the intruder get through"
+        },
+        left.netns
+            .iter()
+            .find(|n| n.ends_with("-intruder"))
+            .cloned()
+            .unwrap_or_default(),
+        kubectl.unwrap_or_default(),
     );
     Ok(())
 }
