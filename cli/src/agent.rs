@@ -1,7 +1,7 @@
 //! Commands answered by the node's agent over its API socket (`bpf ...`,
 //! the agent part of `status`) and `node list` (from etcd).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axoneme_api::{Client, CtEntry, EventView, IpcacheEntry, PolicyEntry, Status};
@@ -12,16 +12,25 @@ use crate::error::CliError;
 use crate::output::{Render, Table};
 use crate::Ctx;
 
-pub fn client(socket: &Path) -> Client {
-    Client::new(socket, Duration::from_secs(10))
+/// The node agent's API socket, and how long a request to it may take.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub socket: PathBuf,
+    pub timeout: Duration,
+}
+
+impl Agent {
+    fn client(&self) -> Client {
+        Client::new(&self.socket, self.timeout)
+    }
 }
 
 fn agent_error(e: axoneme_api::ClientError) -> CliError {
-    CliError::Agent(e.to_string())
+    CliError::Agent(e)
 }
 
-pub async fn status(socket: &Path) -> Result<Status, CliError> {
-    client(socket).get("/v1/status").await.map_err(agent_error)
+pub async fn status(agent: &Agent) -> Result<Status, CliError> {
+    agent.client().get("/v1/status").await.map_err(agent_error)
 }
 
 /// `bpf ipcache list`.
@@ -39,9 +48,10 @@ impl Render for Ipcache {
     }
 }
 
-pub async fn ipcache(socket: &Path) -> Result<Ipcache, CliError> {
+pub async fn ipcache(agent: &Agent) -> Result<Ipcache, CliError> {
     Ok(Ipcache(
-        client(socket)
+        agent
+            .client()
             .get("/v1/bpf/ipcache")
             .await
             .map_err(agent_error)?,
@@ -89,7 +99,7 @@ impl Render for PolicyMap {
     }
 }
 
-pub async fn policy(socket: &Path, endpoint: &str) -> Result<PolicyMap, CliError> {
+pub async fn policy(agent: &Agent, endpoint: &str) -> Result<PolicyMap, CliError> {
     if endpoint.is_empty() || endpoint.contains('/') || endpoint.contains(char::is_whitespace) {
         return Err(CliError::InvalidName {
             what: "endpoint",
@@ -98,7 +108,8 @@ pub async fn policy(socket: &Path, endpoint: &str) -> Result<PolicyMap, CliError
         });
     }
     Ok(PolicyMap(
-        client(socket)
+        agent
+            .client()
             .get(&format!("/v1/bpf/policy/{endpoint}"))
             .await
             .map_err(agent_error)?,
@@ -138,9 +149,10 @@ impl Render for Conntrack {
     }
 }
 
-pub async fn ct(socket: &Path) -> Result<Conntrack, CliError> {
+pub async fn ct(agent: &Agent) -> Result<Conntrack, CliError> {
     Ok(Conntrack(
-        client(socket)
+        agent
+            .client()
             .get("/v1/bpf/ct")
             .await
             .map_err(agent_error)?,
@@ -321,8 +333,9 @@ impl Render for Events {
 }
 
 /// The agent's recent events, optionally only of `kind`, at most `last`.
-pub async fn events(socket: &Path, kind: Option<&str>, last: usize) -> Result<Events, CliError> {
-    let all: Vec<EventView> = client(socket)
+pub async fn events(agent: &Agent, kind: Option<&str>, last: usize) -> Result<Events, CliError> {
+    let all: Vec<EventView> = agent
+        .client()
         .get("/v1/events")
         .await
         .map_err(agent_error)?;

@@ -28,8 +28,21 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// How long the command may take (plus a command's own `--wait`):
+    /// past it, it fails with one line naming what did not answer, exit
+    /// code 3. `status` gives each component at most 1 s of it.
+    #[arg(long, env = "AXONEME_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 5s, 1m)"))?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -24,8 +24,11 @@ pub enum CliError {
         #[source]
         source: LabelError,
     },
-    #[error("{0}")]
-    Agent(String),
+    #[error(transparent)]
+    Agent(axoneme_api::ClientError),
+    /// The command's `--timeout` passed with no answer.
+    #[error("no answer within {0:?} (--timeout) from {1}")]
+    Deadline(std::time::Duration, String),
     #[error("invalid label set")]
     InvalidLabelSet(#[source] LabelError),
     #[error("invalid {what} {value:?}: {reason}")]
@@ -78,7 +81,41 @@ pub enum CliError {
     Encode(String),
 }
 
+/// Exit codes: what a script can tell apart.
+pub mod exit {
+    /// Something the command found wrong or refused (not found, a failing
+    /// `status`, an invalid policy in `policy validate`).
+    pub const FAILED: u8 = 1;
+    /// Invalid input: flags (clap's own exit code), labels, names, files.
+    pub const INVALID_INPUT: u8 = 2;
+    /// etcd or the agent could not be reached or did not answer in time.
+    pub const UNAVAILABLE: u8 = 3;
+}
+
 impl CliError {
+    /// The exit code this error stands for (see [`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        use axoneme_api::ClientError as A;
+        match self {
+            CliError::Config(_)
+            | CliError::InvalidLabel { .. }
+            | CliError::InvalidLabelSet(_)
+            | CliError::InvalidName { .. }
+            | CliError::EndpointRef(_)
+            | CliError::ReadFile { .. } => exit::INVALID_INPUT,
+            CliError::Connect(_) | CliError::Deadline(..) => exit::UNAVAILABLE,
+            CliError::Kv { source, .. }
+                if source.is_retryable() || matches!(source, KvError::Exhausted { .. }) =>
+            {
+                exit::UNAVAILABLE
+            }
+            CliError::Agent(A::Connect { .. } | A::Timeout(..) | A::Http { .. }) => {
+                exit::UNAVAILABLE
+            }
+            _ => exit::FAILED,
+        }
+    }
+
     pub(crate) fn kv(what: impl Into<String>) -> impl FnOnce(KvError) -> CliError {
         let what = what.into();
         move |source| CliError::Kv { what, source }
@@ -123,7 +160,7 @@ mod tests {
         let line = error_line(&e);
         assert_eq!(
             line,
-            "listing endpoints: etcd get_prefix failed on every member for 2s; \
+            "listing endpoints: etcd unavailable: get_prefix failed on every member for 2.0s; \
              last error from http://127.0.0.1:1: etcd get_prefix timed out after 1s"
         );
         let e = CliError::InvalidLabel {

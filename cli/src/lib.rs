@@ -16,6 +16,8 @@ pub mod output;
 pub mod policy;
 pub mod status;
 
+use std::time::Duration;
+
 use axoneme_identity::Layout;
 use axoneme_kvstore::{KvArgs, KvStore};
 
@@ -53,8 +55,17 @@ pub struct Ctx {
 
 impl Ctx {
     /// Connects lazily: a member that is down fails the first call, not this.
-    pub async fn connect(kv: &KvArgs, prefix: &str) -> Result<Self, CliError> {
-        let config = kv.to_config().map_err(CliError::Config)?;
+    /// Every call gives up within `timeout` (and within
+    /// `--etcd-retry-deadline-s` when shorter), so its error, naming the
+    /// member and the cause, comes before the command's own deadline.
+    pub async fn connect(kv: &KvArgs, prefix: &str, timeout: Duration) -> Result<Self, CliError> {
+        let mut config = kv.to_config().map_err(CliError::Config)?;
+        let call = timeout
+            .saturating_sub(Duration::from_millis(200))
+            .max(Duration::from_millis(100));
+        config.retry_deadline = config.retry_deadline.min(call);
+        config.request_timeout = config.request_timeout.min(call);
+        config.connect_timeout = config.connect_timeout.min(call);
         let kv = KvStore::connect(config).await.map_err(CliError::Connect)?;
         Ok(Ctx {
             kv,
@@ -63,11 +74,39 @@ impl Ctx {
     }
 }
 
-/// Runs the command `args` asks for. Input that can be checked without etcd
-/// is checked before connecting.
+/// Runs the command `args` asks for within its `--timeout` (plus its own
+/// `--wait`); past that, a [`CliError::Deadline`] naming what it talks to.
 pub async fn run(args: Args) -> Result<Report, CliError> {
+    let wait = match &args.command {
+        Command::Policy(PolicyCommand::Import(i)) => i.wait,
+        Command::Endpoint(EndpointCommand::Put(p)) => p.wait,
+        _ => None,
+    };
+    let deadline = args.timeout + Duration::from_secs(wait.unwrap_or(0));
+    match tokio::time::timeout(deadline, run_command(&args)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let peer = match &args.command {
+                Command::Bpf(_) | Command::Events(_) => {
+                    format!("the agent at {}", args.agent_socket.display())
+                }
+                _ => format!("etcd at {}", args.kv.endpoints.join(",")),
+            };
+            Err(CliError::Deadline(deadline, peer))
+        }
+    }
+}
+
+/// Runs the command. Input that can be checked without etcd is checked
+/// before connecting.
+async fn run_command(args: &Args) -> Result<Report, CliError> {
     let format = args.output;
-    let ctx = || Ctx::connect(&args.kv, &args.kvstore_prefix);
+    let timeout = args.timeout;
+    let ctx = || Ctx::connect(&args.kv, &args.kvstore_prefix, timeout);
+    let agent = agent::Agent {
+        socket: args.agent_socket.clone(),
+        timeout,
+    };
     match &args.command {
         Command::Endpoint(EndpointCommand::Put(put)) => {
             let record = endpoint::record_from_args(put)?;
@@ -135,24 +174,25 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
             Report::new(&deleted, format, true)
         }
         Command::Bpf(BpfCommand::Ipcache(_)) => {
-            Report::new(&agent::ipcache(&args.agent_socket).await?, format, true)
+            Report::new(&agent::ipcache(&agent).await?, format, true)
         }
-        Command::Bpf(BpfCommand::Policy(PolicyMapCommand::Get { endpoint })) => Report::new(
-            &agent::policy(&args.agent_socket, endpoint).await?,
-            format,
-            true,
-        ),
+        Command::Bpf(BpfCommand::Policy(PolicyMapCommand::Get { endpoint })) => {
+            Report::new(&agent::policy(&agent, endpoint).await?, format, true)
+        }
         Command::Events(e) => Report::new(
-            &agent::events(&args.agent_socket, e.kind.as_deref(), e.last).await?,
+            &agent::events(&agent, e.kind.as_deref(), e.last).await?,
             format,
             true,
         ),
-        Command::Bpf(BpfCommand::Ct(_)) => {
-            Report::new(&agent::ct(&args.agent_socket).await?, format, true)
-        }
+        Command::Bpf(BpfCommand::Ct(_)) => Report::new(&agent::ct(&agent).await?, format, true),
         Command::Status(status_args) => {
-            let report =
-                status::check(&ctx().await?, &args.agent_socket, status_args.verbose).await;
+            let report = status::check(
+                &ctx().await?,
+                &agent,
+                status_args.verbose,
+                timeout.min(status::STATUS_DEADLINE),
+            )
+            .await;
             let ok = report.ok;
             Report::new(&report, format, ok)
         }

@@ -1,32 +1,40 @@
 //! `axoneme`: parse, run, print. The commands live in the library.
+//!
+//! Exit codes: 0 success; 1 the command found something wrong (a failing
+//! `status`, an invalid policy, not found); 2 invalid input (flags, labels,
+//! names, files); 3 etcd or the agent unavailable or too slow
+//! (`--timeout`).
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use axoneme_cli::error::exit;
 use axoneme_cli::{error_line, run, Args};
 
 fn main() -> ExitCode {
     // Exits 2 with clap's message on bad flags, 0 on --help/--version.
     let args = Args::parse_env();
-    match try_main(args) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("axoneme: error: {}", error_line(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Runs the command and prints its report; `Ok(false)` when the report says
-/// something is wrong (e.g. `status`).
-fn try_main(args: Args) -> anyhow::Result<bool> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    let report = runtime.block_on(run(args))?;
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("axoneme: error: starting the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let result = runtime.block_on(run(args));
+    // Tasks still waiting on a member that does not answer must not hold
+    // up the exit.
+    runtime.shutdown_background();
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("axoneme: error: {}", error_line(&e));
+            return ExitCode::from(e.exit_code());
+        }
+    };
     let mut out = std::io::stdout().lock();
     match out
         .write_all(report.text.as_bytes())
@@ -34,7 +42,15 @@ fn try_main(args: Args) -> anyhow::Result<bool> {
     {
         // `axoneme ... | head` is fine.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        other => other.context("writing to stdout")?,
+        Err(e) => {
+            eprintln!("axoneme: error: writing to stdout: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+        Ok(()) => {}
     }
-    Ok(report.ok)
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::FAILED)
+    }
 }

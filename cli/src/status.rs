@@ -1,6 +1,6 @@
 //! `axoneme status`: etcd members, operator leadership, identity count.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axoneme_identity::LeaderRecord;
 use axoneme_kvstore::{KeyValue, KvError, MemberHealth};
@@ -66,7 +66,8 @@ pub struct AgentPart {
 
 /// Asks the agent at `socket`. No socket: no agent on this host, which is
 /// no failure (a control-plane host); a socket that does not answer is.
-pub async fn agent_part(socket: &std::path::Path) -> AgentPart {
+pub async fn agent_part(agent: &crate::agent::Agent) -> AgentPart {
+    let socket = &agent.socket;
     if !socket.exists() {
         return AgentPart {
             ok: true,
@@ -74,7 +75,7 @@ pub async fn agent_part(socket: &std::path::Path) -> AgentPart {
             status: None,
         };
     }
-    match crate::agent::status(socket).await {
+    match crate::agent::status(agent).await {
         Ok(st) => {
             let failing: Vec<String> = st
                 .components
@@ -201,25 +202,65 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// Checks every component; never fails as a whole.
-pub async fn check(ctx: &Ctx, socket: &std::path::Path, verbose: bool) -> StatusReport {
-    let agent = agent_part(socket).await;
-    let kvstore = kvstore_status(ctx.kv.member_health().await);
-    let (operator, identities) = if kvstore.healthy == 0 {
-        // Every call would only wait out the retry deadline.
-        (
-            operator_status(Ok(None), 0).with_message(NOT_CHECKED),
-            identities_status(Ok(0)).with_message(NOT_CHECKED),
-        )
-    } else {
+/// How long `status` waits for any one component: it answers with what it
+/// knows within this, and marks what did not answer.
+pub const STATUS_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Checks every component, all at once, each within `deadline`; never
+/// fails as a whole.
+pub async fn check(
+    ctx: &Ctx,
+    agent: &crate::agent::Agent,
+    verbose: bool,
+    deadline: Duration,
+) -> StatusReport {
+    let late = |what: &str| format!("no answer within {deadline:?} ({what})");
+    let until = tokio::time::Instant::now() + deadline;
+    // etcd's part: the members first (quick when they answer); the leader
+    // key and the count only when a member is healthy, in what is left.
+    let kv_part = async {
+        let members = tokio::time::timeout_at(until, ctx.kv.member_health())
+            .await
+            .unwrap_or_else(|_| {
+                ctx.kv
+                    .endpoints()
+                    .into_iter()
+                    .map(|e| MemberHealth::failed(e, late("etcd status")))
+                    .collect()
+            });
+        let kvstore = kvstore_status(members);
+        if kvstore.healthy == 0 {
+            return (
+                kvstore,
+                operator_status(Ok(None), 0).with_message(NOT_CHECKED),
+                identities_status(Ok(0)).with_message(NOT_CHECKED),
+            );
+        }
         let (leader_key, ids_prefix) = (
             ctx.layout.operator_leader(),
             ctx.layout.identity_ids_prefix(),
         );
-        let (leader, count) =
-            tokio::join!(ctx.kv.get(&leader_key), ctx.kv.count_prefix(&ids_prefix),);
-        (operator_status(leader, now_ms()), identities_status(count))
+        let (leader, count) = tokio::join!(
+            tokio::time::timeout_at(until, ctx.kv.get(&leader_key)),
+            tokio::time::timeout_at(until, ctx.kv.count_prefix(&ids_prefix)),
+        );
+        let operator = match leader {
+            Ok(leader) => operator_status(leader, now_ms()),
+            Err(_) => operator_status(Ok(None), 0).with_message(&late("the leader key")),
+        };
+        let identities = match count {
+            Ok(count) => identities_status(count),
+            Err(_) => identities_status(Ok(0)).with_message(&late("counting identities")),
+        };
+        (kvstore, operator, identities)
     };
+    let (agent, (kvstore, operator, identities)) =
+        tokio::join!(tokio::time::timeout_at(until, agent_part(agent)), kv_part);
+    let agent = agent.unwrap_or_else(|_| AgentPart {
+        ok: false,
+        message: late("the agent's API"),
+        status: None,
+    });
     StatusReport {
         ok: kvstore.ok && operator.ok && identities.ok && agent.ok,
         kvstore,

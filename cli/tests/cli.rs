@@ -47,6 +47,7 @@ fn axoneme(endpoints: &str, args: &[&str]) -> Result<Run> {
         .env_remove("AXONEME_ETCD_CERT")
         .env_remove("AXONEME_ETCD_KEY")
         .env_remove("AXONEME_KVSTORE_PREFIX")
+        .env_remove("AXONEME_TIMEOUT")
         // No agent on this "host": status reports that, without failing.
         .env(
             "AXONEME_AGENT_SOCKET",
@@ -378,20 +379,19 @@ fn status_reports_the_operator_leader() {
 #[test]
 fn status_fails_fast_when_etcd_is_unreachable() -> Result<()> {
     let nowhere = format!("http://127.0.0.1:{}", free_port()?);
-    let run = axoneme(&nowhere, &["status", "--etcd-retry-deadline-s", "2"])?;
+    let run = axoneme(&nowhere, &["status"])?;
     println!("status against a dead endpoint took {:?}", run.elapsed);
     assert_eq!(run.code, 1, "{run:#?}");
-    assert!(run.elapsed < Duration::from_secs(8), "{run:#?}");
+    assert!(run.elapsed < Duration::from_secs(2), "{run:#?}");
     let first = run.stdout.lines().next().unwrap_or_default();
     assert!(
-        first.starts_with("KVStore:") && first.contains("FAIL") && first.contains(&nowhere),
+        first.starts_with("KVStore:")
+            && first.contains("FAIL")
+            && first.contains(&format!("{nowhere}: connection refused")),
         "{run:#?}"
     );
 
-    let json = axoneme(
-        &nowhere,
-        &["status", "-o", "json", "--etcd-retry-deadline-s", "2"],
-    )?;
+    let json = axoneme(&nowhere, &["status", "-o", "json"])?;
     assert_eq!(json.code, 1, "{json:#?}");
     let v = json.json()?;
     assert_eq!(
@@ -399,23 +399,44 @@ fn status_fails_fast_when_etcd_is_unreachable() -> Result<()> {
         (false.into(), false.into())
     );
 
-    // Other commands give up after the retry deadline, saying what failed.
-    let list = axoneme(
-        &nowhere,
-        &["endpoint", "list", "--etcd-retry-deadline-s", "2"],
-    )?;
+    // Other commands give up within --timeout, in one line saying what
+    // failed and why; exit 3 (unavailable).
+    let list = axoneme(&nowhere, &["endpoint", "list", "--timeout", "2s"])?;
     println!(
         "endpoint list against a dead endpoint took {:?}",
         list.elapsed
     );
-    assert_eq!(list.code, 1, "{list:#?}");
-    assert!(list.elapsed < Duration::from_secs(8), "{list:#?}");
+    assert_eq!(list.code, 3, "{list:#?}");
+    assert!(list.elapsed < Duration::from_secs(3), "{list:#?}");
+    assert_eq!(list.stderr.lines().count(), 1, "{list:#?}");
     assert!(
         list.stderr
-            .starts_with("axoneme: error: listing identity assignments: ")
-            && list.stderr.contains(&nowhere),
+            .starts_with("axoneme: error: listing identity assignments: etcd unavailable: ")
+            && list
+                .stderr
+                .contains(&format!("{nowhere}: connection refused")),
         "{list:#?}"
     );
+
+    // A member that accepts connections and never answers (hung): the
+    // same, within the default 5 s.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let hole = format!("http://{}", hole.local_addr()?);
+    for args in [&["identity", "list"][..], &["policy", "list"]] {
+        let run = axoneme(&hole, args)?;
+        println!("{args:?} against a hung member took {:?}", run.elapsed);
+        assert_eq!(run.code, 3, "{run:#?}");
+        assert!(run.elapsed < Duration::from_secs(6), "{run:#?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
+        assert!(run.stderr.contains("etcd unavailable"), "{run:#?}");
+    }
+    let run = axoneme(&hole, &["status"])?;
+    assert!(run.elapsed < Duration::from_secs(2), "{run:#?}");
+    assert_eq!(run.code, 1, "{run:#?}");
+    // A bad --timeout is invalid input.
+    let run = axoneme(&nowhere, &["policy", "list", "--timeout", "soon"])?;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.stderr.contains("--timeout"), "{run:#?}");
     Ok(())
 }
 
@@ -438,7 +459,7 @@ fn bad_input_is_refused_before_etcd_is_contacted() -> Result<()> {
             "k8s:tier=bad value",
         ],
     )?;
-    assert_eq!(run.code, 1, "{run:#?}");
+    assert_eq!(run.code, 2, "{run:#?}");
     assert!(
         run.stderr
             .starts_with("axoneme: error: invalid label \"k8s:tier=bad value\": "),
@@ -447,7 +468,7 @@ fn bad_input_is_refused_before_etcd_is_contacted() -> Result<()> {
     assert!(run.stdout.is_empty());
 
     let run = axoneme(&nowhere, &["endpoint", "get", "no-slash"])?;
-    assert_eq!(run.code, 1, "{run:#?}");
+    assert_eq!(run.code, 2, "{run:#?}");
     assert!(run.stderr.contains("want NODE/ENDPOINT"), "{run:#?}");
 
     // Bad flags are clap's usage errors: exit 2.

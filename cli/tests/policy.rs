@@ -72,8 +72,10 @@ fn errors_name_policy_and_field_and_exit_1() {
 
 #[test]
 fn unreadable_files_and_empty_input_fail() {
+    // A file that cannot be read is invalid input (exit 2); an invalid
+    // policy is a verdict (exit 1).
     let (code, _, err) = validate(&["/nonexistent/p.yaml"], None);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("reading /nonexistent/p.yaml"), "{err}");
     let (code, out, _) = validate(&["-"], Some(""));
     assert_eq!(code, 1);

@@ -41,7 +41,7 @@ pub enum KvError {
     #[error("reading TLS file {path}: {error}")]
     TlsFile { path: String, error: std::io::Error },
     #[error(
-        "etcd {op} failed on every member for {elapsed:?}; last error from {endpoint}: {last}"
+        "etcd unavailable: {op} failed on every member for {elapsed:.1?}; last error from {endpoint}: {last}"
     )]
     Exhausted {
         op: &'static str,
@@ -51,7 +51,9 @@ pub enum KvError {
     },
     #[error("etcd {op} timed out after {timeout:?}")]
     Timeout { op: &'static str, timeout: Duration },
-    #[error(transparent)]
+    /// Printed as its cause in a few words (`connection refused`,
+    /// `unavailable: etcdserver: no leader`), not tonic's debug dump.
+    #[error("{}", describe_etcd_error(.0))]
     Etcd(#[from] etcd_client::Error),
     #[error("watch from revision {requested} is compacted (oldest available {compact_revision})")]
     Compacted {
@@ -86,6 +88,45 @@ impl KvError {
             KvError::Etcd(E::WatchError(_)) => true,
             _ => false,
         }
+    }
+}
+
+/// An etcd client error in a few words: for a transport failure, the
+/// innermost cause (`connection refused`, `deadline has elapsed`); for an
+/// answer from etcd, its code and message.
+pub fn describe_etcd_error(e: &etcd_client::Error) -> String {
+    use etcd_client::Error as E;
+    // The innermost error of the chain (tonic wraps hyper wraps io).
+    let innermost = |e: &(dyn std::error::Error + 'static)| {
+        let mut cur = e;
+        while let Some(next) = cur.source() {
+            cur = next;
+        }
+        match cur.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                "connection refused".to_string()
+            }
+            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                "connection timed out".to_string()
+            }
+            _ => cur.to_string(),
+        }
+    };
+    match e {
+        E::GRpcStatus(s) => match std::error::Error::source(s) {
+            Some(src) if s.code() == tonic::Code::Unavailable => innermost(src),
+            _ => {
+                let code = format!("{:?}", s.code()).to_lowercase();
+                if s.message().is_empty() {
+                    code
+                } else {
+                    format!("{code}: {}", s.message())
+                }
+            }
+        },
+        E::TransportError(t) => innermost(t),
+        E::IoError(io) => innermost(io),
+        other => other.to_string(),
     }
 }
 
@@ -253,6 +294,13 @@ impl KvStore {
         let attempt = || async {
             let (idx, member) = self.member();
             *last_endpoint.lock().expect("poisoned") = member.endpoint.clone();
+            // No attempt outlives the call's deadline.
+            let remaining = self
+                .inner
+                .config
+                .retry_deadline
+                .saturating_sub(started.elapsed());
+            let timeout = timeout.min(remaining.max(Duration::from_millis(50)));
             let result = match tokio::time::timeout(timeout, f(member.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => KvError::Etcd(e),
@@ -471,7 +519,7 @@ impl KvStore {
                             error: (s.leader() == 0).then(|| "member has no leader".to_string()),
                         }
                     }
-                    Ok(Err(e)) => MemberHealth::failed(endpoint, e.to_string()),
+                    Ok(Err(e)) => MemberHealth::failed(endpoint, describe_etcd_error(&e)),
                     Err(_) => {
                         MemberHealth::failed(endpoint, format!("timed out after {timeout:?}"))
                     }
@@ -517,7 +565,7 @@ impl KvStore {
 }
 
 impl MemberHealth {
-    fn failed(endpoint: String, error: String) -> Self {
+    pub fn failed(endpoint: String, error: String) -> Self {
         MemberHealth {
             endpoint,
             healthy: false,
