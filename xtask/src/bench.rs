@@ -12,6 +12,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("datapath", "axoneme-agent", "datapath"),
     ("cluster", "axoneme-e2e", "cluster"),
     ("l7", "axoneme-e2e", "l7"),
+    ("kubernetes", "axoneme-e2e", "kubernetes"),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {
