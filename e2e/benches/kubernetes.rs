@@ -291,6 +291,69 @@ impl Drop for ConditionWatch {
     }
 }
 
+/// CPU seconds (user + system) this process's descendants have used, by
+/// command name (etcd, kube-apiserver, axoneme-operator, axoneme-agent,
+/// kubectl, …), read from `/proc`: where a phase's time goes. Processes
+/// that exited in between are not counted.
+fn cpu_by_command() -> HashMap<String, f64> {
+    // USER_HZ: 100 on Linux.
+    const TICKS: f64 = 100.0;
+    let mut procs = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid … utime(14) stime(15)
+        let Some((head, tail)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let comm = head.split_once(" (").map_or("", |(_, c)| c).to_string();
+        let f: Vec<&str> = tail.split(' ').collect();
+        let (Some(ppid), Some(ut), Some(st)) = (
+            f.get(1).and_then(|v| v.parse::<u32>().ok()),
+            f.get(11).and_then(|v| v.parse::<f64>().ok()),
+            f.get(12).and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        procs.insert(pid, (ppid, comm, (ut + st) / TICKS));
+    }
+    let me = std::process::id();
+    let descends = |mut pid: u32| {
+        while let Some((ppid, _, _)) = procs.get(&pid) {
+            if *ppid == me {
+                return true;
+            }
+            pid = *ppid;
+        }
+        false
+    };
+    let mut by = HashMap::new();
+    for (pid, (_, comm, cpu)) in &procs {
+        if descends(*pid) {
+            *by.entry(comm.clone()).or_insert(0.0) += cpu;
+        }
+    }
+    by
+}
+
+/// CPU seconds by command between two [`cpu_by_command`] samples.
+fn cpu_spent(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> serde_json::Value {
+    let mut v: Vec<(&String, f64)> = after
+        .iter()
+        .map(|(k, a)| (k, a - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d >= 0.01)
+        .collect();
+    v.sort_by(|a, b| b.1.partial_cmp(&a.1).expect("no NaN"));
+    v.into_iter()
+        .map(|(k, d)| (k.clone(), json!((d * 100.0).round() / 100.0)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// The toggled policy: selects the server pods and admits the client
 /// pods (`allow`) or nobody.
 fn toggle_policy(allow: bool) -> String {
@@ -349,6 +412,12 @@ struct Propagation {
     command: Vec<f64>,
     /// Command start → `Enforced` on every node (Kubernetes mode).
     enforced: Vec<f64>,
+    /// Command start → the new generation seen on the watch: the API
+    /// server has the change (Kubernetes mode).
+    api_write: Vec<f64>,
+    /// The API server has the change → datapath changed on both nodes:
+    /// the product's share (Kubernetes mode).
+    api_to_datapath: Vec<f64>,
 }
 
 /// Server and client pods on each node, and a probe loop in each client
@@ -453,6 +522,12 @@ impl Probes {
                     std::thread::sleep(Duration::from_millis(5));
                 };
                 p.enforced.push(ms(enforced.duration_since(t0)));
+                let written = w
+                    .first(t0, |s| s.name == TOGGLE && s.generation == gen)
+                    .expect("the Enforced event is of this generation");
+                p.api_write.push(ms(written.duration_since(t0)));
+                p.api_to_datapath
+                    .push(took - ms(written.duration_since(t0)));
             }
             // Let the probes see the new state for a while before the next change.
             std::thread::sleep(Duration::from_millis(150));
@@ -470,6 +545,8 @@ fn propagation_report(p: &Propagation) -> serde_json::Value {
     });
     if !p.enforced.is_empty() {
         r["enforced_condition"] = summary(&p.enforced);
+        r["api_write"] = summary(&p.api_write);
+        r["api_to_datapath"] = summary(&p.api_to_datapath);
     }
     r
 }
@@ -537,11 +614,14 @@ fn main() -> Result<()> {
     server_side(false)?;
     let mut generation = 1;
     let probes = Probes::start(&c)?;
+    let cpu0 = cpu_by_command();
     let prop = probes.changes(&c, s.changes, &server_side, Some((&watch, &mut generation)))?;
+    let prop_cpu = cpu_spent(&cpu0, &cpu_by_command());
     println!(
         "propagation (server-side apply): {}",
         summary(&prop.datapath)
     );
+    println!("propagation: CPU seconds by process: {prop_cpu}");
     // The same with client-side apply (kubectl's default), which costs
     // kubectl more: it fetches and parses the OpenAPI v2 document first.
     let client_side = |allow: bool| kube.apply_yaml(&toggle_policy(allow));
@@ -560,6 +640,7 @@ fn main() -> Result<()> {
     // 3. Bulk.
     let watch = ConditionWatch::start(kube, &["-l", "bench=bulk"])?;
     let yaml = bulk_policies(s.bulk, s.apps);
+    let cpu0 = cpu_by_command();
     let t0 = Instant::now();
     kube.kubectl_stdin(SERVER_SIDE_APPLY, &yaml)?;
     let applied = t0.elapsed();
@@ -587,6 +668,8 @@ fn main() -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     };
     drop(watch);
+    let bulk_cpu = cpu_spent(&cpu0, &cpu_by_command());
+    println!("bulk: CPU seconds by process: {bulk_cpu}");
     println!(
         "bulk: {} policies applied in {applied:.2?}, all Valid after {all_valid:.2?}, all Valid and Enforced after {all_enforced:.2?}",
         s.bulk
@@ -624,6 +707,7 @@ fn main() -> Result<()> {
         "policy_propagation": {
             "kubernetes": propagation_report(&prop),
             "kubernetes_client_side_apply": propagation_report(&prop_csa),
+            "kubernetes_cpu_seconds": prop_cpu,
             "standalone": propagation_report(&base_prop),
             "ratio_p50": percentile(&prop.datapath, 500) / percentile(&base_prop.datapath, 500),
             "probe_timeout_ms": ms(PROBE_TIMEOUT),
@@ -635,6 +719,7 @@ fn main() -> Result<()> {
             "kubectl_apply_s": applied.as_secs_f64(),
             "all_valid_s": all_valid.as_secs_f64(),
             "all_valid_and_enforced_s": bulk_s,
+            "cpu_seconds": bulk_cpu,
             "target_s": TARGET_BULK_S,
             "target_met": bulk_s < TARGET_BULK_S,
         },
