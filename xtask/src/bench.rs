@@ -13,6 +13,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("cluster", "axoneme-e2e", "cluster"),
     ("l7", "axoneme-e2e", "l7"),
     ("memory", "axoneme-e2e", "memory"),
+    ("kubernetes", "axoneme-e2e", "kubernetes"),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {

@@ -37,7 +37,7 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run a benchmark; writes target/bench/NAME.json.
     Bench {
-        /// Which benchmark: identity, policy, datapath, cluster, l7 or memory.
+        /// Which benchmark: identity, policy, datapath, cluster, l7, memory or kubernetes.
         name: String,
     },
 }
