@@ -13,8 +13,9 @@
 //!   is selected by 10 policies, 100 rules, 1,000 policy-map entries.
 //!
 //! Node 0's agent's VmRSS is read from `/proc` when it is idle (the
-//! baseline, same run: no pods, no records, no policies) and once its maps
-//! hold everything above (ipcache entries and one endpoint's policy
+//! baseline, same run: no pods, no records, no policies), with the pods,
+//! with the identities in its ipcache, and once its maps hold everything
+//! above (ipcache entries and one endpoint's policy
 //! entries polled through its API); VmHWM is its peak. The operator's RSS
 //! is reported beside it. Target (issue 15): the agent under 40 MiB.
 //!
@@ -113,6 +114,7 @@ fn main() -> Result<()> {
         pods.push(c.add_pod(0, &format!("m{i}"), &[("app", &app)])?);
     }
     println!("{pods_n} local pods in {:?}", started.elapsed());
+    let (with_pods, _) = rss_mib(agent)?;
 
     // Remote endpoints, straight into etcd (as node 1's agent would write
     // them), 100 to a transaction.
@@ -160,6 +162,13 @@ fn main() -> Result<()> {
         "{remote_n} remote endpoint records in {:?}",
         started.elapsed()
     );
+    let within = pick(Duration::from_secs(120), Duration::from_secs(60));
+    let ipcache = eventually("the ipcache", within, || {
+        let n = json_len(&c, &["-o", "json", "bpf", "ipcache", "list"])?;
+        Ok((n >= remote_n + pods_n).then_some(n))
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (with_identities, _) = rss_mib(agent)?;
 
     // Policies.
     let file = c.dir.join("memory-policies.yaml");
@@ -170,14 +179,8 @@ fn main() -> Result<()> {
         bail!("policy import: {}", String::from_utf8_lossy(&out.stderr));
     }
 
-    // Everything in node 0's maps: every remote address (and the local
-    // pods') in the ipcache, and a local endpoint's 10 rules × 10
-    // identities × 10 policies in its policy map.
-    let within = pick(Duration::from_secs(120), Duration::from_secs(60));
-    let ipcache = eventually("the ipcache", within, || {
-        let n = json_len(&c, &["-o", "json", "bpf", "ipcache", "list"])?;
-        Ok((n >= remote_n + pods_n).then_some(n))
-    })?;
+    // A local endpoint's 10 rules × 10 identities × 10 policies in its
+    // policy map.
     let per_endpoint = (policies_n / LOCAL_SETS).max(1) * RULES_PER_POLICY * GROUP;
     let probe = &pods[0];
     let policy_entries = eventually("endpoint m0's policy map", within, || {
@@ -193,7 +196,7 @@ fn main() -> Result<()> {
     let (loaded, peak) = rss_mib(agent)?;
     let (op_rss, _) = rss_mib(operator)?;
     println!(
-        "agent: {loaded:.1} MiB resident ({peak:.1} MiB peak), idle {idle:.1} MiB; operator {op_rss:.1} MiB"
+        "agent: {loaded:.1} MiB resident ({peak:.1} MiB peak); idle {idle:.1}, with the pods {with_pods:.1}, with the identities {with_identities:.1} MiB; operator {op_rss:.1} MiB"
     );
     if !smoke() && loaded >= TARGET_MIB {
         println!("target not met: {loaded:.1} MiB >= {TARGET_MIB} MiB");
@@ -208,6 +211,9 @@ fn main() -> Result<()> {
             "ipcache_entries": ipcache,
             "policy_entries_per_endpoint": policy_entries,
             "agent_rss_idle_mib": idle,
+            "agent_rss_with_pods_mib": with_pods,
+            "agent_rss_with_identities_mib": with_identities,
+            "malloc_arena_max": std::env::var("MALLOC_ARENA_MAX").ok(),
             "agent_rss_mib": loaded,
             "agent_rss_peak_mib": peak,
             "agent_rss_vs_idle": loaded / idle,
