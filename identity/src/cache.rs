@@ -142,6 +142,12 @@ impl<V: Decode> WatchCache<V> {
         self.state.read().expect("poisoned").items.clone()
     }
 
+    /// Runs `f` on the items in place, without copying them (the cache's
+    /// writer waits meanwhile: keep `f` short and never await in it).
+    pub fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, V>) -> R) -> R {
+        f(&self.state.read().expect("poisoned").items)
+    }
+
     pub fn len(&self) -> usize {
         self.state.read().expect("poisoned").items.len()
     }

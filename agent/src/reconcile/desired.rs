@@ -42,57 +42,62 @@ impl Desired {
     /// Reads the node's caches.
     pub fn from_state(state: &NodeState) -> Self {
         let layout = state.layout();
+        // Read in place: a pass must not copy every record of the cluster
+        // (with 10,000 endpoints that was megabytes per pass).
         let identities = state
             .identities()
-            .snapshot()
-            .into_values()
-            .map(|r| (r.id, r.labels))
-            .collect();
-        let assignments = state.assignments().snapshot();
+            .read(|items| items.values().map(|r| (r.id, r.labels.clone())).collect());
         let mut local = Vec::new();
         let mut ipcache = BTreeMap::new();
         let mut named_ports = BTreeMap::new();
-        for (key, record) in state.records().snapshot() {
-            let Some((node, name)) = layout.split_endpoint_key(&key) else {
-                continue;
-            };
-            let identity = assignments
-                .get(&layout.endpoint_identity(node, name))
-                .and_then(|a| a.identity);
-            if let Some(id) = identity {
-                if !record.named_ports.is_empty() {
-                    named_ports.insert(key.clone(), (id, record.named_ports.clone()));
-                }
-                for a in &record.addresses {
-                    match a.parse::<IpAddr>() {
-                        Ok(ip) => {
-                            ipcache.insert(IpNet::from(ip), id);
+        state.assignments().read(|assignments| {
+            state.records().read(|records| {
+                for (key, record) in records {
+                    let Some((node, name)) = layout.split_endpoint_key(key) else {
+                        continue;
+                    };
+                    let identity = assignments
+                        .get(&layout.endpoint_identity(node, name))
+                        .and_then(|a| a.identity);
+                    if let Some(id) = identity {
+                        if !record.named_ports.is_empty() {
+                            named_ports.insert(key.clone(), (id, record.named_ports.clone()));
                         }
-                        Err(_) => debug!(endpoint = %key, address = %a, "not an address; skipped"),
+                        for a in &record.addresses {
+                            match a.parse::<IpAddr>() {
+                                Ok(ip) => {
+                                    ipcache.insert(IpNet::from(ip), id);
+                                }
+                                Err(_) => {
+                                    debug!(endpoint = %key, address = %a, "not an address; skipped")
+                                }
+                            }
+                        }
+                    }
+                    if node == state.node() {
+                        if let Some(interface) = &record.interface {
+                            local.push(LocalEndpoint {
+                                name: name.to_string(),
+                                interface: interface.clone(),
+                                identity,
+                                addresses: record
+                                    .addresses
+                                    .iter()
+                                    .filter_map(|a| a.parse().ok())
+                                    .collect(),
+                            });
+                        }
                     }
                 }
-            }
-            if node == state.node() {
-                if let Some(interface) = record.interface {
-                    local.push(LocalEndpoint {
-                        name: name.to_string(),
-                        interface,
-                        identity,
-                        addresses: record
-                            .addresses
-                            .iter()
-                            .filter_map(|a| a.parse().ok())
-                            .collect(),
-                    });
-                }
-            }
-        }
+            })
+        });
         let policies = state.valid_policies_by_key();
-        let raw = state.policy_caches().0.snapshot();
-        let policy_revisions = policies
-            .keys()
-            .filter_map(|k| raw.get(k).map(|r| (k.clone(), r.mod_revision)))
-            .collect();
+        let policy_revisions = state.policy_caches().0.read(|raw| {
+            policies
+                .keys()
+                .filter_map(|k| raw.get(k).map(|r| (k.clone(), r.mod_revision)))
+                .collect()
+        });
         Desired {
             identities,
             policies,
