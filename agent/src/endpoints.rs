@@ -165,9 +165,7 @@ pub async fn restore(
         if !s.netns.exists() {
             info!(endpoint = %s.name(), "pod namespace gone while the agent was down; removing the endpoint");
             let _ = leased.delete(&key).await;
-            let ns = node_ns.clone();
-            let host_if = s.host_interface.clone();
-            let _ = tokio::task::spawn_blocking(move || netdev::unplumb(&ns, &host_if)).await;
+            netdev::unplumb(node_ns, &s.host_interface).await;
             let _ = std::fs::remove_file(state_path(dir, s.name()));
             continue;
         }
@@ -314,19 +312,9 @@ impl Endpoints {
                 }
             })?;
         let host_if = netdev::host_interface(&req.container_id, &req.ifname);
-        let plumbed = {
-            let (ns, pod, h, i, a) = (
-                self.node_ns.clone(),
-                netns.clone(),
-                host_if.clone(),
-                req.ifname.clone(),
-                addresses.clone(),
-            );
-            tokio::task::spawn_blocking(move || netdev::plumb(&ns, &pod, &h, &i, &a))
-                .await
-                .map_err(|e| io_error("interface setup panicked", e))
-                .and_then(|r| r.map_err(|e| io_error("cannot set up the pod's interface", e)))
-        };
+        let plumbed = netdev::plumb(&self.node_ns, &netns, &host_if, &req.ifname, &addresses)
+            .await
+            .map_err(|e| io_error("cannot set up the pod's interface", e));
         let plumbed = match plumbed {
             Ok(p) => p,
             Err(e) => {
@@ -449,9 +437,7 @@ impl Endpoints {
                 e.to_string(),
             )
         })?;
-        let ns = self.node_ns.clone();
-        let host_if = st.host_interface.clone();
-        let _ = tokio::task::spawn_blocking(move || netdev::unplumb(&ns, &host_if)).await;
+        netdev::unplumb(&self.node_ns, &st.host_interface).await;
         self.ipam.lock().expect("ipam lock").release(st.name());
         let path = state_path(&self.dir, st.name());
         match std::fs::remove_file(&path) {
@@ -543,13 +529,10 @@ impl Endpoints {
                 req.netns
             )));
         }
-        let ns = self.node_ns.clone();
-        let pod = Ns(Some(st.netns.clone()));
-        let (host_if, ifname) = (st.host_interface.clone(), st.ifname.clone());
-        let (host_ok, pod_addrs) =
-            tokio::task::spawn_blocking(move || (ns.link_exists(&host_if), pod.addresses(&ifname)))
-                .await
-                .map_err(|e| io_error("check panicked", e))?;
+        let host_ok = netdev::link_exists(&self.node_ns, &st.host_interface)
+            .await
+            .map_err(|e| io_error("cannot look up the host interface", e))?;
+        let pod_addrs = netdev::addresses(&st.netns, &st.ifname).await;
         if !host_ok {
             return Err(fail(format!(
                 "host interface {} is missing",

@@ -1,179 +1,25 @@
-//! Pod interfaces, made with iproute2 (`ip -batch`, one process per
-//! namespace) entered with `nsenter`: a veth pair whose pod end is moved
-//! into the pod's namespace, /32 and /128 addresses, and routes via the
-//! link-local gateways every host-side veth carries (169.254.1.1 and
-//! fe80::1, answered by the node itself), as Cilium's veth mode does.
+//! Pod interfaces, made over rtnetlink (the `net` crate; no process per
+//! CNI ADD): a veth pair created in the pod's namespace with its peer in
+//! the node's, /32 and /128 addresses, and routes via the link-local
+//! gateways every host-side veth carries (169.254.1.1 and fe80::1,
+//! answered by the node itself), as Cilium's veth mode does.
 //!
 //! Node routes to other nodes' pod CIDRs live here too.
 
-use std::io::Write;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 
+use axoneme_net::{Netns, Route, Rtnl};
 use ipnet::IpNet;
+
+pub use axoneme_net::Error as NetdevError;
+/// A network namespace by handle (the node's, or a pod's).
+pub use axoneme_net::Netns as Ns;
 
 pub const GATEWAY_V4: &str = "169.254.1.1";
 pub const GATEWAY_V6: &str = "fe80::1";
-
-#[derive(Debug, thiserror::Error)]
-pub enum NetdevError {
-    #[error("running {command}: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
-    #[error("`{command}` failed: {stderr}")]
-    Failed { command: String, stderr: String },
-    #[error("{0}")]
-    Unexpected(String),
-}
-
-/// A network namespace by path; `None` is the agent's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ns(pub Option<PathBuf>);
-
-impl Ns {
-    /// The path another namespace can name this one by.
-    pub fn path(&self) -> PathBuf {
-        self.0
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/ns/net", std::process::id())))
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        match &self.0 {
-            Some(p) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", p.display())).arg("--").args(args);
-                c
-            }
-            None => {
-                let mut c = Command::new(args[0]);
-                c.args(&args[1..]);
-                c
-            }
-        }
-    }
-
-    /// Runs `ip -batch -` with these lines; with `force`, errors of single
-    /// lines do not stop the rest (for cleanup).
-    pub fn ip_batch(&self, lines: &[String], force: bool) -> Result<(), NetdevError> {
-        let mut args = vec!["ip"];
-        if force {
-            args.push("-force");
-        }
-        args.extend(["-batch", "-"]);
-        let mut cmd = self.command(&args);
-        let what = format!("ip -batch in {}", self.path().display());
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| NetdevError::Spawn {
-                command: what.clone(),
-                source,
-            })?;
-        let input = lines.join("\n") + "\n";
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(input.as_bytes())
-                .map_err(|source| NetdevError::Spawn {
-                    command: what.clone(),
-                    source,
-                })?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| NetdevError::Spawn {
-                command: what.clone(),
-                source,
-            })?;
-        if !out.status.success() && !force {
-            return Err(NetdevError::Failed {
-                command: format!("{what}: {}", lines.join("; ")),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Runs a command in the namespace; its stdout, or an error with its
-    /// stderr.
-    fn output(&self, args: &[&str]) -> Result<Vec<u8>, NetdevError> {
-        let command = args.join(" ");
-        let out = self
-            .command(args)
-            .output()
-            .map_err(|source| NetdevError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(NetdevError::Failed {
-                command,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(out.stdout)
-    }
-
-    /// Runs a command in the namespace; fails with its stderr.
-    pub fn run(&self, args: &[&str]) -> Result<(), NetdevError> {
-        self.output(args).map(drop)
-    }
-
-    /// `ip -j ARGS`, parsed.
-    fn ip_json(&self, args: &[&str]) -> Result<serde_json::Value, NetdevError> {
-        let mut all = vec!["ip", "-j"];
-        all.extend_from_slice(args);
-        let out = self.output(&all)?;
-        serde_json::from_slice(&out)
-            .map_err(|e| NetdevError::Unexpected(format!("{}: {e}", all.join(" "))))
-    }
-
-    /// The MAC address of `dev`.
-    pub fn mac(&self, dev: &str) -> Result<String, NetdevError> {
-        let v = self.ip_json(&["link", "show", "dev", dev])?;
-        v.get(0)
-            .and_then(|l| l.get("address"))
-            .and_then(|a| a.as_str())
-            .map(str::to_string)
-            .ok_or_else(|| NetdevError::Unexpected(format!("no MAC address on {dev}")))
-    }
-
-    /// The global addresses on `dev` (CIDR notation).
-    pub fn addresses(&self, dev: &str) -> Result<Vec<IpNet>, NetdevError> {
-        let v = self.ip_json(&["addr", "show", "dev", dev])?;
-        let mut out = Vec::new();
-        for info in v
-            .get(0)
-            .and_then(|l| l.get("addr_info"))
-            .and_then(|a| a.as_array())
-            .into_iter()
-            .flatten()
-        {
-            if info.get("scope").and_then(|s| s.as_str()) != Some("global") {
-                continue;
-            }
-            let (Some(local), Some(len)) = (
-                info.get("local").and_then(|s| s.as_str()),
-                info.get("prefixlen").and_then(|s| s.as_u64()),
-            ) else {
-                continue;
-            };
-            if let Ok(n) = format!("{local}/{len}").parse() {
-                out.push(n);
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn link_exists(&self, dev: &str) -> bool {
-        self.ip_json(&["link", "show", "dev", dev]).is_ok()
-    }
-}
+const GW4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+const GW6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// The host-side name of a container's veth: `axo` and 11 hex digits of a
 /// hash of the container ID and interface (Cilium: `lxc` + hash).
@@ -194,80 +40,139 @@ pub struct Plumbed {
     pub mac: String,
 }
 
-/// Creates the veth pair, moves `ifname` into `pod`, and sets addresses
-/// and routes on both ends. On failure, whatever was created is removed.
-pub fn plumb(
-    node: &Ns,
+fn net(addr: IpAddr, len: u8) -> IpNet {
+    IpNet::new(addr, len).expect("a host prefix length is valid")
+}
+
+/// Creates the veth pair (`ifname` in `pod`, `host_if` in `node`), and
+/// sets addresses and routes on both ends. On failure, whatever was
+/// created is removed.
+pub async fn plumb(
+    node: &Netns,
     pod: &Path,
     host_if: &str,
     ifname: &str,
     addrs: &[IpAddr],
 ) -> Result<Plumbed, NetdevError> {
-    let pod_ns = Ns(Some(pod.to_path_buf()));
-    let mut in_pod = vec![format!(
-        "link add {ifname} type veth peer name {host_if} netns {}",
-        node.path().display()
-    )];
-    let mut in_node = vec![
-        format!("link set {host_if} up"),
-        format!("addr add {GATEWAY_V4}/32 dev {host_if}"),
-    ];
-    let mut pod_tail = vec![
-        format!("link set {ifname} up"),
-        format!("route add {GATEWAY_V4} dev {ifname} scope link"),
-        format!("route add default via {GATEWAY_V4} dev {ifname}"),
-    ];
-    for a in addrs {
-        match a {
-            IpAddr::V4(_) => {
-                in_pod.push(format!("addr add {a}/32 dev {ifname}"));
-                in_node.push(format!("route add {a}/32 dev {host_if}"));
-            }
-            IpAddr::V6(_) => {
-                in_pod.push(format!("addr add {a}/128 dev {ifname} nodad"));
-                in_node.push(format!("addr add {GATEWAY_V6}/64 dev {host_if} nodad"));
-                in_node.push(format!("route add {a}/128 dev {host_if}"));
-                pod_tail.push(format!("route add default via {GATEWAY_V6} dev {ifname}"));
-            }
-        }
-    }
-    // The pod's default route needs the link up first.
-    in_pod.extend(pod_tail);
-    let result = pod_ns
-        .ip_batch(&in_pod, false)
-        .and_then(|()| node.ip_batch(&in_node, false))
-        .and_then(|()| {
-            Ok(Plumbed {
-                host_mac: node.mac(host_if)?,
-                mac: pod_ns.mac(ifname)?,
-            })
-        });
+    let pod_ns = Netns::open(pod)?;
+    let (n, p) = (node.rtnl()?, pod_ns.rtnl()?);
+    let result = plumb_with(node, &n, &p, host_if, ifname, addrs).await;
     if result.is_err() {
-        unplumb(node, host_if);
+        let _ = n.del_link(host_if).await;
     }
     result
 }
 
-/// Removes the host-side veth (its peer goes with it). Missing is fine.
-pub fn unplumb(node: &Ns, host_if: &str) {
-    let _ = node.ip_batch(&[format!("link del {host_if}")], true);
+async fn plumb_with(
+    node: &Netns,
+    n: &Rtnl,
+    p: &Rtnl,
+    host_if: &str,
+    ifname: &str,
+    addrs: &[IpAddr],
+) -> Result<Plumbed, NetdevError> {
+    let v6 = addrs.iter().any(IpAddr::is_ipv6);
+    // The pod's end: addresses, up, then the routes via the gateways (the
+    // default routes need the link up first).
+    p.add_veth(ifname, host_if, node).await?;
+    let pod_link = p.need_link(ifname).await?;
+    for a in addrs {
+        match a {
+            IpAddr::V4(_) => p.add_address(pod_link.index, net(*a, 32), false).await?,
+            IpAddr::V6(_) => p.add_address(pod_link.index, net(*a, 128), true).await?,
+        }
+    }
+    p.set_up(pod_link.index).await?;
+    p.add_route(
+        &Route::to(net(GW4.into(), 32))
+            .dev(pod_link.index)
+            .scope_link(),
+    )
+    .await?;
+    p.add_route(
+        &Route::to(net(Ipv4Addr::UNSPECIFIED.into(), 0))
+            .via(GW4.into())
+            .dev(pod_link.index),
+    )
+    .await?;
+    if v6 {
+        p.add_route(
+            &Route::to(net(Ipv6Addr::UNSPECIFIED.into(), 0))
+                .via(GW6.into())
+                .dev(pod_link.index),
+        )
+        .await?;
+    }
+    // The node's end: up, the gateways, a route to each address.
+    let host_link = n.need_link(host_if).await?;
+    n.set_up(host_link.index).await?;
+    n.add_address(host_link.index, net(GW4.into(), 32), false)
+        .await?;
+    if v6 {
+        n.add_address(host_link.index, net(GW6.into(), 64), true)
+            .await?;
+    }
+    for a in addrs {
+        let len = if a.is_ipv4() { 32 } else { 128 };
+        n.add_route(&Route::to(net(*a, len)).dev(host_link.index))
+            .await?;
+    }
+    Ok(Plumbed {
+        host_mac: host_link.mac,
+        mac: pod_link.mac,
+    })
 }
 
-/// Routes this node installs towards other nodes' pod CIDRs (direct
-/// routing over the underlay).
-pub fn route_lines(routes: &[(IpNet, IpAddr)], add: bool) -> Vec<String> {
-    routes
-        .iter()
-        .map(|(net, via)| {
-            // `ip -batch` takes no per-line `-6`: the family follows the
-            // addresses.
-            if add {
-                format!("route replace {net} via {via}")
-            } else {
-                format!("route del {net} via {via}")
-            }
-        })
-        .collect()
+/// Removes the host-side veth (its peer goes with it). Missing is fine.
+pub async fn unplumb(node: &Netns, host_if: &str) {
+    let result = match node.rtnl() {
+        Ok(n) => n.del_link(host_if).await.map(drop),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(interface = host_if, error = %e, "cannot remove the host interface");
+    }
+}
+
+/// Whether `dev` exists in `ns`.
+pub async fn link_exists(ns: &Netns, dev: &str) -> Result<bool, NetdevError> {
+    Ok(ns.rtnl()?.link(dev).await?.is_some())
+}
+
+/// The global addresses on `dev` in the namespace at `path`.
+pub async fn addresses(path: &Path, dev: &str) -> Result<Vec<IpNet>, NetdevError> {
+    let r = Netns::open(path)?.rtnl()?;
+    let link = r.need_link(dev).await?;
+    Ok(r.addresses(link.index)
+        .await?
+        .into_iter()
+        .filter(|a| a.global)
+        .map(|a| a.net)
+        .collect())
+}
+
+/// Node routes towards other nodes' pod CIDRs (direct routing over the
+/// underlay): deletes `gone`, replaces `want`. Every route is tried (one
+/// that fails, such as a node not reachable yet, must not keep the others
+/// out); the failures are returned.
+pub async fn sync_routes(
+    node: &Netns,
+    gone: &[(IpNet, IpAddr)],
+    want: &[(IpNet, IpAddr)],
+) -> Result<Vec<NetdevError>, NetdevError> {
+    let n = node.rtnl()?;
+    let mut failed = Vec::new();
+    for (dst, via) in gone {
+        if let Err(e) = n.del_route(&Route::to(*dst).via(*via)).await {
+            failed.push(e);
+        }
+    }
+    for (dst, via) in want {
+        if let Err(e) = n.replace_route(&Route::to(*dst).via(*via)).await {
+            failed.push(e);
+        }
+    }
+    Ok(failed)
 }
 
 #[cfg(test)]
@@ -286,27 +191,8 @@ mod tests {
     }
 
     #[test]
-    fn route_lines_per_family() {
-        let r = [
-            (
-                "10.200.2.0/24".parse().unwrap(),
-                "192.168.77.2".parse().unwrap(),
-            ),
-            (
-                "fd00:a0::200/120".parse().unwrap(),
-                "fd77::2".parse().unwrap(),
-            ),
-        ];
-        assert_eq!(
-            route_lines(&r, true),
-            vec![
-                "route replace 10.200.2.0/24 via 192.168.77.2",
-                "route replace fd00:a0::200/120 via fd77::2"
-            ]
-        );
-        assert_eq!(
-            route_lines(&r[..1], false),
-            vec!["route del 10.200.2.0/24 via 192.168.77.2"]
-        );
+    fn gateways_parse() {
+        assert_eq!(GATEWAY_V4.parse::<Ipv4Addr>().unwrap(), GW4);
+        assert_eq!(GATEWAY_V6.parse::<Ipv6Addr>().unwrap(), GW6);
     }
 }

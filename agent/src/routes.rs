@@ -43,14 +43,18 @@ pub async fn run(
         }
         let gone: Vec<(IpNet, IpAddr)> =
             have.iter().filter(|r| !want.contains(r)).copied().collect();
-        let mut lines = netdev::route_lines(&gone, false);
-        lines.extend(netdev::route_lines(&want, true));
-        let ns = ns.clone();
-        // Forced: a route already gone, or a node not reachable yet, must
-        // not keep the others out.
-        match tokio::task::spawn_blocking(move || ns.ip_batch(&lines, true)).await? {
-            Ok(()) => {
-                info!(routes = want.len(), "node routes updated");
+        // Every route is tried: a route already gone, or a node not
+        // reachable yet, must not keep the others out. Those that fail are
+        // tried again at the next change or resync.
+        match netdev::sync_routes(&ns, &gone, &want).await {
+            Ok(failed) => {
+                for e in &failed {
+                    warn!(error = %e, "cannot update a node route; retrying at the next resync");
+                }
+                info!(
+                    routes = want.len() - failed.len().min(want.len()),
+                    "node routes updated"
+                );
                 have = want;
                 failures = 0;
             }

@@ -72,7 +72,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(pins = %pin_dir.display(), "datapath loaded");
 
     let state_dir = cfg.state_dir();
-    let node_ns = Ns(cfg.datapath.netns.clone());
+    let node_ns = Ns::open_or_own(cfg.datapath.netns.as_deref()).context("--netns")?;
     let mut sup = Supervisor::new();
     let cancel = sup.cancel();
 
@@ -173,7 +173,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .listener_with_backlog(proxy_port, proxy_config.listen_backlog)
             .with_context(|| format!("--proxy-port {proxy_port}: cannot listen"))?;
         l7proxy::install_redirect(&node_ns, proxy_port)
-            .context("installing the proxy redirect (iptables TPROXY, ip rule)")?;
+            .await
+            .context("installing the proxy redirect (sysctls, ip rules, nftables TPROXY)")?;
         info!(port = proxy_port, "L7 proxy listening");
         let (events, cancel) = (recent.clone(), cancel.clone());
         // One thread of its own: a connection, its upstream and its

@@ -133,7 +133,20 @@ fn setup(port: u16) -> Result<Setup> {
     for rule in [
         &["-N", "AXONEME_PROXY"][..],
         &["-A", "PREROUTING", "-j", "AXONEME_PROXY"],
-        &proxy::SOCKET_RULE,
+        // The agent's `socket transparent` rule, in iptables terms.
+        &[
+            "-A",
+            "AXONEME_PROXY",
+            "-p",
+            "tcp",
+            "-m",
+            "socket",
+            "--transparent",
+            "-j",
+            "MARK",
+            "--set-mark",
+            "0x1/0x1",
+        ],
     ] {
         let out = node
             .ns

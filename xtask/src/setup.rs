@@ -18,7 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
     "iproute2",
-    // sysctl (node namespaces, the proxy's redirect plumbing).
+    // sysctl (the test harness's node namespaces; the agent writes /proc/sys).
     "procps",
     "iputils-ping",
     "iperf3",

@@ -31,7 +31,7 @@ pub mod view;
 use std::time::Duration;
 
 pub use event::Verdict;
-pub use redirect::{install_redirect, SOCKET_RULE};
+pub use redirect::install_redirect;
 pub use server::serve;
 pub use sockets::SocketFactory;
 pub use view::{view_of, Peer, ProxyView};

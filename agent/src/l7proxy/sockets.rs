@@ -68,7 +68,7 @@ impl SocketFactory {
     /// client's address `src` (transparent): the destination's node judges
     /// the request by the client's identity, and the backend sees the
     /// client's address. The replies reach this socket through the node's
-    /// `-m socket --transparent` rule.
+    /// `socket transparent` rule (see `redirect.rs`).
     pub(super) fn upstream(&self, src: IpAddr) -> std::io::Result<tokio::net::TcpSocket> {
         let s = self.in_netns(|| {
             use socket2::{Domain, Protocol, Socket, Type};
