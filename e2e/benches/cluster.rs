@@ -17,14 +17,11 @@
 //! instead: a handful of pods and changes with the debug binaries, every
 //! check on, nothing written.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use axoneme_e2e::bench::{pick, write_figures};
-use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
+use axoneme_e2e::bench::{crosswise_probes, pick, summary, write_figures, PROBE_TIMEOUT};
+use axoneme_e2e::{Cluster, ClusterConfig};
 use serde_json::json;
 
 const PODS: usize = 100;
@@ -34,79 +31,6 @@ const CHANGES: usize = 50;
 /// sets, an even number of changes: every summary has samples).
 const SMOKE: (usize, usize, usize) = (6, 3, 4);
 const PORT: u16 = 8080;
-/// A blocked SYN is dropped: the connect times out after this.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(15);
-/// Consecutive failed probes that mean "denied" (a slow allowed connect
-/// on a busy machine must not read as a deny).
-const DENY_RUN: usize = 3;
-
-fn percentile(v: &[f64], per_mille: usize) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[(v.len() - 1) * per_mille / 1000]
-}
-
-fn summary(v: &[f64]) -> serde_json::Value {
-    json!({
-        "n": v.len(),
-        "p50_ms": percentile(v, 500),
-        "p99_ms": percentile(v, 990),
-        "max_ms": percentile(v, 1000),
-    })
-}
-
-/// A listener in `pod` that accepts and closes.
-fn listen(pod: &CniPod) -> Result<()> {
-    let l = pod.ns.enter(|| TcpListener::bind(("0.0.0.0", PORT)))??;
-    std::thread::spawn(move || for _ in l.incoming() {});
-    Ok(())
-}
-
-/// A probe loop from `client` to `target`: records (start time, ok) of
-/// fresh connections until `stop`.
-struct Prober {
-    log: Arc<Mutex<Vec<(Instant, bool)>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Prober {
-    fn start(client: &CniPod, target: SocketAddr) -> Self {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (l, s) = (log.clone(), stop.clone());
-        client.ns.spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let ok = TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok();
-                l.lock().expect("log").push((t, ok));
-                if ok {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        });
-        Prober { log, stop }
-    }
-
-    /// The first probe after `since` from which on the flow is `allowed`
-    /// (for a deny: the first of `DENY_RUN` failures in a row).
-    fn settled(&self, since: Instant, allowed: bool) -> Option<Instant> {
-        let log = self.log.lock().expect("log");
-        let after: Vec<&(Instant, bool)> = log.iter().filter(|(t, _)| *t >= since).collect();
-        if allowed {
-            return after.iter().find(|(_, ok)| *ok).map(|(t, _)| *t);
-        }
-        after
-            .windows(DENY_RUN)
-            .find(|w| w.iter().all(|(_, ok)| !ok))
-            .map(|w| w[0].0)
-    }
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 fn main() -> Result<()> {
     let (pods_n, apps, changes_n) = pick((PODS, APPS, CHANGES), SMOKE);
@@ -138,22 +62,8 @@ fn main() -> Result<()> {
     println!("pod ready: {}", summary(&all));
 
     // Policy propagation.
-    let servers = [
-        c.add_pod(0, "server0", &[("app", "server")])?,
-        c.add_pod(1, "server1", &[("app", "server")])?,
-    ];
-    let clients = [
-        c.add_pod(0, "client0", &[("app", "client")])?,
-        c.add_pod(1, "client1", &[("app", "client")])?,
-    ];
-    for s in &servers {
-        listen(s)?;
-    }
     // Crosswise: each node's client probes the other node's server.
-    let probers = [
-        Prober::start(&clients[0], SocketAddr::from((servers[1].ip, PORT))),
-        Prober::start(&clients[1], SocketAddr::from((servers[0].ip, PORT))),
-    ];
+    let (_pods, probers) = crosswise_probes(&c, PORT)?;
     let policy = c.dir.join("bench-policy.yaml");
     std::fs::write(
         &policy,

@@ -30,14 +30,14 @@
 
 use std::collections::HashMap;
 use std::io::BufReader;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use axoneme_e2e::bench::{pick, smoke, write_figures};
+use axoneme_e2e::bench::{
+    crosswise_probes, percentile, pick, smoke, summary, write_figures, Prober, PROBE_TIMEOUT,
+};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod, KubeControlPlane};
 use serde_json::json;
 
@@ -59,11 +59,6 @@ const SMOKE: Sizes = Sizes {
     bulk: 20,
 };
 const PORT: u16 = 8080;
-/// A blocked SYN is dropped: the connect times out after this.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(15);
-/// Consecutive failed probes that mean "denied" (a slow allowed connect
-/// on a busy machine must not read as a deny).
-const DENY_RUN: usize = 3;
 /// How long one change may take to be observed before the bench fails.
 const CHANGE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the bulk apply may take before the bench fails.
@@ -93,76 +88,8 @@ struct Sizes {
     bulk: usize,
 }
 
-fn percentile(v: &[f64], per_mille: usize) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[(v.len() - 1) * per_mille / 1000]
-}
-
-fn summary(v: &[f64]) -> serde_json::Value {
-    json!({
-        "n": v.len(),
-        "p50_ms": percentile(v, 500),
-        "p99_ms": percentile(v, 990),
-        "max_ms": percentile(v, 1000),
-    })
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// A listener in `pod` that accepts and closes.
-fn listen(pod: &CniPod) -> Result<()> {
-    let l = pod.ns.enter(|| TcpListener::bind(("0.0.0.0", PORT)))??;
-    std::thread::spawn(move || for _ in l.incoming() {});
-    Ok(())
-}
-
-/// A probe loop from `client` to `target`: records (start time, ok) of
-/// fresh connections until dropped.
-struct Prober {
-    log: Arc<Mutex<Vec<(Instant, bool)>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Prober {
-    fn start(client: &CniPod, target: SocketAddr) -> Self {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (l, s) = (log.clone(), stop.clone());
-        client.ns.spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let ok = TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok();
-                l.lock().expect("log").push((t, ok));
-                if ok {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        });
-        Prober { log, stop }
-    }
-
-    /// The first probe after `since` from which on the flow is `allowed`
-    /// (for a deny: the first of `DENY_RUN` failures in a row).
-    fn settled(&self, since: Instant, allowed: bool) -> Option<Instant> {
-        let log = self.log.lock().expect("log");
-        let after: Vec<&(Instant, bool)> = log.iter().filter(|(t, _)| *t >= since).collect();
-        if allowed {
-            return after.iter().find(|(_, ok)| *ok).map(|(t, _)| *t);
-        }
-        after
-            .windows(DENY_RUN)
-            .find(|w| w.iter().all(|(_, ok)| !ok))
-            .map(|w| w[0].0)
-    }
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// One condition of a policy as the watch printed it.
@@ -431,21 +358,7 @@ impl Probes {
     /// The pods and probes; returns once the toggled policy, already in
     /// place admitting nobody, denies on both nodes.
     fn start(c: &Cluster) -> Result<Self> {
-        let servers = [
-            c.add_pod(0, "server0", &[("app", "server")])?,
-            c.add_pod(1, "server1", &[("app", "server")])?,
-        ];
-        let clients = [
-            c.add_pod(0, "client0", &[("app", "client")])?,
-            c.add_pod(1, "client1", &[("app", "client")])?,
-        ];
-        for s in &servers {
-            listen(s)?;
-        }
-        let probers = [
-            Prober::start(&clients[0], SocketAddr::from((servers[1].ip, PORT))),
-            Prober::start(&clients[1], SocketAddr::from((servers[0].ip, PORT))),
-        ];
+        let (pods, probers) = crosswise_probes(c, PORT)?;
         let t0 = Instant::now();
         while !probers.iter().all(|p| p.settled(t0, false).is_some()) {
             if t0.elapsed() > CHANGE_DEADLINE {
@@ -456,7 +369,7 @@ impl Probes {
         std::thread::sleep(Duration::from_millis(200));
         Ok(Probes {
             probers,
-            _pods: servers.into_iter().chain(clients).collect(),
+            _pods: pods,
         })
     }
 

@@ -4,10 +4,16 @@
 //! (what `cargo xtask test` runs): one short round at small sizes, every
 //! answer still checked, nothing written.
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::{Cluster, CniPod};
 
 /// Whether this benchmark runs in its smoke form: true unless `--bench` is
 /// among the process's arguments (`cargo bench` passes it, `cargo test
@@ -56,4 +62,103 @@ pub fn write_figures(name: &str, doc: &serde_json::Value) -> Result<()> {
         .with_context(|| format!("writing {}", out.display()))?;
     println!("bench {name}: figures written to {}", out.display());
     Ok(())
+}
+
+/// The `per_mille`th value of `v` (500: the median, 990: p99).
+pub fn percentile(v: &[f64], per_mille: usize) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[(v.len() - 1) * per_mille / 1000]
+}
+
+/// Count, p50, p99 and max of latencies in milliseconds.
+pub fn summary(v: &[f64]) -> serde_json::Value {
+    json!({
+        "n": v.len(),
+        "p50_ms": percentile(v, 500),
+        "p99_ms": percentile(v, 990),
+        "max_ms": percentile(v, 1000),
+    })
+}
+
+/// A listener on `port` in `pod` that accepts and closes.
+pub fn listen(pod: &CniPod, port: u16) -> Result<()> {
+    let l = pod.ns.enter(|| TcpListener::bind(("0.0.0.0", port)))??;
+    std::thread::spawn(move || for _ in l.incoming() {});
+    Ok(())
+}
+
+/// A blocked SYN is dropped: a probe's connect times out after this.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(15);
+/// Consecutive failed probes that mean "denied" (a slow allowed connect
+/// on a busy machine must not read as a deny).
+pub const DENY_RUN: usize = 3;
+
+/// A probe loop from `client` to `target`: records (start time, ok) of
+/// fresh connections until dropped.
+pub struct Prober {
+    log: Arc<Mutex<Vec<(Instant, bool)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Prober {
+    pub fn start(client: &CniPod, target: SocketAddr) -> Self {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (log.clone(), stop.clone());
+        client.ns.spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok();
+                l.lock().expect("log").push((t, ok));
+                if ok {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        Prober { log, stop }
+    }
+
+    /// The first probe after `since` from which on the flow is `allowed`
+    /// (for a deny: the first of [`DENY_RUN`] failures in a row).
+    pub fn settled(&self, since: Instant, allowed: bool) -> Option<Instant> {
+        let log = self.log.lock().expect("log");
+        let after: Vec<&(Instant, bool)> = log.iter().filter(|(t, _)| *t >= since).collect();
+        if allowed {
+            return after.iter().find(|(_, ok)| *ok).map(|(t, _)| *t);
+        }
+        after
+            .windows(DENY_RUN)
+            .find(|w| w.iter().all(|(_, ok)| !ok))
+            .map(|w| w[0].0)
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Crosswise probes between two nodes: a server (`app=server`, listening
+/// on `port`) and a client (`app=client`) pod on each of nodes 0 and 1,
+/// each node's client probing the other node's server. The pods (kept
+/// alive with the probes) and the two probers.
+pub fn crosswise_probes(c: &Cluster, port: u16) -> Result<(Vec<CniPod>, [Prober; 2])> {
+    let servers = [
+        c.add_pod(0, "server0", &[("app", "server")])?,
+        c.add_pod(1, "server1", &[("app", "server")])?,
+    ];
+    let clients = [
+        c.add_pod(0, "client0", &[("app", "client")])?,
+        c.add_pod(1, "client1", &[("app", "client")])?,
+    ];
+    for s in &servers {
+        listen(s, port)?;
+    }
+    let probers = [
+        Prober::start(&clients[0], SocketAddr::from((servers[1].ip, port))),
+        Prober::start(&clients[1], SocketAddr::from((servers[0].ip, port))),
+    ];
+    Ok((servers.into_iter().chain(clients).collect(), probers))
 }
