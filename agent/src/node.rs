@@ -93,23 +93,25 @@ pub struct NodeState {
 /// busy for half a minute).
 #[derive(Default)]
 struct ParseCache {
-    parsed: HashMap<String, (i64, Policy)>,
+    parsed: HashMap<String, (i64, Arc<Policy>)>,
     /// The keys used in the current pass: the others are dropped after it.
-    used: HashMap<String, (i64, Policy)>,
+    used: HashMap<String, (i64, Arc<Policy>)>,
 }
 
 impl ParseCache {
     /// The policy stored at `key` at `revision`, parsed once per revision;
     /// `None` if it does not parse.
-    fn get(&mut self, key: &str, revision: i64, value: &[u8]) -> Option<Policy> {
+    fn get(&mut self, key: &str, revision: i64, value: &[u8]) -> Option<Arc<Policy>> {
         let policy = match self.parsed.remove(key) {
             Some((rev, p)) if rev == revision => p,
             _ => {
                 let text = std::str::from_utf8(value).ok()?;
-                axoneme_policy::parse_documents(text)
-                    .into_iter()
-                    .next()?
-                    .ok()?
+                Arc::new(
+                    axoneme_policy::parse_documents(text)
+                        .into_iter()
+                        .next()?
+                        .ok()?,
+                )
             }
         };
         self.used
@@ -178,11 +180,15 @@ impl NodeState {
     /// revision, or invalid is left out, and the last good state stays with
     /// whoever holds it (the datapath keeps its maps until told otherwise).
     pub fn valid_policies(&self) -> Vec<Policy> {
-        self.valid_policies_by_key().into_values().collect()
+        self.valid_policies_by_key()
+            .into_values()
+            .map(Arc::unwrap_or_clone)
+            .collect()
     }
 
-    /// `valid_policies`, keyed by their etcd key.
-    pub fn valid_policies_by_key(&self) -> BTreeMap<String, Policy> {
+    /// `valid_policies`, keyed by their etcd key; each parsed once per
+    /// revision and shared (a pass copies pointers, not policies).
+    pub fn valid_policies_by_key(&self) -> BTreeMap<String, Arc<Policy>> {
         let statuses = self.policy_status.snapshot();
         let mut parsed = self.parsed.lock().expect("parse cache poisoned");
         let valid = self

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axoneme_identity::{LabelSet, NamedPorts, NumericIdentity};
 use axoneme_policy::Policy;
@@ -27,7 +28,7 @@ pub struct LocalEndpoint {
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
     pub identities: BTreeMap<NumericIdentity, LabelSet>,
-    pub policies: BTreeMap<String, Policy>,
+    pub policies: BTreeMap<String, Arc<Policy>>,
     /// The ModRevision of each of `policies` (what "enforced" refers to).
     pub policy_revisions: BTreeMap<String, i64>,
     pub local: Vec<LocalEndpoint>,

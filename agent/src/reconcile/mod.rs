@@ -31,11 +31,13 @@ mod task;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axoneme_identity::{LabelSet, NumericIdentity};
 use axoneme_policy::compile::EnforcementMode;
 use axoneme_policy::engine::{Delta, Engine};
+use axoneme_policy::Policy;
 use serde::Serialize;
 use tracing::warn;
 
@@ -135,7 +137,7 @@ impl PassReport {
 #[derive(Default)]
 struct Fed {
     identities: BTreeMap<NumericIdentity, LabelSet>,
-    policies: BTreeMap<String, serde_json::Value>,
+    policies: BTreeMap<String, Arc<Policy>>,
     /// Endpoint identities in the engine, with how many local endpoints
     /// have each.
     local_ids: BTreeMap<NumericIdentity, usize>,
@@ -300,12 +302,18 @@ impl<W: MapWriter> Driver<W> {
             fed.identities.remove(&id);
         }
         for (key, policy) in &want.policies {
-            if fed.policies.get(key) != Some(&policy.object) {
+            // The same parse (one per revision) is unchanged at the cost
+            // of a pointer compare; a new parse counts only if it differs.
+            let unchanged = fed
+                .policies
+                .get(key)
+                .is_some_and(|p| Arc::ptr_eq(p, policy) || p.object == policy.object);
+            if !unchanged {
                 if self.proxy_port == 0 && policy.rules.iter().any(|(_, r)| has_l7(r)) {
                     warn!(policy = %key, "L7 rules are enforced at L3/L4 only: this agent runs no L7 proxy (--proxy-port)");
                 }
-                deltas.extend(self.engine.set_policy(key, Some(policy.clone())));
-                fed.policies.insert(key.clone(), policy.object.clone());
+                deltas.extend(self.engine.set_policy(key, Some(Policy::clone(policy))));
+                fed.policies.insert(key.clone(), policy.clone());
             }
         }
         let gone: Vec<String> = fed

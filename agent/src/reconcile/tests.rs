@@ -59,7 +59,8 @@ fn desired(policy: bool) -> Desired {
             .pop()
             .unwrap()
             .unwrap();
-        want.policies.insert("policies/web".into(), p);
+        want.policies
+            .insert("policies/web".into(), std::sync::Arc::new(p));
     }
     want.local = vec![
         endpoint("web", WEB, "10.0.0.1"),
