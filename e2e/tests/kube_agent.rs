@@ -129,6 +129,36 @@ fn until_identity(c: &Cluster, pod: &CniPod, ok: impl Fn(Option<u64>) -> bool) -
     }
 }
 
+/// A CNI ADD of `name` on node 1 that must be refused: its error
+/// message (with its details) and how long the refusal took.
+fn refused_add(
+    c: &Cluster,
+    name: &str,
+    cni_args: &str,
+    config: &serde_json::Value,
+) -> Result<(String, Duration)> {
+    let id = format!("{}-{name}", c.prefix);
+    let netns = axoneme_e2e::netns::Netns::create(&id)?;
+    let started = Instant::now();
+    let out = c.cni(
+        "ADD",
+        &id,
+        &netns.path().to_string_lossy(),
+        "eth0",
+        cni_args,
+        &serde_json::to_vec(config)?,
+    )?;
+    let took = started.elapsed();
+    if out.success {
+        bail!("the ADD of {name} succeeded: {}", out.stdout);
+    }
+    let err = out.json()?;
+    let msg = err["msg"].as_str().unwrap_or_default().to_string()
+        + " "
+        + err["details"].as_str().unwrap_or_default();
+    Ok((msg, took))
+}
+
 fn endpoint_labels(c: &Cluster, node: usize, pod: &CniPod) -> Result<Vec<String>> {
     let out = c.cli(node, &["-o", "json", "endpoint", "list"])?;
     let eps: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -278,26 +308,15 @@ fn pods_take_their_labels_from_the_api_server() -> Result<()> {
     // A CNI ADD for a Pod the API does not have: a CNI error naming it,
     // and nothing left behind.
     let links = c.node_links(1)?;
-    let netns = axoneme_e2e::netns::Netns::create(&format!("{}-ghost", c.prefix))?;
     let mut config = c.cni_config(1, &[]);
     config["timeoutMs"] = serde_json::json!(2000);
-    let out = c.cni(
-        "ADD",
-        &format!("{}-ghost", c.prefix),
-        &netns.path().to_string_lossy(),
-        "eth0",
+    let (msg, _) = refused_add(
+        &c,
+        "ghost",
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=ghost",
-        &serde_json::to_vec(&config)?,
+        &config,
     )?;
-    assert!(!out.success, "{}", out.stdout);
-    let err = out.json()?;
-    assert!(
-        err["msg"]
-            .as_str()
-            .unwrap_or("")
-            .contains("Pod default/ghost does not exist"),
-        "{err}"
-    );
+    assert!(msg.contains("Pod default/ghost does not exist"), "{msg}");
     assert_eq!(c.node_links(1)?, links, "an interface was left behind");
     let eps = c.cli(1, &["-o", "json", "endpoint", "list"])?;
     assert!(!String::from_utf8_lossy(&eps.stdout).contains("ghost"));
@@ -311,27 +330,17 @@ fn pods_take_their_labels_from_the_api_server() -> Result<()> {
     c.kube.as_mut().context("control plane")?.stop_apiserver();
     // (The agent's Pod watch notices at its next request.)
     std::thread::sleep(Duration::from_secs(1));
-    let netns = axoneme_e2e::netns::Netns::create(&format!("{}-late", c.prefix))?;
-    let started = Instant::now();
-    let out = c.cni(
-        "ADD",
-        &format!("{}-late2", c.prefix),
-        &netns.path().to_string_lossy(),
-        "eth0",
+    let (msg, took) = refused_add(
+        &c,
+        "late",
         &format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=late-missing;K8S_POD_UID={uid}"
         ),
-        &serde_json::to_vec(&config)?,
+        &config,
     )?;
-    let took = started.elapsed();
-    assert!(!out.success, "{}", out.stdout);
-    let err = out.json()?;
     assert!(
-        err["msg"]
-            .as_str()
-            .unwrap_or("")
-            .contains("Kubernetes API server is unreachable"),
-        "{err}"
+        msg.contains("Kubernetes API server is unreachable"),
+        "{msg}"
     );
     assert!(took < Duration::from_secs(4), "the ADD took {took:?}");
     assert_eq!(c.node_links(1)?, links, "an interface was left behind");
@@ -482,24 +491,17 @@ fn policies_applied_with_kubectl_are_enforced() -> Result<()> {
             ("io.kubernetes.pod.namespace", "kube-system"),
         ],
     )?;
-    let netns = axoneme_e2e::netns::Netns::create(&format!("{}-spoofer", c.prefix))?;
-    let out = c.cni(
-        "ADD",
-        &format!("{}-spoofer", c.prefix),
-        &netns.path().to_string_lossy(),
-        "eth0",
+    let (msg, _) = refused_add(
+        &c,
+        "spoofer",
         &format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=spoofer;K8S_POD_UID={uid}"
         ),
-        &serde_json::to_vec(&c.cni_config(1, &[]))?,
+        &c.cni_config(1, &[]),
     )?;
-    assert!(!out.success, "{}", out.stdout);
-    let err = out.json()?;
-    let msg = err["msg"].as_str().unwrap_or_default().to_string()
-        + err["details"].as_str().unwrap_or_default();
     assert!(
         msg.contains("io.kubernetes.pod.namespace") && msg.contains("twice"),
-        "{err}"
+        "{msg}"
     );
     assert_eq!(c.node_links(1)?, links, "an interface was left behind");
 
