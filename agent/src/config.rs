@@ -40,9 +40,15 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     #[command(flatten, next_help_heading = "Reconcile")]
     pub reconcile: ReconcileConfig,
+    #[command(flatten, next_help_heading = "Not available in this version")]
+    pub unavailable: UnavailableConfig,
     /// The API's UNIX socket (the CNI plugin's and the CLI's default).
     #[arg(long, env = "AXONEME_API_SOCKET", default_value = DEFAULT_SOCKET)]
     pub api_socket: PathBuf,
+    /// A directory of flags, one file per flag named like it (the mounted
+    /// `axoneme-config` ConfigMap); flags and environment variables win.
+    #[arg(long = axoneme_config::FLAG, env = axoneme_config::ENV)]
+    pub config_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -170,6 +176,51 @@ pub struct KubernetesConfig {
     pub cluster_name: String,
 }
 
+/// Settings a deployment may ask for (the Helm chart renders them) that
+/// this version cannot honour. Asked for, they stop the agent at start
+/// with an error that says so, rather than leave a cluster believing its
+/// Services are load-balanced or its traffic encrypted.
+#[derive(Debug, Clone, Args)]
+pub struct UnavailableConfig {
+    /// Services load-balanced in eBPF in place of kube-proxy (`true` is
+    /// refused: keep kube-proxy).
+    #[arg(long, env = "AXONEME_KUBE_PROXY_REPLACEMENT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub kube_proxy_replacement: bool,
+    /// Transparent IPsec between nodes (`true` is refused).
+    #[arg(long, env = "AXONEME_ENABLE_IPSEC", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_ipsec: bool,
+    /// The IPsec key file (only with --enable-ipsec).
+    #[arg(long, env = "AXONEME_IPSEC_KEY_FILE")]
+    pub ipsec_key_file: Option<PathBuf>,
+}
+
+impl UnavailableConfig {
+    /// An error naming each setting asked for that this version lacks.
+    pub fn refuse(&self) -> Result<(), String> {
+        let mut asked = Vec::new();
+        if self.kube_proxy_replacement {
+            asked.push(
+                "--kube-proxy-replacement=true (Helm: kubeProxyReplacement): Services are not \
+                 load-balanced in eBPF by this version; set it to false and keep kube-proxy",
+            );
+        }
+        if self.enable_ipsec || self.ipsec_key_file.is_some() {
+            asked.push(
+                "--enable-ipsec (Helm: encryption.enabled): this version cannot encrypt traffic \
+                 between nodes; refusing to run unencrypted when encryption was asked for",
+            );
+        }
+        if asked.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "not available in this version: {}",
+                asked.join("; ")
+            ))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ReconcileConfig {
     /// How long the reconciler lets a burst of changes land before a pass.
@@ -250,6 +301,27 @@ mod tests {
             .map(|a| a.get_long().unwrap_or_default().to_string())
             .collect();
         assert!(missing.is_empty(), "flags without AXONEME_*: {missing:?}");
+    }
+
+    #[test]
+    fn what_this_version_cannot_do_is_refused_by_name() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["axoneme-agent", "--node", "n1"];
+            args.extend(extra);
+            Config::try_parse_from(args).unwrap().unavailable.refuse()
+        };
+        assert_eq!(parse(&[]), Ok(()));
+        assert_eq!(
+            parse(&["--kube-proxy-replacement=false", "--enable-ipsec=false"]),
+            Ok(())
+        );
+        let e = parse(&["--kube-proxy-replacement=true"]).unwrap_err();
+        assert!(
+            e.contains("kubeProxyReplacement") && !e.contains("ipsec"),
+            "{e}"
+        );
+        let e = parse(&["--enable-ipsec=true", "--ipsec-key-file=/k"]).unwrap_err();
+        assert!(e.contains("refusing to run unencrypted"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,6 @@
 use std::process::ExitCode;
 
 use axoneme_agent::config::Config;
-use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,7 +18,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = Config::parse();
+    let (config, loaded) = axoneme_config::parse::<Config>();
+    if let Some(line) = loaded.log_line() {
+        tracing::info!("{line}");
+    }
     match axoneme_agent::run::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

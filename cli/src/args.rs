@@ -257,6 +257,11 @@ pub struct StatusArgs {
     /// Also show every etcd member.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// Only this host's agent, in one line: `OK`, or what fails (exit 1).
+    /// Needs no etcd: what the Helm chart's liveness and readiness probes
+    /// run.
+    #[arg(long, conflicts_with = "verbose")]
+    pub brief: bool,
 }
 
 /// The clap command, with every top-level option global so it may also be

@@ -185,6 +185,11 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
             true,
         ),
         Command::Bpf(BpfCommand::Ct(_)) => Report::new(&agent::ct(&agent).await?, format, true),
+        Command::Status(s) if s.brief => {
+            let part = status::brief(&agent, timeout).await;
+            let ok = part.ok;
+            Report::new(&part, format, ok)
+        }
         Command::Status(status_args) => {
             let report = status::check(
                 &ctx().await?,

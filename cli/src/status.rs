@@ -109,6 +109,30 @@ pub async fn agent_part(agent: &crate::agent::Agent) -> AgentPart {
     }
 }
 
+/// `status --brief`: the agent alone, within `deadline`. Unlike the full
+/// status, a host without an agent socket is a failure here.
+pub async fn brief(agent: &crate::agent::Agent, deadline: Duration) -> AgentPart {
+    match tokio::time::timeout(deadline, agent_part(agent)).await {
+        Ok(part) if part.status.is_some() || !part.ok => part,
+        Ok(part) => AgentPart { ok: false, ..part },
+        Err(_) => AgentPart {
+            ok: false,
+            message: format!("no answer within {deadline:?} (the agent's API)"),
+            status: None,
+        },
+    }
+}
+
+impl Render for AgentPart {
+    fn human(&self) -> String {
+        if self.ok {
+            "OK".into()
+        } else {
+            self.message.clone()
+        }
+    }
+}
+
 const NOT_CHECKED: &str = "not checked: no etcd member is reachable";
 
 /// Judges the members' health: OK while a majority of the configured

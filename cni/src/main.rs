@@ -10,6 +10,7 @@ mod command;
 mod config;
 mod env;
 mod error;
+mod install;
 mod result;
 
 use std::io::{IsTerminal, Read, Write};
@@ -21,6 +22,12 @@ use crate::env::CommandKind;
 use crate::error::CniError;
 
 fn main() -> ExitCode {
+    // Runtimes call the plugin without arguments; `install` is the Helm
+    // chart's init container.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("install") {
+        return install_main(&args[1..]);
+    }
     let env = env::from_os(std::env::vars_os());
     let is_version = env::command(&env) == Ok(CommandKind::Version);
 
@@ -69,4 +76,23 @@ fn fail(e: &CniError, cni_version: &str) -> ExitCode {
     let _ = writeln!(std::io::stdout().lock(), "{}", e.to_json(cni_version));
     let _ = writeln!(std::io::stderr().lock(), "axoneme-cni: {}", e.one_line());
     ExitCode::FAILURE
+}
+
+fn install_main(args: &[String]) -> ExitCode {
+    let done = install::parse(args).and_then(|i| {
+        let me = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+        install::run(&i, &me)
+    });
+    match done {
+        Ok(paths) => {
+            for p in paths {
+                println!("axoneme-cni: installed {}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("axoneme-cni install: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

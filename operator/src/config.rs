@@ -89,6 +89,10 @@ pub struct Args {
     /// How long a node must be gone before its pod CIDRs are released.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub node_cidr_release_after: Duration,
+    /// A directory of flags, one file per flag named like it (the mounted
+    /// `axoneme-config` ConfigMap); flags and environment variables win.
+    #[arg(long = axoneme_config::FLAG, env = axoneme_config::ENV)]
+    pub config_dir: Option<std::path::PathBuf>,
 }
 
 impl Args {

@@ -1,4 +1,3 @@
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -11,7 +10,10 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = axoneme_operator::Args::parse();
+    let (args, loaded) = axoneme_config::parse::<axoneme_operator::Args>();
+    if let Some(line) = loaded.log_line() {
+        tracing::info!("{line}");
+    }
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
