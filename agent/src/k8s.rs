@@ -119,7 +119,7 @@ impl Pods {
                         changes_tx.send_modify(|n| *n += 1);
                     }
                     Some(Err(e)) => {
-                        let e = crate::error_chain(&e);
+                        let e = watch_error(&e);
                         if error_tx.borrow().as_deref() != Some(e.as_str()) {
                             warn!(error = %e, "Pod watch failed; retrying with backoff (is the API server reachable, may this agent watch pods?)");
                         }
@@ -339,6 +339,23 @@ pub async fn relabel(
             _ = cancel.cancelled() => return Ok(()),
         }
         endpoints.relabel().await;
+    }
+}
+
+/// A watch error in one line: the API server's own words when it answered
+/// (an RBAC denial names the user, verb and resource), else the chain.
+fn watch_error(e: &watcher::Error) -> String {
+    let (what, client) = match e {
+        watcher::Error::InitialListFailed(c) => ("listing", c),
+        watcher::Error::WatchStartFailed(c) => ("starting the watch", c),
+        watcher::Error::WatchFailed(c) => ("watching", c),
+        other => return crate::error_chain(other),
+    };
+    match client {
+        axoneme_crds::kube::Error::Api(status) if !status.message.is_empty() => {
+            format!("{what}: {} ({})", status.message, status.reason)
+        }
+        other => format!("{what}: {}", crate::error_chain(other)),
     }
 }
 

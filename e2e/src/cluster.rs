@@ -42,6 +42,13 @@ pub struct ClusterConfig {
     /// Node object per node; agents run with `--kubernetes` and pods are
     /// Pod objects first (the harness plays the kubelet).
     pub kubernetes: bool,
+    /// Kubernetes mode installed with the Helm chart (`helm install` with
+    /// these extra `--set`-style arguments): the CRDs, the RBAC and the
+    /// `axoneme-config` ConfigMap come from the chart; the operators and
+    /// agents read their flags from that ConfigMap, written out as the
+    /// kubelet mounts it (`--config-dir`), and authenticate with tokens of
+    /// the chart's ServiceAccounts. Implies `kubernetes`.
+    pub helm: Option<Vec<String>>,
 }
 
 impl Default for ClusterConfig {
@@ -51,6 +58,7 @@ impl Default for ClusterConfig {
             node_grace: 60,
             agent_args: Vec::new(),
             kubernetes: false,
+            helm: None,
         }
     }
 }
@@ -168,7 +176,7 @@ impl Cluster {
             nodes: Vec::new(),
             operators: Vec::new(),
             extra: Vec::new(),
-            kube: if cfg.kubernetes {
+            kube: if cfg.kubernetes || cfg.helm.is_some() {
                 Some(KubeControlPlane::start()?)
             } else {
                 None
@@ -176,26 +184,42 @@ impl Cluster {
             etcd: Some(etcd),
             underlay: Some(underlay),
         };
-        if let Some(kube) = &cluster.kube {
-            kube.install_crds()?;
-            kube.install_rbac()?;
+        let mut op_args: Vec<String> = Vec::new();
+        match (&cluster.kube, &cfg.helm) {
+            (Some(kube), Some(values)) => {
+                let mut set = helm_test_values(&cluster.etcd().endpoints(), cfg.node_grace);
+                set.extend(values.iter().cloned());
+                crate::helm::install(kube, "install", &set)?;
+                kube.wait_crds_established()?;
+                cluster.write_config_dir()?;
+                op_args.extend([
+                    "--config-dir".to_string(),
+                    cluster.config_dir().display().to_string(),
+                ]);
+            }
+            (kube, _) => {
+                if let Some(kube) = kube {
+                    kube.install_crds()?;
+                    kube.install_rbac()?;
+                    op_args.push("--kubernetes".to_string());
+                }
+                op_args.extend(
+                    [
+                        "--lease-ttl",
+                        "2",
+                        "--cluster-pool-ipv6-cidr",
+                        "fd00:a0::/104",
+                        "--cluster-pool-ipv6-mask-size",
+                        "120",
+                        "--identity-gc-grace",
+                        "10s",
+                    ]
+                    .map(String::from),
+                );
+            }
         }
-        let mut op_args: Vec<String> = [
-            "--lease-ttl",
-            "2",
-            "--cluster-pool-ipv6-cidr",
-            "fd00:a0::/104",
-            "--cluster-pool-ipv6-mask-size",
-            "120",
-            "--identity-gc-grace",
-            "10s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
         if cluster.kube.is_some() {
             op_args.extend([
-                "--kubernetes".to_string(),
                 "--kubeconfig".to_string(),
                 cluster
                     .service_account_kubeconfig("axoneme-operator")?
@@ -247,20 +271,32 @@ impl Cluster {
             state_dir,
             args: {
                 let mut a: Vec<String> = [
-                    "--proxy-port".to_string(),
-                    PROXY_PORT.to_string(),
-                    "--node-grace".to_string(),
-                    format!("{}s", cfg.node_grace),
-                    "--node-ip".into(),
+                    "--node-ip".to_string(),
                     ip.to_string(),
                     "--node-ip".into(),
                     ip6.to_string(),
                 ]
                 .to_vec();
+                if cfg.helm.is_some() {
+                    // The rest comes from the chart's ConfigMap.
+                    a.extend([
+                        "--config-dir".to_string(),
+                        self.config_dir().display().to_string(),
+                    ]);
+                } else {
+                    a.extend([
+                        "--proxy-port".to_string(),
+                        PROXY_PORT.to_string(),
+                        "--node-grace".to_string(),
+                        format!("{}s", cfg.node_grace),
+                    ]);
+                    if self.kube.is_some() {
+                        a.push("--kubernetes".to_string());
+                    }
+                }
                 if let Some(kube) = &self.kube {
                     kube.create_node(&name, ip, Some(ip6))?;
                     a.extend([
-                        "--kubernetes".to_string(),
                         "--kubeconfig".to_string(),
                         self.agent_kubeconfig()?.display().to_string(),
                     ]);
@@ -301,6 +337,16 @@ impl Cluster {
         let log = self.dir.join(format!("agent-{i}.log"));
         n.agent = Some(Proc::spawn(&format!("agent-{i}"), cmd, &log)?);
         Ok(())
+    }
+
+    /// Stops node `i`'s agent (SIGTERM) and starts it again, as a
+    /// DaemonSet rollout does; waits until it is ready.
+    pub fn restart_agent(&mut self, i: usize) -> Result<()> {
+        if let Some(mut a) = self.nodes[i].agent.take() {
+            a.terminate(Duration::from_secs(5));
+        }
+        self.start_agent(i)?;
+        self.wait_node_ready(i, Duration::from_secs(30))
     }
 
     /// Waits until node `i`'s agent answers on its socket and has a pod
@@ -509,6 +555,19 @@ impl Cluster {
     /// agent's ServiceAccount when the project's RBAC for it exists
     /// (`helm/axoneme/files/rbac/agent.yaml`), so a missing permission
     /// fails a test; else the harness's own.
+    /// Where the chart's ConfigMap is written out (Helm mode).
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    /// Writes the installed `axoneme-config` ConfigMap into
+    /// [`Self::config_dir`], as the kubelet updates a mounted ConfigMap;
+    /// the processes read it when they (re)start.
+    pub fn write_config_dir(&self) -> Result<Vec<String>> {
+        let kube = self.kube.as_ref().context("not in Kubernetes mode")?;
+        crate::helm::write_config_dir(kube, &self.config_dir())
+    }
+
     fn agent_kubeconfig(&self) -> Result<PathBuf> {
         self.service_account_kubeconfig("axoneme-agent")
     }
@@ -798,4 +857,23 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The chart's values for the harness's cluster: its etcd (external,
+/// plain HTTP on loopback) and the short timings and pools the other
+/// modes pass as flags.
+fn helm_test_values(etcd: &[String], node_grace: u32) -> Vec<String> {
+    [
+        format!("etcd.endpoints={{{}}}", etcd.join(",")),
+        "etcd.tls.enabled=false".into(),
+        "operator.leaseTTL=2".into(),
+        "operator.identityGCGrace=10s".into(),
+        "ipam.operator.clusterPoolIPv6PodCIDRList={fd00:a0::/104}".into(),
+        "ipam.operator.clusterPoolIPv6MaskSize=120".into(),
+        format!("l7Proxy.port={PROXY_PORT}"),
+        format!("agent.nodeGrace={node_grace}s"),
+    ]
+    .into_iter()
+    .flat_map(|v| ["--set".to_string(), v])
+    .collect()
 }

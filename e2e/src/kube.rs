@@ -707,6 +707,11 @@ impl KubeControlPlane {
     pub fn install_crds(&self) -> Result<()> {
         let crds = project_root().join("helm/axoneme/crds");
         self.kubectl(["apply", "-f", &crds.display().to_string()])?;
+        self.wait_crds_established()
+    }
+
+    /// Waits until the API server has Established Axoneme's CRDs.
+    pub fn wait_crds_established(&self) -> Result<()> {
         self.kubectl([
             "wait",
             "--for=condition=Established",

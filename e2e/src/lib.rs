@@ -7,6 +7,8 @@
 pub mod bench;
 pub mod cluster;
 pub mod etcd;
+pub mod expect;
+pub mod helm;
 pub mod http;
 pub mod kube;
 pub mod netns;

@@ -10,98 +10,11 @@
 //! server restart; labels that would spoof what Axoneme derives are
 //! refused.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use axoneme_e2e::{Cluster, ClusterConfig, CniPod, KubeControlPlane};
-
-fn seed_policy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/seed-payments-policy.yaml")
-}
-
-/// Polls every 50 ms until `from`'s `METHOD http://addr:8080/path`
-/// answers `want` (`None`: blocked); how long that took.
-fn until_http(
-    from: &CniPod,
-    method: &str,
-    addr: &str,
-    path: &str,
-    want: Option<u16>,
-    within: Duration,
-) -> Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let got = from.http(method, addr, 8080, path);
-        if got == want {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > within {
-            bail!(
-                "{}: {method} {addr} {path} got {got:?}, not {want:?}, after {within:?}",
-                from.name
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// [`until_http`] for checkout's `POST /v1/charge`.
-fn until_post(from: &CniPod, addr: &str, want: Option<u16>, within: Duration) -> Result<Duration> {
-    until_http(from, "POST", addr, "/v1/charge", want, within)
-}
-
-/// Asserts that `from`'s `METHOD addr path` answers `want` now and keeps
-/// answering it for `for_`.
-fn stays(
-    from: &CniPod,
-    method: &str,
-    addr: &str,
-    path: &str,
-    want: Option<u16>,
-    for_: Duration,
-) -> Result<()> {
-    let started = Instant::now();
-    while started.elapsed() < for_ {
-        let got = from.http(method, addr, 8080, path);
-        if got != want {
-            bail!(
-                "{}: {method} {addr} {path} got {got:?}, not {want:?}, {:?} in",
-                from.name,
-                started.elapsed()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
-/// Waits until condition `condition` of CNP `name` in `default` reads
-/// `want` (its status first, then its message).
-fn wait_condition(
-    kube: &KubeControlPlane,
-    name: &str,
-    condition: &str,
-    want: &str,
-) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let jsonpath = format!(
-        "jsonpath={{.status.conditions[?(@.type==\"{condition}\")].status}} {{.status.conditions[?(@.type==\"{condition}\")].message}}"
-    );
-    loop {
-        let out = kube.kubectl(["get", "cnp", name, "-o", &jsonpath])?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        if text.starts_with(want) {
-            eprintln!("{name} {condition}: {text}");
-            return Ok(text);
-        }
-        if Instant::now() > deadline {
-            bail!("{name} {condition} is {text:?}, not {want}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use axoneme_e2e::expect::{seed_policy, stays, until_http, until_post, wait_condition};
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
 /// The identity node `node`'s ipcache gives `ip`.
 fn ipcache_identity(c: &Cluster, node: usize, ip: &str) -> Result<Option<u64>> {

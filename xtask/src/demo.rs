@@ -157,6 +157,8 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         node_grace: 300,
         agent_args: Vec::new(),
         kubernetes: k8s,
+        // Kubernetes mode is installed as a user installs it: with the chart.
+        helm: k8s.then(Vec::new),
     })?;
     println!(
         "      up in {:.1} s; etcd {}",

@@ -5,6 +5,7 @@
 mod bench;
 mod bpf;
 mod demo;
+mod helm;
 mod kube;
 mod setup;
 
@@ -25,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// Install apt packages and bpf-linker, mount bpffs/cgroup2 (idempotent; root).
     Setup,
+    /// Write helm/axoneme/README.md from the comments of values.yaml.
+    HelmDocs,
     /// Build the eBPF programs with Debian's rustc-web (needs setup).
     BuildBpf,
     /// Setup, build, then run every test suite (what CI runs).
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.cmd {
         Cmd::Setup => setup::run(&root),
+        Cmd::HelmDocs => helm::docs(&root),
         Cmd::BuildBpf => bpf::build(&root, &setup::tools_bin(&root)).map(|objects| {
             for p in objects {
                 println!("eBPF object: {}", p.display());

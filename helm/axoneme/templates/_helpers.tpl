@@ -78,3 +78,23 @@ chart's labels.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Checks the schema cannot say clearly: a malformed CIDR gets a message
+naming the value and the expected form (a schema pattern would print the
+regular expression instead).
+*/}}
+{{- define "axoneme.validate" -}}
+{{- $v4 := "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/([0-9]|[12][0-9]|3[0-2])$" -}}
+{{- $v6 := "^[0-9a-fA-F:]*:[0-9a-fA-F:]*/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8])$" -}}
+{{- range $i, $c := .Values.ipam.operator.clusterPoolIPv4PodCIDRList }}
+{{- if not (regexMatch $v4 $c) }}
+{{- fail (printf "ipam.operator.clusterPoolIPv4PodCIDRList[%d]: %q is not an IPv4 CIDR (a.b.c.d/N with N from 0 to 32)" $i $c) }}
+{{- end }}
+{{- end }}
+{{- range $i, $c := .Values.ipam.operator.clusterPoolIPv6PodCIDRList }}
+{{- if not (regexMatch $v6 $c) }}
+{{- fail (printf "ipam.operator.clusterPoolIPv6PodCIDRList[%d]: %q is not an IPv6 CIDR (x:x::x/N with N from 0 to 128)" $i $c) }}
+{{- end }}
+{{- end }}
+{{- end }}
