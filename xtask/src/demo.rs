@@ -165,6 +165,20 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         c.etcd().endpoints().join(" ")
     );
+    if k8s {
+        println!("      installed with `helm install axoneme ./helm/axoneme -n kube-system`; the processes read its ConfigMap:");
+        show_kubectl(
+            &c,
+            &[
+                "-n",
+                "kube-system",
+                "get",
+                "ds,deploy,cm",
+                "-l",
+                "app.kubernetes.io/part-of=axoneme",
+            ],
+        )?;
+    }
     for (i, n) in c.nodes.iter().enumerate() {
         println!(
             "      node {i}: {} underlay {} / {}, agent socket {}",

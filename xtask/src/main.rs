@@ -6,6 +6,7 @@ mod bench;
 mod bpf;
 mod demo;
 mod helm;
+mod image;
 mod kube;
 mod setup;
 
@@ -28,6 +29,9 @@ enum Cmd {
     Setup,
     /// Write helm/axoneme/README.md from the comments of values.yaml.
     HelmDocs,
+    /// Build the release binaries, then the agent's and the operator's
+    /// images as OCI archives in target/images/ (no container engine needed).
+    Image,
     /// Build the eBPF programs with Debian's rustc-web (needs setup).
     BuildBpf,
     /// Setup, build, then run every test suite (what CI runs).
@@ -51,6 +55,14 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(&root),
         Cmd::HelmDocs => helm::docs(&root),
+        Cmd::Image => {
+            build_all(&root, true)?;
+            image::run(
+                &root.join("target").join("release"),
+                &root.join("target").join("images"),
+                env!("CARGO_PKG_VERSION"),
+            )
+        }
         Cmd::BuildBpf => bpf::build(&root, &setup::tools_bin(&root)).map(|objects| {
             for p in objects {
                 println!("eBPF object: {}", p.display());
