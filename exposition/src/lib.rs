@@ -50,12 +50,20 @@ impl Format {
                     continue;
                 };
                 match k.trim().to_ascii_lowercase().as_str() {
-                    "q" => q = v.trim().parse().unwrap_or(0.0),
+                    // NaN and garbage count as refused.
+                    "q" => {
+                        q = v
+                            .trim()
+                            .parse()
+                            .ok()
+                            .filter(|q: &f32| q.is_finite())
+                            .unwrap_or(0.0)
+                    }
                     "version" => version = Some(v.trim().trim_matches('"').to_string()),
                     _ => {}
                 }
             }
-            if !(q > 0.0) {
+            if q <= 0.0 {
                 continue;
             }
             // Only the OpenMetrics versions this text is valid for.
