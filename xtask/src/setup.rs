@@ -36,6 +36,9 @@ const APT_PACKAGES: &[&str] = &[
     "nghttp2-client",
     "openssl",
     "ca-certificates",
+    // The metrics test: a real Prometheus scrapes the agents, and promtool
+    // checks every /metrics endpoint (no service starts: policy-rc.d).
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
