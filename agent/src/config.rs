@@ -42,6 +42,11 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     #[command(flatten, next_help_heading = "Not available in this version")]
     pub unavailable: UnavailableConfig,
+    /// Where to serve Prometheus metrics (`/metrics`), inside the node's
+    /// network namespace: `:PORT` (every address), `HOST:PORT`, or empty
+    /// for none.
+    #[arg(long, env = "AXONEME_PROMETHEUS_SERVE_ADDR", default_value = ":9962", value_parser = crate::metrics::server::ServeAddr::parse)]
+    pub prometheus_serve_addr: crate::metrics::server::ServeAddr,
     /// The API's UNIX socket (the CNI plugin's and the CLI's default).
     #[arg(long, env = "AXONEME_API_SOCKET", default_value = DEFAULT_SOCKET)]
     pub api_socket: PathBuf,
@@ -346,5 +351,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("whole seconds"), "{e}");
+    }
+
+    #[test]
+    fn the_metrics_address_defaults_to_9962_and_a_bad_one_names_the_flag() {
+        let c = Config::try_parse_from(["axoneme-agent", "--node", "n1"]).unwrap();
+        assert_eq!(
+            c.prometheus_serve_addr.0,
+            Some("[::]:9962".parse().unwrap())
+        );
+        let c = Config::try_parse_from([
+            "axoneme-agent",
+            "--node",
+            "n1",
+            "--prometheus-serve-addr",
+            "",
+        ])
+        .unwrap();
+        assert_eq!(c.prometheus_serve_addr.0, None);
+        let e = Config::try_parse_from([
+            "axoneme-agent",
+            "--node",
+            "n1",
+            "--prometheus-serve-addr",
+            "9962",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--prometheus-serve-addr") && e.contains("`9962`"),
+            "{e}"
+        );
     }
 }

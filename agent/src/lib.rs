@@ -11,6 +11,7 @@ pub mod k8s;
 pub mod kvhealth;
 pub mod l7proxy;
 pub mod lease;
+pub mod metrics;
 pub mod netdev;
 pub mod node;
 pub mod node_status;

@@ -14,6 +14,8 @@
 //! | `node-status` | this node's `NodeStatusRecord` | — |
 //! | `pods`, `relabel` (Kubernetes mode) | the watch of this node's Pods; endpoints' labels | — |
 //! | `api` | the UNIX socket | — (reads the others' publications) |
+//! | `metrics` | the `/metrics` listener | — (reads maps and publications at scrape time) |
+//! | `latencies` | — | the policy and identity-ready histograms |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use crate::endpoints::{self, Endpoints};
 use crate::k8s::{LabelSource, PodLabels, Pods};
 use crate::l7proxy::{self, ProxyView, SocketFactory};
 use crate::lease::Leased;
+use crate::metrics::{self, Metrics};
 use crate::netdev::Ns;
 use crate::node::{validate_node_name, NodeState};
 use crate::reconcile::{self, Driver, Kernel, Outputs};
@@ -69,7 +72,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .set_event_rate(cfg.datapath.event_rate, cfg.datapath.event_burst)
         .context("setting the event rate")?;
     let events = EventReader::open(&pin_dir).context("opening the event ring")?;
-    let reader = MapReader::open(&pin_dir).context("opening the maps for reading")?;
+    let reader = Arc::new(MapReader::open(&pin_dir).context("opening the maps for reading")?);
     info!(pins = %pin_dir.display(), "datapath loaded");
 
     let state_dir = cfg.state_dir();
@@ -163,6 +166,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let recent = EventRing::default();
 
+    // Metrics: the listener first, so a taken port fails the start.
+    let metrics = Metrics::new(
+        &cfg.node,
+        metrics::Sources::new(reader.clone(), &pin_dir, state.clone(), view_rx.clone())
+            .context("reading the BPF maps' capacities for metrics")?,
+    );
+    if let Some(addr) = cfg.prometheus_serve_addr.0 {
+        let listener = metrics::server::listen(&node_ns, addr)
+            .with_context(|| format!("--prometheus-serve-addr {addr}: cannot listen"))?;
+        sup.spawn(
+            "metrics",
+            metrics::server::serve(listener, metrics.clone(), cancel.clone()),
+        );
+    }
+    sup.spawn(
+        "latencies",
+        metrics::slo::run(
+            state.clone(),
+            view_rx.clone(),
+            metrics.latencies.clone(),
+            cancel.clone(),
+        ),
+    );
+
     // The L7 proxy: a transparent listener in the node's namespace, the
     // redirect plumbing, and a policy snapshot after every pass.
     let proxy_port = cfg.proxy.proxy_port;
@@ -177,7 +204,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .context("installing the proxy redirect (sysctls, ip rules, nftables TPROXY)")?;
         info!(port = proxy_port, "L7 proxy listening");
-        let (events, cancel) = (recent.clone(), cancel.clone());
+        let events = l7proxy::L7Sink {
+            ring: recent.clone(),
+            metrics: metrics.l7.clone(),
+        };
+        let cancel = cancel.clone();
         // One thread of its own: a connection, its upstream and its
         // requests run without cross-thread wake-ups (see docs/benchmarks.md).
         sup.spawn_blocking("proxy", move || {
@@ -281,7 +312,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 state,
                 datapath: view_rx,
                 kvstore: kv_rx,
-                maps: Arc::new(reader),
+                maps: reader,
                 events: recent,
                 pods,
             },

@@ -14,7 +14,8 @@ use axoneme_agent::datapath::{policy_entry, FROM_CONTAINER, TO_CONTAINER};
 use axoneme_bpf_common::{
     ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type,
     tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT, tc_action::TC_ACT_SHOT, verdict as ev, CtKey,
-    CtValue, EndpointInfo, EndpointSlot, Event, IpcacheValue, ENDPOINT_SLOTS,
+    CtValue, EndpointInfo, EndpointSlot, Event, IpcacheValue, MetricsKey, MetricsValue,
+    ENDPOINT_SLOTS,
 };
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Direction, Key, Verdict};
@@ -694,6 +695,68 @@ fn events_are_rate_limited() {
         TC_ACT_SHOT
     );
     assert!(dp.maps.drain_events().is_empty());
+}
+
+/// The traffic counters, as (key, packets, bytes).
+fn traffic(dp: &TestDatapath) -> Vec<(MetricsKey, u64, u64)> {
+    let mut t: Vec<_> = dp
+        .maps
+        .traffic()
+        .unwrap()
+        .into_iter()
+        .map(|(k, MetricsValue { packets, bytes })| (k, packets, bytes))
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn every_packet_is_counted_by_kind_reason_and_direction_even_without_events() {
+    let mut dp = setup(BOTH);
+    // Events off: the counters do not depend on them.
+    dp.maps.set_event_rate(0, 0).unwrap();
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 80, 16));
+    assert_eq!(traffic(&dp), vec![]);
+
+    let denied = syn_from(B4, 40000, 81);
+    for _ in 0..3 {
+        assert_eq!(run(&dp, TO_CONTAINER, &denied), TC_ACT_SHOT);
+    }
+    let allowed = syn_from(B4, 40001, 80);
+    assert_eq!(run(&dp, TO_CONTAINER, &allowed), TC_ACT_OK);
+    // A's own egress, to a peer its (enforced) egress does not allow.
+    let out = ipv4(A4, B4, IPPROTO_TCP, &tcp(5000, 443, TCP_SYN), 0x4000, 64);
+    assert_eq!(run(&dp, FROM_CONTAINER, &out), TC_ACT_SHOT);
+    assert!(dp.maps.drain_events().is_empty());
+
+    let (d, a, o) = (denied.len() as u64, allowed.len() as u64, out.len() as u64);
+    assert_eq!(
+        traffic(&dp),
+        vec![
+            (MetricsKey::forward(direction::INGRESS), 1, a),
+            (
+                MetricsKey::drop(drop_reason::DROP_POLICY, direction::INGRESS),
+                3,
+                3 * d
+            ),
+            (
+                MetricsKey::drop(drop_reason::DROP_POLICY, direction::EGRESS),
+                1,
+                o
+            ),
+        ]
+    );
+    // The allowed flow's next packets are tracked: counted as forwarded.
+    let ack = ipv4(B4, A4, IPPROTO_TCP, &tcp(40001, 80, TCP_ACK), 0x4000, 64);
+    assert_eq!(run(&dp, TO_CONTAINER, &ack), TC_ACT_OK);
+    assert_eq!(
+        traffic(&dp)[0],
+        (
+            MetricsKey::forward(direction::INGRESS),
+            2,
+            a + ack.len() as u64
+        )
+    );
 }
 
 #[test]

@@ -172,7 +172,7 @@ fn setup(port: u16) -> Result<Setup> {
     };
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        rt.block_on(proxy::serve(listener, sockets, rx, cfg, events, c))
+        rt.block_on(proxy::serve(listener, sockets, rx, cfg, events.into(), c))
     });
     Ok(Setup {
         _node: node,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -184,12 +183,12 @@ impl Metrics {
         self.leading.load(Ordering::Relaxed)
     }
 
-    pub fn render(&self) -> String {
+    /// The `/metrics` answer for a scraper whose `Accept` header is
+    /// `accept`: its content type and body (see `axoneme_exposition`).
+    pub fn render(&self, accept: Option<&str>) -> (&'static str, String) {
         // Expire old API problems so the gauge is current.
         let _ = self.kube.health.problems();
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("encoding to a String cannot fail");
-        out
+        axoneme_exposition::respond(&self.registry, accept)
     }
 }
 
@@ -198,11 +197,14 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let (ctype, body) = metrics.render(accept);
+            (StatusCode::OK, ctype, body)
+        }
         "/healthz" => (
             StatusCode::OK,
             "application/json",

@@ -38,6 +38,9 @@ const APT_PACKAGES: &[&str] = &[
     "ca-certificates",
     // Helm v3 ships inside a zip in its npm package.
     "unzip",
+    // The metrics test: a real Prometheus scrapes the agents, and promtool
+    // checks every /metrics endpoint (no service starts: policy-rc.d).
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -6,11 +6,12 @@ use std::path::Path;
 
 use axoneme_bpf_common::map_names::{
     COUNTERS, CT, CT4, ENDPOINTS, ENDPOINT_ADDRS, ENDPOINT_CACHE, EVENTS, EVENT_CONFIG, IPCACHE,
-    POLICY,
+    METRICS, POLICY,
 };
 use axoneme_bpf_common::{
     counter, direction, family, match_type, policy_flags, CtKey, CtKey4, CtValue, EndpointInfo,
-    EndpointSlot, Event, EventConfig, IpcacheKey, IpcacheValue, PolicyKey, PolicyValue,
+    EndpointSlot, Event, EventConfig, IpcacheKey, IpcacheValue, MetricsKey, MetricsValue,
+    PolicyKey, PolicyValue, METRICS_ENTRIES,
 };
 use axoneme_policy::compile::{Direction, Key as EntryKey, Verdict, ANY_IDENTITY, PROTO_ANY};
 use aya::maps::lpm_trie::Key;
@@ -37,6 +38,8 @@ pub struct Maps {
     events: RingBuf<MapData>,
     event_config: Array<MapData, EventConfig>,
     counters: PerCpuArray<MapData, u64>,
+    /// Packets and bytes forwarded and dropped (read at scrape time).
+    metrics: PerCpuArray<MapData, MetricsValue>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -185,6 +188,7 @@ impl Maps {
             events: typed(ebpf, EVENTS)?,
             event_config: typed(ebpf, EVENT_CONFIG)?,
             counters: typed(ebpf, COUNTERS)?,
+            metrics: typed(ebpf, METRICS)?,
         })
     }
 
@@ -201,6 +205,7 @@ impl Maps {
             events: pinned(dir, EVENTS)?,
             event_config: pinned(dir, EVENT_CONFIG)?,
             counters: pinned(dir, COUNTERS)?,
+            metrics: pinned(dir, METRICS)?,
         })
     }
 
@@ -455,6 +460,28 @@ impl Maps {
             events_ringbuf_full: sum(counter::EVENTS_RINGBUF_FULL)?,
         })
     }
+
+    /// Packets and bytes by kind, reason and direction, summed over CPUs;
+    /// keys nothing was counted for are left out.
+    pub fn traffic(&self) -> Result<Vec<(MetricsKey, MetricsValue)>, DatapathError> {
+        let mut out = Vec::new();
+        for index in 0..METRICS_ENTRIES {
+            let per_cpu = self
+                .metrics
+                .get(&index, 0)
+                .map_err(|source| map_error(METRICS, "lookup", source))?;
+            let total = per_cpu
+                .iter()
+                .fold(MetricsValue::default(), |t, v| MetricsValue {
+                    packets: t.packets.wrapping_add(v.packets),
+                    bytes: t.bytes.wrapping_add(v.bytes),
+                });
+            if total.packets != 0 {
+                out.push((MetricsKey::from_index(index), total));
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), DatapathError> {
@@ -529,6 +556,11 @@ impl MapReader {
 
     pub fn counters(&self) -> Result<Counters, DatapathError> {
         self.0.counters()
+    }
+
+    /// See [`Maps::traffic`].
+    pub fn traffic(&self) -> Result<Vec<(MetricsKey, MetricsValue)>, DatapathError> {
+        self.0.traffic()
     }
 }
 

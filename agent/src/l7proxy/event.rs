@@ -109,11 +109,36 @@ pub(super) struct Seen {
     pub started: Instant,
 }
 
-/// Records one L7 event: an `http` event for the API, and a debug log
-/// line (a line per request at info cost a tenth of the proxy's time,
-/// docs/benchmarks.md).
-pub(super) fn record(ring: &EventRing, seen: Seen, status: StatusCode, verdict: Verdict) {
-    let latency_us = u64::try_from(seen.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+/// Where the proxy's L7 events go: the API's recent events and the
+/// metrics.
+#[derive(Clone, Default)]
+pub struct L7Sink {
+    pub ring: EventRing,
+    pub metrics: crate::metrics::L7Metrics,
+}
+
+impl From<EventRing> for L7Sink {
+    fn from(ring: EventRing) -> Self {
+        L7Sink {
+            ring,
+            metrics: Default::default(),
+        }
+    }
+}
+
+/// Records one L7 event: an `http` event for the API, its counts in the
+/// metrics, and a debug log line (a line per request at info cost a tenth
+/// of the proxy's time, docs/benchmarks.md).
+pub(super) fn record(sink: &L7Sink, seen: Seen, status: StatusCode, verdict: Verdict) {
+    let elapsed = seen.started.elapsed();
+    let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    sink.metrics.request(
+        seen.request.method(),
+        status.as_u16(),
+        verdict,
+        direction_name(seen.direction),
+        elapsed,
+    );
     debug!(
         target: "axoneme::l7",
         method = seen.request.method(),
@@ -129,7 +154,7 @@ pub(super) fn record(ring: &EventRing, seen: Seen, status: StatusCode, verdict: 
         latency_us,
         "http request"
     );
-    ring.push_http(HttpEvent {
+    sink.ring.push_http(HttpEvent {
         time_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -16,7 +16,6 @@ use tracing::warn;
 use super::event::{self, rules_side, RequestText, Seen, Verdict};
 use super::upstream::{Slot, Upstreams};
 use super::{ProxyConfig, ProxyView};
-use crate::views::EventRing;
 
 /// What the proxy answers: the upstream's body as it comes, or its own
 /// short text (no box per response).
@@ -27,7 +26,7 @@ pub(super) struct Shared {
     pub view: watch::Receiver<Arc<ProxyView>>,
     pub cfg: ProxyConfig,
     pub upstreams: Upstreams,
-    pub events: EventRing,
+    pub events: super::event::L7Sink,
 }
 
 fn text(status: StatusCode, body: &'static str, close: bool) -> Response<Body> {

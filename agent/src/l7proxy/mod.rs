@@ -30,7 +30,7 @@ pub mod view;
 
 use std::time::Duration;
 
-pub use event::Verdict;
+pub use event::{L7Sink, Verdict};
 pub use redirect::install_redirect;
 pub use server::serve;
 pub use sockets::SocketFactory;

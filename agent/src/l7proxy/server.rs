@@ -17,7 +17,6 @@ use super::framing::{FramingGuard, Refused};
 use super::handler::{handle, Shared};
 use super::upstream::{Connector, Slot, Upstreams};
 use super::{ProxyConfig, ProxyView, SocketFactory};
-use crate::views::EventRing;
 
 /// Serves `listener` until `cancel`.
 pub async fn serve(
@@ -25,7 +24,7 @@ pub async fn serve(
     sockets: SocketFactory,
     view: watch::Receiver<Arc<ProxyView>>,
     cfg: ProxyConfig,
-    events: EventRing,
+    events: super::event::L7Sink,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;

@@ -83,8 +83,18 @@ pub mod drop_reason {
     pub const DROP_INVALID_EXTHDR: u8 = 156;
     /// A non-first IP fragment whose first fragment was not seen.
     pub const DROP_FRAG_NOT_FOUND: u8 = 175;
+    /// The packet could not be written (handing it to the L7 proxy).
+    pub const DROP_WRITE_ERROR: u8 = 141;
     /// An explicit deny policy matched.
     pub const DROP_POLICY_DENY: u8 = 181;
+}
+
+/// [`MetricsKey::kind`] values.
+pub mod metrics_kind {
+    /// The packet went on (passed, delivered, or handed to the L7 proxy).
+    pub const FORWARD: u8 = 0;
+    /// The packet was dropped, with a [`super::drop_reason`].
+    pub const DROP: u8 = 1;
 }
 
 /// [`Event::kind`] values: Cilium's monitor message types.
@@ -165,8 +175,11 @@ pub mod map_names {
     /// Per-CPU array: the flow an ICMP error quotes, from the parser to
     /// conntrack (not pinned; programs only).
     pub const QUOTED: &str = "QUOTED";
+    /// Per-CPU array of [`super::MetricsValue`]s: packets and bytes by
+    /// [`super::MetricsKey`] (its [`index`](super::MetricsKey::index)).
+    pub const METRICS: &str = "METRICS";
     /// Every map of the production object (`axoneme-bpf`).
-    pub const DATAPATH: [&str; 13] = [
+    pub const DATAPATH: [&str; 14] = [
         IPCACHE,
         ENDPOINTS,
         ENDPOINT_CACHE,
@@ -180,6 +193,7 @@ pub mod map_names {
         EVENT_RATE,
         COUNTERS,
         QUOTED,
+        METRICS,
     ];
 
     /// Hash: UDP destination ports (host order) the smoke-test program
@@ -238,6 +252,8 @@ pub const POLICY_MAX: u32 = 1024 * 1024;
 pub const CT_MAX: u32 = 256 * 1024;
 pub const FRAGS_MAX: u32 = 8 * 1024;
 pub const EVENTS_BYTES: u32 = 1024 * 1024;
+/// Slots of the `METRICS` array: every [`MetricsKey`] has one.
+pub const METRICS_ENTRIES: u32 = 1 << 10;
 
 /// Capacity of the smoke-test program's deny map.
 pub const SMOKE_DENY_PORTS_MAX: u32 = 64;
@@ -648,6 +664,68 @@ impl Event {
     }
 }
 
+/// What the `METRICS` counters are kept by: Cilium's metrics map key
+/// (`struct metrics_key`: reason, direction), plus whether the packet was
+/// dropped or forwarded (Cilium tells them apart by reason 0).
+///
+/// The map is a per-CPU array, not a hash: the key is turned into its slot
+/// by [`index`](Self::index), so counting costs no hashing, needs no insert
+/// and can never find the map full. Every packet a program sees is counted
+/// once per endpoint that judges it, whatever the event rate limit does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MetricsKey {
+    /// [`metrics_kind`].
+    pub kind: u8,
+    /// Drops: the [`drop_reason`]; forwards: 0.
+    pub reason: u8,
+    /// [`direction`], seen from the endpoint.
+    pub direction: u8,
+}
+
+impl MetricsKey {
+    /// A forwarded packet in `direction`.
+    pub const fn forward(direction: u8) -> Self {
+        Self {
+            kind: metrics_kind::FORWARD,
+            reason: 0,
+            direction,
+        }
+    }
+
+    /// A packet dropped for `reason` in `direction`.
+    pub const fn drop(reason: u8, direction: u8) -> Self {
+        Self {
+            kind: metrics_kind::DROP,
+            reason,
+            direction,
+        }
+    }
+
+    /// The key's slot in the `METRICS` array (below [`METRICS_ENTRIES`]).
+    pub const fn index(&self) -> u32 {
+        ((self.kind as u32 & 1) << 9) | ((self.direction as u32 & 1) << 8) | self.reason as u32
+    }
+
+    /// The key of slot `index` (the inverse of [`Self::index`]).
+    pub const fn from_index(index: u32) -> Self {
+        Self {
+            kind: ((index >> 9) & 1) as u8,
+            reason: (index & 0xff) as u8,
+            direction: ((index >> 8) & 1) as u8,
+        }
+    }
+}
+
+/// One CPU's counts of a [`MetricsKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MetricsValue {
+    pub packets: u64,
+    /// Bytes as the program saw them (`skb->len`: from the Ethernet header).
+    pub bytes: u64,
+}
+
 const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 20);
 const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 12);
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 32);
@@ -668,6 +746,8 @@ const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
 const _: () = assert!(core::mem::size_of::<EventConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
+const _: () = assert!(core::mem::size_of::<MetricsValue>() == 16);
+const _: () = assert!(MetricsKey::drop(255, 1).index() < METRICS_ENTRIES);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -692,6 +772,7 @@ mod pod {
     unsafe impl aya::Pod for EventConfig {}
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for MetricsValue {}
 }
 
 #[cfg(test)]
@@ -793,6 +874,26 @@ mod tests {
         bytes[32..36].copy_from_slice(&[10, 0, 0, 1]);
         assert_eq!(Event::from_bytes(&bytes), Some(e));
         assert_eq!(Event::from_bytes(&bytes[..63]), None);
+    }
+
+    #[test]
+    fn metrics_keys_have_distinct_slots_and_come_back_from_them() {
+        let mut seen = [false; METRICS_ENTRIES as usize];
+        for kind in [metrics_kind::FORWARD, metrics_kind::DROP] {
+            for dir in [direction::INGRESS, direction::EGRESS] {
+                for reason in 0..=255u8 {
+                    let key = MetricsKey {
+                        kind,
+                        reason,
+                        direction: dir,
+                    };
+                    let i = key.index();
+                    assert!(!seen[i as usize], "{key:?} shares slot {i}");
+                    seen[i as usize] = true;
+                    assert_eq!(MetricsKey::from_index(i), key);
+                }
+            }
+        }
     }
 
     #[test]

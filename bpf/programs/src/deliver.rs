@@ -10,6 +10,7 @@ use aya_ebpf::{helpers::bpf_redirect_peer, macros::map, maps::HashMap, programs:
 
 use crate::endpoint::{endpoint, owns};
 use crate::ipcache::addr_key;
+use crate::metrics::forwarded;
 use crate::parse::{Flow, ETH_HLEN};
 use crate::policy::{decide, PASS, VIA_STACK};
 use crate::proxy::to_proxy;
@@ -51,10 +52,15 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     if !endpoint(ifindex, &mut at.ep) || !owns(&at.ep, flow.family, &flow.daddr) {
         return TC_ACT_OK;
     }
+    // The destination's ingress is counted here when this decides it; a
+    // packet left to the stack is counted by `axoneme_to_container`.
     match decide(at, flow) {
         Ok(PASS) => {}
-        Ok(VIA_STACK) => return TC_ACT_OK,
-        Ok(_) => return to_proxy(ctx),
+        Ok(VIA_STACK) => {
+            forwarded(at);
+            return TC_ACT_OK;
+        }
+        Ok(_) => return to_proxy(at),
         Err(()) => return TC_ACT_SHOT,
     }
     // The hop the node's routing would have counted. Should the packet not
@@ -62,6 +68,7 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     if hop(ctx, flow).is_err() {
         return TC_ACT_OK;
     }
+    forwarded(at);
     // SAFETY: a helper call with plain arguments.
     unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
 }

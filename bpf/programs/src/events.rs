@@ -13,6 +13,7 @@ use aya_ebpf::{
 };
 
 use crate::ipcache::ids;
+use crate::metrics::dropped;
 use crate::parse::{Flow, Icmp};
 use crate::{At, NS_PER_S};
 
@@ -121,9 +122,11 @@ pub(crate) fn verdict_event(at: &At, flow: &Flow, src: u32, dst: u32, matched: u
     });
 }
 
-/// A drop event for a packet of the endpoint (`flow`: if parsed).
+/// A drop event for a packet of the endpoint (`flow`: if parsed). Every
+/// drop comes through here: it is counted before the rate limit applies.
 #[inline(never)]
 pub(crate) fn drop_event(at: &At, flow: Option<&Flow>, reason: u8, src: u32, dst: u32) {
+    dropped(at, reason);
     emit(|e| {
         fill_flow(e, at, flow);
         e.kind = event_kind::DROP;

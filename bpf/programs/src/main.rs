@@ -29,7 +29,10 @@
 //!    destination pod ([`deliver`]); except answers to the L7 proxy's
 //!    upstream connections, which go up the node's stack to the proxy
 //!    (see [`policy::VIA_STACK`]);
-//! 7. flows a policy entry redirects go to the node's L7 proxy ([`proxy`]).
+//! 7. flows a policy entry redirects go to the node's L7 proxy ([`proxy`]);
+//! 8. counts every packet, forwarded or dropped (with its reason), by
+//!    direction, in per-CPU counters the agent's `/metrics` reads
+//!    ([`metrics`]).
 //!
 //! The hot path (a packet of a tracked IPv4 TCP/UDP flow) is inlined into
 //! each program; everything else (new flows, drops and their events, IPv6,
@@ -56,6 +59,7 @@ mod deliver;
 mod endpoint;
 mod events;
 mod ipcache;
+mod metrics;
 mod object;
 mod parse;
 mod policy;
@@ -71,6 +75,7 @@ use aya_ebpf::{bindings, macros::classifier, programs::TcContext};
 use crate::deliver::deliver;
 use crate::endpoint::endpoint;
 use crate::events::drop_event;
+use crate::metrics::forwarded;
 use crate::parse::{parse, Drop, Flow};
 use crate::policy::{decide, PASS, VIA_STACK};
 use crate::proxy::to_proxy;
@@ -123,18 +128,27 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     let flow = &mut flow;
     match parse(ctx, flow) {
         Ok(true) => {}
-        Ok(false) => return TC_ACT_OK,
+        Ok(false) => {
+            forwarded(&at);
+            return TC_ACT_OK;
+        }
         Err(Drop(reason)) => {
             drop_event(&at, None, reason, 0, 0);
             return TC_ACT_SHOT;
         }
     }
     match decide(&at, flow) {
-        Ok(PASS) if dir == direction::EGRESS => deliver(&mut at, flow),
-        Ok(PASS) | Ok(VIA_STACK) => TC_ACT_OK,
+        Ok(PASS) if dir == direction::EGRESS => {
+            forwarded(&at);
+            deliver(&mut at, flow)
+        }
+        Ok(PASS) | Ok(VIA_STACK) => {
+            forwarded(&at);
+            TC_ACT_OK
+        }
         // Ingress rules at the destination's veth, egress rules at the
         // source's: either way the node's proxy.
-        Ok(_) => to_proxy(ctx),
+        Ok(_) => to_proxy(&at),
         Err(()) => TC_ACT_SHOT,
     }
 }

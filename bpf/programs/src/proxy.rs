@@ -3,25 +3,32 @@
 //! packets by their mark (see docs/architecture.md, "L7 proxy: decisions").
 
 use axoneme_bpf_common::{
-    direction, tc_action::TC_ACT_SHOT, LOOPBACK_IFINDEX, MARK_MASK, MARK_PROXY, MARK_TO_PROXY,
+    direction, drop_reason, tc_action::TC_ACT_SHOT, LOOPBACK_IFINDEX, MARK_MASK, MARK_PROXY,
+    MARK_TO_PROXY,
 };
-use aya_ebpf::{bindings::BPF_F_INGRESS, helpers::bpf_redirect, programs::TcContext};
+use aya_ebpf::{bindings::BPF_F_INGRESS, helpers::bpf_redirect};
 
+use crate::events::drop_event;
+use crate::metrics::forwarded;
 use crate::At;
 
 /// Hands a packet of a redirected flow to the node's L7 proxy: marked for
 /// the node's TPROXY rule, re-entering the stack on the loopback device
 /// (whose address, all zeros, becomes the destination MAC so the stack
 /// takes it as addressed to the host). The proxy learns the original
-/// destination from its accepted socket.
+/// destination from its accepted socket. Counted as forwarded in `at`'s
+/// direction (whose rules redirected it).
 #[inline(always)]
-pub(crate) fn to_proxy(ctx: &TcContext) -> i32 {
+pub(crate) fn to_proxy(at: &At) -> i32 {
+    let ctx = at.ctx;
     // SAFETY: `skb` points to the program's context, valid for the run.
     let mark = unsafe { (*ctx.skb.skb).mark };
     ctx.set_mark((mark & !MARK_MASK) | MARK_TO_PROXY);
     if ctx.store(0, &[0u8; 6], 0).is_err() {
+        drop_event(at, None, drop_reason::DROP_WRITE_ERROR, 0, 0);
         return TC_ACT_SHOT;
     }
+    forwarded(at);
     // SAFETY: a helper call with plain arguments.
     unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) as i32 }
 }

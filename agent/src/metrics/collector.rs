@@ -1,0 +1,298 @@
+//! The families read at scrape time: the datapath's traffic counters
+//! (per-CPU, summed here), map use, conntrack entries, and what the
+//! reconciler and the caches published. Reads only: the maps through
+//! read-only handles on their pins, never through their writer.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axoneme_bpf_common::{direction, family, map_names, metrics_kind};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use tokio::sync::watch;
+
+use crate::datapath::{DatapathError, MapReader};
+use crate::node::NodeState;
+use crate::reconcile::DatapathView;
+use crate::views::drop_reason_text;
+
+/// What the scrape-time families are read from.
+pub struct Sources {
+    maps: Arc<MapReader>,
+    state: NodeState,
+    view: watch::Receiver<Arc<DatapathView>>,
+    /// Each map's capacity (fixed while its pins live), by name.
+    capacity: Vec<(&'static str, u32)>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").finish_non_exhaustive()
+    }
+}
+
+/// The maps whose use `bpf_map_pressure` reports.
+const PRESSURE_MAPS: [&str; 6] = [
+    map_names::IPCACHE,
+    map_names::ENDPOINTS,
+    map_names::ENDPOINT_ADDRS,
+    map_names::POLICY,
+    map_names::CT4,
+    map_names::CT,
+];
+
+impl Sources {
+    /// `maps` pinned under `pin_dir`; capacities are read from the pins
+    /// (the `--bpf-*-max` flags size some of them).
+    pub fn new(
+        maps: Arc<MapReader>,
+        pin_dir: &Path,
+        state: NodeState,
+        view: watch::Receiver<Arc<DatapathView>>,
+    ) -> Result<Self, aya::maps::MapError> {
+        let capacity = PRESSURE_MAPS
+            .iter()
+            .map(|name| {
+                aya::maps::MapInfo::from_pin(pin_dir.join(name)).map(|i| (*name, i.max_entries()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Sources {
+            maps,
+            state,
+            view,
+            capacity,
+        })
+    }
+
+    /// Entries in map `name` now.
+    fn entries(&self, name: &str) -> Result<usize, DatapathError> {
+        let m = &self.maps;
+        match name {
+            map_names::IPCACHE => m.ipcache_entries().map(|v| v.len()),
+            map_names::ENDPOINTS => m.endpoints().map(|v| v.len()),
+            map_names::ENDPOINT_ADDRS => m.endpoint_addresses(),
+            map_names::POLICY => m.policy_entries().map(|v| v.len()),
+            map_names::CT4 | map_names::CT => {
+                let fam = if name == map_names::CT4 {
+                    family::IPV4
+                } else {
+                    family::IPV6
+                };
+                m.ct_entries()
+                    .map(|v| v.iter().filter(|(k, _)| k.family == fam).count())
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn direction_label(dir: u8) -> String {
+    // Cilium's words.
+    if dir == direction::INGRESS {
+        "INGRESS".into()
+    } else {
+        "EGRESS".into()
+    }
+}
+
+fn reason_label(reason: u8) -> String {
+    match drop_reason_text(reason) {
+        "" => reason.to_string(),
+        text => text.to_string(),
+    }
+}
+
+/// One family of samples.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(labels: Labels, v: u64) -> (Labels, ConstCounter<u64>) {
+    (labels, ConstCounter::new(v))
+}
+
+fn gauge(labels: Labels, v: f64) -> (Labels, ConstGauge<f64>) {
+    (labels, ConstGauge::new(v))
+}
+
+impl Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let e = &mut encoder;
+
+        // The datapath's per-CPU counters: every packet, not the events.
+        match self.maps.traffic() {
+            Ok(traffic) => {
+                let drops = || traffic.iter().filter(|(k, _)| k.kind == metrics_kind::DROP);
+                let forwards = || {
+                    traffic
+                        .iter()
+                        .filter(|(k, _)| k.kind == metrics_kind::FORWARD)
+                };
+                let by_reason = |k: &axoneme_bpf_common::MetricsKey| {
+                    vec![
+                        ("reason", reason_label(k.reason)),
+                        ("direction", direction_label(k.direction)),
+                    ]
+                };
+                let by_dir = |k: &axoneme_bpf_common::MetricsKey| {
+                    vec![("direction", direction_label(k.direction))]
+                };
+                family(
+                    e,
+                    "drop_count",
+                    "Packets dropped by the datapath, by reason and direction",
+                    Counter,
+                    drops().map(|(k, v)| counter(by_reason(k), v.packets)),
+                )?;
+                family(
+                    e,
+                    "drop_bytes",
+                    "Bytes dropped by the datapath, by reason and direction",
+                    Counter,
+                    drops().map(|(k, v)| counter(by_reason(k), v.bytes)),
+                )?;
+                family(
+                    e,
+                    "forward_count",
+                    "Packets forwarded by the datapath, by direction",
+                    Counter,
+                    forwards().map(|(k, v)| counter(by_dir(k), v.packets)),
+                )?;
+                family(
+                    e,
+                    "forward_bytes",
+                    "Bytes forwarded by the datapath, by direction",
+                    Counter,
+                    forwards().map(|(k, v)| counter(by_dir(k), v.bytes)),
+                )?;
+            }
+            Err(err) => tracing::debug!(error = %err, "metrics: cannot read the traffic counters"),
+        }
+        if let Ok(c) = self.maps.counters() {
+            family(
+                e,
+                "datapath_events",
+                "Datapath events by outcome (sent, or not: rate_limited, ringbuf_full)",
+                Counter,
+                [
+                    counter(vec![("outcome", "sent".into())], c.events_sent),
+                    counter(
+                        vec![("outcome", "rate_limited".into())],
+                        c.events_rate_limited,
+                    ),
+                    counter(
+                        vec![("outcome", "ringbuf_full".into())],
+                        c.events_ringbuf_full,
+                    ),
+                ],
+            )?;
+        }
+
+        let mut pressure = Vec::new();
+        let mut ct = Vec::new();
+        for (name, capacity) in &self.capacity {
+            let Ok(n) = self.entries(name) else { continue };
+            pressure.push(gauge(
+                vec![("map_name", name.to_string())],
+                n as f64 / f64::from((*capacity).max(1)),
+            ));
+            if *name == map_names::CT4 || *name == map_names::CT {
+                let fam = if *name == map_names::CT4 {
+                    "ipv4"
+                } else {
+                    "ipv6"
+                };
+                ct.push(gauge(vec![("family", fam.into())], n as f64));
+            }
+        }
+        family(
+            e,
+            "bpf_map_pressure",
+            "Fill of each BPF map: entries over capacity (1 = full)",
+            Gauge,
+            pressure,
+        )?;
+        family(
+            e,
+            "datapath_conntrack_entries",
+            "Conntrack entries, by address family",
+            Gauge,
+            ct,
+        )?;
+
+        let view = self.view.borrow().clone();
+        let node = self.state.node();
+        let layout = self.state.layout();
+        let local = self.state.records().read(|records| {
+            records
+                .keys()
+                .filter(|k| layout.split_endpoint_key(k).is_some_and(|(n, _)| n == node))
+                .count()
+        });
+        let ready = view.programmed.len();
+        family(
+            e,
+            "endpoint",
+            "Endpoints of this node",
+            Gauge,
+            [gauge(vec![], local.max(ready) as f64)],
+        )?;
+        family(
+            e,
+            "endpoint_state",
+            "Endpoints of this node by state (ready: identity and policy in the datapath)",
+            Gauge,
+            [
+                gauge(vec![("endpoint_state", "ready".into())], ready as f64),
+                gauge(
+                    vec![("endpoint_state", "waiting-for-identity".into())],
+                    local.saturating_sub(ready) as f64,
+                ),
+            ],
+        )?;
+        family(
+            e,
+            "identity",
+            "Security identities this agent knows, by type",
+            Gauge,
+            [gauge(
+                vec![("type", "cluster_local".into())],
+                self.state.identities().len() as f64,
+            )],
+        )?;
+        family(
+            e,
+            "policy",
+            "Policies enforced on this node",
+            Gauge,
+            [gauge(vec![], view.policies.len() as f64)],
+        )?;
+        family(
+            e,
+            "policy_max_revision",
+            "Highest kvstore revision of the policies enforced on this node",
+            Gauge,
+            [gauge(
+                vec![],
+                view.policies.values().copied().max().unwrap_or(0) as f64,
+            )],
+        )?;
+        Ok(())
+    }
+}

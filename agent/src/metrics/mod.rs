@@ -1,0 +1,285 @@
+//! The agent's Prometheus metrics (`--prometheus-serve-addr`, `:9962` by
+//! default, inside the node's network namespace): families named and
+//! labelled as Cilium's where Cilium has the same one (`axoneme_` for
+//! `cilium_`), listed in docs/metrics.md.
+//!
+//! Three kinds of sources, each with one writer:
+//! - read at scrape time ([`collector`]): the datapath's per-CPU traffic
+//!   counters (summed over CPUs), map use, conntrack entries, endpoints,
+//!   identities and enforced policies, from read-only map handles and the
+//!   tasks' publications; nothing here writes a map;
+//! - counted where they happen: L7 requests by the proxy ([`L7Metrics`]);
+//! - latencies measured by the [`slo`] task from the caches' changes and
+//!   the reconciler's publications.
+
+mod collector;
+pub mod server;
+pub mod slo;
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+pub use collector::Sources;
+
+use crate::l7proxy::Verdict;
+
+/// Latency buckets in seconds: 1 ms to about 33 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 16)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: &'static str,
+    proxy_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    status_class: &'static str,
+    verdict: &'static str,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    protocol_l7: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct NodeLabel {
+    node: String,
+}
+
+fn make_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+/// What the L7 proxy counts, per request (clones share the counts).
+#[derive(Clone, Debug)]
+pub struct L7Metrics {
+    policy_l7: Family<RuleLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    upstream: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for L7Metrics {
+    fn default() -> Self {
+        L7Metrics {
+            policy_l7: Family::default(),
+            requests: Family::default(),
+            upstream: Family::new_with_constructor(make_histogram),
+        }
+    }
+}
+
+impl L7Metrics {
+    /// One request the proxy judged: its method, answer, verdict, whose
+    /// rules, and the time from its arrival to the answer.
+    pub fn request(
+        &self,
+        method: &str,
+        status: u16,
+        verdict: Verdict,
+        direction: &'static str,
+        latency: std::time::Duration,
+    ) {
+        let rule = |rule| RuleLabels {
+            rule,
+            proxy_type: "http",
+        };
+        // Cilium's `policy_l7_total` rules: every request is received, then
+        // forwarded, denied or a parse error.
+        self.policy_l7.get_or_create(&rule("received")).inc();
+        match verdict {
+            Verdict::Forwarded => self.policy_l7.get_or_create(&rule("forwarded")).inc(),
+            Verdict::Denied => self.policy_l7.get_or_create(&rule("denied")).inc(),
+            Verdict::Malformed => self.policy_l7.get_or_create(&rule("parse_errors")).inc(),
+            Verdict::UpstreamError => 0,
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method_label(method),
+                status_class: status_class(status),
+                verdict: verdict.as_str(),
+                direction,
+            })
+            .inc();
+        if verdict == Verdict::Forwarded {
+            self.upstream
+                .get_or_create(&UpstreamLabels {
+                    protocol_l7: "http",
+                })
+                .observe(latency.as_secs_f64());
+        }
+    }
+}
+
+/// A method as a label: the standard ones, anything else `OTHER` (a
+/// client must not be able to create series at will).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// Latencies the [`slo`] task observes.
+#[derive(Clone, Debug)]
+pub struct Latencies {
+    node: NodeLabel,
+    /// Cilium's `policy_implementation_delay`: a policy revision seen by
+    /// this agent → enforced in this node's maps.
+    pub(crate) policy_implementation_delay: Histogram,
+    policy_propagation: Family<NodeLabel, Histogram, fn() -> Histogram>,
+    identity_ready: Family<NodeLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Latencies {
+    fn new(node: &str) -> Self {
+        Latencies {
+            node: NodeLabel {
+                node: node.to_string(),
+            },
+            policy_implementation_delay: make_histogram(),
+            policy_propagation: Family::new_with_constructor(make_histogram),
+            identity_ready: Family::new_with_constructor(make_histogram),
+        }
+    }
+
+    /// A policy revision took `seconds` from stored to enforced here.
+    pub fn policy_enforced(&self, seconds: f64) {
+        self.policy_implementation_delay.observe(seconds);
+        self.policy_propagation
+            .get_or_create(&self.node)
+            .observe(seconds);
+    }
+
+    /// A new local endpoint took `seconds` from its record to its identity
+    /// in the maps.
+    pub fn identity_ready(&self, seconds: f64) {
+        self.identity_ready
+            .get_or_create(&self.node)
+            .observe(seconds);
+    }
+}
+
+/// The agent's registry and the handles its tasks count with.
+pub struct Metrics {
+    registry: Registry,
+    pub l7: L7Metrics,
+    pub latencies: Latencies,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Every family, the scrape-time ones read from `sources`.
+    pub fn new(node: &str, sources: Sources) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("axoneme");
+        let l7 = L7Metrics::default();
+        let latencies = Latencies::new(node);
+        registry.register(
+            "policy_l7",
+            "L7 requests the proxy judged, by rule (received, forwarded, denied, parse_errors)",
+            l7.policy_l7.clone(),
+        );
+        registry.register(
+            "proxy_http_requests",
+            "HTTP requests through the L7 proxy by method, status class, verdict and whose rules",
+            l7.requests.clone(),
+        );
+        registry.register_with_unit(
+            "proxy_upstream_reply",
+            "Time from a forwarded request's arrival to its upstream's answer",
+            Unit::Seconds,
+            l7.upstream.clone(),
+        );
+        registry.register(
+            "policy_implementation_delay",
+            "Seconds from a policy revision reaching this agent to its enforcement in the datapath",
+            latencies.policy_implementation_delay.clone(),
+        );
+        registry.register_with_unit(
+            "slo_policy_propagation",
+            "Policy propagation SLO: a policy revision reaching this node to enforced, by node",
+            Unit::Seconds,
+            latencies.policy_propagation.clone(),
+        );
+        registry.register_with_unit(
+            "slo_identity_ready",
+            "Identity-ready SLO: a local endpoint record written to its identity in the maps, by node",
+            Unit::Seconds,
+            latencies.identity_ready.clone(),
+        );
+        let version = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        version
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register("version", "The agent's version (value 1)", version);
+        let start = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        start.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        registry.register_with_unit(
+            "process_start_time",
+            "When the agent started, in seconds since the Unix epoch",
+            Unit::Seconds,
+            start,
+        );
+        registry.register_collector(Box::new(sources));
+        Arc::new(Metrics {
+            registry,
+            l7,
+            latencies,
+        })
+    }
+
+    /// The `/metrics` answer for a scraper whose `Accept` is `accept`.
+    pub fn render(&self, accept: Option<&str>) -> (&'static str, String) {
+        axoneme_exposition::respond(&self.registry, accept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_labels_are_bounded() {
+        assert_eq!(method_label("POST"), "POST");
+        assert_eq!(method_label("BREW"), "OTHER");
+        assert_eq!(method_label("post"), "OTHER");
+        assert_eq!(status_class(403), "4xx");
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(999), "other");
+    }
+}

@@ -1,0 +1,37 @@
+//! Packet and byte counters by [`MetricsKey`] (forwarded or dropped, drop
+//! reason, direction): Cilium's metrics map, read by the agent at scrape
+//! time. Every packet is counted, whatever the event rate limit lets
+//! through; a per-CPU array, so each CPU adds to its own slot without
+//! atomics.
+
+use axoneme_bpf_common::{MetricsKey, MetricsValue, METRICS_ENTRIES};
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+
+use crate::At;
+
+#[map]
+static METRICS: PerCpuArray<MetricsValue> = PerCpuArray::pinned(METRICS_ENTRIES, 0);
+
+#[inline(always)]
+fn count(key: MetricsKey, len: u32) {
+    if let Some(v) = METRICS.get_ptr_mut(key.index()) {
+        // SAFETY: this CPU's slot; a program does not migrate mid-run and
+        // TC programs do not nest on one CPU.
+        unsafe {
+            (*v).packets += 1;
+            (*v).bytes += u64::from(len);
+        }
+    }
+}
+
+/// The packet goes on, in the direction `at` judged it.
+#[inline(always)]
+pub(crate) fn forwarded(at: &At) {
+    count(MetricsKey::forward(at.dir), at.ctx.len());
+}
+
+/// The packet is dropped for `reason`.
+#[inline(always)]
+pub(crate) fn dropped(at: &At, reason: u8) {
+    count(MetricsKey::drop(reason, at.dir), at.ctx.len());
+}
