@@ -56,7 +56,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     tokio::pin!(shutdown);
 
-    let kv = KvStore::connect(cfg.kv.to_config().context("etcd settings")?)
+    let mut kv_config = cfg.kv.to_config().context("etcd settings")?;
+    // Kubernetes mode: the API server first (a bad config fails at once),
+    // and the managed etcd's members found through it, not cluster DNS.
+    let kube = if cfg.kubernetes.kubernetes {
+        let client = crate::k8s::client(cfg.kubernetes.kubeconfig.as_ref()).await?;
+        let (members, name) = axoneme_crds::resolve::members_from_api(
+            &client,
+            &kv_config.endpoints,
+            kv_config.server_name(),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        kv_config.set_members(members, name);
+        Some(client)
+    } else {
+        None
+    };
+    let kv = KvStore::connect(kv_config)
         .await
         .context("connecting to etcd")?;
     let layout = Layout::new(&cfg.kvstore_prefix);
@@ -128,8 +145,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     // Kubernetes mode: endpoints' labels from their Pods.
-    let source = if cfg.kubernetes.kubernetes {
-        let client = crate::k8s::client(cfg.kubernetes.kubeconfig.as_ref()).await?;
+    let source = if let Some(client) = kube {
         let (pods, task) = Pods::start(client, &cfg.node, cancel.clone());
         sup.spawn("pods", task);
         LabelSource::Kubernetes(Arc::new(PodLabels {

@@ -28,6 +28,7 @@ pub mod endpoint;
 pub mod identity;
 pub mod node;
 pub mod policy;
+pub mod resolve;
 pub mod schema;
 
 pub use endpoint::{CiliumEndpoint, EndpointStatus};

@@ -119,6 +119,9 @@ pub struct Cluster {
     pub kube: Option<KubeControlPlane>,
     etcd: Option<EtcdCluster>,
     underlay: Option<Netns>,
+    /// Helm mode: the processes take etcd's members from the chart's
+    /// ConfigMap (by name), not from the harness's flags.
+    etcd_from_config: bool,
 }
 
 /// What a detached cluster left running, for [`teardown`].
@@ -183,11 +186,17 @@ impl Cluster {
             },
             etcd: Some(etcd),
             underlay: Some(underlay),
+            etcd_from_config: cfg.helm.is_some(),
         };
         let mut op_args: Vec<String> = Vec::new();
         match (&cluster.kube, &cfg.helm) {
             (Some(kube), Some(values)) => {
-                let mut set = helm_test_values(&cluster.etcd().endpoints(), cfg.node_grace);
+                let members = crate::helm::etcd_member_urls(
+                    kube,
+                    &format!("{prefix}-etcd"),
+                    &cluster.etcd().endpoints(),
+                )?;
+                let mut set = helm_test_values(&members, cfg.node_grace);
                 set.extend(values.iter().cloned());
                 crate::helm::install(kube, "install", &set)?;
                 kube.wait_crds_established()?;
@@ -228,13 +237,12 @@ impl Cluster {
             ]);
         }
         for id in ["op-a", "op-b"] {
-            let op = OperatorProc::start(
-                &bin_path("axoneme-operator"),
-                id,
-                &cluster.etcd().endpoints(),
-                &op_args,
-                &dir,
-            )?;
+            let etcd = if cluster.etcd_from_config {
+                Vec::new()
+            } else {
+                cluster.etcd().endpoints()
+            };
+            let op = OperatorProc::start(&bin_path("axoneme-operator"), id, &etcd, &op_args, &dir)?;
             cluster.operators.push(op);
         }
         for i in 0..cfg.nodes {
@@ -317,11 +325,14 @@ impl Cluster {
     /// Starts (or restarts) node `i`'s agent.
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
         let etcd = self.etcd().endpoints().join(",");
+        let from_config = self.etcd_from_config;
         let n = &mut self.nodes[i];
         let mut cmd = Command::new(bin_path("axoneme-agent"));
-        cmd.args(["--node", &n.name])
-            .args(["--etcd-endpoints", &etcd])
-            .arg("--netns")
+        cmd.args(["--node", &n.name]);
+        if !from_config {
+            cmd.args(["--etcd-endpoints", &etcd]);
+        }
+        cmd.arg("--netns")
             .arg(n.ns.path())
             .arg("--bpf-pin-dir")
             .arg(&n.pin_dir)

@@ -281,3 +281,50 @@ mod tests {
         );
     }
 }
+
+/// Stands the harness's etcd members in for the chart's managed etcd:
+/// for each member a Pod `<name>-N` in [`NAMESPACE`] like a StatefulSet
+/// member behind headless Service `<name>` (host network, `subdomain`),
+/// whose address is the member's. Returns their client URLs by name,
+/// `http://<name>-N.<name>.kube-system.svc:PORT` — names no DNS here
+/// resolves: the agents and operators must find them through the API
+/// server, as they do on a cluster whose DNS needs them first.
+pub fn etcd_member_urls(
+    kube: &crate::KubeControlPlane,
+    name: &str,
+    endpoints: &[String],
+) -> Result<Vec<String>> {
+    let mut urls = Vec::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let (scheme, rest) = e.split_once("://").context("an etcd URL")?;
+        let (ip, port) = rest.rsplit_once(':').context("an etcd URL with a port")?;
+        let pod = format!("{name}-{i}");
+        let manifest = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": pod, "namespace": NAMESPACE, "labels": { "app": name } },
+            "spec": {
+                "hostNetwork": true,
+                "hostname": pod,
+                "subdomain": name,
+                "containers": [{ "name": "etcd", "image": "registry.k8s.io/etcd:3.5.21-0" }],
+            },
+        });
+        kube.apply_yaml(&manifest.to_string())?;
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        let status = serde_json::json!({ "status": { "podIP": ip, "podIPs": [{ "ip": ip }] } });
+        kube.kubectl([
+            "patch",
+            "pod",
+            &pod,
+            "-n",
+            NAMESPACE,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ])?;
+        urls.push(format!("{scheme}://{pod}.{name}.{NAMESPACE}.svc:{port}"));
+    }
+    Ok(urls)
+}

@@ -26,9 +26,11 @@ impl OperatorProc {
     ) -> Result<Self> {
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(binary);
-        cmd.arg("--etcd-endpoints")
-            .arg(etcd.join(","))
-            .args(["--id", id])
+        // None given: the replica takes them from its --config-dir.
+        if !etcd.is_empty() {
+            cmd.arg("--etcd-endpoints").arg(etcd.join(","));
+        }
+        cmd.args(["--id", id])
             .args(["--metrics-addr", &metrics_addr])
             .args(extra)
             .env(

@@ -207,6 +207,10 @@ fn helm_install_runs_the_seed_scenario_and_upgrade_and_uninstall_work() -> Resul
     }
     let roles = release_objects(&c, "clusterrole,clusterrolebinding")?;
     assert_eq!(roles.lines().count(), 4, "{roles}");
+    // The operators and agents found etcd's members by name through the
+    // API server (no DNS here knows `<member>.<service>.kube-system.svc`).
+    let config_endpoints = std::fs::read_to_string(c.config_dir().join("etcd-endpoints"))?;
+    assert!(config_endpoints.contains(".svc:"), "{config_endpoints}");
 
     // The seed scenario, with every process configured by the chart.
     let payments = c.add_pod(0, "payments", &[("app", "payments")])?;
@@ -315,7 +319,7 @@ fn helm_install_runs_the_seed_scenario_and_upgrade_and_uninstall_work() -> Resul
         ],
     )?;
     let left = release_objects(&c, "ds,deploy,cm,sa,svc,secret,pdb,statefulset")?
-        + &release_objects(&c, "clusterrole,clusterrolebinding")?;
+        + &release_objects(&c, "clusterrole,clusterrolebinding,role,rolebinding")?;
     assert_eq!(left.trim(), "", "left after uninstall");
     let kube = c.kube.as_ref().context("control plane")?;
     kube.kubectl(["get", "crd", "ciliumnetworkpolicies.cilium.io"])?;

@@ -19,6 +19,20 @@ pub struct KvConfig {
 }
 
 impl KvConfig {
+    /// The name TLS checks in the members' certificates, if one is set.
+    pub fn server_name(&self) -> Option<String> {
+        self.tls.as_ref().and_then(|t| t.domain.clone())
+    }
+
+    /// Replaces the members' URLs (e.g. names resolved to addresses),
+    /// keeping TLS on `server_name`, the name the certificates carry.
+    pub fn set_members(&mut self, endpoints: Vec<String>, server_name: Option<String>) {
+        self.endpoints = endpoints;
+        if let Some(tls) = &mut self.tls {
+            tls.domain = server_name;
+        }
+    }
+
     pub fn new(endpoints: Vec<String>) -> Self {
         KvConfig {
             endpoints,

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 
 /// Runs one operator replica until `cancel` fires.
 pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
-    let kv_config = args.kv.to_config().context("etcd settings")?;
+    let mut kv_config = args.kv.to_config().context("etcd settings")?;
     let range = IdentityRange::new(args.cluster_id, args.identity_min, args.identity_max)
         .context("identity range")?;
     let filter = LabelFilter::new(&args.label_filter).context("--label-filter")?;
@@ -46,7 +46,18 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
     let layout = Layout::new(&args.kvstore_prefix);
     // Connect to the API server first, so a missing config fails at once.
     let kube_client = if args.kubernetes {
-        Some(k8s_client(args.kubeconfig.as_deref()).await?)
+        let client = k8s_client(args.kubeconfig.as_deref()).await?;
+        // The managed etcd's members through the API server, not cluster
+        // DNS (which needs the pod network, which needs Axoneme).
+        let (members, name) = axoneme_crds::resolve::members_from_api(
+            &client,
+            &kv_config.endpoints,
+            kv_config.server_name(),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        kv_config.set_members(members, name);
+        Some(client)
     } else {
         None
     };
