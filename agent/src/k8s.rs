@@ -11,18 +11,16 @@
 //! operator keeps the identity-relevant ones.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axoneme_api::{cni_code, ApiError};
 use axoneme_crds::backoff::WatchBackoff;
 use axoneme_crds::k8s_openapi::api::core::v1::Pod;
 use axoneme_crds::kube::runtime::reflector::{self, ObjectRef, Store};
 use axoneme_crds::kube::runtime::utils::Backoff;
 use axoneme_crds::kube::runtime::{watcher, WatchStreamExt};
-use axoneme_crds::kube::{Api, Client, Config};
+use axoneme_crds::kube::{Api, Client};
 use axoneme_identity::{Layout, NamedPort, NamedPorts, NamespaceRecord, WatchCache};
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -50,24 +48,6 @@ impl Backoff for PodWatchBackoff {
     fn reset(&mut self) {
         self.0.reset()
     }
-}
-
-/// A client from `kubeconfig`, or the environment's (`KUBECONFIG`, then
-/// the in-cluster service account).
-pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = axoneme_crds::kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .with_context(|| format!("the kubeconfig {}", path.display()))?
-        }
-        None => Config::infer()
-            .await
-            .context("--kubernetes: no --kubeconfig, KUBECONFIG or in-cluster config")?,
-    };
-    Client::try_from(config).context("building the Kubernetes client")
 }
 
 /// The Pods of this node, kept by a watch.

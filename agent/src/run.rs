@@ -60,14 +60,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Kubernetes mode: the API server first (a bad config fails at once),
     // and the managed etcd's members found through it, not cluster DNS.
     let kube = if cfg.kubernetes.kubernetes {
-        let client = crate::k8s::client(cfg.kubernetes.kubeconfig.as_ref()).await?;
-        let (members, name) = axoneme_crds::resolve::members_from_api(
-            &client,
+        let (client, members, name) = axoneme_crds::client::connect_and_find_etcd(
+            cfg.kubernetes.kubeconfig.as_deref(),
             &kv_config.endpoints,
             kv_config.server_name(),
         )
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
         kv_config.set_members(members, name);
         Some(client)
     } else {

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod client;
 pub mod endpoint;
 pub mod identity;
 pub mod node;

@@ -100,3 +100,22 @@ pub fn wait_condition(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Polls `check` every 100 ms until it holds; an error naming `what`
+/// after `timeout`.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

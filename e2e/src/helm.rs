@@ -260,28 +260,6 @@ pub fn values_readme(values: &str) -> Result<String> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_value_is_documented_and_undocumented_ones_are_found() {
-        let values = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
-        assert_eq!(undocumented_values(&values).unwrap(), Vec::<String>::new());
-        let bad = "# -- A block.\nagent:\n  # -- Its own.\n  a: 1\n  b: 2\n# -- Whole.\nres:\n  x:\n    y: 1\n";
-        assert_eq!(undocumented_values(bad).unwrap(), ["agent.b"]);
-        let readme = values_readme(bad).unwrap();
-        assert!(
-            readme.contains("| `agent.a` | int | `1` | Its own. |"),
-            "{readme}"
-        );
-        assert!(
-            readme.contains("| `res` | object | `{\"x\":{\"y\":1}}` | Whole. |"),
-            "{readme}"
-        );
-    }
-}
-
 /// Stands the harness's etcd members in for the chart's managed etcd:
 /// for each member a Pod `<name>-N` in [`NAMESPACE`] like a StatefulSet
 /// member behind headless Service `<name>` (host network, `subdomain`),
@@ -327,4 +305,26 @@ pub fn etcd_member_urls(
         urls.push(format!("{scheme}://{pod}.{name}.{NAMESPACE}.svc:{port}"));
     }
     Ok(urls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_is_documented_and_undocumented_ones_are_found() {
+        let values = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+        assert_eq!(undocumented_values(&values).unwrap(), Vec::<String>::new());
+        let bad = "# -- A block.\nagent:\n  # -- Its own.\n  a: 1\n  b: 2\n# -- Whole.\nres:\n  x:\n    y: 1\n";
+        assert_eq!(undocumented_values(bad).unwrap(), ["agent.b"]);
+        let readme = values_readme(bad).unwrap();
+        assert!(
+            readme.contains("| `agent.a` | int | `1` | Its own. |"),
+            "{readme}"
+        );
+        assert!(
+            readme.contains("| `res` | object | `{\"x\":{\"y\":1}}` | Whole. |"),
+            "{readme}"
+        );
+    }
 }

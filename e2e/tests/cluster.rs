@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use axoneme_e2e::expect::wait_for;
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
 fn seed_policy() -> PathBuf {
@@ -93,19 +94,6 @@ fn http_events(
                 && e["time_ms"].as_u64().is_some_and(|t| t >= since_ms)
         })
         .count()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

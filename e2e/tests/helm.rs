@@ -13,10 +13,10 @@
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use axoneme_e2e::expect::{seed_policy, until_http, until_post, wait_condition};
+use anyhow::{Context, Result};
+use axoneme_e2e::expect::{seed_policy, until_http, until_post, wait_condition, wait_for};
 use axoneme_e2e::helm::{chart_dir, helm_bin, undocumented_values, values_readme, NAMESPACE};
 use axoneme_e2e::{Cluster, ClusterConfig};
 
@@ -139,18 +139,6 @@ fn release_objects(c: &Cluster, kinds: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Polls `check` every 200 ms for up to `within`.
-fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + within;
-    while !check()? {
-        if Instant::now() > deadline {
-            bail!("{what}: not within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
-}
-
 #[test]
 fn helm_install_runs_the_seed_scenario_and_upgrade_and_uninstall_work() -> Result<()> {
     let mut c = Cluster::start(&ClusterConfig {
@@ -256,7 +244,7 @@ fn helm_install_runs_the_seed_scenario_and_upgrade_and_uninstall_work() -> Resul
     kube.kubectl_stdin(["replace", "-f", "-"], &role.to_string())?;
     c.restart_agent(1).ok();
     let mut said = String::new();
-    eventually("the agent reports the missing permission", ten, || {
+    wait_for("the agent reports the missing permission", ten, || {
         let out = c.cli_command(1, &["status", "--brief"]).output()?;
         said = text(&out);
         Ok(!out.status.success() && said.contains("cannot list resource \"pods\""))
@@ -299,7 +287,7 @@ fn helm_install_runs_the_seed_scenario_and_upgrade_and_uninstall_work() -> Resul
     for i in 0..c.nodes.len() {
         c.restart_agent(i)?;
     }
-    eventually("agent 1 healthy again", ten, || {
+    wait_for("agent 1 healthy again", ten, || {
         let out = c.cli(1, &["status", "--brief"]);
         Ok(out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "OK"))
     })?;

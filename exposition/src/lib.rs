@@ -13,6 +13,9 @@
 
 use prometheus_client::registry::Registry;
 
+mod serve;
+pub use serve::serve;
+
 /// An exposition format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -45,17 +45,15 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
     let ipam = args.ipam().map_err(anyhow::Error::msg)?;
     let layout = Layout::new(&args.kvstore_prefix);
     // Connect to the API server first, so a missing config fails at once.
+    // The managed etcd's members through the API server, not cluster DNS
+    // (which needs the pod network, which needs Axoneme).
     let kube_client = if args.kubernetes {
-        let client = k8s_client(args.kubeconfig.as_deref()).await?;
-        // The managed etcd's members through the API server, not cluster
-        // DNS (which needs the pod network, which needs Axoneme).
-        let (members, name) = axoneme_crds::resolve::members_from_api(
-            &client,
+        let (client, members, name) = axoneme_crds::client::connect_and_find_etcd(
+            args.kubeconfig.as_deref(),
             &kv_config.endpoints,
             kv_config.server_name(),
         )
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
         kv_config.set_members(members, name);
         Some(client)
     } else {
@@ -109,26 +107,6 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
     }
     result
-}
-
-/// A client for `--kubeconfig`, or the default (`KUBECONFIG`,
-/// `~/.kube/config`, in-cluster).
-async fn k8s_client(path: Option<&std::path::Path>) -> anyhow::Result<axoneme_crds::kube::Client> {
-    use axoneme_crds::kube::config::{KubeConfigOptions, Kubeconfig};
-    use axoneme_crds::kube::{Client, Config};
-    let config = match path {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("--kubeconfig {}", path.display()))?
-        }
-        None => Config::infer()
-            .await
-            .context("--kubernetes: no usable kubeconfig or in-cluster config")?,
-    };
-    Client::try_from(config).context("--kubernetes: building the API client")
 }
 
 /// Watch caches every replica keeps warm, so a takeover starts from a full view.

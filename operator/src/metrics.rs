@@ -14,7 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 type Labels = Vec<(String, String)>;
 
@@ -230,21 +229,6 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    info!(addr = %listener.local_addr()?, "metrics and health endpoint listening");
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            r = listener.accept() => r?,
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(metrics.clone(), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await
-            {
-                warn!(error = %e, "metrics connection error");
-            }
-        });
-    }
+    axoneme_exposition::serve(listener, move |req| handle(metrics.clone(), req), cancel).await;
+    Ok(())
 }

@@ -10,7 +10,6 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use super::Metrics;
 use crate::netdev::Ns;
@@ -107,29 +106,8 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    info!(addr = %listener.local_addr()?, "metrics endpoint listening");
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
-                    continue;
-                }
-            },
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(metrics.clone(), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection error");
-            }
-        });
-    }
+    axoneme_exposition::serve(listener, move |req| handle(metrics.clone(), req), cancel).await;
+    Ok(())
 }
 
 #[cfg(test)]
