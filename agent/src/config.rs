@@ -47,6 +47,8 @@ pub struct Config {
     /// for none.
     #[arg(long, env = "AXONEME_PROMETHEUS_SERVE_ADDR", default_value = ":9962", value_parser = crate::metrics::server::ServeAddr::parse)]
     pub prometheus_serve_addr: crate::metrics::server::ServeAddr,
+    #[command(flatten)]
+    pub log: axoneme_config::logging::LogArgs,
     /// The API's UNIX socket (the CNI plugin's and the CLI's default).
     #[arg(long, env = "AXONEME_API_SOCKET", default_value = DEFAULT_SOCKET)]
     pub api_socket: PathBuf,

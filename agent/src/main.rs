@@ -10,22 +10,17 @@ use axoneme_agent::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Flags first: `--log-format` may come from the config directory.
     let (config, loaded) = axoneme_config::parse::<Config>();
+    let format = config.log.log_format;
+    axoneme_config::logging::init(format);
     if let Some(line) = loaded.log_line() {
         tracing::info!("{line}");
     }
     match axoneme_agent::run::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("axoneme-agent: error: {e:#}");
+            axoneme_config::logging::fatal(format, "axoneme-agent", &format_args!("{e:#}"));
             ExitCode::FAILURE
         }
     }

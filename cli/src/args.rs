@@ -67,6 +67,26 @@ pub enum Command {
     /// The node agent's most recent events: datapath drops with Cilium's
     /// reason numbers, policy verdicts, and the L7 proxy's HTTP requests.
     Events(EventsArgs),
+    /// Prints a completion script for SHELL: every command and flag
+    /// completes. Bash: `source <(axoneme completion bash)`; zsh: `axoneme
+    /// completion zsh > "${fpath[1]}/_axoneme"`; fish: `axoneme completion
+    /// fish > ~/.config/fish/completions/axoneme.fish`.
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompletionArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+/// The shells a completion script is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -269,6 +289,20 @@ pub struct StatusArgs {
 /// help lists them apart from their own.
 pub fn command() -> clap::Command {
     Args::command().mut_args(|a| a.global(true).help_heading("Global options"))
+}
+
+/// The completion script of [`command`] for `shell`: generated from the
+/// same clap definition `axoneme` parses with, so a new command or flag
+/// completes without anyone editing a script.
+pub fn completion(shell: CompletionShell) -> String {
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut command(), "axoneme", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Args {

@@ -108,6 +108,11 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
         timeout,
     };
     match &args.command {
+        // Needs neither etcd nor the agent; `-o` does not apply to a script.
+        Command::Completion(c) => Ok(Report {
+            text: args::completion(c.shell),
+            ok: true,
+        }),
         Command::Endpoint(EndpointCommand::Put(put)) => {
             let record = endpoint::record_from_args(put)?;
             let view = endpoint::put(&ctx().await?, record, put.wait).await?;

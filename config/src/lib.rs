@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{ArgAction, Command};
 
+pub mod logging;
+
 /// The flag (and its environment variable) naming the directory.
 pub const FLAG: &str = "config-dir";
 pub const ENV: &str = "AXONEME_CONFIG_DIR";

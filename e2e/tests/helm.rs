@@ -1,7 +1,8 @@
 //! The Helm chart, as users install it. It lints (Helm v4 and v3) on its
 //! defaults and four value sets, and its schema rejects bad values naming
 //! them. Every value set renders to objects the real kube-apiserver accepts
-//! (server-side dry run).
+//! (server-side dry run). With `dashboards.enabled` it renders the Grafana
+//! dashboards ConfigMap holding every dashboard of `dashboards/`.
 //!
 //! `helm install` into the real control plane creates everything. Then the
 //! operators and agents run configured only from the installed ConfigMap,
@@ -90,6 +91,10 @@ fn the_chart_lints_and_its_schema_names_bad_values() -> Result<()> {
             "policyEnforcementMode=sometimes",
             "'/policyEnforcementMode': value must be one of 'default', 'always', 'never'",
         ),
+        (
+            "dashboards.enabled=yes",
+            "'/dashboards/enabled': got string, want boolean",
+        ),
     ] {
         let out = helm(4, &["template", "t", &chart, "--set", set])?;
         assert!(!out.status.success(), "--set {set} was accepted");
@@ -103,6 +108,8 @@ fn the_chart_lints_and_its_schema_names_bad_values() -> Result<()> {
             text(&out)
         );
     }
+
+    dashboards_configmap_renders(&chart)?;
 
     // Every value is documented, and the README says what values.yaml does.
     let values = std::fs::read_to_string(chart_dir().join("values.yaml"))?;
@@ -119,6 +126,91 @@ fn the_chart_lints_and_its_schema_names_bad_values() -> Result<()> {
         chart_yaml.contains(&format!("\nversion: {version}\n"))
             && chart_yaml.contains(&format!("\nappVersion: \"{version}\"\n")),
         "Chart.yaml's version and appVersion must be {version}"
+    );
+    Ok(())
+}
+
+/// `dashboards.enabled=true` renders ConfigMap `axoneme-dashboards` with
+/// every file of `dashboards/` under its name, the same JSON, labelled for
+/// Grafana's sidecar, in the namespace and with the annotations asked for;
+/// the defaults render no dashboards.
+fn dashboards_configmap_renders(chart: &str) -> Result<()> {
+    let dir = chart_dir().join("dashboards");
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(&dir)? {
+        let path = e?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("{name} is not JSON"))?;
+        files.push((name, json));
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "axoneme-agent.json",
+            "axoneme-operator.json",
+            "axoneme-slo.json"
+        ]
+    );
+    for major in [4, 3] {
+        let out = helm(
+            major,
+            &[
+                "template",
+                "axoneme",
+                chart,
+                "-n",
+                "kube-system",
+                "--set",
+                "dashboards.enabled=true",
+                "--set",
+                "dashboards.namespace=monitoring",
+                "--set",
+                "dashboards.annotations.grafana_folder=Axoneme",
+                "--show-only",
+                "templates/dashboards.yaml",
+            ],
+        )?;
+        assert!(
+            out.status.success(),
+            "helm v{major} template: {}",
+            text(&out)
+        );
+        let cm: serde_yaml::Value = serde_yaml::from_slice(&out.stdout)?;
+        assert_eq!(cm["kind"].as_str(), Some("ConfigMap"));
+        let meta = &cm["metadata"];
+        assert_eq!(meta["name"].as_str(), Some("axoneme-dashboards"));
+        assert_eq!(meta["namespace"].as_str(), Some("monitoring"));
+        assert_eq!(meta["labels"]["grafana_dashboard"].as_str(), Some("1"));
+        assert_eq!(
+            meta["annotations"]["grafana_folder"].as_str(),
+            Some("Axoneme")
+        );
+        let data = cm["data"].as_mapping().context("data")?;
+        assert_eq!(data.len(), files.len(), "helm v{major}: {data:?}");
+        for (name, json) in &files {
+            let rendered = data
+                .get(name.as_str())
+                .and_then(|v| v.as_str())
+                .with_context(|| format!("helm v{major}: {name} missing"))?;
+            let rendered: serde_json::Value = serde_json::from_str(rendered)?;
+            assert_eq!(
+                &rendered, json,
+                "helm v{major}: {name} differs from the file"
+            );
+        }
+    }
+    let out = helm(4, &["template", "axoneme", chart])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("axoneme-dashboards"),
+        "rendered by default"
     );
     Ok(())
 }

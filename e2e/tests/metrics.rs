@@ -3,9 +3,13 @@
 //! agents' `/metrics` over the underlay, as it would scrape a DaemonSet on
 //! the host network; `promtool check metrics` accepts every agent's and
 //! operator's endpoint; after the seed scenario the counters Prometheus
-//! holds match what was sent.
+//! holds match what was sent. Prometheus scrapes the operators too, and
+//! every query of every Grafana dashboard the chart ships
+//! (`helm/axoneme/dashboards/`) returns data: a dashboard naming a metric
+//! that does not exist fails here.
 
 use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,21 +60,22 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts it; the caller keeps the process (stopped by PID on drop).
-    fn start(dir: &Path, ns: &Netns, targets: &[String]) -> Result<(Self, Proc)> {
+    /// Starts it with one scrape job per `(job, targets)`; the caller
+    /// keeps the process (stopped by PID on drop).
+    fn start(dir: &Path, ns: &Netns, jobs: &[(&str, Vec<String>)]) -> Result<(Self, Proc)> {
         let dir = dir.join("prometheus");
         std::fs::create_dir_all(&dir)?;
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: axoneme-agent\n    static_configs:\n      \
-                 - targets: [{}]\n",
+        let mut yml =
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n".to_string();
+        for (job, targets) in jobs {
+            let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            yml += &format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
                 targets.join(", ")
-            ),
-        )?;
+            );
+        }
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, yml)?;
         let addr = format!("127.0.0.1:{}", free_port()?);
         let cmd = ns.command(&[
             "prometheus",
@@ -120,6 +125,26 @@ impl Prometheus {
             .collect())
     }
 
+    /// The names of every series Prometheus holds.
+    fn names(&self) -> Result<Vec<String>> {
+        self.strings("/api/v1/label/__name__/values")
+    }
+
+    /// A `data` list of strings from the API (label values).
+    fn strings(&self, path: &str) -> Result<Vec<String>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.get(path)?).context(path.to_string())?;
+        if v["status"] != "success" {
+            bail!("{path}: {v}");
+        }
+        Ok(v["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect())
+    }
+
     /// The one value of a query that sums to one series (0 if none).
     fn value(&self, promql: &str) -> Result<f64> {
         Ok(self.query(promql)?.first().map_or(0.0, |s| s.1))
@@ -136,6 +161,36 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Makes `upstream`, on this process's loopback, reachable at the returned
+/// address on the loopback of the namespace `ns`. The e2e cluster runs the
+/// operators on the host's loopback and the agents inside their nodes'
+/// namespaces; a Prometheus sees both in a real cluster (host network), here
+/// it runs in node 0's namespace and reaches the operators through this. The
+/// listener is made by a thread inside `ns` (a socket keeps the namespace it
+/// was made in); the relay threads connect upstream from this process's own.
+fn relay_into(ns: &Netns, upstream: String) -> Result<String> {
+    let listener = ns.enter(|| TcpListener::bind("127.0.0.1:0"))??;
+    let addr = listener.local_addr()?.to_string();
+    // Lives as long as the test process: blocked in accept, it holds nothing else.
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            for (mut from, mut to) in [(client, s2), (server, c2)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    Ok(addr)
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
@@ -197,11 +252,23 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
         .iter()
         .map(|n| format!("{}:{AGENT_PORT}", n.ip))
         .collect();
-    let (prom, proc) = Prometheus::start(&c.dir, &c.nodes[0].ns, &targets)?;
+    let operators = c
+        .operators
+        .iter()
+        .map(|op| relay_into(&c.nodes[0].ns, op.metrics_addr.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let (prom, proc) = Prometheus::start(
+        &c.dir,
+        &c.nodes[0].ns,
+        &[("axoneme-agent", targets), ("axoneme-operator", operators)],
+    )?;
     // Stopped by PID with the cluster.
     c.extra.push(proc);
     wait_for("both agents scraped", Duration::from_secs(20), || {
         Ok(prom.query("up{job=\"axoneme-agent\"} == 1")?.len() == 2)
+    })?;
+    wait_for("both operators scraped", Duration::from_secs(20), || {
+        Ok(prom.query("up{job=\"axoneme-operator\"} == 1")?.len() == 2)
     })?;
 
     // The seed policy, enforced on node 0 once the intruder is blocked.
@@ -288,6 +355,149 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
         prom.value(
             "histogram_quantile(0.99, sum by (le) (axoneme_slo_identity_ready_seconds_bucket))"
         )?,
+    );
+
+    // Every query of every dashboard returns data from this cluster.
+    let checked = check_dashboards(&prom)?;
+    eprintln!("dashboards: {checked} queries answered");
+    Ok(())
+}
+
+/// The dashboards the chart ships.
+fn dashboards_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../helm/axoneme/dashboards")
+}
+
+/// A panel's query as Prometheus gets it from Grafana: the interval
+/// variables become windows holding many of this Prometheus' 1 s scrapes,
+/// the dashboard's own variables (`vars`, matched with `=~`) become `.*`,
+/// Grafana's "All". An unknown variable is an error.
+fn substitute(expr: &str, vars: &[String]) -> Result<String> {
+    let mut out = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$__interval", "1m")
+        .replace("$__range", "1h");
+    for v in vars {
+        out = out
+            .replace(&format!("${{{v}}}"), ".*")
+            .replace(&format!("${v}"), ".*");
+    }
+    if out.contains('$') {
+        bail!("{expr}: a variable the dashboard does not define");
+    }
+    Ok(out)
+}
+
+/// The `axoneme_*` metric names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("axoneme_"))
+        .collect()
+}
+
+/// Runs every `targets[].expr` of every panel of every dashboard (and
+/// every variable's `label_values` query) against `prom`; each must
+/// return at least one series, and every metric it names must exist.
+/// Fails naming the dashboard, the panel and the expression. Returns how
+/// many queries were run.
+fn check_dashboards(prom: &Prometheus) -> Result<usize> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dashboards_dir())?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "json"));
+    files.sort();
+    assert_eq!(
+        files.len(),
+        3,
+        "agent, operator and SLO dashboards: {files:?}"
+    );
+    let names = prom.names()?;
+    let mut checked = 0;
+    for file in &files {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file)?)
+            .with_context(|| format!("{name} is not JSON"))?;
+        let title = d["title"].as_str().unwrap_or_default();
+        let variables = d["templating"]["list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let vars: Vec<String> = variables
+            .iter()
+            .filter_map(|v| v["name"].as_str().map(String::from))
+            .collect();
+        for v in &variables {
+            if v["type"] != "query" {
+                continue;
+            }
+            let q = v["query"]["query"].as_str().unwrap_or_default();
+            // label_values(metric, label): the label has values on that metric.
+            let (metric, label) = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|r| r.split_once(','))
+                .with_context(|| format!("{name}: variable {}: {q}", v["name"]))?;
+            let values = prom.strings(&format!(
+                "/api/v1/label/{}/values?match[]={}",
+                label.trim(),
+                encode(metric.trim())
+            ))?;
+            assert!(
+                !values.is_empty(),
+                "dashboard {name} ({title}), variable {}: {q} has no values",
+                v["name"]
+            );
+            checked += 1;
+        }
+        // Rows hold their panels in `panels` when collapsed.
+        let mut panels: Vec<serde_json::Value> = Vec::new();
+        for p in d["panels"].as_array().context("panels")? {
+            panels.extend(p["panels"].as_array().cloned().unwrap_or_default());
+            panels.push(p.clone());
+        }
+        for p in panels.iter().filter(|p| p["type"] != "row") {
+            let panel = p["title"].as_str().unwrap_or_default();
+            let targets = p["targets"].as_array().cloned().unwrap_or_default();
+            assert!(
+                !targets.is_empty(),
+                "dashboard {name}, panel {panel:?}: no query"
+            );
+            for t in &targets {
+                let expr = t["expr"].as_str().unwrap_or_default();
+                let what = format!("dashboard {name} ({title}), panel {panel:?}: {expr}");
+                for m in metric_names(expr) {
+                    assert!(names.iter().any(|n| n == m), "{what}: no metric {m}");
+                }
+                let q = substitute(expr, &vars).with_context(|| what.clone())?;
+                // A series born at the end of the scenario needs a second
+                // scrape before rate() sees it.
+                let mut found = 0;
+                wait_for(&what, Duration::from_secs(10), || {
+                    found = prom.query(&q).with_context(|| what.clone())?.len();
+                    Ok(found > 0)
+                })
+                .with_context(|| format!("{what}: no data (ran {q})"))?;
+                checked += 1;
+            }
+        }
+    }
+    Ok(checked)
+}
+
+#[test]
+fn dashboard_queries_are_substituted_as_grafana_would() -> Result<()> {
+    let vars = ["instance".to_string(), "DS_PROMETHEUS".to_string()];
+    assert_eq!(
+        substitute("rate(x{instance=~\"$instance\"}[$__rate_interval])", &vars)?,
+        "rate(x{instance=~\".*\"}[1m])"
+    );
+    assert_eq!(substitute("x{i=~\"${instance}\"}", &vars)?, "x{i=~\".*\"}");
+    assert!(substitute("x{node=~\"$node\"}", &vars).is_err());
+    assert_eq!(
+        metric_names(
+            "histogram_quantile(0.99, sum by (le) (rate(axoneme_a_bucket[1m]))) / axoneme_b"
+        ),
+        ["axoneme_a_bucket", "axoneme_b"]
     );
     Ok(())
 }

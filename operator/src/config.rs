@@ -29,6 +29,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Args {
     #[command(flatten)]
     pub kv: KvArgs,
+    #[command(flatten)]
+    pub log: axoneme_config::logging::LogArgs,
     /// This replica's name in leader election (default: hostname-pid).
     #[arg(long, env = "AXONEME_OPERATOR_ID")]
     pub id: Option<String>,

@@ -2,15 +2,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Flags first: `--log-format` may come from the config directory.
     let (args, loaded) = axoneme_config::parse::<axoneme_operator::Args>();
+    let format = args.log.log_format;
+    axoneme_config::logging::init(format);
     if let Some(line) = loaded.log_line() {
         tracing::info!("{line}");
     }
@@ -28,7 +23,7 @@ async fn main() -> std::process::ExitCode {
     match axoneme_operator::run(args, cancel).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("axoneme-operator: error: {e:#}");
+            axoneme_config::logging::fatal(format, "axoneme-operator", &format_args!("{e:#}"));
             std::process::ExitCode::FAILURE
         }
     }
