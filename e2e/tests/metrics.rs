@@ -12,9 +12,10 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use axoneme_e2e::expect::wait_for;
 use axoneme_e2e::netns::Netns;
 use axoneme_e2e::operator::http_get;
 use axoneme_e2e::{free_port, Cluster, ClusterConfig, CniPod, Proc};
@@ -191,19 +192,6 @@ fn relay_into(ns: &Netns, upstream: String) -> Result<String> {
         }
     });
     Ok(addr)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// An agent's `/metrics` as a scraper without `Accept` gets it, read
