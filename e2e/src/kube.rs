@@ -48,15 +48,19 @@ pub const KUBE_BIN_ENV: &str = "AXONEME_KUBE_BIN";
 
 /// The Kubernetes version the binaries are built at, e.g. `v1.37.2`.
 pub fn kube_version() -> &'static str {
-    GO_MOD
-        .lines()
-        .find_map(|l| {
-            let l = l.trim();
-            let l = l.strip_prefix("require ").unwrap_or(l);
-            l.strip_prefix("k8s.io/kubernetes ")
-                .and_then(|v| v.split_whitespace().next())
-        })
-        .expect("e2e/kube/go.mod requires k8s.io/kubernetes")
+    go_mod_require(GO_MOD, "k8s.io/kubernetes").expect("e2e/kube/go.mod requires k8s.io/kubernetes")
+}
+
+/// The version a go.mod's `require` line gives `module` (the one place a
+/// Go-built tool's version is written down).
+pub fn go_mod_require<'a>(go_mod: &'a str, module: &str) -> Option<&'a str> {
+    go_mod.lines().find_map(|l| {
+        let l = l.trim();
+        let l = l.strip_prefix("require ").unwrap_or(l);
+        l.strip_prefix(module)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.split_whitespace().next())
+    })
 }
 
 /// The directory holding the control-plane binaries (`AXONEME_KUBE_BIN`, or
