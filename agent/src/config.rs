@@ -40,6 +40,8 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     #[command(flatten, next_help_heading = "Reconcile")]
     pub reconcile: ReconcileConfig,
+    #[command(flatten, next_help_heading = "Flows (Hubble)")]
+    pub hubble: HubbleConfig,
     #[command(flatten, next_help_heading = "Not available in this version")]
     pub unavailable: UnavailableConfig,
     /// Where to serve Prometheus metrics (`/metrics`), inside the node's
@@ -105,6 +107,41 @@ impl From<MapSizes> for crate::datapath::MapSizes {
             ipcache: f.bpf_ipcache_max,
             policy: f.bpf_policy_max,
             ct: f.bpf_ct_max,
+        }
+    }
+}
+
+/// The flow pipeline and Hubble's Observer API (Cilium's flag names).
+#[derive(Debug, Clone, Args)]
+pub struct HubbleConfig {
+    /// Turn flows and the Hubble API on or off.
+    #[arg(long, env = "AXONEME_ENABLE_HUBBLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_hubble: bool,
+    /// The Hubble API's UNIX socket [default: hubble.sock beside --api-socket].
+    #[arg(long, env = "AXONEME_HUBBLE_SOCKET_PATH")]
+    pub hubble_socket_path: Option<PathBuf>,
+    /// Flows kept for requests of past flows (the oldest go first).
+    #[arg(long, env = "AXONEME_HUBBLE_EVENT_BUFFER_CAPACITY", default_value_t = 4095, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub hubble_event_buffer_capacity: u32,
+    /// Events waiting to become flows; past it, events are counted as lost.
+    #[arg(long, env = "AXONEME_HUBBLE_EVENT_QUEUE_SIZE", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub hubble_event_queue_size: u32,
+}
+
+impl HubbleConfig {
+    pub fn socket(&self, api_socket: &std::path::Path) -> PathBuf {
+        self.hubble_socket_path.clone().unwrap_or_else(|| {
+            api_socket
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join("hubble.sock")
+        })
+    }
+
+    pub fn sizes(&self) -> crate::observe::Sizes {
+        crate::observe::Sizes {
+            ring: self.hubble_event_buffer_capacity as usize,
+            queue: self.hubble_event_queue_size as usize,
         }
     }
 }

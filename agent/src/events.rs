@@ -1,6 +1,7 @@
 //! The event task: the one reader of the datapath's event ring. It drains
 //! the ring every poll interval into the agent's recent-events ring (what
-//! `axoneme events` shows) and the log (target `axoneme::event`).
+//! `axoneme events` shows, and from it the flow pipeline) and the log
+//! (target `axoneme::event`).
 
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ pub async fn run(
         for e in reader.drain() {
             let view = views::event(&e, now);
             log_event(&view);
-            recent.push(view);
+            recent.push(&e, view);
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod netdev;
 pub mod node;
 pub mod node_status;
+pub mod observe;
 pub mod reconcile;
 pub mod routes;
 pub mod run;

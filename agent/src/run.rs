@@ -178,7 +178,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         LabelSource::Cni => None,
     };
-    let recent = EventRing::default();
+    // Flows: the observer task enriches what the event ring records, and
+    // Hubble's API serves them (the socket first, so a bad path fails the
+    // start).
+    let recent = if cfg.hubble.enable_hubble {
+        let (observer, sink, queue) = crate::observe::Observer::new(&cfg.node, cfg.hubble.sizes());
+        let path = cfg.hubble.socket(&cfg.api_socket);
+        let listener = crate::observe::server::listen(&path)
+            .with_context(|| format!("--hubble-socket-path {}", path.display()))?;
+        info!(socket = %path.display(), "Hubble API listening");
+        sup.spawn(
+            "observer",
+            crate::observe::run(observer.clone(), queue, state.clone(), cancel.clone()),
+        );
+        sup.spawn(
+            "hubble",
+            crate::observe::server::serve(listener, observer, cancel.clone()),
+        );
+        EventRing::with_flows(sink)
+    } else {
+        EventRing::default()
+    };
 
     // Metrics: the listener first, so a taken port fails the start.
     let metrics = Metrics::new(

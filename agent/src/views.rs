@@ -475,34 +475,52 @@ enum Recorded {
     Http(HttpEvent),
 }
 
-/// The agent's most recent events (datapath and L7), shared by the main
-/// loop, the proxy and the API.
+/// The agent's most recent events (datapath and L7), shared by the event
+/// task, the proxy and the API; every event recorded also goes to the flow
+/// pipeline ([`crate::observe`]) when Hubble is on.
 #[derive(Clone, Default)]
-pub struct EventRing(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Recorded>>>);
+pub struct EventRing {
+    recent: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Recorded>>>,
+    flows: crate::observe::FlowSink,
+}
 
 impl EventRing {
     /// Events kept for `axoneme events`.
     pub const CAPACITY: usize = 4096;
 
+    /// A ring that also feeds `flows`.
+    pub fn with_flows(flows: crate::observe::FlowSink) -> Self {
+        EventRing {
+            recent: Default::default(),
+            flows,
+        }
+    }
+
     fn record(&self, e: Recorded) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() == Self::CAPACITY {
             q.pop_front();
         }
         q.push_back(e);
     }
 
-    pub fn push(&self, e: EventView) {
-        self.record(Recorded::Datapath(e));
+    /// A datapath event, as read (`event`) and as shown (`view`).
+    pub fn push(&self, event: &Event, view: EventView) {
+        self.flows.send(crate::observe::FlowEvent::Datapath {
+            event: *event,
+            time_ms: view.time_ms,
+        });
+        self.record(Recorded::Datapath(view));
     }
 
     pub fn push_http(&self, e: HttpEvent) {
+        self.flows.send(crate::observe::FlowEvent::Http(e.clone()));
         self.record(Recorded::Http(e));
     }
 
     /// Oldest first.
     pub fn snapshot(&self) -> Vec<EventView> {
-        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let q = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         q.iter()
             .map(|e| match e {
                 Recorded::Datapath(v) => v.clone(),

@@ -1,0 +1,318 @@
+//! Datapath events and L7 requests as Hubble flows, with both ends
+//! enriched: the identity's labels (from the identity cache) and, for
+//! addresses that are endpoints anywhere in the cluster, the pod's name
+//! and namespace (from the endpoint records every agent watches).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use axoneme_bpf_common::{direction, event_kind, family, match_type, verdict, Event};
+use axoneme_hubble::flow::{
+    layer4, layer7, CiliumEventType, Endpoint, Flow, FlowType, Http, IcmPv4, IcmPv6, Ip, IpVersion,
+    L7FlowType, Layer4, Layer7, NetworkInterface, Sctp, Tcp, TrafficDirection, Udp, Verdict,
+};
+use axoneme_hubble::message_type;
+use axoneme_identity::model::EndpointRecord;
+use axoneme_identity::NumericIdentity;
+
+use super::FlowEvent;
+use crate::l7proxy::Verdict as L7Verdict;
+use crate::node::NodeState;
+use crate::views::{self, HttpEvent};
+
+/// A pod as flows name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pod {
+    namespace: String,
+    name: String,
+}
+
+/// Turns events into flows; owned by the observer task.
+pub struct Enricher {
+    state: NodeState,
+    /// Endpoint address → pod, rebuilt after the records change.
+    pods: HashMap<IpAddr, Pod>,
+    stale: bool,
+}
+
+impl Enricher {
+    pub fn new(state: NodeState) -> Self {
+        Enricher {
+            state,
+            pods: HashMap::new(),
+            stale: true,
+        }
+    }
+
+    /// Changes to the endpoint records: call [`Self::invalidate`] on each.
+    pub fn subscribe(&self) -> axoneme_identity::Subscription<EndpointRecord> {
+        self.state.records().subscribe()
+    }
+
+    pub fn invalidate(&mut self) {
+        self.stale = true;
+    }
+
+    fn pod(&mut self, ip: IpAddr) -> Option<&Pod> {
+        if self.stale {
+            self.pods = self.state.records().read(|records| index(records.values()));
+            self.stale = false;
+        }
+        self.pods.get(&ip)
+    }
+
+    fn endpoint(&mut self, ip: IpAddr, identity: u32) -> Endpoint {
+        let labels = self
+            .state
+            .labels_of(NumericIdentity(identity))
+            .map(|l| l.to_strings())
+            .unwrap_or_default();
+        let (namespace, pod_name) = self
+            .pod(ip)
+            .map(|p| (p.namespace.clone(), p.name.clone()))
+            .unwrap_or_default();
+        Endpoint {
+            id: 0,
+            identity,
+            namespace,
+            labels,
+            pod_name,
+            workloads: Vec::new(),
+        }
+    }
+
+    pub fn flow(&mut self, e: &FlowEvent) -> Flow {
+        match e {
+            FlowEvent::Datapath { event, time_ms } => self.datapath(event, *time_ms),
+            FlowEvent::Http(h) => self.http(h),
+        }
+    }
+
+    fn datapath(&mut self, e: &Event, time_ms: u64) -> Flow {
+        let (src, dst) = (
+            views::address(e.family, &e.saddr),
+            views::address(e.family, &e.daddr),
+        );
+        let (sport, dport) = (u16::from_be(e.sport), u16::from_be(e.dport));
+        let (flow_verdict, event_type, reason) = match (e.kind, e.verdict) {
+            (event_kind::DROP, _) => (Verdict::Dropped, message_type::DROP, e.reason),
+            (_, verdict::DENIED) => (
+                Verdict::Dropped,
+                message_type::POLICY_VERDICT,
+                axoneme_bpf_common::drop_reason::DROP_POLICY,
+            ),
+            (_, verdict::REDIRECTED) => (Verdict::Redirected, message_type::POLICY_VERDICT, 0),
+            _ => (Verdict::Forwarded, message_type::POLICY_VERDICT, 0),
+        };
+        let protocol = views::protocol_name(e.protocol);
+        let summary = match flow_verdict {
+            Verdict::Dropped => format!("{protocol} {}", views::drop_reason_text(reason)),
+            _ => format!(
+                "{protocol} policy verdict ({})",
+                match_type_name(e.match_type)
+            ),
+        };
+        Flow {
+            time: Some(axoneme_hubble::timestamp_ms(time_ms)),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            verdict: flow_verdict as i32,
+            drop_reason: u32::from(reason),
+            ip: Some(ip(src, dst, e.family == family::IPV6)),
+            l4: l4(e.protocol, sport, dport),
+            source: Some(self.endpoint(src, e.src_identity)),
+            destination: Some(self.endpoint(dst, e.dst_identity)),
+            r#type: FlowType::L3L4 as i32,
+            node_name: self.state.node().to_string(),
+            event_type: Some(CiliumEventType {
+                r#type: event_type,
+                sub_type: if event_type == message_type::DROP {
+                    i32::from(reason)
+                } else {
+                    0
+                },
+            }),
+            traffic_direction: if e.direction == direction::INGRESS {
+                TrafficDirection::Ingress
+            } else {
+                TrafficDirection::Egress
+            } as i32,
+            policy_match_type: if event_type == message_type::POLICY_VERDICT {
+                u32::from(e.match_type)
+            } else {
+                0
+            },
+            drop_reason_desc: i32::from(reason),
+            interface: Some(NetworkInterface {
+                index: e.ifindex,
+                name: String::new(),
+            }),
+            summary,
+            ..Default::default()
+        }
+    }
+
+    fn http(&mut self, h: &HttpEvent) -> Flow {
+        let (src, dst): (SocketAddr, SocketAddr) = (h.src.0, h.dst.0);
+        let v = match h.verdict {
+            L7Verdict::Forwarded => Verdict::Forwarded,
+            L7Verdict::Denied | L7Verdict::Malformed => Verdict::Dropped,
+            L7Verdict::UpstreamError => Verdict::Error,
+        };
+        let url = format!("http://{}{}", h.request.host(), h.request.path());
+        let summary = format!("HTTP/1.1 {} {} {}", h.request.method(), url, h.status);
+        Flow {
+            time: Some(axoneme_hubble::timestamp_ms(h.time_ms)),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            verdict: v as i32,
+            ip: Some(ip(src.ip(), dst.ip(), src.is_ipv6())),
+            l4: l4(6, src.port(), dst.port()),
+            source: Some(self.endpoint(src.ip(), h.src.1)),
+            destination: Some(self.endpoint(dst.ip(), h.dst.1)),
+            r#type: FlowType::L7 as i32,
+            node_name: self.state.node().to_string(),
+            l7: Some(Layer7 {
+                r#type: L7FlowType::Response as i32,
+                latency_ns: h.latency_us.saturating_mul(1000),
+                record: Some(layer7::Record::Http(Http {
+                    code: u32::from(h.status),
+                    method: h.request.method().to_string(),
+                    url,
+                    protocol: "HTTP/1.1".into(),
+                    headers: Vec::new(),
+                })),
+            }),
+            event_type: Some(CiliumEventType {
+                r#type: message_type::ACCESS_LOG,
+                sub_type: 0,
+            }),
+            traffic_direction: match crate::l7proxy::event::direction_name(h.direction) {
+                "ingress" => TrafficDirection::Ingress,
+                _ => TrafficDirection::Egress,
+            } as i32,
+            is_reply: Some(axoneme_hubble::BoolValue { value: false }),
+            summary,
+            ..Default::default()
+        }
+    }
+}
+
+/// Address → pod over every endpoint record; addresses given with a
+/// prefix length (`10.0.0.5/32`) count by their address.
+fn index<'a>(records: impl Iterator<Item = &'a EndpointRecord>) -> HashMap<IpAddr, Pod> {
+    let mut pods = HashMap::new();
+    for r in records {
+        let pod = Pod {
+            namespace: r.namespace.clone().unwrap_or_default(),
+            name: r.pod_name.clone().unwrap_or_else(|| r.id.clone()),
+        };
+        for a in &r.addresses {
+            let addr = a.split('/').next().unwrap_or(a);
+            if let Ok(ip) = addr.parse::<IpAddr>() {
+                pods.insert(ip, pod.clone());
+            }
+        }
+    }
+    pods
+}
+
+fn ip(src: IpAddr, dst: IpAddr, v6: bool) -> Ip {
+    Ip {
+        source: src.to_string(),
+        destination: dst.to_string(),
+        ip_version: if v6 { IpVersion::IPv6 } else { IpVersion::IPv4 } as i32,
+        encrypted: false,
+    }
+}
+
+fn l4(protocol: u8, sport: u16, dport: u16) -> Option<Layer4> {
+    let (s, d) = (u32::from(sport), u32::from(dport));
+    let p = match protocol {
+        6 => layer4::Protocol::Tcp(Tcp {
+            source_port: s,
+            destination_port: d,
+            flags: None,
+        }),
+        17 => layer4::Protocol::Udp(Udp {
+            source_port: s,
+            destination_port: d,
+        }),
+        132 => layer4::Protocol::Sctp(Sctp {
+            source_port: s,
+            destination_port: d,
+        }),
+        1 => layer4::Protocol::IcmPv4(IcmPv4 { r#type: 0, code: 0 }),
+        58 => layer4::Protocol::IcmPv6(IcmPv6 { r#type: 0, code: 0 }),
+        _ => return None,
+    };
+    Some(Layer4 { protocol: Some(p) })
+}
+
+fn match_type_name(m: u8) -> &'static str {
+    match m {
+        match_type::L3_ONLY => "L3-only",
+        match_type::L3_L4 => "L3-L4",
+        match_type::L4_ONLY => "L4-only",
+        match_type::ALL => "all",
+        _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_index_takes_every_address_of_every_record() {
+        let rec = |id: &str, ns: Option<&str>, pod: Option<&str>, addrs: &[&str]| EndpointRecord {
+            id: id.into(),
+            node: "n".into(),
+            labels: vec![],
+            addresses: addrs.iter().map(|a| a.to_string()).collect(),
+            namespace: ns.map(Into::into),
+            interface: None,
+            pod_name: pod.map(Into::into),
+            pod_uid: None,
+            named_ports: Default::default(),
+        };
+        let records = [
+            rec(
+                "c1",
+                Some("shop"),
+                Some("checkout"),
+                &["10.1.0.5", "fd00::5/128"],
+            ),
+            rec("c2", None, None, &["10.1.0.6/32", "bogus"]),
+        ];
+        let idx = index(records.iter());
+        let shop = Pod {
+            namespace: "shop".into(),
+            name: "checkout".into(),
+        };
+        assert_eq!(idx.get(&"10.1.0.5".parse().unwrap()), Some(&shop));
+        assert_eq!(idx.get(&"fd00::5".parse().unwrap()), Some(&shop));
+        // Without a pod name, the endpoint's id stands in.
+        assert_eq!(idx[&"10.1.0.6".parse::<IpAddr>().unwrap()].name, "c2");
+        assert_eq!(idx.len(), 3);
+    }
+
+    #[test]
+    fn ports_and_protocols_map_to_hubble_layer4() {
+        assert!(matches!(
+            l4(6, 1, 2).unwrap().protocol,
+            Some(layer4::Protocol::Tcp(Tcp {
+                source_port: 1,
+                destination_port: 2,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            l4(17, 1, 2).unwrap().protocol,
+            Some(layer4::Protocol::Udp(_))
+        ));
+        assert!(matches!(
+            l4(58, 0, 0).unwrap().protocol,
+            Some(layer4::Protocol::IcmPv6(_))
+        ));
+        assert!(l4(47, 0, 0).is_none());
+    }
+}
