@@ -67,6 +67,13 @@ pub enum Command {
     /// The node agent's most recent events: datapath drops with Cilium's
     /// reason numbers, policy verdicts, and the L7 proxy's HTTP requests.
     Events(EventsArgs),
+    /// Flows from the agent's Hubble API, with Hubble's filters: both ends'
+    /// pods, labels and identities, the verdict and drop reason, HTTP
+    /// details. `--follow` streams new flows.
+    Observe(Box<ObserveArgs>),
+    /// A live stream of the agent's datapath and L7 events (drops, policy
+    /// verdicts, HTTP requests), one line each, like `cilium monitor`.
+    Monitor(MonitorArgs),
     /// Prints a completion script for SHELL: every command and flag
     /// completes. Bash: `source <(axoneme completion bash)`; zsh: `axoneme
     /// completion zsh > "${fpath[1]}/_axoneme"`; fish: `axoneme completion
@@ -97,6 +104,103 @@ pub struct EventsArgs {
     /// At most this many (the newest).
     #[arg(long, default_value_t = 50)]
     pub last: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ObserveArgs {
+    /// The agent's Hubble API socket [default: hubble.sock beside --agent-socket].
+    #[arg(long, env = "AXONEME_HUBBLE_SOCKET")]
+    pub hubble_socket: Option<std::path::PathBuf>,
+    /// Flows from pods whose name starts with this (`[namespace/]name`;
+    /// namespace `default` when none is given).
+    #[arg(long, value_name = "POD")]
+    pub from_pod: Vec<String>,
+    /// Flows to pods whose name starts with this (`[namespace/]name`).
+    #[arg(long, value_name = "POD")]
+    pub to_pod: Vec<String>,
+    /// Flows from or to these pods.
+    #[arg(long, value_name = "POD")]
+    pub pod: Vec<String>,
+    /// Flows from endpoints matching this label selector (`app=web`,
+    /// `k8s:app in (a,b)`).
+    #[arg(long, value_name = "SELECTOR")]
+    pub from_label: Vec<String>,
+    #[arg(long, value_name = "SELECTOR")]
+    pub to_label: Vec<String>,
+    /// Flows from or to endpoints matching this selector.
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    pub label: Vec<String>,
+    /// Source address or CIDR.
+    #[arg(long, value_name = "IP")]
+    pub from_ip: Vec<String>,
+    #[arg(long, value_name = "IP")]
+    pub to_ip: Vec<String>,
+    #[arg(long, value_name = "IP")]
+    pub ip: Vec<String>,
+    /// Source security identity.
+    #[arg(long, value_name = "ID")]
+    pub from_identity: Vec<u32>,
+    #[arg(long, value_name = "ID")]
+    pub to_identity: Vec<u32>,
+    #[arg(long, value_name = "ID")]
+    pub identity: Vec<u32>,
+    #[arg(long, value_name = "PORT")]
+    pub from_port: Vec<String>,
+    #[arg(long, value_name = "PORT")]
+    pub to_port: Vec<String>,
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<String>,
+    /// FORWARDED, DROPPED, ERROR, REDIRECTED, AUDIT, TRACED or TRANSLATED.
+    #[arg(long)]
+    pub verdict: Vec<String>,
+    /// tcp, udp, sctp, icmp, icmpv4, icmpv6 or http.
+    #[arg(long)]
+    pub protocol: Vec<String>,
+    /// Event type: drop, trace, policy-verdict or l7.
+    #[arg(long = "type", short = 't', value_name = "TYPE")]
+    pub types: Vec<String>,
+    #[arg(long)]
+    pub http_method: Vec<String>,
+    /// A regular expression on the request path.
+    #[arg(long)]
+    pub http_path: Vec<String>,
+    /// A status code (404) or class (4+).
+    #[arg(long)]
+    pub http_status: Vec<String>,
+    /// ingress or egress.
+    #[arg(long)]
+    pub traffic_direction: Vec<String>,
+    /// Node name pattern (`*` for any run of characters).
+    #[arg(long)]
+    pub node_name: Vec<String>,
+    /// Flows since this long ago (`5m`) or this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Flows until this long ago or this time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// The last N matching flows [default: 20 unless --follow, --since or --until].
+    #[arg(long, value_name = "N", conflicts_with = "first")]
+    pub last: Option<u64>,
+    /// The first N matching flows in the agent's buffer.
+    #[arg(long, value_name = "N")]
+    pub first: Option<u64>,
+    /// Keep streaming new flows.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MonitorArgs {
+    /// The agent's Hubble API socket [default: hubble.sock beside --agent-socket].
+    #[arg(long, env = "AXONEME_HUBBLE_SOCKET")]
+    pub hubble_socket: Option<std::path::PathBuf>,
+    /// Only events of this type: drop, trace, policy-verdict or l7.
+    #[arg(long = "type", short = 't', value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// Only events from or to this pod (`[namespace/]name` prefix).
+    #[arg(long, value_name = "POD")]
+    pub related_to: Vec<String>,
 }
 
 #[derive(Debug, Clone, Subcommand)]

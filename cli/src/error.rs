@@ -77,6 +77,16 @@ pub enum CliError {
     },
     #[error("endpoint {node}/{endpoint} was deleted before the operator answered")]
     DeletedWhileWaiting { node: String, endpoint: String },
+    #[error(transparent)]
+    Filter(#[from] axoneme_hubble::filter::FilterError),
+    /// The agent's Hubble API refused the request or could not be reached.
+    #[error("the Hubble API at {path}: {message}")]
+    Hubble {
+        path: String,
+        message: String,
+        /// The request was invalid (else the API was unavailable).
+        invalid: bool,
+    },
     #[error("encoding output: {0}")]
     Encode(String),
 }
@@ -102,8 +112,11 @@ impl CliError {
             | CliError::InvalidLabelSet(_)
             | CliError::InvalidName { .. }
             | CliError::EndpointRef(_)
+            | CliError::Filter(_)
             | CliError::ReadFile { .. } => exit::INVALID_INPUT,
             CliError::Connect(_) | CliError::Deadline(..) => exit::UNAVAILABLE,
+            CliError::Hubble { invalid: true, .. } => exit::INVALID_INPUT,
+            CliError::Hubble { .. } => exit::UNAVAILABLE,
             CliError::Kv { source, .. }
                 if source.is_retryable() || matches!(source, KvError::Exhausted { .. }) =>
             {

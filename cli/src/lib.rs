@@ -12,6 +12,7 @@ pub mod args;
 pub mod endpoint;
 pub mod error;
 pub mod identity;
+pub mod observe;
 pub mod output;
 pub mod policy;
 pub mod status;
@@ -83,6 +84,22 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
         _ => None,
     };
     let deadline = args.timeout + Duration::from_secs(wait.unwrap_or(0));
+    // Streams print as they go and bound their own calls by --timeout
+    // (connecting and, unless following, each answer).
+    match &args.command {
+        Command::Observe(o) => {
+            let text = observe::observe(o, args.output, &args.agent_socket, args.timeout).await?;
+            return Ok(Report { text, ok: true });
+        }
+        Command::Monitor(m) => {
+            observe::monitor(m, args.output, &args.agent_socket, args.timeout).await?;
+            return Ok(Report {
+                text: String::new(),
+                ok: true,
+            });
+        }
+        _ => {}
+    }
     match tokio::time::timeout(deadline, run_command(&args)).await {
         Ok(r) => r,
         Err(_) => {
@@ -189,6 +206,7 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
             format,
             true,
         ),
+        Command::Observe(_) | Command::Monitor(_) => unreachable!("streams run in `run`"),
         Command::Bpf(BpfCommand::Ct(_)) => Report::new(&agent::ct(&agent).await?, format, true),
         Command::Status(s) if s.brief => {
             let part = status::brief(&agent, timeout).await;

@@ -19,6 +19,9 @@ pub enum OutputFormat {
     Json,
     /// YAML.
     Yaml,
+    /// One line per item where a command streams (`observe`); the table
+    /// elsewhere.
+    Compact,
 }
 
 /// The human form of a command's result.
@@ -29,7 +32,7 @@ pub trait Render: Serialize {
 /// Renders `value` in `format`; the text always ends with a newline.
 pub fn render<T: Render>(value: &T, format: OutputFormat) -> Result<String, CliError> {
     let mut text = match format {
-        OutputFormat::Table => value.human(),
+        OutputFormat::Table | OutputFormat::Compact => value.human(),
         OutputFormat::Json => {
             serde_json::to_string_pretty(value).map_err(|e| CliError::Encode(e.to_string()))?
         }
