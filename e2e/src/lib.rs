@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod expect;
 pub mod helm;
 pub mod http;
+pub mod hubble;
 pub mod kube;
 pub mod netns;
 pub mod operator;

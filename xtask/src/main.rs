@@ -6,6 +6,7 @@ mod bench;
 mod bpf;
 mod demo;
 mod helm;
+mod hubble;
 mod image;
 mod kube;
 mod setup;

@@ -176,5 +176,6 @@ pub fn run(root: &Path) -> Result<()> {
     std::fs::create_dir_all("/sys/fs/bpf/axoneme").context("creating /sys/fs/bpf/axoneme")?;
     crate::kube::ensure_binaries(root)?;
     crate::helm::ensure_binaries(root)?;
+    crate::hubble::ensure_binary(root)?;
     Ok(())
 }

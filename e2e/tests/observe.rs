@@ -1,0 +1,291 @@
+//! Flows end to end, on the 2-node cluster with the seed scenario: the
+//! agents' Hubble API names both ends of the intruder's dropped probes
+//! (identities, labels, pods) and of checkout's 403s; `axoneme observe`
+//! filters as Hubble does and `--follow` streams a new drop within a
+//! second; `axoneme monitor` prints it as `cilium monitor` would; bad
+//! filters and a missing agent fail in one line; and the real `hubble` CLI
+//! (built by `cargo xtask setup` from Cilium's Go module) reads the same
+//! flows from the same socket.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axoneme_e2e::expect::wait_for;
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod, Proc};
+use serde_json::Value;
+
+fn seed_policy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/seed-payments-policy.yaml")
+}
+
+/// The JSON lines of `axoneme observe -o json ...` on node `node`'s agent:
+/// each a Hubble `GetFlowsResponse`.
+fn observe(c: &Cluster, node: usize, filters: &[&str]) -> Result<Vec<Value>> {
+    let mut args = vec!["observe", "-o", "json", "--last", "1000"];
+    args.extend_from_slice(filters);
+    let out = c.cli(node, &args)?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
+}
+
+fn has_label(ep: &Value, label: &str) -> bool {
+    ep["labels"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|x| x == label))
+}
+
+/// Whether a flow is the intruder's probe of payments, dropped by policy.
+fn intruder_drop(r: &Value, intruder: &CniPod, payments: &CniPod) -> bool {
+    let f = &r["flow"];
+    f["verdict"] == "DROPPED"
+        && f["source"]["pod_name"] == "intruder"
+        && f["destination"]["pod_name"] == "payments"
+        && f["IP"]["source"] == intruder.ip.to_string().as_str()
+        && f["IP"]["destination"] == payments.ip.to_string().as_str()
+}
+
+/// Waits for a line of `proc`'s output that satisfies `want`.
+fn line_in(proc: &Proc, within: Duration, want: impl Fn(&str) -> bool) -> Result<String> {
+    let start = Instant::now();
+    loop {
+        if let Some(l) = proc.log_text().lines().find(|l| want(l)) {
+            return Ok(l.to_string());
+        }
+        if start.elapsed() > within {
+            bail!(
+                "no such line within {within:?}; output:\n{}",
+                proc.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig::default())?;
+    let payments = c.add_pod(0, "payments", &[("app", "payments")])?;
+    let checkout = c.add_pod(1, "checkout", &[("app", "checkout")])?;
+    let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
+    c.logging_backend(&payments, 8080)?;
+    let pay4 = payments.ip.to_string();
+    let seed = seed_policy();
+    c.cli(
+        0,
+        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
+    )?;
+    wait_for("the intruder blocked", Duration::from_secs(10), || {
+        Ok(intruder.http("POST", &pay4, 8080, "/v1/charge").is_none())
+    })?;
+    assert_eq!(checkout.http("POST", &pay4, 8080, "/v1/charge"), Some(200));
+    assert_eq!(checkout.http("GET", &pay4, 8080, "/v1/charge"), Some(403));
+    assert_eq!(checkout.http("POST", &pay4, 8080, "/v1/refund"), Some(403));
+
+    // The intruder's drop, on payments' node, with both ends named.
+    let mut drops = Vec::new();
+    wait_for(
+        "the intruder's drop among the flows",
+        Duration::from_secs(10),
+        || {
+            drops = observe(&c, 0, &["--verdict", "DROPPED", "--from-pod", "intruder"])?;
+            Ok(drops.iter().any(|r| intruder_drop(r, &intruder, &payments)))
+        },
+    )?;
+    let d = drops
+        .iter()
+        .find(|r| intruder_drop(r, &intruder, &payments))
+        .expect("found above");
+    let f = &d["flow"];
+    assert!(f["source"]["identity"].as_u64().unwrap_or(0) >= 256, "{f}");
+    assert!(
+        f["destination"]["identity"].as_u64().unwrap_or(0) >= 256,
+        "{f}"
+    );
+    assert_ne!(f["source"]["identity"], f["destination"]["identity"]);
+    assert!(has_label(&f["source"], "k8s:app=intruder"), "{f}");
+    assert!(has_label(&f["destination"], "k8s:app=payments"), "{f}");
+    assert_eq!(f["source"]["namespace"], "default");
+    assert_eq!(f["drop_reason_desc"], "POLICY_DENIED");
+    assert_eq!(f["traffic_direction"], "INGRESS");
+    assert_eq!(f["node_name"], c.nodes[0].name.as_str());
+    assert_eq!(d["node_name"], c.nodes[0].name.as_str());
+    assert_eq!(f["l4"]["TCP"]["destination_port"], 8080);
+    // The filter kept only the intruder's dropped flows.
+    for r in &drops {
+        assert_eq!(r["flow"]["verdict"], "DROPPED", "{r}");
+        assert_eq!(r["flow"]["source"]["pod_name"], "intruder", "{r}");
+    }
+
+    // checkout's two 403s, as L7 flows with the request.
+    let denied = observe(&c, 0, &["--protocol", "http", "--http-status", "4+"])?;
+    let mut seen: Vec<(String, String)> = denied
+        .iter()
+        .map(|r| {
+            let h = &r["flow"]["l7"]["http"];
+            assert_eq!(h["code"], 403, "{r}");
+            assert_eq!(r["flow"]["source"]["pod_name"], "checkout", "{r}");
+            assert_eq!(r["flow"]["Type"], "L7", "{r}");
+            (
+                h["method"].as_str().unwrap_or("").to_string(),
+                h["url"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("GET".to_string(), format!("http://{pay4}:8080/v1/charge")),
+            ("POST".to_string(), format!("http://{pay4}:8080/v1/refund")),
+        ]
+    );
+    // Filters combine as Hubble's do: fields AND, either-side flags OR.
+    let post_denied = observe(&c, 0, &["--http-method", "POST", "--http-status", "403"])?;
+    assert_eq!(post_denied.len(), 1, "{post_denied:?}");
+    let checkout_any = observe(&c, 0, &["--pod", "checkout", "--protocol", "http"])?;
+    assert_eq!(checkout_any.len(), 3, "{checkout_any:?}");
+
+    // The table names the pods.
+    let table = c.cli(0, &["observe", "--from-pod", "intruder", "--last", "1"])?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("TIMESTAMP"), "{table}");
+    assert!(table.contains("default/intruder:"), "{table}");
+    assert!(table.contains("default/payments:8080"), "{table}");
+
+    // --follow streams a new drop within a second of the probe.
+    let dir = &c.dir;
+    let follow = Proc::spawn(
+        "observe-follow",
+        c.cli_command(
+            0,
+            &[
+                "observe",
+                "-f",
+                "--from-pod",
+                "intruder",
+                "--verdict",
+                "DROPPED",
+                "-o",
+                "json",
+            ],
+        ),
+        &dir.join("observe-follow.log"),
+    )?;
+    let monitor = Proc::spawn(
+        "monitor",
+        c.cli_command(
+            0,
+            &["monitor", "--type", "drop", "--related-to", "intruder"],
+        ),
+        &dir.join("monitor.log"),
+    )?;
+    // Both subscribed before the probe (the stream then starts with nothing).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(follow.log_text().is_empty(), "{}", follow.log_text());
+    let sent = Instant::now();
+    let (i2, p2) = (&intruder, pay4.clone());
+    std::thread::scope(|s| -> Result<()> {
+        s.spawn(move || i2.http("POST", &p2, 8080, "/v1/charge"));
+        let line = line_in(&follow, Duration::from_secs(1), |l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|r| intruder_drop(&r, &intruder, &payments))
+        })?;
+        let took = sent.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "streamed after {took:?}: {line}"
+        );
+        let m = line_in(&monitor, Duration::from_secs(2), |l| {
+            l.contains(&intruder.ip.to_string())
+        })?;
+        assert!(m.starts_with("xx drop (POLICY_DENIED) ifindex "), "{m}");
+        assert!(m.contains(":8080"), "{m}");
+        Ok(())
+    })?;
+    drop((follow, monitor));
+
+    // Bad input: one line naming it, exit 2, before any connection.
+    let out = c
+        .cli_command(0, &["observe", "--from-ip", "10.0.0.300"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("invalid filter source_ip \"10.0.0.300\""),
+        "{err}"
+    );
+    // No agent there: one line within the timeout, exit 3.
+    let start = Instant::now();
+    let out = c
+        .cli_command(
+            0,
+            &[
+                "--timeout",
+                "1s",
+                "observe",
+                "--hubble-socket",
+                "/nonexistent/hubble.sock",
+            ],
+        )
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/hubble.sock"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+
+    // The real Hubble CLI against the same socket.
+    let hubble = axoneme_e2e::hubble::binary();
+    let socket = c.nodes[0].socket.with_file_name("hubble.sock");
+    let out = std::process::Command::new(&hubble)
+        .args([
+            "observe",
+            "--server",
+            &format!("unix://{}", socket.display()),
+        ])
+        .args([
+            "--verdict",
+            "DROPPED",
+            "--from-pod",
+            "default/intruder",
+            "-o",
+            "json",
+            "--last",
+            "1000",
+        ])
+        .output()
+        .with_context(|| format!("running {} (cargo xtask setup builds it)", hubble.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "hubble observe: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect::<Result<_>>()?;
+    assert!(
+        flows.iter().any(|r| intruder_drop(r, &intruder, &payments)),
+        "hubble observe did not list the intruder's drop:\n{text}"
+    );
+    let status = std::process::Command::new(&hubble)
+        .args([
+            "status",
+            "--server",
+            &format!("unix://{}", socket.display()),
+        ])
+        .output()?;
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "hubble status: {status_text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(status_text.contains("Flows"), "{status_text}");
+    Ok(())
+}
