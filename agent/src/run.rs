@@ -178,28 +178,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         LabelSource::Cni => None,
     };
-    // Flows: the observer task enriches what the event ring records, and
-    // Hubble's API serves them (the socket first, so a bad path fails the
-    // start).
-    let recent = if cfg.hubble.enable_hubble {
-        let (observer, sink, queue) = crate::observe::Observer::new(&cfg.node, cfg.hubble.sizes());
-        let path = cfg.hubble.socket(&cfg.api_socket);
-        let listener = crate::observe::server::listen(&path)
-            .with_context(|| format!("--hubble-socket-path {}", path.display()))?;
-        info!(socket = %path.display(), "Hubble API listening");
-        sup.spawn(
-            "observer",
-            crate::observe::run(observer.clone(), queue, state.clone(), cancel.clone()),
-        );
-        sup.spawn(
-            "hubble",
-            crate::observe::server::serve(listener, observer, cancel.clone()),
-        );
-        EventRing::with_flows(sink)
-    } else {
-        EventRing::default()
-    };
-
     // Metrics: the listener first, so a taken port fails the start.
     let metrics = Metrics::new(
         &cfg.node,
@@ -223,6 +201,39 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cancel.clone(),
         ),
     );
+
+    // Flows: the observer task enriches what the event ring records, and
+    // Hubble's API serves them (the socket first, so a bad path fails the
+    // start).
+    let recent = if cfg.hubble.enable_hubble {
+        let (observer, sink, queue) = crate::observe::Observer::new(&cfg.node, cfg.hubble.sizes());
+        let path = cfg.hubble.socket(&cfg.api_socket);
+        let listener = crate::observe::server::listen(&path)
+            .with_context(|| format!("--hubble-socket-path {}", path.display()))?;
+        info!(socket = %path.display(), "Hubble API listening");
+        sup.spawn(
+            "observer",
+            crate::observe::run(
+                observer.clone(),
+                queue,
+                state.clone(),
+                metrics.flows.clone(),
+                cancel.clone(),
+            ),
+        );
+        sup.spawn(
+            "hubble",
+            crate::observe::server::serve(
+                listener,
+                observer,
+                metrics.flows.clone(),
+                cancel.clone(),
+            ),
+        );
+        EventRing::with_flows(sink)
+    } else {
+        EventRing::default()
+    };
 
     // The L7 proxy: a transparent listener in the node's namespace, the
     // redirect plumbing, and a policy snapshot after every pass.

@@ -149,6 +149,33 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
     let checkout_any = observe(&c, 0, &["--pod", "checkout", "--protocol", "http"])?;
     assert_eq!(checkout_any.len(), 3, "{checkout_any:?}");
 
+    // The pipeline counts what it turned into flows (Hubble's family).
+    let node0 = &c.nodes[0];
+    let addr = format!("{}:9962", node0.ip);
+    let text = node0
+        .ns
+        .enter(|| axoneme_e2e::operator::http_get(&addr, "/metrics"))??;
+    let count = |labels: &str| -> f64 {
+        let prefix = format!("axoneme_hubble_flows_processed_total{{{labels}}} ");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        count(r#"type="L3_L4",subtype="drop",verdict="DROPPED""#) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(r#"type="L7",subtype="http",verdict="DROPPED""#),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(r#"type="L7",subtype="http",verdict="FORWARDED""#),
+        1.0,
+        "{text}"
+    );
+
     // The table names the pods.
     let table = c.cli(0, &["observe", "--from-pod", "intruder", "--last", "1"])?;
     let table = String::from_utf8_lossy(&table.stdout);

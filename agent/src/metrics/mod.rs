@@ -146,6 +146,46 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    r#type: &'static str,
+    subtype: &'static str,
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LostLabels {
+    source: &'static str,
+}
+
+/// What the flow pipeline counts (Hubble's `hubble_flows_processed_total`
+/// and `hubble_lost_events_total`); clones share the counts.
+#[derive(Clone, Debug, Default)]
+pub struct FlowMetrics {
+    processed: Family<FlowLabels, Counter>,
+    lost: Family<LostLabels, Counter>,
+}
+
+impl FlowMetrics {
+    /// One flow into the ring: `L3_L4` or `L7`, the event it came from
+    /// (`drop`, `policy-verdict`, `http`) and its verdict's name.
+    pub fn processed(&self, r#type: &'static str, subtype: &'static str, verdict: &'static str) {
+        self.processed
+            .get_or_create(&FlowLabels {
+                r#type,
+                subtype,
+                verdict,
+            })
+            .inc();
+    }
+
+    /// `n` events lost at `source` (`observer_events_queue`: the queue was
+    /// full; `hubble_ring_buffer`: a follower fell behind).
+    pub fn lost(&self, source: &'static str, n: u64) {
+        self.lost.get_or_create(&LostLabels { source }).inc_by(n);
+    }
+}
+
 /// Latencies the [`slo`] task observes.
 #[derive(Clone, Debug)]
 pub struct Latencies {
@@ -191,6 +231,7 @@ pub struct Metrics {
     registry: Registry,
     pub l7: L7Metrics,
     pub latencies: Latencies,
+    pub flows: FlowMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -205,6 +246,17 @@ impl Metrics {
         let mut registry = Registry::with_prefix("axoneme");
         let l7 = L7Metrics::default();
         let latencies = Latencies::new(node);
+        let flows = FlowMetrics::default();
+        registry.register(
+            "hubble_flows_processed",
+            "Flows the observer put in its ring, by type, subtype (the event) and verdict",
+            flows.processed.clone(),
+        );
+        registry.register(
+            "hubble_lost_events",
+            "Events lost before becoming flows (observer_events_queue) or flows a follower missed (hubble_ring_buffer)",
+            flows.lost.clone(),
+        );
         registry.register(
             "policy_l7",
             "L7 requests the proxy judged, by rule (received, forwarded, denied, parse_errors)",
@@ -260,6 +312,7 @@ impl Metrics {
             registry,
             l7,
             latencies,
+            flows,
         })
     }
 

@@ -196,6 +196,27 @@ impl Enricher {
     }
 }
 
+/// A flow's type and the event it came from, as metric labels.
+pub fn kind(f: &Flow) -> (&'static str, &'static str) {
+    let subtype = match f.event_type.as_ref().map(|e| e.r#type) {
+        Some(message_type::DROP) => "drop",
+        Some(message_type::POLICY_VERDICT) => "policy-verdict",
+        Some(message_type::ACCESS_LOG) => "http",
+        _ => "other",
+    };
+    let kind = if f.r#type == FlowType::L7 as i32 {
+        "L7"
+    } else {
+        "L3_L4"
+    };
+    (kind, subtype)
+}
+
+/// A flow's verdict's name (`DROPPED`, ...).
+pub fn verdict_name(f: &Flow) -> &'static str {
+    Verdict::try_from(f.verdict).map_or("VERDICT_UNKNOWN", |v| v.as_str_name())
+}
+
 /// Address → pod over every endpoint record; addresses given with a
 /// prefix length (`10.0.0.5/32`) count by their address.
 fn index<'a>(records: impl Iterator<Item = &'a EndpointRecord>) -> HashMap<IpAddr, Pod> {

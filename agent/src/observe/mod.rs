@@ -168,6 +168,7 @@ pub async fn run(
     observer: Arc<Observer>,
     mut rx: mpsc::Receiver<FlowEvent>,
     state: NodeState,
+    metrics: crate::metrics::FlowMetrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut enricher = enrich::Enricher::new(state);
@@ -177,13 +178,17 @@ pub async fn run(
         tokio::select! {
             e = rx.recv() => {
                 let Some(e) = e else { return Ok(()) };
-                observer.push(enricher.flow(&e));
+                let flow = enricher.flow(&e);
+                let (kind, subtype) = enrich::kind(&flow);
+                metrics.processed(kind, subtype, enrich::verdict_name(&flow));
+                observer.push(flow);
             }
             _ = records.recv() => enricher.invalidate(),
             _ = cancel.cancelled() => return Ok(()),
         }
         let lost = observer.queue_lost();
         if lost > reported_lost {
+            metrics.lost("observer_events_queue", lost - reported_lost);
             let _ = observer
                 .published
                 .send(Published::QueueLost(lost - reported_lost));

@@ -35,6 +35,7 @@ const STREAM_BUFFER: usize = 256;
 #[derive(Clone)]
 struct Service {
     observer: Arc<Observer>,
+    metrics: crate::metrics::FlowMetrics,
     cancel: CancellationToken,
 }
 
@@ -163,6 +164,7 @@ impl Service {
                     lost_response(&node, LostEventSource::ObserverEventsQueue, n)
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.metrics.lost("hubble_ring_buffer", n);
                     lost_response(&node, LostEventSource::HubbleRingBuffer, n)
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -248,10 +250,12 @@ pub fn listen(path: &PathBuf) -> anyhow::Result<tokio::net::UnixListener> {
 pub async fn serve(
     listener: tokio::net::UnixListener,
     observer: Arc<Observer>,
+    metrics: crate::metrics::FlowMetrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let svc = Service {
         observer,
+        metrics,
         cancel: cancel.clone(),
     };
     // `hubble status` asks the standard health service first, by the name
