@@ -5,7 +5,8 @@
 //! second; `axoneme monitor` prints it as `cilium monitor` would; bad
 //! filters and a missing agent fail in one line; and the real `hubble` CLI
 //! (built by `cargo xtask setup` from Cilium's Go module) reads the same
-//! flows from the same socket.
+//! flows from the same socket. Under a flood of denied packets the
+//! counters count every packet while flows are shed, counted, and bounded.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -315,4 +316,141 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
     );
     assert!(status_text.contains("Flows"), "{status_text}");
     Ok(())
+}
+
+/// Sums the samples of `family{labels}` in an agent's `/metrics`.
+fn agent_sample(c: &Cluster, node: usize, series: &str) -> Result<f64> {
+    let n = &c.nodes[node];
+    let addr = format!("{}:9962", n.ip);
+    let text =
+        n.ns.enter(|| axoneme_e2e::operator::http_get(&addr, "/metrics"))??;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+/// A flood of denied packets with the datapath's event limit lifted and a
+/// tiny queue and ring: the datapath's counters still count every packet,
+/// the queue's overflow is counted as lost, the ring keeps only its newest
+/// flows, and the agent's memory stays bounded.
+#[test]
+fn an_event_flood_is_counted_bounded_and_lossy_only_in_flows() -> Result<()> {
+    let config = ClusterConfig {
+        agent_args: [
+            "--event-rate",
+            "1000000",
+            "--event-burst",
+            "1000000",
+            "--hubble-event-queue-size",
+            "256",
+            "--hubble-event-buffer-capacity",
+            "64",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..ClusterConfig::default()
+    };
+    let c = Cluster::start(&config)?;
+    let payments = c.add_pod(0, "payments", &[("app", "payments")])?;
+    let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
+    let seed = seed_policy();
+    c.cli(
+        0,
+        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
+    )?;
+    wait_for("the intruder blocked", Duration::from_secs(10), || {
+        Ok(intruder
+            .http("GET", &payments.ip.to_string(), 8080, "/")
+            .is_none())
+    })?;
+    const DENIED: &str = r#"axoneme_drop_count_total{reason="Policy denied",direction="INGRESS"}"#;
+    const LOST: &str = r#"axoneme_hubble_lost_events_total{source="observer_events_queue"}"#;
+    let before = agent_sample(&c, 0, DENIED)?;
+    let pid = c.nodes[0].agent.as_ref().context("agent 0")?.pid();
+    let rss_before = rss_kib(pid)?;
+
+    // 100,000 UDP datagrams to a port nobody may reach, as fast as one
+    // socket sends them from the intruder's namespace.
+    const PACKETS: u64 = 100_000;
+    let target = std::net::SocketAddr::new(payments.ip.into(), 9999);
+    let started = Instant::now();
+    intruder.ns.enter(|| -> Result<()> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let payload = [0u8; 32];
+        let mut sent = 0;
+        while sent < PACKETS {
+            match s.send_to(&payload, target) {
+                Ok(_) => sent += 1,
+                // A full socket buffer: let the kernel drain it.
+                Err(e) if e.raw_os_error() == Some(libc_enobufs()) => std::thread::yield_now(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    })??;
+    let rate = PACKETS as f64 / started.elapsed().as_secs_f64();
+
+    // Every packet counted by the datapath, whatever happened to events.
+    wait_for("every packet counted", Duration::from_secs(10), || {
+        Ok(agent_sample(&c, 0, DENIED)? - before >= PACKETS as f64)
+    })
+    .with_context(|| format!("sent at {rate:.0}/s"))?;
+    // The queue overflowed and said so; the ring kept its newest 64.
+    wait_for("lost events counted", Duration::from_secs(10), || {
+        Ok(agent_sample(&c, 0, LOST)? > 0.0)
+    })?;
+    let hubble = axoneme_e2e::hubble::binary();
+    let socket = c.nodes[0].socket.with_file_name("hubble.sock");
+    let out = std::process::Command::new(&hubble)
+        .args([
+            "status",
+            "-o",
+            "json",
+            "--server",
+            &format!("unix://{}", socket.display()),
+        ])
+        .output()?;
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("hubble status: {}", String::from_utf8_lossy(&out.stderr)))?;
+    // Hubble's JSON writes 64-bit numbers as strings.
+    let num = |k: &str| {
+        status[k]
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(num("max_flows"), 64, "{status}");
+    assert_eq!(num("num_flows"), 64, "{status}");
+    assert!(num("seen_flows") > 64, "{status}");
+    let grown = rss_kib(pid)?.saturating_sub(rss_before);
+    assert!(
+        grown < 32 * 1024,
+        "the agent grew by {grown} KiB under the flood"
+    );
+    eprintln!(
+        "flood: {PACKETS} packets at {rate:.0}/s; lost events {}; seen flows {}; RSS +{grown} KiB",
+        agent_sample(&c, 0, LOST)?,
+        num("seen_flows")
+    );
+    Ok(())
+}
+
+/// ENOBUFS: a datagram socket's send buffer is full.
+fn libc_enobufs() -> i32 {
+    105
 }
