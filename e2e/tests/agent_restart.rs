@@ -11,18 +11,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use axoneme_e2e::expect::seed_policy;
 use axoneme_e2e::{Cluster, ClusterConfig};
-
-fn seed_policy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/seed-payments-policy.yaml")
-}
 
 const ECHO_PORT: u16 = 9090;
 

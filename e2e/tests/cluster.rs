@@ -3,17 +3,12 @@
 //! propagation, pod deletion, an agent restart (which costs nothing) and a
 //! node's deletion (which is felt at once).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use axoneme_e2e::expect::seed_policy;
 use axoneme_e2e::expect::wait_for;
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
-
-fn seed_policy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/seed-payments-policy.yaml")
-}
 
 /// Polls until `curl` gives `want`, within `timeout`.
 fn eventually(from: &CniPod, addr: &str, port: u16, want: bool, timeout: Duration) -> Result<()> {

@@ -4,16 +4,12 @@
 //! frozen (SIGSTOP: connections open, no answers, the worst case for a
 //! client), then quorum lost (two of three frozen).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use axoneme_e2e::expect::seed_policy;
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
-
-fn seed_policy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/seed-payments-policy.yaml")
-}
 
 /// The agent's API reads, as the CLI's `status`, `bpf ipcache list`,
 /// `bpf policy get`, `bpf ct list` and `events` make them.

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use axoneme_e2e::expect::seed_policy;
 use axoneme_e2e::expect::wait_for;
 use axoneme_e2e::netns::Netns;
 use axoneme_e2e::operator::http_get;
@@ -22,11 +23,6 @@ use axoneme_e2e::{free_port, Cluster, ClusterConfig, CniPod, Proc};
 
 /// The agents' default `--prometheus-serve-addr` port.
 const AGENT_PORT: u16 = 9962;
-
-fn seed_policy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/seed-payments-policy.yaml")
-}
 
 /// `promtool check metrics` on `text`: fails with promtool's words.
 fn promtool_check(what: &str, text: &str) -> Result<()> {

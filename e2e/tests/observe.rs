@@ -8,18 +8,13 @@
 //! flows from the same socket. Under a flood of denied packets the
 //! counters count every packet while flows are shed, counted, and bounded.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use axoneme_e2e::expect::seed_policy;
 use axoneme_e2e::expect::wait_for;
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod, Proc};
 use serde_json::Value;
-
-fn seed_policy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/seed-payments-policy.yaml")
-}
 
 /// The JSON lines of `axoneme observe -o json ...` on node `node`'s agent:
 /// each a Hubble `GetFlowsResponse`.
