@@ -217,6 +217,7 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
             serde_json::from_str::<Value>(l).is_ok_and(|r| intruder_drop(&r, &intruder, &payments))
         })?;
         let took = sent.elapsed();
+        eprintln!("follow: the drop streamed {took:?} after the probe was sent");
         assert!(
             took < Duration::from_secs(1),
             "streamed after {took:?}: {line}"
