@@ -130,12 +130,9 @@ pub struct HubbleConfig {
 
 impl HubbleConfig {
     pub fn socket(&self, api_socket: &std::path::Path) -> PathBuf {
-        self.hubble_socket_path.clone().unwrap_or_else(|| {
-            api_socket
-                .parent()
-                .unwrap_or(std::path::Path::new("/"))
-                .join("hubble.sock")
-        })
+        self.hubble_socket_path
+            .clone()
+            .unwrap_or_else(|| axoneme_hubble::client::socket_beside(api_socket))
     }
 
     pub fn sizes(&self) -> crate::observe::Sizes {

@@ -16,6 +16,8 @@
 //! | `api` | the UNIX socket | — (reads the others' publications) |
 //! | `metrics` | the `/metrics` listener | — (reads maps and publications at scrape time) |
 //! | `latencies` | — | the policy and identity-ready histograms |
+//! | `observer` (flows) | the flow ring (the one writer; `observe/`) | flows to followers |
+//! | `hubble` (flows) | Hubble's gRPC socket | — (reads the flow ring) |
 
 use std::path::PathBuf;
 use std::sync::Arc;

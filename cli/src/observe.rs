@@ -24,12 +24,8 @@ use crate::output::{OutputFormat, Table};
 /// Where the Hubble socket is: the flag, or `hubble.sock` beside the
 /// agent's API socket (where the agent puts it by default).
 pub fn socket(flag: Option<&Path>, agent_socket: &Path) -> PathBuf {
-    flag.map(Path::to_path_buf).unwrap_or_else(|| {
-        agent_socket
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join("hubble.sock")
-    })
+    flag.map(Path::to_path_buf)
+        .unwrap_or_else(|| axoneme_hubble::client::socket_beside(agent_socket))
 }
 
 fn invalid(what: &'static str, value: &str, reason: impl ToString) -> CliError {

@@ -8,6 +8,15 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::observer::observer_client::ObserverClient;
 
+/// Where an agent serves the Hubble API by default: `hubble.sock` in the
+/// directory of its API socket (what the agent and the CLI both assume).
+pub fn socket_beside(api_socket: &Path) -> PathBuf {
+    api_socket
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join("hubble.sock")
+}
+
 /// Connects to the socket at `path`, giving up after `timeout`.
 pub async fn connect(
     path: &Path,
