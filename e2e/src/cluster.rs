@@ -76,6 +76,13 @@ pub struct ClusterNode {
     args: Vec<String>,
 }
 
+/// The pods of [`Cluster::seed_pods`].
+pub struct SeedPods {
+    pub payments: CniPod,
+    pub checkout: CniPod,
+    pub intruder: CniPod,
+}
+
 /// A pod made through the CNI plugin.
 pub struct CniPod {
     pub name: String,
@@ -393,6 +400,20 @@ impl Cluster {
 
     pub fn etcd(&self) -> &EtcdCluster {
         self.etcd.as_ref().expect("the cluster's etcd")
+    }
+
+    /// The seed scenario's pods: payments on node 0 behind a request-logging
+    /// backend on 8080, checkout and intruder on node 1.
+    pub fn seed_pods(&mut self) -> Result<SeedPods> {
+        let payments = self.add_pod(0, "payments", &[("app", "payments")])?;
+        let checkout = self.add_pod(1, "checkout", &[("app", "checkout")])?;
+        let intruder = self.add_pod(1, "intruder", &[("app", "intruder")])?;
+        self.logging_backend(&payments, 8080)?;
+        Ok(SeedPods {
+            payments,
+            checkout,
+            intruder,
+        })
     }
 
     /// The request-logging HTTP backend ([`crate::http`]) in `pod` on

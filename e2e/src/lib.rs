@@ -17,7 +17,7 @@ pub mod operator;
 pub mod process;
 pub mod tls;
 
-pub use cluster::{Cluster, ClusterConfig, CniPod};
+pub use cluster::{Cluster, ClusterConfig, CniPod, SeedPods};
 pub use etcd::EtcdCluster;
 pub use kube::KubeControlPlane;
 pub use operator::OperatorProc;

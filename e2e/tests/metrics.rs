@@ -216,10 +216,11 @@ fn blocked(from: &CniPod, addr: &str) -> bool {
 #[test]
 fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> Result<()> {
     let mut c = Cluster::start(&ClusterConfig::default())?;
-    let payments = c.add_pod(0, "payments", &[("app", "payments")])?;
-    let checkout = c.add_pod(1, "checkout", &[("app", "checkout")])?;
-    let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
-    c.logging_backend(&payments, 8080)?;
+    let axoneme_e2e::SeedPods {
+        payments,
+        checkout,
+        intruder,
+    } = c.seed_pods()?;
     let pay4 = payments.ip.to_string();
 
     // Every endpoint passes promtool, agents' and operators' alike (the

@@ -64,10 +64,11 @@ fn line_in(proc: &Proc, within: Duration, want: impl Fn(&str) -> bool) -> Result
 #[test]
 fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
     let mut c = Cluster::start(&ClusterConfig::default())?;
-    let payments = c.add_pod(0, "payments", &[("app", "payments")])?;
-    let checkout = c.add_pod(1, "checkout", &[("app", "checkout")])?;
-    let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
-    c.logging_backend(&payments, 8080)?;
+    let axoneme_e2e::SeedPods {
+        payments,
+        checkout,
+        intruder,
+    } = c.seed_pods()?;
     let pay4 = payments.ip.to_string();
     let seed = seed_policy();
     c.cli(
