@@ -464,6 +464,146 @@ fn propagation_report(p: &Propagation) -> serde_json::Value {
     r
 }
 
+/// The bulk phase's figures.
+struct Bulk {
+    applied: Duration,
+    all_valid: Duration,
+    all_enforced: Duration,
+    cpu: serde_json::Value,
+    requests: serde_json::Value,
+}
+
+impl Bulk {
+    fn report(&self, n: usize) -> serde_json::Value {
+        let s = self.all_enforced.as_secs_f64();
+        json!({
+            "n": n,
+            "kubectl_apply_s": self.applied.as_secs_f64(),
+            "all_valid_s": self.all_valid.as_secs_f64(),
+            "all_valid_and_enforced_s": s,
+            "cpu_seconds": self.cpu,
+            "apiserver_requests": self.requests,
+            "target_s": TARGET_BULK_S,
+            "target_met": s < TARGET_BULK_S,
+        })
+    }
+}
+
+/// The API server's `apiserver_request_total`, summed over response codes
+/// (and scopes, versions), by `verb resource[/subresource]`.
+fn apiserver_requests(kube: &KubeControlPlane) -> Result<HashMap<String, f64>> {
+    let out = kube.kubectl(["get", "--raw", "/metrics"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut by = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let mut key = format!("{} {}", label("verb"), label("resource"));
+        let sub = label("subresource");
+        if !sub.is_empty() {
+            key = format!("{key}/{sub}");
+        }
+        *by.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(by)
+}
+
+/// Requests between two [`apiserver_requests`] samples, most first (only
+/// those with any).
+fn requests_made(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> serde_json::Value {
+    let mut v: Vec<(&String, f64)> = after
+        .iter()
+        .map(|(k, a)| (k, a - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    v.sort_by(|a, b| b.1.partial_cmp(&a.1).expect("no NaN").then(a.0.cmp(b.0)));
+    v.into_iter()
+        .map(|(k, d)| (k.clone(), json!(d)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// `AXONEME_BENCH_BULK_ONLY=1`: the Kubernetes-mode cluster, its pods and
+/// the bulk apply only (no baseline, no propagation), printed, no figures
+/// file: for working on the bulk figure.
+fn bulk_only(s: Sizes) -> Result<()> {
+    let c = Cluster::start(&ClusterConfig {
+        kubernetes: true,
+        ..ClusterConfig::default()
+    })?;
+    let kube = c.kube.as_ref().context("control plane")?;
+    let (pods, _, _) = pod_ready(&c, s)?;
+    let b = bulk(kube, s)?;
+    println!("{}", serde_json::to_string_pretty(&b.report(s.bulk))?);
+    for pod in &pods {
+        c.delete_pod(pod)?;
+    }
+    Ok(())
+}
+
+/// 1,000 CNPs in one `kubectl apply --server-side` until every one is
+/// Valid and Enforced.
+fn bulk(kube: &KubeControlPlane, s: Sizes) -> Result<Bulk> {
+    let watch = ConditionWatch::start(kube, &["-l", "bench=bulk"])?;
+    let yaml = bulk_policies(s.bulk, s.apps);
+    let cpu0 = cpu_by_command();
+    let requests0 = apiserver_requests(kube)?;
+    let t0 = Instant::now();
+    kube.kubectl_stdin(SERVER_SIDE_APPLY, &yaml)?;
+    let applied = t0.elapsed();
+    let (all_valid, all_enforced) = loop {
+        let valid = watch.latest(|s| {
+            s.condition("Valid")
+                .is_some_and(|c| c.status == "True" && c.observed == s.generation)
+        });
+        let done = watch.latest(Seen::valid_and_enforced);
+        let finished = |m: &HashMap<String, (Instant, bool)>| {
+            (m.len() == s.bulk && m.values().all(|(_, ok)| *ok))
+                .then(|| m.values().map(|(t, _)| *t).max().expect("non-empty"))
+        };
+        if let (Some(v), Some(e)) = (finished(&valid), finished(&done)) {
+            break (v.duration_since(t0), e.duration_since(t0));
+        }
+        if t0.elapsed() > BULK_DEADLINE {
+            let ok = done.values().filter(|(_, ok)| *ok).count();
+            bail!(
+                "{} bulk policies: {ok} valid and enforced after {BULK_DEADLINE:?} ({} seen)",
+                s.bulk,
+                done.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(watch);
+    let bulk_cpu = cpu_spent(&cpu0, &cpu_by_command());
+    let requests = requests_made(&requests0, &apiserver_requests(kube)?);
+    println!("bulk: API server requests: {requests}");
+    println!("bulk: CPU seconds by process: {bulk_cpu}");
+    println!(
+        "bulk: {} policies applied in {applied:.2?}, all Valid after {all_valid:.2?}, all Valid and Enforced after {all_enforced:.2?}",
+        s.bulk
+    );
+
+    Ok(Bulk {
+        applied,
+        all_valid,
+        all_enforced,
+        cpu: bulk_cpu,
+        requests,
+    })
+}
+
 fn verdict(met: bool) -> &'static str {
     if met {
         "met"
@@ -474,6 +614,9 @@ fn verdict(met: bool) -> &'static str {
 
 fn main() -> Result<()> {
     let s = pick(FULL, SMOKE);
+    if std::env::var_os("AXONEME_BENCH_BULK_ONLY").is_some_and(|v| v == "1") {
+        return bulk_only(s);
+    }
     let started = Instant::now();
 
     // Baseline: the same cluster in standalone mode.
@@ -551,42 +694,7 @@ fn main() -> Result<()> {
     );
 
     // 3. Bulk.
-    let watch = ConditionWatch::start(kube, &["-l", "bench=bulk"])?;
-    let yaml = bulk_policies(s.bulk, s.apps);
-    let cpu0 = cpu_by_command();
-    let t0 = Instant::now();
-    kube.kubectl_stdin(SERVER_SIDE_APPLY, &yaml)?;
-    let applied = t0.elapsed();
-    let (all_valid, all_enforced) = loop {
-        let valid = watch.latest(|s| {
-            s.condition("Valid")
-                .is_some_and(|c| c.status == "True" && c.observed == s.generation)
-        });
-        let done = watch.latest(Seen::valid_and_enforced);
-        let finished = |m: &HashMap<String, (Instant, bool)>| {
-            (m.len() == s.bulk && m.values().all(|(_, ok)| *ok))
-                .then(|| m.values().map(|(t, _)| *t).max().expect("non-empty"))
-        };
-        if let (Some(v), Some(e)) = (finished(&valid), finished(&done)) {
-            break (v.duration_since(t0), e.duration_since(t0));
-        }
-        if t0.elapsed() > BULK_DEADLINE {
-            let ok = done.values().filter(|(_, ok)| *ok).count();
-            bail!(
-                "{} bulk policies: {ok} valid and enforced after {BULK_DEADLINE:?} ({} seen)",
-                s.bulk,
-                done.len()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    drop(watch);
-    let bulk_cpu = cpu_spent(&cpu0, &cpu_by_command());
-    println!("bulk: CPU seconds by process: {bulk_cpu}");
-    println!(
-        "bulk: {} policies applied in {applied:.2?}, all Valid after {all_valid:.2?}, all Valid and Enforced after {all_enforced:.2?}",
-        s.bulk
-    );
+    let bulk = bulk(kube, s)?;
 
     // Pod delete, for completeness.
     let mut deletes = Vec::new();
@@ -601,7 +709,7 @@ fn main() -> Result<()> {
     let ready_p99 = percentile(&ready, 990);
     let base_p99 = percentile(&base_ready, 990);
     let prop_p99 = percentile(&prop.datapath, 990);
-    let bulk_s = all_enforced.as_secs_f64();
+    let bulk_s = bulk.all_enforced.as_secs_f64();
     let report = json!({
         "machine": "2 cores, one host: kube-apiserver + kube-controller-manager (own etcd), 3 etcd members (kvstore), 2 operators, 2 agents (release builds)",
         "pod_ready": {
@@ -627,15 +735,7 @@ fn main() -> Result<()> {
             "target_p99_ms": TARGET_PROPAGATION_P99_MS,
             "target_met": prop_p99 < TARGET_PROPAGATION_P99_MS,
         },
-        "bulk_policies": {
-            "n": s.bulk,
-            "kubectl_apply_s": applied.as_secs_f64(),
-            "all_valid_s": all_valid.as_secs_f64(),
-            "all_valid_and_enforced_s": bulk_s,
-            "cpu_seconds": bulk_cpu,
-            "target_s": TARGET_BULK_S,
-            "target_met": bulk_s < TARGET_BULK_S,
-        },
+        "bulk_policies": bulk.report(s.bulk),
         "seconds": started.elapsed().as_secs_f64(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -1,6 +1,7 @@
 //! When the leader's loops run a pass: at once, then after any change
-//! (debounced, so a burst of events is one pass), and after a failed pass
-//! again with exponential backoff.
+//! (debounced, so a burst of events is one pass), after a failed pass
+//! again with exponential backoff, and at a time the loop asks for (work it
+//! held back).
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ pub struct Pacer {
     first: bool,
     retry: Duration,
     retry_at: Option<Instant>,
+    wake_at: Option<Instant>,
 }
 
 impl Pacer {
@@ -31,6 +33,7 @@ impl Pacer {
             first: true,
             retry: RETRY_MIN,
             retry_at: None,
+            wake_at: None,
         }
     }
 
@@ -40,7 +43,10 @@ impl Pacer {
             self.changes.borrow_and_update();
             return !cancel.is_cancelled();
         }
-        let retry_at = self.retry_at;
+        let retry_at = match (self.retry_at, self.wake_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             _ = cancel.cancelled() => return false,
             r = self.changes.changed() => {
@@ -58,6 +64,11 @@ impl Pacer {
         }
         self.changes.borrow_and_update();
         true
+    }
+
+    /// Run a pass at `at` even without a change (`None`: no such time).
+    pub fn wake_at(&mut self, at: Option<Instant>) {
+        self.wake_at = at;
     }
 
     /// The pass failed: retry after the backoff even without a change.

@@ -14,9 +14,21 @@
 //!
 //! A condition is written only when it changes (`lastTransitionTime` moves
 //! only when the status does), so a pass over unchanged policies writes
-//! nothing.
+//! nothing. Both conditions go in one write, and a burst writes each policy
+//! about once, with its final state:
+//! - a state still in progress (valid but not stored yet, pending, lagging)
+//!   is held back for [`SETTLE`] from when this leader first sees the
+//!   generation in progress, and then written at most once per [`SETTLE`],
+//!   so a policy that settles within that time (the usual case, also in a
+//!   burst) gets one write; a final state (enforced everywhere, invalid with
+//!   nothing to enforce, no nodes) is written at once;
+//! - a write the policy watch has not shown yet counts as the object's
+//!   status (see [`Unseen`]), so a pass that runs before the watch event
+//!   arrives does not write the same conditions again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axoneme_crds::k8s_openapi::jiff::Timestamp;
 use axoneme_crds::kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -29,6 +41,7 @@ use axoneme_identity::{Layout, NodeStatusRecord, Raw};
 use axoneme_policy::PolicyKind;
 use futures::FutureExt;
 use serde_json::json;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -48,6 +61,9 @@ pub const REASON_NOT_STORED: &str = "NotStored";
 pub const REASON_NO_NODES: &str = "NoNodes";
 /// Lagging nodes named in a message, at most.
 const NAMED_NODES: usize = 10;
+/// How long a policy's in-progress state is held back before it is
+/// written, and then the least time between two writes of it.
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// The revision of policy `key` a node reports enforcing. Agents may key
 /// their report by the full etcd key or by the key below the root
@@ -202,6 +218,18 @@ pub fn conditions(
     [valid, enforced]
 }
 
+/// Whether `enforced` (the `Enforced` condition of the policy `j` judges)
+/// is a state on its way somewhere: a valid generation not stored yet, or
+/// stored but not yet enforced on every node. Such a state is transient
+/// unless something is stuck.
+pub fn in_progress(j: &Judgement, enforced: &Condition) -> bool {
+    match enforced.reason.as_str() {
+        REASON_PENDING | REASON_LAGGING => true,
+        REASON_NOT_STORED => j.valid(),
+        _ => false,
+    }
+}
+
 /// The conditions an object's status holds now.
 fn current_conditions(obj: &DynamicObject) -> Vec<Condition> {
     obj.data
@@ -222,34 +250,154 @@ pub fn status_patch(
     now: &Time,
 ) -> Option<(String, serde_json::Value)> {
     let j = judge.judge(layout, kind, obj)?;
-    let stored = stored_version(&j, policies.get(&j.key));
-    let wanted = conditions(layout, &j, stored, nodes, now);
-    let mut conds = current_conditions(obj);
-    let mut changed = false;
-    for c in wanted {
-        changed |= upsert_condition(&mut conds, c);
-    }
-    if !changed {
-        return None;
-    }
-    let ours: Vec<&Condition> = conds
-        .iter()
-        .filter(|c| c.type_ == CONDITION_VALID || c.type_ == CONDITION_ENFORCED)
-        .collect();
-    let patch = json!({
+    let w = wanted(layout, j, current_conditions(obj), policies, nodes, now);
+    w.changed
+        .then(|| (w.j.name.clone(), apply_patch(kind, &w.conditions)))
+}
+
+/// The server-side apply patch that writes `conditions` (ours) to the
+/// status of a policy of `kind`.
+pub fn apply_patch(kind: PolicyKind, conditions: &[Condition]) -> serde_json::Value {
+    json!({
         "apiVersion": judge::api_version(kind),
         "kind": kind.as_str(),
-        "status": { "conditions": ours },
-    });
-    Some((j.name.clone(), patch))
+        "status": { "conditions": conditions },
+    })
+}
+
+/// What one policy's status should be.
+pub struct Wanted {
+    pub j: Arc<Judgement>,
+    /// Whether it differs from the status it has.
+    pub changed: bool,
+    /// See [`in_progress`].
+    pub in_progress: bool,
+    /// Our conditions (`Valid`, `Enforced`) as they should be.
+    pub conditions: Vec<Condition>,
+}
+
+/// What the status of the policy `j` judges, whose conditions are
+/// `current`, should be.
+fn wanted(
+    layout: &Layout,
+    j: Arc<Judgement>,
+    mut current: Vec<Condition>,
+    policies: &BTreeMap<String, Raw>,
+    nodes: &Nodes,
+    now: &Time,
+) -> Wanted {
+    let stored = stored_version(&j, policies.get(&j.key));
+    let [valid, enforced] = conditions(layout, &j, stored, nodes, now);
+    let in_progress = in_progress(&j, &enforced);
+    let mut changed = false;
+    for c in [valid, enforced] {
+        changed |= upsert_condition(&mut current, c);
+    }
+    current.retain(|c| c.type_ == CONDITION_VALID || c.type_ == CONDITION_ENFORCED);
+    Wanted {
+        j,
+        changed,
+        in_progress,
+        conditions: current,
+    }
+}
+
+/// A status write of ours the policy watch may not have shown yet: the
+/// object's `resourceVersion` it replaced and the conditions it wrote.
+/// While the reflector still has that version, these are the object's
+/// conditions.
+#[derive(Debug, Clone)]
+pub struct Unseen {
+    pub replaced: Option<String>,
+    pub conditions: Vec<Condition>,
+}
+
+/// A policy whose in-progress state is held back, for one generation.
+#[derive(Debug)]
+struct Held {
+    uid: String,
+    generation: Option<i64>,
+    /// When its state may be written next.
+    until: Instant,
+}
+
+/// What the status loop keeps between passes.
+#[derive(Default)]
+pub struct Memory {
+    held: HashMap<String, Held>,
+    unseen: Arc<Mutex<HashMap<String, Unseen>>>,
+}
+
+impl Memory {
+    /// The conditions `obj` has, counting our writes its watch has not
+    /// shown yet (and forgetting those it has).
+    fn current(&self, key: &str, obj: &DynamicObject) -> Vec<Condition> {
+        let mut unseen = self.unseen.lock().expect("poisoned");
+        if let Some(u) = unseen.get(key) {
+            if u.replaced.is_some() && u.replaced == obj.metadata.resource_version {
+                return u.conditions.clone();
+            }
+            unseen.remove(key);
+        }
+        current_conditions(obj)
+    }
+
+    /// Whether to write now the state `w` of the policy under `key`;
+    /// when not, the time to look again.
+    fn due(&mut self, key: &str, w: &Wanted, now: Instant) -> Result<bool, Instant> {
+        if !w.in_progress {
+            self.held.remove(key);
+            return Ok(w.changed);
+        }
+        let j = &w.j;
+        let held = match self.held.get_mut(key) {
+            Some(h) if h.uid == j.uid && h.generation == j.generation => h,
+            _ => {
+                // First seen in progress at this generation: hold.
+                self.held.insert(
+                    key.to_string(),
+                    Held {
+                        uid: j.uid.clone(),
+                        generation: j.generation,
+                        until: now + SETTLE,
+                    },
+                );
+                return if w.changed {
+                    Err(now + SETTLE)
+                } else {
+                    Ok(false)
+                };
+            }
+        };
+        if !w.changed {
+            return Ok(false);
+        }
+        if now < held.until {
+            return Err(held.until);
+        }
+        held.until = now + SETTLE;
+        Ok(true)
+    }
+
+    /// Forgets policies not in `live`.
+    fn retain(&mut self, live: &HashSet<String>) {
+        self.held.retain(|k, _| live.contains(k));
+        self.unseen
+            .lock()
+            .expect("poisoned")
+            .retain(|k, _| live.contains(k));
+    }
 }
 
 /// Runs the status loop until `term` is cancelled.
 pub async fn run(kube: &Kube, layout: &Layout, term: &CancellationToken) {
     let mut pacer = Pacer::new(kube.changes());
+    let mut memory = Memory::default();
     info!(field_manager = FIELD_MANAGER, "writing policy conditions");
     while pacer.wait(term).await {
-        if pass(kube, layout).await {
+        let (ok, wake) = pass(kube, layout, &mut memory).await;
+        pacer.wake_at(wake);
+        if ok {
             pacer.succeeded();
         } else {
             pacer.failed();
@@ -257,12 +405,16 @@ pub async fn run(kube: &Kube, layout: &Layout, term: &CancellationToken) {
     }
 }
 
-/// One pass over every CNP and CCNP; `false` if a write failed.
-async fn pass(kube: &Kube, layout: &Layout) -> bool {
+/// One pass over every CNP and CCNP: `false` if a write failed, and when
+/// a held-back state is due.
+async fn pass(kube: &Kube, layout: &Layout, memory: &mut Memory) -> (bool, Option<Instant>) {
     let policies = kube.kv.policies.snapshot();
     let nodes = Nodes::from_kv(kube);
     let now = Time(Timestamp::now());
+    let instant = Instant::now();
     let mut ops = Vec::new();
+    let mut live = HashSet::new();
+    let mut wake: Option<Instant> = None;
     let kinds = [
         (PolicyKind::CiliumNetworkPolicy, &kube.index.cnp),
         (PolicyKind::CiliumClusterwideNetworkPolicy, &kube.index.ccnp),
@@ -272,22 +424,50 @@ async fn pass(kube: &Kube, layout: &Layout) -> bool {
             if obj.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let Some((name, patch)) =
-                status_patch(&kube.judge, layout, kind, &obj, &policies, &nodes, &now)
-            else {
+            let Some(j) = kube.judge.judge(layout, kind, &obj) else {
                 continue;
             };
-            debug!(%name, %patch, "status changes");
-            ops.push(status_op(
+            live.insert(j.key.clone());
+            let current = memory.current(&j.key, &obj);
+            let w = wanted(layout, j.clone(), current, &policies, &nodes, &now);
+            match memory.due(&j.key, &w, instant) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(at) => {
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                    continue;
+                }
+            }
+            let patch = apply_patch(kind, &w.conditions);
+            debug!(name = %j.name, %patch, "status changes");
+            let mut op = status_op(
                 kube.client.clone(),
                 kind,
                 obj.metadata.namespace.as_deref(),
-                name,
+                j.name.clone(),
                 patch,
-            ));
+            );
+            // Once written, these are its conditions until the watch shows
+            // the write.
+            let (unseen, key) = (memory.unseen.clone(), j.key.clone());
+            let record = Unseen {
+                replaced: obj.metadata.resource_version.clone(),
+                conditions: w.conditions,
+            };
+            let fut = op.fut;
+            op.fut = async move {
+                let r = fut.await;
+                if r.is_ok() {
+                    unseen.lock().expect("poisoned").insert(key, record);
+                }
+                r
+            }
+            .boxed();
+            ops.push(op);
         }
     }
-    execute(&kube.metrics.kube, ops).await
+    memory.retain(&live);
+    (execute(&kube.metrics.kube, ops).await, wake)
 }
 
 /// The server-side apply of `patch` to the `/status` of policy `name`.
@@ -424,6 +604,88 @@ mod tests {
         let [valid, enforced] = conditions(&l, &judgement(false, 1), None, &nodes(&[]), &now());
         assert!(valid.message.ends_with("no generation has been valid)"));
         assert_eq!(enforced.reason, REASON_NOT_STORED);
+    }
+
+    fn wanted_state(reason: &str, changed: bool, generation: i64) -> Wanted {
+        let j = judgement(true, generation);
+        let enforced = condition(
+            CONDITION_ENFORCED,
+            reason == REASON_ENFORCED,
+            reason,
+            "",
+            Some(generation),
+            now(),
+        );
+        Wanted {
+            in_progress: in_progress(&j, &enforced),
+            j: Arc::new(j),
+            changed,
+            conditions: vec![enforced],
+        }
+    }
+
+    #[test]
+    fn in_progress_states_are_held_then_paced_and_final_ones_written_at_once() {
+        let mut m = Memory::default();
+        let key = "axoneme/state/policies/v1/cnp/default/p";
+        let t0 = Instant::now();
+        // First seen in progress: held for SETTLE.
+        let w = wanted_state(REASON_NOT_STORED, true, 1);
+        assert_eq!(m.due(key, &w, t0), Err(t0 + SETTLE));
+        let w = wanted_state(REASON_LAGGING, true, 1);
+        assert_eq!(m.due(key, &w, t0 + SETTLE / 2), Err(t0 + SETTLE));
+        // Settled within the hold: one write, of the final state.
+        let w = wanted_state(REASON_ENFORCED, true, 1);
+        assert_eq!(m.due(key, &w, t0 + SETTLE / 2), Ok(true));
+        // A new generation stuck in progress: written after SETTLE, then
+        // at most once per SETTLE.
+        let w = wanted_state(REASON_PENDING, true, 2);
+        assert_eq!(m.due(key, &w, t0 + SETTLE), Err(t0 + SETTLE * 2));
+        let w = wanted_state(REASON_LAGGING, true, 2);
+        assert_eq!(m.due(key, &w, t0 + SETTLE * 2), Ok(true));
+        assert_eq!(
+            m.due(key, &w, t0 + SETTLE * 2 + SETTLE / 2),
+            Err(t0 + SETTLE * 3)
+        );
+        assert_eq!(m.due(key, &w, t0 + SETTLE * 3), Ok(true));
+        // Nothing changed: nothing to write, held or not.
+        let w = wanted_state(REASON_LAGGING, false, 2);
+        assert_eq!(m.due(key, &w, t0 + SETTLE * 4), Ok(false));
+        // Invalid with nothing stored is final.
+        let j = judgement(false, 3);
+        let enforced = condition(
+            CONDITION_ENFORCED,
+            false,
+            REASON_NOT_STORED,
+            "",
+            Some(3),
+            now(),
+        );
+        assert!(!in_progress(&j, &enforced));
+    }
+
+    #[test]
+    fn an_unseen_write_counts_until_the_watch_shows_a_newer_version() {
+        let m = Memory::default();
+        let key = "k";
+        let mut obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "p", "resourceVersion": "7"},
+        }))
+        .unwrap();
+        assert!(m.current(key, &obj).is_empty());
+        let written = wanted_state(REASON_ENFORCED, true, 1).conditions;
+        m.unseen.lock().unwrap().insert(
+            key.into(),
+            Unseen {
+                replaced: Some("7".into()),
+                conditions: written.clone(),
+            },
+        );
+        assert_eq!(m.current(key, &obj), written);
+        obj.metadata.resource_version = Some("8".into());
+        assert!(m.current(key, &obj).is_empty());
+        assert!(m.unseen.lock().unwrap().is_empty());
     }
 
     #[test]

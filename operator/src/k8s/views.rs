@@ -10,7 +10,7 @@
 //! deleting `identities/v1/id/<n>` deletes CiliumIdentity `<n>`, and an
 //! endpoint record's removal its CiliumEndpoint.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,12 +35,13 @@ use axoneme_identity::{
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::health::Reason;
 use super::pace::Pacer;
-use super::status::reported_revision;
+use super::status::{reported_revision, SETTLE};
 use super::{labels, Kube, KubeMetrics, FIELD_MANAGER, MANAGED_BY};
 
 /// How long one API write may take (the client's own read timeout is
@@ -482,20 +483,24 @@ pub fn node_conditions(
                 .ok()
                 .and_then(|ms| Timestamp::from_millisecond(ms).ok())
                 .map_or_else(|| "an unknown time".to_string(), |t| t.to_string());
-            let behind: Vec<String> = policies
-                .iter()
-                .filter_map(|(key, raw)| {
+            // Counted in full, formatted only as far as the message names.
+            let mut n = 0;
+            let mut named = Vec::new();
+            for (key, raw) in policies {
+                let have = reported_revision(layout, r, key);
+                if have.is_some_and(|have| have >= raw.mod_revision) {
+                    continue;
+                }
+                n += 1;
+                if named.len() < NAMED_POLICIES {
                     let short = key.strip_prefix(&layout.policies_prefix()).unwrap_or(key);
-                    match reported_revision(layout, r, key) {
-                        Some(have) if have >= raw.mod_revision => None,
-                        Some(have) => {
-                            Some(format!("{short} (revision {have} of {})", raw.mod_revision))
-                        }
-                        None => Some(format!("{short} (not enforced)")),
-                    }
-                })
-                .collect();
-            if behind.is_empty() {
+                    named.push(match have {
+                        Some(have) => format!("{short} (revision {have} of {})", raw.mod_revision),
+                        None => format!("{short} (not enforced)"),
+                    });
+                }
+            }
+            if n == 0 {
                 condition(
                     CONDITION_POLICY_CURRENT,
                     true,
@@ -508,12 +513,7 @@ pub fn node_conditions(
                     now.clone(),
                 )
             } else {
-                let n = behind.len();
-                let named = behind
-                    .into_iter()
-                    .take(NAMED_POLICIES)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let named = named.join(", ");
                 condition(
                     CONDITION_POLICY_CURRENT,
                     false,
@@ -532,7 +532,19 @@ pub fn node_conditions(
     [announced, current]
 }
 
-fn node_ops(kube: &Kube, layout: &Layout) -> Vec<Op> {
+/// When each CiliumNode's status was last written, to pace its writes: a
+/// change of `AgentAnnounced` is written at once, a change of only
+/// `PolicyCurrent` (whose message moves with every report of the agent's,
+/// and whose state flips with every policy during a burst) at most once
+/// per [`SETTLE`] per node, with the state as it is then.
+#[derive(Default)]
+struct NodeWrites {
+    last: HashMap<String, Instant>,
+    /// When a held-back write is due.
+    wake: Option<Instant>,
+}
+
+fn node_ops(kube: &Kube, layout: &Layout, paced: &mut NodeWrites) -> Vec<Op> {
     let api: Api<CiliumNode> = Api::all(kube.client.clone());
     let observed = kube.index.cilium_nodes.by_name();
     let k8s_nodes = kube.index.nodes.by_name();
@@ -541,7 +553,10 @@ fn node_ops(kube: &Kube, layout: &Layout) -> Vec<Op> {
     let reports = kube.kv.node_reports();
     let policies = kube.kv.policies.snapshot();
     let now = Time(Timestamp::now());
+    let instant = Instant::now();
     let names: BTreeSet<String> = k8s_nodes.keys().chain(records.keys()).cloned().collect();
+    paced.last.retain(|n, _| names.contains(n));
+    paced.wake = None;
     let mut ops = Vec::new();
     for name in &names {
         let record = records.get(name);
@@ -584,13 +599,22 @@ fn node_ops(kube: &Kube, layout: &Layout) -> Vec<Op> {
             .and_then(|o| o.status.as_ref())
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
-        let mut changed = false;
-        for c in node_conditions(layout, record, reports.get(name), &policies, &now) {
-            changed |= upsert_condition(&mut conds, c);
-        }
+        let [announced, current] =
+            node_conditions(layout, record, reports.get(name), &policies, &now);
+        let urgent = upsert_condition(&mut conds, announced);
+        let changed = upsert_condition(&mut conds, current) || urgent;
+        let due = match paced.last.get(name) {
+            Some(at) if !urgent && instant < *at + SETTLE => {
+                let at = *at + SETTLE;
+                paced.wake = Some(paced.wake.map_or(at, |w| w.min(at)));
+                false
+            }
+            _ => true,
+        };
         // The status of an object not created yet is written on the next
         // pass (the status subresource cannot create the object).
-        if changed && obs.is_some() {
+        if changed && due && obs.is_some() {
+            paced.last.insert(name.clone(), instant);
             let ours: Vec<&Condition> = conds
                 .iter()
                 .filter(|c| {
@@ -627,6 +651,7 @@ fn node_ops(kube: &Kube, layout: &Layout) -> Vec<Op> {
 /// Runs the view loop until `term` is cancelled.
 pub async fn run(kube: &Kube, layout: &Layout, term: &CancellationToken) {
     let mut pacer = Pacer::new(kube.changes());
+    let mut node_writes = NodeWrites::default();
     info!("writing CiliumIdentity, CiliumEndpoint and CiliumNode objects");
     while pacer.wait(term).await {
         let index = &kube.index;
@@ -643,12 +668,13 @@ pub async fn run(kube: &Kube, layout: &Layout, term: &CancellationToken) {
             waiting = true;
         }
         if index.cilium_nodes.ready() && index.nodes.ready() {
-            ops.extend(node_ops(kube, layout));
+            ops.extend(node_ops(kube, layout, &mut node_writes));
         } else {
             waiting = true;
         }
         // A kind whose watch has no list yet is synced once it has one (its
         // InitDone is a change); a failed write is retried with backoff.
+        pacer.wake_at(node_writes.wake);
         if execute(&kube.metrics.kube, ops).await || waiting {
             pacer.succeeded();
         } else {
