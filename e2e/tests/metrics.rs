@@ -318,6 +318,11 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
         let q = format!(r#"axoneme_slo_identity_ready_seconds_count{{node="{node}"}}"#);
         assert!(prom.value(&q)? >= pods, "{q}");
     }
+    // The operators' allocation side: every pod's record answered.
+    assert!(
+        prom.value("sum(axoneme_identity_assignment_duration_seconds_count)")? >= 3.0,
+        "identity assignments timed"
+    );
     // What one PromQL query over the cluster gives: a p99 in seconds.
     let p99 = prom.value(
         "histogram_quantile(0.99, sum by (le) (axoneme_slo_policy_propagation_seconds_bucket))",

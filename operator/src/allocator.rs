@@ -250,6 +250,9 @@ struct Allocator {
     written: HashMap<String, EndpointIdentity>,
     busy: HashSet<String>,
     exhausted: HashSet<String>,
+    /// When the leader saw each endpoint record revision not yet answered:
+    /// the start of `identity_assignment_duration_seconds`.
+    unanswered: HashMap<String, Instant>,
     inflight: FuturesUnordered<BoxFuture<'static, Done>>,
     create_queue: Vec<Create>,
     synced: bool,
@@ -292,6 +295,7 @@ pub async fn run(
         written: HashMap::new(),
         busy: HashSet::new(),
         exhausted: HashSet::new(),
+        unanswered: HashMap::new(),
         inflight: FuturesUnordered::new(),
         create_queue: Vec::new(),
         synced: false,
@@ -516,6 +520,7 @@ impl Allocator {
         if let Outcome::Labels(c) = &outcome {
             self.add_ref(c);
         }
+        self.unanswered.insert(key.clone(), Instant::now());
         let old = self.endpoints.insert(
             key.clone(),
             Endpoint {
@@ -534,6 +539,7 @@ impl Allocator {
     }
 
     fn on_delete(&mut self, key: &str) {
+        self.unanswered.remove(key);
         if let Some(Endpoint {
             outcome: Outcome::Labels(c),
             ..
@@ -799,6 +805,16 @@ impl Allocator {
         }
     }
 
+    /// An assignment for `ep` is written: the time since its record
+    /// revision was seen, once per revision.
+    fn answered(&mut self, ep: &str) {
+        if let Some(seen) = self.unanswered.remove(ep) {
+            self.metrics
+                .identity_assignment_duration
+                .observe(seen.elapsed().as_secs_f64());
+        }
+    }
+
     fn wake_waiters(&mut self, canonical: &str) {
         if let Some(waiters) = self.waiting.remove(canonical) {
             for ep in waiters {
@@ -824,6 +840,7 @@ impl Allocator {
                 match written {
                     Some(a) => {
                         self.metrics.assignments_written.inc();
+                        self.answered(&ep);
                         self.written.insert(ep.clone(), a);
                     }
                     None => {
@@ -841,6 +858,7 @@ impl Allocator {
             } => {
                 self.metrics.identity_allocations.inc();
                 self.metrics.assignments_written.inc();
+                self.answered(&ep);
                 self.reserved_ids.remove(&id);
                 self.insert_identity(
                     id,

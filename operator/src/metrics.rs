@@ -11,7 +11,8 @@ use hyper::{Request, Response, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,9 @@ pub struct Metrics {
     pub fenced_writes_rejected: Counter,
     pub endpoint_errors: Family<Labels, Counter>,
     pub assignments_written: Counter,
+    /// Seconds from an endpoint record revision seen by the leader to its
+    /// assignment written (allocating an identity when it needs one).
+    pub identity_assignment_duration: Histogram,
     pub policy_validations: Family<Labels, Counter>,
     /// Kubernetes mode (registered always; zero in standalone mode).
     pub kube: crate::k8s::KubeMetrics,
@@ -60,6 +64,7 @@ impl Metrics {
             fenced_writes_rejected: Counter::default(),
             endpoint_errors: Family::default(),
             assignments_written: Counter::default(),
+            identity_assignment_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             policy_validations: Family::default(),
             kube: crate::k8s::KubeMetrics::default(),
             kubernetes: AtomicBool::new(false),
@@ -119,6 +124,12 @@ impl Metrics {
             "operator_assignments_written",
             "Endpoint identity assignments written",
             m.assignments_written.clone(),
+        );
+        registry.register_with_unit(
+            "identity_assignment_duration",
+            "Endpoint record revision seen by the leader to its identity assignment written",
+            Unit::Seconds,
+            m.identity_assignment_duration.clone(),
         );
         registry.register(
             "policy_validations",
