@@ -232,10 +232,20 @@ async fn bench() -> Result<serde_json::Value> {
         latency_samples()
     );
     let lat = latency(&kv, &layout).await?;
-    let allocated = op
-        .metric("axoneme_identity_allocations_total")
-        .context("reading operator metrics")?;
+    // The bench sees each assignment in etcd as soon as the transaction
+    // commits; the operator counts it when it handles the reply a moment
+    // later: give the last reply time to be handled.
     let expected = (identities() + latency_samples()) as f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let allocated = loop {
+        let n = op
+            .metric("axoneme_identity_allocations_total")
+            .context("reading operator metrics")?;
+        if n >= expected || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     ensure!(
         (allocated - expected).abs() < 0.5,
         "operator reports {allocated} allocations, expected {expected}"
