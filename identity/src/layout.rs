@@ -11,6 +11,7 @@
 //! | `<root>/operator/v1/leader` | `LeaderRecord` | the elected operator | the leader's |
 //! | `<root>/policies/v1/<cnp|ccnp|knp>/<namespace or _>/<name>` | the policy object (JSON) | `axoneme policy import` (standalone mode) | none |
 //! | `<root>/policy-status/v1/<cnp|ccnp|knp>/<namespace or _>/<name>` | `PolicyStatus` | operator leader (fenced) | none; deleted with the policy |
+//! | `<root>/services/v1/<namespace>/<name>` | `ServiceRecord` (axoneme-service, JSON) | `axoneme service` (standalone mode); the operator (Kubernetes mode) | none |
 //! | `<root>/nodes/v1/<node>` | `NodeRecord` | the node's agent | the agent's |
 //! | `<root>/node-cidrs/v1/<node>` | `NodeCidrs` | operator leader (fenced) | none; released after the node has been gone for a grace period |
 
@@ -115,6 +116,20 @@ impl Layout {
         Some(format!("{}{rest}", self.policy_status_prefix()))
     }
 
+    /// Services and their endpoints (`axoneme_service::ServiceRecord`).
+    pub fn services_prefix(&self) -> String {
+        format!("{}/services/v1/", self.root)
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> String {
+        format!("{}{namespace}/{name}", self.services_prefix())
+    }
+
+    /// `(namespace, name)` from a service key.
+    pub fn split_service_key<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
+        key.strip_prefix(&self.services_prefix())?.split_once('/')
+    }
+
     pub fn nodes_prefix(&self) -> String {
         format!("{}/nodes/v1/", self.root)
     }
@@ -196,5 +211,10 @@ mod tests {
         assert_eq!(Layout::new("t/").operator_leader(), "t/operator/v1/leader");
         assert_eq!(l.node("n1"), "axoneme/state/nodes/v1/n1");
         assert_eq!(l.node_cidrs("n1"), "axoneme/state/node-cidrs/v1/n1");
+        assert_eq!(l.services_prefix(), "axoneme/state/services/v1/");
+        let svc = l.service("default", "payments");
+        assert_eq!(svc, "axoneme/state/services/v1/default/payments");
+        assert_eq!(l.split_service_key(&svc), Some(("default", "payments")));
+        assert_eq!(l.split_service_key(&ep), None);
     }
 }
