@@ -45,6 +45,8 @@ pub struct ApiState {
     pub events: EventRing,
     /// Kubernetes mode: the watch of this node's Pods.
     pub pods: Option<crate::k8s::Pods>,
+    /// What the services unit programmed (disabled: the default view).
+    pub services: watch::Receiver<Arc<crate::services::ServicesView>>,
 }
 
 type Ctx = ApiState;
@@ -165,6 +167,11 @@ async fn list_events(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EventView>>
     Ok(Json(ctx.events.snapshot()))
 }
 
+async fn list_services(State(ctx): State<Arc<Ctx>>) -> Json<crate::services::ServicesView> {
+    let view = ctx.services.borrow().clone();
+    Json((*view).clone())
+}
+
 async fn not_found() -> Failure {
     Failure(ApiError::new(
         cni_code::UNSUPPORTED_FIELD,
@@ -204,6 +211,7 @@ pub async fn serve(
         .route("/v1/bpf/policy/{endpoint}", get(policy))
         .route("/v1/bpf/ct", get(ct))
         .route("/v1/events", get(list_events))
+        .route("/v1/services", get(list_services))
         .fallback(not_found)
         .with_state(ctx);
     let result = axum::serve(listener, app)

@@ -40,6 +40,8 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     #[command(flatten, next_help_heading = "Reconcile")]
     pub reconcile: ReconcileConfig,
+    #[command(flatten, next_help_heading = "Services (kube-proxy replacement)")]
+    pub services: ServicesConfig,
     #[command(flatten, next_help_heading = "Flows (Hubble)")]
     pub hubble: HubbleConfig,
     #[command(flatten, next_help_heading = "Not available in this version")]
@@ -223,10 +225,6 @@ pub struct KubernetesConfig {
 /// Services are load-balanced or its traffic encrypted.
 #[derive(Debug, Clone, Args)]
 pub struct UnavailableConfig {
-    /// Services load-balanced in eBPF in place of kube-proxy (`true` is
-    /// refused: keep kube-proxy).
-    #[arg(long, env = "AXONEME_KUBE_PROXY_REPLACEMENT", default_value_t = false, action = clap::ArgAction::Set)]
-    pub kube_proxy_replacement: bool,
     /// Transparent IPsec between nodes (`true` is refused).
     #[arg(long, env = "AXONEME_ENABLE_IPSEC", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_ipsec: bool,
@@ -239,12 +237,6 @@ impl UnavailableConfig {
     /// An error naming each setting asked for that this version lacks.
     pub fn refuse(&self) -> Result<(), String> {
         let mut asked = Vec::new();
-        if self.kube_proxy_replacement {
-            asked.push(
-                "--kube-proxy-replacement=true (Helm: kubeProxyReplacement): Services are not \
-                 load-balanced in eBPF by this version; set it to false and keep kube-proxy",
-            );
-        }
         if self.enable_ipsec || self.ipsec_key_file.is_some() {
             asked.push(
                 "--enable-ipsec (Helm: encryption.enabled): this version cannot encrypt traffic \
@@ -259,6 +251,40 @@ impl UnavailableConfig {
                 asked.join("; ")
             ))
         }
+    }
+}
+
+/// kube-proxy replacement: Services load-balanced by the socket-LB
+/// programs on the node's cgroup.
+#[derive(Debug, Clone, Args)]
+pub struct ServicesConfig {
+    /// Load-balance Services in eBPF in place of kube-proxy (standalone
+    /// mode: the services `axoneme service` stores). `false`: no service
+    /// programs; a previous run's are removed.
+    #[arg(long, env = "AXONEME_KUBE_PROXY_REPLACEMENT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub kube_proxy_replacement: bool,
+    /// The cgroup2 directory the socket-LB programs attach to: every
+    /// process below it (the node's pods) gets services translated.
+    #[arg(
+        long,
+        env = "AXONEME_CGROUP_ROOT",
+        default_value = "/run/axoneme/cgroupv2"
+    )]
+    pub cgroup_root: PathBuf,
+}
+
+impl ServicesConfig {
+    /// What this version cannot do yet with these settings.
+    pub fn refuse(&self, kubernetes: bool) -> Result<(), String> {
+        if self.kube_proxy_replacement && kubernetes {
+            return Err(
+                "--kube-proxy-replacement=true (Helm: kubeProxyReplacement) in Kubernetes \
+                        mode: Services are not mirrored from the API server by this version; set \
+                        it to false and keep kube-proxy"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -352,13 +378,17 @@ mod tests {
             Config::try_parse_from(args).unwrap().unavailable.refuse()
         };
         assert_eq!(parse(&[]), Ok(()));
-        assert_eq!(
-            parse(&["--kube-proxy-replacement=false", "--enable-ipsec=false"]),
-            Ok(())
-        );
-        let e = parse(&["--kube-proxy-replacement=true"]).unwrap_err();
+        assert_eq!(parse(&["--enable-ipsec=false"]), Ok(()));
+        let services = |extra: &[&str], kube: bool| {
+            let mut args = vec!["axoneme-agent", "--node", "n1"];
+            args.extend(extra);
+            Config::try_parse_from(args).unwrap().services.refuse(kube)
+        };
+        assert_eq!(services(&["--kube-proxy-replacement=true"], false), Ok(()));
+        assert_eq!(services(&["--kube-proxy-replacement=false"], true), Ok(()));
+        let e = services(&["--kube-proxy-replacement=true"], true).unwrap_err();
         assert!(
-            e.contains("kubeProxyReplacement") && !e.contains("ipsec"),
+            e.contains("kubeProxyReplacement") && e.contains("Kubernetes mode"),
             "{e}"
         );
         let e = parse(&["--enable-ipsec=true", "--ipsec-key-file=/k"]).unwrap_err();

@@ -19,6 +19,7 @@ pub mod observe;
 pub mod reconcile;
 pub mod routes;
 pub mod run;
+pub mod services;
 pub mod supervisor;
 pub mod views;
 

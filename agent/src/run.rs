@@ -11,6 +11,7 @@
 //! | `routes` | the routes to other nodes' pod CIDRs | — |
 //! | `kvstore-probe` | — | `KvHealth` |
 //! | `proxy` | the L7 proxy (`l7proxy/`: its own thread and runtime) | L7 events |
+//! | `services` (kube-proxy replacement) | the LB maps (the one writer; `services/`) | `ServicesView` |
 //! | `node-status` | this node's `NodeStatusRecord` | — |
 //! | `pods`, `relabel` (Kubernetes mode) | the watch of this node's Pods; endpoints' labels | — |
 //! | `api` | the UNIX socket | — (reads the others' publications) |
@@ -47,6 +48,9 @@ use axoneme_kvstore::KvStore;
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     validate_node_name(&cfg.node)?;
     cfg.unavailable.refuse().map_err(anyhow::Error::msg)?;
+    cfg.services
+        .refuse(cfg.kubernetes.kubernetes)
+        .map_err(anyhow::Error::msg)?;
     // Handlers first, so that a signal during start-up is not lost.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -91,6 +95,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let events = EventReader::open(&pin_dir).context("opening the event ring")?;
     let reader = Arc::new(MapReader::open(&pin_dir).context("opening the maps for reading")?);
     info!(pins = %pin_dir.display(), "datapath loaded");
+    let lb_maps = if cfg.services.kube_proxy_replacement {
+        let cgroup = &cfg.services.cgroup_root;
+        if !cgroup.join("cgroup.controllers").exists() {
+            anyhow::bail!(
+                "--cgroup-root {}: not a cgroup2 directory (mount -t cgroup2 none DIR, or set \
+                 --kube-proxy-replacement=false)",
+                cgroup.display()
+            );
+        }
+        dp.attach_socket_lb(cgroup).with_context(|| {
+            format!("attaching socket LB to --cgroup-root {}", cgroup.display())
+        })?;
+        info!(cgroup = %cgroup.display(), "socket LB attached (kube-proxy replacement)");
+        Some(dp.take_lb_maps()?)
+    } else {
+        if crate::datapath::detach_socket_lb(&pin_dir).context("removing the socket-LB links")? {
+            info!("kube-proxy replacement off: the previous run's socket LB removed");
+        }
+        None
+    };
 
     let state_dir = cfg.state_dir();
     let node_ns = Ns::open_or_own(cfg.datapath.netns.as_deref()).context("--netns")?;
@@ -348,6 +372,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cancel.clone(),
         ),
     );
+    let (services_tx, services_rx) = watch::channel(Arc::default());
+    if let Some(lb) = lb_maps {
+        sup.spawn(
+            "services",
+            crate::services::run(
+                lb,
+                crate::services::Inputs {
+                    node: cfg.node.clone(),
+                    node_ips: cfg.node_ips.clone(),
+                    records: WatchCache::start(kv.clone(), layout.services_prefix()),
+                },
+                services_tx,
+                cancel.clone(),
+            ),
+        );
+    }
     let socket: PathBuf = cfg.api_socket.clone();
     info!(socket = %socket.display(), "API listening");
     sup.spawn(
@@ -362,6 +402,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 maps: reader,
                 events: recent,
                 pods,
+                services: services_rx,
             },
             cancel.clone(),
         ),

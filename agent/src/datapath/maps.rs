@@ -61,7 +61,7 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
         .ok_or(DatapathError::MapNotFound { name })
 }
 
-fn typed<T: TryFrom<Map, Error = MapError>>(
+pub(super) fn typed<T: TryFrom<Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DatapathError> {

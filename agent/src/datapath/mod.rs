@@ -7,6 +7,7 @@
 //! endpoints, policy, conntrack, fragments, events, counters): what a
 //! restarted agent does, so established flows keep their CT entries.
 
+mod lb;
 mod maps;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use aya::programs::tc::{
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
+pub use lb::{detach_socket_lb, LbMaps, SOCK_PROGRAMS};
 pub use maps::{policy_entry, policy_key, Counters, EventReader, MapReader, Maps};
 
 /// The eBPF object built by `cargo xtask build-bpf` (located by `build.rs`).
@@ -479,7 +481,8 @@ mod tests {
         assert_eq!(maps(SMOKE_OBJECT), sorted(&map_names::SMOKE));
     }
 
-    /// The datapath object holds the two production programs and no other.
+    /// The datapath object holds the two TC programs, the socket-LB ones,
+    /// and no other.
     #[test]
     fn the_datapath_object_has_only_the_production_programs() {
         let file = object::File::parse(super::BPF_OBJECT).unwrap();
@@ -489,11 +492,17 @@ mod tests {
             .filter(|s| {
                 s.section_index()
                     .and_then(|i| file.section_by_index(i).ok())
-                    .is_some_and(|sec| sec.name() == Ok("classifier"))
+                    .is_some_and(|sec| {
+                        sec.name() == Ok("classifier")
+                            || sec.name().is_ok_and(|n| n.starts_with("cgroup/"))
+                    })
             })
             .map(|s| s.name().unwrap())
             .collect();
         programs.sort();
-        assert_eq!(programs, [super::FROM_CONTAINER, super::TO_CONTAINER]);
+        let mut want = vec![super::FROM_CONTAINER, super::TO_CONTAINER];
+        want.extend(super::SOCK_PROGRAMS);
+        want.sort();
+        assert_eq!(programs, want);
     }
 }

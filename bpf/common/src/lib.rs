@@ -19,6 +19,8 @@
 
 use core::net::IpAddr;
 
+pub mod lb;
+
 /// Traffic direction, as seen from the endpoint (Cilium's `TRAFFIC_DIRECTION`).
 pub mod direction {
     /// Traffic entering the endpoint.
@@ -178,8 +180,23 @@ pub mod map_names {
     /// Per-CPU array of [`super::MetricsValue`]s: packets and bytes by
     /// [`super::MetricsKey`] (its [`index`](super::MetricsKey::index)).
     pub const METRICS: &str = "METRICS";
+    /// Hash: a frontend's master and backend slots ([`super::lb::LbKey`]).
+    pub const LB_SERVICES: &str = "LB_SERVICES";
+    /// Hash: backend id → [`super::lb::LbBackend`].
+    pub const LB_BACKENDS: &str = "LB_BACKENDS";
+    /// Hash: reverse-NAT id → the frontend ([`super::lb::LbRevNat`]).
+    pub const LB_REVNAT: &str = "LB_REVNAT";
+    /// LRU hash: a socket and its backend → the service it addressed
+    /// ([`super::lb::SockRevKey`]).
+    pub const LB_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
+    /// LRU hash: a client's backend per frontend under `ClientIP` affinity
+    /// ([`super::lb::AffinityKey`]).
+    pub const LB_AFFINITY: &str = "LB_AFFINITY";
+    /// Hash: the (backend, frontend) pairs affinity may keep using
+    /// ([`super::lb::AffinityMatchKey`]).
+    pub const LB_AFFINITY_MATCH: &str = "LB_AFFINITY_MATCH";
     /// Every map of the production object (`axoneme-bpf`).
-    pub const DATAPATH: [&str; 14] = [
+    pub const DATAPATH: [&str; 20] = [
         IPCACHE,
         ENDPOINTS,
         ENDPOINT_CACHE,
@@ -194,6 +211,12 @@ pub mod map_names {
         COUNTERS,
         QUOTED,
         METRICS,
+        LB_SERVICES,
+        LB_BACKENDS,
+        LB_REVNAT,
+        LB_SOCK_REVNAT,
+        LB_AFFINITY,
+        LB_AFFINITY_MATCH,
     ];
 
     /// Hash: UDP destination ports (host order) the smoke-test program

@@ -59,6 +59,7 @@ mod deliver;
 mod endpoint;
 mod events;
 mod ipcache;
+mod lb;
 mod metrics;
 mod object;
 mod parse;

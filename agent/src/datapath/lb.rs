@@ -1,0 +1,204 @@
+//! The service load-balancing part of the datapath: the LB maps (written
+//! by the services unit alone, through [`LbMaps`]) and the socket-LB
+//! programs on the node's cgroup.
+//!
+//! The programs are attached with BPF links pinned under the pin
+//! directory (`links/<program>`), so they outlive the agent as the TC
+//! programs do: connects to services keep working across an agent restart.
+//! A restarted agent attaches its own programs first, then replaces the
+//! pins (dropping the old links detaches the old programs); for the moment
+//! both run, the second finds the address translated already and does
+//! nothing. `kube-proxy-replacement=false` removes the pins.
+
+use std::path::{Path, PathBuf};
+
+use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService};
+use axoneme_bpf_common::map_names::{LB_AFFINITY_MATCH, LB_BACKENDS, LB_REVNAT, LB_SERVICES};
+use aya::maps::{HashMap, MapData};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::Ebpf;
+
+use super::maps::typed;
+use super::{map_error, program_error, Datapath, DatapathError};
+use crate::services::sync::LbWriter;
+use crate::services::table::Table;
+
+/// The socket-LB programs, by the hook each is for.
+pub const SOCK_PROGRAMS: [&str; 8] = [
+    "axoneme_sock4_connect",
+    "axoneme_sock4_sendmsg",
+    "axoneme_sock4_recvmsg",
+    "axoneme_sock4_getpeername",
+    "axoneme_sock6_connect",
+    "axoneme_sock6_sendmsg",
+    "axoneme_sock6_recvmsg",
+    "axoneme_sock6_getpeername",
+];
+
+/// Handles on the LB maps.
+pub struct LbMaps {
+    services: HashMap<MapData, LbKey, LbService>,
+    backends: HashMap<MapData, u32, LbBackend>,
+    revnat: HashMap<MapData, u32, LbRevNat>,
+    affinity: HashMap<MapData, AffinityMatchKey, u32>,
+}
+
+impl std::fmt::Debug for LbMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LbMaps").finish_non_exhaustive()
+    }
+}
+
+impl LbMaps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Ok(Self {
+            services: typed(ebpf, LB_SERVICES)?,
+            backends: typed(ebpf, LB_BACKENDS)?,
+            revnat: typed(ebpf, LB_REVNAT)?,
+            affinity: typed(ebpf, LB_AFFINITY_MATCH)?,
+        })
+    }
+}
+
+fn collect<K: aya::Pod + Ord, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<std::collections::BTreeMap<K, V>, DatapathError> {
+    map.iter()
+        .collect::<Result<_, _>>()
+        .map_err(|source| map_error(name, "iterate", source))
+}
+
+impl LbWriter for LbMaps {
+    fn read(&self) -> Result<Table, DatapathError> {
+        Ok(Table {
+            services: collect(&self.services, LB_SERVICES)?,
+            backends: collect(&self.backends, LB_BACKENDS)?,
+            revnat: collect(&self.revnat, LB_REVNAT)?,
+            affinity: collect(&self.affinity, LB_AFFINITY_MATCH)?
+                .into_keys()
+                .collect(),
+        })
+    }
+
+    fn set_service(&mut self, key: &LbKey, value: &LbService) -> Result<(), DatapathError> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(|s| map_error(LB_SERVICES, "update", s))
+    }
+
+    fn remove_service(&mut self, key: &LbKey) -> Result<(), DatapathError> {
+        self.services
+            .remove(key)
+            .map_err(|s| map_error(LB_SERVICES, "delete", s))
+    }
+
+    fn set_backend(&mut self, id: u32, value: &LbBackend) -> Result<(), DatapathError> {
+        self.backends
+            .insert(id, value, 0)
+            .map_err(|s| map_error(LB_BACKENDS, "update", s))
+    }
+
+    fn remove_backend(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.backends
+            .remove(&id)
+            .map_err(|s| map_error(LB_BACKENDS, "delete", s))
+    }
+
+    fn set_revnat(&mut self, id: u32, value: &LbRevNat) -> Result<(), DatapathError> {
+        self.revnat
+            .insert(id, value, 0)
+            .map_err(|s| map_error(LB_REVNAT, "update", s))
+    }
+
+    fn remove_revnat(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.revnat
+            .remove(&id)
+            .map_err(|s| map_error(LB_REVNAT, "delete", s))
+    }
+
+    fn set_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError> {
+        self.affinity
+            .insert(key, 1, 0)
+            .map_err(|s| map_error(LB_AFFINITY_MATCH, "update", s))
+    }
+
+    fn remove_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError> {
+        self.affinity
+            .remove(key)
+            .map_err(|s| map_error(LB_AFFINITY_MATCH, "delete", s))
+    }
+}
+
+/// Where the socket-LB links are pinned.
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+impl Datapath {
+    /// Loads the socket-LB programs and attaches them to the cgroup at
+    /// `cgroup` (a cgroup2 directory: the node's), replacing a previous
+    /// run's links (see the module's documentation).
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let attach_err =
+            |op: &'static str, e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+                interface: format!("cgroup {}", cgroup.display()),
+                op,
+                source: e,
+            };
+        let fd = std::fs::File::open(cgroup).map_err(|e| attach_err("open", e.into()))?;
+        let dir = links_dir(&self.pin_dir);
+        std::fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        for name in SOCK_PROGRAMS {
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::ProgramNotFound { name })?
+                .try_into()
+                .map_err(|source| program_error(name, "type check", source))?;
+            program
+                .load()
+                .map_err(|source| program_error(name, "load (verifier)", source))?;
+            // Links always stack (the kernel refuses flags on a cgroup
+            // link): `Single` is what asks for none.
+            let id = program
+                .attach(&fd, CgroupAttachMode::Single)
+                .map_err(|source| program_error(name, "attach", source))?;
+            let link: FdLink = program
+                .take_link(id)
+                .map_err(|source| program_error(name, "take link", source))?
+                .try_into()
+                .map_err(|e| attach_err("link", Box::new(e)))?;
+            let pin = dir.join(name);
+            // The old link goes with its pin (nothing else holds it).
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(attach_err("remove old pin", e.into())),
+            }
+            link.pin(&pin)
+                .map_err(|e| attach_err("pin link", Box::new(e)))?;
+            tracing::debug!(program = name, cgroup = %cgroup.display(), "socket LB attached");
+        }
+        Ok(())
+    }
+
+    /// The LB maps' handles, for their one writer (once).
+    pub fn take_lb_maps(&mut self) -> Result<LbMaps, DatapathError> {
+        LbMaps::take(&mut self.ebpf)
+    }
+}
+
+/// Removes the socket-LB links of a previous run (kube-proxy replacement
+/// turned off): their programs stop translating. Whether any were there.
+pub fn detach_socket_lb(pin_dir: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_dir_all(links_dir(pin_dir)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}

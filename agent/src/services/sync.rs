@@ -1,0 +1,333 @@
+//! Brings the LB maps from what they hold to a [`Table`], in an order
+//! every reader can live with (see `bpf/common/src/lb.rs`): backends,
+//! reverse-NAT and affinity entries first, then backend slots, then the
+//! masters; then what is no longer wanted, masters before their slots, and
+//! backends last. A connect racing a pass therefore always finds a master
+//! whose slots exist and name backends that exist: removing a backend never
+//! blackholes a service that still has another.
+//!
+//! [`LbWriter`] is the seam: [`FakeLb`] holds the maps in memory and logs
+//! every operation, for the ordering tests.
+
+use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService};
+
+use super::table::Table;
+use crate::datapath::DatapathError;
+
+/// The LB maps, as the services unit (their one writer) sees them.
+pub trait LbWriter {
+    /// Everything the maps hold (after a restart: the previous run's).
+    fn read(&self) -> Result<Table, DatapathError>;
+    fn set_service(&mut self, key: &LbKey, value: &LbService) -> Result<(), DatapathError>;
+    fn remove_service(&mut self, key: &LbKey) -> Result<(), DatapathError>;
+    fn set_backend(&mut self, id: u32, value: &LbBackend) -> Result<(), DatapathError>;
+    fn remove_backend(&mut self, id: u32) -> Result<(), DatapathError>;
+    fn set_revnat(&mut self, id: u32, value: &LbRevNat) -> Result<(), DatapathError>;
+    fn remove_revnat(&mut self, id: u32) -> Result<(), DatapathError>;
+    fn set_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError>;
+    fn remove_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError>;
+}
+
+/// How many map operations a pass made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub written: usize,
+    pub removed: usize,
+}
+
+/// Applies `want` over `have` (what the maps hold; updated as operations
+/// succeed, so a failed pass leaves it true and the next one resumes).
+pub fn sync<W: LbWriter>(
+    w: &mut W,
+    have: &mut Table,
+    want: &Table,
+) -> Result<Changes, DatapathError> {
+    let mut c = Changes::default();
+    for (id, b) in &want.backends {
+        if have.backends.get(id) != Some(b) {
+            w.set_backend(*id, b)?;
+            have.backends.insert(*id, *b);
+            c.written += 1;
+        }
+    }
+    for (id, r) in &want.revnat {
+        if have.revnat.get(id) != Some(r) {
+            w.set_revnat(*id, r)?;
+            have.revnat.insert(*id, *r);
+            c.written += 1;
+        }
+    }
+    for k in want.affinity.difference(&have.affinity.clone()) {
+        w.set_affinity(k)?;
+        have.affinity.insert(*k);
+        c.written += 1;
+    }
+    // Slots before masters.
+    for masters in [false, true] {
+        for (k, v) in want
+            .services
+            .iter()
+            .filter(|(k, _)| (k.slot == 0) == masters)
+        {
+            if have.services.get(k) != Some(v) {
+                w.set_service(k, v)?;
+                have.services.insert(*k, *v);
+                c.written += 1;
+            }
+        }
+    }
+    // Then removals: masters before slots, backends last.
+    for masters in [true, false] {
+        let gone: Vec<LbKey> = have
+            .services
+            .keys()
+            .filter(|k| (k.slot == 0) == masters && !want.services.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            w.remove_service(&k)?;
+            have.services.remove(&k);
+            c.removed += 1;
+        }
+    }
+    for k in have
+        .affinity
+        .difference(&want.affinity)
+        .copied()
+        .collect::<Vec<_>>()
+    {
+        w.remove_affinity(&k)?;
+        have.affinity.remove(&k);
+        c.removed += 1;
+    }
+    let gone: Vec<u32> = have
+        .revnat
+        .keys()
+        .filter(|id| !want.revnat.contains_key(id))
+        .copied()
+        .collect();
+    for id in gone {
+        w.remove_revnat(id)?;
+        have.revnat.remove(&id);
+        c.removed += 1;
+    }
+    let gone: Vec<u32> = have
+        .backends
+        .keys()
+        .filter(|id| !want.backends.contains_key(id))
+        .copied()
+        .collect();
+    for id in gone {
+        w.remove_backend(id)?;
+        have.backends.remove(&id);
+        c.removed += 1;
+    }
+    Ok(c)
+}
+
+/// In-memory LB maps that log every operation (and can be told to fail).
+#[derive(Debug, Default)]
+pub struct FakeLb {
+    pub maps: Table,
+    pub log: Vec<String>,
+    /// Fail the n-th operation from now (1 = the next).
+    pub fail_at: Option<usize>,
+}
+
+impl FakeLb {
+    fn op(&mut self, what: String) -> Result<(), DatapathError> {
+        if let Some(n) = self.fail_at.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                self.fail_at = None;
+                return Err(DatapathError::MapNotFound { name: "fake" });
+            }
+        }
+        self.log.push(what);
+        Ok(())
+    }
+
+    /// Whether every master's slots exist and name existing backends: what
+    /// a connect at this moment relies on.
+    pub fn consistent(&self) -> bool {
+        self.maps
+            .services
+            .iter()
+            .filter(|(k, _)| k.slot == 0)
+            .all(|(k, m)| {
+                (1..=m.count).all(|slot| {
+                    self.maps
+                        .services
+                        .get(&LbKey { slot, ..*k })
+                        .is_some_and(|s| self.maps.backends.contains_key(&s.backend_id))
+                })
+            })
+    }
+}
+
+impl LbWriter for FakeLb {
+    fn read(&self) -> Result<Table, DatapathError> {
+        Ok(self.maps.clone())
+    }
+    fn set_service(&mut self, key: &LbKey, value: &LbService) -> Result<(), DatapathError> {
+        self.op(format!("set {} slot {}", key.port.swap_bytes(), key.slot))?;
+        self.maps.services.insert(*key, *value);
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &LbKey) -> Result<(), DatapathError> {
+        self.op(format!(
+            "remove {} slot {}",
+            key.port.swap_bytes(),
+            key.slot
+        ))?;
+        self.maps.services.remove(key);
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, value: &LbBackend) -> Result<(), DatapathError> {
+        self.op(format!("set backend {id}"))?;
+        self.maps.backends.insert(id, *value);
+        Ok(())
+    }
+    fn remove_backend(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.op(format!("remove backend {id}"))?;
+        self.maps.backends.remove(&id);
+        Ok(())
+    }
+    fn set_revnat(&mut self, id: u32, value: &LbRevNat) -> Result<(), DatapathError> {
+        self.op(format!("set revnat {id}"))?;
+        self.maps.revnat.insert(id, *value);
+        Ok(())
+    }
+    fn remove_revnat(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.op(format!("remove revnat {id}"))?;
+        self.maps.revnat.remove(&id);
+        Ok(())
+    }
+    fn set_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError> {
+        self.op(format!("set affinity {}/{}", key.backend_id, key.rev_nat))?;
+        self.maps.affinity.insert(*key);
+        Ok(())
+    }
+    fn remove_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError> {
+        self.op(format!(
+            "remove affinity {}/{}",
+            key.backend_id, key.rev_nat
+        ))?;
+        self.maps.affinity.remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::table::{build, Ids};
+    use axoneme_service::{Backend, BackendState, Frontend, FrontendKind, Protocol};
+
+    fn frontend(backends: &[&str]) -> Frontend {
+        Frontend {
+            service: "default/payments".into(),
+            port_name: String::new(),
+            kind: FrontendKind::ClusterIP,
+            addr: "10.96.0.10".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            backends: backends
+                .iter()
+                .map(|a| Backend {
+                    addr: a.parse().unwrap(),
+                    port: 8080,
+                    node: None,
+                    state: BackendState::Active,
+                })
+                .collect(),
+            affinity_timeout: None,
+            local_only: false,
+        }
+    }
+
+    /// Applies `want` one operation at a time, checking after each that a
+    /// connect would find a usable backend whenever the master counts any.
+    fn step_through(lb: &mut FakeLb, have: &mut Table, want: &Table) {
+        loop {
+            lb.fail_at = Some(2);
+            let r = sync(lb, have, want);
+            assert!(lb.consistent(), "inconsistent after {:?}", lb.log.last());
+            if r.is_ok() {
+                lb.fail_at = None;
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn every_intermediate_state_is_usable() {
+        let mut ids = Ids::default();
+        let mut lb = FakeLb::default();
+        let mut have = Table::default();
+        for backends in [
+            &["10.200.0.1", "10.200.0.2", "10.200.0.3"][..],
+            &["10.200.0.2"],
+            &["10.200.0.4", "10.200.0.5", "10.200.0.2", "10.200.0.6"],
+            &[],
+            &["10.200.0.7"],
+        ] {
+            let want = build(&[frontend(backends)], "a", &[], &mut ids).unwrap();
+            step_through(&mut lb, &mut have, &want);
+            assert_eq!(lb.maps, want);
+            assert_eq!(have, want);
+        }
+        let want = build(&[], "a", &[], &mut ids).unwrap();
+        step_through(&mut lb, &mut have, &want);
+        assert_eq!(lb.maps, Table::default());
+    }
+
+    #[test]
+    fn growing_writes_slots_before_the_master_and_shrinking_after() {
+        let mut ids = Ids::default();
+        let mut lb = FakeLb::default();
+        let mut have = Table::default();
+        let want = build(
+            &[frontend(&["10.200.0.1", "10.200.0.2"])],
+            "a",
+            &[],
+            &mut ids,
+        )
+        .unwrap();
+        sync(&mut lb, &mut have, &want).unwrap();
+        assert_eq!(
+            lb.log,
+            [
+                "set backend 1",
+                "set backend 2",
+                "set revnat 1",
+                "set 80 slot 1",
+                "set 80 slot 2",
+                "set 80 slot 0"
+            ]
+        );
+        lb.log.clear();
+        let want = build(&[frontend(&["10.200.0.2"])], "a", &[], &mut ids).unwrap();
+        let c = sync(&mut lb, &mut have, &want).unwrap();
+        assert_eq!(
+            lb.log,
+            [
+                "set 80 slot 1",
+                "set 80 slot 0",
+                "remove 80 slot 2",
+                "remove backend 1"
+            ]
+        );
+        assert_eq!(
+            c,
+            Changes {
+                written: 2,
+                removed: 2
+            }
+        );
+        // Nothing changed: nothing written.
+        lb.log.clear();
+        assert_eq!(sync(&mut lb, &mut have, &want).unwrap(), Changes::default());
+        assert!(lb.log.is_empty());
+    }
+}

@@ -1,0 +1,369 @@
+//! The LB maps' desired content, computed from the services' frontends:
+//! a master and `count` backend slots per frontend, the backends by id,
+//! each frontend's reverse-NAT entry and, under `ClientIP` affinity, the
+//! (backend, frontend) pairs affinity may keep. Pure: the unit tests check
+//! it without a kernel.
+//!
+//! Ids are stable across passes (a backend keeps its id while any frontend
+//! uses it; a frontend address keeps its reverse-NAT id), so a pass
+//! rewrites only what changed, and are re-learnt from the maps after a
+//! restart ([`Ids::adopt`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use axoneme_bpf_common::family;
+use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService};
+use axoneme_service::{Frontend, Protocol};
+
+/// What the LB maps should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    /// Masters (slot 0) and backend slots.
+    pub services: BTreeMap<LbKey, LbService>,
+    pub backends: BTreeMap<u32, LbBackend>,
+    pub revnat: BTreeMap<u32, LbRevNat>,
+    pub affinity: BTreeSet<AffinityMatchKey>,
+}
+
+/// An address as the LB maps hold it: 16 bytes (IPv4 in the first 4) and
+/// its family.
+pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    let mut addr = [0u8; 16];
+    match ip {
+        IpAddr::V4(a) => {
+            addr[..4].copy_from_slice(&a.octets());
+            (addr, family::IPV4)
+        }
+        IpAddr::V6(a) => {
+            addr.copy_from_slice(&a.octets());
+            (addr, family::IPV6)
+        }
+    }
+}
+
+/// The inverse of [`addr_bytes`].
+pub fn addr_ip(addr: &[u8; 16], fam: u8) -> IpAddr {
+    if fam == family::IPV4 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(*addr)
+    }
+}
+
+pub fn proto_number(p: Protocol) -> u8 {
+    use axoneme_bpf_common::lb::proto;
+    match p {
+        Protocol::Tcp => proto::TCP,
+        Protocol::Udp => proto::UDP,
+        Protocol::Sctp => proto::SCTP,
+    }
+}
+
+/// Backend and reverse-NAT ids, kept stable across passes.
+#[derive(Debug, Clone, Default)]
+pub struct Ids {
+    backends: BTreeMap<(IpAddr, u16), u32>,
+    frontends: BTreeMap<(IpAddr, u16), u16>,
+}
+
+/// Too many backends or frontend addresses for the id space.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no free {0} id: too many distinct {0}s")]
+pub struct IdsExhausted(&'static str);
+
+impl Ids {
+    /// The ids the maps of a previous run hold.
+    pub fn adopt(backends: &BTreeMap<u32, LbBackend>, revnat: &BTreeMap<u32, LbRevNat>) -> Self {
+        let mut ids = Ids::default();
+        for (id, b) in backends {
+            ids.backends
+                .insert((addr_ip(&b.addr, b.family), u16::from_be(b.port)), *id);
+        }
+        for (id, f) in revnat {
+            if let Ok(id) = u16::try_from(*id) {
+                ids.frontends
+                    .insert((addr_ip(&f.addr, f.family), u16::from_be(f.port)), id);
+            }
+        }
+        ids
+    }
+
+    fn backend(&mut self, addr: IpAddr, port: u16) -> Result<u32, IdsExhausted> {
+        if let Some(id) = self.backends.get(&(addr, port)) {
+            return Ok(*id);
+        }
+        let id = lowest_free(self.backends.values().copied(), u32::MAX)
+            .ok_or(IdsExhausted("backend"))?;
+        self.backends.insert((addr, port), id);
+        Ok(id)
+    }
+
+    fn frontend(&mut self, addr: IpAddr, port: u16) -> Result<u16, IdsExhausted> {
+        if let Some(id) = self.frontends.get(&(addr, port)) {
+            return Ok(*id);
+        }
+        let id = lowest_free(
+            self.frontends.values().map(|v| u32::from(*v)),
+            u32::from(u16::MAX),
+        )
+        .ok_or(IdsExhausted("frontend"))?;
+        let id = id as u16;
+        self.frontends.insert((addr, port), id);
+        Ok(id)
+    }
+
+    /// Forgets the ids `table` does not use.
+    fn retain_used(&mut self, table: &Table) {
+        let backends: BTreeSet<u32> = table.backends.keys().copied().collect();
+        self.backends.retain(|_, id| backends.contains(id));
+        let frontends: BTreeSet<u32> = table.revnat.keys().copied().collect();
+        self.frontends
+            .retain(|_, id| frontends.contains(&u32::from(*id)));
+    }
+}
+
+/// The lowest id in `1..=max` not in `used`.
+fn lowest_free(used: impl Iterator<Item = u32>, max: u32) -> Option<u32> {
+    let used: BTreeSet<u32> = used.collect();
+    (1..=max).find(|id| !used.contains(id))
+}
+
+/// The table for `frontends` on node `node` whose addresses (for NodePort
+/// frontends, which stand for every address of the node) are `node_ips`.
+pub fn build(
+    frontends: &[Frontend],
+    node: &str,
+    node_ips: &[IpAddr],
+    ids: &mut Ids,
+) -> Result<Table, IdsExhausted> {
+    let mut t = Table::default();
+    for f in frontends {
+        let addrs: Vec<IpAddr> = if f.addr.is_unspecified() {
+            node_ips
+                .iter()
+                .copied()
+                .filter(|ip| ip.is_ipv4() == f.addr.is_ipv4())
+                .collect()
+        } else {
+            vec![f.addr]
+        };
+        let selectable = f.selectable(node);
+        for addr in addrs {
+            let (bytes, fam) = addr_bytes(addr);
+            let rev_nat = ids.frontend(addr, f.port)?;
+            t.revnat.insert(
+                u32::from(rev_nat),
+                LbRevNat {
+                    addr: bytes,
+                    port: f.port.to_be(),
+                    family: fam,
+                    pad: [0; 5],
+                },
+            );
+            let key = |slot: u16| LbKey {
+                addr: bytes,
+                port: f.port.to_be(),
+                proto: proto_number(f.protocol),
+                family: fam,
+                slot,
+                pad: [0; 2],
+            };
+            let mut slot = 0u16;
+            for b in &selectable {
+                if slot == u16::MAX {
+                    break;
+                }
+                let (baddr, bfam) = addr_bytes(b.addr);
+                let id = ids.backend(b.addr, b.port)?;
+                t.backends.insert(
+                    id,
+                    LbBackend {
+                        addr: baddr,
+                        port: b.port.to_be(),
+                        family: bfam,
+                        pad: [0; 5],
+                    },
+                );
+                slot += 1;
+                t.services.insert(
+                    key(slot),
+                    LbService {
+                        backend_id: id,
+                        count: 0,
+                        rev_nat,
+                        affinity_timeout: 0,
+                        pad: [0; 4],
+                    },
+                );
+                if f.affinity_timeout.is_some() {
+                    t.affinity.insert(AffinityMatchKey {
+                        backend_id: id,
+                        rev_nat: u32::from(rev_nat),
+                    });
+                }
+            }
+            t.services.insert(
+                key(0),
+                LbService {
+                    backend_id: 0,
+                    count: slot,
+                    rev_nat,
+                    affinity_timeout: f.affinity_timeout.unwrap_or(0),
+                    pad: [0; 4],
+                },
+            );
+        }
+    }
+    ids.retain_used(&t);
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axoneme_service::{Backend, BackendState, FrontendKind};
+
+    fn backend(addr: &str, node: &str, state: BackendState) -> Backend {
+        Backend {
+            addr: addr.parse().unwrap(),
+            port: 8080,
+            node: Some(node.into()),
+            state,
+        }
+    }
+
+    fn frontend(addr: &str, backends: Vec<Backend>) -> Frontend {
+        Frontend {
+            service: "default/payments".into(),
+            port_name: "http".into(),
+            kind: FrontendKind::ClusterIP,
+            addr: addr.parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            backends,
+            affinity_timeout: None,
+            local_only: false,
+        }
+    }
+
+    fn master(t: &Table, addr: &str, port: u16) -> LbService {
+        let (bytes, fam) = addr_bytes(addr.parse().unwrap());
+        *t.services
+            .iter()
+            .find(|(k, _)| {
+                k.slot == 0 && k.addr == bytes && k.family == fam && k.port == port.to_be()
+            })
+            .map(|(_, v)| v)
+            .expect("master entry")
+    }
+
+    #[test]
+    fn a_frontend_gets_a_master_and_a_slot_per_usable_backend() {
+        let f = frontend(
+            "10.96.0.10",
+            vec![
+                backend("10.200.0.1", "a", BackendState::Active),
+                backend("10.200.0.2", "b", BackendState::Active),
+                backend("10.200.0.3", "b", BackendState::Terminating),
+                backend("10.200.0.4", "b", BackendState::NotReady),
+            ],
+        );
+        let mut ids = Ids::default();
+        let t = build(&[f], "a", &[], &mut ids).unwrap();
+        let m = master(&t, "10.96.0.10", 80);
+        assert_eq!(m.count, 2, "terminating and not-ready backends get no slot");
+        assert_eq!(t.services.len(), 3);
+        assert_eq!(t.backends.len(), 2);
+        assert_eq!(t.revnat.len(), 1);
+        let rev = &t.revnat[&u32::from(m.rev_nat)];
+        assert_eq!(
+            addr_ip(&rev.addr, rev.family),
+            "10.96.0.10".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(u16::from_be(rev.port), 80);
+        for (k, v) in &t.services {
+            if k.slot > 0 {
+                assert!(
+                    t.backends.contains_key(&v.backend_id),
+                    "slot {k:?} names a backend"
+                );
+                assert!(k.slot <= m.count);
+            }
+        }
+        assert!(t.affinity.is_empty());
+    }
+
+    #[test]
+    fn ids_are_stable_and_reused_after_adoption() {
+        let mut f = frontend(
+            "10.96.0.10",
+            vec![
+                backend("10.200.0.1", "a", BackendState::Active),
+                backend("10.200.0.2", "a", BackendState::Active),
+            ],
+        );
+        let mut ids = Ids::default();
+        let t1 = build(std::slice::from_ref(&f), "a", &[], &mut ids).unwrap();
+        // One backend leaves, a new one comes: the other keeps its id.
+        f.backends.remove(0);
+        f.backends
+            .push(backend("10.200.0.9", "a", BackendState::Active));
+        let t2 = build(std::slice::from_ref(&f), "a", &[], &mut ids).unwrap();
+        let id_of = |t: &Table, ip: &str| {
+            let (bytes, _) = addr_bytes(ip.parse().unwrap());
+            *t.backends.iter().find(|(_, b)| b.addr == bytes).unwrap().0
+        };
+        assert_eq!(id_of(&t1, "10.200.0.2"), id_of(&t2, "10.200.0.2"));
+        assert_eq!(
+            master(&t1, "10.96.0.10", 80).rev_nat,
+            master(&t2, "10.96.0.10", 80).rev_nat
+        );
+        // A restarted agent learns the ids from the maps.
+        let mut adopted = Ids::adopt(&t2.backends, &t2.revnat);
+        let t3 = build(std::slice::from_ref(&f), "a", &[], &mut adopted).unwrap();
+        assert_eq!(t2, t3);
+    }
+
+    #[test]
+    fn nodeport_frontends_stand_for_every_node_address_of_their_family() {
+        let mut f = frontend(
+            "0.0.0.0",
+            vec![backend("10.200.0.1", "a", BackendState::Active)],
+        );
+        f.kind = FrontendKind::NodePort;
+        f.port = 30080;
+        let ips: Vec<IpAddr> = vec!["192.168.7.1".parse().unwrap(), "fd07::1".parse().unwrap()];
+        let t = build(&[f], "a", &ips, &mut Ids::default()).unwrap();
+        assert_eq!(master(&t, "192.168.7.1", 30080).count, 1);
+        assert_eq!(t.services.len(), 2, "no IPv6 frontend for an IPv4 NodePort");
+    }
+
+    #[test]
+    fn affinity_and_local_only() {
+        let mut f = frontend(
+            "10.96.0.10",
+            vec![
+                backend("10.200.0.1", "a", BackendState::Active),
+                backend("10.200.0.2", "b", BackendState::Active),
+            ],
+        );
+        f.affinity_timeout = Some(30);
+        f.local_only = true;
+        let t = build(&[f], "b", &[], &mut Ids::default()).unwrap();
+        let m = master(&t, "10.96.0.10", 80);
+        assert_eq!((m.count, m.affinity_timeout), (1, 30));
+        assert_eq!(t.affinity.len(), 1);
+    }
+
+    #[test]
+    fn a_frontend_without_usable_backends_has_a_master_counting_none() {
+        let f = frontend(
+            "10.96.0.10",
+            vec![backend("10.200.0.1", "a", BackendState::NotReady)],
+        );
+        let t = build(&[f], "a", &[], &mut Ids::default()).unwrap();
+        assert_eq!(master(&t, "10.96.0.10", 80).count, 0);
+        assert!(t.backends.is_empty());
+    }
+}

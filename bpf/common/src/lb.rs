@@ -1,0 +1,170 @@
+//! Service load balancing: the maps the socket-LB programs read and the
+//! agent's services unit writes (Cilium's `lb4_*`/`lb6_*` maps, one set for
+//! both families: addresses are 16 bytes, IPv4 in the first 4).
+//!
+//! A frontend (`address:port/protocol`) has a master entry at slot 0 of
+//! [`LB_SERVICES`](super::map_names::LB_SERVICES) holding the number of
+//! backends new connections may use, and one entry per backend at slots
+//! `1..=count` holding a backend id; [`LB_BACKENDS`](super::map_names::LB_BACKENDS)
+//! maps ids to addresses. The writer keeps every state a reader can see
+//! usable: backends are written before the slots that name them, slots
+//! before a master that counts them; a master shrinks before its surplus
+//! slots go, and backends go last.
+
+/// Network-order port in a `u16` as the wire has it.
+pub type NetPort = u16;
+
+/// A frontend slot: the key of [`LB_SERVICES`](super::map_names::LB_SERVICES).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LbKey {
+    /// The frontend's address; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+    /// The frontend's port, network order.
+    pub port: NetPort,
+    /// IP protocol number (6, 17, 132).
+    pub proto: u8,
+    /// [`super::family`].
+    pub family: u8,
+    /// 0: the master entry; `1..=count`: a backend slot.
+    pub slot: u16,
+    pub pad: [u8; 2],
+}
+
+/// A value of [`LB_SERVICES`](super::map_names::LB_SERVICES).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbService {
+    /// Backend slots: the backend's id; master: 0.
+    pub backend_id: u32,
+    /// Master: how many slots new connections choose from (0: the
+    /// service has no usable backend; connects are refused).
+    pub count: u16,
+    /// The frontend's reverse-NAT id (a key of
+    /// [`LB_REVNAT`](super::map_names::LB_REVNAT)).
+    pub rev_nat: u16,
+    /// Master: `sessionAffinity: ClientIP`'s timeout in seconds; 0: none.
+    pub affinity_timeout: u32,
+    pub pad: [u8; 4],
+}
+
+/// A value of [`LB_BACKENDS`](super::map_names::LB_BACKENDS), keyed by a
+/// backend id (`u32`, never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbBackend {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: NetPort,
+    pub family: u8,
+    pub pad: [u8; 5],
+}
+
+/// A value of [`LB_REVNAT`](super::map_names::LB_REVNAT), keyed by a
+/// reverse-NAT id (`u16` in a `u32` key): the frontend replies come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbRevNat {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: NetPort,
+    pub family: u8,
+    pub pad: [u8; 5],
+}
+
+/// Key of [`LB_SOCK_REVNAT`](super::map_names::LB_SOCK_REVNAT): a socket
+/// (its cookie) and the backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: NetPort,
+    pub family: u8,
+    pub pad: [u8; 5],
+}
+
+/// Value of [`LB_SOCK_REVNAT`](super::map_names::LB_SOCK_REVNAT): the
+/// service the socket addressed, which `recvmsg` and `getpeername` show.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevValue {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: NetPort,
+    pub rev_nat: u16,
+    pub pad: [u8; 4],
+}
+
+/// Key of [`LB_AFFINITY`](super::map_names::LB_AFFINITY): a client (its
+/// network namespace's cookie: a pod) and a frontend (its reverse-NAT id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub rev_nat: u32,
+    pub pad: [u8; 4],
+}
+
+/// Value of [`LB_AFFINITY`](super::map_names::LB_AFFINITY).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    /// When the client last used it: `bpf_ktime_get_ns()` in seconds.
+    pub last_used_s: u32,
+}
+
+/// Key of [`LB_AFFINITY_MATCH`](super::map_names::LB_AFFINITY_MATCH):
+/// present while the backend is one new connections to the frontend may
+/// use, so an affine client whose backend left is sent elsewhere.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityMatchKey {
+    pub backend_id: u32,
+    pub rev_nat: u32,
+}
+
+/// Frontend slots (masters and backend slots together).
+pub const LB_SERVICES_MAX: u32 = 256 * 1024;
+pub const LB_BACKENDS_MAX: u32 = 64 * 1024;
+pub const LB_REVNAT_MAX: u32 = 64 * 1024;
+pub const LB_SOCK_REVNAT_MAX: u32 = 256 * 1024;
+pub const LB_AFFINITY_MAX: u32 = 64 * 1024;
+
+/// IP protocol numbers the service maps key.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+}
+
+const _: () = assert!(core::mem::size_of::<LbKey>() == 24);
+const _: () = assert!(core::mem::size_of::<LbService>() == 16);
+const _: () = assert!(core::mem::size_of::<LbBackend>() == 24);
+const _: () = assert!(core::mem::size_of::<LbRevNat>() == 24);
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
+const _: () = assert!(core::mem::size_of::<AffinityMatchKey>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    #![allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+
+    use super::*;
+
+    // SAFETY (all below): repr(C), Copy, only integer and byte-array fields,
+    // every padding byte is an explicit field (sizes asserted above).
+    unsafe impl aya::Pod for LbKey {}
+    unsafe impl aya::Pod for LbService {}
+    unsafe impl aya::Pod for LbBackend {}
+    unsafe impl aya::Pod for LbRevNat {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for AffinityMatchKey {}
+}
