@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::cgroup::Cgroup;
 use crate::netns::Netns;
 use crate::{bin_path, EtcdCluster, KubeControlPlane, OperatorProc, Proc};
 
@@ -73,6 +74,9 @@ pub struct ClusterNode {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub agent: Option<Proc>,
+    /// Standalone mode: the node's cgroup (its pods' are children), where
+    /// the agent attaches socket LB.
+    pub cgroup: Option<Cgroup>,
     args: Vec<String>,
 }
 
@@ -95,6 +99,10 @@ pub struct CniPod {
     pub ip6: Option<Ipv6Addr>,
     /// How long its CNI ADD took (plugin start to return).
     pub ready: Duration,
+    /// The pod's cgroup, under its node's (standalone mode): the processes
+    /// [`CniPod::command`] starts run there, so services are translated
+    /// for them.
+    pub cgroup: Option<Cgroup>,
 }
 
 /// What one CNI invocation returned.
@@ -139,6 +147,9 @@ pub struct Leftovers {
     pub paths: Vec<PathBuf>,
     pub etcd_endpoints: Vec<String>,
     pub sockets: Vec<PathBuf>,
+    /// cgroup directories, children before parents.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// Stops what a detached cluster left: only the recorded PIDs, and only
@@ -165,6 +176,9 @@ pub fn teardown(l: &Leftovers) {
     }
     for p in &l.paths {
         let _ = std::fs::remove_dir_all(p);
+    }
+    for p in &l.cgroups {
+        let _ = std::fs::remove_dir(p);
     }
 }
 
@@ -280,6 +294,13 @@ impl Cluster {
         ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "ul0", "nodad"])?;
         ns.ip(&["link", "set", "ul0", "up"])?;
         let state_dir = self.dir.join(format!("node{i}"));
+        // Standalone mode balances services itself (Kubernetes mode keeps
+        // kube-proxy until Services are mirrored from the API).
+        let cgroup = if self.kube.is_none() {
+            Some(Cgroup::create(&name)?)
+        } else {
+            None
+        };
         let node = ClusterNode {
             socket: state_dir.join("agent.sock"),
             pin_dir: PathBuf::from("/sys/fs/bpf/axoneme").join(&name),
@@ -308,6 +329,13 @@ impl Cluster {
                     if self.kube.is_some() {
                         a.push("--kubernetes".to_string());
                     }
+                    if let Some(cg) = &cgroup {
+                        a.extend([
+                            "--kube-proxy-replacement=true".to_string(),
+                            "--cgroup-root".to_string(),
+                            cg.path.display().to_string(),
+                        ]);
+                    }
                 }
                 if let Some(kube) = &self.kube {
                     kube.create_node(&name, ip, Some(ip6))?;
@@ -324,6 +352,7 @@ impl Cluster {
             ip,
             ip6,
             agent: None,
+            cgroup,
         };
         self.nodes.push(node);
         self.start_agent(i)
@@ -460,6 +489,7 @@ impl Cluster {
         };
         for p in pods {
             l.netns.push(p.ns.leak());
+            l.cgroups.extend(p.cgroup.map(Cgroup::leak));
         }
         for p in self.extra.drain(..) {
             l.pids.push(p.detach());
@@ -471,6 +501,7 @@ impl Cluster {
             l.paths.push(n.pin_dir);
             l.sockets.push(n.socket);
             l.netns.push(n.ns.leak());
+            l.cgroups.extend(n.cgroup.map(Cgroup::leak));
         }
         for o in self.operators.drain(..) {
             l.pids.push(o.proc.detach());
@@ -645,6 +676,10 @@ impl Cluster {
         service_account: Option<&str>,
     ) -> Result<CniPod> {
         let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
+        let cgroup = match &self.nodes[node].cgroup {
+            Some(cg) => Some(cg.child(name)?),
+            None => None,
+        };
         let container_id = format!("{}-{name}", self.prefix);
         let mut cni_args =
             format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
@@ -708,6 +743,7 @@ impl Cluster {
             ip6,
             ready: out.elapsed,
             result,
+            cgroup,
         })
     }
 
@@ -745,6 +781,17 @@ impl Cluster {
 }
 
 impl CniPod {
+    /// A command run inside the pod (its network namespace and, in
+    /// standalone mode, its cgroup), as a container's process would be.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut all = vec!["ip", "netns", "exec", &self.ns.name];
+        all.extend_from_slice(args);
+        match &self.cgroup {
+            Some(cg) => cg.command(&all),
+            None => self.ns.command(args),
+        }
+    }
+
     /// The HTTP status `curl` from this pod gets for `METHOD
     /// http://addr:port/path` within a second; `None` when no answer
     /// came (the connection was blocked).
@@ -755,7 +802,6 @@ impl CniPod {
             addr.to_string()
         };
         let out = self
-            .ns
             .command(&[
                 "curl",
                 "-s",
@@ -824,7 +870,7 @@ impl CniPod {
             args.push(url);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.ns.command(&args).stderr(Stdio::null()).output()?;
+        let out = self.command(&args).stderr(Stdio::null()).output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         if h2c {
             // `--stat`: a row per answered stream, `id responseEnd

@@ -16,6 +16,7 @@ pub mod kube;
 pub mod netns;
 pub mod operator;
 pub mod process;
+pub mod services;
 pub mod tls;
 
 pub use cluster::{Cluster, ClusterConfig, CniPod, SeedPods};

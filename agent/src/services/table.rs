@@ -61,10 +61,68 @@ pub fn proto_number(p: Protocol) -> u8 {
 }
 
 /// Backend and reverse-NAT ids, kept stable across passes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Ids {
-    backends: BTreeMap<(IpAddr, u16), u32>,
-    frontends: BTreeMap<(IpAddr, u16), u16>,
+    backends: IdSpace<(IpAddr, u16)>,
+    frontends: IdSpace<(IpAddr, u16)>,
+}
+
+/// Ids in `1..=max` given to keys.
+#[derive(Debug, Clone)]
+struct IdSpace<K> {
+    by_key: BTreeMap<K, u32>,
+    used: BTreeSet<u32>,
+    max: u32,
+}
+
+impl<K> Default for IdSpace<K> {
+    fn default() -> Self {
+        IdSpace {
+            by_key: BTreeMap::new(),
+            used: BTreeSet::new(),
+            max: u32::MAX,
+        }
+    }
+}
+
+impl<K: Ord + Copy> IdSpace<K> {
+    fn with_max(max: u32) -> Self {
+        IdSpace {
+            max,
+            ..Self::default()
+        }
+    }
+
+    fn insert(&mut self, key: K, id: u32) {
+        if id != 0 && id <= self.max {
+            self.by_key.insert(key, id);
+            self.used.insert(id);
+        }
+    }
+
+    /// `key`'s id, or a free one: one past the highest in use, or when
+    /// that is past `max`, the lowest gap.
+    fn get(&mut self, key: K, what: &'static str) -> Result<u32, IdsExhausted> {
+        if let Some(id) = self.by_key.get(&key) {
+            return Ok(*id);
+        }
+        let next = self.used.last().map_or(1, |l| l.saturating_add(1));
+        let id = if next <= self.max && next != 0 {
+            next
+        } else {
+            (1..=self.max)
+                .find(|id| !self.used.contains(id))
+                .ok_or(IdsExhausted(what))?
+        };
+        self.insert(key, id);
+        Ok(id)
+    }
+
+    /// Forgets the ids not in `keep`.
+    fn retain(&mut self, keep: impl Fn(u32) -> bool) {
+        self.by_key.retain(|_, id| keep(*id));
+        self.used.retain(|id| keep(*id));
+    }
 }
 
 /// Too many backends or frontend addresses for the id space.
@@ -72,61 +130,48 @@ pub struct Ids {
 #[error("no free {0} id: too many distinct {0}s")]
 pub struct IdsExhausted(&'static str);
 
+impl Default for Ids {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Ids {
+    pub fn new() -> Self {
+        Ids {
+            backends: IdSpace::default(),
+            frontends: IdSpace::with_max(u32::from(u16::MAX)),
+        }
+    }
+
     /// The ids the maps of a previous run hold.
     pub fn adopt(backends: &BTreeMap<u32, LbBackend>, revnat: &BTreeMap<u32, LbRevNat>) -> Self {
-        let mut ids = Ids::default();
+        let mut ids = Ids::new();
         for (id, b) in backends {
             ids.backends
                 .insert((addr_ip(&b.addr, b.family), u16::from_be(b.port)), *id);
         }
         for (id, f) in revnat {
-            if let Ok(id) = u16::try_from(*id) {
-                ids.frontends
-                    .insert((addr_ip(&f.addr, f.family), u16::from_be(f.port)), id);
-            }
+            ids.frontends
+                .insert((addr_ip(&f.addr, f.family), u16::from_be(f.port)), *id);
         }
         ids
     }
 
     fn backend(&mut self, addr: IpAddr, port: u16) -> Result<u32, IdsExhausted> {
-        if let Some(id) = self.backends.get(&(addr, port)) {
-            return Ok(*id);
-        }
-        let id = lowest_free(self.backends.values().copied(), u32::MAX)
-            .ok_or(IdsExhausted("backend"))?;
-        self.backends.insert((addr, port), id);
-        Ok(id)
+        self.backends.get((addr, port), "backend")
     }
 
     fn frontend(&mut self, addr: IpAddr, port: u16) -> Result<u16, IdsExhausted> {
-        if let Some(id) = self.frontends.get(&(addr, port)) {
-            return Ok(*id);
-        }
-        let id = lowest_free(
-            self.frontends.values().map(|v| u32::from(*v)),
-            u32::from(u16::MAX),
-        )
-        .ok_or(IdsExhausted("frontend"))?;
-        let id = id as u16;
-        self.frontends.insert((addr, port), id);
-        Ok(id)
+        let id = self.frontends.get((addr, port), "frontend")?;
+        u16::try_from(id).map_err(|_| IdsExhausted("frontend"))
     }
 
     /// Forgets the ids `table` does not use.
     fn retain_used(&mut self, table: &Table) {
-        let backends: BTreeSet<u32> = table.backends.keys().copied().collect();
-        self.backends.retain(|_, id| backends.contains(id));
-        let frontends: BTreeSet<u32> = table.revnat.keys().copied().collect();
-        self.frontends
-            .retain(|_, id| frontends.contains(&u32::from(*id)));
+        self.backends.retain(|id| table.backends.contains_key(&id));
+        self.frontends.retain(|id| table.revnat.contains_key(&id));
     }
-}
-
-/// The lowest id in `1..=max` not in `used`.
-fn lowest_free(used: impl Iterator<Item = u32>, max: u32) -> Option<u32> {
-    let used: BTreeSet<u32> = used.collect();
-    (1..=max).find(|id| !used.contains(id))
 }
 
 /// The table for `frontends` on node `node` whose addresses (for NodePort
@@ -269,7 +314,7 @@ mod tests {
                 backend("10.200.0.4", "b", BackendState::NotReady),
             ],
         );
-        let mut ids = Ids::default();
+        let mut ids = Ids::new();
         let t = build(&[f], "a", &[], &mut ids).unwrap();
         let m = master(&t, "10.96.0.10", 80);
         assert_eq!(m.count, 2, "terminating and not-ready backends get no slot");
@@ -303,7 +348,7 @@ mod tests {
                 backend("10.200.0.2", "a", BackendState::Active),
             ],
         );
-        let mut ids = Ids::default();
+        let mut ids = Ids::new();
         let t1 = build(std::slice::from_ref(&f), "a", &[], &mut ids).unwrap();
         // One backend leaves, a new one comes: the other keeps its id.
         f.backends.remove(0);
@@ -334,7 +379,7 @@ mod tests {
         f.kind = FrontendKind::NodePort;
         f.port = 30080;
         let ips: Vec<IpAddr> = vec!["192.168.7.1".parse().unwrap(), "fd07::1".parse().unwrap()];
-        let t = build(&[f], "a", &ips, &mut Ids::default()).unwrap();
+        let t = build(&[f], "a", &ips, &mut Ids::new()).unwrap();
         assert_eq!(master(&t, "192.168.7.1", 30080).count, 1);
         assert_eq!(t.services.len(), 2, "no IPv6 frontend for an IPv4 NodePort");
     }
@@ -350,7 +395,7 @@ mod tests {
         );
         f.affinity_timeout = Some(30);
         f.local_only = true;
-        let t = build(&[f], "b", &[], &mut Ids::default()).unwrap();
+        let t = build(&[f], "b", &[], &mut Ids::new()).unwrap();
         let m = master(&t, "10.96.0.10", 80);
         assert_eq!((m.count, m.affinity_timeout), (1, 30));
         assert_eq!(t.affinity.len(), 1);
@@ -362,7 +407,7 @@ mod tests {
             "10.96.0.10",
             vec![backend("10.200.0.1", "a", BackendState::NotReady)],
         );
-        let t = build(&[f], "a", &[], &mut Ids::default()).unwrap();
+        let t = build(&[f], "a", &[], &mut Ids::new()).unwrap();
         assert_eq!(master(&t, "10.96.0.10", 80).count, 0);
         assert!(t.backends.is_empty());
     }

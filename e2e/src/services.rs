@@ -1,0 +1,226 @@
+//! Clients and servers for the Service tests and benches: a request loop
+//! (one Python process opening a new connection per request, as a
+//! short-lived client does), a UDP server that answers with its own
+//! address, and the Service document `axoneme service` takes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cluster::CniPod;
+use crate::netns::Netns;
+use crate::Proc;
+
+/// Outcomes of a request loop: HTTP status (`"200"`) or the client's
+/// error (`"ConnectionRefusedError"`, `"timeout"`) → count.
+pub type Outcomes = BTreeMap<String, u64>;
+
+const LOOP: &str = r#"
+import http.client, json, os, socket, sys, time
+host, port, method, path, n, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+out = {}
+i = 0
+while (n > 0 and i < n) or (n == 0 and not os.path.exists(stop)):
+    i += 1
+    try:
+        c = http.client.HTTPConnection(host, port, timeout=2)
+        c.request(method, path, body=b"" if method == "POST" else None)
+        r = c.getresponse()
+        r.read()
+        c.close()
+        k = str(r.status)
+    except socket.timeout:
+        k = "timeout"
+    except Exception as e:
+        k = type(e).__name__
+    out[k] = out.get(k, 0) + 1
+    if n == 0:
+        time.sleep(0.005)
+print(json.dumps(out))
+"#;
+
+fn loop_command(
+    pod: &CniPod,
+    addr: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    n: u32,
+    stop: &str,
+) -> std::process::Command {
+    let port = port.to_string();
+    let n = n.to_string();
+    pod.command(&["python3", "-c", LOOP, addr, &port, method, path, &n, stop])
+}
+
+fn outcomes(out: &std::process::Output) -> Result<Outcomes> {
+    if !out.status.success() {
+        bail!(
+            "request loop failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "request loop wrote {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// `n` requests from `pod` to `addr:port`, each on a new connection.
+pub fn requests(
+    pod: &CniPod,
+    addr: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    n: u32,
+) -> Result<Outcomes> {
+    let out = loop_command(pod, addr, port, method, path, n, "/nonexistent").output()?;
+    outcomes(&out)
+}
+
+/// Requests from `pod` to `addr:port` in a loop (a new connection each,
+/// every 5 ms) until [`RequestLoop::finish`].
+pub struct RequestLoop {
+    child: Option<Child>,
+    stop: PathBuf,
+}
+
+impl RequestLoop {
+    pub fn start(
+        pod: &CniPod,
+        addr: &str,
+        port: u16,
+        method: &str,
+        path: &str,
+        dir: &std::path::Path,
+    ) -> Result<Self> {
+        let stop = dir.join(format!("stop-{}-{}", pod.name, crate::run_prefix("loop")));
+        let child = loop_command(pod, addr, port, method, path, 0, &stop.to_string_lossy())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(RequestLoop {
+            child: Some(child),
+            stop,
+        })
+    }
+
+    /// Stops the loop; what its requests got.
+    pub fn finish(mut self) -> Result<Outcomes> {
+        std::fs::write(&self.stop, "")?;
+        let child = self.child.take().context("finished twice")?;
+        let out = child.wait_with_output()?;
+        let _ = std::fs::remove_file(&self.stop);
+        outcomes(&out)
+    }
+}
+
+impl Drop for RequestLoop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.stop);
+    }
+}
+
+const UDP_SERVER: &str = r#"
+import socket, sys
+port, name = int(sys.argv[1]), sys.argv[2]
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", port))
+while True:
+    _, peer = s.recvfrom(512)
+    s.sendto(name.encode(), peer)
+"#;
+
+/// A UDP server in `ns` on `port` (both families) answering every
+/// datagram with `name`.
+pub fn udp_server(ns: &Netns, port: u16, name: &str, log: &std::path::Path) -> Result<Proc> {
+    let cmd = ns.command(&["python3", "-c", UDP_SERVER, &port.to_string(), name]);
+    Proc::spawn("udp-server", cmd, log)
+}
+
+const UDP_CLIENT: &str = r#"
+import socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.settimeout(1)
+for _ in range(5):
+    try:
+        s.sendto(b"hi", (addr, port))
+        data, peer = s.recvfrom(512)
+        print(data.decode(), peer[0], peer[1])
+        break
+    except socket.timeout:
+        pass
+"#;
+
+/// One datagram from `pod` to `addr:port` (retried): the answer and the
+/// address it came from (`None`: no answer).
+pub fn udp_request(pod: &CniPod, addr: &str, port: u16) -> Result<Option<(String, IpAddr, u16)>> {
+    let out = pod
+        .command(&["python3", "-c", UDP_CLIENT, addr, &port.to_string()])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = text.split_whitespace().collect();
+    match f[..] {
+        [] => Ok(None),
+        [name, from, port] => Ok(Some((name.to_string(), from.parse()?, port.parse()?))),
+        _ => bail!("UDP client wrote {text:?}"),
+    }
+}
+
+/// A backend of a Service document: a pod's addresses on its node.
+pub struct Endpoint<'a> {
+    pub pod: &'a CniPod,
+    pub node: &'a str,
+    /// `ready: false, serving: true, terminating: true` when set.
+    pub terminating: bool,
+}
+
+/// The Service document `axoneme service create` takes: `ports` are
+/// `(name, protocol, port, targetPort)`.
+pub fn service_yaml(
+    name: &str,
+    cluster_ips: &[&str],
+    ports: &[(&str, &str, u16, u16)],
+    endpoints: &[Endpoint<'_>],
+    extra_spec: &str,
+) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIPs: [{}]\n  ports:\n",
+        cluster_ips.join(", ")
+    );
+    for (pname, proto, port, target) in ports {
+        y.push_str(&format!(
+            "  - {{name: {pname}, protocol: {proto}, port: {port}, targetPort: {target}}}\n"
+        ));
+    }
+    y.push_str(extra_spec);
+    y.push_str("endpoints:\n");
+    for e in endpoints {
+        let mut addrs = vec![e.pod.ip.to_string()];
+        addrs.extend(e.pod.ip6.map(|a| a.to_string()));
+        let conditions = if e.terminating {
+            "{ready: false, serving: true, terminating: true}"
+        } else {
+            "{ready: true}"
+        };
+        y.push_str(&format!(
+            "- addresses: [{}]\n  nodeName: {}\n  conditions: {conditions}\n",
+            addrs.join(", "),
+            e.node
+        ));
+    }
+    y
+}

@@ -1,0 +1,229 @@
+//! Services in standalone mode, end to end: `axoneme service` stores them,
+//! every node's agent programs its LB maps, and the socket-LB programs on
+//! the node's cgroup translate the pods' connections (the harness puts
+//! each pod's processes in a cgroup under its node's, as a kubelet does).
+//!
+//! The seed scenario behind a ClusterIP: three payments backends on both
+//! nodes, clients on both nodes, TCP and UDP, IPv4 and IPv6; the payments
+//! policy still decides through the service address (the flow is judged
+//! by the backend's identity after translation); and a continuous request
+//! loop that sees no failure while a backend turns terminating, leaves, a
+//! bad update is refused, and the client's agent restarts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axoneme_e2e::expect::seed_policy;
+use axoneme_e2e::services::{
+    requests, service_yaml, udp_request, udp_server, Endpoint, Outcomes, RequestLoop,
+};
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
+
+const VIP4: &str = "10.96.0.10";
+const VIP6: &str = "fd00:96::10";
+const PORTS: [(&str, &str, u16, u16); 2] = [("http", "TCP", 80, 8080), ("dns", "UDP", 53, 5353)];
+
+fn apply(c: &Cluster, verb: &str, name: &str, yaml: &str) -> Result<std::process::Output> {
+    let path = c.dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml)?;
+    Ok(
+        c.cli_command(0, &["service", verb, "-f", path.to_str().context("path")?])
+            .output()?,
+    )
+}
+
+fn lines(log: &Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
+}
+
+/// Only answers that are not HTTP statuses (the connection failed).
+fn all_failed(o: &Outcomes) -> bool {
+    !o.is_empty() && o.keys().all(|k| k.parse::<u16>().is_err())
+}
+
+fn until(what: &str, within: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    while !f()? {
+        if start.elapsed() > within {
+            bail!("{what}: not within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("{what}: {:?}", start.elapsed());
+    Ok(())
+}
+
+#[test]
+fn cluster_ip_balances_across_nodes_and_policy_still_applies() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig::default())?;
+    let seed = c.seed_pods()?;
+    let p2 = c.add_pod(1, "payments-2", &[("app", "payments")])?;
+    let p3 = c.add_pod(0, "payments-3", &[("app", "payments")])?;
+    let client = c.add_pod(0, "client", &[("app", "client")])?;
+    let logs = [
+        c.dir.join("requests-payments-8080.log"),
+        c.logging_backend(&p2, 8080)?,
+        c.logging_backend(&p3, 8080)?,
+    ];
+    let backends: [&CniPod; 3] = [&seed.payments, &p2, &p3];
+    for b in backends {
+        let log = c.dir.join(format!("udp-{}.log", b.name));
+        let p = udp_server(&b.ns, 5353, &b.name, &log)?;
+        c.extra.push(p);
+    }
+    let nodes = [c.nodes[0].name.clone(), c.nodes[1].name.clone()];
+    let endpoints = |terminating: Option<&str>, without: Option<&str>| -> Vec<Endpoint<'_>> {
+        backends
+            .iter()
+            .filter(|b| Some(b.name.as_str()) != without)
+            .map(|b| Endpoint {
+                pod: b,
+                node: &nodes[b.node],
+                terminating: Some(b.name.as_str()) == terminating,
+            })
+            .collect()
+    };
+    let svc = |terminating, without| {
+        service_yaml(
+            "payments",
+            &[VIP4, VIP6],
+            &PORTS,
+            &endpoints(terminating, without),
+            "",
+        )
+    };
+    let out = apply(&c, "create", "payments", &svc(None, None))?;
+    assert!(
+        out.status.success(),
+        "service create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Both nodes program it.
+    for from in [&client, &seed.checkout] {
+        until(
+            &format!("{} reaches the service", from.name),
+            Duration::from_secs(10),
+            || Ok(requests(from, VIP4, 80, "GET", "/", 1)?.contains_key("200")),
+        )?;
+    }
+
+    // 300 new connections from each node spread over the three backends
+    // (uniform: 100 each expected, sd ≈ 8.2 per backend; 60 is ~5 sd off).
+    for from in [&client, &seed.checkout] {
+        let before: Vec<usize> = logs.iter().map(|l| lines(l)).collect();
+        let got = requests(from, VIP4, 80, "GET", "/spread", 300)?;
+        assert_eq!(
+            got,
+            BTreeMap::from([("200".to_string(), 300)]),
+            "from {}",
+            from.name
+        );
+        let per: Vec<usize> = logs
+            .iter()
+            .zip(&before)
+            .map(|(l, b)| lines(l) - b)
+            .collect();
+        eprintln!("from {}: per backend {per:?}", from.name);
+        assert_eq!(per.iter().sum::<usize>(), 300);
+        assert!(per.iter().all(|n| *n >= 60), "from {}: {per:?}", from.name);
+    }
+
+    // IPv6, and UDP with the reply shown as coming from the service.
+    let got = requests(&client, VIP6, 80, "GET", "/v6", 20)?;
+    assert_eq!(got, BTreeMap::from([("200".to_string(), 20)]));
+    for (from, vip) in [(&client, VIP4), (&seed.checkout, VIP6)] {
+        let (name, addr, port) = udp_request(from, vip, 53)?.context("no UDP answer")?;
+        assert!(
+            backends.iter().any(|b| b.name == name),
+            "answered by {name}"
+        );
+        assert_eq!((addr.to_string(), port), (vip.to_string(), 53));
+    }
+
+    // The payments policy through the service address: the intruder gets
+    // no connection, checkout's POST passes the L7 proxy, its GET gets 403.
+    let policy = seed_policy();
+    let out = c.cli(
+        0,
+        &[
+            "policy",
+            "import",
+            "--wait",
+            "10",
+            policy.to_str().context("path")?,
+        ],
+    )?;
+    assert!(out.status.success());
+    until(
+        "the intruder is blocked through the VIP",
+        Duration::from_secs(10),
+        || {
+            Ok(all_failed(&requests(
+                &seed.intruder,
+                VIP4,
+                80,
+                "GET",
+                "/",
+                1,
+            )?))
+        },
+    )?;
+    until(
+        "checkout's GET gets the proxy's 403",
+        Duration::from_secs(10),
+        || Ok(requests(&seed.checkout, VIP4, 80, "GET", "/", 1)?.contains_key("403")),
+    )?;
+    let got = requests(&seed.checkout, VIP4, 80, "POST", "/v1/charge", 30)?;
+    assert_eq!(got, BTreeMap::from([("200".to_string(), 30)]));
+    let got = requests(&seed.intruder, VIP6, 80, "POST", "/v1/charge", 2)?;
+    assert!(all_failed(&got), "intruder over IPv6: {got:?}");
+
+    // Changes under load: checkout POSTs through the VIP every 5 ms.
+    let load = RequestLoop::start(&seed.checkout, VIP4, 80, "POST", "/v1/charge", &c.dir)?;
+    std::thread::sleep(Duration::from_millis(500));
+    // payments-2 terminates: no new connections reach it.
+    let out = apply(&c, "update", "payments", &svc(Some("payments-2"), None))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let at = lines(&logs[1]);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        lines(&logs[1]),
+        at,
+        "a terminating backend got new connections"
+    );
+    // A bad update is refused by name and changes nothing.
+    let bad = svc(Some("payments-2"), None).replace("port: 80,", "port: 0,");
+    let out = apply(&c, "update", "payments", &bad)?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.ports[0].port"), "{err}");
+    // payments-2 leaves; then checkout's agent restarts (its socket LB
+    // stays attached, pinned).
+    let out = apply(&c, "update", "payments", &svc(None, Some("payments-2")))?;
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    c.restart_agent(1)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let got = load.finish()?;
+    eprintln!("under changes: {got:?}");
+    assert_eq!(got.len(), 1, "every request answered 200: {got:?}");
+    assert!(got["200"] > 100, "{got:?}");
+
+    // Deleted: the address is no service any more.
+    let out = c.cli(0, &["service", "delete", "payments"])?;
+    assert!(out.status.success());
+    until(
+        "the deleted service stops answering",
+        Duration::from_secs(10),
+        || Ok(all_failed(&requests(&client, VIP4, 80, "GET", "/", 1)?)),
+    )?;
+    Ok(())
+}
