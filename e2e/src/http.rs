@@ -154,6 +154,7 @@ fn start_nginx(ns: &Netns, dir: &Path, servers: &str, port: u16) -> Result<Proc>
 pub struct WrkRun {
     pub requests: u64,
     pub rps: f64,
+    pub p50_ms: f64,
     pub p99_ms: f64,
     /// Answers other than 2xx/3xx.
     pub non_2xx: u64,
@@ -165,26 +166,53 @@ pub struct WrkRun {
 /// for anything but GET), `connections` connections on up to two threads,
 /// for `seconds`, with latency percentiles.
 pub fn wrk(ns: &Netns, method: &str, url: &str, connections: u32, seconds: u32) -> Result<WrkRun> {
+    wrk_with(
+        |args| ns.command(args),
+        method,
+        url,
+        connections,
+        seconds,
+        false,
+    )
+}
+
+/// [`wrk`] run by `command` (e.g. a pod's, in its cgroup); with `close`,
+/// every request on a connection of its own (`Connection: close`): what
+/// a connect-request-response (CRR) client does.
+pub fn wrk_with(
+    command: impl FnOnce(&[&str]) -> std::process::Command,
+    method: &str,
+    url: &str,
+    connections: u32,
+    seconds: u32,
+    close: bool,
+) -> Result<WrkRun> {
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("method.lua");
     std::fs::write(&script, format!("wrk.method = \"{method}\"\n"))?;
     let threads = connections.clamp(1, 2).to_string();
-    let out = ns
-        .command(&[
-            "wrk",
-            "-t",
-            &threads,
-            "-c",
-            &connections.to_string(),
-            "-d",
-            &format!("{seconds}s"),
-            "--latency",
-            "-s",
-            &script.to_string_lossy(),
-            url,
-        ])
-        .output()
-        .context("running wrk")?;
+    let (conns, duration, script) = (
+        connections.to_string(),
+        format!("{seconds}s"),
+        script.to_string_lossy().to_string(),
+    );
+    let mut args = vec![
+        "wrk",
+        "-t",
+        &threads,
+        "-c",
+        &conns,
+        "-d",
+        &duration,
+        "--latency",
+        "-s",
+        &script,
+    ];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(url);
+    let out = command(&args).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("wrk {url}: {text}{}", String::from_utf8_lossy(&out.stderr));
@@ -209,16 +237,19 @@ pub fn parse_wrk(text: &str) -> Result<WrkRun> {
                 .map(|(n, _)| n.parse::<u64>())
         })
         .context("no request count")??;
-    let p99 = line("99%").context("no 99% latency (--latency)")?;
-    let p99_ms = if let Some(v) = p99.strip_suffix("us") {
-        v.parse::<f64>()? / 1000.0
-    } else if let Some(v) = p99.strip_suffix("ms") {
-        v.parse::<f64>()?
-    } else if let Some(v) = p99.strip_suffix('s') {
-        v.parse::<f64>()? * 1000.0
-    } else {
-        bail!("latency {p99:?}")
+    let ms = |pct: &str| -> Result<f64> {
+        let v = line(pct).with_context(|| format!("no {pct} latency (--latency)"))?;
+        Ok(if let Some(x) = v.strip_suffix("us") {
+            x.parse::<f64>()? / 1000.0
+        } else if let Some(x) = v.strip_suffix("ms") {
+            x.parse::<f64>()?
+        } else if let Some(x) = v.strip_suffix('s') {
+            x.parse::<f64>()? * 1000.0
+        } else {
+            bail!("latency {v:?}")
+        })
     };
+    let (p50_ms, p99_ms) = (ms("50%")?, ms("99%")?);
     let non_2xx = line("Non-2xx or 3xx responses:").map_or(Ok(0), str::parse)?;
     // "Socket errors: connect 0, read 0, write 0, timeout 0"
     let socket_errors = line("Socket errors:").map_or(0, |l| {
@@ -229,6 +260,7 @@ pub fn parse_wrk(text: &str) -> Result<WrkRun> {
     Ok(WrkRun {
         requests,
         rps,
+        p50_ms,
         p99_ms,
         non_2xx,
         socket_errors,
@@ -261,6 +293,7 @@ Transfer/sec:      2.12MB
             WrkRun {
                 requests: 15012,
                 rps: 15000.5,
+                p50_ms: 0.118,
                 p99_ms: 0.301,
                 non_2xx: 15012,
                 socket_errors: 3,

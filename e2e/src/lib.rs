@@ -13,6 +13,7 @@ pub mod helm;
 pub mod http;
 pub mod hubble;
 pub mod kube;
+pub mod kube_proxy;
 pub mod netns;
 pub mod operator;
 pub mod process;

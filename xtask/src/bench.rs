@@ -14,6 +14,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("l7", "axoneme-e2e", "l7"),
     ("memory", "axoneme-e2e", "memory"),
     ("kubernetes", "axoneme-e2e", "kubernetes"),
+    ("services", "axoneme-e2e", "services"),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {

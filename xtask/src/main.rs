@@ -45,7 +45,7 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run a benchmark; writes target/bench/NAME.json.
     Bench {
-        /// Which benchmark: identity, policy, datapath, cluster, l7, memory or kubernetes.
+        /// Which benchmark: identity, policy, datapath, cluster, l7, memory, kubernetes or services.
         name: String,
     },
 }

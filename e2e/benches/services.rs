@@ -1,0 +1,355 @@
+//! `cargo xtask bench services`: Axoneme's socket LB and the real
+//! kube-proxy (iptables mode, built from the same Kubernetes release as the
+//! control plane) side by side in one two-node cluster, at 1, 1,000 and
+//! 10,000 Services of 4 backends each.
+//!
+//! The client pod is on node 1, the four nginx backends of the measured
+//! Service on node 0 (so kube-proxy's DNAT and its reverse happen in node
+//! 1's stack; see docs/services.md). kube-proxy runs in node 1's network
+//! namespace against a real kube-apiserver holding the same number of
+//! Services (and EndpointSlices) as Axoneme's kvstore; the two sets use
+//! separate address ranges, so each path sees only its own. Per scale:
+//!
+//! - CRR (a new connection per request, wrk with `Connection: close`) and
+//!   RR (one kept-alive connection) latency to the measured Service through
+//!   each, and to a backend's pod IP directly: the baseline. Interleaved
+//!   rounds, medians, ratios to direct.
+//! - Service change to first use: a Service created (the CLI or kubectl
+//!   invoked) to the first connection a prober in the client pod gets
+//!   through it, p50/p99.
+//! - The node-1 agent's RSS.
+//!
+//! Targets (issue 18): flat from 1 to 10,000; socket LB within 3% of
+//! direct; at 10,000 at least 5x lower new-connection p99 than kube-proxy;
+//! change to use p99 under 50 ms at 10,000. Writes JSON to
+//! `AXONEME_BENCH_OUT` (default target/bench/services.json).
+//!
+//! Under `cargo test` (no `--bench` argument) its smoke form runs: 1 and 20
+//! Services, one round of 1 s, two changes, every answer checked, nothing
+//! written.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use axoneme_e2e::bench::{percentile, pick, write_figures};
+use axoneme_e2e::http::{nginx, wrk_with, WrkRun};
+use axoneme_e2e::{kube_proxy, Cluster, ClusterConfig, CniPod, KubeControlPlane};
+use serde_json::json;
+
+/// Axoneme's Services: 10.98.0.1 onwards (the measured one first).
+const AX_BASE: u32 = u32::from_be_bytes([10, 98, 0, 0]);
+/// kube-proxy's: 10.96.128.1 onwards, inside the API server's range.
+const KP_BASE: u32 = u32::from_be_bytes([10, 96, 128, 0]);
+/// Created by the change measurements: Axoneme's, kube-proxy's.
+const AX_CHANGE_BASE: u32 = u32::from_be_bytes([10, 99, 0, 0]);
+const KP_CHANGE_BASE: u32 = u32::from_be_bytes([10, 96, 250, 0]);
+
+fn ip(base: u32, i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(base + 1 + u32::try_from(i).expect("small"))
+}
+
+/// Four addresses that are nobody's: the filler Services' backends.
+fn filler_backends(i: usize) -> Vec<IpAddr> {
+    (0..4u32)
+        .map(|k| {
+            IpAddr::V4(Ipv4Addr::from(
+                u32::from_be_bytes([10, 251, 0, 0]) + (u32::try_from(i).expect("small") * 4 + k),
+            ))
+        })
+        .collect()
+}
+
+/// Axoneme Service documents, `axoneme service create` takes them.
+fn ax_doc(name: &str, vip: Ipv4Addr, backends: &[IpAddr], node: &str) -> String {
+    let eps: String = backends
+        .iter()
+        .map(|b| format!("- addresses: [{b}]\n  nodeName: {node}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {vip}\n  ports:\n  - {{name: http, protocol: TCP, port: 80, targetPort: 8080}}\nendpoints:\n{eps}"
+    )
+}
+
+fn ax_create(c: &Cluster, docs: &[String], tag: &str) -> Result<()> {
+    for (k, chunk) in docs.chunks(100).enumerate() {
+        let path = c.dir.join(format!("svc-{tag}-{k}.yaml"));
+        std::fs::write(&path, chunk.join("---\n"))?;
+        c.cli(
+            0,
+            &["service", "create", "-f", path.to_str().context("path")?],
+        )?;
+    }
+    Ok(())
+}
+
+/// Frontends node `i`'s agent has programmed (its API's `/v1/services`).
+fn ax_programmed(c: &Cluster, i: usize) -> Result<usize> {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "5", "--unix-socket"])
+        .arg(&c.nodes[i].socket)
+        .arg("http://agent/v1/services")
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("/v1/services")?;
+    if v["synced"] != json!(true) {
+        return Ok(0);
+    }
+    Ok(v["frontends"].as_array().map_or(0, Vec::len))
+}
+
+fn until(what: &str, within: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    let start = Instant::now();
+    while !f()? {
+        if start.elapsed() > within {
+            bail!("{what}: not within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(start.elapsed())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+fn wrk(client: &CniPod, url: &str, seconds: u32, close: bool) -> Result<WrkRun> {
+    let run = wrk_with(|args| client.command(args), "GET", url, 1, seconds, close)?;
+    if run.requests == 0 || run.non_2xx > 0 || run.socket_errors > 0 {
+        bail!("wrk {url} (close: {close}): {run:?}");
+    }
+    Ok(run)
+}
+
+const PROBER: &str = r#"
+import socket, sys, time
+addr = sys.argv[1]
+print("ready", flush=True)
+while True:
+    s = socket.socket()
+    s.settimeout(0.02)
+    try:
+        s.connect((addr, 80))
+        print(time.time(), flush=True)
+        break
+    except OSError:
+        time.sleep(0.001)
+    finally:
+        s.close()
+"#;
+
+/// Seconds from `change` starting to the first connection to `vip:80`
+/// from `client`.
+fn change_to_use(
+    client: &CniPod,
+    vip: Ipv4Addr,
+    change: impl FnOnce() -> Result<()>,
+) -> Result<f64> {
+    let vip = vip.to_string();
+    let mut child = client
+        .command(&["timeout", "30", "python3", "-c", PROBER, &vip])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    if lines.next().transpose()?.as_deref() != Some("ready") {
+        bail!("prober did not start");
+    }
+    let t0 = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs_f64();
+    change()?;
+    let line = lines
+        .next()
+        .transpose()?
+        .context("the prober never connected")?;
+    let _ = child.wait();
+    Ok(line.trim().parse::<f64>()? - t0)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let scales: Vec<usize> = pick(vec![1, 1000, 10_000], vec![1, 20]);
+    let (seconds, rounds, changes) = pick((4u32, 3usize, 20usize), (1, 1, 2));
+    let mut c = Cluster::start(&ClusterConfig {
+        nodes: 2,
+        ..ClusterConfig::default()
+    })?;
+    let client = c.add_pod(1, "client", &[("app", "client")])?;
+    let mut webs = Vec::new();
+    for i in 0..4 {
+        let w = c.add_pod(0, &format!("web-{i}"), &[("app", "web")])?;
+        let dir = c.dir.join(format!("nginx-{i}"));
+        c.extra.push(nginx(&w.ns, &[8080], false, &dir)?);
+        webs.push(w);
+    }
+    let web_ips: Vec<IpAddr> = webs.iter().map(|w| IpAddr::V4(w.ip)).collect();
+    let (node0, node1) = (c.nodes[0].name.clone(), c.nodes[1].name.clone());
+
+    let kube = KubeControlPlane::start()?;
+    kube.create_node(&node1, c.nodes[1].ip, Some(c.nodes[1].ip6))?;
+    let mut proxy = kube_proxy::start(
+        &kube,
+        &c.nodes[1].ns,
+        &node1,
+        "iptables",
+        &c.dir.join("kube-proxy.log"),
+    )?;
+
+    let direct_url = format!("http://{}:8080/", webs[0].ip);
+    let ax_url = format!("http://{}/", ip(AX_BASE, 0));
+    let kp_url = format!("http://{}/", ip(KP_BASE, 0));
+    let mut rows = Vec::new();
+    let mut have = 0usize;
+    let mut changed = 0usize;
+    for &n in &scales {
+        // Grow both sets to n Services; the first is the measured one.
+        let started = Instant::now();
+        let backends = |i: usize| {
+            if i == 0 {
+                web_ips.clone()
+            } else {
+                filler_backends(i)
+            }
+        };
+        let docs: Vec<String> = (have..n)
+            .map(|i| ax_doc(&format!("svc-{i}"), ip(AX_BASE, i), &backends(i), &node0))
+            .collect();
+        ax_create(&c, &docs, &n.to_string())?;
+        let ax_store = started.elapsed();
+        let objects: Vec<serde_json::Value> = (have..n)
+            .flat_map(|i| {
+                kube_proxy::service_objects(
+                    &format!("svc-{i}"),
+                    IpAddr::V4(ip(KP_BASE, i)),
+                    80,
+                    8080,
+                    &backends(i),
+                    &node0,
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        kube_proxy::create(&kube, &objects)?;
+        let kp_store = started.elapsed();
+        have = n;
+        let ax_ready = until(
+            "Axoneme programs every Service",
+            Duration::from_secs(120),
+            || Ok(ax_programmed(&c, 1)? >= n),
+        )?;
+        // kube-proxy also balances the API server's own `kubernetes`.
+        let kp_ready = until(
+            "kube-proxy programs every Service",
+            Duration::from_secs(300),
+            || Ok(kube_proxy::iptables_services(&c.nodes[1].ns)? > n),
+        )?;
+        eprintln!("{n} services: stored in {ax_store:?} (Axoneme) / {kp_store:?} (API); programmed {ax_ready:?} after / {kp_ready:?} after");
+
+        let urls = [&direct_url, &ax_url, &kp_url];
+        let mut crr: [Vec<(f64, f64)>; 3] = Default::default();
+        let mut rr: [Vec<(f64, f64, f64)>; 3] = Default::default();
+        for _ in 0..rounds {
+            for (k, url) in urls.iter().enumerate() {
+                let r = wrk(&client, url, seconds, true)?;
+                crr[k].push((r.p50_ms, r.p99_ms));
+                let r = wrk(&client, url, seconds, false)?;
+                rr[k].push((r.rps, r.p50_ms, r.p99_ms));
+            }
+        }
+        let med_crr = |k: usize| {
+            (
+                median(&crr[k].iter().map(|r| r.0).collect::<Vec<_>>()),
+                median(&crr[k].iter().map(|r| r.1).collect::<Vec<_>>()),
+            )
+        };
+        let med_rr = |k: usize| {
+            (
+                median(&rr[k].iter().map(|r| r.0).collect::<Vec<_>>()),
+                median(&rr[k].iter().map(|r| r.1).collect::<Vec<_>>()),
+            )
+        };
+        let [cd, ca, ck] = [0, 1, 2].map(med_crr);
+        let [rd, ra, rk] = [0, 1, 2].map(med_rr);
+
+        // Service change to first use, each path in turn.
+        let mut ax_change = Vec::new();
+        let mut kp_change = Vec::new();
+        for _ in 0..changes {
+            let name = format!("chg-{changed}");
+            let vip = ip(AX_CHANGE_BASE, changed);
+            let doc = ax_doc(&name, vip, &web_ips, &node0);
+            ax_change.push(change_to_use(&client, vip, || {
+                ax_create(&c, &[doc], &name)
+            })?);
+            let vip = ip(KP_CHANGE_BASE, changed);
+            let objects =
+                kube_proxy::service_objects(&name, IpAddr::V4(vip), 80, 8080, &web_ips, &node0);
+            kp_change.push(change_to_use(&client, vip, || {
+                kube_proxy::create(&kube, &objects)
+            })?);
+            changed += 1;
+        }
+        let ms = |v: &[f64]| v.iter().map(|s| s * 1000.0).collect::<Vec<_>>();
+        let (ax_change, kp_change) = (ms(&ax_change), ms(&kp_change));
+        let pid = c.nodes[1].agent.as_ref().context("agent")?.pid();
+        let rss = rss_kib(pid)?;
+        let row = json!({
+            "services": n,
+            "crr": {
+                "direct": {"p50_ms": cd.0, "p99_ms": cd.1},
+                "axoneme": {"p50_ms": ca.0, "p99_ms": ca.1},
+                "kube_proxy_iptables": {"p50_ms": ck.0, "p99_ms": ck.1},
+                "axoneme_p50_vs_direct": ca.0 / cd.0,
+                "axoneme_p99_vs_direct": ca.1 / cd.1,
+                "kube_proxy_p50_vs_direct": ck.0 / cd.0,
+                "kube_proxy_p99_vs_direct": ck.1 / cd.1,
+                "kube_proxy_p99_vs_axoneme": ck.1 / ca.1,
+                "rounds": crr,
+            },
+            "rr": {
+                "direct": {"rps": rd.0, "p50_ms": rd.1},
+                "axoneme": {"rps": ra.0, "p50_ms": ra.1},
+                "kube_proxy_iptables": {"rps": rk.0, "p50_ms": rk.1},
+                "axoneme_rps_vs_direct": ra.0 / rd.0,
+                "kube_proxy_rps_vs_direct": rk.0 / rd.0,
+                "rounds": rr,
+            },
+            "change_to_use_ms": {
+                "axoneme": {"p50": percentile(&ax_change, 500), "p99": percentile(&ax_change, 990), "all": ax_change},
+                "kube_proxy_iptables": {"p50": percentile(&kp_change, 500), "p99": percentile(&kp_change, 990), "all": kp_change},
+            },
+            "programmed_after_store_s": {"axoneme": ax_ready.as_secs_f64(), "kube_proxy_iptables": kp_ready.as_secs_f64()},
+            "stored_s": {"axoneme_cli": ax_store.as_secs_f64(), "kubectl": kp_store.as_secs_f64()},
+            "agent_rss_mib": rss as f64 / 1024.0,
+        });
+        eprintln!("{row:#}");
+        rows.push(row);
+    }
+    proxy.terminate(Duration::from_secs(5));
+    kube_proxy::cleanup(&c.nodes[1].ns);
+    write_figures(
+        "services",
+        &json!({
+            "topology": "client pod on node 1; the measured Service's 4 nginx backends on node 0; kube-proxy (iptables mode, --iptables-min-sync-period=0) in node 1's namespace; wrk with 1 connection",
+            "seconds": seconds,
+            "rounds": rounds,
+            "rows": rows,
+            "targets": {
+                "socket_lb_crr_vs_direct_max": 1.03,
+                "kube_proxy_p99_vs_axoneme_at_10000_min": 5.0,
+                "change_to_use_p99_ms_at_10000_max": 50.0,
+            },
+        }),
+    )
+}

@@ -1,0 +1,129 @@
+//! The real kube-proxy (built from the same `k8s.io/kubernetes` module as
+//! the control plane) running in a node's network namespace, as the
+//! baseline Axoneme's socket LB is measured against; and Services with
+//! their EndpointSlices written to the API server for it.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::kube::{kube_bin, KubeControlPlane};
+use crate::netns::Netns;
+use crate::Proc;
+
+/// Starts kube-proxy in `mode` (`iptables` or `nftables`) in `ns` for
+/// node `node` (which must exist in the API), leaving the host's global
+/// conntrack settings alone; returns once its rules are in place.
+pub fn start(
+    kube: &KubeControlPlane,
+    ns: &Netns,
+    node: &str,
+    mode: &str,
+    log: &Path,
+) -> Result<Proc> {
+    let bin = kube_bin("kube-proxy")?;
+    let cmd = ns.command(&[
+        &bin.to_string_lossy(),
+        "--kubeconfig",
+        &kube.kubeconfig().to_string_lossy(),
+        "--hostname-override",
+        node,
+        "--proxy-mode",
+        mode,
+        "--conntrack-max-per-core=0",
+        "--conntrack-tcp-timeout-established=0",
+        "--conntrack-tcp-timeout-close-wait=0",
+        "--healthz-bind-address=127.0.0.1:10256",
+        "--metrics-bind-address=127.0.0.1:10249",
+        // Every change synced at once: its fastest setting.
+        "--iptables-min-sync-period=0",
+    ]);
+    let mut p = Proc::spawn("kube-proxy", cmd, log)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthy(ns) {
+        if !p.is_running() {
+            bail!("kube-proxy exited:\n{}", p.log_text());
+        }
+        if Instant::now() > deadline {
+            bail!("kube-proxy not healthy within 30 s:\n{}", p.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(p)
+}
+
+/// Whether kube-proxy's `/healthz` in `ns` answers 200 (it has synced).
+fn healthy(ns: &Netns) -> bool {
+    ns.command(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "1",
+        "http://127.0.0.1:10256/healthz",
+    ])
+    .output()
+    .is_ok_and(|o| o.status.success())
+}
+
+/// A Service of `cluster_ip:port` (TCP, to `target`) and its EndpointSlice
+/// with `backends` ready on `node`, as JSON documents for `kubectl create`.
+pub fn service_objects(
+    name: &str,
+    cluster_ip: IpAddr,
+    port: u16,
+    target: u16,
+    backends: &[IpAddr],
+    node: &str,
+) -> [serde_json::Value; 2] {
+    let family = if cluster_ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    [
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": cluster_ip.to_string(), "ports": [{"name": "http", "protocol": "TCP", "port": port, "targetPort": target}]},
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
+            "addressType": family,
+            "ports": [{"name": "http", "protocol": "TCP", "port": target}],
+            "endpoints": backends.iter().map(|b| json!({"addresses": [b.to_string()], "conditions": {"ready": true}, "nodeName": node})).collect::<Vec<_>>(),
+        }),
+    ]
+}
+
+/// Creates `objects` with `kubectl create -f -` (a List), in chunks.
+pub fn create(kube: &KubeControlPlane, objects: &[serde_json::Value]) -> Result<()> {
+    for chunk in objects.chunks(2000) {
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": chunk});
+        kube.kubectl_stdin(["create", "-f", "-", "-o", "name"], &list.to_string())
+            .context("kubectl create")?;
+    }
+    Ok(())
+}
+
+/// How many Services kube-proxy's rules in `ns` load-balance (iptables
+/// mode: the `KUBE-SVC-` chains).
+pub fn iptables_services(ns: &Netns) -> Result<usize> {
+    let out: std::process::Output = ns
+        .command(&["iptables-save", "-t", "nat"])
+        .output()
+        .context("iptables-save")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count())
+}
+
+/// Removes what kube-proxy left in `ns` (`kube-proxy --cleanup`).
+pub fn cleanup(ns: &Netns) {
+    if let Ok(bin) = kube_bin("kube-proxy") {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin)
+            .arg("--cleanup")
+            .output();
+    }
+}
