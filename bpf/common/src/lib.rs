@@ -61,6 +61,12 @@ pub mod ct_flags {
     /// holds the client's address: they go up the node's stack to the
     /// proxy, never straight into a local pod that has that address.
     pub const PROXY_UPSTREAM: u8 = 4;
+    /// The flow's first packet reached this endpoint's ingress through the
+    /// node's stack, not by local delivery: something there may have
+    /// translated it (kube-proxy's DNAT of a Service address), so its
+    /// replies go back up the stack too, where the translation is undone,
+    /// never straight into a local client pod.
+    pub const VIA_STACK: u8 = 8;
 }
 
 /// Drop reasons, numerically identical to Cilium's `DROP_*` codes

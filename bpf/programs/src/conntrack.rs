@@ -260,7 +260,7 @@ fn ct_update_in<K: Tuple>(at: &At, flow: &Flow, now: u64) -> Option<u32> {
         (*entry).packets += 1;
         (*entry).bytes += u64::from(len);
         Some(if reply {
-            if flags & ct_flags::PROXY_UPSTREAM != 0 {
+            if flags & (ct_flags::PROXY_UPSTREAM | ct_flags::VIA_STACK) != 0 {
                 VIA_STACK
             } else {
                 PASS

@@ -49,6 +49,7 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     }
     at.ifindex = ifindex;
     at.dir = direction::INGRESS;
+    at.ct_flags = 0;
     if !endpoint(ifindex, &mut at.ep) || !owns(&at.ep, flow.family, &flow.daddr) {
         return TC_ACT_OK;
     }

@@ -105,6 +105,11 @@ struct At<'a> {
     ctx: &'a TcContext,
     ifindex: u32,
     dir: u8,
+    /// The conntrack flags a new flow's entry starts with:
+    /// [`ct_flags::VIA_STACK`](axoneme_bpf_common::ct_flags::VIA_STACK) when
+    /// the endpoint's own program judges its ingress (the packet came up
+    /// the node's stack), none when local delivery does.
+    ct_flags: u8,
     ep: EndpointInfo,
 }
 
@@ -117,6 +122,11 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         ctx,
         ifindex,
         dir,
+        ct_flags: if dir == direction::INGRESS {
+            axoneme_bpf_common::ct_flags::VIA_STACK
+        } else {
+            0
+        },
         ep: EndpointInfo::default(),
     };
     if !endpoint(ifindex, &mut at.ep) {

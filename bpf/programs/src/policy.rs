@@ -126,7 +126,7 @@ fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
             flags: if from_proxy {
                 ct_flags::PROXY_UPSTREAM
             } else {
-                0
+                at.ct_flags
             },
             pad: 0,
         };
