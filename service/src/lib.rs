@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod maglev;
 pub mod model;
 
 pub use model::{
