@@ -238,9 +238,11 @@ impl Walk {
         }
     }
 
+    /// A list; `null` (a key with nothing after it) is an empty one.
     fn list<'v>(&mut self, v: &'v Value, path: &str) -> &'v [Value] {
         match v.as_array() {
             Some(l) => l,
+            None if v.is_null() => &[],
             None => {
                 self.err(path, "must be a list");
                 &[]

@@ -81,6 +81,10 @@ fn several_documents_json_and_lists() {
         .collect();
     assert_eq!(ids, ["default/payments", "x/b", "default/c"]);
     assert_eq!(parse_documents("").unwrap(), []);
+    // A key with nothing after it is an empty list, as in Kubernetes.
+    let bare = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n\
+                spec: {clusterIP: 10.96.0.1, ports: [{port: 80}], externalIPs: }\nendpoints:\n";
+    assert!(parse_documents(bare).unwrap()[0].endpoints.is_empty());
     assert_eq!(parse_documents("---\n---\n").unwrap(), []);
 }
 
