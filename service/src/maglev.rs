@@ -15,8 +15,8 @@
 //! - `M` is the same cluster-wide setting.
 //!
 //! `M` must be prime, so that every skip (`1..M`) is coprime to it and a
-//! backend's permutation visits every entry ([`check_size`]); the agent
-//! refuses a non-prime `M` at start-up. [`table`] itself is total: for a
+//! backend's permutation visits every entry ([`check_size`], for the agent
+//! to refuse a non-prime `M` at start-up). [`table`] itself is total: for a
 //! non-prime `M` it still fills every entry and terminates (a backend whose
 //! permutation has visited `M` entries without a free one takes the next
 //! free entry after its last), but the table is not Maglev's.
@@ -24,7 +24,7 @@
 //! Cilium documents `M > 100 × backends`: with fewer entries per backend a
 //! change of backends moves more connections. The table is still computed
 //! when a service has more backends than `M / 100` ([`fits`] says whether it
-//! has; the agent reports it). Populating takes turns, so every backend gets
+//! has, for the agent to report). Populating takes turns, so every backend gets
 //! `⌊M/N⌋` or `⌈M/N⌉` entries; with more backends than entries (`N > M`),
 //! only the first `M` backends get one.
 
