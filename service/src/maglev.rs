@@ -7,7 +7,7 @@
 //!
 //! Every node must compute the same table for the same backends, so:
 //! - the caller passes backends sorted, by a name every node spells the
-//!   same (the agent uses `addr:port`), and an entry is an index into them;
+//!   same (`addr:port`, say), and an entry is an index into them;
 //! - the hash is defined here, not taken from a library that may change it:
 //!   SipHash-2-4 ([`siphash24`]) of the backend's name, keyed with the
 //!   cluster-wide seed: `h1` (the offset) with keys `(seed, K1)`, `h2` (the
