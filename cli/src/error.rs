@@ -45,6 +45,10 @@ pub enum CliError {
     PolicyNotFound(String),
     #[error("timed out after {0}s waiting for the operator's verdict on {1}")]
     PolicyWait(u64, String),
+    /// Invalid service documents, or services that conflict with stored
+    /// ones: one `file: namespace/name: path: message` per problem.
+    #[error("{}", invalid_services(.0))]
+    InvalidServices(Vec<String>),
     #[error("service {0} already exists (change it with `axoneme service update`)")]
     ServiceExists(String),
     #[error("service {0} not found")]
@@ -105,6 +109,18 @@ pub enum CliError {
     },
     #[error("encoding output: {0}")]
     Encode(String),
+}
+
+/// One problem on one line; several under a line that counts them.
+fn invalid_services(problems: &[String]) -> String {
+    match problems {
+        [one] => format!("{one} (nothing written)"),
+        many => format!(
+            "{} problems in the service documents, nothing written:\n  {}",
+            many.len(),
+            many.join("\n  ")
+        ),
+    }
 }
 
 /// Exit codes: what a script can tell apart.

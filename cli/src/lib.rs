@@ -196,16 +196,14 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
         Command::Service(c @ (ServiceCommand::Create(files) | ServiceCommand::Update(files))) => {
             let (report, services) = service::check_files(&files.files)?;
             if !report.ok() {
-                return Report::new(&report, format, false);
+                return Err(CliError::InvalidServices(report.problems()));
             }
             let mode = match c {
                 ServiceCommand::Create(_) => service::Mode::Create,
                 _ => service::Mode::Update,
             };
-            match service::store(&ctx().await?, &services, mode).await? {
-                service::Stored::Written(list) => Report::new(&list, format, true),
-                service::Stored::Refused(report) => Report::new(&report, format, false),
-            }
+            let stored = service::store(&ctx().await?, &services, mode).await?;
+            Report::new(&stored, format, true)
         }
         Command::Service(ServiceCommand::List(l)) => {
             if let Some(ns) = &l.namespace {

@@ -47,7 +47,8 @@ pub struct Checked {
     pub errors: Vec<String>,
 }
 
-/// What `service validate` says (and `create`/`update` when they refuse).
+/// What `service validate` says (`create` and `update` fail with its
+/// problems, [`CliError::InvalidServices`]).
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(transparent)]
 pub struct ValidateReport(pub Vec<Checked>);
@@ -56,6 +57,21 @@ impl ValidateReport {
     /// At least one service, and every one valid.
     pub fn ok(&self) -> bool {
         !self.0.is_empty() && self.0.iter().all(|c| c.valid)
+    }
+
+    /// Every problem as `file: namespace/name: path: message`.
+    pub fn problems(&self) -> Vec<String> {
+        if self.0.is_empty() {
+            return vec!["no Service documents found".into()];
+        }
+        self.0
+            .iter()
+            .flat_map(|c| {
+                c.errors
+                    .iter()
+                    .map(move |e| format!("{}: {}: {e}", c.file, c.service))
+            })
+            .collect()
     }
 
     /// Adds `errors` to the services they name (the last entry of that
@@ -377,16 +393,10 @@ impl Render for ServiceView {
     }
 }
 
-/// Either what `create`/`update` stored, or why it refused (services that
-/// conflict with stored ones).
-#[derive(Debug)]
-pub enum Stored {
-    Written(ServiceList),
-    Refused(ValidateReport),
-}
-
-/// Stores `services` (already valid) in one transaction.
-pub async fn store(ctx: &Ctx, services: &[FromFile], mode: Mode) -> Result<Stored, CliError> {
+/// Stores `services` (already valid) in one transaction; what it stored.
+/// Services that conflict with stored ones are
+/// [`CliError::InvalidServices`].
+pub async fn store(ctx: &Ctx, services: &[FromFile], mode: Mode) -> Result<ServiceList, CliError> {
     if services.len() > MAX_PER_TXN {
         return Err(CliError::TooManyServices(services.len()));
     }
@@ -430,7 +440,7 @@ pub async fn store(ctx: &Ctx, services: &[FromFile], mode: Mode) -> Result<Store
                 .collect(),
         );
         report.add(conflicts);
-        return Ok(Stored::Refused(report));
+        return Err(CliError::InvalidServices(report.problems()));
     }
 
     let mut writes = Vec::new();
@@ -471,12 +481,12 @@ pub async fn store(ctx: &Ctx, services: &[FromFile], mode: Mode) -> Result<Store
     } else {
         diagnose(services, &writes, &result.gets, read_at, mode)?
     };
-    Ok(Stored::Written(ServiceList(
+    Ok(ServiceList(
         services
             .iter()
             .map(|s| ServiceView::of(&s.record, revision, false))
             .collect(),
-    )))
+    ))
 }
 
 /// Why a write transaction failed, from its `else` reads: a service that

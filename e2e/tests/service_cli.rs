@@ -260,18 +260,19 @@ fn refusals_write_nothing() {
         ensure!(run.code == 1, "{run:#?}");
         let b = path(&bad);
         ensure!(
-            run.stdout
+            run.stderr
                 == format!(
-                    "{g}: shop/web: valid (ClusterIP, 1 frontend, 1 backend)\n\
+                    "axoneme: error: 2 problems in the service documents, nothing written:\n  \
                      {b}: default/payments: spec.selector: is not supported: standalone mode \
-                     selects no pods; list the backends under `endpoints` (beside `spec`)\n\
-                     {b}: default/payments: spec.ports[1].port: must be 1-65535\n",
-                    g = path(&good)
+                     selects no pods; list the backends under `endpoints` (beside `spec`)\n  \
+                     {b}: default/payments: spec.ports[1].port: must be 1-65535\n"
                 ),
             "{run:#?}"
         );
+        ensure!(run.stdout.is_empty(), "{run:#?}");
         ensure!(env.stored()?.is_empty(), "stored despite an invalid file");
-        // validate says the same, offline (nothing listens here).
+        // validate says the same on standard output, offline (nothing
+        // listens here), with the valid one.
         let offline = Command::new(bin_path("axoneme"))
             .args([
                 "--etcd-endpoints",
@@ -284,6 +285,7 @@ fn refusals_write_nothing() {
         ensure!(offline.status.code() == Some(1), "{offline:?}");
         let v: Value = serde_json::from_slice(&offline.stdout)?;
         ensure!(v[0]["valid"] == true && v[1]["valid"] == false, "{v}");
+        ensure!(v[0]["service"] == "shop/web", "{v}");
         ensure!(
             v[1]["errors"][1] == "spec.ports[1].port: must be 1-65535",
             "{v}"
@@ -325,10 +327,10 @@ fn refusals_write_nothing() {
         let run = env.run(&["service", "create", "-f", path(&clash)])?;
         ensure!(run.code == 1, "{run:#?}");
         ensure!(
-            run.stdout
+            run.stderr
                 == format!(
-                    "{}: shop/cart: spec.clusterIPs[0]: 10.96.8.1 is also the cluster IP of \
-                     shop/web\n",
+                    "axoneme: error: {}: shop/cart: spec.clusterIPs[0]: 10.96.8.1 is also the \
+                     cluster IP of shop/web (nothing written)\n",
                     path(&clash)
                 ),
             "{run:#?}"

@@ -79,6 +79,37 @@ fn every_error_of_every_file_one_line_each() {
 }
 
 #[test]
+fn create_and_update_fail_with_every_problem() {
+    let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
+               spec: {clusterIP: 10.96.0.2, ports: [{name: a, port: 80}, {name: b, port: 0}]}\n";
+    let (_dir, paths) = files(&[bad]);
+    let f = paths[0].display();
+    let e = CliError::InvalidServices(check_files(&paths).unwrap().0.problems());
+    assert_eq!(e.exit_code(), crate::error::exit::FAILED);
+    assert_eq!(
+        crate::error_line(&e),
+        format!("{f}: default/web: spec.ports[1].port: must be 1-65535 (nothing written)")
+    );
+    let worse = bad.replace("port: 80}", "port: 80, protocol: tcp}");
+    let (_dir, paths) = files(&[&worse]);
+    let f = paths[0].display();
+    let e = CliError::InvalidServices(check_files(&paths).unwrap().0.problems());
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "2 problems in the service documents, nothing written:\n  \
+             {f}: default/web: spec.ports[0].protocol: \"tcp\" is not one of TCP, UDP, SCTP\n  \
+             {f}: default/web: spec.ports[1].port: must be 1-65535"
+        )
+    );
+    let (_dir, paths) = files(&[""]);
+    assert_eq!(
+        check_files(&paths).unwrap().0.problems(),
+        ["no Service documents found"]
+    );
+}
+
+#[test]
 fn conflicts_across_files_and_empty_input() {
     let other = PAYMENTS.replace("payments", "other");
     let (_dir, paths) = files(&[PAYMENTS, &other]);
