@@ -58,6 +58,10 @@ pub enum Command {
     /// CiliumNetworkPolicy documents.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Services and their backends (standalone mode): Kubernetes v1
+    /// Service documents with an `endpoints` list (docs/services.md).
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Nodes, their addresses and pod CIDRs.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -298,6 +302,52 @@ pub struct ValidateArgs {
 }
 
 #[derive(Debug, Clone, Subcommand)]
+pub enum ServiceCommand {
+    /// Stores new services. Nothing is written unless every document of
+    /// every file is valid and no service exists yet; all in one
+    /// transaction.
+    Create(ServiceFilesArgs),
+    /// Replaces stored services. Nothing is written unless every document
+    /// of every file is valid and every service exists; all in one
+    /// transaction.
+    Update(ServiceFilesArgs),
+    /// Deletes a stored service.
+    Delete(ServiceRefArgs),
+    /// Lists stored services: their frontends and how many backends are
+    /// ready.
+    List(ServiceListArgs),
+    /// Shows one stored service, every frontend and its backends.
+    Get(ServiceRefArgs),
+    /// Checks service files offline (no etcd): exit 0 if every service is
+    /// valid.
+    Validate(ServiceFilesArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceFilesArgs {
+    /// Files of Service documents, multi-document YAML or JSON (`-` for
+    /// standard input); repeatable, or several after one `-f`.
+    #[arg(short = 'f', long = "file", value_name = "FILE", required = true, num_args = 1..)]
+    pub files: Vec<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceRefArgs {
+    /// The service's name.
+    pub name: String,
+    /// The service's namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceListArgs {
+    /// Only services of this namespace.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
 pub enum EndpointCommand {
     /// Writes an endpoint record, as a node's agent does.
     Put(PutArgs),
@@ -487,6 +537,37 @@ mod tests {
         assert_eq!(p.labels, ["k8s:app=x", "zone=a"]);
         assert_eq!(p.wait, Some(5));
         assert_eq!((p.key.node.as_str(), p.key.id.as_str()), ("n", "e"));
+    }
+
+    #[test]
+    fn service_flags() {
+        let a = Args::try_parse_args([
+            "axoneme", "service", "create", "-f", "a.yaml", "b.yaml", "--file", "c.yaml",
+        ])
+        .unwrap();
+        let Command::Service(ServiceCommand::Create(c)) = a.command else {
+            panic!("not create")
+        };
+        assert_eq!(
+            c.files,
+            ["a.yaml", "b.yaml", "c.yaml"].map(std::path::PathBuf::from)
+        );
+        let a = Args::try_parse_args([
+            "axoneme", "service", "get", "web", "-n", "shop", "-o", "json",
+        ])
+        .unwrap();
+        assert_eq!(a.output, OutputFormat::Json);
+        assert!(matches!(a.command, Command::Service(ServiceCommand::Get(r))
+            if r.name == "web" && r.namespace == "shop"));
+        let a = Args::try_parse_args(["axoneme", "service", "delete", "web"]).unwrap();
+        assert!(
+            matches!(a.command, Command::Service(ServiceCommand::Delete(r))
+            if r.namespace == "default")
+        );
+        let e = Args::try_parse_args(["axoneme", "service", "update"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "-f is required");
+        let e = Args::try_parse_args(["axoneme", "service", "create", "a.yaml"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "files come after -f");
     }
 
     #[test]

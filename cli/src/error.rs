@@ -45,6 +45,26 @@ pub enum CliError {
     PolicyNotFound(String),
     #[error("timed out after {0}s waiting for the operator's verdict on {1}")]
     PolicyWait(u64, String),
+    /// Invalid service documents, or services that conflict with stored
+    /// ones: one `file: namespace/name: path: message` per problem.
+    #[error("{}", invalid_services(.0))]
+    InvalidServices(Vec<String>),
+    #[error("service {0} already exists (change it with `axoneme service update`)")]
+    ServiceExists(String),
+    #[error("service {0} not found")]
+    ServiceNotFound(String),
+    #[error(
+        "services changed in etcd while this command ran (after revision {0}); nothing was \
+         written: run it again"
+    )]
+    ServicesChanged(i64),
+    #[error(
+        "{0} services in one command: at most {max} (etcd's default --max-txn-ops is 128)",
+        max = crate::service::MAX_PER_TXN
+    )]
+    TooManyServices(usize),
+    #[error("the stored record of service {id} cannot be read: {error}")]
+    BadRecord { id: String, error: String },
     #[error("reading {path}: {error}")]
     ReadFile { path: String, error: std::io::Error },
     #[error("endpoint {node}/{endpoint} not found")]
@@ -91,6 +111,18 @@ pub enum CliError {
     Encode(String),
 }
 
+/// One problem on one line; several under a line that counts them.
+fn invalid_services(problems: &[String]) -> String {
+    match problems {
+        [one] => format!("{one} (nothing written)"),
+        many => format!(
+            "{} problems in the service documents, nothing written:\n  {}",
+            many.len(),
+            many.join("\n  ")
+        ),
+    }
+}
+
 /// Exit codes: what a script can tell apart.
 pub mod exit {
     /// Something the command found wrong or refused (not found, a failing
@@ -113,6 +145,7 @@ impl CliError {
             | CliError::InvalidName { .. }
             | CliError::EndpointRef(_)
             | CliError::Filter(_)
+            | CliError::TooManyServices(_)
             | CliError::ReadFile { .. } => exit::INVALID_INPUT,
             CliError::Connect(_) | CliError::Deadline(..) => exit::UNAVAILABLE,
             CliError::Hubble { invalid: true, .. } => exit::INVALID_INPUT,

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod observe;
 pub mod output;
 pub mod policy;
+pub mod service;
 pub mod status;
 
 use std::time::Duration;
@@ -25,7 +26,7 @@ use axoneme_kvstore::{KvArgs, KvStore};
 pub use crate::args::Args;
 use crate::args::{
     BpfCommand, Command, EndpointCommand, IdentityCommand, NodeCommand, PolicyCommand,
-    PolicyMapCommand,
+    PolicyMapCommand, ServiceCommand,
 };
 pub use crate::error::{error_line, CliError};
 use crate::output::{render, OutputFormat, Render};
@@ -185,6 +186,40 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
         }
         Command::Policy(PolicyCommand::Delete(r)) => {
             let deleted = policy::delete(&ctx().await?, r).await?;
+            Report::new(&deleted, format, true)
+        }
+        Command::Service(ServiceCommand::Validate(v)) => {
+            let (report, _) = service::check_files(&v.files)?;
+            let ok = report.ok();
+            Report::new(&report, format, ok)
+        }
+        Command::Service(c @ (ServiceCommand::Create(files) | ServiceCommand::Update(files))) => {
+            let (report, services) = service::check_files(&files.files)?;
+            if !report.ok() {
+                return Err(CliError::InvalidServices(report.problems()));
+            }
+            let mode = match c {
+                ServiceCommand::Create(_) => service::Mode::Create,
+                _ => service::Mode::Update,
+            };
+            let stored = service::store(&ctx().await?, &services, mode).await?;
+            Report::new(&stored, format, true)
+        }
+        Command::Service(ServiceCommand::List(l)) => {
+            if let Some(ns) = &l.namespace {
+                service::check_namespace(ns)?;
+            }
+            let list = service::list(&ctx().await?, l.namespace.as_deref()).await?;
+            Report::new(&list, format, true)
+        }
+        Command::Service(ServiceCommand::Get(r)) => {
+            service::check_ref(&r.namespace, &r.name)?;
+            let view = service::get(&ctx().await?, &r.namespace, &r.name).await?;
+            Report::new(&view, format, true)
+        }
+        Command::Service(ServiceCommand::Delete(r)) => {
+            service::check_ref(&r.namespace, &r.name)?;
+            let deleted = service::delete(&ctx().await?, &r.namespace, &r.name).await?;
             Report::new(&deleted, format, true)
         }
         Command::Node(NodeCommand::List) => {

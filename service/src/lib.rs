@@ -5,10 +5,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod maglev;
 pub mod model;
+pub mod parse;
+pub mod validate;
 
 pub use model::{
     Backend, BackendState, Conditions, Endpoint, EndpointPort, Frontend, FrontendKind, Protocol,
     ServicePort, ServiceRecord, ServiceSpec, ServiceType, SessionAffinity, TargetPort,
     TrafficPolicy,
 };
+pub use parse::parse_documents;
+pub use validate::FieldError;

@@ -362,7 +362,7 @@ impl Frontend {
     }
 
     /// `addr:port/PROTO`, `[v6]:port/PROTO`, and `*:port/PROTO` for a
-    /// NodePort frontend (`*6` for its IPv6 form).
+    /// NodePort frontend (`[*]:port/PROTO` for its IPv6 form).
     pub fn display_addr(&self) -> String {
         let host = match (self.kind, self.addr) {
             (FrontendKind::NodePort, IpAddr::V4(_)) => "*".to_string(),
