@@ -215,7 +215,7 @@ fn cluster_ip_balances_across_nodes_and_policy_still_applies() -> Result<()> {
     let got = load.finish()?;
     eprintln!("under changes: {got:?}");
     assert_eq!(got.len(), 1, "every request answered 200: {got:?}");
-    assert!(got["200"] > 100, "{got:?}");
+    assert!(got["200"] > 20, "{got:?}");
 
     // Deleted: the address is no service any more.
     let out = c.cli(0, &["service", "delete", "payments"])?;
