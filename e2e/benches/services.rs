@@ -248,11 +248,10 @@ fn main() -> Result<()> {
             Duration::from_secs(120),
             || Ok(ax_programmed(&c, 1)? >= n),
         )?;
-        // kube-proxy also balances the API server's own `kubernetes`.
         let kp_ready = until(
             "kube-proxy programs every Service",
             Duration::from_secs(300),
-            || Ok(kube_proxy::iptables_services(&c.nodes[1].ns)? > n),
+            || Ok(kube_proxy::iptables_services(&c.nodes[1].ns)? >= n),
         )?;
         eprintln!("{n} services: stored in {ax_store:?} (Axoneme) / {kp_store:?} (API); programmed {ax_ready:?} after / {kp_ready:?} after");
 

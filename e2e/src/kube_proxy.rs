@@ -3,7 +3,7 @@
 //! baseline Axoneme's socket LB is measured against; and Services with
 //! their EndpointSlices written to the API server for it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,10 +26,25 @@ pub fn start(
     log: &Path,
 ) -> Result<Proc> {
     let bin = kube_bin("kube-proxy")?;
+    // The API server listens on the host's loopback, which the node's
+    // namespace does not share: a relay brings it there.
+    let server = kube.server().trim_end_matches('/');
+    let target: SocketAddr = server
+        .strip_prefix("https://")
+        .context("the API server's URL")?
+        .parse()
+        .context("the API server's address")?;
+    let port = relay(ns, target)?;
+    let kubeconfig = log.with_extension("kubeconfig");
+    let text = std::fs::read_to_string(kube.kubeconfig())?;
+    std::fs::write(
+        &kubeconfig,
+        text.replace(server, &format!("https://127.0.0.1:{port}")),
+    )?;
     let cmd = ns.command(&[
         &bin.to_string_lossy(),
         "--kubeconfig",
-        &kube.kubeconfig().to_string_lossy(),
+        &kubeconfig.to_string_lossy(),
         "--hostname-override",
         node,
         "--proxy-mode",
@@ -54,6 +69,35 @@ pub fn start(
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(p)
+}
+
+/// Serves `127.0.0.1:<port>` inside `ns` (the port is returned) by relaying
+/// every connection to `target` in this process's own namespace. Its
+/// threads live as long as the process.
+pub fn relay(ns: &Netns, target: SocketAddr) -> Result<u16> {
+    let listener = ns.enter(|| TcpListener::bind("127.0.0.1:0"))??;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for down in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(up) = TcpStream::connect(target) else {
+                    return;
+                };
+                let (Ok(mut down2), Ok(mut up2)) = (down.try_clone(), up.try_clone()) else {
+                    return;
+                };
+                let (mut down, mut up) = (down, up);
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut down2, &mut up2);
+                    let _ = up2.shutdown(Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut up, &mut down);
+                let _ = down.shutdown(Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    Ok(port)
 }
 
 /// Whether kube-proxy's `/healthz` in `ns` answers 200 (it has synced).
