@@ -135,8 +135,11 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<Status>, Failure> {
     .await?;
     if let Some(pods) = &ctx.pods {
         st.components.insert(1, views::kubernetes(pods));
-        st.ok = st.components.iter().all(|c| c.ok);
     }
+    let services = ctx.services.borrow().clone();
+    st.components.push(crate::services::component(&services));
+    st.maps.extend(services.maps.iter().cloned());
+    st.ok = st.components.iter().all(|c| c.ok);
     Ok(Json(st))
 }
 
@@ -167,7 +170,7 @@ async fn list_events(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EventView>>
     Ok(Json(ctx.events.snapshot()))
 }
 
-async fn list_services(State(ctx): State<Arc<Ctx>>) -> Json<crate::services::ServicesView> {
+async fn list_services(State(ctx): State<Arc<Ctx>>) -> Json<axoneme_api::ServicesView> {
     let view = ctx.services.borrow().clone();
     Json((*view).clone())
 }

@@ -13,13 +13,16 @@
 //! | `GET /v1/bpf/policy/{endpoint}` | | [`PolicyEntry`] list |
 //! | `GET /v1/bpf/ct` | | [`CtEntry`] list |
 //! | `GET /v1/events` | | the most recent [`EventView`]s, oldest first |
+//! | `GET /v1/services` | | [`ServicesView`] |
 //!
 //! Every error is an [`ApiError`] with a non-2xx status; its `code` is a
 //! CNI error code, so the plugin passes it through unchanged.
 
 mod client;
 pub mod names;
+mod services;
 mod types;
 
 pub use client::{Client, ClientError};
+pub use services::{BackendView, FrontendView, ServicesView};
 pub use types::*;

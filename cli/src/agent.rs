@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axoneme_api::{Client, CtEntry, EventView, IpcacheEntry, PolicyEntry, Status};
+use axoneme_api::{Client, CtEntry, EventView, IpcacheEntry, PolicyEntry, ServicesView, Status};
 use axoneme_identity::{NodeCidrs, NodeRecord};
 use serde::Serialize;
 
@@ -56,6 +56,74 @@ pub async fn ipcache(agent: &Agent) -> Result<Ipcache, CliError> {
             .await
             .map_err(agent_error)?,
     ))
+}
+
+/// `bpf lb list`: the frontends this node's datapath load-balances, and
+/// the backends each chooses from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Lb(pub ServicesView);
+
+impl Render for Lb {
+    fn human(&self) -> String {
+        let v = &self.0;
+        if !v.enabled {
+            return "kube-proxy replacement is off on this node: Services are left to kube-proxy\n"
+                .into();
+        }
+        let mut t = Table::new(&["FRONTEND", "SERVICE", "KIND", "BACKEND", "STATE", "SLOT"]);
+        for f in &v.frontends {
+            if f.backends.is_empty() {
+                t.row([
+                    f.frontend.clone(),
+                    f.service.clone(),
+                    f.kind.clone(),
+                    "(none: connects refused)".into(),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
+            for b in &f.backends {
+                t.row([
+                    f.frontend.clone(),
+                    f.service.clone(),
+                    f.kind.clone(),
+                    b.address.clone(),
+                    b.state.clone(),
+                    if b.selected { "yes" } else { "no" }.to_string(),
+                ]);
+            }
+        }
+        let mut out = t.to_string();
+        for m in &v.maps {
+            out.push_str(&format!(
+                "{}: {}/{} entries\n",
+                m.name, m.entries, m.max_entries
+            ));
+        }
+        if let Some(e) = &v.error {
+            out.push_str(&format!("last pass failed: {e}\n"));
+        }
+        for (key, e) in &v.invalid {
+            out.push_str(&format!(
+                "{key}: does not parse (its last good version stays): {e}\n"
+            ));
+        }
+        out
+    }
+}
+
+/// What the node's services unit programmed.
+pub async fn services(agent: &Agent) -> Result<ServicesView, CliError> {
+    agent
+        .client()
+        .get("/v1/services")
+        .await
+        .map_err(agent_error)
+}
+
+pub async fn lb(agent: &Agent) -> Result<Lb, CliError> {
+    Ok(Lb(services(agent).await?))
 }
 
 /// `bpf policy get ENDPOINT`.

@@ -234,6 +234,10 @@ pub enum BpfCommand {
     /// Connection tracking entries.
     #[command(subcommand)]
     Ct(ListOnly),
+    /// Service load balancing: every frontend and its backends, as this
+    /// node's datapath has them.
+    #[command(subcommand)]
+    Lb(ListOnly),
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -209,12 +209,14 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
             if let Some(ns) = &l.namespace {
                 service::check_namespace(ns)?;
             }
-            let list = service::list(&ctx().await?, l.namespace.as_deref()).await?;
+            let mut list = service::list(&ctx().await?, l.namespace.as_deref()).await?;
+            service::add_node_view(&mut list.0, &agent).await;
             Report::new(&list, format, true)
         }
         Command::Service(ServiceCommand::Get(r)) => {
             service::check_ref(&r.namespace, &r.name)?;
-            let view = service::get(&ctx().await?, &r.namespace, &r.name).await?;
+            let mut view = service::get(&ctx().await?, &r.namespace, &r.name).await?;
+            service::add_node_view(std::slice::from_mut(&mut view), &agent).await;
             Report::new(&view, format, true)
         }
         Command::Service(ServiceCommand::Delete(r)) => {
@@ -243,6 +245,7 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
         ),
         Command::Observe(_) | Command::Monitor(_) => unreachable!("streams run in `run`"),
         Command::Bpf(BpfCommand::Ct(_)) => Report::new(&agent::ct(&agent).await?, format, true),
+        Command::Bpf(BpfCommand::Lb(_)) => Report::new(&agent::lb(&agent).await?, format, true),
         Command::Status(s) if s.brief => {
             let part = status::brief(&agent, timeout).await;
             let ok = part.ok;

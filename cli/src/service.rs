@@ -248,6 +248,10 @@ pub struct ServiceView {
     /// only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resolved: Vec<Frontend>,
+    /// The datapath's view on this host's node: `programmed/frontends`,
+    /// `off` (kube-proxy replacement off) or why it is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -278,6 +282,7 @@ impl ServiceView {
             error: None,
             record: detail.then(|| r.clone()),
             resolved: if detail { resolved } else { Vec::new() },
+            node: None,
         }
     }
 
@@ -296,6 +301,7 @@ impl ServiceView {
                 error: Some(format!("invalid record: {e}")),
                 record: None,
                 resolved: vec![],
+                node: None,
             },
         })
     }
@@ -305,8 +311,30 @@ impl ServiceView {
 #[serde(transparent)]
 pub struct ServiceList(pub Vec<ServiceView>);
 
+/// Adds this host's agent's view to each service (how many of its
+/// frontends the node's datapath has programmed). The agent is asked once,
+/// within a second; without it, the services are shown as stored.
+pub async fn add_node_view(list: &mut [ServiceView], agent: &crate::agent::Agent) {
+    let quick = crate::agent::Agent {
+        socket: agent.socket.clone(),
+        timeout: agent.timeout.min(std::time::Duration::from_secs(1)),
+    };
+    let node = crate::agent::services(&quick).await;
+    for s in list.iter_mut() {
+        s.node = Some(match &node {
+            Err(_) => "no agent".into(),
+            Ok(v) if !v.enabled => "off".into(),
+            Ok(v) => {
+                let id = format!("{}/{}", s.namespace, s.name);
+                let programmed = v.frontends.iter().filter(|f| f.service == id).count();
+                format!("{programmed}/{}", s.frontends.len())
+            }
+        });
+    }
+}
+
 fn table(list: &[ServiceView]) -> String {
-    let mut t = Table::new(&["NAMESPACE", "NAME", "TYPE", "FRONTENDS", "BACKENDS"]);
+    let mut t = Table::new(&["NAMESPACE", "NAME", "TYPE", "FRONTENDS", "BACKENDS", "NODE"]);
     for s in list {
         t.row([
             s.namespace.clone(),
@@ -317,6 +345,7 @@ fn table(list: &[ServiceView]) -> String {
                 None => s.frontends.join(","),
             },
             format!("{}/{}", s.backends.active, s.backends.total),
+            s.node.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     t.to_string()

@@ -110,6 +110,45 @@ fn cluster_ip_balances_across_nodes_and_policy_still_applies() -> Result<()> {
         )?;
     }
 
+    // What each node's datapath has: 2 addresses x 2 ports, 3 backends
+    // each with a slot; the CLI's list shows it beside the stored service,
+    // and `status` counts it.
+    for node in 0..2 {
+        let out = c.cli(node, &["-o", "json", "bpf", "lb", "list"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(v["enabled"], true);
+        let frontends = v["frontends"].as_array().context("frontends")?;
+        assert_eq!(frontends.len(), 4, "{v}");
+        for f in frontends {
+            let selected = f["backends"]
+                .as_array()
+                .context("backends")?
+                .iter()
+                .filter(|b| b["selected"] == true)
+                .count();
+            assert_eq!(selected, 3, "{f}");
+        }
+        let list = String::from_utf8(c.cli(node, &["service", "list"])?.stdout)?;
+        assert!(list.contains("4/4"), "{list}");
+        let st: serde_json::Value =
+            serde_json::from_slice(&c.cli(node, &["-o", "json", "status"])?.stdout)?;
+        let services = st["agent"]["status"]["components"]
+            .as_array()
+            .context("components")?
+            .iter()
+            .find(|c| c["name"] == "services")
+            .context("a services component")?
+            .clone();
+        assert_eq!(services["ok"], true, "{services}");
+        assert!(
+            services["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("4 frontends"),
+            "{services}"
+        );
+    }
+
     // 300 new connections from each node spread over the three backends
     // (uniform: 100 each expected, sd ≈ 8.2 per backend; 60 is ~5 sd off).
     for from in [&client, &seed.checkout] {

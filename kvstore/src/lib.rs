@@ -25,6 +25,23 @@ use backoff::ExponentialBackoff;
 use etcd_client::{Client, ConnectOptions, GetOptions, LeaseGrantOptions};
 use tracing::{debug, warn};
 
+/// Keys per page of [`KvStore::get_prefix`]: at Axoneme's largest values
+/// (a few KiB) a page stays well under gRPC's 4 MiB answer limit.
+pub const GET_PAGE: i64 = 500;
+
+/// The end of the range of keys starting with `prefix` (etcd's rule: the
+/// prefix with its last byte below 0xff incremented; `\0` for all keys).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 pub use config::{KvArgs, KvConfig, TlsFiles};
 pub use etcd_client::{Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 pub use watch::{WatchEvent, WatchStream};
@@ -342,17 +359,40 @@ impl KvStore {
         Ok(resp.kvs().first().map(KeyValue::from))
     }
 
-    /// Reads every key under `prefix`, with the revision the read was taken at.
+    /// Reads every key under `prefix`, with the revision the read was taken
+    /// at: in pages of [`GET_PAGE`] keys, every page at the first one's
+    /// revision, so a large prefix (10,000 services) never makes one answer
+    /// larger than gRPC's 4 MiB message limit, and the result is one
+    /// consistent snapshot.
     pub async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let prefix = prefix.to_owned();
-        let resp = self
-            .call("get_prefix", |mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((resp.kvs().iter().map(KeyValue::from).collect(), revision))
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut out = Vec::new();
+        loop {
+            let resp = self
+                .call("get_prefix", |mut c| {
+                    let (from, end) = (from.clone(), end.clone());
+                    let mut options = GetOptions::new().with_range(end).with_limit(GET_PAGE);
+                    if revision != 0 {
+                        options = options.with_revision(revision);
+                    }
+                    async move { c.get(from, Some(options)).await }
+                })
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            out.extend(resp.kvs().iter().map(KeyValue::from));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((out, revision)),
+            }
+        }
     }
 
     /// Counts keys under `prefix` without transferring them.
@@ -574,5 +614,18 @@ impl MemberHealth {
             raft_term: None,
             error: Some(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod prefix_end_tests {
+    use super::prefix_end;
+
+    #[test]
+    fn the_range_of_a_prefix_ends_after_its_last_key() {
+        assert_eq!(prefix_end(b"a/b/"), b"a/b0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
     }
 }

@@ -58,6 +58,36 @@ async fn transactions_compare_and_report_gets() -> Result<()> {
     Ok(())
 }
 
+/// A prefix whose values add up to more than gRPC's 4 MiB answer limit
+/// is read in pages, all at one revision: every key, none from outside the
+/// prefix, none written after the read began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_prefixes_are_read_in_pages_at_one_revision() -> Result<()> {
+    let etcd = cluster().await?;
+    let kv = KvStore::connect(KvConfig::new(etcd.endpoints())).await?;
+    let value = vec![b'x'; 4096];
+    let n = 1200usize;
+    use futures::StreamExt;
+    let puts = futures::stream::iter(0..n)
+        .map(|i| {
+            let (kv, value) = (kv.clone(), value.clone());
+            async move { kv.put(&format!("big/{i:05}"), value, 0).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    for r in puts {
+        r?;
+    }
+    kv.put("big0", b"outside".to_vec(), 0).await?;
+    kv.put("bif/x", b"outside".to_vec(), 0).await?;
+    let (all, revision) = kv.get_prefix("big/").await?;
+    assert_eq!(all.len(), n, "{} MiB in all", n * 4096 / (1 << 20));
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+    assert!(all.iter().all(|k| k.mod_revision <= revision));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_reports_compaction() -> Result<()> {
     let etcd = cluster().await?;

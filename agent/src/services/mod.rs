@@ -21,9 +21,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axoneme_api::MapStatus;
+pub use axoneme_api::{BackendView, FrontendView, ServicesView};
 use axoneme_identity::{CacheEvent, Raw, WatchCache};
 use axoneme_service::{BackendState, Frontend, ServiceRecord};
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -35,45 +36,6 @@ use self::table::{Ids, Table};
 const DEBOUNCE: Duration = Duration::from_millis(5);
 /// How long after a failed pass the next one runs.
 const RETRY: Duration = Duration::from_secs(1);
-
-/// A backend as `axoneme service list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct BackendView {
-    pub address: String,
-    pub node: Option<String>,
-    pub state: String,
-    /// Whether new connections on this node may use it (a slot in the maps).
-    pub selected: bool,
-}
-
-/// A frontend as this node programs it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct FrontendView {
-    pub service: String,
-    pub kind: String,
-    /// `addr:port/PROTO` (`*:port/PROTO` for a NodePort).
-    pub frontend: String,
-    pub backends: Vec<BackendView>,
-    pub affinity_timeout: Option<u32>,
-    pub local_only: bool,
-}
-
-/// What the services unit programmed, as of its last pass.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ServicesView {
-    /// Whether the unit runs (kube-proxy replacement on).
-    pub enabled: bool,
-    pub passes: u64,
-    /// The maps hold what the records ask for.
-    pub synced: bool,
-    /// The last pass's error, if it failed.
-    pub error: Option<String>,
-    pub frontends: Vec<FrontendView>,
-    /// Entries in the maps: (map, entries, capacity).
-    pub maps: Vec<(String, usize, u32)>,
-    /// Records that do not parse: (key, error).
-    pub invalid: Vec<(String, String)>,
-}
 
 /// The services unit's inputs.
 pub struct Inputs {
@@ -180,6 +142,32 @@ pub async fn run<W: LbWriter + Send>(
     }
 }
 
+/// The services unit's line in `status`.
+pub fn component(v: &ServicesView) -> axoneme_api::ComponentStatus {
+    let message = if !v.enabled {
+        "kube-proxy replacement off: Services are left to kube-proxy".to_string()
+    } else if let Some(e) = &v.error {
+        format!("kube-proxy replacement: the last pass failed: {e}")
+    } else {
+        let mut m = format!(
+            "kube-proxy replacement (socket LB): {} frontends programmed",
+            v.frontends.len()
+        );
+        if !v.invalid.is_empty() {
+            m.push_str(&format!(
+                "; {} records do not parse (their last good version stays)",
+                v.invalid.len()
+            ));
+        }
+        m
+    };
+    axoneme_api::ComponentStatus {
+        name: "services".into(),
+        ok: !v.enabled || v.error.is_none(),
+        message,
+    }
+}
+
 fn view(
     frontends: &[Frontend],
     node: &str,
@@ -188,7 +176,7 @@ fn view(
     passes: u64,
     error: Option<String>,
 ) -> ServicesView {
-    use axoneme_bpf_common::lb;
+    use axoneme_bpf_common::{lb, map_names};
     let frontends = frontends
         .iter()
         .map(|f| {
@@ -223,19 +211,26 @@ fn view(
         synced: error.is_none(),
         error,
         frontends,
-        maps: vec![
+        maps: [
             (
-                "LB_SERVICES".into(),
+                map_names::LB_SERVICES,
                 have.services.len(),
                 lb::LB_SERVICES_MAX,
             ),
             (
-                "LB_BACKENDS".into(),
+                map_names::LB_BACKENDS,
                 have.backends.len(),
                 lb::LB_BACKENDS_MAX,
             ),
-            ("LB_REVNAT".into(), have.revnat.len(), lb::LB_REVNAT_MAX),
-        ],
+            (map_names::LB_REVNAT, have.revnat.len(), lb::LB_REVNAT_MAX),
+        ]
+        .into_iter()
+        .map(|(name, entries, max)| MapStatus {
+            name: name.to_string(),
+            max_entries: max,
+            entries: u64::try_from(entries).unwrap_or(u64::MAX),
+        })
+        .collect(),
         invalid: records
             .invalid
             .iter()
