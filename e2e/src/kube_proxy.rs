@@ -140,12 +140,29 @@ pub fn service_objects(
     ]
 }
 
-/// Creates `objects` with `kubectl create -f -` (a List), in chunks.
+/// Creates `objects` with `kubectl create -f -` (Lists of at most 500),
+/// three kubectl processes at a time.
 pub fn create(kube: &KubeControlPlane, objects: &[serde_json::Value]) -> Result<()> {
-    for chunk in objects.chunks(2000) {
-        let list = json!({"apiVersion": "v1", "kind": "List", "items": chunk});
-        kube.kubectl_stdin(["create", "-f", "-", "-o", "name"], &list.to_string())
-            .context("kubectl create")?;
+    let chunks: Vec<&[serde_json::Value]> = objects.chunks(500).collect();
+    for group in chunks.chunks(3) {
+        std::thread::scope(|s| -> Result<()> {
+            let runs: Vec<_> = group
+                .iter()
+                .map(|chunk| {
+                    s.spawn(move || {
+                        let list = json!({"apiVersion": "v1", "kind": "List", "items": chunk});
+                        kube.kubectl_stdin(["create", "-f", "-", "-o", "name"], &list.to_string())
+                            .map(|_| ())
+                            .context("kubectl create")
+                    })
+                })
+                .collect();
+            for r in runs {
+                r.join()
+                    .map_err(|_| anyhow::anyhow!("kubectl thread panicked"))??;
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }

@@ -48,7 +48,9 @@ pub struct Inputs {
 /// version is bad.
 #[derive(Default)]
 struct Records {
-    good: BTreeMap<String, (i64, ServiceRecord)>,
+    /// Per key: the revision, and the record's frontends (expanded once per
+    /// version, not on every pass).
+    good: BTreeMap<String, (i64, Vec<Frontend>)>,
     invalid: BTreeMap<String, (i64, String)>,
 }
 
@@ -64,7 +66,8 @@ impl Records {
             match serde_json::from_slice::<ServiceRecord>(&r.value) {
                 Ok(rec) => {
                     self.invalid.remove(key);
-                    self.good.insert(key.clone(), (r.mod_revision, rec));
+                    self.good
+                        .insert(key.clone(), (r.mod_revision, rec.frontends()));
                 }
                 Err(e) => {
                     warn!(key, error = %e, "service record does not parse: its last good version stays");
@@ -75,11 +78,8 @@ impl Records {
         }
     }
 
-    fn frontends(&self) -> Vec<Frontend> {
-        self.good
-            .values()
-            .flat_map(|(_, r)| r.frontends())
-            .collect()
+    fn frontends(&self) -> Vec<&Frontend> {
+        self.good.values().flat_map(|(_, f)| f).collect()
     }
 }
 
@@ -99,14 +99,20 @@ pub async fn run<W: LbWriter + Send>(
     let mut passes = 0u64;
     loop {
         tokio::time::sleep(DEBOUNCE).await;
-        records.refresh(&inputs.records.snapshot());
+        let started = std::time::Instant::now();
+        inputs.records.read(|raw| records.refresh(raw));
         let frontends = records.frontends();
-        let result = table::build(&frontends, &inputs.node, &inputs.node_ips, &mut ids)
-            .map_err(anyhow::Error::from)
-            .and_then(|want| {
-                let changes = sync::sync(&mut writer, &mut have, &want)?;
-                Ok((want, changes))
-            });
+        let result = table::build(
+            frontends.iter().copied(),
+            &inputs.node,
+            &inputs.node_ips,
+            &mut ids,
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|want| {
+            let changes = sync::sync(&mut writer, &mut have, &want)?;
+            Ok((want, changes))
+        });
         passes += 1;
         let error = match &result {
             Ok((_, c)) => {
@@ -115,6 +121,7 @@ pub async fn run<W: LbWriter + Send>(
                         frontends = frontends.len(),
                         written = c.written,
                         removed = c.removed,
+                        pass_ms = started.elapsed().as_millis(),
                         "services programmed"
                     );
                 }
@@ -169,7 +176,7 @@ pub fn component(v: &ServicesView) -> axoneme_api::ComponentStatus {
 }
 
 fn view(
-    frontends: &[Frontend],
+    frontends: &[&Frontend],
     node: &str,
     have: &Table,
     records: &Records,

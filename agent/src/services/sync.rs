@@ -277,7 +277,7 @@ mod tests {
             assert_eq!(lb.maps, want);
             assert_eq!(have, want);
         }
-        let want = build(&[], "a", &[], &mut ids).unwrap();
+        let want = build(&[] as &[Frontend], "a", &[], &mut ids).unwrap();
         step_through(&mut lb, &mut have, &want);
         assert_eq!(lb.maps, Table::default());
     }

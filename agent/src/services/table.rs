@@ -176,8 +176,8 @@ impl Ids {
 
 /// The table for `frontends` on node `node` whose addresses (for NodePort
 /// frontends, which stand for every address of the node) are `node_ips`.
-pub fn build(
-    frontends: &[Frontend],
+pub fn build<'a>(
+    frontends: impl IntoIterator<Item = &'a Frontend>,
     node: &str,
     node_ips: &[IpAddr],
     ids: &mut Ids,
