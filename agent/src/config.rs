@@ -258,10 +258,11 @@ impl UnavailableConfig {
 /// programs on the node's cgroup.
 #[derive(Debug, Clone, Args)]
 pub struct ServicesConfig {
-    /// Load-balance Services in eBPF in place of kube-proxy (standalone
-    /// mode: the services `axoneme service` stores). `false`: no service
-    /// programs; a previous run's are removed.
-    #[arg(long, env = "AXONEME_KUBE_PROXY_REPLACEMENT", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Load-balance Services in eBPF in place of kube-proxy (the services
+    /// `axoneme service` stores in standalone mode; those the operator
+    /// mirrors from the API server in Kubernetes mode). `false`: no service
+    /// programs (a previous run's are removed); Services are kube-proxy's.
+    #[arg(long, env = "AXONEME_KUBE_PROXY_REPLACEMENT", default_value_t = true, action = clap::ArgAction::Set)]
     pub kube_proxy_replacement: bool,
     /// The cgroup2 directory the socket-LB programs attach to: every
     /// process below it (the node's pods) gets services translated.
@@ -271,21 +272,6 @@ pub struct ServicesConfig {
         default_value = "/run/axoneme/cgroupv2"
     )]
     pub cgroup_root: PathBuf,
-}
-
-impl ServicesConfig {
-    /// What this version cannot do yet with these settings.
-    pub fn refuse(&self, kubernetes: bool) -> Result<(), String> {
-        if self.kube_proxy_replacement && kubernetes {
-            return Err(
-                "--kube-proxy-replacement=true (Helm: kubeProxyReplacement) in Kubernetes \
-                        mode: Services are not mirrored from the API server by this version; set \
-                        it to false and keep kube-proxy"
-                    .into(),
-            );
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -379,18 +365,6 @@ mod tests {
         };
         assert_eq!(parse(&[]), Ok(()));
         assert_eq!(parse(&["--enable-ipsec=false"]), Ok(()));
-        let services = |extra: &[&str], kube: bool| {
-            let mut args = vec!["axoneme-agent", "--node", "n1"];
-            args.extend(extra);
-            Config::try_parse_from(args).unwrap().services.refuse(kube)
-        };
-        assert_eq!(services(&["--kube-proxy-replacement=true"], false), Ok(()));
-        assert_eq!(services(&["--kube-proxy-replacement=false"], true), Ok(()));
-        let e = services(&["--kube-proxy-replacement=true"], true).unwrap_err();
-        assert!(
-            e.contains("kubeProxyReplacement") && e.contains("Kubernetes mode"),
-            "{e}"
-        );
         let e = parse(&["--enable-ipsec=true", "--ipsec-key-file=/k"]).unwrap_err();
         assert!(e.contains("refusing to run unencrypted"), "{e}");
     }

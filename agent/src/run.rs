@@ -48,9 +48,6 @@ use axoneme_kvstore::KvStore;
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     validate_node_name(&cfg.node)?;
     cfg.unavailable.refuse().map_err(anyhow::Error::msg)?;
-    cfg.services
-        .refuse(cfg.kubernetes.kubernetes)
-        .map_err(anyhow::Error::msg)?;
     // Handlers first, so that a signal during start-up is not lost.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

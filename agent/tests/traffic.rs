@@ -166,6 +166,8 @@ impl Cluster {
         .arg(self.node.ns.path())
         .arg("--bpf-pin-dir")
         .arg(&self.pins)
+        // Services are tested with a cluster's cgroups (e2e services).
+        .arg("--kube-proxy-replacement=false")
         .env("RUST_LOG", "info");
         self.agent = Some(Proc::spawn("agent", cmd, &log)?);
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -74,7 +74,7 @@ pub struct ClusterNode {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub agent: Option<Proc>,
-    /// Standalone mode: the node's cgroup (its pods' are children), where
+    /// The node's cgroup (its pods' are children), where
     /// the agent attaches socket LB.
     pub cgroup: Option<Cgroup>,
     args: Vec<String>,
@@ -99,7 +99,7 @@ pub struct CniPod {
     pub ip6: Option<Ipv6Addr>,
     /// How long its CNI ADD took (plugin start to return).
     pub ready: Duration,
-    /// The pod's cgroup, under its node's (standalone mode): the processes
+    /// The pod's cgroup, under its node's: the processes
     /// [`CniPod::command`] starts run there, so services are translated
     /// for them.
     pub cgroup: Option<Cgroup>,
@@ -294,13 +294,9 @@ impl Cluster {
         ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "ul0", "nodad"])?;
         ns.ip(&["link", "set", "ul0", "up"])?;
         let state_dir = self.dir.join(format!("node{i}"));
-        // Standalone mode balances services itself (Kubernetes mode keeps
-        // kube-proxy until Services are mirrored from the API).
-        let cgroup = if self.kube.is_none() {
-            Some(Cgroup::create(&name)?)
-        } else {
-            None
-        };
+        // The node's cgroup: its pods' cgroups go below it, and socket LB
+        // (the kube-proxy replacement, on by default) attaches to it.
+        let cgroup = Some(Cgroup::create(&name)?);
         let node = ClusterNode {
             socket: state_dir.join("agent.sock"),
             pin_dir: PathBuf::from("/sys/fs/bpf/axoneme").join(&name),
@@ -329,13 +325,9 @@ impl Cluster {
                     if self.kube.is_some() {
                         a.push("--kubernetes".to_string());
                     }
-                    if let Some(cg) = &cgroup {
-                        a.extend([
-                            "--kube-proxy-replacement=true".to_string(),
-                            "--cgroup-root".to_string(),
-                            cg.path.display().to_string(),
-                        ]);
-                    }
+                }
+                if let Some(cg) = &cgroup {
+                    a.extend(["--cgroup-root".to_string(), cg.path.display().to_string()]);
                 }
                 if let Some(kube) = &self.kube {
                     kube.create_node(&name, ip, Some(ip6))?;

@@ -808,12 +808,19 @@ impl KubeControlPlane {
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
-    /// Sets a Pod's `status.podIP(s)`, as the kubelet does after CNI ADD.
+    /// Sets a Pod's `status.podIP(s)` and marks it Running and Ready, as
+    /// the kubelet does after CNI ADD and the containers' start (the
+    /// EndpointSlice controller makes ready endpoints of Ready pods).
     pub fn set_pod_ips(&self, namespace: &str, name: &str, ips: &[std::net::IpAddr]) -> Result<()> {
         let ips: Vec<serde_json::Value> =
             ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
-        let status =
-            json!({"status": {"podIP": ips.first().map(|i| i["ip"].clone()), "podIPs": ips}});
+        let ready = |t: &str| json!({"type": t, "status": "True"});
+        let status = json!({"status": {
+            "phase": "Running",
+            "conditions": [ready("PodScheduled"), ready("Initialized"), ready("ContainersReady"), ready("Ready")],
+            "podIP": ips.first().map(|i| i["ip"].clone()),
+            "podIPs": ips,
+        }});
         self.kubectl([
             "patch",
             "pod",

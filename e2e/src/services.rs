@@ -224,3 +224,31 @@ pub fn service_yaml(
     }
     y
 }
+
+/// Only answers that are not HTTP statuses (every connection failed).
+pub fn all_failed(o: &Outcomes) -> bool {
+    !o.is_empty() && o.keys().all(|k| k.parse::<u16>().is_err())
+}
+
+/// Polls `f` every 100 ms until it says yes, at most `within`; logs how
+/// long it took.
+pub fn until(
+    what: &str,
+    within: std::time::Duration,
+    mut f: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    while !f()? {
+        if start.elapsed() > within {
+            bail!("{what}: not within {within:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!("{what}: {:?}", start.elapsed());
+    Ok(())
+}
+
+/// Lines in a request log (0 before it exists).
+pub fn lines(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
+}

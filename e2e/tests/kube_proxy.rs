@@ -8,39 +8,20 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use axoneme_e2e::expect::seed_policy;
-use axoneme_e2e::services::{requests, Outcomes};
+use axoneme_e2e::services::{all_failed, lines, requests, until};
 use axoneme_e2e::{kube_proxy, Cluster, ClusterConfig};
 
 const VIP: &str = "10.96.0.50";
-
-fn until(what: &str, within: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let start = Instant::now();
-    while !f()? {
-        if start.elapsed() > within {
-            bail!("{what}: not within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("{what}: {:?}", start.elapsed());
-    Ok(())
-}
-
-fn lines(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
-}
-
-fn all_failed(o: &Outcomes) -> bool {
-    !o.is_empty() && o.keys().all(|k| k.parse::<u16>().is_err())
-}
 
 #[test]
 fn services_through_kube_proxy_with_axoneme_policy() -> Result<()> {
     let mut c = Cluster::start(&ClusterConfig {
         kubernetes: true,
+        agent_args: vec!["--kube-proxy-replacement=false".into()],
         ..ClusterConfig::default()
     })?;
     let seed = c.seed_pods()?;

@@ -134,10 +134,10 @@ fn a_failing_start_is_json_to_the_last_line_for_both_binaries() -> Result<()> {
                 "log-test",
                 "--log-format",
                 "json",
-                "--kube-proxy-replacement=true",
+                "--enable-ipsec=true",
             ][..],
             &[][..],
-            "not available in this version: --kube-proxy-replacement=true",
+            "not available in this version: --enable-ipsec",
         ),
     ] {
         let (ok, stderr) = run_failing(binary, args, env)?;

@@ -11,13 +11,13 @@
 //! bad update is refused, and the client's agent restarts.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use axoneme_e2e::expect::seed_policy;
 use axoneme_e2e::services::{
-    requests, service_yaml, udp_request, udp_server, Endpoint, Outcomes, RequestLoop,
+    all_failed, lines, requests, service_yaml, udp_request, udp_server, until, Endpoint,
+    RequestLoop,
 };
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
@@ -32,27 +32,6 @@ fn apply(c: &Cluster, verb: &str, name: &str, yaml: &str) -> Result<std::process
         c.cli_command(0, &["service", verb, "-f", path.to_str().context("path")?])
             .output()?,
     )
-}
-
-fn lines(log: &Path) -> usize {
-    std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
-}
-
-/// Only answers that are not HTTP statuses (the connection failed).
-fn all_failed(o: &Outcomes) -> bool {
-    !o.is_empty() && o.keys().all(|k| k.parse::<u16>().is_err())
-}
-
-fn until(what: &str, within: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let start = Instant::now();
-    while !f()? {
-        if start.elapsed() > within {
-            bail!("{what}: not within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("{what}: {:?}", start.elapsed());
-    Ok(())
 }
 
 #[test]

@@ -139,9 +139,17 @@ fn list_and_get_render() {
     let list = ServiceList(vec![ServiceView::of(&payments(), 7, false)]);
     assert_eq!(
         human(&list),
-        "NAMESPACE   NAME       TYPE       FRONTENDS                                                          BACKENDS\n\
-         default     payments   NodePort   10.96.0.10:80/TCP,[fd00:96::10]:80/TCP,*:30080/TCP,[*]:30080/TCP   1/2\n"
+        "NAMESPACE   NAME       TYPE       FRONTENDS                                                          BACKENDS   NODE\n\
+         default     payments   NodePort   10.96.0.10:80/TCP,[fd00:96::10]:80/TCP,*:30080/TCP,[*]:30080/TCP   1/2        -\n"
     );
+    // With the agent asked, NODE is programmed/frontends on this node.
+    let mut seen = ServiceView::of(&payments(), 7, false);
+    seen.node = Some("4/4".into());
+    assert!(human(&ServiceList(vec![seen]))
+        .lines()
+        .nth(1)
+        .unwrap()
+        .ends_with("1/2        4/4"),);
     assert_eq!(human(&ServiceList(vec![])), "No services found.\n");
     let json: serde_json::Value =
         serde_json::from_str(&render(&list, OutputFormat::Json).unwrap()).unwrap();

@@ -14,7 +14,8 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axoneme_crds::k8s_openapi::api::core::v1::{Namespace, Node};
+use axoneme_crds::k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use axoneme_crds::k8s_openapi::api::discovery::v1::EndpointSlice;
 use axoneme_crds::k8s_openapi::api::networking::v1::NetworkPolicy;
 use axoneme_crds::kube::api::{Api, ApiResource, DynamicObject};
 use axoneme_crds::kube::runtime::reflector::{self, Store};
@@ -181,6 +182,9 @@ pub struct Index {
     pub identities: Reflected<CiliumIdentity>,
     pub endpoints: Reflected<CiliumEndpoint>,
     pub cilium_nodes: Reflected<CiliumNode>,
+    /// Services and their EndpointSlices (the kube-proxy replacement's).
+    pub services: Reflected<Service>,
+    pub endpoint_slices: Reflected<EndpointSlice>,
 }
 
 /// The dynamic API resource of a policy kind (policies are read untyped, so
@@ -256,6 +260,22 @@ impl Index {
                 Api::all(client.clone()),
                 (),
                 "ciliumnodes",
+                health.clone(),
+                changes.clone(),
+                cancel.clone(),
+            ),
+            services: reflect(
+                Api::all(client.clone()),
+                (),
+                "services",
+                health.clone(),
+                changes.clone(),
+                cancel.clone(),
+            ),
+            endpoint_slices: reflect(
+                Api::all(client.clone()),
+                (),
+                "endpointslices",
                 health.clone(),
                 changes.clone(),
                 cancel.clone(),

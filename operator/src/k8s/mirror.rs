@@ -3,7 +3,9 @@
 //! standalone mode's `axoneme policy import` writes, so that standalone
 //! mode's policy-status judge marks them valid and agents enforce them
 //! exactly as in standalone mode), namespace labels (`namespaces/v1/`) and
-//! node labels (`node-labels/v1/`).
+//! node labels (`node-labels/v1/`), and Services with their EndpointSlices
+//! (`services/v1/`, the record standalone mode's `axoneme service` writes;
+//! see [`super::services`]).
 //!
 //! Each pass diffs what the watched objects ask for against what the
 //! kvstore holds and writes the difference in fenced transactions:
@@ -13,7 +15,8 @@
 //!   the same object (uid); the status loop says so in the condition;
 //! - a key whose object is gone is deleted — but only once that kind's
 //!   watch has a complete list: an API server that is down, a watch that
-//!   errors, a kind the operator may not list, never delete anything.
+//!   errors, a kind the operator may not list, never delete anything;
+//! - a Service the record cannot take keeps its stored (last good) record.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -26,6 +29,7 @@ use tracing::{info, warn};
 use super::index::Reflected;
 use super::judge::{self, KINDS};
 use super::pace::Pacer;
+use super::services;
 use super::{labels, Kube};
 use crate::allocator::LeaderExit;
 use crate::election::Leadership;
@@ -124,6 +128,57 @@ pub fn desired_policies(
     (desired, complete)
 }
 
+/// What the Services and their EndpointSlices ask for, and the problems
+/// (`namespace/name` → what is wrong) of those that keep their stored
+/// record. Deletions are safe once both kinds have a complete list.
+pub fn desired_services(
+    kube: &Kube,
+    layout: &Layout,
+    current: &BTreeMap<String, Vec<u8>>,
+) -> (
+    BTreeMap<String, Want>,
+    Vec<String>,
+    BTreeMap<String, String>,
+) {
+    let index = &kube.index;
+    let slices = services::slices_by_service(&index.endpoint_slices.state());
+    let mut desired = BTreeMap::new();
+    let mut problems = BTreeMap::new();
+    for svc in index.services.state() {
+        let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
+            continue;
+        };
+        let key = layout.service(ns, name);
+        let own = slices
+            .get(&(ns.clone(), name.clone()))
+            .map_or(&[][..], Vec::as_slice);
+        match services::record(&svc, own) {
+            Ok(services::Mirrored::Record(r)) => {
+                let errors = axoneme_service::validate::service(&r);
+                if errors.is_empty() {
+                    desired.insert(key, Want::Put(serde_json::to_vec(&r).expect("serializes")));
+                    continue;
+                }
+                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                problems.insert(r.id(), text.join("; "));
+            }
+            Ok(services::Mirrored::Skipped(_)) => continue,
+            Err(e) => {
+                problems.insert(format!("{ns}/{name}"), e);
+            }
+        }
+        if current.contains_key(&key) {
+            desired.insert(key, Want::Keep);
+        }
+    }
+    let complete = if index.services.ready() && index.endpoint_slices.ready() {
+        vec![layout.services_prefix()]
+    } else {
+        vec![]
+    };
+    (desired, complete, problems)
+}
+
 /// What one kind's objects' labels ask for (`record` gives the key and the
 /// value of an object's name and labels), and the store prefix whose
 /// deletions are safe (empty until the kind has a complete list).
@@ -208,6 +263,9 @@ struct Mirror<'a> {
     policies: Store,
     namespaces: Store,
     node_labels: Store,
+    services: Store,
+    /// The Services' problems last logged (logged again only when changed).
+    service_problems: BTreeMap<String, String>,
 }
 
 /// Runs the mirror until `term` is cancelled or a write is fenced or fails.
@@ -238,9 +296,15 @@ pub async fn run(
             layout.node_labels_prefix(),
             kube.kv.node_labels.clone(),
         ),
+        services: Store::new(
+            "services",
+            layout.services_prefix(),
+            kube.kv.services.clone(),
+        ),
+        service_problems: BTreeMap::new(),
     };
     let mut pacer = Pacer::new(kube.changes());
-    info!("mirroring policies, namespace and node labels into the kvstore");
+    info!("mirroring policies, namespace and node labels, and services into the kvstore");
     while pacer.wait(term).await {
         match m.pass().await {
             Ok(()) => pacer.succeeded(),
@@ -288,7 +352,18 @@ impl Mirror<'_> {
                 )
             });
         let writes = diff(&desired, &self.node_labels.current(), &complete);
-        self.write(Which::NodeLabels, writes).await
+        self.write(Which::NodeLabels, writes).await?;
+
+        let current = self.services.current();
+        let (desired, complete, problems) = desired_services(self.kube, layout, &current);
+        for (service, problem) in &problems {
+            if self.service_problems.get(service) != Some(problem) {
+                warn!(%service, %problem, "Service not load-balanced as changed; its last good record stays");
+            }
+        }
+        self.service_problems = problems;
+        let writes = diff(&desired, &current, &complete);
+        self.write(Which::Services, writes).await
     }
 
     async fn write(&mut self, which: Which, writes: Vec<Write>) -> Result<(), LeaderExit> {
@@ -319,6 +394,7 @@ impl Mirror<'_> {
                 Which::Policies => &mut self.policies,
                 Which::Namespaces => &mut self.namespaces,
                 Which::NodeLabels => &mut self.node_labels,
+                Which::Services => &mut self.services,
             };
             for w in chunk {
                 let (op, value) = match w {
@@ -344,6 +420,7 @@ enum Which {
     Policies,
     Namespaces,
     NodeLabels,
+    Services,
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod index;
 pub mod judge;
 pub mod mirror;
 pub mod pace;
+pub mod services;
 pub mod status;
 pub mod views;
 
@@ -94,6 +95,7 @@ pub struct KvView {
     pub nodes: WatchCache<NodeRecord>,
     pub node_cidrs: WatchCache<NodeCidrs>,
     pub node_status: WatchCache<NodeStatusRecord>,
+    pub services: WatchCache<Raw>,
 }
 
 impl KvView {
@@ -108,6 +110,7 @@ impl KvView {
             nodes: WatchCache::start(kv.clone(), layout.nodes_prefix()),
             node_cidrs: WatchCache::start(kv.clone(), layout.node_cidrs_prefix()),
             node_status: WatchCache::start(kv.clone(), layout.node_status_prefix()),
+            services: WatchCache::start(kv.clone(), layout.services_prefix()),
         }
     }
 
@@ -122,6 +125,7 @@ impl KvView {
         self.nodes.ready().await;
         self.node_cidrs.ready().await;
         self.node_status.ready().await;
+        self.services.ready().await;
     }
 
     /// Node records by node name (the nodes with an agent).
@@ -169,6 +173,7 @@ impl KvView {
         fwd(&self.nodes, changes, cancel);
         fwd(&self.node_cidrs, changes, cancel);
         fwd(&self.node_status, changes, cancel);
+        fwd(&self.services, changes, cancel);
     }
 }
 
