@@ -160,14 +160,26 @@ fn create_list_get_update_delete() {
                     "api",
                     "NodePort",
                     "10.96.7.2:443/TCP,[fd00:96::7:2]:443/TCP,*:30443/TCP,[*]:30443/TCP",
-                    "2/2"
+                    "2/2",
+                    // NODE: this host has no agent to ask.
+                    "no",
+                    "agent"
                 ],
             "{}",
             list.stdout
         );
         let web_row: Vec<&str> = lines[2].split_whitespace().collect();
         ensure!(
-            web_row == ["shop", "web", "ClusterIP", "10.96.7.1:80/TCP", "2/2"],
+            web_row
+                == [
+                    "shop",
+                    "web",
+                    "ClusterIP",
+                    "10.96.7.1:80/TCP",
+                    "2/2",
+                    "no",
+                    "agent"
+                ],
             "{}",
             list.stdout
         );
