@@ -26,7 +26,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::announce::Announcer;
 use crate::api::{self, ApiState};
@@ -44,6 +44,19 @@ use crate::supervisor::Supervisor;
 use crate::views::EventRing;
 use axoneme_identity::{Layout, NodeRecord, WatchCache};
 use axoneme_kvstore::KvStore;
+
+/// The interface carrying the node's first `--node-ip` that one has (in
+/// the node's namespace): where traffic from outside the node arrives.
+async fn node_device(cfg: &Config) -> anyhow::Result<Option<String>> {
+    let ns = Ns::open_or_own(cfg.datapath.netns.as_deref()).context("--netns")?;
+    let rtnl = ns.rtnl().context("netlink in the node's namespace")?;
+    for ip in &cfg.node_ips {
+        if let Some(link) = rtnl.link_with_address(*ip).await? {
+            return Ok(Some(link.name));
+        }
+    }
+    Ok(None)
+}
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     validate_node_name(&cfg.node)?;
@@ -105,10 +118,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             format!("attaching socket LB to --cgroup-root {}", cgroup.display())
         })?;
         info!(cgroup = %cgroup.display(), "socket LB attached (kube-proxy replacement)");
+        match node_device(&cfg).await? {
+            Some(device) => {
+                dp.attach_nodeport(&device, cfg.datapath.netns.as_deref(), &cfg.node_ips)
+                    .with_context(|| format!("attaching the per-packet LB to {device}"))?;
+                info!(%device, "per-packet LB attached (NodePort, ExternalIP, LoadBalancer from outside)");
+            }
+            None => warn!(
+                "no interface has a --node-ip: services are not served to clients outside the node"
+            ),
+        }
         Some(dp.take_lb_maps()?)
     } else {
         if crate::datapath::detach_socket_lb(&pin_dir).context("removing the socket-LB links")? {
             info!("kube-proxy replacement off: the previous run's socket LB removed");
+        }
+        if let Some(device) = node_device(&cfg).await? {
+            dp.detach(&device, cfg.datapath.netns.as_deref());
         }
         None
     };

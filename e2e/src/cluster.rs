@@ -182,6 +182,10 @@ pub fn teardown(l: &Leftovers) {
     }
 }
 
+/// The address of [`Cluster::external_client`] on the underlay.
+pub const EXTERNAL_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 200);
+pub const EXTERNAL_CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 200);
+
 impl Cluster {
     pub fn start(cfg: &ClusterConfig) -> Result<Self> {
         let prefix = crate::run_prefix("c");
@@ -435,6 +439,39 @@ impl Cluster {
             checkout,
             intruder,
         })
+    }
+
+    /// A host outside the cluster on the nodes' underlay
+    /// ([`EXTERNAL_CLIENT_IP`], [`EXTERNAL_CLIENT_IP6`]): a namespace
+    /// with a veth on the underlay's bridge, removed when dropped.
+    pub fn external_client(&self, name: &str) -> Result<Netns> {
+        let id = format!("{}-{name}", self.prefix);
+        let ns = Netns::create(&id)?;
+        let underlay = self.underlay.as_ref().context("cluster detached")?;
+        let port = format!("x{name}");
+        underlay.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &id,
+        ])?;
+        underlay.ip(&["link", "set", &port, "master", "br0"])?;
+        underlay.ip(&["link", "set", &port, "up"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{EXTERNAL_CLIENT_IP}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{EXTERNAL_CLIENT_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
     }
 
     /// The request-logging HTTP backend ([`crate::http`]) in `pod` on

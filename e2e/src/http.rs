@@ -24,6 +24,10 @@ class H(http.server.BaseHTTPRequestHandler):
             f.write("%s %s\n" % (self.command, self.path))
         body = ("ok %s %s\n" % (self.command, self.path)).encode()
         self.send_response(200)
+        # Who asked and who answered, as the backend sees them (NodePort
+        # tests: whether the client's address was kept).
+        self.send_header("X-Peer", self.client_address[0].removeprefix("::ffff:"))
+        self.send_header("X-Served-By", self.connection.getsockname()[0].removeprefix("::ffff:"))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -252,3 +252,38 @@ pub fn until(
 pub fn lines(log: &std::path::Path) -> usize {
     std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
 }
+
+/// What the request-logging backend ([`crate::http`]) answered one GET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status, or `failed` when no answer came.
+    pub status: String,
+    /// The client's address as the backend saw it (`X-Peer`).
+    pub peer: Option<String>,
+    /// The backend's own address (`X-Served-By`).
+    pub served_by: Option<String>,
+}
+
+/// One GET from namespace `ns` (not a pod: e.g. a client outside the
+/// cluster) to `url`, on a new connection, with a 2 s deadline.
+pub fn get_from(ns: &Netns, url: &str) -> Result<Answer> {
+    let out = ns
+        .command(&["curl", "-s", "-i", "--max-time", "2", url])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let status = match lines.next().and_then(|l| l.split_whitespace().nth(1)) {
+        Some(s) if out.status.success() => s.to_string(),
+        _ => "failed".to_string(),
+    };
+    let header = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    Ok(Answer {
+        status,
+        peer: header("X-Peer:"),
+        served_by: header("X-Served-By:"),
+    })
+}

@@ -263,6 +263,32 @@ impl Rtnl {
         })
     }
 
+    /// The link that has address `ip`, if any (`ip -o addr show to IP`).
+    pub async fn link_with_address(&self, ip: IpAddr) -> Result<Option<Link>, Error> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.fail("listing addresses", e))?;
+        let owner = msgs.iter().find(|m| {
+            m.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Local(a) | AddressAttribute::Address(a) if *a == ip)
+            })
+        });
+        let Some(index) = owner.map(|m| m.header.index) else {
+            return Ok(None);
+        };
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(link_of)),
+            Err(e) if errno(&e) == Some(nix::libc::ENODEV) => Ok(None),
+            Err(e) => Err(self.fail(format_args!("looking up link #{index}"), e)),
+        }
+    }
+
     /// Creates a veth pair here: `name` in this namespace, `peer` in
     /// `peer_ns` (`ip link add NAME type veth peer name PEER netns NS`).
     pub async fn add_veth(&self, name: &str, peer: &str, peer_ns: &Netns) -> Result<(), Error> {

@@ -12,9 +12,11 @@
 
 use std::path::{Path, PathBuf};
 
-use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService};
-use axoneme_bpf_common::map_names::{LB_AFFINITY_MATCH, LB_BACKENDS, LB_REVNAT, LB_SERVICES};
-use aya::maps::{HashMap, MapData};
+use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService, NodeAddrs};
+use axoneme_bpf_common::map_names::{
+    LB_AFFINITY_MATCH, LB_BACKENDS, LB_NODE, LB_REVNAT, LB_SERVICES,
+};
+use aya::maps::{Array, HashMap, MapData};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::Ebpf;
@@ -185,6 +187,47 @@ impl Datapath {
             tracing::debug!(program = name, cgroup = %cgroup.display(), "socket LB attached");
         }
         Ok(())
+    }
+
+    /// Per-packet LB for traffic from outside the node: writes this node's
+    /// addresses (the SNAT source towards backends on other nodes) and
+    /// attaches the nodeport programs to `device`, the interface with the
+    /// node's address, in `netns` (or the agent's namespace).
+    pub fn attach_nodeport(
+        &mut self,
+        device: &str,
+        netns: Option<&Path>,
+        node_ips: &[std::net::IpAddr],
+    ) -> Result<u32, DatapathError> {
+        self.set_node_addrs(node_ips)?;
+        self.attach_tc(
+            device,
+            netns,
+            super::NODEPORT_INGRESS,
+            super::NODEPORT_EGRESS,
+        )
+    }
+
+    /// Writes the node's first address of each family into `LB_NODE`.
+    pub fn set_node_addrs(&mut self, node_ips: &[std::net::IpAddr]) -> Result<(), DatapathError> {
+        let mut addrs = NodeAddrs::default();
+        for ip in node_ips {
+            match ip {
+                std::net::IpAddr::V4(a) if addrs.ipv4 == [0; 16] => {
+                    addrs.ipv4[..4].copy_from_slice(&a.octets())
+                }
+                std::net::IpAddr::V6(a) if addrs.ipv6 == [0; 16] => addrs.ipv6 = a.octets(),
+                _ => {}
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut(LB_NODE)
+            .ok_or(DatapathError::MapNotFound { name: LB_NODE })?;
+        let mut node: Array<&mut MapData, NodeAddrs> =
+            Array::try_from(map).map_err(|source| map_error(LB_NODE, "open", source))?;
+        node.set(0, addrs, 0)
+            .map_err(|source| map_error(LB_NODE, "update", source))
     }
 
     /// The LB maps' handles, for their one writer (once).

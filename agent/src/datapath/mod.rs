@@ -32,8 +32,19 @@ pub const FROM_CONTAINER: &str = "axoneme_from_container";
 /// TC egress of a pod's host-side veth: what the pod receives (its ingress).
 pub const TO_CONTAINER: &str = "axoneme_to_container";
 
-/// The object's programs: all of them are loaded.
-const PROGRAMS: [&str; 2] = [FROM_CONTAINER, TO_CONTAINER];
+/// TC ingress of the node's device: per-packet service LB for traffic
+/// from outside the node (kube-proxy replacement).
+pub const NODEPORT_INGRESS: &str = "axoneme_nodeport_ingress";
+/// TC egress of the node's device: local backends' replies.
+pub const NODEPORT_EGRESS: &str = "axoneme_nodeport_egress";
+
+/// The object's TC programs: all of them are loaded.
+const PROGRAMS: [&str; 4] = [
+    FROM_CONTAINER,
+    TO_CONTAINER,
+    NODEPORT_INGRESS,
+    NODEPORT_EGRESS,
+];
 
 /// Sizes of the datapath's largest maps (the agent's `--bpf-*-max` flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +334,18 @@ impl Datapath {
     /// to pin links made in another network namespace, as the local
     /// cluster's nodes are.)
     pub fn attach(&mut self, interface: &str, netns: Option<&Path>) -> Result<u32, DatapathError> {
+        self.attach_tc(interface, netns, FROM_CONTAINER, TO_CONTAINER)
+    }
+
+    /// Attaches `ingress` and `egress` to `interface` as [`Self::attach`]
+    /// does.
+    fn attach_tc(
+        &mut self,
+        interface: &str,
+        netns: Option<&Path>,
+        ingress: &'static str,
+        egress: &'static str,
+    ) -> Result<u32, DatapathError> {
         let ebpf = &mut self.ebpf;
         in_netns(interface, netns, |err| {
             let ifindex = nix::net::if_::if_nametoindex(interface)
@@ -332,8 +355,8 @@ impl Datapath {
                 tracing::debug!(%interface, error = %e, "clsact qdisc not added");
             }
             for (name, attach_type) in [
-                (FROM_CONTAINER, TcAttachType::Ingress),
-                (TO_CONTAINER, TcAttachType::Egress),
+                (ingress, TcAttachType::Ingress),
+                (egress, TcAttachType::Egress),
             ] {
                 let program: &mut SchedClassifier = ebpf
                     .program_mut(name)
@@ -500,7 +523,7 @@ mod tests {
             .map(|s| s.name().unwrap())
             .collect();
         programs.sort();
-        let mut want = vec![super::FROM_CONTAINER, super::TO_CONTAINER];
+        let mut want = super::PROGRAMS.to_vec();
         want.extend(super::SOCK_PROGRAMS);
         want.sort();
         assert_eq!(programs, want);

@@ -13,8 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use axoneme_bpf_common::family;
-use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService};
-use axoneme_service::{Frontend, Protocol};
+use axoneme_bpf_common::lb::{
+    backend_flags, svc_flags, AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService,
+};
+use axoneme_service::{Frontend, FrontendKind, Protocol};
 
 /// What the LB maps should hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -174,6 +176,21 @@ impl Ids {
     }
 }
 
+/// What the per-packet LB on the node's device needs to know of a
+/// frontend: whether it is reachable from outside the node, and whether
+/// its traffic policy keeps the client's address.
+fn master_flags(f: &Frontend) -> u8 {
+    if f.kind == FrontendKind::ClusterIP {
+        return 0;
+    }
+    svc_flags::EXTERNAL
+        | if f.local_only {
+            svc_flags::LOCAL_ONLY
+        } else {
+            0
+        }
+}
+
 /// The table for `frontends` on node `node` whose addresses (for NodePort
 /// frontends, which stand for every address of the node) are `node_ips`.
 pub fn build<'a>(
@@ -227,7 +244,12 @@ pub fn build<'a>(
                         addr: baddr,
                         port: b.port.to_be(),
                         family: bfam,
-                        pad: [0; 5],
+                        flags: if b.node.as_deref() == Some(node) {
+                            backend_flags::LOCAL
+                        } else {
+                            0
+                        },
+                        pad: [0; 4],
                     },
                 );
                 slot += 1;
@@ -238,7 +260,8 @@ pub fn build<'a>(
                         count: 0,
                         rev_nat,
                         affinity_timeout: 0,
-                        pad: [0; 4],
+                        flags: 0,
+                        pad: [0; 3],
                     },
                 );
                 if f.affinity_timeout.is_some() {
@@ -255,7 +278,8 @@ pub fn build<'a>(
                     count: slot,
                     rev_nat,
                     affinity_timeout: f.affinity_timeout.unwrap_or(0),
-                    pad: [0; 4],
+                    flags: master_flags(f),
+                    pad: [0; 3],
                 },
             );
         }
@@ -379,9 +403,29 @@ mod tests {
         f.kind = FrontendKind::NodePort;
         f.port = 30080;
         let ips: Vec<IpAddr> = vec!["192.168.7.1".parse().unwrap(), "fd07::1".parse().unwrap()];
-        let t = build(&[f], "a", &ips, &mut Ids::new()).unwrap();
-        assert_eq!(master(&t, "192.168.7.1", 30080).count, 1);
+        let t = build(std::slice::from_ref(&f), "a", &ips, &mut Ids::new()).unwrap();
+        let m = master(&t, "192.168.7.1", 30080);
+        assert_eq!(m.count, 1);
         assert_eq!(t.services.len(), 2, "no IPv6 frontend for an IPv4 NodePort");
+        // Served from outside by the device's per-packet LB; the backend
+        // is local to node a (no SNAT), not to node b.
+        assert_eq!(m.flags, svc_flags::EXTERNAL);
+        assert_eq!(
+            t.backends.values().next().unwrap().flags,
+            backend_flags::LOCAL
+        );
+        let on_b = build(std::slice::from_ref(&f), "b", &ips, &mut Ids::new()).unwrap();
+        assert_eq!(on_b.backends.values().next().unwrap().flags, 0);
+        f.local_only = true;
+        let local = build(&[f], "a", &ips, &mut Ids::new()).unwrap();
+        assert_eq!(
+            master(&local, "192.168.7.1", 30080).flags,
+            svc_flags::EXTERNAL | svc_flags::LOCAL_ONLY
+        );
+        // A ClusterIP is for the cluster only.
+        let c = frontend("10.96.0.10", vec![]);
+        let t = build(&[c], "a", &ips, &mut Ids::new()).unwrap();
+        assert_eq!(master(&t, "10.96.0.10", 80).flags, 0);
     }
 
     #[test]

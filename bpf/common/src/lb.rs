@@ -45,7 +45,25 @@ pub struct LbService {
     pub rev_nat: u16,
     /// Master: `sessionAffinity: ClientIP`'s timeout in seconds; 0: none.
     pub affinity_timeout: u32,
-    pub pad: [u8; 4],
+    /// Master: [`svc_flags`].
+    pub flags: u8,
+    pub pad: [u8; 3],
+}
+
+/// [`LbService::flags`] of a master.
+pub mod svc_flags {
+    /// A NodePort, ExternalIP or LoadBalancer frontend: reachable from
+    /// outside the node, so the per-packet LB on the node's device serves it.
+    pub const EXTERNAL: u8 = 1;
+    /// `externalTrafficPolicy: Local`: only this node's backends have slots,
+    /// and the client's address is kept (no SNAT).
+    pub const LOCAL_ONLY: u8 = 2;
+}
+
+/// [`LbBackend::flags`].
+pub mod backend_flags {
+    /// The backend is a pod of this node (no SNAT needed to reach it).
+    pub const LOCAL: u8 = 1;
 }
 
 /// A value of [`LB_BACKENDS`](super::map_names::LB_BACKENDS), keyed by a
@@ -57,7 +75,9 @@ pub struct LbBackend {
     /// Network order.
     pub port: NetPort,
     pub family: u8,
-    pub pad: [u8; 5],
+    /// [`backend_flags`].
+    pub flags: u8,
+    pub pad: [u8; 4],
 }
 
 /// A value of [`LB_REVNAT`](super::map_names::LB_REVNAT), keyed by a
@@ -126,12 +146,77 @@ pub struct AffinityMatchKey {
     pub rev_nat: u32,
 }
 
+/// A flow's addresses and ports as a packet carries them: the key of
+/// [`LB_NAT_FWD`](super::map_names::LB_NAT_FWD) (a client's packet to a
+/// frontend) and [`LB_NAT_REV`](super::map_names::LB_NAT_REV) (a reply, as it
+/// arrives).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatTuple {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Network order.
+    pub sport: NetPort,
+    pub dport: NetPort,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// Value of [`LB_NAT_FWD`](super::map_names::LB_NAT_FWD): where a flow to
+/// an external frontend goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatFwd {
+    pub backend_addr: [u8; 16],
+    /// This node's address, the source towards a backend on another node.
+    pub snat_addr: [u8; 16],
+    /// Network order.
+    pub backend_port: NetPort,
+    /// Network order; 0: no SNAT.
+    pub snat_port: NetPort,
+    /// The backend's id, to notice that it left.
+    pub backend_id: u32,
+}
+
+/// Value of [`LB_NAT_REV`](super::map_names::LB_NAT_REV): what a reply's
+/// addresses become.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatRev {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Network order.
+    pub sport: NetPort,
+    pub dport: NetPort,
+    /// [`NatRev::REDIRECT`].
+    pub flags: u8,
+    pub pad: [u8; 3],
+}
+
+impl NatRev {
+    /// A SNATed flow's reply: translated at the device's ingress and sent
+    /// out again there (a local backend's reply is translated at egress).
+    pub const REDIRECT: u8 = 1;
+}
+
+/// The only value of [`LB_NODE`](super::map_names::LB_NODE): this node's
+/// addresses (IPv4 in the first 4 bytes; all zero: none of that family).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeAddrs {
+    pub ipv4: [u8; 16],
+    pub ipv6: [u8; 16],
+}
+
 /// Frontend slots (masters and backend slots together).
 pub const LB_SERVICES_MAX: u32 = 256 * 1024;
 pub const LB_BACKENDS_MAX: u32 = 64 * 1024;
 pub const LB_REVNAT_MAX: u32 = 64 * 1024;
 pub const LB_SOCK_REVNAT_MAX: u32 = 256 * 1024;
 pub const LB_AFFINITY_MAX: u32 = 64 * 1024;
+/// Translated flows from outside the node (each of the two NAT maps).
+pub const LB_NAT_MAX: u32 = 256 * 1024;
 
 /// IP protocol numbers the service maps key.
 pub mod proto {
@@ -149,6 +234,10 @@ const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
 const _: () = assert!(core::mem::size_of::<AffinityMatchKey>() == 8);
+const _: () = assert!(core::mem::size_of::<NatTuple>() == 40);
+const _: () = assert!(core::mem::size_of::<NatFwd>() == 40);
+const _: () = assert!(core::mem::size_of::<NatRev>() == 40);
+const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -167,4 +256,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for AffinityMatchKey {}
+    unsafe impl aya::Pod for NatTuple {}
+    unsafe impl aya::Pod for NatFwd {}
+    unsafe impl aya::Pod for NatRev {}
+    unsafe impl aya::Pod for NodeAddrs {}
 }

@@ -201,8 +201,19 @@ pub mod map_names {
     /// Hash: the (backend, frontend) pairs affinity may keep using
     /// ([`super::lb::AffinityMatchKey`]).
     pub const LB_AFFINITY_MATCH: &str = "LB_AFFINITY_MATCH";
+    /// LRU hash: a flow from outside the node to an external frontend →
+    /// its backend (and SNAT) ([`super::lb::NatTuple`]).
+    pub const LB_NAT_FWD: &str = "LB_NAT_FWD";
+    /// LRU hash: a translated flow's reply → its rewrite
+    /// ([`super::lb::NatRev`]).
+    pub const LB_NAT_REV: &str = "LB_NAT_REV";
+    /// Array of one [`super::lb::NodeAddrs`]: the SNAT source.
+    pub const LB_NODE: &str = "LB_NODE";
+    /// Per-CPU array: a new translated flow's entries, built off the stack
+    /// (not pinned; programs only).
+    pub const LB_NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
     /// Every map of the production object (`axoneme-bpf`).
-    pub const DATAPATH: [&str; 20] = [
+    pub const DATAPATH: [&str; 24] = [
         IPCACHE,
         ENDPOINTS,
         ENDPOINT_CACHE,
@@ -223,6 +234,10 @@ pub mod map_names {
         LB_SOCK_REVNAT,
         LB_AFFINITY,
         LB_AFFINITY_MATCH,
+        LB_NAT_FWD,
+        LB_NAT_REV,
+        LB_NODE,
+        LB_NAT_SCRATCH,
     ];
 
     /// Hash: UDP destination ports (host order) the smoke-test program

@@ -40,9 +40,9 @@ use aya_ebpf::{
 use crate::NS_PER_S;
 
 #[map]
-static LB_SERVICES: HashMap<LbKey, LbService> = HashMap::pinned(LB_SERVICES_MAX, 0);
+pub(crate) static LB_SERVICES: HashMap<LbKey, LbService> = HashMap::pinned(LB_SERVICES_MAX, 0);
 #[map]
-static LB_BACKENDS: HashMap<u32, LbBackend> = HashMap::pinned(LB_BACKENDS_MAX, 0);
+pub(crate) static LB_BACKENDS: HashMap<u32, LbBackend> = HashMap::pinned(LB_BACKENDS_MAX, 0);
 #[map]
 static LB_REVNAT: HashMap<u32, LbRevNat> = HashMap::pinned(LB_REVNAT_MAX, 0);
 #[map]
@@ -249,7 +249,7 @@ fn select(ctx: &SockAddrContext, key: &mut LbKey, svc: &LbService) -> Option<u32
 
 /// A random one of slots `1..=count`.
 #[inline(always)]
-fn pick(key: &mut LbKey, count: u16) -> Option<u32> {
+pub(crate) fn pick(key: &mut LbKey, count: u16) -> Option<u32> {
     // SAFETY: a helper without arguments.
     let r = unsafe { bpf_get_prandom_u32() };
     key.slot = (r % u32::from(count)) as u16 + 1;

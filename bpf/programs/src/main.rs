@@ -34,6 +34,9 @@
 //!    direction, in per-CPU counters the agent's `/metrics` reads
 //!    ([`metrics`]).
 //!
+//! Services: socket LB on the node's cgroup ([`lb`]) and per-packet LB for
+//! traffic from outside the node on its device ([`nodeport`]).
+//!
 //! The hot path (a packet of a tracked IPv4 TCP/UDP flow) is inlined into
 //! each program; everything else (new flows, drops and their events, IPv6,
 //! ICMP, fragments) is in `#[inline(never)]` functions the programs call
@@ -61,6 +64,7 @@ mod events;
 mod ipcache;
 mod lb;
 mod metrics;
+mod nodeport;
 mod object;
 mod parse;
 mod policy;
@@ -96,6 +100,18 @@ pub fn axoneme_from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn axoneme_to_container(ctx: TcContext) -> i32 {
     handle(&ctx, direction::INGRESS)
+}
+
+/// Per-packet service LB at TC ingress of the node's device ([`nodeport`]).
+#[classifier]
+pub fn axoneme_nodeport_ingress(ctx: TcContext) -> i32 {
+    nodeport::ingress(&ctx)
+}
+
+/// ... and at its egress (replies of local backends).
+#[classifier]
+pub fn axoneme_nodeport_egress(ctx: TcContext) -> i32 {
+    nodeport::egress(&ctx)
 }
 
 /// What a program run is about: the packet's context, the interface, the

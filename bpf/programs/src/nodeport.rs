@@ -25,19 +25,17 @@
 
 use axoneme_bpf_common::{
     family,
-    lb::{
-        backend_flags, svc_flags, LbKey, NatFwd, NatRev, NatTuple, NodeAddrs, LB_NAT_MAX,
-    },
-    tc_action::TC_ACT_OK,
+    lb::{backend_flags, svc_flags, LbKey, NatFwd, NatRev, NatTuple, NodeAddrs, LB_NAT_MAX},
+    tc_action::{TC_ACT_OK, TC_ACT_SHOT},
 };
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::TcContext,
     EbpfContext,
 };
@@ -114,35 +112,24 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
     })
 }
 
-/// The tuple of the reply to `t` after translation to `src` → `dst`.
-#[inline(always)]
-fn reply(src: &[u8; 16], sport: u16, dst: &[u8; 16], dport: u16, t: &NatTuple) -> NatTuple {
-    NatTuple {
-        saddr: *dst,
-        daddr: *src,
-        sport: dport,
-        dport: sport,
-        proto: t.proto,
-        family: t.family,
-        pad: [0; 2],
-    }
-}
-
 #[inline(always)]
 pub(crate) fn ingress(ctx: &TcContext) -> i32 {
     let Some(p) = parse(ctx) else {
         return TC_ACT_OK;
     };
+    // (Map values are used in place, not copied: the stack of this program
+    // and the functions it calls is 512 bytes.)
     // A reply of a SNATed flow: back to the client, from the frontend.
-    // SAFETY: copied out at once.
-    if let Some(rev) = unsafe { LB_NAT_REV.get(&p.t) }.copied() {
+    // SAFETY: read in place; an entry evicted meanwhile stays readable
+    // until the program ends (RCU).
+    if let Some(rev) = unsafe { LB_NAT_REV.get(&p.t) } {
         if rev.flags & NatRev::REDIRECT == 0 {
             return TC_ACT_OK;
         }
         if rewrite(ctx, &p, &rev.saddr, rev.sport, &rev.daddr, rev.dport).is_err() {
-            return TC_ACT_SHOT as i32;
+            return TC_ACT_SHOT;
         }
-        return redirect(ctx, &p, &rev.daddr);
+        return redirect(ctx, p.family, &rev.daddr);
     }
     let key = LbKey {
         addr: p.t.daddr,
@@ -152,32 +139,40 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
         slot: 0,
         pad: [0; 2],
     };
-    // SAFETY: copied out at once.
-    let Some(svc) = unsafe { LB_SERVICES.get(&key) }.copied() else {
-        return TC_ACT_OK;
+    // SAFETY: as above.
+    let (count, flags) = match unsafe { LB_SERVICES.get(&key) } {
+        Some(s) => (s.count, s.flags),
+        None => return TC_ACT_OK,
     };
-    if svc.flags & svc_flags::EXTERNAL == 0 {
+    if flags & svc_flags::EXTERNAL == 0 {
         return TC_ACT_OK;
     }
-    // SAFETY: copied out at once.
-    let fwd = match unsafe { LB_NAT_FWD.get(&p.t) }.copied() {
+    // SAFETY: as above.
+    let known = unsafe { LB_NAT_FWD.get(&p.t) }.filter(|f| {
+        // Its backend still there (a port reused after the backend left
+        // picks anew).
+        // SAFETY: only compared.
+        unsafe { LB_BACKENDS.get(&f.backend_id) }.is_some_and(|b| b.addr == f.backend_addr)
+    });
+    let fwd = match known {
         Some(f) => f,
-        None => match new_flow(&p, key, svc.count, svc.flags) {
+        None => match new_flow(&p, &key, count, flags) {
             Some(f) => f,
             // No usable backend (or no port to SNAT from): refused.
-            None => return TC_ACT_SHOT as i32,
+            None => return TC_ACT_SHOT,
         },
     };
-    let (src, sport) = if fwd.snat_port != 0 {
-        (&fwd.snat_addr, fwd.snat_port)
+    let snat = fwd.snat_port != 0;
+    let r = if snat {
+        rewrite(ctx, &p, &fwd.snat_addr, fwd.snat_port, &fwd.backend_addr, fwd.backend_port)
     } else {
-        (&p.t.saddr, p.t.sport)
+        rewrite(ctx, &p, &p.t.saddr, p.t.sport, &fwd.backend_addr, fwd.backend_port)
     };
-    if rewrite(ctx, &p, src, sport, &fwd.backend_addr, fwd.backend_port).is_err() {
-        return TC_ACT_SHOT as i32;
+    if r.is_err() {
+        return TC_ACT_SHOT;
     }
-    if fwd.snat_port != 0 {
-        redirect(ctx, &p, &fwd.backend_addr)
+    if snat {
+        redirect(ctx, p.family, &fwd.backend_addr)
     } else {
         TC_ACT_OK
     }
@@ -190,75 +185,97 @@ pub(crate) fn egress(ctx: &TcContext) -> i32 {
     let Some(p) = parse(ctx) else {
         return TC_ACT_OK;
     };
-    // SAFETY: copied out at once.
-    if let Some(rev) = unsafe { LB_NAT_REV.get(&p.t) }.copied() {
+    // SAFETY: read in place (see `ingress`).
+    if let Some(rev) = unsafe { LB_NAT_REV.get(&p.t) } {
         if rev.flags & NatRev::REDIRECT == 0
             && rewrite(ctx, &p, &rev.saddr, rev.sport, &rev.daddr, rev.dport).is_err()
         {
-            return TC_ACT_SHOT as i32;
+            return TC_ACT_SHOT;
         }
     }
     TC_ACT_OK
 }
 
-/// Picks a backend for a new flow and records both directions' rewrites.
+/// A new flow's entries, built here rather than on the stack.
+#[repr(C)]
+pub struct NatScratch {
+    fwd: NatFwd,
+    rev: NatRev,
+    key: NatTuple,
+}
+
+#[map]
+static LB_NAT_SCRATCH: PerCpuArray<NatScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Picks a backend for a new flow and records both directions' rewrites;
+/// the flow's entry in `LB_NAT_FWD`.
 #[inline(never)]
-fn new_flow(p: &Pkt, mut key: LbKey, count: u16, flags: u8) -> Option<NatFwd> {
+fn new_flow(p: &Pkt, key: &LbKey, count: u16, flags: u8) -> Option<&'static NatFwd> {
     if count == 0 {
         return None;
     }
+    let mut key = *key;
     let id = pick(&mut key, count)?;
-    // SAFETY: copied out at once.
-    let backend = unsafe { LB_BACKENDS.get(&id) }.copied()?;
+    // SAFETY: read in place.
+    let backend = unsafe { LB_BACKENDS.get(&id) }?;
+    // SAFETY: this CPU's scratch entry, used by this run alone.
+    let s = unsafe { &mut *LB_NAT_SCRATCH.get_ptr_mut(0)? };
+    s.fwd.backend_addr = backend.addr;
+    s.fwd.backend_port = backend.port;
+    s.fwd.backend_id = id;
+    s.fwd.snat_addr = [0; 16];
+    s.fwd.snat_port = 0;
+    s.rev.saddr = p.t.daddr;
+    s.rev.sport = p.t.dport;
+    s.rev.daddr = p.t.saddr;
+    s.rev.dport = p.t.sport;
+    s.rev.flags = 0;
+    s.rev.pad = [0; 3];
+    s.key.sport = backend.port;
+    s.key.saddr = backend.addr;
+    s.key.proto = p.t.proto;
+    s.key.family = p.t.family;
+    s.key.pad = [0; 2];
     let snat = backend.flags & backend_flags::LOCAL == 0 && flags & svc_flags::LOCAL_ONLY == 0;
-    let mut fwd = NatFwd {
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        ..NatFwd::default()
-    };
-    let mut rev = NatRev {
-        saddr: p.t.daddr,
-        sport: p.t.dport,
-        daddr: p.t.saddr,
-        dport: p.t.sport,
-        ..NatRev::default()
-    };
-    let rkey = if snat {
+    if snat {
         let node = LB_NODE.get(0)?;
-        let addr = if p.family == family::IPV4 {
+        s.key.daddr = if p.family == family::IPV4 {
             node.ipv4
         } else {
             node.ipv6
         };
-        if addr == [0; 16] {
+        if s.key.daddr == [0; 16] {
             return None;
         }
         // The client's port, unless another flow has it towards this
         // backend already: then a few others derived from it.
-        let mut found = None;
         let mut port = p.t.sport;
+        let mut free = false;
         for i in 0..4u16 {
-            let k = reply(&addr, port, &backend.addr, backend.port, &p.t);
-            // SAFETY: only tested for presence.
-            let taken = unsafe { LB_NAT_REV.get(&k) }
+            s.key.dport = port;
+            // SAFETY: only compared.
+            let taken = unsafe { LB_NAT_REV.get(&s.key) }
                 .is_some_and(|r| r.daddr != p.t.saddr || r.dport != p.t.sport);
             if !taken {
-                found = Some((port, k));
+                free = true;
                 break;
             }
-            port = (u16::from_be(p.t.sport) ^ (0x9e37u16.wrapping_mul(i + 1)) | 0x8000).to_be();
+            port = ((u16::from_be(p.t.sport) ^ 0x9e37u16.wrapping_mul(i + 1)) | 0x8000).to_be();
         }
-        let (port, k) = found?;
-        fwd.snat_addr = addr;
-        fwd.snat_port = port;
-        rev.flags = NatRev::REDIRECT;
-        k
+        if !free {
+            return None;
+        }
+        s.fwd.snat_addr = s.key.daddr;
+        s.fwd.snat_port = port;
+        s.rev.flags = NatRev::REDIRECT;
     } else {
-        reply(&p.t.saddr, p.t.sport, &backend.addr, backend.port, &p.t)
-    };
-    LB_NAT_REV.insert(&rkey, &rev, 0).ok()?;
-    LB_NAT_FWD.insert(&p.t, &fwd, 0).ok()?;
-    Some(fwd)
+        s.key.daddr = p.t.saddr;
+        s.key.dport = p.t.sport;
+    }
+    LB_NAT_REV.insert(&s.key, &s.rev, 0).ok()?;
+    LB_NAT_FWD.insert(&p.t, &s.fwd, 0).ok()?;
+    // SAFETY: read in place.
+    unsafe { LB_NAT_FWD.get(&p.t) }
 }
 
 /// Rewrites the packet's addresses and ports, with their checksums.
@@ -315,13 +332,13 @@ fn rewrite(
 /// Sends the (rewritten) packet out by the route to `dst`, resolving the
 /// next hop's MAC address.
 #[inline(never)]
-fn redirect(ctx: &TcContext, p: &Pkt, dst: &[u8; 16]) -> i32 {
+fn redirect(ctx: &TcContext, fam: u8, dst: &[u8; 16]) -> i32 {
     // SAFETY: all-zero is a valid bpf_fib_lookup.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     // SAFETY: the context is valid for the run.
     fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-    if p.family == family::IPV4 {
+    if fam == family::IPV4 {
         fib.family = AF_INET;
         fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
     } else {
@@ -342,12 +359,12 @@ fn redirect(ctx: &TcContext, p: &Pkt, dst: &[u8; 16]) -> i32 {
         )
     };
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     // The gateway, or the destination itself when on-link.
     // SAFETY: the union's members are plain integers.
     unsafe {
-        if p.family == family::IPV4 {
+        if fam == family::IPV4 {
             nh.nh_family = u32::from(AF_INET);
             nh.__bindgen_anon_1.ipv4_nh = fib.__bindgen_anon_4.ipv4_dst;
         } else {

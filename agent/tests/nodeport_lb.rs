@@ -1,0 +1,191 @@
+//! The per-packet LB programs of the node's device under
+//! `BPF_PROG_TEST_RUN`: the LB maps written by the services unit's table
+//! and sync, packets built here. A NodePort packet from outside to a
+//! backend on this node is DNATed with valid checksums, its reply gets the
+//! frontend back as its source; a flow keeps its backend; a ClusterIP is
+//! not served from outside; a NodePort without backends refuses. (SNAT to
+//! a backend on another node needs a route and a neighbour: the e2e test
+//! `nodeport` covers it with real namespaces.)
+
+mod support;
+
+use anyhow::Result;
+use axoneme_agent::datapath::{NODEPORT_EGRESS, NODEPORT_INGRESS};
+use axoneme_agent::services::sync::sync;
+use axoneme_agent::services::table::{build, Ids, Table};
+use axoneme_bpf_common::tc_action::{TC_ACT_OK, TC_ACT_SHOT};
+use axoneme_service::{Backend, BackendState, Frontend, FrontendKind, Protocol};
+use support::*;
+
+const NODE: [u8; 4] = [192, 168, 7, 1];
+const CLIENT: [u8; 4] = [192, 0, 2, 10];
+const BACKEND: [u8; 4] = [10, 200, 0, 5];
+
+fn frontend(
+    kind: FrontendKind,
+    addr: &str,
+    port: u16,
+    protocol: Protocol,
+    backends: &[[u8; 4]],
+) -> Frontend {
+    Frontend {
+        service: "default/web".into(),
+        port_name: String::new(),
+        kind,
+        addr: addr.parse().unwrap(),
+        port,
+        protocol,
+        backends: backends
+            .iter()
+            .map(|b| Backend {
+                addr: (*b).into(),
+                port: 8080,
+                node: Some("node-a".into()),
+                state: BackendState::Active,
+            })
+            .collect(),
+        affinity_timeout: None,
+        local_only: false,
+    }
+}
+
+/// The Internet checksum of `data`.
+fn csum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).expect("folded")
+}
+
+/// A TCP or UDP segment's checksum over its IPv4 pseudo-header.
+fn l4_csum(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&u16::try_from(segment.len()).expect("short").to_be_bytes());
+    pseudo.extend_from_slice(segment);
+    csum(&pseudo)
+}
+
+/// Ethernet + IPv4 + TCP with a valid checksum and a payload.
+fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut seg = tcp(sport, dport, 0x02);
+    seg.extend_from_slice(b"hello");
+    let c = l4_csum(src, dst, 6, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 6, &seg, 0, 1)
+}
+
+struct Seen {
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+}
+
+/// The packet's addresses and ports, after checking both checksums.
+fn check(pkt: &[u8]) -> Seen {
+    let ip = &pkt[14..34];
+    assert_eq!(csum(ip), 0, "IPv4 header checksum");
+    let src: [u8; 4] = ip[12..16].try_into().unwrap();
+    let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+    let seg = &pkt[34..];
+    if ip[9] == 6 || seg[6..8] != [0, 0] {
+        assert_eq!(l4_csum(src, dst, ip[9], seg), 0, "L4 checksum");
+    }
+    Seen {
+        src,
+        dst,
+        sport: u16::from_be_bytes([seg[0], seg[1]]),
+        dport: u16::from_be_bytes([seg[2], seg[3]]),
+    }
+}
+
+#[test]
+fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
+    let mut dp = load();
+    dp.set_node_addrs(&[NODE.into()])?;
+    let mut lb = dp.take_lb_maps()?;
+    let frontends = [
+        frontend(
+            FrontendKind::NodePort,
+            "0.0.0.0",
+            30080,
+            Protocol::Tcp,
+            &[BACKEND],
+        ),
+        frontend(
+            FrontendKind::NodePort,
+            "0.0.0.0",
+            30053,
+            Protocol::Udp,
+            &[BACKEND],
+        ),
+        frontend(FrontendKind::NodePort, "0.0.0.0", 30099, Protocol::Tcp, &[]),
+        frontend(
+            FrontendKind::ClusterIP,
+            "10.96.0.10",
+            80,
+            Protocol::Tcp,
+            &[BACKEND],
+        ),
+    ];
+    let want = build(&frontends, "node-a", &[NODE.into()], &mut Ids::default())?;
+    sync(&mut lb, &mut Table::default(), &want)?;
+
+    // In: DNAT to the local backend, the client's address kept.
+    let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, &tcp4(CLIENT, 40000, NODE, 30080))?;
+    assert_eq!(action, TC_ACT_OK);
+    let s = check(&out);
+    assert_eq!(
+        (s.src, s.sport, s.dst, s.dport),
+        (CLIENT, 40000, BACKEND, 8080)
+    );
+    assert!(out.ends_with(b"hello"), "the payload is untouched");
+    // The same flow again: the same translation.
+    let (_, again) = dp.test_run_packet(NODEPORT_INGRESS, &tcp4(CLIENT, 40000, NODE, 30080))?;
+    assert_eq!(again, out);
+
+    // Out: the backend's reply shows the frontend as its source.
+    let (action, out) = dp.test_run_packet(NODEPORT_EGRESS, &tcp4(BACKEND, 8080, CLIENT, 40000))?;
+    assert_eq!(action, TC_ACT_OK);
+    let s = check(&out);
+    assert_eq!(
+        (s.src, s.sport, s.dst, s.dport),
+        (NODE, 30080, CLIENT, 40000)
+    );
+    // Other traffic leaving the node is left alone.
+    let other = tcp4(BACKEND, 8080, CLIENT, 40001);
+    assert_eq!(
+        dp.test_run_packet(NODEPORT_EGRESS, &other)?,
+        (TC_ACT_OK, other)
+    );
+
+    // UDP without a checksum keeps none; the ports are translated.
+    let udp_in = ipv4(CLIENT, NODE, 17, &udp(5000, 30053, b"q"), 0, 2);
+    let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, &udp_in)?;
+    assert_eq!(action, TC_ACT_OK);
+    let s = check(&out);
+    assert_eq!((s.dst, s.dport), (BACKEND, 8080));
+    assert_eq!(out[34 + 6..34 + 8], [0, 0], "no UDP checksum invented");
+
+    // A ClusterIP is not served from outside; other ports of the node
+    // neither; a NodePort without backends refuses.
+    for pkt in [
+        tcp4(CLIENT, 40000, [10, 96, 0, 10], 80),
+        tcp4(CLIENT, 40000, NODE, 22),
+    ] {
+        assert_eq!(
+            dp.test_run_packet(NODEPORT_INGRESS, &pkt)?,
+            (TC_ACT_OK, pkt.clone())
+        );
+    }
+    let (action, _) = dp.test_run_packet(NODEPORT_INGRESS, &tcp4(CLIENT, 40000, NODE, 30099))?;
+    assert_eq!(action, TC_ACT_SHOT);
+    Ok(())
+}
