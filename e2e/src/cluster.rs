@@ -78,6 +78,8 @@ pub struct ClusterNode {
     /// the agent attaches socket LB.
     pub cgroup: Option<Cgroup>,
     args: Vec<String>,
+    /// Flags added by [`Cluster::restart_agent_with`].
+    extra: Vec<String>,
 }
 
 /// The pods of [`Cluster::seed_pods`].
@@ -349,6 +351,7 @@ impl Cluster {
             ip6,
             agent: None,
             cgroup,
+            extra: Vec::new(),
         };
         self.nodes.push(node);
         self.start_agent(i)
@@ -373,6 +376,7 @@ impl Cluster {
             .arg("--api-socket")
             .arg(&n.socket)
             .args(&n.args)
+            .args(&n.extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -380,6 +384,13 @@ impl Cluster {
         let log = self.dir.join(format!("agent-{i}.log"));
         n.agent = Some(Proc::spawn(&format!("agent-{i}"), cmd, &log)?);
         Ok(())
+    }
+
+    /// [`Self::restart_agent`] with `extra` flags from now on (replacing
+    /// the previous extra ones), as a changed ConfigMap does.
+    pub fn restart_agent_with(&mut self, i: usize, extra: &[&str]) -> Result<()> {
+        self.nodes[i].extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart_agent(i)
     }
 
     /// Stops node `i`'s agent (SIGTERM) and starts it again, as a

@@ -8,7 +8,9 @@
 //! policy still decides through the service address (the flow is judged
 //! by the backend's identity after translation); and a continuous request
 //! loop that sees no failure while a backend turns terminating, leaves, a
-//! bad update is refused, and the client's agent restarts.
+//! bad update is refused, and the client's agent restarts. Switching
+//! `--kube-proxy-replacement` off and on again (agent restarts) keeps an
+//! established connection through the service.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -243,5 +245,114 @@ fn cluster_ip_balances_across_nodes_and_policy_still_applies() -> Result<()> {
         Duration::from_secs(10),
         || Ok(all_failed(&requests(&client, VIP4, 80, "GET", "/", 1)?)),
     )?;
+    Ok(())
+}
+
+/// A connection kept open through the VIP: one TCP socket from `pod`,
+/// a GET every 50 ms; prints each status, and `error ...` and stops when
+/// the connection breaks; stops at the stop file.
+const KEPT: &str = r#"
+import os, socket, sys, time
+vip, stop = sys.argv[1], sys.argv[2]
+s = socket.create_connection((vip, 80), timeout=2)
+print("peer", s.getpeername()[0], flush=True)
+while not os.path.exists(stop):
+    try:
+        s.sendall(b"GET /kept HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"ok GET /kept\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise OSError("closed")
+            data += chunk
+        print(data.split(b" ")[1].decode(), flush=True)
+    except OSError as e:
+        print("error", e, flush=True)
+        break
+    time.sleep(0.05)
+"#;
+
+#[test]
+fn switching_kube_proxy_replacement_drains_nothing_established() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig::default())?;
+    let seed = c.seed_pods()?;
+    let nodes = [c.nodes[0].name.clone(), c.nodes[1].name.clone()];
+    let yaml = service_yaml(
+        "payments",
+        &[VIP4, VIP6],
+        &PORTS[..1],
+        &[Endpoint {
+            pod: &seed.payments,
+            node: &nodes[0],
+            terminating: false,
+        }],
+        "",
+    );
+    let out = apply(&c, "create", "payments", &yaml)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until(
+        "checkout reaches the service",
+        Duration::from_secs(10),
+        || Ok(requests(&seed.checkout, VIP4, 80, "GET", "/", 1)?.contains_key("200")),
+    )?;
+    let stop = c.dir.join("stop-kept");
+    let kept = seed
+        .checkout
+        .command(&["python3", "-c", KEPT, VIP4, stop.to_str().context("path")?])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Off: the socket-LB programs are removed; the kept connection (which
+    // holds the backend's address) goes on, new ones to the VIP have
+    // nothing to translate them.
+    c.restart_agent_with(1, &["--kube-proxy-replacement=false"])?;
+    until(
+        "new connections to the VIP fail",
+        Duration::from_secs(10),
+        || {
+            Ok(all_failed(&requests(
+                &seed.checkout,
+                VIP4,
+                80,
+                "GET",
+                "/",
+                1,
+            )?))
+        },
+    )?;
+    let out = c.cli(1, &["-o", "json", "bpf", "lb", "list"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["enabled"], false, "{v}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // On again: new connections are translated again.
+    c.restart_agent_with(1, &[])?;
+    until(
+        "new connections to the VIP work again",
+        Duration::from_secs(10),
+        || Ok(requests(&seed.checkout, VIP4, 80, "GET", "/", 1)?.contains_key("200")),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, "")?;
+    let out = kept.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = text.lines().skip(1).collect();
+    eprintln!("kept connection: {} answers", answers.len());
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l == format!("peer {VIP4}")),
+        "getpeername shows the service: {text}"
+    );
+    assert!(answers.len() > 20, "{text}");
+    assert!(
+        answers.iter().all(|a| *a == "200"),
+        "the kept connection broke: {text}"
+    );
     Ok(())
 }
