@@ -272,6 +272,21 @@ pub struct ServicesConfig {
         default_value = "/run/axoneme/cgroupv2"
     )]
     pub cgroup_root: PathBuf,
+    /// Entries of a Maglev table (`M`, prime; the same on every node):
+    /// the per-packet LB picks NodePort, ExternalIP and LoadBalancer
+    /// backends by Maglev, so a client keeps its backend whichever node it
+    /// enters by. Cilium advises `M` > 100 x the backends of a service.
+    #[arg(long, env = "AXONEME_MAGLEV_TABLE_SIZE", default_value_t = 1021, value_parser = maglev_size)]
+    pub maglev_table_size: u32,
+}
+
+fn maglev_size(s: &str) -> Result<u32, String> {
+    let m: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    axoneme_service::maglev::check_size(m).map_err(|e| e.to_string())?;
+    if m > axoneme_bpf_common::lb::LB_MAGLEV_MAX {
+        return Err(format!("{m} is more than the Maglev map holds"));
+    }
+    Ok(m)
 }
 
 #[derive(Debug, Clone, Args)]

@@ -45,6 +45,12 @@ use crate::views::EventRing;
 use axoneme_identity::{Layout, NodeRecord, WatchCache};
 use axoneme_kvstore::KvStore;
 
+/// The Maglev hash seed: the cluster's name, hashed the same on every
+/// node (so every node computes the same tables).
+fn maglev_seed(cluster: &str) -> u64 {
+    axoneme_service::maglev::siphash24(0, 0, cluster.as_bytes())
+}
+
 /// The interface carrying the node's first `--node-ip` that one has (in
 /// the node's namespace): where traffic from outside the node arrives.
 async fn node_device(cfg: &Config) -> anyhow::Result<Option<String>> {
@@ -120,8 +126,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         info!(cgroup = %cgroup.display(), "socket LB attached (kube-proxy replacement)");
         match node_device(&cfg).await? {
             Some(device) => {
-                dp.attach_nodeport(&device, cfg.datapath.netns.as_deref(), &cfg.node_ips)
-                    .with_context(|| format!("attaching the per-packet LB to {device}"))?;
+                dp.attach_nodeport(
+                    &device,
+                    cfg.datapath.netns.as_deref(),
+                    &cfg.node_ips,
+                    cfg.services.maglev_table_size,
+                )
+                .with_context(|| format!("attaching the per-packet LB to {device}"))?;
                 info!(%device, "per-packet LB attached (NodePort, ExternalIP, LoadBalancer from outside)");
             }
             None => warn!(
@@ -405,6 +416,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     node: cfg.node.clone(),
                     node_ips: cfg.node_ips.clone(),
                     records: WatchCache::start(kv.clone(), layout.services_prefix()),
+                    maglev: crate::services::table::Maglev {
+                        m: cfg.services.maglev_table_size,
+                        seed: maglev_seed(&cfg.kubernetes.cluster_name),
+                    },
                 },
                 services_tx,
                 cancel.clone(),

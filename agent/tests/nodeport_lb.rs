@@ -3,16 +3,18 @@
 //! and sync, packets built here. A NodePort packet from outside to a
 //! backend on this node is DNATed with valid checksums, its reply gets the
 //! frontend back as its source; a flow keeps its backend; a ClusterIP is
-//! not served from outside; a NodePort without backends refuses. (SNAT to
-//! a backend on another node needs a route and a neighbour: the e2e test
-//! `nodeport` covers it with real namespaces.)
+//! not served from outside; a NodePort without backends refuses. Maglev:
+//! a client gets the same backend through either node address and after
+//! its flow is forgotten, and removing one backend of ten moves few other
+//! clients. (SNAT to a backend on another node needs a route and a
+//! neighbour: the e2e test `nodeport` covers it with real namespaces.)
 
 mod support;
 
 use anyhow::Result;
 use axoneme_agent::datapath::{NODEPORT_EGRESS, NODEPORT_INGRESS};
 use axoneme_agent::services::sync::sync;
-use axoneme_agent::services::table::{build, Ids, Table};
+use axoneme_agent::services::table::{build, Ids, Maglev, Table};
 use axoneme_bpf_common::tc_action::{TC_ACT_OK, TC_ACT_SHOT};
 use axoneme_service::{Backend, BackendState, Frontend, FrontendKind, Protocol};
 use support::*;
@@ -109,7 +111,7 @@ fn check(pkt: &[u8]) -> Seen {
 #[test]
 fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
     let mut dp = load();
-    dp.set_node_addrs(&[NODE.into()])?;
+    dp.set_node_addrs(&[NODE.into()], 0)?;
     let mut lb = dp.take_lb_maps()?;
     let frontends = [
         frontend(
@@ -187,5 +189,101 @@ fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
     }
     let (action, _) = dp.test_run_packet(NODEPORT_INGRESS, &tcp4(CLIENT, 40000, NODE, 30099))?;
     assert_eq!(action, TC_ACT_SHOT);
+    Ok(())
+}
+
+/// Forgets every translated flow (as if they had all ended).
+fn forget_flows(dp: &TestDatapath) -> Result<()> {
+    use axoneme_bpf_common::lb::{NatFwd, NatTuple};
+    let data = aya::maps::MapData::from_pin(dp.pin(axoneme_bpf_common::map_names::LB_NAT_FWD))?;
+    let mut map: aya::maps::HashMap<_, NatTuple, NatFwd> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))?;
+    let keys: Vec<NatTuple> = map.keys().collect::<Result<_, _>>()?;
+    for k in keys {
+        map.remove(&k)?;
+    }
+    Ok(())
+}
+
+/// The backend (last address byte) each client port gets through `node`.
+fn picks(dp: &TestDatapath, node: [u8; 4], ports: std::ops::Range<u16>) -> Result<Vec<u8>> {
+    ports
+        .map(|port| {
+            let (action, out) =
+                dp.test_run_packet(NODEPORT_INGRESS, &tcp4(CLIENT, port, node, 30080))?;
+            anyhow::ensure!(action == TC_ACT_OK, "port {port}: {action}");
+            Ok(check(&out).dst[3])
+        })
+        .collect()
+}
+
+#[test]
+fn maglev_picks_the_same_backend_on_every_node_and_moves_few() -> Result<()> {
+    const NODE2: [u8; 4] = [192, 168, 7, 2];
+    const M: u32 = 1021;
+    let mut dp = load();
+    dp.set_node_addrs(&[NODE.into()], M)?;
+    let mut lb = dp.take_lb_maps()?;
+    let ten: Vec<[u8; 4]> = (1..=10).map(|i| [10, 200, 0, i]).collect();
+    let mut ids = Ids::default().with_maglev(Maglev { m: M, seed: 7 });
+    let mut have = Table::default();
+    // One NodePort, at both of the node's addresses (as two nodes would
+    // have it: the same backends, another frontend address).
+    let nodes = [NODE.into(), NODE2.into()];
+    let f = frontend(
+        FrontendKind::NodePort,
+        "0.0.0.0",
+        30080,
+        Protocol::Tcp,
+        &ten,
+    );
+    let want = build(std::slice::from_ref(&f), "node-a", &nodes, &mut ids)?;
+    assert_eq!(want.maglev.len(), 2, "a row per frontend address");
+    sync(&mut lb, &mut have, &want)?;
+
+    let ports = 20000..21000;
+    let first = picks(&dp, NODE, ports.clone())?;
+    let mut per = std::collections::BTreeMap::new();
+    for b in &first {
+        *per.entry(*b).or_insert(0) += 1;
+    }
+    eprintln!("1,000 clients over 10 backends: {per:?}");
+    assert_eq!(per.len(), 10, "{per:?}");
+    assert!(per.values().all(|n| (50..=150).contains(n)), "{per:?}");
+    // The same clients through the other address: the same backends.
+    assert_eq!(picks(&dp, NODE2, ports.clone())?, first);
+    // Their flows forgotten, they come back to the same backends.
+    forget_flows(&dp)?;
+    assert_eq!(picks(&dp, NODE, ports.clone())?, first);
+
+    // Backend .4 leaves: its clients move, few others do.
+    let nine: Vec<[u8; 4]> = ten.iter().copied().filter(|b| b[3] != 4).collect();
+    let f = frontend(
+        FrontendKind::NodePort,
+        "0.0.0.0",
+        30080,
+        Protocol::Tcp,
+        &nine,
+    );
+    let want = build(std::slice::from_ref(&f), "node-a", &nodes, &mut ids)?;
+    let changes = sync(&mut lb, &mut have, &want)?;
+    forget_flows(&dp)?;
+    let after = picks(&dp, NODE, ports)?;
+    let moved_others = first
+        .iter()
+        .zip(&after)
+        .filter(|(a, b)| **a != 4 && a != b)
+        .count();
+    eprintln!(
+        "one of 10 removed: {} map writes; {} of {} other clients moved",
+        changes.written,
+        moved_others,
+        first.iter().filter(|b| **b != 4).count()
+    );
+    assert!(after.iter().all(|b| *b != 4));
+    assert!(
+        moved_others <= 30,
+        "{moved_others} of ~900 moved (Maglev: a few %)"
+    );
     Ok(())
 }

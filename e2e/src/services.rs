@@ -270,10 +270,58 @@ pub fn get_from(ns: &Netns, url: &str) -> Result<Answer> {
     let out = ns
         .command(&["curl", "-s", "-i", "--max-time", "2", url])
         .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    let status = match lines.next().and_then(|l| l.split_whitespace().nth(1)) {
-        Some(s) if out.status.success() => s.to_string(),
+    Ok(answer(
+        out.status.success(),
+        &String::from_utf8_lossy(&out.stdout),
+    ))
+}
+
+/// A GET from a given local port (`SO_REUSEADDR`: curl's `--local-port`
+/// cannot bind a port an earlier connection left in TIME_WAIT).
+const GET_FROM_PORT: &str = r#"
+import socket, sys
+ip, port, local = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", local))
+s.settimeout(2)
+s.connect((ip, port))
+s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.write(data.decode())
+"#;
+
+/// [`get_from`] to `ip:port` from local port `local`.
+pub fn get_from_port(ns: &Netns, ip: &str, port: u16, local: u16) -> Result<Answer> {
+    let out = ns
+        .command(&[
+            "python3",
+            "-c",
+            GET_FROM_PORT,
+            ip,
+            &port.to_string(),
+            &local.to_string(),
+        ])
+        .output()?;
+    Ok(answer(
+        out.status.success(),
+        &String::from_utf8_lossy(&out.stdout),
+    ))
+}
+
+/// An HTTP answer's status and the logging backend's headers.
+fn answer(ok: bool, text: &str) -> Answer {
+    let status = match text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+    {
+        Some(s) if ok => s.to_string(),
         _ => "failed".to_string(),
     };
     let header = |name: &str| {
@@ -281,9 +329,9 @@ pub fn get_from(ns: &Netns, url: &str) -> Result<Answer> {
             .find_map(|l| l.strip_prefix(name))
             .map(|v| v.trim().to_string())
     };
-    Ok(Answer {
+    Answer {
         status,
         peer: header("X-Peer:"),
         served_by: header("X-Served-By:"),
-    })
+    }
 }

@@ -3,7 +3,8 @@
 //! node's device translates: to a backend on the node, DNAT only (the
 //! backend sees the client's address); to a backend on the other node,
 //! DNAT and SNAT to the node's address, the reply translated back on the
-//! way in and sent out again. `externalTrafficPolicy: Local` uses only
+//! way in and sent out again. Backends are picked by Maglev, so a client
+//! gets the same one through either node. `externalTrafficPolicy: Local` uses only
 //! the node's own backends and keeps the client's address; and policy
 //! still decides by identity after translation: once the payments policy
 //! allows only checkout, the outside client gets nothing.
@@ -14,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use axoneme_e2e::cluster::{EXTERNAL_CLIENT_IP, EXTERNAL_CLIENT_IP6};
 use axoneme_e2e::expect::seed_policy;
-use axoneme_e2e::services::{get_from, until, Answer};
+use axoneme_e2e::services::{get_from, get_from_port, until, Answer};
 use axoneme_e2e::{Cluster, ClusterConfig};
 
 fn service(name: &str, vips: &str, node_port: u16, policy: &str, pods: &[(&str, &str)]) -> String {
@@ -111,6 +112,19 @@ fn nodeport_from_outside_the_cluster() -> Result<()> {
         .context("the other node's backend never answered")?;
     assert!(local.iter().all(|p| *p == client), "{seen:?}");
     assert!(far.iter().all(|p| *p == ip0), "{seen:?}");
+
+    // Maglev: a client (address and port) gets the same backend whichever
+    // node it enters by, with no state shared between the nodes.
+    let mut same = 0;
+    for port in 45000..45020u16 {
+        let via = |ip: &str| -> Result<Option<String>> {
+            Ok(get_from_port(&ext, ip, 30080, port)?.served_by)
+        };
+        let (a, b) = (via(&ip0)?, via(&ip1)?);
+        assert!(a.is_some(), "port {port}: no answer");
+        same += usize::from(a == b);
+    }
+    assert_eq!(same, 20, "the same backend through both nodes");
 
     // IPv6: the same, through the node's IPv6 address.
     let node6 = c.nodes[0].ip6.to_string();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService, NodeAddrs};
 use axoneme_bpf_common::map_names::{
-    LB_AFFINITY_MATCH, LB_BACKENDS, LB_NODE, LB_REVNAT, LB_SERVICES,
+    LB_AFFINITY_MATCH, LB_BACKENDS, LB_MAGLEV, LB_NODE, LB_REVNAT, LB_SERVICES,
 };
 use aya::maps::{Array, HashMap, MapData};
 use aya::programs::links::FdLink;
@@ -44,6 +44,7 @@ pub struct LbMaps {
     backends: HashMap<MapData, u32, LbBackend>,
     revnat: HashMap<MapData, u32, LbRevNat>,
     affinity: HashMap<MapData, AffinityMatchKey, u32>,
+    maglev: Array<MapData, u32>,
 }
 
 impl std::fmt::Debug for LbMaps {
@@ -59,6 +60,7 @@ impl LbMaps {
             backends: typed(ebpf, LB_BACKENDS)?,
             revnat: typed(ebpf, LB_REVNAT)?,
             affinity: typed(ebpf, LB_AFFINITY_MATCH)?,
+            maglev: typed(ebpf, LB_MAGLEV)?,
         })
     }
 }
@@ -81,6 +83,8 @@ impl LbWriter for LbMaps {
             affinity: collect(&self.affinity, LB_AFFINITY_MATCH)?
                 .into_keys()
                 .collect(),
+            // Not read back: a new run rewrites the rows it names.
+            maglev: Default::default(),
         })
     }
 
@@ -130,6 +134,23 @@ impl LbWriter for LbMaps {
         self.affinity
             .remove(key)
             .map_err(|s| map_error(LB_AFFINITY_MATCH, "delete", s))
+    }
+
+    fn set_maglev(
+        &mut self,
+        row: u32,
+        m: u32,
+        i: u32,
+        backend_id: u32,
+    ) -> Result<(), DatapathError> {
+        let index = row
+            .checked_sub(1)
+            .and_then(|r| r.checked_mul(m))
+            .and_then(|r| r.checked_add(i))
+            .ok_or(DatapathError::MapNotFound { name: LB_MAGLEV })?;
+        self.maglev
+            .set(index, backend_id, 0)
+            .map_err(|s| map_error(LB_MAGLEV, "update", s))
     }
 }
 
@@ -198,8 +219,9 @@ impl Datapath {
         device: &str,
         netns: Option<&Path>,
         node_ips: &[std::net::IpAddr],
+        maglev_m: u32,
     ) -> Result<u32, DatapathError> {
-        self.set_node_addrs(node_ips)?;
+        self.set_node_addrs(node_ips, maglev_m)?;
         self.attach_tc(
             device,
             netns,
@@ -208,9 +230,17 @@ impl Datapath {
         )
     }
 
-    /// Writes the node's first address of each family into `LB_NODE`.
-    pub fn set_node_addrs(&mut self, node_ips: &[std::net::IpAddr]) -> Result<(), DatapathError> {
-        let mut addrs = NodeAddrs::default();
+    /// Writes the node's first address of each family and the Maglev
+    /// table size into `LB_NODE`.
+    pub fn set_node_addrs(
+        &mut self,
+        node_ips: &[std::net::IpAddr],
+        maglev_m: u32,
+    ) -> Result<(), DatapathError> {
+        let mut addrs = NodeAddrs {
+            maglev_m,
+            ..NodeAddrs::default()
+        };
         for ip in node_ips {
             match ip {
                 std::net::IpAddr::V4(a) if addrs.ipv4 == [0; 16] => {

@@ -42,6 +42,8 @@ pub struct Inputs {
     pub node: String,
     pub node_ips: Vec<IpAddr>,
     pub records: WatchCache<Raw>,
+    /// External frontends' Maglev tables (the same on every node).
+    pub maglev: table::Maglev,
 }
 
 /// The last good version of every record, and the keys whose newest
@@ -94,7 +96,7 @@ pub async fn run<W: LbWriter + Send>(
     let mut sub = inputs.records.subscribe();
     // What the maps hold, and the ids a previous run gave out.
     let mut have = writer.read()?;
-    let mut ids = Ids::adopt(&have.backends, &have.revnat);
+    let mut ids = Ids::adopt(&have.backends, &have.revnat).with_maglev(inputs.maglev);
     let mut records = Records::default();
     let mut passes = 0u64;
     loop {

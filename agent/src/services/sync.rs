@@ -26,6 +26,14 @@ pub trait LbWriter {
     fn remove_revnat(&mut self, id: u32) -> Result<(), DatapathError>;
     fn set_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError>;
     fn remove_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError>;
+    /// Entry `i` of Maglev row `row` (rows of `m` entries).
+    fn set_maglev(
+        &mut self,
+        row: u32,
+        m: u32,
+        i: u32,
+        backend_id: u32,
+    ) -> Result<(), DatapathError>;
 }
 
 /// How many map operations a pass made.
@@ -57,6 +65,23 @@ pub fn sync<W: LbWriter>(
             c.written += 1;
         }
     }
+    // Maglev rows before the masters that name them; only the entries
+    // that changed (a backend's coming or going moves few). A row no
+    // longer named is left as it is (arrays keep their entries).
+    for (row, entries) in &want.maglev {
+        let m = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        // (Backend ids are never 0: a fresh row is all "unwritten".)
+        let held = have.maglev.entry(*row).or_default();
+        held.resize(entries.len(), 0);
+        for ((i, id), h) in (0u32..).zip(entries).zip(held.iter_mut()) {
+            if h != id {
+                w.set_maglev(*row, m, i, *id)?;
+                *h = *id;
+                c.written += 1;
+            }
+        }
+    }
+    have.maglev.retain(|row, _| want.maglev.contains_key(row));
     for k in want.affinity.difference(&have.affinity.clone()) {
         w.set_affinity(k)?;
         have.affinity.insert(*k);
@@ -155,12 +180,17 @@ impl FakeLb {
             .iter()
             .filter(|(k, _)| k.slot == 0)
             .all(|(k, m)| {
-                (1..=m.count).all(|slot| {
-                    self.maps
-                        .services
-                        .get(&LbKey { slot, ..*k })
-                        .is_some_and(|s| self.maps.backends.contains_key(&s.backend_id))
-                })
+                let row_usable = m.backend_id == 0
+                    || self.maps.maglev.get(&m.backend_id).is_some_and(|row| {
+                        !row.is_empty() && row.iter().all(|id| self.maps.backends.contains_key(id))
+                    });
+                row_usable
+                    && (1..=m.count).all(|slot| {
+                        self.maps
+                            .services
+                            .get(&LbKey { slot, ..*k })
+                            .is_some_and(|s| self.maps.backends.contains_key(&s.backend_id))
+                    })
             })
     }
 }
@@ -168,6 +198,19 @@ impl FakeLb {
 impl LbWriter for FakeLb {
     fn read(&self) -> Result<Table, DatapathError> {
         Ok(self.maps.clone())
+    }
+    fn set_maglev(
+        &mut self,
+        row: u32,
+        m: u32,
+        i: u32,
+        backend_id: u32,
+    ) -> Result<(), DatapathError> {
+        self.op(format!("set maglev {row}[{i}]"))?;
+        let entries = self.maps.maglev.entry(row).or_default();
+        entries.resize(m as usize, 0);
+        entries[i as usize] = backend_id;
+        Ok(())
     }
     fn set_service(&mut self, key: &LbKey, value: &LbService) -> Result<(), DatapathError> {
         self.op(format!("set {} slot {}", key.port.swap_bytes(), key.slot))?;
@@ -280,6 +323,33 @@ mod tests {
         let want = build(&[] as &[Frontend], "a", &[], &mut ids).unwrap();
         step_through(&mut lb, &mut have, &want);
         assert_eq!(lb.maps, Table::default());
+    }
+
+    #[test]
+    fn maglev_rows_are_whole_before_their_master_names_them() {
+        let mut ids = Ids::default().with_maglev(crate::services::table::Maglev { m: 7, seed: 1 });
+        let mut lb = FakeLb::default();
+        let mut have = Table::default();
+        let node_ip = ["192.168.7.1".parse().unwrap()];
+        for backends in [
+            &["10.200.0.1", "10.200.0.2", "10.200.0.3"][..],
+            &["10.200.0.2"],
+            &["10.200.0.4", "10.200.0.2"],
+            &[],
+            &["10.200.0.7"],
+        ] {
+            let mut f = frontend(backends);
+            f.kind = FrontendKind::NodePort;
+            f.addr = "0.0.0.0".parse().unwrap();
+            let want = build(&[f], "a", &node_ip, &mut ids).unwrap();
+            assert_eq!(want.maglev.len(), usize::from(!backends.is_empty()));
+            step_through(&mut lb, &mut have, &want);
+            assert_eq!(have, want);
+            for (row, entries) in &want.maglev {
+                assert_eq!(entries.len(), 7);
+                assert_eq!(&lb.maps.maglev[row], entries);
+            }
+        }
     }
 
     #[test]

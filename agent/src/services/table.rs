@@ -26,6 +26,8 @@ pub struct Table {
     pub backends: BTreeMap<u32, LbBackend>,
     pub revnat: BTreeMap<u32, LbRevNat>,
     pub affinity: BTreeSet<AffinityMatchKey>,
+    /// Maglev rows (1-based) → their entries' backend ids.
+    pub maglev: BTreeMap<u32, Vec<u32>>,
 }
 
 /// An address as the LB maps hold it: 16 bytes (IPv4 in the first 4) and
@@ -67,6 +69,20 @@ pub fn proto_number(p: Protocol) -> u8 {
 pub struct Ids {
     backends: IdSpace<(IpAddr, u16)>,
     frontends: IdSpace<(IpAddr, u16)>,
+    /// External frontends' Maglev rows (by address, port, protocol).
+    rows: IdSpace<(IpAddr, u16, u8)>,
+    maglev: Option<Maglev>,
+    /// Tables by backend names, as last computed, and those this pass used.
+    tables: std::collections::HashMap<Vec<String>, Vec<u32>>,
+    tables_used: std::collections::HashSet<Vec<String>>,
+}
+
+/// The cluster-wide Maglev settings (every node must use the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maglev {
+    /// Entries per row (prime).
+    pub m: u32,
+    pub seed: u64,
 }
 
 /// Ids in `1..=max` given to keys.
@@ -143,7 +159,45 @@ impl Ids {
         Ids {
             backends: IdSpace::default(),
             frontends: IdSpace::with_max(u32::from(u16::MAX)),
+            rows: IdSpace::with_max(0),
+            maglev: None,
+            tables: std::collections::HashMap::new(),
+            tables_used: std::collections::HashSet::new(),
         }
+    }
+
+    /// Maglev rows for external frontends, as many as `LB_MAGLEV` holds
+    /// rows of `maglev.m` entries (frontends beyond pick at random).
+    pub fn with_maglev(mut self, maglev: Maglev) -> Self {
+        if let Some(rows) = axoneme_bpf_common::lb::LB_MAGLEV_MAX.checked_div(maglev.m) {
+            self.rows = IdSpace::with_max(rows);
+            self.maglev = Some(maglev);
+        }
+        self
+    }
+
+    /// The Maglev row of an external frontend whose selectable backends
+    /// are `backends` (with their ids), and the row's entries; `None`
+    /// without Maglev, without backends, or with every row taken.
+    fn maglev_row(
+        &mut self,
+        frontend: (IpAddr, u16, u8),
+        backends: &[(&axoneme_service::Backend, u32)],
+    ) -> Option<(u32, Vec<u32>)> {
+        let maglev = self.maglev?;
+        if backends.is_empty() {
+            return None;
+        }
+        let row = self.rows.get(frontend, "maglev row").ok()?;
+        let names: Vec<String> = backends
+            .iter()
+            .map(|(b, _)| std::net::SocketAddr::new(b.addr, b.port).to_string())
+            .collect();
+        self.tables_used.insert(names.clone());
+        let table = self.tables.entry(names).or_insert_with_key(|names| {
+            axoneme_service::maglev::table(names, maglev.m, maglev.seed)
+        });
+        Some((row, table.iter().map(|i| backends[*i as usize].1).collect()))
     }
 
     /// The ids the maps of a previous run hold.
@@ -173,6 +227,9 @@ impl Ids {
     fn retain_used(&mut self, table: &Table) {
         self.backends.retain(|id| table.backends.contains_key(&id));
         self.frontends.retain(|id| table.revnat.contains_key(&id));
+        self.rows.retain(|id| table.maglev.contains_key(&id));
+        let used = std::mem::take(&mut self.tables_used);
+        self.tables.retain(|k, _| used.contains(k));
     }
 }
 
@@ -232,6 +289,7 @@ pub fn build<'a>(
                 pad: [0; 2],
             };
             let mut slot = 0u16;
+            let mut slot_ids = Vec::with_capacity(selectable.len());
             for b in &selectable {
                 if slot == u16::MAX {
                     break;
@@ -253,6 +311,7 @@ pub fn build<'a>(
                     },
                 );
                 slot += 1;
+                slot_ids.push((*b, id));
                 t.services.insert(
                     key(slot),
                     LbService {
@@ -271,14 +330,24 @@ pub fn build<'a>(
                     });
                 }
             }
+            let flags = master_flags(f);
+            let row = if flags & svc_flags::EXTERNAL != 0 {
+                ids.maglev_row((addr, f.port, proto_number(f.protocol)), &slot_ids)
+            } else {
+                None
+            };
+            let row = row.map_or(0, |(row, entries)| {
+                t.maglev.insert(row, entries);
+                row
+            });
             t.services.insert(
                 key(0),
                 LbService {
-                    backend_id: 0,
+                    backend_id: row,
                     count: slot,
                     rev_nat,
                     affinity_timeout: f.affinity_timeout.unwrap_or(0),
-                    flags: master_flags(f),
+                    flags,
                     pad: [0; 3],
                 },
             );

@@ -23,6 +23,13 @@ pub struct TestDatapath {
     dir: PathBuf,
 }
 
+impl TestDatapath {
+    /// Where map `name` is pinned.
+    pub fn pin(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
 impl Deref for TestDatapath {
     type Target = Datapath;
     fn deref(&self) -> &Datapath {

@@ -35,7 +35,9 @@ pub struct LbKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LbService {
-    /// Backend slots: the backend's id; master: 0.
+    /// Backend slots: the backend's id. Master: its Maglev row + 1 in
+    /// [`LB_MAGLEV`](super::map_names::LB_MAGLEV) (external frontends the
+    /// per-packet LB serves); 0: none (slots picked at random).
     pub backend_id: u32,
     /// Master: how many slots new connections choose from (0: the
     /// service has no usable backend; connects are refused).
@@ -207,6 +209,9 @@ impl NatRev {
 pub struct NodeAddrs {
     pub ipv4: [u8; 16],
     pub ipv6: [u8; 16],
+    /// Entries per Maglev row (the table size `M`, prime); 0: no Maglev.
+    pub maglev_m: u32,
+    pub pad: u32,
 }
 
 /// Frontend slots (masters and backend slots together).
@@ -217,6 +222,9 @@ pub const LB_SOCK_REVNAT_MAX: u32 = 256 * 1024;
 pub const LB_AFFINITY_MAX: u32 = 64 * 1024;
 /// Translated flows from outside the node (each of the two NAT maps).
 pub const LB_NAT_MAX: u32 = 256 * 1024;
+/// Maglev entries, all rows together (row `r`, entry `i` at `(r-1)*M + i`):
+/// 1,027 rows of the default `M` = 1021.
+pub const LB_MAGLEV_MAX: u32 = 1 << 20;
 
 /// IP protocol numbers the service maps key.
 pub mod proto {
@@ -237,7 +245,7 @@ const _: () = assert!(core::mem::size_of::<AffinityMatchKey>() == 8);
 const _: () = assert!(core::mem::size_of::<NatTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<NatFwd>() == 40);
 const _: () = assert!(core::mem::size_of::<NatRev>() == 40);
-const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 32);
+const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -212,8 +212,11 @@ pub mod map_names {
     /// Per-CPU array: a new translated flow's entries, built off the stack
     /// (not pinned; programs only).
     pub const LB_NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
+    /// Array of backend ids: the Maglev rows of external frontends
+    /// ([`super::lb::LbService`]'s master `backend_id`).
+    pub const LB_MAGLEV: &str = "LB_MAGLEV";
     /// Every map of the production object (`axoneme-bpf`).
-    pub const DATAPATH: [&str; 24] = [
+    pub const DATAPATH: [&str; 25] = [
         IPCACHE,
         ENDPOINTS,
         ENDPOINT_CACHE,
@@ -238,6 +241,7 @@ pub mod map_names {
         LB_NAT_REV,
         LB_NODE,
         LB_NAT_SCRATCH,
+        LB_MAGLEV,
     ];
 
     /// Hash: UDP destination ports (host order) the smoke-test program

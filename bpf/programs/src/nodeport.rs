@@ -5,7 +5,10 @@
 //!
 //! At TC ingress of the device, a TCP or UDP packet to such a frontend:
 //! - of a flow seen before (`LB_NAT_FWD`, keyed by its tuple) keeps its
-//!   backend; a new flow picks one of the master's slots at random;
+//!   backend; a new flow takes its Maglev entry (`LB_MAGLEV`, the master's
+//!   row, indexed by a hash of the client's address and port, the protocol
+//!   and the frontend's port: the same on every node), or without a row,
+//!   one of the master's slots at random;
 //! - backend on this node, or `externalTrafficPolicy: Local`: DNAT only.
 //!   The packet goes up the node's stack to the pod's veth, where policy
 //!   judges it by the client's identity (the source is kept); the reply
@@ -25,7 +28,10 @@
 
 use axoneme_bpf_common::{
     family,
-    lb::{backend_flags, svc_flags, LbKey, NatFwd, NatRev, NatTuple, NodeAddrs, LB_NAT_MAX},
+    lb::{
+        backend_flags, svc_flags, LbKey, NatFwd, NatRev, NatTuple, NodeAddrs, LB_MAGLEV_MAX,
+        LB_NAT_MAX,
+    },
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
 };
 use aya_ebpf::{
@@ -47,9 +53,13 @@ use crate::parse::ETH_HLEN;
 static LB_NAT_FWD: LruHashMap<NatTuple, NatFwd> = LruHashMap::pinned(LB_NAT_MAX, 0);
 #[map]
 static LB_NAT_REV: LruHashMap<NatTuple, NatRev> = LruHashMap::pinned(LB_NAT_MAX, 0);
-/// This node's addresses, the source of SNATed packets (written by the agent).
+/// This node's addresses, the source of SNATed packets, and the Maglev
+/// table size (written by the agent).
 #[map]
 static LB_NODE: Array<NodeAddrs> = Array::pinned(1, 0);
+/// Maglev rows: backend ids (see `LbService`).
+#[map]
+static LB_MAGLEV: Array<u32> = Array::pinned(LB_MAGLEV_MAX, 0);
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -140,8 +150,8 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
         pad: [0; 2],
     };
     // SAFETY: as above.
-    let (count, flags) = match unsafe { LB_SERVICES.get(&key) } {
-        Some(s) => (s.count, s.flags),
+    let (count, flags, row) = match unsafe { LB_SERVICES.get(&key) } {
+        Some(s) => (s.count, s.flags, s.backend_id),
         None => return TC_ACT_OK,
     };
     if flags & svc_flags::EXTERNAL == 0 {
@@ -156,7 +166,7 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
     });
     let fwd = match known {
         Some(f) => f,
-        None => match new_flow(&p, &key, count, flags) {
+        None => match new_flow(&p, &key, count, flags, row) {
             Some(f) => f,
             // No usable backend (or no port to SNAT from): refused.
             None => return TC_ACT_SHOT,
@@ -210,12 +220,21 @@ static LB_NAT_SCRATCH: PerCpuArray<NatScratch> = PerCpuArray::with_max_entries(1
 /// Picks a backend for a new flow and records both directions' rewrites;
 /// the flow's entry in `LB_NAT_FWD`.
 #[inline(never)]
-fn new_flow(p: &Pkt, key: &LbKey, count: u16, flags: u8) -> Option<&'static NatFwd> {
+fn new_flow(p: &Pkt, key: &LbKey, count: u16, flags: u8, row: u32) -> Option<&'static NatFwd> {
     if count == 0 {
         return None;
     }
-    let mut key = *key;
-    let id = pick(&mut key, count)?;
+    let m = LB_NODE.get(0).map_or(0, |n| n.maglev_m);
+    let id = if row != 0 && m != 0 {
+        // Maglev: the client's address and port, the protocol and the
+        // frontend's port pick the entry, so every node picks the same
+        // backend for the same client.
+        let index = (row - 1).checked_mul(m)?.checked_add(flow_hash(&p.t) % m)?;
+        *LB_MAGLEV.get(index)?
+    } else {
+        let mut key = *key;
+        pick(&mut key, count)?
+    };
     // SAFETY: read in place.
     let backend = unsafe { LB_BACKENDS.get(&id) }?;
     // SAFETY: this CPU's scratch entry, used by this run alone.
@@ -276,6 +295,21 @@ fn new_flow(p: &Pkt, key: &LbKey, count: u16, flags: u8) -> Option<&'static NatF
     LB_NAT_FWD.insert(&p.t, &s.fwd, 0).ok()?;
     // SAFETY: read in place.
     unsafe { LB_NAT_FWD.get(&p.t) }
+}
+
+/// FNV-1a over what is the same on every node for a client's flow (not
+/// the frontend's address: a NodePort's differs per node).
+#[inline(always)]
+fn flow_hash(t: &NatTuple) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mix = |h: u32, b: u8| (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    for b in t.saddr {
+        h = mix(h, b);
+    }
+    for b in t.sport.to_ne_bytes().into_iter().chain(t.dport.to_ne_bytes()) {
+        h = mix(h, b);
+    }
+    mix(h, t.proto)
 }
 
 /// Rewrites the packet's addresses and ports, with their checksums.
