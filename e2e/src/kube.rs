@@ -716,17 +716,27 @@ impl KubeControlPlane {
 
     /// Waits until the API server has Established Axoneme's CRDs.
     pub fn wait_crds_established(&self) -> Result<()> {
-        self.kubectl([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/ciliumnetworkpolicies.cilium.io",
-            "crd/ciliumclusterwidenetworkpolicies.cilium.io",
-            "crd/ciliumidentities.cilium.io",
-            "crd/ciliumendpoints.cilium.io",
-            "crd/ciliumnodes.cilium.io",
-        ])
-        .map(|_| ())
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.kubectl([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/ciliumnetworkpolicies.cilium.io",
+                "crd/ciliumclusterwidenetworkpolicies.cilium.io",
+                "crd/ciliumidentities.cilium.io",
+                "crd/ciliumendpoints.cilium.io",
+                "crd/ciliumnodes.cilium.io",
+            ]);
+            match r {
+                // kubectl fails instead of waiting when it reads a CRD
+                // whose status has no conditions yet (just created).
+                Err(e) if Instant::now() < deadline && e.to_string().contains("accessor error") => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                r => return r.map(|_| ()),
+            }
+        }
     }
 
     /// Applies Axoneme's RBAC (`helm/axoneme/files/rbac/`: the operator's

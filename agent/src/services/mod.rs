@@ -232,6 +232,11 @@ fn view(
                 lb::LB_BACKENDS_MAX,
             ),
             (map_names::LB_REVNAT, have.revnat.len(), lb::LB_REVNAT_MAX),
+            (
+                map_names::LB_MAGLEV,
+                have.maglev.values().map(Vec::len).sum(),
+                lb::LB_MAGLEV_MAX,
+            ),
         ]
         .into_iter()
         .map(|(name, entries, max)| MapStatus {
