@@ -49,17 +49,14 @@ fn ensure_helm4(root: &Path) -> Result<()> {
         dest.display()
     );
     let started = Instant::now();
-    let mut cmd = Command::new("nice");
-    cmd.args(["-n", "10", "go", "build", "-trimpath", "-buildvcs=false"])
-        .arg("-ldflags")
+    let mut cmd = crate::go::build(&root.join("e2e").join("helm"));
+    cmd.arg("-ldflags")
         .arg(format!(
             "-s -w -X helm.sh/helm/v4/internal/version.version={version}"
         ))
         .arg("-o")
         .arg(&staging)
-        .arg("helm.sh/helm/v4/cmd/helm")
-        .current_dir(root.join("e2e").join("helm"))
-        .env("CGO_ENABLED", "0");
+        .arg("helm.sh/helm/v4/cmd/helm");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         let _ = std::fs::remove_file(&staging);

@@ -36,13 +36,10 @@ pub fn ensure_binary(root: &Path) -> Result<()> {
         dest.display()
     );
     let started = Instant::now();
-    let status = Command::new("nice")
-        .args(["-n", "10", "go", "build", "-trimpath", "-buildvcs=false"])
+    let status = crate::go::build(&root.join("e2e").join("hubble"))
         .args(["-ldflags", "-s -w", "-o"])
         .arg(&staging)
         .arg("github.com/cilium/cilium/hubble")
-        .current_dir(root.join("e2e").join("hubble"))
-        .env("CGO_ENABLED", "0")
         .status()
         .context("running go build (is Go installed?)")?;
     if !status.success() {

@@ -94,9 +94,8 @@ pub fn ensure_binaries(root: &Path) -> Result<PathBuf> {
         dir.display()
     );
     let started = Instant::now();
-    let mut cmd = Command::new("nice");
-    cmd.args(["-n", "10", "go", "build", "-trimpath", "-buildvcs=false"])
-        .arg("-ldflags")
+    let mut cmd = crate::go::build(&module);
+    cmd.arg("-ldflags")
         .arg(ldflags(&module, version)?)
         .arg("-o")
         .arg(format!("{}/", staging.display()))
@@ -104,9 +103,7 @@ pub fn ensure_binaries(root: &Path) -> Result<PathBuf> {
             KUBE_BINARIES
                 .iter()
                 .map(|b| format!("k8s.io/kubernetes/cmd/{b}")),
-        )
-        .current_dir(&module)
-        .env("CGO_ENABLED", "0");
+        );
     println!("setup: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {

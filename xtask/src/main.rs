@@ -5,6 +5,7 @@
 mod bench;
 mod bpf;
 mod demo;
+mod go;
 mod helm;
 mod hubble;
 mod image;
@@ -93,9 +94,15 @@ fn run_cmd(root: &Path, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The cargo that runs xtask (rustup's stable).
+/// The cargo that runs xtask (rustup's stable). Not incremental unless the
+/// caller asks: xtask builds whole workspaces, where incremental state costs
+/// gigabytes of disk and saves little.
 fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
+    cmd
 }
 
 /// Everything a test run or the demo needs built: the eBPF object and every binary.

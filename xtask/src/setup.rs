@@ -174,6 +174,7 @@ pub fn run(root: &Path) -> Result<()> {
         sh(Command::new("mount").args(["-t", "cgroup2", "none", CGROUP2_DIR]))?;
     }
     std::fs::create_dir_all("/sys/fs/bpf/axoneme").context("creating /sys/fs/bpf/axoneme")?;
+    let _go_cache = crate::go::ScratchCache;
     crate::kube::ensure_binaries(root)?;
     crate::helm::ensure_binaries(root)?;
     crate::hubble::ensure_binary(root)?;
