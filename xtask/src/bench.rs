@@ -15,6 +15,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("memory", "axoneme-e2e", "memory"),
     ("kubernetes", "axoneme-e2e", "kubernetes"),
     ("services", "axoneme-e2e", "services"),
+    ("services-table", "axoneme-agent", "services_table"),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {
