@@ -1,77 +1,86 @@
 //! `cargo xtask bench services-table`: the services unit's pass on its own,
-//! without the kernel (the in-memory [`FakeLb`] seam): building the LB
-//! table from 1 / 1,000 / 10,000 ClusterIP Services of 4 backends each and
-//! syncing it over what the maps hold, (a) when nothing changed and (b)
-//! after one Service was added. Every pass is O(Services) today; these
-//! figures are the floor under the end-to-end "Service change to first
-//! use" of `cargo xtask bench services`, and the baseline for making the
-//! pass incremental. p50/p99 over repeated passes, JSON to
+//! without the kernel (the in-memory [`FakeLb`] seam), over 1 / 1,000 /
+//! 10,000 stored ClusterIP Services of 4 backends each: the first pass
+//! over all of them, then passes after (a) nothing changed, (b) one Service
+//! was added, (c) one backend was added to a Service, (d) a resync (every
+//! record re-read, none changed); and the cost of the API's whole view.
+//! These are the floor under the end-to-end "Service change to first use"
+//! of `cargo xtask bench services`. p50/p99 over repeated passes, JSON to
 //! `AXONEME_BENCH_OUT`.
 //!
 //! Under `cargo test` (no `--bench` argument) it runs in its smoke form:
 //! sizes 1 and 100, a few passes, every check on, nothing written.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
-use axoneme_agent::services::sync::{sync, FakeLb};
-use axoneme_agent::services::table::{build, Ids, Table};
+use axoneme_agent::services::sync::FakeLb;
+use axoneme_agent::services::table::Table;
+use axoneme_agent::services::{Dirty, Programmed, Unit};
 use axoneme_e2e::bench::{pick, summary, write_figures};
-use axoneme_service::{Backend, BackendState, Frontend, FrontendKind, Protocol};
+use axoneme_identity::Raw;
 use serde_json::{json, Value};
 
 const BACKENDS: u32 = 4;
 
-/// Service `i`: ClusterIP 10.96.x.y:80, backends 10.1.x.y:8080 (distinct
-/// for every Service).
-fn service(i: u32) -> Frontend {
+/// Service `i`'s stored record: ClusterIP 10.96.x.y:80, `backends`
+/// endpoints 10.1.x.y:8080 (distinct for every Service), on node-0.
+fn record(i: u32, backends: u32, rev: i64) -> Raw {
     let [_, a, b, c] = i.to_be_bytes();
-    Frontend {
-        service: format!("default/s{i}"),
-        port_name: "http".into(),
-        kind: FrontendKind::ClusterIP,
-        addr: IpAddr::V4(Ipv4Addr::new(10, 96 + a, b, c)),
-        port: 80,
-        protocol: Protocol::Tcp,
-        backends: (0..BACKENDS)
-            .map(|k| {
-                let [_, x, y, z] = (i * BACKENDS + k).to_be_bytes();
-                Backend {
-                    addr: IpAddr::V4(Ipv4Addr::new(10, 1 + x, y, z)),
-                    port: 8080,
-                    node: Some("node-0".into()),
-                    state: BackendState::Active,
-                }
-            })
-            .collect(),
-        affinity_timeout: None,
-        local_only: false,
+    let endpoints: Vec<Value> = (0..backends)
+        .map(|k| {
+            let [_, x, y, z] = (i * 8 + k).to_be_bytes();
+            json!({"addresses": [format!("10.{}.{y}.{z}", 1 + x)], "nodeName": "node-0",
+                   "ports": [{"port": 8080}]})
+        })
+        .collect();
+    let rec = json!({
+        "namespace": "default", "name": format!("s{i}"),
+        "spec": {"clusterIPs": [format!("10.{}.{b}.{c}", 96 + a)],
+                 "ports": [{"port": 80, "targetPort": 8080}]},
+        "endpoints": endpoints,
+    });
+    Raw {
+        value: serde_json::to_vec(&rec).expect("a record serializes"),
+        mod_revision: rev,
     }
 }
 
-/// One pass as the unit makes it; its time in milliseconds and the map
-/// operations it made.
+/// One pass and its publication (the published view stays alive until
+/// the next, as in the agent's watch channel); its time in milliseconds
+/// and the map operations it made.
 fn pass(
-    frontends: &[Frontend],
-    ids: &mut Ids,
+    unit: &mut Unit,
     lb: &mut FakeLb,
-    have: &mut Table,
+    store: &BTreeMap<String, Raw>,
+    dirty: Dirty,
+    published: &mut Arc<Programmed>,
 ) -> Result<(f64, usize)> {
     let started = Instant::now();
-    let want = build(frontends.iter(), "node-0", &[], ids)?;
-    let c = sync(lb, have, &want)?;
+    let error = unit.pass(lb, store, &dirty);
+    *published = Arc::new(unit.programmed().clone());
     let ms = started.elapsed().as_secs_f64() * 1e3;
+    ensure!(error.is_none(), "pass failed: {error:?}");
+    let ops = lb.log.len();
     lb.log.clear();
-    Ok((ms, c.written + c.removed))
+    Ok((ms, ops))
 }
 
 fn measure(size: u32, passes: usize) -> Result<Value> {
-    let mut frontends: Vec<Frontend> = (0..size).map(service).collect();
-    let mut ids = Ids::new();
+    let mut rev = 0i64;
+    let mut next_rev = || {
+        rev += 1;
+        rev
+    };
+    let mut store: BTreeMap<String, Raw> = (0..size)
+        .map(|i| (format!("s{i}"), record(i, BACKENDS, next_rev())))
+        .collect();
     let mut lb = FakeLb::default();
-    let mut have = Table::default();
-    let (first_ms, ops) = pass(&frontends, &mut ids, &mut lb, &mut have)?;
+    let mut published = Arc::default();
+    let mut unit = Unit::new("node-0".into(), Vec::new(), None, Table::default());
+    let (first_ms, ops) = pass(&mut unit, &mut lb, &store, Dirty::All, &mut published)?;
     // Per Service: its master, a slot and a backend per backend, its
     // reverse-NAT entry.
     let per_service = 2 + 2 * BACKENDS as usize;
@@ -80,22 +89,67 @@ fn measure(size: u32, passes: usize) -> Result<Value> {
         "first pass made {ops} map operations for {size} Services, expected {}",
         size as usize * per_service
     );
-    let mut steady = Vec::with_capacity(passes);
-    let mut added = Vec::with_capacity(passes);
+    let (mut steady, mut added, mut grown) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..passes {
-        let (ms, ops) = pass(&frontends, &mut ids, &mut lb, &mut have)?;
+        let (ms, ops) = pass(
+            &mut unit,
+            &mut lb,
+            &store,
+            Dirty::keys::<&str>([]),
+            &mut published,
+        )?;
         ensure!(
             ops == 0,
             "a pass with nothing changed made {ops} map operations"
         );
         steady.push(ms);
-        frontends.push(service(size + u32::try_from(n)?));
-        let (ms, ops) = pass(&frontends, &mut ids, &mut lb, &mut have)?;
+        let new = size + u32::try_from(n)?;
+        store.insert(format!("s{new}"), record(new, BACKENDS, next_rev()));
+        let (ms, ops) = pass(
+            &mut unit,
+            &mut lb,
+            &store,
+            Dirty::keys([format!("s{new}")]),
+            &mut published,
+        )?;
         ensure!(
             ops == per_service,
             "adding one Service made {ops} map operations, expected {per_service}"
         );
         added.push(ms);
+        // A fifth backend for the Service just added: the backend, its
+        // slot, the master's count.
+        store.insert(format!("s{new}"), record(new, BACKENDS + 1, next_rev()));
+        let (ms, ops) = pass(
+            &mut unit,
+            &mut lb,
+            &store,
+            Dirty::keys([format!("s{new}")]),
+            &mut published,
+        )?;
+        ensure!(
+            ops == 3,
+            "adding one backend made {ops} map operations, expected 3"
+        );
+        grown.push(ms);
+    }
+    let mut resync = Vec::new();
+    let mut view = Vec::new();
+    for _ in 0..passes.min(10) {
+        let (ms, ops) = pass(&mut unit, &mut lb, &store, Dirty::All, &mut published)?;
+        ensure!(
+            ops == 0,
+            "a resync with nothing changed made {ops} map operations"
+        );
+        resync.push(ms);
+        let started = Instant::now();
+        let v = unit.programmed().view();
+        view.push(started.elapsed().as_secs_f64() * 1e3);
+        ensure!(
+            v.frontends.len() == store.len(),
+            "the view shows {} frontends",
+            v.frontends.len()
+        );
     }
     ensure!(
         lb.consistent(),
@@ -107,6 +161,9 @@ fn measure(size: u32, passes: usize) -> Result<Value> {
         "first_pass_ms": first_ms,
         "unchanged_pass": summary(&steady),
         "one_added_pass": summary(&added),
+        "one_backend_added_pass": summary(&grown),
+        "resync_pass": summary(&resync),
+        "whole_view": summary(&view),
     });
     println!("services-table: {v}");
     Ok(v)

@@ -46,7 +46,7 @@ pub struct ApiState {
     /// Kubernetes mode: the watch of this node's Pods.
     pub pods: Option<crate::k8s::Pods>,
     /// What the services unit programmed (disabled: the default view).
-    pub services: watch::Receiver<Arc<crate::services::ServicesView>>,
+    pub services: watch::Receiver<Arc<crate::services::Programmed>>,
 }
 
 type Ctx = ApiState;
@@ -138,7 +138,7 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<Status>, Failure> {
     }
     let services = ctx.services.borrow().clone();
     st.components.push(crate::services::component(&services));
-    st.maps.extend(services.maps.iter().cloned());
+    st.maps.extend(services.summary.maps.iter().cloned());
     st.ok = st.components.iter().all(|c| c.ok);
     Ok(Json(st))
 }
@@ -171,8 +171,8 @@ async fn list_events(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EventView>>
 }
 
 async fn list_services(State(ctx): State<Arc<Ctx>>) -> Json<axoneme_api::ServicesView> {
-    let view = ctx.services.borrow().clone();
-    Json((*view).clone())
+    let programmed = ctx.services.borrow().clone();
+    Json(programmed.view())
 }
 
 async fn not_found() -> Failure {

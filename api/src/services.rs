@@ -46,4 +46,8 @@ pub struct ServicesView {
     pub maps: Vec<MapStatus>,
     /// Records that do not parse: (key, error).
     pub invalid: Vec<(String, String)>,
+    /// Records naming a frontend another record owns (that frontend is not
+    /// programmed for them): (key, what).
+    #[serde(default)]
+    pub conflicts: Vec<(String, String)>,
 }

@@ -109,6 +109,9 @@ impl Render for Lb {
                 "{key}: does not parse (its last good version stays): {e}\n"
             ));
         }
+        for (key, e) in &v.conflicts {
+            out.push_str(&format!("{key}: {e}\n"));
+        }
         out
     }
 }

@@ -208,6 +208,18 @@ impl<V: Clone> Subscription<V> {
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
+
+    /// A change already waiting, without waiting for one.
+    pub fn try_recv(&mut self) -> Option<CacheEvent<V>> {
+        match self.rx.try_recv() {
+            Ok(ev) => Some(ev),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                debug!(missed = n, "watch cache subscriber lagged; resync");
+                Some(CacheEvent::Resynced)
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 fn decode_or_log<V: Decode>(kv: &KeyValue, errors: &mut u64) -> Option<V> {

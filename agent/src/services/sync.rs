@@ -11,6 +11,7 @@
 
 use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService};
 
+use super::desired::Touched;
 use super::table::Table;
 use crate::datapath::DatapathError;
 
@@ -44,31 +45,52 @@ pub struct Changes {
 }
 
 /// Applies `want` over `have` (what the maps hold; updated as operations
-/// succeed, so a failed pass leaves it true and the next one resumes).
+/// succeed, so a failed pass leaves it true and the next one resumes),
+/// comparing every key.
 pub fn sync<W: LbWriter>(
     w: &mut W,
     have: &mut Table,
     want: &Table,
 ) -> Result<Changes, DatapathError> {
+    let everything = Touched::everything(have, want);
+    sync_touched(w, have, want, &everything)
+}
+
+/// [`sync`] over the keys in `touched` only (the rest is taken to be
+/// equal already).
+pub fn sync_touched<W: LbWriter>(
+    w: &mut W,
+    have: &mut Table,
+    want: &Table,
+    touched: &Touched,
+) -> Result<Changes, DatapathError> {
     let mut c = Changes::default();
-    for (id, b) in &want.backends {
-        if have.backends.get(id) != Some(b) {
-            w.set_backend(*id, b)?;
-            have.backends.insert(*id, *b);
-            c.written += 1;
+    for id in &touched.backends {
+        if let Some(b) = want.backends.get(id) {
+            if have.backends.get(id) != Some(b) {
+                w.set_backend(*id, b)?;
+                have.backends.insert(*id, *b);
+                c.written += 1;
+            }
         }
     }
-    for (id, r) in &want.revnat {
-        if have.revnat.get(id) != Some(r) {
-            w.set_revnat(*id, r)?;
-            have.revnat.insert(*id, *r);
-            c.written += 1;
+    for id in &touched.revnat {
+        if let Some(r) = want.revnat.get(id) {
+            if have.revnat.get(id) != Some(r) {
+                w.set_revnat(*id, r)?;
+                have.revnat.insert(*id, *r);
+                c.written += 1;
+            }
         }
     }
     // Maglev rows before the masters that name them; only the entries
     // that changed (a backend's coming or going moves few). A row no
     // longer named is left as it is (arrays keep their entries).
-    for (row, entries) in &want.maglev {
+    for row in &touched.maglev {
+        let Some(entries) = want.maglev.get(row) else {
+            have.maglev.remove(row);
+            continue;
+        };
         let m = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         // (Backend ids are never 0: a fresh row is all "unwritten".)
         let held = have.maglev.entry(*row).or_default();
@@ -81,71 +103,55 @@ pub fn sync<W: LbWriter>(
             }
         }
     }
-    have.maglev.retain(|row, _| want.maglev.contains_key(row));
-    for k in want.affinity.difference(&have.affinity.clone()) {
-        w.set_affinity(k)?;
-        have.affinity.insert(*k);
-        c.written += 1;
+    for k in &touched.affinity {
+        if want.affinity.contains(k) && !have.affinity.contains(k) {
+            w.set_affinity(k)?;
+            have.affinity.insert(*k);
+            c.written += 1;
+        }
     }
     // Slots before masters.
     for masters in [false, true] {
-        for (k, v) in want
-            .services
-            .iter()
-            .filter(|(k, _)| (k.slot == 0) == masters)
-        {
-            if have.services.get(k) != Some(v) {
-                w.set_service(k, v)?;
-                have.services.insert(*k, *v);
-                c.written += 1;
+        for k in touched.services.iter().filter(|k| (k.slot == 0) == masters) {
+            if let Some(v) = want.services.get(k) {
+                if have.services.get(k) != Some(v) {
+                    w.set_service(k, v)?;
+                    have.services.insert(*k, *v);
+                    c.written += 1;
+                }
             }
         }
     }
     // Then removals: masters before slots, backends last.
     for masters in [true, false] {
-        let gone: Vec<LbKey> = have
-            .services
-            .keys()
-            .filter(|k| (k.slot == 0) == masters && !want.services.contains_key(k))
-            .copied()
-            .collect();
-        for k in gone {
-            w.remove_service(&k)?;
-            have.services.remove(&k);
+        for k in touched.services.iter().filter(|k| (k.slot == 0) == masters) {
+            if !want.services.contains_key(k) && have.services.contains_key(k) {
+                w.remove_service(k)?;
+                have.services.remove(k);
+                c.removed += 1;
+            }
+        }
+    }
+    for k in &touched.affinity {
+        if !want.affinity.contains(k) && have.affinity.contains(k) {
+            w.remove_affinity(k)?;
+            have.affinity.remove(k);
             c.removed += 1;
         }
     }
-    for k in have
-        .affinity
-        .difference(&want.affinity)
-        .copied()
-        .collect::<Vec<_>>()
-    {
-        w.remove_affinity(&k)?;
-        have.affinity.remove(&k);
-        c.removed += 1;
+    for id in &touched.revnat {
+        if !want.revnat.contains_key(id) && have.revnat.contains_key(id) {
+            w.remove_revnat(*id)?;
+            have.revnat.remove(id);
+            c.removed += 1;
+        }
     }
-    let gone: Vec<u32> = have
-        .revnat
-        .keys()
-        .filter(|id| !want.revnat.contains_key(id))
-        .copied()
-        .collect();
-    for id in gone {
-        w.remove_revnat(id)?;
-        have.revnat.remove(&id);
-        c.removed += 1;
-    }
-    let gone: Vec<u32> = have
-        .backends
-        .keys()
-        .filter(|id| !want.backends.contains_key(id))
-        .copied()
-        .collect();
-    for id in gone {
-        w.remove_backend(id)?;
-        have.backends.remove(&id);
-        c.removed += 1;
+    for id in &touched.backends {
+        if !want.backends.contains_key(id) && have.backends.contains_key(id) {
+            w.remove_backend(*id)?;
+            have.backends.remove(id);
+            c.removed += 1;
+        }
     }
     Ok(c)
 }

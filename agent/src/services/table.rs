@@ -4,6 +4,7 @@
 //! (backend, frontend) pairs affinity may keep. Pure: the unit tests check
 //! it without a kernel.
 //!
+//! The table is kept per record by [`Desired`](super::desired::Desired).
 //! Ids are stable across passes (a backend keeps its id while any frontend
 //! uses it; a frontend address keeps its reverse-NAT id), so a pass
 //! rewrites only what changed, and are re-learnt from the maps after a
@@ -13,10 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use axoneme_bpf_common::family;
-use axoneme_bpf_common::lb::{
-    backend_flags, svc_flags, AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService,
-};
-use axoneme_service::{Frontend, FrontendKind, Protocol};
+use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService};
+use axoneme_service::{Frontend, Protocol};
 
 /// What the LB maps should hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,9 +71,6 @@ pub struct Ids {
     /// External frontends' Maglev rows (by address, port, protocol).
     rows: IdSpace<(IpAddr, u16, u8)>,
     maglev: Option<Maglev>,
-    /// Tables by backend names, as last computed, and those this pass used.
-    tables: std::collections::HashMap<Vec<String>, Vec<u32>>,
-    tables_used: std::collections::HashSet<Vec<String>>,
 }
 
 /// The cluster-wide Maglev settings (every node must use the same).
@@ -85,11 +81,16 @@ pub struct Maglev {
     pub seed: u64,
 }
 
+/// Maglev tables computed during one update, by their backends' names:
+/// the frontends of one Service (every node address, every external
+/// address) share their backends and so their table.
+pub type MaglevCache = std::collections::HashMap<Vec<String>, Vec<u32>>;
+
 /// Ids in `1..=max` given to keys.
 #[derive(Debug, Clone)]
 struct IdSpace<K> {
     by_key: BTreeMap<K, u32>,
-    used: BTreeSet<u32>,
+    by_id: BTreeMap<u32, K>,
     max: u32,
 }
 
@@ -97,7 +98,7 @@ impl<K> Default for IdSpace<K> {
     fn default() -> Self {
         IdSpace {
             by_key: BTreeMap::new(),
-            used: BTreeSet::new(),
+            by_id: BTreeMap::new(),
             max: u32::MAX,
         }
     }
@@ -114,7 +115,7 @@ impl<K: Ord + Copy> IdSpace<K> {
     fn insert(&mut self, key: K, id: u32) {
         if id != 0 && id <= self.max {
             self.by_key.insert(key, id);
-            self.used.insert(id);
+            self.by_id.insert(id, key);
         }
     }
 
@@ -124,22 +125,32 @@ impl<K: Ord + Copy> IdSpace<K> {
         if let Some(id) = self.by_key.get(&key) {
             return Ok(*id);
         }
-        let next = self.used.last().map_or(1, |l| l.saturating_add(1));
+        let next = self
+            .by_id
+            .last_key_value()
+            .map_or(1, |(l, _)| l.saturating_add(1));
         let id = if next <= self.max && next != 0 {
             next
         } else {
             (1..=self.max)
-                .find(|id| !self.used.contains(id))
+                .find(|id| !self.by_id.contains_key(id))
                 .ok_or(IdsExhausted(what))?
         };
         self.insert(key, id);
         Ok(id)
     }
 
+    /// Frees `id`.
+    fn release(&mut self, id: u32) {
+        if let Some(key) = self.by_id.remove(&id) {
+            self.by_key.remove(&key);
+        }
+    }
+
     /// Forgets the ids not in `keep`.
     fn retain(&mut self, keep: impl Fn(u32) -> bool) {
         self.by_key.retain(|_, id| keep(*id));
-        self.used.retain(|id| keep(*id));
+        self.by_id.retain(|id, _| keep(*id));
     }
 }
 
@@ -161,8 +172,6 @@ impl Ids {
             frontends: IdSpace::with_max(u32::from(u16::MAX)),
             rows: IdSpace::with_max(0),
             maglev: None,
-            tables: std::collections::HashMap::new(),
-            tables_used: std::collections::HashSet::new(),
         }
     }
 
@@ -179,10 +188,11 @@ impl Ids {
     /// The Maglev row of an external frontend whose selectable backends
     /// are `backends` (with their ids), and the row's entries; `None`
     /// without Maglev, without backends, or with every row taken.
-    fn maglev_row(
+    pub(super) fn maglev_row(
         &mut self,
         frontend: (IpAddr, u16, u8),
         backends: &[(&axoneme_service::Backend, u32)],
+        cache: &mut MaglevCache,
     ) -> Option<(u32, Vec<u32>)> {
         let maglev = self.maglev?;
         if backends.is_empty() {
@@ -193,8 +203,7 @@ impl Ids {
             .iter()
             .map(|(b, _)| std::net::SocketAddr::new(b.addr, b.port).to_string())
             .collect();
-        self.tables_used.insert(names.clone());
-        let table = self.tables.entry(names).or_insert_with_key(|names| {
+        let table = cache.entry(names).or_insert_with_key(|names| {
             axoneme_service::maglev::table(names, maglev.m, maglev.seed)
         });
         Some((row, table.iter().map(|i| backends[*i as usize].1).collect()))
@@ -214,152 +223,66 @@ impl Ids {
         ids
     }
 
-    fn backend(&mut self, addr: IpAddr, port: u16) -> Result<u32, IdsExhausted> {
+    pub(super) fn backend(&mut self, addr: IpAddr, port: u16) -> Result<u32, IdsExhausted> {
         self.backends.get((addr, port), "backend")
     }
 
-    fn frontend(&mut self, addr: IpAddr, port: u16) -> Result<u16, IdsExhausted> {
+    pub(super) fn frontend(&mut self, addr: IpAddr, port: u16) -> Result<u16, IdsExhausted> {
         let id = self.frontends.get((addr, port), "frontend")?;
         u16::try_from(id).map_err(|_| IdsExhausted("frontend"))
     }
 
+    pub(super) fn release_backend(&mut self, id: u32) {
+        self.backends.release(id);
+    }
+
+    pub(super) fn release_frontend(&mut self, id: u32) {
+        self.frontends.release(id);
+    }
+
+    pub(super) fn release_row(&mut self, id: u32) {
+        self.rows.release(id);
+    }
+
+    /// How many ids are given out (of every kind).
+    pub fn in_use(&self) -> usize {
+        self.backends.by_id.len() + self.frontends.by_id.len() + self.rows.by_id.len()
+    }
+
     /// Forgets the ids `table` does not use.
-    fn retain_used(&mut self, table: &Table) {
+    pub(super) fn retain_used(&mut self, table: &Table) {
         self.backends.retain(|id| table.backends.contains_key(&id));
         self.frontends.retain(|id| table.revnat.contains_key(&id));
         self.rows.retain(|id| table.maglev.contains_key(&id));
-        let used = std::mem::take(&mut self.tables_used);
-        self.tables.retain(|k, _| used.contains(k));
     }
 }
 
-/// What the per-packet LB on the node's device needs to know of a
-/// frontend: whether it is reachable from outside the node, and whether
-/// its traffic policy keeps the client's address.
-fn master_flags(f: &Frontend) -> u8 {
-    if f.kind == FrontendKind::ClusterIP {
-        return 0;
-    }
-    svc_flags::EXTERNAL
-        | if f.local_only {
-            svc_flags::LOCAL_ONLY
-        } else {
-            0
-        }
-}
-
-/// The table for `frontends` on node `node` whose addresses (for NodePort
-/// frontends, which stand for every address of the node) are `node_ips`.
+/// The whole table for `frontends` at once (each frontend its own
+/// record), for tests and tools; the services unit keeps a
+/// [`Desired`](super::desired::Desired) and updates it per record.
 pub fn build<'a>(
     frontends: impl IntoIterator<Item = &'a Frontend>,
     node: &str,
     node_ips: &[IpAddr],
     ids: &mut Ids,
 ) -> Result<Table, IdsExhausted> {
-    let mut t = Table::default();
-    for f in frontends {
-        let addrs: Vec<IpAddr> = if f.addr.is_unspecified() {
-            node_ips
-                .iter()
-                .copied()
-                .filter(|ip| ip.is_ipv4() == f.addr.is_ipv4())
-                .collect()
-        } else {
-            vec![f.addr]
-        };
-        let selectable = f.selectable(node);
-        for addr in addrs {
-            let (bytes, fam) = addr_bytes(addr);
-            let rev_nat = ids.frontend(addr, f.port)?;
-            t.revnat.insert(
-                u32::from(rev_nat),
-                LbRevNat {
-                    addr: bytes,
-                    port: f.port.to_be(),
-                    family: fam,
-                    pad: [0; 5],
-                },
-            );
-            let key = |slot: u16| LbKey {
-                addr: bytes,
-                port: f.port.to_be(),
-                proto: proto_number(f.protocol),
-                family: fam,
-                slot,
-                pad: [0; 2],
-            };
-            let mut slot = 0u16;
-            let mut slot_ids = Vec::with_capacity(selectable.len());
-            for b in &selectable {
-                if slot == u16::MAX {
-                    break;
-                }
-                let (baddr, bfam) = addr_bytes(b.addr);
-                let id = ids.backend(b.addr, b.port)?;
-                t.backends.insert(
-                    id,
-                    LbBackend {
-                        addr: baddr,
-                        port: b.port.to_be(),
-                        family: bfam,
-                        flags: if b.node.as_deref() == Some(node) {
-                            backend_flags::LOCAL
-                        } else {
-                            0
-                        },
-                        pad: [0; 4],
-                    },
-                );
-                slot += 1;
-                slot_ids.push((*b, id));
-                t.services.insert(
-                    key(slot),
-                    LbService {
-                        backend_id: id,
-                        count: 0,
-                        rev_nat,
-                        affinity_timeout: 0,
-                        flags: 0,
-                        pad: [0; 3],
-                    },
-                );
-                if f.affinity_timeout.is_some() {
-                    t.affinity.insert(AffinityMatchKey {
-                        backend_id: id,
-                        rev_nat: u32::from(rev_nat),
-                    });
-                }
-            }
-            let flags = master_flags(f);
-            let row = if flags & svc_flags::EXTERNAL != 0 {
-                ids.maglev_row((addr, f.port, proto_number(f.protocol)), &slot_ids)
-            } else {
-                None
-            };
-            let row = row.map_or(0, |(row, entries)| {
-                t.maglev.insert(row, entries);
-                row
-            });
-            t.services.insert(
-                key(0),
-                LbService {
-                    backend_id: row,
-                    count: slot,
-                    rev_nat,
-                    affinity_timeout: f.affinity_timeout.unwrap_or(0),
-                    flags,
-                    pad: [0; 3],
-                },
-            );
-        }
-    }
-    ids.retain_used(&t);
-    Ok(t)
+    use super::desired::{Desired, Touched};
+    let mut d = Desired::new(node.to_string(), node_ips.to_vec(), std::mem::take(ids));
+    let mut touched = Touched::default();
+    let result = frontends.into_iter().enumerate().try_for_each(|(i, f)| {
+        d.set(&format!("{i:010}"), std::slice::from_ref(f), &mut touched)
+            .map(drop)
+    });
+    d.settle();
+    let table = d.table().clone();
+    *ids = d.into_ids();
+    result.map(|()| table)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axoneme_bpf_common::lb::{backend_flags, svc_flags};
     use axoneme_service::{Backend, BackendState, FrontendKind};
 
     fn backend(addr: &str, node: &str, state: BackendState) -> Backend {
