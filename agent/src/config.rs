@@ -255,7 +255,7 @@ impl UnavailableConfig {
 }
 
 /// kube-proxy replacement: Services load-balanced by the socket-LB
-/// programs on the node's cgroup.
+/// programs on the node's cgroup (or per packet at the pods' veths).
 #[derive(Debug, Clone, Args)]
 pub struct ServicesConfig {
     /// Load-balance Services in eBPF in place of kube-proxy (the services
@@ -264,6 +264,12 @@ pub struct ServicesConfig {
     /// programs (a previous run's are removed); Services are kube-proxy's.
     #[arg(long, env = "AXONEME_KUBE_PROXY_REPLACEMENT", default_value_t = true, action = clap::ArgAction::Set)]
     pub kube_proxy_replacement: bool,
+    /// Translate services at the socket (connect, sendmsg, ...: once per
+    /// connection, on the node's cgroup). `false`: per packet at the pods'
+    /// veths instead (DNAT leaving the pod, reverse NAT of replies entering
+    /// it), for pods whose processes are not under `--cgroup-root`.
+    #[arg(long, env = "AXONEME_SOCKET_LB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub socket_lb: bool,
     /// The cgroup2 directory the socket-LB programs attach to: every
     /// process below it (the node's pods) gets services translated.
     #[arg(

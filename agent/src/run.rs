@@ -113,26 +113,35 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(pins = %pin_dir.display(), "datapath loaded");
     let lb_maps = if cfg.services.kube_proxy_replacement {
         let cgroup = &cfg.services.cgroup_root;
-        if !cgroup.join("cgroup.controllers").exists() {
+        if !cfg.services.socket_lb {
+            if crate::datapath::detach_socket_lb(&pin_dir)
+                .context("removing the socket-LB links")?
+            {
+                info!("socket LB off: the previous run's socket LB removed");
+            }
+            info!("per-packet LB at the pods' veths (socket LB off)");
+        } else if !cgroup.join("cgroup.controllers").exists() {
             anyhow::bail!(
                 "--cgroup-root {}: not a cgroup2 directory (mount -t cgroup2 none DIR, or set \
-                 --kube-proxy-replacement=false)",
+                 --socket-lb=false or --kube-proxy-replacement=false)",
                 cgroup.display()
             );
+        } else {
+            dp.attach_socket_lb(cgroup).with_context(|| {
+                format!("attaching socket LB to --cgroup-root {}", cgroup.display())
+            })?;
+            info!(cgroup = %cgroup.display(), "socket LB attached (kube-proxy replacement)");
         }
-        dp.attach_socket_lb(cgroup).with_context(|| {
-            format!("attaching socket LB to --cgroup-root {}", cgroup.display())
-        })?;
-        info!(cgroup = %cgroup.display(), "socket LB attached (kube-proxy replacement)");
+        dp.set_node_addrs(
+            &cfg.node_ips,
+            cfg.services.maglev_table_size,
+            !cfg.services.socket_lb,
+        )
+        .context("writing the node's addresses for the LB")?;
         match node_device(&cfg).await? {
             Some(device) => {
-                dp.attach_nodeport(
-                    &device,
-                    cfg.datapath.netns.as_deref(),
-                    &cfg.node_ips,
-                    cfg.services.maglev_table_size,
-                )
-                .with_context(|| format!("attaching the per-packet LB to {device}"))?;
+                dp.attach_nodeport(&device, cfg.datapath.netns.as_deref())
+                    .with_context(|| format!("attaching the per-packet LB to {device}"))?;
                 info!(%device, "per-packet LB attached (NodePort, ExternalIP, LoadBalancer from outside)");
             }
             None => warn!(
@@ -147,6 +156,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         if let Some(device) = node_device(&cfg).await? {
             dp.detach(&device, cfg.datapath.netns.as_deref());
         }
+        // Nor do the pods' veths translate (a previous run's per-packet LB).
+        dp.set_node_addrs(&cfg.node_ips, 0, false)
+            .context("switching the per-packet LB off")?;
         None
     };
 
@@ -420,6 +432,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         m: cfg.services.maglev_table_size,
                         seed: maglev_seed(&cfg.kubernetes.cluster_name),
                     },
+                    socket_lb: cfg.services.socket_lb,
                 },
                 services_tx,
                 cancel.clone(),

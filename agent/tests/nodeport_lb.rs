@@ -111,7 +111,7 @@ fn check(pkt: &[u8]) -> Seen {
 #[test]
 fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
     let mut dp = load();
-    dp.set_node_addrs(&[NODE.into()], 0)?;
+    dp.set_node_addrs(&[NODE.into()], 0, false)?;
     let mut lb = dp.take_lb_maps()?;
     let frontends = [
         frontend(
@@ -222,7 +222,7 @@ fn maglev_picks_the_same_backend_on_every_node_and_moves_few() -> Result<()> {
     const NODE2: [u8; 4] = [192, 168, 7, 2];
     const M: u32 = 1021;
     let mut dp = load();
-    dp.set_node_addrs(&[NODE.into()], M)?;
+    dp.set_node_addrs(&[NODE.into()], M, false)?;
     let mut lb = dp.take_lb_maps()?;
     let ten: Vec<[u8; 4]> = (1..=10).map(|i| [10, 200, 0, i]).collect();
     let mut ids = Ids::default().with_maglev(Maglev { m: M, seed: 7 });

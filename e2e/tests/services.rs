@@ -356,3 +356,159 @@ fn switching_kube_proxy_replacement_drains_nothing_established() -> Result<()> {
     );
     Ok(())
 }
+
+/// Without socket LB (`--socket-lb=false`) the pods' veth programs
+/// translate per packet: the same service from both nodes, TCP and UDP
+/// (the reply from the service's address), IPv6, the spread over the
+/// backends, and the payments policy judged by the backend (intruder
+/// blocked, checkout's POST through the L7 proxy, its GET 403).
+#[test]
+fn per_packet_lb_at_the_pods_veths_without_socket_lb() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig {
+        agent_args: vec!["--socket-lb=false".into()],
+        ..ClusterConfig::default()
+    })?;
+    let seed = c.seed_pods()?;
+    let p2 = c.add_pod(1, "payments-2", &[("app", "payments")])?;
+    let client = c.add_pod(0, "client", &[("app", "client")])?;
+    let logs = [
+        c.dir.join("requests-payments-8080.log"),
+        c.logging_backend(&p2, 8080)?,
+    ];
+    let backends: [&CniPod; 2] = [&seed.payments, &p2];
+    for b in backends {
+        let log = c.dir.join(format!("udp-{}.log", b.name));
+        let p = udp_server(&b.ns, 5353, &b.name, &log)?;
+        c.extra.push(p);
+    }
+    let nodes = [c.nodes[0].name.clone(), c.nodes[1].name.clone()];
+    let endpoints: Vec<Endpoint<'_>> = backends
+        .iter()
+        .map(|b| Endpoint {
+            pod: b,
+            node: &nodes[b.node],
+            terminating: false,
+        })
+        .collect();
+    let yaml = service_yaml("payments", &[VIP4, VIP6], &PORTS, &endpoints, "");
+    let out = apply(&c, "create", "payments", &yaml)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in 0..2 {
+        let st: serde_json::Value =
+            serde_json::from_slice(&c.cli(node, &["-o", "json", "status"])?.stdout)?;
+        let services = st["agent"]["status"]["components"]
+            .as_array()
+            .context("components")?
+            .iter()
+            .find(|c| c["name"] == "services")
+            .context("a services component")?
+            .clone();
+        assert!(
+            services["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("per-packet LB at the pods' veths"),
+            "{services}"
+        );
+    }
+    // No socket-LB link: the translation is the veths'.
+    for n in &c.nodes {
+        assert!(
+            !n.pin_dir.join("links").exists(),
+            "{}: socket-LB links",
+            n.name
+        );
+    }
+
+    // From both nodes, over both backends (one per node: 150 new
+    // connections, 75 each expected, sd ≈ 6.1; 40 is ~5.7 sd off).
+    for from in [&client, &seed.checkout] {
+        until(
+            &format!("{} reaches the service", from.name),
+            Duration::from_secs(10),
+            || Ok(requests(from, VIP4, 80, "GET", "/", 1)?.contains_key("200")),
+        )?;
+        let before: Vec<usize> = logs.iter().map(|l| lines(l)).collect();
+        let got = requests(from, VIP4, 80, "GET", "/spread", 150)?;
+        assert_eq!(
+            got,
+            BTreeMap::from([("200".to_string(), 150)]),
+            "from {}",
+            from.name
+        );
+        let per: Vec<usize> = logs
+            .iter()
+            .zip(&before)
+            .map(|(l, b)| lines(l) - b)
+            .collect();
+        eprintln!("from {}: per backend {per:?}", from.name);
+        assert!(per.iter().all(|n| *n >= 40), "from {}: {per:?}", from.name);
+    }
+    let got = requests(&client, VIP6, 80, "GET", "/v6", 20)?;
+    assert_eq!(got, BTreeMap::from([("200".to_string(), 20)]));
+    for (from, vip) in [(&client, VIP4), (&seed.checkout, VIP6)] {
+        let (name, addr, port) = udp_request(from, vip, 53)?.context("no UDP answer")?;
+        assert!(
+            backends.iter().any(|b| b.name == name),
+            "answered by {name}"
+        );
+        assert_eq!((addr.to_string(), port), (vip.to_string(), 53));
+    }
+
+    let policy = seed_policy();
+    let out = c.cli(
+        0,
+        &[
+            "policy",
+            "import",
+            "--wait",
+            "10",
+            policy.to_str().context("path")?,
+        ],
+    )?;
+    assert!(out.status.success());
+    until(
+        "the intruder is blocked through the VIP",
+        Duration::from_secs(10),
+        || {
+            Ok(all_failed(&requests(
+                &seed.intruder,
+                VIP4,
+                80,
+                "GET",
+                "/",
+                1,
+            )?))
+        },
+    )?;
+    until(
+        "checkout's GET gets the proxy's 403",
+        Duration::from_secs(10),
+        || Ok(requests(&seed.checkout, VIP4, 80, "GET", "/", 1)?.contains_key("403")),
+    )?;
+    let got = requests(&seed.checkout, VIP4, 80, "POST", "/v1/charge", 20)?;
+    assert_eq!(got, BTreeMap::from([("200".to_string(), 20)]));
+
+    // Deleted: nothing translates the address any more.
+    let out = c.cli(0, &["service", "delete", "payments"])?;
+    assert!(out.status.success());
+    until(
+        "the deleted service stops answering",
+        Duration::from_secs(10),
+        || {
+            Ok(all_failed(&requests(
+                &seed.checkout,
+                VIP4,
+                80,
+                "POST",
+                "/v1/charge",
+                1,
+            )?))
+        },
+    )?;
+    Ok(())
+}

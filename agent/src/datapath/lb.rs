@@ -1,6 +1,7 @@
 //! The service load-balancing part of the datapath: the LB maps (written
 //! by the services unit alone, through [`LbMaps`]) and the socket-LB
-//! programs on the node's cgroup.
+//! programs on the node's cgroup (or, with `--socket-lb=false`, the
+//! per-packet LB in the pods' veth programs, switched on in `LB_NODE`).
 //!
 //! The programs are attached with BPF links pinned under the pin
 //! directory (`links/<program>`), so they outlive the agent as the TC
@@ -8,7 +9,8 @@
 //! A restarted agent attaches its own programs first, then replaces the
 //! pins (dropping the old links detaches the old programs); for the moment
 //! both run, the second finds the address translated already and does
-//! nothing. `kube-proxy-replacement=false` removes the pins.
+//! nothing. `kube-proxy-replacement=false` and `socket-lb=false` remove the
+//! pins.
 
 use std::path::{Path, PathBuf};
 
@@ -210,18 +212,16 @@ impl Datapath {
         Ok(())
     }
 
-    /// Per-packet LB for traffic from outside the node: writes this node's
-    /// addresses (the SNAT source towards backends on other nodes) and
-    /// attaches the nodeport programs to `device`, the interface with the
-    /// node's address, in `netns` (or the agent's namespace).
+    /// Per-packet LB for traffic from outside the node: attaches the
+    /// nodeport programs to `device`, the interface with the node's
+    /// address, in `netns` (or the agent's namespace). (The node's
+    /// addresses, the SNAT source towards backends on other nodes, are
+    /// [`Self::set_node_addrs`]'.)
     pub fn attach_nodeport(
         &mut self,
         device: &str,
         netns: Option<&Path>,
-        node_ips: &[std::net::IpAddr],
-        maglev_m: u32,
     ) -> Result<u32, DatapathError> {
-        self.set_node_addrs(node_ips, maglev_m)?;
         self.attach_tc(
             device,
             netns,
@@ -230,15 +230,18 @@ impl Datapath {
         )
     }
 
-    /// Writes the node's first address of each family and the Maglev
-    /// table size into `LB_NODE`.
+    /// Writes the node's first address of each family, the Maglev table
+    /// size and whether the pods' veths translate services (`pod_lb`:
+    /// socket LB off) into `LB_NODE`.
     pub fn set_node_addrs(
         &mut self,
         node_ips: &[std::net::IpAddr],
         maglev_m: u32,
+        pod_lb: bool,
     ) -> Result<(), DatapathError> {
         let mut addrs = NodeAddrs {
             maglev_m,
+            flags: if pod_lb { NodeAddrs::POD_LB } else { 0 },
             ..NodeAddrs::default()
         };
         for ip in node_ips {

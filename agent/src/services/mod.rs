@@ -47,6 +47,8 @@ pub struct Inputs {
     pub records: WatchCache<Raw>,
     /// External frontends' Maglev tables (the same on every node).
     pub maglev: table::Maglev,
+    /// Whether the socket-LB programs translate (else the pods' veths).
+    pub socket_lb: bool,
 }
 
 /// Which records a pass re-reads.
@@ -152,6 +154,8 @@ impl Records {
 pub struct Programmed {
     pub summary: ServicesView,
     pub frontends: Arc<BTreeMap<String, Arc<[FrontendView]>>>,
+    /// Socket LB, or per-packet LB at the pods' veths.
+    pub socket_lb: bool,
 }
 
 impl Programmed {
@@ -324,6 +328,7 @@ pub async fn run<W: LbWriter + Send>(
     // What the maps hold (and so the ids a previous run gave out).
     let have = writer.read()?;
     let mut unit = Unit::new(inputs.node, inputs.node_ips, Some(inputs.maglev), have);
+    unit.programmed.socket_lb = inputs.socket_lb;
     let mut dirty = Dirty::All;
     loop {
         tokio::time::sleep(DEBOUNCE).await;
@@ -356,7 +361,12 @@ pub fn component(p: &Programmed) -> axoneme_api::ComponentStatus {
         format!("kube-proxy replacement: the last pass failed: {e}")
     } else {
         let mut m = format!(
-            "kube-proxy replacement (socket LB): {} frontends programmed",
+            "kube-proxy replacement ({}): {} frontends programmed",
+            if p.socket_lb {
+                "socket LB"
+            } else {
+                "per-packet LB at the pods' veths"
+            },
             p.frontend_count()
         );
         if !v.invalid.is_empty() {

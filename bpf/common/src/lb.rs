@@ -200,6 +200,9 @@ impl NatRev {
     /// A SNATed flow's reply: translated at the device's ingress and sent
     /// out again there (a local backend's reply is translated at egress).
     pub const REDIRECT: u8 = 1;
+    /// A flow a pod's veth translated (per-packet LB without socket LB):
+    /// its replies are translated where they enter the pod.
+    pub const POD: u8 = 2;
 }
 
 /// The only value of [`LB_NODE`](super::map_names::LB_NODE): this node's
@@ -211,7 +214,15 @@ pub struct NodeAddrs {
     pub ipv6: [u8; 16],
     /// Entries per Maglev row (the table size `M`, prime); 0: no Maglev.
     pub maglev_m: u32,
-    pub pad: u32,
+    /// [`NodeAddrs::POD_LB`].
+    pub flags: u32,
+}
+
+impl NodeAddrs {
+    /// Socket LB is off (`--socket-lb=false`): the pods' veth programs
+    /// translate services per packet (DNAT leaving the pod, the frontend
+    /// back as the source of replies entering it).
+    pub const POD_LB: u32 = 1;
 }
 
 /// Frontend slots (masters and backend slots together).

@@ -93,6 +93,9 @@ pub mod drop_reason {
     pub const DROP_FRAG_NOT_FOUND: u8 = 175;
     /// The packet could not be written (handing it to the L7 proxy).
     pub const DROP_WRITE_ERROR: u8 = 141;
+    /// A connection to a service without a usable backend (per-packet LB
+    /// at a pod's veth).
+    pub const DROP_NO_SERVICE: u8 = 158;
     /// An explicit deny policy matched.
     pub const DROP_POLICY_DENY: u8 = 181;
 }

@@ -70,6 +70,10 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
         return TC_ACT_OK;
     }
     forwarded(at);
+    // Entering the pod: a translated flow's reply from the frontend.
+    if crate::nodeport::pod_lb() && !crate::nodeport::pod_ingress(ctx) {
+        return TC_ACT_SHOT;
+    }
     // SAFETY: a helper call with plain arguments.
     unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
 }

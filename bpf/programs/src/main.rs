@@ -35,7 +35,9 @@
 //!    ([`metrics`]).
 //!
 //! Services: socket LB on the node's cgroup ([`lb`]) and per-packet LB for
-//! traffic from outside the node on its device ([`nodeport`]).
+//! traffic from outside the node on its device ([`nodeport`]); without
+//! socket LB, per-packet LB of the pods' own traffic here, on entering and
+//! leaving them.
 //!
 //! The hot path (a packet of a tracked IPv4 TCP/UDP flow) is inlined into
 //! each program; everything else (new flows, drops and their events, IPv6,
@@ -149,6 +151,18 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         drop_event(&at, None, drop_reason::DROP_NO_ENDPOINT, 0, 0);
         return TC_ACT_SHOT;
     }
+    // Without socket LB, services are translated here, before the flow is
+    // parsed and judged (by the backend, then).
+    if dir == direction::EGRESS && nodeport::pod_lb() {
+        let mut reason = nodeport::pod_egress(ctx);
+        if reason == nodeport::POD_TRANSLATE {
+            reason = nodeport::pod_rewrite(ctx);
+        }
+        if reason != 0 {
+            drop_event(&at, None, reason, 0, 0);
+            return TC_ACT_SHOT;
+        }
+    }
     // On the stack: written on every packet, and the stack's lines are the
     // likeliest to be in cache still (a per-CPU map value's are not).
     let mut flow = Flow::EMPTY;
@@ -171,6 +185,10 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         }
         Ok(PASS) | Ok(VIA_STACK) => {
             forwarded(&at);
+            // Entering the pod: a translated flow's reply from the frontend.
+            if dir == direction::INGRESS && nodeport::pod_lb() && !nodeport::pod_ingress(ctx) {
+                return TC_ACT_SHOT;
+            }
             TC_ACT_OK
         }
         // Ingress rules at the destination's veth, egress rules at the

@@ -22,12 +22,18 @@
 //!   and the frontend as its source, and leaves the same way.
 //!
 //! Both directions' rewrites are in `LB_NAT_REV`, keyed by the reply's
-//! tuple as it arrives. Fragments, IPv4 options' packets and IPv6 packets
+//! tuple as it arrives.
+//!
+//! Without socket LB (`--socket-lb=false`) the same translation serves the
+//! pods' own connections, per packet at their veths: [`pod_egress`] and
+//! [`pod_ingress`].
+//!
+//! Fragments, IPv4 options' packets and IPv6 packets
 //! with extension headers are not translated (they pass unchanged); SCTP
 //! (whose checksum is a CRC) is left to socket LB.
 
 use axoneme_bpf_common::{
-    family,
+    drop_reason, family,
     lb::{
         backend_flags, svc_flags, LbKey, NatFwd, NatRev, NatTuple, NodeAddrs, LB_MAGLEV_MAX,
         LB_NAT_MAX,
@@ -69,7 +75,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// A packet this program may translate.
-struct Pkt {
+pub struct Pkt {
     family: u8,
     proto: u8,
     /// Offset of the L4 header.
@@ -79,8 +85,42 @@ struct Pkt {
 
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Pkt> {
+    let mut p = Pkt {
+        family: 0,
+        proto: 0,
+        l4: 0,
+        t: NatTuple::default(),
+    };
+    parse_into(ctx, &mut p)?;
+    Some(p)
+}
+
+/// Copies `len` (at most 16, a constant after inlining) bytes at `off`
+/// into the start of `dst`, with one helper call of a fixed size (aya's
+/// `load_bytes` clamps the size to the packet, which the verifier reads as
+/// possibly zero).
+#[inline(always)]
+fn load_to(ctx: &TcContext, off: usize, dst: &mut [u8; 16], len: u32) -> Option<()> {
+    // SAFETY: `dst` has room for `len` <= 16 bytes; the helper checks the
+    // packet's bounds.
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            dst.as_mut_ptr() as *mut core::ffi::c_void,
+            len.min(16),
+        )
+    };
+    (rc == 0).then_some(())
+}
+
+/// [`parse`] into `out` (a per-CPU scratch entry where the stack is
+/// short).
+#[inline(always)]
+fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
-    let mut t = NatTuple::default();
+    let t = &mut out.t;
+    *t = NatTuple::default();
     let (fam, proto, l4) = match ethertype {
         ETH_P_IP => {
             let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
@@ -92,16 +132,15 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
                 return None;
             }
             let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-            let s: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
-            let d: [u8; 4] = ctx.load(ETH_HLEN + 16).ok()?;
-            t.saddr[..4].copy_from_slice(&s);
-            t.daddr[..4].copy_from_slice(&d);
+            // Straight into `out` (no copy through the stack).
+            load_to(ctx, ETH_HLEN + 12, &mut t.saddr, 4)?;
+            load_to(ctx, ETH_HLEN + 16, &mut t.daddr, 4)?;
             (family::IPV4, proto, ETH_HLEN + 20)
         }
         ETH_P_IPV6 => {
             let proto: u8 = ctx.load(ETH_HLEN + 6).ok()?;
-            t.saddr = ctx.load(ETH_HLEN + 8).ok()?;
-            t.daddr = ctx.load(ETH_HLEN + 24).ok()?;
+            load_to(ctx, ETH_HLEN + 8, &mut t.saddr, 16)?;
+            load_to(ctx, ETH_HLEN + 24, &mut t.daddr, 16)?;
             (family::IPV6, proto, ETH_HLEN + 40)
         }
         _ => return None,
@@ -114,12 +153,10 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
     t.dport = ports[1];
     t.proto = proto;
     t.family = fam;
-    Some(Pkt {
-        family: fam,
-        proto,
-        l4,
-        t,
-    })
+    out.family = fam;
+    out.proto = proto;
+    out.l4 = l4;
+    Some(())
 }
 
 #[inline(always)]
@@ -157,14 +194,7 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
     if flags & svc_flags::EXTERNAL == 0 {
         return TC_ACT_OK;
     }
-    // SAFETY: as above.
-    let known = unsafe { LB_NAT_FWD.get(&p.t) }.filter(|f| {
-        // Its backend still there (a port reused after the backend left
-        // picks anew).
-        // SAFETY: only compared.
-        unsafe { LB_BACKENDS.get(&f.backend_id) }.is_some_and(|b| b.addr == f.backend_addr)
-    });
-    let fwd = match known {
+    let fwd = match known(&p.t) {
         Some(f) => f,
         None => match new_flow(&p, &key, count, flags, row) {
             Some(f) => f,
@@ -185,6 +215,125 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
         redirect(ctx, p.family, &fwd.backend_addr)
     } else {
         TC_ACT_OK
+    }
+}
+
+/// The flow's translation, if it has one whose backend is still there (a
+/// port reused after the backend left picks anew).
+#[inline(always)]
+fn known(t: &NatTuple) -> Option<&'static NatFwd> {
+    // SAFETY: read in place (see `ingress`).
+    unsafe { LB_NAT_FWD.get(t) }.filter(|f| {
+        // SAFETY: only compared.
+        unsafe { LB_BACKENDS.get(&f.backend_id) }.is_some_and(|b| b.addr == f.backend_addr)
+    })
+}
+
+/// [`pod_egress`]'s packet, frontend key and backend, for
+/// [`pod_rewrite`].
+pub struct PodScratch {
+    p: Pkt,
+    key: LbKey,
+    backend_addr: [u8; 16],
+    backend_port: u16,
+}
+
+/// [`pod_egress`]'s answer: the packet is for a frontend and its backend
+/// is in the scratch entry, for [`pod_rewrite`].
+pub(crate) const POD_TRANSLATE: u8 = 1;
+
+#[map]
+static POD_SCRATCH: PerCpuArray<PodScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `new_flow`'s `flags` bit beside [`svc_flags`]: a pod's flow, translated
+/// at its veth (never SNATed: the client is this node's).
+const FROM_POD: u8 = 0x80;
+
+/// Whether the pods' veths translate services (socket LB off).
+#[inline(always)]
+pub(crate) fn pod_lb() -> bool {
+    LB_NODE
+        .get(0)
+        .is_some_and(|n| n.flags & NodeAddrs::POD_LB != 0)
+}
+
+/// Per-packet LB for a packet a pod sends, without socket LB (at TC
+/// ingress of its veth, before anything else looks at it, so that policy
+/// judges the flow by the backend): to a frontend, DNAT to the flow's
+/// backend, picked as for traffic from outside ([`new_flow`]); its replies
+/// get the frontend back where they enter the pod ([`pod_ingress`]). 0,
+/// [`POD_TRANSLATE`] (then [`pod_rewrite`]), or the drop reason: a
+/// frontend without a usable backend.
+///
+/// Called within the veth programs' call chain, whose stack is nearly
+/// spent: the packet, the key and the backend are in a per-CPU scratch
+/// entry, and the rewrite is a call of its own.
+#[inline(never)]
+pub(crate) fn pod_egress(ctx: &TcContext) -> u8 {
+    // SAFETY: this CPU's scratch entry, used by this run alone.
+    let Some(s) = (unsafe { POD_SCRATCH.get_ptr_mut(0).map(|s| &mut *s) }) else {
+        return 0;
+    };
+    if parse_into(ctx, &mut s.p).is_none() {
+        return 0;
+    }
+    let p = &s.p;
+    s.key = LbKey {
+        addr: p.t.daddr,
+        port: p.t.dport,
+        proto: p.proto,
+        family: p.family,
+        slot: 0,
+        pad: [0; 2],
+    };
+    let key = &s.key;
+    // SAFETY: read in place (see `ingress`).
+    let (count, flags, row) = match unsafe { LB_SERVICES.get(key) } {
+        Some(s) => (s.count, s.flags, s.backend_id),
+        None => return 0,
+    };
+    let fwd = match known(&p.t) {
+        Some(f) => f,
+        None => match new_flow(p, key, count, flags | FROM_POD, row) {
+            Some(f) => f,
+            None => return drop_reason::DROP_NO_SERVICE,
+        },
+    };
+    s.backend_addr = fwd.backend_addr;
+    s.backend_port = fwd.backend_port;
+    POD_TRANSLATE
+}
+
+/// DNATs the packet [`pod_egress`] found for a frontend to its backend; 0,
+/// or the drop reason.
+#[inline(never)]
+pub(crate) fn pod_rewrite(ctx: &TcContext) -> u8 {
+    // SAFETY: this CPU's scratch entry, as `pod_egress` left it.
+    let Some(s) = (unsafe { POD_SCRATCH.get_ptr(0).map(|s| &*s) }) else {
+        return drop_reason::DROP_WRITE_ERROR;
+    };
+    match rewrite_addr(ctx, &s.p, 1, &s.backend_addr)
+        .and_then(|()| rewrite_port(ctx, &s.p, 2, s.backend_port))
+    {
+        Ok(()) => 0,
+        Err(_) => drop_reason::DROP_WRITE_ERROR,
+    }
+}
+
+/// A reply entering a pod, of a flow its veth translated
+/// ([`pod_egress`]): from the frontend again. `false` if it could not be
+/// rewritten.
+#[inline(never)]
+pub(crate) fn pod_ingress(ctx: &TcContext) -> bool {
+    let Some(p) = parse(ctx) else {
+        return true;
+    };
+    // SAFETY: read in place (see `ingress`).
+    match unsafe { LB_NAT_REV.get(&p.t) } {
+        Some(rev) if rev.flags & NatRev::POD != 0 => rewrite_addr(ctx, &p, 0, &rev.saddr)
+            .and_then(|()| rewrite_port(ctx, &p, 0, rev.sport))
+            .is_ok(),
+        _ => true,
     }
 }
 
@@ -255,7 +404,9 @@ fn new_flow(p: &Pkt, key: &LbKey, count: u16, flags: u8, row: u32) -> Option<&'s
     s.key.proto = p.t.proto;
     s.key.family = p.t.family;
     s.key.pad = [0; 2];
-    let snat = backend.flags & backend_flags::LOCAL == 0 && flags & svc_flags::LOCAL_ONLY == 0;
+    let snat = flags & FROM_POD == 0
+        && backend.flags & backend_flags::LOCAL == 0
+        && flags & svc_flags::LOCAL_ONLY == 0;
     if snat {
         let node = LB_NODE.get(0)?;
         s.key.daddr = if p.family == family::IPV4 {
@@ -290,6 +441,9 @@ fn new_flow(p: &Pkt, key: &LbKey, count: u16, flags: u8, row: u32) -> Option<&'s
     } else {
         s.key.daddr = p.t.saddr;
         s.key.dport = p.t.sport;
+        if flags & FROM_POD != 0 {
+            s.rev.flags = NatRev::POD;
+        }
     }
     LB_NAT_REV.insert(&s.key, &s.rev, 0).ok()?;
     LB_NAT_FWD.insert(&p.t, &s.fwd, 0).ok()?;
@@ -322,45 +476,67 @@ fn rewrite(
     dst: &[u8; 16],
     dport: u16,
 ) -> Result<(), i64> {
+    rewrite_addr(ctx, p, 0, src)?;
+    rewrite_addr(ctx, p, 1, dst)?;
+    rewrite_port(ctx, p, 0, sport)?;
+    rewrite_port(ctx, p, 2, dport)
+}
+
+/// The L4 checksum's offset, and the flags its updates take.
+#[inline(always)]
+fn l4_csum(p: &Pkt) -> (usize, u64) {
     let csum = p.l4 + if p.proto == TCP { 16 } else { 6 };
-    let l4_flags = if p.proto == UDP {
+    let flags = if p.proto == UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
     };
+    (csum, flags)
+}
+
+/// Rewrites the source (`which` 0) or destination (1) address to `new`,
+/// with the IPv4 header's and the L4 (pseudo-header) checksums.
+#[inline(always)]
+fn rewrite_addr(ctx: &TcContext, p: &Pkt, which: usize, new: &[u8; 16]) -> Result<(), i64> {
+    let (csum, l4_flags) = l4_csum(p);
     let (addr_off, words) = if p.family == family::IPV4 {
         (ETH_HLEN + 12, 1)
     } else {
         (ETH_HLEN + 8, 4)
     };
-    for (which, new) in [(0usize, src), (1, dst)] {
-        let old = if which == 0 { &p.t.saddr } else { &p.t.daddr };
-        for w in 0..words {
-            let o = u32::from_ne_bytes([old[w * 4], old[w * 4 + 1], old[w * 4 + 2], old[w * 4 + 3]]);
-            let n = u32::from_ne_bytes([new[w * 4], new[w * 4 + 1], new[w * 4 + 2], new[w * 4 + 3]]);
-            if o == n {
-                continue;
-            }
-            let off = addr_off + which * words * 4 + w * 4;
-            ctx.store(off, &n, 0)?;
-            ctx.l4_csum_replace(
-                csum,
-                u64::from(o),
-                u64::from(n),
-                u64::from(BPF_F_PSEUDO_HDR) | l4_flags | 4,
-            )?;
-            if p.family == family::IPV4 {
-                ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(o), u64::from(n), 4)?;
-            }
+    let old = if which == 0 { &p.t.saddr } else { &p.t.daddr };
+    for w in 0..words {
+        let o = u32::from_ne_bytes([old[w * 4], old[w * 4 + 1], old[w * 4 + 2], old[w * 4 + 3]]);
+        let n = u32::from_ne_bytes([new[w * 4], new[w * 4 + 1], new[w * 4 + 2], new[w * 4 + 3]]);
+        if o == n {
+            continue;
         }
-    }
-    for (off, old, new) in [(0usize, p.t.sport, sport), (2, p.t.dport, dport)] {
-        if old != new {
-            ctx.store(p.l4 + off, &new, 0)?;
-            ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), l4_flags | 2)?;
+        let off = addr_off + which * words * 4 + w * 4;
+        ctx.store(off, &n, 0)?;
+        ctx.l4_csum_replace(
+            csum,
+            u64::from(o),
+            u64::from(n),
+            u64::from(BPF_F_PSEUDO_HDR) | l4_flags | 4,
+        )?;
+        if p.family == family::IPV4 {
+            ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(o), u64::from(n), 4)?;
         }
     }
     Ok(())
+}
+
+/// Rewrites the source (`off` 0) or destination (2) port to `new`, with
+/// the L4 checksum.
+#[inline(always)]
+fn rewrite_port(ctx: &TcContext, p: &Pkt, off: usize, new: u16) -> Result<(), i64> {
+    let old = if off == 0 { p.t.sport } else { p.t.dport };
+    if old == new {
+        return Ok(());
+    }
+    let (csum, l4_flags) = l4_csum(p);
+    ctx.store(p.l4 + off, &new, 0)?;
+    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), l4_flags | 2)
 }
 
 /// Sends the (rewritten) packet out by the route to `dst`, resolving the
