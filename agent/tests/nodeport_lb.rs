@@ -6,8 +6,10 @@
 //! not served from outside; a NodePort without backends refuses. Maglev:
 //! a client gets the same backend through either node address and after
 //! its flow is forgotten, and removing one backend of ten moves few other
-//! clients. (SNAT to a backend on another node needs a route and a
-//! neighbour: the e2e test `nodeport` covers it with real namespaces.)
+//! clients. Without socket LB, the pods' veth programs translate their
+//! own flows the same way. (SNAT to a backend on another node needs a
+//! route and a neighbour: the e2e test `nodeport` covers it with real
+//! namespaces.)
 
 mod support;
 
@@ -284,6 +286,90 @@ fn maglev_picks_the_same_backend_on_every_node_and_moves_few() -> Result<()> {
     assert!(
         moved_others <= 30,
         "{moved_others} of ~900 moved (Maglev: a few %)"
+    );
+    Ok(())
+}
+
+/// Without socket LB the veth programs translate: a pod's packet to a
+/// ClusterIP leaves DNATed to a backend (valid checksums, the same backend
+/// for the flow's later packets), the backend's reply enters the pod from
+/// the ClusterIP again, other traffic is untouched both ways, and a
+/// ClusterIP without backends drops with reason 158. With the switch off
+/// (socket LB on) the veth programs translate nothing.
+#[test]
+fn pod_veths_translate_without_socket_lb() -> Result<()> {
+    use axoneme_agent::datapath::{FROM_CONTAINER, TO_CONTAINER};
+    use axoneme_bpf_common::{drop_reason, event_kind, EndpointInfo};
+    const POD: [u8; 4] = [10, 200, 0, 9];
+    const VIP: [u8; 4] = [10, 96, 0, 10];
+    let mut dp = load();
+    // The pod behind ifindex 1 (test runs come through loopback), no
+    // policy enforced.
+    dp.maps.set_event_rate(1_000_000, 1_000_000)?;
+    dp.maps
+        .set_endpoint(1, EndpointInfo::new(1000, 1000, 0, &[POD.into()]))?;
+    dp.set_node_addrs(&[NODE.into()], 0, true)?;
+    let mut lb = dp.take_lb_maps()?;
+    let frontends = [
+        frontend(
+            FrontendKind::ClusterIP,
+            "10.96.0.10",
+            80,
+            Protocol::Tcp,
+            &[BACKEND],
+        ),
+        frontend(
+            FrontendKind::ClusterIP,
+            "10.96.0.10",
+            81,
+            Protocol::Tcp,
+            &[],
+        ),
+    ];
+    let want = build(&frontends, "node-a", &[NODE.into()], &mut Ids::default())?;
+    sync(&mut lb, &mut Table::default(), &want)?;
+
+    let (action, out) = dp.test_run_packet(FROM_CONTAINER, &tcp4(POD, 40000, VIP, 80))?;
+    assert_eq!(action, TC_ACT_OK);
+    let s = check(&out);
+    assert_eq!(
+        (s.src, s.sport, s.dst, s.dport),
+        (POD, 40000, BACKEND, 8080)
+    );
+    assert!(out.ends_with(b"hello"), "the payload is untouched");
+    let (_, again) = dp.test_run_packet(FROM_CONTAINER, &tcp4(POD, 40000, VIP, 80))?;
+    assert_eq!(again, out, "the flow keeps its backend");
+
+    let (action, out) = dp.test_run_packet(TO_CONTAINER, &tcp4(BACKEND, 8080, POD, 40000))?;
+    assert_eq!(action, TC_ACT_OK);
+    let s = check(&out);
+    assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 80, POD, 40000));
+
+    // Not a service's, either way: unchanged.
+    for (program, pkt) in [
+        (FROM_CONTAINER, tcp4(POD, 40001, BACKEND, 8080)),
+        (TO_CONTAINER, tcp4(BACKEND, 8080, POD, 40001)),
+    ] {
+        assert_eq!(dp.test_run_packet(program, &pkt)?, (TC_ACT_OK, pkt.clone()));
+    }
+    dp.maps.drain_events();
+    let (action, _) = dp.test_run_packet(FROM_CONTAINER, &tcp4(POD, 40002, VIP, 81))?;
+    assert_eq!(action, TC_ACT_SHOT);
+    let reasons: Vec<u8> = dp
+        .maps
+        .drain_events()
+        .iter()
+        .filter(|e| e.kind == event_kind::DROP)
+        .map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, [drop_reason::DROP_NO_SERVICE]);
+
+    // Socket LB on: the veths leave service addresses alone.
+    dp.set_node_addrs(&[NODE.into()], 0, false)?;
+    let pkt = tcp4(POD, 40003, VIP, 80);
+    assert_eq!(
+        dp.test_run_packet(FROM_CONTAINER, &pkt)?,
+        (TC_ACT_OK, pkt.clone())
     );
     Ok(())
 }
