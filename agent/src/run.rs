@@ -103,7 +103,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(ns) = &cfg.datapath.netns {
         std::fs::metadata(ns).with_context(|| format!("--netns {}", ns.display()))?;
     }
-    let mut dp = Datapath::load_sized(&pin_dir, &cfg.datapath.sizes.into())
+    let pod_lb = cfg.services.kube_proxy_replacement && !cfg.services.socket_lb;
+    let mut dp = Datapath::load_with(&pin_dir, &cfg.datapath.sizes.into(), pod_lb)
         .context("loading the eBPF datapath")?;
     dp.maps
         .set_event_rate(cfg.datapath.event_rate, cfg.datapath.event_burst)
@@ -132,12 +133,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             })?;
             info!(cgroup = %cgroup.display(), "socket LB attached (kube-proxy replacement)");
         }
-        dp.set_node_addrs(
-            &cfg.node_ips,
-            cfg.services.maglev_table_size,
-            !cfg.services.socket_lb,
-        )
-        .context("writing the node's addresses for the LB")?;
+        dp.set_node_addrs(&cfg.node_ips, cfg.services.maglev_table_size)
+            .context("writing the node's addresses for the LB")?;
         match node_device(&cfg).await? {
             Some(device) => {
                 dp.attach_nodeport(&device, cfg.datapath.netns.as_deref())
@@ -156,9 +153,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         if let Some(device) = node_device(&cfg).await? {
             dp.detach(&device, cfg.datapath.netns.as_deref());
         }
-        // Nor do the pods' veths translate (a previous run's per-packet LB).
-        dp.set_node_addrs(&cfg.node_ips, 0, false)
-            .context("switching the per-packet LB off")?;
         None
     };
 

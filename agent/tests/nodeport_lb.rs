@@ -113,7 +113,7 @@ fn check(pkt: &[u8]) -> Seen {
 #[test]
 fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
     let mut dp = load();
-    dp.set_node_addrs(&[NODE.into()], 0, false)?;
+    dp.set_node_addrs(&[NODE.into()], 0)?;
     let mut lb = dp.take_lb_maps()?;
     let frontends = [
         frontend(
@@ -224,7 +224,7 @@ fn maglev_picks_the_same_backend_on_every_node_and_moves_few() -> Result<()> {
     const NODE2: [u8; 4] = [192, 168, 7, 2];
     const M: u32 = 1021;
     let mut dp = load();
-    dp.set_node_addrs(&[NODE.into()], M, false)?;
+    dp.set_node_addrs(&[NODE.into()], M)?;
     let mut lb = dp.take_lb_maps()?;
     let ten: Vec<[u8; 4]> = (1..=10).map(|i| [10, 200, 0, i]).collect();
     let mut ids = Ids::default().with_maglev(Maglev { m: M, seed: 7 });
@@ -294,21 +294,21 @@ fn maglev_picks_the_same_backend_on_every_node_and_moves_few() -> Result<()> {
 /// ClusterIP leaves DNATed to a backend (valid checksums, the same backend
 /// for the flow's later packets), the backend's reply enters the pod from
 /// the ClusterIP again, other traffic is untouched both ways, and a
-/// ClusterIP without backends drops with reason 158. With the switch off
-/// (socket LB on) the veth programs translate nothing.
+/// ClusterIP without backends drops with reason 158. Loaded for socket LB
+/// the veth programs translate nothing.
 #[test]
 fn pod_veths_translate_without_socket_lb() -> Result<()> {
     use axoneme_agent::datapath::{FROM_CONTAINER, TO_CONTAINER};
     use axoneme_bpf_common::{drop_reason, event_kind, EndpointInfo};
     const POD: [u8; 4] = [10, 200, 0, 9];
     const VIP: [u8; 4] = [10, 96, 0, 10];
-    let mut dp = load();
+    let mut dp = load_with(true);
     // The pod behind ifindex 1 (test runs come through loopback), no
     // policy enforced.
     dp.maps.set_event_rate(1_000_000, 1_000_000)?;
     dp.maps
         .set_endpoint(1, EndpointInfo::new(1000, 1000, 0, &[POD.into()]))?;
-    dp.set_node_addrs(&[NODE.into()], 0, true)?;
+    dp.set_node_addrs(&[NODE.into()], 0)?;
     let mut lb = dp.take_lb_maps()?;
     let frontends = [
         frontend(
@@ -364,11 +364,16 @@ fn pod_veths_translate_without_socket_lb() -> Result<()> {
         .collect();
     assert_eq!(reasons, [drop_reason::DROP_NO_SERVICE]);
 
-    // Socket LB on: the veths leave service addresses alone.
-    dp.set_node_addrs(&[NODE.into()], 0, false)?;
+    // Loaded for socket LB: the veths leave service addresses alone (the
+    // same services programmed).
+    let mut plain = load_with(false);
+    plain
+        .maps
+        .set_endpoint(1, EndpointInfo::new(1000, 1000, 0, &[POD.into()]))?;
+    sync(&mut plain.take_lb_maps()?, &mut Table::default(), &want)?;
     let pkt = tcp4(POD, 40003, VIP, 80);
     assert_eq!(
-        dp.test_run_packet(FROM_CONTAINER, &pkt)?,
+        plain.test_run_packet(FROM_CONTAINER, &pkt)?,
         (TC_ACT_OK, pkt.clone())
     );
     Ok(())

@@ -1,7 +1,8 @@
 //! The service load-balancing part of the datapath: the LB maps (written
 //! by the services unit alone, through [`LbMaps`]) and the socket-LB
 //! programs on the node's cgroup (or, with `--socket-lb=false`, the
-//! per-packet LB in the pods' veth programs, switched on in `LB_NODE`).
+//! per-packet LB in the pods' veth programs, switched on when they are
+//! loaded: [`Datapath::load_with`]).
 //!
 //! The programs are attached with BPF links pinned under the pin
 //! directory (`links/<program>`), so they outlive the agent as the TC
@@ -230,18 +231,15 @@ impl Datapath {
         )
     }
 
-    /// Writes the node's first address of each family, the Maglev table
-    /// size and whether the pods' veths translate services (`pod_lb`:
-    /// socket LB off) into `LB_NODE`.
+    /// Writes the node's first address of each family and the Maglev
+    /// table size into `LB_NODE`.
     pub fn set_node_addrs(
         &mut self,
         node_ips: &[std::net::IpAddr],
         maglev_m: u32,
-        pod_lb: bool,
     ) -> Result<(), DatapathError> {
         let mut addrs = NodeAddrs {
             maglev_m,
-            flags: if pod_lb { NodeAddrs::POD_LB } else { 0 },
             ..NodeAddrs::default()
         };
         for ip in node_ips {

@@ -24,6 +24,10 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 pub use lb::{detach_socket_lb, LbMaps, SOCK_PROGRAMS};
 pub use maps::{policy_entry, policy_key, Counters, EventReader, MapReader, Maps};
 
+/// The programs' load-time constant that switches the per-packet LB at
+/// the pods' veths on (`bpf/programs/src/nodeport.rs`).
+const POD_LB_GLOBAL: &str = "AXONEME_POD_LB";
+
 /// The eBPF object built by `cargo xtask build-bpf` (located by `build.rs`).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_OBJECT"));
 
@@ -175,21 +179,32 @@ impl Datapath {
     /// programs into the kernel. Needs `CAP_BPF` (in practice: root) and a
     /// bpffs at `pin_dir`.
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
-        Self::load_sized(pin_dir, &MapSizes::default())
+        Self::load_with(pin_dir, &MapSizes::default(), false)
     }
 
     /// [`Self::load`] with the largest maps at `sizes`. Pinned maps keep
     /// the size they were created with: a pinned map of another size is
     /// an error that says so (resizing means removing the pins, which
     /// forgets conntrack).
-    pub fn load_sized(pin_dir: &Path, sizes: &MapSizes) -> Result<Self, DatapathError> {
+    ///
+    /// `pod_lb`: the pods' veth programs translate services per packet
+    /// (socket LB off). A constant of the programs (`.rodata`), so the
+    /// verifier drops the translation from them when it is off and the
+    /// default path pays nothing for it.
+    pub fn load_with(
+        pin_dir: &Path,
+        sizes: &MapSizes,
+        pod_lb: bool,
+    ) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.display().to_string(),
             source,
         })?;
         let sized = sizes.by_map();
+        let pod_lb = u8::from(pod_lb);
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
+        loader.override_global(POD_LB_GLOBAL, &pod_lb, true);
         for (name, size, _) in sized {
             loader.map_max_entries(name, size);
         }

@@ -72,9 +72,15 @@ fn assert_root() {
 /// Loads the datapath with fresh pins. Needs root; it does not skip (CI runs
 /// as root, and a silent skip would hide a broken datapath).
 pub fn load() -> TestDatapath {
+    load_with(false)
+}
+
+/// [`load`], with the per-packet LB at the pods' veths on (`pod_lb`) or off.
+#[allow(dead_code)]
+pub fn load_with(pod_lb: bool) -> TestDatapath {
     assert_root();
     let dir = PathBuf::from(PIN_ROOT).join(axoneme_e2e::run_prefix("test"));
-    match Datapath::load(&dir) {
+    match Datapath::load_with(&dir, &Default::default(), pod_lb) {
         Ok(dp) => TestDatapath { dp, dir },
         Err(error) => {
             let _ = std::fs::remove_dir_all(&dir);

@@ -214,15 +214,7 @@ pub struct NodeAddrs {
     pub ipv6: [u8; 16],
     /// Entries per Maglev row (the table size `M`, prime); 0: no Maglev.
     pub maglev_m: u32,
-    /// [`NodeAddrs::POD_LB`].
-    pub flags: u32,
-}
-
-impl NodeAddrs {
-    /// Socket LB is off (`--socket-lb=false`): the pods' veth programs
-    /// translate services per packet (DNAT leaving the pod, the frontend
-    /// back as the source of replies entering it).
-    pub const POD_LB: u32 = 1;
+    pub pad: u32,
 }
 
 /// Frontend slots (masters and backend slots together).

@@ -249,12 +249,18 @@ static POD_SCRATCH: PerCpuArray<PodScratch> = PerCpuArray::with_max_entries(1, 0
 /// at its veth (never SNATed: the client is this node's).
 const FROM_POD: u8 = 0x80;
 
-/// Whether the pods' veths translate services (socket LB off).
+/// Non-zero: the pods' veths translate services (socket LB off). Set by
+/// the agent when it loads the programs; a constant to the verifier
+/// (`.rodata`), which then drops the translation when it is 0.
+#[no_mangle]
+static AXONEME_POD_LB: u8 = 0;
+
+/// Whether the pods' veths translate services.
 #[inline(always)]
 pub(crate) fn pod_lb() -> bool {
-    LB_NODE
-        .get(0)
-        .is_some_and(|n| n.flags & NodeAddrs::POD_LB != 0)
+    // SAFETY: a plain read of a static; volatile, so the compiler does not
+    // fold the value the loader replaces.
+    unsafe { core::ptr::read_volatile(&AXONEME_POD_LB) != 0 }
 }
 
 /// Per-packet LB for a packet a pod sends, without socket LB (at TC
