@@ -21,7 +21,7 @@ use axoneme_e2e::services::{
     all_failed, lines, requests, service_yaml, udp_request, udp_server, until, Endpoint,
     RequestLoop,
 };
-use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod, SeedPods};
 
 const VIP4: &str = "10.96.0.10";
 const VIP6: &str = "fd00:96::10";
@@ -34,6 +34,85 @@ fn apply(c: &Cluster, verb: &str, name: &str, yaml: &str) -> Result<std::process
         c.cli_command(0, &["service", verb, "-f", path.to_str().context("path")?])
             .output()?,
     )
+}
+
+/// `n` new connections to the IPv4 VIP from each of `from`, all answered,
+/// spread over the backends whose request logs are `logs`: at least `min`
+/// each.
+fn spread(from: &[&CniPod], logs: &[std::path::PathBuf], n: u32, min: usize) -> Result<()> {
+    for from in from {
+        let before: Vec<usize> = logs.iter().map(|l| lines(l)).collect();
+        let got = requests(from, VIP4, 80, "GET", "/spread", n)?;
+        assert_eq!(
+            got,
+            BTreeMap::from([("200".to_string(), u64::from(n))]),
+            "from {}",
+            from.name
+        );
+        let per: Vec<usize> = logs
+            .iter()
+            .zip(&before)
+            .map(|(l, b)| lines(l) - b)
+            .collect();
+        eprintln!("from {}: per backend {per:?}", from.name);
+        assert_eq!(per.iter().sum::<usize>(), usize::try_from(n)?);
+        assert!(per.iter().all(|k| *k >= min), "from {}: {per:?}", from.name);
+    }
+    Ok(())
+}
+
+/// UDP through each `(pod, VIP)`: answered by one of `backends`, the reply
+/// from the service's address and port.
+fn udp_through(pairs: &[(&CniPod, &str)], backends: &[&CniPod]) -> Result<()> {
+    for (from, vip) in pairs {
+        let (name, addr, port) = udp_request(from, vip, 53)?.context("no UDP answer")?;
+        assert!(
+            backends.iter().any(|b| b.name == name),
+            "answered by {name}"
+        );
+        assert_eq!((addr.to_string(), port), (vip.to_string(), 53));
+    }
+    Ok(())
+}
+
+/// The payments policy through the service address: the intruder gets
+/// no connection, checkout's GET gets the L7 proxy's 403 and its `posts`
+/// POSTs pass.
+fn seed_policy_through_vip(c: &Cluster, seed: &SeedPods, posts: u32) -> Result<()> {
+    let policy = seed_policy();
+    let out = c.cli(
+        0,
+        &[
+            "policy",
+            "import",
+            "--wait",
+            "10",
+            policy.to_str().context("path")?,
+        ],
+    )?;
+    assert!(out.status.success());
+    until(
+        "the intruder is blocked through the VIP",
+        Duration::from_secs(10),
+        || {
+            Ok(all_failed(&requests(
+                &seed.intruder,
+                VIP4,
+                80,
+                "GET",
+                "/",
+                1,
+            )?))
+        },
+    )?;
+    until(
+        "checkout's GET gets the proxy's 403",
+        Duration::from_secs(10),
+        || Ok(requests(&seed.checkout, VIP4, 80, "GET", "/", 1)?.contains_key("403")),
+    )?;
+    let got = requests(&seed.checkout, VIP4, 80, "POST", "/v1/charge", posts)?;
+    assert_eq!(got, BTreeMap::from([("200".to_string(), u64::from(posts))]));
+    Ok(())
 }
 
 #[test]
@@ -132,72 +211,14 @@ fn cluster_ip_balances_across_nodes_and_policy_still_applies() -> Result<()> {
 
     // 300 new connections from each node spread over the three backends
     // (uniform: 100 each expected, sd ≈ 8.2 per backend; 60 is ~5 sd off).
-    for from in [&client, &seed.checkout] {
-        let before: Vec<usize> = logs.iter().map(|l| lines(l)).collect();
-        let got = requests(from, VIP4, 80, "GET", "/spread", 300)?;
-        assert_eq!(
-            got,
-            BTreeMap::from([("200".to_string(), 300)]),
-            "from {}",
-            from.name
-        );
-        let per: Vec<usize> = logs
-            .iter()
-            .zip(&before)
-            .map(|(l, b)| lines(l) - b)
-            .collect();
-        eprintln!("from {}: per backend {per:?}", from.name);
-        assert_eq!(per.iter().sum::<usize>(), 300);
-        assert!(per.iter().all(|n| *n >= 60), "from {}: {per:?}", from.name);
-    }
+    spread(&[&client, &seed.checkout], &logs, 300, 60)?;
 
     // IPv6, and UDP with the reply shown as coming from the service.
     let got = requests(&client, VIP6, 80, "GET", "/v6", 20)?;
     assert_eq!(got, BTreeMap::from([("200".to_string(), 20)]));
-    for (from, vip) in [(&client, VIP4), (&seed.checkout, VIP6)] {
-        let (name, addr, port) = udp_request(from, vip, 53)?.context("no UDP answer")?;
-        assert!(
-            backends.iter().any(|b| b.name == name),
-            "answered by {name}"
-        );
-        assert_eq!((addr.to_string(), port), (vip.to_string(), 53));
-    }
+    udp_through(&[(&client, VIP4), (&seed.checkout, VIP6)], &backends)?;
 
-    // The payments policy through the service address: the intruder gets
-    // no connection, checkout's POST passes the L7 proxy, its GET gets 403.
-    let policy = seed_policy();
-    let out = c.cli(
-        0,
-        &[
-            "policy",
-            "import",
-            "--wait",
-            "10",
-            policy.to_str().context("path")?,
-        ],
-    )?;
-    assert!(out.status.success());
-    until(
-        "the intruder is blocked through the VIP",
-        Duration::from_secs(10),
-        || {
-            Ok(all_failed(&requests(
-                &seed.intruder,
-                VIP4,
-                80,
-                "GET",
-                "/",
-                1,
-            )?))
-        },
-    )?;
-    until(
-        "checkout's GET gets the proxy's 403",
-        Duration::from_secs(10),
-        || Ok(requests(&seed.checkout, VIP4, 80, "GET", "/", 1)?.contains_key("403")),
-    )?;
-    let got = requests(&seed.checkout, VIP4, 80, "POST", "/v1/charge", 30)?;
-    assert_eq!(got, BTreeMap::from([("200".to_string(), 30)]));
+    seed_policy_through_vip(&c, &seed, 30)?;
     let got = requests(&seed.intruder, VIP6, 80, "POST", "/v1/charge", 2)?;
     assert!(all_failed(&got), "intruder over IPv6: {got:?}");
 
@@ -432,66 +453,13 @@ fn per_packet_lb_at_the_pods_veths_without_socket_lb() -> Result<()> {
             Duration::from_secs(10),
             || Ok(requests(from, VIP4, 80, "GET", "/", 1)?.contains_key("200")),
         )?;
-        let before: Vec<usize> = logs.iter().map(|l| lines(l)).collect();
-        let got = requests(from, VIP4, 80, "GET", "/spread", 150)?;
-        assert_eq!(
-            got,
-            BTreeMap::from([("200".to_string(), 150)]),
-            "from {}",
-            from.name
-        );
-        let per: Vec<usize> = logs
-            .iter()
-            .zip(&before)
-            .map(|(l, b)| lines(l) - b)
-            .collect();
-        eprintln!("from {}: per backend {per:?}", from.name);
-        assert!(per.iter().all(|n| *n >= 40), "from {}: {per:?}", from.name);
     }
+    spread(&[&client, &seed.checkout], &logs, 150, 40)?;
     let got = requests(&client, VIP6, 80, "GET", "/v6", 20)?;
     assert_eq!(got, BTreeMap::from([("200".to_string(), 20)]));
-    for (from, vip) in [(&client, VIP4), (&seed.checkout, VIP6)] {
-        let (name, addr, port) = udp_request(from, vip, 53)?.context("no UDP answer")?;
-        assert!(
-            backends.iter().any(|b| b.name == name),
-            "answered by {name}"
-        );
-        assert_eq!((addr.to_string(), port), (vip.to_string(), 53));
-    }
+    udp_through(&[(&client, VIP4), (&seed.checkout, VIP6)], &backends)?;
 
-    let policy = seed_policy();
-    let out = c.cli(
-        0,
-        &[
-            "policy",
-            "import",
-            "--wait",
-            "10",
-            policy.to_str().context("path")?,
-        ],
-    )?;
-    assert!(out.status.success());
-    until(
-        "the intruder is blocked through the VIP",
-        Duration::from_secs(10),
-        || {
-            Ok(all_failed(&requests(
-                &seed.intruder,
-                VIP4,
-                80,
-                "GET",
-                "/",
-                1,
-            )?))
-        },
-    )?;
-    until(
-        "checkout's GET gets the proxy's 403",
-        Duration::from_secs(10),
-        || Ok(requests(&seed.checkout, VIP4, 80, "GET", "/", 1)?.contains_key("403")),
-    )?;
-    let got = requests(&seed.checkout, VIP4, 80, "POST", "/v1/charge", 20)?;
-    assert_eq!(got, BTreeMap::from([("200".to_string(), 20)]));
+    seed_policy_through_vip(&c, &seed, 20)?;
 
     // Deleted: nothing translates the address any more.
     let out = c.cli(0, &["service", "delete", "payments"])?;

@@ -215,11 +215,15 @@ pub mod map_names {
     /// Per-CPU array: a new translated flow's entries, built off the stack
     /// (not pinned; programs only).
     pub const LB_NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
+    /// Per-CPU array: the per-packet LB at a pod's veth's packet, frontend
+    /// and backend, off the veth programs' stack (not pinned; programs
+    /// only).
+    pub const POD_SCRATCH: &str = "POD_SCRATCH";
     /// Array of backend ids: the Maglev rows of external frontends
     /// ([`super::lb::LbService`]'s master `backend_id`).
     pub const LB_MAGLEV: &str = "LB_MAGLEV";
     /// Every map of the production object (`axoneme-bpf`).
-    pub const DATAPATH: [&str; 25] = [
+    pub const DATAPATH: [&str; 26] = [
         IPCACHE,
         ENDPOINTS,
         ENDPOINT_CACHE,
@@ -244,6 +248,7 @@ pub mod map_names {
         LB_NAT_REV,
         LB_NODE,
         LB_NAT_SCRATCH,
+        POD_SCRATCH,
         LB_MAGLEV,
     ];
 
