@@ -335,3 +335,36 @@ fn answer(ok: bool, text: &str) -> Answer {
         served_by: header("X-Served-By:"),
     }
 }
+
+/// The payments policy (imported by the caller) holding through a
+/// service address `vip:80`: the intruder gets no connection (within
+/// `within`, while the policy lands), checkout's GET gets the L7 proxy's
+/// 403, its `posts` POSTs to /v1/charge pass.
+pub fn seed_policy_holds(
+    seed: &crate::SeedPods,
+    vip: &str,
+    posts: u32,
+    within: std::time::Duration,
+) -> Result<()> {
+    until("the intruder is blocked through the VIP", within, || {
+        Ok(all_failed(&requests(
+            &seed.intruder,
+            vip,
+            80,
+            "GET",
+            "/",
+            1,
+        )?))
+    })?;
+    until(
+        "checkout's GET gets the proxy's 403",
+        std::time::Duration::from_secs(10),
+        || Ok(requests(&seed.checkout, vip, 80, "GET", "/", 1)?.contains_key("403")),
+    )?;
+    let got = requests(&seed.checkout, vip, 80, "POST", "/v1/charge", posts)?;
+    anyhow::ensure!(
+        got == BTreeMap::from([("200".to_string(), u64::from(posts))]),
+        "checkout's POSTs through {vip}: {got:?}"
+    );
+    Ok(())
+}

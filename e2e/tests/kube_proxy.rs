@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axoneme_e2e::expect::seed_policy;
-use axoneme_e2e::services::{all_failed, lines, requests, until};
+use axoneme_e2e::services::{all_failed, lines, requests, seed_policy_holds, until};
 use axoneme_e2e::{kube_proxy, Cluster, ClusterConfig};
 
 const VIP: &str = "10.96.0.50";
@@ -103,27 +103,7 @@ fn services_through_kube_proxy_with_axoneme_policy() -> Result<()> {
     )?;
     let policy = seed_policy();
     kube.kubectl(["apply", "-f", policy.to_str().context("path")?])?;
-    until(
-        "the intruder is blocked through kube-proxy's VIP",
-        Duration::from_secs(15),
-        || {
-            Ok(all_failed(&requests(
-                &seed.intruder,
-                VIP,
-                80,
-                "GET",
-                "/",
-                1,
-            )?))
-        },
-    )?;
-    until(
-        "checkout's GET gets the proxy's 403",
-        Duration::from_secs(10),
-        || Ok(requests(&seed.checkout, VIP, 80, "GET", "/", 1)?.contains_key("403")),
-    )?;
-    let got = requests(&seed.checkout, VIP, 80, "POST", "/v1/charge", 20)?;
-    assert_eq!(got, BTreeMap::from([("200".to_string(), 20)]));
+    seed_policy_holds(&seed, VIP, 20, Duration::from_secs(15))?;
     let got = requests(&seed.intruder, VIP, 80, "POST", "/v1/charge", 2)?;
     assert!(all_failed(&got), "{got:?}");
     for mut p in proxies {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axoneme_e2e::expect::{seed_policy, wait_condition};
-use axoneme_e2e::services::{all_failed, lines, requests, until};
+use axoneme_e2e::services::{all_failed, lines, requests, seed_policy_holds, until};
 use axoneme_e2e::{Cluster, ClusterConfig};
 
 const VIP: &str = "10.96.0.60";
@@ -102,27 +102,7 @@ fn services_from_the_api_server_are_balanced_in_ebpf() -> Result<()> {
     let policy = seed_policy();
     kube.kubectl(["apply", "-f", policy.to_str().context("path")?])?;
     wait_condition(kube, "payments-api", "Enforced", "True")?;
-    until(
-        "the intruder is blocked through the VIP",
-        Duration::from_secs(10),
-        || {
-            Ok(all_failed(&requests(
-                &seed.intruder,
-                VIP,
-                80,
-                "GET",
-                "/",
-                1,
-            )?))
-        },
-    )?;
-    until(
-        "checkout's GET gets the proxy's 403",
-        Duration::from_secs(10),
-        || Ok(requests(&seed.checkout, VIP, 80, "GET", "/", 1)?.contains_key("403")),
-    )?;
-    let got = requests(&seed.checkout, VIP, 80, "POST", "/v1/charge", 20)?;
-    assert_eq!(got, BTreeMap::from([("200".to_string(), 20)]));
+    seed_policy_holds(&seed, VIP, 20, Duration::from_secs(10))?;
 
     // A deleted Pod stays Terminating (no kubelet confirms it): its
     // endpoint turns terminating and gets no new connections.

@@ -18,8 +18,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use axoneme_e2e::expect::seed_policy;
 use axoneme_e2e::services::{
-    all_failed, lines, requests, service_yaml, udp_request, udp_server, until, Endpoint,
-    RequestLoop,
+    all_failed, lines, requests, seed_policy_holds, service_yaml, udp_request, udp_server, until,
+    Endpoint, RequestLoop,
 };
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod, SeedPods};
 
@@ -75,9 +75,8 @@ fn udp_through(pairs: &[(&CniPod, &str)], backends: &[&CniPod]) -> Result<()> {
     Ok(())
 }
 
-/// The payments policy through the service address: the intruder gets
-/// no connection, checkout's GET gets the L7 proxy's 403 and its `posts`
-/// POSTs pass.
+/// The payments policy imported, then holding through the service
+/// address.
 fn seed_policy_through_vip(c: &Cluster, seed: &SeedPods, posts: u32) -> Result<()> {
     let policy = seed_policy();
     let out = c.cli(
@@ -91,28 +90,7 @@ fn seed_policy_through_vip(c: &Cluster, seed: &SeedPods, posts: u32) -> Result<(
         ],
     )?;
     assert!(out.status.success());
-    until(
-        "the intruder is blocked through the VIP",
-        Duration::from_secs(10),
-        || {
-            Ok(all_failed(&requests(
-                &seed.intruder,
-                VIP4,
-                80,
-                "GET",
-                "/",
-                1,
-            )?))
-        },
-    )?;
-    until(
-        "checkout's GET gets the proxy's 403",
-        Duration::from_secs(10),
-        || Ok(requests(&seed.checkout, VIP4, 80, "GET", "/", 1)?.contains_key("403")),
-    )?;
-    let got = requests(&seed.checkout, VIP4, 80, "POST", "/v1/charge", posts)?;
-    assert_eq!(got, BTreeMap::from([("200".to_string(), u64::from(posts))]));
-    Ok(())
+    seed_policy_holds(seed, VIP4, posts, Duration::from_secs(10))
 }
 
 #[test]
