@@ -1,0 +1,106 @@
+//! The maps' names: the programs' map statics are named so (aya's `#[map]`
+//! names a map after its static), and the agent opens and pins them by
+//! these. `agent/tests/datapath.rs` checks that the objects have exactly
+//! these maps ([`DATAPATH`] in the production object,
+//! [`SMOKE`] in the smoke-test one).
+
+/// LPM trie: address prefix → identity ([`super::IpcacheKey`]).
+pub const IPCACHE: &str = "IPCACHE";
+/// Hash: host-veth ifindex → [`super::EndpointInfo`] (the truth).
+pub const ENDPOINTS: &str = "ENDPOINTS";
+/// Array: a copy of `ENDPOINTS` read without hashing
+/// ([`super::EndpointSlot`]).
+pub const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
+/// Hash: a local endpoint's address → its host-veth ifindex (local
+/// delivery).
+pub const ENDPOINT_ADDRS: &str = "ENDPOINT_ADDRS";
+/// LPM trie: every endpoint's policy entries ([`super::PolicyKey`]).
+pub const POLICY: &str = "POLICY";
+/// LRU hash: IPv6 flows ([`super::CtKey`]).
+pub const CT: &str = "CT";
+/// LRU hash: IPv4 flows ([`super::CtKey4`]).
+pub const CT4: &str = "CT4";
+/// LRU hash: a first fragment's ports, for the later fragments.
+pub const FRAGS: &str = "FRAGS";
+/// Ring buffer of [`super::Event`]s.
+pub const EVENTS: &str = "EVENTS";
+/// Array of one [`super::EventConfig`]: the events' rate limit.
+pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
+/// Per-CPU array: each CPU's token bucket (not pinned).
+pub const EVENT_RATE: &str = "EVENT_RATE";
+/// Per-CPU array of the [`super::counter`]s.
+pub const COUNTERS: &str = "COUNTERS";
+/// Per-CPU array: the flow an ICMP error quotes, from the parser to
+/// conntrack (not pinned; programs only).
+pub const QUOTED: &str = "QUOTED";
+/// Per-CPU array of [`super::MetricsValue`]s: packets and bytes by
+/// [`super::MetricsKey`] (its [`index`](super::MetricsKey::index)).
+pub const METRICS: &str = "METRICS";
+/// Hash: a frontend's master and backend slots ([`super::lb::LbKey`]).
+pub const LB_SERVICES: &str = "LB_SERVICES";
+/// Hash: backend id → [`super::lb::LbBackend`].
+pub const LB_BACKENDS: &str = "LB_BACKENDS";
+/// Hash: reverse-NAT id → the frontend ([`super::lb::LbRevNat`]).
+pub const LB_REVNAT: &str = "LB_REVNAT";
+/// LRU hash: a socket and its backend → the service it addressed
+/// ([`super::lb::SockRevKey`]).
+pub const LB_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
+/// LRU hash: a client's backend per frontend under `ClientIP` affinity
+/// ([`super::lb::AffinityKey`]).
+pub const LB_AFFINITY: &str = "LB_AFFINITY";
+/// Hash: the (backend, frontend) pairs affinity may keep using
+/// ([`super::lb::AffinityMatchKey`]).
+pub const LB_AFFINITY_MATCH: &str = "LB_AFFINITY_MATCH";
+/// LRU hash: a flow from outside the node to an external frontend →
+/// its backend (and SNAT) ([`super::lb::NatTuple`]).
+pub const LB_NAT_FWD: &str = "LB_NAT_FWD";
+/// LRU hash: a translated flow's reply → its rewrite
+/// ([`super::lb::NatRev`]).
+pub const LB_NAT_REV: &str = "LB_NAT_REV";
+/// Array of one [`super::lb::NodeAddrs`]: the SNAT source.
+pub const LB_NODE: &str = "LB_NODE";
+/// Per-CPU array: a new translated flow's entries, built off the stack
+/// (not pinned; programs only).
+pub const LB_NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
+/// Per-CPU array: the per-packet LB at a pod's veth's packet, frontend
+/// and backend, off the veth programs' stack (not pinned; programs
+/// only).
+pub const POD_SCRATCH: &str = "POD_SCRATCH";
+/// Array of backend ids: the Maglev rows of external frontends
+/// ([`super::lb::LbService`]'s master `backend_id`).
+pub const LB_MAGLEV: &str = "LB_MAGLEV";
+/// Every map of the production object (`axoneme-bpf`).
+pub const DATAPATH: [&str; 26] = [
+    IPCACHE,
+    ENDPOINTS,
+    ENDPOINT_CACHE,
+    ENDPOINT_ADDRS,
+    POLICY,
+    CT,
+    CT4,
+    FRAGS,
+    EVENTS,
+    EVENT_CONFIG,
+    EVENT_RATE,
+    COUNTERS,
+    QUOTED,
+    METRICS,
+    LB_SERVICES,
+    LB_BACKENDS,
+    LB_REVNAT,
+    LB_SOCK_REVNAT,
+    LB_AFFINITY,
+    LB_AFFINITY_MATCH,
+    LB_NAT_FWD,
+    LB_NAT_REV,
+    LB_NODE,
+    LB_NAT_SCRATCH,
+    POD_SCRATCH,
+    LB_MAGLEV,
+];
+
+/// Hash: UDP destination ports (host order) the smoke-test program
+/// drops.
+pub const SMOKE_DENY_PORTS: &str = "SMOKE_DENY_PORTS";
+/// Every map of the smoke-test object (`axoneme-bpf-smoke`).
+pub const SMOKE: [&str; 1] = [SMOKE_DENY_PORTS];
