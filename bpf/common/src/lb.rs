@@ -191,7 +191,7 @@ pub struct NatRev {
     /// Network order.
     pub sport: NetPort,
     pub dport: NetPort,
-    /// [`NatRev::REDIRECT`].
+    /// [`NatRev::REDIRECT`], [`NatRev::POD`].
     pub flags: u8,
     pub pad: [u8; 3],
 }
