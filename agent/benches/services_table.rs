@@ -27,7 +27,7 @@ const BACKENDS: u32 = 4;
 
 /// Service `i`'s stored record: ClusterIP 10.96.x.y:80, `backends`
 /// endpoints 10.1.x.y:8080 (distinct for every Service), on node-0.
-fn record(i: u32, backends: u32, rev: i64) -> Raw {
+fn record(i: u32, backends: u32, rev: i64) -> Arc<Raw> {
     let [_, a, b, c] = i.to_be_bytes();
     let endpoints: Vec<Value> = (0..backends)
         .map(|k| {
@@ -42,10 +42,10 @@ fn record(i: u32, backends: u32, rev: i64) -> Raw {
                  "ports": [{"port": 80, "targetPort": 8080}]},
         "endpoints": endpoints,
     });
-    Raw {
+    Arc::new(Raw {
         value: serde_json::to_vec(&rec).expect("a record serializes"),
         mod_revision: rev,
-    }
+    })
 }
 
 /// One pass and its publication (the published view stays alive until
@@ -54,7 +54,7 @@ fn record(i: u32, backends: u32, rev: i64) -> Raw {
 fn pass(
     unit: &mut Unit,
     lb: &mut FakeLb,
-    store: &BTreeMap<String, Raw>,
+    store: &BTreeMap<String, Arc<Raw>>,
     dirty: Dirty,
     published: &mut Arc<Programmed>,
 ) -> Result<(f64, usize)> {
@@ -74,7 +74,7 @@ fn measure(size: u32, passes: usize) -> Result<Value> {
         rev += 1;
         rev
     };
-    let mut store: BTreeMap<String, Raw> = (0..size)
+    let mut store: BTreeMap<String, Arc<Raw>> = (0..size)
         .map(|i| (format!("s{i}"), record(i, BACKENDS, next_rev())))
         .collect();
     let mut lb = FakeLb::default();

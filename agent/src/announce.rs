@@ -30,7 +30,7 @@ impl Announcer {
             let want = self
                 .cidrs
                 .get(&cidr_key)
-                .map(|c| c.pod_cidrs)
+                .map(|c| c.pod_cidrs.clone())
                 .unwrap_or_default();
             if !want.is_empty() && want != self.record.pod_cidrs {
                 info!(cidrs = ?want, "pod CIDRs from the operator");

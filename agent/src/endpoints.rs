@@ -397,7 +397,7 @@ impl Endpoints {
                     .state
                     .assignments()
                     .get(&self.layout.endpoint_identity(&self.node, &name));
-                match assignment.and_then(|a| a.error) {
+                match assignment.and_then(|a| a.error.clone()) {
                     Some(err) => Err(ApiError::new(
                         cni_code::INVALID_ENDPOINT,
                         format!("the operator gave the endpoint no identity: {err}"),

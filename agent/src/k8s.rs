@@ -173,7 +173,7 @@ impl PodLabels {
         let ns = self
             .namespaces
             .get(&self.layout.namespace(namespace))
-            .map(|r| r.labels)
+            .map(|r| r.labels.clone())
             .unwrap_or_default();
         Some((
             endpoint_labels(&pod, namespace, &self.cluster, &ns),

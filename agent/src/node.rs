@@ -236,7 +236,7 @@ impl NodeState {
     }
 
     /// The operator's latest answer for one of this node's endpoints.
-    pub fn assignment(&self, endpoint: &str) -> Option<EndpointIdentity> {
+    pub fn assignment(&self, endpoint: &str) -> Option<Arc<EndpointIdentity>> {
         self.assignments
             .get(&self.layout.endpoint_identity(&self.node, endpoint))
     }
@@ -260,11 +260,11 @@ impl NodeState {
         self.identities
             .get(&self.layout.identity_id(id))
             .filter(|rec| rec.id == id)
-            .map(|rec| rec.labels)
+            .map(|rec| rec.labels.clone())
     }
 
     /// This node's assignments by endpoint name.
-    pub fn endpoints(&self) -> BTreeMap<String, EndpointIdentity> {
+    pub fn endpoints(&self) -> BTreeMap<String, Arc<EndpointIdentity>> {
         let prefix = node_assignments_prefix(&self.layout, &self.node);
         self.assignments
             .snapshot()
@@ -358,13 +358,15 @@ impl<V: Clone + PartialEq> Mirror<V> {
         }
         changes
     }
+}
 
+impl<V: PartialEq> Mirror<Arc<V>> {
     /// Applies one cache event; `snapshot` is read only on `Resynced`.
     pub fn apply(
         &mut self,
         event: CacheEvent<V>,
-        snapshot: impl FnOnce() -> BTreeMap<String, V>,
-    ) -> Vec<Change<V>> {
+        snapshot: impl FnOnce() -> BTreeMap<String, Arc<V>>,
+    ) -> Vec<Change<Arc<V>>> {
         match event {
             CacheEvent::Upsert { key, value } => self.upsert(key, value).into_iter().collect(),
             CacheEvent::Delete { key, .. } => self.remove(&key).into_iter().collect(),
@@ -377,7 +379,7 @@ impl<V: Clone + PartialEq> Mirror<V> {
 /// (`initial` true), then every change. Never returns.
 async fn follow<V: Decode + PartialEq>(
     cache: &WatchCache<V>,
-    mut on_change: impl FnMut(Change<V>, bool),
+    mut on_change: impl FnMut(Change<Arc<V>>, bool),
 ) {
     // Subscribe before reading the snapshot: nothing falls in between.
     let mut sub = cache.subscribe();
@@ -411,7 +413,7 @@ async fn follow<V: Decode + PartialEq>(
     }
 }
 
-fn log_identity(change: Change<IdentityRecord>, initial: bool) {
+fn log_identity(change: Change<Arc<IdentityRecord>>, initial: bool) {
     match change {
         Change::Added { value, .. } if initial => {
             debug!(id = %value.id, labels = %value.labels, "identity present");
@@ -428,7 +430,7 @@ fn log_identity(change: Change<IdentityRecord>, initial: bool) {
     }
 }
 
-fn log_assignment(layout: &Layout, change: Change<EndpointIdentity>) {
+fn log_assignment(layout: &Layout, change: Change<Arc<EndpointIdentity>>) {
     let endpoint = |key: &str| {
         layout
             .split_endpoint_key(key)
@@ -482,34 +484,37 @@ mod tests {
         assert!(c.parsed.is_empty());
     }
 
-    fn snap(items: &[(&str, u32)]) -> BTreeMap<String, u32> {
-        items.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    fn snap(items: &[(&str, u32)]) -> BTreeMap<String, Arc<u32>> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), Arc::new(*v)))
+            .collect()
     }
 
     #[test]
     fn mirror_reports_changes_once() {
-        let mut m = Mirror::<u32>::default();
+        let mut m = Mirror::<Arc<u32>>::default();
         assert_eq!(
             m.apply(
                 CacheEvent::Upsert {
                     key: "a".into(),
-                    value: 1
+                    value: Arc::new(1)
                 },
                 || unreachable!()
             ),
             [Change::Added {
                 key: "a".into(),
-                value: 1
+                value: Arc::new(1)
             }]
         );
         // A repeat (e.g. the initial list's event after the snapshot) is no change.
-        assert!(m.upsert("a".into(), 1).is_none());
+        assert!(m.upsert("a".into(), Arc::new(1)).is_none());
         assert_eq!(
-            m.upsert("a".into(), 2),
+            m.upsert("a".into(), Arc::new(2)),
             Some(Change::Updated {
                 key: "a".into(),
-                old: 1,
-                new: 2
+                old: Arc::new(1),
+                new: Arc::new(2)
             })
         );
         assert_eq!(
@@ -522,7 +527,7 @@ mod tests {
             ),
             [Change::Removed {
                 key: "a".into(),
-                old: 2
+                old: Arc::new(2)
             }]
         );
         assert!(m.remove("a").is_none(), "deleting twice reports once");
@@ -540,16 +545,16 @@ mod tests {
             [
                 Change::Removed {
                     key: "a".into(),
-                    old: 1
+                    old: Arc::new(1)
                 },
                 Change::Updated {
                     key: "c".into(),
-                    old: 3,
-                    new: 4
+                    old: Arc::new(3),
+                    new: Arc::new(4)
                 },
                 Change::Added {
                     key: "d".into(),
-                    value: 5
+                    value: Arc::new(5)
                 },
             ]
         );

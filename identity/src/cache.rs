@@ -6,6 +6,10 @@
 //! events; a subscriber that falls too far behind gets `Resynced` and re-reads
 //! the snapshot. A value that fails to decode is logged and skipped (counted in
 //! `decode_errors`); it never stops the watch.
+//!
+//! Each value is decoded once and held as an `Arc`: the items, the events
+//! in flight and every reader's copy share it (an agent holds tens of
+//! thousands of records; a copy per reader multiplied its memory).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -43,18 +47,18 @@ impl Decode for Raw {
 pub enum CacheEvent<V> {
     Upsert {
         key: String,
-        value: V,
+        value: Arc<V>,
     },
     Delete {
         key: String,
-        prev: Option<V>,
+        prev: Option<Arc<V>>,
     },
     /// The cache re-listed (or this subscriber lagged): re-read the snapshot.
     Resynced,
 }
 
 struct State<V> {
-    items: BTreeMap<String, V>,
+    items: BTreeMap<String, Arc<V>>,
     revision: i64,
     resyncs: u64,
     decode_errors: u64,
@@ -134,17 +138,17 @@ impl<V: Decode> WatchCache<V> {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<V> {
+    pub fn get(&self, key: &str) -> Option<Arc<V>> {
         self.state.read().expect("poisoned").items.get(key).cloned()
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, V> {
+    pub fn snapshot(&self) -> BTreeMap<String, Arc<V>> {
         self.state.read().expect("poisoned").items.clone()
     }
 
     /// Runs `f` on the items in place, without copying them (the cache's
     /// writer waits meanwhile: keep `f` short and never await in it).
-    pub fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, V>) -> R) -> R {
+    pub fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, Arc<V>>) -> R) -> R {
         f(&self.state.read().expect("poisoned").items)
     }
 
@@ -172,14 +176,14 @@ impl<V: Decode> WatchCache<V> {
         key: &str,
         timeout: Duration,
         pred: impl Fn(Option<&V>) -> bool,
-    ) -> Result<Option<V>, tokio::time::error::Elapsed> {
+    ) -> Result<Option<Arc<V>>, tokio::time::error::Elapsed> {
         let mut sub = self.subscribe();
         tokio::time::timeout(timeout, async {
             loop {
                 {
                     let s = self.state.read().expect("poisoned");
                     let v = s.items.get(key);
-                    if pred(v) {
+                    if pred(v.map(|v| &**v)) {
                         return v.cloned();
                     }
                 }
@@ -222,9 +226,9 @@ impl<V: Clone> Subscription<V> {
     }
 }
 
-fn decode_or_log<V: Decode>(kv: &KeyValue, errors: &mut u64) -> Option<V> {
+fn decode_or_log<V: Decode>(kv: &KeyValue, errors: &mut u64) -> Option<Arc<V>> {
     match V::decode(kv) {
-        Ok(v) => Some(v),
+        Ok(v) => Some(Arc::new(v)),
         Err(e) => {
             *errors += 1;
             warn!(key = %kv.key, error = %e, "skipping undecodable value");

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -290,9 +291,32 @@ impl<'de> Deserialize<'de> for Label {
 }
 
 /// A set of labels, one per key (as Cilium's `Labels` map), ordered by key.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Immutable and shared: a clone is a reference count. An identity's labels
+/// are held by the identity cache, the reconcile driver and the policy
+/// engine's selectors at once; with tens of thousands of identities, a copy
+/// each was most of an agent's memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct LabelSet {
-    labels: BTreeMap<String, Label>,
+    /// Sorted by key, one label per key.
+    labels: Arc<[Label]>,
+}
+
+/// Ordered as a map from key to label (key first, then the label).
+impl Ord for LabelSet {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.labels, &other.labels) {
+            return std::cmp::Ordering::Equal;
+        }
+        let pairs = other.labels.iter().map(|l| (&l.key, l));
+        self.labels.iter().map(|l| (&l.key, l)).cmp(pairs)
+    }
+}
+
+impl PartialOrd for LabelSet {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl LabelSet {
@@ -302,10 +326,10 @@ impl LabelSet {
 
     /// Builds a set from labels, rejecting duplicate keys and oversized sets.
     pub fn from_labels(labels: impl IntoIterator<Item = Label>) -> Result<Self, LabelError> {
-        let mut set = LabelSet::new();
+        let mut by_key: BTreeMap<String, Label> = BTreeMap::new();
         for l in labels {
             l.validate()?;
-            if let Some(prev) = set.labels.get(&l.key) {
+            if let Some(prev) = by_key.get(&l.key) {
                 if prev != &l {
                     return Err(LabelError::Duplicate {
                         key: l.key.clone(),
@@ -314,10 +338,17 @@ impl LabelSet {
                     });
                 }
             }
-            set.labels.insert(l.key.clone(), l);
+            by_key.insert(l.key.clone(), l);
         }
+        let set = LabelSet {
+            labels: by_key.into_values().collect(),
+        };
         set.check_size()?;
         Ok(set)
+    }
+
+    fn position(&self, key: &str) -> Result<usize, usize> {
+        self.labels.binary_search_by(|l| l.key.as_str().cmp(key))
     }
 
     /// Parses each `source:key=value` string (default source `default_source`).
@@ -349,16 +380,22 @@ impl LabelSet {
         Ok(())
     }
 
+    /// Adds `label`, replacing the one with its key (copies the set).
     pub fn insert(&mut self, label: Label) {
-        self.labels.insert(label.key.clone(), label);
+        let mut labels = self.labels.to_vec();
+        match self.position(&label.key) {
+            Ok(i) => labels[i] = label,
+            Err(i) => labels.insert(i, label),
+        }
+        self.labels = labels.into();
     }
 
     pub fn get(&self, key: &str) -> Option<&Label> {
-        self.labels.get(key)
+        self.position(key).ok().map(|i| &self.labels[i])
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Label> {
-        self.labels.values()
+        self.labels.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -371,7 +408,7 @@ impl LabelSet {
 
     fn canonical_len(&self) -> usize {
         self.labels
-            .values()
+            .iter()
             .map(|l| l.source.as_str().len() + l.key.len() + l.value.len() + 3)
             .sum()
     }
@@ -380,7 +417,7 @@ impl LabelSet {
     /// Two equal sets always give the same key; it names the identity in etcd.
     pub fn canonical(&self) -> String {
         let mut out = String::with_capacity(self.canonical_len());
-        for l in self.labels.values() {
+        for l in self.labels.iter() {
             out.push_str(l.source.as_str());
             out.push(':');
             out.push_str(&l.key);
@@ -402,13 +439,13 @@ impl LabelSet {
 
     /// Labels as strings, sorted by key (for JSON records).
     pub fn to_strings(&self) -> Vec<String> {
-        self.labels.values().map(|l| l.to_string()).collect()
+        self.labels.iter().map(|l| l.to_string()).collect()
     }
 }
 
 impl Serialize for LabelSet {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.labels.values())
+        s.collect_seq(self.labels.iter())
     }
 }
 

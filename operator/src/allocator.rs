@@ -360,7 +360,7 @@ impl Allocator {
         }
     }
 
-    fn on_upsert(&mut self, key: String, raw: Raw) {
+    fn on_upsert(&mut self, key: String, raw: Arc<Raw>) {
         if self
             .endpoints
             .get(&key)

@@ -9,6 +9,7 @@
 //! `release_after`, and a released CIDR goes to the back of the line.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axoneme_identity::{CacheEvent, Layout, NodeCidrs, NodeRecord, WatchCache};
@@ -146,7 +147,7 @@ struct Ipam {
 }
 
 impl Ipam {
-    async fn reconcile(&mut self, nodes: &BTreeMap<String, NodeRecord>) -> Option<LeaderExit> {
+    async fn reconcile(&mut self, nodes: &BTreeMap<String, Arc<NodeRecord>>) -> Option<LeaderExit> {
         let present: BTreeSet<&str> = nodes
             .keys()
             .filter_map(|k| k.strip_prefix(&self.layout.nodes_prefix()))

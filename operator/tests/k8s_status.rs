@@ -64,7 +64,7 @@ fn now() -> Time {
 /// no nodes.
 fn patch_for(kind: PolicyKind, obj: &DynamicObject) -> Option<(String, Value)> {
     let judge = Judge::new(Family::default());
-    let policies: std::collections::BTreeMap<String, Raw> = Default::default();
+    let policies: std::collections::BTreeMap<String, std::sync::Arc<Raw>> = Default::default();
     status_patch(
         &judge,
         &Layout::default(),

@@ -55,7 +55,10 @@ impl Enricher {
 
     fn pod(&mut self, ip: IpAddr) -> Option<&Pod> {
         if self.stale {
-            self.pods = self.state.records().read(|records| index(records.values()));
+            self.pods = self
+                .state
+                .records()
+                .read(|records| index(records.values().map(AsRef::as_ref)));
             self.stale = false;
         }
         self.pods.get(&ip)

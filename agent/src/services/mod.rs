@@ -87,7 +87,7 @@ struct Records {
 impl Records {
     /// Re-reads the `dirty` records; the keys whose good version changed
     /// (new, changed or gone).
-    fn refresh(&mut self, raw: &BTreeMap<String, Raw>, dirty: &Dirty) -> Vec<String> {
+    fn refresh(&mut self, raw: &BTreeMap<String, Arc<Raw>>, dirty: &Dirty) -> Vec<String> {
         let mut changed = Vec::new();
         match dirty {
             Dirty::All => {
@@ -102,12 +102,12 @@ impl Records {
                     self.refresh_one(&key, None, &mut changed);
                 }
                 for (key, r) in raw {
-                    self.refresh_one(key, Some(r), &mut changed);
+                    self.refresh_one(key, Some(r.as_ref()), &mut changed);
                 }
             }
             Dirty::Keys(keys) => {
                 for key in keys {
-                    self.refresh_one(key, raw.get(key), &mut changed);
+                    self.refresh_one(key, raw.get(key).map(AsRef::as_ref), &mut changed);
                 }
             }
         }
@@ -228,7 +228,7 @@ impl Unit {
     pub fn pass<W: LbWriter>(
         &mut self,
         writer: &mut W,
-        raw: &BTreeMap<String, Raw>,
+        raw: &BTreeMap<String, Arc<Raw>>,
         dirty: &Dirty,
     ) -> Option<String> {
         let started = std::time::Instant::now();
@@ -479,7 +479,7 @@ mod tests {
     use super::sync::FakeLb;
     use super::*;
 
-    fn raw(vip: &str, backends: &[&str], rev: i64) -> Raw {
+    fn raw(vip: &str, backends: &[&str], rev: i64) -> Arc<Raw> {
         let endpoints: Vec<_> = backends
             .iter()
             .map(|b| serde_json::json!({"addresses": [b], "nodeName": "a"}))
@@ -489,10 +489,10 @@ mod tests {
             "spec": {"clusterIPs": [vip], "ports": [{"port": 80}]},
             "endpoints": endpoints,
         });
-        Raw {
+        Arc::new(Raw {
             value: serde_json::to_vec(&record).unwrap(),
             mod_revision: rev,
-        }
+        })
     }
 
     fn unit(have: Table) -> Unit {
@@ -507,7 +507,7 @@ mod tests {
     fn a_pass_reads_and_writes_only_what_changed() {
         let mut lb = FakeLb::default();
         let mut u = unit(Table::default());
-        let mut store: BTreeMap<String, Raw> = (1..=3)
+        let mut store: BTreeMap<String, Arc<Raw>> = (1..=3)
             .map(|i| {
                 (
                     format!("s{i}"),
@@ -533,10 +533,10 @@ mod tests {
         lb.log.clear();
         store.insert(
             "s1".into(),
-            Raw {
+            Arc::new(Raw {
                 value: b"{".to_vec(),
                 mod_revision: 11,
-            },
+            }),
         );
         assert_eq!(u.pass(&mut lb, &store, &keys(&["s1"])), None);
         assert!(lb.log.is_empty());
@@ -558,7 +558,7 @@ mod tests {
         // A previous run programmed s1 and s2; only s2 is still stored.
         let mut lb = FakeLb::default();
         let mut before = unit(Table::default());
-        let store: BTreeMap<String, Raw> = (1..=2)
+        let store: BTreeMap<String, Arc<Raw>> = (1..=2)
             .map(|i| {
                 (
                     format!("s{i}"),
@@ -588,7 +588,7 @@ mod tests {
     fn a_map_failure_is_retried_with_what_it_left_pending() {
         let mut lb = FakeLb::default();
         let mut u = unit(Table::default());
-        let store: BTreeMap<String, Raw> =
+        let store: BTreeMap<String, Arc<Raw>> =
             [("s1".to_string(), raw("10.96.0.1", &["10.200.0.1"], 1))].into();
         assert_eq!(u.pass(&mut lb, &store, &Dirty::All), None);
         let mut store = store;

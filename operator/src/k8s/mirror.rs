@@ -238,7 +238,7 @@ impl Store {
             .cache
             .snapshot()
             .into_iter()
-            .map(|(k, raw)| (k, raw.value))
+            .map(|(k, raw)| (k, raw.value.clone()))
             .collect();
         self.pending.retain(|_, (_, rev)| *rev > revision);
         for (key, (value, _)) in &self.pending {

@@ -129,7 +129,7 @@ impl KvView {
     }
 
     /// Node records by node name (the nodes with an agent).
-    pub fn node_records(&self) -> BTreeMap<String, NodeRecord> {
+    pub fn node_records(&self) -> BTreeMap<String, Arc<NodeRecord>> {
         self.nodes
             .snapshot()
             .into_values()
@@ -138,7 +138,7 @@ impl KvView {
     }
 
     /// The nodes' reports of what they enforce, by node name.
-    pub fn node_reports(&self) -> BTreeMap<String, NodeStatusRecord> {
+    pub fn node_reports(&self) -> BTreeMap<String, Arc<NodeStatusRecord>> {
         self.node_status
             .snapshot()
             .into_values()

@@ -83,7 +83,7 @@ pub struct Nodes {
     /// Node names, sorted.
     pub live: Vec<String>,
     /// Node name → its report.
-    pub reports: BTreeMap<String, NodeStatusRecord>,
+    pub reports: BTreeMap<String, Arc<NodeStatusRecord>>,
 }
 
 impl Nodes {
@@ -245,7 +245,7 @@ pub fn status_patch(
     layout: &Layout,
     kind: PolicyKind,
     obj: &DynamicObject,
-    policies: &BTreeMap<String, Raw>,
+    policies: &BTreeMap<String, Arc<Raw>>,
     nodes: &Nodes,
     now: &Time,
 ) -> Option<(String, serde_json::Value)> {
@@ -282,11 +282,11 @@ fn wanted(
     layout: &Layout,
     j: Arc<Judgement>,
     mut current: Vec<Condition>,
-    policies: &BTreeMap<String, Raw>,
+    policies: &BTreeMap<String, Arc<Raw>>,
     nodes: &Nodes,
     now: &Time,
 ) -> Wanted {
-    let stored = stored_version(&j, policies.get(&j.key));
+    let stored = stored_version(&j, policies.get(&j.key).map(Arc::as_ref));
     let [valid, enforced] = conditions(layout, &j, stored, nodes, now);
     let in_progress = in_progress(&j, &enforced);
     let mut changed = false;
@@ -533,7 +533,7 @@ mod tests {
                 };
                 // Keyed below the root, as an agent may report it.
                 r.policies.insert("policies/v1/cnp/default/p".into(), *rev);
-                n.reports.insert(name.to_string(), r);
+                n.reports.insert(name.to_string(), Arc::new(r));
             }
         }
         n

@@ -29,8 +29,7 @@ use axoneme_crds::{
     CONDITION_AGENT_ANNOUNCED, CONDITION_POLICY_CURRENT,
 };
 use axoneme_identity::{
-    EndpointIdentity, EndpointRecord, IdentityRecord, Layout, NodeCidrs, NodeRecord,
-    NodeStatusRecord, Raw,
+    EndpointIdentity, EndpointRecord, IdentityRecord, Layout, NodeRecord, NodeStatusRecord, Raw,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -355,10 +354,10 @@ fn endpoint_ops(kube: &Kube, layout: &Layout) -> Vec<Op> {
             .and_then(|id| identities.get(&layout.identity_id(id)));
         let status = endpoint_status(
             &rec,
-            assignment,
-            identity,
-            nodes.get(&rec.node),
-            reports.get(&rec.node),
+            assignment.map(Arc::as_ref),
+            identity.map(Arc::as_ref),
+            nodes.get(&rec.node).map(Arc::as_ref),
+            reports.get(&rec.node).map(Arc::as_ref),
         );
         let owners = owner_references(&rec);
         let current = observed.get(&(ns.clone(), pod.clone())).is_some_and(|o| {
@@ -449,7 +448,7 @@ pub fn node_conditions(
     layout: &Layout,
     record: Option<&NodeRecord>,
     report: Option<&NodeStatusRecord>,
-    policies: &BTreeMap<String, Raw>,
+    policies: &BTreeMap<String, Arc<Raw>>,
     now: &Time,
 ) -> [Condition; 2] {
     let announced = match record {
@@ -559,11 +558,11 @@ fn node_ops(kube: &Kube, layout: &Layout, paced: &mut NodeWrites) -> Vec<Op> {
     paced.wake = None;
     let mut ops = Vec::new();
     for name in &names {
-        let record = records.get(name);
+        let record = records.get(name).map(Arc::as_ref);
         let addresses = node_addresses(record, k8s_nodes.get(name).map(AsRef::as_ref));
         let pod_cidrs: Vec<String> = cidrs
             .get(&layout.node_cidrs(name))
-            .map(|c: &NodeCidrs| c.pod_cidrs.iter().map(ToString::to_string).collect())
+            .map(|c| c.pod_cidrs.iter().map(ToString::to_string).collect())
             .unwrap_or_default();
         let obs = observed.get(name);
         let spec_current = obs.is_some_and(|o| {
@@ -599,8 +598,13 @@ fn node_ops(kube: &Kube, layout: &Layout, paced: &mut NodeWrites) -> Vec<Op> {
             .and_then(|o| o.status.as_ref())
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
-        let [announced, current] =
-            node_conditions(layout, record, reports.get(name), &policies, &now);
+        let [announced, current] = node_conditions(
+            layout,
+            record,
+            reports.get(name).map(Arc::as_ref),
+            &policies,
+            &now,
+        );
         let urgent = upsert_condition(&mut conds, announced);
         let changed = upsert_condition(&mut conds, current) || urgent;
         let due = match paced.last.get(name) {
@@ -780,10 +784,10 @@ mod tests {
         let key = l.policy("cnp", Some("default"), "p");
         let policies = BTreeMap::from([(
             key.clone(),
-            Raw {
+            Arc::new(Raw {
                 value: vec![],
                 mod_revision: 42,
-            },
+            }),
         )]);
         let [a, p] = node_conditions(&l, None, None, &policies, &now);
         assert_eq!((a.status.as_str(), p.status.as_str()), ("False", "Unknown"));
