@@ -100,7 +100,11 @@ impl Drop for TaskGuard {
     }
 }
 
-const EVENT_BUFFER: usize = 16 * 1024;
+/// Events a subscriber may fall behind before it is told `Resynced` (and
+/// re-reads the snapshot). The channel allocates every slot up front, per
+/// cache: a deep buffer costs memory on every agent even when idle, while
+/// a lagging subscriber's resync costs one pass over the items.
+const EVENT_BUFFER: usize = 1024;
 
 impl<V: Decode> WatchCache<V> {
     /// Starts the cache task for `prefix`. Use `ready()` to wait for the first list.

@@ -16,6 +16,7 @@
 //! current per identity, so a recomputation never rescans all identities.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use axoneme_identity::{LabelSet, NamedPorts, NumericIdentity};
 use ipnet::IpNet;
@@ -98,14 +99,15 @@ fn names_ports(s: &PeerSection<'_>) -> bool {
 /// A stored policy with what the engine needs to find whom it concerns.
 #[derive(Debug)]
 struct Entry {
-    policy: Policy,
+    /// Shared with whoever fed it (the agent keeps the same parse).
+    policy: Arc<Policy>,
     subjects: Vec<Selector>,
     deps: Dependencies,
     cidrs: Vec<IpNet>,
 }
 
 impl Entry {
-    fn new(policy: Policy) -> Self {
+    fn new(policy: Arc<Policy>) -> Self {
         let ns = policy.namespace.as_deref();
         let subjects = policy
             .rules
@@ -259,14 +261,14 @@ impl Engine {
 
     /// Every stored policy (for tests comparing with a full computation).
     pub fn policies(&self) -> Vec<&Policy> {
-        self.policies.values().map(|e| &e.policy).collect()
+        self.policies.values().map(|e| &*e.policy).collect()
     }
 
     /// The stored policies under `keys`.
     fn selected_policies<'a>(&'a self, keys: &'a BTreeSet<String>) -> Vec<&'a Policy> {
         keys.iter()
             .filter_map(|k| self.policies.get(k))
-            .map(|e| &e.policy)
+            .map(|e| &*e.policy)
             .collect()
     }
 
@@ -561,6 +563,11 @@ impl Engine {
 
     /// Adds, replaces (`Some`) or deletes (`None`) the policy stored under `key`.
     pub fn set_policy(&mut self, key: &str, policy: Option<Policy>) -> Vec<Delta> {
+        self.set_shared_policy(key, policy.map(Arc::new))
+    }
+
+    /// [`Engine::set_policy`] with a parse the caller keeps too.
+    pub fn set_shared_policy(&mut self, key: &str, policy: Option<Arc<Policy>>) -> Vec<Delta> {
         let new = policy.map(Entry::new);
         let added = new.as_ref().map(|e| e.cidrs.clone()).unwrap_or_default();
         let old = match new {
@@ -586,7 +593,7 @@ impl Engine {
         // The peers the old policy named, before its CIDR identities go
         // (only worth knowing when it concerns a local endpoint).
         let old_peers = old.as_ref().filter(|_| !selected.is_empty()).map(|e| {
-            let now = self.policies.get(key).map(|n| &n.policy);
+            let now = self.policies.get(key).map(|n| &*n.policy);
             changed_peers(&e.policy, now, &self.ids)
         });
         let changed_cidrs = self.track_cidrs(&removed, &added);
@@ -601,7 +608,7 @@ impl Engine {
         }
         let new_peers = current
             .filter(|_| !selected.is_empty())
-            .map(|e| changed_peers(&e.policy, old.as_ref().map(|o| &o.policy), &self.ids));
+            .map(|e| changed_peers(&e.policy, old.as_ref().map(|o| &*o.policy), &self.ids));
         // CIDR identities that came or went only touch their own entries
         // in endpoints that have CIDR peers.
         let cidr_peers: Vec<NumericIdentity> = self

@@ -35,11 +35,22 @@ pub struct Maps {
     ct: HashMap<MapData, CtKey, CtValue>,
     /// IPv4 flows.
     ct4: HashMap<MapData, CtKey4, CtValue>,
-    events: RingBuf<MapData>,
+    /// The event ring, mapped into this process only when drained here
+    /// (tests): the agent drains it through `EventReader`, and each
+    /// mapping counts the ring's pages again in the agent's resident
+    /// memory.
+    events: Events,
     event_config: Array<MapData, EventConfig>,
     counters: PerCpuArray<MapData, u64>,
     /// Packets and bytes forwarded and dropped (read at scrape time).
     metrics: PerCpuArray<MapData, MetricsValue>,
+}
+
+enum Events {
+    Unmapped(Map),
+    Mapped(RingBuf<MapData>),
+    /// Read-only handles never drain the ring.
+    None,
 }
 
 impl std::fmt::Debug for Maps {
@@ -185,7 +196,7 @@ impl Maps {
             policy: typed(ebpf, POLICY)?,
             ct: typed(ebpf, CT)?,
             ct4: typed(ebpf, CT4)?,
-            events: typed(ebpf, EVENTS)?,
+            events: Events::Unmapped(take(ebpf, EVENTS)?),
             event_config: typed(ebpf, EVENT_CONFIG)?,
             counters: typed(ebpf, COUNTERS)?,
             metrics: typed(ebpf, METRICS)?,
@@ -202,7 +213,7 @@ impl Maps {
             policy: pinned(dir, POLICY)?,
             ct: pinned(dir, CT)?,
             ct4: pinned(dir, CT4)?,
-            events: pinned(dir, EVENTS)?,
+            events: Events::None,
             event_config: pinned(dir, EVENT_CONFIG)?,
             counters: pinned(dir, COUNTERS)?,
             metrics: pinned(dir, METRICS)?,
@@ -443,7 +454,19 @@ impl Maps {
 
     /// The events waiting in the ring buffer.
     pub fn drain_events(&mut self) -> Vec<Event> {
-        drain(&mut self.events)
+        if let Events::Unmapped(_) = self.events {
+            let Events::Unmapped(map) = std::mem::replace(&mut self.events, Events::None) else {
+                unreachable!("matched above");
+            };
+            match RingBuf::try_from(map) {
+                Ok(ring) => self.events = Events::Mapped(ring),
+                Err(e) => tracing::warn!(error = %e, "mapping the event ring"),
+            }
+        }
+        match &mut self.events {
+            Events::Mapped(ring) => drain(ring),
+            _ => Vec::new(),
+        }
     }
 
     pub fn counters(&self) -> Result<Counters, DatapathError> {

@@ -312,7 +312,7 @@ impl<W: MapWriter> Driver<W> {
                 if self.proxy_port == 0 && policy.rules.iter().any(|(_, r)| has_l7(r)) {
                     warn!(policy = %key, "L7 rules are enforced at L3/L4 only: this agent runs no L7 proxy (--proxy-port)");
                 }
-                deltas.extend(self.engine.set_policy(key, Some(Policy::clone(policy))));
+                deltas.extend(self.engine.set_shared_policy(key, Some(policy.clone())));
                 fed.policies.insert(key.clone(), policy.clone());
             }
         }
