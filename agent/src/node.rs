@@ -106,12 +106,14 @@ impl ParseCache {
             Some((rev, p)) if rev == revision => p,
             _ => {
                 let text = std::str::from_utf8(value).ok()?;
-                Arc::new(
-                    axoneme_policy::parse_documents(text)
-                        .into_iter()
-                        .next()?
-                        .ok()?,
-                )
+                let mut policy = axoneme_policy::parse_documents(text)
+                    .into_iter()
+                    .next()?
+                    .ok()?;
+                // The agent enforces the rules; the object as given (for
+                // storing it) would only double what each policy costs.
+                policy.object = serde_json::Value::Null;
+                Arc::new(policy)
             }
         };
         self.used

@@ -557,6 +557,39 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_set_is_shared_looked_up_by_key_and_ordered_as_a_map() {
+        let parse = |items: &[&str]| LabelSet::parse(items, Source::Unspec).unwrap();
+        let a = parse(&["k8s:zone=b", "k8s:app=web", "container:x=1"]);
+        assert_eq!(a.get("app").map(|l| l.value.as_str()), Some("web"));
+        assert_eq!(a.get("x").map(|l| l.source), Some(Source::Container));
+        assert!(a.get("ap").is_none() && a.get("zzz").is_none());
+        let keys: Vec<&str> = a.iter().map(|l| l.key.as_str()).collect();
+        assert_eq!(keys, ["app", "x", "zone"]);
+        // A clone shares the labels; inserting copies them.
+        let mut b = a.clone();
+        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        b.insert(Label::new(Source::K8s, "tier", "front").unwrap());
+        b.insert(Label::new(Source::K8s, "app", "api").unwrap());
+        assert_eq!(a.len(), 3);
+        assert_eq!(
+            b.to_strings(),
+            [
+                "k8s:app=api",
+                "k8s:tier=front",
+                "container:x=1",
+                "k8s:zone=b"
+            ]
+        );
+        // Ordered by key first, as a map from key to label would be: a
+        // source that sorts first does not put a later key first.
+        let k8s_b = parse(&["k8s:b=1"]);
+        let container_a = parse(&["container:a=1"]);
+        assert!(container_a < k8s_b);
+        assert!(parse(&["k8s:a=1"]) < parse(&["k8s:a=1", "k8s:b=1"]));
+        assert_eq!(a.cmp(&a.clone()), std::cmp::Ordering::Equal);
+    }
+
     proptest::proptest! {
         #[test]
         fn canonical_is_order_independent(mut items in proptest::collection::vec("[a-z][a-z0-9]{0,8}=[a-z0-9]{0,6}", 0..12)) {

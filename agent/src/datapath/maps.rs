@@ -454,13 +454,12 @@ impl Maps {
 
     /// The events waiting in the ring buffer.
     pub fn drain_events(&mut self) -> Vec<Event> {
-        if let Events::Unmapped(_) = self.events {
-            let Events::Unmapped(map) = std::mem::replace(&mut self.events, Events::None) else {
-                unreachable!("matched above");
-            };
-            match RingBuf::try_from(map) {
-                Ok(ring) => self.events = Events::Mapped(ring),
-                Err(e) => tracing::warn!(error = %e, "mapping the event ring"),
+        if matches!(self.events, Events::Unmapped(_)) {
+            if let Events::Unmapped(map) = std::mem::replace(&mut self.events, Events::None) {
+                match RingBuf::try_from(map) {
+                    Ok(ring) => self.events = Events::Mapped(ring),
+                    Err(e) => tracing::warn!(error = %e, "mapping the event ring"),
+                }
             }
         }
         match &mut self.events {

@@ -307,7 +307,7 @@ impl<W: MapWriter> Driver<W> {
             let unchanged = fed
                 .policies
                 .get(key)
-                .is_some_and(|p| Arc::ptr_eq(p, policy) || p.object == policy.object);
+                .is_some_and(|p| Arc::ptr_eq(p, policy) || p == policy);
             if !unchanged {
                 if self.proxy_port == 0 && policy.rules.iter().any(|(_, r)| has_l7(r)) {
                     warn!(policy = %key, "L7 rules are enforced at L3/L4 only: this agent runs no L7 proxy (--proxy-port)");
