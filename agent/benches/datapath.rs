@@ -12,7 +12,10 @@
 //! UDP datagrams on one established flow, and UDP datagrams that are each a
 //! new flow (where per-rule costs show, as in a DNS-like load). For
 //! Axoneme, the programs' own run time per packet from the kernel's BPF
-//! statistics (`BPF_ENABLE_STATS`, on only while it is measured). Three
+//! statistics (`BPF_ENABLE_STATS`, on only while it is measured). Under
+//! `BPF_PROG_TEST_RUN`, each case also runs on the same programs loaded
+//! without counting and events (`*_quiet_ns`, `*_observe_cost_ns`): what
+//! observability costs per packet. Three
 //! rounds over all configurations, interleaved, medians reported. The client
 //! side runs on CPU 0 and the server side on CPU 1 (threads and iperf3
 //! pinned), so runs swing less.
@@ -425,20 +428,28 @@ fn program_cost() -> Result<Value> {
     const B: [u8; 4] = [10, 0, 0, 2];
     const W: [u8; 4] = [10, 0, 0, 9];
     let dp = &mut support::load();
+    // The same programs loaded without counting and events: what
+    // observability costs per packet (`*_quiet_ns` beside each case).
+    let quiet = &mut support::load_options(support::LoadOptions {
+        observe: false,
+        ..Default::default()
+    });
     let smoke = &mut support::Smoke::load()?;
-    dp.maps.set_endpoint(
-        1,
-        EndpointInfo::new(
-            CLIENT_ID,
-            CLIENT_ID,
-            endpoint_flags::EGRESS_ENFORCED,
-            &[A.into()],
-        ),
-    )?;
-    dp.maps
-        .set_ipcache(&"10.0.0.2/32".parse()?, id(SERVER_ID))?;
-    for (protocol, port) in [(PROTO_UDP, UDP_PORT), (PROTO_TCP, RR_PORT)] {
-        allow(dp, CLIENT_ID, Direction::Egress, SERVER_ID, protocol, port)?;
+    for dp in [&mut *dp, &mut *quiet] {
+        dp.maps.set_endpoint(
+            1,
+            EndpointInfo::new(
+                CLIENT_ID,
+                CLIENT_ID,
+                endpoint_flags::EGRESS_ENFORCED,
+                &[A.into()],
+            ),
+        )?;
+        dp.maps
+            .set_ipcache(&"10.0.0.2/32".parse()?, id(SERVER_ID))?;
+        for (protocol, port) in [(PROTO_UDP, UDP_PORT), (PROTO_TCP, RR_PORT)] {
+            allow(dp, CLIENT_ID, Direction::Egress, SERVER_ID, protocol, port)?;
+        }
     }
     let payload = [0u8; 64];
     let v4 = |src, dst, protocol, l4: Vec<u8>| support::ipv4(src, dst, protocol, &l4, 0, 1);
@@ -451,14 +462,16 @@ fn program_cost() -> Result<Value> {
     let from = "axoneme_from_container";
     let to = "axoneme_to_container";
     // The flows are opened by one ordinary run each.
-    ensure!(
-        dp.test_run(from, &out)? == 0,
-        "the UDP flow was not allowed"
-    );
-    ensure!(
-        dp.test_run(from, &syn)? == 0,
-        "the TCP flow was not allowed"
-    );
+    for dp in [&*dp, &*quiet] {
+        ensure!(
+            dp.test_run(from, &out)? == 0,
+            "the UDP flow was not allowed"
+        );
+        ensure!(
+            dp.test_run(from, &syn)? == 0,
+            "the TCP flow was not allowed"
+        );
+    }
     // (`None`: the smoke object's program.)
     let cases: [(&str, Option<&'static str>, &[u8], i32); 5] = [
         ("floor_smoke", None, &out, 0),
@@ -468,26 +481,48 @@ fn program_cost() -> Result<Value> {
         ("udp4_denied", Some(from), &denied, 2),
     ];
     let mut times = vec![Vec::new(); cases.len()];
+    let mut quiet_times = vec![Vec::new(); cases.len()];
     let repeat = pick(TEST_RUN_REPEAT, smoke::TEST_RUN_REPEAT);
     for _ in 0..pick(5, smoke::TEST_RUNS) {
-        for ((name, program, packet, want), t) in cases.iter().zip(&mut times) {
-            let (action, per_run) = match program {
-                Some(program) => dp.test_run_repeated(program, packet, repeat)?,
-                None => smoke.run_repeated(packet, repeat)?,
+        for (((name, program, packet, want), t), qt) in
+            cases.iter().zip(&mut times).zip(&mut quiet_times)
+        {
+            let Some(program) = program else {
+                let (action, per_run) = smoke.run_repeated(packet, repeat)?;
+                ensure!(action == *want, "{name}: TC action {action}");
+                t.push(per_run.as_nanos() as f64);
+                continue;
             };
-            ensure!(
-                action == *want,
-                "{name}: TC action {action}, expected {want}"
-            );
-            t.push(per_run.as_nanos() as f64);
+            // Both loads of the case back to back, so a slow spell of the
+            // host hits both.
+            for (dp, t) in [(&*dp, &mut *t), (&*quiet, &mut *qt)] {
+                let (action, per_run) = dp.test_run_repeated(program, packet, repeat)?;
+                ensure!(
+                    action == *want,
+                    "{name}: TC action {action}, expected {want}"
+                );
+                t.push(per_run.as_nanos() as f64);
+            }
         }
     }
+    // The switch works: the quiet load counted nothing.
+    ensure!(
+        quiet.maps.traffic()?.is_empty() && quiet.maps.counters()? == Default::default(),
+        "the datapath loaded without observability counted packets"
+    );
+    ensure!(
+        !dp.maps.traffic()?.is_empty(),
+        "the datapath counted no packet"
+    );
     let ns: Vec<f64> = times.into_iter().map(median).collect();
     let mut v = json!({});
-    for ((name, ..), x) in cases.iter().zip(&ns) {
+    for (((name, program, ..), x), qt) in cases.iter().zip(&ns).zip(quiet_times) {
         v[format!("{name}_ns")] = json!(x);
-        if *name != "floor_smoke" {
+        if program.is_some() {
             v[format!("{name}_over_floor_ns")] = json!(x - ns[0]);
+            let quiet_ns = median(qt);
+            v[format!("{name}_quiet_ns")] = json!(quiet_ns);
+            v[format!("{name}_observe_cost_ns")] = json!(x - quiet_ns);
         }
     }
     // The programs' size as the kernel has them (subprograms included):

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::announce::Announcer;
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::datapath::{Datapath, EventReader, MapReader};
+use crate::datapath::{Datapath, EventReader, LoadOptions, MapReader};
 use crate::endpoints::{self, Endpoints};
 use crate::k8s::{LabelSource, PodLabels, Pods};
 use crate::l7proxy::{self, ProxyView, SocketFactory};
@@ -103,8 +103,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(ns) = &cfg.datapath.netns {
         std::fs::metadata(ns).with_context(|| format!("--netns {}", ns.display()))?;
     }
-    let pod_lb = cfg.services.kube_proxy_replacement && !cfg.services.socket_lb;
-    let mut dp = Datapath::load_with(&pin_dir, &cfg.datapath.sizes.into(), pod_lb)
+    let options = LoadOptions {
+        pod_lb: cfg.services.kube_proxy_replacement && !cfg.services.socket_lb,
+        ..LoadOptions::default()
+    };
+    let mut dp = Datapath::load_with(&pin_dir, &cfg.datapath.sizes.into(), options)
         .context("loading the eBPF datapath")?;
     dp.maps
         .set_event_rate(cfg.datapath.event_rate, cfg.datapath.event_burst)

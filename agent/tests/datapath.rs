@@ -42,7 +42,11 @@ fn b6() -> [u8; 16] {
 }
 
 fn setup(flags: u8) -> TestDatapath {
-    let mut dp = load();
+    setup_loaded(load(), flags)
+}
+
+/// [`setup`] on a datapath loaded by the caller.
+fn setup_loaded(mut dp: TestDatapath, flags: u8) -> TestDatapath {
     let m = &mut dp.maps;
     m.set_event_rate(1_000_000, 1_000_000).unwrap();
     m.set_endpoint(
@@ -708,6 +712,36 @@ fn traffic(dp: &TestDatapath) -> Vec<(MetricsKey, u64, u64)> {
         .collect();
     t.sort();
     t
+}
+
+#[test]
+fn loaded_without_observability_nothing_is_counted_or_reported_and_policy_holds() {
+    let quiet = support::load_options(support::LoadOptions {
+        observe: false,
+        ..Default::default()
+    });
+    let mut dp = setup_loaded(quiet, BOTH);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 80, 16));
+    for port in 0..3 {
+        assert_eq!(
+            run(&dp, TO_CONTAINER, &syn_from(B4, 40000 + port, 81)),
+            TC_ACT_SHOT
+        );
+    }
+    assert_eq!(run(&dp, TO_CONTAINER, &syn_from(B4, 40010, 80)), TC_ACT_OK);
+    assert!(dp.maps.drain_events().is_empty());
+    assert_eq!(traffic(&dp), vec![]);
+    assert_eq!(dp.maps.counters().unwrap(), Default::default());
+    // The same packets through a datapath loaded as the agent loads it
+    // are counted and reported: the switch is what made the difference.
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 80, 16));
+    assert_eq!(
+        run(&dp, TO_CONTAINER, &syn_from(B4, 40000, 81)),
+        TC_ACT_SHOT
+    );
+    assert!(!dp.maps.drain_events().is_empty());
+    assert!(!traffic(&dp).is_empty());
 }
 
 #[test]

@@ -27,6 +27,31 @@ pub use maps::{policy_entry, policy_key, Counters, EventReader, MapReader, Maps}
 /// The programs' load-time constant that switches the per-packet LB at
 /// the pods' veths on (`bpf/programs/src/nodeport.rs`).
 const POD_LB_GLOBAL: &str = "AXONEME_POD_LB";
+/// The programs' load-time constant that switches packet counting and
+/// events off (`bpf/programs/src/metrics.rs`).
+const OBSERVE_GLOBAL: &str = "AXONEME_OBSERVE";
+
+/// Switches of the programs, fixed when they are loaded: constants of the
+/// programs (`.rodata`), so the verifier drops what is off and the path
+/// pays nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The pods' veth programs translate services per packet (socket LB
+    /// off).
+    pub pod_lb: bool,
+    /// Packets are counted (`METRICS`) and events written. Off only in the
+    /// datapath bench, as the baseline of what observability costs.
+    pub observe: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            pod_lb: false,
+            observe: true,
+        }
+    }
+}
 
 /// The eBPF object built by `cargo xtask build-bpf` (located by `build.rs`).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_OBJECT"));
@@ -179,32 +204,29 @@ impl Datapath {
     /// programs into the kernel. Needs `CAP_BPF` (in practice: root) and a
     /// bpffs at `pin_dir`.
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
-        Self::load_with(pin_dir, &MapSizes::default(), false)
+        Self::load_with(pin_dir, &MapSizes::default(), LoadOptions::default())
     }
 
     /// [`Self::load`] with the largest maps at `sizes`. Pinned maps keep
     /// the size they were created with: a pinned map of another size is
     /// an error that says so (resizing means removing the pins, which
-    /// forgets conntrack).
-    ///
-    /// `pod_lb`: the pods' veth programs translate services per packet
-    /// (socket LB off). A constant of the programs (`.rodata`), so the
-    /// verifier drops the translation from them when it is off and the
-    /// default path pays nothing for it.
+    /// forgets conntrack). `options`: see [`LoadOptions`].
     pub fn load_with(
         pin_dir: &Path,
         sizes: &MapSizes,
-        pod_lb: bool,
+        options: LoadOptions,
     ) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.display().to_string(),
             source,
         })?;
         let sized = sizes.by_map();
-        let pod_lb = u8::from(pod_lb);
+        let pod_lb = u8::from(options.pod_lb);
+        let observe = u8::from(options.observe);
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
         loader.override_global(POD_LB_GLOBAL, &pod_lb, true);
+        loader.override_global(OBSERVE_GLOBAL, &observe, true);
         for (name, size, _) in sized {
             loader.map_max_entries(name, size);
         }

@@ -5,6 +5,7 @@
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 
+pub use axoneme_agent::datapath::LoadOptions;
 use axoneme_agent::datapath::{Datapath, DatapathError, PIN_ROOT};
 pub use axoneme_agent::error_chain;
 
@@ -78,9 +79,17 @@ pub fn load() -> TestDatapath {
 /// [`load`], with the per-packet LB at the pods' veths on (`pod_lb`) or off.
 #[allow(dead_code)]
 pub fn load_with(pod_lb: bool) -> TestDatapath {
+    load_options(LoadOptions {
+        pod_lb,
+        ..LoadOptions::default()
+    })
+}
+
+/// [`load`] with `options`.
+pub fn load_options(options: LoadOptions) -> TestDatapath {
     assert_root();
     let dir = PathBuf::from(PIN_ROOT).join(axoneme_e2e::run_prefix("test"));
-    match Datapath::load_with(&dir, &Default::default(), pod_lb) {
+    match Datapath::load_with(&dir, &Default::default(), options) {
         Ok(dp) => TestDatapath { dp, dir },
         Err(error) => {
             let _ = std::fs::remove_dir_all(&dir);

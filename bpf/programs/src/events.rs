@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 
 use crate::ipcache::ids;
-use crate::metrics::dropped;
+use crate::metrics::{dropped, observe};
 use crate::parse::{Flow, Icmp};
 use crate::{At, NS_PER_S};
 
@@ -69,6 +69,9 @@ fn rate_allows() -> bool {
 /// whose 512 bytes the call chain shares): zeroed, then filled by `fill`.
 #[inline(always)]
 fn emit(fill: impl FnOnce(&mut Event)) {
+    if !observe() {
+        return;
+    }
     if !rate_allows() {
         count(counter::EVENTS_RATE_LIMITED);
         return;

@@ -12,8 +12,26 @@ use crate::At;
 #[map]
 static METRICS: PerCpuArray<MetricsValue> = PerCpuArray::pinned(METRICS_ENTRIES, 0);
 
+/// Zero: no packet is counted and no event written (the datapath bench's
+/// baseline for what observability costs). Set by the agent when it loads
+/// the programs; a constant to the verifier (`.rodata`), which then drops
+/// the counting.
+#[no_mangle]
+static AXONEME_OBSERVE: u8 = 1;
+
+/// Whether packets are counted and events written.
+#[inline(always)]
+pub(crate) fn observe() -> bool {
+    // SAFETY: a plain read of a static; volatile, so the compiler does not
+    // fold the value the loader replaces.
+    unsafe { core::ptr::read_volatile(&AXONEME_OBSERVE) != 0 }
+}
+
 #[inline(always)]
 fn count(key: MetricsKey, len: u32) {
+    if !observe() {
+        return;
+    }
     if let Some(v) = METRICS.get_ptr_mut(key.index()) {
         // SAFETY: this CPU's slot; a program does not migrate mid-run and
         // TC programs do not nest on one CPU.
