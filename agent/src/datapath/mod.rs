@@ -32,8 +32,8 @@ const POD_LB_GLOBAL: &str = "AXONEME_POD_LB";
 const OBSERVE_GLOBAL: &str = "AXONEME_OBSERVE";
 
 /// Switches of the programs, fixed when they are loaded: constants of the
-/// programs (`.rodata`), so the verifier drops what is off and the path
-/// pays nothing for it.
+/// programs (`.rodata`), so the verifier drops what is off; what stays is
+/// the check, a load and a branch where the switch is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// The pods' veth programs translate services per packet (socket LB
