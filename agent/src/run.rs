@@ -253,6 +253,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics::Sources::new(reader.clone(), &pin_dir, state.clone(), view_rx.clone())
             .context("reading the BPF maps' capacities for metrics")?,
     );
+    // From here on (the start's own calls are not in it).
+    kv.observe_with(Arc::new(metrics.kvstore.clone()));
     if let Some(addr) = cfg.prometheus_serve_addr.0 {
         let listener = metrics::server::listen(&node_ns, addr)
             .with_context(|| format!("--prometheus-serve-addr {addr}: cannot listen"))?;

@@ -318,6 +318,18 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
         let q = format!(r#"axoneme_slo_identity_ready_seconds_count{{node="{node}"}}"#);
         assert!(prom.value(&q)? >= pods, "{q}");
     }
+    // Every agent's etcd calls, timed by operation and outcome: both
+    // agents have made successful calls since they started (lease
+    // keep-alives, their endpoints' writes), and none failed: etcd was up.
+    let ok = prom.query(
+        r#"sum by (instance) (axoneme_kvstore_operations_duration_seconds_count{job="axoneme-agent",outcome="success"}) > 0"#,
+    )?;
+    assert_eq!(ok.len(), 2, "agents with timed etcd calls: {ok:?}");
+    assert!(
+        prom.query(r#"axoneme_kvstore_operations_duration_seconds_count{outcome="fail"} > 0"#)?
+            .is_empty(),
+        "no etcd call failed"
+    );
     // The operators' allocation side: every pod's record answered.
     assert!(
         prom.value("sum(axoneme_identity_assignment_duration_seconds_count)")? >= 3.0,

@@ -212,6 +212,13 @@ struct Inner {
     members: Vec<Member>,
     current: AtomicUsize,
     config: KvConfig,
+    observer: std::sync::OnceLock<Arc<dyn KvObserver>>,
+}
+
+/// Told how every call ended (for metrics): the operation, whether it
+/// succeeded, and its time with retries included.
+pub trait KvObserver: Send + Sync {
+    fn observe(&self, op: &'static str, ok: bool, elapsed: Duration);
 }
 
 /// A cheaply cloneable handle on the etcd cluster.
@@ -253,8 +260,15 @@ impl KvStore {
                 members,
                 current: AtomicUsize::new(0),
                 config,
+                observer: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Tells `observer` how every later call of this store (and its clones)
+    /// ends. Set once: false if an observer was already set.
+    pub fn observe_with(&self, observer: Arc<dyn KvObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
     }
 
     pub fn config(&self) -> &KvConfig {
@@ -331,7 +345,7 @@ impl KvStore {
                 Err(backoff::Error::permanent(result))
             }
         };
-        match backoff::future::retry(policy, attempt).await {
+        let result = match backoff::future::retry(policy, attempt).await {
             Ok(v) => Ok(v),
             Err(e) if e.is_retryable() => {
                 let endpoint = last_endpoint.lock().expect("poisoned").clone();
@@ -344,7 +358,11 @@ impl KvStore {
                 })
             }
             Err(e) => Err(e),
+        };
+        if let Some(observer) = self.inner.observer.get() {
+            observer.observe(op, result.is_ok(), started.elapsed());
         }
+        result
     }
 
     /// Reads one key.

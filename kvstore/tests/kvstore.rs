@@ -61,6 +61,46 @@ async fn transactions_compare_and_report_gets() -> Result<()> {
 /// A prefix whose values add up to more than gRPC's 4 MiB answer limit
 /// is read in pages, all at one revision: every key, none from outside the
 /// prefix, none written after the read began.
+/// Records what the store reports of each call.
+#[derive(Default)]
+struct Calls(std::sync::Mutex<Vec<(&'static str, bool)>>);
+
+impl axoneme_kvstore::KvObserver for Calls {
+    fn observe(&self, op: &'static str, ok: bool, elapsed: Duration) {
+        assert!(elapsed < Duration::from_secs(30), "{op} took {elapsed:?}");
+        self.0.lock().unwrap().push((op, ok));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_is_told_how_every_call_ended() -> Result<()> {
+    let etcd = cluster().await?;
+    let kv = KvStore::connect(KvConfig::new(etcd.endpoints())).await?;
+    kv.put("before", b"v".to_vec(), 0).await?;
+    let calls = std::sync::Arc::new(Calls::default());
+    assert!(kv.observe_with(calls.clone()));
+    assert!(!kv.observe_with(calls.clone()), "set once");
+    // Clones share the observer.
+    let clone = kv.clone();
+    clone.put("k", b"v".to_vec(), 0).await?;
+    assert!(kv.get("k").await?.is_some());
+    kv.txn(Txn::new().and_then([TxnOp::delete("k", None)]))
+        .await?;
+    // More operations than etcd takes in one transaction (128): refused
+    // for good, at once.
+    let many: Vec<TxnOp> = (0..200)
+        .map(|i| TxnOp::put(format!("t/{i}"), "v", None))
+        .collect();
+    let started = Instant::now();
+    assert!(kv.txn(Txn::new().and_then(many)).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        *calls.0.lock().unwrap(),
+        [("put", true), ("get", true), ("txn", true), ("txn", false)]
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_prefixes_are_read_in_pages_at_one_revision() -> Result<()> {
     let etcd = cluster().await?;
