@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use axoneme_e2e::bench::{pick, write_figures};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
@@ -109,16 +109,7 @@ fn main() -> Result<()> {
     nginx(&mut c, &web)?;
     let policy = c.dir.join("bench-web.yaml");
     std::fs::write(&policy, POLICY)?;
-    c.cli(
-        0,
-        &[
-            "policy",
-            "import",
-            "--wait",
-            "10",
-            policy.to_str().context("path")?,
-        ],
-    )?;
+    c.import_policy(0, &policy)?;
     let ip = web.ip.to_string();
     // Enforced: the L7 port answers through the proxy (a 403 for POST).
     for _ in 0..50 {

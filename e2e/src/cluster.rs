@@ -15,7 +15,7 @@
 //! direct routing via the node addresses.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -546,6 +546,14 @@ impl Cluster {
             .env("AXONEME_AGENT_SOCKET", &self.nodes[node].socket)
             .args(args);
         c
+    }
+
+    /// Imports the policy file at `path` through node `node`'s CLI and
+    /// waits (up to 10 s) until every node enforces it.
+    pub fn import_policy(&self, node: usize, path: &Path) -> Result<()> {
+        let path = path.to_str().context("a policy path that is UTF-8")?;
+        self.cli(node, &["policy", "import", "--wait", "10", path])?;
+        Ok(())
     }
 
     /// Runs the CLI; fails with its stderr if it fails.

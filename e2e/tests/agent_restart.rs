@@ -29,10 +29,7 @@ fn an_agent_restart_costs_l3_l4_nothing_and_l7_only_the_restart() -> Result<()> 
     let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
     c.logging_backend(&payments, 8080)?;
     let seed = seed_policy();
-    c.cli(
-        0,
-        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
-    )?;
+    c.import_policy(0, &seed)?;
     let pay = payments.ip.to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     while intruder.http("POST", &pay, 8080, "/v1/charge").is_some()

@@ -112,10 +112,7 @@ fn seed_policy_across_two_nodes() -> Result<()> {
 
     // The seed policy: only checkout reaches payments:8080.
     let seed = seed_policy();
-    c.cli(
-        0,
-        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
-    )?;
+    c.import_policy(0, &seed)?;
     eventually(&intruder, &pay4, 8080, false, Duration::from_secs(5))?;
     eventually(&intruder, &pay6, 8080, false, Duration::from_secs(5))?;
     // L7 across nodes, through node 0's proxy: only POST /v1/charge; the
@@ -227,10 +224,7 @@ fn seed_policy_across_two_nodes() -> Result<()> {
     // Propagation: delete and re-import while traffic runs.
     c.cli(0, &["policy", "delete", "payments-api"])?;
     eventually(&intruder, &pay4, 8080, true, Duration::from_secs(5))?;
-    c.cli(
-        0,
-        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
-    )?;
+    c.import_policy(0, &seed)?;
     eventually(&intruder, &pay4, 8080, false, Duration::from_secs(5))?;
 
     // Propagation to the other node, and egress L7: a policy for checkout
@@ -250,10 +244,7 @@ fn seed_policy_across_two_nodes() -> Result<()> {
         checkout.http_ok(&intr4, 9090),
         "checkout -> intruder before"
     );
-    c.cli(
-        1,
-        &["policy", "import", "--wait", "10", egress.to_str().unwrap()],
-    )?;
+    c.import_policy(1, &egress)?;
     eventually(&checkout, &intr4, 9090, false, Duration::from_secs(5))?;
     std::fs::write(&requests, "")?;
     let chk4 = checkout.ip.to_string();

@@ -107,10 +107,7 @@ fn with_etcd_gone_reads_answer_at_once_and_enforcement_goes_on() -> Result<()> {
     c.logging_backend(&payments, 8080)?;
     let pay = payments.ip.to_string();
     let seed = seed_policy();
-    c.cli(
-        0,
-        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
-    )?;
+    c.import_policy(0, &seed)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while enforced(&checkout, &intruder, &pay, "before").is_err() {
         if Instant::now() > deadline {

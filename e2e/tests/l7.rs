@@ -62,16 +62,7 @@ fn egress_policy() -> String {
 fn import(c: &Cluster, name: &str, yaml: &str) -> Result<()> {
     let path = c.dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml)?;
-    c.cli(
-        0,
-        &[
-            "policy",
-            "import",
-            "--wait",
-            "10",
-            path.to_str().context("path")?,
-        ],
-    )?;
+    c.import_policy(0, &path)?;
     Ok(())
 }
 

@@ -258,10 +258,7 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
 
     // The seed policy, enforced on node 0 once the intruder is blocked.
     let seed = seed_policy();
-    c.cli(
-        0,
-        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
-    )?;
+    c.import_policy(0, &seed)?;
     wait_for("the intruder blocked", Duration::from_secs(10), || {
         Ok(blocked(&intruder, &pay4))
     })?;

@@ -161,17 +161,7 @@ fn nodeport_from_outside_the_cluster() -> Result<()> {
 
     // Policy after translation: the payments policy admits only checkout.
     let policy = seed_policy();
-    let out = c.cli(
-        0,
-        &[
-            "policy",
-            "import",
-            "--wait",
-            "10",
-            policy.to_str().context("path")?,
-        ],
-    )?;
-    assert!(out.status.success());
+    c.import_policy(0, &policy)?;
     let url = format!("http://{ip0}:30081/");
     until(
         "the outside client is denied",

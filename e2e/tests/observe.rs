@@ -71,10 +71,7 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
     } = c.seed_pods()?;
     let pay4 = payments.ip.to_string();
     let seed = seed_policy();
-    c.cli(
-        0,
-        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
-    )?;
+    c.import_policy(0, &seed)?;
     wait_for("the intruder blocked", Duration::from_secs(10), || {
         Ok(intruder.http("POST", &pay4, 8080, "/v1/charge").is_none())
     })?;
@@ -366,10 +363,7 @@ fn an_event_flood_is_counted_bounded_and_lossy_only_in_flows() -> Result<()> {
     let payments = c.add_pod(0, "payments", &[("app", "payments")])?;
     let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
     let seed = seed_policy();
-    c.cli(
-        0,
-        &["policy", "import", "--wait", "10", seed.to_str().unwrap()],
-    )?;
+    c.import_policy(0, &seed)?;
     wait_for("the intruder blocked", Duration::from_secs(10), || {
         Ok(intruder
             .http("GET", &payments.ip.to_string(), 8080, "/")

@@ -79,17 +79,7 @@ fn udp_through(pairs: &[(&CniPod, &str)], backends: &[&CniPod]) -> Result<()> {
 /// address.
 fn seed_policy_through_vip(c: &Cluster, seed: &SeedPods, posts: u32) -> Result<()> {
     let policy = seed_policy();
-    let out = c.cli(
-        0,
-        &[
-            "policy",
-            "import",
-            "--wait",
-            "10",
-            policy.to_str().context("path")?,
-        ],
-    )?;
-    assert!(out.status.success());
+    c.import_policy(0, &policy)?;
     seed_policy_holds(seed, VIP4, posts, Duration::from_secs(10))
 }
 
