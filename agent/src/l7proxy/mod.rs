@@ -6,8 +6,9 @@
 //! `403 Access denied` (as Cilium) or forwards the request to the original
 //! destination over a pooled connection whose packets carry
 //! [`MARK_PROXY`] (so the datapath does not judge them again), and logs an
-//! L7 event. HTTP parsing is hyper's; [`framing`] refuses, before hyper,
-//! the heads whose length could be read two ways.
+//! L7 event. HTTP parsing is hyper's; the framing guard (crate
+//! `axoneme-httpguard`) refuses, before hyper, the heads whose length
+//! could be read two ways.
 //!
 //! - [`view`]: the policy snapshot the proxy reads (identities by
 //!   longest-prefix match, local endpoints, compiled L7 rules);
@@ -16,11 +17,9 @@
 //! - [`upstream`]: kept-alive upstream connections;
 //! - [`server`]: the accept loop, one hyper connection per client;
 //! - [`handler`]: one request: judge, answer or forward, record the event;
-//! - [`event`]: the L7 event and its typed verdict;
-//! - [`framing`]: the request-head guard in front of hyper.
+//! - [`event`]: the L7 event and its typed verdict.
 
 pub mod event;
-pub mod framing;
 mod handler;
 pub mod redirect;
 mod server;

@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::event::{self, rules_side, RequestText, Seen, Verdict};
-use super::framing::{FramingGuard, Refused};
 use super::handler::{handle, Shared};
 use super::upstream::{Connector, Slot, Upstreams};
 use super::{ProxyConfig, ProxyView, SocketFactory};
+use axoneme_httpguard::{FramingGuard, Refused};
 
 /// Serves `listener` until `cancel`.
 pub async fn serve(

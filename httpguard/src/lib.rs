@@ -33,7 +33,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Fed to hyper in place of the end of a refused head: `\0` is invalid
 /// anywhere in a head, and the blank line that follows makes hyper's
 /// parser reach it and answer 400 at once.
-const POISON: &[u8] = b"\0\r\n\r\n";
+pub const POISON: &[u8] = b"\0\r\n\r\n";
 /// More header fields than this: hyper's own limit (100) refuses the head.
 const MAX_FIELDS: usize = 128;
 /// Longest chunk-size or trailer line followed.
@@ -158,8 +158,10 @@ impl<IO> FramingGuard<IO> {
         }
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut fields);
+        // A head longer than the limit is too large however the stream was
+        // cut into reads (hyper refuses it), complete in one read or not.
         let end = match req.parse(head) {
-            Ok(httparse::Status::Complete(end)) => end,
+            Ok(httparse::Status::Complete(end)) if end <= self.max_head => end,
             Ok(httparse::Status::Partial) if head.len() <= self.max_head => return None,
             // Too large, too many fields or unparsable: hyper refuses it.
             _ => {
@@ -249,11 +251,16 @@ impl Chunk {
         let (Chunk::Size(buf) | Chunk::DataEnd(buf) | Chunk::Trailer(buf)) = self else {
             unreachable!("chunk data handled above")
         };
+        // A line longer than the limit is not followed, whether it came
+        // whole in one read or in pieces.
         let (used, line) = line(buf, data);
         let Some(line) = line else {
             let long = buf.len() > MAX_LINE;
             return (used, long.then_some(State::Aside));
         };
+        if line.len() > MAX_LINE {
+            return (used, Some(State::Aside));
+        }
         let empty = line == b"\r\n";
         let next = match self {
             Chunk::Size(_) => match httparse::parse_chunk_size(&line) {
@@ -344,13 +351,17 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A harness for tests and fuzzing: the guard reading from a connection
+/// whose reads return given pieces.
+#[cfg(feature = "testing")]
+pub mod testing {
+    use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
 
-    /// A connection whose reads return `input` in pieces of `step` bytes.
-    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+    use super::*;
+
+    /// A connection whose reads return its pieces one by one, then EOF.
+    pub struct Pieces(pub VecDeque<Vec<u8>>);
 
     impl AsyncRead for Pieces {
         fn poll_read(
@@ -369,26 +380,43 @@ mod tests {
         }
     }
 
-    /// Reads `input`, split every `step` bytes, through the guard: what
-    /// hyper would read, and the refusals.
-    fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<Refused>) {
-        use tokio::io::AsyncReadExt;
+    /// Reads `pieces` (empty ones are skipped: an empty read is EOF)
+    /// through a guard with head limit `max_head`: what hyper would read,
+    /// and the heads refused.
+    pub fn read_through(pieces: &[&[u8]], max_head: usize) -> (Vec<u8>, Vec<Refused>) {
         let refused = Arc::new(Mutex::new(Vec::new()));
         let sink = refused.clone();
-        let pieces = Pieces(input.chunks(step).map(Vec::from).collect());
-        let mut g = FramingGuard::new(
-            pieces,
-            1024,
-            Box::new(move |r| sink.lock().unwrap().push(r)),
+        let pieces = pieces.iter().filter(|p| !p.is_empty());
+        let mut guard = FramingGuard::new(
+            Pieces(pieces.map(|p| p.to_vec()).collect()),
+            max_head,
+            Box::new(move |r| sink.lock().expect("not poisoned").push(r)),
         );
         let mut out = Vec::new();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(g.read_to_end(&mut out))
-            .unwrap();
-        let refused = refused.lock().unwrap().clone();
+        // Reads never pend: polling with a no-op waker completes.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut buf = [0u8; 8192];
+        loop {
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut guard).poll_read(&mut cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => break,
+                Poll::Ready(Ok(())) => out.extend_from_slice(rb.filled()),
+                other => panic!("the harness's reads never fail or pend: {other:?}"),
+            }
+        }
+        let refused = refused.lock().expect("not poisoned").clone();
         (out, refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `input`, split every `step` bytes, through the guard.
+    fn run(input: &[u8], step: usize) -> (Vec<u8>, Vec<Refused>) {
+        let pieces: Vec<&[u8]> = input.chunks(step).collect();
+        testing::read_through(&pieces, 1024)
     }
 
     const CHUNKED: &[u8] = b"POST /a HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -458,6 +486,33 @@ mod tests {
             let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
             let parsed = httparse::Request::new(&mut fields).parse(&input);
             assert!(parsed.is_err(), "cut at {cut}: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn how_the_stream_is_cut_never_changes_the_verdict() {
+        // Found by fuzzing (fuzz/fuzz_targets/http_framing.rs): a head
+        // longer than the limit was judged when it came in one read and
+        // left to hyper when it came in pieces; so was a trailer line
+        // longer than MAX_LINE. Both are now too long however they come.
+        let long_head = [
+            b"POST /x HTTP/1.1\r\nX: ".as_slice(),
+            &[b'a'; 1100],
+            b"\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ]
+        .concat();
+        let long_trailer = [
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: ".as_slice(),
+            &[b'a'; MAX_LINE],
+            b"\r\n\r\nPOST /y HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ]
+        .concat();
+        for input in [&long_head[..], &long_trailer[..]] {
+            for step in [1, 5, 64, input.len()] {
+                let (out, refused) = run(input, step);
+                assert_eq!(out, input, "split every {step} bytes");
+                assert!(refused.is_empty(), "split every {step} bytes: {refused:?}");
+            }
         }
     }
 
