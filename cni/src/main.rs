@@ -5,21 +5,14 @@
 //! pure), asks the node's agent to do the work ([`agent::run`]) and prints
 //! the result, or an error result (exit status 1).
 
-mod agent;
-mod command;
-mod config;
-mod env;
-mod error;
-mod install;
-mod result;
-
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use axoneme_api::cni_code;
 
-use crate::env::CommandKind;
-use crate::error::CniError;
+use axoneme_cni::env::CommandKind;
+use axoneme_cni::error::CniError;
+use axoneme_cni::{agent, command, config, env, install};
 
 fn main() -> ExitCode {
     // Runtimes call the plugin without arguments; `install` is the Helm
