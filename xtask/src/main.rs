@@ -5,6 +5,7 @@
 mod bench;
 mod bpf;
 mod demo;
+mod fuzz;
 mod go;
 mod helm;
 mod hubble;
@@ -44,6 +45,15 @@ enum Cmd {
     },
     /// Bring up a local cluster and show Axoneme at work.
     Demo(demo::DemoArgs),
+    /// Run the fuzz targets (cargo-fuzz, libFuzzer) from their seeds in
+    /// fuzz/corpus/; writes target/bench/fuzz.json.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1440))]
+        minutes: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Run a benchmark; writes target/bench/NAME.json.
     Bench {
         /// Which benchmark: identity, policy, datapath, cluster, l7, memory, kubernetes or services.
@@ -73,6 +83,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&root, &args),
         Cmd::Demo(args) => demo::run(&root, args),
         Cmd::Bench { name } => bench::run(&root, &name),
+        Cmd::Fuzz { minutes, targets } => fuzz::run(&root, minutes * 60, &targets),
     }
 }
 
@@ -120,6 +131,11 @@ fn build_all(root: &Path, release: bool) -> Result<()> {
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     build_all(root, false)?;
     run_cmd(root, cargo().args(["fmt", "--all", "--check"]))?;
+    // The fuzz targets are a workspace of their own.
+    run_cmd(
+        root,
+        cargo().args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]),
+    )?;
     run_cmd(
         root,
         cargo().args([
@@ -152,8 +168,18 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         root,
         cargo().args(["test", "--workspace", "--no-fail-fast", "--bench", "*"]),
     );
-    if let (Err(t), Err(b)) = (&tests, &benches) {
-        bail!("{t:#}\nand {b:#}");
+    // Every fuzz target in a short form: each finds what a change broke in
+    // its parser within seconds (`cargo xtask fuzz` runs them longer).
+    let fuzzed = fuzz::run(root, FUZZ_SMOKE_SECONDS, &[]);
+    let failed: Vec<String> = [tests, benches, fuzzed]
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\nand "));
     }
-    tests.and(benches)
+    Ok(())
 }
+
+/// How long each fuzz target runs in `cargo xtask test`.
+const FUZZ_SMOKE_SECONDS: u64 = 30;

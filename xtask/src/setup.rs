@@ -44,6 +44,43 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// libFuzzer's driver for `cargo xtask fuzz`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs the crates.io tool `name` at `version` into the tools
+/// directory unless it is there (`--version` names the version).
+fn cargo_tool(
+    root: &Path,
+    name: &str,
+    version: &str,
+    how: &str,
+    options: impl FnOnce(&mut Command),
+) -> Result<()> {
+    let bin = tools_bin(root).join(name);
+    let mut probe = Command::new(&bin);
+    if let Some(sub) = name.strip_prefix("cargo-") {
+        // A cargo subcommand takes its own name first.
+        probe.arg(sub);
+    }
+    let have = probe
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+        .unwrap_or(false);
+    if have {
+        println!(
+            "setup: {name} {version} present in {}",
+            tools_bin(root).display()
+        );
+        return Ok(());
+    }
+    println!("setup: installing {name} {version}: {how}");
+    let mut cmd = super::cargo();
+    cmd.args(["install", name, "--version", version, "--locked", "--root"])
+        .arg(tools_dir(root));
+    options(&mut cmd);
+    sh(&mut cmd)
+}
 
 pub fn tools_dir(root: &Path) -> PathBuf {
     root.join(".tools")
@@ -128,33 +165,23 @@ pub fn run(root: &Path) -> Result<()> {
         result?;
     }
 
-    let linker = tools_bin(root).join("bpf-linker");
-    let have = Command::new(&linker)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
-        .unwrap_or(false);
-    if have {
-        println!(
-            "setup: bpf-linker {BPF_LINKER_VERSION} present in {}",
-            tools_bin(root).display()
-        );
-    } else {
-        println!(
-            "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2-4 minutes)"
-        );
-        sh(super::cargo()
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--locked",
-            ])
-            .args(["--no-default-features", "--features", "llvm-22", "--root"])
-            .arg(tools_dir(root))
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
-    }
+    cargo_tool(
+        root,
+        "bpf-linker",
+        BPF_LINKER_VERSION,
+        "building it against LLVM 22 (about 2-4 minutes)",
+        |cmd| {
+            cmd.args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+        },
+    )?;
+    cargo_tool(
+        root,
+        "cargo-fuzz",
+        CARGO_FUZZ_VERSION,
+        "building it (under a minute)",
+        |_| {},
+    )?;
 
     if mounted("bpf", "/sys/fs/bpf") {
         println!("setup: bpffs mounted at /sys/fs/bpf");
