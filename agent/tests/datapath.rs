@@ -157,6 +157,47 @@ fn allowed_flow_passes_with_a_verdict_event_and_counters() {
     assert_eq!(dp.maps.ct_entries().unwrap().len(), 1);
 }
 
+/// A full policy trie (`--bpf-policy-max`) refuses a new entry with an
+/// error (the agent's policy unit then stops its pass, in an order that
+/// fails closed), still takes changes to the entries it holds, and goes on
+/// enforcing them: the flow whose entry did not fit is denied (133).
+#[test]
+fn a_full_policy_trie_refuses_new_entries_and_keeps_enforcing() {
+    let sizes = MapSizes {
+        policy: 4,
+        ..MapSizes::default()
+    };
+    let mut dp = setup_loaded(load_sized(&sizes, LoadOptions::default()), BOTH);
+    for port in 80..84 {
+        allow(
+            &mut dp,
+            Direction::Ingress,
+            key(B_ID, IPPROTO_TCP, port, 16),
+        );
+    }
+    let (k, v) = policy_entry(
+        A_ID,
+        Direction::Ingress,
+        &key(B_ID, IPPROTO_TCP, 84, 16),
+        &Verdict::Allow,
+        0,
+    );
+    let full = dp.maps.set_policy(&k, v);
+    assert!(full.is_err(), "a fifth entry in a trie of 4: {full:?}");
+    // An entry it holds can still change: port 83 becomes a deny.
+    deny(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 83, 16));
+    for (port, want, reason) in [
+        (80, TC_ACT_OK, None),
+        (83, TC_ACT_SHOT, Some(drop_reason::DROP_POLICY_DENY)),
+        (84, TC_ACT_SHOT, Some(drop_reason::DROP_POLICY)),
+    ] {
+        dp.maps.clear_ct().unwrap();
+        let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 40000, port));
+        assert_eq!(action, want, "port {port}");
+        assert_eq!(drops(&events).first().copied(), reason, "port {port}");
+    }
+}
+
 #[test]
 fn default_deny_drops_with_reason_133() {
     let mut dp = setup(BOTH);

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use axoneme_bpf_common::{EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
+use axoneme_bpf_common::{policy_flags, EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
 use aya::maps::lpm_trie::Key;
 use aya::maps::MapError;
 use ipnet::IpNet;
@@ -14,14 +14,17 @@ use crate::datapath::DatapathError;
 /// One write, as the fake saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// A policy entry of endpoint number `endpoint` (prefix length, key).
+    /// A policy entry of endpoint number `endpoint` (prefix length, key),
+    /// written or removed; `deny`: a deny entry.
     SetPolicy {
         endpoint: u32,
         prefix: u32,
+        deny: bool,
     },
     RemovePolicy {
         endpoint: u32,
         prefix: u32,
+        deny: bool,
     },
     SetIpcache(IpNet),
     RemoveIpcache(IpNet),
@@ -66,6 +69,9 @@ pub struct FakeMaps {
     /// Writes of these kinds (`Op` names such as `"set_policy"`) fail
     /// while they are in the set.
     pub failing: Vec<&'static str>,
+    /// The policy trie's size: a new entry past it fails, as the kernel's
+    /// does (`--bpf-policy-max`).
+    pub policy_max: Option<usize>,
 }
 
 impl FakeMaps {
@@ -97,27 +103,47 @@ impl MapWriter for FakeMaps {
         Ok(self.policy.iter().map(|((p, k), v)| (*p, *k, *v)).collect())
     }
 
+    fn policy(&self, key: &Key<PolicyKey>) -> Result<Option<PolicyValue>, DatapathError> {
+        Ok(self.policy.get(&(key.prefix_len(), key.data())).copied())
+    }
+
     fn set_policy(
         &mut self,
         key: &Key<PolicyKey>,
         value: PolicyValue,
     ) -> Result<(), DatapathError> {
-        let data = key.data();
+        let id = (key.prefix_len(), key.data());
+        let full = self
+            .policy_max
+            .is_some_and(|max| self.policy.len() >= max && !self.policy.contains_key(&id));
+        if full {
+            return Err(DatapathError::Map {
+                name: "FAKE",
+                op: "set_policy (full)",
+                source: MapError::KeyNotFound,
+            });
+        }
         self.write(Op::SetPolicy {
-            endpoint: data.endpoint_id,
-            prefix: key.prefix_len(),
+            endpoint: id.1.endpoint_id,
+            prefix: id.0,
+            deny: value.flags & policy_flags::DENY != 0,
         })?;
-        self.policy.insert((key.prefix_len(), data), value);
+        self.policy.insert(id, value);
         Ok(())
     }
 
     fn remove_policy(&mut self, key: &Key<PolicyKey>) -> Result<(), DatapathError> {
-        let data = key.data();
+        let id = (key.prefix_len(), key.data());
+        let deny = self
+            .policy
+            .get(&id)
+            .is_some_and(|v| v.flags & policy_flags::DENY != 0);
         self.write(Op::RemovePolicy {
-            endpoint: data.endpoint_id,
-            prefix: key.prefix_len(),
+            endpoint: id.1.endpoint_id,
+            prefix: id.0,
+            deny,
         })?;
-        self.policy.remove(&(key.prefix_len(), data));
+        self.policy.remove(&id);
         Ok(())
     }
 

@@ -4,10 +4,14 @@
 //! what differs, removes leftovers), so a restart or an error never leaves
 //! a delta missing, and unchanged entries (and their counters) are never
 //! touched.
+//!
+//! A pass writes in an order that fails closed ([`Step`]): a pass that
+//! stops part-way (the trie full, any error) leaves a trie that allows
+//! nothing the old entries and the new ones both deny.
 
 use std::collections::{BTreeMap, HashMap};
 
-use axoneme_bpf_common::{PolicyKey, PolicyValue};
+use axoneme_bpf_common::{policy_flags, PolicyKey, PolicyValue};
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::Direction;
 use axoneme_policy::engine::{Delta, Engine};
@@ -59,8 +63,11 @@ impl PolicyUnit {
         w: &mut impl MapWriter,
         changes: &mut Changes,
     ) -> Result<(), DatapathError> {
+        // The last delta for each entry is what the trie must hold.
+        let mut order: Vec<(u32, PolicyKey)> = Vec::new();
+        let mut last: HashMap<(u32, PolicyKey), Option<PolicyValue>> = HashMap::new();
         for d in deltas {
-            match d {
+            let (key, value) = match d {
                 Delta::Upsert {
                     endpoint,
                     direction,
@@ -69,22 +76,34 @@ impl PolicyUnit {
                 } => {
                     let (k, v) =
                         policy_entry(endpoint.0, *direction, key, verdict, self.proxy_port);
-                    w.set_policy(&k, v)?;
-                    changes.writes += 1;
+                    (k, Some(v))
                 }
                 Delta::Remove {
                     endpoint,
                     direction,
                     key,
-                } => {
-                    w.remove_policy(&policy_key(endpoint.0, *direction, key))?;
-                    changes.removals += 1;
-                }
+                } => (policy_key(endpoint.0, *direction, key), None),
                 // Flags are written with the endpoints map.
-                Delta::Enforced { .. } => {}
+                Delta::Enforced { .. } => continue,
+            };
+            let id = (key.prefix_len(), key.data());
+            if last.insert(id, value).is_none() {
+                order.push(id);
             }
         }
-        Ok(())
+        let mut ops = Vec::with_capacity(order.len());
+        for id in order {
+            let value = last[&id];
+            // A removal's step depends on what the trie holds there.
+            let deny = match value {
+                Some(v) => is_deny(&v),
+                None => w
+                    .policy(&Key::new(id.0, id.1))?
+                    .is_some_and(|v| is_deny(&v)),
+            };
+            ops.push((Step::of(value.is_some(), deny), id, value));
+        }
+        write_in_order(ops, w, changes)
     }
 
     fn adopt(
@@ -111,24 +130,74 @@ impl PolicyUnit {
             .into_iter()
             .map(|(p, k, v)| ((p, k), v))
             .collect();
-        for ((prefix, key), value) in &want {
+        let mut ops = Vec::new();
+        for (id, value) in &want {
             // Counters are the kernel's: compare what the agent writes.
-            let same = have.get(&(*prefix, *key)).is_some_and(|h| {
+            let same = have.get(id).is_some_and(|h| {
                 h.flags == value.flags
                     && h.proxy_port == value.proxy_port
                     && h.match_type == value.match_type
             });
             if !same {
-                w.set_policy(&Key::new(*prefix, *key), *value)?;
-                changes.writes += 1;
+                ops.push((Step::of(true, is_deny(value)), *id, Some(*value)));
             }
         }
-        for (prefix, key) in have.keys() {
-            if !want.contains_key(&(*prefix, *key)) {
-                w.remove_policy(&Key::new(*prefix, *key))?;
+        for (id, value) in &have {
+            if !want.contains_key(id) {
+                ops.push((Step::of(false, is_deny(value)), *id, None));
+            }
+        }
+        write_in_order(ops, w, changes)
+    }
+}
+
+/// The order of a pass's writes. Deny entries go in first and come out
+/// last; allows come out before denies do and go in last. Stopped after
+/// any write, the trie allows at most what the old entries allowed, less
+/// what the new ones deny: never an allow without the denies beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    SetDeny,
+    RemoveAllow,
+    RemoveDeny,
+    SetAllow,
+}
+
+impl Step {
+    fn of(set: bool, deny: bool) -> Step {
+        match (set, deny) {
+            (true, true) => Step::SetDeny,
+            (false, false) => Step::RemoveAllow,
+            (false, true) => Step::RemoveDeny,
+            (true, false) => Step::SetAllow,
+        }
+    }
+}
+
+fn is_deny(v: &PolicyValue) -> bool {
+    v.flags & policy_flags::DENY != 0
+}
+
+/// Writes `ops` (set when there is a value, else remove) by [`Step`]; the
+/// first error stops the pass.
+fn write_in_order(
+    mut ops: Vec<(Step, (u32, PolicyKey), Option<PolicyValue>)>,
+    w: &mut impl MapWriter,
+    changes: &mut Changes,
+) -> Result<(), DatapathError> {
+    ops.sort_by_key(|(step, _, _)| *step);
+    for (_, (prefix, key), value) in ops {
+        let key = Key::new(prefix, key);
+        match value {
+            Some(v) => {
+                w.set_policy(&key, v)?;
+                changes.writes += 1;
+            }
+            None => {
+                w.remove_policy(&key)?;
                 changes.removals += 1;
             }
         }
-        Ok(())
     }
+    Ok(())
 }

@@ -176,6 +176,7 @@ fn a_restarted_agent_adopts_the_maps_and_rewrites_nothing_unchanged() {
                     != (Op::RemovePolicy {
                         endpoint: 4242,
                         prefix: bogus.0,
+                        deny: false,
                     })
                 && **op != Op::RemoveEndpoint(99)
         })
@@ -332,4 +333,108 @@ fn the_maps_hold_the_right_identities() {
     assert_eq!(ids["10.0.0.1/32"], WEB);
     assert_eq!(m.endpoints[&CLIENT_IF].identity, CLIENT);
     assert_eq!(m.endpoints[&WEB_IF].identity, WEB);
+}
+
+/// web: everything from client but TCP 22 (a deny beside the allow).
+fn with_deny() -> Desired {
+    let client = serde_json::json!([{ "matchLabels": { "app": "client" } }]);
+    let object = serde_json::json!({
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumClusterwideNetworkPolicy",
+        "metadata": { "name": "web" },
+        "spec": {
+            "endpointSelector": { "matchLabels": { "app": "web" } },
+            "ingress": [{ "fromEndpoints": client }],
+            "ingressDeny": [{
+                "fromEndpoints": client,
+                "toPorts": [{ "ports": [{ "port": "22", "protocol": "TCP" }] }],
+            }],
+        },
+    });
+    let p = axoneme_policy::parse_object(&object, "web").unwrap();
+    let mut want = desired(false);
+    want.policies
+        .insert("policies/web".into(), std::sync::Arc::new(p));
+    want
+}
+
+/// web's entries in the trie: (denies, allows).
+fn web_entries(m: &FakeMaps) -> (usize, usize) {
+    let web = m.policy.iter().filter(|((_, k), _)| k.endpoint_id == WEB);
+    let denies = web
+        .clone()
+        .filter(|(_, v)| v.flags & axoneme_bpf_common::policy_flags::DENY != 0)
+        .count();
+    (denies, web.count() - denies)
+}
+
+#[test]
+fn a_full_trie_never_holds_an_allow_without_its_denies() {
+    // Room for nothing new, then for one entry more, then enough.
+    let mut maps = fake();
+    maps.policy_max = Some(0);
+    let mut d = driver(maps);
+    let t0 = Instant::now();
+    let r = d.pass(&with_deny(), t0);
+    assert!(
+        matches!(r.outcome(Unit::Policy), Some(Outcome::Failed(_))),
+        "{r:?}"
+    );
+    assert_eq!(web_entries(d.writer()), (0, 0));
+    // Not declared: web's packets meet no endpoint and are dropped (152).
+    assert!(!d.writer().endpoints.contains_key(&WEB_IF));
+    let (denies, allows) = {
+        let mut fresh = driver(fake());
+        fresh.pass(&with_deny(), t0);
+        web_entries(fresh.writer())
+    };
+    assert!(denies > 0 && allows > 0);
+    for room in 1..denies + allows {
+        d.writer_mut().policy_max = Some(room);
+        d.pass(&with_deny(), t0 + Duration::from_secs(60 * room as u64));
+        let (d_in, a_in) = web_entries(d.writer());
+        assert!(
+            a_in == 0 || d_in == denies,
+            "room {room}: {d_in} denies, {a_in} allows"
+        );
+    }
+    d.writer_mut().policy_max = None;
+    let r = d.pass(&with_deny(), t0 + Duration::from_secs(3600));
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(web_entries(d.writer()), (denies, allows));
+}
+
+#[test]
+fn a_pass_sets_denies_first_and_removes_them_last() {
+    let mut d = driver(fake());
+    let t0 = Instant::now();
+    d.pass(&desired(true), t0);
+    d.writer_mut().take_log();
+    // From client:80 to everything but 22, and back: the deltas path.
+    for (want, what) in [(with_deny(), "added"), (desired(true), "removed")] {
+        let r = d.pass(&want, t0);
+        assert!(r.ok(), "{r:?}");
+        let log = d.writer_mut().take_log();
+        let set =
+            |deny: bool| move |op: &Op| matches!(op, Op::SetPolicy { deny: x, .. } if *x == deny);
+        let removed = |deny: bool| move |op: &Op| matches!(op, Op::RemovePolicy { deny: x, .. } if *x == deny);
+        if let (Some(deny), Some(allow)) = (last_pos(&log, set(true)), pos(&log, set(false))) {
+            assert!(deny < allow, "deny {what} after an allow: {log:?}");
+        }
+        if let (Some(allow), Some(deny)) =
+            (last_pos(&log, removed(false)), pos(&log, removed(true)))
+        {
+            assert!(allow < deny, "deny {what} before an allow went: {log:?}");
+        }
+        if let (Some(deny), Some(allow)) = (last_pos(&log, removed(true)), pos(&log, set(false))) {
+            assert!(
+                deny < allow,
+                "{what}: an allow set before the denies went: {log:?}"
+            );
+        }
+        assert!(
+            pos(&log, set(true)).or(pos(&log, removed(true))).is_some(),
+            "{what}: no deny written: {log:?}"
+        );
+    }
 }

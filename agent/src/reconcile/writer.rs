@@ -18,6 +18,8 @@ use crate::datapath::{Datapath, DatapathError};
 pub trait MapWriter {
     /// Every policy-trie entry: (prefix length, key, value).
     fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, DatapathError>;
+    /// One policy-trie entry, if there is one.
+    fn policy(&self, key: &Key<PolicyKey>) -> Result<Option<PolicyValue>, DatapathError>;
     fn set_policy(&mut self, key: &Key<PolicyKey>, value: PolicyValue)
         -> Result<(), DatapathError>;
     fn remove_policy(&mut self, key: &Key<PolicyKey>) -> Result<(), DatapathError>;
@@ -57,6 +59,10 @@ pub struct Kernel {
 impl MapWriter for Kernel {
     fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, DatapathError> {
         self.dp.maps.policy_entries()
+    }
+
+    fn policy(&self, key: &Key<PolicyKey>) -> Result<Option<PolicyValue>, DatapathError> {
+        self.dp.maps.policy(key)
     }
 
     fn set_policy(

@@ -5,8 +5,8 @@
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 
-pub use axoneme_agent::datapath::LoadOptions;
 use axoneme_agent::datapath::{Datapath, DatapathError, PIN_ROOT};
+pub use axoneme_agent::datapath::{LoadOptions, MapSizes};
 pub use axoneme_agent::error_chain;
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -87,9 +87,14 @@ pub fn load_with(pod_lb: bool) -> TestDatapath {
 
 /// [`load`] with `options`.
 pub fn load_options(options: LoadOptions) -> TestDatapath {
+    load_sized(&Default::default(), options)
+}
+
+/// [`load`] with maps of `sizes` and `options`.
+pub fn load_sized(sizes: &MapSizes, options: LoadOptions) -> TestDatapath {
     assert_root();
     let dir = PathBuf::from(PIN_ROOT).join(axoneme_e2e::run_prefix("test"));
-    match Datapath::load_with(&dir, &Default::default(), options) {
+    match Datapath::load_with(&dir, sizes, options) {
         Ok(dp) => TestDatapath { dp, dir },
         Err(error) => {
             let _ = std::fs::remove_dir_all(&dir);
