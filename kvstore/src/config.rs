@@ -108,6 +108,19 @@ fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 }
 
 impl TlsFiles {
+    /// The files as flags name them, for messages (paths only: never what
+    /// the files hold).
+    pub fn describe(&self) -> String {
+        let mut parts = vec![format!("--etcd-ca {}", self.ca.display())];
+        if let Some(cert) = &self.cert {
+            parts.push(format!("--etcd-cert {}", cert.display()));
+        }
+        if let Some(key) = &self.key {
+            parts.push(format!("--etcd-key {}", key.display()));
+        }
+        parts.join(", ")
+    }
+
     pub(crate) fn load(&self) -> Result<etcd_client::TlsOptions> {
         use etcd_client::{Certificate, Identity, TlsOptions};
         let mut tls = TlsOptions::new()

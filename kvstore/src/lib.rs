@@ -249,7 +249,19 @@ impl KvStore {
             if let Some(tls) = &tls {
                 options = options.with_tls(tls.clone());
             }
-            let client = Client::connect([endpoint.as_str()], Some(options)).await?;
+            // Connecting is lazy: what fails here is the configuration,
+            // with TLS the files (a key that is not the certificate's, a
+            // PEM that does not parse), which the message names.
+            let client = Client::connect([endpoint.as_str()], Some(options))
+                .await
+                .map_err(|e| match &config.tls {
+                    Some(files) => KvError::Config(format!(
+                        "the TLS files ({}) cannot be used: {}",
+                        files.describe(),
+                        describe_etcd_error(&e)
+                    )),
+                    None => KvError::Etcd(e),
+                })?;
             members.push(Member {
                 endpoint: endpoint.clone(),
                 client,
