@@ -52,6 +52,9 @@ pub struct ClusterConfig {
     /// kubelet mounts it (`--config-dir`), and authenticate with tokens of
     /// the chart's ServiceAccounts. Implies `kubernetes`.
     pub helm: Option<Vec<String>>,
+    /// etcd requires client certificates (mutual TLS): the operators, the
+    /// agents and the CLI get `--etcd-ca`, `--etcd-cert` and `--etcd-key`.
+    pub etcd_tls: bool,
 }
 
 impl Default for ClusterConfig {
@@ -62,6 +65,7 @@ impl Default for ClusterConfig {
             agent_args: Vec::new(),
             kubernetes: false,
             helm: None,
+            etcd_tls: false,
         }
     }
 }
@@ -161,7 +165,11 @@ impl Cluster {
         let prefix = crate::run_prefix("c");
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir)?;
-        let etcd = EtcdCluster::start(3)?;
+        let etcd = if cfg.etcd_tls {
+            EtcdCluster::start_tls(3)?
+        } else {
+            EtcdCluster::start(3)?
+        };
         let underlay = Netns::create(&format!("{prefix}-ul"))?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
@@ -231,6 +239,7 @@ impl Cluster {
                     .to_string(),
             ]);
         }
+        op_args.extend(cluster.etcd_tls_flags());
         for id in ["op-a", "op-b"] {
             let etcd = if cluster.etcd_from_config {
                 Vec::new()
@@ -328,12 +337,13 @@ impl Cluster {
     /// Starts (or restarts) node `i`'s agent.
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
         let etcd = self.etcd().endpoints().join(",");
+        let tls = self.etcd_tls_flags();
         let from_config = self.etcd_from_config;
         let n = &mut self.nodes[i];
         let mut cmd = Command::new(bin_path("axoneme-agent"));
         cmd.args(["--node", &n.name]);
         if !from_config {
-            cmd.args(["--etcd-endpoints", &etcd]);
+            cmd.args(["--etcd-endpoints", &etcd]).args(&tls);
         }
         cmd.arg("--netns")
             .arg(n.ns.path())
@@ -539,12 +549,32 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The client flags of a TLS etcd ([`ClusterConfig::etcd_tls`]).
+    fn etcd_tls_flags(&self) -> Vec<String> {
+        let Some(certs) = self.etcd().certs() else {
+            return Vec::new();
+        };
+        [
+            ("--etcd-ca", &certs.ca_cert),
+            ("--etcd-cert", &certs.client_cert),
+            ("--etcd-key", &certs.client_key),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+
     /// The `axoneme` CLI against this cluster and node `i`'s agent.
     pub fn cli_command(&self, node: usize, args: &[&str]) -> Command {
         let mut c = Command::new(bin_path("axoneme"));
         c.env("AXONEME_ETCD_ENDPOINTS", self.etcd().endpoints().join(","))
-            .env("AXONEME_AGENT_SOCKET", &self.nodes[node].socket)
-            .args(args);
+            .env("AXONEME_AGENT_SOCKET", &self.nodes[node].socket);
+        if let Some(certs) = self.etcd().certs() {
+            c.env("AXONEME_ETCD_CA", &certs.ca_cert)
+                .env("AXONEME_ETCD_CERT", &certs.client_cert)
+                .env("AXONEME_ETCD_KEY", &certs.client_key);
+        }
+        c.args(args);
         c
     }
 

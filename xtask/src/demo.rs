@@ -159,6 +159,7 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         kubernetes: k8s,
         // Kubernetes mode is installed as a user installs it: with the chart.
         helm: k8s.then(Vec::new),
+        etcd_tls: false,
     })?;
     println!(
         "      up in {:.1} s; etcd {}",
