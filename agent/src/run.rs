@@ -250,8 +250,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Metrics: the listener first, so a taken port fails the start.
     let metrics = Metrics::new(
         &cfg.node,
-        metrics::Sources::new(reader.clone(), &pin_dir, state.clone(), view_rx.clone())
-            .context("reading the BPF maps' capacities for metrics")?,
+        metrics::Sources::new(reader.clone(), state.clone(), view_rx.clone()),
     );
     // From here on (the start's own calls are not in it).
     kv.observe_with(Arc::new(metrics.kvstore.clone()));

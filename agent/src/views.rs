@@ -9,8 +9,8 @@ use axoneme_api::{
     PolicyEntry, Status, SyncUnitStatus,
 };
 use axoneme_bpf_common::{
-    ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type, policy_flags,
-    verdict, Event, PolicyKey, CT_MAX, ENDPOINTS_MAX, ENDPOINT_ADDRS_MAX, IPCACHE_MAX, POLICY_MAX,
+    ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, map_names, match_type,
+    policy_flags, verdict, Event, PolicyKey,
 };
 
 use crate::datapath::{DatapathError, MapReader};
@@ -104,28 +104,28 @@ pub fn status(
     let map_status = vec![
         MapStatus {
             name: "ipcache".into(),
-            max_entries: IPCACHE_MAX,
+            max_entries: maps.capacity(map_names::IPCACHE),
             entries: count(maps.ipcache_entries().map(|v| v.len())),
         },
         MapStatus {
             name: "endpoints".into(),
-            max_entries: ENDPOINTS_MAX,
+            max_entries: maps.capacity(map_names::ENDPOINTS),
             entries: count(maps.endpoints().map(|v| v.len())),
         },
         MapStatus {
             name: "endpoint-addresses".into(),
-            max_entries: ENDPOINT_ADDRS_MAX,
+            max_entries: maps.capacity(map_names::ENDPOINT_ADDRS),
             entries: count(maps.endpoint_addresses()),
         },
         MapStatus {
             name: "policy".into(),
-            max_entries: POLICY_MAX,
+            max_entries: maps.capacity(map_names::POLICY),
             entries: count(maps.policy_entries().map(|v| v.len())),
         },
         MapStatus {
             name: "ct".into(),
-            // Two maps of CT_MAX: IPv4 and IPv6 flows.
-            max_entries: 2 * CT_MAX,
+            // Two maps: IPv4 and IPv6 flows.
+            max_entries: maps.capacity(map_names::CT4) + maps.capacity(map_names::CT),
             entries: count(maps.ct_entries().map(|v| v.len())),
         },
     ];

@@ -545,44 +545,74 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
     out
 }
 
+/// The maps whose fill `status` and `bpf_map_pressure` report.
+pub const SIZED_MAPS: [&str; 6] = [IPCACHE, ENDPOINTS, ENDPOINT_ADDRS, POLICY, CT4, CT];
+
 /// Read-only handles on a datapath's pinned maps, for the API's views:
 /// what the kernel holds (counters and conntrack included), read without
 /// going through the maps' one writer.
-pub struct MapReader(Maps);
+pub struct MapReader {
+    maps: Maps,
+    /// Each of [`SIZED_MAPS`]' capacity, read from its pin (the
+    /// `--bpf-*-max` flags size some; fixed while the pins live).
+    capacity: Vec<(&'static str, u32)>,
+}
 
 impl MapReader {
     /// Opens the maps a loaded datapath pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
-        Maps::open_pinned(pin_dir).map(MapReader)
+        let maps = Maps::open_pinned(pin_dir)?;
+        let capacity = SIZED_MAPS
+            .iter()
+            .map(|name| {
+                aya::maps::MapInfo::from_pin(pin_dir.join(name))
+                    .map(|i| (*name, i.max_entries()))
+                    .map_err(|source| map_error(name, "reading its size", source))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(MapReader { maps, capacity })
+    }
+
+    /// Each sized map's capacity, by name.
+    pub fn capacities(&self) -> &[(&'static str, u32)] {
+        &self.capacity
+    }
+
+    /// Map `name`'s capacity (0 for a map not in [`SIZED_MAPS`]).
+    pub fn capacity(&self, name: &str) -> u32 {
+        self.capacity
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, c)| *c)
     }
 
     pub fn ipcache_entries(&self) -> Result<Vec<(IpNet, IpcacheValue)>, DatapathError> {
-        self.0.ipcache_entries()
+        self.maps.ipcache_entries()
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, DatapathError> {
-        self.0.endpoints()
+        self.maps.endpoints()
     }
 
     pub fn endpoint_addresses(&self) -> Result<usize, DatapathError> {
-        self.0.endpoint_addresses()
+        self.maps.endpoint_addresses()
     }
 
     pub fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, DatapathError> {
-        self.0.policy_entries()
+        self.maps.policy_entries()
     }
 
     pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
-        self.0.ct_entries()
+        self.maps.ct_entries()
     }
 
     pub fn counters(&self) -> Result<Counters, DatapathError> {
-        self.0.counters()
+        self.maps.counters()
     }
 
     /// See [`Maps::traffic`].
     pub fn traffic(&self) -> Result<Vec<(MetricsKey, MetricsValue)>, DatapathError> {
-        self.0.traffic()
+        self.maps.traffic()
     }
 }
 

@@ -3,7 +3,6 @@
 //! reconciler and the caches published. Reads only: the maps through
 //! read-only handles on their pins, never through their writer.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use axoneme_bpf_common::{direction, family, map_names, metrics_kind};
@@ -24,8 +23,6 @@ pub struct Sources {
     maps: Arc<MapReader>,
     state: NodeState,
     view: watch::Receiver<Arc<DatapathView>>,
-    /// Each map's capacity (fixed while its pins live), by name.
-    capacity: Vec<(&'static str, u32)>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -34,37 +31,13 @@ impl std::fmt::Debug for Sources {
     }
 }
 
-/// The maps whose use `bpf_map_pressure` reports.
-const PRESSURE_MAPS: [&str; 6] = [
-    map_names::IPCACHE,
-    map_names::ENDPOINTS,
-    map_names::ENDPOINT_ADDRS,
-    map_names::POLICY,
-    map_names::CT4,
-    map_names::CT,
-];
-
 impl Sources {
-    /// `maps` pinned under `pin_dir`; capacities are read from the pins
-    /// (the `--bpf-*-max` flags size some of them).
     pub fn new(
         maps: Arc<MapReader>,
-        pin_dir: &Path,
         state: NodeState,
         view: watch::Receiver<Arc<DatapathView>>,
-    ) -> Result<Self, aya::maps::MapError> {
-        let capacity = PRESSURE_MAPS
-            .iter()
-            .map(|name| {
-                aya::maps::MapInfo::from_pin(pin_dir.join(name)).map(|i| (*name, i.max_entries()))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Sources {
-            maps,
-            state,
-            view,
-            capacity,
-        })
+    ) -> Self {
+        Sources { maps, state, view }
     }
 
     /// Entries in map `name` now.
@@ -206,7 +179,7 @@ impl Collector for Sources {
 
         let mut pressure = Vec::new();
         let mut ct = Vec::new();
-        for (name, capacity) in &self.capacity {
+        for (name, capacity) in self.maps.capacities() {
             let Ok(n) = self.entries(name) else { continue };
             pressure.push(gauge(
                 vec![("map_name", name.to_string())],

@@ -178,14 +178,26 @@ fn is_deny(v: &PolicyValue) -> bool {
     v.flags & policy_flags::DENY != 0
 }
 
-/// Writes `ops` (set when there is a value, else remove) by [`Step`]; the
-/// first error stops the pass.
+/// Writes `ops` (set when there is a value, else remove) by [`Step`],
+/// then in key order (so that a trie short of room always takes the same
+/// entries: the lower ports first); the first error stops the pass.
 fn write_in_order(
     mut ops: Vec<(Step, (u32, PolicyKey), Option<PolicyValue>)>,
     w: &mut impl MapWriter,
     changes: &mut Changes,
 ) -> Result<(), DatapathError> {
-    ops.sort_by_key(|(step, _, _)| *step);
+    ops.sort_by_key(|(step, (prefix, k), _)| {
+        let port = u16::from_be(k.dport);
+        (
+            *step,
+            k.endpoint_id,
+            k.direction,
+            k.identity,
+            k.protocol,
+            port,
+            *prefix,
+        )
+    });
     for (_, (prefix, key), value) in ops {
         let key = Key::new(prefix, key);
         match value {
