@@ -315,6 +315,44 @@ impl IdentitiesStatus {
     }
 }
 
+/// Fill at which a map is worth a warning: a full map refuses new entries.
+const MAP_WARNING_PERCENT: u64 = 90;
+
+/// A line for each BPF map at least [`MAP_WARNING_PERCENT`] full: what
+/// happens when it is full, and the flag that sizes it.
+pub fn map_warnings(maps: &[axoneme_api::MapStatus]) -> Vec<String> {
+    maps.iter()
+        .filter(|m| {
+            m.max_entries > 0 && m.entries * 100 >= MAP_WARNING_PERCENT * u64::from(m.max_entries)
+        })
+        .map(|m| {
+            let (when_full, flag) = match m.name.as_str() {
+                "policy" => (
+                    "new policy entries are refused, their flows denied",
+                    Some("--bpf-policy-max"),
+                ),
+                "ipcache" => (
+                    "new addresses are refused (seen as world)",
+                    Some("--bpf-ipcache-max"),
+                ),
+                "ct" => (
+                    "the oldest flows are evicted and judged again",
+                    Some("--bpf-ct-max"),
+                ),
+                _ => ("new endpoints are refused", None),
+            };
+            format!(
+                "BPF map {} is {}% full ({} of {}): when full, {when_full}{}",
+                m.name,
+                m.entries * 100 / u64::from(m.max_entries),
+                m.entries,
+                m.max_entries,
+                flag.map(|f| format!("; raise {f}")).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 fn ok_cell(ok: bool) -> &'static str {
     if ok {
         "OK"
@@ -338,6 +376,11 @@ impl Render for StatusReport {
             &self.identities.message,
         ]);
         t.row(["Agent:", ok_cell(self.agent.ok), &self.agent.message]);
+        if let Some(st) = &self.agent.status {
+            for w in map_warnings(&st.maps) {
+                t.row(["Warning:", "", &w]);
+            }
+        }
         let mut out = t.to_string();
         if let (true, Some(st)) = (self.verbose, &self.agent.status) {
             let mut comps = Table::new(&["COMPONENT", "STATUS", "MESSAGE"]).indent(2);
@@ -512,7 +555,30 @@ mod tests {
         );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["operator"]["ok"], false);
+        assert!(!text.contains("Warning:"), "{text}");
         assert_eq!(json["identities"]["allocated"], 3);
         assert_eq!(json["kvstore"]["members"][0]["is_leader"], true);
+    }
+
+    #[test]
+    fn a_map_nine_tenths_full_is_a_warning_naming_its_flag() {
+        let map = |name: &str, entries: u64, max_entries: u32| axoneme_api::MapStatus {
+            name: name.into(),
+            max_entries,
+            entries,
+        };
+        let w = map_warnings(&[
+            map("policy", 3687, 4096),
+            map("ipcache", 3686, 4096),
+            map("ct", 10, 10),
+            map("endpoints", 0, 0),
+        ]);
+        assert_eq!(
+            w,
+            vec![
+                "BPF map policy is 90% full (3687 of 4096): when full, new policy entries are refused, their flows denied; raise --bpf-policy-max",
+                "BPF map ct is 100% full (10 of 10): when full, the oldest flows are evicted and judged again; raise --bpf-ct-max",
+            ]
+        );
     }
 }
