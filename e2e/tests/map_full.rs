@@ -1,0 +1,124 @@
+//! A full policy trie fails closed on a real cluster: agents run with
+//! `--bpf-policy-max 2`; the seed policy takes one entry on node 0.
+//! `axoneme status` reports the configured size. A second policy lets the
+//! intruder in on ports 80, 81 and 8080: there is room for one entry (the
+//! unit writes in key order: port 80), 81 is refused, 8080 never written.
+//! The policy sync unit fails and says why, status warns that the map is
+//! full, the intruder stays blocked on 8080, and what was enforced before
+//! stays enforced.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axoneme_e2e::expect::{seed_policy, stays, until_post};
+use axoneme_e2e::{Cluster, ClusterConfig};
+use serde_json::Value;
+
+const LET_THE_INTRUDER_IN: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: intruder-welcome
+spec:
+  endpointSelector:
+    matchLabels:
+      app: payments
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: intruder
+    toPorts:
+    - ports:
+      - port: \"80\"
+        protocol: TCP
+      - port: \"81\"
+        protocol: TCP
+      - port: \"8080\"
+        protocol: TCP
+";
+
+/// `status -o json` on node 0 (it exits non-zero while a unit fails).
+fn status(c: &Cluster) -> Result<Value> {
+    let out = c
+        .cli_command(0, &["status", "--verbose", "-o", "json"])
+        .output()?;
+    serde_json::from_slice(&out.stdout).context("status -o json")
+}
+
+#[test]
+fn a_full_policy_map_is_reported_and_fails_closed() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig {
+        agent_args: vec!["--bpf-policy-max".into(), "2".into()],
+        ..ClusterConfig::default()
+    })?;
+    let pods = c.seed_pods()?;
+    let pay = pods.payments.ip.to_string();
+    c.import_policy(0, &seed_policy())?;
+    until_post(&pods.checkout, &pay, Some(200), Duration::from_secs(10))?;
+
+    // The size is the flag's.
+    let policy_map = |st: &Value| -> Result<(Option<u64>, Option<u64>)> {
+        let maps = st["agent"]["status"]["maps"].as_array().context("maps")?;
+        let m = maps
+            .iter()
+            .find(|m| m["name"] == "policy")
+            .context("the policy map")?;
+        Ok((m["entries"].as_u64(), m["max_entries"].as_u64()))
+    };
+    let st = status(&c)?;
+    assert_eq!(policy_map(&st)?, (Some(1), Some(2)), "{st}");
+
+    // No room for the intruder's entry: it stays out, and the unit says why.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("intruder.yaml");
+    std::fs::write(&file, LET_THE_INTRUDER_IN)?;
+    c.cli(
+        0,
+        &["policy", "import", file.to_str().context("UTF-8 path")?],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failing = loop {
+        let st = status(&c)?;
+        let unit = st["agent"]["status"]["sync_units"]
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["name"] == "policy").cloned())
+            .context("the policy sync unit")?;
+        if unit["ok"] == false {
+            break unit;
+        }
+        if Instant::now() > deadline {
+            bail!("the policy unit never failed: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let error = failing["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("No space left"), "{failing}");
+    let st = status(&c)?;
+    assert_eq!(policy_map(&st)?, (Some(2), Some(2)), "{st}");
+    let human = String::from_utf8(c.cli_command(0, &["status"]).output()?.stdout)?;
+    assert!(
+        human.contains("BPF map policy is 100% full (2 of 2)")
+            && human.contains("--bpf-policy-max"),
+        "{human}"
+    );
+    stays(
+        &pods.intruder,
+        "POST",
+        &pay,
+        "/v1/charge",
+        None,
+        Duration::from_secs(2),
+    )?;
+    stays(
+        &pods.checkout,
+        "POST",
+        &pay,
+        "/v1/charge",
+        Some(200),
+        Duration::from_secs(1),
+    )?;
+    eprintln!(
+        "map full: the policy unit failed with {}",
+        failing["last_error"]
+    );
+    Ok(())
+}
