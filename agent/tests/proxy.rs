@@ -392,8 +392,12 @@ fn malformed_requests_are_refused_and_never_reach_the_backend() -> Result<()> {
         let mut answer = Vec::new();
         let _ = s.read_to_end(&mut answer);
         let answer = String::from_utf8_lossy(&answer);
-        let ok = answer.find("HTTP/1.1 200").context("pipelined 200")?;
-        let refused = answer.find("HTTP/1.1 400").context("pipelined 400")?;
+        let ok = answer
+            .find("HTTP/1.1 200")
+            .with_context(|| format!("{what}: no 200 for the pipelined request: {answer:?}"))?;
+        let refused = answer
+            .find("HTTP/1.1 400")
+            .with_context(|| format!("{what}: no 400 after the pipelined request: {answer:?}"))?;
         assert!(
             ok < refused && answer.matches("HTTP/1.1").count() == 2,
             "{what}: {answer}"

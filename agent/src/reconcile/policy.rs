@@ -6,8 +6,8 @@
 //! touched.
 //!
 //! A pass writes in an order that fails closed ([`Step`]): a pass that
-//! stops part-way (the trie full, any error) leaves a trie that allows
-//! nothing the old entries and the new ones both deny.
+//! stops part-way (the trie full, any error) leaves a trie that allows at
+//! most what the old entries allowed, less what the new ones deny.
 
 use std::collections::{BTreeMap, HashMap};
 
