@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cgroup::Cgroup;
 use crate::netns::Netns;
+use crate::tls::TestCerts;
 use crate::{bin_path, EtcdCluster, KubeControlPlane, OperatorProc, Proc};
 
 mod pods;
@@ -551,17 +552,10 @@ impl Cluster {
 
     /// The client flags of a TLS etcd ([`ClusterConfig::etcd_tls`]).
     fn etcd_tls_flags(&self) -> Vec<String> {
-        let Some(certs) = self.etcd().certs() else {
-            return Vec::new();
-        };
-        [
-            ("--etcd-ca", &certs.ca_cert),
-            ("--etcd-cert", &certs.client_cert),
-            ("--etcd-key", &certs.client_key),
-        ]
-        .into_iter()
-        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
-        .collect()
+        self.etcd()
+            .certs()
+            .map(TestCerts::client_flags)
+            .unwrap_or_default()
     }
 
     /// The `axoneme` CLI against this cluster and node `i`'s agent.

@@ -31,6 +31,19 @@ pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 }
 
 impl TestCerts {
+    /// The client's flags for these certificates: `--etcd-ca`,
+    /// `--etcd-cert` and `--etcd-key`, each with its path.
+    pub fn client_flags(&self) -> Vec<String> {
+        [
+            ("--etcd-ca", &self.ca_cert),
+            ("--etcd-cert", &self.client_cert),
+            ("--etcd-key", &self.client_key),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+
     /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate.
     pub fn generate(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;

@@ -42,6 +42,7 @@ struct Figures {
     corpus: u64,
 }
 
+/// Needs `setup` run first (cargo-fuzz).
 pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
     for t in only {
         if !TARGETS.contains(&t.as_str()) {
@@ -53,7 +54,6 @@ pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
         .copied()
         .filter(|t| only.is_empty() || only.iter().any(|o| o == t))
         .collect();
-    super::setup::run(root)?;
     let fuzz = root.join("fuzz");
     let cargo_fuzz = super::setup::tools_bin(root).join("cargo-fuzz");
     let built = Instant::now();

@@ -83,7 +83,10 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&root, &args),
         Cmd::Demo(args) => demo::run(&root, args),
         Cmd::Bench { name } => bench::run(&root, &name),
-        Cmd::Fuzz { minutes, targets } => fuzz::run(&root, minutes * 60, &targets),
+        Cmd::Fuzz { minutes, targets } => {
+            setup::run(&root)?;
+            fuzz::run(&root, minutes * 60, &targets)
+        }
     }
 }
 

@@ -55,14 +55,7 @@ impl Fixture {
     pub fn start_operator(&mut self, id: &str, extra: &[&str]) -> Result<()> {
         let mut args: Vec<String> = vec!["--lease-ttl".into(), "2".into()];
         if let Some(c) = self.etcd.certs() {
-            for (flag, path) in [
-                ("--etcd-ca", &c.ca_cert),
-                ("--etcd-cert", &c.client_cert),
-                ("--etcd-key", &c.client_key),
-            ] {
-                args.push(flag.into());
-                args.push(path.display().to_string());
-            }
+            args.extend(c.client_flags());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut op = OperatorProc::start(
