@@ -16,7 +16,7 @@ pub struct Announcer {
     pub layout: Layout,
     pub cidrs: WatchCache<NodeCidrs>,
     pub leased: Leased,
-    /// The record as announced at start.
+    /// The record as announced at start (with the CIDRs allocated then).
     pub record: NodeRecord,
     pub endpoints: Arc<Endpoints>,
 }
@@ -24,6 +24,11 @@ pub struct Announcer {
 impl Announcer {
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let mut changes = self.cidrs.subscribe();
+        // The record announced at start already has the CIDRs of the
+        // allocation it read.
+        if !self.record.pod_cidrs.is_empty() {
+            self.endpoints.set_cidrs(self.record.pod_cidrs.clone());
+        }
         let cidr_key = self.layout.node_cidrs(&self.record.name);
         let node_key = self.layout.node(&self.record.name);
         loop {

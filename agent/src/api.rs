@@ -34,6 +34,8 @@ use crate::node::NodeState;
 use crate::reconcile::DatapathView;
 use crate::views::{self, EventRing};
 
+pub mod starting;
+
 /// What the API reads from.
 #[derive(Clone)]
 pub struct ApiState {
@@ -86,10 +88,10 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
 /// Runs a read of the maps (system calls, a whole map at worst) off the
 /// server's threads.
 async fn read_maps<T: Send + 'static>(
-    ctx: &Ctx,
+    maps: &Arc<MapReader>,
     f: impl FnOnce(&MapReader) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, Failure> {
-    let maps = ctx.maps.clone();
+    let maps = maps.clone();
     tokio::task::spawn_blocking(move || f(&maps))
         .await
         .map_err(|e| {
@@ -129,7 +131,7 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<Status>, Failure> {
     let view = ctx.datapath.borrow().clone();
     let kv = ctx.kvstore.borrow().clone();
     let (state, eps) = (ctx.state.clone(), ctx.endpoints.clone());
-    let mut st = read_maps(&ctx, move |maps| {
+    let mut st = read_maps(&ctx.maps, move |maps| {
         Ok(views::status(&view, &state, &eps, maps, kv.as_deref()))
     })
     .await?;
@@ -149,7 +151,7 @@ async fn list_endpoints(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<Endpoint
 }
 
 async fn ipcache(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<IpcacheEntry>>, Failure> {
-    Ok(Json(read_maps(&ctx, views::ipcache).await?))
+    Ok(Json(read_maps(&ctx.maps, views::ipcache).await?))
 }
 
 async fn policy(
@@ -158,12 +160,12 @@ async fn policy(
 ) -> Result<Json<Vec<PolicyEntry>>, Failure> {
     let view = ctx.datapath.borrow().clone();
     Ok(Json(
-        read_maps(&ctx, move |maps| views::policy(&view, maps, &endpoint)).await?,
+        read_maps(&ctx.maps, move |maps| views::policy(&view, maps, &endpoint)).await?,
     ))
 }
 
 async fn ct(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<CtEntry>>, Failure> {
-    Ok(Json(read_maps(&ctx, views::ct).await?))
+    Ok(Json(read_maps(&ctx.maps, views::ct).await?))
 }
 
 async fn list_events(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EventView>>, Failure> {
@@ -183,26 +185,12 @@ async fn not_found() -> Failure {
     ))
 }
 
-/// Binds `socket` (replacing a stale one) with mode 0600 and serves until
-/// `cancel`.
+/// Serves the API on `listener` (see [`listen`]) until `cancel`.
 pub async fn serve(
-    socket: PathBuf,
+    listener: Listener,
     ctx: ApiState,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::remove_file(&socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", socket.display())),
-    }
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .with_context(|| format!("binding the API socket {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", socket.display()))?;
     let ctx = Arc::new(ctx);
     let app = Router::new()
         .route("/v1/cni/add", post(add))
@@ -217,11 +205,69 @@ pub async fn serve(
         .route("/v1/services", get(list_services))
         .fallback(not_found)
         .with_state(ctx);
-    let result = axum::serve(listener, app)
+    serve_on(listener, app, cancel).await
+}
+
+/// The API socket, bound.
+pub struct Listener {
+    inner: tokio::net::UnixListener,
+    path: PathBuf,
+    /// The socket file's inode: whose it is when the server stops.
+    inode: u64,
+}
+
+/// Binds the API socket at `path` with mode 0600. It is bound beside and
+/// renamed into place, so a server already there (a stale file, or the
+/// agent's own while it starts) is replaced without a moment in which
+/// the path answers nothing.
+pub fn listen(path: &std::path::Path) -> anyhow::Result<Listener> {
+    use anyhow::Context;
+    use std::os::unix::fs::MetadataExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut beside = path.as_os_str().to_owned();
+    beside.push(".new");
+    let beside = PathBuf::from(beside);
+    match std::fs::remove_file(&beside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", beside.display())),
+    }
+    let inner = tokio::net::UnixListener::bind(&beside)
+        .with_context(|| format!("binding the API socket {}", beside.display()))?;
+    std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", beside.display()))?;
+    let inode = std::fs::metadata(&beside)
+        .with_context(|| format!("{}", beside.display()))?
+        .ino();
+    std::fs::rename(&beside, path)
+        .with_context(|| format!("moving the API socket to {}", path.display()))?;
+    Ok(Listener {
+        inner,
+        path: path.to_path_buf(),
+        inode,
+    })
+}
+
+/// Serves `app` on `listener` until `cancel`, then removes the socket
+/// file unless another server has taken the path meanwhile.
+async fn serve_on(
+    listener: Listener,
+    app: Router,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::MetadataExt;
+    let Listener { inner, path, inode } = listener;
+    let result = axum::serve(inner, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await;
-    if let Err(e) = std::fs::remove_file(&socket) {
-        warn!(socket = %socket.display(), error = %e, "cannot remove the API socket");
+    let ours = std::fs::metadata(&path).is_ok_and(|m| m.ino() == inode);
+    if ours {
+        if let Err(e) = std::fs::remove_file(&path) {
+            warn!(socket = %path.display(), error = %e, "cannot remove the API socket");
+        }
     }
     result.context("API server")
 }

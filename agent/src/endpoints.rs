@@ -4,12 +4,19 @@
 //! the agent's lease, and wait until the datapath enforces the pod's
 //! identity and policy. Anything that fails undoes what was done: no veth,
 //! address, record or state file leaks, and a pod never runs unenforced.
+//!
+//! Every ADD answers within its timeout, etcd or not. A record etcd could
+//! not be told to delete is an orphan ([`orphans`]), deleted by
+//! [`Endpoints::collect_orphans`] when etcd answers.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use axoneme_api::names::{check_container_id, check_interface_name};
 use axoneme_api::{
@@ -18,7 +25,7 @@ use axoneme_api::{
 use axoneme_identity::{EndpointRecord, LabelSet, Layout, Source};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::ipam::{Ipam, IpamError};
 use crate::lease::Leased;
@@ -26,6 +33,14 @@ use crate::netdev::{self, Ns, GATEWAY_V4, GATEWAY_V6};
 use crate::node::NodeState;
 
 use crate::k8s::{LabelSource, NAMESPACE_LABEL};
+
+mod orphans;
+use orphans::Orphans;
+
+/// How long a DEL, or a round of the orphan collector, waits for etcd to
+/// delete a record before leaving it to the next round (the addresses
+/// stay held meanwhile, so waiting longer would buy nothing).
+const RECORD_DELETE_WAIT: Duration = Duration::from_secs(2);
 
 /// An endpoint's labels, parsed and within the size limits.
 fn check_labels(raw: &[String]) -> Result<LabelSet, String> {
@@ -122,6 +137,8 @@ pub struct Endpoints {
     /// One ADD/DEL/CHECK at a time per agent keeps the veth, IPAM and
     /// state-file steps simple to reason about.
     serial: tokio::sync::Mutex<()>,
+    /// Endpoints gone here whose record may still be in etcd.
+    orphans: Orphans,
 }
 
 /// Endpoint state files under `dir`, with a warning for each unreadable
@@ -164,7 +181,10 @@ pub async fn restore(
         let key = layout.endpoint(node, s.name());
         if !s.netns.exists() {
             info!(endpoint = %s.name(), "pod namespace gone while the agent was down; removing the endpoint");
-            let _ = leased.delete(&key).await;
+            if let Err(e) = leased.delete(&key).await {
+                warn!(endpoint = %s.name(), error = %e, "cannot delete the endpoint record yet; it is an orphan");
+                orphans::keep(dir, s.name(), &s.addresses);
+            }
             netdev::unplumb(node_ns, &s.host_interface).await;
             let _ = std::fs::remove_file(state_path(dir, s.name()));
             continue;
@@ -178,12 +198,21 @@ pub async fn restore(
     kept
 }
 
-/// An allocator for `cidrs` that knows the addresses `states` hold.
-fn ipam_with(cidrs: Vec<ipnet::IpNet>, states: &[EndpointState]) -> Ipam {
+/// An allocator for `cidrs` that knows the addresses `states` and
+/// `orphans` hold.
+fn ipam_with(
+    cidrs: Vec<ipnet::IpNet>,
+    states: &[EndpointState],
+    orphans: &BTreeMap<String, Vec<IpAddr>>,
+) -> Ipam {
     let mut ipam = Ipam::new(cidrs);
-    for s in states {
-        for a in &s.addresses {
-            ipam.restore(*a, s.name());
+    let held = states
+        .iter()
+        .map(|s| (s.name(), &s.addresses))
+        .chain(orphans.iter().map(|(n, a)| (n.as_str(), a)));
+    for (name, addresses) in held {
+        for a in addresses {
+            ipam.restore(*a, name);
         }
     }
     ipam
@@ -209,7 +238,8 @@ impl Endpoints {
         default_timeout: Duration,
         source: LabelSource,
     ) -> Self {
-        let ipam = ipam_with(Vec::new(), restored);
+        let orphans = Orphans::load(&dir);
+        let ipam = ipam_with(Vec::new(), restored, &orphans.held());
         Endpoints {
             node: state.node().to_string(),
             layout: state.layout().clone(),
@@ -222,12 +252,13 @@ impl Endpoints {
             default_timeout,
             source,
             serial: tokio::sync::Mutex::new(()),
+            orphans,
         }
     }
 
     /// Sets the node's pod CIDRs (once the operator has given them).
     pub fn set_cidrs(&self, cidrs: Vec<ipnet::IpNet>) {
-        let next = ipam_with(cidrs, &load_states(&self.dir));
+        let next = ipam_with(cidrs, &load_states(&self.dir), &self.orphans.held());
         *self.ipam.lock().expect("ipam lock") = next;
     }
 
@@ -266,6 +297,9 @@ impl Endpoints {
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(self.default_timeout);
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(far_future);
         let (raw, pod) = match &self.source {
             LabelSource::Cni => {
                 if let Some(l) = req.labels.iter().find(|l| l.contains(NAMESPACE_LABEL)) {
@@ -299,6 +333,14 @@ impl Endpoints {
                 "container {} already has an endpoint ({} in the pod); DEL it first",
                 req.container_id, old.ifname
             )));
+        }
+        // An ADD again after a failed one: its record is written anew, so
+        // it is no orphan, and its old addresses are free.
+        if self.orphans.remove(&req.container_id) {
+            self.ipam
+                .lock()
+                .expect("ipam lock")
+                .release(&req.container_id);
         }
         let addresses = self
             .ipam
@@ -342,38 +384,53 @@ impl Endpoints {
             pod_uid: pod.as_ref().map(|p| p.uid.clone()),
             named_ports: pod.map(|p| p.named_ports).unwrap_or_default(),
         };
-        match self.announce_and_wait(&st, timeout).await {
+        match self.announce_and_wait(&st, timeout, deadline).await {
             Ok(identity) => {
                 info!(endpoint = %st.name(), identity, addresses = ?st.addresses, "endpoint created and enforced");
                 Ok(st.response(identity))
             }
             Err(e) => {
                 warn!(endpoint = %st.name(), error = %e, "endpoint creation failed; undoing it");
-                self.remove(&st).await.ok();
+                // The time is up: the record is the collector's to delete.
+                if let Err(e) = self.remove(&st, Instant::now()).await {
+                    warn!(endpoint = %st.name(), error = %e, "undoing the endpoint failed");
+                }
                 Err(e)
             }
         }
     }
 
-    /// Writes the state file and the record, then waits for enforcement.
+    /// Writes the state file and the record, then waits for enforcement,
+    /// all before `deadline`.
     async fn announce_and_wait(
         &self,
         st: &EndpointState,
         timeout: Duration,
+        deadline: Instant,
     ) -> Result<u32, ApiError> {
         self.write_state(st)?;
         let key = self.layout.endpoint(&self.node, st.name());
         let value = serde_json::to_vec(&st.record(&self.node)).expect("serializes");
-        self.leased.put(&key, value).await.map_err(|e| {
+        let unavailable = |why: String| {
             ApiError::new(
                 cni_code::TRY_AGAIN_LATER,
-                "cannot write the endpoint record to etcd",
-                e.to_string(),
+                "etcd unavailable: cannot write the endpoint record; the pod was not started",
+                why,
             )
-        })?;
+        };
+        match tokio::time::timeout_at(deadline, self.leased.put(&key, value)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "no answer within the request's {} ms",
+                    timeout.as_millis()
+                )))
+            }
+        }
         let mut rx = self.programmed.clone();
         let name = st.name().to_string();
-        let waited = tokio::time::timeout(timeout, async {
+        let waited = tokio::time::timeout_at(deadline, async {
             loop {
                 if let Some(id) = rx.borrow_and_update().get(&name) {
                     return Ok(*id);
@@ -427,23 +484,80 @@ impl Endpoints {
             .map_err(|e| io_error("cannot write the endpoint state", e))
     }
 
-    /// Undoes an endpoint: record, interface, addresses, state file.
-    async fn remove(&self, st: &EndpointState) -> Result<(), ApiError> {
-        let key = self.layout.endpoint(&self.node, st.name());
-        self.leased.delete(&key).await.map_err(|e| {
-            ApiError::new(
-                cni_code::TRY_AGAIN_LATER,
-                "cannot delete the endpoint record from etcd",
-                e.to_string(),
-            )
-        })?;
+    /// Undoes an endpoint: interface, state file, then the record (tried
+    /// until `deadline`; if etcd has not deleted it by then, it is an
+    /// orphan and its addresses stay held), then the addresses.
+    async fn remove(&self, st: &EndpointState, deadline: Instant) -> Result<(), ApiError> {
         netdev::unplumb(&self.node_ns, &st.host_interface).await;
-        self.ipam.lock().expect("ipam lock").release(st.name());
         let path = state_path(&self.dir, st.name());
-        match std::fs::remove_file(&path) {
+        let file = match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error("cannot remove the endpoint state", e)),
+        };
+        let key = self.layout.endpoint(&self.node, st.name());
+        let deleted = match tokio::time::timeout_at(deadline, self.leased.delete(&key)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("not tried: the request's time is up".into()),
+        };
+        match deleted {
+            Ok(()) => {
+                self.ipam.lock().expect("ipam lock").release(st.name());
+            }
+            Err(why) => {
+                info!(endpoint = %st.name(), error = %why, "the endpoint's record is left to delete when etcd answers; its addresses stay held until then");
+                self.orphans.add(st.name(), &st.addresses);
+            }
+        }
+        file
+    }
+
+    /// Deletes the orphaned records and frees their addresses. Each
+    /// deletion holds the serial lock for at most [`RECORD_DELETE_WAIT`],
+    /// so CNI calls wait no longer; the first that fails ends the round
+    /// (etcd is unavailable).
+    pub async fn collect_orphans(&self) {
+        for name in self.orphans.held().into_keys() {
+            let _serial = self.serial.lock().await;
+            let key = self.layout.endpoint(&self.node, &name);
+            match tokio::time::timeout(RECORD_DELETE_WAIT, self.leased.delete(&key)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    debug!(endpoint = %name, error = %e, "cannot delete the orphaned endpoint record yet; retrying");
+                    return;
+                }
+                Err(_) => {
+                    debug!(endpoint = %name, "etcd does not answer; the orphaned endpoint record waits");
+                    return;
+                }
+            }
+            // An ADD of the same name since then took the orphan over.
+            if self.orphans.remove(&name) {
+                self.ipam.lock().expect("ipam lock").release(&name);
+                info!(endpoint = %name, "orphaned endpoint record deleted; its addresses are free");
+            }
+        }
+    }
+
+    /// The orphan collector's task: a round at start, when an orphan is
+    /// added, and every second while some are left.
+    pub async fn collect_orphans_until(&self, cancel: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            self.collect_orphans().await;
+            let pending = !self.orphans.is_empty();
+            let retry = async {
+                if pending {
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.orphans.added() => {}
+                _ = retry => {}
+            }
         }
     }
 
@@ -501,7 +615,8 @@ impl Endpoints {
         let _serial = self.serial.lock().await;
         match self.states().remove(&req.container_id) {
             Some(st) => {
-                self.remove(&st).await?;
+                self.remove(&st, Instant::now() + RECORD_DELETE_WAIT)
+                    .await?;
                 info!(endpoint = %st.name(), "endpoint deleted");
                 Ok(())
             }
@@ -560,4 +675,9 @@ impl Endpoints {
         }
         Ok(())
     }
+}
+
+/// A deadline no request reaches (a timeout too large to add to now).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
 }

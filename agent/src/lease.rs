@@ -120,12 +120,13 @@ impl Leased {
         Ok(())
     }
 
-    /// Deletes `key` and stops holding it.
-    pub async fn delete(&self, key: &str) -> Result<(), KvError> {
+    /// Stops holding `key` (a renewal no longer writes it back), then
+    /// deletes it: whether it was there. When the deletion fails the
+    /// caller retries it.
+    pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
         let mut inner = self.inner.lock().await;
-        self.kv.delete(key).await?;
         inner.keys.remove(key);
-        Ok(())
+        self.kv.delete(key).await
     }
 
     /// Keeps the lease alive until `cancel`. The lease is never revoked: a

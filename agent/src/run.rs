@@ -20,8 +20,8 @@
 //! | `observer` (flows) | the flow ring (the one writer; `observe/`) | flows to followers |
 //! | `hubble` (flows) | Hubble's gRPC socket | — (reads the flow ring) |
 
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::announce::Announcer;
+use crate::api::starting::{Progress, Starting};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::datapath::{Datapath, EventReader, LoadOptions, MapReader};
@@ -42,8 +43,8 @@ use crate::node::{validate_node_name, NodeState};
 use crate::reconcile::{self, Driver, Kernel, Outputs};
 use crate::supervisor::Supervisor;
 use crate::views::EventRing;
-use axoneme_identity::{Layout, NodeRecord, WatchCache};
-use axoneme_kvstore::KvStore;
+use axoneme_identity::{Decode, Layout, NodeCidrs, NodeRecord, WatchCache};
+use axoneme_kvstore::{KvError, KvStore};
 
 /// The Maglev hash seed: the cluster's name, hashed the same on every
 /// node (so every node computes the same tables).
@@ -62,6 +63,80 @@ async fn node_device(cfg: &Config) -> anyhow::Result<Option<String>> {
         }
     }
     Ok(None)
+}
+
+/// What the start needs from etcd, retried while etcd is unavailable
+/// (each call bounded by the kvstore's deadline; an answer that another
+/// try cannot change, such as a refused certificate, fails the start): the
+/// node lease (resumed when the previous run's is still alive), the node
+/// announced on it, and the previous run's endpoints re-announced, all
+/// before the caches start so the first pass already has them.
+async fn join_etcd(
+    kv: &KvStore,
+    cfg: &Config,
+    layout: &Layout,
+    record: &mut NodeRecord,
+    node_ns: &Ns,
+    progress: &watch::Sender<Progress>,
+) -> anyhow::Result<(Leased, Vec<crate::endpoints::EndpointState>)> {
+    let grace = i64::try_from(cfg.endpoints.node_grace.as_secs()).unwrap_or(i64::MAX);
+    let lease_file = cfg.state_dir().join("lease.json");
+    let mut backoff = Duration::from_millis(200);
+    let leased = loop {
+        let attempt = async {
+            progress.send_modify(|p| p.step = "granting the node lease");
+            let leased = Leased::resume_or_grant(kv.clone(), grace, lease_file.clone())
+                .await
+                .context("granting the node lease")?;
+            progress.send_modify(|p| p.step = "announcing the node");
+            // With the pod CIDRs the operator gave it: a record without
+            // them would withdraw the other nodes' routes to this node's
+            // pods until the node-record task wrote them again.
+            if let Some(kv) = kv.get(&layout.node_cidrs(&cfg.node)).await? {
+                match <NodeCidrs as Decode>::decode(&kv) {
+                    Ok(c) => record.pod_cidrs = c.pod_cidrs,
+                    Err(e) => {
+                        warn!(error = %e, "this node's CIDR allocation is unreadable; announcing none")
+                    }
+                }
+            }
+            leased
+                .put(&layout.node(&cfg.node), serde_json::to_vec(&*record)?)
+                .await
+                .context("announcing the node")?;
+            anyhow::Ok(leased)
+        };
+        match attempt.await {
+            Ok(leased) => break leased,
+            Err(e) => {
+                let lasting = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<KvError>())
+                    .is_some_and(|k| !matches!(k, KvError::Exhausted { .. }) && !k.is_retryable());
+                if lasting {
+                    return Err(e);
+                }
+                let e = format!("{e:#}");
+                warn!(error = %e, retry_in = ?backoff, "etcd does not answer; the previous run's pinned maps keep enforcing");
+                progress.send_modify(|p| {
+                    p.attempts += 1;
+                    p.last_error = Some(e);
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    progress.send_modify(|p| p.step = "re-announcing the previous run's endpoints");
+    let ep_dir = cfg.state_dir().join("endpoints");
+    let restored = endpoints::restore(&cfg.node, layout, node_ns, &ep_dir, &leased).await;
+    if !restored.is_empty() {
+        info!(
+            endpoints = restored.len(),
+            "endpoints of the previous run re-announced"
+        );
+    }
+    Ok((leased, restored))
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -164,30 +239,61 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut sup = Supervisor::new();
     let cancel = sup.cancel();
 
-    // The node record and the endpoints of a previous run are on the node
-    // lease (resumed when still alive) before the caches start, so the
-    // first pass already has them.
-    let grace = i64::try_from(cfg.endpoints.node_grace.as_secs()).unwrap_or(i64::MAX);
-    let leased = Leased::resume_or_grant(kv.clone(), grace, state_dir.join("lease.json"))
-        .await
-        .context("granting the node lease")?;
-    let record = NodeRecord {
+    // etcd from here on. Until it answers, the API says why the agent
+    // waits, and the pinned maps keep enforcing the previous run's state.
+    let (kv_tx, kv_rx) = watch::channel(None);
+    sup.spawn(
+        "kvstore-probe",
+        crate::kvhealth::run(
+            kv.clone(),
+            cfg.reconcile.kvstore_probe_interval,
+            kv_tx,
+            cancel.clone(),
+        ),
+    );
+    let (progress, progress_rx) = watch::channel(Progress::new("granting the node lease"));
+    let starting = Starting::serve(
+        api::listen(&cfg.api_socket)?,
+        api::starting::Ctx {
+            node: cfg.node.clone(),
+            maps: reader.clone(),
+            kvstore: kv_rx.clone(),
+            progress: progress_rx,
+        },
+    );
+    let mut record = NodeRecord {
         name: cfg.node.clone(),
         addresses: cfg.node_ips.clone(),
         pod_cidrs: Vec::new(),
     };
-    leased
-        .put(&layout.node(&cfg.node), serde_json::to_vec(&record)?)
-        .await
-        .context("announcing the node")?;
+    let joined = async {
+        let (leased, restored) =
+            join_etcd(&kv, &cfg, &layout, &mut record, &node_ns, &progress).await?;
+        progress.send_modify(|p| p.step = "reading identities, endpoints and policies from etcd");
+        let state = NodeState::start(kv.clone(), layout.clone(), &cfg.node).await;
+        progress.send_modify(|p| p.step = "starting the agent's tasks");
+        anyhow::Ok((leased, restored, state))
+    };
+    let (leased, restored, state) = tokio::select! {
+        joined = joined => match joined {
+            Ok(joined) => joined,
+            Err(e) => {
+                starting.stop().await;
+                return Err(e);
+            }
+        },
+        signal = &mut shutdown => {
+            info!(signal, "shutting down before etcd answered");
+            starting.stop().await;
+            return Ok(());
+        }
+    };
+    info!(
+        identities = state.identities().len(),
+        endpoints = state.endpoints().len(),
+        "node state ready"
+    );
     let ep_dir = state_dir.join("endpoints");
-    let restored = endpoints::restore(&cfg.node, &layout, &node_ns, &ep_dir, &leased).await;
-    if !restored.is_empty() {
-        info!(
-            endpoints = restored.len(),
-            "endpoints of the previous run re-announced"
-        );
-    }
     sup.spawn("lease", {
         let (leased, cancel) = (leased.clone(), cancel.clone());
         async move {
@@ -197,19 +303,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let nodes: WatchCache<NodeRecord> = WatchCache::start(kv.clone(), layout.nodes_prefix());
     let cidrs = WatchCache::start(kv.clone(), layout.node_cidrs_prefix());
-
-    let state = tokio::select! {
-        state = NodeState::start(kv.clone(), layout.clone(), &cfg.node) => state,
-        signal = &mut shutdown => {
-            info!(signal, "shutting down before the caches were ready");
-            return Ok(());
-        }
-    };
-    info!(
-        identities = state.identities().len(),
-        endpoints = state.endpoints().len(),
-        "node state ready"
-    );
 
     // Kubernetes mode: endpoints' labels from their Pods.
     let source = if let Some(client) = kube {
@@ -226,7 +319,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let (programmed_tx, programmed_rx) = watch::channel(Default::default());
     let (view_tx, view_rx) = watch::channel(Arc::default());
-    let (kv_tx, kv_rx) = watch::channel(None);
     let eps = Arc::new(Endpoints::new(
         state.clone(),
         node_ns.clone(),
@@ -397,15 +489,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cancel.clone(),
         ),
     );
-    sup.spawn(
-        "kvstore-probe",
-        crate::kvhealth::run(
-            kv.clone(),
-            cfg.reconcile.kvstore_probe_interval,
-            kv_tx,
-            cancel.clone(),
-        ),
-    );
+    sup.spawn("orphans", {
+        let (eps, cancel) = (eps.clone(), cancel.clone());
+        async move { eps.collect_orphans_until(cancel).await }
+    });
     sup.spawn(
         "node-status",
         crate::node_status::run(
@@ -437,12 +524,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ),
         );
     }
-    let socket: PathBuf = cfg.api_socket.clone();
-    info!(socket = %socket.display(), "API listening");
+    // The API takes the socket over from the starting one.
+    let listener = api::listen(&cfg.api_socket)?;
+    starting.stop().await;
+    info!(socket = %cfg.api_socket.display(), "API listening");
     sup.spawn(
         "api",
         api::serve(
-            socket,
+            listener,
             ApiState {
                 endpoints: eps,
                 state,

@@ -100,35 +100,7 @@ pub fn status(
             )
         },
     });
-    let count = |n: Result<usize, DatapathError>| n.map(|n| n as u64).unwrap_or(0);
-    let map_status = vec![
-        MapStatus {
-            name: "ipcache".into(),
-            max_entries: maps.capacity(map_names::IPCACHE),
-            entries: count(maps.ipcache_entries().map(|v| v.len())),
-        },
-        MapStatus {
-            name: "endpoints".into(),
-            max_entries: maps.capacity(map_names::ENDPOINTS),
-            entries: count(maps.endpoints().map(|v| v.len())),
-        },
-        MapStatus {
-            name: "endpoint-addresses".into(),
-            max_entries: maps.capacity(map_names::ENDPOINT_ADDRS),
-            entries: count(maps.endpoint_addresses()),
-        },
-        MapStatus {
-            name: "policy".into(),
-            max_entries: maps.capacity(map_names::POLICY),
-            entries: count(maps.policy_entries().map(|v| v.len())),
-        },
-        MapStatus {
-            name: "ct".into(),
-            // Two maps: IPv4 and IPv6 flows.
-            max_entries: maps.capacity(map_names::CT4) + maps.capacity(map_names::CT),
-            entries: count(maps.ct_entries().map(|v| v.len())),
-        },
-    ];
+    let map_status = map_status(maps);
     let policies = state.valid_policies_by_key();
     let policy_revision = state
         .policy_caches()
@@ -162,6 +134,39 @@ pub fn status(
             })
             .collect(),
     }
+}
+
+/// Each map's entries against its size (the pinned maps, read as they are).
+pub fn map_status(maps: &MapReader) -> Vec<MapStatus> {
+    let count = |n: Result<usize, DatapathError>| n.map(|n| n as u64).unwrap_or(0);
+    vec![
+        MapStatus {
+            name: "ipcache".into(),
+            max_entries: maps.capacity(map_names::IPCACHE),
+            entries: count(maps.ipcache_entries().map(|v| v.len())),
+        },
+        MapStatus {
+            name: "endpoints".into(),
+            max_entries: maps.capacity(map_names::ENDPOINTS),
+            entries: count(maps.endpoints().map(|v| v.len())),
+        },
+        MapStatus {
+            name: "endpoint-addresses".into(),
+            max_entries: maps.capacity(map_names::ENDPOINT_ADDRS),
+            entries: count(maps.endpoint_addresses()),
+        },
+        MapStatus {
+            name: "policy".into(),
+            max_entries: maps.capacity(map_names::POLICY),
+            entries: count(maps.policy_entries().map(|v| v.len())),
+        },
+        MapStatus {
+            name: "ct".into(),
+            // Two maps: IPv4 and IPv6 flows.
+            max_entries: maps.capacity(map_names::CT4) + maps.capacity(map_names::CT),
+            entries: count(maps.ct_entries().map(|v| v.len())),
+        },
+    ]
 }
 
 /// Kubernetes mode's line in `status`: the watch of this node's Pods.
