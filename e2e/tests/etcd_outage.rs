@@ -1,0 +1,393 @@
+//! etcd's quorum lost for 60 s while pods come and go and an agent
+//! restarts, on the two-node cluster, with flows probed throughout:
+//!
+//! - checkout (node 1) opens a new connection to echo (node 0, allowed by
+//!   an L3/L4 policy) every 100 ms: none may fail;
+//! - the intruder (node 1) tries the same: none may get through;
+//! - a latecomer with checkout's labels, created on node 1 while node 0's
+//!   agent was down, is a peer node 0 cannot resolve: denied until etcd is
+//!   back, then allowed within 5 s.
+//!
+//! During the outage node 0's agent is restarted: it starts from its
+//! pinned maps, its API answers at once and says what it waits for, and a
+//! CNI ADD to it is refused at once. A CNI ADD on node 1 fails within its
+//! timeout naming etcd and leaves no veth or state file; a CNI DEL on
+//! node 1 completes. Once etcd is back: node 0 is ready, new pods come up
+//! on both nodes, and no record is left of the failed ADD or the DEL.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use axoneme_e2e::cluster::CniOutput;
+use axoneme_e2e::expect::wait_for;
+use axoneme_e2e::netns::Netns;
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
+
+const PORT: u16 = 9090;
+const OUTAGE: Duration = Duration::from_secs(60);
+
+const ECHO_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: echo-from-checkout
+spec:
+  endpointSelector:
+    matchLabels:
+      app: echo
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: checkout
+    toPorts:
+    - ports:
+      - port: \"9090\"
+        protocol: TCP
+";
+
+/// One exchange with the echo server: connected and answered, or where
+/// it failed.
+fn exchange(to: Ipv4Addr, timeout: Duration) -> Result<(), String> {
+    let mut conn = TcpStream::connect_timeout(&(to, PORT).into(), timeout)
+        .map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(b"ping\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(conn)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    if line == "pong\n" {
+        Ok(())
+    } else {
+        Err(format!("answer {line:?}"))
+    }
+}
+
+/// A connection that went otherwise than policy says: when, and how.
+type Odd = (Instant, String);
+
+/// A probe: a new connection from `ns` to `to` every 100 ms until stopped.
+struct Probe {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    /// When the connections that failed (allowed probe: and how) or got
+    /// through (denied probe) were tried.
+    odd: Arc<Mutex<Vec<Odd>>>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<()>>,
+}
+
+impl Probe {
+    fn start(ns: &Netns, to: Ipv4Addr, allowed: bool) -> Self {
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let odd = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        // A denied connection is given less time: it never answers.
+        let timeout = Duration::from_millis(if allowed { 2000 } else { 300 });
+        let thread = {
+            let (ok, failed, odd, stop) = (ok.clone(), failed.clone(), odd.clone(), stop.clone());
+            ns.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let at = Instant::now();
+                    let answered = exchange(to, timeout);
+                    if answered.is_ok() {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if answered.is_ok() != allowed {
+                        let how = answered.err().unwrap_or_else(|| "answered".into());
+                        odd.lock().expect("probe lock").push((at, how));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        Probe {
+            ok,
+            failed,
+            odd,
+            stop,
+            thread,
+        }
+    }
+
+    /// (answered, not answered, the odd ones).
+    fn finish(self) -> Result<(u64, u64, Vec<Odd>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("probe panicked"))??;
+        let odd = self.odd.lock().expect("probe lock").clone();
+        Ok((
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            odd,
+        ))
+    }
+}
+
+/// An echo server in `pod` on [`PORT`]: "pong" to every line.
+fn echo_server(pod: &CniPod) -> Result<()> {
+    let listener = pod.ns.enter(|| TcpListener::bind(("0.0.0.0", PORT)))??;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut out) = conn.try_clone() else {
+                    return;
+                };
+                for _ in BufReader::new(conn).lines().map_while(Result::ok) {
+                    if out.write_all(b"pong\n").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// A CNI ADD of a new pod `name` on `node`, expected to fail: its output.
+fn failing_add(c: &Cluster, node: usize, name: &str) -> Result<(CniOutput, Netns)> {
+    let ns = Netns::create(&format!("{}-{name}", c.prefix))?;
+    let config = serde_json::to_vec(&c.cni_config(node, &[("app", "checkout")]))?;
+    let out = c.cni(
+        "ADD",
+        &format!("{}-{name}", c.prefix),
+        &ns.path().to_string_lossy(),
+        "eth0",
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default",
+        &config,
+    )?;
+    ensure!(!out.success, "the ADD of {name} succeeded: {out:?}");
+    Ok((out, ns))
+}
+
+/// The CNI error of a failed call: (code, message and details).
+fn cni_error(out: &CniOutput) -> Result<(u64, String)> {
+    let v = out.json()?;
+    Ok((
+        v["code"].as_u64().context("code")?,
+        format!("{} {}", v["msg"], v["details"]),
+    ))
+}
+
+/// How many files node `i`'s agent keeps in its endpoints directory with
+/// extension `ext` (`json`: endpoints' state; `orphan`: records to delete).
+fn files_named(c: &Cluster, i: usize, ext: &str) -> Result<usize> {
+    Ok(std::fs::read_dir(c.nodes[i].state_dir.join("endpoints"))?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+        .count())
+}
+
+/// The endpoint IDs etcd holds (`axoneme endpoint list`).
+fn records(c: &Cluster) -> Result<String> {
+    let out = c.cli(1, &["-o", "json", "endpoint", "list"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// GET `path` on node `i`'s agent socket: (HTTP status, body, time taken).
+fn agent_get(c: &Cluster, i: usize, path: &str) -> Result<(u16, String, Duration)> {
+    let started = Instant::now();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+        .arg("--unix-socket")
+        .arg(&c.nodes[i].socket)
+        .arg(format!("http://agent{path}"))
+        .output()?;
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl output")?;
+    Ok((code.trim().parse().unwrap_or(0), body.to_string(), took))
+}
+
+/// What is checked while etcd has no quorum: node 0's agent starts and
+/// answers, CNI ADDs fail closed, a CNI DEL completes.
+fn during_the_outage(c: &mut Cluster, checkout: &CniPod, leaver: &CniPod) -> Result<()> {
+    c.start_agent(0)?;
+    wait_for("node 0's agent answering", Duration::from_secs(10), || {
+        Ok(agent_get(c, 0, "/v1/status").is_ok_and(|(code, _, _)| code == 200))
+    })?;
+    let (_, body, took) = agent_get(c, 0, "/v1/status")?;
+    ensure!(took < Duration::from_secs(1), "status took {took:?}");
+    let st: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(st["ok"] == false, "a starting agent says it is fine: {st}");
+    let agent_line = st["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "agent")
+        .with_context(|| format!("no agent component: {st}"))?;
+    ensure!(
+        agent_line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pinned maps keep enforcing")),
+        "{agent_line}"
+    );
+    let (code, body, _) = agent_get(c, 0, "/v1/bpf/ipcache")?;
+    ensure!(
+        code == 200 && body.contains(&checkout.ip.to_string()),
+        "node 0's ipcache from its pins: {code} {body}"
+    );
+
+    // A CNI ADD to the starting agent: refused at once.
+    let (out, _ns0) = failing_add(c, 0, "early")?;
+    ensure!(out.elapsed < Duration::from_secs(2), "{out:?}");
+    let (code, text) = cni_error(&out)?;
+    ensure!(
+        code == 11 && text.contains("the agent is starting"),
+        "{out:?}"
+    );
+
+    // A CNI ADD on node 1: fails within its timeout (15 s), nothing left.
+    let links = c.node_links(1)?;
+    let state_files = || files_named(c, 1, "json");
+    let files = state_files()?;
+    let (out, _ns1) = failing_add(c, 1, "stranded")?;
+    ensure!(out.elapsed < Duration::from_millis(16_000), "{out:?}");
+    let (code, text) = cni_error(&out)?;
+    ensure!(code == 11 && text.contains("etcd unavailable"), "{out:?}");
+    ensure!(c.node_links(1)? == links, "the failed ADD left a veth");
+    ensure!(state_files()? == files, "the failed ADD left a state file");
+
+    // A CNI DEL on node 1 completes; its record goes when etcd is back.
+    let started = Instant::now();
+    c.delete_pod(leaver)?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "DEL took {:?}",
+        started.elapsed()
+    );
+    let now = c.node_links(1)?;
+    ensure!(
+        now.len() + 1 == links.len() && now.iter().all(|l| links.contains(l)),
+        "the DEL did not remove the leaver's veth: {now:?} (before: {links:?})"
+    );
+    ensure!(state_files()? + 1 == files, "the DEL left its state file");
+    Ok(())
+}
+
+#[test]
+fn quorum_lost_for_a_minute_during_pod_churn_and_an_agent_restart() -> Result<()> {
+    // The node grace is the agent's default (5 min). Leases are counted in
+    // the etcd leader's time: a paused leader that resumes revokes the
+    // leases not renewed for their TTL, so with a grace shorter than the
+    // outage a node is forgotten and its routes withdrawn, as designed.
+    let mut c = Cluster::start(&ClusterConfig {
+        node_grace: 300,
+        ..ClusterConfig::default()
+    })?;
+    let echo = c.add_pod(0, "echo", &[("app", "echo")])?;
+    let checkout = c.add_pod(1, "checkout", &[("app", "checkout")])?;
+    let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
+    let leaver = c.add_pod(1, "leaver", &[("app", "leaver")])?;
+    echo_server(&echo)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("echo.yaml");
+    std::fs::write(&file, ECHO_POLICY)?;
+    c.import_policy(0, &file)?;
+    let to = echo.ip;
+    let reaches = |pod: &CniPod| -> Result<bool> {
+        pod.ns
+            .enter(|| exchange(to, Duration::from_millis(500)).is_ok())
+    };
+    wait_for("the echo policy", Duration::from_secs(10), || {
+        Ok(reaches(&checkout)? && !reaches(&intruder)?)
+    })?;
+
+    let allowed = Probe::start(&checkout.ns, to, true);
+    let denied = Probe::start(&intruder.ns, to, false);
+
+    // Node 0's agent goes down; a pod node 0 will not know about arrives.
+    c.nodes[0].agent.as_mut().context("agent 0")?.kill9();
+    let latecomer = c.add_pod(1, "latecomer", &[("app", "checkout")])?;
+    let late = Probe::start(&latecomer.ns, to, false);
+
+    // Quorum lost for a minute; node 0's agent starts meanwhile.
+    for i in [0, 1] {
+        c.etcd().pause(i)?;
+    }
+    let lost = Instant::now();
+    let during = during_the_outage(&mut c, &checkout, &leaver);
+    if during.is_ok() {
+        std::thread::sleep(OUTAGE.saturating_sub(lost.elapsed()));
+    }
+    for i in [0, 1] {
+        c.etcd().resume(i)?;
+    }
+    let back = Instant::now();
+    during?;
+    ensure!(
+        c.nodes[0].agent.as_mut().context("agent 0")?.is_running(),
+        "{}",
+        c.agent_log(0)
+    );
+
+    // Node 0 catches up: the latecomer is let in within 5 s.
+    wait_for(
+        "the latecomer allowed on node 0",
+        Duration::from_secs(5),
+        || reaches(&latecomer),
+    )?;
+    let converged = back.elapsed();
+    c.wait_node_ready(0, Duration::from_secs(10))?;
+    // New pods come up on both nodes.
+    let newcomers = [
+        c.add_pod(0, "after-0", &[("app", "checkout")])?,
+        c.add_pod(1, "after-1", &[("app", "checkout")])?,
+    ];
+    wait_for("a new pod allowed", Duration::from_secs(5), || {
+        reaches(&newcomers[1])
+    })?;
+    // No record of the failed ADDs or of the deleted pod.
+    wait_for("no record left behind", Duration::from_secs(5), || {
+        let r = records(&c)?;
+        Ok(["early", "stranded", "leaver"]
+            .iter()
+            .all(|n| !r.contains(&format!("\"{}-{n}\"", c.prefix)))
+            && files_named(&c, 1, "orphan")? == 0)
+    })?;
+
+    let (ok, failed, lost_flows) = allowed.finish()?;
+    let (_, _, passed) = denied.finish()?;
+    let (_, _, late_passed) = late.finish()?;
+    let early_late: Vec<_> = late_passed.iter().filter(|(t, _)| *t < back).collect();
+    println!(
+        "allowed: {ok} answered, {failed} failed; intruder: {} passed; latecomer: {} passed before etcd was back ({} after); converged {converged:?} after etcd was back",
+        passed.len(),
+        early_late.len(),
+        late_passed.len() - early_late.len()
+    );
+    if !lost_flows.is_empty() || !passed.is_empty() || !early_late.is_empty() {
+        let since = |odd: &[&Odd]| -> Vec<String> {
+            odd.iter()
+                .map(|(t, how)| format!("{:?} ({how})", t.saturating_duration_since(lost)))
+                .collect()
+        };
+        let logs: String = (0..2)
+            .map(|i| {
+                let log = c.agent_log(i);
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.contains("axoneme::event"))
+                    .collect();
+                format!("== agent {i} (events left out) ==\n{}\n", lines.join("\n"))
+            })
+            .collect();
+        bail!(
+            "since the outage began: allowed flows lost at {:?}, denied passed at {:?}, latecomer passed at {:?}; etcd back at {:?}\n{logs}",
+            since(&lost_flows.iter().collect::<Vec<_>>()),
+            since(&passed.iter().collect::<Vec<_>>()),
+            since(&early_late),
+            back.saturating_duration_since(lost),
+        );
+    }
+    Ok(())
+}
