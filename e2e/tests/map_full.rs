@@ -122,3 +122,74 @@ fn a_full_policy_map_is_reported_and_fails_closed() -> Result<()> {
     );
     Ok(())
 }
+
+/// The sync unit `name` of node `i`'s agent, once it reports a failure.
+fn failing_unit(c: &Cluster, i: usize, name: &str) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = c
+            .cli_command(i, &["status", "--verbose", "-o", "json"])
+            .output()?;
+        let st: Value = serde_json::from_slice(&out.stdout).context("status -o json")?;
+        let unit = st["agent"]["status"]["sync_units"]
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["name"] == name).cloned())
+            .with_context(|| format!("the {name} sync unit: {st}"))?;
+        if unit["ok"] == false {
+            return Ok(unit);
+        }
+        if Instant::now() > deadline {
+            bail!("the {name} unit never failed: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A full ipcache fails closed: agents run with `--bpf-ipcache-max 6`,
+/// which the seed pods fill (IPv4 and IPv6 each). A pod with checkout's
+/// labels that comes after has no room: node 0 does not know its
+/// addresses, so to payments it is `world`, denied; checkout, known, is
+/// still allowed, and status warns. When the intruder leaves, its entries
+/// are removed first and the newcomer gets their room: it is let in.
+#[test]
+fn a_full_ipcache_leaves_a_newcomer_unknown_until_there_is_room() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig {
+        agent_args: vec!["--bpf-ipcache-max".into(), "6".into()],
+        ..ClusterConfig::default()
+    })?;
+    let pods = c.seed_pods()?;
+    let pay = pods.payments.ip.to_string();
+    c.import_policy(0, &seed_policy())?;
+    until_post(&pods.checkout, &pay, Some(200), Duration::from_secs(10))?;
+
+    let extra = c.add_pod(1, "extra", &[("app", "checkout")])?;
+    let failing = failing_unit(&c, 0, "ipcache")?;
+    eprintln!("ipcache full: {failing}");
+    stays(
+        &extra,
+        "POST",
+        &pay,
+        "/v1/charge",
+        None,
+        Duration::from_secs(2),
+    )?;
+    stays(
+        &pods.checkout,
+        "POST",
+        &pay,
+        "/v1/charge",
+        Some(200),
+        Duration::from_secs(1),
+    )?;
+    let human = String::from_utf8(c.cli_command(0, &["status"]).output()?.stdout)?;
+    assert!(
+        human.contains("BPF map ipcache is 100% full (6 of 6)")
+            && human.contains("--bpf-ipcache-max"),
+        "{human}"
+    );
+
+    c.delete_pod(&pods.intruder)?;
+    let took = until_post(&extra, &pay, Some(200), Duration::from_secs(10))?;
+    eprintln!("room made: the newcomer let in after {took:?}");
+    Ok(())
+}

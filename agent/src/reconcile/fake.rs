@@ -72,6 +72,8 @@ pub struct FakeMaps {
     /// The policy trie's size: a new entry past it fails, as the kernel's
     /// does (`--bpf-policy-max`).
     pub policy_max: Option<usize>,
+    /// The ipcache trie's size (`--bpf-ipcache-max`), likewise.
+    pub ipcache_max: Option<usize>,
 }
 
 impl FakeMaps {
@@ -152,6 +154,16 @@ impl MapWriter for FakeMaps {
     }
 
     fn set_ipcache(&mut self, net: &IpNet, value: IpcacheValue) -> Result<(), DatapathError> {
+        let full = self
+            .ipcache_max
+            .is_some_and(|max| self.ipcache.len() >= max && !self.ipcache.contains_key(net));
+        if full {
+            return Err(DatapathError::Map {
+                name: "FAKE",
+                op: "set_ipcache (full)",
+                source: MapError::KeyNotFound,
+            });
+        }
         self.write(Op::SetIpcache(*net))?;
         self.ipcache.insert(*net, value);
         Ok(())
