@@ -243,6 +243,90 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Loses member `i` for good and replaces it, as an operator of etcd
+    /// does after a disk failure: the process is killed, the member
+    /// removed from the cluster, its data directory deleted, and a member
+    /// of the same name and peer URL added and started empty (the leader
+    /// sends it a snapshot). Waits until every member is healthy.
+    pub fn wipe_and_rejoin(&mut self, i: usize) -> Result<()> {
+        self.kill(i);
+        let others: Vec<String> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(j, m)| *j != i && m.proc.is_some())
+            .map(|(_, m)| m.client_url.clone())
+            .collect();
+        let name = self.members[i].name.clone();
+        // Retried for a while: a killed leader is replaced within about a
+        // second, and until then etcd refuses membership changes. A retry
+        // that finds its change made (`done`) succeeds.
+        let run = |cmd: &mut Command, what: &str, done: &str| -> Result<String> {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let out = cmd.output().with_context(|| format!("etcdctl {what}"))?;
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if out.status.success() || (!done.is_empty() && stderr.contains(done)) {
+                    return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "etcdctl {what}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        // `member list`: "ID, status, name, peer URLs, client URLs, learner".
+        let list = run(
+            self.etcdctl(&others).args(["member", "list"]),
+            "member list",
+            "",
+        )?;
+        let id = list
+            .lines()
+            .map(|l| l.split(", ").collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&name.as_str()))
+            .and_then(|f| f.first().map(|id| id.to_string()))
+            .with_context(|| format!("member {name} not in {list}"))?;
+        run(
+            self.etcdctl(&others).args(["member", "remove", &id]),
+            "member remove",
+            "member not found",
+        )?;
+        std::fs::remove_dir_all(&self.members[i].data_dir)
+            .with_context(|| format!("wiping {}", self.members[i].data_dir.display()))?;
+        let peer = format!("--peer-urls={}", self.members[i].peer_url);
+        run(
+            self.etcdctl(&others).args(["member", "add", &name, &peer]),
+            "member add",
+            "already exists",
+        )?;
+        self.spawn_member(i, "existing")?;
+        self.wait_healthy(Duration::from_secs(30))
+    }
+
+    /// The keys under `prefix` that member `i` holds itself (a serializable
+    /// read: no round trip to the leader).
+    pub fn local_keys(&self, i: usize, prefix: &str) -> Result<Vec<String>> {
+        let out = self
+            .etcdctl(std::slice::from_ref(&self.members[i].client_url))
+            .args(["get", "--prefix", "--keys-only", "--consistency=s", prefix])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl get on member {i}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Member logs, for failure dumps.
     pub fn logs(&self) -> String {
         self.members

@@ -139,6 +139,49 @@ async fn allocation_survives_the_etcd_leader_being_killed() -> Result<()> {
     Ok(())
 }
 
+/// One member's data lost for good while allocation runs: the member is
+/// removed, wiped and added back empty (the leader sends it a snapshot).
+/// Every endpoint still gets exactly one identity per label set, none is
+/// lost, and the rejoined member ends up holding every key itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn allocation_survives_a_member_wiped_and_rejoined() -> Result<()> {
+    let mut f = Fixture::new(2, &[]).await?;
+    f.wait_leader(Duration::from_secs(10)).await?;
+    let kv = f.kv.clone();
+    let writer = tokio::spawn(async move { storm(&kv, 0..STORM, SETS, WRITERS).await });
+    loop {
+        if f.assignments().await?.len() >= STORM / 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The raft leader: the harder case (an election on top of the loss).
+    let lost = f.etcd.leader()?.context("etcd has a leader")?;
+    let etcd = &mut f.etcd;
+    tokio::task::block_in_place(|| etcd.wipe_and_rejoin(lost))?;
+    let rejoined_during = f.assignments().await?.len();
+    writer.await??;
+    f.wait_all_assigned(STORM, Duration::from_secs(120)).await?;
+    f.check_invariants(SETS).await?;
+    let root = format!("{}/", f.layout.root());
+    let everyone = f.etcd.local_keys((lost + 1) % 3, &root)?;
+    let rejoined = f.etcd.local_keys(lost, &root)?;
+    assert_eq!(
+        rejoined.len(),
+        everyone.len(),
+        "the rejoined member holds {} keys, the others {}",
+        rejoined.len(),
+        everyone.len()
+    );
+    assert_eq!(rejoined, everyone);
+    eprintln!(
+        "member {lost} wiped and rejoined with {rejoined_during} of {STORM} endpoints assigned; \
+         now {} keys on every member",
+        everyone.len()
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_deletes_unused_keeps_rereferenced_and_in_use() -> Result<()> {
     let f = Fixture::new(
