@@ -25,7 +25,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use axoneme_e2e::bench::{pick, smoke, write_figures};
+use axoneme_e2e::bench::{pick, rss_mib, smoke, write_figures};
 use axoneme_e2e::{Cluster, ClusterConfig};
 use axoneme_identity::{EndpointRecord, Layout};
 use axoneme_kvstore::{KvConfig, KvStore, Txn, TxnOp};
@@ -39,20 +39,6 @@ const RULES_PER_POLICY: usize = 10;
 const LOCAL_SETS: usize = 10;
 const GROUP: usize = 10;
 const TARGET_MIB: f64 = 40.0;
-
-/// (VmRSS, VmHWM) of `pid` in MiB.
-fn rss_mib(pid: u32) -> Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<f64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
-        let kib: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
-        Ok(kib / 1024.0)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
 
 fn policies(n: usize) -> String {
     let mut out = String::new();

@@ -162,3 +162,17 @@ pub fn crosswise_probes(c: &Cluster, port: u16) -> Result<(Vec<CniPod>, [Prober;
     ];
     Ok((servers.into_iter().chain(clients).collect(), probers))
 }
+
+/// (VmRSS, VmHWM) of `pid` in MiB.
+pub fn rss_mib(pid: u32) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<f64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        let kib: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}

@@ -42,6 +42,8 @@ pub struct ClusterConfig {
     pub node_grace: u32,
     /// Extra agent flags.
     pub agent_args: Vec<String>,
+    /// Extra operator flags.
+    pub operator_args: Vec<String>,
     /// Kubernetes mode: a real control plane ([`KubeControlPlane`]) with a
     /// Node object per node; agents run with `--kubernetes` and pods are
     /// Pod objects first (the harness plays the kubelet).
@@ -64,6 +66,7 @@ impl Default for ClusterConfig {
             nodes: 2,
             node_grace: 60,
             agent_args: Vec::new(),
+            operator_args: Vec::new(),
             kubernetes: false,
             helm: None,
             etcd_tls: false,
@@ -224,11 +227,13 @@ impl Cluster {
                         "fd00:a0::/104",
                         "--cluster-pool-ipv6-mask-size",
                         "120",
-                        "--identity-gc-grace",
-                        "10s",
                     ]
                     .map(String::from),
                 );
+                // The tests' GC grace, unless the configuration sets one.
+                if !cfg.operator_args.iter().any(|a| a == "--identity-gc-grace") {
+                    op_args.extend(["--identity-gc-grace".to_string(), "10s".to_string()]);
+                }
             }
         }
         if cluster.kube.is_some() {
@@ -241,6 +246,7 @@ impl Cluster {
             ]);
         }
         op_args.extend(cluster.etcd_tls_flags());
+        op_args.extend(cfg.operator_args.iter().cloned());
         for id in ["op-a", "op-b"] {
             let etcd = if cluster.etcd_from_config {
                 Vec::new()

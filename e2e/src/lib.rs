@@ -16,6 +16,7 @@ pub mod kube;
 pub mod kube_proxy;
 pub mod netns;
 pub mod operator;
+pub mod probe;
 pub mod process;
 pub mod services;
 pub mod tls;

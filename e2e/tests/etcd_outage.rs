@@ -15,17 +15,13 @@
 //! node 1 completes. Once etcd is back: node 0 is ready, new pods come up
 //! on both nodes, and no record is left of the failed ADD or the DEL.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use axoneme_e2e::cluster::CniOutput;
 use axoneme_e2e::expect::wait_for;
 use axoneme_e2e::netns::Netns;
+use axoneme_e2e::probe::{describe, echo_server, reaches, Odd, Probe};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
 const PORT: u16 = 9090;
@@ -48,110 +44,6 @@ spec:
       - port: \"9090\"
         protocol: TCP
 ";
-
-/// One exchange with the echo server: connected and answered, or where
-/// it failed.
-fn exchange(to: Ipv4Addr, timeout: Duration) -> Result<(), String> {
-    let mut conn = TcpStream::connect_timeout(&(to, PORT).into(), timeout)
-        .map_err(|e| format!("connect: {e}"))?;
-    conn.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    conn.write_all(b"ping\n")
-        .map_err(|e| format!("write: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(conn)
-        .read_line(&mut line)
-        .map_err(|e| format!("read: {e}"))?;
-    if line == "pong\n" {
-        Ok(())
-    } else {
-        Err(format!("answer {line:?}"))
-    }
-}
-
-/// A connection that went otherwise than policy says: when, and how.
-type Odd = (Instant, String);
-
-/// A probe: a new connection from `ns` to `to` every 100 ms until stopped.
-struct Probe {
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    /// When the connections that failed (allowed probe: and how) or got
-    /// through (denied probe) were tried.
-    odd: Arc<Mutex<Vec<Odd>>>,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<()>>,
-}
-
-impl Probe {
-    fn start(ns: &Netns, to: Ipv4Addr, allowed: bool) -> Self {
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let odd = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        // A denied connection is given less time: it never answers.
-        let timeout = Duration::from_millis(if allowed { 2000 } else { 300 });
-        let thread = {
-            let (ok, failed, odd, stop) = (ok.clone(), failed.clone(), odd.clone(), stop.clone());
-            ns.spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let at = Instant::now();
-                    let answered = exchange(to, timeout);
-                    if answered.is_ok() {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if answered.is_ok() != allowed {
-                        let how = answered.err().unwrap_or_else(|| "answered".into());
-                        odd.lock().expect("probe lock").push((at, how));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-        };
-        Probe {
-            ok,
-            failed,
-            odd,
-            stop,
-            thread,
-        }
-    }
-
-    /// (answered, not answered, the odd ones).
-    fn finish(self) -> Result<(u64, u64, Vec<Odd>)> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("probe panicked"))??;
-        let odd = self.odd.lock().expect("probe lock").clone();
-        Ok((
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            odd,
-        ))
-    }
-}
-
-/// An echo server in `pod` on [`PORT`]: "pong" to every line.
-fn echo_server(pod: &CniPod) -> Result<()> {
-    let listener = pod.ns.enter(|| TcpListener::bind(("0.0.0.0", PORT)))??;
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let Ok(mut out) = conn.try_clone() else {
-                    return;
-                };
-                for _ in BufReader::new(conn).lines().map_while(Result::ok) {
-                    if out.write_all(b"pong\n").is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
-}
 
 /// A CNI ADD of a new pod `name` on `node`, expected to fail: its output.
 fn failing_add(c: &Cluster, node: usize, name: &str) -> Result<(CniOutput, Netns)> {
@@ -288,27 +180,24 @@ fn quorum_lost_for_a_minute_during_pod_churn_and_an_agent_restart() -> Result<()
     let checkout = c.add_pod(1, "checkout", &[("app", "checkout")])?;
     let intruder = c.add_pod(1, "intruder", &[("app", "intruder")])?;
     let leaver = c.add_pod(1, "leaver", &[("app", "leaver")])?;
-    echo_server(&echo)?;
+    echo_server(&echo, PORT)?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("echo.yaml");
     std::fs::write(&file, ECHO_POLICY)?;
     c.import_policy(0, &file)?;
     let to = echo.ip;
-    let reaches = |pod: &CniPod| -> Result<bool> {
-        pod.ns
-            .enter(|| exchange(to, Duration::from_millis(500)).is_ok())
-    };
+    let reaches = |pod: &CniPod| reaches(pod, to, PORT);
     wait_for("the echo policy", Duration::from_secs(10), || {
         Ok(reaches(&checkout)? && !reaches(&intruder)?)
     })?;
 
-    let allowed = Probe::start(&checkout.ns, to, true);
-    let denied = Probe::start(&intruder.ns, to, false);
+    let allowed = Probe::start(&checkout.ns, to, PORT, true);
+    let denied = Probe::start(&intruder.ns, to, PORT, false);
 
     // Node 0's agent goes down; a pod node 0 will not know about arrives.
     c.nodes[0].agent.as_mut().context("agent 0")?.kill9();
     let latecomer = c.add_pod(1, "latecomer", &[("app", "checkout")])?;
-    let late = Probe::start(&latecomer.ns, to, false);
+    let late = Probe::start(&latecomer.ns, to, PORT, false);
 
     // Quorum lost for a minute; node 0's agent starts meanwhile.
     for i in [0, 1] {
@@ -355,22 +244,21 @@ fn quorum_lost_for_a_minute_during_pod_churn_and_an_agent_restart() -> Result<()
             && files_named(&c, 1, "orphan")? == 0)
     })?;
 
-    let (ok, failed, lost_flows) = allowed.finish()?;
-    let (_, _, passed) = denied.finish()?;
-    let (_, _, late_passed) = late.finish()?;
+    let allowed = allowed.finish()?;
+    let passed = denied.finish()?.odd;
+    let late_passed = late.finish()?.odd;
     let early_late: Vec<_> = late_passed.iter().filter(|(t, _)| *t < back).collect();
     println!(
-        "allowed: {ok} answered, {failed} failed; intruder: {} passed; latecomer: {} passed before etcd was back ({} after); converged {converged:?} after etcd was back",
+        "allowed: {} answered, {} failed; intruder: {} passed; latecomer: {} passed before etcd was back ({} after); converged {converged:?} after etcd was back",
+        allowed.answered,
+        allowed.unanswered,
         passed.len(),
         early_late.len(),
         late_passed.len() - early_late.len()
     );
+    let lost_flows = allowed.odd;
     if !lost_flows.is_empty() || !passed.is_empty() || !early_late.is_empty() {
-        let since = |odd: &[&Odd]| -> Vec<String> {
-            odd.iter()
-                .map(|(t, how)| format!("{:?} ({how})", t.saturating_duration_since(lost)))
-                .collect()
-        };
+        let since = |odd: &[&Odd]| describe(odd, lost);
         let logs: String = (0..2)
             .map(|i| {
                 let log = c.agent_log(i);

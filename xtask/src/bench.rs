@@ -16,6 +16,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("kubernetes", "axoneme-e2e", "kubernetes"),
     ("services", "axoneme-e2e", "services"),
     ("services-table", "axoneme-agent", "services_table"),
+    ("soak", "axoneme-e2e", "soak"),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {

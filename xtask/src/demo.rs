@@ -153,13 +153,11 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     }
     let started = Instant::now();
     let mut c = Cluster::start(&ClusterConfig {
-        nodes: 2,
         node_grace: 300,
-        agent_args: Vec::new(),
         kubernetes: k8s,
         // Kubernetes mode is installed as a user installs it: with the chart.
         helm: k8s.then(Vec::new),
-        etcd_tls: false,
+        ..ClusterConfig::default()
     })?;
     println!(
         "      up in {:.1} s; etcd {}",

@@ -56,8 +56,15 @@ enum Cmd {
     },
     /// Run a benchmark; writes target/bench/NAME.json.
     Bench {
-        /// Which benchmark: identity, policy, datapath, cluster, l7, memory, kubernetes or services.
+        /// Which benchmark: identity, policy, datapath, cluster, l7, memory, kubernetes, services, services-table or soak.
         name: String,
+    },
+    /// The cluster under pod, label and policy churn with traffic probed
+    /// throughout; writes target/bench/soak.json.
+    Soak {
+        /// How long it runs.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1440))]
+        minutes: u64,
     },
 }
 
@@ -83,6 +90,10 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&root, &args),
         Cmd::Demo(args) => demo::run(&root, args),
         Cmd::Bench { name } => bench::run(&root, &name),
+        Cmd::Soak { minutes } => {
+            std::env::set_var("AXONEME_SOAK_MINUTES", minutes.to_string());
+            bench::run(&root, "soak")
+        }
         Cmd::Fuzz { minutes, targets } => {
             setup::run(&root)?;
             fuzz::run(&root, minutes * 60, &targets)
