@@ -384,15 +384,29 @@ impl Endpoints {
             pod_uid: pod.as_ref().map(|p| p.uid.clone()),
             named_ports: pod.map(|p| p.named_ports).unwrap_or_default(),
         };
-        match self.announce_and_wait(&st, timeout, deadline).await {
+        let enforced = match self.announce(&st, timeout, deadline).await {
+            Ok(()) => self
+                .wait_enforced(&st, timeout, deadline)
+                .await
+                .map_err(|e| (e, true)),
+            Err(e) => Err((e, false)),
+        };
+        match enforced {
             Ok(identity) => {
                 info!(endpoint = %st.name(), identity, addresses = ?st.addresses, "endpoint created and enforced");
                 Ok(st.response(identity))
             }
-            Err(e) => {
+            Err((e, written)) => {
                 warn!(endpoint = %st.name(), error = %e, "endpoint creation failed; undoing it");
-                // The time is up: the record is the collector's to delete.
-                if let Err(e) = self.remove(&st, Instant::now()).await {
+                // etcd took the record, so it answers: the record goes at
+                // once. Otherwise the time is up and it is an orphan.
+                let until = Instant::now()
+                    + if written {
+                        RECORD_DELETE_WAIT
+                    } else {
+                        Duration::ZERO
+                    };
+                if let Err(e) = self.remove(&st, until).await {
                     warn!(endpoint = %st.name(), error = %e, "undoing the endpoint failed");
                 }
                 Err(e)
@@ -400,14 +414,13 @@ impl Endpoints {
         }
     }
 
-    /// Writes the state file and the record, then waits for enforcement,
-    /// all before `deadline`.
-    async fn announce_and_wait(
+    /// Writes the state file and the record, before `deadline`.
+    async fn announce(
         &self,
         st: &EndpointState,
         timeout: Duration,
         deadline: Instant,
-    ) -> Result<u32, ApiError> {
+    ) -> Result<(), ApiError> {
         self.write_state(st)?;
         let key = self.layout.endpoint(&self.node, st.name());
         let value = serde_json::to_vec(&st.record(&self.node)).expect("serializes");
@@ -419,15 +432,23 @@ impl Endpoints {
             )
         };
         match tokio::time::timeout_at(deadline, self.leased.put(&key, value)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(unavailable(e.to_string())),
-            Err(_) => {
-                return Err(unavailable(format!(
-                    "no answer within the request's {} ms",
-                    timeout.as_millis()
-                )))
-            }
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable(format!(
+                "no answer within the request's {} ms",
+                timeout.as_millis()
+            ))),
         }
+    }
+
+    /// Waits until a pass enforces the endpoint's identity and policy,
+    /// until `deadline`.
+    async fn wait_enforced(
+        &self,
+        st: &EndpointState,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<u32, ApiError> {
         let mut rx = self.programmed.clone();
         let name = st.name().to_string();
         let waited = tokio::time::timeout_at(deadline, async {
@@ -544,7 +565,10 @@ impl Endpoints {
     /// added, and every second while some are left.
     pub async fn collect_orphans_until(&self, cancel: CancellationToken) -> anyhow::Result<()> {
         loop {
-            self.collect_orphans().await;
+            tokio::select! {
+                () = self.collect_orphans() => {}
+                _ = cancel.cancelled() => return Ok(()),
+            }
             let pending = !self.orphans.is_empty();
             let retry = async {
                 if pending {

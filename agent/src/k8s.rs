@@ -318,7 +318,12 @@ pub async fn relabel(
             _ = namespaces.recv() => {}
             _ = cancel.cancelled() => return Ok(()),
         }
-        endpoints.relabel().await;
+        // A stop does not wait on etcd (a record write may retry for the
+        // kvstore's deadline); the state files are the truth on restart.
+        tokio::select! {
+            () = endpoints.relabel() => {}
+            _ = cancel.cancelled() => return Ok(()),
+        }
     }
 }
 

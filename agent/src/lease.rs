@@ -139,20 +139,30 @@ impl Leased {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
             }
-            let mut inner = self.inner.lock().await;
-            match self.kv.lease_keep_alive(inner.lease).await {
-                Ok(_) => {}
-                Err(e) if is_lease_gone(&e) => {
-                    warn!(
-                        lease = inner.lease,
-                        "node lease lost; granting a new one and rewriting the node's keys"
-                    );
-                    if let Err(e) = self.regrant(&mut inner).await {
-                        warn!(error = %e, "cannot renew the node lease yet; retrying");
-                    }
-                }
-                Err(e) => warn!(error = %e, "node lease keep-alive failed; retrying"),
+            // A stop does not wait for etcd: the renewal may retry for the
+            // kvstore's deadline.
+            tokio::select! {
+                () = self.renew() => {}
+                _ = cancel.cancelled() => return,
             }
+        }
+    }
+
+    /// One renewal; a lost lease is granted again with every key.
+    async fn renew(&self) {
+        let mut inner = self.inner.lock().await;
+        match self.kv.lease_keep_alive(inner.lease).await {
+            Ok(_) => {}
+            Err(e) if is_lease_gone(&e) => {
+                warn!(
+                    lease = inner.lease,
+                    "node lease lost; granting a new one and rewriting the node's keys"
+                );
+                if let Err(e) = self.regrant(&mut inner).await {
+                    warn!(error = %e, "cannot renew the node lease yet; retrying");
+                }
+            }
+            Err(e) => warn!(error = %e, "node lease keep-alive failed; retrying"),
         }
     }
 

@@ -1,5 +1,7 @@
-//! The agent's wiring: load the datapath, resume the node lease, start
-//! the caches, then one supervised task per concern (see
+//! The agent's wiring: load the datapath, serve the starting API
+//! (`api/starting.rs`) while etcd is asked for the node lease and the
+//! caches are read (retried while etcd is unavailable: the pinned maps
+//! keep enforcing meanwhile), then one supervised task per concern (see
 //! docs/architecture.md, "The agent's tasks"):
 //!
 //! | task | owns | publishes |
@@ -10,6 +12,7 @@
 //! | `node-record` | the node record (pod CIDRs) | IPAM's CIDRs |
 //! | `routes` | the routes to other nodes' pod CIDRs | — |
 //! | `kvstore-probe` | — | `KvHealth` |
+//! | `orphans` | the deletion of endpoint records etcd could not delete at once | — |
 //! | `proxy` | the L7 proxy (`l7proxy/`: its own thread and runtime) | L7 events |
 //! | `services` (kube-proxy replacement) | the LB maps (the one writer; `services/`) | `ServicesView` |
 //! | `node-status` | this node's `NodeStatusRecord` | — |

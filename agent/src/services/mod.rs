@@ -323,7 +323,10 @@ pub async fn run<W: LbWriter + Send>(
     out: watch::Sender<Arc<Programmed>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    inputs.records.ready().await;
+    tokio::select! {
+        () = inputs.records.ready() => {}
+        _ = cancel.cancelled() => return Ok(()),
+    }
     let mut sub = inputs.records.subscribe();
     // What the maps hold (and so the ids a previous run gave out).
     let have = writer.read()?;
