@@ -12,8 +12,9 @@
 //! pinned maps, its API answers at once and says what it waits for, and a
 //! CNI ADD to it is refused at once. A CNI ADD on node 1 fails within its
 //! timeout naming etcd and leaves no veth or state file; a CNI DEL on
-//! node 1 completes. Once etcd is back: node 0 is ready, new pods come up
-//! on both nodes, and no record is left of the failed ADD or the DEL.
+//! node 1 completes; node 1's agent stops at once on SIGTERM and starts
+//! again. Once etcd is back: both nodes are ready, new pods come up on
+//! both, and no record is left of the failed ADD or the DEL.
 
 use std::time::{Duration, Instant};
 
@@ -163,6 +164,23 @@ fn during_the_outage(c: &mut Cluster, checkout: &CniPod, leaver: &CniPod) -> Res
         "the DEL did not remove the leaver's veth: {now:?} (before: {links:?})"
     );
     ensure!(state_files()? + 1 == files, "the DEL left its state file");
+
+    // SIGTERM to node 1's agent: it stops at once (no task waits on
+    // etcd), and starts again from its pins and its orphan files.
+    let stopping = Instant::now();
+    c.nodes[1]
+        .agent
+        .as_mut()
+        .context("agent 1")?
+        .terminate(Duration::from_secs(15));
+    let stopped = stopping.elapsed();
+    ensure!(
+        stopped < Duration::from_secs(3),
+        "agent 1 took {stopped:?} to stop with etcd gone:\n{}",
+        c.agent_log(1)
+    );
+    eprintln!("agent 1 stopped {stopped:?} after SIGTERM with etcd's quorum lost");
+    c.start_agent(1)?;
     Ok(())
 }
 
@@ -227,6 +245,7 @@ fn quorum_lost_for_a_minute_during_pod_churn_and_an_agent_restart() -> Result<()
     )?;
     let converged = back.elapsed();
     c.wait_node_ready(0, Duration::from_secs(10))?;
+    c.wait_node_ready(1, Duration::from_secs(10))?;
     // New pods come up on both nodes.
     let newcomers = [
         c.add_pod(0, "after-0", &[("app", "checkout")])?,
