@@ -419,6 +419,22 @@ impl Cluster {
         }
     }
 
+    /// GET `path` on node `i`'s agent socket, as the CLI does: (HTTP
+    /// status, body, time taken).
+    pub fn agent_get(&self, i: usize, path: &str) -> Result<(u16, String, Duration)> {
+        let started = Instant::now();
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+            .arg("--unix-socket")
+            .arg(&self.nodes[i].socket)
+            .arg(format!("http://agent{path}"))
+            .output()?;
+        let took = started.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').context("curl output")?;
+        Ok((code.trim().parse().unwrap_or(0), body.to_string(), took))
+    }
+
     pub fn etcd(&self) -> &EtcdCluster {
         self.etcd.as_ref().expect("the cluster's etcd")
     }

@@ -86,29 +86,15 @@ fn records(c: &Cluster) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// GET `path` on node `i`'s agent socket: (HTTP status, body, time taken).
-fn agent_get(c: &Cluster, i: usize, path: &str) -> Result<(u16, String, Duration)> {
-    let started = Instant::now();
-    let out = std::process::Command::new("curl")
-        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
-        .arg("--unix-socket")
-        .arg(&c.nodes[i].socket)
-        .arg(format!("http://agent{path}"))
-        .output()?;
-    let took = started.elapsed();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').context("curl output")?;
-    Ok((code.trim().parse().unwrap_or(0), body.to_string(), took))
-}
-
 /// What is checked while etcd has no quorum: node 0's agent starts and
 /// answers, CNI ADDs fail closed, a CNI DEL completes.
 fn during_the_outage(c: &mut Cluster, checkout: &CniPod, leaver: &CniPod) -> Result<()> {
     c.start_agent(0)?;
     wait_for("node 0's agent answering", Duration::from_secs(10), || {
-        Ok(agent_get(c, 0, "/v1/status").is_ok_and(|(code, _, _)| code == 200))
+        Ok(c.agent_get(0, "/v1/status")
+            .is_ok_and(|(code, _, _)| code == 200))
     })?;
-    let (_, body, took) = agent_get(c, 0, "/v1/status")?;
+    let (_, body, took) = c.agent_get(0, "/v1/status")?;
     ensure!(took < Duration::from_secs(1), "status took {took:?}");
     let st: serde_json::Value = serde_json::from_str(&body)?;
     ensure!(st["ok"] == false, "a starting agent says it is fine: {st}");
@@ -124,7 +110,7 @@ fn during_the_outage(c: &mut Cluster, checkout: &CniPod, leaver: &CniPod) -> Res
             .is_some_and(|m| m.contains("pinned maps keep enforcing")),
         "{agent_line}"
     );
-    let (code, body, _) = agent_get(c, 0, "/v1/bpf/ipcache")?;
+    let (code, body, _) = c.agent_get(0, "/v1/bpf/ipcache")?;
     ensure!(
         code == 200 && body.contains(&checkout.ip.to_string()),
         "node 0's ipcache from its pins: {code} {body}"

@@ -4,10 +4,9 @@
 //! frozen (SIGSTOP: connections open, no answers, the worst case for a
 //! client), then quorum lost (two of three frozen).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use axoneme_e2e::expect::seed_policy;
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
@@ -23,34 +22,13 @@ fn reads(payments: &CniPod) -> [String; 5] {
     ]
 }
 
-/// GET `path` on the agent's socket: (HTTP status, body, time taken).
-fn get(socket: &Path, path: &str) -> Result<(u16, String, Duration)> {
-    let started = Instant::now();
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "5",
-            "-w",
-            "\n%{http_code}",
-            "--unix-socket",
-        ])
-        .arg(socket)
-        .arg(format!("http://agent{path}"))
-        .output()?;
-    let took = started.elapsed();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').context("curl output")?;
-    Ok((code.trim().parse().unwrap_or(0), body.to_string(), took))
-}
-
 /// Every read answers 200 within 100 ms on both nodes; the status's kvstore
 /// component is `kv_ok` (waits for the agent's probe to notice).
 fn check_reads(c: &Cluster, payments: &CniPod, kv_ok: bool, what: &str) -> Result<()> {
-    for (i, n) in c.nodes.iter().enumerate() {
+    for i in 0..c.nodes.len() {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let (_, body, _) = get(&n.socket, "/v1/status")?;
+            let (_, body, _) = c.agent_get(i, "/v1/status")?;
             let st: serde_json::Value = serde_json::from_str(&body)?;
             let kv = st["components"]
                 .as_array()
@@ -70,7 +48,7 @@ fn check_reads(c: &Cluster, payments: &CniPod, kv_ok: bool, what: &str) -> Resul
         }
         for path in reads(payments) {
             // A node may not hold payments: its policy read is a 404 then.
-            let (code, body, took) = get(&n.socket, &path)?;
+            let (code, body, took) = c.agent_get(i, &path)?;
             let wanted = if path.contains("/bpf/policy/") && i != payments.node {
                 404
             } else {

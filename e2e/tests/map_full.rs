@@ -36,10 +36,10 @@ spec:
         protocol: TCP
 ";
 
-/// `status -o json` on node 0 (it exits non-zero while a unit fails).
-fn status(c: &Cluster) -> Result<Value> {
+/// `status -o json` on node `i` (it exits non-zero while a unit fails).
+fn status(c: &Cluster, i: usize) -> Result<Value> {
     let out = c
-        .cli_command(0, &["status", "--verbose", "-o", "json"])
+        .cli_command(i, &["status", "--verbose", "-o", "json"])
         .output()?;
     serde_json::from_slice(&out.stdout).context("status -o json")
 }
@@ -64,7 +64,7 @@ fn a_full_policy_map_is_reported_and_fails_closed() -> Result<()> {
             .context("the policy map")?;
         Ok((m["entries"].as_u64(), m["max_entries"].as_u64()))
     };
-    let st = status(&c)?;
+    let st = status(&c, 0)?;
     assert_eq!(policy_map(&st)?, (Some(1), Some(2)), "{st}");
 
     // No room for the intruder's entry: it stays out, and the unit says why.
@@ -75,24 +75,10 @@ fn a_full_policy_map_is_reported_and_fails_closed() -> Result<()> {
         0,
         &["policy", "import", file.to_str().context("UTF-8 path")?],
     )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let failing = loop {
-        let st = status(&c)?;
-        let unit = st["agent"]["status"]["sync_units"]
-            .as_array()
-            .and_then(|u| u.iter().find(|u| u["name"] == "policy").cloned())
-            .context("the policy sync unit")?;
-        if unit["ok"] == false {
-            break unit;
-        }
-        if Instant::now() > deadline {
-            bail!("the policy unit never failed: {st}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let failing = failing_unit(&c, 0, "policy")?;
     let error = failing["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("No space left"), "{failing}");
-    let st = status(&c)?;
+    let st = status(&c, 0)?;
     assert_eq!(policy_map(&st)?, (Some(2), Some(2)), "{st}");
     let human = String::from_utf8(c.cli_command(0, &["status"]).output()?.stdout)?;
     assert!(
@@ -127,10 +113,7 @@ fn a_full_policy_map_is_reported_and_fails_closed() -> Result<()> {
 fn failing_unit(c: &Cluster, i: usize, name: &str) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = c
-            .cli_command(i, &["status", "--verbose", "-o", "json"])
-            .output()?;
-        let st: Value = serde_json::from_slice(&out.stdout).context("status -o json")?;
+        let st = status(c, i)?;
         let unit = st["agent"]["status"]["sync_units"]
             .as_array()
             .and_then(|u| u.iter().find(|u| u["name"] == name).cloned())

@@ -117,18 +117,22 @@ async fn paused_leader_cannot_write_after_takeover() -> Result<()> {
     Ok(())
 }
 
+/// A storm of [`STORM`] endpoints started, once a fifth of them are
+/// assigned: its writer, to await.
+async fn storm_under_way(f: &Fixture) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let kv = f.kv.clone();
+    let writer = tokio::spawn(async move { storm(&kv, 0..STORM, SETS, WRITERS).await });
+    while f.assignments().await?.len() < STORM / 5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(writer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn allocation_survives_the_etcd_leader_being_killed() -> Result<()> {
     let mut f = Fixture::new(2, &[]).await?;
     f.wait_leader(Duration::from_secs(10)).await?;
-    let kv = f.kv.clone();
-    let writer = tokio::spawn(async move { storm(&kv, 0..STORM, SETS, WRITERS).await });
-    loop {
-        if f.assignments().await?.len() >= STORM / 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let writer = storm_under_way(&f).await?;
     let leader = f.etcd.leader()?.context("etcd has a leader")?;
     f.etcd.kill(leader);
     writer.await??;
@@ -147,14 +151,7 @@ async fn allocation_survives_the_etcd_leader_being_killed() -> Result<()> {
 async fn allocation_survives_a_member_wiped_and_rejoined() -> Result<()> {
     let mut f = Fixture::new(2, &[]).await?;
     f.wait_leader(Duration::from_secs(10)).await?;
-    let kv = f.kv.clone();
-    let writer = tokio::spawn(async move { storm(&kv, 0..STORM, SETS, WRITERS).await });
-    loop {
-        if f.assignments().await?.len() >= STORM / 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let writer = storm_under_way(&f).await?;
     // The raft leader: the harder case (an election on top of the loss).
     let lost = f.etcd.leader()?.context("etcd has a leader")?;
     let etcd = &mut f.etcd;
