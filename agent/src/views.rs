@@ -139,7 +139,7 @@ pub fn status(
 /// Each map's entries against its size (the pinned maps, read as they are).
 pub fn map_status(maps: &MapReader) -> Vec<MapStatus> {
     let count = |n: Result<usize, DatapathError>| n.map(|n| n as u64).unwrap_or(0);
-    vec![
+    let mut out = vec![
         MapStatus {
             name: "ipcache".into(),
             max_entries: maps.capacity(map_names::IPCACHE),
@@ -160,13 +160,22 @@ pub fn map_status(maps: &MapReader) -> Vec<MapStatus> {
             max_entries: maps.capacity(map_names::POLICY),
             entries: count(maps.policy_entries().map(|v| v.len())),
         },
+    ];
+    // Two tables, each full on its own: IPv4 and IPv6 flows.
+    let (ct4, ct6) = maps.ct_counts().unwrap_or_default();
+    out.extend([
         MapStatus {
-            name: "ct".into(),
-            // Two maps: IPv4 and IPv6 flows.
-            max_entries: maps.capacity(map_names::CT4) + maps.capacity(map_names::CT),
-            entries: count(maps.ct_entries().map(|v| v.len())),
+            name: "ct4".into(),
+            max_entries: maps.capacity(map_names::CT4),
+            entries: ct4 as u64,
         },
-    ]
+        MapStatus {
+            name: "ct6".into(),
+            max_entries: maps.capacity(map_names::CT),
+            entries: ct6 as u64,
+        },
+    ]);
+    out
 }
 
 /// Kubernetes mode's line in `status`: the watch of this node's Pods.

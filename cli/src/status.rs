@@ -335,7 +335,7 @@ pub fn map_warnings(maps: &[axoneme_api::MapStatus]) -> Vec<String> {
                     "new addresses are refused (seen as world)",
                     Some("--bpf-ipcache-max"),
                 ),
-                "ct" => (
+                "ct4" | "ct6" => (
                     "the oldest flows are evicted and judged again",
                     Some("--bpf-ct-max"),
                 ),
@@ -570,14 +570,14 @@ mod tests {
         let w = map_warnings(&[
             map("policy", 3687, 4096),
             map("ipcache", 3686, 4096),
-            map("ct", 10, 10),
+            map("ct4", 10, 10),
             map("endpoints", 0, 0),
         ]);
         assert_eq!(
             w,
             vec![
                 "BPF map policy is 90% full (3687 of 4096): when full, new policy entries are refused, their flows denied; raise --bpf-policy-max",
-                "BPF map ct is 100% full (10 of 10): when full, the oldest flows are evicted and judged again; raise --bpf-ct-max",
+                "BPF map ct4 is 100% full (10 of 10): when full, the oldest flows are evicted and judged again; raise --bpf-ct-max",
             ]
         );
     }

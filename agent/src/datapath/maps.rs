@@ -425,6 +425,21 @@ impl Maps {
         Ok(all)
     }
 
+    /// How many flows each conntrack table holds: (IPv4, IPv6).
+    pub fn ct_counts(&self) -> Result<(usize, usize), DatapathError> {
+        let v4 = self
+            .ct4
+            .keys()
+            .try_fold(0, |n, k| k.map(|_| n + 1))
+            .map_err(|source| map_error(CT4, "iterate", source))?;
+        let v6 = self
+            .ct
+            .keys()
+            .try_fold(0, |n, k| k.map(|_| n + 1))
+            .map_err(|source| map_error(CT, "iterate", source))?;
+        Ok((v4, v6))
+    }
+
     /// Writes one conntrack entry (tests and tools: to age an entry).
     pub fn set_ct(&mut self, key: &CtKey, value: CtValue) -> Result<(), DatapathError> {
         match CtKey4::from_key(key) {
@@ -604,6 +619,11 @@ impl MapReader {
 
     pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
         self.maps.ct_entries()
+    }
+
+    /// How many flows each conntrack table holds: (IPv4, IPv6).
+    pub fn ct_counts(&self) -> Result<(usize, usize), DatapathError> {
+        self.maps.ct_counts()
     }
 
     pub fn counters(&self) -> Result<Counters, DatapathError> {
