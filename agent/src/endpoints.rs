@@ -19,23 +19,23 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use axoneme_api::names::{check_container_id, check_interface_name};
-use axoneme_api::{
-    cni_code, AddRequest, AddResponse, ApiError, CheckRequest, DelRequest, IpConfig, RouteConfig,
-};
-use axoneme_identity::{EndpointRecord, LabelSet, Layout, Source};
-use serde::{Deserialize, Serialize};
+use axoneme_api::{cni_code, AddRequest, AddResponse, ApiError, CheckRequest, DelRequest};
+use axoneme_identity::{LabelSet, Layout, Source};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::ipam::{Ipam, IpamError};
 use crate::lease::Leased;
-use crate::netdev::{self, Ns, GATEWAY_V4, GATEWAY_V6};
+use crate::netdev::{self, Ns};
 use crate::node::NodeState;
 
 use crate::k8s::{LabelSource, NAMESPACE_LABEL};
 
 mod orphans;
+mod state;
 use orphans::Orphans;
+use state::state_path;
+pub use state::{load_states, EndpointState};
 
 /// How long a DEL, or a round of the orphan collector, waits for etcd to
 /// delete a record before leaving it to the next round (the addresses
@@ -47,79 +47,6 @@ fn check_labels(raw: &[String]) -> Result<LabelSet, String> {
     let labels = LabelSet::parse(raw, Source::K8s).map_err(|e| format!("labels: {e}"))?;
     labels.check_size().map_err(|e| format!("labels: {e}"))?;
     Ok(labels)
-}
-
-/// What the agent remembers about an endpoint it created (one JSON file
-/// per container under `<state dir>/endpoints/`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointState {
-    pub container_id: String,
-    pub ifname: String,
-    pub netns: PathBuf,
-    pub host_interface: String,
-    pub host_mac: String,
-    pub mac: String,
-    pub addresses: Vec<IpAddr>,
-    pub labels: Vec<String>,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub pod_name: Option<String>,
-    /// Kubernetes mode: the Pod's UID.
-    #[serde(default)]
-    pub pod_uid: Option<String>,
-    /// Its containers' named ports (Kubernetes mode: from the Pod spec).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub named_ports: axoneme_identity::NamedPorts,
-}
-
-impl EndpointState {
-    /// The endpoint's name in etcd: the container ID.
-    pub fn name(&self) -> &str {
-        &self.container_id
-    }
-
-    fn record(&self, node: &str) -> EndpointRecord {
-        EndpointRecord {
-            id: self.container_id.clone(),
-            node: node.to_string(),
-            labels: self.labels.clone(),
-            addresses: self.addresses.iter().map(IpAddr::to_string).collect(),
-            namespace: self.namespace.clone(),
-            interface: Some(self.host_interface.clone()),
-            pod_name: self.pod_name.clone(),
-            pod_uid: self.pod_uid.clone(),
-            named_ports: self.named_ports.clone(),
-        }
-    }
-
-    fn response(&self, identity: u32) -> AddResponse {
-        let mut ips = Vec::new();
-        let mut routes = Vec::new();
-        for a in &self.addresses {
-            let (len, gw, any) = match a {
-                IpAddr::V4(_) => (32, GATEWAY_V4, "0.0.0.0/0"),
-                IpAddr::V6(_) => (128, GATEWAY_V6, "::/0"),
-            };
-            ips.push(IpConfig {
-                address: format!("{a}/{len}"),
-                gateway: gw.to_string(),
-            });
-            routes.push(RouteConfig {
-                dst: any.to_string(),
-                gw: Some(gw.to_string()),
-            });
-        }
-        AddResponse {
-            endpoint: self.container_id.clone(),
-            identity,
-            host_interface: self.host_interface.clone(),
-            host_mac: self.host_mac.clone(),
-            mac: self.mac.clone(),
-            ips,
-            routes,
-        }
-    }
 }
 
 /// The node's endpoint manager.
@@ -139,31 +66,6 @@ pub struct Endpoints {
     serial: tokio::sync::Mutex<()>,
     /// Endpoints gone here whose record may still be in etcd.
     orphans: Orphans,
-}
-
-/// Endpoint state files under `dir`, with a warning for each unreadable
-/// one (it is left in place for a human to look at).
-pub fn load_states(dir: &Path) -> Vec<EndpointState> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.extension().and_then(|x| x.to_str()) != Some("json") {
-            continue;
-        }
-        match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
-            Ok(s) => out.push(s),
-            Err(e) => {
-                warn!(file = %path.display(), error = %e, "unreadable endpoint state; skipped")
-            }
-        }
-    }
-    out
 }
 
 /// Re-announces the endpoints of a previous run (before the node's caches
@@ -216,10 +118,6 @@ fn ipam_with(
         }
     }
     ipam
-}
-
-fn state_path(dir: &Path, container_id: &str) -> PathBuf {
-    dir.join(format!("{container_id}.json"))
 }
 
 fn io_error(msg: &str, e: impl std::fmt::Display) -> ApiError {

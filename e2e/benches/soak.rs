@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axoneme_e2e::bench::{pick, rss_mib, smoke, summary, write_figures};
-use axoneme_e2e::probe::{describe, echo_server, reaches, Probe, Probed};
+use axoneme_e2e::probe::{admit_on_port, describe, echo_server, reaches, Probe, Probed};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
 
@@ -47,47 +47,6 @@ const GEN_SIZE: usize = 20;
 const GC_GRACE_S: u64 = 60;
 const GC_INTERVAL_S: u64 = 10;
 const MEMORY_TARGET_PCT: f64 = 10.0;
-
-const BASE_POLICY: &str = "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: soak-base
-spec:
-  endpointSelector:
-    matchLabels:
-      app: payments
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: checkout
-    toPorts:
-    - ports:
-      - port: \"9090\"
-        protocol: TCP
-";
-
-fn churn_policy(generation: usize) -> String {
-    format!(
-        "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: soak-churn
-spec:
-  endpointSelector:
-    matchLabels:
-      app: payments
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: churn
-        gen: \"{generation}\"
-    toPorts:
-    - ports:
-      - port: \"9090\"
-        protocol: TCP
-"
-    )
-}
 
 /// One sample: seconds since the start, (agent 0, agent 1, operator a,
 /// operator b) resident MiB, identities in etcd.
@@ -217,7 +176,10 @@ fn main() -> Result<()> {
     echo_server(&payments, PORT)?;
     let dir = tempfile::tempdir()?;
     let base = dir.path().join("base.yaml");
-    std::fs::write(&base, BASE_POLICY)?;
+    std::fs::write(
+        &base,
+        admit_on_port("soak-base", "payments", &[("app", "checkout")], PORT),
+    )?;
     c.import_policy(0, &base)?;
     let to = payments.ip;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -252,7 +214,15 @@ fn main() -> Result<()> {
         let mut next_sample = Instant::now();
         while Instant::now() < until {
             let generation = made.load(Ordering::Relaxed) / GEN_SIZE;
-            std::fs::write(&churn_file, churn_policy(generation))?;
+            std::fs::write(
+                &churn_file,
+                admit_on_port(
+                    "soak-churn",
+                    "payments",
+                    &[("app", "churn"), ("gen", &generation.to_string())],
+                    PORT,
+                ),
+            )?;
             let path = churn_file.to_str().context("UTF-8 path")?;
             match c.cli(0, &["policy", "import", path]) {
                 Ok(_) => policy_updates += 1,

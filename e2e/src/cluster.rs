@@ -15,8 +15,8 @@
 //! direct routing via the node addresses.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +26,7 @@ use crate::netns::Netns;
 use crate::tls::TestCerts;
 use crate::{bin_path, EtcdCluster, KubeControlPlane, OperatorProc, Proc};
 
+mod access;
 mod pods;
 pub use pods::{CniOutput, CniPod};
 
@@ -419,22 +420,6 @@ impl Cluster {
         }
     }
 
-    /// GET `path` on node `i`'s agent socket, as the CLI does: (HTTP
-    /// status, body, time taken).
-    pub fn agent_get(&self, i: usize, path: &str) -> Result<(u16, String, Duration)> {
-        let started = Instant::now();
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
-            .arg("--unix-socket")
-            .arg(&self.nodes[i].socket)
-            .arg(format!("http://agent{path}"))
-            .output()?;
-        let took = started.elapsed();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').context("curl output")?;
-        Ok((code.trim().parse().unwrap_or(0), body.to_string(), took))
-    }
-
     pub fn etcd(&self) -> &EtcdCluster {
         self.etcd.as_ref().expect("the cluster's etcd")
     }
@@ -564,59 +549,12 @@ impl Cluster {
         l
     }
 
-    pub fn agent_log(&self, i: usize) -> String {
-        self.nodes[i]
-            .agent
-            .as_ref()
-            .map(Proc::log_text)
-            .unwrap_or_default()
-    }
-
     /// The client flags of a TLS etcd ([`ClusterConfig::etcd_tls`]).
     fn etcd_tls_flags(&self) -> Vec<String> {
         self.etcd()
             .certs()
             .map(TestCerts::client_flags)
             .unwrap_or_default()
-    }
-
-    /// The `axoneme` CLI against this cluster and node `i`'s agent.
-    pub fn cli_command(&self, node: usize, args: &[&str]) -> Command {
-        let mut c = Command::new(bin_path("axoneme"));
-        c.env("AXONEME_ETCD_ENDPOINTS", self.etcd().endpoints().join(","))
-            .env("AXONEME_AGENT_SOCKET", &self.nodes[node].socket);
-        if let Some(certs) = self.etcd().certs() {
-            c.env("AXONEME_ETCD_CA", &certs.ca_cert)
-                .env("AXONEME_ETCD_CERT", &certs.client_cert)
-                .env("AXONEME_ETCD_KEY", &certs.client_key);
-        }
-        c.args(args);
-        c
-    }
-
-    /// Imports the policy file at `path` through node `node`'s CLI and
-    /// waits (up to 10 s) until every node enforces it.
-    pub fn import_policy(&self, node: usize, path: &Path) -> Result<()> {
-        let path = path.to_str().context("a policy path that is UTF-8")?;
-        self.cli(node, &["policy", "import", "--wait", "10", path])?;
-        Ok(())
-    }
-
-    /// Runs the CLI; fails with its stderr if it fails.
-    pub fn cli(&self, node: usize, args: &[&str]) -> Result<Output> {
-        let out = self
-            .cli_command(node, args)
-            .output()
-            .context("running axoneme")?;
-        if !out.status.success() {
-            bail!(
-                "axoneme {} failed: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(out)
     }
 
     /// Where the chart's ConfigMap is written out (Helm mode).
@@ -649,16 +587,6 @@ impl Cluster {
             kube.service_account_kubeconfig("kube-system", sa, &path)?;
         }
         Ok(path)
-    }
-
-    /// Interfaces in node `i`'s namespace (for leak checks).
-    pub fn node_links(&self, i: usize) -> Result<Vec<String>> {
-        let out = self.nodes[i].ns.ip(&["-o", "link", "show"])?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .collect())
     }
 }
 

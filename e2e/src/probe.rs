@@ -139,3 +139,30 @@ pub fn describe(odd: &[&Odd], since: Instant) -> Vec<String> {
         .map(|(t, how)| format!("{:?} ({how})", t.saturating_duration_since(since)))
         .collect()
 }
+
+/// A CiliumNetworkPolicy `name`: pods labelled `app: selected` admit the
+/// pods matching `from` on TCP `port`, and nothing else.
+pub fn admit_on_port(name: &str, selected: &str, from: &[(&str, &str)], port: u16) -> String {
+    let labels: String = from
+        .iter()
+        .map(|(k, v)| format!("        {k}: \"{v}\"\n"))
+        .collect();
+    format!(
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: {name}
+spec:
+  endpointSelector:
+    matchLabels:
+      app: {selected}
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+{labels}    toPorts:
+    - ports:
+      - port: \"{port}\"
+        protocol: TCP
+"
+    )
+}

@@ -22,29 +22,11 @@ use anyhow::{bail, ensure, Context, Result};
 use axoneme_e2e::cluster::CniOutput;
 use axoneme_e2e::expect::wait_for;
 use axoneme_e2e::netns::Netns;
-use axoneme_e2e::probe::{describe, echo_server, reaches, Odd, Probe};
+use axoneme_e2e::probe::{admit_on_port, describe, echo_server, reaches, Odd, Probe};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
 const PORT: u16 = 9090;
 const OUTAGE: Duration = Duration::from_secs(60);
-
-const ECHO_POLICY: &str = "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: echo-from-checkout
-spec:
-  endpointSelector:
-    matchLabels:
-      app: echo
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: checkout
-    toPorts:
-    - ports:
-      - port: \"9090\"
-        protocol: TCP
-";
 
 /// A CNI ADD of a new pod `name` on `node`, expected to fail: its output.
 fn failing_add(c: &Cluster, node: usize, name: &str) -> Result<(CniOutput, Netns)> {
@@ -187,7 +169,10 @@ fn quorum_lost_for_a_minute_during_pod_churn_and_an_agent_restart() -> Result<()
     echo_server(&echo, PORT)?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("echo.yaml");
-    std::fs::write(&file, ECHO_POLICY)?;
+    std::fs::write(
+        &file,
+        admit_on_port("echo-from-checkout", "echo", &[("app", "checkout")], PORT),
+    )?;
     c.import_policy(0, &file)?;
     let to = echo.ip;
     let reaches = |pod: &CniPod| reaches(pod, to, PORT);

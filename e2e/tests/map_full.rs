@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axoneme_e2e::expect::{seed_policy, stays, until_post, wait_for};
-use axoneme_e2e::probe::{echo_server, exchange, reaches};
+use axoneme_e2e::probe::{admit_on_port, echo_server, exchange, reaches};
 use axoneme_e2e::{Cluster, ClusterConfig};
 use serde_json::Value;
 
@@ -180,25 +180,6 @@ fn a_full_ipcache_leaves_a_newcomer_unknown_until_there_is_room() -> Result<()> 
     Ok(())
 }
 
-/// An L3/L4 policy: payments admits checkout on 9090.
-const ECHO_FROM_CHECKOUT: &str = "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: echo-from-checkout
-spec:
-  endpointSelector:
-    matchLabels:
-      app: payments
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: checkout
-    toPorts:
-    - ports:
-      - port: \"9090\"
-        protocol: TCP
-";
-
 /// A full conntrack table fails closed: agents run with `--bpf-ct-max 64`
 /// and checkout opens 300 connections to payments (node 0's IPv4 table
 /// holds 64 flows), with one long-lived connection open throughout. The
@@ -216,7 +197,15 @@ fn a_full_conntrack_table_evicts_and_judges_again() -> Result<()> {
     echo_server(&pods.payments, PORT)?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("echo.yaml");
-    std::fs::write(&file, ECHO_FROM_CHECKOUT)?;
+    std::fs::write(
+        &file,
+        admit_on_port(
+            "echo-from-checkout",
+            "payments",
+            &[("app", "checkout")],
+            PORT,
+        ),
+    )?;
     c.import_policy(0, &file)?;
     let to = pods.payments.ip;
     wait_for("the echo policy", Duration::from_secs(10), || {

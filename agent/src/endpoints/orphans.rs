@@ -25,27 +25,9 @@ impl Orphans {
     /// The orphans kept in `dir` (an unreadable file is left for a human,
     /// with a warning).
     pub fn load(dir: &Path) -> Self {
-        let mut held = BTreeMap::new();
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = e.path();
-            if path.extension().and_then(|x| x.to_str()) != Some(SUFFIX) {
-                continue;
-            }
-            let Some(name) = path.file_stem().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(addresses) => {
-                    held.insert(name.to_string(), addresses);
-                }
-                Err(e) => {
-                    warn!(file = %path.display(), error = %e, "unreadable orphan file; skipped")
-                }
-            }
-        }
+        let held = super::state::read_json_files(dir, SUFFIX, "orphan file")
+            .into_iter()
+            .collect();
         Orphans {
             dir: dir.to_path_buf(),
             held: Mutex::new(held),
