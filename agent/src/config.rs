@@ -93,14 +93,18 @@ pub struct DatapathConfig {
 #[derive(Debug, Clone, Copy, Args, PartialEq, Eq)]
 pub struct MapSizes {
     /// Entries of the ipcache (addresses and CIDRs with their identities).
-    #[arg(long, env = "AXONEME_BPF_IPCACHE_MAX", default_value_t = axoneme_bpf_common::IPCACHE_MAX)]
+    #[arg(long, env = "AXONEME_BPF_IPCACHE_MAX", default_value_t = axoneme_bpf_common::IPCACHE_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub bpf_ipcache_max: u32,
     /// Entries of the policy trie (every local identity's entries).
-    #[arg(long, env = "AXONEME_BPF_POLICY_MAX", default_value_t = axoneme_bpf_common::POLICY_MAX)]
+    #[arg(long, env = "AXONEME_BPF_POLICY_MAX", default_value_t = axoneme_bpf_common::POLICY_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub bpf_policy_max: u32,
     /// Entries of each conntrack table (IPv4 and IPv6).
-    #[arg(long, env = "AXONEME_BPF_CT_MAX", default_value_t = axoneme_bpf_common::CT_MAX)]
+    #[arg(long, env = "AXONEME_BPF_CT_MAX", default_value_t = axoneme_bpf_common::CT_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub bpf_ct_max: u32,
+    /// Entries of the endpoints map (local endpoints; their addresses'
+    /// map gets twice as many).
+    #[arg(long, env = "AXONEME_BPF_ENDPOINTS_MAX", default_value_t = axoneme_bpf_common::ENDPOINTS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub bpf_endpoints_max: u32,
 }
 
 impl From<MapSizes> for crate::datapath::MapSizes {
@@ -109,6 +113,7 @@ impl From<MapSizes> for crate::datapath::MapSizes {
             ipcache: f.bpf_ipcache_max,
             policy: f.bpf_policy_max,
             ct: f.bpf_ct_max,
+            endpoints: f.bpf_endpoints_max,
         }
     }
 }

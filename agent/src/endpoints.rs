@@ -28,6 +28,7 @@ use crate::ipam::{Ipam, IpamError};
 use crate::lease::Leased;
 use crate::netdev::{self, Ns};
 use crate::node::NodeState;
+use crate::reconcile::Enforcement;
 
 use crate::k8s::{LabelSource, NAMESPACE_LABEL};
 
@@ -58,7 +59,7 @@ pub struct Endpoints {
     leased: Leased,
     ipam: Mutex<Ipam>,
     state: NodeState,
-    programmed: watch::Receiver<BTreeMap<String, u32>>,
+    programmed: watch::Receiver<BTreeMap<String, Enforcement>>,
     default_timeout: Duration,
     source: LabelSource,
     /// One ADD/DEL/CHECK at a time per agent keeps the veth, IPAM and
@@ -132,7 +133,7 @@ impl Endpoints {
         dir: PathBuf,
         leased: Leased,
         restored: &[EndpointState],
-        programmed: watch::Receiver<BTreeMap<String, u32>>,
+        programmed: watch::Receiver<BTreeMap<String, Enforcement>>,
         default_timeout: Duration,
         source: LabelSource,
     ) -> Self {
@@ -350,10 +351,16 @@ impl Endpoints {
         let mut rx = self.programmed.clone();
         let name = st.name().to_string();
         let waited = tokio::time::timeout_at(deadline, async {
+            // A refusal already published can be a previous ADD's of the
+            // same name: only one from a later pass counts.
+            let mut fresh = false;
             loop {
-                if let Some(id) = rx.borrow_and_update().get(&name) {
-                    return Ok(*id);
+                match rx.borrow_and_update().get(&name) {
+                    Some(Ok(id)) => return Ok(Ok(*id)),
+                    Some(Err(why)) if fresh => return Ok(Err(why.clone())),
+                    _ => {}
                 }
+                fresh = true;
                 if rx.changed().await.is_err() {
                     return Err(());
                 }
@@ -361,7 +368,14 @@ impl Endpoints {
         })
         .await;
         match waited {
-            Ok(Ok(id)) => Ok(id),
+            Ok(Ok(Ok(id))) => Ok(id),
+            Ok(Ok(Err(why))) => Err(ApiError::new(
+                cni_code::TRY_AGAIN_LATER,
+                format!(
+                    "the datapath has no room for the endpoint: {why}; the pod was not started"
+                ),
+                "",
+            )),
             Ok(Err(())) => Err(ApiError::new(
                 cni_code::TRY_AGAIN_LATER,
                 "the agent is shutting down",
@@ -592,7 +606,7 @@ impl Endpoints {
                 )));
             }
         }
-        if !self.programmed.borrow().contains_key(st.name()) {
+        if !matches!(self.programmed.borrow().get(st.name()), Some(Ok(_))) {
             return Err(fail(format!("endpoint {} is not enforced", st.name())));
         }
         Ok(())

@@ -339,7 +339,11 @@ pub fn map_warnings(maps: &[axoneme_api::MapStatus]) -> Vec<String> {
                     "the oldest flows are evicted and judged again",
                     Some("--bpf-ct-max"),
                 ),
-                _ => ("new endpoints are refused", None),
+                "endpoints" | "endpoint-addresses" => (
+                    "new pods are refused (their CNI ADD fails)",
+                    Some("--bpf-endpoints-max"),
+                ),
+                _ => ("new entries are refused", None),
             };
             format!(
                 "BPF map {} is {}% full ({} of {}): when full, {when_full}{}",

@@ -19,48 +19,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use axoneme_e2e::cluster::CniOutput;
 use axoneme_e2e::expect::wait_for;
-use axoneme_e2e::netns::Netns;
 use axoneme_e2e::probe::{admit_on_port, describe, echo_server, reaches, Odd, Probe};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
 const PORT: u16 = 9090;
 const OUTAGE: Duration = Duration::from_secs(60);
-
-/// A CNI ADD of a new pod `name` on `node`, expected to fail: its output.
-fn failing_add(c: &Cluster, node: usize, name: &str) -> Result<(CniOutput, Netns)> {
-    let ns = Netns::create(&format!("{}-{name}", c.prefix))?;
-    let config = serde_json::to_vec(&c.cni_config(node, &[("app", "checkout")]))?;
-    let out = c.cni(
-        "ADD",
-        &format!("{}-{name}", c.prefix),
-        &ns.path().to_string_lossy(),
-        "eth0",
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default",
-        &config,
-    )?;
-    ensure!(!out.success, "the ADD of {name} succeeded: {out:?}");
-    Ok((out, ns))
-}
-
-/// The CNI error of a failed call: (code, message and details).
-fn cni_error(out: &CniOutput) -> Result<(u64, String)> {
-    let v = out.json()?;
-    Ok((
-        v["code"].as_u64().context("code")?,
-        format!("{} {}", v["msg"], v["details"]),
-    ))
-}
-
-/// How many files node `i`'s agent keeps in its endpoints directory with
-/// extension `ext` (`json`: endpoints' state; `orphan`: records to delete).
-fn files_named(c: &Cluster, i: usize, ext: &str) -> Result<usize> {
-    Ok(std::fs::read_dir(c.nodes[i].state_dir.join("endpoints"))?
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == ext))
-        .count())
-}
 
 /// The endpoint IDs etcd holds (`axoneme endpoint list`).
 fn records(c: &Cluster) -> Result<String> {
@@ -99,9 +63,9 @@ fn during_the_outage(c: &mut Cluster, checkout: &CniPod, leaver: &CniPod) -> Res
     );
 
     // A CNI ADD to the starting agent: refused at once.
-    let (out, _ns0) = failing_add(c, 0, "early")?;
+    let (out, _ns0) = c.failing_add(0, "early")?;
     ensure!(out.elapsed < Duration::from_secs(2), "{out:?}");
-    let (code, text) = cni_error(&out)?;
+    let (code, text) = out.error()?;
     ensure!(
         code == 11 && text.contains("the agent is starting"),
         "{out:?}"
@@ -109,11 +73,11 @@ fn during_the_outage(c: &mut Cluster, checkout: &CniPod, leaver: &CniPod) -> Res
 
     // A CNI ADD on node 1: fails within its timeout (15 s), nothing left.
     let links = c.node_links(1)?;
-    let state_files = || files_named(c, 1, "json");
+    let state_files = || c.endpoint_files(1, "json");
     let files = state_files()?;
-    let (out, _ns1) = failing_add(c, 1, "stranded")?;
+    let (out, _ns1) = c.failing_add(1, "stranded")?;
     ensure!(out.elapsed < Duration::from_millis(16_000), "{out:?}");
-    let (code, text) = cni_error(&out)?;
+    let (code, text) = out.error()?;
     ensure!(code == 11 && text.contains("etcd unavailable"), "{out:?}");
     ensure!(c.node_links(1)? == links, "the failed ADD left a veth");
     ensure!(state_files()? == files, "the failed ADD left a state file");
@@ -231,7 +195,7 @@ fn quorum_lost_for_a_minute_during_pod_churn_and_an_agent_restart() -> Result<()
         Ok(["early", "stranded", "leaver"]
             .iter()
             .all(|n| !r.contains(&format!("\"{}-{n}\"", c.prefix)))
-            && files_named(&c, 1, "orphan")? == 0)
+            && c.endpoint_files(1, "orphan")? == 0)
     })?;
 
     let allowed = allowed.finish()?;

@@ -1,4 +1,7 @@
-//! A full policy trie fails closed on a real cluster: agents run with
+//! Full maps fail closed on a real cluster: the policy trie, the ipcache,
+//! the endpoints map and a conntrack table, each made small by its flag.
+//!
+//! The policy trie: agents run with
 //! `--bpf-policy-max 2`; the seed policy takes one entry on node 0.
 //! `axoneme status` reports the configured size. A second policy lets the
 //! intruder in on ports 80, 81 and 8080: there is room for one entry (the
@@ -177,6 +180,77 @@ fn a_full_ipcache_leaves_a_newcomer_unknown_until_there_is_room() -> Result<()> 
     c.delete_pod(&pods.intruder)?;
     let took = until_post(&extra, &pay, Some(200), Duration::from_secs(10))?;
     eprintln!("room made: the newcomer let in after {took:?}");
+    Ok(())
+}
+
+/// A full endpoints map fails closed: agents run with
+/// `--bpf-endpoints-max 2`, which checkout and the intruder fill on node 1.
+/// A third pod's CNI ADD there fails at once with a CNI error naming the
+/// map and its flag, and leaves nothing (no veth, no state file, no
+/// endpoint record); status warns; what was enforced stays enforced.
+/// When the intruder leaves, the same pod comes up and is let in.
+#[test]
+fn a_full_endpoints_map_refuses_a_new_pod_until_one_leaves() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig {
+        agent_args: vec!["--bpf-endpoints-max".into(), "2".into()],
+        ..ClusterConfig::default()
+    })?;
+    let pods = c.seed_pods()?;
+    let pay = pods.payments.ip.to_string();
+    c.import_policy(0, &seed_policy())?;
+    until_post(&pods.checkout, &pay, Some(200), Duration::from_secs(10))?;
+    let human = String::from_utf8(c.cli_command(1, &["status"]).output()?.stdout)?;
+    assert!(
+        human.contains("BPF map endpoints is 100% full (2 of 2)")
+            && human.contains("--bpf-endpoints-max"),
+        "{human}"
+    );
+
+    let links = c.node_links(1)?;
+    let files = c.endpoint_files(1, "json")?;
+    let (out, ns) = c.failing_add(1, "extra")?;
+    let (code, text) = out.error()?;
+    assert!(
+        code == 11 && text.contains("no room") && text.contains("--bpf-endpoints-max"),
+        "{out:?}"
+    );
+    assert!(out.elapsed < Duration::from_secs(5), "{out:?}");
+    assert_eq!(c.node_links(1)?, links, "the refused ADD left a veth");
+    assert_eq!(c.endpoint_files(1, "json")?, files, "it left a state file");
+    wait_for(
+        "the refused pod's record gone",
+        Duration::from_secs(5),
+        || {
+            let list = c.cli(1, &["-o", "json", "endpoint", "list"])?;
+            Ok(!String::from_utf8_lossy(&list.stdout).contains("extra"))
+        },
+    )?;
+    stays(
+        &pods.intruder,
+        "POST",
+        &pay,
+        "/v1/charge",
+        None,
+        Duration::from_secs(1),
+    )?;
+    stays(
+        &pods.checkout,
+        "POST",
+        &pay,
+        "/v1/charge",
+        Some(200),
+        Duration::from_secs(1),
+    )?;
+
+    // The same pod again (as a kubelet retries) once there is room.
+    drop(ns);
+    c.delete_pod(&pods.intruder)?;
+    let extra = c.add_pod(1, "extra", &[("app", "checkout")])?;
+    let took = until_post(&extra, &pay, Some(200), Duration::from_secs(10))?;
+    eprintln!(
+        "endpoints full: ADD refused in {:?} ({text}); after the intruder left, the pod came up and was let in after {took:?}",
+        out.elapsed
+    );
     Ok(())
 }
 

@@ -524,6 +524,10 @@ impl Maps {
 fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), DatapathError> {
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        // aya's hash maps report an absent key as the syscall's ENOENT.
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) => {
+            Ok(())
+        }
         Err(source) => Err(map_error(name, "remove", source)),
     }
 }

@@ -82,6 +82,8 @@ pub struct MapSizes {
     pub policy: u32,
     /// Each of the two conntrack tables (IPv4, IPv6).
     pub ct: u32,
+    /// Local endpoints (their addresses' map holds two per endpoint).
+    pub endpoints: u32,
 }
 
 impl Default for MapSizes {
@@ -90,20 +92,36 @@ impl Default for MapSizes {
             ipcache: axoneme_bpf_common::IPCACHE_MAX,
             policy: axoneme_bpf_common::POLICY_MAX,
             ct: axoneme_bpf_common::CT_MAX,
+            endpoints: axoneme_bpf_common::ENDPOINTS_MAX,
         }
     }
 }
 
 impl MapSizes {
     /// (map, entries, the flag that sets it).
-    fn by_map(&self) -> [(&'static str, u32, &'static str); 4] {
+    fn by_map(&self) -> [(&'static str, u32, &'static str); 6] {
         use axoneme_bpf_common::map_names;
         [
             (map_names::IPCACHE, self.ipcache, "bpf-ipcache-max"),
             (map_names::POLICY, self.policy, "bpf-policy-max"),
             (map_names::CT4, self.ct, "bpf-ct-max"),
             (map_names::CT, self.ct, "bpf-ct-max"),
+            (map_names::ENDPOINTS, self.endpoints, "bpf-endpoints-max"),
+            (
+                map_names::ENDPOINT_ADDRS,
+                self.endpoints.saturating_mul(2),
+                "bpf-endpoints-max",
+            ),
         ]
+    }
+
+    /// The flag that sizes map `name`, if one does.
+    pub fn flag_of(name: &str) -> Option<&'static str> {
+        Self::default()
+            .by_map()
+            .into_iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, flag)| flag)
     }
 }
 
@@ -174,6 +192,16 @@ pub enum DatapathError {
         want: u32,
         flag: &'static str,
         pins: String,
+    },
+    /// A map has no room for a new entry (the kernel's E2BIG for a hash,
+    /// ENOSPC for a trie).
+    #[error("eBPF map `{name}` is full: {op} failed (its size is --{flag})")]
+    Full {
+        name: &'static str,
+        op: &'static str,
+        flag: &'static str,
+        #[source]
+        source: Box<MapError>,
     },
     /// A map operation failed.
     #[error("eBPF map `{name}`: {op} failed")]
@@ -500,7 +528,29 @@ fn program_error(name: &'static str, op: &'static str, source: ProgramError) -> 
 }
 
 fn map_error(name: &'static str, op: &'static str, source: MapError) -> DatapathError {
-    DatapathError::Map { name, op, source }
+    let no_room = match &source {
+        MapError::SyscallError(e) => matches!(
+            e.io_error.raw_os_error(),
+            Some(nix::libc::E2BIG | nix::libc::ENOSPC)
+        ),
+        _ => false,
+    };
+    match MapSizes::flag_of(name) {
+        Some(flag) if no_room => DatapathError::Full {
+            name,
+            op,
+            flag,
+            source: Box::new(source),
+        },
+        _ => DatapathError::Map { name, op, source },
+    }
+}
+
+impl DatapathError {
+    /// Whether a map had no room (see [`DatapathError::Full`]).
+    pub fn is_full(&self) -> bool {
+        matches!(self, DatapathError::Full { .. })
+    }
 }
 
 #[cfg(test)]

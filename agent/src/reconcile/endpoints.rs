@@ -127,8 +127,10 @@ impl Attachments {
 pub struct EndpointsUnit {
     /// What the endpoints map holds, when known.
     have: Option<BTreeMap<u32, EndpointInfo>>,
-    /// Local endpoints by name, as of the last whole pass.
+    /// Local endpoints by name, as of the last pass.
     programmed: BTreeMap<String, Programmed>,
+    /// Local endpoints the map had no room for in the last pass, with why.
+    refused: BTreeMap<String, String>,
 }
 
 impl EndpointsUnit {
@@ -140,6 +142,18 @@ impl EndpointsUnit {
         &self.programmed
     }
 
+    /// Endpoints left out of the map because it is full (they drop every
+    /// packet: no endpoint, no verdict), with the error.
+    pub fn refused(&self) -> &BTreeMap<String, String> {
+        &self.refused
+    }
+
+    /// Fail-closed order: endpoints gone first (a full map gets room),
+    /// then the ones whose entry changed, then the new ones. An endpoint
+    /// the map has no room for is taken out (never left with an old
+    /// identity or old flags), reported in [`Self::refused`], and the
+    /// others go on; the pass then fails with the first such error, so
+    /// the unit says so.
     pub fn sync(
         &mut self,
         local: &[LocalEndpoint],
@@ -155,7 +169,6 @@ impl EndpointsUnit {
         };
         let mut changes = Changes::default();
         let mut want = BTreeMap::new();
-        let mut programmed = BTreeMap::new();
         for ep in local {
             let Some(ifindex) = attached.ifindex(&ep.interface) else {
                 continue;
@@ -173,31 +186,59 @@ impl EndpointsUnit {
                 }
             }
             let info = EndpointInfo::new(id.0, id.0, flags, &ep.addresses);
-            want.insert(ifindex, info);
-            programmed.insert(
-                ep.name.clone(),
-                Programmed {
-                    interface: ep.interface.clone(),
-                    ifindex,
-                    info,
-                },
-            );
-        }
-        for (ifindex, info) in &want {
-            if have.get(ifindex) != Some(info) {
-                w.set_endpoint(*ifindex, *info)?;
-                changes.writes += 1;
-            } else if adopting {
-                // Pins from before local delivery have no address entries.
-                w.set_endpoint_addresses(*ifindex, info)?;
-            }
+            let p = Programmed {
+                interface: ep.interface.clone(),
+                ifindex,
+                info,
+            };
+            want.insert(ifindex, (ep.name.as_str(), p));
         }
         for ifindex in have.keys().filter(|i| !want.contains_key(i)) {
             w.remove_endpoint(*ifindex)?;
             changes.removals += 1;
         }
-        self.have = Some(want);
-        self.programmed = programmed;
-        Ok(changes)
+        let (changed, new): (Vec<_>, Vec<_>) = want
+            .values()
+            .partition(|(_, p)| have.contains_key(&p.ifindex));
+        let mut refused = BTreeMap::new();
+        let mut first_refusal = None;
+        for (name, p) in changed.into_iter().chain(new) {
+            if have.get(&p.ifindex) == Some(&p.info) {
+                if adopting {
+                    // Pins from before local delivery have no address entries.
+                    w.set_endpoint_addresses(p.ifindex, &p.info)?;
+                }
+                continue;
+            }
+            match w.set_endpoint(p.ifindex, p.info) {
+                Ok(()) => changes.writes += 1,
+                Err(e) if e.is_full() => {
+                    w.remove_endpoint(p.ifindex)?;
+                    let error = crate::error_chain(&e);
+                    warn!(endpoint = name, %error, "no room for the endpoint: it drops every packet until there is");
+                    refused.insert(name.to_string(), error);
+                    first_refusal.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.programmed = want
+            .values()
+            .filter(|(name, _)| !refused.contains_key(*name))
+            .map(|(name, p)| (name.to_string(), p.clone()))
+            .collect();
+        self.refused = refused;
+        match first_refusal {
+            Some(e) => Err(e),
+            None => {
+                // Only a whole pass makes `want` the truth.
+                self.have = Some(
+                    want.into_values()
+                        .map(|(_, p)| (p.ifindex, p.info))
+                        .collect(),
+                );
+                Ok(changes)
+            }
+        }
     }
 }

@@ -74,6 +74,22 @@ pub struct FakeMaps {
     pub policy_max: Option<usize>,
     /// The ipcache trie's size (`--bpf-ipcache-max`), likewise.
     pub ipcache_max: Option<usize>,
+    /// The endpoints map's size (`--bpf-endpoints-max`), likewise (with
+    /// its addresses' map).
+    pub endpoints_max: Option<usize>,
+}
+
+/// The error of a write past a map's size, as the kernel's reads.
+fn full(name: &'static str, flag: &'static str) -> DatapathError {
+    DatapathError::Full {
+        name,
+        op: "insert",
+        flag,
+        source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(nix::libc::E2BIG),
+        })),
+    }
 }
 
 impl FakeMaps {
@@ -115,15 +131,11 @@ impl MapWriter for FakeMaps {
         value: PolicyValue,
     ) -> Result<(), DatapathError> {
         let id = (key.prefix_len(), key.data());
-        let full = self
+        let no_room = self
             .policy_max
             .is_some_and(|max| self.policy.len() >= max && !self.policy.contains_key(&id));
-        if full {
-            return Err(DatapathError::Map {
-                name: "FAKE",
-                op: "set_policy (full)",
-                source: MapError::KeyNotFound,
-            });
+        if no_room {
+            return Err(full("POLICY", "bpf-policy-max"));
         }
         self.write(Op::SetPolicy {
             endpoint: id.1.endpoint_id,
@@ -154,15 +166,11 @@ impl MapWriter for FakeMaps {
     }
 
     fn set_ipcache(&mut self, net: &IpNet, value: IpcacheValue) -> Result<(), DatapathError> {
-        let full = self
+        let no_room = self
             .ipcache_max
             .is_some_and(|max| self.ipcache.len() >= max && !self.ipcache.contains_key(net));
-        if full {
-            return Err(DatapathError::Map {
-                name: "FAKE",
-                op: "set_ipcache (full)",
-                source: MapError::KeyNotFound,
-            });
+        if no_room {
+            return Err(full("IPCACHE", "bpf-ipcache-max"));
         }
         self.write(Op::SetIpcache(*net))?;
         self.ipcache.insert(*net, value);
@@ -180,6 +188,23 @@ impl MapWriter for FakeMaps {
     }
 
     fn set_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), DatapathError> {
+        // The hash holds `max` endpoints, their addresses' map twice as
+        // many addresses; rewriting an entry needs room only for addresses.
+        let addrs =
+            |e: &EndpointInfo| usize::from(e.ipv4 != [0; 4]) + usize::from(e.ipv6 != [0; 16]);
+        let no_room = self.endpoints_max.is_some_and(|max| {
+            let others: usize = self
+                .endpoints
+                .iter()
+                .filter(|(i, _)| **i != ifindex)
+                .map(|(_, e)| addrs(e))
+                .sum();
+            (self.endpoints.len() >= max && !self.endpoints.contains_key(&ifindex))
+                || others + addrs(&info) > 2 * max
+        });
+        if no_room {
+            return Err(full("ENDPOINTS", "bpf-endpoints-max"));
+        }
         self.write(Op::SetEndpoint {
             ifindex,
             endpoint: info.endpoint_id,

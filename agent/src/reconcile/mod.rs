@@ -43,7 +43,7 @@ use tracing::warn;
 
 pub use desired::{Desired, LocalEndpoint};
 pub use endpoints::{Attachments, Programmed};
-pub use task::{run, DatapathView, Outputs};
+pub use task::{run, DatapathView, Enforcement, Outputs};
 pub use writer::{Kernel, MapWriter};
 
 use crate::datapath::DatapathError;
@@ -193,6 +193,11 @@ impl<W: MapWriter> Driver<W> {
     /// Local endpoints whose identity and policy are in the maps.
     pub fn programmed(&self) -> &BTreeMap<String, Programmed> {
         self.endpoints.programmed()
+    }
+
+    /// Local endpoints the endpoints map had no room for, with why.
+    pub fn refused(&self) -> &BTreeMap<String, String> {
+        self.endpoints.refused()
     }
 
     /// Interfaces with the programs attached.

@@ -37,11 +37,16 @@ impl DatapathView {
     }
 }
 
+/// A local endpoint's standing in the datapath: enforced with this
+/// identity, or refused (the endpoints map had no room) with why.
+pub type Enforcement = Result<u32, String>;
+
 /// Where the task publishes.
 pub struct Outputs {
     pub view: watch::Sender<Arc<DatapathView>>,
-    /// Enforced endpoints' identities by endpoint name (CNI ADD waits on it).
-    pub programmed: watch::Sender<BTreeMap<String, u32>>,
+    /// Each local endpoint's enforcement by name (CNI ADD waits on it):
+    /// its identity once enforced, or why the datapath refused it.
+    pub programmed: watch::Sender<BTreeMap<String, Enforcement>>,
     /// The L7 proxy's policy snapshot, when the node runs a proxy.
     pub proxy: Option<watch::Sender<Arc<ProxyView>>>,
 }
@@ -100,7 +105,13 @@ fn publish<W: MapWriter>(
         driver
             .programmed()
             .iter()
-            .map(|(name, p)| (name.clone(), p.info.identity))
+            .map(|(name, p)| (name.clone(), Ok(p.info.identity)))
+            .chain(
+                driver
+                    .refused()
+                    .iter()
+                    .map(|(name, why)| (name.clone(), Err(why.clone()))),
+            )
             .collect(),
     );
     out.view.send_replace(Arc::new(DatapathView {

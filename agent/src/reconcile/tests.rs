@@ -438,3 +438,62 @@ fn a_pass_sets_denies_first_and_removes_them_last() {
         );
     }
 }
+
+#[test]
+fn a_full_endpoints_map_refuses_a_newcomer_until_a_leaver_makes_room() {
+    let mut maps = fake();
+    maps.endpoints_max = Some(1);
+    let mut d = driver(maps);
+    let t0 = Instant::now();
+    let r = d.pass(&desired(true), t0);
+    // client (ifindex 11) comes after web (10): no room.
+    match r.outcome(Unit::Endpoints) {
+        Some(Outcome::Failed(e)) => {
+            assert!(
+                e.contains("ENDPOINTS") && e.contains("--bpf-endpoints-max"),
+                "{e}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(d.programmed().keys().collect::<Vec<_>>(), vec!["web"]);
+    assert_eq!(d.refused().keys().collect::<Vec<_>>(), vec!["client"]);
+    assert!(!d.writer().endpoints.contains_key(&CLIENT_IF));
+
+    // web leaves: its room goes to client in the same pass.
+    let mut want = desired(true);
+    want.local.retain(|e| e.name == "client");
+    d.writer_mut().take_log();
+    let r = d.pass(&want, t0 + Duration::from_secs(1));
+    assert!(r.ok(), "{r:?}");
+    let log = d.writer_mut().take_log();
+    assert!(
+        pos(&log, |o| *o == Op::RemoveEndpoint(WEB_IF)).unwrap()
+            < pos(&log, set_endpoint(CLIENT_IF)).unwrap(),
+        "{log:?}"
+    );
+    assert_eq!(d.programmed().keys().collect::<Vec<_>>(), vec!["client"]);
+    assert!(d.refused().is_empty());
+}
+
+#[test]
+fn an_endpoint_whose_new_entry_finds_no_room_is_taken_out_not_left_as_it_was() {
+    let mut d = driver(fake());
+    let t0 = Instant::now();
+    assert!(d.pass(&desired(false), t0).ok());
+    assert_eq!(d.writer().endpoints[&WEB_IF].flags, 0);
+    // The policy arrives, but rewriting web's entry fails for want of room
+    // (say its addresses' map is full): web is taken out, never left
+    // unenforced.
+    d.writer_mut().endpoints_max = Some(0);
+    let r = d.pass(&desired(true), t0);
+    assert!(
+        matches!(r.outcome(Unit::Endpoints), Some(Outcome::Failed(_))),
+        "{r:?}"
+    );
+    // client's entry is unchanged (the policy selects only web): it stays.
+    let left: Vec<_> = d.writer().endpoints.keys().copied().collect();
+    assert_eq!(left, vec![CLIENT_IF]);
+    assert_eq!(d.programmed().keys().collect::<Vec<_>>(), vec!["client"]);
+    assert_eq!(d.refused().keys().collect::<Vec<_>>(), vec!["web"]);
+}

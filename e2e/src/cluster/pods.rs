@@ -47,6 +47,15 @@ impl CniOutput {
         serde_json::from_str(&self.stdout)
             .with_context(|| format!("CNI output is not JSON: {:?}", self.stdout))
     }
+
+    /// The CNI error of a failed call: (code, message and details).
+    pub fn error(&self) -> Result<(u64, String)> {
+        let v = self.json()?;
+        Ok((
+            v["code"].as_u64().context("code")?,
+            format!("{} {}", v["msg"], v["details"]),
+        ))
+    }
 }
 
 impl Cluster {
@@ -111,6 +120,35 @@ impl Cluster {
     /// Kubernetes mode: a Pod object in `default` first, its labels taken
     /// from there by the agent, and its `status.podIPs` set after, as a
     /// kubelet does).
+    /// A CNI ADD of a new pod `name` (app=checkout) on `node`, expected to
+    /// fail: its output, and the namespace it was to plug in.
+    pub fn failing_add(&self, node: usize, name: &str) -> Result<(CniOutput, Netns)> {
+        let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
+        let config = serde_json::to_vec(&self.cni_config(node, &[("app", "checkout")]))?;
+        let out = self.cni(
+            "ADD",
+            &format!("{}-{name}", self.prefix),
+            &ns.path().to_string_lossy(),
+            "eth0",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default",
+            &config,
+        )?;
+        anyhow::ensure!(!out.success, "the ADD of {name} succeeded: {out:?}");
+        Ok((out, ns))
+    }
+
+    /// How many files node `i`'s agent keeps in its endpoints directory
+    /// with extension `ext` (`json`: endpoints' state; `orphan`: records
+    /// to delete).
+    pub fn endpoint_files(&self, i: usize, ext: &str) -> Result<usize> {
+        Ok(
+            std::fs::read_dir(self.nodes[i].state_dir.join("endpoints"))?
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+                .count(),
+        )
+    }
+
     pub fn add_pod(&self, node: usize, name: &str, labels: &[(&str, &str)]) -> Result<CniPod> {
         self.add_pod_in(node, "default", name, labels)
     }
