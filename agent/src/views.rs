@@ -427,14 +427,7 @@ pub fn event(e: &Event, time_ms: u64) -> EventView {
         sport: u16::from_be(e.sport),
         dport: u16::from_be(e.dport),
         ifindex: e.ifindex,
-        match_type: match e.match_type {
-            match_type::L3_ONLY => "L3-only",
-            match_type::L3_L4 => "L3-L4",
-            match_type::L4_ONLY => "L4-only",
-            match_type::ALL => "all",
-            _ => "none",
-        }
-        .into(),
+        match_type: match_type::name(e.match_type).into(),
         http: None,
     }
 }

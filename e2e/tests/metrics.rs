@@ -305,6 +305,22 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
         assert_eq!(l7(&q)?, 1.0, "{q}");
     }
 
+    // Every new flow's verdict, counted in node 0's datapath: the
+    // intruder's denied by default (no entry matched), checkout's three
+    // connections admitted by an L3-L4 entry and sent to the proxy.
+    let verdicts = |labels: &str| {
+        prom.value(&format!(
+            r#"sum(axoneme_policy_verdicts_total{{instance="192.168.77.1:9962",direction="ingress",{labels}}})"#
+        ))
+    };
+    wait_for(
+        "Prometheus sees the verdicts",
+        Duration::from_secs(15),
+        || Ok(verdicts(r#"match="l3-l4",action="redirected""#)? >= 3.0),
+    )?;
+    let dropped = verdicts(r#"match="none",action="dropped""#)?;
+    assert!(dropped >= PROBES as f64, "intruder verdicts {dropped}");
+
     // Policy stored → enforced, observed on both nodes with their label;
     // the three pods' identities, each on its node.
     assert!(prom.value("sum(axoneme_policy_implementation_delay_count)")? >= 2.0);
@@ -322,6 +338,12 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
         r#"sum by (instance) (axoneme_kvstore_operations_duration_seconds_count{job="axoneme-agent",outcome="success"}) > 0"#,
     )?;
     assert_eq!(ok.len(), 2, "agents with timed etcd calls: {ok:?}");
+    // Both operators' too (the leader's allocations; the standby's
+    // election watch and its lease).
+    let ok = prom.query(
+        r#"sum by (instance) (axoneme_kvstore_operations_duration_seconds_count{job="axoneme-operator",outcome="success"}) > 0"#,
+    )?;
+    assert_eq!(ok.len(), 2, "operators with timed etcd calls: {ok:?}");
     assert!(
         prom.query(r#"axoneme_kvstore_operations_duration_seconds_count{outcome="fail"} > 0"#)?
             .is_empty(),

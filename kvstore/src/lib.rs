@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod metrics;
 mod watch;
 
 use std::future::Future;

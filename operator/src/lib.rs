@@ -63,6 +63,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
         .await
         .context("connecting to etcd")?;
     let metrics = Metrics::new(&id);
+    kv.observe_with(Arc::new(metrics.kvstore.clone()));
     let server = tokio::spawn(metrics::serve(
         args.metrics_addr,
         metrics.clone(),

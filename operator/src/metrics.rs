@@ -40,6 +40,8 @@ pub struct Metrics {
     pub policy_validations: Family<Labels, Counter>,
     /// Kubernetes mode (registered always; zero in standalone mode).
     pub kube: crate::k8s::KubeMetrics,
+    /// Every etcd call of this replica, timed.
+    pub kvstore: axoneme_kvstore::metrics::KvMetrics,
     kubernetes: AtomicBool,
 }
 
@@ -67,6 +69,7 @@ impl Metrics {
             identity_assignment_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             policy_validations: Family::default(),
             kube: crate::k8s::KubeMetrics::default(),
+            kvstore: Default::default(),
             kubernetes: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -161,6 +164,7 @@ impl Metrics {
             "Kubernetes API writes that succeeded, by resource and op",
             m.kube.object_writes.clone(),
         );
+        m.kvstore.register(&mut registry, "The operator's");
         Arc::new(Metrics { registry, ..m })
     }
 

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use axoneme_bpf_common::map_names::{
     COUNTERS, CT, CT4, ENDPOINTS, ENDPOINT_ADDRS, ENDPOINT_CACHE, EVENTS, EVENT_CONFIG, IPCACHE,
-    METRICS, POLICY,
+    METRICS, POLICY, VERDICTS,
 };
 use axoneme_bpf_common::{
     counter, direction, family, match_type, policy_flags, CtKey, CtKey4, CtValue, EndpointInfo,
     EndpointSlot, Event, EventConfig, IpcacheKey, IpcacheValue, MetricsKey, MetricsValue,
-    PolicyKey, PolicyValue, METRICS_ENTRIES,
+    PolicyKey, PolicyValue, VerdictKey, METRICS_ENTRIES, VERDICTS_ENTRIES,
 };
 use axoneme_policy::compile::{Direction, Key as EntryKey, Verdict, ANY_IDENTITY, PROTO_ANY};
 use aya::maps::lpm_trie::Key;
@@ -44,6 +44,7 @@ pub struct Maps {
     counters: PerCpuArray<MapData, u64>,
     /// Packets and bytes forwarded and dropped (read at scrape time).
     metrics: PerCpuArray<MapData, MetricsValue>,
+    verdicts: PerCpuArray<MapData, MetricsValue>,
 }
 
 enum Events {
@@ -57,6 +58,31 @@ impl std::fmt::Debug for Maps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Maps").finish_non_exhaustive()
     }
+}
+
+/// Every slot of a per-CPU counter array with something counted, summed
+/// over CPUs.
+fn summed(
+    map: &PerCpuArray<MapData, MetricsValue>,
+    name: &'static str,
+    entries: u32,
+) -> Result<Vec<(u32, MetricsValue)>, DatapathError> {
+    let mut out = Vec::new();
+    for index in 0..entries {
+        let per_cpu = map
+            .get(&index, 0)
+            .map_err(|source| map_error(name, "lookup", source))?;
+        let total = per_cpu
+            .iter()
+            .fold(MetricsValue::default(), |t, v| MetricsValue {
+                packets: t.packets.wrapping_add(v.packets),
+                bytes: t.bytes.wrapping_add(v.bytes),
+            });
+        if total.packets != 0 {
+            out.push((index, total));
+        }
+    }
+    Ok(out)
 }
 
 /// The datapath's event counters, summed over CPUs.
@@ -200,6 +226,7 @@ impl Maps {
             event_config: typed(ebpf, EVENT_CONFIG)?,
             counters: typed(ebpf, COUNTERS)?,
             metrics: typed(ebpf, METRICS)?,
+            verdicts: typed(ebpf, VERDICTS)?,
         })
     }
 
@@ -217,6 +244,7 @@ impl Maps {
             event_config: pinned(dir, EVENT_CONFIG)?,
             counters: pinned(dir, COUNTERS)?,
             metrics: pinned(dir, METRICS)?,
+            verdicts: pinned(dir, VERDICTS)?,
         })
     }
 
@@ -501,23 +529,19 @@ impl Maps {
     /// Packets and bytes by kind, reason and direction, summed over CPUs;
     /// keys nothing was counted for are left out.
     pub fn traffic(&self) -> Result<Vec<(MetricsKey, MetricsValue)>, DatapathError> {
-        let mut out = Vec::new();
-        for index in 0..METRICS_ENTRIES {
-            let per_cpu = self
-                .metrics
-                .get(&index, 0)
-                .map_err(|source| map_error(METRICS, "lookup", source))?;
-            let total = per_cpu
-                .iter()
-                .fold(MetricsValue::default(), |t, v| MetricsValue {
-                    packets: t.packets.wrapping_add(v.packets),
-                    bytes: t.bytes.wrapping_add(v.bytes),
-                });
-            if total.packets != 0 {
-                out.push((MetricsKey::from_index(index), total));
-            }
-        }
-        Ok(out)
+        Ok(summed(&self.metrics, METRICS, METRICS_ENTRIES)?
+            .into_iter()
+            .map(|(i, v)| (MetricsKey::from_index(i), v))
+            .collect())
+    }
+
+    /// New flows' policy verdicts by direction, verdict and match type,
+    /// summed over CPUs; keys nothing was counted for are left out.
+    pub fn verdicts(&self) -> Result<Vec<(VerdictKey, MetricsValue)>, DatapathError> {
+        Ok(summed(&self.verdicts, VERDICTS, VERDICTS_ENTRIES)?
+            .into_iter()
+            .map(|(i, v)| (VerdictKey::from_index(i), v))
+            .collect())
     }
 }
 
@@ -637,6 +661,11 @@ impl MapReader {
     /// See [`Maps::traffic`].
     pub fn traffic(&self) -> Result<Vec<(MetricsKey, MetricsValue)>, DatapathError> {
         self.maps.traffic()
+    }
+
+    /// See [`Maps::verdicts`].
+    pub fn verdicts(&self) -> Result<Vec<(VerdictKey, MetricsValue)>, DatapathError> {
+        self.maps.verdicts()
     }
 }
 

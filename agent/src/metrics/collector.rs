@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axoneme_bpf_common::{direction, family, map_names, metrics_kind};
+use axoneme_bpf_common::{direction, family, map_names, match_type, metrics_kind, verdict};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -156,6 +156,31 @@ impl Collector for Sources {
                 )?;
             }
             Err(err) => tracing::debug!(error = %err, "metrics: cannot read the traffic counters"),
+        }
+        // New flows' verdicts (Hubble's `policy_verdicts_total` labels).
+        match self.maps.verdicts() {
+            Ok(verdicts) => family(
+                e,
+                "policy_verdicts",
+                "New flows judged by policy in the datapath, by direction, match type and action",
+                Counter,
+                verdicts.iter().map(|(k, v)| {
+                    let action = match k.verdict {
+                        verdict::DENIED => "dropped",
+                        verdict::REDIRECTED => "redirected",
+                        _ => "forwarded",
+                    };
+                    counter(
+                        vec![
+                            ("direction", direction_label(k.direction).to_lowercase()),
+                            ("match", match_type::name(k.match_type).to_lowercase()),
+                            ("action", action.into()),
+                        ],
+                        v.packets,
+                    )
+                }),
+            )?,
+            Err(err) => tracing::debug!(error = %err, "metrics: cannot read the verdict counters"),
         }
         if let Ok(c) = self.maps.counters() {
             family(

@@ -28,6 +28,7 @@ use prometheus_client::registry::{Registry, Unit};
 pub use collector::Sources;
 
 use crate::l7proxy::Verdict;
+pub use axoneme_kvstore::metrics::KvMetrics;
 
 /// Latency buckets in seconds: 1 ms to about 33 s.
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -158,45 +159,6 @@ struct LostLabels {
     source: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KvLabels {
-    action: &'static str,
-    outcome: &'static str,
-}
-
-/// The agent's etcd calls by operation and outcome, with their time
-/// (retries included): Cilium's `kvstore_operations_duration_seconds`.
-/// Clones share the counts.
-#[derive(Clone, Debug)]
-pub struct KvMetrics {
-    operations: Family<KvLabels, Histogram, fn() -> Histogram>,
-}
-
-impl Default for KvMetrics {
-    fn default() -> Self {
-        // 0.5 ms to about 33 s: a local etcd answers in well under 1 ms,
-        // a call that retries across members lasts up to its deadline.
-        fn histogram() -> Histogram {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 17))
-        }
-        KvMetrics {
-            operations: Family::new_with_constructor(histogram),
-        }
-    }
-}
-
-impl axoneme_kvstore::KvObserver for KvMetrics {
-    fn observe(&self, op: &'static str, ok: bool, elapsed: std::time::Duration) {
-        let outcome = if ok { "success" } else { "fail" };
-        self.operations
-            .get_or_create(&KvLabels {
-                action: op,
-                outcome,
-            })
-            .observe(elapsed.as_secs_f64());
-    }
-}
-
 /// What the flow pipeline counts (Hubble's `hubble_flows_processed_total`
 /// and `hubble_lost_events_total`); clones share the counts.
 #[derive(Clone, Debug, Default)]
@@ -288,12 +250,7 @@ impl Metrics {
         let latencies = Latencies::new(node);
         let flows = FlowMetrics::default();
         let kvstore = KvMetrics::default();
-        registry.register_with_unit(
-            "kvstore_operations_duration",
-            "The agent's etcd calls by operation (action) and outcome (success, fail), retries included",
-            Unit::Seconds,
-            kvstore.operations.clone(),
-        );
+        kvstore.register(&mut registry, "The agent's");
         registry.register(
             "hubble_flows_processed",
             "Flows the observer put in its ring, by type, subtype (the event) and verdict",

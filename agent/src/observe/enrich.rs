@@ -112,7 +112,7 @@ impl Enricher {
             Verdict::Dropped => format!("{protocol} {}", views::drop_reason_text(reason)),
             _ => format!(
                 "{protocol} policy verdict ({})",
-                match_type_name(e.match_type)
+                match_type::name(e.match_type)
             ),
         };
         Flow {
@@ -269,16 +269,6 @@ fn l4(protocol: u8, sport: u16, dport: u16) -> Option<Layer4> {
         _ => return None,
     };
     Some(Layer4 { protocol: Some(p) })
-}
-
-fn match_type_name(m: u8) -> &'static str {
-    match m {
-        match_type::L3_ONLY => "L3-only",
-        match_type::L3_L4 => "L3-L4",
-        match_type::L4_ONLY => "L4-only",
-        match_type::ALL => "all",
-        _ => "none",
-    }
 }
 
 #[cfg(test)]

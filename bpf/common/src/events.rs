@@ -138,6 +138,39 @@ impl MetricsKey {
     }
 }
 
+/// What the `VERDICTS` counters are kept by: a new flow's policy verdict
+/// (Hubble's `policy_verdicts_total`: direction, match type, action),
+/// counted for every new flow the policy judges, whatever the event rate
+/// limit does. A per-CPU array indexed like `METRICS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VerdictKey {
+    /// [`direction`], seen from the endpoint.
+    pub direction: u8,
+    /// [`verdict`]: allowed, denied, redirected.
+    pub verdict: u8,
+    /// [`match_type`]: the kind of entry that decided.
+    pub match_type: u8,
+}
+
+impl VerdictKey {
+    /// The key's slot in the `VERDICTS` array (below [`VERDICTS_ENTRIES`]).
+    pub const fn index(&self) -> u32 {
+        ((self.direction as u32 & 1) << 5)
+            | ((self.verdict as u32 & 3) << 3)
+            | (self.match_type as u32 & 7)
+    }
+
+    /// The key of slot `index` (the inverse of [`Self::index`]).
+    pub const fn from_index(index: u32) -> Self {
+        Self {
+            direction: ((index >> 5) & 1) as u8,
+            verdict: ((index >> 3) & 3) as u8,
+            match_type: (index & 7) as u8,
+        }
+    }
+}
+
 /// One CPU's counts of a [`MetricsKey`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

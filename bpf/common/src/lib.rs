@@ -142,6 +142,17 @@ pub mod match_type {
     pub const L4_ONLY: u8 = 3;
     /// Any peer, any protocol.
     pub const ALL: u8 = 4;
+
+    /// Its name in flows and `bpf policy get` (Cilium's words).
+    pub const fn name(m: u8) -> &'static str {
+        match m {
+            L3_ONLY => "L3-only",
+            L3_L4 => "L3-L4",
+            L4_ONLY => "L4-only",
+            ALL => "all",
+            _ => "none",
+        }
+    }
 }
 
 /// Indices of the per-CPU [`COUNTERS`](counter) array.
@@ -209,6 +220,8 @@ pub const FRAGS_MAX: u32 = 8 * 1024;
 pub const EVENTS_BYTES: u32 = 1024 * 1024;
 /// Slots of the `METRICS` array: every [`MetricsKey`] has one.
 pub const METRICS_ENTRIES: u32 = 1 << 10;
+/// Slots of the `VERDICTS` array: every [`VerdictKey`] has one.
+pub const VERDICTS_ENTRIES: u32 = 1 << 6;
 
 /// Capacity of the smoke-test program's deny map.
 pub const SMOKE_DENY_PORTS_MAX: u32 = 64;
@@ -447,6 +460,15 @@ const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<MetricsValue>() == 16);
 const _: () = assert!(MetricsKey::drop(255, 1).index() < METRICS_ENTRIES);
+const _: () = assert!(
+    VerdictKey {
+        direction: 1,
+        verdict: 3,
+        match_type: 7
+    }
+    .index()
+        < VERDICTS_ENTRIES
+);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -590,6 +612,26 @@ mod tests {
                     assert!(!seen[i as usize], "{key:?} shares slot {i}");
                     seen[i as usize] = true;
                     assert_eq!(MetricsKey::from_index(i), key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn verdict_keys_have_distinct_slots_and_come_back_from_them() {
+        let mut seen = [false; VERDICTS_ENTRIES as usize];
+        for direction in [direction::INGRESS, direction::EGRESS] {
+            for verdict in [verdict::ALLOWED, verdict::DENIED, verdict::REDIRECTED] {
+                for match_type in 0..=match_type::ALL {
+                    let key = VerdictKey {
+                        direction,
+                        verdict,
+                        match_type,
+                    };
+                    let i = key.index();
+                    assert!(!seen[i as usize], "{key:?} shares slot {i}");
+                    seen[i as usize] = true;
+                    assert_eq!(VerdictKey::from_index(i), key);
                 }
             }
         }

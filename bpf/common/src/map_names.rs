@@ -36,6 +36,8 @@ pub const QUOTED: &str = "QUOTED";
 /// Per-CPU array of [`super::MetricsValue`]s: packets and bytes by
 /// [`super::MetricsKey`] (its [`index`](super::MetricsKey::index)).
 pub const METRICS: &str = "METRICS";
+/// Per-CPU array: new flows' policy verdicts by [`super::VerdictKey`].
+pub const VERDICTS: &str = "VERDICTS";
 /// Hash: a frontend's master and backend slots ([`super::lb::LbKey`]).
 pub const LB_SERVICES: &str = "LB_SERVICES";
 /// Hash: backend id → [`super::lb::LbBackend`].
@@ -70,7 +72,7 @@ pub const POD_SCRATCH: &str = "POD_SCRATCH";
 /// ([`super::lb::LbService`]'s master `backend_id`).
 pub const LB_MAGLEV: &str = "LB_MAGLEV";
 /// Every map of the production object (`axoneme-bpf`).
-pub const DATAPATH: [&str; 26] = [
+pub const DATAPATH: [&str; 27] = [
     IPCACHE,
     ENDPOINTS,
     ENDPOINT_CACHE,
@@ -85,6 +87,7 @@ pub const DATAPATH: [&str; 26] = [
     COUNTERS,
     QUOTED,
     METRICS,
+    VERDICTS,
     LB_SERVICES,
     LB_BACKENDS,
     LB_REVNAT,

@@ -4,13 +4,18 @@
 //! through; a per-CPU array, so each CPU adds to its own slot without
 //! atomics.
 
-use axoneme_bpf_common::{MetricsKey, MetricsValue, METRICS_ENTRIES};
+use axoneme_bpf_common::{MetricsKey, MetricsValue, VerdictKey, METRICS_ENTRIES, VERDICTS_ENTRIES};
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
 use crate::At;
 
 #[map]
 static METRICS: PerCpuArray<MetricsValue> = PerCpuArray::pinned(METRICS_ENTRIES, 0);
+
+/// New flows' policy verdicts by [`VerdictKey`] (packets: flows; bytes:
+/// their first packets').
+#[map]
+static VERDICTS: PerCpuArray<MetricsValue> = PerCpuArray::pinned(VERDICTS_ENTRIES, 0);
 
 /// Zero: no packet is counted and no event written (the datapath bench's
 /// baseline for what observability costs). Set by the agent when it loads
@@ -29,10 +34,15 @@ pub(crate) fn observe() -> bool {
 
 #[inline(always)]
 fn count(key: MetricsKey, len: u32) {
+    add_to(&METRICS, key.index(), len);
+}
+
+#[inline(always)]
+fn add_to(map: &PerCpuArray<MetricsValue>, index: u32, len: u32) {
     if !observe() {
         return;
     }
-    if let Some(v) = METRICS.get_ptr_mut(key.index()) {
+    if let Some(v) = map.get_ptr_mut(index) {
         // SAFETY: this CPU's slot; a program does not migrate mid-run and
         // TC programs do not nest on one CPU.
         unsafe {
@@ -52,4 +62,16 @@ pub(crate) fn forwarded(at: &At) {
 #[inline(always)]
 pub(crate) fn dropped(at: &At, reason: u8) {
     count(MetricsKey::drop(reason, at.dir), at.ctx.len());
+}
+
+/// A new flow judged by the policy in the direction `at` judged it:
+/// `verdict` after an entry of `match_type` (or none) decided.
+#[inline(always)]
+pub(crate) fn judged(at: &At, verdict: u8, match_type: u8) {
+    let key = VerdictKey {
+        direction: at.dir,
+        verdict,
+        match_type,
+    };
+    add_to(&VERDICTS, key.index(), at.ctx.len());
 }

@@ -19,6 +19,7 @@ use crate::conntrack::{ct_insert, ct_update, fragment, lifetime, related};
 use crate::endpoint::owns;
 use crate::events::{drop_event, drop_flow, verdict_event};
 use crate::ipcache::ids;
+use crate::metrics::judged;
 use crate::parse::{Flow, Frag, Icmp};
 use crate::proxy::from_proxy;
 use crate::{At, NS_PER_S};
@@ -110,6 +111,7 @@ fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
     } else {
         verdict::ALLOWED
     };
+    judged(at, outcome, matched);
     verdict_event(at, flow, src_id, dst_id, matched, outcome);
     if !allowed {
         drop_event(at, Some(flow), reason, src_id, dst_id);
