@@ -458,6 +458,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 view: view_tx,
                 programmed: programmed_tx,
                 proxy: proxy_view,
+                regenerations: Some(Arc::new(metrics.regenerations.clone())),
             },
             cancel.clone(),
         ),

@@ -331,6 +331,16 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
         let q = format!(r#"axoneme_slo_identity_ready_seconds_count{{node="{node}"}}"#);
         assert!(prom.value(&q)? >= pods, "{q}");
     }
+    // Every agent regenerated its endpoints (the pods, the policy), each
+    // pass timed by scope.
+    let regenerated = prom.query(
+        r#"sum by (instance) (axoneme_endpoint_regeneration_time_stats_seconds_count{scope="total"}) > 0"#,
+    )?;
+    assert_eq!(
+        regenerated.len(),
+        2,
+        "agents with regenerations: {regenerated:?}"
+    );
     // Every agent's etcd calls, timed by operation and outcome: both
     // agents have made successful calls since they started (lease
     // keep-alives, their endpoints' writes), and none failed: etcd was up.

@@ -234,6 +234,47 @@ pub struct Metrics {
     pub latencies: Latencies,
     pub flows: FlowMetrics,
     pub kvstore: KvMetrics,
+    pub regenerations: Regenerations,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabel {
+    scope: &'static str,
+}
+
+/// Cilium's `endpoint_regeneration_time_stats_seconds`: one observation
+/// per scope for every reconcile pass that changed the datapath (a pass
+/// regenerates every endpoint a change touches at once). Clones share the
+/// counts.
+#[derive(Clone, Debug)]
+pub struct Regenerations {
+    by_scope: Family<ScopeLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Regenerations {
+    fn default() -> Self {
+        // 50 µs to about 3 s.
+        fn histogram() -> Histogram {
+            Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+        }
+        Regenerations {
+            by_scope: Family::new_with_constructor(histogram),
+        }
+    }
+}
+
+impl crate::reconcile::Regenerations for Regenerations {
+    fn observe(&self, t: &crate::reconcile::PassTiming) {
+        for (scope, d) in [
+            ("policyCalculation", t.policy_calculation),
+            ("mapSync", t.map_sync),
+            ("total", t.total),
+        ] {
+            self.by_scope
+                .get_or_create(&ScopeLabel { scope })
+                .observe(d.as_secs_f64());
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -251,6 +292,13 @@ impl Metrics {
         let flows = FlowMetrics::default();
         let kvstore = KvMetrics::default();
         kvstore.register(&mut registry, "The agent's");
+        let regenerations = Regenerations::default();
+        registry.register_with_unit(
+            "endpoint_regeneration_time_stats",
+            "Reconcile passes that changed the datapath, by scope (policyCalculation, mapSync, total)",
+            Unit::Seconds,
+            regenerations.by_scope.clone(),
+        );
         registry.register(
             "hubble_flows_processed",
             "Flows the observer put in its ring, by type, subtype (the event) and verdict",
@@ -318,6 +366,7 @@ impl Metrics {
             latencies,
             flows,
             kvstore,
+            regenerations,
         })
     }
 

@@ -43,7 +43,7 @@ use tracing::warn;
 
 pub use desired::{Desired, LocalEndpoint};
 pub use endpoints::{Attachments, Programmed};
-pub use task::{run, DatapathView, Enforcement, Outputs};
+pub use task::{run, DatapathView, Enforcement, Outputs, Regenerations};
 pub use writer::{Kernel, MapWriter};
 
 use crate::datapath::DatapathError;
@@ -116,9 +116,29 @@ pub struct PassReport {
     pub outcomes: Vec<(Unit, Outcome)>,
     /// When a failed unit or interface is due again.
     pub retry_at: Option<Instant>,
+    pub timing: PassTiming,
+}
+
+/// Where a pass's time went (Cilium's endpoint regeneration scopes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassTiming {
+    /// Feeding the engine what changed: the policy computed.
+    pub policy_calculation: Duration,
+    /// The sync units writing the maps (attach included).
+    pub map_sync: Duration,
+    pub total: Duration,
 }
 
 impl PassReport {
+    /// Whether the pass wrote or removed anything: the datapath of some
+    /// endpoints was regenerated.
+    pub fn changed(&self) -> bool {
+        self.outcomes.iter().any(|(_, o)| match o {
+            Outcome::Synced(c) => c.writes + c.removals > 0,
+            _ => false,
+        })
+    }
+
     pub fn ok(&self) -> bool {
         self.outcomes
             .iter()
@@ -216,8 +236,10 @@ impl<W: MapWriter> Driver<W> {
 
     /// One pass towards `want` at time `now`.
     pub fn pass(&mut self, want: &Desired, now: Instant) -> PassReport {
+        let started = Instant::now();
         self.passes += 1;
         let deltas = self.feed(want);
+        let fed = Instant::now();
         let mut report = PassReport::default();
 
         // Attach: every interface on its own backoff; never skipped.
@@ -283,6 +305,12 @@ impl<W: MapWriter> Driver<W> {
             .filter_map(|h| h.retry_at)
             .chain(attached.retry_at)
             .min();
+        let done = Instant::now();
+        report.timing = PassTiming {
+            policy_calculation: fed - started,
+            map_sync: done - fed,
+            total: done - started,
+        };
         report
     }
 

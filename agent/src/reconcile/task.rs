@@ -49,6 +49,13 @@ pub struct Outputs {
     pub programmed: watch::Sender<BTreeMap<String, Enforcement>>,
     /// The L7 proxy's policy snapshot, when the node runs a proxy.
     pub proxy: Option<watch::Sender<Arc<ProxyView>>>,
+    /// Told the timing of every pass that changed the datapath.
+    pub regenerations: Option<Arc<dyn Regenerations>>,
+}
+
+/// What observes the passes that regenerated endpoints (the metrics).
+pub trait Regenerations: Send + Sync {
+    fn observe(&self, timing: &super::PassTiming);
 }
 
 pub async fn run<W: MapWriter + Send>(
@@ -71,6 +78,9 @@ pub async fn run<W: MapWriter + Send>(
             info!(outcomes = ?report.outcomes, endpoints = want.local.len(), "datapath ready");
         } else {
             tracing::debug!(outcomes = ?report.outcomes, "datapath reconciled");
+        }
+        if let Some(r) = out.regenerations.as_ref().filter(|_| report.changed()) {
+            r.observe(&report.timing);
         }
         let synced = |u| matches!(report.outcome(u), Some(super::Outcome::Synced(_)));
         if synced(Unit::Policy) && synced(Unit::Endpoints) {

@@ -497,3 +497,17 @@ fn an_endpoint_whose_new_entry_finds_no_room_is_taken_out_not_left_as_it_was() {
     assert_eq!(d.programmed().keys().collect::<Vec<_>>(), vec!["client"]);
     assert_eq!(d.refused().keys().collect::<Vec<_>>(), vec!["web"]);
 }
+
+#[test]
+fn a_pass_that_writes_says_so_and_where_its_time_went() {
+    let mut d = driver(fake());
+    let t0 = Instant::now();
+    let r = d.pass(&desired(true), t0);
+    assert!(r.changed(), "{r:?}");
+    let t = r.timing;
+    assert!(t.total >= t.policy_calculation + t.map_sync, "{t:?}");
+    assert!(t.map_sync > Duration::ZERO, "{t:?}");
+    // Nothing changed since: not a regeneration.
+    let r = d.pass(&desired(true), t0);
+    assert!(r.ok() && !r.changed(), "{r:?}");
+}
