@@ -10,7 +10,7 @@ use axoneme_api::{
 };
 use axoneme_bpf_common::{
     ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, map_names, match_type,
-    policy_flags, verdict, Event, PolicyKey,
+    policy_flags, trace_point, verdict, Event, PolicyKey,
 };
 
 use crate::datapath::{DatapathError, MapReader};
@@ -397,15 +397,16 @@ pub fn event(e: &Event, time_ms: u64) -> EventView {
         time_ms,
         kind: match e.kind {
             event_kind::DROP => "drop",
+            event_kind::TRACE => "trace",
             event_kind::POLICY_VERDICT => "policy-verdict",
             _ => "other",
         }
         .into(),
         reason: e.reason,
-        reason_text: if e.kind == event_kind::DROP {
-            drop_reason_text(e.reason).into()
-        } else {
-            String::new()
+        reason_text: match e.kind {
+            event_kind::DROP => drop_reason_text(e.reason).into(),
+            event_kind::TRACE => trace_point::name(e.reason).into(),
+            _ => String::new(),
         },
         verdict: match e.verdict {
             verdict::ALLOWED => "allowed",

@@ -13,9 +13,9 @@ mod support;
 use axoneme_agent::datapath::{policy_entry, FROM_CONTAINER, TO_CONTAINER};
 use axoneme_bpf_common::{
     ct_flags, direction, drop_reason, endpoint_flags, event_kind, family, match_type,
-    tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT, tc_action::TC_ACT_SHOT, verdict as ev, CtKey,
-    CtValue, EndpointInfo, EndpointSlot, Event, IpcacheValue, MetricsKey, MetricsValue,
-    ENDPOINT_SLOTS,
+    tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT, tc_action::TC_ACT_SHOT, trace_point,
+    verdict as ev, CtKey, CtValue, EndpointInfo, EndpointSlot, Event, IpcacheValue, MetricsKey,
+    MetricsValue, ENDPOINT_SLOTS,
 };
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Direction, Key, Verdict};
@@ -1053,6 +1053,8 @@ fn local_delivery_judges_the_destination_and_goes_straight_into_it() {
         where_decided(&events),
         vec![
             (verdict, ev::ALLOWED, direction::EGRESS, 1),
+            // A's new flow, traced as it leaves A.
+            (event_kind::TRACE, ev::ALLOWED, direction::EGRESS, 1),
             (verdict, ev::DENIED, direction::INGRESS, B_IFINDEX),
             (
                 drop,
@@ -1074,6 +1076,19 @@ fn local_delivery_judges_the_destination_and_goes_straight_into_it() {
         vec![
             (ev::ALLOWED, A_ID, B_ID, match_type::L3_L4),
             (ev::ALLOWED, A_ID, B_ID, match_type::L3_L4),
+        ]
+    );
+    // Each new flow traced once: leaving A, then delivered to B.
+    let traces: Vec<(u8, u8, u32)> = events
+        .iter()
+        .filter(|e| e.kind == event_kind::TRACE)
+        .map(|e| (e.reason, e.direction, e.ifindex))
+        .collect();
+    assert_eq!(
+        traces,
+        vec![
+            (trace_point::FROM_ENDPOINT, direction::EGRESS, 1),
+            (trace_point::TO_ENDPOINT, direction::INGRESS, B_IFINDEX),
         ]
     );
     assert_eq!(out.len(), syn.len());

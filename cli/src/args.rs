@@ -103,7 +103,7 @@ pub enum CompletionShell {
 #[derive(Debug, Clone, clap::Args)]
 pub struct EventsArgs {
     /// Only events of this kind.
-    #[arg(long = "type", value_parser = ["drop", "policy-verdict", "http"])]
+    #[arg(long = "type", value_parser = ["drop", "trace", "policy-verdict", "http"])]
     pub kind: Option<String>,
     /// At most this many (the newest).
     #[arg(long, default_value_t = 50)]

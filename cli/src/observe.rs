@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use axoneme_hubble::filter::Filters;
 use axoneme_hubble::flow::{
     layer4, layer7, DropReason, Endpoint, EventTypeFilter, Flow, FlowFilter, FlowType,
-    TrafficDirection, Verdict,
+    TraceObservationPoint, TrafficDirection, Verdict,
 };
 use axoneme_hubble::message_type;
 use axoneme_hubble::observer::get_flows_response::ResponseTypes;
@@ -336,8 +336,8 @@ fn match_name(m: u32) -> &'static str {
     }
 }
 
-/// Hubble's TYPE column: `drop`, `policy-verdict:L3-L4 INGRESS`,
-/// `http-response`.
+/// Hubble's TYPE column: `drop`, `to-endpoint`, `policy-verdict:L3-L4
+/// INGRESS`, `http-response`.
 fn type_text(f: &Flow) -> String {
     if f.r#type == FlowType::L7 as i32 {
         return "http-response".into();
@@ -347,11 +347,23 @@ fn type_text(f: &Flow) -> String {
         .unwrap_or("");
     match f.event_type.as_ref().map(|e| e.r#type) {
         Some(message_type::DROP) => "drop".into(),
+        Some(message_type::TRACE) => trace_point_name(f).into(),
         Some(message_type::POLICY_VERDICT) => {
             format!("policy-verdict:{} {dir}", match_name(f.policy_match_type))
         }
         Some(t) => format!("event-{t}"),
         None => String::new(),
+    }
+}
+
+/// A trace's observation point as Cilium's monitor names it.
+fn trace_point_name(f: &Flow) -> &'static str {
+    match TraceObservationPoint::try_from(f.trace_observation_point) {
+        Ok(TraceObservationPoint::ToEndpoint) => "to-endpoint",
+        Ok(TraceObservationPoint::ToProxy) => "to-proxy",
+        Ok(TraceObservationPoint::FromEndpoint) => "from-endpoint",
+        Ok(TraceObservationPoint::ToStack) => "to-stack",
+        _ => "trace",
     }
 }
 
@@ -492,6 +504,14 @@ pub fn monitor_line(f: &Flow) -> String {
         Some(message_type::DROP) => format!(
             "xx drop ({}) ifindex {ifindex} {ids}: {addrs}",
             DropReason::try_from(f.drop_reason_desc).map_or("unknown", |r| r.as_str_name())
+        ),
+        Some(message_type::TRACE) => format!(
+            "{} ifindex {ifindex} {ids} state new: {addrs}",
+            match trace_point_name(f) {
+                "to-proxy" => "-> proxy",
+                "from-endpoint" => "<- endpoint",
+                _ => "-> endpoint",
+            }
         ),
         _ => format!(
             "Policy verdict log: ifindex {ifindex} {}, action {}, match {}, {ids}: {addrs}",

@@ -114,6 +114,38 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
         assert_eq!(r["flow"]["source"]["pod_name"], "intruder", "{r}");
     }
 
+    // checkout's connections traced as new flows: on payments' node
+    // handed to the L7 proxy (redirected), on checkout's node leaving it.
+    let traced = |node: usize, point: &str| -> Result<usize> {
+        Ok(
+            observe(&c, node, &["--type", "trace", "--from-pod", "checkout"])?
+                .iter()
+                .filter(|r| {
+                    let f = &r["flow"];
+                    f["trace_observation_point"] == point
+                        && f["event_type"]["type"] == 4
+                        && f["destination"]["pod_name"] == "payments"
+                        && f["l4"]["TCP"]["destination_port"] == 8080
+                })
+                .count(),
+        )
+    };
+    wait_for("checkout's flows traced", Duration::from_secs(10), || {
+        Ok(traced(0, "TO_PROXY")? >= 3 && traced(1, "FROM_ENDPOINT")? >= 3)
+    })?;
+    // Handed to the proxy: redirected. The proxy's own connection to
+    // payments keeps checkout's address (transparent) and is delivered:
+    // traced to the endpoint, forwarded.
+    for r in observe(&c, 0, &["--type", "trace", "--from-pod", "checkout"])? {
+        let f = &r["flow"];
+        let want = match f["trace_observation_point"].as_str() {
+            Some("TO_PROXY") => "REDIRECTED",
+            Some("TO_ENDPOINT") => "FORWARDED",
+            other => panic!("checkout traced at {other:?} on payments' node: {f}"),
+        };
+        assert_eq!(f["verdict"], want, "{f}");
+    }
+
     // checkout's two 403s, as L7 flows with the request.
     let denied = observe(&c, 0, &["--protocol", "http", "--http-status", "4+"])?;
     let mut seen: Vec<(String, String)> = denied

@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use axoneme_bpf_common::{direction, event_kind, family, match_type, verdict, Event};
+use axoneme_bpf_common::{direction, event_kind, family, match_type, trace_point, verdict, Event};
 use axoneme_hubble::flow::{
     layer4, layer7, CiliumEventType, Endpoint, Flow, FlowType, Http, IcmPv4, IcmPv6, Ip, IpVersion,
-    L7FlowType, Layer4, Layer7, NetworkInterface, Sctp, Tcp, TrafficDirection, Udp, Verdict,
+    L7FlowType, Layer4, Layer7, NetworkInterface, Sctp, Tcp, TraceObservationPoint,
+    TrafficDirection, Udp, Verdict,
 };
 use axoneme_hubble::message_type;
 use axoneme_identity::model::EndpointRecord;
@@ -99,6 +100,11 @@ impl Enricher {
         let (sport, dport) = (u16::from_be(e.sport), u16::from_be(e.dport));
         let (flow_verdict, event_type, reason) = match (e.kind, e.verdict) {
             (event_kind::DROP, _) => (Verdict::Dropped, message_type::DROP, e.reason),
+            // As Hubble reads a trace: to the proxy is redirected.
+            (event_kind::TRACE, _) if e.reason == trace_point::TO_PROXY => {
+                (Verdict::Redirected, message_type::TRACE, 0)
+            }
+            (event_kind::TRACE, _) => (Verdict::Forwarded, message_type::TRACE, 0),
             (_, verdict::DENIED) => (
                 Verdict::Dropped,
                 message_type::POLICY_VERDICT,
@@ -108,8 +114,10 @@ impl Enricher {
             _ => (Verdict::Forwarded, message_type::POLICY_VERDICT, 0),
         };
         let protocol = views::protocol_name(e.protocol);
-        let summary = match flow_verdict {
-            Verdict::Dropped => format!("{protocol} {}", views::drop_reason_text(reason)),
+        let trace = (event_type == message_type::TRACE).then_some(e.reason);
+        let summary = match (flow_verdict, trace) {
+            (_, Some(point)) => format!("{protocol} {}", trace_point::name(point)),
+            (Verdict::Dropped, _) => format!("{protocol} {}", views::drop_reason_text(reason)),
             _ => format!(
                 "{protocol} policy verdict ({})",
                 match_type::name(e.match_type)
@@ -128,12 +136,15 @@ impl Enricher {
             node_name: self.state.node().to_string(),
             event_type: Some(CiliumEventType {
                 r#type: event_type,
-                sub_type: if event_type == message_type::DROP {
-                    i32::from(reason)
-                } else {
-                    0
+                sub_type: match trace {
+                    Some(point) => i32::from(point),
+                    None if event_type == message_type::DROP => i32::from(reason),
+                    None => 0,
                 },
             }),
+            trace_observation_point: trace
+                .map_or(TraceObservationPoint::UnknownPoint, observation_point)
+                as i32,
             traffic_direction: if e.direction == direction::INGRESS {
                 TrafficDirection::Ingress
             } else {
@@ -199,12 +210,24 @@ impl Enricher {
     }
 }
 
+/// Hubble's observation point of a datapath trace point (Cilium's
+/// `TRACE_TO_LXC`, 0, is `TO_ENDPOINT`, 101).
+fn observation_point(point: u8) -> TraceObservationPoint {
+    match point {
+        trace_point::TO_ENDPOINT => TraceObservationPoint::ToEndpoint,
+        trace_point::TO_PROXY => TraceObservationPoint::ToProxy,
+        trace_point::FROM_ENDPOINT => TraceObservationPoint::FromEndpoint,
+        _ => TraceObservationPoint::UnknownPoint,
+    }
+}
+
 /// A flow's type and the event it came from, as metric labels.
 pub fn kind(f: &Flow) -> (&'static str, &'static str) {
-    let subtype = match f.event_type.as_ref().map(|e| e.r#type) {
-        Some(message_type::DROP) => "drop",
-        Some(message_type::POLICY_VERDICT) => "policy-verdict",
-        Some(message_type::ACCESS_LOG) => "http",
+    let subtype = match f.event_type.as_ref().map(|e| (e.r#type, e.sub_type)) {
+        Some((message_type::TRACE, point)) => trace_point::name(point as u8),
+        Some((message_type::DROP, _)) => "drop",
+        Some((message_type::POLICY_VERDICT, _)) => "policy-verdict",
+        Some((message_type::ACCESS_LOG, _)) => "http",
         _ => "other",
     };
     let kind = if f.r#type == FlowType::L7 as i32 {

@@ -21,13 +21,13 @@ pub struct RateState {
     pub last_ns: u64,
 }
 
-/// An event in the ring buffer: a drop or a policy verdict.
+/// An event in the ring buffer: a drop, a policy verdict or a trace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Event {
     /// [`event_kind`].
     pub kind: u8,
-    /// Drops: [`drop_reason`]; verdicts: 0.
+    /// Drops: [`drop_reason`]; traces: [`trace_point`]; verdicts: 0.
     pub reason: u8,
     pub direction: u8,
     pub family: u8,

@@ -117,8 +117,32 @@ pub mod metrics_kind {
 pub mod event_kind {
     /// A dropped packet, with [`super::drop_reason`] in `reason`.
     pub const DROP: u8 = 1;
+    /// A new flow allowed on its way, with a [`super::trace_point`] in
+    /// `reason`.
+    pub const TRACE: u8 = 4;
     /// A policy decision on a new flow.
     pub const POLICY_VERDICT: u8 = 5;
+}
+
+/// Where a [`event_kind::TRACE`] was observed (Cilium's `TRACE_*`
+/// observation points, with its numbers).
+pub mod trace_point {
+    /// Delivered to the endpoint.
+    pub const TO_ENDPOINT: u8 = 0;
+    /// Sent to the L7 proxy.
+    pub const TO_PROXY: u8 = 1;
+    /// Left the endpoint (on its way to the stack).
+    pub const FROM_ENDPOINT: u8 = 5;
+
+    /// Its name (Cilium's monitor and Hubble's words).
+    pub const fn name(p: u8) -> &'static str {
+        match p {
+            TO_ENDPOINT => "to-endpoint",
+            TO_PROXY => "to-proxy",
+            FROM_ENDPOINT => "from-endpoint",
+            _ => "unknown",
+        }
+    }
 }
 
 /// [`Event::verdict`] values.

@@ -1,4 +1,5 @@
-//! Events: policy verdicts and drops (Cilium's type numbers 5 and 1),
+//! Events: policy verdicts, traces of new flows and drops (Cilium's type
+//! numbers 5, 4 and 1),
 //! written straight into the `EVENTS` ring buffer, at most `rate` per
 //! second per CPU with a burst (`EVENT_CONFIG`, per-CPU buckets in
 //! `EVENT_RATE`), so a flood costs counter increments (`COUNTERS`).
@@ -122,6 +123,26 @@ pub(crate) fn verdict_event(at: &At, flow: &Flow, src: u32, dst: u32, matched: u
         e.dst_identity = dst;
         e.match_type = matched;
         e.verdict = outcome;
+    });
+}
+
+/// A trace of a new flow allowed on its way, observed at `point`
+/// (an `axoneme_bpf_common::trace_point`), the identities looked up.
+#[inline(never)]
+pub(crate) fn trace_flow(at: &At, flow: &Flow, point: u8) {
+    let (_, src, dst) = ids(at, flow);
+    trace_event(at, flow, src, dst, point);
+}
+
+#[inline(always)]
+fn trace_event(at: &At, flow: &Flow, src: u32, dst: u32, point: u8) {
+    emit(|e| {
+        fill_flow(e, at, Some(flow));
+        e.kind = event_kind::TRACE;
+        e.reason = point;
+        e.verdict = verdict::ALLOWED;
+        e.src_identity = src;
+        e.dst_identity = dst;
     });
 }
 

@@ -6,7 +6,8 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use axoneme_bpf_common::{
-    ct_flags, direction, drop_reason, endpoint_flags, family, match_type, verdict, CtKey, CtKey4,
+    ct_flags, direction, drop_reason, endpoint_flags, family, match_type, trace_point, verdict, CtKey,
+    CtKey4,
     CtValue, PolicyKey, PolicyValue, POLICY_MAX,
 };
 use aya_ebpf::{
@@ -17,7 +18,7 @@ use aya_ebpf::{
 
 use crate::conntrack::{ct_insert, ct_update, fragment, lifetime, related};
 use crate::endpoint::owns;
-use crate::events::{drop_event, drop_flow, verdict_event};
+use crate::events::{drop_event, drop_flow, trace_flow, verdict_event};
 use crate::ipcache::ids;
 use crate::metrics::judged;
 use crate::parse::{Flow, Frag, Icmp};
@@ -63,7 +64,18 @@ pub(crate) fn decide(at: &At, flow: &mut Flow) -> Result<u32, ()> {
     } else if let Some(tracked) = ct_update(at, flow, now) {
         return Ok(tracked);
     }
-    new_flow(at, flow).map(u32::from)
+    let proxy_port = new_flow(at, flow)?;
+    // Traced once it is tracked (a flow CT refused was dropped); from
+    // here, not inside `new_flow`, whose stack is at the verifier's limit.
+    let point = if proxy_port != 0 {
+        trace_point::TO_PROXY
+    } else if at.dir == direction::INGRESS {
+        trace_point::TO_ENDPOINT
+    } else {
+        trace_point::FROM_ENDPOINT
+    };
+    trace_flow(at, flow, point);
+    Ok(u32::from(proxy_port))
 }
 
 /// A new flow: the policy decides.

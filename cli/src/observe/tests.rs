@@ -186,6 +186,20 @@ fn flows_print_as_hubble_and_cilium_monitor_do() {
     };
     assert_eq!(type_text(&verdict), "policy-verdict:L3-L4 INGRESS");
     assert!(monitor_line(&verdict).contains("action allow, match L3-L4"));
+    let trace = Flow {
+        verdict: Verdict::Redirected as i32,
+        event_type: Some(CiliumEventType {
+            r#type: 4,
+            sub_type: 1,
+        }),
+        trace_observation_point: TraceObservationPoint::ToProxy as i32,
+        ..verdict
+    };
+    assert_eq!(type_text(&trace), "to-proxy");
+    assert_eq!(
+        monitor_line(&trace),
+        "-> proxy ifindex 0 identity 300->200 state new: 10.1.1.7:40000 -> 10.1.0.5:8080"
+    );
 }
 
 #[test]
