@@ -224,7 +224,9 @@ fn observation_point(point: u8) -> TraceObservationPoint {
 /// A flow's type and the event it came from, as metric labels.
 pub fn kind(f: &Flow) -> (&'static str, &'static str) {
     let subtype = match f.event_type.as_ref().map(|e| (e.r#type, e.sub_type)) {
-        Some((message_type::TRACE, point)) => trace_point::name(point as u8),
+        Some((message_type::TRACE, point)) => {
+            trace_point::name(u8::try_from(point).unwrap_or(u8::MAX))
+        }
         Some((message_type::DROP, _)) => "drop",
         Some((message_type::POLICY_VERDICT, _)) => "policy-verdict",
         Some((message_type::ACCESS_LOG, _)) => "http",
