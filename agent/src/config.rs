@@ -133,6 +133,36 @@ pub struct HubbleConfig {
     /// Events waiting to become flows; past it, events are counted as lost.
     #[arg(long, env = "AXONEME_HUBBLE_EVENT_QUEUE_SIZE", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub hubble_event_queue_size: u32,
+    /// The Hubble API on TCP too, in the node's network namespace: `:PORT`
+    /// (Hubble's is 4244), `HOST:PORT`, or empty for the UNIX socket only.
+    /// TLS unless --hubble-disable-tls.
+    #[arg(long, env = "AXONEME_HUBBLE_LISTEN_ADDRESS", default_value = "", value_parser = crate::metrics::server::ServeAddr::parse)]
+    pub hubble_listen_address: crate::metrics::server::ServeAddr,
+    /// The TCP API's certificate (PEM, with its chain).
+    #[arg(long, env = "AXONEME_HUBBLE_TLS_CERT_FILE")]
+    pub hubble_tls_cert_file: Option<PathBuf>,
+    /// The TCP API's private key (PEM).
+    #[arg(long, env = "AXONEME_HUBBLE_TLS_KEY_FILE")]
+    pub hubble_tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) the TCP API's clients must present a
+    /// certificate of (mutual TLS); none: any client.
+    #[arg(
+        long,
+        env = "AXONEME_HUBBLE_TLS_CLIENT_CA_FILES",
+        value_delimiter = ','
+    )]
+    pub hubble_tls_client_ca_files: Vec<PathBuf>,
+    /// Serve the TCP API in clear text (a trusted network only).
+    #[arg(long, env = "AXONEME_HUBBLE_DISABLE_TLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub hubble_disable_tls: bool,
+}
+
+/// The Hubble TCP API's TLS files, as the flags name them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubbleTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cas: Vec<PathBuf>,
 }
 
 impl HubbleConfig {
@@ -140,6 +170,36 @@ impl HubbleConfig {
         self.hubble_socket_path
             .clone()
             .unwrap_or_else(|| axoneme_hubble::client::socket_beside(api_socket))
+    }
+
+    /// The TCP API's TLS: `None` for clear text (--hubble-disable-tls);
+    /// an error naming the flags when TLS lacks its files or files are
+    /// given for nothing.
+    pub fn tcp_tls(&self) -> Result<Option<HubbleTls>, String> {
+        let files = (&self.hubble_tls_cert_file, &self.hubble_tls_key_file);
+        if self.hubble_listen_address.0.is_none() || self.hubble_disable_tls {
+            if files.0.is_some() || files.1.is_some() || !self.hubble_tls_client_ca_files.is_empty()
+            {
+                return Err(
+                    "--hubble-tls-* files are for the TCP API with TLS: give --hubble-listen-address \
+                     (and not --hubble-disable-tls)"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        }
+        match files {
+            (Some(cert), Some(key)) => Ok(Some(HubbleTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_cas: self.hubble_tls_client_ca_files.clone(),
+            })),
+            _ => Err(
+                "--hubble-listen-address serves TLS: give --hubble-tls-cert-file and \
+                 --hubble-tls-key-file (or --hubble-disable-tls for clear text)"
+                    .into(),
+            ),
+        }
     }
 
     pub fn sizes(&self) -> crate::observe::Sizes {
@@ -417,6 +477,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("whole seconds"), "{e}");
+    }
+
+    #[test]
+    fn the_hubble_tcp_api_is_tls_unless_clear_text_is_asked_for() {
+        let tls = |args: &[&str]| {
+            let mut all = vec!["axoneme-agent", "--node", "n1"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().hubble.tcp_tls()
+        };
+        assert_eq!(tls(&[]), Ok(None));
+        let e = tls(&["--hubble-listen-address", ":4244"]).unwrap_err();
+        assert!(
+            e.contains("--hubble-tls-cert-file") && e.contains("--hubble-disable-tls"),
+            "{e}"
+        );
+        assert_eq!(
+            tls(&[
+                "--hubble-listen-address",
+                ":4244",
+                "--hubble-disable-tls=true"
+            ]),
+            Ok(None)
+        );
+        assert_eq!(
+            tls(&[
+                "--hubble-listen-address",
+                ":4244",
+                "--hubble-tls-cert-file",
+                "/c",
+                "--hubble-tls-key-file",
+                "/k",
+                "--hubble-tls-client-ca-files",
+                "/a,/b",
+            ]),
+            Ok(Some(HubbleTls {
+                cert: "/c".into(),
+                key: "/k".into(),
+                client_cas: vec!["/a".into(), "/b".into()],
+            }))
+        );
+        let e = tls(&[
+            "--hubble-tls-cert-file",
+            "/c",
+            "--hubble-tls-key-file",
+            "/k",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--hubble-listen-address"), "{e}");
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! | `metrics` | the `/metrics` listener | — (reads maps and publications at scrape time) |
 //! | `latencies` | — | the policy and identity-ready histograms |
 //! | `observer` (flows) | the flow ring (the one writer; `observe/`) | flows to followers |
-//! | `hubble` (flows) | Hubble's gRPC socket | — (reads the flow ring) |
+//! | `hubble`, `hubble-tcp` (flows) | Hubble's gRPC socket; its TCP listener (TLS) | — (reads the flow ring) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -386,6 +386,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cancel.clone(),
             ),
         );
+        if let Some(addr) = cfg.hubble.hubble_listen_address.0 {
+            let tls = cfg
+                .hubble
+                .tcp_tls()
+                .map_err(anyhow::Error::msg)?
+                .map(|files| crate::observe::server::tls_config(&files))
+                .transpose()?;
+            let tcp = metrics::server::listen(&node_ns, addr)
+                .with_context(|| format!("--hubble-listen-address {addr}: cannot listen"))?;
+            info!(%addr, tls = tls.is_some(), "Hubble API listening on TCP");
+            sup.spawn(
+                "hubble-tcp",
+                crate::observe::server::serve_tcp(
+                    tcp,
+                    tls,
+                    observer.clone(),
+                    metrics.flows.clone(),
+                    cancel.clone(),
+                ),
+            );
+        } else {
+            cfg.hubble.tcp_tls().map_err(anyhow::Error::msg)?;
+        }
         sup.spawn(
             "hubble",
             crate::observe::server::serve(

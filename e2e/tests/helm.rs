@@ -95,6 +95,7 @@ fn the_chart_lints_and_its_schema_names_bad_values() -> Result<()> {
             "dashboards.enabled=yes",
             "'/dashboards/enabled': got string, want boolean",
         ),
+        ("hubble.listenAddress=4244", "'/hubble/listenAddress'"),
     ] {
         let out = helm(4, &["template", "t", &chart, "--set", set])?;
         assert!(!out.status.success(), "--set {set} was accepted");
@@ -110,6 +111,7 @@ fn the_chart_lints_and_its_schema_names_bad_values() -> Result<()> {
     }
 
     dashboards_configmap_renders(&chart)?;
+    hubble_tcp_renders(&chart)?;
 
     // Every value is documented, and the README says what values.yaml does.
     let values = std::fs::read_to_string(chart_dir().join("values.yaml"))?;
@@ -127,6 +129,47 @@ fn the_chart_lints_and_its_schema_names_bad_values() -> Result<()> {
             && chart_yaml.contains(&format!("\nappVersion: \"{version}\"\n")),
         "Chart.yaml's version and appVersion must be {version}"
     );
+    Ok(())
+}
+
+/// `hubble.listenAddress` renders the agent's TCP API flags: with TLS (the
+/// default) the Secret mounted and its files named, client CA included;
+/// with `tls.enabled=false`, clear text said explicitly and no Secret.
+fn hubble_tcp_renders(chart: &str) -> Result<()> {
+    let render = |sets: &[&str]| -> Result<String> {
+        let mut args = vec![
+            "template",
+            "t",
+            chart,
+            "--set",
+            "hubble.listenAddress=:4244",
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = helm(4, &args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "helm template {sets:?}: {}",
+            text(&out)
+        );
+        Ok(text(&out))
+    };
+    let tls = render(&[])?;
+    for want in [
+        r#"hubble-listen-address: ":4244""#,
+        r#"hubble-tls-cert-file: "/var/lib/axoneme/hubble-tls/tls.crt""#,
+        r#"hubble-tls-key-file: "/var/lib/axoneme/hubble-tls/tls.key""#,
+        r#"hubble-tls-client-ca-files: "/var/lib/axoneme/hubble-tls/ca.crt""#,
+        "secretName: hubble-server-certs",
+    ] {
+        assert!(tls.contains(want), "{want} not rendered:\n{tls}");
+    }
+    let clear = render(&["hubble.tls.enabled=false"])?;
+    assert!(clear.contains(r#"hubble-disable-tls: "true""#), "{clear}");
+    assert!(!clear.contains("hubble-tls"), "{clear}");
+    let default = helm(4, &["template", "t", chart])?;
+    assert!(!text(&default).contains("hubble-listen-address"));
     Ok(())
 }
 

@@ -5,7 +5,8 @@
 //! second; `axoneme monitor` prints it as `cilium monitor` would; bad
 //! filters and a missing agent fail in one line; and the real `hubble` CLI
 //! (built by `cargo xtask setup` from Cilium's Go module) reads the same
-//! flows from the same socket. Under a flood of denied packets the
+//! flows from the same socket, and over TCP with mutual TLS. Under a flood
+//! of denied packets the
 //! counters count every packet while flows are shed, counted, and bounded.
 
 use std::time::{Duration, Instant};
@@ -476,4 +477,101 @@ fn an_event_flood_is_counted_bounded_and_lossy_only_in_flows() -> Result<()> {
 /// ENOBUFS: a datagram socket's send buffer is full.
 fn libc_enobufs() -> i32 {
     105
+}
+
+/// Hubble's API on TCP (`--hubble-listen-address :4244`) with mutual TLS:
+/// the real `hubble` CLI inside node 0's namespace lists the intruder's
+/// drop with the CA and a client certificate; without a client
+/// certificate, and in clear text, it gets nothing.
+#[test]
+fn the_hubble_api_on_tcp_takes_mutual_tls_only() -> Result<()> {
+    let certs_dir = tempfile::tempdir()?;
+    let certs = axoneme_e2e::tls::TestCerts::generate(certs_dir.path())?;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let mut c = Cluster::start(&ClusterConfig {
+        agent_args: vec![
+            "--hubble-listen-address".into(),
+            ":4244".into(),
+            "--hubble-tls-cert-file".into(),
+            path(&certs.server_cert),
+            "--hubble-tls-key-file".into(),
+            path(&certs.server_key),
+            "--hubble-tls-client-ca-files".into(),
+            path(&certs.ca_cert),
+        ],
+        ..ClusterConfig::default()
+    })?;
+    let axoneme_e2e::SeedPods {
+        payments, intruder, ..
+    } = c.seed_pods()?;
+    let pay4 = payments.ip.to_string();
+    c.import_policy(0, &seed_policy())?;
+    wait_for("the intruder blocked", Duration::from_secs(10), || {
+        Ok(intruder.http("POST", &pay4, 8080, "/v1/charge").is_none())
+    })?;
+
+    let hubble = axoneme_e2e::hubble::binary();
+    let hubble = hubble.to_str().context("UTF-8 path")?;
+    let observe = |tls: &[&str]| -> Result<std::process::Output> {
+        let mut args = vec![
+            hubble,
+            "observe",
+            "--server",
+            "127.0.0.1:4244",
+            "--timeout",
+            "5s",
+            "--verdict",
+            "DROPPED",
+            "--from-pod",
+            "default/intruder",
+            "-o",
+            "json",
+            "--last",
+            "1000",
+        ];
+        args.extend_from_slice(tls);
+        Ok(c.nodes[0].ns.command(&args).output()?)
+    };
+    let (ca, cert, key) = (
+        path(&certs.ca_cert),
+        path(&certs.client_cert),
+        path(&certs.client_key),
+    );
+    let mutual = [
+        "--tls",
+        "--tls-ca-cert-files",
+        &ca,
+        "--tls-client-cert-file",
+        &cert,
+        "--tls-client-key-file",
+        &key,
+    ];
+    let mut listed = String::new();
+    wait_for("hubble over mutual TLS", Duration::from_secs(10), || {
+        let out = observe(&mutual)?;
+        listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(out.status.success()
+            && listed.lines().any(|l| {
+                serde_json::from_str::<Value>(l)
+                    .is_ok_and(|r| intruder_drop(&r, &intruder, &payments))
+            }))
+    })
+    .with_context(|| format!("hubble observe over TLS listed: {listed}"))?;
+
+    for (what, tls) in [
+        (
+            "no client certificate",
+            &["--tls", "--tls-ca-cert-files", &ca][..],
+        ),
+        ("clear text", &[][..]),
+    ] {
+        let out = observe(tls)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && !text.contains("intruder"),
+            "{what}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }

@@ -20,7 +20,7 @@ pub struct ServeAddr(pub Option<SocketAddr>);
 
 impl ServeAddr {
     /// `:PORT` (every address of the node, both families), `HOST:PORT`
-    /// (`[::1]:PORT` for IPv6), or empty for no metrics.
+    /// (`[::1]:PORT` for IPv6), or empty for none.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if s.is_empty() {
@@ -28,7 +28,7 @@ impl ServeAddr {
         }
         let bad = || {
             format!(
-                "`{s}` is not an address to serve metrics on; give :PORT, HOST:PORT \
+                "`{s}` is not an address to serve on; give :PORT, HOST:PORT \
                  ([ADDR]:PORT for IPv6), or an empty value to serve none"
             )
         };

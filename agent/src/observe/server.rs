@@ -1,5 +1,6 @@
 //! Hubble's `Observer` gRPC API over the observer's ring, on a UNIX socket
-//! (mode 0600, as the agent's API): `GetFlows` with Hubble's semantics
+//! (mode 0600, as the agent's API) and, when asked, on TCP with TLS
+//! (mutual with client CAs), as Hubble's `--hubble-listen-address`: `GetFlows` with Hubble's semantics
 //! (`number` with `first`, `since`/`until`, `follow`, whitelist and
 //! blacklist filters), `ServerStatus` and `GetNodes`, beside gRPC's standard
 //! health service. A follower that
@@ -20,8 +21,9 @@ use axoneme_hubble::observer::{
 };
 use axoneme_hubble::{timestamp_to_ms, UInt32Value};
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use super::{Entry, Observer, Published};
@@ -246,13 +248,83 @@ pub fn listen(path: &PathBuf) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Serves the API until cancelled; follow streams end with it.
+/// Serves the API on the UNIX socket until cancelled; follow streams end
+/// with it.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     observer: Arc<Observer>,
     metrics: crate::metrics::FlowMetrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_on(
+        UnixListenerStream::new(listener),
+        None,
+        observer,
+        metrics,
+        cancel,
+    )
+    .await
+}
+
+/// The TCP API's TLS from its files (read at start: a file that cannot
+/// be read stops the start, naming the flag and the path, never the
+/// content).
+pub fn tls_config(files: &crate::config::HubbleTls) -> anyhow::Result<ServerTlsConfig> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))
+    };
+    let cert = read("--hubble-tls-cert-file", &files.cert)?;
+    let key = read("--hubble-tls-key-file", &files.key)?;
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if !files.client_cas.is_empty() {
+        let mut cas = Vec::new();
+        for ca in &files.client_cas {
+            cas.extend(read("--hubble-tls-client-ca-files", ca)?);
+            cas.push(b'\n');
+        }
+        config = config.client_ca_root(Certificate::from_pem(cas));
+    }
+    Ok(config)
+}
+
+/// Serves the API on TCP (with TLS unless `tls` is `None`) until
+/// cancelled.
+pub async fn serve_tcp(
+    listener: std::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
+    observer: Arc<Observer>,
+    metrics: crate::metrics::FlowMetrics,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    serve_on(
+        TcpListenerStream::new(listener),
+        tls,
+        observer,
+        metrics,
+        cancel,
+    )
+    .await
+}
+
+async fn serve_on<I, IO, IE>(
+    incoming: I,
+    tls: Option<ServerTlsConfig>,
+    observer: Arc<Observer>,
+    metrics: crate::metrics::FlowMetrics,
+    cancel: CancellationToken,
+) -> anyhow::Result<()>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let svc = Service {
         observer,
         metrics,
@@ -266,10 +338,14 @@ pub async fn serve(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).context("the Hubble API's TLS")?;
+    }
+    server
         .add_service(health_service)
         .add_service(ObserverServer::new(svc))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), cancel.cancelled())
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled())
         .await
         .context("serving the Hubble API")
 }
