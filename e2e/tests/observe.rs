@@ -6,8 +6,8 @@
 //! filters and a missing agent fail in one line; and the real `hubble` CLI
 //! (built by `cargo xtask setup` from Cilium's Go module) reads the same
 //! flows from the same socket, and over TCP with mutual TLS. Under a flood
-//! of denied packets the
-//! counters count every packet while flows are shed, counted, and bounded.
+//! of denied packets the counters count every packet while flows are
+//! shed, counted, and bounded.
 
 use std::time::{Duration, Instant};
 
