@@ -121,7 +121,7 @@ fn bash_accepts_its_script_and_completes_every_command_and_flag() -> Result<()> 
     }
     // A flag's values complete too.
     let types = bash_offers(&script, &["events".into(), "--type".into()])?;
-    assert_eq!(types, ["drop", "policy-verdict", "http"]);
+    assert_eq!(types, ["drop", "trace", "policy-verdict", "http"]);
     Ok(())
 }
 
