@@ -362,7 +362,8 @@ fn maglev_size(s: &str) -> Result<u32, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReconcileConfig {
-    /// How long the reconciler lets a burst of changes land before a pass.
+    /// The longest the reconciler lets a burst of changes land before a
+    /// pass (a lone change is applied once changes pause for 1 ms).
     #[arg(long, env = "AXONEME_RECONCILE_DEBOUNCE", default_value = "10ms", value_parser = duration)]
     pub reconcile_debounce: Duration,
     /// A full pass this often even without changes.

@@ -59,9 +59,9 @@ pub struct StateChanges {
     policy_status: Subscription<PolicyStatus>,
 }
 
-impl StateChanges {
+impl crate::reconcile::StateEvents for StateChanges {
     /// Completes at the next change of any of them.
-    pub async fn changed(&mut self) {
+    async fn changed(&mut self) {
         tokio::select! {
             _ = self.identities.recv() => {}
             _ = self.assignments.recv() => {}
@@ -69,6 +69,14 @@ impl StateChanges {
             _ = self.policies.recv() => {}
             _ = self.policy_status.recv() => {}
         }
+    }
+
+    fn drain(&mut self) {
+        while self.identities.try_recv().is_some() {}
+        while self.assignments.try_recv().is_some() {}
+        while self.records.try_recv().is_some() {}
+        while self.policies.try_recv().is_some() {}
+        while self.policy_status.try_recv().is_some() {}
     }
 }
 

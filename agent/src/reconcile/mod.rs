@@ -43,7 +43,7 @@ use tracing::warn;
 
 pub use desired::{Desired, LocalEndpoint};
 pub use endpoints::{Attachments, Programmed};
-pub use task::{run, DatapathView, Enforcement, Outputs, Regenerations};
+pub use task::{run, DatapathView, Enforcement, Outputs, Regenerations, StateEvents};
 pub use writer::{Kernel, MapWriter};
 
 use crate::datapath::DatapathError;

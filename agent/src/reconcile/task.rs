@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,39 @@ impl DatapathView {
     /// Whether every unit is in sync.
     pub fn ok(&self) -> bool {
         self.units.values().all(|h| h.consecutive_failures == 0)
+    }
+}
+
+/// How long the changes must pause before a pass.
+const QUIET: Duration = Duration::from_millis(1);
+
+/// What the reconcile task waits on: the node state's changes.
+pub trait StateEvents {
+    /// Completes at the next change.
+    fn changed(&mut self) -> impl std::future::Future<Output = ()> + Send;
+    /// Consumes every change already waiting.
+    fn drain(&mut self);
+}
+
+/// Lets a burst of changes land before one pass: returns once the changes
+/// pause for `quiet` ([`QUIET`]), and at the latest `max` after it was called, with
+/// every change waiting consumed (the pass reads the state as it is, so
+/// one pass covers them all). A lone change is applied about a
+/// millisecond after it arrives, not a whole debounce later (a pod's ADD
+/// waits for two: its record, then its identity); a burst is one pass per
+/// `max`.
+async fn settle(changes: &mut impl StateEvents, quiet: Duration, max: Duration) {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        changes.drain();
+        let until = (tokio::time::Instant::now() + quiet).min(deadline);
+        let paused = tokio::time::timeout_at(until, changes.changed())
+            .await
+            .is_err();
+        if paused || tokio::time::Instant::now() >= deadline {
+            changes.drain();
+            return;
+        }
     }
 }
 
@@ -70,8 +103,7 @@ pub async fn run<W: MapWriter + Send>(
     resync.reset();
     let mut enforced = BTreeMap::new();
     loop {
-        // Let a burst of changes land before one pass.
-        tokio::time::sleep(cfg.reconcile_debounce).await;
+        settle(&mut changes, QUIET, cfg.reconcile_debounce).await;
         let want = Desired::from_state(&state);
         let report = driver.pass(&want, Instant::now());
         if driver.passes() == 1 {
@@ -131,4 +163,83 @@ fn publish<W: MapWriter>(
         units: driver.health().clone(),
         policies: enforced.clone(),
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    /// Changes as a channel of unit events.
+    struct Fake(mpsc::UnboundedReceiver<()>);
+
+    impl StateEvents for Fake {
+        async fn changed(&mut self) {
+            if self.0.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+
+        fn drain(&mut self) {
+            while self.0.try_recv().is_ok() {}
+        }
+    }
+
+    // Tokio's timers tick in milliseconds: the tests' times are several.
+    const QUIET_T: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_millis(20);
+    const STEP: Duration = Duration::from_millis(2);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_change_is_applied_once_changes_pause() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut c = Fake(rx);
+        tx.send(()).unwrap();
+        let t0 = tokio::time::Instant::now();
+        settle(&mut c, QUIET_T, MAX).await;
+        assert_eq!(t0.elapsed(), QUIET_T);
+        assert!(c.0.try_recv().is_err(), "the change was consumed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_one_pass_per_debounce_with_every_change_consumed() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut c = Fake(rx);
+        // A change every 2 ms for 60 ms.
+        let sender = tokio::spawn(async move {
+            for _ in 0..30 {
+                tx.send(()).unwrap();
+                tokio::time::sleep(STEP).await;
+            }
+        });
+        let t0 = tokio::time::Instant::now();
+        settle(&mut c, QUIET_T, MAX).await;
+        let took = t0.elapsed();
+        assert!(took >= MAX && took <= MAX + STEP, "{took:?}");
+        assert!(c.0.try_recv().is_err(), "what had arrived was consumed");
+        sender.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_that_pause_are_applied_at_the_pause() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut c = Fake(rx);
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tx.send(()).unwrap();
+                tokio::time::sleep(STEP).await;
+            }
+            // Then quiet (the sender stays, so the channel stays open).
+            std::future::pending::<()>().await;
+        });
+        let t0 = tokio::time::Instant::now();
+        settle(&mut c, QUIET_T, MAX).await;
+        // The last change at 4 ms, then a quiet spell.
+        let took = t0.elapsed();
+        let last = STEP * 2;
+        assert!(
+            took >= last + QUIET_T && took <= last + QUIET_T + STEP,
+            "{took:?}"
+        );
+    }
 }
