@@ -101,37 +101,42 @@ pub struct NodeState {
 /// busy for half a minute).
 #[derive(Default)]
 struct ParseCache {
-    parsed: HashMap<String, (i64, Arc<Policy>)>,
-    /// The keys used in the current pass: the others are dropped after it.
-    used: HashMap<String, (i64, Arc<Policy>)>,
+    /// Key → (revision, the parse, the pass that last used it).
+    parsed: HashMap<String, (i64, Arc<Policy>, u64)>,
+    /// The current pass.
+    pass: u64,
 }
 
 impl ParseCache {
     /// The policy stored at `key` at `revision`, parsed once per revision;
     /// `None` if it does not parse.
     fn get(&mut self, key: &str, revision: i64, value: &[u8]) -> Option<Arc<Policy>> {
-        let policy = match self.parsed.remove(key) {
-            Some((rev, p)) if rev == revision => p,
-            _ => {
-                let text = std::str::from_utf8(value).ok()?;
-                let mut policy = axoneme_policy::parse_documents(text)
-                    .into_iter()
-                    .next()?
-                    .ok()?;
-                // The agent enforces the rules; the object as given (for
-                // storing it) would only double what each policy costs.
-                policy.object = serde_json::Value::Null;
-                Arc::new(policy)
+        let pass = self.pass;
+        if let Some((rev, p, used)) = self.parsed.get_mut(key) {
+            if *rev == revision {
+                *used = pass;
+                return Some(p.clone());
             }
-        };
-        self.used
-            .insert(key.to_string(), (revision, policy.clone()));
+        }
+        let text = std::str::from_utf8(value).ok()?;
+        let mut policy = axoneme_policy::parse_documents(text)
+            .into_iter()
+            .next()?
+            .ok()?;
+        // The agent enforces the rules; the object as given (for storing
+        // it) would only double what each policy costs.
+        policy.object = serde_json::Value::Null;
+        let policy = Arc::new(policy);
+        self.parsed
+            .insert(key.to_string(), (revision, policy.clone(), pass));
         Some(policy)
     }
 
     /// Ends a pass: forgets policies it did not use.
     fn finish(&mut self) {
-        self.parsed = std::mem::take(&mut self.used);
+        let pass = self.pass;
+        self.parsed.retain(|_, (_, _, used)| *used == pass);
+        self.pass += 1;
     }
 }
 
@@ -199,30 +204,41 @@ impl NodeState {
     /// `valid_policies`, keyed by their etcd key; each parsed once per
     /// revision and shared (a pass copies pointers, not policies).
     pub fn valid_policies_by_key(&self) -> BTreeMap<String, Arc<Policy>> {
-        let statuses = self.policy_status.snapshot();
+        // Read in place, one status key buffer: a pass runs for every
+        // change, so with N policies this is O(N) per pass and its
+        // allocations counted during a burst of 1,000.
+        let policies_prefix = self.layout.policies_prefix();
+        let mut status_key = self.layout.policy_status_prefix();
+        let status_prefix_len = status_key.len();
         let mut parsed = self.parsed.lock().expect("parse cache poisoned");
-        let valid = self
-            .policies
-            .snapshot()
-            .into_iter()
-            .filter(|(key, raw)| {
-                self.layout
-                    .status_for_policy_key(key)
-                    .and_then(|k| statuses.get(&k))
-                    .is_some_and(|s| s.valid && s.observed_revision == raw.mod_revision)
+        let valid = self.policy_status.read(|statuses| {
+            self.policies.read(|policies| {
+                policies
+                    .iter()
+                    .filter(|(key, raw)| {
+                        let Some(rest) = key.strip_prefix(&policies_prefix) else {
+                            return false;
+                        };
+                        status_key.truncate(status_prefix_len);
+                        status_key.push_str(rest);
+                        statuses
+                            .get(&status_key)
+                            .is_some_and(|s| s.valid && s.observed_revision == raw.mod_revision)
+                    })
+                    .filter_map(|(key, raw)| {
+                        match parsed.get(key, raw.mod_revision, &raw.value) {
+                            Some(p) => Some((key.clone(), p)),
+                            // The operator said valid but this agent cannot
+                            // parse it (version skew): leave it out and say so.
+                            None => {
+                                warn!(policy = %key, "policy judged valid does not parse here; skipped");
+                                None
+                            }
+                        }
+                    })
+                    .collect()
             })
-            .filter_map(
-                |(key, raw)| match parsed.get(&key, raw.mod_revision, &raw.value) {
-                    Some(p) => Some((key, p)),
-                    // The operator said valid but this agent cannot parse it
-                    // (version skew): leave it out and say so.
-                    None => {
-                        warn!(policy = %key, "policy judged valid does not parse here; skipped");
-                        None
-                    }
-                },
-            )
-            .collect();
+        });
         parsed.finish();
         valid
     }

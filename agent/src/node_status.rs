@@ -18,11 +18,14 @@ use tracing::warn;
 use crate::lease::Leased;
 use crate::reconcile::{backoff, DatapathView};
 
+/// The least time between two writes of the record.
+const PACE: Duration = Duration::from_millis(100);
+
 /// The record a view stands for (without its time).
 pub fn record(node: &str, view: &DatapathView) -> NodeStatusRecord {
     NodeStatusRecord {
         node: node.to_string(),
-        policies: view.policies.clone(),
+        policies: (*view.policies).clone(),
         endpoints: view
             .programmed
             .iter()
@@ -49,6 +52,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut written: Option<NodeStatusRecord> = None;
+    let mut last_write: Option<tokio::time::Instant> = None;
     let mut failures = 0;
     loop {
         let current = record(&node, &view.borrow_and_update());
@@ -62,6 +66,7 @@ pub async fn run(
             match put {
                 Ok(()) => {
                     written = Some(current);
+                    last_write = Some(tokio::time::Instant::now());
                     failures = 0;
                 }
                 Err(e) => {
@@ -74,11 +79,18 @@ pub async fn run(
                 }
             }
         }
-        // Changes come in bursts (a pass per burst): one write per burst.
         tokio::select! {
             r = view.changed() => if r.is_err() { return Ok(()) },
             _ = cancel.cancelled() => return Ok(()),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A lone change is written at once; during a burst (a pass every
+        // few milliseconds, each record carrying every policy's revision)
+        // at most one write per PACE, of the view as it is by then.
+        if let Some(t) = last_write {
+            tokio::select! {
+                _ = tokio::time::sleep_until(t + PACE) => {}
+                _ = cancel.cancelled() => return Ok(()),
+            }
+        }
     }
 }

@@ -116,13 +116,13 @@ mod tests {
         p.policies.insert("b".into(), (7, t0));
         p.endpoints.insert("ep".into(), t0);
         let mut view = DatapathView::default();
-        view.policies.insert("a".into(), 4);
-        view.policies.insert("b".into(), 8);
+        Arc::make_mut(&mut view.policies).insert("a".into(), 4);
+        Arc::make_mut(&mut view.policies).insert("b".into(), 8);
         p.settle(&view, t0 + Duration::from_millis(30), &out);
         // b at 8 ≥ 7: observed; a still at 4; the endpoint not programmed.
         assert_eq!(p.policies.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(p.endpoints.len(), 1);
-        view.policies.insert("a".into(), 5);
+        Arc::make_mut(&mut view.policies).insert("a".into(), 5);
         p.settle(&view, t0 + Duration::from_millis(50), &out);
         assert!(p.policies.is_empty());
         // What never happens is forgotten.

@@ -27,7 +27,7 @@ pub struct DatapathView {
     pub units: BTreeMap<Unit, UnitHealth>,
     /// Policies enforced (key → ModRevision): as of the last pass whose
     /// policy and endpoints units were both in sync.
-    pub policies: BTreeMap<String, i64>,
+    pub policies: Arc<BTreeMap<String, i64>>,
 }
 
 impl DatapathView {
@@ -101,10 +101,10 @@ pub async fn run<W: MapWriter + Send>(
     let mut changes = state.subscribe();
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.reset();
-    let mut enforced = BTreeMap::new();
+    let mut enforced = Arc::new(BTreeMap::new());
     loop {
         settle(&mut changes, QUIET, cfg.reconcile_debounce).await;
-        let want = Desired::from_state(&state);
+        let mut want = Desired::from_state(&state);
         let report = driver.pass(&want, Instant::now());
         if driver.passes() == 1 {
             info!(outcomes = ?report.outcomes, endpoints = want.local.len(), "datapath ready");
@@ -116,7 +116,8 @@ pub async fn run<W: MapWriter + Send>(
         }
         let synced = |u| matches!(report.outcome(u), Some(super::Outcome::Synced(_)));
         if synced(Unit::Policy) && synced(Unit::Endpoints) {
-            enforced = want.policy_revisions.clone();
+            // Shared with the published view, not copied for it.
+            enforced = Arc::new(std::mem::take(&mut want.policy_revisions));
         }
         publish(&driver, &want, &enforced, &out);
         let retry = async {
@@ -137,7 +138,7 @@ pub async fn run<W: MapWriter + Send>(
 fn publish<W: MapWriter>(
     driver: &Driver<W>,
     want: &Desired,
-    enforced: &BTreeMap<String, i64>,
+    enforced: &Arc<BTreeMap<String, i64>>,
     out: &Outputs,
 ) {
     if let Some(proxy) = &out.proxy {
