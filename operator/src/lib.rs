@@ -110,6 +110,9 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<()> {
     result
 }
 
+/// How long a stopping leader tries to hand over before it exits.
+const RESIGN_WAIT: Duration = Duration::from_secs(2);
+
 /// Watch caches every replica keeps warm, so a takeover starts from a full view.
 struct Caches {
     endpoints: WatchCache<Raw>,
@@ -131,13 +134,21 @@ async fn lead_loop(
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        let lead = match election::campaign(kv, layout, id, ttl, cancel).await {
+        // A stop never waits on etcd: a call in flight (retried up to the
+        // kvstore's deadline while etcd is gone) is dropped.
+        let campaign = tokio::select! {
+            r = election::campaign(kv, layout, id, ttl, cancel) => r,
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        let lead = match campaign {
             Ok(Some(lead)) => lead,
             Ok(None) => return Ok(()),
             Err(e) => {
                 warn!(error = %e, "campaign failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = cancel.cancelled() => return Ok(()),
+                }
             }
         };
         metrics.set_leader(true);
@@ -162,14 +173,22 @@ async fn lead_loop(
                     None => std::future::pending().await,
                 }
             } => Some(exit),
+            // The loops end on `term`, but one may be inside an etcd call.
+            _ = cancel.cancelled() => Some(LeaderExit::Cancelled),
         };
         term.cancel();
         metrics.set_leader(false);
         match exit {
             None => warn!("lost leadership (lease)"),
             Some(LeaderExit::Cancelled) => {
-                election::resign(kv, &lead).await;
-                info!("resigned leadership on shutdown");
+                // Handing over at once spares the standby a lease TTL; with
+                // etcd gone the lease expires by itself.
+                match tokio::time::timeout(RESIGN_WAIT, election::resign(kv, &lead)).await {
+                    Ok(()) => info!("resigned leadership on shutdown"),
+                    Err(_) => warn!(
+                        "etcd did not answer within {RESIGN_WAIT:?}: leadership ends when its lease expires"
+                    ),
+                }
                 return Ok(());
             }
             Some(LeaderExit::Fenced) => warn!("lost leadership (fenced write)"),
