@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use axoneme_e2e::expect::{seed_policy, stays, until_post, wait_for};
 use axoneme_e2e::probe::{admit_on_port, echo_server, exchange, reaches};
-use axoneme_e2e::{Cluster, ClusterConfig};
+use axoneme_e2e::{Cluster, ClusterConfig, SeedPods};
 use serde_json::Value;
 
 const LET_THE_INTRUDER_IN: &str = "apiVersion: cilium.io/v2
@@ -42,6 +42,20 @@ spec:
         protocol: TCP
 ";
 
+/// The seed scenario, enforced, on a cluster whose agents run with
+/// `flag size`: the cluster, its pods and payments' address.
+fn seed_scenario(flag: &str, size: u32) -> Result<(Cluster, SeedPods, String)> {
+    let mut c = Cluster::start(&ClusterConfig {
+        agent_args: vec![flag.into(), size.to_string()],
+        ..ClusterConfig::default()
+    })?;
+    let pods = c.seed_pods()?;
+    let pay = pods.payments.ip.to_string();
+    c.import_policy(0, &seed_policy())?;
+    until_post(&pods.checkout, &pay, Some(200), Duration::from_secs(10))?;
+    Ok((c, pods, pay))
+}
+
 /// `status -o json` on node `i` (it exits non-zero while a unit fails).
 fn status(c: &Cluster, i: usize) -> Result<Value> {
     let out = c
@@ -52,14 +66,7 @@ fn status(c: &Cluster, i: usize) -> Result<Value> {
 
 #[test]
 fn a_full_policy_map_is_reported_and_fails_closed() -> Result<()> {
-    let mut c = Cluster::start(&ClusterConfig {
-        agent_args: vec!["--bpf-policy-max".into(), "2".into()],
-        ..ClusterConfig::default()
-    })?;
-    let pods = c.seed_pods()?;
-    let pay = pods.payments.ip.to_string();
-    c.import_policy(0, &seed_policy())?;
-    until_post(&pods.checkout, &pay, Some(200), Duration::from_secs(10))?;
+    let (c, pods, pay) = seed_scenario("--bpf-policy-max", 2)?;
 
     // The size is the flag's.
     let policy_map = |st: &Value| -> Result<(Option<u64>, Option<u64>)> {
@@ -142,14 +149,7 @@ fn failing_unit(c: &Cluster, i: usize, name: &str) -> Result<Value> {
 /// are removed first and the newcomer gets their room: it is let in.
 #[test]
 fn a_full_ipcache_leaves_a_newcomer_unknown_until_there_is_room() -> Result<()> {
-    let mut c = Cluster::start(&ClusterConfig {
-        agent_args: vec!["--bpf-ipcache-max".into(), "6".into()],
-        ..ClusterConfig::default()
-    })?;
-    let pods = c.seed_pods()?;
-    let pay = pods.payments.ip.to_string();
-    c.import_policy(0, &seed_policy())?;
-    until_post(&pods.checkout, &pay, Some(200), Duration::from_secs(10))?;
+    let (c, pods, pay) = seed_scenario("--bpf-ipcache-max", 6)?;
 
     let extra = c.add_pod(1, "extra", &[("app", "checkout")])?;
     let failing = failing_unit(&c, 0, "ipcache")?;
@@ -191,14 +191,7 @@ fn a_full_ipcache_leaves_a_newcomer_unknown_until_there_is_room() -> Result<()> 
 /// When the intruder leaves, the same pod comes up and is let in.
 #[test]
 fn a_full_endpoints_map_refuses_a_new_pod_until_one_leaves() -> Result<()> {
-    let mut c = Cluster::start(&ClusterConfig {
-        agent_args: vec!["--bpf-endpoints-max".into(), "2".into()],
-        ..ClusterConfig::default()
-    })?;
-    let pods = c.seed_pods()?;
-    let pay = pods.payments.ip.to_string();
-    c.import_policy(0, &seed_policy())?;
-    until_post(&pods.checkout, &pay, Some(200), Duration::from_secs(10))?;
+    let (c, pods, pay) = seed_scenario("--bpf-endpoints-max", 2)?;
     let human = String::from_utf8(c.cli_command(1, &["status"]).output()?.stdout)?;
     assert!(
         human.contains("BPF map endpoints is 100% full (2 of 2)")

@@ -29,6 +29,18 @@ fn observe(c: &Cluster, node: usize, filters: &[&str]) -> Result<Vec<Value>> {
         .collect()
 }
 
+/// `hubble observe`'s filter for the intruder's drops, as JSON lines.
+const INTRUDER_DROPS: [&str; 8] = [
+    "--verdict",
+    "DROPPED",
+    "--from-pod",
+    "default/intruder",
+    "-o",
+    "json",
+    "--last",
+    "1000",
+];
+
 fn has_label(ep: &Value, label: &str) -> bool {
     ep["labels"]
         .as_array()
@@ -302,16 +314,7 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
             "--server",
             &format!("unix://{}", socket.display()),
         ])
-        .args([
-            "--verdict",
-            "DROPPED",
-            "--from-pod",
-            "default/intruder",
-            "-o",
-            "json",
-            "--last",
-            "1000",
-        ])
+        .args(INTRUDER_DROPS)
         .output()
         .with_context(|| format!("running {} (cargo xtask setup builds it)", hubble.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -520,15 +523,8 @@ fn the_hubble_api_on_tcp_takes_mutual_tls_only() -> Result<()> {
             "127.0.0.1:4244",
             "--timeout",
             "5s",
-            "--verdict",
-            "DROPPED",
-            "--from-pod",
-            "default/intruder",
-            "-o",
-            "json",
-            "--last",
-            "1000",
         ];
+        args.extend_from_slice(&INTRUDER_DROPS);
         args.extend_from_slice(tls);
         Ok(c.nodes[0].ns.command(&args).output()?)
     };
