@@ -150,6 +150,15 @@ async fn list_endpoints(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<Endpoint
     Ok(Json(views::endpoints(&view, &ctx.state, &ctx.endpoints)))
 }
 
+async fn configure_endpoint(
+    State(ctx): State<Arc<Ctx>>,
+    UrlPath(endpoint): UrlPath<String>,
+    req: Result<Json<axoneme_api::EndpointConfig>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    ctx.endpoints.configure(&endpoint, body(req)?).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
 async fn ipcache(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<IpcacheEntry>>, Failure> {
     Ok(Json(read_maps(&ctx.maps, views::ipcache).await?))
 }
@@ -198,6 +207,7 @@ pub async fn serve(
         .route("/v1/cni/check", post(check))
         .route("/v1/status", get(status))
         .route("/v1/endpoints", get(list_endpoints))
+        .route("/v1/endpoints/{endpoint}/config", post(configure_endpoint))
         .route("/v1/bpf/ipcache", get(ipcache))
         .route("/v1/bpf/policy/{endpoint}", get(policy))
         .route("/v1/bpf/ct", get(ct))

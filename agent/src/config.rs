@@ -74,6 +74,12 @@ pub struct DatapathConfig {
     /// Policy enforcement mode: default, always or never.
     #[arg(long, env = "AXONEME_ENFORCEMENT", default_value = "default", value_parser = parse_mode)]
     pub enforcement: EnforcementMode,
+    /// Policy audit mode for every endpoint of the node: flows the policy
+    /// would drop are reported (verdict `audit`) and let through. An
+    /// endpoint can be put in audit mode on its own (`axoneme endpoint
+    /// config`, or the Pod annotation `axoneme.io/policy-audit-mode`).
+    #[arg(long, env = "AXONEME_POLICY_AUDIT_MODE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub policy_audit_mode: bool,
     /// Datapath events (drops, verdicts) per second per CPU; 0 = none.
     #[arg(long, env = "AXONEME_EVENT_RATE", default_value_t = 1000)]
     pub event_rate: u32,

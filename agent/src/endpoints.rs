@@ -281,6 +281,7 @@ impl Endpoints {
                 .map(|p| p.name.clone())
                 .or(req.pod_name.clone()),
             pod_uid: pod.as_ref().map(|p| p.uid.clone()),
+            policy_audit_mode: pod.as_ref().is_some_and(|p| p.policy_audit_mode),
             named_ports: pod.map(|p| p.named_ports).unwrap_or_default(),
         };
         let enforced = match self.announce(&st, timeout, deadline).await {
@@ -406,6 +407,63 @@ impl Endpoints {
         }
     }
 
+    /// Standalone mode: changes an endpoint's options (policy audit mode)
+    /// in its record, which the datapath follows, and in its state file.
+    /// Kubernetes mode takes them from the Pod and refuses, saying how.
+    pub async fn configure(
+        &self,
+        name: &str,
+        cfg: axoneme_api::EndpointConfig,
+    ) -> Result<EndpointState, ApiError> {
+        if let LabelSource::Kubernetes(_) = &self.source {
+            return Err(ApiError::new(
+                cni_code::INVALID_ENDPOINT,
+                format!(
+                    "Kubernetes mode: an endpoint's options come from its Pod; annotate the Pod instead \
+                     (kubectl annotate pod NAME {}=true)",
+                    crate::k8s::AUDIT_ANNOTATION
+                ),
+                "",
+            ));
+        }
+        let _serial = self.serial.lock().await;
+        let Some(mut st) = self.states().remove(name) else {
+            return Err(ApiError::new(
+                cni_code::UNKNOWN_CONTAINER,
+                format!("no endpoint {name:?} on this node (give its name, the container ID)"),
+                "",
+            ));
+        };
+        if let Some(audit) = cfg.policy_audit_mode {
+            st.policy_audit_mode = audit;
+        }
+        // The record first: it is what the datapath follows; the state
+        // file only carries it over a restart.
+        let key = self.layout.endpoint(&self.node, st.name());
+        let value = serde_json::to_vec(&st.record(&self.node)).expect("serializes");
+        let timeout = self.default_timeout;
+        let unavailable = |why: String| {
+            ApiError::new(
+                cni_code::TRY_AGAIN_LATER,
+                "etcd unavailable: the endpoint's record was not changed; the datapath keeps its options",
+                why,
+            )
+        };
+        match tokio::time::timeout(timeout, self.leased.put(&key, value)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                )))
+            }
+        }
+        self.write_state(&st)?;
+        info!(endpoint = %st.name(), audit = st.policy_audit_mode, "endpoint options changed");
+        Ok(st)
+    }
+
     /// Writes an endpoint's state file (atomically).
     fn write_state(&self, st: &EndpointState) -> Result<(), ApiError> {
         std::fs::create_dir_all(&self.dir)
@@ -521,12 +579,16 @@ impl Endpoints {
                     continue;
                 }
             };
-            if labels == st.labels && pod.named_ports == st.named_ports {
+            if labels == st.labels
+                && pod.named_ports == st.named_ports
+                && pod.policy_audit_mode == st.policy_audit_mode
+            {
                 continue;
             }
-            info!(endpoint = %st.name(), pod = %format!("{ns}/{name}"), ?labels, "the Pod's labels or named ports changed");
+            info!(endpoint = %st.name(), pod = %format!("{ns}/{name}"), ?labels, audit = pod.policy_audit_mode, "the Pod's labels, named ports or audit mode changed");
             st.labels = labels;
             st.named_ports = pod.named_ports;
+            st.policy_audit_mode = pod.policy_audit_mode;
             if let Err(e) = self.write_state(&st) {
                 warn!(endpoint = %st.name(), error = %e, "cannot keep the new labels; retrying at the next change");
                 continue;

@@ -163,6 +163,35 @@ pub struct PodRef {
     pub uid: String,
     /// Its containers' named ports (policies' `port: http` resolve to them).
     pub named_ports: NamedPorts,
+    /// The Pod asks for policy audit mode ([`AUDIT_ANNOTATION`]).
+    pub policy_audit_mode: bool,
+}
+
+/// The Pod annotation that puts its endpoint in policy audit mode
+/// (`"true"`; anything else, or none, is off).
+pub const AUDIT_ANNOTATION: &str = "axoneme.io/policy-audit-mode";
+
+/// Whether the Pod asks for policy audit mode. Only `true` turns it on:
+/// an unreadable value enforces (fail closed) and is logged.
+pub fn policy_audit_mode(pod: &Pod) -> bool {
+    let value = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(AUDIT_ANNOTATION));
+    match value.map(|v| v.trim()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            tracing::warn!(
+                pod = pod.metadata.name.as_deref().unwrap_or_default(),
+                annotation = AUDIT_ANNOTATION,
+                value = other,
+                "not `true` or `false`: the endpoint's policy is enforced"
+            );
+            false
+        }
+    }
 }
 
 impl PodLabels {
@@ -181,6 +210,7 @@ impl PodLabels {
                 name: name.to_string(),
                 uid: pod.metadata.uid.clone().unwrap_or_default(),
                 named_ports: named_ports(&pod),
+                policy_audit_mode: policy_audit_mode(&pod),
             },
         ))
     }
@@ -372,5 +402,20 @@ mod tests {
             serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).unwrap();
         assert!(endpoint_labels(&bare, "shop", "c1", &BTreeMap::new())
             .contains(&"k8s:io.cilium.k8s.policy.serviceaccount=default".to_string()));
+    }
+
+    #[test]
+    fn only_true_turns_audit_mode_on() {
+        let pod = |value: Option<&str>| -> Pod {
+            let annotations = value.map(|v| serde_json::json!({AUDIT_ANNOTATION: v}));
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "p", "annotations": annotations}}),
+            )
+            .unwrap()
+        };
+        assert!(policy_audit_mode(&pod(Some("true"))));
+        for off in [None, Some("false"), Some("yes"), Some("")] {
+            assert!(!policy_audit_mode(&pod(off)), "{off:?}");
+        }
     }
 }

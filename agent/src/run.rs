@@ -470,7 +470,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         cfg.datapath.enforcement,
         proxy_port,
-    );
+    )
+    .with_audit_mode(cfg.datapath.policy_audit_mode);
     sup.spawn(
         "reconcile",
         reconcile::run(

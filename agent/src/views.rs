@@ -83,6 +83,7 @@ pub fn status(
             format!("keeping the last state; {}", failing.join("; "))
         },
     });
+    components.push(audit_component(view));
     let cidrs = endpoints.pod_cidrs();
     components.push(ComponentStatus {
         name: "ipam".into(),
@@ -178,6 +179,32 @@ pub fn map_status(maps: &MapReader) -> Vec<MapStatus> {
     out
 }
 
+/// The `policy-audit` line in `status`: which endpoints the datapath has
+/// in audit mode (their policy's drops are reported, not enforced).
+fn audit_component(view: &DatapathView) -> ComponentStatus {
+    let audited: Vec<&str> = view
+        .programmed
+        .iter()
+        .filter(|(_, p)| p.info.flags & endpoint_flags::AUDIT != 0)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    const SHOWN: usize = 10;
+    let message = match audited.len() {
+        0 => "off: every endpoint's policy is enforced".to_string(),
+        n => format!(
+            "on for {n} of {} endpoints (drops are reported as `audit`, not enforced): {}{}",
+            view.programmed.len(),
+            audited[..n.min(SHOWN)].join(", "),
+            if n > SHOWN { ", ..." } else { "" }
+        ),
+    };
+    ComponentStatus {
+        name: "policy-audit".into(),
+        ok: true,
+        message,
+    }
+}
+
 /// Kubernetes mode's line in `status`: the watch of this node's Pods.
 pub fn kubernetes(pods: &crate::k8s::Pods) -> ComponentStatus {
     let (ok, message) = match pods.error() {
@@ -221,6 +248,7 @@ pub fn endpoints(view: &DatapathView, state: &NodeState, eps: &Endpoints) -> Vec
             enforced: programmed.is_some(),
             ingress_enforced: flags & endpoint_flags::INGRESS_ENFORCED != 0,
             egress_enforced: flags & endpoint_flags::EGRESS_ENFORCED != 0,
+            policy_audit_mode: flags & endpoint_flags::AUDIT != 0,
         });
     }
     out
@@ -412,6 +440,7 @@ pub fn event(e: &Event, time_ms: u64) -> EventView {
             verdict::ALLOWED => "allowed",
             verdict::DENIED => "denied",
             verdict::REDIRECTED => "redirected",
+            verdict::AUDIT => "audit",
             _ => "",
         }
         .into(),

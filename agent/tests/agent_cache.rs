@@ -95,6 +95,7 @@ async fn put_endpoint(
         pod_name: None,
         pod_uid: None,
         named_ports: Default::default(),
+        policy_audit_mode: false,
     };
     Ok(kv
         .put(&layout.endpoint(node, id), serde_json::to_vec(&record)?, 0)

@@ -319,6 +319,86 @@ fn replies_pass_but_a_new_connection_back_is_denied() {
 }
 
 #[test]
+fn audit_mode_reports_what_policy_would_drop_and_lets_it_pass_until_it_ends() {
+    const AUDITED: u8 = BOTH | endpoint_flags::AUDIT;
+    let mut dp = setup(AUDITED);
+    allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_TCP, 80, 16));
+    deny(&mut dp, Direction::Ingress, key(3000, 0, 0, 0));
+    // Default deny and an explicit deny: both audited, both pass, no drop.
+    for (src, matched) in [(B4, match_type::NONE), (NET3, match_type::L3_ONLY)] {
+        let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(src, 40000, 81));
+        assert_eq!(action, TC_ACT_OK, "{src:?}");
+        assert!(drops(&events).is_empty(), "{events:?}");
+        let id = if src == B4 { B_ID } else { 3000 };
+        assert_eq!(verdicts(&events), vec![(ev::AUDIT, id, A_ID, matched)]);
+    }
+    // An allowed flow is still just allowed.
+    let (_, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 40001, 80));
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::ALLOWED, B_ID, A_ID, match_type::L3_L4)]
+    );
+    // The audited flow is tracked: its reply and next packet pass with no
+    // new verdict.
+    let reply = ipv4(
+        A4,
+        B4,
+        IPPROTO_TCP,
+        &tcp(81, 40000, TCP_SYN | TCP_ACK),
+        0x4000,
+        3,
+    );
+    let (action, events) = send(&mut dp, FROM_CONTAINER, &reply);
+    assert_eq!((action, events.len()), (TC_ACT_OK, 0), "{events:?}");
+    let ack = ipv4(B4, A4, IPPROTO_TCP, &tcp(40000, 81, TCP_ACK), 0x4000, 4);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &ack).0, TC_ACT_OK);
+    let audited_ct = |dp: &TestDatapath| {
+        dp.maps
+            .ct_entries()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.flags & ct_flags::AUDITED != 0)
+            .count()
+    };
+    assert_eq!(
+        audited_ct(&dp),
+        2,
+        "both audited flows are marked in conntrack"
+    );
+    let audits = dp
+        .maps
+        .verdicts()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.verdict == ev::AUDIT)
+        .map(|(_, v)| v.packets)
+        .sum::<u64>();
+    assert_eq!(audits, 2, "the verdict counters count audited flows");
+
+    // Audit mode ends: the established audited flow is cut both ways at
+    // once, the allowed one goes on, and a new attempt is denied.
+    dp.maps
+        .set_endpoint(
+            1,
+            EndpointInfo::new(A_ID, A_ID, BOTH, &[A4.into(), a6().into()]),
+        )
+        .unwrap();
+    let (action, events) = send(&mut dp, TO_CONTAINER, &ack);
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+    let (action, _) = send(&mut dp, FROM_CONTAINER, &reply);
+    assert_eq!(action, TC_ACT_SHOT, "its replies too");
+    let ack80 = ipv4(B4, A4, IPPROTO_TCP, &tcp(40001, 80, TCP_ACK), 0x4000, 5);
+    assert_eq!(send(&mut dp, TO_CONTAINER, &ack80).0, TC_ACT_OK);
+    let (action, events) = send(&mut dp, TO_CONTAINER, &syn_from(B4, 40002, 81));
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::DENIED, B_ID, A_ID, match_type::NONE)]
+    );
+}
+
+#[test]
 fn icmp_echo_by_type_and_its_reply() {
     let mut dp = setup(BOTH);
     allow(&mut dp, Direction::Ingress, key(B_ID, IPPROTO_ICMP, 8, 16));

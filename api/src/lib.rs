@@ -9,6 +9,7 @@
 //! | `POST /v1/cni/check` | [`CheckRequest`] | `{}` |
 //! | `GET /v1/status` | | [`Status`] |
 //! | `GET /v1/endpoints` | | [`EndpointView`] list |
+//! | `POST /v1/endpoints/{name}/config` | [`EndpointConfig`] | `{}` |
 //! | `GET /v1/bpf/ipcache` | | [`IpcacheEntry`] list |
 //! | `GET /v1/bpf/policy/{endpoint}` | | [`PolicyEntry`] list |
 //! | `GET /v1/bpf/ct` | | [`CtEntry`] list |

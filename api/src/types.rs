@@ -115,6 +115,18 @@ pub struct DelRequest {
     pub netns: Option<String>,
 }
 
+/// `POST /v1/endpoints/{name}/config`: an endpoint's options (standalone
+/// mode; in Kubernetes mode they come from the Pod). Absent fields keep
+/// their value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Policy audit mode: flows the endpoint's policy would drop are
+    /// reported (verdict `audit`) and let through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_audit_mode: Option<bool>,
+}
+
 /// `POST /v1/cni/check`: is the container's endpoint as created?
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckRequest {
@@ -143,6 +155,10 @@ pub struct EndpointView {
     pub enforced: bool,
     pub ingress_enforced: bool,
     pub egress_enforced: bool,
+    /// In policy audit mode in the datapath (the agent's
+    /// `--policy-audit-mode`, or the endpoint's own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub policy_audit_mode: bool,
 }
 
 /// One ipcache entry.

@@ -29,6 +29,57 @@ fn agent_error(e: axoneme_api::ClientError) -> CliError {
     CliError::Agent(e)
 }
 
+/// `endpoint config`: what the datapath now enforces for the endpoint.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointConfigured {
+    pub endpoint: String,
+    pub policy_audit_mode: bool,
+}
+
+impl Render for EndpointConfigured {
+    fn human(&self) -> String {
+        format!(
+            "endpoint {}: policy audit mode {} in the datapath\n",
+            self.endpoint,
+            if self.policy_audit_mode { "on" } else { "off" }
+        )
+    }
+}
+
+/// How often `endpoint config` looks whether the datapath has the change.
+const CONFIG_POLL: Duration = Duration::from_millis(20);
+
+/// Sends the endpoint's new options to the agent, then waits (within the
+/// command's deadline) until the agent's datapath view shows them.
+pub async fn configure_endpoint(
+    agent: &Agent,
+    args: &crate::args::EndpointConfigArgs,
+) -> Result<EndpointConfigured, CliError> {
+    let client = agent.client();
+    let cfg = axoneme_api::EndpointConfig {
+        policy_audit_mode: args.policy_audit_mode,
+    };
+    let path = format!("/v1/endpoints/{}/config", args.endpoint);
+    let _: serde_json::Value = client.post(&path, &cfg).await.map_err(agent_error)?;
+    let want = args.policy_audit_mode.unwrap_or_default();
+    loop {
+        let views: Vec<axoneme_api::EndpointView> =
+            client.get("/v1/endpoints").await.map_err(agent_error)?;
+        let done = views
+            .iter()
+            .find(|v| v.name == args.endpoint)
+            .is_some_and(|v| v.enforced && v.policy_audit_mode == want);
+        if done {
+            return Ok(EndpointConfigured {
+                endpoint: args.endpoint.clone(),
+                policy_audit_mode: want,
+            });
+        }
+        tokio::time::sleep(CONFIG_POLL).await;
+    }
+}
+
 pub async fn status(agent: &Agent) -> Result<Status, CliError> {
     agent.client().get("/v1/status").await.map_err(agent_error)
 }

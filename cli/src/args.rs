@@ -361,6 +361,20 @@ pub enum EndpointCommand {
     List(ListEndpointsArgs),
     /// Shows one endpoint.
     Get(GetEndpointArgs),
+    /// Changes an endpoint's options on this node (through the node
+    /// agent's API socket; standalone mode: in Kubernetes mode they come
+    /// from the Pod's annotations) and waits until the datapath has them.
+    Config(EndpointConfigArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EndpointConfigArgs {
+    /// The endpoint's name on this node (the container ID).
+    pub endpoint: String,
+    /// Policy audit mode: flows the endpoint's policy would drop are
+    /// reported (verdict `audit`) and let through.
+    #[arg(long, action = clap::ArgAction::Set, value_name = "true|false", required = true)]
+    pub policy_audit_mode: Option<bool>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -197,6 +197,7 @@ pub fn record_from_args(put: &PutArgs) -> Result<EndpointRecord, CliError> {
         pod_name: None,
         pod_uid: None,
         named_ports: Default::default(),
+        policy_audit_mode: false,
     };
     // The operator's own checks (e.g. no `reserved:` labels), before writing.
     record.label_set().map_err(CliError::InvalidLabelSet)?;

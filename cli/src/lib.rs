@@ -105,7 +105,9 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
         Ok(r) => r,
         Err(_) => {
             let peer = match &args.command {
-                Command::Bpf(_) | Command::Events(_) => {
+                Command::Bpf(_)
+                | Command::Events(_)
+                | Command::Endpoint(EndpointCommand::Config(_)) => {
                     format!("the agent at {}", args.agent_socket.display())
                 }
                 _ => format!("etcd at {}", args.kv.endpoints.join(",")),
@@ -153,6 +155,10 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
             let (node, id) = endpoint::parse_ref(&get.endpoint)?;
             let view = endpoint::get(&ctx().await?, node, id).await?;
             Report::new(&view, format, true)
+        }
+        Command::Endpoint(EndpointCommand::Config(c)) => {
+            let done = agent::configure_endpoint(&agent, c).await?;
+            Report::new(&done, format, true)
         }
         Command::Identity(IdentityCommand::List(list)) => {
             let views = identity::list(&ctx().await?, list.allocated_only).await?;

@@ -132,6 +132,7 @@ fn main() -> Result<()> {
                         pod_name: None,
                         pod_uid: None,
                         named_ports: Default::default(),
+                        policy_audit_mode: false,
                     };
                     Ok(TxnOp::put(
                         layout.endpoint(&node1, &id),

@@ -735,6 +735,7 @@ fn endpoints_and_identities(s: &Setup, layout: &Layout) -> Result<()> {
             pod_name: Some(name.to_string()),
             pod_uid: Some(uid),
             named_ports: Default::default(),
+            policy_audit_mode: false,
         };
         s.kv.put(&layout.endpoint(node, &format!("ep-{name}")), &record)?;
     }

@@ -45,6 +45,10 @@ pub struct EndpointRecord {
     /// policies' `toPorts` may name them (`port: http`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub named_ports: NamedPorts,
+    /// Policy audit mode: the endpoint's node reports the flows its policy
+    /// would drop (verdict `audit`) and lets them through.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub policy_audit_mode: bool,
 }
 
 /// A container port's protocol, as a Pod spec gives it (TCP when omitted).

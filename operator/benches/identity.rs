@@ -101,6 +101,7 @@ fn record(i: usize, tag: &str) -> (String, String, Vec<u8>) {
         pod_name: None,
         pod_uid: None,
         named_ports: Default::default(),
+        policy_audit_mode: false,
     };
     (node, id, serde_json::to_vec(&rec).expect("serializes"))
 }

@@ -35,6 +35,10 @@ pub struct EndpointState {
     /// Its containers' named ports (Kubernetes mode: from the Pod spec).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub named_ports: axoneme_identity::NamedPorts,
+    /// Policy audit mode asked for this endpoint (`axoneme endpoint
+    /// config`; Kubernetes mode: the Pod's annotation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub policy_audit_mode: bool,
 }
 
 impl EndpointState {
@@ -54,6 +58,7 @@ impl EndpointState {
             pod_name: self.pod_name.clone(),
             pod_uid: self.pod_uid.clone(),
             named_ports: self.named_ports.clone(),
+            policy_audit_mode: self.policy_audit_mode,
         }
     }
 

@@ -168,6 +168,7 @@ impl Collector for Sources {
                     let action = match k.verdict {
                         verdict::DENIED => "dropped",
                         verdict::REDIRECTED => "redirected",
+                        verdict::AUDIT => "audit",
                         _ => "forwarded",
                     };
                     counter(

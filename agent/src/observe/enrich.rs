@@ -111,6 +111,7 @@ impl Enricher {
                 axoneme_bpf_common::drop_reason::DROP_POLICY,
             ),
             (_, verdict::REDIRECTED) => (Verdict::Redirected, message_type::POLICY_VERDICT, 0),
+            (_, verdict::AUDIT) => (Verdict::Audit, message_type::POLICY_VERDICT, 0),
             _ => (Verdict::Forwarded, message_type::POLICY_VERDICT, 0),
         };
         let protocol = views::protocol_name(e.protocol);
@@ -312,6 +313,7 @@ mod tests {
             pod_name: pod.map(Into::into),
             pod_uid: None,
             named_ports: Default::default(),
+            policy_audit_mode: false,
         };
         let records = [
             rec(

@@ -22,6 +22,8 @@ pub struct LocalEndpoint {
     /// everything.
     pub identity: Option<NumericIdentity>,
     pub addresses: Vec<IpAddr>,
+    /// The endpoint asks for policy audit mode.
+    pub policy_audit_mode: bool,
 }
 
 /// What the datapath should enforce.
@@ -86,6 +88,7 @@ impl Desired {
                                     .iter()
                                     .filter_map(|a| a.parse().ok())
                                     .collect(),
+                                policy_audit_mode: record.policy_audit_mode,
                             });
                         }
                     }

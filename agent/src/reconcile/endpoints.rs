@@ -157,6 +157,7 @@ impl EndpointsUnit {
     pub fn sync(
         &mut self,
         local: &[LocalEndpoint],
+        audit_all: bool,
         attached: &Attachments,
         engine: &Engine,
         local_ids: &BTreeMap<NumericIdentity, usize>,
@@ -184,6 +185,9 @@ impl EndpointsUnit {
                 if p.direction(Direction::Egress).enforced {
                     flags |= endpoint_flags::EGRESS_ENFORCED;
                 }
+            }
+            if audit_all || ep.policy_audit_mode {
+                flags |= endpoint_flags::AUDIT;
             }
             let info = EndpointInfo::new(id.0, id.0, flags, &ep.addresses);
             let p = Programmed {

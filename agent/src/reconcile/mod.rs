@@ -175,6 +175,8 @@ pub struct Driver<W> {
     policy: policy::PolicyUnit,
     ipcache: ipcache::IpcacheUnit,
     endpoints: endpoints::EndpointsUnit,
+    /// Policy audit mode for every local endpoint (`--policy-audit-mode`).
+    audit_all: bool,
     health: BTreeMap<Unit, UnitHealth>,
     passes: u64,
 }
@@ -190,12 +192,20 @@ impl<W: MapWriter> Driver<W> {
             policy: policy::PolicyUnit::new(proxy_port),
             ipcache: ipcache::IpcacheUnit::default(),
             endpoints: endpoints::EndpointsUnit::default(),
+            audit_all: false,
             health: Unit::ALL
                 .into_iter()
                 .map(|u| (u, UnitHealth::default()))
                 .collect(),
             passes: 0,
         }
+    }
+
+    /// Puts every local endpoint in policy audit mode (or only those that
+    /// ask for it).
+    pub fn with_audit_mode(mut self, all: bool) -> Self {
+        self.audit_all = all;
+        self
     }
 
     pub fn writer(&self) -> &W {
@@ -288,6 +298,7 @@ impl<W: MapWriter> Driver<W> {
         } else if self.due(Unit::Endpoints, now) {
             let r = self.endpoints.sync(
                 &want.local,
+                self.audit_all,
                 &self.attach,
                 &self.engine,
                 &self.fed.local_ids,

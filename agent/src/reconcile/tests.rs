@@ -45,6 +45,7 @@ fn endpoint(name: &str, id: u32, ip: &str) -> LocalEndpoint {
         interface: format!("veth-{name}"),
         identity: Some(NumericIdentity(id)),
         addresses: vec![ip.parse().unwrap()],
+        policy_audit_mode: false,
     }
 }
 
@@ -120,6 +121,30 @@ fn an_endpoint_is_declared_after_it_is_attached_and_its_entries_are_written() {
         d.programmed().keys().collect::<Vec<_>>(),
         vec!["client", "web"]
     );
+}
+
+#[test]
+fn audit_mode_is_a_flag_of_the_endpoints_that_ask_or_of_all() {
+    use endpoint_flags::{AUDIT, INGRESS_ENFORCED};
+    let mut d = driver(fake());
+    let mut want = desired(true);
+    want.local[0].policy_audit_mode = true;
+    assert!(d.pass(&want, Instant::now()).ok());
+    let flags = |d: &Driver<FakeMaps>, i| d.writer().endpoints[&i].flags;
+    assert_eq!(flags(&d, WEB_IF), INGRESS_ENFORCED | AUDIT);
+    assert_eq!(flags(&d, CLIENT_IF), 0);
+    // Off again: only the flags change, no entry is rewritten.
+    want.local[0].policy_audit_mode = false;
+    d.writer_mut().take_log();
+    assert!(d.pass(&want, Instant::now()).ok());
+    assert_eq!(flags(&d, WEB_IF), INGRESS_ENFORCED);
+    let log = d.writer_mut().take_log();
+    assert!(pos(&log, policy_of(WEB)).is_none(), "{log:?}");
+    // The agent's --policy-audit-mode: every endpoint.
+    let mut d = driver(fake()).with_audit_mode(true);
+    assert!(d.pass(&desired(true), Instant::now()).ok());
+    assert_eq!(flags(&d, WEB_IF), INGRESS_ENFORCED | AUDIT);
+    assert_eq!(flags(&d, CLIENT_IF), AUDIT);
 }
 
 #[test]

@@ -147,7 +147,7 @@ impl MetricsKey {
 pub struct VerdictKey {
     /// [`direction`], seen from the endpoint.
     pub direction: u8,
-    /// [`verdict`]: allowed, denied, redirected.
+    /// [`verdict`]: allowed, denied, redirected, audit.
     pub verdict: u8,
     /// [`match_type`]: the kind of entry that decided.
     pub match_type: u8,
@@ -156,16 +156,16 @@ pub struct VerdictKey {
 impl VerdictKey {
     /// The key's slot in the `VERDICTS` array (below [`VERDICTS_ENTRIES`]).
     pub const fn index(&self) -> u32 {
-        ((self.direction as u32 & 1) << 5)
-            | ((self.verdict as u32 & 3) << 3)
+        ((self.direction as u32 & 1) << 6)
+            | ((self.verdict as u32 & 7) << 3)
             | (self.match_type as u32 & 7)
     }
 
     /// The key of slot `index` (the inverse of [`Self::index`]).
     pub const fn from_index(index: u32) -> Self {
         Self {
-            direction: ((index >> 5) & 1) as u8,
-            verdict: ((index >> 3) & 3) as u8,
+            direction: ((index >> 6) & 1) as u8,
+            verdict: ((index >> 3) & 7) as u8,
             match_type: (index & 7) as u8,
         }
     }

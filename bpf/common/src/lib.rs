@@ -52,6 +52,9 @@ pub mod endpoint_flags {
     pub const INGRESS_ENFORCED: u8 = 1;
     /// Traffic out of the endpoint that matches no entry is dropped (133).
     pub const EGRESS_ENFORCED: u8 = 2;
+    /// Policy audit mode: a new flow the policy would drop is reported
+    /// ([`super::verdict::AUDIT`]) and let through.
+    pub const AUDIT: u8 = 4;
 }
 
 /// Bits of [`CtValue::flags`].
@@ -72,6 +75,10 @@ pub mod ct_flags {
     /// replies go back up the stack too, where the translation is undone,
     /// never straight into a local client pod.
     pub const VIA_STACK: u8 = 8;
+    /// The flow was let in only by policy audit mode: once its endpoint
+    /// leaves audit mode, its packets are dropped (133) like any denied
+    /// flow's, established or not.
+    pub const AUDITED: u8 = 16;
 }
 
 /// Drop reasons, numerically identical to Cilium's `DROP_*` codes
@@ -151,6 +158,9 @@ pub mod verdict {
     pub const DENIED: u8 = 2;
     /// Allowed at L3/L4 and sent to the L7 proxy.
     pub const REDIRECTED: u8 = 3;
+    /// Denied by policy but let through: the endpoint is in policy audit
+    /// mode (Hubble's `AUDIT`).
+    pub const AUDIT: u8 = 4;
 }
 
 /// [`Event::match_type`] values: which kind of entry decided (Cilium's
@@ -245,7 +255,7 @@ pub const EVENTS_BYTES: u32 = 1024 * 1024;
 /// Slots of the `METRICS` array: every [`MetricsKey`] has one.
 pub const METRICS_ENTRIES: u32 = 1 << 10;
 /// Slots of the `VERDICTS` array: every [`VerdictKey`] has one.
-pub const VERDICTS_ENTRIES: u32 = 1 << 6;
+pub const VERDICTS_ENTRIES: u32 = 1 << 7;
 
 /// Capacity of the smoke-test program's deny map.
 pub const SMOKE_DENY_PORTS_MAX: u32 = 64;
@@ -487,7 +497,7 @@ const _: () = assert!(MetricsKey::drop(255, 1).index() < METRICS_ENTRIES);
 const _: () = assert!(
     VerdictKey {
         direction: 1,
-        verdict: 3,
+        verdict: 7,
         match_type: 7
     }
     .index()
@@ -645,7 +655,12 @@ mod tests {
     fn verdict_keys_have_distinct_slots_and_come_back_from_them() {
         let mut seen = [false; VERDICTS_ENTRIES as usize];
         for direction in [direction::INGRESS, direction::EGRESS] {
-            for verdict in [verdict::ALLOWED, verdict::DENIED, verdict::REDIRECTED] {
+            for verdict in [
+                verdict::ALLOWED,
+                verdict::DENIED,
+                verdict::REDIRECTED,
+                verdict::AUDIT,
+            ] {
                 for match_type in 0..=match_type::ALL {
                     let key = VerdictKey {
                         direction,

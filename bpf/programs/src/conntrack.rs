@@ -6,8 +6,9 @@
 //! fragments their flow's ports.
 
 use axoneme_bpf_common::{
-    ct_flags, drop_reason, family, CtKey, CtKey4, CtValue, FragKey, FragValue, CT_CLOSE_TIMEOUT_S,
-    CT_LIFETIME_NONTCP_S, CT_LIFETIME_TCP_S, CT_MAX, CT_SYN_TIMEOUT_S, FRAGS_MAX,
+    ct_flags, drop_reason, endpoint_flags, family, CtKey, CtKey4, CtValue, FragKey, FragValue,
+    CT_CLOSE_TIMEOUT_S, CT_LIFETIME_NONTCP_S, CT_LIFETIME_TCP_S, CT_MAX, CT_SYN_TIMEOUT_S,
+    FRAGS_MAX,
 };
 use aya_ebpf::{macros::map, maps::LruHashMap};
 
@@ -169,7 +170,7 @@ pub(crate) fn ct_insert<K: Tuple>(flow: &Flow, endpoint_id: u32, dir: u8, value:
 /// [`crate::policy::decide`] gives it: the proxy port for packets of a
 /// redirected flow in its original direction (unless they come from the
 /// proxy), [`VIA_STACK`] for answers to the proxy's upstream connections,
-/// [`PASS`] for the rest.
+/// [`AUDIT_ENDED`] for a flow to drop now, [`PASS`] for the rest.
 #[inline(always)]
 pub(crate) fn ct_update(at: &At, flow: &Flow, now: u64) -> Option<u32> {
     if flow.family == family::IPV4 {
@@ -184,6 +185,12 @@ pub(crate) fn ct_update(at: &At, flow: &Flow, now: u64) -> Option<u32> {
 
 /// What [`ct_update6`] returns for a packet of no tracked flow.
 const NOT_TRACKED: u32 = u32::MAX;
+/// What [`ct_update`] returns for a packet of a flow only audit mode let
+/// in ([`ct_flags::AUDITED`]) after its endpoint left audit mode: the
+/// packet is dropped as the policy says. The entry is left to expire, not
+/// refreshed, so both directions stay cut until then (a reply re-judged as
+/// a new flow of its own could otherwise reopen the flow).
+pub(crate) const AUDIT_ENDED: u32 = u32::MAX - 1;
 
 /// [`ct_update_in`] for IPv6, out of line. Returns a plain integer (the
 /// verdict, or [`NOT_TRACKED`]): an `Option` would be returned through
@@ -227,6 +234,9 @@ fn ct_update_in<K: Tuple>(at: &At, flow: &Flow, now: u64) -> Option<u32> {
     // are plain integers, racing writers at worst lose an update.
     unsafe {
         let mut flags = (*entry).flags;
+        if flags & ct_flags::AUDITED != 0 && at.ep.flags & endpoint_flags::AUDIT == 0 {
+            return Some(AUDIT_ENDED);
+        }
         if reply {
             flags |= ct_flags::SEEN_REPLY;
         }

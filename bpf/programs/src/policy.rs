@@ -6,9 +6,8 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use axoneme_bpf_common::{
-    ct_flags, direction, drop_reason, endpoint_flags, family, match_type, trace_point, verdict, CtKey,
-    CtKey4,
-    CtValue, PolicyKey, PolicyValue, POLICY_MAX,
+    ct_flags, direction, drop_reason, endpoint_flags, family, match_type, trace_point, verdict,
+    CtKey, CtKey4, CtValue, PolicyKey, PolicyValue, POLICY_MAX,
 };
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
@@ -16,7 +15,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, LpmTrie},
 };
 
-use crate::conntrack::{ct_insert, ct_update, fragment, lifetime, related};
+use crate::conntrack::{ct_insert, ct_update, fragment, lifetime, related, AUDIT_ENDED};
 use crate::endpoint::owns;
 use crate::events::{drop_event, drop_flow, trace_flow, verdict_event};
 use crate::ipcache::ids;
@@ -62,6 +61,10 @@ pub(crate) fn decide(at: &At, flow: &mut Flow) -> Result<u32, ()> {
             return Ok(PASS);
         }
     } else if let Some(tracked) = ct_update(at, flow, now) {
+        if tracked == AUDIT_ENDED {
+            drop_flow(at, flow, drop_reason::DROP_POLICY);
+            return Err(());
+        }
         return Ok(tracked);
     }
     let proxy_port = new_flow(at, flow)?;
@@ -98,7 +101,7 @@ fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
     } else {
         policy_lookup(ep.endpoint_id, peer, dir, flow.protocol, flow.policy_port)
     };
-    let (allowed, proxy_port, matched, reason) = match entry {
+    let (outcome, proxy_port, matched, reason) = match entry {
         Some(v) => {
             // SAFETY: `v` points into the trie's value, valid during the
             // run; the counters are only touched atomically.
@@ -108,24 +111,36 @@ fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
             }
             let v = unsafe { *v };
             if v.is_deny() {
-                (false, 0, v.match_type, drop_reason::DROP_POLICY_DENY)
+                (
+                    verdict::DENIED,
+                    0,
+                    v.match_type,
+                    drop_reason::DROP_POLICY_DENY,
+                )
+            } else if v.proxy_port != 0 {
+                (verdict::REDIRECTED, v.proxy_port, v.match_type, 0)
             } else {
-                (true, v.proxy_port, v.match_type, 0)
+                (verdict::ALLOWED, 0, v.match_type, 0)
             }
         }
-        None if enforced && !from_proxy => (false, 0, match_type::NONE, drop_reason::DROP_POLICY),
-        None => (true, 0, match_type::NONE, 0),
+        None if enforced && !from_proxy => (
+            verdict::DENIED,
+            0,
+            match_type::NONE,
+            drop_reason::DROP_POLICY,
+        ),
+        None => (verdict::ALLOWED, 0, match_type::NONE, 0),
     };
-    let outcome = if !allowed {
-        verdict::DENIED
-    } else if proxy_port != 0 {
-        verdict::REDIRECTED
+    // Audit mode reports what the policy would drop and lets it pass,
+    // remembering in conntrack that only audit let it in.
+    let outcome = if outcome == verdict::DENIED && ep.flags & endpoint_flags::AUDIT != 0 {
+        verdict::AUDIT
     } else {
-        verdict::ALLOWED
+        outcome
     };
     judged(at, outcome, matched);
     verdict_event(at, flow, src_id, dst_id, matched, outcome);
-    if !allowed {
+    if outcome == verdict::DENIED {
         drop_event(at, Some(flow), reason, src_id, dst_id);
         return Err(());
     }
@@ -139,6 +154,8 @@ fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
             proxy_port,
             flags: if from_proxy {
                 ct_flags::PROXY_UPSTREAM
+            } else if outcome == verdict::AUDIT {
+                at.ct_flags | ct_flags::AUDITED
             } else {
                 at.ct_flags
             },

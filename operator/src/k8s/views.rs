@@ -728,6 +728,7 @@ mod tests {
             pod_name: Some("web".into()),
             pod_uid: Some("uid-1".into()),
             named_ports: Default::default(),
+            policy_audit_mode: false,
         };
         let assignment = EndpointIdentity {
             identity: Some(NumericIdentity(300)),

@@ -114,6 +114,7 @@ impl Fixture {
             pod_name: None,
             pod_uid: None,
             named_ports: Default::default(),
+            policy_audit_mode: false,
         };
         Ok(self
             .kv
@@ -377,6 +378,7 @@ pub async fn storm(
                     pod_name: None,
                     pod_uid: None,
                     named_ports: Default::default(),
+                    policy_audit_mode: false,
                 };
                 kv.put(&layout.endpoint(&node, &id), serde_json::to_vec(&rec)?, 0)
                     .await?;
