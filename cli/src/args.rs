@@ -266,6 +266,10 @@ pub enum PolicyCommand {
     Get(PolicyRefArgs),
     /// Deletes a stored policy.
     Delete(PolicyRefArgs),
+    /// The verdict on one flow and exactly what decided it (the policy, the
+    /// rule and its peer or port, the deny rule, or the default deny and
+    /// why), offline against policy files, as the datapath would judge it.
+    Explain(Box<crate::explain::ExplainArgs>),
 }
 
 #[derive(Debug, Clone, clap::Args)]

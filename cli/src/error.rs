@@ -37,6 +37,9 @@ pub enum CliError {
         value: String,
         reason: String,
     },
+    /// A flag's value that cannot be used, naming the flag and why.
+    #[error("{0}")]
+    InvalidArgument(String),
     #[error("invalid endpoint {0:?}: want NODE/ENDPOINT")]
     EndpointRef(String),
     #[error("identity {0} not found")]
@@ -146,6 +149,7 @@ impl CliError {
             | CliError::EndpointRef(_)
             | CliError::Filter(_)
             | CliError::TooManyServices(_)
+            | CliError::InvalidArgument(_)
             | CliError::ReadFile { .. } => exit::INVALID_INPUT,
             CliError::Connect(_) | CliError::Deadline(..) => exit::UNAVAILABLE,
             CliError::Hubble { invalid: true, .. } => exit::INVALID_INPUT,

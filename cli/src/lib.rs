@@ -11,6 +11,7 @@ pub mod agent;
 pub mod args;
 pub mod endpoint;
 pub mod error;
+pub mod explain;
 pub mod identity;
 pub mod observe;
 pub mod output;
@@ -181,6 +182,9 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
             let stored = policy::import(&ctx().await?, &i.files, i.wait).await?;
             let ok = stored.ok();
             Report::new(&stored, format, ok)
+        }
+        Command::Policy(PolicyCommand::Explain(e)) => {
+            Report::new(&explain::explain(e)?, format, true)
         }
         Command::Policy(PolicyCommand::List) => {
             let list = policy::list(&ctx().await?).await?;

@@ -213,7 +213,7 @@ impl Render for StoredPolicy {
     }
 }
 
-fn read(path: &PathBuf) -> Result<String, CliError> {
+pub(crate) fn read(path: &PathBuf) -> Result<String, CliError> {
     let name = path.display().to_string();
     let mut s = String::new();
     if name == "-" {

@@ -11,7 +11,6 @@ pub mod engine;
 pub mod entity;
 pub mod l7;
 pub mod netpol;
-#[cfg(any(test, feature = "oracle"))]
 pub mod oracle;
 pub mod ports;
 #[cfg(test)]

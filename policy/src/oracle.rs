@@ -1,8 +1,10 @@
 //! The reference oracle: a plainly written evaluator of what policies say
-//! about one flow, used only by tests (feature `oracle`). It shares nothing
-//! with `compile` but the parsed API types and the entity names: it walks
-//! every rule for every flow, the slow and obvious way, so that the compiled
-//! map entries can be checked against it.
+//! about one flow. It shares nothing with `compile` but the parsed API
+//! types and the entity names: it walks every rule for every flow, the slow
+//! and obvious way, so that the compiled map entries can be checked against
+//! it (the differential tests, down to the datapath's own verdicts). Walking
+//! the rules, it also says which ones decided ([`Explanation`]): that is
+//! `axoneme policy explain`.
 
 use axoneme_identity::{LabelSet, NumericIdentity, Source};
 
@@ -118,81 +120,112 @@ fn entity_has(entity: &str, peer: NumericIdentity, known: bool) -> bool {
     }
 }
 
-fn peer_matches(
+/// Which part of a section's peers a flow's peer matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerHit {
+    /// The section names no peer: every peer.
+    Any,
+    Endpoints(usize),
+    Entities(usize),
+    Cidr(usize),
+    CidrSet(usize),
+}
+
+impl PeerHit {
+    /// The field path of the hit inside its section (`fromEndpoints[0]`;
+    /// none for [`PeerHit::Any`]).
+    fn path(self, section: &str, dir: Direction) -> Option<String> {
+        let side = if dir == Direction::Ingress {
+            "from"
+        } else {
+            "to"
+        };
+        let field = match self {
+            PeerHit::Any => return None,
+            PeerHit::Endpoints(i) => format!("Endpoints[{i}]"),
+            PeerHit::Entities(i) => format!("Entities[{i}]"),
+            PeerHit::Cidr(i) => format!("CIDR[{i}]"),
+            PeerHit::CidrSet(i) => format!("CIDRSet[{i}]"),
+        };
+        Some(format!("{section}.{side}{field}"))
+    }
+}
+
+fn peer_match(
     f: &PeerSection<'_>,
     ns: Option<&str>,
     peer: NumericIdentity,
     ids: &Identities,
-) -> bool {
+) -> Option<PeerHit> {
     let labels = ids.get(peer);
-    if f.endpoints.is_empty()
-        && f.cidrs.is_empty()
-        && f.cidr_sets.is_empty()
-        && f.entities.is_empty()
-    {
-        return true;
+    if f.has_no_peers() {
+        return Some(PeerHit::Any);
     }
     if let Some(labels) = labels {
         let reserved = peer.0 < 256;
-        for sel in f.endpoints {
+        for (i, sel) in f.endpoints.iter().enumerate() {
             let kind_ok = if names_reserved(sel) {
                 reserved || is_cidr_identity(peer)
             } else {
                 !reserved && !is_cidr_identity(peer)
             };
             if kind_ok && selector_matches(sel, ns, labels) {
-                return true;
+                return Some(PeerHit::Endpoints(i));
             }
         }
     }
-    if f.entities
+    if let Some(i) = f
+        .entities
         .iter()
-        .any(|e| entity_has(e, peer, labels.is_some()))
+        .position(|e| entity_has(e, peer, labels.is_some()))
     {
-        return true;
+        return Some(PeerHit::Entities(i));
     }
     // A /0 covers the world identities of its family.
-    let zero = f
+    let zero_covers = |c: &str| {
+        crate::validate::parse_cidr(c).is_ok_and(|n| {
+            let family = if n.addr().is_ipv4() { 9 } else { 10 };
+            n.prefix_len() == 0 && (peer.0 == 2 || peer.0 == family)
+        })
+    };
+    if let Some(i) = f.cidrs.iter().position(|c| zero_covers(c)) {
+        return Some(PeerHit::Cidr(i));
+    }
+    if let Some(i) = f
+        .cidr_sets
+        .iter()
+        .position(|s| s.cidr.as_deref().is_some_and(zero_covers))
+    {
+        return Some(PeerHit::CidrSet(i));
+    }
+    let p = labels
+        .filter(|_| is_cidr_identity(peer))
+        .and_then(peer_prefix)?;
+    if let Some(i) = f
         .cidrs
         .iter()
-        .map(String::as_str)
-        .chain(f.cidr_sets.iter().filter_map(|s| s.cidr.as_deref()))
-        .filter_map(|c| crate::validate::parse_cidr(c).ok())
-        .filter(|n| n.prefix_len() == 0);
-    for n in zero {
-        let family = if n.addr().is_ipv4() { 9 } else { 10 };
-        if peer.0 == 2 || peer.0 == family {
-            return true;
-        }
-    }
-    if let Some(p) = labels
-        .filter(|_| is_cidr_identity(peer))
-        .and_then(peer_prefix)
+        .position(|c| crate::validate::parse_cidr(c).is_ok_and(|n| n.contains(&p)))
     {
-        for c in f.cidrs {
-            if crate::validate::parse_cidr(c).is_ok_and(|n| n.contains(&p)) {
-                return true;
-            }
-        }
-        for s in f.cidr_sets {
+        return Some(PeerHit::Cidr(i));
+    }
+    f.cidr_sets
+        .iter()
+        .position(|s| {
             let Some(n) = s
                 .cidr
                 .as_deref()
                 .and_then(|c| crate::validate::parse_cidr(c).ok())
             else {
-                continue;
+                return false;
             };
             let excepted = s
                 .except
                 .iter()
                 .filter_map(|e| crate::validate::parse_cidr(e).ok())
                 .any(|e| e.contains(&p));
-            if n.contains(&p) && !excepted {
-                return true;
-            }
-        }
-    }
-    false
+            n.contains(&p) && !excepted
+        })
+        .map(PeerHit::CidrSet)
 }
 
 /// Whether a `ports[]` entry covers the flow; a port name matches the
@@ -225,13 +258,74 @@ fn port_matches(pp: &PortProtocol, protocol: u8, port: u16, names: &PortNames) -
     proto_ok && port >= first && port <= last.max(first)
 }
 
-fn icmp_matches(icmps: &[IcmpRule], protocol: u8, port: u16) -> bool {
-    icmps.iter().flat_map(|r| &r.fields).any(|f| {
-        match crate::validate::icmp_type(f.family.as_deref(), &f.icmp_type.0) {
-            Ok((v6, t)) => protocol == if v6 { 58 } else { 1 } && port == u16::from(t),
-            Err(_) => false,
-        }
+/// The path (`icmps[0].fields[1]`) of the first ICMP field the flow matches.
+fn icmp_match(icmps: &[IcmpRule], protocol: u8, port: u16) -> Option<String> {
+    icmps.iter().enumerate().find_map(|(i, r)| {
+        r.fields.iter().enumerate().find_map(|(j, f)| {
+            match crate::validate::icmp_type(f.family.as_deref(), &f.icmp_type.0) {
+                Ok((v6, t)) if protocol == if v6 { 58 } else { 1 } && port == u16::from(t) => {
+                    Some(format!(".icmps[{i}].fields[{j}]"))
+                }
+                _ => None,
+            }
+        })
     })
+}
+
+/// Where in the policies a decision came from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Attribution {
+    /// `Kind namespace/name` (`Kind name` when cluster-wide).
+    pub policy: String,
+    /// The field path of the deciding part, e.g.
+    /// `spec.ingress[0].toPorts[0].ports[0]`.
+    pub path: String,
+    /// The field path of the peer selector that matched, e.g.
+    /// `spec.ingress[0].fromEndpoints[0]` (none: the section names no
+    /// peer, so it means every peer; or a rule, not a section).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+impl std::fmt::Display for Attribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.policy, self.path)?;
+        match &self.peer {
+            Some(peer) => write!(f, " (peer {peer})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A policy's name as `explain` gives it.
+pub fn policy_name(p: &Policy) -> String {
+    match &p.namespace {
+        Some(ns) if p.kind != crate::PolicyKind::CiliumClusterwideNetworkPolicy => {
+            format!("{} {ns}/{}", p.kind.as_str(), p.name)
+        }
+        _ => format!("{} {}", p.kind.as_str(), p.name),
+    }
+}
+
+/// What one direction's policy says about a flow, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub verdict: OracleVerdict,
+    /// The direction is enforced (default deny) ...
+    pub enforced: bool,
+    /// ... because these rules select the subject and have rules in it
+    /// (empty with enforcement mode `always`).
+    pub selected_by: Vec<Attribution>,
+    /// Deny rules that match the flow (any one denies).
+    pub denied_by: Vec<Attribution>,
+    /// Rules that allow it outright (L3/L4).
+    pub allowed_by: Vec<Attribution>,
+    /// Rules that allow it only for requests matching their HTTP rules,
+    /// each rule with where it comes from.
+    pub http: Vec<(HttpRule, Attribution)>,
+    /// Requirements (`fromRequires`/`toRequires`) the peer does not meet:
+    /// no allow rule of the direction applies.
+    pub unmet_requires: Vec<Attribution>,
 }
 
 /// What `subject`'s policy in `dir` says about a flow with `peer`.
@@ -249,14 +343,53 @@ pub fn direction_verdict(
     port: u16,
     mode: EnforcementMode,
 ) -> OracleVerdict {
+    direction_explain(
+        policies,
+        ids,
+        subject,
+        subject_ports,
+        dir,
+        peer,
+        protocol,
+        port,
+        mode,
+    )
+    .verdict
+}
+
+/// [`direction_verdict`] with the rules that decided.
+#[allow(clippy::too_many_arguments)]
+pub fn direction_explain(
+    policies: &[Policy],
+    ids: &Identities,
+    subject: &LabelSet,
+    subject_ports: &PortNames,
+    dir: Direction,
+    peer: NumericIdentity,
+    protocol: u8,
+    port: u16,
+    mode: EnforcementMode,
+) -> Explanation {
+    let mut out = Explanation {
+        verdict: OracleVerdict::Allow,
+        enforced: mode == EnforcementMode::Always,
+        selected_by: Vec::new(),
+        denied_by: Vec::new(),
+        allowed_by: Vec::new(),
+        http: Vec::new(),
+        unmet_requires: Vec::new(),
+    };
     if mode == EnforcementMode::Never {
-        return OracleVerdict::Allow;
+        out.enforced = false;
+        return out;
     }
-    let mut enforced = mode == EnforcementMode::Always;
-    let mut requires: Vec<(&EndpointSelector, Option<&str>)> = Vec::new();
-    let mut denied = false;
-    let mut allow_all = false;
-    let mut l7: Vec<HttpRule> = Vec::new();
+    let egress = dir == Direction::Egress;
+    let (allow_field, deny_field, ports_field) = if egress {
+        ("egress", "egressDeny", "toPorts")
+    } else {
+        ("ingress", "ingressDeny", "toPorts")
+    };
+    let mut requires: Vec<(&EndpointSelector, Option<&str>, Attribution)> = Vec::new();
     let mut allow_checks = Vec::new();
     // Whose named ports the rules name: the destination's.
     let names = match dir {
@@ -265,7 +398,13 @@ pub fn direction_verdict(
     };
     for p in policies {
         let ns = p.namespace.as_deref();
-        for (_, rule) in &p.rules {
+        let name = policy_name(p);
+        let at = |path: String| Attribution {
+            policy: name.clone(),
+            path,
+            peer: None,
+        };
+        for (rule_path, rule) in &p.rules {
             let Some(sel) = &rule.endpoint_selector else {
                 continue;
             };
@@ -276,84 +415,113 @@ pub fn direction_verdict(
                 Direction::Ingress => d.ingress,
                 Direction::Egress => d.egress,
             });
-            let egress = dir == Direction::Egress;
             let (allows, denies) = (rule.allow_sections(egress), rule.deny_sections(egress));
             if (!allows.is_empty() || !denies.is_empty()) && dd != Some(false) {
-                enforced = true;
+                out.enforced = true;
+                out.selected_by.push(at(rule_path.clone()));
             }
-            for d in denies {
-                let ports: Vec<&PortProtocol> =
-                    d.deny_ports.iter().flat_map(|t| &t.ports).collect();
-                let l4 = (ports.is_empty() && d.icmps.is_empty() && !d.has_no_peers())
-                    || ports
+            for (i, d) in denies.iter().enumerate() {
+                let section = format!("{rule_path}.{deny_field}[{i}]");
+                let Some(hit) = peer_match(d, ns, peer, ids) else {
+                    continue;
+                };
+                let port_hit = d.deny_ports.iter().enumerate().find_map(|(j, t)| {
+                    t.ports
                         .iter()
-                        .any(|pp| port_matches(pp, protocol, port, names))
-                    || icmp_matches(d.icmps, protocol, port);
-                if l4 && peer_matches(&d, ns, peer, ids) {
-                    denied = true;
+                        .position(|pp| port_matches(pp, protocol, port, names))
+                        .map(|k| format!(".{ports_field}[{j}].ports[{k}]"))
+                });
+                let no_ports = d.deny_ports.iter().all(|t| t.ports.is_empty());
+                let l4 = if no_ports && d.icmps.is_empty() && !d.has_no_peers() {
+                    Some(String::new())
+                } else {
+                    port_hit.or_else(|| icmp_match(d.icmps, protocol, port))
+                };
+                if let Some(l4) = l4 {
+                    out.denied_by.push(Attribution {
+                        peer: hit.path(&section, dir),
+                        ..at(format!("{section}{l4}"))
+                    });
                 }
             }
-            for a in allows {
-                requires.extend(a.requires.iter().map(|r| (r, ns)));
-                allow_checks.push((a, ns));
+            for (i, a) in allows.into_iter().enumerate() {
+                let section = format!("{rule_path}.{allow_field}[{i}]");
+                let side = if egress { "toRequires" } else { "fromRequires" };
+                requires.extend(
+                    a.requires
+                        .iter()
+                        .enumerate()
+                        .map(|(j, r)| (r, ns, at(format!("{section}.{side}[{j}]")))),
+                );
+                allow_checks.push((a, ns, at(section)));
             }
         }
     }
-    if denied {
-        return OracleVerdict::Deny(181);
+    if !out.denied_by.is_empty() {
+        out.verdict = OracleVerdict::Deny(181);
+        return out;
     }
-    let meets_requires = requires.is_empty()
-        || ids
-            .get(peer)
-            .is_some_and(|l| requires.iter().all(|(r, ns)| selector_matches(r, *ns, l)));
-    if meets_requires {
-        for (a, ns) in allow_checks {
-            let (to_ports, icmps) = (a.to_ports, a.icmps);
-            if !peer_matches(&a, ns, peer, ids) {
+    let peer_labels = ids.get(peer);
+    out.unmet_requires = requires
+        .into_iter()
+        .filter(|(r, ns, _)| !peer_labels.is_some_and(|l| selector_matches(r, *ns, l)))
+        .map(|(_, _, at)| at)
+        .collect();
+    if out.unmet_requires.is_empty() {
+        for (a, ns, section) in allow_checks {
+            let Some(hit) = peer_match(&a, ns, peer, ids) else {
                 continue;
-            }
-            let no_peers = a.has_no_peers();
+            };
+            let here = |rest: String| Attribution {
+                policy: section.policy.clone(),
+                path: format!("{}{rest}", section.path),
+                peer: hit.path(&section.path, dir),
+            };
             // `ingress: [{}]`: no peers and no ports allows nothing.
-            if to_ports.is_empty() && icmps.is_empty() && !no_peers {
-                allow_all = true;
+            if a.to_ports.is_empty() && a.icmps.is_empty() && !a.has_no_peers() {
+                out.allowed_by.push(here(String::new()));
             }
-            for pr in to_ports {
-                if pr
+            for (j, pr) in a.to_ports.iter().enumerate() {
+                let Some(k) = pr
                     .ports
                     .iter()
-                    .any(|pp| port_matches(pp, protocol, port, names))
-                {
-                    match pr.rules.as_ref().map(|r| &r.http).filter(|h| !h.is_empty()) {
-                        Some(http) => {
-                            for h in http {
-                                if !l7.contains(h) {
-                                    l7.push(h.clone());
-                                }
+                    .position(|pp| port_matches(pp, protocol, port, names))
+                else {
+                    continue;
+                };
+                let ports = format!(".{ports_field}[{j}].ports[{k}]");
+                match pr.rules.as_ref().map(|r| &r.http).filter(|h| !h.is_empty()) {
+                    Some(http) => {
+                        for (h_i, h) in http.iter().enumerate() {
+                            let at = here(format!(".{ports_field}[{j}].rules.http[{h_i}]"));
+                            if !out.http.iter().any(|(r, _)| r == h) {
+                                out.http.push((h.clone(), at));
                             }
                         }
-                        None => allow_all = true,
                     }
+                    None => out.allowed_by.push(here(ports)),
                 }
             }
-            if icmp_matches(icmps, protocol, port) {
-                allow_all = true;
+            if let Some(icmp) = icmp_match(a.icmps, protocol, port) {
+                out.allowed_by.push(here(icmp));
             }
         }
     }
-    if allow_all {
+    out.verdict = if !out.allowed_by.is_empty() {
         OracleVerdict::Allow
-    } else if !l7.is_empty() {
-        OracleVerdict::Redirect(l7)
-    } else if enforced {
+    } else if !out.http.is_empty() {
+        OracleVerdict::Redirect(out.http.iter().map(|(r, _)| r.clone()).collect())
+    } else if out.enforced {
         OracleVerdict::Deny(133)
     } else {
         OracleVerdict::Allow
-    }
+    };
+    out
 }
 
-/// Whether an HTTP request passes one of `rules` (full-match regexes;
-/// required headers present; header matches equal).
-pub fn http_allows(rules: &[HttpRule], req: &Request<'_>) -> bool {
+/// Whether an HTTP request passes `r` (full-match regexes; required
+/// headers present; header matches equal).
+fn http_rule_matches(r: &HttpRule, req: &Request<'_>) -> bool {
     let full = |re: &Option<String>, v: &str| match re {
         None => true,
         Some(re) => regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(v)),
@@ -364,18 +532,33 @@ pub fn http_allows(rules: &[HttpRule], req: &Request<'_>) -> bool {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| *v)
     };
-    rules.iter().any(|r| {
-        full(&r.method, req.method)
-            && full(&r.path, req.path)
-            && full(&r.host, req.host)
-            && r.headers.iter().all(|h| match h.split_once(':') {
-                Some((n, v)) => header(n.trim()) == Some(v.trim()),
-                None => header(h.trim()).is_some(),
-            })
-            && r.header_matches
-                .iter()
-                .all(|m| header(&m.name) == Some(m.value.as_deref().unwrap_or("")))
-    })
+    full(&r.method, req.method)
+        && full(&r.path, req.path)
+        && full(&r.host, req.host)
+        && r.headers.iter().all(|h| match h.split_once(':') {
+            Some((n, v)) => header(n.trim()) == Some(v.trim()),
+            None => header(h.trim()).is_some(),
+        })
+        && r.header_matches
+            .iter()
+            .all(|m| header(&m.name) == Some(m.value.as_deref().unwrap_or("")))
+}
+
+/// Whether an HTTP request passes one of `rules`.
+pub fn http_allows(rules: &[HttpRule], req: &Request<'_>) -> bool {
+    rules.iter().any(|r| http_rule_matches(r, req))
+}
+
+/// A whole flow's verdict and why: the source's egress and the
+/// destination's ingress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowExplanation {
+    pub verdict: OracleVerdict,
+    pub egress: Explanation,
+    pub ingress: Explanation,
+    /// With a request, for each direction that has HTTP rules for the
+    /// flow: the rule the request matched, or `None` (then it is denied).
+    pub http: Vec<(Direction, Option<Attribution>)>,
 }
 
 /// The whole flow: egress at the source and ingress at the destination must
@@ -392,7 +575,32 @@ pub fn verdict(
     request: Option<&Request<'_>>,
     mode: EnforcementMode,
 ) -> OracleVerdict {
-    let egress = direction_verdict(
+    explain(
+        policies,
+        ids,
+        source,
+        destination,
+        protocol,
+        port,
+        request,
+        mode,
+    )
+    .verdict
+}
+
+/// [`verdict`] with the rules that decided.
+#[allow(clippy::too_many_arguments)]
+pub fn explain(
+    policies: &[Policy],
+    ids: &Identities,
+    source: (NumericIdentity, &LabelSet),
+    destination: (NumericIdentity, &LabelSet),
+    protocol: u8,
+    port: u16,
+    request: Option<&Request<'_>>,
+    mode: EnforcementMode,
+) -> FlowExplanation {
+    let egress = direction_explain(
         policies,
         ids,
         source.1,
@@ -403,7 +611,7 @@ pub fn verdict(
         port,
         mode,
     );
-    let ingress = direction_verdict(
+    let ingress = direction_explain(
         policies,
         ids,
         destination.1,
@@ -414,25 +622,48 @@ pub fn verdict(
         port,
         mode,
     );
-    for v in [&egress, &ingress] {
-        if let OracleVerdict::Deny(r) = v {
-            return OracleVerdict::Deny(*r);
-        }
+    let mut out = FlowExplanation {
+        verdict: OracleVerdict::Allow,
+        egress,
+        ingress,
+        http: Vec::new(),
+    };
+    let denial = [&out.egress, &out.ingress]
+        .into_iter()
+        .find_map(|e| match e.verdict {
+            OracleVerdict::Deny(r) => Some(r),
+            _ => None,
+        });
+    if let Some(r) = denial {
+        out.verdict = OracleVerdict::Deny(r);
+        return out;
     }
     let mut rules = Vec::new();
-    for v in [egress, ingress] {
-        if let OracleVerdict::Redirect(r) = v {
-            if let Some(req) = request {
-                if !http_allows(&r, req) {
-                    return OracleVerdict::Deny(133);
-                }
-            }
-            rules.extend(r);
+    let mut denied = false;
+    for (dir, e) in [
+        (Direction::Egress, &out.egress),
+        (Direction::Ingress, &out.ingress),
+    ] {
+        let OracleVerdict::Redirect(r) = &e.verdict else {
+            continue;
+        };
+        if let Some(req) = request {
+            let hit = e
+                .http
+                .iter()
+                .find(|(rule, _)| http_rule_matches(rule, req))
+                .map(|(_, at)| at.clone());
+            denied |= hit.is_none();
+            out.http.push((dir, hit));
         }
+        rules.extend(r.iter().cloned());
     }
-    if rules.is_empty() || request.is_some() {
+    out.verdict = if denied {
+        OracleVerdict::Deny(133)
+    } else if rules.is_empty() || request.is_some() {
         OracleVerdict::Allow
     } else {
         OracleVerdict::Redirect(rules)
-    }
+    };
+    out
 }
