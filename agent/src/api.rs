@@ -49,6 +49,8 @@ pub struct ApiState {
     pub pods: Option<crate::k8s::Pods>,
     /// What the services unit programmed (disabled: the default view).
     pub services: watch::Receiver<Arc<crate::services::Programmed>>,
+    /// The agent's `--enforcement` mode (`policy explain` judges with it).
+    pub enforcement: axoneme_policy::EnforcementMode,
 }
 
 type Ctx = ApiState;
@@ -159,6 +161,21 @@ async fn configure_endpoint(
     Ok(Json(serde_json::json!({})))
 }
 
+async fn explain(
+    State(ctx): State<Arc<Ctx>>,
+    req: Result<Json<axoneme_api::ExplainRequest>, JsonRejection>,
+) -> Result<Json<axoneme_policy::explain::ExplainReport>, Failure> {
+    let req = body(req)?;
+    let view = ctx.datapath.borrow().clone();
+    let (state, mode) = (ctx.state.clone(), ctx.enforcement);
+    Ok(Json(
+        read_maps(&ctx.maps, move |maps| {
+            crate::explain::explain(&req, &view, &state, mode, maps)
+        })
+        .await?,
+    ))
+}
+
 async fn ipcache(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<IpcacheEntry>>, Failure> {
     Ok(Json(read_maps(&ctx.maps, views::ipcache).await?))
 }
@@ -208,6 +225,7 @@ pub async fn serve(
         .route("/v1/status", get(status))
         .route("/v1/endpoints", get(list_endpoints))
         .route("/v1/endpoints/{endpoint}/config", post(configure_endpoint))
+        .route("/v1/policy/explain", post(explain))
         .route("/v1/bpf/ipcache", get(ipcache))
         .route("/v1/bpf/policy/{endpoint}", get(policy))
         .route("/v1/bpf/ct", get(ct))

@@ -6,6 +6,7 @@ pub mod config;
 pub mod datapath;
 pub mod endpoints;
 pub mod events;
+pub mod explain;
 pub mod ipam;
 pub mod k8s;
 pub mod kvhealth;

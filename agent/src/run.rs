@@ -569,6 +569,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 events: recent,
                 pods,
                 services: services_rx,
+                enforcement: cfg.datapath.enforcement,
             },
             cancel.clone(),
         ),

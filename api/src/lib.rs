@@ -10,6 +10,7 @@
 //! | `GET /v1/status` | | [`Status`] |
 //! | `GET /v1/endpoints` | | [`EndpointView`] list |
 //! | `POST /v1/endpoints/{name}/config` | [`EndpointConfig`] | `{}` |
+//! | `POST /v1/policy/explain` | [`ExplainRequest`] | `axoneme_policy::explain::ExplainReport` |
 //! | `GET /v1/bpf/ipcache` | | [`IpcacheEntry`] list |
 //! | `GET /v1/bpf/policy/{endpoint}` | | [`PolicyEntry`] list |
 //! | `GET /v1/bpf/ct` | | [`CtEntry`] list |

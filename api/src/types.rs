@@ -127,6 +127,31 @@ pub struct EndpointConfig {
     pub policy_audit_mode: Option<bool>,
 }
 
+/// `POST /v1/policy/explain`: a flow to explain with what the agent
+/// enforces. The answer is an `axoneme_policy::explain::ExplainReport`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// The source: an endpoint (`NODE/NAME`, or `NAME` on this node) or
+    /// an address.
+    pub from: String,
+    /// The destination, likewise.
+    pub to: String,
+    /// TCP, UDP, SCTP, ICMP or ICMPv6.
+    pub protocol: String,
+    /// The destination port (ICMP: the type).
+    pub port: u16,
+    /// An HTTP request to judge against the HTTP rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
 /// `POST /v1/cni/check`: is the container's endpoint as created?
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckRequest {

@@ -80,6 +80,18 @@ pub async fn configure_endpoint(
     }
 }
 
+/// `policy explain` live: the agent's answer.
+pub async fn explain(
+    agent: &Agent,
+    request: &axoneme_api::ExplainRequest,
+) -> Result<axoneme_policy::explain::ExplainReport, CliError> {
+    agent
+        .client()
+        .post("/v1/policy/explain", request)
+        .await
+        .map_err(agent_error)
+}
+
 pub async fn status(agent: &Agent) -> Result<Status, CliError> {
     agent.client().get("/v1/status").await.map_err(agent_error)
 }

@@ -11,11 +11,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use axoneme_identity::{LabelSet, NumericIdentity, ReservedIdentity, Source};
-use axoneme_policy::compile::{add_cidr_identities, cidr_identities, Direction, EnforcementMode};
-use axoneme_policy::oracle::{self, Attribution, Explanation, OracleVerdict};
+use axoneme_policy::compile::{add_cidr_identities, cidr_identities, EnforcementMode};
+use axoneme_policy::explain::{self, ExplainReport};
+use axoneme_policy::oracle;
 use axoneme_policy::selector::Identities;
 use axoneme_policy::{parse_manifest, Document, Policy};
-use serde::Serialize;
 
 use crate::error::CliError;
 use crate::output::Render;
@@ -29,18 +29,21 @@ const DESTINATION_ID: NumericIdentity = NumericIdentity(257);
 pub struct ExplainArgs {
     /// Policy files (multi-document YAML or JSON, `-` for standard input);
     /// every policy in them applies. Objects of other kinds are skipped.
-    #[arg(short = 'f', long = "file", value_name = "FILE", required = true, num_args = 1..)]
+    /// Without files, the flow is explained live by the node's agent (see
+    /// --from-endpoint).
+    #[arg(short = 'f', long = "file", value_name = "FILE", num_args = 1..)]
     pub files: Vec<PathBuf>,
     /// The source's labels, `[source:]key=value` separated by commas
     /// (`app=checkout,team=shop`); `reserved:host`, `reserved:world`, ...
     /// for a reserved identity.
-    #[arg(
-        long,
-        value_name = "LABELS",
-        required_unless_present = "from_ip",
-        conflicts_with = "from_ip"
-    )]
+    #[arg(long, value_name = "LABELS", conflicts_with_all = ["from_ip", "from_endpoint"])]
     pub from: Option<String>,
+    /// Live (no --file): the source endpoint, `NODE/NAME` or this node's
+    /// `NAME`, judged by this node's agent with the identities and
+    /// policies it enforces, and checked against its datapath's policy map
+    /// for its own endpoints.
+    #[arg(long, value_name = "ENDPOINT", conflicts_with = "from_ip")]
+    pub from_endpoint: Option<String>,
     /// The source's namespace (its `io.kubernetes.pod.namespace` label).
     #[arg(long, default_value = "default")]
     pub from_namespace: String,
@@ -49,13 +52,11 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "IP")]
     pub from_ip: Option<IpAddr>,
     /// The destination's labels (as --from).
-    #[arg(
-        long,
-        value_name = "LABELS",
-        required_unless_present = "to_ip",
-        conflicts_with = "to_ip"
-    )]
+    #[arg(long, value_name = "LABELS", conflicts_with_all = ["to_ip", "to_endpoint"])]
     pub to: Option<String>,
+    /// Live: the destination endpoint (as --from-endpoint).
+    #[arg(long, value_name = "ENDPOINT", conflicts_with = "to_ip")]
+    pub to_endpoint: Option<String>,
     #[arg(long, default_value = "default")]
     pub to_namespace: String,
     #[arg(long, value_name = "IP")]
@@ -78,64 +79,10 @@ pub struct ExplainArgs {
     /// A request header `Name: value`; repeatable.
     #[arg(long = "header", value_name = "HEADER", requires = "method")]
     pub headers: Vec<String>,
-    /// Policy enforcement mode: default, always or never.
+    /// Policy enforcement mode: default, always or never (offline; live
+    /// mode uses the agent's).
     #[arg(long, default_value = "default")]
     pub enforcement: String,
-}
-
-/// One direction's part of the explanation.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DirectionReport {
-    /// `allowed`, `denied` or `http` (allowed for requests its HTTP rules
-    /// accept).
-    pub verdict: &'static str,
-    pub enforced: bool,
-    /// What decided, in words.
-    pub reason: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub selected_by: Vec<Attribution>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub denied_by: Vec<Attribution>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub allowed_by: Vec<Attribution>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub http_rules: Vec<Attribution>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unmet_requires: Vec<Attribution>,
-}
-
-/// The HTTP rules' word on the request, per direction that has them.
-#[derive(Debug, Clone, Serialize)]
-pub struct HttpReport {
-    pub direction: &'static str,
-    /// The rule the request matched; none: it is denied (403).
-    pub matched: Option<Attribution>,
-}
-
-/// `policy explain`'s answer.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExplainReport {
-    /// `allowed`, `denied`, or `redirected` (to the L7 proxy: no request
-    /// was given to judge).
-    pub verdict: &'static str,
-    /// Cilium's drop reason when denied at L3/L4 (133 no rule allows, 181
-    /// a deny rule).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub drop_reason: Option<u8>,
-    /// 403 when the L7 proxy refuses the request.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<u16>,
-    pub source: String,
-    pub destination: String,
-    pub flow: String,
-    /// At the source, its egress policy.
-    pub egress: DirectionReport,
-    /// At the destination, its ingress policy.
-    pub ingress: DirectionReport,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub http: Vec<HttpReport>,
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> CliError {
@@ -181,35 +128,6 @@ fn end_of_labels(
     Ok((workload, set))
 }
 
-/// An end given by address: the CIDR identity of the longest prefix of
-/// the policies that holds it, else `world`.
-fn end_of_ip(
-    ip: IpAddr,
-    ids: &Identities,
-    cidrs: &[(ipnet::IpNet, NumericIdentity)],
-) -> (NumericIdentity, LabelSet) {
-    let id = cidrs
-        .iter()
-        .filter(|(net, _)| net.contains(&ip))
-        .max_by_key(|(net, _)| net.prefix_len())
-        .map_or(ReservedIdentity::World.id(), |(_, id)| *id);
-    (id, ids.get(id).cloned().unwrap_or_default())
-}
-
-fn protocol_number(p: &str) -> Result<u8, CliError> {
-    match p.to_ascii_uppercase().as_str() {
-        "TCP" => Ok(6),
-        "UDP" => Ok(17),
-        "SCTP" => Ok(132),
-        "ICMP" => Ok(1),
-        "ICMPV6" => Ok(58),
-        other => Err(bad(
-            "--protocol",
-            format!("{other:?} is not one of TCP, UDP, SCTP, ICMP, ICMPv6"),
-        )),
-    }
-}
-
 fn enforcement(mode: &str) -> Result<EnforcementMode, CliError> {
     match mode {
         "default" => Ok(EnforcementMode::Default),
@@ -248,92 +166,66 @@ fn read_policies(files: &[PathBuf]) -> Result<Vec<Policy>, CliError> {
     Ok(out)
 }
 
-fn direction_report(e: &Explanation, dir: Direction, subject: &str) -> DirectionReport {
-    let side = if dir == Direction::Ingress {
-        "ingress"
-    } else {
-        "egress"
-    };
-    let names = |v: &[Attribution]| {
-        v.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    let selectors = || {
-        if e.selected_by.is_empty() {
-            "enforcement mode `always`".to_string()
-        } else {
-            format!("{} selects it", names(&e.selected_by))
-        }
-    };
-    let (verdict, reason) = match &e.verdict {
-        OracleVerdict::Deny(181) => ("denied", format!("deny rule: {}", names(&e.denied_by))),
-        OracleVerdict::Deny(_) if !e.unmet_requires.is_empty() => (
-            "denied",
-            format!(
-                "default deny: {side} is enforced on the {subject} because {}, and the peer does not meet {}",
-                selectors(),
-                names(&e.unmet_requires)
-            ),
-        ),
-        OracleVerdict::Deny(_) => (
-            "denied",
-            format!(
-                "default deny: {side} is enforced on the {subject} because {}, and no rule allows this peer and port",
-                selectors()
-            ),
-        ),
-        OracleVerdict::Redirect(_) => (
-            "http",
-            format!(
-                "allowed for HTTP requests its rules accept (through the L7 proxy): {}",
-                names(&e.http.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>())
-            ),
-        ),
-        OracleVerdict::Allow if !e.enforced => (
-            "allowed",
-            format!("not enforced: no policy selects the {subject} for {side}"),
-        ),
-        OracleVerdict::Allow => ("allowed", format!("allowed by {}", names(&e.allowed_by))),
-    };
-    DirectionReport {
-        verdict,
-        enforced: e.enforced,
-        reason,
-        selected_by: e.selected_by.clone(),
-        denied_by: e.denied_by.clone(),
-        allowed_by: e.allowed_by.clone(),
-        http_rules: e.http.iter().map(|(_, a)| a.clone()).collect(),
-        unmet_requires: e.unmet_requires.clone(),
-    }
-}
-
-/// `policy explain` offline.
-pub fn explain(args: &ExplainArgs) -> Result<ExplainReport, CliError> {
-    let protocol = protocol_number(&args.protocol)?;
-    let mode = enforcement(&args.enforcement)?;
-    let headers: Vec<(&str, &str)> = args
-        .headers
+/// The request's headers (`Name: value`), checked.
+fn headers(args: &ExplainArgs) -> Result<Vec<(String, String)>, CliError> {
+    args.headers
         .iter()
         .map(|h| {
             h.split_once(':')
-                .map(|(n, v)| (n.trim(), v.trim()))
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
                 .ok_or_else(|| bad("--header", format!("{h:?} is not `Name: value`")))
         })
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+/// `policy explain`: offline with policy files, else live by the agent.
+pub async fn explain(
+    args: &ExplainArgs,
+    agent: &crate::agent::Agent,
+) -> Result<ExplainReport, CliError> {
+    let protocol = explain::protocol_number(&args.protocol).map_err(|e| bad("--protocol", e))?;
+    let headers = headers(args)?;
+    if args.files.is_empty() {
+        return live(args, headers, agent).await;
+    }
+    if args.from_endpoint.is_some() || args.to_endpoint.is_some() {
+        return Err(bad(
+            "--from-endpoint/--to-endpoint",
+            "endpoints are explained live: leave out --file (policy files take --from/--to labels)",
+        ));
+    }
+    let mode = enforcement(&args.enforcement)?;
     let policies = read_policies(&args.files)?;
     let mut ids = Identities::with_reserved();
     let cidrs = cidr_identities(&policies);
     add_cidr_identities(&mut ids, &cidrs);
-    let cidrs: Vec<_> = cidrs.into_iter().collect();
-    let end = |labels: &Option<String>, ns: &str, ip: Option<IpAddr>, id| match (labels, ip) {
+    let end = |labels: &Option<String>, ns: &str, ip: Option<IpAddr>, id, flag: &str| match (
+        labels, ip,
+    ) {
         (Some(l), _) => end_of_labels(l, ns, id),
-        (None, Some(ip)) => Ok(end_of_ip(ip, &ids, &cidrs)),
-        (None, None) => Err(bad("flow", "each end needs labels or an address")),
+        (None, Some(ip)) => {
+            let id = explain::identity_of_ip(ip, &cidrs);
+            Ok((id, ids.get(id).cloned().unwrap_or_default()))
+        }
+        (None, None) => Err(bad(
+            flag,
+            "each end needs labels (or an address with --from-ip/--to-ip)",
+        )),
     };
-    let source = end(&args.from, &args.from_namespace, args.from_ip, SOURCE_ID)?;
-    let mut destination = end(&args.to, &args.to_namespace, args.to_ip, DESTINATION_ID)?;
+    let source = end(
+        &args.from,
+        &args.from_namespace,
+        args.from_ip,
+        SOURCE_ID,
+        "--from",
+    )?;
+    let mut destination = end(
+        &args.to,
+        &args.to_namespace,
+        args.to_ip,
+        DESTINATION_ID,
+        "--to",
+    )?;
     // One label set is one identity.
     if destination.1 == source.1 {
         destination.0 = source.0;
@@ -343,11 +235,15 @@ pub fn explain(args: &ExplainArgs) -> Result<ExplainReport, CliError> {
             ids.insert(*id, labels.clone());
         }
     }
+    let header_refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     let request = args.method.as_deref().map(|method| oracle::Request {
         method,
         path: args.path.as_deref().unwrap_or("/"),
         host: args.host.as_deref().unwrap_or(""),
-        headers: &headers,
+        headers: &header_refs,
     });
     let e = oracle::explain(
         &policies,
@@ -359,46 +255,50 @@ pub fn explain(args: &ExplainArgs) -> Result<ExplainReport, CliError> {
         request.as_ref(),
         mode,
     );
-    let describe = |(id, labels): &(NumericIdentity, LabelSet)| {
-        format!("{} (identity {})", labels.to_strings().join(","), id.0)
+    Ok(ExplainReport::new(
+        &e,
+        explain::describe_end(source.0, &source.1),
+        explain::describe_end(destination.0, &destination.1),
+        explain::describe_flow(&args.protocol, args.port, request.as_ref()),
+    ))
+}
+
+/// Live mode: the agent of this node explains with what it enforces.
+async fn live(
+    args: &ExplainArgs,
+    headers: Vec<(String, String)>,
+    agent: &crate::agent::Agent,
+) -> Result<ExplainReport, CliError> {
+    let end = |endpoint: &Option<String>,
+               ip: Option<IpAddr>,
+               labels: &Option<String>,
+               flag: &str| {
+        match (endpoint, ip) {
+            (Some(e), _) => Ok(e.clone()),
+            (None, Some(ip)) => Ok(ip.to_string()),
+            (None, None) if labels.is_some() => Err(bad(
+                flag,
+                "labels are explained offline: give the policy files with --file (live mode takes --from-endpoint/--to-endpoint or an address)",
+            )),
+            (None, None) => Err(bad(flag, "each end needs an endpoint or an address")),
+        }
     };
-    let (verdict, drop_reason, http_status) = match &e.verdict {
-        OracleVerdict::Allow => ("allowed", None, None),
-        OracleVerdict::Redirect(_) => ("redirected", None, None),
-        OracleVerdict::Deny(_) if !e.http.is_empty() => ("denied", None, Some(403)),
-        OracleVerdict::Deny(r) => ("denied", Some(*r), None),
+    let request = axoneme_api::ExplainRequest {
+        from: end(
+            &args.from_endpoint,
+            args.from_ip,
+            &args.from,
+            "--from-endpoint",
+        )?,
+        to: end(&args.to_endpoint, args.to_ip, &args.to, "--to-endpoint")?,
+        protocol: args.protocol.clone(),
+        port: args.port,
+        method: args.method.clone(),
+        path: args.path.clone(),
+        host: args.host.clone(),
+        headers,
     };
-    Ok(ExplainReport {
-        verdict,
-        drop_reason,
-        http_status,
-        source: describe(&source),
-        destination: describe(&destination),
-        flow: match &request {
-            Some(r) => format!(
-                "{} {} {} {}",
-                args.protocol.to_ascii_uppercase(),
-                args.port,
-                r.method,
-                r.path
-            ),
-            None => format!("{} {}", args.protocol.to_ascii_uppercase(), args.port),
-        },
-        egress: direction_report(&e.egress, Direction::Egress, "source"),
-        ingress: direction_report(&e.ingress, Direction::Ingress, "destination"),
-        http: e
-            .http
-            .iter()
-            .map(|(dir, matched)| HttpReport {
-                direction: if *dir == Direction::Ingress {
-                    "ingress"
-                } else {
-                    "egress"
-                },
-                matched: matched.clone(),
-            })
-            .collect(),
-    })
+    crate::agent::explain(agent, &request).await
 }
 
 impl Render for ExplainReport {
@@ -435,6 +335,19 @@ impl Render for ExplainReport {
                     h.direction
                 )),
             }
+        }
+        for d in &self.datapath {
+            out.push_str(&format!(
+                "  datapath ({} of {}): {}{}\n",
+                d.direction,
+                d.endpoint,
+                d.verdict,
+                if d.agrees {
+                    ", as explained"
+                } else {
+                    " — DISAGREES with the explanation: a bug, please report it"
+                }
+            ));
         }
         out
     }

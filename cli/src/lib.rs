@@ -108,7 +108,8 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
             let peer = match &args.command {
                 Command::Bpf(_)
                 | Command::Events(_)
-                | Command::Endpoint(EndpointCommand::Config(_)) => {
+                | Command::Endpoint(EndpointCommand::Config(_))
+                | Command::Policy(PolicyCommand::Explain(_)) => {
                     format!("the agent at {}", args.agent_socket.display())
                 }
                 _ => format!("etcd at {}", args.kv.endpoints.join(",")),
@@ -184,7 +185,7 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
             Report::new(&stored, format, ok)
         }
         Command::Policy(PolicyCommand::Explain(e)) => {
-            Report::new(&explain::explain(e)?, format, true)
+            Report::new(&explain::explain(e, &agent).await?, format, true)
         }
         Command::Policy(PolicyCommand::List) => {
             let list = policy::list(&ctx().await?).await?;

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod document;
 pub mod engine;
 pub mod entity;
+pub mod explain;
 pub mod l7;
 pub mod netpol;
 pub mod oracle;

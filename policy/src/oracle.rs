@@ -273,7 +273,7 @@ fn icmp_match(icmps: &[IcmpRule], protocol: u8, port: u16) -> Option<String> {
 }
 
 /// Where in the policies a decision came from.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Attribution {
     /// `Kind namespace/name` (`Kind name` when cluster-wide).
     pub policy: String,
@@ -283,7 +283,7 @@ pub struct Attribution {
     /// The field path of the peer selector that matched, e.g.
     /// `spec.ingress[0].fromEndpoints[0]` (none: the section names no
     /// peer, so it means every peer; or a rule, not a section).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
 }
 

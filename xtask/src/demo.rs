@@ -386,6 +386,28 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
 
     println!("\n[5/5] status of node 0");
     show(&c, 0, &["status", "--verbose"])?;
+    println!(
+        "\n      why, from payments' agent (`policy explain`: the rule that decided, and its datapath's word):"
+    );
+    let (to, from_node) = (&payments.container_id, &c.nodes[1].name);
+    for (pod, request) in [
+        (intruder, &[][..]),
+        (checkout, &["--method", "GET", "--path", "/v1/charge"][..]),
+    ] {
+        let from = format!("{from_node}/{}", pod.container_id);
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--from-endpoint",
+            &from,
+            "--to-endpoint",
+            to,
+            "--port",
+            "8080",
+        ];
+        args.extend(request);
+        show(&c, 0, &args)?;
+    }
     if !ok {
         bail!("some observed verdicts differ from the expected ones (see MISMATCH above)");
     }

@@ -649,6 +649,31 @@ impl MapReader {
         self.maps.ct_entries()
     }
 
+    /// The entry the programs' policy lookup finds for a new flow of
+    /// endpoint `endpoint_id` with `peer`: the longest match among the
+    /// peer's entries, else among any peer's (the kernel's LPM lookup, as
+    /// the programs do it).
+    pub fn policy_lookup(
+        &self,
+        endpoint_id: u32,
+        peer: u32,
+        dir: u8,
+        protocol: u8,
+        port: u16,
+    ) -> Result<Option<PolicyValue>, DatapathError> {
+        let full = PolicyKey::prefix_len(1, 16);
+        for id in [peer, 0] {
+            let key = aya::maps::lpm_trie::Key::new(
+                full,
+                PolicyKey::new(endpoint_id, id, dir, protocol, port),
+            );
+            if let Some(v) = found(self.maps.policy.get(&key, 0), POLICY)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
     /// How many flows each conntrack table holds: (IPv4, IPv6).
     pub fn ct_counts(&self) -> Result<(usize, usize), DatapathError> {
         self.maps.ct_counts()

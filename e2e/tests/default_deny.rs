@@ -1,10 +1,18 @@
-//! Policy audit mode end to end, on the seed scenario: the payments pod
+//! Default deny, safely (audit mode and `policy explain`), end to end on
+//! the seed scenario.
+//!
+//! Audit mode: the payments pod
 //! put in audit mode (`axoneme endpoint config`) lets the intruder in,
 //! and every intruder connection is reported as an `audit` verdict (the
 //! agent's events, Hubble's flows, the verdict metric); L7 rules still
 //! hold; `status` names the endpoint; switching audit off blocks the
 //! intruder at once. The agent-wide `--policy-audit-mode` does the same
 //! for every endpoint of the node.
+//!
+//! `policy explain` live: node 0's agent explains the seed's flows with
+//! what it enforces, each attributed to the rule that decided, and its
+//! datapath's policy map agrees for its own endpoint; what the pods then
+//! really get matches.
 
 use anyhow::{ensure, Context, Result};
 use axoneme_e2e::expect::{seed_policy, wait_for};
@@ -201,5 +209,110 @@ fn the_agents_audit_flag_puts_every_endpoint_of_its_node_in_audit_mode() -> Resu
         let line = audit_line(&c, node)?;
         ensure!(line.starts_with("on for"), "node {node}: {line}");
     }
+    Ok(())
+}
+
+#[test]
+fn explain_live_attributes_the_seed_flows_and_the_datapath_agrees() -> Result<()> {
+    let mut c = Cluster::start(&ClusterConfig::default())?;
+    let axoneme_e2e::SeedPods {
+        payments,
+        checkout,
+        intruder,
+    } = c.seed_pods()?;
+    let pay4 = payments.ip.to_string();
+    c.import_policy(0, &seed_policy())?;
+    let node1 = c.nodes[1].name.clone();
+    let remote = |p: &CniPod| format!("{node1}/{}", p.container_id);
+    let explain = |from: &str, to: &str, port: &str, request: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--from-endpoint",
+            from,
+            "--to-endpoint",
+            to,
+            "--port",
+            port,
+        ];
+        args.extend(request);
+        cli_json(&c, 0, &args)
+    };
+    let agrees = |v: &serde_json::Value, direction: &str| {
+        v["datapath"]
+            .as_array()
+            .and_then(|d| d.iter().find(|x| x["direction"] == direction))
+            .is_some_and(|x| x["agrees"] == true)
+    };
+
+    // The intruder: default deny at payments, and node 0's datapath says so.
+    let v = explain(&remote(&intruder), &payments.container_id, "8080", &[])?;
+    ensure!(v["dropReason"] == 133, "{v:#}");
+    ensure!(
+        v["ingress"]["selectedBy"][0]["policy"] == "CiliumNetworkPolicy default/payments-api",
+        "{v:#}"
+    );
+    ensure!(agrees(&v, "ingress"), "datapath disagrees: {v:#}");
+    ensure!(blocked(&intruder, &pay4), "the intruder got through");
+
+    // checkout: its POST matches the HTTP rule, its GET does not (403).
+    let post = ["--method", "POST", "--path", "/v1/charge"];
+    let v = explain(&remote(&checkout), &payments.container_id, "8080", &post)?;
+    ensure!(v["verdict"] == "allowed", "{v:#}");
+    ensure!(
+        v["http"][0]["matched"]["path"] == "spec.ingress[0].toPorts[0].rules.http[0]",
+        "{v:#}"
+    );
+    ensure!(
+        v["datapath"][0]["verdict"] == "http" && agrees(&v, "ingress"),
+        "{v:#}"
+    );
+    ensure!(checkout.http("POST", &pay4, 8080, "/v1/charge") == Some(200));
+    let get = ["--method", "GET", "--path", "/v1/charge"];
+    let v = explain(&remote(&checkout), &payments.container_id, "8080", &get)?;
+    ensure!(v["httpStatus"] == 403, "{v:#}");
+    ensure!(checkout.http("GET", &pay4, 8080, "/v1/charge") == Some(403));
+
+    // payments' egress (node 0's endpoint as the source): not enforced.
+    let v = explain(&payments.container_id, &remote(&checkout), "80", &[])?;
+    ensure!(v["verdict"] == "allowed" && agrees(&v, "egress"), "{v:#}");
+
+    // The human form ends with the datapath's word; an unknown endpoint
+    // is named.
+    let out = c.cli(
+        0,
+        &[
+            "policy",
+            "explain",
+            "--from-endpoint",
+            &remote(&intruder),
+            "--to-endpoint",
+            &payments.container_id,
+            "--port",
+            "8080",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.starts_with("DENIED: dropped, reason 133") && text.contains("datapath (ingress"),
+        "{text}"
+    );
+    let out = c
+        .cli_command(
+            0,
+            &[
+                "policy",
+                "explain",
+                "--from-endpoint",
+                "nope",
+                "--to-endpoint",
+                &payments.container_id,
+                "--port",
+                "1",
+            ],
+        )
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("/nope"), "{err}");
     Ok(())
 }

@@ -1,0 +1,193 @@
+//! `axoneme policy explain` live: a flow between endpoints (or addresses)
+//! of the cluster, judged by the reference evaluator over what this agent
+//! enforces (the identities, policies and named ports its caches hold, read
+//! as a reconcile pass reads them), with the deciding rules; and, for each
+//! end that is one of this node's endpoints, the datapath's own word: its
+//! policy map looked up as the programs look it up, and its enforcement
+//! flags. The two are reported side by side, so a disagreement (a bug)
+//! shows instead of hiding.
+
+use std::net::IpAddr;
+
+use axoneme_api::{cni_code, ApiError, ExplainRequest};
+use axoneme_bpf_common::{direction, endpoint_flags};
+use axoneme_identity::{LabelSet, NumericIdentity};
+use axoneme_policy::compile::{add_cidr_identities, cidr_identities, Direction, EnforcementMode};
+use axoneme_policy::explain::{self, DatapathCheck, ExplainReport};
+use axoneme_policy::oracle::{self, OracleVerdict};
+use axoneme_policy::selector::Identities;
+use axoneme_policy::{Policy, PortNames};
+
+use crate::datapath::MapReader;
+use crate::node::NodeState;
+use crate::reconcile::{DatapathView, Desired};
+
+fn invalid(msg: String) -> ApiError {
+    ApiError::new(cni_code::INVALID_ENDPOINT, msg, "")
+}
+
+/// One end of the flow, resolved.
+struct End {
+    identity: NumericIdentity,
+    labels: LabelSet,
+    /// This node's endpoint name, when it is one.
+    local: Option<String>,
+}
+
+/// Explains `req` with what the agent enforces now.
+pub fn explain(
+    req: &ExplainRequest,
+    view: &DatapathView,
+    state: &NodeState,
+    mode: EnforcementMode,
+    maps: &MapReader,
+) -> Result<ExplainReport, ApiError> {
+    let protocol = explain::protocol_number(&req.protocol).map_err(invalid)?;
+    let want = Desired::from_state(state);
+    let policies: Vec<Policy> = want.policies.values().map(|p| (**p).clone()).collect();
+    let mut ids = Identities::with_reserved();
+    for (id, labels) in &want.identities {
+        ids.insert(*id, labels.clone());
+    }
+    let mut ports: std::collections::BTreeMap<NumericIdentity, PortNames> = Default::default();
+    for (id, named) in want.named_ports.values() {
+        let union = ports.entry(*id).or_default();
+        for (name, protocol, port) in PortNames::of_endpoint(named).iter() {
+            union.insert(name, protocol, port);
+        }
+    }
+    for (id, p) in ports {
+        ids.set_ports(id, p);
+    }
+    let cidrs = cidr_identities(&policies);
+    add_cidr_identities(&mut ids, &cidrs);
+
+    let resolve = |what: &str, given: &str| -> Result<End, ApiError> {
+        if let Ok(ip) = given.parse::<IpAddr>() {
+            let identity = explain::identity_of_ip(ip, want.ipcache.iter().chain(cidrs.iter()));
+            let local = want
+                .local
+                .iter()
+                .find(|e| e.addresses.contains(&ip))
+                .map(|e| e.name.clone());
+            return Ok(End {
+                identity,
+                labels: ids.get(identity).cloned().unwrap_or_default(),
+                local,
+            });
+        }
+        let (node, name) = given.split_once('/').unwrap_or((state.node(), given));
+        let key = state.layout().endpoint(node, name);
+        if state.records().get(&key).is_none() {
+            return Err(ApiError::new(
+                cni_code::UNKNOWN_CONTAINER,
+                format!("{what}: no endpoint {node}/{name} in the cluster"),
+                "",
+            ));
+        }
+        let identity = state
+            .assignments()
+            .get(&state.layout().endpoint_identity(node, name))
+            .and_then(|a| a.identity)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{what}: endpoint {node}/{name} has no identity yet (its traffic is dropped)"
+                ))
+            })?;
+        Ok(End {
+            identity,
+            labels: ids.get(identity).cloned().unwrap_or_default(),
+            local: (node == state.node()).then(|| name.to_string()),
+        })
+    };
+    let source = resolve("from", &req.from)?;
+    let destination = resolve("to", &req.to)?;
+    let headers: Vec<(&str, &str)> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let request = req.method.as_deref().map(|method| oracle::Request {
+        method,
+        path: req.path.as_deref().unwrap_or("/"),
+        host: req.host.as_deref().unwrap_or(""),
+        headers: &headers,
+    });
+    let e = oracle::explain(
+        &policies,
+        &ids,
+        (source.identity, &source.labels),
+        (destination.identity, &destination.labels),
+        protocol,
+        req.port,
+        request.as_ref(),
+        mode,
+    );
+    let mut report = ExplainReport::new(
+        &e,
+        explain::describe_end(source.identity, &source.labels),
+        explain::describe_end(destination.identity, &destination.labels),
+        explain::describe_flow(&req.protocol, req.port, request.as_ref()),
+    );
+    for (end, dir, peer, said) in [
+        (
+            &source,
+            Direction::Egress,
+            destination.identity,
+            &e.egress.verdict,
+        ),
+        (
+            &destination,
+            Direction::Ingress,
+            source.identity,
+            &e.ingress.verdict,
+        ),
+    ] {
+        let Some(name) = &end.local else { continue };
+        let Some(programmed) = view.programmed.get(name) else {
+            continue;
+        };
+        let (dir_code, flag, side) = match dir {
+            Direction::Ingress => (
+                direction::INGRESS,
+                endpoint_flags::INGRESS_ENFORCED,
+                "ingress",
+            ),
+            Direction::Egress => (direction::EGRESS, endpoint_flags::EGRESS_ENFORCED, "egress"),
+        };
+        let entry = maps
+            .policy_lookup(
+                programmed.info.endpoint_id,
+                peer.0,
+                dir_code,
+                protocol,
+                req.port,
+            )
+            .map_err(|e| {
+                ApiError::new(
+                    cni_code::IO_FAILURE,
+                    "cannot read the policy map",
+                    crate::error_chain(&e),
+                )
+            })?;
+        let verdict = match entry {
+            Some(v) if v.is_deny() => "denied",
+            Some(v) if v.proxy_port != 0 => "http",
+            Some(_) => "allowed",
+            None if programmed.info.flags & flag != 0 => "denied",
+            None => "allowed",
+        };
+        let expected = explain::verdict_word(said);
+        // The datapath cannot tell a deny rule from default deny by its
+        // word; the reasons are checked by the differential tests.
+        let agrees =
+            verdict == expected && !matches!((said, entry), (OracleVerdict::Deny(181), None));
+        report.datapath.push(DatapathCheck {
+            direction: side.into(),
+            endpoint: name.clone(),
+            verdict: verdict.into(),
+            agrees,
+        });
+    }
+    Ok(report)
+}
