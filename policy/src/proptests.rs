@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use crate::compile::{compute, Decision, Direction, EnforcementMode, Key, Verdict, PROTO_TCP};
 use crate::document::{parse_documents, Policy};
-use crate::oracle::{direction_verdict, OracleVerdict};
+use crate::oracle::{direction_explain, policy_name, Explanation, OracleVerdict};
 use crate::ports::NO_PORTS;
 use crate::selector::Identities;
 use crate::testgen::{identities, policy, setup, PORTS, PROTOS};
@@ -24,6 +24,32 @@ fn same(d: &Decision, o: &OracleVerdict) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether an explanation accounts for its verdict (what `policy explain`
+/// prints is never empty or contradictory), naming only the policies given.
+fn attributed(e: &Explanation, policies: &[Policy]) -> bool {
+    let names: BTreeSet<String> = policies.iter().map(policy_name).collect();
+    let known = e
+        .selected_by
+        .iter()
+        .chain(&e.denied_by)
+        .chain(&e.allowed_by)
+        .chain(e.http.iter().map(|(_, a)| a))
+        .chain(&e.unmet_requires)
+        .all(|a| {
+            names.contains(&a.policy)
+                && (a.path.starts_with("spec.") || a.path == "spec" || a.path.starts_with("specs["))
+        });
+    let accounted = match &e.verdict {
+        OracleVerdict::Deny(181) => !e.denied_by.is_empty(),
+        OracleVerdict::Deny(_) => {
+            e.enforced && e.denied_by.is_empty() && e.allowed_by.is_empty() && e.http.is_empty()
+        }
+        OracleVerdict::Redirect(rules) => e.allowed_by.is_empty() && rules.len() == e.http.len(),
+        OracleVerdict::Allow => !e.enforced || !e.allowed_by.is_empty(),
+    };
+    known && accounted && (e.selected_by.is_empty() || e.enforced)
 }
 
 proptest! {
@@ -56,7 +82,12 @@ proptest! {
                     for &proto in PROTOS {
                         for &port in PORTS {
                             let got = compiled.direction(dir).lookup(peer, proto, port);
-                            let want = direction_verdict(&policies, &ids, &subject_labels, ports, dir, peer, proto, port, mode);
+                            let explained = direction_explain(&policies, &ids, &subject_labels, ports, dir, peer, proto, port, mode);
+                            prop_assert!(
+                                attributed(&explained, &policies),
+                                "{dir:?} peer {peer} proto {proto} port {port}: explanation does not account for its verdict: {explained:#?}"
+                            );
+                            let want = explained.verdict;
                             prop_assert!(
                                 same(&got, &want),
                                 "subject {subject} {dir:?} peer {peer} proto {proto} port {port}: compiled {got:?}, oracle {want:?}\nentries: {:#?}\npolicies: {}",
