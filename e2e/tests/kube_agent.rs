@@ -182,6 +182,29 @@ fn pods_take_their_labels_from_the_api_server() -> Result<()> {
     until_post(&checkout, &pay, Some(200), Duration::from_secs(3))?;
     assert!(endpoint_labels(&c, 1, &checkout)?.contains(&"k8s:app=checkout".to_string()));
 
+    // Policy audit mode from the Pod's annotation: the intruder gets in
+    // while payments is annotated (its flows reported as `audit`), and is
+    // blocked again once the annotation goes. The standalone command is
+    // refused here, saying to annotate the Pod.
+    let audit = "axoneme.io/policy-audit-mode";
+    kube.kubectl(["annotate", "pod", "payments", &format!("{audit}=true")])?;
+    until_post(&intruder, &pay, Some(200), Duration::from_secs(3))?;
+    let out = c
+        .cli_command(
+            0,
+            &[
+                "endpoint",
+                "config",
+                &payments.container_id,
+                "--policy-audit-mode=false",
+            ],
+        )
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(audit), "{err}");
+    kube.kubectl(["annotate", "pod", "payments", &format!("{audit}-")])?;
+    until_post(&intruder, &pay, None, Duration::from_secs(3))?;
+
     // What the agents run, as kubectl shows it: checkout's CiliumEndpoint
     // with its identity and addresses, the CiliumIdentity, both nodes'
     // CiliumNodes; a deleted pod's CiliumEndpoint goes.

@@ -24,6 +24,7 @@ pub const TARGETS: &[&str] = &[
     "cni",
     "api_request",
     "kvstore_records",
+    "ipsec_keys",
     "http_framing",
 ];
 
