@@ -76,7 +76,33 @@ pub fn explain(
                 local,
             });
         }
-        let (node, name) = given.split_once('/').unwrap_or((state.node(), given));
+        let found;
+        let (node, name) = match given.strip_prefix("pod:") {
+            // A Pod by namespace and name, wherever it runs.
+            Some(pod) => {
+                let (ns, pod) = pod.split_once('/').unwrap_or(("default", pod));
+                found = state
+                    .records()
+                    .read(|records| {
+                        records.iter().find_map(|(key, r)| {
+                            (r.namespace.as_deref() == Some(ns)
+                                && r.pod_name.as_deref() == Some(pod))
+                            .then(|| state.layout().split_endpoint_key(key))
+                            .flatten()
+                            .map(|(n, e)| (n.to_string(), e.to_string()))
+                        })
+                    })
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            cni_code::UNKNOWN_CONTAINER,
+                            format!("{what}: no endpoint of Pod {ns}/{pod} in the cluster"),
+                            "",
+                        )
+                    })?;
+                (found.0.as_str(), found.1.as_str())
+            }
+            None => given.split_once('/').unwrap_or((state.node(), given)),
+        };
         let key = state.layout().endpoint(node, name);
         if state.records().get(&key).is_none() {
             return Err(ApiError::new(

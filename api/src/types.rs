@@ -132,8 +132,8 @@ pub struct EndpointConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainRequest {
-    /// The source: an endpoint (`NODE/NAME`, or `NAME` on this node) or
-    /// an address.
+    /// The source: an endpoint (`NODE/NAME`, or `NAME` on this node), a
+    /// Pod (`pod:NAMESPACE/NAME`) or an address.
     pub from: String,
     /// The destination, likewise.
     pub to: String,

@@ -44,6 +44,10 @@ pub struct ExplainArgs {
     /// for its own endpoints.
     #[arg(long, value_name = "ENDPOINT", conflicts_with = "from_ip")]
     pub from_endpoint: Option<String>,
+    /// Live: the source Pod, `NAMESPACE/NAME` (`default` when no namespace
+    /// is given), wherever it runs.
+    #[arg(long, value_name = "POD", conflicts_with_all = ["from_ip", "from_endpoint", "from"])]
+    pub from_pod: Option<String>,
     /// The source's namespace (its `io.kubernetes.pod.namespace` label).
     #[arg(long, default_value = "default")]
     pub from_namespace: String,
@@ -57,6 +61,9 @@ pub struct ExplainArgs {
     /// Live: the destination endpoint (as --from-endpoint).
     #[arg(long, value_name = "ENDPOINT", conflicts_with = "to_ip")]
     pub to_endpoint: Option<String>,
+    /// Live: the destination Pod (as --from-pod).
+    #[arg(long, value_name = "POD", conflicts_with_all = ["to_ip", "to_endpoint", "to"])]
+    pub to_pod: Option<String>,
     #[arg(long, default_value = "default")]
     pub to_namespace: String,
     #[arg(long, value_name = "IP")]
@@ -188,10 +195,16 @@ pub async fn explain(
     if args.files.is_empty() {
         return live(args, headers, agent).await;
     }
-    if args.from_endpoint.is_some() || args.to_endpoint.is_some() {
+    let live_ends = [
+        &args.from_endpoint,
+        &args.to_endpoint,
+        &args.from_pod,
+        &args.to_pod,
+    ];
+    if live_ends.iter().any(|e| e.is_some()) {
         return Err(bad(
-            "--from-endpoint/--to-endpoint",
-            "endpoints are explained live: leave out --file (policy files take --from/--to labels)",
+            "--from-endpoint/--to-endpoint/--from-pod/--to-pod",
+            "endpoints and Pods are explained live: leave out --file (policy files take --from/--to labels)",
         ));
     }
     let mode = enforcement(&args.enforcement)?;
@@ -270,27 +283,36 @@ async fn live(
     agent: &crate::agent::Agent,
 ) -> Result<ExplainReport, CliError> {
     let end = |endpoint: &Option<String>,
+               pod: &Option<String>,
                ip: Option<IpAddr>,
                labels: &Option<String>,
                flag: &str| {
-        match (endpoint, ip) {
-            (Some(e), _) => Ok(e.clone()),
-            (None, Some(ip)) => Ok(ip.to_string()),
-            (None, None) if labels.is_some() => Err(bad(
+        match (endpoint, pod, ip) {
+            (Some(e), _, _) => Ok(e.clone()),
+            (None, Some(p), _) => Ok(format!("pod:{p}")),
+            (None, None, Some(ip)) => Ok(ip.to_string()),
+            (None, None, None) if labels.is_some() => Err(bad(
                 flag,
-                "labels are explained offline: give the policy files with --file (live mode takes --from-endpoint/--to-endpoint or an address)",
+                "labels are explained offline: give the policy files with --file (live mode takes an endpoint, a Pod or an address)",
             )),
-            (None, None) => Err(bad(flag, "each end needs an endpoint or an address")),
+            (None, None, None) => Err(bad(flag, "each end needs an endpoint, a Pod or an address")),
         }
     };
     let request = axoneme_api::ExplainRequest {
         from: end(
             &args.from_endpoint,
+            &args.from_pod,
             args.from_ip,
             &args.from,
             "--from-endpoint",
         )?,
-        to: end(&args.to_endpoint, args.to_ip, &args.to, "--to-endpoint")?,
+        to: end(
+            &args.to_endpoint,
+            &args.to_pod,
+            args.to_ip,
+            &args.to,
+            "--to-endpoint",
+        )?,
         protocol: args.protocol.clone(),
         port: args.port,
         method: args.method.clone(),

@@ -204,6 +204,26 @@ fn pods_take_their_labels_from_the_api_server() -> Result<()> {
     assert!(!out.status.success() && err.contains(audit), "{err}");
     kube.kubectl(["annotate", "pod", "payments", &format!("{audit}-")])?;
     until_post(&intruder, &pay, None, Duration::from_secs(3))?;
+    // Why, by Pod name (`policy explain` on payments' node): the default
+    // deny of the seed policy, as its datapath has it.
+    let out = c.cli(
+        0,
+        &[
+            "policy",
+            "explain",
+            "--from-pod",
+            "default/intruder",
+            "--to-pod",
+            "payments",
+            "--port",
+            "8080",
+            "-o",
+            "json",
+        ],
+    )?;
+    let why: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(why["dropReason"], 133, "{why:#}");
+    assert_eq!(why["datapath"][0]["agrees"], true, "{why:#}");
 
     // What the agents run, as kubectl shows it: checkout's CiliumEndpoint
     // with its identity and addresses, the CiliumIdentity, both nodes'
