@@ -14,7 +14,6 @@ use axoneme_bpf_common::{direction, endpoint_flags};
 use axoneme_identity::{LabelSet, NumericIdentity};
 use axoneme_policy::compile::{add_cidr_identities, cidr_identities, Direction, EnforcementMode};
 use axoneme_policy::explain::{self, DatapathCheck, ExplainReport};
-use axoneme_policy::oracle::{self, OracleVerdict};
 use axoneme_policy::selector::Identities;
 use axoneme_policy::{Policy, PortNames};
 
@@ -128,46 +127,27 @@ pub fn explain(
     };
     let source = resolve("from", &req.from)?;
     let destination = resolve("to", &req.to)?;
-    let headers: Vec<(&str, &str)> = req
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    let request = req.method.as_deref().map(|method| oracle::Request {
-        method,
-        path: req.path.as_deref().unwrap_or("/"),
-        host: req.host.as_deref().unwrap_or(""),
-        headers: &headers,
+    let request = req.method.as_ref().map(|method| explain::RequestSpec {
+        method: method.clone(),
+        path: req.path.clone(),
+        host: req.host.clone(),
+        headers: req.headers.clone(),
     });
-    let e = oracle::explain(
+    let mut report = explain::report(
         &policies,
         &ids,
         (source.identity, &source.labels),
         (destination.identity, &destination.labels),
-        protocol,
+        &req.protocol,
         req.port,
         request.as_ref(),
         mode,
-    );
-    let mut report = ExplainReport::new(
-        &e,
-        explain::describe_end(source.identity, &source.labels),
-        explain::describe_end(destination.identity, &destination.labels),
-        explain::describe_flow(&req.protocol, req.port, request.as_ref()),
-    );
+    )
+    .map_err(invalid)?;
+    let said = [report.egress.clone(), report.ingress.clone()];
     for (end, dir, peer, said) in [
-        (
-            &source,
-            Direction::Egress,
-            destination.identity,
-            &e.egress.verdict,
-        ),
-        (
-            &destination,
-            Direction::Ingress,
-            source.identity,
-            &e.ingress.verdict,
-        ),
+        (&source, Direction::Egress, destination.identity, &said[0]),
+        (&destination, Direction::Ingress, source.identity, &said[1]),
     ] {
         let Some(name) = &end.local else { continue };
         let Some(programmed) = view.programmed.get(name) else {
@@ -203,11 +183,8 @@ pub fn explain(
             None if programmed.info.flags & flag != 0 => "denied",
             None => "allowed",
         };
-        let expected = explain::verdict_word(said);
-        // The datapath cannot tell a deny rule from default deny by its
-        // word; the reasons are checked by the differential tests.
-        let agrees =
-            verdict == expected && !matches!((said, entry), (OracleVerdict::Deny(181), None));
+        // A deny rule is an entry; the default deny is none.
+        let agrees = verdict == said.verdict && (said.denied_by.is_empty() || entry.is_some());
         report.datapath.push(DatapathCheck {
             direction: side.into(),
             endpoint: name.clone(),

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use axoneme_identity::{LabelSet, NumericIdentity, ReservedIdentity, Source};
 use axoneme_policy::compile::{add_cidr_identities, cidr_identities, EnforcementMode};
 use axoneme_policy::explain::{self, ExplainReport};
-use axoneme_policy::oracle;
 use axoneme_policy::selector::Identities;
 use axoneme_policy::{parse_manifest, Document, Policy};
 
@@ -190,7 +189,8 @@ pub async fn explain(
     args: &ExplainArgs,
     agent: &crate::agent::Agent,
 ) -> Result<ExplainReport, CliError> {
-    let protocol = explain::protocol_number(&args.protocol).map_err(|e| bad("--protocol", e))?;
+    // Checked before anything is read or asked.
+    explain::protocol_number(&args.protocol).map_err(|e| bad("--protocol", e))?;
     let headers = headers(args)?;
     if args.files.is_empty() {
         return live(args, headers, agent).await;
@@ -248,32 +248,23 @@ pub async fn explain(
             ids.insert(*id, labels.clone());
         }
     }
-    let header_refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    let request = args.method.as_deref().map(|method| oracle::Request {
-        method,
-        path: args.path.as_deref().unwrap_or("/"),
-        host: args.host.as_deref().unwrap_or(""),
-        headers: &header_refs,
+    let request = args.method.as_ref().map(|method| explain::RequestSpec {
+        method: method.clone(),
+        path: args.path.clone(),
+        host: args.host.clone(),
+        headers,
     });
-    let e = oracle::explain(
+    explain::report(
         &policies,
         &ids,
         (source.0, &source.1),
         (destination.0, &destination.1),
-        protocol,
+        &args.protocol,
         args.port,
         request.as_ref(),
         mode,
-    );
-    Ok(ExplainReport::new(
-        &e,
-        explain::describe_end(source.0, &source.1),
-        explain::describe_end(destination.0, &destination.1),
-        explain::describe_flow(&args.protocol, args.port, request.as_ref()),
-    ))
+    )
+    .map_err(|e| bad("--protocol", e))
 }
 
 /// Live mode: the agent of this node explains with what it enforces.

@@ -66,16 +66,23 @@ fn audit_line(c: &Cluster, node: usize) -> Result<String> {
     Ok(line.to_string())
 }
 
-#[test]
-fn an_endpoint_in_audit_mode_reports_the_intruder_and_lets_it_in_until_audit_ends() -> Result<()> {
-    let mut c = Cluster::start(&ClusterConfig::default())?;
+/// A cluster with the seed's pods (payments, checkout, intruder) and the
+/// seed policy enforced on every node.
+fn seeded(config: ClusterConfig) -> Result<(Cluster, CniPod, CniPod, CniPod)> {
+    let mut c = Cluster::start(&config)?;
     let axoneme_e2e::SeedPods {
         payments,
         checkout,
         intruder,
     } = c.seed_pods()?;
-    let pay4 = payments.ip.to_string();
     c.import_policy(0, &seed_policy())?;
+    Ok((c, payments, checkout, intruder))
+}
+
+#[test]
+fn an_endpoint_in_audit_mode_reports_the_intruder_and_lets_it_in_until_audit_ends() -> Result<()> {
+    let (c, payments, checkout, intruder) = seeded(ClusterConfig::default())?;
+    let pay4 = payments.ip.to_string();
     wait_for("the intruder blocked", Duration::from_secs(10), || {
         Ok(blocked(&intruder, &pay4))
     })?;
@@ -188,15 +195,11 @@ fn an_endpoint_in_audit_mode_reports_the_intruder_and_lets_it_in_until_audit_end
 
 #[test]
 fn the_agents_audit_flag_puts_every_endpoint_of_its_node_in_audit_mode() -> Result<()> {
-    let mut c = Cluster::start(&ClusterConfig {
+    let (c, payments, _, intruder) = seeded(ClusterConfig {
         agent_args: vec!["--policy-audit-mode=true".into()],
         ..ClusterConfig::default()
     })?;
-    let axoneme_e2e::SeedPods {
-        payments, intruder, ..
-    } = c.seed_pods()?;
     let pay4 = payments.ip.to_string();
-    c.import_policy(0, &seed_policy())?;
     let before = verdict_count(&c, 0, "audit")?;
     ensure!(
         intruder.http("GET", &pay4, 8080, "/").is_some(),
@@ -214,14 +217,8 @@ fn the_agents_audit_flag_puts_every_endpoint_of_its_node_in_audit_mode() -> Resu
 
 #[test]
 fn explain_live_attributes_the_seed_flows_and_the_datapath_agrees() -> Result<()> {
-    let mut c = Cluster::start(&ClusterConfig::default())?;
-    let axoneme_e2e::SeedPods {
-        payments,
-        checkout,
-        intruder,
-    } = c.seed_pods()?;
+    let (c, payments, checkout, intruder) = seeded(ClusterConfig::default())?;
     let pay4 = payments.ip.to_string();
-    c.import_policy(0, &seed_policy())?;
     let node1 = c.nodes[1].name.clone();
     let remote = |p: &CniPod| format!("{node1}/{}", p.container_id);
     let explain = |from: &str, to: &str, port: &str, request: &[&str]| {

@@ -96,15 +96,6 @@ pub fn identity_of_ip<'a>(
         .map_or(ReservedIdentity::World.id(), |(_, id)| *id)
 }
 
-/// The word for a direction's verdict ([`DirectionReport::verdict`]).
-pub fn verdict_word(v: &OracleVerdict) -> &'static str {
-    match v {
-        OracleVerdict::Deny(_) => "denied",
-        OracleVerdict::Redirect(_) => "http",
-        OracleVerdict::Allow => "allowed",
-    }
-}
-
 fn direction_name(dir: Direction) -> &'static str {
     if dir == Direction::Ingress {
         "ingress"
@@ -230,4 +221,62 @@ pub fn describe_flow(
         Some(r) => format!("{protocol} {port} {} {}", r.method, r.path),
         None => format!("{protocol} {port}"),
     }
+}
+
+/// An HTTP request as `explain` is given it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestSpec {
+    pub method: String,
+    /// `/` when none.
+    pub path: Option<String>,
+    /// Empty when none.
+    pub host: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// The report on a flow of `protocol` (a name, as [`protocol_number`]
+/// takes it) to `port` from `source` to `destination`, whose identities
+/// `ids` holds with the policies' CIDR identities, judged by `policies`.
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    policies: &[crate::Policy],
+    ids: &crate::selector::Identities,
+    source: (NumericIdentity, &axoneme_identity::LabelSet),
+    destination: (NumericIdentity, &axoneme_identity::LabelSet),
+    protocol: &str,
+    port: u16,
+    request: Option<&RequestSpec>,
+    mode: crate::EnforcementMode,
+) -> Result<ExplainReport, String> {
+    let number = protocol_number(protocol)?;
+    let headers: Vec<(&str, &str)> = request
+        .map(|r| {
+            r.headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let request = request.map(|r| crate::oracle::Request {
+        method: &r.method,
+        path: r.path.as_deref().unwrap_or("/"),
+        host: r.host.as_deref().unwrap_or(""),
+        headers: &headers,
+    });
+    let e = crate::oracle::explain(
+        policies,
+        ids,
+        source,
+        destination,
+        number,
+        port,
+        request.as_ref(),
+        mode,
+    );
+    Ok(ExplainReport::new(
+        &e,
+        describe_end(source.0, source.1),
+        describe_end(destination.0, destination.1),
+        describe_flow(protocol, port, request.as_ref()),
+    ))
 }
