@@ -20,6 +20,7 @@ pub mod probe;
 pub mod process;
 pub mod services;
 pub mod tls;
+pub mod vm;
 
 pub use cluster::{Cluster, ClusterConfig, CniPod, SeedPods};
 pub use etcd::EtcdCluster;

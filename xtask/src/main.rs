@@ -12,6 +12,7 @@ mod hubble;
 mod image;
 mod kube;
 mod setup;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -41,6 +41,12 @@ const APT_PACKAGES: &[&str] = &[
     // The metrics test: a real Prometheus scrapes the agents, and promtool
     // checks every /metrics endpoint (no service starts: policy-rc.d).
     "prometheus",
+    // The IPsec tests boot Debian's cloud kernel (it has ESP and AES-GCM)
+    // under qemu, with an initramfs of busybox, the modules (kmod's
+    // depmod/modprobe resolve them) and the binaries under test.
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -205,5 +211,6 @@ pub fn run(root: &Path) -> Result<()> {
     crate::kube::ensure_binaries(root)?;
     crate::helm::ensure_binaries(root)?;
     crate::hubble::ensure_binary(root)?;
+    crate::vm::ensure_kernel()?;
     Ok(())
 }

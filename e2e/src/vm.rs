@@ -1,0 +1,245 @@
+//! A throwaway qemu VM for what this machine's kernel cannot do (ESP and
+//! AES-GCM, for IPsec): Debian's cloud kernel as `cargo xtask setup`
+//! unpacked it (`/var/cache/axoneme/vm/`), booted under TCG with an
+//! initramfs made per run: busybox, the modules asked for (with their
+//! dependencies, as modprobe resolves them), the host files asked for
+//! (executables with their shared libraries), and an init that runs a
+//! script and prints its exit status. The VM powers off after the script;
+//! a VM that outlives its deadline is killed by PID.
+//!
+//! busybox's shell runs its own applets before anything on `PATH` (`ip`
+//! included): call other binaries by their full path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Where setup unpacks the kernels, and names the current one.
+pub const CACHE: &str = "/var/cache/axoneme/vm";
+
+/// The line the init prints after the script, with its exit status.
+const RESULT: &str = "AXONEME-VM-RESULT";
+
+/// What a VM run gave.
+#[derive(Debug)]
+pub struct VmRun {
+    /// The script's exit status.
+    pub status: i32,
+    /// Everything on the VM's console (kernel messages included).
+    pub console: String,
+    /// Boot to power-off.
+    pub took: Duration,
+}
+
+/// A VM to run: the kernel, modules and files it gets.
+pub struct Vm {
+    version: String,
+    kernel_dir: PathBuf,
+    modules: Vec<String>,
+    files: Vec<(PathBuf, String)>,
+}
+
+fn sh(cmd: &mut Command) -> Result<std::process::Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+impl Vm {
+    /// The kernel setup unpacked (`cargo xtask setup` fetches it).
+    pub fn new() -> Result<Self> {
+        let current = Path::new(CACHE).join("CURRENT");
+        let version = std::fs::read_to_string(&current)
+            .with_context(|| {
+                format!(
+                    "no VM kernel ({} missing): run `cargo xtask setup`",
+                    current.display()
+                )
+            })?
+            .trim()
+            .to_string();
+        Ok(Vm {
+            kernel_dir: Path::new(CACHE).join(&version),
+            version,
+            modules: Vec::new(),
+            files: Vec::new(),
+        })
+    }
+
+    /// Loads `module` (and what it needs) at boot.
+    pub fn module(mut self, module: &str) -> Self {
+        self.modules.push(module.to_string());
+        self
+    }
+
+    /// Copies the host's `source` to `dest` in the VM (an executable gets
+    /// its shared libraries too).
+    pub fn file(mut self, source: impl Into<PathBuf>, dest: &str) -> Self {
+        self.files.push((source.into(), dest.to_string()));
+        self
+    }
+
+    /// Builds the initramfs in `dir` and boots it: runs `script` (busybox
+    /// sh) and returns its status, within `deadline`.
+    pub fn run(&self, dir: &Path, script: &str, deadline: Duration) -> Result<VmRun> {
+        let root = dir.join("root");
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["bin", "proc", "sys", "dev", "run", "tmp", "sbin"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+            .context("/bin/busybox (apt busybox-static; cargo xtask setup)")?;
+        self.copy_modules(&root)?;
+        for (source, dest) in &self.files {
+            copy_with_libraries(source, &root, dest)?;
+        }
+        let init = format!(
+            "#!/bin/busybox sh\n\
+             /bin/busybox --install -s /bin\n\
+             export PATH=/bin\n\
+             mount -t proc proc /proc\n\
+             mount -t sysfs sys /sys\n\
+             mount -t devtmpfs dev /dev\n\
+             ln -s /bin/modprobe /sbin/modprobe\n\
+             for m in {modules}; do modprobe $m || echo \"modprobe $m failed\"; done\n\
+             ( set -e\n{script}\n)\n\
+             echo \"{RESULT} $?\"\n\
+             poweroff -f\n",
+            modules = self.modules.join(" "),
+        );
+        let init_path = root.join("init");
+        std::fs::write(&init_path, init)?;
+        std::fs::set_permissions(
+            &init_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let initrd = dir.join("initrd.gz");
+        sh(Command::new("sh").arg("-c").arg(format!(
+            "cd {} && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > {}",
+            root.display(),
+            initrd.display()
+        )))?;
+
+        let started = Instant::now();
+        let log = dir.join("console.log");
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "512"])
+            .args([
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+            ])
+            .arg("-kernel")
+            .arg(
+                self.kernel_dir
+                    .join("boot")
+                    .join(format!("vmlinuz-{}", self.version)),
+            )
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", "console=ttyS0 panic=-1 quiet"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting qemu-system-x86_64 (apt qemu-system-x86; cargo xtask setup)")?;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if started.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let console = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!("the VM did not power off within {deadline:?}; its console:\n{console}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let took = started.elapsed();
+        let console = std::fs::read_to_string(&log)?;
+        let result = console
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(RESULT))
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .with_context(|| format!("qemu {status}: no {RESULT} line; its console:\n{console}"))?;
+        Ok(VmRun {
+            status: result,
+            console,
+            took,
+        })
+    }
+
+    /// The modules asked for and their dependencies, with the index files
+    /// modprobe reads (rebuilt for the subset).
+    fn copy_modules(&self, root: &Path) -> Result<()> {
+        let base = self.kernel_dir.join("lib/modules").join(&self.version);
+        let into = root.join("lib/modules").join(&self.version);
+        std::fs::create_dir_all(&into)?;
+        for m in &self.modules {
+            let out = sh(Command::new("modprobe")
+                .arg("-d")
+                .arg(&self.kernel_dir)
+                .args(["-S", &self.version, "--show-depends", m]))?;
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Some(path) = line.strip_prefix("insmod ") else {
+                    continue; // builtin
+                };
+                let path = Path::new(path.split_whitespace().next().unwrap_or_default());
+                let rel = path.strip_prefix(&base).with_context(|| {
+                    format!("module {} outside {}", path.display(), base.display())
+                })?;
+                let dest = into.join(rel);
+                std::fs::create_dir_all(dest.parent().expect("a module's directory"))?;
+                std::fs::copy(path, &dest)?;
+            }
+        }
+        for index in [
+            "modules.order",
+            "modules.builtin",
+            "modules.builtin.modinfo",
+        ] {
+            if base.join(index).exists() {
+                std::fs::copy(base.join(index), into.join(index))?;
+            }
+        }
+        sh(Command::new("depmod")
+            .arg("-b")
+            .arg(root)
+            .arg(&self.version))?;
+        Ok(())
+    }
+}
+
+/// Copies `source` to `root/dest`; an executable's shared libraries (as
+/// `ldd` lists them) go to the same paths under `root`.
+fn copy_with_libraries(source: &Path, root: &Path, dest: &str) -> Result<()> {
+    let target = root.join(dest.trim_start_matches('/'));
+    std::fs::create_dir_all(target.parent().context("a destination directory")?)?;
+    std::fs::copy(source, &target).with_context(|| format!("copying {}", source.display()))?;
+    let Ok(out) = Command::new("ldd").arg(source).output() else {
+        return Ok(());
+    };
+    for lib in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        if to.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(to.parent().context("a library directory")?)?;
+        std::fs::copy(lib, &to).with_context(|| format!("copying {lib}"))?;
+    }
+    Ok(())
+}
