@@ -190,6 +190,7 @@ pub fn explain(
             endpoint: name.clone(),
             verdict: verdict.into(),
             agrees,
+            audit: programmed.info.flags & endpoint_flags::AUDIT != 0,
         });
     }
     Ok(report)

@@ -52,6 +52,10 @@ pub struct EndpointView {
     /// The record revision the operator's latest answer is for (may be older).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answered_revision: Option<i64>,
+    /// The endpoint asks for policy audit mode (its node's agent may also
+    /// put every endpoint in it: see `axoneme status`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub policy_audit_mode: bool,
 }
 
 impl EndpointView {
@@ -223,9 +227,9 @@ fn view_of(
         ),
         _ => (EndpointStatus::Pending, None, None, None),
     };
-    let (labels, addresses, namespace) = match record {
-        Some(r) => (r.labels, r.addresses, r.namespace),
-        None => (Vec::new(), Vec::new(), None),
+    let (labels, addresses, namespace, policy_audit_mode) = match record {
+        Some(r) => (r.labels, r.addresses, r.namespace, r.policy_audit_mode),
+        None => (Vec::new(), Vec::new(), None, false),
     };
     EndpointView {
         node: node.to_string(),
@@ -239,6 +243,7 @@ fn view_of(
         namespace,
         revision,
         answered_revision: answer.map(|a| a.endpoint_revision),
+        policy_audit_mode,
     }
 }
 

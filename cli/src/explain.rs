@@ -351,7 +351,7 @@ impl Render for ExplainReport {
         }
         for d in &self.datapath {
             out.push_str(&format!(
-                "  datapath ({} of {}): {}{}\n",
+                "  datapath ({} of {}): {}{}{}\n",
                 d.direction,
                 d.endpoint,
                 d.verdict,
@@ -359,6 +359,11 @@ impl Render for ExplainReport {
                     ", as explained"
                 } else {
                     " — DISAGREES with the explanation: a bug, please report it"
+                },
+                if d.audit && d.verdict == "denied" {
+                    "; the endpoint is in policy audit mode: the flow is let through and reported as `audit`"
+                } else {
+                    ""
                 }
             ));
         }

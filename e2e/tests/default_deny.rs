@@ -165,6 +165,28 @@ fn an_endpoint_in_audit_mode_reports_the_intruder_and_lets_it_in_until_audit_end
         Ok(text.lines().filter(|l| l.contains(&pay4)).count() >= PROBES)
     })?;
 
+    // `policy explain` says what the policy decides, and that audit mode
+    // lets it through.
+    let node1 = c.nodes[1].name.clone();
+    let why = cli_json(
+        &c,
+        0,
+        &[
+            "policy",
+            "explain",
+            "--from-endpoint",
+            &format!("{node1}/{}", intruder.container_id),
+            "--to-endpoint",
+            endpoint,
+            "--port",
+            "8080",
+        ],
+    )?;
+    ensure!(
+        why["dropReason"] == 133 && why["datapath"][0]["audit"] == true,
+        "{why:#}"
+    );
+
     // Audit off: blocked at once, with no wait after the command.
     c.cli(
         0,

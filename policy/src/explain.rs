@@ -81,6 +81,10 @@ pub struct DatapathCheck {
     /// Whether it says what the explanation says (false is a bug: report
     /// it).
     pub agrees: bool,
+    /// The endpoint is in policy audit mode: a flow its policy denies is
+    /// let through and reported as `audit`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
 }
 
 /// The identity of an address: the longest prefix holding it among
