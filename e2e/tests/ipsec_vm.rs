@@ -155,6 +155,19 @@ fn in_vm_axoneme_programs_esp_between_two_namespaces() -> Result<()> {
         !pings(&c, "10.1.0.2")?,
         "a ping passed with mismatched keys"
     );
+    // Cleanup removes every state it added.
+    a.enter(|| -> Result<()> {
+        let mut x = Xfrm::open()?;
+        x.delete_state(ib, 3, None)?;
+        x.delete_state(ia, 3, None)?;
+        Ok(())
+    })??;
+    let out = a.ip(&["xfrm", "state"])?;
+    ensure!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     println!("AXONEME-XFRM-OK");
     Ok(())
 }
@@ -195,6 +208,25 @@ fn the_xfrm_layer_adds_policies_here_and_names_the_kernels_refusal_of_esp() -> R
     ] {
         ensure!(text.contains(want), "{want:?} missing:\n{text}");
     }
+    // Deleted, nothing is left; deleting again names what is missing.
+    let again = a.enter(|| -> Result<String> {
+        let mut x = Xfrm::open()?;
+        x.delete_policy(ia.into(), ib.into(), Dir::Out, Some((0x0300, 0x0f00)))?;
+        let err = x
+            .delete_policy(ia.into(), ib.into(), Dir::Out, Some((0x0300, 0x0f00)))
+            .unwrap_err();
+        Ok(format!("{err:#}"))
+    })??;
+    ensure!(
+        again.contains("deleting the XFRM policy 10.1.0.1/32 -> 10.1.0.2/32"),
+        "{again}"
+    );
+    let out = a.ip(&["xfrm", "policy"])?;
+    ensure!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     Ok(())
 }
 

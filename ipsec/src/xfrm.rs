@@ -17,9 +17,10 @@ use netlink_packet_xfrm::constants::{
     XFRM_POLICY_ALLOW, XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT,
 };
 use netlink_packet_xfrm::{
-    policy::ModifyMessage as PolicyModify, state::ModifyMessage as StateModify, Address, AlgAead,
-    Id, LifetimeConfig, Mark, Selector, UserPolicyInfo, UserSaInfo, UserTemplate, XfrmAttrs,
-    XfrmMessage,
+    policy::DelGetMessage as PolicyDel, policy::ModifyMessage as PolicyModify,
+    state::DelGetMessage as StateDel, state::ModifyMessage as StateModify, Address, AlgAead, Id,
+    LifetimeConfig, Mark, Selector, UserPolicyId, UserPolicyInfo, UserSaId, UserSaInfo,
+    UserTemplate, XfrmAttrs, XfrmMessage,
 };
 use netlink_sys::{protocols::NETLINK_XFRM, Socket, SocketAddr};
 
@@ -60,6 +61,28 @@ pub enum Dir {
     In,
     Out,
     Fwd,
+}
+
+impl Dir {
+    fn code(self) -> u8 {
+        match self {
+            Dir::In => XFRM_POLICY_IN,
+            Dir::Out => XFRM_POLICY_OUT,
+            Dir::Fwd => XFRM_POLICY_FWD,
+        }
+    }
+}
+
+/// A policy's selector: every packet from `src` to `dst`.
+fn selector(src: IpNet, dst: IpNet) -> Selector {
+    Selector {
+        daddr: Address::from_ip(&dst.network()),
+        saddr: Address::from_ip(&src.network()),
+        family: family(&src.addr()),
+        prefixlen_d: dst.prefix_len(),
+        prefixlen_s: src.prefix_len(),
+        ..Selector::default()
+    }
 }
 
 /// An ESP security association with an AEAD key.
@@ -170,7 +193,6 @@ impl Xfrm {
 
     /// Adds a policy (an error if one with the same selector exists).
     pub fn add_policy(&mut self, p: &PolicySpec) -> Result<(), XfrmError> {
-        let fam = family(&p.src.addr());
         let mut nlas = vec![XfrmAttrs::Template(vec![UserTemplate {
             id: Id {
                 daddr: Address::from_ip(&p.tmpl_dst),
@@ -191,20 +213,9 @@ impl Xfrm {
             nlas.push(XfrmAttrs::Mark(Mark { value, mask }));
         }
         let info = UserPolicyInfo {
-            selector: Selector {
-                daddr: Address::from_ip(&p.dst.network()),
-                saddr: Address::from_ip(&p.src.network()),
-                family: fam,
-                prefixlen_d: p.dst.prefix_len(),
-                prefixlen_s: p.src.prefix_len(),
-                ..Selector::default()
-            },
+            selector: selector(p.src, p.dst),
             lifetime_cfg: unlimited(),
-            direction: match p.dir {
-                Dir::In => XFRM_POLICY_IN,
-                Dir::Out => XFRM_POLICY_OUT,
-                Dir::Fwd => XFRM_POLICY_FWD,
-            },
+            direction: p.dir.code(),
             action: XFRM_POLICY_ALLOW,
             ..UserPolicyInfo::default()
         };
@@ -219,6 +230,56 @@ impl Xfrm {
             }),
             NLM_F_CREATE | NLM_F_EXCL,
             what,
+        )
+    }
+
+    /// Deletes the state `spi` towards `dst` (with `mark`, as added).
+    pub fn delete_state(
+        &mut self,
+        dst: IpAddr,
+        spi: u32,
+        mark: Option<(u32, u32)>,
+    ) -> Result<(), XfrmError> {
+        let nlas = mark
+            .map(|(value, mask)| vec![XfrmAttrs::Mark(Mark { value, mask })])
+            .unwrap_or_default();
+        self.request(
+            XfrmMessage::DeleteSa(StateDel {
+                user_sa_id: UserSaId {
+                    daddr: Address::from_ip(&dst),
+                    spi: spi.to_be(),
+                    family: family(&dst),
+                    proto: IPPROTO_ESP,
+                },
+                nlas,
+            }),
+            0,
+            format!("deleting the XFRM state towards {dst} SPI {spi}"),
+        )
+    }
+
+    /// Deletes the policy `src` → `dst` in `dir` (with `mark`, as added).
+    pub fn delete_policy(
+        &mut self,
+        src: IpNet,
+        dst: IpNet,
+        dir: Dir,
+        mark: Option<(u32, u32)>,
+    ) -> Result<(), XfrmError> {
+        let nlas = mark
+            .map(|(value, mask)| vec![XfrmAttrs::Mark(Mark { value, mask })])
+            .unwrap_or_default();
+        self.request(
+            XfrmMessage::DeletePolicy(PolicyDel {
+                user_policy_id: UserPolicyId {
+                    selector: selector(src, dst),
+                    index: 0,
+                    direction: dir.code(),
+                },
+                nlas,
+            }),
+            0,
+            format!("deleting the XFRM policy {src} -> {dst} ({dir:?})"),
         )
     }
 
