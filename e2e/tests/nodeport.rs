@@ -114,9 +114,12 @@ fn nodeport_from_outside_the_cluster() -> Result<()> {
     assert!(far.iter().all(|p| *p == ip0), "{seen:?}");
 
     // Maglev: a client (address and port) gets the same backend whichever
-    // node it enters by, with no state shared between the nodes.
+    // node it enters by, with no state shared between the nodes. Its ports
+    // are above the kernel's ephemeral range (32768-60999), so no earlier
+    // connection of the client's can have used the same tuple (a backend
+    // still holding it in TIME_WAIT would refuse the new one).
     let mut same = 0;
-    for port in 45000..45020u16 {
+    for port in 61000..61020u16 {
         let via = |ip: &str| -> Result<Option<String>> {
             Ok(get_from_port(&ext, ip, 30080, port)?.served_by)
         };

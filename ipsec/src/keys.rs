@@ -149,6 +149,11 @@ fn parse_line(line: usize, content: &str) -> Result<Key, KeyFileError> {
         .strip_prefix("0x")
         .or_else(|| hex.strip_prefix("0X"))
         .unwrap_or(hex);
+    // Checked first: a non-ASCII character would also cut the byte
+    // pairs below in the middle of a character.
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(field(line, "HEX-KEY", "not hexadecimal"));
+    }
     if hex.len() % 2 != 0 {
         return Err(field(
             line,
@@ -284,6 +289,11 @@ mod tests {
             ),
             (
                 format!("3 {GCM_AES} {}zz 128", &HEX40[..38]),
+                "line 1: HEX-KEY: not hexadecimal".into(),
+            ),
+            // Found by the fuzz target: a two-byte character cut in half.
+            (
+                format!("3 {GCM_AES} 0x012345678\u{1e7}bcd 128"),
                 "line 1: HEX-KEY: not hexadecimal".into(),
             ),
             (
