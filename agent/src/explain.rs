@@ -10,14 +10,14 @@
 use std::net::IpAddr;
 
 use axoneme_api::{cni_code, ApiError, ExplainRequest};
-use axoneme_bpf_common::{direction, endpoint_flags};
+use axoneme_bpf_common::endpoint_flags;
 use axoneme_identity::{LabelSet, NumericIdentity};
 use axoneme_policy::compile::{add_cidr_identities, cidr_identities, Direction, EnforcementMode};
 use axoneme_policy::explain::{self, DatapathCheck, ExplainReport};
 use axoneme_policy::selector::Identities;
 use axoneme_policy::{Policy, PortNames};
 
-use crate::datapath::MapReader;
+use crate::datapath::{direction_code, MapReader};
 use crate::node::NodeState;
 use crate::reconcile::{DatapathView, Desired};
 
@@ -144,28 +144,34 @@ pub fn explain(
         mode,
     )
     .map_err(invalid)?;
-    let said = [report.egress.clone(), report.ingress.clone()];
+    let mut checks = Vec::new();
     for (end, dir, peer, said) in [
-        (&source, Direction::Egress, destination.identity, &said[0]),
-        (&destination, Direction::Ingress, source.identity, &said[1]),
+        (
+            &source,
+            Direction::Egress,
+            destination.identity,
+            &report.egress,
+        ),
+        (
+            &destination,
+            Direction::Ingress,
+            source.identity,
+            &report.ingress,
+        ),
     ] {
         let Some(name) = &end.local else { continue };
         let Some(programmed) = view.programmed.get(name) else {
             continue;
         };
-        let (dir_code, flag, side) = match dir {
-            Direction::Ingress => (
-                direction::INGRESS,
-                endpoint_flags::INGRESS_ENFORCED,
-                "ingress",
-            ),
-            Direction::Egress => (direction::EGRESS, endpoint_flags::EGRESS_ENFORCED, "egress"),
+        let (flag, side) = match dir {
+            Direction::Ingress => (endpoint_flags::INGRESS_ENFORCED, "ingress"),
+            Direction::Egress => (endpoint_flags::EGRESS_ENFORCED, "egress"),
         };
         let entry = maps
             .policy_lookup(
                 programmed.info.endpoint_id,
                 peer.0,
-                dir_code,
+                direction_code(dir),
                 protocol,
                 req.port,
             )
@@ -185,7 +191,7 @@ pub fn explain(
         };
         // A deny rule is an entry; the default deny is none.
         let agrees = verdict == said.verdict && (said.denied_by.is_empty() || entry.is_some());
-        report.datapath.push(DatapathCheck {
+        checks.push(DatapathCheck {
             direction: side.into(),
             endpoint: name.clone(),
             verdict: verdict.into(),
@@ -193,5 +199,6 @@ pub fn explain(
             audit: programmed.info.flags & endpoint_flags::AUDIT != 0,
         });
     }
+    report.datapath = checks;
     Ok(report)
 }

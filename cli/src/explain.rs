@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use axoneme_identity::{LabelSet, NumericIdentity, ReservedIdentity, Source};
+use axoneme_identity::{Label, LabelSet, NumericIdentity, ReservedIdentity, Source};
 use axoneme_policy::compile::{add_cidr_identities, cidr_identities, EnforcementMode};
 use axoneme_policy::explain::{self, ExplainReport};
 use axoneme_policy::selector::Identities;
@@ -107,13 +107,12 @@ fn end_of_labels(
         .filter(|l| !l.is_empty())
         .collect();
     let mut set = LabelSet::parse(&items, Source::K8s).map_err(|e| bad("labels", e))?;
-    let reserved: Vec<_> = set
+    let reserved = set
         .iter()
-        .filter(|l| l.source == Source::Reserved)
-        .map(|l| l.key.clone())
-        .collect();
-    if let Some(name) = reserved.first() {
-        let r = ReservedIdentity::from_name(name)
+        .find(|l| l.source == Source::Reserved)
+        .map(|l| l.key.clone());
+    if let Some(name) = reserved {
+        let r = ReservedIdentity::from_name(&name)
             .ok_or_else(|| bad("labels", format!("reserved:{name} is no reserved identity")))?;
         if set.len() > 1 {
             return Err(bad(
@@ -124,13 +123,9 @@ fn end_of_labels(
         return Ok((r.id(), set));
     }
     axoneme_identity::labels::check_dns_label(namespace).map_err(|e| bad("namespace", e))?;
-    set = LabelSet::parse(
-        set.to_strings()
-            .into_iter()
-            .chain([format!("k8s:io.kubernetes.pod.namespace={namespace}")]),
-        Source::K8s,
-    )
-    .map_err(|e| bad("labels", e))?;
+    let ns = Label::new(Source::K8s, "io.kubernetes.pod.namespace", namespace)
+        .map_err(|e| bad("namespace", e))?;
+    set.insert(ns);
     Ok((workload, set))
 }
 

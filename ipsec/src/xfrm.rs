@@ -120,6 +120,11 @@ fn family(ip: &IpAddr) -> u16 {
     }
 }
 
+/// The mark attribute of a state or policy that has one.
+fn mark_attr(mark: Option<(u32, u32)>) -> Option<XfrmAttrs> {
+    mark.map(|(value, mask)| XfrmAttrs::Mark(Mark { value, mask }))
+}
+
 /// No byte, packet or time limit (`ip xfrm`'s default).
 fn unlimited() -> LifetimeConfig {
     LifetimeConfig {
@@ -159,9 +164,7 @@ impl Xfrm {
             alg_icv_len: u32::from(s.key.icv_bits),
             alg_key: s.key.key.clone(),
         })];
-        if let Some((value, mask)) = s.mark {
-            nlas.push(XfrmAttrs::Mark(Mark { value, mask }));
-        }
+        nlas.extend(mark_attr(s.mark));
         let info = UserSaInfo {
             selector: Selector {
                 family: family(&s.src),
@@ -209,9 +212,7 @@ impl Xfrm {
             calgos: u32::MAX,
             ..UserTemplate::default()
         }])];
-        if let Some((value, mask)) = p.mark {
-            nlas.push(XfrmAttrs::Mark(Mark { value, mask }));
-        }
+        nlas.extend(mark_attr(p.mark));
         let info = UserPolicyInfo {
             selector: selector(p.src, p.dst),
             lifetime_cfg: unlimited(),
@@ -240,9 +241,7 @@ impl Xfrm {
         spi: u32,
         mark: Option<(u32, u32)>,
     ) -> Result<(), XfrmError> {
-        let nlas = mark
-            .map(|(value, mask)| vec![XfrmAttrs::Mark(Mark { value, mask })])
-            .unwrap_or_default();
+        let nlas = mark_attr(mark).into_iter().collect();
         self.request(
             XfrmMessage::DeleteSa(StateDel {
                 user_sa_id: UserSaId {
@@ -266,9 +265,7 @@ impl Xfrm {
         dir: Dir,
         mark: Option<(u32, u32)>,
     ) -> Result<(), XfrmError> {
-        let nlas = mark
-            .map(|(value, mask)| vec![XfrmAttrs::Mark(Mark { value, mask })])
-            .unwrap_or_default();
+        let nlas = mark_attr(mark).into_iter().collect();
         self.request(
             XfrmMessage::DeletePolicy(PolicyDel {
                 user_policy_id: UserPolicyId {

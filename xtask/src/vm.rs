@@ -12,8 +12,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::setup::sh;
 
-/// Where the unpacked kernels live (outside the work tree, across runs).
-pub const CACHE: &str = "/var/cache/axoneme/vm";
+/// Where the unpacked kernels live (outside the work tree, across runs),
+/// where the tests' VM harness looks for them.
+use axoneme_e2e::vm::CACHE;
 
 /// The kernel package the meta-package points at now
 /// (`linux-image-6.1.0-NN-cloud-amd64`).

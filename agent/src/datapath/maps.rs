@@ -106,7 +106,7 @@ pub(super) fn typed<T: TryFrom<Map, Error = MapError>>(
 }
 
 /// A map opened from its pin under `dir`.
-fn pinned<T: TryFrom<Map, Error = MapError>>(
+pub(super) fn pinned<T: TryFrom<Map, Error = MapError>>(
     dir: &Path,
     name: &'static str,
 ) -> Result<T, DatapathError> {
@@ -231,7 +231,7 @@ impl Maps {
     }
 
     /// The maps pinned under `dir` by a loaded datapath.
-    fn open_pinned(dir: &Path) -> Result<Self, DatapathError> {
+    pub(super) fn open_pinned(dir: &Path) -> Result<Self, DatapathError> {
         Ok(Self {
             ipcache: pinned(dir, IPCACHE)?,
             endpoints: pinned(dir, ENDPOINTS)?,
@@ -543,6 +543,28 @@ impl Maps {
             .map(|(i, v)| (VerdictKey::from_index(i), v))
             .collect())
     }
+
+    /// The entry the programs' policy lookup finds for a new flow of
+    /// endpoint `endpoint_id` with `peer`: the longest match among the
+    /// peer's entries, else among any peer's (the kernel's LPM lookup, as
+    /// the programs do it).
+    pub fn policy_lookup(
+        &self,
+        endpoint_id: u32,
+        peer: u32,
+        dir: u8,
+        protocol: u8,
+        port: u16,
+    ) -> Result<Option<PolicyValue>, DatapathError> {
+        let full = PolicyKey::prefix_len(1, 16);
+        for id in [peer, 0] {
+            let key = Key::new(full, PolicyKey::new(endpoint_id, id, dir, protocol, port));
+            if let Some(v) = found(self.policy.get(&key, 0), POLICY)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
 }
 
 fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), DatapathError> {
@@ -580,131 +602,10 @@ fn clear<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+pub(super) fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         out.extend(Event::from_bytes(&item));
     }
     out
-}
-
-/// The maps whose fill `status` and `bpf_map_pressure` report.
-pub const SIZED_MAPS: [&str; 6] = [IPCACHE, ENDPOINTS, ENDPOINT_ADDRS, POLICY, CT4, CT];
-
-/// Read-only handles on a datapath's pinned maps, for the API's views:
-/// what the kernel holds (counters and conntrack included), read without
-/// going through the maps' one writer.
-pub struct MapReader {
-    maps: Maps,
-    /// Each of [`SIZED_MAPS`]' capacity, read from its pin (the
-    /// `--bpf-*-max` flags size some; fixed while the pins live).
-    capacity: Vec<(&'static str, u32)>,
-}
-
-impl MapReader {
-    /// Opens the maps a loaded datapath pinned under `pin_dir`.
-    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
-        let maps = Maps::open_pinned(pin_dir)?;
-        let capacity = SIZED_MAPS
-            .iter()
-            .map(|name| {
-                aya::maps::MapInfo::from_pin(pin_dir.join(name))
-                    .map(|i| (*name, i.max_entries()))
-                    .map_err(|source| map_error(name, "reading its size", source))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(MapReader { maps, capacity })
-    }
-
-    /// Each sized map's capacity, by name.
-    pub fn capacities(&self) -> &[(&'static str, u32)] {
-        &self.capacity
-    }
-
-    /// Map `name`'s capacity (0 for a map not in [`SIZED_MAPS`]).
-    pub fn capacity(&self, name: &str) -> u32 {
-        self.capacity
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, c)| *c)
-    }
-
-    pub fn ipcache_entries(&self) -> Result<Vec<(IpNet, IpcacheValue)>, DatapathError> {
-        self.maps.ipcache_entries()
-    }
-
-    pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, DatapathError> {
-        self.maps.endpoints()
-    }
-
-    pub fn endpoint_addresses(&self) -> Result<usize, DatapathError> {
-        self.maps.endpoint_addresses()
-    }
-
-    pub fn policy_entries(&self) -> Result<Vec<(u32, PolicyKey, PolicyValue)>, DatapathError> {
-        self.maps.policy_entries()
-    }
-
-    pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
-        self.maps.ct_entries()
-    }
-
-    /// The entry the programs' policy lookup finds for a new flow of
-    /// endpoint `endpoint_id` with `peer`: the longest match among the
-    /// peer's entries, else among any peer's (the kernel's LPM lookup, as
-    /// the programs do it).
-    pub fn policy_lookup(
-        &self,
-        endpoint_id: u32,
-        peer: u32,
-        dir: u8,
-        protocol: u8,
-        port: u16,
-    ) -> Result<Option<PolicyValue>, DatapathError> {
-        let full = PolicyKey::prefix_len(1, 16);
-        for id in [peer, 0] {
-            let key = aya::maps::lpm_trie::Key::new(
-                full,
-                PolicyKey::new(endpoint_id, id, dir, protocol, port),
-            );
-            if let Some(v) = found(self.maps.policy.get(&key, 0), POLICY)? {
-                return Ok(Some(v));
-            }
-        }
-        Ok(None)
-    }
-
-    /// How many flows each conntrack table holds: (IPv4, IPv6).
-    pub fn ct_counts(&self) -> Result<(usize, usize), DatapathError> {
-        self.maps.ct_counts()
-    }
-
-    pub fn counters(&self) -> Result<Counters, DatapathError> {
-        self.maps.counters()
-    }
-
-    /// See [`Maps::traffic`].
-    pub fn traffic(&self) -> Result<Vec<(MetricsKey, MetricsValue)>, DatapathError> {
-        self.maps.traffic()
-    }
-
-    /// See [`Maps::verdicts`].
-    pub fn verdicts(&self) -> Result<Vec<(VerdictKey, MetricsValue)>, DatapathError> {
-        self.maps.verdicts()
-    }
-}
-
-/// The datapath's event ring, read by the one task that drains it.
-pub struct EventReader(RingBuf<MapData>);
-
-impl EventReader {
-    /// Opens the ring a loaded datapath pinned under `pin_dir`.
-    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
-        pinned(pin_dir, EVENTS).map(EventReader)
-    }
-
-    /// The events waiting in the ring.
-    pub fn drain(&mut self) -> Vec<Event> {
-        drain(&mut self.0)
-    }
 }

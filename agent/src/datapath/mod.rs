@@ -9,6 +9,7 @@
 
 mod lb;
 mod maps;
+mod reader;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,7 +23,8 @@ use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRu
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 pub use lb::{detach_socket_lb, LbMaps, SOCK_PROGRAMS};
-pub use maps::{policy_entry, policy_key, Counters, EventReader, MapReader, Maps};
+pub use maps::{direction_code, policy_entry, policy_key, Counters, Maps};
+pub use reader::{EventReader, MapReader};
 
 /// The programs' load-time constant that switches the per-packet LB at
 /// the pods' veths on (`bpf/programs/src/nodeport.rs`).
