@@ -17,7 +17,7 @@ use aya_ebpf::{
 
 use crate::conntrack::{ct_insert, ct_update, fragment, lifetime, related, AUDIT_ENDED};
 use crate::endpoint::owns;
-use crate::events::{drop_event, drop_flow, trace_flow, verdict_event};
+use crate::events::{drop_flow, trace_flow, verdict_event};
 use crate::ipcache::ids;
 use crate::metrics::judged;
 use crate::parse::{Flow, Frag, Icmp};
@@ -67,9 +67,16 @@ pub(crate) fn decide(at: &At, flow: &mut Flow) -> Result<u32, ()> {
         }
         return Ok(tracked);
     }
-    let proxy_port = new_flow(at, flow)?;
-    // Traced once it is tracked (a flow CT refused was dropped); from
-    // here, not inside `new_flow`, whose stack is at the verifier's limit.
+    let proxy_port = match new_flow(at, flow) {
+        Ok(port) => port,
+        Err(reason) => {
+            drop_flow(at, flow, reason);
+            return Err(());
+        }
+    };
+    // Traced and dropped from here, not inside `new_flow`: its frame is
+    // the largest, and a call below it would take the chain past the
+    // verifier's 512 bytes (6.1 rounds every frame up to 32).
     let point = if proxy_port != 0 {
         trace_point::TO_PROXY
     } else if at.dir == direction::INGRESS {
@@ -83,7 +90,7 @@ pub(crate) fn decide(at: &At, flow: &mut Flow) -> Result<u32, ()> {
 
 /// A new flow: the policy decides.
 #[inline(never)]
-fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
+fn new_flow(at: &At, flow: &Flow) -> Result<u16, u8> {
     let ep = &at.ep;
     let ctx = at.ctx;
     let dir = at.dir;
@@ -141,8 +148,7 @@ fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
     judged(at, outcome, matched);
     verdict_event(at, flow, src_id, dst_id, matched, outcome);
     if outcome == verdict::DENIED {
-        drop_event(at, Some(flow), reason, src_id, dst_id);
-        return Err(());
+        return Err(reason);
     }
     // ICMP errors are never the start of a flow.
     if flow.icmp != Icmp::Error {
@@ -167,14 +173,7 @@ fn new_flow(at: &At, flow: &Flow) -> Result<u16, ()> {
             ct_insert::<CtKey>(flow, ep.endpoint_id, dir, &value)
         };
         if !inserted {
-            drop_event(
-                at,
-                Some(flow),
-                drop_reason::DROP_CT_CREATE_FAILED,
-                src_id,
-                dst_id,
-            );
-            return Err(());
+            return Err(drop_reason::DROP_CT_CREATE_FAILED);
         }
     }
     Ok(proxy_port)
