@@ -51,6 +51,8 @@ pub struct ApiState {
     pub services: watch::Receiver<Arc<crate::services::Programmed>>,
     /// The agent's `--enforcement` mode (`policy explain` judges with it).
     pub enforcement: axoneme_policy::EnforcementMode,
+    /// What the encryption task last did (disabled: the default).
+    pub encrypt: watch::Receiver<axoneme_api::EncryptStatus>,
 }
 
 type Ctx = ApiState;
@@ -142,9 +144,15 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<Status>, Failure> {
     }
     let services = ctx.services.borrow().clone();
     st.components.push(crate::services::component(&services));
+    st.components
+        .push(crate::encrypt::component(&ctx.encrypt.borrow()));
     st.maps.extend(services.summary.maps.iter().cloned());
     st.ok = st.components.iter().all(|c| c.ok);
     Ok(Json(st))
+}
+
+async fn encrypt_status(State(ctx): State<Arc<Ctx>>) -> Json<axoneme_api::EncryptStatus> {
+    Json(ctx.encrypt.borrow().clone())
 }
 
 async fn list_endpoints(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<EndpointView>>, Failure> {
@@ -231,6 +239,7 @@ pub async fn serve(
         .route("/v1/bpf/ct", get(ct))
         .route("/v1/events", get(list_events))
         .route("/v1/services", get(list_services))
+        .route("/v1/encrypt", get(encrypt_status))
         .fallback(not_found)
         .with_state(ctx);
     serve_on(listener, app, cancel).await

@@ -44,8 +44,8 @@ pub struct Config {
     pub services: ServicesConfig,
     #[command(flatten, next_help_heading = "Flows (Hubble)")]
     pub hubble: HubbleConfig,
-    #[command(flatten, next_help_heading = "Not available in this version")]
-    pub unavailable: UnavailableConfig,
+    #[command(flatten, next_help_heading = "Transparent encryption (IPsec)")]
+    pub encryption: EncryptionConfig,
     /// Where to serve Prometheus metrics (`/metrics`), inside the node's
     /// network namespace: `:PORT` (every address), `HOST:PORT`, or empty
     /// for none.
@@ -290,38 +290,78 @@ pub struct KubernetesConfig {
     pub cluster_name: String,
 }
 
-/// Settings a deployment may ask for (the Helm chart renders them) that
-/// this version cannot honour. Asked for, they stop the agent at start
-/// with an error that says so, rather than leave a cluster believing its
-/// Services are load-balanced or its traffic encrypted.
+/// Transparent IPsec between nodes (see docs/architecture.md,
+/// "Transparent encryption").
 #[derive(Debug, Clone, Args)]
-pub struct UnavailableConfig {
-    /// Transparent IPsec between nodes (`true` is refused).
+pub struct EncryptionConfig {
+    /// Encrypt pod traffic to other nodes that encrypt, with IPsec (ESP,
+    /// tunnel mode between the nodes' addresses; needs --ipsec-key-file).
     #[arg(long, env = "AXONEME_ENABLE_IPSEC", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_ipsec: bool,
-    /// The IPsec key file (only with --enable-ipsec).
+    /// The IPsec key file: lines `SPI[+] rfc4106(gcm(aes)) HEX-KEY ICV-BITS`
+    /// (Cilium's format; the last line is in use). Read again every
+    /// --ipsec-key-poll: a new SPI is a key rotation.
     #[arg(long, env = "AXONEME_IPSEC_KEY_FILE")]
     pub ipsec_key_file: Option<PathBuf>,
+    /// Only nodes whose labels have all of these encrypt
+    /// (`key=value,...`; empty: every node).
+    #[arg(long, env = "AXONEME_ENCRYPTION_NODE_SELECTOR", default_value = "", value_parser = parse_labels)]
+    pub encryption_node_selector: Labels,
+    /// This node's labels, for --encryption-node-selector in standalone
+    /// mode (`key=value,...`; Kubernetes mode adds the Node's).
+    #[arg(long, env = "AXONEME_NODE_LABELS", default_value = "", value_parser = parse_labels)]
+    pub node_labels: Labels,
+    /// Pod traffic to a node that encrypts is never sent in clear: while
+    /// the two share no key it is dropped (reason 194), and clear traffic
+    /// from its pods is refused.
+    #[arg(long, env = "AXONEME_IPSEC_STRICT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ipsec_strict: bool,
+    /// How long a replaced key is still installed after the switch to its
+    /// successor (packets in flight with it are still decrypted).
+    #[arg(long, env = "AXONEME_IPSEC_KEY_ROTATION_DURATION", default_value = "5m", value_parser = duration)]
+    pub ipsec_key_rotation_duration: Duration,
+    /// How often the key file is read again.
+    #[arg(long, env = "AXONEME_IPSEC_KEY_POLL", default_value = "1s", value_parser = duration)]
+    pub ipsec_key_poll: Duration,
 }
 
-impl UnavailableConfig {
-    /// An error naming each setting asked for that this version lacks.
-    pub fn refuse(&self) -> Result<(), String> {
-        let mut asked = Vec::new();
-        if self.enable_ipsec || self.ipsec_key_file.is_some() {
-            asked.push(
-                "--enable-ipsec (Helm: encryption.enabled): this version cannot encrypt traffic \
-                 between nodes; refusing to run unencrypted when encryption was asked for",
+/// Labels as `key=value` pairs.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
+/// `key=value,...` (empty: none).
+pub fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut out = Labels::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: not key=value"))?;
+        if k.is_empty() {
+            return Err(format!("{pair:?}: empty key"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+impl EncryptionConfig {
+    /// What is wrong with the settings together.
+    pub fn check(&self) -> Result<(), String> {
+        if self.enable_ipsec && self.ipsec_key_file.is_none() {
+            return Err(
+                "--enable-ipsec needs --ipsec-key-file (Helm: encryption.ipsec.secretName)".into(),
             );
         }
-        if asked.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "not available in this version: {}",
-                asked.join("; ")
-            ))
-        }
+        Ok(())
+    }
+
+    /// Whether this node encrypts: IPsec is on and `labels` (this node's)
+    /// match the selector.
+    pub fn selects(&self, labels: &Labels) -> bool {
+        self.enable_ipsec
+            && self
+                .encryption_node_selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
     }
 }
 
@@ -450,16 +490,34 @@ mod tests {
     }
 
     #[test]
-    fn what_this_version_cannot_do_is_refused_by_name() {
+    fn encryption_settings_are_checked_and_select_nodes_by_label() {
         let parse = |extra: &[&str]| {
             let mut args = vec!["axoneme-agent", "--node", "n1"];
             args.extend(extra);
-            Config::try_parse_from(args).unwrap().unavailable.refuse()
+            Config::try_parse_from(args).map(|c| c.encryption)
         };
-        assert_eq!(parse(&[]), Ok(()));
-        assert_eq!(parse(&["--enable-ipsec=false"]), Ok(()));
-        let e = parse(&["--enable-ipsec=true", "--ipsec-key-file=/k"]).unwrap_err();
-        assert!(e.contains("refusing to run unencrypted"), "{e}");
+        assert_eq!(parse(&[]).unwrap().check(), Ok(()));
+        let e = parse(&["--enable-ipsec=true"])
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(e.contains("needs --ipsec-key-file"), "{e}");
+        let c = parse(&[
+            "--enable-ipsec=true",
+            "--ipsec-key-file=/k",
+            "--encryption-node-selector=zone=a, tier=db",
+        ])
+        .unwrap();
+        assert_eq!(c.check(), Ok(()));
+        let labels = |s: &str| parse_labels(s).unwrap();
+        assert!(c.selects(&labels("zone=a,tier=db,x=y")));
+        assert!(!c.selects(&labels("zone=a")));
+        assert!(parse(&["--enable-ipsec=true"])
+            .unwrap()
+            .selects(&Labels::new()));
+        assert!(!parse(&[]).unwrap().selects(&Labels::new()));
+        let e = parse(&["--node-labels=zone"]).unwrap_err().to_string();
+        assert!(e.contains("\"zone\": not key=value"), "{e}");
     }
 
     #[test]

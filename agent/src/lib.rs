@@ -4,6 +4,7 @@ pub mod announce;
 pub mod api;
 pub mod config;
 pub mod datapath;
+pub mod encrypt;
 pub mod endpoints;
 pub mod events;
 pub mod explain;

@@ -11,6 +11,7 @@
 //! | `events` | the event ring (the one reader) | the recent-events ring, log lines |
 //! | `node-record` | the node record (pod CIDRs) | IPAM's CIDRs |
 //! | `routes` | the routes to other nodes' pod CIDRs | — |
+//! | `encrypt` (IPsec) | the XFRM states and policies, the encryption maps (the one writer; `encrypt/`) | `EncryptStatus`, this node's part of its record |
 //! | `kvstore-probe` | — | `KvHealth` |
 //! | `orphans` | the deletion of endpoint records etcd could not delete at once | — |
 //! | `proxy` | the L7 proxy (`l7proxy/`: its own thread and runtime) | L7 events |
@@ -144,7 +145,7 @@ async fn join_etcd(
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     validate_node_name(&cfg.node)?;
-    cfg.unavailable.refuse().map_err(anyhow::Error::msg)?;
+    cfg.encryption.check().map_err(anyhow::Error::msg)?;
     // Handlers first, so that a signal during start-up is not lost.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -181,8 +182,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(ns) = &cfg.datapath.netns {
         std::fs::metadata(ns).with_context(|| format!("--netns {}", ns.display()))?;
     }
+    // A key file that does not parse stops the start (naming its line and
+    // field); later changes that do not parse are refused by the task.
+    let ipsec_keys = match (&cfg.encryption.ipsec_key_file, cfg.encryption.enable_ipsec) {
+        (Some(path), true) => Some(crate::encrypt::read_keys(path).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
     let options = LoadOptions {
         pod_lb: cfg.services.kube_proxy_replacement && !cfg.services.socket_lb,
+        encrypt: ipsec_keys.is_some(),
         ..LoadOptions::default()
     };
     let mut dp = Datapath::load_with(&pin_dir, &cfg.datapath.sizes.into(), options)
@@ -232,10 +240,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             info!("kube-proxy replacement off: the previous run's socket LB removed");
         }
         if let Some(device) = node_device(&cfg).await? {
-            dp.detach(&device, cfg.datapath.netns.as_deref());
+            if ipsec_keys.is_some() {
+                // ESP's decrypt mark is set there.
+                dp.attach_nodeport(&device, cfg.datapath.netns.as_deref())
+                    .with_context(|| format!("attaching the device program to {device}"))?;
+            } else {
+                dp.detach(&device, cfg.datapath.netns.as_deref());
+            }
         }
         None
     };
+    let encrypt_maps = ipsec_keys
+        .is_some()
+        .then(|| dp.take_encrypt_maps())
+        .transpose()?;
 
     let state_dir = cfg.state_dir();
     let node_ns = Ns::open_or_own(cfg.datapath.netns.as_deref()).context("--netns")?;
@@ -268,6 +286,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         name: cfg.node.clone(),
         addresses: cfg.node_ips.clone(),
         pod_cidrs: Vec::new(),
+        encryption: None,
     };
     let joined = async {
         let (leased, restored) =
@@ -343,10 +362,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         LabelSource::Cni => None,
     };
     // Metrics: the listener first, so a taken port fails the start.
-    let metrics = Metrics::new(
-        &cfg.node,
-        metrics::Sources::new(reader.clone(), state.clone(), view_rx.clone()),
-    );
+    let (encrypt_tx, encrypt_rx) = watch::channel(crate::encrypt::Status::default());
+    let mut sources = metrics::Sources::new(reader.clone(), state.clone(), view_rx.clone());
+    if ipsec_keys.is_some() {
+        sources = sources.with_encrypt(encrypt_rx.clone());
+    }
+    let metrics = Metrics::new(&cfg.node, sources);
     // From here on (the start's own calls are not in it).
     kv.observe_with(Arc::new(metrics.kvstore.clone()));
     if let Some(addr) = cfg.prometheus_serve_addr.0 {
@@ -496,6 +517,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cancel.clone(),
         ),
     );
+    let (cidrs_tx, cidrs_rx) = watch::channel(Vec::new());
+    let (announce_tx, announce_rx) = watch::channel(None);
+    if let (Some(maps), Some(keys)) = (encrypt_maps, ipsec_keys) {
+        sup.spawn(
+            "encrypt",
+            crate::encrypt::run(
+                maps,
+                crate::encrypt::Inputs {
+                    node: cfg.node.clone(),
+                    addresses: cfg.node_ips.clone(),
+                    config: cfg.encryption.clone(),
+                    keys,
+                    boot_id: crate::encrypt::boot_id(),
+                    nodes: nodes.clone(),
+                    node_labels: WatchCache::start(kv.clone(), layout.node_labels_prefix()),
+                    node_labels_key: layout.node_labels(&cfg.node),
+                    pod_cidrs: cidrs_rx,
+                    ns: node_ns.clone(),
+                },
+                crate::encrypt::Outputs {
+                    status: encrypt_tx,
+                    announce: announce_tx,
+                },
+                cancel.clone(),
+            ),
+        );
+    }
     sup.spawn(
         "node-record",
         Announcer {
@@ -504,6 +552,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             leased: leased.clone(),
             record,
             endpoints: eps.clone(),
+            cidrs_out: cidrs_tx,
+            encryption: announce_rx,
         }
         .run(cancel.clone()),
     );
@@ -570,6 +620,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 pods,
                 services: services_rx,
                 enforcement: cfg.datapath.enforcement,
+                encrypt: encrypt_rx,
             },
             cancel.clone(),
         ),

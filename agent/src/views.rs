@@ -413,6 +413,7 @@ pub fn drop_reason_text(reason: u8) -> &'static str {
         drop_reason::DROP_INVALID_EXTHDR => "Invalid IPv6 extension header",
         drop_reason::DROP_FRAG_NOT_FOUND => "Fragmentation needed / first fragment not seen",
         drop_reason::DROP_POLICY_DENY => "Policy denied by denylist",
+        drop_reason::DROP_UNENCRYPTED => "Traffic is unencrypted",
         drop_reason::DROP_NO_SERVICE => "Service backend not found",
         drop_reason::DROP_WRITE_ERROR => "Failed to write into packet",
         _ => "",

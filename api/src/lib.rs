@@ -16,15 +16,18 @@
 //! | `GET /v1/bpf/ct` | | [`CtEntry`] list |
 //! | `GET /v1/events` | | the most recent [`EventView`]s, oldest first |
 //! | `GET /v1/services` | | [`ServicesView`] |
+//! | `GET /v1/encrypt` | | [`EncryptStatus`] |
 //!
 //! Every error is an [`ApiError`] with a non-2xx status; its `code` is a
 //! CNI error code, so the plugin passes it through unchanged.
 
 mod client;
+mod encrypt;
 pub mod names;
 mod services;
 mod types;
 
 pub use client::{Client, ClientError};
+pub use encrypt::EncryptStatus;
 pub use services::{BackendView, FrontendView, ServicesView};
 pub use types::*;

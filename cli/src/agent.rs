@@ -9,7 +9,7 @@ use axoneme_identity::{NodeCidrs, NodeRecord};
 use serde::Serialize;
 
 use crate::error::CliError;
-use crate::output::{Render, Table};
+use crate::output::{or_dash, Render, Table};
 use crate::Ctx;
 
 /// The node agent's API socket, and how long a request to it may take.
@@ -190,6 +190,94 @@ pub async fn services(agent: &Agent) -> Result<ServicesView, CliError> {
 
 pub async fn lb(agent: &Agent) -> Result<Lb, CliError> {
     Ok(Lb(services(agent).await?))
+}
+
+/// `encrypt status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Encrypt(pub axoneme_api::EncryptStatus);
+
+/// Whether encryption works as configured: no failing step, the key file
+/// taken, a key in common with every node that encrypts.
+pub fn encrypt_ok(st: &axoneme_api::EncryptStatus) -> bool {
+    st.errors.is_empty() && st.key_error.is_none() && st.peers.values().all(Option::is_some)
+}
+
+impl Render for Encrypt {
+    fn human(&self) -> String {
+        let st = &self.0;
+        let spi = |s: Option<u8>| s.map_or("-".to_string(), |s| s.to_string());
+        let mode = if !st.enabled {
+            "disabled"
+        } else if !st.node_encrypts {
+            "IPsec, but not on this node (--encryption-node-selector)"
+        } else if st.strict {
+            "IPsec (strict)"
+        } else {
+            "IPsec"
+        };
+        let mut kv = Table::headerless();
+        kv.row(["Encryption:", mode]);
+        if !st.enabled {
+            return kv.to_string();
+        }
+        let keys: Vec<String> = st.keys.iter().map(u8::to_string).collect();
+        kv.row(["Key in use:".to_string(), format!("SPI {}", spi(st.spi))]);
+        kv.row([
+            "Keys:".to_string(),
+            or_dash((!keys.is_empty()).then(|| keys.join(", "))),
+        ]);
+        kv.row([
+            "Key file:".to_string(),
+            st.key_file
+                .as_ref()
+                .map_or("-".to_string(), |p| p.display().to_string()),
+        ]);
+        kv.row([
+            "XFRM:".to_string(),
+            format!(
+                "{} states in, {} out, {} policies",
+                st.states_in, st.states_out, st.policies
+            ),
+        ]);
+        if let Some(e) = &st.key_error {
+            kv.row(["Key file error:", e.as_str()]);
+        }
+        for e in &st.errors {
+            kv.row(["Failing:", e.as_str()]);
+        }
+        let errors: Vec<String> = st
+            .xfrm_errors
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        kv.row([
+            "XFRM errors:".to_string(),
+            if errors.is_empty() {
+                "none".to_string()
+            } else {
+                errors.join(", ")
+            },
+        ]);
+        let mut nodes = Table::new(&["NODE", "SENT WITH SPI"]);
+        for (node, s) in &st.peers {
+            nodes.row([
+                node.clone(),
+                s.map_or("none in common (not sent)".into(), |s| s.to_string()),
+            ]);
+        }
+        format!("{kv}\n{nodes}")
+    }
+}
+
+pub async fn encrypt(agent: &Agent) -> Result<Encrypt, CliError> {
+    Ok(Encrypt(
+        agent
+            .client()
+            .get("/v1/encrypt")
+            .await
+            .map_err(agent_error)?,
+    ))
 }
 
 /// `bpf policy get ENDPOINT`.

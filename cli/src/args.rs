@@ -68,6 +68,9 @@ pub enum Command {
     /// The node agent's BPF maps (through its API socket).
     #[command(subcommand)]
     Bpf(BpfCommand),
+    /// Transparent IPsec on this node (through the agent's API socket).
+    #[command(subcommand)]
+    Encrypt(EncryptCommand),
     /// The node agent's most recent events: datapath drops with Cilium's
     /// reason numbers, policy verdicts, and the L7 proxy's HTTP requests.
     Events(EventsArgs),
@@ -238,6 +241,15 @@ pub enum BpfCommand {
     /// node's datapath has them.
     #[command(subcommand)]
     Lb(ListOnly),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EncryptCommand {
+    /// The mode, the key in use and the keys installed, each other node
+    /// that encrypts and the key its pods' traffic is sent with, the XFRM
+    /// states and policies, and the kernel's XFRM errors (exit 1 if
+    /// anything fails).
+    Status,
 }
 
 #[derive(Debug, Clone, Subcommand)]

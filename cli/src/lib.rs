@@ -26,8 +26,8 @@ use axoneme_kvstore::{KvArgs, KvStore};
 
 pub use crate::args::Args;
 use crate::args::{
-    BpfCommand, Command, EndpointCommand, IdentityCommand, NodeCommand, PolicyCommand,
-    PolicyMapCommand, ServiceCommand,
+    BpfCommand, Command, EncryptCommand, EndpointCommand, IdentityCommand, NodeCommand,
+    PolicyCommand, PolicyMapCommand, ServiceCommand,
 };
 pub use crate::error::{error_line, CliError};
 use crate::output::{render, OutputFormat, Render};
@@ -107,6 +107,7 @@ pub async fn run(args: Args) -> Result<Report, CliError> {
         Err(_) => {
             let peer = match &args.command {
                 Command::Bpf(_)
+                | Command::Encrypt(_)
                 | Command::Events(_)
                 | Command::Endpoint(EndpointCommand::Config(_))
                 | Command::Policy(PolicyCommand::Explain(_)) => {
@@ -257,6 +258,11 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
         Command::Observe(_) | Command::Monitor(_) => unreachable!("streams run in `run`"),
         Command::Bpf(BpfCommand::Ct(_)) => Report::new(&agent::ct(&agent).await?, format, true),
         Command::Bpf(BpfCommand::Lb(_)) => Report::new(&agent::lb(&agent).await?, format, true),
+        Command::Encrypt(EncryptCommand::Status) => {
+            let st = agent::encrypt(&agent).await?;
+            let ok = agent::encrypt_ok(&st.0);
+            Report::new(&st, format, ok)
+        }
         Command::Status(s) if s.brief => {
             let part = status::brief(&agent, timeout).await;
             let ok = part.ok;

@@ -18,7 +18,7 @@ use anyhow::{ensure, Context, Result};
 use axoneme_e2e::netns::{run, Netns};
 use axoneme_e2e::vm::Vm;
 use axoneme_ipsec::keys::{derive_pair_key, parse, Key};
-use axoneme_ipsec::xfrm::{Dir, Mode, PolicySpec, StateSpec, Xfrm};
+use axoneme_ipsec::xfrm::{Dir, Mode, PolicyId, PolicySpec, StateSpec, Xfrm};
 
 const HAND_MADE: &str = r#"
 IP=/opt/bin/ip
@@ -100,6 +100,7 @@ fn program(ns: &Netns, me: IpAddr, peer: IpAddr, out: &Key, inbound: &Key) -> Re
                 reqid: 1,
                 mode: Mode::Transport,
                 mark: None,
+                optional: false,
             })?;
         }
         Ok(())
@@ -194,6 +195,7 @@ fn the_xfrm_layer_adds_policies_here_and_names_the_kernels_refusal_of_esp() -> R
             reqid: 7,
             mode: Mode::Tunnel,
             mark: Some((0x0300, 0x0f00)),
+            optional: false,
         })?;
         Ok(())
     })??;
@@ -208,6 +210,40 @@ fn the_xfrm_layer_adds_policies_here_and_names_the_kernels_refusal_of_esp() -> R
     ] {
         ensure!(text.contains(want), "{want:?} missing:\n{text}");
     }
+    // Listed as added; an update replaces it (another reqid now), and it
+    // is still the one policy.
+    a.enter(|| -> Result<()> {
+        let mut x = Xfrm::open()?;
+        let want = PolicyId {
+            src: ia.into(),
+            dst: ib.into(),
+            dir: Dir::Out,
+            mark: Some((0x0300, 0x0f00)),
+            reqid: 7,
+        };
+        ensure!(x.policies()? == vec![want.clone()], "{:?}", x.policies()?);
+        x.upsert_policy(&PolicySpec {
+            src: ia.into(),
+            dst: ib.into(),
+            dir: Dir::Out,
+            tmpl_src: ia,
+            tmpl_dst: ib,
+            reqid: 8,
+            mode: Mode::Tunnel,
+            mark: Some((0x0300, 0x0f00)),
+            optional: false,
+        })?;
+        let updated = PolicyId { reqid: 8, ..want };
+        ensure!(x.policies()? == vec![updated], "{:?}", x.policies()?);
+        ensure!(x.states()?.is_empty());
+        Ok(())
+    })??;
+    let out = a.ip(&["xfrm", "policy"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("reqid 8 mode tunnel"),
+        "the update did not replace the policy: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Deleted, nothing is left; deleting again names what is missing.
     let again = a.enter(|| -> Result<String> {
         let mut x = Xfrm::open()?;

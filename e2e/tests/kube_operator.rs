@@ -308,6 +308,7 @@ fn scenarios(s: &mut Setup) -> Result<()> {
                 name: n.to_string(),
                 addresses: vec![format!("192.168.77.{i}").parse()?],
                 pod_cidrs: vec![],
+                encryption: None,
             },
         )?;
     }

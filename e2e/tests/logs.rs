@@ -137,7 +137,7 @@ fn a_failing_start_is_json_to_the_last_line_for_both_binaries() -> Result<()> {
                 "--enable-ipsec=true",
             ][..],
             &[][..],
-            "not available in this version: --enable-ipsec",
+            "--enable-ipsec needs --ipsec-key-file",
         ),
     ] {
         let (ok, stderr) = run_failing(binary, args, env)?;

@@ -18,8 +18,8 @@ pub use labels::{Label, LabelError, LabelSet, Source};
 pub use layout::Layout;
 pub use model::{
     check_interface_name, check_port_name, EndpointEnforcement, EndpointIdentity, EndpointRecord,
-    IdentityRecord, LeaderRecord, NamedPort, NamedPorts, NamespaceRecord, NodeCidrs, NodeLabels,
-    NodeRecord, NodeStatusRecord, PolicyStatus, PortProtocol,
+    IdentityRecord, LeaderRecord, NamedPort, NamedPorts, NamespaceRecord, NodeCidrs,
+    NodeEncryption, NodeLabels, NodeRecord, NodeStatusRecord, PolicyStatus, PortProtocol,
 };
 pub use numeric::{IdentityRange, NumericIdentity, ReservedIdentity};
 

@@ -174,6 +174,21 @@ pub struct NodeRecord {
     /// `NodeCidrs` once the operator has given them).
     #[serde(default)]
     pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// Present when the node encrypts pod traffic with other nodes that do
+    /// (transparent IPsec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<NodeEncryption>,
+}
+
+/// A node's part in transparent IPsec, for the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEncryption {
+    /// Its boot id (per node pair keys are derived from both nodes').
+    pub boot_id: String,
+    /// The SPIs of the keys it accepts (has inbound states for): others
+    /// send with the newest of theirs it accepts.
+    pub spis: Vec<u8>,
 }
 
 /// The pod CIDRs the operator leader gave a node (Cilium's CiliumNode

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
 use netlink_packet_xfrm::constants::{
@@ -56,7 +56,7 @@ impl Mode {
 }
 
 /// A policy's direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dir {
     In,
     Out,
@@ -64,6 +64,12 @@ pub enum Dir {
 }
 
 impl Dir {
+    fn from_code(code: u8) -> Option<Self> {
+        [Dir::In, Dir::Out, Dir::Fwd]
+            .into_iter()
+            .find(|d| d.code() == code)
+    }
+
     fn code(self) -> u8 {
         match self {
             Dir::In => XFRM_POLICY_IN,
@@ -110,6 +116,76 @@ pub struct PolicySpec {
     pub reqid: u32,
     pub mode: Mode,
     pub mark: Option<(u32, u32)>,
+    /// The template may be missing (`level use`): packets that did not
+    /// come through ESP pass too. Only inbound policies use it.
+    pub optional: bool,
+}
+
+/// A state as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StateId {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub spi: u32,
+    pub reqid: u32,
+    pub mark: Option<(u32, u32)>,
+}
+
+/// A policy as the kernel lists it (`reqid`: its first template's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyId {
+    pub src: IpNet,
+    pub dst: IpNet,
+    pub dir: Dir,
+    pub mark: Option<(u32, u32)>,
+    pub reqid: u32,
+}
+
+/// The address `a` of `family`.
+fn ip(family: u16, a: &Address) -> IpAddr {
+    if family == AF_INET6 {
+        a.to_ipv6().into()
+    } else {
+        a.to_ipv4().into()
+    }
+}
+
+/// The mark attribute among `nlas`, if any.
+fn mark_of(nlas: &[XfrmAttrs]) -> Option<(u32, u32)> {
+    nlas.iter().find_map(|a| match a {
+        XfrmAttrs::Mark(m) => Some((m.value, m.mask)),
+        _ => None,
+    })
+}
+
+/// A policy's message: its info and attributes (template, mark).
+fn policy_message(p: &PolicySpec) -> (UserPolicyInfo, Vec<XfrmAttrs>) {
+    let mut nlas = vec![XfrmAttrs::Template(vec![UserTemplate {
+        id: Id {
+            daddr: Address::from_ip(&p.tmpl_dst),
+            spi: 0,
+            proto: IPPROTO_ESP,
+        },
+        family: family(&p.tmpl_src),
+        saddr: Address::from_ip(&p.tmpl_src),
+        reqid: p.reqid,
+        mode: p.mode.code(),
+        optional: u8::from(p.optional),
+        // Any algorithm (`ip xfrm`'s default).
+        aalgos: u32::MAX,
+        ealgos: u32::MAX,
+        calgos: u32::MAX,
+        ..UserTemplate::default()
+    }])];
+    nlas.extend(mark_attr(p.mark));
+    let info = UserPolicyInfo {
+        selector: selector(p.src, p.dst),
+        lifetime_cfg: unlimited(),
+        direction: p.dir.code(),
+        action: XFRM_POLICY_ALLOW,
+        ..UserPolicyInfo::default()
+    };
+    (info, nlas)
 }
 
 fn family(ip: &IpAddr) -> u16 {
@@ -196,30 +272,7 @@ impl Xfrm {
 
     /// Adds a policy (an error if one with the same selector exists).
     pub fn add_policy(&mut self, p: &PolicySpec) -> Result<(), XfrmError> {
-        let mut nlas = vec![XfrmAttrs::Template(vec![UserTemplate {
-            id: Id {
-                daddr: Address::from_ip(&p.tmpl_dst),
-                spi: 0,
-                proto: IPPROTO_ESP,
-            },
-            family: family(&p.tmpl_src),
-            saddr: Address::from_ip(&p.tmpl_src),
-            reqid: p.reqid,
-            mode: p.mode.code(),
-            // Any algorithm (`ip xfrm`'s default).
-            aalgos: u32::MAX,
-            ealgos: u32::MAX,
-            calgos: u32::MAX,
-            ..UserTemplate::default()
-        }])];
-        nlas.extend(mark_attr(p.mark));
-        let info = UserPolicyInfo {
-            selector: selector(p.src, p.dst),
-            lifetime_cfg: unlimited(),
-            direction: p.dir.code(),
-            action: XFRM_POLICY_ALLOW,
-            ..UserPolicyInfo::default()
-        };
+        let (info, nlas) = policy_message(p);
         let what = format!(
             "adding the XFRM policy {} -> {} ({:?})",
             p.src, p.dst, p.dir
@@ -278,6 +331,115 @@ impl Xfrm {
             0,
             format!("deleting the XFRM policy {src} -> {dst} ({dir:?})"),
         )
+    }
+
+    /// Replaces the policy with `p`'s selector, direction and mark, or adds
+    /// it (no moment without one).
+    pub fn upsert_policy(&mut self, p: &PolicySpec) -> Result<(), XfrmError> {
+        let (info, nlas) = policy_message(p);
+        let what = format!(
+            "updating the XFRM policy {} -> {} ({:?})",
+            p.src, p.dst, p.dir
+        );
+        self.request(
+            XfrmMessage::UpdatePolicy(PolicyModify {
+                user_policy_info: info,
+                nlas,
+            }),
+            NLM_F_CREATE,
+            what,
+        )
+    }
+
+    /// Every state of the namespace.
+    pub fn states(&mut self) -> Result<Vec<StateId>, XfrmError> {
+        let mut out = Vec::new();
+        let msg = XfrmMessage::GetDumpSa(netlink_packet_xfrm::state::GetDumpMessage::default());
+        for reply in self.dump(msg, "listing the XFRM states")? {
+            if let XfrmMessage::AddSa(m) = reply {
+                let i = &m.user_sa_info;
+                out.push(StateId {
+                    src: ip(i.family, &i.saddr),
+                    dst: ip(i.family, &i.id.daddr),
+                    spi: u32::from_be(i.id.spi),
+                    reqid: i.reqid,
+                    mark: mark_of(&m.nlas),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every policy of the namespace (the kernel's own per-socket ones
+    /// aside).
+    pub fn policies(&mut self) -> Result<Vec<PolicyId>, XfrmError> {
+        let mut out = Vec::new();
+        let msg = XfrmMessage::GetPolicy(PolicyDel::default());
+        for reply in self.dump(msg, "listing the XFRM policies")? {
+            if let XfrmMessage::AddPolicy(m) = reply {
+                let i = &m.user_policy_info;
+                let Some(dir) = Dir::from_code(i.direction) else {
+                    continue;
+                };
+                let sel = &i.selector;
+                let net = |a: &Address, len: u8| {
+                    IpNet::new(ip(sel.family, a), len).unwrap_or_else(|_| ip(sel.family, a).into())
+                };
+                let reqid = m.nlas.iter().find_map(|a| match a {
+                    XfrmAttrs::Template(t) => t.first().map(|t| t.reqid),
+                    _ => None,
+                });
+                out.push(PolicyId {
+                    src: net(&sel.saddr, sel.prefixlen_s),
+                    dst: net(&sel.daddr, sel.prefixlen_d),
+                    dir,
+                    mark: mark_of(&m.nlas),
+                    reqid: reqid.unwrap_or(0),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends a dump request and collects the answers until the end.
+    fn dump(&mut self, msg: XfrmMessage, what: &str) -> Result<Vec<XfrmMessage>, XfrmError> {
+        let fail = |source: io::Error| XfrmError::Request {
+            what: what.to_string(),
+            source,
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0).map_err(fail)?;
+        let mut out = Vec::new();
+        let mut answer = vec![0u8; 64 * 1024];
+        loop {
+            let n = self.socket.recv(&mut &mut answer[..], 0).map_err(fail)?;
+            let mut at = 0;
+            while at < n {
+                let reply = NetlinkMessage::<XfrmMessage>::deserialize(&answer[at..n])
+                    .map_err(|e| fail(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                at += (len + 3) & !3;
+                if reply.header.sequence_number != self.seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(fail(e.to_io())),
+                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Sends `msg` and waits for the kernel's acknowledgement.

@@ -125,7 +125,7 @@ pub fn ipcache_key(net: &IpNet) -> Key<IpcacheKey> {
 }
 
 /// An address as the maps key it (the ipcache key's data).
-fn address_key(ip: IpAddr) -> IpcacheKey {
+pub(super) fn address_key(ip: IpAddr) -> IpcacheKey {
     let mut addr = [0u8; 16];
     let fam = match ip {
         IpAddr::V4(a) => {
@@ -152,7 +152,7 @@ fn endpoint_addr_keys(info: &EndpointInfo) -> impl Iterator<Item = IpcacheKey> {
 }
 
 /// The prefix an ipcache key stands for (the inverse of `ipcache_key`).
-fn ipcache_net(key: &Key<IpcacheKey>) -> Option<IpNet> {
+pub(super) fn ipcache_net(key: &Key<IpcacheKey>) -> Option<IpNet> {
     let bits = u8::try_from(key.prefix_len().checked_sub(IpcacheKey::HEADER_BITS)?).ok()?;
     let data = key.data();
     let ip = match data.family {

@@ -7,6 +7,7 @@
 //! endpoints, policy, conntrack, fragments, events, counters): what a
 //! restarted agent does, so established flows keep their CT entries.
 
+mod encrypt;
 mod lb;
 mod maps;
 mod reader;
@@ -22,6 +23,7 @@ use aya::programs::tc::{
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
+pub use encrypt::EncryptMaps;
 pub use lb::{detach_socket_lb, LbMaps, SOCK_PROGRAMS};
 pub use maps::{direction_code, policy_entry, policy_key, Counters, Maps};
 pub use reader::{EventReader, MapReader};
@@ -32,6 +34,9 @@ const POD_LB_GLOBAL: &str = "AXONEME_POD_LB";
 /// The programs' load-time constant that switches packet counting and
 /// events off (`bpf/programs/src/metrics.rs`).
 const OBSERVE_GLOBAL: &str = "AXONEME_OBSERVE";
+/// The programs' load-time constant that switches transparent IPsec's
+/// marks on (`bpf/programs/src/encrypt.rs`).
+const ENCRYPT_GLOBAL: &str = "AXONEME_ENCRYPT";
 
 /// Switches of the programs, fixed when they are loaded: constants of the
 /// programs (`.rodata`), so the verifier drops what is off; what stays is
@@ -44,6 +49,9 @@ pub struct LoadOptions {
     /// Packets are counted (`METRICS`) and events written. Off only in the
     /// datapath bench, as the baseline of what observability costs.
     pub observe: bool,
+    /// Pod traffic to other nodes' pods is marked for encryption, and ESP
+    /// from other nodes for decryption (`--enable-ipsec`).
+    pub encrypt: bool,
 }
 
 impl Default for LoadOptions {
@@ -51,6 +59,7 @@ impl Default for LoadOptions {
         LoadOptions {
             pod_lb: false,
             observe: true,
+            encrypt: false,
         }
     }
 }
@@ -257,6 +266,8 @@ impl Datapath {
         loader.default_map_pin_directory(pin_dir);
         loader.override_global(POD_LB_GLOBAL, &pod_lb, true);
         loader.override_global(OBSERVE_GLOBAL, &observe, true);
+        let encrypt = u8::from(options.encrypt);
+        loader.override_global(ENCRYPT_GLOBAL, &encrypt, true);
         for (name, size, _) in sized {
             loader.map_max_entries(name, size);
         }
@@ -347,6 +358,33 @@ impl Datapath {
     ) -> Result<(i32, Vec<u8>), DatapathError> {
         let (action, _, out) = self.test_run_with(name, packet, 0, 1)?;
         Ok((action, out))
+    }
+
+    /// [`Self::test_run`], also returning `skb->mark` as the program left
+    /// it.
+    pub fn test_run_mark_out(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+    ) -> Result<(i32, u32), DatapathError> {
+        // The kernel fills as much of a `__sk_buff` as there is room for;
+        // `mark` is at offset 8.
+        let mut ctx = [0u8; 192];
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = self
+            .program(name)?
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ctx_in: Some(&[0u8; 192]),
+                ctx_out: Some(&mut ctx),
+                repeat: 1,
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| program_error(name, "BPF_PROG_TEST_RUN", source))?;
+        let action = i32::from_ne_bytes(result.return_value.to_ne_bytes());
+        let mark = u32::from_ne_bytes(ctx[8..12].try_into().expect("4 bytes"));
+        Ok((action, mark))
     }
 
     /// Runs program `name` `repeat` times on `packet` in one

@@ -23,6 +23,8 @@ pub struct Sources {
     maps: Arc<MapReader>,
     state: NodeState,
     view: watch::Receiver<Arc<DatapathView>>,
+    /// Transparent IPsec, when it is on.
+    encrypt: Option<watch::Receiver<axoneme_api::EncryptStatus>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -37,7 +39,18 @@ impl Sources {
         state: NodeState,
         view: watch::Receiver<Arc<DatapathView>>,
     ) -> Self {
-        Sources { maps, state, view }
+        Sources {
+            maps,
+            state,
+            view,
+            encrypt: None,
+        }
+    }
+
+    /// With the `ipsec_*` families, from the encryption task's status.
+    pub fn with_encrypt(mut self, status: watch::Receiver<axoneme_api::EncryptStatus>) -> Self {
+        self.encrypt = Some(status);
+        self
     }
 
     /// Entries in map `name` now.
@@ -71,6 +84,29 @@ fn direction_label(dir: u8) -> String {
     } else {
         "EGRESS".into()
     }
+}
+
+/// A `/proc/net/xfrm_stat` counter's name as Cilium's `ipsec_xfrm_error`
+/// labels: (`error`, `type`), e.g. `XfrmInStateProtoError` →
+/// (`state_proto_error`, `inbound`).
+fn xfrm_error_labels(name: &str) -> (String, &'static str) {
+    let (kind, rest) = if let Some(r) = name.strip_prefix("XfrmIn") {
+        ("inbound", r)
+    } else if let Some(r) = name.strip_prefix("XfrmOut") {
+        ("outbound", r)
+    } else if let Some(r) = name.strip_prefix("XfrmFwd") {
+        ("forward", r)
+    } else {
+        ("other", name.strip_prefix("Xfrm").unwrap_or(name))
+    };
+    let mut error = String::new();
+    for (i, c) in rest.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            error.push('_');
+        }
+        error.push(c.to_ascii_lowercase());
+    }
+    (error, kind)
 }
 
 fn reason_label(reason: u8) -> String {
@@ -292,6 +328,55 @@ impl Collector for Sources {
                 view.policies.values().copied().max().unwrap_or(0) as f64,
             )],
         )?;
+        if let Some(st) = &self.encrypt {
+            let st = st.borrow().clone();
+            family(
+                e,
+                "ipsec_keys",
+                "IPsec keys installed (a replaced key stays for its grace period)",
+                Gauge,
+                [gauge(vec![], st.keys.len() as f64)],
+            )?;
+            family(
+                e,
+                "ipsec_xfrm_states",
+                "XFRM states Axoneme installed, by direction",
+                Gauge,
+                [
+                    gauge(vec![("direction", "in".into())], st.states_in as f64),
+                    gauge(vec![("direction", "out".into())], st.states_out as f64),
+                ],
+            )?;
+            family(
+                e,
+                "ipsec_xfrm_error",
+                "The kernel's XFRM errors (/proc/net/xfrm_stat in the node's namespace)",
+                Counter,
+                st.xfrm_errors.iter().map(|(name, n)| {
+                    let (error, kind) = xfrm_error_labels(name);
+                    counter(vec![("error", error), ("type", kind.into())], *n)
+                }),
+            )?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod xfrm_tests {
+    #[test]
+    fn xfrm_counters_are_labelled_as_cilium_does() {
+        assert_eq!(
+            super::xfrm_error_labels("XfrmInStateProtoError"),
+            ("state_proto_error".into(), "inbound")
+        );
+        assert_eq!(
+            super::xfrm_error_labels("XfrmOutNoStates"),
+            ("no_states".into(), "outbound")
+        );
+        assert_eq!(
+            super::xfrm_error_labels("XfrmFwdHdrError"),
+            ("hdr_error".into(), "forward")
+        );
     }
 }

@@ -71,8 +71,16 @@ pub const POD_SCRATCH: &str = "POD_SCRATCH";
 /// Array of backend ids: the Maglev rows of external frontends
 /// ([`super::lb::LbService`]'s master `backend_id`).
 pub const LB_MAGLEV: &str = "LB_MAGLEV";
+/// LPM trie: another node's pod CIDR → how its pods' traffic is
+/// encrypted ([`super::EncryptValue`]; keyed like `IPCACHE`).
+pub const ENCRYPT: &str = "ENCRYPT";
+/// Hash: another node's underlay address (`IPCACHE`'s key data) → its
+/// index in decrypt marks ([`super::decrypt_mark`]).
+pub const ENCRYPT_NODES: &str = "ENCRYPT_NODES";
 /// Every map of the production object (`axoneme-bpf`).
-pub const DATAPATH: [&str; 27] = [
+pub const DATAPATH: [&str; 29] = [
+    ENCRYPT,
+    ENCRYPT_NODES,
     IPCACHE,
     ENDPOINTS,
     ENDPOINT_CACHE,

@@ -2,13 +2,14 @@
 //! judged for the destination too and put straight into it.
 
 use axoneme_bpf_common::{
-    direction, family,
+    direction, drop_reason, family,
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
     IpcacheKey, ENDPOINT_ADDRS_MAX,
 };
 use aya_ebpf::{helpers::bpf_redirect_peer, macros::map, maps::HashMap, programs::TcContext};
 
 use crate::endpoint::{endpoint, owns};
+use crate::events::drop_flow;
 use crate::ipcache::addr_key;
 use crate::metrics::forwarded;
 use crate::parse::{Flow, ETH_HLEN};
@@ -42,7 +43,7 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     let key = addr_key(flow.family, &flow.daddr);
     // SAFETY: copied out at once.
     let Some(ifindex) = (unsafe { ENDPOINT_ADDRS.get(&key) }).copied() else {
-        return TC_ACT_OK;
+        return leave(at, flow);
     };
     if flow.ttl <= 1 {
         return TC_ACT_OK;
@@ -76,6 +77,18 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     }
     // SAFETY: a helper call with plain arguments.
     unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
+}
+
+/// A packet for no local endpoint: up the node's stack, marked for
+/// encryption when it is for the pods of a node that encrypts (dropped
+/// when that node has no key in common with this one yet).
+#[inline(always)]
+fn leave(at: &At, flow: &Flow) -> i32 {
+    if crate::encrypt::enabled() && crate::encrypt::leaving(at.ctx, flow).is_err() {
+        drop_flow(at, flow, drop_reason::DROP_UNENCRYPTED);
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK
 }
 
 /// Decrements the TTL (IPv4, with its header checksum, as the kernel's

@@ -61,6 +61,7 @@
 
 mod conntrack;
 mod deliver;
+mod encrypt;
 mod endpoint;
 mod events;
 mod ipcache;
@@ -104,9 +105,13 @@ pub fn axoneme_to_container(ctx: TcContext) -> i32 {
     handle(&ctx, direction::INGRESS)
 }
 
-/// Per-packet service LB at TC ingress of the node's device ([`nodeport`]).
+/// Per-packet service LB at TC ingress of the node's device ([`nodeport`]),
+/// and ESP's decrypt mark there ([`encrypt`]).
 #[classifier]
 pub fn axoneme_nodeport_ingress(ctx: TcContext) -> i32 {
+    if encrypt::enabled() {
+        encrypt::arriving(&ctx);
+    }
     nodeport::ingress(&ctx)
 }
 

@@ -741,6 +741,7 @@ mod tests {
             name: "n1".into(),
             addresses: vec!["192.168.77.1".parse().unwrap()],
             pod_cidrs: vec![],
+            encryption: None,
         };
         let mut report = NodeStatusRecord {
             node: "n1".into(),
@@ -802,6 +803,7 @@ mod tests {
             name: "n".into(),
             addresses: vec![],
             pod_cidrs: vec![],
+            encryption: None,
         };
         let [a, p] = node_conditions(&l, Some(&rec), Some(&report), &policies, &now);
         assert_eq!(a.status, "True");

@@ -1,0 +1,105 @@
+//! The encryption maps (written by the encryption unit alone, through
+//! [`EncryptMaps`]): `ENCRYPT` (other nodes' pod CIDRs → the SPI their
+//! pods' traffic is encrypted with) and `ENCRYPT_NODES` (other nodes'
+//! addresses → their index in decrypt marks). See
+//! `bpf/programs/src/encrypt.rs`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use axoneme_bpf_common::map_names::{ENCRYPT, ENCRYPT_NODES};
+use axoneme_bpf_common::{EncryptValue, IpcacheKey};
+use aya::maps::{HashMap, LpmTrie, MapData};
+use ipnet::IpNet;
+
+use super::maps::{address_key, ipcache_key, ipcache_net, typed};
+use super::{map_error, Datapath, DatapathError};
+use crate::encrypt::sync::EncryptWriter;
+
+/// Handles on the encryption maps.
+pub struct EncryptMaps {
+    prefixes: LpmTrie<MapData, IpcacheKey, EncryptValue>,
+    nodes: HashMap<MapData, IpcacheKey, u32>,
+}
+
+impl std::fmt::Debug for EncryptMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptMaps").finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    /// The encryption maps' handles, for their one writer (once).
+    pub fn take_encrypt_maps(&mut self) -> Result<EncryptMaps, DatapathError> {
+        Ok(EncryptMaps {
+            prefixes: typed(&mut self.ebpf, ENCRYPT)?,
+            nodes: typed(&mut self.ebpf, ENCRYPT_NODES)?,
+        })
+    }
+}
+
+/// The address an `ENCRYPT_NODES` key stands for.
+fn key_addr(key: &IpcacheKey) -> Option<IpAddr> {
+    let bits = if key.family == axoneme_bpf_common::family::IPV4 {
+        32
+    } else {
+        128
+    };
+    ipcache_net(&aya::maps::lpm_trie::Key::new(
+        IpcacheKey::prefix_len(bits),
+        *key,
+    ))
+    .map(|n| n.addr())
+}
+
+impl EncryptWriter for EncryptMaps {
+    fn prefixes(&self) -> Result<BTreeMap<IpNet, u8>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for item in self.prefixes.iter() {
+            let (key, value) = item.map_err(|s| map_error(ENCRYPT, "iterate", s))?;
+            if let Some(net) = ipcache_net(&key) {
+                out.insert(net, value.spi);
+            }
+        }
+        Ok(out)
+    }
+
+    fn nodes(&self) -> Result<BTreeMap<IpAddr, u16>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for item in self.nodes.iter() {
+            let (key, index) = item.map_err(|s| map_error(ENCRYPT_NODES, "iterate", s))?;
+            if let (Some(addr), Ok(index)) = (key_addr(&key), u16::try_from(index)) {
+                out.insert(addr, index);
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_prefix(&mut self, net: IpNet, spi: u8) -> Result<(), DatapathError> {
+        let value = EncryptValue {
+            spi,
+            ..EncryptValue::default()
+        };
+        self.prefixes
+            .insert(&ipcache_key(&net), value, 0)
+            .map_err(|s| map_error(ENCRYPT, "update", s))
+    }
+
+    fn remove_prefix(&mut self, net: IpNet) -> Result<(), DatapathError> {
+        self.prefixes
+            .remove(&ipcache_key(&net))
+            .map_err(|s| map_error(ENCRYPT, "delete", s))
+    }
+
+    fn set_node(&mut self, addr: IpAddr, index: u16) -> Result<(), DatapathError> {
+        self.nodes
+            .insert(address_key(addr), u32::from(index), 0)
+            .map_err(|s| map_error(ENCRYPT_NODES, "update", s))
+    }
+
+    fn remove_node(&mut self, addr: IpAddr) -> Result<(), DatapathError> {
+        self.nodes
+            .remove(&address_key(addr))
+            .map_err(|s| map_error(ENCRYPT_NODES, "delete", s))
+    }
+}

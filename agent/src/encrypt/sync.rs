@@ -1,0 +1,487 @@
+//! The encryption sync unit: brings the kernel (XFRM over netlink, the
+//! datapath's `ENCRYPT` and `ENCRYPT_NODES` maps) to [`Desired`], through
+//! two seams with in-memory fakes, so its ordering is unit-tested.
+//!
+//! Order (nothing in clear that should not be, nothing lost):
+//! 1. peers' decrypt indices (`ENCRYPT_NODES`), so their ESP finds its
+//!    inbound state as soon as it exists;
+//! 2. new states (inbound and outbound), then policies (replaced in place:
+//!    no moment without one);
+//! 3. `ENCRYPT`: which SPI each peer's pods are sent with: only once the
+//!    states and policies for it are there;
+//! 4. then what is no longer wanted, in reverse: prefixes, policies,
+//!    states, indices.
+//!
+//! A state the kernel holds under a wanted identity but whose key this run
+//! did not write (after a restart, or when a peer's boot id changed) is
+//! replaced. Every step is tried; failures are counted and returned.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use axoneme_ipsec::keys::Key;
+use axoneme_ipsec::xfrm::{Mode, PolicyId, PolicySpec, StateId, StateSpec, Xfrm, XfrmError};
+use ipnet::IpNet;
+
+use super::desired::{Desired, WantState, REQID};
+use crate::datapath::DatapathError;
+
+/// XFRM as the unit uses it.
+pub trait XfrmOps {
+    fn states(&mut self) -> Result<Vec<StateId>, XfrmError>;
+    fn policies(&mut self) -> Result<Vec<PolicyId>, XfrmError>;
+    fn add_state(&mut self, s: &StateSpec<'_>) -> Result<(), XfrmError>;
+    fn delete_state(&mut self, id: &StateId) -> Result<(), XfrmError>;
+    fn upsert_policy(&mut self, p: &PolicySpec) -> Result<(), XfrmError>;
+    fn delete_policy(&mut self, id: &PolicyId) -> Result<(), XfrmError>;
+}
+
+impl XfrmOps for Xfrm {
+    fn states(&mut self) -> Result<Vec<StateId>, XfrmError> {
+        Xfrm::states(self)
+    }
+    fn policies(&mut self) -> Result<Vec<PolicyId>, XfrmError> {
+        Xfrm::policies(self)
+    }
+    fn add_state(&mut self, s: &StateSpec<'_>) -> Result<(), XfrmError> {
+        Xfrm::add_state(self, s)
+    }
+    fn delete_state(&mut self, id: &StateId) -> Result<(), XfrmError> {
+        Xfrm::delete_state(self, id.dst, id.spi, id.mark)
+    }
+    fn upsert_policy(&mut self, p: &PolicySpec) -> Result<(), XfrmError> {
+        Xfrm::upsert_policy(self, p)
+    }
+    fn delete_policy(&mut self, id: &PolicyId) -> Result<(), XfrmError> {
+        Xfrm::delete_policy(self, id.src, id.dst, id.dir, id.mark)
+    }
+}
+
+/// The datapath's encryption maps as the unit uses them.
+pub trait EncryptWriter {
+    fn prefixes(&self) -> Result<BTreeMap<IpNet, u8>, DatapathError>;
+    fn nodes(&self) -> Result<BTreeMap<IpAddr, u16>, DatapathError>;
+    fn set_prefix(&mut self, net: IpNet, spi: u8) -> Result<(), DatapathError>;
+    fn remove_prefix(&mut self, net: IpNet) -> Result<(), DatapathError>;
+    fn set_node(&mut self, addr: IpAddr, index: u16) -> Result<(), DatapathError>;
+    fn remove_node(&mut self, addr: IpAddr) -> Result<(), DatapathError>;
+}
+
+/// The unit: what it wrote, to compare the next desired state with.
+#[derive(Default)]
+pub struct Unit {
+    /// The keys of the states this run added (by identity).
+    written: BTreeMap<StateId, Key>,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub states_in: usize,
+    pub states_out: usize,
+    pub policies: usize,
+    pub errors: Vec<String>,
+}
+
+impl Unit {
+    /// One pass towards `want`.
+    pub fn sync(
+        &mut self,
+        x: &mut impl XfrmOps,
+        maps: &mut impl EncryptWriter,
+        want: &Desired,
+    ) -> Pass {
+        let mut errors = Vec::new();
+        let mut fail = |e: String| errors.push(e);
+        let have_states: BTreeSet<StateId> = match x.states() {
+            Ok(s) => s.into_iter().filter(|s| s.reqid == REQID).collect(),
+            Err(e) => {
+                fail(format!("{e:#}"));
+                return Pass {
+                    errors,
+                    ..Pass::default()
+                };
+            }
+        };
+        let have_policies: BTreeSet<PolicyId> = match x.policies() {
+            Ok(p) => p.into_iter().filter(|p| p.reqid == REQID).collect(),
+            Err(e) => {
+                fail(format!("{e:#}"));
+                BTreeSet::new()
+            }
+        };
+        let have_prefixes = maps.prefixes().unwrap_or_else(|e| {
+            fail(e.to_string());
+            BTreeMap::new()
+        });
+        let have_nodes = maps.nodes().unwrap_or_else(|e| {
+            fail(e.to_string());
+            BTreeMap::new()
+        });
+
+        // 1. Indices.
+        for (addr, index) in &want.nodes {
+            if have_nodes.get(addr) != Some(index) {
+                if let Err(e) = maps.set_node(*addr, *index) {
+                    fail(e.to_string());
+                }
+            }
+        }
+        // 2. States, then policies.
+        for s in &want.states {
+            let id = s.id();
+            let current = self.written.get(&id) == Some(&s.key);
+            if have_states.contains(&id) && current {
+                continue;
+            }
+            if have_states.contains(&id) {
+                // Another key under the same identity: replaced.
+                if let Err(e) = x.delete_state(&id) {
+                    fail(format!("{e:#}"));
+                    continue;
+                }
+            }
+            match x.add_state(&spec(s)) {
+                Ok(()) => {
+                    self.written.insert(id, s.key.clone());
+                }
+                Err(e) => fail(format!("{e:#}")),
+            }
+        }
+        for p in &want.policies {
+            let spec = PolicySpec {
+                src: p.src,
+                dst: p.dst,
+                dir: p.dir,
+                tmpl_src: p.tmpl_src,
+                tmpl_dst: p.tmpl_dst,
+                reqid: REQID,
+                mode: Mode::Tunnel,
+                mark: p.mark,
+                optional: p.optional,
+            };
+            if let Err(e) = x.upsert_policy(&spec) {
+                fail(format!("{e:#}"));
+            }
+        }
+        // 3. What each peer's pods are sent with.
+        for (net, spi) in &want.prefixes {
+            if have_prefixes.get(net) != Some(spi) {
+                if let Err(e) = maps.set_prefix(*net, *spi) {
+                    fail(e.to_string());
+                }
+            }
+        }
+        // 4. The rest, in reverse.
+        for net in have_prefixes.keys() {
+            if !want.prefixes.contains_key(net) {
+                if let Err(e) = maps.remove_prefix(*net) {
+                    fail(e.to_string());
+                }
+            }
+        }
+        let wanted_policies: BTreeSet<PolicyId> = want.policies.iter().map(|p| p.id()).collect();
+        for id in have_policies.difference(&wanted_policies) {
+            if let Err(e) = x.delete_policy(id) {
+                fail(format!("{e:#}"));
+            }
+        }
+        let wanted_states: BTreeSet<StateId> = want.states.iter().map(WantState::id).collect();
+        for id in have_states.difference(&wanted_states) {
+            match x.delete_state(id) {
+                Ok(()) => {
+                    self.written.remove(id);
+                }
+                Err(e) => fail(format!("{e:#}")),
+            }
+        }
+        self.written.retain(|id, _| wanted_states.contains(id));
+        for addr in have_nodes.keys() {
+            if !want.nodes.contains_key(addr) {
+                if let Err(e) = maps.remove_node(*addr) {
+                    fail(e.to_string());
+                }
+            }
+        }
+        Pass {
+            states_in: want.states.iter().filter(|s| !s.outbound).count(),
+            states_out: want.states.iter().filter(|s| s.outbound).count(),
+            policies: want.policies.len(),
+            errors,
+        }
+    }
+}
+
+fn spec(s: &WantState) -> StateSpec<'_> {
+    StateSpec {
+        src: s.src,
+        dst: s.dst,
+        spi: u32::from(s.spi),
+        reqid: REQID,
+        key: &s.key,
+        mode: Mode::Tunnel,
+        mark: Some(s.mark),
+    }
+}
+
+/// In-memory fakes of both seams, recording the order of their writes.
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// The writes of both fakes, in order.
+    pub type Log = Arc<Mutex<Vec<String>>>;
+
+    #[derive(Default)]
+    pub struct FakeXfrm {
+        pub states: BTreeMap<StateId, Vec<u8>>,
+        pub policies: BTreeMap<PolicyId, bool>,
+        pub log: Log,
+    }
+
+    impl XfrmOps for FakeXfrm {
+        fn states(&mut self) -> Result<Vec<StateId>, XfrmError> {
+            Ok(self.states.keys().cloned().collect())
+        }
+        fn policies(&mut self) -> Result<Vec<PolicyId>, XfrmError> {
+            Ok(self.policies.keys().cloned().collect())
+        }
+        fn add_state(&mut self, s: &StateSpec<'_>) -> Result<(), XfrmError> {
+            let id = StateId {
+                src: s.src,
+                dst: s.dst,
+                spi: s.spi,
+                reqid: s.reqid,
+                mark: s.mark,
+            };
+            if self.states.contains_key(&id) {
+                return Err(XfrmError::Request {
+                    what: "add".into(),
+                    source: std::io::Error::from_raw_os_error(17),
+                });
+            }
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("add state {} -> {} spi {}", s.src, s.dst, s.spi));
+            self.states.insert(id, s.key.key.clone());
+            Ok(())
+        }
+        fn delete_state(&mut self, id: &StateId) -> Result<(), XfrmError> {
+            self.log.lock().unwrap().push(format!(
+                "delete state {} -> {} spi {}",
+                id.src, id.dst, id.spi
+            ));
+            self.states.remove(id);
+            Ok(())
+        }
+        fn upsert_policy(&mut self, p: &PolicySpec) -> Result<(), XfrmError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("policy {} -> {} {:?}", p.src, p.dst, p.dir));
+            let id = PolicyId {
+                src: p.src,
+                dst: p.dst,
+                dir: p.dir,
+                mark: p.mark,
+                reqid: p.reqid,
+            };
+            self.policies.insert(id, p.optional);
+            Ok(())
+        }
+        fn delete_policy(&mut self, id: &PolicyId) -> Result<(), XfrmError> {
+            self.log.lock().unwrap().push(format!(
+                "delete policy {} -> {} {:?}",
+                id.src, id.dst, id.dir
+            ));
+            self.policies.remove(id);
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    pub struct FakeMaps {
+        pub prefixes: BTreeMap<IpNet, u8>,
+        pub nodes: BTreeMap<IpAddr, u16>,
+        pub log: Log,
+    }
+
+    impl EncryptWriter for FakeMaps {
+        fn prefixes(&self) -> Result<BTreeMap<IpNet, u8>, DatapathError> {
+            Ok(self.prefixes.clone())
+        }
+        fn nodes(&self) -> Result<BTreeMap<IpAddr, u16>, DatapathError> {
+            Ok(self.nodes.clone())
+        }
+        fn set_prefix(&mut self, net: IpNet, spi: u8) -> Result<(), DatapathError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("prefix {net} spi {spi}"));
+            self.prefixes.insert(net, spi);
+            Ok(())
+        }
+        fn remove_prefix(&mut self, net: IpNet) -> Result<(), DatapathError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("remove prefix {net}"));
+            self.prefixes.remove(&net);
+            Ok(())
+        }
+        fn set_node(&mut self, addr: IpAddr, index: u16) -> Result<(), DatapathError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("node {addr} index {index}"));
+            self.nodes.insert(addr, index);
+            Ok(())
+        }
+        fn remove_node(&mut self, addr: IpAddr) -> Result<(), DatapathError> {
+            self.log.lock().unwrap().push(format!("remove node {addr}"));
+            self.nodes.remove(&addr);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::{FakeMaps, FakeXfrm, Log};
+    use super::*;
+    use crate::encrypt::desired::{desired, Me};
+    use axoneme_identity::{NodeEncryption, NodeRecord};
+    use axoneme_ipsec::keys::parse;
+
+    fn peer(spis: &[u8], boot: &str) -> NodeRecord {
+        NodeRecord {
+            name: "b".into(),
+            addresses: vec!["192.168.0.2".parse().unwrap()],
+            pod_cidrs: vec!["10.0.2.0/24".parse().unwrap()],
+            encryption: Some(NodeEncryption {
+                boot_id: boot.into(),
+                spis: spis.to_vec(),
+            }),
+        }
+    }
+
+    fn want(keys: &str, nodes: &[NodeRecord]) -> Desired {
+        let addresses = ["192.168.0.1".parse().unwrap()];
+        let cidrs = ["10.0.1.0/24".parse().unwrap()];
+        let me = Me {
+            name: "a",
+            addresses: &addresses,
+            pod_cidrs: &cidrs,
+            boot_id: "boot-a",
+            strict: true,
+        };
+        desired(&me, &parse(keys).unwrap().keys, nodes, &mut |_| 7)
+    }
+
+    const K3: &str = "3+ rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n";
+
+    fn fakes() -> (FakeXfrm, FakeMaps, Log) {
+        let log = Log::default();
+        (
+            FakeXfrm {
+                log: log.clone(),
+                ..Default::default()
+            },
+            FakeMaps {
+                log: log.clone(),
+                ..Default::default()
+            },
+            log,
+        )
+    }
+
+    fn position(log: &Log, prefix: &str) -> usize {
+        let log = log.lock().unwrap();
+        log.iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {log:#?}"))
+    }
+
+    #[test]
+    fn states_and_policies_come_before_the_datapath_marks_traffic() {
+        let (mut x, mut m, log) = fakes();
+        let pass = Unit::default().sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        assert!(pass.errors.is_empty(), "{:?}", pass.errors);
+        assert_eq!((pass.states_in, pass.states_out, pass.policies), (1, 1, 2));
+        let node = position(&log, "node ");
+        let state = position(&log, "add state");
+        let policy = position(&log, "policy ");
+        let prefix = position(&log, "prefix ");
+        assert!(
+            node < state && state < policy && policy < prefix,
+            "{log:#?}"
+        );
+        assert_eq!(m.prefixes.values().copied().collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn a_peer_that_leaves_is_unmarked_before_its_states_go() {
+        let (mut x, mut m, log) = fakes();
+        let mut unit = Unit::default();
+        unit.sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        log.lock().unwrap().clear();
+        let pass = unit.sync(&mut x, &mut m, &want(K3, &[]));
+        assert!(pass.errors.is_empty());
+        assert!(x.states.is_empty() && x.policies.is_empty());
+        assert!(m.prefixes.is_empty() && m.nodes.is_empty());
+        let prefix = position(&log, "remove prefix");
+        let policy = position(&log, "delete policy");
+        let state = position(&log, "delete state");
+        let node = position(&log, "remove node");
+        assert!(
+            prefix < policy && policy < state && state < node,
+            "{log:#?}"
+        );
+    }
+
+    #[test]
+    fn a_second_pass_changes_nothing_and_a_new_boot_id_replaces_the_states() {
+        let (mut x, mut m, log) = fakes();
+        let mut unit = Unit::default();
+        unit.sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        let before = x.states.clone();
+        log.lock().unwrap().clear();
+        unit.sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        assert!(
+            log.lock().unwrap().iter().all(|l| l.starts_with("policy")),
+            "{log:?}"
+        );
+        // The peer rebooted: per pair keys change, and so do the states.
+        unit.sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b2")]));
+        assert_eq!(x.states.len(), 2);
+        assert_ne!(x.states, before);
+    }
+
+    #[test]
+    fn after_a_restart_states_of_unknown_keys_are_replaced_and_others_are_removed() {
+        let (mut x, mut m, _log) = fakes();
+        Unit::default().sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        // Left behind by a run that knew a node now gone.
+        let stale = StateId {
+            src: "192.168.0.1".parse().unwrap(),
+            dst: "192.168.0.9".parse().unwrap(),
+            spi: 3,
+            reqid: REQID,
+            mark: Some((0x3e00, 0xff00)),
+        };
+        x.states.insert(stale.clone(), vec![0; 20]);
+        let foreign = StateId {
+            reqid: 1,
+            ..stale.clone()
+        };
+        x.states.insert(foreign.clone(), vec![0; 20]);
+        // A new run (nothing written yet) adopts what is there.
+        let pass = Unit::default().sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        assert!(pass.errors.is_empty(), "{:?}", pass.errors);
+        assert!(!x.states.contains_key(&stale));
+        assert!(x.states.contains_key(&foreign), "not Axoneme's: left alone");
+        assert_eq!(x.states.len(), 3);
+    }
+}

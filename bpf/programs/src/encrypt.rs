@@ -1,0 +1,112 @@
+//! Transparent IPsec's part of the datapath (the agent's `encrypt` task
+//! owns the XFRM states and policies and these maps):
+//!
+//! - [`leaving`]: a pod's packet leaving for another node's pod, when that
+//!   node encrypts, gets the encrypt mark with the key's SPI; the node's
+//!   XFRM policy for that mark sends it through ESP (tunnel mode between
+//!   the two nodes' addresses; routing stays direct). A node that encrypts
+//!   but shares no key yet: dropped (strict), never sent in clear.
+//! - [`arriving`]: an ESP packet on the node's device gets the decrypt
+//!   mark with the sending node's index, which picks that node's inbound
+//!   state (per node pair keys). The decrypted packet keeps its pod
+//!   source address and is judged by the source's identity as any other.
+
+use axoneme_bpf_common::{
+    decrypt_mark, encrypt_mark, family, EncryptValue, IpcacheKey, ENCRYPT_MAX,
+    ENCRYPT_NODES_MAX,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
+    programs::TcContext,
+};
+
+use crate::ipcache::addr_key;
+use crate::parse::{Flow, ETH_HLEN};
+
+#[map]
+static ENCRYPT: LpmTrie<IpcacheKey, EncryptValue> = LpmTrie::pinned(ENCRYPT_MAX, 0);
+
+#[map]
+static ENCRYPT_NODES: HashMap<IpcacheKey, u32> = HashMap::pinned(ENCRYPT_NODES_MAX, 0);
+
+/// Non-zero: this node encrypts. Set by the agent when it loads the
+/// programs; a constant to the verifier, which drops this module's code
+/// when it is 0.
+#[no_mangle]
+static AXONEME_ENCRYPT: u8 = 0;
+
+#[inline(always)]
+pub(crate) fn enabled() -> bool {
+    // SAFETY: a plain read of a static; volatile, so the compiler does not
+    // fold the value the loader replaces.
+    unsafe { core::ptr::read_volatile(&AXONEME_ENCRYPT) != 0 }
+}
+
+const ESP: u8 = 50;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// A pod's packet that leaves the node (no local endpoint has its
+/// destination): marked for encryption when the destination is a pod of
+/// a node that encrypts. `Err(())`: that node has no key in common with
+/// this one yet, drop it.
+#[inline(never)]
+pub(crate) fn leaving(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
+    let bits = if flow.family == family::IPV4 { 32 } else { 128 };
+    let key = Key::new(
+        IpcacheKey::prefix_len(bits),
+        addr_key(flow.family, &flow.daddr),
+    );
+    let Some(v) = ENCRYPT.get(&key) else {
+        return Ok(());
+    };
+    if v.spi == 0 {
+        return Err(());
+    }
+    // The whole mark (a pod's packet carries none of ours): a
+    // read-modify-write of part of it compiles to a byte store into the
+    // context, which the verifier refuses.
+    ctx.set_mark(encrypt_mark(v.spi));
+    Ok(())
+}
+
+/// An ESP packet arriving on the node's device from another node: the
+/// decrypt mark of that node (unknown nodes get none, and no inbound
+/// state matches them: XFRM drops the packet).
+#[inline(never)]
+pub(crate) fn arriving(ctx: &TcContext) {
+    let Ok(ethertype) = ctx.load::<u16>(12) else {
+        return;
+    };
+    let mut key = IpcacheKey::default();
+    match u16::from_be(ethertype) {
+        ETH_P_IP => {
+            if ctx.load::<u8>(ETH_HLEN + 9) != Ok(ESP) {
+                return;
+            }
+            let Ok(saddr) = ctx.load::<[u8; 4]>(ETH_HLEN + 12) else {
+                return;
+            };
+            key.family = family::IPV4;
+            key.addr[..4].copy_from_slice(&saddr);
+        }
+        ETH_P_IPV6 => {
+            if ctx.load::<u8>(ETH_HLEN + 6) != Ok(ESP) {
+                return;
+            }
+            let Ok(saddr) = ctx.load::<[u8; 16]>(ETH_HLEN + 8) else {
+                return;
+            };
+            key.family = family::IPV6;
+            key.addr = saddr;
+        }
+        _ => return,
+    }
+    // SAFETY: copied out at once.
+    let Some(index) = (unsafe { ENCRYPT_NODES.get(&key) }).copied() else {
+        return;
+    };
+    // The whole mark, as in `leaving`.
+    ctx.set_mark(decrypt_mark(index as u16));
+}
