@@ -101,6 +101,7 @@ fn program(ns: &Netns, me: IpAddr, peer: IpAddr, out: &Key, inbound: &Key) -> Re
                 mode: Mode::Transport,
                 mark: None,
                 optional: false,
+                priority: 0,
             })?;
         }
         Ok(())
@@ -196,6 +197,7 @@ fn the_xfrm_layer_adds_policies_here_and_names_the_kernels_refusal_of_esp() -> R
             mode: Mode::Tunnel,
             mark: Some((0x0300, 0x0f00)),
             optional: false,
+            priority: 0,
         })?;
         Ok(())
     })??;
@@ -232,6 +234,7 @@ fn the_xfrm_layer_adds_policies_here_and_names_the_kernels_refusal_of_esp() -> R
             mode: Mode::Tunnel,
             mark: Some((0x0300, 0x0f00)),
             optional: false,
+            priority: 0,
         })?;
         let updated = PolicyId { reqid: 8, ..want };
         ensure!(x.policies()? == vec![updated], "{:?}", x.policies()?);

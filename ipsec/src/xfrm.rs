@@ -119,6 +119,8 @@ pub struct PolicySpec {
     /// The template may be missing (`level use`): packets that did not
     /// come through ESP pass too. Only inbound policies use it.
     pub optional: bool,
+    /// Among policies that match a packet, the lowest value wins.
+    pub priority: u32,
 }
 
 /// A state as the kernel lists it.
@@ -129,6 +131,13 @@ pub struct StateId {
     pub spi: u32,
     pub reqid: u32,
     pub mark: Option<(u32, u32)>,
+}
+
+/// A state as the kernel lists it, with its AEAD key (root only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedState {
+    pub id: StateId,
+    pub key: Vec<u8>,
 }
 
 /// A policy as the kernel lists it (`reqid`: its first template's).
@@ -183,6 +192,7 @@ fn policy_message(p: &PolicySpec) -> (UserPolicyInfo, Vec<XfrmAttrs>) {
         lifetime_cfg: unlimited(),
         direction: p.dir.code(),
         action: XFRM_POLICY_ALLOW,
+        priority: p.priority,
         ..UserPolicyInfo::default()
     };
     (info, nlas)
@@ -352,18 +362,29 @@ impl Xfrm {
     }
 
     /// Every state of the namespace.
-    pub fn states(&mut self) -> Result<Vec<StateId>, XfrmError> {
+    pub fn states(&mut self) -> Result<Vec<ListedState>, XfrmError> {
         let mut out = Vec::new();
         let msg = XfrmMessage::GetDumpSa(netlink_packet_xfrm::state::GetDumpMessage::default());
         for reply in self.dump(msg, "listing the XFRM states")? {
             if let XfrmMessage::AddSa(m) = reply {
                 let i = &m.user_sa_info;
-                out.push(StateId {
-                    src: ip(i.family, &i.saddr),
-                    dst: ip(i.family, &i.id.daddr),
-                    spi: u32::from_be(i.id.spi),
-                    reqid: i.reqid,
-                    mark: mark_of(&m.nlas),
+                let key = m
+                    .nlas
+                    .iter()
+                    .find_map(|a| match a {
+                        XfrmAttrs::EncryptionAlgAead(k) => Some(k.alg_key.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                out.push(ListedState {
+                    id: StateId {
+                        src: ip(i.family, &i.saddr),
+                        dst: ip(i.family, &i.id.daddr),
+                        spi: u32::from_be(i.id.spi),
+                        reqid: i.reqid,
+                        mark: mark_of(&m.nlas),
+                    },
+                    key,
                 });
             }
         }

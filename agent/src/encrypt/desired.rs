@@ -10,9 +10,19 @@
 //! - for each SPI this node holds and each pod CIDR of P: an outbound
 //!   policy (any source → the CIDR, the SPI's encrypt mark) through ESP in
 //!   tunnel mode M → P;
-//! - for each pod CIDR of P and each of this node's of the same family: a
-//!   forward policy (P's CIDR → ours) expecting ESP from P (optional unless
-//!   strict: in strict mode clear traffic from P's pods is dropped);
+//! - for each pod CIDR of P and each of this node's of the same family:
+//!   - a fallback outbound policy without a mark (our CIDR → P's, lower
+//!     priority), with an unmarked outbound state of the SPI P's pods are
+//!     sent with: what the node itself sends from a pod's address, which
+//!     no pod program marks (the L7 proxy's answers and upstream
+//!     connections), is encrypted too. In strict mode it is there even
+//!     without a key in common, so such traffic is dropped (no state), not
+//!     sent in clear;
+//!   - forward and inbound policies (P's CIDR → ours) expecting ESP from
+//!     P: forward for packets to pods, inbound for the L7 proxy's socket
+//!     (a decrypted tunnel-mode packet with no policy is refused by the
+//!     kernel). Optional unless strict: in strict mode clear traffic from
+//!     P's pods is dropped;
 //! - `ENCRYPT`: P's pod CIDRs → the SPI to send with: the newest key both
 //!   hold; none in common: 0 (dropped) in strict mode, no entry (clear)
 //!   otherwise;
@@ -44,13 +54,18 @@ pub struct Me<'a> {
     pub strict: bool,
 }
 
+/// The priority of the marked outbound policies, and of the fallback (a
+/// larger number loses).
+pub const PRIORITY_MARKED: u32 = 100;
+pub const PRIORITY_FALLBACK: u32 = 200;
+
 /// A state to have: its identity and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WantState {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub spi: u8,
-    pub mark: (u32, u32),
+    pub mark: Option<(u32, u32)>,
     pub key: Key,
     pub outbound: bool,
 }
@@ -63,7 +78,7 @@ impl WantState {
             dst: self.dst,
             spi: u32::from(self.spi),
             reqid: REQID,
-            mark: Some(self.mark),
+            mark: self.mark,
         }
     }
 }
@@ -78,6 +93,7 @@ pub struct WantPolicy {
     pub tmpl_src: IpAddr,
     pub tmpl_dst: IpAddr,
     pub optional: bool,
+    pub priority: u32,
 }
 
 impl WantPolicy {
@@ -158,7 +174,7 @@ pub fn desired(
                     src: *m,
                     dst: *p,
                     spi: key.spi,
-                    mark: (encrypt_mark(key.spi), MARK_ENCRYPT_MASK),
+                    mark: Some((encrypt_mark(key.spi), MARK_ENCRYPT_MASK)),
                     key: pair_key(key, (*m, me.boot_id), (*p, &enc.boot_id)),
                     outbound: true,
                 });
@@ -166,9 +182,23 @@ pub fn desired(
                     src: *p,
                     dst: *m,
                     spi: key.spi,
-                    mark: (decrypt_mark(idx), MARK_DECRYPT_MASK),
+                    mark: Some((decrypt_mark(idx), MARK_DECRYPT_MASK)),
                     key: pair_key(key, (*p, &enc.boot_id), (*m, me.boot_id)),
                     outbound: false,
+                });
+            }
+            // The fallback policy's state: the key P's pods are sent with.
+            // After the marked ones: the kernel takes a marked state for a
+            // duplicate of an unmarked one of the same SPI, not the other
+            // way round.
+            if let Some(key) = send.and_then(|spi| keys.iter().find(|k| k.spi == spi)) {
+                d.states.push(WantState {
+                    src: *m,
+                    dst: *p,
+                    spi: key.spi,
+                    mark: None,
+                    key: pair_key(key, (*m, me.boot_id), (*p, &enc.boot_id)),
+                    outbound: true,
                 });
             }
             for cidr in peer
@@ -185,6 +215,7 @@ pub fn desired(
                         tmpl_src: *m,
                         tmpl_dst: *p,
                         optional: false,
+                        priority: PRIORITY_MARKED,
                     });
                 }
                 for own in me
@@ -192,15 +223,30 @@ pub fn desired(
                     .iter()
                     .filter(|c| c.addr().is_ipv4() == m.is_ipv4())
                 {
-                    d.policies.push(WantPolicy {
-                        src: *cidr,
-                        dst: *own,
-                        dir: Dir::Fwd,
-                        mark: None,
-                        tmpl_src: *p,
-                        tmpl_dst: *m,
-                        optional: !me.strict,
-                    });
+                    if send.is_some() || me.strict {
+                        d.policies.push(WantPolicy {
+                            src: *own,
+                            dst: *cidr,
+                            dir: Dir::Out,
+                            mark: None,
+                            tmpl_src: *m,
+                            tmpl_dst: *p,
+                            optional: false,
+                            priority: PRIORITY_FALLBACK,
+                        });
+                    }
+                    for dir in [Dir::Fwd, Dir::In] {
+                        d.policies.push(WantPolicy {
+                            src: *cidr,
+                            dst: *own,
+                            dir,
+                            mark: None,
+                            tmpl_src: *p,
+                            tmpl_dst: *m,
+                            optional: !me.strict,
+                            priority: 0,
+                        });
+                    }
                 }
                 match send {
                     Some(spi) => {
@@ -277,19 +323,35 @@ mod tests {
             &key3(),
             &[node("b", "192.168.0.2", "10.0.2.0/24", Some(&[3]))],
         );
-        assert_eq!(d.states.len(), 2);
-        let out = d.states.iter().find(|s| s.outbound).unwrap();
+        // Out (marked, and unmarked for the fallback) and in.
+        assert_eq!(d.states.len(), 3);
+        let out = d
+            .states
+            .iter()
+            .find(|s| s.outbound && s.mark.is_some())
+            .unwrap();
+        let fallback = d.states.iter().find(|s| s.mark.is_none()).unwrap();
         let inb = d.states.iter().find(|s| !s.outbound).unwrap();
-        assert_eq!(out.mark, (0x3e00, 0xff00));
-        assert_eq!(inb.mark, (0x1_0d00, 0xffff_0f00));
+        assert_eq!(out.mark, Some((0x3e00, 0xff00)));
+        assert_eq!(inb.mark, Some((0x1_0d00, 0xffff_0f00)));
+        assert_eq!(fallback.key, out.key, "the same pair key, unmarked");
         // Per pair: each direction its own key, neither the global one.
         assert_ne!(out.key.key, inb.key.key);
         assert_ne!(out.key.key, key3()[0].key);
         assert_eq!(
-            d.policies.iter().map(|p| p.dir).collect::<Vec<_>>(),
-            vec![Dir::Out, Dir::Fwd]
+            d.policies
+                .iter()
+                .map(|p| (p.dir, p.mark.is_some(), p.priority))
+                .collect::<Vec<_>>(),
+            vec![
+                (Dir::Out, true, PRIORITY_MARKED),
+                (Dir::Out, false, PRIORITY_FALLBACK),
+                (Dir::Fwd, false, 0),
+                (Dir::In, false, 0)
+            ]
         );
-        assert!(d.policies[1].optional, "not strict: clear traffic passes");
+        assert!(d.policies[2].optional, "not strict: clear traffic passes");
+        assert_eq!(d.policies[1].src, "10.0.1.0/24".parse::<IpNet>().unwrap());
         assert_eq!(
             d.prefixes,
             BTreeMap::from([("10.0.2.0/24".parse().unwrap(), 3)])
@@ -336,8 +398,13 @@ mod tests {
         );
         assert!(d.policies.iter().any(|p| p.dir == Dir::Fwd && !p.optional));
         assert_eq!(d.peers["b"], None);
+        // The node's own pod-sourced traffic: a fallback policy with no
+        // state, so XFRM drops it.
+        assert!(d.policies.iter().any(|p| p.priority == PRIORITY_FALLBACK));
+        assert!(d.states.iter().all(|s| s.mark.is_some()));
         let d = run(false, &key3(), &peer);
         assert!(d.prefixes.is_empty());
+        assert!(!d.policies.iter().any(|p| p.priority == PRIORITY_FALLBACK));
     }
 
     #[test]
@@ -351,14 +418,18 @@ mod tests {
             &both,
             &[node("b", "192.168.0.2", "10.0.2.0/24", Some(&[3]))],
         );
-        assert_eq!(d.states.len(), 4);
-        assert_eq!(d.policies.iter().filter(|p| p.dir == Dir::Out).count(), 2);
+        // Both keys' marked states each way, and the fallback's.
+        assert_eq!(d.states.len(), 5);
+        assert_eq!(d.policies.iter().filter(|p| p.mark.is_some()).count(), 2);
         assert_eq!(d.prefixes.values().copied().collect::<Vec<_>>(), vec![3]);
+        let fallback = |d: &Desired| d.states.iter().find(|s| s.mark.is_none()).unwrap().spi;
+        assert_eq!(fallback(&d), 3);
         let d = run(
             false,
             &both,
             &[node("b", "192.168.0.2", "10.0.2.0/24", Some(&[3, 4]))],
         );
         assert_eq!(d.prefixes.values().copied().collect::<Vec<_>>(), vec![4]);
+        assert_eq!(fallback(&d), 4);
     }
 }

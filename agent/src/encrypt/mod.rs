@@ -6,7 +6,7 @@
 //! publishes its [`Status`] for the API, `axoneme encrypt status` and the
 //! metrics.
 //!
-//! A pass ([`desired`] then [`sync::Unit::sync`]) runs when a node record
+//! A pass ([`desired`] then [`sync::sync`]) runs when a node record
 //! or this node's labels change, when the key file changes (read every
 //! `--ipsec-key-poll`), when a replaced key's grace ends, and after a
 //! failed pass (with a backoff).
@@ -199,7 +199,6 @@ pub async fn run(
         .run(Xfrm::open)
         .map_err(anyhow::Error::from)?
         .map_err(anyhow::Error::from)?;
-    let mut unit = sync::Unit::default();
     let mut keys = Keys {
         file: initial.keys,
         retiring: Vec::new(),
@@ -255,7 +254,7 @@ pub async fn run(
         } else {
             desired::Desired::default()
         };
-        let pass = unit.sync(&mut xfrm, &mut maps, &want);
+        let pass = sync::sync(&mut xfrm, &mut maps, &want);
         if pass.errors.is_empty() {
             failures = 0;
         } else {

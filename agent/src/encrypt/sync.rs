@@ -12,15 +12,17 @@
 //! 4. then what is no longer wanted, in reverse: prefixes, policies,
 //!    states, indices.
 //!
-//! A state the kernel holds under a wanted identity but whose key this run
-//! did not write (after a restart, or when a peer's boot id changed) is
-//! replaced. Every step is tried; failures are counted and returned.
+//! A state the kernel holds under a wanted identity but with another key
+//! (a peer's boot id changed: per pair keys change) is replaced; one with
+//! the wanted key is kept (an agent restart changes nothing). Every step
+//! is tried; failures are counted and returned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use axoneme_ipsec::keys::Key;
-use axoneme_ipsec::xfrm::{Mode, PolicyId, PolicySpec, StateId, StateSpec, Xfrm, XfrmError};
+use axoneme_ipsec::xfrm::{
+    ListedState, Mode, PolicyId, PolicySpec, StateId, StateSpec, Xfrm, XfrmError,
+};
 use ipnet::IpNet;
 
 use super::desired::{Desired, WantState, REQID};
@@ -28,7 +30,7 @@ use crate::datapath::DatapathError;
 
 /// XFRM as the unit uses it.
 pub trait XfrmOps {
-    fn states(&mut self) -> Result<Vec<StateId>, XfrmError>;
+    fn states(&mut self) -> Result<Vec<ListedState>, XfrmError>;
     fn policies(&mut self) -> Result<Vec<PolicyId>, XfrmError>;
     fn add_state(&mut self, s: &StateSpec<'_>) -> Result<(), XfrmError>;
     fn delete_state(&mut self, id: &StateId) -> Result<(), XfrmError>;
@@ -37,7 +39,7 @@ pub trait XfrmOps {
 }
 
 impl XfrmOps for Xfrm {
-    fn states(&mut self) -> Result<Vec<StateId>, XfrmError> {
+    fn states(&mut self) -> Result<Vec<ListedState>, XfrmError> {
         Xfrm::states(self)
     }
     fn policies(&mut self) -> Result<Vec<PolicyId>, XfrmError> {
@@ -67,13 +69,6 @@ pub trait EncryptWriter {
     fn remove_node(&mut self, addr: IpAddr) -> Result<(), DatapathError>;
 }
 
-/// The unit: what it wrote, to compare the next desired state with.
-#[derive(Default)]
-pub struct Unit {
-    /// The keys of the states this run added (by identity).
-    written: BTreeMap<StateId, Key>,
-}
-
 /// What a pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pass {
@@ -83,132 +78,127 @@ pub struct Pass {
     pub errors: Vec<String>,
 }
 
-impl Unit {
-    /// One pass towards `want`.
-    pub fn sync(
-        &mut self,
-        x: &mut impl XfrmOps,
-        maps: &mut impl EncryptWriter,
-        want: &Desired,
-    ) -> Pass {
-        let mut errors = Vec::new();
-        let mut fail = |e: String| errors.push(e);
-        let have_states: BTreeSet<StateId> = match x.states() {
-            Ok(s) => s.into_iter().filter(|s| s.reqid == REQID).collect(),
-            Err(e) => {
-                fail(format!("{e:#}"));
-                return Pass {
-                    errors,
-                    ..Pass::default()
-                };
-            }
-        };
-        let have_policies: BTreeSet<PolicyId> = match x.policies() {
-            Ok(p) => p.into_iter().filter(|p| p.reqid == REQID).collect(),
-            Err(e) => {
-                fail(format!("{e:#}"));
-                BTreeSet::new()
-            }
-        };
-        let have_prefixes = maps.prefixes().unwrap_or_else(|e| {
-            fail(e.to_string());
-            BTreeMap::new()
-        });
-        let have_nodes = maps.nodes().unwrap_or_else(|e| {
-            fail(e.to_string());
-            BTreeMap::new()
-        });
-
-        // 1. Indices.
-        for (addr, index) in &want.nodes {
-            if have_nodes.get(addr) != Some(index) {
-                if let Err(e) = maps.set_node(*addr, *index) {
-                    fail(e.to_string());
-                }
-            }
-        }
-        // 2. States, then policies.
-        for s in &want.states {
-            let id = s.id();
-            let current = self.written.get(&id) == Some(&s.key);
-            if have_states.contains(&id) && current {
-                continue;
-            }
-            if have_states.contains(&id) {
-                // Another key under the same identity: replaced.
-                if let Err(e) = x.delete_state(&id) {
-                    fail(format!("{e:#}"));
-                    continue;
-                }
-            }
-            match x.add_state(&spec(s)) {
-                Ok(()) => {
-                    self.written.insert(id, s.key.clone());
-                }
-                Err(e) => fail(format!("{e:#}")),
-            }
-        }
-        for p in &want.policies {
-            let spec = PolicySpec {
-                src: p.src,
-                dst: p.dst,
-                dir: p.dir,
-                tmpl_src: p.tmpl_src,
-                tmpl_dst: p.tmpl_dst,
-                reqid: REQID,
-                mode: Mode::Tunnel,
-                mark: p.mark,
-                optional: p.optional,
+/// One pass towards `want`. Nothing is kept between passes: the kernel's
+/// listing, keys included, is the truth.
+pub fn sync(x: &mut impl XfrmOps, maps: &mut impl EncryptWriter, want: &Desired) -> Pass {
+    let mut errors = Vec::new();
+    let mut fail = |e: String| errors.push(e);
+    let have_states: BTreeMap<StateId, Vec<u8>> = match x.states() {
+        Ok(s) => s
+            .into_iter()
+            .filter(|s| s.id.reqid == REQID)
+            .map(|s| (s.id, s.key))
+            .collect(),
+        Err(e) => {
+            fail(format!("{e:#}"));
+            return Pass {
+                errors,
+                ..Pass::default()
             };
-            if let Err(e) = x.upsert_policy(&spec) {
-                fail(format!("{e:#}"));
+        }
+    };
+    let have_policies: BTreeSet<PolicyId> = match x.policies() {
+        Ok(p) => p.into_iter().filter(|p| p.reqid == REQID).collect(),
+        Err(e) => {
+            fail(format!("{e:#}"));
+            BTreeSet::new()
+        }
+    };
+    let have_prefixes = maps.prefixes().unwrap_or_else(|e| {
+        fail(e.to_string());
+        BTreeMap::new()
+    });
+    let have_nodes = maps.nodes().unwrap_or_else(|e| {
+        fail(e.to_string());
+        BTreeMap::new()
+    });
+
+    // 1. Indices.
+    for (addr, index) in &want.nodes {
+        if have_nodes.get(addr) != Some(index) {
+            if let Err(e) = maps.set_node(*addr, *index) {
+                fail(e.to_string());
             }
         }
-        // 3. What each peer's pods are sent with.
-        for (net, spi) in &want.prefixes {
-            if have_prefixes.get(net) != Some(spi) {
-                if let Err(e) = maps.set_prefix(*net, *spi) {
-                    fail(e.to_string());
-                }
+    }
+    // 2. States (those with another key out first: a marked state of
+    // an SPI cannot be added beside an unmarked one), then policies.
+    let stale: Vec<&WantState> = want
+        .states
+        .iter()
+        .filter(|s| have_states.get(&s.id()).is_some_and(|k| *k != s.key.key))
+        .collect();
+    for s in &stale {
+        if let Err(e) = x.delete_state(&s.id()) {
+            fail(format!("{e:#}"));
+        }
+    }
+    for s in &want.states {
+        let current = have_states.get(&s.id()) == Some(&s.key.key);
+        if current {
+            continue;
+        }
+        if let Err(e) = x.add_state(&spec(s)) {
+            fail(format!("{e:#}"));
+        }
+    }
+    for p in &want.policies {
+        let spec = PolicySpec {
+            src: p.src,
+            dst: p.dst,
+            dir: p.dir,
+            tmpl_src: p.tmpl_src,
+            tmpl_dst: p.tmpl_dst,
+            reqid: REQID,
+            mode: Mode::Tunnel,
+            mark: p.mark,
+            optional: p.optional,
+            priority: p.priority,
+        };
+        if let Err(e) = x.upsert_policy(&spec) {
+            fail(format!("{e:#}"));
+        }
+    }
+    // 3. What each peer's pods are sent with.
+    for (net, spi) in &want.prefixes {
+        if have_prefixes.get(net) != Some(spi) {
+            if let Err(e) = maps.set_prefix(*net, *spi) {
+                fail(e.to_string());
             }
         }
-        // 4. The rest, in reverse.
-        for net in have_prefixes.keys() {
-            if !want.prefixes.contains_key(net) {
-                if let Err(e) = maps.remove_prefix(*net) {
-                    fail(e.to_string());
-                }
+    }
+    // 4. The rest, in reverse.
+    for net in have_prefixes.keys() {
+        if !want.prefixes.contains_key(net) {
+            if let Err(e) = maps.remove_prefix(*net) {
+                fail(e.to_string());
             }
         }
-        let wanted_policies: BTreeSet<PolicyId> = want.policies.iter().map(|p| p.id()).collect();
-        for id in have_policies.difference(&wanted_policies) {
-            if let Err(e) = x.delete_policy(id) {
-                fail(format!("{e:#}"));
+    }
+    let wanted_policies: BTreeSet<PolicyId> = want.policies.iter().map(|p| p.id()).collect();
+    for id in have_policies.difference(&wanted_policies) {
+        if let Err(e) = x.delete_policy(id) {
+            fail(format!("{e:#}"));
+        }
+    }
+    let wanted_states: BTreeSet<StateId> = want.states.iter().map(WantState::id).collect();
+    for id in have_states.keys().filter(|id| !wanted_states.contains(*id)) {
+        if let Err(e) = x.delete_state(id) {
+            fail(format!("{e:#}"));
+        }
+    }
+    for addr in have_nodes.keys() {
+        if !want.nodes.contains_key(addr) {
+            if let Err(e) = maps.remove_node(*addr) {
+                fail(e.to_string());
             }
         }
-        let wanted_states: BTreeSet<StateId> = want.states.iter().map(WantState::id).collect();
-        for id in have_states.difference(&wanted_states) {
-            match x.delete_state(id) {
-                Ok(()) => {
-                    self.written.remove(id);
-                }
-                Err(e) => fail(format!("{e:#}")),
-            }
-        }
-        self.written.retain(|id, _| wanted_states.contains(id));
-        for addr in have_nodes.keys() {
-            if !want.nodes.contains_key(addr) {
-                if let Err(e) = maps.remove_node(*addr) {
-                    fail(e.to_string());
-                }
-            }
-        }
-        Pass {
-            states_in: want.states.iter().filter(|s| !s.outbound).count(),
-            states_out: want.states.iter().filter(|s| s.outbound).count(),
-            policies: want.policies.len(),
-            errors,
-        }
+    }
+    Pass {
+        states_in: want.states.iter().filter(|s| !s.outbound).count(),
+        states_out: want.states.iter().filter(|s| s.outbound).count(),
+        policies: want.policies.len(),
+        errors,
     }
 }
 
@@ -220,7 +210,7 @@ fn spec(s: &WantState) -> StateSpec<'_> {
         reqid: REQID,
         key: &s.key,
         mode: Mode::Tunnel,
-        mark: Some(s.mark),
+        mark: s.mark,
     }
 }
 
@@ -241,8 +231,15 @@ pub mod fake {
     }
 
     impl XfrmOps for FakeXfrm {
-        fn states(&mut self) -> Result<Vec<StateId>, XfrmError> {
-            Ok(self.states.keys().cloned().collect())
+        fn states(&mut self) -> Result<Vec<ListedState>, XfrmError> {
+            Ok(self
+                .states
+                .iter()
+                .map(|(id, key)| ListedState {
+                    id: id.clone(),
+                    key: key.clone(),
+                })
+                .collect())
         }
         fn policies(&mut self) -> Result<Vec<PolicyId>, XfrmError> {
             Ok(self.policies.keys().cloned().collect())
@@ -407,9 +404,9 @@ mod tests {
     #[test]
     fn states_and_policies_come_before_the_datapath_marks_traffic() {
         let (mut x, mut m, log) = fakes();
-        let pass = Unit::default().sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        let pass = sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
         assert!(pass.errors.is_empty(), "{:?}", pass.errors);
-        assert_eq!((pass.states_in, pass.states_out, pass.policies), (1, 1, 2));
+        assert_eq!((pass.states_in, pass.states_out, pass.policies), (1, 2, 4));
         let node = position(&log, "node ");
         let state = position(&log, "add state");
         let policy = position(&log, "policy ");
@@ -424,10 +421,9 @@ mod tests {
     #[test]
     fn a_peer_that_leaves_is_unmarked_before_its_states_go() {
         let (mut x, mut m, log) = fakes();
-        let mut unit = Unit::default();
-        unit.sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
         log.lock().unwrap().clear();
-        let pass = unit.sync(&mut x, &mut m, &want(K3, &[]));
+        let pass = sync(&mut x, &mut m, &want(K3, &[]));
         assert!(pass.errors.is_empty());
         assert!(x.states.is_empty() && x.policies.is_empty());
         assert!(m.prefixes.is_empty() && m.nodes.is_empty());
@@ -444,25 +440,24 @@ mod tests {
     #[test]
     fn a_second_pass_changes_nothing_and_a_new_boot_id_replaces_the_states() {
         let (mut x, mut m, log) = fakes();
-        let mut unit = Unit::default();
-        unit.sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
         let before = x.states.clone();
         log.lock().unwrap().clear();
-        unit.sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
         assert!(
             log.lock().unwrap().iter().all(|l| l.starts_with("policy")),
             "{log:?}"
         );
         // The peer rebooted: per pair keys change, and so do the states.
-        unit.sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b2")]));
-        assert_eq!(x.states.len(), 2);
+        sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b2")]));
+        assert_eq!(x.states.len(), 3);
         assert_ne!(x.states, before);
     }
 
     #[test]
-    fn after_a_restart_states_of_unknown_keys_are_replaced_and_others_are_removed() {
-        let (mut x, mut m, _log) = fakes();
-        Unit::default().sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+    fn after_a_restart_nothing_is_replaced_and_stale_states_are_removed() {
+        let (mut x, mut m, log) = fakes();
+        sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
         // Left behind by a run that knew a node now gone.
         let stale = StateId {
             src: "192.168.0.1".parse().unwrap(),
@@ -477,11 +472,19 @@ mod tests {
             ..stale.clone()
         };
         x.states.insert(foreign.clone(), vec![0; 20]);
-        // A new run (nothing written yet) adopts what is there.
-        let pass = Unit::default().sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        // A new run adopts what is there: nothing added again.
+        log.lock().unwrap().clear();
+        let pass = sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        assert!(
+            !log.lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("add state")),
+            "{log:?}"
+        );
         assert!(pass.errors.is_empty(), "{:?}", pass.errors);
         assert!(!x.states.contains_key(&stale));
         assert!(x.states.contains_key(&foreign), "not Axoneme's: left alone");
-        assert_eq!(x.states.len(), 3);
+        assert_eq!(x.states.len(), 4);
     }
 }
