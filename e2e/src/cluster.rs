@@ -372,6 +372,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// The nodes' underlay: a namespace whose bridge `br0` joins them.
+    pub fn underlay(&self) -> Option<&Netns> {
+        self.underlay.as_ref()
+    }
+
+    /// Sets node `i`'s agent flag `flag` to `value` (replacing the value
+    /// it had) and restarts the agent.
+    pub fn restart_agent_setting(&mut self, i: usize, flag: &str, value: &str) -> Result<()> {
+        let args = &mut self.nodes[i].args;
+        match args.iter().position(|a| a == flag) {
+            Some(at) if at + 1 < args.len() => args[at + 1] = value.to_string(),
+            _ => args.extend([flag.to_string(), value.to_string()]),
+        }
+        self.restart_agent(i)
+    }
+
     /// [`Self::restart_agent`] with `extra` flags from now on (replacing
     /// the previous extra ones), as a changed ConfigMap does.
     pub fn restart_agent_with(&mut self, i: usize, extra: &[&str]) -> Result<()> {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod capture;
 pub mod cgroup;
 pub mod cluster;
 pub mod etcd;

@@ -39,6 +39,7 @@ pub struct Vm {
     kernel_dir: PathBuf,
     modules: Vec<String>,
     files: Vec<(PathBuf, String)>,
+    memory_mib: u32,
 }
 
 fn sh(cmd: &mut Command) -> Result<std::process::Output> {
@@ -71,7 +72,14 @@ impl Vm {
             version,
             modules: Vec::new(),
             files: Vec::new(),
+            memory_mib: 512,
         })
+    }
+
+    /// The VM's memory (512 MiB unless set).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
     }
 
     /// Loads `module` (and what it needs) at boot.
@@ -131,7 +139,8 @@ impl Vm {
         let started = Instant::now();
         let log = dir.join("console.log");
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "512"])
+            .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m"])
+            .arg(self.memory_mib.to_string())
             .args([
                 "-nographic",
                 "-no-reboot",

@@ -258,7 +258,7 @@ impl Xfrm {
             },
             id: Id {
                 daddr: Address::from_ip(&s.dst),
-                spi: s.spi.to_be(),
+                spi: s.spi,
                 proto: IPPROTO_ESP,
             },
             saddr: Address::from_ip(&s.src),
@@ -309,7 +309,7 @@ impl Xfrm {
             XfrmMessage::DeleteSa(StateDel {
                 user_sa_id: UserSaId {
                     daddr: Address::from_ip(&dst),
-                    spi: spi.to_be(),
+                    spi,
                     family: family(&dst),
                     proto: IPPROTO_ESP,
                 },
@@ -380,7 +380,7 @@ impl Xfrm {
                     id: StateId {
                         src: ip(i.family, &i.saddr),
                         dst: ip(i.family, &i.id.daddr),
-                        spi: u32::from_be(i.id.spi),
+                        spi: i.id.spi,
                         reqid: i.reqid,
                         mark: mark_of(&m.nlas),
                     },

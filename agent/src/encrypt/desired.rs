@@ -11,9 +11,9 @@
 //!   policy (any source → the CIDR, the SPI's encrypt mark) through ESP in
 //!   tunnel mode M → P;
 //! - for each pod CIDR of P and each of this node's of the same family:
-//!   - a fallback outbound policy without a mark (our CIDR → P's, lower
-//!     priority), with an unmarked outbound state of the SPI P's pods are
-//!     sent with: what the node itself sends from a pod's address, which
+//!   - a fallback outbound policy for packets without an SPI in their
+//!     mark (our CIDR → P's, lower priority), with an outbound state of the
+//!     key P's pods are sent with (SPI [`fallback_spi`] on the wire): what the node itself sends from a pod's address, which
 //!     no pod program marks (the L7 proxy's answers and upstream
 //!     connections), is encrypted too. In strict mode it is there even
 //!     without a key in common, so such traffic is dropped (no state), not
@@ -21,8 +21,9 @@
 //!   - forward and inbound policies (P's CIDR → ours) expecting ESP from
 //!     P: forward for packets to pods, inbound for the L7 proxy's socket
 //!     (a decrypted tunnel-mode packet with no policy is refused by the
-//!     kernel). Optional unless strict: in strict mode clear traffic from
-//!     P's pods is dropped;
+//!     kernel). The forward one is optional unless strict (in strict mode
+//!     clear traffic from P's pods is dropped); the inbound one always is
+//!     (see below);
 //! - `ENCRYPT`: P's pod CIDRs → the SPI to send with: the newest key both
 //!   hold; none in common: 0 (dropped) in strict mode, no entry (clear)
 //!   otherwise;
@@ -59,12 +60,23 @@ pub struct Me<'a> {
 pub const PRIORITY_MARKED: u32 = 100;
 pub const PRIORITY_FALLBACK: u32 = 200;
 
+/// The mark of the fallback policy and its state: packets without an SPI
+/// in their mark (the datapath marked none of them). A state without a mark
+/// would match every mark, the datapath's too.
+pub const NO_SPI_MARK: (u32, u32) = (0, 0xf000);
+
+/// The SPI on the wire of the fallback's SA for the key `spi`.
+pub fn fallback_spi(spi: u8) -> u32 {
+    0x100 | u32::from(spi)
+}
+
 /// A state to have: its identity and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WantState {
     pub src: IpAddr,
     pub dst: IpAddr,
-    pub spi: u8,
+    /// The SPI on the wire (the key's, or [`fallback_spi`]).
+    pub spi: u32,
     pub mark: Option<(u32, u32)>,
     pub key: Key,
     pub outbound: bool,
@@ -76,7 +88,7 @@ impl WantState {
         axoneme_ipsec::xfrm::StateId {
             src: self.src,
             dst: self.dst,
-            spi: u32::from(self.spi),
+            spi: self.spi,
             reqid: REQID,
             mark: self.mark,
         }
@@ -169,34 +181,39 @@ pub fn desired(
             };
             let idx = index(*p);
             d.nodes.insert(*p, idx);
+            // Two SAs each way per key: the datapath's (marked with the
+            // SPI) and the fallback's. Each SA numbers its packets, so they
+            // need SPIs of their own on the wire: one SPI for both would
+            // trip the receiver's replay window.
             for key in keys {
+                let out_key = pair_key(key, (*m, me.boot_id), (*p, &enc.boot_id));
+                let in_key = pair_key(key, (*p, &enc.boot_id), (*m, me.boot_id));
                 d.states.push(WantState {
                     src: *m,
                     dst: *p,
-                    spi: key.spi,
+                    spi: u32::from(key.spi),
                     mark: Some((encrypt_mark(key.spi), MARK_ENCRYPT_MASK)),
-                    key: pair_key(key, (*m, me.boot_id), (*p, &enc.boot_id)),
+                    key: out_key,
                     outbound: true,
                 });
-                d.states.push(WantState {
-                    src: *p,
-                    dst: *m,
-                    spi: key.spi,
-                    mark: Some((decrypt_mark(idx), MARK_DECRYPT_MASK)),
-                    key: pair_key(key, (*p, &enc.boot_id), (*m, me.boot_id)),
-                    outbound: false,
-                });
+                for spi in [u32::from(key.spi), fallback_spi(key.spi)] {
+                    d.states.push(WantState {
+                        src: *p,
+                        dst: *m,
+                        spi,
+                        mark: Some((decrypt_mark(idx), MARK_DECRYPT_MASK)),
+                        key: in_key.clone(),
+                        outbound: false,
+                    });
+                }
             }
             // The fallback policy's state: the key P's pods are sent with.
-            // After the marked ones: the kernel takes a marked state for a
-            // duplicate of an unmarked one of the same SPI, not the other
-            // way round.
             if let Some(key) = send.and_then(|spi| keys.iter().find(|k| k.spi == spi)) {
                 d.states.push(WantState {
                     src: *m,
                     dst: *p,
-                    spi: key.spi,
-                    mark: None,
+                    spi: fallback_spi(key.spi),
+                    mark: Some(NO_SPI_MARK),
                     key: pair_key(key, (*m, me.boot_id), (*p, &enc.boot_id)),
                     outbound: true,
                 });
@@ -228,7 +245,7 @@ pub fn desired(
                             src: *own,
                             dst: *cidr,
                             dir: Dir::Out,
-                            mark: None,
+                            mark: Some(NO_SPI_MARK),
                             tmpl_src: *m,
                             tmpl_dst: *p,
                             optional: false,
@@ -243,7 +260,11 @@ pub fn desired(
                             mark: None,
                             tmpl_src: *p,
                             tmpl_dst: *m,
-                            optional: !me.strict,
+                            // A packet the datapath hands to the L7 proxy
+                            // re-enters the stack by a redirect, which drops
+                            // its record of decryption: an inbound template
+                            // is never required (the forward one is).
+                            optional: dir == Dir::In || !me.strict,
                             priority: 0,
                         });
                     }
@@ -323,31 +344,41 @@ mod tests {
             &key3(),
             &[node("b", "192.168.0.2", "10.0.2.0/24", Some(&[3]))],
         );
-        // Out (marked, and unmarked for the fallback) and in.
-        assert_eq!(d.states.len(), 3);
-        let out = d
+        // Out (the datapath's and the fallback's) and in (both).
+        assert_eq!(d.states.len(), 4);
+        let out = d.states.iter().find(|s| s.outbound && s.spi == 3).unwrap();
+        let fallback = d
             .states
             .iter()
-            .find(|s| s.outbound && s.mark.is_some())
+            .find(|s| s.outbound && s.spi == 0x103)
             .unwrap();
-        let fallback = d.states.iter().find(|s| s.mark.is_none()).unwrap();
         let inb = d.states.iter().find(|s| !s.outbound).unwrap();
         assert_eq!(out.mark, Some((0x3e00, 0xff00)));
+        assert_eq!(fallback.mark, Some(NO_SPI_MARK));
         assert_eq!(inb.mark, Some((0x1_0d00, 0xffff_0f00)));
-        assert_eq!(fallback.key, out.key, "the same pair key, unmarked");
+        assert_eq!(fallback.key, out.key, "the same pair key");
+        let inbound: Vec<u32> = d
+            .states
+            .iter()
+            .filter(|s| !s.outbound)
+            .map(|s| s.spi)
+            .collect();
+        assert_eq!(inbound, vec![3, 0x103]);
         // Per pair: each direction its own key, neither the global one.
         assert_ne!(out.key.key, inb.key.key);
         assert_ne!(out.key.key, key3()[0].key);
+        let policies: Vec<_> = d
+            .policies
+            .iter()
+            .map(|p| (p.dir, p.mark, p.priority))
+            .collect();
         assert_eq!(
-            d.policies
-                .iter()
-                .map(|p| (p.dir, p.mark.is_some(), p.priority))
-                .collect::<Vec<_>>(),
+            policies,
             vec![
-                (Dir::Out, true, PRIORITY_MARKED),
-                (Dir::Out, false, PRIORITY_FALLBACK),
-                (Dir::Fwd, false, 0),
-                (Dir::In, false, 0)
+                (Dir::Out, Some((0x3e00, 0xff00)), PRIORITY_MARKED),
+                (Dir::Out, Some(NO_SPI_MARK), PRIORITY_FALLBACK),
+                (Dir::Fwd, None, 0),
+                (Dir::In, None, 0)
             ]
         );
         assert!(d.policies[2].optional, "not strict: clear traffic passes");
@@ -401,7 +432,7 @@ mod tests {
         // The node's own pod-sourced traffic: a fallback policy with no
         // state, so XFRM drops it.
         assert!(d.policies.iter().any(|p| p.priority == PRIORITY_FALLBACK));
-        assert!(d.states.iter().all(|s| s.mark.is_some()));
+        assert!(!d.states.iter().any(|s| s.outbound && s.spi > 0xff));
         let d = run(false, &key3(), &peer);
         assert!(d.prefixes.is_empty());
         assert!(!d.policies.iter().any(|p| p.priority == PRIORITY_FALLBACK));
@@ -413,23 +444,20 @@ mod tests {
             "3 rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n\
              4 rfc4106(gcm(aes)) 89abcdef0123456789abcdef0123456789abcdef 128\n",
         );
-        let d = run(
-            false,
-            &both,
-            &[node("b", "192.168.0.2", "10.0.2.0/24", Some(&[3]))],
-        );
-        // Both keys' marked states each way, and the fallback's.
-        assert_eq!(d.states.len(), 5);
-        assert_eq!(d.policies.iter().filter(|p| p.mark.is_some()).count(), 2);
+        let peer = |spis: &'static [u8]| [node("b", "192.168.0.2", "10.0.2.0/24", Some(spis))];
+        let d = run(false, &both, &peer(&[3]));
+        // Both keys' states each way, and the fallback's.
+        assert_eq!(d.states.len(), 7);
+        let marked = d.policies.iter().filter(|p| p.priority == PRIORITY_MARKED);
+        assert_eq!(marked.count(), 2);
         assert_eq!(d.prefixes.values().copied().collect::<Vec<_>>(), vec![3]);
-        let fallback = |d: &Desired| d.states.iter().find(|s| s.mark.is_none()).unwrap().spi;
-        assert_eq!(fallback(&d), 3);
-        let d = run(
-            false,
-            &both,
-            &[node("b", "192.168.0.2", "10.0.2.0/24", Some(&[3, 4]))],
-        );
+        let fallback = |d: &Desired| {
+            let s = d.states.iter().find(|s| s.mark == Some(NO_SPI_MARK));
+            s.unwrap().spi
+        };
+        assert_eq!(fallback(&d), 0x103);
+        let d = run(false, &both, &peer(&[3, 4]));
         assert_eq!(d.prefixes.values().copied().collect::<Vec<_>>(), vec![4]);
-        assert_eq!(fallback(&d), 4);
+        assert_eq!(fallback(&d), 0x104);
     }
 }

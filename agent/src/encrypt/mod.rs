@@ -312,6 +312,13 @@ pub async fn run(
                 _ = &mut retry => break,
                 _ = &mut grace_ends => break,
                 _ = poll.tick() => {
+                    // The kernel's counters move without a pass.
+                    let errors = xfrm_errors(&ns);
+                    out.status.send_if_modified(|st| {
+                        let changed = st.xfrm_errors != errors;
+                        st.xfrm_errors = errors;
+                        changed
+                    });
                     let Some(path) = &key_file else { continue };
                     let Ok(text) = std::fs::read_to_string(path) else { continue };
                     if text == last_text {

@@ -206,7 +206,7 @@ fn spec(s: &WantState) -> StateSpec<'_> {
     StateSpec {
         src: s.src,
         dst: s.dst,
-        spi: u32::from(s.spi),
+        spi: s.spi,
         reqid: REQID,
         key: &s.key,
         mode: Mode::Tunnel,
@@ -406,7 +406,7 @@ mod tests {
         let (mut x, mut m, log) = fakes();
         let pass = sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
         assert!(pass.errors.is_empty(), "{:?}", pass.errors);
-        assert_eq!((pass.states_in, pass.states_out, pass.policies), (1, 2, 4));
+        assert_eq!((pass.states_in, pass.states_out, pass.policies), (2, 2, 4));
         let node = position(&log, "node ");
         let state = position(&log, "add state");
         let policy = position(&log, "policy ");
@@ -450,7 +450,7 @@ mod tests {
         );
         // The peer rebooted: per pair keys change, and so do the states.
         sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b2")]));
-        assert_eq!(x.states.len(), 3);
+        assert_eq!(x.states.len(), 4);
         assert_ne!(x.states, before);
     }
 
@@ -485,6 +485,6 @@ mod tests {
         assert!(pass.errors.is_empty(), "{:?}", pass.errors);
         assert!(!x.states.contains_key(&stale));
         assert!(x.states.contains_key(&foreign), "not Axoneme's: left alone");
-        assert_eq!(x.states.len(), 4);
+        assert_eq!(x.states.len(), 5);
     }
 }
