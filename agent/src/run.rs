@@ -250,10 +250,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         None
     };
-    let encrypt_maps = ipsec_keys
-        .is_some()
-        .then(|| dp.take_encrypt_maps())
-        .transpose()?;
+    let mut encrypt_maps = dp.take_encrypt_maps()?;
+    if ipsec_keys.is_none() {
+        // Encryption off: what a previous run installed goes (its pods'
+        // traffic is no longer marked: the programs are loaded without it).
+        let ns = Ns::open_or_own(cfg.datapath.netns.as_deref()).context("--netns")?;
+        match crate::encrypt::remove_all(&ns, &mut encrypt_maps) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                removed = n,
+                "encryption off: the previous run's XFRM states and policies removed"
+            ),
+            Err(e) => {
+                warn!(error = %e, "encryption off: cannot remove the previous run's XFRM states and policies")
+            }
+        }
+    }
+    let encrypt_maps = ipsec_keys.is_some().then_some(encrypt_maps);
 
     let state_dir = cfg.state_dir();
     let node_ns = Ns::open_or_own(cfg.datapath.netns.as_deref()).context("--netns")?;

@@ -252,3 +252,77 @@ fn copy_with_libraries(source: &Path, root: &Path, dest: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The modules a cluster node needs in the VM: ESP and AES-GCM (gcm's
+/// parts are asked for by name at run time, each a module of its own),
+/// veth and bridge, TC's clsact and cls_bpf, nftables' TPROXY and socket
+/// for the L7 proxy.
+pub const CLUSTER_MODULES: [&str; 17] = [
+    "esp4",
+    "esp6",
+    "xfrm_user",
+    "gcm",
+    "ghash-generic",
+    "ctr",
+    "aesni-intel",
+    "seqiv",
+    "drbg",
+    "jitterentropy_rng",
+    "veth",
+    "bridge",
+    "sch_ingress",
+    "cls_bpf",
+    "nf_tables",
+    "nft_tproxy",
+    "nft_socket",
+];
+
+/// What the script of a cluster VM starts with: bpffs and cgroup2
+/// mounted, `/var/run` for `ip netns`, loopback up, and the environment the
+/// harness reads (`AXONEME_BIN_DIR`, `PATH` with `/opt/bin` first).
+pub const CLUSTER_PREAMBLE: &str = r#"
+mkdir -p /var /sys/fs/bpf /sys/fs/cgroup /run/netns /etc
+ln -s /run /var/run
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 none /sys/fs/cgroup
+mkdir -p /sys/fs/bpf/axoneme
+/opt/bin/ip link set lo up
+export AXONEME_BIN_DIR=/opt/bin PATH=/opt/bin:/bin HOME=/tmp RUST_LOG=info
+"#;
+
+/// A host tool's path (its real file, symlinks resolved).
+fn host_tool(name: &str) -> Result<PathBuf> {
+    let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .with_context(|| format!("{name} is not installed (cargo xtask setup)"))?;
+    Ok(std::fs::canonicalize(found)?)
+}
+
+impl Vm {
+    /// A VM that can run a local cluster (`crate::Cluster`, binaries from
+    /// `crate::bin_path`) and `program` (copied to `/opt/bin/NAME`):
+    /// [`CLUSTER_MODULES`], 2 GiB, etcd, iproute2, curl, and dash as `sh`
+    /// (busybox's shell runs its own applets, its `ip` among them, before
+    /// `PATH`). Its script starts with [`CLUSTER_PREAMBLE`].
+    pub fn for_cluster(program: &Path, name: &str) -> Result<Self> {
+        let mut vm = Vm::new()?.memory_mib(2048);
+        for m in CLUSTER_MODULES {
+            vm = vm.module(m);
+        }
+        for tool in ["ip", "curl", "etcd", "etcdctl"] {
+            vm = vm.file(host_tool(tool)?, &format!("/opt/bin/{tool}"));
+        }
+        vm = vm.file(host_tool("dash")?, "/opt/bin/sh");
+        for bin in [
+            "axoneme-agent",
+            "axoneme-operator",
+            "axoneme",
+            "axoneme-cni",
+        ] {
+            vm = vm.file(crate::bin_path(bin), &format!("/opt/bin/{bin}"));
+        }
+        Ok(vm.file(program, &format!("/opt/bin/{name}")))
+    }
+}

@@ -512,74 +512,18 @@ fn scenario(c: &mut Cluster, keys: &Path, wrong: &Path, t0: Instant) -> Result<(
     Ok(())
 }
 
-/// The VM: the 6.1 cloud kernel with what a node needs (veth, bridge, TC,
-/// nftables for the L7 proxy, ESP and AES-GCM), this binary, the project's
-/// binaries, etcd, iproute2 and curl.
+/// The VM ([`Vm::for_cluster`]): this binary runs its inner test there.
 #[test]
 fn a_two_node_cluster_in_the_vm_encrypts_pod_traffic() -> Result<()> {
     let dir = std::env::temp_dir().join(axoneme_e2e::run_prefix("vmc"));
     std::fs::create_dir_all(&dir)?;
-    let mut vm = Vm::new()?.memory_mib(2048);
-    for m in [
-        "esp4",
-        "esp6",
-        "xfrm_user",
-        "gcm",
-        "ghash-generic",
-        "ctr",
-        "aesni-intel",
-        "seqiv",
-        "drbg",
-        "jitterentropy_rng",
-        "veth",
-        "bridge",
-        "sch_ingress",
-        "cls_bpf",
-        "nf_tables",
-        "nft_tproxy",
-        "nft_socket",
-    ] {
-        vm = vm.module(m);
-    }
-    let which = |name: &str| -> Result<PathBuf> {
-        ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-            .iter()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.exists())
-            .with_context(|| format!("{name} not installed"))
-            .and_then(|p| Ok(std::fs::canonicalize(p)?))
-    };
-    for tool in ["ip", "curl", "etcd", "etcdctl"] {
-        vm = vm.file(which(tool)?, &format!("/opt/bin/{tool}"));
-    }
-    // A shell that looks commands up on PATH (busybox's runs its own
-    // applets, its `ip` among them): the harness's `sh -c ... exec "$@"`.
-    vm = vm.file(which("dash")?, "/opt/bin/sh");
-    for bin in [
-        "axoneme-agent",
-        "axoneme-operator",
-        "axoneme",
-        "axoneme-cni",
-    ] {
-        vm = vm.file(
-            axoneme_e2e::process::bin_path(bin),
-            &format!("/opt/bin/{bin}"),
-        );
-    }
-    vm = vm
-        .file(std::env::current_exe()?, "/opt/bin/ipsec_cluster")
+    let vm = Vm::for_cluster(&std::env::current_exe()?, "ipsec_cluster")?
         .file(axoneme_e2e::expect::seed_policy(), SEED_IN_VM);
-    let script = r#"
-mkdir -p /var /sys/fs/bpf /sys/fs/cgroup /run/netns /etc
-ln -s /run /var/run
-mount -t bpf bpf /sys/fs/bpf
-mount -t cgroup2 none /sys/fs/cgroup
-mkdir -p /sys/fs/bpf/axoneme
-/opt/bin/ip link set lo up
-export AXONEME_BIN_DIR=/opt/bin PATH=/opt/bin:/bin HOME=/tmp RUST_LOG=info
-/opt/bin/ipsec_cluster --ignored --exact in_vm_a_two_node_cluster_encrypts_pod_traffic --nocapture --test-threads=1
-"#;
-    let run = vm.run(&dir, script, Duration::from_secs(900))?;
+    let script = format!(
+        "{}\n/opt/bin/ipsec_cluster --ignored --exact in_vm_a_two_node_cluster_encrypts_pod_traffic --nocapture --test-threads=1\n",
+        axoneme_e2e::vm::CLUSTER_PREAMBLE
+    );
+    let run = vm.run(&dir, &script, Duration::from_secs(900))?;
     eprintln!("VM: the cluster scenario took {:?}", run.took);
     for line in run.console.lines().filter(|l| l.contains("IPSEC-")) {
         eprintln!("{line}");

@@ -17,6 +17,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("services", "axoneme-e2e", "services"),
     ("services-table", "axoneme-agent", "services_table"),
     ("soak", "axoneme-e2e", "soak"),
+    ("ipsec", "axoneme-e2e", "ipsec"),
 ];
 
 pub fn run(root: &Path, name: &str) -> Result<()> {

@@ -83,6 +83,18 @@ pub fn component(st: &Status) -> axoneme_api::ComponentStatus {
     }
 }
 
+/// Removes every XFRM state and policy Axoneme added in `ns` and empties
+/// the encryption maps (encryption turned off); how many XFRM entries went.
+pub fn remove_all(ns: &Ns, maps: &mut EncryptMaps) -> anyhow::Result<usize> {
+    let mut xfrm = ns.run(Xfrm::open)??;
+    let before = xfrm.states()?.len() + xfrm.policies()?.len();
+    let pass = sync::sync(&mut xfrm, maps, &desired::Desired::default());
+    if let Some(e) = pass.errors.first() {
+        anyhow::bail!("{e}");
+    }
+    Ok(before - (xfrm.states()?.len() + xfrm.policies()?.len()))
+}
+
 /// The key file's keys, or what is wrong with it (naming the file).
 pub fn read_keys(path: &std::path::Path) -> Result<KeyFile, String> {
     let text = std::fs::read_to_string(path)

@@ -1,0 +1,359 @@
+//! `cargo xtask bench ipsec`: what transparent IPsec costs, inside the IPsec
+//! VM (this machine's kernel has no ESP), in one run. Between a pod on one
+//! node and a pod on another:
+//!
+//! - plain: two hand-made nodes (namespaces joined by a veth, each routing
+//!   to a pod namespace behind a veth of its own), no XFRM, no programs;
+//! - xfrm: the same namespaces with ESP tunnel states and policies set by
+//!   hand with `ip xfrm` (`rfc4106(gcm(aes))`, a 160-bit key as Axoneme's):
+//!   the kernel's own IPsec, the limit;
+//! - axoneme: a real two-node cluster (etcd, operators, agents, CNI pods)
+//!   with encryption on;
+//! - axoneme-plain: the same cluster after its agents restarted with
+//!   encryption off (which also removes the XFRM states: checked).
+//!
+//! TCP throughput (64 KiB writes) and request/response (1 byte each way,
+//! one connection) for each, rounds interleaved (plain, xfrm, axoneme),
+//! medians; figures as ratios, since absolute ones under TCG mean little.
+//! Target: axoneme at least 95% of xfrm on both. Writes JSON to
+//! `AXONEME_BENCH_OUT` (default target/bench/ipsec.json).
+//!
+//! The smoke form (under `cargo test`): one round of 0.5 s, every path
+//! checked to carry traffic, nothing written.
+//!
+//! Inside the VM this same binary runs with `AXONEME_IPSEC_BENCH_IN_VM`
+//! set and prints its figures on one line for the host to read.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use axoneme_e2e::bench::{pick, write_figures};
+use axoneme_e2e::netns::{run, Netns};
+use axoneme_e2e::vm::{Vm, CLUSTER_PREAMBLE};
+use axoneme_e2e::{Cluster, ClusterConfig};
+use serde_json::json;
+
+const IN_VM: &str = "AXONEME_IPSEC_BENCH_IN_VM";
+const FIGURES: &str = "IPSEC-BENCH-JSON ";
+const KEY: &str = "0x0123456789abcdef0123456789abcdef01234567";
+const KEY_FILE: &str = "5+ rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n";
+
+/// Seconds per measurement and rounds: full, smoke.
+const FULL: (f64, usize) = (3.0, 3);
+const SMOKE: (f64, usize) = (0.5, 1);
+
+static PORT: AtomicU16 = AtomicU16::new(20000);
+
+/// One measurement: TCP throughput in Mbit/s and transactions per second.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    mbps: f64,
+    tps: f64,
+}
+
+/// TCP throughput and request/response from `client` to `server` (at
+/// `addr`) for `secs` each.
+fn measure(server: &Netns, client: &Netns, addr: IpAddr, secs: f64) -> Result<Sample> {
+    let dur = Duration::from_secs_f64(secs);
+    // Throughput: the server counts what arrives until the client closes.
+    let port = PORT.fetch_add(1, Ordering::Relaxed);
+    let listener = server.enter(move || TcpListener::bind(("0.0.0.0", port)))??;
+    let sink = std::thread::spawn(move || -> Result<(u64, Duration)> {
+        let (mut s, _) = listener.accept()?;
+        let started = Instant::now();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf)? {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+        Ok((total, started.elapsed()))
+    });
+    let mut c = client.enter(move || {
+        TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(5))
+    })??;
+    let chunk = vec![0x5au8; 1 << 16];
+    let started = Instant::now();
+    while started.elapsed() < dur {
+        c.write_all(&chunk)?;
+    }
+    drop(c);
+    let (bytes, took) = sink
+        .join()
+        .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+    ensure!(bytes > 0, "no bytes to {addr}");
+    let mbps = bytes as f64 * 8.0 / took.as_secs_f64() / 1e6;
+    // Request/response: one byte each way on one connection.
+    let port = PORT.fetch_add(1, Ordering::Relaxed);
+    let listener = server.enter(move || TcpListener::bind(("0.0.0.0", port)))??;
+    let echo = std::thread::spawn(move || -> Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while s.read(&mut b)? == 1 {
+            s.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut c = client.enter(move || {
+        TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(5))
+    })??;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (mut n, mut b) = (0u64, [1u8; 1]);
+    let started = Instant::now();
+    while started.elapsed() < dur {
+        c.write_all(&b)?;
+        c.read_exact(&mut b)?;
+        n += 1;
+    }
+    let tps = n as f64 / started.elapsed().as_secs_f64();
+    drop(c);
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo panicked"))??;
+    ensure!(n > 0, "no transaction to {addr}");
+    Ok(Sample { mbps, tps })
+}
+
+/// Two hand-made nodes with a pod each (see the crate's documentation):
+/// (pod a, pod b, node a, node b).
+fn hand_made(prefix: &str) -> Result<[Netns; 4]> {
+    let na = Netns::create(&format!("{prefix}na"))?;
+    let nb = Netns::create(&format!("{prefix}nb"))?;
+    let pa = Netns::create(&format!("{prefix}pa"))?;
+    let pb = Netns::create(&format!("{prefix}pb"))?;
+    run(&[
+        "ip", "link", "add", "ul", "netns", &na.name, "type", "veth", "peer", "name", "ul",
+        "netns", &nb.name,
+    ])?;
+    for (node, pod, ul, gw, pod_ip) in [
+        (&na, &pa, "192.168.99.1/24", "10.98.1.1", "10.98.1.2/24"),
+        (&nb, &pb, "192.168.99.2/24", "10.98.2.1", "10.98.2.2/24"),
+    ] {
+        run(&[
+            "ip", "link", "add", "pod", "netns", &node.name, "type", "veth", "peer", "name",
+            "eth0", "netns", &pod.name,
+        ])?;
+        node.ip(&["addr", "add", ul, "dev", "ul"])?;
+        node.ip(&["addr", "add", &format!("{gw}/24"), "dev", "pod"])?;
+        for dev in ["ul", "pod", "lo"] {
+            node.ip(&["link", "set", dev, "up"])?;
+        }
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        pod.ip(&["addr", "add", pod_ip, "dev", "eth0"])?;
+        pod.ip(&["link", "set", "eth0", "up"])?;
+        pod.ip(&["link", "set", "lo", "up"])?;
+        pod.ip(&["route", "add", "default", "via", gw])?;
+    }
+    na.ip(&["route", "add", "10.98.2.0/24", "via", "192.168.99.2"])?;
+    nb.ip(&["route", "add", "10.98.1.0/24", "via", "192.168.99.1"])?;
+    Ok([pa, pb, na, nb])
+}
+
+/// ESP tunnel states and policies between the hand-made nodes, by hand
+/// (`on`), or none.
+fn hand_xfrm(na: &Netns, nb: &Netns, on: bool) -> Result<()> {
+    for ns in [na, nb] {
+        ns.ip(&["xfrm", "state", "flush"])?;
+        ns.ip(&["xfrm", "policy", "flush"])?;
+    }
+    if !on {
+        return Ok(());
+    }
+    for (ns, me, peer, mine, theirs) in [
+        (
+            na,
+            "192.168.99.1",
+            "192.168.99.2",
+            "10.98.1.0/24",
+            "10.98.2.0/24",
+        ),
+        (
+            nb,
+            "192.168.99.2",
+            "192.168.99.1",
+            "10.98.2.0/24",
+            "10.98.1.0/24",
+        ),
+    ] {
+        // The same two SAs on both nodes: .1 -> .2 and .2 -> .1.
+        for (src, dst, spi) in [
+            ("192.168.99.1", "192.168.99.2", "0x10"),
+            ("192.168.99.2", "192.168.99.1", "0x11"),
+        ] {
+            ns.ip(&[
+                "xfrm",
+                "state",
+                "add",
+                "src",
+                src,
+                "dst",
+                dst,
+                "proto",
+                "esp",
+                "spi",
+                spi,
+                "reqid",
+                "7",
+                "mode",
+                "tunnel",
+                "aead",
+                "rfc4106(gcm(aes))",
+                KEY,
+                "128",
+            ])?;
+        }
+        ns.ip(&[
+            "xfrm", "policy", "add", "src", mine, "dst", theirs, "dir", "out", "tmpl", "src", me,
+            "dst", peer, "proto", "esp", "reqid", "7", "mode", "tunnel",
+        ])?;
+        for dir in ["fwd", "in"] {
+            ns.ip(&[
+                "xfrm", "policy", "add", "src", theirs, "dst", mine, "dir", dir, "tmpl", "src",
+                peer, "dst", me, "proto", "esp", "reqid", "7", "mode", "tunnel",
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn median(v: &[Sample]) -> Sample {
+    let mid = |mut x: Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    Sample {
+        mbps: mid(v.iter().map(|s| s.mbps).collect()),
+        tps: mid(v.iter().map(|s| s.tps).collect()),
+    }
+}
+
+fn in_vm() -> Result<()> {
+    let secs: f64 = std::env::var("AXONEME_IPSEC_BENCH_SECONDS")?.parse()?;
+    let rounds: usize = std::env::var("AXONEME_IPSEC_BENCH_ROUNDS")?.parse()?;
+    let [pa, pb, na, nb] = hand_made(&axoneme_e2e::run_prefix("bh"))?;
+    let keys = std::env::temp_dir().join("bench-keys");
+    std::fs::write(&keys, KEY_FILE)?;
+    let keys = keys.display().to_string();
+    let mut c = Cluster::start(&ClusterConfig {
+        agent_args: [
+            "--enable-ipsec=true",
+            "--ipsec-key-file",
+            &keys,
+            "--bpf-ct-max",
+            "16384",
+            "--bpf-policy-max",
+            "16384",
+            "--bpf-ipcache-max",
+            "16384",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..ClusterConfig::default()
+    })?;
+    let server = c.add_pod(0, "server", &[("app", "server")])?;
+    let client = c.add_pod(1, "client", &[("app", "client")])?;
+    let to_server: IpAddr = server.ip.into();
+    let to_pb: IpAddr = "10.98.2.2".parse()?;
+    let peer = c.nodes[1].name.clone();
+    // Encrypting both ways before measuring.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = c
+            .cli_command(0, &["-o", "json", "encrypt", "status"])
+            .output()?;
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if st["peers"][&peer] == 5 && st["statesOut"].as_u64() > Some(0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no keys shared: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (mut plain, mut xfrm, mut axoneme, mut axoneme_plain) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        hand_xfrm(&na, &nb, false)?;
+        plain.push(measure(&pb, &pa, to_pb, secs)?);
+        hand_xfrm(&na, &nb, true)?;
+        xfrm.push(measure(&pb, &pa, to_pb, secs)?);
+        axoneme.push(measure(&server.ns, &client.ns, to_server, secs)?);
+    }
+    // The hand-made path was encrypted: its states counted packets.
+    let counted = na.ip(&["-s", "xfrm", "state"])?;
+    ensure!(
+        !String::from_utf8_lossy(&counted.stdout).contains(" 0(packets)"),
+        "a hand-made state carried nothing:\n{}",
+        String::from_utf8_lossy(&counted.stdout)
+    );
+    for i in 0..2 {
+        c.restart_agent_setting(i, "--enable-ipsec", "false")?;
+    }
+    for n in &c.nodes {
+        let st = n.ns.ip(&["xfrm", "state"])?;
+        ensure!(
+            st.stdout.is_empty(),
+            "encryption off left XFRM states on {}",
+            n.name
+        );
+    }
+    for _ in 0..rounds {
+        axoneme_plain.push(measure(&server.ns, &client.ns, to_server, secs)?);
+    }
+    let (p, x, a, ap) = (
+        median(&plain),
+        median(&xfrm),
+        median(&axoneme),
+        median(&axoneme_plain),
+    );
+    let doc = json!({
+        "seconds": secs,
+        "rounds": rounds,
+        "tcp_mbps": {"plain": p.mbps, "xfrm": x.mbps, "axoneme": a.mbps, "axoneme_plain": ap.mbps},
+        "rr_tps": {"plain": p.tps, "xfrm": x.tps, "axoneme": a.tps, "axoneme_plain": ap.tps},
+        "ratios": {
+            "axoneme_vs_xfrm_tcp": a.mbps / x.mbps,
+            "axoneme_vs_xfrm_rr": a.tps / x.tps,
+            "xfrm_vs_plain_tcp": x.mbps / p.mbps,
+            "xfrm_vs_plain_rr": x.tps / p.tps,
+            "axoneme_plain_vs_plain_tcp": ap.mbps / p.mbps,
+            "axoneme_plain_vs_plain_rr": ap.tps / p.tps,
+        },
+        "target": "axoneme at least 0.95 of xfrm on both",
+        "target_met": a.mbps / x.mbps >= 0.95 && a.tps / x.tps >= 0.95,
+    });
+    println!("{FIGURES}{doc}");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    if std::env::var_os(IN_VM).is_some() {
+        return in_vm();
+    }
+    let (secs, rounds) = pick(FULL, SMOKE);
+    let dir = std::env::temp_dir().join(axoneme_e2e::run_prefix("vmb"));
+    std::fs::create_dir_all(&dir)?;
+    let vm = Vm::for_cluster(&std::env::current_exe()?, "ipsec_bench")?;
+    let script = format!(
+        "{CLUSTER_PREAMBLE}\nexport {IN_VM}=1 AXONEME_IPSEC_BENCH_SECONDS={secs} AXONEME_IPSEC_BENCH_ROUNDS={rounds}\n/opt/bin/ipsec_bench\n"
+    );
+    let run = vm.run(&dir, &script, Duration::from_secs(1200))?;
+    let line = run
+        .console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(FIGURES))
+        .with_context(|| format!("no figures ({}):\n{}", run.status, run.console))?;
+    let mut doc: serde_json::Value = serde_json::from_str(line)?;
+    doc["vm_seconds"] = json!(run.took.as_secs_f64());
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    write_figures("ipsec", &doc)?;
+    if !axoneme_e2e::keep() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
