@@ -10,7 +10,11 @@
 //! - axoneme: a real two-node cluster (etcd, operators, agents, CNI pods)
 //!   with encryption on;
 //! - axoneme-plain: the same cluster after its agents restarted with
-//!   encryption off (which also removes the XFRM states: checked).
+//!   encryption off (which also removes the XFRM states: checked);
+//! - axoneme-plain with hand-made xfrm: that cluster's nodes with the same
+//!   `ip xfrm` states and policies as the xfrm path: the kernel's IPsec on
+//!   Axoneme's datapath and underlay, so that axoneme / this is what
+//!   Axoneme's encryption itself adds.
 //!
 //! TCP throughput (64 KiB writes) and request/response (1 byte each way,
 //! one connection) for each, rounds interleaved (plain, xfrm, axoneme),
@@ -44,6 +48,10 @@ const KEY_FILE: &str = "5+ rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef012
 /// Seconds per measurement and rounds: full, smoke.
 const FULL: (f64, usize) = (3.0, 3);
 const SMOKE: (f64, usize) = (0.5, 1);
+
+/// The hand-made nodes' addresses and pod networks.
+const HAND_IPS: (&str, &str) = ("192.168.99.1", "192.168.99.2");
+const HAND_NETS: (&str, &str) = ("10.98.1.0/24", "10.98.2.0/24");
 
 static PORT: AtomicU16 = AtomicU16::new(20000);
 
@@ -155,9 +163,16 @@ fn hand_made(prefix: &str) -> Result<[Netns; 4]> {
     Ok([pa, pb, na, nb])
 }
 
-/// ESP tunnel states and policies between the hand-made nodes, by hand
-/// (`on`), or none.
-fn hand_xfrm(na: &Netns, nb: &Netns, on: bool) -> Result<()> {
+/// ESP tunnel states and policies set by hand with `ip xfrm` between two
+/// nodes (`on`), or none: node `na` at `ips.0` routes `nets.0`, `nb` at
+/// `ips.1` routes `nets.1`.
+fn hand_xfrm(
+    na: &Netns,
+    nb: &Netns,
+    ips: (&str, &str),
+    nets: (&str, &str),
+    on: bool,
+) -> Result<()> {
     for ns in [na, nb] {
         ns.ip(&["xfrm", "state", "flush"])?;
         ns.ip(&["xfrm", "policy", "flush"])?;
@@ -166,26 +181,11 @@ fn hand_xfrm(na: &Netns, nb: &Netns, on: bool) -> Result<()> {
         return Ok(());
     }
     for (ns, me, peer, mine, theirs) in [
-        (
-            na,
-            "192.168.99.1",
-            "192.168.99.2",
-            "10.98.1.0/24",
-            "10.98.2.0/24",
-        ),
-        (
-            nb,
-            "192.168.99.2",
-            "192.168.99.1",
-            "10.98.2.0/24",
-            "10.98.1.0/24",
-        ),
+        (na, ips.0, ips.1, nets.0, nets.1),
+        (nb, ips.1, ips.0, nets.1, nets.0),
     ] {
-        // The same two SAs on both nodes: .1 -> .2 and .2 -> .1.
-        for (src, dst, spi) in [
-            ("192.168.99.1", "192.168.99.2", "0x10"),
-            ("192.168.99.2", "192.168.99.1", "0x11"),
-        ] {
+        // The same two SAs on both nodes: a -> b and b -> a.
+        for (src, dst, spi) in [(ips.0, ips.1, "0x10"), (ips.1, ips.0, "0x11")] {
             ns.ip(&[
                 "xfrm",
                 "state",
@@ -241,19 +241,11 @@ fn in_vm() -> Result<()> {
     std::fs::write(&keys, KEY_FILE)?;
     let keys = keys.display().to_string();
     let mut c = Cluster::start(&ClusterConfig {
-        agent_args: [
-            "--enable-ipsec=true",
-            "--ipsec-key-file",
-            &keys,
-            "--bpf-ct-max",
-            "16384",
-            "--bpf-policy-max",
-            "16384",
-            "--bpf-ipcache-max",
-            "16384",
-        ]
-        .map(String::from)
-        .to_vec(),
+        agent_args: ["--enable-ipsec=true", "--ipsec-key-file", &keys]
+            .into_iter()
+            .chain(axoneme_e2e::vm::VM_AGENT_MAPS)
+            .map(String::from)
+            .collect(),
         ..ClusterConfig::default()
     })?;
     let server = c.add_pod(0, "server", &[("app", "server")])?;
@@ -278,9 +270,9 @@ fn in_vm() -> Result<()> {
     }
     let (mut plain, mut xfrm, mut axoneme, mut axoneme_plain) = (vec![], vec![], vec![], vec![]);
     for _ in 0..rounds {
-        hand_xfrm(&na, &nb, false)?;
+        hand_xfrm(&na, &nb, HAND_IPS, HAND_NETS, false)?;
         plain.push(measure(&pb, &pa, to_pb, secs)?);
-        hand_xfrm(&na, &nb, true)?;
+        hand_xfrm(&na, &nb, HAND_IPS, HAND_NETS, true)?;
         xfrm.push(measure(&pb, &pa, to_pb, secs)?);
         axoneme.push(measure(&server.ns, &client.ns, to_server, secs)?);
     }
@@ -302,21 +294,38 @@ fn in_vm() -> Result<()> {
             n.name
         );
     }
+    // The cluster's own nodes with the kernel's IPsec set by hand: the
+    // same datapath and underlay as axoneme's, what XFRM alone costs there.
+    let net = |ip: std::net::Ipv4Addr| {
+        let o = ip.octets();
+        format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+    };
+    let (ip0, ip1) = (c.nodes[0].ip.to_string(), c.nodes[1].ip.to_string());
+    let (net0, net1) = (net(server.ip), net(client.ip));
+    let (n0, n1) = (&c.nodes[0].ns, &c.nodes[1].ns);
+    let mut cluster_xfrm = vec![];
     for _ in 0..rounds {
+        hand_xfrm(n0, n1, (&ip0, &ip1), (&net0, &net1), false)?;
         axoneme_plain.push(measure(&server.ns, &client.ns, to_server, secs)?);
+        hand_xfrm(n0, n1, (&ip0, &ip1), (&net0, &net1), true)?;
+        cluster_xfrm.push(measure(&server.ns, &client.ns, to_server, secs)?);
     }
+    hand_xfrm(n0, n1, (&ip0, &ip1), (&net0, &net1), false)?;
     let (p, x, a, ap) = (
         median(&plain),
         median(&xfrm),
         median(&axoneme),
         median(&axoneme_plain),
     );
+    let cx = median(&cluster_xfrm);
     let doc = json!({
         "seconds": secs,
         "rounds": rounds,
-        "tcp_mbps": {"plain": p.mbps, "xfrm": x.mbps, "axoneme": a.mbps, "axoneme_plain": ap.mbps},
-        "rr_tps": {"plain": p.tps, "xfrm": x.tps, "axoneme": a.tps, "axoneme_plain": ap.tps},
+        "tcp_mbps": {"plain": p.mbps, "xfrm": x.mbps, "axoneme": a.mbps, "axoneme_plain": ap.mbps, "axoneme_plain_with_hand_xfrm": cx.mbps},
+        "rr_tps": {"plain": p.tps, "xfrm": x.tps, "axoneme": a.tps, "axoneme_plain": ap.tps, "axoneme_plain_with_hand_xfrm": cx.tps},
         "ratios": {
+            "axoneme_vs_hand_xfrm_on_the_cluster_tcp": a.mbps / cx.mbps,
+            "axoneme_vs_hand_xfrm_on_the_cluster_rr": a.tps / cx.tps,
             "axoneme_vs_xfrm_tcp": a.mbps / x.mbps,
             "axoneme_vs_xfrm_rr": a.tps / x.tps,
             "xfrm_vs_plain_tcp": x.mbps / p.mbps,

@@ -87,3 +87,15 @@ pub fn ipv4_of(frame: &[u8]) -> Option<(u8, std::net::Ipv4Addr, std::net::Ipv4Ad
     let ip = |o: usize| std::net::Ipv4Addr::new(frame[o], frame[o + 1], frame[o + 2], frame[o + 3]);
     Some((frame[23], ip(26), ip(30)))
 }
+
+/// An IPv6 frame's next header, source and destination.
+pub fn ipv6_of(frame: &[u8]) -> Option<(u8, std::net::Ipv6Addr, std::net::Ipv6Addr)> {
+    if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] {
+        return None;
+    }
+    let ip = |o: usize| {
+        let b: [u8; 16] = frame[o..o + 16].try_into().expect("16 bytes");
+        std::net::Ipv6Addr::from(b)
+    };
+    Some((frame[20], ip(22), ip(38)))
+}

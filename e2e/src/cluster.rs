@@ -383,7 +383,10 @@ impl Cluster {
     pub fn restart_agent_setting(&mut self, i: usize, flag: &str, value: &str) -> Result<()> {
         let args = &mut self.nodes[i].args;
         let joined = format!("{flag}=");
-        match args.iter().position(|a| a == flag || a.starts_with(&joined)) {
+        match args
+            .iter()
+            .position(|a| a == flag || a.starts_with(&joined))
+        {
             Some(at) if args[at] != flag => args[at] = format!("{flag}={value}"),
             Some(at) if at + 1 < args.len() => args[at + 1] = value.to_string(),
             _ => args.extend([flag.to_string(), value.to_string()]),

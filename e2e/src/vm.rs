@@ -290,6 +290,16 @@ mkdir -p /sys/fs/bpf/axoneme
 export AXONEME_BIN_DIR=/opt/bin PATH=/opt/bin:/bin HOME=/tmp RUST_LOG=info
 "#;
 
+/// Agent flags for a cluster in the VM: maps sized for its memory.
+pub const VM_AGENT_MAPS: [&str; 6] = [
+    "--bpf-ct-max",
+    "16384",
+    "--bpf-policy-max",
+    "16384",
+    "--bpf-ipcache-max",
+    "16384",
+];
+
 /// A host tool's path (its real file, symlinks resolved).
 fn host_tool(name: &str) -> Result<PathBuf> {
     let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]

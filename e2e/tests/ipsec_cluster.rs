@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use axoneme_e2e::capture::{ipv4_of, Capture};
+use axoneme_e2e::capture::{ipv4_of, ipv6_of, Capture};
 use axoneme_e2e::vm::Vm;
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
@@ -77,31 +77,7 @@ fn http_backend(pod: &CniPod) -> Arc<Mutex<Vec<String>>> {
 /// `POST /v1/charge` from `from` to `addr` with the marker in its body:
 /// the status, or `None` without an answer within 2 s.
 fn charge(from: &CniPod, addr: &str) -> Option<u16> {
-    let host = if addr.contains(':') {
-        format!("[{addr}]")
-    } else {
-        addr.to_string()
-    };
-    let out = from
-        .command(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "2",
-            "-X",
-            "POST",
-            "--data",
-            MARKER,
-            "-w",
-            "%{http_code}",
-            &format!("http://{host}:8080/v1/charge"),
-        ])
-        .output()
-        .ok()?;
-    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-    (out.status.success() && code != 0).then_some(code)
+    from.http_with("POST", addr, 8080, "/v1/charge", Some(MARKER), 2)
 }
 
 /// What `curl -v` from `from` to `addr` says (for a failure's message).
@@ -187,6 +163,17 @@ fn check_capture(frames: &[Vec<u8>]) -> Result<usize> {
             ensure!(
                 src.octets()[0] != 10 && dst.octets()[0] != 10,
                 "a pod packet in clear on the underlay: {src} -> {dst} protocol {proto}"
+            );
+        }
+        if let Some((next, src, dst)) = ipv6_of(f) {
+            if next == 50 {
+                esp += 1;
+            }
+            // The pods' IPv6 pool is fd00:a0::/104.
+            let pod = |a: &std::net::Ipv6Addr| a.segments()[..2] == [0xfd00, 0x00a0];
+            ensure!(
+                !pod(&src) && !pod(&dst),
+                "a pod packet in clear on the underlay: {src} -> {dst} next header {next}"
             );
         }
     }
@@ -315,15 +302,11 @@ fn in_vm_a_two_node_cluster_encrypts_pod_traffic() -> Result<()> {
             "4s",
             "--encryption-node-selector",
             "",
-            "--bpf-ct-max",
-            "16384",
-            "--bpf-policy-max",
-            "16384",
-            "--bpf-ipcache-max",
-            "16384",
         ]
+        .into_iter()
+        .chain(axoneme_e2e::vm::VM_AGENT_MAPS)
         .map(String::from)
-        .to_vec(),
+        .collect(),
         ..ClusterConfig::default()
     })?;
     step("cluster up", t0);

@@ -273,21 +273,8 @@ fn the_xfrm_layer_adds_policies_here_and_names_the_kernels_refusal_of_esp() -> R
 fn the_vm_kernel_encrypts_with_esp_whether_set_by_hand_or_by_axoneme() -> Result<()> {
     let dir = std::env::temp_dir().join(axoneme_e2e::run_prefix("vm"));
     std::fs::create_dir_all(&dir)?;
-    // The kernel asks for gcm's parts (ghash, ctr, aes, an RNG for
-    // seqiv's IVs) by name at run time: each is a module of its own.
     let mut vm = Vm::new()?;
-    for m in [
-        "esp4",
-        "xfrm_user",
-        "gcm",
-        "ghash-generic",
-        "ctr",
-        "aesni-intel",
-        "seqiv",
-        "drbg",
-        "jitterentropy_rng",
-        "veth",
-    ] {
+    for m in axoneme_e2e::vm::CLUSTER_MODULES {
         vm = vm.module(m);
     }
     let ip = std::fs::canonicalize("/usr/bin/ip").or_else(|_| std::fs::canonicalize("/bin/ip"))?;

@@ -282,19 +282,35 @@ impl Xfrm {
 
     /// Adds a policy (an error if one with the same selector exists).
     pub fn add_policy(&mut self, p: &PolicySpec) -> Result<(), XfrmError> {
+        self.write_policy(p, false)
+    }
+
+    /// Replaces the policy with `p`'s selector, direction and mark, or adds
+    /// it (no moment without one).
+    pub fn upsert_policy(&mut self, p: &PolicySpec) -> Result<(), XfrmError> {
+        self.write_policy(p, true)
+    }
+
+    fn write_policy(&mut self, p: &PolicySpec, update: bool) -> Result<(), XfrmError> {
         let (info, nlas) = policy_message(p);
+        let msg = PolicyModify {
+            user_policy_info: info,
+            nlas,
+        };
+        let (msg, flags, verb) = if update {
+            (XfrmMessage::UpdatePolicy(msg), NLM_F_CREATE, "updating")
+        } else {
+            (
+                XfrmMessage::AddPolicy(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+                "adding",
+            )
+        };
         let what = format!(
-            "adding the XFRM policy {} -> {} ({:?})",
+            "{verb} the XFRM policy {} -> {} ({:?})",
             p.src, p.dst, p.dir
         );
-        self.request(
-            XfrmMessage::AddPolicy(PolicyModify {
-                user_policy_info: info,
-                nlas,
-            }),
-            NLM_F_CREATE | NLM_F_EXCL,
-            what,
-        )
+        self.request(msg, flags, what)
     }
 
     /// Deletes the state `spi` towards `dst` (with `mark`, as added).
@@ -340,24 +356,6 @@ impl Xfrm {
             }),
             0,
             format!("deleting the XFRM policy {src} -> {dst} ({dir:?})"),
-        )
-    }
-
-    /// Replaces the policy with `p`'s selector, direction and mark, or adds
-    /// it (no moment without one).
-    pub fn upsert_policy(&mut self, p: &PolicySpec) -> Result<(), XfrmError> {
-        let (info, nlas) = policy_message(p);
-        let what = format!(
-            "updating the XFRM policy {} -> {} ({:?})",
-            p.src, p.dst, p.dir
-        );
-        self.request(
-            XfrmMessage::UpdatePolicy(PolicyModify {
-                user_policy_info: info,
-                nlas,
-            }),
-            NLM_F_CREATE,
-            what,
         )
     }
 
@@ -422,21 +420,27 @@ impl Xfrm {
         Ok(out)
     }
 
+    /// Sends `msg` with `flags` (and `NLM_F_REQUEST`) under the next
+    /// sequence number.
+    fn send(&mut self, msg: XfrmMessage, flags: u16) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0).map(|_| ())
+    }
+
     /// Sends a dump request and collects the answers until the end.
     fn dump(&mut self, msg: XfrmMessage, what: &str) -> Result<Vec<XfrmMessage>, XfrmError> {
         let fail = |source: io::Error| XfrmError::Request {
             what: what.to_string(),
             source,
         };
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.socket.send(&buf, 0).map_err(fail)?;
+        self.send(msg, NLM_F_DUMP).map_err(fail)?;
         let mut out = Vec::new();
         let mut answer = vec![0u8; 64 * 1024];
         loop {
@@ -469,15 +473,7 @@ impl Xfrm {
             what: what.clone(),
             source,
         };
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.socket.send(&buf, 0).map_err(fail)?;
+        self.send(msg, NLM_F_ACK | flags).map_err(fail)?;
         let mut answer = vec![0u8; 64 * 1024];
         loop {
             let n = self.socket.recv(&mut &mut answer[..], 0).map_err(fail)?;

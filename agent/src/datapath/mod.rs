@@ -356,7 +356,7 @@ impl Datapath {
         name: &'static str,
         packet: &[u8],
     ) -> Result<(i32, Vec<u8>), DatapathError> {
-        let (action, _, out) = self.test_run_with(name, packet, 0, 1)?;
+        let (action, _, out, _) = self.test_run_with(name, packet, 0, 1)?;
         Ok((action, out))
     }
 
@@ -367,24 +367,8 @@ impl Datapath {
         name: &'static str,
         packet: &[u8],
     ) -> Result<(i32, u32), DatapathError> {
-        // The kernel fills as much of a `__sk_buff` as there is room for;
-        // `mark` is at offset 8.
-        let mut ctx = [0u8; 192];
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = self
-            .program(name)?
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ctx_in: Some(&[0u8; 192]),
-                ctx_out: Some(&mut ctx),
-                repeat: 1,
-                ..TestRunOptions::new()
-            })
-            .map_err(|source| program_error(name, "BPF_PROG_TEST_RUN", source))?;
-        let action = i32::from_ne_bytes(result.return_value.to_ne_bytes());
-        let mark = u32::from_ne_bytes(ctx[8..12].try_into().expect("4 bytes"));
-        Ok((action, mark))
+        let run = self.test_run_with(name, packet, 0, 1)?;
+        Ok((run.0, run.3))
     }
 
     /// Runs program `name` `repeat` times on `packet` in one
@@ -396,19 +380,24 @@ impl Datapath {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(i32, Duration), DatapathError> {
-        let (action, duration, _) = self.test_run_with(name, packet, 0, repeat)?;
+        let (action, duration, _, _) = self.test_run_with(name, packet, 0, repeat)?;
         Ok((action, duration))
     }
 
+    /// The run: the last TC action, the mean time per run, the packet and
+    /// `skb->mark` as the program left them.
     fn test_run_with(
         &self,
         name: &'static str,
         packet: &[u8],
         mark: u32,
         repeat: u32,
-    ) -> Result<(i32, Duration, Vec<u8>), DatapathError> {
-        let mut ctx = [0u8; 12];
-        ctx[8..].copy_from_slice(&mark.to_ne_bytes());
+    ) -> Result<(i32, Duration, Vec<u8>, u32), DatapathError> {
+        // A `__sk_buff` in and out (the kernel copies as much as there is
+        // room for); `mark` is at offset 8, the fields before it zero.
+        let mut ctx_in = [0u8; 192];
+        ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; 192];
         // Room for what a program may add (none of ours grows a packet).
         let mut out = vec![0u8; packet.len() + 256];
         let result = self
@@ -416,7 +405,8 @@ impl Datapath {
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 data_out: Some(&mut out),
-                ctx_in: (mark != 0).then_some(&ctx[..]),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
                 repeat,
                 ..TestRunOptions::new()
             })
@@ -424,7 +414,8 @@ impl Datapath {
         out.truncate(result.data_size_out as usize);
         // The kernel reports the program's `int` return value as a u32.
         let action = i32::from_ne_bytes(result.return_value.to_ne_bytes());
-        Ok((action, result.duration, out))
+        let mark_out = u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes"));
+        Ok((action, result.duration, out, mark_out))
     }
 
     /// Attaches the programs to `interface` (in the network namespace at

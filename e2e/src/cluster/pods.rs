@@ -285,28 +285,43 @@ impl CniPod {
     /// http://addr:port/path` within a second; `None` when no answer
     /// came (the connection was blocked).
     pub fn http(&self, method: &str, addr: &str, port: u16, path: &str) -> Option<u16> {
+        self.http_with(method, addr, port, path, None, 1)
+    }
+
+    /// [`Self::http`] with a request `body` and a deadline of `seconds`.
+    pub fn http_with(
+        &self,
+        method: &str,
+        addr: &str,
+        port: u16,
+        path: &str,
+        body: Option<&str>,
+        seconds: u32,
+    ) -> Option<u16> {
         let host = if addr.contains(':') {
             format!("[{addr}]")
         } else {
             addr.to_string()
         };
-        let out = self
-            .command(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "1",
-                "-X",
-                method,
-                "-w",
-                "%{http_code}",
-                &format!("http://{host}:{port}{path}"),
-            ])
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
+        let seconds = seconds.to_string();
+        let url = format!("http://{host}:{port}{path}");
+        let mut args = vec![
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            &seconds,
+            "-X",
+            method,
+            "-w",
+            "%{http_code}",
+        ];
+        if let Some(body) = body {
+            args.extend(["--data", body]);
+        }
+        args.push(&url);
+        let out = self.command(&args).stderr(Stdio::null()).output().ok()?;
         let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
         (out.status.success() && code != 0).then_some(code)
     }
