@@ -569,3 +569,48 @@ pub async fn events(agent: &Agent, kind: Option<&str>, last: usize) -> Result<Ev
     picked.drain(..skip);
     Ok(Events(picked))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> axoneme_api::EncryptStatus {
+        axoneme_api::EncryptStatus {
+            enabled: true,
+            node_encrypts: true,
+            strict: true,
+            spi: Some(4),
+            keys: vec![3, 4],
+            key_file: Some("/etc/axoneme/ipsec/keys".into()),
+            peers: [("n1".to_string(), Some(4)), ("n2".to_string(), None)].into(),
+            states_in: 4,
+            states_out: 2,
+            policies: 8,
+            xfrm_errors: [("XfrmInStateProtoError".to_string(), 2)].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn encrypt_status_names_the_key_each_peer_and_the_kernels_errors() {
+        let text = Encrypt(status()).human();
+        for want in [
+            "Encryption:    IPsec (strict)",
+            "Key in use:    SPI 4",
+            "Keys:          3, 4",
+            "XFRM:          4 states in, 2 out, 8 policies",
+            "XFRM errors:   XfrmInStateProtoError 2",
+            "n1     4",
+            "n2     none in common (not sent)",
+        ] {
+            assert!(text.contains(want), "{want:?} missing:\n{text}");
+        }
+        // A peer without a key in common fails the command (exit 1).
+        assert!(!encrypt_ok(&status()));
+        let mut fine = status();
+        fine.peers.remove("n2");
+        assert!(encrypt_ok(&fine));
+        let off = Encrypt(axoneme_api::EncryptStatus::default()).human();
+        assert_eq!(off.trim(), "Encryption:   disabled");
+    }
+}
