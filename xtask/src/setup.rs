@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "iptables",
     "curl",
+    // The IPsec VM's `sh` (busybox's runs its own applets before PATH).
+    "dash",
     "python3",
     // The L7 benchmark: wrk against nginx in a pod. nginx-light's install
     // would start a system nginx on port 80; setup keeps it from starting

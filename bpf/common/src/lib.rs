@@ -20,10 +20,12 @@
 use core::net::IpAddr;
 
 mod ct;
+mod encrypt;
 mod events;
 pub mod lb;
 
 pub use ct::*;
+pub use encrypt::*;
 pub use events::*;
 
 /// Traffic direction, as seen from the endpoint (Cilium's `TRAFFIC_DIRECTION`).
@@ -110,8 +112,7 @@ pub mod drop_reason {
     pub const DROP_NO_SERVICE: u8 = 158;
     /// An explicit deny policy matched.
     pub const DROP_POLICY_DENY: u8 = 181;
-    /// Pod traffic to a node that encrypts, while this node has no key the
-    /// peer has (strict encryption: never sent in clear).
+    /// Pod traffic to an encrypting node with no key in common (strict).
     pub const DROP_UNENCRYPTED: u8 = 194;
 }
 
@@ -228,31 +229,6 @@ pub const MARK_PROXY: u32 = 0x0a00;
 /// proxy's transparent socket (Cilium's `MARK_MAGIC_TO_PROXY` scheme).
 pub const MARK_TO_PROXY: u32 = 0x0200;
 
-/// `skb->mark` of pod packets to encrypt (Cilium's `MARK_MAGIC_ENCRYPT`):
-/// the key's SPI goes in bits 12-15, and the node's XFRM policy and
-/// state for that SPI match the mark under [`MARK_ENCRYPT_MASK`].
-pub const MARK_ENCRYPT: u32 = 0x0e00;
-/// Of an encrypt mark: the magic and the SPI.
-pub const MARK_ENCRYPT_MASK: u32 = 0xff00;
-/// `skb->mark` of ESP packets arriving from another node (Cilium's
-/// `MARK_MAGIC_DECRYPT`), with the sending node's index (this node's
-/// numbering, [`ENCRYPT_NODES`](map_names::ENCRYPT_NODES)) in bits 16-31:
-/// the inbound XFRM state of that node is chosen by it, so each pair of
-/// nodes can have keys of its own.
-pub const MARK_DECRYPT: u32 = 0x0d00;
-/// Of a decrypt mark: the magic and the node index.
-pub const MARK_DECRYPT_MASK: u32 = 0xffff_0f00;
-
-/// The SPI of an encrypt mark.
-pub const fn encrypt_mark(spi: u8) -> u32 {
-    MARK_ENCRYPT | ((spi as u32 & 0xf) << 12)
-}
-
-/// The decrypt mark of ESP from the node numbered `index`.
-pub const fn decrypt_mark(index: u16) -> u32 {
-    MARK_DECRYPT | ((index as u32) << 16)
-}
-
 /// The bits of `skb->mark` Axoneme uses.
 pub const MARK_MASK: u32 = 0x0f00;
 
@@ -284,11 +260,6 @@ pub const EVENTS_BYTES: u32 = 1024 * 1024;
 pub const METRICS_ENTRIES: u32 = 1 << 10;
 /// Slots of the `VERDICTS` array: every [`VerdictKey`] has one.
 pub const VERDICTS_ENTRIES: u32 = 1 << 7;
-
-/// Other nodes' pod CIDRs that encryption covers (`ENCRYPT`), and other
-/// nodes' underlay addresses (`ENCRYPT_NODES`).
-pub const ENCRYPT_MAX: u32 = 16 * 1024;
-pub const ENCRYPT_NODES_MAX: u32 = 16 * 1024;
 
 /// Capacity of the smoke-test program's deny map.
 pub const SMOKE_DENY_PORTS_MAX: u32 = 64;
@@ -325,18 +296,6 @@ pub struct IpcacheValue {
     pub tunnel_endpoint: [u8; 4],
     /// IPsec key index; 0 = none.
     pub encrypt_key: u8,
-    pub pad: [u8; 3],
-}
-
-/// What encryption does with pod traffic to a prefix of another node's
-/// pods (`ENCRYPT`, keyed like the ipcache).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct EncryptValue {
-    /// The SPI of the key to encrypt with (1-15); 0: the node encrypts but
-    /// no key is shared with it yet, so the packet is dropped
-    /// ([`drop_reason::DROP_UNENCRYPTED`]).
-    pub spi: u8,
     pub pad: [u8; 3],
 }
 
