@@ -486,6 +486,17 @@ impl<'a> PeerSection<'a> {
 }
 
 impl Rule {
+    /// The rule's subject: its endpoint selector, or its node selector
+    /// with `true` (a host policy, which selects nodes' host endpoints
+    /// and nothing else).
+    pub fn subject(&self) -> Option<(&EndpointSelector, bool)> {
+        match (&self.endpoint_selector, &self.node_selector) {
+            (Some(s), _) => Some((s, false)),
+            (None, Some(s)) => Some((s, true)),
+            (None, None) => None,
+        }
+    }
+
     /// The allow sections of one direction.
     pub fn allow_sections(&self, egress: bool) -> Vec<PeerSection<'_>> {
         if egress {

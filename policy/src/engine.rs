@@ -29,7 +29,7 @@ use crate::compile::{
 use crate::document::Policy;
 use crate::entity::EntitySet;
 use crate::ports::PortNames;
-use crate::selector::{Identities, Selector};
+use crate::selector::{Identities, Selector, Subject};
 use crate::validate::{parse_port, FieldError, PortSpec};
 
 /// One change to one endpoint's policy map.
@@ -101,7 +101,7 @@ fn names_ports(s: &PeerSection<'_>) -> bool {
 struct Entry {
     /// Shared with whoever fed it (the agent keeps the same parse).
     policy: Arc<Policy>,
-    subjects: Vec<Selector>,
+    subjects: Vec<Subject>,
     deps: Dependencies,
     cidrs: Vec<IpNet>,
 }
@@ -112,7 +112,7 @@ impl Entry {
         let subjects = policy
             .rules
             .iter()
-            .filter_map(|(_, r)| r.endpoint_selector.as_ref().map(|s| Selector::new(s, ns)))
+            .filter_map(|(_, r)| Subject::of(r, ns))
             .collect();
         let mut deps = Dependencies::default();
         let mut cidrs = Vec::new();
@@ -665,7 +665,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::document::parse_documents;
-    use axoneme_identity::Source;
+    use axoneme_identity::{ReservedIdentity, Source};
     use proptest::prelude::*;
 
     fn labels(app: &str, ns: &str) -> LabelSet {
@@ -724,6 +724,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A host policy (`nodeSelector`) selects the host endpoint of the
+    /// nodes whose labels it matches and nothing else; an
+    /// `endpointSelector`, even `{}`, never selects a host endpoint.
+    #[test]
+    fn node_selectors_select_host_endpoints_only() {
+        let mut e = Engine::new(EnforcementMode::Default);
+        let host = ReservedIdentity::Host.id();
+        let web = NumericIdentity(300);
+        let host_labels = |env: &str| {
+            let mut l = LabelSet::parse(["reserved:host"], Source::Reserved).unwrap();
+            l.insert(axoneme_identity::Label::new(Source::K8s, "env", env).unwrap());
+            l
+        };
+        e.set_identity(host, Some(host_labels("prod")));
+        e.set_identity(web, Some(labels("web", "default")));
+        e.add_endpoint(host);
+        e.add_endpoint(web);
+        let dev = policy(
+            "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: dev}\n\
+             spec:\n  nodeSelector: {matchLabels: {env: dev}}\n  ingress:\n  \
+             - fromEntities: [world]\n    toPorts: [{ports: [{port: \"22\", protocol: TCP}]}]\n",
+        );
+        let all = policy(
+            "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: all}\n\
+             spec:\n  endpointSelector: {}\n  ingress: [{fromEntities: [cluster]}]\n",
+        );
+        assert!(
+            e.set_policy("dev", Some(dev)).is_empty(),
+            "no node is dev yet"
+        );
+        let d = e.set_policy("all", Some(all));
+        assert!(d.iter().all(|d| !matches!(d, Delta::Upsert { endpoint, .. } | Delta::Enforced { endpoint, .. } if *endpoint == host)), "{d:?}");
+        assert!(e.endpoint_policy(web).unwrap().ingress.enforced);
+        // The node gets the label: its host endpoint is now selected.
+        e.set_identity(host, Some(host_labels("dev")));
+        let p = e.endpoint_policy(host).unwrap();
+        assert!(p.ingress.enforced && !p.egress.enforced);
+        assert!(p.ingress.entries.keys().all(|k| k.port == 22), "{p:?}");
+        assert!(!p.ingress.entries.is_empty());
     }
 
     #[test]

@@ -405,10 +405,15 @@ pub fn direction_explain(
             peer: None,
         };
         for (rule_path, rule) in &p.rules {
-            let Some(sel) = &rule.endpoint_selector else {
-                continue;
+            // A host policy (nodeSelector) selects host endpoints only,
+            // an endpointSelector never does; nodes have no namespace.
+            let host = label_value(subject, "reserved:host").is_some();
+            let selected = match (&rule.endpoint_selector, &rule.node_selector) {
+                (Some(sel), _) => !host && selector_matches(sel, ns, subject),
+                (None, Some(sel)) => host && selector_matches(sel, None, subject),
+                (None, None) => false,
             };
-            if !selector_matches(sel, ns, subject) {
+            if !selected {
                 continue;
             }
             let dd = rule.enable_default_deny.as_ref().and_then(|d| match dir {

@@ -115,6 +115,50 @@ impl Selector {
     }
 }
 
+/// Whether `labels` are a host endpoint's (`reserved:host`, with the
+/// node's labels beside it).
+pub fn is_host(labels: &LabelSet) -> bool {
+    labels
+        .get(ReservedIdentity::Host.name())
+        .is_some_and(|l| l.source == Source::Reserved)
+}
+
+/// What a rule applies to: the endpoints its `endpointSelector` selects,
+/// or, for a host policy (`nodeSelector`), the host endpoints of the nodes
+/// it selects. Neither kind ever selects the other's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subject {
+    selector: Selector,
+    host: bool,
+}
+
+impl Subject {
+    /// The subject of `rule` in a policy of namespace `ns` (none without
+    /// a selector, which validation refuses).
+    pub fn of(rule: &crate::api::Rule, ns: Option<&str>) -> Option<Subject> {
+        let (sel, host) = rule.subject()?;
+        // Nodes have no namespace.
+        let ns = if host { None } else { ns };
+        Some(Subject {
+            selector: Selector::new(sel, ns),
+            host,
+        })
+    }
+
+    pub fn matches(&self, labels: &LabelSet) -> bool {
+        is_host(labels) == self.host && self.selector.matches(labels)
+    }
+
+    /// Whether this is a host policy's subject.
+    pub fn is_host(&self) -> bool {
+        self.host
+    }
+
+    pub fn selector(&self) -> &Selector {
+        &self.selector
+    }
+}
+
 /// Every identity the policy engine knows, with its labels, and the
 /// selector cache: each distinct selector's selection is computed once and
 /// then kept current as identities come and go, so computing an endpoint's

@@ -104,17 +104,28 @@ pub fn rule(
             "give endpointSelector or nodeSelector, not both",
         ),
         (Some(sel), None) => selector(&mut c, sel, &format!("{path}.endpointSelector")),
-        (None, Some(_)) => {
+        (None, Some(sel)) => {
             if kind == PolicyKind::CiliumNetworkPolicy {
                 c.err(
                     &format!("{path}.nodeSelector"),
                     "nodeSelector is only valid in a CiliumClusterwideNetworkPolicy",
                 );
             } else {
-                c.err(
-                    &format!("{path}.nodeSelector"),
-                    "host policies (nodeSelector) are not supported yet",
-                );
+                selector(&mut c, sel, &format!("{path}.nodeSelector"));
+            }
+            // The host's traffic never goes through the L7 proxy.
+            for (field, egress) in [("ingress", false), ("egress", true)] {
+                for (i, s) in rule.allow_sections(egress).iter().enumerate() {
+                    for (j, p) in s.to_ports.iter().enumerate() {
+                        if p.rules.is_some() {
+                            c.err(
+                                &format!("{path}.{field}[{i}].toPorts[{j}].rules"),
+                                "L7 rules are not supported in host policies (nodeSelector): \
+                                 the node's own traffic is enforced at L3/L4 only",
+                            );
+                        }
+                    }
+                }
             }
         }
     }

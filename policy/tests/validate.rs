@@ -150,11 +150,10 @@ fn syntax_errors_and_non_policies_are_named() {
 /// `REJECTED`, so neither can change silently.
 #[test]
 fn cilium_examples_validate_or_name_what_is_missing() {
-    const ACCEPTED: usize = 39;
+    const ACCEPTED: usize = 46;
     const FQDN: &str = "toFQDNs is not supported yet";
     const DNS: &str = "rules.dns: dns is not supported yet";
     const KAFKA: &str = "rules.kafka: kafka is not supported yet";
-    const HOST: &str = "spec.nodeSelector: host policies (nodeSelector) are not supported yet";
     const SERVICES: &str = "toServices is not supported yet";
     const LISTENER: &str = "listener is not supported yet";
     const NODES: &str = "fromNodes is not supported yet";
@@ -175,12 +174,6 @@ fn cilium_examples_validate_or_name_what_is_missing() {
             "host__allow-extended-protocols.yaml",
             "protocol VRRP is not supported yet",
         ),
-        ("host__demo-host-policy.yaml", HOST),
-        ("host__lock-down-dev-vms-cidr-node.yaml", HOST),
-        ("host__lock-down-dev-vms-remote-node.yaml", HOST),
-        ("host__lock-down-dev-vms.yaml", HOST),
-        ("host__lock-down-gke.yaml", HOST),
-        ("host__lock-down-ingress.yaml", HOST),
         (
             "l3__egress-default-deny__egress-default-deny.yaml",
             "spec.egress: invalid type: null, expected a sequence",
@@ -190,7 +183,6 @@ fn cilium_examples_validate_or_name_what_is_missing() {
         ("l3__fqdn__fqdn-cascade.yaml", FQDN),
         ("l3__fqdn__fqdn-short.yaml", FQDN),
         ("l3__fqdn__fqdn.yaml", FQDN),
-        ("l3__host__host-policy.yaml", HOST),
         (
             "l3__ingress-allow-all__ingress-allow-all.yaml",
             "fromEndpoints: invalid type: null, expected a sequence",

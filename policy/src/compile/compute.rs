@@ -15,7 +15,7 @@ use super::peers::{Peers, Section};
 use crate::api::{HttpRule, IcmpRule, PortProtocol, PortRule};
 use crate::document::Policy;
 use crate::ports::PortNames;
-use crate::selector::{Identities, Selector};
+use crate::selector::{self, Identities, Selector};
 use crate::validate::{icmp_type, port_entry, PortSpec};
 
 /// Cilium's policy enforcement modes.
@@ -232,10 +232,7 @@ fn compute_direction<P: Borrow<Policy>>(
         let policy: &Policy = policy.borrow();
         let ns = policy.namespace.as_deref();
         for (_, rule) in &policy.rules {
-            let Some(sel) = &rule.endpoint_selector else {
-                continue;
-            };
-            if !Selector::new(sel, ns).matches(subject.labels) {
+            if !selector::Subject::of(rule, ns).is_some_and(|s| s.matches(subject.labels)) {
                 continue;
             }
             if rule.enables_default_deny(egress) {

@@ -239,13 +239,18 @@ impl<'a> Section<'a> {
 
 /// Every section of a policy with what else decides its contribution to a
 /// map: the rule's endpoint selector, the direction and allow/deny.
-type TaggedSection<'a> = (Option<&'a EndpointSelector>, bool, bool, PeerSection<'a>);
+type TaggedSection<'a> = (
+    Option<(&'a EndpointSelector, bool)>,
+    bool,
+    bool,
+    PeerSection<'a>,
+);
 
 fn tagged_sections(policy: &Policy) -> Vec<TaggedSection<'_>> {
     let mut out = Vec::new();
     for (_, r) in &policy.rules {
         for egress in [false, true] {
-            let sel = r.endpoint_selector.as_ref();
+            let sel = r.subject();
             out.extend(
                 r.allow_sections(egress)
                     .into_iter()
@@ -303,6 +308,7 @@ pub fn undeclared_named_ports(policy: &Policy, ids: &Identities) -> Vec<FieldErr
     let ns = policy.namespace.as_deref();
     let mut out = Vec::new();
     for (path, rule) in &policy.rules {
+        // Host policies' subjects are nodes, which declare no ports.
         let Some(sel) = &rule.endpoint_selector else {
             continue;
         };
