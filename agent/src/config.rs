@@ -80,6 +80,12 @@ pub struct DatapathConfig {
     /// config`, or the Pod annotation `axoneme.io/policy-audit-mode`).
     #[arg(long, env = "AXONEME_POLICY_AUDIT_MODE", default_value_t = false, action = clap::ArgAction::Set)]
     pub policy_audit_mode: bool,
+    /// The host firewall: this node is an endpoint (identity
+    /// `reserved:host`, with the node's labels) that host policies
+    /// (`nodeSelector`) select, enforced on the node's own traffic at its
+    /// device. Its kvstore and API server traffic is always allowed.
+    #[arg(long, env = "AXONEME_ENABLE_HOST_FIREWALL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_host_firewall: bool,
     /// Datapath events (drops, verdicts) per second per CPU; 0 = none.
     #[arg(long, env = "AXONEME_EVENT_RATE", default_value_t = 1000)]
     pub event_rate: u32,
@@ -307,8 +313,9 @@ pub struct EncryptionConfig {
     /// (`key=value,...`; empty: every node).
     #[arg(long, env = "AXONEME_ENCRYPTION_NODE_SELECTOR", default_value = "", value_parser = parse_labels)]
     pub encryption_node_selector: Labels,
-    /// This node's labels, for --encryption-node-selector in standalone
-    /// mode (`key=value,...`; Kubernetes mode adds the Node's).
+    /// This node's labels, for --encryption-node-selector and host
+    /// policies' node selectors (`key=value,...`; over the stored ones:
+    /// `axoneme node label`, or in Kubernetes mode the Node's).
     #[arg(long, env = "AXONEME_NODE_LABELS", default_value = "", value_parser = parse_labels)]
     pub node_labels: Labels,
     /// Pod traffic to a node that encrypts is never sent in clear: while

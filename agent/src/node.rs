@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use axoneme_identity::{
     identity_cache, CacheEvent, Decode, EndpointIdentity, EndpointRecord, IdentityCache,
-    IdentityRecord, Label, LabelSet, Layout, NumericIdentity, PolicyStatus, Raw, ReservedIdentity,
-    Source, Subscription, WatchCache,
+    IdentityRecord, Label, LabelSet, Layout, NodeLabels, NodeRecord, NumericIdentity, PolicyStatus,
+    Raw, ReservedIdentity, Source, Subscription, WatchCache,
 };
 use axoneme_kvstore::KvStore;
 use axoneme_policy::Policy;
@@ -57,6 +57,8 @@ pub struct StateChanges {
     records: Subscription<EndpointRecord>,
     policies: Subscription<Raw>,
     policy_status: Subscription<PolicyStatus>,
+    nodes: Subscription<NodeRecord>,
+    node_labels: Subscription<NodeLabels>,
 }
 
 impl crate::reconcile::StateEvents for StateChanges {
@@ -68,6 +70,8 @@ impl crate::reconcile::StateEvents for StateChanges {
             _ = self.records.recv() => {}
             _ = self.policies.recv() => {}
             _ = self.policy_status.recv() => {}
+            _ = self.nodes.recv() => {}
+            _ = self.node_labels.recv() => {}
         }
     }
 
@@ -77,6 +81,8 @@ impl crate::reconcile::StateEvents for StateChanges {
         while self.records.try_recv().is_some() {}
         while self.policies.try_recv().is_some() {}
         while self.policy_status.try_recv().is_some() {}
+        while self.nodes.try_recv().is_some() {}
+        while self.node_labels.try_recv().is_some() {}
     }
 }
 
@@ -92,6 +98,12 @@ pub struct NodeState {
     records: WatchCache<EndpointRecord>,
     policies: WatchCache<Raw>,
     policy_status: WatchCache<PolicyStatus>,
+    /// Every node's record (their addresses are `remote-node`, this
+    /// node's `host`) and labels (host policies select by them).
+    nodes: WatchCache<NodeRecord>,
+    node_labels: WatchCache<NodeLabels>,
+    /// This node's host endpoint, with the host firewall on.
+    host: Option<Arc<crate::host::HostEndpoint>>,
     parsed: Arc<Mutex<ParseCache>>,
 }
 
@@ -148,13 +160,17 @@ impl NodeState {
         let assignments = WatchCache::start(kv.clone(), layout.endpoint_identities_prefix());
         let records = WatchCache::start(kv.clone(), layout.endpoints_prefix());
         let policies = WatchCache::start(kv.clone(), layout.policies_prefix());
-        let policy_status = WatchCache::start(kv, layout.policy_status_prefix());
+        let policy_status = WatchCache::start(kv.clone(), layout.policy_status_prefix());
+        let nodes = WatchCache::start(kv.clone(), layout.nodes_prefix());
+        let node_labels = WatchCache::start(kv, layout.node_labels_prefix());
         tokio::join!(
             identities.ready(),
             assignments.ready(),
             records.ready(),
             policies.ready(),
-            policy_status.ready()
+            policy_status.ready(),
+            nodes.ready(),
+            node_labels.ready()
         );
         NodeState {
             node: node.to_string(),
@@ -164,8 +180,33 @@ impl NodeState {
             records,
             policies,
             policy_status,
+            nodes,
+            node_labels,
+            host: None,
             parsed: Arc::default(),
         }
+    }
+
+    /// This node is an endpoint too: its host endpoint (the host
+    /// firewall).
+    pub fn with_host(mut self, host: crate::host::HostEndpoint) -> Self {
+        self.host = Some(Arc::new(host));
+        self
+    }
+
+    pub fn host(&self) -> Option<&crate::host::HostEndpoint> {
+        self.host.as_deref()
+    }
+
+    /// Every node's record.
+    pub fn nodes(&self) -> &WatchCache<NodeRecord> {
+        &self.nodes
+    }
+
+    /// Every node's labels (as the operator mirrors them from Kubernetes,
+    /// or `axoneme node label` sets them).
+    pub fn node_labels(&self) -> &WatchCache<NodeLabels> {
+        &self.node_labels
     }
 
     /// Notice of every change to what the datapath is computed from
@@ -177,6 +218,8 @@ impl NodeState {
             records: self.records.subscribe(),
             policies: self.policies.subscribe(),
             policy_status: self.policy_status.subscribe(),
+            nodes: self.nodes.subscribe(),
+            node_labels: self.node_labels.subscribe(),
         }
     }
 

@@ -38,6 +38,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::datapath::{Datapath, EventReader, LoadOptions, MapReader};
 use crate::endpoints::{self, Endpoints};
+use crate::host::HostEndpoint;
 use crate::k8s::{LabelSource, PodLabels, Pods};
 use crate::l7proxy::{self, ProxyView, SocketFactory};
 use crate::lease::Leased;
@@ -58,12 +59,12 @@ fn maglev_seed(cluster: &str) -> u64 {
 
 /// The interface carrying the node's first `--node-ip` that one has (in
 /// the node's namespace): where traffic from outside the node arrives.
-async fn node_device(cfg: &Config) -> anyhow::Result<Option<String>> {
+async fn node_device(cfg: &Config) -> anyhow::Result<Option<(String, u32)>> {
     let ns = Ns::open_or_own(cfg.datapath.netns.as_deref()).context("--netns")?;
     let rtnl = ns.rtnl().context("netlink in the node's namespace")?;
     for ip in &cfg.node_ips {
         if let Some(link) = rtnl.link_with_address(*ip).await? {
-            return Ok(Some(link.name));
+            return Ok(Some((link.name, link.index)));
         }
     }
     Ok(None)
@@ -172,6 +173,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let api_server = match &kube {
+        Some(_) => {
+            Some(axoneme_crds::client::api_server_url(cfg.kubernetes.kubeconfig.as_deref()).await?)
+        }
+        None => None,
+    };
     let kv = KvStore::connect(kv_config)
         .await
         .context("connecting to etcd")?;
@@ -191,6 +198,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let options = LoadOptions {
         pod_lb: cfg.services.kube_proxy_replacement && !cfg.services.socket_lb,
         encrypt: ipsec_keys.is_some(),
+        host_firewall: cfg.datapath.enable_host_firewall,
         ..LoadOptions::default()
     };
     let mut dp = Datapath::load_with(&pin_dir, &cfg.datapath.sizes.into(), options)
@@ -201,6 +209,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let events = EventReader::open(&pin_dir).context("opening the event ring")?;
     let reader = Arc::new(MapReader::open(&pin_dir).context("opening the maps for reading")?);
     info!(pins = %pin_dir.display(), "datapath loaded");
+    let device = node_device(&cfg).await?;
+    let host = match (&device, cfg.datapath.enable_host_firewall) {
+        (Some((device, ifindex)), true) => Some(HostEndpoint {
+            device: device.clone(),
+            ifindex: *ifindex,
+            addresses: cfg.node_ips.clone(),
+            flag_labels: cfg.encryption.node_labels.clone(),
+        }),
+        (None, true) => anyhow::bail!(
+            "--enable-host-firewall: no interface has a --node-ip (the host firewall is enforced on that device)"
+        ),
+        (_, false) => None,
+    };
+    // Written whether the host firewall is on or not: a previous run's go.
+    let mut lifelines = Vec::new();
+    if host.is_some() {
+        for url in kv.endpoints().iter().chain(api_server.iter()) {
+            lifelines.extend(crate::host::url_addrs(url).await);
+        }
+        info!(
+            ?lifelines,
+            "host firewall: the kvstore's and API server's traffic is always allowed"
+        );
+    }
+    dp.set_lifelines(&crate::host::lifeline_keys(&lifelines))
+        .context("writing the host firewall's lifelines")?;
     let lb_maps = if cfg.services.kube_proxy_replacement {
         let cgroup = &cfg.services.cgroup_root;
         if !cfg.services.socket_lb {
@@ -224,9 +258,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         dp.set_node_addrs(&cfg.node_ips, cfg.services.maglev_table_size)
             .context("writing the node's addresses for the LB")?;
-        match node_device(&cfg).await? {
-            Some(device) => {
-                dp.attach_nodeport(&device, cfg.datapath.netns.as_deref())
+        match &device {
+            Some((device, _)) => {
+                dp.attach_nodeport(device, cfg.datapath.netns.as_deref())
                     .with_context(|| format!("attaching the per-packet LB to {device}"))?;
                 info!(%device, "per-packet LB attached (NodePort, ExternalIP, LoadBalancer from outside)");
             }
@@ -239,13 +273,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         if crate::datapath::detach_socket_lb(&pin_dir).context("removing the socket-LB links")? {
             info!("kube-proxy replacement off: the previous run's socket LB removed");
         }
-        if let Some(device) = node_device(&cfg).await? {
-            if ipsec_keys.is_some() {
-                // ESP's decrypt mark is set there.
-                dp.attach_nodeport(&device, cfg.datapath.netns.as_deref())
+        if let Some((device, _)) = &device {
+            if ipsec_keys.is_some() || cfg.datapath.enable_host_firewall {
+                // ESP's decrypt mark and the host firewall are there.
+                dp.attach_nodeport(device, cfg.datapath.netns.as_deref())
                     .with_context(|| format!("attaching the device program to {device}"))?;
             } else {
-                dp.detach(&device, cfg.datapath.netns.as_deref());
+                dp.detach(device, cfg.datapath.netns.as_deref());
             }
         }
         None
@@ -305,7 +339,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let (leased, restored) =
             join_etcd(&kv, &cfg, &layout, &mut record, &node_ns, &progress).await?;
         progress.send_modify(|p| p.step = "reading identities, endpoints and policies from etcd");
-        let state = NodeState::start(kv.clone(), layout.clone(), &cfg.node).await;
+        let mut state = NodeState::start(kv.clone(), layout.clone(), &cfg.node).await;
+        if let Some(host) = host {
+            state = state.with_host(host);
+        }
         progress.send_modify(|p| p.step = "starting the agent's tasks");
         anyhow::Ok((leased, restored, state))
     };
@@ -336,7 +373,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
     });
-    let nodes: WatchCache<NodeRecord> = WatchCache::start(kv.clone(), layout.nodes_prefix());
+    let nodes: WatchCache<NodeRecord> = state.nodes().clone();
     let cidrs = WatchCache::start(kv.clone(), layout.node_cidrs_prefix());
 
     // Kubernetes mode: endpoints' labels from their Pods.
@@ -544,7 +581,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     keys,
                     boot_id: crate::encrypt::boot_id(),
                     nodes: nodes.clone(),
-                    node_labels: WatchCache::start(kv.clone(), layout.node_labels_prefix()),
+                    node_labels: state.node_labels().clone(),
                     node_labels_key: layout.node_labels(&cfg.node),
                     pod_cidrs: cidrs_rx,
                     ns: node_ns.clone(),

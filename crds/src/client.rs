@@ -11,7 +11,16 @@ use kube::{Client, Config};
 /// A client for `kubeconfig`, or the environment's (`KUBECONFIG`,
 /// `~/.kube/config`, then the in-cluster service account).
 pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
+    Client::try_from(config(kubeconfig).await?).context("--kubernetes: building the API client")
+}
+
+/// The API server's URL, as [`connect`] finds it.
+pub async fn api_server_url(kubeconfig: Option<&Path>) -> anyhow::Result<String> {
+    Ok(config(kubeconfig).await?.cluster_url.to_string())
+}
+
+async fn config(kubeconfig: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {}", path.display()))?;
@@ -22,8 +31,7 @@ pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
         None => Config::infer()
             .await
             .context("--kubernetes: no --kubeconfig, KUBECONFIG or in-cluster config")?,
-    };
-    Client::try_from(config).context("--kubernetes: building the API client")
+    })
 }
 
 /// [`connect`], then etcd's `endpoints` with the managed etcd's member

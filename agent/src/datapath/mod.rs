@@ -8,6 +8,7 @@
 //! restarted agent does, so established flows keep their CT entries.
 
 mod encrypt;
+mod host;
 mod lb;
 mod maps;
 mod reader;
@@ -37,6 +38,9 @@ const OBSERVE_GLOBAL: &str = "AXONEME_OBSERVE";
 /// The programs' load-time constant that switches transparent IPsec's
 /// marks on (`bpf/programs/src/encrypt.rs`).
 const ENCRYPT_GLOBAL: &str = "AXONEME_ENCRYPT";
+/// The programs' load-time constant that switches the host firewall on
+/// (`bpf/programs/src/host.rs`).
+const HOST_FIREWALL_GLOBAL: &str = "AXONEME_HOST_FIREWALL";
 
 /// Switches of the programs, fixed when they are loaded: constants of the
 /// programs (`.rodata`), so the verifier drops what is off; what stays is
@@ -52,6 +56,9 @@ pub struct LoadOptions {
     /// Pod traffic to other nodes' pods is marked for encryption, and ESP
     /// from other nodes for decryption (`--enable-ipsec`).
     pub encrypt: bool,
+    /// The device programs judge the node's own traffic by its host
+    /// endpoint's policy (`--enable-host-firewall`).
+    pub host_firewall: bool,
 }
 
 impl Default for LoadOptions {
@@ -60,6 +67,7 @@ impl Default for LoadOptions {
             pod_lb: false,
             observe: true,
             encrypt: false,
+            host_firewall: false,
         }
     }
 }
@@ -268,6 +276,8 @@ impl Datapath {
         loader.override_global(OBSERVE_GLOBAL, &observe, true);
         let encrypt = u8::from(options.encrypt);
         loader.override_global(ENCRYPT_GLOBAL, &encrypt, true);
+        let host_firewall = u8::from(options.host_firewall);
+        loader.override_global(HOST_FIREWALL_GLOBAL, &host_firewall, true);
         for (name, size, _) in sized {
             loader.map_max_entries(name, size);
         }

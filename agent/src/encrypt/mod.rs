@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{EncryptionConfig, Labels};
+use crate::config::EncryptionConfig;
 use crate::datapath::EncryptMaps;
 use crate::netdev::Ns;
 use desired::{desired, Me};
@@ -231,13 +231,7 @@ pub async fn run(
     loop {
         let now = Instant::now();
         keys.expire(now);
-        let labels: Labels = node_labels
-            .get(&node_labels_key)
-            .map(|l| l.labels.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .chain(config.node_labels.clone())
-            .collect();
+        let labels = crate::host::node_labels(&node_labels, &node_labels_key, &config.node_labels);
         let encrypts = config.selects(&labels);
         let held = keys.held();
         let cidrs = pod_cidrs.borrow().clone();

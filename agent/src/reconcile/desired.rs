@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axoneme_identity::{LabelSet, NamedPorts, NumericIdentity};
+use axoneme_identity::{LabelSet, NamedPorts, NumericIdentity, ReservedIdentity};
 use axoneme_policy::Policy;
 use ipnet::IpNet;
 use tracing::debug;
@@ -24,6 +24,10 @@ pub struct LocalEndpoint {
     pub addresses: Vec<IpAddr>,
     /// The endpoint asks for policy audit mode.
     pub policy_audit_mode: bool,
+    /// The interface's index when the agent attached its programs itself
+    /// (the host endpoint's device); else the attach unit attaches the
+    /// pods' programs to `interface`.
+    pub ifindex: Option<u32>,
 }
 
 /// What the datapath should enforce.
@@ -47,7 +51,7 @@ impl Desired {
         let layout = state.layout();
         // Read in place: a pass must not copy every record of the cluster
         // (with 10,000 endpoints that was megabytes per pass).
-        let identities = state
+        let mut identities: BTreeMap<NumericIdentity, LabelSet> = state
             .identities()
             .read(|items| items.values().map(|r| (r.id, r.labels.clone())).collect());
         let mut local = Vec::new();
@@ -89,12 +93,43 @@ impl Desired {
                                     .filter_map(|a| a.parse().ok())
                                     .collect(),
                                 policy_audit_mode: record.policy_audit_mode,
+                                ifindex: None,
                             });
                         }
                     }
                 }
             })
         });
+        // Nodes' own addresses: `host` here, `remote-node` elsewhere (an
+        // endpoint that has one keeps its own identity).
+        state.nodes().read(|nodes| {
+            let addrs = crate::host::node_addresses(
+                state.node(),
+                nodes
+                    .values()
+                    .map(|n| (n.name.as_str(), n.addresses.as_slice())),
+            );
+            for (ip, id) in addrs {
+                ipcache.entry(IpNet::from(ip)).or_insert(id.id());
+            }
+        });
+        if let Some(host) = state.host() {
+            let labels = crate::host::node_labels(
+                state.node_labels(),
+                &layout.node_labels(state.node()),
+                &host.flag_labels,
+            );
+            let id = ReservedIdentity::Host.id();
+            identities.insert(id, crate::host::identity_labels(&labels));
+            local.push(LocalEndpoint {
+                name: crate::host::NAME.to_string(),
+                interface: host.device.clone(),
+                identity: Some(id),
+                addresses: host.addresses.clone(),
+                policy_audit_mode: false,
+                ifindex: Some(host.ifindex),
+            });
+        }
         let policies = state.valid_policies_by_key();
         let policy_revisions = state.policy_caches().0.read(|raw| {
             policies

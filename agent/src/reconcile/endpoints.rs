@@ -171,7 +171,7 @@ impl EndpointsUnit {
         let mut changes = Changes::default();
         let mut want = BTreeMap::new();
         for ep in local {
-            let Some(ifindex) = attached.ifindex(&ep.interface) else {
+            let Some(ifindex) = ep.ifindex.or_else(|| attached.ifindex(&ep.interface)) else {
                 continue;
             };
             let Some(id) = ep.identity.filter(|id| local_ids.contains_key(id)) else {

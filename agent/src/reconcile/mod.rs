@@ -253,7 +253,12 @@ impl<W: MapWriter> Driver<W> {
         let mut report = PassReport::default();
 
         // Attach: every interface on its own backoff; never skipped.
-        let interfaces: BTreeSet<&str> = want.local.iter().map(|e| e.interface.as_str()).collect();
+        let interfaces: BTreeSet<&str> = want
+            .local
+            .iter()
+            .filter(|e| e.ifindex.is_none())
+            .map(|e| e.interface.as_str())
+            .collect();
         let attached = self.attach.sync(&interfaces, now, &mut self.w);
         let outcome = match attached.errors.first() {
             None => Outcome::Synced(attached.changes),

@@ -46,6 +46,7 @@ fn endpoint(name: &str, id: u32, ip: &str) -> LocalEndpoint {
         identity: Some(NumericIdentity(id)),
         addresses: vec![ip.parse().unwrap()],
         policy_audit_mode: false,
+        ifindex: None,
     }
 }
 
@@ -535,4 +536,69 @@ fn a_pass_that_writes_says_so_and_where_its_time_went() {
     // Nothing changed since: not a regeneration.
     let r = d.pass(&desired(true), t0);
     assert!(r.ok() && !r.changed(), "{r:?}");
+}
+
+/// The host firewall: the node's host endpoint (identity 1, the node's
+/// labels) is programmed at its device's ifindex without attaching the
+/// pods' programs there; host policies select it by the node's labels.
+#[test]
+fn the_host_endpoint_is_selected_by_node_labels_and_programmed_at_its_device() {
+    const DEVICE_IF: u32 = 3;
+    const HOST_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: dev
+spec:
+  nodeSelector:
+    matchLabels:
+      env: dev
+  ingress:
+  - fromEntities: [world]
+    toPorts:
+    - ports:
+      - port: \"22\"
+        protocol: TCP
+";
+    let host = |env: &str| {
+        let labels = [("env".to_string(), env.to_string())].into();
+        crate::host::identity_labels(&labels)
+    };
+    let mut want = desired(true);
+    let p = axoneme_policy::parse_documents(HOST_POLICY)
+        .pop()
+        .unwrap()
+        .unwrap();
+    want.policies
+        .insert("policies/dev".into(), std::sync::Arc::new(p));
+    want.identities.insert(NumericIdentity(1), host("prod"));
+    want.local.push(LocalEndpoint {
+        name: crate::host::NAME.into(),
+        interface: "eth0".into(),
+        identity: Some(NumericIdentity(1)),
+        addresses: vec!["192.168.0.1".parse().unwrap()],
+        policy_audit_mode: false,
+        ifindex: Some(DEVICE_IF),
+    });
+    let mut d = driver(fake());
+    assert!(d.pass(&want, Instant::now()).ok());
+    let log = d.writer_mut().take_log();
+    assert!(
+        pos(&log, |op| *op == Op::Attach("eth0".into())).is_none(),
+        "{log:?}"
+    );
+    let ep = d.writer().endpoints[&DEVICE_IF];
+    assert_eq!((ep.identity, ep.flags), (1, 0), "a prod node: not selected");
+    assert!(pos(&log, policy_of(1)).is_none(), "{log:?}");
+    // The node is labelled dev: its ingress is enforced, SSH allowed.
+    want.identities.insert(NumericIdentity(1), host("dev"));
+    assert!(d.pass(&want, Instant::now()).ok());
+    assert_eq!(
+        d.writer().endpoints[&DEVICE_IF].flags,
+        endpoint_flags::INGRESS_ENFORCED
+    );
+    let log = d.writer_mut().take_log();
+    let entries = last_pos(&log, policy_of(1)).expect("the host's entries");
+    assert!(entries < pos(&log, set_endpoint(DEVICE_IF)).unwrap());
+    // The pods' endpoints are untouched by the host policy.
+    assert!(pos(&log, policy_of(WEB)).is_none(), "{log:?}");
 }

@@ -22,11 +22,13 @@ use core::net::IpAddr;
 mod ct;
 mod encrypt;
 mod events;
+mod host;
 pub mod lb;
 
 pub use ct::*;
 pub use encrypt::*;
 pub use events::*;
+pub use host::*;
 
 /// Traffic direction, as seen from the endpoint (Cilium's `TRAFFIC_DIRECTION`).
 pub mod direction {
@@ -520,6 +522,7 @@ mod pod {
     unsafe impl aya::Pod for IpcacheKey {}
     unsafe impl aya::Pod for IpcacheValue {}
     unsafe impl aya::Pod for EncryptValue {}
+    unsafe impl aya::Pod for LifelineKey {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for EndpointSlot {}
     unsafe impl aya::Pod for PolicyKey {}

@@ -77,9 +77,11 @@ pub const ENCRYPT: &str = "ENCRYPT";
 /// Hash: another node's underlay address (`IPCACHE`'s key data) → its
 /// index in decrypt marks ([`super::decrypt_mark`]).
 pub const ENCRYPT_NODES: &str = "ENCRYPT_NODES";
+pub const LIFELINE: &str = "LIFELINE";
 /// Every map of the production object (`axoneme-bpf`).
-pub const DATAPATH: [&str; 29] = [
+pub const DATAPATH: [&str; 30] = [
     ENCRYPT,
+    LIFELINE,
     ENCRYPT_NODES,
     IPCACHE,
     ENDPOINTS,

@@ -64,6 +64,7 @@ mod deliver;
 mod encrypt;
 mod endpoint;
 mod events;
+mod host;
 mod ipcache;
 mod lb;
 mod metrics;
@@ -106,18 +107,29 @@ pub fn axoneme_to_container(ctx: TcContext) -> i32 {
 }
 
 /// Per-packet service LB at TC ingress of the node's device ([`nodeport`]),
-/// and ESP's decrypt mark there ([`encrypt`]).
+/// ESP's decrypt mark there ([`encrypt`]) and the host firewall
+/// ([`host`]).
 #[classifier]
 pub fn axoneme_nodeport_ingress(ctx: TcContext) -> i32 {
     if encrypt::enabled() {
         encrypt::arriving(&ctx);
     }
-    nodeport::ingress(&ctx)
+    match nodeport::ingress(&ctx) {
+        // Not service traffic: the node's own, if it is for its address.
+        nodeport::NOT_SERVICE if host::enabled() => host::firewall(&ctx, direction::INGRESS),
+        nodeport::NOT_SERVICE => TC_ACT_OK,
+        action => action,
+    }
 }
 
-/// ... and at its egress (replies of local backends).
+/// ... and at its egress (replies of local backends; the host firewall
+/// first, which judges only what the node's sockets send: a backend's
+/// reply before its rewrite has the backend's source).
 #[classifier]
 pub fn axoneme_nodeport_egress(ctx: TcContext) -> i32 {
+    if host::enabled() && host::firewall(&ctx, direction::EGRESS) != TC_ACT_OK {
+        return TC_ACT_SHOT;
+    }
     nodeport::egress(&ctx)
 }
 

@@ -159,11 +159,24 @@ fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
     Some(())
 }
 
-#[inline(always)]
+/// What [`ingress`] returns for a packet that is not for a service from
+/// outside (it passes unchanged; no TC action has this value).
+pub(crate) const NOT_SERVICE: i32 = i32::MIN;
+
+/// The TC action for a packet for a service from outside, translated, or
+/// [`NOT_SERVICE`]. A call of its own: its frame is large, and the host
+/// firewall after it needs the stack.
+#[inline(never)]
 pub(crate) fn ingress(ctx: &TcContext) -> i32 {
-    let Some(p) = parse(ctx) else {
-        return TC_ACT_OK;
-    };
+    match translate(ctx) {
+        Some(action) => action,
+        None => NOT_SERVICE,
+    }
+}
+
+#[inline(always)]
+fn translate(ctx: &TcContext) -> Option<i32> {
+    let p = parse(ctx)?;
     // (Map values are used in place, not copied: the stack of this program
     // and the functions it calls is 512 bytes.)
     // A reply of a SNATed flow: back to the client, from the frontend.
@@ -171,12 +184,12 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
     // until the program ends (RCU).
     if let Some(rev) = unsafe { LB_NAT_REV.get(&p.t) } {
         if rev.flags & NatRev::REDIRECT == 0 {
-            return TC_ACT_OK;
+            return None;
         }
         if rewrite(ctx, &p, &rev.saddr, rev.sport, &rev.daddr, rev.dport).is_err() {
-            return TC_ACT_SHOT;
+            return Some(TC_ACT_SHOT);
         }
-        return redirect(ctx, p.family, &rev.daddr);
+        return Some(redirect(ctx, p.family, &rev.daddr));
     }
     let key = LbKey {
         addr: p.t.daddr,
@@ -189,17 +202,17 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
     // SAFETY: as above.
     let (count, flags, row) = match unsafe { LB_SERVICES.get(&key) } {
         Some(s) => (s.count, s.flags, s.backend_id),
-        None => return TC_ACT_OK,
+        None => return None,
     };
     if flags & svc_flags::EXTERNAL == 0 {
-        return TC_ACT_OK;
+        return None;
     }
     let fwd = match known(&p.t) {
         Some(f) => f,
         None => match new_flow(&p, &key, count, flags, row) {
             Some(f) => f,
             // No usable backend (or no port to SNAT from): refused.
-            None => return TC_ACT_SHOT,
+            None => return Some(TC_ACT_SHOT),
         },
     };
     let snat = fwd.snat_port != 0;
@@ -209,13 +222,13 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
         rewrite(ctx, &p, &p.t.saddr, p.t.sport, &fwd.backend_addr, fwd.backend_port)
     };
     if r.is_err() {
-        return TC_ACT_SHOT;
+        return Some(TC_ACT_SHOT);
     }
-    if snat {
+    Some(if snat {
         redirect(ctx, p.family, &fwd.backend_addr)
     } else {
         TC_ACT_OK
-    }
+    })
 }
 
 /// The flow's translation, if it has one whose backend is still there (a
@@ -344,8 +357,8 @@ pub(crate) fn pod_ingress(ctx: &TcContext) -> bool {
 }
 
 /// A reply from a local backend of a DNATed flow, leaving by the device:
-/// from the frontend again.
-#[inline(always)]
+/// from the frontend again. A call of its own, as [`ingress`].
+#[inline(never)]
 pub(crate) fn egress(ctx: &TcContext) -> i32 {
     let Some(p) = parse(ctx) else {
         return TC_ACT_OK;

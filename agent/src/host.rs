@@ -1,0 +1,187 @@
+//! The host firewall's agent side: this node as an endpoint.
+//!
+//! With `--enable-host-firewall` the node is an endpoint of identity
+//! `reserved:host` whose labels are the node's (Kubernetes mode: the
+//! Node's, mirrored by the operator; standalone: `axoneme node label` and
+//! `--node-labels`). Host policies (`nodeSelector`) select it; the
+//! reconcile driver programs it like a pod's endpoint, keyed by the node
+//! device's ifindex, where the device programs judge the node's own
+//! traffic (`bpf/programs/src/host.rs`).
+//!
+//! Lifelines: the agent's kvstore members and the Kubernetes API server
+//! are written to `LIFELINE` once at the start (this module is the map's
+//! only writer); the node's traffic with them is never judged, so no host
+//! policy can cut the agent off from what it needs to undo that policy.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use axoneme_bpf_common::{family, LifelineKey};
+use axoneme_identity::{Label, LabelSet, NodeLabels, ReservedIdentity, Source, WatchCache};
+
+use crate::config::Labels;
+
+/// The host endpoint's name among the node's endpoints.
+pub const NAME: &str = "host";
+
+/// This node's host endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEndpoint {
+    /// The device its traffic is judged at (the one with the node's
+    /// address).
+    pub device: String,
+    pub ifindex: u32,
+    /// The node's addresses: its traffic is what is to or from them.
+    pub addresses: Vec<IpAddr>,
+    /// `--node-labels` (over the stored ones).
+    pub flag_labels: Labels,
+}
+
+/// This node's labels: the stored ones (`key`'s record in `cache`), with
+/// `flags` over them.
+pub fn node_labels(cache: &WatchCache<NodeLabels>, key: &str, flags: &Labels) -> Labels {
+    cache
+        .get(key)
+        .map(|l| l.labels.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(flags.clone())
+        .collect()
+}
+
+/// The host endpoint's identity labels: `reserved:host` and the node's
+/// labels (source `k8s`, as a Node's are). A node label that is not a
+/// valid label is left out (it could not be selected either).
+pub fn identity_labels(labels: &Labels) -> LabelSet {
+    let host = Label::new(Source::Reserved, ReservedIdentity::Host.name(), "")
+        .expect("reserved names are valid labels");
+    let mut set = LabelSet::new();
+    set.insert(host);
+    for (k, v) in labels {
+        // `host` is the reserved label's key: a node label of that name
+        // would replace it.
+        if k == ReservedIdentity::Host.name() {
+            continue;
+        }
+        match Label::new(Source::K8s, k, v) {
+            Ok(l) => set.insert(l),
+            Err(e) => {
+                tracing::debug!(label = %k, error = %e, "node label left out of the host's identity")
+            }
+        }
+    }
+    set
+}
+
+/// What `LIFELINE` holds for these addresses: TCP to or from each.
+pub fn lifeline_keys(addrs: &[SocketAddr]) -> Vec<LifelineKey> {
+    let mut keys: Vec<LifelineKey> = addrs
+        .iter()
+        .map(|a| {
+            let (fam, addr) = match a.ip() {
+                IpAddr::V4(v4) => {
+                    let mut addr = [0; 16];
+                    addr[..4].copy_from_slice(&v4.octets());
+                    (family::IPV4, addr)
+                }
+                IpAddr::V6(v6) => (family::IPV6, v6.octets()),
+            };
+            LifelineKey {
+                addr,
+                port: a.port().to_be(),
+                protocol: 6,
+                family: fam,
+            }
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The address and port of a URL (`http://10.0.0.1:2379`, `https://[fd00::1]:6443`;
+/// the scheme's port when it has none). Names are looked up.
+pub async fn url_addrs(url: &str) -> Vec<SocketAddr> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let default = if scheme == "https" { 443 } else { 80 };
+    let host_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:{default}")
+    } else {
+        authority.to_string()
+    };
+    let lookup = tokio::net::lookup_host(host_port);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => {
+            tracing::warn!(%url, "cannot resolve a lifeline: the host firewall may judge its traffic");
+            Vec::new()
+        }
+    }
+}
+
+/// Node addresses for the ipcache: this node's are `host`, the others'
+/// `remote-node`.
+pub fn node_addresses<'a>(
+    me: &str,
+    nodes: impl Iterator<Item = (&'a str, &'a [IpAddr])>,
+) -> BTreeMap<IpAddr, ReservedIdentity> {
+    let mut out = BTreeMap::new();
+    for (name, addrs) in nodes {
+        let id = if name == me {
+            ReservedIdentity::Host
+        } else {
+            ReservedIdentity::RemoteNode
+        };
+        for a in addrs {
+            // Two records claiming one address: this node's wins.
+            if id == ReservedIdentity::Host || !out.contains_key(a) {
+                out.insert(*a, id);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_identity_has_the_node_labels_beside_reserved_host() {
+        let labels: Labels = [("env", "dev"), ("host", "x"), ("bad key!", "v")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let set = identity_labels(&labels);
+        assert!(axoneme_policy::selector::is_host(&set));
+        assert_eq!(set.get("env").map(|l| l.value.as_str()), Some("dev"));
+        assert_eq!(set.len(), 2, "{set:?}");
+    }
+
+    #[tokio::test]
+    async fn lifelines_are_the_urls_addresses_and_ports() {
+        let mut addrs = url_addrs("http://127.0.0.1:2379").await;
+        addrs.extend(url_addrs("https://[fd00::1]").await);
+        addrs.extend(url_addrs("127.0.0.1:2379").await);
+        let keys = lifeline_keys(&addrs);
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys
+            .iter()
+            .any(|k| k.family == family::IPV6 && u16::from_be(k.port) == 443));
+        assert!(keys.iter().any(|k| k.family == family::IPV4
+            && u16::from_be(k.port) == 2379
+            && k.addr[..4] == [127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn this_nodes_addresses_are_host_and_the_others_remote_node() {
+        let a: IpAddr = "192.168.77.1".parse().unwrap();
+        let b: IpAddr = "192.168.77.2".parse().unwrap();
+        let (mine, theirs) = ([a], [b, a]);
+        let m = node_addresses("n0", [("n1", &theirs[..]), ("n0", &mine[..])].into_iter());
+        assert_eq!(m[&a], ReservedIdentity::Host);
+        assert_eq!(m[&b], ReservedIdentity::RemoteNode);
+    }
+}

@@ -1,0 +1,164 @@
+//! The host firewall under `BPF_PROG_TEST_RUN` (`bpf/programs/src/host.rs`):
+//! the node (192.168.0.1, fd00:77::1) is the host endpoint (identity 1)
+//! behind the device, ifindex 1 (test runs come through loopback); its
+//! policy allows SSH (TCP 22) from `world` and nothing else. The kvstore
+//! member at 192.168.0.9:2379 is a lifeline. Another node (192.168.0.2)
+//! is `remote-node` (6) in the ipcache.
+//!
+//! Only ingress is run here: egress judges packets that left a socket of
+//! the node, which a test run's packet has not (the e2e test sends them).
+
+mod support;
+
+use axoneme_agent::datapath::{policy_entry, NODEPORT_INGRESS};
+use axoneme_bpf_common::{
+    drop_reason, endpoint_flags, event_kind,
+    tc_action::{TC_ACT_OK, TC_ACT_SHOT},
+    verdict, EndpointInfo, Event, IpcacheValue,
+};
+use axoneme_identity::NumericIdentity;
+use axoneme_policy::compile::{Direction, Key, Verdict};
+use support::*;
+
+const NODE4: [u8; 4] = [192, 168, 0, 1];
+const PEER_NODE: [u8; 4] = [192, 168, 0, 2];
+const ETCD: [u8; 4] = [192, 168, 0, 9];
+const WORLD: [u8; 4] = [198, 51, 100, 7];
+const POD: [u8; 4] = [10, 0, 0, 5];
+const HOST: u32 = 1;
+const REMOTE_NODE: u32 = 6;
+const ESP: u8 = 50;
+
+fn node6() -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[0xfd, 0, 0, 0x77]);
+    a[15] = 1;
+    a
+}
+
+fn setup(host_firewall: bool, flags: u8) -> TestDatapath {
+    let mut dp = load_options(LoadOptions {
+        host_firewall,
+        ..LoadOptions::default()
+    });
+    dp.maps.set_event_rate(1_000_000, 1_000_000).unwrap();
+    dp.maps
+        .set_endpoint(
+            1,
+            EndpointInfo::new(HOST, HOST, flags, &[NODE4.into(), node6().into()]),
+        )
+        .unwrap();
+    let v = IpcacheValue {
+        identity: REMOTE_NODE,
+        ..IpcacheValue::default()
+    };
+    dp.maps
+        .set_ipcache(&"192.168.0.2/32".parse().unwrap(), v)
+        .unwrap();
+    for (protocol, port) in [(IPPROTO_TCP, 22), (IPPROTO_ICMPV6, 128)] {
+        let key = Key {
+            identity: NumericIdentity(2),
+            protocol,
+            port,
+            prefix: 16,
+        };
+        let (k, v) = policy_entry(HOST, Direction::Ingress, &key, &Verdict::Allow, 0);
+        dp.maps.set_policy(&k, v).unwrap();
+    }
+    let lifeline = axoneme_agent::host::lifeline_keys(&["192.168.0.9:2379".parse().unwrap()]);
+    dp.set_lifelines(&lifeline).unwrap();
+    dp
+}
+
+fn tcp_to(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    ipv4(src, dst, IPPROTO_TCP, &tcp(sport, dport, flags), 0x4000, 1)
+}
+
+fn send(dp: &mut TestDatapath, packet: &[u8]) -> (i32, Vec<Event>) {
+    let action = run(dp, NODEPORT_INGRESS, packet);
+    (action, dp.maps.drain_events())
+}
+
+fn of_kind(events: &[Event], kind: u8) -> Vec<(u8, u8, u32, u32)> {
+    events
+        .iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| (e.verdict, e.reason, e.src_identity, e.dst_identity))
+        .collect()
+}
+
+const ENFORCED: u8 = endpoint_flags::INGRESS_ENFORCED;
+
+#[test]
+fn the_nodes_ingress_is_judged_by_its_policy_with_conntrack() {
+    let mut dp = setup(true, ENFORCED);
+    // SSH from the world: allowed, with the host as the destination.
+    let (action, events) = send(&mut dp, &tcp_to(WORLD, NODE4, 40000, 22, TCP_SYN));
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(
+        of_kind(&events, event_kind::POLICY_VERDICT),
+        vec![(verdict::ALLOWED, 0, 2, HOST)]
+    );
+    // The same flow's next packet: conntrack, no verdict.
+    let (action, events) = send(&mut dp, &tcp_to(WORLD, NODE4, 40000, 22, TCP_ACK));
+    assert_eq!(action, TC_ACT_OK);
+    assert!(of_kind(&events, event_kind::POLICY_VERDICT).is_empty());
+    // Any other port, from anyone: default deny, 133.
+    for (src, id) in [(WORLD, 2), (PEER_NODE, REMOTE_NODE)] {
+        let (action, events) = send(&mut dp, &tcp_to(src, NODE4, 40001, 8080, TCP_SYN));
+        assert_eq!(action, TC_ACT_SHOT);
+        assert_eq!(
+            of_kind(&events, event_kind::DROP),
+            vec![(verdict::DENIED, drop_reason::DROP_POLICY, id, HOST)]
+        );
+    }
+    // IPv6 too: ICMPv6 echo allowed by its type, UDP not.
+    let echo = icmp(128, 0, 7, b"ping");
+    let packet = ipv6([0x20; 16], node6(), IPPROTO_ICMPV6, &echo);
+    assert_eq!(send(&mut dp, &packet).0, TC_ACT_OK);
+    let packet = ipv6([0x20; 16], node6(), IPPROTO_UDP, &udp(5000, 53, b"q"));
+    assert_eq!(send(&mut dp, &packet).0, TC_ACT_SHOT);
+}
+
+#[test]
+fn what_is_not_for_the_node_lifelines_esp_and_neighbour_discovery_pass_unjudged() {
+    let mut dp = setup(true, ENFORCED);
+    // For a pod behind the node: its own veth judges it.
+    let (action, events) = send(&mut dp, &tcp_to(WORLD, POD, 40000, 8080, TCP_SYN));
+    assert_eq!((action, events.len()), (TC_ACT_OK, 0));
+    // The kvstore member's answers (a connection from before the policy)
+    // and connections to it: never judged. Its other ports are.
+    let (action, events) = send(&mut dp, &tcp_to(ETCD, NODE4, 2379, 45000, TCP_ACK));
+    assert_eq!((action, events.len()), (TC_ACT_OK, 0));
+    let (action, _) = send(&mut dp, &tcp_to(ETCD, NODE4, 2380, 45000, TCP_ACK));
+    assert_eq!(action, TC_ACT_SHOT);
+    // ESP between the nodes, and neighbour solicitations.
+    let esp = ipv4(PEER_NODE, NODE4, ESP, &[0; 40], 0, 1);
+    assert_eq!(send(&mut dp, &esp), (TC_ACT_OK, Vec::new()));
+    let ns = ipv6(
+        [0x20; 16],
+        node6(),
+        IPPROTO_ICMPV6,
+        &icmp(135, 0, 0, &[0; 20]),
+    );
+    assert_eq!(send(&mut dp, &ns).0, TC_ACT_OK);
+}
+
+#[test]
+fn audit_mode_reports_the_nodes_drops_and_lets_them_pass() {
+    let mut dp = setup(true, ENFORCED | endpoint_flags::AUDIT);
+    let (action, events) = send(&mut dp, &tcp_to(WORLD, NODE4, 40002, 8080, TCP_SYN));
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(
+        of_kind(&events, event_kind::POLICY_VERDICT),
+        vec![(verdict::AUDIT, 0, 2, HOST)]
+    );
+    assert!(of_kind(&events, event_kind::DROP).is_empty());
+}
+
+#[test]
+fn loaded_without_the_host_firewall_the_node_is_not_judged() {
+    let mut dp = setup(false, ENFORCED);
+    let (action, events) = send(&mut dp, &tcp_to(WORLD, NODE4, 40003, 8080, TCP_SYN));
+    assert_eq!((action, events.len()), (TC_ACT_OK, 0));
+}
