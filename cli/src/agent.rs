@@ -390,6 +390,8 @@ pub struct NodeView {
     pub pod_cidrs: Vec<String>,
     /// The agent's lease holds its record: false once it has expired.
     pub alive: bool,
+    /// Its stored labels (`node label`, or the Node's).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -398,13 +400,15 @@ pub struct Nodes(pub Vec<NodeView>);
 
 impl Render for Nodes {
     fn human(&self) -> String {
-        let mut t = Table::new(&["NAME", "ADDRESSES", "POD CIDRS", "AGENT"]);
+        let mut t = Table::new(&["NAME", "ADDRESSES", "POD CIDRS", "AGENT", "LABELS"]);
         for n in &self.0 {
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             t.row([
                 n.name.clone(),
                 n.addresses.join(","),
                 n.pod_cidrs.join(","),
                 if n.alive { "alive" } else { "gone" }.to_string(),
+                labels.join(","),
             ]);
         }
         t.to_string()
@@ -442,6 +446,7 @@ pub async fn nodes(ctx: &Ctx) -> Result<Nodes, CliError> {
                     .map(|c| c.pod_cidrs.iter().map(ToString::to_string).collect())
                     .unwrap_or_default(),
                 alive: false,
+                labels: Default::default(),
             },
         );
     }
@@ -454,9 +459,23 @@ pub async fn nodes(ctx: &Ctx) -> Result<Nodes, CliError> {
             addresses: Vec::new(),
             pod_cidrs: Vec::new(),
             alive: true,
+            labels: Default::default(),
         });
         view.alive = true;
         view.addresses = r.addresses.iter().map(ToString::to_string).collect();
+    }
+    let (labels, _) = ctx
+        .kv
+        .get_prefix(&ctx.layout.node_labels_prefix())
+        .await
+        .map_err(kv_err("listing node labels"))?;
+    for kv in labels {
+        let Ok(l) = serde_json::from_slice::<axoneme_identity::NodeLabels>(&kv.value) else {
+            continue;
+        };
+        if let Some(view) = out.get_mut(&l.name) {
+            view.labels = l.labels;
+        }
     }
     Ok(Nodes(out.into_values().collect()))
 }

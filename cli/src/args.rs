@@ -224,6 +224,17 @@ pub enum NodeCommand {
         /// The node's name.
         name: String,
     },
+    /// Sets (`KEY=VALUE`) or removes (`KEY-`) a node's labels in
+    /// standalone mode: host policies' `nodeSelector` and
+    /// `--encryption-node-selector` select nodes by them (the agent's
+    /// `--node-labels` win over them). In Kubernetes mode label the Node.
+    Label {
+        /// The node's name.
+        name: String,
+        /// `KEY=VALUE` or `KEY-`.
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]

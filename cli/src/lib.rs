@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod error;
 pub mod explain;
 pub mod identity;
+pub mod node;
 pub mod observe;
 pub mod output;
 pub mod policy;
@@ -239,6 +240,14 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
         Command::Node(NodeCommand::List) => {
             let nodes = agent::nodes(&ctx().await?).await?;
             Report::new(&nodes, format, true)
+        }
+        Command::Node(NodeCommand::Label { name, labels }) => {
+            let changes = labels
+                .iter()
+                .map(|l| node::parse_change(l))
+                .collect::<Result<Vec<_>, _>>()?;
+            let view = node::label(&ctx().await?, name, &changes).await?;
+            Report::new(&view, format, true)
         }
         Command::Node(NodeCommand::Delete { name }) => {
             let deleted = agent::delete_node(&ctx().await?, name).await?;

@@ -4,7 +4,7 @@
 //! that got through) kept with when and how.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,7 +20,15 @@ pub type Odd = (Instant, String);
 
 /// An echo server in `pod` on `port`: "pong" to every line.
 pub fn echo_server(pod: &CniPod, port: u16) -> Result<()> {
-    let listener = pod.ns.enter(|| TcpListener::bind(("0.0.0.0", port)))??;
+    serve(pod.ns.enter(|| TcpListener::bind(("0.0.0.0", port)))??)
+}
+
+/// An echo server in namespace `ns` on `port`, IPv4 and IPv6.
+pub fn echo_server_in(ns: &Netns, port: u16) -> Result<()> {
+    serve(ns.enter(|| TcpListener::bind(("::", port)))??)
+}
+
+fn serve(listener: TcpListener) -> Result<()> {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             std::thread::spawn(move || {
@@ -40,8 +48,8 @@ pub fn echo_server(pod: &CniPod, port: u16) -> Result<()> {
 
 /// One exchange with an echo server (from the calling thread's network
 /// namespace): connected and answered, or where it failed.
-pub fn exchange(to: Ipv4Addr, port: u16, timeout: Duration) -> Result<(), String> {
-    let mut conn = TcpStream::connect_timeout(&(to, port).into(), timeout)
+pub fn exchange(to: impl Into<IpAddr>, port: u16, timeout: Duration) -> Result<(), String> {
+    let mut conn = TcpStream::connect_timeout(&(to.into(), port).into(), timeout)
         .map_err(|e| format!("connect: {e}"))?;
     conn.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;

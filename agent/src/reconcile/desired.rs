@@ -101,7 +101,8 @@ impl Desired {
             })
         });
         // Nodes' own addresses: `host` here, `remote-node` elsewhere (an
-        // endpoint that has one keeps its own identity).
+        // endpoint that has one keeps its own identity). Traffic from them
+        // is judged as the node's, whether or not the host firewall is on.
         state.nodes().read(|nodes| {
             let addrs = crate::host::node_addresses(
                 state.node(),
@@ -113,6 +114,15 @@ impl Desired {
                 ipcache.entry(IpNet::from(ip)).or_insert(id.id());
             }
         });
+        // The pods' gateway addresses are the source of what the node
+        // sends its own pods: the host (pods cannot send from them).
+        for gw in [crate::netdev::GATEWAY_V4, crate::netdev::GATEWAY_V6] {
+            if let Ok(ip) = gw.parse::<IpAddr>() {
+                ipcache
+                    .entry(IpNet::from(ip))
+                    .or_insert(ReservedIdentity::Host.id());
+            }
+        }
         if let Some(host) = state.host() {
             let labels = crate::host::node_labels(
                 state.node_labels(),
