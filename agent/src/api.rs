@@ -53,6 +53,8 @@ pub struct ApiState {
     pub enforcement: axoneme_policy::EnforcementMode,
     /// What the encryption task last did (disabled: the default).
     pub encrypt: watch::Receiver<axoneme_api::EncryptStatus>,
+    /// `--node-labels` (the host firewall's line of `status`).
+    pub node_labels: crate::config::Labels,
 }
 
 type Ctx = ApiState;
@@ -146,6 +148,12 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<Status>, Failure> {
     st.components.push(crate::services::component(&services));
     st.components
         .push(crate::encrypt::component(&ctx.encrypt.borrow()));
+    let datapath = ctx.datapath.borrow().clone();
+    st.components.push(crate::host::component(
+        &ctx.state,
+        &datapath,
+        &ctx.node_labels,
+    ));
     st.maps.extend(services.summary.maps.iter().cloned());
     st.ok = st.components.iter().all(|c| c.ok);
     Ok(Json(st))

@@ -35,6 +35,8 @@ pub struct HostEndpoint {
     pub addresses: Vec<IpAddr>,
     /// `--node-labels` (over the stored ones).
     pub flag_labels: Labels,
+    /// The lifelines' addresses (`LIFELINE`), for `status`.
+    pub lifelines: Vec<SocketAddr>,
 }
 
 /// This node's labels: the stored ones (`key`'s record in `cache`), with
@@ -119,6 +121,87 @@ pub async fn url_addrs(url: &str) -> Vec<SocketAddr> {
             Vec::new()
         }
     }
+}
+
+/// The `host-firewall` line of `status`: on which device, what is
+/// enforced; off, whether a host policy selects this node (then it is not
+/// enforced here, which is a failure to see).
+pub fn component(
+    state: &crate::node::NodeState,
+    view: &crate::reconcile::DatapathView,
+    flag_labels: &Labels,
+) -> axoneme_api::ComponentStatus {
+    use axoneme_bpf_common::endpoint_flags as f;
+    let status = |ok, message| axoneme_api::ComponentStatus {
+        name: "host-firewall".into(),
+        ok,
+        message,
+    };
+    let key = state.layout().node_labels(state.node());
+    let Some(host) = state.host() else {
+        let labels = identity_labels(&node_labels(state.node_labels(), &key, flag_labels));
+        let selecting: Vec<String> = state
+            .valid_policies_by_key()
+            .into_iter()
+            .filter(|(_, p)| {
+                let ns = p.namespace.as_deref();
+                p.rules.iter().any(|(_, r)| {
+                    axoneme_policy::selector::Subject::of(r, ns)
+                        .is_some_and(|s| s.is_host() && s.matches(&labels))
+                })
+            })
+            .map(|(k, _)| k)
+            .collect();
+        return if selecting.is_empty() {
+            status(true, "disabled".into())
+        } else {
+            status(
+                false,
+                format!(
+                    "disabled (--enable-host-firewall), but host policies select this node and are NOT enforced: {}",
+                    selecting.join(", ")
+                ),
+            )
+        };
+    };
+    let Some(p) = view.programmed.get(NAME) else {
+        return status(
+            false,
+            format!(
+                "on {}: the host endpoint is not programmed yet",
+                host.device
+            ),
+        );
+    };
+    let flags = p.info.flags;
+    let dir = |bit| if flags & bit != 0 { "enforced" } else { "open" };
+    let labels = node_labels(state.node_labels(), &key, &host.flag_labels);
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let lifelines: Vec<String> = host.lifelines.iter().map(ToString::to_string).collect();
+    status(
+        true,
+        format!(
+            "on {}: ingress {}, egress {}{}; node labels: {}; always allowed: {}",
+            host.device,
+            dir(f::INGRESS_ENFORCED),
+            dir(f::EGRESS_ENFORCED),
+            if flags & f::AUDIT != 0 {
+                " (audit mode)"
+            } else {
+                ""
+            },
+            if labels.is_empty() {
+                "none".to_string()
+            } else {
+                labels.join(",")
+            },
+            if lifelines.is_empty() {
+                "none".to_string()
+            } else {
+                lifelines.join(", ")
+            },
+        ),
+    )
 }
 
 /// Node addresses for the ipcache: this node's are `host`, the others'

@@ -210,12 +210,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let reader = Arc::new(MapReader::open(&pin_dir).context("opening the maps for reading")?);
     info!(pins = %pin_dir.display(), "datapath loaded");
     let device = node_device(&cfg).await?;
-    let host = match (&device, cfg.datapath.enable_host_firewall) {
+    let mut host = match (&device, cfg.datapath.enable_host_firewall) {
         (Some((device, ifindex)), true) => Some(HostEndpoint {
             device: device.clone(),
             ifindex: *ifindex,
             addresses: cfg.node_ips.clone(),
             flag_labels: cfg.encryption.node_labels.clone(),
+            lifelines: Vec::new(),
         }),
         (None, true) => anyhow::bail!(
             "--enable-host-firewall: no interface has a --node-ip (the host firewall is enforced on that device)"
@@ -224,7 +225,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     // Written whether the host firewall is on or not: a previous run's go.
     let mut lifelines = Vec::new();
-    if host.is_some() {
+    if let Some(host) = &mut host {
         for url in kv.endpoints().iter().chain(api_server.iter()) {
             lifelines.extend(crate::host::url_addrs(url).await);
         }
@@ -232,6 +233,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ?lifelines,
             "host firewall: the kvstore's and API server's traffic is always allowed"
         );
+        host.lifelines = lifelines.clone();
     }
     dp.set_lifelines(&crate::host::lifeline_keys(&lifelines))
         .context("writing the host firewall's lifelines")?;
@@ -671,6 +673,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 services: services_rx,
                 enforcement: cfg.datapath.enforcement,
                 encrypt: encrypt_rx,
+                node_labels: cfg.encryption.node_labels.clone(),
             },
             cancel.clone(),
         ),

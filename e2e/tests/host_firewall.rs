@@ -81,15 +81,25 @@ fn host_drops(c: &Cluster, port: u16) -> Result<usize> {
         .count())
 }
 
-/// Whether node `i`'s agent says its kvstore is reachable.
-fn kvstore_ok(c: &Cluster, i: usize) -> Result<bool> {
+/// Node `i`'s status line `name`: whether it is fine, and its message.
+fn component(c: &Cluster, i: usize, name: &str) -> Result<(bool, String)> {
     let (_, body, _) = c.agent_get(i, "/v1/status")?;
     let st: serde_json::Value = serde_json::from_str(&body).context("status")?;
-    Ok(st["components"]
+    let line = st["components"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|c| c["name"] == "kvstore" && c["ok"] == true))
+        .find(|c| c["name"] == name)
+        .with_context(|| format!("no {name} line: {st}"))?;
+    Ok((
+        line["ok"] == true,
+        line["message"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Whether node `i`'s agent says its kvstore is reachable.
+fn kvstore_ok(c: &Cluster, i: usize) -> Result<bool> {
+    Ok(component(c, i, "kvstore")?.0)
 }
 
 #[test]
@@ -155,6 +165,15 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
         Ok(host_drops(&c, OTHER)? >= 2)
     })?;
     ensure!(kvstore_ok(&c, 0)?, "node 0's agent lost etcd");
+    let (ok, line) = component(&c, 0, "host-firewall")?;
+    ensure!(
+        ok && line.contains("ingress enforced, egress enforced")
+            && line.contains("env=dev")
+            && line.contains("127.0.0.1:"),
+        "node 0's host-firewall line: {line}"
+    );
+    let (_, line) = component(&c, 1, "host-firewall")?;
+    ensure!(line.contains("ingress open, egress open"), "node 1: {line}");
 
     // Audit mode (the whole node's): the drops become audit verdicts.
     c.restart_agent_setting(0, "--policy-audit-mode", "true")?;
@@ -231,6 +250,23 @@ fn host_and_remote_node_entities_in_pod_policies_mean_the_nodes_own_addresses() 
         c.import_policy(0, &p)?;
     }
     let (ns0, ns1) = (&c.nodes[0].ns, &c.nodes[1].ns);
+    let (ok, line) = component(&c, 0, "host-firewall")?;
+    ensure!(
+        ok && line == "disabled",
+        "host-firewall without the flag: {line}"
+    );
+    // A host policy for this node, which cannot enforce it: status says so.
+    let every_node = LOCK_DOWN_DEV.replace("matchLabels:\n      env: dev", "{}");
+    let p = write_policy(&c, "every-node", &every_node)?;
+    c.import_policy(0, &p)?;
+    wait_for(
+        "status naming the unenforced host policy",
+        Duration::from_secs(10),
+        || {
+            let (ok, line) = component(&c, 0, "host-firewall")?;
+            Ok(!ok && line.contains("NOT enforced") && line.contains("lock-down-dev-vms"))
+        },
+    )?;
     wait_for("the policies enforced", Duration::from_secs(15), || {
         Ok(!reaches(&client, local.ip, OTHER)? && !reaches(&client, remote.ip, OTHER)?)
     })?;
