@@ -153,6 +153,7 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<Status>, Failure> {
         &ctx.state,
         &datapath,
         &ctx.node_labels,
+        ctx.enforcement,
     ));
     st.maps.extend(services.summary.maps.iter().cloned());
     st.ok = st.components.iter().all(|c| c.ok);

@@ -33,15 +33,16 @@ struct End {
     local: Option<String>,
 }
 
-/// Explains `req` with what the agent enforces now.
-pub fn explain(
-    req: &ExplainRequest,
-    view: &DatapathView,
-    state: &NodeState,
-    mode: EnforcementMode,
-    maps: &MapReader,
-) -> Result<ExplainReport, ApiError> {
-    let protocol = explain::protocol_number(&req.protocol).map_err(invalid)?;
+/// What a reconcile pass would compute from: the identities (CIDR ones
+/// included) and policies the node's caches hold.
+struct Inputs {
+    want: Desired,
+    policies: Vec<Policy>,
+    ids: Identities,
+    cidrs: std::collections::BTreeMap<ipnet::IpNet, NumericIdentity>,
+}
+
+fn inputs(state: &NodeState) -> Inputs {
     let want = Desired::from_state(state);
     let policies: Vec<Policy> = want.policies.values().map(|p| (**p).clone()).collect();
     let mut ids = Identities::with_reserved();
@@ -60,6 +61,29 @@ pub fn explain(
     }
     let cidrs = cidr_identities(&policies);
     add_cidr_identities(&mut ids, &cidrs);
+    Inputs {
+        want,
+        policies,
+        ids,
+        cidrs,
+    }
+}
+
+/// Explains `req` with what the agent enforces now.
+pub fn explain(
+    req: &ExplainRequest,
+    view: &DatapathView,
+    state: &NodeState,
+    mode: EnforcementMode,
+    maps: &MapReader,
+) -> Result<ExplainReport, ApiError> {
+    let protocol = explain::protocol_number(&req.protocol).map_err(invalid)?;
+    let Inputs {
+        want,
+        policies,
+        ids,
+        cidrs,
+    } = inputs(state);
 
     let resolve = |what: &str, given: &str| -> Result<End, ApiError> {
         if let Ok(ip) = given.parse::<IpAddr>() {
@@ -201,4 +225,44 @@ pub fn explain(
     }
     report.datapath = checks;
     Ok(report)
+}
+
+/// The lifelines (`crate::host`) the host's policy would deny if they
+/// were not always allowed, each named as a flow: what a user should
+/// know before relying on that policy elsewhere.
+pub fn denied_lifelines(
+    state: &NodeState,
+    mode: EnforcementMode,
+    lifelines: &[std::net::SocketAddr],
+) -> Vec<String> {
+    let Inputs {
+        want,
+        policies,
+        ids,
+        cidrs,
+    } = inputs(state);
+    let host = axoneme_identity::ReservedIdentity::Host.id();
+    let Some(labels) = want.identities.get(&host) else {
+        return Vec::new();
+    };
+    let none = PortNames::default();
+    lifelines
+        .iter()
+        .filter(|l| {
+            let peer = explain::identity_of_ip(l.ip(), want.ipcache.iter().chain(cidrs.iter()));
+            let verdict = axoneme_policy::oracle::direction_verdict(
+                &policies,
+                &ids,
+                labels,
+                &none,
+                Direction::Egress,
+                peer,
+                6,
+                l.port(),
+                mode,
+            );
+            matches!(verdict, axoneme_policy::oracle::OracleVerdict::Deny(_))
+        })
+        .map(|l| format!("egress to {l}/TCP"))
+        .collect()
 }

@@ -3,8 +3,9 @@
 //! With `--enable-host-firewall` the node is an endpoint of identity
 //! `reserved:host` whose labels are the node's (Kubernetes mode: the
 //! Node's, mirrored by the operator; standalone: `axoneme node label` and
-//! `--node-labels`). Host policies (`nodeSelector`) select it; the
-//! reconcile driver programs it like a pod's endpoint, keyed by the node
+//! `--node-labels`). Host policies (`nodeSelector`) select it; the node
+//! label `axoneme.io/policy-audit-mode=true` puts it in policy audit mode;
+//! the reconcile driver programs it like a pod's endpoint, keyed by the node
 //! device's ifindex, where the device programs judge the node's own
 //! traffic (`bpf/programs/src/host.rs`).
 //!
@@ -49,6 +50,15 @@ pub fn node_labels(cache: &WatchCache<NodeLabels>, key: &str, flags: &Labels) ->
         .into_iter()
         .chain(flags.clone())
         .collect()
+}
+
+/// Whether the node's labels put its host endpoint in policy audit mode
+/// (the label `axoneme.io/policy-audit-mode=true`, as the Pod annotation
+/// of that name does for a pod; any other value enforces).
+pub fn audit_mode(labels: &Labels) -> bool {
+    labels
+        .get(crate::k8s::AUDIT_ANNOTATION)
+        .is_some_and(|v| v == "true")
 }
 
 /// The host endpoint's identity labels: `reserved:host` and the node's
@@ -130,6 +140,7 @@ pub fn component(
     state: &crate::node::NodeState,
     view: &crate::reconcile::DatapathView,
     flag_labels: &Labels,
+    mode: axoneme_policy::EnforcementMode,
 ) -> axoneme_api::ComponentStatus {
     use axoneme_bpf_common::endpoint_flags as f;
     let status = |ok, message| axoneme_api::ComponentStatus {
@@ -178,30 +189,34 @@ pub fn component(
     let labels = node_labels(state.node_labels(), &key, &host.flag_labels);
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let lifelines: Vec<String> = host.lifelines.iter().map(ToString::to_string).collect();
-    status(
-        true,
-        format!(
-            "on {}: ingress {}, egress {}{}; node labels: {}; always allowed: {}",
-            host.device,
-            dir(f::INGRESS_ENFORCED),
-            dir(f::EGRESS_ENFORCED),
-            if flags & f::AUDIT != 0 {
-                " (audit mode)"
-            } else {
-                ""
-            },
-            if labels.is_empty() {
-                "none".to_string()
-            } else {
-                labels.join(",")
-            },
-            if lifelines.is_empty() {
-                "none".to_string()
-            } else {
-                lifelines.join(", ")
-            },
-        ),
-    )
+    let or_none = |v: Vec<String>, sep: &str| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(sep)
+        }
+    };
+    let mut message = format!(
+        "on {}: ingress {}, egress {}{}; node labels: {}; always allowed: {}",
+        host.device,
+        dir(f::INGRESS_ENFORCED),
+        dir(f::EGRESS_ENFORCED),
+        if flags & f::AUDIT != 0 {
+            " (audit mode)"
+        } else {
+            ""
+        },
+        or_none(labels, ","),
+        or_none(lifelines, ", "),
+    );
+    let denied = crate::explain::denied_lifelines(state, mode, &host.lifelines);
+    if !denied.is_empty() {
+        message.push_str(&format!(
+            "; warning: the host policy would deny {} (allowed anyway: a lifeline)",
+            denied.join(", ")
+        ));
+    }
+    status(true, message)
 }
 
 /// Node addresses for the ipcache: this node's are `host`, the others'

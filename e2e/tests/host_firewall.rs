@@ -9,8 +9,8 @@
 //! naming the host identity), its allowed ports and node 1 (unlabelled)
 //! answer, IPv4 and IPv6; node 0's own connections out work (their
 //! answers pass by conntrack); its agent stays connected to etcd
-//! throughout; the agent-wide audit mode lets the dropped flows through
-//! as `audit` verdicts; deleting the policy opens the node again.
+//! throughout; the node label `axoneme.io/policy-audit-mode=true` lets the
+//! dropped flows through as `audit` verdicts; deleting the policy opens the node again.
 //!
 //! Entities in a pod policy: a pod that admits only `host` is reached
 //! from its own node and not from the other node or the underlay; one
@@ -54,6 +54,20 @@ spec:
       - {port: "2379", protocol: TCP}
   egress:
   - toEntities: [all]
+"#;
+
+/// Node 0 may only connect to the other nodes.
+const DEV_EGRESS: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: dev-egress
+spec:
+  nodeSelector:
+    matchLabels:
+      env: dev
+  egress:
+  - toEntities: [remote-node]
 "#;
 
 fn reaches(from: &Netns, to: impl Into<IpAddr> + Send, port: u16) -> Result<bool> {
@@ -104,7 +118,7 @@ fn kvstore_ok(c: &Cluster, i: usize) -> Result<bool> {
 
 #[test]
 fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> Result<()> {
-    let mut c = Cluster::start(&ClusterConfig {
+    let c = Cluster::start(&ClusterConfig {
         nodes: 2,
         agent_args: vec!["--enable-host-firewall=true".into()],
         ..ClusterConfig::default()
@@ -175,8 +189,15 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
     let (_, line) = component(&c, 1, "host-firewall")?;
     ensure!(line.contains("ingress open, egress open"), "node 1: {line}");
 
-    // Audit mode (the whole node's): the drops become audit verdicts.
-    c.restart_agent_setting(0, "--policy-audit-mode", "true")?;
+    // The node's audit mode (a node label): the drops become audit
+    // verdicts, at once.
+    let name0 = c.nodes[0].name.clone();
+    let label = |l: &str| -> Result<()> {
+        let out = c.cli(0, &["node", "label", &name0, l])?;
+        ensure!(out.status.success(), "node label {l}: {out:?}");
+        Ok(())
+    };
+    label("axoneme.io/policy-audit-mode=true")?;
     wait_for("audit lets it through", Duration::from_secs(15), || {
         reaches(&client, n0, OTHER)
     })?;
@@ -205,20 +226,46 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
                 .any(|e| e["verdict"] == "audit" && e["dst_identity"] == 1 && e["dport"] == OTHER))
         },
     )?;
-    c.restart_agent_setting(0, "--policy-audit-mode", "false")?;
+    let (_, line) = component(&c, 0, "host-firewall")?;
+    ensure!(line.contains("(audit mode)"), "{line}");
+    label("axoneme.io/policy-audit-mode-")?;
     wait_for("enforced again", Duration::from_secs(15), || {
         Ok(!reaches(&client, n0, OTHER)?)
     })?;
 
     // The policy goes: the node opens.
-    let deleted = c.cli(
-        0,
-        &["policy", "delete", "--clusterwide", "lock-down-dev-vms"],
-    )?;
-    ensure!(deleted.status.success(), "policy delete: {deleted:?}");
+    let delete = |name: &str| -> Result<()> {
+        let deleted = c.cli(0, &["policy", "delete", "--clusterwide", name])?;
+        ensure!(deleted.status.success(), "policy delete: {deleted:?}");
+        Ok(())
+    };
+    delete("lock-down-dev-vms")?;
     wait_for("node 0 open again", Duration::from_secs(15), || {
         reaches(&client, n0, OTHER)
     })?;
+
+    // Egress narrowed to the other nodes: node 0's connections out are
+    // dropped, the kvstore's (a lifeline) are not, and status warns that
+    // the policy would deny them.
+    let p = write_policy(&c, "dev-egress", DEV_EGRESS)?;
+    c.import_policy(0, &p)?;
+    let ns0 = &c.nodes[0].ns;
+    wait_for("node 0's egress narrowed", Duration::from_secs(15), || {
+        Ok(!reaches(ns0, EXTERNAL_CLIENT_IP, OUTSIDE)?)
+    })?;
+    ensure!(reaches(ns0, n1, OTHER)?, "node 0 to node 1");
+    ensure!(reaches(&client, n0, OTHER)?, "ingress stays open");
+    let (ok, line) = component(&c, 0, "host-firewall")?;
+    ensure!(
+        ok && line.contains("would deny egress to 127.0.0.1:"),
+        "no lifeline warning: {line}"
+    );
+    delete("dev-egress")?;
+    wait_for(
+        "node 0's egress open again",
+        Duration::from_secs(15),
+        || reaches(ns0, EXTERNAL_CLIENT_IP, OUTSIDE),
+    )?;
     ensure!(kvstore_ok(&c, 0)?, "node 0's agent lost etcd");
     Ok(())
 }

@@ -136,7 +136,7 @@ impl Desired {
                 interface: host.device.clone(),
                 identity: Some(id),
                 addresses: host.addresses.clone(),
-                policy_audit_mode: false,
+                policy_audit_mode: crate::host::audit_mode(&labels),
                 ifindex: Some(host.ifindex),
             });
         }
