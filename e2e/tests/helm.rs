@@ -96,6 +96,10 @@ fn the_chart_lints_and_its_schema_names_bad_values() -> Result<()> {
             "'/dashboards/enabled': got string, want boolean",
         ),
         ("hubble.listenAddress=4244", "'/hubble/listenAddress'"),
+        (
+            "hostFirewall.enabled=yes",
+            "'/hostFirewall/enabled': got string, want boolean",
+        ),
     ] {
         let out = helm(4, &["template", "t", &chart, "--set", set])?;
         assert!(!out.status.success(), "--set {set} was accepted");
@@ -112,6 +116,13 @@ fn the_chart_lints_and_its_schema_names_bad_values() -> Result<()> {
 
     dashboards_configmap_renders(&chart)?;
     hubble_tcp_renders(&chart)?;
+    for (set, want) in [
+        ("hostFirewall.enabled=true", r#"enable-host-firewall: "true""#),
+        ("hostFirewall.enabled=false", r#"enable-host-firewall: "false""#),
+    ] {
+        let out = helm(4, &["template", "t", &chart, "--set", set])?;
+        assert!(text(&out).contains(want), "--set {set}: {}", text(&out));
+    }
 
     // Every value is documented, and the README says what values.yaml does.
     let values = std::fs::read_to_string(chart_dir().join("values.yaml"))?;
