@@ -117,8 +117,14 @@ fn the_chart_lints_and_its_schema_names_bad_values() -> Result<()> {
     dashboards_configmap_renders(&chart)?;
     hubble_tcp_renders(&chart)?;
     for (set, want) in [
-        ("hostFirewall.enabled=true", r#"enable-host-firewall: "true""#),
-        ("hostFirewall.enabled=false", r#"enable-host-firewall: "false""#),
+        (
+            "hostFirewall.enabled=true",
+            r#"enable-host-firewall: "true""#,
+        ),
+        (
+            "hostFirewall.enabled=false",
+            r#"enable-host-firewall: "false""#,
+        ),
     ] {
         let out = helm(4, &["template", "t", &chart, "--set", set])?;
         assert!(text(&out).contains(want), "--set {set}: {}", text(&out));

@@ -32,29 +32,8 @@ const OTHER: u16 = 8080;
 /// The external host's echo server (node 0 connects out to it).
 const OUTSIDE: u16 = 7000;
 
-const LOCK_DOWN_DEV: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumClusterwideNetworkPolicy
-metadata:
-  name: lock-down-dev-vms
-spec:
-  nodeSelector:
-    matchLabels:
-      env: dev
-  ingress:
-  - fromCIDR: [192.168.77.0/24, "fd77::/64"]
-    toPorts:
-    - ports:
-      - {port: "22", protocol: TCP}
-      - {port: "2379", protocol: TCP}
-      - {port: "2380", protocol: TCP}
-  - fromEntities: [remote-node]
-    toPorts:
-    - ports:
-      - {port: "2379", protocol: TCP}
-  egress:
-  - toEntities: [all]
-"#;
+/// The README's example (`examples/host-policies/`).
+const LOCK_DOWN_DEV: &str = include_str!("../../examples/host-policies/lock-down-dev-nodes.yaml");
 
 /// Node 0 may only connect to the other nodes.
 const DEV_EGRESS: &str = r#"
@@ -188,6 +167,32 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
     );
     let (_, line) = component(&c, 1, "host-firewall")?;
     ensure!(line.contains("ingress open, egress open"), "node 1: {line}");
+    // `policy explain` on node 0: why the drop, and its datapath agrees.
+    let (client_ip, n0s) = (EXTERNAL_CLIENT_IP.to_string(), n0.to_string());
+    let out = c.cli(
+        0,
+        &[
+            "policy",
+            "explain",
+            "--from-ip",
+            &client_ip,
+            "--to-ip",
+            &n0s,
+            "--port",
+            "8080",
+            "-o",
+            "json",
+        ],
+    )?;
+    let why: serde_json::Value = serde_json::from_slice(&out.stdout).context("explain")?;
+    ensure!(
+        why["dropReason"] == 133
+            && why["ingress"]["selectedBy"][0]["policy"]
+                == "CiliumClusterwideNetworkPolicy lock-down-dev-vms"
+            && why["datapath"][0]["endpoint"] == "host"
+            && why["datapath"][0]["agrees"] == true,
+        "explain: {why:#}"
+    );
 
     // The node's audit mode (a node label): the drops become audit
     // verdicts, at once.

@@ -156,7 +156,9 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
         node_grace: 300,
         kubernetes: k8s,
         // Kubernetes mode is installed as a user installs it: with the chart.
-        helm: k8s.then(Vec::new),
+        helm: k8s.then(|| vec!["hostFirewall.enabled=true".to_string()]),
+        // The README's host firewall walkthrough runs on it.
+        agent_args: vec!["--enable-host-firewall=true".to_string()],
         ..ClusterConfig::default()
     })?;
     println!(
