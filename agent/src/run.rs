@@ -195,10 +195,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         (Some(path), true) => Some(crate::encrypt::read_keys(path).map_err(anyhow::Error::msg)?),
         _ => None,
     };
+    let device = node_device(&cfg).await?;
     let options = LoadOptions {
         pod_lb: cfg.services.kube_proxy_replacement && !cfg.services.socket_lb,
         encrypt: ipsec_keys.is_some(),
         host_firewall: cfg.datapath.enable_host_firewall,
+        host_ifindex: device.as_ref().map_or(0, |(_, ifindex)| *ifindex),
         ..LoadOptions::default()
     };
     let mut dp = Datapath::load_with(&pin_dir, &cfg.datapath.sizes.into(), options)
@@ -209,7 +211,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let events = EventReader::open(&pin_dir).context("opening the event ring")?;
     let reader = Arc::new(MapReader::open(&pin_dir).context("opening the maps for reading")?);
     info!(pins = %pin_dir.display(), "datapath loaded");
-    let device = node_device(&cfg).await?;
     let mut host = match (&device, cfg.datapath.enable_host_firewall) {
         (Some((device, ifindex)), true) => Some(HostEndpoint {
             device: device.clone(),

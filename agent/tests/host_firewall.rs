@@ -162,3 +162,76 @@ fn loaded_without_the_host_firewall_the_node_is_not_judged() {
     let (action, events) = send(&mut dp, &tcp_to(WORLD, NODE4, 40003, 8080, TCP_SYN));
     assert_eq!((action, events.len()), (TC_ACT_OK, 0));
 }
+
+/// Pods' packets for the node: the host's ingress, judged in the pod's
+/// program where it hands them to the node's stack. The pod (10.0.0.5,
+/// identity 1000) is behind ifindex 1 here, the host endpoint at its
+/// device's ifindex 7.
+#[test]
+fn a_pods_packets_for_the_node_are_judged_by_the_host_policy() {
+    const DEVICE: u32 = 7;
+    const POD_ID: u32 = 1000;
+    let mut dp = load_options(LoadOptions {
+        host_firewall: true,
+        host_ifindex: DEVICE,
+        ..LoadOptions::default()
+    });
+    dp.maps.set_event_rate(1_000_000, 1_000_000).unwrap();
+    dp.maps
+        .set_endpoint(1, EndpointInfo::new(POD_ID, POD_ID, 0, &[POD.into()]))
+        .unwrap();
+    dp.maps
+        .set_endpoint(
+            DEVICE,
+            EndpointInfo::new(HOST, HOST, ENFORCED, &[NODE4.into(), node6().into()]),
+        )
+        .unwrap();
+    let v = IpcacheValue {
+        identity: POD_ID,
+        ..IpcacheValue::default()
+    };
+    dp.maps
+        .set_ipcache(&"10.0.0.5/32".parse().unwrap(), v)
+        .unwrap();
+    let key = Key {
+        identity: NumericIdentity(POD_ID),
+        protocol: IPPROTO_TCP,
+        port: 22,
+        prefix: 16,
+    };
+    let (k, v) = policy_entry(HOST, Direction::Ingress, &key, &Verdict::Allow, 0);
+    dp.maps.set_policy(&k, v).unwrap();
+    let mut from_pod = |dst: [u8; 4], sport: u16, dport: u16, ttl: u8| {
+        let mut packet = tcp_to(POD, dst, sport, dport, TCP_SYN);
+        // The TTL, with the header checksum it is part of.
+        packet[14 + 8] = ttl;
+        packet[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let sum = ipv4_checksum(&packet[14..34]);
+        packet[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        let action = run(&dp, axoneme_agent::datapath::FROM_CONTAINER, &packet);
+        (action, dp.maps.drain_events())
+    };
+    // Its allowed port: up the stack (not redirected anywhere).
+    let (action, events) = from_pod(NODE4, 41000, 22, 64);
+    assert_eq!(action, TC_ACT_OK);
+    assert!(of_kind(&events, event_kind::POLICY_VERDICT).contains(&(
+        verdict::ALLOWED,
+        0,
+        POD_ID,
+        HOST
+    )));
+    // Any other port of the node, by its address or the pods' gateway,
+    // whatever the TTL: dropped, 133.
+    for (dst, sport, ttl) in [
+        (NODE4, 41001, 64),
+        ([169, 254, 1, 1], 41002, 64),
+        (NODE4, 41003, 1),
+    ] {
+        let (action, events) = from_pod(dst, sport, 8080, ttl);
+        assert_eq!(action, TC_ACT_SHOT, "to {dst:?} ttl {ttl}");
+        assert_eq!(
+            of_kind(&events, event_kind::DROP),
+            vec![(verdict::DENIED, drop_reason::DROP_POLICY, POD_ID, HOST)]
+        );
+    }
+}

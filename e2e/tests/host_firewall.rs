@@ -12,6 +12,9 @@
 //! throughout; the node label `axoneme.io/policy-audit-mode=true` lets the
 //! dropped flows through as `audit` verdicts; deleting the policy opens the node again.
 //!
+//! Node 0's own pods reach it (by its address or their gateway) only as
+//! the host policy says.
+//!
 //! Entities in a pod policy: a pod that admits only `host` is reached
 //! from its own node and not from the other node or the underlay; one
 //! that admits `remote-node` the other way round.
@@ -109,6 +112,9 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
         }
     }
     echo_server_in(&client, OUTSIDE)?;
+    // A pod of node 0: what it sends its node is the host's ingress too.
+    let pod = c.add_pod(0, "local", &[("app", "local")])?;
+    let gateway: IpAddr = "169.254.1.1".parse()?;
     let (n0, n1) = (c.nodes[0].ip, c.nodes[1].ip);
     let n0v6 = c.nodes[0].ip6;
     let status = c.cli(0, &["node", "label", &c.nodes[0].name, "env=dev"])?;
@@ -144,6 +150,13 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
     let ns1 = &c.nodes[1].ns;
     ensure!(reaches(ns1, n0, ETCD)?, "node 1 to node 0's kvstore port");
     ensure!(!reaches(ns1, n0, OTHER)?, "node 1 to node 0:{OTHER}");
+    // From its own pod, by the node's address or the pods' gateway: no rule
+    // admits pods.
+    ensure!(!reaches(&pod.ns, n0, OTHER)?, "a pod to its node");
+    ensure!(
+        !reaches(&pod.ns, gateway, SSH)?,
+        "a pod to its node's gateway"
+    );
     // Egress is open: node 0's own connections out, answered by conntrack.
     ensure!(
         reaches(&c.nodes[0].ns, EXTERNAL_CLIENT_IP, OUTSIDE)?,
@@ -248,6 +261,11 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
     wait_for("node 0 open again", Duration::from_secs(15), || {
         reaches(&client, n0, OTHER)
     })?;
+    ensure!(reaches(&pod.ns, n0, OTHER)?, "a pod to its node, open");
+    ensure!(
+        reaches(&pod.ns, gateway, SSH)?,
+        "a pod to its gateway, open"
+    );
 
     // Egress narrowed to the other nodes: node 0's connections out are
     // dropped, the kvstore's (a lifeline) are not, and status warns that

@@ -41,6 +41,8 @@ const ENCRYPT_GLOBAL: &str = "AXONEME_ENCRYPT";
 /// The programs' load-time constant that switches the host firewall on
 /// (`bpf/programs/src/host.rs`).
 const HOST_FIREWALL_GLOBAL: &str = "AXONEME_HOST_FIREWALL";
+/// ... and the ifindex of the device its host endpoint is keyed by.
+const HOST_IFINDEX_GLOBAL: &str = "AXONEME_HOST_IFINDEX";
 
 /// Switches of the programs, fixed when they are loaded: constants of the
 /// programs (`.rodata`), so the verifier drops what is off; what stays is
@@ -59,6 +61,10 @@ pub struct LoadOptions {
     /// The device programs judge the node's own traffic by its host
     /// endpoint's policy (`--enable-host-firewall`).
     pub host_firewall: bool,
+    /// The host endpoint's device (its key in `ENDPOINTS`), with
+    /// `host_firewall`: pods' packets for the node's gateway address are
+    /// judged by its policy.
+    pub host_ifindex: u32,
 }
 
 impl Default for LoadOptions {
@@ -68,6 +74,7 @@ impl Default for LoadOptions {
             observe: true,
             encrypt: false,
             host_firewall: false,
+            host_ifindex: 0,
         }
     }
 }
@@ -278,6 +285,7 @@ impl Datapath {
         loader.override_global(ENCRYPT_GLOBAL, &encrypt, true);
         let host_firewall = u8::from(options.host_firewall);
         loader.override_global(HOST_FIREWALL_GLOBAL, &host_firewall, true);
+        loader.override_global(HOST_IFINDEX_GLOBAL, &options.host_ifindex, true);
         for (name, size, _) in sized {
             loader.map_max_entries(name, size);
         }

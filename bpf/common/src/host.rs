@@ -20,3 +20,7 @@ pub struct LifelineKey {
 
 /// Entries of `LIFELINE`: a handful of kvstore members and API servers.
 pub const LIFELINE_MAX: u32 = 64;
+
+/// The host's identity (`reserved:host`): the host endpoint's, and that
+/// of the node's own addresses in this node's ipcache.
+pub const IDENTITY_HOST: u32 = 1;

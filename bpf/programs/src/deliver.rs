@@ -4,12 +4,13 @@
 use axoneme_bpf_common::{
     direction, drop_reason, family,
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
-    IpcacheKey, ENDPOINT_ADDRS_MAX,
+    IpcacheKey, ENDPOINT_ADDRS_MAX, IDENTITY_HOST,
 };
 use aya_ebpf::{helpers::bpf_redirect_peer, macros::map, maps::HashMap, programs::TcContext};
 
 use crate::endpoint::{endpoint, owns};
 use crate::events::drop_flow;
+use crate::host;
 use crate::ipcache::addr_key;
 use crate::metrics::forwarded;
 use crate::parse::{Flow, ETH_HLEN};
@@ -42,16 +43,29 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     let ctx = at.ctx;
     let key = addr_key(flow.family, &flow.daddr);
     // SAFETY: copied out at once.
-    let Some(ifindex) = (unsafe { ENDPOINT_ADDRS.get(&key) }).copied() else {
-        return leave(at, flow);
+    let ifindex = match unsafe { ENDPOINT_ADDRS.get(&key) } {
+        Some(i) => *i,
+        None if host::enabled() && host::to_gateway(flow) => host::ifindex(),
+        None => return leave(at, flow),
     };
-    if flow.ttl <= 1 {
-        return TC_ACT_OK;
-    }
     at.ifindex = ifindex;
     at.dir = direction::INGRESS;
     at.ct_flags = 0;
-    if !endpoint(ifindex, &mut at.ep) || !owns(&at.ep, flow.family, &flow.daddr) {
+    if !endpoint(ifindex, &mut at.ep) {
+        return TC_ACT_OK;
+    }
+    // For the node (the host endpoint): judged as its ingress, then up the
+    // stack to its socket, whatever the TTL (the stack delivers it).
+    if host::enabled() && at.ep.identity == IDENTITY_HOST {
+        return match decide(at, flow) {
+            Ok(_) => {
+                forwarded(at);
+                TC_ACT_OK
+            }
+            Err(()) => TC_ACT_SHOT,
+        };
+    }
+    if flow.ttl <= 1 || !owns(&at.ep, flow.family, &flow.daddr) {
         return TC_ACT_OK;
     }
     // The destination's ingress is counted here when this decides it; a

@@ -10,6 +10,11 @@
 //! sends on, has no socket). Both go through the same conntrack, policy
 //! trie, audit mode, events and counters as the pods' ([`decide`]).
 //!
+//! A pod's packet for the node (its address, or the pods' gateway
+//! address) is the host's ingress too, judged where the pod's program
+//! hands it to the node's stack (`deliver`). What the node sends its own
+//! pods is judged by their policies only.
+//!
 //! Never judged: ESP (transparent IPsec between the nodes; what it
 //! carries is judged where it is delivered), IPv6 neighbour discovery
 //! (without it IPv6 stops), non-IP frames, and the lifelines
@@ -17,7 +22,7 @@
 //! and port, either end).
 
 use axoneme_bpf_common::{
-    direction, tc_action::TC_ACT_OK, tc_action::TC_ACT_SHOT, EndpointInfo, LifelineKey,
+    direction, family, tc_action::TC_ACT_OK, tc_action::TC_ACT_SHOT, EndpointInfo, LifelineKey,
     LIFELINE_MAX,
 };
 use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::map, maps::HashMap, programs::TcContext};
@@ -37,11 +42,36 @@ static LIFELINE: HashMap<LifelineKey, u8> = HashMap::pinned(LIFELINE_MAX, 0);
 #[no_mangle]
 static AXONEME_HOST_FIREWALL: u8 = 0;
 
+/// The ifindex of the device the host endpoint is keyed by (set with
+/// [`AXONEME_HOST_FIREWALL`]).
+#[no_mangle]
+static AXONEME_HOST_IFINDEX: u32 = 0;
+
 #[inline(always)]
 pub(crate) fn enabled() -> bool {
     // SAFETY: a plain read of a static; volatile, so the compiler does not
     // fold the value the loader replaces.
     unsafe { core::ptr::read_volatile(&AXONEME_HOST_FIREWALL) != 0 }
+}
+
+/// The host endpoint's key in `ENDPOINTS`.
+#[inline(always)]
+pub(crate) fn ifindex() -> u32 {
+    // SAFETY: as in `enabled`.
+    unsafe { core::ptr::read_volatile(&AXONEME_HOST_IFINDEX) }
+}
+
+/// Whether a pod's packet is for the node through its gateway address
+/// (169.254.1.1, fe80::1: every host-side veth has them), which is the
+/// node's as much as its own address is.
+#[inline(always)]
+pub(crate) fn to_gateway(flow: &Flow) -> bool {
+    let d = &flow.daddr.0;
+    if flow.family == family::IPV4 {
+        d[..4] == [169, 254, 1, 1]
+    } else {
+        d[0] == 0xfe && d[1] == 0x80 && d[2..15] == [0; 13] && d[15] == 1
+    }
 }
 
 const ESP: u8 = 50;
