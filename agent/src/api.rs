@@ -53,8 +53,6 @@ pub struct ApiState {
     pub enforcement: axoneme_policy::EnforcementMode,
     /// What the encryption task last did (disabled: the default).
     pub encrypt: watch::Receiver<axoneme_api::EncryptStatus>,
-    /// `--node-labels` (the host firewall's line of `status`).
-    pub node_labels: crate::config::Labels,
 }
 
 type Ctx = ApiState;
@@ -152,7 +150,6 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Json<Status>, Failure> {
     st.components.push(crate::host::component(
         &ctx.state,
         &datapath,
-        &ctx.node_labels,
         ctx.enforcement,
     ));
     st.maps.extend(services.summary.maps.iter().cloned());

@@ -18,7 +18,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use axoneme_bpf_common::{family, LifelineKey};
-use axoneme_identity::{Label, LabelSet, NodeLabels, ReservedIdentity, Source, WatchCache};
+use axoneme_identity::numeric::NODE_SCOPE;
+use axoneme_identity::{
+    Label, LabelSet, NodeLabels, NumericIdentity, ReservedIdentity, Source, WatchCache,
+};
 
 use crate::config::Labels;
 
@@ -34,8 +37,6 @@ pub struct HostEndpoint {
     pub ifindex: u32,
     /// The node's addresses: its traffic is what is to or from them.
     pub addresses: Vec<IpAddr>,
-    /// `--node-labels` (over the stored ones).
-    pub flag_labels: Labels,
     /// The lifelines' addresses (`LIFELINE`), for `status`.
     pub lifelines: Vec<SocketAddr>,
 }
@@ -61,24 +62,25 @@ pub fn audit_mode(labels: &Labels) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-/// The host endpoint's identity labels: `reserved:host` and the node's
-/// labels (source `k8s`, as a Node's are). A node label that is not a
-/// valid label is left out (it could not be selected either).
-pub fn identity_labels(labels: &Labels) -> LabelSet {
-    let host = Label::new(Source::Reserved, ReservedIdentity::Host.name(), "")
-        .expect("reserved names are valid labels");
+/// The identity labels of a node: `reserved:host` (this node) or
+/// `reserved:remote-node` (another), and the node's labels (source `k8s`,
+/// as a Node's are). A node label that is not a valid label is left out
+/// (it could not be selected either).
+pub fn identity_labels(reserved: ReservedIdentity, labels: &Labels) -> LabelSet {
+    let mark =
+        Label::new(Source::Reserved, reserved.name(), "").expect("reserved names are valid labels");
     let mut set = LabelSet::new();
-    set.insert(host);
+    set.insert(mark);
     for (k, v) in labels {
-        // `host` is the reserved label's key: a node label of that name
-        // would replace it.
-        if k == ReservedIdentity::Host.name() {
+        // The reserved label's key: a node label of that name would
+        // replace it.
+        if k == reserved.name() {
             continue;
         }
         match Label::new(Source::K8s, k, v) {
             Ok(l) => set.insert(l),
             Err(e) => {
-                tracing::debug!(label = %k, error = %e, "node label left out of the host's identity")
+                tracing::debug!(label = %k, error = %e, "node label left out of the node's identity")
             }
         }
     }
@@ -139,7 +141,6 @@ pub async fn url_addrs(url: &str) -> Vec<SocketAddr> {
 pub fn component(
     state: &crate::node::NodeState,
     view: &crate::reconcile::DatapathView,
-    flag_labels: &Labels,
     mode: axoneme_policy::EnforcementMode,
 ) -> axoneme_api::ComponentStatus {
     use axoneme_bpf_common::endpoint_flags as f;
@@ -148,9 +149,9 @@ pub fn component(
         ok,
         message,
     };
-    let key = state.layout().node_labels(state.node());
+    let labels = state.labels_of_node(state.node());
     let Some(host) = state.host() else {
-        let labels = identity_labels(&node_labels(state.node_labels(), &key, flag_labels));
+        let labels = identity_labels(ReservedIdentity::Host, &labels);
         let selecting: Vec<String> = state
             .valid_policies_by_key()
             .into_iter()
@@ -186,7 +187,6 @@ pub fn component(
     };
     let flags = p.info.flags;
     let dir = |bit| if flags & bit != 0 { "enforced" } else { "open" };
-    let labels = node_labels(state.node_labels(), &key, &host.flag_labels);
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let lifelines: Vec<String> = host.lifelines.iter().map(ToString::to_string).collect();
     let or_none = |v: Vec<String>, sep: &str| {
@@ -219,27 +219,62 @@ pub fn component(
     status(true, message)
 }
 
-/// Node addresses for the ipcache: this node's are `host`, the others'
-/// `remote-node`.
-pub fn node_addresses<'a>(
+/// What the nodes' records give the ipcache and the policy engine: this
+/// node's addresses are `host`; each other node's are an identity of its
+/// own (`NODE_SCOPE`, node-local like CIDR identities) with
+/// `reserved:remote-node` and the node's labels, so that node selectors
+/// (`fromNodes`) tell nodes apart and `remote-node` stands for them all.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NodeIdentities {
+    pub addresses: BTreeMap<IpAddr, NumericIdentity>,
+    pub identities: BTreeMap<NumericIdentity, LabelSet>,
+}
+
+/// [`NodeIdentities`] of `nodes` (name, addresses, labels), seen from node
+/// `me`. A node's number is a hash of its name (stable while it lives;
+/// the same on every node unless two names collide, then the one sorting
+/// later takes the next free number).
+pub fn node_identities<'a>(
     me: &str,
-    nodes: impl Iterator<Item = (&'a str, &'a [IpAddr])>,
-) -> BTreeMap<IpAddr, ReservedIdentity> {
-    let mut out = BTreeMap::new();
-    for (name, addrs) in nodes {
+    nodes: impl Iterator<Item = (&'a str, &'a [IpAddr], Labels)>,
+) -> NodeIdentities {
+    let mut nodes: Vec<_> = nodes.collect();
+    nodes.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = NodeIdentities::default();
+    let host = ReservedIdentity::Host.id();
+    for (name, addrs, labels) in nodes {
         let id = if name == me {
-            ReservedIdentity::Host
+            host
         } else {
-            ReservedIdentity::RemoteNode
+            let mut n = fnv(name) & SPAN;
+            while out
+                .identities
+                .contains_key(&NumericIdentity(NODE_SCOPE | n))
+            {
+                n = (n + 1) & SPAN;
+            }
+            let id = NumericIdentity(NODE_SCOPE | n);
+            out.identities
+                .insert(id, identity_labels(ReservedIdentity::RemoteNode, &labels));
+            id
         };
         for a in addrs {
             // Two records claiming one address: this node's wins.
-            if id == ReservedIdentity::Host || !out.contains_key(a) {
-                out.insert(*a, id);
+            if id == host || !out.addresses.contains_key(a) {
+                out.addresses.insert(*a, id);
             }
         }
     }
     out
+}
+
+/// The numbers of `NODE_SCOPE`.
+const SPAN: u32 = (1 << 23) - 1;
+
+fn fnv(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 #[cfg(test)]
@@ -252,7 +287,7 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let set = identity_labels(&labels);
+        let set = identity_labels(ReservedIdentity::Host, &labels);
         assert!(axoneme_policy::selector::is_host(&set));
         assert_eq!(set.get("env").map(|l| l.value.as_str()), Some("dev"));
         assert_eq!(set.len(), 2, "{set:?}");
@@ -274,12 +309,31 @@ mod tests {
     }
 
     #[test]
-    fn this_nodes_addresses_are_host_and_the_others_remote_node() {
-        let a: IpAddr = "192.168.77.1".parse().unwrap();
-        let b: IpAddr = "192.168.77.2".parse().unwrap();
-        let (mine, theirs) = ([a], [b, a]);
-        let m = node_addresses("n0", [("n1", &theirs[..]), ("n0", &mine[..])].into_iter());
-        assert_eq!(m[&a], ReservedIdentity::Host);
-        assert_eq!(m[&b], ReservedIdentity::RemoteNode);
+    fn this_nodes_addresses_are_host_and_each_other_nodes_its_own_remote_node() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let (a, b, c) = (ip("192.168.77.1"), ip("192.168.77.2"), ip("192.168.77.3"));
+        let dev: Labels = [("env".to_string(), "dev".to_string())].into();
+        let (mine, theirs, third) = ([a], [b, a], [c]);
+        let nodes = || {
+            [
+                ("n1", &theirs[..], dev.clone()),
+                ("n0", &mine[..], Labels::new()),
+                ("n2", &third[..], Labels::new()),
+            ]
+            .into_iter()
+        };
+        let m = node_identities("n0", nodes());
+        assert_eq!(m.addresses[&a], ReservedIdentity::Host.id());
+        let (n1, n2) = (m.addresses[&b], m.addresses[&c]);
+        assert!(n1 != n2 && n1.0 & NODE_SCOPE == NODE_SCOPE && n2.0 & NODE_SCOPE == NODE_SCOPE);
+        assert!(axoneme_policy::selector::is_node(&m.identities[&n1]));
+        assert_eq!(
+            m.identities[&n1].get("env").map(|l| l.value.as_str()),
+            Some("dev")
+        );
+        // Seen from another node: the same numbers.
+        let other = node_identities("n2", nodes());
+        assert_eq!(other.addresses[&b], n1);
+        assert_eq!(other.addresses[&c], ReservedIdentity::Host.id());
     }
 }

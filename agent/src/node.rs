@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use axoneme_identity::numeric::NODE_SCOPE;
 use axoneme_identity::{
     identity_cache, CacheEvent, Decode, EndpointIdentity, EndpointRecord, IdentityCache,
     IdentityRecord, Label, LabelSet, Layout, NodeLabels, NodeRecord, NumericIdentity, PolicyStatus,
@@ -104,6 +105,8 @@ pub struct NodeState {
     node_labels: WatchCache<NodeLabels>,
     /// This node's host endpoint, with the host firewall on.
     host: Option<Arc<crate::host::HostEndpoint>>,
+    /// `--node-labels`: this node's labels over the stored ones.
+    flag_labels: Arc<crate::config::Labels>,
     parsed: Arc<Mutex<ParseCache>>,
 }
 
@@ -183,6 +186,7 @@ impl NodeState {
             nodes,
             node_labels,
             host: None,
+            flag_labels: Arc::default(),
             parsed: Arc::default(),
         }
     }
@@ -196,6 +200,39 @@ impl NodeState {
 
     pub fn host(&self) -> Option<&crate::host::HostEndpoint> {
         self.host.as_deref()
+    }
+
+    /// This node's labels from `--node-labels`, over the stored ones.
+    pub fn with_flag_labels(mut self, labels: crate::config::Labels) -> Self {
+        self.flag_labels = Arc::new(labels);
+        self
+    }
+
+    /// The nodes' identities and their addresses', as this node sees them
+    /// (`crate::host::node_identities`).
+    pub fn node_identities(&self) -> crate::host::NodeIdentities {
+        self.nodes.read(|nodes| {
+            let labelled: Vec<_> = nodes
+                .values()
+                .map(|n| {
+                    let labels = self.labels_of_node(&n.name);
+                    (n.name.as_str(), n.addresses.as_slice(), labels)
+                })
+                .collect();
+            crate::host::node_identities(&self.node, labelled.into_iter())
+        })
+    }
+
+    /// Node `name`'s labels: the stored ones (`axoneme node label`, or the
+    /// Node's), and for this node `--node-labels` over them.
+    pub fn labels_of_node(&self, name: &str) -> crate::config::Labels {
+        let empty = crate::config::Labels::new();
+        let flags = if name == self.node {
+            &*self.flag_labels
+        } else {
+            &empty
+        };
+        crate::host::node_labels(&self.node_labels, &self.layout.node_labels(name), flags)
     }
 
     /// Every node's record.
@@ -325,6 +362,9 @@ impl NodeState {
             }
             let label = Label::new(Source::Reserved, r.name(), "").ok()?;
             return LabelSet::from_labels([label]).ok();
+        }
+        if id.0 & NODE_SCOPE == NODE_SCOPE {
+            return self.node_identities().identities.remove(&id);
         }
         self.identities
             .get(&self.layout.identity_id(id))

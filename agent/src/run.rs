@@ -216,7 +216,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             device: device.clone(),
             ifindex: *ifindex,
             addresses: cfg.node_ips.clone(),
-            flag_labels: cfg.encryption.node_labels.clone(),
             lifelines: Vec::new(),
         }),
         (None, true) => anyhow::bail!(
@@ -342,7 +341,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let (leased, restored) =
             join_etcd(&kv, &cfg, &layout, &mut record, &node_ns, &progress).await?;
         progress.send_modify(|p| p.step = "reading identities, endpoints and policies from etcd");
-        let mut state = NodeState::start(kv.clone(), layout.clone(), &cfg.node).await;
+        let mut state = NodeState::start(kv.clone(), layout.clone(), &cfg.node)
+            .await
+            .with_flag_labels(cfg.encryption.node_labels.clone());
         if let Some(host) = host {
             state = state.with_host(host);
         }
@@ -674,7 +675,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 services: services_rx,
                 enforcement: cfg.datapath.enforcement,
                 encrypt: encrypt_rx,
-                node_labels: cfg.encryption.node_labels.clone(),
             },
             cancel.clone(),
         ),

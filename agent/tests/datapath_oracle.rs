@@ -15,6 +15,7 @@ use axoneme_bpf_common::{
     endpoint_flags, event_kind, tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT,
     tc_action::TC_ACT_SHOT, verdict as ev, EndpointInfo, IpcacheValue,
 };
+use axoneme_identity::numeric::NODE_SCOPE;
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{cidr_identities, compute, Direction, EnforcementMode};
 use axoneme_policy::oracle::{direction_verdict, OracleVerdict};
@@ -47,7 +48,8 @@ fn check(
     let mut dp = load();
     dp.maps.set_event_rate(u32::MAX, u32::MAX).unwrap();
 
-    // Addresses: workloads 10.200.0.x, reserved identities 10.255.0.<id>
+    // Addresses: workloads 10.200.0.x, reserved identities 10.255.0.<id>,
+    // other nodes 10.254.0.x
     // (as if the agent had programmed them), CIDR identities their prefix.
     // Each workload also has a twin at 10.201.0.x: the peer of its own
     // identity that the subject sends to (its own address is local: a
@@ -63,7 +65,10 @@ fn check(
         dp.maps.set_ipcache(&net, value).unwrap();
     };
     for (id, _) in ids.iter() {
-        let a = if id.is_local_scope() {
+        let a = if id.0 & NODE_SCOPE == NODE_SCOPE {
+            // Other nodes' addresses.
+            [10, 254, 0, u8::try_from(id.0 & 0xff).unwrap()]
+        } else if id.is_local_scope() {
             continue;
         } else if id.0 == 2 {
             addr.insert(id, WORLD);

@@ -17,7 +17,8 @@
 //!
 //! Entities in a pod policy: a pod that admits only `host` is reached
 //! from its own node and not from the other node or the underlay; one
-//! that admits `remote-node` the other way round.
+//! that admits `remote-node` the other way round; one that admits
+//! `fromNodes: role=worker` from the labelled nodes only, as labels change.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -302,9 +303,9 @@ fn admit_entity(name: &str, app: &str, entity: &str) -> String {
 }
 
 #[test]
-fn host_and_remote_node_entities_in_pod_policies_mean_the_nodes_own_addresses() -> Result<()> {
+fn node_entities_and_node_selectors_in_pod_policies_mean_the_nodes_own_addresses() -> Result<()> {
     let c = Cluster::start(&ClusterConfig {
-        nodes: 2,
+        nodes: 3,
         ..ClusterConfig::default()
     })?;
     let client = c.external_client("out")?;
@@ -352,5 +353,49 @@ fn host_and_remote_node_entities_in_pod_policies_mean_the_nodes_own_addresses() 
         !reaches(ns0, remote.ip, OTHER)?,
         "node 0 to a remote-node-only pod"
     );
+
+    // `fromNodes`: only the nodes labelled role=worker, this one included
+    // when it is; a label change counts at once.
+    let workers = c.add_pod(0, "workers", &[("app", "workers")])?;
+    echo_server(&workers, OTHER)?;
+    let p = write_policy(&c, "from-workers", FROM_WORKERS)?;
+    c.import_policy(0, &p)?;
+    let label = |node: usize, l: &str| -> Result<()> {
+        let out = c.cli(0, &["node", "label", &c.nodes[node].name, l])?;
+        ensure!(out.status.success(), "node label {l}: {out:?}");
+        Ok(())
+    };
+    label(1, "role=worker")?;
+    let ns2 = &c.nodes[2].ns;
+    wait_for(
+        "node 1, a worker, admitted",
+        Duration::from_secs(15),
+        || reaches(ns1, workers.ip, OTHER),
+    )?;
+    ensure!(!reaches(ns2, workers.ip, OTHER)?, "node 2 is no worker");
+    ensure!(!reaches(ns0, workers.ip, OTHER)?, "node 0 is no worker yet");
+    label(0, "role=worker")?;
+    label(1, "role-")?;
+    wait_for(
+        "node 0 admitted, node 1 not",
+        Duration::from_secs(15),
+        || Ok(reaches(ns0, workers.ip, OTHER)? && !reaches(ns1, workers.ip, OTHER)?),
+    )?;
     Ok(())
 }
+
+const FROM_WORKERS: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: from-workers
+  namespace: default
+spec:
+  endpointSelector:
+    matchLabels:
+      app: workers
+  ingress:
+  - fromNodes:
+    - matchLabels:
+        role: worker
+"#;

@@ -141,15 +141,16 @@ fn failing_unit(c: &Cluster, i: usize, name: &str) -> Result<Value> {
     }
 }
 
-/// A full ipcache fails closed: agents run with `--bpf-ipcache-max 6`,
-/// which the seed pods fill (IPv4 and IPv6 each). A pod with checkout's
+/// A full ipcache fails closed: agents run with `--bpf-ipcache-max 12`,
+/// which the nodes' addresses and the pods' gateway (6, there from the
+/// start) and the seed pods (IPv4 and IPv6 each) fill. A pod with checkout's
 /// labels that comes after has no room: node 0 does not know its
 /// addresses, so to payments it is `world`, denied; checkout, known, is
 /// still allowed, and status warns. When the intruder leaves, its entries
 /// are removed first and the newcomer gets their room: it is let in.
 #[test]
 fn a_full_ipcache_leaves_a_newcomer_unknown_until_there_is_room() -> Result<()> {
-    let (c, pods, pay) = seed_scenario("--bpf-ipcache-max", 6)?;
+    let (c, pods, pay) = seed_scenario("--bpf-ipcache-max", 12)?;
 
     let extra = c.add_pod(1, "extra", &[("app", "checkout")])?;
     let failing = failing_unit(&c, 0, "ipcache")?;
@@ -172,7 +173,7 @@ fn a_full_ipcache_leaves_a_newcomer_unknown_until_there_is_room() -> Result<()> 
     )?;
     let human = String::from_utf8(c.cli_command(0, &["status"]).output()?.stdout)?;
     assert!(
-        human.contains("BPF map ipcache is 100% full (6 of 6)")
+        human.contains("BPF map ipcache is 100% full (12 of 12)")
             && human.contains("--bpf-ipcache-max"),
         "{human}"
     );

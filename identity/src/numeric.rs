@@ -12,6 +12,10 @@ pub struct NumericIdentity(pub u32);
 
 /// Node-local CIDR/FQDN identities have this scope bit set (never in etcd).
 pub const LOCAL_SCOPE: u32 = 1 << 24;
+/// Node-local identities of the other nodes (their addresses, with
+/// `reserved:remote-node` and the node's labels) are in this part of the
+/// local scope; CIDR identities below it.
+pub const NODE_SCOPE: u32 = LOCAL_SCOPE | 1 << 23;
 /// First user-reserved number (128-255 are fixed mappings chosen by users).
 pub const USER_RESERVED_MIN: u32 = 128;
 /// First identity of the cluster range.

@@ -132,10 +132,10 @@ pub struct IngressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_list")]
     pub from_groups: Option<Unsupported>,
-    /// Not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_list")]
-    pub from_nodes: Option<Unsupported>,
+    /// Nodes (their own addresses) by their labels: a node selector, as
+    /// `nodeSelector`; this node is `host`, the others `remote-node`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_nodes: Vec<EndpointSelector>,
     /// Not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown")]
@@ -163,10 +163,10 @@ pub struct IngressDenyRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_list")]
     pub from_groups: Option<Unsupported>,
-    /// Not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_list")]
-    pub from_nodes: Option<Unsupported>,
+    /// Nodes (their own addresses) by their labels: a node selector, as
+    /// `nodeSelector`; this node is `host`, the others `remote-node`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_nodes: Vec<EndpointSelector>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -198,10 +198,10 @@ pub struct EgressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_list")]
     pub to_groups: Option<Unsupported>,
-    /// Not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_list")]
-    pub to_nodes: Option<Unsupported>,
+    /// Nodes (their own addresses) by their labels: a node selector, as
+    /// `nodeSelector`; this node is `host`, the others `remote-node`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_nodes: Vec<EndpointSelector>,
     /// Not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown")]
@@ -233,10 +233,10 @@ pub struct EgressDenyRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_list")]
     pub to_groups: Option<Unsupported>,
-    /// Not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_list")]
-    pub to_nodes: Option<Unsupported>,
+    /// Nodes (their own addresses) by their labels: a node selector, as
+    /// `nodeSelector`; this node is `host`, the others `remote-node`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_nodes: Vec<EndpointSelector>,
 }
 
 /// `{cidr, except}`.
@@ -452,6 +452,8 @@ pub struct IcmpField {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PeerSection<'a> {
     pub endpoints: &'a [EndpointSelector],
+    /// Node selectors (`fromNodes`, `toNodes`).
+    pub nodes: &'a [EndpointSelector],
     /// Requirements (allow sections only).
     pub requires: &'a [EndpointSelector],
     pub cidrs: &'a [String],
@@ -470,6 +472,7 @@ impl<'a> PeerSection<'a> {
     /// Whether the section names no peer at all (then it means every peer).
     pub fn has_no_peers(&self) -> bool {
         self.endpoints.is_empty()
+            && self.nodes.is_empty()
             && self.cidrs.is_empty()
             && self.cidr_sets.is_empty()
             && self.entities.is_empty()
@@ -504,6 +507,7 @@ impl Rule {
                 .iter()
                 .map(|e| PeerSection {
                     endpoints: &e.to_endpoints,
+                    nodes: &e.to_nodes,
                     requires: &e.to_requires,
                     cidrs: &e.to_cidr,
                     cidr_sets: &e.to_cidr_set,
@@ -518,6 +522,7 @@ impl Rule {
                 .iter()
                 .map(|i| PeerSection {
                     endpoints: &i.from_endpoints,
+                    nodes: &i.from_nodes,
                     requires: &i.from_requires,
                     cidrs: &i.from_cidr,
                     cidr_sets: &i.from_cidr_set,
@@ -537,6 +542,7 @@ impl Rule {
                 .iter()
                 .map(|e| PeerSection {
                     endpoints: &e.to_endpoints,
+                    nodes: &e.to_nodes,
                     requires: &[],
                     cidrs: &e.to_cidr,
                     cidr_sets: &e.to_cidr_set,
@@ -551,6 +557,7 @@ impl Rule {
                 .iter()
                 .map(|i| PeerSection {
                     endpoints: &i.from_endpoints,
+                    nodes: &i.from_nodes,
                     requires: &[],
                     cidrs: &i.from_cidr,
                     cidr_sets: &i.from_cidr_set,

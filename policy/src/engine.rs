@@ -29,7 +29,7 @@ use crate::compile::{
 use crate::document::Policy;
 use crate::entity::EntitySet;
 use crate::ports::PortNames;
-use crate::selector::{Identities, Selector, Subject};
+use crate::selector::{is_node, Identities, Selector, Subject};
 use crate::validate::{parse_port, FieldError, PortSpec};
 
 /// One change to one endpoint's policy map.
@@ -70,6 +70,10 @@ struct Dependencies {
     /// CIDR peers, an entity standing for the CIDR identities (`world`), or
     /// requirements: CIDR identities matter.
     cidrs: bool,
+    /// Node selectors, an entity standing for the nodes (`remote-node`,
+    /// `cluster`), or requirements: node identities (and the host's
+    /// labels) matter.
+    nodes: bool,
     /// Ingress rules name ports: the endpoint's own named ports matter.
     named_ingress: bool,
     /// Egress rules name ports: the destinations' named ports matter.
@@ -82,6 +86,7 @@ impl Dependencies {
             .extend(other.peer_selectors.iter().cloned());
         self.endpoints |= other.endpoints;
         self.cidrs |= other.cidrs;
+        self.nodes |= other.nodes;
         self.named_ingress |= other.named_ingress;
         self.named_egress |= other.named_egress;
     }
@@ -128,6 +133,7 @@ impl Entry {
                 || !s.cidrs.is_empty()
                 || !s.cidr_sets.is_empty()
                 || entities.has(|m| m.cidrs);
+            deps.nodes |= requires || !s.nodes.is_empty() || entities.has(|m| m.nodes);
             cidrs.extend(
                 s.cidr_names()
                     .filter_map(|c| crate::validate::parse_cidr(c).ok()),
@@ -326,15 +332,18 @@ impl Engine {
         old: Option<&LabelSet>,
         new: Option<&LabelSet>,
     ) -> BTreeSet<NumericIdentity> {
-        let is_cidr = id.is_local_scope();
-        let is_endpoint = !id.is_reserved() && !is_cidr;
+        let local = id.is_local_scope();
+        let is_node = local && [old, new].into_iter().flatten().any(is_node);
+        let is_cidr = local && !is_node;
+        let is_endpoint = !id.is_reserved() && !local;
         self.endpoints
             .iter()
             .filter(|(ep, Local { deps, .. })| {
                 **ep == id
                     || (is_endpoint && deps.endpoints)
                     || (is_cidr && deps.cidrs)
-                    || (id.is_reserved() && (deps.endpoints || deps.cidrs))
+                    || (is_node && deps.nodes)
+                    || (id.is_reserved() && (deps.endpoints || deps.cidrs || deps.nodes))
                     || deps.peer_selectors.iter().any(|s| {
                         old.is_some_and(|l| s.matches(l)) || new.is_some_and(|l| s.matches(l))
                     })

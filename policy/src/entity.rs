@@ -43,6 +43,8 @@ pub struct Members {
     pub reserved: &'static [ReservedIdentity],
     /// Every node-local CIDR identity (each carries `reserved:world`).
     pub cidrs: bool,
+    /// Every other node's identity (each carries `reserved:remote-node`).
+    pub nodes: bool,
     /// Every workload identity: what the selector `{}` selects.
     pub endpoints: bool,
 }
@@ -52,6 +54,7 @@ impl Members {
         any: false,
         reserved: &[],
         cidrs: false,
+        nodes: false,
         endpoints: false,
     };
 
@@ -113,6 +116,7 @@ const TABLE: [(Entity, &str, Members); 13] = [
                 R::Ingress,
             ],
             endpoints: true,
+            nodes: true,
             ..Members::NOTHING
         },
     ),
@@ -120,7 +124,11 @@ const TABLE: [(Entity, &str, Members); 13] = [
     (
         Entity::RemoteNode,
         "remote-node",
-        Members::reserved(&[R::RemoteNode]),
+        Members {
+            reserved: &[R::RemoteNode],
+            nodes: true,
+            ..Members::NOTHING
+        },
     ),
     (
         Entity::KubeApiserver,

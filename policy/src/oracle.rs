@@ -84,8 +84,14 @@ fn selector_matches(sel: &EndpointSelector, ns: Option<&str>, labels: &LabelSet)
     true
 }
 
+/// Node-local identities: CIDRs' below `1<<24 | 1<<23`, other nodes'
+/// above (`axoneme_identity::numeric::NODE_SCOPE`).
 fn is_cidr_identity(id: NumericIdentity) -> bool {
-    id.0 & (1 << 24) != 0
+    id.0 & (1 << 24) != 0 && id.0 & (1 << 23) == 0
+}
+
+fn is_node_identity(id: NumericIdentity) -> bool {
+    id.0 & (1 << 24) != 0 && id.0 & (1 << 23) != 0
 }
 
 fn peer_prefix(labels: &LabelSet) -> Option<ipnet::IpNet> {
@@ -110,7 +116,7 @@ fn entity_has(entity: &str, peer: NumericIdentity, known: bool) -> bool {
         Entity::WorldIpv6 => n == 10,
         Entity::Cluster => matches!(n, 1 | 3..=8) || (known && n >= 256 && !is_cidr_identity(peer)),
         Entity::Host => n == 1,
-        Entity::RemoteNode => n == 6,
+        Entity::RemoteNode => n == 6 || (known && is_node_identity(peer)),
         Entity::KubeApiserver => n == 7,
         Entity::Ingress => n == 8,
         Entity::Init => n == 5,
@@ -126,6 +132,7 @@ enum PeerHit {
     /// The section names no peer: every peer.
     Any,
     Endpoints(usize),
+    Nodes(usize),
     Entities(usize),
     Cidr(usize),
     CidrSet(usize),
@@ -143,6 +150,7 @@ impl PeerHit {
         let field = match self {
             PeerHit::Any => return None,
             PeerHit::Endpoints(i) => format!("Endpoints[{i}]"),
+            PeerHit::Nodes(i) => format!("Nodes[{i}]"),
             PeerHit::Entities(i) => format!("Entities[{i}]"),
             PeerHit::Cidr(i) => format!("CIDR[{i}]"),
             PeerHit::CidrSet(i) => format!("CIDRSet[{i}]"),
@@ -163,14 +171,25 @@ fn peer_match(
     }
     if let Some(labels) = labels {
         let reserved = peer.0 < 256;
+        let local = is_cidr_identity(peer) || is_node_identity(peer);
         for (i, sel) in f.endpoints.iter().enumerate() {
             let kind_ok = if names_reserved(sel) {
-                reserved || is_cidr_identity(peer)
+                reserved || local
             } else {
-                !reserved && !is_cidr_identity(peer)
+                !reserved && !local
             };
             if kind_ok && selector_matches(sel, ns, labels) {
                 return Some(PeerHit::Endpoints(i));
+            }
+        }
+        // Node selectors: the other nodes, and this one (`host`).
+        if is_node_identity(peer) || peer.0 == 1 {
+            if let Some(i) = f
+                .nodes
+                .iter()
+                .position(|sel| selector_matches(sel, None, labels))
+            {
+                return Some(PeerHit::Nodes(i));
             }
         }
     }

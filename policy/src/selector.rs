@@ -123,6 +123,14 @@ pub fn is_host(labels: &LabelSet) -> bool {
         .is_some_and(|l| l.source == Source::Reserved)
 }
 
+/// Whether `labels` are another node's (`reserved:remote-node`, with the
+/// node's labels beside it): the identity of its addresses here.
+pub fn is_node(labels: &LabelSet) -> bool {
+    labels
+        .get(ReservedIdentity::RemoteNode.name())
+        .is_some_and(|l| l.source == Source::Reserved)
+}
+
 /// What a rule applies to: the endpoints its `endpointSelector` selects,
 /// or, for a host policy (`nodeSelector`), the host endpoints of the nodes
 /// it selects. Neither kind ever selects the other's.
@@ -315,6 +323,21 @@ impl Identities {
             .range(NumericIdentity(axoneme_identity::numeric::LOCAL_SCOPE)..)
             .filter(|(id, _)| id.is_local_scope())
             .map(|(id, l)| (*id, l))
+    }
+
+    /// The node-local CIDR identities (`reserved:world`, a `cidr:` label).
+    pub fn cidrs(&self) -> impl Iterator<Item = (NumericIdentity, &LabelSet)> {
+        self.local_scope().filter(|(_, l)| !is_node(l))
+    }
+
+    /// Identities of nodes: the other nodes' (node-local,
+    /// `reserved:remote-node` with their labels) and this node's, `host`
+    /// (with its labels), as node selectors (`fromNodes`) see them.
+    pub fn nodes(&self) -> impl Iterator<Item = (NumericIdentity, &LabelSet)> {
+        let host = ReservedIdentity::Host.id();
+        self.local_scope()
+            .filter(|(_, l)| is_node(l))
+            .chain(self.get(host).map(|l| (host, l)))
     }
 
     /// Identities of workloads (not reserved ones).

@@ -2,6 +2,7 @@
 //! property tests here and in other crates (the datapath's differential
 //! test): feature `testgen`.
 
+use axoneme_identity::numeric::NODE_SCOPE;
 use axoneme_identity::{LabelSet, NumericIdentity, Source};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -34,6 +35,16 @@ fn selector() -> impl Strategy<Value = Value> {
         prop::sample::select(NAMESPACES)
             .prop_map(|n| json!({"matchLabels": {"io.kubernetes.pod.namespace": n}})),
         Just(json!({"matchLabels": {"reserved:host": ""}})),
+    ]
+}
+
+/// Node selectors (`fromNodes`, `toNodes`): the generated nodes are
+/// `env=dev` (this one, `host`, and one other) and `env=prod` (another).
+fn node_selector() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(json!({})),
+        prop::sample::select(ENVS).prop_map(|e| json!({"matchLabels": {"env": e}})),
+        Just(json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]})),
     ]
 }
 
@@ -88,11 +99,15 @@ fn item(dir: &'static str, deny: bool) -> impl Strategy<Value = Value> {
         prop::option::of(selector()),
         prop::option::of((ports(), http())),
         any::<bool>(),
+        prop::option::weighted(0.2, prop::collection::vec(node_selector(), 1..3)),
     )
-        .prop_map(move |(eps, ents, cidr, req, to_ports, icmp)| {
+        .prop_map(move |(eps, ents, cidr, req, to_ports, icmp, nodes)| {
             let mut v = json!({});
             if let Some(eps) = eps {
                 v[format!("{dir}Endpoints")] = json!(eps);
+            }
+            if let Some(nodes) = nodes {
+                v[format!("{dir}Nodes")] = json!(nodes);
             }
             if let Some(ents) = ents {
                 v[format!("{dir}Entities")] = json!(ents);
@@ -230,5 +245,15 @@ pub fn setup(
         endpoints.push(id);
     }
     add_cidr_identities(&mut ids, &cidr_identities(&policies));
+    // The nodes: this one (`host`) and two others, as the agent numbers
+    // and labels them.
+    for (id, labels) in [
+        (1, "reserved:host,k8s:env=dev"),
+        (NODE_SCOPE | 5, "reserved:remote-node,k8s:env=dev"),
+        (NODE_SCOPE | 9, "reserved:remote-node,k8s:env=prod"),
+    ] {
+        let labels = LabelSet::parse(labels.split(','), Source::Unspec).unwrap();
+        ids.insert(NumericIdentity(id), labels);
+    }
     (policies, ids, endpoints)
 }

@@ -138,7 +138,6 @@ pub fn rule(
         let p = format!("{path}.ingress[{i}]");
         peers(&mut c, &p, "from", &s);
         c.unsupported(&p, "fromGroups", &r.from_groups);
-        c.unsupported(&p, "fromNodes", &r.from_nodes);
         c.unsupported(&p, "authentication", &r.authentication);
         port_rules(&mut c, &p, false, s.to_ports, s.icmps);
     }
@@ -151,7 +150,6 @@ pub fn rule(
         let p = format!("{path}.ingressDeny[{i}]");
         peers(&mut c, &p, "from", &s);
         c.unsupported(&p, "fromGroups", &r.from_groups);
-        c.unsupported(&p, "fromNodes", &r.from_nodes);
         deny_ports(&mut c, &p, false, s.deny_ports, s.icmps);
     }
     for (i, (r, s)) in rule
@@ -165,7 +163,6 @@ pub fn rule(
         c.unsupported(&p, "toServices", &r.to_services);
         c.unsupported(&p, "toFQDNs", &r.to_fqdns);
         c.unsupported(&p, "toGroups", &r.to_groups);
-        c.unsupported(&p, "toNodes", &r.to_nodes);
         c.unsupported(&p, "authentication", &r.authentication);
         port_rules(&mut c, &p, true, s.to_ports, s.icmps);
     }
@@ -179,7 +176,6 @@ pub fn rule(
         peers(&mut c, &p, "to", &s);
         c.unsupported(&p, "toServices", &r.to_services);
         c.unsupported(&p, "toGroups", &r.to_groups);
-        c.unsupported(&p, "toNodes", &r.to_nodes);
         deny_ports(&mut c, &p, true, s.deny_ports, s.icmps);
     }
 }
@@ -235,6 +231,7 @@ fn selector(c: &mut Ctx<'_>, sel: &EndpointSelector, path: &str) {
 fn peers(c: &mut Ctx<'_>, path: &str, dir: &str, s: &PeerSection<'_>) {
     let PeerSection {
         endpoints,
+        nodes,
         requires,
         cidrs,
         cidr_sets,
@@ -243,6 +240,9 @@ fn peers(c: &mut Ctx<'_>, path: &str, dir: &str, s: &PeerSection<'_>) {
     } = *s;
     for (i, s) in endpoints.iter().enumerate() {
         selector(c, s, &format!("{path}.{dir}Endpoints[{i}]"));
+    }
+    for (i, s) in nodes.iter().enumerate() {
+        selector(c, s, &format!("{path}.{dir}Nodes[{i}]"));
     }
     for (i, s) in requires.iter().enumerate() {
         selector(c, s, &format!("{path}.{dir}Requires[{i}]"));

@@ -150,13 +150,12 @@ fn syntax_errors_and_non_policies_are_named() {
 /// `REJECTED`, so neither can change silently.
 #[test]
 fn cilium_examples_validate_or_name_what_is_missing() {
-    const ACCEPTED: usize = 46;
+    const ACCEPTED: usize = 47;
     const FQDN: &str = "toFQDNs is not supported yet";
     const DNS: &str = "rules.dns: dns is not supported yet";
     const KAFKA: &str = "rules.kafka: kafka is not supported yet";
     const SERVICES: &str = "toServices is not supported yet";
     const LISTENER: &str = "listener is not supported yet";
-    const NODES: &str = "fromNodes is not supported yet";
     // Malformed examples, rejected as a user's typo would be: the API
     // server would prune these fields, silently changing the policy.
     const NULL_LABELS: &str = "matchLabels: invalid type: null, expected a map";
@@ -178,8 +177,8 @@ fn cilium_examples_validate_or_name_what_is_missing() {
             "l3__egress-default-deny__egress-default-deny.yaml",
             "spec.egress: invalid type: null, expected a sequence",
         ),
-        ("l3__entities__customnodes.yaml", NODES),
-        ("l3__entities__from_nodes.yaml", NODES),
+        // `apiversion`: Kubernetes' field names are case-sensitive.
+        ("l3__entities__from_nodes.yaml", "apiversion: unknown field"),
         ("l3__fqdn__fqdn-cascade.yaml", FQDN),
         ("l3__fqdn__fqdn-short.yaml", FQDN),
         ("l3__fqdn__fqdn.yaml", FQDN),

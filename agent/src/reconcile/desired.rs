@@ -100,20 +100,15 @@ impl Desired {
                 }
             })
         });
-        // Nodes' own addresses: `host` here, `remote-node` elsewhere (an
+        // Nodes' own addresses: `host` here, each other node's its own
+        // node identity (`remote-node`, with its labels) elsewhere (an
         // endpoint that has one keeps its own identity). Traffic from them
         // is judged as the node's, whether or not the host firewall is on.
-        state.nodes().read(|nodes| {
-            let addrs = crate::host::node_addresses(
-                state.node(),
-                nodes
-                    .values()
-                    .map(|n| (n.name.as_str(), n.addresses.as_slice())),
-            );
-            for (ip, id) in addrs {
-                ipcache.entry(IpNet::from(ip)).or_insert(id.id());
-            }
-        });
+        let nodes = state.node_identities();
+        for (ip, id) in &nodes.addresses {
+            ipcache.entry(IpNet::from(*ip)).or_insert(*id);
+        }
+        identities.extend(nodes.identities);
         // The pods' gateway addresses are the source of what the node
         // sends its own pods: the host (pods cannot send from them).
         for gw in [crate::netdev::GATEWAY_V4, crate::netdev::GATEWAY_V6] {
@@ -123,14 +118,15 @@ impl Desired {
                     .or_insert(ReservedIdentity::Host.id());
             }
         }
+        // This node's labels are the host identity's (host policies and
+        // node selectors select by them).
+        let labels = state.labels_of_node(state.node());
+        let id = ReservedIdentity::Host.id();
+        identities.insert(
+            id,
+            crate::host::identity_labels(ReservedIdentity::Host, &labels),
+        );
         if let Some(host) = state.host() {
-            let labels = crate::host::node_labels(
-                state.node_labels(),
-                &layout.node_labels(state.node()),
-                &host.flag_labels,
-            );
-            let id = ReservedIdentity::Host.id();
-            identities.insert(id, crate::host::identity_labels(&labels));
             local.push(LocalEndpoint {
                 name: crate::host::NAME.to_string(),
                 interface: host.device.clone(),

@@ -561,7 +561,7 @@ spec:
 ";
     let host = |env: &str| {
         let labels = [("env".to_string(), env.to_string())].into();
-        crate::host::identity_labels(&labels)
+        crate::host::identity_labels(axoneme_identity::ReservedIdentity::Host, &labels)
     };
     let mut want = desired(true);
     let p = axoneme_policy::parse_documents(HOST_POLICY)

@@ -11,7 +11,7 @@ use crate::api::{CidrRule, EndpointSelector, PeerSection};
 use crate::document::Policy;
 use crate::entity::{Entity, EntitySet};
 use crate::ports::PortNames;
-use crate::selector::{Identities, Selector};
+use crate::selector::{is_node, Identities, Selector};
 use crate::validate::{parse_cidr, port_entry, FieldError, PortSpec, Ports};
 
 /// Node-local identities for every CIDR policies name (`1<<24 | n`), with
@@ -73,7 +73,14 @@ fn entity_ids(e: Entity, ids: &Identities) -> BTreeSet<NumericIdentity> {
     let m = e.members();
     let mut set: BTreeSet<NumericIdentity> = m.reserved.iter().map(|r| r.id()).collect();
     if m.cidrs {
-        set.extend(ids.local_scope().map(|(id, _)| id));
+        set.extend(ids.cidrs().map(|(id, _)| id));
+    }
+    if m.nodes {
+        set.extend(
+            ids.nodes()
+                .filter(|(id, _)| id.is_local_scope())
+                .map(|(id, _)| id),
+        );
     }
     if m.endpoints {
         set.extend(ids.select(&Selector::all()).iter().copied());
@@ -87,7 +94,10 @@ fn entity_names(e: Entity, ids: &Identities, x: NumericIdentity) -> bool {
     let m = e.members();
     m.any
         || m.names_reserved(x)
-        || (m.cidrs && x.is_local_scope() && ids.get(x).is_some())
+        || (x.is_local_scope()
+            && ids
+                .get(x)
+                .is_some_and(|l| if is_node(l) { m.nodes } else { m.cidrs }))
         || (m.endpoints && ids.select(&Selector::all()).contains(&x))
 }
 
@@ -151,6 +161,8 @@ pub(super) struct Section<'a> {
     /// Whether the section names peers at all (else it means every peer).
     named: bool,
     endpoints: &'a [EndpointSelector],
+    /// Node selectors: the nodes (`ids.nodes()`) whose labels they match.
+    nodes: Vec<Selector>,
     entities: EntitySet,
     ranges: Ranges,
 }
@@ -160,6 +172,8 @@ impl<'a> Section<'a> {
         Section {
             named: !s.has_no_peers(),
             endpoints: s.endpoints,
+            // Nodes have no namespace.
+            nodes: s.nodes.iter().map(|n| Selector::new(n, None)).collect(),
             entities: EntitySet::parse(s.entities),
             ranges: Ranges::of(s.cidrs, s.cidr_sets),
         }
@@ -215,10 +229,17 @@ impl<'a> Section<'a> {
         for e in self.entities.iter() {
             set.extend(entity_ids(e, ids));
         }
+        if !self.nodes.is_empty() {
+            set.extend(
+                ids.nodes()
+                    .filter(|(_, l)| self.nodes.iter().any(|n| n.matches(l)))
+                    .map(|(id, _)| id),
+            );
+        }
         set.extend(self.ranges.world_ids());
         if !self.ranges.is_empty() {
             set.extend(
-                ids.local_scope()
+                ids.cidrs()
                     .filter(|(_, labels)| self.ranges.names_cidr_identity(labels))
                     .map(|(id, _)| id),
             );
@@ -226,9 +247,18 @@ impl<'a> Section<'a> {
         Peers::Set(set)
     }
 
+    /// Whether a node selector of this section selects node `x`.
+    fn names_node(&self, ids: &Identities, x: NumericIdentity) -> bool {
+        let node = x == ReservedIdentity::Host.id() || x.is_local_scope();
+        node && ids.get(x).is_some_and(|l| {
+            (x.is_reserved() || is_node(l)) && self.nodes.iter().any(|n| n.matches(l))
+        })
+    }
+
     /// Whether this section's entities or CIDRs name peer `x`.
     fn names_other(&self, ids: &Identities, x: NumericIdentity) -> bool {
         self.entities.iter().any(|e| entity_names(e, ids, x))
+            || (!self.nodes.is_empty() && self.names_node(ids, x))
             || self.ranges.world_ids().any(|w| w == x)
             || (x.is_local_scope()
                 && ids
