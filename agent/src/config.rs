@@ -316,7 +316,7 @@ pub struct EncryptionConfig {
     /// This node's labels, for --encryption-node-selector and host
     /// policies' node selectors (`key=value,...`; over the stored ones:
     /// `axoneme node label`, or in Kubernetes mode the Node's).
-    #[arg(long, env = "AXONEME_NODE_LABELS", default_value = "", value_parser = parse_labels)]
+    #[arg(long, alias = "node-label", env = "AXONEME_NODE_LABELS", default_value = "", value_parser = parse_labels)]
     pub node_labels: Labels,
     /// Pod traffic to a node that encrypts is never sent in clear: while
     /// the two share no key it is dropped (reason 194), and clear traffic
@@ -525,6 +525,9 @@ mod tests {
         assert!(!parse(&[]).unwrap().selects(&Labels::new()));
         let e = parse(&["--node-labels=zone"]).unwrap_err().to_string();
         assert!(e.contains("\"zone\": not key=value"), "{e}");
+        // `--node-label` is the same flag.
+        let c = parse(&["--node-label=env=dev"]).unwrap();
+        assert_eq!(c.node_labels, labels("env=dev"));
     }
 
     #[test]

@@ -42,6 +42,14 @@ struct Inputs {
     cidrs: std::collections::BTreeMap<ipnet::IpNet, NumericIdentity>,
 }
 
+impl Inputs {
+    /// The identity the datapath finds for `ip` (the ipcache and the
+    /// policies' CIDRs; else `world`).
+    fn identity_of_ip(&self, ip: IpAddr) -> NumericIdentity {
+        explain::identity_of_ip(ip, self.want.ipcache.iter().chain(self.cidrs.iter()))
+    }
+}
+
 fn inputs(state: &NodeState) -> Inputs {
     let want = Desired::from_state(state);
     let policies: Vec<Policy> = want.policies.values().map(|p| (**p).clone()).collect();
@@ -78,16 +86,12 @@ pub fn explain(
     maps: &MapReader,
 ) -> Result<ExplainReport, ApiError> {
     let protocol = explain::protocol_number(&req.protocol).map_err(invalid)?;
-    let Inputs {
-        want,
-        policies,
-        ids,
-        cidrs,
-    } = inputs(state);
+    let inputs = inputs(state);
+    let (want, policies, ids) = (&inputs.want, &inputs.policies, &inputs.ids);
 
     let resolve = |what: &str, given: &str| -> Result<End, ApiError> {
         if let Ok(ip) = given.parse::<IpAddr>() {
-            let identity = explain::identity_of_ip(ip, want.ipcache.iter().chain(cidrs.iter()));
+            let identity = inputs.identity_of_ip(ip);
             let local = want
                 .local
                 .iter()
@@ -158,8 +162,8 @@ pub fn explain(
         headers: req.headers.clone(),
     });
     let mut report = explain::report(
-        &policies,
-        &ids,
+        policies,
+        ids,
         (source.identity, &source.labels),
         (destination.identity, &destination.labels),
         &req.protocol,
@@ -235,24 +239,19 @@ pub fn denied_lifelines(
     mode: EnforcementMode,
     lifelines: &[std::net::SocketAddr],
 ) -> Vec<String> {
-    let Inputs {
-        want,
-        policies,
-        ids,
-        cidrs,
-    } = inputs(state);
+    let inputs = inputs(state);
     let host = axoneme_identity::ReservedIdentity::Host.id();
-    let Some(labels) = want.identities.get(&host) else {
+    let Some(labels) = inputs.want.identities.get(&host) else {
         return Vec::new();
     };
     let none = PortNames::default();
     lifelines
         .iter()
         .filter(|l| {
-            let peer = explain::identity_of_ip(l.ip(), want.ipcache.iter().chain(cidrs.iter()));
+            let peer = inputs.identity_of_ip(l.ip());
             let verdict = axoneme_policy::oracle::direction_verdict(
-                &policies,
-                &ids,
+                &inputs.policies,
+                &inputs.ids,
                 labels,
                 &none,
                 Direction::Egress,
