@@ -12,8 +12,8 @@
 //! throughout; the node label `axoneme.io/policy-audit-mode=true` lets the
 //! dropped flows through as `audit` verdicts; deleting the policy opens the node again.
 //!
-//! Node 0's own pods reach it (by its address or their gateway) only as
-//! the host policy says.
+//! Node 0's own pods reach it (by its address or their gateway), and it
+//! reaches them, only as the host policy says.
 //!
 //! Entities in a pod policy: a pod that admits only `host` is reached
 //! from its own node and not from the other node or the underlay; one
@@ -115,6 +115,7 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
     echo_server_in(&client, OUTSIDE)?;
     // A pod of node 0: what it sends its node is the host's ingress too.
     let pod = c.add_pod(0, "local", &[("app", "local")])?;
+    echo_server(&pod, OTHER)?;
     let gateway: IpAddr = "169.254.1.1".parse()?;
     let (n0, n1) = (c.nodes[0].ip, c.nodes[1].ip);
     let n0v6 = c.nodes[0].ip6;
@@ -279,6 +280,9 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
     })?;
     ensure!(reaches(ns0, n1, OTHER)?, "node 0 to node 1");
     ensure!(reaches(&client, n0, OTHER)?, "ingress stays open");
+    // Its own pod is no remote node either: the host's egress to it is
+    // judged there, and dropped.
+    ensure!(!reaches(ns0, pod.ip, OTHER)?, "node 0 to its own pod");
     let (ok, line) = component(&c, 0, "host-firewall")?;
     ensure!(
         ok && line.contains("would deny egress to 127.0.0.1:"),
@@ -290,6 +294,7 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
         Duration::from_secs(15),
         || reaches(ns0, EXTERNAL_CLIENT_IP, OUTSIDE),
     )?;
+    ensure!(reaches(ns0, pod.ip, OTHER)?, "node 0 to its own pod, open");
     ensure!(kvstore_ok(&c, 0)?, "node 0's agent lost etcd");
     Ok(())
 }

@@ -12,8 +12,9 @@
 //!
 //! A pod's packet for the node (its address, or the pods' gateway
 //! address) is the host's ingress too, judged where the pod's program
-//! hands it to the node's stack (`deliver`). What the node sends its own
-//! pods is judged by their policies only.
+//! hands it to the node's stack (`deliver`); and what the node's sockets
+//! send its own pods is the host's egress, judged in the pod's program
+//! before the pod's ingress ([`egress_to_pod`]).
 //!
 //! Never judged: ESP (transparent IPsec between the nodes; what it
 //! carries is judged where it is delivered), IPv6 neighbour discovery
@@ -66,11 +67,16 @@ pub(crate) fn ifindex() -> u32 {
 /// node's as much as its own address is.
 #[inline(always)]
 pub(crate) fn to_gateway(flow: &Flow) -> bool {
-    let d = &flow.daddr.0;
-    if flow.family == family::IPV4 {
-        d[..4] == [169, 254, 1, 1]
+    is_gateway(flow.family, &flow.daddr)
+}
+
+#[inline(always)]
+fn is_gateway(fam: u8, addr: &Addr) -> bool {
+    let a = &addr.0;
+    if fam == family::IPV4 {
+        a[..4] == [169, 254, 1, 1]
     } else {
-        d[0] == 0xfe && d[1] == 0x80 && d[2..15] == [0; 13] && d[15] == 1
+        a[0] == 0xfe && a[1] == 0x80 && a[2..15] == [0; 13] && a[15] == 1
     }
 }
 
@@ -117,6 +123,45 @@ pub(crate) fn firewall(ctx: &TcContext, dir: u8) -> i32 {
         }
         Err(()) => TC_ACT_SHOT,
     }
+}
+
+/// A packet the node's own sockets send one of its pods (at TC egress of
+/// the pod's veth, from the node's address or the pods' gateway): the
+/// host's egress, judged with the host endpoint before the pod's program
+/// judges its ingress. `Err`: dropped (with its events). `at` is the
+/// pod's, borrowed for the host's verdict and given back as it was.
+#[inline(always)]
+pub(crate) fn egress_to_pod(at: &mut At, flow: &mut Flow) -> Result<(), ()> {
+    if !from_socket(at.ctx) {
+        return Ok(());
+    }
+    let (pod, ifindex, ct_flags) = (at.ep, at.ifindex, at.ct_flags);
+    if !endpoint(self::ifindex(), &mut at.ep) {
+        at.ep = pod;
+        return Ok(());
+    }
+    if !owns(&at.ep, flow.family, &flow.saddr) && !from_gateway(flow) {
+        at.ep = pod;
+        return Ok(());
+    }
+    at.ifindex = self::ifindex();
+    at.dir = direction::EGRESS;
+    at.ct_flags = 0;
+    let verdict = decide(at, flow);
+    if verdict.is_ok() {
+        forwarded(at);
+    }
+    at.ep = pod;
+    at.ifindex = ifindex;
+    at.dir = direction::INGRESS;
+    at.ct_flags = ct_flags;
+    verdict.map(|_| ())
+}
+
+/// Whether the packet is from the pods' gateway address.
+#[inline(always)]
+fn from_gateway(flow: &Flow) -> bool {
+    is_gateway(flow.family, &flow.saddr)
 }
 
 /// Whether the packet left one of the node's sockets (the kernel's own

@@ -195,6 +195,11 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
             return TC_ACT_SHOT;
         }
     }
+    // What the node's own sockets send the pod: the host's egress first.
+    if dir == direction::INGRESS && host::enabled() && host::egress_to_pod(&mut at, flow).is_err()
+    {
+        return TC_ACT_SHOT;
+    }
     match decide(&at, flow) {
         Ok(PASS) if dir == direction::EGRESS => {
             forwarded(&at);

@@ -7,7 +7,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use axoneme_bpf_common::{
     ct_flags, direction, drop_reason, endpoint_flags, family, match_type, trace_point, verdict,
-    CtKey, CtKey4, CtValue, PolicyKey, PolicyValue, POLICY_MAX,
+    CtKey, CtKey4, CtValue, PolicyKey, PolicyValue, IDENTITY_HOST, POLICY_MAX,
 };
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
@@ -44,8 +44,12 @@ pub(crate) const VIA_STACK: u32 = 1 << 16;
 pub(crate) fn decide(at: &At, flow: &mut Flow) -> Result<u32, ()> {
     let ep = &at.ep;
     // A pod may only send from its own addresses (anti-spoofing; not even
-    // from another address of its identity).
-    if at.dir == direction::EGRESS && !owns(ep, flow.family, &flow.saddr) {
+    // from another address of its identity). The host's egress is what
+    // its sockets send (`host`), from any address of the node.
+    if at.dir == direction::EGRESS
+        && ep.identity != IDENTITY_HOST
+        && !owns(ep, flow.family, &flow.saddr)
+    {
         drop_flow(at, flow, drop_reason::DROP_INVALID_SIP);
         return Err(());
     }
