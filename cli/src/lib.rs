@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod error;
 pub mod explain;
 pub mod identity;
+pub mod lifeline;
 pub mod node;
 pub mod observe;
 pub mod output;
@@ -182,7 +183,11 @@ async fn run_command(args: &Args) -> Result<Report, CliError> {
             if !report.ok() {
                 return Report::new(&report, format, false);
             }
-            let stored = policy::import(&ctx().await?, &i.files, i.wait).await?;
+            let ctx = ctx().await?;
+            let stored = policy::import(&ctx, &i.files, i.wait).await?;
+            for w in lifeline::warnings(&ctx).await? {
+                eprintln!("warning: {w}");
+            }
             let ok = stored.ok();
             Report::new(&stored, format, ok)
         }

@@ -270,10 +270,19 @@ fn a_host_policy_locks_down_the_labelled_node_only_and_never_its_lifelines() -> 
     );
 
     // Egress narrowed to the other nodes: node 0's connections out are
-    // dropped, the kvstore's (a lifeline) are not, and status warns that
-    // the policy would deny them.
+    // dropped, the kvstore's (a lifeline) are not, and the import and
+    // status warn that the policy would deny them.
     let p = write_policy(&c, "dev-egress", DEV_EGRESS)?;
-    c.import_policy(0, &p)?;
+    let imported = c.cli(0, &["policy", "import", &p.display().to_string()])?;
+    let said = String::from_utf8_lossy(&imported.stderr);
+    ensure!(
+        imported.status.success()
+            && said.contains(&format!(
+                "warning: node {}: egress to the kvstore member 127.0.0.1:",
+                c.nodes[0].name
+            )),
+        "import named no lifeline: {said}"
+    );
     let ns0 = &c.nodes[0].ns;
     wait_for("node 0's egress narrowed", Duration::from_secs(15), || {
         Ok(!reaches(ns0, EXTERNAL_CLIENT_IP, OUTSIDE)?)
