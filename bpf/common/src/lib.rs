@@ -24,11 +24,13 @@ mod encrypt;
 mod events;
 mod host;
 pub mod lb;
+mod proxy;
 
 pub use ct::*;
 pub use encrypt::*;
 pub use events::*;
 pub use host::*;
+pub use proxy::*;
 
 /// Traffic direction, as seen from the endpoint (Cilium's `TRAFFIC_DIRECTION`).
 pub mod direction {
@@ -221,18 +223,6 @@ pub mod tc_action {
 
 /// Security identity of peers the ipcache does not know.
 pub const IDENTITY_WORLD: u32 = 2;
-
-/// `skb->mark` of the L7 proxy's upstream packets: their request was
-/// judged at L7 already (Cilium uses a magic mark the same way).
-pub const MARK_PROXY: u32 = 0x0a00;
-
-/// `skb->mark` of packets the datapath hands to the L7 proxy: the node's
-/// TPROXY rule matches it (under [`MARK_MASK`]) and delivers them to the
-/// proxy's transparent socket (Cilium's `MARK_MAGIC_TO_PROXY` scheme).
-pub const MARK_TO_PROXY: u32 = 0x0200;
-
-/// The bits of `skb->mark` Axoneme uses.
-pub const MARK_MASK: u32 = 0x0f00;
 
 /// The loopback device's ifindex (the same in every network namespace):
 /// redirected packets re-enter the node's stack there.
