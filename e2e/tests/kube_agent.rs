@@ -8,12 +8,15 @@
 //! edit, a delete, a NetworkPolicy, namespace-label and service-account
 //! selectors) are enforced in the datapath of every node, through an API
 //! server restart; labels that would spoof what Axoneme derives are
-//! refused.
+//! refused. A Node labelled with kubectl is selected by a host policy
+//! applied with kubectl (the host firewall), the API server among the
+//! agent's lifelines.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use axoneme_e2e::expect::{seed_policy, stays, until_http, until_post, wait_condition};
+use anyhow::{bail, ensure, Context, Result};
+use axoneme_e2e::expect::{seed_policy, stays, until_http, until_post, wait_condition, wait_for};
+use axoneme_e2e::probe::{echo_server_in, exchange};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
 /// The identity node `node`'s ipcache gives `ip`.
@@ -366,6 +369,7 @@ spec:
 fn policies_applied_with_kubectl_are_enforced() -> Result<()> {
     let mut c = Cluster::start(&ClusterConfig {
         kubernetes: true,
+        agent_args: vec!["--enable-host-firewall=true".into()],
         ..ClusterConfig::default()
     })?;
     c.kube.as_ref().context("control plane")?.apply_yaml(
@@ -525,5 +529,42 @@ fn policies_applied_with_kubectl_are_enforced() -> Result<()> {
     let took = until_post(&intruder, &pay, ok, soon)?;
     eprintln!("after the API server's restart: relabelled intruder admitted after {took:?}");
     until_post(&local, &pay, None, Duration::from_secs(1))?;
+
+    // The host firewall: a Node labelled with kubectl is selected by a
+    // host policy applied with kubectl; the other node is kept out of its
+    // other ports; the agent keeps its API server (a lifeline).
+    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+    echo_server_in(&n0.ns, 8080)?;
+    let reaches = || {
+        n1.ns
+            .enter(|| exchange(n0.ip, 8080, Duration::from_millis(500)).is_ok())
+    };
+    ensure!(reaches()?, "node 1 to node 0:8080 before any host policy");
+    kube.kubectl(["label", "node", &n0.name, "env=dev"])?;
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/host-policies/lock-down-dev-nodes.yaml"
+    );
+    kube.kubectl(["apply", "-f", example])?;
+    wait_for("node 0 locked down", soon, || Ok(!reaches()?))?;
+    let (_, body, _) = c.agent_get(0, "/v1/status")?;
+    let line = serde_json::from_str::<serde_json::Value>(&body)?["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "host-firewall")
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    // The API server's address among the lifelines (`https://HOST:PORT`).
+    let api = kube
+        .server()
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    ensure!(
+        line.contains("env=dev") && line.contains("ingress enforced") && line.contains(api),
+        "node 0's host-firewall line (API server {api}): {line}"
+    );
+    kube.kubectl(["delete", "-f", example])?;
+    wait_for("node 0 open again", soon, reaches)?;
     Ok(())
 }
