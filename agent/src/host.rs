@@ -19,9 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axoneme_bpf_common::{family, LifelineKey};
 use axoneme_identity::numeric::NODE_SCOPE;
-use axoneme_identity::{
-    Label, LabelSet, NodeLabels, NumericIdentity, ReservedIdentity, Source, WatchCache,
-};
+use axoneme_identity::{LabelSet, NodeLabels, NumericIdentity, ReservedIdentity, WatchCache};
 
 use crate::config::Labels;
 
@@ -62,30 +60,9 @@ pub fn audit_mode(labels: &Labels) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-/// The identity labels of a node: `reserved:host` (this node) or
-/// `reserved:remote-node` (another), and the node's labels (source `k8s`,
-/// as a Node's are). A node label that is not a valid label is left out
-/// (it could not be selected either).
-pub fn identity_labels(reserved: ReservedIdentity, labels: &Labels) -> LabelSet {
-    let mark =
-        Label::new(Source::Reserved, reserved.name(), "").expect("reserved names are valid labels");
-    let mut set = LabelSet::new();
-    set.insert(mark);
-    for (k, v) in labels {
-        // The reserved label's key: a node label of that name would
-        // replace it.
-        if k == reserved.name() {
-            continue;
-        }
-        match Label::new(Source::K8s, k, v) {
-            Ok(l) => set.insert(l),
-            Err(e) => {
-                tracing::debug!(label = %k, error = %e, "node label left out of the node's identity")
-            }
-        }
-    }
-    set
-}
+/// The identity labels of a node, as host policies and node selectors
+/// see them (`axoneme_policy::selector::node_identity_labels`).
+pub use axoneme_policy::selector::node_identity_labels as identity_labels;
 
 /// What `LIFELINE` holds for these addresses: TCP to or from each.
 pub fn lifeline_keys(addrs: &[SocketAddr]) -> Vec<LifelineKey> {

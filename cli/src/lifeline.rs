@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use axoneme_identity::numeric::NODE_SCOPE;
-use axoneme_identity::{Label, LabelSet, NodeLabels, NodeRecord, NumericIdentity, Source};
+use axoneme_identity::{NodeLabels, NodeRecord, NumericIdentity, ReservedIdentity};
 use axoneme_policy::compile::{add_cidr_identities, cidr_identities, Direction, EnforcementMode};
 use axoneme_policy::oracle::{direction_verdict, OracleVerdict};
-use axoneme_policy::selector::{Identities, Subject};
+use axoneme_policy::selector::{node_identity_labels, Identities, Subject};
 use axoneme_policy::{Policy, PortNames};
 use ipnet::IpNet;
 
@@ -29,20 +29,6 @@ struct Node {
     name: String,
     addresses: Vec<IpAddr>,
     labels: BTreeMap<String, String>,
-}
-
-/// The node's identity labels (`reserved:host` on itself,
-/// `reserved:remote-node` elsewhere) with its labels, as the agents build
-/// them.
-fn labels(reserved: &str, node: &Node) -> LabelSet {
-    let mut set = LabelSet::new();
-    set.insert(Label::new(Source::Reserved, reserved, "").expect("a reserved name"));
-    for (k, v) in &node.labels {
-        if let (false, Ok(l)) = (k == reserved, Label::new(Source::K8s, k, v)) {
-            set.insert(l);
-        }
-    }
-    set
 }
 
 /// The address and port of a kvstore endpoint URL with a literal address.
@@ -128,7 +114,7 @@ fn judge(policies: &[Policy], nodes: &[Node], members: &[SocketAddr]) -> Vec<Str
     let cidrs = cidr_identities(policies);
     let mut out = Vec::new();
     for (i, me) in nodes.iter().enumerate() {
-        let mine = labels("host", me);
+        let mine = node_identity_labels(ReservedIdentity::Host, &me.labels);
         // The identities as node `me`'s agent numbers them.
         let mut ids = Identities::with_reserved();
         add_cidr_identities(&mut ids, &cidrs);
@@ -140,7 +126,10 @@ fn judge(policies: &[Policy], nodes: &[Node], members: &[SocketAddr]) -> Vec<Str
                 host
             } else {
                 let id = NumericIdentity(NODE_SCOPE | u32::try_from(j).unwrap_or(0));
-                ids.insert(id, labels("remote-node", other));
+                ids.insert(
+                    id,
+                    node_identity_labels(ReservedIdentity::RemoteNode, &other.labels),
+                );
                 node_ids.push(id);
                 id
             };

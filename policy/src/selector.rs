@@ -131,6 +131,31 @@ pub fn is_node(labels: &LabelSet) -> bool {
         .is_some_and(|l| l.source == Source::Reserved)
 }
 
+/// A node's identity labels: `reserved:host` (seen from itself) or
+/// `reserved:remote-node` (from the others), and the node's labels
+/// (source `k8s`, as a Node's are). A node label that is not a valid
+/// label, or that has the reserved label's key, is left out (it could not
+/// be selected either).
+pub fn node_identity_labels(
+    reserved: ReservedIdentity,
+    labels: &BTreeMap<String, String>,
+) -> LabelSet {
+    let mut set = LabelSet::new();
+    set.insert(
+        axoneme_identity::Label::new(Source::Reserved, reserved.name(), "")
+            .expect("reserved names are valid labels"),
+    );
+    for (k, v) in labels {
+        if k == reserved.name() {
+            continue;
+        }
+        if let Ok(l) = axoneme_identity::Label::new(Source::K8s, k, v) {
+            set.insert(l);
+        }
+    }
+    set
+}
+
 /// What a rule applies to: the endpoints its `endpointSelector` selects,
 /// or, for a host policy (`nodeSelector`), the host endpoints of the nodes
 /// it selects. Neither kind ever selects the other's.
