@@ -36,6 +36,13 @@ fn node6() -> [u8; 16] {
     a
 }
 
+fn pod6() -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..2].copy_from_slice(&[0xfd, 0]);
+    a[15] = 5;
+    a
+}
+
 fn setup(host_firewall: bool, flags: u8) -> TestDatapath {
     let mut dp = load_options(LoadOptions {
         host_firewall,
@@ -178,7 +185,10 @@ fn a_pods_packets_for_the_node_are_judged_by_the_host_policy() {
     });
     dp.maps.set_event_rate(1_000_000, 1_000_000).unwrap();
     dp.maps
-        .set_endpoint(1, EndpointInfo::new(POD_ID, POD_ID, 0, &[POD.into()]))
+        .set_endpoint(
+            1,
+            EndpointInfo::new(POD_ID, POD_ID, 0, &[POD.into(), pod6().into()]),
+        )
         .unwrap();
     dp.maps
         .set_endpoint(
@@ -201,18 +211,24 @@ fn a_pods_packets_for_the_node_are_judged_by_the_host_policy() {
     };
     let (k, v) = policy_entry(HOST, Direction::Ingress, &key, &Verdict::Allow, 0);
     dp.maps.set_policy(&k, v).unwrap();
-    let mut from_pod = |dst: [u8; 4], sport: u16, dport: u16, ttl: u8| {
+    fn from_pod(
+        dp: &mut TestDatapath,
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        ttl: u8,
+    ) -> (i32, Vec<Event>) {
         let mut packet = tcp_to(POD, dst, sport, dport, TCP_SYN);
         // The TTL, with the header checksum it is part of.
         packet[14 + 8] = ttl;
         packet[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
         let sum = ipv4_checksum(&packet[14..34]);
         packet[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
-        let action = run(&dp, axoneme_agent::datapath::FROM_CONTAINER, &packet);
+        let action = run(dp, axoneme_agent::datapath::FROM_CONTAINER, &packet);
         (action, dp.maps.drain_events())
-    };
+    }
     // Its allowed port: up the stack (not redirected anywhere).
-    let (action, events) = from_pod(NODE4, 41000, 22, 64);
+    let (action, events) = from_pod(&mut dp, NODE4, 41000, 22, 64);
     assert_eq!(action, TC_ACT_OK);
     assert!(of_kind(&events, event_kind::POLICY_VERDICT).contains(&(
         verdict::ALLOWED,
@@ -220,6 +236,30 @@ fn a_pods_packets_for_the_node_are_judged_by_the_host_policy() {
         POD_ID,
         HOST
     )));
+    // A kvstore member on the node's address (a lifeline): unjudged.
+    let lifeline = axoneme_agent::host::lifeline_keys(&["192.168.0.1:2379".parse().unwrap()]);
+    dp.set_lifelines(&lifeline).unwrap();
+    // (The pod's own egress is reported; the host judged nothing.)
+    let by_host = |events: &[Event]| events.iter().filter(|e| e.endpoint_id == HOST).count();
+    let (action, events) = from_pod(&mut dp, NODE4, 41004, 2379, 64);
+    assert_eq!((action, by_host(&events)), (TC_ACT_OK, 0), "{events:?}");
+    // IPv6 with the gateway: neighbour discovery passes unjudged, TCP is
+    // judged.
+    let mut gw6 = [0u8; 16];
+    gw6[..2].copy_from_slice(&[0xfe, 0x80]);
+    gw6[15] = 1;
+    let na = ipv6(pod6(), gw6, IPPROTO_ICMPV6, &icmp(136, 0, 0, &[0; 20]));
+    assert_eq!(
+        run(&dp, axoneme_agent::datapath::FROM_CONTAINER, &na),
+        TC_ACT_OK
+    );
+    assert_eq!(by_host(&dp.maps.drain_events()), 0);
+    let syn6 = ipv6(pod6(), gw6, IPPROTO_TCP, &tcp(41005, 8080, TCP_SYN));
+    assert_eq!(
+        run(&dp, axoneme_agent::datapath::FROM_CONTAINER, &syn6),
+        TC_ACT_SHOT
+    );
+    dp.maps.drain_events();
     // Any other port of the node, by its address or the pods' gateway,
     // whatever the TTL: dropped, 133.
     for (dst, sport, ttl) in [
@@ -227,7 +267,7 @@ fn a_pods_packets_for_the_node_are_judged_by_the_host_policy() {
         ([169, 254, 1, 1], 41002, 64),
         (NODE4, 41003, 1),
     ] {
-        let (action, events) = from_pod(dst, sport, 8080, ttl);
+        let (action, events) = from_pod(&mut dp, dst, sport, 8080, ttl);
         assert_eq!(action, TC_ACT_SHOT, "to {dst:?} ttl {ttl}");
         assert_eq!(
             of_kind(&events, event_kind::DROP),

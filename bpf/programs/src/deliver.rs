@@ -57,6 +57,9 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     // For the node (the host endpoint): judged as its ingress, then up the
     // stack to its socket, whatever the TTL (the stack delivers it).
     if host::enabled() && at.ep.identity == IDENTITY_HOST {
+        if host::exempt(flow) {
+            return TC_ACT_OK;
+        }
         return match decide(at, flow) {
             Ok(_) => {
                 forwarded(at);

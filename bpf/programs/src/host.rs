@@ -140,7 +140,7 @@ pub(crate) fn egress_to_pod(at: &mut At, flow: &mut Flow) -> Result<(), ()> {
         at.ep = pod;
         return Ok(());
     }
-    if !owns(&at.ep, flow.family, &flow.saddr) && !from_gateway(flow) {
+    if (!owns(&at.ep, flow.family, &flow.saddr) && !from_gateway(flow)) || exempt(flow) {
         at.ep = pod;
         return Ok(());
     }
@@ -172,9 +172,11 @@ fn from_socket(ctx: &TcContext) -> bool {
     unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) != 0 }
 }
 
-/// ESP, neighbour discovery and the lifelines pass unjudged.
+/// ESP, neighbour discovery and the lifelines pass unjudged (between
+/// the node and its pods too: a kvstore member may be a pod, and a pod's
+/// neighbour discovery with its gateway is the node's).
 #[inline(always)]
-fn exempt(flow: &Flow) -> bool {
+pub(crate) fn exempt(flow: &Flow) -> bool {
     if flow.protocol == ESP
         || (flow.protocol == ICMPV6 && ND_TYPES.contains(&flow.policy_port))
     {
