@@ -10,9 +10,10 @@
 //! traffic (`bpf/programs/src/host.rs`).
 //!
 //! Lifelines: the agent's kvstore members and the Kubernetes API server
-//! are written to `LIFELINE` once at the start (this module is the map's
-//! only writer); the node's traffic with them is never judged, so no host
-//! policy can cut the agent off from what it needs to undo that policy.
+//! (this module's [`lifeline_keys`]) are written to `LIFELINE` once, at
+//! the start (`Datapath::set_lifelines`, the map's only writer); the
+//! node's traffic with them is never judged, so no host policy can cut
+//! the agent off from what it needs to undo that policy.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
