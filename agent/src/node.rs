@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use axoneme_identity::numeric::NODE_SCOPE;
 use axoneme_identity::{
-    identity_cache, CacheEvent, Decode, EndpointIdentity, EndpointRecord, IdentityCache,
-    IdentityRecord, Label, LabelSet, Layout, NodeLabels, NodeRecord, NumericIdentity, PolicyStatus,
+    identity_cache, Assignment, CacheEvent, Decode, EndpointRecord, IdentityCache, IdentityRecord,
+    Label, LabelSet, Layout, NodeLabels, NodeRecord, NumericIdentity, PeerEndpoint, PolicyStatus,
     Raw, ReservedIdentity, Source, Subscription, WatchCache,
 };
 use axoneme_kvstore::KvStore;
@@ -54,8 +54,8 @@ pub fn node_assignments_prefix(layout: &Layout, node: &str) -> String {
 /// Subscriptions to the caches [`NodeState`] is made of.
 pub struct StateChanges {
     identities: Subscription<IdentityRecord>,
-    assignments: Subscription<EndpointIdentity>,
-    records: Subscription<EndpointRecord>,
+    assignments: Subscription<Assignment>,
+    records: Subscription<PeerEndpoint>,
     policies: Subscription<Raw>,
     policy_status: Subscription<PolicyStatus>,
     nodes: Subscription<NodeRecord>,
@@ -95,8 +95,12 @@ pub struct NodeState {
     node: String,
     layout: Layout,
     identities: IdentityCache,
-    assignments: WatchCache<EndpointIdentity>,
-    records: WatchCache<EndpointRecord>,
+    /// Every endpoint's assignment and record, as agents keep them
+    /// (`axoneme_identity::peer`: they are most of an agent's memory).
+    assignments: WatchCache<Assignment>,
+    records: WatchCache<PeerEndpoint>,
+    /// This node's endpoint records whole (the API lists their labels).
+    local_records: WatchCache<EndpointRecord>,
     policies: WatchCache<Raw>,
     policy_status: WatchCache<PolicyStatus>,
     /// Every node's record (their addresses are `remote-node`, this
@@ -162,6 +166,7 @@ impl NodeState {
         let identities = identity_cache(kv.clone(), &layout);
         let assignments = WatchCache::start(kv.clone(), layout.endpoint_identities_prefix());
         let records = WatchCache::start(kv.clone(), layout.endpoints_prefix());
+        let local_records = WatchCache::start(kv.clone(), layout.node_endpoints_prefix(node));
         let policies = WatchCache::start(kv.clone(), layout.policies_prefix());
         let policy_status = WatchCache::start(kv.clone(), layout.policy_status_prefix());
         let nodes = WatchCache::start(kv.clone(), layout.nodes_prefix());
@@ -170,6 +175,7 @@ impl NodeState {
             identities.ready(),
             assignments.ready(),
             records.ready(),
+            local_records.ready(),
             policies.ready(),
             policy_status.ready(),
             nodes.ready(),
@@ -181,6 +187,7 @@ impl NodeState {
             identities,
             assignments,
             records,
+            local_records,
             policies,
             policy_status,
             nodes,
@@ -260,9 +267,14 @@ impl NodeState {
         }
     }
 
-    /// Every endpoint record in the cluster, keyed by etcd key.
-    pub fn records(&self) -> &WatchCache<EndpointRecord> {
+    /// Every endpoint in the cluster, keyed by its record's etcd key.
+    pub fn records(&self) -> &WatchCache<PeerEndpoint> {
         &self.records
+    }
+
+    /// This node's endpoint records, whole, keyed by etcd key.
+    pub fn local_records(&self) -> &WatchCache<EndpointRecord> {
+        &self.local_records
     }
 
     /// The policy store and the operator's statuses (to wait for changes).
@@ -337,12 +349,12 @@ impl NodeState {
     }
 
     /// Every endpoint's assignment in the cluster, keyed by etcd key.
-    pub fn assignments(&self) -> &WatchCache<EndpointIdentity> {
+    pub fn assignments(&self) -> &WatchCache<Assignment> {
         &self.assignments
     }
 
     /// The operator's latest answer for one of this node's endpoints.
-    pub fn assignment(&self, endpoint: &str) -> Option<Arc<EndpointIdentity>> {
+    pub fn assignment(&self, endpoint: &str) -> Option<Arc<Assignment>> {
         self.assignments
             .get(&self.layout.endpoint_identity(&self.node, endpoint))
     }
@@ -373,12 +385,11 @@ impl NodeState {
     }
 
     /// This node's assignments by endpoint name.
-    pub fn endpoints(&self) -> BTreeMap<String, Arc<EndpointIdentity>> {
+    pub fn endpoints(&self) -> BTreeMap<String, Arc<Assignment>> {
         let prefix = node_assignments_prefix(&self.layout, &self.node);
         self.assignments
-            .snapshot()
+            .snapshot_prefix(&prefix)
             .into_iter()
-            .filter(|(key, _)| key.starts_with(&prefix))
             .filter_map(|(key, a)| {
                 let (_, endpoint) = self.layout.split_endpoint_key(&key)?;
                 Some((endpoint.to_string(), a))
@@ -391,11 +402,12 @@ impl NodeState {
     /// summed up (each at debug level); the endpoints are each logged.
     pub async fn log_changes(&self) {
         let layout = &self.layout;
-        let identities = follow(&self.identities, |change, initial| {
+        let identities = follow(&self.identities, "", |change, initial| {
             log_identity(change, initial)
         })
         .instrument(tracing::info_span!("identities"));
-        let assignments = follow(&self.assignments, |change, _| {
+        let mine = node_assignments_prefix(layout, &self.node);
+        let assignments = follow(&self.assignments, &mine, |change, _| {
             log_assignment(layout, change)
         })
         .instrument(tracing::info_span!("assignments"));
@@ -485,16 +497,18 @@ impl<V: PartialEq> Mirror<Arc<V>> {
 }
 
 /// Feeds `on_change` with a cache's changes: first its content once ready
-/// (`initial` true), then every change. Never returns.
+/// (`initial` true), then every change, of the keys under `prefix` (the
+/// copy it keeps holds only those). Never returns.
 async fn follow<V: Decode + PartialEq>(
     cache: &WatchCache<V>,
+    prefix: &str,
     mut on_change: impl FnMut(Change<Arc<V>>, bool),
 ) {
     // Subscribe before reading the snapshot: nothing falls in between.
     let mut sub = cache.subscribe();
     cache.ready().await;
     let mut mirror = Mirror::default();
-    for change in mirror.resync(cache.snapshot()) {
+    for change in mirror.resync(cache.snapshot_prefix(prefix)) {
         on_change(change, true);
     }
     let stats = cache.stats();
@@ -505,8 +519,16 @@ async fn follow<V: Decode + PartialEq>(
     );
     loop {
         let event = sub.recv().await;
-        let resync = matches!(event, CacheEvent::Resynced);
-        let changes = mirror.apply(event, || cache.snapshot());
+        let resync = match &event {
+            CacheEvent::Upsert { key, .. } | CacheEvent::Delete { key, .. } => {
+                if !key.starts_with(prefix) {
+                    continue;
+                }
+                false
+            }
+            CacheEvent::Resynced => true,
+        };
+        let changes = mirror.apply(event, || cache.snapshot_prefix(prefix));
         if resync {
             let stats = cache.stats();
             debug!(
@@ -539,7 +561,7 @@ fn log_identity(change: Change<Arc<IdentityRecord>>, initial: bool) {
     }
 }
 
-fn log_assignment(layout: &Layout, change: Change<Arc<EndpointIdentity>>) {
+fn log_assignment(layout: &Layout, change: Change<Arc<Assignment>>) {
     let endpoint = |key: &str| {
         layout
             .split_endpoint_key(key)
@@ -551,7 +573,7 @@ fn log_assignment(layout: &Layout, change: Change<Arc<EndpointIdentity>>) {
             let endpoint = endpoint(&key);
             match (&a.identity, &a.error) {
                 (Some(id), _) => info!(
-                    %endpoint, identity = %id, labels = %a.labels,
+                    %endpoint, identity = %id,
                     endpoint_revision = a.endpoint_revision, "endpoint assigned identity"
                 ),
                 (None, error) => warn!(

@@ -227,7 +227,7 @@ pub fn endpoints(view: &DatapathView, state: &NodeState, eps: &Endpoints) -> Vec
     let states = eps.states();
     let assignments = state.endpoints();
     let mut out = Vec::new();
-    for (key, record) in state.records().snapshot() {
+    for (key, record) in state.local_records().snapshot() {
         let Some(name) = key.strip_prefix(&prefix) else {
             continue;
         };

@@ -150,6 +150,20 @@ impl<V: Decode> WatchCache<V> {
         self.state.read().expect("poisoned").items.clone()
     }
 
+    /// The items whose keys start with `prefix` (a copy of those only).
+    pub fn snapshot_prefix(&self, prefix: &str) -> BTreeMap<String, Arc<V>> {
+        self.read(|items| {
+            items
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
     /// Runs `f` on the items in place, without copying them (the cache's
     /// writer waits meanwhile: keep `f` short and never await in it).
     pub fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, Arc<V>>) -> R) -> R {

@@ -11,6 +11,7 @@ pub mod labels;
 pub mod layout;
 pub mod model;
 pub mod numeric;
+pub mod peer;
 
 pub use cache::{CacheEvent, Decode, Raw, Subscription, WatchCache};
 pub use filter::LabelFilter;
@@ -22,6 +23,7 @@ pub use model::{
     NodeEncryption, NodeLabels, NodeRecord, NodeStatusRecord, PolicyStatus, PortProtocol,
 };
 pub use numeric::{IdentityRange, NumericIdentity, ReservedIdentity};
+pub use peer::{Assignment, PeerEndpoint};
 
 use axoneme_kvstore::KeyValue;
 

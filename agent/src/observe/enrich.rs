@@ -3,8 +3,9 @@
 //! addresses that are endpoints anywhere in the cluster, the pod's name
 //! and namespace (from the endpoint records every agent watches).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axoneme_bpf_common::{direction, event_kind, family, match_type, trace_point, verdict, Event};
 use axoneme_hubble::flow::{
@@ -13,8 +14,7 @@ use axoneme_hubble::flow::{
     TrafficDirection, Udp, Verdict,
 };
 use axoneme_hubble::message_type;
-use axoneme_identity::model::EndpointRecord;
-use axoneme_identity::NumericIdentity;
+use axoneme_identity::{Layout, NumericIdentity, PeerEndpoint};
 
 use super::FlowEvent;
 use crate::l7proxy::Verdict as L7Verdict;
@@ -31,8 +31,9 @@ struct Pod {
 /// Turns events into flows; owned by the observer task.
 pub struct Enricher {
     state: NodeState,
-    /// Endpoint address → pod, rebuilt after the records change.
-    pods: HashMap<IpAddr, Pod>,
+    /// Endpoint address → its record's key, rebuilt after the records
+    /// change (a record's addresses share one key).
+    pods: HashMap<IpAddr, Arc<str>>,
     stale: bool,
 }
 
@@ -46,7 +47,7 @@ impl Enricher {
     }
 
     /// Changes to the endpoint records: call [`Self::invalidate`] on each.
-    pub fn subscribe(&self) -> axoneme_identity::Subscription<EndpointRecord> {
+    pub fn subscribe(&self) -> axoneme_identity::Subscription<PeerEndpoint> {
         self.state.records().subscribe()
     }
 
@@ -54,15 +55,14 @@ impl Enricher {
         self.stale = true;
     }
 
-    fn pod(&mut self, ip: IpAddr) -> Option<&Pod> {
+    fn pod(&mut self, ip: IpAddr) -> Option<Pod> {
         if self.stale {
-            self.pods = self
-                .state
-                .records()
-                .read(|records| index(records.values().map(AsRef::as_ref)));
+            self.pods = self.state.records().read(index);
             self.stale = false;
         }
-        self.pods.get(&ip)
+        let key = self.pods.get(&ip)?;
+        let record = self.state.records().get(key)?;
+        Some(pod(self.state.layout(), key, &record))
     }
 
     fn endpoint(&mut self, ip: IpAddr, identity: u32) -> Endpoint {
@@ -73,7 +73,7 @@ impl Enricher {
             .unwrap_or_default();
         let (namespace, pod_name) = self
             .pod(ip)
-            .map(|p| (p.namespace.clone(), p.name.clone()))
+            .map(|p| (p.namespace, p.name))
             .unwrap_or_default();
         Endpoint {
             id: 0,
@@ -248,21 +248,29 @@ pub fn verdict_name(f: &Flow) -> &'static str {
 
 /// Address → pod over every endpoint record; addresses given with a
 /// prefix length (`10.0.0.5/32`) count by their address.
-fn index<'a>(records: impl Iterator<Item = &'a EndpointRecord>) -> HashMap<IpAddr, Pod> {
+fn index(records: &BTreeMap<String, Arc<PeerEndpoint>>) -> HashMap<IpAddr, Arc<str>> {
     let mut pods = HashMap::new();
-    for r in records {
-        let pod = Pod {
-            namespace: r.namespace.clone().unwrap_or_default(),
-            name: r.pod_name.clone().unwrap_or_else(|| r.id.clone()),
-        };
-        for a in &r.addresses {
-            let addr = a.split('/').next().unwrap_or(a);
-            if let Ok(ip) = addr.parse::<IpAddr>() {
-                pods.insert(ip, pod.clone());
-            }
+    for (key, r) in records {
+        let key: Arc<str> = Arc::from(key.as_str());
+        for ip in &r.addresses {
+            pods.insert(*ip, key.clone());
         }
     }
     pods
+}
+
+/// The pod of the record at `key`; without a pod name, the endpoint's
+/// name (its key's last segment) stands in.
+fn pod(layout: &Layout, key: &str, r: &PeerEndpoint) -> Pod {
+    let name = match (&r.pod_name, layout.split_endpoint_key(key)) {
+        (Some(pod), _) => pod.to_string(),
+        (None, Some((_, endpoint))) => endpoint.to_string(),
+        (None, None) => key.to_string(),
+    };
+    Pod {
+        namespace: r.namespace.as_deref().unwrap_or_default().to_string(),
+        name,
+    }
 }
 
 fn ip(src: IpAddr, dst: IpAddr, v6: bool) -> Ip {
@@ -303,19 +311,24 @@ mod tests {
 
     #[test]
     fn the_pod_index_takes_every_address_of_every_record() {
-        let rec = |id: &str, ns: Option<&str>, pod: Option<&str>, addrs: &[&str]| EndpointRecord {
-            id: id.into(),
-            node: "n".into(),
-            labels: vec![],
-            addresses: addrs.iter().map(|a| a.to_string()).collect(),
-            namespace: ns.map(Into::into),
-            interface: None,
-            pod_name: pod.map(Into::into),
-            pod_uid: None,
-            named_ports: Default::default(),
-            policy_audit_mode: false,
+        use axoneme_identity::EndpointRecord;
+        let layout = Layout::default();
+        let rec = |id: &str, ns: Option<&str>, pod: Option<&str>, addrs: &[&str]| {
+            let r = EndpointRecord {
+                id: id.into(),
+                node: "n".into(),
+                labels: vec![],
+                addresses: addrs.iter().map(|a| a.to_string()).collect(),
+                namespace: ns.map(Into::into),
+                interface: None,
+                pod_name: pod.map(Into::into),
+                pod_uid: None,
+                named_ports: Default::default(),
+                policy_audit_mode: false,
+            };
+            (layout.endpoint("n", id), Arc::new(PeerEndpoint::from(&r)))
         };
-        let records = [
+        let records: BTreeMap<_, _> = [
             rec(
                 "c1",
                 Some("shop"),
@@ -323,16 +336,21 @@ mod tests {
                 &["10.1.0.5", "fd00::5/128"],
             ),
             rec("c2", None, None, &["10.1.0.6/32", "bogus"]),
-        ];
-        let idx = index(records.iter());
+        ]
+        .into();
+        let idx = index(&records);
+        let pod_at = |ip: &str| {
+            let key = &idx[&ip.parse::<IpAddr>().unwrap()];
+            pod(&layout, key, &records[&**key])
+        };
         let shop = Pod {
             namespace: "shop".into(),
             name: "checkout".into(),
         };
-        assert_eq!(idx.get(&"10.1.0.5".parse().unwrap()), Some(&shop));
-        assert_eq!(idx.get(&"fd00::5".parse().unwrap()), Some(&shop));
-        // Without a pod name, the endpoint's id stands in.
-        assert_eq!(idx[&"10.1.0.6".parse::<IpAddr>().unwrap()].name, "c2");
+        assert_eq!(pod_at("10.1.0.5"), shop);
+        assert_eq!(pod_at("fd00::5"), shop);
+        // Without a pod name, the endpoint's name stands in.
+        assert_eq!(pod_at("10.1.0.6").name, "c2");
         assert_eq!(idx.len(), 3);
     }
 

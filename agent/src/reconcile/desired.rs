@@ -9,7 +9,6 @@ use std::sync::Arc;
 use axoneme_identity::{LabelSet, NamedPorts, NumericIdentity, ReservedIdentity};
 use axoneme_policy::Policy;
 use ipnet::IpNet;
-use tracing::debug;
 
 use crate::node::NodeState;
 
@@ -70,28 +69,17 @@ impl Desired {
                         if !record.named_ports.is_empty() {
                             named_ports.insert(key.clone(), (id, record.named_ports.clone()));
                         }
-                        for a in &record.addresses {
-                            match a.parse::<IpAddr>() {
-                                Ok(ip) => {
-                                    ipcache.insert(IpNet::from(ip), id);
-                                }
-                                Err(_) => {
-                                    debug!(endpoint = %key, address = %a, "not an address; skipped")
-                                }
-                            }
+                        for ip in &record.addresses {
+                            ipcache.insert(IpNet::from(*ip), id);
                         }
                     }
                     if node == state.node() {
                         if let Some(interface) = &record.interface {
                             local.push(LocalEndpoint {
                                 name: name.to_string(),
-                                interface: interface.clone(),
+                                interface: interface.to_string(),
                                 identity,
-                                addresses: record
-                                    .addresses
-                                    .iter()
-                                    .filter_map(|a| a.parse().ok())
-                                    .collect(),
+                                addresses: record.addresses.to_vec(),
                                 policy_audit_mode: record.policy_audit_mode,
                                 ifindex: None,
                             });
