@@ -25,10 +25,90 @@ struct Requirement {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Op {
-    In(BTreeSet<String>),
-    NotIn(BTreeSet<String>),
+    In(Values),
+    NotIn(Values),
     Exists,
     DoesNotExist,
+}
+
+/// A requirement's values, sorted and unique: a slice rather than a
+/// `BTreeSet`, whose one-value node is ten times the value's size (agents
+/// keep every rule's selectors, most of them of one value).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Values(Box<[String]>);
+
+impl Values {
+    fn contains(&self, v: &str) -> bool {
+        self.0.binary_search_by(|x| x.as_str().cmp(v)).is_ok()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+}
+
+impl<I: IntoIterator<Item = String>> From<I> for Values {
+    fn from(values: I) -> Self {
+        let set: BTreeSet<String> = values.into_iter().collect();
+        Values(set.into_iter().collect())
+    }
+}
+
+/// The identities that have one label value: most values (a pod's name,
+/// its template's hash) belong to one identity, kept without a node.
+#[derive(Debug, Clone, Default)]
+enum IdSet {
+    #[default]
+    Empty,
+    One(NumericIdentity),
+    Many(BTreeSet<NumericIdentity>),
+}
+
+impl IdSet {
+    fn insert(&mut self, id: NumericIdentity) {
+        match self {
+            IdSet::Empty => *self = IdSet::One(id),
+            IdSet::One(x) if *x == id => {}
+            IdSet::One(x) => *self = IdSet::Many([*x, id].into()),
+            IdSet::Many(set) => {
+                set.insert(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: NumericIdentity) {
+        match self {
+            IdSet::One(x) if *x == id => *self = IdSet::Empty,
+            IdSet::Many(set) => {
+                set.remove(&id);
+                if set.is_empty() {
+                    *self = IdSet::Empty;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            IdSet::Empty => 0,
+            IdSet::One(_) => 1,
+            IdSet::Many(set) => set.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &NumericIdentity> {
+        let (one, many) = match self {
+            IdSet::Empty => (None, None),
+            IdSet::One(x) => (Some(x), None),
+            IdSet::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 /// A compiled selector: every requirement must hold.
@@ -55,12 +135,12 @@ impl Selector {
             requirements.push(Requirement {
                 source,
                 key,
-                op: Op::In([v.clone()].into()),
+                op: Op::In(Values::from([v.clone()])),
             });
         }
         for r in &sel.match_expressions {
             let (source, key) = split_key(&r.key);
-            let values: BTreeSet<String> = r.values.iter().cloned().collect();
+            let values = Values::from(r.values.iter().cloned());
             let op = match r.operator {
                 SelectorOperator::In => Op::In(values),
                 SelectorOperator::NotIn => Op::NotIn(values),
@@ -77,7 +157,7 @@ impl Selector {
                 requirements.push(Requirement {
                     source: Source::K8s,
                     key: NAMESPACE_LABEL.to_string(),
-                    op: Op::In([ns.to_string()].into()),
+                    op: Op::In(Values::from([ns.to_string()])),
                 });
             }
         }
@@ -202,7 +282,7 @@ pub struct Identities {
     selections: Mutex<HashMap<Selector, Arc<BTreeSet<NumericIdentity>>>>,
     /// Label key → value → identities, so a new selector with an `In`
     /// requirement looks at its candidates only, not at every identity.
-    index: HashMap<String, HashMap<String, BTreeSet<NumericIdentity>>>,
+    index: HashMap<String, HashMap<String, IdSet>>,
     /// Each identity's named ports (the union over its endpoints), which
     /// egress rules' named ports resolve against. Kept apart from the
     /// labels: endpoints report them, not the identity allocator.
@@ -284,7 +364,15 @@ impl Identities {
         for l in labels.iter() {
             if let Some(values) = self.index.get_mut(&l.key) {
                 if let Some(ids) = values.get_mut(&l.value) {
-                    ids.remove(&id);
+                    ids.remove(id);
+                    // Values of identities gone (a pod template's hash)
+                    // must not pile up.
+                    if ids.is_empty() {
+                        values.remove(&l.value);
+                    }
+                }
+                if values.is_empty() {
+                    self.index.remove(&l.key);
                 }
             }
         }
@@ -385,7 +473,7 @@ impl Identities {
             .filter_map(|r| match &r.op {
                 Op::In(values) => {
                     let by_value = self.index.get(&r.key);
-                    let sets: Vec<&BTreeSet<NumericIdentity>> = values
+                    let sets: Vec<&IdSet> = values
                         .iter()
                         .filter_map(|v| by_value.and_then(|m| m.get(v)))
                         .collect();
@@ -399,7 +487,7 @@ impl Identities {
         let set: Arc<BTreeSet<NumericIdentity>> = Arc::new(match candidates {
             Some((_, sets)) => sets
                 .into_iter()
-                .flatten()
+                .flat_map(IdSet::iter)
                 .filter(|id| matches(id))
                 .copied()
                 .collect(),
@@ -479,5 +567,35 @@ mod tests {
         ids.remove(NumericIdentity(301));
         assert!(ids.select(&web).is_empty());
         assert_eq!(ids.cached_selectors(), 3);
+    }
+
+    #[test]
+    fn the_label_index_follows_identities_and_forgets_values_no_one_has() {
+        let mut ids = Identities::default();
+        let by_pod = |p: &str| sel(&format!("matchLabels: {{pod: {p}}}"), None);
+        let web = sel(
+            "matchExpressions: [{key: app, operator: In, values: [web, api]}]",
+            None,
+        );
+        ids.insert(NumericIdentity(300), labels(&["app=web", "pod=a"]));
+        ids.insert(NumericIdentity(301), labels(&["app=web", "pod=b"]));
+        ids.insert(NumericIdentity(302), labels(&["app=api", "pod=c"]));
+        assert_eq!(
+            *ids.select(&web),
+            [300, 301, 302].map(NumericIdentity).into()
+        );
+        assert_eq!(*ids.select(&by_pod("b")), [NumericIdentity(301)].into());
+        // A value's last identity gone: the value leaves the index.
+        ids.remove(NumericIdentity(301));
+        ids.insert(NumericIdentity(300), labels(&["app=api", "pod=a"]));
+        assert!(!ids.index["pod"].contains_key("b"));
+        assert!(!ids.index["app"].contains_key("web"));
+        ids.remove(NumericIdentity(300));
+        ids.remove(NumericIdentity(302));
+        assert!(ids.index.is_empty());
+        // Selections made afterwards see the same.
+        ids.insert(NumericIdentity(303), labels(&["app=web", "pod=b"]));
+        assert_eq!(*ids.select(&by_pod("b")), [NumericIdentity(303)].into());
+        assert_eq!(*ids.select(&web), [NumericIdentity(303)].into());
     }
 }
