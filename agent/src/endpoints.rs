@@ -67,6 +67,9 @@ pub struct Endpoints {
     serial: tokio::sync::Mutex<()>,
     /// Endpoints gone here whose record may still be in etcd.
     orphans: Orphans,
+    /// The pods' interfaces' MTU (lowered for ESP with encryption on);
+    /// `None`: the kernel's default.
+    pod_mtu: Option<u32>,
 }
 
 /// Re-announces the endpoints of a previous run (before the node's caches
@@ -152,7 +155,14 @@ impl Endpoints {
             source,
             serial: tokio::sync::Mutex::new(()),
             orphans,
+            pod_mtu: None,
         }
+    }
+
+    /// Gives new pods' interfaces this MTU.
+    pub fn with_pod_mtu(mut self, mtu: Option<u32>) -> Self {
+        self.pod_mtu = mtu;
+        self
     }
 
     /// Sets the node's pod CIDRs (once the operator has given them).
@@ -253,9 +263,16 @@ impl Endpoints {
                 }
             })?;
         let host_if = netdev::host_interface(&req.container_id, &req.ifname);
-        let plumbed = netdev::plumb(&self.node_ns, &netns, &host_if, &req.ifname, &addresses)
-            .await
-            .map_err(|e| io_error("cannot set up the pod's interface", e));
+        let plumbed = netdev::plumb(
+            &self.node_ns,
+            &netns,
+            &host_if,
+            &req.ifname,
+            &addresses,
+            self.pod_mtu,
+        )
+        .await
+        .map_err(|e| io_error("cannot set up the pod's interface", e));
         let plumbed = match plumbed {
             Ok(p) => p,
             Err(e) => {

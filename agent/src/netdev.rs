@@ -44,19 +44,21 @@ fn net(addr: IpAddr, len: u8) -> IpNet {
     IpNet::new(addr, len).expect("a host prefix length is valid")
 }
 
-/// Creates the veth pair (`ifname` in `pod`, `host_if` in `node`), and
-/// sets addresses and routes on both ends. On failure, whatever was
-/// created is removed.
+/// Creates the veth pair (`ifname` in `pod`, `host_if` in `node`; with
+/// `mtu`, both ends take it, else the kernel's default), and sets
+/// addresses and routes on both ends. On failure, whatever was created is
+/// removed.
 pub async fn plumb(
     node: &Netns,
     pod: &Path,
     host_if: &str,
     ifname: &str,
     addrs: &[IpAddr],
+    mtu: Option<u32>,
 ) -> Result<Plumbed, NetdevError> {
     let pod_ns = Netns::open(pod)?;
     let (n, p) = (node.rtnl()?, pod_ns.rtnl()?);
-    let result = plumb_with(node, &n, &p, host_if, ifname, addrs).await;
+    let result = plumb_with(node, &n, &p, host_if, ifname, addrs, mtu).await;
     if result.is_err() {
         let _ = n.del_link(host_if).await;
     }
@@ -70,11 +72,12 @@ async fn plumb_with(
     host_if: &str,
     ifname: &str,
     addrs: &[IpAddr],
+    mtu: Option<u32>,
 ) -> Result<Plumbed, NetdevError> {
     let v6 = addrs.iter().any(IpAddr::is_ipv6);
     // The pod's end: addresses, up, then the routes via the gateways (the
     // default routes need the link up first).
-    p.add_veth(ifname, host_if, node).await?;
+    p.add_veth(ifname, host_if, node, mtu).await?;
     let pod_link = p.need_link(ifname).await?;
     for a in addrs {
         match a {

@@ -59,12 +59,12 @@ fn maglev_seed(cluster: &str) -> u64 {
 
 /// The interface carrying the node's first `--node-ip` that one has (in
 /// the node's namespace): where traffic from outside the node arrives.
-async fn node_device(cfg: &Config) -> anyhow::Result<Option<(String, u32)>> {
+async fn node_device(cfg: &Config) -> anyhow::Result<Option<axoneme_net::Link>> {
     let ns = Ns::open_or_own(cfg.datapath.netns.as_deref()).context("--netns")?;
     let rtnl = ns.rtnl().context("netlink in the node's namespace")?;
     for ip in &cfg.node_ips {
         if let Some(link) = rtnl.link_with_address(*ip).await? {
-            return Ok(Some((link.name, link.index)));
+            return Ok(Some(link));
         }
     }
     Ok(None)
@@ -196,6 +196,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _ => None,
     };
     let device = node_device(&cfg).await?;
+    let pod_mtu = crate::encrypt::pod_mtu(ipsec_keys.is_some(), device.as_ref().map(|l| l.mtu));
+    if let Some(mtu) = pod_mtu {
+        info!(
+            mtu,
+            device_mtu = device.as_ref().map(|l| l.mtu),
+            "pods' interfaces leave room for ESP"
+        );
+    }
+    let device = device.map(|l| (l.name, l.index));
     let options = LoadOptions {
         pod_lb: cfg.services.kube_proxy_replacement && !cfg.services.socket_lb,
         encrypt: ipsec_keys.is_some(),
@@ -395,16 +404,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let (programmed_tx, programmed_rx) = watch::channel(Default::default());
     let (view_tx, view_rx) = watch::channel(Arc::default());
-    let eps = Arc::new(Endpoints::new(
-        state.clone(),
-        node_ns.clone(),
-        ep_dir,
-        leased.clone(),
-        &restored,
-        programmed_rx,
-        cfg.endpoints.endpoint_timeout,
-        source.clone(),
-    ));
+    let eps = Arc::new(
+        Endpoints::new(
+            state.clone(),
+            node_ns.clone(),
+            ep_dir,
+            leased.clone(),
+            &restored,
+            programmed_rx,
+            cfg.endpoints.endpoint_timeout,
+            source.clone(),
+        )
+        .with_pod_mtu(pod_mtu),
+    );
     let pods = match &source {
         LabelSource::Kubernetes(labels) => {
             sup.spawn(

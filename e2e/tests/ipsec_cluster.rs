@@ -187,6 +187,7 @@ fn stream_while(
     server: &CniPod,
     client: &CniPod,
     addr: IpAddr,
+    datagram: usize,
     during: impl FnOnce() -> Result<()>,
 ) -> Result<(Duration, Vec<u32>, u32)> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -236,9 +237,11 @@ fn stream_while(
             let mut tcp = TcpStream::connect_timeout(&(addr, 9000).into(), Duration::from_secs(5))?;
             let udp = UdpSocket::bind("0.0.0.0:0")?;
             let mut seq = 0u32;
+            let mut payload = vec![0x5au8; datagram.max(4)];
             while sending.load(Ordering::Relaxed) {
                 tcp.write_all(&[0x5a; 512])?;
-                udp.send_to(&seq.to_be_bytes(), (addr, 9001))?;
+                payload[..4].copy_from_slice(&seq.to_be_bytes());
+                udp.send_to(&payload, (addr, 9001))?;
                 seq += 1;
                 *sent.lock().unwrap() = seq;
                 std::thread::sleep(Duration::from_millis(10));
@@ -264,6 +267,17 @@ fn stream_while(
     let sent = *sent.lock().unwrap();
     let lost: Vec<u32> = (0..sent).filter(|s| !seen.contains(s)).collect();
     Ok((gap, lost, sent))
+}
+
+/// The MTU of the interface `ip addr show ARGS` lists in `ns`.
+fn link_mtu(ns: &axoneme_e2e::netns::Netns, args: &[&str]) -> Result<u64> {
+    let mut all = vec!["-j", "addr", "show"];
+    all.extend_from_slice(args);
+    let out = ns.ip(&all)?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v[0]["mtu"]
+        .as_u64()
+        .with_context(|| format!("no MTU in {v}"))
 }
 
 fn metrics(c: &Cluster, i: usize) -> Result<String> {
@@ -410,14 +424,27 @@ fn scenario(c: &mut Cluster, keys: &Path, wrong: &Path, t0: Instant) -> Result<(
     let stream = keys.with_file_name("stream.yaml");
     std::fs::write(&stream, STREAM_POLICY)?;
     c.import_policy(0, &stream)?;
-    let (gap, lost, sent) = stream_while(&payments, &checkout, payments.ip.into(), || {
-        std::thread::sleep(Duration::from_secs(1));
-        std::fs::write(keys, KEY_4)?;
-        sends_with(c, 0, &n1, 4)?;
-        sends_with(c, 1, &n0, 4)?;
-        std::thread::sleep(Duration::from_secs(1));
-        Ok(())
-    })?;
+    // Pods leave room for ESP: their interface is the node device's MTU
+    // less the overhead, and the UDP sequence fills it (a datagram the
+    // size of a default 1,500-byte MTU would not fit the device once
+    // encrypted, and the first ones would be lost to path-MTU discovery).
+    let device_mtu = link_mtu(&c.nodes[1].ns, &["to", &format!("{}/32", c.nodes[1].ip)])?;
+    let pod_mtu = link_mtu(&checkout.ns, &["dev", "eth0"])?;
+    ensure!(
+        pod_mtu == device_mtu - 77,
+        "checkout's eth0 MTU {pod_mtu}, the node's device {device_mtu}"
+    );
+    println!("IPSEC-MTU device={device_mtu} pod={pod_mtu}");
+    let datagram = usize::try_from(pod_mtu)? - 28;
+    let (gap, lost, sent) =
+        stream_while(&payments, &checkout, payments.ip.into(), datagram, || {
+            std::thread::sleep(Duration::from_secs(1));
+            std::fs::write(keys, KEY_4)?;
+            sends_with(c, 0, &n1, 4)?;
+            sends_with(c, 1, &n0, 4)?;
+            std::thread::sleep(Duration::from_secs(1));
+            Ok(())
+        })?;
     println!(
         "IPSEC-ROTATION sent={sent} lost={} longest_tcp_gap_ms={}",
         lost.len(),

@@ -38,6 +38,7 @@ pub struct Link {
     /// `aa:bb:cc:dd:ee:ff`, as `ip` prints it; empty when the link has none.
     pub mac: String,
     pub up: bool,
+    pub mtu: u32,
 }
 
 /// An address on a link with its scope.
@@ -220,11 +221,13 @@ fn link_of(m: &LinkMessage) -> Link {
         name: String::new(),
         mac: String::new(),
         up: m.header.flags.contains(LinkFlags::Up),
+        mtu: 0,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Address(mac) => link.mac = mac_string(mac),
+            LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             _ => {}
         }
     }
@@ -291,12 +294,21 @@ impl Rtnl {
 
     /// Creates a veth pair here: `name` in this namespace, `peer` in
     /// `peer_ns` (`ip link add NAME type veth peer name PEER netns NS`).
-    pub async fn add_veth(&self, name: &str, peer: &str, peer_ns: &Netns) -> Result<(), Error> {
-        let peer_msg = LinkUnspec::new_with_name(peer)
-            .setns_by_fd(peer_ns.raw_fd())
-            .build();
-        let msg = LinkVeth::new(name, peer)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+    pub async fn add_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns: &Netns,
+        mtu: Option<u32>,
+    ) -> Result<(), Error> {
+        let mut peer_msg = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns.raw_fd());
+        let mut veth = LinkVeth::new(name, peer);
+        if let Some(mtu) = mtu {
+            peer_msg = peer_msg.mtu(mtu);
+            veth = veth.mtu(mtu);
+        }
+        let msg = veth
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
             .build();
         self.handle.link().add(msg).execute().await.map_err(|e| {
             self.fail(
@@ -643,9 +655,13 @@ mod kernel_tests {
     async fn a_veth_pair_across_namespaces_with_addresses_and_routes() {
         let (node, pod) = (TestNs::new(), TestNs::new());
         let (n, p) = (node.ns.rtnl().unwrap(), pod.ns.rtnl().unwrap());
-        p.add_veth("eth0", "axotest0", &node.ns).await.unwrap();
+        p.add_veth("eth0", "axotest0", &node.ns, Some(1423))
+            .await
+            .unwrap();
         let eth0 = p.need_link("eth0").await.unwrap();
         let host = n.need_link("axotest0").await.unwrap();
+        // Both ends take the MTU asked for (a pod's, lowered for ESP).
+        assert_eq!((eth0.mtu, host.mtu), (1423, 1423));
         assert!(
             p.link("axotest0").await.unwrap().is_none(),
             "peer is in node"

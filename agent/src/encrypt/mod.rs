@@ -38,6 +38,20 @@ use crate::netdev::Ns;
 use desired::{desired, Me};
 
 /// The `encryption` line in `status`.
+/// What ESP in tunnel mode adds to a pod's packet, at most, with the keys
+/// the key file allows (AES-GCM, 128-bit ICV): an outer IPv6 header 40,
+/// ESP header 8, IV 8, padding 3, pad length and next header 2, ICV 16 —
+/// 77, the figure Cilium uses (`EncryptionIPsecOverhead`).
+pub const IPSEC_OVERHEAD: u32 = 77;
+
+/// The MTU of pods' interfaces: with encryption on, the node device's
+/// (Ethernet's 1,500 when unknown) less [`IPSEC_OVERHEAD`], so a full-size
+/// packet still fits the device once encrypted instead of depending on
+/// path-MTU discovery; without, the kernel's default.
+pub fn pod_mtu(encryption: bool, device_mtu: Option<u32>) -> Option<u32> {
+    encryption.then(|| device_mtu.unwrap_or(1500).saturating_sub(IPSEC_OVERHEAD))
+}
+
 pub fn component(st: &Status) -> axoneme_api::ComponentStatus {
     let (ok, message) = if !st.enabled {
         (true, "disabled".to_string())
@@ -353,6 +367,14 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pods_leave_room_for_esp_only_with_encryption_on() {
+        assert_eq!(super::pod_mtu(true, Some(1500)), Some(1423));
+        assert_eq!(super::pod_mtu(true, Some(9000)), Some(8923));
+        assert_eq!(super::pod_mtu(true, None), Some(1423));
+        assert_eq!(super::pod_mtu(false, Some(1500)), None);
+    }
+
     use super::*;
 
     fn key(spi: u8) -> Key {
