@@ -303,7 +303,7 @@ mod tests {
         let m = node_identities("n0", nodes());
         assert_eq!(m.addresses[&a], ReservedIdentity::Host.id());
         let (n1, n2) = (m.addresses[&b], m.addresses[&c]);
-        assert!(n1 != n2 && n1.0 & NODE_SCOPE == NODE_SCOPE && n2.0 & NODE_SCOPE == NODE_SCOPE);
+        assert!(n1 != n2 && n1.is_node_scope() && n2.is_node_scope());
         assert!(axoneme_policy::selector::is_node(&m.identities[&n1]));
         assert_eq!(
             m.identities[&n1].get("env").map(|l| l.value.as_str()),

@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use axoneme_identity::numeric::NODE_SCOPE;
 use axoneme_identity::{
     identity_cache, Assignment, EndpointRecord, IdentityCache, IdentityRecord, Label, LabelSet,
     Layout, NodeLabels, NodeRecord, NumericIdentity, PeerEndpoint, PolicyStatus, Raw,
@@ -380,7 +379,7 @@ impl NodeState {
             let label = Label::new(Source::Reserved, r.name(), "").ok()?;
             return LabelSet::from_labels([label]).ok();
         }
-        if id.0 & NODE_SCOPE == NODE_SCOPE {
+        if id.is_node_scope() {
             return self.node_identities().identities.remove(&id);
         }
         self.identities

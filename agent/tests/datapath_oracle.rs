@@ -15,7 +15,6 @@ use axoneme_bpf_common::{
     endpoint_flags, event_kind, tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT,
     tc_action::TC_ACT_SHOT, verdict as ev, EndpointInfo, IpcacheValue,
 };
-use axoneme_identity::numeric::NODE_SCOPE;
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{cidr_identities, compute, Direction, EnforcementMode};
 use axoneme_policy::oracle::{direction_verdict, OracleVerdict};
@@ -65,7 +64,7 @@ fn check(
         dp.maps.set_ipcache(&net, value).unwrap();
     };
     for (id, _) in ids.iter() {
-        let a = if id.0 & NODE_SCOPE == NODE_SCOPE {
+        let a = if id.is_node_scope() {
             // Other nodes' addresses.
             [10, 254, 0, u8::try_from(id.0 & 0xff).unwrap()]
         } else if id.is_local_scope() {

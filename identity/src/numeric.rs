@@ -32,6 +32,11 @@ impl NumericIdentity {
         self.0 & LOCAL_SCOPE != 0
     }
 
+    /// One of the other nodes' node-local identities.
+    pub fn is_node_scope(self) -> bool {
+        self.0 & NODE_SCOPE == NODE_SCOPE
+    }
+
     pub fn reserved(self) -> Option<ReservedIdentity> {
         ReservedIdentity::ALL.into_iter().find(|r| r.id() == self)
     }

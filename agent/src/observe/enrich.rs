@@ -35,7 +35,13 @@ pub struct Enricher {
     /// change (a record's addresses share one key).
     pods: HashMap<IpAddr, Arc<str>>,
     stale: bool,
+    /// Flow ends already built, by address and identity: an identity's
+    /// labels are formatted once, not per flow. Emptied with the index.
+    ends: HashMap<(IpAddr, u32), Endpoint>,
 }
+
+/// Flow ends kept at most; the cache starts over beyond it.
+const ENDS_CACHED: usize = 4096;
 
 impl Enricher {
     pub fn new(state: NodeState) -> Self {
@@ -43,16 +49,22 @@ impl Enricher {
             state,
             pods: HashMap::new(),
             stale: true,
+            ends: HashMap::new(),
         }
     }
 
-    /// Changes to the endpoint records: call [`Self::invalidate`] on each.
-    pub fn subscribe(&self) -> axoneme_identity::Subscription<PeerEndpoint> {
-        self.state.records().subscribe()
+    /// Changes to the endpoint records and to the identities: call
+    /// [`Self::invalidate`] on each.
+    pub fn subscribe(&self) -> Changes {
+        Changes {
+            records: self.state.records().subscribe(),
+            identities: self.state.identities().subscribe(),
+        }
     }
 
     pub fn invalidate(&mut self) {
         self.stale = true;
+        self.ends.clear();
     }
 
     fn pod(&mut self, ip: IpAddr) -> Option<Pod> {
@@ -66,6 +78,23 @@ impl Enricher {
     }
 
     fn endpoint(&mut self, ip: IpAddr, identity: u32) -> Endpoint {
+        // A node's identity follows its labels, which these changes do
+        // not cover: built each time.
+        if NumericIdentity(identity).is_node_scope() {
+            return self.build_endpoint(ip, identity);
+        }
+        if let Some(end) = self.ends.get(&(ip, identity)) {
+            return end.clone();
+        }
+        if self.ends.len() >= ENDS_CACHED {
+            self.ends.clear();
+        }
+        let end = self.build_endpoint(ip, identity);
+        self.ends.insert((ip, identity), end.clone());
+        end
+    }
+
+    fn build_endpoint(&mut self, ip: IpAddr, identity: u32) -> Endpoint {
         let labels = self
             .state
             .labels_of(NumericIdentity(identity))
@@ -207,6 +236,22 @@ impl Enricher {
             is_reply: Some(axoneme_hubble::BoolValue { value: false }),
             summary,
             ..Default::default()
+        }
+    }
+}
+
+/// What makes an [`Enricher`]'s caches stale.
+pub struct Changes {
+    records: axoneme_identity::Subscription<PeerEndpoint>,
+    identities: axoneme_identity::Subscription<axoneme_identity::IdentityRecord>,
+}
+
+impl Changes {
+    /// The next change of either.
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            _ = self.records.recv() => {}
+            _ = self.identities.recv() => {}
         }
     }
 }

@@ -7,7 +7,10 @@
 //!
 //! Nothing here can slow the datapath or the proxy: producers never wait
 //! (a full queue counts the event as lost), and a follower that lags
-//! behind the ring is told how many flows it missed.
+//! behind the ring is told how many flows it missed. Producers wake the
+//! observer only when the queue goes from empty to not empty, and the
+//! observer lets a batch gather ([`BATCH_WINDOW`]) before it drains: one
+//! wake per batch, not a thread wake-up and context switch per L7 request.
 
 pub mod enrich;
 pub mod server;
@@ -15,11 +18,11 @@ pub mod server;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axoneme_bpf_common::Event;
 use axoneme_hubble::flow::Flow;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::NodeState;
@@ -31,11 +34,23 @@ pub enum FlowEvent {
     Http(HttpEvent),
 }
 
+/// How long the observer lets events gather after a wake before it
+/// drains them: the delay a follower sees, bought against a wake per event.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// The bounded queue between the producers and the observer task.
+struct Queue {
+    events: Mutex<Vec<FlowEvent>>,
+    capacity: usize,
+    /// Signalled when the queue stops being empty.
+    ready: Notify,
+    lost: AtomicU64,
+}
+
 /// The producers' end of the observer's queue: never blocks.
 #[derive(Clone, Default)]
 pub struct FlowSink {
-    tx: Option<mpsc::Sender<FlowEvent>>,
-    lost: Arc<AtomicU64>,
+    queue: Option<Arc<Queue>>,
 }
 
 impl FlowSink {
@@ -45,11 +60,43 @@ impl FlowSink {
     }
 
     pub fn send(&self, e: FlowEvent) {
-        if let Some(tx) = &self.tx {
-            if tx.try_send(e).is_err() {
-                self.lost.fetch_add(1, Ordering::Relaxed);
-            }
+        let Some(q) = &self.queue else { return };
+        let mut events = q.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() >= q.capacity {
+            drop(events);
+            q.lost.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        events.push(e);
+        let first = events.len() == 1;
+        drop(events);
+        if first {
+            q.ready.notify_one();
+        }
+    }
+}
+
+/// The observer's end of the queue.
+pub struct FlowQueue(Arc<Queue>);
+
+impl FlowQueue {
+    /// Waits until events are queued, lets more gather for `window`, and
+    /// takes them all (oldest first) into `batch`. Cancel-safe: events a
+    /// cancelled call leaves behind are taken by the next.
+    async fn next_batch(&self, window: Duration, batch: &mut Vec<FlowEvent>) {
+        let empty = self
+            .0
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if empty {
+            // A producer that queues in between leaves a permit.
+            self.0.ready.notified().await;
+        }
+        tokio::time::sleep(window).await;
+        let mut events = self.0.events.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *events, batch);
     }
 }
 
@@ -81,8 +128,9 @@ pub struct Observer {
     ring: Mutex<Ring>,
     published: broadcast::Sender<Published>,
     started: Instant,
-    /// Events the queue could not take (also in `axoneme_hubble_lost_events_total`).
-    queue_lost: Arc<AtomicU64>,
+    /// The producers' queue: its count of events it could not take is
+    /// also in `axoneme_hubble_lost_events_total`.
+    queue: Arc<Queue>,
 }
 
 /// Sizes of the pipeline's buffers.
@@ -96,9 +144,13 @@ pub struct Sizes {
 
 impl Observer {
     /// The observer and the sink its producers write to.
-    pub fn new(node: &str, sizes: Sizes) -> (Arc<Self>, FlowSink, mpsc::Receiver<FlowEvent>) {
-        let (tx, rx) = mpsc::channel(sizes.queue.max(1));
-        let lost = Arc::new(AtomicU64::new(0));
+    pub fn new(node: &str, sizes: Sizes) -> (Arc<Self>, FlowSink, FlowQueue) {
+        let queue = Arc::new(Queue {
+            events: Mutex::new(Vec::new()),
+            capacity: sizes.queue.max(1),
+            ready: Notify::new(),
+            lost: AtomicU64::new(0),
+        });
         let (published, _) = broadcast::channel(sizes.ring.clamp(16, 8192));
         let observer = Arc::new(Observer {
             node: node.to_string(),
@@ -109,10 +161,12 @@ impl Observer {
             }),
             published,
             started: Instant::now(),
-            queue_lost: lost.clone(),
+            queue: queue.clone(),
         });
-        let sink = FlowSink { tx: Some(tx), lost };
-        (observer, sink, rx)
+        let sink = FlowSink {
+            queue: Some(queue.clone()),
+        };
+        (observer, sink, FlowQueue(queue))
     }
 
     pub fn node(&self) -> &str {
@@ -134,7 +188,7 @@ impl Observer {
     }
 
     pub fn queue_lost(&self) -> u64 {
-        self.queue_lost.load(Ordering::Relaxed)
+        self.queue.lost.load(Ordering::Relaxed)
     }
 
     /// Subscribes to what is published from now on, and takes the ring's
@@ -166,24 +220,26 @@ impl Observer {
 /// The observer task: the one writer of the ring.
 pub async fn run(
     observer: Arc<Observer>,
-    mut rx: mpsc::Receiver<FlowEvent>,
+    queue: FlowQueue,
     state: NodeState,
     metrics: crate::metrics::FlowMetrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut enricher = enrich::Enricher::new(state);
-    let mut records = enricher.subscribe();
+    let mut changes = enricher.subscribe();
     let mut reported_lost = 0;
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
-            e = rx.recv() => {
-                let Some(e) = e else { return Ok(()) };
-                let flow = enricher.flow(&e);
-                let (kind, subtype) = enrich::kind(&flow);
-                metrics.processed(kind, subtype, enrich::verdict_name(&flow));
-                observer.push(flow);
+            _ = queue.next_batch(BATCH_WINDOW, &mut batch) => {
+                for e in batch.drain(..) {
+                    let flow = enricher.flow(&e);
+                    let (kind, subtype) = enrich::kind(&flow);
+                    metrics.processed(kind, subtype, enrich::verdict_name(&flow));
+                    observer.push(flow);
+                }
             }
-            _ = records.recv() => enricher.invalidate(),
+            _ = changes.changed() => enricher.invalidate(),
             _ = cancel.cancelled() => return Ok(()),
         }
         let lost = observer.queue_lost();
@@ -236,19 +292,75 @@ mod tests {
         }
     }
 
+    fn event(time_ms: u64) -> FlowEvent {
+        FlowEvent::Datapath {
+            event: Event::default(),
+            time_ms,
+        }
+    }
+
+    fn times(batch: &[FlowEvent]) -> Vec<u64> {
+        batch
+            .iter()
+            .map(|e| match e {
+                FlowEvent::Datapath { time_ms, .. } => *time_ms,
+                FlowEvent::Http(_) => u64::MAX,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_observer_takes_what_gathered_in_one_batch_in_order() {
+        let (_obs, sink, queue) = Observer::new("n", Sizes { ring: 8, queue: 8 });
+        let mut batch = Vec::new();
+        let producer = sink.clone();
+        tokio::spawn(async move {
+            for t in 0..3 {
+                producer.send(event(t));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        queue.next_batch(BATCH_WINDOW, &mut batch).await;
+        assert_eq!(times(&batch), vec![0, 1, 2]);
+        batch.clear();
+        // Nothing queued: the next call waits for a producer.
+        let waiting = tokio::time::timeout(
+            Duration::from_secs(1),
+            queue.next_batch(BATCH_WINDOW, &mut batch),
+        );
+        assert!(waiting.await.is_err(), "a batch with nothing queued");
+        sink.send(event(7));
+        queue.next_batch(BATCH_WINDOW, &mut batch).await;
+        assert_eq!(times(&batch), vec![7]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_wait_leaves_its_events_to_the_next() {
+        let (_obs, sink, queue) = Observer::new("n", Sizes { ring: 8, queue: 8 });
+        let mut batch = Vec::new();
+        sink.send(event(1));
+        // Cancelled during its window, after the producer's wake was taken.
+        let cut =
+            tokio::time::timeout(BATCH_WINDOW / 2, queue.next_batch(BATCH_WINDOW, &mut batch));
+        assert!(cut.await.is_err());
+        assert!(batch.is_empty());
+        sink.send(event(2));
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            queue.next_batch(BATCH_WINDOW, &mut batch),
+        )
+        .await
+        .expect("the events left behind are taken");
+        assert_eq!(times(&batch), vec![1, 2]);
+    }
+
     #[test]
     fn a_full_queue_counts_lost_events_and_never_blocks() {
-        let (obs, sink, _rx) = Observer::new("n", Sizes { ring: 8, queue: 2 });
-        for _ in 0..5 {
-            sink.send(FlowEvent::Datapath {
-                event: Event::default(),
-                time_ms: 0,
-            });
+        let (obs, sink, _queue) = Observer::new("n", Sizes { ring: 8, queue: 2 });
+        for t in 0..5 {
+            sink.send(event(t));
         }
         assert_eq!(obs.queue_lost(), 3);
-        FlowSink::disabled().send(FlowEvent::Datapath {
-            event: Event::default(),
-            time_ms: 0,
-        });
+        FlowSink::disabled().send(event(0));
     }
 }
