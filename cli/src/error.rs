@@ -62,10 +62,12 @@ pub enum CliError {
     )]
     ServicesChanged(i64),
     #[error(
-        "{0} services in one command: at most {max} (etcd's default --max-txn-ops is 128)",
-        max = crate::service::MAX_PER_TXN
+        "{services} services in one command need {operations} operations in one etcd \
+         transaction (a record and the index's names per service): at most {max}, etcd's \
+         default --max-txn-ops; give fewer services per command",
+        max = axoneme_kvstore::MAX_TXN_OPS
     )]
-    TooManyServices(usize),
+    TooManyServices { services: usize, operations: usize },
     #[error("the stored record of service {id} cannot be read: {error}")]
     BadRecord { id: String, error: String },
     #[error("reading {path}: {error}")]
@@ -148,7 +150,7 @@ impl CliError {
             | CliError::InvalidName { .. }
             | CliError::EndpointRef(_)
             | CliError::Filter(_)
-            | CliError::TooManyServices(_)
+            | CliError::TooManyServices { .. }
             | CliError::InvalidArgument(_)
             | CliError::ReadFile { .. } => exit::INVALID_INPUT,
             CliError::Connect(_) | CliError::Deadline(..) => exit::UNAVAILABLE,

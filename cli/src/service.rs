@@ -5,15 +5,15 @@
 //! transaction, only if every document is valid and no service conflicts
 //! with another (a cluster IP, node port or address:port two services
 //! would share). The transaction compares each key's version (`create`:
-//! absent, `update`: present) and that nothing under the services prefix
-//! changed since the services were read for the conflict check, so a
-//! concurrent change fails the command cleanly, with nothing written.
+//! absent, `update`: as read) and the frontend index's marker, so a
+//! concurrent change fails the command cleanly, with nothing written
+//! ([`store`]: how conflicts are found without reading every service).
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
 use std::path::PathBuf;
 
-use axoneme_kvstore::{Compare, CompareOp, KeyValue, Txn, TxnOp};
+use axoneme_kvstore::KeyValue;
 use axoneme_service::validate::{self, FieldError};
 use axoneme_service::{BackendState, Frontend, ServiceRecord, ServiceType};
 use serde::Serialize;
@@ -21,11 +21,6 @@ use serde::Serialize;
 use crate::error::CliError;
 use crate::output::{Render, Table};
 use crate::Ctx;
-
-/// The most services one `create` or `update` writes: etcd's default
-/// `--max-txn-ops` (128) bounds the compares (one per service, plus one on
-/// the prefix).
-pub const MAX_PER_TXN: usize = 127;
 
 /// The verdict on one service of the files (or on a document that names
 /// none).
@@ -422,136 +417,6 @@ impl Render for ServiceView {
     }
 }
 
-/// Stores `services` (already valid) in one transaction; what it stored.
-/// Services that conflict with stored ones are
-/// [`CliError::InvalidServices`].
-pub async fn store(ctx: &Ctx, services: &[FromFile], mode: Mode) -> Result<ServiceList, CliError> {
-    if services.len() > MAX_PER_TXN {
-        return Err(CliError::TooManyServices(services.len()));
-    }
-    let prefix = ctx.layout.services_prefix();
-    let (kvs, read_at) = ctx
-        .kv
-        .get_prefix(&prefix)
-        .await
-        .map_err(CliError::kv("reading the stored services"))?;
-    let stored_keys: BTreeSet<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
-    let key = |r: &ServiceRecord| ctx.layout.service(&r.namespace, &r.name);
-    for s in services {
-        let exists = stored_keys.contains(key(&s.record).as_str());
-        match mode {
-            Mode::Create if exists => return Err(CliError::ServiceExists(s.record.id())),
-            Mode::Update if !exists => return Err(CliError::ServiceNotFound(s.record.id())),
-            _ => {}
-        }
-    }
-    // Conflicts with the stored services (unreadable ones are left out:
-    // `list` shows them).
-    let stored: Vec<ServiceRecord> = kvs
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect();
-    let new: Vec<ServiceRecord> = services.iter().map(|s| s.record.clone()).collect();
-    let conflicts = validate::conflicts(&new, &stored);
-    if !conflicts.is_empty() {
-        let mut report = ValidateReport(
-            services
-                .iter()
-                .map(|s| Checked {
-                    file: s.file.clone(),
-                    service: s.record.id(),
-                    valid: true,
-                    type_: Some(s.record.spec.type_),
-                    frontends: Some(s.record.frontends().len()),
-                    backends: Some(backend_counts(&s.record).1),
-                    errors: vec![],
-                })
-                .collect(),
-        );
-        report.add(conflicts);
-        return Err(CliError::InvalidServices(report.problems()));
-    }
-
-    let mut writes = Vec::new();
-    for s in services {
-        let value = serde_json::to_vec(&s.record).map_err(|e| CliError::Encode(e.to_string()))?;
-        writes.push((key(&s.record), value));
-    }
-    let mut compares: Vec<Compare> = writes
-        .iter()
-        .map(|(k, _)| match mode {
-            Mode::Create => Compare::version(k.clone(), CompareOp::Equal, 0),
-            Mode::Update => Compare::version(k.clone(), CompareOp::Greater, 0),
-        })
-        .collect();
-    // Nothing under the prefix changed since the conflict check read it.
-    compares.push(Compare::mod_revision(prefix, CompareOp::Less, read_at + 1).with_prefix());
-    let txn = Txn::new()
-        .when(compares)
-        .and_then(
-            writes
-                .iter()
-                .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None))
-                .collect::<Vec<_>>(),
-        )
-        .or_else(
-            writes
-                .iter()
-                .map(|(k, _)| TxnOp::get(k.clone(), None))
-                .collect::<Vec<_>>(),
-        );
-    let what = match mode {
-        Mode::Create => "creating services",
-        Mode::Update => "updating services",
-    };
-    let result = ctx.kv.txn(txn).await.map_err(CliError::kv(what))?;
-    let revision = if result.succeeded {
-        result.revision
-    } else {
-        diagnose(services, &writes, &result.gets, read_at, mode)?
-    };
-    Ok(ServiceList(
-        services
-            .iter()
-            .map(|s| ServiceView::of(&s.record, revision, false))
-            .collect(),
-    ))
-}
-
-/// Why a write transaction failed, from its `else` reads: a service that
-/// exists (create) or not (update), or a concurrent change. Every key
-/// holding exactly what was written, at one revision after the read, is
-/// this command's own write committed by an attempt whose answer was lost
-/// (the kvstore layer retried it): success, at that revision.
-fn diagnose(
-    services: &[FromFile],
-    writes: &[(String, Vec<u8>)],
-    gets: &[Vec<KeyValue>],
-    read_at: i64,
-    mode: Mode,
-) -> Result<i64, CliError> {
-    let found: Vec<Option<&KeyValue>> = gets.iter().map(|g| g.first()).collect();
-    let revisions: BTreeSet<i64> = found.iter().flatten().map(|kv| kv.mod_revision).collect();
-    let ours = found.len() == writes.len()
-        && found
-            .iter()
-            .zip(writes)
-            .all(|(kv, (_, value))| kv.is_some_and(|kv| kv.value == *value))
-        && revisions.len() == 1
-        && revisions.first().is_some_and(|r| *r > read_at);
-    if ours {
-        return Ok(*revisions.first().expect("one revision"));
-    }
-    for (s, kv) in services.iter().zip(&found) {
-        match (mode, kv) {
-            (Mode::Create, Some(_)) => return Err(CliError::ServiceExists(s.record.id())),
-            (Mode::Update, None) => return Err(CliError::ServiceNotFound(s.record.id())),
-            _ => {}
-        }
-    }
-    Err(CliError::ServicesChanged(read_at))
-}
-
 /// Checks a namespace given on the command line.
 pub fn check_namespace(namespace: &str) -> Result<(), CliError> {
     validate::check_dns1123_label(namespace).map_err(|reason| CliError::InvalidName {
@@ -604,30 +469,8 @@ pub async fn get(ctx: &Ctx, namespace: &str, name: &str) -> Result<ServiceView, 
     }
 }
 
-/// Deletes one service; what it was.
-pub async fn delete(ctx: &Ctx, namespace: &str, name: &str) -> Result<ServiceList, CliError> {
-    let id = format!("{namespace}/{name}");
-    let key = ctx.layout.service(namespace, name);
-    let txn = Txn::new()
-        .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
-        .and_then([TxnOp::get(key.clone(), None), TxnOp::delete(key, None)]);
-    let result = ctx
-        .kv
-        .txn(txn)
-        .await
-        .map_err(CliError::kv(format!("deleting service {id}")))?;
-    let deleted = result
-        .gets
-        .first()
-        .and_then(|g| g.first())
-        .filter(|_| result.succeeded)
-        .ok_or_else(|| CliError::ServiceNotFound(id))?;
-    Ok(ServiceList(
-        ServiceView::from_kv(ctx, deleted, false)
-            .into_iter()
-            .collect(),
-    ))
-}
+mod store;
+pub use store::{delete, store};
 
 #[cfg(test)]
 mod tests;

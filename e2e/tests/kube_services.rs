@@ -10,12 +10,14 @@
 //! checkout's POST passes the L7 proxy, its GET gets 403); a deleted Pod
 //! (Terminating: no kubelet finishes it) gets no new connections;
 //! `sessionAffinity: ClientIP` keeps a client on one backend and lets it
-//! go after its timeout; a deleted Service stops being answered.
+//! go after its timeout; a deleted Service stops being answered; the
+//! CLI's frontend index finds conflicts with the mirrored Services (the
+//! operator's writes make the CLI rebuild it).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use axoneme_e2e::expect::{seed_policy, wait_condition};
 use axoneme_e2e::services::{all_failed, lines, requests, seed_policy_holds, until};
 use axoneme_e2e::{Cluster, ClusterConfig};
@@ -36,6 +38,32 @@ fn service(name: &str, vip: &str, affinity: &str) -> String {
         }
     })
     .to_string()
+}
+
+/// `axoneme service create` of a service on `vip` is refused, naming the
+/// mirrored Service `holder`.
+fn cli_refuses_clash(c: &Cluster, vip: &str, holder: &str) -> Result<()> {
+    let path = c.dir.join(format!("clash-{vip}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: clash, namespace: default}}\n\
+             spec:\n  clusterIP: {vip}\n  ports: [{{port: 80}}]\n"
+        ),
+    )?;
+    let out = c
+        .cli_command(
+            0,
+            &["service", "create", "-f", path.to_str().context("path")?],
+        )
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1)
+            && stderr.contains(&format!("{vip} is also the cluster IP of {holder}")),
+        "{out:?}"
+    );
+    Ok(())
 }
 
 #[test]
@@ -77,6 +105,7 @@ fn services_from_the_api_server_are_balanced_in_ebpf() -> Result<()> {
             && l.contains("2/2")),
         "the CLI shows the mirrored Service:\n{list}"
     );
+    cli_refuses_clash(&c, VIP, "default/payments")?;
 
     // 100 new connections from each node, over both backends (50 each
     // expected, sd 5: 20 is 6 sd off).
@@ -153,6 +182,8 @@ fn services_from_the_api_server_are_balanced_in_ebpf() -> Result<()> {
             )
         },
     )?;
+    // Mirrored after the CLI's last command: found all the same.
+    cli_refuses_clash(&c, STICKY_VIP, "default/sticky")?;
     let mut picks = Vec::new();
     for round in 0..12 {
         let before: Vec<usize> = sticky_logs.iter().map(|l| lines(l)).collect();

@@ -362,3 +362,134 @@ fn refusals_write_nothing() {
         Ok(())
     });
 }
+
+/// The kvstore as the tests see it behind the CLI's back.
+struct Raw {
+    rt: tokio::runtime::Runtime,
+    kv: axoneme_kvstore::KvStore,
+    layout: axoneme_identity::Layout,
+}
+
+impl Raw {
+    fn connect(env: &Env) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let kv = rt.block_on(axoneme_kvstore::KvStore::connect(
+            axoneme_kvstore::KvConfig::new(env.etcd.endpoints()),
+        ))?;
+        Ok(Raw {
+            rt,
+            kv,
+            layout: axoneme_identity::Layout::new(&env.prefix),
+        })
+    }
+
+    /// Who holds the index name `name`, if anyone.
+    fn holder(&self, name: &str) -> Result<Option<String>> {
+        let kv = self
+            .rt
+            .block_on(self.kv.get(&self.layout.service_claim(name)))?;
+        Ok(kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    }
+
+    fn marked(&self) -> Result<bool> {
+        let marker = self.layout.services_index_marker();
+        Ok(self.rt.block_on(self.kv.get(&marker))?.is_some())
+    }
+}
+
+#[test]
+fn the_frontend_index_finds_conflicts_and_heals_after_other_writers() {
+    let env = Env::start().unwrap();
+    env.check(|env| {
+        let raw = Raw::connect(env)?;
+        let create = |name: &str, text: &str| -> Result<Run> {
+            let f = env.file(&format!("{name}.yaml"), text)?;
+            env.run(&["service", "create", "-f", path(&f)])
+        };
+        create("web", &service("web", "10.96.9.1", 8080, &[]))?.ok()?;
+        ensure!(raw.marked()?, "no index marker after a create");
+        ensure!(raw.holder("ip/10.96.9.1")?.as_deref() == Some("shop/web"));
+
+        // A service written by another writer (as the operator mirrors
+        // Kubernetes, or a store from before the index): no names, and
+        // the marker deleted. The next command rebuilds the index.
+        let mut legacy = env
+            .run(&["service", "get", "web", "-n", "shop", "-o", "json"])?
+            .ok()?
+            .json()?["record"]
+            .clone();
+        legacy["name"] = "legacy".into();
+        legacy["spec"]["clusterIPs"] = serde_json::json!(["10.96.9.2"]);
+        let legacy_key = raw.layout.service("shop", "legacy");
+        raw.rt.block_on(async {
+            raw.kv
+                .put(&legacy_key, serde_json::to_vec(&legacy)?, 0)
+                .await?;
+            raw.kv.delete(&raw.layout.services_index_marker()).await?;
+            anyhow::Ok(())
+        })?;
+        let run = create("clash", &service("clash", "10.96.9.2", 8080, &[]))?;
+        ensure!(run.code == 1, "{run:#?}");
+        ensure!(
+            run.stderr.contains(
+                "shop/clash: spec.clusterIPs[0]: 10.96.9.2 is also the cluster IP of shop/legacy"
+            ),
+            "{run:#?}"
+        );
+        ensure!(raw.marked()?, "the index was not rebuilt");
+        ensure!(raw.holder("ip/10.96.9.2")?.as_deref() == Some("shop/legacy"));
+
+        // Its record deleted behind the index's back: the stale name does
+        // not refuse a new holder, which takes it over.
+        raw.rt.block_on(raw.kv.delete(&legacy_key))?;
+        create("reuse", &service("reuse", "10.96.9.2", 8080, &[]))?.ok()?;
+        ensure!(raw.holder("ip/10.96.9.2")?.as_deref() == Some("shop/reuse"));
+
+        // An update releases the names the service no longer holds.
+        let moved = env.file("moved.yaml", &service("reuse", "10.96.9.3", 8080, &[]))?;
+        env.run(&["service", "update", "-f", path(&moved)])?.ok()?;
+        ensure!(
+            raw.holder("ip/10.96.9.2")?.is_none(),
+            "a released name stays"
+        );
+        ensure!(raw.holder("ip/10.96.9.3")?.as_deref() == Some("shop/reuse"));
+
+        // An external address on another service's cluster IP and port:
+        // found through the names it probes.
+        let ext = service("ext", "10.96.9.4", 8080, &[]).replace(
+            "  clusterIP: 10.96.9.4\n",
+            "  clusterIP: 10.96.9.4\n  externalIPs: [10.96.9.3]\n",
+        );
+        let run = create("ext", &ext)?;
+        ensure!(run.code == 1, "{run:#?}");
+        ensure!(
+            run.stderr.contains("shop/ext: spec.externalIPs[0]")
+                && run.stderr.contains("shop/reuse"),
+            "{run:#?}"
+        );
+        // A delete frees its names: the same file goes through.
+        env.run(&["service", "delete", "reuse", "-n", "shop"])?
+            .ok()?;
+        ensure!(
+            raw.holder("ip/10.96.9.3")?.is_none(),
+            "a deleted service's name stays"
+        );
+        create("ext", &ext)?.ok()?;
+        ensure!(raw.holder("fe/10.96.9.3/80/TCP")?.as_deref() == Some("shop/ext"));
+
+        // More than one transaction can hold: refused before anything is read.
+        let many: Vec<String> = (0..64)
+            .map(|i| service(&format!("m{i}"), &format!("10.96.10.{i}"), 8080, &[]))
+            .collect();
+        let run = create("many", &many.join("---\n"))?;
+        ensure!(run.code == 2, "{run:#?}");
+        ensure!(
+            run.stderr
+                .contains("64 services in one command need 129 operations"),
+            "{run:#?}"
+        );
+        Ok(())
+    });
+}

@@ -125,6 +125,23 @@ impl Layout {
         format!("{}{namespace}/{name}", self.services_prefix())
     }
 
+    /// The services' frontend index: which service holds a cluster IP or
+    /// a frontend (`axoneme_service::claims`), one key per name, the
+    /// holder's `namespace/name` as value.
+    pub fn services_index_prefix(&self) -> String {
+        format!("{}/services-index/v1/", self.root)
+    }
+
+    pub fn service_claim(&self, name: &str) -> String {
+        format!("{}{name}", self.services_index_prefix())
+    }
+
+    /// Present while the index is complete: every writer of the index
+    /// rewrites it, every other writer of services deletes it.
+    pub fn services_index_marker(&self) -> String {
+        format!("{}/services-index/v1.complete", self.root)
+    }
+
     /// `(namespace, name)` from a service key.
     pub fn split_service_key<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
         key.strip_prefix(&self.services_prefix())?.split_once('/')

@@ -185,6 +185,10 @@ impl From<&etcd_client::KeyValue> for KeyValue {
 }
 
 /// The result of a transaction.
+/// etcd's default `--max-txn-ops`: the most compares, and the most
+/// operations in each branch, of one transaction.
+pub const MAX_TXN_OPS: usize = 128;
+
 #[derive(Debug, Clone)]
 pub struct TxnResult {
     pub succeeded: bool,
@@ -424,6 +428,22 @@ impl KvStore {
                 _ => return Ok((out, revision)),
             }
         }
+    }
+
+    /// Reads each of `keys` (`None`: absent), in transactions of at most
+    /// [`MAX_TXN_OPS`] reads, with the revision of the first.
+    pub async fn get_many(&self, keys: &[String]) -> Result<(Vec<Option<KeyValue>>, i64)> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut revision = 0;
+        for chunk in keys.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::get(k.clone(), None)).collect();
+            let r = self.txn(Txn::new().and_then(ops)).await?;
+            if revision == 0 {
+                revision = r.revision;
+            }
+            out.extend(r.gets.into_iter().map(|g| g.into_iter().next()));
+        }
+        Ok((out, revision))
     }
 
     /// Counts keys under `prefix` without transferring them.

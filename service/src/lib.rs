@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod claims;
 pub mod maglev;
 pub mod model;
 pub mod parse;

@@ -1,3 +1,4 @@
+use super::store::diagnose;
 use super::*;
 use crate::output::{render, OutputFormat};
 

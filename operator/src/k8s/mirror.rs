@@ -367,13 +367,19 @@ impl Mirror<'_> {
     }
 
     async fn write(&mut self, which: Which, writes: Vec<Write>) -> Result<(), LeaderExit> {
-        for chunk in writes.chunks(TXN_OPS) {
+        // Services written here are not in the CLI's frontend index: each
+        // write also deletes its marker, so the next `axoneme service`
+        // command rebuilds the index first (cli/src/service/store.rs).
+        let index_marker =
+            matches!(which, Which::Services).then(|| self.layout.services_index_marker());
+        for chunk in writes.chunks(TXN_OPS - 1) {
             let ops: Vec<TxnOp> = chunk
                 .iter()
                 .map(|w| match w {
                     Write::Put(k, v) => TxnOp::put(k.clone(), v.clone(), None),
                     Write::Delete(k) => TxnOp::delete(k.clone(), None),
                 })
+                .chain(index_marker.iter().map(|m| TxnOp::delete(m.clone(), None)))
                 .collect();
             let result = self
                 .kv
