@@ -1,22 +1,25 @@
 //! `cargo xtask bench services`: Axoneme's socket LB and the real
-//! kube-proxy (iptables mode, built from the same Kubernetes release as the
-//! control plane) side by side in one two-node cluster, at 1, 1,000 and
-//! 10,000 Services of 4 backends each.
+//! kube-proxy (iptables and nftables modes, built from the same Kubernetes
+//! release as the control plane) side by side in one three-node cluster,
+//! at 1, 1,000 and 10,000 Services of 4 backends each.
 //!
-//! The client pod is on node 1, the four nginx backends of the measured
-//! Service on node 0 (so kube-proxy's DNAT and its reverse happen in node
-//! 1's stack; see docs/services.md). kube-proxy runs in node 1's network
-//! namespace against a real kube-apiserver holding the same number of
-//! Services (and EndpointSlices) as Axoneme's kvstore; the two sets use
-//! separate address ranges, so each path sees only its own. Per scale:
+//! A client pod is on node 1 and another on node 2, the four nginx
+//! backends of the measured Service on node 0 (so kube-proxy's DNAT and its
+//! reverse happen in the client's node's stack; see docs/services.md).
+//! kube-proxy runs in iptables mode in node 1's network namespace and in
+//! nftables mode in node 2's, both against a real kube-apiserver holding
+//! the same number of Services (and EndpointSlices) as Axoneme's kvstore;
+//! Axoneme's and kube-proxy's Services use separate address ranges, so
+//! each path sees only its own. Per scale:
 //!
 //! - CRR (a new connection per request, wrk with `Connection: close`) and
 //!   RR (one kept-alive connection) latency to the measured Service through
-//!   each, and to a backend's pod IP directly: the baseline. Interleaved
-//!   rounds, medians, ratios to direct.
+//!   each, and to a backend's pod IP directly from the same client: the
+//!   baseline. Interleaved rounds, medians, ratios to direct.
 //! - Service change to first use: a Service created (the CLI or kubectl
-//!   invoked) to the first connection a prober in the client pod gets
-//!   through it, p50/p99.
+//!   invoked) to the first connection a prober in a client pod gets
+//!   through it, p50/p99 (one kubectl change, timed by a prober on each
+//!   kube-proxy's node).
 //! - The node-1 agent's RSS.
 //!
 //! Targets (issue 18): flat from 1 to 10,000; socket LB within 3% of
@@ -146,22 +149,26 @@ while True:
         s.close()
 "#;
 
-/// Seconds from `change` starting, and from it returning (the Service
-/// stored: the CLI's or kubectl's own work done), to the first connection
-/// to `vip:80` from `client` (0 when the first came before the return).
-fn change_to_use(
-    client: &CniPod,
+/// For each client: seconds from `change` starting, and from it returning
+/// (the Service stored: the CLI's or kubectl's own work done), to its first
+/// connection to `vip:80` (0 when the first came before the return).
+fn change_to_use<const N: usize>(
+    clients: [&CniPod; N],
     vip: Ipv4Addr,
     change: impl FnOnce() -> Result<()>,
-) -> Result<(f64, f64)> {
+) -> Result<[(f64, f64); N]> {
     let vip = vip.to_string();
-    let mut child = client
-        .command(&["timeout", "30", "python3", "-c", PROBER, &vip])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    if lines.next().transpose()?.as_deref() != Some("ready") {
-        bail!("prober did not start");
+    let mut probers = Vec::new();
+    for client in clients {
+        let mut child = client
+            .command(&["timeout", "30", "python3", "-c", PROBER, &vip])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        if lines.next().transpose()?.as_deref() != Some("ready") {
+            bail!("prober did not start");
+        }
+        probers.push((child, lines));
     }
     let now = || -> Result<f64> {
         Ok(SystemTime::now()
@@ -171,13 +178,17 @@ fn change_to_use(
     let t0 = now()?;
     change()?;
     let stored = now()?;
-    let line = lines
-        .next()
-        .transpose()?
-        .context("the prober never connected")?;
-    let _ = child.wait();
-    let used = line.trim().parse::<f64>()?;
-    Ok((used - t0, (used - stored).max(0.0)))
+    let mut out = [(0.0, 0.0); N];
+    for ((mut child, mut lines), slot) in probers.into_iter().zip(&mut out) {
+        let line = lines
+            .next()
+            .transpose()?
+            .context("the prober never connected")?;
+        let _ = child.wait();
+        let used = line.trim().parse::<f64>()?;
+        *slot = (used - t0, (used - stored).max(0.0));
+    }
+    Ok(out)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -190,10 +201,11 @@ fn main() -> Result<()> {
     let scales: Vec<usize> = pick(vec![1, 1000, 10_000], vec![1, 20]);
     let (seconds, rounds, changes) = pick((4u32, 3usize, 20usize), (1, 1, 2));
     let mut c = Cluster::start(&ClusterConfig {
-        nodes: 2,
+        nodes: 3,
         ..ClusterConfig::default()
     })?;
     let client = c.add_pod(1, "client", &[("app", "client")])?;
+    let client_nft = c.add_pod(2, "client-nft", &[("app", "client")])?;
     let mut webs = Vec::new();
     for i in 0..4 {
         let w = c.add_pod(0, &format!("web-{i}"), &[("app", "web")])?;
@@ -202,17 +214,16 @@ fn main() -> Result<()> {
         webs.push(w);
     }
     let web_ips: Vec<IpAddr> = webs.iter().map(|w| IpAddr::V4(w.ip)).collect();
-    let (node0, node1) = (c.nodes[0].name.clone(), c.nodes[1].name.clone());
+    let node0 = c.nodes[0].name.clone();
 
     let kube = KubeControlPlane::start()?;
-    kube.create_node(&node1, c.nodes[1].ip, Some(c.nodes[1].ip6))?;
-    let mut proxy = kube_proxy::start(
-        &kube,
-        &c.nodes[1].ns,
-        &node1,
-        "iptables",
-        &c.dir.join("kube-proxy.log"),
-    )?;
+    let mut proxies = Vec::new();
+    for (i, mode) in [(1, "iptables"), (2, "nftables")] {
+        let node = &c.nodes[i];
+        kube.create_node(&node.name, node.ip, Some(node.ip6))?;
+        let log = c.dir.join(format!("kube-proxy-{mode}.log"));
+        proxies.push(kube_proxy::start(&kube, &node.ns, &node.name, mode, &log)?);
+    }
 
     let direct_url = format!("http://{}:8080/", webs[0].ip);
     let ax_url = format!("http://{}/", ip(AX_BASE, 0));
@@ -250,27 +261,46 @@ fn main() -> Result<()> {
         let started = Instant::now();
         kube_proxy::create(&kube, &objects)?;
         let kp_store = started.elapsed();
+        let kp_stored_at = Instant::now();
         have = n;
         let ax_ready = until(
             "Axoneme programs every Service",
             Duration::from_secs(120),
             || Ok(ax_programmed(&c, 1)? >= n),
         )?;
-        let kp_ready = until(
-            "kube-proxy programs every Service",
+        // Both kube-proxies, each from the API's store.
+        let (mut kp_ready, mut nft_ready) = (None, None);
+        until(
+            "kube-proxy programs every Service (both modes)",
             Duration::from_secs(300),
-            || Ok(kube_proxy::iptables_services(&c.nodes[1].ns)? >= n),
+            || {
+                if kp_ready.is_none() && kube_proxy::iptables_services(&c.nodes[1].ns)? >= n {
+                    kp_ready = Some(kp_stored_at.elapsed());
+                }
+                if nft_ready.is_none() && kube_proxy::nftables_services(&c.nodes[2].ns)? >= n {
+                    nft_ready = Some(kp_stored_at.elapsed());
+                }
+                Ok(kp_ready.is_some() && nft_ready.is_some())
+            },
         )?;
-        eprintln!("{n} services: stored in {ax_store:?} (Axoneme) / {kp_store:?} (API); programmed {ax_ready:?} after / {kp_ready:?} after");
+        let (kp_ready, nft_ready) = (kp_ready.unwrap_or_default(), nft_ready.unwrap_or_default());
+        eprintln!("{n} services: stored in {ax_store:?} (Axoneme) / {kp_store:?} (API); programmed {ax_ready:?} after / {kp_ready:?} (iptables) / {nft_ready:?} (nftables) after");
 
-        let urls = [&direct_url, &ax_url, &kp_url];
-        let mut crr: [Vec<(f64, f64)>; 3] = Default::default();
-        let mut rr: [Vec<(f64, f64, f64)>; 3] = Default::default();
+        // direct, Axoneme, iptables from node 1; direct, nftables from node 2.
+        let paths = [
+            (&client, &direct_url),
+            (&client, &ax_url),
+            (&client, &kp_url),
+            (&client_nft, &direct_url),
+            (&client_nft, &kp_url),
+        ];
+        let mut crr: [Vec<(f64, f64)>; 5] = Default::default();
+        let mut rr: [Vec<(f64, f64, f64)>; 5] = Default::default();
         for _ in 0..rounds {
-            for (k, url) in urls.iter().enumerate() {
-                let r = wrk(&client, url, seconds, true)?;
+            for (k, (from, url)) in paths.iter().enumerate() {
+                let r = wrk(from, url, seconds, true)?;
                 crr[k].push((r.p50_ms, r.p99_ms));
-                let r = wrk(&client, url, seconds, false)?;
+                let r = wrk(from, url, seconds, false)?;
                 rr[k].push((r.rps, r.p50_ms, r.p99_ms));
             }
         }
@@ -286,27 +316,34 @@ fn main() -> Result<()> {
                 median(&rr[k].iter().map(|r| r.1).collect::<Vec<_>>()),
             )
         };
-        let [cd, ca, ck] = [0, 1, 2].map(med_crr);
-        let [rd, ra, rk] = [0, 1, 2].map(med_rr);
+        let [cd, ca, ck, cd2, cn] = [0, 1, 2, 3, 4].map(med_crr);
+        let [rd, ra, rk, rd2, rn] = [0, 1, 2, 3, 4].map(med_rr);
 
         // Service change to first use, each path in turn.
-        let (mut ax_change, mut kp_change) = (Vec::new(), Vec::new());
-        let (mut ax_stored, mut kp_stored) = (Vec::new(), Vec::new());
+        let (mut ax_change, mut kp_change, mut nft_change) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ax_stored, mut kp_stored, mut nft_stored) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..changes {
             let name = format!("chg-{changed}");
             let vip = ip(AX_CHANGE_BASE, changed);
             let doc = ax_doc(&name, vip, &web_ips, &node0);
-            let (all, after) = change_to_use(&client, vip, || ax_create(&c, &[doc], &name))?;
+            let [(all, after)] = change_to_use([&client], vip, || ax_create(&c, &[doc], &name))?;
             ax_change.push(all * 1000.0);
             ax_stored.push(after * 1000.0);
             let vip = ip(KP_CHANGE_BASE, changed);
             let objects =
                 kube_proxy::service_objects(&name, IpAddr::V4(vip), 80, 8080, &web_ips, &node0);
-            let (all, after) = change_to_use(&client, vip, || kube_proxy::create(&kube, &objects))?;
+            let [(all, after), (all_nft, after_nft)] =
+                change_to_use([&client, &client_nft], vip, || {
+                    kube_proxy::create(&kube, &objects)
+                })?;
             kp_change.push(all * 1000.0);
             kp_stored.push(after * 1000.0);
+            nft_change.push(all_nft * 1000.0);
+            nft_stored.push(after_nft * 1000.0);
             changed += 1;
         }
+        let pct =
+            |v: &Vec<f64>| json!({"p50": percentile(v, 500), "p99": percentile(v, 990), "all": v});
         let pid = c.nodes[1].agent.as_ref().context("agent")?.pid();
         let rss = rss_kib(pid)?;
         let row = json!({
@@ -315,6 +352,11 @@ fn main() -> Result<()> {
                 "direct": {"p50_ms": cd.0, "p99_ms": cd.1},
                 "axoneme": {"p50_ms": ca.0, "p99_ms": ca.1},
                 "kube_proxy_iptables": {"p50_ms": ck.0, "p99_ms": ck.1},
+                "direct_node2": {"p50_ms": cd2.0, "p99_ms": cd2.1},
+                "kube_proxy_nftables": {"p50_ms": cn.0, "p99_ms": cn.1},
+                "kube_proxy_nftables_p50_vs_direct": cn.0 / cd2.0,
+                "kube_proxy_nftables_p99_vs_direct": cn.1 / cd2.1,
+                "kube_proxy_nftables_p99_vs_axoneme": cn.1 / ca.1,
                 "axoneme_p50_vs_direct": ca.0 / cd.0,
                 "axoneme_p99_vs_direct": ca.1 / cd.1,
                 "kube_proxy_p50_vs_direct": ck.0 / cd.0,
@@ -326,31 +368,42 @@ fn main() -> Result<()> {
                 "direct": {"rps": rd.0, "p50_ms": rd.1},
                 "axoneme": {"rps": ra.0, "p50_ms": ra.1},
                 "kube_proxy_iptables": {"rps": rk.0, "p50_ms": rk.1},
+                "direct_node2": {"rps": rd2.0, "p50_ms": rd2.1},
+                "kube_proxy_nftables": {"rps": rn.0, "p50_ms": rn.1},
                 "axoneme_rps_vs_direct": ra.0 / rd.0,
                 "kube_proxy_rps_vs_direct": rk.0 / rd.0,
+                "kube_proxy_nftables_rps_vs_direct": rn.0 / rd2.0,
                 "rounds": rr,
             },
             "change_to_use_ms": {
-                "axoneme": {"p50": percentile(&ax_change, 500), "p99": percentile(&ax_change, 990), "all": ax_change},
-                "kube_proxy_iptables": {"p50": percentile(&kp_change, 500), "p99": percentile(&kp_change, 990), "all": kp_change},
+                "axoneme": pct(&ax_change),
+                "kube_proxy_iptables": pct(&kp_change),
+                "kube_proxy_nftables": pct(&nft_change),
             },
             "stored_to_use_ms": {
-                "axoneme": {"p50": percentile(&ax_stored, 500), "p99": percentile(&ax_stored, 990), "all": ax_stored},
-                "kube_proxy_iptables": {"p50": percentile(&kp_stored, 500), "p99": percentile(&kp_stored, 990), "all": kp_stored},
+                "axoneme": pct(&ax_stored),
+                "kube_proxy_iptables": pct(&kp_stored),
+                "kube_proxy_nftables": pct(&nft_stored),
             },
-            "programmed_after_store_s": {"axoneme": ax_ready.as_secs_f64(), "kube_proxy_iptables": kp_ready.as_secs_f64()},
+            "programmed_after_store_s": {
+                "axoneme": ax_ready.as_secs_f64(),
+                "kube_proxy_iptables": kp_ready.as_secs_f64(),
+                "kube_proxy_nftables": nft_ready.as_secs_f64(),
+            },
             "stored_s": {"axoneme_cli": ax_store.as_secs_f64(), "kubectl": kp_store.as_secs_f64()},
             "agent_rss_mib": rss as f64 / 1024.0,
         });
         eprintln!("{row:#}");
         rows.push(row);
     }
-    proxy.terminate(Duration::from_secs(5));
-    kube_proxy::cleanup(&c.nodes[1].ns);
+    for (i, mut proxy) in proxies.into_iter().enumerate() {
+        proxy.terminate(Duration::from_secs(5));
+        kube_proxy::cleanup(&c.nodes[i + 1].ns);
+    }
     write_figures(
         "services",
         &json!({
-            "topology": "client pod on node 1; the measured Service's 4 nginx backends on node 0; kube-proxy (iptables mode, --iptables-min-sync-period=0) in node 1's namespace; wrk with 1 connection",
+            "topology": "client pods on nodes 1 and 2; the measured Service's 4 nginx backends on node 0; kube-proxy in iptables mode (--iptables-min-sync-period=0) in node 1's namespace, in nftables mode in node 2's; wrk with 1 connection",
             "seconds": seconds,
             "rounds": rounds,
             "rows": rows,

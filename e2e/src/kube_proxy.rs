@@ -178,6 +178,20 @@ pub fn iptables_services(ns: &Netns) -> Result<usize> {
     Ok(text.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count())
 }
 
+/// How many Services kube-proxy's rules in `ns` load-balance (nftables
+/// mode: the `service-` chains of its `ip kube-proxy` table).
+pub fn nftables_services(ns: &Netns) -> Result<usize> {
+    let out: std::process::Output = ns
+        .command(&["nft", "list", "chains", "ip"])
+        .output()
+        .context("nft (the nftables package)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("chain service-"))
+        .count())
+}
+
 /// Removes what kube-proxy left in `ns` (`kube-proxy --cleanup`).
 pub fn cleanup(ns: &Netns) {
     if let Ok(bin) = kube_bin("kube-proxy") {

@@ -23,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "iperf3",
     "iptables",
+    // kube-proxy's nftables mode (the services benchmark) drives `nft`.
+    "nftables",
     "curl",
     // The IPsec VM's `sh` (busybox's runs its own applets before PATH).
     "dash",
