@@ -6,8 +6,10 @@
 //! not served from outside; a NodePort without backends refuses. Maglev:
 //! a client gets the same backend through either node address and after
 //! its flow is forgotten, and removing one backend of ten moves few other
-//! clients. Without socket LB, the pods' veth programs translate their
-//! own flows the same way. (SNAT to a backend on another node needs a
+//! clients. `ClientIP` affinity keeps a client address on one backend
+//! across flows (not a client's flows spread by Maglev), moves it when
+//! that backend leaves, and lets it go after its timeout. Without socket
+//! LB, the pods' veth programs translate their own flows the same way. (SNAT to a backend on another node needs a
 //! route and a neighbour: the e2e test `nodeport` covers it with real
 //! namespaces.)
 
@@ -286,6 +288,64 @@ fn maglev_picks_the_same_backend_on_every_node_and_moves_few() -> Result<()> {
     assert!(
         moved_others <= 30,
         "{moved_others} of ~900 moved (Maglev: a few %)"
+    );
+    Ok(())
+}
+
+#[test]
+fn client_ip_affinity_holds_a_client_address_until_it_expires() -> Result<()> {
+    const M: u32 = 1021;
+    const TIMEOUT_S: u32 = 1;
+    let mut dp = load();
+    dp.set_node_addrs(&[NODE.into()], M)?;
+    let mut lb = dp.take_lb_maps()?;
+    let ten: Vec<[u8; 4]> = (1..=10).map(|i| [10, 200, 0, i]).collect();
+    let mut ids = Ids::default().with_maglev(Maglev { m: M, seed: 7 });
+    let mut have = Table::default();
+    let mut f = frontend(
+        FrontendKind::NodePort,
+        "0.0.0.0",
+        30080,
+        Protocol::Tcp,
+        &ten,
+    );
+    f.affinity_timeout = Some(TIMEOUT_S);
+    let want = build(std::slice::from_ref(&f), "node-a", &[NODE.into()], &mut ids)?;
+    sync(&mut lb, &mut have, &want)?;
+
+    // 50 flows of one client (Maglev alone spreads such ports over all
+    // ten, see above): one backend.
+    let first = picks(&dp, NODE, 20000..20050)?;
+    let held = first[0];
+    assert!(first.iter().all(|b| *b == held), "{first:?}");
+
+    // Its backend leaves: the client moves, to one backend again.
+    f.backends
+        .retain(|b| b.addr != std::net::IpAddr::from([10, 200, 0, held]));
+    let want = build(std::slice::from_ref(&f), "node-a", &[NODE.into()], &mut ids)?;
+    sync(&mut lb, &mut have, &want)?;
+    forget_flows(&dp)?;
+    let moved = picks(&dp, NODE, 20100..20150)?;
+    assert!(moved[0] != held, "{moved:?}");
+    assert!(moved.iter().all(|b| *b == moved[0]), "{moved:?}");
+
+    // Unused for longer than the timeout, the client picks anew: a flow
+    // whose Maglev entry is another backend gets that one (tried port by
+    // port: an entry may be the held backend by chance).
+    let now_held = moved[0];
+    let mut released = false;
+    for port in 20200..20203 {
+        std::thread::sleep(std::time::Duration::from_millis(
+            u64::from(TIMEOUT_S) * 1000 + 1200,
+        ));
+        if picks(&dp, NODE, port..port + 1)?[0] != now_held {
+            released = true;
+            break;
+        }
+    }
+    assert!(
+        released,
+        "the client stayed on backend .{now_held} past its timeout"
     );
     Ok(())
 }

@@ -27,6 +27,20 @@ const VIP4: &str = "10.96.0.10";
 const VIP6: &str = "fd00:96::10";
 const PORTS: [(&str, &str, u16, u16); 2] = [("http", "TCP", 80, 8080), ("dns", "UDP", 53, 5353)];
 
+/// Whether `n` new connections from `from` to the service all reached one
+/// of the backends logging to `logs`.
+fn one_backend(from: &CniPod, logs: &[std::path::PathBuf], n: u32) -> Result<bool> {
+    let before: Vec<usize> = logs.iter().map(|l| lines(l)).collect();
+    let got = requests(from, VIP4, 80, "GET", "/sticky", n)?;
+    assert_eq!(got, BTreeMap::from([("200".to_string(), u64::from(n))]));
+    let per: Vec<usize> = logs
+        .iter()
+        .zip(&before)
+        .map(|(l, b)| lines(l) - b)
+        .collect();
+    Ok(per.contains(&(n as usize)))
+}
+
 fn apply(c: &Cluster, verb: &str, name: &str, yaml: &str) -> Result<std::process::Output> {
     let path = c.dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml)?;
@@ -349,7 +363,8 @@ fn switching_kube_proxy_replacement_drains_nothing_established() -> Result<()> {
 /// Without socket LB (`--socket-lb=false`) the pods' veth programs
 /// translate per packet: the same service from both nodes, TCP and UDP
 /// (the reply from the service's address), IPv6, the spread over the
-/// backends, and the payments policy judged by the backend (intruder
+/// backends, `ClientIP` affinity (each client's new connections on one
+/// backend), and the payments policy judged by the backend (intruder
 /// blocked, checkout's POST through the L7 proxy, its GET 403).
 #[test]
 fn per_packet_lb_at_the_pods_veths_without_socket_lb() -> Result<()> {
@@ -426,6 +441,35 @@ fn per_packet_lb_at_the_pods_veths_without_socket_lb() -> Result<()> {
     let got = requests(&client, VIP6, 80, "GET", "/v6", 20)?;
     assert_eq!(got, BTreeMap::from([("200".to_string(), 20)]));
     udp_through(&[(&client, VIP4), (&seed.checkout, VIP6)], &backends)?;
+
+    // ClientIP affinity per packet (by the client's address): each
+    // client's new connections stay on one backend.
+    let sticky = service_yaml(
+        "payments",
+        &[VIP4, VIP6],
+        &PORTS,
+        &endpoints,
+        "  sessionAffinity: ClientIP\n",
+    );
+    let out = apply(&c, "update", "payments", &sticky)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for from in [&client, &seed.checkout] {
+        // The first connections may come before the agents programmed it.
+        until(
+            &format!("{}'s connections stay on one backend", from.name),
+            Duration::from_secs(10),
+            || one_backend(from, &logs, 10),
+        )?;
+        assert!(
+            one_backend(from, &logs, 40)?,
+            "{}: 40 new connections over both backends",
+            from.name
+        );
+    }
 
     seed_policy_through_vip(&c, &seed, 20)?;
 

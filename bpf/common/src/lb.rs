@@ -129,7 +129,20 @@ pub struct AffinityKey {
     pub pad: [u8; 4],
 }
 
-/// Value of [`LB_AFFINITY`](super::map_names::LB_AFFINITY).
+/// Key of [`LB_AFFINITY_ADDR`](super::map_names::LB_AFFINITY_ADDR): a
+/// client by its address (the per-packet LB has no socket to tell a pod
+/// by; Cilium's `lb4_affinity_key` keys the same) and a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityAddrKey {
+    pub addr: [u8; 16],
+    pub rev_nat: u32,
+    pub family: u8,
+    pub pad: [u8; 3],
+}
+
+/// Value of [`LB_AFFINITY`](super::map_names::LB_AFFINITY) and
+/// [`LB_AFFINITY_ADDR`](super::map_names::LB_AFFINITY_ADDR).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityValue {
@@ -267,6 +280,7 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for AffinityMatchKey {}
+    unsafe impl aya::Pod for AffinityAddrKey {}
     unsafe impl aya::Pod for NatTuple {}
     unsafe impl aya::Pod for NatFwd {}
     unsafe impl aya::Pod for NatRev {}

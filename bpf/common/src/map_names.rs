@@ -53,6 +53,9 @@ pub const LB_AFFINITY: &str = "LB_AFFINITY";
 /// Hash: the (backend, frontend) pairs affinity may keep using
 /// ([`super::lb::AffinityMatchKey`]).
 pub const LB_AFFINITY_MATCH: &str = "LB_AFFINITY_MATCH";
+/// LRU hash: a client address's backend per frontend under `ClientIP`
+/// affinity, for the per-packet LB ([`super::lb::AffinityAddrKey`]).
+pub const LB_AFFINITY_ADDR: &str = "LB_AFFINITY_ADDR";
 /// LRU hash: a flow from outside the node to an external frontend →
 /// its backend (and SNAT) ([`super::lb::NatTuple`]).
 pub const LB_NAT_FWD: &str = "LB_NAT_FWD";
@@ -79,7 +82,7 @@ pub const ENCRYPT: &str = "ENCRYPT";
 pub const ENCRYPT_NODES: &str = "ENCRYPT_NODES";
 pub const LIFELINE: &str = "LIFELINE";
 /// Every map of the production object (`axoneme-bpf`).
-pub const DATAPATH: [&str; 30] = [
+pub const DATAPATH: [&str; 31] = [
     ENCRYPT,
     LIFELINE,
     ENCRYPT_NODES,
@@ -104,6 +107,7 @@ pub const DATAPATH: [&str; 30] = [
     LB_SOCK_REVNAT,
     LB_AFFINITY,
     LB_AFFINITY_MATCH,
+    LB_AFFINITY_ADDR,
     LB_NAT_FWD,
     LB_NAT_REV,
     LB_NODE,

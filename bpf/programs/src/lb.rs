@@ -52,7 +52,8 @@ static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
 static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(LB_AFFINITY_MAX, 0);
 #[map]
-static LB_AFFINITY_MATCH: HashMap<AffinityMatchKey, u32> = HashMap::pinned(LB_BACKENDS_MAX, 0);
+pub(crate) static LB_AFFINITY_MATCH: HashMap<AffinityMatchKey, u32> =
+    HashMap::pinned(LB_BACKENDS_MAX, 0);
 
 /// What a `sock_addr` program returns to let the call go on.
 const ALLOW: i32 = 1;

@@ -8,7 +8,9 @@
 //!   backend; a new flow takes its Maglev entry (`LB_MAGLEV`, the master's
 //!   row, indexed by a hash of the client's address and port, the protocol
 //!   and the frontend's port: the same on every node), or without a row,
-//!   one of the master's slots at random;
+//!   one of the master's slots at random; under `sessionAffinity:
+//!   ClientIP`, the client address's previous backend while it is fresh
+//!   and still a backend of the frontend (`LB_AFFINITY_ADDR`);
 //! - backend on this node, or `externalTrafficPolicy: Local`: DNAT only.
 //!   The packet goes up the node's stack to the pod's veth, where policy
 //!   judges it by the client's identity (the source is kept); the reply
@@ -35,7 +37,8 @@
 use axoneme_bpf_common::{
     drop_reason, family,
     lb::{
-        backend_flags, svc_flags, LbKey, NatFwd, NatRev, NatTuple, NodeAddrs, LB_MAGLEV_MAX,
+        backend_flags, svc_flags, AffinityAddrKey, AffinityMatchKey, AffinityValue, LbKey,
+        LbService, NatFwd, NatRev, NatTuple, NodeAddrs, LB_AFFINITY_MAX, LB_MAGLEV_MAX,
         LB_NAT_MAX,
     },
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
@@ -45,14 +48,14 @@ use aya_ebpf::{
         bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect_neigh},
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
     programs::TcContext,
     EbpfContext,
 };
 
-use crate::lb::{pick, LB_BACKENDS, LB_SERVICES};
+use crate::lb::{pick, LB_AFFINITY_MATCH, LB_BACKENDS, LB_SERVICES};
 use crate::parse::ETH_HLEN;
 
 #[map]
@@ -66,6 +69,11 @@ static LB_NODE: Array<NodeAddrs> = Array::pinned(1, 0);
 /// Maglev rows: backend ids (see `LbService`).
 #[map]
 static LB_MAGLEV: Array<u32> = Array::pinned(LB_MAGLEV_MAX, 0);
+/// `ClientIP` affinity by client address (socket LB keys its own by the
+/// pod's network namespace, `LB_AFFINITY`).
+#[map]
+static LB_AFFINITY_ADDR: LruHashMap<AffinityAddrKey, AffinityValue> =
+    LruHashMap::pinned(LB_AFFINITY_MAX, 0);
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -200,16 +208,13 @@ fn translate(ctx: &TcContext) -> Option<i32> {
         pad: [0; 2],
     };
     // SAFETY: as above.
-    let (count, flags, row) = match unsafe { LB_SERVICES.get(&key) } {
-        Some(s) => (s.count, s.flags, s.backend_id),
-        None => return None,
-    };
-    if flags & svc_flags::EXTERNAL == 0 {
+    let svc = unsafe { LB_SERVICES.get(&key) }?;
+    if svc.flags & svc_flags::EXTERNAL == 0 {
         return None;
     }
     let fwd = match known(&p.t) {
         Some(f) => f,
-        None => match new_flow(&p, &key, count, flags, row) {
+        None => match new_flow(&p, &key, svc, 0) {
             Some(f) => f,
             // No usable backend (or no port to SNAT from): refused.
             None => return Some(TC_ACT_SHOT),
@@ -307,13 +312,12 @@ pub(crate) fn pod_egress(ctx: &TcContext) -> u8 {
     };
     let key = &s.key;
     // SAFETY: read in place (see `ingress`).
-    let (count, flags, row) = match unsafe { LB_SERVICES.get(key) } {
-        Some(s) => (s.count, s.flags, s.backend_id),
-        None => return 0,
+    let Some(svc) = (unsafe { LB_SERVICES.get(key) }) else {
+        return 0;
     };
     let fwd = match known(&p.t) {
         Some(f) => f,
-        None => match new_flow(p, key, count, flags | FROM_POD, row) {
+        None => match new_flow(p, key, svc, FROM_POD) {
             Some(f) => f,
             None => return drop_reason::DROP_NO_SERVICE,
         },
@@ -380,33 +384,33 @@ pub struct NatScratch {
     fwd: NatFwd,
     rev: NatRev,
     key: NatTuple,
+    affinity: AffinityAddrKey,
 }
 
 #[map]
 static LB_NAT_SCRATCH: PerCpuArray<NatScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Picks a backend for a new flow and records both directions' rewrites;
-/// the flow's entry in `LB_NAT_FWD`.
+/// Picks a backend for a new flow to the frontend `svc` (its master) and
+/// records both directions' rewrites; the flow's entry in `LB_NAT_FWD`.
+/// `extra`: [`FROM_POD`] or 0.
 #[inline(never)]
-fn new_flow(p: &Pkt, key: &LbKey, count: u16, flags: u8, row: u32) -> Option<&'static NatFwd> {
-    if count == 0 {
+fn new_flow(p: &Pkt, key: &LbKey, svc: &LbService, extra: u8) -> Option<&'static NatFwd> {
+    let flags = svc.flags | extra;
+    if svc.count == 0 {
         return None;
     }
-    let m = LB_NODE.get(0).map_or(0, |n| n.maglev_m);
-    let id = if row != 0 && m != 0 {
-        // Maglev: the client's address and port, the protocol and the
-        // frontend's port pick the entry, so every node picks the same
-        // backend for the same client.
-        let index = (row - 1).checked_mul(m)?.checked_add(flow_hash(&p.t) % m)?;
-        *LB_MAGLEV.get(index)?
-    } else {
-        let mut key = *key;
-        pick(&mut key, count)?
+    // SAFETY: this CPU's scratch entry, used by this run alone.
+    let s = unsafe { &mut *LB_NAT_SCRATCH.get_ptr_mut(0)? };
+    let id = match affine(p, svc, &mut s.affinity) {
+        Some(id) => id,
+        None => {
+            let id = choose(p, key, svc)?;
+            remember(svc, &s.affinity, id);
+            id
+        }
     };
     // SAFETY: read in place.
     let backend = unsafe { LB_BACKENDS.get(&id) }?;
-    // SAFETY: this CPU's scratch entry, used by this run alone.
-    let s = unsafe { &mut *LB_NAT_SCRATCH.get_ptr_mut(0)? };
     s.fwd.backend_addr = backend.addr;
     s.fwd.backend_port = backend.port;
     s.fwd.backend_id = id;
@@ -468,6 +472,71 @@ fn new_flow(p: &Pkt, key: &LbKey, count: u16, flags: u8, row: u32) -> Option<&'s
     LB_NAT_FWD.insert(&p.t, &s.fwd, 0).ok()?;
     // SAFETY: read in place.
     unsafe { LB_NAT_FWD.get(&p.t) }
+}
+
+/// A new flow's backend without affinity: its Maglev entry, or a random
+/// slot's.
+#[inline(always)]
+fn choose(p: &Pkt, key: &LbKey, svc: &LbService) -> Option<u32> {
+    let m = LB_NODE.get(0).map_or(0, |n| n.maglev_m);
+    let row = svc.backend_id;
+    Some(if row != 0 && m != 0 {
+        // Maglev: the client's address and port, the protocol and the
+        // frontend's port pick the entry, so every node picks the same
+        // backend for the same client.
+        let index = (row - 1).checked_mul(m)?.checked_add(flow_hash(&p.t) % m)?;
+        *LB_MAGLEV.get(index)?
+    } else {
+        let mut key = *key;
+        pick(&mut key, svc.count)?
+    })
+}
+
+/// Under `ClientIP` affinity, the client address's backend for `svc` while
+/// it is fresh (used within the timeout) and still one of the frontend's;
+/// `aff` is left keyed for [`remember`]. `None` without affinity too.
+#[inline(always)]
+fn affine(p: &Pkt, svc: &LbService, aff: &mut AffinityAddrKey) -> Option<u32> {
+    if svc.affinity_timeout == 0 {
+        return None;
+    }
+    aff.addr = p.t.saddr;
+    aff.rev_nat = u32::from(svc.rev_nat);
+    aff.family = p.family;
+    aff.pad = [0; 3];
+    // SAFETY: copied out at once.
+    let prev = unsafe { LB_AFFINITY_ADDR.get(&*aff) }.copied()?;
+    let live = AffinityMatchKey {
+        backend_id: prev.backend_id,
+        rev_nat: u32::from(svc.rev_nat),
+    };
+    let fresh = now_s().wrapping_sub(prev.last_used_s) <= svc.affinity_timeout;
+    if !fresh || LB_AFFINITY_MATCH.get_ptr(&live).is_none() {
+        return None;
+    }
+    remember(svc, aff, prev.backend_id);
+    Some(prev.backend_id)
+}
+
+/// Records `id` as the client's backend for `svc` (with affinity; `aff`
+/// as [`affine`] keyed it), used now.
+#[inline(always)]
+fn remember(svc: &LbService, aff: &AffinityAddrKey, id: u32) {
+    if svc.affinity_timeout == 0 {
+        return;
+    }
+    let used = AffinityValue {
+        backend_id: id,
+        last_used_s: now_s(),
+    };
+    // Best effort: without it the next flow picks anew.
+    let _ = LB_AFFINITY_ADDR.insert(aff, &used, 0);
+}
+
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_ns() } / crate::NS_PER_S) as u32
 }
 
 /// FNV-1a over what is the same on every node for a client's flow (not
