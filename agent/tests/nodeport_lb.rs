@@ -16,7 +16,7 @@
 mod support;
 
 use anyhow::Result;
-use axoneme_agent::datapath::{NODEPORT_EGRESS, NODEPORT_INGRESS};
+use axoneme_agent::datapath::{LbMaps, NODEPORT_EGRESS, NODEPORT_INGRESS};
 use axoneme_agent::services::sync::sync;
 use axoneme_agent::services::table::{build, Ids, Maglev, Table};
 use axoneme_bpf_common::tc_action::{TC_ACT_OK, TC_ACT_SHOT};
@@ -221,16 +221,29 @@ fn picks(dp: &TestDatapath, node: [u8; 4], ports: std::ops::Range<u16>) -> Resul
         .collect()
 }
 
+/// Ten backends, .1 to .10.
+fn ten_backends() -> Vec<[u8; 4]> {
+    (1..=10).map(|i| [10, 200, 0, i]).collect()
+}
+
+/// The programs with Maglev tables of `M` entries at the node's address,
+/// the LB maps, and the services unit's ids and table.
+fn with_maglev() -> Result<(TestDatapath, LbMaps, Ids, Table)> {
+    let mut dp = load();
+    dp.set_node_addrs(&[NODE.into()], M)?;
+    let lb = dp.take_lb_maps()?;
+    let ids = Ids::default().with_maglev(Maglev { m: M, seed: 7 });
+    Ok((dp, lb, ids, Table::default()))
+}
+
+/// The Maglev table size of these tests.
+const M: u32 = 1021;
+
 #[test]
 fn maglev_picks_the_same_backend_on_every_node_and_moves_few() -> Result<()> {
     const NODE2: [u8; 4] = [192, 168, 7, 2];
-    const M: u32 = 1021;
-    let mut dp = load();
-    dp.set_node_addrs(&[NODE.into()], M)?;
-    let mut lb = dp.take_lb_maps()?;
-    let ten: Vec<[u8; 4]> = (1..=10).map(|i| [10, 200, 0, i]).collect();
-    let mut ids = Ids::default().with_maglev(Maglev { m: M, seed: 7 });
-    let mut have = Table::default();
+    let (dp, mut lb, mut ids, mut have) = with_maglev()?;
+    let ten = ten_backends();
     // One NodePort, at both of the node's addresses (as two nodes would
     // have it: the same backends, another frontend address).
     let nodes = [NODE.into(), NODE2.into()];
@@ -294,20 +307,14 @@ fn maglev_picks_the_same_backend_on_every_node_and_moves_few() -> Result<()> {
 
 #[test]
 fn client_ip_affinity_holds_a_client_address_until_it_expires() -> Result<()> {
-    const M: u32 = 1021;
     const TIMEOUT_S: u32 = 1;
-    let mut dp = load();
-    dp.set_node_addrs(&[NODE.into()], M)?;
-    let mut lb = dp.take_lb_maps()?;
-    let ten: Vec<[u8; 4]> = (1..=10).map(|i| [10, 200, 0, i]).collect();
-    let mut ids = Ids::default().with_maglev(Maglev { m: M, seed: 7 });
-    let mut have = Table::default();
+    let (dp, mut lb, mut ids, mut have) = with_maglev()?;
     let mut f = frontend(
         FrontendKind::NodePort,
         "0.0.0.0",
         30080,
         Protocol::Tcp,
-        &ten,
+        &ten_backends(),
     );
     f.affinity_timeout = Some(TIMEOUT_S);
     let want = build(std::slice::from_ref(&f), "node-a", &[NODE.into()], &mut ids)?;

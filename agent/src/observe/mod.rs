@@ -38,6 +38,9 @@ pub enum FlowEvent {
 /// drains them: the delay a follower sees, bought against a wake per event.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
+/// Events' room kept between batches.
+const BATCH_KEPT: usize = 1024;
+
 /// The bounded queue between the producers and the observer task.
 struct Queue {
     events: Mutex<Vec<FlowEvent>>,
@@ -238,6 +241,9 @@ pub async fn run(
                     metrics.processed(kind, subtype, enrich::verdict_name(&flow));
                     observer.push(flow);
                 }
+                // The queue and the batch trade vectors: neither keeps a
+                // burst's capacity.
+                batch.shrink_to(BATCH_KEPT);
             }
             _ = changes.changed() => enricher.invalidate(),
             _ = cancel.cancelled() => return Ok(()),
