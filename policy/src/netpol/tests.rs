@@ -1,4 +1,3 @@
-
 use axoneme_identity::{LabelSet, NumericIdentity, Source};
 
 use super::*;
