@@ -267,7 +267,7 @@ mod tests {
             .collect();
         let set = identity_labels(ReservedIdentity::Host, &labels);
         assert!(axoneme_policy::selector::is_host(&set));
-        assert_eq!(set.get("env").map(|l| l.value.as_str()), Some("dev"));
+        assert_eq!(set.get("env").map(|l| l.value), Some("dev"));
         assert_eq!(set.len(), 2, "{set:?}");
     }
 
@@ -305,10 +305,7 @@ mod tests {
         let (n1, n2) = (m.addresses[&b], m.addresses[&c]);
         assert!(n1 != n2 && n1.is_node_scope() && n2.is_node_scope());
         assert!(axoneme_policy::selector::is_node(&m.identities[&n1]));
-        assert_eq!(
-            m.identities[&n1].get("env").map(|l| l.value.as_str()),
-            Some("dev")
-        );
+        assert_eq!(m.identities[&n1].get("env").map(|l| l.value), Some("dev"));
         // Seen from another node: the same numbers.
         let other = node_identities("n2", nodes());
         assert_eq!(other.addresses[&b], n1);

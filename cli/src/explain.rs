@@ -110,7 +110,7 @@ fn end_of_labels(
     let reserved = set
         .iter()
         .find(|l| l.source == Source::Reserved)
-        .map(|l| l.key.clone());
+        .map(|l| l.key.to_string());
     if let Some(name) = reserved {
         let r = ReservedIdentity::from_name(&name)
             .ok_or_else(|| bad("labels", format!("reserved:{name} is no reserved identity")))?;

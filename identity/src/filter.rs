@@ -11,7 +11,7 @@
 
 use regex::Regex;
 
-use crate::labels::{Label, LabelSet, Source};
+use crate::labels::{LabelRef, LabelSet, Source};
 
 /// Cilium's default patterns (documentation "Limiting Identity-Relevant Labels").
 pub const DEFAULT_PATTERNS: &[&str] = &[
@@ -108,13 +108,13 @@ impl LabelFilter {
     }
 
     /// Whether `label` is identity-relevant.
-    pub fn is_relevant(&self, label: &Label) -> bool {
+    pub fn is_relevant(&self, label: LabelRef<'_>) -> bool {
         if label.source == Source::Reserved {
             return true;
         }
         let (mut include, mut exclude) = (None::<usize>, None::<usize>);
         for p in &self.patterns {
-            if p.source.is_some_and(|s| s != label.source) || !p.regex.is_match(&label.key) {
+            if p.source.is_some_and(|s| s != label.source) || !p.regex.is_match(label.key) {
                 continue;
             }
             let slot = if p.exclude {
@@ -134,11 +134,7 @@ impl LabelFilter {
 
     /// The identity-relevant subset of `labels`.
     pub fn filter(&self, labels: &LabelSet) -> LabelSet {
-        let mut out = LabelSet::new();
-        for l in labels.iter().filter(|l| self.is_relevant(l)) {
-            out.insert(l.clone());
-        }
-        out
+        labels.subset(|l| self.is_relevant(l))
     }
 }
 
@@ -147,7 +143,7 @@ mod tests {
     use super::*;
 
     fn relevant(f: &LabelFilter, s: &str) -> bool {
-        f.is_relevant(&s.parse().unwrap())
+        f.is_relevant(s.parse::<crate::Label>().unwrap().as_ref())
     }
 
     #[test]

@@ -256,17 +256,13 @@ impl Label {
 
     /// The form used in canonical keys and selectors' `source:key`.
     pub fn source_key(&self) -> String {
-        format!("{}:{}", self.source, self.key)
+        self.as_ref().source_key()
     }
 }
 
 impl fmt::Display for Label {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.value.is_empty() {
-            write!(f, "{}:{}", self.source, self.key)
-        } else {
-            write!(f, "{}:{}={}", self.source, self.key, self.value)
-        }
+        self.as_ref().fmt(f)
     }
 }
 
@@ -290,26 +286,91 @@ impl<'de> Deserialize<'de> for Label {
     }
 }
 
+/// One label of a [`LabelSet`], borrowed from the set's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelRef<'a> {
+    pub source: Source,
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
+impl LabelRef<'_> {
+    pub fn to_label(&self) -> Label {
+        Label {
+            source: self.source,
+            key: self.key.to_string(),
+            value: self.value.to_string(),
+        }
+    }
+
+    /// The form used in canonical keys and selectors' `source:key`.
+    pub fn source_key(&self) -> String {
+        format!("{}:{}", self.source, self.key)
+    }
+}
+
+impl Label {
+    pub fn as_ref(&self) -> LabelRef<'_> {
+        LabelRef {
+            source: self.source,
+            key: &self.key,
+            value: &self.value,
+        }
+    }
+}
+
+impl fmt::Display for LabelRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}:{}", self.source, self.key)
+        } else {
+            write!(f, "{}:{}={}", self.source, self.key, self.value)
+        }
+    }
+}
+
+impl PartialEq<Label> for LabelRef<'_> {
+    fn eq(&self, other: &Label) -> bool {
+        *self == other.as_ref()
+    }
+}
+
+impl PartialEq<LabelRef<'_>> for Label {
+    fn eq(&self, other: &LabelRef<'_>) -> bool {
+        self.as_ref() == *other
+    }
+}
+
 /// A set of labels, one per key (as Cilium's `Labels` map), ordered by key.
 ///
 /// Immutable and shared: a clone is a reference count. An identity's labels
 /// are held by the identity cache, the reconcile driver and the policy
 /// engine's selectors at once; with tens of thousands of identities, a copy
-/// each was most of an agent's memory.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+/// each was most of an agent's memory. The set is kept as its canonical
+/// text (`source:key=value;` per label, sorted by key) in one allocation,
+/// and labels are read from it as [`LabelRef`]s: a label's key and value
+/// as strings of their own cost two allocations each, three times the
+/// text they hold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LabelSet {
-    /// Sorted by key, one label per key.
-    labels: Arc<[Label]>,
+    /// The canonical text; empty for no labels.
+    text: Arc<str>,
+}
+
+impl Default for LabelSet {
+    fn default() -> Self {
+        LabelSet { text: "".into() }
+    }
 }
 
 /// Ordered as a map from key to label (key first, then the label).
 impl Ord for LabelSet {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        if Arc::ptr_eq(&self.labels, &other.labels) {
+        if Arc::ptr_eq(&self.text, &other.text) {
             return std::cmp::Ordering::Equal;
         }
-        let pairs = other.labels.iter().map(|l| (&l.key, l));
-        self.labels.iter().map(|l| (&l.key, l)).cmp(pairs)
+        let pairs = other.iter().map(|l| (l.key, l));
+        self.iter().map(|l| (l.key, l)).cmp(pairs)
     }
 }
 
@@ -317,6 +378,18 @@ impl PartialOrd for LabelSet {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
+}
+
+/// Reads one `source:key=value` item of a set's canonical text, which the
+/// set wrote from validated labels (so it always parses).
+fn label_ref(item: &str) -> LabelRef<'_> {
+    let (source, rest) = item.split_once(':').unwrap_or(("unspec", item));
+    let source = Source::ALL
+        .into_iter()
+        .find(|s| s.as_str() == source)
+        .unwrap_or(Source::Unspec);
+    let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
+    LabelRef { source, key, value }
 }
 
 impl LabelSet {
@@ -340,15 +413,27 @@ impl LabelSet {
             }
             by_key.insert(l.key.clone(), l);
         }
-        let set = LabelSet {
-            labels: by_key.into_values().collect(),
-        };
+        let set = Self::from_sorted(by_key.values().map(Label::as_ref));
         set.check_size()?;
         Ok(set)
     }
 
-    fn position(&self, key: &str) -> Result<usize, usize> {
-        self.labels.binary_search_by(|l| l.key.as_str().cmp(key))
+    /// The set of `labels`, valid and sorted by key with no key twice.
+    fn from_sorted<'a>(labels: impl Iterator<Item = LabelRef<'a>> + Clone) -> Self {
+        let len = labels
+            .clone()
+            .map(|l| l.source.as_str().len() + l.key.len() + l.value.len() + 3)
+            .sum();
+        let mut out = String::with_capacity(len);
+        for l in labels {
+            out.push_str(l.source.as_str());
+            out.push(':');
+            out.push_str(l.key);
+            out.push('=');
+            out.push_str(l.value);
+            out.push(';');
+        }
+        LabelSet { text: out.into() }
     }
 
     /// Parses each `source:key=value` string (default source `default_source`).
@@ -364,13 +449,14 @@ impl LabelSet {
     }
 
     pub fn check_size(&self) -> Result<(), LabelError> {
-        if self.labels.len() > MAX_LABELS {
+        let count = self.len();
+        if count > MAX_LABELS {
             return Err(LabelError::TooMany {
-                count: self.labels.len(),
+                count,
                 max: MAX_LABELS,
             });
         }
-        let len = self.canonical_len();
+        let len = self.text.len();
         if len > MAX_CANONICAL_LEN {
             return Err(LabelError::TooLong {
                 len,
@@ -382,50 +468,38 @@ impl LabelSet {
 
     /// Adds `label`, replacing the one with its key (copies the set).
     pub fn insert(&mut self, label: Label) {
-        let mut labels = self.labels.to_vec();
-        match self.position(&label.key) {
-            Ok(i) => labels[i] = label,
-            Err(i) => labels.insert(i, label),
-        }
-        self.labels = labels.into();
+        let mut labels: Vec<LabelRef<'_>> = self.iter().filter(|l| l.key != label.key).collect();
+        let at = labels.partition_point(|l| l.key < label.key.as_str());
+        labels.insert(at, label.as_ref());
+        *self = Self::from_sorted(labels.into_iter());
     }
 
-    pub fn get(&self, key: &str) -> Option<&Label> {
-        self.position(key).ok().map(|i| &self.labels[i])
+    /// The labels `keep` keeps.
+    pub fn subset(&self, keep: impl Fn(LabelRef<'_>) -> bool) -> LabelSet {
+        Self::from_sorted(self.iter().filter(|l| keep(*l)))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Label> {
-        self.labels.iter()
+    pub fn get(&self, key: &str) -> Option<LabelRef<'_>> {
+        self.iter().find(|l| l.key == key)
+    }
+
+    /// The labels, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = LabelRef<'_>> + Clone {
+        self.text.split_terminator(';').map(label_ref)
     }
 
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.text.bytes().filter(|b| *b == b';').count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    fn canonical_len(&self) -> usize {
-        self.labels
-            .iter()
-            .map(|l| l.source.as_str().len() + l.key.len() + l.value.len() + 3)
-            .sum()
+        self.text.is_empty()
     }
 
     /// The canonical key: every label as `source:key=value;`, sorted by key.
     /// Two equal sets always give the same key; it names the identity in etcd.
     pub fn canonical(&self) -> String {
-        let mut out = String::with_capacity(self.canonical_len());
-        for l in self.labels.iter() {
-            out.push_str(l.source.as_str());
-            out.push(':');
-            out.push_str(&l.key);
-            out.push('=');
-            out.push_str(&l.value);
-            out.push(';');
-        }
-        out
+        self.text.to_string()
     }
 
     /// Parses a canonical key back into a set.
@@ -439,13 +513,13 @@ impl LabelSet {
 
     /// Labels as strings, sorted by key (for JSON records).
     pub fn to_strings(&self) -> Vec<String> {
-        self.labels.iter().map(|l| l.to_string()).collect()
+        self.iter().map(|l| l.to_string()).collect()
     }
 }
 
 impl Serialize for LabelSet {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.labels.iter())
+        s.collect_seq(self.iter().map(|l| l.to_string()))
     }
 }
 
@@ -561,14 +635,14 @@ mod tests {
     fn a_set_is_shared_looked_up_by_key_and_ordered_as_a_map() {
         let parse = |items: &[&str]| LabelSet::parse(items, Source::Unspec).unwrap();
         let a = parse(&["k8s:zone=b", "k8s:app=web", "container:x=1"]);
-        assert_eq!(a.get("app").map(|l| l.value.as_str()), Some("web"));
+        assert_eq!(a.get("app").map(|l| l.value), Some("web"));
         assert_eq!(a.get("x").map(|l| l.source), Some(Source::Container));
         assert!(a.get("ap").is_none() && a.get("zzz").is_none());
-        let keys: Vec<&str> = a.iter().map(|l| l.key.as_str()).collect();
+        let keys: Vec<&str> = a.iter().map(|l| l.key).collect();
         assert_eq!(keys, ["app", "x", "zone"]);
         // A clone shares the labels; inserting copies them.
         let mut b = a.clone();
-        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        assert!(Arc::ptr_eq(&a.text, &b.text));
         b.insert(Label::new(Source::K8s, "tier", "front").unwrap());
         b.insert(Label::new(Source::K8s, "app", "api").unwrap());
         assert_eq!(a.len(), 3);
@@ -588,6 +662,25 @@ mod tests {
         assert!(container_a < k8s_b);
         assert!(parse(&["k8s:a=1"]) < parse(&["k8s:a=1", "k8s:b=1"]));
         assert_eq!(a.cmp(&a.clone()), std::cmp::Ordering::Equal);
+        // Labels read back from the set's text as they went in: a CIDR
+        // key holds ':', reserved labels have no value.
+        let odd = parse(&["cidr:fd00::/64", "reserved:world", "fqdn:*.example.com"]);
+        let read: Vec<(Source, &str, &str)> =
+            odd.iter().map(|l| (l.source, l.key, l.value)).collect();
+        assert_eq!(
+            read,
+            [
+                (Source::Fqdn, "*.example.com", ""),
+                (Source::Cidr, "fd00::/64", ""),
+                (Source::Reserved, "world", "")
+            ]
+        );
+        assert_eq!(odd.len(), 3);
+        assert_eq!(
+            odd.subset(|l| l.source == Source::Cidr).to_strings(),
+            ["cidr:fd00::/64"]
+        );
+        assert!(LabelSet::new().is_empty() && LabelSet::new().iter().next().is_none());
     }
 
     proptest::proptest! {

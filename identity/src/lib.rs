@@ -15,7 +15,7 @@ pub mod peer;
 
 pub use cache::{CacheEvent, Decode, Raw, Subscription, WatchCache};
 pub use filter::LabelFilter;
-pub use labels::{Label, LabelError, LabelSet, Source};
+pub use labels::{Label, LabelError, LabelRef, LabelSet, Source};
 pub use layout::Layout;
 pub use model::{
     check_interface_name, check_port_name, EndpointEnforcement, EndpointIdentity, EndpointRecord,

@@ -38,8 +38,8 @@ fn label_value<'a>(labels: &'a LabelSet, key: &str) -> Option<&'a str> {
     };
     let l = labels.get(key)?;
     match source {
-        None | Some(Source::Any) => Some(&l.value),
-        Some(s) if s == l.source => Some(&l.value),
+        None | Some(Source::Any) => Some(l.value),
+        Some(s) if s == l.source => Some(l.value),
         Some(_) => None,
     }
 }
@@ -98,7 +98,7 @@ fn peer_prefix(labels: &LabelSet) -> Option<ipnet::IpNet> {
     labels
         .iter()
         .find(|l| l.source == Source::Cidr)
-        .and_then(|l| crate::validate::parse_cidr(&l.key).ok())
+        .and_then(|l| crate::validate::parse_cidr(l.key).ok())
 }
 
 /// The oracle's own reading of each entity, in raw numbers: independent of

@@ -182,7 +182,7 @@ impl Selector {
             let value = labels
                 .get(&r.key)
                 .filter(|l| r.source == Source::Any || l.source == r.source)
-                .map(|l| l.value.as_str());
+                .map(|l| l.value);
             match (&r.op, value) {
                 (Op::In(vals), Some(v)) => vals.contains(v),
                 (Op::In(_), None) => false,
@@ -352,9 +352,9 @@ impl Identities {
         }
         for l in labels.iter() {
             self.index
-                .entry(l.key.clone())
+                .entry(l.key.to_string())
                 .or_default()
-                .entry(l.value.clone())
+                .entry(l.value.to_string())
                 .or_default()
                 .insert(id);
         }
@@ -362,17 +362,17 @@ impl Identities {
 
     fn unindex(&mut self, id: NumericIdentity, labels: &LabelSet) {
         for l in labels.iter() {
-            if let Some(values) = self.index.get_mut(&l.key) {
-                if let Some(ids) = values.get_mut(&l.value) {
+            if let Some(values) = self.index.get_mut(l.key) {
+                if let Some(ids) = values.get_mut(l.value) {
                     ids.remove(id);
                     // Values of identities gone (a pod template's hash)
                     // must not pile up.
                     if ids.is_empty() {
-                        values.remove(&l.value);
+                        values.remove(l.value);
                     }
                 }
                 if values.is_empty() {
-                    self.index.remove(&l.key);
+                    self.index.remove(l.key);
                 }
             }
         }

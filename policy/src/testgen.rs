@@ -204,7 +204,7 @@ pub fn identities() -> impl Strategy<Value = Vec<LabelSet>> {
 /// `a` names 80 "http", `b` names 8080 "http" and UDP 53 "dns", `c` none;
 /// `env=prod` adds 9000 "metrics", namespace `other` TCP 53 "dns".
 pub fn named_ports(labels: &LabelSet) -> PortNames {
-    let value = |k: &str| labels.get(k).map(|l| l.value.as_str());
+    let value = |k: &str| labels.get(k).map(|l| l.value);
     let mut p = PortNames::new();
     match value("app") {
         Some("a") => p.insert("http", 6, 80),

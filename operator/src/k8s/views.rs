@@ -168,11 +168,11 @@ pub fn identity_object(rec: &IdentityRecord) -> (String, BTreeMap<String, String
     let security: BTreeMap<String, String> = rec
         .labels
         .iter()
-        .map(|l| (l.source_key(), l.value.clone()))
+        .map(|l| (l.source_key(), l.value.to_string()))
         .collect();
     let mut meta_labels = BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())]);
     if let Some(ns) = rec.labels.iter().find(|l| l.key == NAMESPACE_LABEL) {
-        meta_labels.insert(NAMESPACE_LABEL.to_string(), ns.value.clone());
+        meta_labels.insert(NAMESPACE_LABEL.to_string(), ns.value.to_string());
     }
     let body = json!({
         "apiVersion": "cilium.io/v2",

@@ -57,7 +57,7 @@ fn cidr_of(labels: &LabelSet) -> Option<IpNet> {
     labels
         .iter()
         .find(|l| l.source == Source::Cidr)
-        .and_then(|l| parse_cidr(&l.key).ok())
+        .and_then(|l| parse_cidr(l.key).ok())
 }
 
 /// Peers a rule section names.
