@@ -51,6 +51,10 @@ pub struct Config {
     /// for none.
     #[arg(long, env = "AXONEME_PROMETHEUS_SERVE_ADDR", default_value = ":9962", value_parser = crate::metrics::server::ServeAddr::parse)]
     pub prometheus_serve_addr: crate::metrics::server::ServeAddr,
+    /// Free heap memory (MiB) past which the agent gives the free pages
+    /// back to the kernel, checked every second; 0: never.
+    #[arg(long, env = "AXONEME_HEAP_TRIM_MIB", default_value_t = 2)]
+    pub heap_trim_mib: u32,
     #[command(flatten)]
     pub log: axoneme_config::logging::LogArgs,
     /// The API's UNIX socket (the CNI plugin's and the CLI's default).
@@ -87,6 +91,7 @@ pub struct DatapathConfig {
     #[arg(long, env = "AXONEME_ENABLE_HOST_FIREWALL", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_host_firewall: bool,
     /// Datapath events (drops, verdicts) per second per CPU; 0 = none.
+    /// With the burst and the poll interval, it sizes the event ring.
     #[arg(long, env = "AXONEME_EVENT_RATE", default_value_t = 1000)]
     pub event_rate: u32,
     /// Burst of datapath events per CPU.

@@ -8,6 +8,7 @@ pub mod encrypt;
 pub mod endpoints;
 pub mod events;
 pub mod explain;
+pub mod heap;
 pub mod host;
 pub mod ipam;
 pub mod k8s;

@@ -210,6 +210,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         encrypt: ipsec_keys.is_some(),
         host_firewall: cfg.datapath.enable_host_firewall,
         host_ifindex: device.as_ref().map_or(0, |(_, ifindex)| *ifindex),
+        events_bytes: crate::datapath::events_ring_bytes(
+            aya::util::nr_cpus()
+                .ok()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(1),
+            cfg.datapath.event_rate,
+            cfg.datapath.event_burst,
+            cfg.datapath.event_poll,
+        ),
         ..LoadOptions::default()
     };
     let mut dp = Datapath::load_with(&pin_dir, &cfg.datapath.sizes.into(), options)
@@ -632,6 +641,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.reconcile.resync_interval,
             cancel.clone(),
         ),
+    );
+    sup.spawn(
+        "heap",
+        crate::heap::run((cfg.heap_trim_mib as usize) << 20, cancel.clone()),
     );
     sup.spawn("orphans", {
         let (eps, cancel) = (eps.clone(), cancel.clone());

@@ -215,6 +215,41 @@ fn default_deny_drops_with_reason_133() {
     );
 }
 
+/// The event ring takes the size it is loaded with; a pinned ring of
+/// another size (an agent restarted with other event flags, or on more
+/// CPUs) is replaced rather than refused, and the other pins are adopted.
+#[test]
+fn the_event_ring_is_sized_at_load_and_a_pin_of_another_size_replaced() {
+    let options = |bytes| LoadOptions {
+        events_bytes: bytes,
+        ..LoadOptions::default()
+    };
+    let dp = setup_loaded(load_options(options(64 << 10)), BOTH);
+    let size = || {
+        aya::maps::MapInfo::from_pin(dp.pin(axoneme_bpf_common::map_names::EVENTS))
+            .unwrap()
+            .max_entries()
+    };
+    assert_eq!(size(), 64 << 10);
+    let mut again = axoneme_agent::datapath::Datapath::load_with(
+        dp.pin_dir(),
+        &MapSizes::default(),
+        options(128 << 10),
+    )
+    .unwrap();
+    assert_eq!(size(), 128 << 10);
+    // The endpoint and ipcache written before the reload are still there,
+    // and the new programs report into the new ring.
+    assert_eq!(
+        run(&again, TO_CONTAINER, &syn_from(B4, 40000, 81)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        drops(&again.maps.drain_events()),
+        vec![drop_reason::DROP_POLICY]
+    );
+}
+
 #[test]
 fn deny_beats_allow_with_reason_181() {
     let mut dp = setup(BOTH);
