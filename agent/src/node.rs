@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use axoneme_identity::{
-    identity_cache, Assignment, EndpointRecord, IdentityCache, IdentityRecord, Label, LabelSet,
-    Layout, NodeLabels, NodeRecord, NumericIdentity, PeerEndpoint, PolicyStatus, Raw,
-    ReservedIdentity, Source, Subscription, WatchCache,
+    identity_cache, Assignment, EndpointRecord, IdentityCache, Label, LabelSet, Layout, NodeLabels,
+    NodeRecord, NumericIdentity, PeerEndpoint, PeerIdentity, PolicyStatus, Raw, ReservedIdentity,
+    Source, Subscription, WatchCache,
 };
 use axoneme_kvstore::KvStore;
 use axoneme_policy::Policy;
@@ -57,7 +57,7 @@ pub fn node_assignments_prefix(layout: &Layout, node: &str) -> String {
 
 /// Subscriptions to the caches [`NodeState`] is made of.
 pub struct StateChanges {
-    identities: Subscription<IdentityRecord>,
+    identities: Subscription<PeerIdentity>,
     assignments: Subscription<Assignment>,
     records: Subscription<PeerEndpoint>,
     policies: Subscription<Raw>,
@@ -419,7 +419,7 @@ impl NodeState {
     }
 }
 
-fn log_identity(change: Change<Arc<IdentityRecord>>, initial: bool) {
+fn log_identity(change: Change<Arc<PeerIdentity>>, initial: bool) {
     match change {
         Change::Added { value, .. } if initial => {
             debug!(id = %value.id, labels = %value.labels, "identity present");

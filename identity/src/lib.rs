@@ -23,7 +23,7 @@ pub use model::{
     NodeEncryption, NodeLabels, NodeRecord, NodeStatusRecord, PolicyStatus, PortProtocol,
 };
 pub use numeric::{IdentityRange, NumericIdentity, ReservedIdentity};
-pub use peer::{Assignment, PeerEndpoint};
+pub use peer::{Assignment, PeerEndpoint, PeerIdentity};
 
 use axoneme_kvstore::KeyValue;
 
@@ -82,7 +82,7 @@ impl Decode for NodeLabels {
 }
 
 /// The agents' view of every identity in the cluster, keyed by etcd key.
-pub type IdentityCache = WatchCache<IdentityRecord>;
+pub type IdentityCache = WatchCache<PeerIdentity>;
 
 /// Starts an identity cache on `layout`'s identity prefix.
 pub fn identity_cache(kv: axoneme_kvstore::KvStore, layout: &Layout) -> IdentityCache {

@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use axoneme_kvstore::KeyValue;
 
 use crate::cache::Decode;
-use crate::model::{EndpointIdentity, EndpointRecord, NamedPorts};
+use crate::labels::LabelSet;
+use crate::model::{EndpointIdentity, EndpointRecord, IdentityRecord, NamedPorts};
 use crate::numeric::NumericIdentity;
 
 /// An endpoint record as agents keep it.
@@ -81,6 +82,23 @@ impl From<&EndpointIdentity> for Assignment {
 impl Decode for Assignment {
     fn decode(kv: &KeyValue) -> Result<Self, String> {
         EndpointIdentity::decode(kv).map(|a| Assignment::from(&a))
+    }
+}
+
+/// An identity as agents keep it: its number and labels, without the
+/// name of the operator replica that allocated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub id: NumericIdentity,
+    pub labels: LabelSet,
+}
+
+impl Decode for PeerIdentity {
+    fn decode(kv: &KeyValue) -> Result<Self, String> {
+        IdentityRecord::decode(kv).map(|r| PeerIdentity {
+            id: r.id,
+            labels: r.labels,
+        })
     }
 }
 

@@ -429,7 +429,7 @@ fn pod_selector(
     let (mut match_labels, match_expressions) = prefixed_selector(sel, "", path, errors);
     match_labels.insert(format!("k8s:{NAMESPACE_LABEL}"), namespace.to_string());
     EndpointSelector {
-        match_labels,
+        match_labels: match_labels.into(),
         match_expressions,
     }
 }
@@ -477,7 +477,7 @@ fn peer_fields(
             values: vec![],
         });
         endpoints.push(EndpointSelector {
-            match_labels,
+            match_labels: match_labels.into(),
             match_expressions,
         });
     } else if let Some(pod_sel) = &peer.pod_selector {

@@ -61,7 +61,9 @@ enum IdSet {
     #[default]
     Empty,
     One(NumericIdentity),
-    Many(BTreeSet<NumericIdentity>),
+    /// Boxed: most values name one identity, and the index holds an
+    /// `IdSet` per value (ten thousand pods' names, pod-template hashes).
+    Many(Box<BTreeSet<NumericIdentity>>),
 }
 
 impl IdSet {
@@ -69,7 +71,7 @@ impl IdSet {
         match self {
             IdSet::Empty => *self = IdSet::One(id),
             IdSet::One(x) if *x == id => {}
-            IdSet::One(x) => *self = IdSet::Many([*x, id].into()),
+            IdSet::One(x) => *self = IdSet::Many(Box::new([*x, id].into())),
             IdSet::Many(set) => {
                 set.insert(id);
             }
@@ -282,7 +284,7 @@ pub struct Identities {
     selections: Mutex<HashMap<Selector, Arc<BTreeSet<NumericIdentity>>>>,
     /// Label key → value → identities, so a new selector with an `In`
     /// requirement looks at its candidates only, not at every identity.
-    index: HashMap<String, HashMap<String, IdSet>>,
+    index: HashMap<Box<str>, HashMap<Box<str>, IdSet>>,
     /// Each identity's named ports (the union over its endpoints), which
     /// egress rules' named ports resolve against. Kept apart from the
     /// labels: endpoints report them, not the identity allocator.
@@ -351,12 +353,15 @@ impl Identities {
             self.unindex(id, &old);
         }
         for l in labels.iter() {
-            self.index
-                .entry(l.key.to_string())
-                .or_default()
-                .entry(l.value.to_string())
-                .or_default()
-                .insert(id);
+            // Looked up before inserting: an entry takes an owned key.
+            let values = match self.index.get_mut(l.key) {
+                Some(values) => values,
+                None => self.index.entry(l.key.into()).or_default(),
+            };
+            match values.get_mut(l.value) {
+                Some(ids) => ids.insert(id),
+                None => values.entry(l.value.into()).or_default().insert(id),
+            }
         }
     }
 
@@ -472,10 +477,10 @@ impl Identities {
             .iter()
             .filter_map(|r| match &r.op {
                 Op::In(values) => {
-                    let by_value = self.index.get(&r.key);
+                    let by_value = self.index.get(r.key.as_str());
                     let sets: Vec<&IdSet> = values
                         .iter()
-                        .filter_map(|v| by_value.and_then(|m| m.get(v)))
+                        .filter_map(|v| by_value.and_then(|m| m.get(v.as_str())))
                         .collect();
                     Some((sets.iter().map(|s| s.len()).sum::<usize>(), sets))
                 }

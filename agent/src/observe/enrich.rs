@@ -243,7 +243,7 @@ impl Enricher {
 /// What makes an [`Enricher`]'s caches stale.
 pub struct Changes {
     records: axoneme_identity::Subscription<PeerEndpoint>,
-    identities: axoneme_identity::Subscription<axoneme_identity::IdentityRecord>,
+    identities: axoneme_identity::Subscription<axoneme_identity::PeerIdentity>,
 }
 
 impl Changes {
