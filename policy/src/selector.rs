@@ -62,7 +62,9 @@ enum IdSet {
     Empty,
     One(NumericIdentity),
     /// Boxed: most values name one identity, and the index holds an
-    /// `IdSet` per value (ten thousand pods' names, pod-template hashes).
+    /// `IdSet` per value (ten thousand pods' names, pod-template hashes):
+    /// the box keeps every `IdSet` at 16 bytes instead of the set's 32.
+    #[allow(clippy::box_collection)]
     Many(Box<BTreeSet<NumericIdentity>>),
 }
 
