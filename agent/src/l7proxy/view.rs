@@ -148,10 +148,6 @@ pub fn view_of(
     want: &crate::reconcile::Desired,
     engine: &axoneme_policy::engine::Engine,
 ) -> ProxyView {
-    let mut ipcache = want.ipcache.clone();
-    for (net, id) in engine.cidr_identities() {
-        ipcache.entry(net).or_insert(id);
-    }
     let mut local = HashMap::new();
     let mut policies = HashMap::new();
     for ep in &want.local {
@@ -169,6 +165,16 @@ pub fn view_of(
             if has_l7 {
                 policies.entry(id).or_insert_with(|| Arc::new(p.clone()));
             }
+        }
+    }
+    // Without L7 rules on this node the datapath redirects nothing here
+    // and no rule asks for a peer's identity: no copy of the cluster's
+    // addresses to keep.
+    let mut ipcache = BTreeMap::new();
+    if !policies.is_empty() {
+        ipcache.clone_from(&want.ipcache);
+        for (net, id) in engine.cidr_identities() {
+            ipcache.entry(net).or_insert(id);
         }
     }
     ProxyView::new(ipcache, local, policies)
