@@ -96,11 +96,12 @@ struct Seen {
 
 /// The packet's addresses and ports, after checking both checksums.
 fn check(pkt: &[u8]) -> Seen {
-    let ip = &pkt[14..34];
+    let ihl = usize::from(pkt[14] & 0x0f) * 4;
+    let ip = &pkt[14..14 + ihl];
     assert_eq!(csum(ip), 0, "IPv4 header checksum");
     let src: [u8; 4] = ip[12..16].try_into().unwrap();
     let dst: [u8; 4] = ip[16..20].try_into().unwrap();
-    let seg = &pkt[34..];
+    let seg = &pkt[14 + ihl..];
     if ip[9] == 6 || seg[6..8] != [0, 0] {
         assert_eq!(l4_csum(src, dst, ip[9], seg), 0, "L4 checksum");
     }
@@ -193,6 +194,107 @@ fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
     }
     let (action, _) = dp.test_run_packet(NODEPORT_INGRESS, &tcp4(CLIENT, 40000, NODE, 30099))?;
     assert_eq!(action, TC_ACT_SHOT);
+    Ok(())
+}
+
+/// `pkt` (Ethernet + IPv4 without options) with `words` 4-byte words of
+/// IPv4 options (NOPs) after its header.
+fn with_options(mut pkt: Vec<u8>, words: u8) -> Vec<u8> {
+    let len = usize::from(words) * 4;
+    pkt.splice(34..34, std::iter::repeat_n(1u8, len));
+    pkt[14] = 0x45 + words;
+    let total = u16::from_be_bytes([pkt[16], pkt[17]]) + u16::from(words) * 4;
+    pkt[16..18].copy_from_slice(&total.to_be_bytes());
+    pkt[24..26].copy_from_slice(&[0, 0]);
+    let c = ipv4_checksum(&pkt[14..34 + len]);
+    pkt[24..26].copy_from_slice(&c.to_be_bytes());
+    pkt
+}
+
+/// A TCP segment's checksum over its IPv6 pseudo-header.
+fn l4_csum6(src: [u8; 16], dst: [u8; 16], segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&u32::try_from(segment.len()).expect("short").to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 6]);
+    pseudo.extend_from_slice(segment);
+    csum(&pseudo)
+}
+
+/// Packets whose L4 header is not right after a 20- or 40-byte IP header
+/// are translated all the same: IPv4 options and IPv6 extension headers
+/// are stepped over (the checksums stay valid); a fragment passes as it is
+/// (only the first carries the ports).
+#[test]
+fn ip_options_and_extension_headers_are_stepped_over_and_fragments_pass() -> Result<()> {
+    const NODE6: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const CLIENT6: [u8; 16] = [0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+    const BACKEND6: [u8; 16] = [0xfd, 0, 0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+    let mut dp = load();
+    dp.set_node_addrs(&[NODE.into(), NODE6.into()], 0)?;
+    let mut lb = dp.take_lb_maps()?;
+    let mut v6 = frontend(FrontendKind::NodePort, "::", 30080, Protocol::Tcp, &[]);
+    v6.backends = vec![Backend {
+        addr: BACKEND6.into(),
+        port: 8080,
+        node: Some("node-a".into()),
+        state: BackendState::Active,
+    }];
+    let frontends = [
+        frontend(
+            FrontendKind::NodePort,
+            "0.0.0.0",
+            30080,
+            Protocol::Tcp,
+            &[BACKEND],
+        ),
+        v6,
+    ];
+    let want = build(
+        &frontends,
+        "node-a",
+        &[NODE.into(), NODE6.into()],
+        &mut Ids::default(),
+    )?;
+    sync(&mut lb, &mut Table::default(), &want)?;
+
+    // IPv4 with 12 bytes of options.
+    let syn = with_options(tcp4(CLIENT, 40000, NODE, 30080), 3);
+    let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, &syn)?;
+    assert_eq!(action, TC_ACT_OK);
+    let s = check(&out);
+    assert_eq!(
+        (s.src, s.sport, s.dst, s.dport),
+        (CLIENT, 40000, BACKEND, 8080)
+    );
+    assert_eq!(out[34..46], [1u8; 12], "the options are kept");
+    assert!(out.ends_with(b"hello"));
+
+    // IPv6 behind a hop-by-hop and a destination-options header.
+    let mut seg = tcp(40001, 30080, 0x02);
+    let c = l4_csum6(CLIENT6, NODE6, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut payload = vec![60, 0, 1, 4, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0];
+    payload.extend_from_slice(&seg);
+    let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, &ipv6(CLIENT6, NODE6, 0, &payload))?;
+    assert_eq!(action, TC_ACT_OK);
+    let dst: [u8; 16] = out[38..54].try_into().unwrap();
+    let seg = &out[14 + 40 + 16..];
+    assert_eq!(dst, BACKEND6);
+    assert_eq!(u16::from_be_bytes([seg[2], seg[3]]), 8080);
+    assert_eq!(l4_csum6(CLIENT6, BACKEND6, seg), 0, "TCP checksum");
+
+    // Fragments (the first, with more to come; and a later one) pass.
+    for frag in [0x2000, 0x0010] {
+        let mut seg = tcp(40002, 30080, 0x02);
+        seg.extend_from_slice(b"hello");
+        let pkt = ipv4(CLIENT, NODE, 6, &seg, frag, 7);
+        assert_eq!(
+            dp.test_run_packet(NODEPORT_INGRESS, &pkt)?,
+            (TC_ACT_OK, pkt.clone())
+        );
+    }
     Ok(())
 }
 

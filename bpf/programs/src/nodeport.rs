@@ -30,9 +30,10 @@
 //! pods' own connections, per packet at their veths: [`pod_egress`] and
 //! [`pod_ingress`].
 //!
-//! Fragments, IPv4 options' packets and IPv6 packets
-//! with extension headers are not translated (they pass unchanged); SCTP
-//! (whose checksum is a CRC) is left to socket LB.
+//! IPv4 options and IPv6 extension headers are stepped over (the L4
+//! header is found after them, as the policy parser finds it). Fragments
+//! are not translated (they pass unchanged: only the first carries the
+//! ports); SCTP (whose checksum is a CRC) is left to socket LB.
 
 use axoneme_bpf_common::{
     drop_reason, family,
@@ -56,7 +57,7 @@ use aya_ebpf::{
 };
 
 use crate::lb::{pick, LB_AFFINITY_MATCH, LB_BACKENDS, LB_SERVICES};
-use crate::parse::ETH_HLEN;
+use crate::parse::{ipv6_upper, Frag, ETH_HLEN};
 
 #[map]
 static LB_NAT_FWD: LruHashMap<NatTuple, NatFwd> = LruHashMap::pinned(LB_NAT_MAX, 0);
@@ -132,7 +133,9 @@ fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
     let (fam, proto, l4) = match ethertype {
         ETH_P_IP => {
             let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
-            if vihl != 0x45 {
+            // Options make the header longer: the L4 header follows them.
+            let ihl = vihl & 0x0f;
+            if vihl >> 4 != 4 || ihl < 5 {
                 return None;
             }
             let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
@@ -143,13 +146,18 @@ fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
             // Straight into `out` (no copy through the stack).
             load_to(ctx, ETH_HLEN + 12, &mut t.saddr, 4)?;
             load_to(ctx, ETH_HLEN + 16, &mut t.daddr, 4)?;
-            (family::IPV4, proto, ETH_HLEN + 20)
+            (family::IPV4, proto, ETH_HLEN + usize::from(ihl) * 4)
         }
         ETH_P_IPV6 => {
-            let proto: u8 = ctx.load(ETH_HLEN + 6).ok()?;
+            let next: u8 = ctx.load(ETH_HLEN + 6).ok()?;
             load_to(ctx, ETH_HLEN + 8, &mut t.saddr, 16)?;
             load_to(ctx, ETH_HLEN + 24, &mut t.daddr, 16)?;
-            (family::IPV6, proto, ETH_HLEN + 40)
+            // Extension headers walked as the policy parser walks them.
+            let (proto, l4, frag) = ipv6_upper(ctx, next, ETH_HLEN + 40).ok()?;
+            if frag != Frag::None {
+                return None;
+            }
+            (family::IPV6, proto, l4)
         }
         _ => return None,
     };

@@ -220,39 +220,52 @@ fn parse_ipv6(ctx: &TcContext, flow: &mut Flow) -> i64 {
         flow.ttl = ip[7];
         flow.saddr.0.copy_from_slice(&ip[8..24]);
         flow.daddr.0.copy_from_slice(&ip[24..40]);
-        let mut next = ip[6];
-        let mut off = ETH_HLEN + 40;
-        for _ in 0..MAX_EXT_HEADERS {
-            if !is_ext_header(next) {
-                break;
-            }
-            let h: [u8; 8] = load(ctx, off)?;
-            let len = match next {
-                // Authentication header: length in 4-byte units, minus 2.
-                51 => (usize::from(h[1]) + 2) * 4,
-                // Fragment: fixed size.
-                44 => {
-                    let offset = u16::from_be_bytes([h[2], h[3]]);
-                    let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                    if offset & 0xfff8 != 0 {
-                        flow.frag = Frag::Later(id);
-                    } else if offset & 1 != 0 {
-                        flow.frag = Frag::First(id);
-                    }
-                    8
-                }
-                // Hop-by-hop, routing, destination options: 8-byte units.
-                _ => (usize::from(h[1]) + 1) * 8,
-            };
-            next = h[0];
-            off += len;
-        }
-        if is_ext_header(next) {
-            return Err(Drop(drop_reason::DROP_INVALID_EXTHDR));
-        }
+        let (next, off, frag) = ipv6_upper(ctx, ip[6], ETH_HLEN + 40)?;
+        flow.frag = frag;
         flow.protocol = next;
         Ok(off)
     })())
+}
+
+/// Walks the IPv6 extension headers that start with `next` at `off` (just
+/// past the fixed header): the upper-layer protocol, its offset, and which
+/// fragment the packet is. More than [`MAX_EXT_HEADERS`] is invalid (156).
+#[inline(always)]
+pub(crate) fn ipv6_upper(
+    ctx: &TcContext,
+    mut next: u8,
+    mut off: usize,
+) -> Result<(u8, usize, Frag), Drop> {
+    let mut frag = Frag::None;
+    for _ in 0..MAX_EXT_HEADERS {
+        if !is_ext_header(next) {
+            break;
+        }
+        let h: [u8; 8] = load(ctx, off)?;
+        let len = match next {
+            // Authentication header: length in 4-byte units, minus 2.
+            51 => (usize::from(h[1]) + 2) * 4,
+            // Fragment: fixed size.
+            44 => {
+                let offset = u16::from_be_bytes([h[2], h[3]]);
+                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                if offset & 0xfff8 != 0 {
+                    frag = Frag::Later(id);
+                } else if offset & 1 != 0 {
+                    frag = Frag::First(id);
+                }
+                8
+            }
+            // Hop-by-hop, routing, destination options: 8-byte units.
+            _ => (usize::from(h[1]) + 1) * 8,
+        };
+        next = h[0];
+        off += len;
+    }
+    if is_ext_header(next) {
+        return Err(Drop(drop_reason::DROP_INVALID_EXTHDR));
+    }
+    Ok((next, off, frag))
 }
 
 /// An ICMP (v4 or v6) header: 1 if policy applies, 0 if not (link
