@@ -55,6 +55,17 @@ fn frontend(
     }
 }
 
+/// NodePort 30080/TCP on every node address, to [`BACKEND`].
+fn web_nodeport() -> Frontend {
+    frontend(
+        FrontendKind::NodePort,
+        "0.0.0.0",
+        30080,
+        Protocol::Tcp,
+        &[BACKEND],
+    )
+}
+
 /// The Internet checksum of `data`.
 fn csum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
@@ -119,13 +130,7 @@ fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
     dp.set_node_addrs(&[NODE.into()], 0)?;
     let mut lb = dp.take_lb_maps()?;
     let frontends = [
-        frontend(
-            FrontendKind::NodePort,
-            "0.0.0.0",
-            30080,
-            Protocol::Tcp,
-            &[BACKEND],
-        ),
+        web_nodeport(),
         frontend(
             FrontendKind::NodePort,
             "0.0.0.0",
@@ -241,16 +246,7 @@ fn ip_options_and_extension_headers_are_stepped_over_and_fragments_pass() -> Res
         node: Some("node-a".into()),
         state: BackendState::Active,
     }];
-    let frontends = [
-        frontend(
-            FrontendKind::NodePort,
-            "0.0.0.0",
-            30080,
-            Protocol::Tcp,
-            &[BACKEND],
-        ),
-        v6,
-    ];
+    let frontends = [web_nodeport(), v6];
     let want = build(
         &frontends,
         "node-a",
