@@ -3,7 +3,9 @@
 //! and sync, packets built here. A NodePort packet from outside to a
 //! backend on this node is DNATed with valid checksums, its reply gets the
 //! frontend back as its source; a flow keeps its backend; a ClusterIP is
-//! not served from outside; a NodePort without backends refuses. Maglev:
+//! not served from outside; a NodePort without backends refuses; IPv4
+//! options and IPv6 extension headers are stepped over, and fragments are
+//! translated as their datagram. Maglev:
 //! a client gets the same backend through either node address and after
 //! its flow is forgotten, and removing one backend of ten moves few other
 //! clients. `ClientIP` affinity keeps a client address on one backend
@@ -227,15 +229,13 @@ fn l4_csum6(src: [u8; 16], dst: [u8; 16], segment: &[u8]) -> u16 {
     csum(&pseudo)
 }
 
-/// Packets whose L4 header is not right after a 20- or 40-byte IP header
-/// are translated all the same: IPv4 options and IPv6 extension headers
-/// are stepped over (the checksums stay valid); a fragment passes as it is
-/// (only the first carries the ports).
-#[test]
-fn ip_options_and_extension_headers_are_stepped_over_and_fragments_pass() -> Result<()> {
-    const NODE6: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    const CLIENT6: [u8; 16] = [0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
-    const BACKEND6: [u8; 16] = [0xfd, 0, 0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const NODE6: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+const BACKEND6: [u8; 16] = [0xfd, 0, 0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+
+/// A datapath serving NodePort 30080/TCP (IPv4 and IPv6) and 30053/UDP
+/// (IPv4), each to one backend on this node.
+fn dual_stack_nodeport() -> Result<TestDatapath> {
     let mut dp = load();
     dp.set_node_addrs(&[NODE.into(), NODE6.into()], 0)?;
     let mut lb = dp.take_lb_maps()?;
@@ -246,7 +246,14 @@ fn ip_options_and_extension_headers_are_stepped_over_and_fragments_pass() -> Res
         node: Some("node-a".into()),
         state: BackendState::Active,
     }];
-    let frontends = [web_nodeport(), v6];
+    let dns = frontend(
+        FrontendKind::NodePort,
+        "0.0.0.0",
+        30053,
+        Protocol::Udp,
+        &[BACKEND],
+    );
+    let frontends = [web_nodeport(), v6, dns];
     let want = build(
         &frontends,
         "node-a",
@@ -254,6 +261,15 @@ fn ip_options_and_extension_headers_are_stepped_over_and_fragments_pass() -> Res
         &mut Ids::default(),
     )?;
     sync(&mut lb, &mut Table::default(), &want)?;
+    Ok(dp)
+}
+
+/// Packets whose L4 header is not right after a 20- or 40-byte IP header
+/// are translated all the same: IPv4 options and IPv6 extension headers
+/// are stepped over (the checksums stay valid).
+#[test]
+fn ip_options_and_extension_headers_are_stepped_over() -> Result<()> {
+    let dp = dual_stack_nodeport()?;
 
     // IPv4 with 12 bytes of options.
     let syn = with_options(tcp4(CLIENT, 40000, NODE, 30080), 3);
@@ -281,16 +297,136 @@ fn ip_options_and_extension_headers_are_stepped_over_and_fragments_pass() -> Res
     assert_eq!(u16::from_be_bytes([seg[2], seg[3]]), 8080);
     assert_eq!(l4_csum6(CLIENT6, BACKEND6, seg), 0, "TCP checksum");
 
-    // Fragments (the first, with more to come; and a later one) pass.
-    for frag in [0x2000, 0x0010] {
-        let mut seg = tcp(40002, 30080, 0x02);
-        seg.extend_from_slice(b"hello");
-        let pkt = ipv4(CLIENT, NODE, 6, &seg, frag, 7);
-        assert_eq!(
-            dp.test_run_packet(NODEPORT_INGRESS, &pkt)?,
-            (TC_ACT_OK, pkt.clone())
-        );
+    Ok(())
+}
+
+/// `pkt`'s IP payload (after the IPv4 header, or after the IPv6 header
+/// and its one fragment header), for reassembly.
+fn ip_payload(pkt: &[u8]) -> &[u8] {
+    if pkt[12..14] == [0x08, 0x00] {
+        &pkt[14 + usize::from(pkt[14] & 0x0f) * 4..]
+    } else {
+        &pkt[14 + 40 + 8..]
     }
+}
+
+/// `segment` (a whole TCP or UDP segment) as two IPv4 fragments with the
+/// IP id `id`: the first with 48 bytes of it, the rest in the second.
+fn fragments4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8], id: u16) -> [Vec<u8>; 2] {
+    [
+        ipv4(src, dst, proto, &segment[..48], 0x2000, id),
+        ipv4(src, dst, proto, &segment[48..], 48 / 8, id),
+    ]
+}
+
+/// The same as IPv6 fragments (a fragment header before each part).
+fn fragments6(src: [u8; 16], dst: [u8; 16], segment: &[u8], id: u32) -> [Vec<u8>; 2] {
+    let part = |offset: u16, more: bool, data: &[u8]| {
+        let mut p = vec![6, 0];
+        p.extend_from_slice(&(offset | u16::from(more)).to_be_bytes());
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(data);
+        ipv6(src, dst, 44, &p)
+    };
+    [
+        part(0, true, &segment[..48]),
+        part(48, false, &segment[48..]),
+    ]
+}
+
+/// Fragments are translated as their datagram: the first (which carries
+/// the ports) as any packet, later ones by the first's ports, addresses
+/// only, so that the datagram reassembles with a valid checksum; the
+/// backend's fragmented reply gets the frontend back in every fragment; a
+/// later fragment whose first was never seen passes as it is.
+#[test]
+fn fragments_are_translated_as_their_datagram() -> Result<()> {
+    let dp = dual_stack_nodeport()?;
+
+    // IPv4/UDP with a checksum over the whole datagram.
+    let payload: Vec<u8> = (0..200u8).collect();
+    let mut seg = udp(5000, 30053, &payload);
+    let c = l4_csum(CLIENT, NODE, 17, &seg);
+    seg[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut datagram = Vec::new();
+    for (i, frag) in fragments4(CLIENT, NODE, 17, &seg, 77).iter().enumerate() {
+        let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, frag)?;
+        assert_eq!(action, TC_ACT_OK, "fragment {i}");
+        assert_eq!(csum(&out[14..34]), 0, "fragment {i}: IPv4 header checksum");
+        assert_eq!(out[26..34], [CLIENT, BACKEND].concat(), "fragment {i}");
+        assert_eq!(
+            out[18..22],
+            frag[18..22],
+            "fragment {i}: id and offset kept"
+        );
+        datagram.extend_from_slice(ip_payload(&out));
+    }
+    assert_eq!(
+        datagram[..4],
+        [5000u16.to_be_bytes(), 8080u16.to_be_bytes()].concat()
+    );
+    assert_eq!(datagram[8..], payload[..], "the payload is untouched");
+    assert_eq!(l4_csum(CLIENT, BACKEND, 17, &datagram), 0, "UDP checksum");
+
+    // The backend's fragmented reply: from the frontend, every fragment.
+    let mut reply = udp(8080, 5000, &payload);
+    let c = l4_csum(BACKEND, CLIENT, 17, &reply);
+    reply[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut datagram = Vec::new();
+    for (i, frag) in fragments4(BACKEND, CLIENT, 17, &reply, 99)
+        .iter()
+        .enumerate()
+    {
+        let (action, out) = dp.test_run_packet(NODEPORT_EGRESS, frag)?;
+        assert_eq!(action, TC_ACT_OK, "reply fragment {i}");
+        assert_eq!(
+            csum(&out[14..34]),
+            0,
+            "reply fragment {i}: IPv4 header checksum"
+        );
+        assert_eq!(out[26..34], [NODE, CLIENT].concat(), "reply fragment {i}");
+        datagram.extend_from_slice(ip_payload(&out));
+    }
+    assert_eq!(datagram[..2], 30053u16.to_be_bytes());
+    assert_eq!(
+        l4_csum(NODE, CLIENT, 17, &datagram),
+        0,
+        "the reply's UDP checksum"
+    );
+
+    // A later fragment without its first: unknown ports, left alone.
+    let [_, orphan] = fragments4(CLIENT, NODE, 17, &seg, 55);
+    assert_eq!(
+        dp.test_run_packet(NODEPORT_INGRESS, &orphan)?,
+        (TC_ACT_OK, orphan.clone())
+    );
+
+    // IPv6/TCP: the fragment header's id and offset, the same result.
+    let mut seg = tcp(40003, 30080, 0x18);
+    seg.extend_from_slice(&payload);
+    let c = l4_csum6(CLIENT6, NODE6, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut datagram = Vec::new();
+    for (i, frag) in fragments6(CLIENT6, NODE6, &seg, 0x0102_0304)
+        .iter()
+        .enumerate()
+    {
+        let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, frag)?;
+        assert_eq!(action, TC_ACT_OK, "IPv6 fragment {i}");
+        assert_eq!(
+            out[22..54],
+            [CLIENT6, BACKEND6].concat(),
+            "IPv6 fragment {i}"
+        );
+        assert_eq!(
+            out[54..62],
+            frag[54..62],
+            "IPv6 fragment {i}: its header kept"
+        );
+        datagram.extend_from_slice(ip_payload(&out));
+    }
+    assert_eq!(datagram[2..4], 8080u16.to_be_bytes());
+    assert_eq!(l4_csum6(CLIENT6, BACKEND6, &datagram), 0, "TCP checksum");
     Ok(())
 }
 
@@ -509,6 +645,34 @@ fn pod_veths_translate_without_socket_lb() -> Result<()> {
     assert_eq!(action, TC_ACT_OK);
     let s = check(&out);
     assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 80, POD, 40000));
+
+    // A fragmented datagram and its fragmented reply: every fragment
+    // translated (and passed by the policy's own fragment tracking).
+    let payload: Vec<u8> = (0..100u8).collect();
+    let segment = |src, sport, dst, dport| {
+        let mut seg = tcp(sport, dport, 0x18);
+        seg.extend_from_slice(&payload);
+        let c = l4_csum(src, dst, 6, &seg);
+        seg[16..18].copy_from_slice(&c.to_be_bytes());
+        seg
+    };
+    for (program, (src, sport, dst, dport), want) in [
+        (FROM_CONTAINER, (POD, 40004, VIP, 80), (POD, BACKEND)),
+        (TO_CONTAINER, (BACKEND, 8080, POD, 40004), (VIP, POD)),
+    ] {
+        let mut datagram = Vec::new();
+        for frag in fragments4(src, dst, 6, &segment(src, sport, dst, dport), 31) {
+            let (action, out) = dp.test_run_packet(program, &frag)?;
+            assert_eq!(action, TC_ACT_OK, "{src:?} -> {dst:?}");
+            assert_eq!(out[26..34], [want.0, want.1].concat(), "{src:?} -> {dst:?}");
+            datagram.extend_from_slice(ip_payload(&out));
+        }
+        assert_eq!(
+            l4_csum(want.0, want.1, 6, &datagram),
+            0,
+            "{src:?} -> {dst:?}"
+        );
+    }
 
     // Not a service's, either way: unchanged.
     for (program, pkt) in [

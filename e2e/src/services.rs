@@ -133,17 +133,17 @@ impl Drop for RequestLoop {
 
 const UDP_SERVER: &str = r#"
 import socket, sys
-port, name = int(sys.argv[1]), sys.argv[2]
+port, name = int(sys.argv[1]), sys.argv[2].encode()
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 s.bind(("::", port))
 while True:
-    _, peer = s.recvfrom(512)
-    s.sendto(name.encode(), peer)
+    data, peer = s.recvfrom(65535)
+    s.sendto(name.ljust(len(data)), peer)
 "#;
 
 /// A UDP server in `ns` on `port` (both families) answering every
-/// datagram with `name`.
+/// datagram with `name`, padded with spaces to the datagram's length.
 pub fn udp_server(ns: &Netns, port: u16, name: &str, log: &std::path::Path) -> Result<Proc> {
     let cmd = ns.command(&["python3", "-c", UDP_SERVER, &port.to_string(), name]);
     Proc::spawn("udp-server", cmd, log)
@@ -151,32 +151,75 @@ pub fn udp_server(ns: &Netns, port: u16, name: &str, log: &std::path::Path) -> R
 
 const UDP_CLIENT: &str = r#"
 import socket, sys
-addr, port = sys.argv[1], int(sys.argv[2])
+addr, port, size, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_DGRAM)
+s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", sport))
 s.settimeout(1)
 for _ in range(5):
     try:
-        s.sendto(b"hi", (addr, port))
-        data, peer = s.recvfrom(512)
-        print(data.decode(), peer[0], peer[1])
+        s.sendto(b"h" * size, (addr, port))
+        data, peer = s.recvfrom(65535)
+        print(data.split()[0].decode(), peer[0], peer[1], len(data))
         break
     except socket.timeout:
         pass
 "#;
 
-/// One datagram from `pod` to `addr:port` (retried): the answer and the
-/// address it came from (`None`: no answer).
-pub fn udp_request(pod: &CniPod, addr: &str, port: u16) -> Result<Option<(String, IpAddr, u16)>> {
-    let out = pod
-        .command(&["python3", "-c", UDP_CLIENT, addr, &port.to_string()])
-        .output()?;
+/// A UDP server's answer: its name, where it came from, its length.
+#[derive(Debug)]
+pub struct UdpAnswer {
+    pub name: String,
+    pub from: IpAddr,
+    pub port: u16,
+    pub len: usize,
+}
+
+/// One datagram from `pod` to `addr:port` (retried): the answer (`None`:
+/// no answer).
+pub fn udp_request(pod: &CniPod, addr: &str, port: u16) -> Result<Option<UdpAnswer>> {
+    udp_exchange(|args| pod.command(args), addr, port, 2, 0)
+}
+
+/// A datagram of `size` bytes from `ns`, from local port `sport` (0: any)
+/// to `addr:port` (retried), as [`udp_request`]: a client outside the
+/// cluster, or one whose datagrams are fragmented.
+pub fn udp_request_from(
+    ns: &Netns,
+    addr: &str,
+    port: u16,
+    size: usize,
+    sport: u16,
+) -> Result<Option<UdpAnswer>> {
+    udp_exchange(|args| ns.command(args), addr, port, size, sport)
+}
+
+fn udp_exchange(
+    command: impl Fn(&[&str]) -> std::process::Command,
+    addr: &str,
+    port: u16,
+    size: usize,
+    sport: u16,
+) -> Result<Option<UdpAnswer>> {
+    let (port_s, size_s, sport_s) = (port.to_string(), size.to_string(), sport.to_string());
+    let out = command(&[
+        "python3", "-c", UDP_CLIENT, addr, &port_s, &size_s, &sport_s,
+    ])
+    .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let f: Vec<&str> = text.split_whitespace().collect();
     match f[..] {
         [] => Ok(None),
-        [name, from, port] => Ok(Some((name.to_string(), from.parse()?, port.parse()?))),
-        _ => bail!("UDP client wrote {text:?}"),
+        [name, from, port, len] => Ok(Some(UdpAnswer {
+            name: name.to_string(),
+            from: from.parse()?,
+            port: port.parse()?,
+            len: len.parse()?,
+        })),
+        _ => bail!(
+            "UDP client wrote {text:?} ({})",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 

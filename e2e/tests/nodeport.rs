@@ -4,25 +4,31 @@
 //! backend sees the client's address); to a backend on the other node,
 //! DNAT and SNAT to the node's address, the reply translated back on the
 //! way in and sent out again. Backends are picked by Maglev, so a client
-//! gets the same one through either node. `externalTrafficPolicy: Local` uses only
+//! gets the same one through either node. UDP datagrams larger than the
+//! MTU are translated fragment by fragment, both ways, IPv4 and IPv6.
+//! `externalTrafficPolicy: Local` uses only
 //! the node's own backends and keeps the client's address; and policy
 //! still decides by identity after translation: once the payments policy
 //! allows only checkout, the outside client gets nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axoneme_e2e::cluster::{EXTERNAL_CLIENT_IP, EXTERNAL_CLIENT_IP6};
 use axoneme_e2e::expect::seed_policy;
-use axoneme_e2e::services::{get_from, get_from_port, until, Answer};
+use axoneme_e2e::services::{get_from, get_from_port, udp_request_from, udp_server, until, Answer};
 use axoneme_e2e::{Cluster, ClusterConfig};
 
+/// A NodePort Service: HTTP on `node_port`, UDP (5353 in the pods) on
+/// `node_port` + 20.
 fn service(name: &str, vips: &str, node_port: u16, policy: &str, pods: &[(&str, &str)]) -> String {
+    let udp_port = node_port + 20;
     let mut y = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n\
          spec:\n  type: NodePort\n  clusterIPs: [{vips}]\n  externalTrafficPolicy: {policy}\n  \
-         ports:\n  - {{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: {node_port}}}\n\
+         ports:\n  - {{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: {node_port}}}\n  \
+         - {{name: dns, protocol: UDP, port: 53, targetPort: 5353, nodePort: {udp_port}}}\n\
          endpoints:\n"
     );
     for (ip, node) in pods {
@@ -113,6 +119,7 @@ fn nodeport_from_outside_the_cluster() -> Result<()> {
     assert!(local.iter().all(|p| *p == client), "{seen:?}");
     assert!(far.iter().all(|p| *p == ip0), "{seen:?}");
 
+    let node6 = c.nodes[0].ip6.to_string();
     // Maglev: a client (address and port) gets the same backend whichever
     // node it enters by, with no state shared between the nodes. Its ports
     // are above the kernel's ephemeral range (32768-60999), so no earlier
@@ -130,7 +137,6 @@ fn nodeport_from_outside_the_cluster() -> Result<()> {
     assert_eq!(same, 20, "the same backend through both nodes");
 
     // IPv6: the same, through the node's IPv6 address.
-    let node6 = c.nodes[0].ip6.to_string();
     let seen = tally(&ext, &format!("http://[{node6}]:30080/"), 30)?;
     eprintln!("via [{node6}]:30080: {seen:?}");
     let local = seen
@@ -144,6 +150,37 @@ fn nodeport_from_outside_the_cluster() -> Result<()> {
         "{seen:?}"
     );
     assert!(far.iter().all(|p| *p == node6), "{seen:?}");
+
+    // UDP datagrams larger than the path's MTU, both ways: every fragment
+    // translated (DNAT to the node's backend; DNAT, SNAT and redirect to
+    // the other node's), the answer reassembled whole. The client's ports
+    // pick both backends (Maglev).
+    let _udp = [&seed.payments, &remote]
+        .iter()
+        .map(|p| {
+            udp_server(
+                &p.ns,
+                5353,
+                &p.name,
+                &c.dir.join(format!("udp-{}.log", p.name)),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut names = BTreeSet::new();
+    for (node, sport) in [(&ip0, 62000u16), (&node6, 62100)] {
+        for port in sport..sport + 16 {
+            let a = udp_request_from(&ext, node, 30100, 4000, port)?
+                .with_context(|| format!("{node}:30100 from port {port}: no answer"))?;
+            assert_eq!(a.len, 4000, "{a:?}");
+            assert_eq!((a.from.to_string(), a.port), (node.to_string(), 30100));
+            names.insert(a.name);
+        }
+    }
+    assert_eq!(
+        names,
+        BTreeSet::from([seed.payments.name.clone(), remote.name.clone()]),
+        "both backends answered"
+    );
 
     // externalTrafficPolicy: Local: each node's own backend, the client's
     // address kept, through either node.

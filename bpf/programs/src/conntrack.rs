@@ -22,8 +22,10 @@ use crate::{At, NS_PER_S};
 static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX, 0);
 #[map]
 static CT4: LruHashMap<CtKey4, CtValue> = LruHashMap::pinned(CT_MAX, 0);
+/// Shared with the per-packet LB ([`crate::nodeport`]), which records and
+/// reads the datagrams it translates under their addresses as they arrive.
 #[map]
-static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX, 0);
+pub(crate) static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX, 0);
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;

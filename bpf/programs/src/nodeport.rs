@@ -32,11 +32,18 @@
 //!
 //! IPv4 options and IPv6 extension headers are stepped over (the L4
 //! header is found after them, as the policy parser finds it). Fragments
-//! are not translated (they pass unchanged: only the first carries the
-//! ports); SCTP (whose checksum is a CRC) is left to socket LB.
+//! are translated as their datagram: the first records its ports in the
+//! fragment table (`FRAGS`, which the policy keeps too), keyed by the
+//! addresses, protocol and IP id it arrived with; a later one (no L4
+//! header) takes them from there, finds its flow by them, and gets only
+//! its addresses rewritten. A later fragment whose first was not seen
+//! passes as it is (it cannot be reassembled with a translated first; a
+//! datagram's fragments arrive in order on one path), and one of a flow
+//! that has no translation is refused. SCTP (whose checksum is a CRC) is
+//! left to socket LB.
 
 use axoneme_bpf_common::{
-    drop_reason, family,
+    drop_reason, family, FragKey, FragValue,
     lb::{
         backend_flags, svc_flags, AffinityAddrKey, AffinityMatchKey, AffinityValue, LbKey,
         LbService, NatFwd, NatRev, NatTuple, NodeAddrs, LB_AFFINITY_MAX, LB_MAGLEV_MAX,
@@ -56,6 +63,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 
+use crate::conntrack::FRAGS;
 use crate::lb::{pick, LB_AFFINITY_MATCH, LB_BACKENDS, LB_SERVICES};
 use crate::parse::{ipv6_upper, Frag, ETH_HLEN};
 
@@ -90,6 +98,9 @@ pub struct Pkt {
     /// Offset of the L4 header.
     l4: usize,
     t: NatTuple,
+    /// A later fragment: no L4 header (its ports, in `t`, are its first
+    /// fragment's), only the addresses are rewritten.
+    later: bool,
 }
 
 #[inline(always)]
@@ -99,6 +110,7 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
         proto: 0,
         l4: 0,
         t: NatTuple::default(),
+        later: false,
     };
     parse_into(ctx, &mut p)?;
     Some(p)
@@ -130,7 +142,7 @@ fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     let t = &mut out.t;
     *t = NatTuple::default();
-    let (fam, proto, l4) = match ethertype {
+    let (fam, proto, l4, frag) = match ethertype {
         ETH_P_IP => {
             let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
             // Options make the header longer: the L4 header follows them.
@@ -138,15 +150,21 @@ fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
             if vihl >> 4 != 4 || ihl < 5 {
                 return None;
             }
-            let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
-            if frag & 0x3fff != 0 {
-                return None;
-            }
+            let [id, off]: [u16; 2] = ctx.load(ETH_HLEN + 4).ok()?;
+            let off = u16::from_be(off);
+            let id = u32::from(u16::from_be(id));
+            let frag = if off & 0x1fff != 0 {
+                Frag::Later(id)
+            } else if off & 0x2000 != 0 {
+                Frag::First(id)
+            } else {
+                Frag::None
+            };
             let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
             // Straight into `out` (no copy through the stack).
             load_to(ctx, ETH_HLEN + 12, &mut t.saddr, 4)?;
             load_to(ctx, ETH_HLEN + 16, &mut t.daddr, 4)?;
-            (family::IPV4, proto, ETH_HLEN + usize::from(ihl) * 4)
+            (family::IPV4, proto, ETH_HLEN + usize::from(ihl) * 4, frag)
         }
         ETH_P_IPV6 => {
             let next: u8 = ctx.load(ETH_HLEN + 6).ok()?;
@@ -154,25 +172,69 @@ fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
             load_to(ctx, ETH_HLEN + 24, &mut t.daddr, 16)?;
             // Extension headers walked as the policy parser walks them.
             let (proto, l4, frag) = ipv6_upper(ctx, next, ETH_HLEN + 40).ok()?;
-            if frag != Frag::None {
-                return None;
-            }
-            (family::IPV6, proto, l4)
+            (family::IPV6, proto, l4, frag)
         }
         _ => return None,
     };
     if proto != TCP && proto != UDP {
         return None;
     }
-    let ports: [u16; 2] = ctx.load(l4).ok()?;
-    t.sport = ports[0];
-    t.dport = ports[1];
     t.proto = proto;
     t.family = fam;
     out.family = fam;
     out.proto = proto;
     out.l4 = l4;
+    out.later = false;
+    match frag {
+        Frag::Later(id) => {
+            if !datagram(t, id, true) {
+                return None;
+            }
+            out.later = true;
+        }
+        _ => {
+            let ports: [u16; 2] = ctx.load(l4).ok()?;
+            t.sport = ports[0];
+            t.dport = ports[1];
+            if let Frag::First(id) = frag {
+                datagram(t, id, false);
+            }
+        }
+    }
     Some(())
+}
+
+/// A fragmented datagram's ports: its first fragment records `t`'s
+/// (`later` false); a later one gets them into `t`, false if its first was
+/// not seen. A call of its own: its key would not fit the callers' stack.
+#[inline(never)]
+fn datagram(t: &mut NatTuple, id: u32, later: bool) -> bool {
+    let key = FragKey {
+        saddr: t.saddr,
+        daddr: t.daddr,
+        id,
+        protocol: t.proto,
+        family: t.family,
+        pad: [0; 2],
+    };
+    if !later {
+        let ports = FragValue {
+            sport: t.sport,
+            dport: t.dport,
+        };
+        // Best effort: without it the later fragments pass untranslated.
+        let _ = FRAGS.insert(&key, &ports, 0);
+        return true;
+    }
+    // SAFETY: copied out at once.
+    match unsafe { FRAGS.get(&key) } {
+        Some(ports) => {
+            t.sport = ports.sport;
+            t.dport = ports.dport;
+            true
+        }
+        None => false,
+    }
 }
 
 /// What [`ingress`] returns for a packet that is not for a service from
@@ -222,6 +284,8 @@ fn translate(ctx: &TcContext) -> Option<i32> {
     }
     let fwd = match known(&p.t) {
         Some(f) => f,
+        // A later fragment starts nothing: its first was refused.
+        None if p.later => return Some(TC_ACT_SHOT),
         None => match new_flow(&p, &key, svc, 0) {
             Some(f) => f,
             // No usable backend (or no port to SNAT from): refused.
@@ -325,6 +389,7 @@ pub(crate) fn pod_egress(ctx: &TcContext) -> u8 {
     };
     let fwd = match known(&p.t) {
         Some(f) => f,
+        None if p.later => return drop_reason::DROP_FRAG_NOT_FOUND,
         None => match new_flow(p, key, svc, FROM_POD) {
             Some(f) => f,
             None => return drop_reason::DROP_NO_SERVICE,
@@ -613,12 +678,16 @@ fn rewrite_addr(ctx: &TcContext, p: &Pkt, which: usize, new: &[u8; 16]) -> Resul
         }
         let off = addr_off + which * words * 4 + w * 4;
         ctx.store(off, &n, 0)?;
-        ctx.l4_csum_replace(
-            csum,
-            u64::from(o),
-            u64::from(n),
-            u64::from(BPF_F_PSEUDO_HDR) | l4_flags | 4,
-        )?;
+        // (A later fragment has no L4 checksum: the first's covers the
+        // datagram.)
+        if !p.later {
+            ctx.l4_csum_replace(
+                csum,
+                u64::from(o),
+                u64::from(n),
+                u64::from(BPF_F_PSEUDO_HDR) | l4_flags | 4,
+            )?;
+        }
         if p.family == family::IPV4 {
             ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(o), u64::from(n), 4)?;
         }
@@ -627,11 +696,11 @@ fn rewrite_addr(ctx: &TcContext, p: &Pkt, which: usize, new: &[u8; 16]) -> Resul
 }
 
 /// Rewrites the source (`off` 0) or destination (2) port to `new`, with
-/// the L4 checksum.
+/// the L4 checksum (not in a later fragment, which has no L4 header).
 #[inline(always)]
 fn rewrite_port(ctx: &TcContext, p: &Pkt, off: usize, new: u16) -> Result<(), i64> {
     let old = if off == 0 { p.t.sport } else { p.t.dport };
-    if old == new {
+    if old == new || p.later {
         return Ok(());
     }
     let (csum, l4_flags) = l4_csum(p);
