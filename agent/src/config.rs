@@ -393,6 +393,13 @@ pub struct ServicesConfig {
     /// it), for pods whose processes are not under `--cgroup-root`.
     #[arg(long, env = "AXONEME_SOCKET_LB", default_value_t = true, action = clap::ArgAction::Set)]
     pub socket_lb: bool,
+    /// Services over SCTP from pods with socket LB on: the kernel runs no
+    /// socket-LB program for SCTP sockets, so the pods' veths translate
+    /// SCTP per packet, at the cost of a protocol check on every packet a
+    /// pod sends or receives (without socket LB, SCTP is translated with
+    /// the rest; from outside the node, always).
+    #[arg(long, env = "AXONEME_ENABLE_SCTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_sctp: bool,
     /// The cgroup2 directory the socket-LB programs attach to: every
     /// process below it (the node's pods) gets services translated.
     #[arg(

@@ -206,7 +206,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let device = device.map(|l| (l.name, l.index));
     let options = LoadOptions {
-        pod_lb: cfg.services.kube_proxy_replacement && !cfg.services.socket_lb,
+        pod_lb: crate::datapath::PodLb::new(
+            cfg.services.kube_proxy_replacement,
+            cfg.services.socket_lb,
+            cfg.services.enable_sctp,
+        ),
         encrypt: ipsec_keys.is_some(),
         host_firewall: cfg.datapath.enable_host_firewall,
         host_ifindex: device.as_ref().map_or(0, |(_, ifindex)| *ifindex),

@@ -34,8 +34,11 @@ struct Program {
     /// (section, first instruction) → function name.
     by_start: HashMap<(String, usize), String>,
     functions: BTreeMap<String, Function>,
-    /// (section, instruction index) → the section a relocated call goes to.
-    call_relocs: HashMap<(String, usize), String>,
+    /// (section, instruction index) → where a relocated call's offset
+    /// counts from: a section, and an instruction in it (0 for a call
+    /// against the section's symbol; a global function's first, for a call
+    /// against the function's own symbol).
+    call_relocs: HashMap<(String, usize), (String, usize)>,
 }
 
 fn load() -> Program {
@@ -53,9 +56,14 @@ fn load() -> Program {
                 if let Some(target) = symbol.section_index() {
                     let target = file.section_by_index(target).unwrap();
                     let insn = (offset / 8) as usize;
-                    program
-                        .call_relocs
-                        .insert((name.clone(), insn), target.name().unwrap().to_string());
+                    let base = match symbol.kind() {
+                        SymbolKind::Text => index(symbol.address()) / 8,
+                        _ => 0,
+                    };
+                    program.call_relocs.insert(
+                        (name.clone(), insn),
+                        (target.name().unwrap().to_string(), base),
+                    );
                 }
             }
         }
@@ -205,7 +213,7 @@ fn callees(p: &Program, f: &Function) -> Vec<String> {
         }
         let at = f.start + t;
         let (section, index) = match p.call_relocs.get(&(f.section.clone(), at)) {
-            Some(section) => (section.clone(), index(imm(i) + 1)),
+            Some((section, base)) => (section.clone(), index(*base as i64 + imm(i) + 1)),
             None => (f.section.clone(), index(at as i64 + imm(i) + 1)),
         };
         let callee = p

@@ -5,15 +5,16 @@
 //! frontend back as its source; a flow keeps its backend; a ClusterIP is
 //! not served from outside; a NodePort without backends refuses; IPv4
 //! options and IPv6 extension headers are stepped over, and fragments are
-//! translated as their datagram. Maglev:
-//! a client gets the same backend through either node address and after
-//! its flow is forgotten, and removing one backend of ten moves few other
-//! clients. `ClientIP` affinity keeps a client address on one backend
-//! across flows (not a client's flows spread by Maglev), moves it when
-//! that backend leaves, and lets it go after its timeout. Without socket
-//! LB, the pods' veth programs translate their own flows the same way. (SNAT to a backend on another node needs a
-//! route and a neighbour: the e2e test `nodeport` covers it with real
-//! namespaces.)
+//! translated as their datagram; SCTP's ports are rewritten with its
+//! CRC32c checksum updated. Maglev: a client gets the same backend through
+//! either node address and after its flow is forgotten, and removing one
+//! backend of ten moves few other clients. `ClientIP` affinity keeps a
+//! client address on one backend across flows (not a client's flows
+//! spread by Maglev), moves it when that backend leaves, and lets it go
+//! after its timeout. Without socket LB, the pods' veth programs translate
+//! their own flows the same way; with it, their SCTP (which socket LB does
+//! not see). (SNAT to a backend on another node needs a route and a
+//! neighbour: the e2e test `nodeport` covers it with real namespaces.)
 
 mod support;
 
@@ -64,6 +65,17 @@ fn web_nodeport() -> Frontend {
         "0.0.0.0",
         30080,
         Protocol::Tcp,
+        &[BACKEND],
+    )
+}
+
+/// NodePort 30053/UDP on every node address, to [`BACKEND`].
+fn dns_nodeport() -> Frontend {
+    frontend(
+        FrontendKind::NodePort,
+        "0.0.0.0",
+        30053,
+        Protocol::Udp,
         &[BACKEND],
     )
 }
@@ -133,13 +145,7 @@ fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
     let mut lb = dp.take_lb_maps()?;
     let frontends = [
         web_nodeport(),
-        frontend(
-            FrontendKind::NodePort,
-            "0.0.0.0",
-            30053,
-            Protocol::Udp,
-            &[BACKEND],
-        ),
+        dns_nodeport(),
         frontend(FrontendKind::NodePort, "0.0.0.0", 30099, Protocol::Tcp, &[]),
         frontend(
             FrontendKind::ClusterIP,
@@ -233,35 +239,42 @@ const NODE6: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const CLIENT6: [u8; 16] = [0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
 const BACKEND6: [u8; 16] = [0xfd, 0, 0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
 
-/// A datapath serving NodePort 30080/TCP (IPv4 and IPv6) and 30053/UDP
-/// (IPv4), each to one backend on this node.
-fn dual_stack_nodeport() -> Result<TestDatapath> {
-    let mut dp = load();
-    dp.set_node_addrs(&[NODE.into(), NODE6.into()], 0)?;
-    let mut lb = dp.take_lb_maps()?;
-    let mut v6 = frontend(FrontendKind::NodePort, "::", 30080, Protocol::Tcp, &[]);
-    v6.backends = vec![Backend {
+/// A NodePort on every IPv6 node address, to [`BACKEND6`]:8080.
+fn nodeport6(port: u16, protocol: Protocol) -> Frontend {
+    let mut f = frontend(FrontendKind::NodePort, "::", port, protocol, &[]);
+    f.backends = vec![Backend {
         addr: BACKEND6.into(),
         port: 8080,
         node: Some("node-a".into()),
         state: BackendState::Active,
     }];
-    let dns = frontend(
-        FrontendKind::NodePort,
-        "0.0.0.0",
-        30053,
-        Protocol::Udp,
-        &[BACKEND],
-    );
-    let frontends = [web_nodeport(), v6, dns];
+    f
+}
+
+/// A datapath on a node with addresses [`NODE`] and [`NODE6`], serving
+/// `frontends`.
+fn serving(frontends: &[Frontend]) -> Result<TestDatapath> {
+    let mut dp = load();
+    dp.set_node_addrs(&[NODE.into(), NODE6.into()], 0)?;
+    let mut lb = dp.take_lb_maps()?;
     let want = build(
-        &frontends,
+        frontends,
         "node-a",
         &[NODE.into(), NODE6.into()],
         &mut Ids::default(),
     )?;
     sync(&mut lb, &mut Table::default(), &want)?;
     Ok(dp)
+}
+
+/// A datapath serving NodePort 30080/TCP (IPv4 and IPv6) and 30053/UDP
+/// (IPv4), each to one backend on this node.
+fn dual_stack_nodeport() -> Result<TestDatapath> {
+    serving(&[
+        web_nodeport(),
+        nodeport6(30080, Protocol::Tcp),
+        dns_nodeport(),
+    ])
 }
 
 /// Packets whose L4 header is not right after a 20- or 40-byte IP header
@@ -427,6 +440,113 @@ fn fragments_are_translated_as_their_datagram() -> Result<()> {
     }
     assert_eq!(datagram[2..4], 8080u16.to_be_bytes());
     assert_eq!(l4_csum6(CLIENT6, BACKEND6, &datagram), 0, "TCP checksum");
+    Ok(())
+}
+
+/// CRC32c as SCTP computes it (reflected, inverted in and out).
+fn crc32c(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82f6_3b78
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// An SCTP packet (common header, then `body` bytes of chunk) with its
+/// checksum, or 0 there (`crc` false: the device is to compute it).
+fn sctp(sport: u16, dport: u16, body: usize, crc: bool) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0]);
+    p.extend((0..body).map(|i| u8::try_from(i % 251).expect("below 251")));
+    if crc {
+        let c = crc32c(&p);
+        p[8..12].copy_from_slice(&c.to_le_bytes());
+    }
+    p
+}
+
+/// An SCTP packet's ports, after checking its checksum (or that it is
+/// still 0).
+fn sctp_seen(seg: &[u8], crc: bool) -> (u16, u16) {
+    let mut zeroed = seg.to_vec();
+    zeroed[8..12].fill(0);
+    let want = if crc {
+        crc32c(&zeroed).to_le_bytes()
+    } else {
+        [0; 4]
+    };
+    assert_eq!(seg[8..12], want, "SCTP checksum");
+    (
+        u16::from_be_bytes([seg[0], seg[1]]),
+        u16::from_be_bytes([seg[2], seg[3]]),
+    )
+}
+
+/// SCTP per packet: the ports rewritten with the checksum updated by
+/// their difference (checked against a CRC32c of the whole rewritten
+/// packet, for packet lengths that exercise every step of the update),
+/// addresses rewritten without touching it, a checksum the device is yet
+/// to compute left at 0, IPv6 behind an extension header; a first fragment
+/// whose port would change is refused.
+#[test]
+fn sctp_ports_are_rewritten_with_their_checksum() -> Result<()> {
+    assert_eq!(crc32c(b"123456789"), 0xe306_9283, "the reference CRC32c");
+    let dp = serving(&[
+        frontend(
+            FrontendKind::NodePort,
+            "0.0.0.0",
+            30036,
+            Protocol::Sctp,
+            &[BACKEND],
+        ),
+        nodeport6(30036, Protocol::Sctp),
+    ])?;
+
+    for (i, body) in [4usize, 16, 333, 1400].into_iter().enumerate() {
+        let sport = 5000 + u16::try_from(i)?;
+        let pkt = ipv4(CLIENT, NODE, 132, &sctp(sport, 30036, body, true), 0, 1);
+        let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, &pkt)?;
+        assert_eq!(action, TC_ACT_OK, "{body}");
+        assert_eq!(csum(&out[14..34]), 0, "IPv4 header checksum");
+        assert_eq!(out[26..34], [CLIENT, BACKEND].concat());
+        assert_eq!(sctp_seen(&out[34..], true), (sport, 8080), "{body}");
+        // The reply, from the frontend.
+        let reply = ipv4(BACKEND, CLIENT, 132, &sctp(8080, sport, body, true), 0, 2);
+        let (action, out) = dp.test_run_packet(NODEPORT_EGRESS, &reply)?;
+        assert_eq!(action, TC_ACT_OK, "{body}");
+        assert_eq!(out[26..34], [NODE, CLIENT].concat());
+        assert_eq!(sctp_seen(&out[34..], true), (30036, sport), "{body}");
+    }
+
+    // A checksum the device is yet to compute stays 0.
+    let pkt = ipv4(CLIENT, NODE, 132, &sctp(5100, 30036, 40, false), 0, 3);
+    let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, &pkt)?;
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(sctp_seen(&out[34..], false), (5100, 8080));
+
+    // IPv6 behind a destination-options header.
+    let mut payload = vec![132, 0, 1, 4, 0, 0, 0, 0];
+    payload.extend_from_slice(&sctp(5200, 30036, 100, true));
+    let (action, out) =
+        dp.test_run_packet(NODEPORT_INGRESS, &ipv6(CLIENT6, NODE6, 60, &payload))?;
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(out[38..54], BACKEND6);
+    assert_eq!(sctp_seen(&out[14 + 40 + 8..], true), (5200, 8080));
+
+    // A first fragment: the packet's length, which the checksum's update
+    // needs, is not known.
+    let pkt = ipv4(CLIENT, NODE, 132, &sctp(5300, 30036, 48, true), 0x2000, 4);
+    let (action, _) = dp.test_run_packet(NODEPORT_INGRESS, &pkt)?;
+    assert_eq!(action, TC_ACT_SHOT);
     Ok(())
 }
 
@@ -603,7 +723,7 @@ fn pod_veths_translate_without_socket_lb() -> Result<()> {
     use axoneme_bpf_common::{drop_reason, event_kind, EndpointInfo};
     const POD: [u8; 4] = [10, 200, 0, 9];
     const VIP: [u8; 4] = [10, 96, 0, 10];
-    let mut dp = load_with(true);
+    let mut dp = load_with(PodLb::All);
     // The pod behind ifindex 1 (test runs come through loopback), no
     // policy enforced.
     dp.maps.set_event_rate(1_000_000, 1_000_000)?;
@@ -625,6 +745,13 @@ fn pod_veths_translate_without_socket_lb() -> Result<()> {
             81,
             Protocol::Tcp,
             &[],
+        ),
+        frontend(
+            FrontendKind::ClusterIP,
+            "10.96.0.10",
+            80,
+            Protocol::Sctp,
+            &[BACKEND],
         ),
     ];
     let want = build(&frontends, "node-a", &[NODE.into()], &mut Ids::default())?;
@@ -693,17 +820,28 @@ fn pod_veths_translate_without_socket_lb() -> Result<()> {
         .collect();
     assert_eq!(reasons, [drop_reason::DROP_NO_SERVICE]);
 
-    // Loaded for socket LB: the veths leave service addresses alone (the
-    // same services programmed).
-    let mut plain = load_with(false);
-    plain
+    // Loaded for socket LB: the veths leave TCP and UDP to service
+    // addresses alone (the same services programmed), and translate SCTP,
+    // which socket LB does not see.
+    let mut socket_lb = load_with(PodLb::Sctp);
+    socket_lb
         .maps
         .set_endpoint(1, EndpointInfo::new(1000, 1000, 0, &[POD.into()]))?;
-    sync(&mut plain.take_lb_maps()?, &mut Table::default(), &want)?;
+    sync(&mut socket_lb.take_lb_maps()?, &mut Table::default(), &want)?;
     let pkt = tcp4(POD, 40003, VIP, 80);
     assert_eq!(
-        plain.test_run_packet(FROM_CONTAINER, &pkt)?,
+        socket_lb.test_run_packet(FROM_CONTAINER, &pkt)?,
         (TC_ACT_OK, pkt.clone())
     );
+    let pkt = ipv4(POD, VIP, 132, &sctp(40004, 80, 64, true), 0, 5);
+    let (action, out) = socket_lb.test_run_packet(FROM_CONTAINER, &pkt)?;
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(out[26..34], [POD, BACKEND].concat());
+    assert_eq!(sctp_seen(&out[34..], true), (40004, 8080));
+    let reply = ipv4(BACKEND, POD, 132, &sctp(8080, 40004, 64, true), 0, 6);
+    let (action, out) = socket_lb.test_run_packet(TO_CONTAINER, &reply)?;
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(out[26..34], [VIP, POD].concat());
+    assert_eq!(sctp_seen(&out[34..], true), (80, 40004));
     Ok(())
 }

@@ -316,6 +316,10 @@ fn in_vm_a_two_node_cluster_encrypts_pod_traffic() -> Result<()> {
             "4s",
             "--encryption-node-selector",
             "",
+            // Not IPsec's: the veth programs with their SCTP translation,
+            // through the VM kernel's verifier (6.1, the oldest supported;
+            // this machine's has no SCTP and a newer verifier).
+            "--enable-sctp=true",
         ]
         .into_iter()
         .chain(axoneme_e2e::vm::VM_AGENT_MAPS)

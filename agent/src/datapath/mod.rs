@@ -52,9 +52,9 @@ const HOST_IFINDEX_GLOBAL: &str = "AXONEME_HOST_IFINDEX";
 /// the check, a load and a branch where the switch is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// The pods' veth programs translate services per packet (socket LB
-    /// off).
-    pub pod_lb: bool,
+    /// Which of the pods' packets their veth programs translate for
+    /// services.
+    pub pod_lb: PodLb,
     /// Packets are counted (`METRICS`) and events written. Off only in the
     /// datapath bench, as the baseline of what observability costs.
     pub observe: bool,
@@ -73,10 +73,49 @@ pub struct LoadOptions {
     pub events_bytes: u32,
 }
 
+/// Which of the pods' packets their veth programs translate for services
+/// (per packet, as on the device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodLb {
+    /// None: no kube-proxy replacement, or socket LB without SCTP.
+    Off,
+    /// SCTP only: socket LB serves TCP and UDP, and the kernel runs no
+    /// cgroup connect or sendmsg program for SCTP sockets
+    /// (`--enable-sctp`).
+    Sctp,
+    /// TCP, UDP and SCTP: socket LB off.
+    All,
+}
+
+impl PodLb {
+    /// The mode for `--kube-proxy-replacement`, `--socket-lb` and
+    /// `--enable-sctp`.
+    pub fn new(kube_proxy_replacement: bool, socket_lb: bool, sctp: bool) -> PodLb {
+        match (kube_proxy_replacement, socket_lb, sctp) {
+            (false, _, _) => PodLb::Off,
+            (true, false, _) => PodLb::All,
+            (true, true, true) => PodLb::Sctp,
+            (true, true, false) => PodLb::Off,
+        }
+    }
+
+    /// The programs' `AXONEME_POD_LB` value.
+    fn value(self) -> u8 {
+        use axoneme_bpf_common::lb::pod_lb;
+        match self {
+            PodLb::Off => pod_lb::OFF,
+            PodLb::Sctp => pod_lb::SCTP,
+            PodLb::All => pod_lb::ALL,
+        }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
-            pod_lb: false,
+            // The agent's default: kube-proxy replacement with socket LB,
+            // without SCTP.
+            pod_lb: PodLb::Off,
             observe: true,
             encrypt: false,
             host_firewall: false,
@@ -282,7 +321,7 @@ impl Datapath {
             source,
         })?;
         let sized = sizes.by_map();
-        let pod_lb = u8::from(options.pod_lb);
+        let pod_lb = options.pod_lb.value();
         let observe = u8::from(options.observe);
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);

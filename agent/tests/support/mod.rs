@@ -6,7 +6,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 
 use axoneme_agent::datapath::{Datapath, DatapathError, PIN_ROOT};
-pub use axoneme_agent::datapath::{LoadOptions, MapSizes};
+pub use axoneme_agent::datapath::{LoadOptions, MapSizes, PodLb};
 pub use axoneme_agent::error_chain;
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -70,15 +70,16 @@ fn assert_root() {
     );
 }
 
-/// Loads the datapath with fresh pins. Needs root; it does not skip (CI runs
-/// as root, and a silent skip would hide a broken datapath).
+/// Loads the datapath with fresh pins, as the agent does by default.
+/// Needs root; it does not skip (CI runs as root, and a silent skip would
+/// hide a broken datapath).
 pub fn load() -> TestDatapath {
-    load_with(false)
+    load_options(LoadOptions::default())
 }
 
-/// [`load`], with the per-packet LB at the pods' veths on (`pod_lb`) or off.
+/// [`load`], with the per-packet LB at the pods' veths as `pod_lb` says.
 #[allow(dead_code)]
-pub fn load_with(pod_lb: bool) -> TestDatapath {
+pub fn load_with(pod_lb: PodLb) -> TestDatapath {
     load_options(LoadOptions {
         pod_lb,
         ..LoadOptions::default()

@@ -249,6 +249,18 @@ pub mod proto {
     pub const SCTP: u8 = 132;
 }
 
+/// Values of the programs' `AXONEME_POD_LB` constant: which packets the
+/// pods' veths translate for services.
+pub mod pod_lb {
+    /// None: no kube-proxy replacement.
+    pub const OFF: u8 = 0;
+    /// SCTP only: socket LB serves TCP and UDP, and the kernel runs no
+    /// cgroup connect or sendmsg program for an SCTP socket.
+    pub const SCTP: u8 = 1;
+    /// Every TCP, UDP and SCTP packet: socket LB off.
+    pub const ALL: u8 = 2;
+}
+
 const _: () = assert!(core::mem::size_of::<LbKey>() == 24);
 const _: () = assert!(core::mem::size_of::<LbService>() == 16);
 const _: () = assert!(core::mem::size_of::<LbBackend>() == 24);

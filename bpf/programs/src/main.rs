@@ -73,6 +73,7 @@ mod object;
 mod parse;
 mod policy;
 mod proxy;
+mod sctp;
 
 use axoneme_bpf_common::{
     direction, drop_reason,
@@ -148,6 +149,40 @@ struct At<'a> {
     ep: EndpointInfo,
 }
 
+/// The per-packet LB of a packet the pod sends to a service: DNAT to the
+/// flow's backend ([`nodeport::pod_egress`]). False if it was dropped (a
+/// service without a usable backend, a packet that could not be
+/// rewritten).
+#[inline(always)]
+fn translate_service(at: &At) -> bool {
+    let mut reason = nodeport::pod_egress(at.ctx);
+    if reason == nodeport::POD_TRANSLATE {
+        reason = nodeport::pod_rewrite(at.ctx);
+    }
+    if reason != 0 {
+        drop_event(at, None, reason, 0, 0);
+        return false;
+    }
+    true
+}
+
+/// Parses the packet into `flow`: `None` to go on, or the action for a
+/// packet policy does not apply to (passed) or cannot parse (dropped).
+#[inline(always)]
+fn parse_flow(at: &At, flow: &mut Flow) -> Option<i32> {
+    match parse(at.ctx, flow) {
+        Ok(true) => None,
+        Ok(false) => {
+            forwarded(at);
+            Some(TC_ACT_OK)
+        }
+        Err(Drop(reason)) => {
+            drop_event(at, None, reason, 0, 0);
+            Some(TC_ACT_SHOT)
+        }
+    }
+}
+
 /// Both programs, inlined into each (see the crate's documentation).
 #[inline(always)]
 fn handle(ctx: &TcContext, dir: u8) -> i32 {
@@ -170,34 +205,29 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     }
     // Without socket LB, services are translated here, before the flow is
     // parsed and judged (by the backend, then).
-    if dir == direction::EGRESS && nodeport::pod_lb() {
-        let mut reason = nodeport::pod_egress(ctx);
-        if reason == nodeport::POD_TRANSLATE {
-            reason = nodeport::pod_rewrite(ctx);
-        }
-        if reason != 0 {
-            drop_event(&at, None, reason, 0, 0);
-            return TC_ACT_SHOT;
-        }
+    if dir == direction::EGRESS && nodeport::pod_lb_all() && !translate_service(&at) {
+        return TC_ACT_SHOT;
     }
     // On the stack: written on every packet, and the stack's lines are the
     // likeliest to be in cache still (a per-CPU map value's are not).
     let mut flow = Flow::EMPTY;
     let flow = &mut flow;
-    match parse(ctx, flow) {
-        Ok(true) => {}
-        Ok(false) => {
-            forwarded(&at);
-            return TC_ACT_OK;
-        }
-        Err(Drop(reason)) => {
-            drop_event(&at, None, reason, 0, 0);
+    if let Some(action) = parse_flow(&at, flow) {
+        return action;
+    }
+    // With socket LB, SCTP (which it does not see) the same way, once the
+    // parse has found it; then parsed again.
+    if dir == direction::EGRESS && nodeport::pod_lb_sctp(flow.protocol) {
+        if !translate_service(&at) {
             return TC_ACT_SHOT;
+        }
+        *flow = Flow::EMPTY;
+        if let Some(action) = parse_flow(&at, flow) {
+            return action;
         }
     }
     // What the node's own sockets send the pod: the host's egress first.
-    if dir == direction::INGRESS && host::enabled() && host::egress_to_pod(&mut at, flow).is_err()
-    {
+    if dir == direction::INGRESS && host::enabled() && host::egress_to_pod(&mut at, flow).is_err() {
         return TC_ACT_SHOT;
     }
     match decide(&at, flow) {
@@ -208,7 +238,10 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         Ok(PASS) | Ok(VIA_STACK) => {
             forwarded(&at);
             // Entering the pod: a translated flow's reply from the frontend.
-            if dir == direction::INGRESS && nodeport::pod_lb() && !nodeport::pod_ingress(ctx) {
+            if dir == direction::INGRESS
+                && nodeport::pod_lb_for(flow.protocol)
+                && !nodeport::pod_ingress(ctx)
+            {
                 return TC_ACT_SHOT;
             }
             TC_ACT_OK

@@ -39,17 +39,24 @@
 //! its addresses rewritten. A later fragment whose first was not seen
 //! passes as it is (it cannot be reassembled with a translated first; a
 //! datagram's fragments arrive in order on one path), and one of a flow
-//! that has no translation is refused. SCTP (whose checksum is a CRC) is
-//! left to socket LB.
+//! that has no translation is refused.
+//!
+//! SCTP too: its checksum covers no addresses, and a port rewrite updates
+//! it by the rewrite's difference ([`crate::sctp`]); a fragment of an SCTP
+//! packet whose port changes is refused (its checksum covers a packet
+//! whose length the first fragment does not tell). The kernel runs no
+//! socket LB program for SCTP sockets, so with socket LB the pods' veths
+//! translate SCTP (`--enable-sctp`, [`pod_lb_sctp`]).
 
 use axoneme_bpf_common::{
-    drop_reason, family, FragKey, FragValue,
+    drop_reason, family,
     lb::{
-        backend_flags, svc_flags, AffinityAddrKey, AffinityMatchKey, AffinityValue, LbKey,
-        LbService, NatFwd, NatRev, NatTuple, NodeAddrs, LB_AFFINITY_MAX, LB_MAGLEV_MAX,
-        LB_NAT_MAX,
+        backend_flags, pod_lb as pod_lb_mode, svc_flags, AffinityAddrKey, AffinityMatchKey,
+        AffinityValue, LbKey, LbService, NatFwd, NatRev, NatTuple, NodeAddrs, LB_AFFINITY_MAX,
+        LB_MAGLEV_MAX, LB_NAT_MAX,
     },
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
+    FragKey, FragValue,
 };
 use aya_ebpf::{
     bindings::{
@@ -88,6 +95,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const SCTP: u8 = 132;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -101,6 +109,9 @@ pub struct Pkt {
     /// A later fragment: no L4 header (its ports, in `t`, are its first
     /// fragment's), only the addresses are rewritten.
     later: bool,
+    /// The first fragment of a datagram: its L4 header is the datagram's,
+    /// its length not.
+    first: bool,
 }
 
 #[inline(always)]
@@ -111,6 +122,7 @@ fn parse(ctx: &TcContext) -> Option<Pkt> {
         l4: 0,
         t: NatTuple::default(),
         later: false,
+        first: false,
     };
     parse_into(ctx, &mut p)?;
     Some(p)
@@ -176,7 +188,7 @@ fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
         }
         _ => return None,
     };
-    if proto != TCP && proto != UDP {
+    if proto != TCP && proto != UDP && proto != SCTP {
         return None;
     }
     t.proto = proto;
@@ -185,6 +197,7 @@ fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
     out.proto = proto;
     out.l4 = l4;
     out.later = false;
+    out.first = false;
     match frag {
         Frag::Later(id) => {
             if !datagram(t, id, true) {
@@ -198,6 +211,7 @@ fn parse_into(ctx: &TcContext, out: &mut Pkt) -> Option<()> {
             t.dport = ports[1];
             if let Frag::First(id) = frag {
                 datagram(t, id, false);
+                out.first = true;
             }
         }
     }
@@ -294,9 +308,23 @@ fn translate(ctx: &TcContext) -> Option<i32> {
     };
     let snat = fwd.snat_port != 0;
     let r = if snat {
-        rewrite(ctx, &p, &fwd.snat_addr, fwd.snat_port, &fwd.backend_addr, fwd.backend_port)
+        rewrite(
+            ctx,
+            &p,
+            &fwd.snat_addr,
+            fwd.snat_port,
+            &fwd.backend_addr,
+            fwd.backend_port,
+        )
     } else {
-        rewrite(ctx, &p, &p.t.saddr, p.t.sport, &fwd.backend_addr, fwd.backend_port)
+        rewrite(
+            ctx,
+            &p,
+            &p.t.saddr,
+            p.t.sport,
+            &fwd.backend_addr,
+            fwd.backend_port,
+        )
     };
     if r.is_err() {
         return Some(TC_ACT_SHOT);
@@ -320,7 +348,7 @@ fn known(t: &NatTuple) -> Option<&'static NatFwd> {
 }
 
 /// [`pod_egress`]'s packet, frontend key and backend, for
-/// [`pod_rewrite`].
+/// [`pod_rewrite`]; later in a run, [`pod_ingress`]'s packet.
 pub struct PodScratch {
     p: Pkt,
     key: LbKey,
@@ -339,18 +367,41 @@ static POD_SCRATCH: PerCpuArray<PodScratch> = PerCpuArray::with_max_entries(1, 0
 /// at its veth (never SNATed: the client is this node's).
 const FROM_POD: u8 = 0x80;
 
-/// Non-zero: the pods' veths translate services (socket LB off). Set by
-/// the agent when it loads the programs; a constant to the verifier
-/// (`.rodata`), which then drops the translation when it is 0.
+/// Which packets the pods' veths translate for services
+/// ([`pod_lb_mode`]). Set by the agent when it loads the programs; a
+/// constant to the verifier (`.rodata`), which then drops the translation
+/// when it is off.
 #[no_mangle]
 static AXONEME_POD_LB: u8 = 0;
 
-/// Whether the pods' veths translate services.
 #[inline(always)]
-pub(crate) fn pod_lb() -> bool {
+fn pod_lb_value() -> u8 {
     // SAFETY: a plain read of a static; volatile, so the compiler does not
     // fold the value the loader replaces.
-    unsafe { core::ptr::read_volatile(&AXONEME_POD_LB) != 0 }
+    unsafe { core::ptr::read_volatile(&AXONEME_POD_LB) }
+}
+
+/// Whether the pods' veths translate every packet (socket LB off): before
+/// the policy parses it.
+#[inline(always)]
+pub(crate) fn pod_lb_all() -> bool {
+    pod_lb_value() == pod_lb_mode::ALL
+}
+
+/// Whether they translate this SCTP packet the parse found (socket LB on,
+/// which does not see SCTP): after the parse, which then reads the
+/// translated packet again. No cost to other packets: the protocol is in
+/// a register by then.
+#[inline(always)]
+pub(crate) fn pod_lb_sctp(protocol: u8) -> bool {
+    pod_lb_value() == pod_lb_mode::SCTP && protocol == SCTP
+}
+
+/// Whether a packet of `protocol` entering a pod may be a reply to
+/// translate back.
+#[inline(always)]
+pub(crate) fn pod_lb_for(protocol: u8) -> bool {
+    pod_lb_all() || pod_lb_sctp(protocol)
 }
 
 /// Per-packet LB for a packet a pod sends, without socket LB (at TC
@@ -409,7 +460,7 @@ pub(crate) fn pod_rewrite(ctx: &TcContext) -> u8 {
         return drop_reason::DROP_WRITE_ERROR;
     };
     match rewrite_addr(ctx, &s.p, 1, &s.backend_addr)
-        .and_then(|()| rewrite_port(ctx, &s.p, 2, s.backend_port))
+        .and_then(|()| rewrite_ports(ctx, &s.p, s.p.t.sport, s.backend_port))
     {
         Ok(()) => 0,
         Err(_) => drop_reason::DROP_WRITE_ERROR,
@@ -421,13 +472,21 @@ pub(crate) fn pod_rewrite(ctx: &TcContext) -> u8 {
 /// rewritten.
 #[inline(never)]
 pub(crate) fn pod_ingress(ctx: &TcContext) -> bool {
-    let Some(p) = parse(ctx) else {
+    // The packet in this CPU's scratch entry, off the stack (the veth
+    // programs' chain is near 6.1's limit): [`pod_rewrite`], the only
+    // other user in a run, is done with it by now.
+    // SAFETY: this CPU's scratch entry, used by this run alone.
+    let Some(s) = (unsafe { POD_SCRATCH.get_ptr_mut(0).map(|s| &mut *s) }) else {
         return true;
     };
+    if parse_into(ctx, &mut s.p).is_none() {
+        return true;
+    }
+    let p = &s.p;
     // SAFETY: read in place (see `ingress`).
     match unsafe { LB_NAT_REV.get(&p.t) } {
-        Some(rev) if rev.flags & NatRev::POD != 0 => rewrite_addr(ctx, &p, 0, &rev.saddr)
-            .and_then(|()| rewrite_port(ctx, &p, 0, rev.sport))
+        Some(rev) if rev.flags & NatRev::POD != 0 => rewrite_addr(ctx, p, 0, &rev.saddr)
+            .and_then(|()| rewrite_ports(ctx, p, rev.sport, p.t.dport))
             .is_ok(),
         _ => true,
     }
@@ -643,6 +702,16 @@ fn rewrite(
 ) -> Result<(), i64> {
     rewrite_addr(ctx, p, 0, src)?;
     rewrite_addr(ctx, p, 1, dst)?;
+    rewrite_ports(ctx, p, sport, dport)
+}
+
+/// Rewrites the ports to `sport` and `dport`, with the L4 checksum (not in
+/// a later fragment, which has no L4 header).
+#[inline(always)]
+fn rewrite_ports(ctx: &TcContext, p: &Pkt, sport: u16, dport: u16) -> Result<(), i64> {
+    if p.proto == SCTP {
+        return rewrite_sctp_ports(ctx, p, sport, dport);
+    }
     rewrite_port(ctx, p, 0, sport)?;
     rewrite_port(ctx, p, 2, dport)
 }
@@ -679,8 +748,8 @@ fn rewrite_addr(ctx: &TcContext, p: &Pkt, which: usize, new: &[u8; 16]) -> Resul
         let off = addr_off + which * words * 4 + w * 4;
         ctx.store(off, &n, 0)?;
         // (A later fragment has no L4 checksum: the first's covers the
-        // datagram.)
-        if !p.later {
+        // datagram. SCTP's covers no addresses.)
+        if !p.later && p.proto != SCTP {
             ctx.l4_csum_replace(
                 csum,
                 u64::from(o),
@@ -695,8 +764,8 @@ fn rewrite_addr(ctx: &TcContext, p: &Pkt, which: usize, new: &[u8; 16]) -> Resul
     Ok(())
 }
 
-/// Rewrites the source (`off` 0) or destination (2) port to `new`, with
-/// the L4 checksum (not in a later fragment, which has no L4 header).
+/// Rewrites the source (`off` 0) or destination (2) TCP or UDP port to
+/// `new`, with the checksum.
 #[inline(always)]
 fn rewrite_port(ctx: &TcContext, p: &Pkt, off: usize, new: u16) -> Result<(), i64> {
     let old = if off == 0 { p.t.sport } else { p.t.dport };
@@ -706,6 +775,44 @@ fn rewrite_port(ctx: &TcContext, p: &Pkt, off: usize, new: u16) -> Result<(), i6
     let (csum, l4_flags) = l4_csum(p);
     ctx.store(p.l4 + off, &new, 0)?;
     ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), l4_flags | 2)
+}
+
+/// [`rewrite_ports`] for SCTP: the checksum updated by the rewrite's
+/// difference ([`crate::sctp`]), unless it is 0 (to be computed later,
+/// over the new ports). Refused for a first fragment (the packet's length
+/// is not known). A call of its own: its frame stays off the callers'.
+#[inline(never)]
+fn rewrite_sctp_ports(ctx: &TcContext, p: &Pkt, sport: u16, dport: u16) -> Result<(), i64> {
+    let (old, new) = ([p.t.sport, p.t.dport], [sport, dport]);
+    if old == new || p.later {
+        return Ok(());
+    }
+    if p.first {
+        return Err(-1);
+    }
+    let crc_at = p.l4 + 8;
+    let crc: u32 = ctx.load(crc_at)?;
+    ctx.store(p.l4, &new, 0)?;
+    if crc == 0 {
+        return Ok(());
+    }
+    // The SCTP packet's length: the IP payload's, less any IPv4 options or
+    // IPv6 extension headers before it. (A length shorter than the headers
+    // wraps, and is refused.)
+    let (field, fixed) = if p.family == family::IPV4 {
+        (ETH_HLEN + 2, 0)
+    } else {
+        (ETH_HLEN + 4, 40)
+    };
+    let ip_len = u32::from(u16::from_be(ctx.load::<u16>(field)?)) + fixed;
+    let len = ip_len.wrapping_sub((p.l4 - ETH_HLEN) as u32);
+    // The four bytes in memory order (little-endian: the first port low).
+    let ports = |p: [u16; 2]| u32::from(p[0]) | u32::from(p[1]) << 16;
+    match crate::sctp::axoneme_sctp_update(ctx.skb.skb, crc_at as u32, len, ports(old) ^ ports(new))
+    {
+        0 => Ok(()),
+        _ => Err(-1),
+    }
 }
 
 /// Sends the (rewritten) packet out by the route to `dst`, resolving the

@@ -351,7 +351,7 @@ const _: () = assert!(core::mem::size_of::<Head>() == 28);
 /// IPv6 extension headers the parser walks: hop-by-hop, routing,
 /// fragment, authentication, destination options.
 #[inline(always)]
-fn is_ext_header(next: u8) -> bool {
+pub(crate) fn is_ext_header(next: u8) -> bool {
     matches!(next, 0 | 43 | 44 | 51 | 60)
 }
 
