@@ -89,7 +89,7 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     }
     forwarded(at);
     // Entering the pod: a translated flow's reply from the frontend.
-    if crate::nodeport::pod_lb_for(flow.protocol) && !crate::nodeport::pod_ingress(ctx) {
+    if crate::pod_lb::pod_lb_for(flow.protocol) && !crate::pod_lb::pod_ingress(ctx) {
         return TC_ACT_SHOT;
     }
     // SAFETY: a helper call with plain arguments.

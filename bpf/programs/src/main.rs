@@ -71,9 +71,11 @@ mod metrics;
 mod nodeport;
 mod object;
 mod parse;
+mod pod_lb;
 mod policy;
 mod proxy;
 mod sctp;
+mod xlate;
 
 use axoneme_bpf_common::{
     direction, drop_reason,
@@ -150,14 +152,14 @@ struct At<'a> {
 }
 
 /// The per-packet LB of a packet the pod sends to a service: DNAT to the
-/// flow's backend ([`nodeport::pod_egress`]). False if it was dropped (a
+/// flow's backend ([`pod_lb::pod_egress`]). False if it was dropped (a
 /// service without a usable backend, a packet that could not be
 /// rewritten).
 #[inline(always)]
 fn translate_service(at: &At) -> bool {
-    let mut reason = nodeport::pod_egress(at.ctx);
-    if reason == nodeport::POD_TRANSLATE {
-        reason = nodeport::pod_rewrite(at.ctx);
+    let mut reason = pod_lb::pod_egress(at.ctx);
+    if reason == pod_lb::POD_TRANSLATE {
+        reason = pod_lb::pod_rewrite(at.ctx);
     }
     if reason != 0 {
         drop_event(at, None, reason, 0, 0);
@@ -205,7 +207,7 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     }
     // Without socket LB, services are translated here, before the flow is
     // parsed and judged (by the backend, then).
-    if dir == direction::EGRESS && nodeport::pod_lb_all() && !translate_service(&at) {
+    if dir == direction::EGRESS && pod_lb::pod_lb_all() && !translate_service(&at) {
         return TC_ACT_SHOT;
     }
     // On the stack: written on every packet, and the stack's lines are the
@@ -217,7 +219,7 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     }
     // With socket LB, SCTP (which it does not see) the same way, once the
     // parse has found it; then parsed again.
-    if dir == direction::EGRESS && nodeport::pod_lb_sctp(flow.protocol) {
+    if dir == direction::EGRESS && pod_lb::pod_lb_sctp(flow.protocol) {
         if !translate_service(&at) {
             return TC_ACT_SHOT;
         }
@@ -239,8 +241,8 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
             forwarded(&at);
             // Entering the pod: a translated flow's reply from the frontend.
             if dir == direction::INGRESS
-                && nodeport::pod_lb_for(flow.protocol)
-                && !nodeport::pod_ingress(ctx)
+                && pod_lb::pod_lb_for(flow.protocol)
+                && !pod_lb::pod_ingress(ctx)
             {
                 return TC_ACT_SHOT;
             }
