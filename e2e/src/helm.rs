@@ -281,7 +281,7 @@ pub fn etcd_member_urls(
                 "containers": [{ "name": "etcd", "image": "registry.k8s.io/etcd:3.5.21-0" }],
             },
         });
-        kube.apply_yaml(&manifest.to_string())?;
+        kube.apply_pod(&manifest.to_string())?;
         let ip = ip.trim_start_matches('[').trim_end_matches(']');
         let status = serde_json::json!({ "status": { "podIP": ip, "podIPs": [{ "ip": ip }] } });
         kube.kubectl([

@@ -657,6 +657,22 @@ impl KubeControlPlane {
         self.kubectl_stdin(["apply", "-f", "-"], yaml).map(|_| ())
     }
 
+    /// [`Self::apply_yaml`] of a Pod, retried while its namespace's
+    /// ServiceAccount is not there yet (the controller manager creates a
+    /// namespace's `default` one shortly after it starts).
+    pub fn apply_pod(&self, pod: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.apply_yaml(pod) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline && e.to_string().contains("serviceaccount") => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Creates (or updates) a Node object the way a kubelet registers one:
     /// InternalIP addresses, hostname label, and a `Ready` condition.
     pub fn create_node(
@@ -796,16 +812,7 @@ impl KubeControlPlane {
                 "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}],
             },
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.apply_yaml(&pod.to_string()) {
-                Ok(()) => break,
-                Err(e) if Instant::now() < deadline && e.to_string().contains("serviceaccount") => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.apply_pod(&pod.to_string())?;
         let out = self.kubectl([
             "get",
             "pod",
