@@ -276,3 +276,40 @@ pub fn detach_socket_lb(pin_dir: &Path) -> std::io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+/// Which of the pods' packets their veth programs translate for services
+/// (per packet, as on the device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodLb {
+    /// None: no kube-proxy replacement, or socket LB without SCTP.
+    Off,
+    /// SCTP only: socket LB serves TCP and UDP, and the kernel runs no
+    /// cgroup connect or sendmsg program for SCTP sockets
+    /// (`--enable-sctp`).
+    Sctp,
+    /// TCP, UDP and SCTP: socket LB off.
+    All,
+}
+
+impl PodLb {
+    /// The mode for `--kube-proxy-replacement`, `--socket-lb` and
+    /// `--enable-sctp`.
+    pub fn new(kube_proxy_replacement: bool, socket_lb: bool, sctp: bool) -> PodLb {
+        match (kube_proxy_replacement, socket_lb, sctp) {
+            (false, _, _) => PodLb::Off,
+            (true, false, _) => PodLb::All,
+            (true, true, true) => PodLb::Sctp,
+            (true, true, false) => PodLb::Off,
+        }
+    }
+
+    /// The programs' `AXONEME_POD_LB` value.
+    pub(super) fn value(self) -> u8 {
+        use axoneme_bpf_common::lb::pod_lb;
+        match self {
+            PodLb::Off => pod_lb::OFF,
+            PodLb::Sctp => pod_lb::SCTP,
+            PodLb::All => pod_lb::ALL,
+        }
+    }
+}

@@ -26,7 +26,7 @@ use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRu
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 pub use encrypt::EncryptMaps;
-pub use lb::{detach_socket_lb, LbMaps, SOCK_PROGRAMS};
+pub use lb::{detach_socket_lb, LbMaps, PodLb, SOCK_PROGRAMS};
 pub use maps::{direction_code, policy_entry, policy_key, Counters, Maps};
 pub use reader::{EventReader, MapReader};
 pub use ring::events_ring_bytes;
@@ -71,43 +71,6 @@ pub struct LoadOptions {
     /// The event ring's size in bytes (a power of two, at least a page):
     /// see [`events_ring_bytes`].
     pub events_bytes: u32,
-}
-
-/// Which of the pods' packets their veth programs translate for services
-/// (per packet, as on the device).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PodLb {
-    /// None: no kube-proxy replacement, or socket LB without SCTP.
-    Off,
-    /// SCTP only: socket LB serves TCP and UDP, and the kernel runs no
-    /// cgroup connect or sendmsg program for SCTP sockets
-    /// (`--enable-sctp`).
-    Sctp,
-    /// TCP, UDP and SCTP: socket LB off.
-    All,
-}
-
-impl PodLb {
-    /// The mode for `--kube-proxy-replacement`, `--socket-lb` and
-    /// `--enable-sctp`.
-    pub fn new(kube_proxy_replacement: bool, socket_lb: bool, sctp: bool) -> PodLb {
-        match (kube_proxy_replacement, socket_lb, sctp) {
-            (false, _, _) => PodLb::Off,
-            (true, false, _) => PodLb::All,
-            (true, true, true) => PodLb::Sctp,
-            (true, true, false) => PodLb::Off,
-        }
-    }
-
-    /// The programs' `AXONEME_POD_LB` value.
-    fn value(self) -> u8 {
-        use axoneme_bpf_common::lb::pod_lb;
-        match self {
-            PodLb::Off => pod_lb::OFF,
-            PodLb::Sctp => pod_lb::SCTP,
-            PodLb::All => pod_lb::ALL,
-        }
-    }
 }
 
 impl Default for LoadOptions {
