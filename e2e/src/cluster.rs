@@ -59,6 +59,11 @@ pub struct ClusterConfig {
     /// etcd requires client certificates (mutual TLS): the operators, the
     /// agents and the CLI get `--etcd-ca`, `--etcd-cert` and `--etcd-key`.
     pub etcd_tls: bool,
+    /// How long an agent may take from its start to ready (its first
+    /// start and every restart): the datapath's load is most of it, and
+    /// under an emulated CPU (the IPsec VM) the verifier is many times
+    /// slower.
+    pub ready_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -71,6 +76,7 @@ impl Default for ClusterConfig {
             kubernetes: false,
             helm: None,
             etcd_tls: false,
+            ready_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -116,6 +122,8 @@ pub struct Cluster {
     /// Helm mode: the processes take etcd's members from the chart's
     /// ConfigMap (by name), not from the harness's flags.
     etcd_from_config: bool,
+    /// [`ClusterConfig::ready_timeout`].
+    ready_timeout: Duration,
 }
 
 /// What a detached cluster left running, for [`teardown`].
@@ -195,6 +203,7 @@ impl Cluster {
             etcd: Some(etcd),
             underlay: Some(underlay),
             etcd_from_config: cfg.helm.is_some(),
+            ready_timeout: cfg.ready_timeout,
         };
         let mut op_args: Vec<String> = Vec::new();
         match (&cluster.kube, &cfg.helm) {
@@ -261,7 +270,7 @@ impl Cluster {
             cluster.add_node(i, cfg)?;
         }
         for i in 0..cfg.nodes {
-            cluster.wait_node_ready(i, Duration::from_secs(30))?;
+            cluster.wait_node_ready(i, cfg.ready_timeout)?;
         }
         Ok(cluster)
     }
@@ -408,7 +417,7 @@ impl Cluster {
             a.terminate(Duration::from_secs(5));
         }
         self.start_agent(i)?;
-        self.wait_node_ready(i, Duration::from_secs(30))
+        self.wait_node_ready(i, self.ready_timeout)
     }
 
     /// Waits until node `i`'s agent answers on its socket and has a pod
