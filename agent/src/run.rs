@@ -214,6 +214,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         encrypt: ipsec_keys.is_some(),
         host_firewall: cfg.datapath.enable_host_firewall,
         host_ifindex: device.as_ref().map_or(0, |(_, ifindex)| *ifindex),
+        kube_proxy: !cfg.services.kube_proxy_replacement,
         events_bytes: crate::datapath::events_ring_bytes(
             aya::util::nr_cpus()
                 .ok()

@@ -4,7 +4,8 @@
 //! the backend's node (its replies must go back up the node's stack,
 //! where kube-proxy's reverse NAT is: `ct_flags::VIA_STACK`) and from
 //! another node, and Axoneme's policy still decides, by the backend's
-//! identity after kube-proxy's DNAT.
+//! identity after kube-proxy's DNAT, with its L7 rule through the proxy of
+//! either node (`bpf/programs/src/kube_proxy.rs`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,6 +17,11 @@ use axoneme_e2e::services::{all_failed, lines, requests, seed_policy_holds, unti
 use axoneme_e2e::{kube_proxy, Cluster, ClusterConfig};
 
 const VIP: &str = "10.96.0.50";
+
+/// The requests each backend logged since it had logged `before`.
+fn since(logs: &[std::path::PathBuf], before: &[usize]) -> Vec<usize> {
+    logs.iter().zip(before).map(|(l, b)| lines(l) - b).collect()
+}
 
 #[test]
 fn services_through_kube_proxy_with_axoneme_policy() -> Result<()> {
@@ -66,44 +72,24 @@ fn services_through_kube_proxy_with_axoneme_policy() -> Result<()> {
         BTreeMap::from([("200".to_string(), 60)]),
         "through kube-proxy"
     );
-    let per: Vec<usize> = logs
-        .iter()
-        .zip(&before)
-        .map(|(l, b)| lines(l) - b)
-        .collect();
+    let per = since(&logs, &before);
     eprintln!("per backend (node 0, node 1): {per:?}");
     assert!(per.iter().all(|n| *n >= 10), "{per:?}");
 
     // The payments policy, applied through the API, decides through
     // kube-proxy's Service address. Its L7 rule sends checkout's requests
-    // through the backend node's proxy; the Service keeps only the backend
-    // on the other node: through the proxy of the client's own node,
-    // kube-proxy's reverse NAT is skipped (the redirected packet starts a
-    // conntrack entry of its own), a known gap (docs/services.md).
-    kube.kubectl(["delete", "endpointslice", "payments-1", "-n", "default"])?;
-    let [_, slice] = kube_proxy::service_objects(
-        "payments",
-        VIP.parse()?,
-        80,
-        8080,
-        &backends[..1],
-        &c.nodes[0].name,
-    );
-    kube_proxy::create(kube, &[slice])?;
-    until(
-        "kube-proxy drops the local backend",
-        Duration::from_secs(10),
-        || {
-            let rules = c.nodes[1]
-                .ns
-                .command(&["iptables-save", "-t", "nat"])
-                .output()?;
-            Ok(!String::from_utf8_lossy(&rules.stdout).contains(&local.ip.to_string()))
-        },
-    )?;
+    // through the backend node's proxy: the other node's for the backend
+    // there, checkout's own node's for the backend beside it, whose
+    // answers must still come from the Service's address (the datapath
+    // gives the redirected packets their Service address back, so that
+    // kube-proxy's conntrack entry translates the proxy's answers).
     let policy = seed_policy();
     kube.kubectl(["apply", "-f", policy.to_str().context("path")?])?;
-    seed_policy_holds(&seed, VIP, 20, Duration::from_secs(15))?;
+    let before: Vec<usize> = logs.iter().map(|l| lines(l)).collect();
+    seed_policy_holds(&seed, VIP, 40, Duration::from_secs(15))?;
+    let per = since(&logs, &before);
+    eprintln!("POSTs per backend through the proxies (node 0, node 1): {per:?}");
+    assert!(per.iter().all(|n| *n >= 5), "{per:?}");
     let got = requests(&seed.intruder, VIP, 80, "POST", "/v1/charge", 2)?;
     assert!(all_failed(&got), "{got:?}");
     for mut p in proxies {

@@ -7,7 +7,7 @@
 //! ```text
 //! table inet axoneme_proxy {
 //!   chain prerouting {
-//!     type filter hook prerouting priority mangle; policy accept;
+//!     type filter hook prerouting priority dstnat + 1; policy accept;
 //!     meta l4proto tcp meta mark & MASK == MARK tproxy to :PORT meta mark set meta mark | 0x1 accept
 //!     meta l4proto tcp socket transparent 1 meta mark set meta mark | 0x1
 //!   }
@@ -43,8 +43,11 @@ pub const CHAIN: &str = "prerouting";
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// `NF_ACCEPT` as an nftables verdict code.
 const NF_ACCEPT: u32 = 1;
-/// `NF_IP_PRI_MANGLE`.
-const PRIORITY_MANGLE: i32 = -150;
+/// Just after `NF_IP_PRI_NAT_DST` (-100; IPv6's is the same): a packet
+/// another DNAT (kube-proxy's) translated is matched, and its socket looked
+/// up, by the addresses it has after it, which the proxy's accepted socket
+/// has too.
+const PRIORITY_AFTER_DSTNAT: i32 = -99;
 // From linux/netfilter/nf_tables.h.
 const NFTA_TPROXY_FAMILY: u16 = 1;
 const NFTA_TPROXY_REG_PORT: u16 = 3;
@@ -217,7 +220,7 @@ impl TproxyRedirect {
                         ChainAttribute::Type("filter".into()),
                         ChainAttribute::Hook(vec![
                             Hook::Number(InetHookNumber::PreRouting.into()),
-                            Hook::Priority(PRIORITY_MANGLE as u32),
+                            Hook::Priority(PRIORITY_AFTER_DSTNAT as u32),
                         ]),
                         ChainAttribute::Policy(NF_ACCEPT),
                     ],

@@ -17,6 +17,7 @@ mod ring;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use axoneme_bpf_common::map_names;
 use aya::maps::MapError;
 use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLink, TcAttachOptions,
@@ -30,7 +31,6 @@ pub use lb::{detach_socket_lb, LbMaps, PodLb, SOCK_PROGRAMS};
 pub use maps::{direction_code, policy_entry, policy_key, Counters, Maps};
 pub use reader::{EventReader, MapReader};
 pub use ring::events_ring_bytes;
-use ring::resize_events_pin;
 
 /// The programs' load-time constant that switches the per-packet LB at
 /// the pods' veths on (`bpf/programs/src/nodeport.rs`).
@@ -46,6 +46,9 @@ const ENCRYPT_GLOBAL: &str = "AXONEME_ENCRYPT";
 const HOST_FIREWALL_GLOBAL: &str = "AXONEME_HOST_FIREWALL";
 /// ... and the ifindex of the device its host endpoint is keyed by.
 const HOST_IFINDEX_GLOBAL: &str = "AXONEME_HOST_IFINDEX";
+/// The programs' constant: kube-proxy translates Services
+/// ([`LoadOptions::kube_proxy`]).
+const KUBE_PROXY_GLOBAL: &str = "AXONEME_KUBE_PROXY";
 
 /// Switches of the programs, fixed when they are loaded: constants of the
 /// programs (`.rodata`), so the verifier drops what is off; what stays is
@@ -68,6 +71,11 @@ pub struct LoadOptions {
     /// `host_firewall`: pods' packets for the node's gateway address are
     /// judged by its policy.
     pub host_ifindex: u32,
+    /// kube-proxy translates Services (`--kube-proxy-replacement=false`):
+    /// the pods' connections are recorded as they leave them, so that a
+    /// flow kube-proxy translated reaches the L7 proxy under the Service's
+    /// address (`bpf/programs/src/kube_proxy.rs`).
+    pub kube_proxy: bool,
     /// The event ring's size in bytes (a power of two, at least a page):
     /// see [`events_ring_bytes`].
     pub events_bytes: u32,
@@ -83,6 +91,7 @@ impl Default for LoadOptions {
             encrypt: false,
             host_firewall: false,
             host_ifindex: 0,
+            kube_proxy: false,
             events_bytes: axoneme_bpf_common::EVENTS_BYTES,
         }
     }
@@ -135,7 +144,6 @@ impl Default for MapSizes {
 impl MapSizes {
     /// (map, entries, the flag that sets it).
     fn by_map(&self) -> [(&'static str, u32, &'static str); 6] {
-        use axoneme_bpf_common::map_names;
         [
             (map_names::IPCACHE, self.ipcache, "bpf-ipcache-max"),
             (map_names::POLICY, self.policy, "bpf-policy-max"),
@@ -261,6 +269,31 @@ pub struct Datapath {
     pub maps: Maps,
 }
 
+/// Removes the pin of map `name` if its size is not `want`, so that loading
+/// creates one of the size wanted (for maps whose contents a resize may
+/// lose; the others' pins of another size are an error).
+fn replace_pin_of_other_size(
+    pin_dir: &Path,
+    name: &'static str,
+    want: u32,
+) -> Result<(), DatapathError> {
+    let pin = pin_dir.join(name);
+    if !pin.exists() {
+        return Ok(());
+    }
+    let have = aya::maps::MapInfo::from_pin(&pin)
+        .map_err(|source| map_error(name, "info", source))?
+        .max_entries();
+    if have != want {
+        std::fs::remove_file(&pin).map_err(|source| DatapathError::PinDir {
+            path: pin.display().to_string(),
+            source,
+        })?;
+        tracing::info!(map = name, have, want, "pinned map resized");
+    }
+    Ok(())
+}
+
 impl Datapath {
     /// Parses the embedded object, creates its maps (or reuses the ones
     /// pinned in `pin_dir`, which is created if missing) and loads its
@@ -295,11 +328,19 @@ impl Datapath {
         let host_firewall = u8::from(options.host_firewall);
         loader.override_global(HOST_FIREWALL_GLOBAL, &host_firewall, true);
         loader.override_global(HOST_IFINDEX_GLOBAL, &options.host_ifindex, true);
+        let kube_proxy = u8::from(options.kube_proxy);
+        loader.override_global(KUBE_PROXY_GLOBAL, &kube_proxy, true);
         for (name, size, _) in sized {
             loader.map_max_entries(name, size);
         }
-        loader.map_max_entries(axoneme_bpf_common::map_names::EVENTS, options.events_bytes);
-        resize_events_pin(pin_dir, options.events_bytes)?;
+        loader.map_max_entries(map_names::EVENTS, options.events_bytes);
+        let kube_proxy_sent = if options.kube_proxy { sizes.ct } else { 1 };
+        loader.map_max_entries(map_names::KUBE_PROXY_SENT, kube_proxy_sent);
+        // Neither holds anything worth an error when its size changes (at
+        // worst the events the previous run did not read; the records of
+        // a mode just switched on or off).
+        replace_pin_of_other_size(pin_dir, map_names::EVENTS, options.events_bytes)?;
+        replace_pin_of_other_size(pin_dir, map_names::KUBE_PROXY_SENT, kube_proxy_sent)?;
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .map_err(|source| DatapathError::Object {

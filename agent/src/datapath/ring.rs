@@ -1,10 +1,8 @@
 //! The event ring's size: chosen when the programs load, from the CPUs
-//! and the event flags; a pinned ring of another size is replaced.
+//! and the event flags (a pinned ring of another size is replaced when
+//! the programs load).
 
-use std::path::Path;
 use std::time::Duration;
-
-use super::{map_error, DatapathError};
 
 /// The event ring's size for `cpus` CPUs each writing at most `burst`
 /// events at once and `rate` per second, drained every `poll`: room for
@@ -26,29 +24,6 @@ pub fn events_ring_bytes(cpus: u32, rate: u32, burst: u32, poll: Duration) -> u3
     const MIN: u32 = 64 << 10;
     const MAX: u32 = 8 << 20;
     u32::try_from(bytes).map_or(MAX, |b| b.clamp(MIN, MAX).next_power_of_two())
-}
-
-/// Removes a pinned event ring of another size than `bytes`, so loading
-/// creates one of the size wanted: unlike the other sized maps, the ring
-/// holds nothing worth an error (at worst the events the previous run did
-/// not read).
-pub(super) fn resize_events_pin(pin_dir: &Path, bytes: u32) -> Result<(), DatapathError> {
-    use axoneme_bpf_common::map_names::EVENTS;
-    let pin = pin_dir.join(EVENTS);
-    if !pin.exists() {
-        return Ok(());
-    }
-    let have = aya::maps::MapInfo::from_pin(&pin)
-        .map_err(|source| map_error(EVENTS, "info", source))?
-        .max_entries();
-    if have != bytes {
-        std::fs::remove_file(&pin).map_err(|source| DatapathError::PinDir {
-            path: pin.display().to_string(),
-            source,
-        })?;
-        tracing::info!(have, want = bytes, "event ring resized");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub const PROXY_TABLE: u32 = 100;
 /// The node's redirect plumbing for the proxy on `port` (idempotent):
 /// packets the datapath marked [`MARK_TO_PROXY`](axoneme_bpf_common::MARK_TO_PROXY)
 /// go to the proxy's transparent socket (TPROXY in the nftables table
-/// `inet axoneme_proxy`, chain `prerouting` at the mangle priority),
+/// `inet axoneme_proxy`, chain `prerouting` just after the stack's DNAT),
 /// answers to its upstream connections to it too (`socket transparent`),
 /// and what either marks is routed locally (`fwmark 0x1/0x1 → table 100:
 /// local default via lo`); early demux is off in the node's namespace.

@@ -2,6 +2,8 @@
 //! pin directory (removed on drop), and packet builders.
 #![allow(dead_code)]
 
+pub mod checked;
+
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 

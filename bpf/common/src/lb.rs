@@ -230,6 +230,30 @@ pub struct NodeAddrs {
     pub pad: u32,
 }
 
+/// Key of [`KUBE_PROXY_SENT`](super::map_names::KUBE_PROXY_SENT): a pod's
+/// TCP connection by its source address and port, as it left the pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SentKey {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: NetPort,
+    pub family: u8,
+    pub pad: u8,
+}
+
+/// Value of [`KUBE_PROXY_SENT`](super::map_names::KUBE_PROXY_SENT): where
+/// the connection was sent (a Service's address, if kube-proxy translates
+/// it in the node's stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SentTo {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: NetPort,
+    pub pad: [u8; 2],
+}
+
 /// Frontend slots (masters and backend slots together).
 pub const LB_SERVICES_MAX: u32 = 256 * 1024;
 pub const LB_BACKENDS_MAX: u32 = 64 * 1024;
@@ -274,6 +298,8 @@ const _: () = assert!(core::mem::size_of::<NatTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<NatFwd>() == 40);
 const _: () = assert!(core::mem::size_of::<NatRev>() == 40);
 const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 40);
+const _: () = assert!(core::mem::size_of::<SentKey>() == 20);
+const _: () = assert!(core::mem::size_of::<SentTo>() == 20);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -297,4 +323,6 @@ mod pod {
     unsafe impl aya::Pod for NatFwd {}
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for NodeAddrs {}
+    unsafe impl aya::Pod for SentKey {}
+    unsafe impl aya::Pod for SentTo {}
 }

@@ -74,6 +74,9 @@ pub const POD_SCRATCH: &str = "POD_SCRATCH";
 /// Array of backend ids: the Maglev rows of external frontends
 /// ([`super::lb::LbService`]'s master `backend_id`).
 pub const LB_MAGLEV: &str = "LB_MAGLEV";
+/// LRU hash: beside kube-proxy, where each of the node's pods sent its
+/// TCP connections ([`super::lb::SentKey`] → [`super::lb::SentTo`]).
+pub const KUBE_PROXY_SENT: &str = "KUBE_PROXY_SENT";
 /// LPM trie: another node's pod CIDR → how its pods' traffic is
 /// encrypted ([`super::EncryptValue`]; keyed like `IPCACHE`).
 pub const ENCRYPT: &str = "ENCRYPT";
@@ -82,7 +85,7 @@ pub const ENCRYPT: &str = "ENCRYPT";
 pub const ENCRYPT_NODES: &str = "ENCRYPT_NODES";
 pub const LIFELINE: &str = "LIFELINE";
 /// Every map of the production object (`axoneme-bpf`).
-pub const DATAPATH: [&str; 31] = [
+pub const DATAPATH: [&str; 32] = [
     ENCRYPT,
     LIFELINE,
     ENCRYPT_NODES,
@@ -114,6 +117,7 @@ pub const DATAPATH: [&str; 31] = [
     LB_NAT_SCRATCH,
     POD_SCRATCH,
     LB_MAGLEV,
+    KUBE_PROXY_SENT,
 ];
 
 /// Hash: UDP destination ports (host order) the smoke-test program

@@ -29,7 +29,9 @@
 //!    destination pod ([`deliver`]); except answers to the L7 proxy's
 //!    upstream connections, which go up the node's stack to the proxy
 //!    (see [`policy::VIA_STACK`]);
-//! 7. flows a policy entry redirects go to the node's L7 proxy ([`proxy`]);
+//! 7. flows a policy entry redirects go to the node's L7 proxy ([`proxy`];
+//!    beside kube-proxy, under the Service address their client sent them
+//!    to: [`kube_proxy`]);
 //! 8. counts every packet, forwarded or dropped (with its reason), by
 //!    direction, in per-CPU counters the agent's `/metrics` reads
 //!    ([`metrics`]).
@@ -66,6 +68,7 @@ mod endpoint;
 mod events;
 mod host;
 mod ipcache;
+mod kube_proxy;
 mod lb;
 mod metrics;
 mod nodeport;
@@ -228,6 +231,10 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
             return action;
         }
     }
+    // Beside kube-proxy: where the pod sends each connection.
+    if dir == direction::EGRESS && kube_proxy::beside() {
+        kube_proxy::record(flow);
+    }
     // What the node's own sockets send the pod: the host's egress first.
     if dir == direction::INGRESS && host::enabled() && host::egress_to_pod(&mut at, flow).is_err() {
         return TC_ACT_SHOT;
@@ -250,7 +257,13 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         }
         // Ingress rules at the destination's veth, egress rules at the
         // source's: either way the node's proxy.
-        Ok(_) => to_proxy(&at),
+        Ok(_) => {
+            if dir == direction::INGRESS && kube_proxy::beside() && !kube_proxy::restore(ctx) {
+                drop_event(&at, None, drop_reason::DROP_WRITE_ERROR, 0, 0);
+                return TC_ACT_SHOT;
+            }
+            to_proxy(&at)
+        }
         Err(()) => TC_ACT_SHOT,
     }
 }

@@ -126,22 +126,26 @@ pub(crate) fn pod_rewrite(ctx: &TcContext) -> u8 {
     }
 }
 
+/// The packet parsed into this CPU's scratch entry, off the stack (the
+/// veth programs' chain is near 6.1's limit), for a rewrite as it enters
+/// a pod: [`pod_rewrite`], the only other user in a run, is done with it
+/// by then. `None`: not a packet to translate.
+#[inline(always)]
+pub(crate) fn scratch_packet(ctx: &TcContext) -> Option<&'static Pkt> {
+    // SAFETY: this CPU's scratch entry, used by this run alone.
+    let s = unsafe { POD_SCRATCH.get_ptr_mut(0).map(|s| &mut *s) }?;
+    parse_into(ctx, &mut s.p)?;
+    Some(&s.p)
+}
+
 /// A reply entering a pod, of a flow its veth translated
 /// ([`pod_egress`]): from the frontend again. `false` if it could not be
 /// rewritten.
 #[inline(never)]
 pub(crate) fn pod_ingress(ctx: &TcContext) -> bool {
-    // The packet in this CPU's scratch entry, off the stack (the veth
-    // programs' chain is near 6.1's limit): [`pod_rewrite`], the only
-    // other user in a run, is done with it by now.
-    // SAFETY: this CPU's scratch entry, used by this run alone.
-    let Some(s) = (unsafe { POD_SCRATCH.get_ptr_mut(0).map(|s| &mut *s) }) else {
+    let Some(p) = scratch_packet(ctx) else {
         return true;
     };
-    if parse_into(ctx, &mut s.p).is_none() {
-        return true;
-    }
-    let p = &s.p;
     // SAFETY: read in place (see `ingress`).
     match unsafe { LB_NAT_REV.get(&p.t) } {
         Some(rev) if rev.flags & NatRev::POD != 0 => rewrite_addr(ctx, p, 0, &rev.saddr)
