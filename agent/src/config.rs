@@ -324,7 +324,7 @@ pub struct EncryptionConfig {
     #[arg(long, alias = "node-label", env = "AXONEME_NODE_LABELS", default_value = "", value_parser = parse_labels)]
     pub node_labels: Labels,
     /// Pod traffic to a node that encrypts is never sent in clear: while
-    /// the two share no key it is dropped (reason 194), and clear traffic
+    /// the two share no key it is dropped (reason 195), and clear traffic
     /// from its pods is refused.
     #[arg(long, env = "AXONEME_IPSEC_STRICT", default_value_t = false, action = clap::ArgAction::Set)]
     pub ipsec_strict: bool,

@@ -283,10 +283,17 @@ pub async fn run(
                 warn!(error = %e, failures, "encryption: a step failed; retrying after a backoff");
             }
         }
-        // Announced once its inbound states are there.
+        // Announced once its inbound states are there: a key whose
+        // inbound states the kernel refused (e.g. no ESP) is not accepted,
+        // so no peer sends with it (in strict mode their pods' traffic is
+        // dropped with "Traffic is unencrypted" instead).
         let announce = encrypts.then(|| NodeEncryption {
             boot_id: boot_id.clone(),
-            spis: held.iter().map(|k| k.spi).collect(),
+            spis: held
+                .iter()
+                .map(|k| k.spi)
+                .filter(|spi| !pass.refused.contains(spi))
+                .collect(),
         });
         out.announce.send_if_modified(|a| {
             let changed = *a != announce;

@@ -75,6 +75,9 @@ pub struct Pass {
     pub states_in: usize,
     pub states_out: usize,
     pub policies: usize,
+    /// The keys (their SPIs) of inbound states the kernel refused: this
+    /// node does not accept them, and says so (not announced).
+    pub refused: BTreeSet<u8>,
     pub errors: Vec<String>,
 }
 
@@ -90,7 +93,7 @@ pub fn sync(x: &mut impl XfrmOps, maps: &mut impl EncryptWriter, want: &Desired)
             .map(|s| (s.id, s.key))
             .collect(),
         Err(e) => {
-            fail(format!("{e:#}"));
+            fail(crate::error_chain(&e));
             return Pass {
                 errors,
                 ..Pass::default()
@@ -100,7 +103,7 @@ pub fn sync(x: &mut impl XfrmOps, maps: &mut impl EncryptWriter, want: &Desired)
     let have_policies: BTreeSet<PolicyId> = match x.policies() {
         Ok(p) => p.into_iter().filter(|p| p.reqid == REQID).collect(),
         Err(e) => {
-            fail(format!("{e:#}"));
+            fail(crate::error_chain(&e));
             BTreeSet::new()
         }
     };
@@ -130,16 +133,26 @@ pub fn sync(x: &mut impl XfrmOps, maps: &mut impl EncryptWriter, want: &Desired)
         .collect();
     for s in &stale {
         if let Err(e) = x.delete_state(&s.id()) {
-            fail(format!("{e:#}"));
+            fail(crate::error_chain(&e));
         }
     }
+    // What the kernel holds after the pass, for the status: a state or
+    // policy it refused is not counted.
+    let (mut states_in, mut states_out, mut policies) = (0, 0, 0);
+    let mut refused = BTreeSet::new();
     for s in &want.states {
         let current = have_states.get(&s.id()) == Some(&s.key.key);
-        if current {
-            continue;
-        }
-        if let Err(e) = x.add_state(&spec(s)) {
-            fail(format!("{e:#}"));
+        let held = current
+            || x.add_state(&spec(s))
+                .map_err(|e| fail(crate::error_chain(&e)))
+                .is_ok();
+        match (held, s.outbound) {
+            (true, true) => states_out += 1,
+            (true, false) => states_in += 1,
+            (false, false) => {
+                refused.insert(s.key.spi);
+            }
+            (false, true) => {}
         }
     }
     for p in &want.policies {
@@ -155,8 +168,9 @@ pub fn sync(x: &mut impl XfrmOps, maps: &mut impl EncryptWriter, want: &Desired)
             optional: p.optional,
             priority: p.priority,
         };
-        if let Err(e) = x.upsert_policy(&spec) {
-            fail(format!("{e:#}"));
+        match x.upsert_policy(&spec) {
+            Ok(()) => policies += 1,
+            Err(e) => fail(crate::error_chain(&e)),
         }
     }
     // 3. What each peer's pods are sent with.
@@ -178,13 +192,13 @@ pub fn sync(x: &mut impl XfrmOps, maps: &mut impl EncryptWriter, want: &Desired)
     let wanted_policies: BTreeSet<PolicyId> = want.policies.iter().map(|p| p.id()).collect();
     for id in have_policies.difference(&wanted_policies) {
         if let Err(e) = x.delete_policy(id) {
-            fail(format!("{e:#}"));
+            fail(crate::error_chain(&e));
         }
     }
     let wanted_states: BTreeSet<StateId> = want.states.iter().map(WantState::id).collect();
     for id in have_states.keys().filter(|id| !wanted_states.contains(*id)) {
         if let Err(e) = x.delete_state(id) {
-            fail(format!("{e:#}"));
+            fail(crate::error_chain(&e));
         }
     }
     for addr in have_nodes.keys() {
@@ -195,9 +209,10 @@ pub fn sync(x: &mut impl XfrmOps, maps: &mut impl EncryptWriter, want: &Desired)
         }
     }
     Pass {
-        states_in: want.states.iter().filter(|s| !s.outbound).count(),
-        states_out: want.states.iter().filter(|s| s.outbound).count(),
-        policies: want.policies.len(),
+        states_in,
+        states_out,
+        policies,
+        refused,
         errors,
     }
 }
@@ -228,6 +243,8 @@ pub mod fake {
         pub states: BTreeMap<StateId, Vec<u8>>,
         pub policies: BTreeMap<PolicyId, bool>,
         pub log: Log,
+        /// Refuse every state, as a kernel without ESP does.
+        pub no_esp: bool,
     }
 
     impl XfrmOps for FakeXfrm {
@@ -252,10 +269,11 @@ pub mod fake {
                 reqid: s.reqid,
                 mark: s.mark,
             };
-            if self.states.contains_key(&id) {
+            if self.states.contains_key(&id) || self.no_esp {
                 return Err(XfrmError::Request {
-                    what: "add".into(),
-                    source: std::io::Error::from_raw_os_error(17),
+                    what: format!("adding the XFRM state {} -> {}", s.src, s.dst),
+                    // EEXIST; ENOPROTOOPT for a kernel without ESP.
+                    source: std::io::Error::from_raw_os_error(if self.no_esp { 92 } else { 17 }),
                 });
             }
             self.log
@@ -486,5 +504,27 @@ mod tests {
         assert!(!x.states.contains_key(&stale));
         assert!(x.states.contains_key(&foreign), "not Axoneme's: left alone");
         assert_eq!(x.states.len(), 5);
+    }
+
+    #[test]
+    fn states_the_kernel_refuses_are_not_counted_and_the_errors_say_why() {
+        let (mut x, mut m, _) = fakes();
+        x.no_esp = true;
+        let pass = sync(&mut x, &mut m, &want(K3, &[peer(&[3], "boot-b")]));
+        assert_eq!((pass.states_in, pass.states_out, pass.policies), (0, 0, 4));
+        assert_eq!(
+            pass.refused,
+            BTreeSet::from([3]),
+            "not accepted: not announced"
+        );
+        assert_eq!(pass.errors.len(), 4, "{:?}", pass.errors);
+        assert!(
+            pass.errors
+                .iter()
+                .all(|e| e.starts_with("adding the XFRM state 192.168.0.")
+                    && e.contains("(os error 92)")),
+            "{:?}",
+            pass.errors
+        );
     }
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use axoneme_bpf_common::{direction, event_kind, family, match_type, trace_point, verdict, Event};
 use axoneme_hubble::flow::{
-    layer4, layer7, CiliumEventType, Endpoint, Flow, FlowType, Http, IcmPv4, IcmPv6, Ip, IpVersion,
-    L7FlowType, Layer4, Layer7, NetworkInterface, Sctp, Tcp, TraceObservationPoint,
+    layer4, layer7, CiliumEventType, DropReason, Endpoint, Flow, FlowType, Http, IcmPv4, IcmPv6,
+    Ip, IpVersion, L7FlowType, Layer4, Layer7, NetworkInterface, Sctp, Tcp, TraceObservationPoint,
     TrafficDirection, Udp, Verdict,
 };
 use axoneme_hubble::message_type;
@@ -185,7 +185,10 @@ impl Enricher {
             } else {
                 0
             },
-            drop_reason_desc: i32::from(reason),
+            // A reason this Hubble API does not name would fail every
+            // client's decoding of the whole stream: reported as unknown.
+            drop_reason_desc: DropReason::try_from(i32::from(reason)).unwrap_or(DropReason::Unknown)
+                as i32,
             interface: Some(NetworkInterface {
                 index: e.ifindex,
                 name: String::new(),
@@ -353,6 +356,15 @@ fn l4(protocol: u8, sport: u16, dport: u16) -> Option<Layer4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_drop_reason_the_datapath_reports_has_a_text_and_a_hubble_name() {
+        for reason in axoneme_bpf_common::drop_reason::ALL {
+            assert!(!views::drop_reason_text(reason).is_empty(), "{reason}");
+            let hubble = DropReason::try_from(i32::from(reason));
+            assert!(hubble.is_ok(), "{reason} is not in flow.proto's DropReason");
+        }
+    }
 
     #[test]
     fn the_pod_index_takes_every_address_of_every_record() {

@@ -116,8 +116,27 @@ pub mod drop_reason {
     pub const DROP_NO_SERVICE: u8 = 158;
     /// An explicit deny policy matched.
     pub const DROP_POLICY_DENY: u8 = 181;
-    /// Pod traffic to an encrypting node with no key in common (strict).
-    pub const DROP_UNENCRYPTED: u8 = 194;
+    /// Pod traffic to an encrypting node with no key in common (strict):
+    /// Cilium's `DROP_UNENCRYPTED_TRAFFIC`.
+    pub const DROP_UNENCRYPTED: u8 = 195;
+
+    /// Every reason the datapath reports (each has a text and a Hubble
+    /// `DropReason`: tested where both are known).
+    pub const ALL: [u8; 13] = [
+        DROP_INVALID_SIP,
+        DROP_POLICY,
+        DROP_INVALID,
+        DROP_CT_INVALID_HDR,
+        DROP_UNKNOWN_L3,
+        DROP_NO_ENDPOINT,
+        DROP_CT_CREATE_FAILED,
+        DROP_INVALID_EXTHDR,
+        DROP_FRAG_NOT_FOUND,
+        DROP_WRITE_ERROR,
+        DROP_NO_SERVICE,
+        DROP_POLICY_DENY,
+        DROP_UNENCRYPTED,
+    ];
 }
 
 /// [`MetricsKey::kind`] values.
