@@ -59,6 +59,11 @@ pub struct ClusterConfig {
     /// etcd requires client certificates (mutual TLS): the operators, the
     /// agents and the CLI get `--etcd-ca`, `--etcd-cert` and `--etcd-key`.
     pub etcd_tls: bool,
+    /// Helm mode: Secrets (name → key → text) created in the release's
+    /// namespace after `helm install` and mounted, before the agents
+    /// start, where the agent DaemonSet's volumes say
+    /// ([`crate::helm::mount_agent_secrets`]).
+    pub helm_secrets: Vec<(String, Vec<(String, String)>)>,
     /// How long an agent may take from its start to ready (its first
     /// start and every restart): the datapath's load is most of it, and
     /// under an emulated CPU (the IPsec VM) the verifier is many times
@@ -76,6 +81,7 @@ impl Default for ClusterConfig {
             kubernetes: false,
             helm: None,
             etcd_tls: false,
+            helm_secrets: Vec::new(),
             ready_timeout: Duration::from_secs(30),
         }
     }
@@ -216,6 +222,11 @@ impl Cluster {
                 let mut set = helm_test_values(&members, cfg.node_grace);
                 set.extend(values.iter().cloned());
                 crate::helm::install(kube, "install", &set)?;
+                for (name, data) in &cfg.helm_secrets {
+                    crate::helm::apply_secret(kube, name, data)?;
+                }
+                let names: Vec<&str> = cfg.helm_secrets.iter().map(|(n, _)| n.as_str()).collect();
+                crate::helm::mount_agent_secrets(kube, &names)?;
                 kube.wait_crds_established()?;
                 cluster.write_config_dir()?;
                 op_args.extend([

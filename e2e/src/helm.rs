@@ -133,6 +133,74 @@ pub fn write_config_dir(kube: &crate::KubeControlPlane, dir: &Path) -> Result<Ve
     Ok(keys)
 }
 
+/// Creates Secret `name` in [`NAMESPACE`] with `data` (key → text), or
+/// replaces its data.
+pub fn apply_secret(
+    kube: &crate::KubeControlPlane,
+    name: &str,
+    data: &[(String, String)],
+) -> Result<()> {
+    let mut args: Vec<String> = ["create", "secret", "generic", name, "-n", NAMESPACE]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(data.iter().map(|(k, v)| format!("--from-literal={k}={v}")));
+    args.extend(["--dry-run=client".into(), "-o".into(), "json".into()]);
+    let manifest = kube.kubectl(&args)?;
+    kube.kubectl_stdin(["apply", "-f", "-"], &String::from_utf8(manifest.stdout)?)?;
+    Ok(())
+}
+
+/// Plays the kubelet for the agent DaemonSet's Secret volumes whose Secret
+/// is one of `secrets`: writes each of the Secret's keys as a file where
+/// the agent's container mounts the volume, each file replaced whole (as
+/// the kubelet's atomic writer does). Run again after a change of the
+/// Secret, as the kubelet's periodic sync does. The harness's agents share
+/// this host: the chart's mount path must be a value the test set to a
+/// directory of its own.
+pub fn mount_agent_secrets(kube: &crate::KubeControlPlane, secrets: &[&str]) -> Result<()> {
+    let get = |kind: &str, name: &str| -> Result<serde_json::Value> {
+        let out = kube.kubectl(["get", kind, name, "-n", NAMESPACE, "-o", "json"])?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let ds = get("daemonset", "axoneme-agent")?;
+    let pod = &ds["spec"]["template"]["spec"];
+    let empty = Vec::new();
+    let mounts: Vec<&serde_json::Value> = pod["containers"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .flat_map(|c| c["volumeMounts"].as_array().unwrap_or(&empty))
+        .collect();
+    for volume in pod["volumes"].as_array().unwrap_or(&empty) {
+        let Some(secret) = volume["secret"]["secretName"].as_str() else {
+            continue;
+        };
+        if !secrets.contains(&secret) {
+            continue;
+        }
+        let dir = mounts
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .and_then(|m| m["mountPath"].as_str())
+            .with_context(|| format!("no container mounts the volume of Secret {secret}"))?;
+        std::fs::create_dir_all(dir)?;
+        let data = get("secret", secret)?;
+        let keys = data["data"]
+            .as_object()
+            .with_context(|| format!("Secret {secret} has no data"))?;
+        for key in keys.keys() {
+            let template = format!("go-template={{{{index .data \"{key}\" | base64decode}}}}");
+            let text = kube.kubectl(["get", "secret", secret, "-n", NAMESPACE, "-o", &template])?;
+            let path = Path::new(dir).join(key);
+            let tmp = Path::new(dir).join(format!(".{key}.new"));
+            std::fs::write(&tmp, &text.stdout)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+    }
+    Ok(())
+}
+
 /// The `# --` comments of values.yaml, by dotted path.
 fn value_docs(values: &str) -> Vec<(String, String)> {
     let mut docs = Vec::new();
