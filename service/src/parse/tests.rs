@@ -1,5 +1,8 @@
+use std::net::IpAddr;
+
+use super::read::SPEC_FIELDS;
 use super::*;
-use crate::model::FrontendKind;
+use crate::model::{FrontendKind, TargetPort};
 
 fn errors(text: &str) -> Vec<String> {
     match parse_documents(text) {
