@@ -401,6 +401,13 @@ impl Cluster {
     /// it had, given as `FLAG VALUE` or `FLAG=VALUE`) and restarts the
     /// agent.
     pub fn restart_agent_setting(&mut self, i: usize, flag: &str, value: &str) -> Result<()> {
+        self.set_agent_flag(i, flag, value);
+        self.restart_agent(i)
+    }
+
+    /// Sets node `i`'s agent flag `flag` to `value` (as
+    /// [`Self::restart_agent_setting`]) for its next start.
+    pub fn set_agent_flag(&mut self, i: usize, flag: &str, value: &str) {
         let args = &mut self.nodes[i].args;
         let joined = format!("{flag}=");
         match args
@@ -411,7 +418,6 @@ impl Cluster {
             Some(at) if at + 1 < args.len() => args[at + 1] = value.to_string(),
             _ => args.extend([flag.to_string(), value.to_string()]),
         }
-        self.restart_agent(i)
     }
 
     /// [`Self::restart_agent`] with `extra` flags from now on (replacing

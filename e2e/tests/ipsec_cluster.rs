@@ -318,7 +318,8 @@ fn in_vm_a_two_node_cluster_encrypts_pod_traffic() -> Result<()> {
             "",
             // Not IPsec's: the veth programs with their SCTP translation,
             // through the VM kernel's verifier (6.1, the oldest supported;
-            // this machine's has no SCTP and a newer verifier).
+            // this machine's has no SCTP and a newer verifier). Node 1 is
+            // later restarted beside kube-proxy, for that mode's programs.
             "--enable-sctp=true",
         ]
         .into_iter()
@@ -475,9 +476,19 @@ fn scenario(c: &mut Cluster, keys: &Path, wrong: &Path, t0: Instant) -> Result<(
     )?;
     step("rotated to SPI 4 without loss", t0);
 
-    // 3. A wrong key on node 1: fails closed, and says why.
+    // 3. A wrong key on node 1: fails closed, and says why. From here on
+    // node 1 runs beside kube-proxy (none runs here; no Service is used):
+    // Linux 6.1's verifier loads that mode's programs too, and encryption
+    // is the same with them.
     std::fs::write(wrong, WRONG_4)?;
+    c.set_agent_flag(1, "--kube-proxy-replacement", "false");
     c.restart_agent_setting(1, "--ipsec-key-file", &wrong.display().to_string())?;
+    let lb = c.cli(1, &["-o", "json", "bpf", "lb", "list"])?;
+    let lb: serde_json::Value = serde_json::from_slice(&lb.stdout)?;
+    ensure!(
+        lb["enabled"] == false,
+        "node 1 still replaces kube-proxy: {lb}"
+    );
     sends_with(c, 1, &n0, 4)?;
     until("traffic fails closed", Duration::from_secs(20), || {
         Ok(charge(&checkout, &pay4).is_none().then_some(()))
