@@ -64,8 +64,8 @@ pub(crate) fn record(flow: &Flow) {
         port: flow.dport,
         pad: [0; 2],
     };
-    // A full table evicts its oldest record (LRU): that connection's
-    // answers through the proxy are lost, not misdirected.
+    // A full table evicts its oldest record (LRU): that connection, if the
+    // proxy still handles it, is back to how it was without the record.
     let _ = KUBE_PROXY_SENT.insert(&key, &to, 0);
 }
 
