@@ -8,12 +8,19 @@
 //! - nginx hop: the same requests to port 8081 through nginx as a reverse
 //!   proxy (kept-alive upstream connections) on the client pod's loopback:
 //!   what one well-tuned userspace HTTP hop costs on this machine, without
-//!   policy. A reference, measured in the same run.
+//!   policy. A reference, measured in the same run;
+//! - nginx on the node: the same reverse proxy in the node's namespace,
+//!   where the L7 proxy runs, on the node's address: the client's requests
+//!   leave its pod, cross its veth and the node's stack, and the upstream
+//!   connections come from the node, as the proxy's do. The hop in the
+//!   same place as the proxy, so that proxy / this compares the two
+//!   programs rather than two placements.
 //!
 //! At 1 and 64 connections, three interleaved rounds of 4 s each, medians:
 //! requests/s and p99 latency, and their ratios
-//! (proxy / direct, nginx hop / direct, proxy / nginx hop). Targets: at
-//! least 60% of direct RPS, p99 under 2x. Writes JSON to
+//! (proxy / direct, nginx hop / direct, proxy / nginx hop, proxy / nginx
+//! on the node). Targets: at least 60% of direct RPS, p99 under 2x; the
+//! issue's: at least the RPS of an nginx hop, p99 no worse. Writes JSON to
 //! `AXONEME_BENCH_OUT` (default target/bench/l7.json).
 //!
 //! Under `cargo test` (no `--bench` argument) it runs in its smoke form
@@ -74,6 +81,12 @@ spec:
     - ports:
       - port: \"8081\"
         protocol: TCP
+  - fromEntities:
+    - host
+    toPorts:
+    - ports:
+      - port: \"8081\"
+        protocol: TCP
 ";
 
 /// nginx in `pod`, answering `200 ok` on 8080 and 8081.
@@ -124,9 +137,19 @@ fn main() -> Result<()> {
     let hop_dir = c.dir.join("nginx-hop");
     c.extra.push(axoneme_e2e::http::nginx_reverse_proxy(
         &client.ns,
+        "127.0.0.1",
         8082,
         &format!("{ip}:8081"),
         &hop_dir,
+    )?);
+    let node_ip = c.nodes[0].ip.to_string();
+    let node_hop_dir = c.dir.join("nginx-node");
+    c.extra.push(axoneme_e2e::http::nginx_reverse_proxy(
+        &c.nodes[0].ns,
+        "0.0.0.0",
+        8083,
+        &format!("{ip}:8081"),
+        &node_hop_dir,
     )?);
     let mut rows = Vec::new();
     for connections in connection_counts {
@@ -136,26 +159,30 @@ fn main() -> Result<()> {
             format!("http://{ip}:8081/"),
             "http://127.0.0.1:8082/".to_string(),
             format!("http://{ip}:8080/"),
+            format!("http://{node_ip}:8083/"),
         ];
-        let mut rounds: [Vec<(f64, f64)>; 3] = Default::default();
+        let mut rounds: [Vec<(f64, f64)>; 4] = Default::default();
         for _ in 0..rounds_n {
             for (url, runs) in urls.iter().zip(rounds.iter_mut()) {
                 runs.push(wrk(&client, url, connections, seconds)?);
             }
         }
-        let [direct, hop, proxy] = rounds.each_ref().map(|runs| median(runs));
+        let [direct, hop, proxy, node_hop] = rounds.each_ref().map(|runs| median(runs));
         let (rps_ratio, p99_ratio) = (proxy.0 / direct.0, proxy.1 / direct.1);
         let row = json!({
             "connections": connections,
-            "rounds": {"direct": rounds[0], "nginx_hop": rounds[1], "proxy": rounds[2]},
+            "rounds": {"direct": rounds[0], "nginx_hop": rounds[1], "proxy": rounds[2], "nginx_on_node": rounds[3]},
             "direct": {"rps": direct.0, "p99_ms": direct.1},
             "nginx_hop": {"rps": hop.0, "p99_ms": hop.1},
             "proxy": {"rps": proxy.0, "p99_ms": proxy.1},
+            "nginx_on_node": {"rps": node_hop.0, "p99_ms": node_hop.1},
             "rps_ratio": rps_ratio,
             "p99_ratio": p99_ratio,
             "nginx_hop_rps_ratio": hop.0 / direct.0,
             "nginx_hop_p99_ratio": hop.1 / direct.1,
             "proxy_vs_nginx_hop_rps": proxy.0 / hop.0,
+            "proxy_vs_nginx_on_node_rps": proxy.0 / node_hop.0,
+            "proxy_vs_nginx_on_node_p99": proxy.1 / node_hop.1,
             "targets": {
                 "rps_ratio_min": 0.6,
                 "p99_ratio_max": 2.0,
@@ -167,7 +194,7 @@ fn main() -> Result<()> {
         rows.push(row);
     }
     let report = json!({
-        "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy; nginx hop: nginx reverse proxy on the client pod's loopback",
+        "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy; nginx hop: nginx reverse proxy on the client pod's loopback; nginx on the node: the same in the node's namespace on the node's address",
         "seconds_per_run": seconds,
         "rounds": rounds_n,
         "figures": "medians over the rounds; rounds lists each run's (rps, p99_ms)",

@@ -101,13 +101,20 @@ pub fn nginx_backend(ns: &Netns, h1: u16, h2c: u16, dir: &Path) -> Result<(Proc,
     Ok((start_nginx(ns, dir, &server, h1)?, log))
 }
 
-/// nginx as a reverse proxy in `ns`: `127.0.0.1:port` forwards every
-/// request to `upstream` (`ip:port`) over kept-alive connections. The
-/// benchmarks' reference for what one well-tuned userspace HTTP hop costs.
-pub fn nginx_reverse_proxy(ns: &Netns, port: u16, upstream: &str, dir: &Path) -> Result<Proc> {
+/// nginx as a reverse proxy in `ns`: `bind:port` (`bind` an IPv4 address:
+/// `127.0.0.1`, or `0.0.0.0` for all) forwards every request to `upstream`
+/// (`ip:port`) over kept-alive connections. The benchmarks' reference for
+/// what one well-tuned userspace HTTP hop costs.
+pub fn nginx_reverse_proxy(
+    ns: &Netns,
+    bind: &str,
+    port: u16,
+    upstream: &str,
+    dir: &Path,
+) -> Result<Proc> {
     let server = format!(
         "  upstream backend {{ server {upstream}; keepalive 128; }}\n\
-         \x20 server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+         \x20 server {{\n    listen {bind}:{port};\n    location / {{\n\
          \x20     proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
          \x20     proxy_set_header Connection \"\";\n    }}\n  }}\n"
     );
