@@ -193,7 +193,27 @@ fn main() -> Result<()> {
         println!("{row}");
         rows.push(row);
     }
+    // What the flow observer kept up with: flows made, events its queue
+    // dropped (it was full).
+    let metrics = {
+        let addr = format!("{node_ip}:9962");
+        c.nodes[0]
+            .ns
+            .enter(|| axoneme_e2e::operator::http_get(&addr, "/metrics"))??
+    };
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            // An empty sum is -0.0.
+            .fold(0.0, |a, b| a + b)
+    };
     let report = json!({
+        "observer": {
+            "flows_processed": sum("axoneme_hubble_flows_processed_total{"),
+            "events_lost": sum("axoneme_hubble_lost_events_total{source=\"observer_events_queue\"}"),
+        },
         "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy; nginx hop: nginx reverse proxy on the client pod's loopback; nginx on the node: the same in the node's namespace on the node's address",
         "seconds_per_run": seconds,
         "rounds": rounds_n,
