@@ -195,20 +195,8 @@ fn main() -> Result<()> {
     }
     // What the flow observer kept up with: flows made, events its queue
     // dropped (it was full).
-    let metrics = {
-        let addr = format!("{node_ip}:9962");
-        c.nodes[0]
-            .ns
-            .enter(|| axoneme_e2e::operator::http_get(&addr, "/metrics"))??
-    };
-    let sum = |prefix: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            // An empty sum is -0.0.
-            .fold(0.0, |a, b| a + b)
-    };
+    let metrics = c.agent_metrics(0)?;
+    let sum = |prefix: &str| axoneme_e2e::cluster::sum_samples(&metrics, prefix);
     let report = json!({
         "observer": {
             "flows_processed": sum("axoneme_hubble_flows_processed_total{"),

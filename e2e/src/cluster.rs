@@ -27,6 +27,7 @@ use crate::tls::TestCerts;
 use crate::{bin_path, EtcdCluster, KubeControlPlane, OperatorProc, Proc};
 
 mod access;
+pub use access::{sum_samples, AGENT_METRICS_PORT};
 mod pods;
 pub use pods::{CniOutput, CniPod};
 

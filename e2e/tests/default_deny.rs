@@ -16,12 +16,8 @@
 
 use anyhow::{ensure, Context, Result};
 use axoneme_e2e::expect::{seed_policy, wait_for};
-use axoneme_e2e::operator::http_get;
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use std::time::Duration;
-
-/// The agents' default `--prometheus-serve-addr` port.
-const AGENT_PORT: u16 = 9962;
 
 /// Intruder connections tried while in audit mode.
 const PROBES: usize = 4;
@@ -33,9 +29,7 @@ fn blocked(from: &CniPod, addr: &str) -> bool {
 /// Node `node`'s `axoneme_policy_verdicts_total` samples for ingress
 /// with `action`, summed.
 fn verdict_count(c: &Cluster, node: usize, action: &str) -> Result<f64> {
-    let n = &c.nodes[node];
-    let addr = format!("{}:{AGENT_PORT}", n.ip);
-    let text = n.ns.enter(|| http_get(&addr, "/metrics"))??;
+    let text = c.agent_metrics(node)?;
     let wanted = format!("action=\"{action}\"");
     Ok(text
         .lines()

@@ -21,8 +21,7 @@ use axoneme_e2e::netns::Netns;
 use axoneme_e2e::operator::http_get;
 use axoneme_e2e::{free_port, Cluster, ClusterConfig, CniPod, Proc};
 
-/// The agents' default `--prometheus-serve-addr` port.
-const AGENT_PORT: u16 = 9962;
+use axoneme_e2e::cluster::{sum_samples, AGENT_METRICS_PORT as AGENT_PORT};
 
 /// `promtool check metrics` on `text`: fails with promtool's words.
 fn promtool_check(what: &str, text: &str) -> Result<()> {
@@ -190,22 +189,6 @@ fn relay_into(ns: &Netns, upstream: String) -> Result<String> {
     Ok(addr)
 }
 
-/// An agent's `/metrics` as a scraper without `Accept` gets it, read
-/// inside its node's namespace.
-fn agent_metrics(c: &Cluster, node: usize) -> Result<String> {
-    let n = &c.nodes[node];
-    let addr = format!("{}:{AGENT_PORT}", n.ip);
-    n.ns.enter(|| http_get(&addr, "/metrics"))?
-}
-
-/// The sum of the samples of `text` whose line starts with `prefix`.
-fn sum_samples(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 const DENIED_INGRESS: &str =
     r#"axoneme_drop_count_total{reason="Policy denied",direction="INGRESS"}"#;
 
@@ -226,7 +209,7 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
     // Every endpoint passes promtool, agents' and operators' alike (the
     // operators' failed it when they served only OpenMetrics).
     for i in 0..c.nodes.len() {
-        promtool_check(&format!("agent {i}"), &agent_metrics(&c, i)?)?;
+        promtool_check(&format!("agent {i}"), &c.agent_metrics(i)?)?;
     }
     for op in &c.operators {
         promtool_check(&format!("operator {}", op.id), &op.http_get("/metrics")?)?;
@@ -265,7 +248,7 @@ fn prometheus_scrapes_the_agents_and_the_counters_match_the_seed_scenario() -> R
 
     // The intruder's probes: each is at least one SYN dropped at payments'
     // veth with reason 133 (Policy denied), ingress.
-    let before = sum_samples(&agent_metrics(&c, 0)?, DENIED_INGRESS);
+    let before = sum_samples(&c.agent_metrics(0)?, DENIED_INGRESS);
     const PROBES: usize = 5;
     for _ in 0..PROBES {
         assert!(blocked(&intruder, &pay4), "the intruder got through");

@@ -189,11 +189,7 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
     assert_eq!(checkout_any.len(), 3, "{checkout_any:?}");
 
     // The pipeline counts what it turned into flows (Hubble's family).
-    let node0 = &c.nodes[0];
-    let addr = format!("{}:9962", node0.ip);
-    let text = node0
-        .ns
-        .enter(|| axoneme_e2e::operator::http_get(&addr, "/metrics"))??;
+    let text = c.agent_metrics(0)?;
     let count = |labels: &str| -> f64 {
         let prefix = format!("axoneme_hubble_flows_processed_total{{{labels}}} ");
         text.lines()
@@ -350,10 +346,7 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
 
 /// Sums the samples of `family{labels}` in an agent's `/metrics`.
 fn agent_sample(c: &Cluster, node: usize, series: &str) -> Result<f64> {
-    let n = &c.nodes[node];
-    let addr = format!("{}:9962", n.ip);
-    let text =
-        n.ns.enter(|| axoneme_e2e::operator::http_get(&addr, "/metrics"))??;
+    let text = c.agent_metrics(node)?;
     Ok(text
         .lines()
         .filter_map(|l| {

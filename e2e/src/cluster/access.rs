@@ -10,7 +10,28 @@ use anyhow::{bail, Context, Result};
 use super::Cluster;
 use crate::{bin_path, Proc};
 
+/// The agents' default `--prometheus-serve-addr` port.
+pub const AGENT_METRICS_PORT: u16 = 9962;
+
+/// The sum of the samples of a Prometheus text `text` whose line starts
+/// with `prefix` (0 when there are none).
+pub fn sum_samples(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        // Not `sum`: an empty one is -0.0.
+        .fold(0.0, |a, b| a + b)
+}
+
 impl Cluster {
+    /// Node `i`'s agent's `/metrics` (on its default port), as a scraper
+    /// without `Accept` gets it, read inside the node's namespace.
+    pub fn agent_metrics(&self, i: usize) -> Result<String> {
+        let n = &self.nodes[i];
+        let addr = format!("{}:{AGENT_METRICS_PORT}", n.ip);
+        n.ns.enter(|| crate::operator::http_get(&addr, "/metrics"))?
+    }
+
     /// Node `i`'s agent's log so far.
     pub fn agent_log(&self, i: usize) -> String {
         self.nodes[i]
