@@ -107,7 +107,14 @@ impl FlowQueue {
 #[derive(Clone)]
 pub struct Entry {
     pub seq: u64,
-    pub flow: Arc<Flow>,
+    pub record: Arc<enrich::Record>,
+}
+
+impl Entry {
+    /// Its Hubble flow (built by the first reader).
+    pub fn flow(&self) -> &Flow {
+        self.record.flow()
+    }
 }
 
 /// What followers receive: flows, and reports of lost events.
@@ -203,20 +210,23 @@ impl Observer {
         (ring.flows.iter().cloned().collect(), rx)
     }
 
-    /// Adds a flow: the oldest goes when the ring is full.
-    pub fn push(&self, flow: Flow) {
+    /// Adds records, under one lock: the oldest go when the ring is full.
+    pub fn push(&self, records: impl IntoIterator<Item = enrich::Record>) {
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = Entry {
-            seq: ring.next_seq,
-            flow: Arc::new(flow),
-        };
-        ring.next_seq += 1;
-        if ring.flows.len() == self.capacity {
-            ring.flows.pop_front();
+        for record in records {
+            let entry = Entry {
+                seq: ring.next_seq,
+                record: Arc::new(record),
+            };
+            ring.next_seq += 1;
+            if ring.flows.len() == self.capacity {
+                ring.flows.pop_front();
+            }
+            if self.published.receiver_count() > 0 {
+                let _ = self.published.send(Published::Flow(entry.clone()));
+            }
+            ring.flows.push_back(entry);
         }
-        ring.flows.push_back(entry.clone());
-        // No follower: nothing to do.
-        let _ = self.published.send(Published::Flow(entry));
     }
 }
 
@@ -235,12 +245,12 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = queue.next_batch(BATCH_WINDOW, &mut batch) => {
-                for e in batch.drain(..) {
-                    let flow = enricher.flow(&e);
-                    let (kind, subtype) = enrich::kind(&flow);
-                    metrics.processed(kind, subtype, enrich::verdict_name(&flow));
-                    observer.push(flow);
-                }
+                observer.push(batch.drain(..).map(|e| {
+                    let record = enricher.record(e);
+                    let (kind, subtype, verdict) = record.labels();
+                    metrics.processed(kind, subtype, verdict);
+                    record
+                }));
                 // The queue and the batch trade vectors: neither keeps a
                 // burst's capacity.
                 batch.shrink_to(BATCH_KEPT);
@@ -263,23 +273,21 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn flow(uuid: &str) -> Flow {
-        Flow {
+    fn flow(uuid: &str) -> enrich::Record {
+        enrich::Record::built(Flow {
             uuid: uuid.into(),
             ..Default::default()
-        }
+        })
     }
 
     #[test]
     fn the_ring_keeps_the_newest_and_counts_every_flow() {
         let (obs, _sink, _rx) = Observer::new("n", Sizes { ring: 3, queue: 4 });
-        for i in 0..5 {
-            obs.push(flow(&i.to_string()));
-        }
+        obs.push((0..5).map(|i| flow(&i.to_string())));
         let (history, _) = obs.subscribe_with_history();
         let kept: Vec<(u64, &str)> = history
             .iter()
-            .map(|e| (e.seq, e.flow.uuid.as_str()))
+            .map(|e| (e.seq, e.flow().uuid.as_str()))
             .collect();
         assert_eq!(kept, vec![(2, "2"), (3, "3"), (4, "4")]);
         assert_eq!(obs.counts(), (3, 5));
@@ -288,12 +296,12 @@ mod tests {
     #[tokio::test]
     async fn followers_get_what_comes_after_their_history() {
         let (obs, _sink, _rx) = Observer::new("n", Sizes { ring: 8, queue: 4 });
-        obs.push(flow("old"));
+        obs.push([flow("old")]);
         let (history, mut rx) = obs.subscribe_with_history();
-        obs.push(flow("new"));
+        obs.push([flow("new")]);
         assert_eq!(history.len(), 1);
         match rx.recv().await.unwrap() {
-            Published::Flow(e) => assert_eq!((e.seq, e.flow.uuid.as_str()), (1, "new")),
+            Published::Flow(e) => assert_eq!((e.seq, e.flow().uuid.as_str()), (1, "new")),
             Published::QueueLost(_) => panic!("no loss"),
         }
     }

@@ -42,10 +42,11 @@ struct Service {
 }
 
 fn flow_response(node: &str, e: &Entry) -> GetFlowsResponse {
+    let flow = e.flow();
     GetFlowsResponse {
-        response_types: Some(ResponseTypes::Flow((*e.flow).clone())),
+        time: flow.time,
+        response_types: Some(ResponseTypes::Flow(flow.clone())),
         node_name: node.to_string(),
-        time: e.flow.time,
     }
 }
 
@@ -91,7 +92,7 @@ impl Query {
     }
 
     fn time_ms(e: &Entry) -> u64 {
-        e.flow.time.as_ref().map_or(0, timestamp_to_ms)
+        e.record.time_ms()
     }
 
     fn in_window(&self, e: &Entry) -> bool {
@@ -112,7 +113,7 @@ impl Query {
         }
         let mut picked: Vec<Entry> = ring
             .into_iter()
-            .filter(|e| self.in_window(e) && self.filters.matches(&e.flow))
+            .filter(|e| self.in_window(e) && self.filters.matches(e.flow()))
             .collect();
         if self.number > 0 && picked.len() > self.number {
             if self.first {
@@ -157,7 +158,7 @@ impl Service {
                     if query.past_until(&e) {
                         return;
                     }
-                    if !query.filters.matches(&e.flow) {
+                    if !query.filters.matches(e.flow()) {
                         continue;
                     }
                     flow_response(&node, &e)
@@ -359,11 +360,11 @@ mod tests {
     fn entry(seq: u64, ms: u64, verdict: Verdict) -> Entry {
         Entry {
             seq,
-            flow: Arc::new(Flow {
+            record: Arc::new(crate::observe::enrich::Record::built(Flow {
                 time: Some(axoneme_hubble::timestamp_ms(ms)),
                 verdict: verdict as i32,
                 ..Default::default()
-            }),
+            })),
         }
     }
 
