@@ -223,45 +223,12 @@ impl Drop for ConditionWatch {
 /// kubectl, …), read from `/proc`: where a phase's time goes. Processes
 /// that exited in between are not counted.
 fn cpu_by_command() -> HashMap<String, f64> {
-    // USER_HZ: 100 on Linux.
-    const TICKS: f64 = 100.0;
-    let mut procs = HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid … utime(14) stime(15)
-        let Some((head, tail)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let comm = head.split_once(" (").map_or("", |(_, c)| c).to_string();
-        let f: Vec<&str> = tail.split(' ').collect();
-        let (Some(ppid), Some(ut), Some(st)) = (
-            f.get(1).and_then(|v| v.parse::<u32>().ok()),
-            f.get(11).and_then(|v| v.parse::<f64>().ok()),
-            f.get(12).and_then(|v| v.parse::<f64>().ok()),
-        ) else {
-            continue;
-        };
-        procs.insert(pid, (ppid, comm, (ut + st) / TICKS));
-    }
+    let procs = axoneme_e2e::bench::processes_cpu();
     let me = std::process::id();
-    let descends = |mut pid: u32| {
-        while let Some((ppid, _, _)) = procs.get(&pid) {
-            if *ppid == me {
-                return true;
-            }
-            pid = *ppid;
-        }
-        false
-    };
     let mut by = HashMap::new();
-    for (pid, (_, comm, cpu)) in &procs {
-        if descends(*pid) {
-            *by.entry(comm.clone()).or_insert(0.0) += cpu;
+    for (pid, p) in &procs {
+        if *pid != me && axoneme_e2e::bench::in_tree(&procs, *pid, me) {
+            *by.entry(p.comm.clone()).or_insert(0.0) += p.user_s + p.system_s;
         }
     }
     by

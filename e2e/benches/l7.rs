@@ -17,7 +17,8 @@
 //!   programs rather than two placements.
 //!
 //! At 1 and 64 connections, three interleaved rounds of 4 s each, medians:
-//! requests/s and p99 latency, and their ratios
+//! requests/s, p99 latency, the forwarding hop's CPU time per request
+//! (user and system: where a gap between two hops is), and the ratios
 //! (proxy / direct, nginx hop / direct, proxy / nginx hop, proxy / nginx
 //! on the node). Targets: at least 60% of direct RPS, p99 under 2x; the
 //! issue's: at least the RPS of an nginx hop, p99 no worse. Writes JSON to
@@ -30,7 +31,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use axoneme_e2e::bench::{pick, write_figures};
+use axoneme_e2e::bench::{pick, tree_cpu, write_figures};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
 
@@ -42,16 +43,24 @@ const CONNECTIONS: [u32; 2] = [1, 64];
 /// The smoke form's seconds, rounds and connection counts.
 const SMOKE: (u32, usize, [u32; 2]) = (1, 1, [1, 8]);
 
-/// The median (rps, p99) of `runs`, each taken on its own.
-fn median(runs: &[(f64, f64)]) -> (f64, f64) {
+/// The median rps, p99 and CPU per request of `runs`, each taken on its
+/// own.
+fn median(runs: &[Run]) -> Run {
     let mid = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    (
-        mid(runs.iter().map(|r| r.0).collect()),
-        mid(runs.iter().map(|r| r.1).collect()),
-    )
+    let cpus: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.cpu_us).collect();
+    Run {
+        rps: mid(runs.iter().map(|r| r.rps).collect()),
+        p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
+        cpu_us: (!cpus.is_empty()).then(|| {
+            (
+                mid(cpus.iter().map(|c| c.0).collect()),
+                mid(cpus.iter().map(|c| c.1).collect()),
+            )
+        }),
+    }
 }
 
 const POLICY: &str = "apiVersion: cilium.io/v2
@@ -101,14 +110,41 @@ fn nginx(c: &mut Cluster, pod: &CniPod) -> Result<()> {
     Ok(())
 }
 
-/// (requests/s, p99 in ms) of `GET url` from `client` for `seconds`;
-/// there must be answers, and every answer must be a 2xx.
-fn wrk(client: &CniPod, url: &str, connections: u32, seconds: u32) -> Result<(f64, f64)> {
+/// One run of a path: requests/s, p99 in ms, and the CPU time per request
+/// (user, system; µs) of the process tree that forwards on it (the agent,
+/// or the nginx reverse proxy), all threads.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Run {
+    rps: f64,
+    p99_ms: f64,
+    cpu_us: Option<(f64, f64)>,
+}
+
+/// `GET url` from `client` for `seconds`, with the CPU time of the process
+/// tree `hop` (if any) over it; there must be answers, and every answer
+/// must be a 2xx.
+fn wrk(
+    client: &CniPod,
+    url: &str,
+    connections: u32,
+    seconds: u32,
+    hop: Option<u32>,
+) -> Result<Run> {
+    let before = hop.map(tree_cpu);
     let run = axoneme_e2e::http::wrk(&client.ns, "GET", url, connections, seconds)?;
+    let after = hop.map(tree_cpu);
     if run.requests == 0 || run.non_2xx > 0 || run.socket_errors > 0 {
         bail!("wrk {url}: {run:?}");
     }
-    Ok((run.rps, run.p99_ms))
+    let per_request = |s: f64| s * 1e6 / run.requests as f64;
+    let cpu_us = before
+        .zip(after)
+        .map(|(b, a)| (per_request(a.0 - b.0), per_request(a.1 - b.1)));
+    Ok(Run {
+        rps: run.rps,
+        p99_ms: run.p99_ms,
+        cpu_us,
+    })
 }
 
 fn main() -> Result<()> {
@@ -135,22 +171,26 @@ fn main() -> Result<()> {
         bail!("the L7 rule is not enforced on port 8080");
     }
     let hop_dir = c.dir.join("nginx-hop");
-    c.extra.push(axoneme_e2e::http::nginx_reverse_proxy(
+    let hop = axoneme_e2e::http::nginx_reverse_proxy(
         &client.ns,
         "127.0.0.1",
         8082,
         &format!("{ip}:8081"),
         &hop_dir,
-    )?);
+    )?;
     let node_ip = c.nodes[0].ip.to_string();
     let node_hop_dir = c.dir.join("nginx-node");
-    c.extra.push(axoneme_e2e::http::nginx_reverse_proxy(
+    let node_hop = axoneme_e2e::http::nginx_reverse_proxy(
         &c.nodes[0].ns,
         "0.0.0.0",
         8083,
         &format!("{ip}:8081"),
         &node_hop_dir,
-    )?);
+    )?;
+    let agent = c.nodes[0].agent.as_ref().map(|a| a.pid());
+    // Whose CPU each path's runs measure: the forwarding hop's.
+    let hops = [None, Some(hop.pid()), agent, Some(node_hop.pid())];
+    c.extra.extend([hop, node_hop]);
     let mut rows = Vec::new();
     for connections in connection_counts {
         // Rounds interleave the three paths, so a slow spell of the host
@@ -161,28 +201,28 @@ fn main() -> Result<()> {
             format!("http://{ip}:8080/"),
             format!("http://{node_ip}:8083/"),
         ];
-        let mut rounds: [Vec<(f64, f64)>; 4] = Default::default();
+        let mut rounds: [Vec<Run>; 4] = Default::default();
         for _ in 0..rounds_n {
-            for (url, runs) in urls.iter().zip(rounds.iter_mut()) {
-                runs.push(wrk(&client, url, connections, seconds)?);
+            for ((url, runs), hop) in urls.iter().zip(rounds.iter_mut()).zip(hops) {
+                runs.push(wrk(&client, url, connections, seconds, hop)?);
             }
         }
         let [direct, hop, proxy, node_hop] = rounds.each_ref().map(|runs| median(runs));
-        let (rps_ratio, p99_ratio) = (proxy.0 / direct.0, proxy.1 / direct.1);
+        let (rps_ratio, p99_ratio) = (proxy.rps / direct.rps, proxy.p99_ms / direct.p99_ms);
         let row = json!({
             "connections": connections,
             "rounds": {"direct": rounds[0], "nginx_hop": rounds[1], "proxy": rounds[2], "nginx_on_node": rounds[3]},
-            "direct": {"rps": direct.0, "p99_ms": direct.1},
-            "nginx_hop": {"rps": hop.0, "p99_ms": hop.1},
-            "proxy": {"rps": proxy.0, "p99_ms": proxy.1},
-            "nginx_on_node": {"rps": node_hop.0, "p99_ms": node_hop.1},
+            "direct": direct,
+            "nginx_hop": hop,
+            "proxy": proxy,
+            "nginx_on_node": node_hop,
             "rps_ratio": rps_ratio,
             "p99_ratio": p99_ratio,
-            "nginx_hop_rps_ratio": hop.0 / direct.0,
-            "nginx_hop_p99_ratio": hop.1 / direct.1,
-            "proxy_vs_nginx_hop_rps": proxy.0 / hop.0,
-            "proxy_vs_nginx_on_node_rps": proxy.0 / node_hop.0,
-            "proxy_vs_nginx_on_node_p99": proxy.1 / node_hop.1,
+            "nginx_hop_rps_ratio": hop.rps / direct.rps,
+            "nginx_hop_p99_ratio": hop.p99_ms / direct.p99_ms,
+            "proxy_vs_nginx_hop_rps": proxy.rps / hop.rps,
+            "proxy_vs_nginx_on_node_rps": proxy.rps / node_hop.rps,
+            "proxy_vs_nginx_on_node_p99": proxy.p99_ms / node_hop.p99_ms,
             "targets": {
                 "rps_ratio_min": 0.6,
                 "p99_ratio_max": 2.0,
@@ -205,7 +245,7 @@ fn main() -> Result<()> {
         "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy; nginx hop: nginx reverse proxy on the client pod's loopback; nginx on the node: the same in the node's namespace on the node's address",
         "seconds_per_run": seconds,
         "rounds": rounds_n,
-        "figures": "medians over the rounds; rounds lists each run's (rps, p99_ms)",
+        "figures": "medians over the rounds; rounds lists each run; cpu_us: (user, system) CPU microseconds per request of the forwarding hop's processes (all the agent's threads for the proxy; nginx's master and worker for the nginx paths)",
         "runs": rows,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -4,6 +4,7 @@
 //! (what `cargo xtask test` runs): one short round at small sizes, every
 //! answer still checked, nothing written.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +80,75 @@ pub fn summary(v: &[f64]) -> serde_json::Value {
         "p99_ms": percentile(v, 990),
         "max_ms": percentile(v, 1000),
     })
+}
+
+/// A process's CPU time so far (all its threads), from `/proc/PID/stat`.
+#[derive(Debug, Clone)]
+pub struct ProcessCpu {
+    pub ppid: u32,
+    pub comm: String,
+    pub user_s: f64,
+    pub system_s: f64,
+}
+
+/// Every process's CPU time now, by pid.
+pub fn processes_cpu() -> HashMap<u32, ProcessCpu> {
+    // USER_HZ: 100 on Linux.
+    const TICKS: f64 = 100.0;
+    let mut procs = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid … utime(14) stime(15)
+        let Some((head, tail)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let comm = head.split_once(" (").map_or("", |(_, c)| c).to_string();
+        let f: Vec<&str> = tail.split(' ').collect();
+        let (Some(ppid), Some(ut), Some(st)) = (
+            f.get(1).and_then(|v| v.parse::<u32>().ok()),
+            f.get(11).and_then(|v| v.parse::<f64>().ok()),
+            f.get(12).and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        procs.insert(
+            pid,
+            ProcessCpu {
+                ppid,
+                comm,
+                user_s: ut / TICKS,
+                system_s: st / TICKS,
+            },
+        );
+    }
+    procs
+}
+
+/// Whether `pid` is `root` or one of its descendants in `procs`.
+pub fn in_tree(procs: &HashMap<u32, ProcessCpu>, mut pid: u32, root: u32) -> bool {
+    loop {
+        if pid == root {
+            return true;
+        }
+        match procs.get(&pid) {
+            Some(p) if p.ppid != pid => pid = p.ppid,
+            _ => return false,
+        }
+    }
+}
+
+/// (user, system) CPU seconds used so far by `root` and its descendants.
+pub fn tree_cpu(root: u32) -> (f64, f64) {
+    let procs = processes_cpu();
+    procs
+        .iter()
+        .filter(|(pid, _)| in_tree(&procs, **pid, root))
+        .fold((0.0, 0.0), |(u, s), (_, p)| (u + p.user_s, s + p.system_s))
 }
 
 /// A listener on `port` in `pod` that accepts and closes.

@@ -16,7 +16,7 @@ mod collector;
 pub mod server;
 pub mod slo;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -69,19 +69,63 @@ pub struct L7Metrics {
     policy_l7: Family<RuleLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     upstream: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    /// The series a request counts in, by index once made: a request
+    /// costs atomic increments, not a hash of its labels and a lock per
+    /// family (a series appears on first use, as with `get_or_create`).
+    made: Arc<Made>,
 }
+
+#[derive(Debug)]
+struct Made {
+    rules: [OnceLock<Counter>; RULES.len()],
+    requests: Box<[OnceLock<Counter>]>,
+    upstream: OnceLock<Histogram>,
+}
+
+/// `policy_l7_total`'s rules.
+const RULES: [&str; 4] = ["received", "forwarded", "denied", "parse_errors"];
+/// Methods as labels: the standard ones, anything else `OTHER` (a client
+/// must not be able to create series at will).
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER",
+];
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+const VERDICTS: [Verdict; 4] = [
+    Verdict::Forwarded,
+    Verdict::Denied,
+    Verdict::Malformed,
+    Verdict::UpstreamError,
+];
+const DIRECTIONS: [&str; 2] = ["ingress", "egress"];
 
 impl Default for L7Metrics {
     fn default() -> Self {
+        let series = METHODS.len() * STATUS_CLASSES.len() * VERDICTS.len() * DIRECTIONS.len();
         L7Metrics {
             policy_l7: Family::default(),
             requests: Family::default(),
             upstream: Family::new_with_constructor(make_histogram),
+            made: Arc::new(Made {
+                rules: Default::default(),
+                requests: (0..series).map(|_| OnceLock::new()).collect(),
+                upstream: OnceLock::new(),
+            }),
         }
     }
 }
 
 impl L7Metrics {
+    fn rule(&self, i: usize) -> &Counter {
+        self.made.rules[i].get_or_init(|| {
+            self.policy_l7
+                .get_or_create(&RuleLabels {
+                    rule: RULES[i],
+                    proxy_type: "http",
+                })
+                .clone()
+        })
+    }
+
     /// One request the proxy judged: its method, answer, verdict, whose
     /// rules, and the time from its arrival to the answer.
     pub fn request(
@@ -92,58 +136,57 @@ impl L7Metrics {
         direction: &'static str,
         latency: std::time::Duration,
     ) {
-        let rule = |rule| RuleLabels {
-            rule,
-            proxy_type: "http",
-        };
         // Cilium's `policy_l7_total` rules: every request is received, then
         // forwarded, denied or a parse error.
-        self.policy_l7.get_or_create(&rule("received")).inc();
+        self.rule(0).inc();
         match verdict {
-            Verdict::Forwarded => self.policy_l7.get_or_create(&rule("forwarded")).inc(),
-            Verdict::Denied => self.policy_l7.get_or_create(&rule("denied")).inc(),
-            Verdict::Malformed => self.policy_l7.get_or_create(&rule("parse_errors")).inc(),
+            Verdict::Forwarded => self.rule(1).inc(),
+            Verdict::Denied => self.rule(2).inc(),
+            Verdict::Malformed => self.rule(3).inc(),
             Verdict::UpstreamError => 0,
         };
-        self.requests
-            .get_or_create(&RequestLabels {
-                method: method_label(method),
-                status_class: status_class(status),
-                verdict: verdict.as_str(),
-                direction,
+        let (m, s) = (method_index(method), status_index(status));
+        let v = VERDICTS.iter().position(|x| *x == verdict).unwrap_or(0);
+        let d = usize::from(direction != DIRECTIONS[0]);
+        let i = ((m * STATUS_CLASSES.len() + s) * VERDICTS.len() + v) * DIRECTIONS.len() + d;
+        self.made.requests[i]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        method: METHODS[m],
+                        status_class: STATUS_CLASSES[s],
+                        verdict: verdict.as_str(),
+                        direction: DIRECTIONS[d],
+                    })
+                    .clone()
             })
             .inc();
         if verdict == Verdict::Forwarded {
-            self.upstream
-                .get_or_create(&UpstreamLabels {
-                    protocol_l7: "http",
+            self.made
+                .upstream
+                .get_or_init(|| {
+                    self.upstream
+                        .get_or_create(&UpstreamLabels {
+                            protocol_l7: "http",
+                        })
+                        .clone()
                 })
                 .observe(latency.as_secs_f64());
         }
     }
 }
 
-/// A method as a label: the standard ones, anything else `OTHER` (a
-/// client must not be able to create series at will).
-fn method_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN
+fn method_index(method: &str) -> usize {
+    METHODS[..METHODS.len() - 1]
         .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("OTHER")
+        .position(|m| *m == method)
+        .unwrap_or(METHODS.len() - 1)
 }
 
-fn status_class(status: u16) -> &'static str {
+fn status_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
+        100..=599 => usize::from(status / 100 - 1),
+        _ => STATUS_CLASSES.len() - 1,
     }
 }
 
@@ -381,12 +424,65 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_counts_in_its_series_and_clones_share_them() {
+        let m = L7Metrics::default();
+        let other = m.clone();
+        let ms = std::time::Duration::from_millis(1);
+        m.request("GET", 200, Verdict::Forwarded, "ingress", ms);
+        other.request("GET", 200, Verdict::Forwarded, "ingress", ms);
+        m.request("BREW", 403, Verdict::Denied, "egress", ms);
+        let requests = |method, status_class, verdict, direction| {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    method,
+                    status_class,
+                    verdict,
+                    direction,
+                })
+                .get()
+        };
+        assert_eq!(requests("GET", "2xx", "forwarded", "ingress"), 2);
+        assert_eq!(requests("OTHER", "4xx", "denied", "egress"), 1);
+        assert_eq!(requests("GET", "2xx", "forwarded", "egress"), 0);
+        let rule = |rule| {
+            m.policy_l7
+                .get_or_create(&RuleLabels {
+                    rule,
+                    proxy_type: "http",
+                })
+                .get()
+        };
+        assert_eq!(
+            (rule("received"), rule("forwarded"), rule("denied")),
+            (3, 2, 1)
+        );
+        let upstream = m.upstream.get_or_create(&UpstreamLabels {
+            protocol_l7: "http",
+        });
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut text, &{
+            let mut r = Registry::default();
+            r.register("up", "", m.upstream.clone());
+            r
+        })
+        .unwrap();
+        drop(upstream);
+        assert!(text.contains("up_count{protocol_l7=\"http\"} 2"), "{text}");
+    }
+
+    #[test]
     fn request_labels_are_bounded() {
-        assert_eq!(method_label("POST"), "POST");
-        assert_eq!(method_label("BREW"), "OTHER");
-        assert_eq!(method_label("post"), "OTHER");
-        assert_eq!(status_class(403), "4xx");
-        assert_eq!(status_class(200), "2xx");
-        assert_eq!(status_class(999), "other");
+        let method = |m| METHODS[method_index(m)];
+        assert_eq!(method("POST"), "POST");
+        assert_eq!(method("BREW"), "OTHER");
+        assert_eq!(method("post"), "OTHER");
+        assert_eq!(method("OTHER"), "OTHER");
+        let class = |s| STATUS_CLASSES[status_index(s)];
+        assert_eq!(class(403), "4xx");
+        assert_eq!(class(200), "2xx");
+        assert_eq!(class(100), "1xx");
+        assert_eq!(class(599), "5xx");
+        assert_eq!(class(999), "other");
+        assert_eq!(class(99), "other");
     }
 }
