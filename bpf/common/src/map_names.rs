@@ -1,6 +1,6 @@
 //! The maps' names: the programs' map statics are named so (aya's `#[map]`
 //! names a map after its static), and the agent opens and pins them by
-//! these. `agent/tests/datapath.rs` checks that the objects have exactly
+//! these. `agent/src/datapath` (unit tests) checks that the objects have exactly
 //! these maps ([`DATAPATH`] in the production object,
 //! [`SMOKE`] in the smoke-test one).
 
