@@ -2,7 +2,7 @@
 //! (`tower_test::mock::pair`, as kube-rs controller-rs `src/fixtures.rs`):
 //! each scenario runs the status write the leader's loop would make,
 //! asserts the request and answers it, under a timeout. The loop itself
-//! runs against a real kube-apiserver in `e2e/tests/kube_operator.rs`.
+//! runs against a real kube-apiserver in `e2e/tests/kube_operator/`.
 
 use std::time::Duration;
 
