@@ -43,23 +43,19 @@ const CONNECTIONS: [u32; 2] = [1, 64];
 /// The smoke form's seconds, rounds and connection counts.
 const SMOKE: (u32, usize, [u32; 2]) = (1, 1, [1, 8]);
 
-/// The median rps, p99 and CPU per request of `runs`, each taken on its
-/// own.
+/// The median rps and p99 of `runs`, each taken on its own, and the CPU
+/// per request (user, system) of the run with the median total.
 fn median(runs: &[Run]) -> Run {
     let mid = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let cpus: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.cpu_us).collect();
+    let mut cpus: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.cpu_us).collect();
+    cpus.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
     Run {
         rps: mid(runs.iter().map(|r| r.rps).collect()),
         p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
-        cpu_us: (!cpus.is_empty()).then(|| {
-            (
-                mid(cpus.iter().map(|c| c.0).collect()),
-                mid(cpus.iter().map(|c| c.1).collect()),
-            )
-        }),
+        cpu_us: cpus.get(cpus.len() / 2).copied(),
     }
 }
 
@@ -245,7 +241,7 @@ fn main() -> Result<()> {
         "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy; nginx hop: nginx reverse proxy on the client pod's loopback; nginx on the node: the same in the node's namespace on the node's address",
         "seconds_per_run": seconds,
         "rounds": rounds_n,
-        "figures": "medians over the rounds; rounds lists each run; cpu_us: (user, system) CPU microseconds per request of the forwarding hop's processes (all the agent's threads for the proxy; nginx's master and worker for the nginx paths)",
+        "figures": "medians over the rounds; rounds lists each run; cpu_us: (user, system) CPU microseconds per request of the forwarding hop's processes (all the agent's threads for the proxy; nginx's master and worker for the nginx paths), from the round with the median total",
         "runs": rows,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -131,15 +131,17 @@ pub fn processes_cpu() -> HashMap<u32, ProcessCpu> {
 
 /// Whether `pid` is `root` or one of its descendants in `procs`.
 pub fn in_tree(procs: &HashMap<u32, ProcessCpu>, mut pid: u32, root: u32) -> bool {
-    loop {
+    // Bounded: a pid reused while /proc was read could make a cycle.
+    for _ in 0..=procs.len() {
         if pid == root {
             return true;
         }
         match procs.get(&pid) {
-            Some(p) if p.ppid != pid => pid = p.ppid,
-            _ => return false,
+            Some(p) => pid = p.ppid,
+            None => return false,
         }
     }
+    false
 }
 
 /// (user, system) CPU seconds used so far by `root` and its descendants.

@@ -136,7 +136,7 @@ pub(super) fn record(sink: &L7Sink, seen: Seen, status: StatusCode, verdict: Ver
         seen.request.method(),
         status.as_u16(),
         verdict,
-        direction_name(seen.direction),
+        seen.direction,
         elapsed,
     );
     debug!(

@@ -29,6 +29,7 @@ pub use collector::Sources;
 
 use crate::l7proxy::Verdict;
 pub use axoneme_kvstore::metrics::KvMetrics;
+use axoneme_policy::compile::Direction;
 
 /// Latency buckets in seconds: 1 ms to about 33 s.
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -90,17 +91,12 @@ const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER",
 ];
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
-const VERDICTS: [Verdict; 4] = [
-    Verdict::Forwarded,
-    Verdict::Denied,
-    Verdict::Malformed,
-    Verdict::UpstreamError,
-];
-const DIRECTIONS: [&str; 2] = ["ingress", "egress"];
+const VERDICTS: usize = 4;
+const DIRECTIONS: usize = 2;
 
 impl Default for L7Metrics {
     fn default() -> Self {
-        let series = METHODS.len() * STATUS_CLASSES.len() * VERDICTS.len() * DIRECTIONS.len();
+        let series = METHODS.len() * STATUS_CLASSES.len() * VERDICTS * DIRECTIONS;
         L7Metrics {
             policy_l7: Family::default(),
             requests: Family::default(),
@@ -133,7 +129,7 @@ impl L7Metrics {
         method: &str,
         status: u16,
         verdict: Verdict,
-        direction: &'static str,
+        direction: Direction,
         latency: std::time::Duration,
     ) {
         // Cilium's `policy_l7_total` rules: every request is received, then
@@ -146,9 +142,17 @@ impl L7Metrics {
             Verdict::UpstreamError => 0,
         };
         let (m, s) = (method_index(method), status_index(status));
-        let v = VERDICTS.iter().position(|x| *x == verdict).unwrap_or(0);
-        let d = usize::from(direction != DIRECTIONS[0]);
-        let i = ((m * STATUS_CLASSES.len() + s) * VERDICTS.len() + v) * DIRECTIONS.len() + d;
+        let v = match verdict {
+            Verdict::Forwarded => 0,
+            Verdict::Denied => 1,
+            Verdict::Malformed => 2,
+            Verdict::UpstreamError => 3,
+        };
+        let d = match direction {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        };
+        let i = ((m * STATUS_CLASSES.len() + s) * VERDICTS + v) * DIRECTIONS + d;
         self.made.requests[i]
             .get_or_init(|| {
                 self.requests
@@ -156,7 +160,7 @@ impl L7Metrics {
                         method: METHODS[m],
                         status_class: STATUS_CLASSES[s],
                         verdict: verdict.as_str(),
-                        direction: DIRECTIONS[d],
+                        direction: crate::l7proxy::event::direction_name(direction),
                     })
                     .clone()
             })
@@ -428,9 +432,9 @@ mod tests {
         let m = L7Metrics::default();
         let other = m.clone();
         let ms = std::time::Duration::from_millis(1);
-        m.request("GET", 200, Verdict::Forwarded, "ingress", ms);
-        other.request("GET", 200, Verdict::Forwarded, "ingress", ms);
-        m.request("BREW", 403, Verdict::Denied, "egress", ms);
+        m.request("GET", 200, Verdict::Forwarded, Direction::Ingress, ms);
+        other.request("GET", 200, Verdict::Forwarded, Direction::Ingress, ms);
+        m.request("BREW", 403, Verdict::Denied, Direction::Egress, ms);
         let requests = |method, status_class, verdict, direction| {
             m.requests
                 .get_or_create(&RequestLabels {
@@ -456,9 +460,6 @@ mod tests {
             (rule("received"), rule("forwarded"), rule("denied")),
             (3, 2, 1)
         );
-        let upstream = m.upstream.get_or_create(&UpstreamLabels {
-            protocol_l7: "http",
-        });
         let mut text = String::new();
         prometheus_client::encoding::text::encode_registry(&mut text, &{
             let mut r = Registry::default();
@@ -466,7 +467,6 @@ mod tests {
             r
         })
         .unwrap();
-        drop(upstream);
         assert!(text.contains("up_count{protocol_l7=\"http\"} 2"), "{text}");
     }
 

@@ -48,8 +48,9 @@ const ENDS_CACHED: usize = 4096;
 /// An event as the ring keeps it: the event itself and both ends as they
 /// were when it arrived (an identity's labels, a pod's name), so a flow
 /// read later says what was true then. Its Hubble [`Flow`] (formatted
-/// addresses, summary, URL, UUID text) is built when first read and kept:
-/// events nobody reads cost a copy, not a flow each.
+/// addresses, summary, URL, UUID text) is built when first read and kept
+/// (boxed: a record nobody reads holds no room for one): events nobody
+/// reads cost their copy and two shared ends, not a flow each.
 pub struct Record {
     event: FlowEvent,
     header: Header,
@@ -57,7 +58,7 @@ pub struct Record {
     source: Arc<Endpoint>,
     destination: Arc<Endpoint>,
     node: Arc<str>,
-    flow: OnceLock<Flow>,
+    flow: OnceLock<Box<Flow>>,
 }
 
 impl Record {
@@ -82,9 +83,11 @@ impl Record {
 
     /// The Hubble flow, built on the first call.
     pub fn flow(&self) -> &Flow {
-        self.flow.get_or_init(|| match &self.event {
-            FlowEvent::Datapath { event, time_ms } => datapath(self, event, *time_ms),
-            FlowEvent::Http(h) => http(self, h),
+        self.flow.get_or_init(|| {
+            Box::new(match &self.event {
+                FlowEvent::Datapath { event, time_ms } => datapath(self, event, *time_ms),
+                FlowEvent::Http(h) => http(self, h),
+            })
         })
     }
 
@@ -136,7 +139,7 @@ impl Record {
             source: Arc::default(),
             destination: Arc::default(),
             node: Arc::from(""),
-            flow: OnceLock::from(flow),
+            flow: OnceLock::from(Box::new(flow)),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The flow pipeline (Hubble's observer, in the agent): datapath events
 //! and the L7 proxy's requests arrive through a bounded queue
-//! ([`FlowSink`]), the observer task turns each into a Hubble [`Flow`]
-//! enriched with both ends' identities, labels, pods and namespaces
-//! ([`enrich`]), keeps the newest in a bounded ring and streams them to
-//! followers; [`server`] serves Hubble's `Observer` gRPC API over them.
+//! ([`FlowSink`]), the observer task enriches each with both ends'
+//! identities, labels, pods and namespaces ([`enrich`]) and keeps the
+//! newest in a bounded ring, streaming them to followers; each one's Hubble
+//! [`Flow`] is built when first read. [`server`] serves Hubble's
+//! `Observer` gRPC API over them.
 //!
 //! Nothing here can slow the datapath or the proxy: producers never wait
 //! (a full queue counts the event as lost), and a follower that lags
@@ -211,6 +212,7 @@ impl Observer {
     }
 
     /// Adds records, under one lock: the oldest go when the ring is full.
+    /// `records` is iterated under the lock: pass records already built.
     pub fn push(&self, records: impl IntoIterator<Item = enrich::Record>) {
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         for record in records {
@@ -241,19 +243,23 @@ pub async fn run(
     let mut enricher = enrich::Enricher::new(state);
     let mut changes = enricher.subscribe();
     let mut reported_lost = 0;
-    let mut batch = Vec::new();
+    let (mut batch, mut records) = (Vec::new(), Vec::new());
     loop {
         tokio::select! {
             _ = queue.next_batch(BATCH_WINDOW, &mut batch) => {
-                observer.push(batch.drain(..).map(|e| {
+                // Enriched before the ring's lock is taken: readers wait
+                // only for the insertion.
+                records.extend(batch.drain(..).map(|e| {
                     let record = enricher.record(e);
                     let (kind, subtype, verdict) = record.labels();
                     metrics.processed(kind, subtype, verdict);
                     record
                 }));
+                observer.push(records.drain(..));
                 // The queue and the batch trade vectors: neither keeps a
                 // burst's capacity.
                 batch.shrink_to(BATCH_KEPT);
+                records.shrink_to(BATCH_KEPT);
             }
             _ = changes.changed() => enricher.invalidate(),
             _ = cancel.cancelled() => return Ok(()),
