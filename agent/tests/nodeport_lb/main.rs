@@ -108,17 +108,12 @@ fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
     sync(&mut lb, &mut Table::default(), &want)?;
 
     // In: DNAT to the local backend, the client's address kept.
-    let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, &tcp4(CLIENT, 40000, NODE, 30080))?;
-    assert_eq!(action, TC_ACT_OK);
-    let s = check(&out);
-    assert_eq!(
-        (s.src, s.sport, s.dst, s.dport),
-        (CLIENT, 40000, BACKEND, 8080)
-    );
-    assert!(out.ends_with(b"hello"), "the payload is untouched");
-    // The same flow again: the same translation.
-    let (_, again) = dp.test_run_packet(NODEPORT_INGRESS, &tcp4(CLIENT, 40000, NODE, 30080))?;
-    assert_eq!(again, out);
+    translated(
+        &dp,
+        NODEPORT_INGRESS,
+        &tcp4(CLIENT, 40000, NODE, 30080),
+        (CLIENT, 40000, BACKEND, 8080),
+    )?;
 
     // Out: the backend's reply shows the frontend as its source.
     let (action, out) = dp.test_run_packet(NODEPORT_EGRESS, &tcp4(BACKEND, 8080, CLIENT, 40000))?;
@@ -162,6 +157,26 @@ fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
 const NODE6: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const CLIENT6: [u8; 16] = [0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
 const BACKEND6: [u8; 16] = [0xfd, 0, 0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+
+/// `pkt` through `program`: passed, with the addresses and ports `want`
+/// (source, source port, destination, destination port), valid
+/// checksums and its payload untouched; sent again, the same translation
+/// (the flow keeps its backend).
+fn translated(
+    dp: &TestDatapath,
+    program: &'static str,
+    pkt: &[u8],
+    want: ([u8; 4], u16, [u8; 4], u16),
+) -> Result<()> {
+    let (action, out) = dp.test_run_packet(program, pkt)?;
+    assert_eq!(action, TC_ACT_OK);
+    let s = check(&out);
+    assert_eq!((s.src, s.sport, s.dst, s.dport), want);
+    assert!(out.ends_with(b"hello"), "the payload is untouched");
+    let (_, again) = dp.test_run_packet(program, pkt)?;
+    assert_eq!(again, out, "the flow keeps its backend");
+    Ok(())
+}
 
 /// A NodePort on every IPv6 node address, to [`BACKEND6`]:8080.
 fn nodeport6(port: u16, protocol: Protocol) -> Frontend {
@@ -247,16 +262,12 @@ fn pod_veths_translate_without_socket_lb() -> Result<()> {
     let want = build(&frontends, "node-a", &[NODE.into()], &mut Ids::default())?;
     sync(&mut lb, &mut Table::default(), &want)?;
 
-    let (action, out) = dp.test_run_packet(FROM_CONTAINER, &tcp4(POD, 40000, VIP, 80))?;
-    assert_eq!(action, TC_ACT_OK);
-    let s = check(&out);
-    assert_eq!(
-        (s.src, s.sport, s.dst, s.dport),
-        (POD, 40000, BACKEND, 8080)
-    );
-    assert!(out.ends_with(b"hello"), "the payload is untouched");
-    let (_, again) = dp.test_run_packet(FROM_CONTAINER, &tcp4(POD, 40000, VIP, 80))?;
-    assert_eq!(again, out, "the flow keeps its backend");
+    translated(
+        &dp,
+        FROM_CONTAINER,
+        &tcp4(POD, 40000, VIP, 80),
+        (POD, 40000, BACKEND, 8080),
+    )?;
 
     let (action, out) = dp.test_run_packet(TO_CONTAINER, &tcp4(BACKEND, 8080, POD, 40000))?;
     assert_eq!(action, TC_ACT_OK);
