@@ -189,7 +189,7 @@ fn main() -> Result<()> {
     c.extra.extend([hop, node_hop]);
     let mut rows = Vec::new();
     for connections in connection_counts {
-        // Rounds interleave the three paths, so a slow spell of the host
+        // Rounds interleave the four paths, so a slow spell of the host
         // hits all of them; the medians are compared.
         let urls = [
             format!("http://{ip}:8081/"),

@@ -191,10 +191,8 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
     // The pipeline counts what it turned into flows (Hubble's family).
     let text = c.agent_metrics(0)?;
     let count = |labels: &str| -> f64 {
-        let prefix = format!("axoneme_hubble_flows_processed_total{{{labels}}} ");
-        text.lines()
-            .filter_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
-            .sum()
+        let series = format!("axoneme_hubble_flows_processed_total{{{labels}}} ");
+        axoneme_e2e::cluster::sum_samples(&text, &series)
     };
     assert!(
         count(r#"type="L3_L4",subtype="drop",verdict="DROPPED""#) >= 1.0,
@@ -347,15 +345,10 @@ fn flows_name_both_ends_and_follow_streams_new_drops() -> Result<()> {
 /// Sums the samples of `family{labels}` in an agent's `/metrics`.
 fn agent_sample(c: &Cluster, node: usize, series: &str) -> Result<f64> {
     let text = c.agent_metrics(node)?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .parse::<f64>()
-                .ok()
-        })
-        .sum())
+    Ok(axoneme_e2e::cluster::sum_samples(
+        &text,
+        &format!("{series} "),
+    ))
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
