@@ -54,9 +54,48 @@ enum State {
     /// So many body bytes left.
     Body(u64),
     /// Inside a chunked body.
-    Chunked(Chunk),
+    Chunked(ChunkedBody),
     /// Not followed any more: bytes pass as they come.
     Aside,
+}
+
+/// Follows a chunked body (RFC 9112 7.1) through a byte stream: chunk
+/// sizes, chunk data, trailers. The proxy's guard follows requests with
+/// it; the proxy's own HTTP/1.1 path relays chunked responses by it.
+pub struct ChunkedBody(Chunk);
+
+/// Where a chunked body stands after [`ChunkedBody::step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkStep {
+    /// More of the body is to come.
+    More,
+    /// The body ended with the bytes used.
+    End,
+    /// Not a chunked body (a bad size, no CRLF after data, a line longer
+    /// than the limit): the stream cannot be followed any more.
+    Malformed,
+}
+
+impl Default for ChunkedBody {
+    fn default() -> Self {
+        ChunkedBody(Chunk::Size(Vec::new()))
+    }
+}
+
+impl ChunkedBody {
+    /// Consumes a prefix of `data` (the body's bytes in it, up to its
+    /// end); returns its length and where the body stands.
+    pub fn step(&mut self, data: &[u8]) -> (usize, ChunkStep) {
+        let mut used = 0;
+        while used < data.len() {
+            let (k, step) = self.0.step(&data[used..]);
+            used += k;
+            if step != ChunkStep::More {
+                return (used, step);
+            }
+        }
+        (used, ChunkStep::More)
+    }
 }
 
 enum Chunk {
@@ -74,6 +113,9 @@ enum Chunk {
 /// no copy), writes pass through.
 pub struct FramingGuard<IO> {
     io: IO,
+    /// Bytes of the connection read before the guard took it (by the
+    /// proxy's own HTTP/1.1 path): read first, and judged as any.
+    read_first: Vec<u8>,
     state: State,
     /// The current request head so far (already handed to hyper, all but
     /// the bytes that complete it).
@@ -92,6 +134,7 @@ impl<IO> FramingGuard<IO> {
     pub fn new(io: IO, max_head: usize, on_refuse: Box<dyn FnMut(Refused) + Send>) -> Self {
         FramingGuard {
             io,
+            read_first: Vec::new(),
             state: State::Head,
             head: Vec::new(),
             done: false,
@@ -99,6 +142,13 @@ impl<IO> FramingGuard<IO> {
             max_head,
             on_refuse,
         }
+    }
+
+    /// The guard on a connection whose first bytes, `read`, were already
+    /// taken from it: they are read first.
+    pub fn with_read(mut self, read: Vec<u8>) -> Self {
+        self.read_first = read;
+        self
     }
 
     /// Runs newly read bytes through the framing state machine: `None`
@@ -119,10 +169,12 @@ impl<IO> FramingGuard<IO> {
                     pos += k;
                 }
                 State::Chunked(chunk) => {
-                    let (used, next) = chunk.step(rest);
+                    let (used, step) = chunk.step(rest);
                     pos += used;
-                    if let Some(next) = next {
-                        self.state = next;
+                    match step {
+                        ChunkStep::More => {}
+                        ChunkStep::End => self.state = State::Head,
+                        ChunkStep::Malformed => self.state = State::Aside,
                     }
                 }
                 State::Head => {
@@ -213,7 +265,7 @@ impl<IO> FramingGuard<IO> {
                 .next()
                 .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
             if chunked {
-                State::Chunked(Chunk::Size(Vec::new()))
+                State::Chunked(ChunkedBody::default())
             } else {
                 State::Aside
             }
@@ -237,16 +289,16 @@ impl<IO> FramingGuard<IO> {
 }
 
 impl Chunk {
-    /// Consumes a prefix of `data`; returns its length and the next state
-    /// once the body ends (or cannot be followed).
-    fn step(&mut self, data: &[u8]) -> (usize, Option<State>) {
+    /// Consumes a prefix of `data` (at most one line or one chunk's data);
+    /// returns its length and where the body stands.
+    fn step(&mut self, data: &[u8]) -> (usize, ChunkStep) {
         if let Chunk::Data(left) = self {
             let k = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
             *left -= k as u64;
             if *left == 0 {
                 *self = Chunk::DataEnd(Vec::new());
             }
-            return (k, None);
+            return (k, ChunkStep::More);
         }
         let (Chunk::Size(buf) | Chunk::DataEnd(buf) | Chunk::Trailer(buf)) = self else {
             unreachable!("chunk data handled above")
@@ -255,26 +307,28 @@ impl Chunk {
         // whole in one read or in pieces.
         let (used, line) = line(buf, data);
         let Some(line) = line else {
-            let long = buf.len() > MAX_LINE;
-            return (used, long.then_some(State::Aside));
+            if buf.len() > MAX_LINE {
+                return (used, ChunkStep::Malformed);
+            }
+            return (used, ChunkStep::More);
         };
         if line.len() > MAX_LINE {
-            return (used, Some(State::Aside));
+            return (used, ChunkStep::Malformed);
         }
         let empty = line == b"\r\n";
         let next = match self {
             Chunk::Size(_) => match httparse::parse_chunk_size(&line) {
                 Ok(httparse::Status::Complete((_, 0))) => Chunk::Trailer(Vec::new()),
                 Ok(httparse::Status::Complete((_, n))) => Chunk::Data(n),
-                _ => return (used, Some(State::Aside)),
+                _ => return (used, ChunkStep::Malformed),
             },
             Chunk::DataEnd(_) if empty => Chunk::Size(Vec::new()),
-            Chunk::DataEnd(_) => return (used, Some(State::Aside)),
-            Chunk::Trailer(_) if empty => return (used, Some(State::Head)),
+            Chunk::DataEnd(_) => return (used, ChunkStep::Malformed),
+            Chunk::Trailer(_) if empty => return (used, ChunkStep::End),
             _ => Chunk::Trailer(Vec::new()),
         };
         *self = next;
-        (used, None)
+        (used, ChunkStep::More)
     }
 }
 
@@ -323,7 +377,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
             }
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if this.read_first.is_empty() {
+            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        } else {
+            let n = this.read_first.len().min(buf.remaining());
+            buf.put_slice(&this.read_first[..n]);
+            this.read_first.drain(..n);
+        }
         if let Some(pass) = this.feed(&buf.filled()[before..]) {
             // The rest of this read is withheld; the poison takes its place
             // (what does not fit comes with the next read).
@@ -400,6 +460,16 @@ pub mod testing {
     /// through a guard with head limit `max_head`: what hyper would read,
     /// and the heads refused.
     pub fn read_through(pieces: &[&[u8]], max_head: usize) -> (Vec<u8>, Vec<Refused>) {
+        read_through_after(&[], pieces, max_head)
+    }
+
+    /// [`read_through`] for a guard given the connection's first bytes,
+    /// `read`, already read ([`FramingGuard::with_read`]).
+    pub fn read_through_after(
+        read: &[u8],
+        pieces: &[&[u8]],
+        max_head: usize,
+    ) -> (Vec<u8>, Vec<Refused>) {
         let refused = Arc::new(Mutex::new(Vec::new()));
         let sink = refused.clone();
         let pieces = pieces.iter().filter(|p| !p.is_empty());
@@ -407,7 +477,8 @@ pub mod testing {
             Pieces(pieces.map(|p| p.to_vec()).collect()),
             max_head,
             Box::new(move |r| sink.lock().expect("not poisoned").push(r)),
-        );
+        )
+        .with_read(read.to_vec());
         let mut out = Vec::new();
         // Reads never pend: polling with a no-op waker completes.
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -596,6 +667,53 @@ mod tests {
             let (out, refused) = run(input, 3);
             assert_eq!(out, input);
             assert!(refused.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_ends_where_it_ends_however_it_is_cut() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+        let input = [&body[..], b"HTTP/1.1 200 OK\r\n"].concat();
+        for cut in 0..input.len() {
+            let mut chunked = ChunkedBody::default();
+            let (a, first) = chunked.step(&input[..cut]);
+            let (b, second) = if first == ChunkStep::End {
+                (0, first)
+            } else {
+                assert_eq!((a, first), (cut, ChunkStep::More), "cut at {cut}");
+                chunked.step(&input[cut..])
+            };
+            assert_eq!(
+                (a + b, second),
+                (body.len(), ChunkStep::End),
+                "cut at {cut}"
+            );
+        }
+        for bad in [&b"zz\r\n"[..], b"2\r\nabc\r\n", &[b'1'; MAX_LINE + 2]] {
+            let (_, step) = ChunkedBody::default().step(bad);
+            assert_eq!(
+                step,
+                ChunkStep::Malformed,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_read_before_the_guard_are_judged_as_any() {
+        let smuggled = b"POST /c HTTP/1.1\r\nHost: p\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let input = [CHUNKED, SIZED, &smuggled[..]].concat();
+        let whole = run(&input, input.len());
+        assert_eq!(whole.1.len(), 1);
+        for cut in 0..input.len() {
+            let (out, refused) = testing::read_through_after(&input[..cut], &[&input[cut..]], 1024);
+            assert_eq!(refused, whole.1, "cut at {cut}");
+            // What passes is the input up to the refused head's end, then
+            // the poison.
+            let passed = out.strip_suffix(POISON).expect("poisoned");
+            assert!(input.starts_with(passed), "cut at {cut}");
+            assert!(passed.len() >= CHUNKED.len() + SIZED.len(), "cut at {cut}");
         }
     }
 }

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axoneme_identity::NumericIdentity;
+use axoneme_policy::compile::Direction;
 use axoneme_policy::l7::HttpRequest;
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
@@ -76,6 +78,40 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
 }
 
+/// A request as the proxy's view sees it: its event so far (the rules'
+/// side is the one that sent it here), the client's identity, and whose
+/// rules refuse it (`None`: it passes).
+pub(super) struct Judged {
+    pub seen: Seen,
+    pub src_identity: NumericIdentity,
+    pub denied: Option<Direction>,
+}
+
+/// Judges `req` from `peer` to `orig` (the original destination) against
+/// the L7 rules of the sides on this node. Both of the proxy's paths
+/// (its own HTTP/1.1 relay and hyper's) judge by this.
+pub(super) fn judge(
+    view: &ProxyView,
+    peer: SocketAddr,
+    orig: SocketAddr,
+    req: &HttpRequest<'_>,
+    started: Instant,
+) -> Judged {
+    let src = view.peer(peer.ip());
+    let dst = view.peer(orig.ip());
+    Judged {
+        seen: Seen {
+            request: RequestText::new(req.method, req.path, req.host),
+            src: (peer, src.identity),
+            dst: (orig, dst.identity),
+            direction: rules_side(dst.local),
+            started,
+        },
+        src_identity: src.identity,
+        denied: view.denied_by(src, dst, orig.port(), req),
+    }
+}
+
 /// Answers one request of the client connection `peer` → `orig` (the
 /// original destination), whose upstream connection is kept in `slot`.
 pub(super) async fn handle(
@@ -87,8 +123,6 @@ pub(super) async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let view = shared.view.borrow().clone();
-    let src_peer = view.peer(peer.ip());
-    let dst_peer = view.peer(orig.ip());
     let host = req
         .headers()
         .get(hyper::header::HOST)
@@ -96,13 +130,26 @@ pub(super) async fn handle(
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut seen = Seen {
-        request: RequestText::new(req.method().as_str(), path, host),
-        src: (peer, src_peer.identity),
-        dst: (orig, dst_peer.identity),
-        direction: rules_side(dst_peer.local),
+    let mut headers = Vec::with_capacity(req.headers().len());
+    headers.extend(
+        req.headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
+    );
+    let judged = judge(
+        &view,
+        peer,
+        orig,
+        &HttpRequest {
+            method: req.method().as_str(),
+            path,
+            host,
+            headers: &headers,
+        },
         started,
-    };
+    );
+    drop(headers);
+    let mut seen = judged.seen;
     let reject = |seen: Seen, status, body, verdict| {
         event::record(&shared.events, seen, status, verdict);
         text(status, body, true)
@@ -115,26 +162,7 @@ pub(super) async fn handle(
             Verdict::Malformed,
         );
     }
-    let denied = {
-        let mut headers = Vec::with_capacity(req.headers().len());
-        headers.extend(
-            req.headers()
-                .iter()
-                .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
-        );
-        view.denied_by(
-            src_peer,
-            dst_peer,
-            orig.port(),
-            &HttpRequest {
-                method: seen.request.method(),
-                path: seen.request.path(),
-                host: seen.request.host(),
-                headers: &headers,
-            },
-        )
-    };
-    if let Some(by) = denied {
+    if let Some(by) = judged.denied {
         seen.direction = by;
         event::record(&shared.events, seen, StatusCode::FORBIDDEN, Verdict::Denied);
         return text(StatusCode::FORBIDDEN, "Access denied\r\n", false);
@@ -174,7 +202,7 @@ pub(super) async fn handle(
     let req = Request::from_parts(parts, body);
     match shared
         .upstreams
-        .send(slot, (peer.ip(), src_peer.identity, orig), req)
+        .send(slot, (peer.ip(), judged.src_identity, orig), req)
         .await
     {
         Ok(resp) => {

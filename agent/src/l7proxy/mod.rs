@@ -6,20 +6,25 @@
 //! `403 Access denied` (as Cilium) or forwards the request to the original
 //! destination over a pooled connection whose packets carry
 //! [`MARK_PROXY`] (so the datapath does not judge them again), and logs an
-//! L7 event. HTTP parsing is hyper's; the framing guard (crate
-//! `axoneme-httpguard`) refuses, before hyper, the heads whose length
-//! could be read two ways.
+//! L7 event. Plain HTTP/1.1 requests are parsed, judged and relayed by the
+//! proxy's own path, in the client connection's task; everything else
+//! (h2c, chunked or ambiguous bodies, malformed heads) by hyper, behind the
+//! framing guard (crate `axoneme-httpguard`), which refuses the heads whose
+//! length could be read two ways.
 //!
 //! - [`view`]: the policy snapshot the proxy reads (identities by
 //!   longest-prefix match, local endpoints, compiled L7 rules);
 //! - [`redirect`]: the node's plumbing that brings redirected flows here;
 //! - [`sockets`]: the listener and upstream sockets, in the node's namespace;
 //! - [`upstream`]: kept-alive upstream connections;
-//! - [`server`]: the accept loop, one hyper connection per client;
+//! - [`server`]: the accept loop, one task per client connection;
+//! - [`h1`]: the proxy's own HTTP/1.1 relay, which serves a connection
+//!   until a request it does not take, then hands it to hyper;
 //! - [`handler`]: one request: judge, answer or forward, record the event;
 //! - [`event`]: the L7 event and its typed verdict.
 
 pub mod event;
+mod h1;
 mod handler;
 pub mod redirect;
 mod server;

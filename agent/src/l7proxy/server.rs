@@ -1,5 +1,7 @@
-//! The accept loop: each client connection is served by hyper (HTTP/1.1
-//! or h2c) behind the framing guard, with its own upstream slot.
+//! The accept loop: each client connection is served by the proxy's own
+//! HTTP/1.1 relay ([`super::h1`]) and, from the first request it does not
+//! take, by hyper (HTTP/1.1 or h2c) behind the framing guard, with its own
+//! upstream slot.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::event::{self, rules_side, RequestText, Seen, Verdict};
+use super::h1;
 use super::handler::{handle, Shared};
 use super::upstream::{Connector, Slot, Upstreams};
 use super::{ProxyConfig, ProxyView, SocketFactory};
@@ -67,10 +70,14 @@ pub async fn serve(
 /// destination) until it closes, then hands its upstream connection back.
 async fn connection(
     shared: Arc<Shared>,
-    stream: tokio::net::TcpStream,
+    mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
     orig: SocketAddr,
 ) {
+    let read = match h1::relay(&shared, &mut stream, peer, orig).await {
+        h1::End::Closed => return,
+        h1::End::Handover(read) => read,
+    };
     // HTTP/1.1, or cleartext HTTP/2 with prior knowledge (h2c, as gRPC
     // speaks it): every stream is a request checked on its own.
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -105,7 +112,8 @@ async fn connection(
             );
         })
     };
-    let stream = FramingGuard::new(stream, shared.cfg.max_header_bytes, refused);
+    let stream =
+        FramingGuard::new(stream, shared.cfg.max_header_bytes, refused).with_read(read.into());
     let slot = Arc::new(Slot::default());
     let service = {
         let (shared, slot) = (shared.clone(), slot.clone());

@@ -9,6 +9,7 @@ use axoneme_identity::NumericIdentity;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::sockets::SocketFactory;
@@ -21,28 +22,23 @@ pub(super) struct Connector {
 }
 
 impl Connector {
-    async fn connect(
-        &self,
-        src: IpAddr,
-        dst: SocketAddr,
-    ) -> std::io::Result<TokioIo<tokio::net::TcpStream>> {
+    async fn connect(&self, src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
         let socket = self.sockets.upstream(src)?;
-        let stream = tokio::time::timeout(self.timeout, socket.connect(dst))
+        tokio::time::timeout(self.timeout, socket.connect(dst))
             .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        Ok(TokioIo::new(stream))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
     }
 }
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// An upstream connection: HTTP/1.1 (one request at a time) or HTTP/2
-/// (streams side by side, for h2c clients).
+/// An upstream connection: HTTP/1.1 through hyper (one request at a
+/// time), HTTP/2 (streams side by side, for h2c clients), or the socket
+/// itself for the proxy's own HTTP/1.1 relay ([`super::h1`]).
 pub(super) enum Upstream {
     H1(hyper::client::conn::http1::SendRequest<Incoming>),
     H2(hyper::client::conn::http2::SendRequest<Incoming>),
+    Raw(TcpStream),
 }
 
 impl Upstream {
@@ -50,8 +46,16 @@ impl Upstream {
         match self {
             Upstream::H1(s) => s.is_closed(),
             Upstream::H2(s) => s.is_closed(),
+            Upstream::Raw(s) => raw_closed(s),
         }
     }
+}
+
+/// Whether an idle upstream socket is of no more use: closed by the
+/// server, or with bytes nobody asked for. The reactor's last readiness
+/// answers without a system call while nothing arrived.
+pub(super) fn raw_closed(s: &TcpStream) -> bool {
+    !matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// (client address, client identity, original destination): an upstream
@@ -86,16 +90,33 @@ impl Upstreams {
         }
     }
 
-    fn take_idle(&self, key: UpstreamKey) -> Option<Upstream> {
+    /// An idle connection for `key`: a socket (`raw`) or a hyper one.
+    fn take_idle(&self, key: UpstreamKey, raw: bool) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&key)?;
-        while let Some(up) = list.pop() {
-            if !up.is_closed() {
-                return Some(up);
-            }
+        list.retain(|u| !u.is_closed());
+        let found = list
+            .iter()
+            .rposition(|u| matches!(u, Upstream::Raw(_)) == raw)
+            .map(|i| list.swap_remove(i));
+        if list.is_empty() {
+            idle.remove(&key);
         }
-        idle.remove(&key);
-        None
+        found
+    }
+
+    /// An idle socket for `key`, for the proxy's own relay.
+    pub(super) fn take_idle_raw(&self, key: UpstreamKey) -> Option<TcpStream> {
+        match self.take_idle(key, true) {
+            Some(Upstream::Raw(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A new socket for `key`, for the proxy's own relay.
+    pub(super) async fn connect_raw(&self, key: UpstreamKey) -> std::io::Result<TcpStream> {
+        let (src, _, dst) = key;
+        self.connector.connect(src, dst).await
     }
 
     /// When a client connection ends: its HTTP/1 upstream connection goes
@@ -106,6 +127,16 @@ impl Upstreams {
         else {
             return;
         };
+        self.park(key, up);
+    }
+
+    /// When a client connection of the proxy's own relay ends between two
+    /// requests: its upstream socket goes to the idle list.
+    pub(super) fn give_back_raw(&self, key: UpstreamKey, stream: TcpStream) {
+        self.park(key, Upstream::Raw(stream));
+    }
+
+    fn park(&self, key: UpstreamKey, up: Upstream) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, list| {
             list.retain(|u| !u.is_closed());
@@ -118,8 +149,18 @@ impl Upstreams {
     }
 
     async fn connect(&self, key: UpstreamKey, h2: bool) -> Result<Upstream, BoxError> {
-        let (src, _, dst) = key;
-        let io = self.connector.connect(src, dst).await?;
+        self.handshake(self.connect_raw(key).await?, key.2, h2)
+            .await
+    }
+
+    /// Puts hyper's client on a connected socket to `dst`.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        dst: SocketAddr,
+        h2: bool,
+    ) -> Result<Upstream, BoxError> {
+        let io = TokioIo::new(stream);
         let ended = move |e: hyper::Error| debug!(%dst, error = %e, "upstream connection ended");
         Ok(if h2 {
             let (sender, conn) =
@@ -153,7 +194,7 @@ impl Upstreams {
                 _ => slot.take().map(|(_, up)| up),
             }
         };
-        let mut reused = kept.or_else(|| if h2 { None } else { self.take_idle(key) });
+        let mut reused = kept.or_else(|| if h2 { None } else { self.take_idle(key, false) });
         loop {
             let retry = reused.is_some();
             let up = match reused.take() {
@@ -172,6 +213,12 @@ impl Upstreams {
                         continue;
                     }
                     (s.try_send_request(req).await, Upstream::H2(s))
+                }
+                // Only the relay's own sockets are raw; hyper takes one
+                // over as it would a new connection.
+                Upstream::Raw(s) => {
+                    reused = Some(self.handshake(s, key.2, h2).await?);
+                    continue;
                 }
             };
             match sent {

@@ -5,6 +5,8 @@
 //! proxy learns the original destination from its accepted socket.
 //! Clients are curl and raw sockets (for the malformed corpus).
 
+mod relay;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
@@ -24,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 const CLIENT: NumericIdentity = NumericIdentity(1000);
 const SERVER: NumericIdentity = NumericIdentity(2000);
-const SEED: &str = include_str!("../../../shared/testdata/seed-payments-policy.yaml");
+const SEED: &str = include_str!("../../../../shared/testdata/seed-payments-policy.yaml");
 const GET_ALLOWED: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: payments-api\nspec:\n  endpointSelector:\n    matchLabels:\n      app: payments\n  ingress:\n  - fromEndpoints:\n    - matchLabels:\n        app: checkout\n    toPorts:\n    - ports:\n      - port: \"8080\"\n        protocol: TCP\n      rules:\n        http:\n        - method: GET\n          path: /v1/.*\n          host: payments(:8080)?\n          headers: ['X-Team: blue']\n";
 
 fn labels(app: &str) -> LabelSet {
