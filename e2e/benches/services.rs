@@ -15,7 +15,11 @@
 //! - CRR (a new connection per request, wrk with `Connection: close`) and
 //!   RR (one kept-alive connection) latency to the measured Service through
 //!   each, and to a backend's pod IP directly from the same client: the
-//!   baseline. Interleaved rounds, medians, ratios to direct.
+//!   baseline. Interleaved rounds, medians, ratios to direct. wrk's CRR
+//!   latency starts after the connect, so each round also times new
+//!   connections whole, connect included (`new_connection`: a Python
+//!   client in the pod, one connection after another), which is where
+//!   socket LB and kube-proxy's DNAT work.
 //! - Service change to first use: a Service created (the CLI or kubectl
 //!   invoked) to the first connection a prober in a client pod gets
 //!   through it, p50/p99 (one kubectl change, timed by a prober on each
@@ -132,6 +136,96 @@ fn wrk(client: &CniPod, url: &str, seconds: u32, close: bool) -> Result<WrkRun> 
     Ok(run)
 }
 
+/// New connections one after another for `seconds`, each timed from
+/// before `connect` to after the answer's end and `close`: what a new
+/// connection costs the client, balancing included. wrk's CRR latency
+/// starts at the request's write, after the connect, where both socket LB
+/// and kube-proxy's DNAT (on the SYN) do their work. Prints the count,
+/// p50 and p99 in µs, and the failures.
+const CONNECTIONS: &str = r#"
+import socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+req = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+clock = time.perf_counter_ns
+times, failed = [], 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    t0 = clock()
+    why = "answer"
+    s = socket.socket()
+    s.settimeout(1)
+    try:
+        s.connect((host, port))
+        s.sendall(req)
+        answer = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            answer += b
+        ok = answer.startswith(b"HTTP/1.1 200")
+    except OSError as e:
+        ok, why = False, type(e).__name__
+    finally:
+        s.close()
+    if ok:
+        times.append(clock() - t0)
+    else:
+        failed += 1
+        print(why, file=sys.stderr)
+times.sort()
+pct = lambda p: times[min(len(times) - 1, len(times) * p // 1000)] / 1000 if times else 0
+print(len(times), pct(500), pct(990), failed)
+"#;
+
+/// [`CONNECTIONS`] from `client` to `url` (`http://host[:port]/`):
+/// new connections answered, p50 and p99 in ms, and the failed ones (a
+/// connection that failed is a figure, not an error of the bench; their
+/// causes go to stderr).
+fn connections(client: &CniPod, url: &str, seconds: u32) -> Result<(u64, f64, f64, u64)> {
+    let authority = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix('/'))
+        .with_context(|| format!("url {url}"))?;
+    let (host, port) = authority.split_once(':').unwrap_or((authority, "80"));
+    let out = client
+        .command(&[
+            "python3",
+            "-c",
+            CONNECTIONS,
+            host,
+            port,
+            &seconds.to_string(),
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [n, p50, p99, failed] = fields[..] else {
+        bail!(
+            "connections to {url}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (n, failed) = (n.parse::<u64>()?, failed.parse::<u64>()?);
+    if n == 0 {
+        bail!("connections to {url}: none answered, {failed} failed");
+    }
+    if failed > 0 {
+        let why = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "connections to {url}: {failed} of {} failed: {}",
+            n + failed,
+            why.trim()
+        );
+    }
+    Ok((
+        n,
+        p50.parse::<f64>()? / 1000.0,
+        p99.parse::<f64>()? / 1000.0,
+        failed,
+    ))
+}
+
 const PROBER: &str = r#"
 import socket, sys, time
 addr = sys.argv[1]
@@ -189,6 +283,39 @@ fn change_to_use<const N: usize>(
         *slot = (used - t0, (used - stored).max(0.0));
     }
     Ok(out)
+}
+
+/// The paths each round measures, in order (`paths` in `main`).
+const PATHS: [&str; 5] = [
+    "direct",
+    "axoneme",
+    "kube_proxy_iptables",
+    "direct_node2",
+    "kube_proxy_nftables",
+];
+
+/// The paths' latency, p50 and p99 (ms), with their ratios and `more`
+/// beside them. Each kube-proxy mode is compared with direct connections
+/// from its own client.
+fn latency_figures(m: [(f64, f64); 5], more: serde_json::Value) -> serde_json::Value {
+    let [d, a, k, d2, n] = m;
+    let mut v = json!({
+        "axoneme_p50_vs_direct": a.0 / d.0,
+        "axoneme_p99_vs_direct": a.1 / d.1,
+        "kube_proxy_p50_vs_direct": k.0 / d.0,
+        "kube_proxy_p99_vs_direct": k.1 / d.1,
+        "kube_proxy_p99_vs_axoneme": k.1 / a.1,
+        "kube_proxy_nftables_p50_vs_direct": n.0 / d2.0,
+        "kube_proxy_nftables_p99_vs_direct": n.1 / d2.1,
+        "kube_proxy_nftables_p99_vs_axoneme": n.1 / a.1,
+    });
+    for (name, (p50, p99)) in PATHS.into_iter().zip(m) {
+        v[name] = json!({"p50_ms": p50, "p99_ms": p99});
+    }
+    if let (Some(v), serde_json::Value::Object(more)) = (v.as_object_mut(), more) {
+        v.extend(more);
+    }
+    v
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -296,28 +423,31 @@ fn main() -> Result<()> {
         ];
         let mut crr: [Vec<(f64, f64)>; 5] = Default::default();
         let mut rr: [Vec<(f64, f64, f64)>; 5] = Default::default();
+        // New connections timed with their connect: count, p50, p99 (ms),
+        // failed.
+        let mut new_conn: [Vec<(u64, f64, f64, u64)>; 5] = Default::default();
         for _ in 0..rounds {
             for (k, (from, url)) in paths.iter().enumerate() {
+                new_conn[k].push(connections(from, url, seconds)?);
                 let r = wrk(from, url, seconds, true)?;
                 crr[k].push((r.p50_ms, r.p99_ms));
                 let r = wrk(from, url, seconds, false)?;
                 rr[k].push((r.rps, r.p50_ms, r.p99_ms));
             }
         }
-        let med_crr = |k: usize| {
-            (
-                median(&crr[k].iter().map(|r| r.0).collect::<Vec<_>>()),
-                median(&crr[k].iter().map(|r| r.1).collect::<Vec<_>>()),
-            )
+        // Medians of two figures of each path's rounds.
+        let medians = |pick: &dyn Fn(usize, usize) -> Option<(f64, f64)>| {
+            [0, 1, 2, 3, 4].map(|k| {
+                let runs: Vec<(f64, f64)> = (0..).map_while(|i| pick(k, i)).collect();
+                (
+                    median(&runs.iter().map(|r| r.0).collect::<Vec<_>>()),
+                    median(&runs.iter().map(|r| r.1).collect::<Vec<_>>()),
+                )
+            })
         };
-        let med_rr = |k: usize| {
-            (
-                median(&rr[k].iter().map(|r| r.0).collect::<Vec<_>>()),
-                median(&rr[k].iter().map(|r| r.1).collect::<Vec<_>>()),
-            )
-        };
-        let [cd, ca, ck, cd2, cn] = [0, 1, 2, 3, 4].map(med_crr);
-        let [rd, ra, rk, rd2, rn] = [0, 1, 2, 3, 4].map(med_rr);
+        let crr_med = medians(&|k, i| crr[k].get(i).copied());
+        let new_med = medians(&|k, i| new_conn[k].get(i).map(|r| (r.1, r.2)));
+        let [rd, ra, rk, rd2, rn] = medians(&|k, i| rr[k].get(i).map(|r| (r.0, r.1)));
 
         // Service change to first use, each path in turn.
         let (mut ax_change, mut kp_change, mut nft_change) = (Vec::new(), Vec::new(), Vec::new());
@@ -348,22 +478,11 @@ fn main() -> Result<()> {
         let rss = rss_kib(pid)?;
         let row = json!({
             "services": n,
-            "crr": {
-                "direct": {"p50_ms": cd.0, "p99_ms": cd.1},
-                "axoneme": {"p50_ms": ca.0, "p99_ms": ca.1},
-                "kube_proxy_iptables": {"p50_ms": ck.0, "p99_ms": ck.1},
-                "direct_node2": {"p50_ms": cd2.0, "p99_ms": cd2.1},
-                "kube_proxy_nftables": {"p50_ms": cn.0, "p99_ms": cn.1},
-                "kube_proxy_nftables_p50_vs_direct": cn.0 / cd2.0,
-                "kube_proxy_nftables_p99_vs_direct": cn.1 / cd2.1,
-                "kube_proxy_nftables_p99_vs_axoneme": cn.1 / ca.1,
-                "axoneme_p50_vs_direct": ca.0 / cd.0,
-                "axoneme_p99_vs_direct": ca.1 / cd.1,
-                "kube_proxy_p50_vs_direct": ck.0 / cd.0,
-                "kube_proxy_p99_vs_direct": ck.1 / cd.1,
-                "kube_proxy_p99_vs_axoneme": ck.1 / ca.1,
-                "rounds": crr,
-            },
+            "crr": latency_figures(crr_med, json!({"rounds": crr})),
+            "new_connection": latency_figures(new_med, json!({
+                "failed": new_conn.each_ref().map(|runs| runs.iter().map(|r| r.3).sum::<u64>()),
+                "rounds": new_conn,
+            })),
             "rr": {
                 "direct": {"rps": rd.0, "p50_ms": rd.1},
                 "axoneme": {"rps": ra.0, "p50_ms": ra.1},
