@@ -297,3 +297,52 @@ fn fragments_follow_their_first_fragment() {
     assert_eq!(action, TC_ACT_SHOT);
     assert_eq!(drops(&events), vec![drop_reason::DROP_FRAG_NOT_FOUND]);
 }
+
+#[test]
+fn a_new_connection_on_a_closing_flow_s_tuple_is_judged_again() {
+    let mut dp = setup(BOTH);
+    let port = key(B_ID, IPPROTO_TCP, 443, 16);
+    allow(&mut dp, Direction::Ingress, port);
+    let from_b = |flags| ipv4(B4, A4, IPPROTO_TCP, &tcp(40000, 443, flags), 0x4000, 1);
+    let (action, events) = send(&mut dp, TO_CONTAINER, &from_b(TCP_SYN));
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(verdicts(&events).len(), 1);
+    let answer = ipv4(
+        A4,
+        B4,
+        IPPROTO_TCP,
+        &tcp(443, 40000, TCP_SYN | TCP_ACK),
+        0x4000,
+        2,
+    );
+    assert_eq!(send(&mut dp, FROM_CONTAINER, &answer).0, TC_ACT_OK);
+    // The flow closes; its entry stays for the close timeout.
+    assert_eq!(
+        send(&mut dp, TO_CONTAINER, &from_b(TCP_FIN | TCP_ACK)).0,
+        TC_ACT_OK
+    );
+    let closing = |dp: &mut TestDatapath| {
+        dp.maps
+            .ct_entries()
+            .unwrap()
+            .iter()
+            .any(|(_, v)| v.flags & ct_flags::CLOSING != 0)
+    };
+    assert!(closing(&mut dp));
+    // Late packets of the old flow still pass as the old flow.
+    let (action, events) = send(&mut dp, TO_CONTAINER, &from_b(TCP_ACK));
+    assert_eq!((action, events.len()), (TC_ACT_OK, 0), "{events:?}");
+    // The policy now denies the port: a new connection on the same tuple
+    // is judged by it, not passed as the closing flow.
+    deny(&mut dp, Direction::Ingress, port);
+    let (action, events) = send(&mut dp, TO_CONTAINER, &from_b(TCP_SYN));
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY_DENY]);
+    // Allowed again: the new connection is a new flow (its own verdict
+    // event) whose entry replaces the closing one.
+    allow(&mut dp, Direction::Ingress, port);
+    let (action, events) = send(&mut dp, TO_CONTAINER, &from_b(TCP_SYN));
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(verdicts(&events).len(), 1, "{events:?}");
+    assert!(!closing(&mut dp), "the new flow kept the old one's close");
+}

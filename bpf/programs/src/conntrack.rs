@@ -28,7 +28,9 @@ static CT4: LruHashMap<CtKey4, CtValue> = LruHashMap::pinned(CT_MAX, 0);
 pub(crate) static FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX, 0);
 
 const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_ACK: u8 = 0x10;
 
 /// How long an entry lives after this packet, in seconds.
 #[inline(always)]
@@ -236,6 +238,18 @@ fn ct_update_in<K: Tuple>(at: &At, flow: &Flow, now: u64) -> Option<u32> {
     // are plain integers, racing writers at worst lose an update.
     unsafe {
         let mut flags = (*entry).flags;
+        // A new connection on the tuple of a closing flow (a SYN without
+        // ACK in its original direction) is a new flow: the policy judges
+        // it again and its entry replaces the old one, as Linux's and
+        // Cilium's conntrack reopen it. Else it would pass as the old flow
+        // for up to the close timeout, past a policy changed meanwhile.
+        if !reply
+            && flags & ct_flags::CLOSING != 0
+            && flow.protocol == IPPROTO_TCP
+            && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        {
+            return None;
+        }
         if flags & ct_flags::AUDITED != 0 && at.ep.flags & endpoint_flags::AUDIT == 0 {
             return Some(AUDIT_ENDED);
         }

@@ -20,6 +20,7 @@
 use axoneme_bpf_common::lb::{SentKey, SentTo};
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 
+use crate::conntrack::{TCP_ACK, TCP_SYN};
 use crate::parse::{Flow, IPPROTO_TCP};
 use crate::pod_lb::scratch_packet;
 use crate::xlate::{rewrite_addr, rewrite_ports};
@@ -34,9 +35,6 @@ static AXONEME_KUBE_PROXY: u8 = 0;
 /// one entry otherwise.
 #[map]
 static KUBE_PROXY_SENT: LruHashMap<SentKey, SentTo> = LruHashMap::pinned(1, 0);
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// Whether kube-proxy translates Services.
 #[inline(always)]
