@@ -289,6 +289,7 @@ fn in_vm() -> Result<()> {
             .chain(axoneme_e2e::vm::VM_AGENT_MAPS)
             .map(String::from)
             .collect(),
+        ready_timeout: axoneme_e2e::vm::VM_READY_TIMEOUT,
         ..ClusterConfig::default()
     })?;
     let server = c.add_pod(0, "server", &[("app", "server")])?;

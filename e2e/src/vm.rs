@@ -290,6 +290,12 @@ mkdir -p /sys/fs/bpf/axoneme
 export AXONEME_BIN_DIR=/opt/bin PATH=/opt/bin:/bin HOME=/tmp RUST_LOG=info
 "#;
 
+/// How long a cluster's node in the VM may take to be ready: TCG emulates
+/// the CPU, so the agents' datapath load (the verifier) takes tens of
+/// seconds there, two agents load at once, and a busy host stretches it
+/// further (30 s, the default, was once not enough for the benchmark).
+pub const VM_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Agent flags for a cluster in the VM: maps sized for its memory.
 pub const VM_AGENT_MAPS: [&str; 6] = [
     "--bpf-ct-max",

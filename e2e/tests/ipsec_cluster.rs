@@ -326,9 +326,7 @@ fn in_vm_a_two_node_cluster_encrypts_pod_traffic() -> Result<()> {
         .chain(axoneme_e2e::vm::VM_AGENT_MAPS)
         .map(String::from)
         .collect(),
-        // TCG emulates the CPU: the agents' datapath load (the verifier)
-        // takes tens of seconds here, and two agents load at once.
-        ready_timeout: Duration::from_secs(120),
+        ready_timeout: axoneme_e2e::vm::VM_READY_TIMEOUT,
         ..ClusterConfig::default()
     })?;
     step("cluster up", t0);

@@ -5,6 +5,7 @@
 mod bench;
 mod bpf;
 mod demo;
+mod digest;
 mod fuzz;
 mod go;
 mod helm;
@@ -173,15 +174,18 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "--test-threads=2",
     ])
     .args(extra);
-    let tests = run_cmd(root, &mut cmd);
+    let logs = root.join("target").join("xtask");
+    let (test_log, bench_log) = (logs.join("test.log"), logs.join("bench.log"));
+    let tests = digest::run_logged(root, &mut cmd, &test_log);
     // Every benchmark program in its smoke form (no `--bench` argument; see
     // `axoneme_e2e::bench`): one short round, every answer checked, no
     // figures written. `--bench '*'` selects the bench targets only (with
     // `--benches`, libraries and binaries would run their unit tests
     // again); cargo runs them one at a time, each starting its own cluster.
-    let benches = run_cmd(
+    let benches = digest::run_logged(
         root,
         cargo().args(["test", "--workspace", "--no-fail-fast", "--bench", "*"]),
+        &bench_log,
     );
     // Every fuzz target in a short form: each finds what a change broke in
     // its parser within seconds (`cargo xtask fuzz` runs them longer).
@@ -190,10 +194,16 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .into_iter()
         .filter_map(|r| r.err().map(|e| format!("{e:#}")))
         .collect();
-    if !failed.is_empty() {
-        bail!("{}", failed.join("\nand "));
+    if failed.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    for log in [&test_log, &bench_log] {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for section in digest::failures(&text) {
+            eprintln!("\nxtask: failed, from {}:\n{section}", log.display());
+        }
+    }
+    bail!("{}", failed.join("\nand "))
 }
 
 /// How long each fuzz target runs in `cargo xtask test`.
