@@ -218,34 +218,9 @@ impl Drop for ConditionWatch {
     }
 }
 
-/// CPU seconds (user + system) this process's descendants have used, by
-/// command name (etcd, kube-apiserver, axoneme-operator, axoneme-agent,
-/// kubectl, …), read from `/proc`: where a phase's time goes. Processes
-/// that exited in between are not counted.
+/// CPU seconds by command of this process's descendants.
 fn cpu_by_command() -> HashMap<String, f64> {
-    let procs = axoneme_e2e::bench::processes_cpu();
-    let me = std::process::id();
-    let mut by = HashMap::new();
-    for (pid, p) in &procs {
-        if *pid != me && axoneme_e2e::bench::in_tree(&procs, *pid, me) {
-            *by.entry(p.comm.clone()).or_insert(0.0) += p.user_s + p.system_s;
-        }
-    }
-    by
-}
-
-/// CPU seconds by command between two [`cpu_by_command`] samples.
-fn cpu_spent(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> serde_json::Value {
-    let mut v: Vec<(&String, f64)> = after
-        .iter()
-        .map(|(k, a)| (k, a - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, d)| *d >= 0.01)
-        .collect();
-    v.sort_by(|a, b| b.1.partial_cmp(&a.1).expect("no NaN"));
-    v.into_iter()
-        .map(|(k, d)| (k.clone(), json!((d * 100.0).round() / 100.0)))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+    axoneme_e2e::bench::cpu_by_command(Some(std::process::id()))
 }
 
 /// The toggled policy: selects the server pods and admits the client
@@ -553,7 +528,7 @@ fn bulk(kube: &KubeControlPlane, s: Sizes) -> Result<Bulk> {
         std::thread::sleep(Duration::from_millis(20));
     };
     drop(watch);
-    let bulk_cpu = cpu_spent(&cpu0, &cpu_by_command());
+    let bulk_cpu = axoneme_e2e::bench::cpu_spent(&cpu0, &cpu_by_command());
     let requests = requests_made(&requests0, &apiserver_requests(kube)?);
     println!("bulk: API server requests: {requests}");
     println!("bulk: CPU seconds by process: {bulk_cpu}");
@@ -639,7 +614,7 @@ fn main() -> Result<()> {
     let probes = Probes::start(&c)?;
     let cpu0 = cpu_by_command();
     let prop = probes.changes(&c, s.changes, &server_side, Some((&watch, &mut generation)))?;
-    let prop_cpu = cpu_spent(&cpu0, &cpu_by_command());
+    let prop_cpu = axoneme_e2e::bench::cpu_spent(&cpu0, &cpu_by_command());
     println!(
         "propagation (server-side apply): {}",
         summary(&prop.datapath)

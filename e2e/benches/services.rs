@@ -1,11 +1,23 @@
 //! `cargo xtask bench services`: Axoneme's socket LB and the real
 //! kube-proxy (iptables and nftables modes, built from the same Kubernetes
-//! release as the control plane) side by side in one three-node cluster,
+//! release as the control plane) side by side in one four-node cluster,
 //! at 1, 1,000 and 10,000 Services of 4 backends each.
 //!
-//! A client pod is on node 1 and another on node 2, the four nginx
-//! backends of the measured Service on node 0 (so kube-proxy's DNAT and its
-//! reverse happen in the client's node's stack; see docs/services.md).
+//! The four nginx backends of the measured Service are on node 0; the
+//! client pods on nodes 1 (kube-proxy iptables), 2 (kube-proxy nftables,
+//! and its direct baseline) and 3 (no kube-proxy: Axoneme's socket LB and
+//! the direct baseline of it and of iptables), so kube-proxy's DNAT and
+//! its reverse happen in the client's node's stack (see
+//! docs/services.md). Each kube-proxy path has a client pod of its own,
+//! apart from the direct ones: a backend's TIME_WAIT socket
+//! holds the sequence numbers and timestamps of its last connection on a
+//! tuple, which a client derives from the address it connected to (the
+//! Service's under DNAT, the backend's otherwise), so one client's
+//! connections through DNAT and without it, cycling through the same
+//! ports, refuse each other's SYNs (each retransmitted a few ms later);
+//! with any one path per client they do not (docs/benchmarks.md).
+//! The client pods reuse their own TIME_WAIT sockets (`tcp_tw_reuse`, see
+//! `main`).
 //! kube-proxy runs in iptables mode in node 1's network namespace and in
 //! nftables mode in node 2's, both against a real kube-apiserver holding
 //! the same number of Services (and EndpointSlices) as Axoneme's kvstore;
@@ -24,7 +36,7 @@
 //!   invoked) to the first connection a prober in a client pod gets
 //!   through it, p50/p99 (one kubectl change, timed by a prober on each
 //!   kube-proxy's node).
-//! - The node-1 agent's RSS.
+//! - The RSS of node 3's agent (every agent holds every Service).
 //!
 //! Targets (issue 18): flat from 1 to 10,000; socket LB within 3% of
 //! direct; at 10,000 at least 5x lower new-connection p99 than kube-proxy;
@@ -33,7 +45,7 @@
 //!
 //! Under `cargo test` (no `--bench` argument) its smoke form runs: 1 and 20
 //! Services, one round of 1 s, two changes, every answer checked, nothing
-//! written.
+//! written. `AXONEME_SERVICES_SCALES=1,1000` runs only those counts.
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
@@ -41,10 +53,17 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use axoneme_e2e::bench::{percentile, pick, write_figures};
+use axoneme_e2e::bench::{
+    cpu_by_command, cpu_spent, percentile, pick, tcp_counters, tcp_counters_sum, tcp_trouble,
+    write_figures,
+};
 use axoneme_e2e::http::{nginx, wrk_with, WrkRun};
 use axoneme_e2e::{kube_proxy, Cluster, ClusterConfig, CniPod, KubeControlPlane};
 use serde_json::json;
+
+/// Only these Service counts (comma-separated), for a run that looks at
+/// one of them.
+const SCALES: &str = "AXONEME_SERVICES_SCALES";
 
 /// Axoneme's Services: 10.98.0.1 onwards (the measured one first).
 const AX_BASE: u32 = u32::from_be_bytes([10, 98, 0, 0]);
@@ -295,8 +314,9 @@ const PATHS: [&str; 5] = [
 ];
 
 /// The paths' latency, p50 and p99 (ms), with their ratios and `more`
-/// beside them. Each kube-proxy mode is compared with direct connections
-/// from its own client.
+/// beside them. kube-proxy's iptables mode is compared with the direct
+/// connections of node 3 (no kube-proxy), its nftables mode with node 2's
+/// own.
 fn latency_figures(m: [(f64, f64); 5], more: serde_json::Value) -> serde_json::Value {
     let [d, a, k, d2, n] = m;
     let mut v = json!({
@@ -325,14 +345,38 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let scales: Vec<usize> = pick(vec![1, 1000, 10_000], vec![1, 20]);
+    let scales: Vec<usize> = match std::env::var(SCALES) {
+        Ok(v) => v
+            .split(',')
+            .map(|n| n.trim().parse().with_context(|| format!("{SCALES}={v}")))
+            .collect::<Result<_>>()?,
+        Err(_) => pick(vec![1, 1000, 10_000], vec![1, 20]),
+    };
     let (seconds, rounds, changes) = pick((4u32, 3usize, 20usize), (1, 1, 2));
     let mut c = Cluster::start(&ClusterConfig {
-        nodes: 3,
+        nodes: 4,
         ..ClusterConfig::default()
     })?;
-    let client = c.add_pod(1, "client", &[("app", "client")])?;
+    // Direct and socket LB (both connect to the backend's address) from
+    // one pod on node 3, which runs no kube-proxy: kube-proxy's iptables
+    // rules in node 1 are walked by every new connection a pod there
+    // opens, to a Service or not, which a KPR cluster does not have. Each kube-proxy path and node
+    // 2's direct baseline from pods of their own (see the crate's
+    // documentation).
+    let client = c.add_pod(3, "client", &[("app", "client")])?;
+    let client_kp = c.add_pod(1, "client-kp", &[("app", "client")])?;
+    let client_2 = c.add_pod(2, "client-2", &[("app", "client")])?;
     let client_nft = c.add_pod(2, "client-nft", &[("app", "client")])?;
+    // wrk's CRR closes first, so its connections' TIME_WAIT sockets stay
+    // in the client for a minute; tens of thousands of them take every
+    // ephemeral port to the backend, and each later connect() then
+    // searched the port range for milliseconds, on every path alike.
+    // Reusing them, as load generators do, keeps the
+    // search short; a TIME_WAIT socket is reused only after a second and
+    // with timestamps that tell the connections apart.
+    for pod in [&client, &client_kp, &client_2, &client_nft] {
+        pod.ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    }
     let mut webs = Vec::new();
     for i in 0..4 {
         let w = c.add_pod(0, &format!("web-{i}"), &[("app", "web")])?;
@@ -413,12 +457,13 @@ fn main() -> Result<()> {
         let (kp_ready, nft_ready) = (kp_ready.unwrap_or_default(), nft_ready.unwrap_or_default());
         eprintln!("{n} services: stored in {ax_store:?} (Axoneme) / {kp_store:?} (API); programmed {ax_ready:?} after / {kp_ready:?} (iptables) / {nft_ready:?} (nftables) after");
 
-        // direct, Axoneme, iptables from node 1; direct, nftables from node 2.
+        // direct, Axoneme (one pod on node 3), iptables (node 1); direct,
+        // nftables (a pod each) from node 2.
         let paths = [
             (&client, &direct_url),
             (&client, &ax_url),
-            (&client, &kp_url),
-            (&client_nft, &direct_url),
+            (&client_kp, &kp_url),
+            (&client_2, &direct_url),
             (&client_nft, &kp_url),
         ];
         let mut crr: [Vec<(f64, f64)>; 5] = Default::default();
@@ -426,9 +471,28 @@ fn main() -> Result<()> {
         // New connections timed with their connect: count, p50, p99 (ms),
         // failed.
         let mut new_conn: [Vec<(u64, f64, f64, u64)>; 5] = Default::default();
+        // Where each of those rounds' CPU went (every process on the
+        // machine, kernel threads included), and the client's and the
+        // backends' TCP counters that say a connection was retried,
+        // refused or cut: what a round that falls behind the others shows.
+        let mut new_conn_why: [Vec<serde_json::Value>; 5] = Default::default();
         for _ in 0..rounds {
             for (k, (from, url)) in paths.iter().enumerate() {
-                new_conn[k].push(connections(from, url, seconds)?);
+                let cpu = cpu_by_command(None);
+                let client_tcp = tcp_counters(&from.ns)?;
+                let web_tcp = tcp_counters_sum(webs.iter().map(|w| &w.ns))?;
+                let r = connections(from, url, seconds)?;
+                let why = json!({
+                    "cpu_s": cpu_spent(&cpu, &cpu_by_command(None)),
+                    "client_tcp": tcp_trouble(&client_tcp, &tcp_counters(&from.ns)?),
+                    "backends_tcp": tcp_trouble(&web_tcp, &tcp_counters_sum(webs.iter().map(|w| &w.ns))?),
+                });
+                eprintln!(
+                    "new connections to {url} from {}: {} in {seconds} s, p50 {:.3} ms, p99 {:.3} ms; {why}",
+                    from.name, r.0, r.1, r.2
+                );
+                new_conn[k].push(r);
+                new_conn_why[k].push(why);
                 let r = wrk(from, url, seconds, true)?;
                 crr[k].push((r.p50_ms, r.p99_ms));
                 let r = wrk(from, url, seconds, false)?;
@@ -463,7 +527,7 @@ fn main() -> Result<()> {
             let objects =
                 kube_proxy::service_objects(&name, IpAddr::V4(vip), 80, 8080, &web_ips, &node0);
             let [(all, after), (all_nft, after_nft)] =
-                change_to_use([&client, &client_nft], vip, || {
+                change_to_use([&client_kp, &client_nft], vip, || {
                     kube_proxy::create(&kube, &objects)
                 })?;
             kp_change.push(all * 1000.0);
@@ -474,7 +538,7 @@ fn main() -> Result<()> {
         }
         let pct =
             |v: &Vec<f64>| json!({"p50": percentile(v, 500), "p99": percentile(v, 990), "all": v});
-        let pid = c.nodes[1].agent.as_ref().context("agent")?.pid();
+        let pid = c.nodes[3].agent.as_ref().context("agent")?.pid();
         let rss = rss_kib(pid)?;
         let row = json!({
             "services": n,
@@ -482,6 +546,7 @@ fn main() -> Result<()> {
             "new_connection": latency_figures(new_med, json!({
                 "failed": new_conn.each_ref().map(|runs| runs.iter().map(|r| r.3).sum::<u64>()),
                 "rounds": new_conn,
+                "rounds_cpu_and_tcp": new_conn_why,
             })),
             "rr": {
                 "direct": {"rps": rd.0, "p50_ms": rd.1},
@@ -522,7 +587,7 @@ fn main() -> Result<()> {
     write_figures(
         "services",
         &json!({
-            "topology": "client pods on nodes 1 and 2; the measured Service's 4 nginx backends on node 0; kube-proxy in iptables mode (--iptables-min-sync-period=0) in node 1's namespace, in nftables mode in node 2's; wrk with 1 connection",
+            "topology": "client pods on nodes 3 (no kube-proxy: direct and Axoneme), 1 (kube-proxy iptables) and 2 (one for direct, one for kube-proxy nftables); the measured Service's 4 nginx backends on node 0; kube-proxy in iptables mode (--iptables-min-sync-period=0) in node 1's namespace, in nftables mode in node 2's; wrk with 1 connection",
             "seconds": seconds,
             "rounds": rounds,
             "rows": rows,

@@ -153,6 +153,117 @@ pub fn tree_cpu(root: u32) -> (f64, f64) {
         .fold((0.0, 0.0), |(u, s), (_, p)| (u + p.user_s, s + p.system_s))
 }
 
+/// CPU seconds (user + system) used so far, by command name (etcd,
+/// kube-apiserver, axoneme-agent, nginx, ...; a kernel thread's name
+/// without its `/CPU` suffix, so `ksoftirqd` is one entry): of `root`'s
+/// process tree, or of every process with `None`. Processes that exited
+/// in between are not counted.
+pub fn cpu_by_command(root: Option<u32>) -> HashMap<String, f64> {
+    let procs = processes_cpu();
+    let mut by = HashMap::new();
+    for (pid, p) in &procs {
+        if let Some(root) = root {
+            if *pid == root || !in_tree(&procs, *pid, root) {
+                continue;
+            }
+        }
+        let name = p.comm.split('/').next().unwrap_or(&p.comm).to_string();
+        *by.entry(name).or_insert(0.0) += p.user_s + p.system_s;
+    }
+    by
+}
+
+/// CPU seconds by command between two [`cpu_by_command`] samples, most
+/// first, those of at least 10 ms.
+pub fn cpu_spent(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> serde_json::Value {
+    let mut v: Vec<(&String, f64)> = after
+        .iter()
+        .map(|(k, a)| (k, a - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d >= 0.01)
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.into_iter()
+        .map(|(k, d)| (k.clone(), json!((d * 100.0).round() / 100.0)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// The TCP counters of a network namespace (`/proc/net/snmp`'s `Tcp:` and
+/// `/proc/net/netstat`'s `TcpExt:` lines), by name: where connections were
+/// retransmitted, reset or refused.
+pub fn tcp_counters(ns: &crate::netns::Netns) -> Result<HashMap<String, i64>> {
+    ns.enter(|| -> Result<HashMap<String, i64>> {
+        let mut counters = HashMap::new();
+        // thread-self: /proc/self/net is the namespace of the process's
+        // first thread, not of this one.
+        for file in ["snmp", "netstat"] {
+            let path = format!("/proc/thread-self/net/{file}");
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            let lines: Vec<&str> = text.lines().collect();
+            for pair in lines.chunks(2) {
+                let [names, values] = pair else { continue };
+                let (Some(("Tcp" | "TcpExt", names)), Some((_, values))) =
+                    (names.split_once(": "), values.split_once(": "))
+                else {
+                    continue;
+                };
+                for (n, v) in names.split(' ').zip(values.split(' ')) {
+                    if let Ok(v) = v.parse::<i64>() {
+                        counters.insert(n.to_string(), v);
+                    }
+                }
+            }
+        }
+        Ok(counters)
+    })?
+}
+
+/// The counters that moved between two [`tcp_counters`] samples (summed
+/// over namespaces by the caller), of those that say a connection was
+/// retried, refused or cut: their names and changes.
+pub fn tcp_trouble(
+    before: &HashMap<String, i64>,
+    after: &HashMap<String, i64>,
+) -> serde_json::Value {
+    const TROUBLE: [&str; 14] = [
+        "ActiveOpens",
+        "AttemptFails",
+        "EstabResets",
+        "RetransSegs",
+        "OutRsts",
+        "TCPSynRetrans",
+        "ListenOverflows",
+        "ListenDrops",
+        "TW",
+        "TWRecycled",
+        "TWKilled",
+        "PAWSActive",
+        "TCPTimeWaitOverflow",
+        "TCPAbortOnData",
+    ];
+    TROUBLE
+        .iter()
+        .filter_map(|n| {
+            let d = after.get(*n).copied().unwrap_or(0) - before.get(*n).copied().unwrap_or(0);
+            (d != 0).then(|| (n.to_string(), json!(d)))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// [`tcp_counters`] of several namespaces, summed.
+pub fn tcp_counters_sum<'a>(
+    namespaces: impl IntoIterator<Item = &'a crate::netns::Netns>,
+) -> Result<HashMap<String, i64>> {
+    let mut sum = HashMap::new();
+    for ns in namespaces {
+        for (k, v) in tcp_counters(ns)? {
+            *sum.entry(k).or_insert(0) += v;
+        }
+    }
+    Ok(sum)
+}
+
 /// A listener on `port` in `pod` that accepts and closes.
 pub fn listen(pod: &CniPod, port: u16) -> Result<()> {
     let l = pod.ns.enter(|| TcpListener::bind(("0.0.0.0", port)))??;
