@@ -218,9 +218,9 @@ pub fn tcp_counters(ns: &crate::netns::Netns) -> Result<HashMap<String, i64>> {
     })?
 }
 
-/// The counters that moved between two [`tcp_counters`] samples (summed
-/// over namespaces by the caller), of those that say a connection was
-/// retried, refused or cut: their names and changes.
+/// The counters that moved between two [`tcp_counters`] samples, of
+/// those that say a connection was retried, refused or cut, beside the
+/// connections opened and left in TIME_WAIT for scale: names and changes.
 pub fn tcp_trouble(
     before: &HashMap<String, i64>,
     after: &HashMap<String, i64>,

@@ -33,22 +33,10 @@ pub fn run_logged(root: &Path, cmd: &mut Command, log: &Path) -> Result<()> {
     eprintln!("xtask: running {cmd:?} (output also in {})", log.display());
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let (done_tx, done_rx) = mpsc::channel();
-    let out = child
-        .stdout
-        .take()
-        .map(|s| Box::new(s) as Box<dyn Read + Send>);
-    let err = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn Read + Send>);
-    for (from, to_stdout) in [(out, true), (err, false)] {
-        let Some(from) = from else { continue };
-        let (file, done) = (file.clone(), done_tx.clone());
-        std::thread::spawn(move || {
-            copy_lines(from, to_stdout, &file);
-            let _ = done.send(());
-        });
-    }
+    let out = child.stdout.take().context("stdout piped")?;
+    let err = child.stderr.take().context("stderr piped")?;
+    spawn_copy(out, std::io::stdout(), file.clone(), done_tx.clone());
+    spawn_copy(err, std::io::stderr(), file, done_tx.clone());
     drop(done_tx);
     let status = child
         .wait()
@@ -62,7 +50,22 @@ pub fn run_logged(root: &Path, cmd: &mut Command, log: &Path) -> Result<()> {
     Ok(())
 }
 
-fn copy_lines(from: Box<dyn Read + Send>, to_stdout: bool, file: &Mutex<File>) {
+/// Copies `from` to `to` (the terminal) and to `file` in a thread of its
+/// own, a whole line at a time, so stdout's and stderr's lines do not
+/// interleave within one; says `done` at the end.
+fn spawn_copy(
+    from: impl Read + Send + 'static,
+    mut to: impl Write + Send + 'static,
+    file: Arc<Mutex<File>>,
+    done: mpsc::Sender<()>,
+) {
+    std::thread::spawn(move || {
+        copy_lines(from, &mut to, &file);
+        let _ = done.send(());
+    });
+}
+
+fn copy_lines(from: impl Read, to: &mut impl Write, file: &Mutex<File>) {
     let mut from = BufReader::new(from);
     let mut line = Vec::new();
     loop {
@@ -71,11 +74,7 @@ fn copy_lines(from: Box<dyn Read + Send>, to_stdout: bool, file: &Mutex<File>) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let _ = if to_stdout {
-            std::io::stdout().write_all(&line)
-        } else {
-            std::io::stderr().write_all(&line)
-        };
+        let _ = to.write_all(&line);
         if let Ok(mut f) = file.lock() {
             let _ = f.write_all(&line);
         }
@@ -167,6 +166,21 @@ fn shown<'a>(section: &[&'a str]) -> Vec<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logged_command_keeps_both_streams_and_its_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sub").join("run.log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo to-stdout; echo to-stderr >&2; exit 3"]);
+        let err = run_logged(dir.path(), &mut cmd, &log).unwrap_err();
+        assert!(format!("{err}").contains("exit status: 3"), "{err}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("to-stdout\n") && text.contains("to-stderr\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_passing_run_has_no_failures() {
