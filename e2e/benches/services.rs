@@ -16,21 +16,28 @@
 //! connections through DNAT and without it, cycling through the same
 //! ports, refuse each other's SYNs (each retransmitted a few ms later);
 //! with any one path per client they do not (docs/benchmarks.md).
-//! The client pods reuse their own TIME_WAIT sockets (`tcp_tw_reuse`, see
-//! `main`).
+//! The client pods reuse their own TIME_WAIT sockets (`tcp_tw_reuse`) and
+//! send timestamps without a per-address offset (`tcp_timestamps=2`), see
+//! `main`.
 //! kube-proxy runs in iptables mode in node 1's network namespace and in
 //! nftables mode in node 2's, both against a real kube-apiserver holding
 //! the same number of Services (and EndpointSlices) as Axoneme's kvstore;
 //! Axoneme's and kube-proxy's Services use separate address ranges, so
-//! each path sees only its own. Per scale:
+//! each path sees only its own. kube-proxy's Services all have the four
+//! backends, and each round measures the one whose rule is in the middle
+//! of kube-proxy iptables' `KUBE-SERVICES` chain (a new connection walks
+//! the rules before its Service's; kube-proxy reorders them at each
+//! sync), so that its figure is what a connection to any Service costs
+//! on average, not the luck of one Service's place. Per scale:
 //!
 //! - CRR (a new connection per request, wrk with `Connection: close`) and
 //!   RR (one kept-alive connection) latency to the measured Service through
 //!   each, and to a backend's pod IP directly from the same client: the
 //!   baseline. Interleaved rounds, medians, ratios to direct. wrk's CRR
 //!   latency starts after the connect, so each round also times new
-//!   connections whole, connect included (`new_connection`: a Python
-//!   client in the pod, one connection after another), which is where
+//!   connections whole, connect included (`new_connection`: a compiled
+//!   client in the pod, `axoneme-bench-connections`, one connection after
+//!   another), and their connects alone (`connect`), which is where
 //!   socket LB and kube-proxy's DNAT work.
 //! - Service change to first use: a Service created (the CLI or kubectl
 //!   invoked) to the first connection a prober in a client pod gets
@@ -155,53 +162,25 @@ fn wrk(client: &CniPod, url: &str, seconds: u32, close: bool) -> Result<WrkRun> 
     Ok(run)
 }
 
-/// New connections one after another for `seconds`, each timed from
-/// before `connect` to after the answer's end and `close`: what a new
-/// connection costs the client, balancing included. wrk's CRR latency
-/// starts at the request's write, after the connect, where both socket LB
-/// and kube-proxy's DNAT (on the SYN) do their work. Prints the count,
-/// p50 and p99 in µs, and the failures.
-const CONNECTIONS: &str = r#"
-import socket, sys, time
-host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-req = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-clock = time.perf_counter_ns
-times, failed = [], 0
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    t0 = clock()
-    why = "answer"
-    s = socket.socket()
-    s.settimeout(1)
-    try:
-        s.connect((host, port))
-        s.sendall(req)
-        answer = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            answer += b
-        ok = answer.startswith(b"HTTP/1.1 200")
-    except OSError as e:
-        ok, why = False, type(e).__name__
-    finally:
-        s.close()
-    if ok:
-        times.append(clock() - t0)
-    else:
-        failed += 1
-        print(why, file=sys.stderr)
-times.sort()
-pct = lambda p: times[min(len(times) - 1, len(times) * p // 1000)] / 1000 if times else 0
-print(len(times), pct(500), pct(990), failed)
-"#;
+/// One round of new connections (`axoneme-bench-connections`' answer):
+/// latencies in µs, of the whole connection and of its connect alone.
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
+struct Conns {
+    answered: u64,
+    failed: u64,
+    p50_us: f64,
+    p99_us: f64,
+    connect_p50_us: f64,
+    connect_p99_us: f64,
+}
 
-/// [`CONNECTIONS`] from `client` to `url` (`http://host[:port]/`):
-/// new connections answered, p50 and p99 in ms, and the failed ones (a
-/// connection that failed is a figure, not an error of the bench; their
-/// causes go to stderr).
-fn connections(client: &CniPod, url: &str, seconds: u32) -> Result<(u64, f64, f64, u64)> {
+/// New connections one after another for `seconds` from `client` to
+/// `url` (`http://host[:port]/`), each timed with its connect by
+/// `axoneme-bench-connections` (wrk's CRR latency starts at the request's
+/// write, after the connect, where both socket LB and kube-proxy's DNAT
+/// on the SYN do their work). A connection that failed is a figure, not
+/// an error of the bench; their causes go to stderr.
+fn connections(client: &CniPod, url: &str, seconds: u32) -> Result<Conns> {
     let authority = url
         .strip_prefix("http://")
         .and_then(|u| u.strip_suffix('/'))
@@ -209,40 +188,34 @@ fn connections(client: &CniPod, url: &str, seconds: u32) -> Result<(u64, f64, f6
     let (host, port) = authority.split_once(':').unwrap_or((authority, "80"));
     let out = client
         .command(&[
-            "python3",
-            "-c",
-            CONNECTIONS,
+            env!("CARGO_BIN_EXE_axoneme-bench-connections"),
             host,
             port,
             &seconds.to_string(),
         ])
         .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let [n, p50, p99, failed] = fields[..] else {
+    let why = String::from_utf8_lossy(&out.stderr);
+    let r: Conns = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "connections to {url}: {}{why}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    if r.answered == 0 {
         bail!(
-            "connections to {url}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
+            "connections to {url}: none answered, {} failed: {why}",
+            r.failed
         );
-    };
-    let (n, failed) = (n.parse::<u64>()?, failed.parse::<u64>()?);
-    if n == 0 {
-        bail!("connections to {url}: none answered, {failed} failed");
     }
-    if failed > 0 {
-        let why = String::from_utf8_lossy(&out.stderr);
+    if r.failed > 0 {
         eprintln!(
-            "connections to {url}: {failed} of {} failed: {}",
-            n + failed,
+            "connections to {url}: {} of {} failed: {}",
+            r.failed,
+            r.answered + r.failed,
             why.trim()
         );
     }
-    Ok((
-        n,
-        p50.parse::<f64>()? / 1000.0,
-        p99.parse::<f64>()? / 1000.0,
-        failed,
-    ))
+    Ok(r)
 }
 
 const PROBER: &str = r#"
@@ -338,6 +311,18 @@ fn latency_figures(m: [(f64, f64); 5], more: serde_json::Value) -> serde_json::V
     v
 }
 
+/// Socket LB's p50 over the direct one's, round by round (each round
+/// measures them one after the other from the same pod, so what the
+/// machine was doing then weighs on both): the median and every round's.
+fn paired(axoneme: &[Conns], direct: &[Conns], p50: fn(&Conns) -> f64) -> serde_json::Value {
+    let ratios: Vec<f64> = axoneme
+        .iter()
+        .zip(direct)
+        .map(|(a, d)| p50(a) / p50(d))
+        .collect();
+    json!({"median": median(&ratios), "rounds": ratios})
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -352,7 +337,7 @@ fn main() -> Result<()> {
             .collect::<Result<_>>()?,
         Err(_) => pick(vec![1, 1000, 10_000], vec![1, 20]),
     };
-    let (seconds, rounds, changes) = pick((4u32, 3usize, 20usize), (1, 1, 2));
+    let (seconds, rounds, changes) = pick((3u32, 5usize, 20usize), (1, 1, 2));
     let mut c = Cluster::start(&ClusterConfig {
         nodes: 4,
         ..ClusterConfig::default()
@@ -374,8 +359,15 @@ fn main() -> Result<()> {
     // Reusing them, as load generators do, keeps the
     // search short; a TIME_WAIT socket is reused only after a second and
     // with timestamps that tell the connections apart.
+    // And a backend's TIME_WAIT takes a new SYN on its tuple when the
+    // SYN's timestamp is newer; the kernel offsets each connection's
+    // timestamps by a hash of the addresses connected to, so after a
+    // kube-proxy client switched Services (each round measures another)
+    // half its SYNs looked older and were refused. Timestamps without
+    // the offset (2) run on one clock whatever the address.
     for pod in [&client, &client_kp, &client_2, &client_nft] {
         pod.ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        pod.ns.sysctl("net.ipv4.tcp_timestamps", "2")?;
     }
     let mut webs = Vec::new();
     for i in 0..4 {
@@ -398,7 +390,6 @@ fn main() -> Result<()> {
 
     let direct_url = format!("http://{}:8080/", webs[0].ip);
     let ax_url = format!("http://{}/", ip(AX_BASE, 0));
-    let kp_url = format!("http://{}/", ip(KP_BASE, 0));
     let mut rows = Vec::new();
     let mut have = 0usize;
     let mut changed = 0usize;
@@ -417,6 +408,9 @@ fn main() -> Result<()> {
             .collect();
         ax_create(&c, &docs, &n.to_string())?;
         let ax_store = started.elapsed();
+        // kube-proxy's Services all have the measured backends (its rules
+        // are as many whatever the addresses), so that any of them can be
+        // measured: each round takes the one in the middle of its chain.
         let objects: Vec<serde_json::Value> = (have..n)
             .flat_map(|i| {
                 kube_proxy::service_objects(
@@ -424,7 +418,7 @@ fn main() -> Result<()> {
                     IpAddr::V4(ip(KP_BASE, i)),
                     80,
                     8080,
-                    &backends(i),
+                    &web_ips,
                     &node0,
                 )
             })
@@ -457,26 +451,38 @@ fn main() -> Result<()> {
         let (kp_ready, nft_ready) = (kp_ready.unwrap_or_default(), nft_ready.unwrap_or_default());
         eprintln!("{n} services: stored in {ax_store:?} (Axoneme) / {kp_store:?} (API); programmed {ax_ready:?} after / {kp_ready:?} (iptables) / {nft_ready:?} (nftables) after");
 
-        // direct, Axoneme (one pod on node 3), iptables (node 1); direct,
-        // nftables (a pod each) from node 2.
-        let paths = [
-            (&client, &direct_url),
-            (&client, &ax_url),
-            (&client_kp, &kp_url),
-            (&client_2, &direct_url),
-            (&client_nft, &kp_url),
-        ];
         let mut crr: [Vec<(f64, f64)>; 5] = Default::default();
         let mut rr: [Vec<(f64, f64, f64)>; 5] = Default::default();
         // New connections timed with their connect: count, p50, p99 (ms),
         // failed.
-        let mut new_conn: [Vec<(u64, f64, f64, u64)>; 5] = Default::default();
+        let mut new_conn: [Vec<Conns>; 5] = Default::default();
         // Where each of those rounds' CPU went (every process on the
         // machine, kernel threads included), and the client's and the
         // backends' TCP counters that say a connection was retried,
         // refused or cut: what a round that falls behind the others shows.
         let mut new_conn_why: [Vec<serde_json::Value>; 5] = Default::default();
+        // The kube-proxy Service each round measured, and where in the
+        // chain its rule was before and after the round.
+        let mut kp_measured = Vec::new();
         for _ in 0..rounds {
+            // The Service in the middle of kube-proxy iptables' chain: a
+            // new connection to it walks what one to any Service walks
+            // on average (the Service with the backends Axoneme's path
+            // measures, the first created, may sit anywhere).
+            let order = kube_proxy::iptables_service_order(&c.nodes[1].ns)?;
+            let kp_vip = *order
+                .get(order.len() / 2)
+                .context("kube-proxy has no Service")?;
+            let kp_url = format!("http://{kp_vip}/");
+            // direct, Axoneme (one pod on node 3), iptables (node 1);
+            // direct, nftables (a pod each) from node 2.
+            let paths = [
+                (&client, &direct_url),
+                (&client, &ax_url),
+                (&client_kp, &kp_url),
+                (&client_2, &direct_url),
+                (&client_nft, &kp_url),
+            ];
             for (k, (from, url)) in paths.iter().enumerate() {
                 let cpu = cpu_by_command(None);
                 let client_tcp = tcp_counters(&from.ns)?;
@@ -488,8 +494,8 @@ fn main() -> Result<()> {
                     "backends_tcp": tcp_trouble(&web_tcp, &tcp_counters_sum(webs.iter().map(|w| &w.ns))?),
                 });
                 eprintln!(
-                    "new connections to {url} from {}: {} in {seconds} s, p50 {:.3} ms, p99 {:.3} ms; {why}",
-                    from.name, r.0, r.1, r.2
+                    "new connections to {url} from {}: {} in {seconds} s, p50 {:.0} µs, p99 {:.0} µs (connect {:.0} / {:.0}); {why}",
+                    from.name, r.answered, r.p50_us, r.p99_us, r.connect_p50_us, r.connect_p99_us
                 );
                 new_conn[k].push(r);
                 new_conn_why[k].push(why);
@@ -498,6 +504,13 @@ fn main() -> Result<()> {
                 let r = wrk(from, url, seconds, false)?;
                 rr[k].push((r.rps, r.p50_ms, r.p99_ms));
             }
+            let after = kube_proxy::iptables_service_order(&c.nodes[1].ns)?;
+            kp_measured.push(json!({
+                "vip": kp_vip,
+                "position": order.len() / 2 + 1,
+                "position_after": after.iter().position(|v| *v == kp_vip).map(|i| i + 1),
+                "rules": order.len(),
+            }));
         }
         // Medians of two figures of each path's rounds.
         let medians = |pick: &dyn Fn(usize, usize) -> Option<(f64, f64)>| {
@@ -510,7 +523,12 @@ fn main() -> Result<()> {
             })
         };
         let crr_med = medians(&|k, i| crr[k].get(i).copied());
-        let new_med = medians(&|k, i| new_conn[k].get(i).map(|r| (r.1, r.2)));
+        let new_med = medians(&|k, i| new_conn[k].get(i).map(|r| (r.p50_us / 1e3, r.p99_us / 1e3)));
+        let connect_med = medians(&|k, i| {
+            new_conn[k]
+                .get(i)
+                .map(|r| (r.connect_p50_us / 1e3, r.connect_p99_us / 1e3))
+        });
         let [rd, ra, rk, rd2, rn] = medians(&|k, i| rr[k].get(i).map(|r| (r.0, r.1)));
 
         // Service change to first use, each path in turn.
@@ -544,10 +562,15 @@ fn main() -> Result<()> {
             "services": n,
             "crr": latency_figures(crr_med, json!({"rounds": crr})),
             "new_connection": latency_figures(new_med, json!({
-                "failed": new_conn.each_ref().map(|runs| runs.iter().map(|r| r.3).sum::<u64>()),
+                "axoneme_p50_vs_direct_paired": paired(&new_conn[1], &new_conn[0], |r| r.p50_us),
+                "failed": new_conn.each_ref().map(|runs| runs.iter().map(|r| r.failed).sum::<u64>()),
                 "rounds": new_conn,
                 "rounds_cpu_and_tcp": new_conn_why,
             })),
+            "connect": latency_figures(connect_med, json!({
+                "axoneme_p50_vs_direct_paired": paired(&new_conn[1], &new_conn[0], |r| r.connect_p50_us),
+            })),
+            "kube_proxy_measured": kp_measured,
             "rr": {
                 "direct": {"rps": rd.0, "p50_ms": rd.1},
                 "axoneme": {"rps": ra.0, "p50_ms": ra.1},

@@ -178,6 +178,24 @@ pub fn iptables_services(ns: &Netns) -> Result<usize> {
     Ok(text.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count())
 }
 
+/// The Service addresses of kube-proxy's `KUBE-SERVICES` chain in `ns`
+/// (iptables mode), in the chain's order: a new connection to a Service
+/// walks the rules before its own. kube-proxy writes the chain in the
+/// order of a Go map, so the order changes from one sync to the next.
+pub fn iptables_service_order(ns: &Netns) -> Result<Vec<IpAddr>> {
+    let out: std::process::Output = ns
+        .command(&["iptables-save", "-t", "nat"])
+        .output()
+        .context("iptables-save")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("-A KUBE-SERVICES "))
+        .filter_map(|l| l.strip_prefix("-d "))
+        .filter_map(|l| l.split_once('/')?.0.parse().ok())
+        .collect())
+}
+
 /// How many Services kube-proxy's rules in `ns` load-balance (nftables
 /// mode: the `service-` chains of its `ip kube-proxy` table).
 pub fn nftables_services(ns: &Netns) -> Result<usize> {
