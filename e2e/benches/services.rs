@@ -33,7 +33,9 @@
 //! - CRR (a new connection per request, wrk with `Connection: close`) and
 //!   RR (one kept-alive connection) latency to the measured Service through
 //!   each, and to a backend's pod IP directly from the same client: the
-//!   baseline. Interleaved rounds, medians, ratios to direct. wrk's CRR
+//!   baseline (wrk to the first backend; new connections to the four, one
+//!   picked per connection, as a Service's are spread). Interleaved
+//!   rounds, medians, ratios to direct. wrk's CRR
 //!   latency starts after the connect, so each round also times new
 //!   connections whole, connect included (`new_connection`: a compiled
 //!   client in the pod, `axoneme-bench-connections`, one connection after
@@ -175,22 +177,19 @@ struct Conns {
 }
 
 /// New connections one after another for `seconds` from `client` to
-/// `url` (`http://host[:port]/`), each timed with its connect by
-/// `axoneme-bench-connections` (wrk's CRR latency starts at the request's
-/// write, after the connect, where both socket LB and kube-proxy's DNAT
-/// on the SYN do their work). A connection that failed is a figure, not
-/// an error of the bench; their causes go to stderr.
-fn connections(client: &CniPod, url: &str, seconds: u32) -> Result<Conns> {
-    let authority = url
-        .strip_prefix("http://")
-        .and_then(|u| u.strip_suffix('/'))
-        .with_context(|| format!("url {url}"))?;
-    let (host, port) = authority.split_once(':').unwrap_or((authority, "80"));
+/// `hosts` (`ip[,ip...]`, one picked per connection) at `port`, each
+/// timed with its connect by `axoneme-bench-connections` (wrk's CRR
+/// latency starts at the request's write, after the connect, where both
+/// socket LB and kube-proxy's DNAT on the SYN do their work). A
+/// connection that failed is a figure, not an error of the bench; their
+/// causes go to stderr.
+fn connections(client: &CniPod, hosts: &str, port: u16, seconds: u32) -> Result<Conns> {
+    let url = format!("{hosts} port {port}");
     let out = client
         .command(&[
             env!("CARGO_BIN_EXE_axoneme-bench-connections"),
-            host,
-            port,
+            hosts,
+            &port.to_string(),
             &seconds.to_string(),
         ])
         .output()?;
@@ -389,6 +388,14 @@ fn main() -> Result<()> {
     }
 
     let direct_url = format!("http://{}:8080/", webs[0].ip);
+    // Direct new connections go to the four backends, one picked per
+    // connection as the Service's are, so that both wake the same nginx
+    // processes (wrk's direct rounds keep to the first).
+    let direct_hosts = web_ips
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let ax_url = format!("http://{}/", ip(AX_BASE, 0));
     let mut rows = Vec::new();
     let mut have = 0usize;
@@ -474,27 +481,29 @@ fn main() -> Result<()> {
                 .get(order.len() / 2)
                 .context("kube-proxy has no Service")?;
             let kp_url = format!("http://{kp_vip}/");
+            let (kp_host, ax_host) = (kp_vip.to_string(), ip(AX_BASE, 0).to_string());
             // direct, Axoneme (one pod on node 3), iptables (node 1);
-            // direct, nftables (a pod each) from node 2.
+            // direct, nftables (a pod each) from node 2: the pod, wrk's
+            // URL, the new connections' hosts and port.
             let paths = [
-                (&client, &direct_url),
-                (&client, &ax_url),
-                (&client_kp, &kp_url),
-                (&client_2, &direct_url),
-                (&client_nft, &kp_url),
+                (&client, &direct_url, &direct_hosts, 8080),
+                (&client, &ax_url, &ax_host, 80),
+                (&client_kp, &kp_url, &kp_host, 80),
+                (&client_2, &direct_url, &direct_hosts, 8080),
+                (&client_nft, &kp_url, &kp_host, 80),
             ];
-            for (k, (from, url)) in paths.iter().enumerate() {
+            for (k, &(from, url, hosts, port)) in paths.iter().enumerate() {
                 let cpu = cpu_by_command(None);
                 let client_tcp = tcp_counters(&from.ns)?;
                 let web_tcp = tcp_counters_sum(webs.iter().map(|w| &w.ns))?;
-                let r = connections(from, url, seconds)?;
+                let r = connections(from, hosts, port, seconds)?;
                 let why = json!({
                     "cpu_s": cpu_spent(&cpu, &cpu_by_command(None)),
                     "client_tcp": tcp_trouble(&client_tcp, &tcp_counters(&from.ns)?),
                     "backends_tcp": tcp_trouble(&web_tcp, &tcp_counters_sum(webs.iter().map(|w| &w.ns))?),
                 });
                 eprintln!(
-                    "new connections to {url} from {}: {} in {seconds} s, p50 {:.0} µs, p99 {:.0} µs (connect {:.0} / {:.0}); {why}",
+                    "new connections to {hosts} port {port} from {}: {} in {seconds} s, p50 {:.0} µs, p99 {:.0} µs (connect {:.0} / {:.0}); {why}",
                     from.name, r.answered, r.p50_us, r.p99_us, r.connect_p50_us, r.connect_p99_us
                 );
                 new_conn[k].push(r);
@@ -610,7 +619,7 @@ fn main() -> Result<()> {
     write_figures(
         "services",
         &json!({
-            "topology": "client pods on nodes 3 (no kube-proxy: direct and Axoneme), 1 (kube-proxy iptables) and 2 (one for direct, one for kube-proxy nftables); the measured Service's 4 nginx backends on node 0; kube-proxy in iptables mode (--iptables-min-sync-period=0) in node 1's namespace, in nftables mode in node 2's; wrk with 1 connection",
+            "topology": "client pods on nodes 3 (no kube-proxy: direct and Axoneme), 1 (kube-proxy iptables) and 2 (one for direct, one for kube-proxy nftables); the measured Service's 4 nginx backends on node 0 (direct new connections pick one of them each, wrk's direct rounds use the first); kube-proxy measured at the Service in the middle of its iptables chain; kube-proxy in iptables mode (--iptables-min-sync-period=0) in node 1's namespace, in nftables mode in node 2's; wrk with 1 connection",
             "seconds": seconds,
             "rounds": rounds,
             "rows": rows,

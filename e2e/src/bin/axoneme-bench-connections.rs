@@ -2,7 +2,10 @@
 //! before `connect` to after the answer's end and `close`: what a new
 //! connection costs the client, balancing included (socket LB works in
 //! `connect`, kube-proxy's DNAT on the SYN). A bench runs it inside a pod
-//! (`axoneme-bench-connections HOST PORT SECONDS`); it prints one JSON
+//! (`axoneme-bench-connections HOST[,HOST...] PORT SECONDS`: with several
+//! hosts each connection goes to one picked at random, as a balancer
+//! spreads them, so that a direct baseline wakes the same backends a
+//! Service's connections do); it prints one JSON
 //! object: the count answered and failed, p50 and p99 in µs of the whole
 //! connection and of its `connect` alone (the handshake, where the
 //! balancing is), and each failure's cause to stderr. Compiled, so that
@@ -35,18 +38,35 @@ fn once(to: &SocketAddr, answer: &mut Vec<u8>) -> Result<Instant, String> {
     }
 }
 
+/// The hosts (IP addresses, comma-separated) at `port`.
+fn destinations(hosts: &str, port: &str) -> Option<Vec<SocketAddr>> {
+    let port: u16 = port.parse().ok()?;
+    hosts
+        .split(',')
+        .map(|h| Some(SocketAddr::new(h.parse().ok()?, port)))
+        .collect()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed = match &args[..] {
-        [host, port, seconds] => format!("{host}:{port}")
-            .parse::<SocketAddr>()
-            .ok()
-            .zip(seconds.parse::<f64>().ok()),
+        [hosts, port, seconds] => destinations(hosts, port).zip(seconds.parse::<f64>().ok()),
         _ => None,
     };
     let Some((to, seconds)) = parsed else {
-        eprintln!("usage: axoneme-bench-connections IPV4 PORT SECONDS (got {args:?})");
+        eprintln!("usage: axoneme-bench-connections IP[,IP...] PORT SECONDS (got {args:?})");
         std::process::exit(2);
+    };
+    // xorshift64: a pick per connection without a dependency.
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::from(d.subsec_nanos()) | 1);
+    let mut pick = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let n = u64::try_from(to.len()).unwrap_or(1);
+        &to[usize::try_from(state % n).unwrap_or(0)]
     };
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let (mut times, mut connects) = (Vec::with_capacity(65_536), Vec::with_capacity(65_536));
@@ -54,7 +74,7 @@ fn main() {
     let mut answer = Vec::with_capacity(4096);
     while Instant::now() < end {
         let t0 = Instant::now();
-        match once(&to, &mut answer) {
+        match once(pick(), &mut answer) {
             Ok(connected) => {
                 times.push(t0.elapsed());
                 connects.push(connected - t0);
