@@ -396,7 +396,8 @@ fn main() -> Result<()> {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let ax_url = format!("http://{}/", ip(AX_BASE, 0));
+    let ax_host = ip(AX_BASE, 0).to_string();
+    let ax_url = format!("http://{ax_host}/");
     let mut rows = Vec::new();
     let mut have = 0usize;
     let mut changed = 0usize;
@@ -460,8 +461,7 @@ fn main() -> Result<()> {
 
         let mut crr: [Vec<(f64, f64)>; 5] = Default::default();
         let mut rr: [Vec<(f64, f64, f64)>; 5] = Default::default();
-        // New connections timed with their connect: count, p50, p99 (ms),
-        // failed.
+        // New connections, each round's (whole and their connect alone).
         let mut new_conn: [Vec<Conns>; 5] = Default::default();
         // Where each of those rounds' CPU went (every process on the
         // machine, kernel threads included), and the client's and the
@@ -481,7 +481,7 @@ fn main() -> Result<()> {
                 .get(order.len() / 2)
                 .context("kube-proxy has no Service")?;
             let kp_url = format!("http://{kp_vip}/");
-            let (kp_host, ax_host) = (kp_vip.to_string(), ip(AX_BASE, 0).to_string());
+            let kp_host = kp_vip.to_string();
             // direct, Axoneme (one pod on node 3), iptables (node 1);
             // direct, nftables (a pod each) from node 2: the pod, wrk's
             // URL, the new connections' hosts and port.

@@ -16,6 +16,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use axoneme_e2e::bench::percentile;
+
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
 const TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -76,8 +78,8 @@ fn main() {
         let t0 = Instant::now();
         match once(pick(), &mut answer) {
             Ok(connected) => {
-                times.push(t0.elapsed());
-                connects.push(connected - t0);
+                times.push(t0.elapsed().as_secs_f64() * 1e6);
+                connects.push((connected - t0).as_secs_f64() * 1e6);
             }
             Err(why) => {
                 failed += 1;
@@ -85,20 +87,16 @@ fn main() {
             }
         }
     }
-    let pct = |v: &mut Vec<Duration>, p: usize| {
-        v.sort();
-        v.get((v.len() * p / 1000).min(v.len().saturating_sub(1)))
-            .map_or(0.0, |t| t.as_secs_f64() * 1e6)
-    };
+    let pct = |v: &[f64], p: usize| if v.is_empty() { 0.0 } else { percentile(v, p) };
     println!(
         "{}",
         serde_json::json!({
             "answered": times.len(),
             "failed": failed,
-            "p50_us": pct(&mut times, 500),
-            "p99_us": pct(&mut times, 990),
-            "connect_p50_us": pct(&mut connects, 500),
-            "connect_p99_us": pct(&mut connects, 990),
+            "p50_us": pct(&times, 500),
+            "p99_us": pct(&times, 990),
+            "connect_p50_us": pct(&connects, 500),
+            "connect_p99_us": pct(&connects, 990),
         })
     );
 }
