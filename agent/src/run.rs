@@ -461,9 +461,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let listener = sockets
             .listener_with_backlog(proxy_port, proxy_config.listen_backlog)
             .with_context(|| format!("--proxy-port {proxy_port}: cannot listen"))?;
-        l7proxy::install_redirect(&node_ns, proxy_port)
-            .await
-            .context("installing the proxy redirect (sysctls, ip rules, nftables TPROXY)")?;
+        // The redirect to it is installed by the reconcile driver when a
+        // policy first has L7 rules (its `redirect` unit).
         info!(port = proxy_port, "L7 proxy listening");
         let events = l7proxy::L7Sink {
             ring: recent.clone(),
@@ -495,6 +494,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Kernel {
             dp,
             netns: cfg.datapath.netns.clone(),
+            proxy: (proxy_port != 0).then(|| (node_ns.clone(), proxy_port)),
         },
         cfg.datapath.enforcement,
         proxy_port,

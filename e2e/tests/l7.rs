@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
 const H1: u16 = 8080;
@@ -136,6 +136,23 @@ fn l7_rules_for_clients_on_the_same_node_and_across_nodes() -> Result<()> {
     let clients = [&local, &remote];
     let mut failures = Vec::new();
 
+    // No L7 rule yet: the nodes have no routing rule of the proxy's (the
+    // kernel keeps their local and main tables merged).
+    let proxy_rules = |c: &Cluster| -> Result<Vec<usize>> {
+        c.nodes
+            .iter()
+            .map(|n| {
+                let out = n.ns.ip(&["rule", "list"])?;
+                let rules = String::from_utf8_lossy(&out.stdout);
+                Ok(rules.matches("fwmark 0x1/0x1 lookup 100").count())
+            })
+            .collect()
+    };
+    ensure!(
+        proxy_rules(&c)? == [0, 0],
+        "a proxy rule before any L7 rule"
+    );
+
     // Ingress rule on web: judged by node 0's proxy, for the local client
     // (same node) and the remote one.
     import(&c, "ingress", &ingress_policy())?;
@@ -145,6 +162,12 @@ fn l7_rules_for_clients_on_the_same_node_and_across_nodes() -> Result<()> {
         until_enforced(client, &web4, H1)?;
         until_enforced(client, &web6, H1)?;
     }
+    // Every agent installed the redirect once it had an L7 rule.
+    ensure!(
+        proxy_rules(&c)? == [1, 1],
+        "proxy rules per node: {:?}",
+        proxy_rules(&c)?
+    );
     std::fs::write(&log, "")?;
     let expected = cells(&clients, &web, "ingress", &mut failures);
     // A peer without any allow: no connection, not a 403.

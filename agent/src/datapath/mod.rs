@@ -246,6 +246,10 @@ pub enum DatapathError {
         #[source]
         source: Box<MapError>,
     },
+    /// The node's redirect to the L7 proxy (fwmark rules, local table,
+    /// TPROXY table) could not be installed.
+    #[error("installing the redirect to the L7 proxy: {0}")]
+    Redirect(String),
     /// A map operation failed.
     #[error("eBPF map `{name}`: {op} failed")]
     Map {

@@ -37,6 +37,7 @@ pub enum Op {
     SetEndpointAddresses(u32),
     RemoveEndpoint(u32),
     Attach(String),
+    InstallRedirect,
 }
 
 impl Op {
@@ -50,6 +51,7 @@ impl Op {
             Op::SetEndpointAddresses(_) => "set_endpoint_addresses",
             Op::RemoveEndpoint(_) => "remove_endpoint",
             Op::Attach(_) => "attach",
+            Op::InstallRedirect => "install_redirect",
         }
     }
 }
@@ -239,5 +241,9 @@ impl MapWriter for FakeMaps {
         self.write(Op::Attach(interface.to_string()))?;
         self.attached.insert(interface.to_string(), ifindex);
         Ok(ifindex)
+    }
+
+    fn install_redirect(&mut self) -> Result<(), DatapathError> {
+        self.write(Op::InstallRedirect)
     }
 }

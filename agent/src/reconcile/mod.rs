@@ -4,13 +4,16 @@
 //! | unit | map | from |
 //! |---|---|---|
 //! | attach | programs on interfaces | local endpoints' interfaces |
+//! | redirect | the proxy's fwmark rules, local table, TPROXY table | any policy with L7 rules (installed once, kept) |
 //! | policy | `POLICY` trie | the engine's entries for local identities |
 //! | ipcache | `IPCACHE` trie | every endpoint address + policy CIDRs |
 //! | endpoints | `ENDPOINTS` (+ cache slot, `ENDPOINT_ADDRS`) | local endpoints with identity and policy in place |
 //!
 //! The driver owns ordering (attach and policy before endpoints: an
 //! endpoint is declared only once its entries are written, and its
-//! enforcement flags change after the entries they guard), per-unit error
+//! enforcement flags change after the entries they guard; the redirect
+//! before policy: an entry that marks packets for the proxy is written
+//! only once marked packets are delivered to it), per-unit error
 //! counts and backoff (a failing unit is retried after 100 ms doubling to
 //! 30 s; a unit that depends on it waits; the others go on), and
 //! adoption: after a start or a failed pass a unit diffs the map whole
@@ -60,17 +63,25 @@ pub struct Changes {
 #[serde(rename_all = "lowercase")]
 pub enum Unit {
     Attach,
+    Redirect,
     Policy,
     Ipcache,
     Endpoints,
 }
 
 impl Unit {
-    pub const ALL: [Unit; 4] = [Unit::Attach, Unit::Policy, Unit::Ipcache, Unit::Endpoints];
+    pub const ALL: [Unit; 5] = [
+        Unit::Attach,
+        Unit::Redirect,
+        Unit::Policy,
+        Unit::Ipcache,
+        Unit::Endpoints,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Unit::Attach => "attach",
+            Unit::Redirect => "redirect",
             Unit::Policy => "policy",
             Unit::Ipcache => "ipcache",
             Unit::Endpoints => "endpoints",
@@ -175,6 +186,7 @@ pub struct Driver<W> {
     policy: policy::PolicyUnit,
     ipcache: ipcache::IpcacheUnit,
     endpoints: endpoints::EndpointsUnit,
+    redirect: Redirect,
     /// Policy audit mode for every local endpoint (`--policy-audit-mode`).
     audit_all: bool,
     health: BTreeMap<Unit, UnitHealth>,
@@ -192,6 +204,7 @@ impl<W: MapWriter> Driver<W> {
             policy: policy::PolicyUnit::new(proxy_port),
             ipcache: ipcache::IpcacheUnit::default(),
             endpoints: endpoints::EndpointsUnit::default(),
+            redirect: Redirect::default(),
             audit_all: false,
             health: Unit::ALL
                 .into_iter()
@@ -271,8 +284,33 @@ impl<W: MapWriter> Driver<W> {
         self.record(Unit::Attach, &outcome, None);
         report.outcomes.push((Unit::Attach, outcome));
 
+        // Redirect: installed when a policy first has L7 rules, before
+        // any entry that sends packets to the proxy: a marked packet with
+        // no rule delivering it locally is forwarded past the proxy (fail
+        // open). Until then the node has no routing rule of its own, and
+        // the kernel keeps its local and main tables merged (one lookup
+        // per forwarded packet instead of two).
+        let outcome = if !self.redirect.wanted || self.redirect.installed {
+            Outcome::Synced(Changes::default())
+        } else if self.due(Unit::Redirect, now) {
+            let r = self.w.install_redirect().map(|()| Changes {
+                writes: 1,
+                removals: 0,
+            });
+            self.redirect.installed = r.is_ok();
+            self.finish(Unit::Redirect, r, now)
+        } else {
+            Outcome::Backoff
+        };
+        let redirect_ok = matches!(outcome, Outcome::Synced(_));
+        report.outcomes.push((Unit::Redirect, outcome));
+
         // Policy.
-        let outcome = if self.due(Unit::Policy, now) {
+        let outcome = if !redirect_ok {
+            // This pass's deltas are spent: diff the trie whole next time.
+            self.policy.invalidate();
+            Outcome::Waiting(Unit::Redirect)
+        } else if self.due(Unit::Policy, now) {
             let r = self
                 .policy
                 .sync(&self.engine, &self.fed.local_ids, &deltas, &mut self.w);
@@ -358,8 +396,12 @@ impl<W: MapWriter> Driver<W> {
                 .get(key)
                 .is_some_and(|p| Arc::ptr_eq(p, policy) || p == policy);
             if !unchanged {
-                if self.proxy_port == 0 && policy.rules.iter().any(|(_, r)| has_l7(r)) {
-                    warn!(policy = %key, "L7 rules are enforced at L3/L4 only: this agent runs no L7 proxy (--proxy-port)");
+                if policy.rules.iter().any(|(_, r)| has_l7(r)) {
+                    if self.proxy_port == 0 {
+                        warn!(policy = %key, "L7 rules are enforced at L3/L4 only: this agent runs no L7 proxy (--proxy-port)");
+                    } else {
+                        self.redirect.wanted = true;
+                    }
                 }
                 deltas.extend(self.engine.set_shared_policy(key, Some(policy.clone())));
                 fed.policies.insert(key.clone(), policy.clone());
@@ -430,7 +472,7 @@ impl<W: MapWriter> Driver<W> {
                     Unit::Policy => self.policy.invalidate(),
                     Unit::Ipcache => self.ipcache.invalidate(),
                     Unit::Endpoints => self.endpoints.invalidate(),
-                    Unit::Attach => {}
+                    Unit::Attach | Unit::Redirect => {}
                 }
                 Outcome::Failed(crate::error_chain(&e))
             }
@@ -460,6 +502,15 @@ impl<W: MapWriter> Driver<W> {
             Outcome::Backoff | Outcome::Waiting(_) => {}
         }
     }
+}
+
+/// The proxy's redirect plumbing: wanted once any policy has L7 rules,
+/// and kept once installed (a later policy may need it again, and routing
+/// rules once added leave the kernel's tables unmerged anyway).
+#[derive(Debug, Default)]
+struct Redirect {
+    wanted: bool,
+    installed: bool,
 }
 
 /// Whether `rule` has HTTP rules (ingress or egress).

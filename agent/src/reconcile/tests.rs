@@ -602,3 +602,92 @@ spec:
     // The pods' endpoints are untouched by the host policy.
     assert!(pos(&log, policy_of(WEB)).is_none(), "{log:?}");
 }
+
+/// Lets app=client GET anything from app=web on TCP 80, through the proxy.
+const L7_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: web-l7
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: \"80\"
+        protocol: TCP
+      rules:
+        http:
+        - method: GET
+";
+
+fn with_l7(mut want: Desired) -> Desired {
+    let p = axoneme_policy::parse_documents(L7_POLICY)
+        .pop()
+        .unwrap()
+        .unwrap();
+    want.policies
+        .insert("policies/web-l7".into(), std::sync::Arc::new(p));
+    want
+}
+
+fn redirect_entry(m: &FakeMaps) -> bool {
+    m.policy.values().any(|v| v.proxy_port != 0)
+}
+
+#[test]
+fn the_redirect_is_installed_when_a_policy_first_has_l7_rules_and_before_its_entries() {
+    const PROXY: u16 = 15001;
+    let mut d = Driver::new(fake(), EnforcementMode::Default, PROXY);
+    let t0 = Instant::now();
+    // No L7 rule: no plumbing (the node keeps no routing rule of its own).
+    let r = d.pass(&desired(true), t0);
+    assert!(r.ok(), "{r:?}");
+    assert!(!d.writer_mut().take_log().contains(&Op::InstallRedirect));
+    // The plumbing fails: no entry sends packets to the proxy, the
+    // endpoints keep what they had, and the unit backs off.
+    d.writer_mut().failing = vec!["install_redirect"];
+    let r = d.pass(&with_l7(desired(false)), t0);
+    assert!(matches!(
+        r.outcome(Unit::Redirect),
+        Some(Outcome::Failed(_))
+    ));
+    assert_eq!(
+        r.outcome(Unit::Policy),
+        Some(&Outcome::Waiting(Unit::Redirect))
+    );
+    assert_eq!(
+        r.outcome(Unit::Endpoints),
+        Some(&Outcome::Waiting(Unit::Policy))
+    );
+    assert!(!redirect_entry(d.writer()));
+    assert_eq!(r.retry_at, Some(t0 + Duration::from_millis(100)));
+    // Mended: installed first, then the entries that redirect.
+    d.writer_mut().failing.clear();
+    d.writer_mut().take_log();
+    let r = d.pass(&with_l7(desired(false)), t0 + Duration::from_millis(100));
+    assert!(r.ok(), "{r:?}");
+    let log = d.writer_mut().take_log();
+    assert_eq!(log.first(), Some(&Op::InstallRedirect), "{log:?}");
+    assert!(redirect_entry(d.writer()));
+    // Kept, and not installed again, whatever the policies do next.
+    for want in [desired(true), with_l7(desired(false))] {
+        let r = d.pass(&want, t0 + Duration::from_secs(1));
+        assert!(r.ok(), "{r:?}");
+    }
+    assert!(!d.writer_mut().take_log().contains(&Op::InstallRedirect));
+    assert_eq!(d.health()[&Unit::Redirect].changes_total, 1);
+}
+
+#[test]
+fn an_agent_without_a_proxy_never_installs_the_redirect() {
+    let mut d = driver(fake());
+    let r = d.pass(&with_l7(desired(false)), Instant::now());
+    assert!(r.ok(), "{r:?}");
+    assert!(!d.writer_mut().take_log().contains(&Op::InstallRedirect));
+    assert!(!redirect_entry(d.writer()));
+}

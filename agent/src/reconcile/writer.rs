@@ -12,6 +12,8 @@ use axoneme_bpf_common::{EndpointInfo, IpcacheValue, PolicyKey, PolicyValue};
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 
+use axoneme_net::Netns;
+
 use crate::datapath::{Datapath, DatapathError};
 
 /// What the sync units need of the maps and the interfaces.
@@ -47,6 +49,10 @@ pub trait MapWriter {
     /// an endpoint's drops everything (no endpoints-map entry, 152) until
     /// it is deleted, which takes its programs with it.
     fn attach(&mut self, interface: &str) -> Result<u32, DatapathError>;
+
+    /// Installs the node's plumbing that brings packets the datapath
+    /// marks for the proxy to it (idempotent).
+    fn install_redirect(&mut self) -> Result<(), DatapathError>;
 }
 
 /// The real datapath, attaching in the node's network namespace.
@@ -54,6 +60,8 @@ pub struct Kernel {
     pub dp: Datapath,
     /// The namespace holding the endpoints' interfaces; `None`: the agent's.
     pub netns: Option<PathBuf>,
+    /// The node's namespace and the proxy's port, when the node runs one.
+    pub proxy: Option<(Netns, u16)>,
 }
 
 impl MapWriter for Kernel {
@@ -111,5 +119,32 @@ impl MapWriter for Kernel {
 
     fn attach(&mut self, interface: &str) -> Result<u32, DatapathError> {
         self.dp.attach(interface, self.netns.as_deref())
+    }
+
+    fn install_redirect(&mut self) -> Result<(), DatapathError> {
+        let Some((ns, port)) = &self.proxy else {
+            return Err(DatapathError::Redirect(
+                "this agent runs no L7 proxy (--proxy-port 0)".into(),
+            ));
+        };
+        // rtnetlink is async and this pass is not: a thread of its own
+        // with a runtime for the few requests, once per agent.
+        let installed = std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?
+                    .block_on(crate::l7proxy::install_redirect(ns, *port))
+                    .map_err(|e| crate::error_chain(&e))
+            })
+            .join()
+        });
+        match installed {
+            Ok(r) => r.map_err(DatapathError::Redirect),
+            Err(_) => Err(DatapathError::Redirect(
+                "the installing thread panicked".into(),
+            )),
+        }
     }
 }
