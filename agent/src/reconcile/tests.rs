@@ -603,30 +603,15 @@ spec:
     assert!(pos(&log, policy_of(WEB)).is_none(), "{log:?}");
 }
 
-/// Lets app=client GET anything from app=web on TCP 80, through the proxy.
-const L7_POLICY: &str = "apiVersion: cilium.io/v2
-kind: CiliumClusterwideNetworkPolicy
-metadata:
-  name: web-l7
-spec:
-  endpointSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: \"80\"
-        protocol: TCP
-      rules:
-        http:
-        - method: GET
-";
+/// [`POLICY`] with an HTTP rule on its port: app=client may only GET
+/// from app=web, through the proxy.
+fn l7_policy() -> String {
+    POLICY.replace("name: web\n", "name: web-l7\n")
+        + "      rules:\n        http:\n        - method: GET\n"
+}
 
 fn with_l7(mut want: Desired) -> Desired {
-    let p = axoneme_policy::parse_documents(L7_POLICY)
+    let p = axoneme_policy::parse_documents(&l7_policy())
         .pop()
         .unwrap()
         .unwrap();
