@@ -409,6 +409,7 @@ fn in_vm() -> Result<()> {
             .map(String::from)
             .collect(),
         ready_timeout: axoneme_e2e::vm::VM_READY_TIMEOUT,
+        etcd_members: axoneme_e2e::vm::VM_ETCD_MEMBERS,
         ..ClusterConfig::default()
     })?;
     let server = c.add_pod(0, "server", &[("app", "server")])?;

@@ -70,6 +70,8 @@ pub struct ClusterConfig {
     /// under an emulated CPU (the IPsec VM) the verifier is many times
     /// slower.
     pub ready_timeout: Duration,
+    /// How many etcd members the cluster's etcd has.
+    pub etcd_members: usize,
 }
 
 impl Default for ClusterConfig {
@@ -84,6 +86,7 @@ impl Default for ClusterConfig {
             etcd_tls: false,
             helm_secrets: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            etcd_members: 3,
         }
     }
 }
@@ -186,9 +189,9 @@ impl Cluster {
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir)?;
         let etcd = if cfg.etcd_tls {
-            EtcdCluster::start_tls(3)?
+            EtcdCluster::start_tls(cfg.etcd_members)?
         } else {
-            EtcdCluster::start(3)?
+            EtcdCluster::start(cfg.etcd_members)?
         };
         let underlay = Netns::create(&format!("{prefix}-ul"))?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;

@@ -327,6 +327,7 @@ fn in_vm_a_two_node_cluster_encrypts_pod_traffic() -> Result<()> {
         .map(String::from)
         .collect(),
         ready_timeout: axoneme_e2e::vm::VM_READY_TIMEOUT,
+        etcd_members: axoneme_e2e::vm::VM_ETCD_MEMBERS,
         ..ClusterConfig::default()
     })?;
     step("cluster up", t0);
