@@ -54,12 +54,17 @@ use anyhow::{bail, ensure, Context, Result};
 use axoneme_e2e::bench::{pick, write_figures};
 use axoneme_e2e::netns::{run, Netns};
 use axoneme_e2e::vm::{Vm, CLUSTER_PREAMBLE};
-use axoneme_e2e::{Cluster, ClusterConfig};
+use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
+use xfrm::{hand_xfrm, over_axoneme, state_carried};
+
+#[path = "ipsec/programs.rs"]
+mod programs;
+#[path = "ipsec/xfrm.rs"]
+mod xfrm;
 
 const IN_VM: &str = "AXONEME_IPSEC_BENCH_IN_VM";
 const FIGURES: &str = "IPSEC-BENCH-JSON ";
-const KEY: &str = "0x0123456789abcdef0123456789abcdef01234567";
 const KEY_FILE: &str = "5+ rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef01234567 128\n";
 
 /// Seconds per measurement and rounds: full, smoke.
@@ -159,9 +164,18 @@ fn measure(server: &Netns, client: &Netns, addr: IpAddr, secs: f64) -> Result<Sa
         .map_err(|_| anyhow::anyhow!("sink panicked"))??;
     ensure!(bytes > 0, "no bytes to {addr}");
     let mbps = bytes as f64 * 8.0 / took.as_secs_f64() / 1e6;
-    // Request/response: one byte each way on one connection.
+    let (transactions, mut sample) = rr(server, client, addr, dur)?;
+    sample.mbps = mbps;
+    ensure!(transactions > 0, "no transaction to {addr}");
+    Ok(sample)
+}
+
+/// Request/response for `dur`: one byte each way on one connection. The
+/// number of transactions, and the sample without throughput.
+fn rr(server: &Netns, client: &Netns, addr: IpAddr, dur: Duration) -> Result<(u64, Sample)> {
     let port = PORT.fetch_add(1, Ordering::Relaxed);
     let listener = server.enter(move || TcpListener::bind(("0.0.0.0", port)))??;
+    pin();
     let echo = std::thread::spawn(move || -> Result<()> {
         pin();
         let (mut s, _) = listener.accept()?;
@@ -190,14 +204,30 @@ fn measure(server: &Netns, client: &Netns, addr: IpAddr, secs: f64) -> Result<Sa
     drop(c);
     echo.join()
         .map_err(|_| anyhow::anyhow!("echo panicked"))??;
-    ensure!(n > 0, "no transaction to {addr}");
     took.sort_by(f64::total_cmp);
-    let at = |pct: usize| took[(took.len() - 1) * pct / 100];
-    Ok(Sample {
-        mbps,
+    let at = |pct: usize| took.get(took.len().saturating_sub(1) * pct / 100).copied();
+    let sample = Sample {
+        mbps: 0.0,
         tps,
-        p50_us: at(50),
-        p99_us: at(99),
+        p50_us: at(50).unwrap_or(f64::NAN),
+        p99_us: at(99).unwrap_or(f64::NAN),
+    };
+    Ok((n, sample))
+}
+
+/// The programs' time per transaction on the cluster's path from `client`
+/// to `server` (see [`programs`]).
+fn program_cost(
+    c: &Cluster,
+    server: &CniPod,
+    client: &CniPod,
+    secs: f64,
+) -> Result<serde_json::Value> {
+    let nodes = [("n0", &c.nodes[0].ns), ("n1", &c.nodes[1].ns)];
+    let dur = Duration::from_secs_f64(secs);
+    programs::per_transaction(&nodes, || {
+        let (n, s) = rr(&server.ns, &client.ns, server.ip.into(), dur)?;
+        Ok((n, s.p50_us))
     })
 }
 
@@ -242,65 +272,6 @@ fn hand_made(prefix: &str) -> Result<[Netns; 5]> {
     na.ip(&["route", "add", "10.98.2.0/24", "via", "192.168.99.2"])?;
     nb.ip(&["route", "add", "10.98.1.0/24", "via", "192.168.99.1"])?;
     Ok([pa, pb, na, nb, underlay])
-}
-
-/// ESP tunnel states and policies set by hand with `ip xfrm` between two
-/// nodes (`on`), or none: node `na` at `ips.0` routes `nets.0`, `nb` at
-/// `ips.1` routes `nets.1`.
-fn hand_xfrm(
-    na: &Netns,
-    nb: &Netns,
-    ips: (&str, &str),
-    nets: (&str, &str),
-    on: bool,
-) -> Result<()> {
-    for ns in [na, nb] {
-        ns.ip(&["xfrm", "state", "flush"])?;
-        ns.ip(&["xfrm", "policy", "flush"])?;
-    }
-    if !on {
-        return Ok(());
-    }
-    for (ns, me, peer, mine, theirs) in [
-        (na, ips.0, ips.1, nets.0, nets.1),
-        (nb, ips.1, ips.0, nets.1, nets.0),
-    ] {
-        // The same two SAs on both nodes: a -> b and b -> a.
-        for (src, dst, spi) in [(ips.0, ips.1, "0x10"), (ips.1, ips.0, "0x11")] {
-            ns.ip(&[
-                "xfrm",
-                "state",
-                "add",
-                "src",
-                src,
-                "dst",
-                dst,
-                "proto",
-                "esp",
-                "spi",
-                spi,
-                "reqid",
-                "7",
-                "mode",
-                "tunnel",
-                "aead",
-                "rfc4106(gcm(aes))",
-                KEY,
-                "128",
-            ])?;
-        }
-        ns.ip(&[
-            "xfrm", "policy", "add", "src", mine, "dst", theirs, "dir", "out", "tmpl", "src", me,
-            "dst", peer, "proto", "esp", "reqid", "7", "mode", "tunnel",
-        ])?;
-        for dir in ["fwd", "in"] {
-            ns.ip(&[
-                "xfrm", "policy", "add", "src", theirs, "dst", mine, "dir", dir, "tmpl", "src",
-                peer, "dst", me, "proto", "esp", "reqid", "7", "mode", "tunnel",
-            ])?;
-        }
-    }
-    Ok(())
 }
 
 /// Deletes the `clsact` qdisc, and with it every tc program, of every
@@ -452,14 +423,36 @@ fn in_vm() -> Result<()> {
         cpu.push(json!({"phase": name, "cpu_seconds": used}));
         since = now;
     };
+    let net = |ip: std::net::Ipv4Addr| {
+        let o = ip.octets();
+        format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+    };
+    let (ip0, ip1) = (c.nodes[0].ip.to_string(), c.nodes[1].ip.to_string());
+    let (net0, net1) = (net(server.ip), net(client.ip));
+    let (ips, nets) = ((ip0.as_str(), ip1.as_str()), (net0.as_str(), net1.as_str()));
     for _ in 0..rounds {
         hand_xfrm(&na, &nb, HAND_IPS, HAND_NETS, false)?;
         runs.add("plain", measure(&pb, &pa, to_pb, secs)?);
         hand_xfrm(&na, &nb, HAND_IPS, HAND_NETS, true)?;
         runs.add("xfrm", measure(&pb, &pa, to_pb, secs)?);
         runs.add("axoneme", measure(&server.ns, &client.ns, to_server, secs)?);
+        // Axoneme with encryption on, its SAs and outbound policies
+        // replaced by unmarked hand-made ones: what its XFRM layout costs.
+        let (n0, n1) = (&c.nodes[0].ns, &c.nodes[1].ns);
+        over_axoneme(n0, n1, ips, nets, true)?;
+        let s = measure(&server.ns, &client.ns, to_server, secs)?;
+        let carried = n0.ip(&["-s", "xfrm", "state"])?;
+        over_axoneme(n0, n1, ips, nets, false)?;
+        ensure!(
+            state_carried(&String::from_utf8_lossy(&carried.stdout), 0x20),
+            "the hand-made SA over Axoneme's carried nothing:\n{}",
+            String::from_utf8_lossy(&carried.stdout)
+        );
+        runs.add("axoneme_with_hand_sas", s);
     }
     phase_done("encryption on");
+    let mut cost = serde_json::Map::new();
+    cost.insert("axoneme".into(), program_cost(&c, &server, &client, secs)?);
     // The hand-made path was encrypted: its states counted packets.
     let counted = na.ip(&["-s", "xfrm", "state"])?;
     ensure!(
@@ -480,12 +473,6 @@ fn in_vm() -> Result<()> {
     }
     // The cluster's own nodes with the kernel's IPsec set by hand: the
     // same datapath and underlay as axoneme's, what XFRM alone costs there.
-    let net = |ip: std::net::Ipv4Addr| {
-        let o = ip.octets();
-        format!("{}.{}.{}.0/24", o[0], o[1], o[2])
-    };
-    let (ip0, ip1) = (c.nodes[0].ip.to_string(), c.nodes[1].ip.to_string());
-    let (net0, net1) = (net(server.ip), net(client.ip));
     let (n0, n1) = (&c.nodes[0].ns, &c.nodes[1].ns);
     let cluster_xfrm = |on| hand_xfrm(n0, n1, (&ip0, &ip1), (&net0, &net1), on);
     phase_done("restarts");
@@ -502,6 +489,15 @@ fn in_vm() -> Result<()> {
         runs.add("xfrm_phase2", measure(&pb, &pa, to_pb, secs)?);
     }
     phase_done("encryption off");
+    cost.insert(
+        "axoneme_plain_with_hand_xfrm".into(),
+        program_cost(&c, &server, &client, secs)?,
+    );
+    cluster_xfrm(false)?;
+    cost.insert(
+        "axoneme_plain".into(),
+        program_cost(&c, &server, &client, secs)?,
+    );
     // The same namespaces without Axoneme's programs: agents paused (so
     // nothing re-attaches), programs detached.
     for n in &c.nodes {
@@ -560,11 +556,14 @@ fn in_vm() -> Result<()> {
         "rr_p99_us": each(|s| s.p99_us),
         "per_round": runs.per_round(),
         "cpu_by_phase": cpu,
+        "programs_per_transaction": cost,
         "ratios": {
             "axoneme_vs_bare_with_hand_xfrm_tcp": target.0,
             "axoneme_vs_bare_with_hand_xfrm_rr": target.1,
             "axoneme_vs_xfrm_tcp": tcp(&a, &x),
             "axoneme_vs_xfrm_rr": rr(&a, &x),
+            "axoneme_vs_axoneme_with_hand_sas_tcp": tcp(&a, &m("axoneme_with_hand_sas")),
+            "axoneme_vs_axoneme_with_hand_sas_rr": rr(&a, &m("axoneme_with_hand_sas")),
             "bare_with_hand_xfrm_vs_xfrm_tcp": tcp(&bx, &x3),
             "bare_with_hand_xfrm_vs_xfrm_rr": rr(&bx, &x3),
             "axoneme_vs_hand_xfrm_on_the_cluster_tcp": across(tcp, &a, &x, &cx, &x2),

@@ -1,0 +1,170 @@
+//! XFRM states and policies set by hand with `ip xfrm`: the kernel's
+//! IPsec alone (the bench's reference paths), and hand-made SAs laid over
+//! Axoneme's own on the cluster's nodes.
+
+use anyhow::Result;
+use axoneme_e2e::netns::Netns;
+
+/// The hand-made SAs' key: 160 bits as Axoneme's (a 128-bit AES key and a
+/// 32-bit salt).
+pub const KEY: &str = "0x0123456789abcdef0123456789abcdef01234567";
+
+/// How hand-made SAs are laid: their SPIs (a -> b, b -> a), reqid and
+/// outbound policy priority, and whether inbound policies come with them.
+struct Lay {
+    spis: [&'static str; 2],
+    reqid: &'static str,
+    priority: &'static str,
+    inbound: bool,
+}
+
+/// The kernel's IPsec alone: what `ip xfrm` makes with defaults.
+const ALONE: Lay = Lay {
+    spis: ["0x10", "0x11"],
+    reqid: "7",
+    priority: "0",
+    inbound: true,
+};
+
+/// Over Axoneme's own layout, left in place: unmarked states and an
+/// unmarked outbound policy that wins over Axoneme's (a lower priority
+/// number), with Axoneme's reqid so that its inbound policies accept what
+/// they decrypt. Only the marks and Axoneme's choice of SA differ from the
+/// axoneme path.
+const OVER_AXONEME: Lay = Lay {
+    spis: ["0x20", "0x21"],
+    reqid: "0xa0e5",
+    priority: "10",
+    inbound: false,
+};
+
+/// ESP tunnel states and policies set by hand with `ip xfrm` between two
+/// nodes (`on`), or none: node `na` at `ips.0` routes `nets.0`, `nb` at
+/// `ips.1` routes `nets.1`.
+pub fn hand_xfrm(
+    na: &Netns,
+    nb: &Netns,
+    ips: (&str, &str),
+    nets: (&str, &str),
+    on: bool,
+) -> Result<()> {
+    for ns in [na, nb] {
+        ns.ip(&["xfrm", "state", "flush"])?;
+        ns.ip(&["xfrm", "policy", "flush"])?;
+    }
+    if on {
+        hand_sas(na, nb, ips, nets, &ALONE)?;
+    }
+    Ok(())
+}
+
+/// [`OVER_AXONEME`] added (`on`) or taken away again, Axoneme's own
+/// states and policies untouched.
+pub fn over_axoneme(
+    na: &Netns,
+    nb: &Netns,
+    ips: (&str, &str),
+    nets: (&str, &str),
+    on: bool,
+) -> Result<()> {
+    if on {
+        return hand_sas(na, nb, ips, nets, &OVER_AXONEME);
+    }
+    for (ns, mine, theirs) in [(na, nets.0, nets.1), (nb, nets.1, nets.0)] {
+        ns.ip(&[
+            "xfrm", "policy", "delete", "src", mine, "dst", theirs, "dir", "out",
+        ])?;
+        for (src, dst, spi) in [
+            (ips.0, ips.1, OVER_AXONEME.spis[0]),
+            (ips.1, ips.0, OVER_AXONEME.spis[1]),
+        ] {
+            ns.ip(&[
+                "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", spi,
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the state with `spi` in `ip -s xfrm state`'s `listing`
+/// counted packets.
+pub fn state_carried(listing: &str, spi: u32) -> bool {
+    let id = format!("spi 0x{spi:08x}");
+    listing
+        .split("\nsrc ")
+        .find(|block| block.contains(&id))
+        .is_some_and(|block| block.contains("(packets)") && !block.contains(" 0(packets)"))
+}
+
+/// Adds `lay`'s states and policies on both nodes.
+fn hand_sas(
+    na: &Netns,
+    nb: &Netns,
+    ips: (&str, &str),
+    nets: (&str, &str),
+    lay: &Lay,
+) -> Result<()> {
+    for (ns, me, peer, mine, theirs) in [
+        (na, ips.0, ips.1, nets.0, nets.1),
+        (nb, ips.1, ips.0, nets.1, nets.0),
+    ] {
+        // The same two SAs on both nodes: a -> b and b -> a.
+        for (src, dst, spi) in [(ips.0, ips.1, lay.spis[0]), (ips.1, ips.0, lay.spis[1])] {
+            ns.ip(&[
+                "xfrm",
+                "state",
+                "add",
+                "src",
+                src,
+                "dst",
+                dst,
+                "proto",
+                "esp",
+                "spi",
+                spi,
+                "reqid",
+                lay.reqid,
+                "mode",
+                "tunnel",
+                "aead",
+                "rfc4106(gcm(aes))",
+                KEY,
+                "128",
+            ])?;
+        }
+        ns.ip(&[
+            "xfrm",
+            "policy",
+            "add",
+            "src",
+            mine,
+            "dst",
+            theirs,
+            "dir",
+            "out",
+            "priority",
+            lay.priority,
+            "tmpl",
+            "src",
+            me,
+            "dst",
+            peer,
+            "proto",
+            "esp",
+            "reqid",
+            lay.reqid,
+            "mode",
+            "tunnel",
+        ])?;
+        if !lay.inbound {
+            continue;
+        }
+        for dir in ["fwd", "in"] {
+            ns.ip(&[
+                "xfrm", "policy", "add", "src", theirs, "dst", mine, "dir", dir, "tmpl", "src",
+                peer, "dst", me, "proto", "esp", "reqid", lay.reqid, "mode", "tunnel",
+            ])?;
+        }
+    }
+    Ok(())
+}
