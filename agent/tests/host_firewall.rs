@@ -44,10 +44,17 @@ fn pod6() -> [u8; 16] {
 }
 
 fn setup(host_firewall: bool, flags: u8) -> TestDatapath {
-    let mut dp = load_options(LoadOptions {
-        host_firewall,
-        ..LoadOptions::default()
-    });
+    setup_with(
+        LoadOptions {
+            host_firewall,
+            ..LoadOptions::default()
+        },
+        flags,
+    )
+}
+
+fn setup_with(options: LoadOptions, flags: u8) -> TestDatapath {
+    let mut dp = load_options(options);
     dp.maps.set_event_rate(1_000_000, 1_000_000).unwrap();
     dp.maps
         .set_endpoint(
@@ -149,6 +156,46 @@ fn what_is_not_for_the_node_lifelines_esp_and_neighbour_discovery_pass_unjudged(
         &icmp(135, 0, 0, &[0; 20]),
     );
     assert_eq!(send(&mut dp, &ns).0, TC_ACT_OK);
+}
+
+/// With encryption on, what XFRM decrypted comes back through the
+/// device's program with the decrypt mark its ESP packet got there, and
+/// passes without a second look: the kernel's inbound XFRM policies admit
+/// only packets between the nodes' pod networks there (each judged by its
+/// pod's program), never one for the node (the packet here, which the
+/// host firewall denies when it is not marked).
+#[test]
+fn decrypted_packets_pass_the_device_once_their_esp_was_marked() {
+    let options = LoadOptions {
+        host_firewall: true,
+        encrypt: true,
+        ..LoadOptions::default()
+    };
+    let mut dp = setup_with(options, ENFORCED);
+    let packet = tcp_to(PEER_NODE, NODE4, 40001, 8080, TCP_SYN);
+    assert_eq!(send(&mut dp, &packet).0, TC_ACT_SHOT);
+    let marked = axoneme_bpf_common::decrypt_mark(7);
+    assert_eq!(
+        dp.test_run_marked(NODEPORT_INGRESS, &packet, marked)
+            .unwrap(),
+        TC_ACT_OK
+    );
+    assert!(dp.maps.drain_events().is_empty(), "not judged, no event");
+    // Another mark (the encrypt one, which no packet from the wire has
+    // either): judged as any other.
+    let other = axoneme_bpf_common::encrypt_mark(3);
+    assert_eq!(
+        dp.test_run_marked(NODEPORT_INGRESS, &packet, other)
+            .unwrap(),
+        TC_ACT_SHOT
+    );
+    // Loaded without encryption, a decrypt mark means nothing.
+    let dp = setup(true, ENFORCED);
+    assert_eq!(
+        dp.test_run_marked(NODEPORT_INGRESS, &packet, marked)
+            .unwrap(),
+        TC_ACT_SHOT
+    );
 }
 
 #[test]

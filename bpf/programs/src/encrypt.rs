@@ -12,8 +12,8 @@
 //!   source address and is judged by the source's identity as any other.
 
 use axoneme_bpf_common::{
-    decrypt_mark, encrypt_mark, family, EncryptValue, IpcacheKey, ENCRYPT_MAX,
-    ENCRYPT_NODES_MAX,
+    decrypt_mark, encrypt_mark, family, EncryptValue, IpcacheKey, ENCRYPT_MAX, ENCRYPT_NODES_MAX,
+    MARK_DECRYPT, MARK_MASK,
 };
 use aya_ebpf::{
     macros::map,
@@ -73,40 +73,51 @@ pub(crate) fn leaving(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
 
 /// An ESP packet arriving on the node's device from another node: the
 /// decrypt mark of that node (unknown nodes get none, and no inbound
-/// state matches them: XFRM drops the packet).
+/// state matches them: XFRM drops the packet). True for any ESP packet.
 #[inline(never)]
-pub(crate) fn arriving(ctx: &TcContext) {
+pub(crate) fn arriving(ctx: &TcContext) -> bool {
     let Ok(ethertype) = ctx.load::<u16>(12) else {
-        return;
+        return false;
     };
     let mut key = IpcacheKey::default();
     match u16::from_be(ethertype) {
         ETH_P_IP => {
             if ctx.load::<u8>(ETH_HLEN + 9) != Ok(ESP) {
-                return;
+                return false;
             }
             let Ok(saddr) = ctx.load::<[u8; 4]>(ETH_HLEN + 12) else {
-                return;
+                return true;
             };
             key.family = family::IPV4;
             key.addr[..4].copy_from_slice(&saddr);
         }
         ETH_P_IPV6 => {
             if ctx.load::<u8>(ETH_HLEN + 6) != Ok(ESP) {
-                return;
+                return false;
             }
             let Ok(saddr) = ctx.load::<[u8; 16]>(ETH_HLEN + 8) else {
-                return;
+                return true;
             };
             key.family = family::IPV6;
             key.addr = saddr;
         }
-        _ => return,
+        _ => return false,
     }
     // SAFETY: copied out at once.
-    let Some(index) = (unsafe { ENCRYPT_NODES.get(&key) }).copied() else {
-        return;
-    };
-    // The whole mark, as in `leaving`.
-    ctx.set_mark(decrypt_mark(index as u16));
+    if let Some(index) = (unsafe { ENCRYPT_NODES.get(&key) }).copied() {
+        // The whole mark, as in `leaving`.
+        ctx.set_mark(decrypt_mark(index as u16));
+    }
+    true
+}
+
+/// A packet XFRM decrypted, back on the node's device: tunnel mode hands
+/// the inner packet to the device's receive path again, with the mark
+/// [`arriving`] gave the ESP packet (a mark never comes from the wire:
+/// crossing into the node's namespace clears it).
+#[inline(always)]
+pub(crate) fn decrypted(ctx: &TcContext) -> bool {
+    // SAFETY: a read of the context's mark.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    mark & MARK_MASK == MARK_DECRYPT
 }

@@ -117,8 +117,13 @@ pub fn axoneme_to_container(ctx: TcContext) -> i32 {
 /// ([`host`]).
 #[classifier]
 pub fn axoneme_nodeport_ingress(ctx: TcContext) -> i32 {
-    if encrypt::enabled() {
-        encrypt::arriving(&ctx);
+    // ESP (marked for its inbound state) is never service traffic and the
+    // host firewall does not judge it. What it decrypts to is pod traffic
+    // between the nodes' pod networks (the inbound XFRM policies admit
+    // nothing else: a tunnel-mode packet without one is refused), which the
+    // destination pod's program judges: neither needs this program again.
+    if encrypt::enabled() && (encrypt::arriving(&ctx) || encrypt::decrypted(&ctx)) {
+        return TC_ACT_OK;
     }
     match nodeport::ingress(&ctx) {
         // Not service traffic: the node's own, if it is for its address.
