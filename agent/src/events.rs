@@ -29,6 +29,10 @@ pub async fn run(
             let view = views::event(&e, now);
             log_event(&view);
             recent.push(&e, view);
+            // A flood's drain is long (a log line per event): the
+            // runtime's other tasks (the API, metrics) get their turn
+            // when this task's budget runs out, not after the whole ring.
+            tokio::task::coop::consume_budget().await;
         }
     }
 }
