@@ -22,7 +22,15 @@
 //!   and the programs' `clsact` qdiscs deleted on every node interface),
 //!   without and with the hand-made states: the issue's (b) read
 //!   literally, "the same two namespaces with XFRM states and policies set
-//!   by hand, no Axoneme programs".
+//!   by hand, no Axoneme programs";
+//! - axoneme with hand SAs: the encrypting cluster with unmarked hand-made
+//!   SAs and outbound policies laid over Axoneme's own, in the same rounds
+//!   as axoneme: what Axoneme's XFRM layout (its marks, its choice of SA)
+//!   costs.
+//!
+//! After the rounds of the phases with programs, one more request/response run on the
+//! cluster's path with the kernel's BPF statistics on gives the programs'
+//! own run time per transaction ([`programs`]).
 //!
 //! TCP throughput (64 KiB writes) and request/response (1 byte each way,
 //! one connection: transactions per second and each one's latency) for
@@ -56,7 +64,7 @@ use axoneme_e2e::netns::{run, Netns};
 use axoneme_e2e::vm::{Vm, CLUSTER_PREAMBLE};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
-use xfrm::{hand_xfrm, over_axoneme, state_carried};
+use xfrm::{state_carried, Pair};
 
 #[path = "ipsec/programs.rs"]
 mod programs;
@@ -370,6 +378,12 @@ fn in_vm() -> Result<()> {
     let secs: f64 = std::env::var("AXONEME_IPSEC_BENCH_SECONDS")?.parse()?;
     let rounds: usize = std::env::var("AXONEME_IPSEC_BENCH_ROUNDS")?.parse()?;
     let [pa, pb, na, nb, _underlay] = hand_made(&axoneme_e2e::run_prefix("bh"))?;
+    let hand = Pair {
+        a: &na,
+        b: &nb,
+        ips: HAND_IPS,
+        nets: HAND_NETS,
+    };
     let keys = std::env::temp_dir().join("bench-keys");
     std::fs::write(&keys, KEY_FILE)?;
     let keys = keys.display().to_string();
@@ -431,18 +445,23 @@ fn in_vm() -> Result<()> {
     let (net0, net1) = (net(server.ip), net(client.ip));
     let (ips, nets) = ((ip0.as_str(), ip1.as_str()), (net0.as_str(), net1.as_str()));
     for _ in 0..rounds {
-        hand_xfrm(&na, &nb, HAND_IPS, HAND_NETS, false)?;
+        hand.hand_xfrm(false)?;
         runs.add("plain", measure(&pb, &pa, to_pb, secs)?);
-        hand_xfrm(&na, &nb, HAND_IPS, HAND_NETS, true)?;
+        hand.hand_xfrm(true)?;
         runs.add("xfrm", measure(&pb, &pa, to_pb, secs)?);
         runs.add("axoneme", measure(&server.ns, &client.ns, to_server, secs)?);
         // Axoneme with encryption on, its SAs and outbound policies
         // replaced by unmarked hand-made ones: what its XFRM layout costs.
-        let (n0, n1) = (&c.nodes[0].ns, &c.nodes[1].ns);
-        over_axoneme(n0, n1, ips, nets, true)?;
+        let cluster = Pair {
+            a: &c.nodes[0].ns,
+            b: &c.nodes[1].ns,
+            ips,
+            nets,
+        };
+        cluster.over_axoneme(true)?;
         let s = measure(&server.ns, &client.ns, to_server, secs)?;
-        let carried = n0.ip(&["-s", "xfrm", "state"])?;
-        over_axoneme(n0, n1, ips, nets, false)?;
+        let carried = cluster.a.ip(&["-s", "xfrm", "state"])?;
+        cluster.over_axoneme(false)?;
         ensure!(
             state_carried(&String::from_utf8_lossy(&carried.stdout), 0x20),
             "the hand-made SA over Axoneme's carried nothing:\n{}",
@@ -473,8 +492,13 @@ fn in_vm() -> Result<()> {
     }
     // The cluster's own nodes with the kernel's IPsec set by hand: the
     // same datapath and underlay as axoneme's, what XFRM alone costs there.
-    let (n0, n1) = (&c.nodes[0].ns, &c.nodes[1].ns);
-    let cluster_xfrm = |on| hand_xfrm(n0, n1, (&ip0, &ip1), (&net0, &net1), on);
+    let cluster = Pair {
+        a: &c.nodes[0].ns,
+        b: &c.nodes[1].ns,
+        ips,
+        nets,
+    };
+    let cluster_xfrm = |on| cluster.hand_xfrm(on);
     phase_done("restarts");
     clear_first_cpu();
     for _ in 0..rounds {
@@ -521,7 +545,7 @@ fn in_vm() -> Result<()> {
     }
     phase_done("no programs");
     cluster_xfrm(false)?;
-    hand_xfrm(&na, &nb, HAND_IPS, HAND_NETS, false)?;
+    hand.hand_xfrm(false)?;
     for n in &c.nodes {
         n.agent
             .as_ref()

@@ -38,52 +38,119 @@ const OVER_AXONEME: Lay = Lay {
     inbound: false,
 };
 
-/// ESP tunnel states and policies set by hand with `ip xfrm` between two
-/// nodes (`on`), or none: node `na` at `ips.0` routes `nets.0`, `nb` at
-/// `ips.1` routes `nets.1`.
-pub fn hand_xfrm(
-    na: &Netns,
-    nb: &Netns,
-    ips: (&str, &str),
-    nets: (&str, &str),
-    on: bool,
-) -> Result<()> {
-    for ns in [na, nb] {
-        ns.ip(&["xfrm", "state", "flush"])?;
-        ns.ip(&["xfrm", "policy", "flush"])?;
-    }
-    if on {
-        hand_sas(na, nb, ips, nets, &ALONE)?;
-    }
-    Ok(())
+/// Two nodes: `a` at `ips.0` routes `nets.0`, `b` at `ips.1` routes
+/// `nets.1`.
+pub struct Pair<'a> {
+    pub a: &'a Netns,
+    pub b: &'a Netns,
+    pub ips: (&'a str, &'a str),
+    pub nets: (&'a str, &'a str),
 }
 
-/// [`OVER_AXONEME`] added (`on`) or taken away again, Axoneme's own
-/// states and policies untouched.
-pub fn over_axoneme(
-    na: &Netns,
-    nb: &Netns,
-    ips: (&str, &str),
-    nets: (&str, &str),
-    on: bool,
-) -> Result<()> {
-    if on {
-        return hand_sas(na, nb, ips, nets, &OVER_AXONEME);
-    }
-    for (ns, mine, theirs) in [(na, nets.0, nets.1), (nb, nets.1, nets.0)] {
-        ns.ip(&[
-            "xfrm", "policy", "delete", "src", mine, "dst", theirs, "dir", "out",
-        ])?;
-        for (src, dst, spi) in [
-            (ips.0, ips.1, OVER_AXONEME.spis[0]),
-            (ips.1, ips.0, OVER_AXONEME.spis[1]),
-        ] {
-            ns.ip(&[
-                "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", spi,
-            ])?;
+impl Pair<'_> {
+    /// ESP tunnel states and policies set by hand with `ip xfrm` between
+    /// the two nodes (`on`), or none.
+    pub fn hand_xfrm(&self, on: bool) -> Result<()> {
+        for ns in [self.a, self.b] {
+            ns.ip(&["xfrm", "state", "flush"])?;
+            ns.ip(&["xfrm", "policy", "flush"])?;
         }
+        if on {
+            self.add(&ALONE)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// [`OVER_AXONEME`] added (`on`) or taken away again, Axoneme's own
+    /// states and policies untouched.
+    pub fn over_axoneme(&self, on: bool) -> Result<()> {
+        if on {
+            return self.add(&OVER_AXONEME);
+        }
+        let (ips, nets) = (self.ips, self.nets);
+        for (ns, mine, theirs) in [(self.a, nets.0, nets.1), (self.b, nets.1, nets.0)] {
+            ns.ip(&[
+                "xfrm", "policy", "delete", "src", mine, "dst", theirs, "dir", "out",
+            ])?;
+            for (src, dst, spi) in [
+                (ips.0, ips.1, OVER_AXONEME.spis[0]),
+                (ips.1, ips.0, OVER_AXONEME.spis[1]),
+            ] {
+                ns.ip(&[
+                    "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", spi,
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `lay`'s states and policies on both nodes.
+    fn add(&self, lay: &Lay) -> Result<()> {
+        let (ips, nets) = (self.ips, self.nets);
+        for (ns, me, peer, mine, theirs) in [
+            (self.a, ips.0, ips.1, nets.0, nets.1),
+            (self.b, ips.1, ips.0, nets.1, nets.0),
+        ] {
+            // The same two SAs on both nodes: a -> b and b -> a.
+            for (src, dst, spi) in [(ips.0, ips.1, lay.spis[0]), (ips.1, ips.0, lay.spis[1])] {
+                ns.ip(&[
+                    "xfrm",
+                    "state",
+                    "add",
+                    "src",
+                    src,
+                    "dst",
+                    dst,
+                    "proto",
+                    "esp",
+                    "spi",
+                    spi,
+                    "reqid",
+                    lay.reqid,
+                    "mode",
+                    "tunnel",
+                    "aead",
+                    "rfc4106(gcm(aes))",
+                    KEY,
+                    "128",
+                ])?;
+            }
+            ns.ip(&[
+                "xfrm",
+                "policy",
+                "add",
+                "src",
+                mine,
+                "dst",
+                theirs,
+                "dir",
+                "out",
+                "priority",
+                lay.priority,
+                "tmpl",
+                "src",
+                me,
+                "dst",
+                peer,
+                "proto",
+                "esp",
+                "reqid",
+                lay.reqid,
+                "mode",
+                "tunnel",
+            ])?;
+            if !lay.inbound {
+                continue;
+            }
+            for dir in ["fwd", "in"] {
+                ns.ip(&[
+                    "xfrm", "policy", "add", "src", theirs, "dst", mine, "dir", dir, "tmpl", "src",
+                    peer, "dst", me, "proto", "esp", "reqid", lay.reqid, "mode", "tunnel",
+                ])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether the state with `spi` in `ip -s xfrm state`'s `listing`
@@ -94,77 +161,4 @@ pub fn state_carried(listing: &str, spi: u32) -> bool {
         .split("\nsrc ")
         .find(|block| block.contains(&id))
         .is_some_and(|block| block.contains("(packets)") && !block.contains(" 0(packets)"))
-}
-
-/// Adds `lay`'s states and policies on both nodes.
-fn hand_sas(
-    na: &Netns,
-    nb: &Netns,
-    ips: (&str, &str),
-    nets: (&str, &str),
-    lay: &Lay,
-) -> Result<()> {
-    for (ns, me, peer, mine, theirs) in [
-        (na, ips.0, ips.1, nets.0, nets.1),
-        (nb, ips.1, ips.0, nets.1, nets.0),
-    ] {
-        // The same two SAs on both nodes: a -> b and b -> a.
-        for (src, dst, spi) in [(ips.0, ips.1, lay.spis[0]), (ips.1, ips.0, lay.spis[1])] {
-            ns.ip(&[
-                "xfrm",
-                "state",
-                "add",
-                "src",
-                src,
-                "dst",
-                dst,
-                "proto",
-                "esp",
-                "spi",
-                spi,
-                "reqid",
-                lay.reqid,
-                "mode",
-                "tunnel",
-                "aead",
-                "rfc4106(gcm(aes))",
-                KEY,
-                "128",
-            ])?;
-        }
-        ns.ip(&[
-            "xfrm",
-            "policy",
-            "add",
-            "src",
-            mine,
-            "dst",
-            theirs,
-            "dir",
-            "out",
-            "priority",
-            lay.priority,
-            "tmpl",
-            "src",
-            me,
-            "dst",
-            peer,
-            "proto",
-            "esp",
-            "reqid",
-            lay.reqid,
-            "mode",
-            "tunnel",
-        ])?;
-        if !lay.inbound {
-            continue;
-        }
-        for dir in ["fwd", "in"] {
-            ns.ip(&[
-                "xfrm", "policy", "add", "src", theirs, "dst", mine, "dir", dir, "tmpl", "src",
-                peer, "dst", me, "proto", "esp", "reqid", lay.reqid, "mode", "tunnel",
-            ])?;
-        }
-    }
-    Ok(())
 }
