@@ -64,7 +64,7 @@ use axoneme_e2e::netns::{run, Netns};
 use axoneme_e2e::vm::{Vm, CLUSTER_PREAMBLE};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 use serde_json::json;
-use xfrm::{state_carried, Pair};
+use xfrm::Pair;
 
 #[path = "ipsec/programs.rs"]
 mod programs;
@@ -172,15 +172,19 @@ fn measure(server: &Netns, client: &Netns, addr: IpAddr, secs: f64) -> Result<Sa
         .map_err(|_| anyhow::anyhow!("sink panicked"))??;
     ensure!(bytes > 0, "no bytes to {addr}");
     let mbps = bytes as f64 * 8.0 / took.as_secs_f64() / 1e6;
-    let (transactions, mut sample) = rr(server, client, addr, dur)?;
+    let (_, mut sample) = request_response(server, client, addr, dur)?;
     sample.mbps = mbps;
-    ensure!(transactions > 0, "no transaction to {addr}");
     Ok(sample)
 }
 
 /// Request/response for `dur`: one byte each way on one connection. The
 /// number of transactions, and the sample without throughput.
-fn rr(server: &Netns, client: &Netns, addr: IpAddr, dur: Duration) -> Result<(u64, Sample)> {
+fn request_response(
+    server: &Netns,
+    client: &Netns,
+    addr: IpAddr,
+    dur: Duration,
+) -> Result<(u64, Sample)> {
     let port = PORT.fetch_add(1, Ordering::Relaxed);
     let listener = server.enter(move || TcpListener::bind(("0.0.0.0", port)))??;
     pin();
@@ -212,13 +216,14 @@ fn rr(server: &Netns, client: &Netns, addr: IpAddr, dur: Duration) -> Result<(u6
     drop(c);
     echo.join()
         .map_err(|_| anyhow::anyhow!("echo panicked"))??;
+    ensure!(n > 0, "no transaction to {addr}");
     took.sort_by(f64::total_cmp);
-    let at = |pct: usize| took.get(took.len().saturating_sub(1) * pct / 100).copied();
+    let at = |pct: usize| took[(took.len() - 1) * pct / 100];
     let sample = Sample {
         mbps: 0.0,
         tps,
-        p50_us: at(50).unwrap_or(f64::NAN),
-        p99_us: at(99).unwrap_or(f64::NAN),
+        p50_us: at(50),
+        p99_us: at(99),
     };
     Ok((n, sample))
 }
@@ -234,9 +239,19 @@ fn program_cost(
     let nodes = [("n0", &c.nodes[0].ns), ("n1", &c.nodes[1].ns)];
     let dur = Duration::from_secs_f64(secs);
     programs::per_transaction(&nodes, || {
-        let (n, s) = rr(&server.ns, &client.ns, server.ip.into(), dur)?;
+        let (n, s) = request_response(&server.ns, &client.ns, server.ip.into(), dur)?;
         Ok((n, s.p50_us))
     })
+}
+
+/// The cluster's two nodes as a [`Pair`] for hand-made XFRM.
+fn cluster_pair<'a>(c: &'a Cluster, ips: (&'a str, &'a str), nets: (&'a str, &'a str)) -> Pair<'a> {
+    Pair {
+        a: &c.nodes[0].ns,
+        b: &c.nodes[1].ns,
+        ips,
+        nets,
+    }
 }
 
 /// Two hand-made nodes with a pod each (see the crate's documentation):
@@ -285,12 +300,8 @@ fn hand_made(prefix: &str) -> Result<[Netns; 5]> {
 /// Deletes the `clsact` qdisc, and with it every tc program, of every
 /// interface in `ns`, and checks that none is left.
 fn detach_programs(ns: &Netns) -> Result<()> {
-    let out = ns.ip(&["-j", "link", "show"])?;
-    let links: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
-    for l in &links {
-        let Some(dev) = l["ifname"].as_str() else {
-            continue;
-        };
+    for dev in programs::interfaces(ns)? {
+        let dev = dev.as_str();
         // Interfaces without one answer ENOENT.
         let _ = std::process::Command::new("tc")
             .args(["-n", &ns.name, "qdisc", "del", "dev", dev, "clsact"])
@@ -452,33 +463,17 @@ fn in_vm() -> Result<()> {
         runs.add("axoneme", measure(&server.ns, &client.ns, to_server, secs)?);
         // Axoneme with encryption on, its SAs and outbound policies
         // replaced by unmarked hand-made ones: what its XFRM layout costs.
-        let cluster = Pair {
-            a: &c.nodes[0].ns,
-            b: &c.nodes[1].ns,
-            ips,
-            nets,
-        };
+        let cluster = cluster_pair(&c, ips, nets);
         cluster.over_axoneme(true)?;
         let s = measure(&server.ns, &client.ns, to_server, secs)?;
-        let carried = cluster.a.ip(&["-s", "xfrm", "state"])?;
         cluster.over_axoneme(false)?;
-        ensure!(
-            state_carried(&String::from_utf8_lossy(&carried.stdout), 0x20),
-            "the hand-made SA over Axoneme's carried nothing:\n{}",
-            String::from_utf8_lossy(&carried.stdout)
-        );
         runs.add("axoneme_with_hand_sas", s);
     }
     phase_done("encryption on");
     let mut cost = serde_json::Map::new();
     cost.insert("axoneme".into(), program_cost(&c, &server, &client, secs)?);
     // The hand-made path was encrypted: its states counted packets.
-    let counted = na.ip(&["-s", "xfrm", "state"])?;
-    ensure!(
-        !String::from_utf8_lossy(&counted.stdout).contains(" 0(packets)"),
-        "a hand-made state carried nothing:\n{}",
-        String::from_utf8_lossy(&counted.stdout)
-    );
+    hand.check_hand_carried()?;
     for i in 0..2 {
         c.restart_agent_setting(i, "--enable-ipsec", "false")?;
     }
@@ -492,12 +487,7 @@ fn in_vm() -> Result<()> {
     }
     // The cluster's own nodes with the kernel's IPsec set by hand: the
     // same datapath and underlay as axoneme's, what XFRM alone costs there.
-    let cluster = Pair {
-        a: &c.nodes[0].ns,
-        b: &c.nodes[1].ns,
-        ips,
-        nets,
-    };
+    let cluster = cluster_pair(&c, ips, nets);
     let cluster_xfrm = |on| cluster.hand_xfrm(on);
     phase_done("restarts");
     clear_first_cpu();

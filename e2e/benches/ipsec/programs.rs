@@ -11,16 +11,24 @@ use anyhow::Result;
 use axoneme_e2e::netns::{run, Netns};
 use serde_json::{json, Value};
 
+/// The names of `ns`'s interfaces.
+pub fn interfaces(ns: &Netns) -> Result<Vec<String>> {
+    let out = ns.ip(&["-j", "link", "show"])?;
+    let links: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    Ok(links
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(String::from))
+        .collect())
+}
+
 /// Every program attached at tc in `nodes` (label, namespace): its id →
 /// where ("label device hook").
 fn attached(nodes: &[(&str, &Netns)]) -> Result<BTreeMap<u32, String>> {
     let mut at = BTreeMap::new();
     for (label, ns) in nodes {
-        let out = ns.ip(&["-j", "link", "show"])?;
-        let links: Vec<Value> = serde_json::from_slice(&out.stdout)?;
-        for dev in links.iter().filter_map(|l| l["ifname"].as_str()) {
+        for dev in interfaces(ns)? {
             for hook in ["ingress", "egress"] {
-                let out = run(&["tc", "-n", &ns.name, "filter", "show", "dev", dev, hook])?;
+                let out = run(&["tc", "-n", &ns.name, "filter", "show", "dev", &dev, hook])?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 let mut words = text.split_whitespace();
                 while let Some(w) = words.next() {

@@ -2,17 +2,17 @@
 //! IPsec alone (the bench's reference paths), and hand-made SAs laid over
 //! Axoneme's own on the cluster's nodes.
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use axoneme_e2e::netns::Netns;
 
 /// The hand-made SAs' key: 160 bits as Axoneme's (a 128-bit AES key and a
 /// 32-bit salt).
-pub const KEY: &str = "0x0123456789abcdef0123456789abcdef01234567";
+const KEY: &str = "0x0123456789abcdef0123456789abcdef01234567";
 
 /// How hand-made SAs are laid: their SPIs (a -> b, b -> a), reqid and
 /// outbound policy priority, and whether inbound policies come with them.
 struct Lay {
-    spis: [&'static str; 2],
+    spis: [u32; 2],
     reqid: &'static str,
     priority: &'static str,
     inbound: bool,
@@ -20,7 +20,7 @@ struct Lay {
 
 /// The kernel's IPsec alone: what `ip xfrm` makes with defaults.
 const ALONE: Lay = Lay {
-    spis: ["0x10", "0x11"],
+    spis: [0x10, 0x11],
     reqid: "7",
     priority: "0",
     inbound: true,
@@ -32,7 +32,8 @@ const ALONE: Lay = Lay {
 /// they decrypt. Only the marks and Axoneme's choice of SA differ from the
 /// axoneme path.
 const OVER_AXONEME: Lay = Lay {
-    spis: ["0x20", "0x21"],
+    spis: [0x20, 0x21],
+    // The agent's `encrypt::desired::REQID`.
     reqid: "0xa0e5",
     priority: "10",
     inbound: false,
@@ -61,12 +62,20 @@ impl Pair<'_> {
         Ok(())
     }
 
+    /// Checks that the states of the hand-made IPsec ([`Self::hand_xfrm`])
+    /// carried packets.
+    pub fn check_hand_carried(&self) -> Result<()> {
+        self.check_carried(&ALONE)
+    }
+
     /// [`OVER_AXONEME`] added (`on`) or taken away again, Axoneme's own
-    /// states and policies untouched.
+    /// states and policies untouched; taking it away checks first that its
+    /// states carried packets (what was measured went through them).
     pub fn over_axoneme(&self, on: bool) -> Result<()> {
         if on {
             return self.add(&OVER_AXONEME);
         }
+        let carried = self.check_carried(&OVER_AXONEME);
         let (ips, nets) = (self.ips, self.nets);
         for (ns, mine, theirs) in [(self.a, nets.0, nets.1), (self.b, nets.1, nets.0)] {
             ns.ip(&[
@@ -76,10 +85,29 @@ impl Pair<'_> {
                 (ips.0, ips.1, OVER_AXONEME.spis[0]),
                 (ips.1, ips.0, OVER_AXONEME.spis[1]),
             ] {
+                let spi = format!("{spi:#x}");
                 ns.ip(&[
-                    "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", spi,
+                    "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", &spi,
                 ])?;
             }
+        }
+        carried
+    }
+
+    /// Node `a`'s states of `lay` counted packets (`ip -s xfrm state`).
+    fn check_carried(&self, lay: &Lay) -> Result<()> {
+        let out = self.a.ip(&["-s", "xfrm", "state"])?;
+        let listing = String::from_utf8_lossy(&out.stdout);
+        for spi in lay.spis {
+            let id = format!("spi 0x{spi:08x}");
+            let carried = listing
+                .split("\nsrc ")
+                .find(|block| block.contains(&id))
+                .is_some_and(|b| b.contains("(packets)") && !b.contains(" 0(packets)"));
+            ensure!(
+                carried,
+                "the hand-made state {spi:#x} carried nothing:\n{listing}"
+            );
         }
         Ok(())
     }
@@ -93,6 +121,7 @@ impl Pair<'_> {
         ] {
             // The same two SAs on both nodes: a -> b and b -> a.
             for (src, dst, spi) in [(ips.0, ips.1, lay.spis[0]), (ips.1, ips.0, lay.spis[1])] {
+                let spi = format!("{spi:#x}");
                 ns.ip(&[
                     "xfrm",
                     "state",
@@ -104,7 +133,7 @@ impl Pair<'_> {
                     "proto",
                     "esp",
                     "spi",
-                    spi,
+                    &spi,
                     "reqid",
                     lay.reqid,
                     "mode",
@@ -151,14 +180,4 @@ impl Pair<'_> {
         }
         Ok(())
     }
-}
-
-/// Whether the state with `spi` in `ip -s xfrm state`'s `listing`
-/// counted packets.
-pub fn state_carried(listing: &str, spi: u32) -> bool {
-    let id = format!("spi 0x{spi:08x}");
-    listing
-        .split("\nsrc ")
-        .find(|block| block.contains(&id))
-        .is_some_and(|block| block.contains("(packets)") && !block.contains(" 0(packets)"))
 }
