@@ -46,7 +46,7 @@ fn v6(i: usize) -> [u8; 16] {
 }
 
 fn setup() -> TestDatapath {
-    let mut dp = load();
+    let mut dp = load_small_ct();
     let m = &mut dp.maps;
     let both = endpoint_flags::INGRESS_ENFORCED | endpoint_flags::EGRESS_ENFORCED;
     m.set_endpoint(

@@ -44,7 +44,7 @@ fn check(
     mode: EnforcementMode,
 ) -> Result<usize, TestCaseError> {
     let (policies, ids, endpoints) = setup(labels, docs);
-    let mut dp = load();
+    let mut dp = load_small_ct();
     dp.maps.set_event_rate(u32::MAX, u32::MAX).unwrap();
 
     // Addresses: workloads 10.200.0.x, reserved identities 10.255.0.<id>,

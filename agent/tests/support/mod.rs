@@ -93,6 +93,18 @@ pub fn load_options(options: LoadOptions) -> TestDatapath {
     load_sized(&Default::default(), options)
 }
 
+/// [`load`] with small conntrack tables, for tests that empty them after
+/// every flow: emptying walks the table with `BPF_MAP_GET_NEXT_KEY`, whose
+/// cost grows with the table's size, not with its entries.
+#[allow(dead_code)]
+pub fn load_small_ct() -> TestDatapath {
+    let sizes = MapSizes {
+        ct: 1024,
+        ..MapSizes::default()
+    };
+    load_sized(&sizes, LoadOptions::default())
+}
+
 /// [`load`] with maps of `sizes` and `options`.
 pub fn load_sized(sizes: &MapSizes, options: LoadOptions) -> TestDatapath {
     assert_root();
