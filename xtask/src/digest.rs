@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -27,6 +27,7 @@ pub fn run_logged(root: &Path, cmd: &mut Command, log: &Path) -> Result<()> {
     }
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let file = Arc::new(Mutex::new(file));
+    let starts = Starts::default();
     cmd.current_dir(root)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -35,8 +36,20 @@ pub fn run_logged(root: &Path, cmd: &mut Command, log: &Path) -> Result<()> {
     let (done_tx, done_rx) = mpsc::channel();
     let out = child.stdout.take().context("stdout piped")?;
     let err = child.stderr.take().context("stderr piped")?;
-    spawn_copy(out, std::io::stdout(), file.clone(), done_tx.clone());
-    spawn_copy(err, std::io::stderr(), file, done_tx.clone());
+    spawn_copy(
+        out,
+        std::io::stdout(),
+        file.clone(),
+        starts.clone(),
+        done_tx.clone(),
+    );
+    spawn_copy(
+        err,
+        std::io::stderr(),
+        file,
+        starts.clone(),
+        done_tx.clone(),
+    );
     drop(done_tx);
     let status = child
         .wait()
@@ -44,28 +57,74 @@ pub fn run_logged(root: &Path, cmd: &mut Command, log: &Path) -> Result<()> {
     // A process a test leaked would hold the pipes open forever: the
     // copies get a moment to drain, not a wait on it.
     while done_rx.recv_timeout(Duration::from_secs(10)).is_ok() {}
+    eprintln!(
+        "xtask: the slowest targets of {}: {}",
+        log.display(),
+        slowest(
+            &starts.lock().map(|s| s.clone()).unwrap_or_default(),
+            Instant::now()
+        )
+    );
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
 }
 
+/// When each target's `Running ...` line was seen: CI's time budget is
+/// spent by a few targets, and the log says which.
+type Starts = Arc<Mutex<Vec<(Instant, String)>>>;
+
+/// The targets that ran longest (each until the next one started, the
+/// last until `end`), slowest first, as `name 12 s, ...`.
+fn slowest(starts: &[(Instant, String)], end: Instant) -> String {
+    let mut took: Vec<(Duration, &str)> = starts
+        .iter()
+        .zip(starts.iter().skip(1).map(|(t, _)| *t).chain([end]))
+        .map(|((from, name), to)| (to.saturating_duration_since(*from), name.as_str()))
+        .collect();
+    took.sort_by_key(|t| std::cmp::Reverse(t.0));
+    took.iter()
+        .take(SLOWEST_SHOWN)
+        .map(|(d, name)| format!("{name} {} s", d.as_secs()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many of the slowest targets [`run_logged`] names.
+const SLOWEST_SHOWN: usize = 12;
+
+/// The target a cargo `Running` line names (`tests/a.rs` of
+/// `Running tests/a.rs (target/debug/deps/a-1)`).
+fn running(line: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(line).ok()?.trim();
+    let rest = text.strip_prefix("Running ")?;
+    Some(rest.split(" (").next().unwrap_or(rest).to_string())
+}
+
 /// Copies `from` to `to` (the terminal) and to `file` in a thread of its
 /// own, a whole line at a time, so stdout's and stderr's lines do not
-/// interleave within one; says `done` at the end.
+/// interleave within one; notes targets' starts in `starts`; says `done`
+/// at the end.
 fn spawn_copy(
     from: impl Read + Send + 'static,
     mut to: impl Write + Send + 'static,
     file: Arc<Mutex<File>>,
+    starts: Starts,
     done: mpsc::Sender<()>,
 ) {
     std::thread::spawn(move || {
-        copy_lines(from, &mut to, &file);
+        copy_lines(from, &mut to, &file, &starts);
         let _ = done.send(());
     });
 }
 
-fn copy_lines(from: impl Read, to: &mut impl Write, file: &Mutex<File>) {
+fn copy_lines(
+    from: impl Read,
+    to: &mut impl Write,
+    file: &Mutex<File>,
+    starts: &Mutex<Vec<(Instant, String)>>,
+) {
     let mut from = BufReader::new(from);
     let mut line = Vec::new();
     loop {
@@ -73,6 +132,9 @@ fn copy_lines(from: impl Read, to: &mut impl Write, file: &Mutex<File>) {
         match from.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+        if let (Some(name), Ok(mut starts)) = (running(&line), starts.lock()) {
+            starts.push((Instant::now(), name));
         }
         let _ = to.write_all(&line);
         if let Ok(mut f) = file.lock() {
@@ -180,6 +242,23 @@ mod tests {
             text.contains("to-stdout\n") && text.contains("to-stderr\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_slowest_targets_come_first_each_until_the_next_started() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let line = b"     Running tests/b.rs (target/debug/deps/b-2)\n";
+        let starts = vec![
+            (at(0), "tests/a.rs".to_string()),
+            (at(5), running(line).unwrap()),
+            (at(65), "unittests src/lib.rs".to_string()),
+        ];
+        assert_eq!(
+            slowest(&starts, at(70)),
+            "tests/b.rs 60 s, tests/a.rs 5 s, unittests src/lib.rs 5 s"
+        );
+        assert_eq!(running(b"test x ... ok\n"), None);
     }
 
     #[test]
