@@ -52,7 +52,7 @@ pub fn object_path(root: &Path, name: &str) -> PathBuf {
 /// Builds `bpf/programs` in release mode and returns the objects' paths.
 ///
 /// `root` is the workspace root, `tools_bin` the directory holding
-/// `bpf-linker` (installed by `cargo xtask setup`).
+/// `bpf-linker` (installed by `cargo xtask setup` into its tools cache).
 pub fn build(root: &Path, tools_bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let crate_dir = root.join("bpf").join("programs");
     ensure!(

@@ -56,7 +56,7 @@ pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
         .filter(|t| only.is_empty() || only.iter().any(|o| o == t))
         .collect();
     let fuzz = root.join("fuzz");
-    let cargo_fuzz = super::setup::tools_bin(root).join("cargo-fuzz");
+    let cargo_fuzz = super::setup::cargo_fuzz();
     let built = Instant::now();
     super::run_cmd(
         &fuzz,

@@ -84,7 +84,7 @@ fn main() -> Result<()> {
                 env!("CARGO_PKG_VERSION"),
             )
         }
-        Cmd::BuildBpf => bpf::build(&root, &setup::tools_bin(&root)).map(|objects| {
+        Cmd::BuildBpf => bpf::build(&root, &setup::bpf_linker_dir()).map(|objects| {
             for p in objects {
                 println!("eBPF object: {}", p.display());
             }
@@ -135,7 +135,7 @@ fn cargo() -> Command {
 /// Everything a test run or the demo needs built: the eBPF object and every binary.
 fn build_all(root: &Path, release: bool) -> Result<()> {
     setup::run(root)?;
-    bpf::build(root, &setup::tools_bin(root))?;
+    bpf::build(root, &setup::bpf_linker_dir())?;
     let mut cmd = cargo();
     cmd.args(["build", "--workspace", "--bins"]);
     if release {

@@ -57,17 +57,39 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// libFuzzer's driver for `cargo xtask fuzz`.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// Installs the crates.io tool `name` at `version` into the tools
-/// directory unless it is there (`--version` names the version).
+/// Where `cargo xtask setup` installs the crates.io tools, each at its
+/// version in a directory of its own: outside the work tree, as the
+/// Go-built tools are, so a fresh clone on a machine that has them does
+/// not build them again.
+const TOOLS_CACHE_DIR: &str = "/var/cache/axoneme/tools";
+
+/// The `cargo install --root` of tool `name` at `version`.
+fn tool_root(name: &str, version: &str) -> PathBuf {
+    Path::new(TOOLS_CACHE_DIR).join(format!("{name}-{version}"))
+}
+
+/// The directory holding `bpf-linker`.
+pub fn bpf_linker_dir() -> PathBuf {
+    tool_root("bpf-linker", BPF_LINKER_VERSION).join("bin")
+}
+
+/// The `cargo-fuzz` binary.
+pub fn cargo_fuzz() -> PathBuf {
+    tool_root("cargo-fuzz", CARGO_FUZZ_VERSION)
+        .join("bin")
+        .join("cargo-fuzz")
+}
+
+/// Installs the crates.io tool `name` at `version` into its directory of
+/// the tools cache unless it is there (`--version` names the version).
 fn cargo_tool(
-    root: &Path,
     name: &str,
     version: &str,
     how: &str,
     options: impl FnOnce(&mut Command),
 ) -> Result<()> {
-    let bin = tools_bin(root).join(name);
-    let mut probe = Command::new(&bin);
+    let dir = tool_root(name, version);
+    let mut probe = Command::new(dir.join("bin").join(name));
     if let Some(sub) = name.strip_prefix("cargo-") {
         // A cargo subcommand takes its own name first.
         probe.arg(sub);
@@ -78,26 +100,18 @@ fn cargo_tool(
         .map(|o| String::from_utf8_lossy(&o.stdout).contains(version))
         .unwrap_or(false);
     if have {
-        println!(
-            "setup: {name} {version} present in {}",
-            tools_bin(root).display()
-        );
+        println!("setup: {name} {version} present in {}", dir.display());
         return Ok(());
     }
-    println!("setup: installing {name} {version}: {how}");
+    println!(
+        "setup: installing {name} {version} into {}: {how}",
+        dir.display()
+    );
     let mut cmd = super::cargo();
     cmd.args(["install", name, "--version", version, "--locked", "--root"])
-        .arg(tools_dir(root));
+        .arg(&dir);
     options(&mut cmd);
     sh(&mut cmd)
-}
-
-pub fn tools_dir(root: &Path) -> PathBuf {
-    root.join(".tools")
-}
-
-pub fn tools_bin(root: &Path) -> PathBuf {
-    tools_dir(root).join("bin")
 }
 
 fn is_root() -> bool {
@@ -176,7 +190,6 @@ pub fn run(root: &Path) -> Result<()> {
     }
 
     cargo_tool(
-        root,
         "bpf-linker",
         BPF_LINKER_VERSION,
         "building it against LLVM 22 (about 2-4 minutes)",
@@ -186,7 +199,6 @@ pub fn run(root: &Path) -> Result<()> {
         },
     )?;
     cargo_tool(
-        root,
         "cargo-fuzz",
         CARGO_FUZZ_VERSION,
         "building it (under a minute)",
