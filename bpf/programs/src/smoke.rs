@@ -2,7 +2,7 @@
 //! eBPF build end to end (codegen, BTF, maps, direct packet access accepted
 //! by the verifier, BPF_PROG_TEST_RUN). Its own object
 //! (`axoneme-bpf-smoke`), which only tests and benches load
-//! (`agent/tests/datapath_smoke.rs`; the floor of `agent/benches/datapath.rs`);
+//! (`agent/tests/datapath_smoke.rs`; the floor of `agent/benches/datapath/`);
 //! the agent's datapath is `main.rs`.
 #![no_std]
 #![no_main]
