@@ -16,6 +16,7 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("kubernetes", "axoneme-e2e", "kubernetes"),
     ("services", "axoneme-e2e", "services"),
     ("services-table", "axoneme-agent", "services_table"),
+    ("proxy-view", "axoneme-agent", "proxy_view"),
     ("soak", "axoneme-e2e", "soak"),
     ("ipsec", "axoneme-e2e", "ipsec"),
 ];

@@ -180,15 +180,19 @@ pub fn view_of(
     ProxyView::new(ipcache, local, policies)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
-    use std::time::Instant;
+/// A cluster-sized ipcache, addresses to look up in it, and the linear
+/// scan this view replaced: the view's tests check it against the scan,
+/// and `cargo xtask bench proxy-view` times both.
+pub mod fixtures {
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use axoneme_identity::NumericIdentity;
+    use ipnet::IpNet;
 
     /// The lookup this view replaced: an exact prefix, else a scan of
     /// every prefix for the longest that contains the address.
-    fn scan(ipcache: &BTreeMap<IpNet, NumericIdentity>, ip: IpAddr) -> NumericIdentity {
+    pub fn scan(ipcache: &BTreeMap<IpNet, NumericIdentity>, ip: IpAddr) -> NumericIdentity {
         if let Some(id) = ipcache.get(&IpNet::from(ip)) {
             return *id;
         }
@@ -202,7 +206,7 @@ mod tests {
 
     /// 10,000 prefixes as a cluster's ipcache has them: endpoint
     /// addresses of both families and a few policy CIDRs.
-    fn ipcache() -> BTreeMap<IpNet, NumericIdentity> {
+    pub fn ipcache() -> BTreeMap<IpNet, NumericIdentity> {
         let mut m = BTreeMap::new();
         for i in 0..4_990u32 {
             let v4 = Ipv4Addr::from(0x0ac8_0000 + i);
@@ -229,7 +233,9 @@ mod tests {
         m
     }
 
-    fn probes() -> Vec<IpAddr> {
+    /// Addresses to look up: every 50th endpoint address of each family, and
+    /// others in and outside the policy CIDRs.
+    pub fn probes() -> Vec<IpAddr> {
         let mut p = Vec::new();
         for i in (0..4_990u32).step_by(50) {
             p.push(IpAddr::from(Ipv4Addr::from(0x0ac8_0000 + i)));
@@ -251,6 +257,12 @@ mod tests {
         }
         p
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{ipcache, probes, scan};
+    use super::*;
 
     #[test]
     fn identities_are_the_scans() {
@@ -259,40 +271,6 @@ mod tests {
         for ip in probes() {
             assert_eq!(view.identity(ip), scan(&m, ip), "{ip}");
             assert!(!view.is_local(ip));
-        }
-    }
-
-    /// `cargo test --release -p axoneme-agent --lib lookup_time -- --ignored --nocapture`:
-    /// ns per identity lookup over 10,000 prefixes, this view against the
-    /// scan it replaced, for endpoint addresses (exact prefixes) and
-    /// others (the longest containing CIDR, or world).
-    #[test]
-    #[ignore = "a measurement; run in release"]
-    fn lookup_time() {
-        let m = ipcache();
-        let view = ProxyView::new(m.clone(), HashMap::new(), HashMap::new());
-        let (endpoints, others): (Vec<IpAddr>, Vec<IpAddr>) = probes()
-            .into_iter()
-            .partition(|ip| m.contains_key(&IpNet::from(*ip)));
-        let time = |f: &dyn Fn(IpAddr) -> NumericIdentity, ips: &[IpAddr]| {
-            let rounds = 200;
-            let start = Instant::now();
-            let mut sum = 0u64;
-            for _ in 0..rounds {
-                for ip in ips {
-                    sum = sum.wrapping_add(u64::from(std::hint::black_box(f(*ip)).0));
-                }
-            }
-            std::hint::black_box(sum);
-            start.elapsed().as_nanos() as f64 / (rounds * ips.len()) as f64
-        };
-        for (what, ips) in [
-            ("endpoint addresses", &endpoints),
-            ("other addresses", &others),
-        ] {
-            let new = time(&|ip| view.identity(ip), ips);
-            let old = time(&|ip| scan(&m, ip), ips);
-            println!("{what}: prefix table {new:.0} ns, scan {old:.0} ns per lookup");
         }
     }
 }
