@@ -603,8 +603,7 @@ fn main() -> Result<()> {
         return in_vm();
     }
     let (secs, rounds) = pick(FULL, SMOKE);
-    let dir = std::env::temp_dir().join(axoneme_e2e::run_prefix("vmb"));
-    std::fs::create_dir_all(&dir)?;
+    let dir = axoneme_e2e::vm::WorkDir::new("vmb")?;
     // tc, to take the programs off for the bare paths.
     let vm = Vm::for_cluster(&std::env::current_exe()?, "ipsec_bench")?
         .file(std::fs::canonicalize("/usr/sbin/tc")?, "/opt/bin/tc");
@@ -620,9 +619,5 @@ fn main() -> Result<()> {
     let mut doc: serde_json::Value = serde_json::from_str(line)?;
     doc["vm_seconds"] = json!(run.took.as_secs_f64());
     println!("{}", serde_json::to_string_pretty(&doc)?);
-    write_figures("ipsec", &doc)?;
-    if !axoneme_e2e::keep() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    Ok(())
+    write_figures("ipsec", &doc)
 }

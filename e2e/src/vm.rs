@@ -22,6 +22,41 @@ pub const CACHE: &str = "/var/cache/axoneme/vm";
 /// The line the init prints after the script, with its exit status.
 const RESULT: &str = "AXONEME-VM-RESULT";
 
+/// A VM run's working directory (its initramfs tree, about 400 MB, and
+/// console log) under the temp directory, removed when dropped, whether
+/// the run passed or failed (a failure's message carries the console),
+/// unless `AXONEME_KEEP` is set.
+pub struct WorkDir(PathBuf);
+
+impl WorkDir {
+    /// A new directory named after `tag` and this run.
+    pub fn new(tag: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(crate::run_prefix(tag));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(WorkDir(dir))
+    }
+}
+
+impl std::ops::Deref for WorkDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if crate::keep() {
+            eprintln!(
+                "AXONEME_KEEP: the VM's directory stays at {}",
+                self.0.display()
+            );
+        } else if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("removing {}: {e}", self.0.display());
+        }
+    }
+}
+
 /// What a VM run gave.
 #[derive(Debug)]
 pub struct VmRun {

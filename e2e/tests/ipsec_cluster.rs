@@ -542,8 +542,7 @@ fn scenario(c: &mut Cluster, keys: &Path, wrong: &Path, t0: Instant) -> Result<(
 /// The VM ([`Vm::for_cluster`]): this binary runs its inner test there.
 #[test]
 fn a_two_node_cluster_in_the_vm_encrypts_pod_traffic() -> Result<()> {
-    let dir = std::env::temp_dir().join(axoneme_e2e::run_prefix("vmc"));
-    std::fs::create_dir_all(&dir)?;
+    let dir = axoneme_e2e::vm::WorkDir::new("vmc")?;
     let vm = Vm::for_cluster(&std::env::current_exe()?, "ipsec_cluster")?
         .file(axoneme_e2e::expect::seed_policy(), SEED_IN_VM);
     let script = format!(
@@ -561,8 +560,5 @@ fn a_two_node_cluster_in_the_vm_encrypts_pod_traffic() -> Result<()> {
         run.status,
         run.console
     );
-    if !axoneme_e2e::keep() {
-        std::fs::remove_dir_all(&dir)?;
-    }
     Ok(())
 }

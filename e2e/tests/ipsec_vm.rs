@@ -271,8 +271,7 @@ fn the_xfrm_layer_adds_policies_here_and_names_the_kernels_refusal_of_esp() -> R
 
 #[test]
 fn the_vm_kernel_encrypts_with_esp_whether_set_by_hand_or_by_axoneme() -> Result<()> {
-    let dir = std::env::temp_dir().join(axoneme_e2e::run_prefix("vm"));
-    std::fs::create_dir_all(&dir)?;
+    let dir = axoneme_e2e::vm::WorkDir::new("vm")?;
     let mut vm = Vm::new()?;
     for m in axoneme_e2e::vm::CLUSTER_MODULES {
         vm = vm.module(m);
@@ -309,8 +308,5 @@ fn the_vm_kernel_encrypts_with_esp_whether_set_by_hand_or_by_axoneme() -> Result
         "Axoneme's XFRM layer in the VM:\n{}",
         run.console
     );
-    if !axoneme_e2e::keep() {
-        std::fs::remove_dir_all(&dir)?;
-    }
     Ok(())
 }
