@@ -13,6 +13,7 @@ mod hubble;
 mod image;
 mod kube;
 mod setup;
+mod sweep;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -145,6 +146,7 @@ fn build_all(root: &Path, release: bool) -> Result<()> {
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
+    sweep::stale_runs();
     build_all(root, false)?;
     run_cmd(root, cargo().args(["fmt", "--all", "--check"]))?;
     // The fuzz targets are a workspace of their own.
