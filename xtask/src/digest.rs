@@ -94,12 +94,25 @@ fn slowest(starts: &[(Instant, String)], end: Instant) -> String {
 /// How many of the slowest targets [`run_logged`] names.
 const SLOWEST_SHOWN: usize = 12;
 
-/// The target a cargo `Running` line names (`tests/a.rs` of
-/// `Running tests/a.rs (target/debug/deps/a-1)`).
+/// The target a cargo `Running` line names: `tests/a.rs` of `Running
+/// tests/a.rs (target/debug/deps/a-1)`; a crate's unit tests by their
+/// binary's name too (`unittests src/lib.rs of axoneme_agent`), since
+/// every library's are `src/lib.rs`.
 fn running(line: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(line).ok()?.trim();
     let rest = text.strip_prefix("Running ")?;
-    Some(rest.split(" (").next().unwrap_or(rest).to_string())
+    let (target, binary) = rest.split_once(" (").unwrap_or((rest, ""));
+    if !target.starts_with("unittests") {
+        return Some(target.to_string());
+    }
+    // `target/debug/deps/axoneme_agent-0123abcd)`: the file, its hash off.
+    let file = binary
+        .trim_end_matches(')')
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    let name = file.rsplit_once('-').map_or(file, |(name, _)| name);
+    Some(format!("{target} of {name}"))
 }
 
 /// Copies `from` to `to` (the terminal) and to `file` in a thread of its
@@ -259,6 +272,11 @@ mod tests {
             "tests/b.rs 60 s, tests/a.rs 5 s, unittests src/lib.rs 5 s"
         );
         assert_eq!(running(b"test x ... ok\n"), None);
+        assert_eq!(
+            running(b"     Running unittests src/lib.rs (target/debug/deps/axoneme_agent-0a1b)\n")
+                .as_deref(),
+            Some("unittests src/lib.rs of axoneme_agent")
+        );
     }
 
     #[test]
