@@ -1,5 +1,6 @@
 //! A real HTTP backend for L7 tests: Python's `http.server`, answering
-//! every method with `200 ok METHOD PATH` (HTTP/1.1, keep-alive) and
+//! every method with `200 ok METHOD PATH` (HTTP/1.1, keep-alive, request
+//! bodies by length or in chunks) and
 //! appending `METHOD PATH` to a log file for every request it receives,
 //! so a test can prove that a denied request never reached it.
 
@@ -16,10 +17,22 @@ import http.server, socket, sys
 LOG, PORT = sys.argv[1], int(sys.argv[2])
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    def handle_any(self):
+    def read_body(self):
+        # A chunked body is read chunk by chunk (its bytes left unread
+        # would be taken for the next request on the connection).
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline().strip():
+                        pass
+                    return
+                self.rfile.read(size + 2)
         n = int(self.headers.get("Content-Length") or 0)
         if n:
             self.rfile.read(n)
+    def handle_any(self):
+        self.read_body()
         with open(LOG, "a") as f:
             f.write("%s %s\n" % (self.command, self.path))
         body = ("ok %s %s\n" % (self.command, self.path)).encode()
