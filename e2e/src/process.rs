@@ -37,7 +37,8 @@ pub struct Proc {
     keep_running: bool,
 }
 
-fn signal(pid: u32, sig: &str) -> Result<()> {
+/// Sends signal `sig` (`TERM`, `KILL`, ...) to `pid`.
+pub fn signal(pid: u32, sig: &str) -> Result<()> {
     let status = Command::new("kill")
         .args(["-s", sig, &pid.to_string()])
         .stderr(Stdio::null())

@@ -12,8 +12,10 @@ mod helm;
 mod hubble;
 mod image;
 mod kube;
+mod lanes;
 mod setup;
 mod sweep;
+mod targets;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +56,10 @@ enum Cmd {
         /// How long each target runs.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1440))]
         minutes: u64,
+        /// How long each target runs, in seconds instead (the test
+        /// command's short run takes 30).
+        #[arg(long, conflicts_with = "minutes", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        seconds: Option<u64>,
         /// Only these targets (default: all).
         targets: Vec<String>,
     },
@@ -97,9 +103,13 @@ fn main() -> Result<()> {
             std::env::set_var("AXONEME_SOAK_MINUTES", minutes.to_string());
             bench::run(&root, "soak")
         }
-        Cmd::Fuzz { minutes, targets } => {
+        Cmd::Fuzz {
+            minutes,
+            seconds,
+            targets,
+        } => {
             setup::run(&root)?;
-            fuzz::run(&root, minutes * 60, &targets)
+            fuzz::run(&root, seconds.unwrap_or(minutes * 60), &targets)
         }
     }
 }
@@ -165,47 +175,22 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             "warnings",
         ]),
     )?;
-    // Two at a time: every integration test starts its own etcd cluster and
-    // processes, and the machine has two cores.
-    let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--workspace",
-        "--no-fail-fast",
-        "--",
-        "--test-threads=2",
-    ])
-    .args(extra);
+    // Every test target, every benchmark's smoke form and every fuzz target
+    // in a short form (each finds what a change broke in its parser within
+    // seconds; `cargo xtask fuzz` runs them longer), two at a time (see
+    // lanes.rs): each integration test starts its own etcd cluster and
+    // processes, and most of their time is spent waiting on them.
     let logs = root.join("target").join("xtask");
-    let (test_log, bench_log) = (logs.join("test.log"), logs.join("bench.log"));
-    let tests = digest::run_logged(root, &mut cmd, &test_log);
-    // Every benchmark program in its smoke form (no `--bench` argument; see
-    // `axoneme_e2e::bench`): one short round, every answer checked, no
-    // figures written. `--bench '*'` selects the bench targets only (with
-    // `--benches`, libraries and binaries would run their unit tests
-    // again); cargo runs them one at a time, each starting its own cluster.
-    let benches = digest::run_logged(
-        root,
-        cargo().args(["test", "--workspace", "--no-fail-fast", "--bench", "*"]),
-        &bench_log,
-    );
-    // Every fuzz target in a short form: each finds what a change broke in
-    // its parser within seconds (`cargo xtask fuzz` runs them longer).
-    let fuzzed = fuzz::run(root, FUZZ_SMOKE_SECONDS, &[]);
-    let failed: Vec<String> = [tests, benches, fuzzed]
-        .into_iter()
-        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
-        .collect();
-    if failed.is_empty() {
+    let test_log = logs.join("test.log");
+    let jobs = targets::build(root, extra, FUZZ_SMOKE_SECONDS)?;
+    let Err(failed) = lanes::from_env()?.run(jobs, &logs.join("jobs"), &test_log) else {
         return Ok(());
+    };
+    let text = std::fs::read_to_string(&test_log).unwrap_or_default();
+    for section in digest::failures(&text) {
+        eprintln!("\nxtask: failed, from {}:\n{section}", test_log.display());
     }
-    for log in [&test_log, &bench_log] {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        for section in digest::failures(&text) {
-            eprintln!("\nxtask: failed, from {}:\n{section}", log.display());
-        }
-    }
-    bail!("{}", failed.join("\nand "))
+    Err(failed)
 }
 
 /// How long each fuzz target runs in `cargo xtask test`.
