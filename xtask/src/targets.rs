@@ -51,7 +51,9 @@ pub fn build(root: &Path, args: &[String], fuzz_seconds: u64) -> Result<Vec<Job>
         .collect();
     // The fuzz targets, one after another in one job (its output is their
     // table), heavy: libFuzzer keeps a core busy.
-    let mut fuzz = Command::new(std::env::current_exe().context("xtask's own path")?);
+    // xtask's own binary as the test command's build left it (the one
+    // running may have been replaced by that build).
+    let mut fuzz = Command::new(axoneme_e2e::bin_path("xtask"));
     fuzz.args(["fuzz", "--seconds", &fuzz_seconds.to_string()])
         .current_dir(root);
     jobs.push((
