@@ -23,7 +23,7 @@ pub fn interfaces(ns: &Netns) -> Result<Vec<String>> {
 
 /// Every program attached at tc in `nodes` (label, namespace): its id →
 /// where ("label device hook").
-fn attached(nodes: &[(&str, &Netns)]) -> Result<BTreeMap<u32, String>> {
+pub fn attached(nodes: &[(&str, &Netns)]) -> Result<BTreeMap<u32, String>> {
     let mut at = BTreeMap::new();
     for (label, ns) in nodes {
         for dev in interfaces(ns)? {

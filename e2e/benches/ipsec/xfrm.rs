@@ -39,6 +39,17 @@ const OVER_AXONEME: Lay = Lay {
     inbound: false,
 };
 
+/// The twin pods' (twin.rs) beside Axoneme's own on the cluster's nodes:
+/// states, outbound and inbound policies of their own (Axoneme's match
+/// neither their addresses nor their reqid, and the agents leave states
+/// of another reqid alone).
+const TWIN: Lay = Lay {
+    spis: [0x30, 0x31],
+    reqid: "8",
+    priority: "0",
+    inbound: true,
+};
+
 /// Two nodes: `a` at `ips.0` routes `nets.0`, `b` at `ips.1` routes
 /// `nets.1`.
 pub struct Pair<'a> {
@@ -72,19 +83,39 @@ impl Pair<'_> {
     /// states and policies untouched; taking it away checks first that its
     /// states carried packets (what was measured went through them).
     pub fn over_axoneme(&self, on: bool) -> Result<()> {
+        self.toggle(&OVER_AXONEME, on)
+    }
+
+    /// [`TWIN`] added (`on`) or taken away again, checking first that its
+    /// states carried packets; nothing else touched.
+    pub fn twin(&self, on: bool) -> Result<()> {
+        self.toggle(&TWIN, on)
+    }
+
+    /// Adds `lay` (`on`), or checks that it carried packets and deletes
+    /// its states and policies alone.
+    fn toggle(&self, lay: &Lay, on: bool) -> Result<()> {
         if on {
-            return self.add(&OVER_AXONEME);
+            return self.add(lay);
         }
-        let carried = self.check_carried(&OVER_AXONEME);
+        let carried = self.check_carried(lay);
         let (ips, nets) = (self.ips, self.nets);
         for (ns, mine, theirs) in [(self.a, nets.0, nets.1), (self.b, nets.1, nets.0)] {
-            ns.ip(&[
-                "xfrm", "policy", "delete", "src", mine, "dst", theirs, "dir", "out",
-            ])?;
-            for (src, dst, spi) in [
-                (ips.0, ips.1, OVER_AXONEME.spis[0]),
-                (ips.1, ips.0, OVER_AXONEME.spis[1]),
-            ] {
+            let dirs: &[(&str, &str, &str)] = if lay.inbound {
+                &[
+                    (mine, theirs, "out"),
+                    (theirs, mine, "fwd"),
+                    (theirs, mine, "in"),
+                ]
+            } else {
+                &[(mine, theirs, "out")]
+            };
+            for (src, dst, dir) in dirs {
+                ns.ip(&[
+                    "xfrm", "policy", "delete", "src", src, "dst", dst, "dir", dir,
+                ])?;
+            }
+            for (src, dst, spi) in [(ips.0, ips.1, lay.spis[0]), (ips.1, ips.0, lay.spis[1])] {
                 let spi = format!("{spi:#x}");
                 ns.ip(&[
                     "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", &spi,

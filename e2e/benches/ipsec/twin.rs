@@ -1,0 +1,100 @@
+//! The (b) in the same rounds as Axoneme's path: on the cluster's
+//! own two nodes, a second pod pair beside Axoneme's, on interfaces of its
+//! own (a veth from each node to the underlay's bridge, a veth to each
+//! pod) that no program of Axoneme's is attached to, encrypted by
+//! hand-made XFRM states and policies ([`Pair::twin`]). Measured right
+//! after the axoneme path in every round, the two see the same host: the
+//! ratio needs no reference carried across phases.
+
+use anyhow::{ensure, Result};
+use axoneme_e2e::netns::Netns;
+use axoneme_e2e::Cluster;
+
+use super::programs;
+use super::xfrm::Pair;
+
+/// The twin's underlay addresses (a subnet of its own beside the cluster's
+/// 192.168.77.0/24) and pod networks.
+pub const IPS: (&str, &str) = ("192.168.76.1", "192.168.76.2");
+pub const NETS: (&str, &str) = ("10.97.1.0/24", "10.97.2.0/24");
+/// The pod on node 1, the measured server.
+pub const SERVER: &str = "10.97.2.2";
+
+/// The twin pods (on node 0, on node 1), plugged in as the hand-made
+/// nodes' are; removed with their namespaces (and the veths with them)
+/// when dropped.
+pub fn add(c: &Cluster, prefix: &str) -> Result<[Netns; 2]> {
+    let underlay = c
+        .underlay()
+        .ok_or_else(|| anyhow::anyhow!("cluster detached"))?;
+    let mut pods = Vec::new();
+    for (i, ul, gw, pod_ip) in [
+        (0, "192.168.76.1/24", "10.97.1.1", "10.97.1.2/24"),
+        (1, "192.168.76.2/24", "10.97.2.1", "10.97.2.2/24"),
+    ] {
+        let node = &c.nodes[i].ns;
+        // Two interfaces of the node on one bridge: by default either
+        // answers ARP for the other's address, and the axoneme path's ESP
+        // would arrive on the twin's interface, past the program that
+        // marks it for decryption. Each answers for its own alone.
+        node.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+        node.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+        let pod = Netns::create(&format!("{prefix}t{i}"))?;
+        super::wire_underlay(underlay, &format!("t{i}"), node, "ul1", ul)?;
+        super::plug_pod(node, "twin", &pod, gw, pod_ip)?;
+        pods.push(pod);
+    }
+    let (n0, n1) = (&c.nodes[0].ns, &c.nodes[1].ns);
+    n0.ip(&["route", "add", NETS.1, "via", IPS.1, "dev", "ul1"])?;
+    n1.ip(&["route", "add", NETS.0, "via", IPS.0, "dev", "ul1"])?;
+    check_bare(c)?;
+    pair(c).twin(true)?;
+    let [a, b]: [Netns; 2] = pods
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two twin pods"))?;
+    Ok([a, b])
+}
+
+/// Checks that no program is attached to the twin's interfaces (the
+/// agents would not put one there; this says so).
+pub fn check_bare(c: &Cluster) -> Result<()> {
+    let nodes = [("n0", &c.nodes[0].ns), ("n1", &c.nodes[1].ns)];
+    let on_twin: Vec<String> = programs::attached(&nodes)?
+        .into_values()
+        .filter(|at| at.contains(" ul1 ") || at.contains(" twin "))
+        .collect();
+    ensure!(
+        on_twin.is_empty(),
+        "programs on the twin's interfaces: {on_twin:?}"
+    );
+    Ok(())
+}
+
+/// The nodes' routes and XFRM states and policies, for an error.
+pub fn describe(c: &Cluster) -> String {
+    let mut out = String::new();
+    for n in &c.nodes[..2] {
+        for args in [
+            &["route"][..],
+            &["-s", "xfrm", "state"],
+            &["xfrm", "policy"],
+        ] {
+            let listing =
+                n.ns.ip(args)
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_else(|e| format!("{e:#}"));
+            out.push_str(&format!("\n{} ip {}:\n{listing}", n.name, args.join(" ")));
+        }
+    }
+    out
+}
+
+/// The cluster's two nodes as the twin's [`Pair`].
+pub fn pair(c: &Cluster) -> Pair<'_> {
+    Pair {
+        a: &c.nodes[0].ns,
+        b: &c.nodes[1].ns,
+        ips: IPS,
+        nets: NETS,
+    }
+}
