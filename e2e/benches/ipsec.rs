@@ -29,8 +29,10 @@
 //!   costs;
 //! - bare twin with hand-made xfrm: on the encrypting cluster's own nodes, a
 //!   second pod pair on interfaces no program is attached to, with
-//!   hand-made states of its own, measured right after axoneme in every
-//!   round ([`twin`]): the issue's (b) seen by the same host as (c).
+//!   hand-made states of its own, measured with axoneme in every round
+//!   ([`twin`]): throughput back to back, request/response taking turns of
+//!   a tenth of a second ([`measure::rr_turns`]): the issue's (b) seen by
+//!   the same host as (c).
 //!
 //! After the rounds of the phases with programs, one more request/response run on the
 //! cluster's path with the kernel's BPF statistics on gives the programs'
@@ -45,8 +47,7 @@
 //! little, and a path of one phase is compared with one of another through
 //! each one's ratio to its own phase's hand-made xfrm (the host's speed
 //! moves between phases). Target: axoneme at least 95% of the bare twin
-//! with hand-made xfrm, the median of the rounds' ratios (the two measured
-//! back to back in each round, which goes first alternating), on both:
+//! with hand-made xfrm, the median of the rounds' ratios, on both:
 //! throughput, and RR as the median latency of that over axoneme's (a
 //! rate, as the median transaction sees it: a vCPU the host takes away for
 //! a moment stretches a few transactions, which the median leaves out and
@@ -62,9 +63,7 @@
 //! Inside the VM this same binary runs with `AXONEME_IPSEC_BENCH_IN_VM`
 //! set and prints its figures on one line for the host to read.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -72,9 +71,12 @@ use axoneme_e2e::bench::{pick, write_figures};
 use axoneme_e2e::netns::{run, Netns};
 use axoneme_e2e::vm::{Vm, CLUSTER_PREAMBLE};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
+use measure::{clear_first_cpu, measure, request_response, rr_turns, throughput, Sample};
 use serde_json::json;
 use xfrm::Pair;
 
+#[path = "ipsec/measure.rs"]
+mod measure;
 #[path = "ipsec/programs.rs"]
 mod programs;
 #[path = "ipsec/twin.rs"]
@@ -90,154 +92,12 @@ const KEY_FILE: &str = "5+ rfc4106(gcm(aes)) 0123456789abcdef0123456789abcdef012
 const FULL: (f64, usize) = (2.0, 5);
 const SMOKE: (f64, usize) = (0.5, 1);
 
+/// Turns per round of the axoneme path's and its twin's request/response.
+const RR_TURNS: u32 = 20;
+
 /// The hand-made nodes' addresses and pod networks.
 const HAND_IPS: (&str, &str) = ("192.168.99.1", "192.168.99.2");
 const HAND_NETS: (&str, &str) = ("10.98.1.0/24", "10.98.2.0/24");
-
-static PORT: AtomicU16 = AtomicU16::new(20000);
-
-/// Pins the calling thread to the VM's first CPU. Both ends of every
-/// measurement run there: under TCG a wake-up across vCPUs costs so much,
-/// and so unevenly, that with the ends on two vCPUs the RR median of two
-/// identical paths differed by up to 20% between rounds; on one vCPU
-/// within 7%.
-fn pin() {
-    pin_to(0, 0);
-}
-
-/// Pins thread `tid` (0: the calling one) to CPU `cpu`; a thread that
-/// cannot move (a per-CPU kernel thread) stays.
-fn pin_to(tid: i32, cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
-    }
-}
-
-/// Moves every thread in the VM but this process's to the second CPU:
-/// the cluster's processes (etcd alone used more than half a vCPU under
-/// TCG) stay off the CPU the measured ends run on. Called before each
-/// phase: processes started after `pin` inherit the first CPU from the
-/// thread that spawned them.
-fn clear_first_cpu() {
-    let me = std::process::id().to_string();
-    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if p.file_name().to_str() == Some(me.as_str()) {
-            continue;
-        }
-        for t in std::fs::read_dir(p.path().join("task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if let Some(tid) = t.file_name().to_str().and_then(|t| t.parse().ok()) {
-                pin_to(tid, 1);
-            }
-        }
-    }
-}
-
-/// One measurement: TCP throughput in Mbit/s, transactions per second,
-/// and the transactions' latency (p50, p99) in microseconds.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    mbps: f64,
-    tps: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-/// TCP throughput and request/response from `client` to `server` (at
-/// `addr`) for `secs` each.
-fn measure(server: &Netns, client: &Netns, addr: IpAddr, secs: f64) -> Result<Sample> {
-    let dur = Duration::from_secs_f64(secs);
-    // Throughput: the server counts what arrives until the client closes.
-    let port = PORT.fetch_add(1, Ordering::Relaxed);
-    let listener = server.enter(move || TcpListener::bind(("0.0.0.0", port)))??;
-    pin();
-    let sink = std::thread::spawn(move || -> Result<(u64, Duration)> {
-        pin();
-        let (mut s, _) = listener.accept()?;
-        let started = Instant::now();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0u64;
-        loop {
-            match s.read(&mut buf)? {
-                0 => break,
-                n => total += n as u64,
-            }
-        }
-        Ok((total, started.elapsed()))
-    });
-    let mut c = client.enter(move || {
-        TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(5))
-    })??;
-    let chunk = vec![0x5au8; 1 << 16];
-    let started = Instant::now();
-    while started.elapsed() < dur {
-        c.write_all(&chunk)?;
-    }
-    drop(c);
-    let (bytes, took) = sink
-        .join()
-        .map_err(|_| anyhow::anyhow!("sink panicked"))??;
-    ensure!(bytes > 0, "no bytes to {addr}");
-    let mbps = bytes as f64 * 8.0 / took.as_secs_f64() / 1e6;
-    let (_, mut sample) = request_response(server, client, addr, dur)?;
-    sample.mbps = mbps;
-    Ok(sample)
-}
-
-/// Request/response for `dur`: one byte each way on one connection. The
-/// number of transactions, and the sample without throughput.
-fn request_response(
-    server: &Netns,
-    client: &Netns,
-    addr: IpAddr,
-    dur: Duration,
-) -> Result<(u64, Sample)> {
-    let port = PORT.fetch_add(1, Ordering::Relaxed);
-    let listener = server.enter(move || TcpListener::bind(("0.0.0.0", port)))??;
-    pin();
-    let echo = std::thread::spawn(move || -> Result<()> {
-        pin();
-        let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
-        let mut b = [0u8; 1];
-        while s.read(&mut b)? == 1 {
-            s.write_all(&b)?;
-        }
-        Ok(())
-    });
-    let mut c = client.enter(move || {
-        TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(5))
-    })??;
-    c.set_nodelay(true)?;
-    c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let (mut took, mut b) = (Vec::with_capacity(1 << 16), [1u8; 1]);
-    let started = Instant::now();
-    while started.elapsed() < dur {
-        let t = Instant::now();
-        c.write_all(&b)?;
-        c.read_exact(&mut b)?;
-        took.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    let n = took.len() as u64;
-    let tps = n as f64 / started.elapsed().as_secs_f64();
-    drop(c);
-    echo.join()
-        .map_err(|_| anyhow::anyhow!("echo panicked"))??;
-    ensure!(n > 0, "no transaction to {addr}");
-    took.sort_by(f64::total_cmp);
-    let at = |pct: usize| took[(took.len() - 1) * pct / 100];
-    let sample = Sample {
-        mbps: 0.0,
-        tps,
-        p50_us: at(50),
-        p99_us: at(99),
-    };
-    Ok((n, sample))
-}
 
 /// The programs' time per transaction on the cluster's path from `client`
 /// to `server` (see [`programs`]).
@@ -512,18 +372,28 @@ fn in_vm() -> Result<()> {
         runs.add("plain", measure(&pb, &pa, to_pb, secs).context("plain")?);
         hand.hand_xfrm(true)?;
         runs.add("xfrm", measure(&pb, &pa, to_pb, secs).context("xfrm")?);
-        // Axoneme and its twin back to back, first one then the other.
+        // Axoneme and its twin: throughput back to back (which goes first
+        // alternating by round), request/response taking turns.
+        let dur = Duration::from_secs_f64(secs);
+        let twin_failed = || format!("the bare twin: {}", twin::describe(&c));
+        let mut mbps = [0.0; 2];
         for twin_now in [round % 2 == 1, round % 2 == 0] {
-            if twin_now {
-                let s = measure(&tb, &ta, to_twin, secs)
-                    .with_context(|| format!("the bare twin: {}", twin::describe(&c)))?;
-                runs.add("bare_twin_with_hand_xfrm", s);
+            mbps[usize::from(twin_now)] = if twin_now {
+                throughput(&tb, &ta, to_twin, dur).with_context(twin_failed)?
             } else {
-                let s = measure(&server.ns, &client.ns, to_server, secs)
-                    .with_context(|| format!("the axoneme path: {}", twin::describe(&c)))?;
-                runs.add("axoneme", s);
-            }
+                throughput(&server.ns, &client.ns, to_server, dur).context("the axoneme path")?
+            };
         }
+        let [mut ax, mut tw] = rr_turns(
+            (&server.ns, &client.ns, to_server),
+            (&tb, &ta, to_twin),
+            dur,
+            RR_TURNS,
+        )
+        .with_context(twin_failed)?;
+        (ax.mbps, tw.mbps) = (mbps[0], mbps[1]);
+        runs.add("axoneme", ax);
+        runs.add("bare_twin_with_hand_xfrm", tw);
         // Axoneme with encryption on, its SAs and outbound policies
         // replaced by unmarked hand-made ones: what its XFRM layout costs.
         let cluster = cluster_pair(&c, ips, nets);
