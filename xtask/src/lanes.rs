@@ -185,19 +185,12 @@ fn wait(mut child: Child, until: Instant) -> (std::io::Result<ExitStatus>, bool)
     }
 }
 
-/// Every process below `pid`, from each process's parent in `/proc`.
+/// Every process below `pid`, found by their parents
+/// ([`axoneme_e2e::bench::processes_cpu`] reads them from `/proc`).
 fn descendants(pid: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+    let parents: Vec<(u32, u32)> = axoneme_e2e::bench::processes_cpu()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|p| {
-            Some((
-                p,
-                parent(&std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?)?,
-            ))
-        })
+        .map(|(p, cpu)| (p, cpu.ppid))
         .collect();
     let mut found = vec![pid];
     let mut i = 0;
@@ -208,13 +201,6 @@ fn descendants(pid: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
-}
-
-/// The parent PID in a `/proc/PID/stat` line: the field after the state,
-/// which follows the command name's closing parenthesis.
-fn parent(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A job's part of the log: cargo's `Running` header, its output, and for
@@ -387,6 +373,5 @@ mod tests {
             (Duration::from_secs(60), "b".to_string()),
         ];
         assert_eq!(slowest(took), "b 60 s, a 5 s");
-        assert_eq!(parent("12 (a (b) c) S 7 12 12"), Some(7));
     }
 }

@@ -50,9 +50,8 @@ pub fn build(root: &Path, args: &[String], fuzz_seconds: u64) -> Result<Vec<Job>
         .map(|a| (a.rank(), a.job(root, args)))
         .collect();
     // The fuzz targets, one after another in one job (its output is their
-    // table), heavy: libFuzzer keeps a core busy.
-    // xtask's own binary as the test command's build left it (the one
-    // running may have been replaced by that build).
+    // table), heavy: libFuzzer keeps a core busy. Run by xtask's binary as
+    // the test command's build left it (it may have replaced this one).
     let mut fuzz = Command::new(axoneme_e2e::bin_path("xtask"));
     fuzz.args(["fuzz", "--seconds", &fuzz_seconds.to_string()])
         .current_dir(root);
@@ -120,8 +119,14 @@ impl Artifact {
         })
     }
 
+    /// Its place among the VM's targets, if it boots the VM.
+    fn vm_place(&self) -> Option<usize> {
+        let place = VM_TARGETS.iter().position(|t| *t == self.name);
+        place.filter(|_| self.package == E2E)
+    }
+
     fn vm(&self) -> bool {
-        self.package == E2E && VM_TARGETS.contains(&self.name.as_str())
+        self.vm_place().is_some()
     }
 
     fn unit(&self) -> bool {
@@ -130,12 +135,11 @@ impl Artifact {
 
     /// Where it goes in the queue: lower first.
     fn rank(&self) -> Rank {
-        let vm = VM_TARGETS.iter().position(|t| *t == self.name);
-        match (self.vm(), self.unit(), self.package == E2E) {
-            (true, _, _) => (0, vm.unwrap_or(0)),
-            (false, false, true) => (2, 0),
-            (false, false, false) => (3, 0),
-            (false, true, _) => (4, 0),
+        match (self.vm_place(), self.unit(), self.package == E2E) {
+            (Some(place), _, _) => (0, place),
+            (None, false, true) => (2, 0),
+            (None, false, false) => (3, 0),
+            (None, true, _) => (4, 0),
         }
     }
 

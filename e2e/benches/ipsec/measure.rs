@@ -17,13 +17,13 @@ static PORT: AtomicU16 = AtomicU16::new(20000);
 /// and so unevenly, that with the ends on two vCPUs the RR median of two
 /// identical paths differed by up to 20% between rounds; on one vCPU
 /// within 7%.
-pub fn pin() {
+fn pin() {
     pin_to(0, 0);
 }
 
 /// Pins thread `tid` (0: the calling one) to CPU `cpu`; a thread that
 /// cannot move (a per-CPU kernel thread) stays.
-pub fn pin_to(tid: i32, cpu: usize) {
+fn pin_to(tid: i32, cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
     if set.set(cpu).is_ok() {
         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
