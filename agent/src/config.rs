@@ -270,6 +270,12 @@ pub struct ProxyFlags {
     /// The proxy listener's backlog.
     #[arg(long, env = "AXONEME_PROXY_LISTEN_BACKLOG", default_value_t = 1024)]
     pub proxy_listen_backlog: u32,
+    /// Pass the bytes of a proxied connection between a pod's socket and
+    /// the proxy's directly (sockmap) when both are on this node, instead
+    /// of through the pod's veth and two TCP stacks. Needs the pods and the
+    /// agent under `--cgroup-root` (the sockops program is attached there).
+    #[arg(long, env = "AXONEME_PROXY_SOCKMAP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_sockmap: bool,
 }
 
 impl ProxyFlags {

@@ -24,8 +24,9 @@ fn main() -> ExitCode {
 /// long-lived caches that was a tenth of its resident memory. Its threads
 /// seldom allocate at the same time (the L7 proxy has a thread of its
 /// own); `bench l7` measured no difference against glibc's default (see
-/// docs/benchmarks.md, "Agent memory"). Set before any thread starts. The
-/// workspace's one `unsafe`: a libc call that has no safe wrapper.
+/// docs/benchmarks.md, "Agent memory"). Set before any thread starts. One
+/// of the agent's two `unsafe` blocks, each a libc call that has no safe
+/// wrapper (the other reads a socket's network namespace cookie).
 #[allow(unsafe_code)]
 fn one_malloc_arena() {
     // glibc's own setting, when given, wins.

@@ -236,6 +236,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         None
     };
+    proxy_sockmap(&mut dp, &cfg, &pin_dir)?;
     let mut encrypt_maps = dp.take_encrypt_maps()?;
     if ipsec_keys.is_none() {
         // Encryption off: what a previous run installed goes (its pods'
@@ -637,4 +638,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ),
     );
     sup.run(shutdown).await
+}
+
+/// The L7 proxy's socket acceleration (`--proxy-sockmap`): attached when
+/// the proxy is on and `--cgroup-root` is a cgroup2 directory; otherwise a
+/// previous run's sockops program is removed and no socket is added.
+fn proxy_sockmap(dp: &mut Datapath, cfg: &Config, pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let cgroup = &cfg.services.cgroup_root;
+    let usable = cgroup.join("cgroup.controllers").exists();
+    if cfg.proxy.proxy_port != 0 && cfg.proxy.proxy_sockmap && usable {
+        let cookie = SocketFactory::new(cfg.datapath.netns.clone())
+            .netns_cookie()
+            .context("reading the node's network namespace cookie")?;
+        dp.attach_sockmap(cgroup, cookie).with_context(|| {
+            format!(
+                "attaching the proxy's sockops program to --cgroup-root {}",
+                cgroup.display()
+            )
+        })?;
+        info!(cgroup = %cgroup.display(), "L7 proxy's local connections accelerated (sockmap)");
+        return Ok(());
+    }
+    if cfg.proxy.proxy_port != 0 && cfg.proxy.proxy_sockmap {
+        warn!(
+            cgroup = %cgroup.display(),
+            "--proxy-sockmap: --cgroup-root is not a cgroup2 directory; the proxy's connections go through the TCP stack"
+        );
+    }
+    dp.set_sockmap_node(0)
+        .context("switching the proxy's sockmap off")?;
+    if crate::datapath::detach_sockmap(pin_dir).context("removing the sockops link")? {
+        info!("proxy sockmap off: the previous run's sockops program removed");
+    }
+    Ok(())
 }

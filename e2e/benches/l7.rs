@@ -94,16 +94,10 @@ spec:
         protocol: TCP
 ";
 
-/// nginx in `pod`, answering `200 ok` on 8080 and 8081.
-fn nginx(c: &mut Cluster, pod: &CniPod) -> Result<()> {
-    let dir = c.dir.join("nginx");
-    c.extra.push(axoneme_e2e::http::nginx(
-        &pod.ns,
-        &[8080, 8081],
-        false,
-        &dir,
-    )?);
-    Ok(())
+/// nginx in `pod` (in its cgroup), answering `200 ok` on 8080 and 8081.
+/// The caller keeps it where it is stopped before the pod's cgroup goes.
+fn nginx(c: &Cluster, pod: &CniPod) -> Result<axoneme_e2e::Proc> {
+    axoneme_e2e::http::nginx_in(pod, &[8080, 8081], false, &c.dir.join("nginx"))
 }
 
 /// One run of a path: requests/s, p99 in ms, and the CPU time per request
@@ -127,7 +121,15 @@ fn wrk(
     hop: Option<u32>,
 ) -> Result<Run> {
     let before = hop.map(tree_cpu);
-    let run = axoneme_e2e::http::wrk(&client.ns, "GET", url, connections, seconds)?;
+    // In the pod's cgroup, as a pod's process is.
+    let run = axoneme_e2e::http::wrk_with(
+        |args| client.command(args),
+        "GET",
+        url,
+        connections,
+        seconds,
+        false,
+    )?;
     let after = hop.map(tree_cpu);
     if run.requests == 0 || run.non_2xx > 0 || run.socket_errors > 0 {
         bail!("wrk {url}: {run:?}");
@@ -151,7 +153,8 @@ fn main() -> Result<()> {
     })?;
     let web = c.add_pod(0, "web", &[("app", "web")])?;
     let client = c.add_pod(0, "client", &[("app", "client")])?;
-    nginx(&mut c, &web)?;
+    // Declared after the pods: stopped before their cgroups are removed.
+    let _web_nginx = nginx(&c, &web)?;
     let policy = c.dir.join("bench-web.yaml");
     std::fs::write(&policy, POLICY)?;
     c.import_policy(0, &policy)?;
@@ -237,6 +240,12 @@ fn main() -> Result<()> {
         "observer": {
             "flows_processed": sum("axoneme_hubble_flows_processed_total{"),
             "events_lost": sum("axoneme_hubble_lost_events_total{source=\"observer_events_queue\"}"),
+        },
+        // Messages of the proxy's connections passed socket to socket
+        // (`--proxy-sockmap`), and through the TCP stack.
+        "sockmap": {
+            "redirected": sum("axoneme_proxy_sockmap_messages_total{path=\"redirected\"}"),
+            "passed": sum("axoneme_proxy_sockmap_messages_total{path=\"passed\"}"),
         },
         "machine": "2 cores, one host; wrk and nginx in pods of one node, the agent (release) with the L7 proxy; nginx hop: nginx reverse proxy on the client pod's loopback; nginx on the node: the same in the node's namespace on the node's address",
         "seconds_per_run": seconds,

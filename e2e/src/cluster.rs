@@ -101,6 +101,10 @@ pub struct ClusterNode {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub agent: Option<Proc>,
+    /// The agent's cgroup, a child of the node's (as a kubelet puts the
+    /// agent's pod): the proxy's sockets are then under the programs the
+    /// agent attaches there. Before `cgroup`: dropped first.
+    agent_cgroup: Option<Cgroup>,
     /// The node's cgroup (its pods' are children), where
     /// the agent attaches socket LB.
     pub cgroup: Option<Cgroup>,
@@ -311,7 +315,9 @@ impl Cluster {
         let state_dir = self.dir.join(format!("node{i}"));
         // The node's cgroup: its pods' cgroups go below it, and socket LB
         // (the kube-proxy replacement, on by default) attaches to it.
-        let cgroup = Some(Cgroup::create(&name)?);
+        let cgroup = Cgroup::create(&name)?;
+        let agent_cgroup = Some(cgroup.child("agent")?);
+        let cgroup = Some(cgroup);
         let node = ClusterNode {
             socket: state_dir.join("agent.sock"),
             pin_dir: PathBuf::from("/sys/fs/bpf/axoneme").join(&name),
@@ -359,6 +365,7 @@ impl Cluster {
             ip,
             ip6,
             agent: None,
+            agent_cgroup,
             cgroup,
             extra: Vec::new(),
         };
@@ -372,7 +379,11 @@ impl Cluster {
         let tls = self.etcd_tls_flags();
         let from_config = self.etcd_from_config;
         let n = &mut self.nodes[i];
-        let mut cmd = Command::new(bin_path("axoneme-agent"));
+        let agent = bin_path("axoneme-agent");
+        let mut cmd = match &n.agent_cgroup {
+            Some(cg) => cg.command(&[&agent.display().to_string()]),
+            None => Command::new(agent),
+        };
         cmd.args(["--node", &n.name]);
         if !from_config {
             cmd.args(["--etcd-endpoints", &etcd]).args(&tls);
@@ -579,6 +590,7 @@ impl Cluster {
             l.paths.push(n.pin_dir);
             l.sockets.push(n.socket);
             l.netns.push(n.ns.leak());
+            l.cgroups.extend(n.agent_cgroup.map(Cgroup::leak));
             l.cgroups.extend(n.cgroup.map(Cgroup::leak));
         }
         for o in self.operators.drain(..) {

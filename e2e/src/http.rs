@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::netns::Netns;
-use crate::Proc;
+use crate::{CniPod, Proc};
 
 const SCRIPT: &str = r#"
 import http.server, socket, sys
@@ -87,19 +87,33 @@ pub fn logging_backend(ns: &Netns, port: u16, log: &Path, out: &Path) -> Result<
 /// when `h2c`; its config, pid and logs live in `dir`. Returns once it
 /// accepts connections.
 pub fn nginx(ns: &Netns, ports: &[u16], h2c: bool, dir: &Path) -> Result<Proc> {
+    let port = ports.first().copied().unwrap_or(80);
+    start_nginx(ns, |a| ns.command(a), dir, &ok_server(ports, h2c), port)
+}
+
+/// [`nginx`] as a process of `pod` (its namespace and cgroup). Stop it
+/// before the pod goes: its cgroup cannot be removed while it runs.
+pub fn nginx_in(pod: &CniPod, ports: &[u16], h2c: bool, dir: &Path) -> Result<Proc> {
+    let port = ports.first().copied().unwrap_or(80);
+    let server = ok_server(ports, h2c);
+    start_nginx(&pod.ns, |a| pod.command(a), dir, &server, port)
+}
+
+/// A `server` block answering `200 ok` on `ports`.
+fn ok_server(ports: &[u16], h2c: bool) -> String {
     let listen: String = ports
         .iter()
         .map(|p| format!("    listen {p}{};\n", if h2c { " http2" } else { "" }))
         .collect();
-    let server = format!("  server {{\n{listen}    location / {{ return 200 \"ok\\n\"; }}\n  }}\n");
-    start_nginx(ns, dir, &server, ports.first().copied().unwrap_or(80))
+    format!("  server {{\n{listen}    location / {{ return 200 \"ok\\n\"; }}\n  }}\n")
 }
 
-/// nginx as the backend of L7 tests, in `ns` on both families: HTTP/1.1
+/// nginx as the backend of L7 tests, in `pod` (its namespace and cgroup:
+/// stop it before the pod goes) on both families: HTTP/1.1
 /// on `h1`, cleartext HTTP/2 (prior knowledge) on `h2c`, answering `200
 /// ok` and appending `METHOD PATH PROTOCOL` of every request it received to
 /// the returned log, so a test can prove which requests got through.
-pub fn nginx_backend(ns: &Netns, h1: u16, h2c: u16, dir: &Path) -> Result<(Proc, PathBuf)> {
+pub fn nginx_backend(pod: &CniPod, h1: u16, h2c: u16, dir: &Path) -> Result<(Proc, PathBuf)> {
     let log = dir.join("requests.log");
     let server = format!(
         "  log_format requests '$request_method $request_uri $server_protocol';\n\
@@ -111,7 +125,10 @@ pub fn nginx_backend(ns: &Netns, h1: u16, h2c: u16, dir: &Path) -> Result<(Proc,
     );
     std::fs::create_dir_all(dir)?;
     std::fs::write(&log, "")?;
-    Ok((start_nginx(ns, dir, &server, h1)?, log))
+    Ok((
+        start_nginx(&pod.ns, |a| pod.command(a), dir, &server, h1)?,
+        log,
+    ))
 }
 
 /// nginx as a reverse proxy in `ns`: `bind:port` (`bind` an IPv4 address:
@@ -131,12 +148,18 @@ pub fn nginx_reverse_proxy(
          \x20     proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
          \x20     proxy_set_header Connection \"\";\n    }}\n  }}\n"
     );
-    start_nginx(ns, dir, &server, port)
+    start_nginx(ns, |a| ns.command(a), dir, &server, port)
 }
 
 /// Starts nginx in `ns` with one worker, no access log, state in `dir`,
 /// `servers` inside its `http` block; waits until `port` accepts.
-fn start_nginx(ns: &Netns, dir: &Path, servers: &str, port: u16) -> Result<Proc> {
+fn start_nginx(
+    ns: &Netns,
+    command: impl FnOnce(&[&str]) -> std::process::Command,
+    dir: &Path,
+    servers: &str,
+    port: u16,
+) -> Result<Proc> {
     std::fs::create_dir_all(dir)?;
     let d = dir.display();
     let conf = dir.join("nginx.conf");
@@ -150,7 +173,7 @@ fn start_nginx(ns: &Netns, dir: &Path, servers: &str, port: u16) -> Result<Proc>
              {servers}}}\n"
         ),
     )?;
-    let cmd = ns.command(&[
+    let cmd = command(&[
         "nginx",
         "-c",
         &conf.to_string_lossy(),

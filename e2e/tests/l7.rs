@@ -8,11 +8,15 @@
 //! The same-node cells are the ones local delivery could break: the
 //! proxy's upstream connection borrows the client's address, so the
 //! server's answers are addressed to a pod of the same node, yet belong
-//! to the proxy (docs/architecture.md, "L7 proxy: decisions").
+//! to the proxy (docs/architecture.md, "L7 proxy: decisions"). They are
+//! also the ones whose bytes go socket to socket (`--proxy-sockmap`, on by
+//! default): every cell's answers are checked as they are, and the node's
+//! counters show the messages went that way.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use axoneme_e2e::cluster::sum_samples;
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
 
 const H1: u16 = 8080;
@@ -113,6 +117,14 @@ fn cells(clients: &[&CniPod], web: &CniPod, rule: &str, failures: &mut Vec<Strin
     expected
 }
 
+/// Messages node `i`'s sockmap handed socket to socket so far.
+fn redirected(c: &Cluster, i: usize) -> Result<f64> {
+    Ok(sum_samples(
+        &c.agent_metrics(i)?,
+        "axoneme_proxy_sockmap_messages_total{path=\"redirected\"}",
+    ))
+}
+
 /// The backend's log: requests that reached it, as `METHOD PATH PROTO`.
 fn seen(log: &std::path::Path) -> Result<Vec<String>> {
     Ok(std::fs::read_to_string(log)?
@@ -128,8 +140,9 @@ fn l7_rules_for_clients_on_the_same_node_and_across_nodes() -> Result<()> {
     let local = c.add_pod(0, "client-local", &[("app", "client")])?;
     let remote = c.add_pod(1, "client-remote", &[("app", "client")])?;
     let stranger = c.add_pod(0, "stranger", &[("app", "stranger")])?;
-    let (proc, log) = axoneme_e2e::http::nginx_backend(&web.ns, H1, H2C, &c.dir.join("web"))?;
-    c.extra.push(proc);
+    // Declared after the pods: nginx (in web's cgroup) is stopped before
+    // their cgroups are removed.
+    let (_backend, log) = axoneme_e2e::http::nginx_backend(&web, H1, H2C, &c.dir.join("web"))?;
     c.http_server(&stranger, H1)?;
     let web4 = web.ip.to_string();
     let web6 = web.ip6.context("no IPv6")?.to_string();
@@ -169,7 +182,12 @@ fn l7_rules_for_clients_on_the_same_node_and_across_nodes() -> Result<()> {
         proxy_rules(&c)?
     );
     std::fs::write(&log, "")?;
+    let before = redirected(&c, 0)?;
     let expected = cells(&clients, &web, "ingress", &mut failures);
+    // Node 0 holds the local client, the proxy and web: both legs.
+    if redirected(&c, 0)? <= before {
+        failures.push("ingress rule: node 0 redirected no message socket to socket".into());
+    }
     // A peer without any allow: no connection, not a 403.
     for addr in [&web4, &web6] {
         for port in [H1, H2C] {
@@ -197,7 +215,16 @@ fn l7_rules_for_clients_on_the_same_node_and_across_nodes() -> Result<()> {
         until_enforced(client, &web6, H1)?;
     }
     std::fs::write(&log, "")?;
+    let before = [redirected(&c, 0)?, redirected(&c, 1)?];
     let expected = cells(&clients, &web, "egress", &mut failures);
+    // Each client and its own node's proxy: socket to socket on both nodes.
+    for (i, before) in before.into_iter().enumerate() {
+        if redirected(&c, i)? <= before {
+            failures.push(format!(
+                "egress rule: node {i} redirected no message socket to socket"
+            ));
+        }
+    }
     // A destination the clients' egress does not allow: no connection.
     let stranger4 = stranger.ip.to_string();
     for client in clients {

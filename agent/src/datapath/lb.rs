@@ -199,15 +199,7 @@ impl Datapath {
                 .map_err(|source| program_error(name, "take link", source))?
                 .try_into()
                 .map_err(|e| attach_err("link", Box::new(e)))?;
-            let pin = dir.join(name);
-            // The old link goes with its pin (nothing else holds it).
-            match std::fs::remove_file(&pin) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(attach_err("remove old pin", e.into())),
-            }
-            link.pin(&pin)
-                .map_err(|e| attach_err("pin link", Box::new(e)))?;
+            replace_pin(link, &dir.join(name), &attach_err)?;
             tracing::debug!(program = name, cgroup = %cgroup.display(), "socket LB attached");
         }
         Ok(())
@@ -265,6 +257,23 @@ impl Datapath {
     pub fn take_lb_maps(&mut self) -> Result<LbMaps, DatapathError> {
         LbMaps::take(&mut self.ebpf)
     }
+}
+
+/// Pins `link` at `pin`, in place of the link pinned there before (which
+/// goes with its pin: nothing else holds it).
+pub(super) fn replace_pin(
+    link: FdLink,
+    pin: &Path,
+    attach_err: super::AttachErr<'_>,
+) -> Result<(), DatapathError> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(attach_err("remove old pin", e.into())),
+    }
+    link.pin(pin)
+        .map(drop)
+        .map_err(|e| attach_err("pin link", Box::new(e)))
 }
 
 /// Removes the socket-LB links of a previous run (kube-proxy replacement

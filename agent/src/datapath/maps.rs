@@ -6,12 +6,12 @@ use std::path::Path;
 
 use axoneme_bpf_common::map_names::{
     COUNTERS, CT, CT4, ENDPOINTS, ENDPOINT_ADDRS, ENDPOINT_CACHE, EVENTS, EVENT_CONFIG, IPCACHE,
-    METRICS, POLICY, VERDICTS,
+    METRICS, POLICY, SOCK_STATS, VERDICTS,
 };
 use axoneme_bpf_common::{
-    counter, direction, family, match_type, policy_flags, CtKey, CtKey4, CtValue, EndpointInfo,
-    EndpointSlot, Event, EventConfig, IpcacheKey, IpcacheValue, MetricsKey, MetricsValue,
-    PolicyKey, PolicyValue, VerdictKey, METRICS_ENTRIES, VERDICTS_ENTRIES,
+    counter, direction, family, match_type, policy_flags, sock_stat, CtKey, CtKey4, CtValue,
+    EndpointInfo, EndpointSlot, Event, EventConfig, IpcacheKey, IpcacheValue, MetricsKey,
+    MetricsValue, PolicyKey, PolicyValue, VerdictKey, METRICS_ENTRIES, VERDICTS_ENTRIES,
 };
 use axoneme_policy::compile::{Direction, Key as EntryKey, Verdict, ANY_IDENTITY, PROTO_ANY};
 use aya::maps::lpm_trie::Key;
@@ -42,6 +42,8 @@ pub struct Maps {
     events: Events,
     event_config: Array<MapData, EventConfig>,
     counters: PerCpuArray<MapData, u64>,
+    /// The proxy's socket acceleration's message counts.
+    sock_stats: PerCpuArray<MapData, u64>,
     /// Packets and bytes forwarded and dropped (read at scrape time).
     metrics: PerCpuArray<MapData, MetricsValue>,
     verdicts: PerCpuArray<MapData, MetricsValue>,
@@ -91,6 +93,10 @@ pub struct Counters {
     pub events_sent: u64,
     pub events_rate_limited: u64,
     pub events_ringbuf_full: u64,
+    /// Messages of proxied connections handed straight to the other
+    /// socket (`--proxy-sockmap`), and sent through the TCP stack instead.
+    pub sockmap_redirected: u64,
+    pub sockmap_passed: u64,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
@@ -225,6 +231,7 @@ impl Maps {
             events: Events::Unmapped(take(ebpf, EVENTS)?),
             event_config: typed(ebpf, EVENT_CONFIG)?,
             counters: typed(ebpf, COUNTERS)?,
+            sock_stats: typed(ebpf, SOCK_STATS)?,
             metrics: typed(ebpf, METRICS)?,
             verdicts: typed(ebpf, VERDICTS)?,
         })
@@ -243,6 +250,7 @@ impl Maps {
             events: Events::None,
             event_config: pinned(dir, EVENT_CONFIG)?,
             counters: pinned(dir, COUNTERS)?,
+            sock_stats: pinned(dir, SOCK_STATS)?,
             metrics: pinned(dir, METRICS)?,
             verdicts: pinned(dir, VERDICTS)?,
         })
@@ -512,17 +520,18 @@ impl Maps {
     }
 
     pub fn counters(&self) -> Result<Counters, DatapathError> {
-        let sum = |i: u32| -> Result<u64, DatapathError> {
-            let v = self
-                .counters
-                .get(&i, 0)
-                .map_err(|source| map_error(COUNTERS, "lookup", source))?;
-            Ok(v.iter().sum())
+        let sum = |map: &PerCpuArray<MapData, u64>, name: &'static str, i: u32| {
+            map.get(&i, 0)
+                .map(|v| v.iter().sum())
+                .map_err(|source| map_error(name, "lookup", source))
         };
+        let (c, s) = (&self.counters, &self.sock_stats);
         Ok(Counters {
-            events_sent: sum(counter::EVENTS_SENT)?,
-            events_rate_limited: sum(counter::EVENTS_RATE_LIMITED)?,
-            events_ringbuf_full: sum(counter::EVENTS_RINGBUF_FULL)?,
+            events_sent: sum(c, COUNTERS, counter::EVENTS_SENT)?,
+            events_rate_limited: sum(c, COUNTERS, counter::EVENTS_RATE_LIMITED)?,
+            events_ringbuf_full: sum(c, COUNTERS, counter::EVENTS_RINGBUF_FULL)?,
+            sockmap_redirected: sum(s, SOCK_STATS, sock_stat::REDIRECTED)?,
+            sockmap_passed: sum(s, SOCK_STATS, sock_stat::PASSED)?,
         })
     }
 

@@ -13,6 +13,7 @@ mod lb;
 mod maps;
 mod reader;
 mod ring;
+mod sockmap;
 mod test_run;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub use lb::{detach_socket_lb, LbMaps, PodLb, SOCK_PROGRAMS};
 pub use maps::{direction_code, policy_entry, policy_key, Counters, Maps};
 pub use reader::{EventReader, MapReader};
 pub use ring::events_ring_bytes;
+pub use sockmap::detach_sockmap;
 
 /// The programs' load-time constant that switches the per-packet LB at
 /// the pods' veths on (`bpf/programs/src/nodeport.rs`).

@@ -36,6 +36,16 @@ impl SocketFactory {
         }
     }
 
+    /// The node's network namespace cookie (`SO_NETNS_COOKIE`), by which
+    /// the sockops program tells the proxy's sockets from the pods'.
+    pub fn netns_cookie(&self) -> std::io::Result<u64> {
+        self.in_netns(|| {
+            use socket2::{Domain, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+            netns_cookie(&s)
+        })
+    }
+
     /// A transparent dual-stack listener on `[::]:port`, with the default
     /// backlog ([`ProxyConfig::listen_backlog`]).
     pub fn listener(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
@@ -91,4 +101,27 @@ impl SocketFactory {
         })?;
         Ok(tokio::net::TcpSocket::from_std_stream(s.into()))
     }
+}
+
+/// `getsockopt(SO_NETNS_COOKIE)`, which neither nix nor socket2 wraps.
+#[allow(unsafe_code)]
+fn netns_cookie(s: &socket2::Socket) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut cookie = 0u64;
+    let mut len: nix::libc::socklen_t = 8;
+    // SAFETY: `cookie` and `len` are live locals of the sizes passed; the
+    // kernel writes at most `len` bytes into `cookie`.
+    let r = unsafe {
+        nix::libc::getsockopt(
+            s.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }

@@ -237,6 +237,17 @@ impl Collector for Sources {
                     ),
                 ],
             )?;
+            family(
+                e,
+                "proxy_sockmap_messages",
+                "Messages of the L7 proxy's node-local connections by path: redirected \
+                 socket to socket, or passed through the TCP stack (--proxy-sockmap)",
+                Counter,
+                [
+                    counter(vec![("path", "redirected".into())], c.sockmap_redirected),
+                    counter(vec![("path", "passed".into())], c.sockmap_passed),
+                ],
+            )?;
         }
 
         let mut pressure = Vec::new();

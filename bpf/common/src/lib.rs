@@ -26,6 +26,7 @@ mod events;
 mod host;
 pub mod lb;
 mod proxy;
+mod sockmap;
 
 pub use codes::*;
 pub use ct::*;
@@ -33,6 +34,7 @@ pub use encrypt::*;
 pub use events::*;
 pub use host::*;
 pub use proxy::*;
+pub use sockmap::*;
 
 pub mod map_names;
 
@@ -341,6 +343,7 @@ mod pod {
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for MetricsValue {}
+    unsafe impl aya::Pod for SockKey {}
 }
 
 #[cfg(test)]

@@ -84,8 +84,22 @@ pub const ENCRYPT: &str = "ENCRYPT";
 /// index in decrypt marks ([`super::decrypt_mark`]).
 pub const ENCRYPT_NODES: &str = "ENCRYPT_NODES";
 pub const LIFELINE: &str = "LIFELINE";
+/// Sock hash: pods' sockets of connections the node's L7 proxy serves
+/// ([`super::SockKey`]), written by the sockops program.
+pub const SOCK_PODS: &str = "SOCK_PODS";
+/// Sock hash: the node proxy's sockets of the same connections.
+pub const SOCK_PROXY: &str = "SOCK_PROXY";
+/// Array of one `u64`: the network namespace cookie of the node's
+/// namespace, where the proxy's sockets live (0: no acceleration).
+pub const SOCK_NODE: &str = "SOCK_NODE";
+/// LRU hash: sockets that sent a message through the TCP stack, which
+/// never redirect later ones (their peer could still have the earlier
+/// bytes unread).
+pub const SOCK_PASSED: &str = "SOCK_PASSED";
+/// Per-CPU array of [`super::sock_stat`] counts.
+pub const SOCK_STATS: &str = "SOCK_STATS";
 /// Every map of the production object (`axoneme-bpf`).
-pub const DATAPATH: [&str; 32] = [
+pub const DATAPATH: [&str; 37] = [
     ENCRYPT,
     LIFELINE,
     ENCRYPT_NODES,
@@ -118,6 +132,11 @@ pub const DATAPATH: [&str; 32] = [
     POD_SCRATCH,
     LB_MAGLEV,
     KUBE_PROXY_SENT,
+    SOCK_PODS,
+    SOCK_PROXY,
+    SOCK_NODE,
+    SOCK_PASSED,
+    SOCK_STATS,
 ];
 
 /// Hash: UDP destination ports (host order) the smoke-test program

@@ -383,3 +383,32 @@ fn frag_key(flow: &Flow, id: u32) -> FragKey {
         pad: [0; 2],
     }
 }
+
+/// The proxy port and flags of the TCP flow that started with `first`
+/// (a socket's key from the connecting side), as `endpoint_id`'s entry in
+/// direction `dir` holds them, zeros without one: for the sockops program,
+/// which learns from it whether a connection is one the proxy serves. (Not
+/// an `Option`: LLVM then reads the absent value's register anyway, which
+/// the verifier refuses.)
+#[inline(always)]
+pub(crate) fn ct_entry(
+    first: &axoneme_bpf_common::SockKey,
+    src: &Addr,
+    dst: &Addr,
+    endpoint_id: u32,
+    dir: u8,
+) -> (u16, u8) {
+    let (sport, dport) = (first.local_port, first.remote_port);
+    let entry = if first.family == family::IPV4 {
+        let key = CtKey4::of(src, dst, sport, dport, endpoint_id, IPPROTO_TCP, dir);
+        CT4.get_ptr(&key)
+    } else {
+        let key = CtKey::of(src, dst, sport, dport, endpoint_id, IPPROTO_TCP, dir);
+        CT.get_ptr(&key)
+    };
+    match entry {
+        // SAFETY: a pointer into the map's value, valid for this run.
+        Some(e) => unsafe { ((*e).proxy_port, (*e).flags) },
+        None => (0, 0),
+    }
+}

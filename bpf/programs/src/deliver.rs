@@ -4,7 +4,7 @@
 use axoneme_bpf_common::{
     direction, drop_reason, family,
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
-    IpcacheKey, ENDPOINT_ADDRS_MAX, IDENTITY_HOST,
+    EndpointInfo, IpcacheKey, ENDPOINT_ADDRS_MAX, IDENTITY_HOST,
 };
 use aya_ebpf::{helpers::bpf_redirect_peer, macros::map, maps::HashMap, programs::TcContext};
 
@@ -13,7 +13,7 @@ use crate::events::drop_flow;
 use crate::host;
 use crate::ipcache::addr_key;
 use crate::metrics::forwarded;
-use crate::parse::{Flow, ETH_HLEN};
+use crate::parse::{Addr, Flow, ETH_HLEN};
 use crate::policy::{decide, PASS, VIA_STACK};
 use crate::proxy::to_proxy;
 use crate::At;
@@ -23,6 +23,17 @@ use crate::At;
 /// Only a hint: the endpoint found must own the address.
 #[map]
 static ENDPOINT_ADDRS: HashMap<IpcacheKey, u32> = HashMap::pinned(ENDPOINT_ADDRS_MAX, 0);
+
+/// Whether `addr` (of family `fam`) is a local endpoint's own address;
+/// `ep` is then that endpoint.
+#[inline(always)]
+pub(crate) fn local_endpoint(fam: u8, addr: &Addr, ep: &mut EndpointInfo) -> bool {
+    // SAFETY: copied out at once.
+    match unsafe { ENDPOINT_ADDRS.get(&addr_key(fam, addr)) } {
+        Some(i) => endpoint(*i, ep) && owns(ep, fam, addr),
+        None => false,
+    }
+}
 
 /// Local delivery (what Cilium calls host routing): a packet a pod sends to
 /// another pod of this node is judged by the destination's ingress rules

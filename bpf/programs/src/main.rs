@@ -78,6 +78,7 @@ mod pod_lb;
 mod policy;
 mod proxy;
 mod sctp;
+mod sockmap;
 mod xlate;
 
 use axoneme_bpf_common::{
