@@ -25,7 +25,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::Ebpf;
 
 use super::maps::typed;
-use super::{map_error, program_error, Datapath, DatapathError};
+use super::{loaded, map_error, program_error, Datapath, DatapathError};
 use crate::services::sync::LbWriter;
 use crate::services::table::Table;
 
@@ -180,15 +180,7 @@ impl Datapath {
             source,
         })?;
         for name in SOCK_PROGRAMS {
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::ProgramNotFound { name })?
-                .try_into()
-                .map_err(|source| program_error(name, "type check", source))?;
-            program
-                .load()
-                .map_err(|source| program_error(name, "load (verifier)", source))?;
+            let program = loaded(&mut self.ebpf, name, CgroupSockAddr::load)?;
             // Links always stack (the kernel refuses flags on a cgroup
             // link): `Single` is what asks for none.
             let id = program

@@ -355,14 +355,7 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         for name in PROGRAMS {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::ProgramNotFound { name })?
-                .try_into()
-                .map_err(|source| program_error(name, "type check", source))?;
-            program
-                .load()
-                .map_err(|source| program_error(name, "load (verifier)", source))?;
+            loaded(&mut ebpf, name, SchedClassifier::load)?;
             tracing::debug!(program = name, "eBPF program loaded");
         }
         for (name, want, flag) in sized {
@@ -540,6 +533,25 @@ fn in_netns<T: Send>(
             .join()
             .unwrap_or_else(|_| Err(err("netns thread", "panicked".into())))
     })
+}
+
+/// Program `name` of `ebpf` as a `T`, loaded by `load` (where the
+/// verifier runs; each program type has its own).
+fn loaded<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    load: impl FnOnce(&mut T) -> Result<(), ProgramError>,
+) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program: &'a mut T = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::ProgramNotFound { name })?
+        .try_into()
+        .map_err(|source| program_error(name, "type check", source))?;
+    load(program).map_err(|source| program_error(name, "load (verifier)", source))?;
+    Ok(program)
 }
 
 fn program_error(name: &'static str, op: &'static str, source: ProgramError) -> DatapathError {

@@ -13,7 +13,7 @@ use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
 
 use super::lb::replace_pin;
-use super::{map_error, program_error, Datapath, DatapathError};
+use super::{loaded, map_error, program_error, Datapath, DatapathError};
 
 const SOCKOPS: &str = "axoneme_sockops";
 /// The `sk_msg` programs and the map each is attached to.
@@ -48,15 +48,7 @@ impl Datapath {
                 .fd()
                 .try_clone()
                 .map_err(|e| attach_err("map fd", e.into()))?;
-            let program: &mut SkMsg = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::ProgramNotFound { name })?
-                .try_into()
-                .map_err(|source| program_error(name, "type check", source))?;
-            program
-                .load()
-                .map_err(|source| program_error(name, "load (verifier)", source))?;
+            let program = loaded(&mut self.ebpf, name, SkMsg::load)?;
             let id = program
                 .attach(&fd)
                 .map_err(|source| program_error(name, "attach", source))?;
@@ -70,15 +62,7 @@ impl Datapath {
             );
         }
         self.set_sockmap_node(node_netns)?;
-        let program: &mut SockOps = self
-            .ebpf
-            .program_mut(SOCKOPS)
-            .ok_or(DatapathError::ProgramNotFound { name: SOCKOPS })?
-            .try_into()
-            .map_err(|source| program_error(SOCKOPS, "type check", source))?;
-        program
-            .load()
-            .map_err(|source| program_error(SOCKOPS, "load (verifier)", source))?;
+        let program = loaded(&mut self.ebpf, SOCKOPS, SockOps::load)?;
         let fd = std::fs::File::open(cgroup).map_err(|e| attach_err("open", e.into()))?;
         let id = program
             .attach(&fd, CgroupAttachMode::Single)

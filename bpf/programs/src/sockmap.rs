@@ -50,12 +50,21 @@ static SOCK_PASSED: LruHashMap<SockKey, u8> = LruHashMap::pinned(SOCK_MAX, 0);
 #[map]
 static SOCK_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sock_stat::COUNT, 0);
 
-/// An IPv6 address field of a program's context, read word by word: the
-/// verifier takes only loads at a constant offset from the context itself
-/// (a reference to the field is a "modified ctx ptr").
-macro_rules! words {
-    ($field:expr) => {
-        [$field[0], $field[1], $field[2], $field[3]]
+/// [`key_of`] a context with the socket's fields (`bpf_sock_ops`,
+/// `sk_msg_md`), its IPv6 addresses read word by word: the verifier takes
+/// only loads at a constant offset from the context itself (a reference to
+/// the field is a "modified ctx ptr").
+macro_rules! key_of {
+    ($c:expr) => {
+        key_of(
+            $c.family,
+            $c.local_ip4,
+            $c.remote_ip4,
+            [$c.local_ip6[0], $c.local_ip6[1], $c.local_ip6[2], $c.local_ip6[3]],
+            [$c.remote_ip6[0], $c.remote_ip6[1], $c.remote_ip6[2], $c.remote_ip6[3]],
+            $c.local_port,
+            $c.remote_port,
+        )
     };
 }
 
@@ -77,15 +86,7 @@ pub fn axoneme_sockops(ctx: SockOpsContext) -> u32 {
     }
     // SAFETY: reads of the context's fields, valid for the run.
     let ops = unsafe { &*ctx.ops };
-    let Some(key) = key_of(
-        ops.family,
-        ops.local_ip4,
-        ops.remote_ip4,
-        words!(ops.local_ip6),
-        words!(ops.remote_ip6),
-        ops.local_port,
-        ops.remote_port,
-    ) else {
+    let Some(key) = key_of!(ops) else {
         return 0;
     };
     // SAFETY: a helper call with the program's context.
@@ -193,15 +194,7 @@ pub fn axoneme_msg_proxy(ctx: SkMsgContext) -> u32 {
 fn relay(ctx: &SkMsgContext, peers: &SockHash<SockKey>) -> u32 {
     // SAFETY: reads of the context's fields, valid for the run.
     let md = unsafe { &*ctx.msg };
-    let Some(key) = key_of(
-        md.family,
-        md.local_ip4,
-        md.remote_ip4,
-        words!(md.local_ip6),
-        words!(md.remote_ip6),
-        md.local_port,
-        md.remote_port,
-    ) else {
+    let Some(key) = key_of!(md) else {
         return SK_PASS;
     };
     if SOCK_PASSED.get_ptr(&key).is_none() {
