@@ -4,16 +4,16 @@
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::Cluster;
-use crate::bin_path;
 use crate::cgroup::Cgroup;
 use crate::netns::Netns;
+use crate::{bin_path, Proc};
 
 /// A pod made through the CNI plugin.
 pub struct CniPod {
@@ -59,6 +59,41 @@ impl CniOutput {
 }
 
 impl Cluster {
+    /// The request-logging HTTP backend ([`crate::http`]) in `pod` on
+    /// `port`, stopped with the cluster; returns the path of its log.
+    pub fn logging_backend(&mut self, pod: &CniPod, port: u16) -> Result<PathBuf> {
+        let log = self.dir.join(format!("requests-{}-{port}.log", pod.name));
+        let out = self.dir.join(format!("backend-{}-{port}.out", pod.name));
+        self.extra
+            .push(crate::http::logging_backend(&pod.ns, port, &log, &out)?);
+        Ok(log)
+    }
+
+    /// A real HTTP server (Python's `http.server`, both families) in `pod`
+    /// on `port`, stopped with the cluster; returns once it answers.
+    pub fn http_server(&mut self, pod: &CniPod, port: u16) -> Result<()> {
+        let mut cmd = pod.ns.command(&[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "::",
+            &port.to_string(),
+        ]);
+        cmd.current_dir(&self.dir);
+        let name = format!("http-{}-{port}", pod.name);
+        let log = self.dir.join(format!("{name}.log"));
+        self.extra.push(Proc::spawn(&name, cmd, &log)?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pod.http_ok("127.0.0.1", port) {
+            if Instant::now() > deadline {
+                bail!("the HTTP server in {} did not start", pod.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     /// The network configuration for node `i` with these labels.
     pub fn cni_config(&self, node: usize, labels: &[(&str, &str)]) -> serde_json::Value {
         let labels: Vec<serde_json::Value> = labels
