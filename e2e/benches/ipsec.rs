@@ -36,7 +36,9 @@
 //!
 //! After the rounds of the phases with programs, one more request/response run on the
 //! cluster's path with the kernel's BPF statistics on gives the programs'
-//! own run time per transaction ([`programs`]).
+//! own run time per transaction ([`programs`]). With
+//! `AXONEME_IPSEC_BENCH_PERF` set, `perf` profiles the axoneme path's and
+//! the twin's request/response after phase one's rounds ([`profile`]).
 //!
 //! TCP throughput (64 KiB writes) and request/response (1 byte each way,
 //! one connection: transactions per second and each one's latency) for
@@ -77,6 +79,8 @@ use xfrm::Pair;
 
 #[path = "ipsec/measure.rs"]
 mod measure;
+#[path = "ipsec/profile.rs"]
+mod profile;
 #[path = "ipsec/programs.rs"]
 mod programs;
 #[path = "ipsec/twin.rs"]
@@ -403,6 +407,21 @@ fn in_vm() -> Result<()> {
         runs.add("axoneme_with_hand_sas", s);
     }
     phase_done("encryption on");
+    let mut profiles = serde_json::Value::Null;
+    if profile::enabled() {
+        // Each path's request/response on its own (perf's sampling
+        // interrupts slow both alike): [axoneme, the twin].
+        let dur = Duration::from_secs_f64(4.0 * secs);
+        let [a, b] = [
+            ("axoneme", &server.ns, &client.ns, to_server),
+            ("twin", &tb, &ta, to_twin),
+        ]
+        .map(|(label, s, cl, to)| {
+            profile::per_transaction(label, || Ok(request_response(s, cl, to, dur)?.0))
+        });
+        profiles = profile::compare(&a?, &b?, 40);
+        println!("PROFILES {profiles}");
+    }
     // Still no program on the twin's path, and its states carried it.
     twin::check_bare(&c)?;
     twin::pair(&c).twin(false)?;
@@ -512,6 +531,7 @@ fn in_vm() -> Result<()> {
         "per_round": runs.per_round(),
         "cpu_by_phase": cpu,
         "programs_per_transaction": cost,
+        "profiles": profiles,
         "ratios": {
             "axoneme_vs_bare_twin_with_hand_xfrm_tcp": twin_tcp.0,
             "axoneme_vs_bare_twin_with_hand_xfrm_rr": twin_rr.0,
@@ -551,11 +571,20 @@ fn main() -> Result<()> {
     let (secs, rounds) = pick(FULL, SMOKE);
     let dir = axoneme_e2e::vm::WorkDir::new("vmb")?;
     // tc, to take the programs off for the bare paths.
-    let vm = Vm::for_cluster(&std::env::current_exe()?, "ipsec_bench")?
+    let mut vm = Vm::for_cluster(&std::env::current_exe()?, "ipsec_bench")?
         .file(std::fs::canonicalize("/usr/sbin/tc")?, "/opt/bin/tc");
-    let script = format!(
-        "{CLUSTER_PREAMBLE}\nexport {IN_VM}=1 AXONEME_IPSEC_BENCH_SECONDS={secs} AXONEME_IPSEC_BENCH_ROUNDS={rounds}\n/opt/bin/ipsec_bench\n"
-    );
+    let mut env =
+        format!("{IN_VM}=1 AXONEME_IPSEC_BENCH_SECONDS={secs} AXONEME_IPSEC_BENCH_ROUNDS={rounds}");
+    if profile::enabled() {
+        ensure!(
+            std::path::Path::new("/usr/bin/perf").exists(),
+            "{} needs perf on this machine (apt install linux-perf)",
+            profile::PERF
+        );
+        vm = vm.file("/usr/bin/perf", profile::PERF_BIN);
+        env += &format!(" {}=1", profile::PERF);
+    }
+    let script = format!("{CLUSTER_PREAMBLE}\nexport {env}\n/opt/bin/ipsec_bench\n");
     let run = vm.run(&dir, &script, Duration::from_secs(1200))?;
     let line = run
         .console
