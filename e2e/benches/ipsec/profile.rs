@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use axoneme_e2e::netns::run;
 use axoneme_e2e::process::Proc;
 use serde_json::{json, Value};
 
@@ -45,17 +46,21 @@ fn open_up() -> Result<()> {
 
 /// Each symbol's own samples (`perf report`'s sample column) in `data`.
 fn samples(data: &Path) -> Result<BTreeMap<String, u64>> {
-    let out = Command::new(PERF_BIN)
-        .args(["report", "--stdio", "-q", "-n", "--no-children"])
-        .args(["--sort", "sym", "--percent-limit", "0", "-i"])
-        .arg(data)
-        .output()
-        .context("perf report")?;
-    ensure!(
-        out.status.success(),
-        "perf report: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let data = data.display().to_string();
+    let out = run(&[
+        PERF_BIN,
+        "report",
+        "--stdio",
+        "-q",
+        "-n",
+        "--no-children",
+        "--sort",
+        "sym",
+        "--percent-limit",
+        "0",
+        "-i",
+        &data,
+    ])?;
     // "    12.34%          1234  [k] xfrm_lookup_with_ifid"
     let mut by = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
