@@ -32,7 +32,14 @@
 //!   hand-made states of its own, measured with axoneme in every round
 //!   ([`twin`]): throughput back to back, request/response taking turns of
 //!   a tenth of a second ([`measure::rr_turns`]): the (b) seen by
-//!   the same host as (c).
+//!   the same host as (c); in phase two, without its states, against
+//!   axoneme-plain in the same way: the programs' share without
+//!   encryption, under TCG;
+//! - native (before the VM boots, on this machine's own kernel, which has
+//!   no ESP): a cluster with encryption off against a bare twin without
+//!   XFRM, as in phase two ([`native`]): the same share without emulation
+//!   (alone, without the VM, with `AXONEME_IPSEC_BENCH_NATIVE_ONLY` set:
+//!   the JSON then has only `native`).
 //!
 //! After the rounds of the phases with programs, one more request/response run on the
 //! cluster's path with the kernel's BPF statistics on gives the programs'
@@ -73,12 +80,14 @@ use axoneme_e2e::bench::{pick, write_figures};
 use axoneme_e2e::netns::{run, Netns};
 use axoneme_e2e::vm::{Vm, CLUSTER_PREAMBLE};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
-use measure::{clear_first_cpu, measure, request_response, rr_turns, throughput, Sample};
+use measure::{clear_first_cpu, measure, request_response, side_by_side, Sample};
 use serde_json::json;
 use xfrm::Pair;
 
 #[path = "ipsec/measure.rs"]
 mod measure;
+#[path = "ipsec/native.rs"]
+mod native;
 #[path = "ipsec/profile.rs"]
 mod profile;
 #[path = "ipsec/programs.rs"]
@@ -286,6 +295,18 @@ impl Runs {
     }
 }
 
+/// Throughput of `a` over `b`'s: higher is better.
+fn tcp(a: &Sample, b: &Sample) -> f64 {
+    a.mbps / b.mbps
+}
+
+/// Request/response of `a` against `b`: the median transaction's latency,
+/// lower is better, so the ratio is the inverse (1.0: as fast, below:
+/// slower), as throughput's is.
+fn rr(a: &Sample, b: &Sample) -> f64 {
+    b.p50_us / a.p50_us
+}
+
 fn median(v: &[Sample]) -> Sample {
     let mid = |mut x: Vec<f64>| {
         x.sort_by(f64::total_cmp);
@@ -370,7 +391,7 @@ fn in_vm() -> Result<()> {
     let (ip0, ip1) = (c.nodes[0].ip.to_string(), c.nodes[1].ip.to_string());
     let (net0, net1) = (net(server.ip), net(client.ip));
     let (ips, nets) = ((ip0.as_str(), ip1.as_str()), (net0.as_str(), net1.as_str()));
-    let [ta, tb] = twin::add(&c, &axoneme_e2e::run_prefix("bt"))?;
+    let [ta, tb] = twin::add(&c, &axoneme_e2e::run_prefix("bt"), true)?;
     for round in 0..rounds {
         hand.hand_xfrm(false)?;
         runs.add("plain", measure(&pb, &pa, to_pb, secs).context("plain")?);
@@ -379,23 +400,14 @@ fn in_vm() -> Result<()> {
         // Axoneme and its twin: throughput back to back (which goes first
         // alternating by round), request/response taking turns.
         let dur = Duration::from_secs_f64(secs);
-        let twin_failed = || format!("the bare twin: {}", twin::describe(&c));
-        let mut mbps = [0.0; 2];
-        for twin_now in [round % 2 == 1, round % 2 == 0] {
-            mbps[usize::from(twin_now)] = if twin_now {
-                throughput(&tb, &ta, to_twin, dur).with_context(twin_failed)?
-            } else {
-                throughput(&server.ns, &client.ns, to_server, dur).context("the axoneme path")?
-            };
-        }
-        let [mut ax, mut tw] = rr_turns(
+        let [ax, tw] = side_by_side(
             (&server.ns, &client.ns, to_server),
             (&tb, &ta, to_twin),
             dur,
             RR_TURNS,
+            round % 2 == 1,
         )
-        .with_context(twin_failed)?;
-        (ax.mbps, tw.mbps) = (mbps[0], mbps[1]);
+        .with_context(|| format!("axoneme or its bare twin: {}", twin::describe(&c)))?;
         runs.add("axoneme", ax);
         runs.add("bare_twin_with_hand_xfrm", tw);
         // Axoneme with encryption on, its SAs and outbound policies
@@ -422,10 +434,10 @@ fn in_vm() -> Result<()> {
         profiles = profile::compare(&a?, &b?, 40);
         println!("PROFILES {profiles}");
     }
-    // Still no program on the twin's path, and its states carried it.
+    // Still no program on the twin's path, and its states carried it; it
+    // stays, unencrypted, for phase two.
     twin::check_bare(&c)?;
     twin::pair(&c).twin(false)?;
-    drop([ta, tb]);
     let mut cost = serde_json::Map::new();
     cost.insert("axoneme".into(), program_cost(&c, &server, &client, secs)?);
     // The hand-made path was encrypted: its states counted packets.
@@ -447,18 +459,27 @@ fn in_vm() -> Result<()> {
     let cluster_xfrm = |on| cluster.hand_xfrm(on);
     phase_done("restarts");
     clear_first_cpu();
-    for _ in 0..rounds {
+    for round in 0..rounds {
         cluster_xfrm(false)?;
-        runs.add(
-            "axoneme_plain",
-            measure(&server.ns, &client.ns, to_server, secs)?,
-        );
+        // The programs without encryption against the twin without it.
+        let [ap, tw] = side_by_side(
+            (&server.ns, &client.ns, to_server),
+            (&tb, &ta, to_twin),
+            Duration::from_secs_f64(secs),
+            RR_TURNS,
+            round % 2 == 1,
+        )
+        .with_context(|| format!("axoneme-plain or the bare twin: {}", twin::describe(&c)))?;
+        runs.add("axoneme_plain", ap);
+        runs.add("bare_twin", tw);
         cluster_xfrm(true)?;
         let s = measure(&server.ns, &client.ns, to_server, secs)?;
         runs.add("axoneme_plain_with_hand_xfrm", s);
         runs.add("xfrm_phase2", measure(&pb, &pa, to_pb, secs)?);
     }
     phase_done("encryption off");
+    twin::check_bare(&c)?;
+    drop([ta, tb]);
     cost.insert(
         "axoneme_plain_with_hand_xfrm".into(),
         program_cost(&c, &server, &client, secs)?,
@@ -508,11 +529,6 @@ fn in_vm() -> Result<()> {
             .map(|(n, v)| (n.to_string(), json!(f(&median(v)))))
             .collect()
     };
-    // Throughput: higher is better; RR: the median transaction's latency,
-    // lower is better, so its ratio is the inverse (1.0: as fast, below:
-    // slower), as throughput's is.
-    let tcp = |a: &Sample, b: &Sample| a.mbps / b.mbps;
-    let rr = |a: &Sample, b: &Sample| b.p50_us / a.p50_us;
     // `a` (with its phase's hand-made xfrm `xa`) against `b` (with `xb`):
     // each as a ratio to its own phase's reference.
     let across = |f: fn(&Sample, &Sample) -> f64, a, xa, b, xb| f(a, xa) / f(b, xb);
@@ -520,6 +536,8 @@ fn in_vm() -> Result<()> {
     // Each round's axoneme against the twin measured right after it.
     let twin_tcp = runs.paired("axoneme", "bare_twin_with_hand_xfrm", tcp);
     let twin_rr = runs.paired("axoneme", "bare_twin_with_hand_xfrm", rr);
+    let plain_tcp = runs.paired("axoneme_plain", "bare_twin", tcp);
+    let plain_rr = runs.paired("axoneme_plain", "bare_twin", rr);
     let target = (twin_tcp.0, twin_rr.0);
     let doc = json!({
         "seconds": secs,
@@ -537,6 +555,9 @@ fn in_vm() -> Result<()> {
             "axoneme_vs_bare_twin_with_hand_xfrm_rr": twin_rr.0,
             "axoneme_vs_bare_twin_with_hand_xfrm_tcp_rounds": twin_tcp.1,
             "axoneme_vs_bare_twin_with_hand_xfrm_rr_rounds": twin_rr.1,
+            "axoneme_plain_vs_bare_twin_tcp": plain_tcp.0,
+            "axoneme_plain_vs_bare_twin_rr": plain_rr.0,
+            "axoneme_plain_vs_bare_twin_rr_rounds": plain_rr.1,
             "axoneme_vs_bare_with_hand_xfrm_tcp": across_phases.0,
             "axoneme_vs_bare_with_hand_xfrm_rr": across_phases.1,
             "axoneme_vs_xfrm_tcp": tcp(&a, &x),
@@ -569,6 +590,13 @@ fn main() -> Result<()> {
         return in_vm();
     }
     let (secs, rounds) = pick(FULL, SMOKE);
+    // On this machine's kernel first, its cluster gone before the VM boots.
+    let native = native::compare(secs, rounds).context("the native comparison")?;
+    if std::env::var_os(native::ONLY).is_some() {
+        let doc = json!({ "native": native });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return write_figures("ipsec", &doc);
+    }
     let dir = axoneme_e2e::vm::WorkDir::new("vmb")?;
     // tc, to take the programs off for the bare paths.
     let mut vm = Vm::for_cluster(&std::env::current_exe()?, "ipsec_bench")?
@@ -593,6 +621,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("no figures ({}):\n{}", run.status, run.console))?;
     let mut doc: serde_json::Value = serde_json::from_str(line)?;
     doc["vm_seconds"] = json!(run.took.as_secs_f64());
+    doc["native"] = native;
     println!("{}", serde_json::to_string_pretty(&doc)?);
     write_figures("ipsec", &doc)
 }

@@ -13,7 +13,7 @@
 
 use axoneme_bpf_common::{
     decrypt_mark, encrypt_mark, family, EncryptValue, IpcacheKey, ENCRYPT_MAX, ENCRYPT_NODES_MAX,
-    MARK_DECRYPT, MARK_MASK,
+    MARK_DECRYPT, MARK_ENCRYPT, MARK_MASK,
 };
 use aya_ebpf::{
     macros::map,
@@ -120,4 +120,14 @@ pub(crate) fn decrypted(ctx: &TcContext) -> bool {
     // SAFETY: a read of the context's mark.
     let mark = unsafe { (*ctx.skb.skb).mark };
     mark & MARK_MASK == MARK_DECRYPT
+}
+
+/// ESP leaving by the node's device that XFRM made of a pod's packet: the
+/// outer packet keeps the encrypt mark [`leaving`] gave the inner one
+/// (Axoneme's states set no output mark).
+#[inline(always)]
+pub(crate) fn sealed(ctx: &TcContext) -> bool {
+    // SAFETY: a read of the context's mark.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    mark & MARK_MASK == MARK_ENCRYPT
 }

@@ -139,6 +139,12 @@ pub fn axoneme_nodeport_ingress(ctx: TcContext) -> i32 {
 /// reply before its rewrite has the backend's source).
 #[classifier]
 pub fn axoneme_nodeport_egress(ctx: TcContext) -> i32 {
+    // ESP of a pod's packet: never a local backend's reply to rewrite (the
+    // LB sees only TCP, UDP and SCTP), and the host firewall does not judge
+    // ESP; one read of the mark instead of a parse.
+    if encrypt::enabled() && encrypt::sealed(&ctx) {
+        return TC_ACT_OK;
+    }
     if host::enabled() && host::firewall(&ctx, direction::EGRESS) != TC_ACT_OK {
         return TC_ACT_SHOT;
     }

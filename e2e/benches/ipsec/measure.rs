@@ -157,6 +157,26 @@ pub fn rr_turns(
     Ok([latencies(ta, ra, a.2)?, latencies(tb, rb, b.2)?])
 }
 
+/// One round of a path and its twin (each `(server, client, address)`):
+/// throughput back to back (`twin_first` says which goes first; alternate
+/// it by round), request/response taking turns ([`rr_turns`]).
+pub fn side_by_side(
+    path: (&Netns, &Netns, IpAddr),
+    twin: (&Netns, &Netns, IpAddr),
+    dur: Duration,
+    turns: u32,
+    twin_first: bool,
+) -> Result<[Sample; 2]> {
+    let mut mbps = [0.0; 2];
+    for twin_now in [twin_first, !twin_first] {
+        let (s, c, to) = if twin_now { twin } else { path };
+        mbps[usize::from(twin_now)] = throughput(s, c, to, dur)?;
+    }
+    let [mut p, mut t] = rr_turns(path, twin, dur, turns)?;
+    (p.mbps, t.mbps) = (mbps[0], mbps[1]);
+    Ok([p, t])
+}
+
 /// One request/response connection: an echo in the server's namespace,
 /// the client's socket connected to it.
 struct Rr {

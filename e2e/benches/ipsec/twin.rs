@@ -21,9 +21,9 @@ pub const NETS: (&str, &str) = ("10.97.1.0/24", "10.97.2.0/24");
 pub const SERVER: &str = "10.97.2.2";
 
 /// The twin pods (on node 0, on node 1), plugged in as the hand-made
-/// nodes' are; removed with their namespaces (and the veths with them)
-/// when dropped.
-pub fn add(c: &Cluster, prefix: &str) -> Result<[Netns; 2]> {
+/// nodes' are, their traffic encrypted by hand-made states if `encrypted`;
+/// removed with their namespaces (and the veths with them) when dropped.
+pub fn add(c: &Cluster, prefix: &str, encrypted: bool) -> Result<[Netns; 2]> {
     let underlay = c
         .underlay()
         .ok_or_else(|| anyhow::anyhow!("cluster detached"))?;
@@ -48,7 +48,9 @@ pub fn add(c: &Cluster, prefix: &str) -> Result<[Netns; 2]> {
     n0.ip(&["route", "add", NETS.1, "via", IPS.1, "dev", "ul1"])?;
     n1.ip(&["route", "add", NETS.0, "via", IPS.0, "dev", "ul1"])?;
     check_bare(c)?;
-    pair(c).twin(true)?;
+    if encrypted {
+        pair(c).twin(true)?;
+    }
     let [a, b]: [Netns; 2] = pods
         .try_into()
         .map_err(|_| anyhow::anyhow!("two twin pods"))?;
