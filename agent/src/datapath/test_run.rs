@@ -35,7 +35,17 @@ impl Datapath {
         name: &'static str,
         packet: &[u8],
     ) -> Result<(i32, Vec<u8>), DatapathError> {
-        let (action, _, out, _) = self.test_run_with(name, packet, 0, 1)?;
+        self.test_run_marked_packet(name, packet, 0)
+    }
+
+    /// [`Self::test_run_packet`] with `skb->mark` set to `mark`.
+    pub fn test_run_marked_packet(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+        mark: u32,
+    ) -> Result<(i32, Vec<u8>), DatapathError> {
+        let (action, _, out, _) = self.test_run_with(name, packet, mark, 1)?;
         Ok((action, out))
     }
 

@@ -86,7 +86,44 @@ fn dns_nodeport() -> Frontend {
     )
 }
 
-/// The Internet checksum of `data`.
+/// With encryption on, ESP that XFRM made of a pod's packet leaves by the
+/// device as it is: the egress program passes a packet carrying the
+/// encrypt mark without parsing it (here a local backend's reply, which it
+/// translates when unmarked).
+#[test]
+fn the_device_egress_passes_what_carries_the_encrypt_mark() -> Result<()> {
+    let mut dp = load_options(LoadOptions {
+        encrypt: true,
+        ..LoadOptions::default()
+    });
+    dp.set_node_addrs(&[NODE.into()], 0)?;
+    let mut lb = dp.take_lb_maps()?;
+    let want = build(
+        &[web_nodeport()],
+        "node-a",
+        &[NODE.into()],
+        &mut Ids::default(),
+    )?;
+    sync(&mut lb, &mut Table::default(), &want)?;
+    translated(
+        &dp,
+        NODEPORT_INGRESS,
+        &tcp4(CLIENT, 40000, NODE, 30080),
+        (CLIENT, 40000, BACKEND, 8080),
+    )?;
+    let reply = tcp4(BACKEND, 8080, CLIENT, 40000);
+    let sealed = axoneme_bpf_common::encrypt_mark(3);
+    assert_eq!(
+        dp.test_run_marked_packet(NODEPORT_EGRESS, &reply, sealed)?,
+        (TC_ACT_OK, reply.clone()),
+        "marked for encryption: left alone"
+    );
+    translated(&dp, NODEPORT_EGRESS, &reply, (NODE, 30080, CLIENT, 40000))?;
+    Ok(())
+}
+
+/// A NodePort from outside: DNAT in with the client kept, the frontend
+/// back on the reply out, and what is not served or refused.
 #[test]
 fn nodeport_dnat_reverse_and_refusals() -> Result<()> {
     let mut dp = load();

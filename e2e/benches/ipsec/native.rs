@@ -44,8 +44,8 @@ pub fn compare(secs: f64, rounds: usize) -> Result<Value> {
         runs.add("bare_twin", tw);
     }
     twin::check_bare(&c)?;
-    drop([ta, tb]);
     let cost = program_cost(&c, &server, &client, secs)?;
+    drop([ta, tb]);
     let (m_ax, m_tw) = (runs.median("axoneme_plain"), runs.median("bare_twin"));
     let ratio_tcp = runs.paired("axoneme_plain", "bare_twin", tcp);
     let ratio_rr = runs.paired("axoneme_plain", "bare_twin", rr);

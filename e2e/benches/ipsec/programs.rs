@@ -28,7 +28,14 @@ pub fn attached(nodes: &[(&str, &Netns)]) -> Result<BTreeMap<u32, String>> {
     for (label, ns) in nodes {
         for dev in interfaces(ns)? {
             for hook in ["ingress", "egress"] {
-                let out = run(&["tc", "-n", &ns.name, "filter", "show", "dev", &dev, hook])?;
+                let out = match run(&["tc", "-n", &ns.name, "filter", "show", "dev", &dev, hook]) {
+                    Ok(out) => out,
+                    // Gone since it was listed: a veth whose peer's
+                    // namespace was dropped goes a moment later (the
+                    // kernel cleans namespaces up asynchronously).
+                    Err(_) if !interfaces(ns)?.contains(&dev) => break,
+                    Err(e) => return Err(e),
+                };
                 let text = String::from_utf8_lossy(&out.stdout);
                 let mut words = text.split_whitespace();
                 while let Some(w) = words.next() {
