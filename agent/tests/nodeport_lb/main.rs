@@ -92,19 +92,11 @@ fn dns_nodeport() -> Frontend {
 /// translates when unmarked).
 #[test]
 fn the_device_egress_passes_what_carries_the_encrypt_mark() -> Result<()> {
-    let mut dp = load_options(LoadOptions {
+    let encrypting = LoadOptions {
         encrypt: true,
         ..LoadOptions::default()
-    });
-    dp.set_node_addrs(&[NODE.into()], 0)?;
-    let mut lb = dp.take_lb_maps()?;
-    let want = build(
-        &[web_nodeport()],
-        "node-a",
-        &[NODE.into()],
-        &mut Ids::default(),
-    )?;
-    sync(&mut lb, &mut Table::default(), &want)?;
+    };
+    let dp = serving_with(encrypting, &[web_nodeport()])?;
     translated(
         &dp,
         NODEPORT_INGRESS,
@@ -230,7 +222,12 @@ fn nodeport6(port: u16, protocol: Protocol) -> Frontend {
 /// A datapath on a node with addresses [`NODE`] and [`NODE6`], serving
 /// `frontends`.
 fn serving(frontends: &[Frontend]) -> Result<TestDatapath> {
-    let mut dp = load();
+    serving_with(LoadOptions::default(), frontends)
+}
+
+/// [`serving`], the programs loaded with `options`.
+fn serving_with(options: LoadOptions, frontends: &[Frontend]) -> Result<TestDatapath> {
+    let mut dp = load_options(options);
     dp.set_node_addrs(&[NODE.into(), NODE6.into()], 0)?;
     let mut lb = dp.take_lb_maps()?;
     let want = build(
