@@ -95,9 +95,12 @@ fn translate(ctx: &TcContext) -> Option<i32> {
     // (Map values are used in place, not copied: the stack of this program
     // and the functions it calls is 512 bytes.)
     // A reply of a SNATed flow: back to the client, from the frontend.
+    // Only this node's SNAT address receives those ([`new_flow`] keys them
+    // by it), so every other packet, the pods' traffic between nodes above
+    // all, is spared the NAT table's lookup.
     // SAFETY: read in place; an entry evicted meanwhile stays readable
     // until the program ends (RCU).
-    if let Some(rev) = unsafe { LB_NAT_REV.get(&p.t) } {
+    if let Some(rev) = to_snat_addr(&p).then(|| unsafe { LB_NAT_REV.get(&p.t) }).flatten() {
         if rev.flags & NatRev::REDIRECT == 0 {
             return None;
         }
@@ -150,6 +153,21 @@ fn translate(ctx: &TcContext) -> Option<i32> {
     } else {
         TC_ACT_OK
     })
+}
+
+/// Whether the packet is for the address this node SNATs from (none set:
+/// nothing is SNATed, so no).
+#[inline(always)]
+fn to_snat_addr(p: &Pkt) -> bool {
+    let Some(node) = LB_NODE.get(0) else {
+        return false;
+    };
+    let own = if p.family == family::IPV4 {
+        &node.ipv4
+    } else {
+        &node.ipv6
+    };
+    *own != [0; 16] && p.t.daddr == *own
 }
 
 /// The flow's translation, if it has one whose backend is still there (a
