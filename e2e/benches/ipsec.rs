@@ -80,7 +80,7 @@ use axoneme_e2e::bench::{pick, write_figures};
 use axoneme_e2e::netns::{run, Netns};
 use axoneme_e2e::vm::{Vm, CLUSTER_PREAMBLE};
 use axoneme_e2e::{Cluster, ClusterConfig, CniPod};
-use measure::{clear_first_cpu, measure, request_response, side_by_side, Sample};
+use measure::{clear_first_cpu, measure, request_response, Sample};
 use serde_json::json;
 use xfrm::Pair;
 
@@ -391,7 +391,8 @@ fn in_vm() -> Result<()> {
     let (ip0, ip1) = (c.nodes[0].ip.to_string(), c.nodes[1].ip.to_string());
     let (net0, net1) = (net(server.ip), net(client.ip));
     let (ips, nets) = ((ip0.as_str(), ip1.as_str()), (net0.as_str(), net1.as_str()));
-    let [ta, tb] = twin::add(&c, &axoneme_e2e::run_prefix("bt"), true)?;
+    let twins = twin::add(&c, &axoneme_e2e::run_prefix("bt"), true)?;
+    let [ta, tb] = &twins;
     for round in 0..rounds {
         hand.hand_xfrm(false)?;
         runs.add("plain", measure(&pb, &pa, to_pb, secs).context("plain")?);
@@ -399,15 +400,7 @@ fn in_vm() -> Result<()> {
         runs.add("xfrm", measure(&pb, &pa, to_pb, secs).context("xfrm")?);
         // Axoneme and its twin: throughput back to back (which goes first
         // alternating by round), request/response taking turns.
-        let dur = Duration::from_secs_f64(secs);
-        let [ax, tw] = side_by_side(
-            (&server.ns, &client.ns, to_server),
-            (&tb, &ta, to_twin),
-            dur,
-            RR_TURNS,
-            round % 2 == 1,
-        )
-        .with_context(|| format!("axoneme or its bare twin: {}", twin::describe(&c)))?;
+        let [ax, tw] = twin::against(&c, (&server, &client), &twins, secs, round)?;
         runs.add("axoneme", ax);
         runs.add("bare_twin_with_hand_xfrm", tw);
         // Axoneme with encryption on, its SAs and outbound policies
@@ -426,7 +419,7 @@ fn in_vm() -> Result<()> {
         let dur = Duration::from_secs_f64(4.0 * secs);
         let [a, b] = [
             ("axoneme", &server.ns, &client.ns, to_server),
-            ("twin", &tb, &ta, to_twin),
+            ("twin", tb, ta, to_twin),
         ]
         .map(|(label, s, cl, to)| {
             profile::per_transaction(label, || Ok(request_response(s, cl, to, dur)?.0))
@@ -462,14 +455,7 @@ fn in_vm() -> Result<()> {
     for round in 0..rounds {
         cluster_xfrm(false)?;
         // The programs without encryption against the twin without it.
-        let [ap, tw] = side_by_side(
-            (&server.ns, &client.ns, to_server),
-            (&tb, &ta, to_twin),
-            Duration::from_secs_f64(secs),
-            RR_TURNS,
-            round % 2 == 1,
-        )
-        .with_context(|| format!("axoneme-plain or the bare twin: {}", twin::describe(&c)))?;
+        let [ap, tw] = twin::against(&c, (&server, &client), &twins, secs, round)?;
         runs.add("axoneme_plain", ap);
         runs.add("bare_twin", tw);
         cluster_xfrm(true)?;
@@ -479,7 +465,7 @@ fn in_vm() -> Result<()> {
     }
     phase_done("encryption off");
     twin::check_bare(&c)?;
-    drop([ta, tb]);
+    drop(twins);
     cost.insert(
         "axoneme_plain_with_hand_xfrm".into(),
         program_cost(&c, &server, &client, secs)?,

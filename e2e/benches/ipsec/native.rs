@@ -9,15 +9,11 @@
 //! off a CPU (`clear_first_cpu`); both ends of each measurement are still
 //! pinned to the first CPU.
 
-use std::net::IpAddr;
-use std::time::Duration;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axoneme_e2e::{Cluster, ClusterConfig};
 use serde_json::{json, Value};
 
-use super::measure::side_by_side;
-use super::{program_cost, rr, tcp, twin, Runs, RR_TURNS};
+use super::{program_cost, rr, tcp, twin, Runs};
 
 /// Set: the bench runs this comparison alone, without the VM.
 pub const ONLY: &str = "AXONEME_IPSEC_BENCH_NATIVE_ONLY";
@@ -28,24 +24,16 @@ pub fn compare(secs: f64, rounds: usize) -> Result<Value> {
     let c = Cluster::start(&ClusterConfig::default())?;
     let server = c.add_pod(0, "server", &[("app", "server")])?;
     let client = c.add_pod(1, "client", &[("app", "client")])?;
-    let [ta, tb] = twin::add(&c, &axoneme_e2e::run_prefix("nt"), false)?;
-    let (to_server, to_twin): (IpAddr, IpAddr) = (server.ip.into(), twin::SERVER.parse()?);
+    let twins = twin::add(&c, &axoneme_e2e::run_prefix("nt"), false)?;
     let mut runs = Runs::default();
     for round in 0..rounds {
-        let [ax, tw] = side_by_side(
-            (&server.ns, &client.ns, to_server),
-            (&tb, &ta, to_twin),
-            Duration::from_secs_f64(secs),
-            RR_TURNS,
-            round % 2 == 1,
-        )
-        .with_context(|| format!("axoneme or its bare twin: {}", twin::describe(&c)))?;
+        let [ax, tw] = twin::against(&c, (&server, &client), &twins, secs, round)?;
         runs.add("axoneme_plain", ax);
         runs.add("bare_twin", tw);
     }
     twin::check_bare(&c)?;
     let cost = program_cost(&c, &server, &client, secs)?;
-    drop([ta, tb]);
+    drop(twins);
     let (m_ax, m_tw) = (runs.median("axoneme_plain"), runs.median("bare_twin"));
     let ratio_tcp = runs.paired("axoneme_plain", "bare_twin", tcp);
     let ratio_rr = runs.paired("axoneme_plain", "bare_twin", rr);

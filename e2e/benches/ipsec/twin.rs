@@ -6,12 +6,17 @@
 //! after the axoneme path in every round, the two see the same host: the
 //! ratio needs no reference carried across phases.
 
-use anyhow::{ensure, Result};
-use axoneme_e2e::netns::Netns;
-use axoneme_e2e::Cluster;
+use std::net::IpAddr;
+use std::time::Duration;
 
+use anyhow::{ensure, Context, Result};
+use axoneme_e2e::netns::Netns;
+use axoneme_e2e::{Cluster, CniPod};
+
+use super::measure::{side_by_side, Sample};
 use super::programs;
 use super::xfrm::Pair;
+use super::RR_TURNS;
 
 /// The twin's underlay addresses (a subnet of its own beside the cluster's
 /// 192.168.77.0/24) and pod networks.
@@ -55,6 +60,27 @@ pub fn add(c: &Cluster, prefix: &str, encrypted: bool) -> Result<[Netns; 2]> {
         .try_into()
         .map_err(|_| anyhow::anyhow!("two twin pods"))?;
     Ok([a, b])
+}
+
+/// One round of the cluster's path from `client` to `server` against the
+/// twin (`pods` as [`add`] returned them), side by side (which goes first
+/// alternating with `round`): the path's sample, then the twin's.
+pub fn against(
+    c: &Cluster,
+    (server, client): (&CniPod, &CniPod),
+    pods: &[Netns; 2],
+    secs: f64,
+    round: usize,
+) -> Result<[Sample; 2]> {
+    let to_twin: IpAddr = SERVER.parse()?;
+    side_by_side(
+        (&server.ns, &client.ns, server.ip.into()),
+        (&pods[1], &pods[0], to_twin),
+        Duration::from_secs_f64(secs),
+        RR_TURNS,
+        round % 2 == 1,
+    )
+    .with_context(|| format!("the cluster's pods or their bare twin: {}", describe(c)))
 }
 
 /// Checks that no program is attached to the twin's interfaces (the
