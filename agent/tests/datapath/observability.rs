@@ -42,6 +42,11 @@ fn the_event_ring_is_sized_at_load_and_a_pin_of_another_size_replaced() {
 fn events_are_rate_limited() {
     let mut dp = setup(BOTH);
     dp.maps.set_event_rate(1, 5).unwrap();
+    // The bucket is per CPU, and a test run runs on the caller's: moved
+    // between CPUs mid-loop, the thread would draw on two full buckets.
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
     for port in 0..40 {
         assert_eq!(
             run(&dp, TO_CONTAINER, &syn_from(B4, 1000 + port, 9)),
