@@ -12,9 +12,10 @@
 
 mod support;
 
-use axoneme_agent::datapath::{policy_entry, FROM_CONTAINER, TO_CONTAINER};
+use axoneme_agent::datapath::{policy_entry, FROM_CONTAINER, NODEPORT_INGRESS, TO_CONTAINER};
 use axoneme_bpf_common::{
-    endpoint_flags, tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT, EndpointInfo, IpcacheValue,
+    endpoint_flags, tc_action::TC_ACT_OK, tc_action::TC_ACT_REDIRECT, tc_action::TC_ACT_SHOT,
+    EndpointInfo, IpcacheValue,
 };
 use axoneme_identity::NumericIdentity;
 use axoneme_policy::compile::{Direction, Key, Verdict};
@@ -115,4 +116,16 @@ fn a_flow_from_elsewhere_or_without_kube_proxy_reaches_the_proxy_as_it_came() {
     dp.test_run_packet(FROM_CONTAINER, &tcp4(A4, 40000, VIP, 80))
         .unwrap();
     assert_eq!(arrives(&dp, A4, 40000), (TC_ACT_REDIRECT, (A4, 8080)));
+}
+
+/// Host routing stays off beside kube-proxy: a pod's answer from another
+/// node may belong to a connection kube-proxy DNATed on its way out, which
+/// only the stack's conntrack translates back. On the device, what is for
+/// A goes up the stack unjudged; with kube-proxy replaced the device's
+/// program judges it as A's ingress (here: denied, B is not let in).
+#[test]
+fn beside_kube_proxy_what_arrives_for_a_pod_goes_up_the_stack() {
+    let packet = tcp4(B4, 40000, A4, 8080);
+    assert_eq!(run(&setup(true), NODEPORT_INGRESS, &packet), TC_ACT_OK);
+    assert_eq!(run(&setup(false), NODEPORT_INGRESS, &packet), TC_ACT_SHOT);
 }

@@ -8,9 +8,9 @@ mod support;
 use axoneme_agent::datapath::{FROM_CONTAINER, NODEPORT_INGRESS};
 use axoneme_agent::encrypt::sync::EncryptWriter;
 use axoneme_bpf_common::{
-    drop_reason, event_kind,
-    tc_action::{TC_ACT_OK, TC_ACT_SHOT},
-    EndpointInfo, IpcacheValue,
+    decrypt_mark, drop_reason, event_kind,
+    tc_action::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    EncryptValue, EndpointInfo, IpcacheValue,
 };
 use support::*;
 
@@ -38,7 +38,8 @@ fn setup(encrypt: bool) -> (TestDatapath, axoneme_agent::datapath::EncryptMaps) 
         dp.maps.set_ipcache(&net.parse().unwrap(), v).unwrap();
     }
     let mut maps = dp.take_encrypt_maps().unwrap();
-    maps.set_prefix("10.0.2.0/24".parse().unwrap(), 3).unwrap();
+    maps.set_prefix("10.0.2.0/24".parse().unwrap(), EncryptValue::new(3, 7))
+        .unwrap();
     maps.set_node(PEER_NODE.into(), 7).unwrap();
     (dp, maps)
 }
@@ -77,7 +78,8 @@ fn without_a_key_in_common_the_flow_is_dropped_even_when_tracked() {
     dp.maps.drain_events();
     // The peer's key went (strict): the same flow is dropped, never sent
     // in clear.
-    maps.set_prefix("10.0.2.0/24".parse().unwrap(), 0).unwrap();
+    maps.set_prefix("10.0.2.0/24".parse().unwrap(), EncryptValue::new(0, 7))
+        .unwrap();
     let (action, mark) = dp.test_run_mark_out(FROM_CONTAINER, &packet).unwrap();
     assert_eq!((action, mark), (TC_ACT_SHOT, 0));
     let drops: Vec<u8> = dp
@@ -129,4 +131,113 @@ fn loaded_without_encryption_nothing_is_marked() {
         .test_run_mark_out(NODEPORT_INGRESS, &esp(PEER_NODE))
         .unwrap();
     assert_eq!(mark, 0);
+}
+
+/// What XFRM decrypted comes back to the device's ingress with its decrypt
+/// mark: a pod of the node whose ESP it was, for a local pod, is put
+/// straight into the pod with the mark cleared; a source that is not that
+/// node's pod, or anything in clear, goes up the stack, where the forward
+/// XFRM policies check it.
+#[test]
+fn decrypted_traffic_from_the_senders_pods_is_delivered_into_the_pod() {
+    let (dp, _maps) = setup(true);
+    let to_a =
+        |src: [u8; 4], sport: u16| ipv4(src, A4, IPPROTO_TCP, &tcp(sport, 80, TCP_SYN), 0, 1);
+    let mark = decrypt_mark(7);
+    let run = |packet: &[u8], mark: u32| {
+        dp.test_run_mark_in_out(NODEPORT_INGRESS, packet, mark)
+            .unwrap()
+    };
+    assert_eq!(run(&to_a(REMOTE_POD, 41000), mark), (TC_ACT_REDIRECT, 0));
+    for (packet, mark) in [
+        // Another node's ESP (index 8) for node 7's pod.
+        (to_a(REMOTE_POD, 41001), decrypt_mark(8)),
+        // Node 7's ESP from a source none of its pods have.
+        (to_a(OTHER_POD, 41002), mark),
+        // In clear.
+        (to_a(REMOTE_POD, 41003), 0),
+    ] {
+        assert_eq!(run(&packet, mark), (TC_ACT_OK, mark));
+    }
+}
+
+/// The device's ingress program writes no packet directly: a direct write
+/// anywhere in it makes the verifier prepend its unclone prologue, which
+/// runs on every packet, ESP included, and makes a cloned packet's head
+/// private but leaves its pages shared, so XFRM then decrypts in place in
+/// pages a capture on the underlay still holds (docs/architecture.md,
+/// "Transparent encryption"). The pods' program, whose local delivery
+/// writes the TTL directly, has the prologue: the check sees it.
+#[test]
+fn the_devices_ingress_program_gets_no_unclone_prologue() {
+    for encrypt in [true, false] {
+        let (dp, _maps) = setup(encrypt);
+        assert!(
+            unclone_prologue(&dp, FROM_CONTAINER),
+            "the check finds the prologue where it is"
+        );
+        assert!(
+            !unclone_prologue(&dp, NODEPORT_INGRESS),
+            "loaded with encryption {encrypt}: the device's ingress program writes packets directly"
+        );
+    }
+}
+
+/// Whether the kernel runs program `name` behind `bpf_unclone_prologue`:
+/// `r6 = *(u8 *)(r1 + cloned offset); w6 &= mask; if r6 == 0 goto +7`.
+fn unclone_prologue(dp: &TestDatapath, name: &'static str) -> bool {
+    let insns = xlated(dp, name);
+    let op = |i: usize| (insns[i][0], insns[i][1]);
+    insns.len() > 3
+        && op(0) == (0x71, 0x16) // ldxb r6, [r1 + off]
+        && op(1) == (0x54, 0x06) // and w6, imm
+        && op(2) == (0x15, 0x06) // jeq r6, imm, +off
+        && insns[2][4..8] == [0; 4]
+}
+
+/// A loaded program's instructions as the kernel runs them (after the
+/// verifier's rewrites): `BPF_OBJ_GET_INFO_BY_FD`'s translated dump. The
+/// one raw syscall of the tests: aya reports only the dump's length.
+#[allow(unsafe_code)]
+fn xlated(dp: &TestDatapath, name: &'static str) -> Vec<[u8; 8]> {
+    use std::os::fd::{AsFd, AsRawFd};
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let program = dp.program(name).unwrap();
+    let fd = program.fd().unwrap().as_fd().as_raw_fd();
+    // `struct bpf_prog_info`, room to spare (the kernel wants the tail
+    // beyond its own size zero): `xlated_prog_len` at byte 20,
+    // `xlated_prog_insns` at byte 32.
+    let info_call = |info: &mut [u8; 256]| {
+        let mut attr = InfoAttr {
+            bpf_fd: u32::try_from(fd).unwrap(),
+            info_len: 256,
+            info: info.as_mut_ptr() as u64,
+        };
+        // SAFETY: the attribute and the buffer it points to outlive the
+        // call, and are as large as they say.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                &mut attr as *mut InfoAttr,
+                std::mem::size_of::<InfoAttr>(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    };
+    let mut info = [0u8; 256];
+    info_call(&mut info);
+    let len = u32::from_ne_bytes(info[20..24].try_into().unwrap());
+    let mut insns = vec![[0u8; 8]; len as usize / 8];
+    let mut info = [0u8; 256];
+    info[20..24].copy_from_slice(&len.to_ne_bytes());
+    info[32..40].copy_from_slice(&(insns.as_mut_ptr() as u64).to_ne_bytes());
+    info_call(&mut info);
+    insns
 }

@@ -1,7 +1,8 @@
 //! The encryption maps (written by the encryption unit alone, through
 //! [`EncryptMaps`]): `ENCRYPT` (other nodes' pod CIDRs → the SPI their
-//! pods' traffic is encrypted with) and `ENCRYPT_NODES` (other nodes'
-//! addresses → their index in decrypt marks). See
+//! pods' traffic is encrypted with, and the node's decrypt index) and
+//! `ENCRYPT_NODES` (other nodes' addresses → their index in decrypt
+//! marks). See
 //! `bpf/programs/src/encrypt.rs`.
 
 use std::collections::BTreeMap;
@@ -53,12 +54,12 @@ fn key_addr(key: &IpcacheKey) -> Option<IpAddr> {
 }
 
 impl EncryptWriter for EncryptMaps {
-    fn prefixes(&self) -> Result<BTreeMap<IpNet, u8>, DatapathError> {
+    fn prefixes(&self) -> Result<BTreeMap<IpNet, EncryptValue>, DatapathError> {
         let mut out = BTreeMap::new();
         for item in self.prefixes.iter() {
             let (key, value) = item.map_err(|s| map_error(ENCRYPT, "iterate", s))?;
             if let Some(net) = ipcache_net(&key) {
-                out.insert(net, value.spi);
+                out.insert(net, value);
             }
         }
         Ok(out)
@@ -75,11 +76,7 @@ impl EncryptWriter for EncryptMaps {
         Ok(out)
     }
 
-    fn set_prefix(&mut self, net: IpNet, spi: u8) -> Result<(), DatapathError> {
-        let value = EncryptValue {
-            spi,
-            ..EncryptValue::default()
-        };
+    fn set_prefix(&mut self, net: IpNet, value: EncryptValue) -> Result<(), DatapathError> {
         self.prefixes
             .insert(&ipcache_key(&net), value, 0)
             .map_err(|s| map_error(ENCRYPT, "update", s))

@@ -56,7 +56,17 @@ impl Datapath {
         name: &'static str,
         packet: &[u8],
     ) -> Result<(i32, u32), DatapathError> {
-        let run = self.test_run_with(name, packet, 0, 1)?;
+        self.test_run_mark_in_out(name, packet, 0)
+    }
+
+    /// [`Self::test_run_mark_out`] with `skb->mark` set to `mark`.
+    pub fn test_run_mark_in_out(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+        mark: u32,
+    ) -> Result<(i32, u32), DatapathError> {
+        let run = self.test_run_with(name, packet, mark, 1)?;
         Ok((run.0, run.3))
     }
 

@@ -35,7 +35,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use axoneme_bpf_common::{decrypt_mark, encrypt_mark, MARK_DECRYPT_MASK, MARK_ENCRYPT_MASK};
+use axoneme_bpf_common::{
+    decrypt_mark, encrypt_mark, EncryptValue, MARK_DECRYPT_MASK, MARK_ENCRYPT_MASK,
+};
 use axoneme_identity::NodeRecord;
 use axoneme_ipsec::keys::{derive_pair_key, Key};
 use axoneme_ipsec::xfrm::{Dir, PolicyId};
@@ -125,8 +127,9 @@ impl WantPolicy {
 pub struct Desired {
     pub states: Vec<WantState>,
     pub policies: Vec<WantPolicy>,
-    /// Other nodes' pod CIDRs → the SPI to send with (0: drop).
-    pub prefixes: BTreeMap<IpNet, u8>,
+    /// Other nodes' pod CIDRs → the SPI to send with (0: drop) and the
+    /// node's decrypt index.
+    pub prefixes: BTreeMap<IpNet, EncryptValue>,
     /// Other nodes' addresses → their decrypt index.
     pub nodes: BTreeMap<IpAddr, u16>,
     /// Per other node that encrypts: the SPI it is sent with (None: no
@@ -271,10 +274,10 @@ pub fn desired(
                 }
                 match send {
                     Some(spi) => {
-                        d.prefixes.insert(*cidr, spi);
+                        d.prefixes.insert(*cidr, EncryptValue::new(spi, idx));
                     }
                     None if me.strict => {
-                        d.prefixes.insert(*cidr, 0);
+                        d.prefixes.insert(*cidr, EncryptValue::new(0, idx));
                     }
                     None => {}
                 }
@@ -385,7 +388,7 @@ mod tests {
         assert_eq!(d.policies[1].src, "10.0.1.0/24".parse::<IpNet>().unwrap());
         assert_eq!(
             d.prefixes,
-            BTreeMap::from([("10.0.2.0/24".parse().unwrap(), 3)])
+            BTreeMap::from([("10.0.2.0/24".parse().unwrap(), EncryptValue::new(3, 1))])
         );
         assert_eq!(d.nodes.len(), 1);
     }
@@ -425,7 +428,7 @@ mod tests {
         let d = run(true, &key3(), &peer);
         assert_eq!(
             d.prefixes,
-            BTreeMap::from([("10.0.2.0/24".parse().unwrap(), 0)])
+            BTreeMap::from([("10.0.2.0/24".parse().unwrap(), EncryptValue::new(0, 1))])
         );
         assert!(d.policies.iter().any(|p| p.dir == Dir::Fwd && !p.optional));
         assert_eq!(d.peers["b"], None);
@@ -450,14 +453,20 @@ mod tests {
         assert_eq!(d.states.len(), 7);
         let marked = d.policies.iter().filter(|p| p.priority == PRIORITY_MARKED);
         assert_eq!(marked.count(), 2);
-        assert_eq!(d.prefixes.values().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            d.prefixes.values().map(|v| v.spi).collect::<Vec<_>>(),
+            vec![3]
+        );
         let fallback = |d: &Desired| {
             let s = d.states.iter().find(|s| s.mark == Some(NO_SPI_MARK));
             s.unwrap().spi
         };
         assert_eq!(fallback(&d), 0x103);
         let d = run(false, &both, &peer(&[3, 4]));
-        assert_eq!(d.prefixes.values().copied().collect::<Vec<_>>(), vec![4]);
+        assert_eq!(
+            d.prefixes.values().map(|v| v.spi).collect::<Vec<_>>(),
+            vec![4]
+        );
         assert_eq!(fallback(&d), 0x104);
     }
 }

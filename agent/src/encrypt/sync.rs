@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use axoneme_bpf_common::EncryptValue;
 use axoneme_ipsec::xfrm::{
     ListedState, Mode, PolicyId, PolicySpec, StateId, StateSpec, Xfrm, XfrmError,
 };
@@ -61,9 +62,9 @@ impl XfrmOps for Xfrm {
 
 /// The datapath's encryption maps as the unit uses them.
 pub trait EncryptWriter {
-    fn prefixes(&self) -> Result<BTreeMap<IpNet, u8>, DatapathError>;
+    fn prefixes(&self) -> Result<BTreeMap<IpNet, EncryptValue>, DatapathError>;
     fn nodes(&self) -> Result<BTreeMap<IpAddr, u16>, DatapathError>;
-    fn set_prefix(&mut self, net: IpNet, spi: u8) -> Result<(), DatapathError>;
+    fn set_prefix(&mut self, net: IpNet, value: EncryptValue) -> Result<(), DatapathError>;
     fn remove_prefix(&mut self, net: IpNet) -> Result<(), DatapathError>;
     fn set_node(&mut self, addr: IpAddr, index: u16) -> Result<(), DatapathError>;
     fn remove_node(&mut self, addr: IpAddr) -> Result<(), DatapathError>;
@@ -174,9 +175,9 @@ pub fn sync(x: &mut impl XfrmOps, maps: &mut impl EncryptWriter, want: &Desired)
         }
     }
     // 3. What each peer's pods are sent with.
-    for (net, spi) in &want.prefixes {
-        if have_prefixes.get(net) != Some(spi) {
-            if let Err(e) = maps.set_prefix(*net, *spi) {
+    for (net, value) in &want.prefixes {
+        if have_prefixes.get(net) != Some(value) {
+            if let Err(e) = maps.set_prefix(*net, *value) {
                 fail(e.to_string());
             }
         }
@@ -318,24 +319,24 @@ pub mod fake {
 
     #[derive(Default)]
     pub struct FakeMaps {
-        pub prefixes: BTreeMap<IpNet, u8>,
+        pub prefixes: BTreeMap<IpNet, EncryptValue>,
         pub nodes: BTreeMap<IpAddr, u16>,
         pub log: Log,
     }
 
     impl EncryptWriter for FakeMaps {
-        fn prefixes(&self) -> Result<BTreeMap<IpNet, u8>, DatapathError> {
+        fn prefixes(&self) -> Result<BTreeMap<IpNet, EncryptValue>, DatapathError> {
             Ok(self.prefixes.clone())
         }
         fn nodes(&self) -> Result<BTreeMap<IpAddr, u16>, DatapathError> {
             Ok(self.nodes.clone())
         }
-        fn set_prefix(&mut self, net: IpNet, spi: u8) -> Result<(), DatapathError> {
+        fn set_prefix(&mut self, net: IpNet, value: EncryptValue) -> Result<(), DatapathError> {
             self.log
                 .lock()
                 .unwrap()
-                .push(format!("prefix {net} spi {spi}"));
-            self.prefixes.insert(net, spi);
+                .push(format!("prefix {net} spi {}", value.spi));
+            self.prefixes.insert(net, value);
             Ok(())
         }
         fn remove_prefix(&mut self, net: IpNet) -> Result<(), DatapathError> {
@@ -433,7 +434,10 @@ mod tests {
             node < state && state < policy && policy < prefix,
             "{log:#?}"
         );
-        assert_eq!(m.prefixes.values().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            m.prefixes.values().map(|v| v.spi).collect::<Vec<_>>(),
+            vec![3]
+        );
     }
 
     #[test]

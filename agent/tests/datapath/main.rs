@@ -11,6 +11,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod arrival;
 mod delivery;
 mod endpoints;
 mod observability;

@@ -50,7 +50,9 @@ pub mod ct_flags {
     /// node's stack, not by local delivery: something there may have
     /// translated it (kube-proxy's DNAT of a Service address), so its
     /// replies go back up the stack too, where the translation is undone,
-    /// never straight into a local client pod.
+    /// never straight into a local client pod. Also set on flows that
+    /// arrived from another node (host routing): their replies leave
+    /// through the node's stack all the same.
     pub const VIA_STACK: u8 = 8;
     /// The flow was let in only by policy audit mode: once its endpoint
     /// leaves audit mode, its packets are dropped (133) like any denied

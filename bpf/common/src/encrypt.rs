@@ -40,5 +40,14 @@ pub struct EncryptValue {
     /// no key is shared with it yet, so the packet is dropped
     /// ([`DROP_UNENCRYPTED`](crate::drop_reason::DROP_UNENCRYPTED)).
     pub spi: u8,
-    pub pad: [u8; 3],
+    pub pad: u8,
+    /// The node whose pods the prefix holds: its index in decrypt marks
+    /// (0: none), which a packet decrypted from it carries.
+    pub node: u16,
+}
+
+impl EncryptValue {
+    pub const fn new(spi: u8, node: u16) -> Self {
+        EncryptValue { spi, pad: 0, node }
+    }
 }

@@ -173,8 +173,10 @@ pub(crate) fn ct_insert<K: Tuple>(flow: &Flow, endpoint_id: u32, dir: u8, value:
 /// `None` for a packet of no tracked flow, else its verdict as
 /// [`crate::policy::decide`] gives it: the proxy port for packets of a
 /// redirected flow in its original direction (unless they come from the
-/// proxy), [`VIA_STACK`] for answers to the proxy's upstream connections,
-/// [`AUDIT_ENDED`] for a flow to drop now, [`PASS`] for the rest.
+/// proxy), [`VIA_STACK`] for answers to the proxy's upstream connections
+/// (and to a redirected flow's: the proxy's too) and to flows that came up
+/// the stack or from another node, [`AUDIT_ENDED`] for a flow to drop now,
+/// [`PASS`] for the rest.
 #[inline(always)]
 pub(crate) fn ct_update(at: &At, flow: &Flow, now: u64) -> Option<u32> {
     if flow.family == family::IPV4 {
@@ -286,7 +288,11 @@ fn ct_update_in<K: Tuple>(at: &At, flow: &Flow, now: u64) -> Option<u32> {
         (*entry).packets += 1;
         (*entry).bytes += u64::from(len);
         Some(if reply {
-            if flags & (ct_flags::PROXY_UPSTREAM | ct_flags::VIA_STACK) != 0 {
+            // A redirected flow's answers are the proxy's (its upstream
+            // connection borrowed the client's address), never the pod's.
+            if flags & (ct_flags::PROXY_UPSTREAM | ct_flags::VIA_STACK) != 0
+                || (*entry).proxy_port != 0
+            {
                 VIA_STACK
             } else {
                 PASS

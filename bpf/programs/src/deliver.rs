@@ -1,5 +1,7 @@
 //! Local delivery: a packet from a pod to another pod of this node,
-//! judged for the destination too and put straight into it.
+//! judged for the destination too and put straight into it; the same
+//! delivery ([`into_pod`]) serves what arrives from other nodes
+//! ([`crate::arrival`]).
 
 use axoneme_bpf_common::{
     direction, drop_reason, family,
@@ -15,7 +17,7 @@ use crate::ipcache::addr_key;
 use crate::metrics::forwarded;
 use crate::parse::{Addr, Flow, ETH_HLEN};
 use crate::policy::{decide, PASS, VIA_STACK};
-use crate::proxy::to_proxy;
+use crate::proxy::to_proxy_entering;
 use crate::At;
 
 /// A local endpoint's addresses (the ipcache key's data, prefix left out)
@@ -28,9 +30,8 @@ static ENDPOINT_ADDRS: HashMap<IpcacheKey, u32> = HashMap::pinned(ENDPOINT_ADDRS
 /// `ep` is then that endpoint.
 #[inline(always)]
 pub(crate) fn local_endpoint(fam: u8, addr: &Addr, ep: &mut EndpointInfo) -> bool {
-    // SAFETY: copied out at once.
-    match unsafe { ENDPOINT_ADDRS.get(&addr_key(fam, addr)) } {
-        Some(i) => endpoint(*i, ep) && owns(ep, fam, addr),
+    match endpoint_ifindex(fam, addr) {
+        Some(i) => endpoint(i, ep) && owns(ep, fam, addr),
         None => false,
     }
 }
@@ -51,24 +52,19 @@ pub(crate) fn local_endpoint(fam: u8, addr: &Addr, ep: &mut EndpointInfo) -> boo
 /// stack, shared by the whole call chain, has no room for a second).
 #[inline(always)]
 pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
-    let ctx = at.ctx;
-    let key = addr_key(flow.family, &flow.daddr);
-    // SAFETY: copied out at once.
-    let ifindex = match unsafe { ENDPOINT_ADDRS.get(&key) } {
-        Some(i) => *i,
+    let ifindex = match endpoint_ifindex(flow.family, &flow.daddr) {
+        Some(i) => i,
         None if host::enabled() && host::to_gateway(flow) => host::ifindex(),
         None => return leave(at, flow),
     };
-    at.ifindex = ifindex;
-    at.dir = direction::INGRESS;
-    at.ct_flags = 0;
-    if !endpoint(ifindex, &mut at.ep) {
+    if !destined_to(at, ifindex, 0) {
         return TC_ACT_OK;
     }
-    // For the node (the host endpoint): judged as its ingress, then up the
-    // stack to its socket, whatever the TTL (the stack delivers it).
-    if host::enabled() && at.ep.identity == IDENTITY_HOST {
-        if host::exempt(flow) {
+    // For the node (the host endpoint): judged as its ingress (with the
+    // host firewall), then up the stack to its socket, whatever the TTL
+    // (the stack delivers it).
+    if at.ep.identity == IDENTITY_HOST {
+        if !host::enabled() || host::exempt(flow) {
             return TC_ACT_OK;
         }
         return match decide(at, flow) {
@@ -79,6 +75,35 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
             Err(()) => TC_ACT_SHOT,
         };
     }
+    into_pod::<true>(at, flow)
+}
+
+/// The host-side veth of the local endpoint with address `addr`, if one
+/// has it (a hint: the endpoint found there must own it).
+#[inline(always)]
+pub(crate) fn endpoint_ifindex(fam: u8, addr: &Addr) -> Option<u32> {
+    // SAFETY: copied out at once.
+    unsafe { ENDPOINT_ADDRS.get(&addr_key(fam, addr)) }.copied()
+}
+
+/// Makes `at` the ingress of the endpoint behind `ifindex` (a new flow's
+/// entry gets `ct_flags`); false if there is none.
+#[inline(always)]
+pub(crate) fn destined_to(at: &mut At, ifindex: u32, ct_flags: u8) -> bool {
+    at.ifindex = ifindex;
+    at.dir = direction::INGRESS;
+    at.ct_flags = ct_flags;
+    endpoint(ifindex, &mut at.ep)
+}
+
+/// Delivery into the pod `at` was made the ingress of ([`destined_to`]),
+/// by local delivery or by host routing of what arrives from other nodes
+/// ([`crate::arrival`]): judged by its ingress rules and put straight into
+/// it, or left to the stack when it cannot be.
+/// `DIRECT`: packets may be written directly (see [`hop`]).
+#[inline(always)]
+pub(crate) fn into_pod<const DIRECT: bool>(at: &mut At, flow: &mut Flow) -> i32 {
+    let ctx = at.ctx;
     if flow.ttl <= 1 || !owns(&at.ep, flow.family, &flow.daddr) {
         return TC_ACT_OK;
     }
@@ -90,12 +115,12 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
             forwarded(at);
             return TC_ACT_OK;
         }
-        Ok(_) => return to_proxy(at),
+        Ok(_) => return to_proxy_entering(at),
         Err(()) => return TC_ACT_SHOT,
     }
     // The hop the node's routing would have counted. Should the packet not
     // be writable, the stack takes it (conntrack then counts it twice).
-    if hop(ctx, flow).is_err() {
+    if hop::<DIRECT>(ctx, flow).is_err() {
         return TC_ACT_OK;
     }
     forwarded(at);
@@ -103,8 +128,11 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
     if crate::pod_lb::pod_lb_for(flow.protocol) && !crate::pod_lb::pod_ingress(ctx) {
         return TC_ACT_SHOT;
     }
+    // No mark of the node's enters the pod (the decrypt mark, say): a
+    // redirect into another namespace keeps it, crossing a veth does not.
+    ctx.set_mark(0);
     // SAFETY: a helper call with plain arguments.
-    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
+    unsafe { bpf_redirect_peer(at.ifindex, 0) as i32 }
 }
 
 /// A packet for no local endpoint: up the node's stack, marked for
@@ -120,11 +148,18 @@ fn leave(at: &At, flow: &Flow) -> i32 {
 }
 
 /// Decrements the TTL (IPv4, with its header checksum, as the kernel's
-/// `ip_decrease_ttl` does) or the hop limit, in place: direct packet
-/// access (the verifier's prologue makes a cloned packet writable once per
-/// run), not two helper calls that each check for it.
+/// `ip_decrease_ttl` does) or the hop limit, in place. `DIRECT`: by direct
+/// packet access (the verifier's prologue makes a cloned packet writable
+/// once per run), not two helper calls that each check for it; else by
+/// those helpers, which make writable only the packet they write: the
+/// device's ingress program must not write directly, or that prologue runs
+/// on ESP too and lets XFRM decrypt in place, in pages a capture may share
+/// (docs/architecture.md, "Transparent encryption").
 #[inline(always)]
-fn hop(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
+fn hop<const DIRECT: bool>(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
+    if !DIRECT {
+        return hop_by_helpers(ctx, flow);
+    }
     let (start, end) = (ctx.data(), ctx.data_end());
     if flow.family == family::IPV4 {
         if start + ETH_HLEN + 12 > end {
@@ -149,4 +184,20 @@ fn hop(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
         unsafe { *((start + ETH_HLEN + 7) as *mut u8) = flow.ttl - 1 };
     }
     Ok(())
+}
+
+/// [`hop`] by `bpf_l3_csum_replace` and `bpf_skb_store_bytes`.
+#[inline(always)]
+fn hop_by_helpers(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
+    let ttl = flow.ttl - 1;
+    if flow.family == family::IPV4 {
+        // The TTL and protocol bytes are one 16-bit word of the checksum.
+        let from = u16::from_ne_bytes([flow.ttl, flow.protocol]);
+        let to = u16::from_ne_bytes([ttl, flow.protocol]);
+        ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(from), u64::from(to), 2)
+            .map_err(|_| ())?;
+        ctx.store(ETH_HLEN + 8, &ttl, 0).map_err(|_| ())
+    } else {
+        ctx.store(ETH_HLEN + 7, &ttl, 0).map_err(|_| ())
+    }
 }

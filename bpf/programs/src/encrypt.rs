@@ -122,6 +122,23 @@ pub(crate) fn decrypted(ctx: &TcContext) -> bool {
     mark & MARK_MASK == MARK_DECRYPT
 }
 
+/// Whether a packet [`decrypted`] comes from a pod of the node whose ESP
+/// it was (the index in its decrypt mark is the one `ENCRYPT` gives its
+/// source's prefix): what the forward XFRM policy of that node's pods
+/// would check in the stack (its template: ESP from that node).
+#[inline(never)]
+pub(crate) fn from_sender(ctx: &TcContext, flow: &Flow) -> bool {
+    // SAFETY: a read of the context's mark.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    let index = (mark >> 16) as u16;
+    let bits = if flow.family == family::IPV4 { 32 } else { 128 };
+    let key = Key::new(
+        IpcacheKey::prefix_len(bits),
+        addr_key(flow.family, &flow.saddr),
+    );
+    matches!(ENCRYPT.get(&key), Some(v) if index != 0 && v.node == index)
+}
+
 /// ESP leaving by the node's device that XFRM made of a pod's packet: the
 /// outer packet keeps the encrypt mark [`leaving`] gave the inner one
 /// (Axoneme's states set no output mark).

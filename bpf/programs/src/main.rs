@@ -61,6 +61,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod arrival;
 mod conntrack;
 mod deliver;
 mod encrypt;
@@ -94,7 +95,7 @@ use crate::events::drop_event;
 use crate::metrics::forwarded;
 use crate::parse::{parse, Drop, Flow};
 use crate::policy::{decide, PASS, VIA_STACK};
-use crate::proxy::to_proxy;
+use crate::proxy::{to_proxy, to_proxy_entering};
 
 // The shared constants are what userspace tests compare against: keep them
 // identical to the kernel's.
@@ -114,22 +115,36 @@ pub fn axoneme_to_container(ctx: TcContext) -> i32 {
 }
 
 /// Per-packet service LB at TC ingress of the node's device ([`nodeport`]),
-/// ESP's decrypt mark there ([`encrypt`]) and the host firewall
-/// ([`host`]).
+/// ESP's decrypt mark there ([`encrypt`]), the host firewall ([`host`])
+/// and host routing of other nodes' packets for its pods ([`arrival`]).
 #[classifier]
 pub fn axoneme_nodeport_ingress(ctx: TcContext) -> i32 {
     // ESP (marked for its inbound state) is never service traffic and the
     // host firewall does not judge it. What it decrypts to is pod traffic
-    // between the nodes' pod networks (the inbound XFRM policies admit
-    // nothing else: a tunnel-mode packet without one is refused), which the
-    // destination pod's program judges: neither needs this program again.
-    if encrypt::enabled() && (encrypt::arriving(&ctx) || encrypt::decrypted(&ctx)) {
-        return TC_ACT_OK;
+    // between the nodes' pod networks (the forward XFRM policies admit
+    // nothing else: a tunnel-mode packet without one is refused): no
+    // service either, and delivered into its pod from here or left to the
+    // stack, whose policies check it.
+    if encrypt::enabled() {
+        if encrypt::arriving(&ctx) {
+            return TC_ACT_OK;
+        }
+        if encrypt::decrypted(&ctx) {
+            return arrival::from_node(&ctx);
+        }
     }
     match nodeport::ingress(&ctx) {
-        // Not service traffic: the node's own, if it is for its address.
-        nodeport::NOT_SERVICE if host::enabled() => host::firewall(&ctx, direction::INGRESS),
-        nodeport::NOT_SERVICE => TC_ACT_OK,
+        // Not service traffic: the node's own, if it is for its address;
+        // else perhaps for one of its pods.
+        nodeport::NOT_SERVICE => {
+            if host::enabled() {
+                let action = host::firewall(&ctx, direction::INGRESS);
+                if action != TC_ACT_OK {
+                    return action;
+                }
+            }
+            arrival::from_node(&ctx)
+        }
         action => action,
     }
 }
@@ -269,13 +284,8 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         }
         // Ingress rules at the destination's veth, egress rules at the
         // source's: either way the node's proxy.
-        Ok(_) => {
-            if dir == direction::INGRESS && kube_proxy::beside() && !kube_proxy::restore(ctx) {
-                drop_event(&at, None, drop_reason::DROP_WRITE_ERROR, 0, 0);
-                return TC_ACT_SHOT;
-            }
-            to_proxy(&at)
-        }
+        Ok(_) if dir == direction::INGRESS => to_proxy_entering(&at),
+        Ok(_) => to_proxy(&at),
         Err(()) => TC_ACT_SHOT,
     }
 }

@@ -9,6 +9,7 @@ use axoneme_bpf_common::{
 use aya_ebpf::{bindings::BPF_F_INGRESS, helpers::bpf_redirect};
 
 use crate::events::drop_event;
+use crate::kube_proxy;
 use crate::metrics::forwarded;
 use crate::At;
 
@@ -31,6 +32,18 @@ pub(crate) fn to_proxy(at: &At) -> i32 {
     forwarded(at);
     // SAFETY: a helper call with plain arguments.
     unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) as i32 }
+}
+
+/// [`to_proxy`] for a packet entering a pod (its ingress rules redirected
+/// it): beside kube-proxy, first given back the destination its source
+/// sent it to ([`kube_proxy::restore`]).
+#[inline(always)]
+pub(crate) fn to_proxy_entering(at: &At) -> i32 {
+    if kube_proxy::beside() && !kube_proxy::restore(at.ctx) {
+        drop_event(at, None, drop_reason::DROP_WRITE_ERROR, 0, 0);
+        return TC_ACT_SHOT;
+    }
+    to_proxy(at)
 }
 
 /// Whether the packet is one of the L7 proxy's own upstream connections

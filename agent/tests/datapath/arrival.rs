@@ -1,0 +1,122 @@
+//! Host routing of what arrives from other nodes
+//! (`bpf/programs/src/arrival.rs`): on the node's device, a packet for pod
+//! A is judged by A's ingress rules and put straight into A, or left to
+//! the stack. 10.0.1.0/24 (identity 3000) stands for another node's pods.
+
+use axoneme_agent::datapath::NODEPORT_INGRESS;
+use axoneme_bpf_common::MARK_TO_PROXY;
+
+use super::*;
+
+/// A's ingress lets identity 3000 in on TCP 80, nothing else.
+fn arriving_setup() -> TestDatapath {
+    let mut dp = setup(BOTH);
+    allow(&mut dp, Direction::Ingress, key(3000, IPPROTO_TCP, 80, 16));
+    dp
+}
+
+#[test]
+fn a_packet_from_another_node_is_judged_by_the_pods_ingress_and_put_into_it() {
+    let mut dp = arriving_setup();
+    let syn = syn_from(NET3, 40000, 80);
+    let (action, out) = dp.test_run_packet(NODEPORT_INGRESS, &syn).unwrap();
+    assert_eq!(action, TC_ACT_REDIRECT, "straight into the pod");
+    // The hop the node's routing would have counted, checksum and all.
+    assert_eq!(out[14 + 8], 63, "TTL decremented");
+    assert_eq!(ipv4_checksum(&out[14..34]), 0, "a valid header checksum");
+    let events = dp.maps.drain_events();
+    assert_eq!(
+        verdicts(&events),
+        vec![(ev::ALLOWED, 3000, A_ID, match_type::L3_L4)]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.direction == direction::INGRESS && e.ifindex == 1),
+        "decided as A's ingress, behind A's interface: {events:?}"
+    );
+    // Its entry is the one A's own programs use: A's answer passes its
+    // enforced egress as a reply, up the node's stack (back to the device,
+    // as answers to what came that way go).
+    let entry = dp.maps.ct_entries().unwrap();
+    assert!(
+        entry
+            .iter()
+            .any(|(k, v)| k.endpoint_id == A_ID && v.flags & ct_flags::VIA_STACK != 0),
+        "{entry:?}"
+    );
+    let answer = ipv4(
+        A4,
+        NET3,
+        IPPROTO_TCP,
+        &tcp(80, 40000, TCP_SYN | TCP_ACK),
+        0x4000,
+        2,
+    );
+    assert_eq!(run(&dp, FROM_CONTAINER, &answer), TC_ACT_OK);
+    assert!(drops(&dp.maps.drain_events()).is_empty());
+    // Another port, and the world: dropped by A's ingress, right here.
+    for (src, port) in [(NET3, 81), (WORLD4, 80)] {
+        let (action, events) = send(&mut dp, NODEPORT_INGRESS, &syn_from(src, 40001, port));
+        assert_eq!(action, TC_ACT_SHOT);
+        assert_eq!(drops(&events), vec![drop_reason::DROP_POLICY]);
+    }
+}
+
+#[test]
+fn what_host_routing_cannot_deliver_goes_up_the_stack_unjudged() {
+    let mut dp = arriving_setup();
+    // The TTL ends here (the stack sends the ICMP error), no endpoint has
+    // the address, or the address is not the endpoint's own.
+    let mut last_hop = syn_from(NET3, 40002, 80);
+    last_hop[14 + 8] = 1;
+    let csum = ipv4_checksum(&{
+        let mut h = last_hop[14..34].to_vec();
+        h[10..12].fill(0);
+        h
+    });
+    last_hop[24..26].copy_from_slice(&csum.to_be_bytes());
+    let elsewhere = ipv4(NET3, [10, 0, 0, 9], IPPROTO_TCP, &tcp(1, 80, TCP_SYN), 0, 3);
+    for packet in [last_hop, elsewhere] {
+        let (action, events) = send(&mut dp, NODEPORT_INGRESS, &packet);
+        assert_eq!(action, TC_ACT_OK);
+        assert!(verdicts(&events).is_empty() && drops(&events).is_empty());
+    }
+}
+
+#[test]
+fn ingress_l7_flows_from_another_node_go_to_the_proxy() {
+    let mut dp = setup(BOTH);
+    redirect(
+        &mut dp,
+        Direction::Ingress,
+        key(3000, IPPROTO_TCP, 8080, 16),
+    );
+    let (action, mark) = dp
+        .test_run_mark_out(NODEPORT_INGRESS, &syn_from(NET3, 40003, 8080))
+        .unwrap();
+    assert_eq!((action, mark), (TC_ACT_REDIRECT, MARK_TO_PROXY));
+}
+
+/// The answers to a flow A's egress rules sent to the proxy belong to the
+/// proxy's upstream connection (it borrowed A's address), not to A: up the
+/// stack to the proxy's socket, never into A, which would reset the flow.
+#[test]
+fn answers_to_a_redirected_flow_go_up_the_stack_to_the_proxy() {
+    let mut dp = setup(BOTH);
+    redirect(&mut dp, Direction::Egress, key(3000, IPPROTO_TCP, 80, 16));
+    let syn = ipv4(A4, NET3, IPPROTO_TCP, &tcp(40004, 80, TCP_SYN), 0x4000, 4);
+    assert_eq!(run(&dp, FROM_CONTAINER, &syn), TC_ACT_REDIRECT);
+    let answer = ipv4(
+        NET3,
+        A4,
+        IPPROTO_TCP,
+        &tcp(80, 40004, TCP_SYN | TCP_ACK),
+        0x4000,
+        5,
+    );
+    assert_eq!(run(&dp, NODEPORT_INGRESS, &answer), TC_ACT_OK);
+    // What the proxy itself answers A (from the server's address) enters
+    // A as before.
+    assert_eq!(run(&dp, TO_CONTAINER, &answer), TC_ACT_OK);
+}
