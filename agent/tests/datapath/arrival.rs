@@ -120,3 +120,25 @@ fn answers_to_a_redirected_flow_go_up_the_stack_to_the_proxy() {
     // A as before.
     assert_eq!(run(&dp, TO_CONTAINER, &answer), TC_ACT_OK);
 }
+
+/// The L7 proxy's upstream connections borrow a pod's address with a port
+/// of their own, so their answers from another node match no conntrack
+/// entry: host routing judges a flow from its first packet only (a SYN
+/// without ACK) and leaves any other TCP packet of no tracked flow to the
+/// stack, unjudged, where the proxy's socket takes it. Were it judged as a
+/// new flow for A, A's ingress would drop it or A would reset it.
+#[test]
+fn tcp_packets_of_no_tracked_flow_but_its_first_go_up_the_stack_unjudged() {
+    let mut dp = arriving_setup();
+    for flags in [TCP_SYN | TCP_ACK, TCP_ACK, TCP_FIN | TCP_ACK] {
+        let packet = ipv4(NET3, A4, IPPROTO_TCP, &tcp(80, 41000, flags), 0x4000, 6);
+        let (action, events) = send(&mut dp, NODEPORT_INGRESS, &packet);
+        assert_eq!(action, TC_ACT_OK, "TCP flags {flags:#x}");
+        assert!(events.is_empty(), "TCP flags {flags:#x}: {events:?}");
+    }
+    assert!(dp.maps.ct_entries().unwrap().is_empty());
+    // Its pod's own program still judges them as before, should they
+    // reach it (a world source on a port A does not let in: dropped).
+    let stray = ipv4(WORLD4, A4, IPPROTO_TCP, &tcp(80, 41001, TCP_ACK), 0x4000, 7);
+    assert_eq!(run(&dp, TO_CONTAINER, &stray), TC_ACT_SHOT);
+}

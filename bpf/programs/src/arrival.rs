@@ -15,6 +15,14 @@
 //!   clear goes up the stack, where that policy requires ESP (strict) or
 //!   lets it pass.
 //!
+//! A flow not tracked yet is judged here only from its first packet (TCP:
+//! a SYN without ACK; [`crate::policy::UNJUDGED`]): any other TCP packet
+//! of no tracked flow goes up the stack unjudged. Those are, above all,
+//! the answers to the L7 proxy's upstream connections, which borrow a
+//! pod's address with a port of their own and reach the proxy's socket by
+//! the node's `socket transparent` rule; put into the pod, they would meet
+//! no socket there and be reset.
+//!
 //! Anything else, and anything [`deliver::into_pod`] cannot deliver (TTL,
 //! an address the endpoint does not own), goes up the stack as before.
 
@@ -65,6 +73,7 @@ pub(crate) fn from_node(ctx: &TcContext) -> i32 {
         ifindex,
         dir: direction::INGRESS,
         ct_flags: 0,
+        arriving: true,
         ep: EndpointInfo::default(),
     };
     // Replies go back up the stack (to the node's routing and, encrypted,

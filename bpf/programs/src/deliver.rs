@@ -16,7 +16,7 @@ use crate::host;
 use crate::ipcache::addr_key;
 use crate::metrics::forwarded;
 use crate::parse::{Addr, Flow, ETH_HLEN};
-use crate::policy::{decide, PASS, VIA_STACK};
+use crate::policy::{decide, PASS, UNJUDGED, VIA_STACK};
 use crate::proxy::to_proxy_entering;
 use crate::At;
 
@@ -115,6 +115,7 @@ pub(crate) fn into_pod<const DIRECT: bool>(at: &mut At, flow: &mut Flow) -> i32 
             forwarded(at);
             return TC_ACT_OK;
         }
+        Ok(UNJUDGED) => return TC_ACT_OK,
         Ok(_) => return to_proxy_entering(at),
         Err(()) => return TC_ACT_SHOT,
     }

@@ -96,6 +96,7 @@ pub(crate) fn firewall(ctx: &TcContext, dir: u8) -> i32 {
         ifindex,
         dir,
         ct_flags: 0,
+        arriving: false,
         ep: EndpointInfo::default(),
     };
     // No host endpoint on this device: nothing selects the node yet.

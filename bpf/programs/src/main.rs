@@ -178,6 +178,9 @@ struct At<'a> {
     /// the endpoint's own program judges its ingress (the packet came up
     /// the node's stack), none when local delivery does.
     ct_flags: u8,
+    /// Host routing ([`arrival`]): a flow not tracked yet is judged from
+    /// its first packet only.
+    arriving: bool,
     ep: EndpointInfo,
 }
 
@@ -229,6 +232,7 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
         } else {
             0
         },
+        arriving: false,
         ep: EndpointInfo::default(),
     };
     if !endpoint(ifindex, &mut at.ep) {

@@ -15,12 +15,14 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, LpmTrie},
 };
 
-use crate::conntrack::{ct_insert, ct_update, fragment, lifetime, related, AUDIT_ENDED};
+use crate::conntrack::{
+    ct_insert, ct_update, fragment, lifetime, related, AUDIT_ENDED, TCP_ACK, TCP_SYN,
+};
 use crate::endpoint::owns;
 use crate::events::{drop_flow, trace_flow, verdict_event};
 use crate::ipcache::ids;
 use crate::metrics::judged;
-use crate::parse::{Flow, Frag, Icmp};
+use crate::parse::{Flow, Frag, Icmp, IPPROTO_TCP};
 use crate::proxy::from_proxy;
 use crate::{At, NS_PER_S};
 
@@ -38,8 +40,14 @@ pub(crate) const PASS: u32 = 0;
 /// borrowed (the client), which has no such socket and resets the flow.
 pub(crate) const VIA_STACK: u32 = 1 << 16;
 
-/// The verdict on a packet: [`PASS`], [`VIA_STACK`], a proxy port, or
-/// `Err` when it was dropped (with its events).
+/// What [`decide`] returns, in host routing ([`crate::arrival`]), for a
+/// TCP packet of no tracked flow that is not a flow's first (a SYN without
+/// ACK): not judged, and left to the stack (an answer to one of the L7
+/// proxy's upstream connections, say, which no conntrack entry knows).
+pub(crate) const UNJUDGED: u32 = 1 << 17;
+
+/// The verdict on a packet: [`PASS`], [`VIA_STACK`], [`UNJUDGED`], a proxy
+/// port, or `Err` when it was dropped (with its events).
 #[inline(always)]
 pub(crate) fn decide(at: &At, flow: &mut Flow) -> Result<u32, ()> {
     let ep = &at.ep;
@@ -70,6 +78,12 @@ pub(crate) fn decide(at: &At, flow: &mut Flow) -> Result<u32, ()> {
             return Err(());
         }
         return Ok(tracked);
+    }
+    if at.arriving
+        && flow.protocol == IPPROTO_TCP
+        && flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
+    {
+        return Ok(UNJUDGED);
     }
     let proxy_port = match new_flow(at, flow) {
         Ok(port) => port,
