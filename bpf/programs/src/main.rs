@@ -36,6 +36,11 @@
 //!    direction, in per-CPU counters the agent's `/metrics` reads
 //!    ([`metrics`]).
 //!
+//! What arrives from other nodes for a pod is judged the same way, as the
+//! pod's ingress, by the device's ingress program, and put straight into
+//! the pod (host routing, [`arrival`]); what it cannot vouch for goes up
+//! the node's stack to `axoneme_to_container`.
+//!
 //! Services: socket LB on the node's cgroup ([`lb`]) and per-packet LB for
 //! traffic from outside the node on its device ([`nodeport`]); without
 //! socket LB, per-packet LB of the pods' own traffic here, on entering and
@@ -176,7 +181,8 @@ struct At<'a> {
     /// The conntrack flags a new flow's entry starts with:
     /// [`ct_flags::VIA_STACK`](axoneme_bpf_common::ct_flags::VIA_STACK) when
     /// the endpoint's own program judges its ingress (the packet came up
-    /// the node's stack), none when local delivery does.
+    /// the node's stack) or host routing does (it came from another node),
+    /// none when local delivery does.
     ct_flags: u8,
     /// Host routing ([`arrival`]): a flow not tracked yet is judged from
     /// its first packet only.
