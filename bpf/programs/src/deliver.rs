@@ -15,7 +15,7 @@ use crate::events::drop_flow;
 use crate::host;
 use crate::ipcache::addr_key;
 use crate::metrics::forwarded;
-use crate::parse::{Addr, Flow, ETH_HLEN};
+use crate::parse::{peek, Addr, Flow, ETH_HLEN};
 use crate::policy::{decide, PASS, UNJUDGED, VIA_STACK};
 use crate::proxy::to_proxy_entering;
 use crate::At;
@@ -171,10 +171,7 @@ fn hop<const DIRECT: bool>(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
         unsafe {
             let ttl = (start + ETH_HLEN + 8) as *mut u8;
             let check = (start + ETH_HLEN + 10) as *mut u16;
-            // The TTL is the high byte of its 16-bit word: one less TTL is
-            // 0x0100 more in the one's-complement checksum.
-            let sum = u32::from(check.read_unaligned()) + u32::from(0x0100u16.to_be());
-            check.write_unaligned((sum + u32::from(sum >= 0xffff)) as u16);
+            check.write_unaligned(check_after_hop(check.read_unaligned()));
             *ttl = flow.ttl - 1;
         }
     } else {
@@ -187,18 +184,27 @@ fn hop<const DIRECT: bool>(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
     Ok(())
 }
 
-/// [`hop`] by `bpf_l3_csum_replace` and `bpf_skb_store_bytes`.
+/// [`hop`] by `bpf_skb_store_bytes`: the TTL, the protocol as it was and
+/// the new header checksum, in one call (the checksum read in place, or
+/// copied, when not in the linear data).
 #[inline(always)]
 fn hop_by_helpers(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
     let ttl = flow.ttl - 1;
     if flow.family == family::IPV4 {
-        // The TTL and protocol bytes are one 16-bit word of the checksum.
-        let from = u16::from_ne_bytes([flow.ttl, flow.protocol]);
-        let to = u16::from_ne_bytes([ttl, flow.protocol]);
-        ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(from), u64::from(to), 2)
-            .map_err(|_| ())?;
-        ctx.store(ETH_HLEN + 8, &ttl, 0).map_err(|_| ())
+        let check = u16::from_ne_bytes(peek::<2>(ctx, ETH_HLEN + 10).map_err(|_| ())?);
+        let [c0, c1] = check_after_hop(check).to_ne_bytes();
+        ctx.store(ETH_HLEN + 8, &[ttl, flow.protocol, c0, c1], 0)
+            .map_err(|_| ())
     } else {
         ctx.store(ETH_HLEN + 7, &ttl, 0).map_err(|_| ())
     }
+}
+
+/// An IPv4 header checksum (as read from the packet) once the TTL is one
+/// less: the TTL is the high byte of its 16-bit word, so that is 0x0100
+/// more in the one's-complement sum.
+#[inline(always)]
+fn check_after_hop(check: u16) -> u16 {
+    let sum = u32::from(check) + u32::from(0x0100u16.to_be());
+    (sum + u32::from(sum >= 0xffff)) as u16
 }

@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 
 use crate::ipcache::addr_key;
-use crate::parse::{Flow, ETH_HLEN};
+use crate::parse::{peek, Flow, ETH_HLEN};
 
 #[map]
 static ENCRYPT: LpmTrie<IpcacheKey, EncryptValue> = LpmTrie::pinned(ENCRYPT_MAX, 0);
@@ -76,26 +76,28 @@ pub(crate) fn leaving(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
 /// state matches them: XFRM drops the packet). True for any ESP packet.
 #[inline(never)]
 pub(crate) fn arriving(ctx: &TcContext) -> bool {
-    let Ok(ethertype) = ctx.load::<u16>(12) else {
+    // Read in place where the headers are in the linear data (every
+    // packet this program sees when encryption is on comes here first).
+    let Ok(ethertype) = peek::<2>(ctx, 12) else {
         return false;
     };
     let mut key = IpcacheKey::default();
-    match u16::from_be(ethertype) {
+    match u16::from_be_bytes(ethertype) {
         ETH_P_IP => {
-            if ctx.load::<u8>(ETH_HLEN + 9) != Ok(ESP) {
+            if peek::<1>(ctx, ETH_HLEN + 9).ok() != Some([ESP]) {
                 return false;
             }
-            let Ok(saddr) = ctx.load::<[u8; 4]>(ETH_HLEN + 12) else {
+            let Ok(saddr) = peek::<4>(ctx, ETH_HLEN + 12) else {
                 return true;
             };
             key.family = family::IPV4;
             key.addr[..4].copy_from_slice(&saddr);
         }
         ETH_P_IPV6 => {
-            if ctx.load::<u8>(ETH_HLEN + 6) != Ok(ESP) {
+            if peek::<1>(ctx, ETH_HLEN + 6).ok() != Some([ESP]) {
                 return false;
             }
-            let Ok(saddr) = ctx.load::<[u8; 16]>(ETH_HLEN + 8) else {
+            let Ok(saddr) = peek::<16>(ctx, ETH_HLEN + 8) else {
                 return true;
             };
             key.family = family::IPV6;

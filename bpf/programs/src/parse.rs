@@ -418,7 +418,7 @@ fn load<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], Drop> {
 /// [`load`] for a few bytes: read in place when they are in the packet's
 /// linear data (no helper call), else copied by the helper.
 #[inline(always)]
-fn peek<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], Drop> {
+pub(crate) fn peek<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], Drop> {
     let start = ctx.data() + off;
     if start + N <= ctx.data_end() {
         // SAFETY: [start, start + N) lies within the packet's linear data,
