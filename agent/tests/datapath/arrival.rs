@@ -15,6 +15,17 @@ fn arriving_setup() -> TestDatapath {
     dp
 }
 
+fn syn_ack(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    ipv4(
+        src,
+        dst,
+        IPPROTO_TCP,
+        &tcp(sport, dport, TCP_SYN | TCP_ACK),
+        0x4000,
+        2,
+    )
+}
+
 #[test]
 fn a_packet_from_another_node_is_judged_by_the_pods_ingress_and_put_into_it() {
     let mut dp = arriving_setup();
@@ -45,14 +56,7 @@ fn a_packet_from_another_node_is_judged_by_the_pods_ingress_and_put_into_it() {
             .any(|(k, v)| k.endpoint_id == A_ID && v.flags & ct_flags::VIA_STACK != 0),
         "{entry:?}"
     );
-    let answer = ipv4(
-        A4,
-        NET3,
-        IPPROTO_TCP,
-        &tcp(80, 40000, TCP_SYN | TCP_ACK),
-        0x4000,
-        2,
-    );
+    let answer = syn_ack(A4, NET3, 80, 40000);
     assert_eq!(run(&dp, FROM_CONTAINER, &answer), TC_ACT_OK);
     assert!(drops(&dp.maps.drain_events()).is_empty());
     // Another port, and the world: dropped by A's ingress, right here.
@@ -107,14 +111,7 @@ fn answers_to_a_redirected_flow_go_up_the_stack_to_the_proxy() {
     redirect(&mut dp, Direction::Egress, key(3000, IPPROTO_TCP, 80, 16));
     let syn = ipv4(A4, NET3, IPPROTO_TCP, &tcp(40004, 80, TCP_SYN), 0x4000, 4);
     assert_eq!(run(&dp, FROM_CONTAINER, &syn), TC_ACT_REDIRECT);
-    let answer = ipv4(
-        NET3,
-        A4,
-        IPPROTO_TCP,
-        &tcp(80, 40004, TCP_SYN | TCP_ACK),
-        0x4000,
-        5,
-    );
+    let answer = syn_ack(NET3, A4, 80, 40004);
     assert_eq!(run(&dp, NODEPORT_INGRESS, &answer), TC_ACT_OK);
     // What the proxy itself answers A (from the server's address) enters
     // A as before.

@@ -178,7 +178,9 @@ fn from_socket(ctx: &TcContext) -> bool {
 /// neighbour discovery with its gateway is the node's).
 #[inline(always)]
 pub(crate) fn exempt(flow: &Flow) -> bool {
-    if flow.protocol == ESP || (flow.protocol == ICMPV6 && ND_TYPES.contains(&flow.policy_port)) {
+    if flow.protocol == ESP
+        || (flow.protocol == ICMPV6 && ND_TYPES.contains(&flow.policy_port))
+    {
         return true;
     }
     lifeline(flow, &flow.saddr, flow.sport) || lifeline(flow, &flow.daddr, flow.dport)

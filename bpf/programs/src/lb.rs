@@ -24,8 +24,8 @@ use axoneme_bpf_common::{
     family,
     lb::{
         AffinityKey, AffinityMatchKey, AffinityValue, LbBackend, LbKey, LbRevNat, LbService,
-        SockRevKey, SockRevValue, LB_AFFINITY_MAX, LB_BACKENDS_MAX, LB_REVNAT_MAX, LB_SERVICES_MAX,
-        LB_SOCK_REVNAT_MAX,
+        SockRevKey, SockRevValue, LB_AFFINITY_MAX, LB_BACKENDS_MAX, LB_REVNAT_MAX,
+        LB_SERVICES_MAX, LB_SOCK_REVNAT_MAX,
     },
 };
 use aya_ebpf::{
@@ -49,7 +49,8 @@ static LB_REVNAT: HashMap<u32, LbRevNat> = HashMap::pinned(LB_REVNAT_MAX, 0);
 static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::pinned(LB_SOCK_REVNAT_MAX, 0);
 #[map]
-static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(LB_AFFINITY_MAX, 0);
+static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(LB_AFFINITY_MAX, 0);
 #[map]
 pub(crate) static LB_AFFINITY_MATCH: HashMap<AffinityMatchKey, u32> =
     HashMap::pinned(LB_BACKENDS_MAX, 0);

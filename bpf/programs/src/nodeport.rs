@@ -100,10 +100,7 @@ fn translate(ctx: &TcContext) -> Option<i32> {
     // all, is spared the NAT table's lookup.
     // SAFETY: read in place; an entry evicted meanwhile stays readable
     // until the program ends (RCU).
-    if let Some(rev) = to_snat_addr(&p)
-        .then(|| unsafe { LB_NAT_REV.get(&p.t) })
-        .flatten()
-    {
+    if let Some(rev) = to_snat_addr(&p).then(|| unsafe { LB_NAT_REV.get(&p.t) }).flatten() {
         if rev.flags & NatRev::REDIRECT == 0 {
             return None;
         }

@@ -60,18 +60,8 @@ macro_rules! key_of {
             $c.family,
             $c.local_ip4,
             $c.remote_ip4,
-            [
-                $c.local_ip6[0],
-                $c.local_ip6[1],
-                $c.local_ip6[2],
-                $c.local_ip6[3],
-            ],
-            [
-                $c.remote_ip6[0],
-                $c.remote_ip6[1],
-                $c.remote_ip6[2],
-                $c.remote_ip6[3],
-            ],
+            [$c.local_ip6[0], $c.local_ip6[1], $c.local_ip6[2], $c.local_ip6[3]],
+            [$c.remote_ip6[0], $c.remote_ip6[1], $c.remote_ip6[2], $c.remote_ip6[3]],
             $c.local_port,
             $c.remote_port,
         )
