@@ -17,11 +17,11 @@ use axoneme_bpf_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, HashMap, LpmTrie},
+    maps::{HashMap, LpmTrie},
     programs::TcContext,
 };
 
-use crate::ipcache::addr_key;
+use crate::ipcache::lpm_key;
 use crate::parse::{peek, Flow, ETH_HLEN};
 
 #[map]
@@ -53,12 +53,7 @@ const ETH_P_IPV6: u16 = 0x86dd;
 /// this one yet, drop it.
 #[inline(never)]
 pub(crate) fn leaving(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
-    let bits = if flow.family == family::IPV4 { 32 } else { 128 };
-    let key = Key::new(
-        IpcacheKey::prefix_len(bits),
-        addr_key(flow.family, &flow.daddr),
-    );
-    let Some(v) = ENCRYPT.get(&key) else {
+    let Some(v) = ENCRYPT.get(&lpm_key(flow.family, &flow.daddr)) else {
         return Ok(());
     };
     if v.spi == 0 {
@@ -133,12 +128,8 @@ pub(crate) fn from_sender(ctx: &TcContext, flow: &Flow) -> bool {
     // SAFETY: a read of the context's mark.
     let mark = unsafe { (*ctx.skb.skb).mark };
     let index = (mark >> 16) as u16;
-    let bits = if flow.family == family::IPV4 { 32 } else { 128 };
-    let key = Key::new(
-        IpcacheKey::prefix_len(bits),
-        addr_key(flow.family, &flow.saddr),
-    );
-    matches!(ENCRYPT.get(&key), Some(v) if index != 0 && v.node == index)
+    let prefix = ENCRYPT.get(&lpm_key(flow.family, &flow.saddr));
+    matches!(prefix, Some(v) if index != 0 && v.node == index)
 }
 
 /// ESP leaving by the node's device that XFRM made of a pod's packet: the

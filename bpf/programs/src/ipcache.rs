@@ -44,11 +44,17 @@ pub(crate) fn addr_key(fam: u8, addr: &Addr) -> IpcacheKey {
     }
 }
 
+/// The key that looks `addr` up in a trie keyed like `IPCACHE` (its whole
+/// length: the longest prefix holding it matches).
+#[inline(always)]
+pub(crate) fn lpm_key(fam: u8, addr: &Addr) -> Key<IpcacheKey> {
+    let bits = if fam == family::IPV4 { 32 } else { 128 };
+    Key::new(IpcacheKey::prefix_len(bits), addr_key(fam, addr))
+}
+
 #[inline(always)]
 fn ipcache_identity(fam: u8, addr: &Addr) -> u32 {
-    let bits = if fam == family::IPV4 { 32 } else { 128 };
-    let key = Key::new(IpcacheKey::prefix_len(bits), addr_key(fam, addr));
-    match IPCACHE.get(&key) {
+    match IPCACHE.get(&lpm_key(fam, addr)) {
         Some(v) => v.identity,
         None => IDENTITY_WORLD,
     }
