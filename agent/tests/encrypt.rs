@@ -120,6 +120,24 @@ fn esp_from_a_known_node_gets_its_decrypt_mark_and_nothing_else_does() {
     assert_eq!(mark, 0, "only ESP is marked");
 }
 
+/// ESP's node is found through its slot of `ENCRYPT_NODE_SLOTS`, or
+/// through the hash when two nodes' addresses share it (192.168.0.2 and
+/// 192.168.16.2 do): each gets its own index, and a node that left none.
+#[test]
+fn nodes_whose_addresses_share_a_slot_each_get_their_own_decrypt_mark() {
+    const SLOT_SHARER: [u8; 4] = [192, 168, 16, 2];
+    let (dp, mut maps) = setup(true);
+    let mark = |src| dp.test_run_mark_out(NODEPORT_INGRESS, &esp(src)).unwrap().1;
+    maps.set_node(SLOT_SHARER.into(), 9).unwrap();
+    assert_eq!(mark(PEER_NODE), decrypt_mark(7));
+    assert_eq!(mark(SLOT_SHARER), decrypt_mark(9));
+    maps.remove_node(SLOT_SHARER.into()).unwrap();
+    assert_eq!(mark(PEER_NODE), decrypt_mark(7));
+    assert_eq!(mark(SLOT_SHARER), 0);
+    maps.remove_node(PEER_NODE.into()).unwrap();
+    assert_eq!(mark(PEER_NODE), 0);
+}
+
 #[test]
 fn loaded_without_encryption_nothing_is_marked() {
     let (dp, _maps) = setup(false);

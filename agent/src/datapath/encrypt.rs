@@ -8,19 +8,20 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use axoneme_bpf_common::map_names::{ENCRYPT, ENCRYPT_NODES};
+use axoneme_bpf_common::map_names::{ENCRYPT, ENCRYPT_NODES, ENCRYPT_NODE_SLOTS};
 use axoneme_bpf_common::{EncryptValue, IpcacheKey};
-use aya::maps::{HashMap, LpmTrie, MapData};
+use aya::maps::{LpmTrie, MapData};
 use ipnet::IpNet;
 
 use super::maps::{address_key, ipcache_key, ipcache_net, typed};
+use super::slots::AddrIndex;
 use super::{map_error, Datapath, DatapathError};
 use crate::encrypt::sync::EncryptWriter;
 
 /// Handles on the encryption maps.
 pub struct EncryptMaps {
     prefixes: LpmTrie<MapData, IpcacheKey, EncryptValue>,
-    nodes: HashMap<MapData, IpcacheKey, u32>,
+    nodes: AddrIndex,
 }
 
 impl std::fmt::Debug for EncryptMaps {
@@ -34,7 +35,7 @@ impl Datapath {
     pub fn take_encrypt_maps(&mut self) -> Result<EncryptMaps, DatapathError> {
         Ok(EncryptMaps {
             prefixes: typed(&mut self.ebpf, ENCRYPT)?,
-            nodes: typed(&mut self.ebpf, ENCRYPT_NODES)?,
+            nodes: AddrIndex::take(&mut self.ebpf, ENCRYPT_NODES, ENCRYPT_NODE_SLOTS)?,
         })
     }
 }
@@ -67,8 +68,7 @@ impl EncryptWriter for EncryptMaps {
 
     fn nodes(&self) -> Result<BTreeMap<IpAddr, u16>, DatapathError> {
         let mut out = BTreeMap::new();
-        for item in self.nodes.iter() {
-            let (key, index) = item.map_err(|s| map_error(ENCRYPT_NODES, "iterate", s))?;
+        for (key, index) in self.nodes.entries()? {
             if let (Some(addr), Ok(index)) = (key_addr(&key), u16::try_from(index)) {
                 out.insert(addr, index);
             }
@@ -89,14 +89,10 @@ impl EncryptWriter for EncryptMaps {
     }
 
     fn set_node(&mut self, addr: IpAddr, index: u16) -> Result<(), DatapathError> {
-        self.nodes
-            .insert(address_key(addr), u32::from(index), 0)
-            .map_err(|s| map_error(ENCRYPT_NODES, "update", s))
+        self.nodes.insert(address_key(addr), u32::from(index))
     }
 
     fn remove_node(&mut self, addr: IpAddr) -> Result<(), DatapathError> {
-        self.nodes
-            .remove(&address_key(addr))
-            .map_err(|s| map_error(ENCRYPT_NODES, "delete", s))
+        self.nodes.remove(&address_key(addr))
     }
 }

@@ -5,12 +5,12 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use axoneme_bpf_common::map_names::{
-    COUNTERS, CT, CT4, ENDPOINTS, ENDPOINT_ADDRS, ENDPOINT_CACHE, EVENTS, EVENT_CONFIG, IPCACHE,
-    METRICS, POLICY, SOCK_STATS, VERDICTS,
+    COUNTERS, CT, CT4, ENDPOINTS, ENDPOINT_ADDRS, ENDPOINT_ADDR_SLOTS, ENDPOINT_CACHE, EVENTS,
+    EVENT_CONFIG, IPCACHE, METRICS, POLICY, SOCK_STATS, VERDICTS,
 };
 use axoneme_bpf_common::{
-    counter, direction, family, match_type, policy_flags, sock_stat, CtKey, CtKey4, CtValue,
-    EndpointInfo, EndpointSlot, Event, EventConfig, IpcacheKey, IpcacheValue, MetricsKey,
+    counter, direction, family, match_type, policy_flags, sock_stat, AddrSlot, CtKey, CtKey4,
+    CtValue, EndpointInfo, EndpointSlot, Event, EventConfig, IpcacheKey, IpcacheValue, MetricsKey,
     MetricsValue, PolicyKey, PolicyValue, VerdictKey, METRICS_ENTRIES, VERDICTS_ENTRIES,
 };
 use axoneme_policy::compile::{Direction, Key as EntryKey, Verdict, ANY_IDENTITY, PROTO_ANY};
@@ -19,6 +19,7 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, Ri
 use aya::Ebpf;
 use ipnet::IpNet;
 
+use super::slots::{write_seqlocked, AddrIndex};
 use super::{map_error, DatapathError};
 
 /// The datapath's maps.
@@ -29,7 +30,7 @@ pub struct Maps {
     endpoint_cache: Array<MapData, EndpointSlot>,
     /// Each endpoint's addresses → its ifindex (where local delivery puts
     /// a packet for it).
-    endpoint_addrs: HashMap<MapData, IpcacheKey, u32>,
+    endpoint_addrs: AddrIndex,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     /// IPv6 flows.
     ct: HashMap<MapData, CtKey, CtValue>,
@@ -224,7 +225,7 @@ impl Maps {
             ipcache: typed(ebpf, IPCACHE)?,
             endpoints: typed(ebpf, ENDPOINTS)?,
             endpoint_cache: typed(ebpf, ENDPOINT_CACHE)?,
-            endpoint_addrs: typed(ebpf, ENDPOINT_ADDRS)?,
+            endpoint_addrs: AddrIndex::take(ebpf, ENDPOINT_ADDRS, ENDPOINT_ADDR_SLOTS)?,
             policy: typed(ebpf, POLICY)?,
             ct: typed(ebpf, CT)?,
             ct4: typed(ebpf, CT4)?,
@@ -243,7 +244,7 @@ impl Maps {
             ipcache: pinned(dir, IPCACHE)?,
             endpoints: pinned(dir, ENDPOINTS)?,
             endpoint_cache: pinned(dir, ENDPOINT_CACHE)?,
-            endpoint_addrs: pinned(dir, ENDPOINT_ADDRS)?,
+            endpoint_addrs: AddrIndex::open_pinned(dir, ENDPOINT_ADDRS, ENDPOINT_ADDR_SLOTS)?,
             policy: pinned(dir, POLICY)?,
             ct: pinned(dir, CT)?,
             ct4: pinned(dir, CT4)?,
@@ -315,11 +316,7 @@ impl Maps {
         info: &EndpointInfo,
     ) -> Result<(), DatapathError> {
         for key in endpoint_addr_keys(info) {
-            if self.endpoint_addrs.get(&key, 0).ok() != Some(ifindex) {
-                self.endpoint_addrs
-                    .insert(key, ifindex, 0)
-                    .map_err(|source| map_error(ENDPOINT_ADDRS, "insert", source))?;
-            }
+            self.endpoint_addrs.insert(key, ifindex)?;
         }
         Ok(())
     }
@@ -343,26 +340,29 @@ impl Maps {
     /// Removes an address's delivery entry if it still leads to `ifindex`
     /// (another endpoint may have the address now).
     fn forget_address(&mut self, key: &IpcacheKey, ifindex: u32) -> Result<(), DatapathError> {
-        if self.endpoint_addrs.get(key, 0).ok() == Some(ifindex) {
-            ignore_missing(self.endpoint_addrs.remove(key), ENDPOINT_ADDRS)?;
+        if self.endpoint_addrs.get(key)? == Some(ifindex) {
+            self.endpoint_addrs.remove(key)?;
         }
         Ok(())
     }
 
     /// How many addresses local delivery knows.
     pub fn endpoint_addresses(&self) -> Result<usize, DatapathError> {
-        let mut n = 0;
-        for key in self.endpoint_addrs.keys() {
-            key.map_err(|source| map_error(ENDPOINT_ADDRS, "iterate", source))?;
-            n += 1;
-        }
-        Ok(n)
+        Ok(self.endpoint_addrs.entries()?.len())
     }
 
     /// Where local delivery puts a packet for `ip`: the ifindex of the
     /// endpoint's host-side veth.
     pub fn endpoint_address(&self, ip: IpAddr) -> Result<Option<u32>, DatapathError> {
-        found(self.endpoint_addrs.get(&address_key(ip), 0), ENDPOINT_ADDRS)
+        self.endpoint_addrs.get(&address_key(ip))
+    }
+
+    /// The slot the programs read `ip`'s delivery entry through, as it is
+    /// now (see [`AddrIndex`]).
+    pub fn endpoint_address_slot(&self, ip: IpAddr) -> Result<AddrSlot, DatapathError> {
+        let key = address_key(ip);
+        self.endpoint_addrs
+            .slot(AddrSlot::index(key.family, &key.addr))
     }
 
     /// The cache slot of `ifindex` as it is now.
@@ -373,9 +373,7 @@ impl Maps {
     }
 
     /// Rewrites the slot of `owner` (`slot`, as read) to hold `info` for
-    /// `ifindex` (0: empty) by the seqlock protocol of [`EndpointSlot`]:
-    /// sequence odd, content, sequence even. Each step is one map update,
-    /// and each leaves the bytes the others write unchanged.
+    /// `ifindex` (0: empty) by the seqlock protocol of [`EndpointSlot`].
     fn write_endpoint_slot(
         &mut self,
         owner: u32,
@@ -383,31 +381,19 @@ impl Maps {
         ifindex: u32,
         info: EndpointInfo,
     ) -> Result<(), DatapathError> {
-        let index = EndpointSlot::index(owner);
-        // An odd sequence left by an interrupted write stays odd.
-        let writing = slot.seq | 1;
-        let steps = [
-            EndpointSlot {
-                seq: writing,
-                ..slot
-            },
-            EndpointSlot {
-                seq: writing,
-                ifindex,
-                info,
-            },
-            EndpointSlot {
-                seq: writing.wrapping_add(1),
-                ifindex,
-                info,
-            },
-        ];
-        for step in steps {
-            self.endpoint_cache
-                .set(index, step, 0)
-                .map_err(|source| map_error(ENDPOINT_CACHE, "write", source))?;
-        }
-        Ok(())
+        let want = EndpointSlot {
+            ifindex,
+            info,
+            ..slot
+        };
+        write_seqlocked(
+            &mut self.endpoint_cache,
+            ENDPOINT_CACHE,
+            EndpointSlot::index(owner),
+            slot,
+            want,
+            |s| &mut s.seq,
+        )
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, DatapathError> {
@@ -576,7 +562,10 @@ impl Maps {
     }
 }
 
-fn ignore_missing(r: Result<(), MapError>, name: &'static str) -> Result<(), DatapathError> {
+pub(super) fn ignore_missing(
+    r: Result<(), MapError>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         // aya's hash maps report an absent key as the syscall's ENOENT.

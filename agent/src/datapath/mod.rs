@@ -13,6 +13,7 @@ mod lb;
 mod maps;
 mod reader;
 mod ring;
+mod slots;
 mod sockmap;
 mod test_run;
 

@@ -139,3 +139,38 @@ fn tcp_packets_of_no_tracked_flow_but_its_first_go_up_the_stack_unjudged() {
     let stray = ipv4(WORLD4, A4, IPPROTO_TCP, &tcp(80, 41001, TCP_ACK), 0x4000, 7);
     assert_eq!(run(&dp, TO_CONTAINER, &stray), TC_ACT_SHOT);
 }
+
+/// Local delivery finds a pod's address through its slot of
+/// `ENDPOINT_ADDR_SLOTS` (`bpf/common/src/slots.rs`), or through the hash
+/// when several addresses share it: A (10.0.0.1) and C (10.0.16.1) share
+/// one. Each is delivered into its own pod, before and after the other
+/// leaves, and an address that left is no longer delivered.
+#[test]
+fn pods_whose_addresses_share_a_slot_are_each_delivered_into() {
+    use axoneme_bpf_common::slot_state;
+    const C4: [u8; 4] = [10, 0, 16, 1];
+    const C_IFINDEX: u32 = 7;
+    let mut dp = arriving_setup();
+    let slot = |dp: &TestDatapath| dp.maps.endpoint_address_slot(A4.into()).unwrap();
+    assert_eq!((slot(&dp).state, slot(&dp).value), (slot_state::ONE, 1));
+    let c = EndpointInfo::new(7000, 7000, 0, &[C4.into()]);
+    dp.maps.set_endpoint(C_IFINDEX, c).unwrap();
+    assert_eq!(slot(&dp), dp.maps.endpoint_address_slot(C4.into()).unwrap());
+    assert_eq!(slot(&dp).state, slot_state::SHARED);
+    let into = |dp: &mut TestDatapath, dst: [u8; 4], sport: u16| {
+        let packet = ipv4(NET3, dst, IPPROTO_TCP, &tcp(sport, 80, TCP_SYN), 0x4000, 8);
+        let (action, events) = send(dp, NODEPORT_INGRESS, &packet);
+        let ifindex = events.iter().map(|e| e.ifindex).max();
+        (action, ifindex)
+    };
+    assert_eq!(into(&mut dp, A4, 42000), (TC_ACT_REDIRECT, Some(1)));
+    assert_eq!(into(&mut dp, C4, 42001), (TC_ACT_REDIRECT, Some(C_IFINDEX)));
+    dp.maps.remove_endpoint(C_IFINDEX).unwrap();
+    assert_eq!((slot(&dp).state, slot(&dp).value), (slot_state::ONE, 1));
+    assert_eq!(into(&mut dp, A4, 42002), (TC_ACT_REDIRECT, Some(1)));
+    // C's address now belongs to no pod here: up the stack, unjudged.
+    assert_eq!(into(&mut dp, C4, 42003), (TC_ACT_OK, None));
+    dp.maps.remove_endpoint(1).unwrap();
+    assert_eq!(slot(&dp).state, slot_state::EMPTY);
+    assert_eq!(into(&mut dp, A4, 42004), (TC_ACT_OK, None));
+}

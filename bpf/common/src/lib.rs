@@ -26,6 +26,7 @@ mod events;
 mod host;
 pub mod lb;
 mod proxy;
+mod slots;
 mod sockmap;
 
 pub use codes::*;
@@ -34,6 +35,7 @@ pub use encrypt::*;
 pub use events::*;
 pub use host::*;
 pub use proxy::*;
+pub use slots::*;
 pub use sockmap::*;
 
 pub mod map_names;
@@ -332,6 +334,7 @@ mod pod {
     unsafe impl aya::Pod for LifelineKey {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for EndpointSlot {}
+    unsafe impl aya::Pod for AddrSlot {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for CtKey {}

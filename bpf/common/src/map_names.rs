@@ -14,6 +14,8 @@ pub const ENDPOINT_CACHE: &str = "ENDPOINT_CACHE";
 /// Hash: a local endpoint's address → its host-veth ifindex (local
 /// delivery).
 pub const ENDPOINT_ADDRS: &str = "ENDPOINT_ADDRS";
+/// Array: `ENDPOINT_ADDRS` read without hashing ([`super::AddrSlot`]).
+pub const ENDPOINT_ADDR_SLOTS: &str = "ENDPOINT_ADDR_SLOTS";
 /// LPM trie: every endpoint's policy entries ([`super::PolicyKey`]).
 pub const POLICY: &str = "POLICY";
 /// LRU hash: IPv6 flows ([`super::CtKey`]).
@@ -83,6 +85,8 @@ pub const ENCRYPT: &str = "ENCRYPT";
 /// Hash: another node's underlay address (`IPCACHE`'s key data) → its
 /// index in decrypt marks ([`super::decrypt_mark`]).
 pub const ENCRYPT_NODES: &str = "ENCRYPT_NODES";
+/// Array: `ENCRYPT_NODES` read without hashing ([`super::AddrSlot`]).
+pub const ENCRYPT_NODE_SLOTS: &str = "ENCRYPT_NODE_SLOTS";
 pub const LIFELINE: &str = "LIFELINE";
 /// Sock hash: pods' sockets of connections the node's L7 proxy serves
 /// ([`super::SockKey`]), written by the sockops program.
@@ -99,14 +103,16 @@ pub const SOCK_PASSED: &str = "SOCK_PASSED";
 /// Per-CPU array of [`super::sock_stat`] counts.
 pub const SOCK_STATS: &str = "SOCK_STATS";
 /// Every map of the production object (`axoneme-bpf`).
-pub const DATAPATH: [&str; 37] = [
+pub const DATAPATH: [&str; 39] = [
     ENCRYPT,
     LIFELINE,
     ENCRYPT_NODES,
+    ENCRYPT_NODE_SLOTS,
     IPCACHE,
     ENDPOINTS,
     ENDPOINT_CACHE,
     ENDPOINT_ADDRS,
+    ENDPOINT_ADDR_SLOTS,
     POLICY,
     CT,
     CT4,

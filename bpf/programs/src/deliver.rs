@@ -6,18 +6,23 @@
 use axoneme_bpf_common::{
     direction, drop_reason, family,
     tc_action::{TC_ACT_OK, TC_ACT_SHOT},
-    EndpointInfo, IpcacheKey, ENDPOINT_ADDRS_MAX, IDENTITY_HOST,
+    AddrSlot, EndpointInfo, IpcacheKey, ADDR_SLOTS, ENDPOINT_ADDRS_MAX, IDENTITY_HOST,
 };
-use aya_ebpf::{helpers::bpf_redirect_peer, macros::map, maps::HashMap, programs::TcContext};
+use aya_ebpf::{
+    helpers::bpf_redirect_peer,
+    macros::map,
+    maps::{Array, HashMap},
+    programs::TcContext,
+};
 
 use crate::endpoint::{endpoint, owns};
 use crate::events::drop_flow;
 use crate::host;
-use crate::ipcache::addr_key;
 use crate::metrics::forwarded;
 use crate::parse::{peek, Addr, Flow, ETH_HLEN};
 use crate::policy::{decide, PASS, UNJUDGED, VIA_STACK};
 use crate::proxy::to_proxy_entering;
+use crate::slots;
 use crate::At;
 
 /// A local endpoint's addresses (the ipcache key's data, prefix left out)
@@ -25,6 +30,9 @@ use crate::At;
 /// Only a hint: the endpoint found must own the address.
 #[map]
 static ENDPOINT_ADDRS: HashMap<IpcacheKey, u32> = HashMap::pinned(ENDPOINT_ADDRS_MAX, 0);
+/// `ENDPOINT_ADDRS` read without hashing ([`crate::slots`]).
+#[map]
+static ENDPOINT_ADDR_SLOTS: Array<AddrSlot> = Array::pinned(ADDR_SLOTS, 0);
 
 /// Whether `addr` (of family `fam`) is a local endpoint's own address;
 /// `ep` is then that endpoint.
@@ -82,8 +90,7 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
 /// has it (a hint: the endpoint found there must own it).
 #[inline(always)]
 pub(crate) fn endpoint_ifindex(fam: u8, addr: &Addr) -> Option<u32> {
-    // SAFETY: copied out at once.
-    unsafe { ENDPOINT_ADDRS.get(&addr_key(fam, addr)) }.copied()
+    slots::lookup(&ENDPOINT_ADDR_SLOTS, &ENDPOINT_ADDRS, fam, addr)
 }
 
 /// Makes `at` the ingress of the endpoint behind `ifindex` (a new flow's

@@ -12,23 +12,27 @@
 //!   source address and is judged by the source's identity as any other.
 
 use axoneme_bpf_common::{
-    decrypt_mark, encrypt_mark, family, EncryptValue, IpcacheKey, ENCRYPT_MAX, ENCRYPT_NODES_MAX,
-    MARK_DECRYPT, MARK_ENCRYPT, MARK_MASK,
+    decrypt_mark, encrypt_mark, family, AddrSlot, EncryptValue, IpcacheKey, ADDR_SLOTS,
+    ENCRYPT_MAX, ENCRYPT_NODES_MAX, MARK_DECRYPT, MARK_ENCRYPT, MARK_MASK,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie},
+    maps::{Array, HashMap, LpmTrie},
     programs::TcContext,
 };
 
 use crate::ipcache::lpm_key;
-use crate::parse::{peek, Flow, ETH_HLEN};
+use crate::parse::{peek, Addr, Flow, ETH_HLEN};
+use crate::slots;
 
 #[map]
 static ENCRYPT: LpmTrie<IpcacheKey, EncryptValue> = LpmTrie::pinned(ENCRYPT_MAX, 0);
 
 #[map]
 static ENCRYPT_NODES: HashMap<IpcacheKey, u32> = HashMap::pinned(ENCRYPT_NODES_MAX, 0);
+/// `ENCRYPT_NODES` read without hashing ([`crate::slots`]).
+#[map]
+static ENCRYPT_NODE_SLOTS: Array<AddrSlot> = Array::pinned(ADDR_SLOTS, 0);
 
 /// Non-zero: this node encrypts. Set by the agent when it loads the
 /// programs; a constant to the verifier, which drops this module's code
@@ -76,32 +80,31 @@ pub(crate) fn arriving(ctx: &TcContext) -> bool {
     let Ok(ethertype) = peek::<2>(ctx, 12) else {
         return false;
     };
-    let mut key = IpcacheKey::default();
-    match u16::from_be_bytes(ethertype) {
+    let mut saddr = Addr::default();
+    let fam = match u16::from_be_bytes(ethertype) {
         ETH_P_IP => {
             if peek::<1>(ctx, ETH_HLEN + 9).ok() != Some([ESP]) {
                 return false;
             }
-            let Ok(saddr) = peek::<4>(ctx, ETH_HLEN + 12) else {
+            let Ok(a) = peek::<4>(ctx, ETH_HLEN + 12) else {
                 return true;
             };
-            key.family = family::IPV4;
-            key.addr[..4].copy_from_slice(&saddr);
+            saddr.0[..4].copy_from_slice(&a);
+            family::IPV4
         }
         ETH_P_IPV6 => {
             if peek::<1>(ctx, ETH_HLEN + 6).ok() != Some([ESP]) {
                 return false;
             }
-            let Ok(saddr) = peek::<16>(ctx, ETH_HLEN + 8) else {
+            let Ok(a) = peek::<16>(ctx, ETH_HLEN + 8) else {
                 return true;
             };
-            key.family = family::IPV6;
-            key.addr = saddr;
+            saddr.0 = a;
+            family::IPV6
         }
         _ => return false,
-    }
-    // SAFETY: copied out at once.
-    if let Some(index) = (unsafe { ENCRYPT_NODES.get(&key) }).copied() {
+    };
+    if let Some(index) = slots::lookup(&ENCRYPT_NODE_SLOTS, &ENCRYPT_NODES, fam, &saddr) {
         // The whole mark, as in `leaving`.
         ctx.set_mark(decrypt_mark(index as u16));
     }

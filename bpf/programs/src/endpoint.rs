@@ -34,7 +34,7 @@ pub(crate) fn endpoint(ifindex: u32, out: &mut EndpointInfo) -> bool {
             let seq = read_volatile(addr_of!((*slot).seq));
             compiler_fence(Ordering::SeqCst);
             let owner = (*slot).ifindex;
-            copy_endpoint(addr_of!((*slot).info), out);
+            copy_words(addr_of!((*slot).info), out);
             compiler_fence(Ordering::SeqCst);
             if seq & 1 == 0 && owner == ifindex && read_volatile(addr_of!((*slot).seq)) == seq {
                 return true;
@@ -45,27 +45,27 @@ pub(crate) fn endpoint(ifindex: u32, out: &mut EndpointInfo) -> bool {
         // SAFETY: a pointer into the hash's value, valid for the run; the
         // agent replaces entries whole, never in place.
         Some(info) => {
-            unsafe { copy_endpoint(info, out) };
+            unsafe { copy_words(info, out) };
             true
         }
         None => false,
     }
 }
 
-/// Copies an `EndpointInfo` as eight 4-byte words. A plain copy returned
-/// by value is split into its fields and its address arrays into bytes: a
-/// hundred instructions and as many stack slots.
+/// Copies a value of 4-byte words one word at a time. A plain copy
+/// returned by value is split into its fields and its address arrays into
+/// bytes: a hundred instructions and as many stack slots.
 ///
 /// # Safety
-/// `src` must point to a readable `EndpointInfo`.
+/// `src` must point to a readable `T`; `T` must be a plain value (any bit
+/// pattern valid) whose size is a multiple of 4 and alignment at least 4.
 #[inline(always)]
-unsafe fn copy_endpoint(src: *const EndpointInfo, dst: &mut EndpointInfo) {
-    const WORDS: usize = core::mem::size_of::<EndpointInfo>() / 4;
+pub(crate) unsafe fn copy_words<T>(src: *const T, dst: &mut T) {
+    let words = core::mem::size_of::<T>() / 4;
     let src = src as *const u32;
-    let dst = dst as *mut EndpointInfo as *mut u32;
-    for i in 0..WORDS {
-        // SAFETY: both are `EndpointInfo`s (align 4, size 32) by the
-        // contract and the types.
+    let dst = dst as *mut T as *mut u32;
+    for i in 0..words {
+        // SAFETY: both are `T`s by the contract, `words` words long.
         unsafe { dst.add(i).write(src.add(i).read()) };
     }
 }

@@ -84,6 +84,7 @@ mod pod_lb;
 mod policy;
 mod proxy;
 mod sctp;
+mod slots;
 mod sockmap;
 mod xlate;
 
