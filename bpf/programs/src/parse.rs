@@ -118,7 +118,7 @@ pub(crate) fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Drop> {
     // (Zeroed, not an `Option`: a short packet's undefined header bytes
     // could end up in a register the verifier sees read before written.)
     let mut head = Head::default();
-    let whole = load_into(ctx, HEAD_OFFSET, &mut head).is_ok();
+    let whole = read_head(ctx, &mut head);
     if !whole {
         load_into(ctx, 12, &mut head.ethertype)?;
     }
@@ -347,6 +347,24 @@ struct Ipv4Header {
 }
 
 const _: () = assert!(core::mem::size_of::<Head>() == 28);
+
+/// Copies [`Head`] out of the packet: read in place where the packet's
+/// linear data holds it (no helper call), else by the helper. Reads only:
+/// a direct write would give the device's ingress program the verifier's
+/// unclone prologue (docs/architecture.md, "Transparent encryption").
+/// False if the packet is too short.
+#[inline(always)]
+fn read_head(ctx: &TcContext, head: &mut Head) -> bool {
+    let start = ctx.data() + HEAD_OFFSET;
+    if start + core::mem::size_of::<Head>() <= ctx.data_end() {
+        // SAFETY: [start, start + 28) lies within the packet's linear
+        // data, valid for the run (checked on the packet pointers, as the
+        // verifier wants); read without assuming its alignment.
+        *head = unsafe { (start as *const Head).read_unaligned() };
+        return true;
+    }
+    load_into(ctx, HEAD_OFFSET, head).is_ok()
+}
 
 /// IPv6 extension headers the parser walks: hop-by-hop, routing,
 /// fragment, authentication, destination options.
