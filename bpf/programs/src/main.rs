@@ -130,13 +130,14 @@ pub fn axoneme_nodeport_ingress(ctx: TcContext) -> i32 {
     // between the nodes' pod networks (the forward XFRM policies admit
     // nothing else: a tunnel-mode packet without one is refused): no
     // service either, and delivered into its pod from here or left to the
-    // stack, whose policies check it.
+    // stack, whose policies check it. Decrypted packets are told first, by
+    // one read of their mark (ESP from the wire carries none).
     if encrypt::enabled() {
-        if encrypt::arriving(&ctx) {
-            return TC_ACT_OK;
-        }
         if encrypt::decrypted(&ctx) {
             return arrival::from_node(&ctx);
+        }
+        if encrypt::arriving(&ctx) {
+            return TC_ACT_OK;
         }
     }
     match nodeport::ingress(&ctx) {
