@@ -360,9 +360,7 @@ impl Maps {
     /// The slot the programs read `ip`'s delivery entry through, as it is
     /// now (see [`AddrIndex`]).
     pub fn endpoint_address_slot(&self, ip: IpAddr) -> Result<AddrSlot, DatapathError> {
-        let key = address_key(ip);
-        self.endpoint_addrs
-            .slot(AddrSlot::index(key.family, &key.addr))
+        self.endpoint_addrs.slot_of_key(&address_key(ip))
     }
 
     /// The cache slot of `ifindex` as it is now.

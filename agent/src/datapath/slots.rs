@@ -43,17 +43,27 @@ fn index(key: &IpcacheKey) -> u32 {
 fn slot_of(entries: &[(IpcacheKey, u32)]) -> AddrSlot {
     match entries {
         [] => AddrSlot::default(),
-        [(key, value)] => AddrSlot {
-            value: *value,
-            family: key.family,
-            state: slot_state::ONE,
-            addr: key.addr,
-            ..AddrSlot::default()
-        },
-        _ => AddrSlot {
-            state: slot_state::SHARED,
-            ..AddrSlot::default()
-        },
+        [(key, value)] => one(key, *value),
+        _ => shared(),
+    }
+}
+
+/// A slot of exactly one address, `key` → `value`.
+fn one(key: &IpcacheKey, value: u32) -> AddrSlot {
+    AddrSlot {
+        value,
+        family: key.family,
+        state: slot_state::ONE,
+        addr: key.addr,
+        ..AddrSlot::default()
+    }
+}
+
+/// A slot of several addresses: the programs ask the hash.
+fn shared() -> AddrSlot {
+    AddrSlot {
+        state: slot_state::SHARED,
+        ..AddrSlot::default()
     }
 }
 
@@ -123,9 +133,9 @@ impl AddrIndex {
         let i = index(&key);
         let slot = self.slot(i)?;
         let want = if slot.state == slot_state::EMPTY || holds(&slot, &key) {
-            slot_of(&[(key, value)])
+            one(&key, value)
         } else {
-            slot_of(&[(key, value), (key, value)])
+            shared()
         };
         self.write_slot(i, slot, want)
     }
@@ -166,8 +176,13 @@ impl AddrIndex {
         Ok(())
     }
 
+    /// The slot the programs read `key` through, as it is now.
+    pub fn slot_of_key(&self, key: &IpcacheKey) -> Result<AddrSlot, DatapathError> {
+        self.slot(index(key))
+    }
+
     /// Slot `i` as it is now.
-    pub fn slot(&self, i: u32) -> Result<AddrSlot, DatapathError> {
+    fn slot(&self, i: u32) -> Result<AddrSlot, DatapathError> {
         self.slots
             .get(&i, 0)
             .map_err(|source| map_error(self.slots_name, "read", source))

@@ -26,19 +26,17 @@ static ENDPOINT_CACHE: Array<EndpointSlot> = Array::pinned(ENDPOINT_SLOTS, 0);
 #[inline(always)]
 pub(crate) fn endpoint(ifindex: u32, out: &mut EndpointInfo) -> bool {
     if let Some(slot) = ENDPOINT_CACHE.get_ptr(EndpointSlot::index(ifindex)) {
-        // SAFETY: `slot` points into the array's value, valid for the run.
-        // The agent may rewrite it meanwhile: the sequence read before and
-        // after tells (volatile reads, with compiler fences keeping the
-        // content's reads between them; x86-64 keeps loads in order).
-        unsafe {
-            let seq = read_volatile(addr_of!((*slot).seq));
-            compiler_fence(Ordering::SeqCst);
-            let owner = (*slot).ifindex;
-            copy_words(addr_of!((*slot).info), out);
-            compiler_fence(Ordering::SeqCst);
-            if seq & 1 == 0 && owner == ifindex && read_volatile(addr_of!((*slot).seq)) == seq {
-                return true;
-            }
+        // SAFETY: `slot` points into the array's value, valid for the run;
+        // the agent may rewrite it meanwhile, which the sequence tells.
+        let mut owner = 0;
+        let settled = unsafe {
+            read_seqlocked(addr_of!((*slot).seq), || {
+                owner = (*slot).ifindex;
+                copy_words(addr_of!((*slot).info), out);
+            })
+        };
+        if settled && owner == ifindex {
+            return true;
         }
     }
     match ENDPOINTS.get_ptr(ifindex) {
@@ -50,6 +48,26 @@ pub(crate) fn endpoint(ifindex: u32, out: &mut EndpointInfo) -> bool {
         }
         None => false,
     }
+}
+
+/// Runs `read` (a slot's content read from an array the agent rewrites in
+/// place, as a seqlock) between two reads of its sequence at `seq`: true
+/// if the sequence was even and unchanged, so what `read` read is one
+/// write's whole content. Volatile reads, with compiler fences keeping the
+/// content's reads between them; x86-64 keeps loads in order.
+///
+/// # Safety
+/// `seq` must point to a readable `u32` and `read` read only memory valid
+/// for the run.
+#[inline(always)]
+pub(crate) unsafe fn read_seqlocked(seq: *const u32, read: impl FnOnce()) -> bool {
+    // SAFETY: per the contract.
+    let before = unsafe { read_volatile(seq) };
+    compiler_fence(Ordering::SeqCst);
+    read();
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: as above.
+    before & 1 == 0 && unsafe { read_volatile(seq) } == before
 }
 
 /// Copies a value of 4-byte words one word at a time. A plain copy

@@ -3,13 +3,12 @@
 //! the array, no hashing, whenever the slot settles it; the hash when the
 //! slot is shared by several addresses or being rewritten.
 
-use core::ptr::{addr_of, read_volatile};
-use core::sync::atomic::{compiler_fence, Ordering};
+use core::ptr::addr_of;
 
 use axoneme_bpf_common::{slot_state, AddrSlot, IpcacheKey};
 use aya_ebpf::maps::{Array, HashMap};
 
-use crate::endpoint::copy_words;
+use crate::endpoint::{copy_words, read_seqlocked};
 use crate::ipcache::addr_key;
 use crate::parse::Addr;
 
@@ -24,16 +23,10 @@ pub(crate) fn lookup(
 ) -> Option<u32> {
     if let Some(slot) = slots.get_ptr(AddrSlot::index(fam, &addr.0)) {
         let mut copy = AddrSlot::default();
-        // SAFETY: `slot` points into the array's value, valid for the run.
-        // The agent may rewrite it meanwhile: the sequence read before and
-        // after the copy tells (as in `endpoint::endpoint`).
-        let settled = unsafe {
-            let seq = read_volatile(addr_of!((*slot).seq));
-            compiler_fence(Ordering::SeqCst);
-            copy_words(slot, &mut copy);
-            compiler_fence(Ordering::SeqCst);
-            seq & 1 == 0 && read_volatile(addr_of!((*slot).seq)) == seq
-        };
+        // SAFETY: `slot` points into the array's value, valid for the run;
+        // the agent may rewrite it meanwhile, which the sequence tells.
+        let settled =
+            unsafe { read_seqlocked(addr_of!((*slot).seq), || copy_words(slot, &mut copy)) };
         if settled {
             match copy.state {
                 slot_state::EMPTY => return None,
