@@ -210,28 +210,48 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         dp.set_node_addrs(&cfg.node_ips, cfg.services.maglev_table_size)
             .context("writing the node's addresses for the LB")?;
+        let mut lb = dp.take_lb_maps()?;
         match &device {
             Some((device, _)) => {
-                dp.attach_nodeport(device, cfg.datapath.netns.as_deref())
+                let netns = cfg.datapath.netns.as_deref();
+                dp.attach_device(device, netns)
                     .with_context(|| format!("attaching the per-packet LB to {device}"))?;
+                let mut egress = dp.device_egress(device, netns)?;
+                if cfg.datapath.enable_host_firewall {
+                    // It judges what the node sends: always there.
+                    egress.set(true).with_context(|| {
+                        format!("attaching the host firewall's egress program to {device}")
+                    })?;
+                } else {
+                    // Only while the node has backends of an external
+                    // frontend (their replies).
+                    lb.own_device_egress(egress)
+                        .with_context(|| format!("switching the egress program of {device}"))?;
+                }
                 info!(%device, "per-packet LB attached (NodePort, ExternalIP, LoadBalancer from outside)");
             }
             None => warn!(
                 "no interface has a --node-ip: services are not served to clients outside the node"
             ),
         }
-        Some(dp.take_lb_maps()?)
+        Some(lb)
     } else {
         if crate::datapath::detach_socket_lb(&pin_dir).context("removing the socket-LB links")? {
             info!("kube-proxy replacement off: the previous run's socket LB removed");
         }
         if let Some((device, _)) = &device {
-            if ipsec_keys.is_some() || cfg.datapath.enable_host_firewall {
-                // ESP's decrypt mark and the host firewall are there.
-                dp.attach_nodeport(device, cfg.datapath.netns.as_deref())
+            let netns = cfg.datapath.netns.as_deref();
+            let host_firewall = cfg.datapath.enable_host_firewall;
+            if ipsec_keys.is_some() || host_firewall {
+                // ESP's decrypt mark is at ingress; the host firewall is at
+                // both.
+                dp.attach_device(device, netns)
                     .with_context(|| format!("attaching the device program to {device}"))?;
+                dp.device_egress(device, netns)?
+                    .set(host_firewall)
+                    .with_context(|| format!("switching the egress program of {device}"))?;
             } else {
-                dp.detach(device, cfg.datapath.netns.as_deref());
+                dp.detach_device(device, netns);
             }
         }
         None

@@ -37,6 +37,14 @@ fn service(name: &str, vips: &str, node_port: u16, policy: &str, pods: &[(&str, 
     y
 }
 
+/// Whether node `i`'s device has a program at its egress (the device's
+/// egress program is there only while an external frontend is).
+fn device_egress(c: &Cluster, i: usize) -> Result<bool> {
+    let ns = &c.nodes[i].ns.name;
+    let out = axoneme_e2e::netns::run(&["tc", "-n", ns, "filter", "show", "dev", "ul0", "egress"])?;
+    Ok(!out.stdout.is_empty())
+}
+
 /// `n` GETs to `url`; per backend address, the client addresses it saw.
 fn tally(
     ns: &axoneme_e2e::netns::Netns,
@@ -86,6 +94,14 @@ fn nodeport_from_outside_the_cluster() -> Result<()> {
             "Local",
             &pods,
         );
+    // No external frontend yet: nothing leaving the nodes crosses a
+    // program at their devices.
+    for i in 0..2 {
+        assert!(
+            !device_egress(&c, i)?,
+            "node {i}: an egress program before any NodePort"
+        );
+    }
     let file = c.dir.join("nodeport.yaml");
     std::fs::write(&file, yaml)?;
     let out = c.cli(
@@ -105,6 +121,11 @@ fn nodeport_from_outside_the_cluster() -> Result<()> {
         "the NodePort answers from outside",
         Duration::from_secs(15),
         || Ok(get_from(&ext, &url)?.status == "200"),
+    )?;
+    until(
+        "both devices have an egress program with a NodePort",
+        Duration::from_secs(10),
+        || Ok(device_egress(&c, 0)? && device_egress(&c, 1)?),
     )?;
     // Both backends; the one on the node sees the client, the one on the
     // other node sees the node (SNAT).
@@ -207,6 +228,20 @@ fn nodeport_from_outside_the_cluster() -> Result<()> {
         "the outside client is denied",
         Duration::from_secs(10),
         || Ok(get_from(&ext, &url)?.status == "failed"),
+    )?;
+    // The NodePorts gone: so is the devices' egress program.
+    for name in ["web", "web-local"] {
+        let out = c.cli(0, &["service", "delete", name])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    until(
+        "the devices' egress program is removed",
+        Duration::from_secs(10),
+        || Ok(!device_egress(&c, 0)? && !device_egress(&c, 1)?),
     )?;
     drop(ext);
     Ok(())

@@ -25,7 +25,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::Ebpf;
 
 use super::maps::typed;
-use super::{loaded, map_error, program_error, Datapath, DatapathError};
+use super::{loaded, map_error, program_error, Datapath, DatapathError, DeviceEgress};
 use crate::services::sync::LbWriter;
 use crate::services::table::Table;
 
@@ -48,6 +48,9 @@ pub struct LbMaps {
     revnat: HashMap<MapData, u32, LbRevNat>,
     affinity: HashMap<MapData, AffinityMatchKey, u32>,
     maglev: Array<MapData, u32>,
+    /// The device's egress program, when the LB alone needs it
+    /// ([`LbWriter::device_egress`]).
+    egress: Option<DeviceEgress>,
 }
 
 impl std::fmt::Debug for LbMaps {
@@ -64,7 +67,17 @@ impl LbMaps {
             revnat: typed(ebpf, LB_REVNAT)?,
             affinity: typed(ebpf, LB_AFFINITY_MATCH)?,
             maglev: typed(ebpf, LB_MAGLEV)?,
+            egress: None,
         })
+    }
+
+    /// Hands the device's egress program to the LB (nothing else needs
+    /// it), switched at once for what the maps hold (a previous run's
+    /// entries, its filter perhaps still there) and then by each pass.
+    pub fn own_device_egress(&mut self, mut egress: DeviceEgress) -> Result<(), DatapathError> {
+        egress.set(self.read()?.external())?;
+        self.egress = Some(egress);
+        Ok(())
     }
 }
 
@@ -78,6 +91,13 @@ fn collect<K: aya::Pod + Ord, V: aya::Pod>(
 }
 
 impl LbWriter for LbMaps {
+    fn device_egress(&mut self, on: bool) -> Result<(), DatapathError> {
+        match &mut self.egress {
+            Some(egress) => egress.set(on),
+            None => Ok(()),
+        }
+    }
+
     fn read(&self) -> Result<Table, DatapathError> {
         Ok(Table {
             services: collect(&self.services, LB_SERVICES)?,
@@ -195,24 +215,6 @@ impl Datapath {
             tracing::debug!(program = name, cgroup = %cgroup.display(), "socket LB attached");
         }
         Ok(())
-    }
-
-    /// Per-packet LB for traffic from outside the node: attaches the
-    /// nodeport programs to `device`, the interface with the node's
-    /// address, in `netns` (or the agent's namespace). (The node's
-    /// addresses, the SNAT source towards backends on other nodes, are
-    /// [`Self::set_node_addrs`]'.)
-    pub fn attach_nodeport(
-        &mut self,
-        device: &str,
-        netns: Option<&Path>,
-    ) -> Result<u32, DatapathError> {
-        self.attach_tc(
-            device,
-            netns,
-            super::NODEPORT_INGRESS,
-            super::NODEPORT_EGRESS,
-        )
     }
 
     /// Writes the node's first address of each family and the Maglev

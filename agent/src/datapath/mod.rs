@@ -7,6 +7,7 @@
 //! endpoints, policy, conntrack, fragments, events, counters): what a
 //! restarted agent does, so established flows keep their CT entries.
 
+mod device;
 mod encrypt;
 mod host;
 mod lb;
@@ -28,6 +29,7 @@ use aya::programs::tc::{
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
+pub use device::DeviceEgress;
 pub use encrypt::EncryptMaps;
 pub use lb::{detach_socket_lb, LbMaps, PodLb, SOCK_PROGRAMS};
 pub use maps::{direction_code, policy_entry, policy_key, Counters, Maps};
@@ -412,64 +414,36 @@ impl Datapath {
     /// to pin links made in another network namespace, as the local
     /// cluster's nodes are.)
     pub fn attach(&mut self, interface: &str, netns: Option<&Path>) -> Result<u32, DatapathError> {
-        self.attach_tc(interface, netns, FROM_CONTAINER, TO_CONTAINER)
+        self.attach_tc(
+            interface,
+            netns,
+            &[
+                (FROM_CONTAINER, TcAttachType::Ingress),
+                (TO_CONTAINER, TcAttachType::Egress),
+            ],
+        )
     }
 
-    /// Attaches `ingress` and `egress` to `interface` as [`Self::attach`]
+    /// Attaches `programs` (name, hook) to `interface` as [`Self::attach`]
     /// does.
     fn attach_tc(
         &mut self,
         interface: &str,
         netns: Option<&Path>,
-        ingress: &'static str,
-        egress: &'static str,
+        programs: &[(&'static str, TcAttachType)],
     ) -> Result<u32, DatapathError> {
         let ebpf = &mut self.ebpf;
         in_netns(interface, netns, |err| {
             let ifindex = nix::net::if_::if_nametoindex(interface)
                 .map_err(|e| err("finding the interface", e.into()))?;
-            if let Err(e) = qdisc_add_clsact(interface) {
-                // Present already (an earlier run, or another user of tc).
-                tracing::debug!(%interface, error = %e, "clsact qdisc not added");
-            }
-            for (name, attach_type) in [
-                (ingress, TcAttachType::Ingress),
-                (egress, TcAttachType::Egress),
-            ] {
+            add_clsact(interface);
+            for &(name, attach_type) in programs {
                 let program: &mut SchedClassifier = ebpf
                     .program_mut(name)
                     .ok_or(DatapathError::ProgramNotFound { name })?
                     .try_into()
                     .map_err(|source| program_error(name, "type check", source))?;
-                let replaced = SchedClassifierLink::attached(
-                    interface,
-                    attach_type,
-                    TC_PRIORITY,
-                    TC_HANDLE,
-                    None,
-                )
-                .map_err(ProgramError::from)
-                .and_then(|existing| program.attach_to_link(existing));
-                let id = match replaced {
-                    Ok(id) => id,
-                    Err(_) => program
-                        .attach_with_options(
-                            interface,
-                            attach_type,
-                            TcAttachOptions::Netlink(NlOptions {
-                                priority: TC_PRIORITY,
-                                handle: TC_HANDLE,
-                                classid: None,
-                            }),
-                        )
-                        .map_err(|source| program_error(name, "attach", source))?,
-                };
-                let link = program
-                    .take_link(id)
-                    .map_err(|source| program_error(name, "take link", source))?;
-                // Dropping the link would detach the filter: the datapath
-                // must keep enforcing after the agent exits.
-                std::mem::forget(link);
+                attach_filter(program, name, interface, attach_type)?;
             }
             Ok(ifindex)
         })
@@ -497,6 +471,51 @@ impl Datapath {
     pub fn unpin(&self) -> std::io::Result<()> {
         std::fs::remove_dir_all(&self.pin_dir)
     }
+}
+
+/// Adds the `clsact` qdisc to `interface` (in the calling thread's
+/// namespace) unless it has one.
+fn add_clsact(interface: &str) {
+    if let Err(e) = qdisc_add_clsact(interface) {
+        // Present already (an earlier run, or another user of tc).
+        tracing::debug!(%interface, error = %e, "clsact qdisc not added");
+    }
+}
+
+/// Attaches `program` at `attach_type` of `interface` (in the calling
+/// thread's namespace) at Axoneme's priority and handle: in place of what
+/// is there, in one netlink request, or as a new filter.
+fn attach_filter(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    interface: &str,
+    attach_type: TcAttachType,
+) -> Result<(), DatapathError> {
+    let replaced =
+        SchedClassifierLink::attached(interface, attach_type, TC_PRIORITY, TC_HANDLE, None)
+            .map_err(ProgramError::from)
+            .and_then(|existing| program.attach_to_link(existing));
+    let id = match replaced {
+        Ok(id) => id,
+        Err(_) => program
+            .attach_with_options(
+                interface,
+                attach_type,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: TC_PRIORITY,
+                    handle: TC_HANDLE,
+                    classid: None,
+                }),
+            )
+            .map_err(|source| program_error(name, "attach", source))?,
+    };
+    let link = program
+        .take_link(id)
+        .map_err(|source| program_error(name, "take link", source))?;
+    // Dropping the link would detach the filter: the datapath must keep
+    // enforcing after the agent exits.
+    std::mem::forget(link);
+    Ok(())
 }
 
 /// Priority and handle of Axoneme's clsact filters.

@@ -6,6 +6,13 @@
 //! whose slots exist and name backends that exist: removing a backend never
 //! blackholes a service that still has another.
 //!
+//! The device's egress program, which gives the replies of this node's
+//! backends of external frontends their frontend back, is attached only
+//! while such a frontend exists ([`LbWriter::device_egress`]): before the
+//! first master of one is written, so no reply of its flows can leave
+//! untranslated, and removed after the last one goes. Every other packet
+//! leaving the node then crosses no program there.
+//!
 //! [`LbWriter`] is the seam: [`FakeLb`] holds the maps in memory and logs
 //! every operation, for the ordering tests.
 
@@ -27,6 +34,10 @@ pub trait LbWriter {
     fn remove_revnat(&mut self, id: u32) -> Result<(), DatapathError>;
     fn set_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError>;
     fn remove_affinity(&mut self, key: &AffinityMatchKey) -> Result<(), DatapathError>;
+    /// Attaches (`on`) or removes the device's egress program; nothing if
+    /// it is so already (or the writer does not own it: the host firewall
+    /// keeps it attached).
+    fn device_egress(&mut self, on: bool) -> Result<(), DatapathError>;
     /// Entry `i` of Maglev row `row` (rows of `m` entries).
     fn set_maglev(
         &mut self,
@@ -65,6 +76,11 @@ pub fn sync_touched<W: LbWriter>(
     touched: &Touched,
 ) -> Result<Changes, DatapathError> {
     let mut c = Changes::default();
+    // Only a pass that touches masters can change whether one is external.
+    let external = (!touched.services.is_empty()).then(|| want.external());
+    if external == Some(true) {
+        w.device_egress(true)?;
+    }
     for id in &touched.backends {
         if let Some(b) = want.backends.get(id) {
             if have.backends.get(id) != Some(b) {
@@ -153,6 +169,9 @@ pub fn sync_touched<W: LbWriter>(
             c.removed += 1;
         }
     }
+    if external == Some(false) {
+        w.device_egress(false)?;
+    }
     Ok(c)
 }
 
@@ -160,6 +179,8 @@ pub fn sync_touched<W: LbWriter>(
 #[derive(Debug, Default)]
 pub struct FakeLb {
     pub maps: Table,
+    /// Whether the device's egress program is attached.
+    pub egress: bool,
     pub log: Vec<String>,
     /// Fail the n-th operation from now (1 = the next).
     pub fail_at: Option<usize>,
@@ -179,31 +200,42 @@ impl FakeLb {
     }
 
     /// Whether every master's slots exist and name existing backends: what
-    /// a connect at this moment relies on.
+    /// a connect at this moment relies on; and the device's egress program
+    /// is attached while an external master is there (its replies).
     pub fn consistent(&self) -> bool {
-        self.maps
-            .services
-            .iter()
-            .filter(|(k, _)| k.slot == 0)
-            .all(|(k, m)| {
-                let row_usable = m.backend_id == 0
-                    || self.maps.maglev.get(&m.backend_id).is_some_and(|row| {
-                        !row.is_empty() && row.iter().all(|id| self.maps.backends.contains_key(id))
-                    });
-                row_usable
-                    && (1..=m.count).all(|slot| {
-                        self.maps
-                            .services
-                            .get(&LbKey { slot, ..*k })
-                            .is_some_and(|s| self.maps.backends.contains_key(&s.backend_id))
-                    })
-            })
+        (self.egress || !self.maps.external())
+            && self
+                .maps
+                .services
+                .iter()
+                .filter(|(k, _)| k.slot == 0)
+                .all(|(k, m)| {
+                    let row_usable = m.backend_id == 0
+                        || self.maps.maglev.get(&m.backend_id).is_some_and(|row| {
+                            !row.is_empty()
+                                && row.iter().all(|id| self.maps.backends.contains_key(id))
+                        });
+                    row_usable
+                        && (1..=m.count).all(|slot| {
+                            self.maps
+                                .services
+                                .get(&LbKey { slot, ..*k })
+                                .is_some_and(|s| self.maps.backends.contains_key(&s.backend_id))
+                        })
+                })
     }
 }
 
 impl LbWriter for FakeLb {
     fn read(&self) -> Result<Table, DatapathError> {
         Ok(self.maps.clone())
+    }
+    fn device_egress(&mut self, on: bool) -> Result<(), DatapathError> {
+        if self.egress != on {
+            self.op(format!("egress {}", if on { "on" } else { "off" }))?;
+            self.egress = on;
+        }
+        Ok(())
     }
     fn set_maglev(
         &mut self,
@@ -405,5 +437,59 @@ mod tests {
         lb.log.clear();
         assert_eq!(sync(&mut lb, &mut have, &want).unwrap(), Changes::default());
         assert!(lb.log.is_empty());
+    }
+
+    #[test]
+    fn the_device_egress_program_comes_before_external_frontends_and_goes_after_them() {
+        let mut ids = Ids::default();
+        let mut lb = FakeLb::default();
+        let mut have = Table::default();
+        let node_ip = ["192.168.7.1".parse().unwrap()];
+        let internal = frontend(&["10.200.0.1"]);
+        let nodeport = || Frontend {
+            kind: FrontendKind::NodePort,
+            addr: "0.0.0.0".parse().unwrap(),
+            port: 30080,
+            ..frontend(&["10.200.0.1"])
+        };
+        let position = |log: &[String], what: &str| log.iter().position(|l| l.starts_with(what));
+        // A ClusterIP frontend alone: no program on the device.
+        let want = build(std::slice::from_ref(&internal), "a", &node_ip, &mut ids).unwrap();
+        sync(&mut lb, &mut have, &want).unwrap();
+        assert_eq!(position(&lb.log, "egress"), None, "{:?}", lb.log);
+        // A NodePort beside it: attached before its first entry.
+        lb.log.clear();
+        let want = build(&[internal.clone(), nodeport()], "a", &node_ip, &mut ids).unwrap();
+        sync(&mut lb, &mut have, &want).unwrap();
+        assert_eq!(position(&lb.log, "egress on"), Some(0), "{:?}", lb.log);
+        assert!(
+            position(&lb.log, "set 30080 slot 0").is_some(),
+            "{:?}",
+            lb.log
+        );
+        assert!(lb.egress);
+        // A pass touching only the ClusterIP frontend keeps it.
+        lb.log.clear();
+        let mut moved = internal.clone();
+        moved.backends[0].port = 8081;
+        let want = build(&[moved, nodeport()], "a", &node_ip, &mut ids).unwrap();
+        sync(&mut lb, &mut have, &want).unwrap();
+        assert_eq!(position(&lb.log, "egress"), None, "{:?}", lb.log);
+        // The NodePort gone: removed after its entries.
+        lb.log.clear();
+        let want = build(&[internal], "a", &node_ip, &mut ids).unwrap();
+        sync(&mut lb, &mut have, &want).unwrap();
+        assert_eq!(
+            lb.log.last().map(String::as_str),
+            Some("egress off"),
+            "{:?}",
+            lb.log
+        );
+        assert!(
+            position(&lb.log, "remove 30080 slot 0").is_some(),
+            "{:?}",
+            lb.log
+        );
+        assert!(!lb.egress);
     }
 }

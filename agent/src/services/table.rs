@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use axoneme_bpf_common::family;
-use axoneme_bpf_common::lb::{AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService};
+use axoneme_bpf_common::lb::{svc_flags, AffinityMatchKey, LbBackend, LbKey, LbRevNat, LbService};
 use axoneme_service::{Frontend, Protocol};
 
 /// What the LB maps should hold.
@@ -27,6 +27,17 @@ pub struct Table {
     pub affinity: BTreeSet<AffinityMatchKey>,
     /// Maglev rows (1-based) → their entries' backend ids.
     pub maglev: BTreeMap<u32, Vec<u32>>,
+}
+
+impl Table {
+    /// Whether a master is of a frontend clients outside the node reach
+    /// (NodePort, ExternalIP, LoadBalancer): the replies of its backends
+    /// on this node need the device's egress program.
+    pub fn external(&self) -> bool {
+        self.services
+            .iter()
+            .any(|(k, v)| k.slot == 0 && v.flags & svc_flags::EXTERNAL != 0)
+    }
 }
 
 /// An address as the LB maps hold it: 16 bytes (IPv4 in the first 4) and
