@@ -5,7 +5,7 @@
 
 mod support;
 
-use axoneme_agent::datapath::{FROM_CONTAINER, NODEPORT_INGRESS};
+use axoneme_agent::datapath::{FROM_CONTAINER, NODEPORT_EGRESS, NODEPORT_INGRESS, TO_CONTAINER};
 use axoneme_agent::encrypt::sync::EncryptWriter;
 use axoneme_bpf_common::{
     decrypt_mark, drop_reason, event_kind,
@@ -179,32 +179,44 @@ fn decrypted_traffic_from_the_senders_pods_is_delivered_into_the_pod() {
     }
 }
 
-/// The device's ingress program writes no packet directly: a direct write
-/// anywhere in it makes the verifier prepend its unclone prologue, which
-/// runs on every packet, ESP included, and makes a cloned packet's head
-/// private but leaves its pages shared, so XFRM then decrypts in place in
-/// pages a capture on the underlay still holds (docs/architecture.md,
-/// "Transparent encryption"). The pods' program, whose local delivery
-/// writes the TTL directly, has the prologue: the check sees it.
+/// No program of the datapath writes a packet directly: a direct write
+/// anywhere in one makes the verifier prepend its unclone prologue, which
+/// runs on every packet the program sees. On the device's ingress that is
+/// ESP too: the prologue makes a cloned packet's head private but leaves
+/// its pages shared, so XFRM then decrypts in place in pages a capture on
+/// the underlay still holds (docs/architecture.md, "Transparent
+/// encryption"); in the pods' program it is a helper call for every TCP
+/// segment a pod sends (each a clone). The smoke object's program that
+/// writes a byte directly has the prologue: the check sees it.
 #[test]
-fn the_devices_ingress_program_gets_no_unclone_prologue() {
+fn no_program_gets_the_unclone_prologue() {
+    let smoke = Smoke::load().unwrap();
+    let control = smoke.0.program(SMOKE_WRITE_PROGRAM).unwrap();
+    assert!(
+        unclone_prologue(control.fd().unwrap()),
+        "the check finds the prologue where it is"
+    );
     for encrypt in [true, false] {
         let (dp, _maps) = setup(encrypt);
-        assert!(
-            unclone_prologue(&dp, FROM_CONTAINER),
-            "the check finds the prologue where it is"
-        );
-        assert!(
-            !unclone_prologue(&dp, NODEPORT_INGRESS),
-            "loaded with encryption {encrypt}: the device's ingress program writes packets directly"
-        );
+        for name in [
+            FROM_CONTAINER,
+            TO_CONTAINER,
+            NODEPORT_INGRESS,
+            NODEPORT_EGRESS,
+        ] {
+            assert!(
+                !unclone_prologue(dp.program(name).unwrap().fd().unwrap()),
+                "loaded with encryption {encrypt}: {name} writes packets directly"
+            );
+        }
     }
 }
 
-/// Whether the kernel runs program `name` behind `bpf_unclone_prologue`:
-/// `r6 = *(u8 *)(r1 + cloned offset); w6 &= mask; if r6 == 0 goto +7`.
-fn unclone_prologue(dp: &TestDatapath, name: &'static str) -> bool {
-    let insns = xlated(dp, name);
+/// Whether the kernel runs the program `fd` is behind
+/// `bpf_unclone_prologue`: `r6 = *(u8 *)(r1 + cloned offset); w6 &= mask;
+/// if r6 == 0 goto +7`.
+fn unclone_prologue(fd: &aya::programs::ProgramFd) -> bool {
+    let insns = xlated(fd);
     let op = |i: usize| (insns[i][0], insns[i][1]);
     insns.len() > 3
         && op(0) == (0x71, 0x16) // ldxb r6, [r1 + off]
@@ -217,7 +229,7 @@ fn unclone_prologue(dp: &TestDatapath, name: &'static str) -> bool {
 /// verifier's rewrites): `BPF_OBJ_GET_INFO_BY_FD`'s translated dump. The
 /// one raw syscall of the tests: aya reports only the dump's length.
 #[allow(unsafe_code)]
-fn xlated(dp: &TestDatapath, name: &'static str) -> Vec<[u8; 8]> {
+fn xlated(fd: &aya::programs::ProgramFd) -> Vec<[u8; 8]> {
     use std::os::fd::{AsFd, AsRawFd};
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     #[repr(C)]
@@ -226,8 +238,7 @@ fn xlated(dp: &TestDatapath, name: &'static str) -> Vec<[u8; 8]> {
         info_len: u32,
         info: u64,
     }
-    let program = dp.program(name).unwrap();
-    let fd = program.fd().unwrap().as_fd().as_raw_fd();
+    let fd = fd.as_fd().as_raw_fd();
     // `struct bpf_prog_info`, room to spare (the kernel wants the tail
     // beyond its own size zero): `xlated_prog_len` at byte 20,
     // `xlated_prog_insns` at byte 32.

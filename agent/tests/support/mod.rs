@@ -130,6 +130,9 @@ pub static SMOKE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AXONEME_BPF_S
 /// The smoke object's SCHED_CLS program: drops UDP/IPv4 packets to the
 /// ports in its map, and packets too short for their headers.
 pub const SMOKE_PROGRAM: &str = "axoneme_smoke";
+/// ... and one that writes a packet byte directly (a program with the
+/// verifier's unclone prologue).
+pub const SMOKE_WRITE_PROGRAM: &str = "axoneme_smoke_write";
 
 /// The smoke object, loaded: its program verified, its map (not pinned)
 /// created. Needs root, as [`load`] does.
@@ -139,9 +142,11 @@ impl Smoke {
     pub fn load() -> anyhow::Result<Self> {
         assert_root();
         let mut ebpf = aya::Ebpf::load(SMOKE_OBJECT)?;
-        ebpf.program_mut(SMOKE_PROGRAM)
-            .ok_or_else(|| anyhow::anyhow!("{SMOKE_PROGRAM} is not in the smoke object"))
-            .and_then(|p| Ok(<&mut aya::programs::SchedClassifier>::try_from(p)?.load()?))?;
+        for name in [SMOKE_PROGRAM, SMOKE_WRITE_PROGRAM] {
+            ebpf.program_mut(name)
+                .ok_or_else(|| anyhow::anyhow!("{name} is not in the smoke object"))
+                .and_then(|p| Ok(<&mut aya::programs::SchedClassifier>::try_from(p)?.load()?))?;
+        }
         Ok(Self(ebpf))
     }
 

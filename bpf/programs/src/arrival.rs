@@ -85,8 +85,7 @@ pub(crate) fn from_node(ctx: &TcContext) -> i32 {
     {
         return TC_ACT_OK;
     }
-    // No direct write: see `deliver::hop`.
-    deliver::into_pod::<false>(&mut at, &mut flow)
+    deliver::into_pod(&mut at, &mut flow)
 }
 
 /// Whether some IPsec decrypted the packet (it has a security path).

@@ -83,7 +83,7 @@ pub(crate) fn deliver(at: &mut At, flow: &mut Flow) -> i32 {
             Err(()) => TC_ACT_SHOT,
         };
     }
-    into_pod::<true>(at, flow)
+    into_pod(at, flow)
 }
 
 /// The host-side veth of the local endpoint with address `addr`, if one
@@ -107,9 +107,8 @@ pub(crate) fn destined_to(at: &mut At, ifindex: u32, ct_flags: u8) -> bool {
 /// by local delivery or by host routing of what arrives from other nodes
 /// ([`crate::arrival`]): judged by its ingress rules and put straight into
 /// it, or left to the stack when it cannot be.
-/// `DIRECT`: packets may be written directly (see [`hop`]).
 #[inline(always)]
-pub(crate) fn into_pod<const DIRECT: bool>(at: &mut At, flow: &mut Flow) -> i32 {
+pub(crate) fn into_pod(at: &mut At, flow: &mut Flow) -> i32 {
     let ctx = at.ctx;
     if flow.ttl <= 1 || !owns(&at.ep, flow.family, &flow.daddr) {
         return TC_ACT_OK;
@@ -128,7 +127,7 @@ pub(crate) fn into_pod<const DIRECT: bool>(at: &mut At, flow: &mut Flow) -> i32 
     }
     // The hop the node's routing would have counted. Should the packet not
     // be writable, the stack takes it (conntrack then counts it twice).
-    if hop::<DIRECT>(ctx, flow).is_err() {
+    if hop(ctx, flow).is_err() {
         return TC_ACT_OK;
     }
     forwarded(at);
@@ -156,46 +155,20 @@ fn leave(at: &At, flow: &Flow) -> i32 {
 }
 
 /// Decrements the TTL (IPv4, with its header checksum, as the kernel's
-/// `ip_decrease_ttl` does) or the hop limit, in place. `DIRECT`: by direct
-/// packet access (the verifier's prologue makes a cloned packet writable
-/// once per run), not two helper calls that each check for it; else by
-/// those helpers, which make writable only the packet they write: the
-/// device's ingress program must not write directly, or that prologue runs
-/// on ESP too and lets XFRM decrypt in place, in pages a capture may share
-/// (docs/architecture.md, "Transparent encryption").
+/// `ip_decrease_ttl` does) or the hop limit, by `bpf_skb_store_bytes`: the
+/// TTL, the protocol as it was and the new header checksum in one call
+/// (the checksum read in place, or copied, when not in the linear data).
+///
+/// Never by direct packet access: a direct write anywhere in a program
+/// makes the verifier prepend its unclone prologue, which runs on every
+/// packet the program sees — a helper makes writable only the packet it
+/// writes. On the device's ingress the prologue would run on ESP too and
+/// let XFRM decrypt in place, in pages a capture may share
+/// (docs/architecture.md, "Transparent encryption"); in the pods' program
+/// it would call a helper for every cloned packet a pod sends (every TCP
+/// segment), where only those delivered on the node are written.
 #[inline(always)]
-fn hop<const DIRECT: bool>(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
-    if !DIRECT {
-        return hop_by_helpers(ctx, flow);
-    }
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if flow.family == family::IPV4 {
-        if start + ETH_HLEN + 12 > end {
-            return Err(());
-        }
-        // SAFETY: bytes [14, 26) are within the packet's linear data
-        // (checked on the packet pointers, as the verifier wants).
-        unsafe {
-            let ttl = (start + ETH_HLEN + 8) as *mut u8;
-            let check = (start + ETH_HLEN + 10) as *mut u16;
-            check.write_unaligned(check_after_hop(check.read_unaligned()));
-            *ttl = flow.ttl - 1;
-        }
-    } else {
-        if start + ETH_HLEN + 8 > end {
-            return Err(());
-        }
-        // SAFETY: byte 21 is within the packet's linear data (as above).
-        unsafe { *((start + ETH_HLEN + 7) as *mut u8) = flow.ttl - 1 };
-    }
-    Ok(())
-}
-
-/// [`hop`] by `bpf_skb_store_bytes`: the TTL, the protocol as it was and
-/// the new header checksum, in one call (the checksum read in place, or
-/// copied, when not in the linear data).
-#[inline(always)]
-fn hop_by_helpers(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
+fn hop(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
     let ttl = flow.ttl - 1;
     if flow.family == family::IPV4 {
         let check = u16::from_ne_bytes(peek::<2>(ctx, ETH_HLEN + 10).map_err(|_| ())?);

@@ -46,6 +46,23 @@ pub fn axoneme_smoke(ctx: TcContext) -> i32 {
     }
 }
 
+/// Writes its packet's first byte back in place: a direct write, so the
+/// verifier prepends its unclone prologue. The control of the test that
+/// no program of the datapath has that prologue (`agent/tests/encrypt.rs`).
+#[classifier]
+pub fn axoneme_smoke_write(ctx: TcContext) -> i32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // The Ethernet header's length: a bound the verifier follows (one byte,
+    // `data < data_end`, compiles to a test it does not).
+    if data + ETH_HDR_LEN <= data_end {
+        let byte = data as *mut u8;
+        // SAFETY: byte 0 lies within the packet's linear data (checked on
+        // the packet pointers); volatile, so the store is not folded away.
+        unsafe { core::ptr::write_volatile(byte, core::ptr::read_volatile(byte)) };
+    }
+    TC_ACT_OK
+}
+
 fn try_axoneme_smoke(ctx: &TcContext) -> Result<i32, ParseError> {
     let data = ctx.data();
     let data_end = ctx.data_end();
