@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use axoneme_bpf_common::IpcacheKey;
+use axoneme_bpf_common::{AddrSlot, IpcacheKey, ADDR_SLOTS};
 use axoneme_e2e::netns::{Node, Pod};
 use axoneme_e2e::{bin_path, run_prefix, EtcdCluster, OperatorProc, Proc};
 
@@ -345,6 +345,15 @@ fn delivery_map(c: &Cluster) -> Result<aya::maps::HashMap<aya::maps::MapData, Ip
     Ok(Map::HashMap(data).try_into()?)
 }
 
+/// The pinned `ENDPOINT_ADDR_SLOTS` array local delivery reads
+/// `ENDPOINT_ADDRS` through.
+fn delivery_slots(c: &Cluster) -> Result<aya::maps::Array<aya::maps::MapData, AddrSlot>> {
+    use aya::maps::{Map, MapData};
+    let data = MapData::from_pin(c.pins.join("ENDPOINT_ADDR_SLOTS"))
+        .context("opening the pinned ENDPOINT_ADDR_SLOTS map")?;
+    Ok(Map::Array(data).try_into()?)
+}
+
 /// Waits until `f` holds (policy changes take a moment to reach the node).
 fn eventually(what: &str, f: impl Fn() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -460,6 +469,13 @@ fn pods_on_one_node_policy_and_agent_restarts() -> Result<()> {
     assert_eq!(addresses.len(), 6, "three pods, two addresses each");
     for a in &addresses {
         delivery.remove(a)?;
+    }
+    // ... nor the slots the programs read them through (pins from before
+    // the slots have none; a slot left saying "one address" would go on
+    // delivering without the hash).
+    let mut slots = delivery_slots(&c)?;
+    for i in 0..ADDR_SLOTS {
+        slots.set(i, AddrSlot::default(), 0)?;
     }
     pause();
     c.agent.as_mut().unwrap().terminate(Duration::from_secs(5));
