@@ -35,6 +35,11 @@
 //!   the same host as (c); in phase two, without its states, against
 //!   axoneme-plain in the same way: the programs' share without
 //!   encryption, under TCG;
+//! - twin with tc hooks (since session 36): the bare twin with hand-made
+//!   xfrm and, at each place the cluster's encrypted path crosses one of
+//!   Axoneme's programs, the least program tc can run ([`twin::hooks`]),
+//!   against the same twin without them in the same rounds, taking turns:
+//!   the floor of any datapath on tc under TCG;
 //! - native (before the VM boots, on this machine's own kernel, which has
 //!   no ESP): a cluster with encryption off against a bare twin without
 //!   XFRM, as in phase two ([`native`]): the same share without emulation
@@ -403,6 +408,10 @@ fn in_vm() -> Result<()> {
         let [ax, tw] = twin::against(&c, (&server, &client), &twins, secs, round)?;
         runs.add("axoneme", ax);
         runs.add("bare_twin_with_hand_xfrm", tw);
+        // The floor of any datapath on tc: the twin with the hooks alone.
+        let [hk, tw] = twin::hooks_against(&c, &twins, secs, round)?;
+        runs.add("twin_with_tc_hooks", hk);
+        runs.add("bare_twin_beside_hooks", tw);
         // Axoneme with encryption on, its SAs and outbound policies
         // replaced by unmarked hand-made ones: what its XFRM layout costs.
         let cluster = cluster_pair(&c, ips, nets);
@@ -522,6 +531,8 @@ fn in_vm() -> Result<()> {
     // Each round's axoneme against the twin measured right after it.
     let twin_tcp = runs.paired("axoneme", "bare_twin_with_hand_xfrm", tcp);
     let twin_rr = runs.paired("axoneme", "bare_twin_with_hand_xfrm", rr);
+    let hooks_tcp = runs.paired("twin_with_tc_hooks", "bare_twin_beside_hooks", tcp);
+    let hooks_rr = runs.paired("twin_with_tc_hooks", "bare_twin_beside_hooks", rr);
     let plain_tcp = runs.paired("axoneme_plain", "bare_twin", tcp);
     let plain_rr = runs.paired("axoneme_plain", "bare_twin", rr);
     let target = (twin_tcp.0, twin_rr.0);
@@ -541,6 +552,9 @@ fn in_vm() -> Result<()> {
             "axoneme_vs_bare_twin_with_hand_xfrm_rr": twin_rr.0,
             "axoneme_vs_bare_twin_with_hand_xfrm_tcp_rounds": twin_tcp.1,
             "axoneme_vs_bare_twin_with_hand_xfrm_rr_rounds": twin_rr.1,
+            "twin_with_tc_hooks_vs_bare_twin_tcp": hooks_tcp.0,
+            "twin_with_tc_hooks_vs_bare_twin_rr": hooks_rr.0,
+            "twin_with_tc_hooks_vs_bare_twin_rr_rounds": hooks_rr.1,
             "axoneme_plain_vs_bare_twin_tcp": plain_tcp.0,
             "axoneme_plain_vs_bare_twin_rr": plain_rr.0,
             "axoneme_plain_vs_bare_twin_rr_rounds": plain_rr.1,

@@ -137,12 +137,26 @@ pub fn rr_turns(
     dur: Duration,
     turns: u32,
 ) -> Result<[Sample; 2]> {
+    rr_turns_with(a, b, dur, turns, |_| Ok(()))
+}
+
+/// [`rr_turns`], calling `before(i)` ahead of each turn of path `i` (0:
+/// `a`, 1: `b`), outside the turn's time: two states of one path (its
+/// programs on, then off) measured as two paths.
+pub fn rr_turns_with(
+    a: (&Netns, &Netns, IpAddr),
+    b: (&Netns, &Netns, IpAddr),
+    dur: Duration,
+    turns: u32,
+    mut before: impl FnMut(usize) -> Result<()>,
+) -> Result<[Sample; 2]> {
     let mut conns = [Rr::open(a.0, a.1, a.2)?, Rr::open(b.0, b.1, b.2)?];
     let mut took = [Vec::with_capacity(1 << 16), Vec::with_capacity(1 << 16)];
     let mut busy = [Duration::ZERO; 2];
     let turn = dur / turns.max(1);
     for t in 0..turns.max(1) {
         for i in [t as usize % 2, 1 - t as usize % 2] {
+            before(i)?;
             let started = Instant::now();
             conns[i].run(turn, &mut took[i])?;
             busy[i] += started.elapsed();

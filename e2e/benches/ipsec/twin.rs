@@ -10,10 +10,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use axoneme_e2e::netns::Netns;
+use axoneme_e2e::netns::{run, Netns};
 use axoneme_e2e::{Cluster, CniPod};
 
-use super::measure::{side_by_side, Sample};
+use super::measure::{rr_turns_with, side_by_side, throughput, Sample};
 use super::programs;
 use super::xfrm::Pair;
 use super::RR_TURNS;
@@ -81,6 +81,96 @@ pub fn against(
         round % 2 == 1,
     )
     .with_context(|| format!("the cluster's pods or their bare twin: {}", describe(c)))
+}
+
+/// The twin's interfaces where an encrypted packet between the nodes meets
+/// one of Axoneme's programs on the cluster's path: the pod's veth as the
+/// pod sends, and the node's device as ESP arrives and again as what it
+/// decrypts to (three runs each way, as the cluster's path has).
+const HOOKED: [&str; 2] = ["twin", "ul1"];
+
+/// The tc hooks alone on the twin's path (`on`), or nothing (off): at the
+/// ingress of each of [`HOOKED`] on both nodes, the least program tc runs,
+/// classic BPF `ret #0` ("no verdict": the packet goes on as if no filter
+/// were there), so what the twin pays is the hook and a program's entry
+/// and exit, none of a program's work: the floor of any datapath on tc.
+pub fn hooks(c: &Cluster, on: bool) -> Result<()> {
+    for n in &c.nodes[..2] {
+        for dev in HOOKED {
+            if on {
+                tc(&n.ns, &["qdisc", "add", "dev", dev, "clsact"])?;
+                let pass = [
+                    "filter",
+                    "add",
+                    "dev",
+                    dev,
+                    "ingress",
+                    "bpf",
+                    "bytecode",
+                    "1,6 0 0 0",
+                ];
+                tc(&n.ns, &pass)?;
+            } else {
+                tc(&n.ns, &["qdisc", "del", "dev", dev, "clsact"])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `tc` in `ns`.
+fn tc(ns: &Netns, args: &[&str]) -> Result<std::process::Output> {
+    run(&[&["tc", "-n", ns.name.as_str()][..], args].concat())
+}
+
+/// One round of the twin with the tc hooks alone ([`hooks`]) against the
+/// twin without them, on the same pods: throughput back to back (which
+/// goes first alternating with `round`), request/response taking turns,
+/// the hooks on for each of the first path's turns and off for each of
+/// the second's. Finds them off and leaves them off.
+pub fn hooks_against(
+    c: &Cluster,
+    pods: &[Netns; 2],
+    secs: f64,
+    round: usize,
+) -> Result<[Sample; 2]> {
+    let to: IpAddr = SERVER.parse()?;
+    let dur = Duration::from_secs_f64(secs);
+    let mut on = false;
+    let mut set = |want: bool| -> Result<()> {
+        if want != on {
+            hooks(c, want)?;
+            on = want;
+        }
+        Ok(())
+    };
+    let mut mbps = [0.0; 2];
+    let first = round % 2;
+    for i in [first, 1 - first] {
+        set(i == 0)?;
+        if i == 0 {
+            // On where the packets go: the floor measured, not a path
+            // whose filters went missing.
+            // (Classic BPF has no program id: listed by its bytecode.)
+            for n in &c.nodes[..2] {
+                for dev in HOOKED {
+                    let listed = tc(&n.ns, &["filter", "show", "dev", dev, "ingress"])?.stdout;
+                    ensure!(
+                        String::from_utf8_lossy(&listed).contains("bytecode"),
+                        "no tc hook on {dev} of {}",
+                        n.name
+                    );
+                }
+            }
+        }
+        mbps[i] = throughput(&pods[1], &pods[0], to, dur)?;
+    }
+    let path = (&pods[1], &pods[0], to);
+    let [mut hooked, mut bare] = rr_turns_with(path, path, dur, RR_TURNS, |i| set(i == 0))
+        .with_context(|| format!("the twin with tc hooks or without: {}", describe(c)))?;
+    set(false)?;
+    (hooked.mbps, bare.mbps) = (mbps[0], mbps[1]);
+    Ok([hooked, bare])
 }
 
 /// Checks that no program is attached to the twin's interfaces (the
