@@ -213,19 +213,16 @@ fn what_local_delivery_cannot_vouch_for_goes_up_the_stack() {
     local_b(&mut dp, Some((IPPROTO_UDP, 53)));
     let query = |sport| ipv4(A4, B4, IPPROTO_UDP, &udp(sport, 53, b"q"), 0, sport);
     assert_eq!(run(&dp, FROM_CONTAINER, &query(1)), TC_ACT_REDIRECT);
-    // An address entry whose endpoint does not own the address (written
-    // through the pin, as a stale entry would be): not delivered there.
-    let mut addrs: aya::maps::HashMap<_, axoneme_bpf_common::IpcacheKey, u32> = {
-        let pin = dp.pin_dir().join("ENDPOINT_ADDRS");
-        let map = aya::maps::MapData::from_pin(&pin).unwrap();
-        aya::maps::Map::HashMap(map).try_into().unwrap()
-    };
-    let mut c = axoneme_bpf_common::IpcacheKey {
-        family: family::IPV4,
-        ..Default::default()
-    };
-    c.addr[..4].copy_from_slice(&[10, 0, 1, 9]);
-    addrs.insert(c, B_IFINDEX, 0).unwrap();
+    // An address entry whose endpoint does not own the address (as a
+    // stale entry would be; written with its slot, so the programs find
+    // it): not delivered there.
+    let stale = EndpointInfo::new(B_ID, B_ID, 0, &[std::net::IpAddr::from(NET3)]);
+    dp.maps.set_endpoint_addresses(B_IFINDEX, &stale).unwrap();
+    let slot = dp.maps.endpoint_address_slot(NET3.into()).unwrap();
+    assert_eq!(
+        (slot.state, slot.value),
+        (axoneme_bpf_common::slot_state::ONE, B_IFINDEX)
+    );
     let other = ipv4(A4, NET3, IPPROTO_UDP, &udp(2, 53, b"q"), 0, 2);
     allow(&mut dp, Direction::Egress, key(3000, IPPROTO_UDP, 53, 16));
     assert_eq!(run(&dp, FROM_CONTAINER, &other), TC_ACT_OK);
